@@ -1,0 +1,533 @@
+//! The wire protocol between `tether` (runner) and `tether-server`.
+//!
+//! This module is the one place where message types live. It is compiled
+//! without the runner's I/O stack (no mio, no rustls) so the server can depend
+//! on it with `default-features = false`. Everything here is sans-IO: values in,
+//! bytes out, and the other way round. `docs/protocol.md` is the prose version.
+//!
+//! Two kinds of WebSocket message travel on the one connection:
+//!
+//! * **control**: JSON text frames, `{"type": "...", "id": N, ...}`. `id` is the
+//!   request id; a reply carries the id of the request it answers.
+//! * **data**: binary frames with a fixed 16-byte header ([`FrameHeader`]) and
+//!   raw payload bytes (job output, logs, terminal bytes; never base64).
+//!
+//! Liveness uses WebSocket Ping/Pong control frames (the cheapest thing on the
+//! wire): the runner pings every heartbeat interval, the server answers.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Protocol versions this build speaks, newest last.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+/// The version a runner of this build asks for first.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Path of the runner WebSocket endpoint on the server.
+pub const RUNNER_CONNECT_PATH: &str = "/v1/runner/connect";
+/// Path of the enrollment endpoint (a plain HTTPS POST, before any WebSocket).
+pub const ENROLL_PATH: &str = "/api/v1/enroll";
+/// Largest control (JSON) message either side accepts.
+pub const MAX_CONTROL_MESSAGE: usize = 256 * 1024;
+/// Largest payload of one data frame. Senders split bulk output into frames no
+/// larger than this so a terminal keystroke never waits behind a huge frame.
+pub const MAX_DATA_PAYLOAD: usize = 32 * 1024;
+/// Largest WebSocket message either side accepts (a data frame plus header).
+pub const MAX_WS_MESSAGE: usize = MAX_CONTROL_MESSAGE;
+
+/// WebSocket close codes used by Tether (4000-4999 is the private range).
+pub mod close {
+    /// Normal close (runner shutting down, server shutting down).
+    pub const NORMAL: u16 = 1000;
+    /// The peer is going away (process exit).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message larger than [`super::MAX_WS_MESSAGE`].
+    pub const TOO_BIG: u16 = 1009;
+    /// The runner's credential was revoked; do not reconnect.
+    pub const REVOKED: u16 = 4002;
+    /// No protocol version in common.
+    pub const UNSUPPORTED_PROTOCOL: u16 = 4003;
+    /// A malformed frame or a message that breaks the protocol.
+    pub const PROTOCOL_VIOLATION: u16 = 4004;
+    /// A newer connection of the same runner replaced this one.
+    pub const REPLACED: u16 = 4006;
+    /// No `hello` within the hello timeout.
+    pub const HELLO_TIMEOUT: u16 = 4008;
+    /// No frame for too long: the peer's watchdog fired.
+    pub const WATCHDOG: u16 = 4009;
+}
+
+/// One control message: a request id and a typed body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: u64,
+    #[serde(flatten)]
+    pub body: Message,
+}
+
+/// The catalogue of control messages. `docs/protocol.md` says who sends each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// runner → server, first message after the upgrade.
+    Hello(Hello),
+    /// server → runner, answer to `hello`: the version settled on and what the
+    /// server already holds of each stream.
+    Welcome(Welcome),
+    /// either way: "answer me" (used by `POST /runners/{id}/ping` for a round
+    /// trip through the routing path).
+    Ping(Ping),
+    /// answer to `ping`, with the same id.
+    Pong(Pong),
+    /// either way: a request failed, or the sender is about to close.
+    Error(ErrorBody),
+}
+
+impl Message {
+    /// The `type` tag as it appears on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Ping(_) => "ping",
+            Message::Pong(_) => "pong",
+            Message::Error(_) => "error",
+        }
+    }
+
+    /// All `type` tags this build understands.
+    pub const KNOWN_TYPES: &'static [&'static str] = &["hello", "welcome", "ping", "pong", "error"];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Versions the runner speaks; the server picks the highest it shares.
+    pub protocol: Vec<u16>,
+    pub runner_version: String,
+    /// `uname -m` style: x86_64, aarch64, armv7l, mips ...
+    pub arch: String,
+    pub os: String,
+    pub hostname: String,
+    /// How often the runner pings. The server declares the runner unreachable
+    /// after [`silence_limit_ms`] without any frame.
+    pub heartbeat_ms: u64,
+    /// Capabilities the host owner left switched on (`terminal.host`, ...).
+    /// The server cannot turn on what is not listed.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Data channels the runner still holds unacknowledged output for.
+    #[serde(default)]
+    pub open_channels: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides now speak.
+    pub protocol: u16,
+    pub runner_id: String,
+    pub server_version: String,
+    /// Last acknowledged sequence number per channel the server knows of: the
+    /// runner resends from here, so nothing is lost and nothing doubled.
+    #[serde(default)]
+    pub acks: Vec<ChannelAck>,
+}
+
+/// "Everything of `channel` before `seq` is stored."
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelAck {
+    pub channel: u32,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Sender's wall clock, milliseconds since the Unix epoch.
+    pub sent_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Echo of `Ping::sent_ms`.
+    pub sent_ms: u64,
+    /// Responder's wall clock, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code (`unsupported_protocol`, `bad_request` ...).
+    pub code: String,
+    pub message: String,
+}
+
+/// The server's silence limit for a runner pinging every `heartbeat_ms`:
+/// two and a half intervals, so one late ping is tolerated but a dead link is
+/// declared well inside three intervals.
+pub fn silence_limit_ms(heartbeat_ms: u64) -> u64 {
+    heartbeat_ms.saturating_mul(5) / 2
+}
+
+/// The highest version in `offered` that this build also speaks.
+pub fn negotiate(offered: &[u16]) -> Option<u16> {
+    offered
+        .iter()
+        .copied()
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .max()
+}
+
+/// What came out of a text frame.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    Known(Envelope),
+    /// A well-formed message of a type this build does not know: log and
+    /// ignore it, so old and new peers keep talking.
+    Unknown { type_name: String, id: Option<u64> },
+}
+
+#[derive(Debug, PartialEq)]
+pub enum DecodeError {
+    TooLarge(usize),
+    /// Not JSON, not an object, or no string `type`.
+    Malformed(String),
+    /// A known type with missing or ill-typed fields.
+    BadFields { type_name: String, detail: String },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge(n) => {
+                write!(f, "control message of {n} bytes exceeds {MAX_CONTROL_MESSAGE}")
+            }
+            DecodeError::Malformed(d) => write!(f, "malformed control message: {d}"),
+            DecodeError::BadFields { type_name, detail } => {
+                write!(f, "bad '{type_name}' message: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decode one text frame.
+pub fn decode_control(text: &str) -> Result<Decoded, DecodeError> {
+    if text.len() > MAX_CONTROL_MESSAGE {
+        return Err(DecodeError::TooLarge(text.len()));
+    }
+    // First only the tag, so an unknown type is told apart from a broken one.
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        id: Option<u64>,
+    }
+    let tag: Tag = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !Message::KNOWN_TYPES.contains(&tag.kind.as_ref()) {
+        return Ok(Decoded::Unknown { type_name: tag.kind.into_owned(), id: tag.id });
+    }
+    serde_json::from_str::<Envelope>(text)
+        .map(Decoded::Known)
+        .map_err(|e| DecodeError::BadFields { type_name: tag.kind.into_owned(), detail: e.to_string() })
+}
+
+/// Encode one control message as the text of a WebSocket frame.
+pub fn encode_control(id: u64, body: Message) -> String {
+    // Serializing these plain structs cannot fail (no maps with non-string
+    // keys other than integers, which serde_json renders as strings).
+    serde_json::to_string(&Envelope { id, body }).unwrap_or_default()
+}
+
+/// Length of the fixed header in front of every binary frame.
+pub const FRAME_HEADER_LEN: usize = 16;
+
+/// What a binary frame carries.
+///
+/// ```text
+///  0        1        2        4                 8                        16
+///  +--------+--------+--------+-----------------+------------------------+---------
+///  | kind   | tag    | flags  | channel (u32 BE)| seq (u64 BE)           | payload
+///  +--------+--------+--------+-----------------+------------------------+---------
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Payload bytes; `seq` is the stream offset of the first payload byte.
+    Data = 1,
+    /// Receiver has stored everything before `seq`; the sender may drop it.
+    Ack = 2,
+    /// Receiver allows the sender to send up to stream offset `seq`.
+    Credit = 3,
+    /// The stream ends at offset `seq`; payload may hold a UTF-8 reason.
+    End = 4,
+}
+
+impl FrameKind {
+    fn from_u8(b: u8) -> Option<FrameKind> {
+        match b {
+            1 => Some(FrameKind::Data),
+            2 => Some(FrameKind::Ack),
+            3 => Some(FrameKind::Credit),
+            4 => Some(FrameKind::End),
+            _ => None,
+        }
+    }
+}
+
+/// Which part of a channel a data frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTag {
+    None = 0,
+    Stdout = 1,
+    Stderr = 2,
+    /// Terminal bytes (a PTY has one merged stream).
+    Pty = 3,
+    /// Runner-generated notes inside a stream (step started, exit status).
+    System = 4,
+}
+
+impl StreamTag {
+    fn from_u8(b: u8) -> Option<StreamTag> {
+        match b {
+            0 => Some(StreamTag::None),
+            1 => Some(StreamTag::Stdout),
+            2 => Some(StreamTag::Stderr),
+            3 => Some(StreamTag::Pty),
+            4 => Some(StreamTag::System),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: FrameKind,
+    pub tag: StreamTag,
+    pub channel: u32,
+    pub seq: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer than [`FRAME_HEADER_LEN`] bytes.
+    Short(usize),
+    /// A kind this build does not know (ignore the frame, as with unknown
+    /// control types).
+    UnknownKind(u8),
+    UnknownTag(u8),
+    /// Flags are reserved and must be zero in version 1.
+    ReservedFlags(u16),
+    /// Payload longer than [`MAX_DATA_PAYLOAD`], or any payload on an ACK or
+    /// CREDIT frame.
+    BadPayload { kind: FrameKind, len: usize },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Short(n) => write!(f, "binary frame of {n} bytes is shorter than its {FRAME_HEADER_LEN}-byte header"),
+            FrameError::UnknownKind(k) => write!(f, "unknown binary frame kind {k}"),
+            FrameError::UnknownTag(t) => write!(f, "unknown stream tag {t}"),
+            FrameError::ReservedFlags(x) => write!(f, "reserved frame flags set: {x:#06x}"),
+            FrameError::BadPayload { kind, len } => write!(f, "{kind:?} frame with a {len}-byte payload"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut out = [0u8; FRAME_HEADER_LEN];
+        out[0] = self.kind as u8;
+        out[1] = self.tag as u8;
+        // out[2..4]: flags, zero in version 1.
+        out[4..8].copy_from_slice(&self.channel.to_be_bytes());
+        out[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+}
+
+/// Build a whole binary frame: header then payload.
+pub fn encode_frame(header: FrameHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Split a binary frame into its header and payload, checking every field.
+pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::Short(bytes.len()));
+    }
+    let kind = FrameKind::from_u8(bytes[0]).ok_or(FrameError::UnknownKind(bytes[0]))?;
+    let tag = StreamTag::from_u8(bytes[1]).ok_or(FrameError::UnknownTag(bytes[1]))?;
+    let flags = u16::from_be_bytes([bytes[2], bytes[3]]);
+    if flags != 0 {
+        return Err(FrameError::ReservedFlags(flags));
+    }
+    let channel = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[8..16]);
+    let seq = u64::from_be_bytes(seq);
+    let payload = &bytes[FRAME_HEADER_LEN..];
+    let payload_ok = match kind {
+        FrameKind::Data | FrameKind::End => payload.len() <= MAX_DATA_PAYLOAD,
+        FrameKind::Ack | FrameKind::Credit => payload.is_empty(),
+    };
+    if !payload_ok {
+        return Err(FrameError::BadPayload { kind, len: payload.len() });
+    }
+    Ok((FrameHeader { kind, tag, channel, seq }, payload))
+}
+
+/// Error codes of the REST API and of enrollment, shared so the runner can map
+/// them to its exit codes. The server answers `{"error": {"code", "message"}}`.
+pub mod api_error {
+    pub const INVALID_TOKEN: &str = "invalid_token";
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    pub const TOKEN_USED: &str = "token_used";
+    pub const TOKEN_REVOKED: &str = "token_revoked";
+    pub const RUNNER_REVOKED: &str = "runner_revoked";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const CONFLICT: &str = "conflict";
+    pub const RUNNER_UNREACHABLE: &str = "runner_unreachable";
+    pub const RUNNER_TIMEOUT: &str = "runner_timeout";
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Body of `POST /api/v1/enroll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub hostname: String,
+    pub arch: String,
+    pub os: String,
+    pub version: String,
+}
+
+/// Answer to a successful enrollment. `credential` is shown once; the server
+/// keeps only its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub runner_id: String,
+    pub tenant_id: String,
+    pub credential: String,
+}
+
+/// The JSON error body of every REST answer that is not 2xx.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ErrorBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_round_trip() {
+        let hello = Message::Hello(Hello {
+            protocol: vec![1],
+            runner_version: "0.1.0".into(),
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            hostname: "box".into(),
+            heartbeat_ms: 5000,
+            capabilities: vec!["terminal.host".into()],
+            open_channels: vec![],
+        });
+        let text = encode_control(7, hello.clone());
+        assert!(text.starts_with(r#"{"id":7,"type":"hello""#), "{text}");
+        assert_eq!(decode_control(&text), Ok(Decoded::Known(Envelope { id: 7, body: hello })));
+    }
+
+    #[test]
+    fn welcome_carries_acks_per_channel() {
+        let acks = vec![ChannelAck { channel: 3, seq: 4096 }];
+        let w = Message::Welcome(Welcome {
+            protocol: 1,
+            runner_id: "rn_1".into(),
+            server_version: "0.1.0".into(),
+            acks,
+        });
+        let text = encode_control(1, w.clone());
+        assert!(text.contains(r#""acks":[{"channel":3,"seq":4096}]"#), "{text}");
+        assert_eq!(decode_control(&text), Ok(Decoded::Known(Envelope { id: 1, body: w })));
+    }
+
+    #[test]
+    fn unknown_type_is_not_an_error() {
+        let d = decode_control(r#"{"type":"from_the_future","id":9,"x":[1,2]}"#).unwrap();
+        assert_eq!(d, Decoded::Unknown { type_name: "from_the_future".into(), id: Some(9) });
+    }
+
+    #[test]
+    fn malformed_and_bad_fields_are_told_apart() {
+        for bad in ["", "nope", "[1,2]", r#"{"id":1}"#, r#"{"type":5}"#, "{\"type\":\"ping\""] {
+            assert!(matches!(decode_control(bad), Err(DecodeError::Malformed(_))), "{bad:?}");
+        }
+        let e = decode_control(r#"{"type":"ping","id":1}"#).unwrap_err();
+        assert!(matches!(e, DecodeError::BadFields { ref type_name, .. } if type_name == "ping"), "{e:?}");
+        let e = decode_control(r#"{"type":"ping","sent_ms":1}"#).unwrap_err();
+        assert!(matches!(e, DecodeError::BadFields { .. }), "missing id: {e:?}");
+    }
+
+    #[test]
+    fn oversized_control_is_refused_before_parsing() {
+        let big = format!(r#"{{"type":"ping","id":1,"pad":"{}"}}"#, "x".repeat(MAX_CONTROL_MESSAGE));
+        assert_eq!(decode_control(&big), Err(DecodeError::TooLarge(big.len())));
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_shared_version() {
+        assert_eq!(negotiate(&[1]), Some(1));
+        assert_eq!(negotiate(&[0, 1, 99]), Some(1));
+        assert_eq!(negotiate(&[2, 3]), None);
+        assert_eq!(negotiate(&[]), None);
+    }
+
+    #[test]
+    fn frame_round_trip_and_layout() {
+        let h = FrameHeader { kind: FrameKind::Data, tag: StreamTag::Stderr, channel: 0x0102_0304, seq: 0x1122_3344_5566_7788 };
+        let f = encode_frame(h, b"hi");
+        assert_eq!(&f[..16], &[1, 2, 0, 0, 1, 2, 3, 4, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+        assert_eq!(decode_frame(&f), Ok((h, &b"hi"[..])));
+    }
+
+    #[test]
+    fn every_truncation_of_a_frame_is_refused_cleanly() {
+        let f = encode_frame(FrameHeader { kind: FrameKind::Ack, tag: StreamTag::None, channel: 1, seq: 2 }, b"");
+        for n in 0..FRAME_HEADER_LEN {
+            assert_eq!(decode_frame(&f[..n]), Err(FrameError::Short(n)));
+        }
+        assert!(decode_frame(&f).is_ok());
+    }
+
+    #[test]
+    fn bad_frames_are_classified() {
+        let mut f = encode_frame(FrameHeader { kind: FrameKind::Data, tag: StreamTag::Stdout, channel: 1, seq: 0 }, b"x");
+        f[0] = 77;
+        assert_eq!(decode_frame(&f), Err(FrameError::UnknownKind(77)));
+        f[0] = 1;
+        f[1] = 200;
+        assert_eq!(decode_frame(&f), Err(FrameError::UnknownTag(200)));
+        f[1] = 1;
+        f[3] = 1;
+        assert_eq!(decode_frame(&f), Err(FrameError::ReservedFlags(1)));
+        let ack_with_payload = encode_frame(FrameHeader { kind: FrameKind::Ack, tag: StreamTag::None, channel: 1, seq: 0 }, b"x");
+        assert_eq!(decode_frame(&ack_with_payload), Err(FrameError::BadPayload { kind: FrameKind::Ack, len: 1 }));
+        let big = vec![0u8; MAX_DATA_PAYLOAD + 1];
+        let too_big = encode_frame(FrameHeader { kind: FrameKind::Data, tag: StreamTag::Stdout, channel: 1, seq: 0 }, &big);
+        assert!(matches!(decode_frame(&too_big), Err(FrameError::BadPayload { .. })));
+    }
+
+    #[test]
+    fn silence_limit_is_under_three_intervals() {
+        assert_eq!(silence_limit_ms(1000), 2500);
+        assert!(silence_limit_ms(5000) < 15000);
+    }
+}
