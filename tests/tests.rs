@@ -1,1 +1,12 @@
+//! Integration tests: the real `tether-server` and `tether` binaries, real TLS
+//! on loopback, faults injected from outside with a TCP proxy and signals.
+//! One test binary; one module per area; helpers in `util`.
 
+mod util;
+
+mod cross_arch;
+mod enroll;
+mod health;
+mod reconnect;
+mod rogue;
+mod tenancy;

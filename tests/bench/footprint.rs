@@ -1,1 +1,188 @@
-fn main() {}
+//! `make bench`: the runner's footprint and the server's cost per runner.
+//! Prints one table: each figure, its goal, the ratio to the goal, and the
+//! command or method that measured it. Not a test: nothing here fails on a
+//! slow machine; read the numbers.
+//!
+//! Knobs: BENCH_IDLE_SECS (default 180), BENCH_RUNNERS (default 1000),
+//! BENCH_SIM_SECS (default 60).
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use util::proxy::TcpProxy;
+use util::*;
+
+struct Row {
+    what: String,
+    value: f64,
+    unit: &'static str,
+    goal: Option<f64>,
+    how: String,
+}
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no side effects.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+fn dist(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist").join(target).join("tether")
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is accepted.
+    let mut rows = Vec::new();
+
+    for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+        let size = std::fs::metadata(dist(t)).map(|m| m.len()).unwrap_or(0);
+        rows.push(Row {
+            what: format!("runner size, {t}"),
+            value: size as f64 / 1048576.0,
+            unit: "MiB",
+            goal: Some(2.0),
+            how: format!("./build.sh; stat -c %s dist/{t}/tether"),
+        });
+    }
+
+    idle_runner(&mut rows);
+    many_runners(&mut rows);
+
+    println!();
+    println!("{:<46} {:>12} {:<6} {:>8} {:>7}  {}", "measure", "value", "unit", "goal", "ratio", "measured by");
+    for r in &rows {
+        let (goal, ratio) = match r.goal {
+            Some(g) => (format!("{g}"), format!("{:.2}", r.value / g)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<46} {:>12.3} {:<6} {:>8} {:>7}  {}", r.what, r.value, r.unit, goal, ratio, r.how);
+    }
+    println!("\nratio = value / goal; at or below 1.00 meets the goal.");
+}
+
+/// The static runner, connected through a counting proxy and left idle.
+fn idle_runner(rows: &mut Vec<Row>) {
+    let idle = Duration::from_secs(env_secs("BENCH_IDLE_SECS", 180));
+    let server = Server::start();
+    let tenant = server.tenant("bench");
+    let proxy = TcpProxy::to(&server.addr());
+    let mut runner = Runner::enroll(&server, &tenant);
+    runner.bin = dist("x86_64-unknown-linux-musl");
+    runner.start(&["--server", &proxy.url("https")]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(30));
+    eprintln!("bench: idle runner for {idle:?} (heartbeat 5 s)");
+
+    let pid = runner.pid();
+    // Let the handshake settle, then measure from a clean start.
+    std::thread::sleep(Duration::from_secs(5));
+    let (up0, down0) = proxy.bytes();
+    let cpu0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let mut rss_60 = 0;
+    while t0.elapsed() < idle {
+        std::thread::sleep(Duration::from_secs(1));
+        if rss_60 == 0 && t0.elapsed() >= Duration::from_secs(60) {
+            rss_60 = rss_kib(pid);
+        }
+    }
+    if rss_60 == 0 {
+        rss_60 = rss_kib(pid);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec();
+    let (up1, down1) = proxy.bytes();
+    assert_eq!(tenant.health(&runner.id), "active", "runner dropped during the idle bench");
+
+    rows.push(Row {
+        what: "runner RSS after 60 s connected, idle".into(),
+        value: rss_60 as f64 / 1024.0,
+        unit: "MiB",
+        goal: Some(3.0),
+        how: "VmRSS in /proc/PID/status (static musl build)".into(),
+    });
+    rows.push(Row {
+        what: format!("runner CPU while idle, per hour ({:.0} s run)", secs),
+        value: cpu / secs * 3600.0,
+        unit: "s/h",
+        goal: Some(0.5),
+        how: "utime+stime in /proc/PID/stat, scaled to 1 h".into(),
+    });
+    rows.push(Row {
+        what: "idle runner wire bytes, both ways".into(),
+        value: ((up1 - up0) + (down1 - down0)) as f64 / secs,
+        unit: "B/s",
+        goal: None,
+        how: format!("counting TCP proxy, {:.0} s, TLS included", secs),
+    });
+}
+
+/// Server RSS and CPU with many simulated runners (real TLS + WebSocket each).
+fn many_runners(rows: &mut Vec<Row>) {
+    let count = env_secs("BENCH_RUNNERS", 1000);
+    let hold = env_secs("BENCH_SIM_SECS", 60);
+    let server = Server::start_with(&[]);
+    let tenant = server.tenant("sim");
+    std::thread::sleep(Duration::from_secs(1));
+    let spid = server.child.id();
+    let rss0 = rss_kib(spid);
+    let sim = runner_bin().with_file_name("tether-sim");
+    let mut child = Command::new(&sim)
+        .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
+        .arg(&server.ca)
+        .args(["--count", &count.to_string(), "--heartbeat", "5s", "--duration", &format!("{hold}s")])
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", sim.display()));
+    eprintln!("bench: {count} simulated runners for {hold} s");
+    let t_conn = Instant::now();
+    wait_for(Duration::from_secs(hold.max(120)), "all simulated runners active", || {
+        let (_, list) = tenant.call("GET", "/api/v1/runners", None);
+        let active = list.as_array()?.iter().filter(|r| r["health"] == "active").count() as u64;
+        (active >= count).then_some(())
+    });
+    let connect_secs = t_conn.elapsed().as_secs_f64();
+    let cpu0 = cpu_ticks(spid);
+    let t0 = Instant::now();
+    let window = Duration::from_secs((hold / 2).max(10));
+    std::thread::sleep(window);
+    let cpu = (cpu_ticks(spid) - cpu0) as f64 / ticks_per_sec();
+    let rss1 = rss_kib(spid);
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = child.wait();
+
+    rows.push(Row {
+        what: format!("server RSS per runner, {count} runners"),
+        value: rss1.saturating_sub(rss0) as f64 / count as f64,
+        unit: "KiB",
+        goal: Some(64.0),
+        how: format!("(VmRSS with {count} - VmRSS empty) / {count}; tether-sim"),
+    });
+    rows.push(Row {
+        what: format!("server RSS total, {count} runners"),
+        value: rss1 as f64 / 1024.0,
+        unit: "MiB",
+        goal: None,
+        how: "VmRSS in /proc/PID/status".into(),
+    });
+    rows.push(Row {
+        what: format!("server CPU, {count} idle runners (5 s heartbeat)"),
+        value: cpu / secs * 100.0,
+        unit: "% core",
+        goal: None,
+        how: format!("utime+stime over {secs:.0} s"),
+    });
+    rows.push(Row {
+        what: format!("time to enroll+connect {count} runners"),
+        value: connect_secs,
+        unit: "s",
+        goal: None,
+        how: "tether-sim start to all active in the API".into(),
+    });
+}
