@@ -182,7 +182,10 @@ pub enum Decoded {
     Known(Envelope),
     /// A well-formed message of a type this build does not know: log and
     /// ignore it, so old and new peers keep talking.
-    Unknown { type_name: String, id: Option<u64> },
+    Unknown {
+        type_name: String,
+        id: Option<u64>,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -191,14 +194,20 @@ pub enum DecodeError {
     /// Not JSON, not an object, or no string `type`.
     Malformed(String),
     /// A known type with missing or ill-typed fields.
-    BadFields { type_name: String, detail: String },
+    BadFields {
+        type_name: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::TooLarge(n) => {
-                write!(f, "control message of {n} bytes exceeds {MAX_CONTROL_MESSAGE}")
+                write!(
+                    f,
+                    "control message of {n} bytes exceeds {MAX_CONTROL_MESSAGE}"
+                )
             }
             DecodeError::Malformed(d) => write!(f, "malformed control message: {d}"),
             DecodeError::BadFields { type_name, detail } => {
@@ -224,11 +233,17 @@ pub fn decode_control(text: &str) -> Result<Decoded, DecodeError> {
     }
     let tag: Tag = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !Message::KNOWN_TYPES.contains(&tag.kind.as_ref()) {
-        return Ok(Decoded::Unknown { type_name: tag.kind.into_owned(), id: tag.id });
+        return Ok(Decoded::Unknown {
+            type_name: tag.kind.into_owned(),
+            id: tag.id,
+        });
     }
     serde_json::from_str::<Envelope>(text)
         .map(Decoded::Known)
-        .map_err(|e| DecodeError::BadFields { type_name: tag.kind.into_owned(), detail: e.to_string() })
+        .map_err(|e| DecodeError::BadFields {
+            type_name: tag.kind.into_owned(),
+            detail: e.to_string(),
+        })
 }
 
 /// Encode one control message as the text of a WebSocket frame.
@@ -318,17 +333,25 @@ pub enum FrameError {
     ReservedFlags(u16),
     /// Payload longer than [`MAX_DATA_PAYLOAD`], or any payload on an ACK or
     /// CREDIT frame.
-    BadPayload { kind: FrameKind, len: usize },
+    BadPayload {
+        kind: FrameKind,
+        len: usize,
+    },
 }
 
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::Short(n) => write!(f, "binary frame of {n} bytes is shorter than its {FRAME_HEADER_LEN}-byte header"),
+            FrameError::Short(n) => write!(
+                f,
+                "binary frame of {n} bytes is shorter than its {FRAME_HEADER_LEN}-byte header"
+            ),
             FrameError::UnknownKind(k) => write!(f, "unknown binary frame kind {k}"),
             FrameError::UnknownTag(t) => write!(f, "unknown stream tag {t}"),
             FrameError::ReservedFlags(x) => write!(f, "reserved frame flags set: {x:#06x}"),
-            FrameError::BadPayload { kind, len } => write!(f, "{kind:?} frame with a {len}-byte payload"),
+            FrameError::BadPayload { kind, len } => {
+                write!(f, "{kind:?} frame with a {len}-byte payload")
+            }
         }
     }
 }
@@ -376,9 +399,20 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
         FrameKind::Ack | FrameKind::Credit => payload.is_empty(),
     };
     if !payload_ok {
-        return Err(FrameError::BadPayload { kind, len: payload.len() });
+        return Err(FrameError::BadPayload {
+            kind,
+            len: payload.len(),
+        });
     }
-    Ok((FrameHeader { kind, tag, channel, seq }, payload))
+    Ok((
+        FrameHeader {
+            kind,
+            tag,
+            channel,
+            seq,
+        },
+        payload,
+    ))
 }
 
 /// Error codes of the REST API and of enrollment, shared so the runner can map
@@ -442,12 +476,18 @@ mod tests {
         });
         let text = encode_control(7, hello.clone());
         assert!(text.starts_with(r#"{"id":7,"type":"hello""#), "{text}");
-        assert_eq!(decode_control(&text), Ok(Decoded::Known(Envelope { id: 7, body: hello })));
+        assert_eq!(
+            decode_control(&text),
+            Ok(Decoded::Known(Envelope { id: 7, body: hello }))
+        );
     }
 
     #[test]
     fn welcome_carries_acks_per_channel() {
-        let acks = vec![ChannelAck { channel: 3, seq: 4096 }];
+        let acks = vec![ChannelAck {
+            channel: 3,
+            seq: 4096,
+        }];
         let w = Message::Welcome(Welcome {
             protocol: 1,
             runner_id: "rn_1".into(),
@@ -455,30 +495,61 @@ mod tests {
             acks,
         });
         let text = encode_control(1, w.clone());
-        assert!(text.contains(r#""acks":[{"channel":3,"seq":4096}]"#), "{text}");
-        assert_eq!(decode_control(&text), Ok(Decoded::Known(Envelope { id: 1, body: w })));
+        assert!(
+            text.contains(r#""acks":[{"channel":3,"seq":4096}]"#),
+            "{text}"
+        );
+        assert_eq!(
+            decode_control(&text),
+            Ok(Decoded::Known(Envelope { id: 1, body: w }))
+        );
     }
 
     #[test]
     fn unknown_type_is_not_an_error() {
         let d = decode_control(r#"{"type":"from_the_future","id":9,"x":[1,2]}"#).unwrap();
-        assert_eq!(d, Decoded::Unknown { type_name: "from_the_future".into(), id: Some(9) });
+        assert_eq!(
+            d,
+            Decoded::Unknown {
+                type_name: "from_the_future".into(),
+                id: Some(9)
+            }
+        );
     }
 
     #[test]
     fn malformed_and_bad_fields_are_told_apart() {
-        for bad in ["", "nope", "[1,2]", r#"{"id":1}"#, r#"{"type":5}"#, "{\"type\":\"ping\""] {
-            assert!(matches!(decode_control(bad), Err(DecodeError::Malformed(_))), "{bad:?}");
+        for bad in [
+            "",
+            "nope",
+            "[1,2]",
+            r#"{"id":1}"#,
+            r#"{"type":5}"#,
+            "{\"type\":\"ping\"",
+        ] {
+            assert!(
+                matches!(decode_control(bad), Err(DecodeError::Malformed(_))),
+                "{bad:?}"
+            );
         }
         let e = decode_control(r#"{"type":"ping","id":1}"#).unwrap_err();
-        assert!(matches!(e, DecodeError::BadFields { ref type_name, .. } if type_name == "ping"), "{e:?}");
+        assert!(
+            matches!(e, DecodeError::BadFields { ref type_name, .. } if type_name == "ping"),
+            "{e:?}"
+        );
         let e = decode_control(r#"{"type":"ping","sent_ms":1}"#).unwrap_err();
-        assert!(matches!(e, DecodeError::BadFields { .. }), "missing id: {e:?}");
+        assert!(
+            matches!(e, DecodeError::BadFields { .. }),
+            "missing id: {e:?}"
+        );
     }
 
     #[test]
     fn oversized_control_is_refused_before_parsing() {
-        let big = format!(r#"{{"type":"ping","id":1,"pad":"{}"}}"#, "x".repeat(MAX_CONTROL_MESSAGE));
+        let big = format!(
+            r#"{{"type":"ping","id":1,"pad":"{}"}}"#,
+            "x".repeat(MAX_CONTROL_MESSAGE)
+        );
         assert_eq!(decode_control(&big), Err(DecodeError::TooLarge(big.len())));
     }
 
@@ -492,15 +563,31 @@ mod tests {
 
     #[test]
     fn frame_round_trip_and_layout() {
-        let h = FrameHeader { kind: FrameKind::Data, tag: StreamTag::Stderr, channel: 0x0102_0304, seq: 0x1122_3344_5566_7788 };
+        let h = FrameHeader {
+            kind: FrameKind::Data,
+            tag: StreamTag::Stderr,
+            channel: 0x0102_0304,
+            seq: 0x1122_3344_5566_7788,
+        };
         let f = encode_frame(h, b"hi");
-        assert_eq!(&f[..16], &[1, 2, 0, 0, 1, 2, 3, 4, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+        assert_eq!(
+            &f[..16],
+            &[1, 2, 0, 0, 1, 2, 3, 4, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]
+        );
         assert_eq!(decode_frame(&f), Ok((h, &b"hi"[..])));
     }
 
     #[test]
     fn every_truncation_of_a_frame_is_refused_cleanly() {
-        let f = encode_frame(FrameHeader { kind: FrameKind::Ack, tag: StreamTag::None, channel: 1, seq: 2 }, b"");
+        let f = encode_frame(
+            FrameHeader {
+                kind: FrameKind::Ack,
+                tag: StreamTag::None,
+                channel: 1,
+                seq: 2,
+            },
+            b"",
+        );
         for n in 0..FRAME_HEADER_LEN {
             assert_eq!(decode_frame(&f[..n]), Err(FrameError::Short(n)));
         }
@@ -509,7 +596,15 @@ mod tests {
 
     #[test]
     fn bad_frames_are_classified() {
-        let mut f = encode_frame(FrameHeader { kind: FrameKind::Data, tag: StreamTag::Stdout, channel: 1, seq: 0 }, b"x");
+        let mut f = encode_frame(
+            FrameHeader {
+                kind: FrameKind::Data,
+                tag: StreamTag::Stdout,
+                channel: 1,
+                seq: 0,
+            },
+            b"x",
+        );
         f[0] = 77;
         assert_eq!(decode_frame(&f), Err(FrameError::UnknownKind(77)));
         f[0] = 1;
@@ -518,11 +613,36 @@ mod tests {
         f[1] = 1;
         f[3] = 1;
         assert_eq!(decode_frame(&f), Err(FrameError::ReservedFlags(1)));
-        let ack_with_payload = encode_frame(FrameHeader { kind: FrameKind::Ack, tag: StreamTag::None, channel: 1, seq: 0 }, b"x");
-        assert_eq!(decode_frame(&ack_with_payload), Err(FrameError::BadPayload { kind: FrameKind::Ack, len: 1 }));
+        let ack_with_payload = encode_frame(
+            FrameHeader {
+                kind: FrameKind::Ack,
+                tag: StreamTag::None,
+                channel: 1,
+                seq: 0,
+            },
+            b"x",
+        );
+        assert_eq!(
+            decode_frame(&ack_with_payload),
+            Err(FrameError::BadPayload {
+                kind: FrameKind::Ack,
+                len: 1
+            })
+        );
         let big = vec![0u8; MAX_DATA_PAYLOAD + 1];
-        let too_big = encode_frame(FrameHeader { kind: FrameKind::Data, tag: StreamTag::Stdout, channel: 1, seq: 0 }, &big);
-        assert!(matches!(decode_frame(&too_big), Err(FrameError::BadPayload { .. })));
+        let too_big = encode_frame(
+            FrameHeader {
+                kind: FrameKind::Data,
+                tag: StreamTag::Stdout,
+                channel: 1,
+                seq: 0,
+            },
+            &big,
+        );
+        assert!(matches!(
+            decode_frame(&too_big),
+            Err(FrameError::BadPayload { .. })
+        ));
     }
 
     #[test]

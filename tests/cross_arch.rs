@@ -5,8 +5,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn dist(target: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist").join(target).join("tether");
-    assert!(p.exists(), "{} is missing: run ./build.sh first (make test does)", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("dist")
+        .join(target)
+        .join("tether");
+    assert!(
+        p.exists(),
+        "{} is missing: run ./build.sh first (make test does)",
+        p.display()
+    );
     p
 }
 
@@ -15,15 +22,29 @@ fn is_static_elf(bytes: &[u8]) -> bool {
     assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
     assert_eq!(bytes[4], 2, "expected a 64-bit ELF");
     let le = bytes[5] == 1;
-    let u16_at = |o: usize| if le { u16::from_le_bytes([bytes[o], bytes[o + 1]]) } else { u16::from_be_bytes([bytes[o], bytes[o + 1]]) };
+    let u16_at = |o: usize| {
+        if le {
+            u16::from_le_bytes([bytes[o], bytes[o + 1]])
+        } else {
+            u16::from_be_bytes([bytes[o], bytes[o + 1]])
+        }
+    };
     let u64_at = |o: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[o..o + 8]);
-        if le { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) }
+        if le {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        }
     };
     let u32_at = |o: usize| {
         let b = [bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]];
-        if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
     };
     let phoff = u64_at(0x20) as usize;
     let phentsize = u16_at(0x36) as usize;
@@ -36,7 +57,10 @@ fn is_static_elf(bytes: &[u8]) -> bool {
 fn release_binaries_are_static() {
     for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
         let bytes = std::fs::read(dist(t)).unwrap();
-        assert!(is_static_elf(&bytes), "{t} binary asks for a dynamic loader");
+        assert!(
+            is_static_elf(&bytes),
+            "{t} binary asks for a dynamic loader"
+        );
     }
 }
 
@@ -46,10 +70,25 @@ fn the_aarch64_binary_runs_under_qemu() {
         .into_iter()
         .find(|q| Command::new(q).arg("--version").output().is_ok())
         .expect("qemu-user is not installed (apt-get install qemu-user-static; .ci/run does)");
-    let out = Command::new(qemu).arg(dist("aarch64-unknown-linux-musl")).arg("version").output().unwrap();
+    let out = Command::new(qemu)
+        .arg(dist("aarch64-unknown-linux-musl"))
+        .arg("version")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(env!("CARGO_PKG_VERSION")) && text.contains("aarch64"), "{text}");
-    let out = Command::new(qemu).arg(dist("aarch64-unknown-linux-musl")).arg("--help").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains("aarch64"),
+        "{text}"
+    );
+    let out = Command::new(qemu)
+        .arg(dist("aarch64-unknown-linux-musl"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("enroll"));
 }

@@ -37,7 +37,12 @@ fn credential_is_private_and_status_reports_the_connection() {
 
     // Not running yet: status says so with a non-zero exit.
     let out = runner.cmd().arg("status").output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     runner.start(&["--heartbeat", "1s"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
@@ -52,13 +57,19 @@ fn credential_is_private_and_status_reports_the_connection() {
 
     let text = runner.cmd().arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("connected") && text.contains(&runner.id), "{text}");
+    assert!(
+        text.contains("connected") && text.contains(&runner.id),
+        "{text}"
+    );
 }
 
 /// Exit code and stderr of one `tether enroll` attempt.
 fn enroll_code(server: &Server, token: &str) -> (i32, String) {
     let out = Runner::new().enroll_at(&server.url, &server.ca, token);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -106,25 +117,58 @@ fn unwritable_state_dir_unreachable_server_and_untrusted_certificate_are_told_ap
     let file = scratch.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let out = runner_cmd_with_state(&file.join("state"))
-        .args(["enroll", "--server", &server.url, "--token", &token, "--ca-file"])
+        .args([
+            "enroll",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--ca-file",
+        ])
         .arg(&server.ca)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The token was not burnt by the failed attempt.
-    assert_eq!(enroll_code(&server, &token).0, 0, "token must still be usable");
+    assert_eq!(
+        enroll_code(&server, &token).0,
+        0,
+        "token must still be usable"
+    );
 
     // Nothing listens on this port.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let out = Runner::new().enroll_at(&format!("https://{dead}"), &server.ca, "tenr_x");
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Without --ca-file the dev certificate is not trusted (webpki roots only).
     let (_, token) = tenant.enrollment_token(600);
     let r = Runner::new();
-    let out = r.cmd().args(["enroll", "--server", &server.url, "--token", &token]).output().unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r
+        .cmd()
+        .args(["enroll", "--server", &server.url, "--token", &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("certificate"), "{err}");
 }
@@ -139,15 +183,35 @@ fn runner_cmd_with_state(state: &std::path::Path) -> std::process::Command {
 fn run_without_enrollment_exits_not_enrolled() {
     let r = Runner::new();
     let out = r.cmd().arg("run").output().unwrap();
-    assert_eq!(out.status.code(), Some(11), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(11),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("enroll"));
 }
 
 #[test]
 fn plain_http_is_refused_for_a_non_loopback_server() {
     let r = Runner::new();
-    let out = r.cmd().args(["enroll", "--server", "http://example.com", "--token", "tenr_x"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r
+        .cmd()
+        .args([
+            "enroll",
+            "--server",
+            "http://example.com",
+            "--token",
+            "tenr_x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -159,12 +223,27 @@ fn runner_enrolls_and_connects_through_an_http_connect_proxy() {
     let mut runner = Runner::new();
     let out = runner
         .cmd()
-        .args(["enroll", "--server", &server.url, "--token", &token, "--proxy", &proxy.url("http"), "--ca-file"])
+        .args([
+            "enroll",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--proxy",
+            &proxy.url("http"),
+            "--ca-file",
+        ])
         .arg(&server.ca)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cred: serde_json::Value = serde_json::from_slice(&std::fs::read(runner.dir.path().join("credential.json")).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cred: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runner.dir.path().join("credential.json")).unwrap())
+            .unwrap();
     runner.id = cred["runner_id"].as_str().unwrap().to_string();
 
     // HTTPS_PROXY from the environment, as on a corporate network.
@@ -181,5 +260,8 @@ fn runner_enrolls_and_connects_through_an_http_connect_proxy() {
     );
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
     let seen = proxy.connect_requests();
-    assert!(seen.len() >= 2 && seen.iter().all(|t| *t == server.addr()), "{seen:?}");
+    assert!(
+        seen.len() >= 2 && seen.iter().all(|t| *t == server.addr()),
+        "{seen:?}"
+    );
 }

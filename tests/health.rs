@@ -34,10 +34,17 @@ fn sigterm_closes_cleanly_and_the_server_sees_it_at_once() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     let st = wait_exit(runner.child(), Duration::from_secs(5)).expect("runner exits on SIGTERM");
     assert_eq!(st.code(), Some(0));
-    let (_, hist) = tenant.call("GET", &format!("/api/v1/runners/{}/health", runner.id), None);
+    let (_, hist) = tenant.call(
+        "GET",
+        &format!("/api/v1/runners/{}/health", runner.id),
+        None,
+    );
     let last = hist.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["health"], "unreachable");
-    assert!(last["reason"].as_str().unwrap().contains("closed"), "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("closed"),
+        "{last}"
+    );
 }
 
 #[test]
@@ -52,13 +59,20 @@ fn a_silent_link_is_detected_within_three_heartbeats_and_heals_when_restored() {
 
     proxy.set_mode(Mode::Blackhole);
     let took = tenant.wait_health(&runner.id, "unreachable", Duration::from_secs(10));
-    assert!(took <= Duration::from_secs(3), "server noticed after {took:?}, limit is 3 intervals");
+    assert!(
+        took <= Duration::from_secs(3),
+        "server noticed after {took:?}, limit is 3 intervals"
+    );
 
     // The runner's own watchdog notices too (it has seen no frame for 3 s).
-    wait_for(Duration::from_secs(6), "runner to leave 'connected'", || {
-        let out = runner.cmd().arg("status").output().unwrap();
-        (out.status.code() == Some(3)).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(6),
+        "runner to leave 'connected'",
+        || {
+            let out = runner.cmd().arg("status").output().unwrap();
+            (out.status.code() == Some(3)).then_some(())
+        },
+    );
 
     proxy.set_mode(Mode::Forward);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(30));
@@ -86,7 +100,9 @@ fn health_changes_are_pushed_live_and_kept_as_history() {
     let deadline = killed + Duration::from_secs(5);
     let event = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("no health event pushed within 5 s");
+        let line = rx
+            .recv_timeout(left)
+            .expect("no health event pushed within 5 s");
         if let Some(data) = line.strip_prefix("data:") {
             let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
             if v["runner_id"] == runner.id.as_str() && v["health"] == "unreachable" {
@@ -94,13 +110,26 @@ fn health_changes_are_pushed_live_and_kept_as_history() {
             }
         }
     };
-    assert!(killed.elapsed() < Duration::from_secs(1), "event after {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "event after {:?}",
+        killed.elapsed()
+    );
     assert!(event["at"].is_string(), "{event}");
 
     runner.start(&["--heartbeat", "1s"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
-    let (_, hist) = tenant.call("GET", &format!("/api/v1/runners/{}/health", runner.id), None);
-    let states: Vec<&str> = hist.as_array().unwrap().iter().map(|e| e["health"].as_str().unwrap()).collect();
+    let (_, hist) = tenant.call(
+        "GET",
+        &format!("/api/v1/runners/{}/health", runner.id),
+        None,
+    );
+    let states: Vec<&str> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["health"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["active", "unreachable", "active"], "{hist}");
 }
 
@@ -109,7 +138,11 @@ fn a_revoked_runner_is_disconnected_at_once_and_refused_afterwards() {
     let server = Server::start();
     let tenant = server.tenant("acme");
     let mut runner = active_runner(&server, &tenant, &["--heartbeat", "5s"]);
-    let (st, v) = tenant.call("POST", &format!("/api/v1/runners/{}/revoke", runner.id), None);
+    let (st, v) = tenant.call(
+        "POST",
+        &format!("/api/v1/runners/{}/revoke", runner.id),
+        None,
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["health"], "revoked");
     let st = wait_exit(runner.child(), Duration::from_secs(3)).expect("revoked runner exits");

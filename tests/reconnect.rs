@@ -21,8 +21,16 @@ fn runners_reconnect_on_their_own_after_a_server_restart() {
     tenant.wait_health(&a.id, "active", Duration::from_secs(15));
     tenant.wait_health(&b.id, "active", Duration::from_secs(15));
     let (_, hist) = tenant.call("GET", &format!("/api/v1/runners/{}/health", a.id), None);
-    let reasons: Vec<String> = hist.as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap_or("").to_string()).collect();
-    assert!(reasons.iter().any(|r| r.contains("server")), "the restart is in the history: {reasons:?}");
+    let reasons: Vec<String> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("server")),
+        "the restart is in the history: {reasons:?}"
+    );
 }
 
 #[test]
@@ -41,8 +49,14 @@ fn an_outage_costs_no_more_attempts_than_the_backoff_policy_allows() {
     std::thread::sleep(outage);
     let attempts = proxy.accepted() - before;
     let allowed = tether::conn::backoff::max_attempts_within(outage) as u64;
-    assert!(attempts >= 3, "the runner kept retrying: {attempts} attempts");
-    assert!(attempts <= allowed, "{attempts} attempts in {outage:?}, the policy allows {allowed}");
+    assert!(
+        attempts >= 3,
+        "the runner kept retrying: {attempts} attempts"
+    );
+    assert!(
+        attempts <= allowed,
+        "{attempts} attempts in {outage:?}, the policy allows {allowed}"
+    );
     eprintln!("outage of {outage:?}: {attempts} connection attempts (policy worst case {allowed})");
 
     proxy.set_mode(Mode::Forward);

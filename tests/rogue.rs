@@ -26,29 +26,41 @@ fn tls_stream(server: &Server) -> Tls {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let sock = TcpStream::connect(server.addr()).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), "127.0.0.1".try_into().unwrap()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), "127.0.0.1".try_into().unwrap()).unwrap();
     rustls::StreamOwned::new(conn, sock)
 }
 
 /// A WebSocket upgrade with `credential` (or none).
 fn ws(server: &Server, credential: Option<&str>) -> Result<WebSocket<Tls>, tungstenite::Error> {
-    let url = format!("wss://{}{}", server.addr(), tether::protocol::RUNNER_CONNECT_PATH);
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
+    let url = format!(
+        "wss://{}{}",
+        server.addr(),
+        tether::protocol::RUNNER_CONNECT_PATH
+    );
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).unwrap();
     if let Some(c) = credential {
-        req.headers_mut().insert("Authorization", format!("Bearer {c}").parse().unwrap());
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {c}").parse().unwrap());
     }
-    tungstenite::client(req, tls_stream(server)).map(|(ws, _)| ws).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => e,
-        tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
-    })
+    tungstenite::client(req, tls_stream(server))
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => panic!("blocking handshake interrupted"),
+        })
 }
 
 /// A runner credential made through the enroll API (no runner process).
 fn credential(server: &Server, tenant: &Tenant) -> String {
     let (_, token) = tenant.enrollment_token(600);
     let body = json!({"token": token, "hostname": "rogue", "arch": "x86_64", "os": "linux", "version": "0.0.1"});
-    let (st, v) = server.api().call("POST", tether::protocol::ENROLL_PATH, None, Some(body));
+    let (st, v) = server
+        .api()
+        .call("POST", tether::protocol::ENROLL_PATH, None, Some(body));
     assert_eq!(st, 201, "{v}");
     v["credential"].as_str().unwrap().to_string()
 }
@@ -66,7 +78,9 @@ fn close_of(ws: &mut WebSocket<Tls>) -> (u16, String) {
             Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
             Ok(Message::Close(None)) => return (1005, String::new()),
             Ok(_) => continue,
-            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => panic!("no close within the read timeout"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                panic!("no close within the read timeout")
+            }
             Err(e) => panic!("connection ended without a close frame: {e}"),
         }
     }
@@ -90,7 +104,11 @@ impl Bystander {
 
     fn still_served(&self) {
         assert_eq!(self.tenant.health(&self.runner.id), "active");
-        let (st, v) = self.tenant.call("POST", &format!("/api/v1/runners/{}/ping", self.runner.id), None);
+        let (st, v) = self.tenant.call(
+            "POST",
+            &format!("/api/v1/runners/{}/ping", self.runner.id),
+            None,
+        );
         assert_eq!(st, 200, "bystander ping: {v}");
     }
 }
@@ -103,7 +121,8 @@ fn an_upgrade_without_a_valid_credential_is_refused_with_a_json_reason() {
         match ws(&server, cred) {
             Err(tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), 401, "{cred:?}");
-                let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
                 assert_eq!(body["error"]["code"], "unauthorized", "{body}");
             }
             Ok(_) => panic!("upgrade accepted without a valid credential ({cred:?})"),
@@ -121,8 +140,15 @@ fn a_wrong_protocol_version_is_closed_with_a_reason() {
     let mut ws = ws(&server, Some(&credential(&server, &tenant))).unwrap();
     ws.send(Message::text(hello(&[99, 100]))).unwrap();
     let (code, reason) = close_of(&mut ws);
-    assert_eq!(code, tether::protocol::close::UNSUPPORTED_PROTOCOL, "{reason}");
-    assert!(reason.contains('1'), "the reason names the versions the server speaks: {reason}");
+    assert_eq!(
+        code,
+        tether::protocol::close::UNSUPPORTED_PROTOCOL,
+        "{reason}"
+    );
+    assert!(
+        reason.contains('1'),
+        "the reason names the versions the server speaks: {reason}"
+    );
     by.still_served();
 }
 
@@ -145,7 +171,11 @@ fn malformed_text_and_binary_frames_are_closed_with_a_reason() {
         assert!(welcome.to_text().unwrap().contains("welcome"), "{welcome}");
         ws.send(msg.clone()).unwrap();
         let (code, reason) = close_of(&mut ws);
-        assert_eq!(code, tether::protocol::close::PROTOCOL_VIOLATION, "{msg:?}: {reason}");
+        assert_eq!(
+            code,
+            tether::protocol::close::PROTOCOL_VIOLATION,
+            "{msg:?}: {reason}"
+        );
         assert!(!reason.is_empty(), "a reason is given for {msg:?}");
     }
     by.still_served();
@@ -191,9 +221,15 @@ fn unknown_message_types_are_ignored_not_fatal() {
     let mut ws = ws(&server, Some(&credential(&server, &tenant))).unwrap();
     ws.send(Message::text(hello(&[1]))).unwrap();
     ws.read().unwrap();
-    ws.send(Message::text(r#"{"type":"from_the_future","id":5,"what":1}"#)).unwrap();
+    ws.send(Message::text(
+        r#"{"type":"from_the_future","id":5,"what":1}"#,
+    ))
+    .unwrap();
     // Unknown binary frame kind, well-formed header otherwise.
-    ws.send(Message::binary(vec![200u8, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+    ws.send(Message::binary(vec![
+        200u8, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]))
+    .unwrap();
     ws.send(Message::Ping(vec![1, 2, 3].into())).unwrap();
     loop {
         match ws.read().unwrap() {

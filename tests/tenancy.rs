@@ -27,7 +27,10 @@ fn tenant_b_gets_not_found_for_tenant_a_on_every_endpoint() {
         let (st, v) = b.call(method, path, None);
         assert_eq!(st, 404, "{method} {path}: {v}");
         assert_eq!(v["error"]["code"], "not_found", "{method} {path}: {v}");
-        assert!(!v.to_string().contains("\"a\""), "no hint of the other tenant: {v}");
+        assert!(
+            !v.to_string().contains("\"a\""),
+            "no hint of the other tenant: {v}"
+        );
     }
     let (_, list) = b.call("GET", "/api/v1/runners", None);
     assert_eq!(list, json!([]), "tenant b lists no runners");
@@ -37,7 +40,12 @@ fn tenant_b_gets_not_found_for_tenant_a_on_every_endpoint() {
     // Nothing b tried changed anything of a's.
     assert_eq!(a.health(id), "active");
     let (_, tokens) = a.call("GET", "/api/v1/tokens", None);
-    let t = tokens.as_array().unwrap().iter().find(|t| t["id"] == token_id.as_str()).unwrap();
+    let t = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token_id.as_str())
+        .unwrap();
     assert_eq!(t["state"], "unused", "{t}");
 }
 
@@ -48,15 +56,36 @@ fn admin_and_tenant_tokens_are_not_interchangeable() {
     let api = server.api();
 
     let (st, v) = api.call("GET", "/api/v1/runners", Some(&server.admin_token), None);
-    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
-    let (st, v) = api.call("POST", "/api/v1/tenants", Some(&a.token), Some(json!({"name": "evil"})));
-    assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (st, v) = api.call(
+        "POST",
+        "/api/v1/tenants",
+        Some(&a.token),
+        Some(json!({"name": "evil"})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
     let (_, token) = a.enrollment_token(600);
     let (st, v) = api.call("GET", "/api/v1/runners", Some(&token), None);
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthorized")), "an enrollment token is no API token: {v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "an enrollment token is no API token: {v}"
+    );
     for bad in [None, Some("tapi_nope")] {
         let (st, v) = api.call("GET", "/api/v1/runners", bad, None);
-        assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthorized")), "{v}");
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{v}"
+        );
     }
 }
 
@@ -65,14 +94,40 @@ fn bad_requests_and_unknown_routes_get_json_errors() {
     let server = Server::start();
     let a = server.tenant("a");
     let api = server.api();
-    let (st, v) = api.call("POST", "/api/v1/tenants", Some(&server.admin_token), Some(json!({"nom": 1})));
-    assert_eq!((st, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
-    let (st, v) = api.call("POST", "/api/v1/tenants", Some(&server.admin_token), Some(json!({"name": "a"})));
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("conflict")), "{v}");
+    let (st, v) = api.call(
+        "POST",
+        "/api/v1/tenants",
+        Some(&server.admin_token),
+        Some(json!({"nom": 1})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let (st, v) = api.call(
+        "POST",
+        "/api/v1/tenants",
+        Some(&server.admin_token),
+        Some(json!({"name": "a"})),
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
     let (st, v) = a.call("GET", "/api/v1/no-such-thing", None);
-    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
     let (st, v) = api.call("POST", "/api/v1/enroll", None, Some(json!({"token": 5})));
-    assert_eq!((st, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
     let (st, v) = api.call("GET", "/healthz", None, None);
     assert_eq!((st, v["ok"].as_bool()), (200, Some(true)), "{v}");
 }

@@ -1,1 +1,69 @@
-fn main() {}
+//! `tether-server`: the Tether control plane and its operator CLI.
+//!
+//! `serve` runs the server (`serve.rs`); every other subcommand is a client of
+//! its REST API (`cli.rs`). Usage errors exit 2 (clap), `--help` works at
+//! every level.
+//!
+//! Module map, one concern each:
+//!
+//! ```text
+//! config     serve flags, data-dir files      serve      listener, TLS accept, shutdown
+//! tls        cert loading, dev CA             app        shared state, route table
+//! storage    SQLite, the only SQL             auth       secrets, hashing, callers
+//! api        REST handlers                    error      the JSON error body
+//! runner_ws  one runner's WebSocket           registry   live connections, routing
+//! health     health changes + broadcast       events     SSE of health changes
+//! clock      time formats                     cli        operator subcommands
+//! ```
+
+mod api;
+mod app;
+mod auth;
+mod cli;
+mod clock;
+mod config;
+mod error;
+mod events;
+mod health;
+mod registry;
+mod runner_ws;
+mod serve;
+mod storage;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-server",
+    version,
+    about = "Tether control plane and operator CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    #[command(flatten)]
+    client: cli::ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server
+    Serve(config::ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match args.command {
+        Command::Serve(serve_args) => serve::main(serve_args),
+        Command::Client(command) => cli::run(&args.client, command),
+    }
+}

@@ -24,7 +24,10 @@ struct Row {
 }
 
 fn env_secs(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn ticks_per_sec() -> f64 {
@@ -33,7 +36,10 @@ fn ticks_per_sec() -> f64 {
 }
 
 fn dist(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist").join(target).join("tether")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("dist")
+        .join(target)
+        .join("tether")
 }
 
 fn main() {
@@ -55,13 +61,19 @@ fn main() {
     many_runners(&mut rows);
 
     println!();
-    println!("{:<46} {:>12} {:<6} {:>8} {:>7}  {}", "measure", "value", "unit", "goal", "ratio", "measured by");
+    println!(
+        "{:<46} {:>12} {:<6} {:>8} {:>7}  measured by",
+        "measure", "value", "unit", "goal", "ratio"
+    );
     for r in &rows {
         let (goal, ratio) = match r.goal {
             Some(g) => (format!("{g}"), format!("{:.2}", r.value / g)),
             None => ("-".into(), "-".into()),
         };
-        println!("{:<46} {:>12.3} {:<6} {:>8} {:>7}  {}", r.what, r.value, r.unit, goal, ratio, r.how);
+        println!(
+            "{:<46} {:>12.3} {:<6} {:>8} {:>7}  {}",
+            r.what, r.value, r.unit, goal, ratio, r.how
+        );
     }
     println!("\nratio = value / goal; at or below 1.00 meets the goal.");
 }
@@ -97,7 +109,11 @@ fn idle_runner(rows: &mut Vec<Row>) {
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_sec();
     let (up1, down1) = proxy.bytes();
-    assert_eq!(tenant.health(&runner.id), "active", "runner dropped during the idle bench");
+    assert_eq!(
+        tenant.health(&runner.id),
+        "active",
+        "runner dropped during the idle bench"
+    );
 
     rows.push(Row {
         what: "runner RSS after 60 s connected, idle".into(),
@@ -135,18 +151,33 @@ fn many_runners(rows: &mut Vec<Row>) {
     let mut child = Command::new(&sim)
         .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
         .arg(&server.ca)
-        .args(["--count", &count.to_string(), "--heartbeat", "5s", "--duration", &format!("{hold}s")])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--heartbeat",
+            "5s",
+            "--duration",
+            &format!("{hold}s"),
+        ])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", sim.display()));
     eprintln!("bench: {count} simulated runners for {hold} s");
     let t_conn = Instant::now();
-    wait_for(Duration::from_secs(hold.max(120)), "all simulated runners active", || {
-        let (_, list) = tenant.call("GET", "/api/v1/runners", None);
-        let active = list.as_array()?.iter().filter(|r| r["health"] == "active").count() as u64;
-        (active >= count).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(hold.max(120)),
+        "all simulated runners active",
+        || {
+            let (_, list) = tenant.call("GET", "/api/v1/runners", None);
+            let active = list
+                .as_array()?
+                .iter()
+                .filter(|r| r["health"] == "active")
+                .count() as u64;
+            (active >= count).then_some(())
+        },
+    );
     let connect_secs = t_conn.elapsed().as_secs_f64();
     let cpu0 = cpu_ticks(spid);
     let t0 = Instant::now();

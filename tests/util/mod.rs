@@ -35,7 +35,11 @@ pub fn runner_bin() -> PathBuf {
 /// built by `cargo build --workspace` (the Makefile does it before testing).
 pub fn server_bin() -> PathBuf {
     let p = runner_bin().with_file_name("tether-server");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first (make test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first (make test does)",
+        p.display()
+    );
     p
 }
 
@@ -46,7 +50,8 @@ impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("tether-test-{label}-{}-{n}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("tether-test-{label}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -122,7 +127,14 @@ impl Server {
         let dir = TempDir::new("server");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn_server(dir.path(), "127.0.0.1:0", &extra);
-        let mut s = Server { child, url: String::new(), admin_token: String::new(), ca: dir.path().join("tls/ca.pem"), dir, extra };
+        let mut s = Server {
+            child,
+            url: String::new(),
+            admin_token: String::new(),
+            ca: dir.path().join("tls/ca.pem"),
+            dir,
+            extra,
+        };
         s.wait_ready();
         s
     }
@@ -133,16 +145,28 @@ impl Server {
         let dir = self.dir.path().to_path_buf();
         self.url = wait_for(Duration::from_secs(30), "server.url", || {
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("tether-server exited with {st} before listening:\n{}", read_log(&dir));
+                panic!(
+                    "tether-server exited with {st} before listening:\n{}",
+                    read_log(&dir)
+                );
             }
-            fs::read_to_string(&url_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+            fs::read_to_string(&url_file)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
         });
-        self.admin_token = fs::read_to_string(self.dir.path().join("admin.token")).unwrap().trim().to_string();
+        self.admin_token = fs::read_to_string(self.dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
     }
 
     /// The host:port the server listens on.
     pub fn addr(&self) -> String {
-        self.url.trim_start_matches("https://").trim_start_matches("http://").to_string()
+        self.url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string()
     }
 
     pub fn log(&self) -> String {
@@ -171,7 +195,12 @@ impl Server {
 
     /// A fresh tenant with its API token.
     pub fn tenant(&self, name: &str) -> Tenant {
-        let (st, v) = self.api().call("POST", "/api/v1/tenants", Some(&self.admin_token), Some(json!({ "name": name })));
+        let (st, v) = self.api().call(
+            "POST",
+            "/api/v1/tenants",
+            Some(&self.admin_token),
+            Some(json!({ "name": name })),
+        );
         assert_eq!(st, 201, "create tenant: {v}");
         Tenant {
             id: v["id"].as_str().unwrap().to_string(),
@@ -191,7 +220,11 @@ impl Drop for Server {
 }
 
 fn spawn_server(dir: &Path, listen: &str, extra: &[String]) -> Child {
-    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
     Command::new(server_bin())
         .arg("serve")
         .arg("--listen")
@@ -231,11 +264,20 @@ impl Api {
             .timeout_global(Some(Duration::from_secs(15)))
             .build()
             .new_agent();
-        Api { base: base.to_string(), agent }
+        Api {
+            base: base.to_string(),
+            agent,
+        }
     }
 
     /// One request; returns the status and the JSON body (Null when empty).
-    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = format!("{}{}", self.base, path);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = token {
@@ -243,7 +285,10 @@ impl Api {
         }
         let resp = match body {
             Some(b) => {
-                let req = req.header("Content-Type", "application/json").body(b.to_string()).unwrap();
+                let req = req
+                    .header("Content-Type", "application/json")
+                    .body(b.to_string())
+                    .unwrap();
                 self.agent.run(req)
             }
             None => self.agent.run(req.body(()).unwrap()),
@@ -251,7 +296,11 @@ impl Api {
         let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, v)
     }
 
@@ -284,9 +333,16 @@ impl Tenant {
 
     /// A fresh one-time enrollment token.
     pub fn enrollment_token(&self, ttl_secs: u64) -> (String, String) {
-        let (st, v) = self.call("POST", "/api/v1/tokens", Some(json!({ "ttl_secs": ttl_secs })));
+        let (st, v) = self.call(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({ "ttl_secs": ttl_secs })),
+        );
         assert_eq!(st, 201, "create enrollment token: {v}");
-        (v["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
     }
 
     pub fn runner(&self, id: &str) -> Value {
@@ -302,7 +358,9 @@ impl Tenant {
     /// Wait until the runner's health is `want`; returns how long it took.
     pub fn wait_health(&self, id: &str, want: &str, limit: Duration) -> Duration {
         let start = Instant::now();
-        wait_for(limit, &format!("runner {id} to be {want}"), || (self.health(id) == want).then_some(()));
+        wait_for(limit, &format!("runner {id} to be {want}"), || {
+            (self.health(id) == want).then_some(())
+        });
         start.elapsed()
     }
 }
@@ -318,18 +376,38 @@ pub struct Runner {
 
 impl Runner {
     pub fn new() -> Runner {
-        Runner { dir: TempDir::new("runner"), child: None, id: String::new(), bin: runner_bin() }
+        Runner {
+            dir: TempDir::new("runner"),
+            child: None,
+            id: String::new(),
+            bin: runner_bin(),
+        }
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
-        c.arg("--state-dir").arg(self.dir.path()).env("TETHER_LOG", "debug").env_remove("HTTPS_PROXY").env_remove("https_proxy");
+        c.arg("--state-dir")
+            .arg(self.dir.path())
+            .env("TETHER_LOG", "debug")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy");
         c
     }
 
     /// `tether enroll` against `server_url`; returns the process output.
     pub fn enroll_at(&self, server_url: &str, ca: &Path, token: &str) -> Output {
-        self.cmd().args(["enroll", "--server", server_url, "--token", token, "--ca-file"]).arg(ca).output().unwrap()
+        self.cmd()
+            .args([
+                "enroll",
+                "--server",
+                server_url,
+                "--token",
+                token,
+                "--ca-file",
+            ])
+            .arg(ca)
+            .output()
+            .unwrap()
     }
 
     /// Enroll with a fresh token of `tenant` and remember the runner id.
@@ -337,15 +415,26 @@ impl Runner {
         let mut r = Runner::new();
         let (_, token) = tenant.enrollment_token(600);
         let out = r.enroll_at(&server.url, &server.ca, &token);
-        assert!(out.status.success(), "enroll failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-        let cred: Value = serde_json::from_slice(&fs::read(r.dir.path().join("credential.json")).unwrap()).unwrap();
+        assert!(
+            out.status.success(),
+            "enroll failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cred: Value =
+            serde_json::from_slice(&fs::read(r.dir.path().join("credential.json")).unwrap())
+                .unwrap();
         r.id = cred["runner_id"].as_str().unwrap().to_string();
         r
     }
 
     /// Start `tether run` with extra arguments (e.g. `--heartbeat 1s`).
     pub fn start(&mut self, args: &[&str]) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("runner.log")).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("runner.log"))
+            .unwrap();
         let child = self
             .cmd()
             .arg("run")

@@ -97,7 +97,10 @@ impl TcpProxy {
 
     /// Bytes forwarded client → server and server → client.
     pub fn bytes(&self) -> (u64, u64) {
-        (self.shared.bytes_up.load(Ordering::SeqCst), self.shared.bytes_down.load(Ordering::SeqCst))
+        (
+            self.shared.bytes_up.load(Ordering::SeqCst),
+            self.shared.bytes_down.load(Ordering::SeqCst),
+        )
     }
 
     /// The targets of the CONNECT requests seen (HTTP CONNECT mode).
@@ -150,7 +153,8 @@ fn handle(mut client: TcpStream, sh: Arc<Shared>, target: &Target) {
                 if up.is_ok() {
                     let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
                 } else {
-                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+                    let _ =
+                        client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
                 }
                 up
             }
@@ -187,7 +191,8 @@ fn read_connect(client: &mut TcpStream) -> Option<String> {
 }
 
 fn pump(mut from: TcpStream, mut to: TcpStream, sh: &Shared, up: bool) {
-    from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    from.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     while !sh.stop.load(Ordering::SeqCst) {
         match from.read(&mut buf) {
@@ -202,7 +207,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, sh: &Shared, up: bool) {
                 let counter = if up { &sh.bytes_up } else { &sh.bytes_down };
                 counter.fetch_add(n as u64, Ordering::SeqCst);
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }

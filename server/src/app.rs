@@ -1,0 +1,102 @@
+//! The HTTP application: shared state and the route table.
+//!
+//! [`app`] builds the whole router from an [`AppState`], with no socket, so
+//! tests drive it with `tower::ServiceExt::oneshot`. `serve.rs` puts it behind
+//! TLS; nothing here knows about listeners or certificates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::health::HealthLog;
+use crate::registry::Registry;
+use crate::storage::Storage;
+use crate::{api, auth, events, runner_ws};
+
+/// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// From the upgrade to the runner's `hello` (protocol.md: 10 s).
+    pub hello_timeout: Duration,
+    /// `POST /runners/{id}/ping` waits this long for the `pong`.
+    pub request_timeout: Duration,
+    /// Sending one frame to a runner; a peer that stops reading is dropped.
+    pub send_timeout: Duration,
+    /// After sending a close frame, how long to wait for the peer's.
+    pub close_wait: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            hello_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            close_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything a request handler may touch. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<Storage>,
+    pub health: Arc<HealthLog>,
+    pub registry: Arc<Registry>,
+    /// SHA-256 hex of the admin token.
+    pub admin_token_hash: Arc<str>,
+    pub tuning: Tuning,
+}
+
+impl AppState {
+    pub fn new(storage: Arc<Storage>, admin_token: &str, tuning: Tuning) -> AppState {
+        let health = Arc::new(HealthLog::new(storage.clone()));
+        let registry = Arc::new(Registry::new(health.clone()));
+        AppState {
+            storage,
+            health,
+            registry,
+            admin_token_hash: auth::hash_secret(admin_token).into(),
+            tuning,
+        }
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route(tether::protocol::ENROLL_PATH, post(api::enroll))
+        .route(
+            tether::protocol::RUNNER_CONNECT_PATH,
+            get(runner_ws::connect),
+        )
+        .route(
+            "/api/v1/tenants",
+            post(api::create_tenant).get(api::list_tenants),
+        )
+        .route("/api/v1/api-tokens", post(api::create_api_token))
+        .route(
+            "/api/v1/tokens",
+            post(api::create_enrollment_token).get(api::list_enrollment_tokens),
+        )
+        .route("/api/v1/tokens/{id}", delete(api::revoke_enrollment_token))
+        .route("/api/v1/runners", get(api::list_runners))
+        .route("/api/v1/runners/{id}", get(api::show_runner))
+        .route("/api/v1/runners/{id}/health", get(api::runner_health))
+        .route("/api/v1/runners/{id}/revoke", post(api::revoke_runner))
+        .route("/api/v1/runners/{id}/ping", post(api::ping_runner))
+        .route("/api/v1/events", get(events::follow))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                tether::protocol::api_error::BAD_REQUEST,
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(state)
+}

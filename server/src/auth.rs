@@ -1,0 +1,181 @@
+//! Secrets and callers: token generation, hashing, and who is calling.
+//!
+//! Four kinds of secret exist (`docs/api.md`, "Credentials"): admin (`tadm_`),
+//! API (`tapi_`), enrollment (`tenr_`) and runner (`trun_`). Each is a prefix
+//! and 32 random bytes in hex; the server keeps only the SHA-256 of the whole
+//! string. The prefix tells at a glance (and in a leaked log) what a secret is,
+//! and lets the server look in the right table.
+//!
+//! [`Caller`] is the axum extractor for REST endpoints: admin or one tenant.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub const ADMIN_PREFIX: &str = "tadm_";
+pub const API_PREFIX: &str = "tapi_";
+pub const ENROLL_PREFIX: &str = "tenr_";
+pub const RUNNER_PREFIX: &str = "trun_";
+
+/// A new secret: `prefix` then 256 random bits in hex.
+pub fn new_secret(prefix: &str) -> Result<String, getrandom::Error> {
+    Ok(format!("{prefix}{}", random_hex(32)?))
+}
+
+/// A new object id: `prefix` then 48 random bits in hex (`rn_3f9a2c7d1e4b`).
+pub fn new_id(prefix: &str) -> Result<String, getrandom::Error> {
+    Ok(format!("{prefix}{}", random_hex(6)?))
+}
+
+fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)?;
+    Ok(hex(&buf))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// What the server stores for a secret: SHA-256 of the whole string, in hex.
+pub fn hash_secret(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Compare two hashes without an early exit, so timing says nothing about
+/// how much of a guess was right.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Who is calling a REST endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The server's admin token: tenants only.
+    Admin,
+    /// An API token of one tenant.
+    Tenant(String),
+}
+
+impl Caller {
+    /// The caller's tenant, for tenant endpoints; the admin token is refused.
+    pub fn tenant(&self) -> Result<&str, ApiError> {
+        match self {
+            Caller::Tenant(id) => Ok(id),
+            Caller::Admin => Err(ApiError::forbidden(
+                "the admin token manages tenants only; use a tenant's API token",
+            )),
+        }
+    }
+
+    /// Admin endpoints; API tokens are refused.
+    pub fn admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Tenant(_) => Err(ApiError::forbidden("this endpoint needs the admin token")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(ApiError::unauthorized("missing bearer token"));
+        };
+        identify(state, token)
+    }
+}
+
+fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let hash = hash_secret(token);
+    if token.starts_with(API_PREFIX) {
+        if let Some(tenant) = state.storage.tenant_of_api_token(&hash)? {
+            return Ok(Caller::Tenant(tenant));
+        }
+    } else if token.starts_with(RUNNER_PREFIX) {
+        if state.storage.runner_by_credential(&hash)?.is_some() {
+            return Err(ApiError::forbidden(
+                "a runner credential cannot call the API",
+            ));
+        }
+    } else if hashes_equal(&hash, &state.admin_token_hash) {
+        // Checked last and by hash alone: a configured admin token
+        // (TETHER_ADMIN_TOKEN) may have any shape.
+        return Ok(Caller::Admin);
+    }
+    Err(ApiError::unauthorized("unknown token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn secrets_have_prefix_and_256_bits() {
+        let s = new_secret(API_PREFIX).unwrap();
+        assert!(s.starts_with("tapi_"));
+        assert_eq!(s.len(), 5 + 64);
+        assert_ne!(s, new_secret(API_PREFIX).unwrap());
+        let id = new_id("rn_").unwrap();
+        assert_eq!(id.len(), 3 + 12);
+        assert!(id[3..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn hash_is_sha256_hex() {
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(hashes_equal(&hash_secret("x"), &hash_secret("x")));
+        assert!(!hashes_equal(&hash_secret("x"), &hash_secret("y")));
+        assert!(!hashes_equal("ab", "abc"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        for (value, want) in [
+            ("Bearer tapi_x", Some("tapi_x")),
+            ("bearer  tapi_x ", Some("tapi_x")),
+            ("BEARER tapi_x", Some("tapi_x")),
+            ("Basic dXNlcg==", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("tapi_x", None),
+        ] {
+            h.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer(&h), want, "{value:?}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `serve` settings (flags and environment) and the data directory's files.
+//!
+//! The data directory holds everything a server instance keeps:
+//!
+//! ```text
+//! <data-dir>/tether.db     SQLite (WAL: also tether.db-wal, tether.db-shm)
+//!            admin.token   the admin token, 0600, made on first start
+//!            server.url    where this instance listens (rewritten each start)
+//!            tls/          dev CA and leaf, when no certificate is configured
+//! ```
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
+
+use crate::auth;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; see <data-dir>/server.url)
+    #[arg(long, env = "TETHER_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// Directory for the database, the admin token and dev certificates
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
+    pub data_dir: PathBuf,
+
+    /// PEM certificate chain (default: a dev CA under <data-dir>/tls)
+    #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP, for use behind a TLS-terminating reverse proxy
+    #[arg(
+        long,
+        env = "TETHER_PLAIN_HTTP",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new(),
+        conflicts_with = "tls_cert"
+    )]
+    pub plain_http: bool,
+
+    /// Admin token (default: read or create <data-dir>/admin.token)
+    #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
+    #[arg(long, env = "TETHER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Write a file only the owner can read, replacing it atomically.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Write `contents` to a temporary file beside `path`, then rename it over
+/// `path`, so a reader sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Where the admin token came from.
+pub enum AdminToken {
+    Configured(String),
+    File {
+        token: String,
+        path: PathBuf,
+        created: bool,
+    },
+}
+
+impl AdminToken {
+    pub fn secret(&self) -> &str {
+        match self {
+            AdminToken::Configured(t) | AdminToken::File { token: t, .. } => t,
+        }
+    }
+}
+
+/// The configured admin token, or the one in `<data>/admin.token` (made if missing).
+pub fn admin_token(configured: Option<&str>, data_dir: &Path) -> io::Result<AdminToken> {
+    if let Some(t) = configured.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(AdminToken::Configured(t.to_owned()));
+    }
+    let path = data_dir.join("admin.token");
+    match fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => {
+            return Ok(AdminToken::File {
+                token: s.trim().to_owned(),
+                path,
+                created: false,
+            });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = auth::new_secret(auth::ADMIN_PREFIX).map_err(io::Error::other)?;
+    write_private(&path, token.as_bytes())?;
+    Ok(AdminToken::File {
+        token,
+        path,
+        created: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn admin_token_is_made_once_and_private() {
+        let dir = std::env::temp_dir().join(format!("tether-config-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let a = admin_token(None, &dir).unwrap();
+        assert!(matches!(a, AdminToken::File { created: true, .. }));
+        assert!(a.secret().starts_with("tadm_"));
+        let b = admin_token(None, &dir).unwrap();
+        assert!(matches!(b, AdminToken::File { created: false, .. }));
+        assert_eq!(a.secret(), b.secret());
+        let mode = fs::metadata(dir.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let c = admin_token(Some("tadm_configured"), &dir).unwrap();
+        assert_eq!(c.secret(), "tadm_configured");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

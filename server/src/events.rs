@@ -1,0 +1,64 @@
+//! `GET /api/v1/events`: health changes of the caller's tenant, live, as SSE.
+//!
+//! Each subscriber gets its own receiver of the health broadcast and sees only
+//! its tenant's changes (`event: health`). A subscriber too slow to keep up
+//! skips ahead and is told so in a comment line; it never holds memory for
+//! more than the broadcast backlog. Keep-alive comments every 15 s keep
+//! proxies from closing an idle stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::health::HealthView;
+use crate::storage::HealthRecord;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub async fn follow(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let tenant = caller.tenant()?.to_owned();
+    let rx = state.health.subscribe();
+    // A first comment flushes the response head at once, so a client knows
+    // it is subscribed before anything happens.
+    let hello = stream::once(async { Ok(Event::default().comment("subscribed")) });
+    let changes = stream::unfold((rx, tenant), |(mut rx, tenant)| async move {
+        let event = next_event(&mut rx, &tenant).await?;
+        Some((Ok(event), (rx, tenant)))
+    });
+    Ok(Sse::new(hello.chain(changes)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// The next event for `tenant`, or `None` when the server is going away.
+async fn next_event(
+    rx: &mut broadcast::Receiver<Arc<HealthRecord>>,
+    tenant: &str,
+) -> Option<Event> {
+    loop {
+        match rx.recv().await {
+            Ok(record) if record.tenant_id == tenant => {
+                let view = HealthView::from(record.as_ref());
+                // Serializing strings and a &str cannot fail.
+                let data = serde_json::to_string(&view).unwrap_or_default();
+                return Some(Event::default().event("health").data(data));
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                return Some(
+                    Event::default().comment(format!("skipped {n} events: subscriber too slow")),
+                )
+            }
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}

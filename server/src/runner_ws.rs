@@ -1,0 +1,616 @@
+//! `GET /v1/runner/connect`: one runner's WebSocket, from upgrade to close.
+//!
+//! The credential is checked on the plain HTTP request, before anything is
+//! upgraded (401 unknown, 403 revoked). After the upgrade one task per
+//! connection runs this state machine (`docs/protocol.md` 1, 2, 6, 7):
+//!
+//! ```text
+//!  upgrade ──▶ AwaitHello ──hello, version agreed──▶ attach ──welcome──▶ Live
+//!                 │ 10 s: close 4008                   │ revoked: 4002     │
+//!                 │ bad frame: error + 4004            │                   │
+//!                 │ no common version: error + 4003    │                   │
+//!                 ▼                                    ▼                   ▼
+//!               Closed ◀──────────────────────────────────────────────── ends:
+//!     peer close / reset      → unreachable ("connection closed" / "connection lost")
+//!     silence > 2.5 heartbeat → unreachable ("no heartbeat"), close 4009
+//!     bad frame               → unreachable, error + close 4004
+//!     too big                 → unreachable, close 1009
+//!     close order (registry)  → 4006 replaced / 4002 revoked / 1001 shutdown
+//! ```
+//!
+//! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
+//! by tungstenite, which only queues the Pong; it is flushed explicitly here
+//! so it leaves at once. Every send has a timeout, so a runner that stops
+//! reading cannot stall its task, and each connection is its own task, so a
+//! rogue one cannot affect the others.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures_util::SinkExt;
+use tether::protocol::{
+    self, api_error, close, decode_control, decode_frame, encode_control, negotiate,
+    silence_limit_ms, Decoded, Envelope, ErrorBody, FrameError, FrameHeader, Hello, Message, Pong,
+    Welcome,
+};
+use tokio::sync::oneshot;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+
+use crate::api::SERVER_VERSION;
+use crate::app::AppState;
+use crate::auth::{bearer, hash_secret};
+use crate::clock;
+use crate::error::ApiError;
+use crate::registry::{AttachError, Outgoing, Session};
+use crate::serve::PeerAddr;
+use crate::storage::{ConnectedInfo, RunnerIdentity};
+
+/// Heartbeats a runner may announce; outside this range they are clamped.
+const HEARTBEAT_MIN_MS: u64 = 200;
+const HEARTBEAT_MAX_MS: u64 = 300_000;
+/// tungstenite's read buffer. Its default (128 KiB) would be most of the
+/// per-runner memory budget; an idle runner sends a few bytes per heartbeat,
+/// and the buffer grows for a large message when one comes.
+const READ_BUFFER: usize = 4 * 1024;
+/// Upper bound on queued outgoing bytes per connection (backpressure beyond).
+const MAX_WRITE_BUFFER: usize = 2 * protocol::MAX_WS_MESSAGE;
+/// A close reason must fit a control frame: 125 bytes minus the 2-byte code.
+const MAX_CLOSE_REASON: usize = 123;
+/// Pending request ids after which abandoned ones (timed-out callers) are swept.
+const PENDING_SWEEP: usize = 64;
+/// Longest stored hostname, version, arch, os.
+const MAX_HELLO_FIELD: usize = 255;
+
+pub async fn connect(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let runner = match authenticate(&state, &headers) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            return ApiError::bad_request(format!(
+                "expected a WebSocket upgrade: {}",
+                rejection.body_text()
+            ))
+            .into_response()
+        }
+    };
+    let peer = peer.map(|Extension(PeerAddr(a))| a);
+    upgrade
+        .max_message_size(protocol::MAX_WS_MESSAGE)
+        .max_frame_size(protocol::MAX_WS_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        // Write each message out at once: control traffic is latency-bound and
+        // a coalescing buffer would be per-runner memory.
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| run(state, runner, peer, socket))
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<RunnerIdentity, ApiError> {
+    let token =
+        bearer(headers).ok_or_else(|| ApiError::unauthorized("missing runner credential"))?;
+    let runner = state
+        .storage
+        .runner_by_credential(&hash_secret(token))?
+        .ok_or_else(|| ApiError::unauthorized("unknown runner credential"))?;
+    if runner.revoked {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            api_error::RUNNER_REVOKED,
+            format!("runner {} was revoked", runner.id),
+        ));
+    }
+    Ok(runner)
+}
+
+/// An `error` control message to send before closing.
+struct ErrorReply {
+    id: u64,
+    code: &'static str,
+    message: String,
+}
+
+/// How a connection ends.
+enum Ending {
+    /// The runner closed or the connection broke: nothing more to send.
+    Gone { health_reason: &'static str },
+    /// The server closes: optionally an `error` message, then a close frame.
+    Close {
+        code: u16,
+        reason: String,
+        error: Option<ErrorReply>,
+        health_reason: &'static str,
+    },
+}
+
+impl Ending {
+    fn close(code: u16, reason: impl Into<String>, health_reason: &'static str) -> Ending {
+        Ending::Close {
+            code,
+            reason: reason.into(),
+            error: None,
+            health_reason,
+        }
+    }
+
+    /// A protocol violation: `error` then close 4004, both saying what was wrong.
+    fn violation(id: u64, what: impl Into<String>) -> Ending {
+        let what = what.into();
+        Ending::Close {
+            code: close::PROTOCOL_VIOLATION,
+            reason: what.clone(),
+            error: Some(ErrorReply {
+                id,
+                code: "protocol_violation",
+                message: what,
+            }),
+            health_reason: "protocol violation",
+        }
+    }
+
+    fn health_reason(&self) -> &'static str {
+        match self {
+            Ending::Gone { health_reason } | Ending::Close { health_reason, .. } => health_reason,
+        }
+    }
+}
+
+/// What one received frame amounts to, once checked.
+enum Inbound {
+    Control(Envelope),
+    Data(FrameHeader),
+    /// Ping, Pong, or something ignored (unknown type or frame kind).
+    Nothing,
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    runner: RunnerIdentity,
+}
+
+async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
+    let registry = state.registry.clone();
+    let _task = registry.task_guard();
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let mut conn = Connection {
+        socket,
+        state,
+        runner,
+    };
+
+    let (hello_id, hello) = match conn.await_hello().await {
+        Ok(h) => h,
+        Err(ending) => {
+            tracing::info!(runner = %conn.runner.id, %peer, "connection ended before hello: {}", describe(&ending));
+            return conn.finish(ending).await;
+        }
+    };
+    let Some(version) = negotiate(&hello.protocol) else {
+        let speaks = protocol::SUPPORTED_VERSIONS
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = format!(
+            "no common protocol version: runner offers {:?}, server speaks {speaks}",
+            hello.protocol
+        );
+        tracing::warn!(runner = %conn.runner.id, %peer, "{reason}");
+        let ending = Ending::Close {
+            code: close::UNSUPPORTED_PROTOCOL,
+            reason: format!("unsupported protocol; server speaks version {speaks}"),
+            error: Some(ErrorReply {
+                id: hello_id,
+                code: "unsupported_protocol",
+                message: reason,
+            }),
+            health_reason: "unsupported protocol",
+        };
+        return conn.finish(ending).await;
+    };
+    let heartbeat_ms = hello.heartbeat_ms.clamp(HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS);
+    let info = ConnectedInfo {
+        name: clip(&hello.hostname),
+        version: clip(&hello.runner_version),
+        arch: clip(&hello.arch),
+        os: clip(&hello.os),
+        protocol: version,
+    };
+    let runner_id = conn.runner.id.clone();
+    let attached = registry.attach(&runner_id, &conn.runner.tenant_id, &info, clock::now_ms());
+    let mut session = match attached {
+        Ok(s) => s,
+        Err(e) => {
+            let ending = match e {
+                AttachError::Revoked => Ending::close(close::REVOKED, "runner revoked", "revoked"),
+                AttachError::ShuttingDown => {
+                    Ending::close(close::GOING_AWAY, "server shutting down", "shutdown")
+                }
+                AttachError::Storage(e) => {
+                    tracing::error!(runner = %runner_id, "recording connect: {e}");
+                    Ending::close(1011, "internal server error", "internal error")
+                }
+            };
+            return conn.finish(ending).await;
+        }
+    };
+    tracing::info!(
+        runner = %runner_id, %peer, version = info.version, protocol = version, heartbeat_ms,
+        "runner connected"
+    );
+
+    let welcome = Message::Welcome(Welcome {
+        protocol: version,
+        runner_id: runner_id.clone(),
+        server_version: SERVER_VERSION.to_owned(),
+        acks: Vec::new(),
+    });
+    let ending = match conn
+        .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
+        .await
+    {
+        Ok(()) => {
+            conn.live(
+                &mut session,
+                Duration::from_millis(silence_limit_ms(heartbeat_ms)),
+            )
+            .await
+        }
+        Err(ending) => ending,
+    };
+    // Health first: the runner is unreachable from now, however long the
+    // close handshake takes.
+    registry.detach(&runner_id, session.generation, ending.health_reason());
+    tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
+    conn.finish(ending).await;
+}
+
+impl Connection {
+    async fn await_hello(&mut self) -> Result<(u64, Hello), Ending> {
+        let limit = self.state.tuning.hello_timeout;
+        let deadline = Instant::now() + limit;
+        loop {
+            let Ok(frame) = timeout_at(deadline, self.socket.recv()).await else {
+                return Err(Ending::close(
+                    close::HELLO_TIMEOUT,
+                    format!("no hello within {} ms", limit.as_millis()),
+                    "no hello",
+                ));
+            };
+            match self.inbound(frame).await? {
+                Inbound::Control(Envelope {
+                    id,
+                    body: Message::Hello(hello),
+                }) => return Ok((id, hello)),
+                Inbound::Control(other) => {
+                    return Err(Ending::violation(
+                        other.id,
+                        format!("expected hello first, got '{}'", other.body.type_name()),
+                    ))
+                }
+                Inbound::Data(_) => return Err(Ending::violation(0, "data frame before hello")),
+                Inbound::Nothing => {}
+            }
+        }
+    }
+
+    /// The attached connection: route requests, answer pings, watch the silence.
+    async fn live(&mut self, session: &mut Session, silence: Duration) -> Ending {
+        let mut last_frame = Instant::now();
+        let watchdog = sleep_until(last_frame + silence);
+        tokio::pin!(watchdog);
+        let mut pending: HashMap<u64, oneshot::Sender<Envelope>> = HashMap::new();
+        let mut outbox_open = true;
+        loop {
+            tokio::select! {
+                order = &mut session.close => {
+                    return match order {
+                        Ok(order) => Ending::close(order.code, order.reason, "closed by server"),
+                        // The registry dropped this connection without an
+                        // order; it cannot route to it any more, so go.
+                        Err(_) => Ending::close(close::GOING_AWAY, "connection dropped by server", "dropped"),
+                    };
+                }
+                out = session.outbox.recv(), if outbox_open => match out {
+                    Some(Outgoing::Request { id, text, reply }) => {
+                        if pending.len() >= PENDING_SWEEP {
+                            pending.retain(|_, waiting| !waiting.is_closed());
+                        }
+                        pending.insert(id, reply);
+                        if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
+                            return ending;
+                        }
+                    }
+                    None => outbox_open = false,
+                },
+                frame = self.socket.recv() => {
+                    last_frame = Instant::now();
+                    session.last_seen.store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    match self.inbound(frame).await {
+                        Err(ending) => return ending,
+                        Ok(Inbound::Control(envelope)) => {
+                            if let Err(ending) = self.on_control(envelope, &mut pending).await {
+                                return ending;
+                            }
+                        }
+                        Ok(Inbound::Data(h)) => {
+                            // No channels exist in this version of the server.
+                            tracing::debug!(runner = %self.runner.id, channel = h.channel, "data frame for no open channel ignored");
+                        }
+                        Ok(Inbound::Nothing) => {}
+                    }
+                }
+                () = &mut watchdog => {
+                    // Re-armed lazily: frames only move `last_frame`, the timer
+                    // is touched when it fires.
+                    let due = last_frame + silence;
+                    if Instant::now() >= due {
+                        return Ending::close(
+                            close::WATCHDOG,
+                            format!("no frame for {} ms", silence.as_millis()),
+                            "no heartbeat",
+                        );
+                    }
+                    watchdog.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    async fn on_control(
+        &mut self,
+        envelope: Envelope,
+        pending: &mut HashMap<u64, oneshot::Sender<Envelope>>,
+    ) -> Result<(), Ending> {
+        match &envelope.body {
+            Message::Ping(ping) => {
+                let pong = Message::Pong(Pong {
+                    sent_ms: ping.sent_ms,
+                    now_ms: u64::try_from(clock::now_ms()).unwrap_or(0),
+                    version: SERVER_VERSION.to_owned(),
+                });
+                self.send(WsMessage::Text(encode_control(envelope.id, pong).into()))
+                    .await
+            }
+            Message::Pong(_) | Message::Error(_) => {
+                if let Some(waiting) = pending.remove(&envelope.id) {
+                    // The caller may have given up (timeout); that is fine.
+                    let _ = waiting.send(envelope);
+                } else if let Message::Error(e) = &envelope.body {
+                    tracing::warn!(runner = %self.runner.id, code = %e.code, "runner reported an error: {}", e.message);
+                } else {
+                    tracing::debug!(runner = %self.runner.id, id = envelope.id, "pong for no pending request");
+                }
+                Ok(())
+            }
+            Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
+            Message::Welcome(_) => {
+                note_ignored(
+                    "message type 'welcome' (server to runner only)",
+                    &self.runner.id,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Check one received frame; `Err` ends the connection.
+    async fn inbound(
+        &mut self,
+        frame: Option<Result<WsMessage, axum::Error>>,
+    ) -> Result<Inbound, Ending> {
+        let message = match frame {
+            None => {
+                return Err(Ending::Gone {
+                    health_reason: "connection closed",
+                })
+            }
+            Some(Err(e)) => return Err(read_error(e)),
+            Some(Ok(m)) => m,
+        };
+        match message {
+            WsMessage::Text(text) => match decode_control(text.as_str()) {
+                Ok(Decoded::Known(envelope)) => Ok(Inbound::Control(envelope)),
+                Ok(Decoded::Unknown { type_name, .. }) => {
+                    note_ignored(&format!("message type '{type_name}'"), &self.runner.id);
+                    Ok(Inbound::Nothing)
+                }
+                Err(e) => Err(Ending::violation(0, e.to_string())),
+            },
+            WsMessage::Binary(bytes) => match decode_frame(&bytes) {
+                Ok((header, _payload)) => Ok(Inbound::Data(header)),
+                Err(FrameError::UnknownKind(k)) => {
+                    note_ignored(&format!("binary frame kind {k}"), &self.runner.id);
+                    Ok(Inbound::Nothing)
+                }
+                Err(FrameError::UnknownTag(t)) => {
+                    note_ignored(&format!("stream tag {t}"), &self.runner.id);
+                    Ok(Inbound::Nothing)
+                }
+                Err(e) => Err(Ending::violation(0, e.to_string())),
+            },
+            WsMessage::Ping(_) => {
+                // tungstenite queued the Pong; push it out now rather than on
+                // the next read.
+                self.flush().await?;
+                Ok(Inbound::Nothing)
+            }
+            WsMessage::Pong(_) => Ok(Inbound::Nothing),
+            WsMessage::Close(_) => Err(Ending::Gone {
+                health_reason: "connection closed",
+            }),
+        }
+    }
+
+    async fn send(&mut self, message: WsMessage) -> Result<(), Ending> {
+        match timeout(self.state.tuning.send_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(runner = %self.runner.id, "send failed: {e}");
+                Err(Ending::Gone {
+                    health_reason: "connection lost",
+                })
+            }
+            Err(_) => Err(Ending::Gone {
+                health_reason: "runner stopped reading",
+            }),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Ending> {
+        match timeout(self.state.tuning.send_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::Gone {
+                health_reason: "connection lost",
+            }),
+            Err(_) => Err(Ending::Gone {
+                health_reason: "runner stopped reading",
+            }),
+        }
+    }
+
+    /// Say why (if the server is the one closing), close, and wait briefly for
+    /// the runner's close frame so ours is not lost in a connection reset.
+    async fn finish(mut self, ending: Ending) {
+        let Ending::Close {
+            code,
+            reason,
+            error,
+            ..
+        } = ending
+        else {
+            return;
+        };
+        if let Some(err) = error {
+            let body = Message::Error(ErrorBody {
+                code: err.code.to_owned(),
+                message: err.message,
+            });
+            if self
+                .send(WsMessage::Text(encode_control(err.id, body).into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let frame = CloseFrame {
+            code,
+            reason: truncate_reason(&reason).into(),
+        };
+        if self.send(WsMessage::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
+        let _ = timeout(self.state.tuning.close_wait, drain).await;
+    }
+}
+
+/// Map a WebSocket read error to how the connection ends.
+fn read_error(e: axum::Error) -> Ending {
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    let Ok(e) = e.into_inner().downcast::<WsError>() else {
+        return Ending::Gone {
+            health_reason: "connection lost",
+        };
+    };
+    match *e {
+        WsError::Capacity(c) => Ending::close(
+            close::TOO_BIG,
+            format!("message too big: {c}"),
+            "message too big",
+        ),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => {
+            Ending::Gone {
+                health_reason: "connection lost",
+            }
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::Gone {
+            health_reason: "connection closed",
+        },
+        WsError::Protocol(p) => Ending::violation(0, format!("websocket protocol error: {p}")),
+        WsError::Utf8(_) => Ending::violation(0, "text frame is not valid UTF-8"),
+        other => {
+            tracing::debug!("websocket read error: {other}");
+            Ending::Gone {
+                health_reason: "connection lost",
+            }
+        }
+    }
+}
+
+fn describe(ending: &Ending) -> String {
+    match ending {
+        Ending::Gone { health_reason } => (*health_reason).to_owned(),
+        Ending::Close { code, reason, .. } => format!("closed {code} ({reason})"),
+    }
+}
+
+/// Cut a close reason to what a close frame can carry, on a char boundary.
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Bound a runner-supplied string before storing it.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_HELLO_FIELD);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Log something ignored for forward compatibility: once per kind per
+/// process at warn level (a thousand runners of a newer version would
+/// otherwise flood the log), later ones at debug.
+fn note_ignored(what: &str, runner: &str) {
+    const MAX_REMEMBERED: usize = 256;
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let first = {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.len() < MAX_REMEMBERED && seen.insert(what.to_owned())
+    };
+    if first {
+        tracing::warn!(runner, "ignoring unknown {what} (logged once)");
+    } else {
+        tracing::debug!(runner, "ignoring unknown {what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON);
+        assert_eq!(cut.len(), 122, "cut on a char boundary");
+        assert_eq!(clip(&"x".repeat(300)).len(), MAX_HELLO_FIELD);
+    }
+}

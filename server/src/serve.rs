@@ -1,0 +1,312 @@
+//! `tether-server serve`: start-up, the accept loop, and shutdown.
+//!
+//! ```text
+//! data dir ─▶ storage ─▶ admin token ─▶ TLS identity ─▶ bind ─▶ "server restarted"
+//!   ─▶ server.url + "listening on" ─▶ accept loop ──SIGTERM/SIGINT──▶ close every
+//!      runner with 1001, wait for them (bounded) ─▶ exit 0
+//! ```
+//!
+//! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
+//! timeout, then hyper (HTTP/1.1 with upgrades, or HTTP/2) with a header-read
+//! timeout. A silent or broken client costs one task and is dropped on time;
+//! nothing it does reaches the accept loop or other connections.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IsTerminal};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::app::{app, AppState, Tuning};
+use crate::config::{self, AdminToken, ServeArgs};
+use crate::registry::CloseOrder;
+use crate::storage::{Storage, StorageError};
+use crate::tls::{self, TlsError};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often last-seen times of connected runners are written to storage.
+const LAST_SEEN_FLUSH: Duration = Duration::from_secs(5);
+/// How long shutdown waits for runner connections to finish closing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The remote address of the TCP connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+#[derive(Debug)]
+pub enum ServeError {
+    Io(String, io::Error),
+    Storage(StorageError),
+    Tls(TlsError),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Io(what, e) => write!(f, "{what}: {e}"),
+            ServeError::Storage(e) => write!(f, "storage: {e}"),
+            ServeError::Tls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl From<StorageError> for ServeError {
+    fn from(e: StorageError) -> Self {
+        ServeError::Storage(e)
+    }
+}
+
+impl From<TlsError> for ServeError {
+    fn from(e: TlsError) -> Self {
+        ServeError::Tls(e)
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
+    let what = what.into();
+    move |e| ServeError::Io(what, e)
+}
+
+pub fn main(args: ServeArgs) -> ExitCode {
+    init_logging(&args.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let env_filter = tracing_subscriber::EnvFilter::try_new(filter);
+    let bad_filter = env_filter.is_err();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_target(false)
+        .with_env_filter(env_filter.unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .init();
+    if bad_filter {
+        tracing::warn!("invalid log filter {filter:?}; using info");
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let data = args.data_dir.clone();
+    std::fs::create_dir_all(&data).map_err(io_err(format!("creating {}", data.display())))?;
+    let storage = Arc::new(Storage::open(&data.join("tether.db"))?);
+
+    let admin =
+        config::admin_token(args.admin_token.as_deref(), &data).map_err(io_err("admin token"))?;
+    match &admin {
+        AdminToken::Configured(_) => tracing::info!("admin token: from configuration"),
+        AdminToken::File {
+            path,
+            created: true,
+            ..
+        } => {
+            tracing::info!("admin token: created {} (0600)", path.display())
+        }
+        AdminToken::File {
+            path,
+            created: false,
+            ..
+        } => tracing::info!("admin token: {}", path.display()),
+    }
+
+    let acceptor = if args.plain_http {
+        tracing::warn!("serving plain HTTP: only behind a TLS-terminating reverse proxy");
+        None
+    } else {
+        let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let dev = tls::ensure_dev_certs(&data)?;
+                if dev.created {
+                    tracing::info!(
+                        "created a dev certificate; runners and the CLI trust it with --ca-file {}",
+                        dev.ca.display()
+                    );
+                } else {
+                    tracing::info!(
+                        "dev certificate: {} (CA {})",
+                        dev.cert.display(),
+                        dev.ca.display()
+                    );
+                }
+                (dev.cert, dev.key)
+            }
+        };
+        Some(TlsAcceptor::from(tls::server_config(&cert, &key)?))
+    };
+
+    // Handlers before anything announces the server, so a SIGTERM sent as
+    // soon as server.url appears is a clean shutdown, not a kill.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(io_err(format!("listening on {}", args.listen)))?;
+    let local = listener.local_addr().map_err(io_err("local address"))?;
+
+    let state = AppState::new(storage, admin.secret(), Tuning::default());
+    let stale = state.health.server_restarted()?;
+    if stale > 0 {
+        tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
+    }
+
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", url_addr(local));
+    let url_file: PathBuf = data.join("server.url");
+    config::write_atomic(&url_file, url.as_bytes(), 0o644)
+        .map_err(io_err(format!("writing {}", url_file.display())))?;
+    tracing::info!("listening on {url}");
+
+    let flusher = tokio::spawn(flush_last_seen(state.clone()));
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    accept_loop(listener, acceptor, app(state.clone()), shutdown).await;
+
+    flusher.abort();
+    if let Err(e) = state.registry.flush_last_seen() {
+        tracing::warn!("saving last-seen times: {e}");
+    }
+    let closing = state.registry.close_all(CloseOrder {
+        code: tether::protocol::close::GOING_AWAY,
+        reason: "server shutting down",
+    });
+    let left = state.registry.wait_idle(SHUTDOWN_GRACE).await;
+    tracing::info!("closed {closing} runner connection(s); {left} did not finish in time; bye");
+    Ok(())
+}
+
+/// The address to put in server.url: a wildcard bind is reached on loopback.
+fn url_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), local.port())
+        }
+        _ => local,
+    }
+}
+
+async fn flush_last_seen(state: AppState) {
+    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.registry.flush_last_seen() {
+            tracing::warn!("saving last-seen times: {e}");
+        }
+    }
+}
+
+/// Accept connections until `shutdown` resolves, one task per connection.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut accept_failing = false;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_failing = false;
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors, typically: log once, back off a
+                // little instead of spinning, keep serving the others.
+                if !accept_failing {
+                    tracing::warn!("accept failed: {e}");
+                    accept_failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Pings and pongs are tiny and latency-bound.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, peer, tls.clone(), app.clone()));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+) {
+    let Some(acceptor) = tls else {
+        return serve_http(stream, peer, app).await;
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, app).await,
+        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<I>(io: I, peer: SocketAddr, app: Router)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = app.map_request(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
+        .await
+    {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}

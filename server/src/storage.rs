@@ -1,0 +1,1154 @@
+//! Everything the server persists, behind one narrow struct.
+//!
+//! [`Storage`] owns the SQLite connection (one file, WAL mode) and is the only
+//! module that writes SQL. Its methods speak in domain terms (enroll a runner,
+//! record a health change) so a PostgreSQL implementation could stand behind
+//! the same methods when several server replicas share one database. Every
+//! method that reads-then-writes runs in one `IMMEDIATE` transaction, so it is
+//! atomic across processes too, not only under this process's mutex.
+//!
+//! Times are Unix milliseconds. Secrets are stored only as SHA-256 hex.
+//!
+//! The calls are synchronous: each is a few indexed statements on a local file
+//! (tens of microseconds in WAL mode with `synchronous=NORMAL`), cheaper than a
+//! hop to a blocking thread. Writes that would happen per frame (last_seen) are
+//! batched by the caller instead.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+/// How many health changes are kept per runner; older ones are dropped so a
+/// flapping runner cannot grow the database without bound.
+const HEALTH_HISTORY_LIMIT: i64 = 1000;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts the ones done.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE api_tokens (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    token_hash  TEXT NOT NULL UNIQUE,
+    label       TEXT,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE enrollment_tokens (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    token_hash  TEXT NOT NULL UNIQUE,
+    label       TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER,
+    runner_id   TEXT,
+    revoked_at  INTEGER
+);
+CREATE INDEX enrollment_tokens_by_tenant ON enrollment_tokens(tenant_id);
+CREATE TABLE runners (
+    id              TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL REFERENCES tenants(id),
+    name            TEXT NOT NULL,
+    credential_hash TEXT NOT NULL UNIQUE,
+    health          TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    arch            TEXT NOT NULL,
+    os              TEXT NOT NULL,
+    protocol        INTEGER,
+    created_at      INTEGER NOT NULL,
+    last_seen       INTEGER,
+    connected_since INTEGER,
+    revoked_at      INTEGER
+);
+CREATE INDEX runners_by_tenant ON runners(tenant_id);
+CREATE INDEX runners_by_health ON runners(health);
+CREATE TABLE health_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    runner_id   TEXT NOT NULL REFERENCES runners(id),
+    tenant_id   TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    health      TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX health_events_by_runner ON health_events(runner_id, seq);
+"#];
+
+#[derive(Debug)]
+pub enum StorageError {
+    Sqlite(rusqlite::Error),
+    /// A unique name is already taken.
+    Conflict(String),
+    /// A stored value this build cannot read (e.g. an unknown health string).
+    Corrupt(String),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StorageError::Conflict(m) => f.write_str(m),
+            StorageError::Corrupt(m) => write!(f, "corrupt database: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Sqlite(e)
+    }
+}
+
+/// Why an enrollment token was refused. Each maps to one API error code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    Invalid,
+    Expired,
+    Used,
+    Revoked,
+}
+
+#[derive(Debug)]
+pub enum EnrollError {
+    Refused(EnrollRefusal),
+    Storage(StorageError),
+}
+
+impl From<rusqlite::Error> for EnrollError {
+    fn from(e: rusqlite::Error) -> Self {
+        EnrollError::Storage(e.into())
+    }
+}
+
+/// A runner's health as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// A live, authenticated connection that is answering.
+    Active,
+    /// No live connection (also before the first connect).
+    Unreachable,
+    /// The credential was revoked; connects are refused.
+    Revoked,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Active => "active",
+            Health::Unreachable => "unreachable",
+            Health::Revoked => "revoked",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Health, StorageError> {
+        match s {
+            "active" => Ok(Health::Active),
+            "unreachable" => Ok(Health::Unreachable),
+            "revoked" => Ok(Health::Revoked),
+            other => Err(StorageError::Corrupt(format!("unknown health {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub label: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentTokenRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl EnrollmentTokenRow {
+    /// `unused`, `used`, `expired` or `revoked`, as of `now`.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.used_at.is_some() {
+            "used"
+        } else if self.expires_at <= now {
+            "expired"
+        } else {
+            "unused"
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub health: Health,
+    pub version: String,
+    pub arch: String,
+    pub os: String,
+    pub protocol: Option<u16>,
+    pub created_at: i64,
+    pub last_seen: Option<i64>,
+    pub connected_since: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// One entry of a runner's health history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthRecord {
+    pub runner_id: String,
+    pub tenant_id: String,
+    pub at: i64,
+    pub health: Health,
+    pub reason: String,
+}
+
+/// Who a runner credential belongs to, for the connect handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerIdentity {
+    pub id: String,
+    pub tenant_id: String,
+    pub revoked: bool,
+}
+
+/// A runner about to be created by enrollment.
+#[derive(Debug, Clone)]
+pub struct NewRunner<'a> {
+    pub id: &'a str,
+    pub credential_hash: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub arch: &'a str,
+    pub os: &'a str,
+}
+
+/// What a runner told the server in its `hello`.
+#[derive(Debug, Clone)]
+pub struct ConnectedInfo<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub arch: &'a str,
+    pub os: &'a str,
+    pub protocol: u16,
+}
+
+/// Outcome of marking a runner connected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// Now active; `Some` if that was a change worth a history entry.
+    Active(Option<HealthRecord>),
+    /// Revoked (or deleted) since the credential was checked: refuse.
+    Refused,
+}
+
+pub struct Storage {
+    conn: Mutex<Connection>,
+}
+
+impl Storage {
+    /// Open (creating if needed) the database file and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+        let conn = Connection::open(path)?;
+        // WAL lets readers run beside the writer; NORMAL syncs at checkpoints,
+        // which is durable against process crashes (not power loss of the last
+        // few commits), the usual trade for a control plane's metadata.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    #[cfg(test)]
+    pub fn open_in_memory() -> Result<Storage, StorageError> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Storage, StorageError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Storage {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (the
+        // transaction rolls back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- tenants and API tokens ------------------------------------------------
+
+    /// Create a tenant together with its first API token.
+    pub fn create_tenant(
+        &self,
+        tenant: &TenantRow,
+        api_token_id: &str,
+        api_token_hash: &str,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken: bool = tx
+            .query_row(
+                "SELECT 1 FROM tenants WHERE name = ?1",
+                [&tenant.name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if taken {
+            return Err(StorageError::Conflict(format!(
+                "a tenant named {:?} already exists",
+                tenant.name
+            )));
+        }
+        tx.execute(
+            "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
+            params![tenant.id, tenant.name, tenant.created_at],
+        )?;
+        tx.execute(
+            "INSERT INTO api_tokens (id, tenant_id, token_hash, label, created_at)
+             VALUES (?1, ?2, ?3, 'initial', ?4)",
+            params![api_token_id, tenant.id, api_token_hash, tenant.created_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn list_tenants(&self) -> Result<Vec<TenantRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, name, created_at FROM tenants ORDER BY created_at, rowid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TenantRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn create_api_token(
+        &self,
+        row: &ApiTokenRow,
+        token_hash: &str,
+    ) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT INTO api_tokens (id, tenant_id, token_hash, label, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.id, row.tenant_id, token_hash, row.label, row.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// The tenant an API token belongs to, if the token is known and not revoked.
+    pub fn tenant_of_api_token(&self, token_hash: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT tenant_id FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                [token_hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    // ---- enrollment tokens -----------------------------------------------------
+
+    pub fn create_enrollment_token(
+        &self,
+        row: &EnrollmentTokenRow,
+        token_hash: &str,
+    ) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT INTO enrollment_tokens (id, tenant_id, token_hash, label, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![row.id, row.tenant_id, token_hash, row.label, row.created_at, row.expires_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn list_enrollment_tokens(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<EnrollmentTokenRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, tenant_id, label, created_at, expires_at, used_at, revoked_at
+             FROM enrollment_tokens WHERE tenant_id = ?1 ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([tenant_id], enrollment_token_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revoke an enrollment token of `tenant_id`. Revoking twice keeps the
+    /// first time. `None` if the tenant has no such token.
+    pub fn revoke_enrollment_token(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<EnrollmentTokenRow>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE enrollment_tokens SET revoked_at = COALESCE(revoked_at, ?3)
+             WHERE id = ?1 AND tenant_id = ?2",
+            params![id, tenant_id, now],
+        )?;
+        let row = tx
+            .query_row(
+                "SELECT id, tenant_id, label, created_at, expires_at, used_at, revoked_at
+                 FROM enrollment_tokens WHERE id = ?1 AND tenant_id = ?2",
+                params![id, tenant_id],
+                enrollment_token_row,
+            )
+            .optional()?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Spend an enrollment token and create the runner it admits, atomically:
+    /// of any number of concurrent calls with the same token, one succeeds.
+    /// Returns the new runner's tenant.
+    pub fn enroll(
+        &self,
+        token_hash: &str,
+        runner: &NewRunner<'_>,
+        now: i64,
+    ) -> Result<String, EnrollError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = tx
+            .query_row(
+                "SELECT id, tenant_id, expires_at, used_at, revoked_at
+                 FROM enrollment_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((token_id, tenant_id, expires_at, used_at, revoked_at)) = found else {
+            return Err(EnrollError::Refused(EnrollRefusal::Invalid));
+        };
+        if revoked_at.is_some() {
+            return Err(EnrollError::Refused(EnrollRefusal::Revoked));
+        }
+        if used_at.is_some() {
+            return Err(EnrollError::Refused(EnrollRefusal::Used));
+        }
+        if expires_at <= now {
+            return Err(EnrollError::Refused(EnrollRefusal::Expired));
+        }
+        // The guard in the WHERE clause makes the spend atomic even where the
+        // transaction is not serializable (a future PostgreSQL backend).
+        let spent = tx.execute(
+            "UPDATE enrollment_tokens SET used_at = ?2, runner_id = ?3 WHERE id = ?1 AND used_at IS NULL",
+            params![token_id, now, runner.id],
+        )?;
+        if spent != 1 {
+            return Err(EnrollError::Refused(EnrollRefusal::Used));
+        }
+        tx.execute(
+            "INSERT INTO runners (id, tenant_id, name, credential_hash, health, version, arch, os, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'unreachable', ?5, ?6, ?7, ?8)",
+            params![
+                runner.id,
+                tenant_id,
+                runner.name,
+                runner.credential_hash,
+                runner.version,
+                runner.arch,
+                runner.os,
+                now
+            ],
+        )?;
+        tx.commit()?;
+        Ok(tenant_id)
+    }
+
+    // ---- runners ---------------------------------------------------------------
+
+    pub fn runner(&self, tenant_id: &str, id: &str) -> Result<Option<RunnerRow>, StorageError> {
+        let conn = self.conn();
+        select_runner(&conn, tenant_id, id)
+    }
+
+    pub fn list_runners(&self, tenant_id: &str) -> Result<Vec<RunnerRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {RUNNER_COLUMNS} FROM runners WHERE tenant_id = ?1 ORDER BY created_at, rowid"
+        ))?;
+        let rows = stmt.query_map([tenant_id], raw_runner_row)?;
+        let mut out = Vec::new();
+        for raw in rows {
+            out.push(raw?.into_row()?);
+        }
+        Ok(out)
+    }
+
+    /// Whose credential this is (by hash), for the connect handshake.
+    pub fn runner_by_credential(
+        &self,
+        credential_hash: &str,
+    ) -> Result<Option<RunnerIdentity>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, tenant_id, revoked_at IS NOT NULL FROM runners WHERE credential_hash = ?1",
+                [credential_hash],
+                |r| Ok(RunnerIdentity { id: r.get(0)?, tenant_id: r.get(1)?, revoked: r.get(2)? }),
+            )
+            .optional()?)
+    }
+
+    /// The health history of a runner of `tenant_id`, oldest first. `None` if
+    /// the tenant has no such runner.
+    pub fn health_history(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<Vec<HealthRecord>>, StorageError> {
+        let conn = self.conn();
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM runners WHERE id = ?1 AND tenant_id = ?2",
+                params![id, tenant_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT runner_id, tenant_id, at, health, reason FROM health_events
+             WHERE runner_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (runner_id, tenant_id, at, health, reason) = row?;
+            out.push(HealthRecord {
+                runner_id,
+                tenant_id,
+                at,
+                health: Health::parse(&health)?,
+                reason,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// A runner finished its hello: record what it said and mark it active.
+    pub fn runner_connected(
+        &self,
+        id: &str,
+        info: &ConnectedInfo<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<ConnectOutcome, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some((tenant_id, old, revoked)) = current_health(&tx, id)? else {
+            return Ok(ConnectOutcome::Refused);
+        };
+        if revoked {
+            return Ok(ConnectOutcome::Refused);
+        }
+        tx.execute(
+            "UPDATE runners SET health = 'active', name = ?2, version = ?3, arch = ?4, os = ?5,
+                 protocol = ?6, connected_since = ?7, last_seen = ?7
+             WHERE id = ?1",
+            params![
+                id,
+                info.name,
+                info.version,
+                info.arch,
+                info.os,
+                info.protocol,
+                now
+            ],
+        )?;
+        let record = record_change(&tx, id, &tenant_id, old, Health::Active, reason, now)?;
+        tx.commit()?;
+        Ok(ConnectOutcome::Active(record))
+    }
+
+    /// A runner's connection ended: unreachable, unless it was revoked meanwhile.
+    pub fn runner_disconnected(
+        &self,
+        id: &str,
+        last_seen: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<HealthRecord>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some((tenant_id, old, revoked)) = current_health(&tx, id)? else {
+            return Ok(None);
+        };
+        if revoked {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE runners SET health = 'unreachable', connected_since = NULL,
+                 last_seen = MAX(COALESCE(last_seen, 0), ?2)
+             WHERE id = ?1",
+            params![id, last_seen],
+        )?;
+        let record = record_change(&tx, id, &tenant_id, old, Health::Unreachable, reason, now)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// Revoke a runner of `tenant_id`. `None` if the tenant has no such runner.
+    /// The record is `Some` unless it was revoked already.
+    pub fn revoke_runner(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(before) = select_runner(&tx, tenant_id, id)? else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE runners SET health = 'revoked', revoked_at = COALESCE(revoked_at, ?2),
+                 connected_since = NULL
+             WHERE id = ?1",
+            params![id, now],
+        )?;
+        let record = record_change(
+            &tx,
+            id,
+            tenant_id,
+            before.health,
+            Health::Revoked,
+            "revoked",
+            now,
+        )?;
+        let after = select_runner(&tx, tenant_id, id)?;
+        tx.commit()?;
+        Ok(after.map(|row| (row, record)))
+    }
+
+    /// Mark every runner still stored as active unreachable (the server just
+    /// started, so none of them can have a live connection).
+    pub fn mark_all_unreachable(
+        &self,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<HealthRecord>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<(String, String)> = {
+            let mut stmt =
+                tx.prepare("SELECT id, tenant_id FROM runners WHERE health = 'active'")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, tenant_id) in ids {
+            tx.execute(
+                "UPDATE runners SET health = 'unreachable', connected_since = NULL WHERE id = ?1",
+                [&id],
+            )?;
+            if let Some(r) = record_change(
+                &tx,
+                &id,
+                &tenant_id,
+                Health::Active,
+                Health::Unreachable,
+                reason,
+                now,
+            )? {
+                out.push(r);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Persist last-seen times in one transaction (batched by the caller, so
+    /// a thousand pinging runners cost one write every few seconds).
+    pub fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<(), StorageError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE runners SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE id = ?1",
+            )?;
+            for (id, at) in seen {
+                stmt.execute(params![id, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const RUNNER_COLUMNS: &str =
+    "id, tenant_id, name, health, version, arch, os, protocol, created_at, \
+                              last_seen, connected_since, revoked_at";
+
+/// A runner row as SQLite returns it, before the health string is checked
+/// (rusqlite's row closures cannot return our error type).
+struct RawRunner {
+    row: RunnerRow,
+    health: String,
+}
+
+impl RawRunner {
+    fn into_row(self) -> Result<RunnerRow, StorageError> {
+        let mut row = self.row;
+        row.health = Health::parse(&self.health)?;
+        Ok(row)
+    }
+}
+
+fn raw_runner_row(r: &Row<'_>) -> rusqlite::Result<RawRunner> {
+    Ok(RawRunner {
+        health: r.get(3)?,
+        row: RunnerRow {
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            name: r.get(2)?,
+            health: Health::Unreachable,
+            version: r.get(4)?,
+            arch: r.get(5)?,
+            os: r.get(6)?,
+            protocol: r.get(7)?,
+            created_at: r.get(8)?,
+            last_seen: r.get(9)?,
+            connected_since: r.get(10)?,
+            revoked_at: r.get(11)?,
+        },
+    })
+}
+
+fn select_runner(
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<RunnerRow>, StorageError> {
+    let raw = conn
+        .query_row(
+            &format!("SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ?1 AND tenant_id = ?2"),
+            params![id, tenant_id],
+            raw_runner_row,
+        )
+        .optional()?;
+    raw.map(RawRunner::into_row).transpose()
+}
+
+fn enrollment_token_row(r: &Row<'_>) -> rusqlite::Result<EnrollmentTokenRow> {
+    Ok(EnrollmentTokenRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        label: r.get(2)?,
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        used_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
+}
+
+/// (tenant, stored health, revoked?) of a runner.
+fn current_health(
+    tx: &Transaction<'_>,
+    id: &str,
+) -> Result<Option<(String, Health, bool)>, StorageError> {
+    let found = tx
+        .query_row(
+            "SELECT tenant_id, health, revoked_at IS NOT NULL FROM runners WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    found
+        .map(|(tenant, health, revoked)| Ok((tenant, Health::parse(&health)?, revoked)))
+        .transpose()
+}
+
+/// Append a history entry if the health actually changed, keeping the
+/// history bounded.
+fn record_change(
+    tx: &Transaction<'_>,
+    runner_id: &str,
+    tenant_id: &str,
+    old: Health,
+    new: Health,
+    reason: &str,
+    now: i64,
+) -> Result<Option<HealthRecord>, StorageError> {
+    if old == new {
+        return Ok(None);
+    }
+    tx.execute(
+        "INSERT INTO health_events (runner_id, tenant_id, at, health, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![runner_id, tenant_id, now, new.as_str(), reason],
+    )?;
+    tx.execute(
+        "DELETE FROM health_events WHERE runner_id = ?1 AND seq <=
+            (SELECT seq FROM health_events WHERE runner_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+        params![runner_id, HEALTH_HISTORY_LIMIT],
+    )?;
+    Ok(Some(HealthRecord {
+        runner_id: runner_id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        at: now,
+        health: new,
+        reason: reason.to_owned(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn tenant(s: &Storage, id: &str) {
+        let row = TenantRow {
+            id: id.into(),
+            name: format!("name-{id}"),
+            created_at: T0,
+        };
+        s.create_tenant(&row, &format!("at_{id}"), &format!("hash-api-{id}"))
+            .unwrap();
+    }
+
+    fn token(s: &Storage, tenant: &str, id: &str, expires_at: i64) {
+        let row = EnrollmentTokenRow {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            label: None,
+            created_at: T0,
+            expires_at,
+            used_at: None,
+            revoked_at: None,
+        };
+        s.create_enrollment_token(&row, &format!("hash-{id}"))
+            .unwrap();
+    }
+
+    fn new_runner<'a>(id: &'a str, cred: &'a str) -> NewRunner<'a> {
+        NewRunner {
+            id,
+            credential_hash: cred,
+            name: "box",
+            version: "0.1.0",
+            arch: "x86_64",
+            os: "linux",
+        }
+    }
+
+    fn refusal(r: Result<String, EnrollError>) -> EnrollRefusal {
+        match r {
+            Err(EnrollError::Refused(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn enrollment_token_is_spent_once() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        token(&s, "tn_a", "et_1", T0 + 60_000);
+        assert_eq!(
+            s.enroll("hash-et_1", &new_runner("rn_1", "c1"), T0)
+                .unwrap(),
+            "tn_a"
+        );
+        assert_eq!(
+            refusal(s.enroll("hash-et_1", &new_runner("rn_2", "c2"), T0)),
+            EnrollRefusal::Used
+        );
+        assert!(
+            s.runner("tn_a", "rn_2").unwrap().is_none(),
+            "a refused enrollment creates nothing"
+        );
+        let tokens = s.list_enrollment_tokens("tn_a").unwrap();
+        assert_eq!(tokens[0].state(T0), "used");
+    }
+
+    #[test]
+    fn enrollment_refusals_are_classified() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        token(&s, "tn_a", "et_old", T0 - 1);
+        token(&s, "tn_a", "et_rev", T0 + 60_000);
+        s.revoke_enrollment_token("tn_a", "et_rev", T0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            refusal(s.enroll("hash-nope", &new_runner("rn_1", "c1"), T0)),
+            EnrollRefusal::Invalid
+        );
+        assert_eq!(
+            refusal(s.enroll("hash-et_old", &new_runner("rn_1", "c1"), T0)),
+            EnrollRefusal::Expired
+        );
+        assert_eq!(
+            refusal(s.enroll("hash-et_rev", &new_runner("rn_1", "c1"), T0)),
+            EnrollRefusal::Revoked
+        );
+        let states: Vec<_> = s
+            .list_enrollment_tokens("tn_a")
+            .unwrap()
+            .iter()
+            .map(|t| t.state(T0))
+            .collect();
+        assert_eq!(states, ["expired", "revoked"]);
+    }
+
+    #[test]
+    fn concurrent_enrollments_spend_a_token_once() {
+        let s = std::sync::Arc::new(Storage::open_in_memory().unwrap());
+        tenant(&s, "tn_a");
+        token(&s, "tn_a", "et_1", T0 + 60_000);
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let id = format!("rn_{i}");
+                    let cred = format!("c{i}");
+                    s.enroll("hash-et_1", &new_runner(&id, &cred), T0).is_ok()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(wins, 1);
+        assert_eq!(s.list_runners("tn_a").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tenants_do_not_see_each_other() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        tenant(&s, "tn_b");
+        token(&s, "tn_a", "et_1", T0 + 60_000);
+        s.enroll("hash-et_1", &new_runner("rn_1", "c1"), T0)
+            .unwrap();
+        assert!(s.runner("tn_b", "rn_1").unwrap().is_none());
+        assert!(s.list_runners("tn_b").unwrap().is_empty());
+        assert!(s.health_history("tn_b", "rn_1").unwrap().is_none());
+        assert!(s.revoke_runner("tn_b", "rn_1", T0).unwrap().is_none());
+        assert!(s
+            .revoke_enrollment_token("tn_b", "et_1", T0)
+            .unwrap()
+            .is_none());
+        assert!(s.list_enrollment_tokens("tn_b").unwrap().is_empty());
+        assert_eq!(
+            s.runner("tn_a", "rn_1").unwrap().unwrap().health,
+            Health::Unreachable
+        );
+    }
+
+    #[test]
+    fn tenant_names_are_unique() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        let dup = TenantRow {
+            id: "tn_z".into(),
+            name: "name-tn_a".into(),
+            created_at: T0,
+        };
+        assert!(matches!(
+            s.create_tenant(&dup, "at_z", "h"),
+            Err(StorageError::Conflict(_))
+        ));
+        assert_eq!(
+            s.tenant_of_api_token("hash-api-tn_a").unwrap().as_deref(),
+            Some("tn_a")
+        );
+        assert_eq!(s.tenant_of_api_token("hash-api-tn_z").unwrap(), None);
+    }
+
+    #[test]
+    fn health_changes_are_recorded_once_and_revocation_sticks() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        token(&s, "tn_a", "et_1", T0 + 60_000);
+        s.enroll("hash-et_1", &new_runner("rn_1", "c1"), T0)
+            .unwrap();
+        let info = ConnectedInfo {
+            name: "edge-01",
+            version: "0.2.0",
+            arch: "aarch64",
+            os: "linux",
+            protocol: 1,
+        };
+        assert!(matches!(
+            s.runner_connected("rn_1", &info, "connected", T0 + 1)
+                .unwrap(),
+            ConnectOutcome::Active(Some(_))
+        ));
+        // A replacing connection is not a change.
+        assert_eq!(
+            s.runner_connected("rn_1", &info, "connected", T0 + 2)
+                .unwrap(),
+            ConnectOutcome::Active(None)
+        );
+        let row = s.runner("tn_a", "rn_1").unwrap().unwrap();
+        assert_eq!(
+            (row.name.as_str(), row.protocol, row.connected_since),
+            ("edge-01", Some(1), Some(T0 + 2))
+        );
+        assert!(s
+            .runner_disconnected("rn_1", T0 + 3, "connection closed", T0 + 4)
+            .unwrap()
+            .is_some());
+        assert!(s
+            .runner_disconnected("rn_1", T0 + 3, "connection closed", T0 + 4)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            s.runner("tn_a", "rn_1").unwrap().unwrap().connected_since,
+            None
+        );
+
+        let (row, rec) = s.revoke_runner("tn_a", "rn_1", T0 + 5).unwrap().unwrap();
+        assert_eq!(
+            (row.health, row.revoked_at),
+            (Health::Revoked, Some(T0 + 5))
+        );
+        assert!(rec.is_some());
+        assert!(s
+            .revoke_runner("tn_a", "rn_1", T0 + 6)
+            .unwrap()
+            .unwrap()
+            .1
+            .is_none());
+        assert_eq!(
+            s.runner_connected("rn_1", &info, "connected", T0 + 7)
+                .unwrap(),
+            ConnectOutcome::Refused
+        );
+        assert!(s
+            .runner_disconnected("rn_1", T0 + 7, "x", T0 + 7)
+            .unwrap()
+            .is_none());
+        assert!(s.runner_by_credential("c1").unwrap().unwrap().revoked);
+
+        let history: Vec<_> = s
+            .health_history("tn_a", "rn_1")
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.health, h.reason))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                (Health::Active, "connected".to_owned()),
+                (Health::Unreachable, "connection closed".to_owned()),
+                (Health::Revoked, "revoked".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_marks_active_runners_unreachable() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        token(&s, "tn_a", "et_1", T0 + 60_000);
+        s.enroll("hash-et_1", &new_runner("rn_1", "c1"), T0)
+            .unwrap();
+        let info = ConnectedInfo {
+            name: "b",
+            version: "0.1.0",
+            arch: "x86_64",
+            os: "linux",
+            protocol: 1,
+        };
+        s.runner_connected("rn_1", &info, "connected", T0).unwrap();
+        s.touch_last_seen(&[("rn_1".into(), T0 + 9)]).unwrap();
+        let recs = s.mark_all_unreachable("server restarted", T0 + 10).unwrap();
+        assert_eq!(recs.len(), 1);
+        let row = s.runner("tn_a", "rn_1").unwrap().unwrap();
+        assert_eq!(
+            (row.health, row.last_seen),
+            (Health::Unreachable, Some(T0 + 9))
+        );
+        assert!(s
+            .mark_all_unreachable("server restarted", T0 + 11)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn schema_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("tether-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        {
+            let s = Storage::open(&path).unwrap();
+            tenant(&s, "tn_a");
+        }
+        let s = Storage::open(&path).unwrap();
+        assert_eq!(s.list_tenants().unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,314 @@
+//! The one event loop: a mio `Poll`, token allocation, a min-heap of timers,
+//! and dispatch to the sources. Single-threaded; the only other thread is
+//! the DNS helper, which wakes the loop through a `mio::Waker`.
+//!
+//! ```text
+//!   ┌──────────────────────────────────────────────────────────────┐
+//!   │ fire due timers ─▶ poll(timeout = next timer, or 0 if a       │
+//!   │                    source asked to be driven again)           │
+//!   │   SIGNALS token ─▶ drain self-pipe ─▶ conn.shutdown()         │
+//!   │   DNS token     ─▶ conn.on_dns()                              │
+//!   │   other tokens  ─▶ conn.on_ready(token)                       │
+//!   └──────────────── until conn.exit() is set ─────────────────────┘
+//! ```
+//!
+//! No busy loop: the poll sleeps until the next timer or event. Timers are
+//! cancelled by id (the heap is tiny, so `retain` is fine).
+
+use crate::conn::dns::Resolver;
+use crate::conn::{ConnConfig, ConnTimer, Connection, Exit};
+use crate::signals::{self, Signals};
+use crate::{debug, info};
+use mio::{Events, Poll, Registry, Token, Waker};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Self-pipe of the signal handlers.
+pub const SIGNALS: Token = Token(0);
+/// The DNS helper's waker.
+pub const DNS_WAKER: Token = Token(1);
+/// Tokens from here on are handed out to sockets, never reused.
+const FIRST_DYNAMIC_TOKEN: usize = 16;
+/// Events per poll; more simply wait for the next turn.
+const EVENT_CAPACITY: usize = 64;
+
+/// Everything that can be scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    Conn(ConnTimer),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimerId(u64);
+
+struct Entry<K> {
+    at: Instant,
+    id: u64,
+    kind: K,
+}
+
+impl<K> PartialEq for Entry<K> {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at && self.id == o.id
+    }
+}
+impl<K> Eq for Entry<K> {}
+impl<K> PartialOrd for Entry<K> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<K> Ord for Entry<K> {
+    /// Reversed: `BinaryHeap` is a max-heap and we want the earliest first;
+    /// ties go to the one scheduled first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.at.cmp(&self.at).then(o.id.cmp(&self.id))
+    }
+}
+
+/// A min-heap of deadlines.
+pub struct Timers<K> {
+    heap: BinaryHeap<Entry<K>>,
+    next_id: u64,
+}
+
+impl<K: Copy> Timers<K> {
+    pub fn new() -> Timers<K> {
+        Timers {
+            heap: BinaryHeap::new(),
+            next_id: 0,
+        }
+    }
+
+    pub fn schedule(&mut self, at: Instant, kind: K) -> TimerId {
+        self.next_id += 1;
+        self.heap.push(Entry {
+            at,
+            id: self.next_id,
+            kind,
+        });
+        TimerId(self.next_id)
+    }
+
+    pub fn cancel(&mut self, id: TimerId) {
+        self.heap.retain(|e| e.id != id.0);
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|e| e.at)
+    }
+
+    /// The earliest timer due at `now`, removed from the heap.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(TimerId, K)> {
+        if self.heap.peek()?.at > now {
+            return None;
+        }
+        self.heap.pop().map(|e| (TimerId(e.id), e.kind))
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+impl<K: Copy> Default for Timers<K> {
+    fn default() -> Self {
+        Timers::new()
+    }
+}
+
+/// What a source may touch while it handles an event: the registry, the
+/// timers, fresh tokens, and the loop's idea of "now".
+pub struct Ctx<'a> {
+    pub registry: &'a Registry,
+    timers: &'a mut Timers<Timer>,
+    next_token: &'a mut usize,
+    pub now: Instant,
+}
+
+impl Ctx<'_> {
+    /// A token never handed out before, so events for a dropped socket
+    /// cannot be mistaken for its successor's.
+    pub fn token(&mut self) -> Token {
+        let t = Token(*self.next_token);
+        *self.next_token += 1;
+        t
+    }
+
+    pub fn schedule(&mut self, after: Duration, timer: Timer) -> TimerId {
+        self.timers.schedule(self.now + after, timer)
+    }
+
+    pub fn cancel(&mut self, id: TimerId) {
+        self.timers.cancel(id);
+    }
+}
+
+/// Poll, events, timers and tokens.
+pub struct EventLoop {
+    poll: Poll,
+    events: Events,
+    timers: Timers<Timer>,
+    next_token: usize,
+}
+
+impl EventLoop {
+    pub fn new() -> io::Result<EventLoop> {
+        Ok(EventLoop {
+            poll: Poll::new()?,
+            events: Events::with_capacity(EVENT_CAPACITY),
+            timers: Timers::new(),
+            next_token: FIRST_DYNAMIC_TOKEN,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    fn ctx(&mut self) -> Ctx<'_> {
+        Ctx {
+            registry: self.poll.registry(),
+            timers: &mut self.timers,
+            next_token: &mut self.next_token,
+            now: Instant::now(),
+        }
+    }
+
+    /// Run the connection until it stops (signal, revocation). `signals`
+    /// is `None` in tests that stop the loop another way.
+    pub fn run(self, cfg: ConnConfig, signals: Option<Signals>) -> io::Result<Exit> {
+        self.run_until(cfg, signals, None)
+    }
+
+    /// [`run`](Self::run) with an optional deadline, for tests: once it
+    /// passes the loop returns `Err(TimedOut)`.
+    pub fn run_until(
+        mut self,
+        cfg: ConnConfig,
+        signals: Option<Signals>,
+        deadline: Option<Instant>,
+    ) -> io::Result<Exit> {
+        let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
+        let mut conn = Connection::new(cfg, Resolver::new(waker));
+        if let Some(s) = &signals {
+            s.register(self.poll.registry(), SIGNALS)?;
+        }
+        conn.start(&mut self.ctx());
+
+        loop {
+            if let Some(exit) = conn.exit() {
+                return Ok(exit.clone());
+            }
+            // Timers first: they may change what the poll should wait for.
+            let now = Instant::now();
+            while let Some((id, timer)) = self.timers.pop_due(now) {
+                let mut ctx = self.ctx();
+                match timer {
+                    Timer::Conn(t) => conn.on_timer(&mut ctx, id, t),
+                }
+            }
+            if let Some(exit) = conn.exit() {
+                return Ok(exit.clone());
+            }
+
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "event loop deadline passed",
+                ));
+            }
+            let mut timeout = if conn.wants_again() {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(now))
+            };
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+
+            // Copy the tokens out: handlers need the loop mutably.
+            let mut ready = [Token(0); EVENT_CAPACITY];
+            let mut n = 0;
+            for event in self.events.iter() {
+                ready[n] = event.token();
+                n += 1;
+            }
+            for &token in &ready[..n] {
+                let mut ctx = self.ctx();
+                match token {
+                    SIGNALS => {
+                        let mut stop = false;
+                        if let Some(s) = &signals {
+                            s.drain(|sig| {
+                                info!("main", "received {}; shutting down", signals::name(sig));
+                                stop |= sig == libc::SIGTERM || sig == libc::SIGINT;
+                            })?;
+                        }
+                        if stop {
+                            conn.shutdown(&mut ctx);
+                        }
+                    }
+                    DNS_WAKER => conn.on_dns(&mut ctx),
+                    t => conn.on_ready(&mut ctx, t),
+                }
+            }
+            if conn.wants_again() {
+                debug!("loop", "driving the connection again after a capped pass");
+                conn.on_again(&mut self.ctx());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_pop_in_deadline_order_and_cancel() {
+        let t0 = Instant::now();
+        let mut t: Timers<u8> = Timers::new();
+        let c = t.schedule(t0 + Duration::from_millis(30), 3);
+        let a = t.schedule(t0 + Duration::from_millis(10), 1);
+        let _b = t.schedule(t0 + Duration::from_millis(20), 2);
+        let _b2 = t.schedule(t0 + Duration::from_millis(20), 22);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));
+        assert_eq!(t.pop_due(t0), None);
+        t.cancel(c);
+        assert_eq!(t.len(), 3);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(t.pop_due(later), Some((a, 1)));
+        assert_eq!(t.pop_due(later).map(|x| x.1), Some(2));
+        assert_eq!(t.pop_due(later).map(|x| x.1), Some(22));
+        assert_eq!(t.pop_due(later), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ctx_tokens_are_fresh() {
+        let mut el = EventLoop::new().unwrap();
+        let mut ctx = el.ctx();
+        let a = ctx.token();
+        let b = ctx.token();
+        assert!(a.0 >= FIRST_DYNAMIC_TOKEN && b.0 == a.0 + 1);
+        assert_ne!(a, SIGNALS);
+        assert_ne!(a, DNS_WAKER);
+    }
+}
