@@ -10,6 +10,12 @@ use std::time::Duration;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// Bounds of `--metrics-interval` (the default is the heartbeat).
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(3600);
+/// Bounds of `--fingerprint-interval` (default 60 s).
+pub const MIN_FINGERPRINT_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_FINGERPRINT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Every connection phase (DNS, TCP, proxy, TLS, upgrade, hello).
 pub const PHASE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tether";
@@ -18,6 +24,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/tether";
 pub enum ConfigError {
     BadDuration(String),
     HeartbeatOutOfRange(Duration),
+    IntervalOutOfRange {
+        what: &'static str,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    },
     Url(UrlError),
     /// `http://` or `ws://` to a host that is not loopback.
     PlainToRemote(String),
@@ -34,6 +46,15 @@ impl fmt::Display for ConfigError {
             ConfigError::HeartbeatOutOfRange(d) => write!(
                 f,
                 "heartbeat {d:?} is out of range ({MIN_HEARTBEAT:?} to {MAX_HEARTBEAT:?})"
+            ),
+            ConfigError::IntervalOutOfRange {
+                what,
+                value,
+                min,
+                max,
+            } => write!(
+                f,
+                "{what} {value:?} is out of range ({min:?} to {max:?}, or 0/off to disable)"
             ),
             ConfigError::Url(e) => write!(f, "{e}"),
             ConfigError::PlainToRemote(u) => write!(
@@ -74,6 +95,33 @@ pub fn check_heartbeat(d: Duration) -> Result<Duration, ConfigError> {
         return Err(ConfigError::HeartbeatOutOfRange(d));
     }
     Ok(d)
+}
+
+/// An interval that may be switched off: `0` or `off` give `None`, else a
+/// duration within `[min, max]`.
+pub fn parse_interval(
+    what: &'static str,
+    s: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<Duration>, ConfigError> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let d = parse_duration(t)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if d < min || d > max {
+        return Err(ConfigError::IntervalOutOfRange {
+            what,
+            value: d,
+            min,
+            max,
+        });
+    }
+    Ok(Some(d))
 }
 
 /// Parse a server URL and refuse plain text to anything but loopback.
@@ -168,6 +216,28 @@ mod tests {
         }
         assert!(check_heartbeat(Duration::from_millis(50)).is_err());
         assert!(check_heartbeat(Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn intervals_can_be_switched_off() {
+        let (min, max) = (MIN_METRICS_INTERVAL, MAX_METRICS_INTERVAL);
+        let p = |s| parse_interval("metrics interval", s, min, max);
+        assert_eq!(p("1s"), Ok(Some(Duration::from_secs(1))));
+        assert_eq!(p("0"), Ok(None));
+        assert_eq!(p("0s"), Ok(None));
+        assert_eq!(p("off"), Ok(None));
+        assert_eq!(p("OFF"), Ok(None));
+        assert!(matches!(
+            p("10ms"),
+            Err(ConfigError::IntervalOutOfRange { .. })
+        ));
+        assert!(matches!(
+            p("2h"),
+            Err(ConfigError::IntervalOutOfRange { .. })
+        ));
+        assert!(matches!(p("soon"), Err(ConfigError::BadDuration(_))));
+        let e = p("10ms").unwrap_err().to_string();
+        assert!(e.contains("0/off to disable"), "{e}");
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! the DNS helper, which wakes the loop through a `mio::Waker`.
 //!
 //! ```text
-//!   ┌──────────────────────────────────────────────────────────────┐
-//!   │ fire due timers ─▶ poll(timeout = next timer, or 0 if a       │
-//!   │                    source asked to be driven again)           │
-//!   │   SIGNALS token ─▶ drain self-pipe ─▶ conn.shutdown()         │
-//!   │   DNS token     ─▶ conn.on_dns()                              │
-//!   │   other tokens  ─▶ conn.on_ready(token)                       │
-//!   └──────────────── until conn.exit() is set ─────────────────────┘
+//!   ┌──────────────────────────────────────────────────────────────────┐
+//!   │ fire due timers (conn, telemetry)                                 │
+//!   │ conn.pump(telemetry): link events to telemetry, its messages out  │
+//!   │ poll(timeout = next timer, or 0 if a source asked to go again)    │
+//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry reaps    │
+//!   │                                       SIGTERM/INT: conn.shutdown()│
+//!   │   DNS token     ─▶ conn.on_dns()                                  │
+//!   │   child pipes   ─▶ telemetry.on_ready(token)                      │
+//!   │   other tokens  ─▶ conn.on_ready(token)                           │
+//!   └──────────────── until conn.exit() is set ─────────────────────────┘
 //! ```
 //!
 //! No busy loop: the poll sleeps until the next timer or event. Timers are
@@ -18,6 +21,7 @@
 use crate::conn::dns::Resolver;
 use crate::conn::{ConnConfig, ConnTimer, Connection, Exit};
 use crate::signals::{self, Signals};
+use crate::telemetry::{Telemetry, TelemetryTimer};
 use crate::{debug, info};
 use mio::{Events, Poll, Registry, Token, Waker};
 use std::cmp::Ordering;
@@ -39,6 +43,7 @@ const EVENT_CAPACITY: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
     Conn(ConnTimer),
+    Telemetry(TelemetryTimer),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -197,11 +202,13 @@ impl EventLoop {
         deadline: Option<Instant>,
     ) -> io::Result<Exit> {
         let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
+        let mut telemetry = Telemetry::new(&cfg.telemetry, Instant::now());
         let mut conn = Connection::new(cfg, Resolver::new(waker));
         if let Some(s) = &signals {
             s.register(self.poll.registry(), SIGNALS)?;
         }
         conn.start(&mut self.ctx());
+        telemetry.start(&mut self.ctx());
 
         loop {
             if let Some(exit) = conn.exit() {
@@ -213,8 +220,10 @@ impl EventLoop {
                 let mut ctx = self.ctx();
                 match timer {
                     Timer::Conn(t) => conn.on_timer(&mut ctx, id, t),
+                    Timer::Telemetry(t) => telemetry.on_timer(&mut ctx, id, t),
                 }
             }
+            conn.pump(&mut self.ctx(), &mut telemetry);
             if let Some(exit) = conn.exit() {
                 return Ok(exit.clone());
             }
@@ -226,7 +235,7 @@ impl EventLoop {
                     "event loop deadline passed",
                 ));
             }
-            let mut timeout = if conn.wants_again() {
+            let mut timeout = if conn.wants_again() || telemetry.wants_again() {
                 Some(Duration::ZERO)
             } else {
                 self.timers
@@ -254,24 +263,35 @@ impl EventLoop {
                 let mut ctx = self.ctx();
                 match token {
                     SIGNALS => {
-                        let mut stop = false;
+                        let (mut stop, mut child) = (false, false);
                         if let Some(s) = &signals {
                             s.drain(|sig| {
+                                if sig == libc::SIGCHLD {
+                                    child = true;
+                                    return;
+                                }
                                 info!("main", "received {}; shutting down", signals::name(sig));
                                 stop |= sig == libc::SIGTERM || sig == libc::SIGINT;
                             })?;
+                        }
+                        if child {
+                            telemetry.on_sigchld(&mut ctx);
                         }
                         if stop {
                             conn.shutdown(&mut ctx);
                         }
                     }
                     DNS_WAKER => conn.on_dns(&mut ctx),
+                    t if telemetry.owns(t) => telemetry.on_ready(&mut ctx, t),
                     t => conn.on_ready(&mut ctx, t),
                 }
             }
             if conn.wants_again() {
                 debug!("loop", "driving the connection again after a capped pass");
                 conn.on_again(&mut self.ctx());
+            }
+            if telemetry.wants_again() {
+                telemetry.on_again(&mut self.ctx());
             }
         }
     }

@@ -15,19 +15,28 @@
 //! url            https/wss URL parsing (host incl. [ipv6], port, path)
 //! rand           small PRNG for jitter, seeded from getrandom
 //! state          state dir (credential, CA copy) and run dir (status.json)
-//! signals        self-pipe for SIGTERM/SIGINT (later SIGCHLD)
+//! signals        self-pipe for SIGTERM/SIGINT/SIGCHLD
 //! event_loop     Poll, tokens, timer heap, dispatch
-//! conn/          the control connection: state machine, backoff, dns, proxy, tls, transport
+//! conn/          the control connection: state machine, backoff, dns, proxy, tls, transport;
+//!                sends the telemetry feed at the lowest priority
+//! child          child processes in the loop: pipes, bounds, timeout, reaping
+//! telemetry/     metrics and fingerprint on timers: sampler → backlog (acked), firewall probe, reports
 //! http           sans-IO HTTP/1.1 response parser + small blocking HTTPS client
 //! enroll         `tether enroll`
+//! metrics/       /proc parsers, sampler, compact wire encoding, backfill backlog (wire is shared with the server)
+//! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
 //! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders
 //! ```
 
+pub mod fingerprint;
+pub mod metrics;
 pub mod protocol;
 
 #[cfg(feature = "runner")]
 pub mod log;
 
+#[cfg(feature = "runner")]
+pub mod child;
 #[cfg(feature = "runner")]
 pub mod config;
 #[cfg(feature = "runner")]
@@ -50,5 +59,7 @@ pub mod signals;
 pub mod state;
 #[cfg(feature = "runner")]
 pub mod sys;
+#[cfg(feature = "runner")]
+pub mod telemetry;
 #[cfg(feature = "runner")]
 pub mod url;

@@ -34,6 +34,7 @@ use tether::exit;
 use tether::log::{self, Level};
 use tether::signals::Signals;
 use tether::state::{self, RunState, StateDir, StateError};
+use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
 
 const MAIN_HELP: &str = "\
 tether: the Tether runner. Holds one outbound TLS WebSocket to tether-server.
@@ -74,13 +75,23 @@ Options:
 ";
 
 const RUN_HELP: &str = "\
-Usage: tether run [--heartbeat 5s] [--server URL] [--ca-file PEM] [--proxy URL]
+Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interval 60s]
+                  [--server URL] [--ca-file PEM] [--proxy URL]
 
 Connect to the server with the stored credential and stay connected,
 reconnecting with backoff. SIGTERM/SIGINT close the connection cleanly.
+Host metrics are sampled and kept while disconnected (bounded), then sent;
+the host fingerprint (OS, sockets, firewall rules, ...) is reported on
+each connection and then as changes.
 
 Options:
   --heartbeat DURATION  WebSocket ping interval, e.g. 5s, 500ms [env TETHER_HEARTBEAT, default 5s]
+  --metrics-interval DURATION
+                        metrics sampling interval, 0 or off to disable
+                        [env TETHER_METRICS_INTERVAL, default: the heartbeat]
+  --fingerprint-interval DURATION
+                        fingerprint collection interval, 0 or off to disable
+                        [env TETHER_FINGERPRINT_INTERVAL, default 60s]
   --server URL          connect here instead of the enrolled server URL (same credential)
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
@@ -388,12 +399,17 @@ fn cmd_enroll(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
 
 fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
     let (mut heartbeat, mut ca_file, mut proxy, mut server) = (None, None, None, None);
+    let (mut metrics_interval, mut fingerprint_interval) = (None, None);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
         }
         match &opt {
             o if o.is("heartbeat") => heartbeat = Some(os_string(parser.value()?)?),
+            o if o.is("metrics-interval") => metrics_interval = Some(os_string(parser.value()?)?),
+            o if o.is("fingerprint-interval") => {
+                fingerprint_interval = Some(os_string(parser.value()?)?)
+            }
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),
@@ -407,6 +423,26 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             .and_then(config::check_heartbeat)
             .map_err(CliError::Config)?,
         None => config::DEFAULT_HEARTBEAT,
+    };
+    let metrics_interval = match env_or(metrics_interval, "TETHER_METRICS_INTERVAL") {
+        Some(s) => config::parse_interval(
+            "metrics interval",
+            &s,
+            config::MIN_METRICS_INTERVAL,
+            config::MAX_METRICS_INTERVAL,
+        )
+        .map_err(CliError::Config)?,
+        None => Some(heartbeat),
+    };
+    let fingerprint_interval = match env_or(fingerprint_interval, "TETHER_FINGERPRINT_INTERVAL") {
+        Some(s) => config::parse_interval(
+            "fingerprint interval",
+            &s,
+            config::MIN_FINGERPRINT_INTERVAL,
+            config::MAX_FINGERPRINT_INTERVAL,
+        )
+        .map_err(CliError::Config)?,
+        None => Some(DEFAULT_FINGERPRINT_INTERVAL),
     };
 
     let state = StateDir::new(global.state_dir());
@@ -429,12 +465,14 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
 
     tether::info!(
         "main",
-        "tether {} starting (pid {}, state dir {}, run dir {}, heartbeat {:?}{}{})",
+        "tether {} starting (pid {}, state dir {}, run dir {}, heartbeat {:?}, metrics {}, fingerprint {}{}{})",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         state.path.display(),
         run_dir.display(),
         heartbeat,
+        metrics_interval.map_or("off".to_owned(), |d| format!("every {d:?}")),
+        fingerprint_interval.map_or("off".to_owned(), |d| format!("every {d:?}")),
         ca_file
             .as_ref()
             .map(|p| format!(", CA {}", p.display()))
@@ -454,8 +492,10 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         phase_timeout: config::PHASE_TIMEOUT,
         hello: HelloInfo::from_host(),
         run_dir: Some(run_dir),
+        telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
     };
-    let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT])
+    // SIGCHLD too: the firewall probes are child processes reaped by the loop.
+    let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])
         .map_err(|e| CliError::Io("cannot install signal handlers", e))?;
     let event_loop =
         EventLoop::new().map_err(|e| CliError::Io("cannot create the event loop", e))?;
@@ -529,6 +569,15 @@ fn cmd_status(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
         st.pid,
         st.version,
     );
+    if let Some(m) = &st.metrics {
+        out.push_str(&format!(
+            "metrics:        {} records ({} bytes) not yet stored by the server, {} dropped; last sample {}\n",
+            m.backlog_records,
+            m.backlog_bytes,
+            m.dropped,
+            m.last_sample.as_deref().unwrap_or("never"),
+        ));
+    }
     if let Some(e) = &st.last_error {
         out.push_str(&format!("last error:     {e}\n"));
     }

@@ -80,6 +80,18 @@ pub enum Message {
     Pong(Pong),
     /// either way: a request failed, or the sender is about to close.
     Error(ErrorBody),
+    /// runner → server: the series of the metrics records that follow
+    /// (binary frames of kind [`FrameKind::Metrics`]).
+    MetricsSchema(MetricsSchema),
+    /// server → runner: every metrics record up to `ts_ms` is stored; the
+    /// runner may forget them.
+    MetricsAck(MetricsAck),
+    /// runner → server: the host fingerprint, in full (first report on each
+    /// connection) or as the changes since the previous report.
+    Fingerprint(FingerprintReport),
+    /// server → runner: "send the full fingerprint next" (the server could
+    /// not apply a change list).
+    FingerprintResync(Empty),
 }
 
 impl Message {
@@ -91,11 +103,25 @@ impl Message {
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
             Message::Error(_) => "error",
+            Message::MetricsSchema(_) => "metrics_schema",
+            Message::MetricsAck(_) => "metrics_ack",
+            Message::Fingerprint(_) => "fingerprint",
+            Message::FingerprintResync(_) => "fingerprint_resync",
         }
     }
 
     /// All `type` tags this build understands.
-    pub const KNOWN_TYPES: &'static [&'static str] = &["hello", "welcome", "ping", "pong", "error"];
+    pub const KNOWN_TYPES: &'static [&'static str] = &[
+        "hello",
+        "welcome",
+        "ping",
+        "pong",
+        "error",
+        "metrics_schema",
+        "metrics_ack",
+        "fingerprint",
+        "fingerprint_resync",
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +143,9 @@ pub struct Hello {
     /// Data channels the runner still holds unacknowledged output for.
     #[serde(default)]
     pub open_channels: Vec<u32>,
+    /// How often the runner samples metrics (0: metrics off).
+    #[serde(default)]
+    pub metrics_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,7 +158,40 @@ pub struct Welcome {
     /// runner resends from here, so nothing is lost and nothing doubled.
     #[serde(default)]
     pub acks: Vec<ChannelAck>,
+    /// Timestamp of the newest metrics record the server has stored for this
+    /// runner: the runner resends only what is newer (no gap, no duplicate).
+    #[serde(default)]
+    pub metrics_ts: Option<u64>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSchema {
+    pub schema: crate::metrics::wire::Schema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsAck {
+    pub ts_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FingerprintReport {
+    /// Collection time, milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// The whole fingerprint (first report on a connection), or `None` when
+    /// `changes` holds the difference to the previous report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<Box<crate::fingerprint::Fingerprint>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::fingerprint::Change>,
+    /// Collection problems, e.g. "firewall: unavailable (no nft or iptables-save)".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A message with no fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
 
 /// "Everything of `channel` before `seq` is stored."
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +336,10 @@ pub enum FrameKind {
     Credit = 3,
     /// The stream ends at offset `seq`; payload may hold a UTF-8 reason.
     End = 4,
+    /// Metrics records (see `crate::metrics::wire`), batched with
+    /// `push_to_batch`; channel 0, `seq` 0. Not acknowledged per frame:
+    /// the server answers with `metrics_ack` control messages.
+    Metrics = 5,
 }
 
 impl FrameKind {
@@ -283,6 +349,7 @@ impl FrameKind {
             2 => Some(FrameKind::Ack),
             3 => Some(FrameKind::Credit),
             4 => Some(FrameKind::End),
+            5 => Some(FrameKind::Metrics),
             _ => None,
         }
     }
@@ -395,7 +462,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
     let seq = u64::from_be_bytes(seq);
     let payload = &bytes[FRAME_HEADER_LEN..];
     let payload_ok = match kind {
-        FrameKind::Data | FrameKind::End => payload.len() <= MAX_DATA_PAYLOAD,
+        FrameKind::Data | FrameKind::End | FrameKind::Metrics => payload.len() <= MAX_DATA_PAYLOAD,
         FrameKind::Ack | FrameKind::Credit => payload.is_empty(),
     };
     if !payload_ok {
@@ -473,6 +540,7 @@ mod tests {
             heartbeat_ms: 5000,
             capabilities: vec!["terminal.host".into()],
             open_channels: vec![],
+            metrics_interval_ms: 5000,
         });
         let text = encode_control(7, hello.clone());
         assert!(text.starts_with(r#"{"id":7,"type":"hello""#), "{text}");
@@ -493,6 +561,7 @@ mod tests {
             runner_id: "rn_1".into(),
             server_version: "0.1.0".into(),
             acks,
+            metrics_ts: Some(1_700_000_000_000),
         });
         let text = encode_control(1, w.clone());
         assert!(

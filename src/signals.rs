@@ -9,7 +9,8 @@
 //! The handler only calls `write(2)` (async-signal-safe) and saves/restores
 //! errno. If the pipe is full the byte is dropped, which is fine: a full pipe
 //! already guarantees the loop will wake and drain.
-//! SIGTERM and SIGINT now; SIGCHLD joins later for child processes.
+//! `tether run` installs it for SIGTERM and SIGINT (shut down) and SIGCHLD
+//! (a child process ended: the loop reaps it with `waitpid(WNOHANG)`).
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};

@@ -263,6 +263,23 @@ pub struct Status {
     pub pid: u32,
     pub version: String,
     pub last_error: Option<String>,
+    /// The metrics backlog; absent with metrics off (and in files written
+    /// by older runners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsStatus>,
+}
+
+/// The metrics part of `status.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsStatus {
+    /// Records held: not yet acknowledged by the server.
+    pub backlog_records: u64,
+    /// Bytes they take (within the 256 KiB budget).
+    pub backlog_bytes: u64,
+    /// Records dropped, oldest first, to stay within the budget.
+    pub dropped: u64,
+    /// Time of the last sample (RFC 3339 UTC).
+    pub last_sample: Option<String>,
 }
 
 pub fn status_path(run_dir: &Path) -> PathBuf {
@@ -360,6 +377,7 @@ mod tests {
             pid: 42,
             version: "0.1.0".into(),
             last_error: Some("cannot connect".into()),
+            metrics: None,
         };
         write_status(&dir, &st).unwrap();
         assert_eq!(read_status(&dir).unwrap(), Some(st.clone()));
@@ -371,7 +389,20 @@ mod tests {
             ..st
         };
         write_status(&dir, &st2).unwrap();
-        assert_eq!(read_status(&dir).unwrap(), Some(st2));
+        assert_eq!(read_status(&dir).unwrap(), Some(st2.clone()));
+        let st3 = Status {
+            metrics: Some(MetricsStatus {
+                backlog_records: 3,
+                backlog_bytes: 310,
+                dropped: 0,
+                last_sample: Some("2026-11-28T12:00:05Z".into()),
+            }),
+            ..st2
+        };
+        write_status(&dir, &st3).unwrap();
+        assert_eq!(read_status(&dir).unwrap(), Some(st3));
+        let raw = fs::read_to_string(status_path(&dir)).unwrap();
+        assert!(raw.contains("\"backlog_records\": 3"), "{raw}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

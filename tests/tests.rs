@@ -9,4 +9,5 @@ mod enroll;
 mod health;
 mod reconnect;
 mod rogue;
+mod telemetry;
 mod tenancy;

@@ -13,9 +13,11 @@ use axum::Router;
 
 use crate::error::ApiError;
 use crate::health::HealthLog;
+use crate::metrics_store::MetricStore;
 use crate::registry::Registry;
 use crate::storage::Storage;
-use crate::{api, auth, events, runner_ws};
+use crate::telemetry::MetricsWriter;
+use crate::{api, auth, events, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +30,10 @@ pub struct Tuning {
     pub send_timeout: Duration,
     /// After sending a close frame, how long to wait for the peer's.
     pub close_wait: Duration,
+    /// The metrics writer stores what was queued in one transaction this often.
+    pub metrics_flush: Duration,
+    /// A runner gets a `metrics_ack` at most this often.
+    pub metrics_ack_every: Duration,
 }
 
 impl Default for Tuning {
@@ -37,6 +43,8 @@ impl Default for Tuning {
             request_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
             close_wait: Duration::from_secs(2),
+            metrics_flush: Duration::from_secs(1),
+            metrics_ack_every: Duration::from_secs(5),
         }
     }
 }
@@ -47,19 +55,31 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     pub health: Arc<HealthLog>,
     pub registry: Arc<Registry>,
+    pub metrics: Arc<MetricStore>,
+    pub metrics_writer: MetricsWriter,
     /// SHA-256 hex of the admin token.
     pub admin_token_hash: Arc<str>,
     pub tuning: Tuning,
 }
 
 impl AppState {
-    pub fn new(storage: Arc<Storage>, admin_token: &str, tuning: Tuning) -> AppState {
+    /// Also starts the metrics writer thread, which ends with the last
+    /// clone of this state.
+    pub fn new(
+        storage: Arc<Storage>,
+        metrics: Arc<MetricStore>,
+        admin_token: &str,
+        tuning: Tuning,
+    ) -> AppState {
         let health = Arc::new(HealthLog::new(storage.clone()));
         let registry = Arc::new(Registry::new(health.clone()));
+        let metrics_writer = MetricsWriter::start(metrics.clone(), tuning.metrics_flush);
         AppState {
             storage,
             health,
             registry,
+            metrics,
+            metrics_writer,
             admin_token_hash: auth::hash_secret(admin_token).into(),
             tuning,
         }
@@ -89,6 +109,20 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runners/{id}/health", get(api::runner_health))
         .route("/api/v1/runners/{id}/revoke", post(api::revoke_runner))
         .route("/api/v1/runners/{id}/ping", post(api::ping_runner))
+        .route(
+            "/api/v1/runners/{id}/metrics",
+            get(telemetry_api::runner_metrics),
+        )
+        .route(
+            "/api/v1/runners/{id}/metrics/latest",
+            get(telemetry_api::latest_metrics),
+        )
+        .route(
+            "/api/v1/runners/{id}/fingerprint",
+            get(telemetry_api::fingerprint),
+        )
+        .route("/api/v1/runners/{id}/drift", get(telemetry_api::drift))
+        .route("/api/v1/metrics/prometheus", get(telemetry_api::prometheus))
         .route("/api/v1/events", get(events::follow))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

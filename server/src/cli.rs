@@ -65,6 +65,41 @@ pub enum ClientCommand {
     Runner(RunnerCommand),
     /// Follow health changes live (Ctrl-C to stop)
     Events,
+    /// Host metrics of a runner: latest values with min/avg/max over a
+    /// range, or with --series the points of those series
+    Metrics(MetricsArgs),
+    /// The host fingerprint a runner reported last (OS, kernel, CPU,
+    /// listening sockets, firewall, versions)
+    Fingerprint {
+        /// Runner id (rn_…) or name
+        runner: String,
+    },
+    /// Fingerprint changes of a runner, one line each, oldest first
+    Drift {
+        /// Runner id (rn_…) or name
+        runner: String,
+        /// Since when: a duration back from now (7d), RFC 3339, or Unix ms
+        #[arg(long, default_value = "7d")]
+        since: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Runner id (rn_…) or name
+    pub runner: String,
+    /// Start: a duration back from now (15m, 1h, 7d), RFC 3339, or Unix ms
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// End (default now), same forms as --since
+    #[arg(long)]
+    pub until: Option<String>,
+    /// auto (raw up to 6 h, 1m up to 7 d, else 1h), raw, 1m or 1h
+    #[arg(long, default_value = "auto")]
+    pub resolution: String,
+    /// Series to print point by point: names or prefixes, e.g. cpu.busy,net.*
+    #[arg(long)]
+    pub series: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,7 +371,325 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             ))
         }
         ClientCommand::Events => client.follow_events(json),
+        ClientCommand::Metrics(args) => metrics(&client, &args, json),
+        ClientCommand::Fingerprint { runner } => {
+            let id = resolve_runner(&client, &runner)?;
+            let (raw, v) = client.call(
+                "GET",
+                &format!("/api/v1/runners/{}/fingerprint", segment(&id)),
+                None,
+            )?;
+            if json {
+                return out(&raw);
+            }
+            if v["updated_at"].is_null() {
+                return note(&format!("runner {id} has not reported a fingerprint yet"));
+            }
+            out(&fingerprint_text(&v))
+        }
+        ClientCommand::Drift { runner, since } => {
+            let id = resolve_runner(&client, &runner)?;
+            let (raw, v) = client.call(
+                "GET",
+                &format!(
+                    "/api/v1/runners/{}/drift{}",
+                    segment(&id),
+                    query(&[("since", Some(&since))])
+                ),
+                None,
+            )?;
+            if json {
+                return out(&raw);
+            }
+            let events = v.as_array().map(Vec::as_slice).unwrap_or_default();
+            if events.is_empty() {
+                return note(&format!("no fingerprint changes of {id} since {since}"));
+            }
+            let lines: Vec<String> = events
+                .iter()
+                .map(|e| format!("{}  {}", field(e, "at"), field(e, "text")))
+                .collect();
+            out(&lines.join("\n"))
+        }
     }
+}
+
+/// A runner id as given, or the id of the one runner with that name.
+fn resolve_runner(client: &Client, runner: &str) -> Result<String, CliError> {
+    if runner.starts_with("rn_") {
+        return Ok(runner.to_owned());
+    }
+    let (_, v) = client.call("GET", "/api/v1/runners", None)?;
+    let ids: Vec<String> = v
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["name"] == runner)
+        .map(|r| field(r, "id"))
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok(id.clone()),
+        [] => Err(CliError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: format!("no runner named {runner:?} in this tenant"),
+        }),
+        _ => Err(CliError::Usage(format!(
+            "{} runners are named {runner:?}: use the id ({})",
+            ids.len(),
+            ids.join(", ")
+        ))),
+    }
+}
+
+/// `?a=1&b=2` of the pairs that have a value, percent-encoded.
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let mut q = String::new();
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            q.push(if q.is_empty() { '?' } else { '&' });
+            q.push_str(k);
+            q.push('=');
+            q.push_str(&segment(v));
+        }
+    }
+    q
+}
+
+fn metrics(client: &Client, args: &MetricsArgs, json: bool) -> Result<(), CliError> {
+    let id = resolve_runner(client, &args.runner)?;
+    let range_path = |points: bool| {
+        format!(
+            "/api/v1/runners/{}/metrics{}",
+            segment(&id),
+            query(&[
+                ("since", Some(&args.since)),
+                ("until", args.until.as_deref()),
+                ("resolution", Some(&args.resolution)),
+                ("series", args.series.as_deref()),
+                ("points", (!points).then_some("false")),
+            ])
+        )
+    };
+    if json {
+        let (raw, _) = client.call("GET", &range_path(true), None)?;
+        return out(&raw);
+    }
+    if args.series.is_some() {
+        let (_, range) = client.call("GET", &range_path(true), None)?;
+        if range["series"].as_array().is_none_or(Vec::is_empty) {
+            return note(&format!("no stored points of {id} match in this range"));
+        }
+        return out(&points_table(&range));
+    }
+    let (_, latest) = client.call(
+        "GET",
+        &format!("/api/v1/runners/{}/metrics/latest", segment(&id)),
+        None,
+    )?;
+    let (_, range) = client.call("GET", &range_path(false), None)?;
+    if latest["ts_ms"].is_null() && range["series"].as_array().is_none_or(Vec::is_empty) {
+        return note(&format!("no metrics stored for {id}"));
+    }
+    out(&summary_table(&latest, &range))
+}
+
+/// SERIES, LATEST, MIN, AVG, MAX: the latest sample's series first, then
+/// any that only the range has.
+fn summary_table(latest: &Value, range: &Value) -> String {
+    let empty = Vec::new();
+    let latest_series = latest["series"].as_array().unwrap_or(&empty);
+    let range_series = range["series"].as_array().unwrap_or(&empty);
+    let mut names: Vec<&str> = latest_series
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for s in range_series {
+        if let Some(n) = s["name"].as_str() {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    let find = |list: &[Value], name: &str| list.iter().find(|s| s["name"] == name).cloned();
+    let mut rows = Vec::new();
+    for name in names {
+        let l = find(latest_series, name);
+        let r = find(range_series, name);
+        let unit = l
+            .as_ref()
+            .or(r.as_ref())
+            .and_then(|s| s["unit"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let show = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| fmt_value(x, &unit));
+        let summary = r.as_ref().map(|r| r["summary"].clone()).unwrap_or_default();
+        rows.push(vec![
+            name.to_owned(),
+            l.as_ref().map_or("-".to_owned(), |l| show(&l["value"])),
+            show(&summary["min"]),
+            show(&summary["avg"]),
+            show(&summary["max"]),
+        ]);
+    }
+    let head = format!(
+        "{} to {}, resolution {}; latest sample {}",
+        field(range, "from"),
+        field(range, "to"),
+        field(range, "resolution"),
+        field(latest, "at"),
+    );
+    format!(
+        "{head}\n{}",
+        grid(&["SERIES", "LATEST", "MIN", "AVG", "MAX"], &rows)
+    )
+}
+
+/// TIME and one column per series.
+fn points_table(range: &Value) -> String {
+    let empty = Vec::new();
+    let series = range["series"].as_array().unwrap_or(&empty);
+    let mut times = std::collections::BTreeMap::<i64, Vec<String>>::new();
+    for (i, s) in series.iter().enumerate() {
+        let unit = s["unit"].as_str().unwrap_or_default();
+        for p in s["points"].as_array().unwrap_or(&empty) {
+            let (Some(ts), Some(v)) = (p[0].as_i64(), p[1].as_f64()) else {
+                continue;
+            };
+            let row = times
+                .entry(ts)
+                .or_insert_with(|| vec!["-".to_owned(); series.len()]);
+            row[i] = fmt_value(v, unit);
+        }
+    }
+    let mut headers = vec!["TIME".to_owned()];
+    headers.extend(series.iter().map(|s| field(s, "name")));
+    let rows: Vec<Vec<String>> = times
+        .into_iter()
+        .map(|(ts, cells)| {
+            let mut row = vec![crate::clock::rfc3339(ts)];
+            row.extend(cells);
+            row
+        })
+        .collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    grid(&headers, &rows)
+}
+
+/// A value for people: 12.3%, 1.5 GiB, 2.0 MiB/s, 3d 4h.
+fn fmt_value(v: f64, unit: &str) -> String {
+    let bytes = |v: f64| {
+        const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        let mut x = v;
+        let mut i = 0;
+        while x.abs() >= 1024.0 && i + 1 < UNITS.len() {
+            x /= 1024.0;
+            i += 1;
+        }
+        if i == 0 {
+            format!("{x:.0} B")
+        } else {
+            format!("{x:.1} {}", UNITS[i])
+        }
+    };
+    let plain = |v: f64| {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    match unit {
+        "percent" => format!("{v:.1}%"),
+        "bytes" => bytes(v),
+        "bytes_per_second" => format!("{}/s", bytes(v)),
+        "per_second" => format!("{}/s", plain(v)),
+        "load" => format!("{v:.2}"),
+        "seconds" => {
+            let s = v.max(0.0) as u64;
+            match (s / 86_400, s % 86_400 / 3600, s % 3600 / 60) {
+                (0, 0, m) => format!("{m}m {}s", s % 60),
+                (0, h, m) => format!("{h}h {m}m"),
+                (d, h, _) => format!("{d}d {h}h"),
+            }
+        }
+        _ => plain(v),
+    }
+}
+
+fn fingerprint_text(v: &Value) -> String {
+    use tether::fingerprint::Fingerprint;
+    let fp: Fingerprint = match serde_json::from_value(v.clone()) {
+        Ok(fp) => fp,
+        // A shape this build does not know: show it as it came.
+        Err(_) => return v.to_string(),
+    };
+    let s = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".to_owned());
+    let kernel = match (&fp.kernel, &fp.kernel_version) {
+        (Some(k), Some(v)) => format!("{k} ({v})"),
+        (k, _) => s(k),
+    };
+    let os = fp
+        .os
+        .pretty_name
+        .clone()
+        .or_else(|| fp.os.id.clone())
+        .unwrap_or_else(|| "-".to_owned());
+    let cpu = match (&fp.cpu_model, fp.cpu_count) {
+        (Some(m), Some(n)) => format!("{m} × {n}"),
+        (None, Some(n)) => format!("{n} CPUs"),
+        (m, None) => s(m),
+    };
+    let mut text = pairs(&[
+        ("hostname", s(&fp.hostname)),
+        ("os", os),
+        ("kernel", kernel),
+        ("arch", s(&fp.arch)),
+        ("cpu", cpu),
+        ("board", s(&fp.board)),
+        (
+            "memory",
+            fp.mem_total
+                .map_or("-".to_owned(), |m| fmt_value(m as f64, "bytes")),
+        ),
+        (
+            "boot time",
+            fp.boot_time.map_or("-".to_owned(), |t| {
+                crate::clock::rfc3339(i64::try_from(t).unwrap_or(0).saturating_mul(1000))
+            }),
+        ),
+        ("virtualization", s(&fp.virtualization)),
+        ("container", s(&fp.container)),
+        ("docker", s(&fp.docker_version)),
+        ("runner version", s(&fp.runner_version)),
+        ("collected", field(v, "collected_at")),
+        ("updated", field(v, "updated_at")),
+    ]);
+    text.push_str(&format!("\nlistening ({}):", fp.listening.len()));
+    for l in &fp.listening {
+        text.push_str(&format!("\n  {l}"));
+    }
+    match &fp.firewall {
+        Some(fw) => {
+            text.push_str(&format!(
+                "\nfirewall: {}, {} rules",
+                fw.source,
+                fw.rules.len()
+            ));
+            for r in &fw.rules {
+                text.push_str(&format!("\n  {r}"));
+            }
+        }
+        None => text.push_str("\nfirewall: -"),
+    }
+    let notes = v["notes"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !notes.is_empty() {
+        text.push_str("\nnotes:");
+        for n in notes {
+            text.push_str(&format!("\n  {}", n.as_str().unwrap_or_default()));
+        }
+    }
+    text
 }
 
 struct Client {
@@ -577,8 +930,13 @@ fn table(headers: &[&str], v: &Value, keys: &[&str]) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    grid(headers, &rows)
+}
+
+/// A left-aligned table of cells.
+fn grid(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -660,5 +1018,75 @@ mod tests {
             "ID     HEALTH\nrn_1   active\nrn_22  -"
         );
         assert_eq!(segment("rn_1/../x"), "rn_1%2F..%2Fx");
+    }
+
+    #[test]
+    fn values_read_well() {
+        assert_eq!(fmt_value(12.345, "percent"), "12.3%");
+        assert_eq!(fmt_value(512.0, "bytes"), "512 B");
+        assert_eq!(fmt_value(1536.0 * 1024.0, "bytes"), "1.5 MiB");
+        assert_eq!(fmt_value(2048.0, "bytes_per_second"), "2.0 KiB/s");
+        assert_eq!(fmt_value(3.5, "per_second"), "3.50/s");
+        assert_eq!(fmt_value(90_061.0, "seconds"), "1d 1h");
+        assert_eq!(fmt_value(3_700.0, "seconds"), "1h 1m");
+        assert_eq!(fmt_value(42.0, "count"), "42");
+        assert_eq!(fmt_value(0.5, "load"), "0.50");
+        assert_eq!(
+            query(&[
+                ("since", Some("1h")),
+                ("until", None),
+                ("series", Some("net.*,a b"))
+            ]),
+            "?since=1h&series=net.%2A%2Ca%20b"
+        );
+    }
+
+    #[test]
+    fn fingerprints_and_summaries_print() {
+        let v = json!({
+            "hostname": "web-1", "os": {"id": "debian", "version_id": "12", "pretty_name": null},
+            "kernel": "6.1.0", "kernel_version": null, "arch": "x86_64", "cpu_model": "EPYC",
+            "board": null, "cpu_count": 4, "mem_total": 8589934592u64, "boot_time": 1700000000,
+            "virtualization": "kvm", "container": null,
+            "listening": [{"proto": "tcp", "addr": "::", "port": 22, "process": "sshd"}],
+            "firewall": {"source": "nft", "rules": ["r1"]},
+            "docker_version": null, "runner_version": "0.1.0",
+            "runner_id": "rn_1", "collected_at": "2026-11-28T12:00:00Z", "updated_at": "2026-11-28T12:00:01Z",
+            "notes": ["firewall: partial"]
+        });
+        let text = fingerprint_text(&v);
+        for want in [
+            "os              debian",
+            "cpu             EPYC × 4",
+            "memory          8.0 GiB",
+            "boot time       2023-11-14T22:13:20Z",
+            "listening (1):\n  tcp [::]:22 (sshd)",
+            "firewall: nft, 1 rules\n  r1",
+            "notes:\n  firewall: partial",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+        let latest =
+            json!({"at": "T", "series": [{"name": "cpu.busy", "unit": "percent", "value": 5.0}]});
+        let range = json!({"from": "A", "to": "B", "resolution": "raw", "series": [
+            {"name": "cpu.busy", "unit": "percent", "points": [],
+             "summary": {"min": 1.0, "avg": 2.0, "max": 3.0, "count": 3}},
+            {"name": "gone", "unit": "count", "points": [], "summary": null}]});
+        assert_eq!(
+            summary_table(&latest, &range),
+            "A to B, resolution raw; latest sample T\n\
+             SERIES    LATEST  MIN   AVG   MAX\n\
+             cpu.busy  5.0%    1.0%  2.0%  3.0%\n\
+             gone      -       -     -     -"
+        );
+        let range = json!({"series": [
+            {"name": "a", "unit": "count", "points": [[0, 1.0], [1000, 2.0]]},
+            {"name": "b", "unit": "count", "points": [[1000, 3.0]]}]});
+        assert_eq!(
+            points_table(&range),
+            "TIME                  a  b\n\
+             1970-01-01T00:00:00Z  1  -\n\
+             1970-01-01T00:00:01Z  2  3"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <data-dir>/tether.db     SQLite (WAL: also tether.db-wal, tether.db-shm)
+//!            metrics.db    host metrics (SQLite, WAL), apart from the control plane
 //!            admin.token   the admin token, 0600, made on first start
 //!            server.url    where this instance listens (rewritten each start)
 //!            tls/          dev CA and leaf, when no certificate is configured
@@ -14,6 +15,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
@@ -52,9 +54,30 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// How long full-resolution metrics are kept (e.g. 24h, 2d)
+    #[arg(long, env = "TETHER_METRICS_RAW_RETENTION", default_value = "24h", value_parser = parse_retention)]
+    pub metrics_raw_retention: Duration,
+
+    /// How long 1-minute metrics rollups are kept
+    #[arg(long, env = "TETHER_METRICS_1M_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub metrics_1m_retention: Duration,
+
+    /// How long 1-hour metrics rollups are kept
+    #[arg(long, env = "TETHER_METRICS_1H_RETENTION", default_value = "90d", value_parser = parse_retention)]
+    pub metrics_1h_retention: Duration,
+
     /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// A retention: `30m`, `24h`, `7d`, at least a minute.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let secs = crate::cli::parse_ttl(s)?;
+    if secs < 60 {
+        return Err(format!("retention {s:?} is shorter than a minute"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Write a file only the owner can read, replacing it atomically.

@@ -14,6 +14,9 @@
 //! runner_ws  one runner's WebSocket           registry   live connections, routing
 //! health     health changes + broadcast       events     SSE of health changes
 //! clock      time formats                     cli        operator subcommands
+//! telemetry  metrics + fingerprints from      metrics_store  metrics SQLite: samples,
+//!            a runner socket, the writer                     rollups, retention, queries
+//! telemetry_api  metrics/fingerprint REST     prometheus     text exposition
 //! ```
 
 mod api;
@@ -25,10 +28,14 @@ mod config;
 mod error;
 mod events;
 mod health;
+mod metrics_store;
+mod prometheus;
 mod registry;
 mod runner_ws;
 mod serve;
 mod storage;
+mod telemetry;
+mod telemetry_api;
 mod tls;
 
 #[cfg(test)]

@@ -18,6 +18,12 @@
 //!     close order (registry)  → 4006 replaced / 4002 revoked / 1001 shutdown
 //! ```
 //!
+//! In `Live`, host telemetry (`telemetry.rs`): `metrics_schema` and METRICS
+//! frames are decoded here and queued for the metrics writer; one timer
+//! serves both the watchdog and the next `metrics_ack` (sent with id 0, it
+//! answers no request). `fingerprint` reports are stored at once; one that
+//! cannot be applied is answered with `fingerprint_resync` (its id).
+//!
 //! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
 //! by tungstenite, which only queues the Pong; it is flushed explicitly here
 //! so it leaves at once. Every send has a timeout, so a runner that stops
@@ -29,6 +35,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -38,8 +45,8 @@ use axum::Extension;
 use futures_util::SinkExt;
 use tether::protocol::{
     self, api_error, close, decode_control, decode_frame, encode_control, negotiate,
-    silence_limit_ms, Decoded, Envelope, ErrorBody, FrameError, FrameHeader, Hello, Message, Pong,
-    Welcome,
+    silence_limit_ms, Decoded, Empty, Envelope, ErrorBody, FrameError, FrameHeader, FrameKind,
+    Hello, Message, MetricsAck, Pong, Welcome,
 };
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -52,6 +59,7 @@ use crate::error::ApiError;
 use crate::registry::{AttachError, Outgoing, Session};
 use crate::serve::PeerAddr;
 use crate::storage::{ConnectedInfo, RunnerIdentity};
+use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -172,8 +180,11 @@ impl Ending {
 
 /// What one received frame amounts to, once checked.
 enum Inbound {
+    /// Boxed: a message with a whole fingerprint is large.
     Control(Envelope),
     Data(FrameHeader),
+    /// The payload of a METRICS frame: a batch of records.
+    Metrics(Bytes),
     /// Ping, Pong, or something ignored (unknown type or frame kind).
     Nothing,
 }
@@ -182,6 +193,9 @@ struct Connection {
     socket: WebSocket,
     state: AppState,
     runner: RunnerIdentity,
+    /// Made on the first `metrics_schema` (boxed: most of the time a
+    /// connection without metrics carries one pointer).
+    metrics: Option<Box<MetricsStream>>,
 }
 
 async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
@@ -192,6 +206,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         socket,
         state,
         runner,
+        metrics: None,
     };
 
     let (hello_id, hello) = match conn.await_hello().await {
@@ -255,11 +270,20 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         "runner connected"
     );
 
+    let metrics_ts = match conn.state.metrics.last_ts(&runner_id) {
+        Ok(ts) => ts.and_then(|t| u64::try_from(t).ok()),
+        Err(e) => {
+            // The runner then resends its whole backlog; storing is idempotent.
+            tracing::error!(runner = %runner_id, "reading the newest metrics time: {e}");
+            None
+        }
+    };
     let welcome = Message::Welcome(Welcome {
         protocol: version,
         runner_id: runner_id.clone(),
         server_version: SERVER_VERSION.to_owned(),
         acks: Vec::new(),
+        metrics_ts,
     });
     let ending = match conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
@@ -294,17 +318,21 @@ impl Connection {
                 ));
             };
             match self.inbound(frame).await? {
-                Inbound::Control(Envelope {
-                    id,
-                    body: Message::Hello(hello),
-                }) => return Ok((id, hello)),
-                Inbound::Control(other) => {
-                    return Err(Ending::violation(
-                        other.id,
-                        format!("expected hello first, got '{}'", other.body.type_name()),
-                    ))
+                Inbound::Control(envelope) => match envelope {
+                    Envelope {
+                        id,
+                        body: Message::Hello(hello),
+                    } => return Ok((id, hello)),
+                    other => {
+                        return Err(Ending::violation(
+                            other.id,
+                            format!("expected hello first, got '{}'", other.body.type_name()),
+                        ))
+                    }
+                },
+                Inbound::Data(_) | Inbound::Metrics(_) => {
+                    return Err(Ending::violation(0, "data frame before hello"))
                 }
-                Inbound::Data(_) => return Err(Ending::violation(0, "data frame before hello")),
                 Inbound::Nothing => {}
             }
         }
@@ -353,21 +381,37 @@ impl Connection {
                             // No channels exist in this version of the server.
                             tracing::debug!(runner = %self.runner.id, channel = h.channel, "data frame for no open channel ignored");
                         }
+                        Ok(Inbound::Metrics(payload)) => {
+                            if let Err(ending) = self.on_metrics(&payload).await {
+                                return ending;
+                            }
+                            // An ack may now be due before the watchdog.
+                            if let Some(due) = self.metrics.as_ref().and_then(|m| m.ack_due) {
+                                if due < watchdog.deadline() {
+                                    watchdog.as_mut().reset(due);
+                                }
+                            }
+                        }
                         Ok(Inbound::Nothing) => {}
                     }
                 }
                 () = &mut watchdog => {
                     // Re-armed lazily: frames only move `last_frame`, the timer
-                    // is touched when it fires.
+                    // is touched when it fires (for the watchdog or an ack).
+                    let now = Instant::now();
                     let due = last_frame + silence;
-                    if Instant::now() >= due {
+                    if now >= due {
                         return Ending::close(
                             close::WATCHDOG,
                             format!("no frame for {} ms", silence.as_millis()),
                             "no heartbeat",
                         );
                     }
-                    watchdog.as_mut().reset(due);
+                    if let Err(ending) = self.ack_metrics(now).await {
+                        return ending;
+                    }
+                    let ack_due = self.metrics.as_ref().and_then(|m| m.ack_due);
+                    watchdog.as_mut().reset(ack_due.map_or(due, |a| a.min(due)));
                 }
             }
         }
@@ -400,6 +444,71 @@ impl Connection {
                 Ok(())
             }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
+            Message::MetricsSchema(m) => {
+                let stream = self.metrics.get_or_insert_with(Box::default);
+                match stream.set_schema(
+                    &self.state.metrics,
+                    &self.runner.id,
+                    &m.schema,
+                    clock::now_ms(),
+                ) {
+                    Ok(()) => Ok(()),
+                    Err(MetricsError::Violation(why)) => {
+                        tracing::warn!(runner = %self.runner.id, "bad metrics schema: {why}");
+                        Err(Ending::violation(envelope.id, why))
+                    }
+                    Err(MetricsError::Storage(e)) => {
+                        tracing::error!(runner = %self.runner.id, "storing a metrics schema: {e}");
+                        Err(Ending::close(
+                            1011,
+                            "internal server error",
+                            "internal error",
+                        ))
+                    }
+                }
+            }
+            Message::Fingerprint(report) => {
+                let outcome = telemetry::record_fingerprint(
+                    &self.state.storage,
+                    &self.runner.id,
+                    report,
+                    clock::now_ms(),
+                );
+                match outcome {
+                    Ok(FingerprintOutcome::Resync(why)) => {
+                        tracing::info!(runner = %self.runner.id, "fingerprint changes do not apply ({why}): asking for a full report");
+                        let resync = Message::FingerprintResync(Empty {});
+                        self.send(WsMessage::Text(encode_control(envelope.id, resync).into()))
+                            .await
+                    }
+                    Ok(FingerprintOutcome::Baseline) => {
+                        tracing::info!(runner = %self.runner.id, "first fingerprint stored");
+                        Ok(())
+                    }
+                    Ok(FingerprintOutcome::Updated { drift }) => {
+                        if drift > 0 {
+                            tracing::info!(runner = %self.runner.id, drift, "fingerprint drift recorded");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The runner's next full report (next connection)
+                        // catches up whatever this one would have recorded.
+                        tracing::error!(runner = %self.runner.id, "storing a fingerprint: {e}");
+                        Ok(())
+                    }
+                }
+            }
+            Message::MetricsAck(_) | Message::FingerprintResync(_) => {
+                note_ignored(
+                    &format!(
+                        "message type '{}' (server to runner only)",
+                        envelope.body.type_name()
+                    ),
+                    &self.runner.id,
+                );
+                Ok(())
+            }
             Message::Welcome(_) => {
                 note_ignored(
                     "message type 'welcome' (server to runner only)",
@@ -407,6 +516,62 @@ impl Connection {
                 );
                 Ok(())
             }
+        }
+    }
+
+    /// A METRICS frame: decode, queue for the writer, plan the ack.
+    async fn on_metrics(&mut self, payload: &[u8]) -> Result<(), Ending> {
+        let Some(stream) = self.metrics.as_deref_mut() else {
+            return Err(Ending::violation(
+                0,
+                "metrics records before any metrics_schema",
+            ));
+        };
+        let retention = self.state.metrics.retention().raw_ms;
+        let out = stream.on_frame(payload, clock::now_ms(), retention, &self.runner.id);
+        if let Some(queued) = out.queued {
+            match self.state.metrics_writer.queue(queued).await {
+                Ok(()) => stream.queued(
+                    Instant::now(),
+                    self.state.tuning.metrics_flush,
+                    self.state.tuning.metrics_ack_every,
+                ),
+                Err(e) => note_ignored(&format!("metrics samples: {e}"), &self.runner.id),
+            }
+        }
+        match out.error {
+            None => Ok(()),
+            Some(MetricsError::Violation(why)) => {
+                tracing::warn!(runner = %self.runner.id, "undecodable metrics: {why}");
+                Err(Ending::violation(0, why))
+            }
+            Some(MetricsError::Storage(e)) => {
+                tracing::error!(runner = %self.runner.id, "storing metrics: {e}");
+                Err(Ending::close(
+                    1011,
+                    "internal server error",
+                    "internal error",
+                ))
+            }
+        }
+    }
+
+    /// Send a `metrics_ack` if one is due and something new is stored.
+    async fn ack_metrics(&mut self, now: Instant) -> Result<(), Ending> {
+        let tuning = self.state.tuning;
+        let Some(stream) = self.metrics.as_deref_mut() else {
+            return Ok(());
+        };
+        if stream.ack_due.is_none_or(|due| now < due) {
+            return Ok(());
+        }
+        match stream.take_ack(now, tuning.metrics_flush, tuning.metrics_ack_every) {
+            Some(ts_ms) => {
+                let ack = Message::MetricsAck(MetricsAck { ts_ms });
+                self.send(WsMessage::Text(encode_control(0, ack).into()))
+                    .await
+            }
+            None => Ok(()),
         }
     }
 
@@ -434,6 +599,18 @@ impl Connection {
                 Err(e) => Err(Ending::violation(0, e.to_string())),
             },
             WsMessage::Binary(bytes) => match decode_frame(&bytes) {
+                Ok((header, _)) if header.kind == FrameKind::Metrics => {
+                    if header.channel != 0 || header.seq != 0 {
+                        return Err(Ending::violation(
+                            0,
+                            format!(
+                                "metrics frame with channel {} and seq {} (both must be 0)",
+                                header.channel, header.seq
+                            ),
+                        ));
+                    }
+                    Ok(Inbound::Metrics(bytes.slice(protocol::FRAME_HEADER_LEN..)))
+                }
                 Ok((header, _payload)) => Ok(Inbound::Data(header)),
                 Err(FrameError::UnknownKind(k)) => {
                     note_ignored(&format!("binary frame kind {k}"), &self.runner.id);

@@ -1,10 +1,13 @@
 //! `tether-server serve`: start-up, the accept loop, and shutdown.
 //!
 //! ```text
-//! data dir ─▶ storage ─▶ admin token ─▶ TLS identity ─▶ bind ─▶ "server restarted"
-//!   ─▶ server.url + "listening on" ─▶ accept loop ──SIGTERM/SIGINT──▶ close every
-//!      runner with 1001, wait for them (bounded) ─▶ exit 0
+//! data dir ─▶ storage, metrics store ─▶ admin token ─▶ TLS identity ─▶ bind
+//!   ─▶ "server restarted" ─▶ server.url + "listening on" ─▶ accept loop
+//!   ──SIGTERM/SIGINT──▶ close every runner with 1001, wait for them (bounded) ─▶ exit 0
 //! ```
+//!
+//! Beside the accept loop: last-seen flushes every 5 s, and metrics
+//! maintenance (rollups, retention) every minute.
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
 //! timeout, then hyper (HTTP/1.1 with upgrades, or HTTP/2) with a header-read
@@ -34,6 +37,7 @@ use tower::ServiceExt;
 
 use crate::app::{app, AppState, Tuning};
 use crate::config::{self, AdminToken, ServeArgs};
+use crate::metrics_store::{MetricStore, Retention};
 use crate::registry::CloseOrder;
 use crate::storage::{Storage, StorageError};
 use crate::tls::{self, TlsError};
@@ -42,6 +46,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often last-seen times of connected runners are written to storage.
 const LAST_SEEN_FLUSH: Duration = Duration::from_secs(5);
+/// How often metrics are rolled up and expired.
+const METRICS_MAINTENANCE: Duration = Duration::from_secs(60);
 /// How long shutdown waits for runner connections to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -124,6 +130,12 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let data = args.data_dir.clone();
     std::fs::create_dir_all(&data).map_err(io_err(format!("creating {}", data.display())))?;
     let storage = Arc::new(Storage::open(&data.join("tether.db"))?);
+    let retention = Retention::from_durations(
+        args.metrics_raw_retention,
+        args.metrics_1m_retention,
+        args.metrics_1h_retention,
+    );
+    let metrics = Arc::new(MetricStore::open(&data.join("metrics.db"), retention)?);
 
     let admin =
         config::admin_token(args.admin_token.as_deref(), &data).map_err(io_err("admin token"))?;
@@ -179,7 +191,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(io_err(format!("listening on {}", args.listen)))?;
     let local = listener.local_addr().map_err(io_err("local address"))?;
 
-    let state = AppState::new(storage, admin.secret(), Tuning::default());
+    let state = AppState::new(storage, metrics, admin.secret(), Tuning::default());
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
@@ -193,6 +205,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!("listening on {url}");
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
+    let maintenance = tokio::spawn(maintain_metrics(state.clone()));
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -202,6 +215,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     accept_loop(listener, acceptor, app(state.clone()), shutdown).await;
 
     flusher.abort();
+    maintenance.abort();
     if let Err(e) = state.registry.flush_last_seen() {
         tracing::warn!("saving last-seen times: {e}");
     }
@@ -234,6 +248,35 @@ async fn flush_last_seen(state: AppState) {
         tick.tick().await;
         if let Err(e) = state.registry.flush_last_seen() {
             tracing::warn!("saving last-seen times: {e}");
+        }
+    }
+}
+
+async fn maintain_metrics(state: AppState) {
+    let mut tick = tokio::time::interval(METRICS_MAINTENANCE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let store = state.metrics.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            (store.maintain(crate::clock::now_ms()), started.elapsed())
+        })
+        .await;
+        match pass {
+            Ok((Ok(stats), took)) => {
+                failing = false;
+                tracing::debug!(?stats, ?took, "metrics maintenance");
+            }
+            Ok((Err(e), _)) => {
+                // Everything is retried on the next pass (dirty buckets stay).
+                if !failing {
+                    tracing::warn!("metrics maintenance: {e}");
+                    failing = true;
+                }
+            }
+            Err(e) => tracing::error!("metrics maintenance task: {e}"),
         }
     }
 }

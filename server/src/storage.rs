@@ -1,7 +1,9 @@
-//! Everything the server persists, behind one narrow struct.
+//! Everything the server persists, behind one narrow struct (host metrics
+//! have their own store and file: `metrics_store.rs`).
 //!
 //! [`Storage`] owns the SQLite connection (one file, WAL mode) and is the only
-//! module that writes SQL. Its methods speak in domain terms (enroll a runner,
+//! module that writes SQL for it. Fingerprints and their drift events live
+//! here: they are small and change rarely. Its methods speak in domain terms (enroll a runner,
 //! record a health change) so a PostgreSQL implementation could stand behind
 //! the same methods when several server replicas share one database. Every
 //! method that reads-then-writes runs in one `IMMEDIATE` transaction, so it is
@@ -25,8 +27,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 /// flapping runner cannot grow the database without bound.
 const HEALTH_HISTORY_LIMIT: i64 = 1000;
 
+/// How many drift events are kept per runner (a host whose listening
+/// sockets flap must not grow the database without bound).
+const DRIFT_HISTORY_LIMIT: i64 = 10_000;
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the ones done.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -78,7 +85,24 @@ CREATE TABLE health_events (
     reason      TEXT NOT NULL
 );
 CREATE INDEX health_events_by_runner ON health_events(runner_id, seq);
-"#];
+"#,
+    r#"
+CREATE TABLE fingerprints (
+    runner_id    TEXT PRIMARY KEY REFERENCES runners(id),
+    body         TEXT NOT NULL,
+    notes        TEXT NOT NULL,
+    collected_at INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE TABLE drift_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    runner_id   TEXT NOT NULL REFERENCES runners(id),
+    at          INTEGER NOT NULL,
+    change      TEXT NOT NULL
+);
+CREATE INDEX drift_events_by_runner ON drift_events(runner_id, seq);
+"#,
+];
 
 #[derive(Debug)]
 pub enum StorageError {
@@ -261,6 +285,37 @@ pub enum ConnectOutcome {
     Active(Option<HealthRecord>),
     /// Revoked (or deleted) since the credential was checked: refuse.
     Refused,
+}
+
+/// A runner's stored fingerprint (JSON as the runner sent it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FingerprintRow {
+    pub body: String,
+    /// JSON array of strings: the collection problems of the last report.
+    pub notes: String,
+    /// The runner's collection time of the last report.
+    pub collected_at: i64,
+    /// When the server last stored a report.
+    pub updated_at: i64,
+}
+
+/// What [`Storage::update_fingerprint`] writes.
+#[derive(Debug, Clone)]
+pub struct FingerprintWrite {
+    pub body: String,
+    pub notes: String,
+    pub collected_at: i64,
+    pub updated_at: i64,
+    /// (at, change JSON), oldest first.
+    pub drift: Vec<(i64, String)>,
+}
+
+/// One stored drift event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftRow {
+    pub at: i64,
+    /// JSON of a `tether::fingerprint::Change`.
+    pub change: String,
 }
 
 pub struct Storage {
@@ -736,6 +791,117 @@ impl Storage {
         tx.commit()?;
         Ok(())
     }
+}
+
+impl Storage {
+    // ---- fingerprints and drift ------------------------------------------------
+
+    /// Read a runner's fingerprint and write what `decide` makes of it, in
+    /// one transaction (no report of a replaced connection can interleave).
+    /// `decide` gets the stored JSON, if any; `None` writes nothing.
+    pub fn update_fingerprint(
+        &self,
+        runner_id: &str,
+        decide: impl FnOnce(Option<&str>) -> Option<FingerprintWrite>,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT body FROM fingerprints WHERE runner_id = ?1",
+                [runner_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(w) = decide(stored.as_deref()) else {
+            return Ok(());
+        };
+        tx.execute(
+            "INSERT INTO fingerprints (runner_id, body, notes, collected_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (runner_id) DO UPDATE SET body = excluded.body, notes = excluded.notes,
+                 collected_at = excluded.collected_at, updated_at = excluded.updated_at",
+            params![runner_id, w.body, w.notes, w.collected_at, w.updated_at],
+        )?;
+        if !w.drift.is_empty() {
+            let mut add = tx.prepare_cached(
+                "INSERT INTO drift_events (runner_id, at, change) VALUES (?1, ?2, ?3)",
+            )?;
+            for (at, change) in &w.drift {
+                add.execute(params![runner_id, at, change])?;
+            }
+            tx.execute(
+                "DELETE FROM drift_events WHERE runner_id = ?1 AND seq <=
+                    (SELECT seq FROM drift_events WHERE runner_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                params![runner_id, DRIFT_HISTORY_LIMIT],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored fingerprint of a runner of `tenant_id`: `None` if the
+    /// tenant has no such runner, `Some(None)` if it has not reported one.
+    pub fn fingerprint(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<Option<Option<FingerprintRow>>, StorageError> {
+        let conn = self.conn();
+        if !runner_exists(&conn, tenant_id, runner_id)? {
+            return Ok(None);
+        }
+        let row = conn
+            .query_row(
+                "SELECT body, notes, collected_at, updated_at FROM fingerprints WHERE runner_id = ?1",
+                [runner_id],
+                |r| {
+                    Ok(FingerprintRow {
+                        body: r.get(0)?,
+                        notes: r.get(1)?,
+                        collected_at: r.get(2)?,
+                        updated_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(Some(row))
+    }
+
+    /// Drift events of a runner of `tenant_id` at or after `since`, oldest
+    /// first. `None` if the tenant has no such runner.
+    pub fn drift(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        since: i64,
+    ) -> Result<Option<Vec<DriftRow>>, StorageError> {
+        let conn = self.conn();
+        if !runner_exists(&conn, tenant_id, runner_id)? {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, change FROM drift_events WHERE runner_id = ?1 AND at >= ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![runner_id, since], |r| {
+            Ok(DriftRow {
+                at: r.get(0)?,
+                change: r.get(1)?,
+            })
+        })?;
+        Ok(Some(rows.collect::<Result<_, _>>()?))
+    }
+}
+
+fn runner_exists(conn: &Connection, tenant_id: &str, id: &str) -> Result<bool, StorageError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM runners WHERE id = ?1 AND tenant_id = ?2",
+            params![id, tenant_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 const RUNNER_COLUMNS: &str =

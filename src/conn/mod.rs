@@ -34,6 +34,15 @@
 //!                   otherwise            ─▶ Stopped at once
 //! ```
 //!
+//! Low-priority traffic (telemetry) comes from a [`Feed`] that the event
+//! loop passes to [`Connection::pump`] once per turn. The connection tells
+//! the feed what happened to the link ([`LinkEvent`]: up with the server's
+//! `metrics_ts`, down, `metrics_ack`, `fingerprint_resync`) and takes its
+//! messages only while everything written so far has left for the socket,
+//! at most [`MAX_FEED_BYTES_PER_PASS`] per turn: a pong or an error waits
+//! behind at most one feed message (a METRICS frame is ≤ 32 KiB), never
+//! behind a whole backfill.
+//!
 //! Each phase is a variant of [`Phase`] holding exactly what it needs. The
 //! drive functions take the phase by value and return the next one, so a
 //! transition cannot leave stale state behind. Mio is edge-triggered: after
@@ -50,7 +59,9 @@ pub mod transport;
 use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::protocol::{self, close, Decoded, Message as Control};
 use crate::rand::{RandomSource, SplitMix64};
+use crate::state::MetricsStatus;
 use crate::state::{self, RunState, Status};
+use crate::telemetry::TelemetryConfig;
 use crate::url::Url;
 use crate::{debug, error, info, warn};
 use backoff::Backoff;
@@ -83,6 +94,11 @@ pub const WATCHDOG_HEARTBEATS: u32 = 3;
 const MAX_REMEMBERED_UNKNOWN: usize = 32;
 /// A WebSocket close reason must fit a control frame (125 bytes - 2 for the code).
 const MAX_CLOSE_REASON: usize = 123;
+/// Feed bytes sent per turn of the loop before other sources get theirs.
+pub const MAX_FEED_BYTES_PER_PASS: usize = 64 * 1024;
+/// While not connected (no pongs rewrite status.json), feed figures are
+/// written at most this often.
+const FEED_STATUS_EVERY: Duration = Duration::from_secs(5);
 
 type Ws = WebSocket<Transport<TcpStream>>;
 type MidUpgrade = MidHandshake<ClientHandshake<Transport<TcpStream>>>;
@@ -123,6 +139,66 @@ pub struct ConnConfig {
     pub hello: HelloInfo,
     /// Where `status.json` goes; `None` writes nothing (tests).
     pub run_dir: Option<PathBuf>,
+    /// Metrics and fingerprint (run by the event loop, sent through here).
+    pub telemetry: TelemetryConfig,
+}
+
+/// What happened to the link, for the [`Feed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// `welcome` arrived: a new connection. `metrics_ts` is the newest
+    /// metrics record the server has stored.
+    Up { metrics_ts: Option<u64> },
+    /// The connection that was up is gone.
+    Down,
+    /// `metrics_ack`: every record up to this time is stored.
+    MetricsAck(u64),
+    /// `fingerprint_resync`: send the full fingerprint next.
+    FingerprintResync,
+}
+
+/// One message of the feed.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A control message; the connection gives it a request id. Boxed:
+    /// a full fingerprint makes `Control` large.
+    Control(Box<Control>),
+    /// A whole binary frame (header and payload).
+    Binary(Vec<u8>),
+}
+
+/// The feed's figures for `status.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedFigures {
+    pub records: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub last_sample_ms: Option<u64>,
+}
+
+impl FeedFigures {
+    fn to_status(self) -> MetricsStatus {
+        MetricsStatus {
+            backlog_records: self.records,
+            backlog_bytes: self.bytes,
+            dropped: self.dropped,
+            last_sample: self
+                .last_sample_ms
+                .map(|ms| crate::log::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))),
+        }
+    }
+}
+
+/// The lowest class of traffic (metrics and fingerprints): sent when
+/// nothing else is waiting, kept by the feed until the link is up.
+pub trait Feed {
+    /// Called in order, before the next `next_message`.
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent);
+    /// The next message to send now, if any. Called only while connected
+    /// and while the link has room.
+    fn next_message(&mut self) -> Option<Outgoing>;
+    /// For `status.json`; `None` when there is nothing to show.
+    fn figures(&self) -> Option<FeedFigures>;
 }
 
 /// Why `tether run` stops.
@@ -304,6 +380,7 @@ pub fn hello_message(cfg: &ConnConfig) -> Control {
         capabilities: cfg.hello.capabilities.clone(),
         // Data channels arrive with jobs; nothing to resume yet.
         open_channels: Vec::new(),
+        metrics_interval_ms: cfg.telemetry.metrics_interval_ms(),
     })
 }
 
@@ -515,6 +592,12 @@ pub struct Connection {
     exit: Option<Exit>,
     status: Status,
     status_write_failed: bool,
+    /// When status.json was last written.
+    status_written: Option<Instant>,
+    /// For the feed, delivered by the next `pump`.
+    link_events: Vec<LinkEvent>,
+    /// The feed's figures as last put into `status`.
+    feed_figures: Option<FeedFigures>,
 }
 
 /// What a drive step decided: stay and wait for readiness, or drive the
@@ -539,6 +622,7 @@ impl Connection {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             last_error: None,
+            metrics: None,
         };
         Connection {
             cfg,
@@ -561,6 +645,9 @@ impl Connection {
             exit: None,
             status,
             status_write_failed: false,
+            status_written: None,
+            link_events: Vec::new(),
+            feed_figures: None,
         }
     }
 
@@ -672,6 +759,67 @@ impl Connection {
         };
         self.run(ctx, next);
         self.sync_interest(ctx);
+    }
+
+    /// Once per turn of the loop: tell the feed what happened to the link,
+    /// then send its messages while the link has room (everything written
+    /// so far went to the socket), up to [`MAX_FEED_BYTES_PER_PASS`].
+    pub fn pump(&mut self, ctx: &mut Ctx<'_>, feed: &mut dyn Feed) {
+        if !self.link_events.is_empty() {
+            for event in std::mem::take(&mut self.link_events) {
+                feed.on_link(ctx, event);
+            }
+        }
+        self.update_feed_figures(ctx, feed.figures());
+        if !matches!(self.phase, Phase::Connected { .. }) {
+            return;
+        }
+        let Phase::Connected { mut link } = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        let mut sent = 0;
+        let step = loop {
+            if link.unflushed || link.ws.get_ref().wants_write() {
+                // The socket will say when it has room (WRITABLE).
+                break Step::Wait(Phase::Connected { link });
+            }
+            if sent >= MAX_FEED_BYTES_PER_PASS {
+                // Others get a turn; come back before sleeping.
+                self.again = true;
+                break Step::Wait(Phase::Connected { link });
+            }
+            let Some(out) = feed.next_message() else {
+                break Step::Wait(Phase::Connected { link });
+            };
+            let msg = match out {
+                Outgoing::Control(body) => {
+                    let id = self.request_id();
+                    WsMessage::text(protocol::encode_control(id, *body))
+                }
+                Outgoing::Binary(frame) => WsMessage::binary(frame),
+            };
+            sent += msg.len();
+            if let Err(e) = link.send(msg) {
+                break self.link_ended(ctx, link, LinkStage::Connected, e);
+            }
+        };
+        self.run(ctx, step);
+        self.sync_interest(ctx);
+    }
+
+    fn update_feed_figures(&mut self, ctx: &mut Ctx<'_>, figures: Option<FeedFigures>) {
+        if figures == self.feed_figures {
+            return;
+        }
+        self.feed_figures = figures;
+        self.status.metrics = figures.map(FeedFigures::to_status);
+        // Connected, every pong rewrites status.json; otherwise now and then.
+        let stale = self
+            .status_written
+            .is_none_or(|at| ctx.now.saturating_duration_since(at) >= FEED_STATUS_EVERY);
+        if self.status.state != RunState::Connected && stale {
+            self.write_status();
+        }
     }
 
     // ---- driving -------------------------------------------------------
@@ -1184,7 +1332,22 @@ impl Connection {
                 }
                 Flow::Continue
             }
-            Control::Pong(_) | Control::Hello(_) => {
+            Control::MetricsAck(a) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::MetricsAck(a.ts_ms));
+                }
+                Flow::Continue
+            }
+            Control::FingerprintResync(_) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::FingerprintResync);
+                }
+                Flow::Continue
+            }
+            Control::Pong(_)
+            | Control::Hello(_)
+            | Control::MetricsSchema(_)
+            | Control::Fingerprint(_) => {
                 debug!(
                     "conn",
                     "ignoring an unexpected '{}' message",
@@ -1268,6 +1431,20 @@ impl Connection {
         self.set_state(RunState::Connected);
         self.schedule_ping(ctx);
         self.schedule_watchdog(ctx, ctx.now);
+        self.push_link_event(LinkEvent::Up {
+            metrics_ts: w.metrics_ts,
+        });
+    }
+
+    /// Queue a link event for the feed; consecutive acks collapse into one.
+    fn push_link_event(&mut self, event: LinkEvent) {
+        if let (Some(LinkEvent::MetricsAck(prev)), LinkEvent::MetricsAck(ts)) =
+            (self.link_events.last_mut(), event)
+        {
+            *prev = (*prev).max(ts);
+            return;
+        }
+        self.link_events.push(event);
     }
 
     fn on_pong(&mut self, payload: &[u8]) {
@@ -1481,6 +1658,7 @@ impl Connection {
         };
         let wait = format!("{:.1}s", delay.as_secs_f64());
         if self.connected_since.take().is_some() {
+            self.push_link_event(LinkEvent::Down);
             warn!("conn", "disconnected: {message}; reconnecting in {wait}");
             self.last_logged_failure = Some(message.clone());
         } else if self.last_logged_failure.as_deref() != Some(message.as_str()) {
@@ -1611,6 +1789,7 @@ impl Connection {
 
     fn write_status(&mut self) {
         let Some(dir) = &self.cfg.run_dir else { return };
+        self.status_written = Some(Instant::now());
         match state::write_status(dir, &self.status) {
             Ok(()) => self.status_write_failed = false,
             Err(e) => {

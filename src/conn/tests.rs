@@ -31,6 +31,9 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
             capabilities: vec![],
         },
         run_dir,
+        // The scripted servers below expect no telemetry; the metrics tests
+        // switch it on.
+        telemetry: TelemetryConfig::off(),
     }
 }
 
@@ -95,6 +98,7 @@ fn welcome(ws: &mut ServerWs) -> Hello {
         runner_id: "rn_test".into(),
         server_version: "0.1.0-test".into(),
         acks: vec![],
+        metrics_ts: None,
     });
     ws.send(WsMessage::text(protocol::encode_control(env.id, w)))
         .unwrap();
@@ -157,9 +161,13 @@ fn await_close(ws: &mut ServerWs) -> (u16, String) {
 }
 
 fn run_runner(cfg: ConnConfig, secs: u64) -> io::Result<Exit> {
+    run_runner_for(cfg, Duration::from_secs(secs))
+}
+
+fn run_runner_for(cfg: ConnConfig, limit: Duration) -> io::Result<Exit> {
     EventLoop::new()
         .unwrap()
-        .run_until(cfg, None, Some(Instant::now() + Duration::from_secs(secs)))
+        .run_until(cfg, None, Some(Instant::now() + limit))
 }
 
 fn server<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
@@ -411,7 +419,10 @@ fn nothing_listening_means_backing_off_with_the_error_in_status() {
     drop(l); // the port is now closed: connection refused
     let dir = std::env::temp_dir().join(format!("tether-conn-refused-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let err = run_runner(config(&url, Some(dir.clone())), 2).unwrap_err();
+    // Stop half-way between the fast retries (about 1 s apart, refused at
+    // once), so the runner is certainly waiting, not mid-attempt.
+    let err =
+        run_runner_for(config(&url, Some(dir.clone())), Duration::from_millis(1500)).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     let status = state::read_status(&dir).unwrap().unwrap();
     assert_eq!(status.state, RunState::BackingOff);
@@ -478,6 +489,7 @@ fn tls_and_an_http_connect_proxy_end_to_end() {
             runner_id: "rn_test".into(),
             server_version: "t".into(),
             acks: vec![],
+            metrics_ts: None,
         });
         ws.send(WsMessage::text(protocol::encode_control(env.id, w)))
             .unwrap();
@@ -567,4 +579,247 @@ fn a_certificate_from_an_unknown_ca_is_a_logged_failure_not_an_exit() {
         "{status:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- telemetry through the connection --------------------------------
+
+const METRICS_EVERY: Duration = Duration::from_millis(100);
+
+fn metrics_config(url: &Url) -> ConnConfig {
+    let mut cfg = config(url, None);
+    cfg.telemetry = TelemetryConfig::new(Some(METRICS_EVERY), None);
+    cfg
+}
+
+/// Answer the hello with a welcome carrying `metrics_ts`.
+fn welcome_with(ws: &mut ServerWs, metrics_ts: Option<u64>) -> Hello {
+    let env = read_control(ws);
+    let Control::Hello(h) = env.body else {
+        panic!("expected hello, got {env:?}")
+    };
+    let w = Control::Welcome(Welcome {
+        protocol: 1,
+        runner_id: "rn_test".into(),
+        server_version: "0.1.0-test".into(),
+        acks: vec![],
+        metrics_ts,
+    });
+    ws.send(WsMessage::text(protocol::encode_control(env.id, w)))
+        .unwrap();
+    h
+}
+
+/// The server's side of one connection's metrics stream: a fresh decoder,
+/// as the server keeps one per connection.
+struct MetricsStream {
+    dec: crate::metrics::wire::Decoder,
+    /// (ts, first byte of the record: 1 key, 2 delta)
+    records: Vec<(u64, u8)>,
+    /// Text messages in order: "metrics_schema" ... (checks the order).
+    schemas: usize,
+    frames: usize,
+}
+
+impl MetricsStream {
+    fn new() -> MetricsStream {
+        MetricsStream {
+            dec: crate::metrics::wire::Decoder::new(),
+            records: Vec::new(),
+            schemas: 0,
+            frames: 0,
+        }
+    }
+
+    /// Read until `done` says so; every record must decode.
+    fn read_until(&mut self, ws: &mut ServerWs, mut done: impl FnMut(&MetricsStream) -> bool) {
+        while !done(self) {
+            match next_text(ws) {
+                WsMessage::Text(t) => match protocol::decode_control(t.as_str()).unwrap() {
+                    Decoded::Known(Envelope {
+                        body: Control::MetricsSchema(s),
+                        ..
+                    }) => {
+                        self.schemas += 1;
+                        self.dec.set_schema(s.schema).unwrap();
+                    }
+                    other => panic!("unexpected control message {other:?}"),
+                },
+                WsMessage::Binary(b) => {
+                    let (h, payload) = protocol::decode_frame(&b).unwrap();
+                    assert_eq!(h.kind, protocol::FrameKind::Metrics);
+                    assert_eq!((h.channel, h.seq), (0, 0));
+                    assert!(payload.len() <= protocol::MAX_DATA_PAYLOAD);
+                    self.frames += 1;
+                    for rec in crate::metrics::wire::split_batch(payload) {
+                        let rec = rec.unwrap();
+                        let d = self
+                            .dec
+                            .decode(rec)
+                            .unwrap_or_else(|e| panic!("record {rec:?}: {e}"));
+                        assert!(!d.values.is_empty());
+                        self.records.push((d.ts_ms, rec[0]));
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn ts(&self) -> Vec<u64> {
+        self.records.iter().map(|r| r.0).collect()
+    }
+}
+
+fn assert_no_gap(ts: &[u64]) {
+    for w in ts.windows(2) {
+        assert!(w[0] < w[1], "not increasing: {ts:?}");
+        assert!(
+            w[1] - w[0] < 400,
+            "a hole between {} and {}: {ts:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+#[test]
+fn after_welcome_the_schema_then_metrics_frames_arrive() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut ws, _, _) = accept(&l);
+        let hello = welcome_with(&mut ws, None);
+        // Nothing but metrics: the schema comes first.
+        let mut m = MetricsStream::new();
+        m.read_until(&mut ws, |m| m.schemas == 1);
+        assert!(m.records.is_empty());
+        m.read_until(&mut ws, |m| m.records.len() >= 5);
+        close_with(&mut ws, close::REVOKED, "done");
+        (hello, m.records, m.schemas)
+    });
+    let exit = run_runner(metrics_config(&url), 10).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    let (hello, records, schemas) = srv.join().unwrap();
+    assert_eq!(hello.metrics_interval_ms, 100);
+    assert_eq!(schemas, 1);
+    assert_eq!(records[0].1, 0x01, "a key record first");
+    assert!(records[1..].iter().all(|r| r.1 == 0x02), "then deltas");
+    let ts: Vec<u64> = records.iter().map(|r| r.0).collect();
+    assert_no_gap(&ts);
+}
+
+#[test]
+fn welcome_metrics_ts_means_nothing_older_is_sent_again() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut first, _, _) = accept(&l);
+        welcome_with(&mut first, None);
+        let mut m1 = MetricsStream::new();
+        m1.read_until(&mut first, |m| m.records.len() >= 5);
+        // Stored (say), but the ack never made it: the link goes away.
+        close_with(&mut first, close::GOING_AWAY, "restarting");
+        let stored = *m1.ts().last().unwrap();
+        let (mut second, _, _) = accept(&l);
+        welcome_with(&mut second, Some(stored));
+        let mut m2 = MetricsStream::new();
+        m2.read_until(&mut second, |m| m.records.len() >= 5);
+        close_with(&mut second, close::REVOKED, "done");
+        (m1.ts(), m2)
+    });
+    let exit = run_runner(metrics_config(&url), 15).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    let (first, second) = srv.join().unwrap();
+    let stored = *first.last().unwrap();
+    let again = second.ts();
+    assert_eq!(second.schemas, 1, "the schema again on the new connection");
+    assert_eq!(second.records[0].1, 0x01, "starting with a key record");
+    assert!(
+        again[0] > stored,
+        "{again:?} repeats what ended at {stored}"
+    );
+    // ... and nothing missing: it continues right after what is stored.
+    let mut all = first.clone();
+    all.extend(&again);
+    assert_no_gap(&all);
+}
+
+#[test]
+fn records_sent_into_a_cut_link_are_sent_again_after_the_last_ack() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut first, _, _) = accept(&l);
+        welcome_with(&mut first, None);
+        let mut m1 = MetricsStream::new();
+        m1.read_until(&mut first, |m| m.records.len() >= 4);
+        let acked = m1.records[1].0;
+        let ack = Control::MetricsAck(protocol::MetricsAck { ts_ms: acked });
+        first
+            .send(WsMessage::text(protocol::encode_control(9, ack)))
+            .unwrap();
+        m1.read_until(&mut first, |m| m.records.len() >= 8);
+        // The link dies: no close frame, no more acks.
+        drop(first);
+        let (mut second, _, _) = accept(&l);
+        welcome_with(&mut second, None);
+        let newest = *m1.ts().last().unwrap();
+        let mut m2 = MetricsStream::new();
+        m2.read_until(&mut second, |m| {
+            m.records.iter().any(|r| r.0 > newest + 200)
+        });
+        close_with(&mut second, close::REVOKED, "done");
+        (m1.ts(), acked, m2)
+    });
+    let exit = run_runner(metrics_config(&url), 15).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    let (first, acked, second) = srv.join().unwrap();
+    let again = second.ts();
+    assert_eq!(second.records[0].1, 0x01, "a key record first");
+    // Everything after the acknowledged record comes again, nothing before.
+    let unacked: Vec<u64> = first.iter().copied().filter(|&t| t > acked).collect();
+    assert_eq!(
+        &again[..unacked.len()],
+        &unacked[..],
+        "{first:?} then {again:?}"
+    );
+    assert_no_gap(&again);
+}
+
+#[test]
+fn fingerprint_is_full_on_connect_and_again_on_resync() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut ws, _, _) = accept(&l);
+        welcome_with(&mut ws, None);
+        let next_report = |ws: &mut ServerWs| loop {
+            let env = read_control(ws);
+            if let Control::Fingerprint(r) = env.body {
+                return r;
+            }
+        };
+        let first = next_report(&mut ws);
+        let resync = Control::FingerprintResync(protocol::Empty {});
+        ws.send(WsMessage::text(protocol::encode_control(3, resync)))
+            .unwrap();
+        let second = next_report(&mut ws);
+        close_with(&mut ws, close::REVOKED, "done");
+        (first, second)
+    });
+    let mut cfg = config(&url, None);
+    cfg.telemetry = TelemetryConfig::new(None, Some(Duration::from_secs(60)));
+    let exit = run_runner(cfg, 20).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    let (first, second) = srv.join().unwrap();
+    let fp = first.full.expect("the first report is full");
+    assert!(first.changes.is_empty());
+    assert!(fp.kernel.is_some());
+    assert_eq!(
+        fp.runner_version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    // Either the rules or a note saying why not.
+    assert!(
+        fp.firewall.is_some() || first.notes.iter().any(|n| n.starts_with("firewall")),
+        "{:?}",
+        first.notes
+    );
+    assert!(second.full.is_some(), "resync gets a full report");
 }

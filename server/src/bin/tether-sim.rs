@@ -14,6 +14,12 @@
 //!    with `pong`, like the real runner;
 //! 4. closes them (1000) and prints one summary line.
 //!
+//! With `--metrics`, each runner also sends a metrics schema of 65 series
+//! (like a small host's: CPUs, memory, a filesystem, a disk, an interface)
+//! and then one record every `--metrics-interval`, as a METRICS frame,
+//! spread evenly over the interval across runners; the summary counts the
+//! records sent and the `metrics_ack`s received.
+//!
 //! Exit 0 if every runner connected and stayed connected, 1 otherwise.
 //! One small current-thread runtime: the point is to load the server, not
 //! to measure this process.
@@ -29,7 +35,11 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
-use tether::protocol::{self, decode_control, encode_control, Decoded, Hello, Message, Pong};
+use tether::metrics::wire::{push_to_batch, Encoder, SeriesSource, Unit, Visitor};
+use tether::protocol::{
+    self, decode_control, encode_control, Decoded, FrameHeader, FrameKind, Hello, Message,
+    MetricsSchema, Pong, StreamTag,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -68,6 +78,12 @@ struct Args {
     /// Connection handshakes in flight at once
     #[arg(long, default_value_t = 64)]
     parallel: usize,
+    /// Also send host metrics (a 65-series schema, then records)
+    #[arg(long)]
+    metrics: bool,
+    /// Interval between metrics records per runner
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    metrics_interval: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -139,8 +155,18 @@ fn run(args: &Args) -> Result<bool, SimError> {
     let tally = runtime.block_on(connect_all(args, target, credentials));
     let ok = tally.connected.load(Ordering::Relaxed) == args.count
         && tally.dropped.load(Ordering::Relaxed) == 0;
+    let metrics = if args.metrics {
+        format!(
+            "; {} metrics records sent, {} acks received (interval {}ms)",
+            tally.records.load(Ordering::Relaxed),
+            tally.acks.load(Ordering::Relaxed),
+            args.metrics_interval.as_millis()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "tether-sim: {}/{} connected, {} failed, {} dropped while held, {} server pings answered; held {}s at heartbeat {}ms",
+        "tether-sim: {}/{} connected, {} failed, {} dropped while held, {} server pings answered; held {}s at heartbeat {}ms{metrics}",
         tally.connected.load(Ordering::Relaxed),
         args.count,
         tally.failed.load(Ordering::Relaxed),
@@ -329,6 +355,8 @@ struct Tally {
     failed: AtomicUsize,
     dropped: AtomicUsize,
     pongs: AtomicUsize,
+    records: AtomicUsize,
+    acks: AtomicUsize,
 }
 
 async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> Arc<Tally> {
@@ -348,17 +376,25 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
             attempted_tx.clone(),
         );
         let heartbeat = args.heartbeat;
+        // Runners' records spread evenly over one interval.
+        let metrics = args.metrics.then(|| {
+            let offset = args
+                .metrics_interval
+                .mul_f64(i as f64 / args.count.max(1) as f64);
+            (args.metrics_interval, offset)
+        });
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
+            let interval_ms = metrics.map_or(0, |(every, _)| every.as_millis() as u64);
             let ws = tokio::time::timeout(
                 PHASE_TIMEOUT * 3,
-                open(&target, &name, &credential, heartbeat),
+                open(&target, &name, &credential, heartbeat, interval_ms),
             )
             .await;
             drop(permit);
             let _ = attempted_tx.send(()).await;
             match ws {
-                Ok(Ok(ws)) => hold(ws, heartbeat, stop, &tally).await,
+                Ok(Ok(ws)) => hold(ws, &name, heartbeat, metrics, stop, &tally).await,
                 Ok(Err(e)) => {
                     if tally.failed.fetch_add(1, Ordering::Relaxed) == 0 {
                         eprintln!("tether-sim: first connect failure: {e}");
@@ -404,6 +440,7 @@ async fn open(
     name: &str,
     credential: &str,
     heartbeat: Duration,
+    metrics_interval_ms: u64,
 ) -> Result<Ws, SimError> {
     let tcp = TcpStream::connect(&target.authority)
         .await
@@ -418,7 +455,15 @@ async fn open(
         ),
         None => Box::new(tcp),
     };
-    upgrade(stream, target, name, credential, heartbeat).await
+    upgrade(
+        stream,
+        target,
+        name,
+        credential,
+        heartbeat,
+        metrics_interval_ms,
+    )
+    .await
 }
 
 async fn upgrade(
@@ -427,6 +472,7 @@ async fn upgrade(
     name: &str,
     credential: &str,
     heartbeat: Duration,
+    metrics_interval_ms: u64,
 ) -> Result<Ws, SimError> {
     let mut request = target.ws_url.as_str().into_client_request().map_err(err)?;
     let auth = format!("Bearer {credential}").parse().map_err(err)?;
@@ -447,6 +493,7 @@ async fn upgrade(
         heartbeat_ms: u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX),
         capabilities: Vec::new(),
         open_channels: Vec::new(),
+        metrics_interval_ms,
     });
     ws.send(WsMessage::text(encode_control(1, hello)))
         .await
@@ -477,12 +524,24 @@ async fn upgrade(
     }
 }
 
-/// Keep one connection alive like a runner until told to stop.
-async fn hold(mut ws: Ws, heartbeat: Duration, mut stop: watch::Receiver<bool>, tally: &Tally) {
+/// Keep one connection alive like a runner until told to stop; with
+/// `metrics` (interval, first offset) also send a record every interval.
+async fn hold(
+    mut ws: Ws,
+    name: &str,
+    heartbeat: Duration,
+    metrics: Option<(Duration, Duration)>,
+    mut stop: watch::Receiver<bool>,
+    tally: &Tally,
+) {
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let (every, offset) = metrics.unwrap_or((Duration::from_secs(3600), Duration::ZERO));
+    let mut sample_tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut host = metrics.map(|_| (SimHost::new(name), Encoder::new()));
     let lost = |why: String| {
         if tally.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             eprintln!("tether-sim: first dropped connection: {why}");
@@ -499,9 +558,30 @@ async fn hold(mut ws: Ws, heartbeat: Duration, mut stop: watch::Receiver<bool>, 
                     return lost(format!("ping: {e}"));
                 }
             }
+            _ = sample_tick.tick(), if host.is_some() => {
+                let Some((host, enc)) = host.as_mut() else { continue };
+                host.step(now_ms());
+                let mut record = Vec::new();
+                if let Some(schema) = enc.encode(host, &mut record) {
+                    let text = encode_control(2, Message::MetricsSchema(MetricsSchema { schema: schema.clone() }));
+                    if let Err(e) = ws.send(WsMessage::text(text)).await {
+                        return lost(format!("metrics schema: {e}"));
+                    }
+                }
+                let mut batch = Vec::with_capacity(record.len() + 2);
+                push_to_batch(&mut batch, &record);
+                let header = FrameHeader { kind: FrameKind::Metrics, tag: StreamTag::None, channel: 0, seq: 0 };
+                if let Err(e) = ws.send(WsMessage::binary(protocol::encode_frame(header, &batch))).await {
+                    return lost(format!("metrics: {e}"));
+                }
+                tally.records.fetch_add(1, Ordering::Relaxed);
+            }
             msg = ws.next() => match msg {
                 Some(Ok(WsMessage::Text(t))) => {
                     if let Ok(Decoded::Known(env)) = decode_control(t.as_str()) {
+                        if let Message::MetricsAck(_) = env.body {
+                            tally.acks.fetch_add(1, Ordering::Relaxed);
+                        }
                         if let Message::Ping(p) = env.body {
                             let pong = Message::Pong(Pong { sent_ms: p.sent_ms, now_ms: now_ms(), version: env!("CARGO_PKG_VERSION").to_owned() });
                             if let Err(e) = ws.send(WsMessage::text(encode_control(env.id, pong))).await {
@@ -516,6 +596,133 @@ async fn hold(mut ws: Ws, heartbeat: Duration, mut stop: watch::Receiver<bool>, 
                 Some(Err(e)) => return lost(e.to_string()),
                 None => return lost("connection ended".into()),
             }
+        }
+    }
+}
+
+/// 65 series shaped like a small host's, each with a noisy value around
+/// a base (a third of them steady from one record to the next). The
+/// interface is named after the runner, so every runner has its own
+/// schema, as real hosts mostly do.
+struct SimHost {
+    ts: u64,
+    series: Vec<(String, Unit, f64, i64, i64)>,
+    rng: u64,
+}
+
+impl SimHost {
+    fn new(runner: &str) -> SimHost {
+        let mut series = Vec::new();
+        let mut add = |name: String, unit, scale, base: i64| {
+            series.push((name, unit, scale, base, base));
+        };
+        add("uptime".into(), Unit::Seconds, 1.0, 3_000_000);
+        for cpu in ["cpu", "cpu0", "cpu1", "cpu2", "cpu3"] {
+            for (m, v) in [("busy", 1500), ("iowait", 20), ("steal", 0)] {
+                add(format!("{cpu}.{m}"), Unit::Percent, 0.01, v);
+            }
+        }
+        for (m, v) in [("1", 45), ("5", 60), ("15", 70)] {
+            add(format!("load.{m}"), Unit::Load, 0.01, v);
+        }
+        for (m, v) in [("tasks", 310), ("running", 2), ("blocked", 0)] {
+            add(format!("proc.{m}"), Unit::Count, 1.0, v);
+        }
+        add("proc.forks".into(), Unit::PerSecond, 0.01, 350);
+        for (m, v) in [
+            ("mem.total", 16_000_000),
+            ("mem.available", 9_000_000),
+            ("mem.used", 6_000_000),
+            ("mem.cache", 4_000_000),
+            ("swap.total", 2_000_000),
+            ("swap.used", 10_000),
+        ] {
+            add(m.into(), Unit::Bytes, 1024.0, v);
+        }
+        for (m, v) in [
+            ("size", 100_000_000),
+            ("used", 40_000_000),
+            ("avail", 60_000_000),
+        ] {
+            add(format!("fs./.{m}"), Unit::Bytes, 1024.0, v);
+        }
+        for (m, v) in [("inodes", 6_000_000), ("inodes_used", 400_000)] {
+            add(format!("fs./.{m}"), Unit::Count, 1.0, v);
+        }
+        for (m, u, s, v) in [
+            ("read_bps", Unit::BytesPerSecond, 1.0, 20_000),
+            ("write_bps", Unit::BytesPerSecond, 1.0, 150_000),
+            ("read_ops", Unit::PerSecond, 0.01, 300),
+            ("write_ops", Unit::PerSecond, 0.01, 2500),
+        ] {
+            add(format!("disk.sda.{m}"), u, s, v);
+        }
+        for (m, u, s, v) in [
+            ("rx_bps", Unit::BytesPerSecond, 1.0, 50_000),
+            ("tx_bps", Unit::BytesPerSecond, 1.0, 30_000),
+            ("rx_pps", Unit::PerSecond, 0.01, 9000),
+            ("tx_pps", Unit::PerSecond, 0.01, 7000),
+            ("rx_errs", Unit::PerSecond, 0.01, 0),
+            ("tx_errs", Unit::PerSecond, 0.01, 0),
+            ("rx_drop", Unit::PerSecond, 0.01, 0),
+            ("tx_drop", Unit::PerSecond, 0.01, 0),
+        ] {
+            add(format!("net.{runner}.{m}"), u, s, v);
+        }
+        for fam in ["ip4", "ip6"] {
+            for (m, u, v) in [
+                ("in_bytes", Unit::Bytes, 80_000_000_000i64),
+                ("out_bytes", Unit::Bytes, 50_000_000_000),
+                ("in_bps", Unit::BytesPerSecond, 45_000),
+                ("out_bps", Unit::BytesPerSecond, 28_000),
+            ] {
+                add(format!("{fam}.{m}"), u, 1.0, v);
+            }
+        }
+        for (m, v) in [
+            ("established", 40),
+            ("syn_sent", 0),
+            ("syn_recv", 0),
+            ("fin_wait1", 0),
+            ("fin_wait2", 1),
+            ("time_wait", 25),
+            ("close", 0),
+            ("close_wait", 0),
+            ("last_ack", 0),
+            ("listen", 12),
+            ("closing", 0),
+        ] {
+            add(format!("tcp.{m}"), Unit::Count, 1.0, v);
+        }
+        SimHost {
+            ts: 0,
+            series,
+            rng: 0x2545_F491_4F6C_DD1D ^ now_ms(),
+        }
+    }
+
+    fn step(&mut self, ts: u64) {
+        self.ts = ts;
+        for (_, _, _, base, v) in &mut self.series {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            if self.rng % 3 == 0 {
+                continue;
+            }
+            let spread = (*base / 10).max(2);
+            *v = (*base + ((self.rng >> 8) % spread as u64) as i64 - spread / 2).max(0);
+        }
+    }
+}
+
+impl SeriesSource for SimHost {
+    fn timestamp_ms(&self) -> u64 {
+        self.ts
+    }
+    fn for_each_series(&self, f: Visitor<'_>) {
+        for (name, unit, scale, _, v) in &self.series {
+            f(name, *unit, *scale, Some(*v));
         }
     }
 }
