@@ -19,7 +19,10 @@
 //! cancelled by id (the heap is tiny, so `retain` is fine).
 
 use crate::conn::dns::Resolver;
-use crate::conn::{ConnConfig, ConnTimer, Connection, Exit};
+use crate::conn::{
+    ConnConfig, ConnTimer, Connection, Exit, Feed, FeedFigures, LinkEvent, Outgoing,
+};
+use crate::docker::client::{Docker, DockerTimer};
 use crate::signals::{self, Signals};
 use crate::telemetry::{Telemetry, TelemetryTimer};
 use crate::{debug, info};
@@ -44,6 +47,36 @@ const EVENT_CAPACITY: usize = 64;
 pub enum Timer {
     Conn(ConnTimer),
     Telemetry(TelemetryTimer),
+    Docker(DockerTimer),
+}
+
+/// What the connection sends besides its own traffic: Docker first (answers
+/// to the server's requests, container events), then telemetry.
+struct Feeds<'a> {
+    docker: &'a mut Docker,
+    telemetry: &'a mut Telemetry,
+}
+
+impl Feed for Feeds<'_> {
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        match event {
+            LinkEvent::DockerRequest { .. } => self.docker.on_link(ctx, event),
+            other => {
+                self.docker.on_link(ctx, other.clone());
+                self.telemetry.on_link(ctx, other);
+            }
+        }
+    }
+
+    fn next_message(&mut self) -> Option<Outgoing> {
+        self.docker
+            .next_message()
+            .or_else(|| self.telemetry.next_message())
+    }
+
+    fn figures(&self) -> Option<FeedFigures> {
+        self.telemetry.figures()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -203,12 +236,14 @@ impl EventLoop {
     ) -> io::Result<Exit> {
         let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
         let mut telemetry = Telemetry::new(&cfg.telemetry, Instant::now());
+        let mut docker = Docker::new(cfg.docker.clone());
         let mut conn = Connection::new(cfg, Resolver::new(waker));
         if let Some(s) = &signals {
             s.register(self.poll.registry(), SIGNALS)?;
         }
         conn.start(&mut self.ctx());
         telemetry.start(&mut self.ctx());
+        docker.start(&mut self.ctx());
 
         loop {
             if let Some(exit) = conn.exit() {
@@ -221,9 +256,17 @@ impl EventLoop {
                 match timer {
                     Timer::Conn(t) => conn.on_timer(&mut ctx, id, t),
                     Timer::Telemetry(t) => telemetry.on_timer(&mut ctx, id, t),
+                    Timer::Docker(t) => docker.on_timer(&mut ctx, id, t),
                 }
             }
-            conn.pump(&mut self.ctx(), &mut telemetry);
+            if let Some(v) = docker.take_version_change() {
+                telemetry.set_docker_version(v);
+            }
+            let mut feeds = Feeds {
+                docker: &mut docker,
+                telemetry: &mut telemetry,
+            };
+            conn.pump(&mut self.ctx(), &mut feeds);
             if let Some(exit) = conn.exit() {
                 return Ok(exit.clone());
             }
@@ -235,13 +278,14 @@ impl EventLoop {
                     "event loop deadline passed",
                 ));
             }
-            let mut timeout = if conn.wants_again() || telemetry.wants_again() {
-                Some(Duration::ZERO)
-            } else {
-                self.timers
-                    .next_deadline()
-                    .map(|at| at.saturating_duration_since(now))
-            };
+            let mut timeout =
+                if conn.wants_again() || telemetry.wants_again() || docker.wants_again() {
+                    Some(Duration::ZERO)
+                } else {
+                    self.timers
+                        .next_deadline()
+                        .map(|at| at.saturating_duration_since(now))
+                };
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -283,6 +327,7 @@ impl EventLoop {
                     }
                     DNS_WAKER => conn.on_dns(&mut ctx),
                     t if telemetry.owns(t) => telemetry.on_ready(&mut ctx, t),
+                    t if docker.owns(t) => docker.on_ready(&mut ctx, t),
                     t => conn.on_ready(&mut ctx, t),
                 }
             }
@@ -293,7 +338,67 @@ impl EventLoop {
             if telemetry.wants_again() {
                 telemetry.on_again(&mut self.ctx());
             }
+            if docker.wants_again() {
+                docker.on_again(&mut self.ctx());
+            }
         }
+    }
+
+    /// Drive only a [`Docker`] client, for its tests: timers, readiness and
+    /// capped passes as in [`run_until`](Self::run_until), until `done`
+    /// says so (checked every turn) or the deadline passes (`false`).
+    #[cfg(test)]
+    pub(crate) fn drive_docker(
+        &mut self,
+        docker: &mut Docker,
+        deadline: Instant,
+        mut done: impl FnMut(&mut Docker, &mut Ctx<'_>) -> bool,
+    ) -> bool {
+        loop {
+            let now = Instant::now();
+            while let Some((id, timer)) = self.timers.pop_due(now) {
+                if let Timer::Docker(t) = timer {
+                    docker.on_timer(&mut self.ctx(), id, t);
+                }
+            }
+            if done(docker, &mut self.ctx()) {
+                return true;
+            }
+            if now >= deadline {
+                return false;
+            }
+            let timeout = if docker.wants_again() {
+                Duration::ZERO
+            } else {
+                let next = self
+                    .timers
+                    .next_deadline()
+                    .unwrap_or(deadline)
+                    .min(deadline);
+                next.saturating_duration_since(now)
+                    .min(Duration::from_millis(50))
+            };
+            match self.poll.poll(&mut self.events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("poll: {e}"),
+            }
+            let tokens: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+            for t in tokens {
+                if docker.owns(t) {
+                    docker.on_ready(&mut self.ctx(), t);
+                }
+            }
+            if docker.wants_again() {
+                docker.on_again(&mut self.ctx());
+            }
+        }
+    }
+
+    /// A context for tests that call a source directly.
+    #[cfg(test)]
+    pub(crate) fn test_ctx(&mut self) -> Ctx<'_> {
+        self.ctx()
     }
 }
 

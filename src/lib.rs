@@ -25,7 +25,8 @@
 //! enroll         `tether enroll`
 //! metrics/       /proc parsers, sampler, compact wire encoding, backfill backlog (wire is shared with the server)
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
-//! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders
+//! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders; client: the
+//!                engine in the loop (probe, docker_request, events, snapshots)
 //! ```
 
 pub mod fingerprint;

@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use tether::config::{self, ConfigError};
 use tether::conn::tls::{self, TlsConfigError};
 use tether::conn::{ConnConfig, Exit, HelloInfo};
+use tether::docker::client::DockerConfig;
 use tether::enroll::{EnrollError, EnrollOptions};
 use tether::event_loop::EventLoop;
 use tether::exit;
@@ -76,7 +77,7 @@ Options:
 
 const RUN_HELP: &str = "\
 Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interval 60s]
-                  [--server URL] [--ca-file PEM] [--proxy URL]
+                  [--docker-socket PATH] [--server URL] [--ca-file PEM] [--proxy URL]
 
 Connect to the server with the stored credential and stay connected,
 reconnecting with backoff. SIGTERM/SIGINT close the connection cleanly.
@@ -92,6 +93,8 @@ Options:
   --fingerprint-interval DURATION
                         fingerprint collection interval, 0 or off to disable
                         [env TETHER_FINGERPRINT_INTERVAL, default 60s]
+  --docker-socket PATH  the Docker engine's socket, or `off` [env TETHER_DOCKER_SOCKET,
+                        else DOCKER_HOST=unix://PATH, default /var/run/docker.sock]
   --server URL          connect here instead of the enrolled server URL (same credential)
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
@@ -400,6 +403,7 @@ fn cmd_enroll(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
 fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
     let (mut heartbeat, mut ca_file, mut proxy, mut server) = (None, None, None, None);
     let (mut metrics_interval, mut fingerprint_interval) = (None, None);
+    let mut docker_socket = None;
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -407,9 +411,11 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         match &opt {
             o if o.is("heartbeat") => heartbeat = Some(os_string(parser.value()?)?),
             o if o.is("metrics-interval") => metrics_interval = Some(os_string(parser.value()?)?),
+            o if o.is("docker-socket") => docker_socket = Some(os_string(parser.value()?)?),
             o if o.is("fingerprint-interval") => {
                 fingerprint_interval = Some(os_string(parser.value()?)?)
             }
+            o if o.is("docker-socket") => docker_socket = Some(os_string(parser.value()?)?),
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),
@@ -444,6 +450,13 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         .map_err(CliError::Config)?,
         None => Some(DEFAULT_FINGERPRINT_INTERVAL),
     };
+
+    let docker_socket = DockerConfig::socket_from(
+        docker_socket.as_deref(),
+        config::env("TETHER_DOCKER_SOCKET").as_deref(),
+        config::env("DOCKER_HOST").as_deref(),
+    )
+    .map_err(CliError::Usage)?;
 
     let state = StateDir::new(global.state_dir());
     let cred = state.load_credential().map_err(|e| match e {
@@ -493,6 +506,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         hello: HelloInfo::from_host(),
         run_dir: Some(run_dir),
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
+        docker: docker_socket.map(DockerConfig::new),
     };
     // SIGCHLD too: the firewall probes are child processes reaped by the loop.
     let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])

@@ -92,6 +92,21 @@ pub enum Message {
     /// server → runner: "send the full fingerprint next" (the server could
     /// not apply a change list).
     FingerprintResync(Empty),
+    /// runner → server: whether the Docker engine answers, and its version.
+    /// Sent after `welcome` and whenever it changes.
+    DockerState(DockerState),
+    /// server → runner: one container-management call on the Engine API.
+    DockerRequest(DockerRequest),
+    /// runner → server: the engine's answer to a `docker_request`, same id:
+    /// its HTTP status and JSON body, unchanged (errors keep Docker's own
+    /// `{"message": ...}`).
+    DockerResponse(DockerResponse),
+    /// runner → server: a container event (start, die, oom, health ...) with
+    /// the container's summary after it (`None` once it is destroyed).
+    ContainerEvent(ContainerEvent),
+    /// runner → server: every container on the host, sent when Docker becomes
+    /// available on a connection, so the server's view starts complete.
+    ContainerSnapshot(ContainerSnapshot),
 }
 
 impl Message {
@@ -107,6 +122,11 @@ impl Message {
             Message::MetricsAck(_) => "metrics_ack",
             Message::Fingerprint(_) => "fingerprint",
             Message::FingerprintResync(_) => "fingerprint_resync",
+            Message::DockerState(_) => "docker_state",
+            Message::DockerRequest(_) => "docker_request",
+            Message::DockerResponse(_) => "docker_response",
+            Message::ContainerEvent(_) => "container_event",
+            Message::ContainerSnapshot(_) => "container_snapshot",
         }
     }
 
@@ -121,6 +141,11 @@ impl Message {
         "metrics_ack",
         "fingerprint",
         "fingerprint_resync",
+        "docker_state",
+        "docker_request",
+        "docker_response",
+        "container_event",
+        "container_snapshot",
     ];
 }
 
@@ -189,6 +214,107 @@ pub struct FingerprintReport {
     pub notes: Vec<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerState {
+    pub available: bool,
+    /// Engine version, e.g. `20.10.24`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The API version the runner negotiated, e.g. `1.41`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Why it is unavailable, e.g. "no socket at /var/run/docker.sock".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Container-management operations the server may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerOp {
+    /// `GET /containers/json?all=1` (params: `filters`).
+    List,
+    /// `GET /containers/{id}/json`.
+    Inspect,
+    Start,
+    /// params: `timeout_s`.
+    Stop,
+    /// params: `timeout_s`.
+    Restart,
+    /// params: `signal`.
+    Kill,
+    /// `DELETE /containers/{id}` (params: `force`, `volumes`).
+    Remove,
+    /// `POST /containers/prune` (params: `filters`).
+    PruneContainers,
+    /// `POST /images/prune`, dangling images (params: `filters`).
+    PruneImages,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DockerRequest {
+    pub op: DockerOp,
+    /// Container id or name, for the per-container operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub volumes: bool,
+    /// Docker filters, e.g. `{"label": ["app=web"], "until": ["24h"]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DockerResponse {
+    /// The engine's HTTP status (204 and 304 have a null body).
+    pub status: u16,
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+/// The fields of a container the server's view keeps (from the list call).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// `running`, `exited`, `created`, `paused`, `restarting`, `dead`.
+    pub state: String,
+    /// Docker's human status, e.g. `Up 5 minutes (healthy)`.
+    pub status: String,
+    /// Unix seconds.
+    pub created: i64,
+    #[serde(default)]
+    pub ports: serde_json::Value,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerEvent {
+    /// Docker's `timeNano`.
+    pub time_nano: i64,
+    /// `start`, `die`, `oom`, `health_status: healthy`, `destroy` ...
+    pub action: String,
+    pub container_id: String,
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// The container after the event; `None` once destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSnapshot {
+    pub containers: Vec<ContainerSummary>,
+}
+
 /// A message with no fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -239,6 +365,9 @@ pub fn negotiate(offered: &[u16]) -> Option<u16> {
 }
 
 /// What came out of a text frame.
+// Lives only from decode to dispatch (moved once, never stored), so the size
+// difference between a known message and an unknown tag does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Decoded {
     Known(Envelope),

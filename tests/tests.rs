@@ -5,6 +5,7 @@
 mod util;
 
 mod cross_arch;
+mod docker;
 mod enroll;
 mod health;
 mod reconnect;

@@ -11,13 +11,14 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+use crate::containers::ContainerHub;
 use crate::error::ApiError;
 use crate::health::HealthLog;
 use crate::metrics_store::MetricStore;
 use crate::registry::Registry;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
-use crate::{api, auth, events, runner_ws, telemetry_api};
+use crate::{api, auth, containers_api, events, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,9 @@ pub struct Tuning {
     pub metrics_flush: Duration,
     /// A runner gets a `metrics_ack` at most this often.
     pub metrics_ack_every: Duration,
+    /// A Docker call through a runner waits this long for the answer (plus
+    /// the stop timeout for stop and restart).
+    pub docker_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -45,6 +49,7 @@ impl Default for Tuning {
             close_wait: Duration::from_secs(2),
             metrics_flush: Duration::from_secs(1),
             metrics_ack_every: Duration::from_secs(5),
+            docker_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<MetricStore>,
     pub metrics_writer: MetricsWriter,
+    /// Docker state and container events of every runner.
+    pub containers: Arc<ContainerHub>,
     /// SHA-256 hex of the admin token.
     pub admin_token_hash: Arc<str>,
     pub tuning: Tuning,
@@ -74,7 +81,9 @@ impl AppState {
         let health = Arc::new(HealthLog::new(storage.clone()));
         let registry = Arc::new(Registry::new(health.clone()));
         let metrics_writer = MetricsWriter::start(metrics.clone(), tuning.metrics_flush);
+        let containers = Arc::new(ContainerHub::new(storage.clone()));
         AppState {
+            containers,
             storage,
             health,
             registry,
@@ -122,6 +131,43 @@ pub fn app(state: AppState) -> Router {
             get(telemetry_api::fingerprint),
         )
         .route("/api/v1/runners/{id}/drift", get(telemetry_api::drift))
+        .route(
+            "/api/v1/runners/{id}/docker",
+            get(containers_api::docker_state),
+        )
+        .route("/api/v1/runners/{id}/containers", get(containers_api::list))
+        .route(
+            "/api/v1/runners/{id}/containers/events",
+            get(containers_api::history),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/prune",
+            post(containers_api::prune_containers),
+        )
+        .route(
+            "/api/v1/runners/{id}/images/prune",
+            post(containers_api::prune_images),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}",
+            get(containers_api::inspect).delete(containers_api::remove),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/start",
+            post(containers_api::start),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/stop",
+            post(containers_api::stop),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/restart",
+            post(containers_api::restart),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/kill",
+            post(containers_api::kill),
+        )
         .route("/api/v1/metrics/prometheus", get(telemetry_api::prometheus))
         .route("/api/v1/events", get(events::follow))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

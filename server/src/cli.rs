@@ -21,9 +21,14 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
+mod containers;
+use containers::ContainerCommand;
+
 /// Help heading of the flags every client subcommand shares (they are global,
 /// so they may come before or after the subcommand).
 const CLIENT_OPTIONS: &str = "Client options (all commands but serve)";
+/// How long a call may take (a ping waits 5 s for the runner at most).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -81,6 +86,37 @@ pub enum ClientCommand {
         /// Since when: a duration back from now (7d), RFC 3339, or Unix ms
         #[arg(long, default_value = "7d")]
         since: String,
+    },
+    /// Containers of a runner (running ones; --all for every one)
+    Containers {
+        /// Runner id (rn_…) or name
+        runner: String,
+        /// Also stopped containers
+        #[arg(long)]
+        all: bool,
+        /// The server's view kept from the runner's events (works while the
+        /// runner is offline)
+        #[arg(long)]
+        cached: bool,
+    },
+    /// One container: inspect, start, stop, restart, kill, rm
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Remove stopped containers, or with --images dangling images
+    Prune {
+        /// Runner id (rn_…) or name
+        runner: String,
+        /// Prune dangling images instead of stopped containers
+        #[arg(long)]
+        images: bool,
+        /// Docker filter, repeatable: until=24h, label=app=web
+        #[arg(long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+    },
+    /// Docker engine state of a runner
+    Docker {
+        /// Runner id (rn_…) or name
+        runner: String,
     },
 }
 
@@ -181,6 +217,10 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Usage(m) | CliError::Other(m) => f.write_str(m),
+            // Docker's own message, verbatim.
+            CliError::Api { code, message, .. } if code == containers::DOCKER_CODE => {
+                f.write_str(message)
+            }
             CliError::Api {
                 status,
                 code,
@@ -199,6 +239,7 @@ impl CliError {
             CliError::Other(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Api { status: 404, .. } => 3,
+            CliError::Api { code, .. } if code == containers::DOCKER_CODE => 1,
             CliError::Api {
                 status: 401 | 403, ..
             } => 4,
@@ -237,7 +278,15 @@ pub fn run(args: &ClientArgs, command: ClientCommand) -> ExitCode {
 }
 
 fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
-    let client = Client::new(args, matches!(command, ClientCommand::Events))?;
+    let timeout = match &command {
+        ClientCommand::Events => None,
+        ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
+        ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
+            Some(containers::DOCKER_CALL_TIMEOUT)
+        }
+        _ => Some(DEFAULT_TIMEOUT),
+    };
+    let client = Client::new(args, timeout)?;
     let json = args.json;
     match command {
         ClientCommand::Tenant(TenantCommand::Create { name }) => {
@@ -411,6 +460,18 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
                 .collect();
             out(&lines.join("\n"))
         }
+        ClientCommand::Containers {
+            runner,
+            all,
+            cached,
+        } => containers::containers(&client, &runner, all, cached, json),
+        ClientCommand::Container(c) => containers::container(&client, c, json),
+        ClientCommand::Prune {
+            runner,
+            images,
+            filters,
+        } => containers::prune(&client, &runner, images, &filters, json),
+        ClientCommand::Docker { runner } => containers::docker(&client, &runner, json),
     }
 }
 
@@ -699,7 +760,8 @@ struct Client {
 }
 
 impl Client {
-    fn new(args: &ClientArgs, streaming: bool) -> Result<Client, CliError> {
+    /// `timeout`: for the whole of each call; `None` for a live stream.
+    fn new(args: &ClientArgs, timeout: Option<Duration>) -> Result<Client, CliError> {
         let mut tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
@@ -727,12 +789,9 @@ impl Client {
             .tls_config(tls.build())
             .timeout_connect(Some(Duration::from_secs(10)))
             // A live event stream has no end; everything else answers quickly
-            // (a ping waits 5 s for the runner at most).
-            .timeout_global(if streaming {
-                None
-            } else {
-                Some(Duration::from_secs(30))
-            })
+            // (a ping waits 5 s for the runner at most, a Docker call 30 s
+            // plus a stop timeout).
+            .timeout_global(timeout)
             .user_agent(format!("tether-server-cli/{}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Client {

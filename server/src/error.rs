@@ -17,6 +17,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// A Docker engine error passed through (`code` is `docker`): the
+    /// engine's status, repeated in the body as `docker_status`.
+    pub docker_status: Option<u16>,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            docker_status: None,
         }
     }
 
@@ -86,12 +90,17 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBodyJson {
-            error: ErrorBody {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
+        let error = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        match self.docker_status {
+            Some(docker_status) => (
+                self.status,
+                Json(serde_json::json!({ "error": error, "docker_status": docker_status })),
+            )
+                .into_response(),
+            None => (self.status, Json(ErrorBodyJson { error })).into_response(),
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! `GET /api/v1/events`: health changes of the caller's tenant, live, as SSE.
+//! `GET /api/v1/events`: health changes and container events of the caller's
+//! tenant, live, as SSE.
 //!
-//! Each subscriber gets its own receiver of the health broadcast and sees only
-//! its tenant's changes (`event: health`). A subscriber too slow to keep up
+//! Each subscriber gets its own receivers of the health and container
+//! broadcasts and sees only its tenant's changes (`event: health`,
+//! `event: container`). A subscriber too slow to keep up
 //! skips ahead and is told so in a comment line; it never holds memory for
 //! more than the broadcast backlog. Keep-alive comments every 15 s keep
 //! proxies from closing an idle stream.
@@ -17,6 +19,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::containers::{ContainerEventRecord, ContainerEventView};
 use crate::error::ApiError;
 use crate::health::HealthView;
 use crate::storage::HealthRecord;
@@ -28,7 +31,10 @@ pub async fn follow(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let tenant = caller.tenant()?.to_owned();
-    let rx = state.health.subscribe();
+    let rx = Receivers {
+        health: state.health.subscribe(),
+        containers: state.containers.subscribe(),
+    };
     // A first comment flushes the response head at once, so a client knows
     // it is subscribed before anything happens.
     let hello = stream::once(async { Ok(Event::default().comment("subscribed")) });
@@ -39,26 +45,41 @@ pub async fn follow(
     Ok(Sse::new(hello.chain(changes)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
+struct Receivers {
+    health: broadcast::Receiver<Arc<HealthRecord>>,
+    containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
+}
+
 /// The next event for `tenant`, or `None` when the server is going away.
-async fn next_event(
-    rx: &mut broadcast::Receiver<Arc<HealthRecord>>,
-    tenant: &str,
-) -> Option<Event> {
+async fn next_event(rx: &mut Receivers, tenant: &str) -> Option<Event> {
     loop {
-        match rx.recv().await {
-            Ok(record) if record.tenant_id == tenant => {
-                let view = HealthView::from(record.as_ref());
-                // Serializing strings and a &str cannot fail.
-                let data = serde_json::to_string(&view).unwrap_or_default();
-                return Some(Event::default().event("health").data(data));
-            }
-            Ok(_) => continue,
+        let event = tokio::select! {
+            r = rx.health.recv() => match r {
+                Ok(record) if record.tenant_id == tenant => {
+                    let view = HealthView::from(record.as_ref());
+                    // Serializing strings and a &str cannot fail.
+                    let data = serde_json::to_string(&view).unwrap_or_default();
+                    Ok(Event::default().event("health").data(data))
+                }
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            },
+            r = rx.containers.recv() => match r {
+                Ok(record) if record.tenant_id == tenant => {
+                    let view = ContainerEventView::from(record.as_ref());
+                    let data = serde_json::to_string(&view).unwrap_or_default();
+                    Ok(Event::default().event("container").data(data))
+                }
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            },
+        };
+        return match event {
+            Ok(event) => Some(event),
             Err(RecvError::Lagged(n)) => {
-                return Some(
-                    Event::default().comment(format!("skipped {n} events: subscriber too slow")),
-                )
+                Some(Event::default().comment(format!("skipped {n} events: subscriber too slow")))
             }
-            Err(RecvError::Closed) => return None,
-        }
+            Err(RecvError::Closed) => None,
+        };
     }
 }

@@ -17,6 +17,8 @@
 //! telemetry  metrics + fingerprints from      metrics_store  metrics SQLite: samples,
 //!            a runner socket, the writer                     rollups, retention, queries
 //! telemetry_api  metrics/fingerprint REST     prometheus     text exposition
+//! containers     Docker state, container      containers_api container REST: Docker
+//!                view + events from a runner                 calls through the runner
 //! ```
 
 mod api;
@@ -25,6 +27,8 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod containers;
+mod containers_api;
 mod error;
 mod events;
 mod health;

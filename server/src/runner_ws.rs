@@ -23,6 +23,9 @@
 //! serves both the watchdog and the next `metrics_ack` (sent with id 0, it
 //! answers no request). `fingerprint` reports are stored at once; one that
 //! cannot be applied is answered with `fingerprint_resync` (its id).
+//! Docker (`containers.rs`): `docker_state`, `container_snapshot` and
+//! `container_event` are stored and announced at once; `docker_response`,
+//! like `pong` and `error`, goes to the request waiting for its id.
 //!
 //! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
 //! by tungstenite, which only queues the Pong; it is flushed explicitly here
@@ -180,8 +183,8 @@ impl Ending {
 
 /// What one received frame amounts to, once checked.
 enum Inbound {
-    /// Boxed: a message with a whole fingerprint is large.
-    Control(Envelope),
+    /// Boxed: a message with a whole fingerprint or a container event is large.
+    Control(Box<Envelope>),
     Data(FrameHeader),
     /// The payload of a METRICS frame: a batch of records.
     Metrics(Bytes),
@@ -318,7 +321,7 @@ impl Connection {
                 ));
             };
             match self.inbound(frame).await? {
-                Inbound::Control(envelope) => match envelope {
+                Inbound::Control(envelope) => match *envelope {
                     Envelope {
                         id,
                         body: Message::Hello(hello),
@@ -373,7 +376,7 @@ impl Connection {
                     match self.inbound(frame).await {
                         Err(ending) => return ending,
                         Ok(Inbound::Control(envelope)) => {
-                            if let Err(ending) = self.on_control(envelope, &mut pending).await {
+                            if let Err(ending) = self.on_control(*envelope, &mut pending).await {
                                 return ending;
                             }
                         }
@@ -432,14 +435,46 @@ impl Connection {
                 self.send(WsMessage::Text(encode_control(envelope.id, pong).into()))
                     .await
             }
-            Message::Pong(_) | Message::Error(_) => {
+            Message::Pong(_) | Message::Error(_) | Message::DockerResponse(_) => {
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
                 } else if let Message::Error(e) = &envelope.body {
                     tracing::warn!(runner = %self.runner.id, code = %e.code, "runner reported an error: {}", e.message);
                 } else {
-                    tracing::debug!(runner = %self.runner.id, id = envelope.id, "pong for no pending request");
+                    tracing::debug!(runner = %self.runner.id, id = envelope.id, "{} for no pending request", envelope.body.type_name());
+                }
+                Ok(())
+            }
+            Message::DockerState(docker) => {
+                if let Err(e) = self.state.containers.set_state(
+                    &self.runner.id,
+                    docker.clone(),
+                    clock::now_ms(),
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing the docker state: {e}");
+                }
+                Ok(())
+            }
+            Message::ContainerSnapshot(snapshot) => {
+                if let Err(e) = self.state.containers.replace(
+                    &self.runner.id,
+                    &snapshot.containers,
+                    clock::now_ms(),
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing a container snapshot: {e}");
+                }
+                Ok(())
+            }
+            Message::ContainerEvent(event) => {
+                if let Err(e) = self.state.containers.event(
+                    &self.runner.tenant_id,
+                    &self.runner.id,
+                    event.clone(),
+                    clock::now_ms(),
+                ) {
+                    // The next snapshot (next connection) repairs the view.
+                    tracing::error!(runner = %self.runner.id, "storing a container event: {e}");
                 }
                 Ok(())
             }
@@ -499,7 +534,7 @@ impl Connection {
                     }
                 }
             }
-            Message::MetricsAck(_) | Message::FingerprintResync(_) => {
+            Message::MetricsAck(_) | Message::FingerprintResync(_) | Message::DockerRequest(_) => {
                 note_ignored(
                     &format!(
                         "message type '{}' (server to runner only)",
@@ -591,7 +626,7 @@ impl Connection {
         };
         match message {
             WsMessage::Text(text) => match decode_control(text.as_str()) {
-                Ok(Decoded::Known(envelope)) => Ok(Inbound::Control(envelope)),
+                Ok(Decoded::Known(envelope)) => Ok(Inbound::Control(Box::new(envelope))),
                 Ok(Decoded::Unknown { type_name, .. }) => {
                     note_ignored(&format!("message type '{type_name}'"), &self.runner.id);
                     Ok(Inbound::Nothing)

@@ -3,7 +3,8 @@
 //!
 //! [`Storage`] owns the SQLite connection (one file, WAL mode) and is the only
 //! module that writes SQL for it. Fingerprints and their drift events live
-//! here: they are small and change rarely. Its methods speak in domain terms (enroll a runner,
+//! here: they are small and change rarely; so do Docker state, the container
+//! view and its event history (`storage/containers.rs`). Its methods speak in domain terms (enroll a runner,
 //! record a health change) so a PostgreSQL implementation could stand behind
 //! the same methods when several server replicas share one database. Every
 //! method that reads-then-writes runs in one `IMMEDIATE` transaction, so it is
@@ -22,6 +23,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+mod containers;
+pub use containers::{ContainerEventRow, DockerStateRow};
 
 /// How many health changes are kept per runner; older ones are dropped so a
 /// flapping runner cannot grow the database without bound.
@@ -101,6 +105,37 @@ CREATE TABLE drift_events (
     change      TEXT NOT NULL
 );
 CREATE INDEX drift_events_by_runner ON drift_events(runner_id, seq);
+"#,
+    r#"
+CREATE TABLE docker_states (
+    runner_id   TEXT PRIMARY KEY REFERENCES runners(id),
+    available   INTEGER NOT NULL,
+    version     TEXT,
+    api_version TEXT,
+    reason      TEXT,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE container_views (
+    runner_id   TEXT PRIMARY KEY REFERENCES runners(id),
+    as_of       INTEGER NOT NULL
+);
+CREATE TABLE containers (
+    runner_id   TEXT NOT NULL REFERENCES runners(id),
+    id          TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    PRIMARY KEY (runner_id, id)
+);
+CREATE TABLE container_events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    runner_id    TEXT NOT NULL REFERENCES runners(id),
+    at           INTEGER NOT NULL,
+    time_nano    INTEGER NOT NULL,
+    action       TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE INDEX container_events_by_runner ON container_events(runner_id, seq);
+CREATE INDEX container_events_by_age ON container_events(at);
 "#,
 ];
 

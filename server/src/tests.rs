@@ -38,6 +38,7 @@ fn tuning() -> Tuning {
         close_wait: Duration::from_millis(500),
         metrics_flush: Duration::from_millis(50),
         metrics_ack_every: Duration::from_millis(200),
+        docker_timeout: Duration::from_millis(700),
     }
 }
 
@@ -2180,3 +2181,5 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
     assert_eq!(next_ack(&mut ws).await, now - 25 * 3_600_000);
     assert_eq!(s.state.metrics.count("metrics_raw"), 2);
 }
+
+mod containers;

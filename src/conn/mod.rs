@@ -141,10 +141,13 @@ pub struct ConnConfig {
     pub run_dir: Option<PathBuf>,
     /// Metrics and fingerprint (run by the event loop, sent through here).
     pub telemetry: TelemetryConfig,
+    /// The Docker engine (run by the event loop, sent through here);
+    /// `None` switches the integration off.
+    pub docker: Option<crate::docker::client::DockerConfig>,
 }
 
 /// What happened to the link, for the [`Feed`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LinkEvent {
     /// `welcome` arrived: a new connection. `metrics_ts` is the newest
     /// metrics record the server has stored.
@@ -155,6 +158,11 @@ pub enum LinkEvent {
     MetricsAck(u64),
     /// `fingerprint_resync`: send the full fingerprint next.
     FingerprintResync,
+    /// `docker_request` with this id: answer with [`Outgoing::Reply`].
+    DockerRequest {
+        id: u64,
+        request: Box<protocol::DockerRequest>,
+    },
 }
 
 /// One message of the feed.
@@ -165,6 +173,8 @@ pub enum Outgoing {
     Control(Box<Control>),
     /// A whole binary frame (header and payload).
     Binary(Vec<u8>),
+    /// The answer to a server request: sent with the request's id.
+    Reply { id: u64, body: Box<Control> },
 }
 
 /// The feed's figures for `status.json`.
@@ -797,6 +807,9 @@ impl Connection {
                     WsMessage::text(protocol::encode_control(id, *body))
                 }
                 Outgoing::Binary(frame) => WsMessage::binary(frame),
+                Outgoing::Reply { id, body } => {
+                    WsMessage::text(protocol::encode_control(id, *body))
+                }
             };
             sent += msg.len();
             if let Err(e) = link.send(msg) {
@@ -1344,7 +1357,20 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::DockerRequest(r) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::DockerRequest {
+                        id: envelope.id,
+                        request: Box::new(r),
+                    });
+                }
+                Flow::Continue
+            }
             Control::Pong(_)
+            | Control::DockerState(_)
+            | Control::DockerResponse(_)
+            | Control::ContainerEvent(_)
+            | Control::ContainerSnapshot(_)
             | Control::Hello(_)
             | Control::MetricsSchema(_)
             | Control::Fingerprint(_) => {
@@ -1439,9 +1465,9 @@ impl Connection {
     /// Queue a link event for the feed; consecutive acks collapse into one.
     fn push_link_event(&mut self, event: LinkEvent) {
         if let (Some(LinkEvent::MetricsAck(prev)), LinkEvent::MetricsAck(ts)) =
-            (self.link_events.last_mut(), event)
+            (self.link_events.last_mut(), &event)
         {
-            *prev = (*prev).max(ts);
+            *prev = (*prev).max(*ts);
             return;
         }
         self.link_events.push(event);

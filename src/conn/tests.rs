@@ -34,6 +34,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
         // The scripted servers below expect no telemetry; the metrics tests
         // switch it on.
         telemetry: TelemetryConfig::off(),
+        docker: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Docker Engine API over its unix socket, without an HTTP client crate or an
 //! SDK: a sans-IO HTTP/1.1 codec ([`http`]), the stream formats Docker puts
 //! inside bodies and hijacked connections ([`stream`]), and the Engine API
-//! requests and answers the runner uses ([`api`]).
+//! requests and answers the runner uses ([`api`]). [`client`] drives them
+//! from the event loop over the engine's socket.
 //!
 //! Nothing here touches a socket. The event loop owns the `UnixStream` and
 //! moves bytes; these types turn bytes into values and back. Every decoder
@@ -35,6 +36,7 @@
 //! ```
 
 pub mod api;
+pub mod client;
 pub mod http;
 pub mod stream;
 

@@ -248,6 +248,8 @@ pub struct Telemetry {
     metrics: Option<Metrics>,
     fingerprint: Option<Fingerprints>,
     connected: bool,
+    /// From the Docker integration: `20.10.24 (API 1.41)` while available.
+    docker_version: Option<String>,
 }
 
 impl Telemetry {
@@ -267,7 +269,14 @@ impl Telemetry {
                 notes: NoteLog::default(),
             }),
             connected: false,
+            docker_version: None,
         }
+    }
+
+    /// The engine version for the next fingerprint (a change shows up
+    /// there as a drift of `docker_version`).
+    pub fn set_docker_version(&mut self, version: Option<String>) {
+        self.docker_version = version;
     }
 
     /// First sample now; fingerprints start with the first connection.
@@ -427,8 +436,7 @@ impl Telemetry {
         let extras = crate::fingerprint::Extras {
             arch: Some(crate::sys::machine()),
             firewall,
-            // Filled in by the Docker integration.
-            docker_version: None,
+            docker_version: self.docker_version.clone(),
             runner_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         };
         let (fp, more) = crate::fingerprint::collect(&f.root, extras);
@@ -495,6 +503,7 @@ impl Feed for Telemetry {
                     m.backlog.ack_sent_through(ts);
                 }
             }
+            LinkEvent::DockerRequest { .. } => {}
             LinkEvent::FingerprintResync => {
                 if let Some(f) = &mut self.fingerprint {
                     info!("telemetry", "the server asked for the full fingerprint");

@@ -21,7 +21,12 @@ struct Lock(fs::File);
 
 impl Lock {
     fn take(path: &str) -> Lock {
-        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap();
         // SAFETY: flock on a file descriptor we own; blocks until it is ours.
         unsafe {
             libc::flock(f.as_raw_fd(), libc::LOCK_EX);
@@ -40,7 +45,10 @@ impl Drop for Lock {
 }
 
 fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().expect("the docker CLI is installed (.ci/run installs docker.io)")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI is installed (.ci/run installs docker.io)")
 }
 
 fn engine_answers() -> bool {
@@ -66,39 +74,73 @@ pub fn ensure() {
 
 fn start_dockerd() {
     let log = fs::File::create("/tmp/tether-test-dockerd.log").unwrap();
-    // setsid: the daemon outlives this test process and serves the others.
-    Command::new("setsid")
-        .args(["dockerd", "--host", &format!("unix://{SOCKET}")])
+    // `setsid -f` forks the daemon into its own session and returns at once:
+    // the daemon outlives this test process, serves the others, and is never
+    // our zombie.
+    let st = Command::new("setsid")
+        .args(["-f", "dockerd", "--host", &format!("unix://{SOCKET}")])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
-        .spawn()
-        .expect("dockerd is installed (apt-get install docker.io; .ci/run does)");
+        .status()
+        .expect("setsid (util-linux) runs");
+    assert!(
+        st.success(),
+        "could not start dockerd (apt-get install docker.io; .ci/run does)"
+    );
     let start = Instant::now();
     while !engine_answers() {
-        assert!(start.elapsed() < Duration::from_secs(60), "dockerd did not come up; see /tmp/tether-test-dockerd.log");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "dockerd did not come up; see /tmp/tether-test-dockerd.log"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn import_image() {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static is installed (.ci/run does)");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (.ci/run does)");
     let root = std::env::temp_dir().join(format!("tether-test-rootfs-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     for d in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    let out = Command::new(root.join("bin/busybox")).arg("--list").output().unwrap();
+    let out = Command::new(root.join("bin/busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     let tar = root.with_extension("tar");
-    let st = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
     assert!(st.success(), "tar of the test rootfs failed");
-    let out = docker(&["import", "--change", "CMD [\"/bin/sh\"]", "--change", "ENV PATH=/bin", tar.to_str().unwrap(), IMAGE]);
-    assert!(out.status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
+    let out = docker(&[
+        "import",
+        "--change",
+        "CMD [\"/bin/sh\"]",
+        "--change",
+        "ENV PATH=/bin",
+        tar.to_str().unwrap(),
+        IMAGE,
+    ]);
+    assert!(
+        out.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = fs::remove_dir_all(&root);
     let _ = fs::remove_file(&tar);
 }

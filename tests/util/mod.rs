@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod proxy;
 
 use serde_json::{json, Value};

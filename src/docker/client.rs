@@ -1,0 +1,1344 @@
+//! The Docker Engine client inside the event loop: probes the engine,
+//! answers the server's `docker_request`s, follows `/events` and reports
+//! container changes. Owns every Docker socket; the sans-IO codec
+//! ([`super::http`], [`super::api`]) turns their bytes into values.
+//!
+//! Availability (what `docker_state` reports):
+//!
+//! ```text
+//!   start ─▶ Unknown ──probe──┬──▶ Available{version, api} ──events stream ends──▶ probe again
+//!                             │        ▲                     (daemon restart)        │
+//!                             │        └──────────── answers ◀───────────────────────┤
+//!                             └──▶ Unavailable{reason} ◀──────── fails ──────────────┘
+//!                                   └─ probe again after 1 s, 2 s, … up to 30 s
+//!   probe: GET /_ping (Api-Version header: it is Docker) ─▶ GET /version ─▶ negotiate()
+//!   Available: one GET /events stream open; a container_snapshot per connection.
+//! ```
+//!
+//! One HTTP exchange is one [`Call`] on its own `UnixStream` (we send no
+//! keep-alive reuse: a fresh connection per request is cheap on a local
+//! socket and a stuck answer can never delay the next one):
+//!
+//! ```text
+//!   connect (non-blocking; ENOENT, EACCES, ECONNREFUSED fail at once)
+//!     ─▶ Writing (WRITABLE; partial writes keep an offset)
+//!     ─▶ Reading (READABLE; drained to WouldBlock, at most MAX_READ_PER_PASS)
+//!     ─▶ done: BufferedDecoder answer (≤ MAX_RESPONSE) or, for /events, EOF
+//!   each call but /events has a timer (REQUEST_TIMEOUT; stop/restart add their grace)
+//! ```
+//!
+//! Server requests, probes and the events stream do not queue behind each
+//! other: requests, container summaries and snapshots share
+//! [`MAX_CONNECTIONS`] sockets and wait in a bounded queue; the probe and
+//! the events stream have their own. Messages for the server wait in a
+//! bounded outbox that the connection drains as the link has room; while
+//! it is full no new calls start (backpressure), and events beyond it are
+//! dropped and made good by a fresh snapshot.
+
+use super::api::{self, Api, ApiVersion, Filters, VersionInfo};
+use super::http::{
+    BufferedDecoder, Event as HttpEvent, HttpError, Request, Response, ResponseDecoder,
+};
+use super::stream::LineSplitter;
+use crate::conn::{LinkEvent, Outgoing};
+use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::protocol::{
+    ContainerEvent, ContainerSnapshot, ContainerSummary, DockerOp, DockerRequest, DockerResponse,
+    DockerState, ErrorBody, Message as Control, MAX_CONTROL_MESSAGE,
+};
+use crate::{debug, info, warn};
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Longest wait between probes while the engine is unavailable.
+pub const PROBE_EVERY: Duration = Duration::from_secs(30);
+/// First retry after a failure: a restarting daemon is back within seconds.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Deadline of one call (connect to last byte).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stop and restart answer only after the grace period: their deadline is
+/// the grace period plus this.
+const GRACE_MARGIN: Duration = Duration::from_secs(10);
+/// Docker's own default grace period for stop and restart.
+const DEFAULT_GRACE_SECS: u32 = 10;
+/// Sockets for requests, summaries and snapshots (the probe and the events
+/// stream have their own).
+pub const MAX_CONNECTIONS: usize = 8;
+/// Calls waiting for a socket; a server request beyond it is refused.
+const MAX_QUEUED: usize = 256;
+/// Largest buffered answer.
+pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
+/// Longest `/events` line kept (a line is one JSON event, ~1 KiB).
+const MAX_EVENT_LINE: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read from one socket per readiness pass before others get a turn.
+const MAX_READ_PER_PASS: usize = 256 * 1024;
+/// Bytes waiting for the link; above it no new calls start.
+const MAX_OUTBOX_BYTES: usize = 16 * 1024 * 1024;
+/// Room kept in a control message for the envelope around a body.
+const ENVELOPE_ROOM: usize = 4096;
+/// Actions we report; the rest (`exec_*`, `attach`, `resize`, `top`,
+/// `copy`, `archive-path`, …) is noise for a container view.
+const ACTIONS: &[&str] = &[
+    "create", "start", "die", "oom", "kill", "stop", "restart", "pause", "unpause", "destroy",
+    "rename", "update",
+];
+
+/// Where the engine is and how long calls may take.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub socket: PathBuf,
+    pub request_timeout: Duration,
+    /// Longest wait between probes while unavailable.
+    pub probe_every: Duration,
+}
+
+impl DockerConfig {
+    pub fn new(socket: PathBuf) -> DockerConfig {
+        DockerConfig {
+            socket,
+            request_timeout: REQUEST_TIMEOUT,
+            probe_every: PROBE_EVERY,
+        }
+    }
+
+    /// The socket from `--docker-socket`, else `TETHER_DOCKER_SOCKET`,
+    /// else `DOCKER_HOST=unix://…`, else the default. `off`/`none` switch
+    /// the integration off (`None`). A `DOCKER_HOST` we cannot speak
+    /// (`tcp://`, `ssh://`) is an error: the user asked for that engine.
+    pub fn socket_from(
+        flag: Option<&str>,
+        env: Option<&str>,
+        docker_host: Option<&str>,
+    ) -> Result<Option<PathBuf>, String> {
+        if let Some(v) = flag.or(env).map(str::trim).filter(|v| !v.is_empty()) {
+            if v == "off" || v == "none" {
+                return Ok(None);
+            }
+            return Ok(Some(PathBuf::from(v.strip_prefix("unix://").unwrap_or(v))));
+        }
+        match docker_host.map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(Some(PathBuf::from(DEFAULT_SOCKET))),
+            Some(h) => match h.strip_prefix("unix://") {
+                Some(p) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
+                _ => Err(format!(
+                    "DOCKER_HOST={h} is not a unix socket; the runner speaks to the engine only \
+                     over unix://, set --docker-socket PATH (or `off`)"
+                )),
+            },
+        }
+    }
+}
+
+/// Timers the client sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerTimer {
+    /// Probe the engine again.
+    Probe,
+    /// A call's deadline (which call: its `TimerId`).
+    Call,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Availability {
+    /// Not probed yet: requests wait for the first probe.
+    Unknown,
+    Available {
+        version: String,
+        api: Api,
+    },
+    Unavailable {
+        reason: String,
+    },
+}
+
+/// Why a call did not produce an answer.
+#[derive(Debug)]
+enum CallError {
+    Connect(io::Error),
+    Io(io::Error),
+    Http(HttpError),
+    Timeout(Duration),
+    /// `/events` answered with this status instead of a stream.
+    Status(u16),
+    /// `/events` ended (the engine stopped or restarted).
+    Ended,
+}
+
+impl CallError {
+    /// A short reason naming the socket, for logs, `docker_state` and errors.
+    fn describe(&self, path: &Path) -> String {
+        let p = path.display();
+        match self {
+            CallError::Connect(e) => match e.kind() {
+                io::ErrorKind::NotFound => format!("no socket at {p}"),
+                io::ErrorKind::PermissionDenied => format!("permission denied on {p}"),
+                io::ErrorKind::ConnectionRefused => {
+                    format!("nothing listens on {p} (connection refused; engine stopped?)")
+                }
+                _ => format!("cannot connect to {p}: {e}"),
+            },
+            CallError::Io(e) => format!("connection to {p} failed: {e}"),
+            CallError::Http(HttpError::NotHttp) => {
+                format!("not a Docker engine: {p} does not answer HTTP")
+            }
+            CallError::Http(e) => format!("bad answer from {p}: {e}"),
+            CallError::Timeout(d) => format!("no answer from {p} within {}s", d.as_secs()),
+            CallError::Status(s) => format!("the engine at {p} answered /events with {s}"),
+            CallError::Ended => format!("the events stream from {p} ended"),
+        }
+    }
+}
+
+/// What a finished call was for.
+#[derive(Debug)]
+enum Purpose {
+    Ping,
+    Version,
+    /// A `docker_request` with this id, on link generation `link`.
+    Reply {
+        link: u64,
+        id: u64,
+    },
+    /// The container's summary for the event `seq` in `events`.
+    Summary {
+        link: u64,
+        seq: u64,
+    },
+    Snapshot {
+        link: u64,
+    },
+    Events,
+}
+
+impl Purpose {
+    /// Whether it uses one of the [`MAX_CONNECTIONS`] shared sockets.
+    fn is_shared(&self) -> bool {
+        matches!(
+            self,
+            Purpose::Reply { .. } | Purpose::Summary { .. } | Purpose::Snapshot { .. }
+        )
+    }
+}
+
+/// A call waiting for a socket.
+struct Job {
+    purpose: Purpose,
+    request: Request,
+    timeout: Duration,
+}
+
+enum Phase {
+    Writing { buf: Vec<u8>, written: usize },
+    Reading,
+}
+
+enum Reader {
+    Buffered(BufferedDecoder),
+    /// `/events`: a chunked body of JSON lines that lasts as long as the engine.
+    Lines {
+        dec: ResponseDecoder,
+        lines: LineSplitter,
+    },
+}
+
+/// What driving a call decided.
+enum CallStep {
+    /// Wait for readiness.
+    Wait,
+    /// The read cap was reached with data left: drive again this turn.
+    Again,
+    Finished(Result<Response, CallError>),
+}
+
+/// One HTTP exchange on its own socket.
+struct Call {
+    token: Token,
+    stream: UnixStream,
+    phase: Phase,
+    reader: Reader,
+    purpose: Purpose,
+    timer: Option<TimerId>,
+    timeout: Duration,
+    registered: Interest,
+    /// A write failed; the peer may still have said why (an SSH banner).
+    write_error: Option<io::Error>,
+    again: bool,
+}
+
+impl Call {
+    /// Interest follows the phase.
+    fn interest(&self) -> Interest {
+        match self.phase {
+            Phase::Writing { .. } => Interest::WRITABLE,
+            Phase::Reading => Interest::READABLE,
+        }
+    }
+
+    /// Write what is left, then read to `WouldBlock` (at most
+    /// [`MAX_READ_PER_PASS`]). Complete event lines go to `lines`.
+    fn drive(&mut self, lines: &mut Vec<Vec<u8>>) -> CallStep {
+        while let Phase::Writing { buf, written } = &mut self.phase {
+            match self.stream.write(&buf[*written..]) {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
+                    return CallStep::Finished(Err(CallError::Io(e)));
+                }
+                Ok(n) => {
+                    *written += n;
+                    if *written == buf.len() {
+                        self.phase = Phase::Reading;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return CallStep::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EPIPE/ECONNRESET: read what the peer sent before it
+                    // hung up; it says more than the write error.
+                    self.write_error = Some(e);
+                    self.phase = Phase::Reading;
+                }
+            }
+        }
+        let mut buf = [0u8; READ_CHUNK];
+        let mut budget = MAX_READ_PER_PASS;
+        loop {
+            if budget == 0 {
+                return CallStep::Again;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return self.on_eof(),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    if let Some(step) = self.feed(&buf[..n], lines) {
+                        return step;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return CallStep::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let e = self.write_error.take().unwrap_or(e);
+                    return CallStep::Finished(Err(CallError::Io(e)));
+                }
+            }
+        }
+    }
+
+    /// `Some` once the call is over.
+    fn feed(&mut self, input: &[u8], out: &mut Vec<Vec<u8>>) -> Option<CallStep> {
+        match &mut self.reader {
+            Reader::Buffered(dec) => match dec.feed(input) {
+                Err(e) => Some(CallStep::Finished(Err(CallError::Http(e)))),
+                Ok(_) if dec.is_done() => Some(finished(dec)),
+                Ok(_) => None,
+            },
+            Reader::Lines { dec, lines } => {
+                let mut rest = input;
+                loop {
+                    let step = match dec.feed(rest) {
+                        Ok(s) => s,
+                        Err(e) => return Some(CallStep::Finished(Err(CallError::Http(e)))),
+                    };
+                    rest = &rest[step.consumed..];
+                    match step.item {
+                        None => return None,
+                        Some(HttpEvent::Head(h)) if h.status != 200 => {
+                            return Some(CallStep::Finished(Err(CallError::Status(h.status))))
+                        }
+                        Some(HttpEvent::Head(_)) => {}
+                        Some(HttpEvent::Body(mut body)) => {
+                            while !body.is_empty() {
+                                let s = lines.feed(body);
+                                let used = s.consumed;
+                                if let Some(line) = s.item {
+                                    if line.truncated {
+                                        debug!("docker", "dropping an over-long event line");
+                                    } else {
+                                        out.push(line.bytes.to_vec());
+                                    }
+                                }
+                                body = &body[used..];
+                            }
+                        }
+                        Some(HttpEvent::End) | Some(HttpEvent::Upgraded) => {
+                            return Some(CallStep::Finished(Err(CallError::Ended)))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_eof(&mut self) -> CallStep {
+        let result = match &mut self.reader {
+            Reader::Buffered(dec) => match dec.eof() {
+                Ok(()) => return finished(dec),
+                Err(e) => Err(e),
+            },
+            Reader::Lines { .. } => return CallStep::Finished(Err(CallError::Ended)),
+        };
+        match (result, self.write_error.take()) {
+            (Err(HttpError::Closed), Some(w)) => CallStep::Finished(Err(CallError::Io(w))),
+            (Err(e), _) => CallStep::Finished(Err(CallError::Http(e))),
+            (Ok(()), _) => CallStep::Wait,
+        }
+    }
+}
+
+fn finished(dec: &mut BufferedDecoder) -> CallStep {
+    match dec.take() {
+        Some(resp) => CallStep::Finished(Ok(resp)),
+        None => CallStep::Finished(Err(CallError::Http(HttpError::Truncated))),
+    }
+}
+
+/// A container event waiting for its summary.
+struct PendingEvent {
+    seq: u64,
+    event: ContainerEvent,
+    ready: bool,
+}
+
+/// One entry of `GET /containers/json`, with `Ports` kept as Docker sent it.
+#[derive(Debug, Deserialize)]
+struct ListEntry {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Names", default)]
+    names: Option<Vec<String>>,
+    #[serde(rename = "Image", default)]
+    image: String,
+    #[serde(rename = "State", default)]
+    state: String,
+    #[serde(rename = "Status", default)]
+    status: String,
+    #[serde(rename = "Created", default)]
+    created: i64,
+    #[serde(rename = "Ports", default)]
+    ports: Value,
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+impl ListEntry {
+    fn into_summary(self) -> ContainerSummary {
+        let name = self
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.strip_prefix('/').unwrap_or(n).to_owned())
+            .unwrap_or_default();
+        ContainerSummary {
+            id: self.id,
+            name,
+            image: self.image,
+            state: self.state,
+            status: self.status,
+            created: self.created,
+            // Docker sends `null` for no ports on some versions.
+            ports: if self.ports.is_null() {
+                Value::Array(Vec::new())
+            } else {
+                self.ports
+            },
+            labels: self.labels.unwrap_or_default(),
+        }
+    }
+}
+
+fn parse_list(resp: Response) -> Result<Vec<ContainerSummary>, String> {
+    let entries: Vec<ListEntry> = api::parse_json(resp).map_err(|e| e.to_string())?;
+    Ok(entries.into_iter().map(ListEntry::into_summary).collect())
+}
+
+/// The server's `filters` (`{"label": ["a=b"]}`, or Docker's older
+/// `{"label": {"a=b": true}}`) as [`Filters`].
+fn filters_from(v: Option<&Value>) -> Result<Filters, String> {
+    let bad = || "filters must be an object of lists of strings".to_owned();
+    let mut f = Filters::new();
+    let map = match v {
+        None | Some(Value::Null) => return Ok(f),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(bad()),
+    };
+    for (key, val) in map {
+        match val {
+            Value::String(s) => f = f.add(key, s),
+            Value::Array(items) => {
+                for item in items {
+                    f = f.add(key, item.as_str().ok_or_else(bad)?);
+                }
+            }
+            Value::Object(m) => {
+                for (k, on) in m {
+                    if on.as_bool().ok_or_else(bad)? {
+                        f = f.add(key, k);
+                    }
+                }
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(f)
+}
+
+/// The Engine API call for a `docker_request`, and its deadline; `Err` is
+/// a `bad_request` message.
+fn build_request(
+    api: &Api,
+    r: &DockerRequest,
+    base: Duration,
+) -> Result<(Request, Duration), String> {
+    let container = || -> Result<&str, String> {
+        match r.container.as_deref().map(str::trim) {
+            Some(c) if !c.is_empty() => Ok(c),
+            _ => Err(format!("{:?} needs a container", r.op).to_lowercase()),
+        }
+    };
+    let grace = |t: Option<u32>| {
+        base.max(Duration::from_secs(u64::from(t.unwrap_or(DEFAULT_GRACE_SECS))) + GRACE_MARGIN)
+    };
+    Ok(match r.op {
+        DockerOp::List => (
+            api.list_containers(true, &filters_from(r.filters.as_ref())?),
+            base,
+        ),
+        DockerOp::Inspect => (api.inspect_container(container()?), base),
+        DockerOp::Start => (api.start(container()?), base),
+        DockerOp::Stop => (api.stop(container()?, r.timeout_s), grace(r.timeout_s)),
+        DockerOp::Restart => (api.restart(container()?, r.timeout_s), grace(r.timeout_s)),
+        DockerOp::Kill => (api.kill(container()?, r.signal.as_deref()), base),
+        DockerOp::Remove => (api.remove(container()?, r.force, r.volumes), base),
+        DockerOp::PruneContainers => (
+            api.prune_containers(&filters_from(r.filters.as_ref())?),
+            base,
+        ),
+        DockerOp::PruneImages => {
+            // Only dangling images unless the server says otherwise:
+            // pruning every unused image is rarely what one means.
+            let mut filters = filters_from(r.filters.as_ref())?;
+            let has_dangling = r
+                .filters
+                .as_ref()
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.contains_key("dangling"));
+            if !has_dangling {
+                filters = filters.add("dangling", "true");
+            }
+            let req = Request::post(format!("/v{}/images/prune", api.version()))
+                .query("filters", &filters.to_json());
+            (req, base)
+        }
+    })
+}
+
+/// The engine's answer as a `docker_response`: status and JSON body as
+/// sent (`null` when there is none, as for 204 and 304). A body that is
+/// not JSON (an old engine's plain-text error) becomes `{"message": text}`.
+fn response_body(resp: &Response) -> Value {
+    if resp.body.iter().all(u8::is_ascii_whitespace) {
+        return Value::Null;
+    }
+    match serde_json::from_slice(&resp.body) {
+        Ok(v) => v,
+        Err(_) => serde_json::json!({ "message": api::engine_message(&resp.head, &resp.body) }),
+    }
+}
+
+fn error_reply(id: u64, code: &str, message: String) -> Outgoing {
+    Outgoing::Reply {
+        id,
+        body: Box::new(Control::Error(ErrorBody {
+            code: code.into(),
+            message,
+        })),
+    }
+}
+
+/// The Docker integration as the event loop drives it.
+pub struct Docker {
+    cfg: Option<DockerConfig>,
+    state: Availability,
+    /// A ping or version call is in flight.
+    probing: bool,
+    probe_timer: Option<TimerId>,
+    retry: Duration,
+    calls: Vec<Call>,
+    queue: VecDeque<Job>,
+    /// Requests that came before the first probe finished.
+    held: VecDeque<(u64, DockerRequest)>,
+    /// Generation of the link that is up; replies for an older one are dropped.
+    link: Option<u64>,
+    links: u64,
+    outbox: VecDeque<(Outgoing, usize)>,
+    outbox_bytes: usize,
+    /// An event was dropped (outbox full): send a snapshot when there is room.
+    resnapshot: bool,
+    /// Events waiting for their container's summary, in the engine's
+    /// order: summaries may come back out of order, events may not.
+    events: VecDeque<PendingEvent>,
+    next_event: u64,
+    /// `Some(new fingerprint value)` until the loop took it.
+    version_change: Option<Option<String>>,
+}
+
+impl Docker {
+    /// `None`: switched off; requests are refused, nothing else is sent.
+    pub fn new(cfg: Option<DockerConfig>) -> Docker {
+        Docker {
+            cfg,
+            state: Availability::Unknown,
+            probing: false,
+            probe_timer: None,
+            retry: FIRST_RETRY,
+            calls: Vec::new(),
+            queue: VecDeque::new(),
+            held: VecDeque::new(),
+            link: None,
+            links: 0,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            resnapshot: false,
+            events: VecDeque::new(),
+            next_event: 0,
+            version_change: None,
+        }
+    }
+
+    pub fn start(&mut self, ctx: &mut Ctx<'_>) {
+        match &self.cfg {
+            Some(c) => {
+                info!(
+                    "docker",
+                    "watching the Docker engine at {}",
+                    c.socket.display()
+                );
+                self.start_probe(ctx);
+            }
+            None => info!("docker", "Docker integration switched off"),
+        }
+    }
+
+    /// `Some(v)` once after the engine version changed: `"20.10.24 (API
+    /// 1.41)"` for the fingerprint, `None` when unavailable.
+    pub fn take_version_change(&mut self) -> Option<Option<String>> {
+        self.version_change.take()
+    }
+
+    /// The state as `docker_state` reports it.
+    pub fn state(&self) -> DockerState {
+        match &self.state {
+            Availability::Available { version, api } => DockerState {
+                available: true,
+                version: Some(version.clone()),
+                api_version: Some(api.version().to_string()),
+                reason: None,
+            },
+            Availability::Unavailable { reason } => DockerState {
+                available: false,
+                version: None,
+                api_version: None,
+                reason: Some(reason.clone()),
+            },
+            Availability::Unknown => DockerState {
+                available: false,
+                version: None,
+                api_version: None,
+                reason: Some(match &self.cfg {
+                    Some(_) => "the engine is being probed".into(),
+                    None => "docker integration switched off on this runner".into(),
+                }),
+            },
+        }
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.calls.iter().any(|c| c.token == token)
+    }
+
+    pub fn wants_again(&self) -> bool {
+        self.calls.iter().any(|c| c.again)
+    }
+
+    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if let Some(i) = self.calls.iter().position(|c| c.token == token) {
+            self.drive_call(ctx, i);
+        }
+        self.pump_queue(ctx);
+    }
+
+    pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
+        let tokens: Vec<Token> = self
+            .calls
+            .iter()
+            .filter(|c| c.again)
+            .map(|c| c.token)
+            .collect();
+        for t in tokens {
+            if let Some(i) = self.calls.iter().position(|c| c.token == t) {
+                self.calls[i].again = false;
+                self.drive_call(ctx, i);
+            }
+        }
+        self.pump_queue(ctx);
+    }
+
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, timer: DockerTimer) {
+        match timer {
+            DockerTimer::Probe if self.probe_timer == Some(id) => {
+                self.probe_timer = None;
+                self.start_probe(ctx);
+            }
+            DockerTimer::Call => {
+                if let Some(i) = self.calls.iter().position(|c| c.timer == Some(id)) {
+                    let mut call = self.calls.swap_remove(i);
+                    call.timer = None;
+                    let d = call.timeout;
+                    self.close(ctx, &mut call);
+                    self.complete(ctx, call.purpose, Err(CallError::Timeout(d)));
+                }
+            }
+            DockerTimer::Probe => {}
+        }
+        self.pump_queue(ctx);
+    }
+
+    /// Link changes and the server's requests, from the connection.
+    pub fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { .. } => {
+                self.links += 1;
+                self.link = Some(self.links);
+                self.clear_outbox();
+                if self.cfg.is_some() {
+                    self.send_state();
+                    if matches!(self.state, Availability::Available { .. }) {
+                        self.snapshot();
+                    }
+                }
+            }
+            LinkEvent::Down => {
+                self.link = None;
+                self.clear_outbox();
+                // Nobody is left to answer; the next link gets a snapshot.
+                self.held.clear();
+                self.queue.retain(|j| !j.purpose.is_shared());
+            }
+            LinkEvent::DockerRequest { id, request } => self.on_request(*request, id),
+            LinkEvent::MetricsAck(_) | LinkEvent::FingerprintResync => {}
+        }
+        self.pump_queue(ctx);
+    }
+
+    /// The next message for the server, while the link has room.
+    pub fn next_message(&mut self) -> Option<Outgoing> {
+        let (msg, n) = self.outbox.pop_front()?;
+        self.outbox_bytes = self.outbox_bytes.saturating_sub(n);
+        Some(msg)
+    }
+
+    // ---- requests from the server ----------------------------------------
+
+    fn on_request(&mut self, r: DockerRequest, id: u64) {
+        let Some(link) = self.link else {
+            return;
+        };
+        let Some(cfg) = &self.cfg else {
+            let why = "docker integration switched off on this runner".to_owned();
+            self.push(error_reply(id, "docker_unavailable", why), 256);
+            return;
+        };
+        let base = cfg.request_timeout;
+        match &self.state {
+            Availability::Available { api, .. } => {
+                let api = *api;
+                match build_request(&api, &r, base) {
+                    Ok((request, timeout)) => self.enqueue(
+                        Job {
+                            purpose: Purpose::Reply { link, id },
+                            request,
+                            timeout,
+                        },
+                        Some(id),
+                    ),
+                    Err(why) => self.push(error_reply(id, "bad_request", why), 256),
+                }
+            }
+            Availability::Unknown => {
+                // Check it now; build it for the negotiated version later.
+                let probe_api = Api::new(api::NEWEST_SUPPORTED);
+                if let Err(why) = build_request(&probe_api, &r, base) {
+                    self.push(error_reply(id, "bad_request", why), 256);
+                } else if self.held.len() >= MAX_QUEUED {
+                    let why = "too many docker requests waiting".to_owned();
+                    self.push(error_reply(id, "docker_unavailable", why), 256);
+                } else {
+                    self.held.push_back((id, r));
+                }
+            }
+            Availability::Unavailable { reason } => {
+                let why = reason.clone();
+                self.push(error_reply(id, "docker_unavailable", why), 256);
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job, reply_id: Option<u64>) {
+        if self.queue.len() >= MAX_QUEUED {
+            if let Some(id) = reply_id {
+                let why = "too many docker requests waiting".to_owned();
+                self.push(error_reply(id, "docker_unavailable", why), 256);
+            } else {
+                debug!("docker", "call queue full; dropping a {:?}", job.purpose);
+            }
+            return;
+        }
+        self.queue.push_back(job);
+    }
+
+    // ---- availability ----------------------------------------------------
+
+    fn start_probe(&mut self, ctx: &mut Ctx<'_>) {
+        if self.probing || self.cfg.is_none() {
+            return;
+        }
+        if let Some(t) = self.probe_timer.take() {
+            ctx.cancel(t);
+        }
+        self.probing = true;
+        let timeout = self.timeout();
+        self.start_call(
+            ctx,
+            Job {
+                purpose: Purpose::Ping,
+                request: Api::ping(),
+                timeout,
+            },
+        );
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg
+            .as_ref()
+            .map_or(REQUEST_TIMEOUT, |c| c.request_timeout)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.cfg
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), |c| c.socket.clone())
+    }
+
+    fn on_ping(&mut self, ctx: &mut Ctx<'_>, result: Result<Response, CallError>) {
+        let path = self.socket();
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => return self.set_unavailable(ctx, e.describe(&path)),
+        };
+        if let Err(e) = api::engine_version_from_ping(&resp.head) {
+            let why = match e {
+                api::ApiError::NotDocker(w) => {
+                    format!("not a Docker engine at {}: {w}", path.display())
+                }
+                other => other.to_string(),
+            };
+            return self.set_unavailable(ctx, why);
+        }
+        let timeout = self.timeout();
+        self.start_call(
+            ctx,
+            Job {
+                purpose: Purpose::Version,
+                request: Api::version_info(),
+                timeout,
+            },
+        );
+    }
+
+    fn on_version(&mut self, ctx: &mut Ctx<'_>, result: Result<Response, CallError>) {
+        let path = self.socket();
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => return self.set_unavailable(ctx, e.describe(&path)),
+        };
+        let info: VersionInfo = match api::parse_json(resp) {
+            Ok(i) => i,
+            Err(e) => return self.set_unavailable(ctx, e.to_string()),
+        };
+        match api::negotiate_from_version(&info) {
+            Ok(v) => self.set_available(ctx, info.version, v),
+            Err(e) => self.set_unavailable(ctx, e.to_string()),
+        }
+    }
+
+    fn set_available(&mut self, ctx: &mut Ctx<'_>, version: String, v: ApiVersion) {
+        self.probing = false;
+        self.retry = FIRST_RETRY;
+        let next = Availability::Available {
+            version: version.clone(),
+            api: Api::new(v),
+        };
+        if self.state != next {
+            info!("docker", "Docker engine {version} available (API {v})");
+            self.state = next;
+            self.version_change = Some(Some(format!("{version} (API {v})")));
+            self.send_state();
+        }
+        if !self
+            .calls
+            .iter()
+            .any(|c| matches!(c.purpose, Purpose::Events))
+        {
+            let req = Api::new(v).events(&Filters::new().add("type", "container"), None, None);
+            self.start_call(
+                ctx,
+                Job {
+                    purpose: Purpose::Events,
+                    request: req,
+                    timeout: Duration::ZERO,
+                },
+            );
+        }
+        // After a daemon restart events may have been missed: resync.
+        self.snapshot();
+        let base = self.timeout();
+        let api = Api::new(v);
+        while let Some((id, r)) = self.held.pop_front() {
+            let Some(link) = self.link else { break };
+            match build_request(&api, &r, base) {
+                Ok((request, timeout)) => self.enqueue(
+                    Job {
+                        purpose: Purpose::Reply { link, id },
+                        request,
+                        timeout,
+                    },
+                    Some(id),
+                ),
+                Err(why) => self.push(error_reply(id, "bad_request", why), 256),
+            }
+        }
+    }
+
+    fn set_unavailable(&mut self, ctx: &mut Ctx<'_>, reason: String) {
+        self.probing = false;
+        let next = Availability::Unavailable {
+            reason: reason.clone(),
+        };
+        if self.state != next {
+            match self.state {
+                Availability::Available { .. } => {
+                    warn!("docker", "Docker engine no longer available: {reason}")
+                }
+                _ => info!("docker", "Docker engine not available: {reason}"),
+            }
+            if matches!(self.state, Availability::Available { .. }) {
+                self.version_change = Some(None);
+            }
+            self.state = next;
+            self.send_state();
+        }
+        // Its stream is of no use now; a new one opens with the engine.
+        while let Some(i) = self
+            .calls
+            .iter()
+            .position(|c| matches!(c.purpose, Purpose::Events))
+        {
+            let mut call = self.calls.swap_remove(i);
+            self.close(ctx, &mut call);
+        }
+        for (id, _) in std::mem::take(&mut self.held) {
+            self.push(error_reply(id, "docker_unavailable", reason.clone()), 256);
+        }
+        // Summaries will not come: the events go without them.
+        for p in &mut self.events {
+            p.ready = true;
+        }
+        self.flush_events();
+        let queued: Vec<Job> = self.queue.drain(..).collect();
+        for job in queued {
+            if let Purpose::Reply { id, .. } = job.purpose {
+                self.push(error_reply(id, "docker_unavailable", reason.clone()), 256);
+            }
+        }
+        if let Some(t) = self.probe_timer.take() {
+            ctx.cancel(t);
+        }
+        // No jitter: one local socket, nobody to stampede.
+        self.probe_timer = Some(ctx.schedule(self.retry, Timer::Docker(DockerTimer::Probe)));
+        let cap = self.cfg.as_ref().map_or(PROBE_EVERY, |c| c.probe_every);
+        self.retry = (self.retry * 2).min(cap);
+    }
+
+    fn send_state(&mut self) {
+        if self.link.is_some() && self.cfg.is_some() {
+            let msg = Outgoing::Control(Box::new(Control::DockerState(self.state())));
+            self.push(msg, 256);
+        }
+    }
+
+    /// Queue a `container_snapshot` for the link that is up.
+    fn snapshot(&mut self) {
+        let (Some(link), Availability::Available { api, .. }) = (self.link, &self.state) else {
+            return;
+        };
+        if self
+            .queue
+            .iter()
+            .any(|j| matches!(j.purpose, Purpose::Snapshot { link: l } if l == link))
+        {
+            return;
+        }
+        let request = api.list_containers(true, &Filters::new());
+        let timeout = self.timeout();
+        self.resnapshot = false;
+        self.enqueue(
+            Job {
+                purpose: Purpose::Snapshot { link },
+                request,
+                timeout,
+            },
+            None,
+        );
+    }
+
+    // ---- events ----------------------------------------------------------
+
+    fn on_event_line(&mut self, line: &[u8]) {
+        let ev: api::Event = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            Err(e) => {
+                debug!("docker", "skipping an unreadable event line: {e}");
+                return;
+            }
+        };
+        if ev.kind != "container" || ev.actor.id.is_empty() {
+            return;
+        }
+        let of_interest =
+            ACTIONS.contains(&ev.action.as_str()) || ev.action.starts_with("health_status");
+        let Some(link) = self.link else {
+            // Offline: the next connection starts with a snapshot.
+            return;
+        };
+        let Availability::Available { api, .. } = &self.state else {
+            return;
+        };
+        if !of_interest {
+            return;
+        }
+        let event = ContainerEvent {
+            time_nano: ev.time_nano,
+            action: ev.action,
+            container_id: ev.actor.id,
+            attributes: ev.actor.attributes,
+            container: None,
+        };
+        if self.events.len() >= MAX_QUEUED {
+            self.drop_event();
+            return;
+        }
+        self.next_event += 1;
+        let seq = self.next_event;
+        // A destroyed container has no summary to fetch; with the queue
+        // full the event goes without one rather than not at all.
+        let ready = event.action == "destroy" || self.queue.len() >= MAX_QUEUED;
+        let request = api.list_containers(true, &Filters::new().add("id", &event.container_id));
+        self.events.push_back(PendingEvent { seq, event, ready });
+        if ready {
+            self.flush_events();
+            return;
+        }
+        let timeout = self.timeout();
+        self.enqueue(
+            Job {
+                purpose: Purpose::Summary { link, seq },
+                request,
+                timeout,
+            },
+            None,
+        );
+    }
+
+    /// Send the events at the front that have their summary.
+    fn flush_events(&mut self) {
+        while self.events.front().is_some_and(|e| e.ready) {
+            if let Some(p) = self.events.pop_front() {
+                self.push_event(p.event);
+            }
+        }
+    }
+
+    fn drop_event(&mut self) {
+        if !self.resnapshot {
+            warn!(
+                "docker",
+                "server link too slow for container events; dropping them until a snapshot"
+            );
+        }
+        self.resnapshot = true;
+    }
+
+    fn push_event(&mut self, event: ContainerEvent) {
+        if self.outbox_bytes >= MAX_OUTBOX_BYTES {
+            self.drop_event();
+            return;
+        }
+        let n = 512 + event.attributes.len() * 64;
+        self.push(
+            Outgoing::Control(Box::new(Control::ContainerEvent(event))),
+            n,
+        );
+    }
+
+    fn on_events_end(&mut self, ctx: &mut Ctx<'_>, err: CallError) {
+        if !matches!(self.state, Availability::Available { .. }) {
+            return;
+        }
+        info!(
+            "docker",
+            "{}; probing the engine again",
+            err.describe(&self.socket())
+        );
+        self.start_probe(ctx);
+    }
+
+    // ---- calls -----------------------------------------------------------
+
+    /// Start queued calls while sockets and outbox room allow.
+    fn pump_queue(&mut self, ctx: &mut Ctx<'_>) {
+        if self.resnapshot && self.outbox_bytes < MAX_OUTBOX_BYTES / 2 {
+            self.snapshot();
+        }
+        loop {
+            let shared = self.calls.iter().filter(|c| c.purpose.is_shared()).count();
+            if shared >= MAX_CONNECTIONS || self.outbox_bytes >= MAX_OUTBOX_BYTES {
+                return;
+            }
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            self.start_call(ctx, job);
+        }
+    }
+
+    fn start_call(&mut self, ctx: &mut Ctx<'_>, job: Job) {
+        let path = self.socket();
+        let mut stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e) => return self.complete(ctx, job.purpose, Err(CallError::Connect(e))),
+        };
+        let token = ctx.token();
+        if let Err(e) = ctx
+            .registry
+            .register(&mut stream, token, Interest::WRITABLE)
+        {
+            return self.complete(ctx, job.purpose, Err(CallError::Io(e)));
+        }
+        let expect = job.request.expect();
+        let reader = match job.purpose {
+            Purpose::Events => Reader::Lines {
+                dec: ResponseDecoder::new(expect),
+                lines: LineSplitter::new(MAX_EVENT_LINE),
+            },
+            _ => Reader::Buffered(BufferedDecoder::new(expect, MAX_RESPONSE)),
+        };
+        // The events stream lasts as long as the engine: no deadline.
+        let timer = (!job.timeout.is_zero())
+            .then(|| ctx.schedule(job.timeout, Timer::Docker(DockerTimer::Call)));
+        debug!(
+            "docker",
+            "{} {}",
+            job.request.method().as_str(),
+            job.request.target()
+        );
+        self.calls.push(Call {
+            token,
+            stream,
+            phase: Phase::Writing {
+                buf: job.request.encode(),
+                written: 0,
+            },
+            reader,
+            purpose: job.purpose,
+            timer,
+            timeout: job.timeout,
+            registered: Interest::WRITABLE,
+            write_error: None,
+            again: false,
+        });
+        // The socket is likely writable already; an edge may not come.
+        let i = self.calls.len() - 1;
+        self.drive_call(ctx, i);
+    }
+
+    fn drive_call(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let mut lines = Vec::new();
+        let step = self.calls[i].drive(&mut lines);
+        for line in lines {
+            self.on_event_line(&line);
+        }
+        match step {
+            CallStep::Wait | CallStep::Again => {
+                let call = &mut self.calls[i];
+                call.again = matches!(step, CallStep::Again);
+                let want = call.interest();
+                if want != call.registered {
+                    if let Err(e) = ctx.registry.reregister(&mut call.stream, call.token, want) {
+                        let mut call = self.calls.swap_remove(i);
+                        self.close(ctx, &mut call);
+                        return self.complete(ctx, call.purpose, Err(CallError::Io(e)));
+                    }
+                    call.registered = want;
+                }
+            }
+            CallStep::Finished(result) => {
+                let mut call = self.calls.swap_remove(i);
+                self.close(ctx, &mut call);
+                self.complete(ctx, call.purpose, result);
+            }
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Ctx<'_>, call: &mut Call) {
+        if let Some(t) = call.timer.take() {
+            ctx.cancel(t);
+        }
+        let _ = ctx.registry.deregister(&mut call.stream);
+    }
+
+    fn complete(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        purpose: Purpose,
+        result: Result<Response, CallError>,
+    ) {
+        let path = self.socket();
+        match purpose {
+            Purpose::Ping => self.on_ping(ctx, result),
+            Purpose::Version => self.on_version(ctx, result),
+            Purpose::Events => {
+                let err = result.err().unwrap_or(CallError::Ended);
+                self.on_events_end(ctx, err);
+            }
+            Purpose::Reply { link, id } => {
+                if self.link != Some(link) {
+                    return;
+                }
+                match result {
+                    Ok(resp) if resp.body.len() > MAX_CONTROL_MESSAGE - ENVELOPE_ROOM => {
+                        let why = format!(
+                            "the engine's answer ({} bytes) is larger than a control message ({} bytes); narrow the request with filters",
+                            resp.body.len(),
+                            MAX_CONTROL_MESSAGE
+                        );
+                        self.push(error_reply(id, "response_too_large", why), 256);
+                    }
+                    Ok(resp) => {
+                        let refused = resp.head.status == 400
+                            && api::engine_message(&resp.head, &resp.body)
+                                .starts_with("client version ");
+                        if refused {
+                            // The engine was upgraded under us: negotiate again.
+                            self.start_probe(ctx);
+                        }
+                        let n = resp.body.len() + 256;
+                        let body = DockerResponse {
+                            status: resp.head.status,
+                            body: response_body(&resp),
+                        };
+                        self.push(
+                            Outgoing::Reply {
+                                id,
+                                body: Box::new(Control::DockerResponse(body)),
+                            },
+                            n,
+                        );
+                    }
+                    Err(CallError::Http(HttpError::BodyTooLarge { limit })) => {
+                        let why = format!("the engine's answer is larger than {limit} bytes");
+                        self.push(error_reply(id, "response_too_large", why), 256);
+                    }
+                    Err(e) => {
+                        let why = e.describe(&path);
+                        self.push(error_reply(id, "docker_unavailable", why), 256);
+                        if !matches!(e, CallError::Timeout(_)) {
+                            // The engine may be gone: find out.
+                            self.start_probe(ctx);
+                        }
+                    }
+                }
+            }
+            Purpose::Summary { link, seq } => {
+                if self.link != Some(link) {
+                    return;
+                }
+                let Some(p) = self.events.iter_mut().find(|p| p.seq == seq) else {
+                    return;
+                };
+                // Failed: the event still goes, without the container.
+                match result.map_err(|e| e.describe(&path)).and_then(parse_list) {
+                    Ok(list) => p.event.container = list.into_iter().next(),
+                    Err(e) => debug!("docker", "no summary for {}: {e}", p.event.container_id),
+                }
+                p.ready = true;
+                self.flush_events();
+            }
+            Purpose::Snapshot { link } => {
+                if self.link != Some(link) {
+                    return;
+                }
+                match result.map_err(|e| e.describe(&path)).and_then(parse_list) {
+                    Ok(mut containers) => {
+                        let mut size = serde_json::to_vec(&containers).map_or(0, |v| v.len());
+                        if size > MAX_CONTROL_MESSAGE - ENVELOPE_ROOM {
+                            warn!(
+                                "docker",
+                                "{} containers do not fit one snapshot message; sending the first that fit",
+                                containers.len()
+                            );
+                            while size > MAX_CONTROL_MESSAGE - ENVELOPE_ROOM
+                                && !containers.is_empty()
+                            {
+                                containers.truncate(containers.len() * 3 / 4);
+                                size = serde_json::to_vec(&containers).map_or(0, |v| v.len());
+                            }
+                        }
+                        debug!("docker", "snapshot of {} containers", containers.len());
+                        self.push(
+                            Outgoing::Control(Box::new(Control::ContainerSnapshot(
+                                ContainerSnapshot { containers },
+                            ))),
+                            size,
+                        );
+                    }
+                    Err(e) => warn!("docker", "cannot list containers for the snapshot: {e}"),
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, msg: Outgoing, bytes: usize) {
+        if self.link.is_none() {
+            return;
+        }
+        self.outbox_bytes += bytes;
+        self.outbox.push_back((msg, bytes));
+    }
+
+    fn clear_outbox(&mut self) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        self.events.clear();
+    }
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;
