@@ -7,7 +7,8 @@
 //! shape as everything else, and an empty body counts as `{}`.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -23,6 +24,25 @@ use crate::registry::RequestError;
 use crate::storage::{
     ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner, RunnerRow, TenantRow,
 };
+
+/// Query-string parameters, with axum's rejection turned into our JSON 400.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// The runner `id` if it belongs to `tenant`; another tenant's runner is
+/// "not found", never "forbidden", so its existence does not leak.
+pub(crate) fn runner_in_tenant(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<RunnerRow, ApiError> {
+    state
+        .storage
+        .runner(tenant, id)?
+        .ok_or_else(|| ApiError::runner_not_found(id))
+}
 
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -30,13 +30,13 @@ use tether::protocol::{
     api_error, ContainerSummary, DockerOp, DockerRequest, DockerResponse, Message,
 };
 
+use crate::api::{query, runner_in_tenant};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::clock;
 use crate::containers::ContainerEventView;
 use crate::error::ApiError;
 use crate::registry::RequestError;
-use crate::storage::RunnerRow;
 
 /// Error code of a Docker engine error passed through.
 pub const DOCKER: &str = "docker";
@@ -51,18 +51,6 @@ const MAX_CONTAINER_REF: usize = 128;
 const MAX_STOP_TIMEOUT_S: u32 = 600;
 /// Docker's own default stop timeout, waited for when none is given.
 const DEFAULT_STOP_TIMEOUT_S: u32 = 10;
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
-}
-
-fn runner_in_tenant(state: &AppState, tenant: &str, id: &str) -> Result<RunnerRow, ApiError> {
-    state
-        .storage
-        .runner(tenant, id)?
-        .ok_or_else(|| ApiError::runner_not_found(id))
-}
 
 /// Docker's charset for names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), which ids
 /// (hex) also satisfy.

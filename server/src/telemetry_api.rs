@@ -17,13 +17,14 @@ use serde_json::Value;
 use tether::fingerprint::Change;
 use tether::metrics::wire::Unit;
 
+use crate::api::{query, runner_in_tenant};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics_store::{tidy, MetricStore, RangeError, Resolution, SeriesFilter, HOUR_MS};
 use crate::prometheus;
-use crate::storage::{Health, RunnerRow};
+use crate::storage::Health;
 
 /// Most stored rows one range query reads (raw: ~28 h at 5 s; 1m: ~14 days).
 const MAX_RANGE_ROWS: usize = 20_000;
@@ -31,18 +32,6 @@ const MAX_RANGE_ROWS: usize = 20_000;
 const AUTO_RAW_SPAN_MS: i64 = 6 * HOUR_MS;
 const AUTO_MINUTE_SPAN_MS: i64 = 7 * 24 * HOUR_MS;
 const DEFAULT_SINCE: &str = "1h";
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
-}
-
-fn runner_in_tenant(state: &AppState, tenant: &str, id: &str) -> Result<RunnerRow, ApiError> {
-    state
-        .storage
-        .runner(tenant, id)?
-        .ok_or_else(|| ApiError::runner_not_found(id))
-}
 
 /// Run a blocking metrics read off the runtime threads.
 async fn blocking<T: Send + 'static>(
