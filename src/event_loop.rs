@@ -262,6 +262,9 @@ impl EventLoop {
             if let Some(v) = docker.take_version_change() {
                 telemetry.set_docker_version(v);
             }
+            if let Some(list) = docker.take_running_change() {
+                telemetry.set_containers(list);
+            }
             let mut feeds = Feeds {
                 docker: &mut docker,
                 telemetry: &mut telemetry,

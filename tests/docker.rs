@@ -334,3 +334,61 @@ fn a_host_without_docker_reports_why_keeps_working_and_picks_docker_up_later() {
     std::os::unix::fs::symlink(docker::SOCKET, &sock).unwrap();
     wait_docker_available(&tenant, &runner.id, Duration::from_secs(45));
 }
+
+#[test]
+fn running_containers_join_the_host_metrics() {
+    docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("acme");
+    let c = TestContainer::create("metrics", &[]);
+    let out = Command::new("docker")
+        .args(["start", &c.name])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let runner = docker_runner(&server, &tenant, &["--metrics-interval", "1s"]);
+    let want = format!("ctr.{}.mem", c.name);
+    let latest = wait_for(
+        Duration::from_secs(20),
+        "container series in the metrics",
+        || {
+            let (_, v) = tenant.call(
+                "GET",
+                &format!("/api/v1/runners/{}/metrics/latest", runner.id),
+                None,
+            );
+            v["series"]
+                .as_array()?
+                .iter()
+                .any(|s| s["name"] == want.as_str() && s["value"].as_f64().is_some())
+                .then_some(v)
+        },
+    );
+    let names: Vec<&str> = latest["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&format!("ctr.{}.cpu", c.name).as_str()),
+        "{names:?}"
+    );
+
+    // Stopped: its series leave the schema.
+    let _ = Command::new("docker")
+        .args(["stop", "-t", "0", &c.name])
+        .output();
+    wait_for(Duration::from_secs(20), "container series to go", || {
+        let (_, v) = tenant.call(
+            "GET",
+            &format!("/api/v1/runners/{}/metrics/latest", runner.id),
+            None,
+        );
+        (!v["series"]
+            .as_array()?
+            .iter()
+            .any(|s| s["name"] == want.as_str()))
+        .then_some(())
+    });
+}

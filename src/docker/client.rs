@@ -42,6 +42,7 @@ use super::http::{
 use super::stream::LineSplitter;
 use crate::conn::{LinkEvent, Outgoing};
 use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::metrics::containers::RunningContainer;
 use crate::protocol::{
     ContainerEvent, ContainerSnapshot, ContainerSummary, DockerOp, DockerRequest, DockerResponse,
     DockerState, ErrorBody, Message as Control, MAX_CONTROL_MESSAGE,
@@ -216,6 +217,8 @@ enum Purpose {
         link: u64,
     },
     Events,
+    /// The running containers, for per-container metrics.
+    Running,
 }
 
 impl Purpose {
@@ -587,6 +590,11 @@ pub struct Docker {
     next_event: u64,
     /// `Some(new fingerprint value)` until the loop took it.
     version_change: Option<Option<String>>,
+    /// Running containers by id (name), for the metrics sampler: listed
+    /// when the engine becomes available, kept current from events whether
+    /// or not a link is up.
+    running: BTreeMap<String, String>,
+    running_changed: bool,
 }
 
 impl Docker {
@@ -609,6 +617,8 @@ impl Docker {
             events: VecDeque::new(),
             next_event: 0,
             version_change: None,
+            running: BTreeMap::new(),
+            running_changed: false,
         }
     }
 
@@ -630,6 +640,19 @@ impl Docker {
     /// 1.41)"` for the fingerprint, `None` when unavailable.
     pub fn take_version_change(&mut self) -> Option<Option<String>> {
         self.version_change.take()
+    }
+
+    /// The running containers, once after the set changed (empty when the
+    /// engine became unavailable).
+    pub fn take_running_change(&mut self) -> Option<Vec<RunningContainer>> {
+        if !std::mem::take(&mut self.running_changed) {
+            return None;
+        }
+        let list = self.running.iter().map(|(id, name)| RunningContainer {
+            id: id.clone(),
+            name: name.clone(),
+        });
+        Some(list.collect())
     }
 
     /// The state as `docker_state` reports it.
@@ -908,6 +931,22 @@ impl Docker {
         }
         // After a daemon restart events may have been missed: resync.
         self.snapshot();
+        if !self
+            .calls
+            .iter()
+            .any(|c| matches!(c.purpose, Purpose::Running))
+        {
+            let request = Api::new(v).list_containers(false, &Filters::new());
+            let timeout = self.timeout();
+            self.start_call(
+                ctx,
+                Job {
+                    purpose: Purpose::Running,
+                    request,
+                    timeout,
+                },
+            );
+        }
         let base = self.timeout();
         let api = Api::new(v);
         while let Some((id, r)) = self.held.pop_front() {
@@ -943,6 +982,10 @@ impl Docker {
             }
             self.state = next;
             self.send_state();
+        }
+        if !self.running.is_empty() {
+            self.running.clear();
+            self.running_changed = true;
         }
         // Its stream is of no use now; a new one opens with the engine.
         while let Some(i) = self
@@ -1021,6 +1064,7 @@ impl Docker {
         if ev.kind != "container" || ev.actor.id.is_empty() {
             return;
         }
+        self.track_running(&ev);
         let of_interest =
             ACTIONS.contains(&ev.action.as_str()) || ev.action.starts_with("health_status");
         let Some(link) = self.link else {
@@ -1064,6 +1108,26 @@ impl Docker {
             },
             None,
         );
+    }
+
+    /// Keeps the running set current, online or not: events carry the
+    /// name, so no call is needed.
+    fn track_running(&mut self, ev: &api::Event) {
+        let id = &ev.actor.id;
+        let name = ev.actor.attributes.get("name");
+        let changed = match (ev.action.as_str(), name) {
+            ("start", Some(n)) => self.running.insert(id.clone(), n.clone()).as_ref() != Some(n),
+            ("rename", Some(n)) => match self.running.get_mut(id) {
+                Some(old) if old != n => {
+                    *old = n.clone();
+                    true
+                }
+                _ => false,
+            },
+            ("die" | "destroy", _) => self.running.remove(id).is_some(),
+            _ => false,
+        };
+        self.running_changed |= changed;
     }
 
     /// Send the events at the front that have their summary.
@@ -1227,6 +1291,20 @@ impl Docker {
                 let err = result.err().unwrap_or(CallError::Ended);
                 self.on_events_end(ctx, err);
             }
+            Purpose::Running => match result.map_err(|e| e.describe(&path)).and_then(parse_list) {
+                Ok(list) => {
+                    // Replaces what events said: it is the newer word
+                    // unless a container died in between (then its cgroup
+                    // is gone and the sampler leaves it out).
+                    self.running = list
+                        .into_iter()
+                        .filter(|c| c.state == "running")
+                        .map(|c| (c.id, c.name))
+                        .collect();
+                    self.running_changed = true;
+                }
+                Err(e) => debug!("docker", "cannot list running containers for metrics: {e}"),
+            },
             Purpose::Reply { link, id } => {
                 if self.link != Some(link) {
                     return;

@@ -19,6 +19,8 @@
 //! reports once.
 
 pub mod backlog;
+pub mod cgroup;
+pub mod containers;
 pub mod proc;
 pub mod sample;
 pub mod wire;

@@ -25,6 +25,7 @@
 //! 12.34 %), event rates (ops/s, packets/s, forks/s) in hundredths per
 //! second, byte rates in whole bytes per second, sizes in bytes.
 
+use crate::metrics::containers::{ContainerSampler, ContainerUsage, RunningContainer};
 use crate::metrics::proc::diskstats::{self, DiskStats};
 use crate::metrics::proc::loadavg::parse_loadavg;
 use crate::metrics::proc::meminfo::parse_meminfo;
@@ -86,6 +87,9 @@ pub struct Sample {
     pub ip4: Option<IpTraffic>,
     pub ip6: Option<IpTraffic>,
     pub tcp: Option<TcpStates>,
+    /// Running containers known to the Docker integration, by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerUsage>,
 }
 
 /// Shares of CPU time since the previous tick, in hundredths of a percent.
@@ -315,6 +319,15 @@ impl SeriesSource for Sample {
                 emit(f, format_args!("tcp.{name}"), COUNT, Some(i64::from(n)));
             }
         }
+        // Last, so a container coming or going leaves the host's series
+        // where they were.
+        for c in &self.containers {
+            let n = &c.name;
+            emit(f, format_args!("ctr.{n}.cpu"), PCT, opt(c.cpu));
+            emit(f, format_args!("ctr.{n}.mem"), KIB, c.mem.and_then(kib));
+            emit(f, format_args!("ctr.{n}.rx_bps"), BPS, opt(c.rx_bps));
+            emit(f, format_args!("ctr.{n}.tx_bps"), BPS, opt(c.tx_bps));
+        }
     }
 }
 
@@ -350,6 +363,7 @@ pub struct Sampler {
     /// Counts and notes of the last reading, repeated in between.
     last_tcp: Option<TcpStates>,
     last_tcp_notes: Vec<Note>,
+    containers: ContainerSampler,
 }
 
 impl fmt::Debug for Sampler {
@@ -396,7 +410,20 @@ impl Sampler {
             tcp_countdown: 0,
             last_tcp: None,
             last_tcp_notes: Vec::new(),
+            containers: ContainerSampler::new("/sys/fs/cgroup"),
         }
+    }
+
+    /// Points container sampling at another cgroup tree (a fixture in
+    /// tests; the host's /sys/fs/cgroup mounted elsewhere in a container).
+    pub fn set_cgroup_root(&mut self, root: impl Into<PathBuf>) {
+        self.containers.set_cgroup_root(root);
+    }
+
+    /// The running containers to sample from the next tick on (from the
+    /// Docker integration; empty when Docker is unavailable).
+    pub fn set_containers(&mut self, list: Vec<RunningContainer>) {
+        self.containers.set_containers(list);
     }
 
     /// Reads the TCP tables every `n` ticks (1: every tick), or, with
@@ -454,6 +481,13 @@ impl Sampler {
         self.sample_net(&mut s, dt, &mut notes);
         self.sample_ip(&mut s, dt, &mut notes);
         self.sample_tcp(&mut s, &mut notes);
+        self.containers.sample(
+            &self.proc_root,
+            &mut self.buf,
+            dt,
+            &mut s.containers,
+            &mut notes,
+        );
         (s, notes)
     }
 
@@ -748,7 +782,7 @@ fn find_by_name<'a, T>(
 
 /// (cur − prev) × scale per second over `dt_ms`; None if the counter went
 /// backwards.
-fn per_sec(prev: u64, cur: u64, dt_ms: u64, scale: u64) -> Option<u64> {
+pub(crate) fn per_sec(prev: u64, cur: u64, dt_ms: u64, scale: u64) -> Option<u64> {
     let d = cur.checked_sub(prev)?;
     if dt_ms == 0 {
         return None;

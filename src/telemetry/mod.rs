@@ -27,6 +27,7 @@ pub mod fingerprint;
 use crate::conn::{Feed, FeedFigures, LinkEvent, Outgoing};
 use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::metrics::backlog::{Backlog, Item, Next, DEFAULT_BUDGET};
+use crate::metrics::containers::RunningContainer;
 use crate::metrics::sample::Sampler;
 use crate::metrics::wire::{push_to_batch, Encoder};
 use crate::metrics::Note;
@@ -277,6 +278,14 @@ impl Telemetry {
     /// there as a drift of `docker_version`).
     pub fn set_docker_version(&mut self, version: Option<String>) {
         self.docker_version = version;
+    }
+
+    /// The running containers whose figures join the metrics (from the
+    /// Docker integration; empty when the engine is unavailable).
+    pub fn set_containers(&mut self, list: Vec<RunningContainer>) {
+        if let Some(m) = &mut self.metrics {
+            m.sampler.set_containers(list);
+        }
     }
 
     /// First sample now; fingerprints start with the first connection.
