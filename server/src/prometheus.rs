@@ -95,6 +95,7 @@ fn label_for(group: &str) -> &'static str {
         "net" => "iface",
         "fs" => "mount",
         "disk" => "device",
+        "ctr" => "container",
         "cpu" => "cpu",
         _ => "instance",
     }
@@ -320,6 +321,12 @@ mod tests {
                 Unit::PerSecond,
                 "tether_disk_write_ops_per_second",
                 l("device", "nvme0n1"),
+            ),
+            (
+                "ctr.web-1.mem",
+                Unit::Bytes,
+                "tether_ctr_mem_bytes",
+                l("container", "web-1"),
             ),
             (
                 "gpu.0.temp-c",
