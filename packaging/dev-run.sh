@@ -65,6 +65,8 @@ until "$runner" --state-dir "$dir/runner" status >/dev/null 2>&1; do
     sleep 0.1
 done
 
+runner_id=$(field runner_id <"$dir/runner/credential.json")
+
 cat <<MSG
 
 Tether is running.
@@ -83,6 +85,8 @@ Try (in another shell):
   export TETHER_API=$url TETHER_CA_FILE=$ca TETHER_TOKEN=$api_token
   $server runners
   $server events
+  $server metrics $runner_id --since 5m
+  $server containers $runner_id --all
   curl --cacert $ca -H "Authorization: Bearer \$TETHER_TOKEN" $url/api/v1/runners
 
 Ctrl-C stops the server and the runner.
