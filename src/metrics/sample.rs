@@ -29,7 +29,7 @@ use crate::metrics::containers::{ContainerSampler, ContainerUsage, RunningContai
 use crate::metrics::proc::diskstats::{self, DiskStats};
 use crate::metrics::proc::loadavg::parse_loadavg;
 use crate::metrics::proc::meminfo::parse_meminfo;
-use crate::metrics::proc::mounts::{parse_real_filesystems, FsStats};
+use crate::metrics::proc::mounts::{parse_real_filesystems, FsStats, Mount};
 use crate::metrics::proc::netdev::{parse_netdev_into, NetDev};
 use crate::metrics::proc::netstat::parse_netstat_ipext;
 use crate::metrics::proc::snmp6::parse_snmp6;
@@ -65,6 +65,10 @@ const TCP_BUDGET_PER_TICK_US: u128 = 100;
 /// Longest gap between two readings of the TCP tables, in ticks (a minute
 /// at the default 5 s).
 const TCP_MAX_EVERY: u32 = 12;
+/// The mount table is re-read every this many ticks (a minute at 5 s): it
+/// rarely changes, and generating /proc/mounts is one of the dearest reads of
+/// a tick. Sizes (statvfs) are still read every tick.
+const MOUNTS_EVERY: u32 = 12;
 
 /// One tick of host telemetry. See the module doc for units.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -363,6 +367,10 @@ pub struct Sampler {
     /// Counts and notes of the last reading, repeated in between.
     last_tcp: Option<TcpStates>,
     last_tcp_notes: Vec<Note>,
+    /// The real filesystems from the last reading of the mount table, and
+    /// the ticks until the next reading.
+    mounts: Vec<Mount>,
+    mounts_countdown: u32,
     containers: ContainerSampler,
 }
 
@@ -410,6 +418,8 @@ impl Sampler {
             tcp_countdown: 0,
             last_tcp: None,
             last_tcp_notes: Vec::new(),
+            mounts: Vec::new(),
+            mounts_countdown: 0,
             containers: ContainerSampler::new("/sys/fs/cgroup"),
         }
     }
@@ -437,6 +447,7 @@ impl Sampler {
     /// tick after tick of recorded /proc this way).
     pub fn set_proc_root(&mut self, proc_root: impl Into<PathBuf>) {
         self.proc_root = proc_root.into();
+        self.mounts_countdown = 0;
     }
 
     /// One tick at wall-clock `now_ms`; rates use the monotonic clock.
@@ -578,19 +589,26 @@ impl Sampler {
     }
 
     fn sample_filesystems(&mut self, s: &mut Sample, notes: &mut Vec<Note>) {
-        let mounts = match read_with(
-            &self.proc_root,
-            "mounts",
-            &mut self.buf,
-            parse_real_filesystems,
-        ) {
-            Ok(m) => m,
-            Err(e) => {
-                notes.push(self.note("filesystems", "mounts", e));
-                return;
+        if self.mounts_countdown == 0 {
+            match read_with(
+                &self.proc_root,
+                "mounts",
+                &mut self.buf,
+                parse_real_filesystems,
+            ) {
+                Ok(m) => {
+                    self.mounts = m;
+                    self.mounts_countdown = MOUNTS_EVERY;
+                }
+                Err(e) => {
+                    // Not cached: the next tick tries again.
+                    notes.push(self.note("filesystems", "mounts", e));
+                    return;
+                }
             }
-        };
-        for m in mounts {
+        }
+        self.mounts_countdown -= 1;
+        for m in &self.mounts {
             match (self.statvfs)(Path::new(&m.mount_point)) {
                 Ok(st) => {
                     let has_inodes = st.inodes > 0;
@@ -600,7 +618,7 @@ impl Sampler {
                         avail: st.avail,
                         inodes: has_inodes.then_some(st.inodes),
                         inodes_used: has_inodes.then(|| st.inodes.saturating_sub(st.inodes_free)),
-                        mount: m.mount_point,
+                        mount: m.mount_point.clone(),
                     });
                 }
                 Err(e) => notes.push(Note::new(format!("filesystem {}", m.mount_point), e)),
