@@ -79,7 +79,7 @@ fn main() {
 
     println!();
     println!(
-        "{:<46} {:>12} {:<6} {:>8} {:>7}  measured by",
+        "{:<66} {:>10} {:<6} {:>6} {:>6}  measured by",
         "measure", "value", "unit", "goal", "ratio"
     );
     for r in &rows {
@@ -88,7 +88,7 @@ fn main() {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "{:<46} {:>12.3} {:<6} {:>8} {:>7}  {}",
+            "{:<66} {:>10.3} {:<6} {:>6} {:>6}  {}",
             r.what, r.value, r.unit, goal, ratio, r.how
         );
     }
