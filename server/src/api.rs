@@ -437,10 +437,7 @@ pub async fn show_runner(
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let tenant = caller.tenant()?;
-    let row = state
-        .storage
-        .runner(tenant, &id)?
-        .ok_or_else(|| ApiError::runner_not_found(&id))?;
+    let row = runner_in_tenant(&state, tenant, &id)?;
     Ok(Json(runner_view(&state, row)))
 }
 
@@ -503,10 +500,7 @@ pub async fn ping_runner(
     Path(id): Path<String>,
 ) -> Result<Json<PingResult>, ApiError> {
     let tenant = caller.tenant()?;
-    state
-        .storage
-        .runner(tenant, &id)?
-        .ok_or_else(|| ApiError::runner_not_found(&id))?;
+    runner_in_tenant(&state, tenant, &id)?;
     let limit = state.tuning.request_timeout;
     let started = std::time::Instant::now();
     let sent_ms = u64::try_from(clock::now_ms()).unwrap_or(0);
