@@ -60,7 +60,10 @@ struct Feeds<'a> {
 impl Feed for Feeds<'_> {
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
-            LinkEvent::DockerRequest { .. } => self.docker.on_link(ctx, event),
+            LinkEvent::DockerRequest { .. }
+            | LinkEvent::LogOpen { .. }
+            | LinkEvent::LogClose(_)
+            | LinkEvent::ChannelAck { .. } => self.docker.on_link(ctx, event),
             other => {
                 self.docker.on_link(ctx, other.clone());
                 self.telemetry.on_link(ctx, other);

@@ -107,6 +107,15 @@ pub enum Message {
     /// runner → server: every container on the host, sent when Docker becomes
     /// available on a connection, so the server's view starts complete.
     ContainerSnapshot(ContainerSnapshot),
+    /// server → runner: open data channel `channel` with a container's logs
+    /// (answered with `log_opened` or `error`, same id; the lines follow as
+    /// DATA frames, and an END frame closes the channel).
+    LogOpen(LogOpen),
+    /// runner → server: answer to `log_open`: which container it is.
+    LogOpened(LogOpened),
+    /// server → runner: stop a log channel (the subscriber left). No answer;
+    /// the runner sends no more frames on it.
+    LogClose(ChannelRef),
 }
 
 impl Message {
@@ -127,6 +136,9 @@ impl Message {
             Message::DockerResponse(_) => "docker_response",
             Message::ContainerEvent(_) => "container_event",
             Message::ContainerSnapshot(_) => "container_snapshot",
+            Message::LogOpen(_) => "log_open",
+            Message::LogOpened(_) => "log_opened",
+            Message::LogClose(_) => "log_close",
         }
     }
 
@@ -146,6 +158,9 @@ impl Message {
         "docker_response",
         "container_event",
         "container_snapshot",
+        "log_open",
+        "log_opened",
+        "log_close",
     ];
 }
 
@@ -313,6 +328,68 @@ pub struct ContainerEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSnapshot {
     pub containers: Vec<ContainerSummary>,
+}
+
+/// Bytes a log channel may have in flight (sent, not acknowledged) unless
+/// `log_open` says otherwise.
+pub const DEFAULT_LOG_WINDOW: u32 = 256 * 1024;
+/// Log channels a runner keeps open at once; more are refused.
+pub const MAX_LOG_CHANNELS: usize = 256;
+
+/// Open a container's log stream on a data channel (docs/protocol.md §4b).
+///
+/// The payload of each DATA frame is whole lines of one stream (tag 1
+/// stdout, 2 stderr), each `RFC3339Nano-timestamp SP message LF`, exactly
+/// as Docker's `timestamps=1` writes them. Channel offsets start at 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogOpen {
+    pub channel: u32,
+    /// Container id or name.
+    pub container: String,
+    #[serde(default)]
+    pub follow: bool,
+    /// Last `n` lines only (Docker's `tail`); `None` for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u64>,
+    /// Lines at or after this time (ns since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ns: Option<i64>,
+    /// Of the lines stamped exactly `since_ns`, skip this many: the
+    /// receiver has them already (resume without a duplicate).
+    #[serde(default)]
+    pub skip: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ns: Option<i64>,
+    #[serde(default = "yes")]
+    pub stdout: bool,
+    #[serde(default = "yes")]
+    pub stderr: bool,
+    /// Collection: stay open while the container stops and starts again,
+    /// until it is removed or the server closes the channel. Otherwise a
+    /// follow ends when the container stops (as `docker logs -f` does).
+    #[serde(default)]
+    pub keep: bool,
+    /// Bytes in flight before the runner waits for an ACK; 0 for the default.
+    #[serde(default)]
+    pub window: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogOpened {
+    pub channel: u32,
+    pub container_id: String,
+    pub name: String,
+    /// Whether the container has a TTY (then everything is stdout).
+    pub tty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRef {
+    pub channel: u32,
 }
 
 /// A message with no fields.

@@ -57,7 +57,7 @@ pub mod tls;
 pub mod transport;
 
 use crate::event_loop::{Ctx, Timer, TimerId};
-use crate::protocol::{self, close, Decoded, Message as Control};
+use crate::protocol::{self, close, Decoded, FrameKind, Message as Control};
 use crate::rand::{RandomSource, SplitMix64};
 use crate::state::MetricsStatus;
 use crate::state::{self, RunState, Status};
@@ -162,6 +162,19 @@ pub enum LinkEvent {
     DockerRequest {
         id: u64,
         request: Box<protocol::DockerRequest>,
+    },
+    /// `log_open` with this id: answer with `log_opened` or `error`.
+    LogOpen {
+        id: u64,
+        open: Box<protocol::LogOpen>,
+    },
+    /// `log_close`: send nothing more on the channel.
+    LogClose(u32),
+    /// An ACK or CREDIT frame for a data channel.
+    ChannelAck {
+        channel: u32,
+        kind: protocol::FrameKind,
+        seq: u64,
     },
 }
 
@@ -1366,7 +1379,23 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::LogOpen(open) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::LogOpen {
+                        id: envelope.id,
+                        open: Box::new(open),
+                    });
+                }
+                Flow::Continue
+            }
+            Control::LogClose(c) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::LogClose(c.channel));
+                }
+                Flow::Continue
+            }
             Control::Pong(_)
+            | Control::LogOpened(_)
             | Control::DockerState(_)
             | Control::DockerResponse(_)
             | Control::ContainerEvent(_)
@@ -1386,11 +1415,20 @@ impl Connection {
 
     fn on_data(&mut self, link: &mut Link, bytes: &[u8]) -> Flow {
         match protocol::decode_frame(bytes) {
+            Ok((header, _)) if matches!(header.kind, FrameKind::Ack | FrameKind::Credit) => {
+                // For a channel that is gone this is ignored downstream.
+                self.push_link_event(LinkEvent::ChannelAck {
+                    channel: header.channel,
+                    kind: header.kind,
+                    seq: header.seq,
+                });
+                Flow::Continue
+            }
             Ok((header, payload)) => {
-                // Data channels arrive with jobs; none can be open yet.
+                // The server sends no bulk data to the runner (yet).
                 debug!(
                     "conn",
-                    "ignoring a {:?} frame for unknown channel {} ({} bytes)",
+                    "ignoring a {:?} frame for channel {} ({} bytes)",
                     header.kind,
                     header.channel,
                     payload.len()

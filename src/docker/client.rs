@@ -39,6 +39,7 @@ use super::api::{self, Api, ApiVersion, Filters, VersionInfo};
 use super::http::{
     BufferedDecoder, Event as HttpEvent, HttpError, Request, Response, ResponseDecoder,
 };
+use super::logs::{Engine, LogFollows};
 use super::stream::LineSplitter;
 use crate::conn::{LinkEvent, Outgoing};
 use crate::event_loop::{Ctx, Timer, TimerId};
@@ -145,6 +146,8 @@ pub enum DockerTimer {
     Probe,
     /// A call's deadline (which call: its `TimerId`).
     Call,
+    /// A log channel's inspect deadline or retry.
+    Log,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -595,6 +598,10 @@ pub struct Docker {
     /// or not a link is up.
     running: BTreeMap<String, String>,
     running_changed: bool,
+    /// Log channels (`log_open`), with their own sockets.
+    logs: LogFollows,
+    /// Container events for the log channels: (id, action).
+    log_events: Vec<(String, String)>,
 }
 
 impl Docker {
@@ -619,6 +626,8 @@ impl Docker {
             version_change: None,
             running: BTreeMap::new(),
             running_changed: false,
+            logs: LogFollows::new(),
+            log_events: Vec::new(),
         }
     }
 
@@ -683,18 +692,39 @@ impl Docker {
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.calls.iter().any(|c| c.token == token)
+        self.calls.iter().any(|c| c.token == token) || self.logs.owns(token)
     }
 
     pub fn wants_again(&self) -> bool {
-        self.calls.iter().any(|c| c.again)
+        self.calls.iter().any(|c| c.again) || self.logs.wants_again()
     }
 
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
         if let Some(i) = self.calls.iter().position(|c| c.token == token) {
             self.drive_call(ctx, i);
+        } else if self.logs.owns(token) {
+            self.with_logs(|logs, engine| logs.on_ready(ctx, engine, token));
         }
         self.pump_queue(ctx);
+    }
+
+    /// Open log channels (for status and tests).
+    pub fn log_channels(&self) -> usize {
+        self.logs.len()
+    }
+
+    /// Run `f` on the log channels with what they need of the engine.
+    fn with_logs<R>(&mut self, f: impl FnOnce(&mut LogFollows, &Engine<'_>) -> R) -> R {
+        let socket = self.socket();
+        let api = match &self.state {
+            Availability::Available { api, .. } => Some(*api),
+            _ => None,
+        };
+        let engine = Engine {
+            socket: &socket,
+            api,
+        };
+        f(&mut self.logs, &engine)
     }
 
     pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
@@ -709,6 +739,9 @@ impl Docker {
                 self.calls[i].again = false;
                 self.drive_call(ctx, i);
             }
+        }
+        if self.logs.wants_again() {
+            self.with_logs(|logs, engine| logs.on_again(ctx, engine));
         }
         self.pump_queue(ctx);
     }
@@ -728,6 +761,7 @@ impl Docker {
                     self.complete(ctx, call.purpose, Err(CallError::Timeout(d)));
                 }
             }
+            DockerTimer::Log => self.with_logs(|logs, engine| logs.on_timer(ctx, engine, id)),
             DockerTimer::Probe => {}
         }
         self.pump_queue(ctx);
@@ -753,8 +787,19 @@ impl Docker {
                 // Nobody is left to answer; the next link gets a snapshot.
                 self.held.clear();
                 self.queue.retain(|j| !j.purpose.is_shared());
+                self.logs.drop_all(ctx);
             }
             LinkEvent::DockerRequest { id, request } => self.on_request(*request, id),
+            LinkEvent::LogOpen { id, open } => {
+                if self.cfg.is_none() {
+                    let why = "docker integration switched off on this runner".to_owned();
+                    self.push(error_reply(id, "docker_unavailable", why), 256);
+                } else if self.link.is_some() {
+                    self.with_logs(|logs, engine| logs.open(ctx, engine, id, *open));
+                }
+            }
+            LinkEvent::LogClose(channel) => self.logs.close(ctx, channel),
+            LinkEvent::ChannelAck { channel, kind, seq } => self.logs.on_ack(channel, kind, seq),
             LinkEvent::MetricsAck(_) | LinkEvent::FingerprintResync => {}
         }
         self.pump_queue(ctx);
@@ -762,7 +807,9 @@ impl Docker {
 
     /// The next message for the server, while the link has room.
     pub fn next_message(&mut self) -> Option<Outgoing> {
-        let (msg, n) = self.outbox.pop_front()?;
+        let Some((msg, n)) = self.outbox.pop_front() else {
+            return self.logs.next_message();
+        };
         self.outbox_bytes = self.outbox_bytes.saturating_sub(n);
         Some(msg)
     }
@@ -931,6 +978,9 @@ impl Docker {
         }
         // After a daemon restart events may have been missed: resync.
         self.snapshot();
+        if !self.logs.is_empty() {
+            self.with_logs(|logs, engine| logs.on_engine_back(ctx, engine));
+        }
         if !self
             .calls
             .iter()
@@ -1065,6 +1115,10 @@ impl Docker {
             return;
         }
         self.track_running(&ev);
+        if !self.logs.is_empty() && matches!(ev.action.as_str(), "start" | "restart" | "destroy") {
+            self.log_events
+                .push((ev.actor.id.clone(), ev.action.clone()));
+        }
         let of_interest =
             ACTIONS.contains(&ev.action.as_str()) || ev.action.starts_with("health_status");
         let Some(link) = self.link else {
@@ -1247,6 +1301,9 @@ impl Docker {
         let step = self.calls[i].drive(&mut lines);
         for line in lines {
             self.on_event_line(&line);
+        }
+        for (id, action) in std::mem::take(&mut self.log_events) {
+            self.with_logs(|logs, engine| logs.on_container_event(ctx, engine, &id, &action));
         }
         match step {
             CallStep::Wait | CallStep::Again => {

@@ -38,6 +38,7 @@
 pub mod api;
 pub mod client;
 pub mod http;
+pub mod logs;
 pub mod stream;
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub enum StreamKind {
 pub struct Piece<'a> {
     pub kind: StreamKind,
     pub data: &'a [u8],
+    /// The last bytes of a multiplexed frame (one log message ends here).
+    /// Always `false` for a raw stream, which has no frames.
+    pub end: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +158,8 @@ impl MuxDecoder {
                     let kind = *kind;
                     let n = rest.len().min(*remaining as usize);
                     *remaining -= n as u32;
-                    if *remaining == 0 {
+                    let end = *remaining == 0;
+                    if end {
                         self.state = Mux::Header {
                             buf: [0; 8],
                             have: 0,
@@ -164,6 +168,7 @@ impl MuxDecoder {
                     let piece = Piece {
                         kind,
                         data: &rest[..n],
+                        end,
                     };
                     return Ok(Step {
                         consumed: used + n,
@@ -217,6 +222,7 @@ impl StreamDecoder {
                 let piece = Piece {
                     kind: StreamKind::Stdout,
                     data: input,
+                    end: false,
                 };
                 Ok(Step {
                     consumed: input.len(),
@@ -554,7 +560,8 @@ mod tests {
             step.item.unwrap(),
             Piece {
                 kind: StreamKind::Stdout,
-                data: b"\x01abc"
+                data: b"\x01abc",
+                end: false,
             }
         );
         assert_eq!(dec.feed(b"").unwrap().item, None);

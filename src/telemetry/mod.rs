@@ -512,7 +512,10 @@ impl Feed for Telemetry {
                     m.backlog.ack_sent_through(ts);
                 }
             }
-            LinkEvent::DockerRequest { .. } => {}
+            LinkEvent::DockerRequest { .. }
+            | LinkEvent::LogOpen { .. }
+            | LinkEvent::LogClose(_)
+            | LinkEvent::ChannelAck { .. } => {}
             LinkEvent::FingerprintResync => {
                 if let Some(f) = &mut self.fingerprint {
                     info!("telemetry", "the server asked for the full fingerprint");
