@@ -8,17 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::containers::ContainerHub;
 use crate::error::ApiError;
 use crate::health::HealthLog;
+use crate::log_store::LogStore;
 use crate::metrics_store::MetricStore;
 use crate::registry::Registry;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
-use crate::{api, auth, containers_api, events, runner_ws, telemetry_api};
+use crate::{api, auth, containers_api, events, logs_api, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +65,8 @@ pub struct AppState {
     pub metrics_writer: MetricsWriter,
     /// Docker state and container events of every runner.
     pub containers: Arc<ContainerHub>,
+    /// Container logs at rest, and the collection settings.
+    pub logs: Arc<LogStore>,
     /// SHA-256 hex of the admin token.
     pub admin_token_hash: Arc<str>,
     pub tuning: Tuning,
@@ -75,6 +78,7 @@ impl AppState {
     pub fn new(
         storage: Arc<Storage>,
         metrics: Arc<MetricStore>,
+        logs: Arc<LogStore>,
         admin_token: &str,
         tuning: Tuning,
     ) -> AppState {
@@ -84,6 +88,7 @@ impl AppState {
         let containers = Arc::new(ContainerHub::new(storage.clone()));
         AppState {
             containers,
+            logs,
             storage,
             health,
             registry,
@@ -151,6 +156,19 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/v1/runners/{id}/containers/{cid}",
             get(containers_api::inspect).delete(containers_api::remove),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/logs",
+            get(logs_api::logs),
+        )
+        .route("/api/v1/runners/{id}/logs", get(logs_api::settings))
+        .route(
+            "/api/v1/runners/{id}/logs/collect",
+            put(logs_api::set_collect),
+        )
+        .route(
+            "/api/v1/runners/{id}/logs/retention",
+            put(logs_api::set_retention).delete(logs_api::clear_retention),
         )
         .route(
             "/api/v1/runners/{id}/containers/{cid}/start",

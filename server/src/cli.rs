@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod containers;
+mod logs;
 use containers::ContainerCommand;
 
 /// Help heading of the flags every client subcommand shares (they are global,
@@ -118,6 +119,11 @@ pub enum ClientCommand {
         /// Runner id (rn_…) or name
         runner: String,
     },
+    /// Logs of a container: stored history (time range, --grep, --tail),
+    /// or --follow live from the runner
+    Logs(logs::LogsArgs),
+    /// Log collection and retention of a runner: show, or change with flags
+    LogConfig(logs::LogConfigArgs),
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +286,7 @@ pub fn run(args: &ClientArgs, command: ClientCommand) -> ExitCode {
 fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
     let timeout = match &command {
         ClientCommand::Events => None,
+        ClientCommand::Logs(a) if a.follow => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
         ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
             Some(containers::DOCKER_CALL_TIMEOUT)
@@ -466,6 +473,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             cached,
         } => containers::containers(&client, &runner, all, cached, json),
         ClientCommand::Container(c) => containers::container(&client, c, json),
+        ClientCommand::Logs(a) => logs::logs(&client, &a, json),
+        ClientCommand::LogConfig(a) => logs::log_config(&client, &a, json),
         ClientCommand::Prune {
             runner,
             images,
@@ -827,7 +836,11 @@ impl Client {
                 req.call()?
             }
             _ => {
-                let mut req = self.agent.post(&url);
+                let mut req = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }
@@ -848,11 +861,12 @@ impl Client {
         Ok((raw, value))
     }
 
-    fn follow_events(&self, json: bool) -> Result<(), CliError> {
+    /// A GET whose answer is read as it comes (event and log streams).
+    fn stream_get(&self, path: &str, accept: &str) -> Result<impl BufRead, CliError> {
         let mut req = self
             .agent
-            .get(format!("{}/api/v1/events", self.base))
-            .header("Accept", "text/event-stream");
+            .get(format!("{}{path}", self.base))
+            .header("Accept", accept);
         if let Some(a) = self.auth_header() {
             req = req.header("Authorization", a);
         }
@@ -863,13 +877,17 @@ impl Client {
             let value = serde_json::from_str(&raw).unwrap_or(Value::Null);
             return Err(api_error(status, &value, &raw));
         }
+        Ok(BufReader::new(response.into_body().into_reader()))
+    }
+
+    fn follow_events(&self, json: bool) -> Result<(), CliError> {
+        let reader = self.stream_get("/api/v1/events", "text/event-stream")?;
         if !json {
             out(&format!(
                 "{:<20}  {:<15}  {:<11}  REASON",
                 "AT", "RUNNER", "HEALTH"
             ))?;
         }
-        let reader = BufReader::new(response.into_body().into_reader());
         let (mut event, mut data) = (String::new(), String::new());
         for line in reader.lines() {
             let line = line.map_err(|e| CliError::Unreachable(format!("event stream: {e}")))?;

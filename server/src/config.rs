@@ -66,6 +66,20 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_METRICS_1H_RETENTION", default_value = "90d", value_parser = parse_retention)]
     pub metrics_1h_retention: Duration,
 
+    /// Container logs kept per container (default; per runner and per
+    /// container through the API): max age
+    #[arg(long, env = "TETHER_LOG_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub log_retention: Duration,
+
+    /// Container logs kept per container: max bytes (K, M, G suffixes)
+    #[arg(long, env = "TETHER_LOG_MAX_BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub log_max_bytes: u64,
+
+    /// Which containers' logs runners collect by default: all, none,
+    /// label:KEY or label:KEY=VALUE (per runner through the API)
+    #[arg(long, env = "TETHER_LOG_COLLECT", default_value = "all", value_parser = parse_policy)]
+    pub log_collect: crate::logs::CollectPolicy,
+
     /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,
@@ -78,6 +92,31 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
         return Err(format!("retention {s:?} is shorter than a minute"));
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// `512K`, `64M`, `1G` or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1024),
+        Some((i, 'M' | 'm')) => (&s[..i], 1024 * 1024),
+        Some((i, 'G' | 'g')) => (&s[..i], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {s:?}: use bytes or a K, M or G suffix (64M)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))?;
+    if bytes < 64 * 1024 {
+        return Err(format!("size {s:?} is smaller than 64K"));
+    }
+    Ok(bytes)
+}
+
+fn parse_policy(s: &str) -> Result<crate::logs::CollectPolicy, String> {
+    crate::logs::CollectPolicy::parse(s)
 }
 
 /// Write a file only the owner can read, replacing it atomically.

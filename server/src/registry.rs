@@ -33,10 +33,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tether::protocol::{encode_control, Envelope, Message};
+use tether::protocol::{encode_control, Envelope, LogOpen, Message};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::health::HealthLog;
+use crate::logs::LiveItem;
 use crate::storage::{ConnectOutcome, ConnectedInfo, RunnerRow, StorageError};
 
 /// Requests queued for one connection before senders wait. Small on purpose:
@@ -59,6 +60,16 @@ pub enum Outgoing {
         text: String,
         reply: oneshot::Sender<Envelope>,
     },
+    /// Open a live log channel (the connection picks the channel number):
+    /// lines go to `tx`, the runner's answer to `reply`.
+    OpenLogs {
+        id: u64,
+        open: Box<LogOpen>,
+        tx: mpsc::Sender<LiveItem>,
+        reply: oneshot::Sender<Envelope>,
+    },
+    /// The collection policy changed: open what it now chooses.
+    ResyncLogs,
 }
 
 /// What a connection task gets when it attaches.
@@ -299,6 +310,63 @@ impl Registry {
         Ok(batch.len())
     }
 
+    fn outbox(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<mpsc::Sender<Outgoing>, RequestError> {
+        let inner = self.lock();
+        let entry = inner
+            .runners
+            .get(runner_id)
+            .filter(|e| e.tenant_id == tenant_id)
+            .ok_or(RequestError::NotConnected)?;
+        Ok(entry.outbox.clone())
+    }
+
+    /// Open a live log channel on a runner of `tenant_id`; wait up to
+    /// `limit` for its answer (`log_opened` or `error`).
+    pub async fn open_logs(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        open: LogOpen,
+        tx: mpsc::Sender<LiveItem>,
+        limit: Duration,
+    ) -> Result<Envelope, RequestError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let outbox = self.outbox(tenant_id, runner_id)?;
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let msg = Outgoing::OpenLogs {
+            id,
+            open: Box::new(open),
+            tx,
+            reply,
+        };
+        match tokio::time::timeout_at(deadline, outbox.send(msg)).await {
+            Err(_) => return Err(RequestError::Timeout),
+            Ok(Err(_)) => return Err(RequestError::ConnectionLost),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(RequestError::Timeout),
+            Ok(Err(_)) => Err(RequestError::ConnectionLost),
+            Ok(Ok(envelope)) => Ok(envelope),
+        }
+    }
+
+    /// Tell a connected runner's connection to apply a new collection
+    /// policy now. Not connected: nothing to do (it applies on connect).
+    pub fn resync_logs(&self, runner_id: &str) {
+        let inner = self.lock();
+        if let Some(entry) = inner.runners.get(runner_id) {
+            // A full outbox means the connection is busy; it resyncs on
+            // its periodic check anyway.
+            let _ = entry.outbox.try_send(Outgoing::ResyncLogs);
+        }
+    }
+
     /// Send `body` to a runner of `tenant_id` as a request and wait up to
     /// `limit` for the reply with the same id.
     pub async fn request(
@@ -309,15 +377,7 @@ impl Registry {
         limit: Duration,
     ) -> Result<Envelope, RequestError> {
         let deadline = tokio::time::Instant::now() + limit;
-        let outbox = {
-            let inner = self.lock();
-            let entry = inner
-                .runners
-                .get(runner_id)
-                .filter(|e| e.tenant_id == tenant_id)
-                .ok_or(RequestError::NotConnected)?;
-            entry.outbox.clone()
-        };
+        let outbox = self.outbox(tenant_id, runner_id)?;
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let text = encode_control(id, body);

@@ -59,10 +59,14 @@ use crate::app::AppState;
 use crate::auth::{bearer, hash_secret};
 use crate::clock;
 use crate::error::ApiError;
+use crate::logs::LogChannels;
 use crate::registry::{AttachError, Outgoing, Session};
 use crate::serve::PeerAddr;
 use crate::storage::{ConnectedInfo, RunnerIdentity};
 use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
+
+#[path = "runner_ws_logs.rs"]
+mod runner_ws_logs;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -185,7 +189,8 @@ impl Ending {
 enum Inbound {
     /// Boxed: a message with a whole fingerprint or a container event is large.
     Control(Box<Envelope>),
-    Data(FrameHeader),
+    /// A DATA or END frame of a data channel, with its payload.
+    Data(FrameHeader, Bytes),
     /// The payload of a METRICS frame: a batch of records.
     Metrics(Bytes),
     /// Ping, Pong, or something ignored (unknown type or frame kind).
@@ -199,6 +204,12 @@ struct Connection {
     /// Made on the first `metrics_schema` (boxed: most of the time a
     /// connection without metrics carries one pointer).
     metrics: Option<Box<MetricsStream>>,
+    /// Container log channels (`runner_ws_logs.rs`).
+    logs: LogChannels,
+    /// Ids of the server's own `log_open`s, and when collection is next
+    /// checked against the stored container list.
+    collect_ids: u64,
+    resync_at: Instant,
 }
 
 async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
@@ -208,8 +219,11 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     let mut conn = Connection {
         socket,
         state,
+        logs: LogChannels::new(&runner.id),
         runner,
         metrics: None,
+        collect_ids: 0,
+        resync_at: Instant::now() + runner_ws_logs::RESYNC_EVERY,
     };
 
     let (hello_id, hello) = match conn.await_hello().await {
@@ -304,6 +318,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     // Health first: the runner is unreachable from now, however long the
     // close handshake takes.
     registry.detach(&runner_id, session.generation, ending.health_reason());
+    conn.logs.close_all("runner disconnected");
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }
@@ -333,7 +348,7 @@ impl Connection {
                         ))
                     }
                 },
-                Inbound::Data(_) | Inbound::Metrics(_) => {
+                Inbound::Data(..) | Inbound::Metrics(_) => {
                     return Err(Ending::violation(0, "data frame before hello"))
                 }
                 Inbound::Nothing => {}
@@ -368,6 +383,20 @@ impl Connection {
                             return ending;
                         }
                     }
+                    Some(Outgoing::OpenLogs { id, open, tx, reply }) => {
+                        if pending.len() >= PENDING_SWEEP {
+                            pending.retain(|_, waiting| !waiting.is_closed());
+                        }
+                        if let Err(ending) = self.open_live_logs(id, *open, tx, reply, &mut pending).await {
+                            return ending;
+                        }
+                        self.rearm(&mut watchdog, last_frame + silence);
+                    }
+                    Some(Outgoing::ResyncLogs) => {
+                        if let Err(ending) = self.resync_collection().await {
+                            return ending;
+                        }
+                    }
                     None => outbox_open = false,
                 },
                 frame = self.socket.recv() => {
@@ -380,9 +409,11 @@ impl Connection {
                                 return ending;
                             }
                         }
-                        Ok(Inbound::Data(h)) => {
-                            // No channels exist in this version of the server.
-                            tracing::debug!(runner = %self.runner.id, channel = h.channel, "data frame for no open channel ignored");
+                        Ok(Inbound::Data(h, payload)) => {
+                            if let Err(ending) = self.on_log_frame(h, payload).await {
+                                return ending;
+                            }
+                            self.rearm(&mut watchdog, last_frame + silence);
                         }
                         Ok(Inbound::Metrics(payload)) => {
                             if let Err(ending) = self.on_metrics(&payload).await {
@@ -413,8 +444,14 @@ impl Connection {
                     if let Err(ending) = self.ack_metrics(now).await {
                         return ending;
                     }
+                    if now >= self.log_due() {
+                        if let Err(ending) = self.log_tick(now).await {
+                            return ending;
+                        }
+                    }
                     let ack_due = self.metrics.as_ref().and_then(|m| m.ack_due);
-                    watchdog.as_mut().reset(ack_due.map_or(due, |a| a.min(due)));
+                    let next = ack_due.map_or(due, |a| a.min(due)).min(self.log_due());
+                    watchdog.as_mut().reset(next);
                 }
             }
         }
@@ -435,10 +472,16 @@ impl Connection {
                 self.send(WsMessage::Text(encode_control(envelope.id, pong).into()))
                     .await
             }
-            Message::Pong(_) | Message::Error(_) | Message::DockerResponse(_) => {
+            Message::Pong(_)
+            | Message::Error(_)
+            | Message::DockerResponse(_)
+            | Message::LogOpened(_) => {
+                let log_open = self.logs.on_reply(envelope.id, &envelope.body);
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
+                } else if log_open {
+                    // The server's own collection open: handled above.
                 } else if let Message::Error(e) = &envelope.body {
                     tracing::warn!(runner = %self.runner.id, code = %e.code, "runner reported an error: {}", e.message);
                 } else {
@@ -464,7 +507,7 @@ impl Connection {
                 ) {
                     tracing::error!(runner = %self.runner.id, "storing a container snapshot: {e}");
                 }
-                Ok(())
+                self.sync_collection(&snapshot.containers).await
             }
             Message::ContainerEvent(event) => {
                 if let Err(e) = self.state.containers.event(
@@ -476,7 +519,12 @@ impl Connection {
                     // The next snapshot (next connection) repairs the view.
                     tracing::error!(runner = %self.runner.id, "storing a container event: {e}");
                 }
-                Ok(())
+                match (&event.action[..], &event.container) {
+                    ("start" | "restart", Some(c)) => {
+                        self.sync_collection(std::slice::from_ref(c)).await
+                    }
+                    _ => Ok(()),
+                }
             }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::MetricsSchema(m) => {
@@ -534,7 +582,11 @@ impl Connection {
                     }
                 }
             }
-            Message::MetricsAck(_) | Message::FingerprintResync(_) | Message::DockerRequest(_) => {
+            Message::MetricsAck(_)
+            | Message::FingerprintResync(_)
+            | Message::DockerRequest(_)
+            | Message::LogOpen(_)
+            | Message::LogClose(_) => {
                 note_ignored(
                     &format!(
                         "message type '{}' (server to runner only)",
@@ -551,6 +603,14 @@ impl Connection {
                 );
                 Ok(())
             }
+        }
+    }
+
+    /// Bring the timer forward if log work is due before it.
+    fn rearm(&self, watchdog: &mut std::pin::Pin<&mut tokio::time::Sleep>, silence_due: Instant) {
+        let due = self.log_due().min(silence_due);
+        if due < watchdog.deadline() {
+            watchdog.as_mut().reset(due);
         }
     }
 
@@ -646,7 +706,11 @@ impl Connection {
                     }
                     Ok(Inbound::Metrics(bytes.slice(protocol::FRAME_HEADER_LEN..)))
                 }
-                Ok((header, _payload)) => Ok(Inbound::Data(header)),
+                Ok((header, _)) if matches!(header.kind, FrameKind::Data | FrameKind::End) => Ok(
+                    Inbound::Data(header, bytes.slice(protocol::FRAME_HEADER_LEN..)),
+                ),
+                // ACK and CREDIT: the server sends no data to runners.
+                Ok(_) => Ok(Inbound::Nothing),
                 Err(FrameError::UnknownKind(k)) => {
                     note_ignored(&format!("binary frame kind {k}"), &self.runner.id);
                     Ok(Inbound::Nothing)

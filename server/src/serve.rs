@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Beside the accept loop: last-seen flushes every 5 s, and metrics
-//! maintenance (rollups, retention) every minute.
+//! maintenance (rollups, retention) and container log retention every minute.
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
 //! timeout, then hyper (HTTP/1.1 with upgrades, or HTTP/2) with a header-read
@@ -37,6 +37,7 @@ use tower::ServiceExt;
 
 use crate::app::{app, AppState, Tuning};
 use crate::config::{self, AdminToken, ServeArgs};
+use crate::log_store::{LogRetention, LogStore};
 use crate::metrics_store::{MetricStore, Retention};
 use crate::registry::CloseOrder;
 use crate::storage::{Storage, StorageError};
@@ -136,6 +137,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         args.metrics_1h_retention,
     );
     let metrics = Arc::new(MetricStore::open(&data.join("metrics.db"), retention)?);
+    let log_retention = LogRetention {
+        max_age_s: i64::try_from(args.log_retention.as_secs()).unwrap_or(i64::MAX),
+        max_bytes: i64::try_from(args.log_max_bytes).unwrap_or(i64::MAX),
+    };
+    let logs = Arc::new(LogStore::open(
+        &data.join("logs.db"),
+        log_retention,
+        args.log_collect.clone(),
+    )?);
 
     let admin =
         config::admin_token(args.admin_token.as_deref(), &data).map_err(io_err("admin token"))?;
@@ -191,7 +201,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(io_err(format!("listening on {}", args.listen)))?;
     let local = listener.local_addr().map_err(io_err("local address"))?;
 
-    let state = AppState::new(storage, metrics, admin.secret(), Tuning::default());
+    let state = AppState::new(storage, metrics, logs, admin.secret(), Tuning::default());
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
@@ -277,6 +287,19 @@ async fn maintain_metrics(state: AppState) {
                 }
             }
             Err(e) => tracing::error!("metrics maintenance task: {e}"),
+        }
+        let logs = state.logs.clone();
+        match tokio::task::spawn_blocking(move || logs.expire(crate::clock::now_ms())).await {
+            Ok(Ok(stats)) if stats.blocks > 0 => {
+                tracing::debug!(
+                    blocks = stats.blocks,
+                    bytes = stats.bytes,
+                    "container logs expired"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("container log retention: {e}"),
+            Err(e) => tracing::error!("container log retention task: {e}"),
         }
     }
 }

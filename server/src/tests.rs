@@ -50,6 +50,7 @@ fn state_with(retention: Retention) -> AppState {
     AppState::new(
         Arc::new(Storage::open_in_memory().unwrap()),
         Arc::new(MetricStore::open_in_memory(retention).unwrap()),
+        Arc::new(crate::log_store::LogStore::open_in_memory(Default::default()).unwrap()),
         ADMIN,
         tuning(),
     )
