@@ -81,7 +81,7 @@ fn wait_docker_available(tenant: &Tenant, runner: &str, limit: Duration) -> Valu
 
 #[test]
 fn the_engine_is_reported_with_its_version_in_state_and_fingerprint() {
-    docker::ensure();
+    let _engine = docker::ensure();
     let server = Server::start();
     let tenant = server.tenant("acme");
     let runner = docker_runner(&server, &tenant, &[]);
@@ -118,7 +118,7 @@ fn the_engine_is_reported_with_its_version_in_state_and_fingerprint() {
 
 #[test]
 fn containers_are_listed_started_stopped_restarted_killed_and_removed_through_the_server() {
-    docker::ensure();
+    let _engine = docker::ensure();
     let server = Server::start();
     let tenant = server.tenant("acme");
     let runner = docker_runner(&server, &tenant, &[]);
@@ -202,7 +202,7 @@ fn containers_are_listed_started_stopped_restarted_killed_and_removed_through_th
 
 #[test]
 fn prune_removes_only_what_the_filter_names() {
-    docker::ensure();
+    let _engine = docker::ensure();
     let server = Server::start();
     let tenant = server.tenant("acme");
     let runner = docker_runner(&server, &tenant, &[]);
@@ -226,7 +226,7 @@ fn prune_removes_only_what_the_filter_names() {
 
 #[test]
 fn container_events_keep_the_servers_view_current() {
-    docker::ensure();
+    let _engine = docker::ensure();
     let server = Server::start();
     let tenant = server.tenant("acme");
     let runner = docker_runner(&server, &tenant, &[]);
@@ -279,7 +279,7 @@ fn container_events_keep_the_servers_view_current() {
 
 #[test]
 fn a_host_without_docker_reports_why_keeps_working_and_picks_docker_up_later() {
-    docker::ensure();
+    let _engine = docker::ensure();
     let server = Server::start();
     let tenant = server.tenant("acme");
     let dir = TempDir::new("sock");
@@ -337,7 +337,7 @@ fn a_host_without_docker_reports_why_keeps_working_and_picks_docker_up_later() {
 
 #[test]
 fn running_containers_join_the_host_metrics() {
-    docker::ensure();
+    let _engine = docker::ensure();
     let server = Server::start();
     let tenant = server.tenant("acme");
     let c = TestContainer::create("metrics", &[]);

@@ -16,11 +16,15 @@ pub const SOCKET: &str = "/var/run/docker.sock";
 /// The image every Docker test uses: busybox at /bin, `sh` as the command.
 pub const IMAGE: &str = "tether-test/busybox:1";
 
-/// Holds an exclusive flock on a file until dropped.
-struct Lock(fs::File);
+/// Holds an flock on a file until dropped.
+pub struct Lock(fs::File);
 
 impl Lock {
     fn take(path: &str) -> Lock {
+        Lock::take_as(path, libc::LOCK_EX)
+    }
+
+    fn take_as(path: &str, how: i32) -> Lock {
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -29,11 +33,16 @@ impl Lock {
             .unwrap();
         // SAFETY: flock on a file descriptor we own; blocks until it is ours.
         unsafe {
-            libc::flock(f.as_raw_fd(), libc::LOCK_EX);
+            libc::flock(f.as_raw_fd(), how);
         }
         Lock(f)
     }
 }
+
+/// Every Docker test holds this shared for as long as it runs; a test that
+/// restarts the engine holds it exclusively, so no other test sees its
+/// engine vanish.
+const ENGINE_LOCK: &str = "/tmp/tether-test-docker-engine.lock";
 
 impl Drop for Lock {
     fn drop(&mut self) {
@@ -61,8 +70,25 @@ fn engine_answers() -> bool {
         .unwrap_or(false)
 }
 
-/// Make sure a Docker engine answers on [`SOCKET`] and the test image exists.
-pub fn ensure() {
+/// Make sure a Docker engine answers on [`SOCKET`] and the test image
+/// exists; keep the returned guard for the whole test.
+#[must_use = "hold the guard for the whole test"]
+pub fn ensure() -> Lock {
+    let guard = Lock::take_as(ENGINE_LOCK, libc::LOCK_SH);
+    prepare();
+    guard
+}
+
+/// [`ensure`] for a test that stops and starts the engine: no other Docker
+/// test runs while it holds the guard.
+#[must_use = "hold the guard for the whole test"]
+pub fn ensure_exclusive() -> Lock {
+    let guard = Lock::take_as(ENGINE_LOCK, libc::LOCK_EX);
+    prepare();
+    guard
+}
+
+fn prepare() {
     let _lock = Lock::take("/tmp/tether-test-docker.lock");
     if !engine_answers() {
         start_dockerd();
@@ -70,6 +96,35 @@ pub fn ensure() {
     if !docker(&["image", "inspect", IMAGE]).status.success() {
         import_image();
     }
+}
+
+/// Stop the engine (SIGTERM, as a service manager would) and start it
+/// again; containers with a restart policy come back with it.
+pub fn restart_engine() {
+    let out = Command::new("pidof").arg("dockerd").output().unwrap();
+    let pids = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!pids.is_empty(), "no dockerd to restart");
+    for pid in pids.split_whitespace() {
+        let pid: i32 = pid.parse().unwrap();
+        // SAFETY: sending a signal to a pid has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let start = Instant::now();
+    while Command::new("pidof")
+        .arg("dockerd")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "dockerd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start_dockerd();
 }
 
 fn start_dockerd() {
