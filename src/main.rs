@@ -415,7 +415,6 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("fingerprint-interval") => {
                 fingerprint_interval = Some(os_string(parser.value()?)?)
             }
-            o if o.is("docker-socket") => docker_socket = Some(os_string(parser.value()?)?),
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),

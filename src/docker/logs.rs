@@ -322,7 +322,7 @@ struct Follow {
 /// What an exchange or a timer led to.
 enum Outcome {
     Wait,
-    Inspected(Result<ContainerInspect, Failure>),
+    Inspected(Result<Box<ContainerInspect>, Failure>),
     Body(Vec<(StreamTag, Vec<u8>)>),
     StreamEnded(Option<String>),
 }
@@ -630,7 +630,7 @@ impl LogFollows {
         ctx: &mut Ctx<'_>,
         engine: &Engine<'_>,
         channel: u32,
-        result: Result<ContainerInspect, Failure>,
+        result: Result<Box<ContainerInspect>, Failure>,
     ) {
         let Some(i) = self.follows.iter().position(|f| f.channel == channel) else {
             return;
@@ -1058,9 +1058,11 @@ impl Follow {
     }
 }
 
-fn inspect_result(dec: &mut BufferedDecoder) -> Result<ContainerInspect, Failure> {
+fn inspect_result(dec: &mut BufferedDecoder) -> Result<Box<ContainerInspect>, Failure> {
     match dec.take() {
-        Some(resp) => api::parse_json::<ContainerInspect>(resp).map_err(Failure::Engine),
+        Some(resp) => api::parse_json::<ContainerInspect>(resp)
+            .map(Box::new)
+            .map_err(Failure::Engine),
         None => Err(Failure::Unreachable(
             "truncated answer from the engine".into(),
         )),

@@ -45,6 +45,9 @@ fn dist(target: &str) -> PathBuf {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
+    // BENCH_ONLY=sizes,tick,idle,sim,logs runs a part.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
     for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
         let size = std::fs::metadata(dist(t)).map(|m| m.len()).unwrap_or(0);
@@ -57,7 +60,9 @@ fn main() {
         });
     }
 
-    sampling_tick(&mut rows);
+    if part("tick") {
+        sampling_tick(&mut rows);
+    }
     let bare = [
         "--metrics-interval",
         "off",
@@ -68,14 +73,21 @@ fn main() {
     ];
     // The 0.5 s/h CPU goal is the bare connection's (foundation issue); the
     // telemetry issue sets goals for the tick and the bytes instead.
-    idle_runner(&mut rows, "connection only", &bare, Some(0.5));
-    idle_runner(
-        &mut rows,
-        "metrics 5 s, fingerprint 60 s, docker",
-        &[],
-        None,
-    );
-    many_runners(&mut rows);
+    if part("idle") {
+        idle_runner(&mut rows, "connection only", &bare, Some(0.5));
+        idle_runner(
+            &mut rows,
+            "metrics 5 s, fingerprint 60 s, docker",
+            &[],
+            None,
+        );
+    }
+    if part("sim") {
+        many_runners(&mut rows);
+    }
+    if part("logs") {
+        log_throughput(&mut rows);
+    }
 
     println!();
     println!(
@@ -300,5 +312,148 @@ fn many_runners(rows: &mut Vec<Row>) {
         unit: "s",
         goal: None,
         how: "tether-sim start to all active in the API".into(),
+    });
+}
+
+/// One container's logs collected through the runner and stored at the
+/// server, against `docker logs -t` of the same container to /dev/null.
+fn log_throughput(rows: &mut Vec<Row>) {
+    let _engine = util::docker::ensure();
+    let lines = env_secs("BENCH_LOG_LINES", 200_000);
+    let runs = 3;
+    // Collection off at first: the container writes everything, then
+    // collection is switched on and timed to the last stored byte.
+    let server = Server::start_with(&["--log-collect", "none", "--log-max-bytes", "4G"]);
+    let tenant = server.tenant("bench-logs");
+    let mut runner = Runner::enroll(&server, &tenant);
+    runner.bin = dist("x86_64-unknown-linux-musl");
+    runner.start(&["--heartbeat", "5s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "docker available", || {
+        let (st, v) = tenant.call(
+            "GET",
+            &format!("/api/v1/runners/{}/docker", runner.id),
+            None,
+        );
+        (st == 200 && v["available"] == true).then_some(())
+    });
+    let rss_idle = rss_kib(runner.pid());
+    let line = "x".repeat(100);
+    let (mut ours, mut theirs, mut peak) = (Vec::new(), Vec::new(), 0u64);
+    let mut total_bytes = 0u64;
+    for run in 0..runs {
+        let name = format!("tether-bench-logs-{}-{run}", std::process::id());
+        let script = format!("yes {line} | head -n {lines}; echo DONE; sleep 3600");
+        let ok = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                util::docker::IMAGE,
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "docker run");
+        wait_for(Duration::from_secs(120), "the writer to finish", || {
+            let out = Command::new("docker")
+                .args(["logs", "--tail", "1", &name])
+                .output()
+                .unwrap();
+            (String::from_utf8_lossy(&out.stdout).trim() == "DONE").then_some(())
+        });
+        // Reference: the engine's own reader, timestamps on, to /dev/null.
+        let t = Instant::now();
+        let st = Command::new("sh")
+            .args(["-c", &format!("docker logs -t {name} > /dev/null")])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let docker_secs = t.elapsed().as_secs_f64();
+        let out = Command::new("sh")
+            .args(["-c", &format!("docker logs -t {name} | wc -c")])
+            .output()
+            .unwrap();
+        let bytes: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        total_bytes = bytes;
+
+        let t = Instant::now();
+        // Earlier runs' containers are gone: "all" is just this one.
+        let (st, v) = tenant.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/logs/collect", runner.id),
+            Some(serde_json::json!({ "policy": "all" })),
+        );
+        assert_eq!(st, 200, "{v}");
+        let pid = runner.pid();
+        wait_for(Duration::from_secs(600), "every byte stored", || {
+            peak = peak.max(rss_kib(pid));
+            let (_, v) = tenant.call("GET", &format!("/api/v1/runners/{}/logs", runner.id), None);
+            let stored = v["containers"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["name"] == name.as_str()))
+                .and_then(|c| c["bytes"].as_u64())
+                .unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(20));
+            (stored >= bytes).then_some(())
+        });
+        let our_secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "bench: logs run {run}: {bytes} bytes, docker logs {docker_secs:.2} s, collected in {our_secs:.2} s"
+        );
+        ours.push(bytes as f64 / our_secs / 1e6);
+        theirs.push(bytes as f64 / docker_secs / 1e6);
+        // Stop collecting before the next container (keeps runs apart).
+        tenant.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/logs/collect", runner.id),
+            Some(serde_json::json!({ "policy": "none" })),
+        );
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    let how = format!(
+        "{lines} lines of 100 B ({:.0} MB with timestamps), median of {runs}",
+        total_bytes as f64 / 1e6
+    );
+    rows.push(Row {
+        what: "log collection: container → runner → server store".into(),
+        value: ours,
+        unit: "MB/s",
+        goal: None,
+        how: how.clone(),
+    });
+    rows.push(Row {
+        what: "`docker logs -t` of the same container to /dev/null".into(),
+        value: theirs,
+        unit: "MB/s",
+        goal: None,
+        how,
+    });
+    rows.push(Row {
+        what: "log collection / docker logs".into(),
+        value: ours / theirs,
+        unit: "x",
+        goal: None,
+        how: "ratio of the two medians above".into(),
+    });
+    rows.push(Row {
+        what: "runner RSS peak while collecting (idle before)".into(),
+        value: peak as f64 / 1024.0,
+        unit: "MiB",
+        goal: None,
+        how: format!(
+            "VmRSS sampled every ~20 ms; {:.2} MiB before",
+            rss_idle as f64 / 1024.0
+        ),
     });
 }
