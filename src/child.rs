@@ -229,39 +229,10 @@ impl Child {
         tokens: [Token; 2],
         now: Instant,
     ) -> io::Result<Child> {
-        let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+        let mut cmd = command(&spec.program, &spec.args, &spec.env);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group: a timeout kills what it started as well.
-            .process_group(0);
-        let max_fd = fd_limit();
-        // SAFETY: runs in the forked child before exec; sigemptyset,
-        // sigprocmask, syscall(close_range) and fcntl are async-signal-safe
-        // and touch only the local set and the child's own fd table.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Our mask is empty today; a child must never inherit a
-                // blocked SIGCHLD or SIGTERM whatever the parent does later.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Close-on-exec, not close: std's own exec-error pipe is in
-                // this range and must stay open until the exec.
-                let flag = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
-                if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flag) != 0 {
-                    // Before Linux 5.11: one fcntl per possible fd.
-                    for fd in 3..max_fd {
-                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                    }
-                }
-                Ok(())
-            });
-        }
+            .stderr(Stdio::piped());
         let mut proc = cmd.spawn()?;
         let (out, err) = (proc.stdout.take(), proc.stderr.take());
         Child::attach(proc, out, err, spec, registry, tokens, now)
@@ -480,6 +451,42 @@ impl Drop for Child {
     }
 }
 
+/// A command in its own process group (so killing the group kills what it
+/// started too), with an empty signal mask and none of our fds: the base of
+/// every child the runner starts (probes here, jobs in `jobs/process.rs`).
+pub(crate) fn command(program: &Path, args: &[OsString], env: &[(OsString, OsString)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0);
+    let max_fd = fd_limit();
+    // SAFETY: runs in the forked child before exec; sigemptyset,
+    // sigprocmask, syscall(close_range) and fcntl are async-signal-safe
+    // and touch only the local set and the child's own fd table.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Our mask is empty today; a child must never inherit a
+            // blocked SIGCHLD or SIGTERM whatever the parent does later.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Close-on-exec, not close: std's own exec-error pipe is in
+            // this range and must stay open until the exec.
+            let flag = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flag) != 0 {
+                // Before Linux 5.11: one fcntl per possible fd.
+                for fd in 3..max_fd {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Highest fd number + 1 to sweep when close_range is missing, read in the
 /// parent (getrlimit is not on the async-signal-safe list).
 fn fd_limit() -> libc::c_int {
@@ -505,7 +512,7 @@ fn deregister(registry: &Registry, p: &mut Pipe) {
     let _ = registry.deregister(&mut SourceFd(&p.file.as_raw_fd()));
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let raw = fd.as_raw_fd();
     // SAFETY: fcntl on an fd we own, reading then setting its status flags.
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };

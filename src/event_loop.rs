@@ -23,6 +23,7 @@ use crate::conn::{
     ConnConfig, ConnTimer, Connection, Exit, Feed, FeedFigures, LinkEvent, Outgoing,
 };
 use crate::docker::client::{Docker, DockerTimer};
+use crate::jobs::{JobTimer, Jobs};
 use crate::signals::{self, Signals};
 use crate::telemetry::{Telemetry, TelemetryTimer};
 use crate::{debug, info};
@@ -48,12 +49,15 @@ pub enum Timer {
     Conn(ConnTimer),
     Telemetry(TelemetryTimer),
     Docker(DockerTimer),
+    Jobs(JobTimer),
 }
 
 /// What the connection sends besides its own traffic: Docker first (answers
-/// to the server's requests, container events), then telemetry.
+/// to the server's requests, container events, log lines), then jobs
+/// (results, output), then telemetry.
 struct Feeds<'a> {
     docker: &'a mut Docker,
+    jobs: &'a mut Jobs,
     telemetry: &'a mut Telemetry,
 }
 
@@ -62,10 +66,21 @@ impl Feed for Feeds<'_> {
         match event {
             LinkEvent::DockerRequest { .. }
             | LinkEvent::LogOpen { .. }
-            | LinkEvent::LogClose(_)
-            | LinkEvent::ChannelAck { .. } => self.docker.on_link(ctx, event),
+            | LinkEvent::LogClose(_) => self.docker.on_link(ctx, event),
+            LinkEvent::JobStart { .. } | LinkEvent::JobCancel(_) | LinkEvent::JobResultAck(_) => {
+                self.jobs.on_link(ctx, event)
+            }
+            // Job channels and log channels never share a number.
+            LinkEvent::ChannelAck { channel, .. } => {
+                if channel < crate::protocol::FIRST_CONNECTION_CHANNEL {
+                    self.jobs.on_link(ctx, event)
+                } else {
+                    self.docker.on_link(ctx, event)
+                }
+            }
             other => {
                 self.docker.on_link(ctx, other.clone());
+                self.jobs.on_link(ctx, other.clone());
                 self.telemetry.on_link(ctx, other);
             }
         }
@@ -74,6 +89,7 @@ impl Feed for Feeds<'_> {
     fn next_message(&mut self) -> Option<Outgoing> {
         self.docker
             .next_message()
+            .or_else(|| self.jobs.next_message())
             .or_else(|| self.telemetry.next_message())
     }
 
@@ -240,6 +256,7 @@ impl EventLoop {
         let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
         let mut telemetry = Telemetry::new(&cfg.telemetry, Instant::now());
         let mut docker = Docker::new(cfg.docker.clone());
+        let mut jobs = Jobs::new(cfg.jobs.clone());
         let mut conn = Connection::new(cfg, Resolver::new(waker));
         if let Some(s) = &signals {
             s.register(self.poll.registry(), SIGNALS)?;
@@ -260,6 +277,7 @@ impl EventLoop {
                     Timer::Conn(t) => conn.on_timer(&mut ctx, id, t),
                     Timer::Telemetry(t) => telemetry.on_timer(&mut ctx, id, t),
                     Timer::Docker(t) => docker.on_timer(&mut ctx, id, t),
+                    Timer::Jobs(t) => jobs.on_timer(&mut ctx, id, t),
                 }
             }
             if let Some(v) = docker.take_version_change() {
@@ -270,6 +288,7 @@ impl EventLoop {
             }
             let mut feeds = Feeds {
                 docker: &mut docker,
+                jobs: &mut jobs,
                 telemetry: &mut telemetry,
             };
             conn.pump(&mut self.ctx(), &mut feeds);
@@ -284,14 +303,17 @@ impl EventLoop {
                     "event loop deadline passed",
                 ));
             }
-            let mut timeout =
-                if conn.wants_again() || telemetry.wants_again() || docker.wants_again() {
-                    Some(Duration::ZERO)
-                } else {
-                    self.timers
-                        .next_deadline()
-                        .map(|at| at.saturating_duration_since(now))
-                };
+            let mut timeout = if conn.wants_again()
+                || telemetry.wants_again()
+                || docker.wants_again()
+                || jobs.wants_again()
+            {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(now))
+            };
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -326,6 +348,7 @@ impl EventLoop {
                         }
                         if child {
                             telemetry.on_sigchld(&mut ctx);
+                            jobs.on_sigchld(&mut ctx);
                         }
                         if stop {
                             conn.shutdown(&mut ctx);
@@ -334,6 +357,7 @@ impl EventLoop {
                     DNS_WAKER => conn.on_dns(&mut ctx),
                     t if telemetry.owns(t) => telemetry.on_ready(&mut ctx, t),
                     t if docker.owns(t) => docker.on_ready(&mut ctx, t),
+                    t if jobs.owns(t) => jobs.on_ready(&mut ctx, t),
                     t => conn.on_ready(&mut ctx, t),
                 }
             }
@@ -346,6 +370,9 @@ impl EventLoop {
             }
             if docker.wants_again() {
                 docker.on_again(&mut self.ctx());
+            }
+            if jobs.wants_again() {
+                jobs.on_again(&mut self.ctx());
             }
         }
     }

@@ -53,6 +53,8 @@ pub mod exit;
 #[cfg(feature = "runner")]
 pub mod http;
 #[cfg(feature = "runner")]
+pub mod jobs;
+#[cfg(feature = "runner")]
 pub mod rand;
 #[cfg(feature = "runner")]
 pub mod signals;

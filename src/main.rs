@@ -32,6 +32,7 @@ use tether::docker::client::DockerConfig;
 use tether::enroll::{EnrollError, EnrollOptions};
 use tether::event_loop::EventLoop;
 use tether::exit;
+use tether::jobs::JobsConfig;
 use tether::log::{self, Level};
 use tether::signals::Signals;
 use tether::state::{self, RunState, StateDir, StateError};
@@ -77,7 +78,8 @@ Options:
 
 const RUN_HELP: &str = "\
 Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interval 60s]
-                  [--docker-socket PATH] [--server URL] [--ca-file PEM] [--proxy URL]
+                  [--docker-socket PATH] [--max-jobs N] [--no-jobs]
+                  [--server URL] [--ca-file PEM] [--proxy URL]
 
 Connect to the server with the stored credential and stay connected,
 reconnecting with backoff. SIGTERM/SIGINT close the connection cleanly.
@@ -95,6 +97,9 @@ Options:
                         [env TETHER_FINGERPRINT_INTERVAL, default 60s]
   --docker-socket PATH  the Docker engine's socket, or `off` [env TETHER_DOCKER_SOCKET,
                         else DOCKER_HOST=unix://PATH, default /var/run/docker.sock]
+  --max-jobs N          jobs run at once; more wait in a queue [env TETHER_MAX_JOBS, default 4]
+  --no-jobs             refuse every job and script: the host owner's choice, which
+                        the server cannot override [env TETHER_JOBS=off]
   --server URL          connect here instead of the enrolled server URL (same credential)
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
@@ -404,6 +409,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let (mut heartbeat, mut ca_file, mut proxy, mut server) = (None, None, None, None);
     let (mut metrics_interval, mut fingerprint_interval) = (None, None);
     let mut docker_socket = None;
+    let (mut max_jobs, mut no_jobs) = (None, false);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -415,6 +421,10 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("fingerprint-interval") => {
                 fingerprint_interval = Some(os_string(parser.value()?)?)
             }
+            o if o.is("max-jobs") => max_jobs = Some(os_string(parser.value()?)?),
+            o if o.is("no-jobs") => no_jobs = true,
+            o if o.is("max-jobs") => max_jobs = Some(os_string(parser.value()?)?),
+            o if o.is("no-jobs") => no_jobs = true,
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),
@@ -456,6 +466,21 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         config::env("DOCKER_HOST").as_deref(),
     )
     .map_err(CliError::Usage)?;
+
+    let max_jobs = match env_or(max_jobs, "TETHER_MAX_JOBS") {
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "--max-jobs {n:?}: a number from 1 to 64"
+                )))
+            }
+        },
+        None => tether::jobs::DEFAULT_MAX_JOBS,
+    };
+    let jobs_off = no_jobs
+        || config::env("TETHER_JOBS")
+            .is_some_and(|v| matches!(v.as_str(), "off" | "0" | "no" | "false"));
 
     let state = StateDir::new(global.state_dir());
     let cred = state.load_credential().map_err(|e| match e {
@@ -506,6 +531,11 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         run_dir: Some(run_dir),
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
         docker: docker_socket.map(DockerConfig::new),
+        jobs: (!jobs_off).then(|| {
+            let mut j = JobsConfig::new(&state.path);
+            j.max_concurrent = max_jobs;
+            j
+        }),
     };
     // SIGCHLD too: the firewall probes are child processes reaped by the loop.
     let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])

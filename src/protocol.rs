@@ -116,6 +116,19 @@ pub enum Message {
     /// server → runner: stop a log channel (the subscriber left). No answer;
     /// the runner sends no more frames on it.
     LogClose(ChannelRef),
+    /// server → runner: run a job (answered with `job_accepted` or `error`,
+    /// same id). Sent again after a reconnect until accepted; the runner
+    /// runs a job id once.
+    JobStart(JobStart),
+    /// runner → server: the job is known here (queued, running or done).
+    JobAccepted(JobAccepted),
+    /// server → runner: cancel a job (SIGTERM to its process group, SIGKILL
+    /// after a grace period). No answer; the result follows.
+    JobCancel(JobRef),
+    /// runner → server: how a job ended. Sent until acknowledged.
+    JobResult(JobResult),
+    /// server → runner: the result is stored; forget it.
+    JobResultAck(JobRef),
 }
 
 impl Message {
@@ -139,6 +152,11 @@ impl Message {
             Message::LogOpen(_) => "log_open",
             Message::LogOpened(_) => "log_opened",
             Message::LogClose(_) => "log_close",
+            Message::JobStart(_) => "job_start",
+            Message::JobAccepted(_) => "job_accepted",
+            Message::JobCancel(_) => "job_cancel",
+            Message::JobResult(_) => "job_result",
+            Message::JobResultAck(_) => "job_result_ack",
         }
     }
 
@@ -161,6 +179,11 @@ impl Message {
         "log_open",
         "log_opened",
         "log_close",
+        "job_start",
+        "job_accepted",
+        "job_cancel",
+        "job_result",
+        "job_result_ack",
     ];
 }
 
@@ -390,6 +413,69 @@ pub struct LogOpened {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelRef {
     pub channel: u32,
+}
+
+/// Channels below this are jobs' (numbered by the server's job sequence,
+/// stable across reconnects); log channels are numbered from here per
+/// connection.
+pub const FIRST_CONNECTION_CHANNEL: u32 = 0x8000_0000;
+/// Each job DATA payload starts with this header: `ts_ms` (u64 BE, the
+/// runner's clock when the bytes were read) and `step` (u8).
+pub const JOB_RECORD_HEADER: usize = 9;
+
+/// Run a program (with `script` as its `-c` argument, for interpreters).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStart {
+    pub job_id: String,
+    pub channel: u32,
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Run as `program -c script job args…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Secret environment variables: never written to disk, masked as
+    /// `***` in the output.
+    #[serde(default)]
+    pub secrets: Vec<(String, String)>,
+    /// 0: no limit.
+    #[serde(default)]
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAccepted {
+    pub job_id: String,
+    /// `queued`, `running` or `finished`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRef {
+    pub job_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub job_id: String,
+    pub channel: u32,
+    /// `succeeded`, `failed`, `cancelled`, `timed_out`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why, for people (empty on success).
+    #[serde(default)]
+    pub reason: String,
+    /// Unix ms; 0 if it never started.
+    #[serde(default)]
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    /// Length of the output stream: the server has it all once stored so far.
+    pub output_bytes: u64,
 }
 
 /// A message with no fields.

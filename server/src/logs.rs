@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use serde::Serialize;
-use tether::protocol::{FrameHeader, FrameKind, LogOpen, Message, StreamTag};
+use tether::protocol::{
+    FrameHeader, FrameKind, LogOpen, Message, StreamTag, FIRST_CONNECTION_CHANNEL,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -273,7 +275,7 @@ impl LogChannels {
     pub fn new(runner_id: &str) -> LogChannels {
         LogChannels {
             runner_id: runner_id.to_owned(),
-            next: 1,
+            next: FIRST_CONNECTION_CHANNEL,
             chans: HashMap::new(),
             opening: HashMap::new(),
             collecting: HashMap::new(),
@@ -285,7 +287,7 @@ impl LogChannels {
 
     fn channel(&mut self) -> u32 {
         let c = self.next;
-        self.next = self.next.wrapping_add(1).max(1);
+        self.next = self.next.wrapping_add(1).max(FIRST_CONNECTION_CHANNEL);
         c
     }
 

@@ -144,6 +144,8 @@ pub struct ConnConfig {
     /// The Docker engine (run by the event loop, sent through here);
     /// `None` switches the integration off.
     pub docker: Option<crate::docker::client::DockerConfig>,
+    /// Jobs (scripts, deployments); `None`: switched off on this host.
+    pub jobs: Option<crate::jobs::JobsConfig>,
 }
 
 /// What happened to the link, for the [`Feed`].
@@ -151,7 +153,11 @@ pub struct ConnConfig {
 pub enum LinkEvent {
     /// `welcome` arrived: a new connection. `metrics_ts` is the newest
     /// metrics record the server has stored.
-    Up { metrics_ts: Option<u64> },
+    Up {
+        metrics_ts: Option<u64>,
+        /// What the server holds of each job channel (`welcome.acks`).
+        acks: Vec<protocol::ChannelAck>,
+    },
     /// The connection that was up is gone.
     Down,
     /// `metrics_ack`: every record up to this time is stored.
@@ -170,6 +176,13 @@ pub enum LinkEvent {
     },
     /// `log_close`: send nothing more on the channel.
     LogClose(u32),
+    /// `job_start` with this id: answer with `job_accepted` or `error`.
+    JobStart {
+        id: u64,
+        start: Box<protocol::JobStart>,
+    },
+    JobCancel(String),
+    JobResultAck(String),
     /// An ACK or CREDIT frame for a data channel.
     ChannelAck {
         channel: u32,
@@ -1394,7 +1407,30 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::JobStart(start) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::JobStart {
+                        id: envelope.id,
+                        start: Box::new(start),
+                    });
+                }
+                Flow::Continue
+            }
+            Control::JobCancel(r) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::JobCancel(r.job_id));
+                }
+                Flow::Continue
+            }
+            Control::JobResultAck(r) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::JobResultAck(r.job_id));
+                }
+                Flow::Continue
+            }
             Control::Pong(_)
+            | Control::JobAccepted(_)
+            | Control::JobResult(_)
             | Control::LogOpened(_)
             | Control::DockerState(_)
             | Control::DockerResponse(_)
@@ -1497,6 +1533,7 @@ impl Connection {
         self.schedule_watchdog(ctx, ctx.now);
         self.push_link_event(LinkEvent::Up {
             metrics_ts: w.metrics_ts,
+            acks: w.acks.clone(),
         });
     }
 

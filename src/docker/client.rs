@@ -800,7 +800,11 @@ impl Docker {
             }
             LinkEvent::LogClose(channel) => self.logs.close(ctx, channel),
             LinkEvent::ChannelAck { channel, kind, seq } => self.logs.on_ack(channel, kind, seq),
-            LinkEvent::MetricsAck(_) | LinkEvent::FingerprintResync => {}
+            LinkEvent::MetricsAck(_)
+            | LinkEvent::FingerprintResync
+            | LinkEvent::JobStart { .. }
+            | LinkEvent::JobCancel(_)
+            | LinkEvent::JobResultAck(_) => {}
         }
         self.pump_queue(ctx);
     }

@@ -184,7 +184,10 @@ fn request(op: DockerOp, container: Option<&str>) -> Box<DockerRequest> {
 }
 
 fn up() -> LinkEvent {
-    LinkEvent::Up { metrics_ts: None }
+    LinkEvent::Up {
+        metrics_ts: None,
+        acks: Vec::new(),
+    }
 }
 
 #[test]

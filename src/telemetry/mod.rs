@@ -481,7 +481,7 @@ impl Telemetry {
 impl Feed for Telemetry {
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
-            LinkEvent::Up { metrics_ts } => {
+            LinkEvent::Up { metrics_ts, .. } => {
                 self.connected = true;
                 if let Some(m) = &mut self.metrics {
                     if let Some(ts) = metrics_ts {
@@ -515,6 +515,9 @@ impl Feed for Telemetry {
             LinkEvent::DockerRequest { .. }
             | LinkEvent::LogOpen { .. }
             | LinkEvent::LogClose(_)
+            | LinkEvent::JobStart { .. }
+            | LinkEvent::JobCancel(_)
+            | LinkEvent::JobResultAck(_)
             | LinkEvent::ChannelAck { .. } => {}
             LinkEvent::FingerprintResync => {
                 if let Some(f) = &mut self.fingerprint {

@@ -1,0 +1,677 @@
+//! Jobs on the event loop: the server's `job_start` becomes a child process
+//! whose stdout and stderr stream back as DATA frames on the job's channel,
+//! loss-free across disconnects, with its result delivered at least once.
+//!
+//! ```text
+//!  job_start ─▶ seen before? ── yes ─▶ job_accepted (queued | running | finished), nothing run
+//!      │ no
+//!      ├─ fewer than max running ─▶ spawn ─▶ Running ──pipes readable, channel has room──▶ read,
+//!      │                                       │         redact secrets, record ─▶ OutChannel
+//!      └─ else ─▶ queue (started as others end) │
+//!                                              ├─ deadline / job_cancel ─▶ SIGTERM group, SIGKILL after grace
+//!                                              └─ pipes at EOF + reaped ─▶ result ─▶ ledger (disk) ─▶ job_result
+//!  OutChannel: memory, then spool file; sent while the window allows;
+//!              ACK drops; link up resends from welcome.acks (spool.rs)
+//!  job_result: sent on every link until job_result_ack (ledger.rs)
+//!  runner restart: jobs that were running are killed and reported failed
+//! ```
+//!
+//! Backpressure: a pipe is read only while its job's channel has room
+//! (memory cap, then spool cap); a flooding child then blocks on its own
+//! writes. Memory per job: the channel's memory cap plus a read buffer.
+//! The host owner can switch jobs off (`--no-jobs`); every `job_start` is
+//! then refused with the reason.
+
+pub mod ledger;
+pub mod process;
+pub mod redact;
+pub mod spool;
+
+use crate::conn::{LinkEvent, Outgoing};
+use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::protocol::{
+    ChannelAck, ErrorBody, FrameKind, JobAccepted, JobResult, JobStart, Message as Control,
+    StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
+};
+use crate::{debug, info, warn};
+use ledger::{start_ticks, Ledger, RunningEntry};
+use mio::Token;
+use process::{Process, Read_};
+use redact::Redactor;
+use spool::{Limits, OutChannel};
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Jobs running at once by default; more wait in a queue.
+pub const DEFAULT_MAX_JOBS: usize = 4;
+/// Jobs waiting beyond the running ones; more are refused.
+const MAX_QUEUED: usize = 256;
+/// Bytes read from one job per readiness pass.
+const MAX_READ_PER_PASS: usize = 256 * 1024;
+/// Output bytes per record: a DATA frame with its record header.
+const CHUNK: usize = MAX_DATA_PAYLOAD - JOB_RECORD_HEADER;
+/// After the process exited, how long its pipes may stay open (a
+/// background child holding them) before the job ends anyway.
+const PIPE_LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobTimer {
+    /// The job's timeout.
+    Deadline,
+    /// SIGTERM was sent; SIGKILL now.
+    Grace,
+    /// Check exits and lingering pipes.
+    Reap,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    pub max_concurrent: usize,
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    pub kill_grace: Duration,
+    pub cwd: PathBuf,
+}
+
+impl JobsConfig {
+    pub fn new(state_dir: &Path) -> JobsConfig {
+        JobsConfig {
+            max_concurrent: DEFAULT_MAX_JOBS,
+            state_dir: state_dir.to_owned(),
+            limits: Limits {
+                mem: 256 * 1024,
+                spool: 64 * 1024 * 1024,
+                window: 1024 * 1024,
+            },
+            kill_grace: Duration::from_secs(5),
+            cwd: PathBuf::from("/"),
+        }
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
+}
+
+/// Why a job is being stopped.
+#[derive(Debug, Clone)]
+struct Stop {
+    status: &'static str,
+    reason: String,
+}
+
+struct Job {
+    start: JobStart,
+    chan: OutChannel,
+    proc: Option<Process>,
+    redact: [Redactor; 2],
+    started_ms: u64,
+    deadline: Option<TimerId>,
+    grace: Option<TimerId>,
+    linger: Option<TimerId>,
+    stop: Option<Stop>,
+    /// Set once the process is over and its result recorded.
+    done: bool,
+}
+
+pub struct Jobs {
+    cfg: Option<JobsConfig>,
+    ledger: Ledger,
+    jobs: Vec<Job>,
+    queue: VecDeque<(u64, JobStart)>,
+    outbox: VecDeque<Outgoing>,
+    up: bool,
+    /// Round-robin start for sending frames.
+    next: usize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Jobs {
+    /// `None`: jobs switched off on this host.
+    pub fn new(cfg: Option<JobsConfig>) -> Jobs {
+        let mut ledger = Ledger::default();
+        if let Some(c) = &cfg {
+            ledger = Ledger::load(&c.state_dir.join("jobs.json"));
+            let n = ledger.recover(now_ms());
+            if n > 0 {
+                warn!(
+                    "jobs",
+                    "{n} job(s) were running when the runner stopped; reporting them failed"
+                );
+                if let Err(e) = ledger.save() {
+                    warn!("jobs", "cannot write the job ledger: {e}");
+                }
+            }
+            // Spool files never outlive the process that wrote them.
+            let _ = std::fs::remove_dir_all(c.spool_dir());
+        }
+        Jobs {
+            cfg,
+            ledger,
+            jobs: Vec::new(),
+            queue: VecDeque::new(),
+            outbox: VecDeque::new(),
+            up: false,
+            next: 0,
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.jobs.iter().filter(|j| !j.done).count()
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| j.proc.as_ref().is_some_and(|p| p.pipe_of(token).is_some()))
+    }
+
+    pub fn owns_timer(&self, id: TimerId) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| [j.deadline, j.grace, j.linger].contains(&Some(id)))
+    }
+
+    pub fn wants_again(&self) -> bool {
+        self.jobs.iter().any(|j| {
+            j.chan.has_room()
+                && j.proc
+                    .as_ref()
+                    .is_some_and(|p| p.pending(0) || p.pending(1))
+        })
+    }
+
+    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        let Some(i) = self
+            .jobs
+            .iter()
+            .position(|j| j.proc.as_ref().is_some_and(|p| p.pipe_of(token).is_some()))
+        else {
+            return;
+        };
+        if let Some(p) = self.jobs[i].proc.as_mut() {
+            if let Some(pipe) = p.pipe_of(token) {
+                p.mark_ready(pipe);
+            }
+        }
+        self.read(ctx, i);
+    }
+
+    pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
+        for i in (0..self.jobs.len()).rev() {
+            self.read(ctx, i);
+        }
+    }
+
+    pub fn on_sigchld(&mut self, ctx: &mut Ctx<'_>) {
+        for i in (0..self.jobs.len()).rev() {
+            self.check_done(ctx, i);
+        }
+    }
+
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, timer: JobTimer) {
+        let Some(i) = self
+            .jobs
+            .iter()
+            .position(|j| [j.deadline, j.grace, j.linger].contains(&Some(id)))
+        else {
+            return;
+        };
+        match timer {
+            JobTimer::Deadline => {
+                self.jobs[i].deadline = None;
+                let why = format!("timed out after {} s", self.jobs[i].start.timeout_s);
+                self.stop(ctx, i, "timed_out", why);
+            }
+            JobTimer::Grace => {
+                self.jobs[i].grace = None;
+                if let Some(p) = &self.jobs[i].proc {
+                    p.signal(libc::SIGKILL);
+                }
+            }
+            JobTimer::Reap => {
+                self.jobs[i].linger = None;
+                let reaped = self.jobs[i].proc.as_mut().is_some_and(|p| p.try_reap());
+                if reaped {
+                    // Whoever holds the pipes now is not the job.
+                    self.read(ctx, i);
+                    if let Some(p) = self.jobs[i].proc.as_mut() {
+                        p.close(ctx.registry, 0);
+                        p.close(ctx.registry, 1);
+                    }
+                }
+                self.check_done(ctx, i);
+            }
+        }
+    }
+
+    /// Link changes and the server's job messages.
+    pub fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { acks, .. } => {
+                self.up = true;
+                self.outbox.clear();
+                for j in &mut self.jobs {
+                    let ack = acks.iter().find(|a| a.channel == j.chan.channel());
+                    if let Err(e) = j.chan.link_up(ack.map(|a: &ChannelAck| a.seq)) {
+                        warn!("jobs", "job {}: reading its spool: {e}", j.start.job_id);
+                    }
+                }
+                for r in self.ledger.results.clone() {
+                    self.outbox.push_back(result_message(r));
+                }
+            }
+            LinkEvent::Down => {
+                self.up = false;
+                self.outbox.clear();
+            }
+            LinkEvent::JobStart { id, start } => self.start(ctx, id, *start),
+            LinkEvent::JobCancel(job_id) => self.cancel(ctx, &job_id),
+            LinkEvent::JobResultAck(job_id) => {
+                if self.ledger.acked(&job_id) {
+                    self.save();
+                }
+            }
+            LinkEvent::ChannelAck { channel, kind, seq } if kind == FrameKind::Ack => {
+                if let Some(i) = self.jobs.iter().position(|j| j.chan.channel() == channel) {
+                    if let Err(e) = self.jobs[i].chan.ack(seq) {
+                        warn!(
+                            "jobs",
+                            "job {}: reading its spool: {e}", self.jobs[i].start.job_id
+                        );
+                    }
+                    self.retire(ctx, i);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The next message for the server: replies and results, then output
+    /// frames, one job after another.
+    pub fn next_message(&mut self) -> Option<Outgoing> {
+        if let Some(m) = self.outbox.pop_front() {
+            return Some(m);
+        }
+        if !self.up || self.jobs.is_empty() {
+            return None;
+        }
+        let n = self.jobs.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if let Some(frame) = self.jobs[i].chan.next_frame() {
+                self.next = (i + 1) % n;
+                return Some(Outgoing::Binary(frame));
+            }
+        }
+        None
+    }
+
+    // ---- starting and stopping ---------------------------------------------
+
+    fn reply(&mut self, id: u64, body: Control) {
+        if self.up {
+            self.outbox.push_back(Outgoing::Reply {
+                id,
+                body: Box::new(body),
+            });
+        }
+    }
+
+    fn refuse(&mut self, id: u64, code: &str, message: String) {
+        debug!("jobs", "job_start refused: {code}: {message}");
+        self.reply(
+            id,
+            Control::Error(ErrorBody {
+                code: code.into(),
+                message,
+            }),
+        );
+    }
+
+    fn accepted(&mut self, id: u64, job_id: &str, state: &str) {
+        self.reply(
+            id,
+            Control::JobAccepted(JobAccepted {
+                job_id: job_id.to_owned(),
+                state: state.into(),
+            }),
+        );
+    }
+
+    fn start(&mut self, ctx: &mut Ctx<'_>, id: u64, start: JobStart) {
+        if self.cfg.is_none() {
+            let why = "jobs are switched off on this runner (--no-jobs)".to_owned();
+            return self.refuse(id, "jobs_disabled", why);
+        }
+        let job_id = start.job_id.clone();
+        if self
+            .jobs
+            .iter()
+            .any(|j| j.start.job_id == job_id && !j.done)
+        {
+            return self.accepted(id, &job_id, "running");
+        }
+        if self.queue.iter().any(|(_, q)| q.job_id == job_id) {
+            return self.accepted(id, &job_id, "queued");
+        }
+        if self.ledger.has_seen(&job_id) {
+            // Done here already; its result is (re)sent on every link.
+            return self.accepted(id, &job_id, "finished");
+        }
+        let max = self.cfg.as_ref().map_or(0, |c| c.max_concurrent);
+        if self.running() >= max {
+            if self.queue.len() >= MAX_QUEUED {
+                let why = format!("{MAX_QUEUED} jobs are queued on this runner already");
+                return self.refuse(id, "busy", why);
+            }
+            self.queue.push_back((id, start));
+            return self.accepted(id, &job_id, "queued");
+        }
+        self.accepted(id, &job_id, "running");
+        self.spawn(ctx, start);
+    }
+
+    fn spawn(&mut self, ctx: &mut Ctx<'_>, start: JobStart) {
+        let Some(cfg) = self.cfg.clone() else { return };
+        let spill = cfg.spool_dir().join(format!("{}.spool", start.channel));
+        let chan = OutChannel::new(start.channel, cfg.limits, spill);
+        let secrets = start.secrets.iter().map(|(_, v)| v.as_bytes().to_vec());
+        let redact = Redactor::new(secrets);
+        let mut job = Job {
+            chan,
+            proc: None,
+            redact: [redact.clone(), redact],
+            started_ms: now_ms(),
+            deadline: None,
+            grace: None,
+            linger: None,
+            stop: None,
+            done: false,
+            start,
+        };
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(script) = &job.start.script {
+            args.push("-c".into());
+            args.push(script.into());
+            args.push("tether-job".into());
+        }
+        args.extend(job.start.args.iter().map(OsString::from));
+        let env: Vec<(OsString, OsString)> = job
+            .start
+            .env
+            .iter()
+            .chain(&job.start.secrets)
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let tokens = [ctx.token(), ctx.token()];
+        let program = PathBuf::from(&job.start.program);
+        match Process::spawn(&program, &args, &env, &cfg.cwd, ctx.registry, tokens) {
+            Ok(p) => {
+                info!(
+                    "jobs",
+                    "job {} started: {} (pid {})",
+                    job.start.job_id,
+                    job.start.program,
+                    p.pid()
+                );
+                self.ledger.started(RunningEntry {
+                    job_id: job.start.job_id.clone(),
+                    channel: job.start.channel,
+                    pid: p.pid(),
+                    start_ticks: start_ticks(p.pid()).unwrap_or(0),
+                    started_ms: job.started_ms,
+                });
+                self.save();
+                if job.start.timeout_s > 0 {
+                    let after = Duration::from_secs(job.start.timeout_s);
+                    job.deadline = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deadline)));
+                }
+                job.proc = Some(p);
+                self.jobs.push(job);
+                let i = self.jobs.len() - 1;
+                self.read(ctx, i);
+            }
+            Err(e) => {
+                let why = format!("cannot start {}: {e}", job.start.program);
+                warn!("jobs", "job {}: {why}", job.start.job_id);
+                job.stop = Some(Stop {
+                    status: "failed",
+                    reason: why.clone(),
+                });
+                system_note(&mut job, &why);
+                self.ledger.remember(&job.start.job_id);
+                self.jobs.push(job);
+                let i = self.jobs.len() - 1;
+                self.finish(ctx, i);
+            }
+        }
+    }
+
+    fn cancel(&mut self, ctx: &mut Ctx<'_>, job_id: &str) {
+        if let Some(pos) = self.queue.iter().position(|(_, q)| q.job_id == job_id) {
+            if let Some((_, start)) = self.queue.remove(pos) {
+                let r = JobResult {
+                    job_id: start.job_id.clone(),
+                    channel: start.channel,
+                    status: "cancelled".into(),
+                    exit_code: None,
+                    signal: None,
+                    reason: "cancelled before it started".into(),
+                    started_ms: 0,
+                    finished_ms: now_ms(),
+                    output_bytes: 0,
+                };
+                self.record(r);
+            }
+            return;
+        }
+        if let Some(i) = self
+            .jobs
+            .iter()
+            .position(|j| j.start.job_id == job_id && !j.done)
+        {
+            self.stop(ctx, i, "cancelled", "cancelled by the server".into());
+        }
+    }
+
+    /// SIGTERM to the group now, SIGKILL after the grace period.
+    fn stop(&mut self, ctx: &mut Ctx<'_>, i: usize, status: &'static str, reason: String) {
+        let grace = self.cfg.as_ref().map_or(Duration::ZERO, |c| c.kill_grace);
+        let job = &mut self.jobs[i];
+        if job.stop.is_some() || job.done {
+            return;
+        }
+        info!("jobs", "job {}: {reason}", job.start.job_id);
+        system_note(job, &format!("{reason}; stopping it"));
+        job.stop = Some(Stop { status, reason });
+        if let Some(p) = &job.proc {
+            p.signal(libc::SIGTERM);
+            p.signal(libc::SIGCONT);
+        }
+        job.grace = Some(ctx.schedule(grace, Timer::Jobs(JobTimer::Grace)));
+    }
+
+    // ---- output --------------------------------------------------------------
+
+    /// Read job `i`'s pipes while its channel has room.
+    fn read(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let mut buf = vec![0u8; CHUNK];
+        let mut budget = MAX_READ_PER_PASS;
+        let job = &mut self.jobs[i];
+        let Some(p) = job.proc.as_mut() else {
+            return self.check_done(ctx, i);
+        };
+        let mut failed = None;
+        'pipes: for pipe in 0..2 {
+            while p.pending(pipe) && job.chan.has_room() && budget > 0 {
+                let tag = if pipe == 0 {
+                    StreamTag::Stdout
+                } else {
+                    StreamTag::Stderr
+                };
+                let mut out = Vec::new();
+                match p.read(ctx.registry, pipe, &mut buf) {
+                    Read_::Data(n) => {
+                        budget = budget.saturating_sub(n);
+                        job.redact[pipe].feed(&buf[..n], &mut out);
+                    }
+                    Read_::Empty => break,
+                    Read_::Eof => job.redact[pipe].finish(&mut out),
+                }
+                if let Err(e) = push_output(&mut job.chan, tag, &out) {
+                    failed = Some(format!("cannot keep the output (spool: {e})"));
+                    break 'pipes;
+                }
+            }
+        }
+        if let Some(why) = failed {
+            self.stop(ctx, i, "failed", why);
+            if let Some(p) = &self.jobs[i].proc {
+                p.signal(libc::SIGKILL);
+            }
+        }
+        self.check_done(ctx, i);
+    }
+
+    /// Over once reaped with both pipes closed (or closed after lingering).
+    fn check_done(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let job = &mut self.jobs[i];
+        if job.done {
+            return self.retire(ctx, i);
+        }
+        let Some(p) = job.proc.as_mut() else {
+            return;
+        };
+        let reaped = p.try_reap();
+        match (reaped, p.pipes_open()) {
+            (true, false) => self.finish(ctx, i),
+            (true, true) if job.linger.is_none() => {
+                job.linger = Some(ctx.schedule(PIPE_LINGER, Timer::Jobs(JobTimer::Reap)));
+            }
+            (false, false) if job.linger.is_none() => {
+                // Pipes closed first; SIGCHLD should come, but look again soon.
+                let soon = Duration::from_millis(200);
+                job.linger = Some(ctx.schedule(soon, Timer::Jobs(JobTimer::Reap)));
+            }
+            _ => {}
+        }
+    }
+
+    /// The process is over: record the result, start the next queued job.
+    fn finish(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let job = &mut self.jobs[i];
+        for t in [job.deadline.take(), job.grace.take(), job.linger.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel(t);
+        }
+        let (code, signal) = job.proc.as_ref().map_or((None, None), |p| p.exit());
+        let (status, reason) = match (&job.stop, code, signal) {
+            (Some(s), _, _) => (s.status, s.reason.clone()),
+            (None, Some(0), _) => ("succeeded", String::new()),
+            (None, Some(c), _) => ("failed", format!("exit code {c}")),
+            (None, None, Some(s)) => ("failed", format!("killed by signal {s}")),
+            (None, None, None) => ("failed", "exit status unknown".to_owned()),
+        };
+        let tail = match (code, signal) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            _ => String::new(),
+        };
+        if !tail.is_empty() {
+            system_note(job, &format!("{status}: {tail}"));
+        }
+        job.done = true;
+        if let Some(mut p) = job.proc.take() {
+            p.close(ctx.registry, 0);
+            p.close(ctx.registry, 1);
+        }
+        let r = JobResult {
+            job_id: job.start.job_id.clone(),
+            channel: job.start.channel,
+            status: status.into(),
+            exit_code: code,
+            signal,
+            reason,
+            started_ms: job.started_ms,
+            finished_ms: now_ms(),
+            output_bytes: job.chan.produced(),
+        };
+        info!(
+            "jobs",
+            "job {} {status}{}",
+            r.job_id,
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            }
+        );
+        self.record(r);
+        self.retire(ctx, i);
+        let max = self.cfg.as_ref().map_or(0, |c| c.max_concurrent);
+        while self.running() < max {
+            let Some((_, next)) = self.queue.pop_front() else {
+                break;
+            };
+            self.spawn(ctx, next);
+        }
+    }
+
+    fn record(&mut self, r: JobResult) {
+        self.ledger.finished(r.clone());
+        self.save();
+        if self.up {
+            self.outbox.push_back(result_message(r));
+        }
+    }
+
+    /// A finished job whose output is all acknowledged goes.
+    fn retire(&mut self, _ctx: &mut Ctx<'_>, i: usize) {
+        if i < self.jobs.len() && self.jobs[i].done && self.jobs[i].chan.is_drained() {
+            self.jobs.swap_remove(i);
+        }
+    }
+
+    fn save(&self) {
+        if self.cfg.is_some() {
+            if let Err(e) = self.ledger.save() {
+                warn!("jobs", "cannot write the job ledger: {e}");
+            }
+        }
+    }
+}
+
+fn result_message(r: JobResult) -> Outgoing {
+    Outgoing::Control(Box::new(Control::JobResult(r)))
+}
+
+/// Output bytes as records: `ts_ms, step 0, bytes`, at most a frame each.
+fn push_output(chan: &mut OutChannel, tag: StreamTag, bytes: &[u8]) -> std::io::Result<()> {
+    let ts = now_ms().to_be_bytes();
+    for chunk in bytes.chunks(CHUNK) {
+        let mut payload = Vec::with_capacity(JOB_RECORD_HEADER + chunk.len());
+        payload.extend_from_slice(&ts);
+        payload.push(0);
+        payload.extend_from_slice(chunk);
+        chan.push(tag, payload)?;
+    }
+    Ok(())
+}
+
+/// A line of our own in the job's log (tag system).
+fn system_note(job: &mut Job, text: &str) {
+    let line = format!("[tether] {text}\n");
+    if let Err(e) = push_output(&mut job.chan, StreamTag::System, line.as_bytes()) {
+        debug!("jobs", "job {}: note not kept: {e}", job.start.job_id);
+    }
+}
