@@ -8,6 +8,7 @@ mod cross_arch;
 mod docker;
 mod enroll;
 mod health;
+mod jobs;
 mod logs;
 mod reconnect;
 mod rogue;

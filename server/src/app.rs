@@ -14,12 +14,15 @@ use axum::Router;
 use crate::containers::ContainerHub;
 use crate::error::ApiError;
 use crate::health::HealthLog;
+use crate::job_store::JobStore;
+use crate::jobs::JobHub;
 use crate::log_store::LogStore;
 use crate::metrics_store::MetricStore;
 use crate::registry::Registry;
+use crate::secrets::SecretBox;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
-use crate::{api, auth, containers_api, events, logs_api, runner_ws, telemetry_api};
+use crate::{api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +70,11 @@ pub struct AppState {
     pub containers: Arc<ContainerHub>,
     /// Container logs at rest, and the collection settings.
     pub logs: Arc<LogStore>,
+    /// Scripts, secrets, jobs and their output.
+    pub jobs: Arc<JobStore>,
+    pub secrets: Arc<SecretBox>,
+    /// Live job output and status, for watchers.
+    pub job_hub: Arc<JobHub>,
     /// SHA-256 hex of the admin token.
     pub admin_token_hash: Arc<str>,
     pub tuning: Tuning,
@@ -79,6 +87,8 @@ impl AppState {
         storage: Arc<Storage>,
         metrics: Arc<MetricStore>,
         logs: Arc<LogStore>,
+        jobs: Arc<JobStore>,
+        secrets: Arc<SecretBox>,
         admin_token: &str,
         tuning: Tuning,
     ) -> AppState {
@@ -89,6 +99,9 @@ impl AppState {
         AppState {
             containers,
             logs,
+            jobs,
+            secrets,
+            job_hub: Arc::new(JobHub::default()),
             storage,
             health,
             registry,
@@ -162,6 +175,22 @@ pub fn app(state: AppState) -> Router {
             get(logs_api::logs),
         )
         .route("/api/v1/runners/{id}/logs", get(logs_api::settings))
+        .route("/api/v1/scripts", get(jobs_api::list_scripts))
+        .route(
+            "/api/v1/scripts/{name}",
+            get(jobs_api::get_script)
+                .put(jobs_api::put_script)
+                .delete(jobs_api::delete_script),
+        )
+        .route("/api/v1/secrets", get(jobs_api::list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            put(jobs_api::put_secret).delete(jobs_api::delete_secret),
+        )
+        .route("/api/v1/jobs", get(jobs_api::list_jobs).post(jobs_api::run))
+        .route("/api/v1/jobs/{id}", get(jobs_api::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs_api::cancel_job))
+        .route("/api/v1/jobs/{id}/output", get(jobs_api::output))
         .route(
             "/api/v1/runners/{id}/logs/collect",
             put(logs_api::set_collect),

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod containers;
+mod jobs;
 mod logs;
 use containers::ContainerCommand;
 
@@ -124,6 +125,17 @@ pub enum ClientCommand {
     Logs(logs::LogsArgs),
     /// Log collection and retention of a runner: show, or change with flags
     LogConfig(logs::LogConfigArgs),
+    /// The tenant's saved scripts
+    #[command(subcommand)]
+    Script(jobs::ScriptCommand),
+    /// Sealed secrets (write-only values, exported to the jobs that name them)
+    #[command(subcommand)]
+    Secret(jobs::SecretCommand),
+    /// Run a saved script or a command on runners; with one runner, watch it
+    Run(jobs::RunArgs),
+    /// Jobs: list, show, watch live, cancel
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +229,9 @@ pub enum CliError {
     /// stdout closed (e.g. `| head`): not a failure.
     BrokenPipe,
     Other(String),
+    /// A job watched to its end did not succeed: exit with its exit code
+    /// (or 1), after saying why.
+    Job(u8, String),
 }
 
 impl fmt::Display for CliError {
@@ -234,6 +249,7 @@ impl fmt::Display for CliError {
             } => write!(f, "{message} ({code}, HTTP {status})"),
             CliError::Unreachable(m) => write!(f, "server unreachable: {m}"),
             CliError::BrokenPipe => f.write_str("broken pipe"),
+            CliError::Job(_, why) => f.write_str(why),
         }
     }
 }
@@ -251,6 +267,7 @@ impl CliError {
             } => 4,
             CliError::Api { .. } => 1,
             CliError::Unreachable(_) => 5,
+            CliError::Job(code, _) => *code,
         })
     }
 }
@@ -287,6 +304,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
     let timeout = match &command {
         ClientCommand::Events => None,
         ClientCommand::Logs(a) if a.follow => None,
+        ClientCommand::Run(_) | ClientCommand::Jobs(jobs::JobsCommand::Watch { .. }) => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
         ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
             Some(containers::DOCKER_CALL_TIMEOUT)
@@ -475,6 +493,10 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Container(c) => containers::container(&client, c, json),
         ClientCommand::Logs(a) => logs::logs(&client, &a, json),
         ClientCommand::LogConfig(a) => logs::log_config(&client, &a, json),
+        ClientCommand::Script(c) => jobs::script(&client, c, json),
+        ClientCommand::Secret(c) => jobs::secret(&client, c, json),
+        ClientCommand::Run(a) => jobs::run(&client, &a, json),
+        ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
         ClientCommand::Prune {
             runner,
             images,

@@ -80,6 +80,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_LOG_COLLECT", default_value = "all", value_parser = parse_policy)]
     pub log_collect: crate::logs::CollectPolicy,
 
+    /// Key file for sealed secrets (64 hex digits; made on first start).
+    /// TETHER_SECRET_KEY (the hex key itself) takes precedence.
+    #[arg(long, env = "TETHER_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+
     /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,

@@ -70,6 +70,8 @@ pub enum Outgoing {
     },
     /// The collection policy changed: open what it now chooses.
     ResyncLogs,
+    /// Jobs were created or cancelled for this runner: send them.
+    JobsChanged,
 }
 
 /// What a connection task gets when it attaches.
@@ -364,6 +366,16 @@ impl Registry {
             // A full outbox means the connection is busy; it resyncs on
             // its periodic check anyway.
             let _ = entry.outbox.try_send(Outgoing::ResyncLogs);
+        }
+    }
+
+    /// Tell a connected runner's connection that its jobs changed. Not
+    /// connected: they are sent when it connects.
+    pub fn jobs_changed(&self, runner_id: &str) {
+        let inner = self.lock();
+        if let Some(entry) = inner.runners.get(runner_id) {
+            // A full outbox: the connection rechecks on its periodic tick.
+            let _ = entry.outbox.try_send(Outgoing::JobsChanged);
         }
     }
 

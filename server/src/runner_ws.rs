@@ -59,12 +59,15 @@ use crate::app::AppState;
 use crate::auth::{bearer, hash_secret};
 use crate::clock;
 use crate::error::ApiError;
+use crate::jobs::JobChannels;
 use crate::logs::LogChannels;
 use crate::registry::{AttachError, Outgoing, Session};
 use crate::serve::PeerAddr;
 use crate::storage::{ConnectedInfo, RunnerIdentity};
 use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 
+#[path = "runner_ws_jobs.rs"]
+mod runner_ws_jobs;
 #[path = "runner_ws_logs.rs"]
 mod runner_ws_logs;
 
@@ -206,6 +209,8 @@ struct Connection {
     metrics: Option<Box<MetricsStream>>,
     /// Container log channels (`runner_ws_logs.rs`).
     logs: LogChannels,
+    /// Job channels and the job messages sent (`runner_ws_jobs.rs`).
+    job_channels: JobChannels,
     /// Ids of the server's own `log_open`s, and when collection is next
     /// checked against the stored container list.
     collect_ids: u64,
@@ -220,6 +225,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         socket,
         state,
         logs: LogChannels::new(&runner.id),
+        job_channels: JobChannels::default(),
         runner,
         metrics: None,
         collect_ids: 0,
@@ -299,20 +305,23 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         protocol: version,
         runner_id: runner_id.clone(),
         server_version: SERVER_VERSION.to_owned(),
-        acks: Vec::new(),
+        acks: runner_ws_jobs::welcome_acks(&mut conn),
         metrics_ts,
     });
     let ending = match conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
         .await
     {
-        Ok(()) => {
-            conn.live(
-                &mut session,
-                Duration::from_millis(silence_limit_ms(heartbeat_ms)),
-            )
-            .await
-        }
+        Ok(()) => match conn.send_pending_jobs().await {
+            Err(ending) => ending,
+            Ok(()) => {
+                conn.live(
+                    &mut session,
+                    Duration::from_millis(silence_limit_ms(heartbeat_ms)),
+                )
+                .await
+            }
+        },
         Err(ending) => ending,
     };
     // Health first: the runner is unreachable from now, however long the
@@ -392,6 +401,11 @@ impl Connection {
                         }
                         self.rearm(&mut watchdog, last_frame + silence);
                     }
+                    Some(Outgoing::JobsChanged) => {
+                        if let Err(ending) = self.send_pending_jobs().await {
+                            return ending;
+                        }
+                    }
                     Some(Outgoing::ResyncLogs) => {
                         if let Err(ending) = self.resync_collection().await {
                             return ending;
@@ -410,7 +424,12 @@ impl Connection {
                             }
                         }
                         Ok(Inbound::Data(h, payload)) => {
-                            if let Err(ending) = self.on_log_frame(h, payload).await {
+                            let result = if h.channel < protocol::FIRST_CONNECTION_CHANNEL {
+                                self.on_job_frame(h, payload).await
+                            } else {
+                                self.on_log_frame(h, payload).await
+                            };
+                            if let Err(ending) = result {
                                 return ending;
                             }
                             self.rearm(&mut watchdog, last_frame + silence);
@@ -475,8 +494,10 @@ impl Connection {
             Message::Pong(_)
             | Message::Error(_)
             | Message::DockerResponse(_)
-            | Message::LogOpened(_) => {
-                let log_open = self.logs.on_reply(envelope.id, &envelope.body);
+            | Message::LogOpened(_)
+            | Message::JobAccepted(_) => {
+                let log_open = self.logs.on_reply(envelope.id, &envelope.body)
+                    || self.on_job_reply(envelope.id, &envelope.body);
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
@@ -526,6 +547,7 @@ impl Connection {
                     _ => Ok(()),
                 }
             }
+            Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::MetricsSchema(m) => {
                 let stream = self.metrics.get_or_insert_with(Box::default);
@@ -586,7 +608,10 @@ impl Connection {
             | Message::FingerprintResync(_)
             | Message::DockerRequest(_)
             | Message::LogOpen(_)
-            | Message::LogClose(_) => {
+            | Message::LogClose(_)
+            | Message::JobStart(_)
+            | Message::JobCancel(_)
+            | Message::JobResultAck(_) => {
                 note_ignored(
                     &format!(
                         "message type '{}' (server to runner only)",

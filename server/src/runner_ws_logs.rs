@@ -1,5 +1,5 @@
-//! The log channels of one runner connection, as the connection task drives
-//! them (`logs.rs` holds the channel table; this is the I/O around it):
+//! The log channels of one runner connection (and the tick that job output
+//! shares with them), as the connection task drives them (`logs.rs` holds the channel table; this is the I/O around it):
 //!
 //! ```text
 //!  container_snapshot / start event / policy change / every minute
@@ -141,19 +141,25 @@ impl Connection {
         if self.logs.flush_due(now) {
             self.flush_logs().await?;
         }
+        if self.job_flush_due(now) {
+            self.flush_job_output().await?;
+        }
         let sends = self.logs.tick();
         self.log_sends(sends).await?;
         if now >= self.resync_at {
             self.resync_collection().await?;
+            // A missed nudge (full outbox) is made good here.
+            self.send_pending_jobs().await?;
         }
         Ok(())
     }
 
     /// When [`log_tick`](Self::log_tick) wants to run.
     pub(super) fn log_due(&self) -> Instant {
-        self.logs
-            .due()
-            .map_or(self.resync_at, |d| d.min(self.resync_at))
+        [self.logs.due(), self.job_due()]
+            .into_iter()
+            .flatten()
+            .fold(self.resync_at, Instant::min)
     }
 
     /// Store the batch (off the async threads), then ACK it. On a storage

@@ -37,9 +37,11 @@ use tower::ServiceExt;
 
 use crate::app::{app, AppState, Tuning};
 use crate::config::{self, AdminToken, ServeArgs};
+use crate::job_store::JobStore;
 use crate::log_store::{LogRetention, LogStore};
 use crate::metrics_store::{MetricStore, Retention};
 use crate::registry::CloseOrder;
+use crate::secrets::SecretBox;
 use crate::storage::{Storage, StorageError};
 use crate::tls::{self, TlsError};
 
@@ -61,6 +63,7 @@ pub enum ServeError {
     Io(String, io::Error),
     Storage(StorageError),
     Tls(TlsError),
+    Secrets(crate::secrets::SecretError),
 }
 
 impl fmt::Display for ServeError {
@@ -69,6 +72,7 @@ impl fmt::Display for ServeError {
             ServeError::Io(what, e) => write!(f, "{what}: {e}"),
             ServeError::Storage(e) => write!(f, "storage: {e}"),
             ServeError::Tls(e) => write!(f, "{e}"),
+            ServeError::Secrets(e) => write!(f, "sealed secrets: {e}"),
         }
     }
 }
@@ -201,7 +205,25 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(io_err(format!("listening on {}", args.listen)))?;
     let local = listener.local_addr().map_err(io_err("local address"))?;
 
-    let state = AppState::new(storage, metrics, logs, admin.secret(), Tuning::default());
+    let jobs = Arc::new(JobStore::open(&data.join("jobs.db"))?);
+    let key_file = args
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data.join("secret.key"));
+    let secrets = SecretBox::load(
+        std::env::var("TETHER_SECRET_KEY").ok().as_deref(),
+        &key_file,
+    )
+    .map_err(ServeError::Secrets)?;
+    let state = AppState::new(
+        storage,
+        metrics,
+        logs,
+        jobs,
+        Arc::new(secrets),
+        admin.secret(),
+        Tuning::default(),
+    );
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");

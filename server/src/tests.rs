@@ -51,6 +51,8 @@ fn state_with(retention: Retention) -> AppState {
         Arc::new(Storage::open_in_memory().unwrap()),
         Arc::new(MetricStore::open_in_memory(retention).unwrap()),
         Arc::new(crate::log_store::LogStore::open_in_memory(Default::default()).unwrap()),
+        Arc::new(crate::job_store::JobStore::open_in_memory().unwrap()),
+        Arc::new(crate::secrets::SecretBox::from_key([9; 32])),
         ADMIN,
         tuning(),
     )

@@ -1,0 +1,221 @@
+//! Jobs between the API and the runner connections: the live fan-out of
+//! output and status to watchers ([`JobHub`]), the `job_start` a stored job
+//! becomes (with its secrets opened), and the per-connection bookkeeping
+//! of job channels ([`JobChannels`]).
+//!
+//! ```text
+//!  API: POST /jobs ─▶ job_store (pending) ─▶ registry nudge ─▶ connection: job_start (secrets opened here)
+//!  runner: job_accepted ─▶ queued/running;  DATA ─▶ batch ─▶ job_store.store_output ─▶ ACK
+//!                                                         └─▶ JobHub ─▶ watchers
+//!          job_result ─▶ job_store.record_result (once) ─▶ job_result_ack ─▶ JobHub
+//!  reconnect: welcome.acks = stored_bytes of each job whose output is still coming
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tether::protocol::{JobStart, JOB_RECORD_HEADER};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::job_store::{JobRow, JobStore, OutputRow};
+use crate::logs::{FLUSH_BYTES, FLUSH_EVERY};
+use crate::secrets::SecretBox;
+
+/// Updates a slow watcher may fall behind by before it re-reads storage.
+const HUB_BACKLOG: usize = 4096;
+
+/// One thing that happened to a job.
+#[derive(Debug, Clone)]
+pub enum JobUpdate {
+    Output { seq: i64, row: OutputRow },
+    Status { seq: i64, status: String },
+}
+
+impl JobUpdate {
+    pub fn seq(&self) -> i64 {
+        match self {
+            JobUpdate::Output { seq, .. } | JobUpdate::Status { seq, .. } => *seq,
+        }
+    }
+}
+
+pub struct JobHub {
+    tx: broadcast::Sender<Arc<JobUpdate>>,
+}
+
+impl Default for JobHub {
+    fn default() -> Self {
+        JobHub {
+            tx: broadcast::channel(HUB_BACKLOG).0,
+        }
+    }
+}
+
+impl JobHub {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobUpdate>> {
+        self.tx.subscribe()
+    }
+
+    pub fn send(&self, u: JobUpdate) {
+        // Nobody watching is fine.
+        let _ = self.tx.send(Arc::new(u));
+    }
+}
+
+/// The `job_start` of a stored job, its secrets opened. `Err` says why it
+/// cannot run (a secret was deleted, or does not open with this key).
+pub fn start_message(
+    job: &JobRow,
+    store: &JobStore,
+    secrets: &SecretBox,
+) -> Result<JobStart, String> {
+    let mut values = Vec::new();
+    for name in &job.spec.secrets {
+        let sealed = store
+            .secret(&job.tenant_id, name)
+            .map_err(|e| format!("reading secret {name}: {e}"))?
+            .ok_or_else(|| format!("secret {name} does not exist"))?;
+        let plain = secrets
+            .open(&job.tenant_id, name, &sealed.0, &sealed.1)
+            .map_err(|e| format!("secret {name}: {e}"))?;
+        let value = String::from_utf8(plain).map_err(|_| format!("secret {name} is not UTF-8"))?;
+        values.push((name.clone(), value));
+    }
+    Ok(JobStart {
+        job_id: job.id.clone(),
+        channel: u32::try_from(job.seq).map_err(|_| "job sequence out of range".to_owned())?,
+        program: job.spec.program.clone(),
+        args: job.spec.args.clone(),
+        script: job.spec.script.clone(),
+        env: job.spec.env.clone(),
+        secrets: values,
+        timeout_s: job.spec.timeout_s,
+    })
+}
+
+/// Job channels of one runner connection.
+#[derive(Default)]
+pub struct JobChannels {
+    /// Channel → (job seq, next offset expected).
+    known: HashMap<u32, (i64, u64)>,
+    /// Channels that are not this runner's jobs (ignored, logged once).
+    strangers: HashSet<u32>,
+    /// `job_start`s sent on this connection: request id → job id.
+    pub requests: HashMap<u64, String>,
+    pub started: HashSet<String>,
+    pub cancels: HashSet<String>,
+    batch: Vec<(i64, OutputRow)>,
+    batch_bytes: usize,
+    batch_since: Option<Instant>,
+}
+
+/// What a DATA frame on a job channel was.
+pub enum Frame {
+    /// Queued for storing.
+    Queued,
+    /// Already stored (a resend); nothing to do.
+    Duplicate,
+    /// Not a job of this runner.
+    Stranger,
+}
+
+impl JobChannels {
+    /// Learn a channel (from storage) the first time it is seen.
+    pub fn learn(&mut self, channel: u32, seq: i64, stored: i64) {
+        self.known
+            .entry(channel)
+            .or_insert((seq, stored.max(0) as u64));
+    }
+
+    pub fn is_known(&self, channel: u32) -> bool {
+        self.known.contains_key(&channel)
+    }
+
+    pub fn stranger(&mut self, channel: u32) -> bool {
+        self.strangers.insert(channel)
+    }
+
+    /// A DATA frame at `offset`. Offsets below what is stored are a resend
+    /// and dropped; a frame past it (the server lost data, e.g. a restored
+    /// backup) is kept, and the gap is logged.
+    pub fn on_data(
+        &mut self,
+        channel: u32,
+        offset: u64,
+        tag: u8,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<Frame, String> {
+        let Some((seq, next)) = self.known.get_mut(&channel) else {
+            return Ok(Frame::Stranger);
+        };
+        if payload.len() < JOB_RECORD_HEADER {
+            return Err(format!(
+                "job channel {channel}: a {}-byte record is shorter than its header",
+                payload.len()
+            ));
+        }
+        let end = offset + payload.len() as u64;
+        if end <= *next {
+            return Ok(Frame::Duplicate);
+        }
+        if offset != *next {
+            if offset < *next {
+                return Err(format!(
+                    "job channel {channel}: a record at {offset} overlaps what is stored (up to {next})"
+                ));
+            }
+            tracing::warn!(
+                channel,
+                offset,
+                expected = *next,
+                "job output has a gap (output before it was lost)"
+            );
+        }
+        *next = end;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&payload[..8]);
+        let row = OutputRow {
+            offset: offset as i64,
+            tag,
+            ts_ms: i64::try_from(u64::from_be_bytes(ts)).unwrap_or(0),
+            data: payload[JOB_RECORD_HEADER..].to_vec(),
+        };
+        self.batch_bytes += payload.len();
+        self.batch.push((*seq, row));
+        self.batch_since.get_or_insert(now);
+        Ok(Frame::Queued)
+    }
+
+    pub fn due(&self) -> Option<Instant> {
+        self.batch_since.map(|t| t + FLUSH_EVERY)
+    }
+
+    pub fn flush_due(&self, now: Instant) -> bool {
+        self.batch_bytes >= FLUSH_BYTES || self.batch_since.is_some_and(|t| now >= t + FLUSH_EVERY)
+    }
+
+    pub fn take_batch(&mut self) -> Vec<(i64, OutputRow)> {
+        self.batch_bytes = 0;
+        self.batch_since = None;
+        std::mem::take(&mut self.batch)
+    }
+
+    /// Storing failed: expect those offsets again (the runner resends them
+    /// after the next reconnect, from the stored end).
+    pub fn unstored(&mut self, batch: &[(i64, OutputRow)]) {
+        for (seq, row) in batch {
+            for (s, next) in self.known.values_mut() {
+                if s == seq {
+                    *next = (*next).min(row.offset as u64);
+                }
+            }
+        }
+    }
+
+    /// The channel of a job seq.
+    pub fn channel_of(&self, seq: i64) -> Option<u32> {
+        self.known.iter().find(|(_, v)| v.0 == seq).map(|(c, _)| *c)
+    }
+}

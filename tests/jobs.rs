@@ -1,0 +1,342 @@
+//! Jobs through the real server and runner: commands and saved scripts with
+//! their output and exit codes, loss-free output across connection cuts
+//! (byte-identical), sealed secrets that never reach a disk in the clear,
+//! cancel, timeout, the concurrency limit, a runner restart mid-job, and
+//! the host owner's `--no-jobs`.
+
+use crate::util::proxy::TcpProxy;
+use crate::util::*;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::time::Duration;
+
+fn run(tenant: &Tenant, body: Value) -> Vec<String> {
+    let (st, v) = tenant.call("POST", "/api/v1/jobs", Some(body));
+    assert_eq!(st, 201, "run: {v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn job(tenant: &Tenant, id: &str) -> Value {
+    let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// Wait until the job is over and all its output stored.
+fn wait_complete(tenant: &Tenant, id: &str, limit: Duration) -> Value {
+    wait_for(limit, &format!("job {id} to complete"), || {
+        let v = job(tenant, id);
+        (v["complete"] == true).then_some(v)
+    })
+}
+
+fn output(tenant: &Tenant, id: &str, stream: &str) -> Vec<u8> {
+    let mut r = tenant.api.stream(
+        &format!("/api/v1/jobs/{id}/output?stream={stream}"),
+        &tenant.token,
+    );
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    out
+}
+
+fn runner_with(server: &Server, tenant: &Tenant, args: &[&str]) -> Runner {
+    let mut runner = Runner::enroll(server, tenant);
+    let mut all = vec!["--heartbeat", "1s", "--docker-socket", "off"];
+    all.extend_from_slice(args);
+    runner.start(&all);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    runner
+}
+
+#[test]
+fn commands_and_saved_scripts_run_with_output_and_exit_codes() {
+    let server = Server::start();
+    let tenant = server.tenant("jobs");
+    let runner = runner_with(&server, &tenant, &["--max-jobs", "1"]);
+    let id = &runner.id;
+
+    let ids = run(
+        &tenant,
+        json!({ "runners": [id], "command": "echo out; echo err >&2; exit 3" }),
+    );
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(20));
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("failed"), Some(3)),
+        "{v}"
+    );
+    assert_eq!(output(&tenant, &ids[0], "stdout"), b"out\n");
+    assert_eq!(output(&tenant, &ids[0], "stderr"), b"err\n");
+    let all = String::from_utf8(output(&tenant, &ids[0], "all")).unwrap();
+    assert!(all.contains("[tether] failed: exit code 3"), "{all}");
+
+    // A saved script with an interpreter, arguments and env; three at once
+    // on a runner that runs one at a time: they queue and all finish.
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/scripts/greet",
+        Some(json!({ "body": "sleep 0.3; echo \"hello $1 from $WHO\"", "args": ["world"] })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.extend(run(
+            &tenant,
+            json!({ "runners": [id], "script": "greet", "env": { "WHO": "tests" } }),
+        ));
+    }
+    let statuses: Vec<String> = ids
+        .iter()
+        .map(|j| job(&tenant, j)["status"].as_str().unwrap().to_owned())
+        .collect();
+    for j in &ids {
+        let v = wait_complete(&tenant, j, Duration::from_secs(20));
+        assert_eq!(v["status"], "succeeded", "{v}");
+        assert_eq!(output(&tenant, j, "stdout"), b"hello world from tests\n");
+    }
+    let (_, list) = tenant.call("GET", &format!("/api/v1/jobs?runner={id}"), None);
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    // At least one of them had to wait for another.
+    let max_running = ids
+        .iter()
+        .map(|j| job(&tenant, j))
+        .filter(|v| v["started_ms"].is_i64())
+        .count();
+    assert_eq!(max_running, 3, "{statuses:?}");
+
+    // The CLI runs one and exits with its code.
+    let out = std::process::Command::new(server_bin())
+        .args(["--api", &server.url, "--ca-file"])
+        .arg(&server.ca)
+        .args([
+            "--token",
+            &tenant.token,
+            "run",
+            id,
+            "-c",
+            "echo via-cli; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-cli\n");
+
+    // Bad input: a clear error, no job.
+    let (st, _) = tenant.call("POST", "/api/v1/jobs", Some(json!({ "runners": [id] })));
+    assert_eq!(st, 400);
+    let (st, _) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": ["rn_nope"], "command": "true" })),
+    );
+    assert_eq!(st, 404);
+    let (st, _) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [id], "script": "missing" })),
+    );
+    assert_eq!(st, 404);
+}
+
+#[test]
+fn output_is_byte_identical_after_the_connection_is_cut_again_and_again() {
+    let server = Server::start();
+    let tenant = server.tenant("jobs-cut");
+    let proxy = TcpProxy::to(&server.addr());
+    let url = proxy.url("https");
+    let runner = runner_with(&server, &tenant, &["--server", &url]);
+    let script = "i=0; while [ $i -lt 200000 ]; do echo \"line $i\"; i=$((i+1)); case $i in *000) sleep 0.05;; esac; done";
+    let ids = run(
+        &tenant,
+        json!({ "runners": [runner.id], "command": script }),
+    );
+    // Four cuts while the job prints, each after the runner reconnected.
+    for n in 0..4 {
+        let seen = proxy.accepted();
+        std::thread::sleep(Duration::from_millis(700));
+        assert_ne!(
+            job(&tenant, &ids[0])["complete"],
+            true,
+            "the job outran cut {n}"
+        );
+        proxy.cut();
+        wait_for(Duration::from_secs(20), "the runner to reconnect", || {
+            (proxy.accepted() > seen).then_some(())
+        });
+    }
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(120));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let got = output(&tenant, &ids[0], "stdout");
+    let mut want = String::new();
+    for i in 0..200_000 {
+        want.push_str(&format!("line {i}\n"));
+    }
+    assert_eq!(got.len(), want.len(), "stored bytes");
+    assert!(
+        got == want.as_bytes(),
+        "stored output differs from what the script printed"
+    );
+    assert!(
+        proxy.accepted() >= 5,
+        "the connection was really cut ({} connections)",
+        proxy.accepted()
+    );
+}
+
+#[test]
+fn secrets_are_sealed_masked_and_never_on_disk_in_the_clear() {
+    let server = Server::start();
+    let tenant = server.tenant("jobs-secrets");
+    let runner = runner_with(&server, &tenant, &[]);
+    let secret = "s3cr3t-Value-6f1c9e";
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/API_TOKEN",
+        Some(json!({ "value": secret })),
+    );
+    assert_eq!(st, 204, "{v}");
+    let (_, list) = tenant.call("GET", "/api/v1/secrets", None);
+    assert!(!list.to_string().contains(secret), "values are write-only");
+    assert_eq!(list[0]["name"], "API_TOKEN");
+
+    let ids = run(
+        &tenant,
+        json!({
+            "runners": [runner.id],
+            "command": "echo \"token=$API_TOKEN\"; printf '%s' \"$API_TOKEN\" | cut -c1-6; echo \"$API_TOKEN\" >&2",
+            "secrets": ["API_TOKEN"],
+        }),
+    );
+    // Watch it live too: the streamed output is masked as well.
+    let mut live = tenant.api.stream(
+        &format!("/api/v1/jobs/{}/output?follow=1&format=ndjson", ids[0]),
+        &tenant.token,
+    );
+    let mut streamed = String::new();
+    live.read_to_string(&mut streamed).unwrap();
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(20));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let out = String::from_utf8(output(&tenant, &ids[0], "all")).unwrap();
+    assert!(out.contains("token=***\n"), "{out}");
+    assert!(
+        out.contains("s3cr3t\n"),
+        "only the whole value is masked: {out}"
+    );
+    assert!(
+        !out.contains(secret) && !streamed.contains(secret),
+        "{out}\n{streamed}"
+    );
+    assert!(streamed.contains("token=***"), "{streamed}");
+
+    // Byte by byte: not in the runner's state dir, not in any server file.
+    let hits = grep_dir(runner.dir.path(), secret.as_bytes());
+    assert!(
+        hits.is_empty(),
+        "secret found in the runner's state dir: {hits:?}"
+    );
+    let hits = grep_dir(server.dir.path(), secret.as_bytes());
+    assert!(
+        hits.is_empty(),
+        "secret found in the server's data dir: {hits:?}"
+    );
+
+    // A deleted secret: the job fails with the reason, nothing runs.
+    let (st, _) = tenant.call("DELETE", "/api/v1/secrets/API_TOKEN", None);
+    assert_eq!(st, 204);
+    let (st, _) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [runner.id], "command": "true", "secrets": ["API_TOKEN"] })),
+    );
+    assert_eq!(st, 404);
+}
+
+/// Files under `dir` (recursively) containing `needle`.
+fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(grep_dir(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn cancel_timeout_restart_and_the_owners_veto() {
+    let server = Server::start();
+    let tenant = server.tenant("jobs-stop");
+    let mut runner = runner_with(&server, &tenant, &[]);
+    let id = runner.id.clone();
+
+    let ids = run(
+        &tenant,
+        json!({ "runners": [id], "command": "echo started; sleep 60" }),
+    );
+    wait_for(Duration::from_secs(10), "the job to start", || {
+        (job(&tenant, &ids[0])["status"] == "running").then_some(())
+    });
+    let (st, v) = tenant.call("POST", &format!("/api/v1/jobs/{}/cancel", ids[0]), None);
+    assert_eq!(st, 200, "{v}");
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(15));
+    assert_eq!(v["status"], "cancelled", "{v}");
+    let (st, _) = tenant.call("POST", &format!("/api/v1/jobs/{}/cancel", ids[0]), None);
+    assert_eq!(st, 409, "a final job cannot be cancelled");
+
+    let ids = run(
+        &tenant,
+        json!({ "runners": [id], "command": "sleep 60", "timeout_s": 1 }),
+    );
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(15));
+    assert_eq!(v["status"], "timed_out", "{v}");
+
+    // A runner killed mid-job: on restart the job is reported failed.
+    let ids = run(
+        &tenant,
+        json!({ "runners": [id], "command": "echo begun; sleep 60" }),
+    );
+    wait_for(Duration::from_secs(10), "output stored", || {
+        (output(&tenant, &ids[0], "stdout") == b"begun\n").then_some(())
+    });
+    signal(runner.child(), libc::SIGKILL);
+    wait_exit(runner.child(), Duration::from_secs(5)).expect("runner killed");
+    runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(20));
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("runner restart"),
+        "{v}"
+    );
+    drop(runner);
+
+    // The host owner switched jobs off: refused, with the reason.
+    let vetoed = runner_with(&server, &tenant, &["--no-jobs"]);
+    let ids = run(
+        &tenant,
+        json!({ "runners": [vetoed.id], "command": "true" }),
+    );
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(15));
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("switched off"),
+        "{v}"
+    );
+}
