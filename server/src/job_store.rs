@@ -100,6 +100,9 @@ pub struct Script {
     pub updated_ms: i64,
 }
 
+/// A sealed secret as stored: `(nonce, ciphertext with tag)`.
+pub type Sealed = (Vec<u8>, Vec<u8>);
+
 /// One stored DATA frame of a job.
 #[derive(Debug, Clone)]
 pub struct OutputRow {
@@ -280,11 +283,7 @@ impl JobStore {
     }
 
     /// `(nonce, sealed)` of a secret.
-    pub fn secret(
-        &self,
-        tenant: &str,
-        name: &str,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn secret(&self, tenant: &str, name: &str) -> Result<Option<Sealed>, StorageError> {
         Ok(self
             .read()
             .query_row(

@@ -28,14 +28,20 @@ const HUB_BACKLOG: usize = 4096;
 /// One thing that happened to a job.
 #[derive(Debug, Clone)]
 pub enum JobUpdate {
-    Output { seq: i64, row: OutputRow },
-    Status { seq: i64, status: String },
+    Output {
+        seq: i64,
+        row: OutputRow,
+    },
+    /// Its status changed (read it from storage).
+    Status {
+        seq: i64,
+    },
 }
 
 impl JobUpdate {
     pub fn seq(&self) -> i64 {
         match self {
-            JobUpdate::Output { seq, .. } | JobUpdate::Status { seq, .. } => *seq,
+            JobUpdate::Output { seq, .. } | JobUpdate::Status { seq } => *seq,
         }
     }
 }

@@ -105,10 +105,7 @@ impl Connection {
         match self.state.jobs.finish(id, status, reason, clock::now_ms()) {
             Ok(true) => {
                 tracing::info!(runner = %self.runner.id, job = %id, status, "{reason}");
-                self.state.job_hub.send(JobUpdate::Status {
-                    seq,
-                    status: status.to_owned(),
-                });
+                self.state.job_hub.send(JobUpdate::Status { seq });
             }
             Ok(false) => {}
             Err(e) => tracing::error!(runner = %self.runner.id, job = %id, "finishing a job: {e}"),
@@ -132,10 +129,7 @@ impl Connection {
                 if let Err(e) = self.state.jobs.accepted(&job_id, &a.state, clock::now_ms()) {
                     tracing::error!(runner = %self.runner.id, job = %job_id, "recording acceptance: {e}");
                 }
-                self.state.job_hub.send(JobUpdate::Status {
-                    seq,
-                    status: a.state.clone(),
-                });
+                self.state.job_hub.send(JobUpdate::Status { seq });
             }
             Message::Error(e) => {
                 let why = format!("refused by the runner: {}: {}", e.code, e.message);
@@ -154,7 +148,6 @@ impl Connection {
                     tracing::info!(runner = %self.runner.id, job = %r.job_id, status = %r.status, "job ended");
                     self.state.job_hub.send(JobUpdate::Status {
                         seq: i64::from(r.channel),
-                        status: r.status.clone(),
                     });
                 }
             }

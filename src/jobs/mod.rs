@@ -274,12 +274,12 @@ impl Jobs {
             }
             LinkEvent::JobStart { id, start } => self.start(ctx, id, *start),
             LinkEvent::JobCancel(job_id) => self.cancel(ctx, &job_id),
-            LinkEvent::JobResultAck(job_id) => {
-                if self.ledger.acked(&job_id) {
-                    self.save();
-                }
-            }
-            LinkEvent::ChannelAck { channel, kind, seq } if kind == FrameKind::Ack => {
+            LinkEvent::JobResultAck(job_id) if self.ledger.acked(&job_id) => self.save(),
+            LinkEvent::ChannelAck {
+                channel,
+                kind: FrameKind::Ack,
+                seq,
+            } => {
                 if let Some(i) = self.jobs.iter().position(|j| j.chan.channel() == channel) {
                     if let Err(e) = self.jobs[i].chan.ack(seq) {
                         warn!(
