@@ -118,8 +118,8 @@ pub struct JobChannels {
 
 /// What a DATA frame on a job channel was.
 pub enum Frame {
-    /// Queued for storing.
-    Queued,
+    /// Queued for storing; the row, for live watchers.
+    Queued(i64, OutputRow),
     /// Already stored (a resend); nothing to do.
     Duplicate,
     /// Not a job of this runner.
@@ -189,9 +189,9 @@ impl JobChannels {
             data: payload[JOB_RECORD_HEADER..].to_vec(),
         };
         self.batch_bytes += payload.len();
-        self.batch.push((*seq, row));
+        self.batch.push((*seq, row.clone()));
         self.batch_since.get_or_insert(now);
-        Ok(Frame::Queued)
+        Ok(Frame::Queued(*seq, row))
     }
 
     pub fn due(&self) -> Option<Instant> {

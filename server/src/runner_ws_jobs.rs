@@ -200,7 +200,11 @@ impl Connection {
             .on_data(h.channel, h.seq, h.tag as u8, &payload, now)
         {
             Err(why) => return Err(Ending::violation(0, why)),
-            Ok(Frame::Queued | Frame::Duplicate | Frame::Stranger) => {}
+            // Watchers see it at once (they order by offset and skip what
+            // they have, so a resend after a failed store is harmless);
+            // the runner's ACK waits for the disk.
+            Ok(Frame::Queued(seq, row)) => self.state.job_hub.send(JobUpdate::Output { seq, row }),
+            Ok(Frame::Duplicate | Frame::Stranger) => {}
         }
         if self.job_channels.flush_due(now) {
             self.flush_job_output().await?;
@@ -208,7 +212,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Store the batch, tell the watchers, then ACK. A storage error ends
+    /// Store the batch, then ACK. A storage error ends
     /// the connection: the runner resends from the last ACK after it
     /// reconnects, so nothing unstored is ever acknowledged or lost.
     pub(super) async fn flush_job_output(&mut self) -> Result<(), Ending> {
@@ -242,9 +246,7 @@ impl Connection {
                 ));
             }
         };
-        for (seq, row) in batch {
-            self.state.job_hub.send(JobUpdate::Output { seq, row });
-        }
+        drop(batch);
         for (seq, end) in ends {
             let Some(channel) = self.job_channels.channel_of(seq) else {
                 continue;

@@ -45,7 +45,7 @@ fn dist(target: &str) -> PathBuf {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=sizes,tick,idle,sim,logs runs a part.
+    // BENCH_ONLY=tick,idle,sim,logs,jobs runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -87,6 +87,9 @@ fn main() {
     }
     if part("logs") {
         log_throughput(&mut rows);
+    }
+    if part("jobs") {
+        job_relay(&mut rows);
     }
 
     println!();
@@ -416,10 +419,6 @@ fn log_throughput(rows: &mut Vec<Row>) {
         );
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let (ours, theirs) = (median(&mut ours), median(&mut theirs));
     let how = format!(
         "{lines} lines of 100 B ({:.0} MB with timestamps), median of {runs}",
@@ -457,3 +456,140 @@ fn log_throughput(rows: &mut Vec<Row>) {
         ),
     });
 }
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Job output: a child's stdout to the server's store, against the same
+/// bytes piped to /dev/null; line latency to a live watcher; runner RSS
+/// while a job floods.
+fn job_relay(rows: &mut Vec<Row>) {
+    let mb = env_secs("BENCH_JOB_MB", 200);
+    let server = Server::start();
+    let tenant = server.tenant("bench-jobs");
+    let mut runner = Runner::enroll(&server, &tenant);
+    runner.bin = dist("x86_64-unknown-linux-musl");
+    runner.start(&[
+        "--heartbeat",
+        "5s",
+        "--docker-socket",
+        "off",
+        "--metrics-interval",
+        "off",
+        "--fingerprint-interval",
+        "off",
+    ]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(30));
+    let pid = runner.pid();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = rss_kib(pid);
+    let cmd = format!("dd if=/dev/zero bs=1M count={mb} status=none");
+    let (mut ours, mut theirs, mut peak) = (Vec::new(), Vec::new(), 0u64);
+    for run in 0..3 {
+        let t = Instant::now();
+        let st = Command::new("sh").args(["-c", &format!("{cmd} > /dev/null")]).status().unwrap();
+        assert!(st.success());
+        theirs.push(mb as f64 * 1.048576 / t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let (st, v) = tenant.call(
+            "POST",
+            "/api/v1/jobs",
+            Some(serde_json::json!({ "runners": [runner.id], "command": cmd })),
+        );
+        assert_eq!(st, 201, "{v}");
+        let id = v[0]["id"].as_str().unwrap().to_owned();
+        let v = wait_for(Duration::from_secs(600), "the job's output stored", || {
+            peak = peak.max(rss_kib(pid));
+            let (_, v) = tenant.call("GET", &format!("/api/v1/jobs/{id}"), None);
+            std::thread::sleep(Duration::from_millis(20));
+            (v["complete"] == true).then_some(v)
+        });
+        assert_eq!(v["status"], "succeeded", "{v}");
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("bench: job relay run {run}: {mb} MiB stored in {secs:.2} s");
+        ours.push(mb as f64 * 1.048576 / secs);
+    }
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    rows.push(Row {
+        what: "job output: child stdout → runner → server store".into(),
+        value: ours,
+        unit: "MB/s",
+        goal: None,
+        how: format!("{mb} MiB from dd, POST /jobs to complete, median of 3"),
+    });
+    rows.push(Row {
+        what: "the same dd piped to /dev/null".into(),
+        value: theirs,
+        unit: "MB/s",
+        goal: None,
+        how: "median of 3, same run".into(),
+    });
+    rows.push(Row {
+        what: "job output relay, goal ≥ 100 MB/s (as goal/value)".into(),
+        value: 100.0 / ours,
+        unit: "x",
+        goal: Some(1.0),
+        how: format!("ours / dd to /dev/null = {:.3}", ours / theirs),
+    });
+    rows.push(Row {
+        what: "runner RSS above idle while a job floods".into(),
+        value: (peak.saturating_sub(rss_idle)) as f64 / 1024.0,
+        unit: "MiB",
+        goal: Some(8.0),
+        how: format!("VmRSS peak − idle ({:.2} MiB), sampled every ~20 ms", rss_idle as f64 / 1024.0),
+    });
+
+    // Latency: the host prints its own clock; the watcher compares.
+    let script = "for i in $(seq 1 300); do date +%s%N; sleep 0.02; done";
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(serde_json::json!({ "runners": [runner.id], "command": script })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let id = v[0]["id"].as_str().unwrap().to_owned();
+    let api = server.api();
+    let reader = api.stream(&format!("/api/v1/jobs/{id}/output?follow=1&format=ndjson&stream=stdout"), &tenant.token);
+    let mut lat = Vec::new();
+    let mut pending = String::new();
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(reader).lines() {
+        let line = line.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as f64;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        pending.push_str(v["data"].as_str().unwrap_or(""));
+        while let Some(p) = pending.find('\n') {
+            let printed: f64 = pending[..p].trim().parse().unwrap_or(now);
+            lat.push((now - printed) / 1e6);
+            pending.drain(..=p);
+        }
+    }
+    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    rows.push(Row {
+        what: "job line → API watcher latency p50".into(),
+        value: p50,
+        unit: "ms",
+        goal: None,
+        how: format!("{} lines, host clock printed by the job, ndjson follow", lat.len()),
+    });
+    rows.push(Row {
+        what: "job line → API watcher latency p99".into(),
+        value: p99,
+        unit: "ms",
+        goal: Some(100.0),
+        how: "same run".into(),
+    });
+}
+
