@@ -5,6 +5,10 @@
 //! ```text
 //! <data-dir>/tether.db     SQLite (WAL: also tether.db-wal, tether.db-shm)
 //!            metrics.db    host metrics (SQLite, WAL), apart from the control plane
+//!            logs.db       container logs, collection cursors and settings
+//!            jobs.db       scripts, sealed secrets, jobs and their output
+//!            secret.key    the key that opens sealed secrets (0600), unless
+//!                          TETHER_SECRET_KEY is set; never in a database
 //!            admin.token   the admin token, 0600, made on first start
 //!            server.url    where this instance listens (rewritten each start)
 //!            tls/          dev CA and leaf, when no certificate is configured
