@@ -87,6 +87,8 @@ Try (in another shell):
   $server events
   $server metrics $runner_id --since 5m
   $server containers $runner_id --all
+  $server run $runner_id -c 'uname -a; df -h /'
+  $server logs $runner_id CONTAINER --follow
   curl --cacert $ca -H "Authorization: Bearer \$TETHER_TOKEN" $url/api/v1/runners
 
 Ctrl-C stops the server and the runner.
