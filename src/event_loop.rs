@@ -25,6 +25,7 @@ use crate::conn::{
 use crate::docker::client::{Docker, DockerTimer};
 use crate::signals::{self, Signals};
 use crate::telemetry::{Telemetry, TelemetryTimer};
+use crate::update::feed::UpdateFeed;
 use crate::{debug, info};
 use mio::{Events, Poll, Registry, Token, Waker};
 use std::cmp::Ordering;
@@ -50,9 +51,11 @@ pub enum Timer {
     Docker(DockerTimer),
 }
 
-/// What the connection sends besides its own traffic: Docker first (answers
-/// to the server's requests, container events), then telemetry.
+/// What the connection sends besides its own traffic: update reports first
+/// (rare and small), Docker (answers to the server's requests, container
+/// events), then telemetry.
 struct Feeds<'a> {
+    update: &'a mut UpdateFeed,
     docker: &'a mut Docker,
     telemetry: &'a mut Telemetry,
 }
@@ -61,7 +64,11 @@ impl Feed for Feeds<'_> {
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
             LinkEvent::DockerRequest { .. } => self.docker.on_link(ctx, event),
+            LinkEvent::UpdateOffer(offer) => self.update.on_offer(offer),
             other => {
+                if let LinkEvent::Up { .. } = other {
+                    self.update.on_up();
+                }
                 self.docker.on_link(ctx, other.clone());
                 self.telemetry.on_link(ctx, other);
             }
@@ -69,8 +76,9 @@ impl Feed for Feeds<'_> {
     }
 
     fn next_message(&mut self) -> Option<Outgoing> {
-        self.docker
+        self.update
             .next_message()
+            .or_else(|| self.docker.next_message())
             .or_else(|| self.telemetry.next_message())
     }
 
@@ -222,7 +230,7 @@ impl EventLoop {
 
     /// Run the connection until it stops (signal, revocation). `signals`
     /// is `None` in tests that stop the loop another way.
-    pub fn run(self, cfg: ConnConfig, signals: Option<Signals>) -> io::Result<Exit> {
+    pub fn run(self, cfg: ConnConfig, signals: Option<&Signals>) -> io::Result<Exit> {
         self.run_until(cfg, signals, None)
     }
 
@@ -231,14 +239,22 @@ impl EventLoop {
     pub fn run_until(
         mut self,
         cfg: ConnConfig,
-        signals: Option<Signals>,
+        signals: Option<&Signals>,
         deadline: Option<Instant>,
     ) -> io::Result<Exit> {
         let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
         let mut telemetry = Telemetry::new(&cfg.telemetry, Instant::now());
         let mut docker = Docker::new(cfg.docker.clone());
+        let mut update = UpdateFeed::new(
+            cfg.update.clone(),
+            cfg.update_trial.clone(),
+            cfg.health_deadline.is_some(),
+        );
+        // A new version on probation must connect by then (update/mod.rs).
+        let health_deadline = cfg.health_deadline.map(|d| Instant::now() + d);
+        let cfg_update = cfg.update.is_some() && cfg.update_trial.is_none();
         let mut conn = Connection::new(cfg, Resolver::new(waker));
-        if let Some(s) = &signals {
+        if let Some(s) = signals {
             s.register(self.poll.registry(), SIGNALS)?;
         }
         conn.start(&mut self.ctx());
@@ -266,15 +282,23 @@ impl EventLoop {
                 telemetry.set_containers(list);
             }
             let mut feeds = Feeds {
+                update: &mut update,
                 docker: &mut docker,
                 telemetry: &mut telemetry,
             };
             conn.pump(&mut self.ctx(), &mut feeds);
+            if let Some(exit) = update.take_exit() {
+                conn.shutdown_with(&mut self.ctx(), exit, "runner updating");
+            }
             if let Some(exit) = conn.exit() {
                 return Ok(exit.clone());
             }
 
             let now = Instant::now();
+            let probation = health_deadline.filter(|_| update.on_probation());
+            if probation.is_some_and(|d| now >= d) {
+                return Ok(Exit::Unhealthy);
+            }
             if deadline.is_some_and(|d| now >= d) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -289,7 +313,7 @@ impl EventLoop {
                         .next_deadline()
                         .map(|at| at.saturating_duration_since(now))
                 };
-            if let Some(d) = deadline {
+            for d in [deadline, probation].into_iter().flatten() {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
@@ -310,11 +334,15 @@ impl EventLoop {
                 let mut ctx = self.ctx();
                 match token {
                     SIGNALS => {
-                        let (mut stop, mut child) = (false, false);
-                        if let Some(s) = &signals {
+                        let (mut stop, mut child, mut incoming) = (false, false, false);
+                        if let Some(s) = signals {
                             s.drain(|sig| {
                                 if sig == libc::SIGCHLD {
                                     child = true;
+                                    return;
+                                }
+                                if sig == libc::SIGUSR1 {
+                                    incoming = true;
                                     return;
                                 }
                                 info!("main", "received {}; shutting down", signals::name(sig));
@@ -326,6 +354,12 @@ impl EventLoop {
                         }
                         if stop {
                             conn.shutdown(&mut ctx);
+                        } else if incoming && cfg_update {
+                            info!(
+                                "main",
+                                "received SIGUSR1: installing the release in the state dir"
+                            );
+                            conn.shutdown_with(&mut ctx, Exit::UpdateFromFile, "runner updating");
                         }
                     }
                     DNS_WAKER => conn.on_dns(&mut ctx),

@@ -107,6 +107,15 @@ pub enum Message {
     /// runner → server: every container on the host, sent when Docker becomes
     /// available on a connection, so the server's view starts complete.
     ContainerSnapshot(ContainerSnapshot),
+    /// server → runner: the version this runner should run, and where its
+    /// binary and minisign signature are. Sent after `welcome` and when the
+    /// operator changes the desired version. The runner decides (signature
+    /// against its own trusted keys, no downgrade, not a version that failed
+    /// here) and answers with `update_status`.
+    Update(UpdateOffer),
+    /// runner → server: what became of an update (installed, failed and
+    /// rolled back, rejected, interrupted).
+    UpdateStatus(UpdateStatus),
 }
 
 impl Message {
@@ -127,6 +136,8 @@ impl Message {
             Message::DockerResponse(_) => "docker_response",
             Message::ContainerEvent(_) => "container_event",
             Message::ContainerSnapshot(_) => "container_snapshot",
+            Message::Update(_) => "update",
+            Message::UpdateStatus(_) => "update_status",
         }
     }
 
@@ -146,6 +157,8 @@ impl Message {
         "docker_response",
         "container_event",
         "container_snapshot",
+        "update",
+        "update_status",
     ];
 }
 
@@ -212,6 +225,52 @@ pub struct FingerprintReport {
     /// Collection problems, e.g. "firewall: unavailable (no nft or iptables-save)".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    /// The desired version, e.g. `0.2.0`.
+    pub version: String,
+    /// Path (on the server the runner is connected to) of the binary for
+    /// this runner's architecture, e.g. `/releases/0.2.0/tether-x86_64`.
+    pub binary: String,
+    /// Path of its minisign signature (`<binary>.minisig`).
+    pub signature: String,
+}
+
+/// `update_status` states.
+pub mod update_state {
+    /// The new version connected and is healthy.
+    pub const INSTALLED: &str = "installed";
+    /// The new version did not come up (exited, never connected): the
+    /// previous one runs again. Not tried again on this host.
+    pub const FAILED: &str = "failed";
+    /// Refused before anything changed: bad signature, wrong architecture,
+    /// downgrade, download failure, disk full, read-only binary location.
+    pub const REJECTED: &str = "rejected";
+    /// The runner was stopped in the middle of an update; nothing changed.
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
+/// What became of an update on one runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub version: String,
+    /// One of [`update_state`].
+    pub state: String,
+    /// The version running when the update started.
+    #[serde(default)]
+    pub from_version: String,
+    /// Why (for every state but `installed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix ms when it happened on the runner.
+    #[serde(default)]
+    pub at_ms: u64,
+    /// Milliseconds from the runner hearing of the version to the new
+    /// version connected (`installed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

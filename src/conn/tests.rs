@@ -35,6 +35,9 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
         // switch it on.
         telemetry: TelemetryConfig::off(),
         docker: None,
+        update: None,
+        update_trial: None,
+        health_deadline: None,
     }
 }
 
@@ -458,7 +461,7 @@ fn sigterm_sends_close_1000_and_exits() {
     let deadline = Some(Instant::now() + Duration::from_secs(10));
     let exit = EventLoop::new()
         .unwrap()
-        .run_until(config(&url, None), Some(signals), deadline)
+        .run_until(config(&url, None), Some(&signals), deadline)
         .unwrap();
     assert_eq!(exit, Exit::Shutdown);
     let ((code, reason), took) = srv.join().unwrap();

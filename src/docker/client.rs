@@ -755,7 +755,8 @@ impl Docker {
                 self.queue.retain(|j| !j.purpose.is_shared());
             }
             LinkEvent::DockerRequest { id, request } => self.on_request(*request, id),
-            LinkEvent::MetricsAck(_) | LinkEvent::FingerprintResync => {}
+            LinkEvent::MetricsAck(_) | LinkEvent::FingerprintResync | LinkEvent::UpdateOffer(_) => {
+            }
         }
         self.pump_queue(ctx);
     }
