@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod containers;
+mod updates;
 use containers::ContainerCommand;
+use updates::{ReleaseCommand, UpdateCommand};
 
 /// Help heading of the flags every client subcommand shares (they are global,
 /// so they may come before or after the subcommand).
@@ -118,6 +120,12 @@ pub enum ClientCommand {
         /// Runner id (rn_…) or name
         runner: String,
     },
+    /// Signed runner releases on the server: upload (admin), list
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// The version runners should run: set (with a canary share), clear, show
+    #[command(subcommand)]
+    Update(UpdateCommand),
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +181,10 @@ pub enum RunnerCommand {
     Revoke { id: String },
     /// Round trip through the runner's connection
     Ping { id: String },
+    /// Put a runner in an update group (empty: none)
+    Group { id: String, group: String },
+    /// A runner's version, desired version and update reports
+    Updates { id: String },
 }
 
 /// `30s`, `10m`, `1h`, `2d` or plain seconds, to seconds.
@@ -472,6 +484,14 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             filters,
         } => containers::prune(&client, &runner, images, &filters, json),
         ClientCommand::Docker { runner } => containers::docker(&client, &runner, json),
+        ClientCommand::Release(c) => updates::release(&client, c, json),
+        ClientCommand::Update(c) => updates::update(&client, c, json),
+        ClientCommand::Runner(RunnerCommand::Group { id, group }) => {
+            updates::set_group(&client, &id, &group, json)
+        }
+        ClientCommand::Runner(RunnerCommand::Updates { id }) => {
+            updates::runner_updates(&client, &id, json)
+        }
     }
 }
 
@@ -801,6 +821,26 @@ impl Client {
         })
     }
 
+    /// POST raw bytes (a release file).
+    fn upload(&self, path: &str, bytes: Vec<u8>) -> Result<(String, Value), CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/octet-stream");
+        if let Some(a) = self.auth_header() {
+            req = req.header("Authorization", a);
+        }
+        let response = req.send(&bytes[..])?;
+        let status = response.status().as_u16();
+        let raw = response.into_body().read_to_string()?;
+        let value: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &value, &raw));
+        }
+        Ok((raw, value))
+    }
+
     fn auth_header(&self) -> Option<String> {
         self.token.as_ref().map(|t| format!("Bearer {}", t.trim()))
     }
@@ -827,7 +867,11 @@ impl Client {
                 req.call()?
             }
             _ => {
-                let mut req = self.agent.post(&url);
+                let mut req = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }

@@ -59,6 +59,8 @@ pub enum Outgoing {
         text: String,
         reply: oneshot::Sender<Envelope>,
     },
+    /// A control message that expects no reply (an `update` offer).
+    Notify { text: String },
 }
 
 /// What a connection task gets when it attaches.
@@ -297,6 +299,27 @@ impl Registry {
         };
         self.health.record_last_seen(&batch)?;
         Ok(batch.len())
+    }
+
+    /// The runners of `tenant_id` connected now.
+    pub fn connected(&self, tenant_id: &str) -> Vec<String> {
+        self.lock()
+            .runners
+            .iter()
+            .filter(|(_, e)| e.tenant_id == tenant_id)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Queue a message that needs no reply. If the runner's outbox is full
+    /// it is dropped: whatever it says is sent again on the next connect.
+    pub fn notify(&self, tenant_id: &str, runner_id: &str, text: String) -> bool {
+        let inner = self.lock();
+        inner
+            .runners
+            .get(runner_id)
+            .filter(|e| e.tenant_id == tenant_id)
+            .is_some_and(|e| e.outbox.try_send(Outgoing::Notify { text }).is_ok())
     }
 
     /// Send `body` to a runner of `tenant_id` as a request and wait up to

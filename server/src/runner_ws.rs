@@ -288,10 +288,22 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         acks: Vec::new(),
         metrics_ts,
     });
-    let ending = match conn
+    let mut sent = conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
-        .await
-    {
+        .await;
+    if sent.is_ok() {
+        // The desired version, if the policy selects this runner (updates.rs).
+        match crate::updates::offer_for(&conn.state, &conn.runner.tenant_id, &runner_id) {
+            Ok(Some(offer)) => {
+                tracing::info!(runner = %runner_id, version = offer.version, "offering an update");
+                let text = encode_control(0, Message::Update(offer));
+                sent = conn.send(WsMessage::Text(text.into())).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(runner = %runner_id, "choosing the desired version: {e:?}"),
+        }
+    }
+    let ending = match sent {
         Ok(()) => {
             conn.live(
                 &mut session,
@@ -364,6 +376,11 @@ impl Connection {
                             pending.retain(|_, waiting| !waiting.is_closed());
                         }
                         pending.insert(id, reply);
+                        if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
+                            return ending;
+                        }
+                    }
+                    Some(Outgoing::Notify { text }) => {
                         if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
                             return ending;
                         }
@@ -478,6 +495,20 @@ impl Connection {
                 }
                 Ok(())
             }
+            Message::UpdateStatus(report) => {
+                tracing::info!(
+                    runner = %self.runner.id, version = report.version, state = report.state,
+                    reason = report.reason.as_deref().unwrap_or(""), "update report"
+                );
+                if let Err(e) = self.state.storage.record_update_report(
+                    &self.runner.id,
+                    clock::now_ms(),
+                    report,
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing an update report: {e}");
+                }
+                Ok(())
+            }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::MetricsSchema(m) => {
                 let stream = self.metrics.get_or_insert_with(Box::default);
@@ -534,7 +565,10 @@ impl Connection {
                     }
                 }
             }
-            Message::MetricsAck(_) | Message::FingerprintResync(_) | Message::DockerRequest(_) => {
+            Message::MetricsAck(_)
+            | Message::FingerprintResync(_)
+            | Message::DockerRequest(_)
+            | Message::Update(_) => {
                 note_ignored(
                     &format!(
                         "message type '{}' (server to runner only)",

@@ -41,6 +41,7 @@ use crate::metrics_store::{MetricStore, Retention};
 use crate::registry::CloseOrder;
 use crate::storage::{Storage, StorageError};
 use crate::tls::{self, TlsError};
+use crate::updates::ReleaseConfig;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,7 +192,20 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(io_err(format!("listening on {}", args.listen)))?;
     let local = listener.local_addr().map_err(io_err("local address"))?;
 
-    let state = AppState::new(storage, metrics, admin.secret(), Tuning::default());
+    let install_keys = match &args.release_keys {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(io_err(format!("reading --release-keys {}", p.display())))?,
+        ),
+        None => None,
+    };
+    let releases = ReleaseConfig {
+        dir: Some(data.join("releases")),
+        install_keys,
+        public_url: args.public_url.clone(),
+    };
+    let state =
+        AppState::new(storage, metrics, admin.secret(), Tuning::default()).with_releases(releases);
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
