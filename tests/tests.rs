@@ -12,3 +12,4 @@ mod reconnect;
 mod rogue;
 mod telemetry;
 mod tenancy;
+mod update;
