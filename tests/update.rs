@@ -490,6 +490,13 @@ fn sigkill_at_each_step_of_the_swap_leaves_a_valid_binary_that_reconnects() {
         }
         assert_eq!(host.installed_version(), "0.6.0");
         assert!(host.leftovers().is_empty(), "{step}: staged file left");
+        // The next host starts without a desired version.
+        let (st, v) = fx.tenant.call(
+            "PUT",
+            "/api/v1/update-policy",
+            Some(json!({ "version": null })),
+        );
+        assert_eq!(st, 200, "{v}");
     }
 }
 
