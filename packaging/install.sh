@@ -145,20 +145,43 @@ aarch64 | arm64) ARCH=aarch64 ;;
 *) die "unsupported architecture $(uname -m) (x86_64 and aarch64 are built)" ;;
 esac
 
-if command -v curl >/dev/null 2>&1; then
+# The first executable NAME in PATH, by path: busybox sh runs its own
+# applets for bare names, and busybox's wget cannot check certificates.
+find_tool() {
+	_ifs=$IFS
+	IFS=:
+	for d in $PATH; do
+		if [ -n "$d" ] && [ -x "$d/$1" ] && [ ! -d "$d/$1" ]; then
+			IFS=$_ifs
+			printf '%s' "$d/$1"
+			return 0
+		fi
+	done
+	IFS=$_ifs
+	return 1
+}
+
+CURL=$(find_tool curl || true)
+WGET=$(find_tool wget || true)
+if [ -n "$CURL" ]; then
 	fetch() {
 		if [ -n "$CA_FILE" ]; then
-			curl -fsSL --retry 2 --connect-timeout 10 --max-time 300 --cacert "$CA_FILE" -o "$2" "$1"
+			"$CURL" -fsSL --retry 2 --connect-timeout 10 --max-time 300 --cacert "$CA_FILE" -o "$2" "$1"
 		else
-			curl -fsSL --retry 2 --connect-timeout 10 --max-time 300 -o "$2" "$1"
+			"$CURL" -fsSL --retry 2 --connect-timeout 10 --max-time 300 -o "$2" "$1"
 		fi
 	}
-elif command -v wget >/dev/null 2>&1; then
+elif [ -n "$WGET" ]; then
+	if "$WGET" --help 2>&1 | grep -qi busybox; then
+		case "$SERVER" in
+		https://*) die "busybox wget cannot check the server's certificate: install curl, GNU wget or uclient-fetch" ;;
+		esac
+	fi
 	fetch() {
 		if [ -n "$CA_FILE" ]; then
-			wget -q -T 30 --ca-certificate="$CA_FILE" -O "$2" "$1"
+			"$WGET" -q -T 30 --ca-certificate="$CA_FILE" -O "$2" "$1"
 		else
-			wget -q -T 30 -O "$2" "$1"
+			"$WGET" -q -T 30 -O "$2" "$1"
 		fi
 	}
 else

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const ARCH: &str = std::env::consts::ARCH;
+pub const ARCH_NAME: &str = ARCH;
 const V0: &str = env!("CARGO_PKG_VERSION");
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -128,10 +129,41 @@ impl Fx {
         }
     }
 
-    /// Sign and upload a good release of `version`.
+    /// Sign and upload a good release of `version` (binary, signature,
+    /// signed manifest: everything `build.sh sign` makes).
     pub fn publish(&self, version: &str, bytes: &[u8]) {
-        let (bin, sig) = sign(&self.keys, version, ARCH, bytes);
-        self.upload(version, &bin, &sig);
+        let dir = TempDir::new("release");
+        let bin = dir.path().join(format!("tether-{ARCH}"));
+        fs::write(&bin, bytes).unwrap();
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
+            .arg("sign")
+            .arg(dir.path())
+            .arg(version)
+            .arg(&bin)
+            .env("TETHER_SIGNING_KEY", &self.keys.secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "build.sh sign: {}", String::from_utf8_lossy(&out.stderr));
+        let api = self.server.api();
+        for e in fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (st, v) = api.upload(
+                &format!("/api/v1/releases/{version}/{name}"),
+                &self.server.admin_token,
+                &fs::read(e.path()).unwrap(),
+            );
+            assert_eq!(st, 201, "upload {version}/{name}: {v}");
+        }
+    }
+
+    /// The release's manifest as the server serves it.
+    pub fn manifest(&self, version: &str) -> String {
+        let (st, body) = self
+            .server
+            .api()
+            .get_bytes(&format!("/releases/{version}/manifest.json"));
+        assert_eq!(st, 200);
+        String::from_utf8(body).unwrap()
     }
 
     pub fn desire(&self, version: &str) {

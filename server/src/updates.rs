@@ -474,8 +474,8 @@ pub async fn install_sh(State(state): State<AppState>, headers: HeaderMap) -> Re
         .collect::<Vec<_>>()
         .join(" ");
     let body = INSTALL_SH
-        .replacen("@SERVER_URL@", &url, 1)
-        .replacen("@RELEASE_KEYS@", &keys, 1)
+        .replace("@SERVER_URL@", &url)
+        .replace("@RELEASE_KEYS@", &keys)
         .replacen("@SYSTEMD_UNIT@", SYSTEMD_UNIT.trim_end(), 1)
         .replacen("@OPENRC_SCRIPT@", OPENRC_SCRIPT.trim_end(), 1)
         .replacen("@PROCD_SCRIPT@", PROCD_SCRIPT.trim_end(), 1);
