@@ -91,7 +91,14 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
             }
         };
         cmd.arg(&script)
-            .args(["--token", &token, "--init", init, "--name", &format!("box-{shell}-{init}")])
+            .args([
+                "--token",
+                &token,
+                "--init",
+                init,
+                "--name",
+                &format!("box-{shell}-{init}"),
+            ])
             .arg("--ca-file")
             .arg(&fx.server.ca)
             .env("TETHER_ROOT", root.path());
@@ -110,7 +117,10 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
         let r = root.path();
         let bin = r.join("usr/local/lib/tether/tether");
         assert_eq!(fs::read(&bin).unwrap(), base_binary(), "{shell}/{init}");
-        assert_eq!(fs::metadata(&bin).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
         assert_eq!(
             fs::read_link(r.join("usr/local/bin/tether")).unwrap(),
             Path::new("../lib/tether/tether")
@@ -120,16 +130,26 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
         assert!(keys.contains(pubkey.lines().nth(1).unwrap()), "{keys}");
         let cred = r.join("var/lib/tether/credential.json");
         assert!(cred.exists(), "{shell}/{init}: not enrolled");
-        assert_eq!(fs::metadata(&cred).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&cred).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (svc, src, mode) = match init {
-            "systemd" => ("etc/systemd/system/tether.service", "systemd/tether.service", 0o644),
+            "systemd" => (
+                "etc/systemd/system/tether.service",
+                "systemd/tether.service",
+                0o644,
+            ),
             "openrc" => ("etc/init.d/tether", "openrc/tether", 0o755),
             _ => ("etc/init.d/tether", "procd/tether", 0o755),
         };
         let installed = fs::read_to_string(r.join(svc)).unwrap();
         let packaged = fs::read_to_string(format!("{PACKAGING}/{src}")).unwrap();
         assert_eq!(installed.trim_end(), packaged.trim_end(), "{shell}/{init}");
-        assert_eq!(fs::metadata(r.join(svc)).unwrap().permissions().mode() & 0o777, mode);
+        assert_eq!(
+            fs::metadata(r.join(svc)).unwrap().permissions().mode() & 0o777,
+            mode
+        );
         assert!(manifest.contains(&format!("tether-{ARCH_NAME}")));
 
         // --uninstall takes it all away again.
@@ -148,14 +168,21 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
             un.env("PATH", p);
         }
         let out = un.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for gone in [
             "usr/local/lib/tether",
             "usr/local/bin/tether",
             "var/lib/tether",
             svc,
         ] {
-            assert!(!r.join(gone).exists(), "{shell}/{init}: {gone} left after --uninstall");
+            assert!(
+                !r.join(gone).exists(),
+                "{shell}/{init}: {gone} left after --uninstall"
+            );
         }
     }
 }
@@ -165,11 +192,10 @@ fn install_sh_refuses_a_corrupted_download() {
     let fx = Fx::new();
     fx.publish(env!("CARGO_PKG_VERSION"), base_binary());
     // Corrupt the stored binary behind the server's back (a bad mirror).
-    let stored = fx
-        .server
-        .dir
-        .path()
-        .join(format!("releases/{}/tether-{ARCH_NAME}", env!("CARGO_PKG_VERSION")));
+    let stored = fx.server.dir.path().join(format!(
+        "releases/{}/tether-{ARCH_NAME}",
+        env!("CARGO_PKG_VERSION")
+    ));
     let mut bytes = fs::read(&stored).unwrap();
     bytes[1000] ^= 0xff;
     fs::write(&stored, bytes).unwrap();

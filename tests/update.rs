@@ -39,7 +39,11 @@ pub fn keypair(label: &str) -> Keys {
         .arg(&secret)
         .output()
         .expect("minisign is installed (.ci/run installs it)");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     Keys {
         _dir: dir,
         public,
@@ -90,8 +94,13 @@ pub fn sign(keys: &Keys, version: &str, comment_arch: &str, bytes: &[u8]) -> (Ve
         .env("TETHER_SIGNING_KEY", &keys.secret)
         .output()
         .unwrap();
-    assert!(out.status.success(), "build.sh sign: {}", String::from_utf8_lossy(&out.stderr));
-    let sig = fs::read_to_string(dir.path().join(format!("tether-{comment_arch}.minisig"))).unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig =
+        fs::read_to_string(dir.path().join(format!("tether-{comment_arch}.minisig"))).unwrap();
     (fs::read(&bin).unwrap(), sig)
 }
 
@@ -105,8 +114,7 @@ pub struct Fx {
 impl Fx {
     pub fn new() -> Fx {
         let keys = keypair("keys");
-        let server =
-            Server::start_with(&["--release-keys", keys.public.to_str().unwrap()]);
+        let server = Server::start_with(&["--release-keys", keys.public.to_str().unwrap()]);
         let tenant = server.tenant("acme");
         Fx {
             keys,
@@ -119,7 +127,10 @@ impl Fx {
     pub fn upload(&self, version: &str, bin: &[u8], sig: &str) {
         let api = self.server.api();
         let name = format!("tether-{ARCH}");
-        for (file, bytes) in [(name.clone(), bin), (format!("{name}.minisig"), sig.as_bytes())] {
+        for (file, bytes) in [
+            (name.clone(), bin),
+            (format!("{name}.minisig"), sig.as_bytes()),
+        ] {
             let (st, v) = api.upload(
                 &format!("/api/v1/releases/{version}/{file}"),
                 &self.server.admin_token,
@@ -143,7 +154,11 @@ impl Fx {
             .env("TETHER_SIGNING_KEY", &self.keys.secret)
             .output()
             .unwrap();
-        assert!(out.status.success(), "build.sh sign: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "build.sh sign: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let api = self.server.api();
         for e in fs::read_dir(dir.path()).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -285,7 +300,10 @@ fn update_installs_a_newer_signed_version_in_place_and_reports_it() {
     fx.desire("0.1.1");
     fx.wait_version(&host.runner.id, "0.1.1");
     let report = fx.wait_report(&host.runner.id, "0.1.1", "installed");
-    eprintln!("update to 0.1.1 connected after {:?}: {report}", t0.elapsed());
+    eprintln!(
+        "update to 0.1.1 connected after {:?}: {report}",
+        t0.elapsed()
+    );
     assert_eq!(report["from_version"], V0);
     assert!(report["took_ms"].as_u64().is_some(), "{report}");
 
@@ -295,7 +313,10 @@ fn update_installs_a_newer_signed_version_in_place_and_reports_it() {
     assert_eq!(host.installed_version(), "0.1.1");
     let prev = host.install.path().join(".tether.prev");
     let out = Command::new(&prev).arg("version").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(V0), "previous binary kept");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(V0),
+        "previous binary kept"
+    );
     assert!(host.leftovers().is_empty());
     let log = host.runner.log();
     assert!(log.contains("trial run of 0.1.1 connected"), "{log}");
@@ -314,9 +335,16 @@ fn rejected(fx: &Fx, host: &mut Host, version: &str, why: &str) {
     fx.desire(version);
     let r = fx.wait_report(&host.runner.id, version, "rejected");
     let reason = r["reason"].as_str().unwrap_or("");
-    assert!(reason.contains(why), "{version}: reason {reason:?} lacks {why:?}");
+    assert!(
+        reason.contains(why),
+        "{version}: reason {reason:?} lacks {why:?}"
+    );
     fx.wait_version(&host.runner.id, V0);
-    assert_eq!(fs::read(&host.bin).unwrap(), before, "{version}: binary changed");
+    assert_eq!(
+        fs::read(&host.bin).unwrap(),
+        before,
+        "{version}: binary changed"
+    );
     assert_eq!(host.runner.pid(), pid, "{version}: runner restarted");
     assert!(host.runner.child().try_wait().unwrap().is_none());
     assert!(host.leftovers().is_empty(), "{version}: staged file left");
@@ -429,10 +457,19 @@ fn a_version_that_exits_at_start_is_rolled_back_reported_and_not_retried() {
     fx.wait_version(&host.runner.id, V0);
     let before = fs::read(&host.bin).unwrap();
 
-    fx.publish("0.4.0", &script("echo 'broken release starting' >&2; exit 3"));
+    fx.publish(
+        "0.4.0",
+        &script("echo 'broken release starting' >&2; exit 3"),
+    );
     fx.desire("0.4.0");
     let r = fx.wait_report(&host.runner.id, "0.4.0", "failed");
-    assert!(r["reason"].as_str().unwrap().contains("exited before connecting"), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited before connecting"),
+        "{r}"
+    );
     fx.wait_version(&host.runner.id, V0);
     assert_eq!(fs::read(&host.bin).unwrap(), before);
     assert!(host.leftovers().is_empty());
@@ -440,8 +477,17 @@ fn a_version_that_exits_at_start_is_rolled_back_reported_and_not_retried() {
     // Offered again: refused without another try.
     fx.desire("0.4.0");
     let r = fx.wait_report(&host.runner.id, "0.4.0", "rejected");
-    assert!(r["reason"].as_str().unwrap().contains("not tried again"), "{r}");
-    assert_eq!(host.runner.log().matches("trial run of 0.4.0 started").count(), 1);
+    assert!(
+        r["reason"].as_str().unwrap().contains("not tried again"),
+        "{r}"
+    );
+    assert_eq!(
+        host.runner
+            .log()
+            .matches("trial run of 0.4.0 started")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -456,7 +502,13 @@ fn a_version_that_never_connects_is_rolled_back_at_the_deadline() {
     let t0 = Instant::now();
     fx.desire("0.4.1");
     let r = fx.wait_report(&host.runner.id, "0.4.1", "failed");
-    assert!(r["reason"].as_str().unwrap().contains("did not connect within 3s"), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not connect within 3s"),
+        "{r}"
+    );
     assert!(t0.elapsed() >= Duration::from_secs(3));
     fx.wait_version(&host.runner.id, V0);
     assert_eq!(fs::read(&host.bin).unwrap(), before);
@@ -503,13 +555,19 @@ fn sigkill_at_each_step_of_the_swap_leaves_a_valid_binary_that_reconnects() {
         fx.wait_version(&host.runner.id, V0);
         fx.desire("0.6.0");
         let marker = format!("pausing at step '{step}'");
-        wait_for(WAIT, &marker, || host.runner.log().contains(&marker).then_some(()));
+        wait_for(WAIT, &marker, || {
+            host.runner.log().contains(&marker).then_some(())
+        });
         signal(host.runner.child(), libc::SIGKILL);
         assert!(wait_exit(host.runner.child(), Duration::from_secs(5)).is_some());
 
         // Whatever the step, the binary at the path is a valid signed one.
         let v = host.installed_version();
-        let expected_at_path = if matches!(step, "swapped" | "started") { "0.6.0" } else { V0 };
+        let expected_at_path = if matches!(step, "swapped" | "started") {
+            "0.6.0"
+        } else {
+            V0
+        };
         assert_eq!(v, expected_at_path, "after SIGKILL at {step}");
 
         // A restart (what systemd/OpenRC/procd do) reconnects, and the
@@ -573,13 +631,23 @@ fn air_gapped_update_from_files_with_and_without_a_running_runner() {
     assert_eq!(out.status.code(), Some(12));
     assert!(String::from_utf8_lossy(&out.stdout).contains("would refuse"));
     let out = update(&[], &bw, &sw);
-    assert_eq!(out.status.code(), Some(12), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(12),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(host.installed_version(), V0);
 
     // With the runner running: handed over, swapped in place.
     let pid = host.runner.pid();
     let out = update(&[], &b, &s);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     fx.wait_version(&host.runner.id, "0.5.0");
     assert_eq!(host.runner.pid(), pid);
     assert_eq!(host.installed_version(), "0.5.0");
@@ -589,7 +657,11 @@ fn air_gapped_update_from_files_with_and_without_a_running_runner() {
     assert!(wait_exit(host.runner.child(), Duration::from_secs(10)).is_some());
     let (b, s) = write("0.5.1", &fx.keys);
     let out = update(&[], &b, &s);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("installed 0.5.1"));
     assert_eq!(host.installed_version(), "0.5.1");
     host.start(&[]);

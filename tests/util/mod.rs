@@ -319,7 +319,10 @@ impl Api {
             .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// GET raw bytes without a token (public downloads).
