@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ARCH: &str = std::env::consts::ARCH;
 pub const ARCH_NAME: &str = ARCH;
@@ -296,7 +296,7 @@ fn update_installs_a_newer_signed_version_in_place_and_reports_it() {
     let pid = host.runner.pid();
 
     fx.publish("0.1.1", &binary_with_version("0.1.1"));
-    let t0 = Instant::now();
+    let t0 = std::time::Instant::now();
     fx.desire("0.1.1");
     fx.wait_version(&host.runner.id, "0.1.1");
     let report = fx.wait_report(&host.runner.id, "0.1.1", "installed");
@@ -499,7 +499,7 @@ fn a_version_that_never_connects_is_rolled_back_at_the_deadline() {
     let before = fs::read(&host.bin).unwrap();
 
     fx.publish("0.4.1", &script("exec sleep 600"));
-    let t0 = Instant::now();
+    let t0 = std::time::Instant::now();
     fx.desire("0.4.1");
     let r = fx.wait_report(&host.runner.id, "0.4.1", "failed");
     assert!(

@@ -9,6 +9,12 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+// The update tests' fixture (server with release keys, signed releases,
+// hosts with their own binary); its #[test]s are not compiled here.
+#[path = "../update.rs"]
+#[allow(dead_code)]
+mod update;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,6 +82,7 @@ fn main() {
         None,
     );
     many_runners(&mut rows);
+    update_times(&mut rows);
 
     println!();
     println!(
@@ -93,6 +100,73 @@ fn main() {
         );
     }
     println!("\nratio = value / goal; at or below 1.00 meets the goal.");
+}
+
+/// Self-update timing with the real programs (bench build of the runner,
+/// stripped and version-patched as in tests/update.rs): from the operator
+/// setting the desired version to the new version connected (download,
+/// verify, trial run, swap, re-exec, reconnect), and from setting a version
+/// that exits at start to the old one connected again with the failure
+/// reported. Median of BENCH_UPDATE_RUNS (default 5); polled every 20 ms.
+fn update_times(rows: &mut Vec<Row>) {
+    let runs = env_secs("BENCH_UPDATE_RUNS", 5).max(1);
+    let fx = update::Fx::new();
+    let v0 = env!("CARGO_PKG_VERSION");
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, v0);
+    let mut ok = Vec::new();
+    for i in 0..runs {
+        let v = format!("9.0.{i}");
+        fx.publish(&v, &update::binary_with_version(&v));
+        let t0 = Instant::now();
+        fx.desire(&v);
+        fx.wait_version(&host.runner.id, &v);
+        ok.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut broken = fx.host();
+    broken.start(&[]);
+    fx.wait_version(&broken.runner.id, v0);
+    let mut failed = Vec::new();
+    for i in 0..runs {
+        // A newer version than the first host runs, so only `broken` takes it.
+        let v = format!("8.0.{i}");
+        fx.publish(&v, &update::script("exit 3"));
+        let t0 = Instant::now();
+        let (st, body) = fx.tenant.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/group", broken.runner.id),
+            Some(serde_json::json!({"group": "broken"})),
+        );
+        assert_eq!(st, 200, "{body}");
+        let (st, body) = fx.tenant.call(
+            "PUT",
+            "/api/v1/update-policy",
+            Some(serde_json::json!({"version": v, "group": "broken"})),
+        );
+        assert_eq!(st, 200, "{body}");
+        fx.wait_report(&broken.runner.id, &v, "failed");
+        fx.wait_version(&broken.runner.id, v0);
+        failed.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    rows.push(Row {
+        what: "update: version desired → new version connected".into(),
+        value: median(&mut ok),
+        unit: "ms",
+        goal: None,
+        how: format!("PUT update-policy, poll runner version (median of {runs}, local server)"),
+    });
+    rows.push(Row {
+        what: "update: version that exits at start → old reconnected, reported".into(),
+        value: median(&mut failed),
+        unit: "ms",
+        goal: None,
+        how: format!("PUT update-policy, poll `failed` report + active (median of {runs})"),
+    });
 }
 
 /// CPU time of one metrics tick (sample /proc and /sys, encode the record),
