@@ -823,6 +823,7 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
     let version = rel.version.text.clone();
     match runner {
         Some(st) => {
+            let asked = update::now_ms();
             update::put_incoming(&state.path, &bin, &sig)
                 .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
             // SAFETY: kill(2) with a pid read from status.json and a signal number.
@@ -844,7 +845,10 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
                 if let Some(f) = rec.has_failed(&version) {
                     return Err(CliError::Update(UpdateError::Failed(f.reason.clone())));
                 }
-                if let Some(f) = rec.recently_rejected(&version, update::now_ms()) {
+                if let Some(f) = rec
+                    .recently_rejected(&version, update::now_ms())
+                    .filter(|f| f.at_ms >= asked)
+                {
                     return Err(CliError::Update(UpdateError::Rejected(f.reason.clone())));
                 }
                 let now = state::read_status(&global.run_dir()).ok().flatten();

@@ -261,6 +261,9 @@ impl UpdateConfig {
         }
         match self.verdict(&rel.version.text, &Record::load(&self.state_dir)) {
             Verdict::Install { .. } => Ok(rel),
+            // The rejection backoff is for the server's offers; a release
+            // installed by hand is tried when asked.
+            Verdict::Later(_) if expected_version.is_none() => Ok(rel),
             Verdict::Current => Err(UpdateError::Rejected(format!(
                 "{} is already running",
                 rel.version
