@@ -763,6 +763,32 @@ mod tests {
     }
 
     #[test]
+    fn update_messages_round_trip() {
+        let offer = Message::Update(UpdateOffer {
+            version: "0.2.0".into(),
+            binary: "/releases/0.2.0/tether-x86_64".into(),
+            signature: "/releases/0.2.0/tether-x86_64.minisig".into(),
+        });
+        let text = encode_control(4, offer.clone());
+        assert!(text.contains(r#""type":"update""#), "{text}");
+        assert_eq!(
+            decode_control(&text).unwrap(),
+            Decoded::Known(Envelope { id: 4, body: offer })
+        );
+        // Older runners send no took_ms/at_ms; missing fields default.
+        let text = r#"{"type":"update_status","id":1,"version":"0.2.0","state":"failed","reason":"exited"}"#;
+        let Decoded::Known(Envelope {
+            body: Message::UpdateStatus(s),
+            ..
+        }) = decode_control(text).unwrap()
+        else {
+            panic!("not an update_status");
+        };
+        assert_eq!((s.state.as_str(), s.took_ms), ("failed", None));
+        assert!(Message::KNOWN_TYPES.contains(&"update_status"));
+    }
+
+    #[test]
     fn unknown_type_is_not_an_error() {
         let d = decode_control(r#"{"type":"from_the_future","id":9,"x":[1,2]}"#).unwrap();
         assert_eq!(

@@ -668,3 +668,73 @@ fn air_gapped_update_from_files_with_and_without_a_running_runner() {
     fx.wait_version(&host.runner.id, "0.5.1");
     fx.wait_report(&host.runner.id, "0.5.1", "installed");
 }
+
+#[test]
+fn a_swapped_version_that_cannot_connect_by_the_deadline_puts_the_previous_back() {
+    let mut fx = Fx::new();
+    fx.publish("0.7.0", &binary_with_version("0.7.0"));
+    let mut host = fx.host();
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.runner.dir.path().join("runner.log"))
+        .unwrap();
+    // Stop right after the swap, before the re-exec.
+    let child = host
+        .runner
+        .cmd()
+        .args(["run", "--heartbeat", "1s", "--metrics-interval", "off"])
+        .args(["--fingerprint-interval", "off", "--docker-socket", "off"])
+        .env("TETHER_UPDATE_PAUSE_AT", "swapped")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    host.runner.child = Some(child);
+    fx.wait_version(&host.runner.id, V0);
+    fx.desire("0.7.0");
+    wait_for(WAIT, "pause after the swap", || {
+        host.runner
+            .log()
+            .contains("pausing at step 'swapped'")
+            .then_some(())
+    });
+    signal(host.runner.child(), libc::SIGKILL);
+    assert!(wait_exit(host.runner.child(), Duration::from_secs(5)).is_some());
+    assert_eq!(host.installed_version(), "0.7.0");
+
+    // The new version starts while the server is down: it cannot connect
+    // within its deadline, so it puts the previous binary back and execs it.
+    fx.server.stop();
+    host.start(&["--health-timeout", "2s"]);
+    wait_for(WAIT, "rollback to the previous binary", || {
+        (host.installed_version() == V0).then_some(())
+    });
+    let pid = host.runner.pid();
+    assert!(
+        host.runner.child().try_wait().unwrap().is_none(),
+        "runner still running"
+    );
+    let log = host.runner.log();
+    assert!(log.contains("did not connect within 2s"), "{log}");
+
+    // Back online: the old version connects and reports the failure.
+    fx.server.restart();
+    fx.wait_version(&host.runner.id, V0);
+    let r = fx.wait_report(&host.runner.id, "0.7.0", "failed");
+    assert!(
+        r["reason"].as_str().unwrap().contains("did not connect"),
+        "{r}"
+    );
+    assert_eq!(
+        host.runner.pid(),
+        pid,
+        "rolled back in place (same process)"
+    );
+    // Not tried again.
+    let r = fx.wait_report(&host.runner.id, "0.7.0", "rejected");
+    assert!(
+        r["reason"].as_str().unwrap().contains("not tried again"),
+        "{r}"
+    );
+}
