@@ -17,6 +17,8 @@
 //! | 9 | enrollment token revoked, or runner revoked |
 //! | 10 | protocol or server error |
 //! | 11 | not enrolled |
+//! | 12 | `update`: release refused, nothing changed |
+//! | 13 | `update`: the new version failed and was rolled back |
 
 use lexopt::prelude::*;
 use std::error::Error;

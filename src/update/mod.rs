@@ -40,6 +40,12 @@
 //! | Swapped, before exec | the new binary (it passed its trial) | runs the health check as after exec |
 //! | Swapped, before it connected | the new binary | health check again; after 3 starts, rolls back |
 //!
+//! One trade-off, on purpose: a new version that passed its trial but then
+//! cannot reach the server within the deadline after the swap (an outage
+//! at that very moment) is rolled back and not tried again on that host.
+//! Being reachable is the one thing an agent must be; the operator can
+//! publish the same build as a new version.
+//!
 //! Air-gapped hosts: `tether update --file BIN --sig BIN.minisig` verifies the
 //! files, puts them in `<state-dir>/incoming/` and signals the running runner
 //! (SIGUSR1), which installs them exactly like a download. With no runner
