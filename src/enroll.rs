@@ -153,7 +153,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
         hostname,
         arch: crate::sys::machine(),
         os: std::env::consts::OS.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: crate::version::version().to_owned(),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     if let Some(p) = &proxy {

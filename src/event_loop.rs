@@ -26,6 +26,7 @@ use crate::docker::client::{Docker, DockerTimer};
 use crate::jobs::{JobTimer, Jobs};
 use crate::signals::{self, Signals};
 use crate::telemetry::{Telemetry, TelemetryTimer};
+use crate::update::feed::UpdateFeed;
 use crate::{debug, info};
 use mio::{Events, Poll, Registry, Token, Waker};
 use std::cmp::Ordering;
@@ -52,10 +53,11 @@ pub enum Timer {
     Jobs(JobTimer),
 }
 
-/// What the connection sends besides its own traffic: Docker first (answers
-/// to the server's requests, container events, log lines), then jobs
-/// (results, output), then telemetry.
+/// What the connection sends besides its own traffic: update reports first
+/// (rare and small), Docker (answers to the server's requests, container
+/// events, log lines), then jobs (results, output), then telemetry.
 struct Feeds<'a> {
+    update: &'a mut UpdateFeed,
     docker: &'a mut Docker,
     jobs: &'a mut Jobs,
     telemetry: &'a mut Telemetry,
@@ -78,7 +80,11 @@ impl Feed for Feeds<'_> {
                     self.docker.on_link(ctx, event)
                 }
             }
+            LinkEvent::UpdateOffer(offer) => self.update.on_offer(offer),
             other => {
+                if let LinkEvent::Up { .. } = other {
+                    self.update.on_up();
+                }
                 self.docker.on_link(ctx, other.clone());
                 self.jobs.on_link(ctx, other.clone());
                 self.telemetry.on_link(ctx, other);
@@ -87,8 +93,9 @@ impl Feed for Feeds<'_> {
     }
 
     fn next_message(&mut self) -> Option<Outgoing> {
-        self.docker
+        self.update
             .next_message()
+            .or_else(|| self.docker.next_message())
             .or_else(|| self.jobs.next_message())
             .or_else(|| self.telemetry.next_message())
     }
@@ -241,7 +248,7 @@ impl EventLoop {
 
     /// Run the connection until it stops (signal, revocation). `signals`
     /// is `None` in tests that stop the loop another way.
-    pub fn run(self, cfg: ConnConfig, signals: Option<Signals>) -> io::Result<Exit> {
+    pub fn run(self, cfg: ConnConfig, signals: Option<&Signals>) -> io::Result<Exit> {
         self.run_until(cfg, signals, None)
     }
 
@@ -250,15 +257,23 @@ impl EventLoop {
     pub fn run_until(
         mut self,
         cfg: ConnConfig,
-        signals: Option<Signals>,
+        signals: Option<&Signals>,
         deadline: Option<Instant>,
     ) -> io::Result<Exit> {
         let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
         let mut telemetry = Telemetry::new(&cfg.telemetry, Instant::now());
         let mut docker = Docker::new(cfg.docker.clone());
         let mut jobs = Jobs::new(cfg.jobs.clone());
+        let mut update = UpdateFeed::new(
+            cfg.update.clone(),
+            cfg.update_trial.clone(),
+            cfg.health_deadline.is_some(),
+        );
+        // A new version on probation must connect by then (update/mod.rs).
+        let health_deadline = cfg.health_deadline.map(|d| Instant::now() + d);
+        let cfg_update = cfg.update.is_some() && cfg.update_trial.is_none();
         let mut conn = Connection::new(cfg, Resolver::new(waker));
-        if let Some(s) = &signals {
+        if let Some(s) = signals {
             s.register(self.poll.registry(), SIGNALS)?;
         }
         conn.start(&mut self.ctx());
@@ -287,16 +302,24 @@ impl EventLoop {
                 telemetry.set_containers(list);
             }
             let mut feeds = Feeds {
+                update: &mut update,
                 docker: &mut docker,
                 jobs: &mut jobs,
                 telemetry: &mut telemetry,
             };
             conn.pump(&mut self.ctx(), &mut feeds);
+            if let Some(exit) = update.take_exit() {
+                conn.shutdown_with(&mut self.ctx(), exit, "runner updating");
+            }
             if let Some(exit) = conn.exit() {
                 return Ok(exit.clone());
             }
 
             let now = Instant::now();
+            let probation = health_deadline.filter(|_| update.on_probation());
+            if probation.is_some_and(|d| now >= d) {
+                return Ok(Exit::Unhealthy);
+            }
             if deadline.is_some_and(|d| now >= d) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -314,7 +337,7 @@ impl EventLoop {
                     .next_deadline()
                     .map(|at| at.saturating_duration_since(now))
             };
-            if let Some(d) = deadline {
+            for d in [deadline, probation].into_iter().flatten() {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
@@ -335,11 +358,15 @@ impl EventLoop {
                 let mut ctx = self.ctx();
                 match token {
                     SIGNALS => {
-                        let (mut stop, mut child) = (false, false);
-                        if let Some(s) = &signals {
+                        let (mut stop, mut child, mut incoming) = (false, false, false);
+                        if let Some(s) = signals {
                             s.drain(|sig| {
                                 if sig == libc::SIGCHLD {
                                     child = true;
+                                    return;
+                                }
+                                if sig == libc::SIGUSR1 {
+                                    incoming = true;
                                     return;
                                 }
                                 info!("main", "received {}; shutting down", signals::name(sig));
@@ -352,6 +379,12 @@ impl EventLoop {
                         }
                         if stop {
                             conn.shutdown(&mut ctx);
+                        } else if incoming && cfg_update {
+                            info!(
+                                "main",
+                                "received SIGUSR1: installing the release in the state dir"
+                            );
+                            conn.shutdown_with(&mut ctx, Exit::UpdateFromFile, "runner updating");
                         }
                     }
                     DNS_WAKER => conn.on_dns(&mut ctx),

@@ -15,6 +15,8 @@
 //! | 9 | enrollment token revoked, or this runner was revoked |
 //! | 10 | protocol or server error (an unexpected answer) |
 //! | 11 | not enrolled (`run` without `credential.json`) |
+//! | 12 | `update`: release refused, nothing changed |
+//! | 13 | `update`: the new version failed and was rolled back |
 
 pub const OK: u8 = 0;
 pub const OTHER: u8 = 1;
@@ -33,6 +35,10 @@ pub const TOKEN_USED: u8 = 8;
 pub const REVOKED: u8 = 9;
 pub const PROTOCOL: u8 = 10;
 pub const NOT_ENROLLED: u8 = 11;
+/// `update`: the release was refused (signature, key, arch, downgrade, disk).
+pub const UPDATE_REJECTED: u8 = 12;
+/// `update`: the new version did not come up; the previous one runs.
+pub const UPDATE_FAILED: u8 = 13;
 
 /// The table as printed by `tether --help`.
 pub const HELP_TABLE: &str = "\
@@ -49,4 +55,6 @@ Exit codes:
   9   enrollment token revoked, or runner revoked
   10  protocol or server error (unexpected answer)
   11  not enrolled (run without credential.json)
+  12  update: release refused, nothing changed
+  13  update: the new version failed and was rolled back
 ";

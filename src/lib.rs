@@ -25,6 +25,8 @@
 //! enroll         `tether enroll`
 //! metrics/       /proc parsers, sampler, compact wire encoding, backfill backlog (wire is shared with the server)
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
+//! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
+//! version        the version this binary reports (a patchable slot, for the update tests)
 //! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders; client: the
 //!                engine in the loop (probe, docker_request, events, snapshots)
 //! ```
@@ -65,4 +67,8 @@ pub mod sys;
 #[cfg(feature = "runner")]
 pub mod telemetry;
 #[cfg(feature = "runner")]
+pub mod update;
+#[cfg(feature = "runner")]
 pub mod url;
+#[cfg(feature = "runner")]
+pub mod version;

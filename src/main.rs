@@ -17,6 +17,8 @@
 //! | 9 | enrollment token revoked, or runner revoked |
 //! | 10 | protocol or server error |
 //! | 11 | not enrolled |
+//! | 12 | `update`: release refused, nothing changed |
+//! | 13 | `update`: the new version failed and was rolled back |
 
 use lexopt::prelude::*;
 use std::error::Error;
@@ -37,6 +39,8 @@ use tether::log::{self, Level};
 use tether::signals::Signals;
 use tether::state::{self, RunState, StateDir, StateError};
 use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
+use tether::update::record::Record;
+use tether::update::{self, Start, UpdateConfig, UpdateError, Verdict};
 
 const MAIN_HELP: &str = "\
 tether: the Tether runner. Holds one outbound TLS WebSocket to tether-server.
@@ -47,6 +51,7 @@ Commands:
   enroll    register this host with a server using a one-time token
   run       connect to the server and stay connected
   status    show the local connection state
+  update    install a signed release by hand (air-gapped), or --check
   version   print the version
 
 Global options (also accepted after the command):
@@ -104,6 +109,40 @@ Options:
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
   --proxy URL           HTTP proxy for CONNECT, or `none` [env HTTPS_PROXY / https_proxy, minus NO_PROXY]
+  --update-keys FILE    trusted minisign public keys for self-update (several for rotation)
+                        [env TETHER_UPDATE_KEYS, default <state-dir>/update-keys.pub;
+                        no keys: updates are refused]
+  --health-timeout DURATION
+                        a new version must connect within this or the previous one
+                        comes back [env TETHER_UPDATE_HEALTH_TIMEOUT, default 60s]
+  -h, --help            this help
+
+Self-update: TETHER_UPDATE=off ignores the server's update offers;
+TETHER_UPDATE_ALLOW_DOWNGRADE=1 allows installing older versions.
+";
+
+const UPDATE_HELP: &str = "\
+Usage: tether update --file BINARY --sig BINARY.minisig [--allow-downgrade]
+       tether update --check [--file BINARY --sig BINARY.minisig]
+
+Install a release copied by hand (air-gapped hosts). The signature must be
+by a key this host trusts and name this host's architecture; the version
+must be newer than the running one unless downgrades are allowed. With a
+runner running, it is handed the files (SIGUSR1) and swaps itself with the
+usual trial, health deadline and rollback; with none, the swap is done here
+and the next start runs the new version.
+
+--check changes nothing: it prints the update settings, the state of any
+update in progress, the versions that failed here, and what would happen
+to the given files. Exit 0 if they would be installed.
+
+Options:
+  --file PATH           the release binary (tether-<arch>)
+  --sig PATH            its minisign signature
+  --allow-downgrade     allow an older version [env TETHER_UPDATE_ALLOW_DOWNGRADE=1]
+  --update-keys FILE    trusted minisign public keys, one or more
+                        [env TETHER_UPDATE_KEYS, default <state-dir>/update-keys.pub]
+  --check               say what would happen, change nothing
   -h, --help            this help
 ";
 
@@ -136,6 +175,7 @@ enum CliError {
     Tls(TlsConfigError),
     Revoked(String),
     Io(&'static str, io::Error),
+    Update(UpdateError),
 }
 
 impl CliError {
@@ -147,6 +187,8 @@ impl CliError {
             CliError::StateDir(_) => exit::STATE_DIR,
             CliError::Revoked(_) => exit::REVOKED,
             CliError::State(_) | CliError::Tls(_) | CliError::Io(..) => exit::OTHER,
+            CliError::Update(UpdateError::Rejected(_)) => exit::UPDATE_REJECTED,
+            CliError::Update(_) => exit::UPDATE_FAILED,
         }
     }
 }
@@ -164,6 +206,7 @@ impl fmt::Display for CliError {
                 "this runner was revoked by the server ({m}); enroll again with a new token to reconnect"
             ),
             CliError::Io(what, _) => write!(f, "{what}"),
+            CliError::Update(e) => write!(f, "{e}"),
         }
     }
 }
@@ -298,7 +341,7 @@ fn print(text: &str) -> Result<u8, CliError> {
 fn version_line() -> String {
     format!(
         "tether {} ({})\n",
-        env!("CARGO_PKG_VERSION"),
+        tether::version::version(),
         tether::sys::build_target()
     )
 }
@@ -330,6 +373,7 @@ fn run() -> Result<u8, CliError> {
         "enroll" => cmd_enroll(parser, global),
         "run" => cmd_run(parser, global),
         "status" => cmd_status(parser, global),
+        "update" => cmd_update(parser, global),
         "version" => {
             if let Some(ret) = parse_no_options(&mut parser, &mut global, VERSION_HELP)? {
                 return Ok(ret);
@@ -410,19 +454,20 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let (mut metrics_interval, mut fingerprint_interval) = (None, None);
     let mut docker_socket = None;
     let (mut max_jobs, mut no_jobs) = (None, false);
+    let (mut update_keys, mut health_timeout) = (None, None);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
         }
         match &opt {
+            o if o.is("update-keys") => update_keys = Some(PathBuf::from(parser.value()?)),
+            o if o.is("health-timeout") => health_timeout = Some(os_string(parser.value()?)?),
             o if o.is("heartbeat") => heartbeat = Some(os_string(parser.value()?)?),
             o if o.is("metrics-interval") => metrics_interval = Some(os_string(parser.value()?)?),
             o if o.is("docker-socket") => docker_socket = Some(os_string(parser.value()?)?),
             o if o.is("fingerprint-interval") => {
                 fingerprint_interval = Some(os_string(parser.value()?)?)
             }
-            o if o.is("max-jobs") => max_jobs = Some(os_string(parser.value()?)?),
-            o if o.is("no-jobs") => no_jobs = true,
             o if o.is("max-jobs") => max_jobs = Some(os_string(parser.value()?)?),
             o if o.is("no-jobs") => no_jobs = true,
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
@@ -503,7 +548,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     tether::info!(
         "main",
         "tether {} starting (pid {}, state dir {}, run dir {}, heartbeat {:?}, metrics {}, fingerprint {}{}{})",
-        env!("CARGO_PKG_VERSION"),
+        tether::version::version(),
         std::process::id(),
         state.path.display(),
         run_dir.display(),
@@ -519,7 +564,30 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             .map(|p| format!(", proxy {p}"))
             .unwrap_or_default(),
     );
-    let cfg = ConnConfig {
+    // A trial run of a new version (update/mod.rs) only proves it can
+    // connect: no status.json (the runner that started it owns that).
+    let trial = config::env(update::TRIAL_ENV);
+    let health_timeout = match env_or(health_timeout, "TETHER_UPDATE_HEALTH_TIMEOUT") {
+        Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
+        None => update::DEFAULT_HEALTH_TIMEOUT,
+    };
+    let update_cfg = if config::env("TETHER_UPDATE").is_some_and(|v| v.eq_ignore_ascii_case("off"))
+    {
+        None
+    } else {
+        update_config(&global, &state, update_keys, false, health_timeout)
+    };
+    let mut health_deadline = None;
+    if let (Some(u), None) = (&update_cfg, &trial) {
+        match u.on_start() {
+            Start::Run { health_deadline: d } => health_deadline = d,
+            Start::RollBack(why) => {
+                let e = u.roll_back_and_exec(&why);
+                tether::error!("update", "cannot roll back: {e}; running this version");
+            }
+        }
+    }
+    let mut cfg = ConnConfig {
         server,
         runner_id: cred.runner_id,
         credential: cred.credential,
@@ -528,7 +596,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         tls,
         phase_timeout: config::PHASE_TIMEOUT,
         hello: HelloInfo::from_host(),
-        run_dir: Some(run_dir),
+        run_dir: if trial.is_some() { None } else { Some(run_dir) },
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
         docker: docker_socket.map(DockerConfig::new),
         jobs: (!jobs_off).then(|| {
@@ -536,21 +604,307 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             j.max_concurrent = max_jobs;
             j
         }),
+        update: update_cfg.clone(),
+        update_trial: trial,
+        health_deadline,
     };
     // SIGCHLD too: the firewall probes are child processes reaped by the loop.
-    let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])
+    // SIGUSR1: `tether update --file` left a release in the state dir.
+    let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGUSR1])
         .map_err(|e| CliError::Io("cannot install signal handlers", e))?;
-    let event_loop =
-        EventLoop::new().map_err(|e| CliError::Io("cannot create the event loop", e))?;
-    match event_loop
-        .run(cfg, Some(signals))
-        .map_err(|e| CliError::Io("event loop failed", e))?
-    {
-        Exit::Shutdown => {
-            tether::info!("main", "stopped");
-            Ok(exit::OK)
+    loop {
+        let event_loop =
+            EventLoop::new().map_err(|e| CliError::Io("cannot create the event loop", e))?;
+        let exit = event_loop
+            .run(cfg.clone(), Some(&signals))
+            .map_err(|e| CliError::Io("event loop failed", e))?;
+        // Probation ends with the first loop: it connected, or it is rolled back.
+        cfg.health_deadline = None;
+        let Some(upd) = &update_cfg else {
+            match exit {
+                Exit::Revoked(reason) => return Err(CliError::Revoked(reason)),
+                _ => {
+                    tether::info!("main", "stopped");
+                    return Ok(exit::OK);
+                }
+            }
+        };
+        let mut stop = false;
+        let mut interrupted = || {
+            let _ = signals.drain(|sig| stop |= sig == libc::SIGTERM || sig == libc::SIGINT);
+            stop
+        };
+        let result = match exit {
+            Exit::Shutdown => {
+                tether::info!("main", "stopped");
+                return Ok(exit::OK);
+            }
+            Exit::Revoked(reason) => return Err(CliError::Revoked(reason)),
+            Exit::Update(offer) => {
+                let offered = update::now_ms();
+                let client = tether::http::Client::new(
+                    cfg.tls.clone(),
+                    cfg.proxy.clone(),
+                    update::DOWNLOAD_TIMEOUT,
+                );
+                match upd.download(&client, &cfg.server, &cfg.credential, &offer) {
+                    Ok((bin, sig)) => upd.install(
+                        &bin,
+                        &sig,
+                        Some(&offer.version),
+                        offered,
+                        true,
+                        &mut interrupted,
+                    ),
+                    Err(e) => {
+                        upd.report_only(
+                            &offer.version,
+                            tether::protocol::update_state::REJECTED,
+                            &e.to_string(),
+                        );
+                        Err(e)
+                    }
+                }
+            }
+            Exit::UpdateFromFile => match update::take_incoming(&state.path) {
+                Ok((bin, sig)) => {
+                    upd.install(&bin, &sig, None, update::now_ms(), true, &mut interrupted)
+                }
+                Err(e) => Err(UpdateError::Rejected(format!(
+                    "no release in {}: {e}",
+                    state.path.join(update::INCOMING_DIR).display()
+                ))),
+            },
+            Exit::Unhealthy => {
+                let why = format!("did not connect within {:?}", upd.health_timeout);
+                let e = upd.roll_back_and_exec(&why);
+                Err(UpdateError::Failed(format!("cannot roll back: {e}")))
+            }
+        };
+        match result {
+            Ok(v) => tether::info!("update", "installed {v}"),
+            Err(UpdateError::Interrupted) => {
+                tether::info!("main", "stopped during an update; nothing changed");
+                return Ok(exit::OK);
+            }
+            Err(e) => tether::warn!(
+                "update",
+                "{e}; reconnecting as {}",
+                tether::version::version()
+            ),
         }
-        Exit::Revoked(reason) => Err(CliError::Revoked(reason)),
+    }
+}
+
+/// The update settings, or `None` (logged) if the key file is unreadable.
+fn update_config(
+    global: &Global,
+    state: &StateDir,
+    keys: Option<PathBuf>,
+    allow_downgrade: bool,
+    health_timeout: std::time::Duration,
+) -> Option<UpdateConfig> {
+    let keys_path = keys
+        .or_else(|| config::env("TETHER_UPDATE_KEYS").map(PathBuf::from))
+        .unwrap_or_else(|| state.path.join("update-keys.pub"));
+    let keys = match update::release::load_keys(&keys_path) {
+        Ok(k) => k,
+        Err(e) => {
+            tether::error!("update", "self-update is off: {e}");
+            return None;
+        }
+    };
+    let binary = match update::current_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            tether::error!("update", "self-update is off: cannot find this binary: {e}");
+            return None;
+        }
+    };
+    let allow_downgrade = allow_downgrade
+        || config::env("TETHER_UPDATE_ALLOW_DOWNGRADE")
+            .is_some_and(|v| v == "1" || v == "yes" || v == "true");
+    let _ = global;
+    Some(UpdateConfig {
+        binary,
+        state_dir: state.path.clone(),
+        keys,
+        keys_source: keys_path.display().to_string(),
+        allow_downgrade,
+        health_timeout,
+        run_args: std::env::args_os().skip(1).collect(),
+    })
+}
+
+fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
+    let (mut file, mut sig, mut check, mut allow_downgrade, mut keys) =
+        (None::<PathBuf>, None::<PathBuf>, false, false, None);
+    while let Some(opt) = next_opt(&mut parser)? {
+        if global.take(&opt, &mut parser)? {
+            continue;
+        }
+        match &opt {
+            o if o.is("file") => file = Some(PathBuf::from(parser.value()?)),
+            o if o.is("sig") => sig = Some(PathBuf::from(parser.value()?)),
+            o if o.is("check") => check = true,
+            o if o.is("allow-downgrade") => allow_downgrade = true,
+            o if o.is("update-keys") => keys = Some(PathBuf::from(parser.value()?)),
+            o if o.is_help() => return print(UPDATE_HELP),
+            _ => return Err(opt.unexpected()),
+        }
+    }
+    global.apply_log_level()?;
+    let state = StateDir::new(global.state_dir());
+    let health_timeout = match config::env("TETHER_UPDATE_HEALTH_TIMEOUT") {
+        Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
+        None => update::DEFAULT_HEALTH_TIMEOUT,
+    };
+    let mut upd = update_config(&global, &state, keys, allow_downgrade, health_timeout)
+        .ok_or_else(|| {
+            CliError::Update(UpdateError::Rejected(
+                "self-update is not possible here (see the error above)".into(),
+            ))
+        })?;
+    // The trial run and the next start use the runner's usual command.
+    upd.run_args = vec![
+        "--state-dir".into(),
+        state.path.clone().into_os_string(),
+        "run".into(),
+    ];
+    let files = match (file, sig) {
+        (Some(f), Some(s)) => Some((f, s)),
+        (None, None) => None,
+        _ => return Err(CliError::Usage("--file and --sig go together".into())),
+    };
+    if files.is_none() && !check {
+        return Err(CliError::Usage(
+            "update needs --file PATH --sig PATH, or --check".into(),
+        ));
+    }
+    let read = |files: &(PathBuf, PathBuf)| -> Result<(Vec<u8>, String), CliError> {
+        let bin = std::fs::read(&files.0).map_err(|e| CliError::Io("cannot read --file", e))?;
+        let sig = std::fs::read(&files.1).map_err(|e| CliError::Io("cannot read --sig", e))?;
+        if sig.len() > update::release::MAX_SIGNATURE {
+            return Err(CliError::Update(UpdateError::Rejected(
+                "--sig is not a minisign signature (too large)".into(),
+            )));
+        }
+        Ok((bin, String::from_utf8_lossy(&sig).into_owned()))
+    };
+    let runner = state::read_status(&global.run_dir())
+        .ok()
+        .flatten()
+        .filter(|st| st.state != RunState::Stopped && tether::sys::pid_alive(st.pid));
+    if check {
+        let rec = Record::load(&state.path);
+        let dir = upd.binary.parent().unwrap_or(std::path::Path::new("/"));
+        let writable = state::ensure_writable_dir(dir).is_ok();
+        let mut out = format!(
+            "version:          {}\nbinary:           {} ({})\ntrusted keys:     {} from {}\ndowngrades:       {}\nhealth deadline:  {:?}\nrunner:           {}\n",
+            tether::version::version(),
+            upd.binary.display(),
+            if writable { "writable" } else { "NOT writable: updates will be rejected" },
+            upd.keys.len(),
+            upd.keys_source,
+            if upd.allow_downgrade { "allowed" } else { "refused" },
+            upd.health_timeout,
+            runner.as_ref().map_or("not running".to_owned(), |st| format!("pid {}, {}", st.pid, st.state.as_str())),
+        );
+        if let Some(p) = &rec.pending {
+            out.push_str(&format!(
+                "in progress:      {} → {} ({:?})\n",
+                p.from_version, p.version, p.phase
+            ));
+        }
+        for f in &rec.failed {
+            out.push_str(&format!(
+                "failed here:      {} ({}), not tried again\n",
+                f.version, f.reason
+            ));
+        }
+        let mut code = exit::OK;
+        if let Some(files) = &files {
+            let (bin, sig) = read(files)?;
+            match upd.check_release(&bin, &sig, None) {
+                Ok(rel) => out.push_str(&format!(
+                    "would install:    {} ({}, signed by trusted key #{})\n",
+                    rel.version,
+                    match upd.verdict(&rel.version.text, &rec) {
+                        Verdict::Install { upgrade: false } => "downgrade",
+                        _ => "upgrade",
+                    },
+                    rel.key_index + 1
+                )),
+                Err(e) => {
+                    out.push_str(&format!("would refuse:     {e}\n"));
+                    code = exit::UPDATE_REJECTED;
+                }
+            }
+        }
+        print(&out)?;
+        return Ok(code);
+    }
+    let files = files.unwrap_or_default();
+    let (bin, sig) = read(&files)?;
+    let rel = upd
+        .check_release(&bin, &sig, None)
+        .map_err(CliError::Update)?;
+    let version = rel.version.text.clone();
+    match runner {
+        Some(st) => {
+            let asked = update::now_ms();
+            update::put_incoming(&state.path, &bin, &sig)
+                .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
+            // SAFETY: kill(2) with a pid read from status.json and a signal number.
+            if unsafe { libc::kill(st.pid as libc::pid_t, libc::SIGUSR1) } != 0 {
+                return Err(CliError::Io(
+                    "cannot signal the runner",
+                    io::Error::last_os_error(),
+                ));
+            }
+            print(&format!(
+                "verified {version}; handed to the runner (pid {}), waiting\n",
+                st.pid
+            ))?;
+            let deadline =
+                std::time::Instant::now() + upd.health_timeout * 2 + update::DOWNLOAD_TIMEOUT;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let rec = Record::load(&state.path);
+                if let Some(f) = rec.has_failed(&version) {
+                    return Err(CliError::Update(UpdateError::Failed(f.reason.clone())));
+                }
+                if let Some(f) = rec
+                    .recently_rejected(&version, update::now_ms())
+                    .filter(|f| f.at_ms >= asked)
+                {
+                    return Err(CliError::Update(UpdateError::Rejected(f.reason.clone())));
+                }
+                let now = state::read_status(&global.run_dir()).ok().flatten();
+                if rec.pending.is_none()
+                    && now
+                        .as_ref()
+                        .is_some_and(|s| s.version == version && s.state == RunState::Connected)
+                {
+                    return print(&format!("installed {version}: the runner is connected\n"));
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(CliError::Update(UpdateError::Failed(
+                        "no outcome in time; see the runner's log".into(),
+                    )));
+                }
+            }
+        }
+        None => {
+            let mut never = || false;
+            let v = upd
+                .install(&bin, &sig, None, update::now_ms(), false, &mut never)
+                .map_err(CliError::Update)?;
+            print(&format!(
+                "installed {v} at {}; the next start of the runner runs it\n",
+                upd.binary.display()
+            ))
+        }
     }
 }
 

@@ -129,6 +129,15 @@ pub enum Message {
     JobResult(JobResult),
     /// server → runner: the result is stored; forget it.
     JobResultAck(JobRef),
+    /// server → runner: the version this runner should run, and where its
+    /// binary and minisign signature are. Sent after `welcome` and when the
+    /// operator changes the desired version. The runner decides (signature
+    /// against its own trusted keys, no downgrade, not a version that failed
+    /// here) and answers with `update_status`.
+    Update(UpdateOffer),
+    /// runner → server: what became of an update (installed, failed and
+    /// rolled back, rejected, interrupted).
+    UpdateStatus(UpdateStatus),
 }
 
 impl Message {
@@ -157,6 +166,8 @@ impl Message {
             Message::JobCancel(_) => "job_cancel",
             Message::JobResult(_) => "job_result",
             Message::JobResultAck(_) => "job_result_ack",
+            Message::Update(_) => "update",
+            Message::UpdateStatus(_) => "update_status",
         }
     }
 
@@ -184,6 +195,8 @@ impl Message {
         "job_cancel",
         "job_result",
         "job_result_ack",
+        "update",
+        "update_status",
     ];
 }
 
@@ -250,6 +263,52 @@ pub struct FingerprintReport {
     /// Collection problems, e.g. "firewall: unavailable (no nft or iptables-save)".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    /// The desired version, e.g. `0.2.0`.
+    pub version: String,
+    /// Path (on the server the runner is connected to) of the binary for
+    /// this runner's architecture, e.g. `/releases/0.2.0/tether-x86_64`.
+    pub binary: String,
+    /// Path of its minisign signature (`<binary>.minisig`).
+    pub signature: String,
+}
+
+/// `update_status` states.
+pub mod update_state {
+    /// The new version connected and is healthy.
+    pub const INSTALLED: &str = "installed";
+    /// The new version did not come up (exited, never connected): the
+    /// previous one runs again. Not tried again on this host.
+    pub const FAILED: &str = "failed";
+    /// Refused before anything changed: bad signature, wrong architecture,
+    /// downgrade, download failure, disk full, read-only binary location.
+    pub const REJECTED: &str = "rejected";
+    /// The runner was stopped in the middle of an update; nothing changed.
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
+/// What became of an update on one runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub version: String,
+    /// One of [`update_state`].
+    pub state: String,
+    /// The version running when the update started.
+    #[serde(default)]
+    pub from_version: String,
+    /// Why (for every state but `installed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix ms when it happened on the runner.
+    #[serde(default)]
+    pub at_ms: u64,
+    /// Milliseconds from the runner hearing of the version to the new
+    /// version connected (`installed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -864,6 +923,32 @@ mod tests {
             decode_control(&text),
             Ok(Decoded::Known(Envelope { id: 1, body: w }))
         );
+    }
+
+    #[test]
+    fn update_messages_round_trip() {
+        let offer = Message::Update(UpdateOffer {
+            version: "0.2.0".into(),
+            binary: "/releases/0.2.0/tether-x86_64".into(),
+            signature: "/releases/0.2.0/tether-x86_64.minisig".into(),
+        });
+        let text = encode_control(4, offer.clone());
+        assert!(text.contains(r#""type":"update""#), "{text}");
+        assert_eq!(
+            decode_control(&text).unwrap(),
+            Decoded::Known(Envelope { id: 4, body: offer })
+        );
+        // Older runners send no took_ms/at_ms; missing fields default.
+        let text = r#"{"type":"update_status","id":1,"version":"0.2.0","state":"failed","reason":"exited"}"#;
+        let Decoded::Known(Envelope {
+            body: Message::UpdateStatus(s),
+            ..
+        }) = decode_control(text).unwrap()
+        else {
+            panic!("not an update_status");
+        };
+        assert_eq!((s.state.as_str(), s.took_ms), ("failed", None));
+        assert!(Message::KNOWN_TYPES.contains(&"update_status"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
@@ -22,6 +23,7 @@ use crate::registry::Registry;
 use crate::secrets::SecretBox;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
+use crate::updates::{self, ReleaseConfig};
 use crate::{api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
@@ -78,6 +80,8 @@ pub struct AppState {
     /// SHA-256 hex of the admin token.
     pub admin_token_hash: Arc<str>,
     pub tuning: Tuning,
+    /// Where releases live, and what install.sh says (`updates.rs`).
+    pub releases: Arc<ReleaseConfig>,
 }
 
 impl AppState {
@@ -109,7 +113,13 @@ impl AppState {
             metrics_writer,
             admin_token_hash: auth::hash_secret(admin_token).into(),
             tuning,
+            releases: Arc::new(ReleaseConfig::default()),
         }
+    }
+
+    pub fn with_releases(mut self, releases: ReleaseConfig) -> AppState {
+        self.releases = Arc::new(releases);
+        self
     }
 }
 
@@ -216,6 +226,19 @@ pub fn app(state: AppState) -> Router {
             post(containers_api::kill),
         )
         .route("/api/v1/metrics/prometheus", get(telemetry_api::prometheus))
+        .route("/api/v1/releases", get(updates::list_releases))
+        .route(
+            "/api/v1/releases/{version}/{file}",
+            post(updates::upload).layer(DefaultBodyLimit::max(updates::MAX_RELEASE_FILE)),
+        )
+        .route("/releases/{version}/{file}", get(updates::download))
+        .route("/install.sh", get(updates::install_sh))
+        .route(
+            "/api/v1/update-policy",
+            put(updates::set_policy).get(updates::get_policy),
+        )
+        .route("/api/v1/runners/{id}/group", put(updates::set_group))
+        .route("/api/v1/runners/{id}/updates", get(updates::runner_updates))
         .route("/api/v1/events", get(events::follow))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -24,7 +24,9 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 mod containers;
 mod jobs;
 mod logs;
+mod updates;
 use containers::ContainerCommand;
+use updates::{ReleaseCommand, UpdateCommand};
 
 /// Help heading of the flags every client subcommand shares (they are global,
 /// so they may come before or after the subcommand).
@@ -136,6 +138,12 @@ pub enum ClientCommand {
     /// Jobs: list, show, watch live, cancel
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Signed runner releases on the server: upload (admin), list
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// The version runners should run: set (with a canary share), clear, show
+    #[command(subcommand)]
+    Update(UpdateCommand),
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +199,10 @@ pub enum RunnerCommand {
     Revoke { id: String },
     /// Round trip through the runner's connection
     Ping { id: String },
+    /// Put a runner in an update group (empty: none)
+    Group { id: String, group: String },
+    /// A runner's version, desired version and update reports
+    Updates { id: String },
 }
 
 /// `30s`, `10m`, `1h`, `2d` or plain seconds, to seconds.
@@ -503,6 +515,14 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             filters,
         } => containers::prune(&client, &runner, images, &filters, json),
         ClientCommand::Docker { runner } => containers::docker(&client, &runner, json),
+        ClientCommand::Release(c) => updates::release(&client, c, json),
+        ClientCommand::Update(c) => updates::update(&client, c, json),
+        ClientCommand::Runner(RunnerCommand::Group { id, group }) => {
+            updates::set_group(&client, &id, &group, json)
+        }
+        ClientCommand::Runner(RunnerCommand::Updates { id }) => {
+            updates::runner_updates(&client, &id, json)
+        }
     }
 }
 
@@ -830,6 +850,26 @@ impl Client {
             base: args.api.trim_end_matches('/').to_owned(),
             token: args.token.clone(),
         })
+    }
+
+    /// POST raw bytes (a release file).
+    fn upload(&self, path: &str, bytes: Vec<u8>) -> Result<(String, Value), CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/octet-stream");
+        if let Some(a) = self.auth_header() {
+            req = req.header("Authorization", a);
+        }
+        let response = req.send(&bytes[..])?;
+        let status = response.status().as_u16();
+        let raw = response.into_body().read_to_string()?;
+        let value: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &value, &raw));
+        }
+        Ok((raw, value))
     }
 
     fn auth_header(&self) -> Option<String> {

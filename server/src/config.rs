@@ -90,6 +90,16 @@ pub struct ServeArgs {
     pub secret_key_file: Option<PathBuf>,
 
     /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
+    /// Minisign public keys (a .pub file, several for rotation) that the
+    /// served install.sh writes on new hosts as their trusted update keys.
+    #[arg(long, env = "TETHER_RELEASE_KEYS")]
+    pub release_keys: Option<PathBuf>,
+
+    /// The URL hosts reach this server at, for install.sh
+    /// (default: https:// and the request's Host header).
+    #[arg(long, env = "TETHER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,
 }

@@ -48,6 +48,7 @@ mod storage;
 mod telemetry;
 mod telemetry_api;
 mod tls;
+mod updates;
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,8 @@ pub enum Outgoing {
     ResyncLogs,
     /// Jobs were created or cancelled for this runner: send them.
     JobsChanged,
+    /// A control message that expects no reply (an `update` offer).
+    Notify { text: String },
 }
 
 /// What a connection task gets when it attaches.
@@ -377,6 +379,27 @@ impl Registry {
             // A full outbox: the connection rechecks on its periodic tick.
             let _ = entry.outbox.try_send(Outgoing::JobsChanged);
         }
+    }
+
+    /// The runners of `tenant_id` connected now.
+    pub fn connected(&self, tenant_id: &str) -> Vec<String> {
+        self.lock()
+            .runners
+            .iter()
+            .filter(|(_, e)| e.tenant_id == tenant_id)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Queue a message that needs no reply. If the runner's outbox is full
+    /// it is dropped: whatever it says is sent again on the next connect.
+    pub fn notify(&self, tenant_id: &str, runner_id: &str, text: String) -> bool {
+        let inner = self.lock();
+        inner
+            .runners
+            .get(runner_id)
+            .filter(|e| e.tenant_id == tenant_id)
+            .is_some_and(|e| e.outbox.try_send(Outgoing::Notify { text }).is_ok())
     }
 
     /// Send `body` to a runner of `tenant_id` as a request and wait up to

@@ -308,20 +308,33 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         acks: runner_ws_jobs::welcome_acks(&mut conn),
         metrics_ts,
     });
-    let ending = match conn
+    let mut sent = conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
-        .await
-    {
-        Ok(()) => match conn.send_pending_jobs().await {
-            Err(ending) => ending,
-            Ok(()) => {
-                conn.live(
-                    &mut session,
-                    Duration::from_millis(silence_limit_ms(heartbeat_ms)),
-                )
-                .await
+        .await;
+    if sent.is_ok() {
+        // The desired version, if the policy selects this runner (updates.rs).
+        match crate::updates::offer_for(&conn.state, &conn.runner.tenant_id, &runner_id) {
+            Ok(Some(offer)) => {
+                tracing::info!(runner = %runner_id, version = offer.version, "offering an update");
+                let text = encode_control(0, Message::Update(offer));
+                sent = conn.send(WsMessage::Text(text.into())).await;
             }
-        },
+            Ok(None) => {}
+            Err(e) => tracing::error!(runner = %runner_id, "choosing the desired version: {e:?}"),
+        }
+    }
+    if sent.is_ok() {
+        // Jobs waiting for this runner (runner_ws_jobs.rs).
+        sent = conn.send_pending_jobs().await;
+    }
+    let ending = match sent {
+        Ok(()) => {
+            conn.live(
+                &mut session,
+                Duration::from_millis(silence_limit_ms(heartbeat_ms)),
+            )
+            .await
+        }
         Err(ending) => ending,
     };
     // Health first: the runner is unreachable from now, however long the
@@ -408,6 +421,11 @@ impl Connection {
                     }
                     Some(Outgoing::ResyncLogs) => {
                         if let Err(ending) = self.resync_collection().await {
+                            return ending;
+                        }
+                    }
+                    Some(Outgoing::Notify { text }) => {
+                        if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
                             return ending;
                         }
                     }
@@ -548,6 +566,20 @@ impl Connection {
                 }
             }
             Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
+            Message::UpdateStatus(report) => {
+                tracing::info!(
+                    runner = %self.runner.id, version = report.version, state = report.state,
+                    reason = report.reason.as_deref().unwrap_or(""), "update report"
+                );
+                if let Err(e) = self.state.storage.record_update_report(
+                    &self.runner.id,
+                    clock::now_ms(),
+                    report,
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing an update report: {e}");
+                }
+                Ok(())
+            }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::MetricsSchema(m) => {
                 let stream = self.metrics.get_or_insert_with(Box::default);
@@ -611,7 +643,8 @@ impl Connection {
             | Message::LogClose(_)
             | Message::JobStart(_)
             | Message::JobCancel(_)
-            | Message::JobResultAck(_) => {
+            | Message::JobResultAck(_)
+            | Message::Update(_) => {
                 note_ignored(
                     &format!(
                         "message type '{}' (server to runner only)",

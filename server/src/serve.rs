@@ -44,6 +44,7 @@ use crate::registry::CloseOrder;
 use crate::secrets::SecretBox;
 use crate::storage::{Storage, StorageError};
 use crate::tls::{self, TlsError};
+use crate::updates::ReleaseConfig;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -215,6 +216,18 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         &key_file,
     )
     .map_err(ServeError::Secrets)?;
+    let install_keys = match &args.release_keys {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(io_err(format!("reading --release-keys {}", p.display())))?,
+        ),
+        None => None,
+    };
+    let releases = ReleaseConfig {
+        dir: Some(data.join("releases")),
+        install_keys,
+        public_url: args.public_url.clone(),
+    };
     let state = AppState::new(
         storage,
         metrics,
@@ -223,7 +236,8 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Arc::new(secrets),
         admin.secret(),
         Tuning::default(),
-    );
+    )
+    .with_releases(releases);
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");

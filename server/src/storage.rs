@@ -25,7 +25,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 mod containers;
+mod updates;
 pub use containers::{ContainerEventRow, DockerStateRow};
+pub use updates::UpdatePolicy;
 
 /// How many health changes are kept per runner; older ones are dropped so a
 /// flapping runner cannot grow the database without bound.
@@ -136,6 +138,28 @@ CREATE TABLE container_events (
 );
 CREATE INDEX container_events_by_runner ON container_events(runner_id, seq);
 CREATE INDEX container_events_by_age ON container_events(at);
+"#,
+    r#"
+ALTER TABLE runners ADD COLUMN update_group TEXT NOT NULL DEFAULT '';
+CREATE TABLE update_policies (
+    tenant_id      TEXT NOT NULL REFERENCES tenants(id),
+    grp            TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    canary_percent INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, grp)
+);
+CREATE TABLE update_reports (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    runner_id    TEXT NOT NULL REFERENCES runners(id),
+    at           INTEGER NOT NULL,
+    version      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    from_version TEXT NOT NULL,
+    reason       TEXT,
+    took_ms      INTEGER
+);
+CREATE INDEX update_reports_by_runner ON update_reports(runner_id, seq);
 "#,
 ];
 

@@ -146,6 +146,13 @@ pub struct ConnConfig {
     pub docker: Option<crate::docker::client::DockerConfig>,
     /// Jobs (scripts, deployments); `None`: switched off on this host.
     pub jobs: Option<crate::jobs::JobsConfig>,
+    /// Self-update settings; `None` ignores `update` offers entirely.
+    pub update: Option<crate::update::UpdateConfig>,
+    /// This process is a trial run of a new version (see `update`).
+    pub update_trial: Option<String>,
+    /// A new version on probation: it must connect within this, or the
+    /// loop ends with [`Exit::Unhealthy`].
+    pub health_deadline: Option<Duration>,
 }
 
 /// What happened to the link, for the [`Feed`].
@@ -189,6 +196,8 @@ pub enum LinkEvent {
         kind: protocol::FrameKind,
         seq: u64,
     },
+    /// `update`: the server wants this runner to run another version.
+    UpdateOffer(protocol::UpdateOffer),
 }
 
 /// One message of the feed.
@@ -244,6 +253,12 @@ pub enum Exit {
     Shutdown,
     /// The server revoked this runner (403 runner_revoked or close 4002).
     Revoked(String),
+    /// Install this version (the connection was closed cleanly first).
+    Update(protocol::UpdateOffer),
+    /// SIGUSR1: install the release `tether update --file` left in the state dir.
+    UpdateFromFile,
+    /// A new version on probation did not connect before its deadline.
+    Unhealthy,
 }
 
 /// Timers the connection sets.
@@ -408,7 +423,7 @@ pub fn classify_refusal(status: u16, body: Option<&[u8]>) -> UpgradeRefusal {
 pub fn hello_message(cfg: &ConnConfig) -> Control {
     Control::Hello(protocol::Hello {
         protocol: protocol::SUPPORTED_VERSIONS.to_vec(),
-        runner_version: env!("CARGO_PKG_VERSION").to_owned(),
+        runner_version: crate::version::version().to_owned(),
         arch: cfg.hello.arch.clone(),
         os: cfg.hello.os.clone(),
         hostname: cfg.hello.hostname.clone(),
@@ -425,7 +440,7 @@ pub fn pong_for(ping: &protocol::Ping) -> Control {
     Control::Pong(protocol::Pong {
         sent_ms: ping.sent_ms,
         now_ms: crate::log::now_ms(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: crate::version::version().to_owned(),
     })
 }
 
@@ -656,7 +671,7 @@ impl Connection {
             since: crate::log::rfc3339(SystemTime::now()),
             last_heartbeat: None,
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::version::version().to_owned(),
             last_error: None,
             metrics: None,
         };
@@ -768,15 +783,17 @@ impl Connection {
 
     /// SIGTERM/SIGINT: close cleanly if a WebSocket is up, else stop now.
     pub fn shutdown(&mut self, ctx: &mut Ctx<'_>) {
+        self.shutdown_with(ctx, Exit::Shutdown, "runner shutting down");
+    }
+
+    /// Stop with `exit` (also for an update: the loop ends, `main` installs),
+    /// closing cleanly with `reason` if a WebSocket is up.
+    pub fn shutdown_with(&mut self, ctx: &mut Ctx<'_>, exit: Exit, reason: &str) {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         let next = match phase {
-            Phase::Hello { link, .. } | Phase::Connected { link } => self.start_close(
-                ctx,
-                link,
-                close::NORMAL,
-                "runner shutting down",
-                AfterClose::Exit(Exit::Shutdown),
-            ),
+            Phase::Hello { link, .. } | Phase::Connected { link } => {
+                self.start_close(ctx, link, close::NORMAL, reason, AfterClose::Exit(exit))
+            }
             Phase::Closing {
                 link,
                 then: AfterClose::Reconnect(_),
@@ -784,13 +801,13 @@ impl Connection {
                 // Already closing for a reconnect: keep waiting, then exit.
                 Step::Wait(Phase::Closing {
                     link,
-                    then: AfterClose::Exit(Exit::Shutdown),
+                    then: AfterClose::Exit(exit),
                 })
             }
             other => {
                 // Nothing worth a goodbye (or a second signal): stop now.
                 self.release(ctx, other);
-                Step::Wait(self.stop(ctx, Exit::Shutdown))
+                Step::Wait(self.stop(ctx, exit))
             }
         };
         self.run(ctx, next);
@@ -1428,10 +1445,17 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::Update(offer) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::UpdateOffer(offer));
+                }
+                Flow::Continue
+            }
             Control::Pong(_)
             | Control::JobAccepted(_)
             | Control::JobResult(_)
             | Control::LogOpened(_)
+            | Control::UpdateStatus(_)
             | Control::DockerState(_)
             | Control::DockerResponse(_)
             | Control::ContainerEvent(_)

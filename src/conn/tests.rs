@@ -36,6 +36,9 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
         telemetry: TelemetryConfig::off(),
         docker: None,
         jobs: None,
+        update: None,
+        update_trial: None,
+        health_deadline: None,
     }
 }
 
@@ -459,7 +462,7 @@ fn sigterm_sends_close_1000_and_exits() {
     let deadline = Some(Instant::now() + Duration::from_secs(10));
     let exit = EventLoop::new()
         .unwrap()
-        .run_until(config(&url, None), Some(signals), deadline)
+        .run_until(config(&url, None), Some(&signals), deadline)
         .unwrap();
     assert_eq!(exit, Exit::Shutdown);
     let ((code, reason), took) = srv.join().unwrap();

@@ -804,7 +804,8 @@ impl Docker {
             | LinkEvent::FingerprintResync
             | LinkEvent::JobStart { .. }
             | LinkEvent::JobCancel(_)
-            | LinkEvent::JobResultAck(_) => {}
+            | LinkEvent::JobResultAck(_)
+            | LinkEvent::UpdateOffer(_) => {}
         }
         self.pump_queue(ctx);
     }

@@ -446,7 +446,7 @@ impl Telemetry {
             arch: Some(crate::sys::machine()),
             firewall,
             docker_version: self.docker_version.clone(),
-            runner_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            runner_version: Some(crate::version::version().to_owned()),
         };
         let (fp, more) = crate::fingerprint::collect(&f.root, extras);
         notes.extend(more);
@@ -518,6 +518,7 @@ impl Feed for Telemetry {
             | LinkEvent::JobStart { .. }
             | LinkEvent::JobCancel(_)
             | LinkEvent::JobResultAck(_)
+            | LinkEvent::UpdateOffer(_)
             | LinkEvent::ChannelAck { .. } => {}
             LinkEvent::FingerprintResync => {
                 if let Some(f) = &mut self.fingerprint {

@@ -9,6 +9,12 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+// The update tests' fixture (server with release keys, signed releases,
+// hosts with their own binary); its #[test]s are not compiled here.
+#[path = "../update.rs"]
+#[allow(dead_code)]
+mod update;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +51,7 @@ fn dist(target: &str) -> PathBuf {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -91,6 +97,9 @@ fn main() {
     if part("jobs") {
         job_relay(&mut rows);
     }
+    if part("update") {
+        update_times(&mut rows);
+    }
 
     println!();
     println!(
@@ -108,6 +117,73 @@ fn main() {
         );
     }
     println!("\nratio = value / goal; at or below 1.00 meets the goal.");
+}
+
+/// Self-update timing with the real programs (bench build of the runner,
+/// stripped and version-patched as in tests/update.rs): from the operator
+/// setting the desired version to the new version connected (download,
+/// verify, trial run, swap, re-exec, reconnect), and from setting a version
+/// that exits at start to the old one connected again with the failure
+/// reported. Median of BENCH_UPDATE_RUNS (default 5); polled every 20 ms.
+fn update_times(rows: &mut Vec<Row>) {
+    let runs = env_secs("BENCH_UPDATE_RUNS", 5).max(1);
+    let fx = update::Fx::new();
+    let v0 = env!("CARGO_PKG_VERSION");
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, v0);
+    let mut ok = Vec::new();
+    for i in 0..runs {
+        let v = format!("9.0.{i}");
+        fx.publish(&v, &update::binary_with_version(&v));
+        let t0 = Instant::now();
+        fx.desire(&v);
+        fx.wait_version(&host.runner.id, &v);
+        ok.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut broken = fx.host();
+    broken.start(&[]);
+    fx.wait_version(&broken.runner.id, v0);
+    let mut failed = Vec::new();
+    for i in 0..runs {
+        // A newer version than the first host runs, so only `broken` takes it.
+        let v = format!("8.0.{i}");
+        fx.publish(&v, &update::script("exit 3"));
+        let t0 = Instant::now();
+        let (st, body) = fx.tenant.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/group", broken.runner.id),
+            Some(serde_json::json!({"group": "broken"})),
+        );
+        assert_eq!(st, 200, "{body}");
+        let (st, body) = fx.tenant.call(
+            "PUT",
+            "/api/v1/update-policy",
+            Some(serde_json::json!({"version": v, "group": "broken"})),
+        );
+        assert_eq!(st, 200, "{body}");
+        fx.wait_report(&broken.runner.id, &v, "failed");
+        fx.wait_version(&broken.runner.id, v0);
+        failed.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    rows.push(Row {
+        what: "update: version desired → new version connected".into(),
+        value: median(&mut ok),
+        unit: "ms",
+        goal: None,
+        how: format!("PUT update-policy, poll runner version (median of {runs}, local server)"),
+    });
+    rows.push(Row {
+        what: "update: version that exits at start → old reconnected, reported".into(),
+        value: median(&mut failed),
+        unit: "ms",
+        goal: None,
+        how: format!("PUT update-policy, poll `failed` report + active (median of {runs})"),
+    });
 }
 
 /// CPU time of one metrics tick (sample /proc and /sys, encode the record),
@@ -495,7 +571,10 @@ fn job_relay(rows: &mut Vec<Row>) {
     let (mut ours, mut theirs, mut peak) = (Vec::new(), Vec::new(), 0u64);
     for run in 0..3 {
         let t = Instant::now();
-        let st = Command::new("sh").args(["-c", &format!("{cmd} > /dev/null")]).status().unwrap();
+        let st = Command::new("sh")
+            .args(["-c", &format!("{cmd} > /dev/null")])
+            .status()
+            .unwrap();
         assert!(st.success());
         theirs.push(mb as f64 * 1.048576 / t.elapsed().as_secs_f64());
 
@@ -545,7 +624,10 @@ fn job_relay(rows: &mut Vec<Row>) {
         value: (peak.saturating_sub(rss_idle)) as f64 / 1024.0,
         unit: "MiB",
         goal: Some(8.0),
-        how: format!("VmRSS peak − idle ({:.2} MiB), sampled every ~20 ms", rss_idle as f64 / 1024.0),
+        how: format!(
+            "VmRSS peak − idle ({:.2} MiB), sampled every ~20 ms",
+            rss_idle as f64 / 1024.0
+        ),
     });
 
     // Latency: the host prints its own clock; the watcher compares.
@@ -558,7 +640,10 @@ fn job_relay(rows: &mut Vec<Row>) {
     assert_eq!(st, 201, "{v}");
     let id = v[0]["id"].as_str().unwrap().to_owned();
     let api = server.api();
-    let reader = api.stream(&format!("/api/v1/jobs/{id}/output?follow=1&format=ndjson&stream=stdout"), &tenant.token);
+    let reader = api.stream(
+        &format!("/api/v1/jobs/{id}/output?follow=1&format=ndjson&stream=stdout"),
+        &tenant.token,
+    );
     let mut lat = Vec::new();
     let mut pending = String::new();
     use std::io::BufRead;
@@ -582,7 +667,10 @@ fn job_relay(rows: &mut Vec<Row>) {
         value: p50,
         unit: "ms",
         goal: None,
-        how: format!("{} lines, host clock printed by the job, ndjson follow", lat.len()),
+        how: format!(
+            "{} lines, host clock printed by the job, ndjson follow",
+            lat.len()
+        ),
     });
     rows.push(Row {
         what: "job line → API watcher latency p99".into(),
@@ -592,4 +680,3 @@ fn job_relay(rows: &mut Vec<Row>) {
         how: "same run".into(),
     });
 }
-

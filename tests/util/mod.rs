@@ -305,6 +305,43 @@ impl Api {
         (status, v)
     }
 
+    /// POST raw bytes (a release file); the status and the JSON answer.
+    pub fn upload(&self, path: &str, token: &str, bytes: &[u8]) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .post(format!("{}{}", self.base, path))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/octet-stream")
+            .config()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .send(bytes)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// GET raw bytes without a token (public downloads).
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut resp = self
+            .agent
+            .get(format!("{}{}", self.base, path))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap_or_default();
+        (status, bytes)
+    }
+
     /// Open a streaming GET (for Server-Sent Events).
     pub fn stream(&self, path: &str, token: &str) -> impl Read {
         let resp = self

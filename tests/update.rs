@@ -1,0 +1,740 @@
+//! Signed self-update with the real programs: releases made by `build.sh
+//! sign` with throwaway minisign keys, uploaded to the real server, installed
+//! by real runners that swap their own binary, re-exec and roll back.
+//!
+//! "Different versions" are real, distinct binaries: the test build of the
+//! runner, stripped, with its version slot rewritten
+//! (`tether::version::patch_slot`, see src/version.rs). A version that exits
+//! at start or never connects is a signed shell script: to the updater it is
+//! just a signed binary that misbehaves.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const ARCH: &str = std::env::consts::ARCH;
+pub const ARCH_NAME: &str = ARCH;
+const V0: &str = env!("CARGO_PKG_VERSION");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A throwaway minisign key pair.
+pub struct Keys {
+    _dir: TempDir,
+    pub public: PathBuf,
+    pub secret: PathBuf,
+}
+
+pub fn keypair(label: &str) -> Keys {
+    let dir = TempDir::new(label);
+    let public = dir.path().join("k.pub");
+    let secret = dir.path().join("k.key");
+    let st = Command::new("minisign")
+        .args(["-G", "-W", "-f", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .expect("minisign is installed (.ci/run installs it)");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    Keys {
+        _dir: dir,
+        public,
+        secret,
+    }
+}
+
+/// The runner binary shipped in test releases: the test build, stripped
+/// (the debug info makes it ~45 MB; stripping changes nothing it runs).
+pub fn base_binary() -> &'static [u8] {
+    static BIN: OnceLock<Vec<u8>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = TempDir::new("strip");
+        let out = dir.path().join("tether");
+        let st = Command::new("strip")
+            .arg("-o")
+            .arg(&out)
+            .arg(runner_bin())
+            .status();
+        match st {
+            Ok(s) if s.success() => fs::read(&out).unwrap(),
+            _ => fs::read(runner_bin()).unwrap(),
+        }
+    })
+}
+
+/// A real runner binary that reports `version`.
+pub fn binary_with_version(version: &str) -> Vec<u8> {
+    tether::version::patch_slot(base_binary(), version).expect("version slot")
+}
+
+/// A "release" that is a shell script (exits at start, or never connects).
+pub fn script(body: &str) -> Vec<u8> {
+    format!("#!/bin/sh\n{body}\n").into_bytes()
+}
+
+/// Sign `bytes` as `tether-<file_arch>` of `version` with `build.sh sign`;
+/// returns (binary, signature). `comment_arch` lets a test lie about the arch.
+pub fn sign(keys: &Keys, version: &str, comment_arch: &str, bytes: &[u8]) -> (Vec<u8>, String) {
+    let dir = TempDir::new("sign");
+    let bin = dir.path().join(format!("tether-{comment_arch}"));
+    fs::write(&bin, bytes).unwrap();
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
+        .args(["sign"])
+        .arg(dir.path())
+        .arg(version)
+        .arg(&bin)
+        .env("TETHER_SIGNING_KEY", &keys.secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig =
+        fs::read_to_string(dir.path().join(format!("tether-{comment_arch}.minisig"))).unwrap();
+    (fs::read(&bin).unwrap(), sig)
+}
+
+/// A server with release keys, a tenant, and the signing keys.
+pub struct Fx {
+    pub keys: Keys,
+    pub server: Server,
+    pub tenant: Tenant,
+}
+
+impl Fx {
+    pub fn new() -> Fx {
+        let keys = keypair("keys");
+        let server = Server::start_with(&["--release-keys", keys.public.to_str().unwrap()]);
+        let tenant = server.tenant("acme");
+        Fx {
+            keys,
+            server,
+            tenant,
+        }
+    }
+
+    /// Upload `tether-<ARCH>` and its signature as release `version`.
+    pub fn upload(&self, version: &str, bin: &[u8], sig: &str) {
+        let api = self.server.api();
+        let name = format!("tether-{ARCH}");
+        for (file, bytes) in [
+            (name.clone(), bin),
+            (format!("{name}.minisig"), sig.as_bytes()),
+        ] {
+            let (st, v) = api.upload(
+                &format!("/api/v1/releases/{version}/{file}"),
+                &self.server.admin_token,
+                bytes,
+            );
+            assert_eq!(st, 201, "upload {version}/{file}: {v}");
+        }
+    }
+
+    /// Sign and upload a good release of `version` (binary, signature,
+    /// signed manifest: everything `build.sh sign` makes).
+    pub fn publish(&self, version: &str, bytes: &[u8]) {
+        let dir = TempDir::new("release");
+        let bin = dir.path().join(format!("tether-{ARCH}"));
+        fs::write(&bin, bytes).unwrap();
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
+            .arg("sign")
+            .arg(dir.path())
+            .arg(version)
+            .arg(&bin)
+            .env("TETHER_SIGNING_KEY", &self.keys.secret)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build.sh sign: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let api = self.server.api();
+        for e in fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (st, v) = api.upload(
+                &format!("/api/v1/releases/{version}/{name}"),
+                &self.server.admin_token,
+                &fs::read(e.path()).unwrap(),
+            );
+            assert_eq!(st, 201, "upload {version}/{name}: {v}");
+        }
+    }
+
+    /// The release's manifest as the server serves it.
+    pub fn manifest(&self, version: &str) -> String {
+        let (st, body) = self
+            .server
+            .api()
+            .get_bytes(&format!("/releases/{version}/manifest.json"));
+        assert_eq!(st, 200);
+        String::from_utf8(body).unwrap()
+    }
+
+    pub fn desire(&self, version: &str) {
+        let (st, v) = self.tenant.call(
+            "PUT",
+            "/api/v1/update-policy",
+            Some(json!({ "version": version })),
+        );
+        assert_eq!(st, 200, "set policy: {v}");
+    }
+
+    /// A host: an enrolled runner whose binary is a copy in its own
+    /// directory (the updater replaces it), trusting the fixture's keys.
+    pub fn host(&self) -> Host {
+        self.host_in(None)
+    }
+
+    pub fn host_in(&self, install: Option<TempDir>) -> Host {
+        let mut runner = Runner::enroll(&self.server, &self.tenant);
+        let install = install.unwrap_or_else(|| TempDir::new("install"));
+        let bin = install.path().join("tether");
+        fs::write(&bin, base_binary()).unwrap();
+        make_executable(&bin);
+        runner.bin = bin.clone();
+        fs::copy(&self.keys.public, runner.dir.path().join("update-keys.pub")).unwrap();
+        Host {
+            runner,
+            install,
+            bin,
+        }
+    }
+
+    pub fn reports(&self, runner: &str) -> Value {
+        let (st, v) = self
+            .tenant
+            .call("GET", &format!("/api/v1/runners/{runner}/updates"), None);
+        assert_eq!(st, 200, "{v}");
+        v
+    }
+
+    /// Wait for an update report `(version, state)`; returns it.
+    pub fn wait_report(&self, runner: &str, version: &str, state: &str) -> Value {
+        wait_for(WAIT, &format!("report {version} {state}"), || {
+            self.reports(runner)["reports"]
+                .as_array()?
+                .iter()
+                .find(|r| r["version"] == version && r["state"] == state)
+                .cloned()
+        })
+    }
+
+    /// Wait until the runner is active and reports `version`.
+    pub fn wait_version(&self, runner: &str, version: &str) {
+        wait_for(WAIT, &format!("runner at {version}"), || {
+            let r = self.tenant.runner(runner);
+            (r["health"] == "active" && r["version"] == version).then_some(())
+        });
+    }
+}
+
+pub fn make_executable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+pub struct Host {
+    pub runner: Runner,
+    pub install: TempDir,
+    pub bin: PathBuf,
+}
+
+impl Host {
+    pub fn start(&mut self, extra: &[&str]) {
+        let mut args = vec![
+            "--heartbeat",
+            "1s",
+            "--metrics-interval",
+            "off",
+            "--fingerprint-interval",
+            "off",
+            "--docker-socket",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        self.runner.start(&args);
+    }
+
+    /// What `tether version` of the binary at the path says.
+    pub fn installed_version(&self) -> String {
+        let out = Command::new(&self.bin).arg("version").output().unwrap();
+        assert!(out.status.success(), "the installed binary does not run");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    pub fn leftovers(&self) -> Vec<String> {
+        fs::read_dir(self.install.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".new"))
+            .collect()
+    }
+}
+
+#[test]
+fn update_installs_a_newer_signed_version_in_place_and_reports_it() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+    let pid = host.runner.pid();
+
+    fx.publish("0.1.1", &binary_with_version("0.1.1"));
+    let t0 = std::time::Instant::now();
+    fx.desire("0.1.1");
+    fx.wait_version(&host.runner.id, "0.1.1");
+    let report = fx.wait_report(&host.runner.id, "0.1.1", "installed");
+    eprintln!(
+        "update to 0.1.1 connected after {:?}: {report}",
+        t0.elapsed()
+    );
+    assert_eq!(report["from_version"], V0);
+    assert!(report["took_ms"].as_u64().is_some(), "{report}");
+
+    // Re-exec in place: the same process, now running the new binary.
+    assert_eq!(host.runner.pid(), pid);
+    assert!(host.runner.child().try_wait().unwrap().is_none());
+    assert_eq!(host.installed_version(), "0.1.1");
+    let prev = host.install.path().join(".tether.prev");
+    let out = Command::new(&prev).arg("version").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(V0),
+        "previous binary kept"
+    );
+    assert!(host.leftovers().is_empty());
+    let log = host.runner.log();
+    assert!(log.contains("trial run of 0.1.1 connected"), "{log}");
+
+    // The server's view and the CLI agree.
+    let v = fx.reports(&host.runner.id);
+    assert_eq!(v["desired"], "0.1.1");
+    assert_eq!(v["version"], "0.1.1");
+}
+
+/// Set `version` as desired and wait for the runner to reject it with a
+/// reason containing `why`; then prove nothing changed.
+fn rejected(fx: &Fx, host: &mut Host, version: &str, why: &str) {
+    let before = fs::read(&host.bin).unwrap();
+    let pid = host.runner.pid();
+    fx.desire(version);
+    let r = fx.wait_report(&host.runner.id, version, "rejected");
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains(why),
+        "{version}: reason {reason:?} lacks {why:?}"
+    );
+    fx.wait_version(&host.runner.id, V0);
+    assert_eq!(
+        fs::read(&host.bin).unwrap(),
+        before,
+        "{version}: binary changed"
+    );
+    assert_eq!(host.runner.pid(), pid, "{version}: runner restarted");
+    assert!(host.runner.child().try_wait().unwrap().is_none());
+    assert!(host.leftovers().is_empty(), "{version}: staged file left");
+    assert_eq!(host.installed_version(), V0);
+}
+
+#[test]
+fn bad_releases_are_rejected_and_change_nothing() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+
+    // Tampered: one byte changed after signing.
+    let (mut bin, sig) = sign(&fx.keys, "0.3.1", ARCH, &binary_with_version("0.3.1"));
+    let mid = bin.len() / 2;
+    bin[mid] ^= 0xff;
+    fx.upload("0.3.1", &bin, &sig);
+    rejected(&fx, &mut host, "0.3.1", "does not match");
+
+    // Signed with a key the host does not trust.
+    let other = keypair("other");
+    let (bin, sig) = sign(&other, "0.3.2", ARCH, &binary_with_version("0.3.2"));
+    fx.upload("0.3.2", &bin, &sig);
+    rejected(&fx, &mut host, "0.3.2", "does not trust");
+
+    // Truncated download.
+    let (bin, sig) = sign(&fx.keys, "0.3.3", ARCH, &binary_with_version("0.3.3"));
+    fx.upload("0.3.3", &bin[..bin.len() / 3], &sig);
+    rejected(&fx, &mut host, "0.3.3", "truncated");
+
+    // Signed for another architecture, served under this one's name.
+    let (bin, sig) = sign(&fx.keys, "0.3.4", "riscv64", &binary_with_version("0.3.4"));
+    fx.upload("0.3.4", &bin, &sig);
+    rejected(&fx, &mut host, "0.3.4", "is for riscv64");
+
+    // A downgrade, validly signed.
+    fx.publish("0.0.9", &binary_with_version("0.0.9"));
+    rejected(&fx, &mut host, "0.0.9", "downgrades are not allowed");
+
+    // The signed version differs from the offered one (a server lying).
+    let (bin, sig) = sign(&fx.keys, "0.3.9", ARCH, &binary_with_version("0.3.9"));
+    fx.upload("0.3.5", &bin, &sig);
+    rejected(&fx, &mut host, "0.3.5", "signed release is 0.3.9");
+}
+
+/// Mounts a test sets up, undone (lazily) on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn try_mount(args: &[&str], dir: &Path) -> Option<Mount> {
+    let ok = Command::new("mount")
+        .args(args)
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| Mount(dir.to_owned()))
+}
+
+#[test]
+fn a_full_disk_or_a_read_only_binary_location_is_rejected() {
+    let fx = Fx::new();
+    fx.publish("0.3.6", &binary_with_version("0.3.6"));
+
+    // Full: a tmpfs with room for the current binary only.
+    let install = TempDir::new("full");
+    let size = format!("size={}", base_binary().len() + 64 * 1024);
+    let Some(full) = try_mount(&["-t", "tmpfs", "-o", &size, "tmpfs"], install.path()) else {
+        eprintln!("SKIP: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let mut host = fx.host_in(Some(install));
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+    rejected(&fx, &mut host, "0.3.6", "No space left");
+    drop(host);
+    drop(full);
+
+    // Read-only: the binary's directory bind-mounted read-only.
+    let install = TempDir::new("ro");
+    let mut host = fx.host_in(Some(install));
+    let dir = host.install.path().to_owned();
+    let Some(ro) = try_mount(&["--bind", dir.to_str().unwrap()], &dir) else {
+        eprintln!("SKIP: cannot bind-mount here");
+        return;
+    };
+    assert!(Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+    rejected(&fx, &mut host, "0.3.6", "Read-only file system");
+    drop(host);
+    drop(ro);
+}
+
+#[test]
+fn a_version_that_exits_at_start_is_rolled_back_reported_and_not_retried() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+    let before = fs::read(&host.bin).unwrap();
+
+    fx.publish(
+        "0.4.0",
+        &script("echo 'broken release starting' >&2; exit 3"),
+    );
+    fx.desire("0.4.0");
+    let r = fx.wait_report(&host.runner.id, "0.4.0", "failed");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited before connecting"),
+        "{r}"
+    );
+    fx.wait_version(&host.runner.id, V0);
+    assert_eq!(fs::read(&host.bin).unwrap(), before);
+    assert!(host.leftovers().is_empty());
+
+    // Offered again: refused without another try.
+    fx.desire("0.4.0");
+    let r = fx.wait_report(&host.runner.id, "0.4.0", "rejected");
+    assert!(
+        r["reason"].as_str().unwrap().contains("not tried again"),
+        "{r}"
+    );
+    assert_eq!(
+        host.runner
+            .log()
+            .matches("trial run of 0.4.0 started")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_version_that_never_connects_is_rolled_back_at_the_deadline() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.start(&["--health-timeout", "3s"]);
+    fx.wait_version(&host.runner.id, V0);
+    let before = fs::read(&host.bin).unwrap();
+
+    fx.publish("0.4.1", &script("exec sleep 600"));
+    let t0 = std::time::Instant::now();
+    fx.desire("0.4.1");
+    let r = fx.wait_report(&host.runner.id, "0.4.1", "failed");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not connect within 3s"),
+        "{r}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(3));
+    fx.wait_version(&host.runner.id, V0);
+    assert_eq!(fs::read(&host.bin).unwrap(), before);
+    // The trial process was killed, not left behind.
+    let out = Command::new("pgrep").args(["-f", "sleep 600"]).output();
+    if let Ok(out) = out {
+        let ours = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l == format!("PPid:\t{}", host.runner.pid()))
+            })
+            .count();
+        assert_eq!(ours, 0, "trial process left running");
+    }
+}
+
+#[test]
+fn sigkill_at_each_step_of_the_swap_leaves_a_valid_binary_that_reconnects() {
+    let fx = Fx::new();
+    fx.publish("0.6.0", &binary_with_version("0.6.0"));
+    for step in ["staged", "trial", "swapped", "started"] {
+        let mut host = fx.host();
+        // Start with the fault-injection hook pausing at `step`.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(host.runner.dir.path().join("runner.log"))
+            .unwrap();
+        let child = host
+            .runner
+            .cmd()
+            .args(["run", "--heartbeat", "1s", "--metrics-interval", "off"])
+            .args(["--fingerprint-interval", "off", "--docker-socket", "off"])
+            .env("TETHER_UPDATE_PAUSE_AT", step)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        host.runner.child = Some(child);
+        fx.wait_version(&host.runner.id, V0);
+        fx.desire("0.6.0");
+        let marker = format!("pausing at step '{step}'");
+        wait_for(WAIT, &marker, || {
+            host.runner.log().contains(&marker).then_some(())
+        });
+        signal(host.runner.child(), libc::SIGKILL);
+        assert!(wait_exit(host.runner.child(), Duration::from_secs(5)).is_some());
+
+        // Whatever the step, the binary at the path is a valid signed one.
+        let v = host.installed_version();
+        let expected_at_path = if matches!(step, "swapped" | "started") {
+            "0.6.0"
+        } else {
+            V0
+        };
+        assert_eq!(v, expected_at_path, "after SIGKILL at {step}");
+
+        // A restart (what systemd/OpenRC/procd do) reconnects, and the
+        // update completes.
+        host.start(&[]);
+        fx.wait_version(&host.runner.id, "0.6.0");
+        fx.wait_report(&host.runner.id, "0.6.0", "installed");
+        if matches!(step, "staged" | "trial") {
+            fx.wait_report(&host.runner.id, "0.6.0", "interrupted");
+        }
+        assert_eq!(host.installed_version(), "0.6.0");
+        assert!(host.leftovers().is_empty(), "{step}: staged file left");
+        // The next host starts without a desired version.
+        let (st, v) = fx.tenant.call(
+            "PUT",
+            "/api/v1/update-policy",
+            Some(json!({ "version": null })),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+}
+
+#[test]
+fn air_gapped_update_from_files_with_and_without_a_running_runner() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+    let files = TempDir::new("carried");
+    let write = |v: &str, keys: &Keys| -> (PathBuf, PathBuf) {
+        let (bin, sig) = sign(keys, v, ARCH, &binary_with_version(v));
+        let b = files.path().join(format!("tether-{v}"));
+        let s = files.path().join(format!("tether-{v}.minisig"));
+        fs::write(&b, bin).unwrap();
+        fs::write(&s, sig).unwrap();
+        (b, s)
+    };
+    let (bin_path, state_dir) = (host.bin.clone(), host.runner.dir.path().to_owned());
+    let update = |args: &[&str], b: &Path, s: &Path| {
+        let mut c = Command::new(&bin_path);
+        c.arg("--state-dir")
+            .arg(&state_dir)
+            .arg("update")
+            .args(args)
+            .arg("--file")
+            .arg(b)
+            .arg("--sig")
+            .arg(s);
+        c.output().unwrap()
+    };
+
+    // --check says what would happen and changes nothing.
+    let (b, s) = write("0.5.0", &fx.keys);
+    let out = update(&["--check"], &b, &s);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("would install:    0.5.0 (upgrade"), "{text}");
+    let other = keypair("other");
+    let (bw, sw) = write("0.5.9", &other);
+    let out = update(&["--check"], &bw, &sw);
+    assert_eq!(out.status.code(), Some(12));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would refuse"));
+    let out = update(&[], &bw, &sw);
+    assert_eq!(
+        out.status.code(),
+        Some(12),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.installed_version(), V0);
+
+    // With the runner running: handed over, swapped in place.
+    let pid = host.runner.pid();
+    let out = update(&[], &b, &s);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.wait_version(&host.runner.id, "0.5.0");
+    assert_eq!(host.runner.pid(), pid);
+    assert_eq!(host.installed_version(), "0.5.0");
+
+    // With no runner running: the command swaps; the next start runs it.
+    signal(host.runner.child(), libc::SIGTERM);
+    assert!(wait_exit(host.runner.child(), Duration::from_secs(10)).is_some());
+    let (b, s) = write("0.5.1", &fx.keys);
+    let out = update(&[], &b, &s);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("installed 0.5.1"));
+    assert_eq!(host.installed_version(), "0.5.1");
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, "0.5.1");
+    fx.wait_report(&host.runner.id, "0.5.1", "installed");
+}
+
+#[test]
+fn a_swapped_version_that_cannot_connect_by_the_deadline_puts_the_previous_back() {
+    let mut fx = Fx::new();
+    fx.publish("0.7.0", &binary_with_version("0.7.0"));
+    let mut host = fx.host();
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.runner.dir.path().join("runner.log"))
+        .unwrap();
+    // Stop right after the swap, before the re-exec.
+    let child = host
+        .runner
+        .cmd()
+        .args(["run", "--heartbeat", "1s", "--metrics-interval", "off"])
+        .args(["--fingerprint-interval", "off", "--docker-socket", "off"])
+        .env("TETHER_UPDATE_PAUSE_AT", "swapped")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    host.runner.child = Some(child);
+    fx.wait_version(&host.runner.id, V0);
+    fx.desire("0.7.0");
+    wait_for(WAIT, "pause after the swap", || {
+        host.runner
+            .log()
+            .contains("pausing at step 'swapped'")
+            .then_some(())
+    });
+    signal(host.runner.child(), libc::SIGKILL);
+    assert!(wait_exit(host.runner.child(), Duration::from_secs(5)).is_some());
+    assert_eq!(host.installed_version(), "0.7.0");
+
+    // The new version starts while the server is down: it cannot connect
+    // within its deadline, so it puts the previous binary back and execs it.
+    fx.server.stop();
+    host.start(&["--health-timeout", "2s"]);
+    wait_for(WAIT, "rollback to the previous binary", || {
+        (host.installed_version() == V0).then_some(())
+    });
+    let pid = host.runner.pid();
+    assert!(
+        host.runner.child().try_wait().unwrap().is_none(),
+        "runner still running"
+    );
+    let log = host.runner.log();
+    assert!(log.contains("did not connect within 2s"), "{log}");
+
+    // Back online: the old version connects and reports the failure.
+    fx.server.restart();
+    fx.wait_version(&host.runner.id, V0);
+    let r = fx.wait_report(&host.runner.id, "0.7.0", "failed");
+    assert!(
+        r["reason"].as_str().unwrap().contains("did not connect"),
+        "{r}"
+    );
+    assert_eq!(
+        host.runner.pid(),
+        pid,
+        "rolled back in place (same process)"
+    );
+    // Not tried again.
+    let r = fx.wait_report(&host.runner.id, "0.7.0", "rejected");
+    assert!(
+        r["reason"].as_str().unwrap().contains("not tried again"),
+        "{r}"
+    );
+}
