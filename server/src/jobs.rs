@@ -19,7 +19,11 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::job_store::{JobRow, JobStore, OutputRow};
-use crate::logs::{FLUSH_BYTES, FLUSH_EVERY};
+use crate::logs::FLUSH_EVERY;
+
+/// Job output is stored (and ACKed) once this much waits, so the runner's
+/// window (its memory cap, 256 KiB) keeps several flushes in flight.
+const FLUSH_BYTES: usize = 64 * 1024;
 use crate::secrets::SecretBox;
 
 /// Updates a slow watcher may fall behind by before it re-reads storage.

@@ -98,9 +98,10 @@ impl OutChannel {
         self.mem_bytes
     }
 
-    /// Whether the source may be read: memory or spool has room.
+    /// Whether the source may be read: once memory is full everything
+    /// goes to the spool (order), so the spool's room is what counts.
     pub fn has_room(&self) -> bool {
-        self.mem_bytes < self.limits.mem || self.spilled() < self.limits.spool
+        self.spilled() < self.limits.spool
     }
 
     /// Everything produced is acknowledged.
@@ -165,9 +166,10 @@ impl OutChannel {
         Ok(())
     }
 
-    /// Move spilled records into memory while it is under half its cap.
+    /// Move spilled records into memory while it has room (a record over
+    /// the cap waits until memory is empty, then goes alone).
     fn refill(&mut self) -> io::Result<()> {
-        while self.mem_bytes < self.limits.mem / 2 {
+        loop {
             let Some(sp) = self.spill.as_mut() else {
                 return Ok(());
             };
@@ -185,6 +187,9 @@ impl OutChannel {
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&head[1..9]);
             let len = u32::from_be_bytes([head[9], head[10], head[11], head[12]]) as usize;
+            if self.mem_bytes > 0 && self.mem_bytes + len > self.limits.mem {
+                return Ok(());
+            }
             let mut payload = vec![0u8; len];
             sp.file.read_exact(&mut payload)?;
             sp.read_pos += 13 + len as u64;
@@ -390,6 +395,13 @@ mod tests {
             assert!(pushed < 100);
         }
         assert!(c.mem_bytes() <= 64);
+        assert!(
+            c.spilled() <= 128 + 45,
+            "the spool stays at its cap (one record over at most)"
+        );
+        // Acknowledging drains memory, refills it from the spool, and makes room.
+        c.ack(c.produced() / 2).unwrap();
+        assert!(c.has_room());
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -406,7 +406,7 @@ fn log_throughput(rows: &mut Vec<Row>) {
     let tenant = server.tenant("bench-logs");
     let mut runner = Runner::enroll(&server, &tenant);
     runner.bin = dist("x86_64-unknown-linux-musl");
-    runner.start(&["--heartbeat", "5s"]);
+    runner.start(&["--log-level", "info", "--heartbeat", "5s"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(30));
     wait_for(Duration::from_secs(30), "docker available", || {
         let (st, v) = tenant.call(
@@ -554,6 +554,8 @@ fn job_relay(rows: &mut Vec<Row>) {
     let mut runner = Runner::enroll(&server, &tenant);
     runner.bin = dist("x86_64-unknown-linux-musl");
     runner.start(&[
+        "--log-level",
+        "info",
         "--heartbeat",
         "5s",
         "--docker-socket",
