@@ -200,7 +200,6 @@ impl OutChannel {
                 payload,
             });
         }
-        Ok(())
     }
 
     /// The server stored everything before `seq`.
