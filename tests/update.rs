@@ -708,7 +708,8 @@ fn a_swapped_version_that_cannot_connect_by_the_deadline_puts_the_previous_back(
     fx.server.stop();
     host.start(&["--health-timeout", "2s"]);
     wait_for(WAIT, "rollback to the previous binary", || {
-        (host.installed_version() == V0).then_some(())
+        // The log line comes right after the rename: wait for both.
+        (host.installed_version() == V0 && host.runner.log().contains("is back")).then_some(())
     });
     let pid = host.runner.pid();
     assert!(
