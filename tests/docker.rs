@@ -303,7 +303,13 @@ fn a_host_without_docker_reports_why_keeps_working_and_picks_docker_up_later() {
                 &format!("/api/v1/runners/{}/docker", runner.id),
                 None,
             );
-            (st == 200 && v["available"] == false && v["reason"].is_string()).then_some(v)
+            // `updated_at` null is the server's placeholder before the
+            // runner's first report: wait for the report itself.
+            (st == 200
+                && v["available"] == false
+                && v["reason"].is_string()
+                && v["updated_at"].is_string())
+            .then_some(v)
         },
     );
     assert!(

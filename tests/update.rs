@@ -708,7 +708,8 @@ fn a_swapped_version_that_cannot_connect_by_the_deadline_puts_the_previous_back(
     fx.server.stop();
     host.start(&["--health-timeout", "2s"]);
     wait_for(WAIT, "rollback to the previous binary", || {
-        (host.installed_version() == V0).then_some(())
+        // The log line comes right after the rename: wait for both.
+        (host.installed_version() == V0 && host.runner.log().contains("is back")).then_some(())
     });
     let pid = host.runner.pid();
     assert!(
@@ -737,4 +738,98 @@ fn a_swapped_version_that_cannot_connect_by_the_deadline_puts_the_previous_back(
         r["reason"].as_str().unwrap().contains("not tried again"),
         "{r}"
     );
+}
+
+/// `tether-server` CLI with the fixture's server and `token`.
+fn cli(fx: &Fx, token: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(server_bin())
+        .args(args)
+        .args(["--api", &fx.server.url, "--token", token, "--ca-file"])
+        .arg(&fx.server.ca)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_operator_cli_uploads_a_release_rolls_it_out_and_shows_the_reports() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+
+    // A release directory as `build.sh sign` leaves it.
+    let dir = TempDir::new("dist");
+    let bin = dir.path().join(format!("tether-{ARCH}"));
+    fs::write(&bin, binary_with_version("0.8.0")).unwrap();
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
+        .arg("sign")
+        .arg(dir.path())
+        .arg("0.8.0")
+        .arg(&bin)
+        .env("TETHER_SIGNING_KEY", &fx.keys.secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dir_s = dir.path().to_str().unwrap();
+
+    // Upload needs the admin token.
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["release", "upload", dir_s]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("admin token"), "{text}");
+    let (ok, text) = cli(&fx, &fx.server.admin_token, &["release", "upload", dir_s]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("uploaded 0.8.0/manifest.json.minisig"),
+        "{text}"
+    );
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["release", "list"]);
+    assert!(
+        ok && text.contains("0.8.0") && text.contains("true"),
+        "{text}"
+    );
+
+    // A canary of 0 % selects nobody; 100 % everyone.
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &["update", "set", "0.8.0", "--canary", "0"],
+    );
+    assert!(ok, "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fx.tenant.runner(&host.runner.id)["version"], V0);
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["update", "set", "0.8.0"]);
+    assert!(ok, "{text}");
+    fx.wait_version(&host.runner.id, "0.8.0");
+    fx.wait_report(&host.runner.id, "0.8.0", "installed");
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &["runner", "updates", &host.runner.id],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("installed") && text.contains("desired:  0.8.0"),
+        "{text}"
+    );
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["update", "show"]);
+    assert!(ok && text.contains("0.8.0"), "{text}");
+
+    // `tether update --check` on the host shows the settings and the history.
+    let out = Command::new(&host.bin)
+        .arg("--state-dir")
+        .arg(host.runner.dir.path())
+        .args(["update", "--check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("version:          0.8.0"), "{text}");
+    assert!(text.contains("trusted keys:     1 from"), "{text}");
+    assert!(text.contains("downgrades:       refused"), "{text}");
 }

@@ -236,10 +236,32 @@ pub async fn download(
     .await
     .map_err(ApiError::internal)?
     .ok_or_else(|| ApiError::not_found("no such release file"))?;
-    let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
+    // Streamed in 64 KiB chunks: a fleet updating at once must not hold a
+    // copy of the binary per download in memory.
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(file)))
+            }
+            // The error ends the body (the client sees a short read).
+            Err(e) => Some((Err(e), None)),
+        }
+    });
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from(bytes),
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(chunks),
     )
         .into_response())
 }

@@ -141,21 +141,28 @@ fn update_times(rows: &mut Vec<Row>) {
         fx.wait_version(&host.runner.id, &v);
         ok.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
+    // The second host runs the old version: no tenant-wide policy, and its
+    // own group for the broken releases.
+    let (st, body) = fx.tenant.call(
+        "PUT",
+        "/api/v1/update-policy",
+        Some(serde_json::json!({ "version": null })),
+    );
+    assert_eq!(st, 200, "{body}");
     let mut broken = fx.host();
+    let (st, body) = fx.tenant.call(
+        "PUT",
+        &format!("/api/v1/runners/{}/group", broken.runner.id),
+        Some(serde_json::json!({"group": "broken"})),
+    );
+    assert_eq!(st, 200, "{body}");
     broken.start(&[]);
     fx.wait_version(&broken.runner.id, v0);
     let mut failed = Vec::new();
     for i in 0..runs {
-        // A newer version than the first host runs, so only `broken` takes it.
         let v = format!("8.0.{i}");
         fx.publish(&v, &update::script("exit 3"));
         let t0 = Instant::now();
-        let (st, body) = fx.tenant.call(
-            "PUT",
-            &format!("/api/v1/runners/{}/group", broken.runner.id),
-            Some(serde_json::json!({"group": "broken"})),
-        );
-        assert_eq!(st, 200, "{body}");
         let (st, body) = fx.tenant.call(
             "PUT",
             "/api/v1/update-policy",
