@@ -8,6 +8,7 @@ mod cross_arch;
 mod docker;
 mod enroll;
 mod health;
+mod packages;
 mod reconnect;
 mod rogue;
 mod telemetry;
