@@ -126,8 +126,18 @@ fn parse_elf(b: &[u8]) -> Elf {
     };
     // Offsets differ between ELF32 and ELF64 headers.
     let (phoff, flags, phentsize, phnum) = match class {
-        1 => (u32_at(0x1c) as usize, u32_at(0x24), u16_at(0x2a), u16_at(0x2c)),
-        2 => (u64_at(0x20) as usize, u32_at(0x30), u16_at(0x36), u16_at(0x38)),
+        1 => (
+            u32_at(0x1c) as usize,
+            u32_at(0x24),
+            u16_at(0x2a),
+            u16_at(0x2c),
+        ),
+        2 => (
+            u64_at(0x20) as usize,
+            u32_at(0x30),
+            u16_at(0x36),
+            u16_at(0x38),
+        ),
         c => panic!("unknown ELF class {c}"),
     };
     const PT_INTERP: u32 = 3;
@@ -178,7 +188,10 @@ fn check_binary(arch: &Arch) {
 fn release_binaries_are_static() {
     for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
         let bytes = std::fs::read(dist(t)).unwrap();
-        assert!(!parse_elf(&bytes).has_interp, "{t} binary asks for a dynamic loader");
+        assert!(
+            !parse_elf(&bytes).has_interp,
+            "{t} binary asks for a dynamic loader"
+        );
     }
     check_binary(&AARCH64);
 }
@@ -216,11 +229,12 @@ fn runs_under_qemu(arch: &Arch) {
     let out = qemu_cmd(arch).arg("version").output().unwrap();
     let version = text(&out);
     assert!(out.status.success(), "{}: {version}", arch.target);
-    let rust_arch = arch.target.split('-').next().unwrap();
-    let rust_arch = if rust_arch.starts_with("arm") {
-        "arm"
-    } else {
-        rust_arch
+    // std::env::consts::ARCH: "arm" for both ARM targets, "mips" for both
+    // byte orders.
+    let rust_arch = match arch.target.split('-').next().unwrap() {
+        a if a.starts_with("arm") => "arm",
+        "mipsel" => "mips",
+        a => a,
     };
     assert!(
         version.contains(env!("CARGO_PKG_VERSION"))
@@ -281,14 +295,25 @@ fn enrolls_and_reports_metrics_under_qemu(arch: &Arch) {
     let (mut runner, _wrap) = qemu_runner(arch);
     let (_, token) = tenant.enrollment_token(600);
     let out = runner.enroll_at(&server.url, &server.ca, &token);
-    assert!(out.status.success(), "{} enroll: {}", arch.target, text(&out));
-    let cred: Value = serde_json::from_slice(
-        &std::fs::read(runner.dir.path().join("credential.json")).unwrap(),
-    )
-    .unwrap();
+    assert!(
+        out.status.success(),
+        "{} enroll: {}",
+        arch.target,
+        text(&out)
+    );
+    let cred: Value =
+        serde_json::from_slice(&std::fs::read(runner.dir.path().join("credential.json")).unwrap())
+            .unwrap();
     runner.id = cred["runner_id"].as_str().unwrap().to_string();
 
-    runner.start(&["--heartbeat", "1s", "--metrics-interval", "1s", "--docker-socket", "off"]);
+    runner.start(&[
+        "--heartbeat",
+        "1s",
+        "--metrics-interval",
+        "1s",
+        "--docker-socket",
+        "off",
+    ]);
     // Emulation makes the TLS handshake slower than native: generous bound.
     tenant.wait_health(&runner.id, "active", Duration::from_secs(60));
     let r = tenant.runner(&runner.id);
@@ -388,7 +413,11 @@ fn mips_binaries_hold_no_fpu_instructions() {
     // default) compiled here must be caught.
     let tmp = TempDir::new("fpu");
     let src = tmp.path().join("f.c");
-    std::fs::write(&src, "double f(double a, double b) { return a * b + 1.0; }\n").unwrap();
+    std::fs::write(
+        &src,
+        "double f(double a, double b) { return a * b + 1.0; }\n",
+    )
+    .unwrap();
     let obj = tmp.path().join("f.o");
     let out = Command::new("mips-linux-gnu-gcc")
         .args(["-O2", "-mhard-float", "-c"])
@@ -402,17 +431,58 @@ fn mips_binaries_hold_no_fpu_instructions() {
         !fpu_instructions(&objdump("mips-linux-gnu", &obj)).is_empty(),
         "the FPU check misses hard-float code"
     );
+    // And the qemu runs above count too: qemu's 24Kc has no FPU, so
+    // hard-float code that runs there dies with SIGILL.
+    let exe = tmp.path().join("f");
+    std::fs::write(
+        &src,
+        "int main(void) { volatile double a = 1.5; a = a * a; return (int)a - 2; }\n",
+    )
+    .unwrap();
+    let out = Command::new("mips-linux-gnu-gcc")
+        .args(["-O1", "-static", "-mhard-float"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let run = |cpu: &str| {
+        Command::new("qemu-mips-static")
+            .args(["-cpu", cpu])
+            .arg(&exe)
+            .status()
+    };
+    assert!(
+        run("24Kf").unwrap().success(),
+        "hard-float code fails on a 24Kf (with FPU)"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    let st = run("24Kc").unwrap();
+    assert!(
+        st.signal() == Some(libc::SIGILL) || st.code() == Some(128 + libc::SIGILL),
+        "qemu's 24Kc ran FPU code: {st}"
+    );
 
     for (arch, triple) in [(&MIPS, "mips-linux-gnu"), (&MIPSEL, "mipsel-linux-gnu")] {
         let dis = objdump(triple, &dist(arch.target));
-        assert!(dis.lines().count() > 100_000, "{}: objdump printed too little", arch.target);
+        assert!(
+            dis.lines().count() > 100_000,
+            "{}: objdump printed too little",
+            arch.target
+        );
         let found = fpu_instructions(&dis);
         assert!(
             found.is_empty(),
             "{}: {} FPU instructions, e.g.\n{}",
             arch.target,
             found.len(),
-            found.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            found
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }

@@ -157,7 +157,10 @@ package
     // the init script without `abuild checksum` would break the package.
     let apkbuild = fs::read_to_string(alpine.join("APKBUILD")).unwrap();
     for f in ["tether.initd", "tether.confd"] {
-        let out = Command::new("sha512sum").arg(alpine.join(f)).output().unwrap();
+        let out = Command::new("sha512sum")
+            .arg(alpine.join(f))
+            .output()
+            .unwrap();
         let sum = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .next()
@@ -213,12 +216,18 @@ fn openrc_service_enrolls_from_conf_d_and_starts_a_connected_runner() {
     );
     let out = openrc(tmp.path(), &conf, false).output().unwrap();
     let log = text(&out);
-    assert!(!out.status.success(), "start_pre passed without enrollment: {log}");
+    assert!(
+        !out.status.success(),
+        "start_pre passed without enrollment: {log}"
+    );
     assert!(
         log.contains("not enrolled") && log.contains("/etc/conf.d/tether"),
         "{log}"
     );
-    assert!(log.contains("need net"), "depend() lost its network dependency: {log}");
+    assert!(
+        log.contains("need net"),
+        "depend() lost its network dependency: {log}"
+    );
     assert_eq!(mode(&state), 0o700, "state dir must be private");
 
     // With server and token in conf.d: enrolls, then runs with the settings
@@ -242,7 +251,10 @@ fn openrc_service_enrolls_from_conf_d_and_starts_a_connected_runner() {
             .then(|| runner_id(&state))
     });
     wait_active_then_stop(&tenant, &id, &mut child);
-    assert!(run.join("status.json").exists(), "TETHER_RUN_DIR not passed to the runner");
+    assert!(
+        run.join("status.json").exists(),
+        "TETHER_RUN_DIR not passed to the runner"
+    );
 
     // A second start reuses the credential: the spent token is not needed.
     let out = openrc(tmp.path(), &conf, false).output().unwrap();
@@ -346,8 +358,14 @@ fn procd_init_reads_uci_enrolls_and_gives_procd_a_working_command() {
     let out = procd_start(tmp.path(), &uci_config(&dirs));
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("not enrolled") && log.contains("tether.main.token"), "{log}");
-    assert!(!tmp.path().join("procd/params").exists(), "procd got an instance: {log}");
+    assert!(
+        log.contains("not enrolled") && log.contains("tether.main.token"),
+        "{log}"
+    );
+    assert!(
+        !tmp.path().join("procd/params").exists(),
+        "procd got an instance: {log}"
+    );
 
     // Disabled: nothing at all, successfully.
     let mut off = dirs.to_vec();
@@ -422,7 +440,10 @@ fn openwrt_makefile_installs_the_files_that_exist() {
         assert!(mk.contains(f), "Makefile does not install {f}");
         assert!(dir.join(f).exists(), "{f} is missing");
     }
-    assert!(mk.contains("/etc/config/tether\n"), "UCI config is not a conffile");
+    assert!(
+        mk.contains("/etc/config/tether\n"),
+        "UCI config is not a conffile"
+    );
     // Make recipes must start with a tab.
     let install = mk
         .split("define Package/tether/install\n")
@@ -446,7 +467,11 @@ fn build_deb(out_dir: &Path) -> PathBuf {
 }
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
-    let out = Command::new("dpkg-deb").args(args).arg(deb).output().unwrap();
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "dpkg-deb {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -463,7 +488,10 @@ fn deb_holds_the_static_runner_its_unit_and_maintainer_scripts() {
     let list = dpkg_deb(&["-c"], &deb);
     for (m, path) in [
         ("-rwxr-xr-x root/root", "./usr/bin/tether"),
-        ("-rw-r--r-- root/root", "./lib/systemd/system/tether.service"),
+        (
+            "-rw-r--r-- root/root",
+            "./lib/systemd/system/tether.service",
+        ),
         ("-rw-r--r-- root/root", "./etc/default/tether"),
         ("-rw-r--r-- root/root", "./usr/share/doc/tether/copyright"),
     ] {
@@ -473,7 +501,12 @@ fn deb_holds_the_static_runner_its_unit_and_maintainer_scripts() {
         );
     }
     let field = |f: &str| {
-        let out = Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f).output().unwrap();
+        let out = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg(f)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(field("Architecture"), "amd64");
@@ -481,7 +514,12 @@ fn deb_holds_the_static_runner_its_unit_and_maintainer_scripts() {
     assert_eq!(field("Depends"), "", "a static binary depends on nothing");
 
     let ctrl = tmp.path().join("control");
-    let out = Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl).output().unwrap();
+    let out = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(&ctrl)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         fs::read_to_string(ctrl.join("conffiles")).unwrap(),
@@ -489,7 +527,11 @@ fn deb_holds_the_static_runner_its_unit_and_maintainer_scripts() {
     );
     for s in ["postinst", "prerm", "postrm"] {
         assert_eq!(mode(&ctrl.join(s)), 0o755, "{s}");
-        let out = Command::new("busybox").args(["sh", "-n"]).arg(ctrl.join(s)).output().unwrap();
+        let out = Command::new("busybox")
+            .args(["sh", "-n"])
+            .arg(ctrl.join(s))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{s} does not parse: {}", text(&out));
     }
     let unit = fs::read_to_string(repo().join("packaging/debian/tether.service")).unwrap();
@@ -521,8 +563,15 @@ fn dpkg_status() -> Option<String> {
 fn deb_installs_upgrades_removes_and_purges_cleanly() {
     // SAFETY: geteuid has no side effects.
     assert_eq!(unsafe { libc::geteuid() }, 0, "dpkg -i needs root");
-    assert_eq!(dpkg_status(), None, "a tether package is already installed here");
-    assert!(!Path::new("/var/lib/tether").exists(), "/var/lib/tether exists already");
+    assert_eq!(
+        dpkg_status(),
+        None,
+        "a tether package is already installed here"
+    );
+    assert!(
+        !Path::new("/var/lib/tether").exists(),
+        "/var/lib/tether exists already"
+    );
     let tmp = TempDir::new("deb-install");
     let deb = build_deb(tmp.path());
     let deb = deb.to_str().unwrap();
@@ -531,8 +580,15 @@ fn deb_installs_upgrades_removes_and_purges_cleanly() {
     assert!(out.status.success(), "dpkg -i: {}", text(&out));
     let cleanup = Purge;
     assert_eq!(dpkg_status().as_deref(), Some("install ok installed"));
-    let out = Command::new("/usr/bin/tether").arg("version").output().unwrap();
-    assert!(text(&out).contains(env!("CARGO_PKG_VERSION")), "{}", text(&out));
+    let out = Command::new("/usr/bin/tether")
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&out)
+    );
     assert_eq!(mode(Path::new("/var/lib/tether")), 0o700);
     assert!(Path::new("/lib/systemd/system/tether.service").exists());
 
@@ -546,7 +602,10 @@ fn deb_installs_upgrades_removes_and_purges_cleanly() {
     assert!(out.status.success(), "dpkg -r: {}", text(&out));
     assert!(!Path::new("/usr/bin/tether").exists());
     assert!(!Path::new("/lib/systemd/system/tether.service").exists());
-    assert!(Path::new("/etc/default/tether").exists(), "conffile removed by -r");
+    assert!(
+        Path::new("/etc/default/tether").exists(),
+        "conffile removed by -r"
+    );
     assert!(Path::new("/var/lib/tether/credential.json").exists());
     assert_eq!(dpkg_status().as_deref(), Some("deinstall ok config-files"));
 
@@ -578,7 +637,9 @@ impl Drop for Purge {
 #[test]
 #[ignore = "builds the runner from scratch (minutes): make edge runs it"]
 fn vendor_bundle_builds_the_release_runner_offline_with_an_empty_cargo_home() {
-    let out = Command::new(repo().join("packaging/vendor.sh")).output().unwrap();
+    let out = Command::new(repo().join("packaging/vendor.sh"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "vendor.sh: {}", text(&out));
     let bundle = repo().join(format!(
         "dist/tether-{}-vendored.tar.gz",
@@ -593,9 +654,13 @@ fn vendor_bundle_builds_the_release_runner_offline_with_an_empty_cargo_home() {
         .output()
         .unwrap();
     assert!(out.status.success(), "tar: {}", text(&out));
-    let tree = tmp.path().join(format!("tether-{}", env!("CARGO_PKG_VERSION")));
+    let tree = tmp
+        .path()
+        .join(format!("tether-{}", env!("CARGO_PKG_VERSION")));
     assert!(
-        !tree.join("vendor/crates/windows-sys-0.61.2/src/Windows").exists(),
+        !tree
+            .join("vendor/crates/windows-sys-0.61.2/src/Windows")
+            .exists(),
         "windows-sys was not filtered out"
     );
     let cargo_home = tmp.path().join("cargo-home");
@@ -630,10 +695,18 @@ fn vendor_bundle_builds_the_release_runner_offline_with_an_empty_cargo_home() {
         .env("CARGO_NET_OFFLINE", "true")
         .output()
         .unwrap();
-    assert!(out.status.success(), "offline build failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "offline build failed:\n{}",
+        text(&out)
+    );
     let bin = tree.join("dist/x86_64-unknown-linux-musl/tether");
     let out = Command::new(&bin).arg("version").output().unwrap();
-    assert!(text(&out).contains(env!("CARGO_PKG_VERSION")), "{}", text(&out));
+    assert!(
+        text(&out).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        text(&out)
+    );
     // Nothing was downloaded into the empty cargo home.
     assert!(
         !cargo_home.join("registry").exists(),
