@@ -127,8 +127,9 @@ for t in "${targets[@]}"; do
     flags=(-Zunstable-options -Cpanic=immediate-abort)
     for f in "${extra[@]}"; do [ -z "$f" ] || flags+=("$f"); done
     echo "build.sh: building $t" >&2
-    # CARGO_ENCODED_RUSTFLAGS (0x1f-separated) keeps paths with spaces whole;
-    # any RUSTFLAGS from the caller's environment would override it, so unset.
+    # CARGO_ENCODED_RUSTFLAGS (0x1f-separated) keeps paths with spaces whole.
+    # Cargo prefers it to RUSTFLAGS; unset that too, so a stray RUSTFLAGS in
+    # the caller's environment cannot look as if it applied.
     env -u RUSTFLAGS "${envs[@]}" RUSTC_BOOTSTRAP=1 \
         CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; echo "${flags[*]}")" \
         cargo build --locked --release -p tether --bin tether --target "$t" \
