@@ -68,6 +68,16 @@ fn busybox_sh(dir: &Path, script: &str) -> Command {
     c
 }
 
+/// A process killed and reaped when the test ends, also when it fails.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_active_then_stop(tenant: &Tenant, id: &str, child: &mut Child) {
     tenant.wait_health(id, "active", Duration::from_secs(20));
     signal(child, libc::SIGTERM);
@@ -239,21 +249,32 @@ fn openrc_service_enrolls_from_conf_d_and_starts_a_connected_runner() {
         server.url,
         server.ca.display()
     );
-    let mut child = openrc(tmp.path(), &conf, true)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let log_path = tmp.path().join("runner.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let mut child = Reaped(
+        openrc(tmp.path(), &conf, true)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let id = wait_for(Duration::from_secs(20), "enrollment", || {
         state
             .join("credential.json")
             .exists()
             .then(|| runner_id(&state))
     });
-    wait_active_then_stop(&tenant, &id, &mut child);
+    wait_active_then_stop(&tenant, &id, &mut child.0);
     assert!(
         run.join("status.json").exists(),
-        "TETHER_RUN_DIR not passed to the runner"
+        "the run dir was not passed to the runner"
+    );
+    // conf.d settings reach `tether run` only if the script exports them:
+    // TETHER_LOG=debug shows as DEBUG lines.
+    let log = fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("DEBUG"),
+        "TETHER_LOG from conf.d not applied:\n{log}"
     );
 
     // A second start reuses the credential: the spent token is not needed.
@@ -413,12 +434,13 @@ fn procd_init_reads_uci_enrolls_and_gives_procd_a_working_command() {
         cmd.env(k, v);
     }
     assert!(env.contains("TETHER_LOG=debug"), "{env}");
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_active_then_stop(&tenant, &id, &mut child);
+    let mut child = Reaped(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_active_then_stop(&tenant, &id, &mut child.0);
     assert!(run.join("status.json").exists(), "run_dir not used");
 
     // Once enrolled, a start with the token gone from UCI still works.
