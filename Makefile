@@ -4,15 +4,31 @@ CARGO ?= cargo
 # nextest when present (parallel, per-test processes), cargo test otherwise.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 
-.PHONY: help build run test lint bench release vendor clean
+# Routers and small boards; `make edge` builds and tests them (see README).
+EDGE_TARGETS := armv7-unknown-linux-musleabihf arm-unknown-linux-musleabi \
+	mips-unknown-linux-musl mipsel-unknown-linux-musl
+# The edge tests are #[ignore]d in the default run; these select them.
+ifeq ($(TEST_RUNNER),test)
+EDGE_TESTS := test -p tether --test tests -- --ignored cross_arch:: packages::
+else
+EDGE_TESTS := nextest run -p tether --test tests --run-ignored only -E 'test(/^(cross_arch|packages)::/)'
+endif
+SHELL_SCRIPTS := build.sh .ci/run packaging/*.sh packaging/*/*.sh \
+	packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
+	packaging/alpine/APKBUILD packaging/alpine/tether.initd packaging/openwrt/tether/files/tether.init
+
+.PHONY: help build run test edge lint bench static release packages vendor clean
 
 help:
 	@echo "make run      build, start a dev server and a local runner connected to it"
 	@echo "make test     build everything (incl. static release runners) and run every test"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make bench    footprint benchmarks: sizes, RSS, idle CPU and bytes, 1,000 runners"
-	@echo "make release  static stripped runners in dist/ (./build.sh)"
-	@echo "make vendor   offline source bundle in vendor/ for air-gapped builds"
+	@echo "make edge     build the armv7/armv6/mips/mipsel runners and run their tests under qemu,"
+	@echo "              the package tests (dpkg install as root) and the offline vendor build"
+	@echo "make release  static stripped runners for all six targets in dist/ (./build.sh --all)"
+	@echo "make packages .deb for every runner in dist/, and the vendored source bundle"
+	@echo "make vendor   offline source bundle: vendor/ and dist/tether-VERSION-vendored.tar.gz"
 
 build:
 	$(CARGO) build --workspace
@@ -20,23 +36,35 @@ build:
 run: build
 	@sh packaging/dev-run.sh
 
-release:
+# x86_64 and aarch64: what `make test` needs.
+static:
 	./build.sh
 
-test: build release
+release:
+	./build.sh --all
+
+test: build static
 	$(CARGO) $(TEST_RUNNER) --workspace
+
+edge: build static
+	./build.sh $(EDGE_TARGETS)
+	$(CARGO) $(EDGE_TESTS)
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck missing (apt-get install shellcheck; .ci/run does)" >&2; exit 1; }
+	shellcheck $(SHELL_SCRIPTS)
 
 bench: release
 	$(CARGO) build --release -p tether-server --bins
 	$(CARGO) bench --bench footprint
 
+packages: vendor
+	@for d in dist/*/tether; do t=$${d#dist/}; packaging/debian/build-deb.sh "$${t%/tether}" || exit 1; done
+
 vendor:
-	$(CARGO) vendor --locked vendor/crates > vendor/config.toml
-	@echo "vendor/: build offline with: cargo build --offline --config vendor/config.toml"
+	packaging/vendor.sh
 
 clean:
 	$(CARGO) clean

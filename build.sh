@@ -2,6 +2,7 @@
 # build.sh — static, stripped release builds of the runner, one per target.
 #
 #   ./build.sh                 x86_64 and aarch64 musl (the default targets)
+#   ./build.sh --all           those and the four edge targets (armv7, armv6, mips, mipsel)
 #   ./build.sh TARGET...       only these targets
 #   ./build.sh release         both targets, then a signed release in dist/release/
 #   ./build.sh sign OUT VERSION BIN...   sign existing binaries named tether-<arch>
@@ -17,6 +18,8 @@
 # Needs: rustup targets and the rust-src component, musl-tools (ring's C for
 # x86_64 musl), and gcc-aarch64-linux-gnu for aarch64 (ring's C; the link
 # itself uses rust-lld). `.ci/run` installs all of them on a fresh machine.
+# The edge targets' toolchains (Debian cross gcc, musl sysroots) are set up
+# by packaging/cross/setup.sh, which this script runs first (idempotent).
 #
 # Size: the standard library is rebuilt for each target (-Z build-std) with
 # `optimize_for_size` and the `immediate-abort` panic strategy, which takes
@@ -27,9 +30,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DEFAULT_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+# Routers and small boards. Rust ships no std for them, hence packaging/cross.
+EDGE_TARGETS=(
+    armv7-unknown-linux-musleabihf # ARMv7 hard-float: Raspberry Pi 2/3 in 32 bit, most ARM boards
+    arm-unknown-linux-musleabi     # ARMv6 soft-float ABI: Raspberry Pi Zero/1
+    mips-unknown-linux-musl        # MIPS32r2 big endian, soft-float: Atheros/QCA routers
+    mipsel-unknown-linux-musl      # MIPS32r2 little endian, soft-float: MediaTek/Ralink routers
+)
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # sign OUT VERSION BIN...: copy, sign, write and sign the manifest.
@@ -91,12 +101,14 @@ release)
     ls -l dist/release
     exit 0
     ;;
+--all) set -- "${DEFAULT_TARGETS[@]}" "${EDGE_TARGETS[@]}" ;;
 esac
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${DEFAULT_TARGETS[@]}")
 
-# Per-target toolchain settings. Exported only for the cargo call that needs them.
+# Per-target toolchain settings, one VAR=value per line (values may hold
+# spaces). Exported only for the cargo call that needs them.
 target_env() {
     case "$1" in
     x86_64-unknown-linux-musl)
@@ -106,22 +118,89 @@ target_env() {
         echo "CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc"
         echo "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld"
         ;;
+    armv7-unknown-linux-musleabihf | arm-unknown-linux-musleabi | mips-unknown-linux-musl | mipsel-unknown-linux-musl)
+        local gcc sysroot var cflags
+        gcc=$(edge_gcc "$1")-gcc
+        sysroot=$(packaging/cross/setup.sh --sysroot "$1")
+        var=$(echo "$1" | tr 'a-z-' 'A-Z_')
+        # ring's C: the cross gcc is built for glibc; musl's headers go first.
+        cflags="-isystem $sysroot/include"
+        case "$1" in
+        mips*) cflags="-march=mips32r2 -msoft-float $cflags" ;;
+        esac
+        echo "CC_${1//-/_}=$gcc"
+        echo "AR_${1//-/_}=$(edge_gcc "$1")-ar"
+        echo "CFLAGS_${1//-/_}=$cflags"
+        echo "CARGO_TARGET_${var}_LINKER=$gcc"
+        ;;
     *)
-        echo "build.sh: unknown target $1 (known: ${DEFAULT_TARGETS[*]})" >&2
+        echo "build.sh: unknown target $1 (known: ${DEFAULT_TARGETS[*]} ${EDGE_TARGETS[*]})" >&2
         return 1
         ;;
     esac
 }
 
+edge_gcc() {
+    case "$1" in
+    armv7-*) echo arm-linux-gnueabihf ;;
+    arm-*) echo arm-linux-gnueabi ;;
+    mips-*) echo mips-linux-gnu ;;
+    mipsel-*) echo mipsel-linux-gnu ;;
+    esac
+}
+
+# Per-target rustflags, one per line, after the common size flags.
+target_rustflags() {
+    case "$1" in
+    arm* | mips*)
+        local sysroot
+        sysroot=$(packaging/cross/setup.sh --sysroot "$1")
+        # No Rust-shipped crt objects or libc exist for these targets: link
+        # with the cross gcc against the musl sysroot instead. -B puts the
+        # sysroot's crt1.o/crti.o/crtn.o (and, on MIPS, the soft-float
+        # crtbeginT.o/crtend.o) before gcc's own, and adds it to -L.
+        echo "-Clink-self-contained=no"
+        echo "-Clink-arg=-B$sysroot/lib"
+        ;;
+    esac
+    case "$1" in
+    mips*)
+        # The MIPS musl targets default to dynamic linking; routers have no
+        # musl loader, so force a static binary.
+        echo "-Ctarget-feature=+crt-static"
+        # With immediate-abort panics nothing ever unwinds, and ARM's
+        # unwind tables are small (.ARM.exidx) while MIPS's .eh_frame is
+        # about 70 KiB: leave them out to keep the router binaries small.
+        echo "-Cforce-unwind-tables=no"
+        ;;
+    esac
+}
+
+# Fail on an unknown target before building anything.
+for t in "${targets[@]}"; do target_env "$t" >/dev/null; done
+
+edge=()
 for t in "${targets[@]}"; do
-    envs=$(target_env "$t")
+    case "$t" in arm* | mips*) edge+=("$t") ;; esac
+done
+[ ${#edge[@]} -eq 0 ] || packaging/cross/setup.sh "${edge[@]}"
+
+target_dir=${CARGO_TARGET_DIR:-target}
+for t in "${targets[@]}"; do
+    mapfile -t envs <<<"$(target_env "$t")"
+    mapfile -t extra <<<"$(target_rustflags "$t")"
+    flags=(-Zunstable-options -Cpanic=immediate-abort)
+    for f in "${extra[@]}"; do [ -z "$f" ] || flags+=("$f"); done
     echo "build.sh: building $t" >&2
-    # shellcheck disable=SC2086 # word splitting of VAR=value pairs is intended
-    env $envs RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort" \
+    # CARGO_ENCODED_RUSTFLAGS (0x1f-separated) keeps paths with spaces whole.
+    # Cargo prefers it to RUSTFLAGS; unset that too, so a stray RUSTFLAGS in
+    # the caller's environment cannot look as if it applied.
+    env -u RUSTFLAGS "${envs[@]}" RUSTC_BOOTSTRAP=1 \
+        CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; echo "${flags[*]}")" \
         cargo build --locked --release -p tether --bin tether --target "$t" \
         -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
     mkdir -p "dist/$t"
-    cp "${CARGO_TARGET_DIR:-target}/$t/release/tether" "dist/$t/tether"
+    cp "$target_dir/$t/release/tether" "dist/$t/tether"
 done
 
 printf '\n%-32s %12s %10s\n' target bytes MiB

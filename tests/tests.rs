@@ -11,6 +11,7 @@ mod health;
 mod install_sh;
 mod jobs;
 mod logs;
+mod packages;
 mod reconnect;
 mod rogue;
 mod telemetry;

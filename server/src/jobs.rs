@@ -36,7 +36,8 @@ pub enum JobUpdate {
         seq: i64,
         row: OutputRow,
     },
-    /// Its status changed (read it from storage).
+    /// Its status changed, or more of its output is stored (read it from
+    /// storage).
     Status {
         seq: i64,
     },

@@ -248,6 +248,9 @@ impl Connection {
         };
         drop(batch);
         for (seq, end) in ends {
+            // Watchers saw the rows on receipt; this tells one waiting for
+            // the end that storage has caught up.
+            self.state.job_hub.send(JobUpdate::Status { seq });
             let Some(channel) = self.job_channels.channel_of(seq) else {
                 continue;
             };

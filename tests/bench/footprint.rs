@@ -55,14 +55,26 @@ fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
-    for t in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
-        let size = std::fs::metadata(dist(t)).map(|m| m.len()).unwrap_or(0);
+    // Stripped static binaries; `make bench` runs `./build.sh --all` first.
+    // (RSS is measured natively below only: under qemu it would include qemu.)
+    for t in [
+        "x86_64-unknown-linux-musl",
+        "aarch64-unknown-linux-musl",
+        "armv7-unknown-linux-musleabihf",
+        "arm-unknown-linux-musleabi",
+        "mips-unknown-linux-musl",
+        "mipsel-unknown-linux-musl",
+    ] {
+        let Ok(meta) = std::fs::metadata(dist(t)) else {
+            eprintln!("bench: dist/{t}/tether not built (./build.sh --all); no size row");
+            continue;
+        };
         rows.push(Row {
             what: format!("runner size, {t}"),
-            value: size as f64 / 1048576.0,
+            value: meta.len() as f64 / 1048576.0,
             unit: "MiB",
             goal: Some(2.0),
-            how: format!("./build.sh; stat -c %s dist/{t}/tether"),
+            how: format!("./build.sh --all; stat -c %s dist/{t}/tether"),
         });
     }
 
