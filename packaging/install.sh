@@ -96,6 +96,11 @@ detect_init() {
 	fi
 }
 INIT=$(detect_init)
+# OpenWrt keeps /var in RAM: the credential must live on flash (sysupgrade
+# keeps /etc).
+if [ "$INIT" = procd ]; then
+	STATE_DIR="$ROOT/etc/tether"
+fi
 case "$INIT" in
 systemd | openrc | procd | none) ;;
 *) die "--init must be systemd, openrc, procd or none" ;;

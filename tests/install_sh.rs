@@ -125,10 +125,12 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
             fs::read_link(r.join("usr/local/bin/tether")).unwrap(),
             Path::new("../lib/tether/tether")
         );
-        let keys = fs::read_to_string(r.join("var/lib/tether/update-keys.pub")).unwrap();
+        // OpenWrt (procd) keeps its state on flash: /var is RAM there.
+        let state = if init == "procd" { "etc/tether" } else { "var/lib/tether" };
+        let keys = fs::read_to_string(r.join(state).join("update-keys.pub")).unwrap();
         let pubkey = fs::read_to_string(&fx.keys.public).unwrap();
         assert!(keys.contains(pubkey.lines().nth(1).unwrap()), "{keys}");
-        let cred = r.join("var/lib/tether/credential.json");
+        let cred = r.join(state).join("credential.json");
         assert!(cred.exists(), "{shell}/{init}: not enrolled");
         assert_eq!(
             fs::metadata(&cred).unwrap().permissions().mode() & 0o777,
@@ -176,7 +178,7 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
         for gone in [
             "usr/local/lib/tether",
             "usr/local/bin/tether",
-            "var/lib/tether",
+            state,
             svc,
         ] {
             assert!(
