@@ -4,7 +4,7 @@
 #   ./build.sh                 x86_64 and aarch64 musl (the default targets)
 #   ./build.sh --all           those and the four edge targets (armv7, armv6, mips, mipsel)
 #   ./build.sh TARGET...       only these targets
-#   ./build.sh release         both targets, then a signed release in dist/release/
+#   ./build.sh release         all six targets, then a signed release in dist/release/
 #   ./build.sh sign OUT VERSION BIN...   sign existing binaries named tether-<arch>
 #   ./build.sh --help
 #
@@ -40,6 +40,21 @@ EDGE_TARGETS=(
 
 usage() {
     sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+# The name releases give a target's binary (tether-<arch>) and sign into its
+# comment; the runner knows its own (src/sys.rs RELEASE_ARCH) and install.sh
+# maps `uname -m` to it. uname cannot tell mips from mipsel, hence names.
+release_arch() {
+    case "$1" in
+    x86_64-*) echo x86_64 ;;
+    aarch64-*) echo aarch64 ;;
+    armv7-*) echo armv7 ;;
+    arm-*) echo armv6 ;;
+    mipsel-*) echo mipsel ;;
+    mips-*) echo mips ;;
+    *) echo "build.sh: no release name for $1" >&2; return 1 ;;
+    esac
 }
 
 # sign OUT VERSION BIN...: copy, sign, write and sign the manifest.
@@ -87,12 +102,12 @@ sign)
 release)
     shift
     [ -n "${TETHER_SIGNING_KEY:-}" ] || { echo "build.sh: set TETHER_SIGNING_KEY to the minisign secret key's path" >&2; exit 1; }
-    "$0" "${DEFAULT_TARGETS[@]}"
+    "$0" --all
     version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
     rm -rf dist/release.tmp && mkdir -p dist/release.tmp
     bins=()
-    for t in "${DEFAULT_TARGETS[@]}"; do
-        arch=${t%%-*}
+    for t in "${DEFAULT_TARGETS[@]}" "${EDGE_TARGETS[@]}"; do
+        arch=$(release_arch "$t")
         cp "dist/$t/tether" "dist/release.tmp/tether-$arch"
         bins+=("dist/release.tmp/tether-$arch")
     done

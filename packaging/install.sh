@@ -144,10 +144,21 @@ fi
 
 [ -n "$TOKEN" ] || [ -f "$STATE_DIR/credential.json" ] || die "--token TOKEN is required (tether-server token create)"
 
+# The release names (build.sh release_arch): uname says "mips" for both byte
+# orders, so ask the CPU which one it is.
+little_endian() {
+	[ "$(printf '\001\000' | od -An -tu2 | tr -d ' ')" = 1 ]
+}
 case "${TETHER_ARCH:-$(uname -m)}" in
 x86_64 | amd64) ARCH=x86_64 ;;
 aarch64 | arm64) ARCH=aarch64 ;;
-*) die "unsupported architecture $(uname -m) (x86_64 and aarch64 are built)" ;;
+armv7* | armv8l) ARCH=armv7 ;;
+armv6* | armv5*) ARCH=armv6 ;;
+mips)
+	if little_endian; then ARCH=mipsel; else ARCH=mips; fi
+	;;
+mipsel) ARCH=mipsel ;;
+*) die "unsupported architecture $(uname -m) (built: x86_64, aarch64, armv7, armv6, mips, mipsel)" ;;
 esac
 
 # The first executable NAME in PATH, by path: busybox sh runs its own

@@ -151,7 +151,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
     let body = EnrollRequest {
         token: opts.token.clone(),
         hostname,
-        arch: crate::sys::machine(),
+        arch: crate::sys::RELEASE_ARCH.to_owned(),
         os: std::env::consts::OS.to_owned(),
         version: crate::version::version().to_owned(),
     };

@@ -23,6 +23,26 @@ pub fn machine() -> String {
     std::env::consts::ARCH.to_owned()
 }
 
+/// The architecture name of this build, as releases name their files
+/// (`tether-<arch>`) and their signed comments (`arch=<arch>`). It says
+/// what `uname -m` cannot (mips or mipsel; an armv6 build on an armv7l
+/// host), so an update is always for the binary that is running.
+pub const RELEASE_ARCH: &str = if cfg!(target_arch = "x86_64") {
+    "x86_64"
+} else if cfg!(target_arch = "aarch64") {
+    "aarch64"
+} else if cfg!(all(target_arch = "arm", target_abi = "eabihf")) {
+    "armv7"
+} else if cfg!(target_arch = "arm") {
+    "armv6"
+} else if cfg!(all(target_arch = "mips", target_endian = "big")) {
+    "mips"
+} else if cfg!(all(target_arch = "mips", target_endian = "little")) {
+    "mipsel"
+} else {
+    std::env::consts::ARCH
+};
+
 /// The host name, or "unknown" when it cannot be read.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

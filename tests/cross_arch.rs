@@ -36,8 +36,11 @@ struct Arch {
     class: u8,
     big_endian: bool,
     machine: u16,
-    /// `uname -m` that qemu reports for that CPU (the runner sends it as `arch`).
+    /// `uname -m` that qemu reports for that CPU.
     uname: &'static str,
+    /// The build's release name, which the runner sends as `arch`
+    /// (`uname -m` cannot tell mips from mipsel).
+    release: &'static str,
 }
 
 const AARCH64: Arch = Arch {
@@ -48,6 +51,7 @@ const AARCH64: Arch = Arch {
     big_endian: false,
     machine: 183, // EM_AARCH64
     uname: "aarch64",
+    release: "aarch64",
 };
 const ARMV7: Arch = Arch {
     target: "armv7-unknown-linux-musleabihf",
@@ -57,6 +61,7 @@ const ARMV7: Arch = Arch {
     big_endian: false,
     machine: 40, // EM_ARM
     uname: "armv7l",
+    release: "armv7",
 };
 const ARMV6: Arch = Arch {
     target: "arm-unknown-linux-musleabi",
@@ -66,6 +71,7 @@ const ARMV6: Arch = Arch {
     big_endian: false,
     machine: 40,
     uname: "armv6l",
+    release: "armv6",
 };
 const MIPS: Arch = Arch {
     target: "mips-unknown-linux-musl",
@@ -75,6 +81,7 @@ const MIPS: Arch = Arch {
     big_endian: true,
     machine: 8, // EM_MIPS
     uname: "mips",
+    release: "mips",
 };
 const MIPSEL: Arch = Arch {
     target: "mipsel-unknown-linux-musl",
@@ -84,6 +91,7 @@ const MIPSEL: Arch = Arch {
     big_endian: false,
     machine: 8,
     uname: "mips",
+    release: "mipsel",
 };
 const EDGE: [&Arch; 4] = [&ARMV7, &ARMV6, &MIPS, &MIPSEL];
 
@@ -317,7 +325,17 @@ fn enrolls_and_reports_metrics_under_qemu(arch: &Arch) {
     // Emulation makes the TLS handshake slower than native: generous bound.
     tenant.wait_health(&runner.id, "active", Duration::from_secs(60));
     let r = tenant.runner(&runner.id);
-    assert_eq!(r["arch"], arch.uname, "{}: {r}", arch.target);
+    assert_eq!(r["arch"], arch.release, "{}: {r}", arch.target);
+    // The kernel's own name is in the fingerprint.
+    let fp = wait_for(Duration::from_secs(60), "the fingerprint", || {
+        let (_, v) = tenant.call(
+            "GET",
+            &format!("/api/v1/runners/{}/fingerprint", runner.id),
+            None,
+        );
+        (!v["updated_at"].is_null()).then_some(v)
+    });
+    assert_eq!(fp["arch"], arch.uname, "{}: {fp}", arch.target);
     assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
 
     wait_for(Duration::from_secs(60), "three metrics samples", || {
@@ -327,6 +345,30 @@ fn enrolls_and_reports_metrics_under_qemu(arch: &Arch) {
     });
     let (st, v) = tenant.call("POST", &format!("/api/v1/runners/{}/ping", runner.id), None);
     assert_eq!(st, 200, "{}: ping {v}", arch.target);
+
+    // A script, run by the emulated runner (the shell itself is the host's).
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(serde_json::json!({ "runners": [runner.id], "command": "echo job-ok; exit 4" })),
+    );
+    assert_eq!(st, 201, "{}: run {v}", arch.target);
+    let job = v[0]["id"].as_str().unwrap().to_owned();
+    let done = wait_for(Duration::from_secs(60), "the job to complete", || {
+        let (_, v) = tenant.call("GET", &format!("/api/v1/jobs/{job}"), None);
+        (v["complete"] == true).then_some(v)
+    });
+    assert_eq!(done["exit_code"], 4, "{}: {done}", arch.target);
+    let mut out = String::new();
+    std::io::Read::read_to_string(
+        &mut tenant.api.stream(
+            &format!("/api/v1/jobs/{job}/output?stream=stdout"),
+            &tenant.token,
+        ),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, "job-ok\n", "{}", arch.target);
 
     signal(runner.child(), libc::SIGTERM);
     let st = wait_exit(runner.child(), Duration::from_secs(20)).expect("runner did not exit");

@@ -126,7 +126,11 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
             Path::new("../lib/tether/tether")
         );
         // OpenWrt (procd) keeps its state on flash: /var is RAM there.
-        let state = if init == "procd" { "etc/tether" } else { "var/lib/tether" };
+        let state = if init == "procd" {
+            "etc/tether"
+        } else {
+            "var/lib/tether"
+        };
         let keys = fs::read_to_string(r.join(state).join("update-keys.pub")).unwrap();
         let pubkey = fs::read_to_string(&fx.keys.public).unwrap();
         assert!(keys.contains(pubkey.lines().nth(1).unwrap()), "{keys}");
@@ -175,12 +179,7 @@ fn install_sh_installs_enrolls_and_uninstalls_in_a_fake_root() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for gone in [
-            "usr/local/lib/tether",
-            "usr/local/bin/tether",
-            state,
-            svc,
-        ] {
+        for gone in ["usr/local/lib/tether", "usr/local/bin/tether", state, svc] {
             assert!(
                 !r.join(gone).exists(),
                 "{shell}/{init}: {gone} left after --uninstall"

@@ -117,7 +117,9 @@ impl HelloInfo {
     pub fn from_host() -> HelloInfo {
         HelloInfo {
             hostname: crate::sys::hostname(),
-            arch: crate::sys::machine(),
+            // The build's name, which releases use (the kernel's `uname
+            // -m` is in the fingerprint).
+            arch: crate::sys::RELEASE_ARCH.to_owned(),
             os: std::env::consts::OS.to_owned(),
             capabilities: Vec::new(),
         }

@@ -250,7 +250,7 @@ impl UpdateConfig {
     ) -> Result<Release, UpdateError> {
         let rel = release::verify(binary, signature, &self.keys)
             .map_err(|e| UpdateError::Rejected(e.to_string()))?;
-        let arch = crate::sys::machine();
+        let arch = crate::sys::RELEASE_ARCH;
         if rel.arch != arch {
             return Err(UpdateError::Rejected(format!(
                 "the release is for {}, this host is {arch}",
