@@ -22,7 +22,7 @@ use crate::registry::Registry;
 use crate::secrets::SecretBox;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
-use crate::{api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
+use crate::{api, auth, containers_api, deploy_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -191,6 +191,19 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs_api::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(jobs_api::cancel_job))
         .route("/api/v1/jobs/{id}/output", get(jobs_api::output))
+        .route("/api/v1/apps", get(deploy_api::list_apps))
+        .route(
+            "/api/v1/apps/{name}",
+            get(deploy_api::get_app)
+                .put(deploy_api::put_app)
+                .delete(deploy_api::delete_app),
+        )
+        .route("/api/v1/apps/{name}/deploy", post(deploy_api::deploy))
+        .route("/api/v1/apps/{name}/rollback", post(deploy_api::rollback))
+        .route(
+            "/api/v1/apps/{name}/deployments",
+            get(deploy_api::deployments),
+        )
         .route(
             "/api/v1/runners/{id}/logs/collect",
             put(logs_api::set_collect),

@@ -27,6 +27,8 @@ mod auth;
 mod cli;
 mod clock;
 mod config;
+mod deploy_api;
+mod deploy_store;
 mod containers;
 mod containers_api;
 mod error;
