@@ -281,6 +281,32 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
     assert_eq!(kinds, ["rollback", "deploy", "deploy"]);
     assert!(h.iter().all(|d| d["status"] == "succeeded"));
 
+    // The CLI: a deploy watched live exits 0; the history lists it.
+    let cli = |args: &[&str]| {
+        Command::new("timeout")
+            .arg("60")
+            .arg(server_bin())
+            .args(["--api", &server.url, "--ca-file"])
+            .arg(&server.ca)
+            .args(["--token", &tenant.token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["app", "deploy", &c.name]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "{err}\n{}",
+        tenant.call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None).1
+    );
+    assert!(err.contains("healthy"), "step output printed live: {err}");
+    let o = cli(&["app", "history", &c.name]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert_eq!(text.lines().filter(|l| l.contains("succeeded")).count(), 4, "{text}");
+    assert!(text.contains("rollback"), "{text}");
+
     // The secret is in no log, stored or streamed, and on no disk.
     for id in [&first, &second, &back] {
         assert!(!output(&tenant, id, "stream=all").contains(secret));

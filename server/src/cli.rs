@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod containers;
+mod deploy;
 mod jobs;
 mod logs;
 use containers::ContainerCommand;
@@ -136,6 +137,9 @@ pub enum ClientCommand {
     /// Jobs: list, show, watch live, cancel
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Apps: definitions, deploy, rollback, history
+    #[command(subcommand)]
+    App(deploy::AppCommand),
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +309,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Events => None,
         ClientCommand::Logs(a) if a.follow => None,
         ClientCommand::Run(_) | ClientCommand::Jobs(jobs::JobsCommand::Watch { .. }) => None,
+        ClientCommand::App(c) if c.watches() => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
         ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
             Some(containers::DOCKER_CALL_TIMEOUT)
@@ -497,6 +502,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Secret(c) => jobs::secret(&client, c, json),
         ClientCommand::Run(a) => jobs::run(&client, &a, json),
         ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
+        ClientCommand::App(c) => deploy::app(&client, c, json),
         ClientCommand::Prune {
             runner,
             images,
