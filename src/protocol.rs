@@ -447,7 +447,7 @@ pub struct JobStart {
     pub timeout_s: u64,
     /// A deployment instead of a program (`program` is then ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<deploy::DeploySpec>,
+    pub deploy: Option<Box<deploy::DeploySpec>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

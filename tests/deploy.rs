@@ -117,11 +117,18 @@ fn cat(name: &str, file: &str) -> String {
 /// Containers whose name starts with `name` (a parked `-old-` one left
 /// behind would show here).
 fn containers_named(name: &str) -> Vec<String> {
-    docker_out(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("name={name}")])
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    docker_out(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("name={name}"),
+    ])
+    .unwrap_or_default()
+    .lines()
+    .map(str::to_owned)
+    .collect()
 }
 
 fn setup(server: &Server, tenant: &Tenant) -> Runner {
@@ -226,12 +233,24 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
     assert!(running(&c.name), "the app runs");
     let env = docker_out(&["inspect", "-f", "{{json .Config.Env}}", &c.name]).unwrap();
     assert!(env.contains("GREETING=hello"), "{env}");
-    assert!(env.contains(&format!("DB_PASSWORD={secret}")), "secret passed in the create call");
+    assert!(
+        env.contains(&format!("DB_PASSWORD={secret}")),
+        "secret passed in the create call"
+    );
     let labels = docker_out(&["inspect", "-f", "{{json .Config.Labels}}", &c.name]).unwrap();
     assert!(labels.contains("\"tier\":\"web\""), "{labels}");
-    assert!(labels.contains(&format!("\"tether.deployment\":\"{first}\"")), "{labels}");
+    assert!(
+        labels.contains(&format!("\"tether.deployment\":\"{first}\"")),
+        "{labels}"
+    );
     assert_eq!(
-        docker_out(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &c.name]).unwrap(),
+        docker_out(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}",
+            &c.name
+        ])
+        .unwrap(),
         "unless-stopped"
     );
     assert_eq!(cat(&c.name, "/ctx/version.txt"), "v1");
@@ -245,7 +264,10 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
         assert!(nd.contains(&format!("\"step\":{s}")), "step {s} in\n{nd}");
     }
     assert!(log.contains("checked out"), "{log}");
-    assert!(log.contains("Step 1/3 : FROM"), "build progress relayed: {log}");
+    assert!(
+        log.contains("Step 1/3 : FROM"),
+        "build progress relayed: {log}"
+    );
     assert!(log.contains("healthy"), "{log}");
 
     // Redeploy a new commit: replaced, the old container gone.
@@ -254,12 +276,21 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
     commit(src.path(), "v2");
     let second = deploy(&tenant, &c.name, None);
     let v = wait_complete(&tenant, &second);
-    assert_eq!(v["status"], "succeeded", "{v}\n{}", output(&tenant, &second, "stream=all"));
+    assert_eq!(
+        v["status"],
+        "succeeded",
+        "{v}\n{}",
+        output(&tenant, &second, "stream=all")
+    );
     let id2 = container_id(&c.name).unwrap();
     assert_ne!(id1, id2, "a new container");
     assert!(running(&c.name));
     assert_eq!(cat(&c.name, "/ctx/version.txt"), "v2");
-    assert_eq!(containers_named(&c.name), vec![c.name.clone()], "old one removed");
+    assert_eq!(
+        containers_named(&c.name),
+        vec![c.name.clone()],
+        "old one removed"
+    );
 
     // Roll back: the first deployment's image again, no build.
     let (st, v) = tenant.call("POST", &format!("/api/v1/apps/{}/rollback", c.name), None);
@@ -269,7 +300,10 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
     let v = wait_complete(&tenant, &back);
     let log = output(&tenant, &back, "stream=all");
     assert_eq!(v["status"], "succeeded", "{v}\n{log}");
-    assert!(!log.contains("Step 1/3"), "a rollback builds nothing: {log}");
+    assert!(
+        !log.contains("Step 1/3"),
+        "a rollback builds nothing: {log}"
+    );
     assert_eq!(cat(&c.name, "/ctx/version.txt"), "v1");
     assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
 
@@ -298,13 +332,19 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
     assert!(
         o.status.success(),
         "{err}\n{}",
-        tenant.call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None).1
+        tenant
+            .call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None)
+            .1
     );
     assert!(err.contains("healthy"), "step output printed live: {err}");
     let o = cli(&["app", "history", &c.name]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
-    assert_eq!(text.lines().filter(|l| l.contains("succeeded")).count(), 4, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("succeeded")).count(),
+        4,
+        "{text}"
+    );
     assert!(text.contains("rollback"), "{text}");
 
     // The secret is in no log, stored or streamed, and on no disk.
@@ -312,7 +352,10 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
         assert!(!output(&tenant, id, "stream=all").contains(secret));
     }
     let hits = grep_dir(runner.dir.path(), secret.as_bytes());
-    assert!(hits.is_empty(), "secret in the runner's state dir: {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "secret in the runner's state dir: {hits:?}"
+    );
     let hits = grep_dir(server.dir.path(), secret.as_bytes());
     assert!(hits.is_empty(), "secret in the server's data dir: {hits:?}");
 }
@@ -341,9 +384,17 @@ fn a_failed_deploy_keeps_the_running_app() {
     assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
     let id1 = container_id(&c.name).unwrap();
     let unchanged = |what: &str| {
-        assert_eq!(container_id(&c.name).as_deref(), Some(id1.as_str()), "{what}: same container");
+        assert_eq!(
+            container_id(&c.name).as_deref(),
+            Some(id1.as_str()),
+            "{what}: same container"
+        );
         assert!(running(&c.name), "{what}: still running");
-        assert_eq!(containers_named(&c.name), vec![c.name.clone()], "{what}: nothing left over");
+        assert_eq!(
+            containers_named(&c.name),
+            vec![c.name.clone()],
+            "{what}: nothing left over"
+        );
     };
 
     // A bad ref: git says why.
@@ -356,12 +407,19 @@ fn a_failed_deploy_keeps_the_running_app() {
     unchanged("bad ref");
 
     // A Dockerfile error.
-    std::fs::write(src.path().join("Dockerfile"), format!("FROM {IMAGE}\nNOTANINSTRUCTION x\n")).unwrap();
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nNOTANINSTRUCTION x\n"),
+    )
+    .unwrap();
     commit(src.path(), "broken");
     let broken = deploy(&tenant, &c.name, None);
     let v = wait_complete(&tenant, &broken);
     assert_eq!(v["status"], "failed", "{v}");
-    assert!(v["reason"].as_str().unwrap().contains("build failed"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("build failed"),
+        "{v}"
+    );
     unchanged("Dockerfile error");
 
     // A build that fails halfway: a later step exits non-zero.
@@ -376,7 +434,10 @@ fn a_failed_deploy_keeps_the_running_app() {
     let log = output(&tenant, &halfway, "stream=all");
     assert_eq!(v["status"], "failed", "{v}");
     assert!(log.contains("first-step-ran"), "{log}");
-    assert!(v["reason"].as_str().unwrap().contains("non-zero code: 3"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("non-zero code: 3"),
+        "{v}"
+    );
     unchanged("failing build");
 
     // It builds and starts, but never becomes healthy: the old one comes back.
@@ -416,7 +477,13 @@ fn a_failed_deploy_keeps_the_running_app() {
     let v = wait_complete(&tenant, &taken);
     let log = output(&tenant, &taken, "stream=all");
     assert_eq!(v["status"], "failed", "{v}\n{log}");
-    assert!(v["reason"].as_str().unwrap().contains("start the new container"), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("start the new container"),
+        "{v}"
+    );
     unchanged("port taken");
     drop(listener);
 }
@@ -440,7 +507,11 @@ fn cancel_and_timeout_stop_a_deploy_and_keep_the_app() {
             "health": health,
         })
     };
-    put_app(&tenant, &c.name, def(600, json!({"cmd": ["true"], "timeout_s": 10})));
+    put_app(
+        &tenant,
+        &c.name,
+        def(600, json!({"cmd": ["true"], "timeout_s": 10})),
+    );
     let first = deploy(&tenant, &c.name, None);
     assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
     let id1 = container_id(&c.name).unwrap();
@@ -470,7 +541,11 @@ fn cancel_and_timeout_stop_a_deploy_and_keep_the_app() {
     assert!(running(&c.name));
 
     // Timeout during the same build.
-    put_app(&tenant, &c.name, def(4, json!({"cmd": ["true"], "timeout_s": 10})));
+    put_app(
+        &tenant,
+        &c.name,
+        def(4, json!({"cmd": ["true"], "timeout_s": 10})),
+    );
     let late = deploy(&tenant, &c.name, None);
     let v = wait_complete(&tenant, &late);
     assert_eq!(v["status"], "timed_out", "{v}");
@@ -484,7 +559,11 @@ fn cancel_and_timeout_stop_a_deploy_and_keep_the_app() {
     )
     .unwrap();
     commit(src.path(), "fast");
-    put_app(&tenant, &c.name, def(600, json!({"cmd": ["false"], "timeout_s": 120})));
+    put_app(
+        &tenant,
+        &c.name,
+        def(600, json!({"cmd": ["false"], "timeout_s": 120})),
+    );
     let waiting = deploy(&tenant, &c.name, None);
     wait_for(Duration::from_secs(60), "the health wait", || {
         output(&tenant, &waiting, "stream=all")
@@ -501,7 +580,13 @@ fn cancel_and_timeout_stop_a_deploy_and_keep_the_app() {
     let v = wait_complete(&tenant, &waiting);
     let log = output(&tenant, &waiting, "stream=all");
     assert_eq!(v["status"], "cancelled", "{v}\n{log}");
-    assert!(v["reason"].as_str().unwrap().contains("previous container runs again"), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("previous container runs again"),
+        "{v}"
+    );
     assert_eq!(container_id(&c.name).as_deref(), Some(id1.as_str()));
     assert!(running(&c.name));
     assert_eq!(containers_named(&c.name), vec![c.name.clone()]);

@@ -22,7 +22,9 @@ use crate::registry::Registry;
 use crate::secrets::SecretBox;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
-use crate::{api, auth, containers_api, deploy_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
+use crate::{
+    api, auth, containers_api, deploy_api, events, jobs_api, logs_api, runner_ws, telemetry_api,
+};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]

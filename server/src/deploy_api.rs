@@ -116,9 +116,9 @@ fn valid_repository(s: &str) -> bool {
         && s.len() <= 200
         && !last.contains(':')
         && !s.contains('@')
-        && last
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && last.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
         && s.bytes().all(|b| {
             b.is_ascii_lowercase()
                 || b.is_ascii_digit()
@@ -182,7 +182,9 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
     d.image = Some(image);
     let container = d.container.clone().unwrap_or_else(|| name.to_owned());
     if !valid_container(&container) {
-        return Err(bad(format!("container {container:?}: Docker's [a-zA-Z0-9][a-zA-Z0-9_.-]*")));
+        return Err(bad(format!(
+            "container {container:?}: Docker's [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+        )));
     }
     d.container = Some(container);
     if !["no", "always", "unless-stopped", "on-failure"].contains(&d.restart.as_str()) {
@@ -192,7 +194,9 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
         )));
     }
     if d.ports.len() > MAX_ITEMS || d.volumes.len() > MAX_ITEMS || d.labels.len() > MAX_ITEMS {
-        return Err(bad(format!("at most {MAX_ITEMS} ports, volumes and labels")));
+        return Err(bad(format!(
+            "at most {MAX_ITEMS} ports, volumes and labels"
+        )));
     }
     for p in &d.ports {
         if p.host == 0 || p.container == 0 || !["tcp", "udp"].contains(&p.proto.as_str()) {
@@ -231,7 +235,10 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
                 "health.timeout_s: 1 to {MAX_HEALTH_TIMEOUT_S}"
             )));
         }
-        if h.cmd.as_ref().is_some_and(|c| c.is_empty() || c.iter().any(|a| a.contains('\0'))) {
+        if h.cmd
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.iter().any(|a| a.contains('\0')))
+        {
             return Err(bad("health.cmd: a non-empty argument list".into()));
         }
         if h.tcp_port == Some(0) {
@@ -369,7 +376,10 @@ fn launch(
     git_ref: Option<String>,
 ) -> Result<Value, ApiError> {
     let id = new_job_id()?;
-    let repo = def.image.clone().unwrap_or_else(|| app.to_ascii_lowercase());
+    let repo = def
+        .image
+        .clone()
+        .unwrap_or_else(|| app.to_ascii_lowercase());
     let build = image.is_none();
     let image = image.unwrap_or_else(|| format!("{repo}:{id}"));
     let spec = DeploySpec {
@@ -463,9 +473,9 @@ pub async fn rollback(
         }
         None => {
             let mut ok = history.iter().filter(|(_, j)| succeeded(j));
-            let current = ok
-                .next()
-                .ok_or_else(|| ApiError::conflict(format!("{name} has no successful deployment")))?;
+            let current = ok.next().ok_or_else(|| {
+                ApiError::conflict(format!("{name} has no successful deployment"))
+            })?;
             ok.find(|(d, _)| d.image != current.0.image)
                 .map(|(d, _)| d.clone())
                 .ok_or_else(|| {

@@ -100,7 +100,15 @@ impl JobStore {
         self.write().execute(
             "INSERT INTO deployments (job_id, tenant_id, app, image, kind, git_ref, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![d.id, tenant, d.app, d.image, d.kind, d.git_ref, d.created_ms],
+            params![
+                d.id,
+                tenant,
+                d.app,
+                d.image,
+                d.kind,
+                d.git_ref,
+                d.created_ms
+            ],
         )?;
         Ok(())
     }
@@ -177,6 +185,10 @@ mod tests {
         );
         assert!(s.deployments("other", "web", 10).unwrap().is_empty());
         assert!(s.delete_app("tn", "web").unwrap());
-        assert_eq!(s.deployments("tn", "web", 10).unwrap().len(), 2, "history stays");
+        assert_eq!(
+            s.deployments("tn", "web", 10).unwrap().len(),
+            2,
+            "history stays"
+        );
     }
 }

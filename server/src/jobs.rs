@@ -97,7 +97,7 @@ pub fn start_message(
         env: job.spec.env.clone(),
         secrets: values,
         timeout_s: job.spec.timeout_s,
-        deploy: job.spec.deploy.clone(),
+        deploy: job.spec.deploy.clone().map(Box::new),
     })
 }
 

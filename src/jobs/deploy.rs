@@ -265,7 +265,10 @@ impl Deploy {
 
     pub fn owns(&self, token: Token) -> bool {
         self.io.as_ref().is_some_and(|x| x.token == token)
-            || self.git.as_ref().is_some_and(|p| p.pipe_of(token).is_some())
+            || self
+                .git
+                .as_ref()
+                .is_some_and(|p| p.pipe_of(token).is_some())
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
@@ -283,7 +286,10 @@ impl Deploy {
     // ---- start -----------------------------------------------------------
 
     pub fn begin(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
-        info!("jobs", "deploy {} of {} started", self.job_id, self.spec.app);
+        info!(
+            "jobs",
+            "deploy {} of {} started", self.job_id, self.spec.app
+        );
         if !self.spec.build {
             self.note(
                 chan,
@@ -393,7 +399,13 @@ impl Deploy {
 
     /// Cancel or timeout: cut what can be cut; during the replacement, roll
     /// back.
-    pub fn abort(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, status: &'static str, why: String) {
+    pub fn abort(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        status: &'static str,
+        why: String,
+    ) {
         if self.outcome.is_some() || self.stopping.is_some() {
             return;
         }
@@ -478,8 +490,16 @@ impl Deploy {
         }
         match (code, signal) {
             (Some(0), _) => self.call(ctx, chan, Call::Ping),
-            (Some(127), _) => self.fail(ctx, chan, "git: not found on this host (exit code 127)".into()),
-            (Some(c), _) => self.fail(ctx, chan, format!("git failed (exit code {c}); see its output above")),
+            (Some(127), _) => self.fail(
+                ctx,
+                chan,
+                "git: not found on this host (exit code 127)".into(),
+            ),
+            (Some(c), _) => self.fail(
+                ctx,
+                chan,
+                format!("git failed (exit code {c}); see its output above"),
+            ),
             (None, Some(s)) => self.fail(ctx, chan, format!("git was killed by signal {s}")),
             _ => self.fail(ctx, chan, "git ended with an unknown status".into()),
         }
@@ -488,8 +508,7 @@ impl Deploy {
     // ---- Docker calls ----------------------------------------------------
 
     fn api(&self) -> Api {
-        self.api
-            .unwrap_or_else(|| Api::new(api::OLDEST_SUPPORTED))
+        self.api.unwrap_or_else(|| Api::new(api::OLDEST_SUPPORTED))
     }
 
     fn request(&mut self, call: Call) -> Result<Request, String> {
@@ -536,7 +555,11 @@ impl Deploy {
 
     /// Where the old container waits while the new one proves itself.
     fn parked_name(&self) -> String {
-        let tail: String = self.job_id.chars().filter(char::is_ascii_alphanumeric).collect();
+        let tail: String = self
+            .job_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
         format!("{}-old-{tail}", self.spec.container)
     }
 
@@ -585,14 +608,22 @@ impl Deploy {
         let mut stream = match UnixStream::connect(&socket) {
             Ok(s) => s,
             Err(e) => {
-                let why = format!("cannot reach the Docker engine at {}: {e}", socket.display());
+                let why = format!(
+                    "cannot reach the Docker engine at {}: {e}",
+                    socket.display()
+                );
                 return self.answer(ctx, chan, call, Err(why));
             }
         };
         let token = ctx.token();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = ctx.registry.register(&mut stream, token, interest) {
-            return self.answer(ctx, chan, call, Err(format!("cannot watch the Docker socket: {e}")));
+            return self.answer(
+                ctx,
+                chan,
+                call,
+                Err(format!("cannot watch the Docker socket: {e}")),
+            );
         }
         let (reader, upload, timeout) = if call == Call::Build {
             let root = self.context_dir();
@@ -608,7 +639,12 @@ impl Deploy {
             self.note(
                 chan,
                 step::BUILD,
-                &format!("building {} from {} ({} files in the context)", self.spec.image, root.display(), scan.len()),
+                &format!(
+                    "building {} from {} ({} files in the context)",
+                    self.spec.image,
+                    root.display(),
+                    scan.len()
+                ),
             );
             let reader = Reader::Lines {
                 dec: ResponseDecoder::new(req.expect()),
@@ -623,7 +659,11 @@ impl Deploy {
             } else {
                 CALL_TIMEOUT
             };
-            (Reader::Whole(BufferedDecoder::new(req.expect(), MAX_ANSWER)), None, timeout)
+            (
+                Reader::Whole(BufferedDecoder::new(req.expect(), MAX_ANSWER)),
+                None,
+                timeout,
+            )
         };
         let timer = ctx.schedule(timeout, Timer::Jobs(JobTimer::Deploy));
         self.io = Some(Exchange {
@@ -798,12 +838,16 @@ impl Deploy {
                                 item: Some(ev),
                             },
                             Ok(None) => break,
-                            Err(e) => return Some(Got::Failed(format!("the build stream broke: {e}"))),
+                            Err(e) => {
+                                return Some(Got::Failed(format!("the build stream broke: {e}")))
+                            }
                         }
                     } else {
                         match dec.feed(rest) {
                             Ok(s) => s,
-                            Err(e) => return Some(Got::Failed(format!("the build stream broke: {e}"))),
+                            Err(e) => {
+                                return Some(Got::Failed(format!("the build stream broke: {e}")))
+                            }
                         }
                     };
                     rest = &rest[step_.consumed..];
@@ -845,10 +889,15 @@ impl Deploy {
                             .ok()
                             .and_then(|v| v["message"].as_str().map(str::to_owned))
                             .unwrap_or(msg);
-                        return Some(Got::Failed(format!("the build was refused ({s}): {}", msg.trim())));
+                        return Some(Got::Failed(format!(
+                            "the build was refused ({s}): {}",
+                            msg.trim()
+                        )));
                     }
                     if !ended && x.eof {
-                        return Some(Got::Failed("the Docker engine closed the build stream early".into()));
+                        return Some(Got::Failed(
+                            "the Docker engine closed the build stream early".into(),
+                        ));
                     }
                     return Some(Got::StreamEnd);
                 }
@@ -860,7 +909,13 @@ impl Deploy {
     // ---- the sequence ----------------------------------------------------
 
     /// An exchange ended: decide the next step.
-    fn answer(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, call: Call, r: Result<Response, String>) {
+    fn answer(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        r: Result<Response, String>,
+    ) {
         let checked = r.and_then(|resp| api::check(resp).map_err(|e| e.to_string()));
         let rolling_back = matches!(call, Call::RemoveNew | Call::RenameBack | Call::StartOld);
         if self.failure.is_some()
@@ -892,14 +947,20 @@ impl Deploy {
             return self.rollback(ctx, chan);
         }
         match call {
-            Call::Ping => match checked.and_then(|resp| api::engine_version_from_ping(&resp.head).map_err(|e| e.to_string())) {
+            Call::Ping => match checked.and_then(|resp| {
+                api::engine_version_from_ping(&resp.head).map_err(|e| e.to_string())
+            }) {
                 Ok(v) => match api::negotiate(v, None) {
                     Ok(v) => {
                         self.api = Some(Api::new(v));
                         if let Some((status, why)) = self.stopping.clone() {
                             return self.done(chan, status, why);
                         }
-                        let next = if self.spec.build { Call::Build } else { Call::InspectOld };
+                        let next = if self.spec.build {
+                            Call::Build
+                        } else {
+                            Call::InspectOld
+                        };
                         self.call(ctx, chan, next);
                     }
                     Err(e) => self.fail(ctx, chan, format!("Docker engine: {e}")),
@@ -940,9 +1001,15 @@ impl Deploy {
                 }
                 Err(e) => self.fail(ctx, chan, format!("rename the current container: {e}")),
             },
-            Call::Create => match checked.and_then(|resp| serde_json::from_slice::<CreatedContainer>(&resp.body).map_err(|e| e.to_string())) {
+            Call::Create => match checked.and_then(|resp| {
+                serde_json::from_slice::<CreatedContainer>(&resp.body).map_err(|e| e.to_string())
+            }) {
                 Ok(c) => {
-                    self.note(chan, step::REPLACE, &format!("created {} ({})", self.spec.container, short(&c.id)));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("created {} ({})", self.spec.container, short(&c.id)),
+                    );
                     for w in &c.warnings {
                         self.note(chan, step::REPLACE, &format!("engine warning: {w}"));
                     }
@@ -959,7 +1026,11 @@ impl Deploy {
                         o.stopped = true;
                         id = short(&o.id).to_owned();
                     }
-                    self.note(chan, step::REPLACE, &format!("stopped the old container {id}"));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("stopped the old container {id}"),
+                    );
                     self.call(ctx, chan, Call::StartNew);
                 }
                 Err(e) => self.fail(ctx, chan, format!("stop the old container: {e}")),
@@ -967,20 +1038,30 @@ impl Deploy {
             Call::StartNew => match checked {
                 Ok(_) => {
                     let timeout = self.spec.health.as_ref().map_or(30, |h| h.timeout_s.max(1));
-                    self.note(chan, step::REPLACE, &format!("started; waiting up to {timeout} s for it to be healthy"));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("started; waiting up to {timeout} s for it to be healthy"),
+                    );
                     self.health_deadline = Some(Instant::now() + Duration::from_secs(timeout));
                     self.health_note = "not checked yet".into();
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
                 Err(e) => self.fail(ctx, chan, format!("start the new container: {e}")),
             },
-            Call::HealthInspect => match checked.and_then(|resp| serde_json::from_slice::<ContainerInspect>(&resp.body).map_err(|e| e.to_string())) {
+            Call::HealthInspect => match checked.and_then(|resp| {
+                serde_json::from_slice::<ContainerInspect>(&resp.body).map_err(|e| e.to_string())
+            }) {
                 Ok(c) if !c.state.running => {
                     let why = format!(
                         "the new container is not running ({}, exit code {}{})",
                         c.state.status,
                         c.state.exit_code,
-                        if c.state.error.is_empty() { String::new() } else { format!(": {}", c.state.error) }
+                        if c.state.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", c.state.error)
+                        }
                     );
                     self.fail(ctx, chan, why);
                 }
@@ -993,8 +1074,15 @@ impl Deploy {
                         // (accepted or refused), so a short blocking
                         // connect cannot stall the loop.
                         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                            Ok(_) => self.healthy(ctx, chan, &format!("TCP port {port} accepts connections")),
+                        match std::net::TcpStream::connect_timeout(
+                            &addr,
+                            Duration::from_millis(200),
+                        ) {
+                            Ok(_) => self.healthy(
+                                ctx,
+                                chan,
+                                &format!("TCP port {port} accepts connections"),
+                            ),
                             Err(e) => {
                                 self.health_note = format!("TCP port {port}: {e}");
                                 self.wait_health(ctx, chan, HEALTH_EVERY);
@@ -1006,7 +1094,9 @@ impl Deploy {
                 }
                 Err(e) => self.fail(ctx, chan, format!("inspect the new container: {e}")),
             },
-            Call::ExecCreate => match checked.and_then(|resp| serde_json::from_slice::<CreatedExec>(&resp.body).map_err(|e| e.to_string())) {
+            Call::ExecCreate => match checked.and_then(|resp| {
+                serde_json::from_slice::<CreatedExec>(&resp.body).map_err(|e| e.to_string())
+            }) {
                 Ok(e) => {
                     self.exec_id = Some(e.id);
                     self.call(ctx, chan, Call::ExecStart);
@@ -1023,16 +1113,21 @@ impl Deploy {
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
             },
-            Call::ExecInspect => match checked.and_then(|resp| serde_json::from_slice::<ExecInspect>(&resp.body).map_err(|e| e.to_string())) {
+            Call::ExecInspect => match checked.and_then(|resp| {
+                serde_json::from_slice::<ExecInspect>(&resp.body).map_err(|e| e.to_string())
+            }) {
                 Ok(e) if e.running => {
                     // Look again shortly; the health deadline bounds it.
                     self.health_note = "the health command is still running".into();
                     self.recheck_exec = true;
                     self.wait_health(ctx, chan, Duration::from_millis(200));
                 }
-                Ok(ExecInspect { exit_code: Some(0), .. }) => self.healthy(ctx, chan, "health command exited 0"),
+                Ok(ExecInspect {
+                    exit_code: Some(0), ..
+                }) => self.healthy(ctx, chan, "health command exited 0"),
                 Ok(e) => {
-                    self.health_note = format!("health command exited {}", e.exit_code.unwrap_or(-1));
+                    self.health_note =
+                        format!("health command exited {}", e.exit_code.unwrap_or(-1));
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
                 Err(e) => {
@@ -1043,7 +1138,11 @@ impl Deploy {
             Call::RemoveOld => {
                 if let Err(e) = checked {
                     // The new app runs; a leftover old container is only clutter.
-                    self.note(chan, step::REPLACE, &format!("could not remove the old container: {e}"));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("could not remove the old container: {e}"),
+                    );
                 } else {
                     self.note(chan, step::REPLACE, "removed the old container");
                 }
@@ -1051,7 +1150,11 @@ impl Deploy {
             }
             Call::RemoveNew => {
                 if let Err(e) = checked {
-                    self.note(chan, step::REPLACE, &format!("could not remove the new container: {e}"));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("could not remove the new container: {e}"),
+                    );
                 } else {
                     self.note(chan, step::REPLACE, "removed the new container");
                 }
@@ -1060,7 +1163,11 @@ impl Deploy {
             }
             Call::RenameBack => {
                 if let Err(e) = checked {
-                    self.note(chan, step::REPLACE, &format!("could not rename the old container back: {e}"));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("could not rename the old container back: {e}"),
+                    );
                 }
                 if let Some(o) = &mut self.old {
                     o.renamed = false;
@@ -1072,11 +1179,21 @@ impl Deploy {
                 match checked {
                     Ok(_) => {
                         self.note(chan, step::REPLACE, "the previous container runs again");
-                        self.finish_failed(chan, format!("{why}; the previous container runs again"));
+                        self.finish_failed(
+                            chan,
+                            format!("{why}; the previous container runs again"),
+                        );
                     }
                     Err(e) => {
-                        self.note(chan, step::REPLACE, &format!("could not restart the previous container: {e}"));
-                        self.finish_failed(chan, format!("{why}; restarting the previous container failed too: {e}"));
+                        self.note(
+                            chan,
+                            step::REPLACE,
+                            &format!("could not restart the previous container: {e}"),
+                        );
+                        self.finish_failed(
+                            chan,
+                            format!("{why}; restarting the previous container failed too: {e}"),
+                        );
                     }
                 }
             }
@@ -1172,7 +1289,11 @@ impl Deploy {
             return;
         }
         if status == "succeeded" {
-            self.note(chan, step::REPLACE, &format!("deployed {} as {}", self.spec.image, self.spec.container));
+            self.note(
+                chan,
+                step::REPLACE,
+                &format!("deployed {} as {}", self.spec.image, self.spec.container),
+            );
         }
         self.outcome = Some(Outcome { status, reason });
     }
@@ -1187,16 +1308,34 @@ fn build_line(line: &[u8], redact: &Redactor, chan: &mut OutChannel, error: &mut
     match serde_json::from_slice::<ProgressLine>(line) {
         Ok(p) => {
             if let Some(e) = p.error_message() {
-                now_step(chan, redact, StreamTag::Stderr, step::BUILD, &format!("{e}\n"));
+                now_step(
+                    chan,
+                    redact,
+                    StreamTag::Stderr,
+                    step::BUILD,
+                    &format!("{e}\n"),
+                );
                 if error.is_none() {
                     *error = Some(e.trim().to_owned());
                 }
             } else if let Some(s) = &p.stream {
                 now_step(chan, redact, StreamTag::Stdout, step::BUILD, s);
             } else if let Some(s) = &p.status {
-                now_step(chan, redact, StreamTag::Stdout, step::BUILD, &format!("{s}\n"));
+                now_step(
+                    chan,
+                    redact,
+                    StreamTag::Stdout,
+                    step::BUILD,
+                    &format!("{s}\n"),
+                );
             } else if let Some(id) = p.aux.as_ref().and_then(|a| a["ID"].as_str()) {
-                now_step(chan, redact, StreamTag::Stdout, step::BUILD, &format!("image {id}\n"));
+                now_step(
+                    chan,
+                    redact,
+                    StreamTag::Stdout,
+                    step::BUILD,
+                    &format!("image {id}\n"),
+                );
             }
         }
         Err(_) => {
@@ -1204,5 +1343,99 @@ fn build_line(line: &[u8], redact: &Redactor, chan: &mut OutChannel, error: &mut
             text.push('\n');
             now_step(chan, redact, StreamTag::Stdout, step::BUILD, &text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::spool::Limits;
+    use crate::protocol::deploy::PortMap;
+
+    fn spec() -> DeploySpec {
+        DeploySpec {
+            app: "web".into(),
+            image: "web:jb_1".into(),
+            build: true,
+            container: "web".into(),
+            ports: vec![PortMap {
+                host: 8080,
+                container: 80,
+                proto: "tcp".into(),
+                host_ip: None,
+            }],
+            volumes: vec!["/srv/data:/data:ro".into()],
+            restart: "always".into(),
+            labels: vec![("tier".into(), "front".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_create_call_carries_env_secrets_ports_binds_and_labels() {
+        let d = Deploy::new(
+            spec(),
+            "jb_1",
+            vec![("A".into(), "1".into())],
+            &[("TOKEN".into(), "s3cret".into())],
+            None,
+            Path::new("/nonexistent"),
+        );
+        let body: Value = serde_json::from_slice(&d.create_body().unwrap()).unwrap();
+        assert_eq!(body["Image"], "web:jb_1");
+        assert_eq!(body["Env"], json!(["A=1", "TOKEN=s3cret"]));
+        assert_eq!(body["Labels"]["tier"], "front");
+        assert_eq!(body["Labels"]["tether.deployment"], "jb_1");
+        assert_eq!(body["ExposedPorts"], json!({"80/tcp": {}}));
+        assert_eq!(
+            body["HostConfig"]["PortBindings"]["80/tcp"],
+            json!([{"HostIp": "", "HostPort": "8080"}])
+        );
+        assert_eq!(body["HostConfig"]["Binds"], json!(["/srv/data:/data:ro"]));
+        assert_eq!(body["HostConfig"]["RestartPolicy"]["Name"], "always");
+        assert_eq!(d.parked_name(), "web-old-jb1");
+    }
+
+    fn records(chan: &mut OutChannel) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        while let Some(frame) = chan.next_frame() {
+            let payload = &frame[16..];
+            out.push((
+                payload[8],
+                String::from_utf8_lossy(&payload[JOB_RECORD_HEADER_LEN..]).into_owned(),
+            ));
+        }
+        out
+    }
+
+    const JOB_RECORD_HEADER_LEN: usize = crate::protocol::JOB_RECORD_HEADER;
+
+    #[test]
+    fn build_lines_become_step_2_output_with_secrets_masked_and_errors_kept() {
+        let dir = std::env::temp_dir().join(format!("tether-deploy-{}", std::process::id()));
+        let limits = Limits {
+            mem: 1 << 20,
+            spool: 1 << 20,
+            window: 1 << 20,
+        };
+        let mut chan = OutChannel::new(7, limits, dir.join("7.spool"));
+        chan.link_up(None).unwrap();
+        let redact = Redactor::new([b"hunter2".to_vec()]);
+        let mut err = None;
+        for line in [
+            &br#"{"stream":"Step 1/2 : FROM x\n"}"#[..],
+            br#"{"stream":"echo hunter2\n"}"#,
+            br#"{"errorDetail":{"message":"boom"},"error":"boom"}"#,
+            br#"{"error":"later"}"#,
+            b"not json",
+        ] {
+            build_line(line, &redact, &mut chan, &mut err);
+        }
+        assert_eq!(err.as_deref(), Some("boom"), "the first error is the cause");
+        let got = records(&mut chan);
+        assert!(got.iter().all(|(s, _)| *s == step::BUILD), "{got:?}");
+        let text: String = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(text, "Step 1/2 : FROM x\necho ***\nboom\nlater\nnot json\n");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

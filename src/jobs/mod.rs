@@ -478,7 +478,7 @@ impl Jobs {
             start,
         };
         if let Some(spec) = job.start.deploy.clone() {
-            return self.spawn_deploy(ctx, job, spec, &cfg);
+            return self.spawn_deploy(ctx, job, *spec, &cfg);
         }
         let mut args: Vec<OsString> = Vec::new();
         if let Some(script) = &job.start.script {

@@ -114,7 +114,9 @@ pub fn glob_match(pat: &[u8], name: &[u8]) -> bool {
             if glob_match(rest_noslash, name) {
                 return true;
             }
-            (0..name.len()).any(|i| glob_match(rest, &name[i + 1..]) || glob_match(rest_noslash, &name[i + 1..]))
+            (0..name.len()).any(|i| {
+                glob_match(rest, &name[i + 1..]) || glob_match(rest_noslash, &name[i + 1..])
+            })
         }
         Some(b'*') => {
             let rest = &pat[1..];
@@ -438,7 +440,11 @@ mod tests {
         fs::create_dir_all(dir.join("src/deep")).unwrap();
         fs::create_dir_all(dir.join("node_modules/pkg")).unwrap();
         fs::write(dir.join("Dockerfile"), "FROM scratch\n").unwrap();
-        fs::write(dir.join(".dockerignore"), "node_modules\n*.log\nDockerfile\n").unwrap();
+        fs::write(
+            dir.join(".dockerignore"),
+            "node_modules\n*.log\nDockerfile\n",
+        )
+        .unwrap();
         fs::write(dir.join("a.log"), "x").unwrap();
         fs::write(dir.join("node_modules/pkg/i.js"), "x").unwrap();
         let long = "n".repeat(150);
@@ -458,7 +464,11 @@ mod tests {
                 .output()
                 .unwrap();
             let list = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(list.contains("Dockerfile"), "{list}");
             assert!(list.contains(".dockerignore"), "{list}");
             assert!(list.contains("src/app.txt"), "{list}");

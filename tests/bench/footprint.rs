@@ -495,7 +495,10 @@ fn job_relay(rows: &mut Vec<Row>) {
     let (mut ours, mut theirs, mut peak) = (Vec::new(), Vec::new(), 0u64);
     for run in 0..3 {
         let t = Instant::now();
-        let st = Command::new("sh").args(["-c", &format!("{cmd} > /dev/null")]).status().unwrap();
+        let st = Command::new("sh")
+            .args(["-c", &format!("{cmd} > /dev/null")])
+            .status()
+            .unwrap();
         assert!(st.success());
         theirs.push(mb as f64 * 1.048576 / t.elapsed().as_secs_f64());
 
@@ -545,7 +548,10 @@ fn job_relay(rows: &mut Vec<Row>) {
         value: (peak.saturating_sub(rss_idle)) as f64 / 1024.0,
         unit: "MiB",
         goal: Some(8.0),
-        how: format!("VmRSS peak − idle ({:.2} MiB), sampled every ~20 ms", rss_idle as f64 / 1024.0),
+        how: format!(
+            "VmRSS peak − idle ({:.2} MiB), sampled every ~20 ms",
+            rss_idle as f64 / 1024.0
+        ),
     });
 
     // Latency: the host prints its own clock; the watcher compares.
@@ -558,7 +564,10 @@ fn job_relay(rows: &mut Vec<Row>) {
     assert_eq!(st, 201, "{v}");
     let id = v[0]["id"].as_str().unwrap().to_owned();
     let api = server.api();
-    let reader = api.stream(&format!("/api/v1/jobs/{id}/output?follow=1&format=ndjson&stream=stdout"), &tenant.token);
+    let reader = api.stream(
+        &format!("/api/v1/jobs/{id}/output?follow=1&format=ndjson&stream=stdout"),
+        &tenant.token,
+    );
     let mut lat = Vec::new();
     let mut pending = String::new();
     use std::io::BufRead;
@@ -582,7 +591,10 @@ fn job_relay(rows: &mut Vec<Row>) {
         value: p50,
         unit: "ms",
         goal: None,
-        how: format!("{} lines, host clock printed by the job, ndjson follow", lat.len()),
+        how: format!(
+            "{} lines, host clock printed by the job, ndjson follow",
+            lat.len()
+        ),
     });
     rows.push(Row {
         what: "job line → API watcher latency p99".into(),
@@ -592,4 +604,3 @@ fn job_relay(rows: &mut Vec<Row>) {
         how: "same run".into(),
     });
 }
-

@@ -69,9 +69,9 @@ pub fn app(client: &Client, c: AppCommand, json: bool) -> Result<(), CliError> {
         AppCommand::Put { name, file } => {
             let text = if file == "-" {
                 let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| CliError::Usage(format!("reading the definition from stdin: {e}")))?;
+                std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                    CliError::Usage(format!("reading the definition from stdin: {e}"))
+                })?;
                 s
             } else {
                 std::fs::read_to_string(&file)
@@ -79,7 +79,11 @@ pub fn app(client: &Client, c: AppCommand, json: bool) -> Result<(), CliError> {
             };
             let def: Value = serde_json::from_str(&text)
                 .map_err(|e| CliError::Usage(format!("the definition is not JSON: {e}")))?;
-            let (raw, v) = client.call("PUT", &format!("/api/v1/apps/{}", segment(&name)), Some(def))?;
+            let (raw, v) = client.call(
+                "PUT",
+                &format!("/api/v1/apps/{}", segment(&name)),
+                Some(def),
+            )?;
             if json {
                 return out(&raw);
             }
@@ -135,15 +139,37 @@ pub fn app(client: &Client, c: AppCommand, json: bool) -> Result<(), CliError> {
                 return out(&raw);
             }
             out(&table(
-                &["DEPLOYMENT", "KIND", "STATUS", "IMAGE", "REF", "CREATED", "REASON"],
+                &[
+                    "DEPLOYMENT",
+                    "KIND",
+                    "STATUS",
+                    "IMAGE",
+                    "REF",
+                    "CREATED",
+                    "REASON",
+                ],
                 &v,
-                &["id", "kind", "status", "image", "git_ref", "created_at", "reason"],
+                &[
+                    "id",
+                    "kind",
+                    "status",
+                    "image",
+                    "git_ref",
+                    "created_at",
+                    "reason",
+                ],
             ))
         }
     }
 }
 
-fn started(client: &Client, raw: &str, v: &Value, detach: bool, json: bool) -> Result<(), CliError> {
+fn started(
+    client: &Client,
+    raw: &str,
+    v: &Value,
+    detach: bool,
+    json: bool,
+) -> Result<(), CliError> {
     if json {
         return out(raw);
     }
