@@ -591,3 +591,46 @@ fn cancel_and_timeout_stop_a_deploy_and_keep_the_app() {
     assert!(running(&c.name));
     assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
 }
+
+#[test]
+fn a_host_without_git_fails_the_deploy_saying_so() {
+    let server = Server::start();
+    let tenant = server.tenant("deploy-nogit");
+    // A runner whose PATH has a shell and mkdir, but no git.
+    let mut runner = Runner::enroll(&server, &tenant);
+    let bin = TempDir::new("nogit-path");
+    for p in ["sh", "mkdir"] {
+        let found = ["/bin", "/usr/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(p))
+            .find(|x| x.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, bin.path().join(p)).unwrap();
+    }
+    let log = std::fs::File::create(runner.dir.path().join("runner.log")).unwrap();
+    let child = runner
+        .cmd()
+        .env("PATH", bin.path())
+        .args(["run", "--heartbeat", "1s", "--docker-socket", "off"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    runner.child = Some(child);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let src = TempDir::new("deploy-src");
+    put_app(
+        &tenant,
+        "nogit",
+        json!({ "runner": runner.id, "git_url": src.path(), "git_ref": "main" }),
+    );
+    let id = deploy(&tenant, "nogit", None);
+    let v = wait_complete(&tenant, &id);
+    let log = output(&tenant, &id, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("git: not found"),
+        "{v}"
+    );
+    assert!(log.contains("git is not installed on this host"), "{log}");
+}
