@@ -21,6 +21,11 @@
 //! writes. Memory per job: the channel's memory cap plus a read buffer.
 //! The host owner can switch jobs off (`--no-jobs`); every `job_start` is
 //! then refused with the reason.
+//!
+//! A `job_start` with `deploy` runs [`deploy::Deploy`] instead of a
+//! process (git child, image build, container replacement; see there):
+//! the same channel, ledger, cancel, timeout and result, each record
+//! tagged with its step.
 
 pub mod deploy;
 pub mod ledger;
