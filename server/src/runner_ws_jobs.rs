@@ -248,10 +248,8 @@ impl Connection {
         };
         drop(batch);
         for (seq, end) in ends {
-            // Watchers saw these rows on receipt; a watcher that already
-            // has the job's last row (sent after its result) learns here
-            // that it is now stored, so the job is complete and its
-            // follow ends.
+            // Watchers saw the rows on receipt; this tells one waiting for
+            // the end that storage has caught up.
             self.state.job_hub.send(JobUpdate::Status { seq });
             let Some(channel) = self.job_channels.channel_of(seq) else {
                 continue;

@@ -1279,6 +1279,7 @@ impl Deploy {
 
     fn finish_failed(&mut self, chan: &mut OutChannel, why: String) {
         match self.stopping.clone() {
+            Some((status, stop_why)) if why == stop_why => self.done(chan, status, why),
             Some((status, stop_why)) => self.done(chan, status, format!("{stop_why} ({why})")),
             None => self.done(chan, "failed", why),
         }
