@@ -12,6 +12,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::containers::ContainerHub;
+use crate::deploy_api;
 use crate::error::ApiError;
 use crate::health::HealthLog;
 use crate::job_store::JobStore;
@@ -22,9 +23,7 @@ use crate::registry::Registry;
 use crate::secrets::SecretBox;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
-use crate::{
-    api, auth, containers_api, deploy_api, events, jobs_api, logs_api, runner_ws, telemetry_api,
-};
+use crate::{api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]

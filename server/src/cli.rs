@@ -126,6 +126,9 @@ pub enum ClientCommand {
     Logs(logs::LogsArgs),
     /// Log collection and retention of a runner: show, or change with flags
     LogConfig(logs::LogConfigArgs),
+    /// Apps: definitions, deploy, rollback, history
+    #[command(subcommand)]
+    App(deploy::AppCommand),
     /// The tenant's saved scripts
     #[command(subcommand)]
     Script(jobs::ScriptCommand),
@@ -137,9 +140,6 @@ pub enum ClientCommand {
     /// Jobs: list, show, watch live, cancel
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
-    /// Apps: definitions, deploy, rollback, history
-    #[command(subcommand)]
-    App(deploy::AppCommand),
 }
 
 #[derive(Debug, Args)]
@@ -498,11 +498,11 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Container(c) => containers::container(&client, c, json),
         ClientCommand::Logs(a) => logs::logs(&client, &a, json),
         ClientCommand::LogConfig(a) => logs::log_config(&client, &a, json),
+        ClientCommand::App(c) => deploy::app(&client, c, json),
         ClientCommand::Script(c) => jobs::script(&client, c, json),
         ClientCommand::Secret(c) => jobs::secret(&client, c, json),
         ClientCommand::Run(a) => jobs::run(&client, &a, json),
         ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
-        ClientCommand::App(c) => deploy::app(&client, c, json),
         ClientCommand::Prune {
             runner,
             images,
