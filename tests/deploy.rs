@@ -2,7 +2,8 @@
 //! Docker engine: a repository made by the test with a Dockerfile `FROM` the
 //! locally imported busybox image is deployed (container running with its
 //! env and secret), redeployed (replaced), broken in several ways (the old
-//! container keeps running), cancelled, timed out and rolled back. The
+//! container keeps running), cancelled, timed out and rolled back; a
+//! directory on the host deploys without git, and a host without git says so. The
 //! docker CLI is used only by the tests, to check.
 
 use crate::util::docker::{self, IMAGE};
@@ -653,4 +654,45 @@ fn a_host_without_git_fails_the_deploy_saying_so() {
         "{v}"
     );
     assert!(log.contains("git is not installed on this host"), "{log}");
+}
+
+#[test]
+fn a_directory_on_the_host_deploys_without_git() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-path");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-dir");
+    std::fs::create_dir_all(src.path().join("app/docker")).unwrap();
+    std::fs::write(
+        src.path().join("app/docker/Dockerfile.web"),
+        format!("FROM {IMAGE}\nCOPY . /ctx\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(src.path().join("app/version.txt"), "from-a-dir\n").unwrap();
+    let c = Cleanup::new("path");
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "path": src.path(),
+            "context": "app",
+            "dockerfile": "docker/Dockerfile.web",
+            "image": c.image,
+        }),
+    );
+    let id = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &id);
+    let log = output(&tenant, &id, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    assert!(!log.contains("fetching"), "no git step: {log}");
+    assert_eq!(cat(&c.name, "/ctx/version.txt"), "from-a-dir");
+    // A ref makes no sense for a directory.
+    let (st, _) = tenant.call(
+        "POST",
+        &format!("/api/v1/apps/{}/deploy", c.name),
+        Some(json!({"ref": "main"})),
+    );
+    assert_eq!(st, 400);
 }
