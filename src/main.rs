@@ -598,10 +598,11 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         hello: HelloInfo::from_host(),
         run_dir: if trial.is_some() { None } else { Some(run_dir) },
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
-        docker: docker_socket.map(DockerConfig::new),
+        docker: docker_socket.clone().map(DockerConfig::new),
         jobs: (!jobs_off).then(|| {
             let mut j = JobsConfig::new(&state.path);
             j.max_concurrent = max_jobs;
+            j.docker_socket = docker_socket.clone();
             j
         }),
         update: update_cfg.clone(),

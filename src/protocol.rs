@@ -18,6 +18,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod deploy;
+
 /// Protocol versions this build speaks, newest last.
 pub const SUPPORTED_VERSIONS: &[u16] = &[1];
 /// The version a runner of this build asks for first.
@@ -502,6 +504,9 @@ pub struct JobStart {
     /// 0: no limit.
     #[serde(default)]
     pub timeout_s: u64,
+    /// A deployment instead of a program (`program` is then ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Box<deploy::DeploySpec>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

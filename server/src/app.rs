@@ -13,6 +13,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::containers::ContainerHub;
+use crate::deploy_api;
 use crate::error::ApiError;
 use crate::health::HealthLog;
 use crate::job_store::JobStore;
@@ -201,6 +202,19 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs_api::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(jobs_api::cancel_job))
         .route("/api/v1/jobs/{id}/output", get(jobs_api::output))
+        .route("/api/v1/apps", get(deploy_api::list_apps))
+        .route(
+            "/api/v1/apps/{name}",
+            get(deploy_api::get_app)
+                .put(deploy_api::put_app)
+                .delete(deploy_api::delete_app),
+        )
+        .route("/api/v1/apps/{name}/deploy", post(deploy_api::deploy))
+        .route("/api/v1/apps/{name}/rollback", post(deploy_api::rollback))
+        .route(
+            "/api/v1/apps/{name}/deployments",
+            get(deploy_api::deployments),
+        )
         .route(
             "/api/v1/runners/{id}/logs/collect",
             put(logs_api::set_collect),

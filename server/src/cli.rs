@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod containers;
+mod deploy;
 mod jobs;
 mod logs;
 mod updates;
@@ -127,6 +128,9 @@ pub enum ClientCommand {
     Logs(logs::LogsArgs),
     /// Log collection and retention of a runner: show, or change with flags
     LogConfig(logs::LogConfigArgs),
+    /// Apps: definitions, deploy, rollback, history
+    #[command(subcommand)]
+    App(deploy::AppCommand),
     /// The tenant's saved scripts
     #[command(subcommand)]
     Script(jobs::ScriptCommand),
@@ -317,6 +321,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Events => None,
         ClientCommand::Logs(a) if a.follow => None,
         ClientCommand::Run(_) | ClientCommand::Jobs(jobs::JobsCommand::Watch { .. }) => None,
+        ClientCommand::App(c) if c.watches() => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
         ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
             Some(containers::DOCKER_CALL_TIMEOUT)
@@ -505,6 +510,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Container(c) => containers::container(&client, c, json),
         ClientCommand::Logs(a) => logs::logs(&client, &a, json),
         ClientCommand::LogConfig(a) => logs::log_config(&client, &a, json),
+        ClientCommand::App(c) => deploy::app(&client, c, json),
         ClientCommand::Script(c) => jobs::script(&client, c, json),
         ClientCommand::Secret(c) => jobs::secret(&client, c, json),
         ClientCommand::Run(a) => jobs::run(&client, &a, json),

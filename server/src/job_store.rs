@@ -49,6 +49,9 @@ pub struct JobSpec {
     pub secrets: Vec<String>,
     #[serde(default)]
     pub timeout_s: u64,
+    /// A deployment (`deploy_api.rs`): `program` is then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<tether::protocol::deploy::DeploySpec>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +111,8 @@ pub type Sealed = (Vec<u8>, Vec<u8>);
 pub struct OutputRow {
     pub offset: i64,
     pub tag: u8,
+    /// The record's step (deploys: 1 source, 2 build, 3 replace).
+    pub step: u8,
     pub ts_ms: i64,
     pub data: Vec<u8>,
 }
@@ -147,6 +152,14 @@ fn setup(conn: Connection) -> Result<Connection, StorageError> {
              ts_ms INTEGER NOT NULL, data BLOB NOT NULL,
              PRIMARY KEY (seq, offset)) WITHOUT ROWID;",
     )?;
+    // Added with deployments; older files get the column (0: step 0).
+    let has_step: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('job_output') WHERE name = 'step'")?
+        .exists([])?;
+    if !has_step {
+        conn.execute_batch("ALTER TABLE job_output ADD COLUMN step INTEGER NOT NULL DEFAULT 0")?;
+    }
+    crate::deploy_store::setup(&conn)?;
     Ok(conn)
 }
 
@@ -169,6 +182,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
             env: Vec::new(),
             secrets: Vec::new(),
             timeout_s: 0,
+            deploy: None,
         }),
         status: r.get(6)?,
         exit_code: r.get(7)?,
@@ -206,11 +220,11 @@ impl JobStore {
         })
     }
 
-    fn write(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn write(&self) -> MutexGuard<'_, Connection> {
         lock(&self.write)
     }
 
-    fn read(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn read(&self) -> MutexGuard<'_, Connection> {
         self.read.as_ref().map_or_else(|| self.write(), lock)
     }
 
@@ -471,9 +485,9 @@ impl JobStore {
         let mut ends: Vec<(i64, i64)> = Vec::new();
         for (seq, row) in rows {
             tx.prepare_cached(
-                "INSERT OR IGNORE INTO job_output (seq, offset, tag, ts_ms, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO job_output (seq, offset, tag, ts_ms, data, step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![seq, row.offset, row.tag, row.ts_ms, row.data])?;
+            .execute(params![seq, row.offset, row.tag, row.ts_ms, row.data, row.step])?;
             let end =
                 row.offset + row.data.len() as i64 + tether::protocol::JOB_RECORD_HEADER as i64;
             match ends.iter_mut().find(|e| e.0 == *seq) {
@@ -500,7 +514,7 @@ impl JobStore {
     ) -> Result<Vec<OutputRow>, StorageError> {
         let conn = self.read();
         let mut stmt = conn.prepare_cached(
-            "SELECT offset, tag, ts_ms, data FROM job_output WHERE seq = ?1 AND offset >= ?2
+            "SELECT offset, tag, ts_ms, data, step FROM job_output WHERE seq = ?1 AND offset >= ?2
              ORDER BY offset LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![seq, from, limit as i64], |r| {
@@ -509,6 +523,7 @@ impl JobStore {
                 tag: r.get(1)?,
                 ts_ms: r.get(2)?,
                 data: r.get(3)?,
+                step: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -539,6 +554,7 @@ mod tests {
             env: vec![],
             secrets: vec!["TOKEN".into()],
             timeout_s: 0,
+            deploy: None,
         }
     }
 
@@ -556,6 +572,7 @@ mod tests {
             OutputRow {
                 offset: 0,
                 tag: 1,
+                step: 0,
                 ts_ms: 3,
                 data: b"hi\n".to_vec(),
             },

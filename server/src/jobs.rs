@@ -102,6 +102,7 @@ pub fn start_message(
         env: job.spec.env.clone(),
         secrets: values,
         timeout_s: job.spec.timeout_s,
+        deploy: job.spec.deploy.clone().map(Box::new),
     })
 }
 
@@ -191,6 +192,7 @@ impl JobChannels {
             offset: offset as i64,
             tag,
             ts_ms: i64::try_from(u64::from_be_bytes(ts)).unwrap_or(0),
+            step: payload[8],
             data: payload[JOB_RECORD_HEADER..].to_vec(),
         };
         self.batch_bytes += payload.len();

@@ -47,7 +47,7 @@ const DEFAULT_INTERPRETER: &str = "/bin/sh";
 /// Output rows read from storage per page.
 const PAGE: usize = 512;
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -55,7 +55,7 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// An environment variable name (secrets are exported under their name).
-fn valid_env(s: &str) -> bool {
+pub(crate) fn valid_env(s: &str) -> bool {
     let mut b = s.bytes();
     s.len() <= 128
         && b.next()
@@ -239,7 +239,7 @@ pub struct RunBody {
     timeout_s: Option<u64>,
 }
 
-fn job_json(j: &JobRow) -> Value {
+pub(crate) fn job_json(j: &JobRow) -> Value {
     let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
     v["created_at"] = json!(clock::rfc3339(j.created_ms));
     if let Some(t) = j.started_ms {
@@ -255,7 +255,7 @@ fn job_json(j: &JobRow) -> Value {
     v
 }
 
-fn new_job_id() -> Result<String, ApiError> {
+pub(crate) fn new_job_id() -> Result<String, ApiError> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).map_err(ApiError::internal)?;
     Ok(format!(
@@ -290,6 +290,7 @@ pub async fn run(
                     env: Vec::new(),
                     secrets: Vec::new(),
                     timeout_s: s.timeout_s,
+                    deploy: None,
                 },
             )
         }
@@ -308,6 +309,7 @@ pub async fn run(
                     env: Vec::new(),
                     secrets: Vec::new(),
                     timeout_s: 0,
+                    deploy: None,
                 },
             )
         }
@@ -446,6 +448,7 @@ impl View {
                 "offset": row.offset,
                 "ts_ms": row.ts_ms,
                 "stream": stream,
+                "step": row.step,
                 "data": String::from_utf8_lossy(&row.data),
             });
             out.extend_from_slice(v.to_string().as_bytes());

@@ -29,6 +29,8 @@ mod clock;
 mod config;
 mod containers;
 mod containers_api;
+mod deploy_api;
+mod deploy_store;
 mod error;
 mod events;
 mod health;

@@ -866,6 +866,19 @@ impl Api {
             .chunked("application/x-tar")
     }
 
+    /// Start an exec without attaching: it runs in the background and its
+    /// exit code is read with [`exec_inspect`](Self::exec_inspect) (the
+    /// deploy's health check needs no output, so no hijacked stream).
+    pub fn exec_start_detached(&self, exec_id: &str) -> Request {
+        let body = br#"{"Detach":true,"Tty":false}"#.to_vec();
+        Request::post(self.path(&format!("/exec/{}/start", path_segment(exec_id)))).json(body)
+    }
+
+    /// `POST /containers/{id}/rename?name=`.
+    pub fn rename(&self, id: &str, new_name: &str) -> Request {
+        Request::post(self.container(id, "/rename")).query("name", new_name)
+    }
+
     /// JSON lines of [`ProgressLine`]. A registry that cannot be reached is
     /// an error answer; a failure later is a line with `error`.
     pub fn pull(&self, image: &str, tag: &str) -> Request {

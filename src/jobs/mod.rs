@@ -21,11 +21,18 @@
 //! writes. Memory per job: the channel's memory cap plus a read buffer.
 //! The host owner can switch jobs off (`--no-jobs`); every `job_start` is
 //! then refused with the reason.
+//!
+//! A `job_start` with `deploy` runs [`deploy::Deploy`] instead of a
+//! process (git child, image build, container replacement; see there):
+//! the same channel, ledger, cancel, timeout and result, each record
+//! tagged with its step.
 
+pub mod deploy;
 pub mod ledger;
 pub mod process;
 pub mod redact;
 pub mod spool;
+pub mod tar;
 
 use crate::conn::{LinkEvent, Outgoing};
 use crate::event_loop::{Ctx, Timer, TimerId};
@@ -34,6 +41,7 @@ use crate::protocol::{
     StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
 };
 use crate::{debug, info, warn};
+use deploy::Deploy;
 use ledger::{start_ticks, Ledger, RunningEntry};
 use mio::Token;
 use process::{Process, Read_};
@@ -64,6 +72,8 @@ pub enum JobTimer {
     Grace,
     /// Check exits and lingering pipes.
     Reap,
+    /// A deploy's Docker call deadline or health poll.
+    Deploy,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +83,8 @@ pub struct JobsConfig {
     pub limits: Limits,
     pub kill_grace: Duration,
     pub cwd: PathBuf,
+    /// The engine deploy jobs talk to (`None`: deploys fail, saying so).
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl JobsConfig {
@@ -87,6 +99,7 @@ impl JobsConfig {
             },
             kill_grace: Duration::from_secs(5),
             cwd: PathBuf::from("/"),
+            docker_socket: None,
         }
     }
 
@@ -112,6 +125,8 @@ struct Job {
     grace: Option<TimerId>,
     linger: Option<TimerId>,
     stop: Option<Stop>,
+    /// A deploy job's state machine (then `proc` stays `None`).
+    deploy: Option<Box<Deploy>>,
     /// Set once the process is over and its result recorded.
     done: bool,
 }
@@ -168,27 +183,42 @@ impl Jobs {
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.jobs
-            .iter()
-            .any(|j| j.proc.as_ref().is_some_and(|p| p.pipe_of(token).is_some()))
+        self.jobs.iter().any(|j| {
+            j.proc.as_ref().is_some_and(|p| p.pipe_of(token).is_some())
+                || j.deploy.as_ref().is_some_and(|d| d.owns(token))
+        })
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
-        self.jobs
-            .iter()
-            .any(|j| [j.deadline, j.grace, j.linger].contains(&Some(id)))
+        self.jobs.iter().any(|j| {
+            [j.deadline, j.grace, j.linger].contains(&Some(id))
+                || j.deploy.as_ref().is_some_and(|d| d.owns_timer(id))
+        })
     }
 
     pub fn wants_again(&self) -> bool {
         self.jobs.iter().any(|j| {
             j.chan.has_room()
-                && j.proc
+                && (j
+                    .proc
                     .as_ref()
                     .is_some_and(|p| p.pending(0) || p.pending(1))
+                    || j.deploy.as_ref().is_some_and(|d| d.wants_again(true)))
         })
     }
 
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if let Some(i) = self
+            .jobs
+            .iter()
+            .position(|j| j.deploy.as_ref().is_some_and(|d| d.owns(token)))
+        {
+            let job = &mut self.jobs[i];
+            if let Some(d) = job.deploy.as_mut() {
+                d.on_ready(ctx, &mut job.chan, token);
+            }
+            return self.deploy_progress(ctx, i);
+        }
         let Some(i) = self
             .jobs
             .iter()
@@ -206,17 +236,67 @@ impl Jobs {
 
     pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
         for i in (0..self.jobs.len()).rev() {
+            if self.jobs[i].deploy.is_some() {
+                let job = &mut self.jobs[i];
+                if let Some(d) = job.deploy.as_mut() {
+                    if job.chan.has_room() {
+                        d.on_again(ctx, &mut job.chan);
+                    }
+                }
+                self.deploy_progress(ctx, i);
+                continue;
+            }
             self.read(ctx, i);
         }
     }
 
     pub fn on_sigchld(&mut self, ctx: &mut Ctx<'_>) {
         for i in (0..self.jobs.len()).rev() {
+            if self.jobs[i].deploy.is_some() {
+                let job = &mut self.jobs[i];
+                if let Some(d) = job.deploy.as_mut() {
+                    d.on_sigchld(ctx, &mut job.chan);
+                }
+                self.deploy_progress(ctx, i);
+                continue;
+            }
             self.check_done(ctx, i);
         }
     }
 
+    /// After a deploy moved: once it is over, the job is.
+    fn deploy_progress(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let job = &mut self.jobs[i];
+        if job.done {
+            return self.retire(ctx, i);
+        }
+        let Some(outcome) = job.deploy.as_ref().and_then(|d| d.outcome().cloned()) else {
+            return;
+        };
+        // The deploy's own account wins: a cancel during the replacement
+        // is reported with what the rollback did.
+        job.stop = Some(Stop {
+            status: outcome.status,
+            reason: outcome.reason,
+        });
+        self.finish(ctx, i);
+    }
+
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, timer: JobTimer) {
+        if timer == JobTimer::Deploy {
+            let Some(i) = self
+                .jobs
+                .iter()
+                .position(|j| j.deploy.as_ref().is_some_and(|d| d.owns_timer(id)))
+            else {
+                return;
+            };
+            let job = &mut self.jobs[i];
+            if let Some(d) = job.deploy.as_mut() {
+                d.on_timer(ctx, &mut job.chan, id);
+            }
+            return self.deploy_progress(ctx, i);
+        }
         let Some(i) = self
             .jobs
             .iter()
@@ -235,7 +315,11 @@ impl Jobs {
                 if let Some(p) = &self.jobs[i].proc {
                     p.signal(libc::SIGKILL);
                 }
+                if let Some(d) = &self.jobs[i].deploy {
+                    d.kill();
+                }
             }
+            JobTimer::Deploy => {}
             JobTimer::Reap => {
                 self.jobs[i].linger = None;
                 let reaped = self.jobs[i].proc.as_mut().is_some_and(|p| p.try_reap());
@@ -394,9 +478,13 @@ impl Jobs {
             grace: None,
             linger: None,
             stop: None,
+            deploy: None,
             done: false,
             start,
         };
+        if let Some(spec) = job.start.deploy.clone() {
+            return self.spawn_deploy(ctx, job, *spec, &cfg);
+        }
         let mut args: Vec<OsString> = Vec::new();
         if let Some(script) = &job.start.script {
             args.push("-c".into());
@@ -455,6 +543,46 @@ impl Jobs {
         }
     }
 
+    fn spawn_deploy(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mut job: Job,
+        spec: crate::protocol::deploy::DeploySpec,
+        cfg: &JobsConfig,
+    ) {
+        let d = Deploy::new(
+            spec,
+            &job.start.job_id,
+            job.start.env.clone(),
+            &job.start.secrets,
+            cfg.docker_socket.clone(),
+            &cfg.state_dir,
+        );
+        // No process of its own: pid 0 in the ledger is never signalled
+        // after a restart (no /proc/0), but the job is still reported cut
+        // short.
+        self.ledger.started(RunningEntry {
+            job_id: job.start.job_id.clone(),
+            channel: job.start.channel,
+            pid: 0,
+            start_ticks: 0,
+            started_ms: job.started_ms,
+        });
+        self.save();
+        if job.start.timeout_s > 0 {
+            let after = Duration::from_secs(job.start.timeout_s);
+            job.deadline = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deadline)));
+        }
+        job.deploy = Some(Box::new(d));
+        self.jobs.push(job);
+        let i = self.jobs.len() - 1;
+        let job = &mut self.jobs[i];
+        if let Some(d) = job.deploy.as_mut() {
+            d.begin(ctx, &mut job.chan);
+        }
+        self.deploy_progress(ctx, i);
+    }
+
     fn cancel(&mut self, ctx: &mut Ctx<'_>, job_id: &str) {
         if let Some(pos) = self.queue.iter().position(|(_, q)| q.job_id == job_id) {
             if let Some((_, start)) = self.queue.remove(pos) {
@@ -491,7 +619,15 @@ impl Jobs {
         }
         info!("jobs", "job {}: {reason}", job.start.job_id);
         system_note(job, &format!("{reason}; stopping it"));
-        job.stop = Some(Stop { status, reason });
+        job.stop = Some(Stop {
+            status,
+            reason: reason.clone(),
+        });
+        if let Some(d) = job.deploy.as_mut() {
+            d.abort(ctx, &mut job.chan, status, reason);
+            job.grace = Some(ctx.schedule(grace, Timer::Jobs(JobTimer::Grace)));
+            return self.deploy_progress(ctx, i);
+        }
         if let Some(p) = &job.proc {
             p.signal(libc::SIGTERM);
             p.signal(libc::SIGCONT);
@@ -503,6 +639,9 @@ impl Jobs {
 
     /// Read job `i`'s pipes while its channel has room.
     fn read(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        if self.jobs[i].deploy.is_some() {
+            return self.deploy_progress(ctx, i);
+        }
         let mut buf = vec![0u8; CHUNK];
         let mut budget = MAX_READ_PER_PASS;
         let job = &mut self.jobs[i];
@@ -543,6 +682,9 @@ impl Jobs {
 
     /// Over once reaped with both pipes closed (or closed after lingering).
     fn check_done(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        if self.jobs[i].deploy.is_some() {
+            return self.deploy_progress(ctx, i);
+        }
         let job = &mut self.jobs[i];
         if job.done {
             return self.retire(ctx, i);
@@ -591,6 +733,8 @@ impl Jobs {
             system_note(job, &format!("{status}: {tail}"));
         }
         job.done = true;
+        // A deploy's sockets and git process go with it.
+        job.deploy = None;
         if let Some(mut p) = job.proc.take() {
             p.close(ctx.registry, 0);
             p.close(ctx.registry, 1);
@@ -657,11 +801,21 @@ fn result_message(r: JobResult) -> Outgoing {
 
 /// Output bytes as records: `ts_ms, step 0, bytes`, at most a frame each.
 fn push_output(chan: &mut OutChannel, tag: StreamTag, bytes: &[u8]) -> std::io::Result<()> {
+    push_record(chan, tag, 0, bytes)
+}
+
+/// Output bytes of one step as records, at most a frame each.
+fn push_record(
+    chan: &mut OutChannel,
+    tag: StreamTag,
+    step: u8,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let ts = now_ms().to_be_bytes();
     for chunk in bytes.chunks(CHUNK) {
         let mut payload = Vec::with_capacity(JOB_RECORD_HEADER + chunk.len());
         payload.extend_from_slice(&ts);
-        payload.push(0);
+        payload.push(step);
         payload.extend_from_slice(chunk);
         chan.push(tag, payload)?;
     }

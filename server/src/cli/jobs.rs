@@ -302,7 +302,7 @@ pub fn jobs(client: &Client, c: JobsCommand, json: bool) -> Result<(), CliError>
 }
 
 /// Follow a job's output to its end; the job's outcome becomes ours.
-fn watch(client: &Client, id: &str) -> Result<(), CliError> {
+pub(super) fn watch(client: &Client, id: &str) -> Result<(), CliError> {
     let path = format!("/api/v1/jobs/{}/output?follow=1&format=ndjson", segment(id));
     let reader = client.stream_get(&path, "application/x-ndjson")?;
     for line in reader.lines() {

@@ -1,0 +1,1442 @@
+//! A deploy job: source, image build and container replacement, run in the
+//! event loop as one state machine. Its output goes on the job's channel
+//! like any job's, each record tagged with the step it belongs to
+//! (`protocol::deploy::step`); cancel, timeout, result delivery and the
+//! ledger are the job machinery's (`super`).
+//!
+//! ```text
+//!  Source ── git: /bin/sh running the host's git (fetch ref, checkout, clean) as a child
+//!    │       path: the directory as it is
+//!    ▼
+//!  Ping ── GET /_ping: the engine's API version
+//!    ▼
+//!  Build ── POST /build (classic builder), tar context streamed from the checkout
+//!    │      in chunks as the socket takes them; progress JSON lines → output
+//!    ▼                                     (skipped for a rollback: the image exists)
+//!  InspectOld ── 404: first deploy ─────────────────────┐
+//!    │ found                                            │
+//!  RenameOld (name-old-JOB) ───────────────────────────▶ Create (env + secrets, labels, ports, binds)
+//!                                                         ▼
+//!                                              StopOld (if it ran) ─▶ StartNew
+//!                                                                        ▼
+//!                              Health: inspect (still running?) ─▶ exec cmd / TCP connect, every 1 s
+//!                                │ healthy                    │ exited, timeout, cancel, engine error
+//!                                ▼                            ▼
+//!                        RemoveOld ─▶ Done          Rollback: remove new ─▶ rename old back
+//!                                                        ─▶ start old (if it ran) ─▶ Done (failed)
+//! ```
+//!
+//! A failure before the old container was touched (git, build, create)
+//! leaves it running as it was; once it was renamed every failure goes
+//! through Rollback, which restores it. Cancel and timeout cut git (its
+//! process group) and the build (closing the socket makes the engine
+//! cancel it) at once; during the replacement they take the Rollback path
+//! too, so the host is never left without the app.
+//!
+//! Every Docker call is one exchange on its own `UnixStream` with a
+//! deadline ([`CALL_TIMEOUT`]; the build [`BUILD_TIMEOUT`], the stop the
+//! grace period plus a margin). Secrets reach only the create call's `Env`
+//! and are masked in everything this module writes.
+
+use super::process::{Process, Read_};
+use super::redact::Redactor;
+use super::spool::OutChannel;
+use super::tar::Context;
+use super::{push_record, JobTimer};
+use crate::docker::api::{
+    self, Api, ContainerInspect, CreatedContainer, CreatedExec, ExecConfig, ExecInspect,
+    ProgressLine,
+};
+use crate::docker::http::{
+    encode_chunk, BufferedDecoder, Event as HttpEvent, Request, Response, ResponseDecoder,
+    LAST_CHUNK,
+};
+use crate::docker::stream::LineSplitter;
+use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::protocol::deploy::{step, DeploySpec};
+use crate::protocol::StreamTag;
+use crate::{debug, info};
+use mio::net::UnixStream;
+use mio::{Interest, Token};
+use serde_json::{json, Map, Value};
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Deadline of one Docker call other than the build and the stop.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of the build (the job's own timeout may be shorter).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Grace period given to the old container's stop.
+const STOP_GRACE_S: u32 = 10;
+/// Between health checks.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Largest buffered answer (inspect is the largest, a few KiB).
+const MAX_ANSWER: usize = 1024 * 1024;
+/// Longest build progress line kept.
+const MAX_LINE: usize = 64 * 1024;
+/// Context bytes per chunk of the build upload.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
+/// Bytes read from one socket or pipe per readiness pass.
+const MAX_READ_PER_PASS: usize = 256 * 1024;
+
+/// The git step. Positional: checkout dir, URL, ref. `GIT_TERMINAL_PROMPT=0`
+/// keeps git from waiting for a password nobody will type.
+const GIT_SCRIPT: &str = r#"set -e
+if ! command -v git >/dev/null 2>&1; then
+  echo "git is not installed on this host" >&2
+  exit 127
+fi
+dir=$1; url=$2; ref=$3
+mkdir -p "$dir"
+cd "$dir"
+[ -d .git ] || git init -q
+echo "fetching $ref from $url"
+git -c advice.detachedHead=false fetch --force --no-tags -q "$url" "$ref"
+git -c advice.detachedHead=false checkout -q --force --detach FETCH_HEAD
+git clean -q -ffdx
+git log -1 --format='checked out %H %s'
+"#;
+
+/// Which Docker call an exchange is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Ping,
+    Build,
+    InspectOld,
+    RenameOld,
+    Create,
+    StopOld,
+    StartNew,
+    HealthInspect,
+    ExecCreate,
+    ExecStart,
+    ExecInspect,
+    RemoveOld,
+    RemoveNew,
+    RenameBack,
+    StartOld,
+}
+
+enum Reader {
+    Whole(BufferedDecoder),
+    /// The build's progress stream.
+    Lines {
+        dec: ResponseDecoder,
+        lines: LineSplitter,
+        status: Option<u16>,
+        error_body: Vec<u8>,
+    },
+}
+
+struct Exchange {
+    call: Call,
+    token: Token,
+    stream: UnixStream,
+    out: Vec<u8>,
+    written: usize,
+    /// The build context still to upload (chunked).
+    upload: Option<super::tar::TarStream>,
+    reader: Reader,
+    registered: Interest,
+    eof: bool,
+    /// Left unread for lack of room in the job's channel.
+    stalled: bool,
+    timer: TimerId,
+}
+
+/// What reading an exchange gave.
+enum Got {
+    Wait,
+    Answer(Response),
+    /// The build stream ended (its lines were handled as they came).
+    StreamEnd,
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Old {
+    id: String,
+    running: bool,
+    renamed: bool,
+    stopped: bool,
+}
+
+/// How the deploy ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: &'static str,
+    pub reason: String,
+}
+
+pub struct Deploy {
+    spec: DeploySpec,
+    job_id: String,
+    /// The container's environment, secrets included: only for Create.
+    env: Vec<(String, String)>,
+    socket: Option<PathBuf>,
+    checkout: PathBuf,
+    redact: Redactor,
+    git: Option<Process>,
+    git_redact: [Redactor; 2],
+    api: Option<Api>,
+    io: Option<Exchange>,
+    /// The health poll's wait.
+    wait: Option<TimerId>,
+    old: Option<Old>,
+    new_id: Option<String>,
+    exec_id: Option<String>,
+    health_deadline: Option<Instant>,
+    health_note: String,
+    /// The health command still ran at the last look.
+    recheck_exec: bool,
+    build_error: Option<String>,
+    /// Why we are rolling back.
+    failure: Option<String>,
+    /// Cancel or timeout asked for.
+    stopping: Option<(&'static str, String)>,
+    outcome: Option<Outcome>,
+}
+
+fn now_step(chan: &mut OutChannel, redact: &Redactor, tag: StreamTag, step: u8, text: &str) {
+    let mut r = redact.clone();
+    let mut out = Vec::new();
+    r.feed(text.as_bytes(), &mut out);
+    r.finish(&mut out);
+    if let Err(e) = push_record(chan, tag, step, &out) {
+        debug!("jobs", "deploy output not kept: {e}");
+    }
+}
+
+impl Deploy {
+    pub fn new(
+        spec: DeploySpec,
+        job_id: &str,
+        env: Vec<(String, String)>,
+        secrets: &[(String, String)],
+        socket: Option<PathBuf>,
+        state_dir: &Path,
+    ) -> Deploy {
+        let redact = Redactor::new(secrets.iter().map(|(_, v)| v.as_bytes().to_vec()));
+        let checkout = state_dir.join("deploy").join(&spec.app).join("src");
+        let mut env = env;
+        env.extend(secrets.iter().cloned());
+        Deploy {
+            job_id: job_id.to_owned(),
+            env,
+            socket,
+            checkout,
+            git_redact: [redact.clone(), redact.clone()],
+            redact,
+            git: None,
+            api: None,
+            io: None,
+            wait: None,
+            old: None,
+            new_id: None,
+            exec_id: None,
+            health_deadline: None,
+            health_note: String::new(),
+            recheck_exec: false,
+            build_error: None,
+            failure: None,
+            stopping: None,
+            outcome: None,
+            spec,
+        }
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// A `[tether]` line of the step.
+    fn note(&self, chan: &mut OutChannel, step: u8, text: &str) {
+        now_step(
+            chan,
+            &self.redact,
+            StreamTag::System,
+            step,
+            &format!("[tether] {text}\n"),
+        );
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        self.io.as_ref().is_some_and(|x| x.token == token)
+            || self
+                .git
+                .as_ref()
+                .is_some_and(|p| p.pipe_of(token).is_some())
+    }
+
+    pub fn owns_timer(&self, id: TimerId) -> bool {
+        self.wait == Some(id) || self.io.as_ref().is_some_and(|x| x.timer == id)
+    }
+
+    pub fn wants_again(&self, room: bool) -> bool {
+        room && (self
+            .git
+            .as_ref()
+            .is_some_and(|p| p.pending(0) || p.pending(1))
+            || self.io.as_ref().is_some_and(|x| x.stalled))
+    }
+
+    // ---- start -----------------------------------------------------------
+
+    pub fn begin(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        info!(
+            "jobs",
+            "deploy {} of {} started", self.job_id, self.spec.app
+        );
+        if !self.spec.build {
+            self.note(
+                chan,
+                step::BUILD,
+                &format!("using image {} (no build)", self.spec.image),
+            );
+            return self.call(ctx, chan, Call::Ping);
+        }
+        match (&self.spec.git_url, &self.spec.path) {
+            (Some(url), _) => {
+                let url = url.clone();
+                let r = self.spec.git_ref.clone().unwrap_or_else(|| "HEAD".into());
+                self.start_git(ctx, chan, &url, &r);
+            }
+            (None, Some(p)) => {
+                self.note(chan, step::SOURCE, &format!("source: {p} on this host"));
+                if !Path::new(p).is_dir() {
+                    return self.fail(ctx, chan, format!("source path {p} is not a directory"));
+                }
+                self.call(ctx, chan, Call::Ping);
+            }
+            (None, None) => self.fail(ctx, chan, "the app has no source (git_url or path)".into()),
+        }
+    }
+
+    fn start_git(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, url: &str, r: &str) {
+        let args: Vec<OsString> = vec![
+            "-c".into(),
+            GIT_SCRIPT.into(),
+            "tether-deploy".into(),
+            self.checkout.clone().into(),
+            url.into(),
+            r.into(),
+        ];
+        // Not the app's env, not its secrets: git needs neither.
+        let env = [
+            (OsString::from("GIT_TERMINAL_PROMPT"), OsString::from("0")),
+            (OsString::from("LC_ALL"), OsString::from("C")),
+        ];
+        if let Some(parent) = self.checkout.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                let why = format!("cannot make {}: {e}", parent.display());
+                return self.fail(ctx, chan, why);
+            }
+        }
+        let tokens = [ctx.token(), ctx.token()];
+        let sh = Path::new("/bin/sh");
+        match Process::spawn(sh, &args, &env, Path::new("/"), ctx.registry, tokens) {
+            Ok(p) => {
+                self.git = Some(p);
+                self.read_git(ctx, chan);
+            }
+            Err(e) => self.fail(ctx, chan, format!("cannot start /bin/sh for git: {e}")),
+        }
+    }
+
+    // ---- events ----------------------------------------------------------
+
+    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, token: Token) {
+        if let Some(p) = self.git.as_mut() {
+            if let Some(pipe) = p.pipe_of(token) {
+                p.mark_ready(pipe);
+                return self.read_git(ctx, chan);
+            }
+        }
+        if self.io.as_ref().is_some_and(|x| x.token == token) {
+            self.drive(ctx, chan);
+        }
+    }
+
+    pub fn on_again(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        if self.git.is_some() {
+            self.read_git(ctx, chan);
+        }
+        if self.io.as_ref().is_some_and(|x| x.stalled) {
+            self.drive(ctx, chan);
+        }
+    }
+
+    pub fn on_sigchld(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        if self.git.is_some() {
+            self.read_git(ctx, chan);
+        }
+    }
+
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, id: TimerId) {
+        if self.wait == Some(id) {
+            self.wait = None;
+            if self.failure.is_some() {
+                return self.rollback(ctx, chan);
+            }
+            if std::mem::take(&mut self.recheck_exec) {
+                return self.call(ctx, chan, Call::ExecInspect);
+            }
+            return self.call(ctx, chan, Call::HealthInspect);
+        }
+        if let Some(x) = self.io.take() {
+            if x.timer == id {
+                let call = x.call;
+                self.drop_io(ctx, x);
+                let why = format!("the Docker engine did not answer {call:?} in time");
+                return self.answer(ctx, chan, call, Err(why));
+            }
+            self.io = Some(x);
+        }
+    }
+
+    /// Cancel or timeout: cut what can be cut; during the replacement, roll
+    /// back.
+    pub fn abort(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        status: &'static str,
+        why: String,
+    ) {
+        if self.outcome.is_some() || self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some((status, why.clone()));
+        if let Some(p) = &self.git {
+            p.signal(libc::SIGTERM);
+            p.signal(libc::SIGCONT);
+            return; // the exit is handled in read_git
+        }
+        match self.io.as_ref().map(|x| x.call) {
+            Some(Call::Ping | Call::Build | Call::InspectOld) | None if self.old_untouched() => {
+                if let Some(x) = self.io.take() {
+                    // Closing the build socket makes the engine cancel the build.
+                    self.drop_io(ctx, x);
+                }
+                if let Some(t) = self.wait.take() {
+                    ctx.cancel(t);
+                }
+                self.cleanup_new_then_done(ctx, chan, why);
+            }
+            _ => {
+                // A replacement call is in flight: let it answer, then roll back.
+                if self.failure.is_none() {
+                    self.failure = Some(why);
+                }
+                if let Some(t) = self.wait.take() {
+                    ctx.cancel(t);
+                    self.rollback(ctx, chan);
+                }
+            }
+        }
+    }
+
+    /// SIGKILL for git after the grace period.
+    pub fn kill(&self) {
+        if let Some(p) = &self.git {
+            p.signal(libc::SIGKILL);
+        }
+    }
+
+    fn old_untouched(&self) -> bool {
+        self.old.as_ref().is_none_or(|o| !o.renamed) && self.new_id.is_none()
+    }
+
+    // ---- git -------------------------------------------------------------
+
+    fn read_git(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut budget = MAX_READ_PER_PASS;
+        let Some(p) = self.git.as_mut() else { return };
+        for pipe in 0..2 {
+            while p.pending(pipe) && chan.has_room() && budget > 0 {
+                let tag = if pipe == 0 {
+                    StreamTag::Stdout
+                } else {
+                    StreamTag::Stderr
+                };
+                let mut out = Vec::new();
+                match p.read(ctx.registry, pipe, &mut buf) {
+                    Read_::Data(n) => {
+                        budget = budget.saturating_sub(n);
+                        self.git_redact[pipe].feed(&buf[..n], &mut out);
+                    }
+                    Read_::Empty => break,
+                    Read_::Eof => self.git_redact[pipe].finish(&mut out),
+                }
+                if let Err(e) = push_record(chan, tag, step::SOURCE, &out) {
+                    debug!("jobs", "deploy output not kept: {e}");
+                }
+            }
+        }
+        if !p.try_reap() || p.pipes_open() {
+            return;
+        }
+        let (code, signal) = p.exit();
+        if let Some(mut p) = self.git.take() {
+            p.close(ctx.registry, 0);
+            p.close(ctx.registry, 1);
+        }
+        if let Some((status, why)) = self.stopping.clone() {
+            return self.done(chan, status, why);
+        }
+        match (code, signal) {
+            (Some(0), _) => self.call(ctx, chan, Call::Ping),
+            (Some(127), _) => self.fail(
+                ctx,
+                chan,
+                "git: not found on this host (exit code 127)".into(),
+            ),
+            (Some(c), _) => self.fail(
+                ctx,
+                chan,
+                format!("git failed (exit code {c}); see its output above"),
+            ),
+            (None, Some(s)) => self.fail(ctx, chan, format!("git was killed by signal {s}")),
+            _ => self.fail(ctx, chan, "git ended with an unknown status".into()),
+        }
+    }
+
+    // ---- Docker calls ----------------------------------------------------
+
+    fn api(&self) -> Api {
+        self.api.unwrap_or_else(|| Api::new(api::OLDEST_SUPPORTED))
+    }
+
+    fn request(&mut self, call: Call) -> Result<Request, String> {
+        let api = self.api();
+        let name = self.spec.container.clone();
+        let old_id = self.old.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+        let new_id = self.new_id.clone().unwrap_or_default();
+        Ok(match call {
+            Call::Ping => Api::ping(),
+            Call::Build => api.build(&api::BuildOptions {
+                tag: Some(self.spec.image.clone()),
+                dockerfile: Some(self.spec.dockerfile.clone()),
+                ..Default::default()
+            }),
+            Call::InspectOld => api.inspect_container(&name),
+            Call::RenameOld => api.rename(&old_id, &self.parked_name()),
+            Call::Create => api.create_container(Some(&name), self.create_body()?),
+            Call::StopOld => api.stop(&old_id, Some(STOP_GRACE_S)),
+            Call::StartNew => api.start(&new_id),
+            Call::HealthInspect => api.inspect_container(&new_id),
+            Call::ExecCreate => {
+                let cmd = self
+                    .spec
+                    .health
+                    .as_ref()
+                    .and_then(|h| h.cmd.clone())
+                    .unwrap_or_default();
+                api.exec_create(
+                    &new_id,
+                    &ExecConfig {
+                        cmd,
+                        ..Default::default()
+                    },
+                )
+            }
+            Call::ExecStart => api.exec_start_detached(self.exec_id.as_deref().unwrap_or("")),
+            Call::ExecInspect => api.exec_inspect(self.exec_id.as_deref().unwrap_or("")),
+            Call::RemoveOld => api.remove(&old_id, true, false),
+            Call::RemoveNew => api.remove(&new_id, true, false),
+            Call::RenameBack => api.rename(&old_id, &name),
+            Call::StartOld => api.start(&old_id),
+        })
+    }
+
+    /// Where the old container waits while the new one proves itself.
+    fn parked_name(&self) -> String {
+        let tail: String = self
+            .job_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        format!("{}-old-{tail}", self.spec.container)
+    }
+
+    fn create_body(&self) -> Result<Vec<u8>, String> {
+        let s = &self.spec;
+        let mut labels = Map::new();
+        for (k, v) in &s.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        labels.insert("tether.app".into(), json!(s.app));
+        labels.insert("tether.deployment".into(), json!(self.job_id));
+        let mut exposed = Map::new();
+        let mut bindings = Map::new();
+        for p in &s.ports {
+            let key = format!("{}/{}", p.container, p.proto);
+            exposed.insert(key.clone(), json!({}));
+            let entry = bindings.entry(key).or_insert_with(|| json!([]));
+            if let Value::Array(a) = entry {
+                a.push(json!({"HostIp": p.host_ip.clone().unwrap_or_default(), "HostPort": p.host.to_string()}));
+            }
+        }
+        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let body = json!({
+            "Image": s.image,
+            "Env": env,
+            "Labels": labels,
+            "ExposedPorts": exposed,
+            "HostConfig": {
+                "PortBindings": bindings,
+                "Binds": s.volumes,
+                "RestartPolicy": {"Name": s.restart},
+            },
+        });
+        serde_json::to_vec(&body).map_err(|e| format!("create body: {e}"))
+    }
+
+    fn call(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, call: Call) {
+        let Some(socket) = self.socket.clone() else {
+            let why = "Docker is switched off on this runner (--docker-socket off)".to_owned();
+            return self.answer(ctx, chan, call, Err(why));
+        };
+        let req = match self.request(call) {
+            Ok(r) => r,
+            Err(e) => return self.answer(ctx, chan, call, Err(e)),
+        };
+        let mut stream = match UnixStream::connect(&socket) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!(
+                    "cannot reach the Docker engine at {}: {e}",
+                    socket.display()
+                );
+                return self.answer(ctx, chan, call, Err(why));
+            }
+        };
+        let token = ctx.token();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = ctx.registry.register(&mut stream, token, interest) {
+            return self.answer(
+                ctx,
+                chan,
+                call,
+                Err(format!("cannot watch the Docker socket: {e}")),
+            );
+        }
+        let (reader, upload, timeout) = if call == Call::Build {
+            let root = self.context_dir();
+            let ctx_scan = Context::scan(&root, &self.spec.dockerfile);
+            let scan = match ctx_scan {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ctx.registry.deregister(&mut stream);
+                    let why = format!("reading the build context {}: {e}", root.display());
+                    return self.answer(ctx, chan, call, Err(why));
+                }
+            };
+            self.note(
+                chan,
+                step::BUILD,
+                &format!(
+                    "building {} from {} ({} files in the context)",
+                    self.spec.image,
+                    root.display(),
+                    scan.len()
+                ),
+            );
+            let reader = Reader::Lines {
+                dec: ResponseDecoder::new(req.expect()),
+                lines: LineSplitter::new(MAX_LINE),
+                status: None,
+                error_body: Vec::new(),
+            };
+            (reader, Some(scan.into_stream()), BUILD_TIMEOUT)
+        } else {
+            let timeout = if call == Call::StopOld {
+                CALL_TIMEOUT + Duration::from_secs(u64::from(STOP_GRACE_S))
+            } else {
+                CALL_TIMEOUT
+            };
+            (
+                Reader::Whole(BufferedDecoder::new(req.expect(), MAX_ANSWER)),
+                None,
+                timeout,
+            )
+        };
+        let timer = ctx.schedule(timeout, Timer::Jobs(JobTimer::Deploy));
+        self.io = Some(Exchange {
+            call,
+            token,
+            stream,
+            out: req.encode(),
+            written: 0,
+            upload,
+            reader,
+            registered: interest,
+            eof: false,
+            stalled: false,
+            timer,
+        });
+        self.drive(ctx, chan);
+    }
+
+    fn context_dir(&self) -> PathBuf {
+        let root = match &self.spec.path {
+            Some(p) if self.spec.git_url.is_none() => PathBuf::from(p),
+            _ => self.checkout.clone(),
+        };
+        root.join(&self.spec.context)
+    }
+
+    fn drop_io(&mut self, ctx: &mut Ctx<'_>, mut x: Exchange) {
+        ctx.cancel(x.timer);
+        let _ = ctx.registry.deregister(&mut x.stream);
+    }
+
+    /// Write what the socket takes, read what it has.
+    fn drive(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        let Some(mut x) = self.io.take() else { return };
+        let got = self.pump(&mut x, chan);
+        match got {
+            Got::Wait => {
+                let want = if x.written < x.out.len() || x.upload.is_some() {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if want != x.registered {
+                    if let Err(e) = ctx.registry.reregister(&mut x.stream, x.token, want) {
+                        let call = x.call;
+                        self.drop_io(ctx, x);
+                        return self.answer(ctx, chan, call, Err(format!("Docker socket: {e}")));
+                    }
+                    x.registered = want;
+                }
+                self.io = Some(x);
+            }
+            Got::Answer(resp) => {
+                let call = x.call;
+                self.drop_io(ctx, x);
+                self.answer(ctx, chan, call, Ok(resp));
+            }
+            Got::StreamEnd => {
+                self.drop_io(ctx, x);
+                let r = match self.build_error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                self.built(ctx, chan, r);
+            }
+            Got::Failed(why) => {
+                let call = x.call;
+                self.drop_io(ctx, x);
+                self.answer(ctx, chan, call, Err(why));
+            }
+        }
+    }
+
+    fn pump(&mut self, x: &mut Exchange, chan: &mut OutChannel) -> Got {
+        // Write: the head, then the context as chunks.
+        loop {
+            if x.written == x.out.len() {
+                let Some(up) = x.upload.as_mut() else { break };
+                let mut data = Vec::with_capacity(UPLOAD_CHUNK);
+                match up.fill(&mut data, UPLOAD_CHUNK) {
+                    Ok(more) => {
+                        x.out.clear();
+                        x.written = 0;
+                        if !data.is_empty() {
+                            x.out = encode_chunk(&data);
+                        }
+                        if !more {
+                            x.out.extend_from_slice(LAST_CHUNK);
+                            x.upload = None;
+                        }
+                    }
+                    Err(e) => return Got::Failed(format!("reading the build context: {e}")),
+                }
+                if x.out.is_empty() {
+                    continue;
+                }
+            }
+            match x.stream.write(&x.out[x.written..]) {
+                Ok(0) => return Got::Failed("the Docker socket took no bytes".into()),
+                Ok(n) => x.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The engine may have answered (an error) and closed: read it.
+                Err(_) => {
+                    x.upload = None;
+                    x.out.clear();
+                    x.written = 0;
+                    break;
+                }
+            }
+        }
+        // Read.
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut budget = MAX_READ_PER_PASS;
+        x.stalled = false;
+        while budget > 0 && !x.eof {
+            if matches!(x.reader, Reader::Lines { .. }) && !chan.has_room() {
+                // Backpressure: the engine waits for us.
+                x.stalled = true;
+                break;
+            }
+            let n = match x.stream.read(&mut buf) {
+                Ok(0) => {
+                    x.eof = true;
+                    0
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Got::Failed(format!("reading from the Docker engine: {e}")),
+            };
+            budget = budget.saturating_sub(n);
+            if let Some(g) = self.consume(x, &buf[..n], chan) {
+                return g;
+            }
+        }
+        Got::Wait
+    }
+
+    /// Feed read bytes (or EOF when `x.eof` and `data` is empty).
+    fn consume(&mut self, x: &mut Exchange, data: &[u8], chan: &mut OutChannel) -> Option<Got> {
+        match &mut x.reader {
+            Reader::Whole(dec) => {
+                if !data.is_empty() {
+                    if let Err(e) = dec.feed(data) {
+                        return Some(Got::Failed(format!("Docker's answer: {e}")));
+                    }
+                }
+                if x.eof && !dec.is_done() {
+                    if let Err(e) = dec.eof() {
+                        return Some(Got::Failed(format!("Docker's answer: {e}")));
+                    }
+                }
+                if dec.is_done() {
+                    return dec.take().map(Got::Answer);
+                }
+                None
+            }
+            Reader::Lines {
+                dec,
+                lines,
+                status,
+                error_body,
+            } => {
+                let mut rest = data;
+                let mut ended = false;
+                loop {
+                    let step_ = if rest.is_empty() && x.eof {
+                        match dec.eof() {
+                            Ok(Some(ev)) => crate::docker::Step {
+                                consumed: 0,
+                                item: Some(ev),
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                return Some(Got::Failed(format!("the build stream broke: {e}")))
+                            }
+                        }
+                    } else {
+                        match dec.feed(rest) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                return Some(Got::Failed(format!("the build stream broke: {e}")))
+                            }
+                        }
+                    };
+                    rest = &rest[step_.consumed..];
+                    match step_.item {
+                        None => break,
+                        Some(HttpEvent::Head(h)) => *status = Some(h.status),
+                        Some(HttpEvent::Body(b)) => {
+                            if status.is_some_and(|s| s >= 400) {
+                                let take = b.len().min(MAX_ANSWER.saturating_sub(error_body.len()));
+                                error_body.extend_from_slice(&b[..take]);
+                                continue;
+                            }
+                            let mut input = b;
+                            loop {
+                                let s = lines.feed(input);
+                                input = &input[s.consumed..];
+                                let Some(line) = s.item else { break };
+                                let text = line.bytes.to_vec();
+                                build_line(&text, &self.redact, chan, &mut self.build_error);
+                            }
+                        }
+                        Some(HttpEvent::End) | Some(HttpEvent::Upgraded) => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                    if rest.is_empty() && !x.eof {
+                        break;
+                    }
+                }
+                if ended || (x.eof && rest.is_empty()) {
+                    if let Some(l) = lines.finish() {
+                        let text = l.bytes.to_vec();
+                        build_line(&text, &self.redact, chan, &mut self.build_error);
+                    }
+                    if let Some(s) = status.filter(|s| *s >= 400) {
+                        let msg = String::from_utf8_lossy(error_body).into_owned();
+                        let msg = serde_json::from_str::<Value>(&msg)
+                            .ok()
+                            .and_then(|v| v["message"].as_str().map(str::to_owned))
+                            .unwrap_or(msg);
+                        return Some(Got::Failed(format!(
+                            "the build was refused ({s}): {}",
+                            msg.trim()
+                        )));
+                    }
+                    if !ended && x.eof {
+                        return Some(Got::Failed(
+                            "the Docker engine closed the build stream early".into(),
+                        ));
+                    }
+                    return Some(Got::StreamEnd);
+                }
+                None
+            }
+        }
+    }
+
+    // ---- the sequence ----------------------------------------------------
+
+    /// An exchange ended: decide the next step.
+    fn answer(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        r: Result<Response, String>,
+    ) {
+        let checked = r.and_then(|resp| api::check(resp).map_err(|e| e.to_string()));
+        let rolling_back = matches!(call, Call::RemoveNew | Call::RenameBack | Call::StartOld);
+        if self.failure.is_some()
+            && !rolling_back
+            && !matches!(call, Call::Ping | Call::Build | Call::RemoveOld)
+        {
+            // Cancel or timeout arrived while this call was in flight:
+            // keep what it did, then put the old container back.
+            if let Ok(resp) = &checked {
+                match call {
+                    Call::Create => {
+                        if let Ok(c) = serde_json::from_slice::<CreatedContainer>(&resp.body) {
+                            self.new_id = Some(c.id);
+                        }
+                    }
+                    Call::RenameOld => {
+                        if let Some(o) = &mut self.old {
+                            o.renamed = true;
+                        }
+                    }
+                    Call::StopOld => {
+                        if let Some(o) = &mut self.old {
+                            o.stopped = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return self.rollback(ctx, chan);
+        }
+        match call {
+            Call::Ping => match checked.and_then(|resp| {
+                api::engine_version_from_ping(&resp.head).map_err(|e| e.to_string())
+            }) {
+                Ok(v) => match api::negotiate(v, None) {
+                    Ok(v) => {
+                        self.api = Some(Api::new(v));
+                        if let Some((status, why)) = self.stopping.clone() {
+                            return self.done(chan, status, why);
+                        }
+                        let next = if self.spec.build {
+                            Call::Build
+                        } else {
+                            Call::InspectOld
+                        };
+                        self.call(ctx, chan, next);
+                    }
+                    Err(e) => self.fail(ctx, chan, format!("Docker engine: {e}")),
+                },
+                Err(e) => self.fail(ctx, chan, format!("Docker engine: {e}")),
+            },
+            Call::Build => self.built(ctx, chan, checked.map(|_| ())),
+            Call::InspectOld => match checked {
+                Ok(resp) => match serde_json::from_slice::<ContainerInspect>(&resp.body) {
+                    Ok(c) => {
+                        self.note(
+                            chan,
+                            step::REPLACE,
+                            &format!("current container {} ({})", short(&c.id), c.state.status),
+                        );
+                        self.old = Some(Old {
+                            id: c.id,
+                            running: c.state.running,
+                            renamed: false,
+                            stopped: false,
+                        });
+                        self.call(ctx, chan, Call::RenameOld);
+                    }
+                    Err(e) => self.fail(ctx, chan, format!("inspect {}: {e}", self.spec.container)),
+                },
+                Err(e) if e.contains("No such container") || e.contains("404") => {
+                    self.note(chan, step::REPLACE, "no current container: first deploy");
+                    self.call(ctx, chan, Call::Create);
+                }
+                Err(e) => self.fail(ctx, chan, format!("inspect {}: {e}", self.spec.container)),
+            },
+            Call::RenameOld => match checked {
+                Ok(_) => {
+                    if let Some(o) = &mut self.old {
+                        o.renamed = true;
+                    }
+                    self.call(ctx, chan, Call::Create);
+                }
+                Err(e) => self.fail(ctx, chan, format!("rename the current container: {e}")),
+            },
+            Call::Create => match checked.and_then(|resp| {
+                serde_json::from_slice::<CreatedContainer>(&resp.body).map_err(|e| e.to_string())
+            }) {
+                Ok(c) => {
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("created {} ({})", self.spec.container, short(&c.id)),
+                    );
+                    for w in &c.warnings {
+                        self.note(chan, step::REPLACE, &format!("engine warning: {w}"));
+                    }
+                    self.new_id = Some(c.id);
+                    let stop = self.old.as_ref().is_some_and(|o| o.running);
+                    self.call(ctx, chan, if stop { Call::StopOld } else { Call::StartNew });
+                }
+                Err(e) => self.fail(ctx, chan, format!("create the new container: {e}")),
+            },
+            Call::StopOld => match checked {
+                Ok(_) => {
+                    let mut id = String::new();
+                    if let Some(o) = &mut self.old {
+                        o.stopped = true;
+                        id = short(&o.id).to_owned();
+                    }
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("stopped the old container {id}"),
+                    );
+                    self.call(ctx, chan, Call::StartNew);
+                }
+                Err(e) => self.fail(ctx, chan, format!("stop the old container: {e}")),
+            },
+            Call::StartNew => match checked {
+                Ok(_) => {
+                    let timeout = self.spec.health.as_ref().map_or(30, |h| h.timeout_s.max(1));
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("started; waiting up to {timeout} s for it to be healthy"),
+                    );
+                    self.health_deadline = Some(Instant::now() + Duration::from_secs(timeout));
+                    self.health_note = "not checked yet".into();
+                    self.wait_health(ctx, chan, HEALTH_EVERY);
+                }
+                Err(e) => self.fail(ctx, chan, format!("start the new container: {e}")),
+            },
+            Call::HealthInspect => match checked.and_then(|resp| {
+                serde_json::from_slice::<ContainerInspect>(&resp.body).map_err(|e| e.to_string())
+            }) {
+                Ok(c) if !c.state.running => {
+                    let why = format!(
+                        "the new container is not running ({}, exit code {}{})",
+                        c.state.status,
+                        c.state.exit_code,
+                        if c.state.error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", c.state.error)
+                        }
+                    );
+                    self.fail(ctx, chan, why);
+                }
+                Ok(_) => {
+                    let h = self.spec.health.clone().unwrap_or_default();
+                    if h.cmd.is_some() {
+                        self.call(ctx, chan, Call::ExecCreate);
+                    } else if let Some(port) = h.tcp_port {
+                        // A connect to loopback is answered at once
+                        // (accepted or refused), so a short blocking
+                        // connect cannot stall the loop.
+                        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                        match std::net::TcpStream::connect_timeout(
+                            &addr,
+                            Duration::from_millis(200),
+                        ) {
+                            Ok(_) => self.healthy(
+                                ctx,
+                                chan,
+                                &format!("TCP port {port} accepts connections"),
+                            ),
+                            Err(e) => {
+                                self.health_note = format!("TCP port {port}: {e}");
+                                self.wait_health(ctx, chan, HEALTH_EVERY);
+                            }
+                        }
+                    } else {
+                        self.healthy(ctx, chan, "running");
+                    }
+                }
+                Err(e) => self.fail(ctx, chan, format!("inspect the new container: {e}")),
+            },
+            Call::ExecCreate => match checked.and_then(|resp| {
+                serde_json::from_slice::<CreatedExec>(&resp.body).map_err(|e| e.to_string())
+            }) {
+                Ok(e) => {
+                    self.exec_id = Some(e.id);
+                    self.call(ctx, chan, Call::ExecStart);
+                }
+                Err(e) => {
+                    self.health_note = format!("health command: {e}");
+                    self.wait_health(ctx, chan, HEALTH_EVERY);
+                }
+            },
+            Call::ExecStart => match checked {
+                Ok(_) => self.call(ctx, chan, Call::ExecInspect),
+                Err(e) => {
+                    self.health_note = format!("health command: {e}");
+                    self.wait_health(ctx, chan, HEALTH_EVERY);
+                }
+            },
+            Call::ExecInspect => match checked.and_then(|resp| {
+                serde_json::from_slice::<ExecInspect>(&resp.body).map_err(|e| e.to_string())
+            }) {
+                Ok(e) if e.running => {
+                    // Look again shortly; the health deadline bounds it.
+                    self.health_note = "the health command is still running".into();
+                    self.recheck_exec = true;
+                    self.wait_health(ctx, chan, Duration::from_millis(200));
+                }
+                Ok(ExecInspect {
+                    exit_code: Some(0), ..
+                }) => self.healthy(ctx, chan, "health command exited 0"),
+                Ok(e) => {
+                    self.health_note =
+                        format!("health command exited {}", e.exit_code.unwrap_or(-1));
+                    self.wait_health(ctx, chan, HEALTH_EVERY);
+                }
+                Err(e) => {
+                    self.health_note = format!("health command: {e}");
+                    self.wait_health(ctx, chan, HEALTH_EVERY);
+                }
+            },
+            Call::RemoveOld => {
+                if let Err(e) = checked {
+                    // The new app runs; a leftover old container is only clutter.
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("could not remove the old container: {e}"),
+                    );
+                } else {
+                    self.note(chan, step::REPLACE, "removed the old container");
+                }
+                self.done(chan, "succeeded", String::new());
+            }
+            Call::RemoveNew => {
+                if let Err(e) = checked {
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("could not remove the new container: {e}"),
+                    );
+                } else {
+                    self.note(chan, step::REPLACE, "removed the new container");
+                }
+                self.new_id = None;
+                self.rollback(ctx, chan);
+            }
+            Call::RenameBack => {
+                if let Err(e) = checked {
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("could not rename the old container back: {e}"),
+                    );
+                }
+                if let Some(o) = &mut self.old {
+                    o.renamed = false;
+                }
+                self.rollback(ctx, chan);
+            }
+            Call::StartOld => {
+                let why = self.failure.clone().unwrap_or_default();
+                match checked {
+                    Ok(_) => {
+                        self.note(chan, step::REPLACE, "the previous container runs again");
+                        self.finish_failed(
+                            chan,
+                            format!("{why}; the previous container runs again"),
+                        );
+                    }
+                    Err(e) => {
+                        self.note(
+                            chan,
+                            step::REPLACE,
+                            &format!("could not restart the previous container: {e}"),
+                        );
+                        self.finish_failed(
+                            chan,
+                            format!("{why}; restarting the previous container failed too: {e}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn built(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, r: Result<(), String>) {
+        match r {
+            Ok(()) => {
+                self.note(chan, step::BUILD, &format!("built {}", self.spec.image));
+                self.call(ctx, chan, Call::InspectOld);
+            }
+            Err(e) => self.fail(ctx, chan, format!("build failed: {e}")),
+        }
+    }
+
+    /// Check again after `after`, unless the health deadline passed.
+    fn wait_health(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, after: Duration) {
+        let past = self.health_deadline.is_some_and(|d| Instant::now() >= d);
+        if past {
+            let timeout = self.spec.health.as_ref().map_or(30, |h| h.timeout_s.max(1));
+            let why = format!(
+                "the new container was not healthy within {timeout} s (last check: {})",
+                self.health_note
+            );
+            return self.fail(ctx, chan, why);
+        }
+        self.wait = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deploy)));
+    }
+
+    fn healthy(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, how: &str) {
+        self.note(chan, step::REPLACE, &format!("healthy: {how}"));
+        if self.old.is_some() {
+            return self.call(ctx, chan, Call::RemoveOld);
+        }
+        self.done(chan, "succeeded", String::new());
+    }
+
+    /// Something failed: before the old container was touched, stop here;
+    /// after, put it back.
+    fn fail(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, why: String) {
+        let step_ = if self.old.is_some() || self.new_id.is_some() {
+            step::REPLACE
+        } else if self.api.is_some() {
+            step::BUILD
+        } else {
+            step::SOURCE
+        };
+        self.note(chan, step_, &format!("failed: {why}"));
+        if self.failure.is_none() {
+            self.failure = Some(why);
+        }
+        self.rollback(ctx, chan);
+    }
+
+    fn cleanup_new_then_done(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, why: String) {
+        if self.failure.is_none() {
+            self.failure = Some(why);
+        }
+        self.rollback(ctx, chan);
+    }
+
+    /// The next rollback call, or the end.
+    fn rollback(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        if self.new_id.is_some() {
+            return self.call(ctx, chan, Call::RemoveNew);
+        }
+        let why = self.failure.clone().unwrap_or_else(|| "failed".into());
+        match self.old.clone() {
+            Some(o) if o.renamed => self.call(ctx, chan, Call::RenameBack),
+            Some(o) if o.stopped && o.running => {
+                if let Some(old) = &mut self.old {
+                    old.stopped = false;
+                }
+                self.call(ctx, chan, Call::StartOld)
+            }
+            Some(o) if o.running => {
+                self.finish_failed(chan, format!("{why}; the previous container still runs"))
+            }
+            _ => self.finish_failed(chan, why),
+        }
+    }
+
+    fn finish_failed(&mut self, chan: &mut OutChannel, why: String) {
+        match self.stopping.clone() {
+            Some((status, stop_why)) if why == stop_why => self.done(chan, status, why),
+            Some((status, stop_why)) => self.done(chan, status, format!("{stop_why} ({why})")),
+            None => self.done(chan, "failed", why),
+        }
+    }
+
+    fn done(&mut self, chan: &mut OutChannel, status: &'static str, reason: String) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if status == "succeeded" {
+            self.note(
+                chan,
+                step::REPLACE,
+                &format!("deployed {} as {}", self.spec.image, self.spec.container),
+            );
+        }
+        self.outcome = Some(Outcome { status, reason });
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// One line of build progress: its text to the log, an error remembered.
+fn build_line(line: &[u8], redact: &Redactor, chan: &mut OutChannel, error: &mut Option<String>) {
+    match serde_json::from_slice::<ProgressLine>(line) {
+        Ok(p) => {
+            if let Some(e) = p.error_message() {
+                now_step(
+                    chan,
+                    redact,
+                    StreamTag::Stderr,
+                    step::BUILD,
+                    &format!("{e}\n"),
+                );
+                if error.is_none() {
+                    *error = Some(e.trim().to_owned());
+                }
+            } else if let Some(s) = &p.stream {
+                now_step(chan, redact, StreamTag::Stdout, step::BUILD, s);
+            } else if let Some(s) = &p.status {
+                now_step(
+                    chan,
+                    redact,
+                    StreamTag::Stdout,
+                    step::BUILD,
+                    &format!("{s}\n"),
+                );
+            } else if let Some(id) = p.aux.as_ref().and_then(|a| a["ID"].as_str()) {
+                now_step(
+                    chan,
+                    redact,
+                    StreamTag::Stdout,
+                    step::BUILD,
+                    &format!("image {id}\n"),
+                );
+            }
+        }
+        Err(_) => {
+            let mut text = String::from_utf8_lossy(line).into_owned();
+            text.push('\n');
+            now_step(chan, redact, StreamTag::Stdout, step::BUILD, &text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::spool::Limits;
+    use crate::protocol::deploy::PortMap;
+
+    fn spec() -> DeploySpec {
+        DeploySpec {
+            app: "web".into(),
+            image: "web:jb_1".into(),
+            build: true,
+            container: "web".into(),
+            ports: vec![PortMap {
+                host: 8080,
+                container: 80,
+                proto: "tcp".into(),
+                host_ip: None,
+            }],
+            volumes: vec!["/srv/data:/data:ro".into()],
+            restart: "always".into(),
+            labels: vec![("tier".into(), "front".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_create_call_carries_env_secrets_ports_binds_and_labels() {
+        let d = Deploy::new(
+            spec(),
+            "jb_1",
+            vec![("A".into(), "1".into())],
+            &[("TOKEN".into(), "s3cret".into())],
+            None,
+            Path::new("/nonexistent"),
+        );
+        let body: Value = serde_json::from_slice(&d.create_body().unwrap()).unwrap();
+        assert_eq!(body["Image"], "web:jb_1");
+        assert_eq!(body["Env"], json!(["A=1", "TOKEN=s3cret"]));
+        assert_eq!(body["Labels"]["tier"], "front");
+        assert_eq!(body["Labels"]["tether.deployment"], "jb_1");
+        assert_eq!(body["ExposedPorts"], json!({"80/tcp": {}}));
+        assert_eq!(
+            body["HostConfig"]["PortBindings"]["80/tcp"],
+            json!([{"HostIp": "", "HostPort": "8080"}])
+        );
+        assert_eq!(body["HostConfig"]["Binds"], json!(["/srv/data:/data:ro"]));
+        assert_eq!(body["HostConfig"]["RestartPolicy"]["Name"], "always");
+        assert_eq!(d.parked_name(), "web-old-jb1");
+    }
+
+    fn records(chan: &mut OutChannel) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        while let Some(frame) = chan.next_frame() {
+            let payload = &frame[16..];
+            out.push((
+                payload[8],
+                String::from_utf8_lossy(&payload[JOB_RECORD_HEADER_LEN..]).into_owned(),
+            ));
+        }
+        out
+    }
+
+    const JOB_RECORD_HEADER_LEN: usize = crate::protocol::JOB_RECORD_HEADER;
+
+    #[test]
+    fn build_lines_become_step_2_output_with_secrets_masked_and_errors_kept() {
+        let dir = std::env::temp_dir().join(format!("tether-deploy-{}", std::process::id()));
+        let limits = Limits {
+            mem: 1 << 20,
+            spool: 1 << 20,
+            window: 1 << 20,
+        };
+        let mut chan = OutChannel::new(7, limits, dir.join("7.spool"));
+        chan.link_up(None).unwrap();
+        let redact = Redactor::new([b"hunter2".to_vec()]);
+        let mut err = None;
+        for line in [
+            &br#"{"stream":"Step 1/2 : FROM x\n"}"#[..],
+            br#"{"stream":"echo hunter2\n"}"#,
+            br#"{"errorDetail":{"message":"boom"},"error":"boom"}"#,
+            br#"{"error":"later"}"#,
+            b"not json",
+        ] {
+            build_line(line, &redact, &mut chan, &mut err);
+        }
+        assert_eq!(err.as_deref(), Some("boom"), "the first error is the cause");
+        let got = records(&mut chan);
+        assert!(got.iter().all(|(s, _)| *s == step::BUILD), "{got:?}");
+        let text: String = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(text, "Step 1/2 : FROM x\necho ***\nboom\nlater\nnot json\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

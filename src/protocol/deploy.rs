@@ -1,0 +1,98 @@
+//! What a deploy job carries to the runner (`job_start.deploy`): where the
+//! source is, how to build it, and the container to replace. Environment
+//! variables and secrets travel in `job_start.env` / `job_start.secrets`
+//! as for any job, but a deploy job gives them to the container (in the
+//! create call), not to the git process.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeploySpec {
+    /// The app's name (labels, checkout directory).
+    pub app: String,
+    /// Git repository to clone or fetch; or `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_url: Option<String>,
+    /// Branch, tag or commit (default `HEAD` of the remote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// A directory on the host instead of git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Build context, relative to the source root.
+    #[serde(default = "dot")]
+    pub context: String,
+    /// Dockerfile, relative to the context.
+    #[serde(default = "dockerfile")]
+    pub dockerfile: String,
+    /// Image reference to build (tag) and run.
+    pub image: String,
+    /// false: run `image` as it is (a rollback), no source, no build.
+    #[serde(default = "yes")]
+    pub build: bool,
+    pub container: String,
+    #[serde(default)]
+    pub ports: Vec<PortMap>,
+    /// Docker binds, `source:target[:options]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `no`, `always`, `unless-stopped`, `on-failure`.
+    #[serde(default = "restart")]
+    pub restart: String,
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMap {
+    /// Host port.
+    pub host: u16,
+    pub container: u16,
+    /// `tcp` or `udp`.
+    #[serde(default = "tcp")]
+    pub proto: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+/// The new container is healthy once `cmd` (run inside it with exec) exits
+/// 0, or a TCP connection to host port `tcp_port` succeeds, within
+/// `timeout_s`. With neither, it must still be running after a second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    #[serde(default = "health_timeout")]
+    pub timeout_s: u64,
+}
+
+fn dot() -> String {
+    ".".into()
+}
+fn dockerfile() -> String {
+    "Dockerfile".into()
+}
+fn yes() -> bool {
+    true
+}
+fn restart() -> String {
+    "no".into()
+}
+fn tcp() -> String {
+    "tcp".into()
+}
+fn health_timeout() -> u64 {
+    30
+}
+
+/// Step numbers in a deploy job's output records (`JOB_RECORD_HEADER`'s
+/// `step` byte). 0 is a plain job's only step.
+pub mod step {
+    pub const SOURCE: u8 = 1;
+    pub const BUILD: u8 = 2;
+    pub const REPLACE: u8 = 3;
+}

@@ -1,0 +1,698 @@
+//! Deployments through the real server and runner, with real git and a real
+//! Docker engine: a repository made by the test with a Dockerfile `FROM` the
+//! locally imported busybox image is deployed (container running with its
+//! env and secret), redeployed (replaced), broken in several ways (the old
+//! container keeps running), cancelled, timed out and rolled back; a
+//! directory on the host deploys without git, and a host without git says so. The
+//! docker CLI is used only by the tests, to check.
+
+use crate::util::docker::{self, IMAGE};
+use crate::util::*;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Containers and images a test made, removed on drop.
+struct Cleanup {
+    name: String,
+    image: String,
+}
+
+impl Cleanup {
+    fn new(tag: &str) -> Cleanup {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "tether-d-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Cleanup {
+            image: name.clone(),
+            name,
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("name={}", self.name)])
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let out = Command::new("docker")
+            .args(["images", "-q", &self.image])
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+            }
+        }
+    }
+}
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A git repository with a Dockerfile that copies the context to /ctx.
+fn repo(dir: &Path, version: &str) {
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY . /ctx\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(".dockerignore"), "ignored.txt\n.git\n").unwrap();
+    std::fs::write(dir.join("ignored.txt"), "must not reach the image\n").unwrap();
+    std::fs::write(dir.join("ok"), "").unwrap();
+    std::fs::write(dir.join("version.txt"), format!("{version}\n")).unwrap();
+    sh(
+        dir,
+        "git init -q -b main . && git add -A && git commit -qm v1",
+    );
+}
+
+fn commit(dir: &Path, msg: &str) {
+    sh(dir, &format!("git add -A && git commit -qm {msg}"));
+}
+
+fn docker_out(args: &[&str]) -> Option<String> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn container_id(name: &str) -> Option<String> {
+    docker_out(&["inspect", "-f", "{{.Id}}", name])
+}
+
+fn running(name: &str) -> bool {
+    docker_out(&["inspect", "-f", "{{.State.Running}}", name]).as_deref() == Some("true")
+}
+
+fn cat(name: &str, file: &str) -> String {
+    docker_out(&["exec", name, "cat", file]).unwrap_or_default()
+}
+
+/// Containers whose name starts with `name` (a parked `-old-` one left
+/// behind would show here).
+fn containers_named(name: &str) -> Vec<String> {
+    docker_out(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("name={name}"),
+    ])
+    .unwrap_or_default()
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn setup(server: &Server, tenant: &Tenant) -> Runner {
+    let mut runner = Runner::enroll(server, tenant);
+    runner.start(&["--heartbeat", "1s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    runner
+}
+
+fn put_app(tenant: &Tenant, name: &str, def: Value) {
+    let (st, v) = tenant.call("PUT", &format!("/api/v1/apps/{name}"), Some(def));
+    assert_eq!(st, 200, "put app: {v}");
+}
+
+fn deploy(tenant: &Tenant, app: &str, body: Option<Value>) -> String {
+    let (st, v) = tenant.call("POST", &format!("/api/v1/apps/{app}/deploy"), body);
+    assert_eq!(st, 201, "deploy: {v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// The job, polled: a kept-alive connection the server closed between two
+/// polls (seen once under a loaded full run: "Peer disconnected") is a
+/// transport hiccup, not the behaviour under test, so it is retried a few
+/// times before it fails the test.
+fn job(tenant: &Tenant, id: &str) -> Value {
+    let mut attempt = 0;
+    loop {
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tenant.call("GET", &format!("/api/v1/jobs/{id}"), None)
+        }));
+        match got {
+            Ok((st, v)) => {
+                assert_eq!(st, 200, "{v}");
+                return v;
+            }
+            Err(e) if attempt >= 3 => std::panic::resume_unwind(e),
+            Err(_) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn wait_complete(tenant: &Tenant, id: &str) -> Value {
+    wait_for(
+        Duration::from_secs(120),
+        &format!("deploy {id} to complete"),
+        || {
+            // A deploy takes seconds: no need to poll every 20 ms.
+            std::thread::sleep(Duration::from_millis(100));
+            let v = job(tenant, id);
+            (v["complete"] == true).then_some(v)
+        },
+    )
+}
+
+fn output(tenant: &Tenant, id: &str, query: &str) -> String {
+    let mut r = tenant
+        .api
+        .stream(&format!("/api/v1/jobs/{id}/output?{query}"), &tenant.token);
+    let mut out = String::new();
+    r.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(grep_dir(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_it() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-main");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("main");
+    let secret = "s3cr3t-Deploy-9a7f";
+    let (st, _) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/DB_PASSWORD",
+        Some(json!({ "value": secret })),
+    );
+    assert_eq!(st, 204);
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "env": {"GREETING": "hello"},
+            "secrets": ["DB_PASSWORD"],
+            "labels": {"tier": "web"},
+            "restart": "unless-stopped",
+            "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": 20},
+        }),
+    );
+
+    // Deploy: built, running with its env, the secret and its labels.
+    let first = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &first);
+    let log = output(&tenant, &first, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    assert!(running(&c.name), "the app runs");
+    let env = docker_out(&["inspect", "-f", "{{json .Config.Env}}", &c.name]).unwrap();
+    assert!(env.contains("GREETING=hello"), "{env}");
+    assert!(
+        env.contains(&format!("DB_PASSWORD={secret}")),
+        "secret passed in the create call"
+    );
+    let labels = docker_out(&["inspect", "-f", "{{json .Config.Labels}}", &c.name]).unwrap();
+    assert!(labels.contains("\"tier\":\"web\""), "{labels}");
+    assert!(
+        labels.contains(&format!("\"tether.deployment\":\"{first}\"")),
+        "{labels}"
+    );
+    assert_eq!(
+        docker_out(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}",
+            &c.name
+        ])
+        .unwrap(),
+        "unless-stopped"
+    );
+    assert_eq!(cat(&c.name, "/ctx/version.txt"), "v1");
+    assert!(
+        docker_out(&["exec", &c.name, "test", "-e", "/ctx/ignored.txt"]).is_none(),
+        ".dockerignore honoured"
+    );
+    // Every step spoke, tagged with its number.
+    let nd = output(&tenant, &first, "stream=all&format=ndjson");
+    for s in 1..=3 {
+        assert!(nd.contains(&format!("\"step\":{s}")), "step {s} in\n{nd}");
+    }
+    assert!(log.contains("checked out"), "{log}");
+    assert!(
+        log.contains("Step 1/3 : FROM"),
+        "build progress relayed: {log}"
+    );
+    assert!(log.contains("healthy"), "{log}");
+
+    // Redeploy a new commit: replaced, the old container gone.
+    let id1 = container_id(&c.name).unwrap();
+    std::fs::write(src.path().join("version.txt"), "v2\n").unwrap();
+    commit(src.path(), "v2");
+    let second = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &second);
+    assert_eq!(
+        v["status"],
+        "succeeded",
+        "{v}\n{}",
+        output(&tenant, &second, "stream=all")
+    );
+    let id2 = container_id(&c.name).unwrap();
+    assert_ne!(id1, id2, "a new container");
+    assert!(running(&c.name));
+    assert_eq!(cat(&c.name, "/ctx/version.txt"), "v2");
+    assert_eq!(
+        containers_named(&c.name),
+        vec![c.name.clone()],
+        "old one removed"
+    );
+
+    // Roll back: the first deployment's image again, no build.
+    let (st, v) = tenant.call("POST", &format!("/api/v1/apps/{}/rollback", c.name), None);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["image"], format!("{}:{first}", c.image));
+    let back = v["id"].as_str().unwrap().to_owned();
+    let v = wait_complete(&tenant, &back);
+    let log = output(&tenant, &back, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    assert!(
+        !log.contains("Step 1/3"),
+        "a rollback builds nothing: {log}"
+    );
+    assert_eq!(cat(&c.name, "/ctx/version.txt"), "v1");
+    assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
+
+    // History: newest first, each with its image and status.
+    let (st, h) = tenant.call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None);
+    assert_eq!(st, 200);
+    let h = h.as_array().unwrap();
+    let kinds: Vec<_> = h.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["rollback", "deploy", "deploy"]);
+    assert!(h.iter().all(|d| d["status"] == "succeeded"));
+
+    // The CLI: a deploy watched live exits 0; the history lists it.
+    let cli = |args: &[&str]| {
+        Command::new("timeout")
+            .arg("60")
+            .arg(server_bin())
+            .args(["--api", &server.url, "--ca-file"])
+            .arg(&server.ca)
+            .args(["--token", &tenant.token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["app", "deploy", &c.name]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "{err}\n{}",
+        tenant
+            .call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None)
+            .1
+    );
+    assert!(err.contains("healthy"), "step output printed live: {err}");
+    let o = cli(&["app", "history", &c.name]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert_eq!(
+        text.lines().filter(|l| l.contains("succeeded")).count(),
+        4,
+        "{text}"
+    );
+    assert!(text.contains("rollback"), "{text}");
+
+    // The secret is in no log, stored or streamed, and on no disk.
+    for id in [&first, &second, &back] {
+        assert!(!output(&tenant, id, "stream=all").contains(secret));
+    }
+    let hits = grep_dir(runner.dir.path(), secret.as_bytes());
+    assert!(
+        hits.is_empty(),
+        "secret in the runner's state dir: {hits:?}"
+    );
+    let hits = grep_dir(server.dir.path(), secret.as_bytes());
+    assert!(hits.is_empty(), "secret in the server's data dir: {hits:?}");
+}
+
+#[test]
+fn a_failed_deploy_keeps_the_running_app() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-fail");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("fail");
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": 4},
+        }),
+    );
+    let first = deploy(&tenant, &c.name, None);
+    assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
+    let id1 = container_id(&c.name).unwrap();
+    let unchanged = |what: &str| {
+        assert_eq!(
+            container_id(&c.name).as_deref(),
+            Some(id1.as_str()),
+            "{what}: same container"
+        );
+        assert!(running(&c.name), "{what}: still running");
+        assert_eq!(
+            containers_named(&c.name),
+            vec![c.name.clone()],
+            "{what}: nothing left over"
+        );
+    };
+
+    // A bad ref: git says why.
+    let bad = deploy(&tenant, &c.name, Some(json!({"ref": "no-such-branch"})));
+    let v = wait_complete(&tenant, &bad);
+    let log = output(&tenant, &bad, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("git failed"), "{v}");
+    assert!(log.contains("no-such-branch"), "{log}");
+    unchanged("bad ref");
+
+    // A Dockerfile error.
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nNOTANINSTRUCTION x\n"),
+    )
+    .unwrap();
+    commit(src.path(), "broken");
+    let broken = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &broken);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("build failed"),
+        "{v}"
+    );
+    unchanged("Dockerfile error");
+
+    // A build that fails halfway: a later step exits non-zero.
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nRUN echo first-step-ran\nRUN exit 3\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    commit(src.path(), "halfway");
+    let halfway = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &halfway);
+    let log = output(&tenant, &halfway, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(log.contains("first-step-ran"), "{log}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("non-zero code: 3"),
+        "{v}"
+    );
+    unchanged("failing build");
+
+    // It builds and starts, but never becomes healthy: the old one comes back.
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY . /ctx\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    std::fs::remove_file(src.path().join("ok")).unwrap();
+    commit(src.path(), "unhealthy");
+    let sick = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &sick);
+    let log = output(&tenant, &sick, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}\n{log}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("not healthy within 4 s"), "{reason}");
+    assert!(reason.contains("previous container runs again"), "{reason}");
+    unchanged("failing health check");
+
+    // A port already taken: start fails, the old one comes back.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::fs::write(src.path().join("ok"), "").unwrap();
+    commit(src.path(), "healthy-again");
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "ports": [{"host": port, "container": 80}],
+        }),
+    );
+    let taken = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &taken);
+    let log = output(&tenant, &taken, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}\n{log}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("start the new container"),
+        "{v}"
+    );
+    unchanged("port taken");
+    drop(listener);
+}
+
+#[test]
+fn cancel_and_timeout_stop_a_deploy_and_keep_the_app() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-stop");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("stop");
+    let def = |timeout_s: u64, health: Value| {
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "timeout_s": timeout_s,
+            "health": health,
+        })
+    };
+    put_app(
+        &tenant,
+        &c.name,
+        def(600, json!({"cmd": ["true"], "timeout_s": 10})),
+    );
+    let first = deploy(&tenant, &c.name, None);
+    assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
+    let id1 = container_id(&c.name).unwrap();
+
+    // Cancel during a long build.
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nRUN echo building-slowly && sleep 60\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    commit(src.path(), "slow");
+    let slow = deploy(&tenant, &c.name, None);
+    wait_for(Duration::from_secs(60), "the build to start", || {
+        output(&tenant, &slow, "stream=all")
+            .contains("building-slowly")
+            .then_some(())
+    });
+    let (st, v) = tenant.call("POST", &format!("/api/v1/jobs/{slow}/cancel"), None);
+    assert_eq!(st, 200, "{v}");
+    let v = wait_complete(&tenant, &slow);
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert!(
+        v["finished_ms"].as_i64().unwrap() - v["started_ms"].as_i64().unwrap() < 30_000,
+        "stopped well before the build would end: {v}"
+    );
+    assert_eq!(container_id(&c.name).as_deref(), Some(id1.as_str()));
+    assert!(running(&c.name));
+
+    // Timeout during the same build.
+    put_app(
+        &tenant,
+        &c.name,
+        def(4, json!({"cmd": ["true"], "timeout_s": 10})),
+    );
+    let late = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &late);
+    assert_eq!(v["status"], "timed_out", "{v}");
+    assert_eq!(container_id(&c.name).as_deref(), Some(id1.as_str()));
+    assert!(running(&c.name));
+
+    // Cancel while the new container is waited for: the old one comes back.
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY . /ctx\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    commit(src.path(), "fast");
+    put_app(
+        &tenant,
+        &c.name,
+        def(600, json!({"cmd": ["false"], "timeout_s": 120})),
+    );
+    let waiting = deploy(&tenant, &c.name, None);
+    wait_for(Duration::from_secs(60), "the health wait", || {
+        output(&tenant, &waiting, "stream=all")
+            .contains("waiting up to 120 s")
+            .then_some(())
+    });
+    assert_ne!(
+        container_id(&c.name).as_deref(),
+        Some(id1.as_str()),
+        "the new container holds the name while it is checked"
+    );
+    assert!(!running(&id1), "the old one is stopped meanwhile");
+    tenant.call("POST", &format!("/api/v1/jobs/{waiting}/cancel"), None);
+    let v = wait_complete(&tenant, &waiting);
+    let log = output(&tenant, &waiting, "stream=all");
+    assert_eq!(v["status"], "cancelled", "{v}\n{log}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("previous container runs again"),
+        "{v}"
+    );
+    assert_eq!(container_id(&c.name).as_deref(), Some(id1.as_str()));
+    assert!(running(&c.name));
+    assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
+}
+
+#[test]
+fn a_host_without_git_fails_the_deploy_saying_so() {
+    let server = Server::start();
+    let tenant = server.tenant("deploy-nogit");
+    // A runner whose PATH has a shell and mkdir, but no git.
+    let mut runner = Runner::enroll(&server, &tenant);
+    let bin = TempDir::new("nogit-path");
+    for p in ["sh", "mkdir"] {
+        let found = ["/bin", "/usr/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(p))
+            .find(|x| x.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(found, bin.path().join(p)).unwrap();
+    }
+    let log = std::fs::File::create(runner.dir.path().join("runner.log")).unwrap();
+    let child = runner
+        .cmd()
+        .env("PATH", bin.path())
+        .args(["run", "--heartbeat", "1s", "--docker-socket", "off"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    runner.child = Some(child);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let src = TempDir::new("deploy-src");
+    put_app(
+        &tenant,
+        "nogit",
+        json!({ "runner": runner.id, "git_url": src.path(), "git_ref": "main" }),
+    );
+    let id = deploy(&tenant, "nogit", None);
+    let v = wait_complete(&tenant, &id);
+    let log = output(&tenant, &id, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("git: not found"),
+        "{v}"
+    );
+    assert!(log.contains("git is not installed on this host"), "{log}");
+}
+
+#[test]
+fn a_directory_on_the_host_deploys_without_git() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-path");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-dir");
+    std::fs::create_dir_all(src.path().join("app/docker")).unwrap();
+    std::fs::write(
+        src.path().join("app/docker/Dockerfile.web"),
+        format!("FROM {IMAGE}\nCOPY . /ctx\nCMD [\"sleep\", \"3600\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(src.path().join("app/version.txt"), "from-a-dir\n").unwrap();
+    let c = Cleanup::new("path");
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "path": src.path(),
+            "context": "app",
+            "dockerfile": "docker/Dockerfile.web",
+            "image": c.image,
+        }),
+    );
+    let id = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &id);
+    let log = output(&tenant, &id, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    assert!(!log.contains("fetching"), "no git step: {log}");
+    assert_eq!(cat(&c.name, "/ctx/version.txt"), "from-a-dir");
+    // A ref makes no sense for a directory.
+    let (st, _) = tenant.call(
+        "POST",
+        &format!("/api/v1/apps/{}/deploy", c.name),
+        Some(json!({"ref": "main"})),
+    );
+    assert_eq!(st, 400);
+}
