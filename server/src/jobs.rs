@@ -22,8 +22,8 @@ use crate::job_store::{JobRow, JobStore, OutputRow};
 use crate::logs::FLUSH_EVERY;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
-/// window (its memory cap, 256 KiB) keeps several flushes in flight.
-const FLUSH_BYTES: usize = 64 * 1024;
+/// window (its memory cap, 1 MiB) keeps several flushes in flight.
+const FLUSH_BYTES: usize = 256 * 1024;
 use crate::secrets::SecretBox;
 
 /// Updates a slow watcher may fall behind by before it re-reads storage.

@@ -93,7 +93,9 @@ impl JobsConfig {
             max_concurrent: DEFAULT_MAX_JOBS,
             state_dir: state_dir.to_owned(),
             limits: Limits {
-                mem: 256 * 1024,
+                // Frames are sent from memory: this is also what can be in
+                // flight, so it sets the relay's throughput (bench: job relay).
+                mem: 1024 * 1024,
                 spool: 64 * 1024 * 1024,
                 window: 1024 * 1024,
             },
