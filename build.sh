@@ -183,12 +183,13 @@ target_rustflags() {
         # The MIPS musl targets default to dynamic linking; routers have no
         # musl loader, so force a static binary.
         echo "-Ctarget-feature=+crt-static"
-        # With immediate-abort panics nothing ever unwinds, and ARM's
-        # unwind tables are small (.ARM.exidx) while MIPS's .eh_frame is
-        # about 70 KiB: leave them out to keep the router binaries small.
-        echo "-Cforce-unwind-tables=no"
         ;;
     esac
+    # With immediate-abort panics nothing ever unwinds: no unwind tables
+    # (.eh_frame is about 70 KiB on MIPS, more on x86_64), and no panic
+    # locations (file names and lines nobody can see).
+    echo "-Cforce-unwind-tables=no"
+    echo "-Zlocation-detail=none"
 }
 
 # Fail on an unknown target before building anything.
