@@ -25,6 +25,7 @@ use crate::conn::{
 use crate::docker::client::{Docker, DockerTimer};
 use crate::signals::{self, Signals};
 use crate::telemetry::{Telemetry, TelemetryTimer};
+use crate::terminal::{TerminalTimer, Terminals};
 use crate::{debug, info};
 use mio::{Events, Poll, Registry, Token, Waker};
 use std::cmp::Ordering;
@@ -48,11 +49,14 @@ pub enum Timer {
     Conn(ConnTimer),
     Telemetry(TelemetryTimer),
     Docker(DockerTimer),
+    Terminal(TerminalTimer),
 }
 
-/// What the connection sends besides its own traffic: Docker first (answers
-/// to the server's requests, container events), then telemetry.
+/// What the connection sends besides its own traffic: terminals first
+/// (keystroke echo goes ahead of bulk), then Docker (answers to the
+/// server's requests, container events, logs), then telemetry.
 struct Feeds<'a> {
+    terminals: &'a mut Terminals,
     docker: &'a mut Docker,
     telemetry: &'a mut Telemetry,
 }
@@ -60,11 +64,24 @@ struct Feeds<'a> {
 impl Feed for Feeds<'_> {
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
+            LinkEvent::ChannelAck { channel, .. } | LinkEvent::ChannelData { channel, .. }
+                if Terminals::is_terminal_channel(channel) =>
+            {
+                self.terminals.on_link(ctx, event, None)
+            }
+            LinkEvent::TermOpen { .. } => {
+                let engine = self.docker.engine();
+                self.terminals.on_link(ctx, event, engine)
+            }
+            LinkEvent::TermResize(_) | LinkEvent::TermClose(_) | LinkEvent::ChannelData { .. } => {
+                self.terminals.on_link(ctx, event, None)
+            }
             LinkEvent::DockerRequest { .. }
             | LinkEvent::LogOpen { .. }
             | LinkEvent::LogClose(_)
             | LinkEvent::ChannelAck { .. } => self.docker.on_link(ctx, event),
             other => {
+                self.terminals.on_link(ctx, other.clone(), None);
                 self.docker.on_link(ctx, other.clone());
                 self.telemetry.on_link(ctx, other);
             }
@@ -72,8 +89,9 @@ impl Feed for Feeds<'_> {
     }
 
     fn next_message(&mut self) -> Option<Outgoing> {
-        self.docker
+        self.terminals
             .next_message()
+            .or_else(|| self.docker.next_message())
             .or_else(|| self.telemetry.next_message())
     }
 
@@ -240,6 +258,7 @@ impl EventLoop {
         let waker = Arc::new(Waker::new(self.poll.registry(), DNS_WAKER)?);
         let mut telemetry = Telemetry::new(&cfg.telemetry, Instant::now());
         let mut docker = Docker::new(cfg.docker.clone());
+        let mut terminals = Terminals::new(cfg.terminals.clone());
         let mut conn = Connection::new(cfg, Resolver::new(waker));
         if let Some(s) = &signals {
             s.register(self.poll.registry(), SIGNALS)?;
@@ -260,6 +279,7 @@ impl EventLoop {
                     Timer::Conn(t) => conn.on_timer(&mut ctx, id, t),
                     Timer::Telemetry(t) => telemetry.on_timer(&mut ctx, id, t),
                     Timer::Docker(t) => docker.on_timer(&mut ctx, id, t),
+                    Timer::Terminal(t) => terminals.on_timer(&mut ctx, id, t),
                 }
             }
             if let Some(v) = docker.take_version_change() {
@@ -269,6 +289,7 @@ impl EventLoop {
                 telemetry.set_containers(list);
             }
             let mut feeds = Feeds {
+                terminals: &mut terminals,
                 docker: &mut docker,
                 telemetry: &mut telemetry,
             };
@@ -285,7 +306,11 @@ impl EventLoop {
                 ));
             }
             let mut timeout =
-                if conn.wants_again() || telemetry.wants_again() || docker.wants_again() {
+                if conn.wants_again()
+                    || telemetry.wants_again()
+                    || docker.wants_again()
+                    || terminals.wants_again()
+                {
                     Some(Duration::ZERO)
                 } else {
                     self.timers
@@ -326,12 +351,14 @@ impl EventLoop {
                         }
                         if child {
                             telemetry.on_sigchld(&mut ctx);
+                            terminals.on_sigchld(&mut ctx);
                         }
                         if stop {
                             conn.shutdown(&mut ctx);
                         }
                     }
                     DNS_WAKER => conn.on_dns(&mut ctx),
+                    t if terminals.owns(t) => terminals.on_ready(&mut ctx, t),
                     t if telemetry.owns(t) => telemetry.on_ready(&mut ctx, t),
                     t if docker.owns(t) => docker.on_ready(&mut ctx, t),
                     t => conn.on_ready(&mut ctx, t),
@@ -346,6 +373,9 @@ impl EventLoop {
             }
             if docker.wants_again() {
                 docker.on_again(&mut self.ctx());
+            }
+            if terminals.wants_again() {
+                terminals.on_again(&mut self.ctx());
             }
         }
     }

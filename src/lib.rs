@@ -27,6 +27,7 @@
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
 //! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders; client: the
 //!                engine in the loop (probe, docker_request, events, snapshots)
+//! terminal/      interactive terminals: host login shells on PTYs, TTY execs in containers
 //! ```
 
 pub mod fingerprint;
@@ -62,5 +63,7 @@ pub mod state;
 pub mod sys;
 #[cfg(feature = "runner")]
 pub mod telemetry;
+#[cfg(feature = "runner")]
+pub mod terminal;
 #[cfg(feature = "runner")]
 pub mod url;

@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use tether::config::{self, ConfigError};
 use tether::conn::tls::{self, TlsConfigError};
 use tether::conn::{ConnConfig, Exit, HelloInfo};
+use tether::terminal::TerminalConfig;
 use tether::docker::client::DockerConfig;
 use tether::enroll::{EnrollError, EnrollOptions};
 use tether::event_loop::EventLoop;
@@ -78,6 +79,7 @@ Options:
 const RUN_HELP: &str = "\
 Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interval 60s]
                   [--docker-socket PATH] [--server URL] [--ca-file PEM] [--proxy URL]
+                  [--no-host-terminal] [--host-terminal-user USER]
 
 Connect to the server with the stored credential and stay connected,
 reconnecting with backoff. SIGTERM/SIGINT close the connection cleanly.
@@ -99,6 +101,11 @@ Options:
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
   --proxy URL           HTTP proxy for CONNECT, or `none` [env HTTPS_PROXY / https_proxy, minus NO_PROXY]
+  --no-host-terminal    refuse terminals on this host (container terminals stay);
+                        the server cannot override it [env TETHER_HOST_TERMINAL=off]
+  --host-terminal-user USER
+                        whose login shell a host terminal runs [env TETHER_HOST_TERMINAL_USER,
+                        default: the user the runner runs as]
   -h, --help            this help
 ";
 
@@ -404,6 +411,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let (mut heartbeat, mut ca_file, mut proxy, mut server) = (None, None, None, None);
     let (mut metrics_interval, mut fingerprint_interval) = (None, None);
     let mut docker_socket = None;
+    let (mut no_host_terminal, mut host_terminal_user) = (false, None);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -418,6 +426,10 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),
+            o if o.is("no-host-terminal") => no_host_terminal = true,
+            o if o.is("host-terminal-user") => {
+                host_terminal_user = Some(os_string(parser.value()?)?)
+            }
             o if o.is_help() => return print(RUN_HELP),
             _ => return Err(opt.unexpected()),
         }
@@ -450,6 +462,25 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         None => Some(DEFAULT_FINGERPRINT_INTERVAL),
     };
 
+    let host_terminal = match config::env("TETHER_HOST_TERMINAL").as_deref() {
+        _ if no_host_terminal => false,
+        None | Some("on") | Some("1") | Some("yes") => true,
+        Some("off") | Some("0") | Some("no") => false,
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "TETHER_HOST_TERMINAL must be on or off, not {other:?}"
+            )))
+        }
+    };
+    let terminals = TerminalConfig {
+        host_enabled: host_terminal,
+        host_user: env_or(host_terminal_user, "TETHER_HOST_TERMINAL_USER"),
+    };
+    if let Some(u) = &terminals.host_user {
+        // Fail at start, not at the first terminal.
+        tether::terminal::pty::lookup_user(Some(u))
+            .map_err(|e| CliError::Usage(format!("--host-terminal-user {u}: {e}")))?;
+    }
     let docker_socket = DockerConfig::socket_from(
         docker_socket.as_deref(),
         config::env("TETHER_DOCKER_SOCKET").as_deref(),
@@ -502,10 +533,14 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         proxy,
         tls,
         phase_timeout: config::PHASE_TIMEOUT,
-        hello: HelloInfo::from_host(),
+        hello: HelloInfo {
+            capabilities: terminals.capabilities(),
+            ..HelloInfo::from_host()
+        },
         run_dir: Some(run_dir),
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
         docker: docker_socket.map(DockerConfig::new),
+        terminals,
     };
     // SIGCHLD too: the firewall probes are child processes reaped by the loop.
     let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD])

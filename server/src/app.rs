@@ -19,7 +19,9 @@ use crate::metrics_store::MetricStore;
 use crate::registry::Registry;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
+use crate::terminals::Terminals;
 use crate::{api, auth, containers_api, events, logs_api, runner_ws, telemetry_api};
+use crate::terminals_api;
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,8 @@ pub struct AppState {
     /// SHA-256 hex of the admin token.
     pub admin_token_hash: Arc<str>,
     pub tuning: Tuning,
+    /// Interactive terminal sessions (they outlive runner connections).
+    pub terminals: Arc<Terminals>,
 }
 
 impl AppState {
@@ -96,6 +100,7 @@ impl AppState {
             metrics_writer,
             admin_token_hash: auth::hash_secret(admin_token).into(),
             tuning,
+            terminals: Arc::new(Terminals::new()),
         }
     }
 }
@@ -162,6 +167,20 @@ pub fn app(state: AppState) -> Router {
             get(logs_api::logs),
         )
         .route("/api/v1/runners/{id}/logs", get(logs_api::settings))
+        .route(
+            "/api/v1/runners/{id}/terminals",
+            post(terminals_api::create),
+        )
+        .route(
+            "/api/v1/runners/{id}/terminal",
+            get(terminals_api::open_ws),
+        )
+        .route("/api/v1/terminals", get(terminals_api::audit))
+        .route("/api/v1/terminals/{tid}", delete(terminals_api::close))
+        .route(
+            "/api/v1/terminals/{tid}/attach",
+            get(terminals_api::attach_ws),
+        )
         .route(
             "/api/v1/runners/{id}/logs/collect",
             put(logs_api::set_collect),

@@ -43,6 +43,8 @@ mod serve;
 mod storage;
 mod telemetry;
 mod telemetry_api;
+mod terminals;
+mod terminals_api;
 mod tls;
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 mod containers;
+mod terminals;
 pub use containers::{ContainerEventRow, DockerStateRow};
+pub use terminals::TerminalAuditRow;
 
 /// How many health changes are kept per runner; older ones are dropped so a
 /// flapping runner cannot grow the database without bound.
@@ -385,6 +387,7 @@ impl Storage {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
+        terminals::create(&conn)?;
         Ok(Storage {
             conn: Mutex::new(conn),
         })

@@ -109,7 +109,7 @@ pub struct HelloInfo {
     pub hostname: String,
     pub arch: String,
     pub os: String,
-    /// Capabilities the host owner left switched on (none exist yet).
+    /// Capabilities the host owner left switched on (`terminal.host`).
     pub capabilities: Vec<String>,
 }
 
@@ -144,6 +144,8 @@ pub struct ConnConfig {
     /// The Docker engine (run by the event loop, sent through here);
     /// `None` switches the integration off.
     pub docker: Option<crate::docker::client::DockerConfig>,
+    /// Terminals: what the host owner allows.
+    pub terminals: crate::terminal::TerminalConfig,
 }
 
 /// What happened to the link, for the [`Feed`].
@@ -176,6 +178,20 @@ pub enum LinkEvent {
         kind: protocol::FrameKind,
         seq: u64,
     },
+    /// A DATA frame from the server (terminal keystrokes).
+    ChannelData {
+        channel: u32,
+        seq: u64,
+        payload: Vec<u8>,
+    },
+    /// `term_open` with this id: answer with `term_opened` or `error`.
+    TermOpen {
+        id: u64,
+        open: Box<protocol::TermOpen>,
+    },
+    TermResize(protocol::TermResize),
+    /// `term_close`: hang the terminal up.
+    TermClose(u32),
 }
 
 /// One message of the feed.
@@ -1394,7 +1410,30 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::TermOpen(open) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::TermOpen {
+                        id: envelope.id,
+                        open: Box::new(open),
+                    });
+                }
+                Flow::Continue
+            }
+            Control::TermResize(r) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::TermResize(r));
+                }
+                Flow::Continue
+            }
+            Control::TermClose(c) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::TermClose(c.channel));
+                }
+                Flow::Continue
+            }
             Control::Pong(_)
+            | Control::TermOpened(_)
+            | Control::TermAlive(_)
             | Control::LogOpened(_)
             | Control::DockerState(_)
             | Control::DockerResponse(_)
@@ -1424,8 +1463,16 @@ impl Connection {
                 });
                 Flow::Continue
             }
+            Ok((header, payload)) if header.kind == FrameKind::Data => {
+                // Keystrokes for a terminal; ignored downstream if unknown.
+                self.push_link_event(LinkEvent::ChannelData {
+                    channel: header.channel,
+                    seq: header.seq,
+                    payload: payload.to_vec(),
+                });
+                Flow::Continue
+            }
             Ok((header, payload)) => {
-                // The server sends no bulk data to the runner (yet).
                 debug!(
                     "conn",
                     "ignoring a {:?} frame for channel {} ({} bytes)",

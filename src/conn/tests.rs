@@ -35,6 +35,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
         // switch it on.
         telemetry: TelemetryConfig::off(),
         docker: None,
+        terminals: Default::default(),
     }
 }
 

@@ -708,6 +708,17 @@ impl Docker {
         self.pump_queue(ctx);
     }
 
+    /// The engine's socket and API, while it is available (terminals).
+    pub fn engine(&self) -> Option<crate::terminal::Engine> {
+        match &self.state {
+            Availability::Available { api, .. } => Some(crate::terminal::Engine {
+                socket: self.socket(),
+                api: *api,
+            }),
+            _ => None,
+        }
+    }
+
     /// Open log channels (for status and tests).
     pub fn log_channels(&self) -> usize {
         self.logs.len()
@@ -800,7 +811,12 @@ impl Docker {
             }
             LinkEvent::LogClose(channel) => self.logs.close(ctx, channel),
             LinkEvent::ChannelAck { channel, kind, seq } => self.logs.on_ack(channel, kind, seq),
-            LinkEvent::MetricsAck(_) | LinkEvent::FingerprintResync => {}
+            LinkEvent::MetricsAck(_)
+            | LinkEvent::FingerprintResync
+            | LinkEvent::ChannelData { .. }
+            | LinkEvent::TermOpen { .. }
+            | LinkEvent::TermResize(_)
+            | LinkEvent::TermClose(_) => {}
         }
         self.pump_queue(ctx);
     }
