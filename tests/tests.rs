@@ -13,3 +13,4 @@ mod reconnect;
 mod rogue;
 mod telemetry;
 mod tenancy;
+mod terminal;

@@ -23,6 +23,7 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod containers;
 mod logs;
+mod terminal;
 use containers::ContainerCommand;
 
 /// Help heading of the flags every client subcommand shares (they are global,
@@ -124,6 +125,13 @@ pub enum ClientCommand {
     Logs(logs::LogsArgs),
     /// Log collection and retention of a runner: show, or change with flags
     LogConfig(logs::LogConfigArgs),
+    /// An interactive shell on a runner's host, or in one of its containers
+    Terminal(terminal::TerminalArgs),
+    /// Terminal sessions: who opened which, where, when, for how long
+    Terminals {
+        /// Only this runner's (id or name)
+        runner: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +296,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Events => None,
         ClientCommand::Logs(a) if a.follow => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
+        ClientCommand::Terminal(_) => Some(containers::DOCKER_CALL_TIMEOUT),
         ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
             Some(containers::DOCKER_CALL_TIMEOUT)
         }
@@ -481,6 +490,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             filters,
         } => containers::prune(&client, &runner, images, &filters, json),
         ClientCommand::Docker { runner } => containers::docker(&client, &runner, json),
+        ClientCommand::Terminal(a) => terminal::terminal(&client, args, &a),
+        ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
     }
 }
 

@@ -651,7 +651,7 @@ impl Terminals {
                 s.again = true;
                 break;
             }
-            let want = room.min(READ_CHUNK);
+            let want = room.min(READ_CHUNK).min(budget);
             let r = match &mut s.io {
                 Io::Host(p) => match p.master() {
                     Some(mut m) => m.read(&mut buf[..want]),
