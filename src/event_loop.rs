@@ -4,12 +4,15 @@
 //!
 //! ```text
 //!   ┌──────────────────────────────────────────────────────────────────┐
-//!   │ fire due timers (conn, telemetry)                                 │
-//!   │ conn.pump(telemetry): link events to telemetry, its messages out  │
+//!   │ fire due timers (conn, telemetry, docker, terminals)              │
+//!   │ conn.pump(feeds): link events to the feeds, their messages out:   │
+//!   │   terminals first, then docker (replies, logs), then telemetry    │
 //!   │ poll(timeout = next timer, or 0 if a source asked to go again)    │
-//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry reaps    │
+//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry and      │
+//!   │                                       terminals reap their own    │
 //!   │                                       SIGTERM/INT: conn.shutdown()│
 //!   │   DNS token     ─▶ conn.on_dns()                                  │
+//!   │   pty / exec    ─▶ terminals.on_ready(token)                      │
 //!   │   child pipes   ─▶ telemetry.on_ready(token)                      │
 //!   │   other tokens  ─▶ conn.on_ready(token)                           │
 //!   └──────────────── until conn.exit() is set ─────────────────────────┘

@@ -237,13 +237,15 @@ fn a_terminal_flood_stays_bounded_and_another_terminal_still_echoes() {
     // And the same flood read as fast as we can, in another thread.
     let reader = std::thread::spawn(move || {
         let end = Instant::now() + Duration::from_secs(3);
+        let mut total = 0;
         while Instant::now() < end {
             flood.pump();
             if flood.out.len() > 4 << 20 {
+                total += flood.out.len();
                 flood.out.clear();
             }
         }
-        flood
+        (flood, total)
     });
     for i in 0..20 {
         let t0 = Instant::now();
@@ -252,9 +254,11 @@ fn a_terminal_flood_stays_bounded_and_another_terminal_still_echoes() {
         peak.0 = peak.0.max(rss_kib(runner_pid));
         peak.1 = peak.1.max(rss_kib(server_pid));
     }
-    let mut flood = reader.join().unwrap();
+    let (mut flood, total) = reader.join().unwrap();
+    let total = total + flood.out.len();
+    assert!(total > 1 << 20, "the flood delivered only {total} bytes");
     eprintln!(
-        "flood: runner RSS {base_runner} → {} KiB, server RSS {base_server} → {} KiB, worst echo {worst:?}",
+        "flood: {total} bytes read; runner RSS {base_runner} → {} KiB, server RSS {base_server} → {} KiB, worst echo {worst:?}",
         peak.0, peak.1
     );
     assert!(
@@ -364,4 +368,34 @@ fn a_host_terminal_switched_off_locally_is_refused_with_the_reason() {
     marker(&mut t, "hi");
     let reason = t.wait_end(Duration::from_secs(10));
     assert_eq!(reason.as_deref(), Some("idle timeout"));
+}
+
+#[test]
+fn the_cli_terminal_attaches_runs_and_reports_the_end() {
+    use std::io::Write;
+    let server = Server::start();
+    let tenant = server.tenant("term-cli");
+    let runner = started(&server, &tenant, &[]);
+    let mut child = Command::new(server_bin())
+        .args(["--api", &server.url, "--ca-file"])
+        .arg(&server.ca)
+        .args(["--token", &tenant.token, "terminal", &runner.id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echo cli-$((40+2))\nexit 3\n").unwrap();
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(30)).expect("the CLI exits");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stdout.contains("cli-42"), "{stdout:?}");
+    assert!(stderr.contains("terminal ended: exited 3"), "{stderr:?}");
 }

@@ -321,7 +321,14 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     // close handshake takes.
     registry.detach(&runner_id, session.generation, ending.health_reason());
     conn.logs.close_all("runner disconnected");
-    conn.state.terminals.runner_gone(&runner_id);
+    // A newer connection may have replaced this one already: its
+    // `term_alive` owns the terminals then.
+    if registry
+        .live_last_seen(&conn.runner.tenant_id, &runner_id)
+        .is_none()
+    {
+        conn.state.terminals.runner_gone(&runner_id);
+    }
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }

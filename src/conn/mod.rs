@@ -34,10 +34,11 @@
 //!                   otherwise            ─▶ Stopped at once
 //! ```
 //!
-//! Low-priority traffic (telemetry) comes from a [`Feed`] that the event
-//! loop passes to [`Connection::pump`] once per turn. The connection tells
-//! the feed what happened to the link ([`LinkEvent`]: up with the server's
-//! `metrics_ts`, down, `metrics_ack`, `fingerprint_resync`) and takes its
+//! Everything but the connection's own traffic (terminals, Docker, logs,
+//! telemetry) comes from a [`Feed`] that the event loop passes to
+//! [`Connection::pump`] once per turn. The connection tells the feed what
+//! happened to the link ([`LinkEvent`]: up with the server's `metrics_ts`,
+//! down, the server's requests, ACKs and keystroke DATA frames) and takes its
 //! messages only while everything written so far has left for the socket,
 //! at most [`MAX_FEED_BYTES_PER_PASS`] per turn: a pong or an error waits
 //! behind at most one feed message (a METRICS frame is ≤ 32 KiB), never
