@@ -308,18 +308,17 @@ impl EventLoop {
                     "event loop deadline passed",
                 ));
             }
-            let mut timeout =
-                if conn.wants_again()
-                    || telemetry.wants_again()
-                    || docker.wants_again()
-                    || terminals.wants_again()
-                {
-                    Some(Duration::ZERO)
-                } else {
-                    self.timers
-                        .next_deadline()
-                        .map(|at| at.saturating_duration_since(now))
-                };
+            let mut timeout = if conn.wants_again()
+                || telemetry.wants_again()
+                || docker.wants_again()
+                || terminals.wants_again()
+            {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(now))
+            };
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));

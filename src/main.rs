@@ -28,7 +28,6 @@ use std::process::ExitCode;
 use tether::config::{self, ConfigError};
 use tether::conn::tls::{self, TlsConfigError};
 use tether::conn::{ConnConfig, Exit, HelloInfo};
-use tether::terminal::TerminalConfig;
 use tether::docker::client::DockerConfig;
 use tether::enroll::{EnrollError, EnrollOptions};
 use tether::event_loop::EventLoop;
@@ -37,6 +36,7 @@ use tether::log::{self, Level};
 use tether::signals::Signals;
 use tether::state::{self, RunState, StateDir, StateError};
 use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
+use tether::terminal::TerminalConfig;
 
 const MAIN_HELP: &str = "\
 tether: the Tether runner. Holds one outbound TLS WebSocket to tether-server.

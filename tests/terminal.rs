@@ -280,7 +280,9 @@ fn a_terminal_flood_stays_bounded_and_another_terminal_still_echoes() {
 
 /// Open fds and direct children of a process.
 fn fds_and_children(pid: u32) -> (usize, usize) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let children = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
@@ -317,7 +319,10 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
             marker(&mut t, &format!("r{round}x{i}"));
             open.push(t);
         }
-        assert!(fds_and_children(pid).1 >= before.1 + 3, "host shells are children");
+        assert!(
+            fds_and_children(pid).1 >= before.1 + 3,
+            "host shells are children"
+        );
         for (i, mut t) in open.into_iter().enumerate() {
             match i % 3 {
                 0 => t.send(b"exit\n"),
@@ -336,13 +341,17 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
         (now == before).then_some(now)
     });
     assert_eq!(after, before);
-    wait_for(Duration::from_secs(10), "no exec left in the container", || {
-        (box_.processes().len() == 1).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "no exec left in the container",
+        || (box_.processes().len() == 1).then_some(()),
+    );
     let (_, v) = tenant.call("GET", "/api/v1/terminals?limit=100", None);
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 18);
-    assert!(rows.iter().all(|r| r["open"] == false && r["closed_at"].is_string()));
+    assert!(rows
+        .iter()
+        .all(|r| r["open"] == false && r["closed_at"].is_string()));
 }
 
 #[test]
@@ -393,8 +402,18 @@ fn the_cli_terminal_attaches_runs_and_reports_the_end() {
     let mut stdout = String::new();
     let mut stderr = String::new();
     use std::io::Read;
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "{status}: {stderr}");
     assert!(stdout.contains("cli-42"), "{stdout:?}");
     assert!(stderr.contains("terminal ended: exited 3"), "{stderr:?}");

@@ -20,8 +20,8 @@ use crate::registry::Registry;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
 use crate::terminals::Terminals;
-use crate::{api, auth, containers_api, events, logs_api, runner_ws, telemetry_api};
 use crate::terminals_api;
+use crate::{api, auth, containers_api, events, logs_api, runner_ws, telemetry_api};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -171,10 +171,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/runners/{id}/terminals",
             post(terminals_api::create),
         )
-        .route(
-            "/api/v1/runners/{id}/terminal",
-            get(terminals_api::open_ws),
-        )
+        .route("/api/v1/runners/{id}/terminal", get(terminals_api::open_ws))
         .route("/api/v1/terminals", get(terminals_api::audit))
         .route("/api/v1/terminals/{tid}", delete(terminals_api::close))
         .route(

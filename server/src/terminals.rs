@@ -340,7 +340,11 @@ impl Terminals {
     /// `term_alive` on a new connection: the frames to send (keystrokes
     /// again from the runner's ACK, closes still owed) and the sessions the
     /// runner no longer has.
-    pub fn on_alive(&self, runner_id: &str, channels: &[u32]) -> (Vec<ToRunner>, Vec<Arc<Session>>) {
+    pub fn on_alive(
+        &self,
+        runner_id: &str,
+        channels: &[u32],
+    ) -> (Vec<ToRunner>, Vec<Arc<Session>>) {
         let (mut send, mut lost) = (Vec::new(), Vec::new());
         for s in self.of_runner(runner_id) {
             let mut st = s.lock();

@@ -33,9 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tether::protocol::{
-    encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD,
-};
+use tether::protocol::{encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::api::{runner_in_tenant, JsonBody};
@@ -394,9 +392,10 @@ pub fn record_end(state: &AppState, s: &Session) {
         (reason, st.bytes_in, st.bytes_out)
     };
     tracing::info!(runner = %s.runner_id, session = %s.id, %reason, "terminal ended");
-    if let Err(e) = state
-        .storage
-        .terminal_closed(&s.id, clock::now_ms(), &reason, bytes_in, bytes_out)
+    if let Err(e) =
+        state
+            .storage
+            .terminal_closed(&s.id, clock::now_ms(), &reason, bytes_in, bytes_out)
     {
         tracing::error!(session = %s.id, "recording the end of a terminal: {e}");
     }

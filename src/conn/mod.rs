@@ -154,7 +154,9 @@ pub struct ConnConfig {
 pub enum LinkEvent {
     /// `welcome` arrived: a new connection. `metrics_ts` is the newest
     /// metrics record the server has stored.
-    Up { metrics_ts: Option<u64> },
+    Up {
+        metrics_ts: Option<u64>,
+    },
     /// The connection that was up is gone.
     Down,
     /// `metrics_ack`: every record up to this time is stored.

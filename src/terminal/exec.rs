@@ -117,7 +117,9 @@ pub fn start(
         }
         let mut input = &buf[..n];
         while !input.is_empty() {
-            let step = dec.feed(input).map_err(|e| ExecError::Engine(e.to_string()))?;
+            let step = dec
+                .feed(input)
+                .map_err(|e| ExecError::Engine(e.to_string()))?;
             input = &input[step.consumed..];
             match step.item {
                 None => break,

@@ -529,7 +529,8 @@ impl Terminals {
     }
 
     fn schedule_tick(&mut self, ctx: &mut Ctx<'_>) {
-        let busy = !self.sessions.is_empty() || !self.reaping.is_empty() || !self.orphans.is_empty();
+        let busy =
+            !self.sessions.is_empty() || !self.reaping.is_empty() || !self.orphans.is_empty();
         if busy && self.tick.is_none() {
             self.tick = Some(ctx.schedule(TICK, Timer::Terminal(TerminalTimer::Tick)));
         }
@@ -587,8 +588,7 @@ impl Terminals {
             // (from our ACK) carries these bytes too, in order.
             debug!(
                 "term",
-                "terminal {channel}: keystrokes from {seq}, expected {}; dropped",
-                s.in_seq
+                "terminal {channel}: keystrokes from {seq}, expected {}; dropped", s.in_seq
             );
             return;
         }

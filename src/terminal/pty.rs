@@ -130,15 +130,8 @@ impl Pty {
         let (mut m, mut s): (libc::c_int, libc::c_int) = (-1, -1);
         let ws = winsize(cols, rows);
         // SAFETY: out-pointers to locals; name and termios may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut s,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &ws,
-            )
-        };
+        let rc =
+            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -201,13 +194,12 @@ impl Pty {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if switch {
-                    if libc::initgroups(cname.as_ptr(), gid as _) != 0
+                if switch
+                    && (libc::initgroups(cname.as_ptr(), gid as _) != 0
                         || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(io::Error::last_os_error());
                 }
                 let flag = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
                 if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flag) != 0 {

@@ -497,7 +497,15 @@ fn keystroke_round_trip(rows: &mut Vec<Row>) {
     });
     let name = format!("tether-bench-term-{}", std::process::id());
     let ok = Command::new("docker")
-        .args(["run", "-d", "--name", &name, util::docker::IMAGE, "sleep", "3600"])
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            util::docker::IMAGE,
+            "sleep",
+            "3600",
+        ])
         .stdout(Stdio::null())
         .status()
         .unwrap()
@@ -507,7 +515,10 @@ fn keystroke_round_trip(rows: &mut Vec<Row>) {
     // Through tether.
     let q = format!("container={name}&command=stty%20raw%20-echo%3Becho%20READY%3Bexec%20cat");
     let mut t = TermClient::open(&server, &tenant.token, &runner.id, &q).unwrap();
-    assert!(t.read_until(0, "READY", Duration::from_secs(15)), "cat did not start");
+    assert!(
+        t.read_until(0, "READY", Duration::from_secs(15)),
+        "cat did not start"
+    );
     // Directly: the engine's exec over its socket.
     let socket = std::path::Path::new("/var/run/docker.sock");
     let api = Api::new(ApiVersion::new(1, 41));
@@ -576,7 +587,8 @@ fn keystroke_round_trip(rows: &mut Vec<Row>) {
         value: d50 / 1000.0,
         unit: "ms",
         goal: None,
-        how: "exec create/start with Tty over /var/run/docker.sock, same container, same run".into(),
+        how: "exec create/start with Tty over /var/run/docker.sock, same container, same run"
+            .into(),
     });
     rows.push(Row {
         what: "keystroke round trip, direct docker exec (Engine API), p99".into(),

@@ -107,7 +107,9 @@ impl TermClient {
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.ws.send(Message::Binary(bytes.to_vec().into())).unwrap();
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .unwrap();
     }
 
     pub fn resize(&mut self, cols: u16, rows: u16) {

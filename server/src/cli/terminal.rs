@@ -166,7 +166,9 @@ async fn connect(
     } else if let Some(r) = base.strip_prefix("http://") {
         (false, r)
     } else {
-        return Err(CliError::Usage(format!("--api {base}: use https:// or http://")));
+        return Err(CliError::Usage(format!(
+            "--api {base}: use https:// or http://"
+        )));
     };
     let authority = rest.split('/').next().unwrap_or(rest);
     // A port is after the last ':' unless that ':' is inside [ipv6].
@@ -187,7 +189,9 @@ async fn connect(
     tcp.set_nodelay(true).ok();
     let stream: Box<dyn Io> = if https {
         let name = rustls::pki_types::ServerName::try_from(
-            host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
         )
         .map_err(|e| CliError::Usage(format!("--api: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(tls.clone())
@@ -207,9 +211,7 @@ async fn connect(
         .into_client_request()
         .map_err(|e| CliError::Other(e.to_string()))?;
     if let Some(a) = client.auth_header() {
-        let v = a
-            .parse()
-            .map_err(|_| CliError::Usage("bad token".into()))?;
+        let v = a.parse().map_err(|_| CliError::Usage("bad token".into()))?;
         request.headers_mut().insert("Authorization", v);
     }
     let (ws, _) = tokio_tungstenite::client_async(request, stream)

@@ -170,7 +170,8 @@ mod tests {
             bytes_out: 0,
         };
         s.terminal_opened("tn_1", &row).unwrap();
-        s.terminal_closed("tm_1", 5000, "exited 0", 12, 345).unwrap();
+        s.terminal_closed("tm_1", 5000, "exited 0", 12, 345)
+            .unwrap();
         // A second close does not overwrite the first.
         s.terminal_closed("tm_1", 9000, "again", 0, 0).unwrap();
         let rows = s.terminal_audit("tn_1", None, 10).unwrap();
@@ -179,6 +180,9 @@ mod tests {
         assert_eq!(rows[0].reason.as_deref(), Some("exited 0"));
         assert_eq!((rows[0].bytes_in, rows[0].bytes_out), (12, 345));
         assert!(s.terminal_audit("tn_2", None, 10).unwrap().is_empty());
-        assert!(s.terminal_audit("tn_1", Some("rn_2"), 10).unwrap().is_empty());
+        assert!(s
+            .terminal_audit("tn_1", Some("rn_2"), 10)
+            .unwrap()
+            .is_empty());
     }
 }
