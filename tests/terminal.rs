@@ -418,3 +418,54 @@ fn the_cli_terminal_attaches_runs_and_reports_the_end() {
     assert!(stdout.contains("cli-42"), "{stdout:?}");
     assert!(stderr.contains("terminal ended: exited 3"), "{stderr:?}");
 }
+
+#[test]
+fn a_log_flood_does_not_hold_back_terminal_echo() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("term-logflood");
+    let runner = started(&server, &tenant, &[]);
+    let mut t = TermClient::open(&server, &tenant.token, &runner.id, "").unwrap();
+    marker(&mut t, "calm");
+    let mut calm = Duration::ZERO;
+    for i in 0..10 {
+        let t0 = Instant::now();
+        marker(&mut t, &format!("calm{i}"));
+        calm = calm.max(t0.elapsed());
+    }
+    // A container logging as fast as it can; the server collects every
+    // container by default, so its lines travel on the same connection.
+    let name = format!("tether-term-logflood-{}", std::process::id());
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name, IMAGE, "sh", "-c"])
+        .arg("yes 0123456789012345678901234567890123456789012345678901234567890123456789")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _cleanup = Sleeper { name: name.clone() };
+    // Wait until collection is under way.
+    let path = format!(
+        "/api/v1/runners/{}/containers/{name}/logs?tail=1",
+        runner.id
+    );
+    wait_for(Duration::from_secs(20), "collected lines", || {
+        let (st, v) = tenant.call("GET", &path, None);
+        (st == 200 && !v.is_null()).then_some(())
+    });
+    let mut busy = Duration::ZERO;
+    for i in 0..20 {
+        let t0 = Instant::now();
+        marker(&mut t, &format!("busy{i}"));
+        busy = busy.max(t0.elapsed());
+    }
+    eprintln!("echo worst: {calm:?} calm, {busy:?} during the log flood");
+    // Generous (a shared machine): a stall behind the flood would be seconds.
+    assert!(
+        busy < Duration::from_secs(1),
+        "an echo took {busy:?} during a log flood"
+    );
+}
