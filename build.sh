@@ -56,7 +56,7 @@ for t in "${targets[@]}"; do
         cargo build --locked --release -p tether --bin tether --target "$t" \
         -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
     mkdir -p "dist/$t"
-    cp "target/$t/release/tether" "dist/$t/tether"
+    cp "${CARGO_TARGET_DIR:-target}/$t/release/tether" "dist/$t/tether"
 done
 
 printf '\n%-32s %12s %10s\n' target bytes MiB
