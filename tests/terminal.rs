@@ -303,9 +303,19 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
     let runner = started(&server, &tenant, &[]);
     let box_ = Sleeper::start();
     let pid = runner.pid();
-    // Let the runner settle (Docker probe, first messages).
-    std::thread::sleep(Duration::from_secs(2));
-    let before = fds_and_children(pid);
+    // Warm up (the Docker probe, the container's log collection, the first
+    // terminal of each kind), then take the baseline once it holds still.
+    for q in [String::new(), format!("container={}", box_.name)] {
+        let mut t = TermClient::open(&server, &tenant.token, &runner.id, &q).unwrap();
+        marker(&mut t, "warm");
+        t.send(b"exit\n");
+        assert!(t.wait_end(Duration::from_secs(15)).is_some());
+    }
+    let before = wait_for(Duration::from_secs(15), "a steady baseline", || {
+        let a = fds_and_children(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        (fds_and_children(pid) == a).then_some(a)
+    });
 
     for round in 0..3 {
         let mut open = Vec::new();
@@ -336,11 +346,22 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
             assert!(t.wait_end(Duration::from_secs(15)).is_some(), "no end");
         }
     }
-    let after = wait_for(Duration::from_secs(15), "fds and children back", || {
-        let now = fds_and_children(pid);
-        (now == before).then_some(now)
-    });
-    assert_eq!(after, before);
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut after = fds_and_children(pid);
+    while after != before && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        after = fds_and_children(pid);
+    }
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        after, before,
+        "(fds, children) of the runner; fds now: {fds:?}"
+    );
     wait_for(
         Duration::from_secs(10),
         "no exec left in the container",
@@ -348,7 +369,7 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
     );
     let (_, v) = tenant.call("GET", "/api/v1/terminals?limit=100", None);
     let rows = v.as_array().unwrap();
-    assert_eq!(rows.len(), 18);
+    assert_eq!(rows.len(), 20);
     assert!(rows
         .iter()
         .all(|r| r["open"] == false && r["closed_at"].is_string()));
@@ -468,4 +489,31 @@ fn a_log_flood_does_not_hold_back_terminal_echo() {
         busy < Duration::from_secs(1),
         "an echo took {busy:?} during a log flood"
     );
+}
+
+#[test]
+fn a_terminal_of_a_restarted_runner_ends_on_the_server_and_its_shell_is_gone() {
+    let server = Server::start();
+    let tenant = server.tenant("term-restart");
+    let mut runner = started(&server, &tenant, &[]);
+    let mut t = TermClient::open(&server, &tenant.token, &runner.id, "").unwrap();
+    let pid = shell_pid(&mut t);
+    signal(runner.child(), libc::SIGKILL);
+    wait_exit(runner.child(), Duration::from_secs(10)).expect("runner gone");
+    // The master closed with the runner: the kernel hangs the shell up.
+    wait_for(Duration::from_secs(10), "the shell to exit", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    });
+    runner.start(&["--heartbeat", "1s", "--metrics-interval", "off"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let reason = t.wait_end(Duration::from_secs(20));
+    assert_eq!(
+        reason.as_deref(),
+        Some("the runner no longer has this terminal")
+    );
+    let row = audit_row(&tenant, &t.session);
+    assert_eq!(row["reason"], "the runner no longer has this terminal");
 }

@@ -309,6 +309,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         .await
     {
         Ok(()) => {
+            conn.state.terminals.runner_back(&runner_id);
             conn.live(
                 &mut session,
                 Duration::from_millis(silence_limit_ms(heartbeat_ms)),

@@ -8,7 +8,7 @@
 //!  POST/WS open ─▶ Opening ─term_opened─▶ Live ─────────END from the runner────────▶ Ended
 //!                     │ error: gone            │ client WS gone ─▶ detached; none back in 60 s ─▶ term_close
 //!                     │                        │ runner link gone ─▶ away; not back in 90 s ─────▶ Ended
-//!                     │                        │ runner back: term_alive without it ──────────────▶ Ended
+//!                     │                        │ runner back: term_alive without it, or none in 10 s ─▶ Ended
 //!                     │                        │ close (client, DELETE, idle on the runner) ─▶ term_close ─▶ END
 //! ```
 //!
@@ -83,6 +83,9 @@ pub struct State {
     /// or it opened it on this connection).
     pub runner_here: bool,
     pub runner_away_since: Option<Instant>,
+    /// The runner connected again after being away; `term_alive` must
+    /// confirm the terminal soon (a restarted runner sends none).
+    pub runner_back_at: Option<Instant>,
     /// A close was asked for: `term_close` is sent (or will be on reconnect).
     pub closing: bool,
     pub bytes_in: u64,
@@ -248,6 +251,7 @@ impl Terminals {
                 in_sent: 0,
                 runner_here: true,
                 runner_away_since: None,
+                runner_back_at: None,
                 closing: false,
                 bytes_in: 0,
                 bytes_out: 0,
@@ -361,6 +365,7 @@ impl Terminals {
             }
             st.runner_here = true;
             st.runner_away_since = None;
+            st.runner_back_at = None;
             st.in_sent = st.in_acked;
             for f in st.unsent_input(s.channel) {
                 send.push(ToRunner::Binary(f));
@@ -376,12 +381,25 @@ impl Terminals {
         (send, lost)
     }
 
+    /// The runner connected again: the terminals it had wait for its
+    /// `term_alive`.
+    pub fn runner_back(&self, runner_id: &str) {
+        let now = Instant::now();
+        for s in self.of_runner(runner_id) {
+            let mut st = s.lock();
+            if !st.runner_here {
+                st.runner_back_at = Some(now);
+            }
+        }
+    }
+
     /// The runner's connection ended: its terminals wait for it.
     pub fn runner_gone(&self, runner_id: &str) {
         let now = Instant::now();
         for s in self.of_runner(runner_id) {
             let mut st = s.lock();
             st.runner_here = false;
+            st.runner_back_at = None;
             st.runner_away_since.get_or_insert(now);
             drop(st);
             s.notify.notify_one();

@@ -51,6 +51,9 @@ use crate::terminals::{
 
 /// Hang up after this long without a keystroke or output, unless asked.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3600;
+/// A runner back on a new connection confirms its terminals (`term_alive`)
+/// within this long, or they are gone (it restarted).
+const ALIVE_WAIT: Duration = Duration::from_secs(10);
 /// A hang-up the runner has not confirmed with END after this long ends here.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// A send to a terminal client taking longer drops the client (it reattaches).
@@ -448,7 +451,7 @@ async fn watchdog(state: AppState, s: Arc<Session>) {
     loop {
         sleep(Duration::from_secs(1)).await;
         let now = Instant::now();
-        let (detached, away, closing) = {
+        let (detached, away, closing, back) = {
             let st = s.lock();
             if matches!(st.phase, Phase::Ended(_)) {
                 return;
@@ -462,10 +465,15 @@ async fn watchdog(state: AppState, s: Arc<Session>) {
                 st.runner_away_since
                     .map(|t| now.saturating_duration_since(t)),
                 st.closing,
+                st.runner_back_at.map(|t| now.saturating_duration_since(t)),
             )
         };
         if away.is_some_and(|d| d > RUNNER_AWAY_TIMEOUT) {
             end_here(&state, &s, "runner unreachable");
+            return;
+        }
+        if back.is_some_and(|d| d > ALIVE_WAIT) {
+            end_here(&state, &s, "the runner no longer has this terminal");
             return;
         }
         if closing {

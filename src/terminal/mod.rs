@@ -20,7 +20,8 @@
 //!
 //!  link down: keeps running and reading up to the window (the replay buffer);
 //!             after `detach_timeout` (60 s) without a link: hang-up.
-//!  link up:   term_alive (the channels still here), then everything not
+//!  link up:   term_alive (the channels still here; sent once this process
+//!             has had a terminal), then everything not
 //!             acknowledged is sent again from the server's ACK; the server
 //!             drops what it already has (no gap, no duplicate).
 //! ```
@@ -165,6 +166,11 @@ pub struct Terminals {
     orphans: Vec<(i32, Instant)>,
     /// Round-robin position for fairness between floods.
     next: usize,
+    /// A terminal was opened since this process started: the server may
+    /// hold sessions of ours, so every new link starts with `term_alive`.
+    /// (A fresh process has nothing to report; the server ends what a
+    /// reconnected runner does not confirm.)
+    ever_opened: bool,
 }
 
 impl Terminals {
@@ -179,6 +185,7 @@ impl Terminals {
             reaping: Vec::new(),
             orphans: Vec::new(),
             next: 0,
+            ever_opened: false,
         }
     }
 
@@ -210,11 +217,11 @@ impl Terminals {
                 self.link_up = true;
                 self.down_since = None;
                 self.control.clear();
-                let channels = self.sessions.iter().map(|s| s.channel).collect();
-                self.control
-                    .push_back(Outgoing::Control(Box::new(Control::TermAlive(TermAlive {
-                        channels,
-                    }))));
+                if self.ever_opened {
+                    let channels = self.sessions.iter().map(|s| s.channel).collect();
+                    let alive = Control::TermAlive(TermAlive { channels });
+                    self.control.push_back(Outgoing::Control(Box::new(alive)));
+                }
                 for s in &mut self.sessions {
                     // Resend what the server may not have; it drops overlap.
                     s.sent = s.acked;
@@ -525,6 +532,7 @@ impl Terminals {
             })),
         });
         self.sessions.push(s);
+        self.ever_opened = true;
         self.schedule_tick(ctx);
     }
 
