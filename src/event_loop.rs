@@ -4,12 +4,15 @@
 //!
 //! ```text
 //!   ┌──────────────────────────────────────────────────────────────────┐
-//!   │ fire due timers (conn, telemetry)                                 │
-//!   │ conn.pump(telemetry): link events to telemetry, its messages out  │
+//!   │ fire due timers (conn, telemetry, docker, terminals)              │
+//!   │ conn.pump(feeds): link events to the feeds, their messages out:   │
+//!   │   terminals first, then docker (replies, logs), then telemetry    │
 //!   │ poll(timeout = next timer, or 0 if a source asked to go again)    │
-//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry reaps    │
+//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry and      │
+//!   │                                       terminals reap their own    │
 //!   │                                       SIGTERM/INT: conn.shutdown()│
 //!   │   DNS token     ─▶ conn.on_dns()                                  │
+//!   │   pty / exec    ─▶ terminals.on_ready(token)                      │
 //!   │   child pipes   ─▶ telemetry.on_ready(token)                      │
 //!   │   other tokens  ─▶ conn.on_ready(token)                           │
 //!   └──────────────── until conn.exit() is set ─────────────────────────┘
@@ -26,6 +29,7 @@ use crate::docker::client::{Docker, DockerTimer};
 use crate::jobs::{JobTimer, Jobs};
 use crate::signals::{self, Signals};
 use crate::telemetry::{Telemetry, TelemetryTimer};
+use crate::terminal::{TerminalTimer, Terminals};
 use crate::update::feed::UpdateFeed;
 use crate::{debug, info};
 use mio::{Events, Poll, Registry, Token, Waker};
@@ -51,12 +55,15 @@ pub enum Timer {
     Telemetry(TelemetryTimer),
     Docker(DockerTimer),
     Jobs(JobTimer),
+    Terminal(TerminalTimer),
 }
 
-/// What the connection sends besides its own traffic: update reports first
-/// (rare and small), Docker (answers to the server's requests, container
-/// events, log lines), then jobs (results, output), then telemetry.
+/// What the connection sends besides its own traffic: terminals first
+/// (keystroke echo goes ahead of bulk), update reports (rare and small),
+/// Docker (answers to the server's requests, container events, log lines),
+/// jobs (results, output), then telemetry.
 struct Feeds<'a> {
+    terminals: &'a mut Terminals,
     update: &'a mut UpdateFeed,
     docker: &'a mut Docker,
     jobs: &'a mut Jobs,
@@ -66,6 +73,18 @@ struct Feeds<'a> {
 impl Feed for Feeds<'_> {
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
+            LinkEvent::ChannelAck { channel, .. } | LinkEvent::ChannelData { channel, .. }
+                if Terminals::is_terminal_channel(channel) =>
+            {
+                self.terminals.on_link(ctx, event, None)
+            }
+            LinkEvent::TermOpen { .. } => {
+                let engine = self.docker.engine();
+                self.terminals.on_link(ctx, event, engine)
+            }
+            LinkEvent::TermResize(_) | LinkEvent::TermClose(_) | LinkEvent::ChannelData { .. } => {
+                self.terminals.on_link(ctx, event, None)
+            }
             LinkEvent::DockerRequest { .. }
             | LinkEvent::LogOpen { .. }
             | LinkEvent::LogClose(_) => self.docker.on_link(ctx, event),
@@ -85,6 +104,7 @@ impl Feed for Feeds<'_> {
                 if let LinkEvent::Up { .. } = other {
                     self.update.on_up();
                 }
+                self.terminals.on_link(ctx, other.clone(), None);
                 self.docker.on_link(ctx, other.clone());
                 self.jobs.on_link(ctx, other.clone());
                 self.telemetry.on_link(ctx, other);
@@ -93,8 +113,9 @@ impl Feed for Feeds<'_> {
     }
 
     fn next_message(&mut self) -> Option<Outgoing> {
-        self.update
+        self.terminals
             .next_message()
+            .or_else(|| self.update.next_message())
             .or_else(|| self.docker.next_message())
             .or_else(|| self.jobs.next_message())
             .or_else(|| self.telemetry.next_message())
@@ -272,6 +293,7 @@ impl EventLoop {
         // A new version on probation must connect by then (update/mod.rs).
         let health_deadline = cfg.health_deadline.map(|d| Instant::now() + d);
         let cfg_update = cfg.update.is_some() && cfg.update_trial.is_none();
+        let mut terminals = Terminals::new(cfg.terminals.clone());
         let mut conn = Connection::new(cfg, Resolver::new(waker));
         if let Some(s) = signals {
             s.register(self.poll.registry(), SIGNALS)?;
@@ -293,6 +315,7 @@ impl EventLoop {
                     Timer::Telemetry(t) => telemetry.on_timer(&mut ctx, id, t),
                     Timer::Docker(t) => docker.on_timer(&mut ctx, id, t),
                     Timer::Jobs(t) => jobs.on_timer(&mut ctx, id, t),
+                    Timer::Terminal(t) => terminals.on_timer(&mut ctx, id, t),
                 }
             }
             if let Some(v) = docker.take_version_change() {
@@ -303,6 +326,7 @@ impl EventLoop {
             }
             let mut feeds = Feeds {
                 update: &mut update,
+                terminals: &mut terminals,
                 docker: &mut docker,
                 jobs: &mut jobs,
                 telemetry: &mut telemetry,
@@ -330,6 +354,7 @@ impl EventLoop {
                 || telemetry.wants_again()
                 || docker.wants_again()
                 || jobs.wants_again()
+                || terminals.wants_again()
             {
                 Some(Duration::ZERO)
             } else {
@@ -376,6 +401,7 @@ impl EventLoop {
                         if child {
                             telemetry.on_sigchld(&mut ctx);
                             jobs.on_sigchld(&mut ctx);
+                            terminals.on_sigchld(&mut ctx);
                         }
                         if stop {
                             conn.shutdown(&mut ctx);
@@ -388,6 +414,7 @@ impl EventLoop {
                         }
                     }
                     DNS_WAKER => conn.on_dns(&mut ctx),
+                    t if terminals.owns(t) => terminals.on_ready(&mut ctx, t),
                     t if telemetry.owns(t) => telemetry.on_ready(&mut ctx, t),
                     t if docker.owns(t) => docker.on_ready(&mut ctx, t),
                     t if jobs.owns(t) => jobs.on_ready(&mut ctx, t),
@@ -406,6 +433,9 @@ impl EventLoop {
             }
             if jobs.wants_again() {
                 jobs.on_again(&mut self.ctx());
+            }
+            if terminals.wants_again() {
+                terminals.on_again(&mut self.ctx());
             }
         }
     }

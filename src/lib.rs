@@ -29,6 +29,7 @@
 //! version        the version this binary reports (a patchable slot, for the update tests)
 //! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders; client: the
 //!                engine in the loop (probe, docker_request, events, snapshots)
+//! terminal/      interactive terminals: host login shells on PTYs, TTY execs in containers
 //! ```
 
 pub mod fingerprint;
@@ -66,6 +67,7 @@ pub mod state;
 pub mod sys;
 #[cfg(feature = "runner")]
 pub mod telemetry;
+pub mod terminal;
 #[cfg(feature = "runner")]
 pub mod update;
 #[cfg(feature = "runner")]

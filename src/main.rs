@@ -39,6 +39,7 @@ use tether::log::{self, Level};
 use tether::signals::Signals;
 use tether::state::{self, RunState, StateDir, StateError};
 use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
+use tether::terminal::TerminalConfig;
 use tether::update::record::Record;
 use tether::update::{self, Start, UpdateConfig, UpdateError, Verdict};
 
@@ -84,6 +85,7 @@ Options:
 const RUN_HELP: &str = "\
 Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interval 60s]
                   [--docker-socket PATH] [--max-jobs N] [--no-jobs]
+                  [--no-host-terminal] [--host-terminal-user USER]
                   [--server URL] [--ca-file PEM] [--proxy URL]
 
 Connect to the server with the stored credential and stay connected,
@@ -109,6 +111,11 @@ Options:
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
   --proxy URL           HTTP proxy for CONNECT, or `none` [env HTTPS_PROXY / https_proxy, minus NO_PROXY]
+  --no-host-terminal    refuse terminals on this host (container terminals stay);
+                        the server cannot override it [env TETHER_HOST_TERMINAL=off]
+  --host-terminal-user USER
+                        whose login shell a host terminal runs [env TETHER_HOST_TERMINAL_USER,
+                        default: the user the runner runs as]
   --update-keys FILE    trusted minisign public keys for self-update (several for rotation)
                         [env TETHER_UPDATE_KEYS, default <state-dir>/update-keys.pub;
                         no keys: updates are refused]
@@ -455,6 +462,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let mut docker_socket = None;
     let (mut max_jobs, mut no_jobs) = (None, false);
     let (mut update_keys, mut health_timeout) = (None, None);
+    let (mut no_host_terminal, mut host_terminal_user) = (false, None);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -473,6 +481,10 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),
+            o if o.is("no-host-terminal") => no_host_terminal = true,
+            o if o.is("host-terminal-user") => {
+                host_terminal_user = Some(os_string(parser.value()?)?)
+            }
             o if o.is_help() => return print(RUN_HELP),
             _ => return Err(opt.unexpected()),
         }
@@ -505,6 +517,25 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         None => Some(DEFAULT_FINGERPRINT_INTERVAL),
     };
 
+    let host_terminal = match config::env("TETHER_HOST_TERMINAL").as_deref() {
+        _ if no_host_terminal => false,
+        None | Some("on") | Some("1") | Some("yes") => true,
+        Some("off") | Some("0") | Some("no") => false,
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "TETHER_HOST_TERMINAL must be on or off, not {other:?}"
+            )))
+        }
+    };
+    let terminals = TerminalConfig {
+        host_enabled: host_terminal,
+        host_user: env_or(host_terminal_user, "TETHER_HOST_TERMINAL_USER"),
+    };
+    if let Some(u) = &terminals.host_user {
+        // Fail at start, not at the first terminal.
+        tether::terminal::pty::lookup_user(Some(u))
+            .map_err(|e| CliError::Usage(format!("--host-terminal-user {u}: {e}")))?;
+    }
     let docker_socket = DockerConfig::socket_from(
         docker_socket.as_deref(),
         config::env("TETHER_DOCKER_SOCKET").as_deref(),
@@ -595,7 +626,10 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         proxy,
         tls,
         phase_timeout: config::PHASE_TIMEOUT,
-        hello: HelloInfo::from_host(),
+        hello: HelloInfo {
+            capabilities: terminals.capabilities(),
+            ..HelloInfo::from_host()
+        },
         run_dir: if trial.is_some() { None } else { Some(run_dir) },
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
         docker: docker_socket.clone().map(DockerConfig::new),
@@ -608,6 +642,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         update: update_cfg.clone(),
         update_trial: trial,
         health_deadline,
+        terminals,
     };
     // SIGCHLD too: the firewall probes are child processes reaped by the loop.
     // SIGUSR1: `tether update --file` left a release in the state dir.

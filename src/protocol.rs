@@ -140,6 +140,19 @@ pub enum Message {
     /// runner → server: what became of an update (installed, failed and
     /// rolled back, rejected, interrupted).
     UpdateStatus(UpdateStatus),
+    /// server → runner: open an interactive terminal on data channel
+    /// `channel` (answered with `term_opened` or `error`, same id).
+    TermOpen(TermOpen),
+    /// runner → server: answer to `term_open`.
+    TermOpened(TermOpened),
+    /// server → runner: the client's window size changed.
+    TermResize(TermResize),
+    /// server → runner: hang the terminal up. No answer; an END frame
+    /// follows once the shell is gone.
+    TermClose(ChannelRef),
+    /// runner → server, after `welcome`: the terminal channels the runner
+    /// still holds (the server ends the others).
+    TermAlive(TermAlive),
 }
 
 impl Message {
@@ -170,6 +183,11 @@ impl Message {
             Message::JobResultAck(_) => "job_result_ack",
             Message::Update(_) => "update",
             Message::UpdateStatus(_) => "update_status",
+            Message::TermOpen(_) => "term_open",
+            Message::TermOpened(_) => "term_opened",
+            Message::TermResize(_) => "term_resize",
+            Message::TermClose(_) => "term_close",
+            Message::TermAlive(_) => "term_alive",
         }
     }
 
@@ -199,6 +217,11 @@ impl Message {
         "job_result_ack",
         "update",
         "update_status",
+        "term_open",
+        "term_opened",
+        "term_resize",
+        "term_close",
+        "term_alive",
     ];
 }
 
@@ -414,6 +437,66 @@ pub struct ContainerSnapshot {
     pub containers: Vec<ContainerSummary>,
 }
 
+/// Terminal channels have this bit set; the server allocates them, so
+/// they never collide with log (or other) channels.
+pub const TERM_CHANNEL_BIT: u32 = 0x8000_0000;
+/// Bytes a terminal may have in flight (read from the shell, not yet
+/// acknowledged): the runner's replay buffer and the most a blip keeps.
+pub const DEFAULT_TERM_WINDOW: u32 = 256 * 1024;
+/// Terminals a runner keeps open at once; more are refused.
+pub const MAX_TERMINALS: usize = 64;
+
+/// Open an interactive terminal (docs/protocol.md §4e). Keystrokes come
+/// as DATA frames (tag pty) from the server, output goes back the same
+/// way; offsets start at 0 in each direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TermOpen {
+    pub channel: u32,
+    /// A container id or name; `None` for a login shell on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Command to run instead of the shell (container: `["sh"]` by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// User inside the container (Docker's `User`); ignored on the host,
+    /// whose user is the runner's own configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub cols: u16,
+    pub rows: u16,
+    /// Hang up after this long without a keystroke or output; 0: never.
+    #[serde(default)]
+    pub idle_timeout_s: u64,
+    /// Keep the shell this long while the link is down; 0: the default (60 s).
+    #[serde(default)]
+    pub detach_timeout_s: u64,
+    /// Bytes in flight before the runner stops reading the terminal; 0: default.
+    #[serde(default)]
+    pub window: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TermOpened {
+    pub channel: u32,
+    /// The shell's pid on the host (container: the exec's host pid, once known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    /// The host user, or the container's id.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TermResize {
+    pub channel: u32,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TermAlive {
+    pub channels: Vec<u32>,
+}
+
 /// Bytes a log channel may have in flight (sent, not acknowledged) unless
 /// `log_open` says otherwise.
 pub const DEFAULT_LOG_WINDOW: u32 = 256 * 1024;
@@ -476,10 +559,10 @@ pub struct ChannelRef {
     pub channel: u32,
 }
 
-/// Channels below this are jobs' (numbered by the server's job sequence,
-/// stable across reconnects); log channels are numbered from here per
-/// connection.
-pub const FIRST_CONNECTION_CHANNEL: u32 = 0x8000_0000;
+/// Channel numbers: below this, jobs' (the server's job sequence, stable
+/// across reconnects); from here up to [`TERM_CHANNEL_BIT`], log channels
+/// (numbered per connection); with that bit set, terminals.
+pub const FIRST_CONNECTION_CHANNEL: u32 = 0x4000_0000;
 /// Each job DATA payload starts with this header: `ts_ms` (u64 BE, the
 /// runner's clock when the bytes were read) and `step` (u8).
 pub const JOB_RECORD_HEADER: usize = 9;

@@ -17,4 +17,5 @@ mod reconnect;
 mod rogue;
 mod telemetry;
 mod tenancy;
+mod terminal;
 mod update;

@@ -24,6 +24,8 @@ use crate::registry::Registry;
 use crate::secrets::SecretBox;
 use crate::storage::Storage;
 use crate::telemetry::MetricsWriter;
+use crate::terminals::Terminals;
+use crate::terminals_api;
 use crate::updates::{self, ReleaseConfig};
 use crate::{api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
 
@@ -83,6 +85,8 @@ pub struct AppState {
     pub tuning: Tuning,
     /// Where releases live, and what install.sh says (`updates.rs`).
     pub releases: Arc<ReleaseConfig>,
+    /// Interactive terminal sessions (they outlive runner connections).
+    pub terminals: Arc<Terminals>,
 }
 
 impl AppState {
@@ -115,6 +119,7 @@ impl AppState {
             admin_token_hash: auth::hash_secret(admin_token).into(),
             tuning,
             releases: Arc::new(ReleaseConfig::default()),
+            terminals: Arc::new(Terminals::new()),
         }
     }
 
@@ -214,6 +219,17 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/v1/apps/{name}/deployments",
             get(deploy_api::deployments),
+        )
+        .route(
+            "/api/v1/runners/{id}/terminals",
+            post(terminals_api::create),
+        )
+        .route("/api/v1/runners/{id}/terminal", get(terminals_api::open_ws))
+        .route("/api/v1/terminals", get(terminals_api::audit))
+        .route("/api/v1/terminals/{tid}", delete(terminals_api::close))
+        .route(
+            "/api/v1/terminals/{tid}/attach",
+            get(terminals_api::attach_ws),
         )
         .route(
             "/api/v1/runners/{id}/logs/collect",

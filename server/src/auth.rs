@@ -114,6 +114,12 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// Who a token is, for endpoints that take it outside the header (a
+/// browser's WebSocket cannot set `Authorization`).
+pub fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    identify(state, token)
+}
+
 fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     let hash = hash_secret(token);
     if token.starts_with(API_PREFIX) {

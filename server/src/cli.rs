@@ -25,6 +25,7 @@ mod containers;
 mod deploy;
 mod jobs;
 mod logs;
+mod terminal;
 mod updates;
 use containers::ContainerCommand;
 use updates::{ReleaseCommand, UpdateCommand};
@@ -148,6 +149,13 @@ pub enum ClientCommand {
     /// The version runners should run: set (with a canary share), clear, show
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// An interactive shell on a runner's host, or in one of its containers
+    Terminal(terminal::TerminalArgs),
+    /// Terminal sessions: who opened which, where, when, for how long
+    Terminals {
+        /// Only this runner's (id or name)
+        runner: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +331,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Run(_) | ClientCommand::Jobs(jobs::JobsCommand::Watch { .. }) => None,
         ClientCommand::App(c) if c.watches() => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
+        ClientCommand::Terminal(_) => Some(containers::DOCKER_CALL_TIMEOUT),
         ClientCommand::Containers { .. } | ClientCommand::Prune { .. } => {
             Some(containers::DOCKER_CALL_TIMEOUT)
         }
@@ -529,6 +538,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Runner(RunnerCommand::Updates { id }) => {
             updates::runner_updates(&client, &id, json)
         }
+        ClientCommand::Terminal(a) => terminal::terminal(&client, args, &a),
+        ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
     }
 }
 

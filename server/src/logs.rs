@@ -25,7 +25,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use serde::Serialize;
 use tether::protocol::{
-    FrameHeader, FrameKind, LogOpen, Message, StreamTag, FIRST_CONNECTION_CHANNEL,
+    FrameHeader, FrameKind, LogOpen, Message, StreamTag, FIRST_CONNECTION_CHANNEL, TERM_CHANNEL_BIT,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -287,7 +287,11 @@ impl LogChannels {
 
     fn channel(&mut self) -> u32 {
         let c = self.next;
-        self.next = self.next.wrapping_add(1).max(FIRST_CONNECTION_CHANNEL);
+        // Log channels stay between the jobs' and the terminals' numbers.
+        self.next = self.next.wrapping_add(1);
+        if self.next >= TERM_CHANNEL_BIT {
+            self.next = FIRST_CONNECTION_CHANNEL;
+        }
         c
     }
 

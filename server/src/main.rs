@@ -49,6 +49,8 @@ mod serve;
 mod storage;
 mod telemetry;
 mod telemetry_api;
+mod terminals;
+mod terminals_api;
 mod tls;
 mod updates;
 

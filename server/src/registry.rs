@@ -74,6 +74,8 @@ pub enum Outgoing {
     JobsChanged,
     /// A control message that expects no reply (an `update` offer).
     Notify { text: String },
+    /// A terminal's keystrokes, ACK, resize or close (`terminals.rs`).
+    Terminal(crate::terminals::ToRunner),
 }
 
 /// What a connection task gets when it attaches.
@@ -357,6 +359,23 @@ impl Registry {
             Err(_) => Err(RequestError::Timeout),
             Ok(Err(_)) => Err(RequestError::ConnectionLost),
             Ok(Ok(envelope)) => Ok(envelope),
+        }
+    }
+
+    /// A terminal frame or message for a runner; waits while its
+    /// connection's queue is full (backpressure on the client).
+    pub async fn send_terminal(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        msg: crate::terminals::ToRunner,
+        limit: Duration,
+    ) -> Result<(), RequestError> {
+        let outbox = self.outbox(tenant_id, runner_id)?;
+        match tokio::time::timeout(limit, outbox.send(Outgoing::Terminal(msg))).await {
+            Err(_) => Err(RequestError::Timeout),
+            Ok(Err(_)) => Err(RequestError::ConnectionLost),
+            Ok(Ok(())) => Ok(()),
         }
     }
 

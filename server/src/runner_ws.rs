@@ -70,6 +70,8 @@ use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 mod runner_ws_jobs;
 #[path = "runner_ws_logs.rs"]
 mod runner_ws_logs;
+#[path = "runner_ws_terminals.rs"]
+mod runner_ws_terminals;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -329,6 +331,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     }
     let ending = match sent {
         Ok(()) => {
+            conn.state.terminals.runner_back(&runner_id);
             conn.live(
                 &mut session,
                 Duration::from_millis(silence_limit_ms(heartbeat_ms)),
@@ -341,6 +344,14 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     // close handshake takes.
     registry.detach(&runner_id, session.generation, ending.health_reason());
     conn.logs.close_all("runner disconnected");
+    // A newer connection may have replaced this one already: its
+    // `term_alive` owns the terminals then.
+    if registry
+        .live_last_seen(&conn.runner.tenant_id, &runner_id)
+        .is_none()
+    {
+        conn.state.terminals.runner_gone(&runner_id);
+    }
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }
@@ -429,6 +440,11 @@ impl Connection {
                             return ending;
                         }
                     }
+                    Some(Outgoing::Terminal(m)) => {
+                        if let Err(ending) = self.send_terminal(m).await {
+                            return ending;
+                        }
+                    }
                     None => outbox_open = false,
                 },
                 frame = self.socket.recv() => {
@@ -438,6 +454,11 @@ impl Connection {
                         Err(ending) => return ending,
                         Ok(Inbound::Control(envelope)) => {
                             if let Err(ending) = self.on_control(*envelope, &mut pending).await {
+                                return ending;
+                            }
+                        }
+                        Ok(Inbound::Data(h, payload)) if h.channel & protocol::TERM_CHANNEL_BIT != 0 => {
+                            if let Err(ending) = self.on_terminal_frame(h, payload).await {
                                 return ending;
                             }
                         }
@@ -513,6 +534,7 @@ impl Connection {
             | Message::Error(_)
             | Message::DockerResponse(_)
             | Message::LogOpened(_)
+            | Message::TermOpened(_)
             | Message::JobAccepted(_) => {
                 let log_open = self.logs.on_reply(envelope.id, &envelope.body)
                     || self.on_job_reply(envelope.id, &envelope.body);
@@ -581,6 +603,7 @@ impl Connection {
                 Ok(())
             }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
+            Message::TermAlive(alive) => self.on_term_alive(alive.clone()).await,
             Message::MetricsSchema(m) => {
                 let stream = self.metrics.get_or_insert_with(Box::default);
                 match stream.set_schema(
@@ -644,7 +667,10 @@ impl Connection {
             | Message::JobStart(_)
             | Message::JobCancel(_)
             | Message::JobResultAck(_)
-            | Message::Update(_) => {
+            | Message::Update(_)
+            | Message::TermOpen(_)
+            | Message::TermResize(_)
+            | Message::TermClose(_) => {
                 note_ignored(
                     &format!(
                         "message type '{}' (server to runner only)",
@@ -767,6 +793,13 @@ impl Connection {
                 Ok((header, _)) if matches!(header.kind, FrameKind::Data | FrameKind::End) => Ok(
                     Inbound::Data(header, bytes.slice(protocol::FRAME_HEADER_LEN..)),
                 ),
+                // A terminal's runner acknowledges the keystrokes it wrote.
+                Ok((header, _))
+                    if header.kind == FrameKind::Ack
+                        && header.channel & protocol::TERM_CHANNEL_BIT != 0 =>
+                {
+                    Ok(Inbound::Data(header, Bytes::new()))
+                }
                 // ACK and CREDIT: the server sends no data to runners.
                 Ok(_) => Ok(Inbound::Nothing),
                 Err(FrameError::UnknownKind(k)) => {

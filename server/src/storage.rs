@@ -25,8 +25,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 mod containers;
+mod terminals;
 mod updates;
 pub use containers::{ContainerEventRow, DockerStateRow};
+pub use terminals::TerminalAuditRow;
 pub use updates::UpdatePolicy;
 
 /// How many health changes are kept per runner; older ones are dropped so a
@@ -409,6 +411,7 @@ impl Storage {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
+        terminals::create(&conn)?;
         Ok(Storage {
             conn: Mutex::new(conn),
         })

@@ -34,10 +34,11 @@
 //!                   otherwise            ─▶ Stopped at once
 //! ```
 //!
-//! Low-priority traffic (telemetry) comes from a [`Feed`] that the event
-//! loop passes to [`Connection::pump`] once per turn. The connection tells
-//! the feed what happened to the link ([`LinkEvent`]: up with the server's
-//! `metrics_ts`, down, `metrics_ack`, `fingerprint_resync`) and takes its
+//! Everything but the connection's own traffic (terminals, Docker, logs,
+//! telemetry) comes from a [`Feed`] that the event loop passes to
+//! [`Connection::pump`] once per turn. The connection tells the feed what
+//! happened to the link ([`LinkEvent`]: up with the server's `metrics_ts`,
+//! down, the server's requests, ACKs and keystroke DATA frames) and takes its
 //! messages only while everything written so far has left for the socket,
 //! at most [`MAX_FEED_BYTES_PER_PASS`] per turn: a pong or an error waits
 //! behind at most one feed message (a METRICS frame is ≤ 32 KiB), never
@@ -109,7 +110,7 @@ pub struct HelloInfo {
     pub hostname: String,
     pub arch: String,
     pub os: String,
-    /// Capabilities the host owner left switched on (none exist yet).
+    /// Capabilities the host owner left switched on (`terminal.host`).
     pub capabilities: Vec<String>,
 }
 
@@ -155,6 +156,8 @@ pub struct ConnConfig {
     /// A new version on probation: it must connect within this, or the
     /// loop ends with [`Exit::Unhealthy`].
     pub health_deadline: Option<Duration>,
+    /// Terminals: what the host owner allows.
+    pub terminals: crate::terminal::TerminalConfig,
 }
 
 /// What happened to the link, for the [`Feed`].
@@ -200,6 +203,20 @@ pub enum LinkEvent {
     },
     /// `update`: the server wants this runner to run another version.
     UpdateOffer(protocol::UpdateOffer),
+    /// A DATA frame from the server (terminal keystrokes).
+    ChannelData {
+        channel: u32,
+        seq: u64,
+        payload: Vec<u8>,
+    },
+    /// `term_open` with this id: answer with `term_opened` or `error`.
+    TermOpen {
+        id: u64,
+        open: Box<protocol::TermOpen>,
+    },
+    TermResize(protocol::TermResize),
+    /// `term_close`: hang the terminal up.
+    TermClose(u32),
 }
 
 /// One message of the feed.
@@ -1435,6 +1452,15 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::TermOpen(open) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::TermOpen {
+                        id: envelope.id,
+                        open: Box::new(open),
+                    });
+                }
+                Flow::Continue
+            }
             Control::JobCancel(r) => {
                 if let LinkStage::Connected = stage {
                     self.push_link_event(LinkEvent::JobCancel(r.job_id));
@@ -1453,9 +1479,23 @@ impl Connection {
                 }
                 Flow::Continue
             }
+            Control::TermResize(r) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::TermResize(r));
+                }
+                Flow::Continue
+            }
+            Control::TermClose(c) => {
+                if let LinkStage::Connected = stage {
+                    self.push_link_event(LinkEvent::TermClose(c.channel));
+                }
+                Flow::Continue
+            }
             Control::Pong(_)
             | Control::JobAccepted(_)
             | Control::JobResult(_)
+            | Control::TermOpened(_)
+            | Control::TermAlive(_)
             | Control::LogOpened(_)
             | Control::UpdateStatus(_)
             | Control::DockerState(_)
@@ -1486,8 +1526,16 @@ impl Connection {
                 });
                 Flow::Continue
             }
+            Ok((header, payload)) if header.kind == FrameKind::Data => {
+                // Keystrokes for a terminal; ignored downstream if unknown.
+                self.push_link_event(LinkEvent::ChannelData {
+                    channel: header.channel,
+                    seq: header.seq,
+                    payload: payload.to_vec(),
+                });
+                Flow::Continue
+            }
             Ok((header, payload)) => {
-                // The server sends no bulk data to the runner (yet).
                 debug!(
                     "conn",
                     "ignoring a {:?} frame for channel {} ({} bytes)",

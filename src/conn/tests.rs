@@ -39,6 +39,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
         update: None,
         update_trial: None,
         health_deadline: None,
+        terminals: Default::default(),
     }
 }
 

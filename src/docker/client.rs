@@ -708,6 +708,17 @@ impl Docker {
         self.pump_queue(ctx);
     }
 
+    /// The engine's socket and API, while it is available (terminals).
+    pub fn engine(&self) -> Option<crate::terminal::Engine> {
+        match &self.state {
+            Availability::Available { api, .. } => Some(crate::terminal::Engine {
+                socket: self.socket(),
+                api: *api,
+            }),
+            _ => None,
+        }
+    }
+
     /// Open log channels (for status and tests).
     pub fn log_channels(&self) -> usize {
         self.logs.len()
@@ -805,7 +816,11 @@ impl Docker {
             | LinkEvent::JobStart { .. }
             | LinkEvent::JobCancel(_)
             | LinkEvent::JobResultAck(_)
-            | LinkEvent::UpdateOffer(_) => {}
+            | LinkEvent::UpdateOffer(_)
+            | LinkEvent::ChannelData { .. }
+            | LinkEvent::TermOpen { .. }
+            | LinkEvent::TermResize(_)
+            | LinkEvent::TermClose(_) => {}
         }
         self.pump_queue(ctx);
     }

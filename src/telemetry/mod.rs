@@ -519,7 +519,11 @@ impl Feed for Telemetry {
             | LinkEvent::JobCancel(_)
             | LinkEvent::JobResultAck(_)
             | LinkEvent::UpdateOffer(_)
-            | LinkEvent::ChannelAck { .. } => {}
+            | LinkEvent::ChannelAck { .. }
+            | LinkEvent::ChannelData { .. }
+            | LinkEvent::TermOpen { .. }
+            | LinkEvent::TermResize(_)
+            | LinkEvent::TermClose(_) => {}
             LinkEvent::FingerprintResync => {
                 if let Some(f) = &mut self.fingerprint {
                     info!("telemetry", "the server asked for the full fingerprint");

@@ -51,7 +51,7 @@ fn dist(target: &str) -> PathBuf {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs,update runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -111,6 +111,9 @@ fn main() {
     }
     if part("update") {
         update_times(&mut rows);
+    }
+    if part("term") {
+        keystroke_round_trip(&mut rows);
     }
 
     println!();
@@ -699,5 +702,157 @@ fn job_relay(rows: &mut Vec<Row>) {
         unit: "ms",
         goal: Some(100.0),
         how: "same run".into(),
+    });
+}
+
+/// p50/p99 of `n` one-byte round trips: write a byte, read until it comes back.
+fn percentiles(mut us: Vec<f64>) -> (f64, f64) {
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() as f64 * q) as usize).min(us.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+/// Keystroke round trip through tether (client WebSocket → server → runner
+/// → exec'd `cat` on a raw tty in a container → back) beside the same
+/// container reached directly over the Engine API (exec with a TTY,
+/// hijacked socket), in the same run.
+fn keystroke_round_trip(rows: &mut Vec<Row>) {
+    use std::io::{Read, Write};
+    use tether::docker::api::{Api, ApiVersion};
+    use util::term::TermClient;
+    let _engine = util::docker::ensure();
+    let n = env_secs("BENCH_KEYSTROKES", 1000) as usize;
+    let server = Server::start();
+    let tenant = server.tenant("bench-term");
+    let mut runner = Runner::enroll(&server, &tenant);
+    // The static release runner when `make release` made it, else this build's.
+    if dist("x86_64-unknown-linux-musl").exists() {
+        runner.bin = dist("x86_64-unknown-linux-musl");
+    }
+    runner.start(&["--heartbeat", "5s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "docker available", || {
+        let (st, v) = tenant.call(
+            "GET",
+            &format!("/api/v1/runners/{}/docker", runner.id),
+            None,
+        );
+        (st == 200 && v["available"] == true).then_some(())
+    });
+    let name = format!("tether-bench-term-{}", std::process::id());
+    let ok = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            util::docker::IMAGE,
+            "sleep",
+            "3600",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "docker run");
+
+    // Through tether.
+    let q = format!("container={name}&command=stty%20raw%20-echo%3Becho%20READY%3Bexec%20cat");
+    let mut t = TermClient::open(&server, &tenant.token, &runner.id, &q).unwrap();
+    assert!(
+        t.read_until(0, "READY", Duration::from_secs(15)),
+        "cat did not start"
+    );
+    // Directly: the engine's exec over its socket.
+    let socket = std::path::Path::new("/var/run/docker.sock");
+    let api = Api::new(ApiVersion::new(1, 41));
+    let cmd = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "stty raw -echo; echo READY; exec cat".to_owned(),
+    ];
+    let (_id, mut s, early) =
+        match tether::terminal::exec::start(socket, api, &name, &cmd, None, 80, 24) {
+            Ok(x) => x,
+            Err(_) => panic!("direct exec failed"),
+        };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut seen = early;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("READY") {
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "exec closed");
+        seen.extend_from_slice(&buf[..k]);
+    }
+    // Alternate the two, one keystroke each, so both see the same load
+    // of this (shared) machine.
+    let (mut ours, mut direct) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 50 {
+        let from = t.out.len();
+        let t0 = Instant::now();
+        t.send(b"k");
+        while t.out.len() == from {
+            assert!(t.pump(), "terminal closed");
+            assert!(t0.elapsed() < Duration::from_secs(10), "no echo");
+        }
+        let ours_us = t0.elapsed().as_secs_f64() * 1e6;
+        let t0 = Instant::now();
+        s.write_all(b"k").unwrap();
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "exec closed");
+        if i >= 50 {
+            ours.push(ours_us);
+            direct.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    t.close();
+    drop(s);
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+
+    let (o50, o99) = percentiles(ours);
+    let (d50, d99) = percentiles(direct);
+    let how = format!("{n} one-byte writes, wait for the byte back; `cat` on a raw tty in a busybox container; after 50 warm-up; alternating with the direct exec");
+    rows.push(Row {
+        what: "keystroke round trip via tether, p50".into(),
+        value: o50 / 1000.0,
+        unit: "ms",
+        goal: None,
+        how: format!("client WS → server → runner → exec → back (TLS loopback); {how}"),
+    });
+    rows.push(Row {
+        what: "keystroke round trip via tether, p99".into(),
+        value: o99 / 1000.0,
+        unit: "ms",
+        goal: None,
+        how: "as above".into(),
+    });
+    rows.push(Row {
+        what: "keystroke round trip, direct docker exec (Engine API), p50".into(),
+        value: d50 / 1000.0,
+        unit: "ms",
+        goal: None,
+        how: "exec create/start with Tty over /var/run/docker.sock, same container, same run"
+            .into(),
+    });
+    rows.push(Row {
+        what: "keystroke round trip, direct docker exec (Engine API), p99".into(),
+        value: d99 / 1000.0,
+        unit: "ms",
+        goal: None,
+        how: "as above".into(),
+    });
+    rows.push(Row {
+        what: "keystroke round trip, added by tether at p50".into(),
+        value: (o50 - d50) / 1000.0,
+        unit: "ms",
+        goal: None,
+        how: "p50 via tether minus p50 direct".into(),
+    });
+    rows.push(Row {
+        what: "keystroke round trip, added by tether at p99".into(),
+        value: (o99 - d99) / 1000.0,
+        unit: "ms",
+        goal: Some(2.0),
+        how: "p99 via tether minus p99 direct".into(),
     });
 }

@@ -9,6 +9,7 @@
 
 pub mod docker;
 pub mod proxy;
+pub mod term;
 
 use serde_json::{json, Value};
 use std::fs;
