@@ -39,6 +39,7 @@ fn tuning() -> Tuning {
         metrics_flush: Duration::from_millis(50),
         metrics_ack_every: Duration::from_millis(200),
         docker_timeout: Duration::from_millis(700),
+        session_ttl: Duration::from_secs(3600),
     }
 }
 
@@ -2186,6 +2187,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 }
 
 mod containers;
+mod users;
 
 // ---- releases and update policy -------------------------------------------
 
