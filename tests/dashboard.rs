@@ -19,7 +19,16 @@ const PASSWORD: &str = "e2e-password-1";
 
 fn add_user(server: &Server, tenant: &str, name: &str, role: &str) {
     let mut child = Command::new(util::server_bin())
-        .args(["user", "add", tenant, name, "--role", role, "--api", &server.url])
+        .args([
+            "user",
+            "add",
+            tenant,
+            name,
+            "--role",
+            role,
+            "--api",
+            &server.url,
+        ])
         .arg("--ca-file")
         .arg(&server.ca)
         .env("TETHER_TOKEN", &server.admin_token)
@@ -103,7 +112,10 @@ fn dashboard_in_a_real_browser() {
         "runner unreachable on the page",
         "viewer refused",
     ] {
-        assert!(transcript.contains(step), "missing step {step:?}:\n{transcript}");
+        assert!(
+            transcript.contains(step),
+            "missing step {step:?}:\n{transcript}"
+        );
     }
     assert!(artifacts.join("04-runner-unreachable.png").exists());
 }

@@ -250,9 +250,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ui/{*path}", get(web::file))
         .route(
             "/api/v1/session",
-            post(users::login)
-                .get(users::current)
-                .delete(users::logout),
+            post(users::login).get(users::current).delete(users::logout),
         )
         .route("/api/v1/users", get(users::list).post(users::create))
         .route(

@@ -112,9 +112,9 @@ impl Caller {
     /// token or a user with the admin role.
     pub fn tenant_admin(&self) -> Result<&str, ApiError> {
         match self {
-            Caller::User(session) if session.user.role != Role::Admin => Err(
-                ApiError::forbidden("this needs the admin role in the tenant"),
-            ),
+            Caller::User(session) if session.user.role != Role::Admin => Err(ApiError::forbidden(
+                "this needs the admin role in the tenant",
+            )),
             other => other.tenant(),
         }
     }

@@ -219,7 +219,10 @@ pub async fn current(caller: Caller) -> Result<Json<SessionView>, ApiError> {
 
 /// `DELETE /api/v1/session`: log out (needs the CSRF token like any change,
 /// but a viewer may do it too, so it reads the cookie itself).
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Some(secret) = auth::session_cookie(&headers) else {
         return Err(ApiError::unauthorized("no session cookie"));
     };
@@ -324,7 +327,9 @@ pub async fn update(
     let role = req.role.as_deref().map(parse_role).transpose()?;
     if role.is_some_and(|r| r != Role::Admin) && is_self(&caller, &name) {
         // The last admin locking the tenant out would need the admin token.
-        return Err(ApiError::conflict("you cannot take the admin role from yourself"));
+        return Err(ApiError::conflict(
+            "you cannot take the admin role from yourself",
+        ));
     }
     let hash = match req.password {
         Some(p) => {
@@ -334,13 +339,17 @@ pub async fn update(
         None => None,
     };
     if role.is_none() && hash.is_none() {
-        return Err(ApiError::bad_request("nothing to change: give role and/or password"));
+        return Err(ApiError::bad_request(
+            "nothing to change: give role and/or password",
+        ));
     }
     if !state
         .storage
         .update_user(&tenant, &name, role, hash.as_deref())?
     {
-        return Err(ApiError::not_found(format!("no user {name} in this tenant")));
+        return Err(ApiError::not_found(format!(
+            "no user {name} in this tenant"
+        )));
     }
     let user = state
         .storage
@@ -362,7 +371,9 @@ pub async fn delete(
     if state.storage.delete_user(&tenant, &name)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("no user {name} in this tenant")))
+        Err(ApiError::not_found(format!(
+            "no user {name} in this tenant"
+        )))
     }
 }
 

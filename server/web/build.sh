@@ -9,9 +9,11 @@ if ! command -v npm >/dev/null 2>&1; then
     echo "web/build.sh: npm not found; the dashboard is built without its chart library (apt-get install npm)" >&2
     exit 0
 fi
-# npm ci only when the lockfile changed since the last install.
-if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# npm ci only when the lockfile changed since the last install (a copy of
+# the lockfile it installed is kept beside the packages).
+if ! cmp -s package-lock.json node_modules/.tether-installed-lock.json; then
     npm ci --no-audit --no-fund --loglevel=error
+    cp package-lock.json node_modules/.tether-installed-lock.json
 fi
 mkdir -p dist/vendor
 for f in node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css \

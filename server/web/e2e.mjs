@@ -108,6 +108,15 @@ try {
   });
   if (refused.status !== 403) throw new Error(`viewer's run: ${JSON.stringify(refused)}`);
   await shot('05-viewer');
+
+  // Phone width: the runners table fits without sideways scrolling of the page.
+  await page.setViewportSize({ width: 390, height: 800 });
+  await page.goto(`${URL}/#/runners`);
+  await row.waitFor({ timeout: T });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 0) throw new Error(`page is ${overflow}px wider than a phone`);
+  await shot('06-phone-runners');
+  step('phone width fits');
   step(`viewer refused: ${refused.body.error.message}`);
   console.log('E2E OK');
 } catch (e) {

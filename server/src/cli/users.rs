@@ -85,11 +85,7 @@ pub fn user(client: &Client, c: UserCommand, json: bool) -> Result<(), CliError>
             out(&format!("password of {name} changed; their sessions ended"))
         }
         UserCommand::Rm { name } => {
-            client.call(
-                "DELETE",
-                &format!("/api/v1/users/{}", segment(&name)),
-                None,
-            )?;
+            client.call("DELETE", &format!("/api/v1/users/{}", segment(&name)), None)?;
             out(&format!("removed user {name}"))
         }
     }

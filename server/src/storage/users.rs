@@ -126,7 +126,9 @@ impl Storage {
         let conn = self.conn();
         let row = conn
             .query_row(
-                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.tenant_id = ?1 AND u.name = ?2"),
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant_id = ?1 AND u.name = ?2"
+                ),
                 params![tenant_id, name],
                 user_from_row,
             )
@@ -233,9 +235,7 @@ impl Storage {
                      WHERE s.token_hash = ?1 AND s.expires_at > ?2"
                 ),
                 params![token_hash, now],
-                |r| {
-                    Ok(user_from_row(r)?.map(|user| (user, r.get(6), r.get(7), r.get(8))))
-                },
+                |r| Ok(user_from_row(r)?.map(|user| (user, r.get(6), r.get(7), r.get(8)))),
             )
             .optional()?;
         match row.transpose()? {
@@ -289,11 +289,21 @@ mod tests {
         assert!(matches!(s.create_user(&u), Err(StorageError::Conflict(_))));
         assert_eq!(s.user("tn_1", "ada").unwrap(), Some(u.clone()));
         assert_eq!(s.user("tn_2", "ada").unwrap(), None);
-        assert_eq!(s.tenant_id_by_id_or_name("acme").unwrap().as_deref(), Some("tn_1"));
-        assert_eq!(s.tenant_id_by_id_or_name("tn_1").unwrap().as_deref(), Some("tn_1"));
-        assert!(s.update_user("tn_1", "ada", Some(Role::Admin), None).unwrap());
+        assert_eq!(
+            s.tenant_id_by_id_or_name("acme").unwrap().as_deref(),
+            Some("tn_1")
+        );
+        assert_eq!(
+            s.tenant_id_by_id_or_name("tn_1").unwrap().as_deref(),
+            Some("tn_1")
+        );
+        assert!(s
+            .update_user("tn_1", "ada", Some(Role::Admin), None)
+            .unwrap());
         assert_eq!(s.list_users("tn_1").unwrap()[0].role, Role::Admin);
-        assert!(!s.update_user("tn_1", "bob", Some(Role::Admin), None).unwrap());
+        assert!(!s
+            .update_user("tn_1", "bob", Some(Role::Admin), None)
+            .unwrap());
     }
 
     #[test]
@@ -301,13 +311,24 @@ mod tests {
         let (s, u) = setup();
         s.create_session("sh", &u.id, "csrf", 10, 100).unwrap();
         let got = s.session("sh", 50).unwrap().unwrap();
-        assert_eq!((got.tenant_name.as_str(), got.csrf_token.as_str()), ("acme", "csrf"));
+        assert_eq!(
+            (got.tenant_name.as_str(), got.csrf_token.as_str()),
+            ("acme", "csrf")
+        );
         assert_eq!(s.session("sh", 100).unwrap(), None, "expired at 100");
         // A role change keeps the session but shows at once.
-        s.update_user("tn_1", "ada", Some(Role::Operator), None).unwrap();
-        assert_eq!(s.session("sh", 50).unwrap().unwrap().user.role, Role::Operator);
+        s.update_user("tn_1", "ada", Some(Role::Operator), None)
+            .unwrap();
+        assert_eq!(
+            s.session("sh", 50).unwrap().unwrap().user.role,
+            Role::Operator
+        );
         s.update_user("tn_1", "ada", None, Some("y")).unwrap();
-        assert_eq!(s.session("sh", 50).unwrap(), None, "password change ends sessions");
+        assert_eq!(
+            s.session("sh", 50).unwrap(),
+            None,
+            "password change ends sessions"
+        );
         s.create_session("sh2", &u.id, "c", 10, 100).unwrap();
         assert!(s.delete_user("tn_1", "ada").unwrap());
         assert_eq!(s.session("sh2", 50).unwrap(), None);

@@ -100,27 +100,61 @@ async fn login_session_and_logout() {
         assert_eq!(v["error"]["message"], "wrong tenant, user name or password");
         assert!(cookie.is_none());
     }
-    let (st, _, v) = send(&router, "POST", "/api/v1/session", None, None, Some(json!({"tenant": 1}))).await;
+    let (st, _, v) = send(
+        &router,
+        "POST",
+        "/api/v1/session",
+        None,
+        None,
+        Some(json!({"tenant": 1})),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
 
     let (cookie, csrf) = login(&router, "acme", "ada", "pw-of-8-chars").await;
     let (st, _, v) = send(&router, "GET", "/api/v1/session", Some(&cookie), None, None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!((v["tenant"].as_str(), v["user"]["name"].as_str()), (Some("acme"), Some("ada")));
+    assert_eq!(
+        (v["tenant"].as_str(), v["user"]["name"].as_str()),
+        (Some("acme"), Some("ada"))
+    );
     assert_eq!(v["user"]["role"], "admin");
     assert_eq!(v["csrf_token"], csrf.as_str());
     // The cookie works on every tenant endpoint, like an API token.
     let (st, _, v) = send(&router, "GET", "/api/v1/runners", Some(&cookie), None, None).await;
     assert_eq!((st, v), (StatusCode::OK, json!([])));
     // A made-up cookie is refused.
-    let (st, _, _) = send(&router, "GET", "/api/v1/runners", Some("tses_00"), None, None).await;
+    let (st, _, _) = send(
+        &router,
+        "GET",
+        "/api/v1/runners",
+        Some("tses_00"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Logout needs the CSRF token, then the cookie is dead and cleared.
-    let (st, _, _) = send(&router, "DELETE", "/api/v1/session", Some(&cookie), None, None).await;
+    let (st, _, _) = send(
+        &router,
+        "DELETE",
+        "/api/v1/session",
+        Some(&cookie),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, set_cookie, _) =
-        send(&router, "DELETE", "/api/v1/session", Some(&cookie), Some(&csrf), None).await;
+    let (st, set_cookie, _) = send(
+        &router,
+        "DELETE",
+        "/api/v1/session",
+        Some(&cookie),
+        Some(&csrf),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert!(set_cookie.unwrap().contains("Max-Age=0"));
     let (st, _, v) = send(&router, "GET", "/api/v1/runners", Some(&cookie), None, None).await;
@@ -140,7 +174,10 @@ async fn sessions_expire() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (s, _, v) = send(&router, "GET", "/api/v1/runners", Some(&cookie), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("expired"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -156,34 +193,112 @@ async fn csrf_and_roles_are_enforced_on_the_api() {
     let (vc, vcsrf) = login(&router, "acme", "vic", "pw-of-8-chars").await;
     let (s, _, _) = send(&router, "GET", "/api/v1/scripts", Some(&vc), None, None).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _, v) = send(&router, "PUT", "/api/v1/scripts/x", Some(&vc), Some(&vcsrf), Some(script.clone())).await;
+    let (s, _, v) = send(
+        &router,
+        "PUT",
+        "/api/v1/scripts/x",
+        Some(&vc),
+        Some(&vcsrf),
+        Some(script.clone()),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("viewer"), "{v}");
-    let (s, _, _) = send(&router, "POST", "/api/v1/tokens", Some(&vc), Some(&vcsrf), None).await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("viewer"),
+        "{v}"
+    );
+    let (s, _, _) = send(
+        &router,
+        "POST",
+        "/api/v1/tokens",
+        Some(&vc),
+        Some(&vcsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // An operator acts, but only with the session's CSRF token.
     let (oc, ocsrf) = login(&router, "acme", "otto", "pw-of-8-chars").await;
-    let (s, _, v) = send(&router, "PUT", "/api/v1/scripts/x", Some(&oc), None, Some(script.clone())).await;
+    let (s, _, v) = send(
+        &router,
+        "PUT",
+        "/api/v1/scripts/x",
+        Some(&oc),
+        None,
+        Some(script.clone()),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("CSRF"), "{v}");
-    let (s, _, _) = send(&router, "PUT", "/api/v1/scripts/x", Some(&oc), Some(&vcsrf), Some(script.clone())).await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("CSRF"),
+        "{v}"
+    );
+    let (s, _, _) = send(
+        &router,
+        "PUT",
+        "/api/v1/scripts/x",
+        Some(&oc),
+        Some(&vcsrf),
+        Some(script.clone()),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "another session's token");
-    let (s, _, v) = send(&router, "PUT", "/api/v1/scripts/x", Some(&oc), Some(&ocsrf), Some(script)).await;
+    let (s, _, v) = send(
+        &router,
+        "PUT",
+        "/api/v1/scripts/x",
+        Some(&oc),
+        Some(&ocsrf),
+        Some(script),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, _, v) = send(&router, "POST", "/api/v1/tokens", Some(&oc), Some(&ocsrf), None).await;
+    let (s, _, v) = send(
+        &router,
+        "POST",
+        "/api/v1/tokens",
+        Some(&oc),
+        Some(&ocsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // ...but may not hand out authority.
-    let (s, _, _) = send(&router, "POST", "/api/v1/api-tokens", Some(&oc), Some(&ocsrf), None).await;
+    let (s, _, _) = send(
+        &router,
+        "POST",
+        "/api/v1/api-tokens",
+        Some(&oc),
+        Some(&ocsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _, _) = send(&router, "GET", "/api/v1/users", Some(&oc), None, None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let body = json!({ "name": "eve", "password": "pw-of-8-chars", "role": "admin" });
-    let (s, _, _) = send(&router, "POST", "/api/v1/users", Some(&oc), Some(&ocsrf), Some(body)).await;
+    let (s, _, _) = send(
+        &router,
+        "POST",
+        "/api/v1/users",
+        Some(&oc),
+        Some(&ocsrf),
+        Some(body),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Nor use the admin-token endpoint.
     let body = json!({ "name": "eve", "password": "pw-of-8-chars", "role": "admin" });
-    let (s, _, _) = send(&router, "POST", "/api/v1/tenants/acme/users", Some(&oc), Some(&ocsrf), Some(body)).await;
+    let (s, _, _) = send(
+        &router,
+        "POST",
+        "/api/v1/tenants/acme/users",
+        Some(&oc),
+        Some(&ocsrf),
+        Some(body),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // A bearer token needs no CSRF token (no cookie is sent by a browser
@@ -201,14 +316,26 @@ async fn tenant_admins_manage_users() {
     let (ac, acsrf) = login(&router, "acme", "ada", "pw-of-8-chars").await;
     let post = |body: Value| {
         let (ac, acsrf, router) = (ac.clone(), acsrf.clone(), router.clone());
-        async move { send(&router, "POST", "/api/v1/users", Some(&ac), Some(&acsrf), Some(body)).await }
+        async move {
+            send(
+                &router,
+                "POST",
+                "/api/v1/users",
+                Some(&ac),
+                Some(&acsrf),
+                Some(body),
+            )
+            .await
+        }
     };
 
-    let (s, _, v) = post(json!({ "name": "bob", "password": "pw-of-8-chars", "role": "viewer" })).await;
+    let (s, _, v) =
+        post(json!({ "name": "bob", "password": "pw-of-8-chars", "role": "viewer" })).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["name"], "bob");
     assert!(v.get("password_hash").is_none(), "{v}");
-    let (s, _, v) = post(json!({ "name": "bob", "password": "pw-of-8-chars", "role": "viewer" })).await;
+    let (s, _, v) =
+        post(json!({ "name": "bob", "password": "pw-of-8-chars", "role": "viewer" })).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     for bad in [
         json!({ "name": "b b", "password": "pw-of-8-chars", "role": "viewer" }),
@@ -223,34 +350,117 @@ async fn tenant_admins_manage_users() {
 
     let (s, _, v) = send(&router, "GET", "/api/v1/users", Some(&ac), None, None).await;
     assert_eq!(s, StatusCode::OK);
-    let names: Vec<_> = v.as_array().unwrap().iter().map(|u| (u["name"].clone(), u["role"].clone())).collect();
-    assert_eq!(names, vec![(json!("ada"), json!("admin")), (json!("bob"), json!("viewer"))]);
+    let names: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].clone(), u["role"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (json!("ada"), json!("admin")),
+            (json!("bob"), json!("viewer"))
+        ]
+    );
 
     // Promote bob; his session sees the new role at once.
     let (bc, bcsrf) = login(&router, "acme", "bob", "pw-of-8-chars").await;
-    let (s, _, v) = send(&router, "PATCH", "/api/v1/users/bob", Some(&ac), Some(&acsrf), Some(json!({"role": "operator"}))).await;
+    let (s, _, v) = send(
+        &router,
+        "PATCH",
+        "/api/v1/users/bob",
+        Some(&ac),
+        Some(&acsrf),
+        Some(json!({"role": "operator"})),
+    )
+    .await;
     assert_eq!((s, v["role"].clone()), (StatusCode::OK, json!("operator")));
-    let (s, _, _) = send(&router, "POST", "/api/v1/tokens", Some(&bc), Some(&bcsrf), None).await;
+    let (s, _, _) = send(
+        &router,
+        "POST",
+        "/api/v1/tokens",
+        Some(&bc),
+        Some(&bcsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
     // A new password ends his sessions and the old password.
-    let (s, _, _) = send(&router, "PATCH", "/api/v1/users/bob", Some(&ac), Some(&acsrf), Some(json!({"password": "new-password-1"}))).await;
+    let (s, _, _) = send(
+        &router,
+        "PATCH",
+        "/api/v1/users/bob",
+        Some(&ac),
+        Some(&acsrf),
+        Some(json!({"password": "new-password-1"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (s, _, _) = send(&router, "GET", "/api/v1/runners", Some(&bc), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     login(&router, "acme", "bob", "new-password-1").await;
-    let (s, _, _) = send(&router, "PATCH", "/api/v1/users/bob", Some(&ac), Some(&acsrf), Some(json!({}))).await;
+    let (s, _, _) = send(
+        &router,
+        "PATCH",
+        "/api/v1/users/bob",
+        Some(&ac),
+        Some(&acsrf),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _, _) = send(&router, "PATCH", "/api/v1/users/nobody", Some(&ac), Some(&acsrf), Some(json!({"role": "admin"}))).await;
+    let (s, _, _) = send(
+        &router,
+        "PATCH",
+        "/api/v1/users/nobody",
+        Some(&ac),
+        Some(&acsrf),
+        Some(json!({"role": "admin"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // An admin cannot lock themself out.
-    let (s, _, _) = send(&router, "PATCH", "/api/v1/users/ada", Some(&ac), Some(&acsrf), Some(json!({"role": "viewer"}))).await;
+    let (s, _, _) = send(
+        &router,
+        "PATCH",
+        "/api/v1/users/ada",
+        Some(&ac),
+        Some(&acsrf),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _, _) = send(&router, "DELETE", "/api/v1/users/ada", Some(&ac), Some(&acsrf), None).await;
+    let (s, _, _) = send(
+        &router,
+        "DELETE",
+        "/api/v1/users/ada",
+        Some(&ac),
+        Some(&acsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
 
-    let (s, _, _) = send(&router, "DELETE", "/api/v1/users/bob", Some(&ac), Some(&acsrf), None).await;
+    let (s, _, _) = send(
+        &router,
+        "DELETE",
+        "/api/v1/users/bob",
+        Some(&ac),
+        Some(&acsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, _) = send(&router, "DELETE", "/api/v1/users/bob", Some(&ac), Some(&acsrf), None).await;
+    let (s, _, _) = send(
+        &router,
+        "DELETE",
+        "/api/v1/users/bob",
+        Some(&ac),
+        Some(&acsrf),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Users of another tenant are invisible.
     let (_, other) = tenant(&router, "other").await;
@@ -259,9 +469,23 @@ async fn tenant_admins_manage_users() {
     let (s, v) = call(&router, "GET", "/api/v1/users", Some(&api), None).await;
     assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 1));
     // The admin-token endpoint: unknown tenant, and API tokens refused.
-    let (s, _) = call(&router, "POST", "/api/v1/tenants/nope/users", Some(ADMIN), Some(r#"{"name":"x","password":"pw-of-8-chars","role":"admin"}"#)).await;
+    let (s, _) = call(
+        &router,
+        "POST",
+        "/api/v1/tenants/nope/users",
+        Some(ADMIN),
+        Some(r#"{"name":"x","password":"pw-of-8-chars","role":"admin"}"#),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = call(&router, "POST", "/api/v1/tenants/acme/users", Some(&api), Some(r#"{"name":"x","password":"pw-of-8-chars","role":"admin"}"#)).await;
+    let (s, _) = call(
+        &router,
+        "POST",
+        "/api/v1/tenants/acme/users",
+        Some(&api),
+        Some(r#"{"name":"x","password":"pw-of-8-chars","role":"admin"}"#),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
 
@@ -276,13 +500,24 @@ async fn the_dashboard_is_served() {
     assert_eq!(resp.status(), StatusCode::OK);
     let h = resp.headers();
     assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert!(h["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
     let resp = router
         .clone()
-        .oneshot(Request::builder().uri("/ui/app.js").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .uri("/ui/app.js")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let (s, _, v) = send(&router, "GET", "/ui/nope.js", None, None, None).await;
-    assert_eq!((s, v["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
 }

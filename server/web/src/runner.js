@@ -66,8 +66,8 @@ function loadUplot() {
 
 const CHARTS = [
   { title: 'CPU busy (%)', pick: (n) => n === 'cpu.busy' },
-  { title: 'Memory (MiB)', pick: (n) => n === 'mem.used' || n === 'mem.total', scale: 1 / 1024 },
-  { title: 'Disk used (GiB)', pick: (n) => /^fs\..+\.used$/.test(n), scale: 1 / 1048576 },
+  { title: 'Memory (MiB)', pick: (n) => n === 'mem.used' || n === 'mem.total', scale: 1 / 1048576 },
+  { title: 'Disk used (GiB)', pick: (n) => /^fs\..+\.used$/.test(n), scale: 1 / 1073741824 },
   { title: 'Network IPv4 (bytes/s)', pick: (n) => n === 'ip4.in_bps' || n === 'ip4.out_bps' },
   { title: 'Network IPv6 (bytes/s)', pick: (n) => n === 'ip6.in_bps' || n === 'ip6.out_bps' },
 ];
@@ -84,29 +84,46 @@ async function metrics(body, r) {
     const m = await api('GET', `/api/v1/runners/${r.id}/metrics?since=${range.value}&series=cpu.busy,mem.used,mem.total,fs.*,ip4.*,ip6.*`);
     for (const p of plots) p.destroy();
     plots = [];
+    const todo = [];
     grid.replaceChildren(...CHARTS.map((c) => {
       const series = m.series.filter((s) => c.pick(s.name));
       const card = h('div', { class: 'card chart', dataset: { chart: c.title } }, h('h2', {}, c.title));
       const latest = series.map((s) => `${s.name}: ${fmt((s.points.at(-1)?.[1] ?? NaN) * (c.scale || 1))}`).join(' · ');
       card.append(h('p', { class: 'muted' }, series.length ? latest : 'No samples in this range.'));
-      if (!U) { card.append(h('p', { class: 'error' }, 'Chart library not built into this server (run make web).')); return card; }
-      if (!series.length) return card;
+      if (!U) card.append(h('p', { class: 'error' }, 'Chart library not built into this server (run make web).'));
+      else if (series.length) todo.push([c, series, card]);
+      return card;
+    }));
+    // Plots are sized to their card, so they are made once the cards are laid out.
+    for (const [c, series, card] of todo) {
       // One shared time axis: the union of every series' timestamps.
       const xs = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
       const data = [xs.map((t) => t / 1000), ...series.map((s) => {
         const byT = new Map(s.points.map((p) => [p[0], p[1] * (c.scale || 1)]));
         return xs.map((t) => byT.get(t) ?? null);
       })];
-      const width = Math.max(260, Math.min(560, grid.clientWidth - 40));
-      plots.push(new U({ width, height: 180, series: [{}, ...series.map((s, i) => ({ label: s.name, stroke: PALETTE[i % PALETTE.length], width: 1.5 }))] }, data, card));
-      return card;
-    }));
+      const width = Math.max(240, card.clientWidth - 28);
+      plots.push(new U({
+        width, height: 180,
+        axes: [{}, { size: 60, values: (u, vals) => vals.map(short) }],
+        series: [{}, ...series.map((s, i) => ({ label: s.name, stroke: PALETTE[i % PALETTE.length], width: 1.5, value: (u, v) => fmt(v) }))],
+      }, data, card));
+    }
   };
   range.addEventListener('change', () => act(draw));
   await draw();
   // Live: redraw as samples arrive (the heartbeat is seconds, not faster).
   const tick = setInterval(() => act(draw), 10000);
   return () => { clearInterval(tick); for (const p of plots) p.destroy(); };
+}
+
+/** Axis labels: 1.2k, 3.4M. */
+function short(v) {
+  const a = Math.abs(v);
+  if (a >= 1e9) return `${+(v / 1e9).toFixed(1)}G`;
+  if (a >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+  if (a >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
+  return `${+v.toFixed(1)}`;
 }
 
 function fmt(v) {
