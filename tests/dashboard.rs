@@ -1,8 +1,9 @@
 //! The dashboard in real headless Chromium (Debian's `chromium`, driven by
 //! `playwright-core` from `server/web/node_modules`) against the real server
 //! and runner: log in, see the runner active, charts, the install command,
-//! run a script and read its output, stop the runner and see it turn
-//! unreachable without a reload, a viewer refused. The browser steps are in
+//! run a script and read its output, a container's coloured logs and its
+//! removal after confirmation (real Docker), stop the runner and see it
+//! turn unreachable without a reload, a viewer refused. The browser steps are in
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`.
 //!
 //! Needs `chromium` and `make web` (`.ci/run` installs both); it fails,
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::util::docker::{self, IMAGE};
 use crate::util::{self, Runner, Server};
 
 const PASSWORD: &str = "e2e-password-1";
@@ -61,12 +63,32 @@ fn dashboard_in_a_real_browser() {
     std::fs::create_dir_all(&artifacts).unwrap();
     eprintln!("dashboard screenshots: {}", artifacts.display());
 
+    let _engine = docker::ensure();
+    let container = format!("tether-dash-{}", std::process::id());
+    let out = Command::new("docker")
+        // No network: a new veth would make Chromium abort a page load.
+        .args(["run", "-d", "--network", "none", "--name", &container])
+        .args([IMAGE, "sh", "-c"])
+        // An ANSI red word among plain lines, as many programs log.
+        .arg(
+            r#"i=0; while true; do printf 'tick-%s [31mALERT[0m done
+' $i; i=$((i+1)); sleep 0.2; done"#,
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _cleanup = RemoveContainer(container.clone());
+
     let server = Server::start();
     let tenant = server.tenant("acme");
     add_user(&server, "acme", "ada", "admin");
     add_user(&server, "acme", "vic", "viewer");
     let mut runner = Runner::enroll(&server, &tenant);
-    runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
+    runner.start(&["--heartbeat", "1s"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
 
     let mut node = Command::new("node")
@@ -78,6 +100,7 @@ fn dashboard_in_a_real_browser() {
         .env("VIEWER_USER", "vic")
         .env("PASSWORD", PASSWORD)
         .env("RUNNER_ID", &runner.id)
+        .env("CONTAINER", &container)
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts)
         .stdin(Stdio::piped())
@@ -109,6 +132,8 @@ fn dashboard_in_a_real_browser() {
         "runner active",
         "metrics charts drawn",
         "script output read",
+        "container logs shown",
+        "container removed after confirmation",
         "runner unreachable on the page",
         "viewer refused",
     ] {
@@ -117,5 +142,20 @@ fn dashboard_in_a_real_browser() {
             "missing step {step:?}:\n{transcript}"
         );
     }
-    assert!(artifacts.join("04-runner-unreachable.png").exists());
+    assert!(artifacts.join("05-runner-unreachable.png").exists());
+    // The page's Remove really removed it.
+    let gone = Command::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "container still exists");
+}
+
+/// Removes the test's container however the test ends.
+struct RemoveContainer(String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
 }

@@ -23,10 +23,20 @@ try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
   page = await ctx.newPage();
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+  // Chromium aborts a navigation when a network interface comes or goes
+  // (ERR_NETWORK_CHANGED), and Docker tests running beside this one add
+  // veth interfaces at any moment: try such a navigation again.
+  const goto = async (url) => {
+    for (let i = 0; ; i++) {
+      try { return await page.goto(url); } catch (e) {
+        if (i >= 4 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
+      }
+    }
+  };
   const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
 
   const login = async (user) => {
-    await page.goto(URL);
+    await goto(URL);
     await page.getByLabel('Tenant').fill(env('TENANT'));
     await page.getByLabel('User').fill(user);
     await page.getByLabel('Password').fill(env('PASSWORD'));
@@ -35,7 +45,7 @@ try {
   };
 
   // A wrong password is refused on the page.
-  await page.goto(URL);
+  await goto(URL);
   await page.getByLabel('Tenant').fill(env('TENANT'));
   await page.getByLabel('User').fill(env('ADMIN_USER'));
   await page.getByLabel('Password').fill('not-the-password');
@@ -50,24 +60,24 @@ try {
   step('runner active');
 
   // Metrics: the chart library is embedded and draws once samples exist.
-  await page.goto(`${URL}/#/runner/${env('RUNNER_ID')}/metrics`);
+  await goto(`${URL}/#/runner/${env('RUNNER_ID')}/metrics`);
   await page.locator('[data-chart="CPU busy (%)"] .uplot').waitFor({ timeout: T });
   await page.locator('[data-chart="Network IPv4 (bytes/s)"]').waitFor({ timeout: T });
   await shot('02-metrics');
   step('metrics charts drawn');
 
-  await page.goto(`${URL}/#/runner/${env('RUNNER_ID')}/fingerprint`);
+  await goto(`${URL}/#/runner/${env('RUNNER_ID')}/fingerprint`);
   await page.locator('#fingerprint').filter({ hasText: 'kernel' }).waitFor({ timeout: T });
   step('fingerprint shown');
 
   // Add a server: the one-line install command with a fresh token.
-  await page.goto(`${URL}/#/add`);
+  await goto(`${URL}/#/add`);
   const cmd = await page.locator('#install-cmd').textContent({ timeout: T });
   if (!/^curl -fsSL https:\/\/.+\/install\.sh \| sh -s -- --token tenr_[0-9a-f]{64}$/.test(cmd)) throw new Error(`install command: ${cmd}`);
   step('install command shown');
 
   // A script, saved and run from the page, its output read live.
-  await page.goto(`${URL}/#/scripts`);
+  await goto(`${URL}/#/scripts`);
   await page.getByLabel('Name').fill('hello');
   await page.getByLabel('Body').fill('echo "dashboard-says-$((6*7))"\necho to-stderr >&2\n');
   await page.getByRole('button', { name: 'Save and run' }).click();
@@ -77,8 +87,38 @@ try {
   await shot('03-script-output');
   step('script output read');
 
+  // Containers: the table, the log viewer with ANSI colours and search,
+  // and a stop that asks for confirmation first.
+  const ctr = env('CONTAINER');
+  await goto(`${URL}/#/runner/${env('RUNNER_ID')}/containers`);
+  const crow = page.locator(`tr[data-container="${ctr}"]`);
+  await crow.filter({ hasText: 'running' }).waitFor({ timeout: T });
+  await crow.getByRole('link', { name: ctr }).click();
+  const log = page.locator('#log');
+  await log.filter({ hasText: 'tick-' }).waitFor({ timeout: T });
+  const red = await log.locator('span', { hasText: 'ALERT' }).first().evaluate((e) => getComputedStyle(e).color);
+  if (red !== 'rgb(255, 107, 107)') throw new Error(`ANSI red shown as ${red}`);
+  if ((await log.textContent()).includes('\x1b')) throw new Error('raw escape codes in the log view');
+  // Follow: new lines arrive live after the history, none twice.
+  const n0 = await log.locator(':scope > div').count();
+  await page.waitForFunction((n) => document.querySelectorAll('#log > div').length > n + 2, n0, { timeout: T });
+  const ticks = await log.locator(':scope > div').allTextContents();
+  if (new Set(ticks).size !== ticks.length) throw new Error(`a log line shown twice: ${ticks.join(' | ')}`);
+  await page.getByLabel('Search').fill('ALERT');
+  await page.getByLabel('Search').press('Enter');
+  await log.locator('mark', { hasText: 'ALERT' }).first().waitFor({ timeout: T });
+  await shot('04-container-logs');
+  step('container logs shown with colours and search');
+  await goto(`${URL}/#/runner/${env('RUNNER_ID')}/containers`);
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await crow.getByRole('button', { name: 'Remove' }).click();
+  await crow.waitFor({ state: 'detached', timeout: T });
+  if (!asked.includes(ctr)) throw new Error(`no confirmation before remove: ${asked}`);
+  step('container removed after confirmation');
+
   // Health changes live: no reload, the row turns unreachable.
-  await page.goto(`${URL}/#/runners`);
+  await goto(`${URL}/#/runners`);
   await row.locator('[data-health="active"]').waitFor({ timeout: T });
   await page.evaluate(() => { window.__sameDocument = true; });
   console.log('STOP_RUNNER');
@@ -87,7 +127,7 @@ try {
   await row.locator('[data-health="unreachable"]').waitFor({ timeout: 5000 });
   if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
   step(`runner unreachable on the page after ${Date.now() - t0} ms`);
-  await shot('04-runner-unreachable');
+  await shot('05-runner-unreachable');
 
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.getByRole('button', { name: 'Log in' }).waitFor({ timeout: T });
@@ -97,7 +137,7 @@ try {
   // the request even when the page is bypassed.
   await login(env('VIEWER_USER'));
   if (await page.getByRole('link', { name: 'Add a server' }).isVisible()) throw new Error('viewer sees "Add a server"');
-  await page.goto(`${URL}/#/scripts/hello`);
+  await goto(`${URL}/#/scripts/hello`);
   const run = page.getByRole('button', { name: 'Save and run' });
   await run.waitFor({ timeout: T });
   if (!(await run.isDisabled())) throw new Error('viewer can press Save and run');
@@ -107,15 +147,15 @@ try {
     return { status: r.status, body: await r.json() };
   });
   if (refused.status !== 403) throw new Error(`viewer's run: ${JSON.stringify(refused)}`);
-  await shot('05-viewer');
+  await shot('06-viewer');
 
   // Phone width: the runners table fits without sideways scrolling of the page.
   await page.setViewportSize({ width: 390, height: 800 });
-  await page.goto(`${URL}/#/runners`);
+  await goto(`${URL}/#/runners`);
   await row.waitFor({ timeout: T });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   if (overflow > 0) throw new Error(`page is ${overflow}px wider than a phone`);
-  await shot('06-phone-runners');
+  await shot('07-phone-runners');
   step('phone width fits');
   step(`viewer refused: ${refused.body.error.message}`);
   console.log('E2E OK');

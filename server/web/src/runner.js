@@ -216,8 +216,12 @@ async function logs(body, r, container) {
     const base = `/api/v1/runners/${r.id}/containers/${encodeURIComponent(container)}/logs`;
     const params = new URLSearchParams({ since: since.value });
     if (q) params.set('q', q);
+    let last = null;
     const add = (l) => {
       if (l.end) { out.append(h('div', { class: 'muted' }, `— ${l.end} —`)); return; }
+      // The live tail starts at the last stored line's time: skip what was shown.
+      if (last && l.ts_ns <= last.ts_ns) return;
+      last = l;
       const row = h('div', { class: l.stream === 'stderr' ? 'stderr' : '' });
       appendAnsi(row, l.line, q.toLowerCase());
       out.append(row);
@@ -226,10 +230,10 @@ async function logs(body, r, container) {
       if (follow.checked) out.scrollTop = out.scrollHeight;
     };
     try {
-      // History first, then the live tail from now on.
+      // History first, then live from the last line shown: no gap, no repeat.
       await ndjson(`${base}?${params}`, add, ctl.signal);
       if (follow.checked) {
-        const live = new URLSearchParams({ follow: '1', tail: '0' });
+        const live = new URLSearchParams(last ? { follow: '1', since: last.ts } : { follow: '1', tail: '0' });
         if (q) live.set('q', q);
         await ndjson(`${base}?${live}`, add, ctl.signal);
       }
