@@ -159,3 +159,153 @@ impl Drop for RemoveContainer {
         let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
     }
 }
+
+/// The API calls the page makes, with the session cookie and CSRF header
+/// as the page sends them, over real TLS against a real runner (no browser):
+/// a broken endpoint shows here even if the page hid it.
+#[test]
+fn the_pages_api_calls_work_with_the_session_cookie() {
+    let server = Server::start();
+    let tenant = server.tenant("acme");
+    add_user(&server, "acme", "otto", "operator");
+    let mut runner = Runner::enroll(&server, &tenant);
+    runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let pem = std::fs::read(&server.ca).unwrap();
+    let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
+    let agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    cert,
+                ])))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    let url = |p: &str| format!("{}{p}", server.url);
+
+    // Log in as the page does.
+    let mut resp = agent
+        .post(url("/api/v1/session"))
+        .send(
+            serde_json::json!({"tenant": "acme", "name": "otto", "password": PASSWORD}).to_string(),
+        )
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let session: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+    let get = |p: &str| -> (u16, String) {
+        let mut r = agent.get(url(p)).header("Cookie", &cookie).call().unwrap();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        (r.status().as_u16(), body)
+    };
+    let get_json = |p: &str| -> serde_json::Value {
+        let (st, body) = get(p);
+        assert_eq!(st, 200, "GET {p}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {p}: {e}: {body}"))
+    };
+
+    assert_eq!(get_json("/api/v1/session")["user"]["role"], "operator");
+    let id = &runner.id;
+    assert_eq!(get_json("/api/v1/runners")[0]["health"], "active");
+    assert_eq!(
+        get_json(&format!("/api/v1/runners/{id}"))["id"],
+        id.as_str()
+    );
+    assert!(get_json(&format!("/api/v1/runners/{id}/health"))
+        .as_array()
+        .is_some_and(|h| !h.is_empty()));
+    assert_eq!(
+        get_json(&format!("/api/v1/runners/{id}/updates"))["runner_id"],
+        id.as_str()
+    );
+    // The metrics query of the charts, once samples are stored.
+    util::wait_for(Duration::from_secs(15), "cpu.busy samples", || {
+        let m = get_json(&format!(
+            "/api/v1/runners/{id}/metrics?since=1h&series=cpu.busy,mem.used,mem.total,fs.*,ip4.*,ip6.*"
+        ));
+        let names: Vec<_> = m["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["points"].as_array().is_some_and(|p| !p.is_empty()))
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        (names.iter().any(|n| n == "cpu.busy") && names.iter().any(|n| n == "mem.total"))
+            .then_some(())
+    });
+    util::wait_for(Duration::from_secs(15), "fingerprint", || {
+        (get(&format!("/api/v1/runners/{id}/fingerprint")).0 == 200).then_some(())
+    });
+    assert!(get_json(&format!("/api/v1/runners/{id}/drift?since=90d")).is_array());
+
+    // Run a script the way the page does and read its output stream.
+    let mut r = agent
+        .put(url("/api/v1/scripts/hello"))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .send(serde_json::json!({"body": "echo out-line; echo err-line >&2"}).to_string())
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let mut r = agent
+        .post(url("/api/v1/jobs"))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .send(serde_json::json!({"runners": [id], "script": "hello"}).to_string())
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let jobs: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let job = jobs[0]["id"].as_str().unwrap().to_owned();
+    let (st, out) = get(&format!(
+        "/api/v1/jobs/{job}/output?format=ndjson&stream=all&follow=1"
+    ));
+    assert_eq!(st, 200, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let has = |stream: &str, text: &str| {
+        lines
+            .iter()
+            .any(|l| l["stream"] == stream && l["data"].as_str().unwrap().contains(text))
+    };
+    assert!(
+        has("stdout", "out-line") && has("stderr", "err-line"),
+        "{out}"
+    );
+    assert_eq!(
+        get_json(&format!("/api/v1/jobs/{job}"))["status"],
+        "succeeded"
+    );
+    assert_eq!(get_json("/api/v1/jobs?limit=20")[0]["id"], job.as_str());
+    assert!(get_json("/api/v1/scripts").as_array().unwrap().len() == 1);
+
+    // Without the CSRF header the same change is refused.
+    let r = agent
+        .post(url("/api/v1/jobs"))
+        .header("Cookie", &cookie)
+        .send(serde_json::json!({"runners": [id], "script": "hello"}).to_string())
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Logging out ends the cookie.
+    let r = agent
+        .delete(url("/api/v1/session"))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(get("/api/v1/runners").0, 401);
+}
