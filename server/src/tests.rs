@@ -167,7 +167,8 @@ async fn healthz_and_unknown_routes() {
         "not_found",
     );
     assert_error(
-        &call(&router, "GET", "/", Some(ADMIN), None).await,
+        // `/` is the dashboard now; any other unknown path is a JSON 404.
+        &call(&router, "GET", "/nope", Some(ADMIN), None).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
