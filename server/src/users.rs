@@ -14,9 +14,19 @@
 //!  expires_at passed ───────────▶ 401, the page shows the login form
 //! ```
 //!
+//! Guessing is slowed two ways: at most [`HASH_PERMITS`] password hashes run
+//! at once (each takes 19 MiB and tens of milliseconds, so a flood of logins
+//! queues instead of eating the machine), and after [`MAX_FAILURES`] wrong
+//! passwords for one tenant and user name in [`FAILURE_WINDOW`], that name is
+//! refused with `429 rate_limited` until the window passes.
+//!
 //! The first user of a tenant is made with the admin token
 //! (`POST /api/v1/tenants/{tenant}/users`, CLI `user add`); after that, the
 //! tenant's admins (or an API token) manage users with `/api/v1/users`.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::header::SET_COOKIE;
@@ -24,6 +34,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::api::JsonBody;
 use crate::app::AppState;
@@ -59,10 +70,58 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     })
 }
 
-async fn hash_blocking(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
+/// Password hashes that may run at once.
+const HASH_PERMITS: usize = 2;
+static HASHING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(HASH_PERMITS));
+
+/// Run one Argon2 computation on a blocking thread, within [`HASH_PERMITS`].
+async fn argon2_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = HASHING.acquire().await.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+async fn hash_blocking(password: String) -> Result<String, ApiError> {
+    argon2_blocking(move || hash_password(&password)).await?
+}
+
+/// Wrong passwords per tenant and user name before that name is refused.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Names tracked at most (bounded memory); beyond it new names go untracked,
+/// which still leaves every guess costing a queued hash.
+const MAX_TRACKED: usize = 10_000;
+
+/// Recent failed logins: key "tenant\nname" → (count, first failure).
+static FAILURES: LazyLock<Mutex<HashMap<String, (u32, Instant)>>> = LazyLock::new(Default::default);
+
+fn failures() -> std::sync::MutexGuard<'static, HashMap<String, (u32, Instant)>> {
+    // Counters only: a panic elsewhere cannot leave them inconsistent.
+    FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn locked_out(key: &str) -> bool {
+    failures()
+        .get(key)
+        .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+}
+
+fn record_failure(key: &str) {
+    let mut map = failures();
+    if !map.contains_key(key) && map.len() >= MAX_TRACKED {
+        map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        if map.len() >= MAX_TRACKED {
+            return;
+        }
+    }
+    let entry = map.entry(key.to_owned()).or_insert((0, Instant::now()));
+    if entry.1.elapsed() >= FAILURE_WINDOW {
+        *entry = (0, Instant::now());
+    }
+    entry.0 += 1;
 }
 
 fn check_user_name(name: &str) -> Result<(), ApiError> {
@@ -166,6 +225,14 @@ pub async fn login(
     if req.password.len() > MAX_PASSWORD_LEN * 4 {
         return Err(refused());
     }
+    let key = format!("{}\n{}", req.tenant, req.name);
+    if locked_out(&key) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many wrong passwords for this user: try again in a few minutes",
+        ));
+    }
     let user = match state.storage.tenant_id_by_id_or_name(&req.tenant)? {
         Some(tenant) => state.storage.user(&tenant, &req.name)?,
         None => None,
@@ -176,13 +243,13 @@ pub async fn login(
         None => DUMMY_HASH.to_owned(),
     };
     let password = req.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .map_err(ApiError::internal)?;
+    let ok = argon2_blocking(move || verify_password(&password, &phc)).await?;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(tenant = %req.tenant, user = %req.name, "dashboard login refused");
+        record_failure(&key);
         return Err(refused());
     };
+    failures().remove(&key);
     let secret = auth::new_secret(auth::SESSION_PREFIX)?;
     let csrf = auth::new_secret("")?;
     let now = clock::now_ms();

@@ -521,3 +521,28 @@ async fn the_dashboard_is_served() {
         (StatusCode::NOT_FOUND, json!("not_found"))
     );
 }
+
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_name_for_a_while() {
+    let router = app(state());
+    tenant(&router, "acme").await;
+    add_user(&router, "acme", "guessme", "viewer").await;
+    let attempt = |password: &'static str| {
+        let router = router.clone();
+        async move {
+            let body = json!({ "tenant": "acme", "name": "guessme", "password": password });
+            let (st, _, v) = send(&router, "POST", "/api/v1/session", None, None, Some(body)).await;
+            (st, v)
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(attempt("wrong-guess").await.0, StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password is refused, with a clear reason.
+    let (st, v) = attempt("pw-of-8-chars").await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    // Other names are not affected.
+    add_user(&router, "acme", "other", "viewer").await;
+    login(&router, "acme", "other", "pw-of-8-chars").await;
+}
