@@ -124,7 +124,8 @@ try {
   console.log('STOP_RUNNER');
   await lines.next();
   const t0 = Date.now();
-  await row.locator('[data-health="unreachable"]').waitFor({ timeout: 5000 });
+  // The server knows within a second of a clean close; allow for a loaded CI machine.
+  await row.locator('[data-health="unreachable"]').waitFor({ timeout: 3000 });
   if (!(await page.evaluate(() => window.__sameDocument))) throw new Error('the page reloaded');
   step(`runner unreachable on the page after ${Date.now() - t0} ms`);
   await shot('05-runner-unreachable');

@@ -24,6 +24,11 @@ page('runners', async (view) => {
       ...['Name', 'Health', 'Version', 'Platform', 'Last seen'].map((t) => h('th', { scope: 'col' }, t)))), body)));
   const tick = setInterval(draw, 10000);
   const stop = listen(async (kind, ev) => {
+    if (kind === 'open') {
+      const fresh = await api('GET', '/api/v1/runners').catch(() => null);
+      if (fresh) { state.runners = new Map(fresh.map((r) => [r.id, r])); draw(); }
+      return;
+    }
     if (kind !== 'health') return;
     if (!state.runners.has(ev.runner_id)) {
       // A new runner enrolled: fetch it to show its name.

@@ -109,6 +109,9 @@ function subscribe() {
   if (events) events.close();
   // EventSource sends the cookie on a same-origin URL and reconnects by itself.
   events = new EventSource('/api/v1/events');
+  // After a reconnect (server restart, network blip) changes may have been
+  // missed: pages listening for 'open' fetch their state again.
+  events.addEventListener('open', () => { for (const l of state.listeners) l('open', null); });
   events.addEventListener('health', (e) => {
     const ev = JSON.parse(e.data);
     const r = state.runners.get(ev.runner_id);

@@ -17,8 +17,12 @@ page('runner', async (view, id, tab = 'overview', extra) => {
     h('nav', { class: 'tabs', 'aria-label': 'Runner' }, ...TABS.map(([t, label]) =>
       h('a', { href: `#/runner/${id}/${t}`, 'aria-current': t === tab ? 'page' : false }, label))),
     body);
-  const stop = listen((kind, ev) => {
+  const stop = listen(async (kind, ev) => {
     if (kind === 'health' && ev.runner_id === id) badge.replaceChildren(healthBadge(ev.health));
+    if (kind === 'open') {
+      const fresh = await api('GET', `/api/v1/runners/${encodeURIComponent(id)}`).catch(() => null);
+      if (fresh) badge.replaceChildren(healthBadge(fresh.health));
+    }
   });
   const fn = { overview, metrics, fingerprint, containers, logs }[tab] || overview;
   const done = await fn(body, r, extra);
