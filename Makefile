@@ -13,16 +13,17 @@ EDGE_TESTS := test -p tether --test tests -- --ignored cross_arch:: packages::
 else
 EDGE_TESTS := nextest run -p tether --test tests --run-ignored only -E 'test(/^(cross_arch|packages)::/)'
 endif
-SHELL_SCRIPTS := build.sh .ci/run packaging/*.sh packaging/*/*.sh \
+SHELL_SCRIPTS := build.sh .ci/run server/web/build.sh packaging/*.sh packaging/*/*.sh \
 	packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
 	packaging/alpine/APKBUILD packaging/alpine/tether.initd packaging/openwrt/tether/files/tether.init
 
-.PHONY: help build run test edge lint bench static release packages vendor clean
+.PHONY: help build web run test edge lint bench static release packages vendor clean
 
 help:
 	@echo "make run      build, start a dev server and a local runner connected to it"
 	@echo "make test     build everything (incl. static release runners) and run every test"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
+	@echo "make web      the dashboard's libraries from npm (make build does it)"
 	@echo "make bench    footprint benchmarks: sizes, RSS, idle CPU and bytes, 1,000 runners"
 	@echo "make edge     build the armv7/armv6/mips/mipsel runners and run their tests under qemu,"
 	@echo "              the package tests (dpkg install as root) and the offline vendor build"
@@ -30,8 +31,12 @@ help:
 	@echo "make packages .deb for every runner in dist/, and the vendored source bundle"
 	@echo "make vendor   offline source bundle: vendor/ and dist/tether-VERSION-vendored.tar.gz"
 
-build:
+build: web
 	$(CARGO) build --workspace
+
+# The dashboard's npm libraries into server/web/dist/ (embedded by the server's build.rs).
+web:
+	sh server/web/build.sh
 
 run: build
 	@sh packaging/dev-run.sh
@@ -68,4 +73,4 @@ vendor:
 
 clean:
 	$(CARGO) clean
-	rm -rf dist .run
+	rm -rf dist .run server/web/dist

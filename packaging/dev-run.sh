@@ -47,6 +47,10 @@ field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"; }
 TETHER_TOKEN=$(cat "$dir/server/admin.token") \
     "$server" tenant create dev --json >"$dir/tenant.json"
 api_token=$(field api_token <"$dir/tenant.json")
+# A dashboard login for the dev tenant (random password, printed below).
+dash_password=$(od -An -N9 -tx1 /dev/urandom | tr -d ' \n')
+echo "$dash_password" | TETHER_TOKEN=$(cat "$dir/server/admin.token") \
+    "$server" user add dev admin --role admin >/dev/null
 export TETHER_TOKEN="$api_token"
 enroll_token=$("$server" token create --ttl 10m --json | field token)
 
@@ -72,6 +76,7 @@ cat <<MSG
 Tether is running.
 
   API        $url
+  dashboard  $url/   (tenant dev, user admin, password $dash_password)
   API token  $api_token
   CA file    $ca   (the dev certificate's CA)
   logs       $dir/server.log  $dir/runner.log

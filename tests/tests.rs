@@ -5,6 +5,7 @@
 mod util;
 
 mod cross_arch;
+mod dashboard;
 mod deploy;
 mod docker;
 mod enroll;

@@ -171,7 +171,8 @@ pub async fn create_api_token(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateApiToken>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
-    let tenant = caller.tenant()?;
+    // An API token is a tenant admin's authority: operators may not mint one.
+    let tenant = caller.tenant_admin()?;
     let label = check_label(req.label)?;
     let token = auth::new_secret(auth::API_PREFIX)?;
     let row = ApiTokenRow {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 
 use crate::containers::ContainerHub;
@@ -27,7 +27,9 @@ use crate::telemetry::MetricsWriter;
 use crate::terminals::Terminals;
 use crate::terminals_api;
 use crate::updates::{self, ReleaseConfig};
-use crate::{api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api};
+use crate::{
+    api, auth, containers_api, events, jobs_api, logs_api, runner_ws, telemetry_api, users, web,
+};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +49,8 @@ pub struct Tuning {
     /// A Docker call through a runner waits this long for the answer (plus
     /// the stop timeout for stop and restart).
     pub docker_timeout: Duration,
+    /// A dashboard login lasts this long (`users.rs`).
+    pub session_ttl: Duration,
 }
 
 impl Default for Tuning {
@@ -59,6 +63,7 @@ impl Default for Tuning {
             metrics_flush: Duration::from_secs(1),
             metrics_ack_every: Duration::from_secs(5),
             docker_timeout: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -270,6 +275,22 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runners/{id}/group", put(updates::set_group))
         .route("/api/v1/runners/{id}/updates", get(updates::runner_updates))
         .route("/api/v1/events", get(events::follow))
+        // The dashboard (`web.rs`) and its logins and users (`users.rs`).
+        .route("/", get(web::index))
+        .route("/ui/{*path}", get(web::file))
+        .route(
+            "/api/v1/session",
+            post(users::login).get(users::current).delete(users::logout),
+        )
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route(
+            "/api/v1/users/{name}",
+            patch(users::update).delete(users::delete),
+        )
+        .route(
+            "/api/v1/tenants/{tenant}/users",
+            post(users::create_for_tenant),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

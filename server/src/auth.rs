@@ -7,20 +7,34 @@
 //! and lets the server look in the right table.
 //!
 //! [`Caller`] is the axum extractor for REST endpoints: admin or one tenant.
+//!
+//! A request proves who it is in one of two ways, and every handler accepts
+//! both: a bearer token (CLI, scripts), or the dashboard's session cookie
+//! (`users.rs`). A bearer header wins when both are present. With the cookie,
+//! a request that is not GET/HEAD must also carry the session's CSRF token
+//! in `X-CSRF-Token` (a cross-site form cannot set a header), and a viewer's
+//! such request is refused here, before any handler runs, so no endpoint
+//! can forget to check.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::storage::{Role, SessionRow};
 
 pub const ADMIN_PREFIX: &str = "tadm_";
 pub const API_PREFIX: &str = "tapi_";
 pub const ENROLL_PREFIX: &str = "tenr_";
 pub const RUNNER_PREFIX: &str = "trun_";
+/// The dashboard's session cookie value (never accepted as a bearer token).
+pub const SESSION_PREFIX: &str = "tses_";
+/// The cookie that carries a session, and the header that carries its CSRF token.
+pub const SESSION_COOKIE: &str = "tether_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// A new secret: `prefix` then 256 random bits in hex.
 pub fn new_secret(prefix: &str) -> Result<String, getrandom::Error> {
@@ -76,8 +90,10 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub enum Caller {
     /// The server's admin token: tenants only.
     Admin,
-    /// An API token of one tenant.
+    /// An API token of one tenant: a tenant admin.
     Tenant(String),
+    /// A dashboard user, by session cookie.
+    User(Box<SessionRow>),
 }
 
 impl Caller {
@@ -85,9 +101,21 @@ impl Caller {
     pub fn tenant(&self) -> Result<&str, ApiError> {
         match self {
             Caller::Tenant(id) => Ok(id),
+            Caller::User(session) => Ok(&session.user.tenant_id),
             Caller::Admin => Err(ApiError::forbidden(
                 "the admin token manages tenants only; use a tenant's API token",
             )),
+        }
+    }
+
+    /// Tenant endpoints that hand out authority (users, API tokens): an API
+    /// token or a user with the admin role.
+    pub fn tenant_admin(&self) -> Result<&str, ApiError> {
+        match self {
+            Caller::User(session) if session.user.role != Role::Admin => Err(ApiError::forbidden(
+                "this needs the admin role in the tenant",
+            )),
+            other => other.tenant(),
         }
     }
 
@@ -95,7 +123,9 @@ impl Caller {
     pub fn admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Tenant(_) => Err(ApiError::forbidden("this endpoint needs the admin token")),
+            Caller::Tenant(_) | Caller::User(_) => {
+                Err(ApiError::forbidden("this endpoint needs the admin token"))
+            }
         }
     }
 }
@@ -107,10 +137,32 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(token) = bearer(&parts.headers) else {
-            return Err(ApiError::unauthorized("missing bearer token"));
+        if let Some(token) = bearer(&parts.headers) {
+            return identify(state, token);
+        }
+        let Some(cookie) = session_cookie(&parts.headers) else {
+            return Err(ApiError::unauthorized(
+                "missing bearer token or session cookie",
+            ));
         };
-        identify(state, token)
+        let session = state
+            .storage
+            .session(&hash_secret(cookie), crate::clock::now_ms())?
+            .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))?;
+        if !is_safe(&parts.method) {
+            let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if !sent.is_some_and(|t| hashes_equal(t, &session.csrf_token)) {
+                return Err(ApiError::forbidden(
+                    "missing or wrong X-CSRF-Token header for this session",
+                ));
+            }
+            if session.user.role == Role::Viewer {
+                return Err(ApiError::forbidden(
+                    "the viewer role can only look, not change anything",
+                ));
+            }
+        }
+        Ok(Caller::User(Box::new(session)))
     }
 }
 
@@ -118,6 +170,24 @@ impl FromRequestParts<AppState> for Caller {
 /// browser's WebSocket cannot set `Authorization`).
 pub fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     identify(state, token)
+}
+
+/// GET and HEAD change nothing; everything else needs CSRF proof and a role
+/// above viewer.
+fn is_safe(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
+/// The session secret of the request's cookie, if there is one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == SESSION_COOKIE && value.starts_with(SESSION_PREFIX))
+        .map(|(_, value)| value)
 }
 
 fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
@@ -182,6 +252,22 @@ mod tests {
         ] {
             h.insert(AUTHORIZATION, HeaderValue::from_static(value));
             assert_eq!(bearer(&h), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn session_cookie_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_cookie(&h), None);
+        for (value, want) in [
+            ("tether_session=tses_ab", Some("tses_ab")),
+            ("a=1; tether_session=tses_ab; b=2", Some("tses_ab")),
+            ("tether_session=tapi_ab", None),
+            ("xtether_session=tses_ab", None),
+            ("tether_session", None),
+        ] {
+            h.insert(axum::http::header::COOKIE, HeaderValue::from_static(value));
+            assert_eq!(session_cookie(&h), want, "{value:?}");
         }
     }
 }

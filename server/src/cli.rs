@@ -27,6 +27,7 @@ mod jobs;
 mod logs;
 mod terminal;
 mod updates;
+mod users;
 use containers::ContainerCommand;
 use updates::{ReleaseCommand, UpdateCommand};
 
@@ -143,6 +144,9 @@ pub enum ClientCommand {
     /// Jobs: list, show, watch live, cancel
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Dashboard users: add (admin token), list, role, password, rm
+    #[command(subcommand)]
+    User(users::UserCommand),
     /// Signed runner releases on the server: upload (admin), list
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -524,6 +528,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Secret(c) => jobs::secret(&client, c, json),
         ClientCommand::Run(a) => jobs::run(&client, &a, json),
         ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
+        ClientCommand::User(c) => users::user(&client, c, json),
         ClientCommand::Prune {
             runner,
             images,
@@ -915,10 +920,10 @@ impl Client {
                 req.call()?
             }
             _ => {
-                let mut req = if method == "PUT" {
-                    self.agent.put(&url)
-                } else {
-                    self.agent.post(&url)
+                let mut req = match method {
+                    "PUT" => self.agent.put(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    _ => self.agent.post(&url),
                 };
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);

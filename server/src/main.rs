@@ -19,6 +19,7 @@
 //! telemetry_api  metrics/fingerprint REST     prometheus     text exposition
 //! containers     Docker state, container      containers_api container REST: Docker
 //!                view + events from a runner                 calls through the runner
+//! users      dashboard users, sessions        web        the embedded dashboard files
 //! ```
 
 mod api;
@@ -53,6 +54,8 @@ mod terminals;
 mod terminals_api;
 mod tls;
 mod updates;
+mod users;
+mod web;
 
 #[cfg(test)]
 mod tests;

@@ -27,9 +27,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 mod containers;
 mod terminals;
 mod updates;
+mod users;
 pub use containers::{ContainerEventRow, DockerStateRow};
 pub use terminals::TerminalAuditRow;
 pub use updates::UpdatePolicy;
+pub use users::{Role, SessionRow, UserRow};
 
 /// How many health changes are kept per runner; older ones are dropped so a
 /// flapping runner cannot grow the database without bound.
@@ -162,6 +164,27 @@ CREATE TABLE update_reports (
     took_ms      INTEGER
 );
 CREATE INDEX update_reports_by_runner ON update_reports(runner_id, seq);
+"#,
+    // Dashboard users and their browser sessions (`storage/users.rs`).
+    r#"
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE sessions (
+    token_hash  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX sessions_by_user ON sessions(user_id);
+CREATE INDEX sessions_by_expiry ON sessions(expires_at);
 "#,
 ];
 

@@ -39,6 +39,7 @@ fn tuning() -> Tuning {
         metrics_flush: Duration::from_millis(50),
         metrics_ack_every: Duration::from_millis(200),
         docker_timeout: Duration::from_millis(700),
+        session_ttl: Duration::from_secs(3600),
     }
 }
 
@@ -166,7 +167,8 @@ async fn healthz_and_unknown_routes() {
         "not_found",
     );
     assert_error(
-        &call(&router, "GET", "/", Some(ADMIN), None).await,
+        // `/` is the dashboard now; any other unknown path is a JSON 404.
+        &call(&router, "GET", "/nope", Some(ADMIN), None).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
@@ -2186,6 +2188,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 }
 
 mod containers;
+mod users;
 
 // ---- releases and update policy -------------------------------------------
 

@@ -1,0 +1,337 @@
+//! Dashboard users and their browser sessions (the SQL for them; `users.rs`
+//! at the crate root is the logic: password hashing, cookies, endpoints).
+//!
+//! A user belongs to one tenant and has one [`Role`]. A session row is keyed
+//! by the SHA-256 of the cookie's secret (like every other credential) and
+//! carries its CSRF token and expiry. The role is read through the user on
+//! every lookup, so a role change or a deleted user takes effect on the next
+//! request, not when the session ends.
+//!
+//! Bounds: expired sessions are deleted whenever a new one is made.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{Storage, StorageError};
+
+/// What a user may do in its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything an API token may, and user management.
+    Admin,
+    /// Everything but user management and API tokens.
+    Operator,
+    /// Reads only: every state-changing request is refused.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// PHC string (`$argon2id$v=19$...`).
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+/// A live session with its user, as a request sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub user: UserRow,
+    pub tenant_name: String,
+    pub csrf_token: String,
+    pub expires_at: i64,
+}
+
+const USER_COLUMNS: &str = "u.id, u.tenant_id, u.name, u.password_hash, u.role, u.created_at";
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<Result<UserRow, StorageError>> {
+    let role: String = r.get(4)?;
+    let Some(role) = Role::parse(&role) else {
+        return Ok(Err(StorageError::Corrupt(format!("unknown role {role:?}"))));
+    };
+    Ok(Ok(UserRow {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        password_hash: r.get(3)?,
+        role,
+        created_at: r.get(5)?,
+    }))
+}
+
+impl Storage {
+    /// The id of a tenant named by its id or its name.
+    pub fn tenant_id_by_id_or_name(&self, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id FROM tenants WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// `Conflict` if the name is taken in the tenant.
+    pub fn create_user(&self, user: &UserRow) -> Result<(), StorageError> {
+        let r = self.conn().execute(
+            "INSERT INTO users (id, tenant_id, name, password_hash, role, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                user.id,
+                user.tenant_id,
+                user.name,
+                user.password_hash,
+                user.role.as_str(),
+                user.created_at
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StorageError::Conflict(format!(
+                    "a user named {:?} already exists in this tenant",
+                    user.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn user(&self, tenant_id: &str, name: &str) -> Result<Option<UserRow>, StorageError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant_id = ?1 AND u.name = ?2"
+                ),
+                params![tenant_id, name],
+                user_from_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    pub fn list_users(&self, tenant_id: &str) -> Result<Vec<UserRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant_id = ?1 ORDER BY u.name"
+        ))?;
+        let rows = stmt.query_map(params![tenant_id], user_from_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    /// Change a user's role and/or password hash; whether the user exists.
+    /// A new password ends the user's sessions (a stolen cookie dies with it).
+    pub fn update_user(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        role: Option<Role>,
+        password_hash: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id: Option<String> = tx
+            .query_row(
+                "SELECT id FROM users WHERE tenant_id = ?1 AND name = ?2",
+                params![tenant_id, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else { return Ok(false) };
+        if let Some(role) = role {
+            tx.execute(
+                "UPDATE users SET role = ?1 WHERE id = ?2",
+                params![role.as_str(), id],
+            )?;
+        }
+        if let Some(hash) = password_hash {
+            tx.execute(
+                "UPDATE users SET password_hash = ?1 WHERE id = ?2",
+                params![hash, id],
+            )?;
+            tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![id])?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Delete a user and its sessions; whether it existed.
+    pub fn delete_user(&self, tenant_id: &str, name: &str) -> Result<bool, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM sessions WHERE user_id IN
+               (SELECT id FROM users WHERE tenant_id = ?1 AND name = ?2)",
+            params![tenant_id, name],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM users WHERE tenant_id = ?1 AND name = ?2",
+            params![tenant_id, name],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Store a new session, and drop every expired one.
+    pub fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        csrf_token: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+        tx.execute(
+            "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash, user_id, csrf_token, now, expires_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The session of a cookie, if it exists and has not expired by `now`.
+    pub fn session(&self, token_hash: &str, now: i64) -> Result<Option<SessionRow>, StorageError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT {USER_COLUMNS}, t.name, s.csrf_token, s.expires_at
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     JOIN tenants t ON t.id = u.tenant_id
+                     WHERE s.token_hash = ?1 AND s.expires_at > ?2"
+                ),
+                params![token_hash, now],
+                |r| Ok(user_from_row(r)?.map(|user| (user, r.get(6), r.get(7), r.get(8)))),
+            )
+            .optional()?;
+        match row.transpose()? {
+            None => Ok(None),
+            Some((user, tenant_name, csrf_token, expires_at)) => Ok(Some(SessionRow {
+                user,
+                tenant_name: tenant_name?,
+                csrf_token: csrf_token?,
+                expires_at: expires_at?,
+            })),
+        }
+    }
+
+    pub fn delete_session(&self, token_hash: &str) -> Result<(), StorageError> {
+        self.conn().execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            params![token_hash],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::TenantRow;
+
+    fn setup() -> (Storage, UserRow) {
+        let s = Storage::open_in_memory().unwrap();
+        let t = TenantRow {
+            id: "tn_1".into(),
+            name: "acme".into(),
+            created_at: 1,
+        };
+        s.create_tenant(&t, "at_1", "h1").unwrap();
+        let u = UserRow {
+            id: "us_1".into(),
+            tenant_id: "tn_1".into(),
+            name: "ada".into(),
+            password_hash: "x".into(),
+            role: Role::Viewer,
+            created_at: 5,
+        };
+        s.create_user(&u).unwrap();
+        (s, u)
+    }
+
+    #[test]
+    fn users_are_unique_per_tenant_and_roles_round_trip() {
+        let (s, u) = setup();
+        assert!(matches!(s.create_user(&u), Err(StorageError::Conflict(_))));
+        assert_eq!(s.user("tn_1", "ada").unwrap(), Some(u.clone()));
+        assert_eq!(s.user("tn_2", "ada").unwrap(), None);
+        assert_eq!(
+            s.tenant_id_by_id_or_name("acme").unwrap().as_deref(),
+            Some("tn_1")
+        );
+        assert_eq!(
+            s.tenant_id_by_id_or_name("tn_1").unwrap().as_deref(),
+            Some("tn_1")
+        );
+        assert!(s
+            .update_user("tn_1", "ada", Some(Role::Admin), None)
+            .unwrap());
+        assert_eq!(s.list_users("tn_1").unwrap()[0].role, Role::Admin);
+        assert!(!s
+            .update_user("tn_1", "bob", Some(Role::Admin), None)
+            .unwrap());
+    }
+
+    #[test]
+    fn sessions_expire_and_die_with_password_change_or_user() {
+        let (s, u) = setup();
+        s.create_session("sh", &u.id, "csrf", 10, 100).unwrap();
+        let got = s.session("sh", 50).unwrap().unwrap();
+        assert_eq!(
+            (got.tenant_name.as_str(), got.csrf_token.as_str()),
+            ("acme", "csrf")
+        );
+        assert_eq!(s.session("sh", 100).unwrap(), None, "expired at 100");
+        // A role change keeps the session but shows at once.
+        s.update_user("tn_1", "ada", Some(Role::Operator), None)
+            .unwrap();
+        assert_eq!(
+            s.session("sh", 50).unwrap().unwrap().user.role,
+            Role::Operator
+        );
+        s.update_user("tn_1", "ada", None, Some("y")).unwrap();
+        assert_eq!(
+            s.session("sh", 50).unwrap(),
+            None,
+            "password change ends sessions"
+        );
+        s.create_session("sh2", &u.id, "c", 10, 100).unwrap();
+        assert!(s.delete_user("tn_1", "ada").unwrap());
+        assert_eq!(s.session("sh2", 50).unwrap(), None);
+        assert!(!s.delete_user("tn_1", "ada").unwrap());
+    }
+}

@@ -1,0 +1,103 @@
+// Entry module: the overview pages (runners, add a server, users), then boot.
+// runner.js and scripts.js register their own pages on import.
+import { state, h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, boot, redraw } from './core.js';
+import './runner.js';
+import './scripts.js';
+
+// ---- runners overview ----------------------------------------------------------------
+
+page('runners', async (view) => {
+  const list = await api('GET', '/api/v1/runners');
+  state.runners = new Map(list.map((r) => [r.id, r]));
+  const body = h('tbody');
+  const draw = () => {
+    body.replaceChildren(...[...state.runners.values()].map((r) => h('tr', { dataset: { runner: r.id } },
+      h('td', {}, h('a', { href: `#/runner/${r.id}` }, r.name)),
+      h('td', {}, healthBadge(r.health)),
+      h('td', {}, r.version), h('td', {}, `${r.os}/${r.arch}`),
+      h('td', { title: fmtTime(r.last_seen) }, r.health === 'active' ? 'now' : ago(r.last_seen)))));
+    if (!state.runners.size) body.append(h('tr', {}, h('td', { colspan: 5 }, 'No runners yet. ', can.act() ? h('a', { href: '#/add' }, 'Add a server') : '')));
+  };
+  draw();
+  view.replaceChildren(h('h1', {}, 'Runners'),
+    h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {},
+      ...['Name', 'Health', 'Version', 'Platform', 'Last seen'].map((t) => h('th', { scope: 'col' }, t)))), body)));
+  const tick = setInterval(draw, 10000);
+  const stop = listen(async (kind, ev) => {
+    if (kind === 'open') {
+      const fresh = await api('GET', '/api/v1/runners').catch(() => null);
+      if (fresh) { state.runners = new Map(fresh.map((r) => [r.id, r])); draw(); }
+      return;
+    }
+    if (kind !== 'health') return;
+    if (!state.runners.has(ev.runner_id)) {
+      // A new runner enrolled: fetch it to show its name.
+      const r = await api('GET', `/api/v1/runners/${ev.runner_id}`).catch(() => null);
+      if (r) state.runners.set(r.id, r);
+    }
+    draw();
+  });
+  return () => { clearInterval(tick); stop(); };
+});
+
+// ---- add a server -----------------------------------------------------------------
+
+page('add', async (view) => {
+  const out = h('div');
+  const ttl = h('select', { 'aria-label': 'Token lifetime' },
+    ...[['3600', '1 hour'], ['86400', '1 day'], ['604800', '7 days']].map(([v, t]) => h('option', { value: v }, t)));
+  const make = async () => {
+    const t = await act(() => api('POST', '/api/v1/tokens', { ttl_secs: Number(ttl.value), label: 'dashboard' }));
+    if (!t) return;
+    const cmd = `curl -fsSL ${location.origin}/install.sh | sh -s -- --token ${t.token}`;
+    const code = h('code', { class: 'cmd', id: 'install-cmd' }, cmd);
+    out.replaceChildren(
+      h('p', {}, 'Run this as root on the new server. The token works once and expires ', fmtTime(t.expires_at), '.'),
+      code,
+      h('div', { class: 'row' },
+        h('button', { type: 'button', onclick: () => navigator.clipboard?.writeText(cmd).then(() => toast('Copied')) }, 'Copy'),
+        h('span', { class: 'muted' }, 'No curl? Use wget -qO- instead of curl -fsSL.')));
+  };
+  view.replaceChildren(h('h1', {}, 'Add a server'),
+    h('p', {}, 'The host opens one outbound connection to this server; nothing needs to listen on it.'),
+    h('div', { class: 'row' }, ttl, h('button', { class: 'primary', type: 'button', onclick: make, disabled: !can.act() }, 'New install command')),
+    out);
+  if (can.act()) await make();
+});
+
+// ---- users (tenant admins) ------------------------------------------------------------
+
+page('users', async (view) => {
+  const users = await api('GET', '/api/v1/users');
+  const roleSel = (value, label) => h('select', { 'aria-label': label },
+    ...['viewer', 'operator', 'admin'].map((r) => h('option', { value: r, selected: r === value }, r)));
+  const rows = users.map((u) => {
+    const sel = roleSel(u.role, `Role of ${u.name}`);
+    sel.addEventListener('change', () => act(async () => { await api('PATCH', `/api/v1/users/${encodeURIComponent(u.name)}`, { role: sel.value }); toast(`${u.name} is now ${sel.value}`); }));
+    return h('tr', {}, h('td', {}, u.name), h('td', {}, sel), h('td', {}, fmtTime(u.created_at)),
+      h('td', {}, h('button', { class: 'danger', type: 'button', onclick: () => act(async () => {
+        if (!confirm(`Remove user ${u.name}?`)) return;
+        await api('DELETE', `/api/v1/users/${encodeURIComponent(u.name)}`);
+        redraw();
+      }) }, 'Remove')));
+  });
+  const form = h('form', { class: 'card', 'aria-label': 'Add a user' },
+    h('h2', {}, 'Add a user'),
+    h('label', {}, h('span', {}, 'Name'), h('input', { name: 'name', required: true })),
+    h('label', {}, h('span', {}, 'Password (8 or more characters)'), h('input', { name: 'password', type: 'password', required: true, minlength: 8, autocomplete: 'new-password' })),
+    h('label', {}, h('span', {}, 'Role'), roleSel('viewer', 'Role')),
+    h('button', { class: 'primary', type: 'submit' }, 'Add'));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const f = new FormData(form);
+    act(async () => {
+      await api('POST', '/api/v1/users', { name: f.get('name'), password: f.get('password'), role: form.querySelector('select').value });
+      redraw();
+    });
+  });
+  view.replaceChildren(h('h1', {}, 'Users'),
+    h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {}, ...['Name', 'Role', 'Created', ''].map((t) => h('th', { scope: 'col' }, t)))), h('tbody', {}, rows))),
+    form);
+});
+
+boot();
