@@ -39,12 +39,24 @@ function headers(method, extra) {
 
 /** A JSON call; throws ApiError with the server's message. A 401 shows the login form. */
 export async function api(method, path, body) {
-  const res = await fetch(path, {
-    method,
-    headers: headers(method, body === undefined ? {} : { 'Content-Type': 'application/json' }),
-    body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: 'same-origin',
-  });
+  const send = () =>
+    fetch(path, {
+      method,
+      headers: headers(method, body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+    });
+  let res;
+  try {
+    res = await send();
+  } catch (e) {
+    // A network error before any answer: most often a kept-alive connection
+    // the server closed as idle just as this request went out. A GET
+    // changes nothing, so it is safe to send once more.
+    if (method !== 'GET') throw e;
+    await new Promise((r) => setTimeout(r, 200));
+    res = await send();
+  }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
   if (!res.ok) {
