@@ -183,6 +183,10 @@ target_rustflags() {
         # The MIPS musl targets default to dynamic linking; routers have no
         # musl loader, so force a static binary.
         echo "-Ctarget-feature=+crt-static"
+        # Position-independent MIPS code calls everything through the GOT
+        # (several instructions a call): a static, non-PIE binary needs
+        # none of it.
+        echo "-Crelocation-model=static"
         ;;
     esac
     # With immediate-abort panics nothing ever unwinds: no unwind tables
@@ -190,6 +194,7 @@ target_rustflags() {
     # locations (file names and lines nobody can see).
     echo "-Cforce-unwind-tables=no"
     echo "-Zlocation-detail=none"
+    echo "-Zfmt-debug=shallow"
 }
 
 # Fail on an unknown target before building anything.
