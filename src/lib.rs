@@ -67,6 +67,7 @@ pub mod state;
 pub mod sys;
 #[cfg(feature = "runner")]
 pub mod telemetry;
+#[cfg(feature = "runner")]
 pub mod terminal;
 #[cfg(feature = "runner")]
 pub mod update;
