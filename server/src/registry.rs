@@ -340,17 +340,32 @@ impl Registry {
         tx: mpsc::Sender<LiveItem>,
         limit: Duration,
     ) -> Result<Envelope, RequestError> {
+        self.send_and_wait(tenant_id, runner_id, limit, |id, reply| {
+            Outgoing::OpenLogs {
+                id,
+                open: Box::new(open),
+                tx,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Queue the message `make` builds (with a fresh request id and the
+    /// reply slot) for a runner of `tenant_id`, then wait for the reply;
+    /// both within `limit`.
+    async fn send_and_wait(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        limit: Duration,
+        make: impl FnOnce(u64, oneshot::Sender<Envelope>) -> Outgoing,
+    ) -> Result<Envelope, RequestError> {
         let deadline = tokio::time::Instant::now() + limit;
         let outbox = self.outbox(tenant_id, runner_id)?;
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        let msg = Outgoing::OpenLogs {
-            id,
-            open: Box::new(open),
-            tx,
-            reply,
-        };
-        match tokio::time::timeout_at(deadline, outbox.send(msg)).await {
+        match tokio::time::timeout_at(deadline, outbox.send(make(id, reply))).await {
             Err(_) => return Err(RequestError::Timeout),
             Ok(Err(_)) => return Err(RequestError::ConnectionLost),
             Ok(Ok(())) => {}
@@ -430,22 +445,11 @@ impl Registry {
         body: Message,
         limit: Duration,
     ) -> Result<Envelope, RequestError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let outbox = self.outbox(tenant_id, runner_id)?;
-        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        let text = encode_control(id, body);
-        match tokio::time::timeout_at(deadline, outbox.send(Outgoing::Request { id, text, reply }))
-            .await
-        {
-            Err(_) => return Err(RequestError::Timeout),
-            Ok(Err(_)) => return Err(RequestError::ConnectionLost),
-            Ok(Ok(())) => {}
-        }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Err(_) => Err(RequestError::Timeout),
-            Ok(Err(_)) => Err(RequestError::ConnectionLost),
-            Ok(Ok(envelope)) => Ok(envelope),
-        }
+        self.send_and_wait(tenant_id, runner_id, limit, |id, reply| Outgoing::Request {
+            id,
+            text: encode_control(id, body),
+            reply,
+        })
+        .await
     }
 }
