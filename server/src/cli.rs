@@ -865,6 +865,9 @@ impl Client {
             // (a ping waits 5 s for the runner at most, a Docker call 30 s
             // plus a stop timeout).
             .timeout_global(timeout)
+            // The server closes connections idle for 10 s (its header-read
+            // timeout, which also bounds keep-alive); never reuse one that old.
+            .max_idle_age(Duration::from_secs(5))
             .user_agent(format!("tether-server-cli/{}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Client {

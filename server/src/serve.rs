@@ -47,6 +47,9 @@ use crate::tls::{self, TlsError};
 use crate::updates::ReleaseConfig;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Also the idle limit of a kept-alive HTTP/1.1 connection: hyper starts
+/// this timer when it waits for the next request, so a client must not reuse
+/// a connection idle for longer (our CLI and test clients stop at 5 s).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often last-seen times of connected runners are written to storage.
 const LAST_SEEN_FLUSH: Duration = Duration::from_secs(5);

@@ -264,6 +264,9 @@ impl Api {
             .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(15)))
+            // The server closes a connection idle for 10 s (its header-read
+            // timeout); reusing one older than that races the close.
+            .max_idle_age(Duration::from_secs(5))
             .build()
             .new_agent();
         Api {

@@ -277,6 +277,8 @@ fn enroll_all(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .tls_config(tls.build())
         .timeout_global(Some(Duration::from_secs(30)))
+        // Under the server's 10 s idle close (see serve.rs).
+        .max_idle_age(Duration::from_secs(5))
         .build()
         .new_agent();
     let base = args.api.trim_end_matches('/').to_owned();
