@@ -345,10 +345,13 @@ fn print(text: &str) -> Result<u8, CliError> {
     }
 }
 
+/// The release name first (what `install.sh` and the update check ask for:
+/// `uname -m` cannot tell mips from mipsel), then the build target.
 fn version_line() -> String {
     format!(
-        "tether {} ({})\n",
+        "tether {} ({}, {})\n",
         tether::version::version(),
+        tether::sys::RELEASE_ARCH,
         tether::sys::build_target()
     )
 }

@@ -246,7 +246,7 @@ fn runs_under_qemu(arch: &Arch) {
     };
     assert!(
         version.contains(env!("CARGO_PKG_VERSION"))
-            && version.contains(&format!("({rust_arch}-linux-musl)")),
+            && version.contains(&format!("({}, {rust_arch}-linux-musl)", arch.release)),
         "{}: {version}",
         arch.target
     );
