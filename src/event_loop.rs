@@ -288,6 +288,7 @@ impl EventLoop {
         let mut update = UpdateFeed::new(
             cfg.update.clone(),
             cfg.update_trial.clone(),
+            cfg.update_off.clone(),
             cfg.health_deadline.is_some(),
         );
         // A new version on probation must connect by then (update/mod.rs).

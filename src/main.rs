@@ -124,7 +124,9 @@ Options:
                         comes back [env TETHER_UPDATE_HEALTH_TIMEOUT, default 60s]
   -h, --help            this help
 
-Self-update: TETHER_UPDATE=off ignores the server's update offers;
+Self-update: TETHER_UPDATE=off refuses the server's update offers (reported
+to the server as rejected; the distro packages set it: their package manager
+owns the binary);
 TETHER_UPDATE_ALLOW_DOWNGRADE=1 allows installing older versions.
 ";
 
@@ -605,12 +607,18 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
         None => update::DEFAULT_HEALTH_TIMEOUT,
     };
-    let update_cfg = if config::env("TETHER_UPDATE").is_some_and(|v| v.eq_ignore_ascii_case("off"))
-    {
-        None
-    } else {
-        update_config(&global, &state, update_keys, false, health_timeout)
-    };
+    let (update_cfg, update_off) =
+        if config::env("TETHER_UPDATE").is_some_and(|v| v.eq_ignore_ascii_case("off")) {
+            (None, Some("TETHER_UPDATE=off".to_owned()))
+        } else {
+            match update_config(&global, &state, update_keys, false, health_timeout) {
+                Ok(u) => (Some(u), None),
+                Err(why) => {
+                    tether::error!("update", "self-update is off: {why}");
+                    (None, Some(why))
+                }
+            }
+        };
     let mut health_deadline = None;
     if let (Some(u), None) = (&update_cfg, &trial) {
         match u.on_start() {
@@ -644,6 +652,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         }),
         update: update_cfg.clone(),
         update_trial: trial,
+        update_off,
         health_deadline,
         terminals,
     };
@@ -735,36 +744,25 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     }
 }
 
-/// The update settings, or `None` (logged) if the key file is unreadable.
+/// The update settings, or why self-update is off (unreadable or empty key
+/// file, binary not found).
 fn update_config(
     global: &Global,
     state: &StateDir,
     keys: Option<PathBuf>,
     allow_downgrade: bool,
     health_timeout: std::time::Duration,
-) -> Option<UpdateConfig> {
+) -> Result<UpdateConfig, String> {
     let keys_path = keys
         .or_else(|| config::env("TETHER_UPDATE_KEYS").map(PathBuf::from))
         .unwrap_or_else(|| state.path.join("update-keys.pub"));
-    let keys = match update::release::load_keys(&keys_path) {
-        Ok(k) => k,
-        Err(e) => {
-            tether::error!("update", "self-update is off: {e}");
-            return None;
-        }
-    };
-    let binary = match update::current_binary() {
-        Ok(b) => b,
-        Err(e) => {
-            tether::error!("update", "self-update is off: cannot find this binary: {e}");
-            return None;
-        }
-    };
+    let keys = update::release::load_keys(&keys_path).map_err(|e| e.to_string())?;
+    let binary = update::current_binary().map_err(|e| format!("cannot find this binary: {e}"))?;
     let allow_downgrade = allow_downgrade
         || config::env("TETHER_UPDATE_ALLOW_DOWNGRADE")
             .is_some_and(|v| v == "1" || v == "yes" || v == "true");
     let _ = global;
-    Some(UpdateConfig {
+    Ok(UpdateConfig {
         binary,
         state_dir: state.path.clone(),
         keys,
@@ -799,11 +797,7 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
         None => update::DEFAULT_HEALTH_TIMEOUT,
     };
     let mut upd = update_config(&global, &state, keys, allow_downgrade, health_timeout)
-        .ok_or_else(|| {
-            CliError::Update(UpdateError::Rejected(
-                "self-update is not possible here (see the error above)".into(),
-            ))
-        })?;
+        .map_err(|why| CliError::Update(UpdateError::Rejected(why)))?;
     // The trial run and the next start use the runner's usual command.
     upd.run_args = vec![
         "--state-dir".into(),

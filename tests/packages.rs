@@ -434,6 +434,8 @@ fn procd_init_reads_uci_enrolls_and_gives_procd_a_working_command() {
         cmd.env(k, v);
     }
     assert!(env.contains("TETHER_LOG=debug"), "{env}");
+    // opkg owns the binary: no self-update unless UCI says so.
+    assert!(env.contains("TETHER_UPDATE=off"), "{env}");
     let mut child = Reaped(
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -391,6 +391,34 @@ fn bad_releases_are_rejected_and_change_nothing() {
     rejected(&fx, &mut host, "0.3.5", "signed release is 0.3.9");
 }
 
+/// A host where the owner turned self-update off (`TETHER_UPDATE=off`, as
+/// the distro packages do: the package manager owns the binary) answers
+/// each offered version `rejected` with the reason, once, instead of
+/// leaving the operator with a version pending forever.
+#[test]
+fn a_host_with_self_update_off_rejects_offers_with_the_reason() {
+    let fx = Fx::new();
+    let mut host = fx.host();
+    host.runner.env.push(("TETHER_UPDATE".into(), "off".into()));
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, V0);
+    fx.publish("0.3.7", &binary_with_version("0.3.7"));
+    rejected(
+        &fx,
+        &mut host,
+        "0.3.7",
+        "self-update is off on this host: TETHER_UPDATE=off",
+    );
+    // Answered once: no report per heartbeat.
+    std::thread::sleep(Duration::from_secs(2));
+    let count = |fx: &Fx| {
+        fx.reports(&host.runner.id)["reports"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|r| r["version"] == "0.3.7").count())
+    };
+    assert_eq!(count(&fx), 1);
+}
+
 /// Mounts a test sets up, undone (lazily) on drop.
 struct Mount(PathBuf);
 

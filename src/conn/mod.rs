@@ -151,6 +151,11 @@ pub struct ConnConfig {
     pub jobs: Option<crate::jobs::JobsConfig>,
     /// Self-update settings; `None` ignores `update` offers entirely.
     pub update: Option<crate::update::UpdateConfig>,
+    /// Why self-update is off on this host (`TETHER_UPDATE=off`, no keys):
+    /// with `update` `None`, each offered version is answered `rejected`
+    /// with this reason, so the operator sees why instead of a version
+    /// pending forever.
+    pub update_off: Option<String>,
     /// This process is a trial run of a new version (see `update`).
     pub update_trial: Option<String>,
     /// A new version on probation: it must connect within this, or the

@@ -38,6 +38,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
         jobs: None,
         update: None,
         update_trial: None,
+        update_off: None,
         health_deadline: None,
         terminals: Default::default(),
     }

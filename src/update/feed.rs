@@ -30,11 +30,19 @@ pub struct UpdateFeed {
     exit: Option<Exit>,
     /// Versions already answered by this process (no report storm).
     answered: Vec<String>,
+    /// Self-update is off here, for this reason (see `ConnConfig::update_off`).
+    off: Option<String>,
 }
 
 impl UpdateFeed {
-    /// `cfg` `None`: updates are not handled at all (tests of other parts).
-    pub fn new(cfg: Option<UpdateConfig>, trial: Option<String>, probation: bool) -> UpdateFeed {
+    /// `cfg` `None`: offers are refused with the `off` reason, or ignored
+    /// without one (tests of other parts).
+    pub fn new(
+        cfg: Option<UpdateConfig>,
+        trial: Option<String>,
+        off: Option<String>,
+        probation: bool,
+    ) -> UpdateFeed {
         UpdateFeed {
             cfg,
             trial,
@@ -42,6 +50,7 @@ impl UpdateFeed {
             outbox: VecDeque::new(),
             exit: None,
             answered: Vec::new(),
+            off,
         }
     }
 
@@ -94,12 +103,17 @@ impl UpdateFeed {
 
     /// The server's `update` message.
     pub fn on_offer(&mut self, offer: UpdateOffer) {
-        let Some(cfg) = &self.cfg else { return };
         if self.trial.is_some() {
             return;
         }
-        let rec = Record::load(&cfg.state_dir);
-        match cfg.verdict(&offer.version, &rec) {
+        let verdict = match (&self.cfg, &self.off) {
+            (Some(cfg), _) => cfg.verdict(&offer.version, &Record::load(&cfg.state_dir)),
+            (None, Some(why)) if offer.version != crate::version::version() => {
+                Verdict::Refuse(format!("self-update is off on this host: {why}"))
+            }
+            (None, _) => return,
+        };
+        match verdict {
             Verdict::Current => {}
             Verdict::Later(why) => {
                 if !self.answered.contains(&offer.version) {

@@ -414,6 +414,8 @@ pub struct Runner {
     pub id: String,
     /// The runner binary (the test build by default; benches use the static one).
     pub bin: PathBuf,
+    /// Extra environment for every command (`TETHER_UPDATE=off`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Runner {
@@ -423,6 +425,7 @@ impl Runner {
             child: None,
             id: String::new(),
             bin: runner_bin(),
+            env: Vec::new(),
         }
     }
 
@@ -432,7 +435,8 @@ impl Runner {
             .arg(self.dir.path())
             .env("TETHER_LOG", "debug")
             .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy");
+            .env_remove("https_proxy")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
