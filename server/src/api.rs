@@ -20,7 +20,6 @@ use crate::auth::{self, Caller};
 use crate::clock;
 use crate::error::ApiError;
 use crate::health::HealthView;
-use crate::registry::RequestError;
 use crate::storage::{
     ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner, RunnerRow, TenantRow,
 };
@@ -505,31 +504,11 @@ pub async fn ping_runner(
     let limit = state.tuning.request_timeout;
     let started = std::time::Instant::now();
     let sent_ms = u64::try_from(clock::now_ms()).unwrap_or(0);
-    let unreachable = |why: &str| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            api_error::RUNNER_UNREACHABLE,
-            format!("runner {id} {why}"),
-        )
-    };
-    let reply = match state
+    let reply = state
         .registry
         .request(tenant, &id, Message::Ping(Ping { sent_ms }), limit)
         .await
-    {
-        Ok(reply) => reply,
-        Err(RequestError::NotConnected) => return Err(unreachable("has no live connection")),
-        Err(RequestError::ConnectionLost) => {
-            return Err(unreachable("disconnected before answering"))
-        }
-        Err(RequestError::Timeout) => {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                api_error::RUNNER_TIMEOUT,
-                format!("runner {id} did not answer within {} ms", limit.as_millis()),
-            ))
-        }
-    };
+        .map_err(|e| ApiError::runner_request(&id, e, "the ping", limit))?;
     match reply.body {
         Message::Pong(p) => Ok(Json(PingResult {
             rtt_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

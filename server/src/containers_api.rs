@@ -36,7 +36,6 @@ use crate::auth::Caller;
 use crate::clock;
 use crate::containers::ContainerEventView;
 use crate::error::ApiError;
-use crate::registry::RequestError;
 
 /// Error code of a Docker engine error passed through.
 pub const DOCKER: &str = "docker";
@@ -114,35 +113,12 @@ async fn call_docker(
     extra: Duration,
 ) -> Result<DockerResponse, ApiError> {
     let limit = state.tuning.docker_timeout + extra;
-    let unreachable = |why: &str| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            api_error::RUNNER_UNREACHABLE,
-            format!("runner {id} {why}"),
-        )
-    };
     let op = req.op;
-    let reply = match state
+    let reply = state
         .registry
         .request(tenant, id, Message::DockerRequest(req), limit)
         .await
-    {
-        Ok(reply) => reply,
-        Err(RequestError::NotConnected) => return Err(unreachable("has no live connection")),
-        Err(RequestError::ConnectionLost) => {
-            return Err(unreachable("disconnected before answering"))
-        }
-        Err(RequestError::Timeout) => {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                api_error::RUNNER_TIMEOUT,
-                format!(
-                    "runner {id} did not answer {op:?} within {} ms",
-                    limit.as_millis()
-                ),
-            ))
-        }
-    };
+        .map_err(|e| ApiError::runner_request(id, e, &format!("{op:?}"), limit))?;
     match reply.body {
         Message::DockerResponse(r) => Ok(r),
         Message::Error(e) => Err(match e.code.as_str() {

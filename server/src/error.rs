@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tether::protocol::{api_error as code, ApiError as ErrorBodyJson, ErrorBody};
 
+use crate::registry::RequestError;
 use crate::storage::StorageError;
 
 #[derive(Debug)]
@@ -64,6 +65,36 @@ impl ApiError {
 
     pub fn runner_not_found(id: &str) -> Self {
         Self::not_found(format!("no runner {id} in this tenant"))
+    }
+
+    /// A request to a runner that got no answer: 409 when it has no link
+    /// (try again once it is back), 504 when it did not answer `what`
+    /// within `limit`.
+    pub fn runner_request(
+        id: &str,
+        e: RequestError,
+        what: &str,
+        limit: std::time::Duration,
+    ) -> Self {
+        let unreachable = |why: &str| {
+            Self::new(
+                StatusCode::CONFLICT,
+                code::RUNNER_UNREACHABLE,
+                format!("runner {id} {why}"),
+            )
+        };
+        match e {
+            RequestError::NotConnected => unreachable("has no live connection"),
+            RequestError::ConnectionLost => unreachable("disconnected before answering"),
+            RequestError::Timeout => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                code::RUNNER_TIMEOUT,
+                format!(
+                    "runner {id} did not answer {what} within {} ms",
+                    limit.as_millis()
+                ),
+            ),
+        }
     }
 }
 

@@ -16,8 +16,6 @@
 //! reading of Docker (its queue is bounded and ACKed as it drains), never
 //! the server's memory.
 
-use std::time::Duration;
-
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -27,7 +25,7 @@ use axum::Json;
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tether::protocol::{api_error, LogOpen, Message};
+use tether::protocol::{LogOpen, Message};
 use tokio::sync::mpsc;
 
 use crate::api::{query, runner_in_tenant, JsonBody};
@@ -38,7 +36,6 @@ use crate::containers_api::{valid_container_ref, DOCKER_UNAVAILABLE, RUNNER_ERRO
 use crate::error::ApiError;
 use crate::log_store::{LogQuery, LogRetention};
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
-use crate::registry::RequestError;
 
 /// Lines a history answer holds unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -180,7 +177,7 @@ pub async fn logs(
         .registry
         .open_logs(&tenant, &id, open, tx, limit)
         .await
-        .map_err(|e| request_failed(&id, e, limit))?;
+        .map_err(|e| ApiError::runner_request(&id, e, "the log request", limit))?;
     match reply.body {
         Message::LogOpened(_) => {}
         Message::Error(e) => {
@@ -264,26 +261,6 @@ fn stored_name(
         }
     }
     Ok(container.to_owned())
-}
-
-fn request_failed(id: &str, e: RequestError, limit: Duration) -> ApiError {
-    match e {
-        RequestError::NotConnected => ApiError::new(
-            StatusCode::CONFLICT,
-            api_error::RUNNER_UNREACHABLE,
-            format!("runner {id} has no live connection"),
-        ),
-        RequestError::ConnectionLost => ApiError::new(
-            StatusCode::CONFLICT,
-            api_error::RUNNER_UNREACHABLE,
-            format!("runner {id} disconnected before answering"),
-        ),
-        RequestError::Timeout => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            api_error::RUNNER_TIMEOUT,
-            format!("runner {id} did not answer within {} ms", limit.as_millis()),
-        ),
-    }
 }
 
 // ---- settings ---------------------------------------------------------------
