@@ -696,3 +696,63 @@ fn a_directory_on_the_host_deploys_without_git() {
     );
     assert_eq!(st, 400);
 }
+
+/// The runner's state dir (where the checkout lives) on a 4 MiB
+/// filesystem: a commit adding 6 MB that does not compress makes git's
+/// fetch hit ENOSPC; the deploy fails with that cause in its log and its
+/// reason, and the running app is untouched.
+#[test]
+fn a_full_disk_fails_the_deploy_and_keeps_the_running_app() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-full");
+    let mut runner = Runner::enroll(&server, &tenant);
+    let disk = Tmpfs::mount("deploy-state", "4m");
+    for e in std::fs::read_dir(runner.dir.path()).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), disk.path().join(e.file_name())).unwrap();
+        }
+    }
+    runner.state_dir = Some(disk.path().to_owned());
+    runner.start(&["--heartbeat", "1s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("full");
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": 4},
+        }),
+    );
+    let first = deploy(&tenant, &c.name, None);
+    assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
+    let id1 = container_id(&c.name).unwrap();
+
+    sh(
+        src.path(),
+        "head -c 6000000 /dev/urandom > big.bin && git add -A && git commit -qm big",
+    );
+    let big = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &big);
+    let log = output(&tenant, &big, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}\n{log}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("git failed") && reason.contains("No space left on device"),
+        "the reason names the cause: {reason}\n{log}"
+    );
+    assert!(log.contains("No space left on device"), "{log}");
+    assert_eq!(container_id(&c.name), Some(id1), "same container");
+    assert!(running(&c.name), "still running");
+    assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
+    assert!(
+        runner.child().try_wait().unwrap().is_none(),
+        "the runner goes on"
+    );
+}

@@ -26,6 +26,10 @@
 //!                                                        ─▶ start old (if it ran) ─▶ Done (failed)
 //! ```
 //!
+//! Before RenameOld a small file records what to put back should the
+//! runner die during the replacement; the next start restores the old
+//! container from it (`parked.rs`).
+//!
 //! A failure before the old container was touched (git, build, create)
 //! leaves it running as it was; once it was renamed every failure goes
 //! through Rollback, which restores it. Cancel and timeout cut git (its
@@ -178,9 +182,13 @@ pub struct Deploy {
     env: Vec<(String, String)>,
     socket: Option<PathBuf>,
     checkout: PathBuf,
+    /// The crash-recovery file kept while the old container is parked.
+    parked_file: PathBuf,
     redact: Redactor,
     git: Option<Process>,
     git_redact: [Redactor; 2],
+    /// git's last line on stderr (masked): the cause, for the job's reason.
+    git_tail: String,
     api: Option<Api>,
     io: Option<Exchange>,
     /// The health poll's wait.
@@ -200,14 +208,24 @@ pub struct Deploy {
     outcome: Option<Outcome>,
 }
 
+/// Keep the last non-empty line of `out` (at most 300 bytes of it).
+fn remember_tail(tail: &mut String, out: &[u8]) {
+    let text = String::from_utf8_lossy(out);
+    if let Some(line) = text.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        let mut end = line.len().min(300);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        *tail = line[..end].to_owned();
+    }
+}
+
 fn now_step(chan: &mut OutChannel, redact: &Redactor, tag: StreamTag, step: u8, text: &str) {
     let mut r = redact.clone();
     let mut out = Vec::new();
     r.feed(text.as_bytes(), &mut out);
     r.finish(&mut out);
-    if let Err(e) = push_record(chan, tag, step, &out) {
-        debug!("jobs", "deploy output not kept: {e}");
-    }
+    push_record(chan, tag, step, &out);
 }
 
 impl Deploy {
@@ -221,6 +239,7 @@ impl Deploy {
     ) -> Deploy {
         let redact = Redactor::new(secrets.iter().map(|(_, v)| v.as_bytes().to_vec()));
         let checkout = state_dir.join("deploy").join(&spec.app).join("src");
+        let parked_file = super::parked::path(state_dir, &spec.app);
         let mut env = env;
         env.extend(secrets.iter().cloned());
         Deploy {
@@ -228,9 +247,11 @@ impl Deploy {
             env,
             socket,
             checkout,
+            parked_file,
             git_redact: [redact.clone(), redact.clone()],
             redact,
             git: None,
+            git_tail: String::new(),
             api: None,
             io: None,
             wait: None,
@@ -472,9 +493,10 @@ impl Deploy {
                     Read_::Empty => break,
                     Read_::Eof => self.git_redact[pipe].finish(&mut out),
                 }
-                if let Err(e) = push_record(chan, tag, step::SOURCE, &out) {
-                    debug!("jobs", "deploy output not kept: {e}");
+                if pipe == 1 {
+                    remember_tail(&mut self.git_tail, &out);
                 }
+                push_record(chan, tag, step::SOURCE, &out);
             }
         }
         if !p.try_reap() || p.pipes_open() {
@@ -495,11 +517,13 @@ impl Deploy {
                 chan,
                 "git: not found on this host (exit code 127)".into(),
             ),
-            (Some(c), _) => self.fail(
-                ctx,
-                chan,
-                format!("git failed (exit code {c}); see its output above"),
-            ),
+            (Some(c), _) => {
+                let why = match self.git_tail.as_str() {
+                    "" => format!("git failed (exit code {c}); see its output above"),
+                    tail => format!("git failed (exit code {c}): {tail}"),
+                };
+                self.fail(ctx, chan, why)
+            }
             (None, Some(s)) => self.fail(ctx, chan, format!("git was killed by signal {s}")),
             _ => self.fail(ctx, chan, "git ended with an unknown status".into()),
         }
@@ -551,6 +575,17 @@ impl Deploy {
             Call::RenameBack => api.rename(&old_id, &name),
             Call::StartOld => api.start(&old_id),
         })
+    }
+
+    fn parked_mark(&self, old_id: &str, old_running: bool) -> super::parked::Parked {
+        super::parked::Parked {
+            job_id: self.job_id.clone(),
+            container: self.spec.container.clone(),
+            parked: self.parked_name(),
+            old_id: old_id.to_owned(),
+            old_running,
+            healthy: false,
+        }
     }
 
     /// Where the old container waits while the new one proves itself.
@@ -976,6 +1011,16 @@ impl Deploy {
                             step::REPLACE,
                             &format!("current container {} ({})", short(&c.id), c.state.status),
                         );
+                        // Written before the rename: a runner that dies
+                        // from here on puts the old one back (parked.rs).
+                        let mark = self.parked_mark(&c.id, c.state.running);
+                        if let Err(e) = mark.save(&self.parked_file) {
+                            let why = format!(
+                                "cannot write {} before replacing the container: {e}",
+                                self.parked_file.display()
+                            );
+                            return self.fail(ctx, chan, why);
+                        }
                         self.old = Some(Old {
                             id: c.id,
                             running: c.state.running,
@@ -1226,7 +1271,13 @@ impl Deploy {
 
     fn healthy(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, how: &str) {
         self.note(chan, step::REPLACE, &format!("healthy: {how}"));
-        if self.old.is_some() {
+        if let Some(o) = self.old.clone() {
+            // Proven: a runner dying now keeps the new one (parked.rs).
+            let mut mark = self.parked_mark(&o.id, o.running);
+            mark.healthy = true;
+            if let Err(e) = mark.save(&self.parked_file) {
+                debug!("jobs", "{}: {e}", self.parked_file.display());
+            }
             return self.call(ctx, chan, Call::RemoveOld);
         }
         self.done(chan, "succeeded", String::new());
@@ -1288,6 +1339,11 @@ impl Deploy {
     fn done(&mut self, chan: &mut OutChannel, status: &'static str, reason: String) {
         if self.outcome.is_some() {
             return;
+        }
+        // Over: the old container was removed or is back under its name
+        // (a failed rename back keeps the file, for the next start).
+        if status == "succeeded" || self.old.as_ref().is_none_or(|o| !o.renamed) {
+            let _ = std::fs::remove_file(&self.parked_file);
         }
         if status == "succeeded" {
             self.note(

@@ -411,6 +411,8 @@ pub struct Runner {
     pub id: String,
     /// The runner binary (the test build by default; benches use the static one).
     pub bin: PathBuf,
+    /// `--state-dir` when not `dir` (a small filesystem; the log stays in `dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Runner {
@@ -420,13 +422,14 @@ impl Runner {
             child: None,
             id: String::new(),
             bin: runner_bin(),
+            state_dir: None,
         }
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--state-dir")
-            .arg(self.dir.path())
+            .arg(self.state_dir.as_deref().unwrap_or(self.dir.path()))
             .env("TETHER_LOG", "debug")
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy");
@@ -507,6 +510,61 @@ impl Drop for Runner {
         if std::thread::panicking() {
             eprintln!("---- runner log ({}) ----\n{}", self.id, self.log());
         }
+    }
+}
+
+/// A small tmpfs mounted for one test (we are root), unmounted on drop:
+/// a filesystem that fills up for real.
+pub struct Tmpfs {
+    pub dir: TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(label: &str, size: &str) -> Tmpfs {
+        let dir = TempDir::new(label);
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs (the full-disk tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes free (statvfs).
+    pub fn free(&self) -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<u64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        v.first().copied().unwrap_or(0) * v.get(1).copied().unwrap_or(0)
+    }
+
+    /// Fill what is left with a file (`dd` stops at ENOSPC).
+    pub fn fill(&self, name: &str) {
+        let _ = Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", self.path().join(name).display()))
+            .arg("bs=4k")
+            .output();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process still holding a file in it cannot keep it mounted.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).output();
     }
 }
 
