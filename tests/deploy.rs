@@ -756,3 +756,76 @@ fn a_full_disk_fails_the_deploy_and_keeps_the_running_app() {
         "the runner goes on"
     );
 }
+
+/// SIGKILL of the runner while the new container is in its health wait
+/// (the old one renamed aside and stopped): the next start removes the
+/// unproven new container, puts the old one back under its name, starts
+/// it, and reports the deploy failed saying so.
+#[test]
+fn a_runner_killed_mid_replacement_restores_the_old_container_on_restart() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-crash");
+    let mut runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("crash");
+    let app = |timeout: u32| {
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": timeout},
+        })
+    };
+    put_app(&tenant, &c.name, app(4));
+    let first = deploy(&tenant, &c.name, None);
+    assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
+    let id1 = container_id(&c.name).unwrap();
+
+    // v2 never becomes healthy; a long health timeout is where the kill lands.
+    std::fs::remove_file(src.path().join("ok")).unwrap();
+    commit(src.path(), "sick");
+    put_app(&tenant, &c.name, app(120));
+    let second = deploy(&tenant, &c.name, None);
+    wait_for(Duration::from_secs(90), "the health wait", || {
+        std::thread::sleep(Duration::from_millis(100));
+        output(&tenant, &second, "stream=all")
+            .contains("waiting up to 120 s")
+            .then_some(())
+    });
+    let names = containers_named(&c.name);
+    assert_eq!(names.len(), 2, "old one parked beside the new: {names:?}");
+    assert_ne!(container_id(&c.name).as_deref(), Some(id1.as_str()));
+    assert!(!running(&id1), "the old one was stopped");
+    signal(runner.child(), libc::SIGKILL);
+    wait_exit(runner.child(), Duration::from_secs(5)).expect("runner killed");
+
+    runner.start(&["--heartbeat", "1s"]);
+    let v = wait_complete(&tenant, &second);
+    assert_eq!(v["status"], "failed", "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("runner restart"), "{reason}");
+    assert!(
+        reason.contains("the old container was restored and runs again"),
+        "{reason}"
+    );
+    assert_eq!(container_id(&c.name), Some(id1), "the old one is back");
+    assert!(running(&c.name), "and runs");
+    assert_eq!(
+        containers_named(&c.name),
+        vec![c.name.clone()],
+        "nothing left over"
+    );
+    assert!(
+        !runner
+            .dir
+            .path()
+            .join("deploy")
+            .join(&c.name)
+            .join("parked.json")
+            .exists(),
+        "the recovery file is gone"
+    );
+}

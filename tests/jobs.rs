@@ -380,9 +380,11 @@ fn a_full_disk_pauses_output_loses_nothing_and_refuses_unrecordable_jobs() {
     });
     proxy.set_mode(Mode::Refuse);
     proxy.cut();
-    wait_for(Duration::from_secs(30), "the spool to fill the disk", || {
-        (disk.free() < 64 * 1024).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the spool to fill the disk",
+        || (disk.free() < 64 * 1024).then_some(()),
+    );
     // Stalled, not failed: `seq` is still there, blocked on its pipe.
     std::thread::sleep(Duration::from_secs(1));
     let seq_alive = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {

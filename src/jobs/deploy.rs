@@ -187,7 +187,7 @@ pub struct Deploy {
     redact: Redactor,
     git: Option<Process>,
     git_redact: [Redactor; 2],
-    /// git's last line on stderr (masked): the cause, for the job's reason.
+    /// git's line on stderr naming the cause (masked), for the job's reason.
     git_tail: String,
     api: Option<Api>,
     io: Option<Exchange>,
@@ -208,16 +208,29 @@ pub struct Deploy {
     outcome: Option<Outcome>,
 }
 
-/// Keep the last non-empty line of `out` (at most 300 bytes of it).
+/// What git said on stderr that best names the cause: its first `fatal:`
+/// or `error:` line (later ones are consequences, such as "unpack-objects
+/// failed" after "No space left on device"), else its last line; at most
+/// 300 bytes.
 fn remember_tail(tail: &mut String, out: &[u8]) {
-    let text = String::from_utf8_lossy(out);
-    if let Some(line) = text.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
-        let mut end = line.len().min(300);
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        *tail = line[..end].to_owned();
+    let cause = |l: &str| l.starts_with("fatal:") || l.starts_with("error:");
+    if cause(tail) {
+        return;
     }
+    let text = String::from_utf8_lossy(out);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some(line) = lines.iter().find(|l| cause(l)).or(lines.last()) else {
+        return;
+    };
+    let mut end = line.len().min(300);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    *tail = line[..end].to_owned();
 }
 
 fn now_step(chan: &mut OutChannel, redact: &Redactor, tag: StreamTag, step: u8, text: &str) {

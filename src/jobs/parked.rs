@@ -92,7 +92,10 @@ pub fn restore_all(state_dir: &Path, socket: Option<&Path>) -> Vec<(String, Stri
                 done
             }
             Err(e) => {
-                warn!("jobs", "deploy {}: cannot restore {}: {e}", p.job_id, p.container);
+                warn!(
+                    "jobs",
+                    "deploy {}: cannot restore {}: {e}", p.job_id, p.container
+                );
                 format!("the old container {} could not be restored yet ({e}); tried again at the next start", p.parked)
             }
         };
@@ -165,7 +168,8 @@ fn exchange(socket: &Path, req: Request) -> Result<Response, String> {
         dec.feed(&buf[..n])
             .map_err(|e| format!("Docker's answer: {e}"))?;
     }
-    dec.take().ok_or_else(|| "Docker closed without an answer".into())
+    dec.take()
+        .ok_or_else(|| "Docker closed without an answer".into())
 }
 
 /// Where a deploy of `app` keeps its file.

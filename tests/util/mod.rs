@@ -523,7 +523,13 @@ impl Tmpfs {
     pub fn mount(label: &str, size: &str) -> Tmpfs {
         let dir = TempDir::new(label);
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output()
             .expect("run mount");
@@ -547,7 +553,10 @@ impl Tmpfs {
             .output()
             .unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<u64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<u64> = s
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         v.first().copied().unwrap_or(0) * v.get(1).copied().unwrap_or(0)
     }
 
@@ -564,7 +573,10 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a process still holding a file in it cannot keep it mounted.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).output();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
     }
 }
 
