@@ -829,3 +829,80 @@ fn a_runner_killed_mid_replacement_restores_the_old_container_on_restart() {
         "the recovery file is gone"
     );
 }
+
+/// An app that asks for an env file gets one inside its container, mode
+/// 0600, with its env and secrets, before it starts (the health check sees
+/// it); nothing is written on the runner's disk, the secret stays out of
+/// every log, and the file survives a restart of the container. A path the
+/// image has no directory for fails the deploy and keeps the old one.
+#[test]
+fn an_env_file_is_written_into_the_container_and_never_on_the_host() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-envfile");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("envfile");
+    let secret = "s3cr3t-EnvFile-41d2";
+    let (st, _) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/DB_PASSWORD",
+        Some(json!({ "value": secret })),
+    );
+    assert_eq!(st, 204);
+    let app = |env_file: &str| {
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "env": {"GREETING": "hello"},
+            "secrets": ["DB_PASSWORD"],
+            "env_file": env_file,
+            "health": {"cmd": ["test", "-f", env_file], "timeout_s": 20},
+        })
+    };
+    put_app(&tenant, &c.name, app("/etc/app.env"));
+    let first = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &first);
+    let log = output(&tenant, &first, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    let file = cat(&c.name, "/etc/app.env");
+    let lines: Vec<&str> = file.lines().collect();
+    let pw = format!("DB_PASSWORD={secret}");
+    assert!(lines.contains(&"GREETING=hello"), "{file}");
+    assert!(lines.contains(&pw.as_str()), "{file}");
+    let mode = docker_out(&["exec", &c.name, "stat", "-c", "%a %u", "/etc/app.env"]).unwrap();
+    assert_eq!(mode, "600 0", "mode 0600, owned by root");
+    assert!(log.contains("wrote 2 variable(s) to /etc/app.env"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    let hits = grep_dir(runner.dir.path(), secret.as_bytes());
+    assert!(hits.is_empty(), "secret on the runner's disk: {hits:?}");
+    docker_out(&["restart", "-t", "0", &c.name]).expect("restart");
+    assert!(running(&c.name));
+    assert!(
+        cat(&c.name, "/etc/app.env").contains("GREETING=hello"),
+        "the file survives a restart"
+    );
+
+    let id1 = container_id(&c.name).unwrap();
+    put_app(&tenant, &c.name, app("/no/such/dir/app.env"));
+    let bad = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &bad);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("write the env file"),
+        "{v}"
+    );
+    assert_eq!(container_id(&c.name), Some(id1));
+    assert!(running(&c.name));
+    assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
+
+    let (st, v) = tenant.call(
+        "PUT",
+        &format!("/api/v1/apps/{}", c.name),
+        Some(json!({"runner": runner.id, "path": "/srv", "env_file": "relative.env"})),
+    );
+    assert_eq!(st, 400, "{v}");
+}

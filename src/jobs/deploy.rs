@@ -112,6 +112,8 @@ enum Call {
     InspectOld,
     RenameOld,
     Create,
+    /// The env file into the new container (only if the app asks).
+    PutEnvFile,
     StopOld,
     StartNew,
     HealthInspect,
@@ -563,6 +565,10 @@ impl Deploy {
             Call::InspectOld => api.inspect_container(&name),
             Call::RenameOld => api.rename(&old_id, &self.parked_name()),
             Call::Create => api.create_container(Some(&name), self.create_body()?),
+            Call::PutEnvFile => {
+                let (dir, tar) = self.env_file_tar()?;
+                api.put_archive(&new_id, &dir, tar)
+            }
             Call::StopOld => api.stop(&old_id, Some(STOP_GRACE_S)),
             Call::StartNew => api.start(&new_id),
             Call::HealthInspect => api.inspect_container(&new_id),
@@ -599,6 +605,33 @@ impl Deploy {
             old_running,
             healthy: false,
         }
+    }
+
+    fn stop_old_or_start(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        let stop = self.old.as_ref().is_some_and(|o| o.running);
+        self.call(ctx, chan, if stop { Call::StopOld } else { Call::StartNew });
+    }
+
+    /// The env file as a one-file tar for `PUT /archive`, and the directory
+    /// it unpacks into. Put into the created container's own filesystem
+    /// rather than bind-mounted from a host file: nothing is written on the
+    /// runner's disk, and it survives restarts (a bind source removed after
+    /// start breaks the next `docker restart`: runc cannot mount it).
+    fn env_file_tar(&self) -> Result<(String, Vec<u8>), String> {
+        let path = self.spec.env_file.as_deref().unwrap_or_default();
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let mut text = String::new();
+        for (k, v) in &self.env {
+            if v.contains('\n') {
+                return Err(format!("env file: the value of {k} holds a newline"));
+            }
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        Ok((
+            dir.to_owned(),
+            super::tar::single_file(name, 0o600, text.as_bytes()),
+        ))
     }
 
     /// Where the old container waits while the new one proves itself.
@@ -1072,10 +1105,25 @@ impl Deploy {
                         self.note(chan, step::REPLACE, &format!("engine warning: {w}"));
                     }
                     self.new_id = Some(c.id);
-                    let stop = self.old.as_ref().is_some_and(|o| o.running);
-                    self.call(ctx, chan, if stop { Call::StopOld } else { Call::StartNew });
+                    if self.spec.env_file.is_some() {
+                        return self.call(ctx, chan, Call::PutEnvFile);
+                    }
+                    self.stop_old_or_start(ctx, chan);
                 }
                 Err(e) => self.fail(ctx, chan, format!("create the new container: {e}")),
+            },
+            Call::PutEnvFile => match checked {
+                Ok(_) => {
+                    let path = self.spec.env_file.clone().unwrap_or_default();
+                    let n = self.env.len();
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("wrote {n} variable(s) to {path} in the container (mode 0600)"),
+                    );
+                    self.stop_old_or_start(ctx, chan);
+                }
+                Err(e) => self.fail(ctx, chan, format!("write the env file: {e}")),
             },
             Call::StopOld => match checked {
                 Ok(_) => {
