@@ -433,3 +433,50 @@ fn a_full_disk_pauses_output_loses_nothing_and_refuses_unrecordable_jobs() {
     assert_eq!(v["status"], "succeeded", "the runner goes on: {v}");
     drop(runner);
 }
+
+/// The server's data dir on a small filesystem that fills up while a job
+/// prints ~14 MB: output the server cannot store is never acknowledged
+/// (the runner keeps it and sends it again), the API answers JSON errors
+/// meanwhile, nothing panics, and once there is room again the stored log
+/// is byte-identical.
+#[test]
+fn a_full_server_disk_acknowledges_nothing_unstored_and_loses_nothing() {
+    let disk = Tmpfs::mount("server-data", "48m");
+    let server = Server::start_on(disk.path(), &[]);
+    let tenant = server.tenant("jobs-server-full");
+    let runner = runner_with(&server, &tenant, &[]);
+    let gate = TempDir::new("gate");
+    let marker = gate.path().join("go");
+    let cmd = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exec seq 0 1999999",
+        marker.display()
+    );
+    let ids = run(&tenant, json!({ "runners": [runner.id], "command": cmd }));
+    wait_for(Duration::from_secs(10), "the job to start", || {
+        (job(&tenant, &ids[0])["status"] == "running").then_some(())
+    });
+    disk.fill("filler");
+    std::fs::write(&marker, "").unwrap();
+    wait_for(Duration::from_secs(60), "a failed store", || {
+        server.log().contains("storing job output").then_some(())
+    });
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [runner.id], "command": "true" })),
+    );
+    assert!(
+        st >= 500 && v["error"]["message"].is_string(),
+        "a JSON error while the disk is full: {st} {v}"
+    );
+    assert_ne!(job(&tenant, &ids[0])["complete"], true);
+
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(180));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let got = output(&tenant, &ids[0], "stdout");
+    let want: String = (0..2_000_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(got.len(), want.len(), "stored bytes");
+    assert!(got == want.as_bytes(), "stored output differs from seq's");
+    assert!(!server.log().contains("panicked"), "no panic");
+}

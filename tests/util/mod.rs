@@ -118,6 +118,9 @@ pub struct Server {
     pub admin_token: String,
     pub ca: PathBuf,
     extra: Vec<String>,
+    /// `--data-dir`: `dir` unless started with [`Server::start_on`]; the
+    /// log stays in `dir`.
+    pub data: PathBuf,
 }
 
 impl Server {
@@ -127,22 +130,33 @@ impl Server {
 
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = TempDir::new("server");
+        let data = dir.path().to_owned();
+        Server::start_in(dir, data, extra)
+    }
+
+    /// With its data on `data` (a small filesystem the caller owns).
+    pub fn start_on(data: &Path, extra: &[&str]) -> Server {
+        Server::start_in(TempDir::new("server"), data.to_owned(), extra)
+    }
+
+    fn start_in(dir: TempDir, data: PathBuf, extra: &[&str]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn_server(dir.path(), "127.0.0.1:0", &extra);
+        let child = spawn_server(dir.path(), &data, "127.0.0.1:0", &extra);
         let mut s = Server {
             child,
             url: String::new(),
             admin_token: String::new(),
-            ca: dir.path().join("tls/ca.pem"),
+            ca: data.join("tls/ca.pem"),
             dir,
             extra,
+            data,
         };
         s.wait_ready();
         s
     }
 
     fn wait_ready(&mut self) {
-        let url_file = self.dir.path().join("server.url");
+        let url_file = self.data.join("server.url");
         let child = &mut self.child;
         let dir = self.dir.path().to_path_buf();
         self.url = wait_for(Duration::from_secs(30), "server.url", || {
@@ -157,7 +171,7 @@ impl Server {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
         });
-        self.admin_token = fs::read_to_string(self.dir.path().join("admin.token"))
+        self.admin_token = fs::read_to_string(self.data.join("admin.token"))
             .unwrap()
             .trim()
             .to_string();
@@ -178,9 +192,9 @@ impl Server {
     /// Stop (SIGTERM) and start again on the same port and data dir.
     pub fn restart(&mut self) {
         self.stop();
-        let _ = fs::remove_file(self.dir.path().join("server.url"));
+        let _ = fs::remove_file(self.data.join("server.url"));
         let addr = self.addr();
-        self.child = spawn_server(self.dir.path(), &addr, &self.extra);
+        self.child = spawn_server(self.dir.path(), &self.data, &addr, &self.extra);
         self.wait_ready();
     }
 
@@ -221,7 +235,7 @@ impl Drop for Server {
     }
 }
 
-fn spawn_server(dir: &Path, listen: &str, extra: &[String]) -> Child {
+fn spawn_server(dir: &Path, data: &Path, listen: &str, extra: &[String]) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -232,7 +246,7 @@ fn spawn_server(dir: &Path, listen: &str, extra: &[String]) -> Child {
         .arg("--listen")
         .arg(listen)
         .arg("--data-dir")
-        .arg(dir)
+        .arg(data)
         .args(extra)
         .env("TETHER_LOG", "debug")
         .stdin(Stdio::null())
