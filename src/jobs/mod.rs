@@ -517,15 +517,7 @@ impl Jobs {
             started_ms: job.started_ms,
         });
         if let Err(why) = self.save_for_start() {
-            warn!("jobs", "job {}: {why}", job.start.job_id);
-            system_note(&mut job, &why);
-            job.stop = Some(Stop {
-                status: "failed",
-                reason: why,
-            });
-            self.jobs.push(job);
-            let i = self.jobs.len() - 1;
-            return self.finish(ctx, i);
+            return self.fail_at_start(ctx, job, why);
         }
         let tokens = [ctx.token(), ctx.token()];
         let program = PathBuf::from(&job.start.program);
@@ -543,16 +535,8 @@ impl Jobs {
                 if let Err(why) = self.save_for_start() {
                     // The disk filled in between: same reason, cut at once.
                     p.signal(libc::SIGKILL);
-                    warn!("jobs", "job {}: {why}", job.start.job_id);
-                    system_note(&mut job, &why);
-                    job.stop = Some(Stop {
-                        status: "failed",
-                        reason: why,
-                    });
                     job.proc = Some(p);
-                    self.jobs.push(job);
-                    let i = self.jobs.len() - 1;
-                    return self.read(ctx, i);
+                    return self.fail_at_start(ctx, job, why);
                 }
                 if job.start.timeout_s > 0 {
                     let after = Duration::from_secs(job.start.timeout_s);
@@ -605,15 +589,7 @@ impl Jobs {
             started_ms: job.started_ms,
         });
         if let Err(why) = self.save_for_start() {
-            warn!("jobs", "job {}: {why}", job.start.job_id);
-            system_note(&mut job, &why);
-            job.stop = Some(Stop {
-                status: "failed",
-                reason: why,
-            });
-            self.jobs.push(job);
-            let i = self.jobs.len() - 1;
-            return self.finish(ctx, i);
+            return self.fail_at_start(ctx, job, why);
         }
         if job.start.timeout_s > 0 {
             let after = Duration::from_secs(job.start.timeout_s);
@@ -627,6 +603,26 @@ impl Jobs {
             d.begin(ctx, &mut job.chan);
         }
         self.deploy_progress(ctx, i);
+    }
+
+    /// A job that may not run (its ledger entry cannot be written): failed
+    /// with the reason; a process already spawned was sent SIGKILL and is
+    /// reaped as usual.
+    fn fail_at_start(&mut self, ctx: &mut Ctx<'_>, mut job: Job, why: String) {
+        warn!("jobs", "job {}: {why}", job.start.job_id);
+        system_note(&mut job, &why);
+        job.stop = Some(Stop {
+            status: "failed",
+            reason: why,
+        });
+        let spawned = job.proc.is_some();
+        self.jobs.push(job);
+        let i = self.jobs.len() - 1;
+        if spawned {
+            self.read(ctx, i)
+        } else {
+            self.finish(ctx, i)
+        }
     }
 
     fn cancel(&mut self, ctx: &mut Ctx<'_>, job_id: &str) {
