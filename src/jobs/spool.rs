@@ -345,6 +345,7 @@ fn tag_from(b: u8) -> StreamTag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn chan(dir: &std::path::Path, mem: usize, window: u64) -> OutChannel {
         OutChannel::new(
@@ -442,6 +443,11 @@ mod tests {
     #[test]
     fn a_full_disk_holds_the_record_stops_the_source_and_loses_nothing() {
         // /dev/full: every write fails with ENOSPC, like a full filesystem.
+        // Through a symlink: the channel removes its spool file when dropped.
+        let dir = tmp("devfull");
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("3.spool");
+        std::os::unix::fs::symlink("/dev/full", &link).unwrap();
         let mut c = OutChannel::new(
             3,
             Limits {
@@ -449,7 +455,7 @@ mod tests {
                 spool: 1 << 20,
                 window: 1 << 20,
             },
-            PathBuf::from("/dev/full"),
+            link,
         );
         let mut want = Vec::new();
         let mut i = 0u8;
@@ -478,6 +484,9 @@ mod tests {
         }
         assert_eq!(payloads(&frames, 0), want, "no gap, no duplicate");
         assert!(c.has_room());
+        drop(c);
+        assert!(Path::new("/dev/full").exists(), "only the link went");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
