@@ -696,3 +696,213 @@ fn a_directory_on_the_host_deploys_without_git() {
     );
     assert_eq!(st, 400);
 }
+
+/// The runner's state dir (where the checkout lives) on a 4 MiB
+/// filesystem: a commit adding 6 MB that does not compress makes git's
+/// fetch hit ENOSPC; the deploy fails with that cause in its log and its
+/// reason, and the running app is untouched.
+#[test]
+fn a_full_disk_fails_the_deploy_and_keeps_the_running_app() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-full");
+    let mut runner = Runner::enroll(&server, &tenant);
+    let disk = Tmpfs::mount("deploy-state", "4m");
+    for e in std::fs::read_dir(runner.dir.path()).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), disk.path().join(e.file_name())).unwrap();
+        }
+    }
+    runner.state_dir = Some(disk.path().to_owned());
+    runner.start(&["--heartbeat", "1s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("full");
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": 4},
+        }),
+    );
+    let first = deploy(&tenant, &c.name, None);
+    assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
+    let id1 = container_id(&c.name).unwrap();
+
+    sh(
+        src.path(),
+        "head -c 6000000 /dev/urandom > big.bin && git add -A && git commit -qm big",
+    );
+    let big = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &big);
+    let log = output(&tenant, &big, "stream=all");
+    assert_eq!(v["status"], "failed", "{v}\n{log}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("git failed") && reason.contains("No space left on device"),
+        "the reason names the cause: {reason}\n{log}"
+    );
+    assert!(log.contains("No space left on device"), "{log}");
+    assert_eq!(container_id(&c.name), Some(id1), "same container");
+    assert!(running(&c.name), "still running");
+    assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
+    assert!(
+        runner.child().try_wait().unwrap().is_none(),
+        "the runner goes on"
+    );
+}
+
+/// SIGKILL of the runner while the new container is in its health wait
+/// (the old one renamed aside and stopped): the next start removes the
+/// unproven new container, puts the old one back under its name, starts
+/// it, and reports the deploy failed saying so.
+#[test]
+fn a_runner_killed_mid_replacement_restores_the_old_container_on_restart() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-crash");
+    let mut runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("crash");
+    let app = |timeout: u32| {
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": timeout},
+        })
+    };
+    put_app(&tenant, &c.name, app(4));
+    let first = deploy(&tenant, &c.name, None);
+    assert_eq!(wait_complete(&tenant, &first)["status"], "succeeded");
+    let id1 = container_id(&c.name).unwrap();
+
+    // v2 never becomes healthy; a long health timeout is where the kill lands.
+    std::fs::remove_file(src.path().join("ok")).unwrap();
+    commit(src.path(), "sick");
+    put_app(&tenant, &c.name, app(120));
+    let second = deploy(&tenant, &c.name, None);
+    wait_for(Duration::from_secs(90), "the health wait", || {
+        std::thread::sleep(Duration::from_millis(100));
+        output(&tenant, &second, "stream=all")
+            .contains("waiting up to 120 s")
+            .then_some(())
+    });
+    let names = containers_named(&c.name);
+    assert_eq!(names.len(), 2, "old one parked beside the new: {names:?}");
+    assert_ne!(container_id(&c.name).as_deref(), Some(id1.as_str()));
+    assert!(!running(&id1), "the old one was stopped");
+    signal(runner.child(), libc::SIGKILL);
+    wait_exit(runner.child(), Duration::from_secs(5)).expect("runner killed");
+
+    runner.start(&["--heartbeat", "1s"]);
+    let v = wait_complete(&tenant, &second);
+    assert_eq!(v["status"], "failed", "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("runner restart"), "{reason}");
+    assert!(
+        reason.contains("the old container was restored and runs again"),
+        "{reason}"
+    );
+    assert_eq!(container_id(&c.name), Some(id1), "the old one is back");
+    assert!(running(&c.name), "and runs");
+    assert_eq!(
+        containers_named(&c.name),
+        vec![c.name.clone()],
+        "nothing left over"
+    );
+    assert!(
+        !runner
+            .dir
+            .path()
+            .join("deploy")
+            .join(&c.name)
+            .join("parked.json")
+            .exists(),
+        "the recovery file is gone"
+    );
+}
+
+/// An app that asks for an env file gets one inside its container, mode
+/// 0600, with its env and secrets, before it starts (the health check sees
+/// it); nothing is written on the runner's disk, the secret stays out of
+/// every log, and the file survives a restart of the container. A path the
+/// image has no directory for fails the deploy and keeps the old one.
+#[test]
+fn an_env_file_is_written_into_the_container_and_never_on_the_host() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-envfile");
+    let runner = setup(&server, &tenant);
+    let src = TempDir::new("deploy-src");
+    repo(src.path(), "v1");
+    let c = Cleanup::new("envfile");
+    let secret = "s3cr3t-EnvFile-41d2";
+    let (st, _) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/DB_PASSWORD",
+        Some(json!({ "value": secret })),
+    );
+    assert_eq!(st, 204);
+    let app = |env_file: &str| {
+        json!({
+            "runner": runner.id,
+            "git_url": src.path(),
+            "git_ref": "main",
+            "image": c.image,
+            "env": {"GREETING": "hello"},
+            "secrets": ["DB_PASSWORD"],
+            "env_file": env_file,
+            "health": {"cmd": ["test", "-f", env_file], "timeout_s": 20},
+        })
+    };
+    put_app(&tenant, &c.name, app("/etc/app.env"));
+    let first = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &first);
+    let log = output(&tenant, &first, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    let file = cat(&c.name, "/etc/app.env");
+    let lines: Vec<&str> = file.lines().collect();
+    let pw = format!("DB_PASSWORD={secret}");
+    assert!(lines.contains(&"GREETING=hello"), "{file}");
+    assert!(lines.contains(&pw.as_str()), "{file}");
+    let mode = docker_out(&["exec", &c.name, "stat", "-c", "%a %u", "/etc/app.env"]).unwrap();
+    assert_eq!(mode, "600 0", "mode 0600, owned by root");
+    assert!(log.contains("wrote 2 variable(s) to /etc/app.env"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    let hits = grep_dir(runner.dir.path(), secret.as_bytes());
+    assert!(hits.is_empty(), "secret on the runner's disk: {hits:?}");
+    docker_out(&["restart", "-t", "0", &c.name]).expect("restart");
+    assert!(running(&c.name));
+    assert!(
+        cat(&c.name, "/etc/app.env").contains("GREETING=hello"),
+        "the file survives a restart"
+    );
+
+    let id1 = container_id(&c.name).unwrap();
+    put_app(&tenant, &c.name, app("/no/such/dir/app.env"));
+    let bad = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &bad);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("write the env file"),
+        "{v}"
+    );
+    assert_eq!(container_id(&c.name), Some(id1));
+    assert!(running(&c.name));
+    assert_eq!(containers_named(&c.name), vec![c.name.clone()]);
+
+    let (st, v) = tenant.call(
+        "PUT",
+        &format!("/api/v1/apps/{}", c.name),
+        Some(json!({"runner": runner.id, "path": "/srv", "env_file": "relative.env"})),
+    );
+    assert_eq!(st, 400, "{v}");
+}

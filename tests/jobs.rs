@@ -4,7 +4,7 @@
 //! cancel, timeout, the concurrency limit, a runner restart mid-job, and
 //! the host owner's `--no-jobs`.
 
-use crate::util::proxy::TcpProxy;
+use crate::util::proxy::{Mode, TcpProxy};
 use crate::util::*;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -339,4 +339,144 @@ fn cancel_timeout_restart_and_the_owners_veto() {
         v["reason"].as_str().unwrap().contains("switched off"),
         "{v}"
     );
+}
+
+/// The runner's state dir on a 2 MiB filesystem. With the link cut, a job
+/// printing ~5.4 MB fills memory (1 MiB), then the disk: the output is not
+/// lost and the job not failed — the child waits on its pipe, its log says
+/// why — and once the link is back everything arrives, byte-identical. A
+/// job the ledger cannot record (disk full) is refused with the cause.
+#[test]
+fn a_full_disk_pauses_output_loses_nothing_and_refuses_unrecordable_jobs() {
+    let server = Server::start();
+    let tenant = server.tenant("jobs-full");
+    let proxy = TcpProxy::to(&server.addr());
+    let url = proxy.url("https");
+    let mut runner = Runner::enroll(&server, &tenant);
+    let disk = Tmpfs::mount("runner-state", "2m");
+    for e in std::fs::read_dir(runner.dir.path()).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), disk.path().join(e.file_name())).unwrap();
+        }
+    }
+    runner.state_dir = Some(disk.path().to_owned());
+    runner.start(&[
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--server",
+        &url,
+    ]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let idle_rss = rss_kib(runner.pid());
+
+    let ids = run(
+        &tenant,
+        json!({ "runners": [runner.id], "command": "sleep 1; exec seq 0 799999" }),
+    );
+    wait_for(Duration::from_secs(10), "the job to start", || {
+        (job(&tenant, &ids[0])["status"] == "running").then_some(())
+    });
+    proxy.set_mode(Mode::Refuse);
+    proxy.cut();
+    wait_for(
+        Duration::from_secs(30),
+        "the spool to fill the disk",
+        || (disk.free() < 64 * 1024).then_some(()),
+    );
+    // Stalled, not failed: `seq` is still there, blocked on its pipe.
+    std::thread::sleep(Duration::from_secs(1));
+    let seq_alive = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"seq\x000\x00799999\x00")
+    });
+    assert!(seq_alive, "the job must wait for the disk, not end");
+    let rss = rss_kib(runner.pid());
+    assert!(
+        rss < idle_rss + 8 * 1024,
+        "the runner held the flood in memory: {idle_rss} KiB idle, {rss} KiB now"
+    );
+
+    proxy.set_mode(Mode::Forward);
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(90));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let got = output(&tenant, &ids[0], "stdout");
+    let want: String = (0..800_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(got.len(), want.len(), "stored bytes");
+    assert!(got == want.as_bytes(), "stored output differs from seq's");
+    let all = String::from_utf8_lossy(&output(&tenant, &ids[0], "all")).to_lowercase();
+    assert!(
+        all.contains("no space left on device") && all.contains("output paused"),
+        "the log says why the output paused"
+    );
+
+    // Nothing left for the spool now; fill the disk to the last byte: the
+    // ledger cannot record a new job, so it is refused, saying why.
+    disk.fill("filler");
+    let ids = run(
+        &tenant,
+        json!({ "runners": [runner.id], "command": "echo refused" }),
+    );
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(20));
+    assert_eq!(v["status"], "failed", "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("job ledger") && reason.contains("No space left on device"),
+        "{v}"
+    );
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let ids = run(
+        &tenant,
+        json!({ "runners": [runner.id], "command": "echo fine" }),
+    );
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(20));
+    assert_eq!(v["status"], "succeeded", "the runner goes on: {v}");
+    drop(runner);
+}
+
+/// The server's data dir on a small filesystem that fills up while a job
+/// prints ~14 MB: output the server cannot store is never acknowledged
+/// (the runner keeps it and sends it again), the API answers JSON errors
+/// meanwhile, nothing panics, and once there is room again the stored log
+/// is byte-identical.
+#[test]
+fn a_full_server_disk_acknowledges_nothing_unstored_and_loses_nothing() {
+    let disk = Tmpfs::mount("server-data", "48m");
+    let server = Server::start_on(disk.path(), &[]);
+    let tenant = server.tenant("jobs-server-full");
+    let runner = runner_with(&server, &tenant, &[]);
+    let gate = TempDir::new("gate");
+    let marker = gate.path().join("go");
+    let cmd = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exec seq 0 1999999",
+        marker.display()
+    );
+    let ids = run(&tenant, json!({ "runners": [runner.id], "command": cmd }));
+    wait_for(Duration::from_secs(10), "the job to start", || {
+        (job(&tenant, &ids[0])["status"] == "running").then_some(())
+    });
+    disk.fill("filler");
+    std::fs::write(&marker, "").unwrap();
+    wait_for(Duration::from_secs(60), "a failed store", || {
+        server.log().contains("storing job output").then_some(())
+    });
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [runner.id], "command": "true" })),
+    );
+    assert!(
+        st >= 500 && v["error"]["message"].is_string(),
+        "a JSON error while the disk is full: {st} {v}"
+    );
+    assert_ne!(job(&tenant, &ids[0])["complete"], true);
+
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(180));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let got = output(&tenant, &ids[0], "stdout");
+    let want: String = (0..2_000_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(got.len(), want.len(), "stored bytes");
+    assert!(got == want.as_bytes(), "stored output differs from seq's");
+    assert!(!server.log().contains("panicked"), "no panic");
 }

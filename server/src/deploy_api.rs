@@ -79,6 +79,10 @@ pub struct AppDef {
     pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Absolute path in the container for a `KEY=VALUE` file of the env
+    /// and secrets (mode 0600), for apps that read a `.env` file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
     #[serde(default = "timeout")]
     pub timeout_s: u64,
 }
@@ -214,6 +218,15 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
     for (k, v) in d.labels.iter().chain(&d.env) {
         if k.is_empty() || k.contains('\0') || v.contains('\0') {
             return Err(bad(format!("{k:?}: a name and a value without NUL")));
+        }
+    }
+    if let Some(f) = &d.env_file {
+        let name = f.rsplit('/').next().unwrap_or("");
+        if !f.starts_with('/') || name.is_empty() || name == "." || name == ".." || f.contains('\0')
+        {
+            return Err(bad(format!(
+                "env_file {f:?}: an absolute path of a file in the container"
+            )));
         }
     }
     for k in d.env.keys() {
@@ -397,6 +410,7 @@ fn launch(
         restart: def.restart.clone(),
         labels: def.labels.clone().into_iter().collect(),
         health: def.health.clone(),
+        env_file: def.env_file.clone(),
     };
     let job_spec = JobSpec {
         program: "deploy".into(),

@@ -879,6 +879,14 @@ impl Api {
         Request::post(self.container(id, "/rename")).query("name", new_name)
     }
 
+    /// `PUT /containers/{id}/archive?path=DIR`: unpack a tar into the
+    /// container's filesystem (before it starts: the deploy's env file).
+    pub fn put_archive(&self, id: &str, dir: &str, tar: Vec<u8>) -> Request {
+        Request::new(Method::Put, self.container(id, "/archive"))
+            .query("path", dir)
+            .body("application/x-tar", tar)
+    }
+
     /// JSON lines of [`ProgressLine`]. A registry that cannot be reached is
     /// an error answer; a failure later is a line with `error`.
     pub fn pull(&self, image: &str, tag: &str) -> Request {

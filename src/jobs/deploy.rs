@@ -26,6 +26,10 @@
 //!                                                        ─▶ start old (if it ran) ─▶ Done (failed)
 //! ```
 //!
+//! Before RenameOld a small file records what to put back should the
+//! runner die during the replacement; the next start restores the old
+//! container from it (`parked.rs`).
+//!
 //! A failure before the old container was touched (git, build, create)
 //! leaves it running as it was; once it was renamed every failure goes
 //! through Rollback, which restores it. Cancel and timeout cut git (its
@@ -108,6 +112,8 @@ enum Call {
     InspectOld,
     RenameOld,
     Create,
+    /// The env file into the new container (only if the app asks).
+    PutEnvFile,
     StopOld,
     StartNew,
     HealthInspect,
@@ -178,9 +184,13 @@ pub struct Deploy {
     env: Vec<(String, String)>,
     socket: Option<PathBuf>,
     checkout: PathBuf,
+    /// The crash-recovery file kept while the old container is parked.
+    parked_file: PathBuf,
     redact: Redactor,
     git: Option<Process>,
     git_redact: [Redactor; 2],
+    /// git's line on stderr naming the cause (masked), for the job's reason.
+    git_tail: String,
     api: Option<Api>,
     io: Option<Exchange>,
     /// The health poll's wait.
@@ -200,14 +210,37 @@ pub struct Deploy {
     outcome: Option<Outcome>,
 }
 
+/// What git said on stderr that best names the cause: its first `fatal:`
+/// or `error:` line (later ones are consequences, such as "unpack-objects
+/// failed" after "No space left on device"), else its last line; at most
+/// 300 bytes.
+fn remember_tail(tail: &mut String, out: &[u8]) {
+    let cause = |l: &str| l.starts_with("fatal:") || l.starts_with("error:");
+    if cause(tail) {
+        return;
+    }
+    let text = String::from_utf8_lossy(out);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let Some(line) = lines.iter().find(|l| cause(l)).or(lines.last()) else {
+        return;
+    };
+    let mut end = line.len().min(300);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    *tail = line[..end].to_owned();
+}
+
 fn now_step(chan: &mut OutChannel, redact: &Redactor, tag: StreamTag, step: u8, text: &str) {
     let mut r = redact.clone();
     let mut out = Vec::new();
     r.feed(text.as_bytes(), &mut out);
     r.finish(&mut out);
-    if let Err(e) = push_record(chan, tag, step, &out) {
-        debug!("jobs", "deploy output not kept: {e}");
-    }
+    push_record(chan, tag, step, &out);
 }
 
 impl Deploy {
@@ -221,6 +254,7 @@ impl Deploy {
     ) -> Deploy {
         let redact = Redactor::new(secrets.iter().map(|(_, v)| v.as_bytes().to_vec()));
         let checkout = state_dir.join("deploy").join(&spec.app).join("src");
+        let parked_file = super::parked::path(state_dir, &spec.app);
         let mut env = env;
         env.extend(secrets.iter().cloned());
         Deploy {
@@ -228,9 +262,11 @@ impl Deploy {
             env,
             socket,
             checkout,
+            parked_file,
             git_redact: [redact.clone(), redact.clone()],
             redact,
             git: None,
+            git_tail: String::new(),
             api: None,
             io: None,
             wait: None,
@@ -472,9 +508,10 @@ impl Deploy {
                     Read_::Empty => break,
                     Read_::Eof => self.git_redact[pipe].finish(&mut out),
                 }
-                if let Err(e) = push_record(chan, tag, step::SOURCE, &out) {
-                    debug!("jobs", "deploy output not kept: {e}");
+                if pipe == 1 {
+                    remember_tail(&mut self.git_tail, &out);
                 }
+                push_record(chan, tag, step::SOURCE, &out);
             }
         }
         if !p.try_reap() || p.pipes_open() {
@@ -495,11 +532,13 @@ impl Deploy {
                 chan,
                 "git: not found on this host (exit code 127)".into(),
             ),
-            (Some(c), _) => self.fail(
-                ctx,
-                chan,
-                format!("git failed (exit code {c}); see its output above"),
-            ),
+            (Some(c), _) => {
+                let why = match self.git_tail.as_str() {
+                    "" => format!("git failed (exit code {c}); see its output above"),
+                    tail => format!("git failed (exit code {c}): {tail}"),
+                };
+                self.fail(ctx, chan, why)
+            }
             (None, Some(s)) => self.fail(ctx, chan, format!("git was killed by signal {s}")),
             _ => self.fail(ctx, chan, "git ended with an unknown status".into()),
         }
@@ -526,6 +565,10 @@ impl Deploy {
             Call::InspectOld => api.inspect_container(&name),
             Call::RenameOld => api.rename(&old_id, &self.parked_name()),
             Call::Create => api.create_container(Some(&name), self.create_body()?),
+            Call::PutEnvFile => {
+                let (dir, tar) = self.env_file_tar()?;
+                api.put_archive(&new_id, &dir, tar)
+            }
             Call::StopOld => api.stop(&old_id, Some(STOP_GRACE_S)),
             Call::StartNew => api.start(&new_id),
             Call::HealthInspect => api.inspect_container(&new_id),
@@ -551,6 +594,44 @@ impl Deploy {
             Call::RenameBack => api.rename(&old_id, &name),
             Call::StartOld => api.start(&old_id),
         })
+    }
+
+    fn parked_mark(&self, old_id: &str, old_running: bool) -> super::parked::Parked {
+        super::parked::Parked {
+            job_id: self.job_id.clone(),
+            container: self.spec.container.clone(),
+            parked: self.parked_name(),
+            old_id: old_id.to_owned(),
+            old_running,
+            healthy: false,
+        }
+    }
+
+    fn stop_old_or_start(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
+        let stop = self.old.as_ref().is_some_and(|o| o.running);
+        self.call(ctx, chan, if stop { Call::StopOld } else { Call::StartNew });
+    }
+
+    /// The env file as a one-file tar for `PUT /archive`, and the directory
+    /// it unpacks into. Put into the created container's own filesystem
+    /// rather than bind-mounted from a host file: nothing is written on the
+    /// runner's disk, and it survives restarts (a bind source removed after
+    /// start breaks the next `docker restart`: runc cannot mount it).
+    fn env_file_tar(&self) -> Result<(String, Vec<u8>), String> {
+        let path = self.spec.env_file.as_deref().unwrap_or_default();
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let mut text = String::new();
+        for (k, v) in &self.env {
+            if v.contains('\n') {
+                return Err(format!("env file: the value of {k} holds a newline"));
+            }
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        Ok((
+            dir.to_owned(),
+            super::tar::single_file(name, 0o600, text.as_bytes()),
+        ))
     }
 
     /// Where the old container waits while the new one proves itself.
@@ -976,6 +1057,16 @@ impl Deploy {
                             step::REPLACE,
                             &format!("current container {} ({})", short(&c.id), c.state.status),
                         );
+                        // Written before the rename: a runner that dies
+                        // from here on puts the old one back (parked.rs).
+                        let mark = self.parked_mark(&c.id, c.state.running);
+                        if let Err(e) = mark.save(&self.parked_file) {
+                            let why = format!(
+                                "cannot write {} before replacing the container: {e}",
+                                self.parked_file.display()
+                            );
+                            return self.fail(ctx, chan, why);
+                        }
                         self.old = Some(Old {
                             id: c.id,
                             running: c.state.running,
@@ -1014,10 +1105,25 @@ impl Deploy {
                         self.note(chan, step::REPLACE, &format!("engine warning: {w}"));
                     }
                     self.new_id = Some(c.id);
-                    let stop = self.old.as_ref().is_some_and(|o| o.running);
-                    self.call(ctx, chan, if stop { Call::StopOld } else { Call::StartNew });
+                    if self.spec.env_file.is_some() {
+                        return self.call(ctx, chan, Call::PutEnvFile);
+                    }
+                    self.stop_old_or_start(ctx, chan);
                 }
                 Err(e) => self.fail(ctx, chan, format!("create the new container: {e}")),
+            },
+            Call::PutEnvFile => match checked {
+                Ok(_) => {
+                    let path = self.spec.env_file.clone().unwrap_or_default();
+                    let n = self.env.len();
+                    self.note(
+                        chan,
+                        step::REPLACE,
+                        &format!("wrote {n} variable(s) to {path} in the container (mode 0600)"),
+                    );
+                    self.stop_old_or_start(ctx, chan);
+                }
+                Err(e) => self.fail(ctx, chan, format!("write the env file: {e}")),
             },
             Call::StopOld => match checked {
                 Ok(_) => {
@@ -1226,7 +1332,13 @@ impl Deploy {
 
     fn healthy(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, how: &str) {
         self.note(chan, step::REPLACE, &format!("healthy: {how}"));
-        if self.old.is_some() {
+        if let Some(o) = self.old.clone() {
+            // Proven: a runner dying now keeps the new one (parked.rs).
+            let mut mark = self.parked_mark(&o.id, o.running);
+            mark.healthy = true;
+            if let Err(e) = mark.save(&self.parked_file) {
+                debug!("jobs", "{}: {e}", self.parked_file.display());
+            }
             return self.call(ctx, chan, Call::RemoveOld);
         }
         self.done(chan, "succeeded", String::new());
@@ -1288,6 +1400,11 @@ impl Deploy {
     fn done(&mut self, chan: &mut OutChannel, status: &'static str, reason: String) {
         if self.outcome.is_some() {
             return;
+        }
+        // Over: the old container was removed or is back under its name
+        // (a failed rename back keeps the file, for the next start).
+        if status == "succeeded" || self.old.as_ref().is_none_or(|o| !o.renamed) {
+            let _ = std::fs::remove_file(&self.parked_file);
         }
         if status == "succeeded" {
             self.note(

@@ -73,6 +73,14 @@ impl Ledger {
         self.running.push(entry);
     }
 
+    /// The process of a job recorded before it was spawned.
+    pub fn set_process(&mut self, job_id: &str, pid: u32, start_ticks: u64) {
+        if let Some(r) = self.running.iter_mut().find(|r| r.job_id == job_id) {
+            r.pid = pid;
+            r.start_ticks = start_ticks;
+        }
+    }
+
     pub fn remember(&mut self, job_id: &str) {
         if !self.has_seen(job_id) {
             if self.seen.len() >= MAX_SEEN {
@@ -100,7 +108,10 @@ impl Ledger {
 
     /// After a restart: end what was running (if it is still our process
     /// group) and turn it into failed results.
-    pub fn recover(&mut self, now_ms: u64) -> usize {
+    ///
+    /// `notes`: per job id, what was done to the host for it (a deploy's
+    /// container put back), added to the reason.
+    pub fn recover(&mut self, now_ms: u64, notes: &[(String, String)]) -> usize {
         let running = std::mem::take(&mut self.running);
         let n = running.len();
         for r in running {
@@ -110,15 +121,20 @@ impl Ledger {
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                 }
             }
+            let mut reason =
+                "cut short by a runner restart (output after what the server stored is lost)"
+                    .to_owned();
+            for (_, note) in notes.iter().filter(|(id, _)| *id == r.job_id) {
+                reason.push_str("; ");
+                reason.push_str(note);
+            }
             self.finished(JobResult {
                 job_id: r.job_id,
                 channel: r.channel,
                 status: "failed".into(),
                 exit_code: None,
                 signal: None,
-                reason:
-                    "cut short by a runner restart (output after what the server stored is lost)"
-                        .into(),
+                reason,
                 started_ms: r.started_ms,
                 finished_ms: now_ms,
                 output_bytes: 0,
@@ -156,7 +172,7 @@ mod tests {
         l.save().unwrap();
         let mut again = Ledger::load(&path);
         assert!(again.has_seen("jb_1"));
-        assert_eq!(again.recover(9), 1);
+        assert_eq!(again.recover(9, &[]), 1);
         assert_eq!(again.results[0].status, "failed");
         assert!(again.running.is_empty());
         assert!(again.acked("jb_1"));

@@ -13,7 +13,8 @@
 //!  OutChannel: memory, then spool file; sent while the window allows;
 //!              ACK drops; link up resends from welcome.acks (spool.rs)
 //!  job_result: sent on every link until job_result_ack (ledger.rs)
-//!  runner restart: jobs that were running are killed and reported failed
+//!  runner restart: jobs that were running are killed and reported failed;
+//!                  a deploy's parked old container is put back first (parked.rs)
 //! ```
 //!
 //! Backpressure: a pipe is read only while its job's channel has room
@@ -29,6 +30,7 @@
 
 pub mod deploy;
 pub mod ledger;
+pub mod parked;
 pub mod process;
 pub mod redact;
 pub mod spool;
@@ -156,7 +158,9 @@ impl Jobs {
         let mut ledger = Ledger::default();
         if let Some(c) = &cfg {
             ledger = Ledger::load(&c.state_dir.join("jobs.json"));
-            let n = ledger.recover(now_ms());
+            // A deploy cut short mid-replacement: its old container first.
+            let restored = parked::restore_all(&c.state_dir, c.docker_socket.as_deref());
+            let n = ledger.recover(now_ms(), &restored);
             if n > 0 {
                 warn!(
                     "jobs",
@@ -269,6 +273,7 @@ impl Jobs {
     /// After a deploy moved: once it is over, the job is.
     fn deploy_progress(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let job = &mut self.jobs[i];
+        note_spool_error(job);
         if job.done {
             return self.retire(ctx, i);
         }
@@ -501,6 +506,19 @@ impl Jobs {
             .chain(&job.start.secrets)
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
+        // Recorded before it runs: a job the ledger cannot hold would be
+        // orphaned (and could run twice) after a runner restart, so a
+        // ledger that cannot be written (disk full) refuses the job.
+        self.ledger.started(RunningEntry {
+            job_id: job.start.job_id.clone(),
+            channel: job.start.channel,
+            pid: 0,
+            start_ticks: 0,
+            started_ms: job.started_ms,
+        });
+        if let Err(why) = self.save_for_start() {
+            return self.fail_at_start(ctx, job, why);
+        }
         let tokens = [ctx.token(), ctx.token()];
         let program = PathBuf::from(&job.start.program);
         match Process::spawn(&program, &args, &env, &cfg.cwd, ctx.registry, tokens) {
@@ -512,14 +530,14 @@ impl Jobs {
                     job.start.program,
                     p.pid()
                 );
-                self.ledger.started(RunningEntry {
-                    job_id: job.start.job_id.clone(),
-                    channel: job.start.channel,
-                    pid: p.pid(),
-                    start_ticks: start_ticks(p.pid()).unwrap_or(0),
-                    started_ms: job.started_ms,
-                });
-                self.save();
+                let ticks = start_ticks(p.pid()).unwrap_or(0);
+                self.ledger.set_process(&job.start.job_id, p.pid(), ticks);
+                if let Err(why) = self.save_for_start() {
+                    // The disk filled in between: same reason, cut at once.
+                    p.signal(libc::SIGKILL);
+                    job.proc = Some(p);
+                    return self.fail_at_start(ctx, job, why);
+                }
                 if job.start.timeout_s > 0 {
                     let after = Duration::from_secs(job.start.timeout_s);
                     job.deadline = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deadline)));
@@ -570,7 +588,9 @@ impl Jobs {
             start_ticks: 0,
             started_ms: job.started_ms,
         });
-        self.save();
+        if let Err(why) = self.save_for_start() {
+            return self.fail_at_start(ctx, job, why);
+        }
         if job.start.timeout_s > 0 {
             let after = Duration::from_secs(job.start.timeout_s);
             job.deadline = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deadline)));
@@ -583,6 +603,26 @@ impl Jobs {
             d.begin(ctx, &mut job.chan);
         }
         self.deploy_progress(ctx, i);
+    }
+
+    /// A job that may not run (its ledger entry cannot be written): failed
+    /// with the reason; a process already spawned was sent SIGKILL and is
+    /// reaped as usual.
+    fn fail_at_start(&mut self, ctx: &mut Ctx<'_>, mut job: Job, why: String) {
+        warn!("jobs", "job {}: {why}", job.start.job_id);
+        system_note(&mut job, &why);
+        job.stop = Some(Stop {
+            status: "failed",
+            reason: why,
+        });
+        let spawned = job.proc.is_some();
+        self.jobs.push(job);
+        let i = self.jobs.len() - 1;
+        if spawned {
+            self.read(ctx, i)
+        } else {
+            self.finish(ctx, i)
+        }
     }
 
     fn cancel(&mut self, ctx: &mut Ctx<'_>, job_id: &str) {
@@ -650,8 +690,7 @@ impl Jobs {
         let Some(p) = job.proc.as_mut() else {
             return self.check_done(ctx, i);
         };
-        let mut failed = None;
-        'pipes: for pipe in 0..2 {
+        for pipe in 0..2 {
             while p.pending(pipe) && job.chan.has_room() && budget > 0 {
                 let tag = if pipe == 0 {
                     StreamTag::Stdout
@@ -667,18 +706,10 @@ impl Jobs {
                     Read_::Empty => break,
                     Read_::Eof => job.redact[pipe].finish(&mut out),
                 }
-                if let Err(e) = push_output(&mut job.chan, tag, &out) {
-                    failed = Some(format!("cannot keep the output (spool: {e})"));
-                    break 'pipes;
-                }
+                push_output(&mut job.chan, tag, &out);
             }
         }
-        if let Some(why) = failed {
-            self.stop(ctx, i, "failed", why);
-            if let Some(p) = &self.jobs[i].proc {
-                p.signal(libc::SIGKILL);
-            }
-        }
+        note_spool_error(job);
         self.check_done(ctx, i);
     }
 
@@ -788,6 +819,16 @@ impl Jobs {
         }
     }
 
+    /// The ledger must hold a job before it runs (a restart then reports
+    /// it): the reason to refuse it when it cannot be written.
+    fn save_for_start(&self) -> Result<(), String> {
+        let Some(cfg) = &self.cfg else { return Ok(()) };
+        self.ledger.save().map_err(|e| {
+            let path = cfg.state_dir.join("jobs.json");
+            format!("cannot write the job ledger {}: {e}", path.display())
+        })
+    }
+
     fn save(&self) {
         if self.cfg.is_some() {
             if let Err(e) = self.ledger.save() {
@@ -802,32 +843,36 @@ fn result_message(r: JobResult) -> Outgoing {
 }
 
 /// Output bytes as records: `ts_ms, step 0, bytes`, at most a frame each.
-fn push_output(chan: &mut OutChannel, tag: StreamTag, bytes: &[u8]) -> std::io::Result<()> {
+fn push_output(chan: &mut OutChannel, tag: StreamTag, bytes: &[u8]) {
     push_record(chan, tag, 0, bytes)
 }
 
-/// Output bytes of one step as records, at most a frame each.
-fn push_record(
-    chan: &mut OutChannel,
-    tag: StreamTag,
-    step: u8,
-    bytes: &[u8],
-) -> std::io::Result<()> {
+/// Output bytes of one step as records, at most a frame each. The channel
+/// never drops them (a full disk stops the source instead; spool.rs).
+fn push_record(chan: &mut OutChannel, tag: StreamTag, step: u8, bytes: &[u8]) {
     let ts = now_ms().to_be_bytes();
     for chunk in bytes.chunks(CHUNK) {
         let mut payload = Vec::with_capacity(JOB_RECORD_HEADER + chunk.len());
         payload.extend_from_slice(&ts);
         payload.push(step);
         payload.extend_from_slice(chunk);
-        chan.push(tag, payload)?;
+        chan.push(tag, payload);
     }
-    Ok(())
 }
 
 /// A line of our own in the job's log (tag system).
 fn system_note(job: &mut Job, text: &str) {
     let line = format!("[tether] {text}\n");
-    if let Err(e) = push_output(&mut job.chan, StreamTag::System, line.as_bytes()) {
-        debug!("jobs", "job {}: note not kept: {e}", job.start.job_id);
+    push_output(&mut job.chan, StreamTag::System, line.as_bytes());
+}
+
+/// Say once per stall, in the job's log, why its output paused.
+fn note_spool_error(job: &mut Job) {
+    if let Some(e) = job.chan.take_spool_error() {
+        let why = format!(
+            "the output spool cannot grow ({e}); output paused until the server has stored what is pending"
+        );
+        warn!("jobs", "job {}: {why}", job.start.job_id);
+        system_note(job, &why);
     }
 }

@@ -8,7 +8,22 @@
 //!              └──────────────────────────┘ (file truncated when read to its end)
 //!   next_frame: the first record at `sent`, while sent − acked < window
 //!   link up (welcome.acks): acked = max(acked, ack); sent = acked → resend
+//!
+//!   the spool file cannot grow (disk full, ENOSPC):
+//!   push ─▶ [ held: at most one read's records, in memory ] ─▶ has_room() = false
+//!              │ every ACK: refill (the file is truncated once read to its end),
+//!              └─ then held ─▶ memory or file again ─▶ has_room() once held is empty
 //! ```
+//!
+//! A full disk loses nothing and fails nothing: the record that could not
+//! be written is held in memory (beyond the memory cap, but only what one
+//! read gave: the reader asks `has_room()` before every read), the source
+//! is not read any more (the child blocks on its pipe, as when the spool
+//! reaches its cap), and the cause is given once to the owner
+//! (`take_spool_error`, written to the job's log). The server's
+//! acknowledgements free memory, then the file; the held records follow
+//! and the source is read again. While the link is down and the disk full
+//! the job just waits (its timeout still runs).
 //!
 //! Offsets are byte offsets of the channel's payload stream (each record is
 //! one DATA frame's payload), so a resend starts exactly where the server's
@@ -59,6 +74,11 @@ pub struct OutChannel {
     mem_bytes: usize,
     spill_path: PathBuf,
     spill: Option<Spill>,
+    /// Records the spool file could not take (disk full), in order after
+    /// everything in memory and in the file.
+    held: VecDeque<Record>,
+    /// Why the spool could not grow, not yet reported to the owner.
+    spool_error: Option<io::Error>,
 }
 
 impl OutChannel {
@@ -73,6 +93,8 @@ impl OutChannel {
             mem_bytes: 0,
             spill_path,
             spill: None,
+            held: VecDeque::new(),
+            spool_error: None,
         }
     }
 
@@ -101,7 +123,17 @@ impl OutChannel {
     /// Whether the source may be read: once memory is full everything
     /// goes to the spool (order), so the spool's room is what counts.
     pub fn has_room(&self) -> bool {
-        self.spilled() < self.limits.spool
+        self.held.is_empty() && self.spilled() < self.limits.spool
+    }
+
+    /// Records waiting for the disk (for tests and figures).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The spool's write error since the last call (once per stall).
+    pub fn take_spool_error(&mut self) -> Option<io::Error> {
+        self.spool_error.take()
     }
 
     /// Everything produced is acknowledged.
@@ -109,22 +141,46 @@ impl OutChannel {
         self.acked >= self.produced
     }
 
-    /// Append output. An error (disk full) leaves the channel as it was.
-    pub fn push(&mut self, tag: StreamTag, payload: Vec<u8>) -> io::Result<()> {
+    /// Append output. Never loses it: a record the spool file cannot take
+    /// (disk full) is held in memory and the source must stop (see the
+    /// module doc); the cause is kept for `take_spool_error`.
+    pub fn push(&mut self, tag: StreamTag, payload: Vec<u8>) {
         let len = payload.len() as u64;
         let rec = Record {
             seq: self.produced,
             tag,
             payload,
         };
-        if self.spilled() > 0 || self.mem_bytes + rec.payload.len() > self.limits.mem {
-            self.spill_write(&rec)?;
+        self.produced += len;
+        if !self.held.is_empty() {
+            self.held.push_back(rec);
+        } else if self.spilled() > 0 || self.mem_bytes + rec.payload.len() > self.limits.mem {
+            if let Err(e) = self.spill_write(&rec) {
+                self.spool_error = Some(e);
+                self.held.push_back(rec);
+            }
         } else {
             self.mem_bytes += rec.payload.len();
             self.mem.push_back(rec);
         }
-        self.produced += len;
-        Ok(())
+    }
+
+    /// Held records go on once there is room: into memory when the file is
+    /// empty and memory has room, else into the file.
+    fn flush_held(&mut self) {
+        while let Some(rec) = self.held.pop_front() {
+            if self.spilled() == 0
+                && (self.mem_bytes == 0 || self.mem_bytes + rec.payload.len() <= self.limits.mem)
+            {
+                self.mem_bytes += rec.payload.len();
+                self.mem.push_back(rec);
+            } else if let Err(e) = self.spill_write(&rec) {
+                // Still full: wait for the next acknowledgement.
+                log_still_full(&e);
+                self.held.push_front(rec);
+                return;
+            }
+        }
     }
 
     fn spill_write(&mut self, rec: &Record) -> io::Result<()> {
@@ -174,8 +230,10 @@ impl OutChannel {
                 return Ok(());
             };
             if sp.read_pos >= sp.write_pos {
-                // Read to its end: start the file over.
-                sp.file.set_len(0)?;
+                // Read to its end: start the file over (frees the disk).
+                if sp.write_pos > 0 {
+                    sp.file.set_len(0)?;
+                }
                 sp.read_pos = 0;
                 sp.write_pos = 0;
                 return Ok(());
@@ -217,7 +275,9 @@ impl OutChannel {
             self.mem_bytes -= front.payload.len();
             self.mem.pop_front();
         }
-        self.refill()
+        self.refill()?;
+        self.flush_held();
+        Ok(())
     }
 
     /// A new link: resend from what the server says it has.
@@ -268,6 +328,10 @@ impl Drop for OutChannel {
     }
 }
 
+fn log_still_full(e: &io::Error) {
+    crate::debug!("jobs", "spool still cannot grow: {e}");
+}
+
 fn tag_from(b: u8) -> StreamTag {
     match b {
         1 => StreamTag::Stdout,
@@ -281,6 +345,7 @@ fn tag_from(b: u8) -> StreamTag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn chan(dir: &std::path::Path, mem: usize, window: u64) -> OutChannel {
         OutChannel::new(
@@ -318,7 +383,7 @@ mod tests {
         for i in 0..50u8 {
             let p = vec![i; 30];
             want.extend_from_slice(&p);
-            c.push(StreamTag::Stdout, p).unwrap();
+            c.push(StreamTag::Stdout, p);
         }
         assert!(c.mem_bytes() <= 100, "memory stays under its cap");
         assert!(dir.join("7.spool").exists(), "the rest went to the file");
@@ -362,7 +427,7 @@ mod tests {
         let dir = tmp("window");
         let mut c = chan(&dir, 1 << 20, 100);
         for _ in 0..10 {
-            c.push(StreamTag::Stderr, vec![b'x'; 40]).unwrap();
+            c.push(StreamTag::Stderr, vec![b'x'; 40]);
         }
         let mut n = 0;
         while c.next_frame().is_some() {
@@ -372,6 +437,55 @@ mod tests {
         assert!(!c.wants_send());
         c.ack(80).unwrap();
         assert!(c.wants_send());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_disk_holds_the_record_stops_the_source_and_loses_nothing() {
+        // /dev/full: every write fails with ENOSPC, like a full filesystem.
+        // Through a symlink: the channel removes its spool file when dropped.
+        let dir = tmp("devfull");
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("3.spool");
+        std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+        let mut c = OutChannel::new(
+            3,
+            Limits {
+                mem: 100,
+                spool: 1 << 20,
+                window: 1 << 20,
+            },
+            link,
+        );
+        let mut want = Vec::new();
+        let mut i = 0u8;
+        while c.has_room() {
+            let p = vec![i; 30];
+            want.extend_from_slice(&p);
+            c.push(StreamTag::Stdout, p);
+            i += 1;
+            assert!(i < 10, "the source must stop");
+        }
+        assert_eq!(c.held(), 1, "only the record the disk refused is held");
+        let e = c.take_spool_error().expect("the cause is reported");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(c.take_spool_error().is_none(), "once");
+        // The server stores and acknowledges what was sent; the held
+        // record moves on and the source may be read again.
+        let mut frames = Vec::new();
+        while !c.is_drained() {
+            let before = frames.len();
+            while let Some(f) = c.next_frame() {
+                frames.push(f);
+            }
+            assert!(frames.len() > before, "progress");
+            let (h, p) = protocol::decode_frame(frames.last().unwrap()).unwrap();
+            c.ack(h.seq + p.len() as u64).unwrap();
+        }
+        assert_eq!(payloads(&frames, 0), want, "no gap, no duplicate");
+        assert!(c.has_room());
+        drop(c);
+        assert!(Path::new("/dev/full").exists(), "only the link went");
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -389,7 +503,7 @@ mod tests {
         );
         let mut pushed = 0;
         while c.has_room() {
-            c.push(StreamTag::Stdout, vec![0; 32]).unwrap();
+            c.push(StreamTag::Stdout, vec![0; 32]);
             pushed += 1;
             assert!(pushed < 100);
         }

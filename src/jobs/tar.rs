@@ -351,6 +351,16 @@ impl TarStream {
     }
 }
 
+/// A tar of one regular file, owned by root (uid and gid 0), with `mode`.
+pub fn single_file(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = header(name, b'0', mode, data.len() as u64, 0, "");
+    out.extend_from_slice(data);
+    out.extend(std::iter::repeat_n(0, (BLOCK - data.len() % BLOCK) % BLOCK));
+    // Two zero blocks end the archive.
+    out.extend(std::iter::repeat_n(0, 2 * BLOCK));
+    out
+}
+
 fn octal(field: &mut [u8], v: u64) {
     let s = format!("{v:0width$o}", width = field.len() - 1);
     let b = s.as_bytes();

@@ -43,6 +43,11 @@ pub struct DeploySpec {
     pub labels: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// An absolute path in the container where the app wants its env
+    /// (plain and secret) as `KEY=VALUE` lines, mode 0600. Written into
+    /// the created container before it starts, never on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

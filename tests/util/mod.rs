@@ -118,6 +118,9 @@ pub struct Server {
     pub admin_token: String,
     pub ca: PathBuf,
     extra: Vec<String>,
+    /// `--data-dir`: `dir` unless started with [`Server::start_on`]; the
+    /// log stays in `dir`.
+    pub data: PathBuf,
 }
 
 impl Server {
@@ -127,22 +130,33 @@ impl Server {
 
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = TempDir::new("server");
+        let data = dir.path().to_owned();
+        Server::start_in(dir, data, extra)
+    }
+
+    /// With its data on `data` (a small filesystem the caller owns).
+    pub fn start_on(data: &Path, extra: &[&str]) -> Server {
+        Server::start_in(TempDir::new("server"), data.to_owned(), extra)
+    }
+
+    fn start_in(dir: TempDir, data: PathBuf, extra: &[&str]) -> Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn_server(dir.path(), "127.0.0.1:0", &extra);
+        let child = spawn_server(dir.path(), &data, "127.0.0.1:0", &extra);
         let mut s = Server {
             child,
             url: String::new(),
             admin_token: String::new(),
-            ca: dir.path().join("tls/ca.pem"),
+            ca: data.join("tls/ca.pem"),
             dir,
             extra,
+            data,
         };
         s.wait_ready();
         s
     }
 
     fn wait_ready(&mut self) {
-        let url_file = self.dir.path().join("server.url");
+        let url_file = self.data.join("server.url");
         let child = &mut self.child;
         let dir = self.dir.path().to_path_buf();
         self.url = wait_for(Duration::from_secs(30), "server.url", || {
@@ -157,7 +171,7 @@ impl Server {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
         });
-        self.admin_token = fs::read_to_string(self.dir.path().join("admin.token"))
+        self.admin_token = fs::read_to_string(self.data.join("admin.token"))
             .unwrap()
             .trim()
             .to_string();
@@ -178,9 +192,9 @@ impl Server {
     /// Stop (SIGTERM) and start again on the same port and data dir.
     pub fn restart(&mut self) {
         self.stop();
-        let _ = fs::remove_file(self.dir.path().join("server.url"));
+        let _ = fs::remove_file(self.data.join("server.url"));
         let addr = self.addr();
-        self.child = spawn_server(self.dir.path(), &addr, &self.extra);
+        self.child = spawn_server(self.dir.path(), &self.data, &addr, &self.extra);
         self.wait_ready();
     }
 
@@ -221,7 +235,7 @@ impl Drop for Server {
     }
 }
 
-fn spawn_server(dir: &Path, listen: &str, extra: &[String]) -> Child {
+fn spawn_server(dir: &Path, data: &Path, listen: &str, extra: &[String]) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -232,7 +246,7 @@ fn spawn_server(dir: &Path, listen: &str, extra: &[String]) -> Child {
         .arg("--listen")
         .arg(listen)
         .arg("--data-dir")
-        .arg(dir)
+        .arg(data)
         .args(extra)
         .env("TETHER_LOG", "debug")
         .stdin(Stdio::null())
@@ -416,6 +430,8 @@ pub struct Runner {
     pub bin: PathBuf,
     /// Extra environment for every command (`TETHER_UPDATE=off`, ...).
     pub env: Vec<(String, String)>,
+    /// `--state-dir` when not `dir` (a small filesystem; the log stays in `dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Runner {
@@ -426,13 +442,14 @@ impl Runner {
             id: String::new(),
             bin: runner_bin(),
             env: Vec::new(),
+            state_dir: None,
         }
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--state-dir")
-            .arg(self.dir.path())
+            .arg(self.state_dir.as_deref().unwrap_or(self.dir.path()))
             .env("TETHER_LOG", "debug")
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
@@ -514,6 +531,73 @@ impl Drop for Runner {
         if std::thread::panicking() {
             eprintln!("---- runner log ({}) ----\n{}", self.id, self.log());
         }
+    }
+}
+
+/// A small tmpfs mounted for one test (we are root), unmounted on drop:
+/// a filesystem that fills up for real.
+pub struct Tmpfs {
+    pub dir: TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(label: &str, size: &str) -> Tmpfs {
+        let dir = TempDir::new(label);
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount a tmpfs (the full-disk tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes free (statvfs).
+    pub fn free(&self) -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<u64> = s
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        v.first().copied().unwrap_or(0) * v.get(1).copied().unwrap_or(0)
+    }
+
+    /// Fill what is left with a file (`dd` stops at ENOSPC).
+    pub fn fill(&self, name: &str) {
+        let _ = Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", self.path().join(name).display()))
+            .arg("bs=4k")
+            .output();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process still holding a file in it cannot keep it mounted.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
     }
 }
 
