@@ -148,6 +148,7 @@ fn dashboard_in_a_real_browser() {
         "terminal: typed echo $((6*7)), read 42",
         "terminal resized with the page",
         "terminal reattached",
+        "update group set from the page",
         "app deployed, steps source/build/replace shown",
         "app container running",
         "app redeployed and rolled back",

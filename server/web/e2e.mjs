@@ -122,6 +122,12 @@ try {
   // with what it printed replayed.
   await goto(`${URL}/#/runner/${RID}/overview`);
   await page.locator('#update-state').waitFor({ timeout: T });
+  // Meanwhile, an update lever: put the runner in a group.
+  await page.getByLabel('Group', { exact: true }).fill('canary');
+  await page.getByRole('button', { name: 'Set group' }).click();
+  await page.locator('#update-state td', { hasText: 'canary' }).first().waitFor({ timeout: T });
+  await shot('04a-runner-updates');
+  step('update group set from the page');
   await goto(`${URL}/#/runner/${RID}/terminal`);
   await page.locator('#term-status').filter({ hasText: 'connected' }).waitFor({ timeout: T });
   await waitTermLine('42');
@@ -130,6 +136,10 @@ try {
   await page.keyboard.press('Enter');
   await waitTermLine('back-2');
   step('terminal reattached after leaving the tab, scrollback replayed');
+  // Keyboard: Tab belongs to the shell, Shift+Escape leaves the terminal.
+  await page.keyboard.press('Shift+Escape');
+  const focused = await page.evaluate(() => document.activeElement?.textContent);
+  if (focused !== 'Hang up') throw new Error(`Shift+Escape left the focus on ${focused}`);
   await page.getByRole('button', { name: 'Hang up' }).click();
   await page.locator('#term-status').filter({ hasText: 'ended' }).waitFor({ timeout: T });
   if ((await termLines()).length === 0) throw new Error('terminal buffer empty');

@@ -73,7 +73,7 @@ function appForm(app, name, runners, secrets, ctx) {
   const gitSource = !app || !app.path;
   const f = {
     name: input('name', app?.name || name, { required: true, pattern: '[A-Za-z0-9][A-Za-z0-9._-]*', readonly: !!app }),
-    runner: h('select', { name: 'runner', required: true },
+    runner: h('select', { name: 'runner', required: true, 'aria-label': 'Runner' },
       ...runners.map((r) => h('option', { value: r.id, selected: r.id === app?.runner }, r.name))),
     kind: h('select', { name: 'kind', 'aria-label': 'Source' },
       h('option', { value: 'git', selected: gitSource }, 'a git repository'), h('option', { value: 'path', selected: !gitSource }, 'a directory on the host')),
@@ -86,7 +86,7 @@ function appForm(app, name, runners, secrets, ctx) {
     container: input('container', app?.container, { placeholder: 'the app name' }),
     ports: area('ports', (app?.ports || []).map(showPort).join('\n'), '8080:80/tcp'),
     volumes: area('volumes', (app?.volumes || []).join('\n'), '/srv/web/data:/data'),
-    restart: h('select', { name: 'restart' }, ...['no', 'always', 'unless-stopped', 'on-failure'].map((v) => h('option', { value: v, selected: v === (app?.restart || 'no') }, v))),
+    restart: h('select', { name: 'restart', 'aria-label': 'Restart' }, ...['no', 'always', 'unless-stopped', 'on-failure'].map((v) => h('option', { value: v, selected: v === (app?.restart || 'no') }, v))),
     labels: area('labels', showMap(app?.labels), 'tier=front'),
     env: area('env', showMap(app?.env), 'MODE=prod'),
     health_cmd: input('health_cmd', app?.health?.cmd?.join(' '), { placeholder: 'wget -qO- http://127.0.0.1/health' }),
