@@ -136,6 +136,19 @@ try {
   await page.keyboard.press('Enter');
   await waitTermLine('back-2');
   step('terminal reattached after leaving the tab, scrollback replayed');
+  // A blip: the socket drops without the terminal ending. The page
+  // reattaches from the last byte it showed: nothing lost, nothing twice.
+  const count = async (t) => (await termLines()).filter((l) => l === t).length;
+  const before = await count('42');
+  await page.evaluate(() => document.getElementById('terminal').attachment.ws.close());
+  await page.locator('#term-status').filter({ hasText: 'reattaching' }).waitFor({ timeout: T });
+  await page.locator('#term-status').filter({ hasText: 'connected' }).waitFor({ timeout: T });
+  await page.locator('#terminal textarea').focus();
+  await page.keyboard.type('echo blip-$((2+3))');
+  await page.keyboard.press('Enter');
+  await waitTermLine('blip-5');
+  if ((await count('42')) !== before) throw new Error(`output repeated after the reattach: ${await termLines()}`);
+  step('terminal reattached after a dropped socket, no output repeated');
   // Keyboard: Tab belongs to the shell, Shift+Escape leaves the terminal.
   await page.keyboard.press('Shift+Escape');
   const focused = await page.evaluate(() => document.activeElement?.textContent);

@@ -82,6 +82,7 @@ export async function terminal(body, r, container) {
       state: (text, bad) => show(`${what}: ${text}`, bad),
       ended: (reason) => { saved.clear(r.id); show(`${what}: ended (${reason})`); idle(); },
     });
+    box.attachment = conn; // for the browser test, which cuts its socket
   };
 
   openBtn.addEventListener('click', async () => {
