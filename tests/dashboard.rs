@@ -2,8 +2,11 @@
 //! `playwright-core` from `server/web/node_modules`) against the real server
 //! and runner: log in, see the runner active, charts, the install command,
 //! run a script and read its output, a container's coloured logs and its
-//! removal after confirmation (real Docker), stop the runner and see it
-//! turn unreachable without a reload, a viewer refused. The browser steps are in
+//! removal after confirmation (real Docker), a terminal (type a command,
+//! read its answer in xterm.js, resize, reattach), an app deployed from a
+//! local git repository with its steps watched, redeployed and rolled back,
+//! stop the runner and see it turn unreachable without a reload, a viewer
+//! refused an action and a terminal, every page at phone width. The browser steps are in
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`.
 //!
 //! Needs `chromium` and `make web` (`.ci/run` installs both); it fails,
@@ -15,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::util::docker::{self, IMAGE};
+use crate::util::term::TermClient;
 use crate::util::{self, Runner, Server};
 
 const PASSWORD: &str = "e2e-password-1";
@@ -83,6 +87,13 @@ fn dashboard_in_a_real_browser() {
     );
     let _cleanup = RemoveContainer(container.clone());
 
+    // The app the page deploys: a local git repository whose Dockerfile
+    // builds on the local test image (no registry here).
+    let app = format!("tether-e2e-app-{}", std::process::id());
+    let _app_cleanup = RemoveApp(app.clone());
+    let repo = util::TempDir::new("dash-app");
+    util::git::app_repo(repo.path(), "v1");
+
     let server = Server::start();
     let tenant = server.tenant("acme");
     add_user(&server, "acme", "ada", "admin");
@@ -101,6 +112,8 @@ fn dashboard_in_a_real_browser() {
         .env("PASSWORD", PASSWORD)
         .env("RUNNER_ID", &runner.id)
         .env("CONTAINER", &container)
+        .env("APP", &app)
+        .env("APP_REPO", repo.path())
         .env("CHROMIUM", &chromium)
         .env("ARTIFACTS", &artifacts)
         .stdin(Stdio::piped())
@@ -132,6 +145,15 @@ fn dashboard_in_a_real_browser() {
         "runner active",
         "metrics charts drawn",
         "script output read",
+        "terminal: typed echo $((6*7)), read 42",
+        "terminal resized with the page",
+        "terminal reattached after leaving",
+        "terminal reattached after a dropped socket",
+        "update group set from the page",
+        "app deployed, steps source/build/replace shown",
+        "app container running",
+        "app redeployed and rolled back",
+        "viewer refused a terminal",
         "container logs shown",
         "container removed after confirmation",
         "runner unreachable on the page",
@@ -149,6 +171,28 @@ fn dashboard_in_a_real_browser() {
         .output()
         .unwrap();
     assert!(!gone.status.success(), "container still exists");
+}
+
+/// Removes the app the page deployed (its container, a replaced one left
+/// parked, and its images) however the test ends.
+struct RemoveApp(String);
+
+impl Drop for RemoveApp {
+    fn drop(&mut self) {
+        let list = |args: &[&str]| {
+            Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for id in list(&["ps", "-aq", "--filter", &format!("name={}", self.0)]).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        for id in list(&["images", "-q", &self.0]).split_whitespace() {
+            let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+        }
+    }
 }
 
 /// Removes the test's container however the test ends.
@@ -171,35 +215,11 @@ fn the_pages_api_calls_work_with_the_session_cookie() {
     let mut runner = Runner::enroll(&server, &tenant);
     runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
-    let pem = std::fs::read(&server.ca).unwrap();
-    let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
-    let agent = ureq::Agent::config_builder()
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
-                    cert,
-                ])))
-                .build(),
-        )
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent();
+    add_user(&server, "acme", "vic", "viewer");
+    let agent = agent(&server);
     let url = |p: &str| format!("{}{p}", server.url);
-
     // Log in as the page does.
-    let mut resp = agent
-        .post(url("/api/v1/session"))
-        .send(
-            serde_json::json!({"tenant": "acme", "name": "otto", "password": PASSWORD}).to_string(),
-        )
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let session: serde_json::Value =
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+    let (cookie, csrf) = login(&server, "otto");
     let get = |p: &str| -> (u16, String) {
         let mut r = agent.get(url(p)).header("Cookie", &cookie).call().unwrap();
         let body = r.body_mut().read_to_string().unwrap_or_default();
@@ -292,6 +312,34 @@ fn the_pages_api_calls_work_with_the_session_cookie() {
     assert_eq!(get_json("/api/v1/jobs?limit=20")[0]["id"], job.as_str());
     assert!(get_json("/api/v1/scripts").as_array().unwrap().len() == 1);
 
+    // Every other change the page makes, with the cookie and CSRF header.
+    let send =
+        |method: &str, p: &str, body: Option<serde_json::Value>| -> (u16, serde_json::Value) {
+            let req = agent
+                .run(
+                    ureq::http::Request::builder()
+                        .method(method)
+                        .uri(url(p))
+                        .header("Cookie", &cookie)
+                        .header("X-CSRF-Token", &csrf)
+                        .header("Content-Type", "application/json")
+                        .body(body.map(|b| b.to_string()).unwrap_or_default())
+                        .unwrap(),
+                )
+                .unwrap();
+            let (parts, mut body) = req.into_parts();
+            let text = body.read_to_string().unwrap_or_default();
+            (
+                parts.status.as_u16(),
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            )
+        };
+    the_apps_page_calls(&send, &get_json, id);
+    the_update_card_calls(&send, &get_json, id);
+    the_terminal_tab_calls(&server, &send, &get_json, &cookie, id);
+    assert_eq!(send("DELETE", "/api/v1/scripts/hello", None).0, 204);
+    assert!(get_json("/api/v1/scripts").as_array().unwrap().is_empty());
+
     // Without the CSRF header the same change is refused.
     let r = agent
         .post(url("/api/v1/jobs"))
@@ -308,4 +356,166 @@ fn the_pages_api_calls_work_with_the_session_cookie() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(get("/api/v1/runners").0, 401);
+}
+
+type Send<'a> = dyn Fn(&str, &str, Option<serde_json::Value>) -> (u16, serde_json::Value) + 'a;
+type GetJson<'a> = dyn Fn(&str) -> serde_json::Value + 'a;
+
+/// The apps page: a secret (write-only: listed by name), an app, a deploy
+/// (this runner has Docker off, so the job fails, and says why), the
+/// history, a rollback with nothing to go back to, and removal.
+fn the_apps_page_calls(send: &Send, get_json: &GetJson, runner: &str) {
+    use serde_json::json;
+    let (st, v) = send(
+        "PUT",
+        "/api/v1/secrets/DB_PASSWORD",
+        Some(json!({"value": "s3cret-value"})),
+    );
+    assert_eq!(st, 204, "{v}");
+    let secrets = get_json("/api/v1/secrets");
+    assert_eq!(secrets[0]["name"], "DB_PASSWORD");
+    assert!(!secrets.to_string().contains("s3cret-value"), "{secrets}");
+    let def = json!({
+        "runner": runner, "git_url": "/nonexistent/repo", "git_ref": "main",
+        "context": ".", "dockerfile": "Dockerfile", "image": "web", "container": "web",
+        "ports": [{"host": 18080, "container": 80, "proto": "tcp"}], "volumes": ["/srv/web:/data"],
+        "restart": "unless-stopped", "labels": {"tier": "front"}, "env": {"MODE": "prod"},
+        "secrets": ["DB_PASSWORD"], "health": {"cmd": ["true"], "timeout_s": 5}, "timeout_s": 60,
+    });
+    let (st, v) = send("PUT", "/api/v1/apps/web", Some(def));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(get_json("/api/v1/apps")[0]["name"], "web");
+    let (st, d) = send("POST", "/api/v1/apps/web/deploy", Some(json!({})));
+    assert_eq!(st, 201, "{d}");
+    let job = d["id"].as_str().unwrap().to_owned();
+    let done = util::wait_for(Duration::from_secs(30), "the deploy job to end", || {
+        let j = get_json(&format!("/api/v1/jobs/{job}"));
+        (j["complete"] == true).then_some(j)
+    });
+    assert_eq!(done["status"], "failed", "{done}");
+    let history = get_json("/api/v1/apps/web/deployments");
+    assert_eq!(history[0]["id"], job.as_str());
+    assert_eq!(history[0]["kind"], "deploy");
+    let (st, v) = send("POST", "/api/v1/apps/web/rollback", Some(json!({})));
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(send("DELETE", "/api/v1/apps/web", None).0, 204);
+    assert_eq!(get_json("/api/v1/apps"), json!([]));
+}
+
+/// The update card: releases and policies (none here), the group lever and
+/// a desired version this server does not have (refused, nothing changed).
+fn the_update_card_calls(send: &Send, get_json: &GetJson, runner: &str) {
+    use serde_json::json;
+    assert!(get_json("/api/v1/releases").is_array());
+    assert_eq!(get_json("/api/v1/update-policy"), json!([]));
+    let (st, v) = send(
+        "PUT",
+        &format!("/api/v1/runners/{runner}/group"),
+        Some(json!({"group": "canary"})),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        get_json(&format!("/api/v1/runners/{runner}/updates"))["group"],
+        "canary"
+    );
+    let (st, v) = send(
+        "PUT",
+        "/api/v1/update-policy",
+        Some(json!({"version": "9.9.9", "canary_percent": 10, "group": "canary"})),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = send(
+        "PUT",
+        "/api/v1/update-policy",
+        Some(json!({"version": null, "group": "canary"})),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+/// The terminal tab: open by POST, attach by WebSocket with the cookie and
+/// this server's Origin (as a browser does), run a command, find it in the
+/// audit trail, hang up. Another site's Origin, a viewer and no credential
+/// are refused before any upgrade.
+fn the_terminal_tab_calls(
+    server: &Server,
+    send: &Send,
+    get_json: &GetJson,
+    cookie: &str,
+    runner: &str,
+) {
+    use serde_json::json;
+    let (st, s) = send(
+        "POST",
+        &format!("/api/v1/runners/{runner}/terminals"),
+        Some(json!({"cols": 100, "rows": 30})),
+    );
+    assert_eq!(st, 201, "{s}");
+    let tid = s["id"].as_str().unwrap().to_owned();
+    let mut t = TermClient::attach_as_browser(server, cookie, Some(&server.url), &tid)
+        .unwrap_or_else(|e| panic!("attach with the cookie: {e:?}"));
+    t.run("echo $((6*7))", "42\r\n");
+    let audit = get_json(&format!("/api/v1/terminals?runner={runner}&limit=20"));
+    let row = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == tid.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (row["open"].clone(), row["who"].clone()),
+        (json!(true), json!("otto (dashboard)"))
+    );
+
+    let refused = TermClient::attach_as_browser(server, cookie, Some("https://evil.example"), &tid);
+    let (st, body) = refused.err().expect("another site's page is refused");
+    assert!(st == 403 && body.contains("Origin"), "{st} {body}");
+    let refused = TermClient::attach_as_browser(server, cookie, None, &tid);
+    assert_eq!(refused.err().map(|e| e.0), Some(403));
+    let refused = TermClient::attach_as_browser(server, "x=1", Some(&server.url), &tid);
+    assert_eq!(refused.err().map(|e| e.0), Some(401));
+    let (viewer, _) = login(server, "vic");
+    let refused = TermClient::attach_as_browser(server, &viewer, Some(&server.url), &tid);
+    let (st, body) = refused.err().expect("a viewer is refused");
+    assert!(st == 403 && body.contains("viewer"), "{st} {body}");
+
+    let (st, v) = send("DELETE", &format!("/api/v1/terminals/{tid}"), None);
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        t.wait_end(Duration::from_secs(15)).is_some(),
+        "the hang-up ends the client too"
+    );
+}
+
+/// An HTTP client that trusts the test server's CA and returns error
+/// statuses as responses.
+fn agent(server: &Server) -> ureq::Agent {
+    let pem = std::fs::read(&server.ca).unwrap();
+    let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
+    ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    cert,
+                ])))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+/// Log `name` in as the page does: (the `Cookie` header value, CSRF token).
+fn login(server: &Server, name: &str) -> (String, String) {
+    let mut resp = agent(server)
+        .post(format!("{}/api/v1/session", server.url))
+        .send(serde_json::json!({"tenant": "acme", "name": name, "password": PASSWORD}).to_string())
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let session: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    (cookie, session["csrf_token"].as_str().unwrap().to_owned())
 }

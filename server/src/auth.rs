@@ -15,11 +15,16 @@
 //! in `X-CSRF-Token` (a cross-site form cannot set a header), and a viewer's
 //! such request is refused here, before any handler runs, so no endpoint
 //! can forget to check.
+//!
+//! A WebSocket upgrade is a GET that cannot carry the CSRF header, so the
+//! terminal WebSockets take the cookie only through [`websocket_session`]:
+//! the `Origin` must be this server's (cross-site WebSocket hijacking), and
+//! a viewer is refused (a shell is an action).
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
@@ -172,6 +177,65 @@ pub fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError>
     identify(state, token)
 }
 
+/// The dashboard session behind a WebSocket upgrade that came with the
+/// cookie and no token. `SameSite=Strict` alone does not guard it: a page
+/// on a sibling subdomain is the same *site* and gets the cookie sent, and
+/// a GET has no CSRF header; the browser's `Origin` (which a page cannot
+/// forge) says which page asked. `public_url` is this server's address as
+/// the browser sees it, when a proxy rewrites `Host`.
+pub fn websocket_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    public_url: Option<&str>,
+) -> Result<SessionRow, ApiError> {
+    let Some(cookie) = session_cookie(headers) else {
+        return Err(ApiError::unauthorized(
+            "missing bearer token or session cookie",
+        ));
+    };
+    let session = state
+        .storage
+        .session(&hash_secret(cookie), crate::clock::now_ms())?
+        .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))?;
+    if !same_origin(headers, public_url) {
+        return Err(ApiError::forbidden(
+            "this WebSocket's Origin is not this server: open it from the dashboard",
+        ));
+    }
+    if session.user.role == Role::Viewer {
+        return Err(ApiError::forbidden(
+            "the viewer role can only look: opening a terminal is an action",
+        ));
+    }
+    Ok(session)
+}
+
+/// Whether `Origin` names this server: its host and port equal the
+/// request's `Host` (what the browser connected to), or `public_url`'s.
+/// The scheme is not compared: behind a TLS-terminating proxy the page is
+/// https and this listener plain HTTP.
+fn same_origin(headers: &HeaderMap, public_url: Option<&str>) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let authority = |url: &str| {
+        let (scheme, rest) = url.split_once("://")?;
+        let host = rest.split('/').next().unwrap_or("");
+        (matches!(scheme, "https" | "http") && !host.is_empty()).then(|| host.to_owned())
+    };
+    let Some(origin) = text(ORIGIN).and_then(authority) else {
+        return false;
+    };
+    let host = text(HOST);
+    let public = public_url.and_then(authority);
+    [host.map(str::to_owned), public]
+        .into_iter()
+        .flatten()
+        .any(|h| h.eq_ignore_ascii_case(&origin))
+}
+
 /// GET and HEAD change nothing; everything else needs CSRF proof and a role
 /// above viewer.
 fn is_safe(method: &Method) -> bool {
@@ -213,7 +277,6 @@ fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn secrets_have_prefix_and_256_bits() {
@@ -252,6 +315,50 @@ mod tests {
         ] {
             h.insert(AUTHORIZATION, HeaderValue::from_static(value));
             assert_eq!(bearer(&h), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn origin_must_name_this_server() {
+        let check = |origin: Option<&'static str>, host: &'static str, public: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static(host));
+            if let Some(o) = origin {
+                h.insert(ORIGIN, HeaderValue::from_static(o));
+            }
+            same_origin(&h, public)
+        };
+        assert!(check(
+            Some("https://tether.example:8443"),
+            "tether.example:8443",
+            None
+        ));
+        assert!(check(
+            Some("https://Tether.Example"),
+            "tether.example",
+            None
+        ));
+        // A TLS-terminating proxy: the page is https, this listener http.
+        assert!(check(
+            Some("https://tether.example"),
+            "tether.example",
+            None
+        ));
+        assert!(check(
+            Some("https://tether.example"),
+            "127.0.0.1:8080",
+            Some("https://tether.example/")
+        ));
+        for bad in [
+            None,
+            Some("null"),
+            Some("https://evil.example"),
+            Some("https://tether.example.evil.example"),
+            Some("https://tether.example:8444"),
+            Some("file://tether.example"),
+            Some("https://"),
+        ] {
+            assert!(!check(bad, "tether.example", None), "{bad:?}");
         }
     }
 

@@ -38,13 +38,13 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::api::{runner_in_tenant, JsonBody};
 use crate::app::AppState;
-use crate::auth::{bearer, hash_secret, identify_token, new_id, Caller};
+use crate::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
 use crate::clock;
 use crate::containers_api::valid_container_ref;
 use crate::error::ApiError;
 use crate::registry::RequestError;
 use crate::serve::PeerAddr;
-use crate::storage::TerminalAuditRow;
+use crate::storage::{SessionRow, TerminalAuditRow};
 use crate::terminals::{
     ack_frame, close_message, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
 };
@@ -94,22 +94,35 @@ pub struct AuditParams {
     limit: Option<usize>,
 }
 
-/// The caller and a printable name for the audit trail, from the header
-/// or (for browsers' WebSockets) `access_token`.
+/// The caller of a terminal WebSocket and a printable name for the audit
+/// trail: a token from the header or (browsers cannot set headers on a
+/// WebSocket) `access_token`, else the dashboard's session cookie, which
+/// [`auth::websocket_session`] accepts only from this server's own page and
+/// not for a viewer.
 fn who(
     state: &AppState,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<(String, String), ApiError> {
-    let token = bearer(headers)
-        .or(query_token)
-        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    let Some(token) = bearer(headers).or(query_token) else {
+        let public_url = state.releases.public_url.as_deref();
+        let session = auth::websocket_session(state, headers, public_url)?;
+        return Ok((session.user.tenant_id.clone(), user_name(&session)));
+    };
     let tenant = identify_token(state, token)?.tenant()?.to_owned();
-    let name = state
+    Ok((tenant, token_name(state, token)?))
+}
+
+fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
+    Ok(state
         .storage
         .api_token_name(&hash_secret(token))?
-        .unwrap_or_else(|| "api token".into());
-    Ok((tenant, name))
+        .unwrap_or_else(|| "api token".into()))
+}
+
+/// A dashboard user in the audit trail, told apart from a token's name.
+fn user_name(session: &SessionRow) -> String {
+    format!("{} (dashboard)", session.user.name)
 }
 
 fn request_failed(id: &str, e: RequestError) -> ApiError {
@@ -269,15 +282,22 @@ fn peer_name(peer: Option<Extension<PeerAddr>>) -> String {
     peer.map_or_else(|| "-".to_owned(), |Extension(PeerAddr(a))| a.to_string())
 }
 
-/// `POST /api/v1/runners/{id}/terminals`
+/// `POST /api/v1/runners/{id}/terminals`: a token, or the session cookie
+/// with its CSRF header and a role above viewer (the [`Caller`] checks).
 pub async fn create(
+    caller: Caller,
     State(state): State<AppState>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     Path(runner): Path<String>,
     JsonBody(p): JsonBody<OpenParams>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (tenant, who) = who(&state, &headers, None)?;
+    let tenant = caller.tenant()?.to_owned();
+    let who = match (&caller, bearer(&headers)) {
+        (Caller::User(session), _) => user_name(session),
+        (_, Some(token)) => token_name(&state, token)?,
+        (_, None) => "api token".into(),
+    };
     let s = open(&state, &tenant, who, peer_name(peer), &runner, &p).await?;
     Ok((StatusCode::CREATED, Json(session_json(&s))))
 }

@@ -87,6 +87,111 @@ try {
   await shot('03-script-output');
   step('script output read');
 
+  // Terminal: a shell on the host in xterm.js; type a command, read its
+  // answer in the terminal (what the page shows: xterm's rows).
+  const RID = env('RUNNER_ID');
+  const termLines = () => page.evaluate(() => {
+    const b = document.getElementById('terminal').term.buffer.active;
+    return Array.from({ length: b.length }, (_, i) => b.getLine(i).translateToString(true).trim());
+  });
+  const waitTermLine = (text) => page.waitForFunction((t) => {
+    const b = document.getElementById('terminal')?.term?.buffer.active;
+    return b && Array.from({ length: b.length }, (_, i) => b.getLine(i).translateToString(true).trim()).includes(t);
+  }, text, { timeout: T });
+  let tStart = Date.now();
+  await goto(`${URL}/#/runner/${RID}/terminal`);
+  await page.getByRole('button', { name: 'Open terminal' }).click();
+  await page.locator('#term-status').filter({ hasText: 'connected' }).waitFor({ timeout: T });
+  await page.keyboard.type('echo $((6*7))');
+  await page.keyboard.press('Enter');
+  await page.locator('#terminal .xterm-rows').filter({ hasText: '42' }).waitFor({ timeout: T });
+  await waitTermLine('42');
+  await shot('04a-terminal');
+  step(`terminal: typed echo $((6*7)), read 42 (${Date.now() - tStart} ms)`);
+  // The terminal follows the page's size: the shell sees the new one.
+  const size0 = await page.evaluate(() => document.getElementById('terminal').term.cols);
+  await page.setViewportSize({ width: 700, height: 700 });
+  await page.waitForFunction((c) => document.getElementById('terminal').term.cols < c, size0, { timeout: T });
+  const [cols, rows] = await page.evaluate(() => { const t = document.getElementById('terminal').term; return [t.cols, t.rows]; });
+  await page.keyboard.type('stty size');
+  await page.keyboard.press('Enter');
+  await waitTermLine(`${rows} ${cols}`);
+  await page.setViewportSize({ width: 1100, height: 900 });
+  step(`terminal resized with the page: ${size0} -> ${cols} columns`);
+  // Leave the tab and come back: the shell is still there, reattached
+  // with what it printed replayed.
+  await goto(`${URL}/#/runner/${RID}/overview`);
+  await page.locator('#update-state').waitFor({ timeout: T });
+  // Meanwhile, an update lever: put the runner in a group.
+  await page.getByLabel('Group', { exact: true }).fill('canary');
+  await page.getByRole('button', { name: 'Set group' }).click();
+  await page.locator('#update-state td', { hasText: 'canary' }).first().waitFor({ timeout: T });
+  await shot('04a-runner-updates');
+  step('update group set from the page');
+  await goto(`${URL}/#/runner/${RID}/terminal`);
+  await page.locator('#term-status').filter({ hasText: 'connected' }).waitFor({ timeout: T });
+  await waitTermLine('42');
+  await page.locator('#terminal textarea').focus();
+  await page.keyboard.type('echo back-$((1+1))');
+  await page.keyboard.press('Enter');
+  await waitTermLine('back-2');
+  step('terminal reattached after leaving the tab, scrollback replayed');
+  // A blip: the socket drops without the terminal ending. The page
+  // reattaches from the last byte it showed: nothing lost, nothing twice.
+  const count = async (t) => (await termLines()).filter((l) => l === t).length;
+  const before = await count('42');
+  await page.evaluate(() => document.getElementById('terminal').attachment.ws.close());
+  await page.locator('#term-status').filter({ hasText: 'reattaching' }).waitFor({ timeout: T });
+  await page.locator('#term-status').filter({ hasText: 'connected' }).waitFor({ timeout: T });
+  await page.locator('#terminal textarea').focus();
+  await page.keyboard.type('echo blip-$((2+3))');
+  await page.keyboard.press('Enter');
+  await waitTermLine('blip-5');
+  if ((await count('42')) !== before) throw new Error(`output repeated after the reattach: ${await termLines()}`);
+  step('terminal reattached after a dropped socket, no output repeated');
+  // Keyboard: Tab belongs to the shell, Shift+Escape leaves the terminal.
+  await page.keyboard.press('Shift+Escape');
+  const focused = await page.evaluate(() => document.activeElement?.textContent);
+  if (focused !== 'Hang up') throw new Error(`Shift+Escape left the focus on ${focused}`);
+  await page.getByRole('button', { name: 'Hang up' }).click();
+  await page.locator('#term-status').filter({ hasText: 'ended' }).waitFor({ timeout: T });
+  if ((await termLines()).length === 0) throw new Error('terminal buffer empty');
+  step('terminal hung up');
+
+  // Apps: define one from a local git repository, deploy it, watch the
+  // three steps, see its container; deploy again and roll back.
+  const APP = env('APP');
+  tStart = Date.now();
+  await goto(`${URL}/#/apps`);
+  await page.getByLabel('Name', { exact: true }).fill(APP);
+  await page.getByLabel('Runner', { exact: true }).selectOption(RID);
+  await page.getByLabel('Git URL').fill(env('APP_REPO'));
+  await page.getByLabel('Ref', { exact: true }).fill('main');
+  await page.getByLabel('Environment (NAME=value a line)').fill('GREETING=hello');
+  await page.getByRole('button', { name: 'Save and deploy' }).click();
+  const deployed = page.locator('#deploy-watch [data-deployment][data-status="succeeded"]');
+  await deployed.waitFor({ timeout: 120000 });
+  for (const n of [1, 2, 3]) {
+    const st = await deployed.locator(`[data-step="${n}"]`).getAttribute('data-state');
+    if (st !== 'done') throw new Error(`step ${n} is ${st}`);
+  }
+  await shot('04b-app-deployed');
+  step(`app deployed, steps source/build/replace shown (${Date.now() - tStart} ms)`);
+  await page.locator('#app-container').click();
+  await page.locator(`tr[data-container="${APP}"]`).filter({ hasText: 'running' }).waitFor({ timeout: T });
+  await shot('04c-app-container');
+  step('app container running on the containers tab');
+  await goto(`${URL}/#/apps/${APP}`);
+  await page.getByRole('button', { name: 'Save and deploy' }).click();
+  await page.locator('#deployments tbody tr').nth(1).waitFor({ timeout: T });
+  await deployed.waitFor({ timeout: 120000 });
+  await page.locator('#deployments tbody tr[data-status="succeeded"]').nth(1).waitFor({ timeout: T });
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Roll back to the previous image' }).click();
+  await page.locator('#deploy-watch [data-deployment][data-status="succeeded"]').filter({ hasText: 'rollback' }).waitFor({ timeout: 120000 });
+  await page.locator('#deployments tbody tr').nth(2).waitFor({ timeout: T });
+  step('app redeployed and rolled back');
+
   // Containers: the table, the log viewer with ANSI colours and search,
   // and a stop that asks for confirmation first.
   const ctr = env('CONTAINER');
@@ -149,14 +254,42 @@ try {
   });
   if (refused.status !== 403) throw new Error(`viewer's run: ${JSON.stringify(refused)}`);
   await shot('06-viewer');
+  // The terminal: no Open button to press, and the server refuses both the
+  // POST and the WebSocket (which carries the viewer's cookie).
+  await goto(`${URL}/#/runner/${RID}/terminal`);
+  const open = page.getByRole('button', { name: 'Open terminal' });
+  await open.waitFor({ timeout: T });
+  if (!(await open.isDisabled())) throw new Error('viewer can press Open terminal');
+  const termRefused = await page.evaluate(async (rid) => {
+    const s = await (await fetch('/api/v1/session')).json();
+    const r = await fetch(`/api/v1/runners/${rid}/terminals`, { method: 'POST', headers: { 'X-CSRF-Token': s.csrf_token, 'Content-Type': 'application/json' }, body: '{}' });
+    const ws = await new Promise((resolve) => {
+      const w = new WebSocket(`wss://${location.host}/api/v1/runners/${rid}/terminal`);
+      w.onopen = () => resolve('opened');
+      w.onclose = () => resolve('refused');
+    });
+    return { status: r.status, body: await r.json(), ws };
+  }, RID);
+  if (termRefused.status !== 403 || termRefused.ws !== 'refused') throw new Error(`viewer's terminal: ${JSON.stringify(termRefused)}`);
+  await shot('06b-viewer-terminal');
+  step(`viewer refused a terminal: ${termRefused.body.error.message}`);
 
-  // Phone width: the runners table fits without sideways scrolling of the page.
+  // Phone width: each page fits without sideways scrolling of the page
+  // (wide tables scroll inside their own box).
   await page.setViewportSize({ width: 390, height: 800 });
-  await goto(`${URL}/#/runners`);
-  await row.waitFor({ timeout: T });
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  if (overflow > 0) throw new Error(`page is ${overflow}px wider than a phone`);
-  await shot('07-phone-runners');
+  for (const [path, ready, name] of [
+    ['#/runners', `tr[data-runner="${RID}"]`, 'runners'],
+    [`#/runner/${RID}/overview`, '#update-state', 'runner'],
+    [`#/runner/${RID}/terminal`, '#terminal .xterm-rows', 'terminal'],
+    [`#/apps/${APP}`, '#deployments', 'apps'],
+    ['#/scripts/hello', 'form[aria-label="Script"]', 'scripts'],
+  ]) {
+    await goto(`${URL}/${path}`);
+    await page.locator(ready).first().waitFor({ timeout: T });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 0) throw new Error(`${name} page is ${overflow}px wider than a phone`);
+    await shot(`07-phone-${name}`);
+  }
   step('phone width fits');
   step(`viewer refused: ${refused.body.error.message}`);
   console.log('E2E OK');

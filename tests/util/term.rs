@@ -23,6 +23,19 @@ pub struct TermClient {
 }
 
 fn connect(server: &Server, token: &str, path: &str) -> Result<WebSocket<Stream>, (u16, String)> {
+    connect_with(
+        server,
+        &[("Authorization", &format!("Bearer {token}"))],
+        path,
+    )
+}
+
+/// The upgrade with these headers (a browser's: `Cookie` and `Origin`).
+fn connect_with(
+    server: &Server,
+    headers: &[(&str, &str)],
+    path: &str,
+) -> Result<WebSocket<Stream>, (u16, String)> {
     let addr = server.addr();
     let tcp = TcpStream::connect(&addr).unwrap();
     tcp.set_nodelay(true).unwrap();
@@ -31,8 +44,11 @@ fn connect(server: &Server, token: &str, path: &str) -> Result<WebSocket<Stream>
     let conn = rustls::ClientConnection::new(cfg, name).unwrap();
     let stream = rustls::StreamOwned::new(conn, tcp);
     let mut req = format!("wss://{addr}{path}").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    for (k, v) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut()
+            .insert(name, v.parse().expect("a header value"));
+    }
     match tungstenite::client(req, stream) {
         Ok((ws, _)) => {
             ws.get_ref()
@@ -78,6 +94,22 @@ impl TermClient {
         )
         .unwrap_or_else(|e| panic!("attach {session}: {e:?}"));
         TermClient::attached(ws)
+    }
+
+    /// Attach to an open session as a browser would: its session cookie
+    /// and `Origin`, no token.
+    pub fn attach_as_browser(
+        server: &Server,
+        cookie: &str,
+        origin: Option<&str>,
+        session: &str,
+    ) -> Result<TermClient, (u16, String)> {
+        let mut headers = vec![("Cookie", cookie)];
+        if let Some(o) = origin {
+            headers.push(("Origin", o));
+        }
+        let path = format!("/api/v1/terminals/{session}/attach?offset=0");
+        Ok(TermClient::attached(connect_with(server, &headers, &path)?))
     }
 
     fn attached(ws: WebSocket<Stream>) -> TermClient {

@@ -546,3 +546,137 @@ async fn repeated_wrong_passwords_lock_the_name_for_a_while() {
     add_user(&router, "acme", "other", "viewer").await;
     login(&router, "acme", "other", "pw-of-8-chars").await;
 }
+
+/// A terminal WebSocket's upgrade request as a browser sends it: the
+/// cookie, `Host` and `Origin`, no token (status, JSON error).
+async fn terminal_get(
+    router: &Router,
+    path: &str,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("Host", "tether.example:8443");
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, format!("tether_session={c}"));
+    }
+    if let Some(o) = origin {
+        req = req.header("Origin", o);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The terminal WebSockets take the session cookie, but only from this
+/// server's own page (Origin) and not from a viewer; opening one by POST
+/// needs the CSRF header like any change. Past these checks the request
+/// reaches the handler: a plain GET is then refused for not being an
+/// upgrade, a POST for a runner that is not connected.
+#[tokio::test]
+async fn terminal_websockets_take_the_cookie_from_this_servers_page_only() {
+    let router = app(state());
+    let (_, api) = tenant(&router, "acme").await;
+    let (runner_id, _) = runner(&router, &api).await;
+    add_user(&router, "acme", "otto", "operator").await;
+    add_user(&router, "acme", "vic", "viewer").await;
+    let (otto, otto_csrf) = login(&router, "acme", "otto", "pw-of-8-chars").await;
+    let (vic, vic_csrf) = login(&router, "acme", "vic", "pw-of-8-chars").await;
+    let ours = Some("https://tether.example:8443");
+
+    for path in [
+        format!("/api/v1/runners/{runner_id}/terminal"),
+        "/api/v1/terminals/tm_000000000000/attach?offset=0".to_owned(),
+    ] {
+        // The operator's cookie from our page passes authentication.
+        let got = terminal_get(&router, &path, Some(&otto), ours).await;
+        let want = if path.contains("attach") {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(got.0, want, "{path}: {}", got.1);
+        // No credential at all.
+        let got = terminal_get(&router, &path, None, ours).await;
+        assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized");
+        // A viewer: refused with the reason.
+        let got = terminal_get(&router, &path, Some(&vic), ours).await;
+        assert_error(&got, StatusCode::FORBIDDEN, "forbidden");
+        assert!(
+            got.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("viewer"),
+            "{}",
+            got.1
+        );
+        // Another site's page (or none) with the operator's cookie.
+        for origin in [
+            Some("https://evil.example"),
+            Some("https://tether.example.evil.example:8443"),
+            Some("null"),
+            None,
+        ] {
+            let got = terminal_get(&router, &path, Some(&otto), origin).await;
+            assert_error(&got, StatusCode::FORBIDDEN, "forbidden");
+            assert!(
+                got.1["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Origin"),
+                "{origin:?}: {}",
+                got.1
+            );
+        }
+        // An expired or made-up session.
+        let got = terminal_get(&router, &path, Some("tses_00"), ours).await;
+        assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+
+    // Opening by POST: CSRF header and a role above viewer.
+    let path = format!("/api/v1/runners/{runner_id}/terminals");
+    let body = json!({"cols": 100, "rows": 30});
+    let (st, _, v) = send(
+        &router,
+        "POST",
+        &path,
+        Some(&otto),
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, _, v) = send(
+        &router,
+        "POST",
+        &path,
+        Some(&vic),
+        Some(&vic_csrf),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, _, v) = send(
+        &router,
+        "POST",
+        &path,
+        Some(&otto),
+        Some(&otto_csrf),
+        Some(body),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "runner_unreachable");
+}

@@ -1,8 +1,9 @@
 // Entry module: the overview pages (runners, add a server, users), then boot.
-// runner.js and scripts.js register their own pages on import.
+// runner.js, scripts.js and apps.js register their own pages on import.
 import { state, h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, boot, redraw } from './core.js';
 import './runner.js';
 import './scripts.js';
+import './apps.js';
 
 // ---- runners overview ----------------------------------------------------------------
 

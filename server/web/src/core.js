@@ -1,6 +1,6 @@
 // The dashboard's core: session, API calls, the hash router, the live
 // event stream and the login form. Pages register with page(name, fn):
-// app.js (runners, add a server, users), runner.js, scripts.js. A page is a
+// app.js (runners, add a server, users), runner.js, scripts.js, apps.js. A page is a
 // function (params) -> Promise that fills #view; it may return a cleanup
 // function, called when the user leaves the page (to close streams).
 //
@@ -82,6 +82,27 @@ export async function ndjson(path, onLine, signal) {
       const line = buf.slice(0, i);
       buf = buf.slice(i + 1);
       if (line.trim()) onLine(JSON.parse(line));
+    }
+  }
+}
+
+/**
+ * Follow an append-only NDJSON stream (a job's output) to its end, picking
+ * it up again after a network error: Chromium drops requests in flight when
+ * a network interface comes or goes (a container starting on this host is
+ * one), and the stream's history is replayed in the same order, so the
+ * lines already delivered are skipped.
+ */
+export async function followNdjson(path, onLine, signal) {
+  let seen = 0;
+  for (let attempt = 0; ; attempt++) {
+    let skip = seen;
+    try {
+      await ndjson(path, (l) => { if (skip > 0) { skip--; return; } seen++; onLine(l); }, signal);
+      return;
+    } catch (e) {
+      if (e instanceof ApiError || e.name === 'AbortError' || attempt >= 5) throw e;
+      await new Promise((r) => setTimeout(r, 300 * (attempt + 1)));
     }
   }
 }

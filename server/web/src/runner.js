@@ -1,12 +1,14 @@
 // One runner: overview (health, update state), metrics charts, fingerprint
 // and drift, containers with their actions, and the live log viewer.
-// Route: #/runner/{id}/{tab}[/{container}]. A terminal tab (xterm.js) and
-// a deployments tab slot into TABS when those APIs land.
+// The terminal tab lives in terminal.js, the update actions in updates.js.
+// Route: #/runner/{id}/{tab}[/{container}].
 import { h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, ndjson } from './core.js';
 import { appendAnsi } from './ansi.js';
+import { terminal } from './terminal.js';
+import { updateCard } from './updates.js';
 
 const TABS = [['overview', 'Overview'], ['metrics', 'Metrics'], ['fingerprint', 'Fingerprint'],
-  ['containers', 'Containers'], ['logs', 'Logs']];
+  ['containers', 'Containers'], ['logs', 'Logs'], ['terminal', 'Terminal']];
 
 page('runner', async (view, id, tab = 'overview', extra) => {
   const r = await api('GET', `/api/v1/runners/${encodeURIComponent(id)}`);
@@ -24,7 +26,7 @@ page('runner', async (view, id, tab = 'overview', extra) => {
       if (fresh) badge.replaceChildren(healthBadge(fresh.health));
     }
   });
-  const fn = { overview, metrics, fingerprint, containers, logs }[tab] || overview;
+  const fn = { overview, metrics, fingerprint, containers, logs, terminal }[tab] || overview;
   const done = await fn(body, r, extra);
   return () => { stop(); if (typeof done === 'function') done(); };
 });
@@ -38,18 +40,14 @@ function kv(pairs) {
 async function overview(body, r) {
   const [health, updates] = await Promise.all([
     api('GET', `/api/v1/runners/${r.id}/health`),
-    api('GET', `/api/v1/runners/${r.id}/updates`).catch(() => null),
+    updateCard(r),
   ]);
   body.append(h('div', { class: 'grid' },
     h('div', { class: 'card' }, h('h2', {}, 'Runner'), kv([
       ['ID', r.id], ['Version', r.version], ['Platform', `${r.os}/${r.arch}`],
       ['Last seen', r.health === 'active' ? 'now' : ago(r.last_seen)],
       ['Connected since', fmtTime(r.connected_since)], ['Enrolled', fmtTime(r.created_at)]])),
-    h('div', { class: 'card', id: 'update-state' }, h('h2', {}, 'Updates'), updates ? [
-      kv([['Running', updates.version], ['Desired', updates.desired || 'none set'], ['Group', updates.group || '—']]),
-      updates.reports.length ? h('table', {}, h('tbody', {}, ...updates.reports.slice(-10).reverse().map((u) =>
-        h('tr', {}, h('td', {}, fmtTime(u.at)), h('td', {}, u.state), h('td', {}, `${u.from_version} → ${u.version}`), h('td', {}, u.reason || ''))))) : h('p', { class: 'muted' }, 'No update reports.'),
-    ] : h('p', { class: 'muted' }, 'Update state unavailable.'))),
+    updates),
   h('h2', {}, 'Health history'),
   h('div', { class: 'scroll' }, h('table', {}, h('tbody', {}, ...health.slice(-20).reverse().map((e) =>
     h('tr', {}, h('td', {}, fmtTime(e.at)), h('td', {}, healthBadge(e.health)), h('td', {}, e.reason)))))));
@@ -178,7 +176,8 @@ async function containers(body, r) {
         h('td', {}, x.image), h('td', {}, x.state), h('td', {}, x.status),
         h('td', { class: 'row' },
           btn('Start', 'POST', '/start'), btn('Stop', 'POST', '/stop'), btn('Restart', 'POST', '/restart'),
-          btn('Remove', 'DELETE', '?force=true', `Remove container ${name}? Its data goes with it.`, 'danger')));
+          btn('Remove', 'DELETE', '?force=true', `Remove container ${name}? Its data goes with it.`, 'danger'),
+          x.state === 'running' && can.act() ? h('a', { href: `#/runner/${r.id}/terminal/${encodeURIComponent(name)}` }, 'Terminal') : null));
     }));
     if (!c.containers.length) table.append(h('tr', {}, h('td', { colspan: 5 }, 'No containers.')));
   };

@@ -1,6 +1,6 @@
 // Saved scripts: list, edit, run on one or many runners, and watch each
 // job's output live (NDJSON follow). Routes: #/scripts[/{name}], #/job/{id}.
-import { h, api, act, toast, can, fmtTime, page, ndjson, healthBadge } from './core.js';
+import { h, api, act, toast, can, fmtTime, page, followNdjson, healthBadge } from './core.js';
 import { appendAnsi } from './ansi.js';
 
 page('scripts', async (view, name) => {
@@ -40,7 +40,13 @@ page('scripts', async (view, name) => {
     h('label', {}, h('span', {}, 'Name'), f.name),
     h('div', { class: 'row' }, h('label', {}, h('span', {}, 'Interpreter'), f.interpreter), h('label', {}, h('span', {}, 'Timeout (s, 0 = none)'), f.timeout)),
     h('label', {}, h('span', {}, 'Body'), f.body),
-    h('fieldset', {}, h('legend', {}, 'Run on'), ...picks),
+    h('fieldset', {}, h('legend', {}, 'Run on (one or many)'), ...picks,
+      runners.length > 1 ? h('button', { type: 'button', onclick: () => {
+        // All on, or all off when all were on already.
+        const boxes = picks.map((p) => p.querySelector('input'));
+        const on = !boxes.every((b) => b.checked);
+        for (const b of boxes) b.checked = on;
+      } }, 'All / none') : null),
     h('div', { class: 'row' },
       h('button', { type: 'submit', disabled: ro }, 'Save'),
       h('button', { type: 'button', class: 'primary', onclick: run, disabled: ro }, 'Save and run'),
@@ -68,7 +74,7 @@ function jobPanel(job, runnerName) {
   card.stop = () => ctl.abort();
   (async () => {
     try {
-      await ndjson(`/api/v1/jobs/${job.id}/output?format=ndjson&stream=all&follow=1`, (l) => {
+      await followNdjson(`/api/v1/jobs/${job.id}/output?format=ndjson&stream=all&follow=1`, (l) => {
         const row = h('span', { class: l.stream === 'stderr' ? 'stderr' : '' });
         appendAnsi(row, l.data, '');
         out.append(row);
