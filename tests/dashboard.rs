@@ -216,6 +216,8 @@ fn the_pages_api_calls_work_with_the_session_cookie() {
     runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
     add_user(&server, "acme", "vic", "viewer");
+    add_user(&server, "acme", "olga", "operator");
+    add_user(&server, "acme", "ada", "admin");
     let agent = agent(&server);
     let url = |p: &str| format!("{}{p}", server.url);
     // Log in as the page does.
@@ -479,10 +481,29 @@ fn the_terminal_tab_calls(
     let (st, body) = refused.err().expect("a viewer is refused");
     assert!(st == 403 && body.contains("viewer"), "{st} {body}");
 
+    // Another operator can neither take the shell over nor end it; an
+    // admin can (and takes the client's place).
+    let (olga, olga_csrf) = login(server, "olga");
+    let refused = TermClient::attach_as_browser(server, &olga, Some(&server.url), &tid);
+    let (st, body) = refused.err().expect("another operator is refused");
+    assert!(st == 403 && body.contains("opened by otto"), "{st} {body}");
+    let resp = agent(server)
+        .delete(format!("{}/api/v1/terminals/{tid}", server.url))
+        .header("Cookie", &olga)
+        .header("X-CSRF-Token", &olga_csrf)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 403, "another operator's DELETE");
+    let (ada, _) = login(server, "ada");
+    let mut a = TermClient::attach_as_browser(server, &ada, Some(&server.url), &tid)
+        .unwrap_or_else(|e| panic!("an admin attaches: {e:?}"));
+    a.run("echo $((7*6))", "42\r\n");
+    drop(t);
+
     let (st, v) = send("DELETE", &format!("/api/v1/terminals/{tid}"), None);
     assert_eq!(st, 200, "{v}");
     assert!(
-        t.wait_end(Duration::from_secs(15)).is_some(),
+        a.wait_end(Duration::from_secs(15)).is_some(),
         "the hang-up ends the client too"
     );
 }

@@ -42,9 +42,8 @@ use crate::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
 use crate::clock;
 use crate::containers_api::valid_container_ref;
 use crate::error::ApiError;
-use crate::registry::RequestError;
 use crate::serve::PeerAddr;
-use crate::storage::{SessionRow, TerminalAuditRow};
+use crate::storage::{Role, SessionRow, TerminalAuditRow};
 use crate::terminals::{
     ack_frame, close_message, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
 };
@@ -99,18 +98,45 @@ pub struct AuditParams {
 /// WebSocket) `access_token`, else the dashboard's session cookie, which
 /// [`auth::websocket_session`] accepts only from this server's own page and
 /// not for a viewer.
-fn who(
-    state: &AppState,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<(String, String), ApiError> {
+fn who(state: &AppState, headers: &HeaderMap, query_token: Option<&str>) -> Result<Who, ApiError> {
     let Some(token) = bearer(headers).or(query_token) else {
         let public_url = state.releases.public_url.as_deref();
         let session = auth::websocket_session(state, headers, public_url)?;
-        return Ok((session.user.tenant_id.clone(), user_name(&session)));
+        return Ok(Who {
+            tenant: session.user.tenant_id.clone(),
+            name: user_name(&session),
+            any_session: session.user.role == Role::Admin,
+        });
     };
     let tenant = identify_token(state, token)?.tenant()?.to_owned();
-    Ok((tenant, token_name(state, token)?))
+    Ok(Who {
+        tenant,
+        name: token_name(state, token)?,
+        any_session: true,
+    })
+}
+
+/// A terminal client: its tenant, its name in the audit trail, and whether
+/// it may take over or end a session someone else opened.
+struct Who {
+    tenant: String,
+    name: String,
+    /// API tokens (a tenant admin's automation) and admin users may; an
+    /// operator's dashboard session reaches only the shells it opened —
+    /// another operator's open shell is theirs, not a shared resource.
+    any_session: bool,
+}
+
+impl Who {
+    fn may_use(&self, s: &Session) -> Result<(), ApiError> {
+        if self.any_session || s.who == self.name {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "terminal {} was opened by {}; only they or an admin can attach to it or end it",
+            s.id, s.who
+        )))
+    }
 }
 
 fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
@@ -123,21 +149,6 @@ fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
 /// A dashboard user in the audit trail, told apart from a token's name.
 fn user_name(session: &SessionRow) -> String {
     format!("{} (dashboard)", session.user.name)
-}
-
-fn request_failed(id: &str, e: RequestError) -> ApiError {
-    match e {
-        RequestError::NotConnected | RequestError::ConnectionLost => ApiError::new(
-            StatusCode::CONFLICT,
-            tether::protocol::api_error::RUNNER_UNREACHABLE,
-            format!("runner {id} has no live connection"),
-        ),
-        RequestError::Timeout => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            tether::protocol::api_error::RUNNER_TIMEOUT,
-            format!("runner {id} did not open the terminal in time"),
-        ),
-    }
 }
 
 /// The runner's refusal, with its reason kept.
@@ -236,7 +247,12 @@ async fn open(
                 .registry
                 .send_terminal(tenant, &row.id, close, RUNNER_SEND_TIMEOUT)
                 .await;
-            return Err(fail(request_failed(&row.id, e)));
+            return Err(fail(ApiError::runner_request(
+                &row.id,
+                e,
+                "the terminal open",
+                limit,
+            )));
         }
     }
     session.lock().phase = Phase::Live;
@@ -312,11 +328,11 @@ pub async fn open_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = async {
-        let (tenant, who) = who(&state, &headers, p.access_token.as_deref())?;
+        let who = who(&state, &headers, p.access_token.as_deref())?;
         let upgrade = upgrade.map_err(|r| {
             ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
         })?;
-        let s = open(&state, &tenant, who, peer_name(peer), &runner, &p).await?;
+        let s = open(&state, &who.tenant, who.name, peer_name(peer), &runner, &p).await?;
         Ok::<_, ApiError>((s, upgrade))
     }
     .await;
@@ -337,11 +353,12 @@ pub async fn attach_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = (|| {
-        let (tenant, _) = who(&state, &headers, p.access_token.as_deref())?;
+        let who = who(&state, &headers, p.access_token.as_deref())?;
         let s = state
             .terminals
-            .get(&tenant, &id)
+            .get(&who.tenant, &id)
             .ok_or_else(|| ApiError::not_found(format!("no open terminal {id} in this tenant")))?;
+        who.may_use(&s)?;
         let upgrade = upgrade.map_err(|r| {
             ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
         })?;
@@ -369,6 +386,14 @@ pub async fn close(
         .terminals
         .get(tenant, &id)
         .ok_or_else(|| ApiError::not_found(format!("no open terminal {id} in this tenant")))?;
+    if let Caller::User(session) = &caller {
+        let who = Who {
+            tenant: tenant.to_owned(),
+            name: user_name(session),
+            any_session: session.user.role == Role::Admin,
+        };
+        who.may_use(&s)?;
+    }
     request_close(&state, &s, "closed by API").await;
     Ok(Json(session_json(&s)))
 }
