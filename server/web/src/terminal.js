@@ -49,7 +49,8 @@ export async function terminal(body, r, container) {
   const hangBtn = h('button', { type: 'button', class: 'danger', hidden: true }, 'Hang up');
   const status = h('p', { id: 'term-status', role: 'status', class: 'muted' },
     can.act() ? 'No terminal open.' : 'Viewers cannot open a terminal: it is an action.');
-  const box = h('div', { id: 'terminal', class: 'term', 'aria-label': 'Terminal' });
+  // A viewer gets the reason, not an empty black box it can never use.
+  const box = h('div', { id: 'terminal', class: 'term', 'aria-label': 'Terminal', hidden: !can.act() });
   body.append(h('div', { class: 'row' }, h('label', {}, h('span', {}, 'Open a terminal in'), target), openBtn, hangBtn),
     status, box,
     h('p', { class: 'muted' }, 'Keyboard: the terminal takes Tab; Shift+Escape moves the focus out of it.'));
