@@ -7,6 +7,7 @@
 //! docker CLI is used only by the tests, to check.
 
 use crate::util::docker::{self, IMAGE};
+use crate::util::git::sh;
 use crate::util::*;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -55,24 +56,6 @@ impl Drop for Cleanup {
             }
         }
     }
-}
-
-fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A git repository with a Dockerfile that copies the context to /ctx.
