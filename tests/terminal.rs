@@ -71,6 +71,16 @@ fn started(server: &Server, tenant: &Tenant, args: &[&str]) -> Runner {
     runner
 }
 
+/// The server collects every container's logs by default, so a runner's
+/// fd count would follow other tests' containers coming and going on the
+/// shared engine: tests that count fds collect nothing.
+fn collect_no_logs(tenant: &Tenant, runner: &str) {
+    let path = format!("/api/v1/runners/{runner}/logs/collect");
+    let body = json!({ "policy": "label:tether.test.collect=never" });
+    let (st, v) = tenant.call("PUT", &path, Some(body));
+    assert_eq!(st, 200, "{v}");
+}
+
 /// The audit row of a session.
 fn audit_row(tenant: &Tenant, session: &str) -> Value {
     let (st, v) = tenant.call("GET", "/api/v1/terminals", None);
@@ -302,6 +312,7 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
     let server = Server::start();
     let tenant = server.tenant("term-many");
     let runner = started(&server, &tenant, &[]);
+    collect_no_logs(&tenant, &runner.id);
     let box_ = Sleeper::start();
     let pid = runner.pid();
     // Warm up (the Docker probe, the container's log collection, the first
@@ -334,6 +345,11 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
             fds_and_children(pid).1 >= before.1 + 3,
             "host shells are children"
         );
+        if round == 0 {
+            let out = runner.cmd().arg("status").output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("terminals:      6 open"), "{text}");
+        }
         for (i, mut t) in open.into_iter().enumerate() {
             match i % 3 {
                 0 => t.send(b"exit\n"),
@@ -527,6 +543,7 @@ fn a_stalled_engine_delays_only_its_own_terminal_which_then_fails_clearly() {
     let server = Server::start();
     let tenant = server.tenant("term-stall");
     let runner = started(&server, &tenant, &["--docker-socket", proxy.path()]);
+    collect_no_logs(&tenant, &runner.id);
     let box_ = Sleeper::start();
     let pid = runner.pid();
     let mut host = TermClient::open(&server, &tenant.token, &runner.id, "").unwrap();

@@ -459,3 +459,168 @@ impl Hangup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::api::ApiVersion;
+    use crate::event_loop::EventLoop;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream as StdUnix};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    /// A fake engine: exec create gives an id, start a 101 and a prompt
+    /// (the stream held until `hang` is set), each resize is answered
+    /// 200 ms late (so others come while it is in flight), inspect says
+    /// exited 3.
+    fn fake_engine(path: &std::path::Path, seen: Arc<Mutex<Vec<String>>>, hang: Arc<AtomicBool>) {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let (seen, hang) = (seen.clone(), hang.clone());
+                std::thread::spawn(move || serve(s, &seen, &hang));
+            }
+        });
+    }
+
+    fn serve(mut s: StdUnix, seen: &Mutex<Vec<String>>, hang: &AtomicBool) {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        let line = String::from_utf8_lossy(&head);
+        let line = line.lines().next().unwrap_or("").to_owned();
+        seen.lock().unwrap().push(line.clone());
+        let json = |status: &str, body: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let answer = if line.contains("/containers/web/exec ") {
+            json("201 Created", r#"{"Id":"x1"}"#)
+        } else if line.contains("/exec/x1/start ") {
+            let _ = s.write_all(
+                b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n/ # ",
+            );
+            while !hang.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return;
+        } else if line.contains("/exec/x1/resize") {
+            std::thread::sleep(Duration::from_millis(200));
+            json("200 OK", "")
+        } else if line.contains("/exec/x1/json ") {
+            json("200 OK", r#"{"Running":false,"ExitCode":3,"Pid":0}"#)
+        } else {
+            json("404 Not Found", r#"{"message":"no such thing"}"#)
+        };
+        let _ = s.write_all(answer.as_bytes());
+    }
+
+    /// Turn the loop for `x` until `want` says so (or 5 s).
+    fn until(
+        el: &mut EventLoop,
+        x: &mut Exec,
+        mut want: impl FnMut(&Step, &mut Exec) -> bool,
+    ) -> Step {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            let (tokens, timers) = el.turn(Duration::from_millis(20));
+            let mut steps = Vec::new();
+            for t in tokens {
+                steps.push(x.on_ready(&mut el.test_ctx(), t));
+            }
+            for (id, _) in timers {
+                steps.push(x.on_timer(&mut el.test_ctx(), id));
+            }
+            steps.push(Step::Nothing);
+            for s in steps {
+                if want(&s, x) {
+                    return s;
+                }
+            }
+        }
+        panic!("no such step within 5 s");
+    }
+
+    #[test]
+    fn an_exec_attaches_coalesces_resizes_and_reports_its_exit_code() {
+        let dir = std::env::temp_dir().join(format!("tether-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hang = Arc::new(AtomicBool::new(false));
+        fake_engine(&socket, seen.clone(), hang.clone());
+        let mut el = EventLoop::new().unwrap();
+        let engine = Engine {
+            socket: socket.clone(),
+            api: Api::new(ApiVersion::new(1, 41)),
+        };
+        let open = TermOpen {
+            channel: 1 << 31,
+            container: Some("web".into()),
+            command: Vec::new(),
+            user: None,
+            cols: 80,
+            rows: 24,
+            idle_timeout_s: 0,
+            detach_timeout_s: 0,
+            window: 0,
+        };
+        let mut x = Exec::open(&mut el.test_ctx(), engine, "web", &open).unwrap();
+        assert!(
+            x.stream().is_none(),
+            "not attached before the engine answers"
+        );
+        let step = until(&mut el, &mut x, |s, _| matches!(s, Step::Attached { .. }));
+        let Step::Attached { early } = step else {
+            unreachable!()
+        };
+        // The prompt came with the 101 or waits in the socket.
+        assert!(early.is_empty() || early == b"/ # ", "{early:?}");
+        assert!(x.stream().is_some());
+        // The first resize (after attach) is in flight: these collapse.
+        for (c, r) in [(50, 10), (60, 20), (70, 30)] {
+            x.resize(&mut el.test_ctx(), c, r);
+        }
+        until(&mut el, &mut x, |_, x| {
+            let n = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("/resize"))
+                .count();
+            n == 2 && x.resize.is_none()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let resizes: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("/resize"))
+            .cloned()
+            .collect();
+        assert_eq!(resizes.len(), 2, "{resizes:?}");
+        assert!(resizes[0].contains("h=24&w=80"), "{resizes:?}");
+        assert!(
+            resizes[1].contains("h=30&w=70"),
+            "only the latest: {resizes:?}"
+        );
+        // The shell exits: the stream ends, the inspect gives the code.
+        hang.store(true, Ordering::SeqCst);
+        let step = x.on_eof(&mut el.test_ctx());
+        assert_eq!(step, Step::Nothing, "the inspect is in flight");
+        let step = until(&mut el, &mut x, |s, _| matches!(s, Step::Ended(_)));
+        assert_eq!(step, Step::Ended("exited 3".into()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!  term_open ─▶ host: refused if switched off locally; openpty + login shell
-//!               container: exec create + start (hijack)
+//!               container: Opening (exec create, start: engine calls in
+//!               the loop, see [`exec`]; keystrokes and resizes wait)
 //!               ─▶ term_opened ─▶ Running ─────────────────────────────────┐
 //!   DATA in  ─▶ input queue ─▶ written to the pty/stream ─▶ ACK (inbound)   │
 //!   pty/stream readable ─▶ replay buffer (≤ window) ─▶ DATA out             │
@@ -20,6 +21,7 @@
 //!
 //!  link down: keeps running and reading up to the window (the replay buffer);
 //!             after `detach_timeout` (60 s) without a link: hang-up.
+//!             One still Opening is given up (its answer has nobody to go to).
 //!  link up:   term_alive (the channels still here; sent once this process
 //!             has had a terminal), then everything not
 //!             acknowledged is sent again from the server's ACK; the server
