@@ -124,6 +124,10 @@ impl Feed for Feeds<'_> {
     fn figures(&self) -> Option<FeedFigures> {
         self.telemetry.figures()
     }
+
+    fn terminals(&self) -> usize {
+        self.terminals.len()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -490,6 +494,22 @@ impl EventLoop {
                 docker.on_again(&mut self.ctx());
             }
         }
+    }
+
+    /// One poll (up to `timeout`), for tests that drive a source by hand:
+    /// the ready tokens and the timers now due.
+    #[cfg(test)]
+    pub(crate) fn turn(&mut self, timeout: Duration) -> (Vec<Token>, Vec<(TimerId, Timer)>) {
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            assert_eq!(e.kind(), io::ErrorKind::Interrupted, "poll: {e}");
+        }
+        let tokens = self.events.iter().map(|e| e.token()).collect();
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(t) = self.timers.pop_due(now) {
+            due.push(t);
+        }
+        (tokens, due)
     }
 
     /// A context for tests that call a source directly.

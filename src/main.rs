@@ -1008,6 +1008,9 @@ fn cmd_status(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
             m.last_sample.as_deref().unwrap_or("never"),
         ));
     }
+    if st.terminals > 0 {
+        out.push_str(&format!("terminals:      {} open\n", st.terminals));
+    }
     if let Some(e) = &st.last_error {
         out.push_str(&format!("last error:     {e}\n"));
     }

@@ -267,6 +267,14 @@ pub struct Status {
     /// by older runners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsStatus>,
+    /// Terminals open on this host (shells and container execs); absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub terminals: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The metrics part of `status.json`.
@@ -378,11 +386,13 @@ mod tests {
             version: "0.1.0".into(),
             last_error: Some("cannot connect".into()),
             metrics: None,
+            terminals: 0,
         };
         write_status(&dir, &st).unwrap();
         assert_eq!(read_status(&dir).unwrap(), Some(st.clone()));
         let raw = fs::read_to_string(status_path(&dir)).unwrap();
         assert!(raw.contains("\"state\": \"backing off\""), "{raw}");
+        assert!(!raw.contains("terminals"), "{raw}");
         let st2 = Status {
             state: RunState::Connected,
             last_heartbeat: Some("x".into()),
@@ -397,12 +407,14 @@ mod tests {
                 dropped: 0,
                 last_sample: Some("2026-11-28T12:00:05Z".into()),
             }),
+            terminals: 2,
             ..st2
         };
         write_status(&dir, &st3).unwrap();
         assert_eq!(read_status(&dir).unwrap(), Some(st3));
         let raw = fs::read_to_string(status_path(&dir)).unwrap();
         assert!(raw.contains("\"backlog_records\": 3"), "{raw}");
+        assert!(raw.contains("\"terminals\": 2"), "{raw}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -6,6 +6,7 @@
 //! terminal is refused with its reason.
 
 use crate::util::docker::{self, IMAGE};
+use crate::util::engine_proxy::EngineProxy;
 use crate::util::proxy::{Mode, TcpProxy};
 use crate::util::term::TermClient;
 use crate::util::*;
@@ -68,6 +69,16 @@ fn started(server: &Server, tenant: &Tenant, args: &[&str]) -> Runner {
     runner.start(&all);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
     runner
+}
+
+/// The server collects every container's logs by default, so a runner's
+/// fd count would follow other tests' containers coming and going on the
+/// shared engine: tests that count fds collect nothing.
+fn collect_no_logs(tenant: &Tenant, runner: &str) {
+    let path = format!("/api/v1/runners/{runner}/logs/collect");
+    let body = json!({ "policy": "label:tether.test.collect=never" });
+    let (st, v) = tenant.call("PUT", &path, Some(body));
+    assert_eq!(st, 200, "{v}");
 }
 
 /// The audit row of a session.
@@ -301,6 +312,7 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
     let server = Server::start();
     let tenant = server.tenant("term-many");
     let runner = started(&server, &tenant, &[]);
+    collect_no_logs(&tenant, &runner.id);
     let box_ = Sleeper::start();
     let pid = runner.pid();
     // Warm up (the Docker probe, the container's log collection, the first
@@ -333,6 +345,11 @@ fn many_terminals_open_and_close_and_leave_no_fd_child_or_exec_behind() {
             fds_and_children(pid).1 >= before.1 + 3,
             "host shells are children"
         );
+        if round == 0 {
+            let out = runner.cmd().arg("status").output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("terminals:      6 open"), "{text}");
+        }
         for (i, mut t) in open.into_iter().enumerate() {
             match i % 3 {
                 0 => t.send(b"exit\n"),
@@ -516,4 +533,95 @@ fn a_terminal_of_a_restarted_runner_ends_on_the_server_and_its_shell_is_gone() {
     );
     let row = audit_row(&tenant, &t.session);
     assert_eq!(row["reason"], "the runner no longer has this terminal");
+}
+
+#[test]
+fn a_stalled_engine_delays_only_its_own_terminal_which_then_fails_clearly() {
+    let _engine = docker::ensure();
+    let dir = TempDir::new("term-stall");
+    let proxy = EngineProxy::start(&dir.path().join("docker.sock"), docker::SOCKET);
+    let server = Server::start();
+    let tenant = server.tenant("term-stall");
+    let runner = started(&server, &tenant, &["--docker-socket", proxy.path()]);
+    collect_no_logs(&tenant, &runner.id);
+    let box_ = Sleeper::start();
+    let pid = runner.pid();
+    let mut host = TermClient::open(&server, &tenant.token, &runner.id, "").unwrap();
+    marker(&mut host, "warm");
+    // The Docker probe and the container's log collection settle first.
+    let containers = format!("/api/v1/runners/{}/containers", runner.id);
+    wait_for(Duration::from_secs(20), "docker through the proxy", || {
+        let (st, v) = tenant.call("GET", &containers, None);
+        (st == 200 && v.to_string().contains(&box_.name)).then_some(())
+    });
+    let before = wait_for(Duration::from_secs(15), "a steady fd count", || {
+        let a = fds_and_children(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        (fds_and_children(pid) == a).then_some(a)
+    });
+
+    proxy.hold_exec_create(true);
+    let q = format!("container={}", box_.name);
+    let (refused, took, worst, listed) = std::thread::scope(|sc| {
+        let pending = sc.spawn(|| {
+            let t0 = Instant::now();
+            let r = TermClient::open(&server, &tenant.token, &runner.id, &q);
+            (r.err(), t0.elapsed())
+        });
+        wait_for(Duration::from_secs(10), "the exec create held", || {
+            (proxy.held() >= 1).then_some(())
+        });
+        // Meanwhile the runner serves everything else: the host shell
+        // echoes and another Docker call is answered.
+        let mut worst = Duration::ZERO;
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut i = 0;
+        while Instant::now() < end {
+            let t0 = Instant::now();
+            marker(&mut host, &format!("during{i}"));
+            worst = worst.max(t0.elapsed());
+            i += 1;
+        }
+        let t0 = Instant::now();
+        let (st, _) = tenant.call("GET", &containers, None);
+        assert_eq!(st, 200);
+        let listed = t0.elapsed();
+        let (refused, took) = pending.join().unwrap();
+        (refused, took, worst, listed)
+    });
+    eprintln!("while exec create hung: worst echo {worst:?}, container list {listed:?}; the open failed after {took:?}");
+    // A blocked loop would hold these for the whole 5 s.
+    assert!(worst < Duration::from_secs(1), "an echo took {worst:?}");
+    assert!(
+        listed < Duration::from_secs(2),
+        "a docker call took {listed:?}"
+    );
+    let (status, body) = refused.expect("the open must fail");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("the engine did not answer exec create within 5 s"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(15),
+        "failed after {took:?}"
+    );
+
+    // The engine answers again: a container terminal opens as usual, and
+    // nothing of the failed one is left open in the runner.
+    proxy.hold_exec_create(false);
+    let mut t = TermClient::open(&server, &tenant.token, &runner.id, &q).unwrap();
+    t.run("echo $((6*7))", "42\r\n");
+    t.send(b"exit\n");
+    assert_eq!(
+        t.wait_end(Duration::from_secs(15)).as_deref(),
+        Some("exited 0")
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut after = fds_and_children(pid);
+    while after != before && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        after = fds_and_children(pid);
+    }
+    assert_eq!(after, before, "(fds, children) of the runner");
 }

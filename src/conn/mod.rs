@@ -268,6 +268,10 @@ pub trait Feed {
     fn next_message(&mut self) -> Option<Outgoing>;
     /// For `status.json`; `None` when there is nothing to show.
     fn figures(&self) -> Option<FeedFigures>;
+    /// Terminals open, for `status.json`.
+    fn terminals(&self) -> usize {
+        0
+    }
 }
 
 /// Why `tether run` stops.
@@ -698,6 +702,7 @@ impl Connection {
             version: crate::version::version().to_owned(),
             last_error: None,
             metrics: None,
+            terminals: 0,
         };
         Connection {
             cfg,
@@ -848,6 +853,12 @@ impl Connection {
             }
         }
         self.update_feed_figures(ctx, feed.figures());
+        let terminals = u32::try_from(feed.terminals()).unwrap_or(u32::MAX);
+        if terminals != self.status.terminals {
+            // Rare (an open or an end): written at once, not at the next pong.
+            self.status.terminals = terminals;
+            self.write_status();
+        }
         if !matches!(self.phase, Phase::Connected { .. }) {
             return;
         }

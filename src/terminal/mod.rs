@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!  term_open ─▶ host: refused if switched off locally; openpty + login shell
-//!               container: exec create + start (hijack)
+//!               container: Opening (exec create, start: engine calls in
+//!               the loop, see [`exec`]; keystrokes and resizes wait)
 //!               ─▶ term_opened ─▶ Running ─────────────────────────────────┐
 //!   DATA in  ─▶ input queue ─▶ written to the pty/stream ─▶ ACK (inbound)   │
 //!   pty/stream readable ─▶ replay buffer (≤ window) ─▶ DATA out             │
@@ -20,6 +21,7 @@
 //!
 //!  link down: keeps running and reading up to the window (the replay buffer);
 //!             after `detach_timeout` (60 s) without a link: hang-up.
+//!             One still Opening is given up (its answer has nobody to go to).
 //!  link up:   term_alive (the channels still here; sent once this process
 //!             has had a terminal), then everything not
 //!             acknowledged is sent again from the server's ACK; the server
@@ -31,6 +33,7 @@
 //! `cat /dev/urandom` costs no memory). Keystrokes waiting for the pty are at
 //! most [`MAX_INPUT`]; the server keeps its own window below that.
 
+pub mod call;
 pub mod exec;
 pub mod pty;
 
@@ -42,7 +45,7 @@ use crate::protocol::{
     TermOpened, DEFAULT_TERM_WINDOW, MAX_DATA_PAYLOAD, MAX_TERMINALS, TERM_CHANNEL_BIT,
 };
 use crate::{debug, info, warn};
-use mio::net::UnixStream;
+use exec::{Exec, Hangup, Step};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use pty::{HostUser, Pty};
@@ -98,6 +101,8 @@ impl TerminalConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TerminalTimer {
     Tick,
+    /// An exec's engine call deadline or inspect retry (which: its id).
+    Engine,
 }
 
 /// The engine, for container terminals: its socket and negotiated API.
@@ -108,18 +113,18 @@ pub struct Engine {
 
 enum Io {
     Host(Pty),
-    Container {
-        stream: UnixStream,
-        exec_id: String,
-        socket: PathBuf,
-        api: Api,
-    },
+    /// Boxed: it holds the engine calls of every state.
+    Container(Box<Exec>),
     /// Hung up or ended: nothing to read or write.
     Closed,
 }
 
 struct Session {
     channel: u32,
+    /// A container terminal not attached yet: the `term_open`'s request id
+    /// (answered once attached or refused) and the container. Nothing is
+    /// sent on its channel meanwhile; keystrokes wait in `input`.
+    opening: Option<(u64, String)>,
     io: Io,
     token: Token,
     registered: Option<Interest>,
@@ -164,6 +169,8 @@ pub struct Terminals {
     reaping: Vec<Reaping>,
     /// Host pids of hung-up container execs: SIGKILL after the grace.
     orphans: Vec<(i32, Instant)>,
+    /// Hung-up container execs whose pid is being asked for.
+    hangups: Vec<Hangup>,
     /// Round-robin position for fairness between floods.
     next: usize,
     /// A terminal was opened since this process started: the server may
@@ -184,6 +191,7 @@ impl Terminals {
             tick: None,
             reaping: Vec::new(),
             orphans: Vec::new(),
+            hangups: Vec::new(),
             next: 0,
             ever_opened: false,
         }
@@ -199,7 +207,10 @@ impl Terminals {
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.sessions.iter().any(|s| s.token == token)
+        self.sessions
+            .iter()
+            .any(|s| s.token == token || s.exec().is_some_and(|x| x.owns(token)))
+            || self.hangups.iter().any(|h| h.owns(token))
     }
 
     pub fn wants_again(&self) -> bool {
@@ -218,7 +229,12 @@ impl Terminals {
                 self.down_since = None;
                 self.control.clear();
                 if self.ever_opened {
-                    let channels = self.sessions.iter().map(|s| s.channel).collect();
+                    let channels = self
+                        .sessions
+                        .iter()
+                        .filter(|s| s.opening.is_none())
+                        .map(|s| s.channel)
+                        .collect();
                     let alive = Control::TermAlive(TermAlive { channels });
                     self.control.push_back(Outgoing::Control(Box::new(alive)));
                 }
@@ -232,6 +248,11 @@ impl Terminals {
                 self.link_up = false;
                 self.down_since = Some(ctx.now);
                 self.control.clear();
+                // Nobody waits for their answer any more (the server's
+                // request failed with the link): give them up.
+                while let Some(i) = self.sessions.iter().position(|s| s.opening.is_some()) {
+                    self.abort(ctx, i, None);
+                }
                 if !self.sessions.is_empty() {
                     info!(
                         "term",
@@ -241,7 +262,7 @@ impl Terminals {
                 }
             }
             LinkEvent::TermOpen { id, open } => self.open(ctx, id, *open, engine),
-            LinkEvent::TermResize(r) => self.resize(r.channel, r.cols, r.rows),
+            LinkEvent::TermResize(r) => self.resize(ctx, r.channel, r.cols, r.rows),
             LinkEvent::TermClose(channel) => self.hang_up(ctx, channel, "closed"),
             LinkEvent::ChannelData {
                 channel,
@@ -263,7 +284,11 @@ impl Terminals {
         if let Some(m) = self.control.pop_front() {
             return Some(m);
         }
-        if let Some(s) = self.sessions.iter_mut().find(|s| s.ack_due) {
+        if let Some(s) = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.ack_due && s.opening.is_none())
+        {
             s.ack_due = false;
             let header = FrameHeader {
                 kind: FrameKind::Ack,
@@ -277,6 +302,9 @@ impl Terminals {
         for k in 0..n {
             let i = (self.next + k) % n;
             let s = &mut self.sessions[i];
+            if s.opening.is_some() {
+                continue;
+            }
             let end = s.acked + s.out.len() as u64;
             if s.sent < end {
                 let from = (s.sent - s.acked) as usize;
@@ -311,7 +339,14 @@ impl Terminals {
         None
     }
 
-    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, _t: TerminalTimer) {
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, t: TerminalTimer) {
+        match t {
+            TerminalTimer::Tick => self.on_tick(ctx, id),
+            TerminalTimer::Engine => self.on_engine_timer(ctx, id),
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_>, id: TimerId) {
         if self.tick == Some(id) {
             self.tick = None;
         }
@@ -322,7 +357,8 @@ impl Terminals {
             .filter(|_| !self.link_up);
         let mut hang: Vec<(u32, String)> = Vec::new();
         for s in &mut self.sessions {
-            if s.finished.is_some() {
+            // An opening one is bounded by its engine calls' deadlines.
+            if s.finished.is_some() || s.opening.is_some() {
                 continue;
             }
             if let Some(d) = down_for.filter(|d| *d > s.detach) {
@@ -374,7 +410,97 @@ impl Terminals {
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
         if let Some(i) = self.sessions.iter().position(|s| s.token == token) {
             self.drive(ctx, i);
+        } else if let Some(i) = self
+            .sessions
+            .iter()
+            .position(|s| s.exec().is_some_and(|x| x.owns(token)))
+        {
+            let step = match &mut self.sessions[i].io {
+                Io::Container(x) => x.on_ready(ctx, token),
+                _ => Step::Nothing,
+            };
+            self.on_exec_step(ctx, i, step);
+        } else if let Some(k) = self.hangups.iter().position(|h| h.owns(token)) {
+            if let Some(got) = self.hangups[k].on_ready(ctx) {
+                let h = self.hangups.swap_remove(k);
+                let pid = h.finish(ctx, Some(got));
+                self.signal_exec(ctx, pid);
+            }
         }
+    }
+
+    fn on_engine_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId) {
+        if let Some(i) = self
+            .sessions
+            .iter()
+            .position(|s| s.exec().is_some_and(|x| x.owns_timer(id)))
+        {
+            let step = match &mut self.sessions[i].io {
+                Io::Container(x) => x.on_timer(ctx, id),
+                _ => Step::Nothing,
+            };
+            self.on_exec_step(ctx, i, step);
+        } else if let Some(k) = self.hangups.iter().position(|h| h.owns_timer(id)) {
+            let h = self.hangups.swap_remove(k);
+            let pid = h.finish(ctx, None);
+            self.signal_exec(ctx, pid);
+        }
+    }
+
+    /// What an exec's engine call meant for terminal `i`.
+    fn on_exec_step(&mut self, ctx: &mut Ctx<'_>, i: usize, step: Step) {
+        match step {
+            Step::Nothing => {}
+            Step::Attached { early } => {
+                let s = &mut self.sessions[i];
+                let Some((id, target)) = s.opening.take() else {
+                    return;
+                };
+                s.out.extend(early);
+                if let Err(e) = s.register(ctx) {
+                    let why = format!("cannot watch it: {e}");
+                    s.opening = Some((id, target));
+                    return self.abort(ctx, i, Some(("terminal_failed", why)));
+                }
+                self.opened(ctx, id, self.sessions[i].channel, target, None);
+                // Keystrokes typed while it opened go in now.
+                self.drive(ctx, i);
+            }
+            Step::Refused { code, message } => self.abort(ctx, i, Some((code, message))),
+            Step::Ended(reason) => {
+                let s = &mut self.sessions[i];
+                s.finished = Some(reason);
+                s.io = Io::Closed;
+            }
+        }
+    }
+
+    /// Give up terminal `i` before it opened: hang up what may have
+    /// started, answer the `term_open` (unless the link went), forget it.
+    fn abort(&mut self, ctx: &mut Ctx<'_>, i: usize, reply: Option<(&str, String)>) {
+        let mut s = self.sessions.swap_remove(i);
+        self.next = 0;
+        s.deregister(ctx);
+        if let Io::Container(x) = &mut s.io {
+            if let Some(h) = x.hang_up(ctx) {
+                self.hangups.push(h);
+            }
+        }
+        if let (Some((id, _)), Some((code, why))) = (s.opening, reply) {
+            self.reply_error(id, code, why);
+        }
+    }
+
+    /// SIGHUP a hung-up exec's process; SIGKILL follows after the grace.
+    fn signal_exec(&mut self, ctx: &mut Ctx<'_>, pid: Option<i32>) {
+        let Some(pid) = pid else { return };
+        // SAFETY: kill with a host pid the engine reported.
+        unsafe {
+            libc::kill(-pid, libc::SIGHUP);
+            libc::kill(pid, libc::SIGHUP);
+        }
+        self.orphans.push((pid, ctx.now + KILL_GRACE));
+        self.schedule_tick(ctx);
     }
 
     pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
@@ -427,43 +553,15 @@ impl Terminals {
                     let why = "the Docker engine is not available on this runner".to_owned();
                     return self.reply_error(id, "docker_unavailable", why);
                 };
-                let started = exec::start(
-                    &engine.socket,
-                    engine.api,
-                    container,
-                    &open.command,
-                    open.user.as_deref(),
-                    open.cols,
-                    open.rows,
-                );
-                let (exec_id, stream, early) = match started {
+                // Answered once attached (`on_exec_step`), or refused.
+                let x = match Exec::open(ctx, engine, container, &open) {
                     Ok(x) => x,
-                    Err(exec::ExecError::NotFound(m)) => {
-                        return self.reply_error(id, "no_such_container", m)
-                    }
-                    Err(exec::ExecError::Engine(m)) => {
-                        return self.reply_error(id, "docker_error", m)
-                    }
+                    Err(why) => return self.reply_error(id, "docker_error", why),
                 };
-                if let Err(e) = stream.set_nonblocking(true) {
-                    return self.reply_error(id, "terminal_failed", e.to_string());
-                }
-                // Engines before API 1.42 ignore ConsoleSize.
-                if let Err(e) =
-                    exec::resize(&engine.socket, engine.api, &exec_id, open.cols, open.rows)
-                {
-                    debug!("term", "first resize of exec {exec_id}: {e}");
-                }
-                let io = Io::Container {
-                    stream: UnixStream::from_std(stream),
-                    exec_id: exec_id.clone(),
-                    socket: engine.socket,
-                    api: engine.api,
-                };
-                // Early bytes go into the buffer below.
-                let mut s = self.new_session(ctx, &open, io);
-                s.out.extend(early);
-                return self.start_session(ctx, id, s, container.clone(), None);
+                let mut s = self.new_session(ctx, &open, Io::Container(Box::new(x)));
+                s.opening = Some((id, container.clone()));
+                self.sessions.push(s);
+                return;
             }
         };
         let s = self.new_session(ctx, &open, io);
@@ -477,6 +575,7 @@ impl Terminals {
         };
         Session {
             channel: open.channel,
+            opening: None,
             io,
             token: ctx.token(),
             registered: None,
@@ -512,26 +611,37 @@ impl Terminals {
             s.close_io(ctx);
             return self.reply_error(id, "terminal_failed", format!("cannot watch it: {e}"));
         }
+        let channel = s.channel;
+        self.sessions.push(s);
+        self.opened(ctx, id, channel, target, pid);
+    }
+
+    /// The terminal is up: answer its `term_open`.
+    fn opened(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: u64,
+        channel: u32,
+        target: String,
+        pid: Option<i64>,
+    ) {
         info!(
             "term",
-            "terminal {} open: {}{}",
-            s.channel,
-            if matches!(s.io, Io::Host(_)) {
+            "terminal {channel} open: {}{target}",
+            if pid.is_some() {
                 "host shell of "
             } else {
                 "exec in "
             },
-            target
         );
         self.control.push_back(Outgoing::Reply {
             id,
             body: Box::new(Control::TermOpened(TermOpened {
-                channel: s.channel,
+                channel,
                 pid,
                 target,
             })),
         });
-        self.sessions.push(s);
         self.ever_opened = true;
         self.schedule_tick(ctx);
     }
@@ -544,22 +654,19 @@ impl Terminals {
         }
     }
 
-    fn resize(&mut self, channel: u32, cols: u16, rows: u16) {
+    fn resize(&mut self, ctx: &mut Ctx<'_>, channel: u32, cols: u16, rows: u16) {
         let Some(s) = self.sessions.iter_mut().find(|s| s.channel == channel) else {
             return;
         };
-        let result = match &s.io {
-            Io::Host(p) => p.resize(cols, rows).map_err(|e| e.to_string()),
-            Io::Container {
-                exec_id,
-                socket,
-                api,
-                ..
-            } => exec::resize(socket, *api, exec_id, cols, rows),
-            Io::Closed => Ok(()),
-        };
-        if let Err(e) = result {
-            debug!("term", "terminal {channel}: resize to {cols}x{rows}: {e}");
+        match &mut s.io {
+            Io::Host(p) => {
+                if let Err(e) = p.resize(cols, rows) {
+                    debug!("term", "terminal {channel}: resize to {cols}x{rows}: {e}");
+                }
+            }
+            // Non-blocking; errors are logged there.
+            Io::Container(x) => x.resize(ctx, cols, rows),
+            Io::Closed => {}
         }
     }
 
@@ -630,7 +737,10 @@ impl Terminals {
                     Some(mut m) => m.write(a),
                     None => break,
                 },
-                Io::Container { stream, .. } => stream.write(a),
+                Io::Container(x) => match x.stream() {
+                    Some(st) => st.write(a),
+                    None => break,
+                },
                 Io::Closed => break,
             };
             match r {
@@ -665,7 +775,10 @@ impl Terminals {
                     Some(mut m) => m.read(&mut buf[..want]),
                     None => break,
                 },
-                Io::Container { stream, .. } => stream.read(&mut buf[..want]),
+                Io::Container(x) => match x.stream() {
+                    Some(st) => st.read(&mut buf[..want]),
+                    None => break,
+                },
                 Io::Closed => break,
             };
             match r {
@@ -716,31 +829,11 @@ impl Terminals {
                 // Not reaped yet: SIGCHLD or the tick will.
                 s.io = Io::Host(p);
             }
-            Io::Container {
-                stream,
-                exec_id,
-                socket,
-                api,
-            } => {
-                drop(stream);
-                // The stream ends a moment before the engine records the exit.
-                let mut reason = "exited".to_owned();
-                for _ in 0..5 {
-                    match exec::inspect(&socket, api, &exec_id) {
-                        Ok(x) if !x.running => {
-                            if let Some(c) = x.exit_code {
-                                reason = format!("exited {c}");
-                            }
-                            break;
-                        }
-                        Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-                        Err(e) => {
-                            debug!("term", "inspect exec {exec_id}: {e}");
-                            break;
-                        }
-                    }
-                }
-                s.finished = Some(reason);
+            Io::Container(mut x) => {
+                // The exit code comes from an inspect, in the loop.
+                let step = x.on_eof(ctx);
+                s.io = Io::Container(x);
+                self.on_exec_step(ctx, i, step);
             }
             Io::Closed => {}
         }
@@ -748,9 +841,14 @@ impl Terminals {
 
     /// SIGHUP the shell and finish the terminal with `reason`.
     fn hang_up(&mut self, ctx: &mut Ctx<'_>, channel: u32, reason: &str) {
-        let Some(s) = self.sessions.iter_mut().find(|s| s.channel == channel) else {
+        let Some(i) = self.sessions.iter().position(|s| s.channel == channel) else {
             return;
         };
+        if self.sessions[i].opening.is_some() {
+            let why = format!("{reason} before it opened");
+            return self.abort(ctx, i, Some(("terminal_failed", why)));
+        }
+        let s = &mut self.sessions[i];
         if s.finished.is_some() {
             return;
         }
@@ -768,25 +866,9 @@ impl Terminals {
                     });
                 }
             }
-            Io::Container {
-                stream,
-                exec_id,
-                socket,
-                api,
-            } => {
-                drop(stream);
-                match exec::inspect(&socket, api, &exec_id) {
-                    Ok(x) if x.running && x.pid > 0 => {
-                        let pid = x.pid as i32;
-                        // SAFETY: kill with a host pid the engine reported.
-                        unsafe {
-                            libc::kill(-pid, libc::SIGHUP);
-                            libc::kill(pid, libc::SIGHUP);
-                        }
-                        self.orphans.push((pid, ctx.now + KILL_GRACE));
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!("term", "cannot hang up exec {exec_id}: {e}"),
+            Io::Container(mut x) => {
+                if let Some(h) = x.hang_up(ctx) {
+                    self.hangups.push(h);
                 }
             }
             Io::Closed => {}
@@ -835,6 +917,13 @@ impl Terminals {
 }
 
 impl Session {
+    fn exec(&self) -> Option<&Exec> {
+        match &self.io {
+            Io::Container(x) => Some(x),
+            _ => None,
+        }
+    }
+
     fn has_room(&self) -> bool {
         (self.out.len() as u64) < self.window
     }
@@ -864,7 +953,10 @@ impl Session {
                     ctx.registry.reregister(&mut src, self.token, want)?;
                 }
             }
-            Io::Container { stream, .. } => {
+            Io::Container(x) => {
+                let Some(stream) = x.stream() else {
+                    return Ok(());
+                };
                 if first {
                     ctx.registry.register(stream, self.token, want)?;
                 } else {
@@ -887,8 +979,10 @@ impl Session {
                     let _ = ctx.registry.deregister(&mut SourceFd(&fd));
                 }
             }
-            Io::Container { stream, .. } => {
-                let _ = ctx.registry.deregister(stream);
+            Io::Container(x) => {
+                if let Some(stream) = x.stream() {
+                    let _ = ctx.registry.deregister(stream);
+                }
             }
             Io::Closed => {}
         }

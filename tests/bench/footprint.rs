@@ -712,6 +712,55 @@ fn percentiles(mut us: Vec<f64>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
+/// A TTY exec straight over the engine's socket, blocking (the bench's
+/// side of the comparison): create, start with hijack; the raw stream and
+/// the bytes that came with the 101.
+fn direct_exec(
+    socket: &std::path::Path,
+    api: tether::docker::api::Api,
+    container: &str,
+    cmd: Vec<String>,
+) -> (std::os::unix::net::UnixStream, Vec<u8>) {
+    use std::io::{Read, Write};
+    use tether::docker::api::{self, CreatedExec, ExecConfig};
+    use tether::docker::http::{BufferedDecoder, Request};
+    let call = |req: &Request| {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&req.encode()).unwrap();
+        let mut dec = BufferedDecoder::new(req.expect(), 1 << 20);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                dec.eof().unwrap();
+                return (s, dec.take().unwrap(), Vec::new());
+            }
+            let used = dec.feed(&buf[..n]).unwrap();
+            if dec.is_done() {
+                let rest = buf[used..n].to_vec();
+                return (s, dec.take().unwrap(), rest);
+            }
+        }
+    };
+    let config = ExecConfig {
+        attach_stdin: true,
+        attach_stdout: true,
+        attach_stderr: true,
+        tty: true,
+        cmd,
+        env: vec!["TERM=xterm-256color".into()],
+        working_dir: None,
+        user: None,
+        console_size: Some([24, 80]),
+    };
+    let (_, resp, _) = call(&api.exec_create(container, &config));
+    let created: CreatedExec = api::parse_json(resp).expect("direct exec create");
+    let (s, resp, early) = call(&api.exec_start(&created.id, true));
+    assert!(resp.upgraded, "direct exec start: {}", resp.head.status);
+    (s, early)
+}
+
 /// Keystroke round trip through tether (client WebSocket → server → runner
 /// → exec'd `cat` on a raw tty in a container → back) beside the same
 /// container reached directly over the Engine API (exec with a TTY,
@@ -771,11 +820,7 @@ fn keystroke_round_trip(rows: &mut Vec<Row>) {
         "-c".to_owned(),
         "stty raw -echo; echo READY; exec cat".to_owned(),
     ];
-    let (_id, mut s, early) =
-        match tether::terminal::exec::start(socket, api, &name, &cmd, None, 80, 24) {
-            Ok(x) => x,
-            Err(_) => panic!("direct exec failed"),
-        };
+    let (mut s, early) = direct_exec(socket, api, &name, cmd);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut seen = early;
     let mut buf = [0u8; 4096];

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod engine_proxy;
 pub mod git;
 pub mod proxy;
 pub mod term;
