@@ -362,6 +362,9 @@ impl Jobs {
             LinkEvent::Down => {
                 self.up = false;
                 self.outbox.clear();
+                for j in &mut self.jobs {
+                    j.chan.link_down();
+                }
             }
             LinkEvent::JobStart { id, start } => self.start(ctx, id, *start),
             LinkEvent::JobCancel(job_id) => self.cancel(ctx, &job_id),
@@ -473,7 +476,13 @@ impl Jobs {
     fn spawn(&mut self, ctx: &mut Ctx<'_>, start: JobStart) {
         let Some(cfg) = self.cfg.clone() else { return };
         let spill = cfg.spool_dir().join(format!("{}.spool", start.channel));
-        let chan = OutChannel::new(start.channel, cfg.limits, spill);
+        let mut chan = OutChannel::new(start.channel, cfg.limits, spill);
+        if self.up {
+            // A new channel: nothing to resend, only the pacing to set.
+            if let Err(e) = chan.link_up(None) {
+                warn!("jobs", "job {}: {e}", start.job_id);
+            }
+        }
         let secrets = start.secrets.iter().map(|(_, v)| v.as_bytes().to_vec());
         let redact = Redactor::new(secrets);
         let mut job = Job {

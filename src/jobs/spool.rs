@@ -25,6 +25,21 @@
 //! and the source is read again. While the link is down and the disk full
 //! the job just waits (its timeout still runs).
 //!
+//! While the link is up the source is paced by the network instead: it is
+//! read only while memory has room for another record and the file is
+//! empty, so a job that outruns the server waits on its pipe (like any
+//! pipe reader) and its bytes never take the detour through the disk —
+//! which, with the file in the path, cost a write, a read back and a
+//! truncate per byte and held the relay under its goal. The file is for
+//! output produced while the link is down; after a reconnect the source
+//! waits until the file has been sent.
+//!
+//! ```text
+//!   has_room():  held records  ─▶ no
+//!                link up       ─▶ file empty and memory has room for one more record
+//!                link down     ─▶ the file is under its cap
+//! ```
+//!
 //! Offsets are byte offsets of the channel's payload stream (each record is
 //! one DATA frame's payload), so a resend starts exactly where the server's
 //! copy ends: no gap, no duplicate. The spool file never outlives the
@@ -77,6 +92,8 @@ pub struct OutChannel {
     /// Records the spool file could not take (disk full), in order after
     /// everything in memory and in the file.
     held: VecDeque<Record>,
+    /// The link is up: the source is paced by memory (see the module doc).
+    online: bool,
     /// Why the spool could not grow, not yet reported to the owner.
     spool_error: Option<io::Error>,
 }
@@ -94,6 +111,7 @@ impl OutChannel {
             spill_path,
             spill: None,
             held: VecDeque::new(),
+            online: false,
             spool_error: None,
         }
     }
@@ -120,10 +138,19 @@ impl OutChannel {
         self.mem_bytes
     }
 
-    /// Whether the source may be read: once memory is full everything
-    /// goes to the spool (order), so the spool's room is what counts.
+    /// Whether the source may be read. Link up: while memory can take
+    /// another whole record and nothing waits in the file. Link down: once
+    /// memory is full everything goes to the spool (order), so the spool's
+    /// room is what counts.
     pub fn has_room(&self) -> bool {
-        self.held.is_empty() && self.spilled() < self.limits.spool
+        if !self.held.is_empty() {
+            return false;
+        }
+        if self.online {
+            self.spilled() == 0 && self.mem_bytes + protocol::MAX_DATA_PAYLOAD <= self.limits.mem
+        } else {
+            self.spilled() < self.limits.spool
+        }
     }
 
     /// Records waiting for the disk (for tests and figures).
@@ -286,7 +313,13 @@ impl OutChannel {
             self.ack(seq)?;
         }
         self.sent = self.acked;
+        self.online = true;
         Ok(())
+    }
+
+    /// The link is gone: output goes on into memory, then the file.
+    pub fn link_down(&mut self) {
+        self.online = false;
     }
 
     /// The next DATA frame to send, if the window allows.
@@ -419,6 +452,62 @@ mod tests {
             !dir.join("7.spool").exists(),
             "the spool goes with the channel"
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Link up: the source waits for memory and nothing touches the disk;
+    /// link down: the file takes the rest; back up: the source waits until
+    /// the file has been sent, and nothing is lost or repeated.
+    #[test]
+    fn with_the_link_up_the_network_paces_the_source_and_the_disk_is_left_alone() {
+        let dir = tmp("online");
+        let rec = protocol::MAX_DATA_PAYLOAD;
+        let mut c = chan(&dir, 4 * rec, 4 * rec as u64);
+        c.link_up(None).unwrap();
+        let mut want = Vec::new();
+        let mut push = |c: &mut OutChannel, i: u8| {
+            let p = vec![i; rec];
+            want.extend_from_slice(&p);
+            c.push(StreamTag::Stdout, p);
+        };
+        let mut i = 0u8;
+        while c.has_room() {
+            push(&mut c, i);
+            i += 1;
+            assert!(i < 10, "the source must stop");
+        }
+        assert_eq!(i, 4, "memory's worth, then the source waits");
+        assert!(!dir.join("7.spool").exists(), "the disk was not used");
+        let mut frames = Vec::new();
+        while let Some(f) = c.next_frame() {
+            frames.push(f);
+        }
+        c.ack(2 * rec as u64).unwrap();
+        assert!(c.has_room(), "an acknowledgement makes room");
+
+        // The link drops: output goes on, past memory into the file.
+        c.link_down();
+        while c.has_room() && i < 12 {
+            push(&mut c, i);
+            i += 1;
+        }
+        assert!(c.spilled() > 0, "the file took what memory could not");
+        // Back up, the server had 2 records: the source waits until the
+        // file is sent, then everything arrives once.
+        c.link_up(Some(2 * rec as u64)).unwrap();
+        assert!(!c.has_room(), "the file goes first");
+        frames.clear();
+        while !c.is_drained() {
+            let before = frames.len();
+            while let Some(f) = c.next_frame() {
+                frames.push(f);
+            }
+            assert!(frames.len() > before, "progress");
+            let (h, p) = protocol::decode_frame(frames.last().unwrap()).unwrap();
+            c.ack(h.seq + p.len() as u64).unwrap();
+        }
+        assert_eq!(payloads(&frames, 2 * rec as u64), want[2 * rec..].to_vec());
+        assert!(c.has_room());
         let _ = fs::remove_dir_all(&dir);
     }
 
