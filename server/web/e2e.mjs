@@ -260,6 +260,7 @@ try {
   const open = page.getByRole('button', { name: 'Open terminal' });
   await open.waitFor({ timeout: T });
   if (!(await open.isDisabled())) throw new Error('viewer can press Open terminal');
+  if (await page.locator('#terminal').isVisible()) throw new Error('viewer is shown an unusable terminal');
   const termRefused = await page.evaluate(async (rid) => {
     const s = await (await fetch('/api/v1/session')).json();
     const r = await fetch(`/api/v1/runners/${rid}/terminals`, { method: 'POST', headers: { 'X-CSRF-Token': s.csrf_token, 'Content-Type': 'application/json' }, body: '{}' });
@@ -280,7 +281,8 @@ try {
   for (const [path, ready, name] of [
     ['#/runners', `tr[data-runner="${RID}"]`, 'runners'],
     [`#/runner/${RID}/overview`, '#update-state', 'runner'],
-    [`#/runner/${RID}/terminal`, '#terminal .xterm-rows', 'terminal'],
+    // (As the viewer: the reason is shown, the terminal itself is not.)
+    [`#/runner/${RID}/terminal`, '#term-status', 'terminal'],
     [`#/apps/${APP}`, '#deployments', 'apps'],
     ['#/scripts/hello', 'form[aria-label="Script"]', 'scripts'],
   ]) {
