@@ -201,7 +201,13 @@ impl JobStore {
     pub fn open(path: &Path) -> Result<JobStore, StorageError> {
         let write = Connection::open(path)?;
         write.pragma_update(None, "journal_mode", "WAL")?;
-        write.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: every commit reaches the disk before it returns. Stored
+        // output is acknowledged, and the runner then forgets it, so a
+        // commit that a power cut could undo (NORMAL syncs the WAL only at
+        // checkpoints) would lose output for good. The cost is one fsync
+        // per batch, and batches grow while a commit runs
+        // (runner_ws_jobs.rs), so throughput holds.
+        write.pragma_update(None, "synchronous", "FULL")?;
         let write = setup(write)?;
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;

@@ -213,6 +213,9 @@ struct Connection {
     logs: LogChannels,
     /// Job channels and the job messages sent (`runner_ws_jobs.rs`).
     job_channels: JobChannels,
+    /// The job output batch being stored, if any (one at a time, in order;
+    /// frames keep being read meanwhile — `runner_ws_jobs.rs`).
+    job_store: Option<runner_ws_jobs::StoreTask>,
     /// Ids of the server's own `log_open`s, and when collection is next
     /// checked against the stored container list.
     collect_ids: u64,
@@ -228,6 +231,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         state,
         logs: LogChannels::new(&runner.id),
         job_channels: JobChannels::default(),
+        job_store: None,
         runner,
         metrics: None,
         collect_ids: 0,
@@ -486,6 +490,12 @@ impl Connection {
                         }
                         Ok(Inbound::Nothing) => {}
                     }
+                }
+                stored = runner_ws_jobs::stored(&mut self.job_store), if self.job_store.is_some() => {
+                    if let Err(ending) = self.on_job_stored(stored).await {
+                        return ending;
+                    }
+                    self.rearm(&mut watchdog, last_frame + silence);
                 }
                 () = &mut watchdog => {
                     // Re-armed lazily: frames only move `last_frame`, the timer

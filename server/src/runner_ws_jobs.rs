@@ -1,6 +1,21 @@
 //! Jobs on one runner connection (the I/O around `jobs.rs`): send what is
 //! pending, store output then ACK it, record results once, and tell the
 //! watchers.
+//!
+//! Output is stored one batch at a time on a blocking thread while the
+//! connection goes on reading frames into the next batch (group commit):
+//!
+//! ```text
+//!  DATA ─▶ batch ──due (256 KiB / 250 ms) and no store running──▶ StoreTask (jobs.db, fsync)
+//!            ▲                                                       │ done
+//!            └──── frames read meanwhile grow the next batch ◀───────┤
+//!                                            ACK each job's stored end ◀┘ then the next batch, if due
+//! ```
+//!
+//! Awaiting each store inside the frame handler left the socket unread for
+//! the length of every commit; overlapping them keeps the runner's window
+//! moving, and the batch grows to what arrived during the last commit, so
+//! a slow disk means fewer, bigger transactions rather than a stall.
 
 use axum::body::Bytes;
 use axum::extract::ws::Message as WsMessage;
@@ -12,7 +27,26 @@ use tokio::time::Instant;
 
 use super::{Connection, Ending};
 use crate::clock;
+use crate::job_store::OutputRow;
 use crate::jobs::{start_message, Frame, JobUpdate};
+use crate::storage::StorageError;
+
+type Batch = Vec<(i64, OutputRow)>;
+/// The batch, and each job's stored end (or the storage error).
+type Stored = (Batch, Result<Vec<(i64, i64)>, StorageError>);
+pub(super) type StoreTask = tokio::task::JoinHandle<Stored>;
+
+/// The running store's outcome (for the connection's `select!`: pending
+/// while there is none; a future dropped unfinished leaves the task in
+/// place).
+pub(super) async fn stored(task: &mut Option<StoreTask>) -> Result<Stored, tokio::task::JoinError> {
+    let Some(t) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let out = t.await;
+    *task = None;
+    out
+}
 
 /// Request ids of the server's own `job_start`s (see runner_ws_logs.rs).
 const JOB_ID_BASE: u64 = 3 << 61;
@@ -207,25 +241,36 @@ impl Connection {
             Ok(Frame::Duplicate | Frame::Stranger) => {}
         }
         if self.job_channels.flush_due(now) {
-            self.flush_job_output().await?;
+            self.start_job_store();
         }
         Ok(())
     }
 
-    /// Store the batch, then ACK. A storage error ends
-    /// the connection: the runner resends from the last ACK after it
-    /// reconnects, so nothing unstored is ever acknowledged or lost.
-    pub(super) async fn flush_job_output(&mut self) -> Result<(), Ending> {
+    /// Start storing the batch, unless a store is running (its end starts
+    /// the next one).
+    pub(super) fn start_job_store(&mut self) {
+        if self.job_store.is_some() {
+            return;
+        }
         let batch = self.job_channels.take_batch();
         if batch.is_empty() {
-            return Ok(());
+            return;
         }
         let store = self.state.jobs.clone();
-        let stored = tokio::task::spawn_blocking(move || {
+        self.job_store = Some(tokio::task::spawn_blocking(move || {
             let r = store.store_output(&batch);
             (batch, r)
-        })
-        .await;
+        }));
+    }
+
+    /// A batch is stored: ACK it, and start the next if it is due. A
+    /// storage error ends the connection: the runner resends from the last
+    /// ACK after it reconnects, so nothing unstored is ever acknowledged
+    /// or lost.
+    pub(super) async fn on_job_stored(
+        &mut self,
+        stored: Result<Stored, tokio::task::JoinError>,
+    ) -> Result<(), Ending> {
         let (batch, ends) = match stored {
             Ok((batch, Ok(ends))) => (batch, ends),
             Ok((batch, Err(e))) => {
@@ -263,10 +308,18 @@ impl Connection {
             self.send(WsMessage::Binary(encode_frame(header, &[]).into()))
                 .await?;
         }
+        if self.job_channels.flush_due(Instant::now()) {
+            self.start_job_store();
+        }
         Ok(())
     }
 
+    /// When a batch is due to be stored; none while a store runs (its end
+    /// starts the next, and a past deadline would spin the timer).
     pub(super) fn job_due(&self) -> Option<Instant> {
+        if self.job_store.is_some() {
+            return None;
+        }
         self.job_channels.due()
     }
 

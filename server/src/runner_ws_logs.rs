@@ -142,7 +142,7 @@ impl Connection {
             self.flush_logs().await?;
         }
         if self.job_flush_due(now) {
-            self.flush_job_output().await?;
+            self.start_job_store();
         }
         let sends = self.logs.tick();
         self.log_sends(sends).await?;
