@@ -22,8 +22,9 @@ use crate::job_store::{JobRow, JobStore, OutputRow};
 use crate::logs::FLUSH_EVERY;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
-/// window (its memory cap, 1 MiB) keeps several flushes in flight.
-const FLUSH_BYTES: usize = 256 * 1024;
+/// window (its memory cap, 2 MiB) keeps a batch arriving while one is
+/// being committed (runner_ws_jobs.rs).
+const FLUSH_BYTES: usize = 512 * 1024;
 use crate::secrets::SecretBox;
 
 /// Updates a slow watcher may fall behind by before it re-reads storage.

@@ -6,7 +6,7 @@
 //! connection goes on reading frames into the next batch (group commit):
 //!
 //! ```text
-//!  DATA ─▶ batch ──due (256 KiB / 250 ms) and no store running──▶ StoreTask (jobs.db, fsync)
+//!  DATA ─▶ batch ──due (512 KiB / 250 ms) and no store running──▶ StoreTask (jobs.db, fsync)
 //!            ▲                                                       │ done
 //!            └──── frames read meanwhile grow the next batch ◀───────┤
 //!                                            ACK each job's stored end ◀┘ then the next batch, if due

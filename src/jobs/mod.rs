@@ -96,10 +96,13 @@ impl JobsConfig {
             state_dir: state_dir.to_owned(),
             limits: Limits {
                 // Frames are sent from memory: this is also what can be in
-                // flight, so it sets the relay's throughput (bench: job relay).
-                mem: 1024 * 1024,
+                // flight, so it sets the relay's throughput (bench: job
+                // relay; the server commits each batch to disk before its
+                // ACK). Per job: 4 flooding jobs (the default limit) hold
+                // 8 MiB at most.
+                mem: 2 * 1024 * 1024,
                 spool: 64 * 1024 * 1024,
-                window: 1024 * 1024,
+                window: 2 * 1024 * 1024,
             },
             kill_grace: Duration::from_secs(5),
             cwd: PathBuf::from("/"),
