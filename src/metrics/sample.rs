@@ -8,10 +8,11 @@
 //! such a read, and the open is the dearer half of the cost.
 //!
 //! Read less often than every tick, repeating the last values in between:
-//! the TCP tables (every few ticks, by their measured cost; see
-//! [`TCP_BUDGET_PER_TICK_US`]) and the mount table (on procfs only when
-//! the kernel says it changed, elsewhere every [`MOUNTS_EVERY`] ticks;
-//! filesystem sizes are read every tick).
+//! TCP states (every few ticks, by their measured cost, see
+//! [`TCP_BUDGET_PER_TICK_US`]; from a netlink socket-diagnostics dump where
+//! the kernel has one, else the /proc tables) and the mount table (on
+//! procfs only when the kernel says it changed, elsewhere every
+//! [`MOUNTS_EVERY`] ticks; filesystem sizes are read every tick).
 //!
 //! Rates and percentages come from deltas against the previous tick:
 //!
@@ -64,16 +65,21 @@ const MAX_FILE: usize = 4 << 20;
 /// counts would be partial, so they are left out instead.
 const MAX_TCP_TABLE: usize = 8 << 20;
 const TCP_CHUNK: usize = 16 << 10;
-/// Reading the TCP tables costs time in proportion to the kernel's socket
-/// hash table, which is sized by RAM, not by the number of sockets: 1.5 ms
-/// of system time per table on a 24 GiB VM with five sockets, next to
-/// nothing on a router. So by default they are read every N ticks, with N
+/// Counting TCP states costs time in proportion to the kernel's socket
+/// hash table, which is sized by RAM, not by the number of sockets: on a
+/// 24 GiB VM with five sockets 1.6 ms of system time per /proc table, or
+/// 0.6 ms for the one socket-diagnostics dump that covers both families
+/// (used where the kernel has it); next to nothing on a router. So by
+/// default they are read every N ticks, with N
 /// chosen from the measured cost to spend about this much per tick on
 /// average, repeating the last counts in between.
 const TCP_BUDGET_PER_TICK_US: u128 = 100;
 /// Longest gap between two readings of the TCP tables, in ticks (a minute
 /// at the default 5 s).
 const TCP_MAX_EVERY: u32 = 12;
+/// The /proc tables TCP states are counted from when the kernel's socket
+/// diagnostics are not used.
+const TCP_TABLES: [(&str, &str); 2] = [("tcp states", "net/tcp"), ("tcp6 states", "net/tcp6")];
 /// Generating /proc/mounts is one of the dearest reads (110 µs on a 2-core
 /// VM) and the table rarely changes, so it is read again only when it did:
 /// procfs says so by poll(2) on the open file, checked each tick. A mount
@@ -376,6 +382,11 @@ pub struct Sampler {
     prev_ip4: Option<IpOctets>,
     prev_ip6: Option<IpOctets>,
     prev_mono_ms: Option<u64>,
+    /// Count TCP states with the kernel's socket diagnostics
+    /// ([`crate::metrics::tcp_diag`]) rather than the /proc tables: on the
+    /// real /proc of a kernel that has them, until a dump fails.
+    #[cfg_attr(not(feature = "runner"), allow(dead_code))]
+    tcp_diag: bool,
     /// Fixed TCP cadence in ticks, or None to adapt to the measured cost.
     tcp_every_fixed: Option<u32>,
     /// Ticks until the next reading of the TCP tables.
@@ -413,7 +424,9 @@ impl Sampler {
     /// Samples the real /proc, with `statvfs(3)` for filesystem sizes.
     #[cfg(feature = "runner")]
     pub fn new() -> Sampler {
-        Sampler::with_root("/proc", Box::new(crate::metrics::proc::mounts::statvfs))
+        let mut s = Sampler::with_root("/proc", Box::new(crate::metrics::proc::mounts::statvfs));
+        s.tcp_diag = crate::metrics::tcp_diag::kernel_supported();
+        s
     }
 
     /// Samples the /proc tree at `proc_root` (a fixture directory in tests;
@@ -436,6 +449,7 @@ impl Sampler {
             prev_ip4: None,
             prev_ip6: None,
             prev_mono_ms: None,
+            tcp_diag: false,
             tcp_every_fixed: None,
             tcp_countdown: 0,
             last_tcp: None,
@@ -495,12 +509,22 @@ impl Sampler {
             .filter(|&d| d > 0);
         self.prev_mono_ms = Some(mono_ms);
 
-        match read_with(&self.proc_root, &mut self.files.uptime, &mut self.buf, parse_uptime) {
+        match read_with(
+            &self.proc_root,
+            &mut self.files.uptime,
+            &mut self.buf,
+            parse_uptime,
+        ) {
             Ok(u) => s.uptime_s = Some(u),
             Err(e) => notes.push(self.note("uptime", "uptime", e)),
         }
         self.sample_stat(&mut s, dt, &mut notes);
-        match read_with(&self.proc_root, &mut self.files.loadavg, &mut self.buf, parse_loadavg) {
+        match read_with(
+            &self.proc_root,
+            &mut self.files.loadavg,
+            &mut self.buf,
+            parse_loadavg,
+        ) {
             Ok(l) => {
                 s.load = Some(Load {
                     one: l.one,
@@ -579,7 +603,12 @@ impl Sampler {
     }
 
     fn sample_memory(&mut self, s: &mut Sample, notes: &mut Vec<Note>) {
-        let m = match read_with(&self.proc_root, &mut self.files.meminfo, &mut self.buf, parse_meminfo) {
+        let m = match read_with(
+            &self.proc_root,
+            &mut self.files.meminfo,
+            &mut self.buf,
+            parse_meminfo,
+        ) {
             Ok(m) => m,
             Err(e) => {
                 notes.push(self.note("memory", "meminfo", e));
@@ -656,9 +685,12 @@ impl Sampler {
 
     fn sample_disks(&mut self, s: &mut Sample, dt: Option<u64>, notes: &mut Vec<Note>) {
         std::mem::swap(&mut self.disks, &mut self.prev_disks);
-        let parsed = read_with(&self.proc_root, &mut self.files.diskstats, &mut self.buf, |t| {
-            diskstats::parse_diskstats_into(t, &mut self.disks)
-        });
+        let parsed = read_with(
+            &self.proc_root,
+            &mut self.files.diskstats,
+            &mut self.buf,
+            |t| diskstats::parse_diskstats_into(t, &mut self.disks),
+        );
         if let Err(e) = parsed {
             notes.push(self.note("disks", "diskstats", e));
             self.disks.clear();
@@ -686,9 +718,12 @@ impl Sampler {
 
     fn sample_net(&mut self, s: &mut Sample, dt: Option<u64>, notes: &mut Vec<Note>) {
         std::mem::swap(&mut self.nets, &mut self.prev_nets);
-        let parsed = read_with(&self.proc_root, &mut self.files.netdev, &mut self.buf, |t| {
-            parse_netdev_into(t, &mut self.nets)
-        });
+        let parsed = read_with(
+            &self.proc_root,
+            &mut self.files.netdev,
+            &mut self.buf,
+            |t| parse_netdev_into(t, &mut self.nets),
+        );
         if let Err(e) = parsed {
             notes.push(self.note("network interfaces", "net/dev", e));
             self.nets.clear();
@@ -735,7 +770,12 @@ impl Sampler {
                 notes.push(self.note("ipv4 traffic", "net/netstat", e));
             }
         }
-        let v6 = read_with(&self.proc_root, &mut self.files.snmp6, &mut self.buf, parse_snmp6);
+        let v6 = read_with(
+            &self.proc_root,
+            &mut self.files.snmp6,
+            &mut self.buf,
+            parse_snmp6,
+        );
         match v6 {
             Ok(o) => s.ip6 = Some(ip_traffic(self.prev_ip6.replace(o), o, dt)),
             Err(e) => {
@@ -755,7 +795,21 @@ impl Sampler {
         let start = Instant::now();
         let mut total: Option<TcpStates> = None;
         self.last_tcp_notes.clear();
-        for (what, rel) in [("tcp states", "net/tcp"), ("tcp6 states", "net/tcp6")] {
+        #[cfg(feature = "runner")]
+        if self.tcp_diag {
+            match crate::metrics::tcp_diag::count(&mut self.tcp_chunk) {
+                Ok(st) => total = Some(st),
+                // No diag module in this kernel (routers often lack it),
+                // or not allowed: the /proc tables from now on.
+                Err(_) => self.tcp_diag = false,
+            }
+        }
+        let tables = if total.is_some() {
+            &[][..]
+        } else {
+            &TCP_TABLES[..]
+        };
+        for &(what, rel) in tables {
             match self.count_tcp(rel) {
                 Ok(st) => total.get_or_insert_with(TcpStates::default).add(&st),
                 Err(e) => self.last_tcp_notes.push(self.note(what, rel, e)),
@@ -1403,10 +1457,10 @@ pub(crate) mod tests {
         let mut f = ProcFile::new("self/io");
         let mut buf = Vec::new();
         let a = rchar(&read_text(&mut f, root, &mut buf).unwrap());
-        let fd = f.file.as_ref().map(|f| std::os::fd::AsRawFd::as_raw_fd(f));
+        let fd = f.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let b = rchar(&read_text(&mut f, root, &mut buf).unwrap());
         assert!(b > a, "{a} then {b}");
-        let fd2 = f.file.as_ref().map(|f| std::os::fd::AsRawFd::as_raw_fd(f));
+        let fd2 = f.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         assert_eq!(fd, fd2, "the same fd, not a reopen");
         assert!(!f.seek, "procfs takes pread");
     }
@@ -1426,7 +1480,10 @@ pub(crate) mod tests {
             let e = read_text(&mut f, &dir, &mut buf).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::NotFound);
             std::fs::write(&path, "first reading\n").unwrap();
-            assert_eq!(read_text(&mut f, &dir, &mut buf).unwrap(), "first reading\n");
+            assert_eq!(
+                read_text(&mut f, &dir, &mut buf).unwrap(),
+                "first reading\n"
+            );
             // Same inode: truncated and written, as a kept fd sees it.
             std::fs::write(&path, "2nd\n").unwrap();
             assert_eq!(read_text(&mut f, &dir, &mut buf).unwrap(), "2nd\n");
@@ -1449,9 +1506,8 @@ pub(crate) mod tests {
         let dir = scratch_dir("mounts-copy");
         std::fs::write(dir.join("mounts"), "/dev/sda1 / ext4 rw 0 0\n").unwrap();
         let mut sm = Sampler::with_root(&dir, fake_statvfs());
-        let points = |s: &Sample| -> Vec<String> {
-            s.filesystems.iter().map(|f| f.mount.clone()).collect()
-        };
+        let points =
+            |s: &Sample| -> Vec<String> { s.filesystems.iter().map(|f| f.mount.clone()).collect() };
         assert_eq!(points(&sm.sample_at(0, 0).0), ["/"]);
         assert!(!sm.mounts_pollable);
         let both = "/dev/sda1 / ext4 rw 0 0\n/dev/sda2 /boot ext4 rw 0 0\n";
@@ -1490,7 +1546,10 @@ pub(crate) mod tests {
                 }
                 let none = std::ptr::null();
                 let flags = libc::MS_REC | libc::MS_PRIVATE;
-                assert_eq!(libc::mount(none, c("/").as_ptr(), none, flags, none.cast()), 0);
+                assert_eq!(
+                    libc::mount(none, c("/").as_ptr(), none, flags, none.cast()),
+                    0
+                );
             }
             // thread-self: /proc/self is the main thread, in the old namespace.
             let mut sm = Sampler::with_root(
