@@ -387,6 +387,11 @@ pub struct Sampler {
     /// real /proc of a kernel that has them, until a dump fails.
     #[cfg_attr(not(feature = "runner"), allow(dead_code))]
     tcp_diag: bool,
+    /// Uptime from CLOCK_BOOTTIME rather than /proc/uptime: the same clock
+    /// (the kernel prints it there, adjusted for the time namespace as the
+    /// clock is), without a file read. On the real /proc only.
+    #[cfg_attr(not(feature = "runner"), allow(dead_code))]
+    uptime_clock: bool,
     /// Fixed TCP cadence in ticks, or None to adapt to the measured cost.
     tcp_every_fixed: Option<u32>,
     /// Ticks until the next reading of the TCP tables.
@@ -426,6 +431,7 @@ impl Sampler {
     pub fn new() -> Sampler {
         let mut s = Sampler::with_root("/proc", Box::new(crate::metrics::proc::mounts::statvfs));
         s.tcp_diag = crate::metrics::tcp_diag::kernel_supported();
+        s.uptime_clock = true;
         s
     }
 
@@ -450,6 +456,7 @@ impl Sampler {
             prev_ip6: None,
             prev_mono_ms: None,
             tcp_diag: false,
+            uptime_clock: false,
             tcp_every_fixed: None,
             tcp_countdown: 0,
             last_tcp: None,
@@ -509,12 +516,23 @@ impl Sampler {
             .filter(|&d| d > 0);
         self.prev_mono_ms = Some(mono_ms);
 
-        match read_with(
-            &self.proc_root,
-            &mut self.files.uptime,
-            &mut self.buf,
-            parse_uptime,
-        ) {
+        let read_file = |sm: &mut Sampler| {
+            read_with(
+                &sm.proc_root,
+                &mut sm.files.uptime,
+                &mut sm.buf,
+                parse_uptime,
+            )
+        };
+        #[cfg(feature = "runner")]
+        let uptime = if self.uptime_clock {
+            boottime_secs()
+        } else {
+            read_file(self)
+        };
+        #[cfg(not(feature = "runner"))]
+        let uptime = read_file(self);
+        match uptime {
             Ok(u) => s.uptime_s = Some(u),
             Err(e) => notes.push(self.note("uptime", "uptime", e)),
         }
@@ -860,6 +878,21 @@ impl Sampler {
             }
         }
     }
+}
+
+/// Whole seconds of CLOCK_BOOTTIME: /proc/uptime's first field, truncated
+/// as [`parse_uptime`] does.
+#[cfg(feature = "runner")]
+fn boottime_secs() -> Result<u64, String> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error().to_string());
+    }
+    u64::try_from(ts.tv_sec).map_err(|e| e.to_string())
 }
 
 /// procfs's magic number (statfs(2)).
@@ -1463,6 +1496,21 @@ pub(crate) mod tests {
         let fd2 = f.file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         assert_eq!(fd, fd2, "the same fd, not a reopen");
         assert!(!f.seek, "procfs takes pread");
+    }
+
+    /// The clock gives what /proc/uptime says (the same second, or the
+    /// next if a second turned between the readings).
+    #[cfg(feature = "runner")]
+    #[test]
+    fn uptime_from_the_clock_is_proc_uptimes() {
+        let mut sm = Sampler::new();
+        for _ in 0..3 {
+            let text = std::fs::read_to_string("/proc/uptime").unwrap();
+            let file = parse_uptime(&text).unwrap();
+            let clock = sm.sample(0).0.uptime_s.unwrap();
+            assert!(clock == file || clock == file + 1, "{clock} vs {file}");
+        }
+        assert!(sm.files.uptime.file.is_none(), "/proc/uptime not opened");
     }
 
     /// Rewritten in place (like procfs's text), shorter and longer, by
