@@ -1513,6 +1513,26 @@ pub(crate) mod tests {
         assert!(sm.files.uptime.file.is_none(), "/proc/uptime not opened");
     }
 
+    /// On this kernel the real sampler counts TCP states with the socket
+    /// diagnostics dump, keeps using it, and has no /proc table notes.
+    #[cfg(feature = "runner")]
+    #[test]
+    fn real_sampler_counts_tcp_with_the_diag_dump() {
+        let _l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sm = Sampler::new();
+        sm.set_tcp_every(Some(1));
+        let diag = crate::metrics::tcp_diag::kernel_supported();
+        for t in 0..2 {
+            let (s, notes) = sm.sample(t);
+            assert!(s.tcp.unwrap().counts[9] >= 1, "our listener");
+            assert!(
+                !notes.iter().any(|n| n.what.starts_with("tcp")),
+                "{notes:?}"
+            );
+            assert_eq!(sm.tcp_diag, diag);
+        }
+    }
+
     /// Rewritten in place (like procfs's text), shorter and longer, by
     /// pread and by the lseek fallback of old kernels; a file that is
     /// missing is looked for again, and one too large drops the fd.
