@@ -23,6 +23,8 @@ pub mod cgroup;
 pub mod containers;
 pub mod proc;
 pub mod sample;
+#[cfg(feature = "runner")]
+pub mod tcp_diag;
 pub mod wire;
 
 use std::fmt;
