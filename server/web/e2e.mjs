@@ -23,13 +23,31 @@ try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
   page = await ctx.newPage();
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+  // Failed requests explain a page stuck half-loaded (aborted streams of a
+  // page being left are expected, and left out).
+  page.on('requestfailed', (r) => {
+    const why = r.failure()?.errorText || '';
+    if (!why.includes('ERR_ABORTED')) console.log(`request failed: ${r.method()} ${r.url()}: ${why}`);
+  });
   // Chromium aborts a navigation when a network interface comes or goes
   // (ERR_NETWORK_CHANGED), and Docker tests running beside this one add
-  // veth interfaces at any moment: try such a navigation again.
+  // veth interfaces at any moment: try such a navigation again. The same
+  // abort can hit one of the page's module scripts while the navigation
+  // itself succeeds, which leaves the page at "Loading…" for good: a load
+  // that lost a subresource that way is tried again too.
   const goto = async (url) => {
     for (let i = 0; ; i++) {
-      try { return await page.goto(url); } catch (e) {
+      const lost = [];
+      const onFail = (r) => { if (String(r.failure()?.errorText).includes('ERR_NETWORK_CHANGED')) lost.push(r.url()); };
+      page.on('requestfailed', onFail);
+      try {
+        const resp = await page.goto(url);
+        if (lost.length === 0 || i >= 4) return resp;
+        console.log(`e2e: reloading ${url}: lost ${lost.join(', ')} to a network change`);
+      } catch (e) {
         if (i >= 4 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
+      } finally {
+        page.off('requestfailed', onFail);
       }
     }
   };
