@@ -521,14 +521,7 @@ impl Jobs {
         // Recorded before it runs: a job the ledger cannot hold would be
         // orphaned (and could run twice) after a runner restart, so a
         // ledger that cannot be written (disk full) refuses the job.
-        self.ledger.started(RunningEntry {
-            job_id: job.start.job_id.clone(),
-            channel: job.start.channel,
-            pid: 0,
-            start_ticks: 0,
-            started_ms: job.started_ms,
-        });
-        if let Err(why) = self.save_for_start() {
+        if let Err(why) = self.record_start(&job) {
             return self.fail_at_start(ctx, job, why);
         }
         let tokens = [ctx.token(), ctx.token()];
@@ -593,14 +586,7 @@ impl Jobs {
         // No process of its own: pid 0 in the ledger is never signalled
         // after a restart (no /proc/0), but the job is still reported cut
         // short.
-        self.ledger.started(RunningEntry {
-            job_id: job.start.job_id.clone(),
-            channel: job.start.channel,
-            pid: 0,
-            start_ticks: 0,
-            started_ms: job.started_ms,
-        });
-        if let Err(why) = self.save_for_start() {
+        if let Err(why) = self.record_start(&job) {
             return self.fail_at_start(ctx, job, why);
         }
         if job.start.timeout_s > 0 {
@@ -833,6 +819,18 @@ impl Jobs {
 
     /// The ledger must hold a job before it runs (a restart then reports
     /// it): the reason to refuse it when it cannot be written.
+    /// The job in the ledger as running (pid 0 until it has one), saved.
+    fn record_start(&mut self, job: &Job) -> Result<(), String> {
+        self.ledger.started(RunningEntry {
+            job_id: job.start.job_id.clone(),
+            channel: job.start.channel,
+            pid: 0,
+            start_ticks: 0,
+            started_ms: job.started_ms,
+        });
+        self.save_for_start()
+    }
+
     fn save_for_start(&self) -> Result<(), String> {
         let Some(cfg) = &self.cfg else { return Ok(()) };
         self.ledger.save().map_err(|e| {
