@@ -596,15 +596,7 @@ async fn serve_client(state: AppState, s: Arc<Session>, mut ws: WebSocket, from:
                 st.ack_due()
             };
             if let Some(seq) = ack {
-                let _ = state
-                    .registry
-                    .send_terminal(
-                        &s.tenant_id,
-                        &s.runner_id,
-                        ToRunner::Binary(ack_frame(s.channel, seq)),
-                        RUNNER_SEND_TIMEOUT,
-                    )
-                    .await;
+                send_ack(&state, &s, seq).await;
             }
         }
         if !ok || end_reason.is_some() {
@@ -649,16 +641,22 @@ async fn serve_client(state: AppState, s: Arc<Session>, mut ws: WebSocket, from:
     };
     tracing::debug!(session = %s.id, "terminal client detached");
     if let Some(seq) = ack {
-        let _ = state
-            .registry
-            .send_terminal(
-                &s.tenant_id,
-                &s.runner_id,
-                ToRunner::Binary(ack_frame(s.channel, seq)),
-                RUNNER_SEND_TIMEOUT,
-            )
-            .await;
+        send_ack(&state, &s, seq).await;
     }
+}
+
+/// Tell the runner the client has the output up to `seq` (best effort: a
+/// lost ACK is repeated by the next one, which covers it).
+async fn send_ack(state: &AppState, s: &Session, seq: u64) {
+    let _ = state
+        .registry
+        .send_terminal(
+            &s.tenant_id,
+            &s.runner_id,
+            ToRunner::Binary(ack_frame(s.channel, seq)),
+            RUNNER_SEND_TIMEOUT,
+        )
+        .await;
 }
 
 /// Move keystrokes into the session's window and send them.
