@@ -145,15 +145,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(token) = bearer(&parts.headers) {
             return identify(state, token);
         }
-        let Some(cookie) = session_cookie(&parts.headers) else {
-            return Err(ApiError::unauthorized(
-                "missing bearer token or session cookie",
-            ));
-        };
-        let session = state
-            .storage
-            .session(&hash_secret(cookie), crate::clock::now_ms())?
-            .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))?;
+        let session = cookie_session(state, &parts.headers)?;
         if !is_safe(&parts.method) {
             let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             if !sent.is_some_and(|t| hashes_equal(t, &session.csrf_token)) {
@@ -169,6 +161,19 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(Caller::User(Box::new(session)))
     }
+}
+
+/// The live dashboard session named by the request's cookie.
+fn cookie_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRow, ApiError> {
+    let Some(cookie) = session_cookie(headers) else {
+        return Err(ApiError::unauthorized(
+            "missing bearer token or session cookie",
+        ));
+    };
+    state
+        .storage
+        .session(&hash_secret(cookie), crate::clock::now_ms())?
+        .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))
 }
 
 /// Who a token is, for endpoints that take it outside the header (a
@@ -188,15 +193,7 @@ pub fn websocket_session(
     headers: &HeaderMap,
     public_url: Option<&str>,
 ) -> Result<SessionRow, ApiError> {
-    let Some(cookie) = session_cookie(headers) else {
-        return Err(ApiError::unauthorized(
-            "missing bearer token or session cookie",
-        ));
-    };
-    let session = state
-        .storage
-        .session(&hash_secret(cookie), crate::clock::now_ms())?
-        .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))?;
+    let session = cookie_session(state, headers)?;
     if !same_origin(headers, public_url) {
         return Err(ApiError::forbidden(
             "this WebSocket's Origin is not this server: open it from the dashboard",
