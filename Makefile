@@ -1,27 +1,26 @@
 # Tether — developer entry points. `make help` lists them.
 
 CARGO ?= cargo
-# nextest when present (parallel, per-test processes), cargo test otherwise.
-TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
+# The set-up: installs what a level needs, proves it, and is a quick no-op
+# when everything is there (packaging/dev-setup.sh --list says what and why).
+SETUP := packaging/dev-setup.sh
 
 # Routers and small boards; `make edge` builds and tests them (see README).
 EDGE_TARGETS := armv7-unknown-linux-musleabihf arm-unknown-linux-musleabi \
 	mips-unknown-linux-musl mipsel-unknown-linux-musl
 # The edge tests are #[ignore]d in the default run; these select them.
-ifeq ($(TEST_RUNNER),test)
-EDGE_TESTS := test -p tether --test tests -- --ignored cross_arch:: packages::
-else
 EDGE_TESTS := nextest run -p tether --test tests --run-ignored only -E 'test(/^(cross_arch|packages)::/)'
-endif
 SHELL_SCRIPTS := build.sh .ci/run server/web/build.sh packaging/*.sh packaging/*/*.sh \
 	packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
 	packaging/alpine/APKBUILD packaging/alpine/tether.initd packaging/openwrt/tether/files/tether.init
 
-.PHONY: help build web run test edge lint bench static release packages vendor clean
+.PHONY: help setup fresh-check build web run test edge lint bench static release packages vendor clean
 
 help:
-	@echo "make run      build, start a dev server and a local runner connected to it"
-	@echo "make test     build everything (incl. static release runners) and run every test"
+	@echo "make run      set up, build, start a dev server and a local runner connected to it"
+	@echo "make test     set up, build everything (incl. static release runners) and run every test"
+	@echo "make setup    install and prove everything run, test, lint and edge need (idempotent)"
+	@echo "make fresh-check  the set-up and the build on a fresh Debian 12 root (debootstrap; slow)"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make web      the dashboard's libraries from npm (make build does it)"
 	@echo "make bench    footprint benchmarks: sizes, RSS, idle CPU and bytes, 1,000 runners"
@@ -31,6 +30,12 @@ help:
 	@echo "make packages .deb for every runner in dist/, and the vendored source bundle"
 	@echo "make vendor   offline source bundle: vendor/ and dist/tether-VERSION-vendored.tar.gz"
 
+setup:
+	@$(SETUP) all
+
+fresh-check:
+	packaging/fresh-check.sh
+
 build: web
 	$(CARGO) build --workspace
 
@@ -38,7 +43,9 @@ build: web
 web:
 	sh server/web/build.sh
 
-run: build
+run:
+	@$(SETUP) run
+	@$(MAKE) --no-print-directory build
 	@sh packaging/dev-run.sh
 
 # x86_64 and aarch64: what `make test` needs.
@@ -46,19 +53,24 @@ static:
 	./build.sh
 
 release:
+	@$(SETUP) all
 	./build.sh --all
 
-test: build static
-	$(CARGO) $(TEST_RUNNER) --workspace
+test:
+	@$(SETUP) test
+	@$(MAKE) --no-print-directory build static
+	$(CARGO) nextest run --workspace
 
-edge: build static
+edge:
+	@$(SETUP) all
+	@$(MAKE) --no-print-directory build static
 	./build.sh $(EDGE_TARGETS)
 	$(CARGO) $(EDGE_TESTS)
 
 lint:
+	@$(SETUP) test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck missing (apt-get install shellcheck; .ci/run does)" >&2; exit 1; }
 	shellcheck $(SHELL_SCRIPTS)
 
 bench: release

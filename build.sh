@@ -221,7 +221,9 @@ for t in "${targets[@]}"; do
         cargo build --locked --release -p tether --bin tether --target "$t" \
         -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
     mkdir -p "dist/$t"
-    cp "$target_dir/$t/release/tether" "dist/$t/tether"
+    # Replaced whole (rename): tests and make run's dev release read it meanwhile.
+    cp "$target_dir/$t/release/tether" "dist/$t/tether.tmp.$$"
+    mv -f "dist/$t/tether.tmp.$$" "dist/$t/tether"
 done
 
 printf '\n%-32s %12s %10s\n' target bytes MiB

@@ -3,7 +3,15 @@
 # fresh data dir and its own dev certificate, a tenant with an API token, and
 # a local runner enrolled and connected to it. Ctrl-C stops both.
 #
-# Env: TETHER_DEV_PORT (default 8443), TETHER_DEV_DIR (default .run).
+# It also publishes a dev release, so the dashboard's "Add a server" command
+# and install.sh work against this server: a minisign key is made on the
+# spot in the dev dir and trusted by the server (--release-keys); once the
+# server is up, the static runners are built in the background (x86_64, and
+# aarch64 when its cross gcc works), signed with that key and uploaded. A line
+# on stdout says when the install one-liner works.
+#
+# Env: TETHER_DEV_PORT (default 8443), TETHER_DEV_DIR (default .run),
+# TETHER_DEV_RELEASE=0 skips the dev release.
 set -eu
 
 port=${TETHER_DEV_PORT:-8443}
@@ -12,16 +20,32 @@ bin=${CARGO_TARGET_DIR:-target}/debug
 server="$bin/tether-server"
 runner="$bin/tether"
 
+release=${TETHER_DEV_RELEASE:-1}
+
 rm -rf "$dir"
 mkdir -p "$dir/server" "$dir/runner"
 
-"$server" serve --listen "127.0.0.1:$port" --data-dir "$dir/server" 2>"$dir/server.log" &
+# The dev release key: made here, trusted by this server only.
+set --
+if [ "$release" != 0 ]; then
+    if minisign -G -W -f -p "$dir/release.pub" -s "$dir/release.key" >/dev/null 2>"$dir/release.log"; then
+        set -- --release-keys "$dir/release.pub"
+    else
+        echo "make run: minisign could not make a dev release key (see $dir/release.log); no dev release" >&2
+        release=0
+    fi
+fi
+
+"$server" serve --listen "127.0.0.1:$port" --data-dir "$dir/server" "$@" 2>"$dir/server.log" &
 server_pid=$!
 runner_pid=
+release_pid=
+# Each kill may find its process gone already: never a reason to stop (set -e).
 cleanup() {
-    [ -n "$runner_pid" ] && kill "$runner_pid" 2>/dev/null
-    kill "$server_pid" 2>/dev/null
-    wait 2>/dev/null
+    if [ -n "$release_pid" ]; then kill -- "-$release_pid" 2>/dev/null || true; fi
+    if [ -n "$runner_pid" ]; then kill "$runner_pid" 2>/dev/null || true; fi
+    kill "$server_pid" 2>/dev/null || true
+    wait 2>/dev/null || true
 }
 trap 'cleanup; exit 0' INT TERM
 trap cleanup EXIT
@@ -98,4 +122,15 @@ Try (in another shell):
 
 Ctrl-C stops the server and the runner.
 MSG
+if [ "$release" != 0 ]; then
+    echo
+    echo "Building a dev release of the static runner in the background (log: $dir/release.log);"
+    echo "the dashboard's Add a server command works once it is published (a line below says so)."
+    # Its own session, so Ctrl-C's cleanup stops the whole build (cargo too).
+    setsid sh packaging/dev-release.sh "$dir" "$server" &
+    release_pid=$!
+else
+    echo
+    echo "No dev release (TETHER_DEV_RELEASE=0): Add a server's command fails until a release is uploaded."
+fi
 wait "$server_pid"

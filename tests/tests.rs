@@ -7,6 +7,7 @@ mod util;
 mod cross_arch;
 mod dashboard;
 mod deploy;
+mod dev_run;
 mod docker;
 mod enroll;
 mod health;

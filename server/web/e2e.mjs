@@ -93,6 +93,11 @@ try {
   const cmd = await page.locator('#install-cmd').textContent({ timeout: T });
   if (!/^curl -fsSL https:\/\/.+\/install\.sh \| sh -s -- --token tenr_[0-9a-f]{64}$/.test(cmd)) throw new Error(`install command: ${cmd}`);
   step('install command shown');
+  // No release on this server: the page says the command cannot work yet.
+  const rel = page.locator('#release-state[data-ready="no"]');
+  await rel.waitFor({ timeout: T });
+  if (!/No runner release/.test(await rel.textContent())) throw new Error('missing-release notice');
+  step('missing release said');
 
   // A script, saved and run from the page, its output read live.
   await goto(`${URL}/#/scripts`);

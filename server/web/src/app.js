@@ -59,11 +59,37 @@ page('add', async (view) => {
         h('button', { type: 'button', onclick: () => navigator.clipboard?.writeText(cmd).then(() => toast('Copied')) }, 'Copy'),
         h('span', { class: 'muted' }, 'No curl? Use wget -qO- instead of curl -fsSL.')));
   };
+  // install.sh downloads the newest release's runner from this server: say
+  // whether there is one (public manifest), and keep asking while there is
+  // not (`make run` publishes a dev release a few minutes after it starts).
+  const release = h('p', { id: 'release-state', role: 'status' }, 'Checking for a runner release…');
+  let poll = null;
+  const checkRelease = async () => {
+    const res = await fetch('/releases/latest/manifest.json', { cache: 'no-store' }).catch(() => null);
+    if (res?.ok) {
+      const m = await res.json().catch(() => null);
+      const arches = (m?.files || []).map((f) => f.arch).filter((a) => a).join(', ');
+      release.className = 'muted';
+      release.dataset.ready = 'yes';
+      release.textContent = `Runner release ${m?.version ?? '?'} is ready to install (${arches || 'no binaries'}).`;
+      clearInterval(poll);
+      poll = null;
+    } else {
+      release.className = 'error';
+      release.dataset.ready = 'no';
+      release.textContent = 'No runner release is published on this server yet: the command below fails until one is ' +
+        '(tether-server release upload DIR). A dev server started by make run publishes one within a few minutes; this page checks again by itself.';
+    }
+  };
   view.replaceChildren(h('h1', {}, 'Add a server'),
     h('p', {}, 'The host opens one outbound connection to this server; nothing needs to listen on it.'),
+    release,
     h('div', { class: 'row' }, ttl, h('button', { class: 'primary', type: 'button', onclick: make, disabled: !can.act() }, 'New install command')),
     out);
+  await checkRelease();
+  if (release.dataset.ready !== 'yes') poll = setInterval(checkRelease, 5000);
   if (can.act()) await make();
+  return () => clearInterval(poll);
 });
 
 // ---- users (tenant admins) ------------------------------------------------------------
