@@ -216,7 +216,7 @@ fn edge_binaries_are_static_small_and_for_the_right_cpu() {
 fn qemu_cmd(arch: &Arch) -> Command {
     assert!(
         Command::new(arch.qemu).arg("--version").output().is_ok(),
-        "{} is not installed (apt-get install qemu-user-static; .ci/run does)",
+        "{} is not installed (apt-get install qemu-user-static; make test's set-up does)",
         arch.qemu
     );
     let mut c = Command::new(arch.qemu);

@@ -9,7 +9,7 @@
 //! refused an action and a terminal, every page at phone width. The browser steps are in
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`.
 //!
-//! Needs `chromium` and `make web` (`.ci/run` installs both); it fails,
+//! Needs `chromium` and `make web` (`make test`'s set-up installs both); it fails,
 //! saying so, when they are missing.
 
 use std::io::{BufRead, BufReader, Write};
@@ -60,7 +60,7 @@ fn dashboard_in_a_real_browser() {
     assert!(
         Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
         "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); .ci/run installs both"
+         server/web/node_modules (make web); make test's set-up installs both"
     );
     let artifacts = util::target_dir().join("dashboard-e2e");
     let _ = std::fs::remove_dir_all(&artifacts);

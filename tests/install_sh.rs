@@ -20,7 +20,7 @@ fn busybox_path(dir: &Path) -> String {
         .arg("-s")
         .arg(dir)
         .status()
-        .expect("busybox is installed (.ci/run installs busybox-static)");
+        .expect("busybox is installed (make test's set-up installs busybox-static)");
     assert!(st.success());
     let _ = fs::remove_file(dir.join("wget"));
     std::os::unix::fs::symlink("/usr/bin/wget", dir.join("wget")).unwrap();
@@ -53,7 +53,7 @@ fn install_sh_is_shellcheck_clean_as_served() {
             .args(["-s", "sh"])
             .arg(f)
             .output()
-            .expect("shellcheck is installed (.ci/run installs it)");
+            .expect("shellcheck is installed (make test's set-up installs it)");
         assert!(
             out.status.success(),
             "{}: {}",

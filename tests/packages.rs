@@ -53,7 +53,7 @@ fn busybox_sh(dir: &Path, script: &str) -> Command {
             .args(["--install", "-s"])
             .arg(&bb)
             .output()
-            .expect("busybox (apt-get install busybox-static; .ci/run does)");
+            .expect("busybox (apt-get install busybox-static; make test's set-up does)");
         assert!(out.status.success(), "busybox --install: {}", text(&out));
     }
     let mut c = Command::new("busybox");
@@ -571,7 +571,7 @@ fn deb_holds_the_static_runner_its_unit_and_maintainer_scripts() {
         .arg("verify")
         .arg(&check)
         .output()
-        .expect("systemd-analyze (apt-get install systemd; .ci/run does)");
+        .expect("systemd-analyze (apt-get install systemd; make test's set-up does)");
     assert!(
         out.status.success() && text(&out).trim().is_empty(),
         "systemd-analyze verify: {}",

@@ -279,7 +279,7 @@ impl Rule {
             .arg("-A")
             .args(&spec)
             .status()
-            .expect("iptables is installed (.ci/run does)");
+            .expect("iptables is installed (make test's set-up does)");
         assert!(st.success(), "iptables -A failed");
         Rule(spec)
     }

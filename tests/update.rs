@@ -38,7 +38,7 @@ pub fn keypair(label: &str) -> Keys {
         .arg("-s")
         .arg(&secret)
         .output()
-        .expect("minisign is installed (.ci/run installs it)");
+        .expect("minisign is installed (make test's set-up installs it)");
     assert!(
         st.status.success(),
         "{}",

@@ -57,7 +57,7 @@ fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
         .args(args)
         .output()
-        .expect("the docker CLI is installed (.ci/run installs docker.io)")
+        .expect("the docker CLI is installed (make test's set-up installs docker.io)")
 }
 
 fn engine_answers() -> bool {
@@ -141,7 +141,7 @@ fn start_dockerd() {
         .expect("setsid (util-linux) runs");
     assert!(
         st.success(),
-        "could not start dockerd (apt-get install docker.io; .ci/run does)"
+        "could not start dockerd (apt-get install docker.io; make test's set-up does)"
     );
     let start = Instant::now();
     while !engine_answers() {
@@ -157,7 +157,7 @@ fn import_image() {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed (.ci/run does)");
+        .expect("busybox-static is installed (make test's set-up does)");
     let root = std::env::temp_dir().join(format!("tether-test-rootfs-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     for d in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
