@@ -97,6 +97,11 @@ for f in /etc/apt/apt.conf.d/*; do
     grep -q '^ *Acquire' "$f" 2>/dev/null && cp "$f" "$root/etc/apt/apt.conf.d/"
 done
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's own certificate authorities (a TLS-inspecting egress proxy
+# here): a fresh machine of this kind has them, and the set-up's
+# ca-certificates install adds them to the root's bundle.
+mkdir -p "$root/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 # No service starts inside a chroot (docker.io's postinst would try).
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
@@ -108,9 +113,16 @@ bind /dev "$root/dev"
 bind /dev/pts "$root/dev/pts"
 mount -t tmpfs tmpfs "$root/tmp"
 mounts+=("$root/tmp")
-# The host's Rust, read-only: nothing of it is downloaded again.
+# The host's Rust, read-only: nothing of it is downloaded again. The
+# machine's cargo-nextest comes with it when it lives elsewhere.
 bind "$rustup_home" "$root/opt/rustup" ro
 bind "$cargo_bin" "$root/opt/cargo/bin" ro
+nextest=$(command -v cargo-nextest || true)
+if [ -n "$nextest" ] && [ "$nextest" != "$cargo_bin/cargo-nextest" ]; then
+    mkdir -p "$root/usr/local/bin"
+    touch "$root/usr/local/bin/cargo-nextest"
+    bind "$nextest" "$root/usr/local/bin/cargo-nextest" ro
+fi
 
 # A fresh clone of what is committed here (HEAD), as a newcomer's checkout.
 git clone --quiet --no-hardlinks "$repo" "$root/root/tether"
@@ -118,8 +130,14 @@ git -C "$root/root/tether" log --oneline -1 | sed 's/^/fresh-check: clone at /' 
 
 # --- inside: the set-up, then make test's build steps ---------------------------
 
+# The machine's environment that points TLS clients (npm, curl, git) at its
+# bundle; the paths are the same inside once ca-certificates is installed.
+tls_env=()
+for v in SSL_CERT_FILE SSL_CERT_DIR NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE GIT_SSL_CAINFO; do
+    [ -n "${!v:-}" ] && tls_env+=("$v=${!v}")
+done
 inside() {
-    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
+    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" "${tls_env[@]}" \
         PATH=/opt/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         RUSTUP_HOME=/opt/rustup CARGO_HOME=/root/.cargo RUSTUP_AUTO_INSTALL=0 \
         TETHER_SETUP_DOCKER=0 \
