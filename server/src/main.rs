@@ -20,6 +20,8 @@
 //! containers     Docker state, container      containers_api container REST: Docker
 //!                view + events from a runner                 calls through the runner
 //! users      dashboard users, sessions        web        the embedded dashboard files
+//! stream_auth  streams re-check who they       quotas     per-tenant limits, job retention
+//!              serve; WebSocket tickets
 //! ```
 
 mod api;
@@ -43,11 +45,13 @@ mod logs;
 mod logs_api;
 mod metrics_store;
 mod prometheus;
+mod quotas;
 mod registry;
 mod runner_ws;
 mod secrets;
 mod serve;
 mod storage;
+mod stream_auth;
 mod telemetry;
 mod telemetry_api;
 mod terminals;
