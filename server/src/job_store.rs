@@ -382,8 +382,8 @@ impl JobStore {
         now: i64,
     ) -> Result<JobRow, StorageError> {
         let jobs = [(id.to_owned(), runner.to_owned())];
-        let mut made = self.create_jobs(tenant, &jobs, label, spec, now, usize::MAX)?;
-        Ok(made.pop().expect("no limit: made"))
+        let made = self.create_jobs(tenant, &jobs, label, spec, now, usize::MAX)?;
+        Ok(made.expect("no limit").pop().expect("one made"))
     }
 
     /// Make one job per `(id, runner)`, all or none: none when the tenant
@@ -761,5 +761,119 @@ mod tests {
         );
         assert_eq!(s.output(1, 0, 10).unwrap().len(), 1);
         assert!(s.open_jobs("rn").unwrap().is_empty());
+    }
+
+    fn finished(s: &JobStore, id: &str, tenant: &str, at: i64, bytes: usize) -> i64 {
+        let j = s.create_job(id, tenant, "rn", id, &spec(), at).unwrap();
+        let data = vec![b'x'; bytes];
+        let end = (tether::protocol::JOB_RECORD_HEADER + bytes) as i64;
+        let row = OutputRow {
+            offset: 0,
+            tag: 1,
+            step: 0,
+            ts_ms: at,
+            data,
+            end,
+        };
+        s.store_output(&[(j.seq, row)]).unwrap();
+        s.finish(id, "succeeded", "", at).unwrap();
+        j.seq
+    }
+
+    #[test]
+    fn a_job_over_its_quota_is_refused_all_or_nothing_per_tenant() {
+        let s = JobStore::open_in_memory().unwrap();
+        let two = [("jb_1".into(), "rn".into()), ("jb_2".into(), "rn".into())];
+        assert_eq!(
+            s.create_jobs("tn_a", &two, "l", &spec(), 1, 2)
+                .unwrap()
+                .unwrap()
+                .len(),
+            2
+        );
+        let one = [("jb_3".into(), "rn".into())];
+        assert_eq!(
+            s.create_jobs("tn_a", &one, "l", &spec(), 1, 2)
+                .unwrap()
+                .unwrap_err(),
+            2
+        );
+        assert!(s.job("tn_a", "jb_3").unwrap().is_none(), "nothing made");
+        assert!(
+            s.create_jobs("tn_b", &one, "l", &spec(), 1, 2)
+                .unwrap()
+                .is_ok(),
+            "another tenant"
+        );
+        s.finish("jb_1", "cancelled", "", 2).unwrap();
+        let four = [("jb_4".into(), "rn".into())];
+        assert!(
+            s.create_jobs("tn_a", &four, "l", &spec(), 3, 2)
+                .unwrap()
+                .is_ok(),
+            "a final job frees its slot"
+        );
+    }
+
+    #[test]
+    fn retention_removes_old_output_and_keeps_each_tenant_under_its_bytes() {
+        let s = JobStore::open_in_memory().unwrap();
+        let old = finished(&s, "jb_old", "tn_a", 1_000, 100);
+        let dep = finished(&s, "jb_dep", "tn_a", 1_000, 100);
+        s.add_deployment(
+            "tn_a",
+            &crate::deploy_store::Deployment {
+                id: "jb_dep".into(),
+                app: "web".into(),
+                image: "web:1".into(),
+                kind: "deploy".into(),
+                git_ref: None,
+                created_ms: 1_000,
+            },
+        )
+        .unwrap();
+        let a1 = finished(&s, "jb_a1", "tn_a", 5_000, 40_000);
+        let a2 = finished(&s, "jb_a2", "tn_a", 6_000, 40_000);
+        let b1 = finished(&s, "jb_b1", "tn_b", 5_000, 40_000);
+        // Still running: never touched.
+        let run = s
+            .create_job("jb_run", "tn_a", "rn", "r", &spec(), 4_000)
+            .unwrap();
+        let row = OutputRow {
+            offset: 0,
+            tag: 1,
+            step: 0,
+            ts_ms: 4_000,
+            data: vec![b'y'; 10_000],
+            end: 10_012,
+        };
+        s.store_output(&[(run.seq, row)]).unwrap();
+
+        let stats = s.retain(2_000, 64 * 1024).unwrap();
+        // Past the age: the job is gone; the deploy keeps its row, not its output.
+        assert!(s.job("tn_a", "jb_old").unwrap().is_none());
+        assert!(s.output(old, 0, 10).unwrap().is_empty());
+        let d = s.job("tn_a", "jb_dep").unwrap().unwrap();
+        assert!(d.output_pruned && s.output(dep, 0, 10).unwrap().is_empty());
+        // tn_a stores 90 KB > 64 KiB (the running job counts, but is not
+        // touched): its oldest finished output goes.
+        assert!(s.job("tn_a", "jb_a1").unwrap().unwrap().output_pruned);
+        assert!(s.output(a1, 0, 10).unwrap().is_empty());
+        assert_eq!(s.output(a2, 0, 10).unwrap().len(), 1, "newest kept");
+        assert_eq!(s.output(run.seq, 0, 10).unwrap().len(), 1, "running kept");
+        // tn_b is under its own limit: untouched by tn_a's use.
+        assert_eq!(s.output(b1, 0, 10).unwrap().len(), 1);
+        assert_eq!(
+            stats,
+            RetainStats {
+                jobs_deleted: 1,
+                outputs_deleted: 2
+            }
+        );
+        assert_eq!(
+            s.retain(2_000, 64 * 1024).unwrap(),
+            RetainStats::default(),
+            "idempotent"
+        );
     }
 }
