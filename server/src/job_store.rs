@@ -388,7 +388,8 @@ impl JobStore {
 
     /// Make one job per `(id, runner)`, all or none: none when the tenant
     /// would then have more than `max_active` jobs that are not final
-    /// (`Ok(Err(active now))`). The count and the inserts hold the one
+    /// (`Ok(Err(active now))`). A pending job with a cancel requested
+    /// does not count: it will never start (its runner may be away). The count and the inserts hold the one
     /// write lock, so concurrent requests cannot both slip under it.
     pub fn create_jobs(
         &self,
@@ -403,7 +404,8 @@ impl JobStore {
         let tx = conn.transaction()?;
         let active: i64 = tx.query_row(
             "SELECT count(*) FROM jobs WHERE tenant_id = ?1
-             AND status IN ('pending', 'queued', 'running')",
+             AND status IN ('pending', 'queued', 'running')
+             AND NOT (status = 'pending' AND cancel_requested = 1)",
             params![tenant],
             |r| r.get(0),
         )?;

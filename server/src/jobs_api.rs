@@ -383,7 +383,7 @@ pub(crate) fn create_jobs(
         .jobs
         .create_jobs(tenant, jobs, label, spec, now, limit)?
         .map_err(|active| {
-            tracing::info!(tenant, active, limit, "job refused: tenant at its limit");
+            tracing::debug!(tenant, active, limit, "job refused: tenant at its limit");
             quotas::exceeded(
                 "jobs pending or running",
                 limit as u64,
