@@ -108,16 +108,16 @@ fn check(state: &AppState, p: &Principal) -> Result<Option<i64>, String> {
         Credential::ApiToken(hash) => storage
             .api_token_check(hash, now)
             .map(|r| r.map_err(|why| why.message().to_owned())),
-        Credential::Session(hash) => storage.session(hash, now).and_then(|s| match s {
-            Some(s) if rank(s.user.role) < rank(p.need) => Ok(Err(format!(
+        Credential::Session(hash) => storage.session(hash, now).map(|s| match s {
+            Some(s) if rank(s.user.role) < rank(p.need) => Err(format!(
                 "your role is now {}: this needs {}",
                 s.user.role.as_str(),
                 p.need.as_str()
-            ))),
-            Some(s) => Ok(Ok(Some(s.expires_at))),
-            None => Ok(Err(
-                "session ended: logged out, password changed, user deleted or expired".to_owned(),
             )),
+            Some(s) => Ok(Some(s.expires_at)),
+            None => Err(
+                "session ended: logged out, password changed, user deleted or expired".to_owned(),
+            ),
         }),
     };
     match result {

@@ -134,7 +134,7 @@ async fn api_tokens_are_listed_revoked_and_die_with_the_user_who_made_them() {
         .as_str()
         .unwrap()
         .starts_with(&format!("token {ada_id}")));
-    assert_eq!(listed(&list, &keep_id)["last_used_at"].is_string(), true);
+    assert!(listed(&list, &keep_id)["last_used_at"].is_string());
     let initial = list
         .as_array()
         .unwrap()
