@@ -551,3 +551,83 @@ fn job_output_past_the_cap_is_cut_marked_and_the_runner_stays() {
         stored.len()
     );
 }
+
+// ---- the CLI ------------------------------------------------------------------------
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(server_bin())
+        .args(["--api", &server.url, "--ca-file"])
+        .arg(&server.ca)
+        .args(["--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn the_cli_creates_lists_and_revokes_api_tokens() {
+    let server = Server::start();
+    let tenant = server.tenant("acme");
+    let (code, out) = cli(
+        &server,
+        &tenant.token,
+        &[
+            "--json",
+            "api-token",
+            "create",
+            "--label",
+            "deploy-bot",
+            "--ttl",
+            "30d",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    let (id, token) = (
+        made["id"].as_str().unwrap(),
+        made["token"].as_str().unwrap(),
+    );
+    assert!(made["expires_at"].is_string(), "{made}");
+    assert_eq!(
+        tenant
+            .api
+            .call("GET", "/api/v1/runners", Some(token), None)
+            .0,
+        200
+    );
+
+    let (code, out) = cli(&server, &tenant.token, &["api-token", "list"]);
+    assert_eq!(code, Some(0), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains(id))
+        .unwrap_or_else(|| panic!("{out}"));
+    for want in ["deploy-bot", "active", "token "] {
+        assert!(row.contains(want), "{want:?} not in {row:?}");
+    }
+    assert!(
+        out.contains("admin token"),
+        "the initial token's maker: {out}"
+    );
+
+    let (code, out) = cli(&server, &tenant.token, &["api-token", "revoke", id]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("revoked API token") && out.contains("revoked"),
+        "{out}"
+    );
+    assert_eq!(
+        tenant
+            .api
+            .call("GET", "/api/v1/runners", Some(token), None)
+            .0,
+        401
+    );
+    let (code, out) = cli(&server, token, &["runners"]);
+    assert_eq!(code, Some(4), "a revoked token is unauthorized: {out}");
+    let (code, out) = cli(&server, &tenant.token, &["api-token", "revoke", "at_nope"]);
+    assert_eq!(code, Some(3), "not found: {out}");
+}
