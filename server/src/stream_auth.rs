@@ -180,7 +180,13 @@ async fn watch_principal(state: AppState, p: Principal, tx: watch::Sender<Option
         let expires = match check(&state, &p) {
             Ok(e) => e,
             Err(reason) => {
-                tracing::info!(?p.credential, "ending a stream: {reason}");
+                // The kind only: even a hash of a credential stays out of logs.
+                let kind = match p.credential {
+                    Credential::Admin => "admin token",
+                    Credential::ApiToken(_) => "API token",
+                    Credential::Session(_) => "session",
+                };
+                tracing::info!(credential = kind, "ending a stream: {reason}");
                 let _ = tx.send(Some(reason));
                 return;
             }
