@@ -351,3 +351,32 @@ async fn an_sse_stream_ends_when_its_token_is_revoked() {
     assert!(seen.contains("event: end"), "{seen:?}");
     assert!(seen.contains("revoked"), "{seen:?}");
 }
+
+/// Expiry needs no write to wake the guard: it sleeps until then.
+#[tokio::test]
+async fn an_sse_stream_ends_when_its_token_expires() {
+    let router = app(state());
+    let (_, api) = tenant(&router, "acme").await;
+    let (_, token) = mint(&router, Auth::Token(&api), json!({"ttl_secs": 1})).await;
+    let req = Request::builder()
+        .uri("/api/v1/events")
+        .header("Authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    let mut seen = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(WAIT, body.next()).await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let took = started.elapsed();
+    assert!(
+        seen.contains("event: end") && seen.contains("expired"),
+        "{seen:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "ended {took:?} after it began (ttl 1 s)"
+    );
+}
