@@ -135,6 +135,9 @@ impl OutputRow {
     }
 }
 
+/// Old jobs deleted per retention pass at most.
+pub const RETAIN_BATCH: i64 = 1000;
+
 /// What one [`JobStore::retain`] pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RetainStats {
@@ -615,7 +618,10 @@ impl JobStore {
     /// `cutoff_ms` are deleted with their output (a deploy keeps its row,
     /// which rollback reads); then, per tenant, the output of its oldest
     /// finished jobs is deleted until what it stores is at most
-    /// `max_tenant_bytes`. Jobs still running are never touched.
+    /// `max_tenant_bytes`. Jobs still running are never touched. At most
+    /// [`RETAIN_BATCH`] old jobs go per pass, so a pass holds the write
+    /// lock (which output storing waits for) briefly; the next pass
+    /// takes the rest.
     pub fn retain(
         &self,
         cutoff_ms: i64,
@@ -629,9 +635,12 @@ impl JobStore {
                 "SELECT j.seq, d.job_id IS NOT NULL FROM jobs j
                  LEFT JOIN deployments d ON d.job_id = j.id
                  WHERE j.finished_ms < ?1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
-                   AND (d.job_id IS NULL OR j.output_pruned = 0)",
+                   AND (d.job_id IS NULL OR j.output_pruned = 0)
+                 LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![cutoff_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map(params![cutoff_ms, RETAIN_BATCH], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
         for (seq, deploy) in old {
