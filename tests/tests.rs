@@ -4,6 +4,7 @@
 
 mod util;
 
+mod authz;
 mod cross_arch;
 mod dashboard;
 mod deploy;

@@ -9,7 +9,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,8 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::health::HealthView;
 use crate::storage::{
-    ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner, RunnerRow, TenantRow,
+    ApiTokenInfo, ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner,
+    RunnerRow, TenantRow,
 };
 
 /// Query-string parameters, with axum's rejection turned into our JSON 400.
@@ -156,6 +157,8 @@ pub async fn list_tenants(
 #[derive(Deserialize)]
 pub struct CreateApiToken {
     label: Option<String>,
+    /// Seconds until it expires; none: until revoked.
+    ttl_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -163,34 +166,149 @@ pub struct CreatedApiToken {
     id: String,
     token: String,
     label: Option<String>,
+    created_by: String,
+    expires_at: Option<String>,
+}
+
+/// The `ApiToken` object of `docs/api.md` (never the secret).
+#[derive(Serialize)]
+pub struct ApiTokenView {
+    id: String,
+    label: Option<String>,
+    created_by: String,
+    created_at: String,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+    revoked_at: Option<String>,
+    revoked_reason: Option<String>,
+    state: &'static str,
+}
+
+impl ApiTokenView {
+    fn new(t: ApiTokenInfo, now: i64) -> Self {
+        ApiTokenView {
+            state: t.state(now),
+            id: t.id,
+            label: t.label,
+            created_by: t.created_by,
+            created_at: clock::rfc3339(t.created_at),
+            expires_at: t.expires_at.map(clock::rfc3339),
+            last_used_at: t.last_used_at.map(clock::rfc3339),
+            revoked_at: t.revoked_at.map(clock::rfc3339),
+            revoked_reason: t.revoked_reason,
+        }
+    }
+}
+
+/// Who is minting or revoking, for people, and the user whose authority a
+/// new token carries: a user's own; an API token's creator's (so a token
+/// a user minted cannot mint one that outlives them).
+fn token_actor(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<(String, Option<String>), ApiError> {
+    match caller {
+        Caller::User(s) => Ok((format!("user {}", s.user.name), Some(s.user.id.clone()))),
+        _ => {
+            let token = auth::bearer(headers).unwrap_or("");
+            let hash = auth::hash_secret(token);
+            let parent = state
+                .storage
+                .api_token_auth(&hash, clock::now_ms())?
+                .map_err(|why| ApiError::unauthorized(why.message()))?;
+            let name = state.storage.api_token_name(&hash)?.unwrap_or(parent.id);
+            Ok((format!("token {name}"), parent.created_by_user))
+        }
+    }
 }
 
 pub async fn create_api_token(
     caller: Caller,
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<CreateApiToken>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
     // An API token is a tenant admin's authority: operators may not mint one.
     let tenant = caller.tenant_admin()?;
     let label = check_label(req.label)?;
+    let now = clock::now_ms();
+    let expires_at = match req.ttl_secs {
+        None => None,
+        Some(t) if t == 0 || t > MAX_TTL_SECS => {
+            return Err(ApiError::bad_request(format!(
+                "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+            )))
+        }
+        // t ≤ MAX_TTL_SECS, so the product fits easily.
+        Some(t) => Some(now + t as i64 * 1000),
+    };
+    let (created_by, created_by_user) = token_actor(&state, &caller, &headers)?;
     let token = auth::new_secret(auth::API_PREFIX)?;
     let row = ApiTokenRow {
         id: auth::new_id("at_")?,
         tenant_id: tenant.to_owned(),
         label,
-        created_at: clock::now_ms(),
+        created_at: now,
+        created_by_user,
+        created_by,
+        expires_at,
     };
     state
         .storage
         .create_api_token(&row, &auth::hash_secret(&token))?;
+    tracing::info!(tenant, token = %row.id, by = %row.created_by, "API token created");
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiToken {
             id: row.id,
             token,
             label: row.label,
+            created_by: row.created_by,
+            expires_at: row.expires_at.map(clock::rfc3339),
         }),
     ))
+}
+
+/// `GET /api/v1/api-tokens` (tenant admin): every token, revoked ones too.
+pub async fn list_api_tokens(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
+    let tenant = caller.tenant_admin()?;
+    let now = clock::now_ms();
+    let tokens = state.storage.list_api_tokens(tenant)?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| ApiTokenView::new(t, now))
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/v1/api-tokens/{id}` (tenant admin): revoked at once; its
+/// open streams end within a second (`stream_auth.rs`).
+pub async fn revoke_api_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<ApiTokenView>, ApiError> {
+    let tenant = caller.tenant_admin()?;
+    let (by, _) = token_actor(&state, &caller, &headers)?;
+    let now = clock::now_ms();
+    match state
+        .storage
+        .revoke_api_token(tenant, &id, &format!("revoked by {by}"), now)?
+    {
+        Some(t) => {
+            tracing::info!(tenant, token = %id, %by, "API token revoked");
+            Ok(Json(ApiTokenView::new(t, now)))
+        }
+        None => Err(ApiError::not_found(format!(
+            "no API token {id} in this tenant"
+        ))),
+    }
 }
 
 fn check_label(label: Option<String>) -> Result<Option<String>, ApiError> {

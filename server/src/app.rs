@@ -20,9 +20,11 @@ use crate::job_store::JobStore;
 use crate::jobs::JobHub;
 use crate::log_store::LogStore;
 use crate::metrics_store::MetricStore;
+use crate::quotas::Quotas;
 use crate::registry::Registry;
 use crate::secrets::SecretBox;
 use crate::storage::Storage;
+use crate::stream_auth::{self, Tickets};
 use crate::telemetry::MetricsWriter;
 use crate::terminals::Terminals;
 use crate::terminals_api;
@@ -92,6 +94,10 @@ pub struct AppState {
     pub releases: Arc<ReleaseConfig>,
     /// Interactive terminal sessions (they outlive runner connections).
     pub terminals: Arc<Terminals>,
+    /// Single-use WebSocket tickets (`stream_auth.rs`).
+    pub tickets: Arc<Tickets>,
+    /// Per-tenant limits and job retention (`quotas.rs`).
+    pub quotas: Quotas,
 }
 
 impl AppState {
@@ -125,7 +131,14 @@ impl AppState {
             tuning,
             releases: Arc::new(ReleaseConfig::default()),
             terminals: Arc::new(Terminals::new()),
+            tickets: Arc::new(Tickets::default()),
+            quotas: Quotas::default(),
         }
+    }
+
+    pub fn with_quotas(mut self, quotas: Quotas) -> AppState {
+        self.quotas = quotas;
+        self
     }
 
     pub fn with_releases(mut self, releases: ReleaseConfig) -> AppState {
@@ -146,7 +159,12 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/tenants",
             post(api::create_tenant).get(api::list_tenants),
         )
-        .route("/api/v1/api-tokens", post(api::create_api_token))
+        .route(
+            "/api/v1/api-tokens",
+            post(api::create_api_token).get(api::list_api_tokens),
+        )
+        .route("/api/v1/api-tokens/{id}", delete(api::revoke_api_token))
+        .route("/api/v1/ws-tickets", post(stream_auth::mint_ticket))
         .route(
             "/api/v1/tokens",
             post(api::create_enrollment_token).get(api::list_enrollment_tokens),

@@ -254,9 +254,14 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     let hash = hash_secret(token);
     if token.starts_with(API_PREFIX) {
-        if let Some(tenant) = state.storage.tenant_of_api_token(&hash)? {
-            return Ok(Caller::Tenant(tenant));
-        }
+        // Revoked, expired, or its creator gone (`storage/tokens.rs`).
+        return match state
+            .storage
+            .api_token_auth(&hash, crate::clock::now_ms())?
+        {
+            Ok(t) => Ok(Caller::Tenant(t.tenant_id)),
+            Err(why) => Err(ApiError::unauthorized(why.message())),
+        };
     } else if token.starts_with(RUNNER_PREFIX) {
         if state.storage.runner_by_credential(&hash)?.is_some() {
             return Err(ApiError::forbidden(

@@ -70,6 +70,9 @@ pub enum ClientCommand {
     /// Enrollment tokens of your tenant
     #[command(subcommand)]
     Token(TokenCommand),
+    /// API tokens of your tenant: create, list (who made each, last use), revoke
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCommand),
     /// List runners with their health
     Runners,
     /// One runner: show, health history, revoke, ping
@@ -202,6 +205,23 @@ pub enum TokenCommand {
     /// List enrollment tokens and their state
     List,
     /// Revoke an enrollment token
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token (a tenant admin's authority); shown once
+    Create {
+        /// Lifetime: 30m, 12h, 90d (default: until revoked)
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
+        /// A note to tell tokens apart
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List API tokens: who created each, when, last used, state
+    List,
+    /// Revoke an API token: refused at once, its open streams end
     Revoke { id: String },
 }
 
@@ -406,6 +426,69 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             }
             out(&format!(
                 "revoked enrollment token {} (state {})",
+                field(&v, "id"),
+                field(&v, "state")
+            ))
+        }
+        ClientCommand::ApiToken(ApiTokenCommand::Create { ttl, label }) => {
+            let mut body = serde_json::Map::new();
+            if let Some(ttl) = ttl {
+                body.insert("ttl_secs".into(), ttl.into());
+            }
+            if let Some(label) = label {
+                body.insert("label".into(), label.into());
+            }
+            let (raw, v) = client.call("POST", "/api/v1/api-tokens", Some(Value::Object(body)))?;
+            if json {
+                return out(&raw);
+            }
+            out(&pairs(&[
+                ("token", field(&v, "token")),
+                ("id", field(&v, "id")),
+                ("label", field(&v, "label")),
+                ("created by", field(&v, "created_by")),
+                ("expires", field(&v, "expires_at")),
+            ]))?;
+            note("the API token is shown only once: keep it safe")
+        }
+        ClientCommand::ApiToken(ApiTokenCommand::List) => {
+            let (raw, v) = client.call("GET", "/api/v1/api-tokens", None)?;
+            if json {
+                return out(&raw);
+            }
+            out(&table(
+                &[
+                    "ID",
+                    "LABEL",
+                    "CREATED BY",
+                    "STATE",
+                    "CREATED",
+                    "LAST USED",
+                    "EXPIRES",
+                ],
+                &v,
+                &[
+                    "id",
+                    "label",
+                    "created_by",
+                    "state",
+                    "created_at",
+                    "last_used_at",
+                    "expires_at",
+                ],
+            ))
+        }
+        ClientCommand::ApiToken(ApiTokenCommand::Revoke { id }) => {
+            let (raw, v) = client.call(
+                "DELETE",
+                &format!("/api/v1/api-tokens/{}", segment(&id)),
+                None,
+            )?;
+            if json {
+                return out(&raw);
+            }
+            out(&format!(
+                "revoked API token {} (state {})",
                 field(&v, "id"),
                 field(&v, "state")
             ))

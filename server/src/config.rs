@@ -102,6 +102,50 @@ pub struct ServeArgs {
 
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,
+
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
+}
+
+/// Per-tenant limits and job retention (`quotas.rs`): what one tenant may
+/// take of what all share.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    /// Terminal sessions open (or opening) at once per tenant
+    #[arg(long, env = "TETHER_MAX_TERMINALS_PER_TENANT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_terminals_per_tenant: u32,
+
+    /// Jobs and deploys pending, queued or running at once per tenant
+    #[arg(long, env = "TETHER_MAX_JOBS_PER_TENANT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_jobs_per_tenant: u32,
+
+    /// Output stored per job (K, M, G suffixes); the rest is dropped and
+    /// a `[tether] output truncated` line marks the cut
+    #[arg(long, env = "TETHER_JOB_OUTPUT_MAX_BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub job_output_max_bytes: u64,
+
+    /// Finished jobs and their output are deleted after this long (deploys
+    /// keep their row for rollback)
+    #[arg(long, env = "TETHER_JOB_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub job_retention: Duration,
+
+    /// Job output kept per tenant; the oldest finished jobs' output goes first
+    #[arg(long, env = "TETHER_JOB_MAX_BYTES_PER_TENANT", default_value = "1G", value_parser = parse_bytes)]
+    pub job_max_bytes_per_tenant: u64,
+}
+
+impl QuotaArgs {
+    pub fn quotas(&self) -> crate::quotas::Quotas {
+        crate::quotas::Quotas {
+            terminals_per_tenant: self.max_terminals_per_tenant as usize,
+            active_jobs_per_tenant: self.max_jobs_per_tenant as usize,
+            job_output_bytes: self.job_output_max_bytes,
+            job_retention: self.job_retention,
+            job_bytes_per_tenant: self.job_max_bytes_per_tenant,
+        }
+    }
 }
 
 /// A retention: `30m`, `24h`, `7d`, at least a minute.

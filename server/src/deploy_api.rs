@@ -423,9 +423,10 @@ fn launch(
     };
     let label = format!("{kind} {app}");
     let now = clock::now_ms();
-    let job = state
-        .jobs
-        .create_job(&id, tenant, &def.runner, &label, &job_spec, now)?;
+    let jobs = [(id.clone(), def.runner.clone())];
+    let job = crate::jobs_api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)?
+        .pop()
+        .ok_or_else(|| ApiError::internal("no job made"))?;
     let d = Deployment {
         id: id.clone(),
         app: app.to_owned(),

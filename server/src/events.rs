@@ -6,13 +6,16 @@
 //! `event: container`). A subscriber too slow to keep up
 //! skips ahead and is told so in a comment line; it never holds memory for
 //! more than the broadcast backlog. Keep-alive comments every 15 s keep
-//! proxies from closing an idle stream.
+//! proxies from closing an idle stream. When the caller's authority ends
+//! (logout, user deleted, token revoked: `stream_auth.rs`) the stream
+//! sends `event: end` with `{"reason"}` and closes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -22,15 +25,18 @@ use crate::auth::Caller;
 use crate::containers::{ContainerEventRecord, ContainerEventView};
 use crate::error::ApiError;
 use crate::health::HealthView;
-use crate::storage::HealthRecord;
+use crate::storage::{HealthRecord, Role};
+use crate::stream_auth::{until_revoked, AuthGuard};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub async fn follow(
     caller: Caller,
     State(state): State<AppState>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let tenant = caller.tenant()?.to_owned();
+    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
     let rx = Receivers {
         health: state.health.subscribe(),
         containers: state.containers.subscribe(),
@@ -42,7 +48,11 @@ pub async fn follow(
         let event = next_event(&mut rx, &tenant).await?;
         Some((Ok(event), (rx, tenant)))
     });
-    Ok(Sse::new(hello.chain(changes)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    let events = until_revoked(hello.chain(changes), guard, |reason| {
+        let data = serde_json::json!({ "reason": reason }).to_string();
+        Ok(Event::default().event("end").data(data))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
 struct Receivers {

@@ -21,6 +21,11 @@
 //! ended, and `stored_bytes` moves in the same transaction, so the ACK the
 //! server sends (and the `welcome.acks` after a reconnect) always names the
 //! end of what is on disk.
+//!
+//! Bounds (`quotas.rs`): output past a job's cap is acknowledged but not
+//! stored (one `[tether] output truncated` row marks the cut; rows
+//! without data only move `stored_bytes`), and [`JobStore::retain`]
+//! deletes old output by age and by each tenant's total.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -75,6 +80,8 @@ pub struct JobRow {
     pub stored_bytes: i64,
     pub output_bytes: Option<i64>,
     pub cancel_requested: bool,
+    /// Its output was deleted by retention (`quotas.rs`).
+    pub output_pruned: bool,
     #[serde(skip)]
     pub spec: JobSpec,
 }
@@ -115,6 +122,29 @@ pub struct OutputRow {
     pub step: u8,
     pub ts_ms: i64,
     pub data: Vec<u8>,
+    /// The offset after this record in the runner's numbering (where the
+    /// next one starts): `offset + JOB_RECORD_HEADER + data.len()`, except
+    /// for the rows of a cut (see the module doc).
+    pub end: i64,
+}
+
+impl OutputRow {
+    /// A row without data is not stored: it only moves `stored_bytes`.
+    pub fn is_stored(&self) -> bool {
+        !self.data.is_empty()
+    }
+}
+
+/// Old jobs deleted per retention pass at most.
+pub const RETAIN_BATCH: i64 = 1000;
+
+/// What one [`JobStore::retain`] pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetainStats {
+    /// Jobs deleted outright (past the age, not deploys).
+    pub jobs_deleted: usize,
+    /// Jobs whose output was deleted (the row kept).
+    pub outputs_deleted: usize,
 }
 
 pub struct JobStore {
@@ -159,13 +189,24 @@ fn setup(conn: Connection) -> Result<Connection, StorageError> {
     if !has_step {
         conn.execute_batch("ALTER TABLE job_output ADD COLUMN step INTEGER NOT NULL DEFAULT 0")?;
     }
+    // Added with retention (`quotas.rs`).
+    let has_pruned: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'output_pruned'")?
+        .exists([])?;
+    if !has_pruned {
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN output_pruned INTEGER NOT NULL DEFAULT 0;
+             CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (tenant_id, finished_ms);",
+        )?;
+    }
     crate::deploy_store::setup(&conn)?;
     Ok(conn)
 }
 
 const JOB_COLUMNS: &str =
     "seq, id, tenant_id, runner_id, label, spec, status, exit_code, signal, reason, \
-     created_ms, started_ms, finished_ms, stored_bytes, output_bytes, cancel_requested";
+     created_ms, started_ms, finished_ms, stored_bytes, output_bytes, cancel_requested, \
+     output_pruned";
 
 fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     let spec: String = r.get(5)?;
@@ -194,6 +235,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         stored_bytes: r.get(13)?,
         output_bytes: r.get(14)?,
         cancel_requested: r.get::<_, i64>(15)? != 0,
+        output_pruned: r.get::<_, i64>(16)? != 0,
     })
 }
 
@@ -332,6 +374,7 @@ impl JobStore {
 
     // ---- jobs ----------------------------------------------------------------
 
+    #[cfg(test)]
     pub fn create_job(
         &self,
         id: &str,
@@ -341,25 +384,55 @@ impl JobStore {
         spec: &JobSpec,
         now: i64,
     ) -> Result<JobRow, StorageError> {
-        let conn = self.write();
-        conn.execute(
-            "INSERT INTO jobs (id, tenant_id, runner_id, label, spec, status, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
-            params![
-                id,
-                tenant,
-                runner,
-                label,
-                serde_json::to_string(spec).unwrap_or_default(),
-                now
-            ],
+        let jobs = [(id.to_owned(), runner.to_owned())];
+        let made = self.create_jobs(tenant, &jobs, label, spec, now, usize::MAX)?;
+        Ok(made.expect("no limit").pop().expect("one made"))
+    }
+
+    /// Make one job per `(id, runner)`, all or none: none when the tenant
+    /// would then have more than `max_active` jobs that are not final
+    /// (`Ok(Err(active now))`). A pending job with a cancel requested
+    /// does not count: it will never start (its runner may be away). The count and the inserts hold the one
+    /// write lock, so concurrent requests cannot both slip under it.
+    pub fn create_jobs(
+        &self,
+        tenant: &str,
+        jobs: &[(String, String)],
+        label: &str,
+        spec: &JobSpec,
+        now: i64,
+        max_active: usize,
+    ) -> Result<Result<Vec<JobRow>, usize>, StorageError> {
+        let mut conn = self.write();
+        let tx = conn.transaction()?;
+        let active: i64 = tx.query_row(
+            "SELECT count(*) FROM jobs WHERE tenant_id = ?1
+             AND status IN ('pending', 'queued', 'running')
+             AND NOT (status = 'pending' AND cancel_requested = 1)",
+            params![tenant],
+            |r| r.get(0),
         )?;
-        let seq = conn.last_insert_rowid();
-        Ok(conn.query_row(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?1"),
-            params![seq],
-            job_row,
-        )?)
+        let active = usize::try_from(active).unwrap_or(usize::MAX);
+        if active.saturating_add(jobs.len()) > max_active {
+            return Ok(Err(active));
+        }
+        let spec = serde_json::to_string(spec).unwrap_or_default();
+        let mut made = Vec::with_capacity(jobs.len());
+        for (id, runner) in jobs {
+            tx.execute(
+                "INSERT INTO jobs (id, tenant_id, runner_id, label, spec, status, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                params![id, tenant, runner, label, spec, now],
+            )?;
+            let seq = tx.last_insert_rowid();
+            made.push(tx.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq = ?1"),
+                params![seq],
+                job_row,
+            )?);
+        }
+        tx.commit()?;
+        Ok(Ok(made))
     }
 
     pub fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRow>, StorageError> {
@@ -490,12 +563,13 @@ impl JobStore {
         let tx = conn.transaction()?;
         let mut ends: Vec<(i64, i64)> = Vec::new();
         for (seq, row) in rows {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO job_output (seq, offset, tag, ts_ms, data, step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![seq, row.offset, row.tag, row.ts_ms, row.data, row.step])?;
-            let end =
-                row.offset + row.data.len() as i64 + tether::protocol::JOB_RECORD_HEADER as i64;
+            if row.is_stored() {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO job_output (seq, offset, tag, ts_ms, data, step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![seq, row.offset, row.tag, row.ts_ms, row.data, row.step])?;
+            }
+            let end = row.end;
             match ends.iter_mut().find(|e| e.0 == *seq) {
                 Some(e) => e.1 = e.1.max(end),
                 None => ends.push((*seq, end)),
@@ -524,15 +598,99 @@ impl JobStore {
              ORDER BY offset LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![seq, from, limit as i64], |r| {
+            let offset: i64 = r.get(0)?;
+            let data: Vec<u8> = r.get(3)?;
             Ok(OutputRow {
-                offset: r.get(0)?,
+                end: offset + tether::protocol::JOB_RECORD_HEADER as i64 + data.len() as i64,
+                offset,
                 tag: r.get(1)?,
                 ts_ms: r.get(2)?,
-                data: r.get(3)?,
+                data,
                 step: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl JobStore {
+    /// One retention pass (`quotas.rs`): finished jobs older than
+    /// `cutoff_ms` are deleted with their output (a deploy keeps its row,
+    /// which rollback reads); then, per tenant, the output of its oldest
+    /// finished jobs is deleted until what it stores is at most
+    /// `max_tenant_bytes`. Jobs still running are never touched. At most
+    /// [`RETAIN_BATCH`] old jobs go per pass, so a pass holds the write
+    /// lock (which output storing waits for) briefly; the next pass
+    /// takes the rest.
+    pub fn retain(
+        &self,
+        cutoff_ms: i64,
+        max_tenant_bytes: u64,
+    ) -> Result<RetainStats, StorageError> {
+        let mut stats = RetainStats::default();
+        let mut conn = self.write();
+        let tx = conn.transaction()?;
+        let old: Vec<(i64, bool)> = {
+            let mut stmt = tx.prepare(
+                "SELECT j.seq, d.job_id IS NOT NULL FROM jobs j
+                 LEFT JOIN deployments d ON d.job_id = j.id
+                 WHERE j.finished_ms < ?1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                   AND (d.job_id IS NULL OR j.output_pruned = 0)
+                 LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![cutoff_ms, RETAIN_BATCH], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (seq, deploy) in old {
+            tx.execute("DELETE FROM job_output WHERE seq = ?1", params![seq])?;
+            if deploy {
+                tx.execute(
+                    "UPDATE jobs SET output_pruned = 1 WHERE seq = ?1",
+                    params![seq],
+                )?;
+                stats.outputs_deleted += 1;
+            } else {
+                tx.execute("DELETE FROM jobs WHERE seq = ?1", params![seq])?;
+                stats.jobs_deleted += 1;
+            }
+        }
+        let limit = i64::try_from(max_tenant_bytes).unwrap_or(i64::MAX);
+        let over: Vec<(String, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT tenant_id, sum(stored_bytes) FROM jobs WHERE output_pruned = 0
+                 GROUP BY tenant_id HAVING sum(stored_bytes) > ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (tenant, mut total) in over {
+            let oldest: Vec<(i64, i64)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT seq, stored_bytes FROM jobs WHERE tenant_id = ?1 AND output_pruned = 0
+                     AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                     AND (output_bytes IS NULL OR stored_bytes >= output_bytes)
+                     ORDER BY finished_ms, seq",
+                )?;
+                let rows = stmt.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (seq, bytes) in oldest {
+                if total <= limit {
+                    break;
+                }
+                tx.execute("DELETE FROM job_output WHERE seq = ?1", params![seq])?;
+                tx.execute(
+                    "UPDATE jobs SET output_pruned = 1 WHERE seq = ?1",
+                    params![seq],
+                )?;
+                total -= bytes;
+                stats.outputs_deleted += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(stats)
     }
 }
 
@@ -581,6 +739,7 @@ mod tests {
                 step: 0,
                 ts_ms: 3,
                 data: b"hi\n".to_vec(),
+                end: 12,
             },
         )];
         assert_eq!(s.store_output(&rows).unwrap(), vec![(1, 12)]);
@@ -613,5 +772,119 @@ mod tests {
         );
         assert_eq!(s.output(1, 0, 10).unwrap().len(), 1);
         assert!(s.open_jobs("rn").unwrap().is_empty());
+    }
+
+    fn finished(s: &JobStore, id: &str, tenant: &str, at: i64, bytes: usize) -> i64 {
+        let j = s.create_job(id, tenant, "rn", id, &spec(), at).unwrap();
+        let data = vec![b'x'; bytes];
+        let end = (tether::protocol::JOB_RECORD_HEADER + bytes) as i64;
+        let row = OutputRow {
+            offset: 0,
+            tag: 1,
+            step: 0,
+            ts_ms: at,
+            data,
+            end,
+        };
+        s.store_output(&[(j.seq, row)]).unwrap();
+        s.finish(id, "succeeded", "", at).unwrap();
+        j.seq
+    }
+
+    #[test]
+    fn a_job_over_its_quota_is_refused_all_or_nothing_per_tenant() {
+        let s = JobStore::open_in_memory().unwrap();
+        let two = [("jb_1".into(), "rn".into()), ("jb_2".into(), "rn".into())];
+        assert_eq!(
+            s.create_jobs("tn_a", &two, "l", &spec(), 1, 2)
+                .unwrap()
+                .unwrap()
+                .len(),
+            2
+        );
+        let one = [("jb_3".into(), "rn".into())];
+        assert_eq!(
+            s.create_jobs("tn_a", &one, "l", &spec(), 1, 2)
+                .unwrap()
+                .unwrap_err(),
+            2
+        );
+        assert!(s.job("tn_a", "jb_3").unwrap().is_none(), "nothing made");
+        assert!(
+            s.create_jobs("tn_b", &one, "l", &spec(), 1, 2)
+                .unwrap()
+                .is_ok(),
+            "another tenant"
+        );
+        s.finish("jb_1", "cancelled", "", 2).unwrap();
+        let four = [("jb_4".into(), "rn".into())];
+        assert!(
+            s.create_jobs("tn_a", &four, "l", &spec(), 3, 2)
+                .unwrap()
+                .is_ok(),
+            "a final job frees its slot"
+        );
+    }
+
+    #[test]
+    fn retention_removes_old_output_and_keeps_each_tenant_under_its_bytes() {
+        let s = JobStore::open_in_memory().unwrap();
+        let old = finished(&s, "jb_old", "tn_a", 1_000, 100);
+        let dep = finished(&s, "jb_dep", "tn_a", 1_000, 100);
+        s.add_deployment(
+            "tn_a",
+            &crate::deploy_store::Deployment {
+                id: "jb_dep".into(),
+                app: "web".into(),
+                image: "web:1".into(),
+                kind: "deploy".into(),
+                git_ref: None,
+                created_ms: 1_000,
+            },
+        )
+        .unwrap();
+        let a1 = finished(&s, "jb_a1", "tn_a", 5_000, 40_000);
+        let a2 = finished(&s, "jb_a2", "tn_a", 6_000, 40_000);
+        let b1 = finished(&s, "jb_b1", "tn_b", 5_000, 40_000);
+        // Still running: never touched.
+        let run = s
+            .create_job("jb_run", "tn_a", "rn", "r", &spec(), 4_000)
+            .unwrap();
+        let row = OutputRow {
+            offset: 0,
+            tag: 1,
+            step: 0,
+            ts_ms: 4_000,
+            data: vec![b'y'; 10_000],
+            end: 10_012,
+        };
+        s.store_output(&[(run.seq, row)]).unwrap();
+
+        let stats = s.retain(2_000, 64 * 1024).unwrap();
+        // Past the age: the job is gone; the deploy keeps its row, not its output.
+        assert!(s.job("tn_a", "jb_old").unwrap().is_none());
+        assert!(s.output(old, 0, 10).unwrap().is_empty());
+        let d = s.job("tn_a", "jb_dep").unwrap().unwrap();
+        assert!(d.output_pruned && s.output(dep, 0, 10).unwrap().is_empty());
+        // tn_a stores 90 KB > 64 KiB (the running job counts, but is not
+        // touched): its oldest finished output goes.
+        assert!(s.job("tn_a", "jb_a1").unwrap().unwrap().output_pruned);
+        assert!(s.output(a1, 0, 10).unwrap().is_empty());
+        assert_eq!(s.output(a2, 0, 10).unwrap().len(), 1, "newest kept");
+        assert_eq!(s.output(run.seq, 0, 10).unwrap().len(), 1, "running kept");
+        // tn_b is under its own limit: untouched by tn_a's use.
+        assert_eq!(s.output(b1, 0, 10).unwrap().len(), 1);
+        assert_eq!(
+            stats,
+            RetainStats {
+                jobs_deleted: 1,
+                outputs_deleted: 2
+            }
+        );
+        assert_eq!(
+            s.retain(2_000, 64 * 1024).unwrap(),
+            RetainStats::default(),
+            "idempotent"
+        );
     }
 }

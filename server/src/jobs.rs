@@ -107,11 +107,23 @@ pub fn start_message(
     })
 }
 
+/// One job channel of a connection.
+struct Channel {
+    seq: i64,
+    /// The next offset expected.
+    next: u64,
+    /// Output bytes kept so far (after a reconnect: the stored end, which
+    /// counts record headers too, so the cap errs on the safe side).
+    kept: u64,
+    /// Past the cap: the rest is acknowledged, not stored.
+    cut: bool,
+}
+
 /// Job channels of one runner connection.
-#[derive(Default)]
 pub struct JobChannels {
-    /// Channel → (job seq, next offset expected).
-    known: HashMap<u32, (i64, u64)>,
+    known: HashMap<u32, Channel>,
+    /// Output bytes stored per job (`quotas.rs`).
+    output_cap: u64,
     /// Channels that are not this runner's jobs (ignored, logged once).
     strangers: HashSet<u32>,
     /// `job_start`s sent on this connection: request id → job id.
@@ -129,16 +141,43 @@ pub enum Frame {
     Queued(i64, OutputRow),
     /// Already stored (a resend); nothing to do.
     Duplicate,
+    /// Past the job's output cap: queued only to move the stored end.
+    Dropped,
     /// Not a job of this runner.
     Stranger,
 }
 
+/// The line that marks where a job's output was cut.
+pub fn truncation_note(cap: u64) -> String {
+    format!("\n[tether] output truncated at {cap} bytes (server limit --job-output-max-bytes)\n")
+}
+
 impl JobChannels {
+    /// Output past `output_cap` bytes per job is dropped (and marked).
+    pub fn new(output_cap: u64) -> JobChannels {
+        JobChannels {
+            known: HashMap::new(),
+            output_cap,
+            strangers: HashSet::new(),
+            requests: HashMap::new(),
+            started: HashSet::new(),
+            cancels: HashSet::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_since: None,
+        }
+    }
+
     /// Learn a channel (from storage) the first time it is seen.
     pub fn learn(&mut self, channel: u32, seq: i64, stored: i64) {
-        self.known
-            .entry(channel)
-            .or_insert((seq, stored.max(0) as u64));
+        let stored = stored.max(0) as u64;
+        let cap = self.output_cap;
+        self.known.entry(channel).or_insert(Channel {
+            seq,
+            next: stored,
+            kept: stored,
+            cut: stored > cap,
+        });
     }
 
     pub fn is_known(&self, channel: u32) -> bool {
@@ -160,9 +199,10 @@ impl JobChannels {
         payload: &[u8],
         now: Instant,
     ) -> Result<Frame, String> {
-        let Some((seq, next)) = self.known.get_mut(&channel) else {
+        let Some(ch) = self.known.get_mut(&channel) else {
             return Ok(Frame::Stranger);
         };
+        let (seq, next) = (&mut ch.seq, &mut ch.next);
         if payload.len() < JOB_RECORD_HEADER {
             return Err(format!(
                 "job channel {channel}: a {}-byte record is shorter than its header",
@@ -187,19 +227,42 @@ impl JobChannels {
             );
         }
         *next = end;
+        let seq = *seq;
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&payload[..8]);
+        let data = &payload[JOB_RECORD_HEADER..];
+        // Past the cap: the first frame over it becomes the note, the
+        // rest rows without data (they only move the stored end).
+        let data = if ch.cut {
+            Vec::new()
+        } else if ch.kept.saturating_add(data.len() as u64) > self.output_cap {
+            ch.cut = true;
+            tracing::info!(
+                channel,
+                cap = self.output_cap,
+                "job output reached its cap: the rest is not stored"
+            );
+            truncation_note(self.output_cap).into_bytes()
+        } else {
+            ch.kept += data.len() as u64;
+            data.to_vec()
+        };
         let row = OutputRow {
             offset: offset as i64,
             tag,
             ts_ms: i64::try_from(u64::from_be_bytes(ts)).unwrap_or(0),
             step: payload[8],
-            data: payload[JOB_RECORD_HEADER..].to_vec(),
+            data,
+            end: end as i64,
         };
-        self.batch_bytes += payload.len();
-        self.batch.push((*seq, row.clone()));
+        self.batch_bytes += JOB_RECORD_HEADER + row.data.len();
         self.batch_since.get_or_insert(now);
-        Ok(Frame::Queued(*seq, row))
+        if !row.is_stored() {
+            self.batch.push((seq, row));
+            return Ok(Frame::Dropped);
+        }
+        self.batch.push((seq, row.clone()));
+        Ok(Frame::Queued(seq, row))
     }
 
     pub fn due(&self) -> Option<Instant> {
@@ -220,9 +283,9 @@ impl JobChannels {
     /// after the next reconnect, from the stored end).
     pub fn unstored(&mut self, batch: &[(i64, OutputRow)]) {
         for (seq, row) in batch {
-            for (s, next) in self.known.values_mut() {
-                if s == seq {
-                    *next = (*next).min(row.offset as u64);
+            for ch in self.known.values_mut() {
+                if ch.seq == *seq {
+                    ch.next = ch.next.min(row.offset as u64);
                 }
             }
         }
@@ -230,6 +293,9 @@ impl JobChannels {
 
     /// The channel of a job seq.
     pub fn channel_of(&self, seq: i64) -> Option<u32> {
-        self.known.iter().find(|(_, v)| v.0 == seq).map(|(c, _)| *c)
+        self.known
+            .iter()
+            .find(|(_, v)| v.seq == seq)
+            .map(|(c, _)| *c)
     }
 }

@@ -12,7 +12,8 @@
 //! Output follows are served from storage first, then from the live hub,
 //! by offset, so a watcher that joins late (or falls behind) sees every byte
 //! once and in order; the stream ends when the job is over and its whole
-//! output is stored.
+//! output is stored, or when the caller's authority ends (`stream_auth.rs`:
+//! a last `{"end": reason}` line in NDJSON, a `[tether]` line in raw).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use futures_util::stream;
@@ -36,6 +37,9 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::job_store::{JobRow, JobSpec, OutputRow, Script};
 use crate::jobs::JobUpdate;
+use crate::quotas;
+use crate::storage::Role;
+use crate::stream_auth::{until_revoked, AuthGuard};
 
 /// Largest script body or command (it travels as one argument: Linux
 /// allows 128 KiB per argument).
@@ -351,15 +355,41 @@ pub async fn run(
         runner_in_tenant(&state, tenant, r)?;
     }
     let now = clock::now_ms();
-    let mut made = Vec::new();
+    let mut jobs = Vec::with_capacity(b.runners.len());
     for r in &b.runners {
-        let job = state
-            .jobs
-            .create_job(&new_job_id()?, tenant, r, &label, &spec, now)?;
-        made.push(job_json(&job));
+        jobs.push((new_job_id()?, r.clone()));
+    }
+    let made = create_jobs(&state, tenant, &jobs, &label, &spec, now)?;
+    for (_, r) in &jobs {
         state.registry.jobs_changed(r);
     }
-    Ok((StatusCode::CREATED, Json(Value::Array(made))))
+    Ok((
+        StatusCode::CREATED,
+        Json(Value::Array(made.iter().map(job_json).collect())),
+    ))
+}
+
+/// Make jobs within the tenant's limit of jobs not final (`quotas.rs`).
+pub(crate) fn create_jobs(
+    state: &AppState,
+    tenant: &str,
+    jobs: &[(String, String)],
+    label: &str,
+    spec: &JobSpec,
+    now: i64,
+) -> Result<Vec<JobRow>, ApiError> {
+    let limit = state.quotas.active_jobs_per_tenant;
+    state
+        .jobs
+        .create_jobs(tenant, jobs, label, spec, now, limit)?
+        .map_err(|active| {
+            tracing::debug!(tenant, active, limit, "job refused: tenant at its limit");
+            quotas::exceeded(
+                "jobs pending or running",
+                limit as u64,
+                "--max-jobs-per-tenant",
+            )
+        })
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -462,6 +492,7 @@ impl View {
 pub async fn output(
     caller: Caller,
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     params: Result<Query<OutputParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -494,6 +525,7 @@ pub async fn output(
         }
     };
     let view = View { tags, ndjson };
+    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
     // Subscribe before reading storage: nothing falls between the two.
     let rx = state.job_hub.subscribe();
     let st = Follow {
@@ -510,6 +542,14 @@ pub async fn output(
     let body = stream::unfold(st, |mut st| async move {
         let chunk = st.next_chunk().await?;
         Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), st))
+    });
+    let body = until_revoked(body, guard, move |reason| {
+        let end = if ndjson {
+            format!("{}\n", json!({ "end": reason }))
+        } else {
+            format!("\n[tether] stream ended: {reason}\n")
+        };
+        Ok(Bytes::from(end))
     });
     let ctype = if ndjson {
         "application/x-ndjson"
@@ -551,13 +591,20 @@ impl Follow {
         let mut out = Vec::new();
         for r in &rows {
             self.view.render(r, &mut out);
-            self.next = r.offset + r.data.len() as i64 + tether::protocol::JOB_RECORD_HEADER as i64;
+            self.next = r.end;
         }
         Some(out)
     }
 
+    /// Final with its whole output stored (or removed by retention, or
+    /// the job itself removed): nothing more will come. Asked *before*
+    /// reading storage, so rows stored meanwhile are still read.
     fn complete(&self) -> bool {
-        matches!(self.state.jobs.job(&self.tenant, &self.id), Ok(Some(j)) if j.is_complete() && self.next >= j.stored_bytes)
+        match self.state.jobs.job(&self.tenant, &self.id) {
+            Ok(Some(j)) => j.is_complete() || (j.is_final() && j.output_pruned),
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     async fn next_chunk(&mut self) -> Option<Vec<u8>> {
@@ -565,12 +612,13 @@ impl Follow {
             return None;
         }
         loop {
+            let complete = self.complete();
             // Whatever storage has beyond `next` first.
             let out = self.stored().await?;
             if !out.is_empty() {
                 return Some(out);
             }
-            if !self.follow || self.complete() {
+            if !self.follow || complete {
                 self.done = true;
                 return None;
             }
@@ -582,9 +630,7 @@ impl Follow {
                             let mut out = Vec::new();
                             if row.offset == self.next {
                                 self.view.render(row, &mut out);
-                                self.next = row.offset
-                                    + row.data.len() as i64
-                                    + tether::protocol::JOB_RECORD_HEADER as i64;
+                                self.next = row.end;
                                 if !out.is_empty() {
                                     return Some(out);
                                 }

@@ -12,14 +12,15 @@
 //!
 //! Lines are NDJSON, one `{"ts","ts_ns","stream","line"}` per line; a live
 //! stream ends with `{"end": "reason"}` (container stopped, runner
-//! disconnected, ...). A follower that reads slowly slows the runner's
+//! disconnected, ...; `authorization ended: …` when the caller's
+//! authority does, `stream_auth.rs`). A follower that reads slowly slows the runner's
 //! reading of Docker (its queue is bounded and ACKed as it drains), never
 //! the server's memory.
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use futures_util::stream;
@@ -36,6 +37,8 @@ use crate::containers_api::{valid_container_ref, DOCKER_UNAVAILABLE, RUNNER_ERRO
 use crate::error::ApiError;
 use crate::log_store::{LogQuery, LogRetention};
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
+use crate::storage::Role;
+use crate::stream_auth::{until_revoked, AuthGuard};
 
 /// Lines a history answer holds unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -101,6 +104,7 @@ fn line_json(line: &logs::LogLine) -> Bytes {
 pub async fn logs(
     caller: Caller,
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((id, container)): Path<(String, String)>,
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -240,6 +244,15 @@ pub async fn logs(
                 }
             }
         }
+    });
+    // The caller's authority is watched while the stream is open.
+    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
+    let lines = until_revoked(lines, guard, |reason| {
+        let mut end =
+            serde_json::to_vec(&json!({ "end": format!("authorization ended: {reason}") }))
+                .unwrap_or_default();
+        end.push(b'\n');
+        Ok(Bytes::from(end))
     });
     Ok(ndjson(Body::from_stream(lines)))
 }

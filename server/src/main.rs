@@ -20,6 +20,8 @@
 //! containers     Docker state, container      containers_api container REST: Docker
 //!                view + events from a runner                 calls through the runner
 //! users      dashboard users, sessions        web        the embedded dashboard files
+//! stream_auth  streams re-check who they       quotas     per-tenant limits, job retention
+//!              serve; WebSocket tickets
 //! ```
 
 mod api;
@@ -43,11 +45,13 @@ mod logs;
 mod logs_api;
 mod metrics_store;
 mod prometheus;
+mod quotas;
 mod registry;
 mod runner_ws;
 mod secrets;
 mod serve;
 mod storage;
+mod stream_auth;
 mod telemetry;
 mod telemetry_api;
 mod terminals;
@@ -81,7 +85,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server
-    Serve(config::ServeArgs),
+    // Boxed: the flags outweigh every client command (clippy large_enum_variant).
+    Serve(Box<config::ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -89,7 +94,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Cli::parse();
     match args.command {
-        Command::Serve(serve_args) => serve::main(serve_args),
+        Command::Serve(serve_args) => serve::main(*serve_args),
         Command::Client(command) => cli::run(&args.client, command),
     }
 }

@@ -226,11 +226,12 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     let registry = state.registry.clone();
     let _task = registry.task_guard();
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let output_cap = state.quotas.job_output_bytes;
     let mut conn = Connection {
         socket,
         state,
         logs: LogChannels::new(&runner.id),
-        job_channels: JobChannels::default(),
+        job_channels: JobChannels::new(output_cap),
         job_store: None,
         runner,
         metrics: None,

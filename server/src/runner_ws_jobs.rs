@@ -238,7 +238,7 @@ impl Connection {
             // they have, so a resend after a failed store is harmless);
             // the runner's ACK waits for the disk.
             Ok(Frame::Queued(seq, row)) => self.state.job_hub.send(JobUpdate::Output { seq, row }),
-            Ok(Frame::Duplicate | Frame::Stranger) => {}
+            Ok(Frame::Duplicate | Frame::Stranger | Frame::Dropped) => {}
         }
         if self.job_channels.flush_due(now) {
             self.start_job_store();

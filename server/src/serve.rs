@@ -240,7 +240,8 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         admin.secret(),
         Tuning::default(),
     )
-    .with_releases(releases);
+    .with_releases(releases)
+    .with_quotas(args.quotas.quotas());
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
@@ -255,6 +256,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
     let maintenance = tokio::spawn(maintain_metrics(state.clone()));
+    let retention = tokio::spawn(crate::quotas::retain_jobs(state.clone()));
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -265,6 +267,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     flusher.abort();
     maintenance.abort();
+    retention.abort();
     if let Err(e) = state.registry.flush_last_seen() {
         tracing::warn!("saving last-seen times: {e}");
     }

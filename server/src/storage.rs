@@ -26,10 +26,12 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 
 mod containers;
 mod terminals;
+mod tokens;
 mod updates;
 mod users;
 pub use containers::{ContainerEventRow, DockerStateRow};
 pub use terminals::TerminalAuditRow;
+pub use tokens::ApiTokenInfo;
 pub use updates::UpdatePolicy;
 pub use users::{Role, SessionRow, UserRow};
 
@@ -279,6 +281,11 @@ pub struct ApiTokenRow {
     pub tenant_id: String,
     pub label: Option<String>,
     pub created_at: i64,
+    /// The user whose authority the token carries (`storage/tokens.rs`).
+    pub created_by_user: Option<String>,
+    /// Who made it, for people: `user ada`, `token at_… (label)`.
+    pub created_by: String,
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,6 +411,10 @@ pub struct DriftRow {
 
 pub struct Storage {
     conn: Mutex<Connection>,
+    /// Bumped after every write that can take authority away (logout,
+    /// user deleted or changed, API token revoked), so open streams
+    /// re-check what authenticated them (`stream_auth.rs`).
+    credentials: tokio::sync::watch::Sender<u64>,
 }
 
 impl Storage {
@@ -435,9 +446,22 @@ impl Storage {
             tx.commit()?;
         }
         terminals::create(&conn)?;
+        tokens::create(&conn)?;
         Ok(Storage {
             conn: Mutex::new(conn),
+            credentials: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Something that authenticates may have lost its authority: wake the
+    /// streams to re-check. Called after the write is committed.
+    pub(crate) fn credentials_changed(&self) {
+        self.credentials.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes with every [`Storage::credentials_changed`].
+    pub fn watch_credentials(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.credentials.subscribe()
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -476,8 +500,8 @@ impl Storage {
             params![tenant.id, tenant.name, tenant.created_at],
         )?;
         tx.execute(
-            "INSERT INTO api_tokens (id, tenant_id, token_hash, label, created_at)
-             VALUES (?1, ?2, ?3, 'initial', ?4)",
+            "INSERT INTO api_tokens (id, tenant_id, token_hash, label, created_at, created_by)
+             VALUES (?1, ?2, ?3, 'initial', ?4, 'admin token')",
             params![api_token_id, tenant.id, api_token_hash, tenant.created_at],
         )?;
         tx.commit()?;
@@ -496,31 +520,6 @@ impl Storage {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn create_api_token(
-        &self,
-        row: &ApiTokenRow,
-        token_hash: &str,
-    ) -> Result<(), StorageError> {
-        self.conn().execute(
-            "INSERT INTO api_tokens (id, tenant_id, token_hash, label, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.id, row.tenant_id, token_hash, row.label, row.created_at],
-        )?;
-        Ok(())
-    }
-
-    /// The tenant an API token belongs to, if the token is known and not revoked.
-    pub fn tenant_of_api_token(&self, token_hash: &str) -> Result<Option<String>, StorageError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT tenant_id FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
-                [token_hash],
-                |r| r.get(0),
-            )
-            .optional()?)
     }
 
     // ---- enrollment tokens -----------------------------------------------------
@@ -1271,10 +1270,13 @@ mod tests {
             Err(StorageError::Conflict(_))
         ));
         assert_eq!(
-            s.tenant_of_api_token("hash-api-tn_a").unwrap().as_deref(),
-            Some("tn_a")
+            s.api_token_auth("hash-api-tn_a", T0)
+                .unwrap()
+                .unwrap()
+                .tenant_id,
+            "tn_a"
         );
-        assert_eq!(s.tenant_of_api_token("hash-api-tn_z").unwrap(), None);
+        assert!(s.api_token_auth("hash-api-tn_z", T0).unwrap().is_err());
     }
 
     #[test]

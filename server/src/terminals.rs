@@ -199,6 +199,13 @@ pub struct FrameOutcome {
     pub ended: Option<Arc<Session>>,
 }
 
+/// Which limit refused a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    Server,
+    Tenant,
+}
+
 /// Every terminal session on this server.
 #[derive(Default)]
 pub struct Terminals {
@@ -215,7 +222,10 @@ impl Terminals {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new session in `Opening`; `None` when the server is at its limit.
+    /// A new session in `Opening`, unless the server is at
+    /// [`MAX_SESSIONS`] or the tenant at `per_tenant` (an opening session
+    /// counts: the slot is held while the runner is asked).
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         id: String,
@@ -224,10 +234,15 @@ impl Terminals {
         target: String,
         who: String,
         opened_ms: i64,
-    ) -> Option<Arc<Session>> {
+        per_tenant: usize,
+    ) -> Result<Arc<Session>, Full> {
         let mut map = self.map();
         if map.len() >= MAX_SESSIONS {
-            return None;
+            return Err(Full::Server);
+        }
+        let tenant_has = map.values().filter(|s| s.tenant_id == tenant_id).count();
+        if tenant_has >= per_tenant {
+            return Err(Full::Tenant);
         }
         let n = self.next_channel.fetch_add(1, Ordering::Relaxed) & !TERM_CHANNEL_BIT;
         let s = Arc::new(Session {
@@ -259,7 +274,7 @@ impl Terminals {
             notify: Notify::new(),
         });
         map.insert(id, s.clone());
-        Some(s)
+        Ok(s)
     }
 
     pub fn get(&self, tenant_id: &str, id: &str) -> Option<Arc<Session>> {
@@ -429,10 +444,25 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_at_its_limit_is_refused_and_another_is_not() {
+        let t = Terminals::new();
+        let open = |id: &str, tenant: &str| {
+            t.create(id.into(), tenant, "rn", "host".into(), "me".into(), 0, 2)
+        };
+        assert!(open("tm_1", "tn_a").is_ok());
+        // Still opening (no answer from the runner yet): the slot counts.
+        assert!(open("tm_2", "tn_a").is_ok());
+        assert_eq!(open("tm_3", "tn_a").unwrap_err(), Full::Tenant);
+        assert!(open("tm_4", "tn_b").is_ok(), "another tenant is unaffected");
+        t.remove("tm_1");
+        assert!(open("tm_5", "tn_a").is_ok(), "a freed slot is reusable");
+    }
+
+    #[test]
     fn output_is_deduplicated_bounded_and_acked_by_what_the_client_took() {
         let t = Terminals::new();
         let s = t
-            .create("tm_1".into(), "tn", "rn", "host".into(), "me".into(), 0)
+            .create("tm_1".into(), "tn", "rn", "host".into(), "me".into(), 0, 8)
             .unwrap();
         s.lock().phase = Phase::Live;
         let ch = s.channel;
@@ -472,7 +502,7 @@ mod tests {
     fn keystrokes_are_bounded_and_resent_from_the_runners_ack() {
         let t = Terminals::new();
         let s = t
-            .create("tm_2".into(), "tn", "rn", "host".into(), "me".into(), 0)
+            .create("tm_2".into(), "tn", "rn", "host".into(), "me".into(), 0, 8)
             .unwrap();
         s.lock().phase = Phase::Live;
         let ch = s.channel;

@@ -16,6 +16,15 @@
 //! the next byte sent), `{"type":"runner","state":"unreachable"|"active"}`,
 //! and `{"type":"end","reason"}` before the close.
 //!
+//! A WebSocket proves who it is with `Authorization` (CLI, scripts), a
+//! single-use `?ticket=` (`stream_auth.rs`: for clients that cannot set a
+//! header), or the dashboard's cookie; never a long-lived token in the URL,
+//! where proxy logs keep it. While attached, the client's authority is
+//! watched (`stream_auth::AuthGuard`): a logout, a deleted or demoted
+//! user, a changed password or a revoked token ends it within a second
+//! with `{"type":"end","reason"}` and close code 1008, and hangs the
+//! terminal up when the client was the one who opened it.
+//!
 //! One client per session: a newer attach replaces the older one (which gets
 //! `{"type":"detached"}`). A session without a client is kept for
 //! [`DETACH_TIMEOUT`], so a client can reattach after a blip; each session
@@ -42,10 +51,12 @@ use crate::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
 use crate::clock;
 use crate::containers_api::valid_container_ref;
 use crate::error::ApiError;
+use crate::quotas;
 use crate::serve::PeerAddr;
 use crate::storage::{Role, SessionRow, TerminalAuditRow};
+use crate::stream_auth::{AuthGuard, Credential, Principal};
 use crate::terminals::{
-    ack_frame, close_message, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
+    ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
 };
 
 /// Hang up after this long without a keystroke or output, unless asked.
@@ -76,14 +87,16 @@ pub struct OpenParams {
     rows: Option<u16>,
     /// Seconds; 0 switches it off.
     idle_timeout: Option<u64>,
-    access_token: Option<String>,
+    /// A single-use ticket from `POST /api/v1/ws-tickets`.
+    ticket: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AttachParams {
     offset: Option<u64>,
-    access_token: Option<String>,
+    /// A single-use ticket from `POST /api/v1/ws-tickets`.
+    ticket: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -94,26 +107,59 @@ pub struct AuditParams {
 }
 
 /// The caller of a terminal WebSocket and a printable name for the audit
-/// trail: a token from the header or (browsers cannot set headers on a
-/// WebSocket) `access_token`, else the dashboard's session cookie, which
-/// [`auth::websocket_session`] accepts only from this server's own page and
-/// not for a viewer.
-fn who(state: &AppState, headers: &HeaderMap, query_token: Option<&str>) -> Result<Who, ApiError> {
-    let Some(token) = bearer(headers).or(query_token) else {
+/// trail: a token from the header, a ticket that stands for a token or a
+/// session, else the dashboard's session cookie, which
+/// [`auth::websocket_session`] accepts only from this server's own page.
+/// A viewer is refused either way (a shell is an action).
+fn who(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Who, ApiError> {
+    let credential = if let Some(t) = ticket {
+        state.tickets.redeem(t).ok_or_else(|| {
+            ApiError::unauthorized("unknown, used or expired ticket: mint one per WebSocket")
+        })?
+    } else if let Some(token) = bearer(headers) {
+        identify_token(state, token)?.tenant()?;
+        Credential::of(headers).unwrap_or(Credential::Admin)
+    } else {
         let public_url = state.releases.public_url.as_deref();
-        let session = auth::websocket_session(state, headers, public_url)?;
-        return Ok(Who {
-            tenant: session.user.tenant_id.clone(),
-            name: user_name(&session),
-            any_session: session.user.role == Role::Admin,
-        });
+        auth::websocket_session(state, headers, public_url)?;
+        Credential::of(headers).unwrap_or(Credential::Admin)
     };
-    let tenant = identify_token(state, token)?.tenant()?.to_owned();
-    Ok(Who {
-        tenant,
-        name: token_name(state, token)?,
-        any_session: true,
-    })
+    match &credential {
+        Credential::ApiToken(hash) => {
+            let token = state
+                .storage
+                .api_token_auth(hash, clock::now_ms())?
+                .map_err(|why| ApiError::unauthorized(why.message()))?;
+            Ok(Who {
+                tenant: token.tenant_id,
+                name: token_name_by_hash(state, hash)?,
+                any_session: true,
+                credential,
+            })
+        }
+        Credential::Session(hash) => {
+            let session = state
+                .storage
+                .session(hash, clock::now_ms())?
+                .ok_or_else(|| {
+                    ApiError::unauthorized("session expired or unknown; log in again")
+                })?;
+            if session.user.role == Role::Viewer {
+                return Err(ApiError::forbidden(
+                    "the viewer role can only look: opening a terminal is an action",
+                ));
+            }
+            Ok(Who {
+                tenant: session.user.tenant_id.clone(),
+                name: user_name(&session),
+                any_session: session.user.role == Role::Admin,
+                credential,
+            })
+        }
+        Credential::Admin => Err(ApiError::forbidden(
+            "the admin token manages tenants only; use a tenant's API token",
+        )),
+    }
 }
 
 /// A terminal client: its tenant, its name in the audit trail, and whether
@@ -125,6 +171,8 @@ struct Who {
     /// operator's dashboard session reaches only the shells it opened —
     /// another operator's open shell is theirs, not a shared resource.
     any_session: bool,
+    /// What proved it, watched while the client is attached.
+    credential: Credential,
 }
 
 impl Who {
@@ -137,12 +185,38 @@ impl Who {
             s.id, s.who
         )))
     }
+
+    /// The watch on this client's authority over `s`: an operator for its
+    /// own shell, an admin for someone else's.
+    fn guard(&self, state: &AppState, s: &Session) -> ClientAuth {
+        let opener = s.who == self.name;
+        let need = if opener { Role::Operator } else { Role::Admin };
+        let principal = Principal {
+            credential: self.credential.clone(),
+            need,
+        };
+        ClientAuth {
+            guard: AuthGuard::spawn(state, principal),
+            opener,
+        }
+    }
+}
+
+/// A client's watched authority, and whether it opened the shell (which
+/// then ends with that authority).
+struct ClientAuth {
+    guard: AuthGuard,
+    opener: bool,
 }
 
 fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
+    token_name_by_hash(state, &hash_secret(token))
+}
+
+fn token_name_by_hash(state: &AppState, hash: &str) -> Result<String, ApiError> {
     Ok(state
         .storage
-        .api_token_name(&hash_secret(token))?
+        .api_token_name(hash)?
         .unwrap_or_else(|| "api token".into()))
 }
 
@@ -193,10 +267,22 @@ async fn open(
     };
     let id = new_id("tm_").map_err(ApiError::internal)?;
     let now_ms = clock::now_ms();
+    let per_tenant = state.quotas.terminals_per_tenant;
     let session = state
         .terminals
-        .create(id, tenant, &row.id, target, who, now_ms)
-        .ok_or_else(|| ApiError::conflict("too many terminals are open on this server"))?;
+        .create(id, tenant, &row.id, target, who, now_ms, per_tenant)
+        .map_err(|full| match full {
+            Full::Server => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_terminals",
+                "too many terminals are open on this server",
+            ),
+            Full::Tenant => quotas::exceeded(
+                "open terminals",
+                per_tenant as u64,
+                "--max-terminals-per-tenant",
+            ),
+        })?;
     let open = TermOpen {
         channel: session.channel,
         container: p.container.clone(),
@@ -328,18 +414,27 @@ pub async fn open_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = async {
-        let who = who(&state, &headers, p.access_token.as_deref())?;
+        let who = who(&state, &headers, p.ticket.as_deref())?;
         let upgrade = upgrade.map_err(|r| {
             ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
         })?;
-        let s = open(&state, &who.tenant, who.name, peer_name(peer), &runner, &p).await?;
-        Ok::<_, ApiError>((s, upgrade))
+        let s = open(
+            &state,
+            &who.tenant,
+            who.name.clone(),
+            peer_name(peer),
+            &runner,
+            &p,
+        )
+        .await?;
+        let guard = who.guard(&state, &s);
+        Ok::<_, ApiError>((s, guard, upgrade))
     }
     .await;
     match result {
-        Ok((s, upgrade)) => upgrade
+        Ok((s, guard, upgrade)) => upgrade
             .max_message_size(1024 * 1024)
-            .on_upgrade(move |ws| serve_client(state, s, ws, 0)),
+            .on_upgrade(move |ws| serve_client(state, s, ws, 0, guard)),
         Err(e) => e.into_response(),
     }
 }
@@ -353,7 +448,7 @@ pub async fn attach_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = (|| {
-        let who = who(&state, &headers, p.access_token.as_deref())?;
+        let who = who(&state, &headers, p.ticket.as_deref())?;
         let s = state
             .terminals
             .get(&who.tenant, &id)
@@ -362,14 +457,15 @@ pub async fn attach_ws(
         let upgrade = upgrade.map_err(|r| {
             ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
         })?;
-        Ok::<_, ApiError>((s, upgrade))
+        let guard = who.guard(&state, &s);
+        Ok::<_, ApiError>((s, guard, upgrade))
     })();
     match result {
-        Ok((s, upgrade)) => {
+        Ok((s, guard, upgrade)) => {
             let from = p.offset.unwrap_or(0);
             upgrade
                 .max_message_size(1024 * 1024)
-                .on_upgrade(move |ws| serve_client(state, s, ws, from))
+                .on_upgrade(move |ws| serve_client(state, s, ws, from, guard))
         }
         Err(e) => e.into_response(),
     }
@@ -391,6 +487,8 @@ pub async fn close(
             tenant: tenant.to_owned(),
             name: user_name(session),
             any_session: session.user.role == Role::Admin,
+            // Not watched: this request ends here.
+            credential: Credential::Admin,
         };
         who.may_use(&s)?;
     }
@@ -541,8 +639,15 @@ fn text(v: Value) -> WsMessage {
     WsMessage::Text(v.to_string().into())
 }
 
-/// Serve one attached client until it leaves, is replaced, or the session ends.
-async fn serve_client(state: AppState, s: Arc<Session>, mut ws: WebSocket, from: u64) {
+/// Serve one attached client until it leaves, is replaced, the session
+/// ends, or its authority does (`guard`).
+async fn serve_client(
+    state: AppState,
+    s: Arc<Session>,
+    mut ws: WebSocket,
+    from: u64,
+    mut auth: ClientAuth,
+) {
     let gen = CLIENTS.fetch_add(1, Ordering::Relaxed);
     let start = {
         let mut st = s.lock();
@@ -559,6 +664,7 @@ async fn serve_client(state: AppState, s: Arc<Session>, mut ws: WebSocket, from:
     let mut pending_in: Vec<u8> = Vec::new();
     let mut runner_shown = true;
     let mut end_reason: Option<String> = None;
+    let mut revoked: Option<String> = None;
     while ok {
         // Output first, then keystrokes held back for lack of room.
         loop {
@@ -607,6 +713,10 @@ async fn serve_client(state: AppState, s: Arc<Session>, mut ws: WebSocket, from:
         }
         let reading = pending_in.is_empty();
         tokio::select! {
+            reason = auth.guard.ended() => {
+                revoked = Some(reason);
+                break;
+            }
             () = s.notify.notified() => {}
             () = sleep(Duration::from_secs(1)) => {}
             msg = ws.recv(), if reading => match msg {
@@ -619,6 +729,29 @@ async fn serve_client(state: AppState, s: Arc<Session>, mut ws: WebSocket, from:
                 Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => ok = false,
             },
         }
+    }
+    if let Some(reason) = revoked {
+        tracing::info!(session = %s.id, %reason, "terminal client's authority ended");
+        {
+            let mut st = s.lock();
+            if st.client == Some(gen) {
+                st.client = None;
+                st.detached_since = Some(Instant::now());
+            }
+        }
+        // The shell was opened with this authority: it goes with it.
+        // (Someone else's shell an admin was looking at stays theirs.)
+        if auth.opener {
+            request_close(&state, &s, "the opener's authority ended").await;
+        }
+        let reason = format!("authorization ended: {reason}");
+        let _ = send_ws(&mut ws, text(json!({"type": "end", "reason": reason}))).await;
+        let close = CloseFrame {
+            code: 1008,
+            reason: "authorization ended".into(),
+        };
+        let _ = send_ws(&mut ws, WsMessage::Close(Some(close))).await;
+        return;
     }
     if let Some(reason) = end_reason {
         let _ = send_ws(&mut ws, text(json!({"type": "end", "reason": reason}))).await;

@@ -258,6 +258,23 @@ try {
   step(`runner unreachable on the page after ${Date.now() - t0} ms`);
   await shot('05-runner-unreachable');
 
+  // API tokens on the users page: made (shown once), listed with who
+  // made it, revoked after a confirmation.
+  await goto(`${URL}/#/users`);
+  const tokenForm = page.getByRole('form', { name: 'New API token' });
+  await tokenForm.getByLabel('Label').fill('e2e-bot');
+  await tokenForm.getByRole('button', { name: 'Create token' }).click();
+  await page.locator('#api-token').filter({ hasText: 'tapi_' }).waitFor({ timeout: T });
+  const tokenRow = page.locator('tr[data-token]').filter({ hasText: 'e2e-bot' });
+  await tokenRow.filter({ hasText: `user ${env('ADMIN_USER')}` }).locator('[data-state="active"]').waitFor({ timeout: T });
+  await shot('05b-api-tokens');
+  let revokeAsked = '';
+  page.once('dialog', (d) => { revokeAsked = d.message(); d.accept(); });
+  await tokenRow.getByRole('button', { name: 'Revoke' }).click();
+  await page.locator('tr[data-token]').filter({ hasText: 'e2e-bot' }).locator('[data-state="revoked"]').waitFor({ timeout: T });
+  if (!revokeAsked.includes('e2e-bot')) throw new Error(`no confirmation before revoke: ${revokeAsked}`);
+  step('API token made, listed with its maker, revoked');
+
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.getByRole('button', { name: 'Log in' }).waitFor({ timeout: T });
   step('logged out');

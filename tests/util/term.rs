@@ -112,6 +112,27 @@ impl TermClient {
         Ok(TermClient::attached(connect_with(server, &headers, &path)?))
     }
 
+    /// Attach with a single-use ticket in the URL and nothing else.
+    pub fn attach_with_ticket(
+        server: &Server,
+        ticket: &str,
+        session: &str,
+    ) -> Result<TermClient, (u16, String)> {
+        let path = format!("/api/v1/terminals/{session}/attach?offset=0&ticket={ticket}");
+        Ok(TermClient::attached(connect_with(server, &[], &path)?))
+    }
+
+    /// Whether the server closed the socket (read until it is gone).
+    pub fn wait_closed(&mut self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if !self.pump() {
+                return true;
+            }
+        }
+        false
+    }
+
     fn attached(ws: WebSocket<Stream>) -> TermClient {
         let mut c = TermClient {
             ws,

@@ -308,6 +308,11 @@ pub(super) fn watch(client: &Client, id: &str) -> Result<(), CliError> {
     for line in reader.lines() {
         let line = line.map_err(|e| CliError::Unreachable(format!("job output: {e}")))?;
         let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        // The server ended the follow early (the token was revoked).
+        if let Some(reason) = v["end"].as_str() {
+            note(&format!("job {id}: output stream ended: {reason}"))?;
+            break;
+        }
         let data = v["data"].as_str().unwrap_or("");
         if v["stream"] == "stdout" {
             use std::io::Write;

@@ -8,6 +8,10 @@
 //! request, not when the session ends.
 //!
 //! Bounds: expired sessions are deleted whenever a new one is made.
+//!
+//! Every write that can take authority away (a role or password change, a
+//! deleted user or session) ends with `credentials_changed`, which wakes
+//! the open streams to re-check theirs (`stream_auth.rs`).
 
 use rusqlite::{params, OptionalExtension, Row};
 
@@ -182,6 +186,8 @@ impl Storage {
             tx.execute("DELETE FROM sessions WHERE user_id = ?1", params![id])?;
         }
         tx.commit()?;
+        drop(conn);
+        self.credentials_changed();
         Ok(true)
     }
 
@@ -199,6 +205,10 @@ impl Storage {
             params![tenant_id, name],
         )?;
         tx.commit()?;
+        drop(conn);
+        if n > 0 {
+            self.credentials_changed();
+        }
         Ok(n > 0)
     }
 
@@ -254,6 +264,7 @@ impl Storage {
             "DELETE FROM sessions WHERE token_hash = ?1",
             params![token_hash],
         )?;
+        self.credentials_changed();
         Ok(())
     }
 }

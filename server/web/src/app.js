@@ -124,7 +124,46 @@ page('users', async (view) => {
   });
   view.replaceChildren(h('h1', {}, 'Users'),
     h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {}, ...['Name', 'Role', 'Created', ''].map((t) => h('th', { scope: 'col' }, t)))), h('tbody', {}, rows))),
-    form);
+    form, await apiTokens());
 });
+
+// API tokens (on the users page: both hand out a tenant's authority). A
+// token carries its maker's authority: it stops when they are removed.
+async function apiTokens() {
+  const tokens = await api('GET', '/api/v1/api-tokens');
+  const rows = tokens.map((t) => h('tr', { dataset: { token: t.id } },
+    h('td', {}, t.id), h('td', {}, t.label || ''), h('td', {}, t.created_by),
+    h('td', { dataset: { state: t.state } }, t.state), h('td', {}, fmtTime(t.created_at)),
+    h('td', {}, t.last_used_at ? ago(t.last_used_at) : 'never'), h('td', {}, t.expires_at ? fmtTime(t.expires_at) : 'never'),
+    h('td', {}, t.state === 'active' ? h('button', { class: 'danger', type: 'button', onclick: () => act(async () => {
+      if (!confirm(`Revoke API token ${t.id}${t.label ? ` (${t.label})` : ''}? Scripts using it stop at once.`)) return;
+      await api('DELETE', `/api/v1/api-tokens/${encodeURIComponent(t.id)}`);
+      redraw();
+    }) }, 'Revoke') : '')));
+  const out = h('div');
+  const ttl = h('select', { 'aria-label': 'API token lifetime' },
+    ...[['', 'until revoked'], ['2592000', '30 days'], ['7776000', '90 days'], ['31536000', '1 year']].map(([v, t]) => h('option', { value: v }, t)));
+  const form = h('form', { class: 'card', 'aria-label': 'New API token' },
+    h('h2', {}, 'New API token'),
+    h('label', {}, h('span', {}, 'Label'), h('input', { name: 'label' })),
+    h('label', {}, h('span', {}, 'Lifetime'), ttl),
+    h('button', { class: 'primary', type: 'submit' }, 'Create token'), out);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    act(async () => {
+      const body = { label: new FormData(form).get('label') || null };
+      if (ttl.value) body.ttl_secs = Number(ttl.value);
+      const t = await api('POST', '/api/v1/api-tokens', body);
+      await redraw();
+      // After the redraw: the secret is shown once, on the new page.
+      document.getElementById('api-token-made')?.replaceChildren(
+        h('p', {}, `Token ${t.id}: copy it now, it is not shown again.`), h('code', { class: 'cmd', id: 'api-token' }, t.token));
+    });
+  });
+  return h('section', { 'aria-label': 'API tokens' }, h('h2', {}, 'API tokens'), h('div', { id: 'api-token-made' }),
+    h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {},
+      ...['ID', 'Label', 'Created by', 'State', 'Created', 'Last used', 'Expires', ''].map((t) => h('th', { scope: 'col' }, t)))), h('tbody', {}, rows))),
+    form);
+}
 
 boot();

@@ -155,6 +155,13 @@ function subscribe() {
     const ev = JSON.parse(e.data);
     for (const l of state.listeners) l('container', ev);
   });
+  // The server ends the stream when this session's authority does (logout
+  // elsewhere, user deleted, password changed): no reconnect; the session
+  // is asked again, and a dead one shows the login form.
+  events.addEventListener('end', () => {
+    if (events) { events.close(); events = null; }
+    api('GET', '/api/v1/session').then(start, () => showLogin('Your session ended; log in again.'));
+  });
 }
 /** Listen to live events while a page is shown; returns the cleanup. */
 export function listen(fn) { state.listeners.add(fn); return () => state.listeners.delete(fn); }
