@@ -74,8 +74,13 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-bind() { # bind SRC DEST [ro]
-    mkdir -p "$2"
+bind() { # bind SRC DEST [ro]: a directory or a single file
+    if [ -d "$1" ]; then
+        mkdir -p "$2"
+    else
+        mkdir -p "$(dirname "$2")"
+        touch "$2"
+    fi
     mount --bind "$1" "$2"
     mounts+=("$2")
     if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2"; fi
@@ -119,8 +124,6 @@ bind "$rustup_home" "$root/opt/rustup" ro
 bind "$cargo_bin" "$root/opt/cargo/bin" ro
 nextest=$(command -v cargo-nextest || true)
 if [ -n "$nextest" ] && [ "$nextest" != "$cargo_bin/cargo-nextest" ]; then
-    mkdir -p "$root/usr/local/bin"
-    touch "$root/usr/local/bin/cargo-nextest"
     bind "$nextest" "$root/usr/local/bin/cargo-nextest" ro
 fi
 
