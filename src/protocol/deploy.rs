@@ -48,6 +48,35 @@ pub struct DeploySpec {
     /// the created container before it starts, never on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_file: Option<String>,
+    /// How the secrets reach the container. Absent (an older server): `env`.
+    #[serde(default)]
+    pub secrets_delivery: SecretsDelivery,
+}
+
+/// Where a deployment's secrets are put (`docs/api.md`, "Secrets delivery").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretsDelivery {
+    /// Files `/run/secrets/NAME` (0400) on a host tmpfs bound read-only
+    /// into the container: in memory only.
+    Files,
+    /// `Env` entries of the container (Docker keeps them in the
+    /// container's config on the host's disk); also in `env_file` if set.
+    #[default]
+    Env,
+    /// Only in the `env_file` inside the container (its writable layer, on
+    /// the host's disk), not in `Env`.
+    EnvFile,
+}
+
+impl SecretsDelivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretsDelivery::Files => "files",
+            SecretsDelivery::Env => "env",
+            SecretsDelivery::EnvFile => "env_file",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
