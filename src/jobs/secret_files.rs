@@ -162,12 +162,15 @@ pub fn remove_others(keep: &Path) {
     }
 }
 
-/// At start: the apps whose container Docker could not start because its
+/// At start: the apps whose container Docker cannot start because its
 /// secrets directory is gone (memory lost at a reboot), by blocking calls
-/// with deadlines, before the event loop runs (as `parked.rs` does). A
-/// container nobody tried to start (restart policy `no`, or stopped by
-/// hand) is left alone: it would not run after a reboot either. The
-/// server is asked to deliver again (`secrets_lost`).
+/// with deadlines, before the event loop runs (as `parked.rs` does). Only
+/// containers Docker starts at boot (restart policy `always` or
+/// `unless-stopped`) count: one with `no` or `on-failure` would not run
+/// after a reboot either, and stays as it is until the next deploy. The
+/// server is asked to deliver again (`secrets_lost`). (The engine API does
+/// not say whether an `unless-stopped` container was stopped by hand
+/// before the reboot; such a one is started again by the redelivery.)
 pub fn lost_apps(socket: &Path) -> Result<Vec<String>, String> {
     use crate::docker::api::{self, Api, Filters};
     use serde_json::Value;
@@ -196,10 +199,8 @@ pub fn lost_apps(socket: &Path) -> Result<Vec<String>, String> {
             continue;
         }
         let inspect = get(api.inspect_container(id))?;
-        let tried = inspect["State"]["Error"]
-            .as_str()
-            .is_some_and(|e| !e.is_empty());
-        if tried {
+        let policy = inspect["HostConfig"]["RestartPolicy"]["Name"].as_str();
+        if matches!(policy, Some("always" | "unless-stopped")) {
             lost.push(app.to_owned());
         }
     }
