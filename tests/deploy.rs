@@ -47,12 +47,15 @@ impl Drop for Cleanup {
                 let _ = Command::new("docker").args(["rm", "-f", id]).output();
             }
         }
+        // By tag, never `rmi -f ID`: the build cache gives another test's
+        // identical context the same image id, and removing the id by force
+        // would take that test's tags with it.
         let out = Command::new("docker")
-            .args(["images", "-q", &self.image])
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &self.image])
             .output();
         if let Ok(out) = out {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+            for tag in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rmi", tag]).output();
             }
         }
     }
@@ -982,8 +985,7 @@ fn secrets_in_env_are_masked_in_every_inspect_answer_for_every_role() {
     }
     let c = Cleanup::new("mask");
     let src = TempDir::new("deploy-src");
-    // Content of its own: the build cache would give another test's
-    // identical context the same image id, which its cleanup removes.
+    // Content of its own: its image is its own, not shared through the cache.
     repo(src.path(), &c.name);
     let secret = "s3cr3t-Mask-77c1";
     let (st, _) = tenant.call(
@@ -1142,8 +1144,7 @@ fn secrets_as_files_stay_in_memory_survive_a_restart_and_come_back_after_a_reboo
     let mut runner = setup(&server, &tenant);
     let c = Cleanup::new("files");
     let src = TempDir::new("deploy-src");
-    // Content of its own: the build cache would give another test's
-    // identical context the same image id, which its cleanup removes.
+    // Content of its own: its image is its own, not shared through the cache.
     repo(src.path(), &c.name);
     let secret = "s3cr3t-Files-5be0";
     let (st, _) = tenant.call(
