@@ -15,7 +15,7 @@
 //!    ▼                                     (skipped for a rollback: the image exists)
 //!  InspectOld ── 404: first deploy ─────────────────────┐
 //!    │ found                                            │
-//!  RenameOld (name-old-JOB) ───────────────────────────▶ Create (env + secrets, labels, ports, binds)
+//!  RenameOld (name-old-JOB) ───────────────────────────▶ Create (env, secrets, labels, ports, binds)
 //!                                                         ▼
 //!                                              StopOld (if it ran) ─▶ StartNew
 //!                                                                        ▼
