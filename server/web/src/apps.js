@@ -96,8 +96,7 @@ function appForm(app, name, runners, secrets, ctx) {
     ref: input('ref', '', { placeholder: 'the app\'s ref' }),
     // New apps keep secrets in memory (files); an existing app keeps its choice.
     delivery: h('select', { name: 'secrets_delivery', 'aria-label': 'Secrets delivery' },
-      ...[['files', 'files in /run/secrets (in memory only)'], ['env', 'environment variables (Docker stores them on disk)'],
-        ['env_file', 'the env file only (in the container\'s layer, on disk)']]
+      ...[['files', 'files (memory)'], ['env', 'environment'], ['env_file', 'env file only']]
         .map(([v, t]) => h('option', { value: v, selected: v === (app?.secrets_delivery || 'files') }, t))),
     env_file: input('env_file', app?.env_file, { placeholder: '/app/.env (optional)' }),
   };
@@ -166,7 +165,7 @@ function appForm(app, name, runners, secrets, ctx) {
     h('fieldset', {}, h('legend', {}, 'Health check'), h('div', { class: 'row' },
       field('Command in the container', f.health_cmd), field('or TCP port on the host', f.health_port), field('Timeout (s)', f.health_timeout))),
     h('fieldset', {}, h('legend', {}, 'Secrets (values never shown)'),
-      h('div', { class: 'row' }, field('Delivered as', f.delivery), field('Env file in the container', f.env_file, 'KEY=VALUE lines, mode 0600')),
+      h('div', { class: 'row' }, field('Delivered as', f.delivery, 'files: /run/secrets, never on disk'), field('Env file in the container', f.env_file, 'KEY=VALUE lines, mode 0600')),
       secretBoxes.length ? secretBoxes : h('p', { class: 'muted' }, 'No secrets yet; set one below.')),
     h('div', { class: 'row' },
       h('button', { type: 'submit', disabled: ro }, 'Save'),
