@@ -51,7 +51,12 @@ impl Drop for Cleanup {
         // identical context the same image id, and removing the id by force
         // would take that test's tags with it.
         let out = Command::new("docker")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &self.image])
+            .args([
+                "images",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                &self.image,
+            ])
             .output();
         if let Ok(out) = out {
             for tag in String::from_utf8_lossy(&out.stdout).split_whitespace() {

@@ -519,6 +519,9 @@ impl Deploy {
         let dir = secret_files::dir(&root, &self.spec.app, &self.job_id)
             .map_err(|e| format!("secret files: {e}"))?;
         secret_files::prepare(&root).map_err(|e| e.to_string())?;
+        if let Some(app_dir) = self.parked_file.parent() {
+            secret_files::mark(app_dir).map_err(|e| format!("secret files: {e}"))?;
+        }
         self.secrets_dir = Some(dir.clone());
         secret_files::write(&dir, &self.secrets).map_err(|e| format!("secret files: {e}"))?;
         self.note(
@@ -1601,6 +1604,47 @@ mod tests {
         assert_eq!(body["HostConfig"]["Binds"], json!(["/srv/data:/data:ro"]));
         assert_eq!(body["HostConfig"]["RestartPolicy"]["Name"], "always");
         assert_eq!(d.parked_name(), "web-old-jb1");
+    }
+
+    #[test]
+    fn each_delivery_puts_secrets_where_it_says_and_labels_only_names() {
+        let secrets = [("TOKEN".to_owned(), "s3cret".to_owned())];
+        let body = |delivery, dir: Option<&str>| {
+            let mut s = spec();
+            s.secrets_delivery = delivery;
+            s.env_file = Some("/app/.env".into());
+            let mut d = Deploy::new(
+                s,
+                "jb_1",
+                vec![("A".into(), "1".into())],
+                &secrets,
+                None,
+                Path::new("/nonexistent"),
+                None,
+            );
+            d.secrets_dir = dir.map(PathBuf::from);
+            let file = String::from_utf8_lossy(&d.env_file_tar().unwrap().1).into_owned();
+            let v: Value = serde_json::from_slice(&d.create_body().unwrap()).unwrap();
+            (v, file)
+        };
+        let (v, file) = body(SecretsDelivery::Files, Some("/run/tether/secrets/web/jb_1"));
+        assert_eq!(v["Env"], json!(["A=1"]));
+        assert!(!v.to_string().contains("s3cret") && !file.contains("s3cret"));
+        assert_eq!(
+            v["HostConfig"]["Mounts"],
+            json!([{"Type": "bind", "Source": "/run/tether/secrets/web/jb_1",
+                "Target": "/run/secrets", "ReadOnly": true}])
+        );
+        assert_eq!(v["Labels"]["tether.secrets_delivery"], "files");
+        assert!(v["Labels"]["tether.secrets"].is_null());
+        let (v, file) = body(SecretsDelivery::Env, None);
+        assert_eq!(v["Env"], json!(["A=1", "TOKEN=s3cret"]));
+        assert_eq!(v["Labels"]["tether.secrets"], "TOKEN", "names only");
+        assert!(file.contains("TOKEN=s3cret"), "as before the field");
+        let (v, file) = body(SecretsDelivery::EnvFile, None);
+        assert_eq!(v["Env"], json!(["A=1"]));
+        assert!(file.contains("A=1\nTOKEN=s3cret\n"), "{file}");
+        assert_eq!(v["HostConfig"]["Mounts"], json!([]));
     }
 
     fn records(chan: &mut OutChannel) -> Vec<(u8, String)> {

@@ -120,6 +120,9 @@ impl JobsConfig {
     }
 }
 
+/// Link-ups at which a runner tries to ask an engine that was not there.
+const LOST_SECRETS_TRIES: u8 = 5;
+
 /// Why a job is being stopped.
 #[derive(Debug, Clone)]
 struct Stop {
@@ -155,6 +158,8 @@ pub struct Jobs {
     /// Apps whose in-memory secrets were lost (found at start), told to
     /// the server on each link until a deploy of the app starts.
     secrets_lost: Vec<String>,
+    /// Tries left to look for them (0: done, or nothing to look for).
+    secrets_check: u8,
 }
 
 fn now_ms() -> u64 {
@@ -167,7 +172,7 @@ impl Jobs {
     /// `None`: jobs switched off on this host.
     pub fn new(cfg: Option<JobsConfig>) -> Jobs {
         let mut ledger = Ledger::default();
-        let mut secrets_lost = Vec::new();
+        let mut secrets_check = 0;
         if let Some(c) = &cfg {
             ledger = Ledger::load(&c.state_dir.join("jobs.json"));
             // A deploy cut short mid-replacement: its old container first.
@@ -184,25 +189,12 @@ impl Jobs {
             }
             // Spool files never outlive the process that wrote them.
             let _ = std::fs::remove_dir_all(c.spool_dir());
-            if let Some(socket) = &c.docker_socket {
-                match secret_files::lost_apps(socket) {
-                    Ok(apps) if !apps.is_empty() => {
-                        warn!(
-                            "jobs",
-                            "in-memory secrets of {} are gone (host rebooted?); their containers cannot start until the server delivers them again",
-                            apps.join(", ")
-                        );
-                        secrets_lost = apps;
-                    }
-                    Ok(_) => {}
-                    Err(e) => debug!(
-                        "jobs",
-                        "cannot look for containers without their secrets: {e}"
-                    ),
-                }
+            // Only a host that ever kept secrets in memory asks the engine.
+            if c.docker_socket.is_some() && secret_files::ever_used(&c.state_dir) {
+                secrets_check = LOST_SECRETS_TRIES;
             }
         }
-        Jobs {
+        let mut jobs = Jobs {
             cfg,
             ledger,
             jobs: Vec::new(),
@@ -210,7 +202,45 @@ impl Jobs {
             outbox: VecDeque::new(),
             up: false,
             next: 0,
-            secrets_lost,
+            secrets_lost: Vec::new(),
+            secrets_check,
+        };
+        jobs.check_lost_secrets();
+        jobs
+    }
+
+    /// Look for containers whose in-memory secrets are gone
+    /// (`secret_files::lost_apps`). Tried at start and again at each link
+    /// up while the engine could not be asked (at boot it may come up
+    /// after the runner), a few times at most.
+    fn check_lost_secrets(&mut self) {
+        if self.secrets_check == 0 {
+            return;
+        }
+        let Some(socket) = self.cfg.as_ref().and_then(|c| c.docker_socket.clone()) else {
+            return;
+        };
+        self.secrets_check -= 1;
+        match secret_files::lost_apps(&socket) {
+            Ok(apps) => {
+                self.secrets_check = 0;
+                if !apps.is_empty() {
+                    warn!(
+                        "jobs",
+                        "in-memory secrets of {} are gone (host rebooted?); their containers cannot start until the server delivers them again",
+                        apps.join(", ")
+                    );
+                }
+                for a in apps {
+                    if !self.secrets_lost.contains(&a) {
+                        self.secrets_lost.push(a);
+                    }
+                }
+            }
+            Err(e) => debug!(
+                "jobs",
+                "cannot look for containers without their secrets yet: {e}"
+            ),
         }
     }
 
@@ -388,6 +418,7 @@ impl Jobs {
                 for r in self.ledger.results.clone() {
                     self.outbox.push_back(result_message(r));
                 }
+                self.check_lost_secrets();
                 if !self.secrets_lost.is_empty() {
                     let lost = SecretsLost {
                         apps: self.secrets_lost.clone(),

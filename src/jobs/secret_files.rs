@@ -103,6 +103,25 @@ pub fn prepare(root: &Path) -> Result<(), SecretFilesError> {
     }
 }
 
+/// Left in `<state-dir>/deploy/<app>/` by a files delivery: this host keeps
+/// secrets in memory, so a runner start looks for lost ones. Holds nothing.
+const MARKER: &str = "secrets-in-memory";
+
+/// Mark the app (its `<state-dir>/deploy/<app>` directory) as one whose
+/// secrets live in memory (no secret in it).
+pub fn mark(dir: &Path) -> Result<(), SecretFilesError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join(MARKER), b""))
+        .map_err(|e| SecretFilesError::Io(format!("cannot mark {}: {e}", dir.display())))
+}
+
+/// Whether any app of this runner ever had its secrets delivered as files.
+pub fn ever_used(state_dir: &Path) -> bool {
+    std::fs::read_dir(state_dir.join("deploy"))
+        .map(|apps| apps.flatten().any(|a| a.path().join(MARKER).exists()))
+        .unwrap_or(false)
+}
+
 /// The directory of one deployment's secrets.
 pub fn dir(root: &Path, app: &str, job: &str) -> Result<PathBuf, SecretFilesError> {
     Ok(root.join(segment(app)?).join(segment(job)?))
