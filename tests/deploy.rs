@@ -1307,7 +1307,24 @@ fn secrets_as_files_stay_in_memory_survive_a_restart_and_come_back_after_a_reboo
         runner.log().contains("in-memory secrets of"),
         "the runner said so"
     );
-    // Once: a later start of the runner finds nothing lost.
+    // A second loss right after: the server pauses between two
+    // redeliveries of one app (a runner restarting in a loop, or lying,
+    // cannot redeploy it over and over).
+    signal(runner.child(), libc::SIGTERM);
+    wait_exit(runner.child(), Duration::from_secs(10)).expect("runner stopped");
+    docker_out(&["stop", "-t", "0", &c.name]).expect("stop");
+    for m in mounts_under(runner.dir.path()) {
+        let _ = Command::new("umount").arg("-l").arg(&m).output();
+    }
+    runner.start(&["--heartbeat", "1s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    wait_for(Duration::from_secs(15), "the server to refuse", || {
+        std::thread::sleep(Duration::from_millis(200));
+        server
+            .log()
+            .contains("redelivered a moment ago")
+            .then_some(())
+    });
     let (_, h) = tenant.call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None);
     assert_eq!(
         h.as_array()
@@ -1315,7 +1332,8 @@ fn secrets_as_files_stay_in_memory_survive_a_restart_and_come_back_after_a_reboo
             .iter()
             .filter(|d| d["kind"] == "redeliver")
             .count(),
-        1
+        1,
+        "{h}"
     );
 }
 

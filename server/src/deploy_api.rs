@@ -40,6 +40,8 @@ const MAX_TIMEOUT_S: u64 = 86_400;
 const MAX_HEALTH_TIMEOUT_S: u64 = 3600;
 const MAX_HISTORY: usize = 1000;
 const MAX_ITEMS: usize = 256;
+/// Least time between two redeliveries of one app's secrets.
+const REDELIVER_PAUSE_MS: i64 = 10 * 60 * 1000;
 
 /// An app definition as the API takes and returns it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -587,6 +589,13 @@ fn redeliver(
         .is_some_and(|(_, j)| j.as_ref().is_some_and(|j| !j.is_final()))
     {
         return Ok(None); // a deploy is on its way; it brings the secrets
+    }
+    if history.first().is_some_and(|(d, _)| {
+        d.kind == "redeliver" && clock::now_ms() - d.created_ms < REDELIVER_PAUSE_MS
+    }) {
+        // A runner restarting in a loop (or lying) cannot redeploy the
+        // app over and over: one redelivery per pause.
+        return Err(bad("redelivered a moment ago".into()));
     }
     let Some((d, _)) = history
         .iter()
