@@ -1133,7 +1133,7 @@ fn grep_disk(dir: &Path, needle: &str, skip: &[String]) -> Vec<String> {
 }
 
 /// A new app gets files delivery: each secret is `/run/secrets/NAME` in the
-/// container (0400, root's), read from a host tmpfs bound read-only; the
+/// container (0400, owned by `secrets_uid`), read from a host tmpfs bound read-only; the
 /// value is in no `Env`, on no disk of the engine (its whole data root) nor
 /// in the runner's state dir, and it survives `docker restart`. Then a
 /// reboot, as the host sees it: the memory is gone (the tmpfs unmounted)
@@ -1168,6 +1168,7 @@ fn secrets_as_files_stay_in_memory_survive_a_restart_and_come_back_after_a_reboo
             "env": {"GREETING": "hello"},
             "secrets": ["DB_PW"],
             "restart": "always",
+            "secrets_uid": 1000,
             "health": {"cmd": ["test", "-s", "/run/secrets/DB_PW"], "timeout_s": 20},
         }),
     );
@@ -1188,7 +1189,15 @@ fn secrets_as_files_stay_in_memory_survive_a_restart_and_come_back_after_a_reboo
     assert!(!log.contains(secret), "{log}");
     assert_eq!(cat(&c.name, "/run/secrets/DB_PW"), secret);
     let mode = docker_out(&["exec", &c.name, "stat", "-c", "%a %u", "/run/secrets/DB_PW"]).unwrap();
-    assert_eq!(mode, "400 0", "mode 0400, root's");
+    assert_eq!(mode, "400 1000", "mode 0400, the app user's (secrets_uid)");
+    let as_user =
+        |uid: &str| docker_out(&["exec", "-u", uid, &c.name, "cat", "/run/secrets/DB_PW"]);
+    assert_eq!(
+        as_user("1000").as_deref(),
+        Some(secret),
+        "the app's user reads it"
+    );
+    assert_eq!(as_user("1001"), None, "another user does not");
     assert!(
         docker_out(&["exec", &c.name, "sh", "-c", "echo x > /run/secrets/DB_PW"]).is_none(),
         "read-only in the container"

@@ -91,6 +91,12 @@ pub struct AppDef {
     /// without it predates the field: `env`, as deploys were then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_delivery: Option<SecretsDelivery>,
+    /// Owner (numeric) of the files in `/run/secrets`, for an app that runs
+    /// as another user than root; absent: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_gid: Option<u32>,
     #[serde(default = "timeout")]
     pub timeout_s: u64,
 }
@@ -448,6 +454,8 @@ fn launch(
         health: def.health.clone(),
         env_file: def.env_file.clone(),
         secrets_delivery: def.secrets_delivery.unwrap_or(SecretsDelivery::Env),
+        secrets_uid: def.secrets_uid,
+        secrets_gid: def.secrets_gid,
     };
     let job_spec = JobSpec {
         program: "deploy".into(),

@@ -523,7 +523,9 @@ impl Deploy {
             secret_files::mark(app_dir).map_err(|e| format!("secret files: {e}"))?;
         }
         self.secrets_dir = Some(dir.clone());
-        secret_files::write(&dir, &self.secrets).map_err(|e| format!("secret files: {e}"))?;
+        let (uid, gid) = (self.spec.secrets_uid, self.spec.secrets_gid);
+        secret_files::write(&dir, &self.secrets, uid, gid)
+            .map_err(|e| format!("secret files: {e}"))?;
         self.note(
             chan,
             step::SOURCE,

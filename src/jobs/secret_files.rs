@@ -127,10 +127,16 @@ pub fn dir(root: &Path, app: &str, job: &str) -> Result<PathBuf, SecretFilesErro
     Ok(root.join(segment(app)?).join(segment(job)?))
 }
 
-/// Write each secret as `dir/NAME` (0400); the directory is made fresh
-/// (0755: the container's processes must be able to look into it; the
-/// files themselves are root's).
-pub fn write(dir: &Path, secrets: &[(String, String)]) -> Result<(), SecretFilesError> {
+/// Write each secret as `dir/NAME` (0400, root's unless `uid`/`gid` say
+/// whose: an app that runs as another user reads them as that user); the
+/// directory is made fresh (0755: the container's processes must be able
+/// to look into it).
+pub fn write(
+    dir: &Path,
+    secrets: &[(String, String)],
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), SecretFilesError> {
     let io = |what: &str, p: &Path, e: std::io::Error| {
         SecretFilesError::Io(format!("{what} {}: {e}", p.display()))
     };
@@ -154,6 +160,9 @@ pub fn write(dir: &Path, secrets: &[(String, String)]) -> Result<(), SecretFiles
             .mode(0o400)
             .open(&path)
             .map_err(|e| io("cannot create", &path, e))?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(&f, uid, gid).map_err(|e| io("cannot chown", &path, e))?;
+        }
         f.write_all(value.as_bytes())
             .map_err(|e| io("cannot write", &path, e))?;
     }
@@ -230,7 +239,11 @@ pub fn lost_apps(socket: &Path) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn is_root() -> bool {
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
 
     #[test]
     fn names_are_single_path_segments() {
@@ -257,12 +270,19 @@ mod tests {
         let root = std::env::temp_dir().join(format!("tether-sf-{}", std::process::id()));
         let old = dir(&root, "web", "jb_1").unwrap();
         let new = dir(&root, "web", "jb_2").unwrap();
-        write(&old, &[("A".into(), "1".into())]).unwrap();
-        write(&new, &[("A".into(), "2".into()), ("B".into(), "x".into())]).unwrap();
+        write(&old, &[("A".into(), "1".into())], None, None).unwrap();
+        let two = [("A".into(), "2".into()), ("B".into(), "x".into())];
+        write(&new, &two, None, None).unwrap();
         let meta = std::fs::metadata(new.join("A")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+        // Another owner: only root may give files away.
+        if is_root() {
+            write(&new, &two, Some(1000), Some(1001)).unwrap();
+            let meta = std::fs::metadata(new.join("B")).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1000, 1001));
+        }
         assert_eq!(std::fs::read_to_string(new.join("A")).unwrap(), "2");
-        assert!(write(&new, &[("../A".into(), "x".into())]).is_err());
+        assert!(write(&new, &[("../A".into(), "x".into())], None, None).is_err());
         remove_others(&new);
         assert!(!old.exists() && new.exists());
         remove(&new);

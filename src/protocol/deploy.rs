@@ -52,6 +52,11 @@ pub struct DeploySpec {
     /// How the secrets reach the container. Absent (an older server): `env`.
     #[serde(default)]
     pub secrets_delivery: SecretsDelivery,
+    /// Owner of the secret files (`files` delivery); absent: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_gid: Option<u32>,
 }
 
 /// Where a deployment's secrets are put (`docs/api.md`, "Secrets delivery").
