@@ -629,6 +629,8 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             }
         }
     }
+    // Secrets delivered as files live here, in memory (jobs/secret_files.rs).
+    let secrets_dir = run_dir.join("secrets");
     let mut cfg = ConnConfig {
         server,
         runner_id: cred.runner_id,
@@ -648,6 +650,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             let mut j = JobsConfig::new(&state.path);
             j.max_concurrent = max_jobs;
             j.docker_socket = docker_socket.clone();
+            j.secrets_dir = Some(secrets_dir.clone());
             j
         }),
         update: update_cfg.clone(),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod deploy;
+pub mod secret_env;
 
 /// Protocol versions this build speaks, newest last.
 pub const SUPPORTED_VERSIONS: &[u16] = &[1];
@@ -153,6 +154,10 @@ pub enum Message {
     /// runner → server, after `welcome`: the terminal channels the runner
     /// still holds (the server ends the others).
     TermAlive(TermAlive),
+    /// runner → server, after `welcome`: apps whose in-memory secrets are
+    /// gone (a host reboot) and whose container Docker could not start for
+    /// want of them; the server deploys their current image again.
+    SecretsLost(SecretsLost),
 }
 
 impl Message {
@@ -188,6 +193,7 @@ impl Message {
             Message::TermResize(_) => "term_resize",
             Message::TermClose(_) => "term_close",
             Message::TermAlive(_) => "term_alive",
+            Message::SecretsLost(_) => "secrets_lost",
         }
     }
 
@@ -222,6 +228,7 @@ impl Message {
         "term_resize",
         "term_close",
         "term_alive",
+        "secrets_lost",
     ];
 }
 
@@ -496,6 +503,16 @@ pub struct TermResize {
 pub struct TermAlive {
     pub channels: Vec<u32>,
 }
+
+/// Apps (names) that need their secrets delivered again; at most
+/// [`MAX_SECRETS_LOST`] are sent, the server reads no more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretsLost {
+    pub apps: Vec<String>,
+}
+
+/// Most apps one `secrets_lost` names.
+pub const MAX_SECRETS_LOST: usize = 64;
 
 /// Bytes a log channel may have in flight (sent, not acknowledged) unless
 /// `log_open` says otherwise.

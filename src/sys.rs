@@ -1,5 +1,6 @@
 //! Facts about the host and small libc calls that std does not offer:
-//! hostname, `uname -m`, `getrandom`, "is this pid alive". Every `unsafe`
+//! hostname, `uname -m`, `getrandom`, "is this pid alive", "is this
+//! directory in memory", mounting a tmpfs. Every `unsafe`
 //! block of the crate that is not about signals lives here.
 
 use std::ffi::CStr;
@@ -79,6 +80,50 @@ pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether `path` lies on a filesystem kept in memory (tmpfs or ramfs),
+/// by `statfs(2)`'s filesystem magic.
+pub fn in_memory_fs(path: &std::path::Path) -> std::io::Result<bool> {
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statfs is plain old data; zeroed is a valid value for it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct we own.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The field's width differs by architecture and libc; the magics fit 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u32;
+    Ok(magic == TMPFS_MAGIC || magic == RAMFS_MAGIC)
+}
+
+/// Mount a tmpfs of at most `size_bytes` on `dir` (root only): mode 0700,
+/// no devices, no setuid, nothing executable.
+pub fn mount_tmpfs(dir: &std::path::Path, size_bytes: u64) -> std::io::Result<()> {
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let data = std::ffi::CString::new(format!("size={size_bytes},mode=0700,nr_inodes=4096"))
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// `x86_64-linux-musl`: compile-time arch, OS and C library, for `tether version`.

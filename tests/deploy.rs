@@ -47,12 +47,20 @@ impl Drop for Cleanup {
                 let _ = Command::new("docker").args(["rm", "-f", id]).output();
             }
         }
+        // By tag, never `rmi -f ID`: the build cache gives another test's
+        // identical context the same image id, and removing the id by force
+        // would take that test's tags with it.
         let out = Command::new("docker")
-            .args(["images", "-q", &self.image])
+            .args([
+                "images",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                &self.image,
+            ])
             .output();
         if let Ok(out) = out {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+            for tag in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rmi", tag]).output();
             }
         }
     }
@@ -223,6 +231,7 @@ fn deploy_runs_the_app_with_its_env_redeploy_replaces_it_and_rollback_restores_i
             "image": c.image,
             "env": {"GREETING": "hello"},
             "secrets": ["DB_PASSWORD"],
+            "secrets_delivery": "env",
             "labels": {"tier": "web"},
             "restart": "unless-stopped",
             "health": {"cmd": ["test", "-f", "/ctx/ok"], "timeout_s": 20},
@@ -842,6 +851,7 @@ fn an_env_file_is_written_into_the_container_and_never_on_the_host() {
             "image": c.image,
             "env": {"GREETING": "hello"},
             "secrets": ["DB_PASSWORD"],
+            "secrets_delivery": "env_file",
             "env_file": env_file,
             "health": {"cmd": ["test", "-f", env_file], "timeout_s": 20},
         })
@@ -888,4 +898,485 @@ fn an_env_file_is_written_into_the_container_and_never_on_the_host() {
         Some(json!({"runner": runner.id, "path": "/srv", "env_file": "relative.env"})),
     );
     assert_eq!(st, 400, "{v}");
+}
+
+// ---- secrets: write-only in every inspect answer, in memory on the host ----------------
+
+const PASSWORD: &str = "deploy-secrets-pw-1";
+
+/// A tenant user with `role`, added through the CLI as an operator would.
+fn add_user(server: &Server, tenant: &str, name: &str, role: &str) {
+    use std::io::Write;
+    let mut child = Command::new(server_bin())
+        .args([
+            "user",
+            "add",
+            tenant,
+            name,
+            "--role",
+            role,
+            "--api",
+            &server.url,
+        ])
+        .arg("--ca-file")
+        .arg(&server.ca)
+        .env("TETHER_TOKEN", &server.admin_token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A GET with the dashboard's session cookie of `name`: the route a
+/// browser takes.
+fn get_as_user(server: &Server, tenant: &str, name: &str, path: &str) -> (u16, String) {
+    let pem = std::fs::read(&server.ca).unwrap();
+    let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
+    let agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    cert,
+                ])))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(40)))
+        .build()
+        .new_agent();
+    let resp = agent
+        .post(format!("{}/api/v1/session", server.url))
+        .send(json!({"tenant": tenant, "name": name, "password": PASSWORD}).to_string())
+        .unwrap();
+    assert_eq!(resp.status(), 200, "login {name}");
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let mut resp = agent
+        .get(format!("{}{path}", server.url))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// A secret delivered as env (the explicit choice) is in the engine's
+/// config, as Docker keeps it; but no container inspect answer carries
+/// it, whoever asks and by whatever route: viewer, operator and admin
+/// with the dashboard's cookie, the tenant's API token, the CLI. The
+/// container is labelled with the secret's name (never its value), the
+/// runner masks by that label before the answer leaves the host, and the
+/// server masks again by the tenant's secret names, which also covers a
+/// container a script started with `docker run -e` under a secret's
+/// name. The container list, the event history and the deploy's output
+/// carry no value either.
+#[test]
+fn secrets_in_env_are_masked_in_every_inspect_answer_for_every_role() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant_name = "deploy-mask";
+    let tenant = server.tenant(tenant_name);
+    let runner = setup(&server, &tenant);
+    for (user, role) in [("vic", "viewer"), ("olga", "operator"), ("ada", "admin")] {
+        add_user(&server, tenant_name, user, role);
+    }
+    let c = Cleanup::new("mask");
+    let src = TempDir::new("deploy-src");
+    // Content of its own: its image is its own, not shared through the cache.
+    repo(src.path(), &c.name);
+    let secret = "s3cr3t-Mask-77c1";
+    let (st, _) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/DB_PW",
+        Some(json!({ "value": secret })),
+    );
+    assert_eq!(st, 204);
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "path": src.path(),
+            "image": c.image,
+            "env": {"GREETING": "hello"},
+            "secrets": ["DB_PW"],
+            "secrets_delivery": "env",
+        }),
+    );
+    let id = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &id);
+    let log = output(&tenant, &id, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    assert!(!log.contains(secret), "{log}");
+    let env = docker_out(&["inspect", "-f", "{{json .Config.Env}}", &c.name]).unwrap();
+    assert!(
+        env.contains(&format!("DB_PW={secret}")),
+        "env delivery: in the container's config, as Docker keeps it: {env}"
+    );
+    let label = docker_out(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"tether.secrets\"}}",
+        &c.name,
+    ])
+    .unwrap();
+    assert_eq!(label, "DB_PW", "names only in the label");
+
+    // A container a script started with the secret under its own name.
+    let stray = format!("{}-stray", c.name);
+    docker_out(&[
+        "run",
+        "-d",
+        "--name",
+        &stray,
+        "-e",
+        &format!("DB_PW={secret}"),
+        IMAGE,
+        "sleep",
+        "3600",
+    ])
+    .expect("docker run");
+
+    let masked = |what: &str, body: &str| {
+        assert!(!body.contains(secret), "{what}: the value leaked: {body}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: {body}"));
+        let env: Vec<&str> = v["Config"]["Env"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no Config.Env in {body}"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(env.contains(&"DB_PW=***"), "{what}: {env:?}");
+    };
+    for container in [&c.name, &stray] {
+        let path = format!("/api/v1/runners/{}/containers/{container}", runner.id);
+        for user in ["vic", "olga", "ada"] {
+            let (st, body) = get_as_user(&server, tenant_name, user, &path);
+            assert_eq!(st, 200, "{user}: {body}");
+            masked(&format!("{user} on {container}"), &body);
+        }
+        let (st, v) = tenant.call("GET", &path, None);
+        assert_eq!(st, 200, "{v}");
+        masked(&format!("API token on {container}"), &v.to_string());
+        let o = Command::new(server_bin())
+            .args(["--api", &server.url, "--ca-file"])
+            .arg(&server.ca)
+            .args([
+                "--token",
+                &tenant.token,
+                "container",
+                "inspect",
+                &runner.id,
+                container,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        masked(
+            &format!("CLI on {container}"),
+            &String::from_utf8_lossy(&o.stdout),
+        );
+    }
+    let app_env = {
+        let path = format!("/api/v1/runners/{}/containers/{}", runner.id, c.name);
+        let (_, v) = tenant.call("GET", &path, None);
+        v["Config"]["Env"].clone()
+    };
+    assert!(
+        app_env.to_string().contains("GREETING=hello"),
+        "plain env stays readable: {app_env}"
+    );
+    for path in [
+        format!("/api/v1/runners/{}/containers?all=true", runner.id),
+        format!("/api/v1/runners/{}/containers?cached=true", runner.id),
+        format!("/api/v1/runners/{}/containers/events", runner.id),
+        format!("/api/v1/jobs/{id}"),
+    ] {
+        let (st, v) = tenant.call("GET", &path, None);
+        assert_eq!(st, 200, "{path}: {v}");
+        assert!(!v.to_string().contains(secret), "{path}: {v}");
+    }
+    let _ = docker_out(&["rm", "-f", &stray]);
+}
+
+/// Mount points under `dir` (from /proc/self/mountinfo).
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every file under `dir` holding `needle`, staying on `dir`'s own
+/// filesystems (`grep -r` on the disk; the secrets tmpfs is RAM, and is
+/// checked apart).
+fn grep_disk(dir: &Path, needle: &str, skip: &[String]) -> Vec<String> {
+    let mut cmd = Command::new("grep");
+    cmd.args(["-rlF", "--no-messages", "--", needle]).arg(dir);
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !skip.iter().any(|s| l.starts_with(s.as_str())))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A new app gets files delivery: each secret is `/run/secrets/NAME` in the
+/// container (0400, owned by `secrets_uid`), read from a host tmpfs bound read-only; the
+/// value is in no `Env`, on no disk of the engine (its whole data root) nor
+/// in the runner's state dir, and it survives `docker restart`. Then a
+/// reboot, as the host sees it: the memory is gone (the tmpfs unmounted)
+/// and Docker cannot start the container (it never runs without its
+/// secrets); the runner, started again, finds it and asks the server,
+/// which deploys the same image again with the secrets: the app runs and
+/// reads them.
+#[test]
+fn secrets_as_files_stay_in_memory_survive_a_restart_and_come_back_after_a_reboot() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("deploy-files");
+    let mut runner = setup(&server, &tenant);
+    let c = Cleanup::new("files");
+    let src = TempDir::new("deploy-src");
+    // Content of its own: its image is its own, not shared through the cache.
+    repo(src.path(), &c.name);
+    let secret = "s3cr3t-Files-5be0";
+    let (st, _) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/DB_PW",
+        Some(json!({ "value": secret })),
+    );
+    assert_eq!(st, 204);
+    put_app(
+        &tenant,
+        &c.name,
+        json!({
+            "runner": runner.id,
+            "path": src.path(),
+            "image": c.image,
+            "env": {"GREETING": "hello"},
+            "secrets": ["DB_PW"],
+            "restart": "always",
+            "secrets_uid": 1000,
+            "health": {"cmd": ["test", "-s", "/run/secrets/DB_PW"], "timeout_s": 20},
+        }),
+    );
+    let (_, app) = tenant.call("GET", &format!("/api/v1/apps/{}", c.name), None);
+    assert_eq!(
+        app["secrets_delivery"], "files",
+        "the default for a new app"
+    );
+
+    let first = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &first);
+    let log = output(&tenant, &first, "stream=all");
+    assert_eq!(v["status"], "succeeded", "{v}\n{log}");
+    assert!(
+        log.contains("1 secret(s) as files in /run/secrets (in memory"),
+        "{log}"
+    );
+    assert!(!log.contains(secret), "{log}");
+    assert_eq!(cat(&c.name, "/run/secrets/DB_PW"), secret);
+    let mode = docker_out(&["exec", &c.name, "stat", "-c", "%a %u", "/run/secrets/DB_PW"]).unwrap();
+    assert_eq!(mode, "400 1000", "mode 0400, the app user's (secrets_uid)");
+    let as_user =
+        |uid: &str| docker_out(&["exec", "-u", uid, &c.name, "cat", "/run/secrets/DB_PW"]);
+    assert_eq!(
+        as_user("1000").as_deref(),
+        Some(secret),
+        "the app's user reads it"
+    );
+    assert_eq!(as_user("1001"), None, "another user does not");
+    assert!(
+        docker_out(&["exec", &c.name, "sh", "-c", "echo x > /run/secrets/DB_PW"]).is_none(),
+        "read-only in the container"
+    );
+    let env = docker_out(&["inspect", "-f", "{{json .Config.Env}}", &c.name]).unwrap();
+    assert!(
+        env.contains("GREETING=hello") && !env.contains(secret),
+        "{env}"
+    );
+
+    // Where it lives on the host: a tmpfs.
+    let source = docker_out(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{if eq .Destination \"/run/secrets\"}}{{.Source}}{{end}}{{end}}",
+        &c.name,
+    ])
+    .unwrap();
+    assert!(!source.is_empty(), "a bind at /run/secrets");
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fs.stdout).trim(),
+        "tmpfs",
+        "{source}"
+    );
+
+    // No disk holds it: the engine's whole data root, the runner's state
+    // dir (its secrets tmpfs aside), the server's data dir.
+    let root = docker_out(&["info", "-f", "{{.DockerRootDir}}"]).unwrap();
+    let in_memory = mounts_under(runner.dir.path());
+    assert!(
+        !in_memory.is_empty(),
+        "the runner mounted its secrets tmpfs"
+    );
+    let hits = grep_disk(Path::new(&root), secret, &[]);
+    assert!(
+        hits.is_empty(),
+        "secret in the engine's data root: {hits:?}"
+    );
+    let hits = grep_disk(runner.dir.path(), secret, &in_memory);
+    assert!(
+        hits.is_empty(),
+        "secret in the runner's state dir: {hits:?}"
+    );
+    let hits = grep_dir(server.dir.path(), secret.as_bytes());
+    assert!(hits.is_empty(), "secret in the server's data dir: {hits:?}");
+
+    // docker restart: the bind is made again from the same memory.
+    docker_out(&["restart", "-t", "0", &c.name]).expect("restart");
+    assert!(running(&c.name));
+    assert_eq!(
+        cat(&c.name, "/run/secrets/DB_PW"),
+        secret,
+        "after docker restart"
+    );
+
+    // A redeploy replaces the directory; the old deployment's goes.
+    let second = deploy(&tenant, &c.name, None);
+    let v = wait_complete(&tenant, &second);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(cat(&c.name, "/run/secrets/DB_PW"), secret);
+    let app_dir = Path::new(&source).parent().unwrap().to_owned();
+    let dirs: Vec<String> = std::fs::read_dir(&app_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, vec![second.clone()], "only the running deployment's");
+
+    // The reboot: runner down, memory gone, Docker tries to start the
+    // container (restart: always) and cannot.
+    signal(runner.child(), libc::SIGTERM);
+    wait_exit(runner.child(), Duration::from_secs(10)).expect("runner stopped");
+    docker_out(&["stop", "-t", "0", &c.name]).expect("stop");
+    for m in mounts_under(runner.dir.path()) {
+        let out = Command::new("umount").arg("-l").arg(&m).output().unwrap();
+        assert!(out.status.success(), "umount {m}");
+    }
+    let start = Command::new("docker")
+        .args(["start", &c.name])
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&start.stderr);
+    assert!(
+        !start.status.success() && why.contains("does not exist"),
+        "Docker refuses to start it without its secrets: {why}"
+    );
+    assert!(!running(&c.name));
+
+    runner.start(&["--heartbeat", "1s"]);
+    let redeliver = wait_for(Duration::from_secs(30), "a redeliver deployment", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, h) = tenant.call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None);
+        h.as_array()
+            .and_then(|h| h.first().cloned())
+            .filter(|d| d["kind"] == "redeliver")
+    });
+    assert_eq!(
+        redeliver["image"],
+        format!("{}:{second}", c.image),
+        "no rebuild"
+    );
+    let v = wait_complete(&tenant, redeliver["id"].as_str().unwrap());
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(running(&c.name));
+    assert_eq!(
+        cat(&c.name, "/run/secrets/DB_PW"),
+        secret,
+        "delivered again"
+    );
+    assert!(
+        runner.log().contains("in-memory secrets of"),
+        "the runner said so"
+    );
+    // A second loss right after: the server pauses between two
+    // redeliveries of one app (a runner restarting in a loop, or lying,
+    // cannot redeploy it over and over).
+    signal(runner.child(), libc::SIGTERM);
+    wait_exit(runner.child(), Duration::from_secs(10)).expect("runner stopped");
+    docker_out(&["stop", "-t", "0", &c.name]).expect("stop");
+    for m in mounts_under(runner.dir.path()) {
+        let _ = Command::new("umount").arg("-l").arg(&m).output();
+    }
+    runner.start(&["--heartbeat", "1s"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    wait_for(Duration::from_secs(15), "the server to refuse", || {
+        std::thread::sleep(Duration::from_millis(200));
+        server
+            .log()
+            .contains("redelivered a moment ago")
+            .then_some(())
+    });
+    let (_, h) = tenant.call("GET", &format!("/api/v1/apps/{}/deployments", c.name), None);
+    assert_eq!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"] == "redeliver")
+            .count(),
+        1,
+        "{h}"
+    );
+}
+
+/// The choice is the app's: `env_file` needs a path, an unknown mode is
+/// refused with a clear error and changes nothing, an existing app keeps
+/// its mode when a PUT leaves it out.
+#[test]
+fn secrets_delivery_is_validated_and_kept() {
+    let server = Server::start();
+    let tenant = server.tenant("deploy-delivery");
+    let runner = Runner::enroll(&server, &tenant);
+    let app = |extra: Value| {
+        let mut d = json!({"runner": runner.id, "path": "/srv"});
+        for (k, v) in extra.as_object().unwrap() {
+            d[k] = v.clone();
+        }
+        tenant.call("PUT", "/api/v1/apps/web", Some(d))
+    };
+    let (st, v) = app(json!({"secrets_delivery": "disk"}));
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = app(json!({"secrets_delivery": "env_file"}));
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("needs env_file"), "{v}");
+    let (st, _) = tenant.call("GET", "/api/v1/apps/web", None);
+    assert_eq!(st, 404, "nothing stored");
+    let (st, v) = app(json!({"secrets_delivery": "env"}));
+    assert_eq!((st, &v["secrets_delivery"]), (200, &json!("env")), "{v}");
+    let (st, v) = app(json!({"restart": "always"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["secrets_delivery"], "env", "kept when left out");
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/apps/other",
+        Some(json!({"runner": runner.id, "path": "/srv"})),
+    );
+    assert_eq!((st, &v["secrets_delivery"]), (200, &json!("files")), "{v}");
 }

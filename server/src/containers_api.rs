@@ -27,7 +27,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tether::protocol::{
-    api_error, ContainerSummary, DockerOp, DockerRequest, DockerResponse, Message,
+    api_error, secret_env, ContainerSummary, DockerOp, DockerRequest, DockerResponse, Message,
 };
 
 use crate::api::{query, runner_in_tenant};
@@ -298,8 +298,32 @@ pub async fn inspect(
     check_container(&cid)?;
     let mut req = request(DockerOp::Inspect);
     req.container = Some(cid);
-    let r = docker_success(call_docker(&state, tenant, &id, req, Duration::ZERO).await?)?;
+    let mut r = docker_success(call_docker(&state, tenant, &id, req, Duration::ZERO).await?)?;
+    let names = secret_names(&state, tenant, &r.body)?;
+    secret_env::mask_inspect(&mut r.body, &names);
     Ok(Json(r.body))
+}
+
+/// Env names whose values no caller may read, whatever its role: the
+/// tenant's secrets, and those of the app the container was deployed for
+/// (a secret deleted since still sits in that container's `Env`). The
+/// runner already masked what its label lists; this also covers runners
+/// and containers older than that label, and scripts that passed a secret
+/// to `docker run -e` under its own name.
+fn secret_names(state: &AppState, tenant: &str, inspect: &Value) -> Result<Vec<String>, ApiError> {
+    let mut names: Vec<String> = state
+        .jobs
+        .secrets(tenant)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let app = inspect["Config"]["Labels"]["tether.app"].as_str();
+    if let Some(app) = app.and_then(|a| state.jobs.app(tenant, a).ok().flatten()) {
+        if let Some(list) = app.def["secrets"].as_array() {
+            names.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    Ok(names)
 }
 
 // ---- container actions ----------------------------------------------------------

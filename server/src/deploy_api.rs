@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tether::protocol::deploy::{DeploySpec, HealthCheck, PortMap};
+use tether::protocol::deploy::{DeploySpec, HealthCheck, PortMap, SecretsDelivery};
 
 use crate::api::{runner_in_tenant, JsonBody};
 use crate::app::AppState;
@@ -40,6 +40,8 @@ const MAX_TIMEOUT_S: u64 = 86_400;
 const MAX_HEALTH_TIMEOUT_S: u64 = 3600;
 const MAX_HISTORY: usize = 1000;
 const MAX_ITEMS: usize = 256;
+/// Least time between two redeliveries of one app's secrets.
+const REDELIVER_PAUSE_MS: i64 = 10 * 60 * 1000;
 
 /// An app definition as the API takes and returns it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,9 +82,21 @@ pub struct AppDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
     /// Absolute path in the container for a `KEY=VALUE` file of the env
-    /// and secrets (mode 0600), for apps that read a `.env` file.
+    /// (and the secrets, unless they are delivered as files), mode 0600,
+    /// for apps that read a `.env` file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_file: Option<String>,
+    /// How secrets reach the container. Omitted on PUT: the existing app's
+    /// choice, or `files` (memory only) for a new app. A stored definition
+    /// without it predates the field: `env`, as deploys were then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_delivery: Option<SecretsDelivery>,
+    /// Owner (numeric) of the files in `/run/secrets`, for an app that runs
+    /// as another user than root; absent: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_gid: Option<u32>,
     #[serde(default = "timeout")]
     pub timeout_s: u64,
 }
@@ -220,6 +234,12 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
             return Err(bad(format!("{k:?}: a name and a value without NUL")));
         }
     }
+    if d.secrets_delivery == Some(SecretsDelivery::EnvFile) && d.env_file.is_none() {
+        return Err(bad(
+            "secrets_delivery \"env_file\" needs env_file (the file's path in the container)"
+                .into(),
+        ));
+    }
     if let Some(f) = &d.env_file {
         let name = f.rsplit('/').next().unwrap_or("");
         if !f.starts_with('/') || name.is_empty() || name == "." || name == ".." || f.contains('\0')
@@ -280,6 +300,9 @@ fn resolve_runner(state: &AppState, tenant: &str, r: &str) -> Result<String, Api
 
 fn app_json(a: &StoredApp) -> Value {
     let mut v = a.def.clone();
+    if v["secrets_delivery"].is_null() {
+        v["secrets_delivery"] = json!(SecretsDelivery::Env.as_str());
+    }
     v["name"] = json!(a.name);
     v["updated_at"] = json!(clock::rfc3339(a.updated_ms));
     v
@@ -322,6 +345,25 @@ pub async fn put_app(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     check(&state, tenant, &name, &mut d)?;
+    if d.secrets_delivery.is_none() {
+        let kept = match state.jobs.app(tenant, &name)? {
+            Some(old) => Some(
+                serde_json::from_value::<AppDef>(old.def)
+                    .ok()
+                    .and_then(|o| o.secrets_delivery)
+                    .unwrap_or(SecretsDelivery::Env),
+            ),
+            None => None,
+        };
+        let delivery = kept.unwrap_or(SecretsDelivery::Files);
+        if delivery == SecretsDelivery::EnvFile && d.env_file.is_none() {
+            return Err(bad(
+                "the app delivers its secrets in env_file: give env_file, or another secrets_delivery"
+                    .into(),
+            ));
+        }
+        d.secrets_delivery = Some(delivery);
+    }
     let a = StoredApp {
         name,
         def: serde_json::to_value(&d).map_err(ApiError::internal)?,
@@ -411,6 +453,9 @@ fn launch(
         labels: def.labels.clone().into_iter().collect(),
         health: def.health.clone(),
         env_file: def.env_file.clone(),
+        secrets_delivery: def.secrets_delivery.unwrap_or(SecretsDelivery::Env),
+        secrets_uid: def.secrets_uid,
+        secrets_gid: def.secrets_gid,
     };
     let job_spec = JobSpec {
         program: "deploy".into(),
@@ -510,6 +555,73 @@ pub async fn rollback(
         target.git_ref.clone(),
     )?;
     Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// A runner lost the in-memory secrets of these apps (a host reboot) and
+/// Docker could not start their containers: each app of this runner that
+/// delivers secrets as files, with nothing in flight, is deployed again
+/// with its newest successful image (`kind: "redeliver"`, no build). A
+/// runner names only apps it already receives the secrets of; anything
+/// else is skipped with a log line.
+pub fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: &[String]) {
+    for name in apps.iter().take(tether::protocol::MAX_SECRETS_LOST) {
+        match redeliver(state, tenant, runner, name) {
+            Ok(Some(job)) => {
+                tracing::info!(%runner, app = %name, %job, "secrets lost on the host: delivering them again")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%runner, app = %name.chars().take(64).collect::<String>(),
+                "secrets lost on the host, not redelivered: {}", e.message),
+        }
+    }
+}
+
+fn redeliver(
+    state: &AppState,
+    tenant: &str,
+    runner: &str,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    if !valid_name(name) {
+        return Err(bad("not an app name".into()));
+    }
+    let (_, def) = app_of(state, tenant, name)?;
+    if def.runner != runner {
+        return Err(bad("the app lives on another runner".into()));
+    }
+    if def.secrets_delivery != Some(SecretsDelivery::Files) {
+        return Err(bad("the app does not deliver its secrets as files".into()));
+    }
+    let history = state.jobs.deployments(tenant, name, MAX_HISTORY)?;
+    if history
+        .first()
+        .is_some_and(|(_, j)| j.as_ref().is_some_and(|j| !j.is_final()))
+    {
+        return Ok(None); // a deploy is on its way; it brings the secrets
+    }
+    if history.first().is_some_and(|(d, _)| {
+        d.kind == "redeliver" && clock::now_ms() - d.created_ms < REDELIVER_PAUSE_MS
+    }) {
+        // A runner restarting in a loop (or lying) cannot redeploy the
+        // app over and over: one redelivery per pause.
+        return Err(bad("redelivered a moment ago".into()));
+    }
+    let Some((d, _)) = history
+        .iter()
+        .find(|(_, j)| j.as_ref().is_some_and(|j| j.status == "succeeded"))
+    else {
+        return Err(bad("no successful deployment to run again".into()));
+    };
+    let v = launch(
+        state,
+        tenant,
+        name,
+        &def,
+        "redeliver",
+        Some(d.image.clone()),
+        d.git_ref.clone(),
+    )?;
+    Ok(v["id"].as_str().map(str::to_owned))
 }
 
 pub async fn deployments(

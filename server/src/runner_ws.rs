@@ -615,6 +615,15 @@ impl Connection {
             }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::TermAlive(alive) => self.on_term_alive(alive.clone()).await,
+            Message::SecretsLost(lost) => {
+                crate::deploy_api::redeliver_lost(
+                    &self.state,
+                    &self.runner.tenant_id,
+                    &self.runner.id,
+                    &lost.apps,
+                );
+                Ok(())
+            }
             Message::MetricsSchema(m) => {
                 let stream = self.metrics.get_or_insert_with(Box::default);
                 match stream.set_schema(

@@ -1512,6 +1512,7 @@ impl Connection {
             | Control::JobResult(_)
             | Control::TermOpened(_)
             | Control::TermAlive(_)
+            | Control::SecretsLost(_)
             | Control::LogOpened(_)
             | Control::UpdateStatus(_)
             | Control::DockerState(_)

@@ -548,12 +548,17 @@ fn build_request(
 /// The engine's answer as a `docker_response`: status and JSON body as
 /// sent (`null` when there is none, as for 204 and 304). A body that is
 /// not JSON (an old engine's plain-text error) becomes `{"message": text}`.
+/// A container inspect answer has its secret `Env` values masked here, so
+/// they never leave the host (`protocol::secret_env`).
 fn response_body(resp: &Response) -> Value {
     if resp.body.iter().all(u8::is_ascii_whitespace) {
         return Value::Null;
     }
     match serde_json::from_slice(&resp.body) {
-        Ok(v) => v,
+        Ok(mut v) => {
+            crate::protocol::secret_env::mask_inspect(&mut v, &[]);
+            v
+        }
         Err(_) => serde_json::json!({ "message": api::engine_message(&resp.head, &resp.body) }),
     }
 }

@@ -583,3 +583,22 @@ fn real_engine_smoke() {
         .collect();
     assert_eq!(replies, vec![(1, 204), (2, 204)]);
 }
+
+/// A container inspect answer leaves the host with the values of the
+/// `Env` entries its `tether.secrets` label names masked; plain env and
+/// other answers are untouched (`protocol::secret_env`).
+#[test]
+fn inspect_answers_leave_the_host_with_secret_env_masked() {
+    let body = r#"{"Id":"c1","Config":{"Env":["A=1","DB_PW=hunter2"],"Labels":{"tether.secrets":"DB_PW"}}}"#;
+    let raw = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut dec =
+        crate::docker::http::BufferedDecoder::new(crate::docker::http::Expect::Normal, 1 << 16);
+    dec.feed(raw.as_bytes()).unwrap();
+    let resp = dec.take().unwrap();
+    let v = response_body(&resp);
+    assert!(!v.to_string().contains("hunter2"), "{v}");
+    assert_eq!(v["Config"]["Env"], serde_json::json!(["A=1", "DB_PW=***"]));
+}

@@ -15,7 +15,7 @@
 //!    ▼                                     (skipped for a rollback: the image exists)
 //!  InspectOld ── 404: first deploy ─────────────────────┐
 //!    │ found                                            │
-//!  RenameOld (name-old-JOB) ───────────────────────────▶ Create (env + secrets, labels, ports, binds)
+//!  RenameOld (name-old-JOB) ───────────────────────────▶ Create (env, secrets, labels, ports, binds)
 //!                                                         ▼
 //!                                              StopOld (if it ran) ─▶ StartNew
 //!                                                                        ▼
@@ -39,11 +39,17 @@
 //!
 //! Every Docker call is one exchange on its own `UnixStream` with a
 //! deadline ([`CALL_TIMEOUT`]; the build [`BUILD_TIMEOUT`], the stop the
-//! grace period plus a margin). Secrets reach only the create call's `Env`
-//! and are masked in everything this module writes.
+//! grace period plus a margin). Secrets reach the container as the app's
+//! `secrets_delivery` says — files on a host tmpfs bound at `/run/secrets`
+//! (`secret_files.rs`, written before the first Docker call), the create
+//! call's `Env`, or the env file — and are masked in everything this module
+//! writes. Containers that carry secrets in `Env` get the label
+//! `tether.secrets` (their names), by which every inspect answer masks the
+//! values (`protocol::secret_env`).
 
 use super::process::{Process, Read_};
 use super::redact::Redactor;
+use super::secret_files;
 use super::spool::OutChannel;
 use super::tar::Context;
 use super::{push_record, JobTimer};
@@ -57,7 +63,7 @@ use crate::docker::http::{
 };
 use crate::docker::stream::LineSplitter;
 use crate::event_loop::{Ctx, Timer, TimerId};
-use crate::protocol::deploy::{step, DeploySpec};
+use crate::protocol::deploy::{step, DeploySpec, SecretsDelivery};
 use crate::protocol::StreamTag;
 use crate::{debug, info};
 use mio::net::UnixStream;
@@ -180,8 +186,14 @@ pub struct Outcome {
 pub struct Deploy {
     spec: DeploySpec,
     job_id: String,
-    /// The container's environment, secrets included: only for Create.
+    /// The container's `Env` (secrets included only for `env` delivery).
     env: Vec<(String, String)>,
+    /// The secrets, for files or the env file.
+    secrets: Vec<(String, String)>,
+    /// `<run-dir>/secrets`, where files delivery keeps them in memory.
+    secrets_root: Option<PathBuf>,
+    /// This deployment's secrets directory, once written.
+    secrets_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     checkout: PathBuf,
     /// The crash-recovery file kept while the old container is parked.
@@ -251,15 +263,21 @@ impl Deploy {
         secrets: &[(String, String)],
         socket: Option<PathBuf>,
         state_dir: &Path,
+        secrets_root: Option<PathBuf>,
     ) -> Deploy {
         let redact = Redactor::new(secrets.iter().map(|(_, v)| v.as_bytes().to_vec()));
         let checkout = state_dir.join("deploy").join(&spec.app).join("src");
         let parked_file = super::parked::path(state_dir, &spec.app);
         let mut env = env;
-        env.extend(secrets.iter().cloned());
+        if spec.secrets_delivery == SecretsDelivery::Env {
+            env.extend(secrets.iter().cloned());
+        }
         Deploy {
             job_id: job_id.to_owned(),
             env,
+            secrets: secrets.to_vec(),
+            secrets_root,
+            secrets_dir: None,
             socket,
             checkout,
             parked_file,
@@ -326,6 +344,9 @@ impl Deploy {
             "jobs",
             "deploy {} of {} started", self.job_id, self.spec.app
         );
+        if let Err(why) = self.write_secret_files(chan) {
+            return self.fail(ctx, chan, why);
+        }
         if !self.spec.build {
             self.note(
                 chan,
@@ -486,6 +507,37 @@ impl Deploy {
         self.old.as_ref().is_none_or(|o| !o.renamed) && self.new_id.is_none()
     }
 
+    /// Files delivery: the secrets into memory before anything else, so a
+    /// host that cannot keep them there fails the deploy untouched.
+    fn write_secret_files(&mut self, chan: &mut OutChannel) -> Result<(), String> {
+        if self.spec.secrets_delivery != SecretsDelivery::Files || self.secrets.is_empty() {
+            return Ok(());
+        }
+        let Some(root) = self.secrets_root.clone() else {
+            return Err("this runner has no run dir for in-memory secrets".into());
+        };
+        let dir = secret_files::dir(&root, &self.spec.app, &self.job_id)
+            .map_err(|e| format!("secret files: {e}"))?;
+        secret_files::prepare(&root).map_err(|e| e.to_string())?;
+        if let Some(app_dir) = self.parked_file.parent() {
+            secret_files::mark(app_dir).map_err(|e| format!("secret files: {e}"))?;
+        }
+        self.secrets_dir = Some(dir.clone());
+        let (uid, gid) = (self.spec.secrets_uid, self.spec.secrets_gid);
+        secret_files::write(&dir, &self.secrets, uid, gid)
+            .map_err(|e| format!("secret files: {e}"))?;
+        self.note(
+            chan,
+            step::SOURCE,
+            &format!(
+                "{} secret(s) as files in {} (in memory, mode 0400)",
+                self.secrets.len(),
+                secret_files::TARGET
+            ),
+        );
+        Ok(())
+    }
+
     // ---- git -------------------------------------------------------------
 
     fn read_git(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
@@ -622,7 +674,12 @@ impl Deploy {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         let dir = if dir.is_empty() { "/" } else { dir };
         let mut text = String::new();
-        for (k, v) in &self.env {
+        // The file holds the secrets unless they are delivered as files.
+        let secrets: &[(String, String)] = match self.spec.secrets_delivery {
+            SecretsDelivery::EnvFile => &self.secrets,
+            SecretsDelivery::Env | SecretsDelivery::Files => &[],
+        };
+        for (k, v) in self.env.iter().chain(secrets) {
             if v.contains('\n') {
                 return Err(format!("env file: the value of {k} holds a newline"));
             }
@@ -652,6 +709,30 @@ impl Deploy {
         }
         labels.insert("tether.app".into(), json!(s.app));
         labels.insert("tether.deployment".into(), json!(self.job_id));
+        labels.insert(
+            crate::protocol::secret_env::DELIVERY_LABEL.into(),
+            json!(s.secrets_delivery.as_str()),
+        );
+        if s.secrets_delivery == SecretsDelivery::Env && !self.secrets.is_empty() {
+            // Names only: every inspect answer masks these values.
+            let names: Vec<&str> = self.secrets.iter().map(|(k, _)| k.as_str()).collect();
+            labels.insert(
+                crate::protocol::secret_env::SECRETS_LABEL.into(),
+                json!(names.join(",")),
+            );
+        }
+        let mut mounts = Vec::new();
+        if let Some(dir) = &self.secrets_dir {
+            // `Mounts`, not `Binds`: a missing source (memory lost at a
+            // reboot) is an error at start, never an empty directory
+            // Docker makes on the disk.
+            mounts.push(json!({
+                "Type": "bind",
+                "Source": dir.display().to_string(),
+                "Target": secret_files::TARGET,
+                "ReadOnly": true,
+            }));
+        }
         let mut exposed = Map::new();
         let mut bindings = Map::new();
         for p in &s.ports {
@@ -671,6 +752,7 @@ impl Deploy {
             "HostConfig": {
                 "PortBindings": bindings,
                 "Binds": s.volumes,
+                "Mounts": mounts,
                 "RestartPolicy": {"Name": s.restart},
             },
         });
@@ -1115,7 +1197,11 @@ impl Deploy {
             Call::PutEnvFile => match checked {
                 Ok(_) => {
                     let path = self.spec.env_file.clone().unwrap_or_default();
-                    let n = self.env.len();
+                    let n = self.env.len()
+                        + match self.spec.secrets_delivery {
+                            SecretsDelivery::EnvFile => self.secrets.len(),
+                            SecretsDelivery::Env | SecretsDelivery::Files => 0,
+                        };
                     self.note(
                         chan,
                         step::REPLACE,
@@ -1401,6 +1487,13 @@ impl Deploy {
         if self.outcome.is_some() {
             return;
         }
+        if let Some(dir) = &self.secrets_dir {
+            if status == "succeeded" {
+                secret_files::remove_others(dir);
+            } else {
+                secret_files::remove(dir);
+            }
+        }
         // Over: the old container was removed or is back under its name
         // (a failed rename back keeps the file, for the next start).
         if status == "succeeded" || self.old.as_ref().is_none_or(|o| !o.renamed) {
@@ -1498,6 +1591,7 @@ mod tests {
             &[("TOKEN".into(), "s3cret".into())],
             None,
             Path::new("/nonexistent"),
+            None,
         );
         let body: Value = serde_json::from_slice(&d.create_body().unwrap()).unwrap();
         assert_eq!(body["Image"], "web:jb_1");
@@ -1512,6 +1606,47 @@ mod tests {
         assert_eq!(body["HostConfig"]["Binds"], json!(["/srv/data:/data:ro"]));
         assert_eq!(body["HostConfig"]["RestartPolicy"]["Name"], "always");
         assert_eq!(d.parked_name(), "web-old-jb1");
+    }
+
+    #[test]
+    fn each_delivery_puts_secrets_where_it_says_and_labels_only_names() {
+        let secrets = [("TOKEN".to_owned(), "s3cret".to_owned())];
+        let body = |delivery, dir: Option<&str>| {
+            let mut s = spec();
+            s.secrets_delivery = delivery;
+            s.env_file = Some("/app/.env".into());
+            let mut d = Deploy::new(
+                s,
+                "jb_1",
+                vec![("A".into(), "1".into())],
+                &secrets,
+                None,
+                Path::new("/nonexistent"),
+                None,
+            );
+            d.secrets_dir = dir.map(PathBuf::from);
+            let file = String::from_utf8_lossy(&d.env_file_tar().unwrap().1).into_owned();
+            let v: Value = serde_json::from_slice(&d.create_body().unwrap()).unwrap();
+            (v, file)
+        };
+        let (v, file) = body(SecretsDelivery::Files, Some("/run/tether/secrets/web/jb_1"));
+        assert_eq!(v["Env"], json!(["A=1"]));
+        assert!(!v.to_string().contains("s3cret") && !file.contains("s3cret"));
+        assert_eq!(
+            v["HostConfig"]["Mounts"],
+            json!([{"Type": "bind", "Source": "/run/tether/secrets/web/jb_1",
+                "Target": "/run/secrets", "ReadOnly": true}])
+        );
+        assert_eq!(v["Labels"]["tether.secrets_delivery"], "files");
+        assert!(v["Labels"]["tether.secrets"].is_null());
+        let (v, file) = body(SecretsDelivery::Env, None);
+        assert_eq!(v["Env"], json!(["A=1", "TOKEN=s3cret"]));
+        assert_eq!(v["Labels"]["tether.secrets"], "TOKEN", "names only");
+        assert!(file.contains("TOKEN=s3cret"), "as before the field");
+        let (v, file) = body(SecretsDelivery::EnvFile, None);
+        assert_eq!(v["Env"], json!(["A=1"]));
+        assert!(file.contains("A=1\nTOKEN=s3cret\n"), "{file}");
+        assert_eq!(v["HostConfig"]["Mounts"], json!([]));
     }
 
     fn records(chan: &mut OutChannel) -> Vec<(u8, String)> {

@@ -33,6 +33,7 @@ pub mod ledger;
 pub mod parked;
 pub mod process;
 pub mod redact;
+pub mod secret_files;
 pub mod spool;
 pub mod tar;
 
@@ -40,7 +41,7 @@ use crate::conn::{LinkEvent, Outgoing};
 use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::protocol::{
     ChannelAck, ErrorBody, FrameKind, JobAccepted, JobResult, JobStart, Message as Control,
-    StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
+    SecretsLost, StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
 };
 use crate::{debug, info, warn};
 use deploy::Deploy;
@@ -87,6 +88,9 @@ pub struct JobsConfig {
     pub cwd: PathBuf,
     /// The engine deploy jobs talk to (`None`: deploys fail, saying so).
     pub docker_socket: Option<PathBuf>,
+    /// `<run-dir>/secrets`: deployments' secrets kept in memory
+    /// (`secret_files.rs`); `None`: files delivery fails, saying so.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl JobsConfig {
@@ -107,6 +111,7 @@ impl JobsConfig {
             kill_grace: Duration::from_secs(5),
             cwd: PathBuf::from("/"),
             docker_socket: None,
+            secrets_dir: None,
         }
     }
 
@@ -114,6 +119,9 @@ impl JobsConfig {
         self.state_dir.join("spool")
     }
 }
+
+/// Link-ups at which a runner tries to ask an engine that was not there.
+const LOST_SECRETS_TRIES: u8 = 5;
 
 /// Why a job is being stopped.
 #[derive(Debug, Clone)]
@@ -147,6 +155,11 @@ pub struct Jobs {
     up: bool,
     /// Round-robin start for sending frames.
     next: usize,
+    /// Apps whose in-memory secrets were lost (found at start), told to
+    /// the server on each link until a deploy of the app starts.
+    secrets_lost: Vec<String>,
+    /// Tries left to look for them (0: done, or nothing to look for).
+    secrets_check: u8,
 }
 
 fn now_ms() -> u64 {
@@ -159,6 +172,7 @@ impl Jobs {
     /// `None`: jobs switched off on this host.
     pub fn new(cfg: Option<JobsConfig>) -> Jobs {
         let mut ledger = Ledger::default();
+        let mut secrets_check = 0;
         if let Some(c) = &cfg {
             ledger = Ledger::load(&c.state_dir.join("jobs.json"));
             // A deploy cut short mid-replacement: its old container first.
@@ -175,8 +189,12 @@ impl Jobs {
             }
             // Spool files never outlive the process that wrote them.
             let _ = std::fs::remove_dir_all(c.spool_dir());
+            // Only a host that ever kept secrets in memory asks the engine.
+            if c.docker_socket.is_some() && secret_files::ever_used(&c.state_dir) {
+                secrets_check = LOST_SECRETS_TRIES;
+            }
         }
-        Jobs {
+        let mut jobs = Jobs {
             cfg,
             ledger,
             jobs: Vec::new(),
@@ -184,6 +202,45 @@ impl Jobs {
             outbox: VecDeque::new(),
             up: false,
             next: 0,
+            secrets_lost: Vec::new(),
+            secrets_check,
+        };
+        jobs.check_lost_secrets();
+        jobs
+    }
+
+    /// Look for containers whose in-memory secrets are gone
+    /// (`secret_files::lost_apps`). Tried at start and again at each link
+    /// up while the engine could not be asked (at boot it may come up
+    /// after the runner), a few times at most.
+    fn check_lost_secrets(&mut self) {
+        if self.secrets_check == 0 {
+            return;
+        }
+        let Some(socket) = self.cfg.as_ref().and_then(|c| c.docker_socket.clone()) else {
+            return;
+        };
+        self.secrets_check -= 1;
+        match secret_files::lost_apps(&socket) {
+            Ok(apps) => {
+                self.secrets_check = 0;
+                if !apps.is_empty() {
+                    warn!(
+                        "jobs",
+                        "in-memory secrets of {} are gone (host rebooted?); their containers cannot start until the server delivers them again",
+                        apps.join(", ")
+                    );
+                }
+                for a in apps {
+                    if !self.secrets_lost.contains(&a) {
+                        self.secrets_lost.push(a);
+                    }
+                }
+            }
+            Err(e) => debug!(
+                "jobs",
+                "cannot look for containers without their secrets yet: {e}"
+            ),
         }
     }
 
@@ -360,6 +417,14 @@ impl Jobs {
                 }
                 for r in self.ledger.results.clone() {
                     self.outbox.push_back(result_message(r));
+                }
+                self.check_lost_secrets();
+                if !self.secrets_lost.is_empty() {
+                    let lost = SecretsLost {
+                        apps: self.secrets_lost.clone(),
+                    };
+                    self.outbox
+                        .push_back(Outgoing::Control(Box::new(Control::SecretsLost(lost))));
                 }
             }
             LinkEvent::Down => {
@@ -575,6 +640,8 @@ impl Jobs {
         spec: crate::protocol::deploy::DeploySpec,
         cfg: &JobsConfig,
     ) {
+        // This deploy brings the app's secrets: no need to ask again.
+        self.secrets_lost.retain(|a| *a != spec.app);
         let d = Deploy::new(
             spec,
             &job.start.job_id,
@@ -582,6 +649,7 @@ impl Jobs {
             &job.start.secrets,
             cfg.docker_socket.clone(),
             &cfg.state_dir,
+            cfg.secrets_dir.clone(),
         );
         // No process of its own: pid 0 in the ledger is never signalled
         // after a restart (no /proc/0), but the job is still reported cut

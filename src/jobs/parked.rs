@@ -151,7 +151,7 @@ fn restore(p: &Parked, socket: &Path) -> Result<String, String> {
 }
 
 /// One request on its own connection, answered whole.
-fn exchange(socket: &Path, req: Request) -> Result<Response, String> {
+pub(super) fn exchange(socket: &Path, req: Request) -> Result<Response, String> {
     let fail = |e: io::Error| format!("Docker engine at {}: {e}", socket.display());
     let mut s = UnixStream::connect(socket).map_err(fail)?;
     s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(fail)?;

@@ -1,8 +1,8 @@
 //! What a deploy job carries to the runner (`job_start.deploy`): where the
 //! source is, how to build it, and the container to replace. Environment
 //! variables and secrets travel in `job_start.env` / `job_start.secrets`
-//! as for any job, but a deploy job gives them to the container (in the
-//! create call), not to the git process.
+//! as for any job, but a deploy job gives them to the container (as its
+//! `secrets_delivery` says), not to the git process.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +43,46 @@ pub struct DeploySpec {
     pub labels: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
-    /// An absolute path in the container where the app wants its env
-    /// (plain and secret) as `KEY=VALUE` lines, mode 0600. Written into
-    /// the created container before it starts, never on the host.
+    /// An absolute path in the container where the app wants its env as
+    /// `KEY=VALUE` lines, mode 0600: the plain env, and the secrets with
+    /// `env` or `env_file` delivery. Written into the created container
+    /// (its writable layer) before it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_file: Option<String>,
+    /// How the secrets reach the container. Absent (an older server): `env`.
+    #[serde(default)]
+    pub secrets_delivery: SecretsDelivery,
+    /// Owner of the secret files (`files` delivery); absent: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_gid: Option<u32>,
+}
+
+/// Where a deployment's secrets are put (`docs/api.md`, "Secrets delivery").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretsDelivery {
+    /// Files `/run/secrets/NAME` (0400) on a host tmpfs bound read-only
+    /// into the container: in memory only.
+    Files,
+    /// `Env` entries of the container (Docker keeps them in the
+    /// container's config on the host's disk); also in `env_file` if set.
+    #[default]
+    Env,
+    /// Only in the `env_file` inside the container (its writable layer, on
+    /// the host's disk), not in `Env`.
+    EnvFile,
+}
+
+impl SecretsDelivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretsDelivery::Files => "files",
+            SecretsDelivery::Env => "env",
+            SecretsDelivery::EnvFile => "env_file",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

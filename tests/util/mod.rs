@@ -530,6 +530,18 @@ impl Drop for Runner {
         if let Some(c) = self.child.as_mut() {
             kill_and_reap(c);
         }
+        // A deploy with secrets as files mounted a tmpfs at <run dir>/secrets
+        // (the run dir is the state dir here); it outlives the runner by design.
+        for dir in [Some(self.dir.path()), self.state_dir.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(dir.join("secrets"))
+                .stderr(Stdio::null())
+                .output();
+        }
         if std::thread::panicking() {
             eprintln!("---- runner log ({}) ----\n{}", self.id, self.log());
         }

@@ -94,6 +94,12 @@ function appForm(app, name, runners, secrets, ctx) {
     health_timeout: input('health_timeout', app?.health?.timeout_s ?? 30, { type: 'number', min: 1, max: 3600 }),
     timeout: input('timeout', app?.timeout_s ?? 1800, { type: 'number', min: 1, max: 86400 }),
     ref: input('ref', '', { placeholder: 'the app\'s ref' }),
+    // New apps keep secrets in memory (files); an existing app keeps its choice.
+    delivery: h('select', { name: 'secrets_delivery', 'aria-label': 'Secrets delivery' },
+      ...[['files', 'files (memory)'], ['env', 'environment'], ['env_file', 'env file only']]
+        .map(([v, t]) => h('option', { value: v, selected: v === (app?.secrets_delivery || 'files') }, t))),
+    env_file: input('env_file', app?.env_file, { placeholder: '/app/.env (optional)' }),
+    secrets_uid: input('secrets_uid', app?.secrets_uid, { type: 'number', min: 0, placeholder: '0' }),
   };
   const secretBoxes = secrets.map((s) => h('label', { class: 'row' },
     h('input', { type: 'checkbox', value: s.name, checked: app?.secrets?.includes(s.name) }), s.name));
@@ -125,6 +131,10 @@ function appForm(app, name, runners, secrets, ctx) {
       labels: parseMap(f.labels.value, 'label'),
       env: parseMap(f.env.value, 'env'),
       secrets: secretBoxes.map((b) => b.querySelector('input')).filter((i) => i.checked).map((i) => i.value),
+      secrets_delivery: f.delivery.value,
+      ...(f.secrets_uid.value ? { secrets_uid: Number(f.secrets_uid.value) } : {}),
+      ...(app?.secrets_gid != null ? { secrets_gid: app.secrets_gid } : {}),
+      ...(f.env_file.value.trim() ? { env_file: f.env_file.value.trim() } : {}),
       ...(health ? { health } : {}),
       timeout_s: Number(f.timeout.value) || 1800,
     };
@@ -157,7 +167,9 @@ function appForm(app, name, runners, secrets, ctx) {
     h('div', { class: 'row' }, field('Restart', f.restart), field('Deploy timeout (s)', f.timeout)),
     h('fieldset', {}, h('legend', {}, 'Health check'), h('div', { class: 'row' },
       field('Command in the container', f.health_cmd), field('or TCP port on the host', f.health_port), field('Timeout (s)', f.health_timeout))),
-    h('fieldset', {}, h('legend', {}, 'Secrets passed as environment (values never shown)'),
+    h('fieldset', {}, h('legend', {}, 'Secrets (values never shown)'),
+      h('div', { class: 'row' }, field('Delivered as', f.delivery, 'files: /run/secrets, never on disk'), field('Env file in the container', f.env_file, 'KEY=VALUE lines, mode 0600'),
+        field('Files owner (uid)', f.secrets_uid)),
       secretBoxes.length ? secretBoxes : h('p', { class: 'muted' }, 'No secrets yet; set one below.')),
     h('div', { class: 'row' },
       h('button', { type: 'submit', disabled: ro }, 'Save'),
