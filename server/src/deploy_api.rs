@@ -32,7 +32,7 @@ use crate::clock;
 use crate::deploy_store::{Deployment, StoredApp};
 use crate::error::ApiError;
 use crate::job_store::{JobRow, JobSpec};
-use crate::jobs_api::{job_json, new_job_id, valid_env, valid_name};
+use crate::jobs_api::{fits, job_json, new_job_id, valid_env, valid_name};
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;
@@ -322,6 +322,11 @@ pub async fn put_app(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     check(&state, tenant, &name, &mut d)?;
+    // A deploy of it must fit in one message to the runner: refused now,
+    // not at each deploy (the longest ref a deploy may ask for is checked
+    // then).
+    let (spec, _) = job_spec(&name, &d, &new_job_id()?, None, d.git_ref.clone());
+    fits(&state, tenant, &spec)?;
     let a = StoredApp {
         name,
         def: serde_json::to_value(&d).map_err(ApiError::internal)?,
@@ -389,6 +394,35 @@ fn launch(
     git_ref: Option<String>,
 ) -> Result<Value, ApiError> {
     let id = new_job_id()?;
+    let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
+    fits(state, tenant, &job_spec)?;
+    let label = format!("{kind} {app}");
+    let now = clock::now_ms();
+    let job = state
+        .jobs
+        .create_job(&id, tenant, &def.runner, &label, &job_spec, now)?;
+    let d = Deployment {
+        id: id.clone(),
+        app: app.to_owned(),
+        image,
+        kind: kind.to_owned(),
+        git_ref,
+        created_ms: now,
+    };
+    state.jobs.add_deployment(tenant, &d)?;
+    state.registry.jobs_changed(&def.runner);
+    Ok(deployment_json(&d, Some(&job)))
+}
+
+/// The job a deploy (`image` `None`: build one tagged with the job id)
+/// or a rollback (`image`: run it again) of `app` is; and its image.
+fn job_spec(
+    app: &str,
+    def: &AppDef,
+    id: &str,
+    image: Option<String>,
+    git_ref: Option<String>,
+) -> (JobSpec, String) {
     let repo = def
         .image
         .clone()
@@ -398,7 +432,7 @@ fn launch(
     let spec = DeploySpec {
         app: app.to_owned(),
         git_url: def.git_url.clone(),
-        git_ref: git_ref.clone(),
+        git_ref,
         path: def.path.clone(),
         context: def.context.clone(),
         dockerfile: def.dockerfile.clone(),
@@ -421,22 +455,7 @@ fn launch(
         timeout_s: def.timeout_s,
         deploy: Some(spec),
     };
-    let label = format!("{kind} {app}");
-    let now = clock::now_ms();
-    let job = state
-        .jobs
-        .create_job(&id, tenant, &def.runner, &label, &job_spec, now)?;
-    let d = Deployment {
-        id: id.clone(),
-        app: app.to_owned(),
-        image,
-        kind: kind.to_owned(),
-        git_ref,
-        created_ms: now,
-    };
-    state.jobs.add_deployment(tenant, &d)?;
-    state.registry.jobs_changed(&def.runner);
-    Ok(deployment_json(&d, Some(&job)))
+    (job_spec, image)
 }
 
 pub async fn deploy(

@@ -85,6 +85,8 @@ use tungstenite::{Message as WsMessage, WebSocket};
 
 /// Messages handled per readiness pass before yielding to other sources.
 const MAX_MESSAGES_PER_PASS: usize = 64;
+/// Longest reason in an `error` answer to a message this runner refused.
+const MAX_REFUSAL: usize = 1024;
 /// Bytes read per pass in the proxy phase (the head is at most 16 KiB).
 const PROXY_READ_CHUNK: usize = 1024;
 /// How long to wait for the server's answer to our close frame.
@@ -481,16 +483,22 @@ pub fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
         // Backpressure instead of unbounded queueing behind a slow link.
         .max_write_buffer_size(2 * protocol::MAX_WS_MESSAGE)
-        .max_message_size(Some(protocol::MAX_WS_MESSAGE))
-        .max_frame_size(Some(protocol::MAX_WS_MESSAGE))
+        // Reads above the control limit: see `protocol::MAX_RUNNER_READ`.
+        .max_message_size(Some(protocol::MAX_RUNNER_READ))
+        .max_frame_size(Some(protocol::MAX_RUNNER_READ))
 }
 
 fn truncate_reason(s: &str) -> String {
-    let mut end = s.len().min(MAX_CLOSE_REASON);
+    clip(s, MAX_CLOSE_REASON).to_owned()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
 /// An established WebSocket.
@@ -1378,7 +1386,7 @@ impl Connection {
                 self.note_unknown(format!("message type '{type_name}'"));
                 return Flow::Continue;
             }
-            Err(e) => return self.violation(link, e.to_string()),
+            Err(e) => return self.undecodable(link, stage, text, e),
         };
         match envelope.body {
             Control::Welcome(w) => {
@@ -1567,6 +1575,50 @@ impl Connection {
             }
             Err(e) => self.violation(link, e.to_string()),
         }
+    }
+
+    /// A control message this runner cannot take. Once connected, one that
+    /// is too large or has bad fields is refused for its request id and the
+    /// link stays: closing would only bring the same message again after
+    /// the reconnect (the server resends what it thinks was not received),
+    /// and the health would flap. What is not JSON at all, or anything
+    /// before the welcome, is a protocol violation.
+    fn undecodable(
+        &mut self,
+        link: &mut Link,
+        stage: &LinkStage,
+        text: &str,
+        e: protocol::DecodeError,
+    ) -> Flow {
+        let code = match &e {
+            protocol::DecodeError::TooLarge(_) => protocol::TOO_LARGE,
+            protocol::DecodeError::BadFields { .. } => protocol::api_error::BAD_REQUEST,
+            protocol::DecodeError::Malformed(_) => return self.violation(link, e.to_string()),
+        };
+        if !matches!(stage, LinkStage::Connected) {
+            return self.violation(link, e.to_string());
+        }
+        match protocol::request_id(text).filter(|&id| id != 0) {
+            Some(id) => {
+                // serde quotes the offending value: keep the answer small.
+                let why = clip(&e.to_string(), MAX_REFUSAL).to_owned();
+                warn!("conn", "refusing request {id} from the server: {why}");
+                let body = Control::Error(protocol::ErrorBody {
+                    code: code.into(),
+                    message: format!("the runner cannot take this message: {why}"),
+                });
+                if let Err(err) = link.send_control(id, body) {
+                    debug!("conn", "cannot answer request {id}: {err}");
+                }
+            }
+            // A notice (id 0) has nobody to answer: it is dropped.
+            None => warn!(
+                "conn",
+                "ignoring a message from the server: {}",
+                clip(&e.to_string(), MAX_REFUSAL)
+            ),
+        }
+        Flow::Continue
     }
 
     /// Tell the server what was wrong, then close with 4004 and reconnect.
