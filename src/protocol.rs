@@ -385,6 +385,18 @@ pub enum DockerOp {
     PruneImages,
 }
 
+/// Error code (answering a `docker_request`) of a call the runner's owner
+/// switched off with `--no-container-control`.
+pub const CONTAINER_CONTROL_DISABLED: &str = "container_control_disabled";
+
+impl DockerOp {
+    /// Whether the call changes a container or image (refused by the
+    /// runner's `--no-container-control`); only list and inspect do not.
+    pub fn changes_state(self) -> bool {
+        !matches!(self, DockerOp::List | DockerOp::Inspect)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DockerRequest {
     pub op: DockerOp,

@@ -474,6 +474,28 @@ pub fn pong_for(ping: &protocol::Ping) -> Control {
     })
 }
 
+/// What the host owner switched off, for `status.json` (`tether status`).
+pub fn switched_off(cfg: &ConnConfig) -> Vec<String> {
+    let docker_on = cfg.docker.is_some();
+    [
+        ("jobs", cfg.jobs.is_none()),
+        ("docker", !docker_on),
+        ("host terminal", !cfg.terminals.host_enabled),
+        (
+            "container terminal",
+            docker_on && !cfg.terminals.container_enabled,
+        ),
+        (
+            "container control",
+            cfg.docker.as_ref().is_some_and(|d| !d.control_enabled),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, off)| *off)
+    .map(|(what, _)| what.to_owned())
+    .collect()
+}
+
 /// The WebSocket limits: bounded messages, frames and write buffer.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -711,6 +733,7 @@ impl Connection {
             last_error: None,
             metrics: None,
             terminals: 0,
+            switched_off: switched_off(&cfg),
         };
         Connection {
             cfg,
