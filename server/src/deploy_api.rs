@@ -393,6 +393,15 @@ fn launch(
     image: Option<String>,
     git_ref: Option<String>,
 ) -> Result<Value, ApiError> {
+    // By id only: a name here would be an app that predates runner ids and
+    // could not be resolved at start (deploy_store::resolve_runner_names).
+    if state.storage.runner(tenant, &def.runner)?.is_none() {
+        return Err(ApiError::conflict(format!(
+            "app {app} names runner {:?}, which is no runner id of this tenant: \
+             PUT the app again with its runner's id or name",
+            def.runner
+        )));
+    }
     let id = new_job_id()?;
     let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
     fits(state, tenant, &job_spec)?;
