@@ -223,7 +223,8 @@ fn enrollment_name(
         .trim()
         .chars()
         .filter(|c| !c.is_control())
-        .take(MAX_RUNNER_NAME - 4)
+        // Room for the longest suffix, `-9999`.
+        .take(MAX_RUNNER_NAME - 5)
         .collect();
     let base = if valid_runner_name(&cleaned) {
         cleaned
