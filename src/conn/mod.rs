@@ -1873,6 +1873,24 @@ impl Connection {
     ) -> Step {
         match stage {
             LinkStage::Closing(then) => self.finish_close(ctx, link, then),
+            _ if matches!(e, tungstenite::Error::Capacity(_)) => {
+                // A frame above MAX_RUNNER_READ: tungstenite stopped after
+                // its header, so the rest of the stream cannot be read as
+                // frames any more (reading on trips an assertion in its
+                // debug builds). Say why, write-only, and drop the link
+                // without waiting for a close reply.
+                let failure = ws_failure(e);
+                let frame = CloseFrame {
+                    code: CloseCode::from(close::TOO_BIG),
+                    reason: truncate_reason(&failure.to_string()).into(),
+                };
+                let mut link = link;
+                if link.ws.close(Some(frame)).is_ok() {
+                    let _ = link.flush();
+                }
+                warn!("conn", "closing the connection: {failure}");
+                self.link_failed(ctx, link, failure)
+            }
             _ => {
                 let failure = ws_failure(e);
                 if let Failure::WebSocket(_) | Failure::Violation(_) = failure {

@@ -443,6 +443,29 @@ fn an_oversized_or_ill_typed_request_is_refused_for_its_id_and_the_link_stays() 
 }
 
 #[test]
+fn a_message_above_the_read_limit_closes_with_1009_and_reconnects_without_a_panic() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut first, _, _) = accept(&l);
+        welcome(&mut first);
+        let huge = format!(
+            r#"{{"type":"ping","id":5,"pad":"{}"}}"#,
+            "x".repeat(protocol::MAX_RUNNER_READ + 1)
+        );
+        // The runner may hang up while this is still being written.
+        let _ = first.send(WsMessage::text(huge));
+        let code = raw_close_code(first.get_mut());
+        let (mut second, _, _) = accept(&l);
+        welcome(&mut second);
+        close_with(&mut second, close::REVOKED, "done");
+        code
+    });
+    let exit = run_runner(config(&url, None), 15).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    assert_eq!(srv.join().unwrap(), Some(close::TOO_BIG));
+}
+
+#[test]
 fn no_welcome_in_time_and_401_are_retried() {
     let (l, url) = listen();
     let srv = server(move || {
