@@ -86,6 +86,7 @@ const RUN_HELP: &str = "\
 Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interval 60s]
                   [--docker-socket PATH] [--max-jobs N] [--no-jobs]
                   [--no-host-terminal] [--host-terminal-user USER]
+                  [--no-container-terminal] [--no-container-control]
                   [--server URL] [--ca-file PEM] [--proxy URL]
 
 Connect to the server with the stored credential and stay connected,
@@ -113,6 +114,14 @@ Options:
   --proxy URL           HTTP proxy for CONNECT, or `none` [env HTTPS_PROXY / https_proxy, minus NO_PROXY]
   --no-host-terminal    refuse terminals on this host (container terminals stay);
                         the server cannot override it [env TETHER_HOST_TERMINAL=off]
+  --no-container-terminal
+                        refuse terminals in containers (docker exec); the server
+                        cannot override it [env TETHER_CONTAINER_TERMINAL=off]
+  --no-container-control
+                        refuse the server's calls that change containers and images
+                        (start, stop, restart, kill, remove, prune); listing,
+                        inspecting and logs stay, deploys are jobs (--no-jobs)
+                        [env TETHER_CONTAINER_CONTROL=off]
   --host-terminal-user USER
                         whose login shell a host terminal runs [env TETHER_HOST_TERMINAL_USER,
                         default: the user the runner runs as]
@@ -418,6 +427,18 @@ fn parse_no_options(
     Ok(None)
 }
 
+/// A capability the host owner may switch off: `--no-…` or `VAR=off`.
+fn switch(off_flag: bool, var: &str) -> Result<bool, CliError> {
+    match config::env(var).as_deref() {
+        _ if off_flag => Ok(false),
+        None | Some("on") | Some("1") | Some("yes") => Ok(true),
+        Some("off") | Some("0") | Some("no") => Ok(false),
+        Some(other) => Err(CliError::Usage(format!(
+            "{var} must be on or off, not {other:?}"
+        ))),
+    }
+}
+
 fn env_or(flag: Option<String>, var: &str) -> Option<String> {
     flag.or_else(|| config::env(var))
 }
@@ -468,6 +489,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let (mut max_jobs, mut no_jobs) = (None, false);
     let (mut update_keys, mut health_timeout) = (None, None);
     let (mut no_host_terminal, mut host_terminal_user) = (false, None);
+    let (mut no_container_terminal, mut no_container_control) = (false, false);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -487,6 +509,8 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
             o if o.is("server") => server = Some(os_string(parser.value()?)?),
             o if o.is("no-host-terminal") => no_host_terminal = true,
+            o if o.is("no-container-terminal") => no_container_terminal = true,
+            o if o.is("no-container-control") => no_container_control = true,
             o if o.is("host-terminal-user") => {
                 host_terminal_user = Some(os_string(parser.value()?)?)
             }
@@ -522,18 +546,12 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         None => Some(DEFAULT_FINGERPRINT_INTERVAL),
     };
 
-    let host_terminal = match config::env("TETHER_HOST_TERMINAL").as_deref() {
-        _ if no_host_terminal => false,
-        None | Some("on") | Some("1") | Some("yes") => true,
-        Some("off") | Some("0") | Some("no") => false,
-        Some(other) => {
-            return Err(CliError::Usage(format!(
-                "TETHER_HOST_TERMINAL must be on or off, not {other:?}"
-            )))
-        }
-    };
+    let host_terminal = switch(no_host_terminal, "TETHER_HOST_TERMINAL")?;
+    let container_terminal = switch(no_container_terminal, "TETHER_CONTAINER_TERMINAL")?;
+    let container_control = switch(no_container_control, "TETHER_CONTAINER_CONTROL")?;
     let terminals = TerminalConfig {
         host_enabled: host_terminal,
+        container_enabled: container_terminal,
         host_user: env_or(host_terminal_user, "TETHER_HOST_TERMINAL_USER"),
     };
     if let Some(u) = &terminals.host_user {
@@ -645,7 +663,10 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         },
         run_dir: if trial.is_some() { None } else { Some(run_dir) },
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
-        docker: docker_socket.clone().map(DockerConfig::new),
+        docker: docker_socket.clone().map(|s| DockerConfig {
+            control_enabled: container_control,
+            ..DockerConfig::new(s)
+        }),
         jobs: (!jobs_off).then(|| {
             let mut j = JobsConfig::new(&state.path);
             j.max_concurrent = max_jobs;
@@ -1013,6 +1034,12 @@ fn cmd_status(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
     }
     if st.terminals > 0 {
         out.push_str(&format!("terminals:      {} open\n", st.terminals));
+    }
+    if !st.switched_off.is_empty() {
+        out.push_str(&format!(
+            "switched off:   {} (by this host's owner)\n",
+            st.switched_off.join(", ")
+        ));
     }
     if let Some(e) = &st.last_error {
         out.push_str(&format!("last error:     {e}\n"));

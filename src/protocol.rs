@@ -34,8 +34,20 @@ pub const MAX_CONTROL_MESSAGE: usize = 256 * 1024;
 /// Largest payload of one data frame. Senders split bulk output into frames no
 /// larger than this so a terminal keystroke never waits behind a huge frame.
 pub const MAX_DATA_PAYLOAD: usize = 32 * 1024;
-/// Largest WebSocket message either side accepts (a data frame plus header).
+/// Largest WebSocket message the server accepts from a runner (a data frame
+/// plus header, or a control message).
 pub const MAX_WS_MESSAGE: usize = MAX_CONTROL_MESSAGE;
+/// Largest WebSocket message the runner reads. Larger than any control
+/// message the server may send ([`MAX_CONTROL_MESSAGE`], which the server
+/// checks at its API and again before sending), so that one that is too
+/// large anyway (an older server, a bug) is still read whole and answered
+/// with a [`TOO_LARGE`] error for its request id: a WebSocket cannot skip
+/// the rest of a message it refused mid-frame, so refusing at the frame
+/// limit would cost the connection, and the server would send it again.
+pub const MAX_RUNNER_READ: usize = 4 * MAX_CONTROL_MESSAGE;
+/// Error code (in an `error` answer) for a control message larger than
+/// [`MAX_CONTROL_MESSAGE`]; the REST API answers 413 with the same code.
+pub const TOO_LARGE: &str = "too_large";
 
 /// WebSocket close codes used by Tether (4000-4999 is the private range).
 pub mod close {
@@ -378,6 +390,18 @@ pub enum DockerOp {
     PruneContainers,
     /// `POST /images/prune`, dangling images (params: `filters`).
     PruneImages,
+}
+
+/// Error code (answering a `docker_request`) of a call the runner's owner
+/// switched off with `--no-container-control`.
+pub const CONTAINER_CONTROL_DISABLED: &str = "container_control_disabled";
+
+impl DockerOp {
+    /// Whether the call changes a container or image (refused by the
+    /// runner's `--no-container-control`); only list and inspect do not.
+    pub fn changes_state(self) -> bool {
+        !matches!(self, DockerOp::List | DockerOp::Inspect)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -771,6 +795,44 @@ pub fn encode_control(id: u64, body: Message) -> String {
     serde_json::to_string(&Envelope { id, body }).unwrap_or_default()
 }
 
+/// A control message the peer would refuse: its encoded size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge(pub usize);
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the message to the runner would be {} bytes; a runner takes at most \
+             {MAX_CONTROL_MESSAGE} bytes per message (env, secrets, script and arguments together)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// [`encode_control`], refusing what [`decode_control`] on the other side
+/// would refuse: the one check both sides share.
+pub fn encode_control_checked(id: u64, body: Message) -> Result<String, TooLarge> {
+    let text = encode_control(id, body);
+    if text.len() > MAX_CONTROL_MESSAGE {
+        return Err(TooLarge(text.len()));
+    }
+    Ok(text)
+}
+
+/// The request id of a control message that could not be decoded (too
+/// large, or a known type with bad fields), so the refusal can name the
+/// request it answers. Reads only `id`, skipping everything else.
+pub fn request_id(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok()?.id
+}
+
 /// Length of the fixed header in front of every binary frame.
 pub const FRAME_HEADER_LEN: usize = 16;
 
@@ -1102,6 +1164,47 @@ mod tests {
             "x".repeat(MAX_CONTROL_MESSAGE)
         );
         assert_eq!(decode_control(&big), Err(DecodeError::TooLarge(big.len())));
+    }
+
+    #[test]
+    fn the_checked_encoder_refuses_what_the_decoder_would() {
+        let fits = |pad: usize| {
+            let body = Message::Ping(Ping { sent_ms: 1 });
+            let mut v = serde_json::to_value(Envelope { id: 7, body }).unwrap();
+            v["pad"] = serde_json::Value::String("x".repeat(pad));
+            v.to_string()
+        };
+        // Exactly at the limit: both sides take it.
+        let base = fits(0).len();
+        let at = fits(MAX_CONTROL_MESSAGE - base);
+        assert_eq!(at.len(), MAX_CONTROL_MESSAGE);
+        assert!(decode_control(&at).is_ok());
+        let big = JobStart {
+            job_id: "jb_1".into(),
+            channel: 1,
+            program: "/bin/sh".into(),
+            args: vec![],
+            script: Some("true".into()),
+            env: vec![("BIG".into(), "x".repeat(300 * 1024))],
+            secrets: vec![],
+            timeout_s: 0,
+            deploy: None,
+        };
+        let err = encode_control_checked(9, Message::JobStart(big.clone())).unwrap_err();
+        assert!(err.0 > MAX_CONTROL_MESSAGE);
+        assert!(
+            err.to_string().contains(&MAX_CONTROL_MESSAGE.to_string()),
+            "{err}"
+        );
+        let text = encode_control(9, Message::JobStart(big));
+        assert_eq!(
+            decode_control(&text),
+            Err(DecodeError::TooLarge(text.len()))
+        );
+        // The refusal can still name the request.
+        assert_eq!(request_id(&text), Some(9));
+        assert_eq!(request_id(r#"{"type":"x"}"#), None);
+        assert_eq!(request_id("not json"), None);
     }
 
     #[test]

@@ -271,6 +271,10 @@ pub struct Status {
     /// when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub terminals: u32,
+    /// What the host owner switched off (`jobs`, `docker`, `host terminal`,
+    /// `container terminal`, `container control`); absent when nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switched_off: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -387,6 +391,7 @@ mod tests {
             last_error: Some("cannot connect".into()),
             metrics: None,
             terminals: 0,
+            switched_off: Vec::new(),
         };
         write_status(&dir, &st).unwrap();
         assert_eq!(read_status(&dir).unwrap(), Some(st.clone()));

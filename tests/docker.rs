@@ -398,3 +398,142 @@ fn running_containers_join_the_host_metrics() {
         .then_some(())
     });
 }
+
+/// Issue 15, item 9: `--no-host-terminal` and `--no-jobs` left container
+/// exec and stop/kill/remove/prune open. The host owner's
+/// `--no-container-control` and `--no-container-terminal` (or their env
+/// vars) refuse them on the runner, whatever the server asks; the server
+/// answers 403 with the runner's reason, and `tether status` says what is
+/// switched off.
+#[test]
+fn the_owners_switches_refuse_container_control_and_container_terminals() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("owner-switches");
+    let runner = docker_runner(
+        &server,
+        &tenant,
+        &[
+            "--no-host-terminal",
+            "--no-jobs",
+            "--no-container-control",
+            "--no-container-terminal",
+        ],
+    );
+    wait_docker_available(&tenant, &runner.id, Duration::from_secs(15));
+    let c = TestContainer::create("owner-switches", &[]);
+    let out = Command::new("docker")
+        .args(["start", &c.name])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let base = format!("/api/v1/runners/{}/containers", runner.id);
+
+    // Reading stays.
+    let (st, v) = tenant.call("GET", &base, None);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = tenant.call("GET", &format!("{base}/{}", c.name), None);
+    assert_eq!(st, 200, "{v}");
+
+    let refused = |st: u16, v: &Value, code: &str, flag: &str| {
+        assert_eq!(st, 403, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(flag), "the message names the switch: {msg}");
+    };
+    for (method, path) in [
+        ("POST", format!("{base}/{}/stop?timeout=1", c.name)),
+        ("POST", format!("{base}/{}/restart?timeout=1", c.name)),
+        ("POST", format!("{base}/{}/kill?signal=SIGKILL", c.name)),
+        ("POST", format!("{base}/{}/start", c.name)),
+        ("DELETE", format!("{base}/{}?force=true", c.name)),
+        ("POST", format!("{base}/prune")),
+        (
+            "POST",
+            format!("/api/v1/runners/{}/images/prune", runner.id),
+        ),
+    ] {
+        let (st, v) = tenant.call(method, &path, None);
+        refused(
+            st,
+            &v,
+            "container_control_disabled",
+            "--no-container-control",
+        );
+    }
+    assert_eq!(c.state().as_deref(), Some("running"), "nothing changed");
+
+    // A terminal in the container: refused the same way, before upgrading.
+    let path = format!("/api/v1/runners/{}/terminals", runner.id);
+    let (st, v) = tenant.call("POST", &path, Some(json!({ "container": c.name })));
+    refused(
+        st,
+        &v,
+        "container_terminal_disabled",
+        "--no-container-terminal",
+    );
+    let q = format!("container={}", c.name);
+    let e = crate::util::term::TermClient::open(&server, &tenant.token, &runner.id, &q)
+        .err()
+        .expect("refused");
+    assert_eq!(e.0, 403);
+    assert!(e.1.contains("container_terminal_disabled"), "{}", e.1);
+
+    // The owner sees what is switched off.
+    let out = runner.cmd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("switched off:   jobs, host terminal, container terminal, container control"),
+        "{text}"
+    );
+    // The env vars do the same; the help names the flags.
+    let mut by_env = Runner::enroll(&server, &tenant);
+    by_env.env = vec![
+        ("TETHER_CONTAINER_CONTROL".into(), "off".into()),
+        ("TETHER_CONTAINER_TERMINAL".into(), "off".into()),
+    ];
+    by_env.start(&["--heartbeat", "1s"]);
+    tenant.wait_health(&by_env.id, "active", Duration::from_secs(15));
+    wait_docker_available(&tenant, &by_env.id, Duration::from_secs(15));
+    let (st, v) = tenant.call(
+        "POST",
+        &format!("/api/v1/runners/{}/containers/{}/stop", by_env.id, c.name),
+        None,
+    );
+    refused(
+        st,
+        &v,
+        "container_control_disabled",
+        "--no-container-control",
+    );
+    let out = by_env.cmd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("switched off:   container terminal, container control"),
+        "{text}"
+    );
+    let help = by_env.cmd().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for s in [
+        "--no-container-control",
+        "--no-container-terminal",
+        "TETHER_CONTAINER_CONTROL=off",
+        "TETHER_CONTAINER_TERMINAL=off",
+    ] {
+        assert!(help.contains(s), "{s} in --help");
+    }
+    // Without the switches the same calls go through (what --no-host-terminal
+    // and --no-jobs alone allowed before, and still do).
+    let open = docker_runner(&server, &tenant, &["--no-host-terminal", "--no-jobs"]);
+    wait_docker_available(&tenant, &open.id, Duration::from_secs(15));
+    let (st, v) = tenant.call(
+        "POST",
+        &format!(
+            "/api/v1/runners/{}/containers/{}/stop?timeout=1",
+            open.id, c.name
+        ),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(c.state().as_deref(), Some("exited"));
+}

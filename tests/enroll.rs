@@ -265,3 +265,141 @@ fn runner_enrolls_and_connects_through_an_http_connect_proxy() {
         "{seen:?}"
     );
 }
+
+/// `tether enroll --name NAME`; returns the runner (not started).
+fn enroll_named(server: &Server, tenant: &Tenant, name: &str) -> Runner {
+    let mut r = Runner::new();
+    let (_, token) = tenant.enrollment_token(600);
+    let out = r
+        .cmd()
+        .args([
+            "enroll",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--name",
+            name,
+            "--ca-file",
+        ])
+        .arg(&server.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    r
+}
+
+/// Issue 15, item 8: a runner's name is the operator's. A second runner
+/// whose host calls itself like an absent one (its hostname, sent in every
+/// `hello`) neither takes that name nor receives the app deployed to it;
+/// its hostname is shown apart as `reported_name`.
+#[test]
+fn a_runner_reporting_another_runners_name_neither_takes_it_nor_gets_its_deploys() {
+    let server = Server::start();
+    let tenant = server.tenant("identity");
+    // The real web-1, enrolled and now away.
+    let web1 = enroll_named(&server, &tenant, "web-1");
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/apps/site",
+        Some(serde_json::json!({ "runner": "web-1", "path": "/srv/site" })),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["runner"], web1.id.as_str(), "apps store the runner's id");
+
+    // A compromised host whose hostname is web-1 (its own UTS namespace).
+    let mut intruder = enroll_named(&server, &tenant, "intruder");
+    let log = std::fs::File::create(intruder.dir.path().join("runner.log")).unwrap();
+    let child = std::process::Command::new("unshare")
+        .args(["--uts", "sh", "-c", "hostname web-1 && exec \"$0\" \"$@\""])
+        .arg(&intruder.bin)
+        .arg("--state-dir")
+        .arg(intruder.dir.path())
+        .args(["run", "--heartbeat", "1s", "--docker-socket", "off"])
+        .env("TETHER_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    intruder.child = Some(child);
+    tenant.wait_health(&intruder.id, "active", Duration::from_secs(15));
+
+    let r = tenant.runner(&intruder.id);
+    assert_eq!(
+        (r["name"].as_str(), r["reported_name"].as_str()),
+        (Some("intruder"), Some("web-1")),
+        "hello reports, it does not rename: {r}"
+    );
+    assert_eq!(tenant.runner(&web1.id)["name"], "web-1");
+    // The name still finds the real one (it was ambiguous before, then
+    // the intruder's once web-1 was gone).
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/apps/site2",
+        Some(serde_json::json!({ "runner": "web-1", "path": "/srv/site" })),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["runner"], web1.id.as_str());
+
+    // A deploy goes to web-1 (and waits for it), never to the intruder.
+    let (st, v) = tenant.call("POST", "/api/v1/apps/site/deploy", None);
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["runner_id"], web1.id.as_str(), "{v}");
+    let job = v["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, mine) = tenant.call("GET", &format!("/api/v1/jobs?runner={}", intruder.id), None);
+    assert_eq!(mine.as_array().map(Vec::len), Some(0), "{mine}");
+    let (_, j) = tenant.call("GET", &format!("/api/v1/jobs/{job}"), None);
+    assert_eq!(j["status"], "pending", "{j}");
+    assert!(
+        !intruder.log().contains(&job),
+        "the intruder never saw {job}"
+    );
+
+    // Enrolling under a taken name gets a free one.
+    let again = enroll_named(&server, &tenant, "web-1");
+    assert_eq!(tenant.runner(&again.id)["name"], "web-1-2");
+
+    // Only the operator names runners, and not onto a name in use.
+    let path = format!("/api/v1/runners/{}/name", intruder.id);
+    let (st, v) = tenant.call("PUT", &path, Some(serde_json::json!({ "name": "web-1" })));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    for bad in ["", " padded", "rn_0123456789ab", "a\u{7}b"] {
+        let (st, v) = tenant.call("PUT", &path, Some(serde_json::json!({ "name": bad })));
+        assert_eq!(st, 400, "{bad:?}: {v}");
+    }
+    // Through the CLI, which also resolves the runner by its name.
+    let out = std::process::Command::new(server_bin())
+        .args(["--api", &server.url, "--ca-file"])
+        .arg(&server.ca)
+        .args([
+            "--token",
+            &tenant.token,
+            "runner",
+            "rename",
+            "intruder",
+            "edge-2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = tenant.runner(&intruder.id);
+    assert_eq!(
+        (r["name"].as_str(), r["reported_name"].as_str()),
+        (Some("edge-2"), Some("web-1"))
+    );
+}

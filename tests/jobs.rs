@@ -480,3 +480,109 @@ fn a_full_server_disk_acknowledges_nothing_unstored_and_loses_nothing() {
     assert!(got == want.as_bytes(), "stored output differs from seq's");
     assert!(!server.log().contains("panicked"), "no panic");
 }
+
+/// Issue 15, item 5: a job whose `job_start` could not fit in one message
+/// to the runner is refused at the API with 413 (and nothing is stored);
+/// one that grew too large after it was accepted (its secrets were
+/// replaced) fails once, is never sent, and the runner's connection does
+/// not flap.
+#[test]
+fn jobs_that_cannot_fit_are_refused_at_the_api_and_never_resent() {
+    let server = Server::start();
+    let tenant = server.tenant("jobs-too-large");
+    let runner = runner_with(&server, &tenant, &[]);
+    let limit = tether::protocol::MAX_CONTROL_MESSAGE.to_string();
+    let too_large = |st: u16, v: &Value| {
+        assert_eq!(st, 413, "{v}");
+        assert_eq!(v["error"]["code"], "too_large", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains(&limit), "names the limit: {msg}");
+    };
+
+    // One 300 KB env var (accepted with 201 before).
+    let big = "x".repeat(300 * 1024);
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [runner.id], "command": "true", "env": { "BIG": big } })),
+    );
+    too_large(st, &v);
+    let (_, list) = tenant.call("GET", "/api/v1/jobs", None);
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(0),
+        "nothing stored: {list}"
+    );
+    // Saved scripts, apps and Docker calls with user-sized content too.
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/scripts/huge",
+        Some(json!({ "body": "true", "args": [big] })),
+    );
+    too_large(st, &v);
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/apps/huge",
+        Some(json!({ "runner": runner.id, "path": "/srv/huge", "env": { "BIG": big } })),
+    );
+    too_large(st, &v);
+    let (st, v) = tenant.call(
+        "POST",
+        &format!("/api/v1/runners/{}/containers/prune", runner.id),
+        Some(json!({ "filters": { "label": [big] } })),
+    );
+    too_large(st, &v);
+    // 200 KiB in all still runs (Linux takes at most 128 KiB per variable).
+    let half = "y".repeat(100 * 1024);
+    let ids = run(
+        &tenant,
+        json!({ "runners": [runner.id], "command": "printf %s \"$FIT1$FIT2\" | wc -c", "env": { "FIT1": half, "FIT2": half } }),
+    );
+    let v = wait_complete(&tenant, &ids[0], Duration::from_secs(20));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(output(&tenant, &ids[0], "stdout"), b"204800\n");
+
+    // Accepted while small, too large when it is sent: the secrets it names
+    // were replaced by larger values while its runner was away.
+    let mut away = Runner::enroll(&server, &tenant);
+    let names: Vec<String> = (0..5).map(|i| format!("GROWN_{i}")).collect();
+    for n in &names {
+        let (st, v) = tenant.call(
+            "PUT",
+            &format!("/api/v1/secrets/{n}"),
+            Some(json!({ "value": "small" })),
+        );
+        assert_eq!(st, 204, "{v}");
+    }
+    let grown = run(
+        &tenant,
+        json!({ "runners": [away.id], "command": "true", "secrets": names }),
+    );
+    for n in &names {
+        let (st, v) = tenant.call(
+            "PUT",
+            &format!("/api/v1/secrets/{n}"),
+            Some(json!({ "value": "s".repeat(60 * 1024) })),
+        );
+        assert_eq!(st, 204, "{v}");
+    }
+    away.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
+    tenant.wait_health(&away.id, "active", Duration::from_secs(15));
+    let v = wait_complete(&tenant, &grown[0], Duration::from_secs(20));
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains(&limit),
+        "the reason names the limit: {v}"
+    );
+    // Stays connected: the job is not sent again and again.
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, hist) = tenant.call("GET", &format!("/api/v1/runners/{}/health", away.id), None);
+    let states: Vec<&str> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["health"].as_str())
+        .collect();
+    assert_eq!(states, ["active"], "no flapping: {hist}");
+    assert!(!away.log().contains("protocol violation"), "{}", away.log());
+}

@@ -505,7 +505,12 @@ pub async fn enroll(
 pub struct RunnerView {
     id: String,
     tenant_id: String,
+    /// The operator's name (set at enrollment, changed with `PUT
+    /// /runners/{id}/name`): what apps and the CLI resolve.
     name: String,
+    /// What the runner says it is called (its hostname), shown apart and
+    /// never used to find it.
+    reported_name: String,
     health: &'static str,
     version: String,
     arch: String,
@@ -527,6 +532,7 @@ fn runner_view(state: &AppState, r: RunnerRow) -> RunnerView {
         id: r.id,
         tenant_id: r.tenant_id,
         name: r.name,
+        reported_name: r.reported_name,
         version: r.version,
         arch: r.arch,
         os: r.os,
@@ -602,6 +608,37 @@ pub async fn revoke_runner(
         .revoke(tenant, &id)?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     tracing::info!(runner = %id, tenant, "runner revoked");
+    Ok(Json(runner_view(&state, row)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    name: String,
+}
+
+/// `PUT /runners/{id}/name`: the operator names a runner. A runner's own
+/// `hello` never does (it reports `reported_name`), so a runner cannot take
+/// another's name and with it the deploys and secrets sent by name.
+pub async fn rename_runner(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RenameRequest>,
+) -> Result<Json<RunnerView>, ApiError> {
+    let tenant = caller.tenant()?;
+    if !crate::storage::valid_runner_name(&req.name) {
+        return Err(ApiError::bad_request(format!(
+            "runner name: 1 to {} characters, no control characters or surrounding spaces, \
+             not starting with rn_ (that is how runner ids look)",
+            crate::storage::MAX_RUNNER_NAME
+        )));
+    }
+    let row = state
+        .storage
+        .rename_runner(tenant, &id, &req.name)?
+        .ok_or_else(|| ApiError::runner_not_found(&id))?;
+    tracing::info!(runner = %id, tenant, name = %row.name, "runner renamed");
     Ok(Json(runner_view(&state, row)))
 }
 

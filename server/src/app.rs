@@ -112,6 +112,11 @@ impl AppState {
         admin_token: &str,
         tuning: Tuning,
     ) -> AppState {
+        // Once per start, before any request: apps that still name their
+        // runner get its id (deploy_store.rs).
+        if let Err(e) = crate::deploy_store::resolve_runner_names(&jobs, &storage) {
+            tracing::error!("resolving the runner names of older apps: {e}");
+        }
         let health = Arc::new(HealthLog::new(storage.clone()));
         let registry = Arc::new(Registry::new(health.clone()));
         let metrics_writer = MetricsWriter::start(metrics.clone(), tuning.metrics_flush);
@@ -174,6 +179,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runners/{id}", get(api::show_runner))
         .route("/api/v1/runners/{id}/health", get(api::runner_health))
         .route("/api/v1/runners/{id}/revoke", post(api::revoke_runner))
+        .route("/api/v1/runners/{id}/name", put(api::rename_runner))
         .route("/api/v1/runners/{id}/ping", post(api::ping_runner))
         .route(
             "/api/v1/runners/{id}/metrics",

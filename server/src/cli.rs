@@ -233,6 +233,9 @@ pub enum RunnerCommand {
     Health { id: String },
     /// Revoke a runner: drops its connection and refuses it afterwards
     Revoke { id: String },
+    /// Name a runner (the name apps and the CLI resolve; unique in the
+    /// tenant). A runner's own hostname is only its reported name.
+    Rename { id: String, name: String },
     /// Round trip through the runner's connection
     Ping { id: String },
     /// Put a runner in an update group (empty: none)
@@ -499,9 +502,27 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
                 return out(&raw);
             }
             out(&table(
-                &["ID", "NAME", "HEALTH", "VERSION", "ARCH", "OS", "LAST SEEN"],
+                &[
+                    "ID",
+                    "NAME",
+                    "REPORTED",
+                    "HEALTH",
+                    "VERSION",
+                    "ARCH",
+                    "OS",
+                    "LAST SEEN",
+                ],
                 &v,
-                &["id", "name", "health", "version", "arch", "os", "last_seen"],
+                &[
+                    "id",
+                    "name",
+                    "reported_name",
+                    "health",
+                    "version",
+                    "arch",
+                    "os",
+                    "last_seen",
+                ],
             ))
         }
         ClientCommand::Runner(RunnerCommand::Show { id }) => {
@@ -538,6 +559,22 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             }
             out(&format!(
                 "revoked runner {} ({})",
+                field(&v, "id"),
+                field(&v, "name")
+            ))
+        }
+        ClientCommand::Runner(RunnerCommand::Rename { id, name }) => {
+            let id = resolve_runner(&client, &id)?;
+            let (raw, v) = client.call(
+                "PUT",
+                &format!("/api/v1/runners/{}/name", segment(&id)),
+                Some(json!({ "name": name })),
+            )?;
+            if json {
+                return out(&raw);
+            }
+            out(&format!(
+                "runner {} is named {}",
                 field(&v, "id"),
                 field(&v, "name")
             ))
@@ -1147,6 +1184,7 @@ fn runner_pairs(v: &Value) -> String {
     let keys = [
         ("id", "id"),
         ("name", "name"),
+        ("reported name", "reported_name"),
         ("tenant", "tenant_id"),
         ("health", "health"),
         ("version", "version"),

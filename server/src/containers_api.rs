@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tether::protocol::{
     api_error, secret_env, ContainerSummary, DockerOp, DockerRequest, DockerResponse, Message,
+    CONTAINER_CONTROL_DISABLED,
 };
 
 use crate::api::{query, runner_in_tenant};
@@ -128,6 +129,10 @@ async fn call_docker(
                 e.message,
             ),
             api_error::BAD_REQUEST => ApiError::bad_request(e.message),
+            // The host owner's `--no-container-control`: the message says so.
+            CONTAINER_CONTROL_DISABLED => {
+                ApiError::new(StatusCode::FORBIDDEN, CONTAINER_CONTROL_DISABLED, e.message)
+            }
             other => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 RUNNER_ERROR,

@@ -32,7 +32,7 @@ use crate::clock;
 use crate::deploy_store::{Deployment, StoredApp};
 use crate::error::ApiError;
 use crate::job_store::{JobRow, JobSpec};
-use crate::jobs_api::{job_json, new_job_id, valid_env, valid_name};
+use crate::jobs_api::{fits, job_json, new_job_id, valid_env, valid_name};
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;
@@ -364,6 +364,11 @@ pub async fn put_app(
         }
         d.secrets_delivery = Some(delivery);
     }
+    // A deploy of it must fit in one message to the runner: refused now,
+    // not at each deploy (the longest ref a deploy may ask for is checked
+    // then).
+    let (spec, _) = job_spec(&name, &d, &new_job_id()?, None, d.git_ref.clone());
+    fits(&state, tenant, &spec)?;
     let a = StoredApp {
         name,
         def: serde_json::to_value(&d).map_err(ApiError::internal)?,
@@ -430,7 +435,46 @@ fn launch(
     image: Option<String>,
     git_ref: Option<String>,
 ) -> Result<Value, ApiError> {
+    // By id only: a name here would be an app that predates runner ids and
+    // could not be resolved at start (deploy_store::resolve_runner_names).
+    if state.storage.runner(tenant, &def.runner)?.is_none() {
+        return Err(ApiError::conflict(format!(
+            "app {app} names runner {:?}, which is no runner id of this tenant: \
+             PUT the app again with its runner's id or name",
+            def.runner
+        )));
+    }
     let id = new_job_id()?;
+    let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
+    fits(state, tenant, &job_spec)?;
+    let label = format!("{kind} {app}");
+    let now = clock::now_ms();
+    let jobs = [(id.clone(), def.runner.clone())];
+    let job = crate::jobs_api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)?
+        .pop()
+        .ok_or_else(|| ApiError::internal("no job made"))?;
+    let d = Deployment {
+        id: id.clone(),
+        app: app.to_owned(),
+        image,
+        kind: kind.to_owned(),
+        git_ref,
+        created_ms: now,
+    };
+    state.jobs.add_deployment(tenant, &d)?;
+    state.registry.jobs_changed(&def.runner);
+    Ok(deployment_json(&d, Some(&job)))
+}
+
+/// The job a deploy (`image` `None`: build one tagged with the job id)
+/// or a rollback (`image`: run it again) of `app` is; and its image.
+fn job_spec(
+    app: &str,
+    def: &AppDef,
+    id: &str,
+    image: Option<String>,
+    git_ref: Option<String>,
+) -> (JobSpec, String) {
     let repo = def
         .image
         .clone()
@@ -440,7 +484,7 @@ fn launch(
     let spec = DeploySpec {
         app: app.to_owned(),
         git_url: def.git_url.clone(),
-        git_ref: git_ref.clone(),
+        git_ref,
         path: def.path.clone(),
         context: def.context.clone(),
         dockerfile: def.dockerfile.clone(),
@@ -466,23 +510,7 @@ fn launch(
         timeout_s: def.timeout_s,
         deploy: Some(spec),
     };
-    let label = format!("{kind} {app}");
-    let now = clock::now_ms();
-    let jobs = [(id.clone(), def.runner.clone())];
-    let job = crate::jobs_api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)?
-        .pop()
-        .ok_or_else(|| ApiError::internal("no job made"))?;
-    let d = Deployment {
-        id: id.clone(),
-        app: app.to_owned(),
-        image,
-        kind: kind.to_owned(),
-        git_ref,
-        created_ms: now,
-    };
-    state.jobs.add_deployment(tenant, &d)?;
-    state.registry.jobs_changed(&def.runner);
-    Ok(deployment_json(&d, Some(&job)))
+    (job_spec, image)
 }
 
 pub async fn deploy(

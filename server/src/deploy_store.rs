@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::job_store::{JobRow, JobStore};
-use crate::storage::StorageError;
+use crate::storage::{Storage, StorageError};
 
 pub fn setup(conn: &Connection) -> Result<(), StorageError> {
     conn.execute_batch(
@@ -138,6 +138,54 @@ impl JobStore {
     }
 }
 
+/// Apps defined before runner identity was fixed (issue 15) may name their
+/// runner instead of giving its id, and a name was whatever the runner last
+/// said it was called. Each such name is resolved once, here, to the id of
+/// the one runner of the tenant that holds it, and stored; a name that
+/// matches no runner or several is left as it is, and deploying that app
+/// asks for the runner's id. Returns how many apps were changed.
+pub fn resolve_runner_names(jobs: &JobStore, storage: &Storage) -> Result<usize, StorageError> {
+    let apps: Vec<(String, StoredApp)> = {
+        let conn = jobs.read();
+        let mut stmt = conn.prepare("SELECT tenant_id, name, def, updated_ms FROM apps")?;
+        let rows = stmt.query_map([], |r| {
+            let def: String = r.get(2)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                StoredApp {
+                    name: r.get(1)?,
+                    def: serde_json::from_str(&def).unwrap_or(serde_json::Value::Null),
+                    updated_ms: r.get(3)?,
+                },
+            ))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut changed = 0;
+    for (tenant, mut app) in apps {
+        let Some(runner) = app.def["runner"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        if storage.runner(&tenant, &runner)?.is_some() {
+            continue;
+        }
+        let all = storage.list_runners(&tenant)?;
+        let mut hits = all.iter().filter(|r| r.name == runner);
+        match (hits.next(), hits.next()) {
+            (Some(r), None) => {
+                tracing::info!(tenant, app = %app.name, name = %runner, runner = %r.id,
+                    "app's runner name resolved to its id");
+                app.def["runner"] = serde_json::Value::String(r.id.clone());
+                jobs.put_app(&tenant, &app)?;
+                changed += 1;
+            }
+            _ => tracing::warn!(tenant, app = %app.name, name = %runner,
+                "app names a runner that is not one runner's name; its next deploy asks for the runner id"),
+        }
+    }
+    Ok(changed)
+}
+
 fn app_row(r: &Row<'_>) -> rusqlite::Result<StoredApp> {
     let def: String = r.get(1)?;
     Ok(StoredApp {
@@ -190,5 +238,68 @@ mod tests {
             2,
             "history stays"
         );
+    }
+
+    /// Issue 15, item 8: apps saved with a runner's name get its id once
+    /// (when exactly one runner of the tenant has it); ambiguous or unknown
+    /// names are left for the operator.
+    #[test]
+    fn app_runner_names_are_resolved_to_ids_once() {
+        use crate::storage::{EnrollmentTokenRow, NewRunner, TenantRow};
+        let jobs = JobStore::open_in_memory().unwrap();
+        let storage = Storage::open_in_memory().unwrap();
+        let t = TenantRow {
+            id: "tn_a".into(),
+            name: "a".into(),
+            created_at: 0,
+        };
+        storage.create_tenant(&t, "at_a", "hash-api-a").unwrap();
+        for (tok, id, name) in [
+            ("e1", "rn_1", "web-1"),
+            ("e2", "rn_2", "db"),
+            ("e3", "rn_3", "db"),
+        ] {
+            let row = EnrollmentTokenRow {
+                id: tok.into(),
+                tenant_id: "tn_a".into(),
+                label: None,
+                created_at: 0,
+                expires_at: i64::MAX,
+                used_at: None,
+                revoked_at: None,
+            };
+            storage
+                .create_enrollment_token(&row, &format!("h-{tok}"))
+                .unwrap();
+            let cred = format!("c-{id}");
+            let r = NewRunner {
+                id,
+                credential_hash: &cred,
+                name,
+                version: "0.1.0",
+                arch: "x86_64",
+                os: "linux",
+            };
+            storage.enroll(&format!("h-{tok}"), &r, 1).unwrap();
+        }
+        // rn_3 asked for "db" too and was named "db-2".
+        let put = |name: &str, runner: &str| {
+            let a = StoredApp {
+                name: name.into(),
+                def: json!({ "runner": runner, "path": "/srv" }),
+                updated_ms: 5,
+            };
+            jobs.put_app("tn_a", &a).unwrap();
+        };
+        put("by-name", "web-1");
+        put("by-id", "rn_2");
+        put("unknown", "gone-box");
+        assert_eq!(resolve_runner_names(&jobs, &storage).unwrap(), 1);
+        let runner = |app: &str| jobs.app("tn_a", app).unwrap().unwrap().def["runner"].clone();
+        assert_eq!(runner("by-name"), "rn_1");
+        assert_eq!(runner("by-id"), "rn_2");
+        assert_eq!(runner("unknown"), "gone-box");
+        // Once: nothing left to change.
+        assert_eq!(resolve_runner_names(&jobs, &storage).unwrap(), 0);
     }
 }

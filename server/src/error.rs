@@ -70,6 +70,16 @@ impl ApiError {
     /// A request to a runner that got no answer: 409 when it has no link
     /// (try again once it is back), 504 when it did not answer `what`
     /// within `limit`.
+    /// 413: what was asked would not fit in one message to a runner
+    /// (`tether::protocol::MAX_CONTROL_MESSAGE`); the message names it.
+    pub fn too_large(e: tether::protocol::TooLarge) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            tether::protocol::TOO_LARGE,
+            e.to_string(),
+        )
+    }
+
     pub fn runner_request(
         id: &str,
         e: RequestError,
@@ -86,6 +96,7 @@ impl ApiError {
         match e {
             RequestError::NotConnected => unreachable("has no live connection"),
             RequestError::ConnectionLost => unreachable("disconnected before answering"),
+            RequestError::TooLarge(e) => Self::too_large(e),
             RequestError::Timeout => Self::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 code::RUNNER_TIMEOUT,

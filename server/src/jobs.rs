@@ -14,11 +14,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tether::protocol::{JobStart, JOB_RECORD_HEADER};
+use tether::protocol::{encode_control_checked, JobStart, Message, TooLarge, JOB_RECORD_HEADER};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::job_store::{JobRow, JobStore, OutputRow};
+use crate::job_store::{JobRow, JobSpec, JobStore, OutputRow};
 use crate::logs::FLUSH_EVERY;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
@@ -105,6 +105,51 @@ pub fn start_message(
         timeout_s: job.spec.timeout_s,
         deploy: job.spec.deploy.clone().map(Box::new),
     })
+}
+
+/// Why a job cannot be sent as it stands.
+#[derive(Debug)]
+pub enum Unfit {
+    /// Its `job_start` would be larger than a runner takes.
+    TooLarge(TooLarge),
+    /// A secret cannot be opened (deleted, wrong key, not UTF-8).
+    Secret(String),
+}
+
+/// Check, before a job is made, that its `job_start` fits in one message
+/// to the runner ([`tether::protocol::MAX_CONTROL_MESSAGE`]): built as it
+/// will be sent, secrets opened, with the longest job id, channel and
+/// request id, so a job accepted here is never refused for its size.
+/// (Secrets changed later are caught again when it is sent.)
+pub fn check_fits(
+    tenant: &str,
+    spec: &JobSpec,
+    store: &JobStore,
+    secrets: &SecretBox,
+) -> Result<(), Unfit> {
+    let row = JobRow {
+        seq: i64::from(u32::MAX),
+        // The shape of `jobs_api::new_job_id`.
+        id: format!("jb_{}", "f".repeat(16)),
+        tenant_id: tenant.to_owned(),
+        runner_id: String::new(),
+        label: String::new(),
+        status: "pending".into(),
+        exit_code: None,
+        signal: None,
+        reason: String::new(),
+        created_ms: 0,
+        started_ms: None,
+        finished_ms: None,
+        stored_bytes: 0,
+        output_bytes: None,
+        output_pruned: false,
+        cancel_requested: false,
+        spec: spec.clone(),
+    };
+    let start = start_message(&row, store, secrets).map_err(Unfit::Secret)?;
+    encode_control_checked(u64::MAX, Message::JobStart(start)).map_err(Unfit::TooLarge)?;
+    Ok(())
 }
 
 /// One job channel of a connection.

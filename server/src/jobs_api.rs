@@ -36,7 +36,7 @@ use crate::auth::Caller;
 use crate::clock;
 use crate::error::ApiError;
 use crate::job_store::{JobRow, JobSpec, OutputRow, Script};
-use crate::jobs::JobUpdate;
+use crate::jobs::{check_fits, JobUpdate, Unfit};
 use crate::quotas;
 use crate::storage::Role;
 use crate::stream_auth::{until_revoked, AuthGuard};
@@ -129,6 +129,17 @@ pub async fn put_script(
         timeout_s: b.timeout_s,
         updated_ms: clock::now_ms(),
     };
+    // Refused now, not each time it is run.
+    let spec = JobSpec {
+        program: script.interpreter.clone(),
+        args: script.args.clone(),
+        script: Some(script.body.clone()),
+        env: Vec::new(),
+        secrets: Vec::new(),
+        timeout_s: script.timeout_s,
+        deploy: None,
+    };
+    fits(&state, tenant, &spec)?;
     state.jobs.put_script(tenant, &script)?;
     Ok(Json(script))
 }
@@ -243,6 +254,16 @@ pub struct RunBody {
     timeout_s: Option<u64>,
 }
 
+/// 413 when the job's `job_start` would not fit in one message to a
+/// runner (`jobs::check_fits`): checked before anything is stored.
+pub(crate) fn fits(state: &AppState, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
+    match check_fits(tenant, spec, &state.jobs, &state.secrets) {
+        Ok(()) => Ok(()),
+        Err(Unfit::TooLarge(e)) => Err(ApiError::too_large(e)),
+        Err(Unfit::Secret(why)) => Err(ApiError::bad_request(why)),
+    }
+}
+
 pub(crate) fn job_json(j: &JobRow) -> Value {
     let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
     v["created_at"] = json!(clock::rfc3339(j.created_ms));
@@ -350,6 +371,7 @@ pub async fn run(
         }
     }
     spec.secrets = b.secrets;
+    fits(&state, tenant, &spec)?;
     // Every runner must be the tenant's before any job is made.
     for r in &b.runners {
         runner_in_tenant(&state, tenant, r)?;

@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tether::protocol::{encode_control, Envelope, LogOpen, Message};
+use tether::protocol::{
+    encode_control, encode_control_checked, Envelope, LogOpen, Message, TooLarge,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::health::HealthLog;
@@ -104,6 +106,8 @@ pub enum RequestError {
     Timeout,
     /// The connection ended before the answer came.
     ConnectionLost,
+    /// Larger than a runner takes: not sent (the API answers 413).
+    TooLarge(TooLarge),
 }
 
 struct Entry {
@@ -445,6 +449,9 @@ impl Registry {
         body: Message,
         limit: Duration,
     ) -> Result<Envelope, RequestError> {
+        // Checked with the largest id: the size cannot depend on which id
+        // the request gets.
+        encode_control_checked(u64::MAX, body.clone()).map_err(RequestError::TooLarge)?;
         self.send_and_wait(tenant_id, runner_id, limit, |id, reply| Outgoing::Request {
             id,
             text: encode_control(id, body),

@@ -20,8 +20,8 @@
 use axum::body::Bytes;
 use axum::extract::ws::Message as WsMessage;
 use tether::protocol::{
-    encode_control, encode_frame, ChannelAck, FrameHeader, FrameKind, JobRef, JobResult, Message,
-    StreamTag,
+    encode_control, encode_control_checked, encode_frame, ChannelAck, FrameHeader, FrameKind,
+    JobRef, JobResult, Message, StreamTag,
 };
 use tokio::time::Instant;
 
@@ -119,18 +119,25 @@ impl Connection {
                     continue;
                 }
             };
+            self.collect_ids += 1;
+            let id = JOB_ID_BASE + self.collect_ids;
+            // Checked at the API too; a secret may have grown since. Never
+            // sent: the runner could not take it, and a refusal there would
+            // come back here on every connection.
+            let text = match encode_control_checked(id, Message::JobStart(start)) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.finish_job(&job.id, job.seq, "failed", &e.to_string());
+                    continue;
+                }
+            };
             if let Ok(channel) = u32::try_from(job.seq) {
                 self.job_channels.learn(channel, job.seq, job.stored_bytes);
             }
             self.job_channels.started.insert(job.id.clone());
-            self.collect_ids += 1;
-            let id = JOB_ID_BASE + self.collect_ids;
             self.job_channels.requests.insert(id, job.id.clone());
             tracing::debug!(runner = %self.runner.id, job = %job.id, "job_start");
-            self.send(WsMessage::Text(
-                encode_control(id, Message::JobStart(start)).into(),
-            ))
-            .await?;
+            self.send(WsMessage::Text(text.into())).await?;
         }
         Ok(())
     }

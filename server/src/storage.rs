@@ -188,7 +188,74 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_by_user ON sessions(user_id);
 CREATE INDEX sessions_by_expiry ON sessions(expires_at);
 "#,
+    // Runner identity: `name` is the operator's (set at enrollment, changed
+    // only through the API); what a runner's `hello` says it is called is
+    // kept apart. Until now hello overwrote `name`, so that is the best
+    // guess of the last reported one.
+    r#"
+ALTER TABLE runners ADD COLUMN reported_name TEXT NOT NULL DEFAULT '';
+UPDATE runners SET reported_name = name;
+"#,
 ];
+
+/// Longest runner name (operator-set; a reported hostname is cut to fit).
+pub const MAX_RUNNER_NAME: usize = 64;
+
+/// Whether `name` may be a runner's name: 1 to [`MAX_RUNNER_NAME`]
+/// characters, no control characters or surrounding spaces, and not
+/// shaped like a runner id (`rn_…`), so a name never reads as another
+/// runner's id wherever either is accepted.
+pub fn valid_runner_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= MAX_RUNNER_NAME
+        && name.trim() == name
+        && !name.chars().any(char::is_control)
+        && !name.starts_with("rn_")
+}
+
+/// The name a runner gets at enrollment from the one it asked for (its
+/// `--name` or hostname): made valid, then unique in the tenant with a
+/// `-2`, `-3`, … suffix, so it can never take a name another runner holds.
+fn enrollment_name(
+    tx: &Transaction<'_>,
+    tenant_id: &str,
+    asked: &str,
+) -> Result<String, StorageError> {
+    let cleaned: String = asked
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        // Room for the longest suffix, `-9999`.
+        .take(MAX_RUNNER_NAME - 5)
+        .collect();
+    let base = if valid_runner_name(&cleaned) {
+        cleaned
+    } else {
+        "runner".to_owned()
+    };
+    let taken = |name: &str| -> Result<bool, StorageError> {
+        Ok(tx
+            .query_row(
+                "SELECT 1 FROM runners WHERE tenant_id = ?1 AND name = ?2",
+                params![tenant_id, name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    };
+    if !taken(&base)? {
+        return Ok(base);
+    }
+    for n in 2..10_000 {
+        let candidate = format!("{base}-{n}");
+        if !taken(&candidate)? {
+            return Ok(candidate);
+        }
+    }
+    Err(StorageError::Conflict(format!(
+        "too many runners are named {base:?} already"
+    )))
+}
 
 #[derive(Debug)]
 pub enum StorageError {
@@ -318,7 +385,11 @@ impl EnrollmentTokenRow {
 pub struct RunnerRow {
     pub id: String,
     pub tenant_id: String,
+    /// The operator's name for it: the authority apps and the CLI resolve.
     pub name: String,
+    /// What the runner last said it is called (its hostname, in `hello`):
+    /// shown, never trusted.
+    pub reported_name: String,
     pub health: Health,
     pub version: String,
     pub arch: String,
@@ -353,6 +424,8 @@ pub struct RunnerIdentity {
 pub struct NewRunner<'a> {
     pub id: &'a str,
     pub credential_hash: &'a str,
+    /// The name asked for (stored as reported; the runner's name is this
+    /// made unique in the tenant).
     pub name: &'a str,
     pub version: &'a str,
     pub arch: &'a str,
@@ -362,6 +435,7 @@ pub struct NewRunner<'a> {
 /// What a runner told the server in its `hello`.
 #[derive(Debug, Clone)]
 pub struct ConnectedInfo<'a> {
+    /// Its hostname: stored as `reported_name`, never as its name.
     pub name: &'a str,
     pub version: &'a str,
     pub arch: &'a str,
@@ -625,12 +699,14 @@ impl Storage {
         if spent != 1 {
             return Err(EnrollError::Refused(EnrollRefusal::Used));
         }
+        let name = enrollment_name(&tx, &tenant_id, runner.name).map_err(EnrollError::Storage)?;
         tx.execute(
-            "INSERT INTO runners (id, tenant_id, name, credential_hash, health, version, arch, os, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'unreachable', ?5, ?6, ?7, ?8)",
+            "INSERT INTO runners (id, tenant_id, name, reported_name, credential_hash, health, version, arch, os, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'unreachable', ?6, ?7, ?8, ?9)",
             params![
                 runner.id,
                 tenant_id,
+                name,
                 runner.name,
                 runner.credential_hash,
                 runner.version,
@@ -741,7 +817,7 @@ impl Storage {
             return Ok(ConnectOutcome::Refused);
         }
         tx.execute(
-            "UPDATE runners SET health = 'active', name = ?2, version = ?3, arch = ?4, os = ?5,
+            "UPDATE runners SET health = 'active', reported_name = ?2, version = ?3, arch = ?4, os = ?5,
                  protocol = ?6, connected_since = ?7, last_seen = ?7
              WHERE id = ?1",
             params![
@@ -757,6 +833,41 @@ impl Storage {
         let record = record_change(&tx, id, &tenant_id, old, Health::Active, reason, now)?;
         tx.commit()?;
         Ok(ConnectOutcome::Active(record))
+    }
+
+    /// The operator renames a runner of `tenant_id`. `None`: no such
+    /// runner; `Conflict`: another runner of the tenant has that name
+    /// (names resolve runners, so they are unique per tenant).
+    pub fn rename_runner(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<RunnerRow>, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if select_runner(&tx, tenant_id, id)?.is_none() {
+            return Ok(None);
+        }
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT id FROM runners WHERE tenant_id = ?1 AND name = ?2 AND id != ?3",
+                params![tenant_id, name, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = holder {
+            return Err(StorageError::Conflict(format!(
+                "runner {other} is named {name:?} already"
+            )));
+        }
+        tx.execute(
+            "UPDATE runners SET name = ?3 WHERE id = ?1 AND tenant_id = ?2",
+            params![id, tenant_id, name],
+        )?;
+        let row = select_runner(&tx, tenant_id, id)?;
+        tx.commit()?;
+        Ok(row)
     }
 
     /// A runner's connection ended: unreachable, unless it was revoked meanwhile.
@@ -990,7 +1101,7 @@ fn runner_exists(conn: &Connection, tenant_id: &str, id: &str) -> Result<bool, S
 
 const RUNNER_COLUMNS: &str =
     "id, tenant_id, name, health, version, arch, os, protocol, created_at, \
-                              last_seen, connected_since, revoked_at";
+                              last_seen, connected_since, revoked_at, reported_name";
 
 /// A runner row as SQLite returns it, before the health string is checked
 /// (rusqlite's row closures cannot return our error type).
@@ -1023,6 +1134,7 @@ fn raw_runner_row(r: &Row<'_>) -> rusqlite::Result<RawRunner> {
             last_seen: r.get(9)?,
             connected_since: r.get(10)?,
             revoked_at: r.get(11)?,
+            reported_name: r.get(12)?,
         },
     })
 }
@@ -1306,8 +1418,13 @@ mod tests {
         );
         let row = s.runner("tn_a", "rn_1").unwrap().unwrap();
         assert_eq!(
-            (row.name.as_str(), row.protocol, row.connected_since),
-            ("edge-01", Some(1), Some(T0 + 2))
+            (
+                row.name.as_str(),
+                row.reported_name.as_str(),
+                row.protocol,
+                row.connected_since
+            ),
+            ("box", "edge-01", Some(1), Some(T0 + 2))
         );
         assert!(s
             .runner_disconnected("rn_1", T0 + 3, "connection closed", T0 + 4)
@@ -1403,5 +1520,80 @@ mod tests {
         let s = Storage::open(&path).unwrap();
         assert_eq!(s.list_tenants().unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 15, item 8: a runner's hello (its hostname) never changes its
+    /// name; enrollment cannot take a name another runner holds; only the
+    /// operator renames, and not onto a name in use.
+    #[test]
+    fn names_are_the_operators_and_unique_and_hello_only_reports() {
+        let s = Storage::open_in_memory().unwrap();
+        tenant(&s, "tn_a");
+        tenant(&s, "tn_b");
+        let enroll = |tn: &str, tok: &str, id: &str, asked: &str| {
+            token(&s, tn, tok, T0 + 60_000);
+            let cred = format!("c-{id}");
+            let r = NewRunner {
+                name: asked,
+                ..new_runner(id, &cred)
+            };
+            s.enroll(&format!("hash-{tok}"), &r, T0).unwrap();
+            let row = s.runner(tn, id).unwrap().unwrap();
+            (row.name, row.reported_name)
+        };
+        assert_eq!(
+            enroll("tn_a", "e1", "rn_1", "web-1"),
+            ("web-1".into(), "web-1".into())
+        );
+        assert_eq!(
+            enroll("tn_a", "e2", "rn_2", "web-1"),
+            ("web-1-2".into(), "web-1".into())
+        );
+        assert_eq!(
+            enroll("tn_a", "e3", "rn_3", "web-1"),
+            ("web-1-3".into(), "web-1".into())
+        );
+        // Another tenant's names are its own.
+        assert_eq!(
+            enroll("tn_b", "e4", "rn_4", "web-1"),
+            ("web-1".into(), "web-1".into())
+        );
+        // Names shaped like ids, empty or with control characters are not kept.
+        assert_eq!(enroll("tn_a", "e5", "rn_5", "rn_1").0, "runner");
+        assert_eq!(enroll("tn_a", "e6", "rn_6", " \n").0, "runner-2");
+        assert_eq!(enroll("tn_a", "e7", "rn_7", "a\u{7}b").0, "ab");
+
+        // rn_2 says it is web-1 in every hello: reported, not taken.
+        let info = ConnectedInfo {
+            name: "web-1",
+            version: "0.2.0",
+            arch: "x86_64",
+            os: "linux",
+            protocol: 1,
+        };
+        s.runner_connected("rn_2", &info, "connected", T0 + 1)
+            .unwrap();
+        let row = s.runner("tn_a", "rn_2").unwrap().unwrap();
+        assert_eq!(
+            (row.name.as_str(), row.reported_name.as_str()),
+            ("web-1-2", "web-1")
+        );
+
+        // The operator renames; a name in use is a conflict and changes nothing.
+        assert!(matches!(
+            s.rename_runner("tn_a", "rn_2", "web-1"),
+            Err(StorageError::Conflict(_))
+        ));
+        assert_eq!(s.runner("tn_a", "rn_2").unwrap().unwrap().name, "web-1-2");
+        let row = s.rename_runner("tn_a", "rn_2", "edge-2").unwrap().unwrap();
+        assert_eq!(
+            (row.name.as_str(), row.reported_name.as_str()),
+            ("edge-2", "web-1")
+        );
+        // Its own name again is fine; another tenant's runner is not found.
+        assert!(s.rename_runner("tn_a", "rn_2", "edge-2").unwrap().is_some());
+        assert!(s.rename_runner("tn_b", "rn_2", "x").unwrap().is_none());
+        assert!(!valid_runner_name("rn_2") && !valid_runner_name(" x") && !valid_runner_name(""));
+        assert!(valid_runner_name("lab \"7\" \\ edge"));
     }
 }

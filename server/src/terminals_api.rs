@@ -229,6 +229,7 @@ fn user_name(session: &SessionRow) -> String {
 fn refused(code: &str, message: String) -> ApiError {
     let (status, code) = match code {
         "host_terminal_disabled" => (StatusCode::FORBIDDEN, "host_terminal_disabled"),
+        "container_terminal_disabled" => (StatusCode::FORBIDDEN, "container_terminal_disabled"),
         "no_such_container" => (StatusCode::NOT_FOUND, "no_such_container"),
         "docker_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable"),
         "too_many_channels" => (StatusCode::CONFLICT, "too_many_terminals"),

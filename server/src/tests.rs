@@ -822,13 +822,21 @@ async fn hello_welcome_ping_and_clean_close() {
     )
     .await;
     assert_eq!(r["health"], "active");
+    // The hostname in hello is the reported name; the name stays the
+    // one given at enrollment.
     assert_eq!(
         (
             r["name"].as_str(),
+            r["reported_name"].as_str(),
             r["version"].as_str(),
             r["arch"].as_str()
         ),
-        (Some("edge-07"), Some("0.9.0"), Some("aarch64"))
+        (
+            Some("edge-01"),
+            Some("edge-07"),
+            Some("0.9.0"),
+            Some("aarch64")
+        )
     );
     assert_eq!(r["protocol"], 1);
     assert!(r["connected_since"].is_string() && r["last_seen"].is_string());
@@ -1718,7 +1726,18 @@ async fn prometheus_exposes_this_tenants_latest_values() {
     let (quiet_a, _) = runner(&s.router, &api_a).await; // no data: not exposed
     let (runner_b, cred_b) = runner(&s.router, &api_b).await;
     let weird = "lab \"7\" \\ edge";
-    let (mut ws_a, _) = online_as(&s, &cred_a, weird).await;
+    // The label is the operator's name for the runner, not its hostname.
+    let (st, v) = call(
+        &s.router,
+        "PUT",
+        &format!("/api/v1/runners/{runner_a}/name"),
+        Some(&api_a),
+        Some(&json!({ "name": weird }).to_string()),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (mut ws_a, _) = online_as(&s, &cred_a, "hostname-is-not-the-label").await;
+    // Reported, not its name (that stays the enrolled edge-01).
     let (mut ws_b, _) = online_as(&s, &cred_b, "tenant-b-box").await;
     let t0 = (crate::clock::now_ms() - 10_000) as u64;
     let a = TestSample {
@@ -1807,7 +1826,7 @@ async fn prometheus_exposes_this_tenants_latest_values() {
         let (_, _, text) = get_text(&s.router, &api_b, "/api/v1/metrics/prometheus").await;
         assert!(!text.contains(&runner_a));
         if text.contains(&format!(
-            "tether_runner_up{{runner_id=\"{runner_b}\",runner=\"tenant-b-box\"}} 0"
+            "tether_runner_up{{runner_id=\"{runner_b}\",runner=\"edge-01\"}} 0"
         )) {
             assert!(text.contains("tether_mem_used_bytes{"), "{text}");
             break;

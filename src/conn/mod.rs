@@ -85,6 +85,8 @@ use tungstenite::{Message as WsMessage, WebSocket};
 
 /// Messages handled per readiness pass before yielding to other sources.
 const MAX_MESSAGES_PER_PASS: usize = 64;
+/// Longest reason in an `error` answer to a message this runner refused.
+const MAX_REFUSAL: usize = 1024;
 /// Bytes read per pass in the proxy phase (the head is at most 16 KiB).
 const PROXY_READ_CHUNK: usize = 1024;
 /// How long to wait for the server's answer to our close frame.
@@ -472,6 +474,28 @@ pub fn pong_for(ping: &protocol::Ping) -> Control {
     })
 }
 
+/// What the host owner switched off, for `status.json` (`tether status`).
+pub fn switched_off(cfg: &ConnConfig) -> Vec<String> {
+    let docker_on = cfg.docker.is_some();
+    [
+        ("jobs", cfg.jobs.is_none()),
+        ("docker", !docker_on),
+        ("host terminal", !cfg.terminals.host_enabled),
+        (
+            "container terminal",
+            docker_on && !cfg.terminals.container_enabled,
+        ),
+        (
+            "container control",
+            cfg.docker.as_ref().is_some_and(|d| !d.control_enabled),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, off)| *off)
+    .map(|(what, _)| what.to_owned())
+    .collect()
+}
+
 /// The WebSocket limits: bounded messages, frames and write buffer.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -481,16 +505,22 @@ pub fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
         // Backpressure instead of unbounded queueing behind a slow link.
         .max_write_buffer_size(2 * protocol::MAX_WS_MESSAGE)
-        .max_message_size(Some(protocol::MAX_WS_MESSAGE))
-        .max_frame_size(Some(protocol::MAX_WS_MESSAGE))
+        // Reads above the control limit: see `protocol::MAX_RUNNER_READ`.
+        .max_message_size(Some(protocol::MAX_RUNNER_READ))
+        .max_frame_size(Some(protocol::MAX_RUNNER_READ))
 }
 
 fn truncate_reason(s: &str) -> String {
-    let mut end = s.len().min(MAX_CLOSE_REASON);
+    clip(s, MAX_CLOSE_REASON).to_owned()
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
 /// An established WebSocket.
@@ -703,6 +733,7 @@ impl Connection {
             last_error: None,
             metrics: None,
             terminals: 0,
+            switched_off: switched_off(&cfg),
         };
         Connection {
             cfg,
@@ -1378,7 +1409,7 @@ impl Connection {
                 self.note_unknown(format!("message type '{type_name}'"));
                 return Flow::Continue;
             }
-            Err(e) => return self.violation(link, e.to_string()),
+            Err(e) => return self.undecodable(link, stage, text, e),
         };
         match envelope.body {
             Control::Welcome(w) => {
@@ -1568,6 +1599,50 @@ impl Connection {
             }
             Err(e) => self.violation(link, e.to_string()),
         }
+    }
+
+    /// A control message this runner cannot take. Once connected, one that
+    /// is too large or has bad fields is refused for its request id and the
+    /// link stays: closing would only bring the same message again after
+    /// the reconnect (the server resends what it thinks was not received),
+    /// and the health would flap. What is not JSON at all, or anything
+    /// before the welcome, is a protocol violation.
+    fn undecodable(
+        &mut self,
+        link: &mut Link,
+        stage: &LinkStage,
+        text: &str,
+        e: protocol::DecodeError,
+    ) -> Flow {
+        let code = match &e {
+            protocol::DecodeError::TooLarge(_) => protocol::TOO_LARGE,
+            protocol::DecodeError::BadFields { .. } => protocol::api_error::BAD_REQUEST,
+            protocol::DecodeError::Malformed(_) => return self.violation(link, e.to_string()),
+        };
+        if !matches!(stage, LinkStage::Connected) {
+            return self.violation(link, e.to_string());
+        }
+        match protocol::request_id(text).filter(|&id| id != 0) {
+            Some(id) => {
+                // serde quotes the offending value: keep the answer small.
+                let why = clip(&e.to_string(), MAX_REFUSAL).to_owned();
+                warn!("conn", "refusing request {id} from the server: {why}");
+                let body = Control::Error(protocol::ErrorBody {
+                    code: code.into(),
+                    message: format!("the runner cannot take this message: {why}"),
+                });
+                if let Err(err) = link.send_control(id, body) {
+                    debug!("conn", "cannot answer request {id}: {err}");
+                }
+            }
+            // A notice (id 0) has nobody to answer: it is dropped.
+            None => warn!(
+                "conn",
+                "ignoring a message from the server: {}",
+                clip(&e.to_string(), MAX_REFUSAL)
+            ),
+        }
+        Flow::Continue
     }
 
     /// Tell the server what was wrong, then close with 4004 and reconnect.
@@ -1799,6 +1874,24 @@ impl Connection {
     ) -> Step {
         match stage {
             LinkStage::Closing(then) => self.finish_close(ctx, link, then),
+            _ if matches!(e, tungstenite::Error::Capacity(_)) => {
+                // A frame above MAX_RUNNER_READ: tungstenite stopped after
+                // its header, so the rest of the stream cannot be read as
+                // frames any more (reading on trips an assertion in its
+                // debug builds). Say why, write-only, and drop the link
+                // without waiting for a close reply.
+                let failure = ws_failure(e);
+                let frame = CloseFrame {
+                    code: CloseCode::from(close::TOO_BIG),
+                    reason: truncate_reason(&failure.to_string()).into(),
+                };
+                let mut link = link;
+                if link.ws.close(Some(frame)).is_ok() {
+                    let _ = link.flush();
+                }
+                warn!("conn", "closing the connection: {failure}");
+                self.link_failed(ctx, link, failure)
+            }
             _ => {
                 let failure = ws_failure(e);
                 if let Failure::WebSocket(_) | Failure::Violation(_) = failure {

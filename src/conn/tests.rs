@@ -393,6 +393,79 @@ fn malformed_input_gets_an_error_and_4004_then_a_reconnect() {
 }
 
 #[test]
+fn an_oversized_or_ill_typed_request_is_refused_for_its_id_and_the_link_stays() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut ws, _, _) = accept(&l);
+        welcome(&mut ws);
+        // A job_start with a 300 KB env var: above the control limit, below
+        // the read limit.
+        let big = format!(
+            r#"{{"type":"job_start","id":91,"job_id":"jb_big","channel":1,"program":"/bin/sh","env":[["BIG","{}"]]}}"#,
+            "x".repeat(300 * 1024)
+        );
+        assert!(big.len() > protocol::MAX_CONTROL_MESSAGE);
+        ws.send(WsMessage::text(big)).unwrap();
+        let refused = read_control(&mut ws);
+        // A known type with a field of the wrong type.
+        ws.send(WsMessage::text(
+            r#"{"type":"ping","id":93,"sent_ms":"soon"}"#,
+        ))
+        .unwrap();
+        let ill_typed = read_control(&mut ws);
+        // The same link still answers.
+        let ping = Control::Ping(protocol::Ping { sent_ms: 5 });
+        ws.send(WsMessage::text(protocol::encode_control(92, ping)))
+            .unwrap();
+        let pong = read_control(&mut ws);
+        close_with(&mut ws, close::REVOKED, "done");
+        (refused, ill_typed, pong)
+    });
+    let exit = run_runner(config(&url, None), 10).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    let (refused, ill_typed, pong) = srv.join().unwrap();
+    let Control::Error(e) = refused.body else {
+        panic!("expected an error, got {refused:?}")
+    };
+    assert_eq!((refused.id, e.code.as_str()), (91, protocol::TOO_LARGE));
+    assert!(
+        e.message
+            .contains(&protocol::MAX_CONTROL_MESSAGE.to_string()),
+        "{}",
+        e.message
+    );
+    let Control::Error(e) = ill_typed.body else {
+        panic!("expected an error, got {ill_typed:?}")
+    };
+    assert_eq!((ill_typed.id, e.code.as_str()), (93, "bad_request"));
+    assert!(matches!(pong.body, Control::Pong(_)), "{pong:?}");
+    assert_eq!(pong.id, 92);
+}
+
+#[test]
+fn a_message_above_the_read_limit_closes_with_1009_and_reconnects_without_a_panic() {
+    let (l, url) = listen();
+    let srv = server(move || {
+        let (mut first, _, _) = accept(&l);
+        welcome(&mut first);
+        let huge = format!(
+            r#"{{"type":"ping","id":5,"pad":"{}"}}"#,
+            "x".repeat(protocol::MAX_RUNNER_READ + 1)
+        );
+        // The runner may hang up while this is still being written.
+        let _ = first.send(WsMessage::text(huge));
+        let code = raw_close_code(first.get_mut());
+        let (mut second, _, _) = accept(&l);
+        welcome(&mut second);
+        close_with(&mut second, close::REVOKED, "done");
+        code
+    });
+    let exit = run_runner(config(&url, None), 15).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    assert_eq!(srv.join().unwrap(), Some(close::TOO_BIG));
+}
+
+#[test]
 fn no_welcome_in_time_and_401_are_retried() {
     let (l, url) = listen();
     let srv = server(move || {

@@ -46,7 +46,7 @@ use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::metrics::containers::RunningContainer;
 use crate::protocol::{
     ContainerEvent, ContainerSnapshot, ContainerSummary, DockerOp, DockerRequest, DockerResponse,
-    DockerState, ErrorBody, Message as Control, MAX_CONTROL_MESSAGE,
+    DockerState, ErrorBody, Message as Control, CONTAINER_CONTROL_DISABLED, MAX_CONTROL_MESSAGE,
 };
 use crate::{debug, info, warn};
 use mio::net::UnixStream;
@@ -100,6 +100,11 @@ pub struct DockerConfig {
     pub request_timeout: Duration,
     /// Longest wait between probes while unavailable.
     pub probe_every: Duration,
+    /// `--no-container-control`: the server's calls that change containers
+    /// or images (start, stop, restart, kill, remove, prune) are refused;
+    /// list and inspect stay. The host owner's choice; the server cannot
+    /// override it.
+    pub control_enabled: bool,
 }
 
 impl DockerConfig {
@@ -108,6 +113,7 @@ impl DockerConfig {
             socket,
             request_timeout: REQUEST_TIMEOUT,
             probe_every: PROBE_EVERY,
+            control_enabled: true,
         }
     }
 
@@ -850,6 +856,15 @@ impl Docker {
             self.push(error_reply(id, "docker_unavailable", why), 256);
             return;
         };
+        if !cfg.control_enabled && r.op.changes_state() {
+            let why = format!(
+                "container control is switched off on this runner (its owner started it \
+                 with --no-container-control): {:?} refused",
+                r.op
+            );
+            self.push(error_reply(id, CONTAINER_CONTROL_DISABLED, why), 256);
+            return;
+        }
         let base = cfg.request_timeout;
         match &self.state {
             Availability::Available { api, .. } => {

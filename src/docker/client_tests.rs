@@ -149,6 +149,7 @@ fn config(path: &Path) -> DockerConfig {
         socket: path.to_owned(),
         request_timeout: Duration::from_secs(5),
         probe_every: Duration::from_millis(300),
+        control_enabled: true,
     }
 }
 
@@ -451,6 +452,60 @@ fn switched_off_refuses_requests_and_sends_nothing_else() {
             assert!(matches!(*body, Control::Error(ref e) if e.code == "docker_unavailable"))
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn without_container_control_only_list_and_inspect_pass() {
+    let mut el = EventLoop::new().unwrap();
+    let mut cfg = config(Path::new("/nonexistent/docker.sock"));
+    cfg.control_enabled = false;
+    let mut d = Docker::new(Some(cfg));
+    d.on_link(&mut el.test_ctx(), up());
+    while d.next_message().is_some() {}
+    let ops = [
+        DockerOp::Start,
+        DockerOp::Stop,
+        DockerOp::Restart,
+        DockerOp::Kill,
+        DockerOp::Remove,
+        DockerOp::PruneContainers,
+        DockerOp::PruneImages,
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        let id = 10 + i as u64;
+        d.on_link(
+            &mut el.test_ctx(),
+            LinkEvent::DockerRequest {
+                id,
+                request: request(op, Some("web")),
+            },
+        );
+        match d.next_message() {
+            Some(Outgoing::Reply { id: got, body }) if got == id => match *body {
+                Control::Error(e) => {
+                    assert_eq!(e.code, CONTAINER_CONTROL_DISABLED, "{op:?}");
+                    assert!(
+                        e.message.contains("--no-container-control"),
+                        "{}",
+                        e.message
+                    );
+                }
+                other => panic!("{op:?}: {other:?}"),
+            },
+            other => panic!("{op:?}: {other:?}"),
+        }
+    }
+    // Reading calls are not refused for control: they wait for the probe.
+    for op in [DockerOp::List, DockerOp::Inspect] {
+        d.on_link(
+            &mut el.test_ctx(),
+            LinkEvent::DockerRequest {
+                id: 99,
+                request: request(op, Some("web")),
+            },
+        );
+        assert!(d.next_message().is_none(), "{op:?} held, not refused");
     }
 }
 

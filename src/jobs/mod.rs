@@ -513,6 +513,12 @@ impl Jobs {
             let why = "jobs are switched off on this runner (--no-jobs)".to_owned();
             return self.refuse(id, "jobs_disabled", why);
         }
+        if let Some(d) = &start.deploy {
+            // It becomes a path under the state dir: checked here too.
+            if let Err(why) = crate::protocol::deploy::check_app_name(&d.app) {
+                return self.refuse(id, crate::protocol::api_error::BAD_REQUEST, why);
+            }
+        }
         let job_id = start.job_id.clone();
         if self
             .jobs
@@ -952,5 +958,70 @@ fn note_spool_error(job: &mut Job) {
         );
         warn!("jobs", "job {}: {why}", job.start.job_id);
         system_note(job, &why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_loop::EventLoop;
+    use crate::protocol::deploy::DeploySpec;
+
+    fn deploy_start(app: &str) -> Box<JobStart> {
+        Box::new(JobStart {
+            job_id: "jb_evil".into(),
+            channel: 3,
+            program: "deploy".into(),
+            args: vec![],
+            script: None,
+            env: vec![],
+            secrets: vec![],
+            timeout_s: 0,
+            deploy: Some(Box::new(DeploySpec {
+                app: app.into(),
+                path: Some("/nonexistent".into()),
+                image: "evil:1".into(),
+                container: "evil".into(),
+                ..Default::default()
+            })),
+        })
+    }
+
+    /// Issue 15, item 9: the server checks app names, but the runner does
+    /// not trust it with its file system: a name that would leave
+    /// `<state-dir>/deploy/` is refused before any path is made.
+    #[test]
+    fn a_deploy_whose_app_name_is_a_path_is_refused_before_touching_the_disk() {
+        let dir = std::env::temp_dir().join(format!("tether-jobs-app-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut el = EventLoop::new().unwrap();
+        let mut jobs = Jobs::new(Some(JobsConfig::new(&dir)));
+        let up = LinkEvent::Up {
+            metrics_ts: None,
+            acks: vec![],
+        };
+        jobs.on_link(&mut el.test_ctx(), up);
+        while jobs.next_message().is_some() {}
+        let bad = ["../../escaped", "..", "", "a/b", "/etc", &"x".repeat(65)];
+        for (i, app) in bad.iter().enumerate() {
+            let id = 40 + i as u64;
+            let start = deploy_start(app);
+            jobs.on_link(&mut el.test_ctx(), LinkEvent::JobStart { id, start });
+            match jobs.next_message() {
+                Some(Outgoing::Reply { id: got, body }) if got == id => match *body {
+                    Control::Error(e) => {
+                        assert_eq!(e.code, "bad_request", "{app:?}");
+                        assert!(e.message.starts_with("app name"), "{}", e.message);
+                    }
+                    other => panic!("{app:?}: {other:?}"),
+                },
+                other => panic!("{app:?}: {other:?}"),
+            }
+        }
+        assert!(jobs.jobs.is_empty() && jobs.queue.is_empty());
+        assert!(!dir.join("deploy").exists(), "no directory was made");
+        assert!(!dir.parent().unwrap().join("escaped").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -110,6 +110,33 @@ pub struct HealthCheck {
     pub timeout_s: u64,
 }
 
+/// Longest app name (the server's rule, checked again by the runner).
+pub const MAX_APP_NAME: usize = 64;
+
+/// An app name becomes a directory on the host (`<state-dir>/deploy/APP`):
+/// 1 to [`MAX_APP_NAME`] of `[A-Za-z0-9_.-]`, starting with a letter or
+/// digit, so never empty, `.`, `..`, a path with `/`, or an option. The
+/// server checks it when the app is defined; the runner checks it again
+/// before it touches a path, trusting no server with its file system.
+pub fn check_app_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_APP_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    let mut shown: String = name.chars().take(MAX_APP_NAME).collect();
+    if shown.len() < name.len() {
+        shown.push('…');
+    }
+    Err(format!(
+        "app name {shown:?}: 1 to {MAX_APP_NAME} of [A-Za-z0-9_.-], starting with a letter or digit"
+    ))
+}
+
 fn dot() -> String {
     ".".into()
 }
@@ -135,4 +162,36 @@ pub mod step {
     pub const SOURCE: u8 = 1;
     pub const BUILD: u8 = 2;
     pub const REPLACE: u8 = 3;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_that_would_leave_their_directory_are_refused() {
+        for good in ["web", "Web-1", "a", "app_2.v3", &"x".repeat(MAX_APP_NAME)] {
+            assert_eq!(check_app_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "/abs",
+            "-rf",
+            ".hidden",
+            "a\0b",
+            "a b",
+            "ä",
+            &"x".repeat(MAX_APP_NAME + 1),
+        ] {
+            let e = check_app_name(bad).unwrap_err();
+            assert!(e.starts_with("app name "), "{bad:?}: {e}");
+        }
+        // A long one is not echoed whole.
+        let e = check_app_name(&"/".repeat(100_000)).unwrap_err();
+        assert!(e.len() < 300, "{}", e.len());
+    }
 }

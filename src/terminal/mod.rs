@@ -7,8 +7,9 @@
 //!
 //! ```text
 //!  term_open ─▶ host: refused if switched off locally; openpty + login shell
-//!               container: Opening (exec create, start: engine calls in
-//!               the loop, see [`exec`]; keystrokes and resizes wait)
+//!               container: refused if switched off locally; Opening (exec
+//!               create, start: engine calls in the loop, see [`exec`];
+//!               keystrokes and resizes wait)
 //!               ─▶ term_opened ─▶ Running ─────────────────────────────────┐
 //!   DATA in  ─▶ input queue ─▶ written to the pty/stream ─▶ ACK (inbound)   │
 //!   pty/stream readable ─▶ replay buffer (≤ window) ─▶ DATA out             │
@@ -74,6 +75,9 @@ pub struct TerminalConfig {
     /// `--no-host-terminal` switches host shells off; the server cannot
     /// turn them back on.
     pub host_enabled: bool,
+    /// `--no-container-terminal` switches container exec terminals off,
+    /// the same way.
+    pub container_enabled: bool,
     /// Whose login shell a host terminal runs; `None`: the runner's user.
     pub host_user: Option<String>,
 }
@@ -82,6 +86,7 @@ impl Default for TerminalConfig {
     fn default() -> Self {
         TerminalConfig {
             host_enabled: true,
+            container_enabled: true,
             host_user: None,
         }
     }
@@ -90,7 +95,10 @@ impl Default for TerminalConfig {
 impl TerminalConfig {
     /// For `hello`: what the server may offer for this host.
     pub fn capabilities(&self) -> Vec<String> {
-        let mut c = vec!["terminal.container".to_owned()];
+        let mut c = Vec::new();
+        if self.container_enabled {
+            c.push("terminal.container".to_owned());
+        }
         if self.host_enabled {
             c.push("terminal.host".to_owned());
         }
@@ -547,6 +555,12 @@ impl Terminals {
                         return self.reply_error(id, "terminal_failed", why);
                     }
                 }
+            }
+            Some(_) if !self.cfg.container_enabled => {
+                let why = "container terminals are switched off on this runner \
+                           (its owner started it with --no-container-terminal)"
+                    .to_owned();
+                return self.reply_error(id, "container_terminal_disabled", why);
             }
             Some(container) => {
                 let Some(engine) = engine else {

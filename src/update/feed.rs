@@ -20,6 +20,38 @@ use crate::protocol::{update_state, Message as Control, UpdateOffer, UpdateStatu
 use crate::{error, info, warn};
 use std::collections::VecDeque;
 
+/// Versions remembered as answered, newest last. Past this the oldest is
+/// forgotten: a server offering ever new versions gets one more report for
+/// a forgotten one now and then, never a runner that grows without bound.
+const MAX_ANSWERED: usize = 32;
+/// Bytes of a version kept for the comparison (real ones are far shorter;
+/// a server's junk may not be).
+const MAX_VERSION_KEPT: usize = 64;
+
+/// The versions this process has answered already, bounded in count and
+/// in the length of each.
+#[derive(Debug, Default)]
+struct Answered(VecDeque<String>);
+
+impl Answered {
+    /// Remember `version`; false if it was remembered already.
+    fn insert(&mut self, version: &str) -> bool {
+        let mut end = version.len().min(MAX_VERSION_KEPT);
+        while !version.is_char_boundary(end) {
+            end -= 1;
+        }
+        let key = &version[..end];
+        if self.0.iter().any(|v| v == key) {
+            return false;
+        }
+        if self.0.len() >= MAX_ANSWERED {
+            self.0.pop_front();
+        }
+        self.0.push_back(key.to_owned());
+        true
+    }
+}
+
 pub struct UpdateFeed {
     cfg: Option<UpdateConfig>,
     /// This process is a trial run of this version.
@@ -29,7 +61,7 @@ pub struct UpdateFeed {
     outbox: VecDeque<UpdateStatus>,
     exit: Option<Exit>,
     /// Versions already answered by this process (no report storm).
-    answered: Vec<String>,
+    answered: Answered,
     /// Self-update is off here, for this reason (see `ConnConfig::update_off`).
     off: Option<String>,
 }
@@ -49,7 +81,7 @@ impl UpdateFeed {
             probation,
             outbox: VecDeque::new(),
             exit: None,
-            answered: Vec::new(),
+            answered: Answered::default(),
             off,
         }
     }
@@ -116,17 +148,15 @@ impl UpdateFeed {
         match verdict {
             Verdict::Current => {}
             Verdict::Later(why) => {
-                if !self.answered.contains(&offer.version) {
+                if self.answered.insert(&offer.version) {
                     info!("update", "not installing {} now: {why}", offer.version);
-                    self.answered.push(offer.version);
                 }
             }
             Verdict::Refuse(why) => {
-                if self.answered.contains(&offer.version) {
+                if !self.answered.insert(&offer.version) {
                     return;
                 }
                 warn!("update", "not installing {}: {why}", offer.version);
-                self.answered.push(offer.version.clone());
                 self.outbox.push_back(UpdateStatus {
                     version: offer.version,
                     state: update_state::REJECTED.into(),
@@ -156,5 +186,50 @@ impl UpdateFeed {
         self.outbox
             .pop_front()
             .map(|s| Outgoing::Control(Box::new(Control::UpdateStatus(s))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answered_offers_are_bounded_in_count_and_length() {
+        let mut a = Answered::default();
+        for i in 0..10_000 {
+            assert!(a.insert(&format!("1.0.{i}")));
+        }
+        assert_eq!(a.0.len(), MAX_ANSWERED);
+        // The newest are still known; the oldest were forgotten.
+        assert!(!a.insert("1.0.9999"));
+        assert!(a.insert("1.0.0"));
+        let junk = "9".repeat(300 * 1024);
+        assert!(a.insert(&junk));
+        assert!(!a.insert(&junk), "a long one is still recognised");
+        assert!(a.0.iter().all(|v| v.len() <= MAX_VERSION_KEPT));
+        // Cut on a character boundary.
+        assert!(a.insert(&"é".repeat(100)));
+    }
+
+    fn offer(version: &str) -> UpdateOffer {
+        UpdateOffer {
+            version: version.into(),
+            binary: "/releases/x/tether-x86_64".into(),
+            signature: "/releases/x/tether-x86_64.minisig".into(),
+        }
+    }
+
+    #[test]
+    fn an_offer_storm_of_new_versions_keeps_the_feed_bounded() {
+        let mut feed = UpdateFeed::new(None, None, Some("TETHER_UPDATE=off".into()), false);
+        for i in 0..5_000 {
+            feed.on_offer(offer(&format!("9.9.{i}")));
+            // The link sends the report; the feed keeps nothing more.
+            while feed.next_message().is_some() {}
+        }
+        assert_eq!(feed.answered.0.len(), MAX_ANSWERED);
+        // An offer repeated is not answered twice.
+        feed.on_offer(offer("9.9.4999"));
+        assert!(feed.next_message().is_none());
     }
 }

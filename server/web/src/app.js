@@ -7,13 +7,18 @@ import './apps.js';
 
 // ---- runners overview ----------------------------------------------------------------
 
+// The hostname a runner reports, shown apart when it is not its name (the
+// name is the operator's; a host cannot take another's by reporting it).
+const reportedAs = (r) => (r.reported_name && r.reported_name !== r.name
+  ? h('span', { class: 'muted', title: 'the name this host reports for itself' }, ` (reports ${r.reported_name})`) : '');
+
 page('runners', async (view) => {
   const list = await api('GET', '/api/v1/runners');
   state.runners = new Map(list.map((r) => [r.id, r]));
   const body = h('tbody');
   const draw = () => {
     body.replaceChildren(...[...state.runners.values()].map((r) => h('tr', { dataset: { runner: r.id } },
-      h('td', {}, h('a', { href: `#/runner/${r.id}` }, r.name)),
+      h('td', {}, h('a', { href: `#/runner/${r.id}` }, r.name), reportedAs(r)),
       h('td', {}, healthBadge(r.health)),
       h('td', {}, r.version), h('td', {}, `${r.os}/${r.arch}`),
       h('td', { title: fmtTime(r.last_seen) }, r.health === 'active' ? 'now' : ago(r.last_seen)))));

@@ -15,7 +15,8 @@ page('runner', async (view, id, tab = 'overview', extra) => {
   const badge = h('span', {}, healthBadge(r.health));
   const body = h('section', { 'aria-label': tab });
   view.replaceChildren(
-    h('h1', {}, r.name, ' ', badge),
+    h('h1', {}, r.name, r.reported_name && r.reported_name !== r.name
+      ? h('span', { class: 'muted', title: 'the name this host reports for itself' }, ` (reports ${r.reported_name})`) : '', ' ', badge),
     h('nav', { class: 'tabs', 'aria-label': 'Runner' }, ...TABS.map(([t, label]) =>
       h('a', { href: `#/runner/${id}/${t}`, 'aria-current': t === tab ? 'page' : false }, label))),
     body);
