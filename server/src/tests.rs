@@ -649,6 +649,7 @@ async fn server_with(state: AppState, tls: Option<tokio_rustls::TlsAcceptor>) ->
         listener,
         tls,
         router.clone(),
+        state.edge.clone(),
         std::future::pending(),
     ));
     Server {
@@ -2200,6 +2201,7 @@ async fn release_uploads_policies_and_groups_refuse_bad_input() {
         dir: Some(dir.clone()),
         install_keys: None,
         public_url: Some("https://tether.example".into()),
+        ..Default::default()
     });
     let router = app(state);
     let (_, api) = tenant(&router, "acme").await;
