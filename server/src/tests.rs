@@ -2189,6 +2189,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 }
 
 mod containers;
+mod edge;
 mod users;
 
 // ---- releases and update policy -------------------------------------------
