@@ -19,4 +19,5 @@ mod rogue;
 mod telemetry;
 mod tenancy;
 mod terminal;
+mod unauthenticated;
 mod update;

@@ -95,17 +95,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
 
-    /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     /// Minisign public keys (a .pub file, several for rotation) that the
     /// served install.sh writes on new hosts as their trusted update keys.
     #[arg(long, env = "TETHER_RELEASE_KEYS")]
     pub release_keys: Option<PathBuf>,
 
-    /// The URL hosts reach this server at, for install.sh
-    /// (default: https:// and the request's Host header).
+    /// The URL hosts and browsers reach this server at: install.sh's server
+    /// URL, and the dashboard's WebSocket Origin behind a TLS-terminating
+    /// proxy (default: the listening address; see --allowed-hosts)
     #[arg(long, env = "TETHER_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,
 

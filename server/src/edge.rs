@@ -28,6 +28,10 @@
 //! reading a byte and then has an idle timeout per chunk instead
 //! (`updates.rs`).
 //!
+//! A connection counts against the caps until it becomes a WebSocket
+//! (hyper hands it over then): runners and terminals are authenticated
+//! before the upgrade and have limits of their own.
+//!
 //! A router driven without a socket (unit tests) has no peer address and
 //! no per-address limits.
 

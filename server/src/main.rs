@@ -82,7 +82,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server
-    Serve(config::ServeArgs),
+    // Boxed: the serve flags are many times the size of any client command.
+    Serve(Box<config::ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -90,7 +91,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Cli::parse();
     match args.command {
-        Command::Serve(serve_args) => serve::main(serve_args),
+        Command::Serve(serve_args) => serve::main(*serve_args),
         Command::Client(command) => cli::run(&args.client, command),
     }
 }

@@ -10,8 +10,7 @@
 //! maintenance (rollups, retention) and container log retention every minute.
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
-//! timeout, then hyper (HTTP/1.1 with upgrades, or HTTP/2) with a header-read
-//! timeout; the body's deadline is a layer of the app (`edge.rs`). A silent
+//! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`edge.rs`). A silent
 //! or broken client costs one task and is dropped on time; nothing it does
 //! reaches the accept loop or other connections. Connections over the caps
 //! of `edge.rs` (in all, per address) are closed as soon as accepted.
@@ -467,7 +466,11 @@ where
             }
             res
         });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: no client of ours speaks HTTP/2 (TLS offers no ALPN
+    // h2, so only a prior-knowledge h2c client on --plain-http could), and
+    // hyper's HTTP/2 has no header-read or idle timeout: a silent h2c
+    // connection would hold its slot for ever.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
