@@ -139,8 +139,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_LOGIN_RATE", default_value_t = 30)]
     pub login_rate: u32,
 
-    /// Runner enrollments per minute from one client address (bursts of 20; 0: no limit)
-    #[arg(long, env = "TETHER_ENROLL_RATE", default_value_t = 60)]
+    /// Runner enrollments per minute from one client address (bursts of 60,
+    /// for a fleet behind one NAT; 0: no limit)
+    #[arg(long, env = "TETHER_ENROLL_RATE", default_value_t = 120)]
     pub enroll_rate: u32,
 
     /// Password checks that may wait (5 s at most) for one of the 2

@@ -18,7 +18,7 @@
 //! | request body                 | 30 s in all                           | `--body-timeout`         |
 //! | login / enroll body          | 4 KiB; others 2 MiB (axum's default)  |                          |
 //! | logins per address           | 30 a minute, bursts of 10             | `--login-rate`           |
-//! | enrollments per address      | 60 a minute, bursts of 20             | `--enroll-rate`          |
+//! | enrollments per address      | 120 a minute, bursts of 60            | `--enroll-rate`          |
 //! | password hashes              | 2 at once, 16 waiting, 5 s wait       | `--hash-queue`           |
 //!
 //! Rates use `governor` (GCRA, one small state per address); its map is
@@ -89,7 +89,7 @@ impl Default for EdgeConfig {
             max_connections_per_address: 512,
             body_timeout: Duration::from_secs(30),
             login_per_minute: 30,
-            enroll_per_minute: 60,
+            enroll_per_minute: 120,
             hash_queue: 16,
             hash_wait: Duration::from_secs(5),
             // What `serve` does unless told --plain-http.
@@ -114,7 +114,7 @@ impl Edge {
                 config.max_connections_per_address,
             ),
             login: AddressRate::per_minute(config.login_per_minute, 10),
-            enroll: AddressRate::per_minute(config.enroll_per_minute, 20),
+            enroll: AddressRate::per_minute(config.enroll_per_minute, 60),
             config,
         }
     }

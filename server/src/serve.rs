@@ -268,13 +268,13 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
     }
 
-    let key_extra = [key_file.as_path()];
-    let extra: &[&std::path::Path] = if key_file.starts_with(&data) {
-        &[]
-    } else {
-        &key_extra
-    };
-    for (path, mode) in config::readable_by_others(&data, extra) {
+    // Keys kept outside the data dir are checked too.
+    let extra: Vec<&std::path::Path> = [Some(key_file.as_path()), args.tls_key.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.starts_with(&data))
+        .collect();
+    for (path, mode) in config::readable_by_others(&data, &extra) {
         tracing::warn!(
             "{} is mode {mode:o}: group or others can read it (chmod go-rwx {0})",
             path.display()

@@ -353,7 +353,8 @@ fn idle_runner(rows: &mut Vec<Row>, label: &str, args: &[&str], cpu_goal: Option
 fn many_runners(rows: &mut Vec<Row>) {
     let count = env_secs("BENCH_RUNNERS", 1000);
     let hold = env_secs("BENCH_SIM_SECS", 60);
-    let server = Server::start_with(&[]);
+    // One address enrolls the whole simulated fleet: no per-address rate.
+    let server = Server::start_with(&["--enroll-rate", "0"]);
     let tenant = server.tenant("sim");
     std::thread::sleep(Duration::from_secs(1));
     let spid = server.child.id();
