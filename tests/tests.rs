@@ -21,4 +21,5 @@ mod rogue;
 mod telemetry;
 mod tenancy;
 mod terminal;
+mod unauthenticated;
 mod update;

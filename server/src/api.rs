@@ -487,7 +487,12 @@ pub async fn enroll(
                 })
             }
         };
-    tracing::info!(runner = %runner_id, tenant = %tenant_id, hostname = %req.hostname, "runner enrolled");
+    tracing::info!(
+        runner = %runner_id,
+        tenant = %tenant_id,
+        hostname = %crate::edge::Clip(&req.hostname),
+        "runner enrolled"
+    );
     Ok((
         StatusCode::CREATED,
         Json(EnrollResponse {

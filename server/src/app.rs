@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 
 use crate::containers::ContainerHub;
 use crate::deploy_api;
+use crate::edge::{self, Edge, EdgeConfig};
 use crate::error::ApiError;
 use crate::health::HealthLog;
 use crate::job_store::JobStore;
@@ -98,6 +100,10 @@ pub struct AppState {
     pub tickets: Arc<Tickets>,
     /// Per-tenant limits and job retention (`quotas.rs`).
     pub quotas: Quotas,
+    /// Connection caps and per-address rates (`edge.rs`).
+    pub edge: Arc<Edge>,
+    /// Password hashing slots and wrong-password counts (`users.rs`).
+    pub passwords: Arc<users::Passwords>,
 }
 
 impl AppState {
@@ -138,11 +144,20 @@ impl AppState {
             terminals: Arc::new(Terminals::new()),
             tickets: Arc::new(Tickets::default()),
             quotas: Quotas::default(),
+            edge: Arc::default(),
+            passwords: Arc::default(),
         }
     }
 
     pub fn with_quotas(mut self, quotas: Quotas) -> AppState {
         self.quotas = quotas;
+        self
+    }
+
+    /// The limits of the unauthenticated edge (`serve`'s flags).
+    pub fn with_edge(mut self, config: EdgeConfig) -> AppState {
+        self.passwords = Arc::new(users::Passwords::new(config.hash_queue, config.hash_wait));
+        self.edge = Arc::new(Edge::new(config));
         self
     }
 
@@ -155,7 +170,13 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
-        .route(tether::protocol::ENROLL_PATH, post(api::enroll))
+        .route(
+            tether::protocol::ENROLL_PATH,
+            post(api::enroll)
+                .layer(small_body())
+                .layer(from_fn_with_state(edge::SMALL_BODY, edge::announced_length))
+                .layer(from_fn_with_state(state.clone(), edge::enroll_rate)),
+        )
         .route(
             tether::protocol::RUNNER_CONNECT_PATH,
             get(runner_ws::connect),
@@ -288,7 +309,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/releases", get(updates::list_releases))
         .route(
             "/api/v1/releases/{version}/{file}",
-            post(updates::upload).layer(DefaultBodyLimit::max(updates::MAX_RELEASE_FILE)),
+            // Streamed to a file after the admin check (`updates.rs`).
+            post(updates::upload),
         )
         .route("/releases/{version}/{file}", get(updates::download))
         .route("/install.sh", get(updates::install_sh))
@@ -304,7 +326,12 @@ pub fn app(state: AppState) -> Router {
         .route("/ui/{*path}", get(web::file))
         .route(
             "/api/v1/session",
-            post(users::login).get(users::current).delete(users::logout),
+            post(users::login)
+                .layer(small_body())
+                .layer(from_fn_with_state(edge::SMALL_BODY, edge::announced_length))
+                .layer(from_fn_with_state(state.clone(), edge::login_rate))
+                .get(users::current)
+                .delete(users::logout),
         )
         .route("/api/v1/users", get(users::list).post(users::create))
         .route(
@@ -323,5 +350,10 @@ pub fn app(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(from_fn_with_state(state.clone(), edge::body_deadline))
         .with_state(state)
+}
+
+fn small_body() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(edge::SMALL_BODY)
 }

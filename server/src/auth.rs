@@ -194,7 +194,7 @@ pub fn websocket_session(
     public_url: Option<&str>,
 ) -> Result<SessionRow, ApiError> {
     let session = cookie_session(state, headers)?;
-    if !same_origin(headers, public_url) {
+    if !same_origin(headers, public_url, state.edge.config.tls) {
         return Err(ApiError::forbidden(
             "this WebSocket's Origin is not this server: open it from the dashboard",
         ));
@@ -207,30 +207,33 @@ pub fn websocket_session(
     Ok(session)
 }
 
-/// Whether `Origin` names this server: its host and port equal the
-/// request's `Host` (what the browser connected to), or `public_url`'s.
-/// The scheme is not compared: behind a TLS-terminating proxy the page is
-/// https and this listener plain HTTP.
-fn same_origin(headers: &HeaderMap, public_url: Option<&str>) -> bool {
+/// Whether `Origin` names this server, scheme included: `public_url`'s
+/// scheme and host:port, or the request's `Host` with the scheme this
+/// listener serves (`tls`: https). An `http://` page on the same host
+/// (another service on port 80, or a page injected into plain HTTP by
+/// someone on the path) is another origin. Behind a TLS-terminating proxy
+/// this listener is plain HTTP and the page https: `--public-url` says so.
+fn same_origin(headers: &HeaderMap, public_url: Option<&str>, tls: bool) -> bool {
     let text = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let authority = |url: &str| {
+    let origin_of = |url: &str| {
         let (scheme, rest) = url.split_once("://")?;
         let host = rest.split('/').next().unwrap_or("");
-        (matches!(scheme, "https" | "http") && !host.is_empty()).then(|| host.to_owned())
+        (matches!(scheme, "https" | "http") && !host.is_empty())
+            .then(|| (scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
     };
-    let Some(origin) = text(ORIGIN).and_then(authority) else {
+    let Some(origin) = text(ORIGIN).and_then(origin_of) else {
         return false;
     };
-    let host = text(HOST);
-    let public = public_url.and_then(authority);
-    [host.map(str::to_owned), public]
-        .into_iter()
-        .flatten()
-        .any(|h| h.eq_ignore_ascii_case(&origin))
+    let served = text(HOST).map(|host| {
+        let scheme = if tls { "https" } else { "http" };
+        (scheme.to_owned(), host.to_ascii_lowercase())
+    });
+    let public = public_url.and_then(origin_of);
+    [served, public].into_iter().flatten().any(|o| o == origin)
 }
 
 /// GET and HEAD change nothing; everything else needs CSRF proof and a role
@@ -322,14 +325,16 @@ mod tests {
 
     #[test]
     fn origin_must_name_this_server() {
-        let check = |origin: Option<&'static str>, host: &'static str, public: Option<&str>| {
-            let mut h = HeaderMap::new();
-            h.insert(HOST, HeaderValue::from_static(host));
-            if let Some(o) = origin {
-                h.insert(ORIGIN, HeaderValue::from_static(o));
-            }
-            same_origin(&h, public)
-        };
+        let check_on =
+            |tls: bool, origin: Option<&'static str>, host: &'static str, public: Option<&str>| {
+                let mut h = HeaderMap::new();
+                h.insert(HOST, HeaderValue::from_static(host));
+                if let Some(o) = origin {
+                    h.insert(ORIGIN, HeaderValue::from_static(o));
+                }
+                same_origin(&h, public, tls)
+            };
+        let check = |origin, host, public| check_on(true, origin, host, public);
         assert!(check(
             Some("https://tether.example:8443"),
             "tether.example:8443",
@@ -340,16 +345,26 @@ mod tests {
             "tether.example",
             None
         ));
-        // A TLS-terminating proxy: the page is https, this listener http.
-        assert!(check(
+        // A TLS-terminating proxy: the page is https, this listener plain
+        // HTTP, and --public-url says which https origin is ours.
+        assert!(check_on(
+            false,
+            Some("https://tether.example"),
+            "127.0.0.1:8080",
+            Some("https://tether.example/")
+        ));
+        assert!(!check_on(
+            false,
             Some("https://tether.example"),
             "tether.example",
             None
         ));
-        assert!(check(
-            Some("https://tether.example"),
+        // A plain-HTTP listener reached directly (`--plain-http` on loopback).
+        assert!(check_on(
+            false,
+            Some("http://127.0.0.1:8080"),
             "127.0.0.1:8080",
-            Some("https://tether.example/")
+            None
         ));
         for bad in [
             None,
@@ -359,9 +374,17 @@ mod tests {
             Some("https://tether.example:8444"),
             Some("file://tether.example"),
             Some("https://"),
+            // Same host and port, other scheme: another origin.
+            Some("http://tether.example"),
         ] {
             assert!(!check(bad, "tether.example", None), "{bad:?}");
         }
+        // The scheme of --public-url counts too.
+        assert!(!check(
+            Some("http://tether.example"),
+            "127.0.0.1:8443",
+            Some("https://tether.example")
+        ));
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //!            admin.token   the admin token, 0600, made on first start
 //!            server.url    where this instance listens (rewritten each start)
 //!            tls/          dev CA and leaf, when no certificate is configured
+//!            releases/     uploaded releases (`updates.rs`)
 //! ```
+//!
+//! All of it is private to the server's user: `serve` sets the umask to
+//! 077 before it creates anything (directories 0700, files 0600, SQLite's
+//! `-wal` and `-shm` included), and warns at start about any of these that
+//! group or others can read (made by an older version, or by hand).
 
 use std::fs;
 use std::io::{self, Write};
@@ -89,22 +95,70 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
 
-    /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     /// Minisign public keys (a .pub file, several for rotation) that the
     /// served install.sh writes on new hosts as their trusted update keys.
     #[arg(long, env = "TETHER_RELEASE_KEYS")]
     pub release_keys: Option<PathBuf>,
 
-    /// The URL hosts reach this server at, for install.sh
-    /// (default: https:// and the request's Host header).
+    /// The URL hosts and browsers reach this server at: install.sh's server
+    /// URL, and the dashboard's WebSocket Origin behind a TLS-terminating
+    /// proxy (default: the listening address; see --allowed-hosts)
     #[arg(long, env = "TETHER_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Log level or filter (error, warn, info, debug, trace; or tracing directives)
     #[arg(long, env = "TETHER_LOG", default_value = "info")]
     pub log: String,
 
+    /// Host names (host or host:port, comma-separated) whose Host header
+    /// install.sh may use as the server URL when --public-url is unset
+    /// (default: none; install.sh gets the listening address)
+    #[arg(long, env = "TETHER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
+    /// Open connections at most; more are closed as soon as accepted
+    /// (also capped by the open-file limit)
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Open connections at most from one client address (IPv6: one /64);
+    /// behind a reverse proxy every connection comes from the proxy
+    #[arg(
+        long,
+        env = "TETHER_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 512
+    )]
+    pub max_connections_per_address: usize,
+
+    /// A request body must arrive within this, all of it (release uploads:
+    /// 30 s between chunks instead)
+    #[arg(long, env = "TETHER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+
+    /// Dashboard logins per minute from one client address (bursts of 10; 0: no limit)
+    #[arg(long, env = "TETHER_LOGIN_RATE", default_value_t = 30)]
+    pub login_rate: u32,
+
+    /// Runner enrollments per minute from one client address (bursts of 60,
+    /// for a fleet behind one NAT; 0: no limit)
+    #[arg(long, env = "TETHER_ENROLL_RATE", default_value_t = 120)]
+    pub enroll_rate: u32,
+
+    /// Password checks that may wait (5 s at most) for one of the 2
+    /// hashing slots; more are answered 503 with Retry-After
+    #[arg(long, env = "TETHER_HASH_QUEUE", default_value_t = 16)]
+    pub hash_queue: usize,
     #[command(flatten)]
     pub quotas: QuotaArgs,
+}
+
+/// A timeout in whole seconds or minutes (`30s`, `2m`), 1 s to 1 h.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs = crate::cli::parse_ttl(s)?;
+    if !(1..=3600).contains(&secs) {
+        return Err(format!("timeout {s:?} must be between 1s and 1h"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Per-tenant limits and job retention (`quotas.rs`): what one tenant may
@@ -180,6 +234,52 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 fn parse_policy(s: &str) -> Result<crate::logs::CollectPolicy, String> {
     crate::logs::CollectPolicy::parse(s)
+}
+
+/// From here on, everything this process creates is its user's alone
+/// (directories 0700, files 0600), whatever mode the code asks for:
+/// databases, their `-wal`/`-shm`, keys, and files written later.
+pub fn private_umask() {
+    // SAFETY: umask only swaps the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Make the data directory (and missing parents) 0700.
+pub fn create_data_dir(data: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+}
+
+/// The data directory, its databases, keys and TLS files, and `extra`
+/// (a key file kept elsewhere), each with its mode, if group or others may
+/// read or enter it. Releases and `server.url` are public anyway.
+pub fn readable_by_others(data: &Path, extra: &[&Path]) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = vec![data.to_owned()];
+    for dir in [data.to_owned(), data.join("tls")] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        paths.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| !p.ends_with("releases") && !p.ends_with("server.url")),
+        );
+    }
+    paths.extend(extra.iter().map(|p| p.to_path_buf()));
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let mode = fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then_some((p, mode))
+        })
+        .collect()
 }
 
 /// Write a file only the owner can read, replacing it atomically.
@@ -259,6 +359,24 @@ pub fn admin_token(configured: Option<&str>, data_dir: &Path) -> io::Result<Admi
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_readable_by_others_are_found() {
+        let dir = std::env::temp_dir().join(format!("tether-modes-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        create_data_dir(&dir.join("data")).unwrap();
+        let data = dir.join("data");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert!(readable_by_others(&data, &[]).is_empty());
+        fs::write(data.join("tether.db"), "x").unwrap();
+        fs::set_permissions(data.join("tether.db"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(data.join("server.url"), "x").unwrap();
+        fs::set_permissions(data.join("server.url"), fs::Permissions::from_mode(0o644)).unwrap();
+        let found = readable_by_others(&data, &[]);
+        assert_eq!(found, vec![(data.join("tether.db"), 0o644)]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn admin_token_is_made_once_and_private() {

@@ -21,6 +21,9 @@ pub struct ApiError {
     /// A Docker engine error passed through (`code` is `docker`): the
     /// engine's status, repeated in the body as `docker_status`.
     pub docker_status: Option<u16>,
+    /// Sent as `Retry-After` (whole seconds, at least 1): a 429 or 503 that
+    /// says when trying again makes sense.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -30,7 +33,13 @@ impl ApiError {
             code,
             message: message.into(),
             docker_status: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -126,6 +135,13 @@ impl From<getrandom::Error> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
+        if let Some(late) = crate::edge::timed_out(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                code::BAD_REQUEST,
+                late.to_string(),
+            );
+        }
         ApiError::new(e.status(), code::BAD_REQUEST, e.body_text())
     }
 }
@@ -136,13 +152,21 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
             message: self.message,
         };
-        match self.docker_status {
+        let retry_after = self.retry_after.map(|wait| {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            axum::http::HeaderValue::from(secs.max(1))
+        });
+        let mut res = match self.docker_status {
             Some(docker_status) => (
                 self.status,
                 Json(serde_json::json!({ "error": error, "docker_status": docker_status })),
             )
                 .into_response(),
             None => (self.status, Json(ErrorBodyJson { error })).into_response(),
+        };
+        if let Some(v) = retry_after {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
+        res
     }
 }

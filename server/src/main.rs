@@ -34,6 +34,7 @@ mod containers;
 mod containers_api;
 mod deploy_api;
 mod deploy_store;
+mod edge;
 mod error;
 mod events;
 mod health;

@@ -10,9 +10,10 @@
 //! maintenance (rollups, retention) and container log retention every minute.
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
-//! timeout, then hyper (HTTP/1.1 with upgrades, or HTTP/2) with a header-read
-//! timeout. A silent or broken client costs one task and is dropped on time;
-//! nothing it does reaches the accept loop or other connections.
+//! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`edge.rs`). A silent
+//! or broken client costs one task and is dropped on time; nothing it does
+//! reaches the accept loop or other connections. Connections over the caps
+//! of `edge.rs` (in all, per address) are closed as soon as accepted.
 
 use std::fmt;
 use std::future::Future;
@@ -23,6 +24,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -37,6 +40,7 @@ use tower::ServiceExt;
 
 use crate::app::{app, AppState, Tuning};
 use crate::config::{self, AdminToken, ServeArgs};
+use crate::edge::{Edge, EdgeConfig};
 use crate::job_store::JobStore;
 use crate::log_store::{LogRetention, LogStore};
 use crate::metrics_store::{MetricStore, Retention};
@@ -137,7 +141,10 @@ fn init_logging(filter: &str) {
 
 async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let data = args.data_dir.clone();
-    std::fs::create_dir_all(&data).map_err(io_err(format!("creating {}", data.display())))?;
+    // Before anything is created: job output, scripts, sessions and keys
+    // are nobody else's business on this host.
+    config::private_umask();
+    config::create_data_dir(&data).map_err(io_err(format!("creating {}", data.display())))?;
     let storage = Arc::new(Storage::open(&data.join("tether.db"))?);
     let retention = Retention::from_durations(
         args.metrics_raw_retention,
@@ -226,10 +233,24 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         ),
         None => None,
     };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", url_addr(local));
     let releases = ReleaseConfig {
         dir: Some(data.join("releases")),
         install_keys,
         public_url: args.public_url.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
+        listen_url: Some(url.clone()),
+    };
+    let edge = EdgeConfig {
+        max_connections: connection_budget(args.max_connections),
+        max_connections_per_address: args.max_connections_per_address,
+        body_timeout: args.body_timeout,
+        login_per_minute: args.login_rate,
+        enroll_per_minute: args.enroll_rate,
+        hash_queue: args.hash_queue,
+        tls: acceptor.is_some(),
+        ..EdgeConfig::default()
     };
     let state = AppState::new(
         storage,
@@ -241,14 +262,25 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Tuning::default(),
     )
     .with_releases(releases)
-    .with_quotas(args.quotas.quotas());
+    .with_quotas(args.quotas.quotas())
+    .with_edge(edge);
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
     }
 
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{}", url_addr(local));
+    // Keys kept outside the data dir are checked too.
+    let extra: Vec<&std::path::Path> = [Some(key_file.as_path()), args.tls_key.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.starts_with(&data))
+        .collect();
+    for (path, mode) in config::readable_by_others(&data, &extra) {
+        tracing::warn!(
+            "{} is mode {mode:o}: group or others can read it (chmod go-rwx {0})",
+            path.display()
+        );
+    }
     let url_file: PathBuf = data.join("server.url");
     config::write_atomic(&url_file, url.as_bytes(), 0o644)
         .map_err(io_err(format!("writing {}", url_file.display())))?;
@@ -263,7 +295,14 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    accept_loop(listener, acceptor, app(state.clone()), shutdown).await;
+    accept_loop(
+        listener,
+        acceptor,
+        app(state.clone()),
+        state.edge.clone(),
+        shutdown,
+    )
+    .await;
 
     flusher.abort();
     maintenance.abort();
@@ -346,11 +385,13 @@ async fn maintain_metrics(state: AppState) {
     }
 }
 
-/// Accept connections until `shutdown` resolves, one task per connection.
+/// Accept connections until `shutdown` resolves, one task per connection,
+/// within the edge's connection caps.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
+    edge: Arc<Edge>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -376,9 +417,18 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // Over a cap: closed now (dropped), so it holds no descriptor,
+        // task or buffer, and the backlog stays free for others.
+        let Some(slot) = edge.connections.admit(peer.ip()) else {
+            continue;
+        };
         // Pings and pongs are tiny and latency-bound.
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, peer, tls.clone(), app.clone()));
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, peer, tls, app).await;
+            drop(slot);
+        });
     }
 }
 
@@ -389,24 +439,41 @@ async fn serve_connection(
     app: Router,
 ) {
     let Some(acceptor) = tls else {
-        return serve_http(stream, peer, app).await;
+        return serve_http(stream, peer, app, false).await;
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, app).await,
+        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, app, true).await,
         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
-async fn serve_http<I>(io: I, peer: SocketAddr, app: Router)
+/// Sent on every answer over TLS: browsers then refuse plain HTTP to this
+/// host for a year (a first visit typed without https:// is not
+/// downgraded after that).
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+async fn serve_http<I>(io: I, peer: SocketAddr, app: Router, tls: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = app.map_request(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        req
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let service = app
+        .map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            req
+        })
+        .map_response(move |mut res: Response| {
+            if tls {
+                res.headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
+            }
+            res
+        });
+    // HTTP/1.1 only: no client of ours speaks HTTP/2 (TLS offers no ALPN
+    // h2, so only a prior-knowledge h2c client on --plain-http could), and
+    // hyper's HTTP/2 has no header-read or idle timeout: a silent h2c
+    // connection would hold its slot for ever.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -417,4 +484,38 @@ where
     {
         tracing::debug!(%peer, "connection ended: {e}");
     }
+}
+
+/// `wanted` connections, within the open-file limit: the soft limit is
+/// raised to the hard one first (often 1024 → 1M), and 256 descriptors
+/// stay for databases, log files and the rest.
+fn connection_budget(wanted: usize) -> usize {
+    const RESERVED: u64 = 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own; setrlimit reads it.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let fit = usize::try_from(soft.saturating_sub(RESERVED).max(16)).unwrap_or(usize::MAX);
+    if fit < wanted {
+        tracing::warn!(
+            "--max-connections {wanted} does not fit the open-file limit {soft}: using {fit}"
+        );
+    }
+    wanted.min(fit)
 }

@@ -649,6 +649,7 @@ async fn server_with(state: AppState, tls: Option<tokio_rustls::TlsAcceptor>) ->
         listener,
         tls,
         router.clone(),
+        state.edge.clone(),
         std::future::pending(),
     ));
     Server {
@@ -2208,6 +2209,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 
 mod containers;
 mod tokens;
+mod edge;
 mod users;
 
 // ---- releases and update policy -------------------------------------------
@@ -2220,6 +2222,7 @@ async fn release_uploads_policies_and_groups_refuse_bad_input() {
         dir: Some(dir.clone()),
         install_keys: None,
         public_url: Some("https://tether.example".into()),
+        ..Default::default()
     });
     let router = app(state);
     let (_, api) = tenant(&router, "acme").await;

@@ -20,6 +20,7 @@
 
 use std::cmp::Ordering;
 use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -49,9 +50,34 @@ pub struct ReleaseConfig {
     /// operator's, from `--release-keys`); the first install trusts the
     /// HTTPS connection to this server for them.
     pub install_keys: Option<String>,
-    /// The URL runners and `install.sh` use for this server
-    /// (`--public-url`); else taken from the request's Host.
+    /// The URL runners and `install.sh` use for this server (`--public-url`).
     pub public_url: Option<String>,
+    /// Without `public_url`: the `Host` names (`host` or `host:port`) whose
+    /// request gets `https://<Host>` in `install.sh` (`--allowed-hosts`).
+    pub allowed_hosts: Vec<String>,
+    /// Without either: where this server listens (its `server.url`).
+    pub listen_url: Option<String>,
+}
+
+impl ReleaseConfig {
+    /// The server URL `install.sh` tells a new host: `--public-url`, else
+    /// `https://<Host>` if the request's Host is in `--allowed-hosts`, else
+    /// the listening address. Never a Host nobody allowed: anyone can send
+    /// any Host, and a cached or proxied install.sh would then enroll
+    /// hosts with the sender's server.
+    pub fn install_url(&self, host: Option<&str>) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        if let Some(host) =
+            host.filter(|h| self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)))
+        {
+            return format!("https://{}", host.to_ascii_lowercase());
+        }
+        self.listen_url
+            .clone()
+            .unwrap_or_else(|| "https://localhost".to_owned())
+    }
 }
 
 /// A dotted version, compared numerically (`0.10.0` > `0.9.0`); a
@@ -157,15 +183,27 @@ fn has_file(dir: &FsPath, version: &str, name: &str) -> bool {
     dir.join(version).join(name).is_file()
 }
 
+/// A release file's bytes may pause this long between chunks.
+const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+/// Largest `manifest.json` (read back to check it names its version).
+const MAX_MANIFEST: u64 = 1024 * 1024;
+
 /// `POST /api/v1/releases/{version}/{file}` (admin): the raw bytes of one file.
+///
+/// The caller and the names are checked before a byte of the body is read
+/// (a tenant token sending 60 MB gets its 403 at once, and with `Expect:
+/// 100-continue` never sends them); then the body is streamed to a
+/// temporary file beside the release, at most [`MAX_RELEASE_FILE`] bytes
+/// and [`UPLOAD_IDLE`] between chunks, and renamed into place.
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Path((version, name)): Path<(String, String)>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<ReleaseFile>), ApiError> {
     caller.admin()?;
-    let dir = releases_dir(&state)?;
+    let dir = releases_dir(&state)?.to_owned();
     if !valid_version(&version) {
         return Err(ApiError::bad_request(format!(
             "{version:?} is not a version"
@@ -176,27 +214,129 @@ pub async fn upload(
             "{name:?} is not a release file name"
         )));
     }
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_RELEASE_FILE as u64) {
+        return Err(crate::edge::too_large(MAX_RELEASE_FILE as u64));
+    }
+    // Apart from the releases (`list` skips it: not a version), so a
+    // failed upload leaves no empty release behind.
+    let partials = dir.join(".partial");
+    tokio::fs::create_dir_all(&partials)
+        .await
+        .map_err(ApiError::internal)?;
+    let partial = PartialFile::new(&partials, &name)?;
+    let size = receive(body, &partial.path).await?;
     if name == "manifest.json" {
-        let manifest: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("manifest.json is not JSON: {e}")))?;
-        if manifest.get("version").and_then(|v| v.as_str()) != Some(version.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "manifest.json is not for version {version}"
-            )));
-        }
+        check_manifest(&partial.path, &version).await?;
     }
     let target = dir.join(&version);
     let path = target.join(&name);
-    let size = body.len() as u64;
+    let from = partial.path.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::File::open(&from)?.sync_all()?;
         std::fs::create_dir_all(&target)?;
-        crate::config::write_atomic(&path, &body, 0o644)
+        std::fs::rename(&from, &path)
     })
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
+    partial.keep();
     tracing::info!(version, file = name, size, "release file stored");
     Ok((StatusCode::CREATED, Json(ReleaseFile { name, size })))
+}
+
+/// An upload's temporary file, removed unless kept (an error, a client
+/// gone mid-body).
+struct PartialFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl PartialFile {
+    fn new(dir: &FsPath, name: &str) -> Result<PartialFile, ApiError> {
+        let tag = crate::auth::new_id("")?;
+        Ok(PartialFile {
+            path: dir.join(format!("{name}.{tag}")),
+            kept: false,
+        })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Stream `body` into a new file at `path`; its size.
+async fn receive(body: Body, path: &FsPath) -> Result<u64, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut chunks = body.into_data_stream();
+    let mut size = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    tether::protocol::api_error::BAD_REQUEST,
+                    format!(
+                        "the upload stalled: no data for {} s",
+                        UPLOAD_IDLE.as_secs()
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!("reading the upload: {e}")))
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        size += chunk.len() as u64;
+        if size > MAX_RELEASE_FILE as u64 {
+            return Err(crate::edge::too_large(MAX_RELEASE_FILE as u64));
+        }
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    Ok(size)
+}
+
+/// A `manifest.json` must be JSON and name the version it is uploaded as.
+async fn check_manifest(path: &FsPath, version: &str) -> Result<(), ApiError> {
+    let len = tokio::fs::metadata(path)
+        .await
+        .map_err(ApiError::internal)?
+        .len();
+    if len > MAX_MANIFEST {
+        return Err(ApiError::bad_request(format!(
+            "manifest.json is larger than {MAX_MANIFEST} bytes"
+        )));
+    }
+    let bytes = tokio::fs::read(path).await.map_err(ApiError::internal)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("manifest.json is not JSON: {e}")))?;
+    if manifest.get("version").and_then(|v| v.as_str()) != Some(version) {
+        return Err(ApiError::bad_request(format!(
+            "manifest.json is not for version {version}"
+        )));
+    }
+    Ok(())
 }
 
 /// `GET /api/v1/releases` (admin or tenant).
@@ -470,17 +610,8 @@ const PROCD_SCRIPT: &str = include_str!("../../packaging/procd/tether");
 /// `GET /install.sh`: the installer with this server's URL and the
 /// operator's release keys filled in.
 pub async fn install_sh(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let url = state.releases.public_url.clone().unwrap_or_else(|| {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| {
-                h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            })
-            .unwrap_or("localhost");
-        format!("https://{host}")
-    });
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let url = state.releases.install_url(host);
     let keys = state
         .releases
         .install_keys
@@ -522,6 +653,38 @@ mod tests {
         assert!(valid_file_name("tether-x86_64.minisig"));
         assert!(
             !valid_file_name("../etc") && !valid_file_name(".hidden") && !valid_file_name("a/b")
+        );
+    }
+
+    #[test]
+    fn install_url_takes_the_host_header_only_when_allowed() {
+        let mut c = ReleaseConfig {
+            listen_url: Some("https://127.0.0.1:8443".into()),
+            ..Default::default()
+        };
+        // No --public-url, no --allowed-hosts: the Host sent is ignored.
+        assert_eq!(
+            c.install_url(Some("evil.example")),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(c.install_url(None), "https://127.0.0.1:8443");
+        c.allowed_hosts = vec!["tether.example".into(), "tether.example:8443".into()];
+        assert_eq!(
+            c.install_url(Some("Tether.Example")),
+            "https://tether.example"
+        );
+        assert_eq!(
+            c.install_url(Some("tether.example:8443")),
+            "https://tether.example:8443"
+        );
+        assert_eq!(
+            c.install_url(Some("evil.example")),
+            "https://127.0.0.1:8443"
+        );
+        c.public_url = Some("https://fleet.example/".into());
+        assert_eq!(
+            c.install_url(Some("tether.example")),
+            "https://fleet.example"
         );
     }
 

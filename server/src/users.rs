@@ -1,8 +1,9 @@
 //! Dashboard users: passwords, login sessions, and user management.
 //!
 //! Passwords are hashed with Argon2id (memory-hard; the crate's defaults:
-//! 19 MiB, 2 passes) on a blocking thread, so a burst of logins cannot stall
-//! the runtime that carries runner connections. A login that names no such
+//! 19 MiB, 2 passes) on two threads of their own, so a burst of logins
+//! cannot stall the runtime that carries runner connections, nor hold more
+//! than 2 × 19 MiB. A login that names no such
 //! user still runs one hash, so the answer's timing does not tell which
 //! user names exist.
 //!
@@ -14,18 +15,25 @@
 //!  expires_at passed ───────────▶ 401, the page shows the login form
 //! ```
 //!
-//! Guessing is slowed two ways: at most [`HASH_PERMITS`] password hashes run
-//! at once (each takes 19 MiB and tens of milliseconds, so a flood of logins
-//! queues instead of eating the machine), and after [`MAX_FAILURES`] wrong
-//! passwords for one tenant and user name in [`FAILURE_WINDOW`], that name is
-//! refused with `429 rate_limited` until the window passes.
+//! Guessing is slowed three ways (besides the per-address login rate of
+//! `edge.rs`): at most [`HASH_PERMITS`] password hashes run at once (each
+//! takes 19 MiB and tens of milliseconds), with at most `--hash-queue`
+//! waiting a bounded time for a slot, beyond which a login is answered
+//! `503` with `Retry-After`; and [`MAX_FAILURES`] attempts per tenant and
+//! user name in [`FAILURE_WINDOW`]. An attempt is counted *before* its hash
+//! runs (given back only if it never ran), so concurrent guesses cannot
+//! overrun the limit; then the name is refused with `429 rate_limited`
+//! until the window passes. A tenant counts once whether named by id or by
+//! name. The counts live in a bounded map ([`MAX_TRACKED`] names) that
+//! makes room instead of refusing to track new names.
 //!
 //! The first user of a tenant is made with the admin token
 //! (`POST /api/v1/tenants/{tenant}/users`, CLI `user add`); after that, the
 //! tenant's admins (or an API token) manage users with `/api/v1/users`.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
@@ -40,6 +48,7 @@ use crate::api::JsonBody;
 use crate::app::AppState;
 use crate::auth::{self, Caller};
 use crate::clock;
+use crate::edge::Clip;
 use crate::error::ApiError;
 use crate::storage::{Role, SessionRow, UserRow};
 
@@ -48,80 +57,287 @@ const MIN_PASSWORD_LEN: usize = 8;
 const MAX_PASSWORD_LEN: usize = 1024;
 const MAX_USER_NAME_LEN: usize = 64;
 
-/// Argon2id PHC string of `password` with a fresh random salt.
+/// Argon2id PHC string of `password` with a fresh random salt (in the
+/// thread's reused Argon2 memory, like [`verify_password`]).
 pub fn hash_password(password: &str) -> Result<String, ApiError> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt)?;
+    let argon = argon2::Argon2::default();
+    let mut out = [0u8; 32];
+    argon2_into(&argon, password.as_bytes(), &salt, &mut out).map_err(ApiError::internal)?;
     let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(ApiError::internal)
+    let phc = PasswordHash {
+        algorithm: argon2::Algorithm::Argon2id.ident(),
+        version: Some(argon2::Version::V0x13.into()),
+        params: ParamsString::try_from(argon.params()).map_err(ApiError::internal)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(ApiError::internal)?),
+    };
+    Ok(phc.to_string())
 }
 
 /// Whether `password` matches a stored PHC string (a malformed one never does).
+///
+/// Computed in the calling thread's own Argon2 memory ([`argon2_into`]):
+/// this is the hash any stranger can ask for, so it must not allocate.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(phc).is_ok_and(|h| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
+    use argon2::password_hash::{Output, PasswordHash};
+    let Ok(h) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&h) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(h.algorithm) else {
+        return false;
+    };
+    let version = match h.version.map(argon2::Version::try_from) {
+        None => argon2::Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = argon2::Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    // Output compares in constant time.
+    argon2_into(&argon, password.as_bytes(), salt, &mut out).is_ok()
+        && Output::new(&out).is_ok_and(|got| got == expected)
+}
+
+/// Argon2 memory (19 MiB for the default parameters) per hashing thread,
+/// made on its first hash and reused by every later one (grown if a
+/// stored hash asks for more).
+fn argon2_into(
+    argon: &argon2::Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    thread_local! {
+        static MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    MEMORY.with_borrow_mut(|memory| {
+        let need = argon.params().block_count();
+        if memory.len() < need {
+            memory.resize(need, argon2::Block::default());
+        }
+        argon.hash_password_into_with_memory(password, salt, out, &mut memory[..need])
     })
 }
 
 /// Password hashes that may run at once.
 const HASH_PERMITS: usize = 2;
-static HASHING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(HASH_PERMITS));
-
-/// Run one Argon2 computation on a blocking thread, within [`HASH_PERMITS`].
-async fn argon2_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    let _permit = HASHING.acquire().await.map_err(ApiError::internal)?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)
-}
-
-async fn hash_blocking(password: String) -> Result<String, ApiError> {
-    argon2_blocking(move || hash_password(&password)).await?
-}
-
 /// Wrong passwords per tenant and user name before that name is refused.
 const MAX_FAILURES: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
-/// Names tracked at most (bounded memory); beyond it new names go untracked,
-/// which still leaves every guess costing a queued hash.
+/// Names tracked at most (bounded memory); when full, expired entries go
+/// first, then the eighth with the fewest failures (oldest first).
 const MAX_TRACKED: usize = 10_000;
 
-/// Recent failed logins: key "tenant\nname" → (count, first failure).
-static FAILURES: LazyLock<Mutex<HashMap<String, (u32, Instant)>>> = LazyLock::new(Default::default);
-
-fn failures() -> std::sync::MutexGuard<'static, HashMap<String, (u32, Instant)>> {
-    // Counters only: a panic elsewhere cannot leave them inconsistent.
-    FAILURES.lock().unwrap_or_else(|e| e.into_inner())
+/// Password work shared by every request: the hashing slots with their
+/// bounded queue, and the wrong-password counts.
+pub struct Passwords {
+    hashing: Semaphore,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    max_wait: Duration,
+    threads: HashThreads,
+    lockout: Lockout,
 }
 
-fn locked_out(key: &str) -> bool {
-    failures()
-        .get(key)
-        .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// The [`HASH_PERMITS`] threads that run Argon2, for as long as the
+/// [`Passwords`] live, each with its own Argon2 memory made once
+/// ([`argon2_into`]). Not tokio's blocking pool, and not a fresh 19 MiB per
+/// hash: glibc keeps freed blocks in whichever of its (up to 16) arenas the
+/// thread used, so a login flood left +286 MiB resident on the blocking
+/// pool and +154 MiB on two threads that allocated per hash. Two threads
+/// with their own memory hold 2 × 19 MiB, whatever the load.
+struct HashThreads {
+    jobs: std::sync::mpsc::Sender<HashJob>,
 }
 
-fn record_failure(key: &str) {
-    let mut map = failures();
-    if !map.contains_key(key) && map.len() >= MAX_TRACKED {
-        map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
-        if map.len() >= MAX_TRACKED {
-            return;
+impl HashThreads {
+    fn start() -> HashThreads {
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = std::sync::Arc::new(Mutex::new(queue));
+        for i in 0..HASH_PERMITS {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only to take the next job.
+                    let job = match queue.lock() {
+                        Ok(q) => q.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        // A panicking hash fails its request, not the thread.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        // The Passwords were dropped.
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("starting a password hashing thread: {e}");
+            }
+        }
+        HashThreads { jobs }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| ApiError::internal("password hashing threads are gone"))?;
+        rx.await
+            .map_err(|_| ApiError::internal("a password hash failed"))
+    }
+}
+
+impl Passwords {
+    /// `max_waiting` hashes may queue for [`HASH_PERMITS`] slots, each at
+    /// most `max_wait`.
+    pub fn new(max_waiting: usize, max_wait: Duration) -> Passwords {
+        Passwords {
+            hashing: Semaphore::new(HASH_PERMITS),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+            max_wait,
+            threads: HashThreads::start(),
+            lockout: Lockout::new(MAX_FAILURES, FAILURE_WINDOW, MAX_TRACKED),
         }
     }
-    let entry = map.entry(key.to_owned()).or_insert((0, Instant::now()));
-    if entry.1.elapsed() >= FAILURE_WINDOW {
-        *entry = (0, Instant::now());
+
+    /// Run one Argon2 computation on a hashing thread, within
+    /// [`HASH_PERMITS`]; 503 with `Retry-After` when the queue is full or
+    /// the wait is over.
+    async fn argon2<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "too many password checks at once: try again in a few seconds",
+            )
+            .with_retry_after(Duration::from_secs(2))
+        };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(busy());
+        }
+        let permit = tokio::time::timeout(self.max_wait, self.hashing.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let _permit = permit.map_err(|_| busy())?.map_err(ApiError::internal)?;
+        self.threads.run(f).await
     }
-    entry.0 += 1;
+
+    async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.argon2(move || hash_password(&password)).await?
+    }
+}
+
+impl Default for Passwords {
+    fn default() -> Self {
+        let edge = crate::edge::EdgeConfig::default();
+        Passwords::new(edge.hash_queue, edge.hash_wait)
+    }
+}
+
+/// Whose wrong passwords are counted together: the canonical tenant id
+/// (or, for no such tenant, the name as given) and the user name.
+type LockKey = (String, String);
+
+/// Recent login attempts per tenant and user name. An attempt is counted
+/// when it is let through to the hash, not when the hash says no, so
+/// concurrent guesses cannot overrun the limit; a correct password clears
+/// the count.
+struct Lockout {
+    max: u32,
+    window: Duration,
+    capacity: usize,
+    counts: Mutex<HashMap<LockKey, (u32, Instant)>>,
+}
+
+impl Lockout {
+    fn new(max: u32, window: Duration, capacity: usize) -> Lockout {
+        Lockout {
+            max,
+            window,
+            capacity,
+            counts: Mutex::default(),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<LockKey, (u32, Instant)>> {
+        // Counters only: a panic elsewhere cannot leave them inconsistent.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count one attempt for `key`, or `Err(wait)` when it has none left.
+    fn reserve(&self, key: &LockKey) -> Result<(), Duration> {
+        let mut map = self.counts();
+        if !map.contains_key(key) && map.len() >= self.capacity {
+            self.evict(&mut map);
+        }
+        let entry = map.entry(key.clone()).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, Instant::now());
+        }
+        if entry.0 >= self.max {
+            return Err(self.window.saturating_sub(entry.1.elapsed()));
+        }
+        entry.0 += 1;
+        Ok(())
+    }
+
+    /// Give back an attempt that was never evaluated (the hash queue was full).
+    fn refund(&self, key: &LockKey) {
+        if let Some(entry) = self.counts().get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+
+    /// The right password: the name starts afresh.
+    fn clear(&self, key: &LockKey) {
+        self.counts().remove(key);
+    }
+
+    /// Make room: expired entries, then an eighth of the rest, fewest
+    /// attempts and oldest first (a locked name is the last to go, and a
+    /// spray of new names cannot push it out cheaply).
+    fn evict(&self, map: &mut HashMap<LockKey, (u32, Instant)>) {
+        map.retain(|_, (_, since)| since.elapsed() < self.window);
+        if map.len() < self.capacity {
+            return;
+        }
+        let mut order: Vec<(u32, Instant, LockKey)> = map
+            .iter()
+            .map(|(k, (n, since))| (*n, *since, k.clone()))
+            .collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (_, _, k) in order.into_iter().take((self.capacity / 8).max(1)) {
+            map.remove(&k);
+        }
+    }
 }
 
 fn check_user_name(name: &str) -> Result<(), ApiError> {
@@ -216,25 +432,63 @@ fn cookie(value: &str, max_age_secs: i64) -> HeaderValue {
     HeaderValue::from_str(&c).expect("cookie is ASCII")
 }
 
+/// Longest tenant a login may name: a tenant name (`api.rs`) or an id.
+const MAX_TENANT_LEN: usize = 64;
+
+/// The login's fields within their limits, checked before anything is
+/// looked up, counted or logged.
+fn check_login(req: &Login) -> Result<(), ApiError> {
+    if req.tenant.is_empty() || req.tenant.chars().count() > MAX_TENANT_LEN {
+        return Err(ApiError::bad_request(format!(
+            "tenant must be 1 to {MAX_TENANT_LEN} characters"
+        )));
+    }
+    if req.name.is_empty() || req.name.len() > MAX_USER_NAME_LEN {
+        return Err(ApiError::bad_request(format!(
+            "user name must be 1 to {MAX_USER_NAME_LEN} characters"
+        )));
+    }
+    if req.password.chars().count() > MAX_PASSWORD_LEN {
+        return Err(ApiError::bad_request(format!(
+            "password must be at most {MAX_PASSWORD_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/session`: log in.
+///
+/// ```text
+///  fields within limits? ─no─▶ 400
+///  tenant id or name ─▶ canonical id ─▶ lockout: an attempt left? ─no─▶ 429
+///  hash slot within the queue and wait? ─no─▶ 503 (attempt given back)
+///  Argon2 verify ─wrong─▶ 401 (attempt stays counted) │ right ─▶ count cleared, session
+/// ```
 pub async fn login(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, ApiError> {
     let refused = || ApiError::unauthorized("wrong tenant, user name or password");
-    if req.password.len() > MAX_PASSWORD_LEN * 4 {
-        return Err(refused());
-    }
-    let key = format!("{}\n{}", req.tenant, req.name);
-    if locked_out(&key) {
+    check_login(&req)?;
+    let tenant = state.storage.tenant_id_by_id_or_name(&req.tenant)?;
+    // A tenant named by id or by name counts as one; a tenant that does
+    // not exist is counted under what was typed (the same refusal, so
+    // the lockout does not tell which tenants exist).
+    let key = (
+        tenant.clone().unwrap_or_else(|| format!("?{}", req.tenant)),
+        req.name.clone(),
+    );
+    let lockout = &state.passwords.lockout;
+    if let Err(wait) = lockout.reserve(&key) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             "too many wrong passwords for this user: try again in a few minutes",
-        ));
+        )
+        .with_retry_after(wait));
     }
-    let user = match state.storage.tenant_id_by_id_or_name(&req.tenant)? {
-        Some(tenant) => state.storage.user(&tenant, &req.name)?,
+    let user = match &tenant {
+        Some(tenant) => state.storage.user(tenant, &req.name)?,
         None => None,
     };
     let phc = match &user {
@@ -243,13 +497,26 @@ pub async fn login(
         None => DUMMY_HASH.to_owned(),
     };
     let password = req.password;
-    let ok = argon2_blocking(move || verify_password(&password, &phc)).await?;
+    let ok = match state
+        .passwords
+        .argon2(move || verify_password(&password, &phc))
+        .await
+    {
+        Ok(ok) => ok,
+        Err(e) => {
+            lockout.refund(&key);
+            return Err(e);
+        }
+    };
     let Some(user) = user.filter(|_| ok) else {
-        tracing::info!(tenant = %req.tenant, user = %req.name, "dashboard login refused");
-        record_failure(&key);
+        tracing::info!(
+            tenant = %Clip(&req.tenant),
+            user = %Clip(&req.name),
+            "dashboard login refused"
+        );
         return Err(refused());
     };
-    failures().remove(&key);
+    lockout.clear(&key);
     let secret = auth::new_secret(auth::SESSION_PREFIX)?;
     let csrf = auth::new_secret("")?;
     let now = clock::now_ms();
@@ -329,7 +596,7 @@ async fn create_in(
         id: auth::new_id("us_")?,
         tenant_id: tenant_id.to_owned(),
         name: req.name,
-        password_hash: hash_blocking(req.password).await?,
+        password_hash: state.passwords.hash(req.password).await?,
         role,
         created_at: clock::now_ms(),
     };
@@ -401,7 +668,7 @@ pub async fn update(
     let hash = match req.password {
         Some(p) => {
             check_password(&p)?;
-            Some(hash_blocking(p).await?)
+            Some(state.passwords.hash(p).await?)
         }
         None => None,
     };
@@ -461,6 +728,52 @@ mod tests {
         // matches nothing anyone would type.
         assert!(argon2::password_hash::PasswordHash::new(DUMMY_HASH).is_ok());
         assert!(!verify_password("", DUMMY_HASH));
+    }
+
+    #[test]
+    fn hashes_match_the_argon2_crates_own_both_ways() {
+        use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+        // Stored before this server reused its memory: still verifies.
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let theirs = argon2::Argon2::default()
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_password("correct horse", &theirs));
+        assert!(!verify_password("correct horsE", &theirs));
+        // Ours verifies with the crate's verifier.
+        let ours = hash_password("correct horse").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(argon2::Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_full_lockout_map_makes_room_and_keeps_the_locked_names() {
+        let lockout = Lockout::new(3, Duration::from_secs(300), 8);
+        let key = |n: &str| ("tn_1".to_owned(), n.to_owned());
+        for i in 0..8 {
+            lockout.reserve(&key(&format!("spray{i}"))).unwrap();
+        }
+        // Full: a new name is still tracked (room is made), up to its limit.
+        for _ in 0..3 {
+            lockout.reserve(&key("victim")).unwrap();
+        }
+        let wait = lockout.reserve(&key("victim")).unwrap_err();
+        assert!(wait > Duration::from_secs(290), "{wait:?}");
+        // A spray of new names pushes out the once-tried ones, not the
+        // locked one, and the map stays bounded.
+        for i in 0..100 {
+            lockout.reserve(&key(&format!("more{i}"))).unwrap();
+        }
+        assert!(lockout.counts().len() <= 8);
+        assert!(lockout.reserve(&key("victim")).is_err());
+        // An attempt that never ran is given back; a right password clears.
+        lockout.refund(&key("victim"));
+        lockout.reserve(&key("victim")).unwrap();
+        lockout.clear(&key("victim"));
+        lockout.reserve(&key("victim")).unwrap();
     }
 
     #[test]

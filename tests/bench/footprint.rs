@@ -4,7 +4,7 @@
 //! slow machine; read the numbers.
 //!
 //! Knobs: BENCH_IDLE_SECS (default 180), BENCH_RUNNERS (default 1000),
-//! BENCH_SIM_SECS (default 60).
+//! BENCH_SIM_SECS (default 60); the attack section's in `attack.rs`.
 
 #[path = "../util/mod.rs"]
 mod util;
@@ -14,6 +14,9 @@ mod util;
 #[path = "../update.rs"]
 #[allow(dead_code)]
 mod update;
+
+// Unauthenticated load against the server (issue 15).
+mod attack;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -51,7 +54,7 @@ fn dist(target: &str) -> PathBuf {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -114,6 +117,9 @@ fn main() {
     }
     if part("term") {
         keystroke_round_trip(&mut rows);
+    }
+    if part("attack") {
+        attack::run(&mut rows);
     }
 
     println!();
@@ -347,7 +353,8 @@ fn idle_runner(rows: &mut Vec<Row>, label: &str, args: &[&str], cpu_goal: Option
 fn many_runners(rows: &mut Vec<Row>) {
     let count = env_secs("BENCH_RUNNERS", 1000);
     let hold = env_secs("BENCH_SIM_SECS", 60);
-    let server = Server::start_with(&[]);
+    // One address enrolls the whole simulated fleet: no per-address rate.
+    let server = Server::start_with(&["--enroll-rate", "0"]);
     let tenant = server.tenant("sim");
     std::thread::sleep(Duration::from_secs(1));
     let spid = server.child.id();
