@@ -2208,8 +2208,8 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 }
 
 mod containers;
-mod tokens;
 mod edge;
+mod tokens;
 mod users;
 
 // ---- releases and update policy -------------------------------------------
