@@ -202,18 +202,13 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<ReleaseFile>), ApiError> {
-    caller.admin()?;
-    let dir = releases_dir(&state)?.to_owned();
-    if !valid_version(&version) {
-        return Err(ApiError::bad_request(format!(
-            "{version:?} is not a version"
-        )));
-    }
-    if !valid_file_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "{name:?} is not a release file name"
-        )));
-    }
+    let dir = match refusal(&state, &caller, &version, &name) {
+        Ok(dir) => dir,
+        Err(e) => {
+            drain_refused(&headers, body);
+            return Err(e);
+        }
+    };
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -246,6 +241,56 @@ pub async fn upload(
     partial.keep();
     tracing::info!(version, file = name, size, "release file stored");
     Ok((StatusCode::CREATED, Json(ReleaseFile { name, size })))
+}
+
+/// Why an upload is refused before its body is read (the caller, the
+/// names), or the releases directory it goes to.
+fn refusal(
+    state: &AppState,
+    caller: &Caller,
+    version: &str,
+    name: &str,
+) -> Result<PathBuf, ApiError> {
+    caller.admin()?;
+    let dir = releases_dir(state)?.to_owned();
+    if !valid_version(version) {
+        return Err(ApiError::bad_request(format!(
+            "{version:?} is not a version"
+        )));
+    }
+    if !valid_file_name(name) {
+        return Err(ApiError::bad_request(format!(
+            "{name:?} is not a release file name"
+        )));
+    }
+    Ok(dir)
+}
+
+/// The body of a refused upload is read and dropped in the background
+/// while the answer goes out at once: a client that writes its whole body
+/// before it reads (ureq, the operator CLI) would otherwise meet a reset
+/// connection instead of the 403. Nothing is kept (no memory), at most
+/// [`MAX_RELEASE_FILE`] bytes, [`UPLOAD_IDLE`] between chunks. A client
+/// that sent `Expect: 100-continue` (curl) is waiting for the answer and
+/// never sends the body: reading it would ask for it, so it is left.
+fn drain_refused(headers: &HeaderMap, body: Body) {
+    let expects = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        return;
+    }
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut chunks = body.into_data_stream();
+        let mut seen = 0u64;
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
+            seen += chunk.len() as u64;
+            if seen > MAX_RELEASE_FILE as u64 {
+                break;
+            }
+        }
+    });
 }
 
 /// An upload's temporary file, removed unless kept (an error, a client
