@@ -13,11 +13,11 @@ EDGE_TESTS := test -p tether --test tests -- --ignored cross_arch:: packages::
 else
 EDGE_TESTS := nextest run -p tether --test tests --run-ignored only -E 'test(/^(cross_arch|packages)::/)'
 endif
-SHELL_SCRIPTS := build.sh .ci/run server/web/build.sh packaging/*.sh packaging/*/*.sh \
+SHELL_SCRIPTS := build.sh .ci/run server/web/build.sh fuzz/run.sh packaging/*.sh packaging/*/*.sh \
 	packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
 	packaging/alpine/APKBUILD packaging/alpine/tether.initd packaging/openwrt/tether/files/tether.init
 
-.PHONY: help build web run test edge lint bench static release packages vendor clean
+.PHONY: help build web run test edge lint bench static release packages vendor clean fuzz fuzz-ci
 
 help:
 	@echo "make run      build, start a dev server and a local runner connected to it"
@@ -30,6 +30,8 @@ help:
 	@echo "make release  static stripped runners for all six targets in dist/ (./build.sh --all)"
 	@echo "make packages .deb for every runner in dist/, and the vendored source bundle"
 	@echo "make vendor   offline source bundle: vendor/ and dist/tether-VERSION-vendored.tar.gz"
+	@echo "make fuzz     every fuzz target for FUZZ_SECS (default 60) s each (nightly, cargo-fuzz)"
+	@echo "make fuzz-ci  every fuzz target for FUZZ_CI_SECS (default 8) s each: a short check"
 
 build: web
 	$(CARGO) build --workspace
@@ -70,6 +72,15 @@ packages: vendor
 
 vendor:
 	packaging/vendor.sh
+
+# libFuzzer targets in fuzz/ (README "Fuzzing"); FUZZ_TARGETS="a b" picks some.
+FUZZ_SECS ?= 60
+FUZZ_CI_SECS ?= 8
+fuzz:
+	fuzz/run.sh $(FUZZ_SECS)
+
+fuzz-ci:
+	fuzz/run.sh $(FUZZ_CI_SECS)
 
 clean:
 	$(CARGO) clean
