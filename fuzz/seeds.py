@@ -139,6 +139,18 @@ def main():
                     "exec_start_101.http", "continue_100.http"):
             write("docker_http", name + ".cut", bytes([expect | 3 << 2]) + raw)
 
+    # docker_request: [builder] id \0 value.
+    for which in range(12):
+        write("docker_request", "builder%02d" % which, bytes([which]) + b"web_1\0SIGTERM")
+    write("docker_request", "dots", b"\x00../images\0x")
+    write("docker_request", "archive", b"\x08abc123\0/app")
+
+    # log_time: Docker's and the API's time forms.
+    for i, t in enumerate([b"2026-11-28T13:13:49.544427973Z", b"2026-11-28T14:00:00.25+02:00",
+                           b"2026-11-28 12:00:00.123456z", b"1970-01-01T00:00:00Z", b"15m",
+                           b"1795867200000", b"2024-02-29T23:59:60-00:30"]):
+        write("log_time", "t%d" % i, t)
+
     # docker_stream and log_assembler: log bodies (mux and tty).
     mux_body = http_body(fixture(docker, "logs_follow_mux.http"))
     tty_body = http_body(fixture(docker, "logs_follow_tty.http"))

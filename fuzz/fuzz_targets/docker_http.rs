@@ -56,7 +56,11 @@ fn run(data: &[u8], expect: Expect, mode: u8) -> Vec<Seen> {
                 assert!(rest.is_empty(), "None before all input was used");
                 break;
             };
-            idle_items = if step.consumed == 0 { idle_items + 1 } else { 0 };
+            idle_items = if step.consumed == 0 {
+                idle_items + 1
+            } else {
+                0
+            };
             assert!(idle_items < 4, "items without input forever");
             match item {
                 Event::Head(h) => seen.push(Seen::Head(format!("{h:?}"))),

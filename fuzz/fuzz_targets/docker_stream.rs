@@ -61,7 +61,10 @@ fn lines(data: &[u8], max: usize, mode: u8) -> Vec<(Vec<u8>, bool)> {
             out.push((line.bytes.to_vec(), line.truncated));
             rest = &rest[step.consumed..];
         }
-        assert!(split.buffered() <= max + 1, "splitter buffer over its bound");
+        assert!(
+            split.buffered() <= max + 1,
+            "splitter buffer over its bound"
+        );
     }
     if let Some(line) = split.finish() {
         assert!(line.bytes.len() <= max);

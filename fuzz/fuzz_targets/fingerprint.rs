@@ -10,11 +10,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::fingerprint::sockets::{parse_endpoint, parse_listeners, parse_socket_link, Endian, Proto};
-use tether::fingerprint::virt::{detect_container, detect_vm, Evidence};
-use tether::fingerprint::{
-    apply, cpuinfo, diff, firewall, os_release, Change, Fingerprint,
+use tether::fingerprint::sockets::{
+    parse_endpoint, parse_listeners, parse_socket_link, Endian, Proto,
 };
+use tether::fingerprint::virt::{detect_container, detect_vm, Evidence};
+use tether::fingerprint::{apply, cpuinfo, diff, firewall, os_release, Change, Fingerprint};
 use tether::protocol::FingerprintReport;
 use tether_fuzz::opts;
 
@@ -68,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
         }
         2 => {
             let proto = if o & 8 == 0 { Proto::Tcp } else { Proto::Udp };
-            let endian = if o & 16 == 0 { Endian::Little } else { Endian::Big };
+            let endian = if o & 16 == 0 {
+                Endian::Little
+            } else {
+                Endian::Big
+            };
             let (rows, _bad) = parse_listeners(text, proto, endian);
             for r in rows {
                 assert_eq!(r.proto, proto);

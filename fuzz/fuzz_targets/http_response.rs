@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
     let max_body = 16 + usize::from(o) * 8;
     let whole = run(data, head_request, max_body, 0);
     if mode != 0 {
-        assert_eq!(whole, run(data, head_request, max_body, mode), "depends on the cuts");
+        assert_eq!(
+            whole,
+            run(data, head_request, max_body, mode),
+            "depends on the cuts"
+        );
     }
     if let Some(end) = tether::http::find_head_end(data, 0) {
         let _ = parse_head(&data[..end]);

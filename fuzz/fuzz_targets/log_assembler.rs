@@ -54,6 +54,10 @@ fuzz_target!(|data: &[u8]| {
     let mode = o >> 2;
     let whole = run(body, tty, resume, 0);
     if mode != 0 {
-        assert_eq!(whole, run(body, tty, resume, mode), "payloads depend on the cuts");
+        assert_eq!(
+            whole,
+            run(body, tty, resume, mode),
+            "payloads depend on the cuts"
+        );
     }
 });

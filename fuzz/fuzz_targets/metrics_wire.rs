@@ -49,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 let got = (sample.ts_ms, sample.values.to_vec());
-                let c = clean.decode(record).expect("the clean stream decodes it too");
+                let c = clean
+                    .decode(record)
+                    .expect("the clean stream decodes it too");
                 assert_eq!((c.ts_ms, c.values.to_vec()), got);
             }
             Err(e) => {

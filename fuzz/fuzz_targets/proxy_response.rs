@@ -24,7 +24,10 @@ fn run(data: &[u8], mode: u8) -> Result<Option<Vec<u8>>, String> {
                     leftover.extend_from_slice(r);
                 }
                 assert!(leftover.len() <= data.len());
-                assert!(data.ends_with(&leftover), "leftover is not the input's tail");
+                assert!(
+                    data.ends_with(&leftover),
+                    "leftover is not the input's tail"
+                );
                 return Ok(Some(leftover));
             }
             Err(e) => return Err(e.to_string()),

@@ -27,7 +27,13 @@ fn check_header(h: &[u8]) {
     let sum: u64 = h
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(b)
+            }
+        })
         .sum();
     assert_eq!(stored, sum, "header checksum");
     assert_eq!(&h[257..263], b"ustar\0");

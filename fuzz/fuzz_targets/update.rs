@@ -23,7 +23,11 @@ const PUB: &str = include_str!("../../src/update/testdata/k.pub");
 const SIG: &str = include_str!("../../src/update/testdata/hello.minisig");
 
 fn versions(text: &str) {
-    let v: Vec<Version> = text.split('\n').take(3).filter_map(Version::parse).collect();
+    let v: Vec<Version> = text
+        .split('\n')
+        .take(3)
+        .filter_map(Version::parse)
+        .collect();
     for a in &v {
         assert_eq!(a.cmp(a), Ordering::Equal);
         let _ = a.to_string();
