@@ -2188,6 +2188,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 }
 
 mod containers;
+mod fuzz_seeds;
 mod users;
 
 // ---- releases and update policy -------------------------------------------
