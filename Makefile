@@ -31,7 +31,7 @@ help:
 	@echo "make packages .deb for every runner in dist/, and the vendored source bundle"
 	@echo "make vendor   offline source bundle: vendor/ and dist/tether-VERSION-vendored.tar.gz"
 	@echo "make fuzz     every fuzz target for FUZZ_SECS (default 60) s each (nightly, cargo-fuzz)"
-	@echo "make fuzz-ci  every fuzz target for FUZZ_CI_SECS (default 8) s each: a short check"
+	@echo "make fuzz-ci  every fuzz target for FUZZ_CI_SECS (default 6) s each: a short check"
 
 build: web
 	$(CARGO) build --workspace
@@ -75,7 +75,7 @@ vendor:
 
 # libFuzzer targets in fuzz/ (README "Fuzzing"); FUZZ_TARGETS="a b" picks some.
 FUZZ_SECS ?= 60
-FUZZ_CI_SECS ?= 8
+FUZZ_CI_SECS ?= 6
 fuzz:
 	fuzz/run.sh $(FUZZ_SECS)
 

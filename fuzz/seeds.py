@@ -126,6 +126,17 @@ def main():
     batch = b"".join(varint(len(r)) + r for r in (key, d1, d2))
     write("metrics_wire", "key_and_deltas", bytes([2, 1]) + batch)
 
+    # metrics_roundtrip: samples [flags] [ts] [n] n x ([kind] [value]).
+    def sample(flags, ts, values):
+        out = bytes([flags]) + struct.pack("<Q", ts) + bytes([len(values)])
+        for v in values:
+            out += b"\0" + bytes(8) if v is None else b"\1" + struct.pack("<q", v)
+        return out
+    t0 = 1700000000000
+    write("metrics_roundtrip", "ticks",
+          sample(0, t0, [5, None, 7]) + sample(0, t0 + 10000, [6, 1, 7])
+          + sample(1, t0 + 20000, [6, 1]) + sample(2, t0 + 15000, [-(1 << 63), (1 << 63) - 1]))
+
     # docker_http: [expect | cut << 2] response.
     for name in sorted(os.listdir(os.path.join(ROOT, docker))):
         if not name.endswith(".http"):
