@@ -59,6 +59,7 @@ edge: build static
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck missing (apt-get install shellcheck; .ci/run does)" >&2; exit 1; }
 	shellcheck $(SHELL_SCRIPTS)

@@ -12,10 +12,13 @@ use libfuzzer_sys::fuzz_target;
 use tether::docker::stream::{split_log_timestamp, LineSplitter, StreamDecoder, StreamKind};
 use tether_fuzz::{opts, pieces};
 
-/// What came out: stream pieces merged per (kind, frame), or the error.
-fn demux(data: &[u8], tty: bool, mode: u8) -> (Vec<(StreamKind, Vec<u8>, bool)>, Option<String>) {
+/// Stream pieces merged per (kind, frame): kind, bytes, frame ended.
+type Pieces = Vec<(StreamKind, Vec<u8>, bool)>;
+
+/// What came out, and the error if any.
+fn demux(data: &[u8], tty: bool, mode: u8) -> (Pieces, Option<String>) {
     let mut dec = StreamDecoder::for_tty(tty);
-    let mut out: Vec<(StreamKind, Vec<u8>, bool)> = Vec::new();
+    let mut out: Pieces = Vec::new();
     for read in pieces(data, mode) {
         let mut rest = read;
         loop {
