@@ -19,12 +19,14 @@ command -v cargo-fuzz >/dev/null || {
 }
 # shellcheck disable=SC2086 # $cargo is a command with its arguments
 $cargo fuzz build -O
+# The binaries are run directly: `cargo fuzz run` would check the build
+# again before each target.
+bin="target/$(rustc -vV | sed -n 's/^host: //p')/release"
 failed=""
 for t in $targets; do
-    mkdir -p "corpus/$t"
+    mkdir -p "corpus/$t" "artifacts/$t"
     log="target/fuzz-$t.log"
-    # shellcheck disable=SC2086
-    if $cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
+    if "$bin/$t" "corpus/$t" "seeds/$t" -artifact_prefix="artifacts/$t/" \
         -max_total_time="$secs" -timeout="$timeout" -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
