@@ -10,11 +10,11 @@ EDGE_TARGETS := armv7-unknown-linux-musleabihf arm-unknown-linux-musleabi \
 	mips-unknown-linux-musl mipsel-unknown-linux-musl
 # The edge tests are #[ignore]d in the default run; these select them.
 EDGE_TESTS := nextest run -p tether --test tests --run-ignored only -E 'test(/^(cross_arch|packages)::/)'
-SHELL_SCRIPTS := build.sh .ci/run server/web/build.sh packaging/*.sh packaging/*/*.sh \
+SHELL_SCRIPTS := build.sh .ci/run server/web/build.sh fuzz/run.sh packaging/*.sh packaging/*/*.sh \
 	packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
 	packaging/alpine/APKBUILD packaging/alpine/tether.initd packaging/openwrt/tether/files/tether.init
 
-.PHONY: help setup fresh-check build web run test edge lint bench static release packages vendor clean
+.PHONY: help setup fresh-check build web run test edge lint bench static release packages vendor clean fuzz fuzz-ci
 
 help:
 	@echo "make run      set up, build, start a dev server and a local runner connected to it"
@@ -29,6 +29,8 @@ help:
 	@echo "make release  static stripped runners for all six targets in dist/ (./build.sh --all)"
 	@echo "make packages .deb for every runner in dist/, and the vendored source bundle"
 	@echo "make vendor   offline source bundle: vendor/ and dist/tether-VERSION-vendored.tar.gz"
+	@echo "make fuzz     every fuzz target for FUZZ_SECS (default 60) s each (nightly, cargo-fuzz)"
+	@echo "make fuzz-ci  every fuzz target for FUZZ_CI_SECS (default 6) s each: a short check"
 
 setup:
 	@$(SETUP) all
@@ -70,6 +72,7 @@ edge:
 lint:
 	@$(SETUP) test
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	shellcheck $(SHELL_SCRIPTS)
 
@@ -82,6 +85,17 @@ packages: vendor
 
 vendor:
 	packaging/vendor.sh
+
+# libFuzzer targets in fuzz/ (README "Fuzzing"); FUZZ_TARGETS="a b" picks some.
+FUZZ_SECS ?= 60
+FUZZ_CI_SECS ?= 6
+fuzz:
+	@$(SETUP) all
+	fuzz/run.sh $(FUZZ_SECS)
+
+fuzz-ci:
+	@$(SETUP) all
+	fuzz/run.sh $(FUZZ_CI_SECS)
 
 clean:
 	$(CARGO) clean

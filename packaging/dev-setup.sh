@@ -88,6 +88,7 @@ case "${1:-all}" in
     echo "  (make setup: the edge targets' packages, see packaging/cross/setup.sh)"
     echo "rustup: targets ${TARGETS_RUN[*]} ${TARGETS_TEST[*]}; components ${COMPONENTS_RUN[*]} ${COMPONENTS_TEST[*]}"
     echo "cargo: cargo-nextest (the test runner), when missing"
+    echo "rustup nightly and cargo-fuzz (make setup: make fuzz, make fuzz-ci), when missing"
     echo "npm: server/web's locked packages (npm ci)"
     exit 0
     ;;
@@ -172,6 +173,18 @@ if at_least test && ! cargo nextest --version >/dev/null 2>&1; then
     say "cargo install cargo-nextest (a few minutes, once)"
     cargo install --locked --quiet cargo-nextest || die "cargo install cargo-nextest failed"
     done_steps+=("cargo-nextest")
+fi
+
+# Fuzzing (make fuzz, make fuzz-ci): libFuzzer needs nightly's sanitizers.
+if at_least all && ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    say "rustup toolchain install nightly --profile minimal (make fuzz)"
+    rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || die "rustup toolchain install nightly failed"
+    done_steps+=("nightly toolchain")
+fi
+if at_least all && ! cargo fuzz --version >/dev/null 2>&1; then
+    say "cargo install cargo-fuzz (a few minutes, once)"
+    cargo install --locked --quiet cargo-fuzz || die "cargo install cargo-fuzz failed"
+    done_steps+=("cargo-fuzz")
 fi
 
 # --- the edge targets' cross toolchains ---------------------------------------
@@ -269,6 +282,8 @@ if at_least test; then
 fi
 
 if at_least all; then
+    cargo fuzz --version >/dev/null 2>&1 || problem "cargo-fuzz is missing (make fuzz)" "cargo install --locked cargo-fuzz"
+    rustup toolchain list 2>/dev/null | grep -q '^nightly' || problem "no nightly toolchain (make fuzz)" "rustup toolchain install nightly --profile minimal"
     # The edge targets: each cross gcc against the musl sysroot build.sh uses.
     for t in armv7-unknown-linux-musleabihf arm-unknown-linux-musleabi mips-unknown-linux-musl mipsel-unknown-linux-musl; do
         sysroot=$(packaging/cross/setup.sh --sysroot "$t")

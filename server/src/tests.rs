@@ -2209,6 +2209,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
 
 mod containers;
 mod edge;
+mod fuzz_seeds;
 mod tokens;
 mod users;
 

@@ -104,39 +104,69 @@ fn clean(p: &str) -> String {
 }
 
 /// `*` and `?` within a segment, `**` across segments, `\` escapes.
+///
+/// Dynamic programming over (pattern suffix, name suffix), pattern from
+/// its end: O(pattern × name) time and O(name) memory. The plain recursive
+/// matcher is exponential in the number of stars (`a*a*a*…b` against a
+/// long run of `a`s), and a `.dockerignore` comes from the repository
+/// being deployed: one line of stars held the runner's only thread for
+/// good (found by `fuzz/` target `tar_path`).
 pub fn glob_match(pat: &[u8], name: &[u8]) -> bool {
-    match pat.first() {
-        None => name.is_empty(),
-        Some(b'*') if pat.get(1) == Some(&b'*') => {
-            // `**/` also matches no directory at all.
-            let rest = &pat[2..];
-            let rest_noslash = rest.strip_prefix(b"/").unwrap_or(rest);
-            if glob_match(rest_noslash, name) {
-                return true;
-            }
-            (0..name.len()).any(|i| {
-                glob_match(rest, &name[i + 1..]) || glob_match(rest_noslash, &name[i + 1..])
-            })
-        }
-        Some(b'*') => {
-            let rest = &pat[1..];
-            let mut i = 0;
-            loop {
-                if glob_match(rest, &name[i..]) {
-                    return true;
+    let n = name.len();
+    // rows[p % 4][i]: does pat[p..] match name[i..]? A row needs only rows
+    // of up to three positions further on (`**/`), so four are kept.
+    let mut rows = [
+        vec![false; n + 1],
+        vec![false; n + 1],
+        vec![false; n + 1],
+        vec![false; n + 1],
+    ];
+    rows[pat.len() % 4][n] = true; // empty pattern, empty name
+    for p in (0..pat.len()).rev() {
+        let mut row = std::mem::take(&mut rows[p % 4]);
+        let next = |q: usize, i: usize| rows[q % 4][i];
+        match pat[p] {
+            b'*' if pat.get(p + 1) == Some(&b'*') => {
+                // `**/` also matches no directory at all.
+                let rest = p + 2;
+                let noslash = if pat.get(rest) == Some(&b'/') {
+                    rest + 1
+                } else {
+                    rest
+                };
+                // Whether rest or noslash matches name[k..] for some k > i.
+                let mut later = false;
+                for i in (0..=n).rev() {
+                    row[i] = next(noslash, i) || later;
+                    later = later || next(rest, i) || next(noslash, i);
                 }
-                if i == name.len() || name[i] == b'/' {
-                    return false;
+            }
+            b'*' => {
+                // Any run of non-`/` bytes, then the rest.
+                row[n] = next(p + 1, n);
+                for i in (0..n).rev() {
+                    row[i] = next(p + 1, i) || (name[i] != b'/' && row[i + 1]);
                 }
-                i += 1;
+            }
+            c => {
+                let (want, rest) = match c {
+                    b'\\' if p + 1 < pat.len() => (Some(pat[p + 1]), p + 2),
+                    b'?' => (None, p + 1),
+                    c => (Some(c), p + 1),
+                };
+                row[n] = false;
+                for i in 0..n {
+                    let ok = match want {
+                        Some(w) => name[i] == w,
+                        None => name[i] != b'/',
+                    };
+                    row[i] = ok && next(rest, i + 1);
+                }
             }
         }
-        Some(b'?') => name.first().is_some_and(|&c| c != b'/') && glob_match(&pat[1..], &name[1..]),
-        Some(b'\\') if pat.len() > 1 => {
-            name.first() == Some(&pat[1]) && glob_match(&pat[2..], &name[1..])
-        }
-        Some(&c) => name.first() == Some(&c) && glob_match(&pat[1..], &name[1..]),
+        rows[p % 4] = row;
     }
+    rows[0][0]
 }
 
 // ---------------------------------------------------------------------------
@@ -439,6 +469,102 @@ mod tests {
         assert!(glob_match(b"**/*.o", b"z.o"));
         assert!(glob_match(b"\\*", b"*"));
         assert!(!glob_match(b"\\*", b"a"));
+    }
+
+    /// The matcher before it became a table: the definition of the rules.
+    fn reference(pat: &[u8], name: &[u8]) -> bool {
+        match pat.first() {
+            None => name.is_empty(),
+            Some(b'*') if pat.get(1) == Some(&b'*') => {
+                let rest = &pat[2..];
+                let rest_noslash = rest.strip_prefix(b"/").unwrap_or(rest);
+                reference(rest_noslash, name)
+                    || (0..name.len()).any(|i| {
+                        reference(rest, &name[i + 1..]) || reference(rest_noslash, &name[i + 1..])
+                    })
+            }
+            Some(b'*') => {
+                let rest = &pat[1..];
+                let mut i = 0;
+                loop {
+                    if reference(rest, &name[i..]) {
+                        return true;
+                    }
+                    if i == name.len() || name[i] == b'/' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            Some(b'?') => {
+                name.first().is_some_and(|&c| c != b'/') && reference(&pat[1..], &name[1..])
+            }
+            Some(b'\\') if pat.len() > 1 => {
+                name.first() == Some(&pat[1]) && reference(&pat[2..], &name[1..])
+            }
+            Some(&c) => name.first() == Some(&c) && reference(&pat[1..], &name[1..]),
+        }
+    }
+
+    /// Every pattern of up to 4 bytes over `*?/\a` against every name of
+    /// up to 5 bytes over `a/*`: the same answers as the recursive rules.
+    #[test]
+    fn globs_agree_with_the_recursive_rules() {
+        fn all(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
+            let mut out = vec![Vec::new()];
+            let mut last = vec![Vec::new()];
+            for _ in 0..max {
+                let mut next = Vec::new();
+                for s in &last {
+                    for &c in alphabet {
+                        let mut t: Vec<u8> = s.clone();
+                        t.push(c);
+                        next.push(t);
+                    }
+                }
+                out.extend(next.iter().cloned());
+                last = next;
+            }
+            out
+        }
+        let names = all(b"a/*", 5);
+        for pat in all(b"*?/\\a", 4) {
+            for name in &names {
+                assert_eq!(
+                    glob_match(&pat, name),
+                    reference(&pat, name),
+                    "{:?} against {:?}",
+                    String::from_utf8_lossy(&pat),
+                    String::from_utf8_lossy(name)
+                );
+            }
+        }
+    }
+
+    /// fuzz/ `tar_path` found this: a pattern of many stars against a long
+    /// name took exponential time (the runner's only thread, for good).
+    /// Now any pattern is linear in the name per pattern byte.
+    #[test]
+    fn fuzz_many_stars_match_in_linear_time() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The fuzzer's input, as it found it.
+            let pat = format!("# co{}mmedd*mo", "*".repeat(86));
+            let name = "# comment*nm";
+            let stars = format!("a{}b", "*a".repeat(40));
+            let long = "a".repeat(4000);
+            let ignore = Ignore::parse(&format!("{stars}\n**/**/**/**/**/**/**/x\n"));
+            let r = (
+                glob_match(pat.as_bytes(), name.as_bytes()),
+                glob_match(stars.as_bytes(), long.as_bytes()),
+                ignore.excludes(&"a/".repeat(100)),
+            );
+            let _ = tx.send(r);
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("glob matching took over 5 s");
+        assert_eq!(r, (false, false, false));
     }
 
     /// The stream is a valid tar: the system's tar lists what we expect,

@@ -1,0 +1,61 @@
+//! The runner's own HTTP/1.1 response parser (`src/http.rs`): enrollment
+//! and release downloads over HTTPS, i.e. whatever the server, or anything
+//! in between, answers.
+//!
+//! Input: `[opts] [bytes …]`; opts bit 0 = the request was HEAD, bits 1-7
+//! how the bytes are cut (and the body limit). Checked: `feed` never says
+//! it used more than given and stops short only once done; the body limit
+//! holds; the outcome (response or error) does not depend on the cuts.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tether::http::{parse_head, ResponseParser};
+use tether_fuzz::{opts, pieces};
+
+fn run(data: &[u8], head_request: bool, max_body: usize, mode: u8) -> String {
+    let mut p = ResponseParser::new(max_body, head_request);
+    let mut rest_after = 0;
+    for read in pieces(data, mode) {
+        if p.is_done() {
+            rest_after += read.len();
+            continue;
+        }
+        match p.feed(read) {
+            Ok(n) => {
+                assert!(n <= read.len());
+                if n < read.len() {
+                    assert!(p.is_done(), "stopped short before the end");
+                    rest_after += read.len() - n;
+                }
+            }
+            Err(e) => return format!("error {e:?}"),
+        }
+    }
+    if !p.is_done() {
+        if let Err(e) = p.eof() {
+            return format!("eof {e:?}");
+        }
+    }
+    let r = p.finish().expect("done means a response");
+    assert!(r.body.len() <= max_body, "body over the limit");
+    let _ = r.api_error();
+    format!("{:?} {:?} rest {rest_after}", r.head, r.body)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((o, data)) = opts(data) else { return };
+    let head_request = o & 1 == 1;
+    let mode = o >> 1;
+    let max_body = 16 + usize::from(o) * 8;
+    let whole = run(data, head_request, max_body, 0);
+    if mode != 0 {
+        assert_eq!(
+            whole,
+            run(data, head_request, max_body, mode),
+            "depends on the cuts"
+        );
+    }
+    if let Some(end) = tether::http::find_head_end(data, 0) {
+        let _ = parse_head(&data[..end]);
+    }
+});
