@@ -377,7 +377,13 @@ fn clean_target(path: String) -> String {
 /// One path segment (an id, a name), encoded so it stays one segment:
 /// `../images` becomes `..%2Fimages`, which Docker treats as a name.
 pub fn path_segment(s: &str) -> String {
-    percent_encode(s)
+    // `.` and `..` are unreserved, yet as a whole segment they would move
+    // the request to another path (`containers/../json`): encode them.
+    match s {
+        "." => "%2E".to_owned(),
+        ".." => "%2E%2E".to_owned(),
+        _ => percent_encode(s),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1408,6 +1414,10 @@ mod tests {
             .contains("Connection: Upgrade\r\nUpgrade: tcp\r\n"));
         assert_eq!(Request::head("/_ping").expect(), Expect::NoBody);
         assert_eq!(path_segment("../images/x"), "..%2Fimages%2Fx");
+        // A whole-segment `..` or `.` would move the request elsewhere.
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment("..x"), "..x");
         let req = Request::get("/a b\r\nX: y#é");
         assert_eq!(req.target(), "/a%20b%0D%0AX:%20y%23%C3%A9");
     }

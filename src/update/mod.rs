@@ -352,7 +352,8 @@ impl UpdateConfig {
         }
     }
 
-    /// Download the offered release from the server.
+    /// Download the offered release from the server (paths checked by
+    /// [`valid_download_path`]).
     pub fn download(
         &self,
         client: &Client,
@@ -361,7 +362,7 @@ impl UpdateConfig {
         offer: &UpdateOffer,
     ) -> Result<(Vec<u8>, String), UpdateError> {
         let get = |path: &str, max: usize| -> Result<Vec<u8>, UpdateError> {
-            if !path.starts_with('/') || path.contains("..") {
+            if !valid_download_path(path) {
                 return Err(UpdateError::Rejected(format!("bad download path {path:?}")));
             }
             let url = server.join(path);
@@ -666,6 +667,13 @@ impl UpdateConfig {
         }
         Command::new(&self.binary).args(&self.run_args).exec()
     }
+}
+
+/// A path an update offer may name for a download: absolute, no `..`, and
+/// only visible ASCII, so nothing (a space, CR, LF) can leave the request
+/// line of the runner's GET to its own server.
+fn valid_download_path(path: &str) -> bool {
+    path.starts_with('/') && !path.contains("..") && path.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn status(p: &Pending, state: &str, reason: Option<String>) -> UpdateStatus {

@@ -139,3 +139,20 @@ fn a_new_version_that_keeps_dying_is_rolled_back() {
     assert_eq!(rec.reports.last().unwrap().state, update_state::FAILED);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn offered_download_paths_cannot_leave_the_request_line() {
+    assert!(valid_download_path("/releases/0.2.0/tether-x86_64"));
+    assert!(valid_download_path("/releases/0.2.0/tether-x86_64.minisig"));
+    for bad in [
+        "releases/0.2.0/tether-x86_64",
+        "/releases/../admin",
+        "/releases/0.2.0/x HTTP/1.1\r\nX-Evil: 1",
+        "/releases/0.2.0/x\nHost: elsewhere",
+        "/releases/0.2.0/a b",
+        "/releases/0.2.0/\u{e9}",
+        "",
+    ] {
+        assert!(!valid_download_path(bad), "{bad:?}");
+    }
+}
