@@ -260,7 +260,7 @@ impl JobStore {
         })
     }
 
-    #[cfg(test)]
+    #[doc(hidden)] // a test seam: the integration tests' databases
     pub fn open_in_memory() -> Result<JobStore, StorageError> {
         Ok(JobStore {
             write: Mutex::new(setup(Connection::open_in_memory()?)?),

@@ -23,42 +23,39 @@
 //! ```
 
 mod api;
-mod app;
+pub mod app;
 mod auth;
 pub mod cli;
-mod clock;
+pub mod clock;
 pub mod config;
 mod containers;
 mod containers_api;
 mod deploy_api;
 mod deploy_store;
-mod edge;
+pub mod edge;
 mod error;
 mod events;
 mod health;
-mod job_store;
+pub mod job_store;
 mod jobs;
 mod jobs_api;
-mod log_store;
+pub mod log_store;
 mod logs;
 mod logs_api;
-mod metrics_store;
+pub mod metrics_store;
 mod prometheus;
 mod quotas;
-mod registry;
+pub mod registry;
 mod runner_ws;
-mod secrets;
+pub mod secrets;
 pub mod serve;
-mod storage;
+pub mod storage;
 mod stream_auth;
 mod telemetry;
 mod telemetry_api;
 mod terminals;
 mod terminals_api;
-mod tls;
-mod updates;
+pub mod tls;
+pub mod updates;
 mod users;
 mod web;
-
-#[cfg(test)]
-mod tests;

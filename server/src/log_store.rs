@@ -165,7 +165,7 @@ impl LogStore {
     }
 
     /// A private in-memory database, for tests.
-    #[cfg(test)]
+    #[doc(hidden)] // a test seam: the integration tests' databases
     pub fn open_in_memory(defaults: LogRetention) -> Result<LogStore, StorageError> {
         Ok(LogStore {
             write: Mutex::new(setup(Connection::open_in_memory()?)?),

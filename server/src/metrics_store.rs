@@ -403,7 +403,7 @@ impl MetricStore {
     }
 
     /// A private in-memory database, for tests.
-    #[cfg(test)]
+    #[doc(hidden)] // a test seam: the integration tests' databases
     pub fn open_in_memory(retention: Retention) -> Result<MetricStore, StorageError> {
         Ok(MetricStore {
             write: Mutex::new(setup(Connection::open_in_memory()?)?),
@@ -793,7 +793,7 @@ impl MetricStore {
     }
 
     /// Row counts per table, for tests and the size benchmark.
-    #[cfg(test)]
+    #[doc(hidden)] // a test seam: rows in one table
     pub fn count(&self, table: &str) -> i64 {
         self.read()
             .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))

@@ -504,7 +504,7 @@ impl Storage {
     }
 
     /// A private in-memory database, for tests.
-    #[cfg(test)]
+    #[doc(hidden)] // a test seam: the integration tests' databases
     pub fn open_in_memory() -> Result<Storage, StorageError> {
         Self::setup(Connection::open_in_memory()?)
     }

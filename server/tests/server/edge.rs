@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::*;
-use crate::edge::EdgeConfig;
-use crate::serve::PeerAddr;
+use crate::util::*;
+use tether_server::edge::EdgeConfig;
+use tether_server::serve::PeerAddr;
 
 fn edge(f: impl FnOnce(&mut EdgeConfig)) -> EdgeConfig {
     let mut c = EdgeConfig::default();
@@ -315,7 +315,7 @@ async fn logins_and_enrollments_are_rate_limited_per_address() {
 async fn a_release_upload_is_refused_before_its_body_is_read() {
     let dir = std::env::temp_dir().join(format!("tether-edge-releases-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let state = state().with_releases(crate::updates::ReleaseConfig {
+    let state = state().with_releases(tether_server::updates::ReleaseConfig {
         dir: Some(dir.clone()),
         ..Default::default()
     });

@@ -3,7 +3,7 @@
 
 use axum::http::header::{COOKIE, SET_COOKIE};
 
-use super::*;
+use crate::util::*;
 
 /// One request with optional cookie and CSRF header; (status, Set-Cookie, JSON or Null).
 async fn send(

@@ -4,7 +4,7 @@
 
 use axum::http::header::{COOKIE, SET_COOKIE};
 
-use super::*;
+use crate::util::*;
 
 /// One request with a bearer token or a cookie (+ CSRF); (status, JSON or Null).
 async fn send(
