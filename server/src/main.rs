@@ -1,6 +1,6 @@
 //! `tether-server`: the Tether control plane and its operator CLI.
 //!
-//! `serve` runs the server (`serve.rs`); every other subcommand is a client of
+//! `serve` runs the server (`app/serve.rs`); every other subcommand is a client of
 //! its REST API (`cli.rs`). Usage errors exit 2 (clap), `--help` works at
 //! every level. Everything else lives in the library (`lib.rs`, which holds
 //! the module map).
@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run the server
     // Boxed: the flags outweigh every client command (clippy large_enum_variant).
-    Serve(Box<tether_server::config::ServeArgs>),
+    Serve(Box<tether_server::app::config::ServeArgs>),
     #[command(flatten)]
     Client(tether_server::cli::ClientCommand),
 }
@@ -35,7 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Cli::parse();
     match args.command {
-        Command::Serve(serve_args) => tether_server::serve::main(*serve_args),
+        Command::Serve(serve_args) => tether_server::app::serve::main(*serve_args),
         Command::Client(command) => tether_server::cli::run(&args.client, command),
     }
 }

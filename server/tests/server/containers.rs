@@ -486,7 +486,8 @@ async fn snapshots_and_events_keep_the_cached_view_and_history() {
     assert_eq!(history[0]["time_nano"], 1_700_000_000_123_456_789_i64);
     assert_eq!(history[0]["container"]["state"], "running");
     assert!(history[1]["container"].is_null());
-    let future = tether_server::clock::rfc3339(tether_server::clock::now_ms() + 3_600_000);
+    let future =
+        tether_server::common::clock::rfc3339(tether_server::common::clock::now_ms() + 3_600_000);
     let later = get(
         &s.router,
         &api_a,

@@ -430,16 +430,16 @@ async fn sse_streams_this_tenants_health_changes() {
 async fn runners_connect_over_the_dev_ca_tls() {
     let dir = std::env::temp_dir().join(format!("tether-e2e-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let certs = tether_server::tls::ensure_dev_certs(&dir).unwrap();
+    let certs = tether_server::app::tls::ensure_dev_certs(&dir).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(
-        tether_server::tls::server_config(&certs.cert, &certs.key).unwrap(),
+        tether_server::app::tls::server_config(&certs.cert, &certs.key).unwrap(),
     );
     let s = server_with(state(), Some(acceptor)).await;
     let (_, api) = tenant(&s.router, "acme").await;
     let (_, credential) = runner(&s.router, &api).await;
 
     let mut roots = rustls::RootCertStore::empty();
-    for c in tether_server::tls::load_certs(&certs.ca).unwrap() {
+    for c in tether_server::app::tls::load_certs(&certs.ca).unwrap() {
         roots.add(c).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

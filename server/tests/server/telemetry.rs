@@ -11,7 +11,7 @@ async fn metrics_are_stored_acknowledged_and_resumed() {
     assert_eq!(welcome.metrics_ts, None, "nothing stored yet");
 
     // Twelve samples a minute ago, 5 s apart, in two frames.
-    let t0 = (tether_server::clock::now_ms() - 60_000) as u64;
+    let t0 = (tether_server::common::clock::now_ms() - 60_000) as u64;
     let samples: Vec<TestSample> = (0..12)
         .map(|i| host_sample(t0 + i * 5000, i as i64))
         .collect();
@@ -95,7 +95,7 @@ async fn metrics_queries_filter_series_and_pick_a_resolution() {
     let (_, api) = tenant(&s.router, "acme").await;
     let (runner_id, credential) = runner(&s.router, &api).await;
     let (mut ws, _) = online_as(&s, &credential, "edge-01").await;
-    let t0 = (tether_server::clock::now_ms() - 30_000) as u64;
+    let t0 = (tether_server::common::clock::now_ms() - 30_000) as u64;
     let samples: Vec<TestSample> = (0..5)
         .map(|i| host_sample(t0 + i * 5000, i as i64))
         .collect();
@@ -139,7 +139,7 @@ async fn metrics_queries_filter_series_and_pick_a_resolution() {
     assert_eq!(v["series"][0]["points"], json!([]));
     assert_eq!(v["series"][0]["summary"]["count"], 5);
     // Every time form; a range that holds nothing.
-    let from = tether_server::clock::rfc3339(t0 as i64 - 1000);
+    let from = tether_server::common::clock::rfc3339(t0 as i64 - 1000);
     let v = get(
         &s.router,
         &api,
@@ -201,12 +201,12 @@ async fn rollups_answer_minute_and_hour_queries() {
             let ts = t0 + i * 10_000;
             let v = 100 * ((i / 6) % 3) + i % 6;
             let mut b = Vec::new();
-            tether_server::metrics_store::encode_values(&[Some(v)], &mut b);
+            tether_server::telemetry::store::encode_values(&[Some(v)], &mut b);
             (ts, b)
         })
         .collect();
     m.insert(
-        &[tether_server::metrics_store::SampleRows {
+        &[tether_server::telemetry::store::SampleRows {
             source: src,
             schema,
             rows,
@@ -247,7 +247,7 @@ async fn rollups_answer_minute_and_hour_queries() {
     // the next pass at real time; `auto` for a range that old picks 1h.
     let v = get(&s.router, &api, &q("auto")).await;
     assert_eq!(v["resolution"], "1h");
-    m.maintain(tether_server::clock::now_ms()).unwrap();
+    m.maintain(tether_server::common::clock::now_ms()).unwrap();
     assert_eq!(m.count("metrics_raw"), 0);
     assert_eq!(m.count("metrics_1m"), 0);
     assert_eq!(m.count("metrics_1h"), 0);
@@ -275,7 +275,7 @@ async fn prometheus_exposes_this_tenants_latest_values() {
     let (mut ws_a, _) = online_as(&s, &cred_a, "hostname-is-not-the-label").await;
     // Reported, not its name (that stays the enrolled edge-01).
     let (mut ws_b, _) = online_as(&s, &cred_b, "tenant-b-box").await;
-    let t0 = (tether_server::clock::now_ms() - 10_000) as u64;
+    let t0 = (tether_server::common::clock::now_ms() - 10_000) as u64;
     let a = TestSample {
         ts: t0,
         series: vec![
@@ -401,7 +401,7 @@ async fn fingerprints_are_stored_and_changes_become_drift() {
     // The first full report is the baseline: no drift.
     let (mut ws, _) = online_as(&s, &credential, "web-1").await;
     let base = host_fingerprint();
-    let t = tether_server::clock::now_ms() as u64;
+    let t = tether_server::common::clock::now_ms() as u64;
     send_fingerprint(
         &mut ws,
         10,
@@ -422,7 +422,10 @@ async fn fingerprints_are_stored_and_changes_become_drift() {
         v["notes"][0],
         "firewall: unavailable (no nft or iptables-save)"
     );
-    assert_eq!(v["collected_at"], tether_server::clock::rfc3339(t as i64));
+    assert_eq!(
+        v["collected_at"],
+        tether_server::common::clock::rfc3339(t as i64)
+    );
     assert!(v["updated_at"].is_string());
     assert_eq!(get(&s.router, &api, &drift_path).await, json!([]));
 
@@ -454,7 +457,10 @@ async fn fingerprints_are_stored_and_changes_become_drift() {
     assert_eq!(d[0]["path"], "listening");
     assert!(d[0]["old"].is_null());
     assert_eq!(d[0]["new"]["port"], 8080);
-    assert_eq!(d[0]["at"], tether_server::clock::rfc3339(t as i64 + 1000));
+    assert_eq!(
+        d[0]["at"],
+        tether_server::common::clock::rfc3339(t as i64 + 1000)
+    );
     assert_eq!(get(&s.router, &api, &fp_path).await["notes"], json!([]));
 
     // A change list applies to the stored copy.
@@ -492,7 +498,7 @@ async fn fingerprints_are_stored_and_changes_become_drift() {
         ]
     );
     // `since` keeps the newer ones.
-    let since = tether_server::clock::rfc3339(t as i64 + 2000);
+    let since = tether_server::common::clock::rfc3339(t as i64 + 2000);
     let d = get(&s.router, &api, &format!("{drift_path}?since={since}")).await;
     assert_eq!(d.as_array().unwrap().len(), 2);
     assert_error(
@@ -567,7 +573,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
     let (runner_id, credential) = runner(&s.router, &api).await;
     let (_, bystander_cred) = runner(&s.router, &api).await;
     let (mut bystander, _) = online_as(&s, &bystander_cred, "calm").await;
-    let t0 = (tether_server::clock::now_ms() - 20_000) as u64;
+    let t0 = (tether_server::common::clock::now_ms() - 20_000) as u64;
 
     let dup_schema = r#"{"type":"metrics_schema","id":4,"schema":{"id":1,"series":[
         {"name":"a","unit":"count","scale":1},{"name":"a","unit":"count","scale":1}]}}"#;
@@ -666,7 +672,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
     // A sample from a clock far ahead, or older than raw retention, is
     // acknowledged or skipped but never stored.
     let (mut ws, _) = online_as(&s, &credential, "rogue").await;
-    let now = tether_server::clock::now_ms() as u64;
+    let now = tether_server::common::clock::now_ms() as u64;
     let mut enc = Encoder::new();
     send_samples(
         &mut ws,

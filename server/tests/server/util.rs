@@ -25,9 +25,9 @@ pub use tokio_tungstenite::WebSocketStream;
 pub use tower::ServiceExt;
 
 pub use tether_server::app::{app, AppState, Tuning};
-pub use tether_server::metrics_store::{MetricStore, Retention};
-pub use tether_server::registry::CloseOrder;
+pub use tether_server::link::registry::CloseOrder;
 pub use tether_server::storage::Storage;
+pub use tether_server::telemetry::store::{MetricStore, Retention};
 
 pub const ADMIN: &str = "tadm_test-admin-token";
 
@@ -54,9 +54,9 @@ pub fn state_with(retention: Retention) -> AppState {
     AppState::new(
         Arc::new(Storage::open_in_memory().unwrap()),
         Arc::new(MetricStore::open_in_memory(retention).unwrap()),
-        Arc::new(tether_server::log_store::LogStore::open_in_memory(Default::default()).unwrap()),
-        Arc::new(tether_server::job_store::JobStore::open_in_memory().unwrap()),
-        Arc::new(tether_server::secrets::SecretBox::from_key([9; 32])),
+        Arc::new(tether_server::logs::store::LogStore::open_in_memory(Default::default()).unwrap()),
+        Arc::new(tether_server::jobs::store::JobStore::open_in_memory().unwrap()),
+        Arc::new(tether_server::common::secrets::SecretBox::from_key([9; 32])),
         ADMIN,
         tuning(),
     )
@@ -167,7 +167,7 @@ pub async fn server_with(state: AppState, tls: Option<tokio_rustls::TlsAcceptor>
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app(state.clone());
-    tokio::spawn(tether_server::serve::accept_loop(
+    tokio::spawn(tether_server::app::serve::accept_loop(
         listener,
         tls,
         router.clone(),
