@@ -1,5 +1,5 @@
 //! Dashboard users and their browser sessions (the SQL for them; `users/mod.rs`
-//! at the crate root is the logic: password hashing, cookies, endpoints).
+//! is the logic: password hashing, cookies, endpoints).
 //!
 //! A user belongs to one tenant and has one [`Role`]. A session row is keyed
 //! by the SHA-256 of the cookie's secret (like every other credential) and

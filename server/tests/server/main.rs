@@ -9,6 +9,7 @@
 
 mod containers;
 mod edge;
+mod layout;
 mod link;
 mod runners;
 mod telemetry;
