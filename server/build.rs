@@ -1,4 +1,4 @@
-//! Embeds the dashboard into the server binary (`src/web.rs` serves it).
+//! Embeds the dashboard into the server binary (`src/app/web.rs` serves it).
 //!
 //! `web/src/` (our own HTML, CSS and JS modules, committed) and `web/dist/`
 //! (third-party libraries copied from npm by `web/build.sh`, never

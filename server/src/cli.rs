@@ -821,7 +821,7 @@ fn points_table(range: &Value) -> String {
     let rows: Vec<Vec<String>> = times
         .into_iter()
         .map(|(ts, cells)| {
-            let mut row = vec![crate::clock::rfc3339(ts)];
+            let mut row = vec![crate::common::clock::rfc3339(ts)];
             row.extend(cells);
             row
         })
@@ -909,7 +909,7 @@ fn fingerprint_text(v: &Value) -> String {
         (
             "boot time",
             fp.boot_time.map_or("-".to_owned(), |t| {
-                crate::clock::rfc3339(i64::try_from(t).unwrap_or(0).saturating_mul(1000))
+                crate::common::clock::rfc3339(i64::try_from(t).unwrap_or(0).saturating_mul(1000))
             }),
         ),
         ("virtualization", s(&fp.virtualization)),

@@ -1,5 +1,5 @@
 //! Everything the server persists, behind one narrow struct (host metrics
-//! have their own store and file: `metrics_store.rs`).
+//! have their own store and file: `telemetry/store.rs`).
 //!
 //! [`Storage`] owns the SQLite connection (one file, WAL mode) and is the only
 //! module that writes SQL for it. Fingerprints and their drift events live
@@ -487,7 +487,7 @@ pub struct Storage {
     conn: Mutex<Connection>,
     /// Bumped after every write that can take authority away (logout,
     /// user deleted or changed, API token revoked), so open streams
-    /// re-check what authenticated them (`stream_auth.rs`).
+    /// re-check what authenticated them (`common/stream_auth.rs`).
     credentials: tokio::sync::watch::Sender<u64>,
 }
 
@@ -504,7 +504,7 @@ impl Storage {
     }
 
     /// A private in-memory database, for tests.
-    #[cfg(test)]
+    #[doc(hidden)] // a test seam: the integration tests' databases
     pub fn open_in_memory() -> Result<Storage, StorageError> {
         Self::setup(Connection::open_in_memory()?)
     }

@@ -277,7 +277,7 @@ fn enroll_all(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .tls_config(tls.build())
         .timeout_global(Some(Duration::from_secs(30)))
-        // Under the server's 10 s idle close (see serve.rs).
+        // Under the server's 10 s idle close (see app/serve.rs).
         .max_idle_age(Duration::from_secs(5))
         .build()
         .new_agent();

@@ -1,5 +1,5 @@
 //! Docker state, the container view and the container event history of each
-//! runner (the SQL for them; `containers.rs` at the crate root is the logic).
+//! runner (the SQL for them; `containers/mod.rs` at the crate root is the logic).
 //!
 //! The view is what the runner last told: a `container_snapshot` replaces it,
 //! each `container_event` upserts or deletes one container. It answers

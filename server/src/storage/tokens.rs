@@ -1,5 +1,5 @@
 //! API tokens: who made each one, when it was last used, when it expires,
-//! and its revocation (the SQL; `api.rs` has the endpoints, `auth.rs` the
+//! and its revocation (the SQL; `runners/api.rs` has the endpoints, `common/auth.rs` the
 //! check on every request).
 //!
 //! A token acts with the authority of whoever minted it, and no longer

@@ -1,4 +1,4 @@
-//! Self-update state (the SQL for it; `updates.rs` at the crate root is the
+//! Self-update state (the SQL for it; `updates/mod.rs` is the
 //! logic): the desired version per tenant and per group of runners with its
 //! canary share, each runner's group, and the runners' update reports.
 //!

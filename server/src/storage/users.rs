@@ -1,5 +1,5 @@
-//! Dashboard users and their browser sessions (the SQL for them; `users.rs`
-//! at the crate root is the logic: password hashing, cookies, endpoints).
+//! Dashboard users and their browser sessions (the SQL for them; `users/mod.rs`
+//! is the logic: password hashing, cookies, endpoints).
 //!
 //! A user belongs to one tenant and has one [`Role`]. A session row is keyed
 //! by the SHA-256 of the cookie's secret (like every other credential) and
@@ -11,7 +11,7 @@
 //!
 //! Every write that can take authority away (a role or password change, a
 //! deleted user or session) ends with `credentials_changed`, which wakes
-//! the open streams to re-check theirs (`stream_auth.rs`).
+//! the open streams to re-check theirs (`common/stream_auth.rs`).
 
 use rusqlite::{params, OptionalExtension, Row};
 

@@ -1,0 +1,525 @@
+//! `tether-server serve`: start-up, the accept loop, and shutdown.
+//!
+//! ```text
+//! data dir ─▶ storage, metrics store ─▶ admin token ─▶ TLS identity ─▶ bind
+//!   ─▶ "server restarted" ─▶ server.url + "listening on" ─▶ accept loop
+//!   ──SIGTERM/SIGINT──▶ close every runner with 1001, wait for them (bounded) ─▶ exit 0
+//! ```
+//!
+//! Beside the accept loop: last-seen flushes every 5 s, and metrics
+//! maintenance (rollups, retention) and container log retention every minute.
+//!
+//! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
+//! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`app/edge.rs`). A silent
+//! or broken client costs one task and is dropped on time; nothing it does
+//! reaches the accept loop or other connections. Connections over the caps
+//! of `app/edge.rs` (in all, per address) are closed as soon as accepted.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IsTerminal};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::app::config::{self, AdminToken, ServeArgs};
+use crate::app::edge::{Edge, EdgeConfig};
+use crate::app::tls::{self, TlsError};
+use crate::app::{app, AppState, Tuning};
+use crate::common::secrets::SecretBox;
+use crate::jobs::store::JobStore;
+use crate::link::registry::CloseOrder;
+use crate::logs::store::{LogRetention, LogStore};
+use crate::storage::{Storage, StorageError};
+use crate::telemetry::store::{MetricStore, Retention};
+use crate::updates::ReleaseConfig;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Also the idle limit of a kept-alive HTTP/1.1 connection: hyper starts
+/// this timer when it waits for the next request, so a client must not reuse
+/// a connection idle for longer (our CLI and test clients stop at 5 s).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often last-seen times of connected runners are written to storage.
+const LAST_SEEN_FLUSH: Duration = Duration::from_secs(5);
+/// How often metrics are rolled up and expired.
+const METRICS_MAINTENANCE: Duration = Duration::from_secs(60);
+/// How long shutdown waits for runner connections to finish closing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The remote address of the TCP connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+#[derive(Debug)]
+pub enum ServeError {
+    Io(String, io::Error),
+    Storage(StorageError),
+    Tls(TlsError),
+    Secrets(crate::common::secrets::SecretError),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Io(what, e) => write!(f, "{what}: {e}"),
+            ServeError::Storage(e) => write!(f, "storage: {e}"),
+            ServeError::Tls(e) => write!(f, "{e}"),
+            ServeError::Secrets(e) => write!(f, "sealed secrets: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl From<StorageError> for ServeError {
+    fn from(e: StorageError) -> Self {
+        ServeError::Storage(e)
+    }
+}
+
+impl From<TlsError> for ServeError {
+    fn from(e: TlsError) -> Self {
+        ServeError::Tls(e)
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
+    let what = what.into();
+    move |e| ServeError::Io(what, e)
+}
+
+pub fn main(args: ServeArgs) -> ExitCode {
+    init_logging(&args.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let env_filter = tracing_subscriber::EnvFilter::try_new(filter);
+    let bad_filter = env_filter.is_err();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_target(false)
+        .with_env_filter(env_filter.unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .init();
+    if bad_filter {
+        tracing::warn!("invalid log filter {filter:?}; using info");
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let data = args.data_dir.clone();
+    // Before anything is created: job output, scripts, sessions and keys
+    // are nobody else's business on this host.
+    config::private_umask();
+    config::create_data_dir(&data).map_err(io_err(format!("creating {}", data.display())))?;
+    let storage = Arc::new(Storage::open(&data.join("tether.db"))?);
+    let retention = Retention::from_durations(
+        args.metrics_raw_retention,
+        args.metrics_1m_retention,
+        args.metrics_1h_retention,
+    );
+    let metrics = Arc::new(MetricStore::open(&data.join("metrics.db"), retention)?);
+    let log_retention = LogRetention {
+        max_age_s: i64::try_from(args.log_retention.as_secs()).unwrap_or(i64::MAX),
+        max_bytes: i64::try_from(args.log_max_bytes).unwrap_or(i64::MAX),
+    };
+    let logs = Arc::new(LogStore::open(
+        &data.join("logs.db"),
+        log_retention,
+        args.log_collect.clone(),
+    )?);
+
+    let admin =
+        config::admin_token(args.admin_token.as_deref(), &data).map_err(io_err("admin token"))?;
+    match &admin {
+        AdminToken::Configured(_) => tracing::info!("admin token: from configuration"),
+        AdminToken::File {
+            path,
+            created: true,
+            ..
+        } => {
+            tracing::info!("admin token: created {} (0600)", path.display())
+        }
+        AdminToken::File {
+            path,
+            created: false,
+            ..
+        } => tracing::info!("admin token: {}", path.display()),
+    }
+
+    let acceptor = if args.plain_http {
+        tracing::warn!("serving plain HTTP: only behind a TLS-terminating reverse proxy");
+        None
+    } else {
+        let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let dev = tls::ensure_dev_certs(&data)?;
+                if dev.created {
+                    tracing::info!(
+                        "created a dev certificate; runners and the CLI trust it with --ca-file {}",
+                        dev.ca.display()
+                    );
+                } else {
+                    tracing::info!(
+                        "dev certificate: {} (CA {})",
+                        dev.cert.display(),
+                        dev.ca.display()
+                    );
+                }
+                (dev.cert, dev.key)
+            }
+        };
+        Some(TlsAcceptor::from(tls::server_config(&cert, &key)?))
+    };
+
+    // Handlers before anything announces the server, so a SIGTERM sent as
+    // soon as server.url appears is a clean shutdown, not a kill.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?;
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(io_err(format!("listening on {}", args.listen)))?;
+    let local = listener.local_addr().map_err(io_err("local address"))?;
+
+    let jobs = Arc::new(JobStore::open(&data.join("jobs.db"))?);
+    let key_file = args
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data.join("secret.key"));
+    let secrets = SecretBox::load(
+        std::env::var("TETHER_SECRET_KEY").ok().as_deref(),
+        &key_file,
+    )
+    .map_err(ServeError::Secrets)?;
+    let install_keys = match &args.release_keys {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(io_err(format!("reading --release-keys {}", p.display())))?,
+        ),
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", url_addr(local));
+    let releases = ReleaseConfig {
+        dir: Some(data.join("releases")),
+        install_keys,
+        public_url: args.public_url.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
+        listen_url: Some(url.clone()),
+    };
+    let edge = EdgeConfig {
+        max_connections: connection_budget(args.max_connections),
+        max_connections_per_address: args.max_connections_per_address,
+        body_timeout: args.body_timeout,
+        login_per_minute: args.login_rate,
+        enroll_per_minute: args.enroll_rate,
+        hash_queue: args.hash_queue,
+        tls: acceptor.is_some(),
+        ..EdgeConfig::default()
+    };
+    let state = AppState::new(
+        storage,
+        metrics,
+        logs,
+        jobs,
+        Arc::new(secrets),
+        admin.secret(),
+        Tuning::default(),
+    )
+    .with_releases(releases)
+    .with_quotas(args.quotas.quotas())
+    .with_edge(edge);
+    let stale = state.health.server_restarted()?;
+    if stale > 0 {
+        tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
+    }
+
+    // Keys kept outside the data dir are checked too.
+    let extra: Vec<&std::path::Path> = [Some(key_file.as_path()), args.tls_key.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.starts_with(&data))
+        .collect();
+    for (path, mode) in config::readable_by_others(&data, &extra) {
+        tracing::warn!(
+            "{} is mode {mode:o}: group or others can read it (chmod go-rwx {0})",
+            path.display()
+        );
+    }
+    let url_file: PathBuf = data.join("server.url");
+    config::write_atomic(&url_file, url.as_bytes(), 0o644)
+        .map_err(io_err(format!("writing {}", url_file.display())))?;
+    tracing::info!("listening on {url}");
+
+    let flusher = tokio::spawn(flush_last_seen(state.clone()));
+    let maintenance = tokio::spawn(maintain_metrics(state.clone()));
+    let retention = tokio::spawn(crate::common::quotas::retain_jobs(state.clone()));
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    accept_loop(
+        listener,
+        acceptor,
+        app(state.clone()),
+        state.edge.clone(),
+        shutdown,
+    )
+    .await;
+
+    flusher.abort();
+    maintenance.abort();
+    retention.abort();
+    if let Err(e) = state.registry.flush_last_seen() {
+        tracing::warn!("saving last-seen times: {e}");
+    }
+    let closing = state.registry.close_all(CloseOrder {
+        code: tether::protocol::close::GOING_AWAY,
+        reason: "server shutting down",
+    });
+    let left = state.registry.wait_idle(SHUTDOWN_GRACE).await;
+    tracing::info!("closed {closing} runner connection(s); {left} did not finish in time; bye");
+    Ok(())
+}
+
+/// The address to put in server.url: a wildcard bind is reached on loopback.
+fn url_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), local.port())
+        }
+        _ => local,
+    }
+}
+
+async fn flush_last_seen(state: AppState) {
+    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.registry.flush_last_seen() {
+            tracing::warn!("saving last-seen times: {e}");
+        }
+    }
+}
+
+async fn maintain_metrics(state: AppState) {
+    let mut tick = tokio::time::interval(METRICS_MAINTENANCE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let store = state.metrics.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            (
+                store.maintain(crate::common::clock::now_ms()),
+                started.elapsed(),
+            )
+        })
+        .await;
+        match pass {
+            Ok((Ok(stats), took)) => {
+                failing = false;
+                tracing::debug!(?stats, ?took, "metrics maintenance");
+            }
+            Ok((Err(e), _)) => {
+                // Everything is retried on the next pass (dirty buckets stay).
+                if !failing {
+                    tracing::warn!("metrics maintenance: {e}");
+                    failing = true;
+                }
+            }
+            Err(e) => tracing::error!("metrics maintenance task: {e}"),
+        }
+        let logs = state.logs.clone();
+        match tokio::task::spawn_blocking(move || logs.expire(crate::common::clock::now_ms())).await
+        {
+            Ok(Ok(stats)) if stats.blocks > 0 => {
+                tracing::debug!(
+                    blocks = stats.blocks,
+                    bytes = stats.bytes,
+                    "container logs expired"
+                )
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("container log retention: {e}"),
+            Err(e) => tracing::error!("container log retention task: {e}"),
+        }
+    }
+}
+
+/// Accept connections until `shutdown` resolves, one task per connection,
+/// within the edge's connection caps.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    edge: Arc<Edge>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut accept_failing = false;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_failing = false;
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors, typically: log once, back off a
+                // little instead of spinning, keep serving the others.
+                if !accept_failing {
+                    tracing::warn!("accept failed: {e}");
+                    accept_failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Over a cap: closed now (dropped), so it holds no descriptor,
+        // task or buffer, and the backlog stays free for others.
+        let Some(slot) = edge.connections.admit(peer.ip()) else {
+            continue;
+        };
+        // Pings and pongs are tiny and latency-bound.
+        let _ = stream.set_nodelay(true);
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, peer, tls, app).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+) {
+    let Some(acceptor) = tls else {
+        return serve_http(stream, peer, app, false).await;
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => serve_http(tls_stream, peer, app, true).await,
+        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Sent on every answer over TLS: browsers then refuse plain HTTP to this
+/// host for a year (a first visit typed without https:// is not
+/// downgraded after that).
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+async fn serve_http<I>(io: I, peer: SocketAddr, app: Router, tls: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = app
+        .map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            req
+        })
+        .map_response(move |mut res: Response| {
+            if tls {
+                res.headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
+            }
+            res
+        });
+    // HTTP/1.1 only: no client of ours speaks HTTP/2 (TLS offers no ALPN
+    // h2, so only a prior-knowledge h2c client on --plain-http could), and
+    // hyper's HTTP/2 has no header-read or idle timeout: a silent h2c
+    // connection would hold its slot for ever.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
+        .await
+    {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// `wanted` connections, within the open-file limit: the soft limit is
+/// raised to the hard one first (often 1024 → 1M), and 256 descriptors
+/// stay for databases, log files and the rest.
+fn connection_budget(wanted: usize) -> usize {
+    const RESERVED: u64 = 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own; setrlimit reads it.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let fit = usize::try_from(soft.saturating_sub(RESERVED).max(16)).unwrap_or(usize::MAX);
+    if fit < wanted {
+        tracing::warn!(
+            "--max-connections {wanted} does not fit the open-file limit {soft}: using {fit}"
+        );
+    }
+    wanted.min(fit)
+}

@@ -1,0 +1,100 @@
+//! Per-tenant limits on what tenants share (terminal sessions, concurrent
+//! jobs, job output and `jobs.db`), and the retention pass that keeps
+//! `jobs.db` within them.
+//!
+//! ```text
+//!  limit                          checked where                         over it
+//!  terminals open per tenant      Terminals::create (before the runner   429 quota_exceeded
+//!                                 is asked: an opening one counts)
+//!  jobs not final per tenant      JobStore::create_jobs (one write lock  429 quota_exceeded
+//!                                 with the count: no race)
+//!  output bytes per job           JobChannels::on_data                   the rest is ACKed, not stored;
+//!                                                                        a `[tether] output truncated` line
+//!  job output age, per-tenant     retention pass (every minute)         oldest finished jobs' output deleted;
+//!  output bytes                                                          jobs past the age deleted (deploys
+//!                                                                        keep their row: rollback needs it)
+//! ```
+//!
+//! The server-wide terminal cap (`terminals::MAX_SESSIONS`) stays as the
+//! last bound; these make sure one tenant reaches it only with its own
+//! share.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
+use crate::app::AppState;
+use crate::common::error::ApiError;
+
+/// Every limit, from `serve` flags (`app/config.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    /// Terminal sessions open (or opening) per tenant.
+    pub terminals_per_tenant: usize,
+    /// Jobs (and deploys) pending, queued or running per tenant.
+    pub active_jobs_per_tenant: usize,
+    /// Output bytes stored per job; the rest is dropped and marked.
+    pub job_output_bytes: u64,
+    /// Finished jobs' output (and non-deploy jobs) older than this go.
+    pub job_retention: Duration,
+    /// Stored job output per tenant; the oldest finished jobs' output goes first.
+    pub job_bytes_per_tenant: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            terminals_per_tenant: 64,
+            active_jobs_per_tenant: 256,
+            job_output_bytes: 64 * 1024 * 1024,
+            job_retention: Duration::from_secs(30 * 24 * 3600),
+            job_bytes_per_tenant: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The answer to a request over a tenant's limit: `429 quota_exceeded`,
+/// naming the limit and the flag that sets it.
+pub fn exceeded(what: &str, limit: u64, flag: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+        format!("this tenant has reached its limit of {limit} {what} (server flag {flag})"),
+    )
+}
+
+/// How often the retention pass runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Apply job retention now and then, forever (the caller aborts it).
+pub async fn retain_jobs(state: AppState) {
+    let mut tick = tokio::time::interval(RETENTION_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let store = state.jobs.clone();
+        let q = state.quotas;
+        let now = crate::common::clock::now_ms();
+        let pass = tokio::task::spawn_blocking(move || {
+            let age_ms = i64::try_from(q.job_retention.as_millis()).unwrap_or(i64::MAX);
+            store.retain(now.saturating_sub(age_ms), q.job_bytes_per_tenant)
+        })
+        .await;
+        match pass {
+            Ok(Ok(stats)) => {
+                failing = false;
+                if stats.jobs_deleted + stats.outputs_deleted > 0 {
+                    tracing::info!(?stats, "job retention");
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!("job retention: {e}");
+                    failing = true;
+                }
+            }
+            Err(e) => tracing::error!("job retention task: {e}"),
+        }
+    }
+}

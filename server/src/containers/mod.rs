@@ -1,0 +1,187 @@
+//! What runners tell about Docker: their engine state, their containers, and
+//! container events, kept and announced.
+//!
+//! The runner socket (`link/runner_ws.rs`) hands every `docker_state`,
+//! `container_snapshot` and `container_event` to [`ContainerHub`]: it persists
+//! them (`storage/containers.rs`), keeps the Docker state of each runner in
+//! memory too (read on every container call), and sends each event on a
+//! broadcast channel that the SSE endpoint (`runners/events.rs`) subscribes to, as
+//! `event: container`, filtered by tenant. Calls *to* Docker go through the
+//! registry (`containers/api.rs`); nothing here talks to a runner.
+
+pub mod api;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tether::protocol::{ContainerEvent, ContainerSummary, DockerState};
+use tokio::sync::broadcast;
+
+use crate::common::clock;
+use crate::storage::{ContainerEventRow, DockerStateRow, Storage, StorageError};
+
+/// Undelivered container events per slow SSE subscriber before it skips ahead.
+const EVENT_BACKLOG: usize = 1024;
+
+/// One container event of a runner of `tenant_id`, as broadcast.
+#[derive(Debug, Clone)]
+pub struct ContainerEventRecord {
+    pub tenant_id: String,
+    pub runner_id: String,
+    pub at: i64,
+    pub event: ContainerEvent,
+}
+
+/// The JSON of a container event, on the SSE stream and in the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerEventView {
+    pub runner_id: String,
+    /// When the server received it (RFC 3339).
+    pub at: String,
+    /// Docker's time of the event, nanoseconds since the epoch.
+    pub time_nano: i64,
+    pub action: String,
+    pub container_id: String,
+    /// The container's name (from the summary, else Docker's attributes).
+    pub name: Option<String>,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// The container after the event; `null` once it is destroyed.
+    pub container: Option<ContainerSummary>,
+}
+
+impl ContainerEventView {
+    pub fn new(runner_id: &str, at: i64, event: &ContainerEvent) -> Self {
+        let name = event
+            .container
+            .as_ref()
+            .map(|c| c.name.clone())
+            .or_else(|| event.attributes.get("name").cloned());
+        ContainerEventView {
+            runner_id: runner_id.to_owned(),
+            at: clock::rfc3339(at),
+            time_nano: event.time_nano,
+            action: event.action.clone(),
+            container_id: event.container_id.clone(),
+            name,
+            attributes: event.attributes.clone(),
+            container: event.container.clone(),
+        }
+    }
+}
+
+impl From<&ContainerEventRecord> for ContainerEventView {
+    fn from(r: &ContainerEventRecord) -> Self {
+        ContainerEventView::new(&r.runner_id, r.at, &r.event)
+    }
+}
+
+impl ContainerEventView {
+    pub fn from_row(runner_id: &str, row: &ContainerEventRow) -> Self {
+        ContainerEventView::new(runner_id, row.at, &row.event)
+    }
+}
+
+pub struct ContainerHub {
+    storage: Arc<Storage>,
+    /// Docker state per runner that reported one (or was asked about):
+    /// one small entry per runner, so bounded by the runner count.
+    docker: Mutex<HashMap<String, Option<DockerStateRow>>>,
+    events: broadcast::Sender<Arc<ContainerEventRecord>>,
+}
+
+impl ContainerHub {
+    pub fn new(storage: Arc<Storage>) -> ContainerHub {
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        ContainerHub {
+            storage,
+            docker: Mutex::new(HashMap::new()),
+            events,
+        }
+    }
+
+    /// Container events of every tenant; subscribers filter by tenant.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ContainerEventRecord>> {
+        self.events.subscribe()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<DockerStateRow>>> {
+        // A map of plain values cannot be left half-updated by a panic.
+        self.docker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A runner reported its Docker state: store it, then remember it.
+    pub fn set_state(
+        &self,
+        runner_id: &str,
+        state: DockerState,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let row = DockerStateRow {
+            state,
+            updated_at: now,
+        };
+        let changed = self
+            .cache()
+            .get(runner_id)
+            .and_then(Option::as_ref)
+            .is_none_or(|old| old.state != row.state);
+        if changed {
+            tracing::info!(
+                runner = runner_id,
+                available = row.state.available,
+                version = row.state.version.as_deref().unwrap_or("-"),
+                reason = row.state.reason.as_deref().unwrap_or("-"),
+                "docker state"
+            );
+        }
+        self.storage.set_docker_state(runner_id, &row)?;
+        self.cache().insert(runner_id.to_owned(), Some(row));
+        Ok(())
+    }
+
+    /// The last reported Docker state of a runner (the caller checked the
+    /// tenant), from memory or, once per runner, from storage.
+    pub fn state(&self, runner_id: &str) -> Result<Option<DockerStateRow>, StorageError> {
+        if let Some(known) = self.cache().get(runner_id) {
+            return Ok(known.clone());
+        }
+        let stored = self.storage.docker_state(runner_id)?;
+        self.cache()
+            .entry(runner_id.to_owned())
+            .or_insert_with(|| stored.clone());
+        Ok(stored)
+    }
+
+    /// A full list of a runner's containers replaces the view.
+    pub fn replace(
+        &self,
+        runner_id: &str,
+        containers: &[ContainerSummary],
+        now: i64,
+    ) -> Result<(), StorageError> {
+        self.storage.replace_containers(runner_id, containers, now)
+    }
+
+    /// A container event: update the view, append to the history, announce.
+    /// It is announced even if storing failed: live subscribers lose nothing
+    /// by a full disk.
+    pub fn event(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        event: ContainerEvent,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let stored = self.storage.record_container_event(runner_id, &event, now);
+        let record = ContainerEventRecord {
+            tenant_id: tenant_id.to_owned(),
+            runner_id: runner_id.to_owned(),
+            at: now,
+            event,
+        };
+        // No subscriber is not an error.
+        let _ = self.events.send(Arc::new(record));
+        stored
+    }
+}

@@ -1,0 +1,692 @@
+//! REST handlers for apps and deployments (`docs/api.md`, "Apps and
+//! deployments").
+//!
+//! ```text
+//!  GET /apps, GET/PUT/DELETE /apps/{name}   the tenant's app definitions
+//!  POST /apps/{name}/deploy   {"ref"?}      a deploy job for the app's runner: fetch, build, replace
+//!  POST /apps/{name}/rollback {"to"?}       a job that runs an earlier deployment's image again (no build)
+//!  GET  /apps/{name}/deployments            history, newest first, each with its job's status
+//! ```
+//!
+//! A deployment is a job (`jobs` table, same output, watch, cancel and
+//! timeout as any job) whose `job_start` carries a [`DeploySpec`]. Each
+//! build is tagged `IMAGE:JOB_ID`, so every deployment names the exact
+//! image it ran and a rollback needs no registry and no rebuild. Secrets
+//! are names here; their values are opened only when the `job_start` is
+//! sent (`jobs::start_message`).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tether::protocol::deploy::{DeploySpec, HealthCheck, PortMap, SecretsDelivery};
+
+use crate::app::AppState;
+use crate::common::auth::Caller;
+use crate::common::clock;
+use crate::common::error::ApiError;
+use crate::deploy::store::{Deployment, StoredApp};
+use crate::jobs::api::{fits, job_json, new_job_id, valid_env, valid_name};
+use crate::jobs::store::{JobRow, JobSpec};
+use crate::runners::api::{runner_in_tenant, JsonBody};
+
+/// A deploy's default job timeout (a cold build can be slow).
+const DEFAULT_TIMEOUT_S: u64 = 1800;
+const MAX_TIMEOUT_S: u64 = 86_400;
+const MAX_HEALTH_TIMEOUT_S: u64 = 3600;
+const MAX_HISTORY: usize = 1000;
+const MAX_ITEMS: usize = 256;
+/// Least time between two redeliveries of one app's secrets.
+const REDELIVER_PAUSE_MS: i64 = 10 * 60 * 1000;
+
+/// An app definition as the API takes and returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppDef {
+    /// The runner (id or name) the app lives on.
+    pub runner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default = "dot")]
+    pub context: String,
+    #[serde(default = "dockerfile")]
+    pub dockerfile: String,
+    /// Image repository (no tag): each deployment is `IMAGE:JOB_ID`.
+    /// Default: the app's name.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Default: the app's name.
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMap>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default = "restart")]
+    pub restart: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of sealed secrets, passed to the container under their name.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Absolute path in the container for a `KEY=VALUE` file of the env
+    /// (and the secrets, unless they are delivered as files), mode 0600,
+    /// for apps that read a `.env` file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+    /// How secrets reach the container. Omitted on PUT: the existing app's
+    /// choice, or `files` (memory only) for a new app. A stored definition
+    /// without it predates the field: `env`, as deploys were then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_delivery: Option<SecretsDelivery>,
+    /// Owner (numeric) of the files in `/run/secrets`, for an app that runs
+    /// as another user than root; absent: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_gid: Option<u32>,
+    #[serde(default = "timeout")]
+    pub timeout_s: u64,
+}
+
+fn dot() -> String {
+    ".".into()
+}
+fn dockerfile() -> String {
+    "Dockerfile".into()
+}
+fn restart() -> String {
+    "no".into()
+}
+fn timeout() -> u64 {
+    DEFAULT_TIMEOUT_S
+}
+
+fn bad(msg: String) -> ApiError {
+    ApiError::bad_request(msg)
+}
+
+/// Docker's container name charset.
+fn valid_container(s: &str) -> bool {
+    s.len() <= 128
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// An image repository without tag or digest: `name`, `ns/name`,
+/// `host:port/ns/name`.
+fn valid_repository(s: &str) -> bool {
+    let last = s.rsplit('/').next().unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 200
+        && !last.contains(':')
+        && !s.contains('@')
+        && last.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+        })
+}
+
+/// Text that goes to git as an argument: never an option.
+fn valid_git_arg(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 2048
+        && !s.starts_with('-')
+        && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// A path inside the source: relative, without `..`.
+fn valid_inner_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 1024
+        && !s.starts_with('/')
+        && !s.contains('\0')
+        && s.split('/').all(|seg| seg != "..")
+}
+
+fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(), ApiError> {
+    if !valid_name(name) || !valid_container(name) {
+        return Err(bad(format!(
+            "app name {name:?}: 1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit"
+        )));
+    }
+    // The definition keeps the runner's id, so a rename cannot move the app.
+    d.runner = resolve_runner(state, tenant, &d.runner)?;
+    match (&d.git_url, &d.path) {
+        (Some(u), None) if valid_git_arg(u) => {}
+        (None, Some(p)) if p.starts_with('/') && !p.contains('\0') && p.len() <= 1024 => {}
+        _ => {
+            return Err(bad(
+                "give exactly one source: git_url (not starting with '-') or path (absolute)"
+                    .into(),
+            ))
+        }
+    }
+    if let Some(r) = &d.git_ref {
+        if !valid_git_arg(r) {
+            return Err(bad(format!("git_ref {r:?}: a branch, tag or commit")));
+        }
+    }
+    for (what, p) in [("context", &d.context), ("dockerfile", &d.dockerfile)] {
+        if !valid_inner_path(p) {
+            return Err(bad(format!(
+                "{what} {p:?}: a relative path inside the source, without '..'"
+            )));
+        }
+    }
+    let image = d.image.clone().unwrap_or_else(|| name.to_ascii_lowercase());
+    if !valid_repository(&image) {
+        return Err(bad(format!(
+            "image {image:?}: a repository name in lower case, without a tag (each deployment is tagged with its id)"
+        )));
+    }
+    d.image = Some(image);
+    let container = d.container.clone().unwrap_or_else(|| name.to_owned());
+    if !valid_container(&container) {
+        return Err(bad(format!(
+            "container {container:?}: Docker's [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+        )));
+    }
+    d.container = Some(container);
+    if !["no", "always", "unless-stopped", "on-failure"].contains(&d.restart.as_str()) {
+        return Err(bad(format!(
+            "restart {:?}: no, always, unless-stopped or on-failure",
+            d.restart
+        )));
+    }
+    if d.ports.len() > MAX_ITEMS || d.volumes.len() > MAX_ITEMS || d.labels.len() > MAX_ITEMS {
+        return Err(bad(format!(
+            "at most {MAX_ITEMS} ports, volumes and labels"
+        )));
+    }
+    for p in &d.ports {
+        if p.host == 0 || p.container == 0 || !["tcp", "udp"].contains(&p.proto.as_str()) {
+            return Err(bad(format!(
+                "port {}:{}/{}: ports 1 to 65535, proto tcp or udp",
+                p.host, p.container, p.proto
+            )));
+        }
+    }
+    for v in &d.volumes {
+        if v.contains('\0') || v.split(':').count() < 2 {
+            return Err(bad(format!("volume {v:?}: SOURCE:TARGET[:OPTIONS]")));
+        }
+    }
+    for (k, v) in d.labels.iter().chain(&d.env) {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(bad(format!("{k:?}: a name and a value without NUL")));
+        }
+    }
+    if d.secrets_delivery == Some(SecretsDelivery::EnvFile) && d.env_file.is_none() {
+        return Err(bad(
+            "secrets_delivery \"env_file\" needs env_file (the file's path in the container)"
+                .into(),
+        ));
+    }
+    if let Some(f) = &d.env_file {
+        let name = f.rsplit('/').next().unwrap_or("");
+        if !f.starts_with('/') || name.is_empty() || name == "." || name == ".." || f.contains('\0')
+        {
+            return Err(bad(format!(
+                "env_file {f:?}: an absolute path of a file in the container"
+            )));
+        }
+    }
+    for k in d.env.keys() {
+        if !valid_env(k) {
+            return Err(bad(format!("env {k:?}: a variable name")));
+        }
+    }
+    for name in &d.secrets {
+        if !valid_env(name) {
+            return Err(bad(format!("secret {name:?}: a variable name")));
+        }
+        if state.jobs.secret(tenant, name)?.is_none() {
+            return Err(ApiError::not_found(format!("no secret {name:?}")));
+        }
+    }
+    if let Some(h) = &d.health {
+        if h.timeout_s == 0 || h.timeout_s > MAX_HEALTH_TIMEOUT_S {
+            return Err(bad(format!(
+                "health.timeout_s: 1 to {MAX_HEALTH_TIMEOUT_S}"
+            )));
+        }
+        if h.cmd
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.iter().any(|a| a.contains('\0')))
+        {
+            return Err(bad("health.cmd: a non-empty argument list".into()));
+        }
+        if h.tcp_port == Some(0) {
+            return Err(bad("health.tcp_port: 1 to 65535".into()));
+        }
+    }
+    if d.timeout_s == 0 || d.timeout_s > MAX_TIMEOUT_S {
+        return Err(bad(format!("timeout_s: 1 to {MAX_TIMEOUT_S}")));
+    }
+    Ok(())
+}
+
+/// A runner id, or a runner's name in this tenant.
+fn resolve_runner(state: &AppState, tenant: &str, r: &str) -> Result<String, ApiError> {
+    if let Ok(row) = runner_in_tenant(state, tenant, r) {
+        return Ok(row.id);
+    }
+    let all = state.storage.list_runners(tenant)?;
+    let mut hits = all.iter().filter(|x| x.name == r);
+    match (hits.next(), hits.next()) {
+        (Some(x), None) => Ok(x.id.clone()),
+        (Some(_), Some(_)) => Err(bad(format!("runner name {r:?} is not unique: give its id"))),
+        _ => Err(ApiError::runner_not_found(r)),
+    }
+}
+
+fn app_json(a: &StoredApp) -> Value {
+    let mut v = a.def.clone();
+    if v["secrets_delivery"].is_null() {
+        v["secrets_delivery"] = json!(SecretsDelivery::Env.as_str());
+    }
+    v["name"] = json!(a.name);
+    v["updated_at"] = json!(clock::rfc3339(a.updated_ms));
+    v
+}
+
+fn deployment_json(d: &Deployment, job: Option<&JobRow>) -> Value {
+    let mut v = job.map(job_json).unwrap_or_else(|| json!({"id": d.id}));
+    v["app"] = json!(d.app);
+    v["image"] = json!(d.image);
+    v["kind"] = json!(d.kind);
+    v["git_ref"] = json!(d.git_ref);
+    v["created_at"] = json!(clock::rfc3339(d.created_ms));
+    v
+}
+
+fn app_of(state: &AppState, tenant: &str, name: &str) -> Result<(StoredApp, AppDef), ApiError> {
+    let a = state
+        .jobs
+        .app(tenant, name)?
+        .ok_or_else(|| ApiError::not_found(format!("no app {name:?}")))?;
+    let def: AppDef = serde_json::from_value(a.def.clone())
+        .map_err(|e| ApiError::internal(format!("stored app {name}: {e}")))?;
+    Ok((a, def))
+}
+
+pub async fn list_apps(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let apps = state.jobs.apps(tenant)?;
+    Ok(Json(Value::Array(apps.iter().map(app_json).collect())))
+}
+
+pub async fn put_app(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(mut d): JsonBody<AppDef>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    check(&state, tenant, &name, &mut d)?;
+    if d.secrets_delivery.is_none() {
+        let kept = match state.jobs.app(tenant, &name)? {
+            Some(old) => Some(
+                serde_json::from_value::<AppDef>(old.def)
+                    .ok()
+                    .and_then(|o| o.secrets_delivery)
+                    .unwrap_or(SecretsDelivery::Env),
+            ),
+            None => None,
+        };
+        let delivery = kept.unwrap_or(SecretsDelivery::Files);
+        if delivery == SecretsDelivery::EnvFile && d.env_file.is_none() {
+            return Err(bad(
+                "the app delivers its secrets in env_file: give env_file, or another secrets_delivery"
+                    .into(),
+            ));
+        }
+        d.secrets_delivery = Some(delivery);
+    }
+    // A deploy of it must fit in one message to the runner: refused now,
+    // not at each deploy (the longest ref a deploy may ask for is checked
+    // then).
+    let (spec, _) = job_spec(&name, &d, &new_job_id()?, None, d.git_ref.clone());
+    fits(&state, tenant, &spec)?;
+    let a = StoredApp {
+        name,
+        def: serde_json::to_value(&d).map_err(ApiError::internal)?,
+        updated_ms: clock::now_ms(),
+    };
+    state.jobs.put_app(tenant, &a)?;
+    Ok(Json(app_json(&a)))
+}
+
+pub async fn get_app(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(app_json(&app_of(&state, tenant, &name)?.0)))
+}
+
+pub async fn delete_app(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = caller.tenant()?;
+    if state.jobs.delete_app(tenant, &name)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no app {name:?}")))
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    /// Deploy this ref instead of the app's `git_ref`.
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// The deployment whose image to run again (default: the newest
+    /// successful one with an image other than the current one).
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// An optional JSON body: empty is the default.
+fn optional_body<T: for<'de> Deserialize<'de> + Default>(b: &Bytes) -> Result<T, ApiError> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(b).map_err(|e| bad(format!("body: {e}")))
+}
+
+/// Make the job and its deployment row; tell the runner's connection.
+fn launch(
+    state: &AppState,
+    tenant: &str,
+    app: &str,
+    def: &AppDef,
+    kind: &str,
+    image: Option<String>,
+    git_ref: Option<String>,
+) -> Result<Value, ApiError> {
+    // By id only: a name here would be an app that predates runner ids and
+    // could not be resolved at start (deploy_store::resolve_runner_names).
+    if state.storage.runner(tenant, &def.runner)?.is_none() {
+        return Err(ApiError::conflict(format!(
+            "app {app} names runner {:?}, which is no runner id of this tenant: \
+             PUT the app again with its runner's id or name",
+            def.runner
+        )));
+    }
+    let id = new_job_id()?;
+    let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
+    fits(state, tenant, &job_spec)?;
+    let label = format!("{kind} {app}");
+    let now = clock::now_ms();
+    let jobs = [(id.clone(), def.runner.clone())];
+    let job = crate::jobs::api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)?
+        .pop()
+        .ok_or_else(|| ApiError::internal("no job made"))?;
+    let d = Deployment {
+        id: id.clone(),
+        app: app.to_owned(),
+        image,
+        kind: kind.to_owned(),
+        git_ref,
+        created_ms: now,
+    };
+    state.jobs.add_deployment(tenant, &d)?;
+    state.registry.jobs_changed(&def.runner);
+    Ok(deployment_json(&d, Some(&job)))
+}
+
+/// The job a deploy (`image` `None`: build one tagged with the job id)
+/// or a rollback (`image`: run it again) of `app` is; and its image.
+fn job_spec(
+    app: &str,
+    def: &AppDef,
+    id: &str,
+    image: Option<String>,
+    git_ref: Option<String>,
+) -> (JobSpec, String) {
+    let repo = def
+        .image
+        .clone()
+        .unwrap_or_else(|| app.to_ascii_lowercase());
+    let build = image.is_none();
+    let image = image.unwrap_or_else(|| format!("{repo}:{id}"));
+    let spec = DeploySpec {
+        app: app.to_owned(),
+        git_url: def.git_url.clone(),
+        git_ref,
+        path: def.path.clone(),
+        context: def.context.clone(),
+        dockerfile: def.dockerfile.clone(),
+        image: image.clone(),
+        build,
+        container: def.container.clone().unwrap_or_else(|| app.to_owned()),
+        ports: def.ports.clone(),
+        volumes: def.volumes.clone(),
+        restart: def.restart.clone(),
+        labels: def.labels.clone().into_iter().collect(),
+        health: def.health.clone(),
+        env_file: def.env_file.clone(),
+        secrets_delivery: def.secrets_delivery.unwrap_or(SecretsDelivery::Env),
+        secrets_uid: def.secrets_uid,
+        secrets_gid: def.secrets_gid,
+    };
+    let job_spec = JobSpec {
+        program: "deploy".into(),
+        args: Vec::new(),
+        script: None,
+        env: def.env.clone().into_iter().collect(),
+        secrets: def.secrets.clone(),
+        timeout_s: def.timeout_s,
+        deploy: Some(spec),
+    };
+    (job_spec, image)
+}
+
+pub async fn deploy(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = caller.tenant()?;
+    let b: DeployBody = optional_body(&body)?;
+    let (_, def) = app_of(&state, tenant, &name)?;
+    if let Some(r) = &b.git_ref {
+        if !valid_git_arg(r) {
+            return Err(bad(format!("ref {r:?}: a branch, tag or commit")));
+        }
+        if def.git_url.is_none() {
+            return Err(bad("ref: the app's source is a path, not git".into()));
+        }
+    }
+    let git_ref = b.git_ref.or_else(|| def.git_ref.clone());
+    let v = launch(&state, tenant, &name, &def, "deploy", None, git_ref)?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub async fn rollback(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = caller.tenant()?;
+    let b: RollbackBody = optional_body(&body)?;
+    let (_, def) = app_of(&state, tenant, &name)?;
+    let history = state.jobs.deployments(tenant, &name, MAX_HISTORY)?;
+    let succeeded = |j: &Option<JobRow>| j.as_ref().is_some_and(|j| j.status == "succeeded");
+    let target = match &b.to {
+        Some(id) => {
+            let (d, job) = history
+                .iter()
+                .find(|(d, _)| &d.id == id)
+                .ok_or_else(|| ApiError::not_found(format!("no deployment {id:?} of {name}")))?;
+            if !succeeded(job) {
+                return Err(ApiError::conflict(format!(
+                    "deployment {id} did not succeed; its image may not exist"
+                )));
+            }
+            d.clone()
+        }
+        None => {
+            let mut ok = history.iter().filter(|(_, j)| succeeded(j));
+            let current = ok.next().ok_or_else(|| {
+                ApiError::conflict(format!("{name} has no successful deployment"))
+            })?;
+            ok.find(|(d, _)| d.image != current.0.image)
+                .map(|(d, _)| d.clone())
+                .ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "{name} has no earlier successful deployment to roll back to"
+                    ))
+                })?
+        }
+    };
+    let v = launch(
+        &state,
+        tenant,
+        &name,
+        &def,
+        "rollback",
+        Some(target.image.clone()),
+        target.git_ref.clone(),
+    )?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// A runner lost the in-memory secrets of these apps (a host reboot) and
+/// Docker could not start their containers: each app of this runner that
+/// delivers secrets as files, with nothing in flight, is deployed again
+/// with its newest successful image (`kind: "redeliver"`, no build). A
+/// runner names only apps it already receives the secrets of; anything
+/// else is skipped with a log line.
+pub fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: &[String]) {
+    for name in apps.iter().take(tether::protocol::MAX_SECRETS_LOST) {
+        match redeliver(state, tenant, runner, name) {
+            Ok(Some(job)) => {
+                tracing::info!(%runner, app = %name, %job, "secrets lost on the host: delivering them again")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%runner, app = %name.chars().take(64).collect::<String>(),
+                "secrets lost on the host, not redelivered: {}", e.message),
+        }
+    }
+}
+
+fn redeliver(
+    state: &AppState,
+    tenant: &str,
+    runner: &str,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    if !valid_name(name) {
+        return Err(bad("not an app name".into()));
+    }
+    let (_, def) = app_of(state, tenant, name)?;
+    if def.runner != runner {
+        return Err(bad("the app lives on another runner".into()));
+    }
+    if def.secrets_delivery != Some(SecretsDelivery::Files) {
+        return Err(bad("the app does not deliver its secrets as files".into()));
+    }
+    let history = state.jobs.deployments(tenant, name, MAX_HISTORY)?;
+    if history
+        .first()
+        .is_some_and(|(_, j)| j.as_ref().is_some_and(|j| !j.is_final()))
+    {
+        return Ok(None); // a deploy is on its way; it brings the secrets
+    }
+    if history.first().is_some_and(|(d, _)| {
+        d.kind == "redeliver" && clock::now_ms() - d.created_ms < REDELIVER_PAUSE_MS
+    }) {
+        // A runner restarting in a loop (or lying) cannot redeploy the
+        // app over and over: one redelivery per pause.
+        return Err(bad("redelivered a moment ago".into()));
+    }
+    let Some((d, _)) = history
+        .iter()
+        .find(|(_, j)| j.as_ref().is_some_and(|j| j.status == "succeeded"))
+    else {
+        return Err(bad("no successful deployment to run again".into()));
+    };
+    let v = launch(
+        state,
+        tenant,
+        name,
+        &def,
+        "redeliver",
+        Some(d.image.clone()),
+        d.git_ref.clone(),
+    )?;
+    Ok(v["id"].as_str().map(str::to_owned))
+}
+
+pub async fn deployments(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let list = state.jobs.deployments(tenant, &name, MAX_HISTORY)?;
+    if list.is_empty() && state.jobs.app(tenant, &name)?.is_none() {
+        return Err(ApiError::not_found(format!("no app {name:?}")));
+    }
+    Ok(Json(Value::Array(
+        list.iter()
+            .map(|(d, j)| deployment_json(d, j.as_ref()))
+            .collect(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        assert!(valid_repository("web"));
+        assert!(valid_repository("registry.local:5000/team/web"));
+        assert!(!valid_repository("web:1"));
+        assert!(!valid_repository("Web"));
+        assert!(!valid_repository("web@sha256:00"));
+        assert!(valid_git_arg("https://example.com/a.git"));
+        assert!(!valid_git_arg("--upload-pack=evil"));
+        assert!(!valid_git_arg("a b"));
+        assert!(valid_inner_path("docker/Dockerfile"));
+        assert!(!valid_inner_path("../etc/passwd"));
+        assert!(!valid_inner_path("/abs"));
+        assert!(valid_container("web-1.a_b"));
+        assert!(!valid_container("-web"));
+    }
+}

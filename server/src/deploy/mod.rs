@@ -1,0 +1,5 @@
+//! Apps and their deployments: the REST API and the store (in `jobs.db`,
+//! beside the jobs they become).
+
+pub mod api;
+pub mod store;

@@ -1,0 +1,678 @@
+//! REST handlers for saved scripts, sealed secrets and jobs (`docs/api.md`).
+//!
+//! ```text
+//!  GET/PUT/DELETE /scripts[/{name}]        the tenant's script library
+//!  GET /secrets, PUT/DELETE /secrets/{name} write-only values (names listed, never values)
+//!  POST /jobs                               run a saved script or a command on runners: one job each
+//!  GET  /jobs[?runner=], /jobs/{id}         status, exit code, times
+//!  POST /jobs/{id}/cancel
+//!  GET  /jobs/{id}/output[?follow=1&stream=stdout|stderr|all&format=raw|ndjson]
+//! ```
+//!
+//! Output follows are served from storage first, then from the live hub,
+//! by offset, so a watcher that joins late (or falls behind) sees every byte
+//! once and in order; the stream ends when the job is over and its whole
+//! output is stored, or when the caller's authority ends (`common/stream_auth.rs`:
+//! a last `{"end": reason}` line in NDJSON, a `[tether]` line in raw).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tether::protocol::StreamTag;
+use tokio::sync::broadcast;
+
+use crate::app::AppState;
+use crate::common::auth::Caller;
+use crate::common::clock;
+use crate::common::error::ApiError;
+use crate::common::quotas;
+use crate::common::stream_auth::{until_revoked, AuthGuard};
+use crate::jobs::store::{JobRow, JobSpec, OutputRow, Script};
+use crate::jobs::{check_fits, JobUpdate, Unfit};
+use crate::runners::api::{query, runner_in_tenant, JsonBody};
+use crate::storage::Role;
+
+/// Largest script body or command (it travels as one argument: Linux
+/// allows 128 KiB per argument).
+const MAX_SCRIPT: usize = 100 * 1024;
+const MAX_RUNNERS_PER_RUN: usize = 1000;
+const MAX_SECRET: usize = 64 * 1024;
+const MAX_TIMEOUT_S: u64 = 7 * 86_400;
+const DEFAULT_INTERPRETER: &str = "/bin/sh";
+/// Output rows read from storage per page.
+const PAGE: usize = 512;
+
+pub(crate) fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// An environment variable name (secrets are exported under their name).
+pub(crate) fn valid_env(s: &str) -> bool {
+    let mut b = s.bytes();
+    s.len() <= 128
+        && b.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn check_interpreter(s: &str) -> Result<(), ApiError> {
+    if s.starts_with('/') && s.len() <= 256 && !s.contains('\0') {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "interpreter {s:?}: an absolute path, e.g. /bin/sh or /usr/bin/python3"
+        )))
+    }
+}
+
+// ---- scripts ---------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptBody {
+    body: String,
+    #[serde(default)]
+    interpreter: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    timeout_s: u64,
+}
+
+pub async fn list_scripts(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Script>>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(state.jobs.scripts(tenant)?))
+}
+
+pub async fn put_script(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<ScriptBody>,
+) -> Result<Json<Script>, ApiError> {
+    let tenant = caller.tenant()?;
+    if !valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "script name {name:?}: 1 to 64 of [A-Za-z0-9_.-]"
+        )));
+    }
+    if b.body.len() > MAX_SCRIPT || b.body.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "script body: at most {MAX_SCRIPT} bytes, no NUL"
+        )));
+    }
+    if b.timeout_s > MAX_TIMEOUT_S {
+        return Err(ApiError::bad_request("timeout_s: at most 7 days"));
+    }
+    let interpreter = b.interpreter.unwrap_or_else(|| DEFAULT_INTERPRETER.into());
+    check_interpreter(&interpreter)?;
+    let script = Script {
+        name,
+        body: b.body,
+        interpreter,
+        args: b.args,
+        timeout_s: b.timeout_s,
+        updated_ms: clock::now_ms(),
+    };
+    // Refused now, not each time it is run.
+    let spec = JobSpec {
+        program: script.interpreter.clone(),
+        args: script.args.clone(),
+        script: Some(script.body.clone()),
+        env: Vec::new(),
+        secrets: Vec::new(),
+        timeout_s: script.timeout_s,
+        deploy: None,
+    };
+    fits(&state, tenant, &spec)?;
+    state.jobs.put_script(tenant, &script)?;
+    Ok(Json(script))
+}
+
+pub async fn get_script(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Script>, ApiError> {
+    let tenant = caller.tenant()?;
+    state
+        .jobs
+        .script(tenant, &name)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no script {name:?}")))
+}
+
+pub async fn delete_script(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = caller.tenant()?;
+    if state.jobs.delete_script(tenant, &name)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no script {name:?}")))
+    }
+}
+
+// ---- secrets ---------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBody {
+    value: String,
+}
+
+pub async fn list_secrets(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let list: Vec<Value> = state
+        .jobs
+        .secrets(tenant)?
+        .into_iter()
+        .map(|(name, at)| json!({ "name": name, "updated_at": clock::rfc3339(at) }))
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+pub async fn put_secret(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<SecretBody>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = caller.tenant()?;
+    if !valid_env(&name) {
+        return Err(ApiError::bad_request(format!(
+            "secret name {name:?}: an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        )));
+    }
+    if b.value.is_empty() || b.value.len() > MAX_SECRET || b.value.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "secret value: 1 to {MAX_SECRET} bytes, no NUL"
+        )));
+    }
+    let (nonce, sealed) = state
+        .secrets
+        .seal(tenant, &name, b.value.as_bytes())
+        .map_err(ApiError::internal)?;
+    state
+        .jobs
+        .put_secret(tenant, &name, &nonce, &sealed, clock::now_ms())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn delete_secret(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = caller.tenant()?;
+    if state.jobs.delete_secret(tenant, &name)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no secret {name:?}")))
+    }
+}
+
+// ---- jobs ------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    runners: Vec<String>,
+    #[serde(default)]
+    script: Option<String>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    interpreter: Option<String>,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    timeout_s: Option<u64>,
+}
+
+/// 413 when the job's `job_start` would not fit in one message to a
+/// runner (`jobs::check_fits`): checked before anything is stored.
+pub(crate) fn fits(state: &AppState, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
+    match check_fits(tenant, spec, &state.jobs, &state.secrets) {
+        Ok(()) => Ok(()),
+        Err(Unfit::TooLarge(e)) => Err(ApiError::too_large(e)),
+        Err(Unfit::Secret(why)) => Err(ApiError::bad_request(why)),
+    }
+}
+
+pub(crate) fn job_json(j: &JobRow) -> Value {
+    let mut v = serde_json::to_value(j).unwrap_or(Value::Null);
+    v["created_at"] = json!(clock::rfc3339(j.created_ms));
+    if let Some(t) = j.started_ms {
+        v["started_at"] = json!(clock::rfc3339(t));
+    }
+    if let Some(t) = j.finished_ms {
+        v["finished_at"] = json!(clock::rfc3339(t));
+        if let Some(s) = j.started_ms {
+            v["duration_ms"] = json!(t - s);
+        }
+    }
+    v["complete"] = json!(j.is_complete());
+    v
+}
+
+pub(crate) fn new_job_id() -> Result<String, ApiError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(ApiError::internal)?;
+    Ok(format!(
+        "jb_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+pub async fn run(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(b): JsonBody<RunBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = caller.tenant()?;
+    if b.runners.is_empty() || b.runners.len() > MAX_RUNNERS_PER_RUN {
+        return Err(ApiError::bad_request(format!(
+            "runners: 1 to {MAX_RUNNERS_PER_RUN} runner ids"
+        )));
+    }
+    let (label, mut spec) = match (&b.script, &b.command) {
+        (Some(name), None) => {
+            let s = state
+                .jobs
+                .script(tenant, name)?
+                .ok_or_else(|| ApiError::not_found(format!("no script {name:?}")))?;
+            (
+                s.name.clone(),
+                JobSpec {
+                    program: s.interpreter,
+                    args: s.args,
+                    script: Some(s.body),
+                    env: Vec::new(),
+                    secrets: Vec::new(),
+                    timeout_s: s.timeout_s,
+                    deploy: None,
+                },
+            )
+        }
+        (None, Some(cmd)) => {
+            if cmd.is_empty() || cmd.len() > MAX_SCRIPT || cmd.contains('\0') {
+                return Err(ApiError::bad_request(format!(
+                    "command: 1 to {MAX_SCRIPT} bytes, no NUL"
+                )));
+            }
+            (
+                cmd.chars().take(120).collect(),
+                JobSpec {
+                    program: DEFAULT_INTERPRETER.into(),
+                    args: Vec::new(),
+                    script: Some(cmd.clone()),
+                    env: Vec::new(),
+                    secrets: Vec::new(),
+                    timeout_s: 0,
+                    deploy: None,
+                },
+            )
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of script (a saved script's name) or command",
+            ))
+        }
+    };
+    if let Some(i) = b.interpreter {
+        check_interpreter(&i)?;
+        spec.program = i;
+    }
+    if let Some(a) = b.args {
+        spec.args = a;
+    }
+    if let Some(t) = b.timeout_s {
+        if t > MAX_TIMEOUT_S {
+            return Err(ApiError::bad_request("timeout_s: at most 7 days"));
+        }
+        spec.timeout_s = t;
+    }
+    for (k, v) in &b.env {
+        if !valid_env(k) || v.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "env {k:?}: a variable name and a value without NUL"
+            )));
+        }
+    }
+    spec.env = b.env.into_iter().collect();
+    for name in &b.secrets {
+        if state.jobs.secret(tenant, name)?.is_none() {
+            return Err(ApiError::not_found(format!("no secret {name:?}")));
+        }
+    }
+    spec.secrets = b.secrets;
+    fits(&state, tenant, &spec)?;
+    // Every runner must be the tenant's before any job is made.
+    for r in &b.runners {
+        runner_in_tenant(&state, tenant, r)?;
+    }
+    let now = clock::now_ms();
+    let mut jobs = Vec::with_capacity(b.runners.len());
+    for r in &b.runners {
+        jobs.push((new_job_id()?, r.clone()));
+    }
+    let made = create_jobs(&state, tenant, &jobs, &label, &spec, now)?;
+    for (_, r) in &jobs {
+        state.registry.jobs_changed(r);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(Value::Array(made.iter().map(job_json).collect())),
+    ))
+}
+
+/// Make jobs within the tenant's limit of jobs not final (`common/quotas.rs`).
+pub(crate) fn create_jobs(
+    state: &AppState,
+    tenant: &str,
+    jobs: &[(String, String)],
+    label: &str,
+    spec: &JobSpec,
+    now: i64,
+) -> Result<Vec<JobRow>, ApiError> {
+    let limit = state.quotas.active_jobs_per_tenant;
+    state
+        .jobs
+        .create_jobs(tenant, jobs, label, spec, now, limit)?
+        .map_err(|active| {
+            tracing::debug!(tenant, active, limit, "job refused: tenant at its limit");
+            quotas::exceeded(
+                "jobs pending or running",
+                limit as u64,
+                "--max-jobs-per-tenant",
+            )
+        })
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    runner: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list_jobs(
+    caller: Caller,
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let p = query(params)?;
+    let jobs = state.jobs.jobs(
+        tenant,
+        p.runner.as_deref(),
+        p.limit.unwrap_or(100).min(1000),
+    )?;
+    Ok(Json(Value::Array(jobs.iter().map(job_json).collect())))
+}
+
+fn job_of(state: &AppState, tenant: &str, id: &str) -> Result<JobRow, ApiError> {
+    state
+        .jobs
+        .job(tenant, id)?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
+}
+
+pub async fn get_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(job_json(&job_of(&state, tenant, &id)?)))
+}
+
+pub async fn cancel_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let job = job_of(&state, tenant, &id)?;
+    if job.is_final() {
+        return Err(ApiError::conflict(format!(
+            "job {id} is {} already",
+            job.status
+        )));
+    }
+    state.jobs.request_cancel(tenant, &id)?;
+    state.registry.jobs_changed(&job.runner_id);
+    Ok(Json(job_json(&job_of(&state, tenant, &id)?)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputParams {
+    follow: Option<String>,
+    stream: Option<String>,
+    format: Option<String>,
+}
+
+/// Which rows a reader wants, and how to write them.
+#[derive(Clone, Copy)]
+struct View {
+    tags: [bool; 5],
+    ndjson: bool,
+}
+
+impl View {
+    fn render(&self, row: &OutputRow, out: &mut Vec<u8>) {
+        if !self.tags.get(row.tag as usize).copied().unwrap_or(false) {
+            return;
+        }
+        if self.ndjson {
+            let stream = match row.tag {
+                1 => "stdout",
+                2 => "stderr",
+                _ => "system",
+            };
+            let v = json!({
+                "offset": row.offset,
+                "ts_ms": row.ts_ms,
+                "stream": stream,
+                "step": row.step,
+                "data": String::from_utf8_lossy(&row.data),
+            });
+            out.extend_from_slice(v.to_string().as_bytes());
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(&row.data);
+        }
+    }
+}
+
+pub async fn output(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<Query<OutputParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = caller.tenant()?.to_owned();
+    let p = query(params)?;
+    let job = job_of(&state, &tenant, &id)?;
+    let follow = matches!(p.follow.as_deref(), Some("1" | "true" | "yes" | ""));
+    let mut tags = [false; 5];
+    match p.stream.as_deref().unwrap_or("all") {
+        "all" => tags = [true; 5],
+        "stdout" => tags[StreamTag::Stdout as usize] = true,
+        "stderr" => tags[StreamTag::Stderr as usize] = true,
+        "output" => {
+            tags[StreamTag::Stdout as usize] = true;
+            tags[StreamTag::Stderr as usize] = true;
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "stream={other:?}: use stdout, stderr, output (both) or all (with tether's notes)"
+            )))
+        }
+    }
+    let ndjson = match p.format.as_deref().unwrap_or("raw") {
+        "raw" => false,
+        "ndjson" => true,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "format={other:?}: use raw or ndjson"
+            )))
+        }
+    };
+    let view = View { tags, ndjson };
+    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
+    // Subscribe before reading storage: nothing falls between the two.
+    let rx = state.job_hub.subscribe();
+    let st = Follow {
+        state,
+        tenant,
+        id,
+        seq: job.seq,
+        next: 0,
+        rx,
+        follow,
+        done: false,
+        view,
+    };
+    let body = stream::unfold(st, |mut st| async move {
+        let chunk = st.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), st))
+    });
+    let body = until_revoked(body, guard, move |reason| {
+        let end = if ndjson {
+            format!("{}\n", json!({ "end": reason }))
+        } else {
+            format!("\n[tether] stream ended: {reason}\n")
+        };
+        Ok(Bytes::from(end))
+    });
+    let ctype = if ndjson {
+        "application/x-ndjson"
+    } else {
+        "application/octet-stream"
+    };
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, ctype)
+        .header("X-Accel-Buffering", "no")
+        .body(Body::from_stream(body))
+        .unwrap_or_default())
+}
+
+struct Follow {
+    state: AppState,
+    tenant: String,
+    id: String,
+    seq: i64,
+    /// Offset of the next row to hand out.
+    next: i64,
+    rx: broadcast::Receiver<Arc<JobUpdate>>,
+    follow: bool,
+    done: bool,
+    view: View,
+}
+
+impl Follow {
+    /// Rows from storage from `next` on, rendered; `None` at the end.
+    async fn stored(&mut self) -> Option<Vec<u8>> {
+        let store = self.state.jobs.clone();
+        let (seq, from) = (self.seq, self.next);
+        let rows = tokio::task::spawn_blocking(move || store.output(seq, from, PAGE))
+            .await
+            .ok()?
+            .ok()?;
+        if rows.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut out = Vec::new();
+        for r in &rows {
+            self.view.render(r, &mut out);
+            self.next = r.end;
+        }
+        Some(out)
+    }
+
+    /// Final with its whole output stored (or removed by retention, or
+    /// the job itself removed): nothing more will come. Asked *before*
+    /// reading storage, so rows stored meanwhile are still read.
+    fn complete(&self) -> bool {
+        match self.state.jobs.job(&self.tenant, &self.id) {
+            Ok(Some(j)) => j.is_complete() || (j.is_final() && j.output_pruned),
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let complete = self.complete();
+            // Whatever storage has beyond `next` first.
+            let out = self.stored().await?;
+            if !out.is_empty() {
+                return Some(out);
+            }
+            if !self.follow || complete {
+                self.done = true;
+                return None;
+            }
+            // Then wait for news of this job (output or status).
+            loop {
+                match self.rx.recv().await {
+                    Ok(u) if u.seq() == self.seq => match u.as_ref() {
+                        JobUpdate::Output { row, .. } if row.offset >= self.next => {
+                            let mut out = Vec::new();
+                            if row.offset == self.next {
+                                self.view.render(row, &mut out);
+                                self.next = row.end;
+                                if !out.is_empty() {
+                                    return Some(out);
+                                }
+                                continue;
+                            }
+                            // Ahead of us: storage has what is between.
+                            break;
+                        }
+                        JobUpdate::Output { .. } => continue,
+                        JobUpdate::Status { .. } => break,
+                    },
+                    Ok(_) => continue,
+                    // Fell behind: storage has it all.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.done = true;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The Tether control plane as a library: the `tether-server` binary
+//! (`main.rs`) parses its command line and calls [`app::serve::main`] or
+//! [`cli::run`]; the integration tests (`tests/server/`) drive it the same way.
+//!
+//! One folder per concern (`docs/server.md` lists every file):
+//!
+//! ```text
+//! app/        state, route table, listener and shutdown, TLS, serve flags,
+//!             the edge toward strangers, the embedded dashboard
+//! common/     error body, caller extractor and hashing, time formats,
+//!             sealed secrets, stream re-checks and tickets, quotas
+//! link/       the runner WebSocket and the registry of live connections
+//! storage/    the control-plane SQLite store (tether.db), shared by features
+//! cli/        operator subcommands, clients of the REST API
+//! runners/    tenants, tokens, enrollment, runners; health and its SSE
+//! telemetry/  metrics and fingerprints: ingest, store, REST, Prometheus
+//! containers/ Docker state and container REST
+//! logs/       container log collection, store, REST
+//! jobs/       jobs: hub, store, REST
+//! deploy/     deploys over groups of runners: REST, store
+//! terminals/  terminal sessions: relay, REST and WebSocket, audit
+//! users/      dashboard users and sessions
+//! updates/    releases, update policy, install script
+//! ```
+
+pub mod app;
+pub mod cli;
+pub mod common;
+mod containers;
+mod deploy;
+pub mod jobs;
+pub mod link;
+pub mod logs;
+mod runners;
+pub mod storage;
+pub mod telemetry;
+mod terminals;
+pub mod updates;
+mod users;

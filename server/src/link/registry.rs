@@ -1,0 +1,462 @@
+//! Live runner connections: who is connected right now, and how to reach them.
+//!
+//! The registry maps a runner id to the one connection task that currently
+//! speaks for it (`link/runner_ws.rs`). It owns three things:
+//!
+//! * **Routing.** [`Registry::request`] sends a control message to a runner
+//!   with a fresh request id and waits for the reply carrying that id. The
+//!   connection task keeps the pending id → reply map (it sees the replies);
+//!   the registry hands it the request through a small bounded channel.
+//! * **Lifecycle order.** Attach (hello), detach (connection ended), revoke and
+//!   shutdown take the registry lock and update health *inside* it, so a
+//!   replaced connection that ends late cannot mark a freshly connected runner
+//!   unreachable, and a revoke cannot be undone by a reconnect racing it. Each
+//!   attach gets a generation number; detach only counts for the current one.
+//! * **Closing.** Replacement (4006), revoke (4002) and shutdown (1001) send a
+//!   close order to the connection task, which closes the WebSocket itself.
+//!
+//! ```text
+//!   attach(gen 7) ──▶ live ──detach(7)──▶ gone, health unreachable
+//!                      │
+//!                      ├─ attach(gen 8) ─▶ close order 4006 to gen 7;
+//!                      │                   detach(7) later is a no-op
+//!                      ├─ revoke ────────▶ health revoked, close order 4002
+//!                      └─ close_all ─────▶ close order 1001 (health untouched:
+//!                                          the next start says "server restarted")
+//! ```
+//!
+//! Lock order: registry, then storage (inside `HealthLog`). Nothing holds the
+//! storage lock while taking this one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tether::protocol::{
+    encode_control, encode_control_checked, Envelope, LogOpen, Message, TooLarge,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::logs::LiveItem;
+use crate::runners::health::HealthLog;
+use crate::storage::{ConnectOutcome, ConnectedInfo, RunnerRow, StorageError};
+
+/// Requests queued for one connection before senders wait. Small on purpose:
+/// each connected runner holds one such channel.
+const OUTBOX_CAPACITY: usize = 8;
+
+/// An order to close a connection, with the WebSocket close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseOrder {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// Something for a connection task to send to its runner.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A control message expecting a reply with the same id.
+    Request {
+        id: u64,
+        text: String,
+        reply: oneshot::Sender<Envelope>,
+    },
+    /// Open a live log channel (the connection picks the channel number):
+    /// lines go to `tx`, the runner's answer to `reply`.
+    OpenLogs {
+        id: u64,
+        open: Box<LogOpen>,
+        tx: mpsc::Sender<LiveItem>,
+        reply: oneshot::Sender<Envelope>,
+    },
+    /// The collection policy changed: open what it now chooses.
+    ResyncLogs,
+    /// Jobs were created or cancelled for this runner: send them.
+    JobsChanged,
+    /// A control message that expects no reply (an `update` offer).
+    Notify { text: String },
+    /// A terminal's keystrokes, ACK, resize or close (`terminals/mod.rs`).
+    Terminal(crate::terminals::ToRunner),
+}
+
+/// What a connection task gets when it attaches.
+pub struct Session {
+    pub generation: u64,
+    pub outbox: mpsc::Receiver<Outgoing>,
+    pub close: oneshot::Receiver<CloseOrder>,
+    /// Unix ms of the last frame, updated by the connection task on every frame
+    /// and persisted in batches by [`Registry::flush_last_seen`].
+    pub last_seen: Arc<AtomicI64>,
+}
+
+#[derive(Debug)]
+pub enum AttachError {
+    /// Revoked between the credential check and the hello.
+    Revoked,
+    ShuttingDown,
+    Storage(StorageError),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// No live connection.
+    NotConnected,
+    /// No answer in time.
+    Timeout,
+    /// The connection ended before the answer came.
+    ConnectionLost,
+    /// Larger than a runner takes: not sent (the API answers 413).
+    TooLarge(TooLarge),
+}
+
+struct Entry {
+    generation: u64,
+    tenant_id: String,
+    outbox: mpsc::Sender<Outgoing>,
+    close: oneshot::Sender<CloseOrder>,
+    last_seen: Arc<AtomicI64>,
+    persisted_last_seen: i64,
+}
+
+impl Entry {
+    fn close(self, order: CloseOrder) {
+        // The task may be gone already; then there is nothing to close.
+        let _ = self.close.send(order);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    runners: HashMap<String, Entry>,
+    shutting_down: bool,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    health: Arc<HealthLog>,
+    next_generation: AtomicU64,
+    next_request_id: AtomicU64,
+    tasks: AtomicUsize,
+    tasks_done: Notify,
+}
+
+/// Held by every runner connection task, attached or not, so shutdown can wait
+/// for all of them to finish closing.
+pub struct TaskGuard<'a>(&'a Registry);
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.tasks_done.notify_waiters();
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(health: Arc<HealthLog>) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            health,
+            next_generation: AtomicU64::new(1),
+            next_request_id: AtomicU64::new(1),
+            tasks: AtomicUsize::new(0),
+            tasks_done: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing in here can be left half-updated by a panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn task_guard(&self) -> TaskGuard<'_> {
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(self)
+    }
+
+    /// Wait until every connection task has finished, or `limit` passed.
+    /// Returns how many are still running.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.tasks_done.notified();
+            let left = self.tasks.load(Ordering::Acquire);
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.tasks.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// The runner finished its hello: make this connection the one that speaks
+    /// for it (closing an older one with 4006) and mark it active.
+    pub fn attach(
+        &self,
+        runner_id: &str,
+        tenant_id: &str,
+        info: &ConnectedInfo<'_>,
+        now_ms: i64,
+    ) -> Result<Session, AttachError> {
+        let mut inner = self.lock();
+        if inner.shutting_down {
+            return Err(AttachError::ShuttingDown);
+        }
+        match self.health.connected(runner_id, info) {
+            Ok(ConnectOutcome::Active(_)) => {}
+            Ok(ConnectOutcome::Refused) => return Err(AttachError::Revoked),
+            Err(e) => return Err(AttachError::Storage(e)),
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
+        let (close_tx, close) = oneshot::channel();
+        let last_seen = Arc::new(AtomicI64::new(now_ms));
+        let entry = Entry {
+            generation,
+            tenant_id: tenant_id.to_owned(),
+            outbox: outbox_tx,
+            close: close_tx,
+            last_seen: last_seen.clone(),
+            persisted_last_seen: now_ms,
+        };
+        if let Some(old) = inner.runners.insert(runner_id.to_owned(), entry) {
+            tracing::info!(
+                runner = runner_id,
+                "a newer connection replaces the current one"
+            );
+            old.close(CloseOrder {
+                code: tether::protocol::close::REPLACED,
+                reason: "replaced by a newer connection",
+            });
+        }
+        Ok(Session {
+            generation,
+            outbox,
+            close,
+            last_seen,
+        })
+    }
+
+    /// A connection ended. If it was still the current one, the runner is now
+    /// unreachable for `reason`; a replaced or revoked connection changes nothing.
+    pub fn detach(&self, runner_id: &str, generation: u64, reason: &str) {
+        let mut inner = self.lock();
+        let current = inner
+            .runners
+            .get(runner_id)
+            .is_some_and(|e| e.generation == generation);
+        if !current {
+            return;
+        }
+        if let Some(entry) = inner.runners.remove(runner_id) {
+            let last_seen = entry.last_seen.load(Ordering::Relaxed);
+            if let Err(e) = self.health.disconnected(runner_id, last_seen, reason) {
+                tracing::error!(runner = runner_id, "recording disconnect: {e}");
+            }
+        }
+    }
+
+    /// Revoke a runner of `tenant_id` and drop its live connection at once.
+    /// `None` if the tenant has no such runner.
+    pub fn revoke(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<Option<RunnerRow>, StorageError> {
+        let mut inner = self.lock();
+        let Some(row) = self.health.revoked(tenant_id, runner_id)? else {
+            return Ok(None);
+        };
+        if let Some(entry) = inner.runners.remove(runner_id) {
+            entry.close(CloseOrder {
+                code: tether::protocol::close::REVOKED,
+                reason: "runner revoked",
+            });
+        }
+        Ok(Some(row))
+    }
+
+    /// Close every connection (server shutting down) and refuse new attaches.
+    /// Health is left as stored; the next start records "server restarted".
+    pub fn close_all(&self, order: CloseOrder) -> usize {
+        let mut inner = self.lock();
+        inner.shutting_down = true;
+        let n = inner.runners.len();
+        for (_, entry) in inner.runners.drain() {
+            entry.close(order);
+        }
+        n
+    }
+
+    /// The in-memory last-seen time of a connected runner of `tenant_id`.
+    pub fn live_last_seen(&self, tenant_id: &str, runner_id: &str) -> Option<i64> {
+        let inner = self.lock();
+        let entry = inner
+            .runners
+            .get(runner_id)
+            .filter(|e| e.tenant_id == tenant_id)?;
+        Some(entry.last_seen.load(Ordering::Relaxed))
+    }
+
+    /// Persist the last-seen times that moved since the last flush, in one write.
+    pub fn flush_last_seen(&self) -> Result<usize, StorageError> {
+        let batch: Vec<(String, i64)> = {
+            let mut inner = self.lock();
+            inner
+                .runners
+                .iter_mut()
+                .filter_map(|(id, e)| {
+                    let seen = e.last_seen.load(Ordering::Relaxed);
+                    (seen > e.persisted_last_seen).then(|| {
+                        e.persisted_last_seen = seen;
+                        (id.clone(), seen)
+                    })
+                })
+                .collect()
+        };
+        self.health.record_last_seen(&batch)?;
+        Ok(batch.len())
+    }
+
+    fn outbox(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<mpsc::Sender<Outgoing>, RequestError> {
+        let inner = self.lock();
+        let entry = inner
+            .runners
+            .get(runner_id)
+            .filter(|e| e.tenant_id == tenant_id)
+            .ok_or(RequestError::NotConnected)?;
+        Ok(entry.outbox.clone())
+    }
+
+    /// Open a live log channel on a runner of `tenant_id`; wait up to
+    /// `limit` for its answer (`log_opened` or `error`).
+    pub async fn open_logs(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        open: LogOpen,
+        tx: mpsc::Sender<LiveItem>,
+        limit: Duration,
+    ) -> Result<Envelope, RequestError> {
+        self.send_and_wait(tenant_id, runner_id, limit, |id, reply| {
+            Outgoing::OpenLogs {
+                id,
+                open: Box::new(open),
+                tx,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Queue the message `make` builds (with a fresh request id and the
+    /// reply slot) for a runner of `tenant_id`, then wait for the reply;
+    /// both within `limit`.
+    async fn send_and_wait(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        limit: Duration,
+        make: impl FnOnce(u64, oneshot::Sender<Envelope>) -> Outgoing,
+    ) -> Result<Envelope, RequestError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let outbox = self.outbox(tenant_id, runner_id)?;
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout_at(deadline, outbox.send(make(id, reply))).await {
+            Err(_) => return Err(RequestError::Timeout),
+            Ok(Err(_)) => return Err(RequestError::ConnectionLost),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(RequestError::Timeout),
+            Ok(Err(_)) => Err(RequestError::ConnectionLost),
+            Ok(Ok(envelope)) => Ok(envelope),
+        }
+    }
+
+    /// A terminal frame or message for a runner; waits while its
+    /// connection's queue is full (backpressure on the client).
+    pub async fn send_terminal(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        msg: crate::terminals::ToRunner,
+        limit: Duration,
+    ) -> Result<(), RequestError> {
+        let outbox = self.outbox(tenant_id, runner_id)?;
+        match tokio::time::timeout(limit, outbox.send(Outgoing::Terminal(msg))).await {
+            Err(_) => Err(RequestError::Timeout),
+            Ok(Err(_)) => Err(RequestError::ConnectionLost),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Tell a connected runner's connection to apply a new collection
+    /// policy now. Not connected: nothing to do (it applies on connect).
+    pub fn resync_logs(&self, runner_id: &str) {
+        let inner = self.lock();
+        if let Some(entry) = inner.runners.get(runner_id) {
+            // A full outbox means the connection is busy; it resyncs on
+            // its periodic check anyway.
+            let _ = entry.outbox.try_send(Outgoing::ResyncLogs);
+        }
+    }
+
+    /// Tell a connected runner's connection that its jobs changed. Not
+    /// connected: they are sent when it connects.
+    pub fn jobs_changed(&self, runner_id: &str) {
+        let inner = self.lock();
+        if let Some(entry) = inner.runners.get(runner_id) {
+            // A full outbox: the connection rechecks on its periodic tick.
+            let _ = entry.outbox.try_send(Outgoing::JobsChanged);
+        }
+    }
+
+    /// The runners of `tenant_id` connected now.
+    pub fn connected(&self, tenant_id: &str) -> Vec<String> {
+        self.lock()
+            .runners
+            .iter()
+            .filter(|(_, e)| e.tenant_id == tenant_id)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Queue a message that needs no reply. If the runner's outbox is full
+    /// it is dropped: whatever it says is sent again on the next connect.
+    pub fn notify(&self, tenant_id: &str, runner_id: &str, text: String) -> bool {
+        let inner = self.lock();
+        inner
+            .runners
+            .get(runner_id)
+            .filter(|e| e.tenant_id == tenant_id)
+            .is_some_and(|e| e.outbox.try_send(Outgoing::Notify { text }).is_ok())
+    }
+
+    /// Send `body` to a runner of `tenant_id` as a request and wait up to
+    /// `limit` for the reply with the same id.
+    pub async fn request(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        body: Message,
+        limit: Duration,
+    ) -> Result<Envelope, RequestError> {
+        // Checked with the largest id: the size cannot depend on which id
+        // the request gets.
+        encode_control_checked(u64::MAX, body.clone()).map_err(RequestError::TooLarge)?;
+        self.send_and_wait(tenant_id, runner_id, limit, |id, reply| Outgoing::Request {
+            id,
+            text: encode_control(id, body),
+            reply,
+        })
+        .await
+    }
+}

@@ -1,0 +1,1000 @@
+//! `GET /v1/runner/connect`: one runner's WebSocket, from upgrade to close.
+//!
+//! The credential is checked on the plain HTTP request, before anything is
+//! upgraded (401 unknown, 403 revoked). After the upgrade one task per
+//! connection runs this state machine (`docs/protocol.md` 1, 2, 6, 7):
+//!
+//! ```text
+//!  upgrade ──▶ AwaitHello ──hello, version agreed──▶ attach ──welcome──▶ Live
+//!                 │ 10 s: close 4008                   │ revoked: 4002     │
+//!                 │ bad frame: error + 4004            │                   │
+//!                 │ no common version: error + 4003    │                   │
+//!                 ▼                                    ▼                   ▼
+//!               Closed ◀──────────────────────────────────────────────── ends:
+//!     peer close / reset      → unreachable ("connection closed" / "connection lost")
+//!     silence > 2.5 heartbeat → unreachable ("no heartbeat"), close 4009
+//!     bad frame               → unreachable, error + close 4004
+//!     too big                 → unreachable, close 1009
+//!     close order (registry)  → 4006 replaced / 4002 revoked / 1001 shutdown
+//! ```
+//!
+//! In `Live`, host telemetry (`telemetry/mod.rs`): `metrics_schema` and METRICS
+//! frames are decoded here and queued for the metrics writer; one timer
+//! serves both the watchdog and the next `metrics_ack` (sent with id 0, it
+//! answers no request). `fingerprint` reports are stored at once; one that
+//! cannot be applied is answered with `fingerprint_resync` (its id).
+//! Docker (`containers/mod.rs`): `docker_state`, `container_snapshot` and
+//! `container_event` are stored and announced at once; `docker_response`,
+//! like `pong` and `error`, goes to the request waiting for its id.
+//!
+//! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
+//! by tungstenite, which only queues the Pong; it is flushed explicitly here
+//! so it leaves at once. Every send has a timeout, so a runner that stops
+//! reading cannot stall its task, and each connection is its own task, so a
+//! rogue one cannot affect the others.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures_util::SinkExt;
+use tether::protocol::{
+    self, api_error, close, decode_control, decode_frame, encode_control, negotiate,
+    silence_limit_ms, Decoded, Empty, Envelope, ErrorBody, FrameError, FrameHeader, FrameKind,
+    Hello, Message, MetricsAck, Pong, Welcome,
+};
+use tokio::sync::oneshot;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+
+use crate::app::serve::PeerAddr;
+use crate::app::AppState;
+use crate::common::auth::{bearer, hash_secret};
+use crate::common::clock;
+use crate::common::error::ApiError;
+use crate::jobs::JobChannels;
+use crate::link::registry::{AttachError, Outgoing, Session};
+use crate::logs::LogChannels;
+use crate::runners::api::SERVER_VERSION;
+use crate::storage::{ConnectedInfo, RunnerIdentity};
+use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
+
+mod jobs;
+mod logs;
+mod terminals;
+
+/// Heartbeats a runner may announce; outside this range they are clamped.
+const HEARTBEAT_MIN_MS: u64 = 200;
+const HEARTBEAT_MAX_MS: u64 = 300_000;
+/// tungstenite's read buffer. Its default (128 KiB) would be most of the
+/// per-runner memory budget; an idle runner sends a few bytes per heartbeat,
+/// and the buffer grows for a large message when one comes.
+const READ_BUFFER: usize = 4 * 1024;
+/// Upper bound on queued outgoing bytes per connection (backpressure beyond).
+const MAX_WRITE_BUFFER: usize = 2 * protocol::MAX_WS_MESSAGE;
+/// A close reason must fit a control frame: 125 bytes minus the 2-byte code.
+const MAX_CLOSE_REASON: usize = 123;
+/// Pending request ids after which abandoned ones (timed-out callers) are swept.
+const PENDING_SWEEP: usize = 64;
+/// Longest stored hostname, version, arch, os.
+const MAX_HELLO_FIELD: usize = 255;
+
+pub async fn connect(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let runner = match authenticate(&state, &headers) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => {
+            return ApiError::bad_request(format!(
+                "expected a WebSocket upgrade: {}",
+                rejection.body_text()
+            ))
+            .into_response()
+        }
+    };
+    let peer = peer.map(|Extension(PeerAddr(a))| a);
+    upgrade
+        .max_message_size(protocol::MAX_WS_MESSAGE)
+        .max_frame_size(protocol::MAX_WS_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        // Write each message out at once: control traffic is latency-bound and
+        // a coalescing buffer would be per-runner memory.
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| run(state, runner, peer, socket))
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<RunnerIdentity, ApiError> {
+    let token =
+        bearer(headers).ok_or_else(|| ApiError::unauthorized("missing runner credential"))?;
+    let runner = state
+        .storage
+        .runner_by_credential(&hash_secret(token))?
+        .ok_or_else(|| ApiError::unauthorized("unknown runner credential"))?;
+    if runner.revoked {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            api_error::RUNNER_REVOKED,
+            format!("runner {} was revoked", runner.id),
+        ));
+    }
+    Ok(runner)
+}
+
+/// An `error` control message to send before closing.
+struct ErrorReply {
+    id: u64,
+    code: &'static str,
+    message: String,
+}
+
+/// How a connection ends.
+enum Ending {
+    /// The runner closed or the connection broke: nothing more to send.
+    Gone { health_reason: &'static str },
+    /// The server closes: optionally an `error` message, then a close frame.
+    Close {
+        code: u16,
+        reason: String,
+        error: Option<ErrorReply>,
+        health_reason: &'static str,
+    },
+}
+
+impl Ending {
+    fn close(code: u16, reason: impl Into<String>, health_reason: &'static str) -> Ending {
+        Ending::Close {
+            code,
+            reason: reason.into(),
+            error: None,
+            health_reason,
+        }
+    }
+
+    /// A protocol violation: `error` then close 4004, both saying what was wrong.
+    fn violation(id: u64, what: impl Into<String>) -> Ending {
+        let what = what.into();
+        Ending::Close {
+            code: close::PROTOCOL_VIOLATION,
+            reason: what.clone(),
+            error: Some(ErrorReply {
+                id,
+                code: "protocol_violation",
+                message: what,
+            }),
+            health_reason: "protocol violation",
+        }
+    }
+
+    fn health_reason(&self) -> &'static str {
+        match self {
+            Ending::Gone { health_reason } | Ending::Close { health_reason, .. } => health_reason,
+        }
+    }
+}
+
+/// What one received frame amounts to, once checked.
+enum Inbound {
+    /// Boxed: a message with a whole fingerprint or a container event is large.
+    Control(Box<Envelope>),
+    /// A DATA or END frame of a data channel, with its payload.
+    Data(FrameHeader, Bytes),
+    /// The payload of a METRICS frame: a batch of records.
+    Metrics(Bytes),
+    /// Ping, Pong, or something ignored (unknown type or frame kind).
+    Nothing,
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    runner: RunnerIdentity,
+    /// Made on the first `metrics_schema` (boxed: most of the time a
+    /// connection without metrics carries one pointer).
+    metrics: Option<Box<MetricsStream>>,
+    /// Container log channels (`runner_ws/logs.rs`).
+    logs: LogChannels,
+    /// Job channels and the job messages sent (`runner_ws/jobs.rs`).
+    job_channels: JobChannels,
+    /// The job output batch being stored, if any (one at a time, in order;
+    /// frames keep being read meanwhile — `runner_ws/jobs.rs`).
+    job_store: Option<jobs::StoreTask>,
+    /// Ids of the server's own `log_open`s, and when collection is next
+    /// checked against the stored container list.
+    collect_ids: u64,
+    resync_at: Instant,
+}
+
+async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
+    let registry = state.registry.clone();
+    let _task = registry.task_guard();
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let output_cap = state.quotas.job_output_bytes;
+    let mut conn = Connection {
+        socket,
+        state,
+        logs: LogChannels::new(&runner.id),
+        job_channels: JobChannels::new(output_cap),
+        job_store: None,
+        runner,
+        metrics: None,
+        collect_ids: 0,
+        resync_at: Instant::now() + logs::RESYNC_EVERY,
+    };
+
+    let (hello_id, hello) = match conn.await_hello().await {
+        Ok(h) => h,
+        Err(ending) => {
+            tracing::info!(runner = %conn.runner.id, %peer, "connection ended before hello: {}", describe(&ending));
+            return conn.finish(ending).await;
+        }
+    };
+    let Some(version) = negotiate(&hello.protocol) else {
+        let speaks = protocol::SUPPORTED_VERSIONS
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = format!(
+            "no common protocol version: runner offers {:?}, server speaks {speaks}",
+            hello.protocol
+        );
+        tracing::warn!(runner = %conn.runner.id, %peer, "{reason}");
+        let ending = Ending::Close {
+            code: close::UNSUPPORTED_PROTOCOL,
+            reason: format!("unsupported protocol; server speaks version {speaks}"),
+            error: Some(ErrorReply {
+                id: hello_id,
+                code: "unsupported_protocol",
+                message: reason,
+            }),
+            health_reason: "unsupported protocol",
+        };
+        return conn.finish(ending).await;
+    };
+    let heartbeat_ms = hello.heartbeat_ms.clamp(HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS);
+    let info = ConnectedInfo {
+        name: clip(&hello.hostname),
+        version: clip(&hello.runner_version),
+        arch: clip(&hello.arch),
+        os: clip(&hello.os),
+        protocol: version,
+    };
+    let runner_id = conn.runner.id.clone();
+    let attached = registry.attach(&runner_id, &conn.runner.tenant_id, &info, clock::now_ms());
+    let mut session = match attached {
+        Ok(s) => s,
+        Err(e) => {
+            let ending = match e {
+                AttachError::Revoked => Ending::close(close::REVOKED, "runner revoked", "revoked"),
+                AttachError::ShuttingDown => {
+                    Ending::close(close::GOING_AWAY, "server shutting down", "shutdown")
+                }
+                AttachError::Storage(e) => {
+                    tracing::error!(runner = %runner_id, "recording connect: {e}");
+                    Ending::close(1011, "internal server error", "internal error")
+                }
+            };
+            return conn.finish(ending).await;
+        }
+    };
+    tracing::info!(
+        runner = %runner_id, %peer, version = info.version, protocol = version, heartbeat_ms,
+        "runner connected"
+    );
+
+    let metrics_ts = match conn.state.metrics.last_ts(&runner_id) {
+        Ok(ts) => ts.and_then(|t| u64::try_from(t).ok()),
+        Err(e) => {
+            // The runner then resends its whole backlog; storing is idempotent.
+            tracing::error!(runner = %runner_id, "reading the newest metrics time: {e}");
+            None
+        }
+    };
+    let welcome = Message::Welcome(Welcome {
+        protocol: version,
+        runner_id: runner_id.clone(),
+        server_version: SERVER_VERSION.to_owned(),
+        acks: jobs::welcome_acks(&mut conn),
+        metrics_ts,
+    });
+    let mut sent = conn
+        .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
+        .await;
+    if sent.is_ok() {
+        // The desired version, if the policy selects this runner (updates/mod.rs).
+        match crate::updates::offer_for(&conn.state, &conn.runner.tenant_id, &runner_id) {
+            Ok(Some(offer)) => {
+                tracing::info!(runner = %runner_id, version = offer.version, "offering an update");
+                let text = encode_control(0, Message::Update(offer));
+                sent = conn.send(WsMessage::Text(text.into())).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(runner = %runner_id, "choosing the desired version: {e:?}"),
+        }
+    }
+    if sent.is_ok() {
+        // Jobs waiting for this runner (runner_ws/jobs.rs).
+        sent = conn.send_pending_jobs().await;
+    }
+    let ending = match sent {
+        Ok(()) => {
+            conn.state.terminals.runner_back(&runner_id);
+            conn.live(
+                &mut session,
+                Duration::from_millis(silence_limit_ms(heartbeat_ms)),
+            )
+            .await
+        }
+        Err(ending) => ending,
+    };
+    // Health first: the runner is unreachable from now, however long the
+    // close handshake takes.
+    registry.detach(&runner_id, session.generation, ending.health_reason());
+    conn.logs.close_all("runner disconnected");
+    // A newer connection may have replaced this one already: its
+    // `term_alive` owns the terminals then.
+    if registry
+        .live_last_seen(&conn.runner.tenant_id, &runner_id)
+        .is_none()
+    {
+        conn.state.terminals.runner_gone(&runner_id);
+    }
+    tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
+    conn.finish(ending).await;
+}
+
+impl Connection {
+    async fn await_hello(&mut self) -> Result<(u64, Hello), Ending> {
+        let limit = self.state.tuning.hello_timeout;
+        let deadline = Instant::now() + limit;
+        loop {
+            let Ok(frame) = timeout_at(deadline, self.socket.recv()).await else {
+                return Err(Ending::close(
+                    close::HELLO_TIMEOUT,
+                    format!("no hello within {} ms", limit.as_millis()),
+                    "no hello",
+                ));
+            };
+            match self.inbound(frame).await? {
+                Inbound::Control(envelope) => match *envelope {
+                    Envelope {
+                        id,
+                        body: Message::Hello(hello),
+                    } => return Ok((id, hello)),
+                    other => {
+                        return Err(Ending::violation(
+                            other.id,
+                            format!("expected hello first, got '{}'", other.body.type_name()),
+                        ))
+                    }
+                },
+                Inbound::Data(..) | Inbound::Metrics(_) => {
+                    return Err(Ending::violation(0, "data frame before hello"))
+                }
+                Inbound::Nothing => {}
+            }
+        }
+    }
+
+    /// The attached connection: route requests, answer pings, watch the silence.
+    async fn live(&mut self, session: &mut Session, silence: Duration) -> Ending {
+        let mut last_frame = Instant::now();
+        let watchdog = sleep_until(last_frame + silence);
+        tokio::pin!(watchdog);
+        let mut pending: HashMap<u64, oneshot::Sender<Envelope>> = HashMap::new();
+        let mut outbox_open = true;
+        loop {
+            tokio::select! {
+                order = &mut session.close => {
+                    return match order {
+                        Ok(order) => Ending::close(order.code, order.reason, "closed by server"),
+                        // The registry dropped this connection without an
+                        // order; it cannot route to it any more, so go.
+                        Err(_) => Ending::close(close::GOING_AWAY, "connection dropped by server", "dropped"),
+                    };
+                }
+                out = session.outbox.recv(), if outbox_open => match out {
+                    Some(Outgoing::Request { id, text, reply }) => {
+                        if pending.len() >= PENDING_SWEEP {
+                            pending.retain(|_, waiting| !waiting.is_closed());
+                        }
+                        pending.insert(id, reply);
+                        if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
+                            return ending;
+                        }
+                    }
+                    Some(Outgoing::OpenLogs { id, open, tx, reply }) => {
+                        if pending.len() >= PENDING_SWEEP {
+                            pending.retain(|_, waiting| !waiting.is_closed());
+                        }
+                        if let Err(ending) = self.open_live_logs(id, *open, tx, reply, &mut pending).await {
+                            return ending;
+                        }
+                        self.rearm(&mut watchdog, last_frame + silence);
+                    }
+                    Some(Outgoing::JobsChanged) => {
+                        if let Err(ending) = self.send_pending_jobs().await {
+                            return ending;
+                        }
+                    }
+                    Some(Outgoing::ResyncLogs) => {
+                        if let Err(ending) = self.resync_collection().await {
+                            return ending;
+                        }
+                    }
+                    Some(Outgoing::Notify { text }) => {
+                        if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
+                            return ending;
+                        }
+                    }
+                    Some(Outgoing::Terminal(m)) => {
+                        if let Err(ending) = self.send_terminal(m).await {
+                            return ending;
+                        }
+                    }
+                    None => outbox_open = false,
+                },
+                frame = self.socket.recv() => {
+                    last_frame = Instant::now();
+                    session.last_seen.store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    match self.inbound(frame).await {
+                        Err(ending) => return ending,
+                        Ok(Inbound::Control(envelope)) => {
+                            if let Err(ending) = self.on_control(*envelope, &mut pending).await {
+                                return ending;
+                            }
+                        }
+                        Ok(Inbound::Data(h, payload)) if h.channel & protocol::TERM_CHANNEL_BIT != 0 => {
+                            if let Err(ending) = self.on_terminal_frame(h, payload).await {
+                                return ending;
+                            }
+                        }
+                        Ok(Inbound::Data(h, payload)) => {
+                            let result = if h.channel < protocol::FIRST_CONNECTION_CHANNEL {
+                                self.on_job_frame(h, payload).await
+                            } else {
+                                self.on_log_frame(h, payload).await
+                            };
+                            if let Err(ending) = result {
+                                return ending;
+                            }
+                            self.rearm(&mut watchdog, last_frame + silence);
+                        }
+                        Ok(Inbound::Metrics(payload)) => {
+                            if let Err(ending) = self.on_metrics(&payload).await {
+                                return ending;
+                            }
+                            // An ack may now be due before the watchdog.
+                            if let Some(due) = self.metrics.as_ref().and_then(|m| m.ack_due) {
+                                if due < watchdog.deadline() {
+                                    watchdog.as_mut().reset(due);
+                                }
+                            }
+                        }
+                        Ok(Inbound::Nothing) => {}
+                    }
+                }
+                stored = jobs::stored(&mut self.job_store), if self.job_store.is_some() => {
+                    if let Err(ending) = self.on_job_stored(stored).await {
+                        return ending;
+                    }
+                    self.rearm(&mut watchdog, last_frame + silence);
+                }
+                () = &mut watchdog => {
+                    // Re-armed lazily: frames only move `last_frame`, the timer
+                    // is touched when it fires (for the watchdog or an ack).
+                    let now = Instant::now();
+                    let due = last_frame + silence;
+                    if now >= due {
+                        return Ending::close(
+                            close::WATCHDOG,
+                            format!("no frame for {} ms", silence.as_millis()),
+                            "no heartbeat",
+                        );
+                    }
+                    if let Err(ending) = self.ack_metrics(now).await {
+                        return ending;
+                    }
+                    if now >= self.log_due() {
+                        if let Err(ending) = self.log_tick(now).await {
+                            return ending;
+                        }
+                    }
+                    let ack_due = self.metrics.as_ref().and_then(|m| m.ack_due);
+                    let next = ack_due.map_or(due, |a| a.min(due)).min(self.log_due());
+                    watchdog.as_mut().reset(next);
+                }
+            }
+        }
+    }
+
+    async fn on_control(
+        &mut self,
+        envelope: Envelope,
+        pending: &mut HashMap<u64, oneshot::Sender<Envelope>>,
+    ) -> Result<(), Ending> {
+        match &envelope.body {
+            Message::Ping(ping) => {
+                let pong = Message::Pong(Pong {
+                    sent_ms: ping.sent_ms,
+                    now_ms: u64::try_from(clock::now_ms()).unwrap_or(0),
+                    version: SERVER_VERSION.to_owned(),
+                });
+                self.send(WsMessage::Text(encode_control(envelope.id, pong).into()))
+                    .await
+            }
+            Message::Pong(_)
+            | Message::Error(_)
+            | Message::DockerResponse(_)
+            | Message::LogOpened(_)
+            | Message::TermOpened(_)
+            | Message::JobAccepted(_) => {
+                let log_open = self.logs.on_reply(envelope.id, &envelope.body)
+                    || self.on_job_reply(envelope.id, &envelope.body);
+                if let Some(waiting) = pending.remove(&envelope.id) {
+                    // The caller may have given up (timeout); that is fine.
+                    let _ = waiting.send(envelope);
+                } else if log_open {
+                    // The server's own collection open: handled above.
+                } else if let Message::Error(e) = &envelope.body {
+                    tracing::warn!(runner = %self.runner.id, code = %e.code, "runner reported an error: {}", e.message);
+                } else {
+                    tracing::debug!(runner = %self.runner.id, id = envelope.id, "{} for no pending request", envelope.body.type_name());
+                }
+                Ok(())
+            }
+            Message::DockerState(docker) => {
+                if let Err(e) = self.state.containers.set_state(
+                    &self.runner.id,
+                    docker.clone(),
+                    clock::now_ms(),
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing the docker state: {e}");
+                }
+                Ok(())
+            }
+            Message::ContainerSnapshot(snapshot) => {
+                if let Err(e) = self.state.containers.replace(
+                    &self.runner.id,
+                    &snapshot.containers,
+                    clock::now_ms(),
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing a container snapshot: {e}");
+                }
+                self.sync_collection(&snapshot.containers).await
+            }
+            Message::ContainerEvent(event) => {
+                if let Err(e) = self.state.containers.event(
+                    &self.runner.tenant_id,
+                    &self.runner.id,
+                    event.clone(),
+                    clock::now_ms(),
+                ) {
+                    // The next snapshot (next connection) repairs the view.
+                    tracing::error!(runner = %self.runner.id, "storing a container event: {e}");
+                }
+                match (&event.action[..], &event.container) {
+                    ("start" | "restart", Some(c)) => {
+                        self.sync_collection(std::slice::from_ref(c)).await
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
+            Message::UpdateStatus(report) => {
+                tracing::info!(
+                    runner = %self.runner.id, version = report.version, state = report.state,
+                    reason = report.reason.as_deref().unwrap_or(""), "update report"
+                );
+                if let Err(e) = self.state.storage.record_update_report(
+                    &self.runner.id,
+                    clock::now_ms(),
+                    report,
+                ) {
+                    tracing::error!(runner = %self.runner.id, "storing an update report: {e}");
+                }
+                Ok(())
+            }
+            Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
+            Message::TermAlive(alive) => self.on_term_alive(alive.clone()).await,
+            Message::SecretsLost(lost) => {
+                crate::deploy::api::redeliver_lost(
+                    &self.state,
+                    &self.runner.tenant_id,
+                    &self.runner.id,
+                    &lost.apps,
+                );
+                Ok(())
+            }
+            Message::MetricsSchema(m) => {
+                let stream = self.metrics.get_or_insert_with(Box::default);
+                match stream.set_schema(
+                    &self.state.metrics,
+                    &self.runner.id,
+                    &m.schema,
+                    clock::now_ms(),
+                ) {
+                    Ok(()) => Ok(()),
+                    Err(MetricsError::Violation(why)) => {
+                        tracing::warn!(runner = %self.runner.id, "bad metrics schema: {why}");
+                        Err(Ending::violation(envelope.id, why))
+                    }
+                    Err(MetricsError::Storage(e)) => {
+                        tracing::error!(runner = %self.runner.id, "storing a metrics schema: {e}");
+                        Err(Ending::close(
+                            1011,
+                            "internal server error",
+                            "internal error",
+                        ))
+                    }
+                }
+            }
+            Message::Fingerprint(report) => {
+                let outcome = telemetry::record_fingerprint(
+                    &self.state.storage,
+                    &self.runner.id,
+                    report,
+                    clock::now_ms(),
+                );
+                match outcome {
+                    Ok(FingerprintOutcome::Resync(why)) => {
+                        tracing::info!(runner = %self.runner.id, "fingerprint changes do not apply ({why}): asking for a full report");
+                        let resync = Message::FingerprintResync(Empty {});
+                        self.send(WsMessage::Text(encode_control(envelope.id, resync).into()))
+                            .await
+                    }
+                    Ok(FingerprintOutcome::Baseline) => {
+                        tracing::info!(runner = %self.runner.id, "first fingerprint stored");
+                        Ok(())
+                    }
+                    Ok(FingerprintOutcome::Updated { drift }) => {
+                        if drift > 0 {
+                            tracing::info!(runner = %self.runner.id, drift, "fingerprint drift recorded");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The runner's next full report (next connection)
+                        // catches up whatever this one would have recorded.
+                        tracing::error!(runner = %self.runner.id, "storing a fingerprint: {e}");
+                        Ok(())
+                    }
+                }
+            }
+            Message::MetricsAck(_)
+            | Message::FingerprintResync(_)
+            | Message::DockerRequest(_)
+            | Message::LogOpen(_)
+            | Message::LogClose(_)
+            | Message::JobStart(_)
+            | Message::JobCancel(_)
+            | Message::JobResultAck(_)
+            | Message::Update(_)
+            | Message::TermOpen(_)
+            | Message::TermResize(_)
+            | Message::TermClose(_) => {
+                note_ignored(
+                    &format!(
+                        "message type '{}' (server to runner only)",
+                        envelope.body.type_name()
+                    ),
+                    &self.runner.id,
+                );
+                Ok(())
+            }
+            Message::Welcome(_) => {
+                note_ignored(
+                    "message type 'welcome' (server to runner only)",
+                    &self.runner.id,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Bring the timer forward if log work is due before it.
+    fn rearm(&self, watchdog: &mut std::pin::Pin<&mut tokio::time::Sleep>, silence_due: Instant) {
+        let due = self.log_due().min(silence_due);
+        if due < watchdog.deadline() {
+            watchdog.as_mut().reset(due);
+        }
+    }
+
+    /// A METRICS frame: decode, queue for the writer, plan the ack.
+    async fn on_metrics(&mut self, payload: &[u8]) -> Result<(), Ending> {
+        let Some(stream) = self.metrics.as_deref_mut() else {
+            return Err(Ending::violation(
+                0,
+                "metrics records before any metrics_schema",
+            ));
+        };
+        let retention = self.state.metrics.retention().raw_ms;
+        let out = stream.on_frame(payload, clock::now_ms(), retention, &self.runner.id);
+        if let Some(queued) = out.queued {
+            match self.state.metrics_writer.queue(queued).await {
+                Ok(()) => stream.queued(
+                    Instant::now(),
+                    self.state.tuning.metrics_flush,
+                    self.state.tuning.metrics_ack_every,
+                ),
+                Err(e) => note_ignored(&format!("metrics samples: {e}"), &self.runner.id),
+            }
+        }
+        match out.error {
+            None => Ok(()),
+            Some(MetricsError::Violation(why)) => {
+                tracing::warn!(runner = %self.runner.id, "undecodable metrics: {why}");
+                Err(Ending::violation(0, why))
+            }
+            Some(MetricsError::Storage(e)) => {
+                tracing::error!(runner = %self.runner.id, "storing metrics: {e}");
+                Err(Ending::close(
+                    1011,
+                    "internal server error",
+                    "internal error",
+                ))
+            }
+        }
+    }
+
+    /// Send a `metrics_ack` if one is due and something new is stored.
+    async fn ack_metrics(&mut self, now: Instant) -> Result<(), Ending> {
+        let tuning = self.state.tuning;
+        let Some(stream) = self.metrics.as_deref_mut() else {
+            return Ok(());
+        };
+        if stream.ack_due.is_none_or(|due| now < due) {
+            return Ok(());
+        }
+        match stream.take_ack(now, tuning.metrics_flush, tuning.metrics_ack_every) {
+            Some(ts_ms) => {
+                let ack = Message::MetricsAck(MetricsAck { ts_ms });
+                self.send(WsMessage::Text(encode_control(0, ack).into()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Check one received frame; `Err` ends the connection.
+    async fn inbound(
+        &mut self,
+        frame: Option<Result<WsMessage, axum::Error>>,
+    ) -> Result<Inbound, Ending> {
+        let message = match frame {
+            None => {
+                return Err(Ending::Gone {
+                    health_reason: "connection closed",
+                })
+            }
+            Some(Err(e)) => return Err(read_error(e)),
+            Some(Ok(m)) => m,
+        };
+        match message {
+            WsMessage::Text(text) => match decode_control(text.as_str()) {
+                Ok(Decoded::Known(envelope)) => Ok(Inbound::Control(Box::new(envelope))),
+                Ok(Decoded::Unknown { type_name, .. }) => {
+                    note_ignored(&format!("message type '{type_name}'"), &self.runner.id);
+                    Ok(Inbound::Nothing)
+                }
+                Err(e) => Err(Ending::violation(0, e.to_string())),
+            },
+            WsMessage::Binary(bytes) => match decode_frame(&bytes) {
+                Ok((header, _)) if header.kind == FrameKind::Metrics => {
+                    if header.channel != 0 || header.seq != 0 {
+                        return Err(Ending::violation(
+                            0,
+                            format!(
+                                "metrics frame with channel {} and seq {} (both must be 0)",
+                                header.channel, header.seq
+                            ),
+                        ));
+                    }
+                    Ok(Inbound::Metrics(bytes.slice(protocol::FRAME_HEADER_LEN..)))
+                }
+                Ok((header, _)) if matches!(header.kind, FrameKind::Data | FrameKind::End) => Ok(
+                    Inbound::Data(header, bytes.slice(protocol::FRAME_HEADER_LEN..)),
+                ),
+                // A terminal's runner acknowledges the keystrokes it wrote.
+                Ok((header, _))
+                    if header.kind == FrameKind::Ack
+                        && header.channel & protocol::TERM_CHANNEL_BIT != 0 =>
+                {
+                    Ok(Inbound::Data(header, Bytes::new()))
+                }
+                // ACK and CREDIT: the server sends no data to runners.
+                Ok(_) => Ok(Inbound::Nothing),
+                Err(FrameError::UnknownKind(k)) => {
+                    note_ignored(&format!("binary frame kind {k}"), &self.runner.id);
+                    Ok(Inbound::Nothing)
+                }
+                Err(FrameError::UnknownTag(t)) => {
+                    note_ignored(&format!("stream tag {t}"), &self.runner.id);
+                    Ok(Inbound::Nothing)
+                }
+                Err(e) => Err(Ending::violation(0, e.to_string())),
+            },
+            WsMessage::Ping(_) => {
+                // tungstenite queued the Pong; push it out now rather than on
+                // the next read.
+                self.flush().await?;
+                Ok(Inbound::Nothing)
+            }
+            WsMessage::Pong(_) => Ok(Inbound::Nothing),
+            WsMessage::Close(_) => Err(Ending::Gone {
+                health_reason: "connection closed",
+            }),
+        }
+    }
+
+    async fn send(&mut self, message: WsMessage) -> Result<(), Ending> {
+        match timeout(self.state.tuning.send_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(runner = %self.runner.id, "send failed: {e}");
+                Err(Ending::Gone {
+                    health_reason: "connection lost",
+                })
+            }
+            Err(_) => Err(Ending::Gone {
+                health_reason: "runner stopped reading",
+            }),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Ending> {
+        match timeout(self.state.tuning.send_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::Gone {
+                health_reason: "connection lost",
+            }),
+            Err(_) => Err(Ending::Gone {
+                health_reason: "runner stopped reading",
+            }),
+        }
+    }
+
+    /// Say why (if the server is the one closing), close, and wait briefly for
+    /// the runner's close frame so ours is not lost in a connection reset.
+    async fn finish(mut self, ending: Ending) {
+        let Ending::Close {
+            code,
+            reason,
+            error,
+            ..
+        } = ending
+        else {
+            return;
+        };
+        if let Some(err) = error {
+            let body = Message::Error(ErrorBody {
+                code: err.code.to_owned(),
+                message: err.message,
+            });
+            if self
+                .send(WsMessage::Text(encode_control(err.id, body).into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let frame = CloseFrame {
+            code,
+            reason: truncate_reason(&reason).into(),
+        };
+        if self.send(WsMessage::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
+        let _ = timeout(self.state.tuning.close_wait, drain).await;
+    }
+}
+
+/// Map a WebSocket read error to how the connection ends.
+fn read_error(e: axum::Error) -> Ending {
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    let Ok(e) = e.into_inner().downcast::<WsError>() else {
+        return Ending::Gone {
+            health_reason: "connection lost",
+        };
+    };
+    match *e {
+        WsError::Capacity(c) => Ending::close(
+            close::TOO_BIG,
+            format!("message too big: {c}"),
+            "message too big",
+        ),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) => {
+            Ending::Gone {
+                health_reason: "connection lost",
+            }
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Ending::Gone {
+            health_reason: "connection closed",
+        },
+        WsError::Protocol(p) => Ending::violation(0, format!("websocket protocol error: {p}")),
+        WsError::Utf8(_) => Ending::violation(0, "text frame is not valid UTF-8"),
+        other => {
+            tracing::debug!("websocket read error: {other}");
+            Ending::Gone {
+                health_reason: "connection lost",
+            }
+        }
+    }
+}
+
+fn describe(ending: &Ending) -> String {
+    match ending {
+        Ending::Gone { health_reason } => (*health_reason).to_owned(),
+        Ending::Close { code, reason, .. } => format!("closed {code} ({reason})"),
+    }
+}
+
+/// Cut a close reason to what a close frame can carry, on a char boundary.
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// Bound a runner-supplied string before storing it.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_HELLO_FIELD);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Log something ignored for forward compatibility: once per kind per
+/// process at warn level (a thousand runners of a newer version would
+/// otherwise flood the log), later ones at debug.
+fn note_ignored(what: &str, runner: &str) {
+    const MAX_REMEMBERED: usize = 256;
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let first = {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.len() < MAX_REMEMBERED && seen.insert(what.to_owned())
+    };
+    if first {
+        tracing::warn!(runner, "ignoring unknown {what} (logged once)");
+    } else {
+        tracing::debug!(runner, "ignoring unknown {what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON);
+        assert_eq!(cut.len(), 122, "cut on a char boundary");
+        assert_eq!(clip(&"x".repeat(300)).len(), MAX_HELLO_FIELD);
+    }
+}

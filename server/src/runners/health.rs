@@ -1,0 +1,131 @@
+//! Runner health changes: persisted, then announced.
+//!
+//! Every change of a runner's health (`active`, `unreachable`, `revoked`) goes
+//! through [`HealthLog`]: it is written to the runner's history in storage and
+//! then sent on a broadcast channel that the SSE endpoint (`runners/events.rs`)
+//! subscribes to. Only real changes are recorded; a replacing connection of an
+//! already active runner is not one.
+//!
+//! Callers that must order a change against the live-connection registry
+//! (connect, disconnect, revoke) call these methods while holding the
+//! registry's lock; see `link/registry.rs`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::common::clock;
+use crate::storage::{
+    ConnectOutcome, ConnectedInfo, HealthRecord, RunnerRow, Storage, StorageError,
+};
+
+/// Undelivered events per slow SSE subscriber before it skips ahead.
+const EVENT_BACKLOG: usize = 1024;
+
+/// The JSON of one health change, in the history and on the SSE stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthView {
+    pub runner_id: String,
+    pub health: &'static str,
+    pub reason: String,
+    pub at: String,
+}
+
+impl From<&HealthRecord> for HealthView {
+    fn from(r: &HealthRecord) -> Self {
+        HealthView {
+            runner_id: r.runner_id.clone(),
+            health: r.health.as_str(),
+            reason: r.reason.clone(),
+            at: clock::rfc3339(r.at),
+        }
+    }
+}
+
+pub struct HealthLog {
+    storage: Arc<Storage>,
+    events: broadcast::Sender<Arc<HealthRecord>>,
+}
+
+impl HealthLog {
+    pub fn new(storage: Arc<Storage>) -> HealthLog {
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        HealthLog { storage, events }
+    }
+
+    /// Changes of every tenant; subscribers filter by tenant.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<HealthRecord>> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, record: Option<HealthRecord>) {
+        if let Some(r) = record {
+            tracing::info!(runner = %r.runner_id, health = %r.health.as_str(), reason = %r.reason, "health changed");
+            // No subscriber is not an error.
+            let _ = self.events.send(Arc::new(r));
+        }
+    }
+
+    /// The runner finished its hello. `Refused` if it was revoked meanwhile.
+    pub fn connected(
+        &self,
+        runner_id: &str,
+        info: &ConnectedInfo<'_>,
+    ) -> Result<ConnectOutcome, StorageError> {
+        let outcome =
+            self.storage
+                .runner_connected(runner_id, info, "connected", clock::now_ms())?;
+        if let ConnectOutcome::Active(record) = &outcome {
+            self.publish(record.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// The runner's current connection ended.
+    pub fn disconnected(
+        &self,
+        runner_id: &str,
+        last_seen: i64,
+        reason: &str,
+    ) -> Result<(), StorageError> {
+        let record =
+            self.storage
+                .runner_disconnected(runner_id, last_seen, reason, clock::now_ms())?;
+        self.publish(record);
+        Ok(())
+    }
+
+    /// Revoke a runner of `tenant_id`; `None` if the tenant has no such runner.
+    pub fn revoked(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<Option<RunnerRow>, StorageError> {
+        let Some((row, record)) =
+            self.storage
+                .revoke_runner(tenant_id, runner_id, clock::now_ms())?
+        else {
+            return Ok(None);
+        };
+        self.publish(record);
+        Ok(Some(row))
+    }
+
+    /// Persist a batch of last-seen times (liveness without a health change).
+    pub fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError> {
+        self.storage.touch_last_seen(batch)
+    }
+
+    /// At startup: nothing can be connected yet, so nothing is active.
+    pub fn server_restarted(&self) -> Result<usize, StorageError> {
+        let records = self
+            .storage
+            .mark_all_unreachable("server restarted", clock::now_ms())?;
+        let n = records.len();
+        for r in records {
+            self.publish(Some(r));
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,856 @@
+//! REST and WebSocket endpoints for interactive terminals (`docs/api.md`,
+//! terminals), and the task that serves one attached client.
+//!
+//! ```text
+//!  POST   /runners/{id}/terminals            open → 201 {"id", ...}        (then attach)
+//!  GET    /runners/{id}/terminal?container=  open and attach in one (WebSocket)
+//!  GET    /terminals/{tid}/attach?offset=N   attach / reattach (WebSocket): replay from N, then live
+//!  DELETE /terminals/{tid}                   hang up
+//!  GET    /terminals[?runner=]               the audit trail, newest first
+//! ```
+//!
+//! The client's WebSocket: binary messages are raw terminal bytes both ways
+//! (keystrokes in, output out); text messages are JSON: from the client
+//! `{"type":"resize","cols","rows"}` and `{"type":"close"}`; from the server
+//! `{"type":"attached","session","offset"}` (offset: the output offset of
+//! the next byte sent), `{"type":"runner","state":"unreachable"|"active"}`,
+//! and `{"type":"end","reason"}` before the close.
+//!
+//! A WebSocket proves who it is with `Authorization` (CLI, scripts), a
+//! single-use `?ticket=` (`common/stream_auth.rs`: for clients that cannot set a
+//! header), or the dashboard's cookie; never a long-lived token in the URL,
+//! where proxy logs keep it. While attached, the client's authority is
+//! watched (`stream_auth::AuthGuard`): a logout, a deleted or demoted
+//! user, a changed password or a revoked token ends it within a second
+//! with `{"type":"end","reason"}` and close code 1008, and hangs the
+//! terminal up when the client was the one who opened it.
+//!
+//! One client per session: a newer attach replaces the older one (which gets
+//! `{"type":"detached"}`). A session without a client is kept for
+//! [`DETACH_TIMEOUT`], so a client can reattach after a blip; each session
+//! has a watchdog task for that and for a runner that does not come back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tether::protocol::{encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::app::serve::PeerAddr;
+use crate::app::AppState;
+use crate::common::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
+use crate::common::clock;
+use crate::common::error::ApiError;
+use crate::common::quotas;
+use crate::common::stream_auth::{AuthGuard, Credential, Principal};
+use crate::containers::api::valid_container_ref;
+use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::storage::{Role, SessionRow, TerminalAuditRow};
+use crate::terminals::{
+    ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
+};
+
+/// Hang up after this long without a keystroke or output, unless asked.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3600;
+/// A runner back on a new connection confirms its terminals (`term_alive`)
+/// within this long, or they are gone (it restarted).
+const ALIVE_WAIT: Duration = Duration::from_secs(10);
+/// A hang-up the runner has not confirmed with END after this long ends here.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// A send to a terminal client taking longer drops the client (it reattaches).
+const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keystrokes and control for the runner wait this long for its queue.
+const RUNNER_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_COMMAND: usize = 4096;
+const MAX_AUDIT: usize = 1000;
+
+/// Client generations, so a replaced client knows it.
+static CLIENTS: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OpenParams {
+    container: Option<String>,
+    #[serde(default)]
+    command: Option<String>,
+    user: Option<String>,
+    cols: Option<u16>,
+    rows: Option<u16>,
+    /// Seconds; 0 switches it off.
+    idle_timeout: Option<u64>,
+    /// A single-use ticket from `POST /api/v1/ws-tickets`.
+    ticket: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AttachParams {
+    offset: Option<u64>,
+    /// A single-use ticket from `POST /api/v1/ws-tickets`.
+    ticket: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    runner: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The caller of a terminal WebSocket and a printable name for the audit
+/// trail: a token from the header, a ticket that stands for a token or a
+/// session, else the dashboard's session cookie, which
+/// [`auth::websocket_session`] accepts only from this server's own page.
+/// A viewer is refused either way (a shell is an action).
+fn who(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Who, ApiError> {
+    let credential = if let Some(t) = ticket {
+        state.tickets.redeem(t).ok_or_else(|| {
+            ApiError::unauthorized("unknown, used or expired ticket: mint one per WebSocket")
+        })?
+    } else if let Some(token) = bearer(headers) {
+        identify_token(state, token)?.tenant()?;
+        Credential::of(headers).unwrap_or(Credential::Admin)
+    } else {
+        let public_url = state.releases.public_url.as_deref();
+        auth::websocket_session(state, headers, public_url)?;
+        Credential::of(headers).unwrap_or(Credential::Admin)
+    };
+    match &credential {
+        Credential::ApiToken(hash) => {
+            let token = state
+                .storage
+                .api_token_auth(hash, clock::now_ms())?
+                .map_err(|why| ApiError::unauthorized(why.message()))?;
+            Ok(Who {
+                tenant: token.tenant_id,
+                name: token_name_by_hash(state, hash)?,
+                any_session: true,
+                credential,
+            })
+        }
+        Credential::Session(hash) => {
+            let session = state
+                .storage
+                .session(hash, clock::now_ms())?
+                .ok_or_else(|| {
+                    ApiError::unauthorized("session expired or unknown; log in again")
+                })?;
+            if session.user.role == Role::Viewer {
+                return Err(ApiError::forbidden(
+                    "the viewer role can only look: opening a terminal is an action",
+                ));
+            }
+            Ok(Who {
+                tenant: session.user.tenant_id.clone(),
+                name: user_name(&session),
+                any_session: session.user.role == Role::Admin,
+                credential,
+            })
+        }
+        Credential::Admin => Err(ApiError::forbidden(
+            "the admin token manages tenants only; use a tenant's API token",
+        )),
+    }
+}
+
+/// A terminal client: its tenant, its name in the audit trail, and whether
+/// it may take over or end a session someone else opened.
+struct Who {
+    tenant: String,
+    name: String,
+    /// API tokens (a tenant admin's automation) and admin users may; an
+    /// operator's dashboard session reaches only the shells it opened —
+    /// another operator's open shell is theirs, not a shared resource.
+    any_session: bool,
+    /// What proved it, watched while the client is attached.
+    credential: Credential,
+}
+
+impl Who {
+    fn may_use(&self, s: &Session) -> Result<(), ApiError> {
+        if self.any_session || s.who == self.name {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "terminal {} was opened by {}; only they or an admin can attach to it or end it",
+            s.id, s.who
+        )))
+    }
+
+    /// The watch on this client's authority over `s`: an operator for its
+    /// own shell, an admin for someone else's.
+    fn guard(&self, state: &AppState, s: &Session) -> ClientAuth {
+        let opener = s.who == self.name;
+        let need = if opener { Role::Operator } else { Role::Admin };
+        let principal = Principal {
+            credential: self.credential.clone(),
+            need,
+        };
+        ClientAuth {
+            guard: AuthGuard::spawn(state, principal),
+            opener,
+        }
+    }
+}
+
+/// A client's watched authority, and whether it opened the shell (which
+/// then ends with that authority).
+struct ClientAuth {
+    guard: AuthGuard,
+    opener: bool,
+}
+
+fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
+    token_name_by_hash(state, &hash_secret(token))
+}
+
+fn token_name_by_hash(state: &AppState, hash: &str) -> Result<String, ApiError> {
+    Ok(state
+        .storage
+        .api_token_name(hash)?
+        .unwrap_or_else(|| "api token".into()))
+}
+
+/// A dashboard user in the audit trail, told apart from a token's name.
+fn user_name(session: &SessionRow) -> String {
+    format!("{} (dashboard)", session.user.name)
+}
+
+/// The runner's refusal, with its reason kept.
+fn refused(code: &str, message: String) -> ApiError {
+    let (status, code) = match code {
+        "host_terminal_disabled" => (StatusCode::FORBIDDEN, "host_terminal_disabled"),
+        "container_terminal_disabled" => (StatusCode::FORBIDDEN, "container_terminal_disabled"),
+        "no_such_container" => (StatusCode::NOT_FOUND, "no_such_container"),
+        "docker_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable"),
+        "too_many_channels" => (StatusCode::CONFLICT, "too_many_terminals"),
+        "docker_error" => (StatusCode::BAD_GATEWAY, "docker"),
+        _ => (StatusCode::BAD_GATEWAY, "runner_error"),
+    };
+    ApiError::new(status, code, message)
+}
+
+/// Open a terminal on a runner: `term_open`, its answer, the audit row and
+/// the session's watchdog.
+async fn open(
+    state: &AppState,
+    tenant: &str,
+    who: String,
+    client: String,
+    runner: &str,
+    p: &OpenParams,
+) -> Result<Arc<Session>, ApiError> {
+    let row = runner_in_tenant(state, tenant, runner)?;
+    if let Some(c) = &p.container {
+        if !valid_container_ref(c) {
+            return Err(ApiError::bad_request(format!("bad container name {c:?}")));
+        }
+    }
+    let command: Vec<String> = match &p.command {
+        Some(c) if c.len() > MAX_COMMAND => {
+            return Err(ApiError::bad_request("command is too long"))
+        }
+        Some(c) if !c.trim().is_empty() => vec!["sh".into(), "-c".into(), c.clone()],
+        _ => Vec::new(),
+    };
+    let target = match &p.container {
+        Some(c) => format!("container:{c}"),
+        None => "host".to_owned(),
+    };
+    let id = new_id("tm_").map_err(ApiError::internal)?;
+    let now_ms = clock::now_ms();
+    let per_tenant = state.quotas.terminals_per_tenant;
+    let session = state
+        .terminals
+        .create(id, tenant, &row.id, target, who, now_ms, per_tenant)
+        .map_err(|full| match full {
+            Full::Server => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_terminals",
+                "too many terminals are open on this server",
+            ),
+            Full::Tenant => quotas::exceeded(
+                "open terminals",
+                per_tenant as u64,
+                "--max-terminals-per-tenant",
+            ),
+        })?;
+    let open = TermOpen {
+        channel: session.channel,
+        container: p.container.clone(),
+        // On the host, `command` runs through the user's own shell.
+        command: if p.container.is_some() {
+            command
+        } else {
+            command.into_iter().skip(2).collect()
+        },
+        user: p.user.clone(),
+        cols: p.cols.unwrap_or(80).clamp(1, 1000),
+        rows: p.rows.unwrap_or(24).clamp(1, 1000),
+        idle_timeout_s: p.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_S),
+        detach_timeout_s: 0,
+        window: 0,
+    };
+    let limit = state.tuning.docker_timeout;
+    let answer = state
+        .registry
+        .request(tenant, &row.id, Message::TermOpen(open), limit)
+        .await;
+    let fail = |e: ApiError| {
+        state.terminals.remove(&session.id);
+        e
+    };
+    match answer {
+        Ok(Envelope {
+            body: Message::TermOpened(opened),
+            ..
+        }) => {
+            tracing::info!(runner = %row.id, session = %session.id, target = %session.target, who = %session.who, pid = ?opened.pid, "terminal opened");
+        }
+        Ok(Envelope {
+            body: Message::Error(e),
+            ..
+        }) => return Err(fail(refused(&e.code, e.message))),
+        Ok(other) => {
+            return Err(fail(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "runner_error",
+                format!("unexpected answer '{}'", other.body.type_name()),
+            )))
+        }
+        Err(e) => {
+            // It may open late: make sure it is hung up then.
+            let close = ToRunner::Text(close_message(session.channel));
+            let _ = state
+                .registry
+                .send_terminal(tenant, &row.id, close, RUNNER_SEND_TIMEOUT)
+                .await;
+            return Err(fail(ApiError::runner_request(
+                &row.id,
+                e,
+                "the terminal open",
+                limit,
+            )));
+        }
+    }
+    session.lock().phase = Phase::Live;
+    let audit = TerminalAuditRow {
+        id: session.id.clone(),
+        runner_id: row.id.clone(),
+        target: session.target.clone(),
+        who: session.who.clone(),
+        client,
+        opened_ms: now_ms,
+        closed_ms: None,
+        reason: None,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    if let Err(e) = state.storage.terminal_opened(tenant, &audit) {
+        tracing::error!(session = %session.id, "recording a terminal in the audit trail: {e}");
+    }
+    tokio::spawn(watchdog(state.clone(), session.clone()));
+    Ok(session)
+}
+
+fn session_json(s: &Session) -> Value {
+    let st = s.lock();
+    json!({
+        "id": s.id,
+        "runner_id": s.runner_id,
+        "target": s.target,
+        "who": s.who,
+        "opened_at": clock::rfc3339(s.opened_ms),
+        "attached": st.client.is_some(),
+        "runner_connected": st.runner_here,
+        "output_offset": st.end,
+        "state": match &st.phase {
+            Phase::Opening => "opening",
+            Phase::Live => "open",
+            Phase::Ended(_) => "ended",
+        },
+    })
+}
+
+fn peer_name(peer: Option<Extension<PeerAddr>>) -> String {
+    peer.map_or_else(|| "-".to_owned(), |Extension(PeerAddr(a))| a.to_string())
+}
+
+/// `POST /api/v1/runners/{id}/terminals`: a token, or the session cookie
+/// with its CSRF header and a role above viewer (the [`Caller`] checks).
+pub async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    Path(runner): Path<String>,
+    JsonBody(p): JsonBody<OpenParams>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = caller.tenant()?.to_owned();
+    let who = match (&caller, bearer(&headers)) {
+        (Caller::User(session), _) => user_name(session),
+        (_, Some(token)) => token_name(&state, token)?,
+        (_, None) => "api token".into(),
+    };
+    let s = open(&state, &tenant, who, peer_name(peer), &runner, &p).await?;
+    Ok((StatusCode::CREATED, Json(session_json(&s))))
+}
+
+/// `GET /api/v1/runners/{id}/terminal` (WebSocket): open and attach.
+pub async fn open_ws(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+    Path(runner): Path<String>,
+    Query(p): Query<OpenParams>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let result = async {
+        let who = who(&state, &headers, p.ticket.as_deref())?;
+        let upgrade = upgrade.map_err(|r| {
+            ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
+        })?;
+        let s = open(
+            &state,
+            &who.tenant,
+            who.name.clone(),
+            peer_name(peer),
+            &runner,
+            &p,
+        )
+        .await?;
+        let guard = who.guard(&state, &s);
+        Ok::<_, ApiError>((s, guard, upgrade))
+    }
+    .await;
+    match result {
+        Ok((s, guard, upgrade)) => upgrade
+            .max_message_size(1024 * 1024)
+            .on_upgrade(move |ws| serve_client(state, s, ws, 0, guard)),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/v1/terminals/{tid}/attach` (WebSocket).
+pub async fn attach_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(p): Query<AttachParams>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let result = (|| {
+        let who = who(&state, &headers, p.ticket.as_deref())?;
+        let s = state
+            .terminals
+            .get(&who.tenant, &id)
+            .ok_or_else(|| ApiError::not_found(format!("no open terminal {id} in this tenant")))?;
+        who.may_use(&s)?;
+        let upgrade = upgrade.map_err(|r| {
+            ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
+        })?;
+        let guard = who.guard(&state, &s);
+        Ok::<_, ApiError>((s, guard, upgrade))
+    })();
+    match result {
+        Ok((s, guard, upgrade)) => {
+            let from = p.offset.unwrap_or(0);
+            upgrade
+                .max_message_size(1024 * 1024)
+                .on_upgrade(move |ws| serve_client(state, s, ws, from, guard))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /api/v1/terminals/{tid}`
+pub async fn close(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let s = state
+        .terminals
+        .get(tenant, &id)
+        .ok_or_else(|| ApiError::not_found(format!("no open terminal {id} in this tenant")))?;
+    if let Caller::User(session) = &caller {
+        let who = Who {
+            tenant: tenant.to_owned(),
+            name: user_name(session),
+            any_session: session.user.role == Role::Admin,
+            // Not watched: this request ends here.
+            credential: Credential::Admin,
+        };
+        who.may_use(&s)?;
+    }
+    request_close(&state, &s, "closed by API").await;
+    Ok(Json(session_json(&s)))
+}
+
+/// `GET /api/v1/terminals`
+pub async fn audit(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(p): Query<AuditParams>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let limit = p.limit.unwrap_or(100).min(MAX_AUDIT);
+    let rows = state
+        .storage
+        .terminal_audit(tenant, p.runner.as_deref(), limit)?;
+    let list: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let open = state.terminals.get(tenant, &r.id).is_some();
+            let secs = r
+                .closed_ms
+                .unwrap_or_else(clock::now_ms)
+                .saturating_sub(r.opened_ms)
+                / 1000;
+            json!({
+                "id": r.id, "runner_id": r.runner_id, "target": r.target, "who": r.who,
+                "client": r.client, "opened_at": clock::rfc3339(r.opened_ms),
+                "closed_at": r.closed_ms.map(clock::rfc3339), "duration_s": secs,
+                "reason": r.reason, "open": open, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+/// Close the audit row of a session that ended.
+pub fn record_end(state: &AppState, s: &Session) {
+    let (reason, bytes_in, bytes_out) = {
+        let st = s.lock();
+        let reason = match &st.phase {
+            Phase::Ended(r) => r.clone(),
+            _ => "ended".into(),
+        };
+        (reason, st.bytes_in, st.bytes_out)
+    };
+    tracing::info!(runner = %s.runner_id, session = %s.id, %reason, "terminal ended");
+    if let Err(e) =
+        state
+            .storage
+            .terminal_closed(&s.id, clock::now_ms(), &reason, bytes_in, bytes_out)
+    {
+        tracing::error!(session = %s.id, "recording the end of a terminal: {e}");
+    }
+}
+
+/// End a session here (the runner cannot be told, or did not answer).
+fn end_here(state: &AppState, s: &Session, reason: &str) {
+    {
+        let mut st = s.lock();
+        if matches!(st.phase, Phase::Ended(_)) {
+            return;
+        }
+        st.phase = Phase::Ended(reason.to_owned());
+    }
+    state.terminals.remove(&s.id);
+    s.notify.notify_one();
+    record_end(state, s);
+}
+
+/// Hang the terminal up: `term_close` to the runner, whose END ends it; a
+/// runner that is away gets it when it is back (or the session ends when
+/// it does not come back).
+async fn request_close(state: &AppState, s: &Session, why: &str) {
+    let here = {
+        let mut st = s.lock();
+        if st.closing || matches!(st.phase, Phase::Ended(_)) {
+            return;
+        }
+        st.closing = true;
+        st.runner_here
+    };
+    tracing::debug!(session = %s.id, "hanging up: {why}");
+    if !here {
+        return;
+    }
+    let msg = ToRunner::Text(close_message(s.channel));
+    if let Err(e) = state
+        .registry
+        .send_terminal(&s.tenant_id, &s.runner_id, msg, RUNNER_SEND_TIMEOUT)
+        .await
+    {
+        tracing::debug!(session = %s.id, "cannot send term_close: {e:?}");
+    }
+}
+
+/// One per session: detach timeout, a runner that stays away, a hang-up
+/// the runner never confirms.
+async fn watchdog(state: AppState, s: Arc<Session>) {
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let (detached, away, closing, back) = {
+            let st = s.lock();
+            if matches!(st.phase, Phase::Ended(_)) {
+                return;
+            }
+            (
+                st.client
+                    .is_none()
+                    .then_some(st.detached_since)
+                    .flatten()
+                    .map(|t| now.saturating_duration_since(t)),
+                st.runner_away_since
+                    .map(|t| now.saturating_duration_since(t)),
+                st.closing,
+                st.runner_back_at.map(|t| now.saturating_duration_since(t)),
+            )
+        };
+        if away.is_some_and(|d| d > RUNNER_AWAY_TIMEOUT) {
+            end_here(&state, &s, "runner unreachable");
+            return;
+        }
+        if back.is_some_and(|d| d > ALIVE_WAIT) {
+            end_here(&state, &s, "the runner no longer has this terminal");
+            return;
+        }
+        if closing {
+            let since = *closing_since.get_or_insert(now);
+            if away.is_none() && now.saturating_duration_since(since) > CLOSE_WAIT {
+                end_here(&state, &s, "closed (the runner did not confirm)");
+                return;
+            }
+        } else if detached.is_some_and(|d| d > DETACH_TIMEOUT) {
+            request_close(&state, &s, "no client attached").await;
+        }
+    }
+}
+
+async fn send_ws(ws: &mut WebSocket, m: WsMessage) -> bool {
+    matches!(timeout(CLIENT_SEND_TIMEOUT, ws.send(m)).await, Ok(Ok(())))
+}
+
+fn text(v: Value) -> WsMessage {
+    WsMessage::Text(v.to_string().into())
+}
+
+/// Serve one attached client until it leaves, is replaced, the session
+/// ends, or its authority does (`guard`).
+async fn serve_client(
+    state: AppState,
+    s: Arc<Session>,
+    mut ws: WebSocket,
+    from: u64,
+    mut auth: ClientAuth,
+) {
+    let gen = CLIENTS.fetch_add(1, Ordering::Relaxed);
+    let start = {
+        let mut st = s.lock();
+        st.client = Some(gen);
+        st.detached_since = None;
+        let start = from.clamp(st.ring_start(), st.end);
+        st.delivered = start;
+        start
+    };
+    // A replaced client wakes up and sees it.
+    s.notify.notify_one();
+    let hello = json!({"type": "attached", "session": s.id, "offset": start, "target": s.target});
+    let mut ok = send_ws(&mut ws, text(hello)).await;
+    let mut pending_in: Vec<u8> = Vec::new();
+    let mut runner_shown = true;
+    let mut end_reason: Option<String> = None;
+    let mut revoked: Option<String> = None;
+    while ok {
+        // Output first, then keystrokes held back for lack of room.
+        loop {
+            let (from, bytes, runner_here, replaced) = {
+                let st = s.lock();
+                let (f, b) = st.output_from(st.delivered, MAX_DATA_PAYLOAD);
+                if let Phase::Ended(r) = &st.phase {
+                    if b.is_empty() {
+                        end_reason = Some(r.clone());
+                    }
+                }
+                (f, b, st.runner_here, st.client != Some(gen))
+            };
+            if replaced {
+                let _ = send_ws(&mut ws, text(json!({"type": "detached"}))).await;
+                ok = false;
+                end_reason = None;
+                break;
+            }
+            if runner_here != runner_shown {
+                runner_shown = runner_here;
+                let state = if runner_here { "active" } else { "unreachable" };
+                ok = send_ws(&mut ws, text(json!({"type": "runner", "state": state}))).await;
+            }
+            if bytes.is_empty() || !ok {
+                break;
+            }
+            let n = bytes.len() as u64;
+            ok = send_ws(&mut ws, WsMessage::Binary(bytes.into())).await;
+            let ack = {
+                let mut st = s.lock();
+                if st.client == Some(gen) {
+                    st.delivered = from + n;
+                }
+                st.ack_due()
+            };
+            if let Some(seq) = ack {
+                send_ack(&state, &s, seq).await;
+            }
+        }
+        if !ok || end_reason.is_some() {
+            break;
+        }
+        if !pending_in.is_empty() {
+            send_input(&state, &s, &mut pending_in).await;
+        }
+        let reading = pending_in.is_empty();
+        tokio::select! {
+            reason = auth.guard.ended() => {
+                revoked = Some(reason);
+                break;
+            }
+            () = s.notify.notified() => {}
+            () = sleep(Duration::from_secs(1)) => {}
+            msg = ws.recv(), if reading => match msg {
+                Some(Ok(WsMessage::Binary(b))) => {
+                    pending_in.extend_from_slice(&b);
+                    send_input(&state, &s, &mut pending_in).await;
+                }
+                Some(Ok(WsMessage::Text(t))) => on_client_text(&state, &s, t.as_str()).await,
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => ok = false,
+            },
+        }
+    }
+    if let Some(reason) = revoked {
+        tracing::info!(session = %s.id, %reason, "terminal client's authority ended");
+        {
+            let mut st = s.lock();
+            if st.client == Some(gen) {
+                st.client = None;
+                st.detached_since = Some(Instant::now());
+            }
+        }
+        // The shell was opened with this authority: it goes with it.
+        // (Someone else's shell an admin was looking at stays theirs.)
+        if auth.opener {
+            request_close(&state, &s, "the opener's authority ended").await;
+        }
+        let reason = format!("authorization ended: {reason}");
+        let _ = send_ws(&mut ws, text(json!({"type": "end", "reason": reason}))).await;
+        let close = CloseFrame {
+            code: 1008,
+            reason: "authorization ended".into(),
+        };
+        let _ = send_ws(&mut ws, WsMessage::Close(Some(close))).await;
+        return;
+    }
+    if let Some(reason) = end_reason {
+        let _ = send_ws(&mut ws, text(json!({"type": "end", "reason": reason}))).await;
+        let close = CloseFrame {
+            code: 1000,
+            reason: "terminal ended".into(),
+        };
+        let _ = send_ws(&mut ws, WsMessage::Close(Some(close))).await;
+        return;
+    }
+    // Gone without ending the session: detach; the runner may go on.
+    let ack = {
+        let mut st = s.lock();
+        if st.client != Some(gen) {
+            return;
+        }
+        st.client = None;
+        st.detached_since = Some(Instant::now());
+        st.ack_due()
+    };
+    tracing::debug!(session = %s.id, "terminal client detached");
+    if let Some(seq) = ack {
+        send_ack(&state, &s, seq).await;
+    }
+}
+
+/// Tell the runner the client has the output up to `seq` (best effort: a
+/// lost ACK is repeated by the next one, which covers it).
+async fn send_ack(state: &AppState, s: &Session, seq: u64) {
+    let _ = state
+        .registry
+        .send_terminal(
+            &s.tenant_id,
+            &s.runner_id,
+            ToRunner::Binary(ack_frame(s.channel, seq)),
+            RUNNER_SEND_TIMEOUT,
+        )
+        .await;
+}
+
+/// Move keystrokes into the session's window and send them.
+async fn send_input(state: &AppState, s: &Session, pending: &mut Vec<u8>) {
+    let frames = {
+        let mut st = s.lock();
+        if st.closing {
+            pending.clear();
+            return;
+        }
+        let n = pending.len().min(st.input_room());
+        let frames = st.push_input(s.channel, &pending[..n]);
+        pending.drain(..n);
+        frames
+    };
+    for f in frames {
+        // Not connected: kept in the window, sent again on `term_alive`.
+        let _ = state
+            .registry
+            .send_terminal(
+                &s.tenant_id,
+                &s.runner_id,
+                ToRunner::Binary(f),
+                RUNNER_SEND_TIMEOUT,
+            )
+            .await;
+    }
+}
+
+#[derive(Deserialize)]
+struct ClientText {
+    #[serde(rename = "type")]
+    kind: String,
+    cols: Option<u16>,
+    rows: Option<u16>,
+}
+
+async fn on_client_text(state: &AppState, s: &Session, t: &str) {
+    let Ok(m) = serde_json::from_str::<ClientText>(t) else {
+        tracing::debug!(session = %s.id, "ignoring a malformed client message");
+        return;
+    };
+    match (m.kind.as_str(), m.cols, m.rows) {
+        ("resize", Some(cols), Some(rows)) => {
+            let msg = Message::TermResize(TermResize {
+                channel: s.channel,
+                cols: cols.clamp(1, 1000),
+                rows: rows.clamp(1, 1000),
+            });
+            let _ = state
+                .registry
+                .send_terminal(
+                    &s.tenant_id,
+                    &s.runner_id,
+                    ToRunner::Text(encode_control(0, msg)),
+                    RUNNER_SEND_TIMEOUT,
+                )
+                .await;
+        }
+        ("close", _, _) => request_close(state, s, "closed by the client").await,
+        _ => tracing::debug!(session = %s.id, "ignoring client message {:?}", m.kind),
+    }
+}

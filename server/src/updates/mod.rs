@@ -1,0 +1,745 @@
+//! Releases and self-update: the server stores signed releases, serves them
+//! for download (the runners' updater and `install.sh`), keeps the desired
+//! version per tenant or group with a canary share, tells connected runners
+//! (`update` message) and records what they report (`update_status`).
+//!
+//! The server never signs and never vouches: runners verify every binary
+//! against keys installed on the host. A release is a directory
+//! `<data-dir>/releases/<version>/` holding what `build.sh release` made:
+//! `tether-<arch>`, `tether-<arch>.minisig`, `manifest.json` and
+//! `manifest.json.minisig`. Downloads need no token (the files are public
+//! and signed); uploads need the admin token.
+//!
+//! ```text
+//!  operator ─ upload (admin) ─▶ releases/<v>/…
+//!  operator ─ PUT policy {version, canary_percent, group} ─▶ storage ─▶ `update` to each connected
+//!                                                                    runner it selects
+//!  runner connects ─▶ welcome ─▶ `update` if its policy selects it and it runs another version
+//!  runner ─ update_status ─▶ update_reports (installed / failed / rejected / interrupted)
+//! ```
+
+use std::cmp::Ordering;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tether::protocol::{encode_control, Message, UpdateOffer};
+
+use crate::app::AppState;
+use crate::common::auth::Caller;
+use crate::common::clock;
+use crate::common::error::ApiError;
+use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::storage::UpdatePolicy;
+
+/// Largest file of a release.
+pub const MAX_RELEASE_FILE: usize = 64 * 1024 * 1024;
+const MAX_GROUP_LEN: usize = 64;
+
+/// Where releases live and what `install.sh` is told.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseConfig {
+    /// `<data-dir>/releases`; `None` (unit tests) refuses uploads.
+    pub dir: Option<PathBuf>,
+    /// The minisign public keys `install.sh` writes on the host (the
+    /// operator's, from `--release-keys`); the first install trusts the
+    /// HTTPS connection to this server for them.
+    pub install_keys: Option<String>,
+    /// The URL runners and `install.sh` use for this server (`--public-url`).
+    pub public_url: Option<String>,
+    /// Without `public_url`: the `Host` names (`host` or `host:port`) whose
+    /// request gets `https://<Host>` in `install.sh` (`--allowed-hosts`).
+    pub allowed_hosts: Vec<String>,
+    /// Without either: where this server listens (its `server.url`).
+    pub listen_url: Option<String>,
+}
+
+impl ReleaseConfig {
+    /// The server URL `install.sh` tells a new host: `--public-url`, else
+    /// `https://<Host>` if the request's Host is in `--allowed-hosts`, else
+    /// the listening address. Never a Host nobody allowed: anyone can send
+    /// any Host, and a cached or proxied install.sh would then enroll
+    /// hosts with the sender's server.
+    pub fn install_url(&self, host: Option<&str>) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        if let Some(host) =
+            host.filter(|h| self.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)))
+        {
+            return format!("https://{}", host.to_ascii_lowercase());
+        }
+        self.listen_url
+            .clone()
+            .unwrap_or_else(|| "https://localhost".to_owned())
+    }
+}
+
+/// A dotted version, compared numerically (`0.10.0` > `0.9.0`); a
+/// pre-release (`1.0.0-rc1`) sorts before its release.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    fn key(v: &str) -> (Vec<u64>, bool, String) {
+        let (nums, pre) = v.split_once('-').unwrap_or((v, ""));
+        let parts = nums.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+        (parts, pre.is_empty(), pre.to_owned())
+    }
+    let (ka, kb) = (key(a), key(b));
+    let n = ka.0.len().max(kb.0.len());
+    for i in 0..n {
+        let (x, y) = (ka.0.get(i).unwrap_or(&0), kb.0.get(i).unwrap_or(&0));
+        match x.cmp(y) {
+            Ordering::Equal => {}
+            o => return o,
+        }
+    }
+    ka.1.cmp(&kb.1).then(ka.2.cmp(&kb.2))
+}
+
+/// `1.2.3`, `1.2.3-rc1`: digits, dots, letters and `-`, ≤ 32 characters.
+pub fn valid_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 32
+        && v.as_bytes()[0].is_ascii_digit()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !v.contains("..")
+}
+
+/// A file name inside a release: no path, no hidden files.
+pub fn valid_file_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 100
+        && !n.starts_with('.')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReleaseFile {
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReleaseInfo {
+    pub version: String,
+    pub files: Vec<ReleaseFile>,
+    /// Whether a signed manifest was uploaded.
+    pub signed_manifest: bool,
+}
+
+fn releases_dir(state: &AppState) -> Result<&FsPath, ApiError> {
+    state.releases.dir.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this server keeps no releases",
+        )
+    })
+}
+
+/// Every release, newest first.
+pub fn list(dir: &FsPath) -> Vec<ReleaseInfo> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let version = e.file_name().to_string_lossy().into_owned();
+        if !valid_version(&version) {
+            continue;
+        }
+        let mut files: Vec<ReleaseFile> = std::fs::read_dir(e.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let meta = f.metadata().ok()?;
+                (valid_file_name(&name) && meta.is_file()).then_some(ReleaseFile {
+                    name,
+                    size: meta.len(),
+                })
+            })
+            .collect();
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let signed_manifest = files.iter().any(|f| f.name == "manifest.json.minisig");
+        out.push(ReleaseInfo {
+            version,
+            files,
+            signed_manifest,
+        });
+    }
+    out.sort_by(|a, b| compare_versions(&b.version, &a.version));
+    out
+}
+
+fn has_file(dir: &FsPath, version: &str, name: &str) -> bool {
+    dir.join(version).join(name).is_file()
+}
+
+/// A release file's bytes may pause this long between chunks.
+const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+/// Largest `manifest.json` (read back to check it names its version).
+const MAX_MANIFEST: u64 = 1024 * 1024;
+
+/// `POST /api/v1/releases/{version}/{file}` (admin): the raw bytes of one file.
+///
+/// The caller and the names are checked before a byte of the body is read
+/// (a tenant token sending 60 MB gets its 403 at once, and with `Expect:
+/// 100-continue` never sends them); then the body is streamed to a
+/// temporary file beside the release, at most [`MAX_RELEASE_FILE`] bytes
+/// and [`UPLOAD_IDLE`] between chunks, and renamed into place.
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((version, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<ReleaseFile>), ApiError> {
+    let dir = match refusal(&state, &caller, &version, &name) {
+        Ok(dir) => dir,
+        Err(e) => {
+            drain_refused(&headers, body);
+            return Err(e);
+        }
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_RELEASE_FILE as u64) {
+        return Err(crate::app::edge::too_large(MAX_RELEASE_FILE as u64));
+    }
+    // Apart from the releases (`list` skips it: not a version), so a
+    // failed upload leaves no empty release behind.
+    let partials = dir.join(".partial");
+    tokio::fs::create_dir_all(&partials)
+        .await
+        .map_err(ApiError::internal)?;
+    let partial = PartialFile::new(&partials, &name)?;
+    let size = receive(body, &partial.path).await?;
+    if name == "manifest.json" {
+        check_manifest(&partial.path, &version).await?;
+    }
+    let target = dir.join(&version);
+    let path = target.join(&name);
+    let from = partial.path.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::File::open(&from)?.sync_all()?;
+        std::fs::create_dir_all(&target)?;
+        std::fs::rename(&from, &path)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    partial.keep();
+    tracing::info!(version, file = name, size, "release file stored");
+    Ok((StatusCode::CREATED, Json(ReleaseFile { name, size })))
+}
+
+/// Why an upload is refused before its body is read (the caller, the
+/// names), or the releases directory it goes to.
+fn refusal(
+    state: &AppState,
+    caller: &Caller,
+    version: &str,
+    name: &str,
+) -> Result<PathBuf, ApiError> {
+    caller.admin()?;
+    let dir = releases_dir(state)?.to_owned();
+    if !valid_version(version) {
+        return Err(ApiError::bad_request(format!(
+            "{version:?} is not a version"
+        )));
+    }
+    if !valid_file_name(name) {
+        return Err(ApiError::bad_request(format!(
+            "{name:?} is not a release file name"
+        )));
+    }
+    Ok(dir)
+}
+
+/// The body of a refused upload is read and dropped in the background
+/// while the answer goes out at once: a client that writes its whole body
+/// before it reads (ureq, the operator CLI) would otherwise meet a reset
+/// connection instead of the 403. Nothing is kept (no memory), at most
+/// [`MAX_RELEASE_FILE`] bytes, [`UPLOAD_IDLE`] between chunks. A client
+/// that sent `Expect: 100-continue` (curl) is waiting for the answer and
+/// never sends the body: reading it would ask for it, so it is left.
+fn drain_refused(headers: &HeaderMap, body: Body) {
+    let expects = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        return;
+    }
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut chunks = body.into_data_stream();
+        let mut seen = 0u64;
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
+            seen += chunk.len() as u64;
+            if seen > MAX_RELEASE_FILE as u64 {
+                break;
+            }
+        }
+    });
+}
+
+/// An upload's temporary file, removed unless kept (an error, a client
+/// gone mid-body).
+struct PartialFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl PartialFile {
+    fn new(dir: &FsPath, name: &str) -> Result<PartialFile, ApiError> {
+        let tag = crate::common::auth::new_id("")?;
+        Ok(PartialFile {
+            path: dir.join(format!("{name}.{tag}")),
+            kept: false,
+        })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Stream `body` into a new file at `path`; its size.
+async fn receive(body: Body, path: &FsPath) -> Result<u64, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut chunks = body.into_data_stream();
+    let mut size = 0u64;
+    loop {
+        let chunk = match tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    tether::protocol::api_error::BAD_REQUEST,
+                    format!(
+                        "the upload stalled: no data for {} s",
+                        UPLOAD_IDLE.as_secs()
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!("reading the upload: {e}")))
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        size += chunk.len() as u64;
+        if size > MAX_RELEASE_FILE as u64 {
+            return Err(crate::app::edge::too_large(MAX_RELEASE_FILE as u64));
+        }
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    Ok(size)
+}
+
+/// A `manifest.json` must be JSON and name the version it is uploaded as.
+async fn check_manifest(path: &FsPath, version: &str) -> Result<(), ApiError> {
+    let len = tokio::fs::metadata(path)
+        .await
+        .map_err(ApiError::internal)?
+        .len();
+    if len > MAX_MANIFEST {
+        return Err(ApiError::bad_request(format!(
+            "manifest.json is larger than {MAX_MANIFEST} bytes"
+        )));
+    }
+    let bytes = tokio::fs::read(path).await.map_err(ApiError::internal)?;
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("manifest.json is not JSON: {e}")))?;
+    if manifest.get("version").and_then(|v| v.as_str()) != Some(version) {
+        return Err(ApiError::bad_request(format!(
+            "manifest.json is not for version {version}"
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/releases` (admin or tenant).
+pub async fn list_releases(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<ReleaseInfo>>, ApiError> {
+    let dir = releases_dir(&state)?.to_owned();
+    let list = tokio::task::spawn_blocking(move || list(&dir))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(list))
+}
+
+/// `GET /releases/{version}/{file}`: public download; `latest` is the
+/// newest release that has the file.
+pub async fn download(
+    State(state): State<AppState>,
+    Path((version, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let dir = releases_dir(&state)?.to_owned();
+    if !valid_file_name(&name) || !(version == "latest" || valid_version(&version)) {
+        return Err(ApiError::not_found("no such release file"));
+    }
+    let path = tokio::task::spawn_blocking(move || {
+        let version = if version == "latest" {
+            list(&dir)
+                .into_iter()
+                .find(|r| r.files.iter().any(|f| f.name == name))
+                .map(|r| r.version)?
+        } else {
+            version
+        };
+        let p = dir.join(version).join(&name);
+        p.is_file().then_some(p)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found("no such release file"))?;
+    // Streamed in 64 KiB chunks: a fleet updating at once must not hold a
+    // copy of the binary per download in memory.
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(file)))
+            }
+            // The error ends the body (the client sees a short read).
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// `null` removes the policy.
+    pub version: Option<String>,
+    #[serde(default = "hundred")]
+    pub canary_percent: u8,
+    #[serde(default)]
+    pub group: String,
+}
+
+fn hundred() -> u8 {
+    100
+}
+
+/// `PUT /api/v1/update-policy` (tenant): desired version for the tenant
+/// (or a group), with a canary share. Tells connected runners at once.
+pub async fn set_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<PolicyRequest>,
+) -> Result<Json<Vec<UpdatePolicy>>, ApiError> {
+    let tenant = caller.tenant()?.to_owned();
+    if req.group.len() > MAX_GROUP_LEN {
+        return Err(ApiError::bad_request("group name too long"));
+    }
+    if req.canary_percent > 100 {
+        return Err(ApiError::bad_request("canary_percent must be 0 to 100"));
+    }
+    match &req.version {
+        Some(v) => {
+            let dir = releases_dir(&state)?;
+            if !valid_version(v) || !dir.join(v).is_dir() {
+                return Err(ApiError::bad_request(format!(
+                    "no release {v:?} on this server (upload it first)"
+                )));
+            }
+            state.storage.set_update_policy(
+                &tenant,
+                &UpdatePolicy {
+                    group: req.group.clone(),
+                    version: v.clone(),
+                    canary_percent: req.canary_percent,
+                    updated_at: clock::now_ms(),
+                },
+            )?;
+            tracing::info!(
+                tenant,
+                group = req.group,
+                version = v,
+                canary = req.canary_percent,
+                "desired version set"
+            );
+        }
+        None => {
+            state.storage.clear_update_policy(&tenant, &req.group)?;
+        }
+    }
+    for runner_id in state.registry.connected(&tenant) {
+        if let Some(offer) = offer_for(&state, &tenant, &runner_id)? {
+            let text = encode_control(0, Message::Update(offer));
+            state.registry.notify(&tenant, &runner_id, text);
+        }
+    }
+    Ok(Json(state.storage.update_policies(&tenant)?))
+}
+
+/// `GET /api/v1/update-policy` (tenant).
+pub async fn get_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<UpdatePolicy>>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(state.storage.update_policies(tenant)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    pub group: String,
+}
+
+/// `PUT /api/v1/runners/{id}/group` (tenant).
+pub async fn set_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<GroupRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    if req.group.len() > MAX_GROUP_LEN {
+        return Err(ApiError::bad_request("group name too long"));
+    }
+    if !state.storage.set_runner_group(tenant, &id, &req.group)? {
+        return Err(ApiError::runner_not_found(&id));
+    }
+    Ok(Json(
+        serde_json::json!({"runner_id": id, "group": req.group}),
+    ))
+}
+
+/// `GET /api/v1/runners/{id}/updates` (tenant): group, desired version and reports.
+pub async fn runner_updates(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let runner = runner_in_tenant(&state, tenant, &id)?;
+    let desired = desired_version(&state, tenant, &runner.id)?;
+    let reports: Vec<serde_json::Value> = state
+        .storage
+        .update_reports(&runner.id)?
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "at": clock::rfc3339(r.at),
+                "version": r.status.version,
+                "state": r.status.state,
+                "from_version": r.status.from_version,
+                "reason": r.status.reason,
+                "took_ms": r.status.took_ms,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "runner_id": runner.id,
+        "version": runner.version,
+        "group": state.storage.runner_group(&runner.id)?.unwrap_or_default(),
+        "desired": desired,
+        "reports": reports,
+    })))
+}
+
+/// Which of 100 buckets a runner falls in (FNV-1a of its id): stable, so a
+/// canary share of 10 always means the same runners.
+pub fn bucket(runner_id: &str) -> u8 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in runner_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % 100) as u8
+}
+
+/// The version the policy wants this runner to run, if any.
+pub fn desired_version(
+    state: &AppState,
+    tenant: &str,
+    runner_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some((_, policy)) = state.storage.update_policy_for(tenant, runner_id)? else {
+        return Ok(None);
+    };
+    Ok((bucket(runner_id) < policy.canary_percent).then_some(policy.version))
+}
+
+/// The `update` message for a runner, if its policy selects it, it runs
+/// another version, and the release has a binary for its architecture.
+pub fn offer_for(
+    state: &AppState,
+    tenant: &str,
+    runner_id: &str,
+) -> Result<Option<UpdateOffer>, ApiError> {
+    let Some(version) = desired_version(state, tenant, runner_id)? else {
+        return Ok(None);
+    };
+    let Some(runner) = state.storage.runner(tenant, runner_id)? else {
+        return Ok(None);
+    };
+    if runner.version == version {
+        return Ok(None);
+    }
+    let Some(dir) = state.releases.dir.as_deref() else {
+        return Ok(None);
+    };
+    let name = format!("tether-{}", runner.arch);
+    if !valid_file_name(&name)
+        || !has_file(dir, &version, &name)
+        || !has_file(dir, &version, &format!("{name}.minisig"))
+    {
+        tracing::warn!(
+            runner = runner_id,
+            version,
+            arch = runner.arch,
+            "desired release has no signed binary for this architecture"
+        );
+        return Ok(None);
+    }
+    Ok(Some(UpdateOffer {
+        binary: format!("/releases/{version}/{name}"),
+        signature: format!("/releases/{version}/{name}.minisig"),
+        version,
+    }))
+}
+
+const INSTALL_SH: &str = include_str!("../../../packaging/install.sh");
+const SYSTEMD_UNIT: &str = include_str!("../../../packaging/systemd/tether.service");
+const OPENRC_SCRIPT: &str = include_str!("../../../packaging/openrc/tether");
+const PROCD_SCRIPT: &str = include_str!("../../../packaging/procd/tether");
+
+/// `GET /install.sh`: the installer with this server's URL and the
+/// operator's release keys filled in.
+pub async fn install_sh(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let url = state.releases.install_url(host);
+    let keys = state
+        .releases
+        .install_keys
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("untrusted comment:") && !l.starts_with('#'))
+        .filter(|l| {
+            l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = INSTALL_SH
+        .replace("@SERVER_URL@", &url)
+        .replace("@RELEASE_KEYS@", &keys)
+        .replacen("@SYSTEMD_UNIT@", SYSTEMD_UNIT.trim_end(), 1)
+        .replacen("@OPENRC_SCRIPT@", OPENRC_SCRIPT.trim_end(), 1)
+        .replacen("@PROCD_SCRIPT@", PROCD_SCRIPT.trim_end(), 1);
+    (
+        [(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(compare_versions("0.10.0", "0.9.0"), Ordering::Greater);
+        assert_eq!(compare_versions("1.0.0-rc1", "1.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("1.0", "1.0.0"), Ordering::Equal);
+        assert!(valid_version("0.2.0") && valid_version("1.0.0-rc1"));
+        assert!(!valid_version("../x") && !valid_version("") && !valid_version("v1"));
+        assert!(valid_file_name("tether-x86_64.minisig"));
+        assert!(
+            !valid_file_name("../etc") && !valid_file_name(".hidden") && !valid_file_name("a/b")
+        );
+    }
+
+    #[test]
+    fn install_url_takes_the_host_header_only_when_allowed() {
+        let mut c = ReleaseConfig {
+            listen_url: Some("https://127.0.0.1:8443".into()),
+            ..Default::default()
+        };
+        // No --public-url, no --allowed-hosts: the Host sent is ignored.
+        assert_eq!(
+            c.install_url(Some("evil.example")),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(c.install_url(None), "https://127.0.0.1:8443");
+        c.allowed_hosts = vec!["tether.example".into(), "tether.example:8443".into()];
+        assert_eq!(
+            c.install_url(Some("Tether.Example")),
+            "https://tether.example"
+        );
+        assert_eq!(
+            c.install_url(Some("tether.example:8443")),
+            "https://tether.example:8443"
+        );
+        assert_eq!(
+            c.install_url(Some("evil.example")),
+            "https://127.0.0.1:8443"
+        );
+        c.public_url = Some("https://fleet.example/".into());
+        assert_eq!(
+            c.install_url(Some("tether.example")),
+            "https://fleet.example"
+        );
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket("rn_abc"), bucket("rn_abc"));
+        let mut seen = [false; 100];
+        for i in 0..2000 {
+            seen[bucket(&format!("rn_{i:012x}")) as usize] = true;
+        }
+        assert!(seen.iter().filter(|s| **s).count() > 90);
+    }
+}
