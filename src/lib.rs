@@ -32,6 +32,10 @@
 //! terminal/      interactive terminals: host login shells on PTYs, TTY execs in containers
 //! ```
 
+// Every `unsafe` block lives in `sys` (small safe functions, each with a
+// SAFETY note); the rest of the crate may not add one.
+#![deny(unsafe_code)]
+
 pub mod fingerprint;
 pub mod metrics;
 pub mod protocol;
@@ -64,6 +68,7 @@ pub mod signals;
 #[cfg(feature = "runner")]
 pub mod state;
 #[cfg(feature = "runner")]
+#[allow(unsafe_code)]
 pub mod sys;
 #[cfg(feature = "runner")]
 pub mod telemetry;
