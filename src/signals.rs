@@ -7,10 +7,12 @@
 //! ```
 //!
 //! The handler (in `sys::signal`, with the crate's other `unsafe`) only
-//! calls `write(2)` (async-signal-safe) and saves/restores errno. If the pipe is full the byte is dropped, which is fine: a full pipe
-//! already guarantees the loop will wake and drain.
-//! `tether run` installs it for SIGTERM and SIGINT (shut down) and SIGCHLD
-//! (a child process ended: the loop reaps it with `waitpid(WNOHANG)`).
+//! calls `write(2)` (async-signal-safe) and saves/restores errno. If the
+//! pipe is full the byte is dropped, which is fine: a full pipe already
+//! guarantees the loop will wake and drain.
+//! `tether run` installs it for SIGTERM and SIGINT (shut down), SIGCHLD
+//! (a child process ended: the loop reaps it with `waitpid(WNOHANG)`) and
+//! SIGUSR1 (`tether update --file` left a release in the state dir).
 
 use crate::sys;
 use mio::unix::SourceFd;
