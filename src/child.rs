@@ -387,7 +387,7 @@ impl Child {
         };
         // The group id is the child's pid (process_group(0)); it stays
         // reserved while any member lives, so this cannot hit a stranger.
-        let _ = sys::process::kill_group(pid, libc::SIGKILL);
+        sys::process::kill_group(pid, libc::SIGKILL);
     }
 
     /// `waitpid(pid, WNOHANG)`: true once the child has been reaped.
@@ -540,9 +540,11 @@ mod tests {
     /// Neither a zombie nor alive: waitpid knows nothing of it and it is
     /// no child of any thread of ours.
     fn assert_gone(pid: u32) {
-        let rc = sys::process::wait_nohang(pid as libc::pid_t);
-        assert!(rc.is_err(), "pid {pid} still waitable");
-        assert_eq!(rc.unwrap_err().raw_os_error(), Some(libc::ECHILD));
+        assert_eq!(
+            sys::process::wait_nohang(pid as libc::pid_t),
+            sys::process::Wait::Failed(libc::ECHILD),
+            "pid {pid} still waitable"
+        );
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
             let children =
                 std::fs::read_to_string(task.path().join("children")).unwrap_or_default();

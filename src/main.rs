@@ -915,8 +915,11 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
             let asked = update::now_ms();
             update::put_incoming(&state.path, &bin, &sig)
                 .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
-            if let Err(e) = tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
-                return Err(CliError::Io("cannot signal the runner", e));
+            if !tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
+                return Err(CliError::Io(
+                    "cannot signal the runner",
+                    io::Error::last_os_error(),
+                ));
             }
             print(&format!(
                 "verified {version}; handed to the runner (pid {}), waiting\n",

@@ -118,7 +118,7 @@ impl Ledger {
             if start_ticks(r.pid) == Some(r.start_ticks) {
                 if let Ok(pid) = libc::pid_t::try_from(r.pid) {
                     // The group we started, its start time checked above.
-                    let _ = crate::sys::process::kill_group(pid, libc::SIGKILL);
+                    crate::sys::process::kill_group(pid, libc::SIGKILL);
                 }
             }
             let mut reason =

@@ -88,7 +88,7 @@ pub fn random_u64() -> Option<u64> {
 }
 
 /// Seconds of CLOCK_BOOTTIME (uptime, suspend included).
-pub fn boottime_secs() -> std::io::Result<libc::time_t> {
+pub fn boottime_secs() -> std::io::Result<i64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -97,7 +97,9 @@ pub fn boottime_secs() -> std::io::Result<libc::time_t> {
     if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(ts.tv_sec)
+    // time_t is 32 or 64 bits by target and libc.
+    #[allow(clippy::useless_conversion)]
+    Ok(i64::from(ts.tv_sec))
 }
 
 /// `uname -r` ("5.15.0-91-generic"), the whole NUL-padded field; `None` if

@@ -16,18 +16,18 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 /// `kill(pid, sig)`: one process (or, for pid 0 or below, what kill(2)
-/// says: the caller's group, every process, a group).
-pub fn kill_pid(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+/// says: the caller's group, every process, a group). True when sent;
+/// errno says why not. A bool, not an `io::Result`: most callers ignore
+/// it, and an ignored `io::Error` still costs its drop code at each call.
+pub fn kill_pid(pid: libc::pid_t, sig: libc::c_int) -> bool {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    check(unsafe { libc::kill(pid, sig) })
+    unsafe { libc::kill(pid, sig) == 0 }
 }
 
-/// `kill(-pgid, sig)`: every process of the group `pgid` leads. A pgid of
-/// 0 or below would name our own group or every process: refused.
-pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
-    if pgid <= 0 {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
+/// `kill(-pgid, sig)`: every process of the group `pgid` leads. The pgid is
+/// a child's pid, so above 0 (0 would name our own group).
+pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) -> bool {
+    debug_assert!(pgid > 0, "kill_group({pgid})");
     kill_pid(-pgid, sig)
 }
 
@@ -40,22 +40,28 @@ pub fn pid_alive(pid: u32) -> bool {
     if pid <= 0 {
         return false;
     }
-    match kill_pid(pid, 0) {
-        Ok(()) => true,
-        Err(e) => e.raw_os_error() == Some(libc::EPERM),
-    }
+    kill_pid(pid, 0) || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// `waitpid(pid, WNOHANG)`: the raw wait status once the child ended,
-/// `None` while it runs.
-pub fn wait_nohang(pid: libc::pid_t) -> io::Result<Option<i32>> {
+/// What `waitpid(pid, WNOHANG)` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Running,
+    /// The raw wait status.
+    Ended(i32),
+    /// The errno (ECHILD: not our child, or already reaped).
+    Failed(i32),
+}
+
+/// `waitpid(pid, WNOHANG)`.
+pub fn wait_nohang(pid: libc::pid_t) -> Wait {
     let mut st = 0;
     // SAFETY: st is a local int that waitpid writes.
     let rc = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
     match rc {
-        rc if rc < 0 => Err(io::Error::last_os_error()),
-        0 => Ok(None),
-        _ => Ok(Some(st)),
+        0 => Wait::Running,
+        rc if rc < 0 => Wait::Failed(io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+        _ => Wait::Ended(st),
     }
 }
 

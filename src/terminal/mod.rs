@@ -503,8 +503,8 @@ impl Terminals {
     fn signal_exec(&mut self, ctx: &mut Ctx<'_>, pid: Option<i32>) {
         let Some(pid) = pid else { return };
         // A host pid the engine reported: its group, and itself.
-        let _ = sys::process::kill_group(pid, libc::SIGHUP);
-        let _ = sys::process::kill_pid(pid, libc::SIGHUP);
+        sys::process::kill_group(pid, libc::SIGHUP);
+        sys::process::kill_pid(pid, libc::SIGHUP);
         self.orphans.push((pid, ctx.now + KILL_GRACE));
         self.schedule_tick(ctx);
     }
@@ -903,11 +903,11 @@ impl Terminals {
         });
         self.orphans.retain(|&(pid, at)| {
             // Signal 0 only checks that the pid exists.
-            let alive = sys::process::kill_pid(pid, 0).is_ok();
+            let alive = sys::process::kill_pid(pid, 0);
             if alive && now >= at {
                 // The exec's host pid, which ignored SIGHUP.
-                let _ = sys::process::kill_group(pid, libc::SIGKILL);
-                let _ = sys::process::kill_pid(pid, libc::SIGKILL);
+                sys::process::kill_group(pid, libc::SIGKILL);
+                sys::process::kill_pid(pid, libc::SIGKILL);
                 return false;
             }
             alive

@@ -156,9 +156,9 @@ impl Pty {
     /// Signal the whole session's process group (the shell leads it).
     pub fn signal(&self, sig: libc::c_int) {
         if self.status.is_none() {
-            let _ = sys::process::kill_group(self.pid, sig);
+            sys::process::kill_group(self.pid, sig);
             // And the leader itself, in case it left its group.
-            let _ = sys::process::kill_pid(self.pid, sig);
+            sys::process::kill_pid(self.pid, sig);
         }
     }
 
@@ -168,11 +168,10 @@ impl Pty {
             return self.status;
         }
         match sys::process::wait_nohang(self.pid) {
-            Ok(Some(st)) => self.status = Some(st),
-            Ok(None) => {}
+            sys::process::Wait::Ended(st) => self.status = Some(st),
             // Someone else reaped it (cannot happen in the runner): done.
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => self.status = Some(0),
-            Err(_) => {}
+            sys::process::Wait::Failed(libc::ECHILD) => self.status = Some(0),
+            _ => {}
         }
         self.status
     }
