@@ -27,6 +27,7 @@
 //! SIGCHLD fires. A child dropped before it was reaped is killed and reaped
 //! on the spot, so none is left a zombie.
 
+use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::ffi::OsString;
@@ -386,8 +387,7 @@ impl Child {
         };
         // The group id is the child's pid (process_group(0)); it stays
         // reserved while any member lives, so this cannot hit a stranger.
-        // SAFETY: kill(2) with a negative pid signals that process group.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        sys::process::kill_group(pid, libc::SIGKILL);
     }
 
     /// `waitpid(pid, WNOHANG)`: true once the child has been reaped.
@@ -459,45 +459,8 @@ pub(crate) fn command(program: &Path, args: &[OsString], env: &[(OsString, OsStr
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .process_group(0);
-    let max_fd = fd_limit();
-    // SAFETY: runs in the forked child before exec; sigemptyset,
-    // sigprocmask, syscall(close_range) and fcntl are async-signal-safe
-    // and touch only the local set and the child's own fd table.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Our mask is empty today; a child must never inherit a
-            // blocked SIGCHLD or SIGTERM whatever the parent does later.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Close-on-exec, not close: std's own exec-error pipe is in
-            // this range and must stay open until the exec.
-            let flag = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flag) != 0 {
-                // Before Linux 5.11: one fcntl per possible fd.
-                for fd in 3..max_fd {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            Ok(())
-        });
-    }
+    sys::process::exec_clean(&mut cmd);
     cmd
-}
-
-/// Highest fd number + 1 to sweep when close_range is missing, read in the
-/// parent (getrlimit is not on the async-signal-safe list).
-fn fd_limit() -> libc::c_int {
-    // SAFETY: rlimit is plain old data; getrlimit fills it.
-    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to our struct.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-    if rc != 0 {
-        return 1024;
-    }
-    libc::c_int::try_from(rl.rlim_cur.min(65536)).unwrap_or(1024)
 }
 
 fn register(registry: &Registry, p: &mut Pipe) -> io::Result<()> {
@@ -513,17 +476,7 @@ fn deregister(registry: &Registry, p: &mut Pipe) {
 }
 
 pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: fcntl on an fd we own, reading then setting its status flags.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::fd::set_nonblocking(fd)
 }
 
 /// The first executable `name` in `$PATH`, then /usr/sbin and /sbin
@@ -587,13 +540,10 @@ mod tests {
     /// Neither a zombie nor alive: waitpid knows nothing of it and it is
     /// no child of any thread of ours.
     fn assert_gone(pid: u32) {
-        let mut st = 0;
-        // SAFETY: waitpid on a pid with WNOHANG; st is our own int.
-        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut st, libc::WNOHANG) };
-        assert_eq!(rc, -1, "pid {pid} still waitable");
         assert_eq!(
-            io::Error::last_os_error().raw_os_error(),
-            Some(libc::ECHILD)
+            sys::process::wait_nohang(pid as libc::pid_t),
+            sys::process::Wait::Failed(libc::ECHILD),
+            "pid {pid} still waitable"
         );
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
             let children =

@@ -3,19 +3,25 @@
 //! the DNS helper, which wakes the loop through a `mio::Waker`.
 //!
 //! ```text
-//!   ┌──────────────────────────────────────────────────────────────────┐
-//!   │ fire due timers (conn, telemetry, docker, terminals)              │
-//!   │ conn.pump(feeds): link events to the feeds, their messages out:   │
-//!   │   terminals first, then docker (replies, logs), then telemetry    │
-//!   │ poll(timeout = next timer, or 0 if a source asked to go again)    │
-//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry and      │
-//!   │                                       terminals reap their own    │
-//!   │                                       SIGTERM/INT: conn.shutdown()│
-//!   │   DNS token     ─▶ conn.on_dns()                                  │
-//!   │   pty / exec    ─▶ terminals.on_ready(token)                      │
-//!   │   child pipes   ─▶ telemetry.on_ready(token)                      │
-//!   │   other tokens  ─▶ conn.on_ready(token)                           │
-//!   └──────────────── until conn.exit() is set ─────────────────────────┘
+//!   ┌───────────────────────────────────────────────────────────────────────┐
+//!   │ fire due timers (conn, telemetry, docker, jobs, terminals)            │
+//!   │ docker's news (engine version, running containers) ─▶ telemetry       │
+//!   │ conn.pump(feeds): link events to the feeds, their messages out:       │
+//!   │   terminals first, then update, docker (replies, logs), jobs,         │
+//!   │   then telemetry                                                      │
+//!   │ poll(timeout = next timer, or 0 if a source asked to go again)        │
+//!   │   SIGNALS token ─▶ drain self-pipe ─▶ SIGCHLD: telemetry, jobs and    │
+//!   │                                       terminals reap their own        │
+//!   │                                       SIGTERM/INT: conn.shutdown()    │
+//!   │                                       SIGUSR1: update from the file   │
+//!   │   DNS token     ─▶ conn.on_dns()                                      │
+//!   │   pty / exec    ─▶ terminals.on_ready(token)                          │
+//!   │   probe pipes   ─▶ telemetry.on_ready(token)                          │
+//!   │   engine calls  ─▶ docker.on_ready(token)                             │
+//!   │   job pipes, deploy engine calls ─▶ jobs.on_ready(token)              │
+//!   │   other tokens  ─▶ conn.on_ready(token)                               │
+//!   │ go again (capped passes): conn, telemetry, docker, jobs, terminals    │
+//!   └──────────────── until conn.exit() is set ─────────────────────────────┘
 //! ```
 //!
 //! No busy loop: the poll sleeps until the next timer or event. Timers are

@@ -20,6 +20,9 @@
 //! | 12 | `update`: release refused, nothing changed |
 //! | 13 | `update`: the new version failed and was rolled back |
 
+// `unsafe` lives in `tether::sys` only.
+#![deny(unsafe_code)]
+
 use lexopt::prelude::*;
 use std::error::Error;
 use std::ffi::OsString;
@@ -912,8 +915,7 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
             let asked = update::now_ms();
             update::put_incoming(&state.path, &bin, &sig)
                 .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
-            // SAFETY: kill(2) with a pid read from status.json and a signal number.
-            if unsafe { libc::kill(st.pid as libc::pid_t, libc::SIGUSR1) } != 0 {
+            if !tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
                 return Err(CliError::Io(
                     "cannot signal the runner",
                     io::Error::last_os_error(),

@@ -40,8 +40,8 @@ static SLOT: [u8; SLOT_LEN] = make_slot();
 pub fn version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
-        // SAFETY: reading a static we own; volatile only to defeat constant folding.
-        let slot: [u8; SLOT_LEN] = unsafe { std::ptr::read_volatile(&SLOT) };
+        // Volatile only to defeat constant folding.
+        let slot: [u8; SLOT_LEN] = crate::sys::read_volatile(&SLOT);
         parse_slot(&slot).unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned())
     })
 }

@@ -528,8 +528,8 @@ fn sigterm_sends_close_1000_and_exits() {
     let srv = server(move || {
         let (mut ws, _, _) = accept(&l);
         welcome(&mut ws);
-        // SAFETY: our handler for SIGTERM is installed; it only writes a byte.
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        // Our handler for SIGTERM is installed; it only writes a byte.
+        crate::sys::process::kill_pid(std::process::id() as libc::pid_t, libc::SIGTERM);
         let t0 = Instant::now();
         let close = await_close(&mut ws);
         (close, t0.elapsed())

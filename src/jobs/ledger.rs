@@ -117,8 +117,8 @@ impl Ledger {
         for r in running {
             if start_ticks(r.pid) == Some(r.start_ticks) {
                 if let Ok(pid) = libc::pid_t::try_from(r.pid) {
-                    // SAFETY: kill(2) on the group we started and checked.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    // The group we started, its start time checked above.
+                    crate::sys::process::kill_group(pid, libc::SIGKILL);
                 }
             }
             let mut reason =

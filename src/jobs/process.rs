@@ -154,8 +154,7 @@ impl Process {
         };
         // The group id is the child's pid (process_group(0)); it stays
         // reserved while any member lives, so this cannot hit a stranger.
-        // SAFETY: kill(2) with a negative pid signals that process group.
-        unsafe { libc::kill(-pid, sig) };
+        crate::sys::process::kill_group(pid, sig);
     }
 
     /// `waitpid(WNOHANG)`: true once reaped.

@@ -884,15 +884,8 @@ impl Sampler {
 /// as [`parse_uptime`] does.
 #[cfg(feature = "runner")]
 fn boottime_secs() -> Result<u64, String> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
-        return Err(io::Error::last_os_error().to_string());
-    }
-    u64::try_from(ts.tv_sec).map_err(|e| e.to_string())
+    let secs = crate::sys::boottime_secs().map_err(|e| e.to_string())?;
+    u64::try_from(secs).map_err(|e| e.to_string())
 }
 
 /// procfs's magic number (statfs(2)).
@@ -902,15 +895,9 @@ const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 /// Whether `f` is on procfs.
 #[cfg(feature = "runner")]
 fn is_procfs(f: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: statfs is plain old data; zeroed is a valid value for it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: the fd is open for the duration of the call; `st` is ours.
-    let ok = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0;
     // f_type's width and sign differ between libcs and architectures.
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    let magic = st.f_type as i64;
-    ok && magic == PROC_SUPER_MAGIC
+    crate::sys::fs::fstatfs(f).is_ok_and(|st| st.f_type as i64 == PROC_SUPER_MAGIC)
 }
 
 #[cfg(not(feature = "runner"))]
@@ -926,15 +913,7 @@ fn is_procfs(_: &File) -> bool {
 /// the caller reads (and a read error reopens the file).
 #[cfg(feature = "runner")]
 fn mounts_changed(f: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLPRI,
-        revents: 0,
-    };
-    // SAFETY: one pollfd of ours; timeout 0, so this never blocks.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n != 0 && (n < 0 || p.revents & (libc::POLLPRI | libc::POLLERR) != 0)
+    crate::sys::fd::poll_pri(f)
 }
 
 #[cfg(not(feature = "runner"))]
@@ -1604,20 +1583,8 @@ pub(crate) mod tests {
         let dir = scratch_dir("mounts-procfs");
         let target = dir.clone();
         let ran = std::thread::spawn(move || {
-            let c = |s: &str| std::ffi::CString::new(s).unwrap();
-            let point = c(target.to_str().unwrap());
-            // SAFETY: unshare and mount with valid C strings; they change
-            // only this thread's view of the mounts.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return false;
-                }
-                let none = std::ptr::null();
-                let flags = libc::MS_REC | libc::MS_PRIVATE;
-                assert_eq!(
-                    libc::mount(none, c("/").as_ptr(), none, flags, none.cast()),
-                    0
-                );
+            if crate::sys::fs::unshare_private_mounts().is_err() {
+                return false;
             }
             // thread-self: /proc/self is the main thread, in the old namespace.
             let mut sm = Sampler::with_root(
@@ -1628,22 +1595,12 @@ pub(crate) mod tests {
             assert!(!has(&sm.sample_at(0, 0).0));
             assert!(sm.mounts_pollable);
             assert!(!has(&sm.sample_at(5000, 5000).0));
-            // SAFETY: as above.
-            let r = unsafe {
-                libc::mount(
-                    c("/dev/tether-test").as_ptr(),
-                    point.as_ptr(),
-                    c("tmpfs").as_ptr(),
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            let r = crate::sys::fs::mount_plain_tmpfs("/dev/tether-test", &target);
+            assert!(r.is_ok(), "{r:?}");
             let s = sm.sample_at(10_000, 10_000).0;
             assert!(has(&s), "{:?}", s.filesystems);
             assert!(has(&sm.sample_at(15_000, 15_000).0));
-            // SAFETY: as above.
-            assert_eq!(unsafe { libc::umount(point.as_ptr()) }, 0);
+            assert!(crate::sys::fs::umount(&target).is_ok());
             assert!(!has(&sm.sample_at(20_000, 20_000).0));
             true
         })

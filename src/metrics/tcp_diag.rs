@@ -108,14 +108,7 @@ impl DumpCounter {
 /// Whether this kernel's dump is asked at all (see the module doc).
 #[cfg(feature = "runner")]
 pub fn kernel_supported() -> bool {
-    // SAFETY: utsname is plain old data; zeroed is a valid value for it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is ours to write.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return false;
-    }
-    let release: Vec<u8> = u.release.iter().map(|&c| c as u8).collect();
-    release_at_least(&release, (4, 4))
+    crate::sys::kernel_release().is_some_and(|r| release_at_least(&r, (4, 4)))
 }
 
 /// Whether a `uname -r` release ("5.15.0-91-generic") is at least `min`.
@@ -134,53 +127,25 @@ pub fn release_at_least(release: &[u8], min: (u32, u32)) -> bool {
 /// takes it returns, so a read that would block is an error.
 #[cfg(feature = "runner")]
 pub fn count(buf: &mut Vec<u8>) -> io::Result<TcpStates> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use crate::sys;
     const NETLINK_INET_DIAG: i32 = 4;
     const MAX_DGRAM: usize = 32 << 10;
     buf.resize(MAX_DGRAM, 0);
-    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock`.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_INET_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = sys::net::netlink_dgram(NETLINK_INET_DIAG)?;
     let req = request(1);
-    // SAFETY: sends our request buffer; unconnected netlink goes to the kernel.
-    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n != req.len() as isize {
+    if sys::net::send(&sock, &req)? != req.len() {
         return Err(io::Error::last_os_error());
     }
     let mut counter = DumpCounter::default();
     loop {
         // MSG_TRUNC: the datagram's real length, to catch one too large.
-        // SAFETY: receives into `buf`, which is MAX_DGRAM bytes long.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        let n = match usize::try_from(n) {
+        let n = match sys::net::recv(&sock, buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
             Ok(n) if n > buf.len() => {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated"))
             }
             Ok(n) => n,
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         };
         if let Fed::Done(states) = counter.feed(&buf[..n])? {
             return Ok(states);

@@ -45,7 +45,7 @@ use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, Message as Control, StreamTag, TermAlive, TermOpen,
     TermOpened, DEFAULT_TERM_WINDOW, MAX_DATA_PAYLOAD, MAX_TERMINALS, TERM_CHANNEL_BIT,
 };
-use crate::{debug, info, warn};
+use crate::{debug, info, sys, warn};
 use exec::{Exec, Hangup, Step};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
@@ -502,11 +502,9 @@ impl Terminals {
     /// SIGHUP a hung-up exec's process; SIGKILL follows after the grace.
     fn signal_exec(&mut self, ctx: &mut Ctx<'_>, pid: Option<i32>) {
         let Some(pid) = pid else { return };
-        // SAFETY: kill with a host pid the engine reported.
-        unsafe {
-            libc::kill(-pid, libc::SIGHUP);
-            libc::kill(pid, libc::SIGHUP);
-        }
+        // A host pid the engine reported: its group, and itself.
+        sys::process::kill_group(pid, libc::SIGHUP);
+        sys::process::kill_pid(pid, libc::SIGHUP);
         self.orphans.push((pid, ctx.now + KILL_GRACE));
         self.schedule_tick(ctx);
     }
@@ -904,14 +902,12 @@ impl Terminals {
             now.saturating_duration_since(r.since) < KILL_GRACE * 2
         });
         self.orphans.retain(|&(pid, at)| {
-            // SAFETY: signal 0 only checks that the pid exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0;
+            // Signal 0 only checks that the pid exists.
+            let alive = sys::process::kill_pid(pid, 0);
             if alive && now >= at {
-                // SAFETY: the exec's host pid, which ignored SIGHUP.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                    libc::kill(pid, libc::SIGKILL);
-                }
+                // The exec's host pid, which ignored SIGHUP.
+                sys::process::kill_group(pid, libc::SIGKILL);
+                sys::process::kill_pid(pid, libc::SIGKILL);
                 return false;
             }
             alive

@@ -17,10 +17,11 @@
 //! started on that tty) let go of it. A `Pty` dropped before it was reaped is
 //! killed and reaped on the spot: no zombie.
 
+use crate::sys;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -36,61 +37,25 @@ pub struct HostUser {
 
 /// Look up `name` in the passwd database, or the user this process runs as.
 pub fn lookup_user(name: Option<&str>) -> io::Result<HostUser> {
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let mut buf = vec![0u8; 16 * 1024];
-    let rc = match name {
-        Some(n) => {
-            let c = CString::new(n).map_err(|_| io::Error::other("user name has a NUL byte"))?;
-            // SAFETY: all pointers are to live locals; buf's length is passed.
-            unsafe {
-                libc::getpwnam_r(
-                    c.as_ptr(),
-                    &mut pw,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            }
-        }
-        // SAFETY: as above; geteuid cannot fail.
-        None => unsafe {
-            libc::getpwuid_r(
-                libc::geteuid(),
-                &mut pw,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        },
+    let c = match name {
+        Some(n) => Some(CString::new(n).map_err(|_| io::Error::other("user name has a NUL byte"))?),
+        None => None,
     };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    if result.is_null() {
+    let Some(pw) = sys::pty::getpw(c.as_deref())? else {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("no user {} on this host", name.unwrap_or("for our uid")),
         ));
-    }
-    let field = |p: *const libc::c_char| -> String {
-        if p.is_null() {
-            return String::new();
-        }
-        // SAFETY: getpw*_r filled pw with NUL-terminated strings inside buf.
-        unsafe { std::ffi::CStr::from_ptr(p) }
-            .to_string_lossy()
-            .into_owned()
     };
-    let mut shell = field(pw.pw_shell);
+    let mut shell = pw.shell;
     if shell.is_empty() {
         shell = "/bin/sh".into();
     }
     Ok(HostUser {
-        name: field(pw.pw_name),
-        uid: pw.pw_uid,
-        gid: pw.pw_gid,
-        home: field(pw.pw_dir),
+        name: pw.name,
+        uid: pw.uid,
+        gid: pw.gid,
+        home: pw.dir,
         shell,
     })
 }
@@ -104,42 +69,13 @@ pub struct Pty {
     status: Option<i32>,
 }
 
-fn winsize(cols: u16, rows: u16) -> libc::winsize {
-    libc::winsize {
-        ws_row: rows.max(1),
-        ws_col: cols.max(1),
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    }
-}
-
-fn set_flag(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own, with integer arguments.
-    unsafe {
-        let old = libc::fcntl(fd, get);
-        if old < 0 || libc::fcntl(fd, set, old | flag) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 impl Pty {
     /// Start `user`'s login shell (or `command` through it) on a new PTY.
     pub fn spawn(user: &HostUser, command: &[String], cols: u16, rows: u16) -> io::Result<Pty> {
-        let (mut m, mut s): (libc::c_int, libc::c_int) = (-1, -1);
-        let ws = winsize(cols, rows);
-        // SAFETY: out-pointers to locals; name and termios may be null.
-        let rc =
-            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: openpty returned two fresh fds that nothing else owns.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
-        set_flag(m, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
-        set_flag(s, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
-        set_flag(m, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK)?;
+        let (master, slave) = sys::pty::openpty(cols, rows)?;
+        sys::fd::set_cloexec(&master)?;
+        sys::fd::set_cloexec(&slave)?;
+        sys::fd::set_nonblocking(&master)?;
 
         let shell = user.shell.clone();
         let base = shell.rsplit('/').next().unwrap_or("sh").to_owned();
@@ -172,44 +108,13 @@ impl Pty {
             .stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
-        // SAFETY: geteuid has no failure mode.
-        let switch = unsafe { libc::geteuid() } == 0 && user.uid != 0;
-        let (uid, gid) = (user.uid, user.gid);
-        let cname = CString::new(user.name.clone()).unwrap_or_default();
-        let max_fd = 1024;
-        // SAFETY: runs in the forked child before exec: setsid, ioctl,
-        // sigprocmask, setgroups/setgid/setuid, close_range and fcntl are
-        // async-signal-safe; initgroups reads /etc/group (glibc and musl
-        // both do it without locks another thread could hold: the runner's
-        // only other thread is the DNS helper, which holds none across fork).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // fd 0 is the slave now (std dup2'd it): make it our tty.
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if switch
-                    && (libc::initgroups(cname.as_ptr(), gid as _) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0)
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                let flag = libc::CLOSE_RANGE_CLOEXEC as libc::c_long;
-                if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flag) != 0 {
-                    for fd in 3..max_fd {
-                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                    }
-                }
-                Ok(())
+        let switch =
+            (sys::process::euid() == 0 && user.uid != 0).then(|| sys::process::SwitchUser {
+                name: CString::new(user.name.clone()).unwrap_or_default(),
+                uid: user.uid,
+                gid: user.gid,
             });
-        }
+        sys::process::exec_login_session(&mut cmd, switch);
         let child = cmd.spawn()?;
         // `cmd` (holding the slave dups) drops here: the master alone stays.
         drop(cmd);
@@ -238,12 +143,7 @@ impl Pty {
         let Some(m) = &self.master else {
             return Ok(());
         };
-        let ws = winsize(cols, rows);
-        // SAFETY: TIOCSWINSZ with a pointer to a live winsize.
-        if unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::pty::set_winsize(m, cols, rows)
     }
 
     /// SIGHUP to the shell's process group and close the master. The
@@ -256,10 +156,9 @@ impl Pty {
     /// Signal the whole session's process group (the shell leads it).
     pub fn signal(&self, sig: libc::c_int) {
         if self.status.is_none() {
-            // SAFETY: kill with a negative pid signals that group only.
-            unsafe { libc::kill(-self.pid, sig) };
-            // SAFETY: and the leader itself, in case it left its group.
-            unsafe { libc::kill(self.pid, sig) };
+            sys::process::kill_group(self.pid, sig);
+            // And the leader itself, in case it left its group.
+            sys::process::kill_pid(self.pid, sig);
         }
     }
 
@@ -268,14 +167,11 @@ impl Pty {
         if self.status.is_some() {
             return self.status;
         }
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with WNOHANG; st is a local.
-        let rc = unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) };
-        if rc == self.pid {
-            self.status = Some(st);
-        } else if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+        match sys::process::wait_nohang(self.pid) {
+            sys::process::Wait::Ended(st) => self.status = Some(st),
             // Someone else reaped it (cannot happen in the runner): done.
-            self.status = Some(0);
+            sys::process::Wait::Failed(libc::ECHILD) => self.status = Some(0),
+            _ => {}
         }
         self.status
     }
@@ -297,9 +193,8 @@ impl Drop for Pty {
         if self.status.is_none() {
             self.master = None;
             self.signal(libc::SIGKILL);
-            let mut st = 0;
-            // SAFETY: blocking waitpid on our own child, just killed.
-            unsafe { libc::waitpid(self.pid, &mut st, 0) };
+            // Our own child, just killed: a short wait.
+            sys::process::wait_blocking(self.pid);
         }
     }
 }

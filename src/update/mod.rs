@@ -563,16 +563,8 @@ impl UpdateConfig {
         let _ = fs::remove_file(&ok_file);
         let mut cmd = Command::new(staged);
         cmd.args(&self.run_args).env(TRIAL_ENV, version);
-        // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The trial must not outlive us (a SIGKILL of the runner).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The trial must not outlive us (a SIGKILL of the runner).
+        crate::sys::process::exec_dies_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| UpdateError::Failed(format!("cannot start the new binary: {e}")))?;

@@ -169,15 +169,7 @@ pub struct FsStats {
 /// [`is_real_fs`] already keeps out.
 #[cfg(feature = "runner")]
 pub fn statvfs(path: &std::path::Path) -> std::io::Result<FsStats> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is ours to write.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let st = crate::sys::fs::statvfs(path)?;
     // The field widths differ between libcs and architectures (u32 on some
     // 32-bit targets), hence the widening casts.
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]

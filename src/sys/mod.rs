@@ -1,9 +1,28 @@
-//! Facts about the host and small libc calls that std does not offer:
-//! hostname, `uname -m`, `getrandom`, "is this pid alive", "is this
-//! directory in memory", mounting a tmpfs. Every `unsafe`
-//! block of the crate that is not about signals lives here.
+//! The runner's only `unsafe`: libc calls std does not offer, each behind
+//! a small safe function with a SAFETY note on every `unsafe` block. The
+//! rest of the crate is `#![deny(unsafe_code)]` (see `lib.rs`).
+//!
+//! ```text
+//! mod.rs     host facts: `uname -m`/`-r`, hostname, getrandom, CLOCK_BOOTTIME, build target
+//! process    kill_pid, kill_group, pid_alive, waitpid; what a child does before exec
+//! fd         O_NONBLOCK/FD_CLOEXEC, pipes, raw read, zero-timeout poll
+//! signal     the self-pipe's signal handler and sigaction
+//! pty        openpty, window size, passwd lookups
+//! fs         statfs/statvfs, tmpfs mounts
+//! net        netlink sockets
+//! ```
 
 use std::ffi::CStr;
+
+pub mod fd;
+pub mod fs;
+pub mod net;
+pub mod process;
+pub mod pty;
+pub mod signal;
+
+pub use fs::{in_memory_fs, mount_tmpfs};
+pub use process::pid_alive;
 
 /// `uname -m` style architecture (`x86_64`, `aarch64`, `armv7l`, `mips`),
 /// falling back to the compile-time architecture.
@@ -68,62 +87,38 @@ pub fn random_u64() -> Option<u64> {
     (n == 8).then(|| u64::from_ne_bytes(buf))
 }
 
-/// Whether a process with this pid exists. `kill(pid, 0)` sends nothing; EPERM
-/// means it exists but belongs to someone else.
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
+/// Seconds of CLOCK_BOOTTIME (uptime, suspend included).
+pub fn boottime_secs() -> std::io::Result<i64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Whether `path` lies on a filesystem kept in memory (tmpfs or ramfs),
-/// by `statfs(2)`'s filesystem magic.
-pub fn in_memory_fs(path: &std::path::Path) -> std::io::Result<bool> {
-    const TMPFS_MAGIC: u32 = 0x0102_1994;
-    const RAMFS_MAGIC: u32 = 0x8584_58f6;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: statfs is plain old data; zeroed is a valid value for it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a struct we own.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // The field's width differs by architecture and libc; the magics fit 32 bits.
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as u32;
-    Ok(magic == TMPFS_MAGIC || magic == RAMFS_MAGIC)
+    // time_t is 32 or 64 bits by target and libc.
+    #[allow(clippy::useless_conversion)]
+    Ok(i64::from(ts.tv_sec))
 }
 
-/// Mount a tmpfs of at most `size_bytes` on `dir` (root only): mode 0700,
-/// no devices, no setuid, nothing executable.
-pub fn mount_tmpfs(dir: &std::path::Path, size_bytes: u64) -> std::io::Result<()> {
-    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let data = std::ffi::CString::new(format!("size={size_bytes},mode=0700,nr_inodes=4096"))
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// `uname -r` ("5.15.0-91-generic"), the whole NUL-padded field; `None` if
+/// uname fails.
+pub fn kernel_release() -> Option<Vec<u8>> {
+    // SAFETY: utsname is plain old data; zeroed is a valid value for it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is ours to write.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
     }
+    Some(u.release.iter().map(|&c| c as u8).collect())
+}
+
+/// A volatile read of `*r`: the compiler may not assume what a static holds
+/// (the version slot is patched in the binary after the build).
+pub fn read_volatile<T: Copy>(r: &T) -> T {
+    // SAFETY: a reference is valid, aligned and initialised for reads.
+    unsafe { std::ptr::read_volatile(r) }
 }
 
 /// `x86_64-linux-musl`: compile-time arch, OS and C library, for `tether version`.
