@@ -1,6 +1,6 @@
 //! The host fingerprint's parsers (`src/fingerprint/`) and the change lists
 //! the server applies to its stored copy (`diff::apply`, called by
-//! `server/src/telemetry.rs` `record_fingerprint` on every report).
+//! `server/src/telemetry/mod.rs` `record_fingerprint` on every report).
 //!
 //! Input: `[which] [text …]`. Parsers: cpuinfo, os-release, the
 //! /proc/net socket tables (both byte orders), iptables-save, nft JSON,

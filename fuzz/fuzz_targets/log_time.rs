@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use tether::docker::stream::parse_rfc3339;
 
 #[allow(dead_code)]
-#[path = "../../server/src/clock.rs"]
+#[path = "../../server/src/common/clock.rs"]
 mod clock;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,5 +1,5 @@
 //! The metrics wire decoder as the server runs it on every METRICS frame
-//! (`server/src/telemetry.rs`, `MetricsStream::on_frame`): `split_batch`,
+//! (`server/src/telemetry/mod.rs`, `MetricsStream::on_frame`): `split_batch`,
 //! then `Decoder::decode` on each record in order, under the schema the
 //! runner announced, stopping at the first bad record.
 //!
