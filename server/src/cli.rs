@@ -391,14 +391,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             ))
         }
         ClientCommand::Token(TokenCommand::Create { ttl, label }) => {
-            let mut body = serde_json::Map::new();
-            if let Some(ttl) = ttl {
-                body.insert("ttl_secs".into(), ttl.into());
-            }
-            if let Some(label) = label {
-                body.insert("label".into(), label.into());
-            }
-            let (raw, v) = client.call("POST", "/api/v1/tokens", Some(Value::Object(body)))?;
+            let (raw, v) = client.call("POST", "/api/v1/tokens", Some(token_body(ttl, label)))?;
             if json {
                 return out(&raw);
             }
@@ -434,14 +427,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             ))
         }
         ClientCommand::ApiToken(ApiTokenCommand::Create { ttl, label }) => {
-            let mut body = serde_json::Map::new();
-            if let Some(ttl) = ttl {
-                body.insert("ttl_secs".into(), ttl.into());
-            }
-            if let Some(label) = label {
-                body.insert("label".into(), label.into());
-            }
-            let (raw, v) = client.call("POST", "/api/v1/api-tokens", Some(Value::Object(body)))?;
+            let (raw, v) =
+                client.call("POST", "/api/v1/api-tokens", Some(token_body(ttl, label)))?;
             if json {
                 return out(&raw);
             }
@@ -668,6 +655,18 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
     }
 }
 
+/// The body of a token create (enrollment or API token): the optional
+/// lifetime and label.
+fn token_body(ttl: Option<u64>, label: Option<String>) -> Value {
+    let mut body = serde_json::Map::new();
+    if let Some(ttl) = ttl {
+        body.insert("ttl_secs".into(), ttl.into());
+    }
+    if let Some(label) = label {
+        body.insert("label".into(), label.into());
+    }
+    Value::Object(body)
+}
 /// A runner id as given, or the id of the one runner with that name.
 fn resolve_runner(client: &Client, runner: &str) -> Result<String, CliError> {
     if runner.starts_with("rn_") {
