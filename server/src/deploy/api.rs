@@ -162,11 +162,8 @@ fn valid_inner_path(s: &str) -> bool {
 }
 
 fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(), ApiError> {
-    if !valid_name(name) || !valid_container(name) {
-        return Err(bad(format!(
-            "app name {name:?}: 1 to 64 of [A-Za-z0-9_.-], starting with a letter or digit"
-        )));
-    }
+    // The runner checks the same rule again before the name becomes a path.
+    tether::protocol::deploy::check_app_name(name).map_err(bad)?;
     // The definition keeps the runner's id, so a rename cannot move the app.
     d.runner = resolve_runner(state, tenant, &d.runner)?;
     match (&d.git_url, &d.path) {
