@@ -11,10 +11,10 @@
 //! ```
 
 use crate::config::{self, ConfigError};
-use crate::conn::tls::{self, TlsConfigError};
 use crate::exit;
-use crate::http::{Client, HttpError};
+use crate::http::{self, Client, ClientError};
 use crate::info;
+use crate::net::tls::{self, TlsConfigError};
 use crate::protocol::{self, api_error, EnrollRequest, EnrollResponse};
 use crate::state::{Credential, StateDir, StateError};
 use std::fmt;
@@ -45,7 +45,7 @@ pub enum EnrollError {
     Ca(TlsConfigError),
     Request {
         url: String,
-        source: HttpError,
+        source: ClientError,
     },
     InvalidToken(String),
     TokenExpired(String),
@@ -174,7 +174,7 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
         })?;
 
     if !(200..300).contains(&resp.head.status) {
-        return Err(match resp.api_error() {
+        return Err(match http::error_body(&resp) {
             Some(e) => match e.code.as_str() {
                 api_error::INVALID_TOKEN => EnrollError::InvalidToken(e.message),
                 api_error::TOKEN_EXPIRED => EnrollError::TokenExpired(e.message),
@@ -248,7 +248,7 @@ mod tests {
             loop {
                 let n = s.read(&mut buf).unwrap();
                 req.extend_from_slice(&buf[..n]);
-                if let Some(end) = crate::http::find_head_end(&req, 0) {
+                if let Some(end) = crate::net::http::find_head_end(&req, 0) {
                     let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
                     let len: usize = head
                         .lines()

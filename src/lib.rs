@@ -21,17 +21,19 @@
 //!                the signal handler, PTYs, filesystems, netlink, host facts)
 //! signals        self-pipe for SIGTERM/SIGINT/SIGCHLD/SIGUSR1
 //! event_loop     Poll, tokens, timer heap, dispatch
-//! conn/          the control connection: state machine, backoff, dns, proxy, tls, transport;
+//! net/           plumbing without a feature: the one sans-IO HTTP/1.1 codec, proxy CONNECT,
+//!                rustls config, the TLS transport over a non-blocking socket
+//! conn/          the control connection: state machine, backoff, dns;
 //!                sends the telemetry feed at the lowest priority
 //! child          child processes in the loop: pipes, bounds, timeout, reaping
 //! telemetry/     metrics and fingerprint on timers: sampler → backlog (acked), firewall probe, reports
-//! http           sans-IO HTTP/1.1 response parser + small blocking HTTPS client
+//! http           small blocking HTTPS client (enroll, release downloads) on net's codec
 //! enroll         `tether enroll`
 //! metrics/       /proc parsers, sampler, compact wire encoding, backfill backlog (wire is shared with the server)
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
 //! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
 //! version        the version this binary reports (a patchable slot, for the update tests)
-//! docker/        sans-IO Docker Engine HTTP/1.1 codec and API request builders; client: the
+//! docker/        Docker Engine body streams and API request builders; client: the
 //!                engine in the loop (probe, docker_request, events, snapshots)
 //! terminal/      interactive terminals: host login shells on PTYs, TTY execs in containers
 //! jobs/          jobs: processes with their output spooled and acked, deploys through the
@@ -67,6 +69,8 @@ pub mod exit;
 pub mod http;
 #[cfg(feature = "runner")]
 pub mod jobs;
+#[cfg(feature = "runner")]
+pub mod net;
 #[cfg(feature = "runner")]
 pub mod rand;
 #[cfg(feature = "runner")]

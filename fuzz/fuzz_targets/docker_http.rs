@@ -1,9 +1,9 @@
-//! The Docker Engine HTTP/1.1 response codec (`src/docker/http.rs`): what
+//! The Docker Engine HTTP/1.1 response codec (`src/net/http.rs`): what
 //! the runner reads from the engine's socket (or from whatever answers on
 //! a `--docker-socket` path).
 //!
 //! Input: `[opts] [bytes …]`; opts bits 0-1 pick the request kind
-//! (normal, HEAD, hijack), bits 2-7 how the bytes are cut into reads.
+//! (normal, HEAD, hijack, CONNECT), bits 2-7 how the bytes are cut into reads.
 //! Checked: the `Step` contract (never more than given; `None` only after
 //! using everything; no endless items without input), the head buffer
 //! bound, and that the events do not depend on how the bytes were cut:
@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::docker::http::{BufferedDecoder, Event, Expect, ResponseDecoder, MAX_HEAD};
+use tether::net::http::{BufferedDecoder, Event, Expect, ResponseDecoder, MAX_HEAD};
 use tether_fuzz::{opts, pieces};
 
 #[derive(Debug, PartialEq)]
@@ -119,6 +119,7 @@ fuzz_target!(|data: &[u8]| {
     let expect = match o & 3 {
         1 => Expect::NoBody,
         2 => Expect::Hijack,
+        3 => Expect::Connect,
         _ => Expect::Normal,
     };
     let mode = o >> 2;

@@ -1,4 +1,4 @@
-//! The request side of the Docker Engine HTTP codec (`src/docker/http.rs`
+//! The request side of the Docker Engine HTTP codec (`src/net/http.rs`
 //! `Request`, `src/docker/api.rs` `Api`): container ids and names, exec
 //! ids, signals, image names and archive paths come from the server's
 //! messages and from deploy specs, and are encoded into request lines here.
@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tether::docker::api::{Api, ApiVersion, ExecConfig, Filters, LogsOptions};
-use tether::docker::http::Request;
+use tether::net::http::Request;
 use tether_fuzz::opts;
 
 fn check(req: &Request, segments: usize) {

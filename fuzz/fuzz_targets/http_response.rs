@@ -1,6 +1,8 @@
-//! The runner's own HTTP/1.1 response parser (`src/http.rs`): enrollment
-//! and release downloads over HTTPS, i.e. whatever the server, or anything
-//! in between, answers.
+//! The blocking client's answers (`src/http.rs` on `src/net/http.rs`):
+//! enrollment and release downloads over HTTPS, i.e. whatever the server,
+//! or anything in between, answers. The decoder is the one the Docker
+//! target fuzzes; this target fuzzes it as the client sets it up (a 16 KiB
+//! head bound, a body limit, HEAD requests) and the error body it reads.
 //!
 //! Input: `[opts] [bytes …]`; opts bit 0 = the request was HEAD, bits 1-7
 //! how the bytes are cut (and the body limit). Checked: `feed` never says
@@ -9,11 +11,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::http::{parse_head, ResponseParser};
+use tether::http::{answer_decoder, error_body};
+use tether::net::http::parse_head;
 use tether_fuzz::{opts, pieces};
 
 fn run(data: &[u8], head_request: bool, max_body: usize, mode: u8) -> String {
-    let mut p = ResponseParser::new(max_body, head_request);
+    let mut p = answer_decoder(head_request, max_body);
     let mut rest_after = 0;
     for read in pieces(data, mode) {
         if p.is_done() {
@@ -36,9 +39,9 @@ fn run(data: &[u8], head_request: bool, max_body: usize, mode: u8) -> String {
             return format!("eof {e:?}");
         }
     }
-    let r = p.finish().expect("done means a response");
+    let r = p.take().expect("done means a response");
     assert!(r.body.len() <= max_body, "body over the limit");
-    let _ = r.api_error();
+    let _ = error_body(&r);
     format!("{:?} {:?} rest {rest_after}", r.head, r.body)
 }
 
@@ -55,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
             "depends on the cuts"
         );
     }
-    if let Some(end) = tether::http::find_head_end(data, 0) {
+    if let Some(end) = tether::net::http::find_head_end(data, 0) {
         let _ = parse_head(&data[..end]);
     }
 });

@@ -1,5 +1,5 @@
 //! What an HTTP proxy answers to the runner's CONNECT
-//! (`src/conn/proxy.rs`), and the proxy and server URLs the runner is
+//! (`src/net/proxy.rs`), and the proxy and server URLs the runner is
 //! given (`src/url.rs`: `--server`, `HTTPS_PROXY`).
 //!
 //! Input: `[opts] [bytes …]`; opts bit 0 = parse the bytes as a URL
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::conn::proxy::{base64, connect_request, ConnectResponse, Progress};
+use tether::net::proxy::{base64, connect_request, ConnectResponse, Progress};
 use tether::url::Url;
 use tether_fuzz::{opts, pieces};
 

@@ -53,11 +53,9 @@
 
 pub mod backoff;
 pub mod dns;
-pub mod proxy;
-pub mod tls;
-pub mod transport;
 
 use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::net::{proxy, tls, transport};
 use crate::protocol::{self, close, Decoded, FrameKind, Message as Control};
 use crate::rand::{RandomSource, SplitMix64};
 use crate::state::MetricsStatus;

@@ -314,7 +314,7 @@ fn runner_revoked_at_upgrade_stops_for_good() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
-        while crate::http::find_head_end(&head, 0).is_none() {
+        while crate::net::http::find_head_end(&head, 0).is_none() {
             let n = s.read(&mut buf).unwrap();
             assert!(n > 0);
             head.extend_from_slice(&buf[..n]);
@@ -550,7 +550,7 @@ fn sigterm_sends_close_1000_and_exits() {
 
 #[test]
 fn tls_and_an_http_connect_proxy_end_to_end() {
-    use crate::conn::transport::tests::{server_config, testdata};
+    use crate::net::transport::tests::{server_config, testdata};
     // A wss server with the test certificate.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -586,7 +586,7 @@ fn tls_and_an_http_connect_proxy_end_to_end() {
         let (mut client, _) = pl.accept().unwrap();
         let mut head = Vec::new();
         let mut b = [0u8; 1];
-        while crate::http::find_head_end(&head, 0).is_none() {
+        while crate::net::http::find_head_end(&head, 0).is_none() {
             client.read_exact(&mut b).unwrap();
             head.push(b[0]);
         }
@@ -626,7 +626,7 @@ fn read_control_any<S: Read + Write>(ws: &mut tungstenite::WebSocket<S>) -> Enve
 
 #[test]
 fn a_certificate_from_an_unknown_ca_is_a_logged_failure_not_an_exit() {
-    use crate::conn::transport::tests::{server_config, testdata};
+    use crate::net::transport::tests::{server_config, testdata};
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let _srv = server(move || {

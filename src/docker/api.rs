@@ -15,8 +15,8 @@
 //! take the engine's newest, capped at ours. Nothing we send or read changed
 //! meaning in between; what did change is noted where it bites.
 
-use super::http::{path_segment, Head, HttpError, Method, Request, Response};
 use super::stream::Timestamp;
+use crate::net::http::{path_segment, Head, HttpError, Method, Request, Response};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -854,7 +854,7 @@ impl Api {
         Request::get(self.container(id, "/stats")).query("stream", "0")
     }
 
-    /// Chunked upload of a tar context ([`super::http::encode_chunk`]), then
+    /// Chunked upload of a tar context ([`crate::net::http::encode_chunk`]), then
     /// JSON lines of [`ProgressLine`]; a failed step is a line with `error`.
     pub fn build(&self, opts: &BuildOptions) -> Request {
         Request::new(Method::Post, self.path("/build"))

@@ -36,14 +36,14 @@
 //! dropped and made good by a fresh snapshot.
 
 use super::api::{self, Api, ApiVersion, Filters, VersionInfo};
-use super::http::{
-    BufferedDecoder, Event as HttpEvent, HttpError, Request, Response, ResponseDecoder,
-};
 use super::logs::{Engine, LogFollows};
 use super::stream::LineSplitter;
 use crate::conn::{LinkEvent, Outgoing};
 use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::metrics::containers::RunningContainer;
+use crate::net::http::{
+    BufferedDecoder, Event as HttpEvent, HttpError, Request, Response, ResponseDecoder,
+};
 use crate::protocol::{
     ContainerEvent, ContainerSnapshot, ContainerSummary, DockerOp, DockerRequest, DockerResponse,
     DockerState, ErrorBody, Message as Control, CONTAINER_CONTROL_DISABLED, MAX_CONTROL_MESSAGE,

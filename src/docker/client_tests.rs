@@ -649,8 +649,7 @@ fn inspect_answers_leave_the_host_with_secret_env_masked() {
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut dec =
-        crate::docker::http::BufferedDecoder::new(crate::docker::http::Expect::Normal, 1 << 16);
+    let mut dec = crate::net::http::BufferedDecoder::new(crate::net::http::Expect::Normal, 1 << 16);
     dec.feed(raw.as_bytes()).unwrap();
     let resp = dec.take().unwrap();
     let v = response_body(&resp);

@@ -36,10 +36,10 @@
 //! stops reading the container's log for us.
 
 use super::api::{self, Api, ContainerInspect, LogsOptions};
-use super::http::{BufferedDecoder, Event as HttpEvent, HttpError, Request, ResponseDecoder};
 use super::stream::{split_log_timestamp, StreamDecoder, StreamError, StreamKind, Timestamp};
 use crate::conn::Outgoing;
 use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::net::http::{BufferedDecoder, Event as HttpEvent, HttpError, Request, ResponseDecoder};
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, LogOpen, LogOpened, Message as Control, StreamTag,
     DEFAULT_LOG_WINDOW, MAX_DATA_PAYLOAD, MAX_LOG_CHANNELS,

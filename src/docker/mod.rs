@@ -1,13 +1,14 @@
 //! Docker Engine API over its unix socket, without an HTTP client crate or an
-//! SDK: a sans-IO HTTP/1.1 codec ([`http`]), the stream formats Docker puts
-//! inside bodies and hijacked connections ([`stream`]), and the Engine API
-//! requests and answers the runner uses ([`api`]). [`client`] drives them
+//! SDK: on the runner's one sans-IO HTTP/1.1 codec ([`crate::net::http`]),
+//! the stream formats Docker puts inside bodies and hijacked connections
+//! ([`stream`]), and the Engine API requests and answers the runner uses
+//! ([`api`]). [`client`] drives them
 //! from the event loop over the engine's socket.
 //!
 //! Nothing here touches a socket. The event loop owns the `UnixStream` and
 //! moves bytes; these types turn bytes into values and back. Every decoder
-//! has the same shape: `feed(&[u8])` returns a [`Step`] saying how many bytes
-//! it consumed and at most one item, and items borrow from the input where
+//! has the same shape: `feed(&[u8])` returns a [`crate::net::Step`] saying
+//! how many bytes it consumed and at most one item, and items borrow from the input where
 //! they can, so a streaming body is never collected in memory.
 //!
 //! Driving one request from a mio loop (edge-triggered, non-blocking):
@@ -37,19 +38,8 @@
 
 pub mod api;
 pub mod client;
-pub mod http;
 pub mod logs;
 pub mod stream;
 
 #[cfg(test)]
 mod tests;
-
-/// What one `feed` call did: bytes of the input it used, and at most one
-/// item. `item: None` means every byte was used and more input is needed;
-/// with `Some`, call `feed` again with the rest of the input (it may be
-/// empty: some items, like `End` after a head with no body, need no bytes).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Step<T> {
-    pub consumed: usize,
-    pub item: Option<T>,
-}

@@ -26,7 +26,7 @@
 //! apart before API 1.42 (Engine 20.10 says `raw-stream` for both), so the
 //! caller decides from the `Tty` it created the container or exec with.
 
-use super::Step;
+use crate::net::Step;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,10 +6,10 @@
 //! make anything panic.
 
 use super::api::{self, Api, ApiError, ApiVersion, BuildOptions, ExecConfig, Filters, LogsOptions};
-use super::http::{
+use super::stream::{self, LineSplitter, StreamDecoder, StreamError, StreamKind};
+use crate::net::http::{
     self, BufferedDecoder, Event, Expect, Head, HttpError, Response, ResponseDecoder,
 };
-use super::stream::{self, LineSplitter, StreamDecoder, StreamError, StreamKind};
 
 /// How the bytes after the head are read further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

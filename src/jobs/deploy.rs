@@ -57,12 +57,12 @@ use crate::docker::api::{
     self, Api, ContainerInspect, CreatedContainer, CreatedExec, ExecConfig, ExecInspect,
     ProgressLine,
 };
-use crate::docker::http::{
+use crate::docker::stream::LineSplitter;
+use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::net::http::{
     encode_chunk, BufferedDecoder, Event as HttpEvent, Request, Response, ResponseDecoder,
     LAST_CHUNK,
 };
-use crate::docker::stream::LineSplitter;
-use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::protocol::deploy::{step, DeploySpec, SecretsDelivery};
 use crate::protocol::StreamTag;
 use crate::{debug, info};
@@ -996,7 +996,7 @@ impl Deploy {
                 loop {
                     let step_ = if rest.is_empty() && x.eof {
                         match dec.eof() {
-                            Ok(Some(ev)) => crate::docker::Step {
+                            Ok(Some(ev)) => crate::net::Step {
                                 consumed: 0,
                                 item: Some(ev),
                             },

@@ -27,7 +27,7 @@
 //! start) and the reason says so.
 
 use crate::docker::api::{self, Api, ContainerInspect};
-use crate::docker::http::{BufferedDecoder, Request, Response};
+use crate::net::http::{BufferedDecoder, Request, Response};
 use crate::state::write_atomic;
 use crate::{info, warn};
 use serde::{Deserialize, Serialize};

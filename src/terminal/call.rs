@@ -19,8 +19,8 @@
 //! the socket, its token and the timer.
 
 use super::TerminalTimer;
-use crate::docker::http::{BufferedDecoder, Request, Response};
 use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::net::http::{BufferedDecoder, Request, Response};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
@@ -233,7 +233,7 @@ impl EngineCall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::http::Request;
+    use crate::net::http::Request;
     use std::collections::VecDeque;
 
     /// A stream that takes at most `take` bytes per write and hands out

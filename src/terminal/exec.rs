@@ -30,8 +30,8 @@
 use super::call::{EngineCall, Got};
 use super::{Engine, TerminalTimer};
 use crate::docker::api::{self, Api, CreatedExec, ExecConfig, ExecInspect};
-use crate::docker::http::Response;
 use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::net::http::Response;
 use crate::protocol::TermOpen;
 use crate::{debug, warn};
 use mio::net::UnixStream;

@@ -737,7 +737,7 @@ fn direct_exec(
 ) -> (std::os::unix::net::UnixStream, Vec<u8>) {
     use std::io::{Read, Write};
     use tether::docker::api::{self, CreatedExec, ExecConfig};
-    use tether::docker::http::{BufferedDecoder, Request};
+    use tether::net::http::{BufferedDecoder, Request};
     let call = |req: &Request| {
         let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

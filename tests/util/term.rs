@@ -39,7 +39,7 @@ fn connect_with(
     let addr = server.addr();
     let tcp = TcpStream::connect(&addr).unwrap();
     tcp.set_nodelay(true).unwrap();
-    let cfg = tether::conn::tls::client_config(Some(&server.ca)).unwrap();
+    let cfg = tether::net::tls::client_config(Some(&server.ca)).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1".to_owned()).unwrap();
     let conn = rustls::ClientConnection::new(cfg, name).unwrap();
     let stream = rustls::StreamOwned::new(conn, tcp);

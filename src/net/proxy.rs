@@ -7,12 +7,15 @@
 //!  NeedMore ──feed──▶ NeedMore ──feed (…\r\n\r\n)──▶ Established{leftover}   (2xx)
 //!                                         └────────▶ Err(AuthRequired | Refused | Malformed)
 //!  more than 16 KiB without \r\n\r\n ──▶ Err(HeadTooLarge)
+//!  a first byte that cannot start "HTTP/1.x" ──▶ Err(Malformed(NotHttp))
 //! ```
 //!
-//! Only the response head is read: a 2xx CONNECT answer has no body, and any
-//! byte after the blank line already belongs to the tunnel (`leftover`).
+//! Only the response head is read, by the runner's one HTTP decoder
+//! ([`super::http`], [`Expect::Connect`]): a 2xx CONNECT answer has no
+//! body, and any byte after the blank line already belongs to the tunnel
+//! (`leftover`).
 
-use crate::http::{find_head_end, parse_head, ParseError};
+use super::http::{Event, Expect, HttpError, ResponseDecoder};
 use std::fmt;
 
 /// Largest proxy response head we accept.
@@ -39,7 +42,7 @@ pub enum ProxyError {
     /// No end of head within [`MAX_RESPONSE_HEAD`] bytes.
     HeadTooLarge,
     /// Not an HTTP response.
-    Malformed(ParseError),
+    Malformed(HttpError),
     /// 407: the proxy wants (other) credentials.
     AuthRequired,
     /// Any other non-2xx answer.
@@ -81,11 +84,20 @@ pub enum Progress {
     },
 }
 
-/// Accumulates the proxy's answer to CONNECT.
-#[derive(Debug, Default)]
+/// Reads the proxy's answer to CONNECT.
+#[derive(Debug)]
 pub struct ConnectResponse {
-    buf: Vec<u8>,
+    dec: ResponseDecoder,
     done: bool,
+}
+
+impl Default for ConnectResponse {
+    fn default() -> ConnectResponse {
+        ConnectResponse {
+            dec: ResponseDecoder::with_max_head(Expect::Connect, MAX_RESPONSE_HEAD),
+            done: false,
+        }
+    }
 }
 
 impl ConnectResponse {
@@ -99,30 +111,37 @@ impl ConnectResponse {
                 leftover: bytes.to_vec(),
             });
         }
-        let scan_from = self.buf.len().saturating_sub(3);
-        self.buf.extend_from_slice(bytes);
-        let Some(end) = find_head_end(&self.buf, scan_from) else {
-            if self.buf.len() > MAX_RESPONSE_HEAD {
-                return Err(ProxyError::HeadTooLarge);
+        let mut rest = bytes;
+        loop {
+            let step = self.dec.feed(rest).map_err(|e| match e {
+                HttpError::HeadTooLarge => ProxyError::HeadTooLarge,
+                e => ProxyError::Malformed(e),
+            })?;
+            rest = &rest[step.consumed..];
+            match step.item {
+                None => return Ok(Progress::NeedMore),
+                // A 2xx: `Upgraded` follows without input.
+                Some(Event::Head(head)) if head.is_success() => {}
+                Some(Event::Head(head)) if head.status == 407 => {
+                    return Err(ProxyError::AuthRequired)
+                }
+                Some(Event::Head(head)) => {
+                    return Err(ProxyError::Refused {
+                        status: head.status,
+                        reason: head.reason,
+                    })
+                }
+                Some(Event::Upgraded) => {
+                    self.done = true;
+                    return Ok(Progress::Established {
+                        leftover: rest.to_vec(),
+                    });
+                }
+                // Only after a 2xx head, which always upgrades.
+                Some(Event::Body(_) | Event::End) => {
+                    return Err(ProxyError::Malformed(HttpError::BadStatusLine))
+                }
             }
-            return Ok(Progress::NeedMore);
-        };
-        if end > MAX_RESPONSE_HEAD {
-            return Err(ProxyError::HeadTooLarge);
-        }
-        let head = parse_head(&self.buf[..end]).map_err(ProxyError::Malformed)?;
-        match head.status {
-            200..=299 => {
-                self.done = true;
-                let leftover = self.buf.split_off(end);
-                self.buf = Vec::new();
-                Ok(Progress::Established { leftover })
-            }
-            407 => Err(ProxyError::AuthRequired),
-            status => Err(ProxyError::Refused {
-                status,
-                reason: head.reason,
-            }),
         }
     }
 
@@ -283,7 +302,10 @@ mod tests {
             );
         }
         // Endless headers without a blank line stop at the cap, not at EOF.
+        // (Bytes that cannot start a status line stop at the first byte:
+        // `garbage_is_malformed_at_every_split_point`.)
         let mut r = ConnectResponse::new();
+        assert_eq!(r.feed(b"HTTP/1.1 200 OK\r\n"), Ok(Progress::NeedMore));
         let line = [b'a'; 1024];
         let mut out = Ok(Progress::NeedMore);
         for _ in 0..20 {

@@ -360,8 +360,8 @@ pub(crate) mod tests {
     }
 
     fn tls_client(ca: &str, sock: FakeSocket) -> Transport<FakeSocket> {
-        let config = crate::conn::tls::client_config(Some(&testdata(ca))).unwrap();
-        let name = crate::conn::tls::server_name("localhost").unwrap();
+        let config = crate::net::tls::client_config(Some(&testdata(ca))).unwrap();
+        let name = crate::net::tls::server_name("localhost").unwrap();
         Transport::tls(ClientConnection::new(config, name).unwrap(), sock)
     }
 
@@ -445,8 +445,8 @@ pub(crate) mod tests {
                 Err(e) => break e,
             }
         };
-        let tls = crate::conn::tls::rustls_error(&err).expect("a rustls error");
-        assert!(crate::conn::tls::is_certificate_error(tls), "{tls:?}");
+        let tls = crate::net::tls::rustls_error(&err).expect("a rustls error");
+        assert!(crate::net::tls::is_certificate_error(tls), "{tls:?}");
     }
 
     #[test]

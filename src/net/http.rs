@@ -1,6 +1,9 @@
-//! Sans-IO HTTP/1.1 for the Docker socket: [`Request`] encodes what we send,
-//! [`ResponseDecoder`] turns what the engine answers into [`Event`]s, and
-//! [`BufferedDecoder`] collects small answers whole, under a size limit.
+//! The runner's one sans-IO HTTP/1.1 codec: [`Request`] encodes what we send
+//! to the Docker socket, [`ResponseDecoder`] turns what a peer answers into
+//! [`Event`]s, and [`BufferedDecoder`] collects small answers whole, under a
+//! size limit. The same decoder reads the Docker engine's answers, the
+//! blocking client's (`crate::http`: enrollment, release downloads) and a
+//! proxy's answer to CONNECT ([`super::proxy`], [`Expect::Connect`]).
 //!
 //! The decoder owns no socket and no body: body bytes are handed out as
 //! slices of the caller's input, so a `logs?follow=1` stream that runs for
@@ -15,6 +18,7 @@
 //!   │  1xx, not 101 │ "\r\n\r\n" ─▶ emits Head
 //!   └───────────────┤
 //!                   ├─ 101, or 2xx without length to a Hijack ─▶ Upgraded (raw stream; terminal)
+//!                   ├─ 2xx to a CONNECT ─▶ Upgraded (the tunnel)
 //!                   ├─ HEAD request, 204, 304, Content-Length: 0 ───────▶ End
 //!                   ├─ Transfer-Encoding: chunked ─▶ Chunked:
 //!                   │     Size ─(;ext)─▶ SizeLf ─┬─ n>0 ─▶ Data(n) ─▶ CRLF ─▶ Size …
@@ -28,7 +32,8 @@
 use super::Step;
 use std::fmt;
 
-/// Largest response head (status line and headers) we hold.
+/// Largest response head (status line and headers) we hold by default
+/// ([`ResponseDecoder::with_max_head`] sets a smaller one).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most headers in one response; Docker sends fewer than ten.
 pub const MAX_HEADERS: usize = 100;
@@ -78,7 +83,7 @@ impl fmt::Display for HttpError {
             HttpError::NotHttp => write!(f, "answer is not http (is this the docker socket?)"),
             HttpError::BadStatusLine => write!(f, "bad status line"),
             HttpError::BadHeader => write!(f, "bad header line"),
-            HttpError::HeadTooLarge => write!(f, "response head larger than {MAX_HEAD} bytes"),
+            HttpError::HeadTooLarge => write!(f, "response head too large"),
             HttpError::TooManyHeaders => write!(f, "more than {MAX_HEADERS} response headers"),
             HttpError::BadContentLength => write!(f, "bad content-length"),
             HttpError::UnsupportedTransferEncoding => write!(f, "unsupported transfer-encoding"),
@@ -133,6 +138,9 @@ pub enum Expect {
     /// A request that hijacks the connection (exec start, attach): a 101,
     /// or a success without length, turns the socket into a raw stream.
     Hijack,
+    /// A CONNECT to a proxy: any 2xx makes the connection the tunnel (such
+    /// an answer has no body, RFC 9110 9.3.6, whatever its headers say).
+    Connect,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,7 +552,8 @@ fn plausible_start(buf: &[u8]) -> bool {
         })
 }
 
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+/// Index just past the first `\r\n\r\n` in `buf`, searching from `from`.
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(from..)?
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -553,7 +562,7 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 
 /// How the body of a response is framed, decided from its head.
 fn framing(head: &Head, expect: Expect) -> Result<State, HttpError> {
-    if head.status == 101 {
+    if head.status == 101 || (expect == Expect::Connect && head.is_success()) {
         return Ok(State::EmitUpgraded);
     }
     let te = head.header("transfer-encoding");
@@ -682,16 +691,26 @@ pub struct ResponseDecoder {
     /// A request is outstanding: EOF before its first byte is an error.
     awaiting: bool,
     head_buf: Vec<u8>,
+    /// Bound of `head_buf`: [`MAX_HEAD`] unless the caller chose less.
+    max_head: usize,
     keep_alive: bool,
 }
 
 impl ResponseDecoder {
     pub fn new(expect: Expect) -> ResponseDecoder {
+        ResponseDecoder::with_max_head(expect, MAX_HEAD)
+    }
+
+    /// A decoder that refuses heads over `max_head` bytes (at most
+    /// [`MAX_HEAD`]): a proxy's or a web server's answer is much smaller
+    /// than what Docker may send.
+    pub fn with_max_head(expect: Expect, max_head: usize) -> ResponseDecoder {
         ResponseDecoder {
             state: State::Head,
             expect,
             awaiting: true,
             head_buf: Vec::new(),
+            max_head: max_head.min(MAX_HEAD),
             keep_alive: true,
         }
     }
@@ -713,7 +732,8 @@ impl ResponseDecoder {
         self.state == State::Head && self.head_buf.is_empty() && !self.awaiting && self.keep_alive
     }
 
-    /// Bytes held inside the decoder (a partial head); never above [`MAX_HEAD`].
+    /// Bytes held inside the decoder (a partial head); never above its
+    /// head bound ([`MAX_HEAD`] at most).
     pub fn buffered(&self) -> usize {
         self.head_buf.len()
     }
@@ -794,13 +814,13 @@ impl ResponseDecoder {
                     let old = self.head_buf.len();
                     // Copy no more than the head may still grow by, so a
                     // large read holding head and body is never copied whole.
-                    let take = rest.len().min(MAX_HEAD - old);
+                    let take = rest.len().min(self.max_head - old);
                     self.head_buf.extend_from_slice(&rest[..take]);
                     if !plausible_start(&self.head_buf) {
                         return Err(HttpError::NotHttp);
                     }
                     let Some(end) = find_head_end(&self.head_buf, old.saturating_sub(3)) else {
-                        if self.head_buf.len() >= MAX_HEAD {
+                        if self.head_buf.len() >= self.max_head {
                             return Err(HttpError::HeadTooLarge);
                         }
                         return Ok(Step {
@@ -1009,8 +1029,13 @@ pub struct BufferedDecoder {
 
 impl BufferedDecoder {
     pub fn new(expect: Expect, limit: usize) -> BufferedDecoder {
+        BufferedDecoder::with_decoder(ResponseDecoder::new(expect), limit)
+    }
+
+    /// Around a decoder made with its own head bound.
+    pub fn with_decoder(inner: ResponseDecoder, limit: usize) -> BufferedDecoder {
         BufferedDecoder {
-            inner: ResponseDecoder::new(expect),
+            inner,
             limit,
             head: None,
             body: Vec::new(),
@@ -1257,6 +1282,21 @@ mod tests {
         assert_eq!(
             events(Expect::Hijack, r).unwrap(),
             ["head 404", "body {}", "end"]
+        );
+    }
+
+    #[test]
+    fn a_connect_answer_is_the_tunnel() {
+        // Any 2xx to CONNECT: its headers never frame a body.
+        let r = b"HTTP/1.1 200 Connection established\r\nContent-Length: 0\r\n\r\n\x16tls";
+        assert_eq!(
+            events(Expect::Connect, r).unwrap(),
+            ["head 200", "upgraded \u{16}tls"]
+        );
+        let r = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(
+            events(Expect::Connect, r).unwrap(),
+            ["head 407", "body no", "end"]
         );
     }
 
