@@ -33,8 +33,10 @@
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
 //! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
 //! version        the version this binary reports (a patchable slot, for the update tests)
-//! docker/        Docker Engine body streams and API request builders; client: the
-//!                engine in the loop (probe, docker_request, events, snapshots)
+//! engine/        the Docker Engine API: request builders, body streams, the one Engine call
+//!                (sans-IO exchange + driver) every feature uses
+//! docker/        container management (probe, docker_request, events, snapshots) and log
+//!                collection, on the engine
 //! terminal/      interactive terminals: host login shells on PTYs, TTY execs in containers
 //! jobs/          jobs: processes with their output spooled and acked, deploys through the
 //!                engine, secret files on tmpfs, the ledger that survives a restart
@@ -59,6 +61,8 @@ pub mod config;
 pub mod conn;
 #[cfg(feature = "runner")]
 pub mod docker;
+#[cfg(feature = "runner")]
+pub mod engine;
 #[cfg(feature = "runner")]
 pub mod enroll;
 #[cfg(feature = "runner")]

@@ -1,5 +1,5 @@
 //! The request side of the Docker Engine HTTP codec (`src/net/http.rs`
-//! `Request`, `src/docker/api.rs` `Api`): container ids and names, exec
+//! `Request`, `src/engine/api.rs` `Api`): container ids and names, exec
 //! ids, signals, image names and archive paths come from the server's
 //! messages and from deploy specs, and are encoded into request lines here.
 //!
@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::docker::api::{Api, ApiVersion, ExecConfig, Filters, LogsOptions};
+use tether::engine::api::{Api, ApiVersion, ExecConfig, Filters, LogsOptions};
 use tether::net::http::Request;
 use tether_fuzz::opts;
 

@@ -1,4 +1,4 @@
-//! The byte streams inside Docker bodies (`src/docker/stream.rs`): the
+//! The byte streams inside Docker bodies (`src/engine/stream.rs`): the
 //! stdout/stderr multiplexer (or raw TTY bytes), the line splitter of
 //! JSON-lines streams and TTY logs, and `timestamps=1` log line parsing.
 //!
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::docker::stream::{split_log_timestamp, LineSplitter, StreamDecoder, StreamKind};
+use tether::engine::stream::{split_log_timestamp, LineSplitter, StreamDecoder, StreamKind};
 use tether_fuzz::{opts, pieces};
 
 /// Stream pieces merged per (kind, frame): kind, bytes, frame ended.

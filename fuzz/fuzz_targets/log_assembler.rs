@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tether::docker::logs::{Cursor, LogAssembler};
-use tether::docker::stream::Timestamp;
+use tether::engine::stream::Timestamp;
 use tether::protocol::{StreamTag, MAX_DATA_PAYLOAD};
 use tether_fuzz::{opts, pieces, quiet};
 

@@ -1,5 +1,5 @@
 //! Log line timestamps, read by both sides: the runner's
-//! `docker::stream::parse_rfc3339` places a line for the resume cursor,
+//! `engine::stream::parse_rfc3339` places a line for the resume cursor,
 //! the server's `clock::parse_rfc3339` (under `logs::parse_rfc3339_ns`)
 //! stores the cursor and answers `since`/`until`. The server's module is a
 //! self-contained file of its binary crate, compiled in here as it is.
@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::docker::stream::parse_rfc3339;
+use tether::engine::stream::parse_rfc3339;
 
 #[allow(dead_code)]
 #[path = "../../server/src/common/clock.rs"]

@@ -1,7 +1,7 @@
 //! The Docker Engine client inside the event loop: probes the engine,
 //! answers the server's `docker_request`s, follows `/events` and reports
 //! container changes. Owns every Docker socket; the sans-IO codec
-//! ([`super::http`], [`super::api`]) turns their bytes into values.
+//! ([`super::http`], [`crate::engine::api`]) turns their bytes into values.
 //!
 //! Availability (what `docker_state` reports):
 //!
@@ -22,7 +22,7 @@
 //! ```text
 //!   connect (non-blocking; ENOENT, EACCES, ECONNREFUSED fail at once)
 //!     ─▶ Writing (WRITABLE; partial writes keep an offset)
-//!     ─▶ Reading (READABLE; drained to WouldBlock, at most MAX_READ_PER_PASS)
+//!     ─▶ Reading (READABLE; drained to WouldBlock, a stream at most a budget per pass)
 //!     ─▶ done: BufferedDecoder answer (≤ MAX_RESPONSE) or, for /events, EOF
 //!   each call but /events has a timer (REQUEST_TIMEOUT; stop/restart add their grace)
 //! ```
@@ -35,26 +35,24 @@
 //! it is full no new calls start (backpressure), and events beyond it are
 //! dropped and made good by a fresh snapshot.
 
-use super::api::{self, Api, ApiVersion, Filters, VersionInfo};
 use super::logs::{Engine, LogFollows};
-use super::stream::LineSplitter;
 use crate::conn::{LinkEvent, Outgoing};
+use crate::engine::api::{self, Api, ApiVersion, Filters, VersionInfo};
+use crate::engine::stream::LineSplitter;
+use crate::engine::{self, Answer, EngineCall, Exchange, Got};
 use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::metrics::containers::RunningContainer;
-use crate::net::http::{
-    BufferedDecoder, Event as HttpEvent, HttpError, Request, Response, ResponseDecoder,
-};
+use crate::net::http::{HttpError, Request, Response};
 use crate::protocol::{
     ContainerEvent, ContainerSnapshot, ContainerSummary, DockerOp, DockerRequest, DockerResponse,
     DockerState, ErrorBody, Message as Control, CONTAINER_CONTROL_DISABLED, MAX_CONTROL_MESSAGE,
 };
 use crate::{debug, info, warn};
-use mio::net::UnixStream;
-use mio::{Interest, Token};
+use mio::Token;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,9 +77,6 @@ const MAX_QUEUED: usize = 256;
 pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
 /// Longest `/events` line kept (a line is one JSON event, ~1 KiB).
 const MAX_EVENT_LINE: usize = 64 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
-/// Bytes read from one socket per readiness pass before others get a turn.
-const MAX_READ_PER_PASS: usize = 256 * 1024;
 /// Bytes waiting for the link; above it no new calls start.
 const MAX_OUTBOX_BYTES: usize = 16 * 1024 * 1024;
 /// Room kept in a control message for the envelope around a body.
@@ -172,9 +167,8 @@ enum Availability {
 /// Why a call did not produce an answer.
 #[derive(Debug)]
 enum CallError {
-    Connect(io::Error),
-    Io(io::Error),
-    Http(HttpError),
+    /// The Engine call itself failed (socket, HTTP).
+    Engine(engine::CallError),
     Timeout(Duration),
     /// `/events` answered with this status instead of a stream.
     Status(u16),
@@ -187,7 +181,7 @@ impl CallError {
     fn describe(&self, path: &Path) -> String {
         let p = path.display();
         match self {
-            CallError::Connect(e) => match e.kind() {
+            CallError::Engine(engine::CallError::Connect(e)) => match e.kind() {
                 io::ErrorKind::NotFound => format!("no socket at {p}"),
                 io::ErrorKind::PermissionDenied => format!("permission denied on {p}"),
                 io::ErrorKind::ConnectionRefused => {
@@ -195,11 +189,18 @@ impl CallError {
                 }
                 _ => format!("cannot connect to {p}: {e}"),
             },
-            CallError::Io(e) => format!("connection to {p} failed: {e}"),
-            CallError::Http(HttpError::NotHttp) => {
+            CallError::Engine(engine::CallError::Io(e) | engine::CallError::Write(e)) => {
+                format!("connection to {p} failed: {e}")
+            }
+            CallError::Engine(engine::CallError::WriteZero) => {
+                format!("connection to {p} failed: socket took no bytes")
+            }
+            CallError::Engine(engine::CallError::Http(HttpError::NotHttp)) => {
                 format!("not a Docker engine: {p} does not answer HTTP")
             }
-            CallError::Http(e) => format!("bad answer from {p}: {e}"),
+            CallError::Engine(engine::CallError::Http(e)) => format!("bad answer from {p}: {e}"),
+            // Its calls upload nothing.
+            CallError::Engine(e @ engine::CallError::Upload(_)) => e.to_string(),
             CallError::Timeout(d) => format!("no answer from {p} within {}s", d.as_secs()),
             CallError::Status(s) => format!("the engine at {p} answered /events with {s}"),
             CallError::Ended => format!("the events stream from {p} ended"),
@@ -247,167 +248,60 @@ struct Job {
     timeout: Duration,
 }
 
-enum Phase {
-    Writing { buf: Vec<u8>, written: usize },
-    Reading,
-}
-
-enum Reader {
-    Buffered(BufferedDecoder),
-    /// `/events`: a chunked body of JSON lines that lasts as long as the engine.
-    Lines {
-        dec: ResponseDecoder,
-        lines: LineSplitter,
-    },
+/// One Engine call and what it is for.
+struct Call {
+    call: EngineCall,
+    purpose: Purpose,
+    timeout: Duration,
+    /// `/events`: its chunked body of JSON lines, as long as the engine runs.
+    lines: Option<LineSplitter>,
+    /// The read budget was spent with data left: drive again this turn.
+    again: bool,
 }
 
 /// What driving a call decided.
 enum CallStep {
-    /// Wait for readiness.
+    /// Wait for readiness (or, with `again`, for the next turn).
     Wait,
-    /// The read cap was reached with data left: drive again this turn.
-    Again,
     Finished(Result<Response, CallError>),
 }
 
-/// One HTTP exchange on its own socket.
-struct Call {
-    token: Token,
-    stream: UnixStream,
-    phase: Phase,
-    reader: Reader,
-    purpose: Purpose,
-    timer: Option<TimerId>,
-    timeout: Duration,
-    registered: Interest,
-    /// A write failed; the peer may still have said why (an SSH banner).
-    write_error: Option<io::Error>,
-    again: bool,
-}
-
 impl Call {
-    /// Interest follows the phase.
-    fn interest(&self) -> Interest {
-        match self.phase {
-            Phase::Writing { .. } => Interest::WRITABLE,
-            Phase::Reading => Interest::READABLE,
-        }
-    }
-
-    /// Write what is left, then read to `WouldBlock` (at most
-    /// [`MAX_READ_PER_PASS`]). Complete event lines go to `lines`.
-    fn drive(&mut self, lines: &mut Vec<Vec<u8>>) -> CallStep {
-        while let Phase::Writing { buf, written } = &mut self.phase {
-            match self.stream.write(&buf[*written..]) {
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
-                    return CallStep::Finished(Err(CallError::Io(e)));
-                }
-                Ok(n) => {
-                    *written += n;
-                    if *written == buf.len() {
-                        self.phase = Phase::Reading;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return CallStep::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EPIPE/ECONNRESET: read what the peer sent before it
-                    // hung up; it says more than the write error.
-                    self.write_error = Some(e);
-                    self.phase = Phase::Reading;
-                }
-            }
-        }
-        let mut buf = [0u8; READ_CHUNK];
-        let mut budget = MAX_READ_PER_PASS;
+    /// Move bytes until the call waits or ends. Complete event lines go to
+    /// `out`.
+    fn drive(&mut self, ctx: &mut Ctx<'_>, out: &mut Vec<Vec<u8>>) -> CallStep {
         loop {
-            if budget == 0 {
-                return CallStep::Again;
-            }
-            match self.stream.read(&mut buf) {
-                Ok(0) => return self.on_eof(),
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    if let Some(step) = self.feed(&buf[..n], lines) {
-                        return step;
-                    }
+            match self.call.drive(ctx) {
+                Got::Wait => return CallStep::Wait,
+                Got::Again => {
+                    self.again = true;
+                    return CallStep::Wait;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return CallStep::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let e = self.write_error.take().unwrap_or(e);
-                    return CallStep::Finished(Err(CallError::Io(e)));
+                Got::Answer(resp, _) => return CallStep::Finished(Ok(resp)),
+                Got::Failed(e) => return CallStep::Finished(Err(CallError::Engine(e))),
+                Got::Head(h) if h.status != 200 => {
+                    return CallStep::Finished(Err(CallError::Status(h.status)))
                 }
-            }
-        }
-    }
-
-    /// `Some` once the call is over.
-    fn feed(&mut self, input: &[u8], out: &mut Vec<Vec<u8>>) -> Option<CallStep> {
-        match &mut self.reader {
-            Reader::Buffered(dec) => match dec.feed(input) {
-                Err(e) => Some(CallStep::Finished(Err(CallError::Http(e)))),
-                Ok(_) if dec.is_done() => Some(finished(dec)),
-                Ok(_) => None,
-            },
-            Reader::Lines { dec, lines } => {
-                let mut rest = input;
-                loop {
-                    let step = match dec.feed(rest) {
-                        Ok(s) => s,
-                        Err(e) => return Some(CallStep::Finished(Err(CallError::Http(e)))),
+                Got::Head(_) => {}
+                Got::Body(mut body) => {
+                    let Some(lines) = self.lines.as_mut() else {
+                        continue;
                     };
-                    rest = &rest[step.consumed..];
-                    match step.item {
-                        None => return None,
-                        Some(HttpEvent::Head(h)) if h.status != 200 => {
-                            return Some(CallStep::Finished(Err(CallError::Status(h.status))))
-                        }
-                        Some(HttpEvent::Head(_)) => {}
-                        Some(HttpEvent::Body(mut body)) => {
-                            while !body.is_empty() {
-                                let s = lines.feed(body);
-                                let used = s.consumed;
-                                if let Some(line) = s.item {
-                                    if line.truncated {
-                                        debug!("docker", "dropping an over-long event line");
-                                    } else {
-                                        out.push(line.bytes.to_vec());
-                                    }
-                                }
-                                body = &body[used..];
+                    while !body.is_empty() {
+                        let s = lines.feed(body);
+                        if let Some(line) = s.item {
+                            if line.truncated {
+                                debug!("docker", "dropping an over-long event line");
+                            } else {
+                                out.push(line.bytes.to_vec());
                             }
                         }
-                        Some(HttpEvent::End) | Some(HttpEvent::Upgraded) => {
-                            return Some(CallStep::Finished(Err(CallError::Ended)))
-                        }
+                        body = &body[s.consumed..];
                     }
                 }
+                Got::End | Got::Eof => return CallStep::Finished(Err(CallError::Ended)),
             }
         }
-    }
-
-    fn on_eof(&mut self) -> CallStep {
-        let result = match &mut self.reader {
-            Reader::Buffered(dec) => match dec.eof() {
-                Ok(()) => return finished(dec),
-                Err(e) => Err(e),
-            },
-            Reader::Lines { .. } => return CallStep::Finished(Err(CallError::Ended)),
-        };
-        match (result, self.write_error.take()) {
-            (Err(HttpError::Closed), Some(w)) => CallStep::Finished(Err(CallError::Io(w))),
-            (Err(e), _) => CallStep::Finished(Err(CallError::Http(e))),
-            (Ok(()), _) => CallStep::Wait,
-        }
-    }
-}
-
-fn finished(dec: &mut BufferedDecoder) -> CallStep {
-    match dec.take() {
-        Some(resp) => CallStep::Finished(Ok(resp)),
-        None => CallStep::Finished(Err(CallError::Http(HttpError::Truncated))),
     }
 }
 
@@ -703,7 +597,7 @@ impl Docker {
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.calls.iter().any(|c| c.token == token) || self.logs.owns(token)
+        self.calls.iter().any(|c| c.call.token() == token) || self.logs.owns(token)
     }
 
     pub fn wants_again(&self) -> bool {
@@ -711,7 +605,7 @@ impl Docker {
     }
 
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
-        if let Some(i) = self.calls.iter().position(|c| c.token == token) {
+        if let Some(i) = self.calls.iter().position(|c| c.call.token() == token) {
             self.drive_call(ctx, i);
         } else if self.logs.owns(token) {
             self.with_logs(|logs, engine| logs.on_ready(ctx, engine, token));
@@ -720,9 +614,9 @@ impl Docker {
     }
 
     /// The engine's socket and API, while it is available (terminals).
-    pub fn engine(&self) -> Option<crate::terminal::Engine> {
+    pub fn engine(&self) -> Option<crate::engine::Engine> {
         match &self.state {
-            Availability::Available { api, .. } => Some(crate::terminal::Engine {
+            Availability::Available { api, .. } => Some(crate::engine::Engine {
                 socket: self.socket(),
                 api: *api,
             }),
@@ -754,10 +648,10 @@ impl Docker {
             .calls
             .iter()
             .filter(|c| c.again)
-            .map(|c| c.token)
+            .map(|c| c.call.token())
             .collect();
         for t in tokens {
-            if let Some(i) = self.calls.iter().position(|c| c.token == t) {
+            if let Some(i) = self.calls.iter().position(|c| c.call.token() == t) {
                 self.calls[i].again = false;
                 self.drive_call(ctx, i);
             }
@@ -775,11 +669,10 @@ impl Docker {
                 self.start_probe(ctx);
             }
             DockerTimer::Call => {
-                if let Some(i) = self.calls.iter().position(|c| c.timer == Some(id)) {
-                    let mut call = self.calls.swap_remove(i);
-                    call.timer = None;
+                if let Some(i) = self.calls.iter().position(|c| c.call.timer() == Some(id)) {
+                    let call = self.calls.swap_remove(i);
                     let d = call.timeout;
-                    self.close(ctx, &mut call);
+                    call.call.close(ctx);
                     self.complete(ctx, call.purpose, Err(CallError::Timeout(d)));
                 }
             }
@@ -1083,8 +976,7 @@ impl Docker {
             .iter()
             .position(|c| matches!(c.purpose, Purpose::Events))
         {
-            let mut call = self.calls.swap_remove(i);
-            self.close(ctx, &mut call);
+            self.calls.swap_remove(i).call.close(ctx);
         }
         for (id, _) in std::mem::take(&mut self.held) {
             self.push(error_reply(id, "docker_unavailable", reason.clone()), 256);
@@ -1287,48 +1179,29 @@ impl Docker {
     }
 
     fn start_call(&mut self, ctx: &mut Ctx<'_>, job: Job) {
-        let path = self.socket();
-        let mut stream = match UnixStream::connect(&path) {
-            Ok(s) => s,
-            Err(e) => return self.complete(ctx, job.purpose, Err(CallError::Connect(e))),
+        let (answer, lines) = match job.purpose {
+            Purpose::Events => (Answer::Stream, Some(LineSplitter::new(MAX_EVENT_LINE))),
+            _ => (Answer::Whole(MAX_RESPONSE), None),
         };
-        let token = ctx.token();
-        if let Err(e) = ctx
-            .registry
-            .register(&mut stream, token, Interest::WRITABLE)
-        {
-            return self.complete(ctx, job.purpose, Err(CallError::Io(e)));
-        }
-        let expect = job.request.expect();
-        let reader = match job.purpose {
-            Purpose::Events => Reader::Lines {
-                dec: ResponseDecoder::new(expect),
-                lines: LineSplitter::new(MAX_EVENT_LINE),
-            },
-            _ => Reader::Buffered(BufferedDecoder::new(expect, MAX_RESPONSE)),
-        };
-        // The events stream lasts as long as the engine: no deadline.
-        let timer = (!job.timeout.is_zero())
-            .then(|| ctx.schedule(job.timeout, Timer::Docker(DockerTimer::Call)));
         debug!(
             "docker",
             "{} {}",
             job.request.method().as_str(),
             job.request.target()
         );
+        let x = Exchange::new(&job.request, "docker call", answer);
+        // The events stream lasts as long as the engine: no deadline.
+        let deadline =
+            (!job.timeout.is_zero()).then_some((job.timeout, Timer::Docker(DockerTimer::Call)));
+        let call = match EngineCall::start(ctx, &self.socket(), x, deadline) {
+            Ok(c) => c,
+            Err(e) => return self.complete(ctx, job.purpose, Err(CallError::Engine(e))),
+        };
         self.calls.push(Call {
-            token,
-            stream,
-            phase: Phase::Writing {
-                buf: job.request.encode(),
-                written: 0,
-            },
-            reader,
+            call,
             purpose: job.purpose,
-            timer,
             timeout: job.timeout,
-            registered: Interest::WRITABLE,
-            write_error: None,
+            lines,
             again: false,
         });
         // The socket is likely writable already; an edge may not come.
@@ -1338,40 +1211,18 @@ impl Docker {
 
     fn drive_call(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let mut lines = Vec::new();
-        let step = self.calls[i].drive(&mut lines);
+        let step = self.calls[i].drive(ctx, &mut lines);
         for line in lines {
             self.on_event_line(&line);
         }
         for (id, action) in std::mem::take(&mut self.log_events) {
             self.with_logs(|logs, engine| logs.on_container_event(ctx, engine, &id, &action));
         }
-        match step {
-            CallStep::Wait | CallStep::Again => {
-                let call = &mut self.calls[i];
-                call.again = matches!(step, CallStep::Again);
-                let want = call.interest();
-                if want != call.registered {
-                    if let Err(e) = ctx.registry.reregister(&mut call.stream, call.token, want) {
-                        let mut call = self.calls.swap_remove(i);
-                        self.close(ctx, &mut call);
-                        return self.complete(ctx, call.purpose, Err(CallError::Io(e)));
-                    }
-                    call.registered = want;
-                }
-            }
-            CallStep::Finished(result) => {
-                let mut call = self.calls.swap_remove(i);
-                self.close(ctx, &mut call);
-                self.complete(ctx, call.purpose, result);
-            }
+        if let CallStep::Finished(result) = step {
+            let call = self.calls.swap_remove(i);
+            call.call.close(ctx);
+            self.complete(ctx, call.purpose, result);
         }
-    }
-
-    fn close(&mut self, ctx: &mut Ctx<'_>, call: &mut Call) {
-        if let Some(t) = call.timer.take() {
-            ctx.cancel(t);
-        }
-        let _ = ctx.registry.deregister(&mut call.stream);
     }
 
     fn complete(
@@ -1436,7 +1287,9 @@ impl Docker {
                             n,
                         );
                     }
-                    Err(CallError::Http(HttpError::BodyTooLarge { limit })) => {
+                    Err(CallError::Engine(engine::CallError::Http(HttpError::BodyTooLarge {
+                        limit,
+                    }))) => {
                         let why = format!("the engine's answer is larger than {limit} bytes");
                         self.push(error_reply(id, "response_too_large", why), 256);
                     }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::event_loop::EventLoop;
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream as StdUnix};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -35,20 +35,22 @@
 //! [`MAX_OUTBOX_BYTES`]; otherwise the socket is left unread and Docker
 //! stops reading the container's log for us.
 
-use super::api::{self, Api, ContainerInspect, LogsOptions};
-use super::stream::{split_log_timestamp, StreamDecoder, StreamError, StreamKind, Timestamp};
 use crate::conn::Outgoing;
+use crate::engine::api::{self, Api, ContainerInspect, LogsOptions};
+use crate::engine::stream::{
+    split_log_timestamp, StreamDecoder, StreamError, StreamKind, Timestamp,
+};
+use crate::engine::{Answer, CallError, EngineCall, Exchange, Got};
 use crate::event_loop::{Ctx, Timer, TimerId};
-use crate::net::http::{BufferedDecoder, Event as HttpEvent, HttpError, Request, ResponseDecoder};
+use crate::net::http::{HttpError, Request};
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, LogOpen, LogOpened, Message as Control, StreamTag,
     DEFAULT_LOG_WINDOW, MAX_DATA_PAYLOAD, MAX_LOG_CHANNELS,
 };
 use crate::{debug, info, warn};
-use mio::net::UnixStream;
-use mio::{Interest, Token};
+use mio::Token;
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,9 +61,6 @@ const MAX_OUTBOX_BYTES: usize = 1024 * 1024;
 const MAX_MESSAGE: usize = MAX_DATA_PAYLOAD - 1;
 /// Largest window a `log_open` may ask for.
 const MAX_WINDOW: u32 = 4 * 1024 * 1024;
-const READ_CHUNK: usize = 32 * 1024;
-/// Bytes read from one stream per readiness pass before others get a turn.
-const MAX_READ_PER_PASS: usize = 256 * 1024;
 /// Largest inspect answer.
 const MAX_INSPECT: usize = 1024 * 1024;
 /// An inspect that takes longer counts as "engine unreachable".
@@ -259,24 +258,15 @@ pub struct Engine<'a> {
     pub api: Option<Api>,
 }
 
-#[derive(Debug)]
-enum Reader {
-    Inspect(BufferedDecoder),
-    Logs {
-        dec: ResponseDecoder,
-        status: Option<u16>,
-        error_body: Vec<u8>,
-    },
-}
-
-/// One HTTP exchange of a follow.
-struct Exchange {
-    token: Token,
-    stream: UnixStream,
-    request: Vec<u8>,
-    written: usize,
-    reader: Reader,
-    registered: Interest,
+/// One Engine call of a follow: an inspect (answer whole) or the logs
+/// stream.
+struct LogCall {
+    call: EngineCall,
+    inspect: bool,
+    /// The stream's status, once its head came.
+    status: Option<u16>,
+    /// A refused stream's body (bounded), for the reason.
+    error_body: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,7 +290,7 @@ struct Follow {
     container_id: String,
     tty: bool,
     state: State,
-    ex: Option<Exchange>,
+    ex: Option<LogCall>,
     timer: Option<TimerId>,
     asm: LogAssembler,
     /// Next channel offset, and what the server has stored.
@@ -359,7 +349,7 @@ impl LogFollows {
     pub fn owns(&self, token: Token) -> bool {
         self.follows
             .iter()
-            .any(|f| f.ex.as_ref().is_some_and(|e| e.token == token))
+            .any(|f| f.ex.as_ref().is_some_and(|e| e.call.token() == token))
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
@@ -545,7 +535,7 @@ impl LogFollows {
         let Some(f) = self
             .follows
             .iter_mut()
-            .find(|f| f.ex.as_ref().is_some_and(|e| e.token == token))
+            .find(|f| f.ex.as_ref().is_some_and(|e| e.call.token() == token))
         else {
             return;
         };
@@ -862,32 +852,30 @@ impl Follow {
         inspect: bool,
     ) -> io::Result<()> {
         self.drop_io(ctx);
-        let mut stream = UnixStream::connect(socket)?;
-        let token = ctx.token();
-        ctx.registry
-            .register(&mut stream, token, Interest::WRITABLE)?;
-        let expect = req.expect();
-        let reader = if inspect {
+        let answer = if inspect {
+            Answer::Whole(MAX_INSPECT)
+        } else {
+            Answer::Stream
+        };
+        let x = Exchange::new(&req, "logs", answer);
+        // The follow keeps its own timer (inspect deadline or retry).
+        let call = EngineCall::start(ctx, socket, x, None).map_err(|e| match e {
+            CallError::Connect(e) | CallError::Io(e) => e,
+            e => io::Error::other(e.to_string()),
+        })?;
+        if inspect {
             self.timer = Some(ctx.schedule(
                 INSPECT_TIMEOUT,
                 Timer::Docker(super::client::DockerTimer::Log),
             ));
-            Reader::Inspect(BufferedDecoder::new(expect, MAX_INSPECT))
         } else {
             self.state = State::Streaming;
-            Reader::Logs {
-                dec: ResponseDecoder::new(expect),
-                status: None,
-                error_body: Vec::new(),
-            }
-        };
-        self.ex = Some(Exchange {
-            token,
-            stream,
-            request: req.encode(),
-            written: 0,
-            reader,
-            registered: Interest::WRITABLE,
+        }
+        self.ex = Some(LogCall {
+            call,
+            inspect,
+            status: None,
+            error_body: Vec::new(),
         });
         // Likely writable already; an edge may not come.
         self.again = true;
@@ -905,8 +893,8 @@ impl Follow {
         if let Some(t) = self.timer.take() {
             ctx.cancel(t);
         }
-        if let Some(mut ex) = self.ex.take() {
-            let _ = ctx.registry.deregister(&mut ex.stream);
+        if let Some(ex) = self.ex.take() {
+            ex.call.close(ctx);
         }
         self.again = false;
         self.ended = None;
@@ -918,28 +906,8 @@ impl Follow {
         let Some(ex) = self.ex.as_mut() else {
             return Outcome::Wait;
         };
-        while ex.written < ex.request.len() {
-            match ex.stream.write(&ex.request[ex.written..]) {
-                Ok(0) => return self.failed("the engine's socket took no bytes".into()),
-                Ok(n) => ex.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.failed(format!("writing to the engine: {e}")),
-            }
-        }
-        if ex.registered != Interest::READABLE {
-            if let Err(e) = ctx
-                .registry
-                .reregister(&mut ex.stream, ex.token, Interest::READABLE)
-            {
-                return self.failed(format!("cannot watch the engine's socket: {e}"));
-            }
-            ex.registered = Interest::READABLE;
-        }
-        let streaming = matches!(ex.reader, Reader::Logs { .. });
-        let mut buf = [0u8; READ_CHUNK];
+        let streaming = !ex.inspect;
         let mut frames = Vec::new();
-        let mut budget = MAX_READ_PER_PASS;
         loop {
             if streaming {
                 let queued: usize = frames
@@ -947,7 +915,7 @@ impl Follow {
                     .map(|(_, p): &(StreamTag, Vec<u8>)| p.len())
                     .sum();
                 let in_flight = self.sent - self.acked + queued as u64;
-                if outbox_full || in_flight >= self.window || budget == 0 {
+                if outbox_full || in_flight >= self.window {
                     // Leave the rest in the socket: the loop comes back
                     // once there is room (an ACK, a drained outbox).
                     self.again = true;
@@ -955,25 +923,45 @@ impl Follow {
                 }
             }
             let Some(ex) = self.ex.as_mut() else { break };
-            let n = match ex.stream.read(&mut buf) {
-                Ok(0) => {
-                    if !streaming {
-                        return self.inspect_eof();
+            match ex.call.drive(ctx) {
+                Got::Wait => break,
+                Got::Again => {
+                    self.again = true;
+                    break;
+                }
+                Got::Answer(resp, _) => {
+                    return Outcome::Inspected(
+                        api::parse_json::<ContainerInspect>(resp)
+                            .map(Box::new)
+                            .map_err(Failure::Engine),
+                    )
+                }
+                Got::Failed(e) => return self.failed(e),
+                Got::Head(h) => ex.status = Some(h.status),
+                Got::Body(b) if ex.status == Some(200) => {
+                    if let Err(e) = self.asm.feed(b, &mut frames) {
+                        self.ended = Some(Some(e.to_string()));
+                        break;
                     }
+                }
+                Got::Body(b) => {
+                    let room = 4096usize.saturating_sub(ex.error_body.len());
+                    ex.error_body.extend_from_slice(&b[..b.len().min(room)]);
+                }
+                Got::End => {
+                    self.ended = Some(match ex.status {
+                        Some(200) => None,
+                        status => {
+                            let msg = String::from_utf8_lossy(&ex.error_body).trim().to_owned();
+                            Some(format!("engine answered {}: {msg}", status.unwrap_or(0)))
+                        }
+                    });
+                    break;
+                }
+                Got::Eof => {
                     self.ended = Some(None);
                     break;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.failed(format!("reading from the engine: {e}")),
-            };
-            budget = budget.saturating_sub(n);
-            if let Some(outcome) = self.on_bytes(&buf[..n], &mut frames) {
-                if !streaming {
-                    return outcome;
-                }
-                break;
             }
         }
         self.asm.flush(&mut frames);
@@ -987,85 +975,20 @@ impl Follow {
         }
     }
 
-    /// `Some` once the exchange is over: an inspect answer, or (streams)
-    /// `ended` is set and `Some(Wait)` stops the reading.
-    fn on_bytes(
-        &mut self,
-        input: &[u8],
-        frames: &mut Vec<(StreamTag, Vec<u8>)>,
-    ) -> Option<Outcome> {
-        let ex = self.ex.as_mut()?;
-        match &mut ex.reader {
-            Reader::Inspect(dec) => match dec.feed(input) {
-                Err(e) => Some(Outcome::Inspected(Err(http_failure(e)))),
-                Ok(_) if dec.is_done() => Some(Outcome::Inspected(inspect_result(dec))),
-                Ok(_) => None,
-            },
-            Reader::Logs {
-                dec,
-                status,
-                error_body,
-            } => {
-                let mut rest = input;
-                let end = loop {
-                    let step = match dec.feed(rest) {
-                        Ok(s) => s,
-                        Err(e) => break Some(e.to_string()),
-                    };
-                    rest = &rest[step.consumed..];
-                    match step.item {
-                        None => return None,
-                        Some(HttpEvent::Head(h)) => *status = Some(h.status),
-                        Some(HttpEvent::Body(b)) if *status == Some(200) => {
-                            if let Err(e) = self.asm.feed(b, frames) {
-                                break Some(e.to_string());
-                            }
-                        }
-                        Some(HttpEvent::Body(b)) => {
-                            let room = 4096usize.saturating_sub(error_body.len());
-                            error_body.extend_from_slice(&b[..b.len().min(room)]);
-                        }
-                        Some(HttpEvent::End) | Some(HttpEvent::Upgraded) => {
-                            if *status == Some(200) {
-                                break None;
-                            }
-                            let msg = String::from_utf8_lossy(error_body).trim().to_owned();
-                            break Some(format!("engine answered {}: {msg}", status.unwrap_or(0)));
-                        }
-                    }
-                };
-                self.ended = Some(end);
-                Some(Outcome::Wait)
-            }
+    fn failed(&mut self, e: CallError) -> Outcome {
+        let inspect = self.ex.as_ref().is_some_and(|x| x.inspect);
+        let why = match e {
+            CallError::Http(e) if inspect => return Outcome::Inspected(Err(http_failure(e))),
+            CallError::Io(e) => format!("reading from the engine: {e}"),
+            CallError::Write(e) => format!("writing to the engine: {e}"),
+            CallError::WriteZero => "the engine's socket took no bytes".into(),
+            e => e.to_string(),
+        };
+        if inspect {
+            Outcome::Inspected(Err(Failure::Unreachable(why)))
+        } else {
+            Outcome::StreamEnded(Some(why))
         }
-    }
-
-    fn inspect_eof(&mut self) -> Outcome {
-        match self.ex.as_mut().map(|e| &mut e.reader) {
-            Some(Reader::Inspect(dec)) => match dec.eof() {
-                Ok(()) => Outcome::Inspected(inspect_result(dec)),
-                Err(e) => Outcome::Inspected(Err(http_failure(e))),
-            },
-            _ => Outcome::Wait,
-        }
-    }
-
-    fn failed(&mut self, why: String) -> Outcome {
-        match self.ex.as_ref().map(|e| &e.reader) {
-            Some(Reader::Inspect(_)) => Outcome::Inspected(Err(Failure::Unreachable(why))),
-            _ => Outcome::StreamEnded(Some(why)),
-        }
-    }
-}
-
-fn inspect_result(dec: &mut BufferedDecoder) -> Result<Box<ContainerInspect>, Failure> {
-    match dec.take() {
-        Some(resp) => api::parse_json::<ContainerInspect>(resp)
-            .map(Box::new)
-            .map_err(Failure::Engine),
-        None => Err(Failure::Unreachable(
-            "truncated answer from the engine".into(),
-        )),
     }
 }
 
@@ -1101,7 +1024,7 @@ mod tests {
     }
 
     fn ts(s: &str) -> Timestamp {
-        super::super::stream::parse_rfc3339(s.as_bytes()).unwrap()
+        crate::engine::stream::parse_rfc3339(s.as_bytes()).unwrap()
     }
 
     /// Lines per tag, joined, from every payload.

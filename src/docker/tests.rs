@@ -5,8 +5,10 @@
 //! with the bytes the engine accepted, and corrupted fixtures must never
 //! make anything panic.
 
-use super::api::{self, Api, ApiError, ApiVersion, BuildOptions, ExecConfig, Filters, LogsOptions};
-use super::stream::{self, LineSplitter, StreamDecoder, StreamError, StreamKind};
+use crate::engine::api::{
+    self, Api, ApiError, ApiVersion, BuildOptions, ExecConfig, Filters, LogsOptions,
+};
+use crate::engine::stream::{self, LineSplitter, StreamDecoder, StreamError, StreamKind};
 use crate::net::http::{
     self, BufferedDecoder, Event, Expect, Head, HttpError, Response, ResponseDecoder,
 };

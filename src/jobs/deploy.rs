@@ -37,8 +37,8 @@
 //! cancel it) at once; during the replacement they take the Rollback path
 //! too, so the host is never left without the app.
 //!
-//! Every Docker call is one exchange on its own `UnixStream` with a
-//! deadline ([`CALL_TIMEOUT`]; the build [`BUILD_TIMEOUT`], the stop the
+//! Every Docker call is one Engine call ([`crate::engine::call`]: its own
+//! socket; the build's context streamed as chunks) with a deadline ([`CALL_TIMEOUT`]; the build [`BUILD_TIMEOUT`], the stop the
 //! grace period plus a margin). Secrets reach the container as the app's
 //! `secrets_delivery` says — files on a host tmpfs bound at `/run/secrets`
 //! (`secret_files.rs`, written before the first Docker call), the create
@@ -53,24 +53,22 @@ use super::secret_files;
 use super::spool::OutChannel;
 use super::tar::Context;
 use super::{push_record, JobTimer};
-use crate::docker::api::{
+use crate::engine::api::{
     self, Api, ContainerInspect, CreatedContainer, CreatedExec, ExecConfig, ExecInspect,
     ProgressLine,
 };
-use crate::docker::stream::LineSplitter;
+use crate::engine::stream::LineSplitter;
+use crate::engine::{self, Answer, CallError, EngineCall, Exchange, Upload};
 use crate::event_loop::{Ctx, Timer, TimerId};
-use crate::net::http::{
-    encode_chunk, BufferedDecoder, Event as HttpEvent, Request, Response, ResponseDecoder,
-    LAST_CHUNK,
-};
+use crate::net::http::{Request, Response};
 use crate::protocol::deploy::{step, DeploySpec, SecretsDelivery};
 use crate::protocol::StreamTag;
 use crate::{debug, info};
-use mio::net::UnixStream;
-use mio::{Interest, Token};
+
+use mio::Token;
 use serde_json::{json, Map, Value};
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -86,8 +84,6 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 const MAX_ANSWER: usize = 1024 * 1024;
 /// Longest build progress line kept.
 const MAX_LINE: usize = 64 * 1024;
-/// Context bytes per chunk of the build upload.
-const UPLOAD_CHUNK: usize = 64 * 1024;
 const READ_CHUNK: usize = 32 * 1024;
 /// Bytes read from one socket or pipe per readiness pass.
 const MAX_READ_PER_PASS: usize = 256 * 1024;
@@ -132,34 +128,31 @@ enum Call {
     StartOld,
 }
 
-enum Reader {
-    Whole(BufferedDecoder),
-    /// The build's progress stream.
-    Lines {
-        dec: ResponseDecoder,
-        lines: LineSplitter,
-        status: Option<u16>,
-        error_body: Vec<u8>,
-    },
+/// The build's progress stream, read as it comes.
+struct BuildStream {
+    lines: LineSplitter,
+    status: Option<u16>,
+    error_body: Vec<u8>,
 }
 
-struct Exchange {
+/// The Engine call in flight, and which step it is.
+struct InFlight {
     call: Call,
-    token: Token,
-    stream: UnixStream,
-    out: Vec<u8>,
-    written: usize,
-    /// The build context still to upload (chunked).
-    upload: Option<super::tar::TarStream>,
-    reader: Reader,
-    registered: Interest,
-    eof: bool,
-    /// Left unread for lack of room in the job's channel.
+    ec: EngineCall,
+    /// `Some` for the build.
+    build: Option<BuildStream>,
+    /// Left unread for lack of room in the job's channel (or for the next
+    /// turn: the read budget was spent).
     stalled: bool,
-    timer: TimerId,
 }
 
-/// What reading an exchange gave.
+impl Upload for super::tar::TarStream {
+    fn fill(&mut self, out: &mut Vec<u8>, max: usize) -> io::Result<bool> {
+        super::tar::TarStream::fill(self, out, max)
+    }
+}
+
+/// What driving the call in flight gave.
 enum Got {
     Wait,
     Answer(Response),
@@ -204,7 +197,7 @@ pub struct Deploy {
     /// git's line on stderr naming the cause (masked), for the job's reason.
     git_tail: String,
     api: Option<Api>,
-    io: Option<Exchange>,
+    io: Option<InFlight>,
     /// The health poll's wait.
     wait: Option<TimerId>,
     old: Option<Old>,
@@ -318,7 +311,7 @@ impl Deploy {
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.io.as_ref().is_some_and(|x| x.token == token)
+        self.io.as_ref().is_some_and(|x| x.ec.token() == token)
             || self
                 .git
                 .as_ref()
@@ -326,7 +319,7 @@ impl Deploy {
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
-        self.wait == Some(id) || self.io.as_ref().is_some_and(|x| x.timer == id)
+        self.wait == Some(id) || self.io.as_ref().is_some_and(|x| x.ec.timer() == Some(id))
     }
 
     pub fn wants_again(&self, room: bool) -> bool {
@@ -412,7 +405,7 @@ impl Deploy {
                 return self.read_git(ctx, chan);
             }
         }
-        if self.io.as_ref().is_some_and(|x| x.token == token) {
+        if self.io.as_ref().is_some_and(|x| x.ec.token() == token) {
             self.drive(ctx, chan);
         }
     }
@@ -444,7 +437,7 @@ impl Deploy {
             return self.call(ctx, chan, Call::HealthInspect);
         }
         if let Some(x) = self.io.take() {
-            if x.timer == id {
+            if x.ec.timer() == Some(id) {
                 let call = x.call;
                 self.drop_io(ctx, x);
                 let why = format!("the Docker engine did not answer {call:?} in time");
@@ -768,33 +761,12 @@ impl Deploy {
             Ok(r) => r,
             Err(e) => return self.answer(ctx, chan, call, Err(e)),
         };
-        let mut stream = match UnixStream::connect(&socket) {
-            Ok(s) => s,
-            Err(e) => {
-                let why = format!(
-                    "cannot reach the Docker engine at {}: {e}",
-                    socket.display()
-                );
-                return self.answer(ctx, chan, call, Err(why));
-            }
-        };
-        let token = ctx.token();
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = ctx.registry.register(&mut stream, token, interest) {
-            return self.answer(
-                ctx,
-                chan,
-                call,
-                Err(format!("cannot watch the Docker socket: {e}")),
-            );
-        }
-        let (reader, upload, timeout) = if call == Call::Build {
+        let (x, build, timeout) = if call == Call::Build {
             let root = self.context_dir();
             let ctx_scan = Context::scan(&root, &self.spec.dockerfile);
             let scan = match ctx_scan {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = ctx.registry.deregister(&mut stream);
                     let why = format!("reading the build context {}: {e}", root.display());
                     return self.answer(ctx, chan, call, Err(why));
                 }
@@ -809,38 +781,43 @@ impl Deploy {
                     scan.len()
                 ),
             );
-            let reader = Reader::Lines {
-                dec: ResponseDecoder::new(req.expect()),
+            let x = Exchange::new(&req, "build", Answer::Stream)
+                .with_upload(Box::new(scan.into_stream()));
+            let build = BuildStream {
                 lines: LineSplitter::new(MAX_LINE),
                 status: None,
                 error_body: Vec::new(),
             };
-            (reader, Some(scan.into_stream()), BUILD_TIMEOUT)
+            (x, Some(build), BUILD_TIMEOUT)
         } else {
             let timeout = if call == Call::StopOld {
                 CALL_TIMEOUT + Duration::from_secs(u64::from(STOP_GRACE_S))
             } else {
                 CALL_TIMEOUT
             };
-            (
-                Reader::Whole(BufferedDecoder::new(req.expect(), MAX_ANSWER)),
-                None,
-                timeout,
-            )
+            let x = Exchange::new(&req, "deploy call", Answer::Whole(MAX_ANSWER));
+            (x, None, timeout)
         };
-        let timer = ctx.schedule(timeout, Timer::Jobs(JobTimer::Deploy));
-        self.io = Some(Exchange {
+        let deadline = (timeout, Timer::Jobs(JobTimer::Deploy));
+        let ec = match EngineCall::start(ctx, &socket, x, Some(deadline)) {
+            Ok(ec) => ec,
+            Err(CallError::Connect(e)) => {
+                let why = format!(
+                    "cannot reach the Docker engine at {}: {e}",
+                    socket.display()
+                );
+                return self.answer(ctx, chan, call, Err(why));
+            }
+            Err(e) => {
+                let why = format!("cannot watch the Docker socket: {e}");
+                return self.answer(ctx, chan, call, Err(why));
+            }
+        };
+        self.io = Some(InFlight {
             call,
-            token,
-            stream,
-            out: req.encode(),
-            written: 0,
-            upload,
-            reader,
-            registered: interest,
-            eof: false,
+            ec,
+            build,
             stalled: false,
-            timer,
         });
         self.drive(ctx, chan);
     }
@@ -853,32 +830,15 @@ impl Deploy {
         root.join(&self.spec.context)
     }
 
-    fn drop_io(&mut self, ctx: &mut Ctx<'_>, mut x: Exchange) {
-        ctx.cancel(x.timer);
-        let _ = ctx.registry.deregister(&mut x.stream);
+    fn drop_io(&mut self, ctx: &mut Ctx<'_>, x: InFlight) {
+        x.ec.close(ctx);
     }
 
     /// Write what the socket takes, read what it has.
     fn drive(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
         let Some(mut x) = self.io.take() else { return };
-        let got = self.pump(&mut x, chan);
-        match got {
-            Got::Wait => {
-                let want = if x.written < x.out.len() || x.upload.is_some() {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                if want != x.registered {
-                    if let Err(e) = ctx.registry.reregister(&mut x.stream, x.token, want) {
-                        let call = x.call;
-                        self.drop_io(ctx, x);
-                        return self.answer(ctx, chan, call, Err(format!("Docker socket: {e}")));
-                    }
-                    x.registered = want;
-                }
-                self.io = Some(x);
-            }
+        match self.pump(ctx, &mut x, chan) {
+            Got::Wait => self.io = Some(x),
             Got::Answer(resp) => {
                 let call = x.call;
                 self.drop_io(ctx, x);
@@ -900,173 +860,90 @@ impl Deploy {
         }
     }
 
-    fn pump(&mut self, x: &mut Exchange, chan: &mut OutChannel) -> Got {
-        // Write: the head, then the context as chunks.
-        loop {
-            if x.written == x.out.len() {
-                let Some(up) = x.upload.as_mut() else { break };
-                let mut data = Vec::with_capacity(UPLOAD_CHUNK);
-                match up.fill(&mut data, UPLOAD_CHUNK) {
-                    Ok(more) => {
-                        x.out.clear();
-                        x.written = 0;
-                        if !data.is_empty() {
-                            x.out = encode_chunk(&data);
-                        }
-                        if !more {
-                            x.out.extend_from_slice(LAST_CHUNK);
-                            x.upload = None;
-                        }
-                    }
-                    Err(e) => return Got::Failed(format!("reading the build context: {e}")),
-                }
-                if x.out.is_empty() {
-                    continue;
-                }
-            }
-            match x.stream.write(&x.out[x.written..]) {
-                Ok(0) => return Got::Failed("the Docker socket took no bytes".into()),
-                Ok(n) => x.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The engine may have answered (an error) and closed: read it.
-                Err(_) => {
-                    x.upload = None;
-                    x.out.clear();
-                    x.written = 0;
-                    break;
-                }
-            }
-        }
-        // Read.
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut budget = MAX_READ_PER_PASS;
+    fn pump(&mut self, ctx: &mut Ctx<'_>, x: &mut InFlight, chan: &mut OutChannel) -> Got {
         x.stalled = false;
-        while budget > 0 && !x.eof {
-            if matches!(x.reader, Reader::Lines { .. }) && !chan.has_room() {
+        loop {
+            if x.build.is_some() && !chan.has_room() {
                 // Backpressure: the engine waits for us.
                 x.stalled = true;
-                break;
+                return Got::Wait;
             }
-            let n = match x.stream.read(&mut buf) {
-                Ok(0) => {
-                    x.eof = true;
-                    0
+            let got = x.ec.drive(ctx);
+            let ended = match (got, x.build.as_mut()) {
+                (engine::Got::Wait, _) => return Got::Wait,
+                (engine::Got::Again, _) => {
+                    x.stalled = true;
+                    return Got::Wait;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Got::Failed(format!("reading from the Docker engine: {e}")),
-            };
-            budget = budget.saturating_sub(n);
-            if let Some(g) = self.consume(x, &buf[..n], chan) {
-                return g;
-            }
-        }
-        Got::Wait
-    }
-
-    /// Feed read bytes (or EOF when `x.eof` and `data` is empty).
-    fn consume(&mut self, x: &mut Exchange, data: &[u8], chan: &mut OutChannel) -> Option<Got> {
-        match &mut x.reader {
-            Reader::Whole(dec) => {
-                if !data.is_empty() {
-                    if let Err(e) = dec.feed(data) {
-                        return Some(Got::Failed(format!("Docker's answer: {e}")));
-                    }
-                }
-                if x.eof && !dec.is_done() {
-                    if let Err(e) = dec.eof() {
-                        return Some(Got::Failed(format!("Docker's answer: {e}")));
-                    }
-                }
-                if dec.is_done() {
-                    return dec.take().map(Got::Answer);
-                }
-                None
-            }
-            Reader::Lines {
-                dec,
-                lines,
-                status,
-                error_body,
-            } => {
-                let mut rest = data;
-                let mut ended = false;
-                loop {
-                    let step_ = if rest.is_empty() && x.eof {
-                        match dec.eof() {
-                            Ok(Some(ev)) => crate::net::Step {
-                                consumed: 0,
-                                item: Some(ev),
-                            },
-                            Ok(None) => break,
-                            Err(e) => {
-                                return Some(Got::Failed(format!("the build stream broke: {e}")))
-                            }
+                (engine::Got::Answer(resp, _), _) => return Got::Answer(resp),
+                (engine::Got::Failed(e), build) => {
+                    return Got::Failed(match e {
+                        CallError::Http(e) if build.is_some() => {
+                            format!("the build stream broke: {e}")
                         }
-                    } else {
-                        match dec.feed(rest) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                return Some(Got::Failed(format!("the build stream broke: {e}")))
-                            }
-                        }
-                    };
-                    rest = &rest[step_.consumed..];
-                    match step_.item {
-                        None => break,
-                        Some(HttpEvent::Head(h)) => *status = Some(h.status),
-                        Some(HttpEvent::Body(b)) => {
-                            if status.is_some_and(|s| s >= 400) {
-                                let take = b.len().min(MAX_ANSWER.saturating_sub(error_body.len()));
-                                error_body.extend_from_slice(&b[..take]);
-                                continue;
-                            }
-                            let mut input = b;
-                            loop {
-                                let s = lines.feed(input);
-                                input = &input[s.consumed..];
-                                let Some(line) = s.item else { break };
-                                let text = line.bytes.to_vec();
-                                build_line(&text, &self.redact, chan, &mut self.build_error);
-                            }
-                        }
-                        Some(HttpEvent::End) | Some(HttpEvent::Upgraded) => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                    if rest.is_empty() && !x.eof {
-                        break;
-                    }
+                        CallError::Http(e) => format!("Docker's answer: {e}"),
+                        CallError::Io(e) => format!("reading from the Docker engine: {e}"),
+                        CallError::WriteZero => "the Docker socket took no bytes".into(),
+                        CallError::Upload(e) => format!("reading the build context: {e}"),
+                        e => format!("Docker socket: {e}"),
+                    })
                 }
-                if ended || (x.eof && rest.is_empty()) {
-                    if let Some(l) = lines.finish() {
-                        let text = l.bytes.to_vec();
+                (engine::Got::Head(h), Some(b)) => {
+                    b.status = Some(h.status);
+                    continue;
+                }
+                (engine::Got::Body(body), Some(b)) => {
+                    if b.status.is_some_and(|s| s >= 400) {
+                        let take = body
+                            .len()
+                            .min(MAX_ANSWER.saturating_sub(b.error_body.len()));
+                        b.error_body.extend_from_slice(&body[..take]);
+                        continue;
+                    }
+                    let mut input = body;
+                    loop {
+                        let s = b.lines.feed(input);
+                        input = &input[s.consumed..];
+                        let Some(line) = s.item else { break };
+                        let text = line.bytes.to_vec();
                         build_line(&text, &self.redact, chan, &mut self.build_error);
                     }
-                    if let Some(s) = status.filter(|s| *s >= 400) {
-                        let msg = String::from_utf8_lossy(error_body).into_owned();
-                        let msg = serde_json::from_str::<Value>(&msg)
-                            .ok()
-                            .and_then(|v| v["message"].as_str().map(str::to_owned))
-                            .unwrap_or(msg);
-                        return Some(Got::Failed(format!(
-                            "the build was refused ({s}): {}",
-                            msg.trim()
-                        )));
-                    }
-                    if !ended && x.eof {
-                        return Some(Got::Failed(
-                            "the Docker engine closed the build stream early".into(),
-                        ));
-                    }
-                    return Some(Got::StreamEnd);
+                    continue;
                 }
-                None
-            }
+                (engine::Got::End, _) => true,
+                (engine::Got::Eof, _) => match x.ec.stream_eof() {
+                    Ok(ended) => ended,
+                    Err(e) => return Got::Failed(format!("the build stream broke: {e}")),
+                },
+                // Streamed events without a stream: not asked for.
+                (engine::Got::Head(_) | engine::Got::Body(_), None) => continue,
+            };
+            return self.build_ended(x, ended, chan);
         }
+    }
+
+    /// The build stream ended (`ended`: its answer was whole) or its
+    /// connection closed.
+    fn build_ended(&mut self, x: &mut InFlight, ended: bool, chan: &mut OutChannel) -> Got {
+        let Some(b) = x.build.as_mut() else {
+            return Got::Failed("Docker's answer: truncated response".into());
+        };
+        if let Some(l) = b.lines.finish() {
+            let text = l.bytes.to_vec();
+            build_line(&text, &self.redact, chan, &mut self.build_error);
+        }
+        if let Some(s) = b.status.filter(|s| *s >= 400) {
+            let msg = String::from_utf8_lossy(&b.error_body).into_owned();
+            let msg = serde_json::from_str::<Value>(&msg)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or(msg);
+            return Got::Failed(format!("the build was refused ({s}): {}", msg.trim()));
+        }
+        if !ended {
+            return Got::Failed("the Docker engine closed the build stream early".into());
+        }
+        Got::StreamEnd
     }
 
     // ---- the sequence ----------------------------------------------------

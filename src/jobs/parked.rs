@@ -26,7 +26,7 @@
 //! An engine that cannot be reached keeps the file (tried again at the next
 //! start) and the reason says so.
 
-use crate::docker::api::{self, Api, ContainerInspect};
+use crate::engine::api::{self, Api, ContainerInspect};
 use crate::net::http::{BufferedDecoder, Request, Response};
 use crate::state::write_atomic;
 use crate::{info, warn};

@@ -200,7 +200,7 @@ pub fn remove_others(keep: &Path) {
 /// not say whether an `unless-stopped` container was stopped by hand
 /// before the reboot; such a one is started again by the redelivery.)
 pub fn lost_apps(socket: &Path) -> Result<Vec<String>, String> {
-    use crate::docker::api::{self, Api, Filters};
+    use crate::engine::api::{self, Api, Filters};
     use serde_json::Value;
     let ping = super::parked::exchange(socket, Api::ping())?;
     let version = api::engine_version_from_ping(&ping.head).map_err(|e| e.to_string())?;

@@ -27,11 +27,12 @@
 //! session, running). The runner shares the host's pid namespace with the
 //! engine, so the exec's `Pid` from inspect is ours to signal.
 
-use super::call::{EngineCall, Got};
-use super::{Engine, TerminalTimer};
-use crate::docker::api::{self, Api, CreatedExec, ExecConfig, ExecInspect};
+use super::TerminalTimer;
+use crate::engine::api::{self, Api, CreatedExec, ExecConfig, ExecInspect};
+use crate::engine::Engine;
+use crate::engine::{Answer, CallError, EngineCall, Exchange, Got};
 use crate::event_loop::{Ctx, Timer, TimerId};
-use crate::net::http::Response;
+use crate::net::http::{Request, Response};
 use crate::protocol::TermOpen;
 use crate::{debug, warn};
 use mio::net::UnixStream;
@@ -114,7 +115,7 @@ impl Exec {
             console_size: Some([size.1, size.0]),
         };
         let req = engine.api.exec_create(container, &config);
-        let call = EngineCall::start(ctx, &engine.socket, &req, "exec create")?;
+        let call = start_call(ctx, &engine.socket, &req, "exec create")?;
         Ok(Exec {
             socket: engine.socket,
             api: engine.api,
@@ -151,33 +152,33 @@ impl Exec {
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
-        self.call().is_some_and(|c| c.timer() == id)
-            || self.resize.as_ref().is_some_and(|c| c.timer() == id)
+        self.call().is_some_and(|c| c.timer() == Some(id))
+            || self.resize.as_ref().is_some_and(|c| c.timer() == Some(id))
             || matches!(self.state, State::Ending { retry: Some(r), .. } if r == id)
     }
 
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) -> Step {
         if let Some(c) = self.resize.as_mut().filter(|c| c.token() == token) {
-            let got = c.drive(ctx);
-            if !matches!(got, Got::Wait) {
-                self.resized(ctx, got_result(got));
+            let got = got_result(c.what(), c.drive(ctx));
+            if let Some(r) = got {
+                self.resized(ctx, r);
             }
             return Step::Nothing;
         }
         let got = match &mut self.state {
-            State::Creating(c) | State::Starting(c) => c.drive(ctx),
-            State::Ending { call: Some(c), .. } => c.drive(ctx),
+            State::Creating(c) | State::Starting(c) => got_result(c.what(), c.drive(ctx)),
+            State::Ending { call: Some(c), .. } => got_result(c.what(), c.drive(ctx)),
             _ => return Step::Nothing,
         };
         match got {
-            Got::Wait => Step::Nothing,
-            got => self.answered(ctx, got_result(got)),
+            None => Step::Nothing,
+            Some(r) => self.answered(ctx, r),
         }
     }
 
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId) -> Step {
-        if let Some(c) = self.resize.as_ref().filter(|c| c.timer() == id) {
-            let why = c.timed_out();
+        if let Some(c) = self.resize.as_ref().filter(|c| c.timer() == Some(id)) {
+            let why = timed_out(c);
             self.resized(ctx, Err(why));
             return Step::Nothing;
         }
@@ -193,8 +194,8 @@ impl Exec {
             }
         }
         match self.call() {
-            Some(c) if c.timer() == id => {
-                let why = c.timed_out();
+            Some(c) if c.timer() == Some(id) => {
+                let why = timed_out(c);
                 self.answered(ctx, Err(why))
             }
             _ => Step::Nothing,
@@ -247,7 +248,7 @@ impl Exec {
     // ---- internals -------------------------------------------------------
 
     /// The call of the current state finished (or its deadline passed).
-    fn answered(&mut self, ctx: &mut Ctx<'_>, r: Result<(Response, Vec<u8>), String>) -> Step {
+    fn answered(&mut self, ctx: &mut Ctx<'_>, r: Answered) -> Step {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Creating(c) => {
                 c.close(ctx);
@@ -326,7 +327,7 @@ impl Exec {
     fn start(&mut self, ctx: &mut Ctx<'_>, id: String) -> Step {
         let req = self.api.exec_start(&id, true);
         self.exec_id = Some(id);
-        match EngineCall::start(ctx, &self.socket, &req, "exec start") {
+        match start_call(ctx, &self.socket, &req, "exec start") {
             Ok(c) => {
                 self.started = true;
                 self.state = State::Starting(c);
@@ -341,7 +342,7 @@ impl Exec {
             return Step::Ended("exited".to_owned());
         };
         let req = self.api.exec_inspect(id);
-        match EngineCall::start(ctx, &self.socket, &req, "exec inspect") {
+        match start_call(ctx, &self.socket, &req, "exec inspect") {
             Ok(c) => {
                 self.state = State::Ending {
                     call: Some(c),
@@ -359,7 +360,7 @@ impl Exec {
     }
 
     /// A resize answered, failed or timed out: send the next one if due.
-    fn resized(&mut self, ctx: &mut Ctx<'_>, r: Result<(Response, Vec<u8>), String>) {
+    fn resized(&mut self, ctx: &mut Ctx<'_>, r: Answered) {
         self.close_resize(ctx);
         let r = r.and_then(|(resp, _)| api::check(resp).map_err(|e| e.to_string()));
         if let Err(why) = r {
@@ -380,7 +381,7 @@ impl Exec {
         self.resize_due = false;
         let (cols, rows) = self.size;
         let req = self.api.exec_resize(id, rows, cols);
-        match EngineCall::start(ctx, &self.socket, &req, "exec resize") {
+        match start_call(ctx, &self.socket, &req, "exec resize") {
             Ok(c) => self.resize = Some(c),
             Err(why) => debug!("term", "exec resize: {why}"),
         }
@@ -397,11 +398,51 @@ fn refused(code: &'static str, message: String) -> Step {
     Step::Refused { code, message }
 }
 
-fn got_result(got: Got) -> Result<(Response, Vec<u8>), String> {
+/// Deadline of each call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer kept (an exec inspect is about 1 KiB).
+const MAX_ANSWER: usize = 256 * 1024;
+
+/// What a finished call gave: the answer and the bytes read past it (a
+/// hijack's first raw bytes), or why there is none.
+pub type Answered = Result<(Response, Vec<u8>), String>;
+
+/// An Engine call of this terminal: its answer whole, under the
+/// terminal's deadline.
+fn start_call(
+    ctx: &mut Ctx<'_>,
+    socket: &std::path::Path,
+    req: &Request,
+    what: &'static str,
+) -> Result<EngineCall, String> {
+    let x = Exchange::new(req, what, Answer::Whole(MAX_ANSWER));
+    let deadline = (CALL_TIMEOUT, Timer::Terminal(TerminalTimer::Engine));
+    EngineCall::start(ctx, socket, x, Some(deadline)).map_err(|e| match e {
+        CallError::Connect(e) => format!("cannot reach the engine at {}: {e}", socket.display()),
+        CallError::Io(e) => format!("cannot watch the engine socket: {e}"),
+        e => format!("{what}: {e}"),
+    })
+}
+
+/// The error of a call whose deadline passed.
+fn timed_out(c: &EngineCall) -> String {
+    format!(
+        "the engine did not answer {} within {} s",
+        c.what(),
+        CALL_TIMEOUT.as_secs()
+    )
+}
+
+/// `None` while the call waits.
+fn got_result(what: &str, got: Got<'_>) -> Option<Answered> {
     match got {
-        Got::Answer(resp, rest) => Ok((resp, rest)),
-        Got::Failed(why) => Err(why),
-        Got::Wait => Err("no answer yet".to_owned()),
+        Got::Wait | Got::Again => None,
+        Got::Answer(resp, rest) => Some(Ok((resp, rest))),
+        Got::Failed(e) => Some(Err(format!("{what}: {e}"))),
+        // A whole answer is never streamed.
+        Got::Head(_) | Got::Body(_) | Got::End | Got::Eof => {
+            Some(Err(format!("{what}: the engine's answer was cut short")))
+        }
     }
 }
 
@@ -413,7 +454,7 @@ pub struct Hangup {
 
 impl Hangup {
     fn start(ctx: &mut Ctx<'_>, socket: &std::path::Path, api: &Api, id: String) -> Option<Hangup> {
-        match EngineCall::start(ctx, socket, &api.exec_inspect(&id), "exec inspect") {
+        match start_call(ctx, socket, &api.exec_inspect(&id), "exec inspect") {
             Ok(call) => Some(Hangup { exec_id: id, call }),
             Err(why) => {
                 warn!("term", "cannot hang up exec {id}: {why}");
@@ -427,23 +468,20 @@ impl Hangup {
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
-        self.call.timer() == id
+        self.call.timer() == Some(id)
     }
 
     /// `None` while waiting; then the outcome, for [`finish`](Self::finish).
-    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>) -> Option<Got> {
-        match self.call.drive(ctx) {
-            Got::Wait => None,
-            got => Some(got),
-        }
+    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>) -> Option<Answered> {
+        got_result(self.call.what(), self.call.drive(ctx))
     }
 
     /// The answer (or `None`: the deadline passed): the host pid of a
     /// process still running, to signal.
-    pub fn finish(self, ctx: &mut Ctx<'_>, got: Option<Got>) -> Option<i32> {
+    pub fn finish(self, ctx: &mut Ctx<'_>, got: Option<Answered>) -> Option<i32> {
         let r = match got {
-            Some(g) => got_result(g),
-            None => Err(self.call.timed_out()),
+            Some(r) => r,
+            None => Err(timed_out(&self.call)),
         };
         self.call.close(ctx);
         let r = r.and_then(|(resp, _)| {
@@ -463,7 +501,7 @@ impl Hangup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::api::ApiVersion;
+    use crate::engine::api::ApiVersion;
     use crate::event_loop::EventLoop;
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream as StdUnix};

@@ -34,12 +34,10 @@
 //! `cat /dev/urandom` costs no memory). Keystrokes waiting for the pty are at
 //! most [`MAX_INPUT`]; the server keeps its own window below that.
 
-pub mod call;
 pub mod exec;
 pub mod pty;
 
 use crate::conn::{LinkEvent, Outgoing};
-use crate::docker::api::Api;
 use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, Message as Control, StreamTag, TermAlive, TermOpen,
@@ -52,7 +50,6 @@ use mio::{Interest, Token};
 use pty::{HostUser, Pty};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Keystrokes held for a terminal that is not reading them.
@@ -114,10 +111,7 @@ pub enum TerminalTimer {
 }
 
 /// The engine, for container terminals: its socket and negotiated API.
-pub struct Engine {
-    pub socket: PathBuf,
-    pub api: Api,
-}
+pub use crate::engine::Engine;
 
 enum Io {
     Host(Pty),

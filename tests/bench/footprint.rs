@@ -731,12 +731,12 @@ fn percentiles(mut us: Vec<f64>) -> (f64, f64) {
 /// the bytes that came with the 101.
 fn direct_exec(
     socket: &std::path::Path,
-    api: tether::docker::api::Api,
+    api: tether::engine::api::Api,
     container: &str,
     cmd: Vec<String>,
 ) -> (std::os::unix::net::UnixStream, Vec<u8>) {
     use std::io::{Read, Write};
-    use tether::docker::api::{self, CreatedExec, ExecConfig};
+    use tether::engine::api::{self, CreatedExec, ExecConfig};
     use tether::net::http::{BufferedDecoder, Request};
     let call = |req: &Request| {
         let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
@@ -781,7 +781,7 @@ fn direct_exec(
 /// hijacked socket), in the same run.
 fn keystroke_round_trip(rows: &mut Vec<Row>) {
     use std::io::{Read, Write};
-    use tether::docker::api::{Api, ApiVersion};
+    use tether::engine::api::{Api, ApiVersion};
     use util::term::TermClient;
     let _engine = util::docker::ensure();
     let n = env_secs("BENCH_KEYSTROKES", 1000) as usize;
