@@ -35,7 +35,7 @@
 //! it is full no new calls start (backpressure), and events beyond it are
 //! dropped and made good by a fresh snapshot.
 
-use super::logs::{Engine, LogFollows};
+use super::logs::{EngineView, LogFollows};
 use crate::conn::{LinkEvent, Outgoing};
 use crate::engine::api::{self, Api, ApiVersion, Filters, VersionInfo};
 use crate::engine::stream::LineSplitter;
@@ -630,13 +630,13 @@ impl Docker {
     }
 
     /// Run `f` on the log channels with what they need of the engine.
-    fn with_logs<R>(&mut self, f: impl FnOnce(&mut LogFollows, &Engine<'_>) -> R) -> R {
+    fn with_logs<R>(&mut self, f: impl FnOnce(&mut LogFollows, &EngineView<'_>) -> R) -> R {
         let socket = self.socket();
         let api = match &self.state {
             Availability::Available { api, .. } => Some(*api),
             _ => None,
         };
-        let engine = Engine {
+        let engine = EngineView {
             socket: &socket,
             api,
         };

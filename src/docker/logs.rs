@@ -251,8 +251,10 @@ impl LogAssembler {
 // ---------------------------------------------------------------------------
 // Channels
 
-/// What the rest of the Docker client tells the follows.
-pub struct Engine<'a> {
+/// What the rest of the Docker client tells the follows: the socket always,
+/// the API while the engine is available (`crate::engine::Engine` is the
+/// available engine only).
+pub struct EngineView<'a> {
     pub socket: &'a Path,
     /// `None` while the engine is not available.
     pub api: Option<Api>,
@@ -367,7 +369,7 @@ impl LogFollows {
     }
 
     /// `log_open` from the server (id `id`).
-    pub fn open(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>, id: u64, open: LogOpen) {
+    pub fn open(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, id: u64, open: LogOpen) {
         if self.follows.iter().any(|f| f.channel == open.channel) {
             let why = format!("channel {} is already open", open.channel);
             return self.reply_error(id, "bad_request", why);
@@ -473,7 +475,7 @@ impl LogFollows {
     pub fn on_container_event(
         &mut self,
         ctx: &mut Ctx<'_>,
-        engine: &Engine<'_>,
+        engine: &EngineView<'_>,
         id: &str,
         action: &str,
     ) {
@@ -493,7 +495,7 @@ impl LogFollows {
     }
 
     /// The engine became available again: look at what was waiting for it.
-    pub fn on_engine_back(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>) {
+    pub fn on_engine_back(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>) {
         let waiting: Vec<u32> = self
             .follows
             .iter()
@@ -505,7 +507,7 @@ impl LogFollows {
         }
     }
 
-    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>, id: TimerId) {
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, id: TimerId) {
         let Some(f) = self.follows.iter_mut().find(|f| f.timer == Some(id)) else {
             return;
         };
@@ -531,7 +533,7 @@ impl LogFollows {
         }
     }
 
-    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>, token: Token) {
+    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, token: Token) {
         let Some(f) = self
             .follows
             .iter_mut()
@@ -543,7 +545,7 @@ impl LogFollows {
         self.drive(ctx, engine, channel);
     }
 
-    pub fn on_again(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>) {
+    pub fn on_again(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>) {
         let ready: Vec<u32> = self
             .follows
             .iter()
@@ -563,7 +565,7 @@ impl LogFollows {
 
     // ---- internals -------------------------------------------------------
 
-    fn drive(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>, channel: u32) {
+    fn drive(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, channel: u32) {
         let outbox_full = self.outbox_bytes >= MAX_OUTBOX_BYTES;
         let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) else {
             return;
@@ -575,7 +577,7 @@ impl LogFollows {
     fn on_outcome(
         &mut self,
         ctx: &mut Ctx<'_>,
-        engine: &Engine<'_>,
+        engine: &EngineView<'_>,
         channel: u32,
         outcome: Outcome,
     ) {
@@ -618,7 +620,7 @@ impl LogFollows {
     fn on_inspected(
         &mut self,
         ctx: &mut Ctx<'_>,
-        engine: &Engine<'_>,
+        engine: &EngineView<'_>,
         channel: u32,
         result: Result<Box<ContainerInspect>, Failure>,
     ) {
@@ -717,7 +719,7 @@ impl LogFollows {
     }
 
     /// Open (or reopen) the logs stream from the cursor.
-    fn stream(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>, channel: u32) {
+    fn stream(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, channel: u32) {
         let Some(api) = engine.api else {
             let f = self.follows.iter_mut().find(|f| f.channel == channel);
             if let Some(f) = f {
@@ -759,7 +761,7 @@ impl LogFollows {
         }
     }
 
-    fn recheck(&mut self, ctx: &mut Ctx<'_>, engine: &Engine<'_>, channel: u32) {
+    fn recheck(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, channel: u32) {
         let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) else {
             return;
         };
