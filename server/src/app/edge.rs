@@ -46,10 +46,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -306,9 +307,15 @@ fn peer(req: &Request) -> Option<IpAddr> {
 }
 
 /// Middleware of `POST /api/v1/session`: the login rate of the client's address.
-pub async fn login_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The [`Edge`] is a request extension the app puts on every request, so a
+/// feature's `routes()` can name this layer without holding the state.
+pub async fn login_rate(
+    Extension(edge): Extension<Arc<Edge>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(ip) = peer(&req) {
-        if let Err(wait) = state.edge.login.check(ip) {
+        if let Err(wait) = edge.login.check(ip) {
             return too_many(wait, "too many logins from this address: slow down");
         }
     }
@@ -316,9 +323,13 @@ pub async fn login_rate(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// Middleware of `POST /api/v1/enroll`: the enrollment rate of the client's address.
-pub async fn enroll_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn enroll_rate(
+    Extension(edge): Extension<Arc<Edge>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(ip) = peer(&req) {
-        if let Err(wait) = state.edge.enroll.check(ip) {
+        if let Err(wait) = edge.enroll.check(ip) {
             return too_many(wait, "too many enrollments from this address: slow down");
         }
     }
@@ -340,6 +351,11 @@ pub async fn announced_length(State(max): State<usize>, req: Request, next: Next
         return too_large(max as u64).into_response();
     }
     next.run(req).await
+}
+
+/// The body limit of a stranger's route (enrollment, login).
+pub fn small_body() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(SMALL_BODY)
 }
 
 /// 413 naming the limit.

@@ -14,6 +14,28 @@
 pub mod api;
 pub mod store;
 
+/// Saved scripts, sealed secrets, jobs and their output.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::{get, post, put};
+    axum::Router::new()
+        .route("/api/v1/scripts", get(api::list_scripts))
+        .route(
+            "/api/v1/scripts/{name}",
+            get(api::get_script)
+                .put(api::put_script)
+                .delete(api::delete_script),
+        )
+        .route("/api/v1/secrets", get(api::list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            put(api::put_secret).delete(api::delete_secret),
+        )
+        .route("/api/v1/jobs", get(api::list_jobs).post(api::run))
+        .route("/api/v1/jobs/{id}", get(api::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/jobs/{id}/output", get(api::output))
+}
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 

@@ -21,6 +21,19 @@
 pub mod api;
 pub mod store;
 
+/// Container logs, and a runner's collection settings.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::{get, put};
+    axum::Router::new()
+        .route("/api/v1/runners/{id}/containers/{cid}/logs", get(api::logs))
+        .route("/api/v1/runners/{id}/logs", get(api::settings))
+        .route("/api/v1/runners/{id}/logs/collect", put(api::set_collect))
+        .route(
+            "/api/v1/runners/{id}/logs/retention",
+            put(api::set_retention).delete(api::clear_retention),
+        )
+}
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::time::Duration;

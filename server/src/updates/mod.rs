@@ -37,6 +37,24 @@ use crate::common::error::ApiError;
 use crate::runners::api::{runner_in_tenant, JsonBody};
 use crate::storage::UpdatePolicy;
 
+/// Releases (upload, list, download), install.sh, the update policy and
+/// groups, a runner's update reports.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post, put};
+    axum::Router::new()
+        .route("/api/v1/releases", get(list_releases))
+        .route(
+            "/api/v1/releases/{version}/{file}",
+            // Streamed to a file after the admin check (`upload`).
+            post(upload),
+        )
+        .route("/releases/{version}/{file}", get(download))
+        .route("/install.sh", get(install_sh))
+        .route("/api/v1/update-policy", put(set_policy).get(get_policy))
+        .route("/api/v1/runners/{id}/group", put(set_group))
+        .route("/api/v1/runners/{id}/updates", get(runner_updates))
+}
+
 /// Largest file of a release.
 pub const MAX_RELEASE_FILE: usize = 64 * 1024 * 1024;
 const MAX_GROUP_LEN: usize = 64;

@@ -52,6 +52,26 @@ use crate::common::error::ApiError;
 use crate::runners::api::JsonBody;
 use crate::storage::{Role, SessionRow, UserRow};
 
+/// Logins (a stranger's route: small body, a rate per address) and users.
+pub fn routes() -> axum::Router<AppState> {
+    use crate::app::edge;
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use axum::routing::{get, patch, post};
+    axum::Router::new()
+        .route(
+            "/api/v1/session",
+            post(login)
+                .layer(edge::small_body())
+                .layer(from_fn_with_state(edge::SMALL_BODY, edge::announced_length))
+                .layer(from_fn(edge::login_rate))
+                .get(current)
+                .delete(logout),
+        )
+        .route("/api/v1/users", get(list).post(create))
+        .route("/api/v1/users/{name}", patch(update).delete(delete))
+        .route("/api/v1/tenants/{tenant}/users", post(create_for_tenant))
+}
+
 const MIN_PASSWORD_LEN: usize = 8;
 /// Longer inputs only cost hashing time.
 const MAX_PASSWORD_LEN: usize = 1024;
