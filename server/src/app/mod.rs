@@ -5,7 +5,6 @@
 //! TLS; nothing here knows about listeners or certificates.
 
 pub mod config;
-pub mod edge;
 mod routes;
 pub mod serve;
 pub mod tls;
@@ -16,7 +15,7 @@ pub use routes::app;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::edge::{Edge, EdgeConfig};
+use crate::common::edge::{Edge, EdgeConfig};
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
 use crate::common::stream_auth::Tickets;
@@ -98,7 +97,7 @@ pub struct AppState {
     pub tickets: Arc<Tickets>,
     /// Per-tenant limits and job retention (`common/quotas.rs`).
     pub quotas: Quotas,
-    /// Connection caps and per-address rates (`app/edge.rs`).
+    /// Connection caps and per-address rates (`common/edge.rs`).
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,

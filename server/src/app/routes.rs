@@ -10,7 +10,8 @@ use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::{Extension, Router};
 
-use super::{edge, web, AppState};
+use super::{web, AppState};
+use crate::common::edge;
 use crate::common::error::ApiError;
 
 /// The whole HTTP application over `state`, with no socket (tests drive it
@@ -36,7 +37,7 @@ pub fn app(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(from_fn_with_state(state.clone(), edge::body_deadline))
+        .layer(from_fn_with_state(state.edge.clone(), edge::body_deadline))
         // Outermost: the rate layers of enrollment and login read it.
         .layer(Extension(state.edge.clone()))
         .with_state(state)

@@ -29,10 +29,11 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::JsonBody;
 use crate::deploy::store::{Deployment, StoredApp};
 use crate::jobs::api::{fits, job_json, new_job_id, valid_env, valid_name};
 use crate::jobs::store::{JobRow, JobSpec};
-use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::runners::runner_in_tenant;
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;

@@ -34,11 +34,12 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::{query, JsonBody};
 use crate::common::quotas;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::jobs::store::{JobRow, JobSpec, OutputRow, Script};
 use crate::jobs::{check_fits, JobUpdate, Unfit};
-use crate::runners::api::{query, runner_in_tenant, JsonBody};
+use crate::runners::runner_in_tenant;
 use crate::storage::Role;
 
 /// Largest script body or command (it travels as one argument: Linux

@@ -44,12 +44,13 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::jobs::store::{JobRow, JobSpec, JobStore, OutputRow};
-use crate::logs::FLUSH_EVERY;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
 /// window (its memory cap, 2 MiB) keeps a batch arriving while one is
 /// being committed (runner_ws/jobs.rs).
 const FLUSH_BYTES: usize = 512 * 1024;
+/// ...or once the oldest waiting output is this old (as logs: `logs/mod.rs`).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 use crate::common::secrets::SecretBox;
 
 /// Updates a slow watcher may fall behind by before it re-reads storage.

@@ -5,12 +5,16 @@ pub mod api;
 pub mod events;
 pub mod health;
 
+/// The seam other features use: a runner id checked against the caller's
+/// tenant ("not found" for another tenant's, so it does not leak).
+pub(crate) use api::runner_in_tenant;
+
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
-use crate::app::edge;
 use crate::app::AppState;
+use crate::common::edge;
 use crate::common::stream_auth;
 
 /// Tenants, tokens (enrollment, API, WebSocket tickets), enrollment, runners

@@ -34,7 +34,8 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
-use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::common::http::JsonBody;
+use crate::runners::runner_in_tenant;
 use crate::storage::UpdatePolicy;
 
 /// Releases (upload, list, download), install.sh, the update policy and
@@ -232,7 +233,7 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > MAX_RELEASE_FILE as u64) {
-        return Err(crate::app::edge::too_large(MAX_RELEASE_FILE as u64));
+        return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
     }
     // Apart from the releases (`list` skips it: not a version), so a
     // failed upload leaves no empty release behind.
@@ -372,7 +373,7 @@ async fn receive(body: Body, path: &FsPath) -> Result<u64, ApiError> {
         };
         size += chunk.len() as u64;
         if size > MAX_RELEASE_FILE as u64 {
-            return Err(crate::app::edge::too_large(MAX_RELEASE_FILE as u64));
+            return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
         }
         file.write_all(&chunk).await.map_err(ApiError::internal)?;
     }

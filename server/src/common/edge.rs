@@ -38,7 +38,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -56,8 +56,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::app::serve::PeerAddr;
-use crate::app::AppState;
 use crate::common::error::ApiError;
 
 /// Largest body of `POST /api/v1/session` and `POST /api/v1/enroll`: their
@@ -336,6 +334,13 @@ pub async fn enroll_rate(
     next.run(req).await
 }
 
+// ---- addresses -----------------------------------------------------------------
+
+/// The remote address of the TCP connection a request came on (a request
+/// extension the accept loop sets, `app/serve.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
 // ---- bodies ----------------------------------------------------------------------
 
 /// Middleware: a body announced larger than the route's limit (the state)
@@ -372,11 +377,11 @@ pub fn too_large(max: u64) -> ApiError {
 /// a connection and a task for ever (slowloris). The release upload is
 /// exempt: it is admin-only, checked before its body is read, and has an
 /// idle timeout per chunk.
-pub async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn body_deadline(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
     if req.method() == Method::POST && req.uri().path().starts_with("/api/v1/releases/") {
         return next.run(req).await;
     }
-    let limit = state.edge.config.body_timeout;
+    let limit = edge.config.body_timeout;
     let req = req.map(|body| Body::new(DeadlineBody::new(body, limit)));
     next.run(req).await
 }
