@@ -31,7 +31,8 @@ use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
 use crate::deploy::store::{Deployment, StoredApp};
-use crate::jobs::api::{fits, job_json, new_job_id, valid_env, valid_name};
+use crate::jobs::api::{fits, job_json, new_job_id};
+use crate::jobs::rules::{valid_env, valid_name};
 use crate::jobs::store::{JobRow, JobSpec};
 use crate::runners::runner_in_tenant;
 

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod api;
+pub mod rules;
 pub mod store;
 
 /// Saved scripts, sealed secrets, jobs and their output.

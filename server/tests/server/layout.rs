@@ -112,7 +112,7 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     (
         "deploy",
         "jobs",
-        &["jobs::api", "jobs::store", "jobs::JobHub"],
+        &["jobs::api", "jobs::rules", "jobs::store", "jobs::JobHub"],
     ),
     // Is this runner the caller's tenant's? Asked by every feature that
     // takes a runner id; answered by the feature that owns runners.
