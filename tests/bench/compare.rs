@@ -62,8 +62,14 @@ fn build_base(rev: &str) {
             ],
         );
     }
+    // The static runner only for the parts that run it (BENCH_ONLY).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let runs_runner = only.is_empty()
+        || only
+            .split(',')
+            .any(|p| matches!(p, "idle" | "logs" | "jobs" | "term" | "update" | "attack"));
     let musl = src.join("dist/x86_64-unknown-linux-musl/tether");
-    if !musl.exists() {
+    if runs_runner && !musl.exists() {
         eprintln!("bench: building {rev}'s static runner (./build.sh x86_64-unknown-linux-musl)");
         let st = Command::new("./build.sh")
             .arg("x86_64-unknown-linux-musl")
