@@ -24,6 +24,7 @@ help:
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make web      the dashboard's libraries from npm (make build does it)"
 	@echo "make bench    footprint benchmarks: sizes, RSS, idle CPU and bytes, 1,000 runners"
+	@echo "              BENCH_BASE=<rev> puts that revision's figures beside this build's"
 	@echo "make edge     build the armv7/armv6/mips/mipsel runners and run their tests under qemu,"
 	@echo "              the package tests (dpkg install as root) and the offline vendor build"
 	@echo "make release  static stripped runners for all six targets in dist/ (./build.sh --all)"
@@ -76,9 +77,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	shellcheck $(SHELL_SCRIPTS)
 
+# BENCH_BASE=<git rev>: the same figures for that revision beside this build's
+# (tests/bench/compare.rs; built once under target/bench-base/<rev>).
+BENCH_BASE ?=
 bench: release
 	$(CARGO) build --release -p tether-server --bins
-	$(CARGO) bench --bench footprint
+	BENCH_BASE=$(BENCH_BASE) $(CARGO) bench --bench footprint
 
 packages: vendor
 	@for d in dist/*/tether; do t=$${d#dist/}; packaging/debian/build-deb.sh "$${t%/tether}" || exit 1; done

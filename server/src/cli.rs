@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::clock::parse_ttl;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -242,29 +243,6 @@ pub enum RunnerCommand {
     Group { id: String, group: String },
     /// A runner's version, desired version and update reports
     Updates { id: String },
-}
-
-/// `30s`, `10m`, `1h`, `2d` or plain seconds, to seconds.
-pub fn parse_ttl(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 10m, 1h, 2d"))?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
-    };
-    match n.checked_mul(scale) {
-        Some(0) | None => Err(format!("duration {s:?} out of range")),
-        Some(secs) => Ok(secs),
-    }
 }
 
 #[derive(Debug)]
@@ -1263,18 +1241,6 @@ fn note(text: &str) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ttl_parsing() {
-        assert_eq!(parse_ttl("30s"), Ok(30));
-        assert_eq!(parse_ttl("10m"), Ok(600));
-        assert_eq!(parse_ttl("1h"), Ok(3600));
-        assert_eq!(parse_ttl("2d"), Ok(172_800));
-        assert_eq!(parse_ttl("45"), Ok(45));
-        for bad in ["", "h", "1x", "0s", "-1h", "1.5h", "99999999999999999999d"] {
-            assert!(parse_ttl(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn exit_codes() {

@@ -2,12 +2,14 @@
 //! (`main.rs`) parses its command line and calls [`app::serve::main`] or
 //! [`cli::run`]; the integration tests (`tests/server/`) drive it the same way.
 //!
-//! One folder per concern (`docs/server.md` lists every file):
+//! One folder per concern (`docs/server.md` lists every file and the
+//! dependency rule between these folders, which a test checks):
 //!
 //! ```text
-//! app/        state, route table, listener and shutdown, TLS, serve flags,
-//!             the edge toward strangers, the embedded dashboard
-//! common/     error body, caller extractor and hashing, time formats,
+//! app/        state, route table (each feature's routes()), listener and
+//!             shutdown, TLS, serve flags, the embedded dashboard
+//! common/     error body, request parsing, caller extractor and hashing,
+//!             time formats, the edge toward strangers, private files,
 //!             sealed secrets, stream re-checks and tickets, quotas
 //! link/       the runner WebSocket and the registry of live connections
 //! db/         storage: one async trait per area, the model types, db/sqlite/

@@ -3,8 +3,11 @@
 //! command or method that measured it. Not a test: nothing here fails on a
 //! slow machine; read the numbers.
 //!
-//! Knobs: BENCH_IDLE_SECS (default 180), BENCH_RUNNERS (default 1000),
-//! BENCH_SIM_SECS (default 60); the attack section's in `attack.rs`.
+//! Knobs: BENCH_IDLE_SECS (default 150), BENCH_RUNNERS (default 1000),
+//! BENCH_SIM_SECS (default 60), BENCH_LOG_LINES, BENCH_JOB_MB,
+//! BENCH_KEYSTROKES, BENCH_UPDATE_RUNS; BENCH_ONLY picks parts; the attack
+//! section's in `attack.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
+//! with an earlier revision (`compare.rs`).
 
 #[path = "../util/mod.rs"]
 mod util;
@@ -17,6 +20,8 @@ mod update;
 
 // Unauthenticated load against the server (issue 15).
 mod attack;
+// BENCH_BASE: the same figures for an earlier revision, side by side.
+mod compare;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -52,6 +57,11 @@ fn dist(target: &str) -> PathBuf {
 }
 
 fn main() {
+    // `make bench BENCH_BASE=<rev>`: this build and `rev`'s, side by side.
+    if let Some(rev) = std::env::var("BENCH_BASE").ok().filter(|r| !r.is_empty()) {
+        compare::run(&rev);
+        return;
+    }
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
     // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack runs some parts (sizes always).

@@ -21,9 +21,8 @@
 //! group or others can read (made by an older version, or by hand).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
 use crate::common::auth;
+use crate::common::files::write_private;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -82,7 +82,7 @@ pub struct ServeArgs {
     pub log_retention: Duration,
 
     /// Container logs kept per container: max bytes (K, M, G suffixes)
-    #[arg(long, env = "TETHER_LOG_MAX_BYTES", default_value = "64M", value_parser = parse_bytes)]
+    #[arg(long, env = "TETHER_LOG_MAX_BYTES", default_value = "64M", value_parser = crate::common::http::parse_bytes)]
     pub log_max_bytes: u64,
 
     /// Which containers' logs runners collect by default: all, none,
@@ -154,7 +154,7 @@ pub struct ServeArgs {
 
 /// A timeout in whole seconds or minutes (`30s`, `2m`), 1 s to 1 h.
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs = crate::cli::parse_ttl(s)?;
+    let secs = crate::common::clock::parse_ttl(s)?;
     if !(1..=3600).contains(&secs) {
         return Err(format!("timeout {s:?} must be between 1s and 1h"));
     }
@@ -177,7 +177,7 @@ pub struct QuotaArgs {
 
     /// Output stored per job (K, M, G suffixes); the rest is dropped and
     /// a `[tether] output truncated` line marks the cut
-    #[arg(long, env = "TETHER_JOB_OUTPUT_MAX_BYTES", default_value = "64M", value_parser = parse_bytes)]
+    #[arg(long, env = "TETHER_JOB_OUTPUT_MAX_BYTES", default_value = "64M", value_parser = crate::common::http::parse_bytes)]
     pub job_output_max_bytes: u64,
 
     /// Finished jobs and their output are deleted after this long (deploys
@@ -186,7 +186,7 @@ pub struct QuotaArgs {
     pub job_retention: Duration,
 
     /// Job output kept per tenant; the oldest finished jobs' output goes first
-    #[arg(long, env = "TETHER_JOB_MAX_BYTES_PER_TENANT", default_value = "1G", value_parser = parse_bytes)]
+    #[arg(long, env = "TETHER_JOB_MAX_BYTES_PER_TENANT", default_value = "1G", value_parser = crate::common::http::parse_bytes)]
     pub job_max_bytes_per_tenant: u64,
 }
 
@@ -204,32 +204,11 @@ impl QuotaArgs {
 
 /// A retention: `30m`, `24h`, `7d`, at least a minute.
 fn parse_retention(s: &str) -> Result<Duration, String> {
-    let secs = crate::cli::parse_ttl(s)?;
+    let secs = crate::common::clock::parse_ttl(s)?;
     if secs < 60 {
         return Err(format!("retention {s:?} is shorter than a minute"));
     }
     Ok(Duration::from_secs(secs))
-}
-
-/// `512K`, `64M`, `1G` or plain bytes.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, mult) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1024),
-        Some((i, 'M' | 'm')) => (&s[..i], 1024 * 1024),
-        Some((i, 'G' | 'g')) => (&s[..i], 1024 * 1024 * 1024),
-        _ => (s, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("size {s:?}: use bytes or a K, M or G suffix (64M)"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))?;
-    if bytes < 64 * 1024 {
-        return Err(format!("size {s:?} is smaller than 64K"));
-    }
-    Ok(bytes)
 }
 
 fn parse_policy(s: &str) -> Result<crate::logs::CollectPolicy, String> {
@@ -280,34 +259,6 @@ pub fn readable_by_others(data: &Path, extra: &[&Path]) -> Vec<(PathBuf, u32)> {
             (mode & 0o077 != 0).then_some((p, mode))
         })
         .collect()
-}
-
-/// Write a file only the owner can read, replacing it atomically.
-pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    write_atomic(path, contents, 0o600)
-}
-
-/// Write `contents` to a temporary file beside `path`, then rename it over
-/// `path`, so a reader sees the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Where the admin token came from.

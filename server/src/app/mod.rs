@@ -1,43 +1,33 @@
-//! The HTTP application: shared state and the route table.
+//! The HTTP application: shared state; the route table is `app/routes.rs`.
 //!
 //! [`app`] builds the whole router from an [`AppState`], with no socket, so
 //! tests drive it with `tower::ServiceExt::oneshot`. `app/serve.rs` puts it behind
 //! TLS; nothing here knows about listeners or certificates.
 
 pub mod config;
-pub mod edge;
+mod routes;
 pub mod serve;
 pub mod tls;
 pub mod web;
 
+pub use routes::app;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get, patch, post, put};
-use axum::Router;
-
-use self::edge::{Edge, EdgeConfig};
-use crate::common::error::ApiError;
+use crate::common::edge::{Edge, EdgeConfig};
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
-use crate::common::stream_auth::{self, Tickets};
+use crate::common::stream_auth::Tickets;
 use crate::containers::ContainerHub;
 use crate::db::Db;
-use crate::deploy::api as deploy_api;
 use crate::jobs::JobHub;
 use crate::link::registry::Registry;
 use crate::runners::health::HealthLog;
 use crate::telemetry::MetricsWriter;
-use crate::terminals::api as terminals_api;
 use crate::terminals::Terminals;
-use crate::updates::{self, ReleaseConfig};
-use crate::{
-    common::auth, containers::api as containers_api, jobs::api as jobs_api, link::runner_ws,
-    logs::api as logs_api, runners::api, runners::events, telemetry::api as telemetry_api, users,
-};
+use crate::updates::ReleaseConfig;
+use crate::{common::auth, users};
 
 /// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +90,7 @@ pub struct AppState {
     pub tickets: Arc<Tickets>,
     /// Per-tenant limits and job retention (`common/quotas.rs`).
     pub quotas: Quotas,
-    /// Connection caps and per-address rates (`app/edge.rs`).
+    /// Connection caps and per-address rates (`common/edge.rs`).
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
@@ -149,195 +139,4 @@ impl AppState {
         self.releases = Arc::new(releases);
         self
     }
-}
-
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(api::healthz))
-        .route(
-            tether::protocol::ENROLL_PATH,
-            post(api::enroll)
-                .layer(small_body())
-                .layer(from_fn_with_state(edge::SMALL_BODY, edge::announced_length))
-                .layer(from_fn_with_state(state.clone(), edge::enroll_rate)),
-        )
-        .route(
-            tether::protocol::RUNNER_CONNECT_PATH,
-            get(runner_ws::connect),
-        )
-        .route(
-            "/api/v1/tenants",
-            post(api::create_tenant).get(api::list_tenants),
-        )
-        .route(
-            "/api/v1/api-tokens",
-            post(api::create_api_token).get(api::list_api_tokens),
-        )
-        .route("/api/v1/api-tokens/{id}", delete(api::revoke_api_token))
-        .route("/api/v1/ws-tickets", post(stream_auth::mint_ticket))
-        .route(
-            "/api/v1/tokens",
-            post(api::create_enrollment_token).get(api::list_enrollment_tokens),
-        )
-        .route("/api/v1/tokens/{id}", delete(api::revoke_enrollment_token))
-        .route("/api/v1/runners", get(api::list_runners))
-        .route("/api/v1/runners/{id}", get(api::show_runner))
-        .route("/api/v1/runners/{id}/health", get(api::runner_health))
-        .route("/api/v1/runners/{id}/revoke", post(api::revoke_runner))
-        .route("/api/v1/runners/{id}/name", put(api::rename_runner))
-        .route("/api/v1/runners/{id}/ping", post(api::ping_runner))
-        .route(
-            "/api/v1/runners/{id}/metrics",
-            get(telemetry_api::runner_metrics),
-        )
-        .route(
-            "/api/v1/runners/{id}/metrics/latest",
-            get(telemetry_api::latest_metrics),
-        )
-        .route(
-            "/api/v1/runners/{id}/fingerprint",
-            get(telemetry_api::fingerprint),
-        )
-        .route("/api/v1/runners/{id}/drift", get(telemetry_api::drift))
-        .route(
-            "/api/v1/runners/{id}/docker",
-            get(containers_api::docker_state),
-        )
-        .route("/api/v1/runners/{id}/containers", get(containers_api::list))
-        .route(
-            "/api/v1/runners/{id}/containers/events",
-            get(containers_api::history),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/prune",
-            post(containers_api::prune_containers),
-        )
-        .route(
-            "/api/v1/runners/{id}/images/prune",
-            post(containers_api::prune_images),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/{cid}",
-            get(containers_api::inspect).delete(containers_api::remove),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/{cid}/logs",
-            get(logs_api::logs),
-        )
-        .route("/api/v1/runners/{id}/logs", get(logs_api::settings))
-        .route("/api/v1/scripts", get(jobs_api::list_scripts))
-        .route(
-            "/api/v1/scripts/{name}",
-            get(jobs_api::get_script)
-                .put(jobs_api::put_script)
-                .delete(jobs_api::delete_script),
-        )
-        .route("/api/v1/secrets", get(jobs_api::list_secrets))
-        .route(
-            "/api/v1/secrets/{name}",
-            put(jobs_api::put_secret).delete(jobs_api::delete_secret),
-        )
-        .route("/api/v1/jobs", get(jobs_api::list_jobs).post(jobs_api::run))
-        .route("/api/v1/jobs/{id}", get(jobs_api::get_job))
-        .route("/api/v1/jobs/{id}/cancel", post(jobs_api::cancel_job))
-        .route("/api/v1/jobs/{id}/output", get(jobs_api::output))
-        .route("/api/v1/apps", get(deploy_api::list_apps))
-        .route(
-            "/api/v1/apps/{name}",
-            get(deploy_api::get_app)
-                .put(deploy_api::put_app)
-                .delete(deploy_api::delete_app),
-        )
-        .route("/api/v1/apps/{name}/deploy", post(deploy_api::deploy))
-        .route("/api/v1/apps/{name}/rollback", post(deploy_api::rollback))
-        .route(
-            "/api/v1/apps/{name}/deployments",
-            get(deploy_api::deployments),
-        )
-        .route(
-            "/api/v1/runners/{id}/terminals",
-            post(terminals_api::create),
-        )
-        .route("/api/v1/runners/{id}/terminal", get(terminals_api::open_ws))
-        .route("/api/v1/terminals", get(terminals_api::audit))
-        .route("/api/v1/terminals/{tid}", delete(terminals_api::close))
-        .route(
-            "/api/v1/terminals/{tid}/attach",
-            get(terminals_api::attach_ws),
-        )
-        .route(
-            "/api/v1/runners/{id}/logs/collect",
-            put(logs_api::set_collect),
-        )
-        .route(
-            "/api/v1/runners/{id}/logs/retention",
-            put(logs_api::set_retention).delete(logs_api::clear_retention),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/{cid}/start",
-            post(containers_api::start),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/{cid}/stop",
-            post(containers_api::stop),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/{cid}/restart",
-            post(containers_api::restart),
-        )
-        .route(
-            "/api/v1/runners/{id}/containers/{cid}/kill",
-            post(containers_api::kill),
-        )
-        .route("/api/v1/metrics/prometheus", get(telemetry_api::prometheus))
-        .route("/api/v1/releases", get(updates::list_releases))
-        .route(
-            "/api/v1/releases/{version}/{file}",
-            // Streamed to a file after the admin check (`updates/mod.rs`).
-            post(updates::upload),
-        )
-        .route("/releases/{version}/{file}", get(updates::download))
-        .route("/install.sh", get(updates::install_sh))
-        .route(
-            "/api/v1/update-policy",
-            put(updates::set_policy).get(updates::get_policy),
-        )
-        .route("/api/v1/runners/{id}/group", put(updates::set_group))
-        .route("/api/v1/runners/{id}/updates", get(updates::runner_updates))
-        .route("/api/v1/events", get(events::follow))
-        // The dashboard (`app/web.rs`) and its logins and users (`users/mod.rs`).
-        .route("/", get(web::index))
-        .route("/ui/{*path}", get(web::file))
-        .route(
-            "/api/v1/session",
-            post(users::login)
-                .layer(small_body())
-                .layer(from_fn_with_state(edge::SMALL_BODY, edge::announced_length))
-                .layer(from_fn_with_state(state.clone(), edge::login_rate))
-                .get(users::current)
-                .delete(users::logout),
-        )
-        .route("/api/v1/users", get(users::list).post(users::create))
-        .route(
-            "/api/v1/users/{name}",
-            patch(users::update).delete(users::delete),
-        )
-        .route(
-            "/api/v1/tenants/{tenant}/users",
-            post(users::create_for_tenant),
-        )
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                tether::protocol::api_error::BAD_REQUEST,
-                "method not allowed on this endpoint",
-            )
-        })
-        .layer(from_fn_with_state(state.clone(), edge::body_deadline))
-        .with_state(state)
-}
-
-fn small_body() -> DefaultBodyLimit {
-    DefaultBodyLimit::max(edge::SMALL_BODY)
 }

@@ -10,10 +10,10 @@
 //! maintenance (rollups, retention) and container log retention every minute.
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
-//! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`app/edge.rs`). A silent
+//! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`common/edge.rs`). A silent
 //! or broken client costs one task and is dropped on time; nothing it does
 //! reaches the accept loop or other connections. Connections over the caps
-//! of `app/edge.rs` (in all, per address) are closed as soon as accepted.
+//! of `common/edge.rs` (in all, per address) are closed as soon as accepted.
 
 use std::fmt;
 use std::future::Future;
@@ -39,9 +39,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::config::{self, AdminToken, ServeArgs};
-use crate::app::edge::{Edge, EdgeConfig};
 use crate::app::tls::{self, TlsError};
 use crate::app::{app, AppState, Tuning};
+use crate::common::edge::{Edge, EdgeConfig, PeerAddr};
 use crate::common::secrets::SecretBox;
 use crate::db::logs::LogRetention;
 use crate::db::metrics::Retention;
@@ -60,10 +60,6 @@ const LAST_SEEN_FLUSH: Duration = Duration::from_secs(5);
 const METRICS_MAINTENANCE: Duration = Duration::from_secs(60);
 /// How long shutdown waits for runner connections to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The remote address of the TCP connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 #[derive(Debug)]
 pub enum ServeError {
@@ -271,7 +267,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         );
     }
     let url_file: PathBuf = data.join("server.url");
-    config::write_atomic(&url_file, url.as_bytes(), 0o644)
+    crate::common::files::write_atomic(&url_file, url.as_bytes(), 0o644)
         .map_err(io_err(format!("writing {}", url_file.display())))?;
     tracing::info!("listening on {url}");
 

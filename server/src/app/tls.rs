@@ -28,7 +28,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::app::config::write_private;
+use crate::common::files::write_private;
 
 #[derive(Debug)]
 pub enum TlsError {

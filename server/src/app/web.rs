@@ -63,6 +63,13 @@ fn serve(path: &str) -> Response {
     }
 }
 
+/// The dashboard: its page and its files.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    axum::Router::new()
+        .route("/", axum::routing::get(index))
+        .route("/ui/{*path}", axum::routing::get(file))
+}
+
 /// `GET /`
 pub async fn index() -> Response {
     serve("index.html")

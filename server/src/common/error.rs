@@ -11,7 +11,13 @@ use axum::Json;
 use tether::protocol::{api_error as code, ApiError as ErrorBodyJson, ErrorBody};
 
 use crate::db::StorageError;
-use crate::link::registry::RequestError;
+
+/// Error code of a Docker engine error passed through.
+pub const DOCKER: &str = "docker";
+/// Error code: the runner cannot reach its Docker engine.
+pub const DOCKER_UNAVAILABLE: &str = "docker_unavailable";
+/// Error code: the runner answered with an error this server does not know.
+pub const RUNNER_ERROR: &str = "runner_error";
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -88,34 +94,6 @@ impl ApiError {
             e.to_string(),
         )
     }
-
-    pub fn runner_request(
-        id: &str,
-        e: RequestError,
-        what: &str,
-        limit: std::time::Duration,
-    ) -> Self {
-        let unreachable = |why: &str| {
-            Self::new(
-                StatusCode::CONFLICT,
-                code::RUNNER_UNREACHABLE,
-                format!("runner {id} {why}"),
-            )
-        };
-        match e {
-            RequestError::NotConnected => unreachable("has no live connection"),
-            RequestError::ConnectionLost => unreachable("disconnected before answering"),
-            RequestError::TooLarge(e) => Self::too_large(e),
-            RequestError::Timeout => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                code::RUNNER_TIMEOUT,
-                format!(
-                    "runner {id} did not answer {what} within {} ms",
-                    limit.as_millis()
-                ),
-            ),
-        }
-    }
 }
 
 impl From<StorageError> for ApiError {
@@ -135,7 +113,7 @@ impl From<getrandom::Error> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(e: BytesRejection) -> Self {
-        if let Some(late) = crate::app::edge::timed_out(&e) {
+        if let Some(late) = crate::common::edge::timed_out(&e) {
             return ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 code::BAD_REQUEST,

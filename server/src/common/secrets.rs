@@ -84,7 +84,7 @@ impl SecretBox {
                 getrandom::fill(&mut key)
                     .map_err(|e| SecretError::BadKey(format!("no randomness: {e}")))?;
                 let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-                crate::app::config::write_private(file, format!("{hex}\n").as_bytes())
+                crate::common::files::write_private(file, format!("{hex}\n").as_bytes())
                     .map_err(|e| SecretError::Io(format!("writing {}", file.display()), e))?;
                 tracing::info!(
                     "secret key: created {} (0600); back it up apart from the database",

@@ -34,32 +34,16 @@ use tether::protocol::{
 use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
-use crate::common::error::ApiError;
+use crate::common::error::{ApiError, DOCKER, DOCKER_UNAVAILABLE, RUNNER_ERROR};
+use crate::common::http::query;
+use crate::common::http::{valid_container_ref, MAX_CONTAINER_REF};
 use crate::containers::ContainerEventView;
-use crate::runners::api::{query, runner_in_tenant};
+use crate::runners::runner_in_tenant;
 
-/// Error code of a Docker engine error passed through.
-pub const DOCKER: &str = "docker";
-/// Error code: the runner cannot reach its Docker engine.
-pub const DOCKER_UNAVAILABLE: &str = "docker_unavailable";
-/// Error code: the runner answered with an error this server does not know.
-pub const RUNNER_ERROR: &str = "runner_error";
-/// Longest container id or name (Docker allows more in theory; no real name
-/// comes close, and a bound keeps logs and requests small).
-const MAX_CONTAINER_REF: usize = 128;
 /// Longest stop/restart timeout a caller may ask for.
 const MAX_STOP_TIMEOUT_S: u32 = 600;
 /// Docker's own default stop timeout, waited for when none is given.
 const DEFAULT_STOP_TIMEOUT_S: u32 = 10;
-
-/// Docker's charset for names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), which ids
-/// (hex) also satisfy.
-pub fn valid_container_ref(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    s.len() <= MAX_CONTAINER_REF
-        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
 
 fn check_container(cid: &str) -> Result<(), ApiError> {
     if valid_container_ref(cid) {

@@ -11,6 +11,40 @@
 
 pub mod api;
 
+/// Docker state, containers and their events, Docker calls through the runner.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/v1/runners/{id}/docker", get(api::docker_state))
+        .route("/api/v1/runners/{id}/containers", get(api::list))
+        .route("/api/v1/runners/{id}/containers/events", get(api::history))
+        .route(
+            "/api/v1/runners/{id}/containers/prune",
+            post(api::prune_containers),
+        )
+        .route("/api/v1/runners/{id}/images/prune", post(api::prune_images))
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}",
+            get(api::inspect).delete(api::remove),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/start",
+            post(api::start),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/stop",
+            post(api::stop),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/restart",
+            post(api::restart),
+        )
+        .route(
+            "/api/v1/runners/{id}/containers/{cid}/kill",
+            post(api::kill),
+        )
+}
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -29,10 +29,12 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::JsonBody;
 use crate::db::jobs::{Deployment, StoredApp};
 use crate::db::jobs::{JobRow, JobSpec};
-use crate::jobs::api::{fits, job_json, new_job_id, valid_env, valid_name};
-use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::jobs::api::{fits, job_json, new_job_id};
+use crate::jobs::rules::{valid_env, valid_name};
+use crate::runners::runner_in_tenant;
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;

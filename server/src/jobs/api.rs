@@ -34,47 +34,23 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::{query, JsonBody};
 use crate::common::quotas;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::db::jobs::{JobRow, JobSpec, OutputRow, Script};
 use crate::db::Role;
+use crate::jobs::rules::{
+    self, valid_env, valid_name, DEFAULT_INTERPRETER, MAX_RUNNERS_PER_RUN, MAX_SCRIPT, MAX_SECRET,
+    MAX_TIMEOUT_S,
+};
 use crate::jobs::{check_fits, JobUpdate, Unfit};
-use crate::runners::api::{query, runner_in_tenant, JsonBody};
+use crate::runners::runner_in_tenant;
 
-/// Largest script body or command (it travels as one argument: Linux
-/// allows 128 KiB per argument).
-const MAX_SCRIPT: usize = 100 * 1024;
-const MAX_RUNNERS_PER_RUN: usize = 1000;
-const MAX_SECRET: usize = 64 * 1024;
-const MAX_TIMEOUT_S: u64 = 7 * 86_400;
-const DEFAULT_INTERPRETER: &str = "/bin/sh";
 /// Output rows read from storage per page.
 const PAGE: usize = 512;
 
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-/// An environment variable name (secrets are exported under their name).
-pub(crate) fn valid_env(s: &str) -> bool {
-    let mut b = s.bytes();
-    s.len() <= 128
-        && b.next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
 fn check_interpreter(s: &str) -> Result<(), ApiError> {
-    if s.starts_with('/') && s.len() <= 256 && !s.contains('\0') {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "interpreter {s:?}: an absolute path, e.g. /bin/sh or /usr/bin/python3"
-        )))
-    }
+    rules::check_interpreter(s).map_err(ApiError::bad_request)
 }
 
 // ---- scripts ---------------------------------------------------------------

@@ -12,6 +12,29 @@
 //! ```
 
 pub mod api;
+pub mod rules;
+
+/// Saved scripts, sealed secrets, jobs and their output.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::{get, post, put};
+    axum::Router::new()
+        .route("/api/v1/scripts", get(api::list_scripts))
+        .route(
+            "/api/v1/scripts/{name}",
+            get(api::get_script)
+                .put(api::put_script)
+                .delete(api::delete_script),
+        )
+        .route("/api/v1/secrets", get(api::list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            put(api::put_secret).delete(api::delete_secret),
+        )
+        .route("/api/v1/jobs", get(api::list_jobs).post(api::run))
+        .route("/api/v1/jobs/{id}", get(api::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/jobs/{id}/output", get(api::output))
+}
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,12 +44,13 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::db::jobs::{JobRow, JobSpec, JobStore, OutputRow};
-use crate::logs::FLUSH_EVERY;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
 /// window (its memory cap, 2 MiB) keeps a batch arriving while one is
 /// being committed (runner_ws/jobs.rs).
 const FLUSH_BYTES: usize = 512 * 1024;
+/// ...or once the oldest waiting output is this old (as logs: `logs/mod.rs`).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 use crate::common::secrets::SecretBox;
 
 /// Updates a slow watcher may fall behind by before it re-reads storage.

@@ -4,3 +4,11 @@
 
 pub mod registry;
 pub mod runner_ws;
+
+/// The one route of the link: a runner's WebSocket.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    axum::Router::new().route(
+        tether::protocol::RUNNER_CONNECT_PATH,
+        axum::routing::get(runner_ws::connect),
+    )
+}

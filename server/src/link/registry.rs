@@ -42,6 +42,10 @@ use tether::protocol::{
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::db::{ConnectOutcome, ConnectedInfo, RunnerRow, StorageError};
+use axum::http::StatusCode;
+use tether::protocol::api_error as code;
+
+use crate::common::error::ApiError;
 use crate::logs::LiveItem;
 use crate::runners::health::HealthLog;
 
@@ -471,5 +475,38 @@ impl Registry {
             reply,
         })
         .await
+    }
+}
+
+/// How a failed request to a runner reads in the API. Here rather than in
+/// `common/error.rs`: the error type is the link's, and common does not
+/// know the link.
+impl ApiError {
+    pub fn runner_request(
+        id: &str,
+        e: RequestError,
+        what: &str,
+        limit: std::time::Duration,
+    ) -> Self {
+        let unreachable = |why: &str| {
+            Self::new(
+                StatusCode::CONFLICT,
+                code::RUNNER_UNREACHABLE,
+                format!("runner {id} {why}"),
+            )
+        };
+        match e {
+            RequestError::NotConnected => unreachable("has no live connection"),
+            RequestError::ConnectionLost => unreachable("disconnected before answering"),
+            RequestError::TooLarge(e) => Self::too_large(e),
+            RequestError::Timeout => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                code::RUNNER_TIMEOUT,
+                format!(
+                    "runner {id} did not answer {what} within {} ms",
+                    limit.as_millis()
+                ),
+            ),
+        }
     }
 }

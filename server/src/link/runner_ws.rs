@@ -54,16 +54,16 @@ use tether::protocol::{
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use crate::app::serve::PeerAddr;
 use crate::app::AppState;
 use crate::common::auth::{bearer, hash_secret};
 use crate::common::clock;
+use crate::common::edge::PeerAddr;
 use crate::common::error::ApiError;
+use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
 use crate::jobs::JobChannels;
 use crate::link::registry::{AttachError, Outgoing, Session};
 use crate::logs::LogChannels;
-use crate::runners::api::SERVER_VERSION;
 use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 
 mod jobs;

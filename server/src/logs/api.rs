@@ -33,12 +33,14 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::error::{DOCKER_UNAVAILABLE, RUNNER_ERROR};
+use crate::common::http::valid_container_ref;
+use crate::common::http::{query, JsonBody};
 use crate::common::stream_auth::{until_revoked, AuthGuard};
-use crate::containers::api::{valid_container_ref, DOCKER_UNAVAILABLE, RUNNER_ERROR};
 use crate::db::logs::{LogQuery, LogRetention};
 use crate::db::Role;
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
-use crate::runners::api::{query, runner_in_tenant, JsonBody};
+use crate::runners::runner_in_tenant;
 
 /// Lines a history answer holds unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -360,7 +362,7 @@ pub async fn set_retention(
             ))
         })?;
     let max_bytes =
-        crate::app::config::parse_bytes(&body.max_bytes).map_err(ApiError::bad_request)?;
+        crate::common::http::parse_bytes(&body.max_bytes).map_err(ApiError::bad_request)?;
     let r = LogRetention {
         max_age_s: max_age_ms / 1000,
         max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),

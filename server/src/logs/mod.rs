@@ -20,12 +20,23 @@
 
 pub mod api;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
+/// Container logs, and a runner's collection settings.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::{get, put};
+    axum::Router::new()
+        .route("/api/v1/runners/{id}/containers/{cid}/logs", get(api::logs))
+        .route("/api/v1/runners/{id}/logs", get(api::settings))
+        .route("/api/v1/runners/{id}/logs/collect", put(api::set_collect))
+        .route(
+            "/api/v1/runners/{id}/logs/retention",
+            put(api::set_retention).delete(api::clear_retention),
+        )
+}
+
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use serde::Serialize;
 use tether::protocol::{
     FrameHeader, FrameKind, LogOpen, Message, StreamTag, FIRST_CONNECTION_CHANNEL, TERM_CHANNEL_BIT,
 };
@@ -48,171 +59,14 @@ const FOLLOWER_CHECK: Duration = Duration::from_secs(1);
 /// Frames queued for one live follower before the server stops taking them.
 pub const LIVE_QUEUE: usize = 64;
 
-// ---------------------------------------------------------------------------
-// Lines
-
-/// One log line as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LogLine {
-    /// Docker's time, RFC 3339 with nanoseconds (as the runner sent it).
-    pub ts: String,
-    /// The same, nanoseconds since the epoch; `None` if unreadable.
-    pub ts_ns: Option<i64>,
-    /// `stdout` or `stderr`.
-    pub stream: &'static str,
-    pub line: String,
-}
-
-/// Which streams a query wants.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StreamSel {
-    #[default]
-    Both,
-    Stdout,
-    Stderr,
-}
-
-impl StreamSel {
-    pub fn wants(self, tag: u8) -> bool {
-        match self {
-            StreamSel::Both => true,
-            StreamSel::Stdout => tag == StreamTag::Stdout as u8,
-            StreamSel::Stderr => tag == StreamTag::Stderr as u8,
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<StreamSel, String> {
-        match s {
-            "" | "both" | "all" => Ok(StreamSel::Both),
-            "stdout" => Ok(StreamSel::Stdout),
-            "stderr" => Ok(StreamSel::Stderr),
-            _ => Err(format!("stream {s:?}: use stdout, stderr or both")),
-        }
-    }
-}
-
-pub fn stream_name(tag: u8) -> &'static str {
-    if tag == StreamTag::Stderr as u8 {
-        "stderr"
-    } else {
-        "stdout"
-    }
-}
-
-/// `2026-11-28T12:00:00.123456789Z SP message` → a [`LogLine`].
-pub fn parse_line(tag: u8, bytes: &[u8]) -> LogLine {
-    let text = String::from_utf8_lossy(bytes);
-    let (ts, line) = text.split_once(' ').unwrap_or((&text, ""));
-    match parse_rfc3339_ns(ts) {
-        Some(ns) => LogLine {
-            ts: ts.to_owned(),
-            ts_ns: Some(ns),
-            stream: stream_name(tag),
-            line: line.to_owned(),
-        },
-        None => LogLine {
-            ts: String::new(),
-            ts_ns: None,
-            stream: stream_name(tag),
-            line: text.into_owned(),
-        },
-    }
-}
-
-/// RFC 3339 with up to nine fraction digits to nanoseconds since the epoch.
-pub fn parse_rfc3339_ns(s: &str) -> Option<i64> {
-    let (whole, nanos) = match s.get(19..20) {
-        Some(".") => {
-            let frac = &s[20..];
-            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 || digits > 9 {
-                return None;
-            }
-            let nanos: i64 = frac[..digits].parse().ok()?;
-            let nanos = nanos * 10i64.pow(9 - digits as u32);
-            (format!("{}{}", &s[..19], &frac[digits..]), nanos)
-        }
-        _ => (s.to_owned(), 0),
-    };
-    let ms = clock::parse_rfc3339(&whole)?;
-    ms.checked_mul(1_000_000)?.checked_add(nanos)
-}
-
-/// Nanoseconds since the epoch as RFC 3339 with nine fraction digits.
+// Lines and the collection policy are the log area's model types, kept in
+// db/logs.rs with the store that speaks them; re-exported here, where the
+// feature names them most.
 #[cfg(test)]
-pub fn format_ts(ns: i64) -> String {
-    let secs = clock::rfc3339(ns.div_euclid(1_000_000_000) * 1000);
-    format!("{}.{:09}Z", &secs[..19], ns.rem_euclid(1_000_000_000))
-}
-
-// ---------------------------------------------------------------------------
-// Policy
-
-/// Which containers of a runner are collected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CollectPolicy {
-    None,
-    All,
-    /// Containers with this label (and value, if given).
-    Label {
-        key: String,
-        value: Option<String>,
-    },
-}
-
-impl CollectPolicy {
-    /// `all`, `none`, `label:KEY` or `label:KEY=VALUE`.
-    pub fn parse(s: &str) -> Result<CollectPolicy, String> {
-        match s.trim() {
-            "all" => Ok(CollectPolicy::All),
-            "none" | "off" => Ok(CollectPolicy::None),
-            other => {
-                let Some(sel) = other.strip_prefix("label:") else {
-                    return Err(format!(
-                        "collection policy {other:?}: use all, none, label:KEY or label:KEY=VALUE"
-                    ));
-                };
-                let (key, value) = match sel.split_once('=') {
-                    Some((k, v)) => (k, Some(v.to_owned())),
-                    None => (sel, None),
-                };
-                if key.is_empty() {
-                    return Err("collection policy label: the label key is empty".into());
-                }
-                Ok(CollectPolicy::Label {
-                    key: key.to_owned(),
-                    value,
-                })
-            }
-        }
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            CollectPolicy::None => false,
-            CollectPolicy::All => true,
-            CollectPolicy::Label { key, value } => match (labels.get(key), value) {
-                (Some(_), None) => true,
-                (Some(have), Some(want)) => have == want,
-                (None, _) => false,
-            },
-        }
-    }
-}
-
-impl fmt::Display for CollectPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CollectPolicy::None => f.write_str("none"),
-            CollectPolicy::All => f.write_str("all"),
-            CollectPolicy::Label { key, value: None } => write!(f, "label:{key}"),
-            CollectPolicy::Label {
-                key,
-                value: Some(v),
-            } => write!(f, "label:{key}={v}"),
-        }
-    }
-}
+pub use crate::db::logs::format_ts;
+pub use crate::db::logs::{
+    parse_line, parse_rfc3339_ns, stream_name, CollectPolicy, LogLine, StreamSel,
+};
 
 // ---------------------------------------------------------------------------
 // Channels of one connection
@@ -663,6 +517,7 @@ fn block_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn timestamps_round_trip_to_the_nanosecond() {

@@ -6,12 +6,9 @@
 //! Bodies go through [`JsonBody`], so malformed JSON gets the same JSON error
 //! shape as everything else, and an empty body counts as `{}`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tether::protocol::{api_error, EnrollRequest, EnrollResponse, Message, Ping};
 
@@ -19,17 +16,12 @@ use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::{JsonBody, SERVER_VERSION};
 use crate::db::{
     ApiTokenInfo, ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner,
     RunnerRow, TenantRow,
 };
 use crate::runners::health::HealthView;
-
-/// Query-string parameters, with axum's rejection turned into our JSON 400.
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
-}
 
 /// The runner `id` if it belongs to `tenant`; another tenant's runner is
 /// "not found", never "forbidden", so its existence does not leak.
@@ -46,35 +38,12 @@ pub(crate) async fn runner_in_tenant(
         .ok_or_else(|| ApiError::runner_not_found(id))
 }
 
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// Default and longest lifetime of an enrollment token.
 const DEFAULT_TTL_SECS: u64 = 3600;
 const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
 const MAX_NAME_LEN: usize = 64;
 const MAX_LABEL_LEN: usize = 200;
 const MAX_FIELD_LEN: usize = 255;
-
-/// A JSON request body. Malformed JSON is a `bad_request` JSON error (axum's
-/// own `Json` answers in plain text), and any content type is accepted so
-/// `curl -d` works.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        serde_json::from_slice(text)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-    }
-}
 
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true, "version": SERVER_VERSION }))
@@ -515,7 +484,7 @@ pub async fn enroll(
     tracing::info!(
         runner = %runner_id,
         tenant = %tenant_id,
-        hostname = %crate::app::edge::Clip(&req.hostname),
+        hostname = %crate::common::edge::Clip(&req.hostname),
         "runner enrolled"
     );
     Ok((

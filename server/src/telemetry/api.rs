@@ -21,9 +21,10 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::query;
 use crate::db::metrics::{tidy, RangeError, Resolution, SeriesFilter, HOUR_MS};
 use crate::db::Health;
-use crate::runners::api::{query, runner_in_tenant};
+use crate::runners::runner_in_tenant;
 use crate::telemetry::prometheus;
 
 /// Most stored rows one range query reads (raw: ~28 h at 5 s; 1m: ~14 days).

@@ -35,6 +35,20 @@
 pub mod api;
 pub mod prometheus;
 
+/// Metrics queries, fingerprints and drift, the Prometheus exposition.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/api/v1/runners/{id}/metrics", get(api::runner_metrics))
+        .route(
+            "/api/v1/runners/{id}/metrics/latest",
+            get(api::latest_metrics),
+        )
+        .route("/api/v1/runners/{id}/fingerprint", get(api::fingerprint))
+        .route("/api/v1/runners/{id}/drift", get(api::drift))
+        .route("/api/v1/metrics/prometheus", get(api::prometheus))
+}
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

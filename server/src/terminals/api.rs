@@ -45,16 +45,17 @@ use serde_json::{json, Value};
 use tether::protocol::{encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD};
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::app::serve::PeerAddr;
 use crate::app::AppState;
 use crate::common::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
 use crate::common::clock;
+use crate::common::edge::PeerAddr;
 use crate::common::error::ApiError;
+use crate::common::http::valid_container_ref;
+use crate::common::http::JsonBody;
 use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
-use crate::containers::api::valid_container_ref;
 use crate::db::{Role, SessionRow, TerminalAuditRow};
-use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::runners::runner_in_tenant;
 use crate::terminals::{
     ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
 };

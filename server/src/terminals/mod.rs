@@ -26,6 +26,17 @@
 
 pub mod api;
 
+/// Opening, attaching to, closing and auditing terminals.
+pub fn routes() -> axum::Router<crate::app::AppState> {
+    use axum::routing::{delete, get, post};
+    axum::Router::new()
+        .route("/api/v1/runners/{id}/terminals", post(api::create))
+        .route("/api/v1/runners/{id}/terminal", get(api::open_ws))
+        .route("/api/v1/terminals", get(api::audit))
+        .route("/api/v1/terminals/{tid}", delete(api::close))
+        .route("/api/v1/terminals/{tid}/attach", get(api::attach_ws))
+}
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -18,7 +18,6 @@
 //!  runner ─ update_status ─▶ update_reports (installed / failed / rejected / interrupted)
 //! ```
 
-use std::cmp::Ordering;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
@@ -34,12 +33,35 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::common::http::JsonBody;
 use crate::db::UpdatePolicy;
-use crate::runners::api::{runner_in_tenant, JsonBody};
+use crate::runners::runner_in_tenant;
+
+mod policy;
+
+use self::policy::Offer;
+pub use self::policy::{bucket, compare_versions, valid_file_name, valid_version};
+
+/// Releases (upload, list, download), install.sh, the update policy and
+/// groups, a runner's update reports.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post, put};
+    axum::Router::new()
+        .route("/api/v1/releases", get(list_releases))
+        .route(
+            "/api/v1/releases/{version}/{file}",
+            // Streamed to a file after the admin check (`upload`).
+            post(upload),
+        )
+        .route("/releases/{version}/{file}", get(download))
+        .route("/install.sh", get(install_sh))
+        .route("/api/v1/update-policy", put(set_policy).get(get_policy))
+        .route("/api/v1/runners/{id}/group", put(set_group))
+        .route("/api/v1/runners/{id}/updates", get(runner_updates))
+}
 
 /// Largest file of a release.
 pub const MAX_RELEASE_FILE: usize = 64 * 1024 * 1024;
-const MAX_GROUP_LEN: usize = 64;
 
 /// Where releases live and what `install.sh` is told.
 #[derive(Debug, Clone, Default)]
@@ -78,45 +100,6 @@ impl ReleaseConfig {
             .clone()
             .unwrap_or_else(|| "https://localhost".to_owned())
     }
-}
-
-/// A dotted version, compared numerically (`0.10.0` > `0.9.0`); a
-/// pre-release (`1.0.0-rc1`) sorts before its release.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    fn key(v: &str) -> (Vec<u64>, bool, String) {
-        let (nums, pre) = v.split_once('-').unwrap_or((v, ""));
-        let parts = nums.split('.').map(|p| p.parse().unwrap_or(0)).collect();
-        (parts, pre.is_empty(), pre.to_owned())
-    }
-    let (ka, kb) = (key(a), key(b));
-    let n = ka.0.len().max(kb.0.len());
-    for i in 0..n {
-        let (x, y) = (ka.0.get(i).unwrap_or(&0), kb.0.get(i).unwrap_or(&0));
-        match x.cmp(y) {
-            Ordering::Equal => {}
-            o => return o,
-        }
-    }
-    ka.1.cmp(&kb.1).then(ka.2.cmp(&kb.2))
-}
-
-/// `1.2.3`, `1.2.3-rc1`: digits, dots, letters and `-`, ≤ 32 characters.
-pub fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 32
-        && v.as_bytes()[0].is_ascii_digit()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && !v.contains("..")
-}
-
-/// A file name inside a release: no path, no hidden files.
-pub fn valid_file_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 100
-        && !n.starts_with('.')
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
 #[derive(Debug, Serialize)]
@@ -214,7 +197,7 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > MAX_RELEASE_FILE as u64) {
-        return Err(crate::app::edge::too_large(MAX_RELEASE_FILE as u64));
+        return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
     }
     // Apart from the releases (`list` skips it: not a version), so a
     // failed upload leaves no empty release behind.
@@ -354,7 +337,7 @@ async fn receive(body: Body, path: &FsPath) -> Result<u64, ApiError> {
         };
         size += chunk.len() as u64;
         if size > MAX_RELEASE_FILE as u64 {
-            return Err(crate::app::edge::too_large(MAX_RELEASE_FILE as u64));
+            return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
         }
         file.write_all(&chunk).await.map_err(ApiError::internal)?;
     }
@@ -474,12 +457,7 @@ pub async fn set_policy(
     JsonBody(req): JsonBody<PolicyRequest>,
 ) -> Result<Json<Vec<UpdatePolicy>>, ApiError> {
     let tenant = caller.tenant()?.to_owned();
-    if req.group.len() > MAX_GROUP_LEN {
-        return Err(ApiError::bad_request("group name too long"));
-    }
-    if req.canary_percent > 100 {
-        return Err(ApiError::bad_request("canary_percent must be 0 to 100"));
-    }
+    policy::check_request(&req.group, req.canary_percent).map_err(ApiError::bad_request)?;
     match &req.version {
         Some(v) => {
             let dir = releases_dir(&state)?;
@@ -549,9 +527,7 @@ pub async fn set_group(
     JsonBody(req): JsonBody<GroupRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = caller.tenant()?;
-    if req.group.len() > MAX_GROUP_LEN {
-        return Err(ApiError::bad_request("group name too long"));
-    }
+    policy::check_group(&req.group).map_err(ApiError::bad_request)?;
     if !state
         .db
         .updates
@@ -600,17 +576,6 @@ pub async fn runner_updates(
     })))
 }
 
-/// Which of 100 buckets a runner falls in (FNV-1a of its id): stable, so a
-/// canary share of 10 always means the same runners.
-pub fn bucket(runner_id: &str) -> u8 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in runner_id.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h % 100) as u8
-}
-
 /// The version the policy wants this runner to run, if any.
 pub async fn desired_version(
     state: &AppState,
@@ -625,7 +590,7 @@ pub async fn desired_version(
     else {
         return Ok(None);
     };
-    Ok((bucket(runner_id) < policy.canary_percent).then_some(policy.version))
+    Ok(policy::selected(runner_id, policy.canary_percent).then_some(policy.version))
 }
 
 /// The `update` message for a runner, if its policy selects it, it runs
@@ -641,30 +606,23 @@ pub async fn offer_for(
     let Some(runner) = state.db.control.runner(tenant, runner_id).await? else {
         return Ok(None);
     };
-    if runner.version == version {
-        return Ok(None);
-    }
     let Some(dir) = state.releases.dir.as_deref() else {
         return Ok(None);
     };
-    let name = format!("tether-{}", runner.arch);
-    if !valid_file_name(&name)
-        || !has_file(dir, &version, &name)
-        || !has_file(dir, &version, &format!("{name}.minisig"))
-    {
-        tracing::warn!(
-            runner = runner_id,
-            version,
-            arch = runner.arch,
-            "desired release has no signed binary for this architecture"
-        );
-        return Ok(None);
+    let has = |name: &str| has_file(dir, &version, name);
+    match policy::offer(&runner.version, &runner.arch, &version, has) {
+        Offer::Current => Ok(None),
+        Offer::NoSignedBinary => {
+            tracing::warn!(
+                runner = runner_id,
+                version,
+                arch = runner.arch,
+                "desired release has no signed binary for this architecture"
+            );
+            Ok(None)
+        }
+        Offer::Update(offer) => Ok(Some(offer)),
     }
-    Ok(Some(UpdateOffer {
-        binary: format!("/releases/{version}/{name}"),
-        signature: format!("/releases/{version}/{name}.minisig"),
-        version,
-    }))
 }
 
 const INSTALL_SH: &str = include_str!("../../../packaging/install.sh");
@@ -709,19 +667,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_compare_numerically() {
-        assert_eq!(compare_versions("0.10.0", "0.9.0"), Ordering::Greater);
-        assert_eq!(compare_versions("1.0.0-rc1", "1.0.0"), Ordering::Less);
-        assert_eq!(compare_versions("1.0", "1.0.0"), Ordering::Equal);
-        assert!(valid_version("0.2.0") && valid_version("1.0.0-rc1"));
-        assert!(!valid_version("../x") && !valid_version("") && !valid_version("v1"));
-        assert!(valid_file_name("tether-x86_64.minisig"));
-        assert!(
-            !valid_file_name("../etc") && !valid_file_name(".hidden") && !valid_file_name("a/b")
-        );
-    }
-
-    #[test]
     fn install_url_takes_the_host_header_only_when_allowed() {
         let mut c = ReleaseConfig {
             listen_url: Some("https://127.0.0.1:8443".into()),
@@ -751,15 +696,5 @@ mod tests {
             c.install_url(Some("tether.example")),
             "https://fleet.example"
         );
-    }
-
-    #[test]
-    fn buckets_are_stable_and_spread() {
-        assert_eq!(bucket("rn_abc"), bucket("rn_abc"));
-        let mut seen = [false; 100];
-        for i in 0..2000 {
-            seen[bucket(&format!("rn_{i:012x}")) as usize] = true;
-        }
-        assert!(seen.iter().filter(|s| **s).count() > 90);
     }
 }

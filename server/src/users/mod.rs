@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Guessing is slowed three ways (besides the per-address login rate of
-//! `app/edge.rs`): at most [`HASH_PERMITS`] password hashes run at once (each
+//! `common/edge.rs`): at most [`HASH_PERMITS`] password hashes run at once (each
 //! takes 19 MiB and tens of milliseconds), with at most `--hash-queue`
 //! waiting a bounded time for a slot, beyond which a login is answered
 //! `503` with `Retry-After`; and [`MAX_FAILURES`] attempts per tenant and
@@ -44,13 +44,33 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::app::edge::Clip;
 use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
+use crate::common::edge::Clip;
 use crate::common::error::ApiError;
+use crate::common::http::JsonBody;
 use crate::db::{Role, SessionRow, UserRow};
-use crate::runners::api::JsonBody;
+
+/// Logins (a stranger's route: small body, a rate per address) and users.
+pub fn routes() -> axum::Router<AppState> {
+    use crate::common::edge;
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use axum::routing::{get, patch, post};
+    axum::Router::new()
+        .route(
+            "/api/v1/session",
+            post(login)
+                .layer(edge::small_body())
+                .layer(from_fn_with_state(edge::SMALL_BODY, edge::announced_length))
+                .layer(from_fn(edge::login_rate))
+                .get(current)
+                .delete(logout),
+        )
+        .route("/api/v1/users", get(list).post(create))
+        .route("/api/v1/users/{name}", patch(update).delete(delete))
+        .route("/api/v1/tenants/{tenant}/users", post(create_for_tenant))
+}
 
 const MIN_PASSWORD_LEN: usize = 8;
 /// Longer inputs only cost hashing time.
@@ -257,7 +277,7 @@ impl Passwords {
 
 impl Default for Passwords {
     fn default() -> Self {
-        let edge = crate::app::edge::EdgeConfig::default();
+        let edge = crate::common::edge::EdgeConfig::default();
         Passwords::new(edge.hash_queue, edge.hash_wait)
     }
 }

@@ -9,8 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::*;
-use tether_server::app::edge::EdgeConfig;
-use tether_server::app::serve::PeerAddr;
+use tether_server::common::edge::EdgeConfig;
+use tether_server::common::edge::PeerAddr;
 
 fn edge(f: impl FnOnce(&mut EdgeConfig)) -> EdgeConfig {
     let mut c = EdgeConfig::default();

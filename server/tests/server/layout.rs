@@ -53,3 +53,343 @@ fn the_module_map_in_docs_lists_every_source_file() {
          in the map, no such file: {stale:?}"
     );
 }
+
+// ---- the dependency rule -----------------------------------------------------------
+
+/// Where a top-level module sits in the dependency rule (`docs/server.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    /// `lib.rs`, `main.rs`, `bin/`: may use anything.
+    Root,
+    /// `app/`: assembles features; may use anything.
+    App,
+    /// `runners/`, `jobs/`, ...: may use the plumbing, not each other.
+    Feature,
+    /// `link/`: the runner WebSocket; may use the plumbing only.
+    Link,
+    /// `common/`: may use storage only.
+    Common,
+    /// `storage/` (`db/` after issue 16's storage slice): uses nothing of ours.
+    Storage,
+    /// `cli/`: a client of the REST API; common's time formats only.
+    Cli,
+}
+
+fn layer(module: &str) -> Layer {
+    match module {
+        "" | "bin" => Layer::Root,
+        "app" => Layer::App,
+        "link" => Layer::Link,
+        "common" => Layer::Common,
+        "storage" | "db" => Layer::Storage,
+        "cli" => Layer::Cli,
+        "runners" | "telemetry" | "containers" | "logs" | "jobs" | "deploy" | "terminals"
+        | "users" | "updates" => Layer::Feature,
+        other => panic!("top-level module {other:?} has no place in the dependency rule: add it to layer() and to docs/server.md"),
+    }
+}
+
+/// Whether the rule itself lets `from` use `to` (both top-level modules).
+fn allowed_by_rule(from: &str, to: &str) -> bool {
+    use Layer::*;
+    matches!(
+        (layer(from), layer(to)),
+        (Root | App, _)
+            | (Feature | Link, Common | Storage)
+            | (Feature, Link)
+            | (Common, Storage)
+            | (Cli, Common)
+    )
+}
+
+/// The named seams: a use the rule alone forbids, allowed because it is the
+/// documented way between two parts (`docs/server.md`, "Seams"). Each is
+/// `(from, to, the items it may name)`, `from` `*` for any feature;
+/// anything else across is refused.
+const SEAMS: &[(&str, &str, &[&str])] = &[
+    // Time formats: `common/clock.rs` is a leaf (it uses nothing of ours),
+    // and the log area's model (`db/logs.rs`) reads and writes Docker's
+    // RFC 3339 stamps with it.
+    ("db", "common", &["common::clock"]),
+    // Deploys become jobs: deploy checks and starts them through the jobs
+    // feature's rules (`jobs::api`), store and hub.
+    (
+        "deploy",
+        "jobs",
+        &["jobs::api", "jobs::rules", "jobs::JobHub"],
+    ),
+    // Is this runner the caller's tenant's? Asked by every feature that
+    // takes a runner id; answered by the feature that owns runners.
+    ("*", "runners", &["runners::runner_in_tenant"]),
+    // The event stream (`runners/events.rs`) carries container events
+    // beside health changes: it reads the container hub's records.
+    (
+        "runners",
+        "containers",
+        &[
+            "containers::ContainerEventRecord",
+            "containers::ContainerEventView",
+        ],
+    ),
+];
+
+/// Edges that break the rule today and are to go. A ratchet: a new edge
+/// fails the test, and so does an edge listed here that is gone (delete its
+/// line). Never add to this table.
+const NOT_YET: &[(&str, &str)] = &[
+    // Handlers take `State<AppState>`, which holds every feature's state:
+    // to go with a state per feature (`FromRef`) once storage is behind
+    // `db/` traits (issue 16's storage slice changes the same lines).
+    ("common", "app"),
+    ("runners", "app"),
+    ("telemetry", "app"),
+    ("containers", "app"),
+    ("logs", "app"),
+    ("jobs", "app"),
+    ("deploy", "app"),
+    ("terminals", "app"),
+    ("users", "app"),
+    ("updates", "app"),
+    ("link", "app"),
+    // jobs.db creates the deploy tables (`jobs/store.rs`): goes with the
+    // migrations of `db/`.
+    // The connection task handles every family's messages itself: to go
+    // with dispatch by family to handlers the features register.
+    ("link", "deploy"),
+    ("link", "jobs"),
+    ("link", "logs"),
+    ("link", "runners"),
+    ("link", "telemetry"),
+    ("link", "terminals"),
+    ("link", "updates"),
+];
+
+/// The top-level module of a file under `src/`, and its module path.
+fn module_path(rel: &str) -> Vec<String> {
+    let rel = rel.trim_end_matches(".rs");
+    let mut parts: Vec<String> = rel.split('/').map(str::to_owned).collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    if parts.len() == 1 && (parts[0] == "lib" || parts[0] == "main") {
+        parts.clear();
+    }
+    parts
+}
+
+/// Code without comments: `//` to the end of the line (doc comments name
+/// paths in prose) and `/* */` blocks. Strings are not parsed: a `//` or
+/// `crate::` inside a string literal would be misread, and none is there.
+fn strip_comments(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while !rest.is_empty() {
+        let line_c = rest.find("//");
+        let block_c = rest.find("/*");
+        match (line_c, block_c) {
+            (Some(l), b) if b.is_none_or(|b| l < b) => {
+                out.push_str(&rest[..l]);
+                rest = &rest[l..];
+                rest = &rest[rest.find('\n').unwrap_or(rest.len())..];
+            }
+            (_, Some(b)) => {
+                out.push_str(&rest[..b]);
+                rest = &rest[b..];
+                rest = &rest[rest.find("*/").map_or(rest.len(), |e| e + 2)..];
+            }
+            _ => {
+                out.push_str(rest);
+                rest = "";
+            }
+        }
+    }
+    out
+}
+
+fn ident_at(s: &str) -> &str {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// The items of a `{...}` group (text after the `{`), each from its start,
+/// up to the closing brace: `a::b, c::{d}, e}` → `a::b`, `c::{d}`, `e`.
+fn top_items(group: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (j, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(group[start..j].trim());
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(group[start..j].trim());
+                start = j + 1;
+            }
+            _ => {}
+        }
+    }
+    items.retain(|i| !i.is_empty());
+    items
+}
+
+/// The first identifier of each item of a `{...}` group.
+fn top_idents(group: &str) -> Vec<&str> {
+    top_items(group).into_iter().map(ident_at).collect()
+}
+
+/// Every path of another top-level module that `code` names, as
+/// `(module, path)` where path is the first two segments (`jobs::store`):
+/// `crate::a::b`, the groups of `use crate::{a::b, c}`, and `super::`
+/// chains that climb out of the file's top-level module.
+fn uses(code: &str, path: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    // `first` and what follows it: `::b`, `::{b, c}` (one path each) or nothing.
+    let mut push = |first: &str, after: &str| {
+        if first.is_empty() || first == "self" || first == "super" {
+            return;
+        }
+        let seconds = match after.strip_prefix("::") {
+            Some(group) if group.starts_with('{') => top_idents(&group[1..]),
+            Some(rest) => vec![ident_at(rest)],
+            None => vec![""],
+        };
+        for second in seconds {
+            let p = if second.is_empty() {
+                first.to_owned()
+            } else {
+                format!("{first}::{second}")
+            };
+            out.push((first.to_owned(), p));
+        }
+    };
+    for (i, _) in code.match_indices("crate::") {
+        if i > 0 && code[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `tether_server::` has no `crate::`; `foocrate::` is not ours
+        }
+        let rest = &code[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // `crate::{a::b, c::{d, e}, f}`: each item's path.
+            for item in top_items(group) {
+                let first = ident_at(item);
+                push(first, &item[first.len()..]);
+            }
+        } else {
+            let first = ident_at(rest);
+            push(first, &rest[first.len()..]);
+        }
+    }
+    // `super::` from a file nested k deep climbs out after k+... levels:
+    // count the chain and resolve it against the file's module path.
+    for (i, _) in code.match_indices("super::") {
+        if i >= 7 && &code[i - 7..i] == "super::" {
+            continue; // inside a chain: counted from its start
+        }
+        let mut rest = &code[i..];
+        let mut ups = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            ups += 1;
+            rest = r;
+        }
+        if ups >= path.len() {
+            let first = ident_at(rest);
+            push(first, &rest[first.len()..]);
+        }
+    }
+    out
+}
+
+/// `(from, to) → the paths named`, over every file under `src/`.
+fn dependency_graph() -> std::collections::BTreeMap<(String, String), BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = BTreeSet::new();
+    files_under(&src, &src, &mut files);
+    let mut graph = std::collections::BTreeMap::<(String, String), BTreeSet<String>>::new();
+    for rel in files {
+        let path = module_path(&rel);
+        let from = path.first().cloned().unwrap_or_default();
+        let code = strip_comments(&std::fs::read_to_string(src.join(&rel)).unwrap());
+        for (to, named) in uses(&code, &path) {
+            if to != from {
+                graph
+                    .entry((from.clone(), to))
+                    .or_default()
+                    .insert(format!("{named} (in {rel})"));
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn top_level_modules_depend_on_each_other_by_the_rule() {
+    let graph = dependency_graph();
+    let mut broken = Vec::new();
+    for ((from, to), named) in &graph {
+        if allowed_by_rule(from, to) {
+            continue;
+        }
+        let seam = SEAMS.iter().find(|(f, t, _)| {
+            (*f == from || (*f == "*" && layer(from) == Layer::Feature)) && t == to
+        });
+        if let Some((_, _, items)) = seam {
+            let outside: Vec<_> = named
+                .iter()
+                .filter(|n| !items.iter().any(|i| n.starts_with(&format!("{i} "))))
+                .collect();
+            if !outside.is_empty() {
+                broken.push(format!(
+                    "{from} → {to} outside the seam {items:?}: {outside:?}"
+                ));
+            }
+            continue;
+        }
+        if NOT_YET.contains(&(from.as_str(), to.as_str())) {
+            continue;
+        }
+        broken.push(format!("{from} → {to}: {named:?}"));
+    }
+    let gone: Vec<_> = NOT_YET
+        .iter()
+        .filter(|(f, t)| !graph.contains_key(&(f.to_string(), t.to_string())))
+        .collect();
+    assert!(
+        broken.is_empty() && gone.is_empty(),
+        "the dependency rule of docs/server.md:\n  refused:\n    {}\n  \
+         listed in NOT_YET but gone (delete the line): {gone:?}",
+        broken.join("\n    ")
+    );
+}
+
+/// The parser finds what the rule is checked on (so a change in the
+/// project's `use` style cannot make the rule check nothing).
+#[test]
+fn the_dependency_parser_reads_paths_groups_and_super_chains() {
+    let code = strip_comments(
+        "use crate::app::AppState; // crate::logs in a comment\n\
+         use crate::{common::clock, jobs::{store, JobHub}, users};\n\
+         /* crate::deploy */ fn f() { crate::updates::offer(); super::super::link::x(); }",
+    );
+    let got: BTreeSet<_> = uses(&code, &["runners".into(), "api".into()])
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let want: BTreeSet<String> = [
+        "app::AppState",
+        "common::clock",
+        "jobs::JobHub",
+        "jobs::store",
+        "users",
+        "updates::offer",
+        "link::x",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(got, want);
+    assert!(!dependency_graph().is_empty());
+}

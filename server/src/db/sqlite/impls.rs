@@ -13,11 +13,11 @@ use crate::db::audit::*;
 use crate::db::control::*;
 use crate::db::jobs::*;
 use crate::db::logs::*;
+use crate::db::logs::{CollectPolicy, LogLine};
 use crate::db::metrics::*;
 use crate::db::updates::*;
 use crate::db::users::*;
 use crate::db::StorageError;
-use crate::logs::{CollectPolicy, LogLine};
 
 /// Owned copies of borrowed arguments, to move onto the blocking pool.
 macro_rules! own {

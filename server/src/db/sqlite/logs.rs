@@ -32,8 +32,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::migrate::{migrate, Migration, Step};
 use crate::db::logs::*;
+use crate::db::logs::{parse_line, CollectPolicy, LogLine};
 use crate::db::StorageError;
-use crate::logs::{parse_line, CollectPolicy, LogLine};
 
 /// Blocks removed per statement when expiring, so the writer is never held long.
 const EXPIRE_CHUNK: i64 = 512;
@@ -502,13 +502,13 @@ fn delete_blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logs::StreamSel;
+    use crate::db::logs::StreamSel;
 
     fn block(container: &str, tag: u8, first_ns: i64, lines: &[&str]) -> BlockIn {
         let mut data = Vec::new();
         let mut ts = first_ns;
         for l in lines {
-            let stamp = crate::logs::format_ts(ts);
+            let stamp = crate::db::logs::format_ts(ts);
             data.extend_from_slice(format!("{stamp} {l}\n").as_bytes());
             ts += 1_000_000;
         }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use super::logs::LogRetention;
 use super::metrics::Retention;
 use super::{Db, StorageError};
-use crate::logs::CollectPolicy;
+use crate::db::logs::CollectPolicy;
 
 mod containers;
 mod control;

@@ -38,7 +38,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -46,17 +46,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::app::serve::PeerAddr;
-use crate::app::AppState;
 use crate::common::error::ApiError;
 
 /// Largest body of `POST /api/v1/session` and `POST /api/v1/enroll`: their
@@ -306,9 +305,15 @@ fn peer(req: &Request) -> Option<IpAddr> {
 }
 
 /// Middleware of `POST /api/v1/session`: the login rate of the client's address.
-pub async fn login_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The [`Edge`] is a request extension the app puts on every request, so a
+/// feature's `routes()` can name this layer without holding the state.
+pub async fn login_rate(
+    Extension(edge): Extension<Arc<Edge>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(ip) = peer(&req) {
-        if let Err(wait) = state.edge.login.check(ip) {
+        if let Err(wait) = edge.login.check(ip) {
             return too_many(wait, "too many logins from this address: slow down");
         }
     }
@@ -316,14 +321,25 @@ pub async fn login_rate(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// Middleware of `POST /api/v1/enroll`: the enrollment rate of the client's address.
-pub async fn enroll_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn enroll_rate(
+    Extension(edge): Extension<Arc<Edge>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(ip) = peer(&req) {
-        if let Err(wait) = state.edge.enroll.check(ip) {
+        if let Err(wait) = edge.enroll.check(ip) {
             return too_many(wait, "too many enrollments from this address: slow down");
         }
     }
     next.run(req).await
 }
+
+// ---- addresses -----------------------------------------------------------------
+
+/// The remote address of the TCP connection a request came on (a request
+/// extension the accept loop sets, `app/serve.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 // ---- bodies ----------------------------------------------------------------------
 
@@ -342,6 +358,11 @@ pub async fn announced_length(State(max): State<usize>, req: Request, next: Next
     next.run(req).await
 }
 
+/// The body limit of a stranger's route (enrollment, login).
+pub fn small_body() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(SMALL_BODY)
+}
+
 /// 413 naming the limit.
 pub fn too_large(max: u64) -> ApiError {
     ApiError::new(
@@ -356,11 +377,11 @@ pub fn too_large(max: u64) -> ApiError {
 /// a connection and a task for ever (slowloris). The release upload is
 /// exempt: it is admin-only, checked before its body is read, and has an
 /// idle timeout per chunk.
-pub async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn body_deadline(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
     if req.method() == Method::POST && req.uri().path().starts_with("/api/v1/releases/") {
         return next.run(req).await;
     }
-    let limit = state.edge.config.body_timeout;
+    let limit = edge.config.body_timeout;
     let req = req.map(|body| Body::new(DeadlineBody::new(body, limit)));
     next.run(req).await
 }

@@ -1,0 +1,44 @@
+//! The route table: every feature's `routes()`, one line each, and what
+//! holds for all of them (the JSON fallbacks, the body deadline, the edge
+//! as a request extension for the rate layers of stranger routes).
+//!
+//! A new feature adds one `.merge(...)` line here; its paths live in its
+//! own folder. Routers are merged, so two features claiming the same path
+//! and method fail at start-up (axum panics on the overlap), not at random.
+
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::{Extension, Router};
+
+use super::{web, AppState};
+use crate::common::edge;
+use crate::common::error::ApiError;
+
+/// The whole HTTP application over `state`, with no socket (tests drive it
+/// with `tower::ServiceExt::oneshot`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::link::routes())
+        .merge(crate::runners::routes())
+        .merge(crate::telemetry::routes())
+        .merge(crate::containers::routes())
+        .merge(crate::logs::routes())
+        .merge(crate::jobs::routes())
+        .merge(crate::deploy::routes())
+        .merge(crate::terminals::routes())
+        .merge(crate::users::routes())
+        .merge(crate::updates::routes())
+        .merge(web::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                tether::protocol::api_error::BAD_REQUEST,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(from_fn_with_state(state.edge.clone(), edge::body_deadline))
+        // Outermost: the rate layers of enrollment and login read it.
+        .layer(Extension(state.edge.clone()))
+        .with_state(state)
+}
