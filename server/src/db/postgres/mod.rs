@@ -171,15 +171,6 @@ impl Postgres {
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
-
-    /// Run one statement batch (test seeding: rows whose store is not in
-    /// this backend yet, e.g. tenants and runners).
-    #[doc(hidden)]
-    pub async fn execute_batch(&self, sql: &str) -> Result<(), StorageError> {
-        let c = self.pool.get().await?;
-        c.batch_execute(sql).await?;
-        Ok(())
-    }
 }
 
 /// Apply every migration not yet recorded, each in its own transaction,
