@@ -67,6 +67,7 @@ dpkg-dev                 the package tests (dpkg-deb, dpkg-architecture)
 python3                  the package tests
 systemd                  systemd-analyze verify of the unit file
 chromium                 the dashboard test drives it headless (playwright-core)
+postgresql               the PostgreSQL backend tests start a private cluster (initdb, pg_ctl)
 EOF
 )
 

@@ -12,6 +12,8 @@
 //! jobs.rs     JobStore      scripts, sealed secrets, jobs, their output, apps
 //!                           and deployments
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
+//! postgres/   PostgreSQL for several replicas (issue 18): so far the
+//!             control, users, audit and update stores (see its mod.rs)
 //! ```
 //!
 //! Each area file holds its trait and the model types its methods speak in;
@@ -37,6 +39,7 @@ pub mod control;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;
+pub mod postgres;
 pub mod sqlite;
 pub mod updates;
 pub mod users;

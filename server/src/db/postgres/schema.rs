@@ -1,0 +1,167 @@
+//! The numbered migrations of the PostgreSQL backend, applied in order by
+//! `mod.rs` (`schema_migrations` records the ones done). Never edit one
+//! that has shipped: add the next.
+//!
+//! The control plane's tables mirror the SQLite ones (`sqlite/control.rs`)
+//! column for column, so `migrate --from` can copy rows as they are. Times
+//! are Unix milliseconds in BIGINT.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the control plane (tenants, tokens, runners, health, users).
+    r#"
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE api_tokens (
+    id              TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL REFERENCES tenants(id),
+    token_hash      TEXT NOT NULL UNIQUE,
+    label           TEXT,
+    created_at      BIGINT NOT NULL,
+    revoked_at      BIGINT,
+    created_by_user TEXT,
+    created_by      TEXT NOT NULL DEFAULT '',
+    expires_at      BIGINT,
+    last_used_at    BIGINT,
+    revoked_reason  TEXT
+);
+CREATE INDEX api_tokens_by_tenant ON api_tokens(tenant_id, created_at);
+CREATE TABLE enrollment_tokens (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    token_hash  TEXT NOT NULL UNIQUE,
+    label       TEXT,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT,
+    runner_id   TEXT,
+    revoked_at  BIGINT
+);
+CREATE INDEX enrollment_tokens_by_tenant ON enrollment_tokens(tenant_id);
+CREATE TABLE runners (
+    id              TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL REFERENCES tenants(id),
+    name            TEXT NOT NULL,
+    credential_hash TEXT NOT NULL UNIQUE,
+    health          TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    arch            TEXT NOT NULL,
+    os              TEXT NOT NULL,
+    protocol        INTEGER,
+    created_at      BIGINT NOT NULL,
+    last_seen       BIGINT,
+    connected_since BIGINT,
+    revoked_at      BIGINT,
+    update_group    TEXT NOT NULL DEFAULT '',
+    reported_name   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX runners_by_tenant ON runners(tenant_id);
+CREATE INDEX runners_by_health ON runners(health);
+CREATE TABLE health_events (
+    seq         BIGSERIAL PRIMARY KEY,
+    runner_id   TEXT NOT NULL REFERENCES runners(id),
+    tenant_id   TEXT NOT NULL,
+    at          BIGINT NOT NULL,
+    health      TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX health_events_by_runner ON health_events(runner_id, seq);
+CREATE TABLE fingerprints (
+    runner_id    TEXT PRIMARY KEY REFERENCES runners(id),
+    body         TEXT NOT NULL,
+    notes        TEXT NOT NULL,
+    collected_at BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL
+);
+CREATE TABLE drift_events (
+    seq         BIGSERIAL PRIMARY KEY,
+    runner_id   TEXT NOT NULL REFERENCES runners(id),
+    at          BIGINT NOT NULL,
+    change      TEXT NOT NULL
+);
+CREATE INDEX drift_events_by_runner ON drift_events(runner_id, seq);
+CREATE TABLE update_policies (
+    tenant_id      TEXT NOT NULL REFERENCES tenants(id),
+    grp            TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    canary_percent INTEGER NOT NULL,
+    updated_at     BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, grp)
+);
+CREATE TABLE update_reports (
+    seq          BIGSERIAL PRIMARY KEY,
+    runner_id    TEXT NOT NULL REFERENCES runners(id),
+    at           BIGINT NOT NULL,
+    version      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    from_version TEXT NOT NULL,
+    reason       TEXT,
+    took_ms      BIGINT
+);
+CREATE INDEX update_reports_by_runner ON update_reports(runner_id, seq);
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE sessions (
+    token_hash  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX sessions_by_user ON sessions(user_id);
+CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+CREATE TABLE terminal_audit (
+    seq         BIGSERIAL,
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    who         TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    opened_at   BIGINT NOT NULL,
+    closed_at   BIGINT,
+    reason      TEXT,
+    bytes_in    BIGINT NOT NULL DEFAULT 0,
+    bytes_out   BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX terminal_audit_by_tenant ON terminal_audit(tenant_id, opened_at);
+CREATE TABLE docker_states (
+    runner_id   TEXT PRIMARY KEY REFERENCES runners(id),
+    available   BOOLEAN NOT NULL,
+    version     TEXT,
+    api_version TEXT,
+    reason      TEXT,
+    updated_at  BIGINT NOT NULL
+);
+CREATE TABLE container_views (
+    runner_id   TEXT PRIMARY KEY REFERENCES runners(id),
+    as_of       BIGINT NOT NULL
+);
+CREATE TABLE containers (
+    runner_id   TEXT NOT NULL REFERENCES runners(id),
+    id          TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    PRIMARY KEY (runner_id, id)
+);
+CREATE TABLE container_events (
+    seq          BIGSERIAL PRIMARY KEY,
+    runner_id    TEXT NOT NULL REFERENCES runners(id),
+    at           BIGINT NOT NULL,
+    time_nano    BIGINT NOT NULL,
+    action       TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE INDEX container_events_by_runner ON container_events(runner_id, seq);
+CREATE INDEX container_events_by_age ON container_events(at);
+"#,
+];

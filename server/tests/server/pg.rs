@@ -1,0 +1,175 @@
+//! A real PostgreSQL for the tests: Debian's server binaries
+//! (`/usr/lib/postgresql/*/bin`, package `postgresql`), a private cluster
+//! in a temp dir on a free loopback port, started once per test process
+//! (nextest runs each test in its own) and stopped when the process exits.
+//! Each test gets its own database (`CREATE DATABASE`), so tests never see
+//! each other's rows.
+//!
+//! As root (the dev container) the cluster runs as `nobody`: PostgreSQL
+//! refuses to run as root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+/// What the exit hook stops: (bin dir, data dir).
+static STOP: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// The newest installed server's bin dir.
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (packaging/dev-setup.sh: postgresql)")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|b| b.join("pg_ctl").exists())
+        .collect();
+    // Versions are whole numbers: compare them as numbers.
+    found.sort_by_key(|b| {
+        b.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found
+        .pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `bin/tool args…`, as `nobody` when we are root.
+fn run(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
+    let exe = bin.join(tool);
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    cmd.args(args).output().expect("run a PostgreSQL tool")
+}
+
+extern "C" fn stop_at_exit() {
+    let stop = STOP.lock().map(|mut s| s.take()).unwrap_or(None);
+    if let Some((bin, dir)) = stop {
+        let data = dir.join("data");
+        run(
+            &bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start() -> Cluster {
+    let bin = bin_dir();
+    let dir = std::env::temp_dir().join(format!(
+        "tether-pg-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["nobody:"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "chown nobody {}", dir.display());
+    }
+    let data = dir.join("data");
+    let out = run(
+        &bin,
+        "initdb",
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "tether",
+            "--no-sync",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    *STOP.lock().unwrap() = Some((bin.clone(), dir.clone()));
+    // SAFETY: registers a plain extern "C" function, once per process.
+    unsafe { libc::atexit(stop_at_exit) };
+    // A port taken between choosing and binding: choose again.
+    for _ in 0..3 {
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            dir.display()
+        );
+        let log = dir.join("log");
+        let out = run(
+            &bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        if out.status.success() {
+            return Cluster { dir, bin, port };
+        }
+    }
+    panic!(
+        "pg_ctl start failed: {}",
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+}
+
+/// The URL of a new, empty database of this process's cluster.
+pub async fn fresh_database() -> String {
+    let c = CLUSTER.get_or_init(start);
+    let _ = (&c.dir, &c.bin);
+    let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+    let name = format!("t{}_{n}", std::process::id());
+    let admin = format!("postgres://tether@127.0.0.1:{}/postgres", c.port);
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+    format!("postgres://tether@127.0.0.1:{}/{name}", c.port)
+}

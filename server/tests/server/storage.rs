@@ -1,0 +1,909 @@
+//! The storage conformance suite: the same checks of the storage traits
+//! against every backend, the embedded SQLite and a real PostgreSQL
+//! (`pg.rs`). Each check is one async function taking the stores; `both!`
+//! makes a `sqlite` and a `postgres` test of it.
+//!
+//! Covered so far: ControlStore, UserStore, AuditStore, UpdateStore (the
+//! traits the PostgreSQL backend implements), and the migration runner.
+
+use std::sync::Arc;
+
+use tether::protocol::UpdateStatus;
+use tether_server::db::postgres::Postgres;
+use tether_server::db::users::{Role, UserRow};
+use tether_server::db::{
+    ApiTokenRow, AuditStore, ConnectOutcome, ConnectedInfo, ControlStore, DockerStateRow,
+    EnrollError, EnrollRefusal, EnrollmentTokenRow, FingerprintWrite, Health, NewRunner,
+    StorageError, TenantRow, TerminalAuditRow, TokenRefusal, UpdatePolicy, UpdateStore, UserStore,
+};
+
+use crate::pg;
+
+/// The stores under test; tenants and runners are seeded through them.
+struct Under {
+    control: Arc<dyn ControlStore>,
+    users: Arc<dyn UserStore>,
+    audit: Arc<dyn AuditStore>,
+    updates: Arc<dyn UpdateStore>,
+}
+
+impl Under {
+    async fn sqlite() -> Under {
+        let db = tether_server::db::sqlite::open_in_memory(Default::default()).unwrap();
+        Under {
+            control: db.control.clone(),
+            users: db.users.clone(),
+            audit: db.audit.clone(),
+            updates: db.updates.clone(),
+        }
+    }
+
+    async fn postgres() -> Under {
+        let pg = Postgres::connect(&pg::fresh_database().await)
+            .await
+            .unwrap();
+        Under {
+            control: pg.control(),
+            users: pg.users(),
+            audit: pg.audit(),
+            updates: pg.updates(),
+        }
+    }
+
+    /// A tenant with its initial API token `at_<id>` (hash `h_<id>`).
+    async fn tenant(&self, id: &str, name: &str) {
+        let t = TenantRow {
+            id: id.into(),
+            name: name.into(),
+            created_at: 1,
+        };
+        self.control
+            .create_tenant(&t, &format!("at_{id}"), &format!("h_{id}"))
+            .await
+            .unwrap();
+    }
+
+    /// A runner enrolled through a token of its own (credential `cred_<id>`).
+    async fn runner(&self, tenant: &str, id: &str) {
+        let row = EnrollmentTokenRow {
+            id: format!("et_{id}"),
+            tenant_id: tenant.into(),
+            label: None,
+            created_at: 1,
+            expires_at: i64::MAX,
+            used_at: None,
+            revoked_at: None,
+        };
+        let hash = format!("eh_{id}");
+        self.control
+            .create_enrollment_token(&row, &hash)
+            .await
+            .unwrap();
+        let cred = format!("cred_{id}");
+        self.control
+            .enroll(&hash, &new_runner(id, &cred, id), 2)
+            .await
+            .unwrap();
+    }
+}
+
+macro_rules! both {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$check(super::Under::sqlite().await).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$check(super::Under::postgres().await).await
+            }
+        }
+    )*};
+}
+
+both!(
+    users_are_unique_per_tenant_and_roles_round_trip,
+    sessions_expire_and_die_with_password_change_or_user,
+    terminal_audit_is_recorded_completed_once_and_scoped,
+    update_policies_groups_and_reports,
+    enrollment_spends_a_token_once_and_names_stay_unique,
+    health_changes_are_recorded_once_and_revocation_sticks,
+    api_tokens_die_with_revocation_expiry_and_their_creator,
+    fingerprints_drift_docker_state_and_containers,
+);
+
+fn enrollment_token(tenant: &str, id: &str, expires_at: i64) -> EnrollmentTokenRow {
+    EnrollmentTokenRow {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        label: Some("l".into()),
+        created_at: 1,
+        expires_at,
+        used_at: None,
+        revoked_at: None,
+    }
+}
+
+fn new_runner<'a>(id: &'a str, cred: &'a str, name: &'a str) -> NewRunner<'a> {
+    NewRunner {
+        id,
+        credential_hash: cred,
+        name,
+        version: "1.0",
+        arch: "x86_64",
+        os: "linux",
+    }
+}
+
+fn refusal(r: Result<String, EnrollError>) -> EnrollRefusal {
+    match r {
+        Err(EnrollError::Refused(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn enrollment_spends_a_token_once_and_names_stay_unique(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    let c = &s.control;
+    assert!(matches!(
+        c.create_tenant(
+            &TenantRow {
+                id: "tn_x".into(),
+                name: "acme".into(),
+                created_at: 1
+            },
+            "at_x",
+            "h_x"
+        )
+        .await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(c.list_tenants().await.unwrap().len(), 1);
+    assert_eq!(
+        c.tenant_id_by_id_or_name("acme").await.unwrap().as_deref(),
+        Some("tn_1")
+    );
+    assert_eq!(
+        c.tenant_id_by_id_or_name("tn_1").await.unwrap().as_deref(),
+        Some("tn_1")
+    );
+    assert_eq!(c.tenant_id_by_id_or_name("nope").await.unwrap(), None);
+    for (id, exp) in [
+        ("et_1", 1000),
+        ("et_2", 1000),
+        ("et_3", 1000),
+        ("et_old", 5),
+    ] {
+        c.create_enrollment_token(&enrollment_token("tn_1", id, exp), &format!("h_{id}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        c.enroll("h_et_1", &new_runner("rn_1", "c1", "web"), 10)
+            .await
+            .unwrap(),
+        "tn_1"
+    );
+    assert_eq!(
+        refusal(
+            c.enroll("h_et_1", &new_runner("rn_x", "cx", "web"), 11)
+                .await
+        ),
+        EnrollRefusal::Used
+    );
+    assert_eq!(
+        refusal(
+            c.enroll("h_none", &new_runner("rn_x", "cx", "web"), 11)
+                .await
+        ),
+        EnrollRefusal::Invalid
+    );
+    assert_eq!(
+        refusal(
+            c.enroll("h_et_old", &new_runner("rn_x", "cx", "web"), 11)
+                .await
+        ),
+        EnrollRefusal::Expired
+    );
+    let revoked = c
+        .revoke_enrollment_token("tn_1", "et_3", 12)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.state(13), "revoked");
+    assert_eq!(
+        c.revoke_enrollment_token("tn_2", "et_2", 12).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        refusal(
+            c.enroll("h_et_3", &new_runner("rn_x", "cx", "web"), 13)
+                .await
+        ),
+        EnrollRefusal::Revoked
+    );
+    // The same asked name gets a suffix; the reported name is kept as asked.
+    c.enroll("h_et_2", &new_runner("rn_2", "c2", "web"), 14)
+        .await
+        .unwrap();
+    let runners = c.list_runners("tn_1").await.unwrap();
+    let names: Vec<_> = runners
+        .iter()
+        .map(|r| (r.id.as_str(), r.name.as_str()))
+        .collect();
+    assert_eq!(names, [("rn_1", "web"), ("rn_2", "web-2")]);
+    assert_eq!(runners[1].reported_name, "web");
+    assert_eq!(runners[1].health, Health::Unreachable);
+    let states: Vec<_> = c
+        .list_enrollment_tokens("tn_1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.state(20))
+        .collect();
+    assert_eq!(states, ["used", "used", "revoked", "expired"]);
+    let who = c.runner_by_credential("c2").await.unwrap().unwrap();
+    assert_eq!(
+        (who.id.as_str(), who.tenant_id.as_str(), who.revoked),
+        ("rn_2", "tn_1", false)
+    );
+    assert_eq!(c.runner_by_credential("nope").await.unwrap(), None);
+    assert!(matches!(
+        c.rename_runner("tn_1", "rn_2", "web").await,
+        Err(StorageError::Conflict(_))
+    ));
+    let renamed = c
+        .rename_runner("tn_1", "rn_2", "db")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.name, "db");
+    assert_eq!(c.rename_runner("tn_2", "rn_2", "x").await.unwrap(), None);
+    assert_eq!(
+        c.runner("tn_2", "rn_1").await.unwrap(),
+        None,
+        "tenants are apart"
+    );
+}
+
+fn hello() -> ConnectedInfo<'static> {
+    ConnectedInfo {
+        name: "host-a",
+        version: "1.1",
+        arch: "aarch64",
+        os: "linux",
+        protocol: 3,
+    }
+}
+
+async fn health_changes_are_recorded_once_and_revocation_sticks(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    s.runner("tn_1", "rn_1").await;
+    s.runner("tn_1", "rn_2").await;
+    let c = &s.control;
+    let ConnectOutcome::Active(Some(rec)) = c
+        .runner_connected("rn_1", &hello(), "connected", 100)
+        .await
+        .unwrap()
+    else {
+        panic!("a first connect is a change");
+    };
+    assert_eq!((rec.health, rec.at), (Health::Active, 100));
+    assert_eq!(
+        c.runner_connected("rn_1", &hello(), "connected", 101)
+            .await
+            .unwrap(),
+        ConnectOutcome::Active(None),
+        "active again is no change"
+    );
+    let row = c.runner("tn_1", "rn_1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.reported_name.as_str(),
+            row.version.as_str(),
+            row.protocol,
+            row.connected_since
+        ),
+        ("host-a", "1.1", Some(3), Some(101))
+    );
+    c.touch_last_seen(&[
+        ("rn_1".into(), 500),
+        ("rn_1".into(), 400),
+        ("rn_9".into(), 1),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        c.runner("tn_1", "rn_1").await.unwrap().unwrap().last_seen,
+        Some(500)
+    );
+    let rec = c
+        .runner_disconnected("rn_1", 450, "closed", 600)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.health, Health::Unreachable);
+    let row = c.runner("tn_1", "rn_1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.last_seen, row.connected_since),
+        (Some(500), None),
+        "last seen never goes back"
+    );
+    c.runner_connected("rn_2", &hello(), "connected", 700)
+        .await
+        .unwrap();
+    let marked = c
+        .mark_all_unreachable("server restarted", 800)
+        .await
+        .unwrap();
+    assert_eq!(
+        marked
+            .iter()
+            .map(|r| r.runner_id.as_str())
+            .collect::<Vec<_>>(),
+        ["rn_2"]
+    );
+    let (row, rec) = c.revoke_runner("tn_1", "rn_1", 900).await.unwrap().unwrap();
+    assert_eq!((row.health, row.revoked_at), (Health::Revoked, Some(900)));
+    assert!(rec.is_some());
+    let (_, again) = c.revoke_runner("tn_1", "rn_1", 950).await.unwrap().unwrap();
+    assert!(again.is_none(), "revoked once");
+    assert_eq!(c.revoke_runner("tn_2", "rn_2", 950).await.unwrap(), None);
+    assert_eq!(
+        c.runner_connected("rn_1", &hello(), "connected", 1000)
+            .await
+            .unwrap(),
+        ConnectOutcome::Refused
+    );
+    assert_eq!(
+        c.runner_disconnected("rn_1", 1000, "x", 1000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        c.runner_by_credential("cred_rn_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    let history: Vec<_> = c
+        .health_history("tn_1", "rn_1")
+        .await
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|h| (h.at, h.health))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (100, Health::Active),
+            (600, Health::Unreachable),
+            (900, Health::Revoked)
+        ]
+    );
+    assert_eq!(c.health_history("tn_2", "rn_1").await.unwrap(), None);
+}
+
+async fn api_tokens_die_with_revocation_expiry_and_their_creator(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    let ada = UserRow {
+        role: Role::Admin,
+        ..ada("tn_1")
+    };
+    s.users.create_user(&ada).await.unwrap();
+    let c = &s.control;
+    let token = |id: &str, user: Option<&str>, expires_at: Option<i64>| ApiTokenRow {
+        id: id.into(),
+        tenant_id: "tn_1".into(),
+        label: Some(format!("label {id}")),
+        created_at: 10,
+        created_by_user: user.map(str::to_owned),
+        created_by: user.map_or("api token".into(), |u| format!("user {u}")),
+        expires_at,
+    };
+    c.create_api_token(&token("at_user", Some(&ada.id), None), "h_user")
+        .await
+        .unwrap();
+    c.create_api_token(&token("at_exp", None, Some(100)), "h_exp")
+        .await
+        .unwrap();
+    let auth = c.api_token_auth("h_user", 50).await.unwrap().unwrap();
+    assert_eq!(
+        (auth.tenant_id.as_str(), auth.created_by_user.as_deref()),
+        ("tn_1", Some(ada.id.as_str()))
+    );
+    assert_eq!(
+        c.api_token_auth("h_nope", 50).await.unwrap(),
+        Err(TokenRefusal::Unknown)
+    );
+    assert_eq!(
+        c.api_token_auth("h_exp", 100).await.unwrap(),
+        Err(TokenRefusal::Expired)
+    );
+    assert_eq!(c.api_token_check("h_exp", 50).await.unwrap(), Ok(Some(100)));
+    s.users
+        .update_user("tn_1", "ada", Some(Role::Operator), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.api_token_check("h_user", 50).await.unwrap(),
+        Err(TokenRefusal::CreatorGone)
+    );
+    s.users
+        .update_user("tn_1", "ada", Some(Role::Admin), None)
+        .await
+        .unwrap();
+    assert_eq!(c.api_token_check("h_user", 50).await.unwrap(), Ok(None));
+    // The tenant's initial token (from the seed) has no user behind it.
+    let initial = "h_tn_1";
+    let creds = c.watch_credentials();
+    c.api_token_auth(initial, 1_000).await.unwrap().unwrap();
+    c.api_token_auth(initial, 30_000).await.unwrap().unwrap();
+    let used = |list: &[tether_server::db::ApiTokenInfo]| {
+        list.iter()
+            .find(|t| t.id == "at_tn_1")
+            .unwrap()
+            .last_used_at
+    };
+    assert_eq!(
+        used(&c.list_api_tokens("tn_1").await.unwrap()),
+        Some(1_000),
+        "at most once a minute"
+    );
+    let info = c
+        .revoke_api_token("tn_1", "at_tn_1", "by test", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (info.state(61), info.revoked_reason.as_deref()),
+        ("revoked", Some("by test"))
+    );
+    assert!(
+        creds.has_changed().unwrap(),
+        "a revocation wakes the credential watchers"
+    );
+    assert_eq!(
+        c.api_token_auth(initial, 70).await.unwrap(),
+        Err(TokenRefusal::Revoked)
+    );
+    assert_eq!(
+        c.revoke_api_token("tn_2", "at_exp", "x", 60).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        c.api_token_name("h_user").await.unwrap().as_deref(),
+        Some("at_user (label at_user)")
+    );
+    let states: Vec<_> = c
+        .list_api_tokens("tn_1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| (t.id.clone(), t.state(200)))
+        .collect();
+    assert_eq!(states.len(), 3, "{states:?}");
+    assert!(states.contains(&("at_exp".into(), "expired")), "{states:?}");
+    assert!(states.contains(&("at_user".into(), "active")), "{states:?}");
+}
+
+fn container(id: &str, name: &str) -> tether::protocol::ContainerSummary {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "name": name, "image": "alpine", "state": "running", "status": "Up",
+        "created": 1, "ports": [], "labels": {}
+    }))
+    .unwrap()
+}
+
+async fn fingerprints_drift_docker_state_and_containers(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    s.runner("tn_1", "rn_1").await;
+    let c = &s.control;
+    assert_eq!(c.fingerprint("tn_1", "rn_1").await.unwrap(), Some(None));
+    assert_eq!(c.fingerprint("tn_2", "rn_1").await.unwrap(), None);
+    let write = |body: &str, drift: Vec<(i64, String)>| {
+        let body = body.to_owned();
+        Box::new(move |_: Option<&str>| {
+            Some(FingerprintWrite {
+                body,
+                notes: "[]".into(),
+                collected_at: 5,
+                updated_at: 6,
+                drift,
+            })
+        }) as tether_server::db::control::FingerprintDecision
+    };
+    c.update_fingerprint("rn_1", write("{\"a\":1}", vec![]))
+        .await
+        .unwrap();
+    c.update_fingerprint(
+        "rn_1",
+        write("{\"a\":2}", vec![(7, "c1".into()), (8, "c2".into())]),
+    )
+    .await
+    .unwrap();
+    // The decision sees what is stored; None writes nothing.
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    c.update_fingerprint(
+        "rn_1",
+        Box::new(move |stored| {
+            *seen2.lock().unwrap() = stored.map(str::to_owned);
+            None
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("{\"a\":2}"));
+    assert_eq!(
+        c.fingerprint("tn_1", "rn_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .body,
+        "{\"a\":2}"
+    );
+    let drift: Vec<_> = c
+        .drift("tn_1", "rn_1", 8)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.change)
+        .collect();
+    assert_eq!(drift, ["c2"]);
+
+    assert_eq!(c.docker_state("rn_1").await.unwrap(), None);
+    let state: tether::protocol::DockerState =
+        serde_json::from_value(serde_json::json!({"available": true, "version": "24.0"})).unwrap();
+    let row = DockerStateRow {
+        state,
+        updated_at: 9,
+    };
+    c.set_docker_state("rn_1", &row).await.unwrap();
+    assert_eq!(c.docker_state("rn_1").await.unwrap(), Some(row));
+
+    assert_eq!(
+        c.containers("tn_1", "rn_1").await.unwrap().unwrap().as_of,
+        None
+    );
+    c.replace_containers(
+        "rn_1",
+        &[container("b", "zeta"), container("a", "alpha")],
+        10,
+    )
+    .await
+    .unwrap();
+    let event = |id: &str, action: &str, after: Option<tether::protocol::ContainerSummary>| {
+        let mut e: tether::protocol::ContainerEvent = serde_json::from_value(serde_json::json!({
+            "time_nano": 1, "action": action, "container_id": id
+        }))
+        .unwrap();
+        e.container = after;
+        e
+    };
+    c.record_container_event(
+        "rn_1",
+        &event("c", "start", Some(container("c", "mid"))),
+        20,
+    )
+    .await
+    .unwrap();
+    c.record_container_event("rn_1", &event("a", "destroy", None), 30)
+        .await
+        .unwrap();
+    let view = c.containers("tn_1", "rn_1").await.unwrap().unwrap();
+    assert_eq!(view.as_of, Some(30));
+    let names: Vec<_> = view.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["mid", "zeta"], "sorted by name");
+    let events: Vec<_> = c
+        .container_events("tn_1", "rn_1", 25)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.at, e.event.action))
+        .collect();
+    assert_eq!(events, [(30, "destroy".to_owned())]);
+    assert_eq!(c.containers("tn_2", "rn_1").await.unwrap(), None);
+    assert_eq!(c.container_events("tn_2", "rn_1", 0).await.unwrap(), None);
+}
+
+fn ada(tenant: &str) -> UserRow {
+    UserRow {
+        id: format!("us_{tenant}"),
+        tenant_id: tenant.into(),
+        name: "ada".into(),
+        password_hash: "$argon2id$x".into(),
+        role: Role::Viewer,
+        created_at: 5,
+    }
+}
+
+async fn users_are_unique_per_tenant_and_roles_round_trip(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    s.tenant("tn_2", "other").await;
+    let u = ada("tn_1");
+    s.users.create_user(&u).await.unwrap();
+    assert!(matches!(
+        s.users.create_user(&u).await,
+        Err(StorageError::Conflict(_))
+    ));
+    // The same name in another tenant is another user.
+    s.users.create_user(&ada("tn_2")).await.unwrap();
+    assert_eq!(s.users.user("tn_1", "ada").await.unwrap(), Some(u.clone()));
+    assert_eq!(s.users.user("tn_1", "bob").await.unwrap(), None);
+    assert_eq!(s.users.user("tn_3", "ada").await.unwrap(), None);
+    assert!(s
+        .users
+        .update_user("tn_1", "ada", Some(Role::Admin), None)
+        .await
+        .unwrap());
+    let listed = s.users.list_users("tn_1").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].role, Role::Admin);
+    assert_eq!(
+        s.users.list_users("tn_2").await.unwrap()[0].role,
+        Role::Viewer
+    );
+    assert!(!s
+        .users
+        .update_user("tn_1", "bob", Some(Role::Admin), None)
+        .await
+        .unwrap());
+    assert!(s.users.delete_user("tn_2", "ada").await.unwrap());
+    assert!(s.users.list_users("tn_2").await.unwrap().is_empty());
+    assert_eq!(s.users.list_users("tn_1").await.unwrap().len(), 1);
+}
+
+async fn sessions_expire_and_die_with_password_change_or_user(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    let u = ada("tn_1");
+    s.users.create_user(&u).await.unwrap();
+    let creds = s.control.watch_credentials();
+    s.users
+        .create_session("sh", &u.id, "csrf", 10, 100)
+        .await
+        .unwrap();
+    let got = s.users.session("sh", 50).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.tenant_name.as_str(),
+            got.csrf_token.as_str(),
+            got.expires_at
+        ),
+        ("acme", "csrf", 100)
+    );
+    assert_eq!(got.user, u);
+    assert_eq!(
+        s.users.session("sh", 100).await.unwrap(),
+        None,
+        "expired at 100"
+    );
+    // A role change keeps the session but shows at once.
+    s.users
+        .update_user("tn_1", "ada", Some(Role::Operator), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.users.session("sh", 50).await.unwrap().unwrap().user.role,
+        Role::Operator
+    );
+    s.users
+        .update_user("tn_1", "ada", None, Some("y"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.users.session("sh", 50).await.unwrap(),
+        None,
+        "a password change ends sessions"
+    );
+    // A login sweeps expired sessions; a logout ends its own.
+    s.users
+        .create_session("old", &u.id, "c", 1, 20)
+        .await
+        .unwrap();
+    s.users
+        .create_session("sh2", &u.id, "c", 30, 100)
+        .await
+        .unwrap();
+    s.users
+        .create_session("sh3", &u.id, "c", 30, 100)
+        .await
+        .unwrap();
+    s.users.delete_session("sh3").await.unwrap();
+    assert_eq!(s.users.session("sh3", 50).await.unwrap(), None);
+    assert!(s.users.session("sh2", 50).await.unwrap().is_some());
+    assert!(s.users.delete_user("tn_1", "ada").await.unwrap());
+    assert_eq!(s.users.session("sh2", 50).await.unwrap(), None);
+    assert!(!s.users.delete_user("tn_1", "ada").await.unwrap());
+    // Each change that takes authority away woke the credential watchers.
+    assert!(creds.has_changed().unwrap());
+}
+
+fn audit_row(id: &str, runner: &str, opened: i64) -> TerminalAuditRow {
+    TerminalAuditRow {
+        id: id.into(),
+        runner_id: runner.into(),
+        target: "host".into(),
+        who: "tok_1 (ops)".into(),
+        client: "127.0.0.1:5000".into(),
+        opened_ms: opened,
+        closed_ms: None,
+        reason: None,
+        bytes_in: 0,
+        bytes_out: 0,
+    }
+}
+
+async fn terminal_audit_is_recorded_completed_once_and_scoped(s: Under) {
+    s.audit
+        .terminal_opened("tn_1", &audit_row("tm_1", "rn_1", 1000))
+        .await
+        .unwrap();
+    s.audit
+        .terminal_opened("tn_1", &audit_row("tm_2", "rn_2", 2000))
+        .await
+        .unwrap();
+    s.audit
+        .terminal_closed("tm_1", 5000, "exited 0", 12, 345)
+        .await
+        .unwrap();
+    // A second close does not overwrite the first.
+    s.audit
+        .terminal_closed("tm_1", 9000, "again", 0, 0)
+        .await
+        .unwrap();
+    let rows = s.audit.terminal_audit("tn_1", None, 10).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["tm_2", "tm_1"],
+        "newest first"
+    );
+    let closed = &rows[1];
+    assert_eq!(closed.closed_ms, Some(5000));
+    assert_eq!(closed.reason.as_deref(), Some("exited 0"));
+    assert_eq!((closed.bytes_in, closed.bytes_out), (12, 345));
+    assert_eq!(rows[0].closed_ms, None);
+    assert_eq!(
+        s.audit.terminal_audit("tn_1", None, 1).await.unwrap().len(),
+        1
+    );
+    assert!(s
+        .audit
+        .terminal_audit("tn_2", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let one = s
+        .audit
+        .terminal_audit("tn_1", Some("rn_1"), 10)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, "tm_1");
+    assert!(s
+        .audit
+        .terminal_audit("tn_1", Some("rn_9"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn update_policies_groups_and_reports(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    s.tenant("tn_2", "other").await;
+    s.runner("tn_1", "rn_a").await;
+    s.runner("tn_1", "rn_b").await;
+    let policy = |group: &str, version: &str, canary: u8| UpdatePolicy {
+        group: group.into(),
+        version: version.into(),
+        canary_percent: canary,
+        updated_at: 10,
+    };
+    assert_eq!(
+        s.updates.update_policy_for("tn_1", "rn_a").await.unwrap(),
+        None
+    );
+    s.updates
+        .set_update_policy("tn_1", &policy("", "1.1.0", 100))
+        .await
+        .unwrap();
+    s.updates
+        .set_update_policy("tn_1", &policy("edge", "1.2.0", 10))
+        .await
+        .unwrap();
+    // Setting again replaces.
+    s.updates
+        .set_update_policy("tn_1", &policy("edge", "1.2.1", 25))
+        .await
+        .unwrap();
+    let all = s.updates.update_policies("tn_1").await.unwrap();
+    assert_eq!(all, [policy("", "1.1.0", 100), policy("edge", "1.2.1", 25)]);
+    assert!(s.updates.update_policies("tn_2").await.unwrap().is_empty());
+
+    assert_eq!(
+        s.updates.runner_group("rn_a").await.unwrap().as_deref(),
+        Some("")
+    );
+    assert_eq!(s.updates.runner_group("rn_none").await.unwrap(), None);
+    assert!(s
+        .updates
+        .set_runner_group("tn_1", "rn_a", "edge")
+        .await
+        .unwrap());
+    assert!(
+        !s.updates
+            .set_runner_group("tn_2", "rn_b", "edge")
+            .await
+            .unwrap(),
+        "another tenant's runner"
+    );
+    assert_eq!(
+        s.updates.update_policy_for("tn_1", "rn_a").await.unwrap(),
+        Some(("edge".into(), policy("edge", "1.2.1", 25)))
+    );
+    assert_eq!(
+        s.updates.update_policy_for("tn_1", "rn_b").await.unwrap(),
+        Some((String::new(), policy("", "1.1.0", 100))),
+        "no group: the tenant's default"
+    );
+    assert!(s.updates.clear_update_policy("tn_1", "edge").await.unwrap());
+    assert!(!s.updates.clear_update_policy("tn_1", "edge").await.unwrap());
+    assert_eq!(
+        s.updates.update_policy_for("tn_1", "rn_a").await.unwrap(),
+        Some(("edge".into(), policy("", "1.1.0", 100))),
+        "its group's policy gone: the tenant's default"
+    );
+
+    let status = |state: &str, took: Option<u64>| UpdateStatus {
+        version: "1.1.0".into(),
+        state: state.into(),
+        from_version: "1.0.0".into(),
+        reason: (state != "installed").then(|| "why".to_owned()),
+        at_ms: 0,
+        took_ms: took,
+    };
+    s.updates
+        .record_update_report("rn_a", 100, &status("downloading", None))
+        .await
+        .unwrap();
+    s.updates
+        .record_update_report("rn_a", 200, &status("installed", Some(1234)))
+        .await
+        .unwrap();
+    let reports = s.updates.update_reports("rn_a").await.unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!((reports[0].at, reports[1].at), (100, 200), "oldest first");
+    assert_eq!(reports[1].status, status("installed", Some(1234)));
+    assert_eq!(reports[0].status.reason.as_deref(), Some("why"));
+    assert!(s.updates.update_reports("rn_b").await.unwrap().is_empty());
+}
+
+/// The migration runner: a second connect (another replica, a restart)
+/// applies nothing again, and several at once agree.
+#[tokio::test]
+async fn postgres_migrations_apply_once_even_when_replicas_start_together() {
+    let url = pg::fresh_database().await;
+    let starts = (0..3).map(|_| Postgres::connect(&url));
+    let dbs: Vec<_> = futures_util::future::join_all(starts).await;
+    for db in &dbs {
+        let applied = db.as_ref().unwrap().applied_migrations().await.unwrap();
+        assert_eq!(applied, (1..=applied.len() as i32).collect::<Vec<_>>());
+        assert!(!applied.is_empty());
+    }
+    let again = Postgres::connect(&url).await.unwrap();
+    assert_eq!(
+        again.applied_migrations().await.unwrap(),
+        dbs[0].as_ref().unwrap().applied_migrations().await.unwrap()
+    );
+    assert!(matches!(
+        Postgres::connect("postgres://tether@127.0.0.1:1/none").await,
+        Err(StorageError::Backend(_))
+    ));
+}
