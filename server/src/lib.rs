@@ -23,6 +23,7 @@
 //! updates/    releases, update policy, install script
 //! ```
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod common;

@@ -20,6 +20,7 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 
 use self::edge::{Edge, EdgeConfig};
+use crate::alerts::Alerts;
 use crate::common::error::ApiError;
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
@@ -111,6 +112,8 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
+    /// Alert rules, their engine and the notification channels (`alerts/`).
+    pub alerts: Arc<Alerts>,
 }
 
 impl AppState {
@@ -134,7 +137,9 @@ impl AppState {
         let registry = Arc::new(Registry::new(health.clone()));
         let metrics_writer = MetricsWriter::start(metrics.clone(), tuning.metrics_flush);
         let containers = Arc::new(ContainerHub::new(storage.clone()));
+        let alerts = Alerts::in_memory(&storage, &secrets, &health, &containers);
         AppState {
+            alerts,
             containers,
             logs,
             jobs,
@@ -165,6 +170,23 @@ impl AppState {
     pub fn with_edge(mut self, config: EdgeConfig) -> AppState {
         self.passwords = Arc::new(users::Passwords::new(config.hash_queue, config.hash_wait));
         self.edge = Arc::new(Edge::new(config));
+        self
+    }
+
+    /// Alerts kept in `store` (`alerts.db`), delivered with `tuning`.
+    pub fn with_alerts(
+        mut self,
+        store: Arc<dyn crate::alerts::store::AlertStore>,
+        tuning: crate::alerts::notify::Tuning,
+    ) -> AppState {
+        self.alerts = Alerts::start(
+            store,
+            self.storage.clone(),
+            self.secrets.clone(),
+            self.health.subscribe(),
+            self.containers.subscribe(),
+            tuning,
+        );
         self
     }
 
@@ -328,6 +350,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runners/{id}/group", put(updates::set_group))
         .route("/api/v1/runners/{id}/updates", get(updates::runner_updates))
         .route("/api/v1/events", get(events::follow))
+        .merge(crate::alerts::api::routes())
         // The dashboard (`app/web.rs`) and its logins and users (`users/mod.rs`).
         .route("/", get(web::index))
         .route("/ui/{*path}", get(web::file))

@@ -262,6 +262,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Tuning::default(),
     )
     .with_releases(releases)
+    .with_alerts(
+        Arc::new(crate::alerts::store::SqliteAlerts::open(
+            &data.join("alerts.db"),
+        )?),
+        crate::alerts::notify::Tuning {
+            allow_private: args.alert_private_targets,
+            ..Default::default()
+        },
+    )
     .with_quotas(args.quotas.quotas())
     .with_edge(edge);
     let stale = state.health.server_restarted()?;

@@ -190,6 +190,10 @@ impl Connection {
                     self.state.job_hub.send(JobUpdate::Status {
                         seq: i64::from(r.channel),
                     });
+                    let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
+                    self.state
+                        .alerts
+                        .job_ended(&self.state.jobs, tenant, runner, &r);
                 }
             }
             Err(e) => {

@@ -177,7 +177,15 @@ impl Connection {
         })
         .await;
         let sends = match stored {
-            Ok((batch, Ok(()))) => self.logs.stored(&batch),
+            Ok((batch, Ok(()))) => {
+                for (_, _, b) in &batch {
+                    let tenant = &self.runner.tenant_id;
+                    self.state
+                        .alerts
+                        .log_lines(tenant, &b.runner_id, &b.container, &b.data);
+                }
+                self.logs.stored(&batch)
+            }
             Ok((batch, Err(e))) => {
                 tracing::error!(runner = %self.runner.id, "storing container logs: {e}");
                 self.resync_at = Instant::now() + RESYNC_EVERY;
