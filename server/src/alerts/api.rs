@@ -389,7 +389,7 @@ async fn ack(
     caller: Caller,
     State(state): State<AppState>,
     JsonBody(b): JsonBody<AckBody>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<Ack>, ApiError> {
     let tenant = caller.tenant()?;
     if b.comment.len() > MAX_TEXT || b.rule_id.len() > MAX_TEXT || b.target.len() > 2 * MAX_TEXT {
         return Err(ApiError::bad_request(format!(
@@ -410,7 +410,7 @@ async fn ack(
             "no firing alert with this rule_id and target",
         ));
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(ack))
 }
 
 async fn history(
