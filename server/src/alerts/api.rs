@@ -24,11 +24,11 @@ use serde_json::{json, Value};
 
 use super::notify::{seal_name, ChannelConfig, Notification};
 use super::rules::{Rule, RuleSpec, Silence, SilenceSpec, MAX_RULES, MAX_TEXT};
-use super::store::{Ack, ChannelRow};
 use crate::app::AppState;
 use crate::common::auth::{new_id, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::alerts::{Ack, ChannelRow};
 use crate::runners::api::{query, JsonBody};
 
 /// Channels per tenant.
@@ -79,7 +79,7 @@ async fn list_rules(
     caller: Caller,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let rules = state.alerts.store.rules(caller.tenant()?)?;
+    let rules = state.alerts.store.rules(caller.tenant()?).await?;
     Ok(Json(json!({ "rules": rules })))
 }
 
@@ -88,7 +88,7 @@ async fn get_rule(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Rule>, ApiError> {
-    let rules = state.alerts.store.rules(caller.tenant()?)?;
+    let rules = state.alerts.store.rules(caller.tenant()?).await?;
     rules
         .into_iter()
         .find(|r| r.id == id || r.spec.name == id)
@@ -96,9 +96,9 @@ async fn get_rule(
         .ok_or_else(|| ApiError::not_found(format!("no alert rule {id:?}")))
 }
 
-fn check_rule(state: &AppState, tenant: &str, spec: &RuleSpec) -> Result<(), ApiError> {
+async fn check_rule(state: &AppState, tenant: &str, spec: &RuleSpec) -> Result<(), ApiError> {
     spec.check().map_err(ApiError::bad_request)?;
-    let channels = state.alerts.store.channels(tenant)?;
+    let channels = state.alerts.store.channels(tenant).await?;
     for c in &spec.channels {
         if !channels.iter().any(|ch| ch.id == *c) {
             return Err(ApiError::bad_request(format!(
@@ -115,8 +115,8 @@ async fn create_rule(
     JsonBody(spec): JsonBody<RuleSpec>,
 ) -> Result<(StatusCode, Json<Rule>), ApiError> {
     let tenant = caller.tenant()?;
-    check_rule(&state, tenant, &spec)?;
-    let rules = state.alerts.store.rules(tenant)?;
+    check_rule(&state, tenant, &spec).await?;
+    let rules = state.alerts.store.rules(tenant).await?;
     if rules.len() >= MAX_RULES {
         return Err(ApiError::conflict(format!(
             "at most {MAX_RULES} alert rules per tenant"
@@ -133,7 +133,7 @@ async fn create_rule(
         tenant: tenant.to_owned(),
         spec,
     };
-    state.alerts.store.put_rule(&rule, clock::now_ms())?;
+    state.alerts.store.put_rule(&rule, clock::now_ms()).await?;
     state.alerts.rules_changed(tenant);
     Ok((StatusCode::CREATED, Json(rule)))
 }
@@ -145,8 +145,8 @@ async fn put_rule(
     JsonBody(spec): JsonBody<RuleSpec>,
 ) -> Result<Json<Rule>, ApiError> {
     let tenant = caller.tenant()?;
-    check_rule(&state, tenant, &spec)?;
-    let rules = state.alerts.store.rules(tenant)?;
+    check_rule(&state, tenant, &spec).await?;
+    let rules = state.alerts.store.rules(tenant).await?;
     let Some(old) = rules.iter().find(|r| r.id == id) else {
         return Err(ApiError::not_found(format!("no alert rule {id:?}")));
     };
@@ -164,7 +164,7 @@ async fn put_rule(
         tenant: tenant.to_owned(),
         spec,
     };
-    state.alerts.store.put_rule(&rule, clock::now_ms())?;
+    state.alerts.store.put_rule(&rule, clock::now_ms()).await?;
     state.alerts.rules_changed(tenant);
     Ok(Json(rule))
 }
@@ -175,11 +175,11 @@ async fn delete_rule(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
-    let rules = state.alerts.store.rules(tenant)?;
+    let rules = state.alerts.store.rules(tenant).await?;
     let Some(rule) = rules.iter().find(|r| r.id == id || r.spec.name == id) else {
         return Err(ApiError::not_found(format!("no alert rule {id:?}")));
     };
-    state.alerts.store.delete_rule(tenant, &rule.id)?;
+    state.alerts.store.delete_rule(tenant, &rule.id).await?;
     state.alerts.rules_changed(tenant);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -205,7 +205,7 @@ async fn list_channels(
     caller: Caller,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let rows = state.alerts.store.channels(caller.tenant()?)?;
+    let rows = state.alerts.store.channels(caller.tenant()?).await?;
     Ok(Json(
         json!({ "channels": rows.iter().map(channel_view).collect::<Vec<_>>() }),
     ))
@@ -247,13 +247,13 @@ async fn create_channel(
     JsonBody(body): JsonBody<ChannelBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant_admin()?;
-    if state.alerts.store.channels(tenant)?.len() >= MAX_CHANNELS {
+    if state.alerts.store.channels(tenant).await?.len() >= MAX_CHANNELS {
         return Err(ApiError::conflict(format!(
             "at most {MAX_CHANNELS} alert channels per tenant"
         )));
     }
     let row = seal_channel(&state, tenant, new_id("ac_")?, &body, clock::now_ms())?;
-    if !state.alerts.store.put_channel(&row)? {
+    if !state.alerts.store.put_channel(&row).await? {
         return Err(ApiError::conflict(format!(
             "an alert channel is already named {:?}",
             body.name
@@ -269,11 +269,11 @@ async fn put_channel(
     JsonBody(body): JsonBody<ChannelBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant_admin()?;
-    let Some(old) = state.alerts.store.channel(tenant, &id)? else {
+    let Some(old) = state.alerts.store.channel(tenant, &id).await? else {
         return Err(ApiError::not_found(format!("no alert channel {id:?}")));
     };
     let row = seal_channel(&state, tenant, old.id, &body, old.created_ms)?;
-    if !state.alerts.store.put_channel(&row)? {
+    if !state.alerts.store.put_channel(&row).await? {
         return Err(ApiError::conflict(format!(
             "an alert channel is already named {:?}",
             body.name
@@ -288,13 +288,14 @@ async fn delete_channel(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant_admin()?;
-    let Some(ch) = state.alerts.store.channel(tenant, &id)? else {
+    let Some(ch) = state.alerts.store.channel(tenant, &id).await? else {
         return Err(ApiError::not_found(format!("no alert channel {id:?}")));
     };
     let used: Vec<String> = state
         .alerts
         .store
-        .rules(tenant)?
+        .rules(tenant)
+        .await?
         .into_iter()
         .filter(|r| r.spec.channels.contains(&ch.id))
         .map(|r| r.spec.name)
@@ -305,7 +306,7 @@ async fn delete_channel(
             used.join(", ")
         )));
     }
-    state.alerts.store.delete_channel(tenant, &ch.id)?;
+    state.alerts.store.delete_channel(tenant, &ch.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -315,7 +316,7 @@ async fn test_channel(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
-    let Some(ch) = state.alerts.store.channel(tenant, &id)? else {
+    let Some(ch) = state.alerts.store.channel(tenant, &id).await? else {
         return Err(ApiError::not_found(format!("no alert channel {id:?}")));
     };
     let n = Notification {
@@ -361,18 +362,18 @@ async fn deliveries(
 ) -> Result<Json<Value>, ApiError> {
     let p = query(p)?;
     let tenant = caller.tenant()?;
-    let Some(ch) = state.alerts.store.channel(tenant, &id)? else {
+    let Some(ch) = state.alerts.store.channel(tenant, &id).await? else {
         return Err(ApiError::not_found(format!("no alert channel {id:?}")));
     };
     let limit = p.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let rows = state.alerts.store.deliveries(tenant, &ch.id, limit)?;
+    let rows = state.alerts.store.deliveries(tenant, &ch.id, limit).await?;
     Ok(Json(json!({ "deliveries": rows })))
 }
 
 // ---- alerts, ack, history -------------------------------------------------------------
 
 async fn firing(caller: Caller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rows = state.alerts.store.alerts(caller.tenant()?)?;
+    let rows = state.alerts.store.alerts(caller.tenant()?).await?;
     Ok(Json(json!({ "alerts": rows })))
 }
 
@@ -404,7 +405,8 @@ async fn ack(
     if !state
         .alerts
         .store
-        .ack(tenant, &b.rule_id, &b.target, &ack)?
+        .ack(tenant, &b.rule_id, &b.target, &ack)
+        .await?
     {
         return Err(ApiError::not_found(
             "no firing alert with this rule_id and target",
@@ -423,7 +425,8 @@ async fn history(
     let rows = state
         .alerts
         .store
-        .history(caller.tenant()?, p.before.unwrap_or(i64::MAX), limit)?;
+        .history(caller.tenant()?, p.before.unwrap_or(i64::MAX), limit)
+        .await?;
     Ok(Json(json!({ "history": rows })))
 }
 
@@ -433,7 +436,7 @@ async fn list_silences(
     caller: Caller,
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    let rows = state.alerts.store.silences(caller.tenant()?)?;
+    let rows = state.alerts.store.silences(caller.tenant()?).await?;
     Ok(Json(json!({ "silences": rows })))
 }
 
@@ -444,7 +447,7 @@ async fn create_silence(
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
     let tenant = caller.tenant()?;
     spec.check().map_err(ApiError::bad_request)?;
-    if state.alerts.store.silences(tenant)?.len() >= MAX_SILENCES {
+    if state.alerts.store.silences(tenant).await?.len() >= MAX_SILENCES {
         return Err(ApiError::conflict(format!(
             "at most {MAX_SILENCES} silences per tenant"
         )));
@@ -455,7 +458,7 @@ async fn create_silence(
         created_by: who(&caller),
         spec,
     };
-    state.alerts.store.put_silence(&s)?;
+    state.alerts.store.put_silence(&s).await?;
     state.alerts.silences_changed();
     Ok((StatusCode::CREATED, Json(s)))
 }
@@ -465,7 +468,12 @@ async fn delete_silence(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.alerts.store.delete_silence(caller.tenant()?, &id)? {
+    if !state
+        .alerts
+        .store
+        .delete_silence(caller.tenant()?, &id)
+        .await?
+    {
         return Err(ApiError::not_found(format!("no silence {id:?}")));
     }
     state.alerts.silences_changed();

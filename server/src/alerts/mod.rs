@@ -15,7 +15,8 @@
 //! ```
 //!
 //! - `rules.rs`: the decision core (pure; its module doc draws the state machine).
-//! - `store.rs`: the SQL, behind [`store::AlertStore`].
+//! - `db/alerts.rs` (the `AlertStore` trait) and `db/sqlite/alerts.rs`
+//!   (its SQL, `alerts.db`): rules, channels, states, history, silences.
 //! - `notify.rs`: channel kinds, delivery, retries, the delivery log.
 //! - `api.rs`: REST.
 //!
@@ -23,15 +24,15 @@
 //! queue ([`QUEUE`]); when it is full, observations are dropped and
 //! counted (logged once per 1,000). Metrics are decoded for the engine only
 //! when the tenant has a metric rule. Runner names and groups are read
-//! from `storage/` and cached for [`RUNNER_TTL`].
+//! from `db/` and cached for [`RUNNER_TTL`].
 //!
-//! Seams used: `telemetry::store::decode_values` (the stored form of a
-//! metrics record), `jobs::store` (a job's label when its result comes).
+//! No other feature is imported but through the broadcasts above
+//! (`runners::health`, `containers`); a job's label is read from `db.jobs`
+//! by the engine, not by the hook.
 
 pub mod api;
 pub mod notify;
 pub mod rules;
-pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,11 +43,11 @@ use tokio::sync::{broadcast, mpsc};
 
 use self::notify::{Notification, Notifier};
 use self::rules::{Evaluator, Kind, Observation, Rule, RunnerInfo, Silence, State, Transition};
-use self::store::{AlertRow, AlertStore};
 use crate::common::clock;
 use crate::common::secrets::SecretBox;
 use crate::containers::ContainerEventRecord;
-use crate::storage::{Health, HealthRecord, Storage};
+use crate::db::alerts::{AlertRow, AlertStore};
+use crate::db::{Db, Health, HealthRecord};
 
 /// Observations queued for the engine before new ones are dropped.
 pub const QUEUE: usize = 8192;
@@ -72,6 +73,13 @@ enum Input {
         runner: String,
         values: Vec<u8>,
     },
+    JobEnded {
+        tenant: String,
+        runner: String,
+        channel: u32,
+        status: String,
+        reason: String,
+    },
     RulesChanged {
         tenant: String,
     },
@@ -93,14 +101,14 @@ impl Alerts {
     /// Loads rules and live states and starts the engine task (when called
     /// inside a Tokio runtime; without one, hooks are accepted and dropped).
     pub fn start(
-        store: Arc<dyn AlertStore>,
-        storage: Arc<Storage>,
+        db: Db,
         secrets: Arc<SecretBox>,
-        health: broadcast::Receiver<Arc<HealthRecord>>,
-        containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
+        health: &crate::runners::health::HealthLog,
+        containers: &crate::containers::ContainerHub,
         tuning: notify::Tuning,
     ) -> Arc<Alerts> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let store = db.alerts.clone();
         let notifier = Arc::new(Notifier::new(store.clone(), secrets, tuning));
         let alerts = Arc::new(Alerts {
             tx,
@@ -110,9 +118,9 @@ impl Alerts {
             metric_tenants: Mutex::default(),
             log_tenants: Mutex::default(),
         });
-        let mut engine = Engine {
+        let engine = Engine {
             store,
-            storage,
+            db,
             notifier,
             tenants: HashMap::new(),
             schemas: HashMap::new(),
@@ -121,7 +129,7 @@ impl Alerts {
             silences_read: None,
             alerts: Arc::downgrade(&alerts),
         };
-        engine.load();
+        let (health, containers) = (health.subscribe(), containers.subscribe());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(engine.run(rx, health, containers));
@@ -129,29 +137,6 @@ impl Alerts {
             Err(_) => tracing::warn!("alerts: no runtime, the engine is not running"),
         }
         alerts
-    }
-
-    /// Alerts in memory (tests and the default of `AppState::new`; `serve`
-    /// replaces them with `alerts.db` through `AppState::with_alerts`).
-    pub fn in_memory(
-        storage: &Arc<Storage>,
-        secrets: &Arc<SecretBox>,
-        health: &crate::runners::health::HealthLog,
-        containers: &crate::containers::ContainerHub,
-    ) -> Arc<Alerts> {
-        let store: Arc<dyn AlertStore> = match store::SqliteAlerts::open_in_memory() {
-            Ok(s) => Arc::new(s),
-            // An in-memory database cannot fail to open but for lack of memory.
-            Err(e) => panic!("alerts: in-memory store: {e}"),
-        };
-        Alerts::start(
-            store,
-            storage.clone(),
-            secrets.clone(),
-            health.subscribe(),
-            containers.subscribe(),
-            notify::Tuning::default(),
-        )
     }
 
     fn push(&self, input: Input) {
@@ -221,28 +206,15 @@ impl Alerts {
         }
     }
 
-    /// A job's result: looks up what it ran.
-    pub fn job_ended(
-        &self,
-        jobs: &crate::jobs::store::JobStore,
-        tenant: &str,
-        runner: &str,
-        r: &tether::protocol::JobResult,
-    ) {
-        let Ok(Some(job)) = jobs.job_by_seq(runner, i64::from(r.channel)) else {
-            return;
-        };
-        let deploy = job.spec.deploy.as_ref().map(|d| d.app.clone());
-        self.observe(
-            tenant,
-            runner,
-            Observation::Job {
-                deploy: deploy.is_some(),
-                label: deploy.unwrap_or(job.label),
-                status: r.status.clone(),
-                reason: r.reason.clone(),
-            },
-        );
+    /// A job's result (the engine looks up what it ran).
+    pub fn job_ended(&self, tenant: &str, runner: &str, r: &tether::protocol::JobResult) {
+        self.push(Input::JobEnded {
+            tenant: tenant.to_owned(),
+            runner: runner.to_owned(),
+            channel: r.channel,
+            status: r.status.clone(),
+            reason: r.reason.clone(),
+        });
     }
 
     /// Fingerprint changes recorded as drift.
@@ -305,7 +277,7 @@ struct Tenant {
 
 struct Engine {
     store: Arc<dyn AlertStore>,
-    storage: Arc<Storage>,
+    db: Db,
     notifier: Arc<Notifier>,
     tenants: HashMap<String, Tenant>,
     /// Per runner: the series of its metrics schema (name, scale).
@@ -317,8 +289,8 @@ struct Engine {
 }
 
 impl Engine {
-    fn load(&mut self) {
-        match self.store.all_rules() {
+    async fn load(&mut self) {
+        match self.store.all_rules().await {
             Ok(rules) => {
                 for r in rules {
                     self.tenant(&r.tenant.clone()).rules.push(r);
@@ -326,7 +298,7 @@ impl Engine {
             }
             Err(e) => tracing::error!("alerts: reading rules: {e}"),
         }
-        match self.store.all_alerts() {
+        match self.store.all_alerts().await {
             Ok(rows) => {
                 for a in rows {
                     self.tenant(&a.tenant.clone())
@@ -385,39 +357,40 @@ impl Engine {
         mut health: broadcast::Receiver<Arc<HealthRecord>>,
         mut containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
     ) {
+        self.load().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 input = rx.recv() => match input {
-                    Some(i) => self.on_input(i),
+                    Some(i) => self.on_input(i).await,
                     None => return,
                 },
                 h = health.recv() => match h {
                     Ok(h) => {
                         let obs = Observation::Health { up: h.health == Health::Active, reason: h.reason.clone() };
-                        self.on_observe(&h.tenant_id, &h.runner_id, &obs);
+                        self.on_observe(&h.tenant_id, &h.runner_id, &obs).await;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("alerts: {n} health changes missed (lagging)"),
                     Err(broadcast::error::RecvError::Closed) => health = broadcast::channel(1).1,
                 },
                 c = containers.recv() => match c {
-                    Ok(c) => self.on_container(&c),
+                    Ok(c) => self.on_container(&c).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("alerts: {n} container events missed (lagging)"),
                     Err(broadcast::error::RecvError::Closed) => containers = broadcast::channel(1).1,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => self.on_tick().await,
             }
         }
     }
 
-    fn on_input(&mut self, input: Input) {
+    async fn on_input(&mut self, input: Input) {
         match input {
             Input::Observe {
                 tenant,
                 runner,
                 obs,
-            } => self.on_observe(&tenant, &runner, &obs),
+            } => self.on_observe(&tenant, &runner, &obs).await,
             Input::Schema { runner, series } => {
                 self.schemas.insert(runner, Arc::new(series));
             }
@@ -430,7 +403,7 @@ impl Engine {
                     return;
                 };
                 let mut ints = Vec::new();
-                if crate::telemetry::store::decode_values(&values, &mut ints).is_err() {
+                if crate::db::metrics::decode_values(&values, &mut ints).is_err() {
                     return;
                 }
                 let values = schema
@@ -438,9 +411,30 @@ impl Engine {
                     .zip(ints)
                     .filter_map(|((name, scale), v)| v.map(|v| (name.clone(), v as f64 * scale)))
                     .collect();
-                self.on_observe(&tenant, &runner, &Observation::Metrics { values });
+                self.on_observe(&tenant, &runner, &Observation::Metrics { values })
+                    .await;
             }
-            Input::RulesChanged { tenant } => match self.store.rules(&tenant) {
+            Input::JobEnded {
+                tenant,
+                runner,
+                channel,
+                status,
+                reason,
+            } => {
+                let Ok(Some(job)) = self.db.jobs.job_by_seq(&runner, i64::from(channel)).await
+                else {
+                    return;
+                };
+                let deploy = job.spec.deploy.as_ref().map(|d| d.app.clone());
+                let obs = Observation::Job {
+                    deploy: deploy.is_some(),
+                    label: deploy.unwrap_or(job.label),
+                    status,
+                    reason,
+                };
+                self.on_observe(&tenant, &runner, &obs).await;
+            }
+            Input::RulesChanged { tenant } => match self.store.rules(&tenant).await {
                 Ok(rules) => {
                     let t = self.tenant(&tenant);
                     let gone: Vec<String> = t
@@ -461,7 +455,7 @@ impl Engine {
         }
     }
 
-    fn on_container(&mut self, c: &ContainerEventRecord) {
+    async fn on_container(&mut self, c: &ContainerEventRecord) {
         let e = &c.event;
         let name = e
             .container
@@ -487,25 +481,29 @@ impl Engine {
             exit_code: e.attributes.get("exitCode").and_then(|c| c.parse().ok()),
             labels,
         };
-        self.on_observe(&c.tenant_id, &c.runner_id, &obs);
+        self.on_observe(&c.tenant_id, &c.runner_id, &obs).await;
     }
 
-    fn runner(&mut self, tenant: &str, id: &str) -> RunnerInfo {
+    async fn runner(&mut self, tenant: &str, id: &str) -> RunnerInfo {
         if let Some((info, at)) = self.runners.get(id) {
             if at.elapsed() < RUNNER_TTL {
                 return info.clone();
             }
         }
         let name = self
-            .storage
+            .db
+            .control
             .runner(tenant, id)
+            .await
             .ok()
             .flatten()
             .map(|r| r.name)
             .unwrap_or_default();
         let group = self
-            .storage
+            .db
+            .updates
             .runner_group(id)
+            .await
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -522,20 +520,20 @@ impl Engine {
         info
     }
 
-    fn on_observe(&mut self, tenant: &str, runner: &str, obs: &Observation) {
+    async fn on_observe(&mut self, tenant: &str, runner: &str, obs: &Observation) {
         if self.tenants.get(tenant).is_none_or(|t| t.rules.is_empty()) {
             return;
         }
-        let info = self.runner(tenant, runner);
+        let info = self.runner(tenant, runner).await;
         let now = clock::now_ms();
         let Some(t) = self.tenants.get_mut(tenant) else {
             return;
         };
         let out = t.eval.observe(&t.rules, &info, obs, now);
-        self.record(tenant, out);
+        self.record(tenant, out).await;
     }
 
-    fn on_tick(&mut self) {
+    async fn on_tick(&mut self) {
         let now = clock::now_ms();
         let tenants: Vec<String> = self
             .tenants
@@ -559,16 +557,16 @@ impl Engine {
                 })
             };
             let out = t.eval.tick(&t.rules, &lookup, now);
-            self.record(&tenant, out);
+            self.record(&tenant, out).await;
         }
     }
 
-    fn silenced(&mut self, tenant: &str, t: &Transition, now: i64) -> bool {
+    async fn silenced(&mut self, tenant: &str, t: &Transition, now: i64) -> bool {
         if self
             .silences_read
             .is_none_or(|at| at.elapsed() > SILENCE_TTL)
         {
-            match self.store.all_silences(now) {
+            match self.store.all_silences(now).await {
                 Ok(s) => self.silences = s,
                 Err(e) => tracing::error!("alerts: reading silences: {e}"),
             }
@@ -580,9 +578,9 @@ impl Engine {
     }
 
     /// Store each transition, then notify the rule's channels unless silenced.
-    fn record(&mut self, tenant: &str, out: Vec<Transition>) {
+    async fn record(&mut self, tenant: &str, out: Vec<Transition>) {
         for t in out {
-            let silenced = self.silenced(tenant, &t, t.at);
+            let silenced = self.silenced(tenant, &t, t.at).await;
             let row = AlertRow {
                 rule_id: t.rule_id.clone(),
                 target: format!("{}/{}", t.runner.id, t.subject),
@@ -594,7 +592,11 @@ impl Engine {
                 summary: t.summary.clone(),
                 ack: None,
             };
-            let seq = match self.store.transition(&row, silenced || !t.notify, t.at) {
+            let seq = match self
+                .store
+                .transition(&row, silenced || !t.notify, t.at)
+                .await
+            {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!("alerts: storing a transition: {e}");

@@ -35,9 +35,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::store::{AlertStore, ChannelRow, DeliveryRow};
 use crate::common::clock;
 use crate::common::secrets::SecretBox;
+use crate::db::alerts::{AlertStore, ChannelRow, DeliveryRow};
 
 /// Notifications queued per channel before new ones are dropped.
 pub const QUEUE: usize = 64;
@@ -594,7 +594,11 @@ impl Notifier {
         };
         let Some(tx) = tx else { return };
         if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
-            self.log(&job, 0, Err("dropped: the channel's queue is full".into()));
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.log(&job, 0, Err("dropped: the channel's queue is full".into()))
+                    .await
+            });
         }
     }
 
@@ -604,10 +608,11 @@ impl Notifier {
         }
     }
 
-    fn config(&self, tenant: &str, channel_id: &str) -> Result<ChannelConfig, String> {
+    async fn config(&self, tenant: &str, channel_id: &str) -> Result<ChannelConfig, String> {
         let row: ChannelRow = self
             .store
             .channel(tenant, channel_id)
+            .await
             .map_err(|e| format!("reading the channel: {e}"))?
             .ok_or("the channel was deleted")?;
         let plain = self
@@ -618,9 +623,9 @@ impl Notifier {
     }
 
     async fn deliver(&self, job: &Job) {
-        let cfg = match self.config(&job.tenant, &job.channel_id) {
+        let cfg = match self.config(&job.tenant, &job.channel_id).await {
             Ok(c) => c,
-            Err(e) => return self.log(job, 1, Err(e)),
+            Err(e) => return self.log(job, 1, Err(e)).await,
         };
         let t = self.tuning;
         for n in 1..=t.attempts.max(1) {
@@ -629,7 +634,7 @@ impl Notifier {
             if !ok && n == 1 {
                 tracing::warn!(channel = %job.channel_id, "alert delivery failed: {}", result.as_ref().err().map_or("", |s| s));
             }
-            self.log(job, n, result);
+            self.log(job, n, result).await;
             if ok || n == t.attempts {
                 return;
             }
@@ -641,7 +646,7 @@ impl Notifier {
         }
     }
 
-    fn log(&self, job: &Job, attempt: u32, result: Result<String, String>) {
+    async fn log(&self, job: &Job, attempt: u32, result: Result<String, String>) {
         let (ok, detail) = match result {
             Ok(d) => (true, d),
             Err(d) => (false, d),
@@ -655,7 +660,7 @@ impl Notifier {
             ok,
             detail: clip(&detail),
         };
-        if let Err(e) = self.store.delivery(&job.tenant, &row) {
+        if let Err(e) = self.store.delivery(&job.tenant, &row).await {
             tracing::error!("storing a delivery: {e}");
         }
     }

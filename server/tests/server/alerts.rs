@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::sync::Mutex;
 
 use tether_server::alerts::notify::Tuning as NotifyTuning;
-use tether_server::alerts::store::SqliteAlerts;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -17,15 +16,12 @@ use crate::util::*;
 const SECRET: &str = "hook-secret";
 
 fn alert_state() -> AppState {
-    state().with_alerts(
-        Arc::new(SqliteAlerts::open_in_memory().unwrap()),
-        NotifyTuning {
-            attempts: 3,
-            backoff: Duration::from_millis(100),
-            timeout: Duration::from_secs(2),
-            allow_private: true,
-        },
-    )
+    state().with_alert_tuning(NotifyTuning {
+        attempts: 3,
+        backoff: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        allow_private: true,
+    })
 }
 
 /// One request the receiver got: headers (lowercase names) and body.
@@ -393,13 +389,10 @@ async fn a_failing_channel_is_retried_and_a_hanging_one_blocks_no_other() {
 
 #[tokio::test]
 async fn tenants_are_apart_inputs_are_checked_and_private_targets_refused() {
-    let st = state().with_alerts(
-        Arc::new(SqliteAlerts::open_in_memory().unwrap()),
-        NotifyTuning {
-            attempts: 1,
-            ..NotifyTuning::default()
-        },
-    );
+    let st = state().with_alert_tuning(NotifyTuning {
+        attempts: 1,
+        ..NotifyTuning::default()
+    });
     let server = server_with(st, None).await;
     let (_, a) = tenant(&server.router, "a").await;
     let (_, b) = tenant(&server.router, "b").await;

@@ -1,9 +1,9 @@
-//! Alerts at rest (`<data-dir>/alerts.db`), behind [`AlertStore`]: all the
-//! feature's SQL is in this file, its schema the numbered steps of
-//! [`MIGRATIONS`] (so it can move to `db/` traits and migrations as is).
+//! Alerts at rest (`<data-dir>/alerts.db`): the SQL behind
+//! [`AlertStore`](crate::db::alerts::AlertStore), its schema the numbered
+//! steps of [`MIGRATIONS`].
 //!
 //! ```text
-//! alert_rules      id → tenant, spec JSON (rules.rs RuleSpec)
+//! alert_rules      id → tenant, spec JSON (alerts/rules.rs RuleSpec)
 //! alert_channels   id → tenant, name, kind, public JSON, sealed config (nonce, blob)
 //! alert_state      (rule, target) → tenant, runner, subject, state, since, summary, ack
 //!                  only pending/firing targets; a resolved one is deleted
@@ -12,19 +12,18 @@
 //! alert_deliveries seq → tenant, channel, history seq, at, attempt, ok, detail
 //! ```
 //!
-//! History and deliveries keep the newest [`KEEP_ROWS`] rows per tenant.
+//! History and deliveries keep the newest [`KEEP_ROWS`] rows.
 
 use std::path::Path;
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
-use super::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
-use crate::storage::StorageError;
-
-/// History rows and delivery rows kept per tenant.
-pub const KEEP_ROWS: i64 = 10_000;
+use super::Blocking;
+use crate::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
+use crate::db::alerts::*;
+use crate::db::StorageError;
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the done ones.
 pub const MIGRATIONS: &[&str] = &[
@@ -57,105 +56,6 @@ pub const MIGRATIONS: &[&str] = &[
          detail TEXT NOT NULL);
      CREATE INDEX alert_deliveries_channel ON alert_deliveries (tenant_id, channel_id, seq);",
 ];
-
-/// A channel as stored: the public part is shown, the config only opened to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelRow {
-    pub id: String,
-    pub tenant: String,
-    pub name: String,
-    pub kind: String,
-    /// JSON shown in the API: never a URL with its token, never a password.
-    pub public: String,
-    pub nonce: Vec<u8>,
-    pub sealed: Vec<u8>,
-    pub created_ms: i64,
-}
-
-/// A pending or firing alert as listed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AlertRow {
-    pub rule_id: String,
-    pub target: String,
-    #[serde(skip)]
-    pub tenant: String,
-    pub runner_id: String,
-    pub subject: String,
-    pub state: State,
-    pub since_ms: i64,
-    pub summary: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ack: Option<Ack>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Ack {
-    pub by: String,
-    pub at_ms: i64,
-    pub comment: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistoryRow {
-    pub seq: i64,
-    pub rule_id: String,
-    pub runner_id: String,
-    pub subject: String,
-    pub state: String,
-    pub at_ms: i64,
-    pub summary: String,
-    pub silenced: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeliveryRow {
-    pub seq: i64,
-    pub channel_id: String,
-    pub history_seq: Option<i64>,
-    pub at_ms: i64,
-    pub attempt: i64,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// Everything the alerts feature keeps. Tenant-scoped reads take the tenant;
-/// the `all_*` reads are the engine's, at start-up.
-pub trait AlertStore: Send + Sync {
-    fn put_rule(&self, rule: &Rule, now: i64) -> Result<(), StorageError>;
-    fn delete_rule(&self, tenant: &str, id: &str) -> Result<bool, StorageError>;
-    fn rules(&self, tenant: &str) -> Result<Vec<Rule>, StorageError>;
-    fn all_rules(&self) -> Result<Vec<Rule>, StorageError>;
-
-    fn put_channel(&self, ch: &ChannelRow) -> Result<bool, StorageError>;
-    fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StorageError>;
-    fn channels(&self, tenant: &str) -> Result<Vec<ChannelRow>, StorageError>;
-    fn channel(&self, tenant: &str, id: &str) -> Result<Option<ChannelRow>, StorageError>;
-
-    /// Record a transition: the state row follows it, one history row is added.
-    fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError>;
-    fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError>;
-    fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError>;
-    fn ack(&self, tenant: &str, rule: &str, target: &str, ack: &Ack) -> Result<bool, StorageError>;
-    fn history(
-        &self,
-        tenant: &str,
-        before: i64,
-        limit: i64,
-    ) -> Result<Vec<HistoryRow>, StorageError>;
-
-    fn put_silence(&self, s: &Silence) -> Result<(), StorageError>;
-    fn delete_silence(&self, tenant: &str, id: &str) -> Result<bool, StorageError>;
-    fn silences(&self, tenant: &str) -> Result<Vec<Silence>, StorageError>;
-    fn all_silences(&self, now: i64) -> Result<Vec<Silence>, StorageError>;
-
-    fn delivery(&self, tenant: &str, d: &DeliveryRow) -> Result<(), StorageError>;
-    fn deliveries(
-        &self,
-        tenant: &str,
-        channel: &str,
-        limit: i64,
-    ) -> Result<Vec<DeliveryRow>, StorageError>;
-}
 
 /// [`AlertStore`] on SQLite: one connection behind a mutex (alert traffic is
 /// a few rows per state change, not a stream).
@@ -266,8 +166,8 @@ fn silence_from(
     })
 }
 
-impl AlertStore for SqliteAlerts {
-    fn put_rule(&self, rule: &Rule, now: i64) -> Result<(), StorageError> {
+impl SqliteAlerts {
+    pub fn put_rule(&self, rule: &Rule, now: i64) -> Result<(), StorageError> {
         let spec = serde_json::to_string(&rule.spec).map_err(json_err)?;
         let conn = self.conn();
         conn.execute(
@@ -278,7 +178,7 @@ impl AlertStore for SqliteAlerts {
         Ok(())
     }
 
-    fn delete_rule(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+    pub fn delete_rule(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let n = tx.execute(
@@ -293,7 +193,7 @@ impl AlertStore for SqliteAlerts {
         Ok(n > 0)
     }
 
-    fn rules(&self, tenant: &str) -> Result<Vec<Rule>, StorageError> {
+    pub fn rules(&self, tenant: &str) -> Result<Vec<Rule>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, tenant_id, spec FROM alert_rules WHERE tenant_id = ?1 ORDER BY created_ms, id",
@@ -306,7 +206,7 @@ impl AlertStore for SqliteAlerts {
         .collect()
     }
 
-    fn all_rules(&self) -> Result<Vec<Rule>, StorageError> {
+    pub fn all_rules(&self) -> Result<Vec<Rule>, StorageError> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare("SELECT id, tenant_id, spec FROM alert_rules ORDER BY created_ms, id")?;
@@ -318,7 +218,7 @@ impl AlertStore for SqliteAlerts {
         .collect()
     }
 
-    fn put_channel(&self, ch: &ChannelRow) -> Result<bool, StorageError> {
+    pub fn put_channel(&self, ch: &ChannelRow) -> Result<bool, StorageError> {
         let conn = self.conn();
         let n = conn.execute(
             "INSERT INTO alert_channels (id, tenant_id, name, kind, public, nonce, sealed, created_ms)
@@ -331,7 +231,7 @@ impl AlertStore for SqliteAlerts {
         Ok(n > 0)
     }
 
-    fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+    pub fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
         let n = self.conn().execute(
             "DELETE FROM alert_channels WHERE tenant_id = ?1 AND id = ?2",
             params![tenant, id],
@@ -339,7 +239,7 @@ impl AlertStore for SqliteAlerts {
         Ok(n > 0)
     }
 
-    fn channels(&self, tenant: &str) -> Result<Vec<ChannelRow>, StorageError> {
+    pub fn channels(&self, tenant: &str) -> Result<Vec<ChannelRow>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {CHANNEL_COLUMNS} FROM alert_channels WHERE tenant_id = ?1 ORDER BY created_ms, id"
@@ -348,7 +248,7 @@ impl AlertStore for SqliteAlerts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn channel(&self, tenant: &str, id: &str) -> Result<Option<ChannelRow>, StorageError> {
+    pub fn channel(&self, tenant: &str, id: &str) -> Result<Option<ChannelRow>, StorageError> {
         Ok(self
             .conn()
             .query_row(
@@ -359,7 +259,7 @@ impl AlertStore for SqliteAlerts {
             .optional()?)
     }
 
-    fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
+    pub fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if a.state == State::Resolved {
@@ -382,14 +282,14 @@ impl AlertStore for SqliteAlerts {
         )?;
         let seq = tx.last_insert_rowid();
         tx.execute(
-            "DELETE FROM alert_history WHERE tenant_id = ?1 AND seq <= ?2 - ?3",
-            params![a.tenant, seq, KEEP_ROWS * 4],
+            "DELETE FROM alert_history WHERE seq <= ?1 - ?2",
+            params![seq, KEEP_ROWS],
         )?;
         tx.commit()?;
         Ok(seq)
     }
 
-    fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError> {
+    pub fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {ALERT_COLUMNS} FROM alert_state WHERE tenant_id = ?1 AND state = 'firing' ORDER BY since_ms"
@@ -398,14 +298,20 @@ impl AlertStore for SqliteAlerts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError> {
+    pub fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("SELECT {ALERT_COLUMNS} FROM alert_state"))?;
         let rows = stmt.query_map([], alert_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn ack(&self, tenant: &str, rule: &str, target: &str, ack: &Ack) -> Result<bool, StorageError> {
+    pub fn ack(
+        &self,
+        tenant: &str,
+        rule: &str,
+        target: &str,
+        ack: &Ack,
+    ) -> Result<bool, StorageError> {
         let n = self.conn().execute(
             "UPDATE alert_state SET ack_by = ?4, ack_ms = ?5, ack_comment = ?6
              WHERE tenant_id = ?1 AND rule_id = ?2 AND target = ?3 AND state = 'firing'",
@@ -414,7 +320,7 @@ impl AlertStore for SqliteAlerts {
         Ok(n > 0)
     }
 
-    fn history(
+    pub fn history(
         &self,
         tenant: &str,
         before: i64,
@@ -440,7 +346,7 @@ impl AlertStore for SqliteAlerts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put_silence(&self, s: &Silence) -> Result<(), StorageError> {
+    pub fn put_silence(&self, s: &Silence) -> Result<(), StorageError> {
         let spec = serde_json::to_string(&s.spec).map_err(json_err)?;
         self.conn().execute(
             "INSERT INTO alert_silences (id, tenant_id, created_by, spec, ends_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -449,7 +355,7 @@ impl AlertStore for SqliteAlerts {
         Ok(())
     }
 
-    fn delete_silence(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+    pub fn delete_silence(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
         let n = self.conn().execute(
             "DELETE FROM alert_silences WHERE tenant_id = ?1 AND id = ?2",
             params![tenant, id],
@@ -457,7 +363,7 @@ impl AlertStore for SqliteAlerts {
         Ok(n > 0)
     }
 
-    fn silences(&self, tenant: &str) -> Result<Vec<Silence>, StorageError> {
+    pub fn silences(&self, tenant: &str) -> Result<Vec<Silence>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, tenant_id, created_by, spec FROM alert_silences WHERE tenant_id = ?1 ORDER BY ends_ms",
@@ -472,7 +378,7 @@ impl AlertStore for SqliteAlerts {
         .collect()
     }
 
-    fn all_silences(&self, now: i64) -> Result<Vec<Silence>, StorageError> {
+    pub fn all_silences(&self, now: i64) -> Result<Vec<Silence>, StorageError> {
         let conn = self.conn();
         conn.execute("DELETE FROM alert_silences WHERE ends_ms < ?1", [now])?;
         let mut stmt =
@@ -485,7 +391,7 @@ impl AlertStore for SqliteAlerts {
         .collect()
     }
 
-    fn delivery(&self, tenant: &str, d: &DeliveryRow) -> Result<(), StorageError> {
+    pub fn delivery(&self, tenant: &str, d: &DeliveryRow) -> Result<(), StorageError> {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO alert_deliveries (tenant_id, channel_id, history_seq, at_ms, attempt, ok, detail)
@@ -494,13 +400,13 @@ impl AlertStore for SqliteAlerts {
         )?;
         let seq = conn.last_insert_rowid();
         conn.execute(
-            "DELETE FROM alert_deliveries WHERE tenant_id = ?1 AND seq <= ?2 - ?3",
-            params![tenant, seq, KEEP_ROWS * 4],
+            "DELETE FROM alert_deliveries WHERE seq <= ?1 - ?2",
+            params![seq, KEEP_ROWS],
         )?;
         Ok(())
     }
 
-    fn deliveries(
+    pub fn deliveries(
         &self,
         tenant: &str,
         channel: &str,
@@ -523,5 +429,109 @@ impl AlertStore for SqliteAlerts {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[async_trait]
+impl AlertStore for Blocking<SqliteAlerts> {
+    async fn put_rule(&self, rule: &Rule, now: i64) -> Result<(), StorageError> {
+        let rule = rule.to_owned();
+        self.run(move |s| s.put_rule(&rule, now)).await
+    }
+    async fn delete_rule(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+        let tenant = tenant.to_owned();
+        let id = id.to_owned();
+        self.run(move |s| s.delete_rule(&tenant, &id)).await
+    }
+    async fn rules(&self, tenant: &str) -> Result<Vec<Rule>, StorageError> {
+        let tenant = tenant.to_owned();
+        self.run(move |s| s.rules(&tenant)).await
+    }
+    async fn all_rules(&self) -> Result<Vec<Rule>, StorageError> {
+        self.run(move |s| s.all_rules()).await
+    }
+    async fn put_channel(&self, ch: &ChannelRow) -> Result<bool, StorageError> {
+        let ch = ch.to_owned();
+        self.run(move |s| s.put_channel(&ch)).await
+    }
+    async fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+        let tenant = tenant.to_owned();
+        let id = id.to_owned();
+        self.run(move |s| s.delete_channel(&tenant, &id)).await
+    }
+    async fn channels(&self, tenant: &str) -> Result<Vec<ChannelRow>, StorageError> {
+        let tenant = tenant.to_owned();
+        self.run(move |s| s.channels(&tenant)).await
+    }
+    async fn channel(&self, tenant: &str, id: &str) -> Result<Option<ChannelRow>, StorageError> {
+        let tenant = tenant.to_owned();
+        let id = id.to_owned();
+        self.run(move |s| s.channel(&tenant, &id)).await
+    }
+    async fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
+        let a = a.to_owned();
+        self.run(move |s| s.transition(&a, silenced, at)).await
+    }
+    async fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError> {
+        let tenant = tenant.to_owned();
+        self.run(move |s| s.alerts(&tenant)).await
+    }
+    async fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError> {
+        self.run(move |s| s.all_alerts()).await
+    }
+    async fn ack(
+        &self,
+        tenant: &str,
+        rule: &str,
+        target: &str,
+        ack: &Ack,
+    ) -> Result<bool, StorageError> {
+        let tenant = tenant.to_owned();
+        let rule = rule.to_owned();
+        let target = target.to_owned();
+        let ack = ack.to_owned();
+        self.run(move |s| s.ack(&tenant, &rule, &target, &ack))
+            .await
+    }
+    async fn history(
+        &self,
+        tenant: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<HistoryRow>, StorageError> {
+        let tenant = tenant.to_owned();
+        self.run(move |s| s.history(&tenant, before, limit)).await
+    }
+    async fn put_silence(&self, s: &Silence) -> Result<(), StorageError> {
+        let silence = s.clone();
+        self.run(move |st| st.put_silence(&silence)).await
+    }
+    async fn delete_silence(&self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+        let tenant = tenant.to_owned();
+        let id = id.to_owned();
+        self.run(move |s| s.delete_silence(&tenant, &id)).await
+    }
+    async fn silences(&self, tenant: &str) -> Result<Vec<Silence>, StorageError> {
+        let tenant = tenant.to_owned();
+        self.run(move |s| s.silences(&tenant)).await
+    }
+    async fn all_silences(&self, now: i64) -> Result<Vec<Silence>, StorageError> {
+        self.run(move |s| s.all_silences(now)).await
+    }
+    async fn delivery(&self, tenant: &str, d: &DeliveryRow) -> Result<(), StorageError> {
+        let tenant = tenant.to_owned();
+        let d = d.to_owned();
+        self.run(move |s| s.delivery(&tenant, &d)).await
+    }
+    async fn deliveries(
+        &self,
+        tenant: &str,
+        channel: &str,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StorageError> {
+        let tenant = tenant.to_owned();
+        let channel = channel.to_owned();
+        self.run(move |s| s.deliveries(&tenant, &channel, limit))
+            .await
     }
 }
