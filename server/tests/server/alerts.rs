@@ -673,3 +673,54 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn a_failed_job_names_its_script_and_reason() {
+    let server = server_with(alert_state(), None).await;
+    let (_, api) = tenant(&server.router, "acme").await;
+    let (runner_id, cred) = runner(&server.router, &api).await;
+    let (addr, mut hooks) = receiver(vec![], false).await;
+    let ch = webhook_channel(&server.router, &api, "ops", addr).await;
+    rule(
+        &server.router,
+        &api,
+        json!({"name": "jobs", "kind": "job_failed", "channels": [ch]}),
+    )
+    .await;
+    let mut ws = online(&server, &cred, 60_000).await;
+    let (status, v) = post(
+        &server.router,
+        &api,
+        "/api/v1/jobs",
+        json!({"runners": [runner_id], "command": "false"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    // The server sends job_start; this runner says it failed.
+    let start = loop {
+        if let Message::JobStart(s) = next_control(&mut ws).await.body {
+            break s;
+        }
+    };
+    let result = Message::JobResult(protocol::JobResult {
+        job_id: start.job_id.clone(),
+        channel: start.channel,
+        status: "failed".into(),
+        exit_code: Some(1),
+        signal: None,
+        reason: "exited with status 1".into(),
+        started_ms: 1,
+        finished_ms: 2,
+        output_bytes: 0,
+    });
+    ws.send(WsMessage::text(encode_control(5, result)))
+        .await
+        .unwrap();
+    let n = next_hook(&mut hooks, Duration::from_secs(3)).await.json();
+    assert_eq!(n["state"], "firing");
+    let s = n["summary"].as_str().unwrap();
+    assert!(
+        s.contains("job") && s.contains("failed") && s.contains("exited with status 1"),
+        "{s}"
+    );
+}
