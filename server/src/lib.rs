@@ -21,6 +21,7 @@
 //! terminals/  terminal sessions: relay, REST and WebSocket, audit
 //! users/      dashboard users and sessions
 //! updates/    releases, update policy, install script
+//! alerts/     alert rules and their engine, notification channels, REST
 //! ```
 
 pub mod alerts;
