@@ -1,6 +1,6 @@
 //! Alerts at rest (`<data-dir>/alerts.db`): the SQL behind
 //! [`AlertStore`](crate::db::alerts::AlertStore), its schema the numbered
-//! steps of [`MIGRATIONS`].
+//! migrations of `MIGRATIONS` (`migrate.rs`).
 //!
 //! ```text
 //! alert_rules      id → tenant, spec JSON (alerts/rules.rs RuleSpec)
@@ -20,15 +20,17 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::migrate::{migrate, Migration, Step};
 use super::Blocking;
 use crate::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
 use crate::db::alerts::*;
 use crate::db::StorageError;
 
-/// The schema, one step per entry; `PRAGMA user_version` counts the done ones.
-pub const MIGRATIONS: &[&str] = &[
-    // 1: the first schema.
-    "CREATE TABLE alert_rules (
+/// The schema of `alerts.db`, in order (`migrate.rs`: append, never edit).
+const MIGRATIONS: &[Migration] = &[Migration {
+    name: "1: rules, channels, states, history, silences, deliveries",
+    step: Step::Sql(
+        "CREATE TABLE alert_rules (
          id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, spec TEXT NOT NULL, created_ms INTEGER NOT NULL);
      CREATE INDEX alert_rules_tenant ON alert_rules (tenant_id);
      CREATE TABLE alert_channels (
@@ -55,7 +57,8 @@ pub const MIGRATIONS: &[&str] = &[
          history_seq INTEGER, at_ms INTEGER NOT NULL, attempt INTEGER NOT NULL, ok INTEGER NOT NULL,
          detail TEXT NOT NULL);
      CREATE INDEX alert_deliveries_channel ON alert_deliveries (tenant_id, channel_id, seq);",
-];
+    ),
+}];
 
 /// [`AlertStore`] on SQLite: one connection behind a mutex (alert traffic is
 /// a few rows per state change, not a stream).
@@ -75,20 +78,7 @@ impl SqliteAlerts {
     }
 
     fn setup(mut conn: Connection) -> Result<SqliteAlerts, StorageError> {
-        let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let done = usize::try_from(done).unwrap_or(0);
-        if done > MIGRATIONS.len() {
-            return Err(StorageError::Corrupt(format!(
-                "alerts.db is at schema {done}, newer than this server ({})",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(step)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
+        migrate(&mut conn, "alerts.db", MIGRATIONS)?;
         Ok(SqliteAlerts {
             conn: Mutex::new(conn),
         })

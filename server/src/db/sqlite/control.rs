@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
+use super::migrate::{migrate, Migration, Step};
 use super::{terminals, tokens};
 use crate::db::control::*;
 use crate::db::StorageError;
@@ -36,8 +37,14 @@ const HEALTH_HISTORY_LIMIT: i64 = 1000;
 const DRIFT_HISTORY_LIMIT: i64 = 10_000;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the ones done.
-const MIGRATIONS: &[&str] = &[
-    r#"
+/// tether.db's schema, in order (`migrate.rs`). 1 to 6 were counted in
+/// `user_version` before; 7 and 8 were made on every start with `IF NOT
+/// EXISTS` or a column check, so they are idempotent on older files.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "tenants, tokens, runners, health",
+        step: Step::Sql(
+            r#"
 CREATE TABLE tenants (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -90,7 +97,12 @@ CREATE TABLE health_events (
 );
 CREATE INDEX health_events_by_runner ON health_events(runner_id, seq);
 "#,
-    r#"
+        ),
+    },
+    Migration {
+        name: "fingerprints and drift",
+        step: Step::Sql(
+            r#"
 CREATE TABLE fingerprints (
     runner_id    TEXT PRIMARY KEY REFERENCES runners(id),
     body         TEXT NOT NULL,
@@ -106,7 +118,12 @@ CREATE TABLE drift_events (
 );
 CREATE INDEX drift_events_by_runner ON drift_events(runner_id, seq);
 "#,
-    r#"
+        ),
+    },
+    Migration {
+        name: "Docker state and containers",
+        step: Step::Sql(
+            r#"
 CREATE TABLE docker_states (
     runner_id   TEXT PRIMARY KEY REFERENCES runners(id),
     available   INTEGER NOT NULL,
@@ -137,7 +154,12 @@ CREATE TABLE container_events (
 CREATE INDEX container_events_by_runner ON container_events(runner_id, seq);
 CREATE INDEX container_events_by_age ON container_events(at);
 "#,
-    r#"
+        ),
+    },
+    Migration {
+        name: "update policies and reports",
+        step: Step::Sql(
+            r#"
 ALTER TABLE runners ADD COLUMN update_group TEXT NOT NULL DEFAULT '';
 CREATE TABLE update_policies (
     tenant_id      TEXT NOT NULL REFERENCES tenants(id),
@@ -159,8 +181,13 @@ CREATE TABLE update_reports (
 );
 CREATE INDEX update_reports_by_runner ON update_reports(runner_id, seq);
 "#,
+        ),
+    },
     // Dashboard users and their browser sessions (`users.rs`).
-    r#"
+    Migration {
+        name: "users and sessions",
+        step: Step::Sql(
+            r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,
     tenant_id     TEXT NOT NULL REFERENCES tenants(id),
@@ -180,14 +207,29 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_by_user ON sessions(user_id);
 CREATE INDEX sessions_by_expiry ON sessions(expires_at);
 "#,
+        ),
+    },
     // Runner identity: `name` is the operator's (set at enrollment, changed
     // only through the API); what a runner's `hello` says it is called is
     // kept apart. Until now hello overwrote `name`, so that is the best
     // guess of the last reported one.
-    r#"
+    Migration {
+        name: "runner reported names",
+        step: Step::Sql(
+            r#"
 ALTER TABLE runners ADD COLUMN reported_name TEXT NOT NULL DEFAULT '';
 UPDATE runners SET reported_name = name;
 "#,
+        ),
+    },
+    Migration {
+        name: "terminal audit",
+        step: Step::Code(terminals::create),
+    },
+    Migration {
+        name: "API token owners, expiry, use",
+        step: Step::Code(tokens::create),
+    },
 ];
 
 /// The name a runner gets at enrollment from the one it asked for (its
@@ -287,15 +329,8 @@ impl SqliteControl {
     fn setup(mut conn: Connection) -> Result<SqliteControl, StorageError> {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
-        terminals::create(&conn)?;
-        tokens::create(&conn)?;
+        migrate(&mut conn, "tether.db", MIGRATIONS)?;
+        terminals::end_open_sessions(&conn)?;
         Ok(SqliteControl {
             conn: Mutex::new(conn),
             credentials: tokio::sync::watch::Sender::new(0),

@@ -9,16 +9,15 @@
 //! and `job_output`; this table adds what the history and a rollback need
 //! (the image each deployment ran). Deleting an app keeps its history.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::control::SqliteControl;
 use super::jobs::SqliteJobs;
 use crate::db::jobs::*;
 use crate::db::StorageError;
 
-pub fn setup(conn: &Connection) -> Result<(), StorageError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS apps (
+/// Migration 2 of jobs.db (`jobs.rs`).
+pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS apps (
              tenant_id TEXT NOT NULL, name TEXT NOT NULL, def TEXT NOT NULL,
              updated_ms INTEGER NOT NULL,
              PRIMARY KEY (tenant_id, name)) WITHOUT ROWID;
@@ -26,10 +25,7 @@ pub fn setup(conn: &Connection) -> Result<(), StorageError> {
              job_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, app TEXT NOT NULL,
              image TEXT NOT NULL, kind TEXT NOT NULL, git_ref TEXT,
              created_ms INTEGER NOT NULL);
-         CREATE INDEX IF NOT EXISTS deployments_app ON deployments (tenant_id, app, created_ms);",
-    )?;
-    Ok(())
-}
+         CREATE INDEX IF NOT EXISTS deployments_app ON deployments (tenant_id, app, created_ms);";
 
 fn deployment(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {

@@ -31,9 +31,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use tether::protocol::JobResult;
 
+use super::migrate::{has_column, migrate, Migration, Step};
 use crate::db::jobs::*;
 use crate::db::StorageError;
 
@@ -49,8 +50,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn setup(conn: Connection) -> Result<Connection, StorageError> {
-    conn.execute_batch(
+/// jobs.db's schema, in order (`migrate.rs`). Files of earlier builds have
+/// version 0 and made 1 and 2 on every start (`IF NOT EXISTS`, column
+/// checks), so both are idempotent on them.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "scripts, secrets, jobs, output",
+        step: Step::Code(schema),
+    },
+    Migration {
+        name: "apps and deployments",
+        step: Step::Sql(super::deploy::SCHEMA),
+    },
+];
+
+fn setup(mut conn: Connection) -> Result<Connection, StorageError> {
+    migrate(&mut conn, "jobs.db", MIGRATIONS)?;
+    Ok(conn)
+}
+
+fn schema(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS scripts (
              tenant_id TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
              interpreter TEXT NOT NULL, args TEXT NOT NULL, timeout_s INTEGER NOT NULL,
@@ -76,24 +96,17 @@ fn setup(conn: Connection) -> Result<Connection, StorageError> {
              PRIMARY KEY (seq, offset)) WITHOUT ROWID;",
     )?;
     // Added with deployments; older files get the column (0: step 0).
-    let has_step: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('job_output') WHERE name = 'step'")?
-        .exists([])?;
-    if !has_step {
-        conn.execute_batch("ALTER TABLE job_output ADD COLUMN step INTEGER NOT NULL DEFAULT 0")?;
+    if !has_column(tx, "job_output", "step")? {
+        tx.execute_batch("ALTER TABLE job_output ADD COLUMN step INTEGER NOT NULL DEFAULT 0")?;
     }
     // Added with retention (`common/quotas.rs`).
-    let has_pruned: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'output_pruned'")?
-        .exists([])?;
-    if !has_pruned {
-        conn.execute_batch(
+    if !has_column(tx, "jobs", "output_pruned")? {
+        tx.execute_batch(
             "ALTER TABLE jobs ADD COLUMN output_pruned INTEGER NOT NULL DEFAULT 0;
              CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (tenant_id, finished_ms);",
         )?;
     }
-    super::deploy::setup(&conn)?;
-    Ok(conn)
+    Ok(())
 }
 
 const JOB_COLUMNS: &str =

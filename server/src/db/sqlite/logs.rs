@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::migrate::{migrate, Migration, Step};
 use crate::db::logs::*;
 use crate::db::StorageError;
 use crate::logs::{parse_line, CollectPolicy, LogLine};
@@ -52,8 +53,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn setup(conn: Connection) -> Result<Connection, StorageError> {
-    conn.execute_batch(
+/// logs.db's schema, in order (`migrate.rs`). Files of earlier builds have
+/// version 0 and made migration 1 on every start (`IF NOT EXISTS`).
+const MIGRATIONS: &[Migration] = &[Migration {
+    name: "streams, blocks, cursors, retention, policy",
+    step: Step::Sql(
         "CREATE TABLE IF NOT EXISTS log_streams (
              id INTEGER PRIMARY KEY,
              runner_id TEXT NOT NULL,
@@ -85,7 +89,11 @@ fn setup(conn: Connection) -> Result<Connection, StorageError> {
          CREATE TABLE IF NOT EXISTS log_collect (
              runner_id TEXT PRIMARY KEY,
              policy TEXT NOT NULL) WITHOUT ROWID;",
-    )?;
+    ),
+}];
+
+fn setup(mut conn: Connection) -> Result<Connection, StorageError> {
+    migrate(&mut conn, "logs.db", MIGRATIONS)?;
     Ok(conn)
 }
 

@@ -64,6 +64,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use tether::metrics::wire::SeriesDef;
 
+use super::migrate::{migrate, Migration, Step};
 use crate::db::metrics::*;
 use crate::db::StorageError;
 
@@ -80,7 +81,11 @@ const SCHEMA_TOUCH_EVERY_MS: i64 = HOUR_MS;
 /// Schemas are cached in memory up to this many; then the cache starts over.
 const SCHEMA_CACHE_MAX: usize = 4096;
 
-const MIGRATIONS: &[&str] = &[r#"
+/// metrics.db's schema, in order (`migrate.rs`).
+const MIGRATIONS: &[Migration] = &[Migration {
+    name: "sources, schemas, raw, rollups",
+    step: Step::Sql(
+        r#"
 CREATE TABLE metric_sources (
     id          INTEGER PRIMARY KEY,
     runner_id   TEXT NOT NULL UNIQUE,
@@ -119,7 +124,9 @@ CREATE TABLE metrics_dirty (
     src     INTEGER NOT NULL,
     PRIMARY KEY (level, bucket, src)
 ) WITHOUT ROWID;
-"#];
+"#,
+    ),
+}];
 
 impl From<rusqlite::Error> for RangeError {
     fn from(e: rusqlite::Error) -> Self {
@@ -583,13 +590,7 @@ impl SqliteMetrics {
 
 fn setup(mut conn: Connection) -> Result<Connection, StorageError> {
     conn.busy_timeout(Duration::from_secs(5))?;
-    let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
-    }
+    migrate(&mut conn, "metrics.db", MIGRATIONS)?;
     Ok(conn)
 }
 

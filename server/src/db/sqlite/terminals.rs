@@ -1,13 +1,12 @@
 //! The terminal audit trail: who opened which terminal where, when, and for
 //! how long. One row per session, written when it opens and completed when
 //! it ends (or marked ended by a server restart, since a session does not
-//! survive the server). The table is created here, apart from the numbered
-//! migrations, with `IF NOT EXISTS`: it is new and only ever grows columns
-//! by new statements of its own.
+//! survive the server). Its table is migration 7 of tether.db (made with
+//! `IF NOT EXISTS`: files of earlier builds made it on every start).
 //!
 //! Bounds: the newest [`AUDIT_LIMIT`] rows per tenant are kept.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::control::SqliteControl;
 use crate::db::audit::*;
@@ -16,8 +15,9 @@ use crate::db::StorageError;
 /// Audit rows kept per tenant.
 pub const AUDIT_LIMIT: i64 = 100_000;
 
-pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
-    conn.execute_batch(
+/// Migration 7 of tether.db (`control.rs`).
+pub(super) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS terminal_audit (
             id          TEXT PRIMARY KEY,
             tenant_id   TEXT NOT NULL,
@@ -31,8 +31,15 @@ pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
             bytes_in    INTEGER NOT NULL DEFAULT 0,
             bytes_out   INTEGER NOT NULL DEFAULT 0
         );
-        CREATE INDEX IF NOT EXISTS terminal_audit_by_tenant ON terminal_audit(tenant_id, opened_at);
-        UPDATE terminal_audit SET closed_at = opened_at, reason = 'server restarted'
+        CREATE INDEX IF NOT EXISTS terminal_audit_by_tenant ON terminal_audit(tenant_id, opened_at);",
+    )
+}
+
+/// At start: a session does not survive the server, so one still open in
+/// the trail ended with the previous process.
+pub(super) fn end_open_sessions(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch(
+        "UPDATE terminal_audit SET closed_at = opened_at, reason = 'server restarted'
             WHERE closed_at IS NULL;",
     )?;
     Ok(())

@@ -23,16 +23,19 @@
 //! `last_used_at` is written at most once a minute per token
 //! ([`LAST_USED_EVERY_MS`]): a request is a read, not a write.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use super::control::SqliteControl;
+use super::migrate::has_column;
 use crate::db::control::*;
 use crate::db::StorageError;
 
 /// `last_used_at` is refreshed when older than this.
 pub const LAST_USED_EVERY_MS: i64 = 60_000;
 
-pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
+/// Migration 8 of tether.db (`control.rs`): columns files of earlier
+/// builds got one by one on start, so each is added only if missing.
+pub(super) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     for (column, ty) in [
         ("created_by_user", "TEXT"),
         ("created_by", "TEXT NOT NULL DEFAULT ''"),
@@ -40,17 +43,13 @@ pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
         ("last_used_at", "INTEGER"),
         ("revoked_reason", "TEXT"),
     ] {
-        let has: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('api_tokens') WHERE name = ?1")?
-            .exists([column])?;
-        if !has {
-            conn.execute_batch(&format!("ALTER TABLE api_tokens ADD COLUMN {column} {ty}"))?;
+        if !has_column(tx, "api_tokens", column)? {
+            tx.execute_batch(&format!("ALTER TABLE api_tokens ADD COLUMN {column} {ty}"))?;
         }
     }
-    conn.execute_batch(
+    tx.execute_batch(
         "CREATE INDEX IF NOT EXISTS api_tokens_by_tenant ON api_tokens(tenant_id, created_at)",
-    )?;
-    Ok(())
+    )
 }
 
 /// `a` is the token, `u` its creator (LEFT JOIN: NULL when gone).
