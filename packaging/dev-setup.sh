@@ -65,6 +65,7 @@ shellcheck               make lint checks every shell script
 procps                   pgrep, pidof-like checks in tests
 dpkg-dev                 the package tests (dpkg-deb, dpkg-architecture)
 python3                  the package tests
+python3-aiosmtpd         the alert email test: a local SMTP server with STARTTLS and AUTH
 systemd                  systemd-analyze verify of the unit file
 chromium                 the dashboard test drives it headless (playwright-core)
 postgresql               the PostgreSQL backend tests start a private cluster (initdb, pg_ctl)

@@ -22,6 +22,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
+mod alerts;
 mod containers;
 mod deploy;
 mod jobs;
@@ -164,6 +165,11 @@ pub enum ClientCommand {
         /// Only this runner's (id or name)
         runner: Option<String>,
     },
+    /// Alerting: rules, channels, silences, acknowledgements, history
+    #[command(subcommand)]
+    Alert(alerts::AlertCommand),
+    /// The alerts firing now
+    Alerts,
 }
 
 #[derive(Debug, Args)]
@@ -630,6 +636,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         }
         ClientCommand::Terminal(a) => terminal::terminal(&client, args, &a),
         ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
+        ClientCommand::Alert(c) => alerts::alert(&client, c, json),
+        ClientCommand::Alerts => alerts::firing(&client, json),
     }
 }
 

@@ -23,8 +23,10 @@
 //! terminals/  terminal sessions: relay, REST and WebSocket, audit
 //! users/      dashboard users and sessions
 //! updates/    releases, update policy, install script
+//! alerts/     alert rules and their engine, notification channels, REST
 //! ```
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod common;

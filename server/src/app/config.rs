@@ -148,6 +148,12 @@ pub struct ServeArgs {
     /// hashing slots; more are answered 503 with Retry-After
     #[arg(long, env = "TETHER_HASH_QUEUE", default_value_t = 16)]
     pub hash_queue: usize,
+
+    /// Let alert channels reach loopback and private addresses (refused
+    /// by default: a tenant admin could otherwise make the server probe
+    /// its own network; see alerts/notify.rs)
+    #[arg(long, env = "TETHER_ALERT_PRIVATE_TARGETS")]
+    pub alert_private_targets: bool,
     #[command(flatten)]
     pub quotas: QuotaArgs,
 }

@@ -15,6 +15,8 @@ pub use routes::app;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::alerts::notify::Tuning as AlertTuning;
+use crate::alerts::Alerts;
 use crate::common::edge::{Edge, EdgeConfig};
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
@@ -94,6 +96,8 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
+    /// Alert rules, their engine and the notification channels (`alerts/`).
+    pub alerts: Arc<Alerts>,
 }
 
 impl AppState {
@@ -104,7 +108,15 @@ impl AppState {
         let registry = Arc::new(Registry::new(health.clone()));
         let metrics_writer = MetricsWriter::start(db.metrics.clone(), tuning.metrics_flush);
         let containers = Arc::new(ContainerHub::new(db.control.clone()));
+        let alerts = Alerts::start(
+            db.clone(),
+            secrets.clone(),
+            &health,
+            &containers,
+            AlertTuning::default(),
+        );
         AppState {
+            alerts,
             containers,
             secrets,
             job_hub: Arc::new(JobHub::default()),
@@ -132,6 +144,19 @@ impl AppState {
     pub fn with_edge(mut self, config: EdgeConfig) -> AppState {
         self.passwords = Arc::new(users::Passwords::new(config.hash_queue, config.hash_wait));
         self.edge = Arc::new(Edge::new(config));
+        self
+    }
+
+    /// Alert delivery with these retries, timeouts and address rule
+    /// (restarts the alert engine; `serve` calls it once at start).
+    pub fn with_alert_tuning(mut self, tuning: AlertTuning) -> AppState {
+        self.alerts = Alerts::start(
+            self.db.clone(),
+            self.secrets.clone(),
+            &self.health,
+            &self.containers,
+            tuning,
+        );
         self
     }
 

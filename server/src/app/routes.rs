@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::terminals::routes())
         .merge(crate::users::routes())
         .merge(crate::updates::routes())
+        .merge(crate::alerts::routes())
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

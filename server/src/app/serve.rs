@@ -38,6 +38,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::alerts::notify::Tuning as AlertTuning;
 use crate::app::config::{self, AdminToken, ServeArgs};
 use crate::app::tls::{self, TlsError};
 use crate::app::{app, AppState, Tuning};
@@ -247,6 +248,10 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let state = AppState::new(db, Arc::new(secrets), admin.secret(), Tuning::default())
         .with_releases(releases)
+        .with_alert_tuning(AlertTuning {
+            allow_private: args.alert_private_targets,
+            ..AlertTuning::default()
+        })
         .with_quotas(args.quotas.quotas())
         .with_edge(edge);
     let stale = state.health.server_restarted().await?;

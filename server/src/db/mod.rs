@@ -11,6 +11,8 @@
 //! logs.rs     LogStore      container log blocks, cursors, collection settings
 //! jobs.rs     JobStore      scripts, sealed secrets, jobs, their output, apps
 //!                           and deployments
+//! alerts.rs   AlertStore    alert rules, channels (sealed), live states,
+//!                           history, silences, the delivery log
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL for several replicas (issue 18): so far the
 //!             control, users, audit and update stores (see its mod.rs)
@@ -34,6 +36,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+pub mod alerts;
 pub mod audit;
 pub mod control;
 pub mod jobs;
@@ -44,6 +47,7 @@ pub mod sqlite;
 pub mod updates;
 pub mod users;
 
+pub use alerts::AlertStore;
 pub use audit::AuditStore;
 pub use control::ControlStore;
 pub use jobs::JobStore;
@@ -75,6 +79,7 @@ pub struct Db {
     pub metrics: Arc<dyn MetricStore>,
     pub logs: Arc<dyn LogStore>,
     pub jobs: Arc<dyn JobStore>,
+    pub alerts: Arc<dyn AlertStore>,
 }
 
 /// Why a storage call failed.

@@ -623,6 +623,8 @@ impl Connection {
                 {
                     tracing::error!(runner = %self.runner.id, "storing an update report: {e}");
                 }
+                let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
+                self.state.alerts.update_report(tenant, runner, report);
                 Ok(())
             }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
@@ -648,7 +650,10 @@ impl Connection {
                     )
                     .await
                 {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        self.state.alerts.metrics_schema(&self.runner.id, &m.schema);
+                        Ok(())
+                    }
                     Err(MetricsError::Violation(why)) => {
                         tracing::warn!(runner = %self.runner.id, "bad metrics schema: {why}");
                         Err(Ending::violation(envelope.id, why))
@@ -683,9 +688,12 @@ impl Connection {
                         Ok(())
                     }
                     Ok(FingerprintOutcome::Updated { drift }) => {
-                        if drift > 0 {
-                            tracing::info!(runner = %self.runner.id, drift, "fingerprint drift recorded");
+                        if !drift.is_empty() {
+                            tracing::info!(runner = %self.runner.id, drift = drift.len(), "fingerprint drift recorded");
                         }
+                        self.state
+                            .alerts
+                            .drift(&self.runner.tenant_id, &self.runner.id, &drift);
                         Ok(())
                     }
                     Err(e) => {
@@ -746,6 +754,8 @@ impl Connection {
         let retention = self.state.db.metrics.retention().raw_ms;
         let out = stream.on_frame(payload, clock::now_ms(), retention, &self.runner.id);
         if let Some(queued) = out.queued {
+            let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
+            self.state.alerts.metrics(tenant, runner, &queued.rows.rows);
             match self.state.metrics_writer.queue(queued).await {
                 Ok(()) => stream.queued(
                     Instant::now(),

@@ -406,12 +406,12 @@ fn check_schema(schema: &Schema) -> Result<(), String> {
 // ---- fingerprints ---------------------------------------------------------------------
 
 /// What a fingerprint report did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FingerprintOutcome {
     /// The first fingerprint of this runner: stored, no drift.
     Baseline,
     /// Stored; this many drift events recorded.
-    Updated { drift: usize },
+    Updated { drift: Vec<Change> },
     /// A change list that cannot be applied: ask for a full report.
     Resync(String),
 }
@@ -476,13 +476,16 @@ fn decide_fingerprint(
         },
         (None, None) => return None,
     };
-    let drift: Vec<(i64, String)> = changes
-        .iter()
+    let kept: Vec<Change> = changes
+        .into_iter()
         .filter(|c| !is_boot_time_jitter(c))
+        .collect();
+    let drift: Vec<(i64, String)> = kept
+        .iter()
         .map(|c| (at, serde_json::to_string(c).unwrap_or_default()))
         .collect();
     if *outcome != FingerprintOutcome::Baseline {
-        *outcome = FingerprintOutcome::Updated { drift: drift.len() };
+        *outcome = FingerprintOutcome::Updated { drift: kept };
     }
     Some(FingerprintWrite {
         body: serde_json::to_string(&fingerprint).unwrap_or_default(),

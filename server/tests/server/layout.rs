@@ -84,7 +84,7 @@ fn layer(module: &str) -> Layer {
         "storage" | "db" => Layer::Storage,
         "cli" => Layer::Cli,
         "runners" | "telemetry" | "containers" | "logs" | "jobs" | "deploy" | "terminals"
-        | "users" | "updates" => Layer::Feature,
+        | "users" | "updates" | "alerts" | "fleet" | "audit" | "signing" => Layer::Feature,
         other => panic!("top-level module {other:?} has no place in the dependency rule: add it to layer() and to docs/server.md"),
     }
 }
@@ -111,6 +111,14 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     // and the log area's model (`db/logs.rs`) reads and writes Docker's
     // RFC 3339 stamps with it.
     ("db", "common", &["common::clock"]),
+    // Alerts are evaluated as data arrives: the engine subscribes to the
+    // health log's and the container hub's broadcasts.
+    ("alerts", "runners", &["runners::health"]),
+    (
+        "alerts",
+        "containers",
+        &["containers::ContainerEventRecord", "containers::ContainerHub"],
+    ),
     // Deploys become jobs: deploy checks and starts them through the jobs
     // feature's rules (`jobs::api`), store and hub.
     (
@@ -150,9 +158,12 @@ const NOT_YET: &[(&str, &str)] = &[
     ("terminals", "app"),
     ("users", "app"),
     ("updates", "app"),
+    ("alerts", "app"),
     ("link", "app"),
-    // jobs.db creates the deploy tables (`jobs/store.rs`): goes with the
-    // migrations of `db/`.
+    // The alert rules, silences and states are stored as the decision core
+    // defines them (`alerts/rules.rs`): to go when those model types move
+    // into `db/alerts.rs`.
+    ("db", "alerts"),
     // The connection task handles every family's messages itself: to go
     // with dispatch by family to handlers the features register.
     ("link", "deploy"),

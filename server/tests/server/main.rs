@@ -7,6 +7,7 @@
 //! Each test gets its own in-memory databases (control plane and metrics)
 //! and short timeouts.
 
+mod alerts;
 mod containers;
 mod edge;
 mod fuzz_seeds;

@@ -7,6 +7,7 @@
 //! metrics.db  metrics.rs: MetricStore
 //! logs.db     logs.rs: LogStore
 //! jobs.db     jobs.rs (+ deploy.rs): JobStore
+//! alerts.db   alerts.rs: AlertStore
 //! ```
 //!
 //! Each file's store is a plain synchronous struct (a mutex-guarded
@@ -29,6 +30,7 @@ use super::metrics::Retention;
 use super::{Db, StorageError};
 use crate::db::logs::CollectPolicy;
 
+mod alerts;
 mod containers;
 mod control;
 mod deploy;
@@ -42,6 +44,7 @@ mod tokens;
 mod updates;
 mod users;
 
+use alerts::SqliteAlerts;
 use control::SqliteControl;
 use jobs::SqliteJobs;
 use logs::SqliteLogs;
@@ -89,7 +92,8 @@ pub fn open(data: &Path, options: &Options) -> Result<Db, StorageError> {
         options.log_collect.clone(),
     )?;
     let jobs = SqliteJobs::open(&data.join("jobs.db"))?;
-    Ok(assemble(control, metrics, logs, jobs))
+    let alerts = SqliteAlerts::open(&data.join("alerts.db"))?;
+    Ok(assemble(control, metrics, logs, jobs, alerts))
 }
 
 /// Private in-memory databases, for tests.
@@ -100,6 +104,7 @@ pub fn open_in_memory(metrics_retention: Retention) -> Result<Db, StorageError> 
         SqliteMetrics::open_in_memory(metrics_retention)?,
         SqliteLogs::open_in_memory(LogRetention::default())?,
         SqliteJobs::open_in_memory()?,
+        SqliteAlerts::open_in_memory()?,
     ))
 }
 
@@ -108,6 +113,7 @@ fn assemble(
     metrics: SqliteMetrics,
     logs: SqliteLogs,
     jobs: SqliteJobs,
+    alerts: SqliteAlerts,
 ) -> Db {
     // Once per start, before any request: apps that still name their
     // runner get its id (deploy.rs).
@@ -123,6 +129,7 @@ fn assemble(
         metrics: Arc::new(Blocking::new(metrics)),
         logs: Arc::new(Blocking::new(logs)),
         jobs: Arc::new(Blocking::new(jobs)),
+        alerts: Arc::new(Blocking::new(alerts)),
     }
 }
 

@@ -209,6 +209,8 @@ impl Connection {
                     self.state.job_hub.send(JobUpdate::Status {
                         seq: i64::from(r.channel),
                     });
+                    let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
+                    self.state.alerts.job_ended(tenant, runner, &r);
                 }
             }
             Err(e) => {

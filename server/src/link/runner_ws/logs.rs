@@ -175,6 +175,11 @@ impl Connection {
         // The blocks go to the store; (channel, end) of each stays to ACK.
         let (marks, blocks): (Vec<(u32, u64)>, Vec<_>) =
             batch.into_iter().map(|(c, end, b)| ((c, end), b)).unzip();
+        for b in &blocks {
+            let tenant = &self.runner.tenant_id;
+            let alerts = &self.state.alerts;
+            alerts.log_lines(tenant, &b.runner_id, &b.container, &b.data);
+        }
         let sends = match self.state.db.logs.insert(blocks).await {
             Ok(()) => self.logs.stored(&marks),
             Err(e) => {

@@ -1,0 +1,637 @@
+//! Alerts: rules on what runners report, evaluated as it arrives, and
+//! notifications to webhooks, chat and email.
+//!
+//! ```text
+//!  hooks (one line where data arrives)          broadcasts already there
+//!  metrics schema/records, drift, jobs,          health changes (runners/health.rs)
+//!  updates, log lines ── Alerts::observe ──┐     container events (containers/)
+//!                           (try_send,     ▼          │
+//!                            bounded)  engine task ◀──┘   + a 1 s tick (durations)
+//!                                          │ rules.rs Evaluator per tenant
+//!                                          ▼ transitions
+//!                             store.rs: state + history (silenced or not)
+//!                                          ▼ not silenced
+//!                             notify.rs: one bounded queue + worker per channel
+//! ```
+//!
+//! - `rules.rs`: the decision core (pure; its module doc draws the state machine).
+//! - `db/alerts.rs` (the `AlertStore` trait) and `db/sqlite/alerts.rs`
+//!   (its SQL, `alerts.db`): rules, channels, states, history, silences.
+//! - `notify.rs`: channel kinds, delivery, retries, the delivery log.
+//! - `api.rs`: REST.
+//!
+//! The engine never blocks a connection: hooks `try_send` into a bounded
+//! queue ([`QUEUE`]); when it is full, observations are dropped and
+//! counted (logged once per 1,000). Metrics are decoded for the engine only
+//! when the tenant has a metric rule. Runner names and groups are read
+//! from `db/` and cached for [`RUNNER_TTL`].
+//!
+//! No other feature is imported but through the broadcasts above
+//! (`runners::health`, `containers`); a job's label is read from `db.jobs`
+//! by the engine, not by the hook.
+
+pub mod api;
+pub use api::routes;
+pub mod notify;
+pub mod rules;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+
+use self::notify::{Notification, Notifier};
+use self::rules::{Evaluator, Kind, Observation, Rule, RunnerInfo, Silence, State, Transition};
+use crate::common::clock;
+use crate::common::secrets::SecretBox;
+use crate::containers::ContainerEventRecord;
+use crate::db::alerts::{AlertRow, AlertStore};
+use crate::db::{Db, Health, HealthRecord};
+
+/// Observations queued for the engine before new ones are dropped.
+pub const QUEUE: usize = 8192;
+/// How long a runner's name and group are cached.
+pub const RUNNER_TTL: Duration = Duration::from_secs(30);
+/// Silences are re-read this often (and at once when one is changed).
+const SILENCE_TTL: Duration = Duration::from_secs(30);
+/// Log lines looked at per runner per call at most.
+const MAX_LOG_LINES: usize = 256;
+
+enum Input {
+    Observe {
+        tenant: String,
+        runner: String,
+        obs: Observation,
+    },
+    Schema {
+        runner: String,
+        series: Vec<(String, f64)>,
+    },
+    Record {
+        tenant: String,
+        runner: String,
+        values: Vec<u8>,
+    },
+    JobEnded {
+        tenant: String,
+        runner: String,
+        channel: u32,
+        status: String,
+        reason: String,
+    },
+    RulesChanged {
+        tenant: String,
+    },
+    SilencesChanged,
+}
+
+/// The handle in `AppState`: hooks, and what the API needs.
+pub struct Alerts {
+    tx: mpsc::Sender<Input>,
+    pub store: Arc<dyn AlertStore>,
+    pub notifier: Arc<Notifier>,
+    dropped: AtomicU64,
+    /// Tenants with a metric rule / a log rule (checked before any work).
+    metric_tenants: Mutex<HashSet<String>>,
+    log_tenants: Mutex<HashSet<String>>,
+}
+
+impl Alerts {
+    /// Loads rules and live states and starts the engine task (when called
+    /// inside a Tokio runtime; without one, hooks are accepted and dropped).
+    pub fn start(
+        db: Db,
+        secrets: Arc<SecretBox>,
+        health: &crate::runners::health::HealthLog,
+        containers: &crate::containers::ContainerHub,
+        tuning: notify::Tuning,
+    ) -> Arc<Alerts> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let store = db.alerts.clone();
+        let notifier = Arc::new(Notifier::new(store.clone(), secrets, tuning));
+        let alerts = Arc::new(Alerts {
+            tx,
+            store: store.clone(),
+            notifier: notifier.clone(),
+            dropped: AtomicU64::new(0),
+            metric_tenants: Mutex::default(),
+            log_tenants: Mutex::default(),
+        });
+        let engine = Engine {
+            store,
+            db,
+            notifier,
+            tenants: HashMap::new(),
+            schemas: HashMap::new(),
+            runners: HashMap::new(),
+            silences: Vec::new(),
+            silences_read: None,
+            alerts: Arc::downgrade(&alerts),
+        };
+        let (health, containers) = (health.subscribe(), containers.subscribe());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(engine.run(rx, health, containers));
+            }
+            Err(_) => tracing::warn!("alerts: no runtime, the engine is not running"),
+        }
+        alerts
+    }
+
+    fn push(&self, input: Input) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(input) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    "alerts: the engine's queue is full, {} observations dropped",
+                    n + 1
+                );
+            }
+        }
+    }
+
+    /// Something happened on `runner` of `tenant`.
+    pub fn observe(&self, tenant: &str, runner: &str, obs: Observation) {
+        self.push(Input::Observe {
+            tenant: tenant.to_owned(),
+            runner: runner.to_owned(),
+            obs,
+        });
+    }
+
+    /// A runner's metrics schema: series names and scales.
+    pub fn metrics_schema(&self, runner: &str, schema: &tether::metrics::wire::Schema) {
+        self.push(Input::Schema {
+            runner: runner.to_owned(),
+            series: schema
+                .series
+                .iter()
+                .map(|d| (d.name.clone(), d.scale))
+                .collect(),
+        });
+    }
+
+    /// Decoded records of a METRICS frame, in the stored form; the newest is evaluated.
+    pub fn metrics(&self, tenant: &str, runner: &str, rows: &[(i64, Vec<u8>)]) {
+        if !lock(&self.metric_tenants).contains(tenant) {
+            return;
+        }
+        if let Some((_, values)) = rows.last() {
+            self.push(Input::Record {
+                tenant: tenant.to_owned(),
+                runner: runner.to_owned(),
+                values: values.clone(),
+            });
+        }
+    }
+
+    /// A stored block of a container's log lines (`<stamp> <line>\n` each;
+    /// only for tenants with a log rule).
+    pub fn log_lines(&self, tenant: &str, runner: &str, container: &str, data: &[u8]) {
+        if !lock(&self.log_tenants).contains(tenant) {
+            return;
+        }
+        let text = String::from_utf8_lossy(data);
+        for line in text.lines().take(MAX_LOG_LINES) {
+            let line = line.split_once(' ').map_or(line, |(_, l)| l);
+            self.observe(
+                tenant,
+                runner,
+                Observation::Log {
+                    container: container.to_owned(),
+                    line: line.chars().take(4096).collect(),
+                },
+            );
+        }
+    }
+
+    /// A job's result (the engine looks up what it ran).
+    pub fn job_ended(&self, tenant: &str, runner: &str, r: &tether::protocol::JobResult) {
+        self.push(Input::JobEnded {
+            tenant: tenant.to_owned(),
+            runner: runner.to_owned(),
+            channel: r.channel,
+            status: r.status.clone(),
+            reason: r.reason.clone(),
+        });
+    }
+
+    /// Fingerprint changes recorded as drift.
+    pub fn drift(&self, tenant: &str, runner: &str, changes: &[tether::fingerprint::Change]) {
+        for c in changes.iter().take(MAX_LOG_LINES) {
+            let show = |v: &serde_json::Value| match v {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            };
+            let detail = match (show(&c.old), show(&c.new)) {
+                (None, Some(n)) => format!("added {n}"),
+                (Some(o), None) => format!("removed {o}"),
+                (Some(o), Some(n)) => format!("{o} → {n}"),
+                (None, None) => "changed".into(),
+            };
+            self.observe(
+                tenant,
+                runner,
+                Observation::Drift {
+                    path: c.path.clone(),
+                    detail: detail.chars().take(rules::MAX_TEXT).collect(),
+                },
+            );
+        }
+    }
+
+    /// An `update_status` report.
+    pub fn update_report(&self, tenant: &str, runner: &str, r: &tether::protocol::UpdateStatus) {
+        self.observe(
+            tenant,
+            runner,
+            Observation::Update {
+                state: r.state.clone(),
+                version: r.version.clone(),
+                reason: r.reason.clone().unwrap_or_default(),
+            },
+        );
+    }
+
+    pub fn rules_changed(&self, tenant: &str) {
+        self.push(Input::RulesChanged {
+            tenant: tenant.to_owned(),
+        });
+    }
+
+    pub fn silences_changed(&self) {
+        self.push(Input::SilencesChanged);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Tenant {
+    rules: Vec<Rule>,
+    eval: Evaluator,
+}
+
+struct Engine {
+    store: Arc<dyn AlertStore>,
+    db: Db,
+    notifier: Arc<Notifier>,
+    tenants: HashMap<String, Tenant>,
+    /// Per runner: the series of its metrics schema (name, scale).
+    schemas: HashMap<String, Arc<Vec<(String, f64)>>>,
+    runners: HashMap<String, (RunnerInfo, Instant)>,
+    silences: Vec<Silence>,
+    silences_read: Option<Instant>,
+    alerts: std::sync::Weak<Alerts>,
+}
+
+impl Engine {
+    async fn load(&mut self) {
+        match self.store.all_rules().await {
+            Ok(rules) => {
+                for r in rules {
+                    self.tenant(&r.tenant.clone()).rules.push(r);
+                }
+            }
+            Err(e) => tracing::error!("alerts: reading rules: {e}"),
+        }
+        match self.store.all_alerts().await {
+            Ok(rows) => {
+                for a in rows {
+                    self.tenant(&a.tenant.clone())
+                        .eval
+                        .restore(&a.rule_id, &a.target, a.state, a.since_ms, &a.summary);
+                }
+            }
+            Err(e) => tracing::error!("alerts: reading alert states: {e}"),
+        }
+        let tenants: Vec<String> = self.tenants.keys().cloned().collect();
+        for t in tenants {
+            self.note_kinds(&t);
+        }
+    }
+
+    fn tenant(&mut self, id: &str) -> &mut Tenant {
+        self.tenants.entry(id.to_owned()).or_insert_with(|| Tenant {
+            rules: Vec::new(),
+            eval: Evaluator::default(),
+        })
+    }
+
+    /// Tell the hooks whether this tenant needs metrics or log lines.
+    fn note_kinds(&self, tenant: &str) {
+        let Some(alerts) = self.alerts.upgrade() else {
+            return;
+        };
+        let rules = self
+            .tenants
+            .get(tenant)
+            .map(|t| &t.rules[..])
+            .unwrap_or(&[]);
+        let has = |f: fn(&Kind) -> bool| rules.iter().any(|r| r.spec.enabled && f(&r.spec.kind));
+        for (set, on) in [
+            (
+                &alerts.metric_tenants,
+                has(|k| matches!(k, Kind::Metric { .. })),
+            ),
+            (
+                &alerts.log_tenants,
+                has(|k| matches!(k, Kind::LogMatch { .. })),
+            ),
+        ] {
+            let mut set = lock(set);
+            if on {
+                set.insert(tenant.to_owned());
+            } else {
+                set.remove(tenant);
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut health: broadcast::Receiver<Arc<HealthRecord>>,
+        mut containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
+    ) {
+        self.load().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(i) => self.on_input(i).await,
+                    None => return,
+                },
+                h = health.recv() => match h {
+                    Ok(h) => {
+                        let obs = Observation::Health { up: h.health == Health::Active, reason: h.reason.clone() };
+                        self.on_observe(&h.tenant_id, &h.runner_id, &obs).await;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("alerts: {n} health changes missed (lagging)"),
+                    Err(broadcast::error::RecvError::Closed) => health = broadcast::channel(1).1,
+                },
+                c = containers.recv() => match c {
+                    Ok(c) => self.on_container(&c).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("alerts: {n} container events missed (lagging)"),
+                    Err(broadcast::error::RecvError::Closed) => containers = broadcast::channel(1).1,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    async fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Observe {
+                tenant,
+                runner,
+                obs,
+            } => self.on_observe(&tenant, &runner, &obs).await,
+            Input::Schema { runner, series } => {
+                self.schemas.insert(runner, Arc::new(series));
+            }
+            Input::Record {
+                tenant,
+                runner,
+                values,
+            } => {
+                let Some(schema) = self.schemas.get(&runner).cloned() else {
+                    return;
+                };
+                let mut ints = Vec::new();
+                if crate::db::metrics::decode_values(&values, &mut ints).is_err() {
+                    return;
+                }
+                let values = schema
+                    .iter()
+                    .zip(ints)
+                    .filter_map(|((name, scale), v)| v.map(|v| (name.clone(), v as f64 * scale)))
+                    .collect();
+                self.on_observe(&tenant, &runner, &Observation::Metrics { values })
+                    .await;
+            }
+            Input::JobEnded {
+                tenant,
+                runner,
+                channel,
+                status,
+                reason,
+            } => {
+                let Ok(Some(job)) = self.db.jobs.job_by_seq(&runner, i64::from(channel)).await
+                else {
+                    return;
+                };
+                let deploy = job.spec.deploy.as_ref().map(|d| d.app.clone());
+                let obs = Observation::Job {
+                    deploy: deploy.is_some(),
+                    label: deploy.unwrap_or(job.label),
+                    status,
+                    reason,
+                };
+                self.on_observe(&tenant, &runner, &obs).await;
+            }
+            Input::RulesChanged { tenant } => match self.store.rules(&tenant).await {
+                Ok(rules) => {
+                    let t = self.tenant(&tenant);
+                    let gone: Vec<String> = t
+                        .rules
+                        .iter()
+                        .filter(|old| !rules.iter().any(|r| r.id == old.id && r.spec == old.spec))
+                        .map(|r| r.id.clone())
+                        .collect();
+                    for id in gone {
+                        t.eval.drop_rule(&id);
+                    }
+                    t.rules = rules;
+                    self.note_kinds(&tenant);
+                }
+                Err(e) => tracing::error!("alerts: reading rules: {e}"),
+            },
+            Input::SilencesChanged => self.silences_read = None,
+        }
+    }
+
+    async fn on_container(&mut self, c: &ContainerEventRecord) {
+        let e = &c.event;
+        let name = e
+            .container
+            .as_ref()
+            .map(|s| s.name.clone())
+            .or_else(|| e.attributes.get("name").cloned())
+            .unwrap_or_else(|| e.container_id.chars().take(12).collect());
+        let labels = match &e.container {
+            Some(s) => s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => e
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let obs = Observation::Container {
+            name: name.trim_start_matches('/').to_owned(),
+            action: e.action.clone(),
+            exit_code: e.attributes.get("exitCode").and_then(|c| c.parse().ok()),
+            labels,
+        };
+        self.on_observe(&c.tenant_id, &c.runner_id, &obs).await;
+    }
+
+    async fn runner(&mut self, tenant: &str, id: &str) -> RunnerInfo {
+        if let Some((info, at)) = self.runners.get(id) {
+            if at.elapsed() < RUNNER_TTL {
+                return info.clone();
+            }
+        }
+        let name = self
+            .db
+            .control
+            .runner(tenant, id)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.name)
+            .unwrap_or_default();
+        let group = self
+            .db
+            .updates
+            .runner_group(id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let info = RunnerInfo {
+            id: id.to_owned(),
+            name,
+            group,
+        };
+        if self.runners.len() > 100_000 {
+            self.runners.clear();
+        }
+        self.runners
+            .insert(id.to_owned(), (info.clone(), Instant::now()));
+        info
+    }
+
+    async fn on_observe(&mut self, tenant: &str, runner: &str, obs: &Observation) {
+        if self.tenants.get(tenant).is_none_or(|t| t.rules.is_empty()) {
+            return;
+        }
+        let info = self.runner(tenant, runner).await;
+        let now = clock::now_ms();
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        let out = t.eval.observe(&t.rules, &info, obs, now);
+        self.record(tenant, out).await;
+    }
+
+    async fn on_tick(&mut self) {
+        let now = clock::now_ms();
+        let tenants: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| !t.eval.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for tenant in tenants {
+            let cache: HashMap<String, RunnerInfo> = self
+                .runners
+                .iter()
+                .map(|(k, (i, _))| (k.clone(), i.clone()))
+                .collect();
+            let Some(t) = self.tenants.get_mut(&tenant) else {
+                continue;
+            };
+            let lookup = |id: &str| {
+                cache.get(id).cloned().unwrap_or_else(|| RunnerInfo {
+                    id: id.to_owned(),
+                    ..RunnerInfo::default()
+                })
+            };
+            let out = t.eval.tick(&t.rules, &lookup, now);
+            self.record(&tenant, out).await;
+        }
+    }
+
+    async fn silenced(&mut self, tenant: &str, t: &Transition, now: i64) -> bool {
+        if self
+            .silences_read
+            .is_none_or(|at| at.elapsed() > SILENCE_TTL)
+        {
+            match self.store.all_silences(now).await {
+                Ok(s) => self.silences = s,
+                Err(e) => tracing::error!("alerts: reading silences: {e}"),
+            }
+            self.silences_read = Some(Instant::now());
+        }
+        self.silences
+            .iter()
+            .any(|s| s.tenant == tenant && s.spec.silences(t, now))
+    }
+
+    /// Store each transition, then notify the rule's channels unless silenced.
+    async fn record(&mut self, tenant: &str, out: Vec<Transition>) {
+        for t in out {
+            let silenced = self.silenced(tenant, &t, t.at).await;
+            let row = AlertRow {
+                rule_id: t.rule_id.clone(),
+                target: format!("{}/{}", t.runner.id, t.subject),
+                tenant: tenant.to_owned(),
+                runner_id: t.runner.id.clone(),
+                subject: t.subject.clone(),
+                state: t.to,
+                since_ms: t.at,
+                summary: t.summary.clone(),
+                ack: None,
+            };
+            let seq = match self
+                .store
+                .transition(&row, silenced || !t.notify, t.at)
+                .await
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("alerts: storing a transition: {e}");
+                    None
+                }
+            };
+            tracing::info!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, state = t.to.as_str(), silenced, "alert {}", t.summary);
+            if silenced || !t.notify || t.to == State::Pending {
+                continue;
+            }
+            let Some(rule) = self
+                .tenants
+                .get(tenant)
+                .and_then(|x| x.rules.iter().find(|r| r.id == t.rule_id))
+            else {
+                continue;
+            };
+            let n = Notification {
+                version: 1,
+                state: t.to.as_str().to_owned(),
+                rule_id: rule.id.clone(),
+                rule_name: rule.spec.name.clone(),
+                runner_id: t.runner.id.clone(),
+                runner_name: t.runner.name.clone(),
+                group: t.runner.group.clone(),
+                subject: t.subject.clone(),
+                summary: t.summary.clone(),
+                value: t.value,
+                at: clock::rfc3339(t.at),
+                history_seq: seq,
+            };
+            for ch in &rule.spec.channels {
+                self.notifier.send(tenant, ch, n.clone());
+            }
+        }
+    }
+}
