@@ -21,11 +21,13 @@
 //! terminals/  terminal sessions: relay, REST and WebSocket, audit
 //! users/      dashboard users and sessions
 //! updates/    releases, update policy, install script
+//! fleet/      labels and selectors, waves, job deadlines, schedules
 //! ```
 
 pub mod app;
 pub mod cli;
 pub mod common;
+pub mod fleet;
 mod containers;
 mod deploy;
 pub mod jobs;
