@@ -27,9 +27,9 @@
 pub mod app;
 pub mod cli;
 pub mod common;
-pub mod fleet;
 mod containers;
 mod deploy;
+pub mod fleet;
 pub mod jobs;
 pub mod link;
 pub mod logs;

@@ -111,6 +111,8 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
+    /// Labels, job deadlines, rollouts, schedules (`fleet/mod.rs`).
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl AppState {
@@ -153,6 +155,10 @@ impl AppState {
             quotas: Quotas::default(),
             edge: Arc::default(),
             passwords: Arc::default(),
+            // Replaced by `with_fleet` when serving from a data dir.
+            fleet: Arc::new(
+                crate::fleet::Fleet::in_memory().expect("an in-memory SQLite database opens"),
+            ),
         }
     }
 
@@ -165,6 +171,11 @@ impl AppState {
     pub fn with_edge(mut self, config: EdgeConfig) -> AppState {
         self.passwords = Arc::new(users::Passwords::new(config.hash_queue, config.hash_wait));
         self.edge = Arc::new(Edge::new(config));
+        self
+    }
+
+    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> AppState {
+        self.fleet = Arc::new(fleet);
         self
     }
 
@@ -349,6 +360,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/tenants/{tenant}/users",
             post(users::create_for_tenant),
         )
+        .merge(crate::fleet::api::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -14,7 +14,8 @@
 //! ```text
 //!  pending ──job_accepted──▶ queued ──▶ running ──job_result──▶ succeeded | failed | cancelled | timed_out
 //!     │ (sent on every connection until accepted; the runner runs an id once)
-//!     └── cancel before it was sent ──▶ cancelled
+//!     ├── cancel before it was sent ──▶ cancelled
+//!     └── its deadline passed, runner offline ──▶ expired   (fleet/deadlines.rs)
 //! ```
 //!
 //! Output is stored in order: a row's offset is where the previous one
@@ -37,7 +38,7 @@ use tether::protocol::JobResult;
 
 use crate::storage::StorageError;
 
-pub const FINAL: &[&str] = &["succeeded", "failed", "cancelled", "timed_out"];
+pub const FINAL: &[&str] = &["succeeded", "failed", "cancelled", "timed_out", "expired"];
 
 /// What a job runs, as stored (secret values are not here, only names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -634,7 +635,7 @@ impl JobStore {
             let mut stmt = tx.prepare(
                 "SELECT j.seq, d.job_id IS NOT NULL FROM jobs j
                  LEFT JOIN deployments d ON d.job_id = j.id
-                 WHERE j.finished_ms < ?1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                 WHERE j.finished_ms < ?1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired')
                    AND (d.job_id IS NULL OR j.output_pruned = 0)
                  LIMIT ?2",
             )?;
@@ -669,7 +670,7 @@ impl JobStore {
             let oldest: Vec<(i64, i64)> = {
                 let mut stmt = tx.prepare(
                     "SELECT seq, stored_bytes FROM jobs WHERE tenant_id = ?1 AND output_pruned = 0
-                     AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                     AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired')
                      AND (output_bytes IS NULL OR stored_bytes >= output_bytes)
                      ORDER BY finished_ms, seq",
                 )?;

@@ -296,6 +296,12 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         runner = %runner_id, %peer, version = info.version, protocol = version, heartbeat_ms,
         "runner connected"
     );
+    crate::fleet::labels::on_hello(
+        &conn.state,
+        &conn.runner.tenant_id,
+        &runner_id,
+        &hello.labels,
+    );
 
     let metrics_ts = match conn.state.metrics.last_ts(&runner_id) {
         Ok(ts) => ts.and_then(|t| u64::try_from(t).ok()),

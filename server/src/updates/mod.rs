@@ -547,6 +547,8 @@ pub async fn set_group(
     if !state.storage.set_runner_group(tenant, &id, &req.group)? {
         return Err(ApiError::runner_not_found(&id));
     }
+    // The group is the label `group` too (fleet/labels.rs).
+    crate::fleet::labels::group_set(&state, tenant, &id, &req.group);
     Ok(Json(
         serde_json::json!({"runner_id": id, "group": req.group}),
     ))
