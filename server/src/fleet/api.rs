@@ -57,7 +57,7 @@ async fn get_labels(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     labels_json(&state, tenant, &id)
 }
 
@@ -86,8 +86,8 @@ async fn patch_labels(
         ));
     }
     labels::check_change(&b.set, &b.remove)?;
-    runner_in_tenant(&state, tenant, &id)?;
-    labels::change(&state, tenant, &id, &b.set, &b.remove)?;
+    runner_in_tenant(&state, tenant, &id).await?;
+    labels::change(&state, tenant, &id, &b.set, &b.remove).await?;
     labels_json(&state, tenant, &id)
 }
 
@@ -114,13 +114,13 @@ async fn accept(
             selector::MAX_LABELS
         )));
     }
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let before = state.fleet.store.labels(tenant, &id)?.0;
     let after = state.fleet.store.accept(tenant, &id, b.keys.as_deref())?;
     // The group label moves the update group (labels.rs).
     if before.get(labels::GROUP) != after.get(labels::GROUP) {
         if let Some(g) = after.get(labels::GROUP) {
-            state.storage.set_runner_group(tenant, &id, g)?;
+            state.db.updates.set_runner_group(tenant, &id, g).await?;
         }
     }
     labels_json(&state, tenant, &id)
@@ -139,7 +139,7 @@ async fn bulk(
     };
     let sel = labels::parse_selector(text)?;
     labels::check_change(&b.set, &b.remove)?;
-    let chosen = labels::select(&state, tenant, &sel)?;
+    let chosen = labels::select(&state, tenant, &sel).await?;
     if chosen.len() > MAX_BULK {
         return Err(ApiError::bad_request(format!(
             "the selector names {} runners; at most {MAX_BULK} at once",
@@ -158,7 +158,7 @@ async fn bulk(
     }
     let mut ids = Vec::with_capacity(chosen.len());
     for (r, _) in &chosen {
-        labels::change(&state, tenant, &r.id, &b.set, &b.remove)?;
+        labels::change(&state, tenant, &r.id, &b.set, &b.remove).await?;
         ids.push(r.id.clone());
     }
     Ok(Json(json!({"changed": ids.len(), "runners": ids})))
@@ -275,8 +275,9 @@ async fn create_rollout(
     }
     let deadline_ms = crate::fleet::deadlines::deadline_ms(&state, tenant, b.deadline_s)?
         .unwrap_or(ROLLOUT_DEADLINE_S as i64 * 1000);
-    let (label, spec) = b.job.spec(&state, tenant)?;
-    let runners: Vec<(String, String)> = labels::select(&state, tenant, &sel)?
+    let (label, spec) = b.job.spec(&state, tenant).await?;
+    let runners: Vec<(String, String)> = labels::select(&state, tenant, &sel)
+        .await?
         .into_iter()
         .map(|(r, _)| (r.id, r.name))
         .collect();
@@ -317,17 +318,17 @@ async fn list_rollouts(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let rows = state.fleet.store.rollouts(tenant, 100)?;
-    let list: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let mut v = crate::fleet::rollout::show(&state, tenant, &r.id).unwrap_or(Value::Null);
-            // The list is a summary: targets are in GET /rollouts/{id}.
-            if let Some(o) = v.as_object_mut() {
-                o.remove("targets");
-            }
-            v
-        })
-        .collect();
+    let mut list: Vec<Value> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut v = crate::fleet::rollout::show(&state, tenant, &r.id)
+            .await
+            .unwrap_or(Value::Null);
+        // The list is a summary: targets are in GET /rollouts/{id}.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("targets");
+        }
+        list.push(v);
+    }
     Ok(Json(Value::Array(list)))
 }
 
@@ -337,7 +338,9 @@ async fn get_rollout(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    Ok(Json(crate::fleet::rollout::show(&state, tenant, &id)?))
+    Ok(Json(
+        crate::fleet::rollout::show(&state, tenant, &id).await?,
+    ))
 }
 
 async fn control_rollout(
@@ -349,7 +352,7 @@ async fn control_rollout(
     if !matches!(action.as_str(), "pause" | "resume" | "abort") {
         return Err(ApiError::not_found("no such endpoint"));
     }
-    Ok(Json(crate::fleet::rollout::control(
-        &state, tenant, &id, &action,
-    )?))
+    Ok(Json(
+        crate::fleet::rollout::control(&state, tenant, &id, &action).await?,
+    ))
 }

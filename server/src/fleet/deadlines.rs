@@ -34,17 +34,17 @@ pub async fn run(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = expire_due(&state, clock::now_ms()) {
+        if let Err(e) = expire_due(&state, clock::now_ms()).await {
             tracing::error!("expiring jobs: {e}");
         }
     }
 }
 
 /// One pass; returns how many jobs expired.
-pub fn expire_due(state: &AppState, now: i64) -> Result<usize, crate::storage::StorageError> {
+pub async fn expire_due(state: &AppState, now: i64) -> Result<usize, crate::db::StorageError> {
     let mut expired = 0;
     for (job_id, tenant, runner, expires_ms) in state.fleet.store.due_deadlines(now, BATCH)? {
-        let Some(job) = state.jobs.job(&tenant, &job_id)? else {
+        let Some(job) = state.db.jobs.job(&tenant, &job_id).await? else {
             state.fleet.store.drop_deadline(&job_id)?;
             continue;
         };
@@ -58,7 +58,12 @@ pub fn expire_due(state: &AppState, now: i64) -> Result<usize, crate::storage::S
         let waited = (expires_ms - job.created_ms).max(0) / 1000;
         let reason =
             format!("runner {runner} did not connect within {waited}s (the job's deadline)");
-        if state.jobs.finish(&job_id, "expired", &reason, now)? {
+        if state
+            .db
+            .jobs
+            .finish(&job_id, "expired", &reason, now)
+            .await?
+        {
             tracing::info!(job = %job_id, runner = %runner, "job expired: {reason}");
             state.job_hub.send(JobUpdate::Status { seq: job.seq });
             expired += 1;

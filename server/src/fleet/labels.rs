@@ -15,8 +15,8 @@ use std::collections::HashMap;
 
 use crate::app::AppState;
 use crate::common::error::ApiError;
+use crate::db::control::RunnerRow;
 use crate::fleet::selector::{self, Labels, Selector};
-use crate::storage::RunnerRow;
 
 pub const GROUP: &str = "group";
 
@@ -27,15 +27,17 @@ pub fn parse_selector(text: &str) -> Result<Selector, ApiError> {
 
 /// The tenant's runners (not revoked) whose labels match, in name order,
 /// each with its labels.
-pub fn select(
+pub async fn select(
     state: &AppState,
     tenant: &str,
     sel: &Selector,
 ) -> Result<Vec<(RunnerRow, Labels)>, ApiError> {
     let mut labels = state.fleet.store.tenant_labels(tenant)?;
     let mut out: Vec<(RunnerRow, Labels)> = state
-        .storage
-        .list_runners(tenant)?
+        .db
+        .control
+        .list_runners(tenant)
+        .await?
         .into_iter()
         .filter(|r| r.revoked_at.is_none())
         .map(|r| {
@@ -54,7 +56,7 @@ pub fn all(state: &AppState, tenant: &str) -> Result<HashMap<String, Labels>, Ap
 }
 
 /// Apply `set` and `remove` to one runner's labels, checked as a whole.
-pub fn change(
+pub async fn change(
     state: &AppState,
     tenant: &str,
     runner: &str,
@@ -72,8 +74,10 @@ pub fn change(
     let new_group = labels.get(GROUP);
     if new_group != old_group.as_ref() {
         state
-            .storage
-            .set_runner_group(tenant, runner, new_group.map_or("", String::as_str))?;
+            .db
+            .updates
+            .set_runner_group(tenant, runner, new_group.map_or("", String::as_str))
+            .await?;
     }
     Ok(labels)
 }
@@ -96,7 +100,7 @@ pub fn check_change(set: &Labels, remove: &[String]) -> Result<(), ApiError> {
 
 /// The labels a host proposes in its hello: invalid ones are dropped
 /// (logged; the runner checked them too, an old or odd one may not).
-pub fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[String]) {
+pub async fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[String]) {
     let mut labels = Labels::new();
     for text in proposed.iter().take(selector::MAX_LABELS) {
         match selector::parse_label(text) {
@@ -117,8 +121,17 @@ pub fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[String
     // An auto-accepted group label moves the update group too.
     if let Ok((l, _)) = state.fleet.store.labels(tenant, runner) {
         if let Some(g) = l.get(GROUP) {
-            if state.storage.runner_group(runner).ok().flatten().as_ref() != Some(g) {
-                let _ = state.storage.set_runner_group(tenant, runner, g);
+            if state
+                .db
+                .updates
+                .runner_group(runner)
+                .await
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(g)
+            {
+                let _ = state.db.updates.set_runner_group(tenant, runner, g).await;
             }
         }
     }
@@ -126,7 +139,7 @@ pub fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[String
 
 /// `PUT /runners/{id}/group` was used: the label follows (if the group
 /// is a valid label value; older group names may not be).
-pub fn group_set(state: &AppState, tenant: &str, runner: &str, group: &str) {
+pub async fn group_set(state: &AppState, tenant: &str, runner: &str, group: &str) {
     let (set, remove) = if group.is_empty() {
         (Labels::new(), vec![GROUP.to_owned()])
     } else if selector::check_value(group, 0).is_ok() {
@@ -142,25 +155,31 @@ pub fn group_set(state: &AppState, tenant: &str, runner: &str, group: &str) {
         );
         return;
     };
-    if let Err(e) = change(state, tenant, runner, &set, &remove) {
+    if let Err(e) = change(state, tenant, runner, &set, &remove).await {
         tracing::warn!(runner, "setting the group label: {}", e.message);
     }
 }
 
 /// Once per start: runners with an update group and no `group` label get
 /// one (the group predates labels).
-pub fn migrate_groups(state: &AppState) -> Result<usize, ApiError> {
+pub async fn migrate_groups(state: &AppState) -> Result<usize, ApiError> {
     let mut n = 0;
-    for tenant in state.storage.list_tenants()? {
+    for tenant in state.db.control.list_tenants().await? {
         let labels = state.fleet.store.tenant_labels(&tenant.id)?;
-        for r in state.storage.list_runners(&tenant.id)? {
+        for r in state.db.control.list_runners(&tenant.id).await? {
             if labels.get(&r.id).is_some_and(|l| l.contains_key(GROUP)) {
                 continue;
             }
-            let Some(g) = state.storage.runner_group(&r.id)?.filter(|g| !g.is_empty()) else {
+            let Some(g) = state
+                .db
+                .updates
+                .runner_group(&r.id)
+                .await?
+                .filter(|g| !g.is_empty())
+            else {
                 continue;
             };
-            group_set(state, &tenant.id, &r.id, &g);
+            group_set(state, &tenant.id, &r.id, &g).await;
             n += 1;
         }
     }
@@ -185,7 +204,7 @@ pub struct RunnerFilter {
 
 /// The runners a filter keeps (revoked ones included, as the plain list
 /// always showed them), in the list's order, and how many before paging.
-pub fn list(
+pub async fn list(
     state: &AppState,
     tenant: &str,
     f: &RunnerFilter,
@@ -211,8 +230,10 @@ pub fn list(
     }
     let mut labels = state.fleet.store.tenant_labels(tenant)?;
     let kept: Vec<(RunnerRow, Labels)> = state
-        .storage
-        .list_runners(tenant)?
+        .db
+        .control
+        .list_runners(tenant)
+        .await?
         .into_iter()
         .filter(|r| f.health.as_deref().is_none_or(|h| r.health.as_str() == h))
         .filter(|r| {

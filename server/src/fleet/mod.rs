@@ -28,7 +28,7 @@ pub mod waves;
 use std::sync::Arc;
 
 use self::store::{FleetStore, SqliteFleet};
-use crate::storage::StorageError;
+use crate::db::StorageError;
 
 /// The fleet's share of `AppState`.
 pub struct Fleet {

@@ -16,7 +16,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
+use tokio::sync::Mutex as AsyncMutex;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -24,9 +26,9 @@ use serde_json::{json, Value};
 use crate::app::AppState;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::jobs::JobSpec;
 use crate::fleet::store::RolloutRow;
 use crate::fleet::waves::{Planner, State, TargetState, Threshold, Totals, WaveSize};
-use crate::jobs::store::JobSpec;
 
 /// How often a driver looks at its jobs.
 const TICK: Duration = Duration::from_millis(300);
@@ -61,7 +63,7 @@ pub struct Rollout {
 /// The live rollouts of this process.
 #[derive(Default)]
 pub struct Rollouts {
-    live: Mutex<HashMap<String, Arc<Mutex<Rollout>>>>,
+    live: Mutex<HashMap<String, Arc<AsyncMutex<Rollout>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,7 +71,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Rollouts {
-    pub fn get(&self, id: &str) -> Option<Arc<Mutex<Rollout>>> {
+    pub fn get(&self, id: &str) -> Option<Arc<AsyncMutex<Rollout>>> {
         lock(&self.live).get(id).cloned()
     }
 }
@@ -167,7 +169,7 @@ pub fn start(
     };
     state.fleet.store.save_rollout(&r.row())?;
     let view = r.view();
-    let r = Arc::new(Mutex::new(r));
+    let r = Arc::new(AsyncMutex::new(r));
     lock(&state.fleet.rollouts.live).insert(id.clone(), r.clone());
     tokio::spawn(drive(state.clone(), r));
     tracing::info!(rollout = %id, tenant, "rollout started");
@@ -177,7 +179,7 @@ pub fn start(
 /// One step of a rollout: collect finished jobs, start what the planner
 /// says. Returns whether the rollout is over for good (done or aborted,
 /// nothing running).
-fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
+async fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
     // Finished jobs.
     for i in 0..r.targets.len() {
         if r.planner.target(i) != TargetState::Running {
@@ -186,7 +188,7 @@ fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
         let Some(job_id) = r.targets[i].job_id.clone() else {
             continue;
         };
-        let Some(job) = state.jobs.job(&r.tenant, &job_id)? else {
+        let Some(job) = state.db.jobs.job(&r.tenant, &job_id).await? else {
             r.planner.finished(i, false);
             continue;
         };
@@ -208,7 +210,7 @@ fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
                 r.targets[i].runner_id.clone(),
             ));
         }
-        match crate::jobs::api::create_jobs(state, &r.tenant, &jobs, &r.label, &r.spec, now) {
+        match crate::jobs::api::create_jobs(state, &r.tenant, &jobs, &r.label, &r.spec, now).await {
             Ok(_) => {
                 state
                     .fleet
@@ -233,14 +235,14 @@ fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
     Ok(r.planner.is_over() && matches!(r.planner.state(), State::Done | State::Aborted))
 }
 
-async fn drive(state: AppState, r: Arc<Mutex<Rollout>>) {
+async fn drive(state: AppState, r: Arc<AsyncMutex<Rollout>>) {
     let mut tick = tokio::time::interval(TICK);
     let mut last = String::new();
     loop {
         tick.tick().await;
         let (over, row) = {
-            let mut g = lock(&r);
-            let over = match step(&state, &mut g) {
+            let mut g = r.lock().await;
+            let over = match step(&state, &mut g).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::error!(rollout = %g.id, "rollout step: {}", e.message);
@@ -264,7 +266,12 @@ async fn drive(state: AppState, r: Arc<Mutex<Rollout>>) {
 }
 
 /// pause, resume or abort a live rollout.
-pub fn control(state: &AppState, tenant: &str, id: &str, action: &str) -> Result<Value, ApiError> {
+pub async fn control(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+    action: &str,
+) -> Result<Value, ApiError> {
     let Some(r) = state.fleet.rollouts.get(id) else {
         return Err(match state.fleet.store.rollout(tenant, id)? {
             Some(_) => {
@@ -273,7 +280,7 @@ pub fn control(state: &AppState, tenant: &str, id: &str, action: &str) -> Result
             None => ApiError::not_found(format!("no rollout {id:?}")),
         });
     };
-    let mut g = lock(&r);
+    let mut g = r.lock().await;
     if g.tenant != tenant {
         return Err(ApiError::not_found(format!("no rollout {id:?}")));
     }
@@ -284,7 +291,7 @@ pub fn control(state: &AppState, tenant: &str, id: &str, action: &str) -> Result
             Some(running) => {
                 for i in running {
                     if let Some(job) = g.targets[i].job_id.clone() {
-                        state.jobs.request_cancel(tenant, &job)?;
+                        state.db.jobs.request_cancel(tenant, &job).await?;
                         state.registry.jobs_changed(&g.targets[i].runner_id);
                     }
                 }
@@ -307,9 +314,9 @@ pub fn control(state: &AppState, tenant: &str, id: &str, action: &str) -> Result
 }
 
 /// A rollout as the API shows it: live, else its last snapshot.
-pub fn show(state: &AppState, tenant: &str, id: &str) -> Result<Value, ApiError> {
+pub async fn show(state: &AppState, tenant: &str, id: &str) -> Result<Value, ApiError> {
     if let Some(r) = state.fleet.rollouts.get(id) {
-        let g = lock(&r);
+        let g = r.lock().await;
         if g.tenant == tenant {
             return Ok(g.view());
         }

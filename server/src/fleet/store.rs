@@ -25,8 +25,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+use crate::db::StorageError;
 use crate::fleet::selector::Labels;
-use crate::storage::StorageError;
 
 /// Schema steps, in order; `PRAGMA user_version` counts those applied.
 pub const STEPS: &[&str] = &[

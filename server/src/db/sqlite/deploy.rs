@@ -9,15 +9,15 @@
 //! and `job_output`; this table adds what the history and a rollback need
 //! (the image each deployment ran). Deleting an app keeps its history.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
+use rusqlite::{params, OptionalExtension, Row};
 
-use crate::jobs::store::{JobRow, JobStore};
-use crate::storage::{Storage, StorageError};
+use super::control::SqliteControl;
+use super::jobs::SqliteJobs;
+use crate::db::jobs::*;
+use crate::db::StorageError;
 
-pub fn setup(conn: &Connection) -> Result<(), StorageError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS apps (
+/// Migration 2 of jobs.db (`jobs.rs`).
+pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS apps (
              tenant_id TEXT NOT NULL, name TEXT NOT NULL, def TEXT NOT NULL,
              updated_ms INTEGER NOT NULL,
              PRIMARY KEY (tenant_id, name)) WITHOUT ROWID;
@@ -25,28 +25,7 @@ pub fn setup(conn: &Connection) -> Result<(), StorageError> {
              job_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, app TEXT NOT NULL,
              image TEXT NOT NULL, kind TEXT NOT NULL, git_ref TEXT,
              created_ms INTEGER NOT NULL);
-         CREATE INDEX IF NOT EXISTS deployments_app ON deployments (tenant_id, app, created_ms);",
-    )?;
-    Ok(())
-}
-
-/// A stored app definition, as the API takes it (see `deploy/api.rs`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StoredApp {
-    pub name: String,
-    pub def: serde_json::Value,
-    pub updated_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Deployment {
-    pub id: String,
-    pub app: String,
-    pub image: String,
-    pub kind: String,
-    pub git_ref: Option<String>,
-    pub created_ms: i64,
-}
+         CREATE INDEX IF NOT EXISTS deployments_app ON deployments (tenant_id, app, created_ms);";
 
 fn deployment(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
@@ -59,7 +38,7 @@ fn deployment(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     })
 }
 
-impl JobStore {
+impl SqliteJobs {
     pub fn put_app(&self, tenant: &str, a: &StoredApp) -> Result<(), StorageError> {
         self.write().execute(
             "INSERT INTO apps (tenant_id, name, def, updated_ms) VALUES (?1, ?2, ?3, ?4)
@@ -144,7 +123,10 @@ impl JobStore {
 /// the one runner of the tenant that holds it, and stored; a name that
 /// matches no runner or several is left as it is, and deploying that app
 /// asks for the runner's id. Returns how many apps were changed.
-pub fn resolve_runner_names(jobs: &JobStore, storage: &Storage) -> Result<usize, StorageError> {
+pub fn resolve_runner_names(
+    jobs: &SqliteJobs,
+    storage: &SqliteControl,
+) -> Result<usize, StorageError> {
     let apps: Vec<(String, StoredApp)> = {
         let conn = jobs.read();
         let mut stmt = conn.prepare("SELECT tenant_id, name, def, updated_ms FROM apps")?;
@@ -202,7 +184,7 @@ mod tests {
 
     #[test]
     fn apps_and_deployment_history() {
-        let s = JobStore::open_in_memory().unwrap();
+        let s = SqliteJobs::open_in_memory().unwrap();
         let a = StoredApp {
             name: "web".into(),
             def: json!({"image": "web"}),
@@ -245,9 +227,9 @@ mod tests {
     /// names are left for the operator.
     #[test]
     fn app_runner_names_are_resolved_to_ids_once() {
-        use crate::storage::{EnrollmentTokenRow, NewRunner, TenantRow};
-        let jobs = JobStore::open_in_memory().unwrap();
-        let storage = Storage::open_in_memory().unwrap();
+        use crate::db::{EnrollmentTokenRow, NewRunner, TenantRow};
+        let jobs = SqliteJobs::open_in_memory().unwrap();
+        let storage = SqliteControl::open_in_memory().unwrap();
         let t = TenantRow {
             id: "tn_a".into(),
             name: "a".into(),

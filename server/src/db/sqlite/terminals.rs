@@ -1,22 +1,23 @@
 //! The terminal audit trail: who opened which terminal where, when, and for
 //! how long. One row per session, written when it opens and completed when
 //! it ends (or marked ended by a server restart, since a session does not
-//! survive the server). The table is created here, apart from the numbered
-//! migrations, with `IF NOT EXISTS`: it is new and only ever grows columns
-//! by new statements of its own.
+//! survive the server). Its table is migration 7 of tether.db (made with
+//! `IF NOT EXISTS`: files of earlier builds made it on every start).
 //!
 //! Bounds: the newest [`AUDIT_LIMIT`] rows per tenant are kept.
 
-use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{Storage, StorageError};
+use super::control::SqliteControl;
+use crate::db::audit::*;
+use crate::db::StorageError;
 
 /// Audit rows kept per tenant.
 pub const AUDIT_LIMIT: i64 = 100_000;
 
-pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
-    conn.execute_batch(
+/// Migration 7 of tether.db (`control.rs`).
+pub(super) fn create(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS terminal_audit (
             id          TEXT PRIMARY KEY,
             tenant_id   TEXT NOT NULL,
@@ -30,32 +31,21 @@ pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
             bytes_in    INTEGER NOT NULL DEFAULT 0,
             bytes_out   INTEGER NOT NULL DEFAULT 0
         );
-        CREATE INDEX IF NOT EXISTS terminal_audit_by_tenant ON terminal_audit(tenant_id, opened_at);
-        UPDATE terminal_audit SET closed_at = opened_at, reason = 'server restarted'
+        CREATE INDEX IF NOT EXISTS terminal_audit_by_tenant ON terminal_audit(tenant_id, opened_at);",
+    )
+}
+
+/// At start: a session does not survive the server, so one still open in
+/// the trail ended with the previous process.
+pub(super) fn end_open_sessions(conn: &Connection) -> Result<(), StorageError> {
+    conn.execute_batch(
+        "UPDATE terminal_audit SET closed_at = opened_at, reason = 'server restarted'
             WHERE closed_at IS NULL;",
     )?;
     Ok(())
 }
 
-/// One audit row as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TerminalAuditRow {
-    pub id: String,
-    pub runner_id: String,
-    /// `host` or `container:NAME`.
-    pub target: String,
-    /// The API token that opened it: `tok_… (label)`.
-    pub who: String,
-    /// The client's address.
-    pub client: String,
-    pub opened_ms: i64,
-    pub closed_ms: Option<i64>,
-    pub reason: Option<String>,
-    pub bytes_in: i64,
-    pub bytes_out: i64,
-}
-
-impl Storage {
+impl SqliteControl {
     /// `tok_… (label)` for an API token hash, for the audit trail.
     pub fn api_token_name(&self, token_hash: &str) -> Result<Option<String>, StorageError> {
         Ok(self
@@ -156,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_session_is_recorded_and_completed() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         let row = TerminalAuditRow {
             id: "tm_1".into(),
             runner_id: "rn_1".into(),

@@ -1,0 +1,251 @@
+//! The embedded backend: every storage trait over SQLite files in the data
+//! directory (rusqlite, bundled SQLite, WAL).
+//!
+//! ```text
+//! tether.db   control.rs (+ containers.rs, tokens.rs, users.rs, updates.rs,
+//!             terminals.rs): ControlStore, UserStore, UpdateStore, AuditStore
+//! metrics.db  metrics.rs: MetricStore
+//! logs.db     logs.rs: LogStore
+//! jobs.db     jobs.rs (+ deploy.rs): JobStore
+//! ```
+//!
+//! Each file's store is a plain synchronous struct (a mutex-guarded
+//! connection, or a writer and a reader). The async traits are implemented
+//! on [`Blocking`], which owns it: the one rule, in this one place, is that
+//! every call goes through [`Blocking::run`] onto tokio's blocking pool. A
+//! SQLite call can wait on a lock or an fsync (`busy_timeout` is 5 s);
+//! waiting there never holds a runtime thread. The synchronous structs are
+//! private to this folder, so no caller can reach SQLite another way.
+//!
+//! Every file's schema is a numbered list of migrations (`migrate.rs`);
+//! `tests/fixtures/data-d0bbe8d/` holds a data dir of the release before,
+//! which `an_old_data_dir_opens_with_its_data` opens and checks.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::logs::LogRetention;
+use super::metrics::Retention;
+use super::{Db, StorageError};
+use crate::logs::CollectPolicy;
+
+mod containers;
+mod control;
+mod deploy;
+mod impls;
+mod jobs;
+mod logs;
+mod metrics;
+mod migrate;
+mod terminals;
+mod tokens;
+mod updates;
+mod users;
+
+use control::SqliteControl;
+use jobs::SqliteJobs;
+use logs::SqliteLogs;
+use metrics::SqliteMetrics;
+
+/// A synchronous store whose every call runs on the blocking pool.
+pub struct Blocking<T>(Arc<T>);
+
+impl<T: Send + Sync + 'static> Blocking<T> {
+    fn new(store: T) -> Blocking<T> {
+        Blocking(Arc::new(store))
+    }
+
+    /// Run `f` with the store on tokio's blocking pool and wait for it. A
+    /// panic in `f` (a bug) becomes an error of the call, not of the caller.
+    async fn run<R, E>(&self, f: impl FnOnce(&T) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let store = self.0.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) => Err(StorageError::Backend(format!("storage task: {e}").into()).into()),
+        }
+    }
+}
+
+/// What the files are opened with (from the serve flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub metrics_retention: Retention,
+    pub log_retention: LogRetention,
+    pub log_collect: CollectPolicy,
+}
+
+/// Open (creating if needed) the databases in `data` and bring their schemas
+/// up to date.
+pub fn open(data: &Path, options: &Options) -> Result<Db, StorageError> {
+    let control = SqliteControl::open(&data.join("tether.db"))?;
+    let metrics = SqliteMetrics::open(&data.join("metrics.db"), options.metrics_retention)?;
+    let logs = SqliteLogs::open(
+        &data.join("logs.db"),
+        options.log_retention,
+        options.log_collect.clone(),
+    )?;
+    let jobs = SqliteJobs::open(&data.join("jobs.db"))?;
+    Ok(assemble(control, metrics, logs, jobs))
+}
+
+/// Private in-memory databases, for tests.
+#[doc(hidden)] // a test seam: the integration tests' databases
+pub fn open_in_memory(metrics_retention: Retention) -> Result<Db, StorageError> {
+    Ok(assemble(
+        SqliteControl::open_in_memory()?,
+        SqliteMetrics::open_in_memory(metrics_retention)?,
+        SqliteLogs::open_in_memory(LogRetention::default())?,
+        SqliteJobs::open_in_memory()?,
+    ))
+}
+
+fn assemble(
+    control: SqliteControl,
+    metrics: SqliteMetrics,
+    logs: SqliteLogs,
+    jobs: SqliteJobs,
+) -> Db {
+    // Once per start, before any request: apps that still name their
+    // runner get its id (deploy.rs).
+    if let Err(e) = deploy::resolve_runner_names(&jobs, &control) {
+        tracing::error!("resolving the runner names of older apps: {e}");
+    }
+    let control = Arc::new(Blocking::new(control));
+    Db {
+        control: control.clone(),
+        users: control.clone(),
+        updates: control.clone(),
+        audit: control,
+        metrics: Arc::new(Blocking::new(metrics)),
+        logs: Arc::new(Blocking::new(logs)),
+        jobs: Arc::new(Blocking::new(jobs)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::logs::LogQuery;
+
+    /// The four files as the server at d0bbe8d (before `db/`) left them.
+    const OLD: [(&str, &str); 4] = [
+        (
+            "tether.db",
+            include_str!("../../../tests/fixtures/data-d0bbe8d/tether.sql"),
+        ),
+        (
+            "metrics.db",
+            include_str!("../../../tests/fixtures/data-d0bbe8d/metrics.sql"),
+        ),
+        (
+            "logs.db",
+            include_str!("../../../tests/fixtures/data-d0bbe8d/logs.sql"),
+        ),
+        (
+            "jobs.db",
+            include_str!("../../../tests/fixtures/data-d0bbe8d/jobs.sql"),
+        ),
+    ];
+
+    fn version(path: &Path) -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A data dir made by the previous release opens with every row in
+    /// place, and each file records the migrations it now has.
+    #[tokio::test]
+    async fn an_old_data_dir_opens_with_its_data() {
+        let dir = std::env::temp_dir().join(format!("tether-old-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, sql) in OLD {
+            let conn = rusqlite::Connection::open(dir.join(file)).unwrap();
+            // The dump lists tables by name, not in reference order.
+            conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+        let before: Vec<i64> = OLD.iter().map(|(f, _)| version(&dir.join(f))).collect();
+        assert_eq!(before, [6, 1, 0, 0]);
+        let options = Options {
+            metrics_retention: Retention::default(),
+            log_retention: LogRetention::default(),
+            log_collect: CollectPolicy::All,
+        };
+        let db = open(&dir, &options).unwrap();
+
+        let tenants = db.control.list_tenants().await.unwrap();
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(tenants[0].name, "acme");
+        let runner = db
+            .control
+            .runner("tn_acme", "rn_web1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(runner.name, "web-1");
+        let auth = db
+            .control
+            .api_token_auth("hash-of-api-token", 1)
+            .await
+            .unwrap();
+        assert_eq!(auth.unwrap().tenant_id, "tn_acme");
+        let ada = db.users.user("tn_acme", "ada").await.unwrap().unwrap();
+        assert_eq!(ada.role, crate::db::Role::Admin);
+        let policies = db.updates.update_policies("tn_acme").await.unwrap();
+        assert_eq!(policies[0].version, "0.2.0");
+        let audit = db.audit.terminal_audit("tn_acme", None, 10).await.unwrap();
+        assert_eq!((audit[0].bytes_in, audit[0].bytes_out), (42, 4200));
+
+        let job = db.jobs.job("tn_acme", "jb_one").await.unwrap().unwrap();
+        assert_eq!(job.label, "echo hi");
+        let out = db.jobs.output(job.seq, 0, 10).await.unwrap();
+        assert_eq!(out[0].data, b"hi\n");
+        assert_eq!(db.jobs.scripts("tn_acme").await.unwrap()[0].name, "hello");
+        let app = db.jobs.app("tn_acme", "web").await.unwrap().unwrap();
+        assert_eq!(app.def["image"], "nginx");
+
+        let q = LogQuery {
+            limit: 10,
+            ..LogQuery::default()
+        };
+        let lines = db.logs.query("rn_web1", "nginx", &q).await.unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].line, "GET / 200");
+
+        let latest = db.metrics.latest(&["rn_web1"]).await.unwrap();
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].1.ts, 1_795_000_006_000);
+
+        drop(db);
+        let after: Vec<i64> = OLD.iter().map(|(f, _)| version(&dir.join(f))).collect();
+        assert_eq!(after, [8, 1, 1, 2]);
+        // Opening again applies nothing and keeps everything.
+        let db = open(&dir, &options).unwrap();
+        assert_eq!(db.control.list_runners("tn_acme").await.unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A new data dir gets the same versions.
+    #[test]
+    fn a_new_data_dir_is_at_the_latest_version() {
+        let dir = std::env::temp_dir().join(format!("tether-new-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = Options {
+            metrics_retention: Retention::default(),
+            log_retention: LogRetention::default(),
+            log_collect: CollectPolicy::All,
+        };
+        drop(open(&dir, &options).unwrap());
+        let after: Vec<i64> = OLD.iter().map(|(f, _)| version(&dir.join(f))).collect();
+        assert_eq!(after, [8, 1, 1, 2]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
