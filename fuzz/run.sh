@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")"
 secs=${1:-60}
 cargo=${FUZZ_CARGO:-cargo +nightly}
-targets=${FUZZ_TARGETS:-"frame control metrics_wire metrics_roundtrip docker_http docker_request docker_stream log_assembler log_time proc fingerprint http_response proxy_response tar_path update"}
+targets=${FUZZ_TARGETS:-"frame control metrics_wire metrics_roundtrip docker_http docker_request docker_stream log_assembler log_time proc fingerprint http_response proxy_response tar_path update selector"}
 timeout=${FUZZ_TIMEOUT:-10}
 
 command -v cargo-fuzz >/dev/null || {

@@ -162,6 +162,12 @@ def main():
                            b"1795867200000", b"2024-02-29T23:59:60-00:30"]):
         write("log_time", "t%d" % i, t)
 
+    # selector: label selectors and cron expressions (one parser each).
+    for i, t in enumerate([b"env=prod,region in (eu,us),!canary", b"tier notin (a, b),x!=y,z",
+                           b"role=db", b"0 3 * * *", b"*/15 9-17 * jan-mar mon-fri",
+                           b"0 0 29 2 *"]):
+        write("selector", "s%d" % i, t)
+
     # docker_stream and log_assembler: log bodies (mux and tty).
     mux_body = http_body(fixture(docker, "logs_follow_mux.http"))
     tty_body = http_body(fixture(docker, "logs_follow_tty.http"))

@@ -20,6 +20,8 @@
 #   --server URL       the server [default: @SERVER_URL@]
 #   --ca-file PEM      trust this CA for the server (downloads and the runner)
 #   --name NAME        register under this name [default: the host name]
+#   --label KEY=VALUE  a label this host proposes (repeatable; shown as proposed
+#                      until an operator accepts it)
 #   --version V        install this release [default: latest]
 #   --pubkey KEY       trusted minisign public key (repeatable) [default: the server's]
 #   --init SYSTEM      systemd, openrc, procd or none [default: detected]
@@ -41,12 +43,13 @@ START=1
 UNINSTALL=0
 ROOT="${TETHER_ROOT:-}"
 PUBKEYS=""
+LABELS=""
 
 say() { printf 'tether-install: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 usage() {
-	sed -n '2,29p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
+	sed -n '2,32p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
 }
 
 while [ $# -gt 0 ]; do
@@ -55,6 +58,12 @@ while [ $# -gt 0 ]; do
 	--server) SERVER="${2:?--server needs a value}"; shift 2 ;;
 	--ca-file) CA_FILE="${2:?--ca-file needs a value}"; shift 2 ;;
 	--name) NAME="${2:?--name needs a value}"; shift 2 ;;
+	--label)
+		case "${2:?--label needs KEY=VALUE}" in *=*) ;; *) die "--label $2: use KEY=VALUE" ;; esac
+		LABELS="$LABELS$2
+"
+		shift 2
+		;;
 	--version) VERSION="${2:?--version needs a value}"; shift 2 ;;
 	--pubkey) PUBKEYS="$PUBKEYS ${2:?--pubkey needs a value}"; shift 2 ;;
 	--init) INIT="${2:?--init needs a value}"; shift 2 ;;
@@ -279,6 +288,11 @@ if [ -n "$KEYS" ]; then
 	chmod 644 "$STATE_DIR/update-keys.pub"
 else
 	say "warning: no update keys: this runner will refuse every update until $STATE_DIR/update-keys.pub has one"
+fi
+if [ -n "$LABELS" ]; then
+	# Read by `tether run` at each start (one KEY=VALUE a line).
+	printf '%s' "$LABELS" >"$STATE_DIR/labels"
+	chmod 644 "$STATE_DIR/labels"
 fi
 say "installed $("$BIN" version 2>/dev/null || echo tether) at $BIN"
 

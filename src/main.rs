@@ -28,7 +28,7 @@ use std::error::Error;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tether::config::{self, ConfigError};
 use tether::conn::{ConnConfig, Exit, HelloInfo};
@@ -90,7 +90,7 @@ Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interv
                   [--docker-socket PATH] [--max-jobs N] [--no-jobs]
                   [--no-host-terminal] [--host-terminal-user USER]
                   [--no-container-terminal] [--no-container-control]
-                  [--server URL] [--ca-file PEM] [--proxy URL]
+                  [--server URL] [--ca-file PEM] [--proxy URL] [--label KEY=VALUE]...
 
 Connect to the server with the stored credential and stay connected,
 reconnecting with backoff. SIGTERM/SIGINT close the connection cleanly.
@@ -125,6 +125,9 @@ Options:
                         (start, stop, restart, kill, remove, prune); listing,
                         inspecting and logs stay, deploys are jobs (--no-jobs)
                         [env TETHER_CONTAINER_CONTROL=off]
+  --label KEY=VALUE     a label this host proposes to the server (repeatable; the
+                        server shows it as proposed until an operator accepts it)
+                        [also one per line in <state-dir>/labels, as install.sh writes]
   --host-terminal-user USER
                         whose login shell a host terminal runs [env TETHER_HOST_TERMINAL_USER,
                         default: the user the runner runs as]
@@ -485,6 +488,28 @@ fn cmd_enroll(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
     print(&format!("{}\n", cred.runner_id))
 }
 
+/// `--label`s, then the lines of `<state-dir>/labels` (install.sh
+/// writes it). The server checks each label's syntax again.
+fn proposed_labels(mut labels: Vec<String>, state_dir: &Path) -> Result<Vec<String>, CliError> {
+    if let Ok(text) = std::fs::read_to_string(state_dir.join("labels")) {
+        labels.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    if labels.len() > 32 {
+        return Err(CliError::Usage("at most 32 labels".into()));
+    }
+    match labels.iter().find(|l| !l.contains('=') || l.len() > 127) {
+        Some(bad) => Err(CliError::Usage(format!(
+            "label {bad:?}: KEY=VALUE, at most 127 bytes"
+        ))),
+        None => Ok(labels),
+    }
+}
+
 fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
     let (mut heartbeat, mut ca_file, mut proxy, mut server) = (None, None, None, None);
     let (mut metrics_interval, mut fingerprint_interval) = (None, None);
@@ -493,6 +518,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let (mut update_keys, mut health_timeout) = (None, None);
     let (mut no_host_terminal, mut host_terminal_user) = (false, None);
     let (mut no_container_terminal, mut no_container_control) = (false, false);
+    let mut labels = Vec::new();
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -514,6 +540,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("no-host-terminal") => no_host_terminal = true,
             o if o.is("no-container-terminal") => no_container_terminal = true,
             o if o.is("no-container-control") => no_container_control = true,
+            o if o.is("label") => labels.push(os_string(parser.value()?)?),
             o if o.is("host-terminal-user") => {
                 host_terminal_user = Some(os_string(parser.value()?)?)
             }
@@ -662,6 +689,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         phase_timeout: config::PHASE_TIMEOUT,
         hello: HelloInfo {
             capabilities: terminals.capabilities(),
+            labels: proposed_labels(labels, &state.path)?,
             ..HelloInfo::from_host()
         },
         run_dir: if trial.is_some() { None } else { Some(run_dir) },

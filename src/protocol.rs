@@ -266,6 +266,11 @@ pub struct Hello {
     /// How often the runner samples metrics (0: metrics off).
     #[serde(default)]
     pub metrics_interval_ms: u64,
+    /// Labels the host owner proposes (`key=value`, `tether run --label`);
+    /// the server shows them as proposed until accepted. Left out when
+    /// empty, so older servers see the hello they know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1059,13 +1064,38 @@ mod tests {
             capabilities: vec!["terminal.host".into()],
             open_channels: vec![],
             metrics_interval_ms: 5000,
+            labels: Vec::new(),
         });
         let text = encode_control(7, hello.clone());
         assert!(text.starts_with(r#"{"id":7,"type":"hello""#), "{text}");
+        // No labels: the field is left out, as older servers know it.
+        assert!(!text.contains("labels"), "{text}");
         assert_eq!(
             decode_control(&text),
             Ok(Decoded::Known(Envelope { id: 7, body: hello }))
         );
+    }
+
+    #[test]
+    fn hello_labels_are_optional_both_ways() {
+        let text = r#"{"id":1,"type":"hello","protocol":[1],"runner_version":"0.1","arch":"x","os":"linux","hostname":"h","heartbeat_ms":5000,"labels":["role=db"]}"#;
+        let Ok(Decoded::Known(Envelope {
+            body: Message::Hello(h),
+            ..
+        })) = decode_control(text)
+        else {
+            panic!("{text}");
+        };
+        assert_eq!(h.labels, ["role=db"]);
+        let old = text.replace(r#","labels":["role=db"]"#, "");
+        let Ok(Decoded::Known(Envelope {
+            body: Message::Hello(h),
+            ..
+        })) = decode_control(&old)
+        else {
+            panic!("{old}");
+        };
+        assert!(h.labels.is_empty());
     }
 
     #[test]

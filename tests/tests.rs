@@ -12,6 +12,7 @@ mod deploy;
 mod dev_run;
 mod docker;
 mod enroll;
+mod fleet;
 mod health;
 mod install_sh;
 mod jobs;

@@ -25,6 +25,7 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 mod alerts;
 mod containers;
 mod deploy;
+mod fleet;
 mod jobs;
 mod logs;
 mod terminal;
@@ -75,8 +76,24 @@ pub enum ClientCommand {
     /// API tokens of your tenant: create, list (who made each, last use), revoke
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
-    /// List runners with their health
-    Runners,
+    /// List runners with their health (filtered by labels, health, a search)
+    Runners {
+        /// e.g. `role=db,region in (eu,us),!canary`
+        #[arg(long)]
+        selector: Option<String>,
+        /// active, unreachable or revoked
+        #[arg(long)]
+        health: Option<String>,
+        /// A piece of the name or id
+        #[arg(long, short)]
+        search: Option<String>,
+    },
+    /// Runner labels: show, set (one runner or by selector), accept proposals, policy
+    #[command(subcommand)]
+    Labels(fleet::LabelsCommand),
+    /// Rollouts (`run --selector … --wave …`): list, show, watch, pause, resume, abort
+    #[command(subcommand)]
+    Rollout(fleet::RolloutCommand),
     /// One runner: show, health history, revoke, ping
     #[command(subcommand)]
     Runner(RunnerCommand),
@@ -145,7 +162,8 @@ pub enum ClientCommand {
     #[command(subcommand)]
     Secret(jobs::SecretCommand),
     /// Run a saved script or a command on runners; with one runner, watch it
-    Run(jobs::RunArgs),
+    // Boxed: its flags outweigh the other commands (clippy large_enum_variant).
+    Run(Box<jobs::RunArgs>),
     /// Jobs: list, show, watch live, cancel
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
@@ -340,6 +358,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Events => None,
         ClientCommand::Logs(a) if a.follow => None,
         ClientCommand::Run(_) | ClientCommand::Jobs(jobs::JobsCommand::Watch { .. }) => None,
+        ClientCommand::Rollout(fleet::RolloutCommand::Watch { .. }) => None,
         ClientCommand::App(c) if c.watches() => None,
         ClientCommand::Container(c) => Some(containers::DOCKER_CALL_TIMEOUT + c.extra_wait()),
         ClientCommand::Terminal(_) => Some(containers::DOCKER_CALL_TIMEOUT),
@@ -467,8 +486,17 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
                 field(&v, "state")
             ))
         }
-        ClientCommand::Runners => {
-            let (raw, v) = client.call("GET", "/api/v1/runners", None)?;
+        ClientCommand::Runners {
+            selector,
+            health,
+            search,
+        } => {
+            let q = query(&[
+                ("selector", selector.as_deref()),
+                ("health", health.as_deref()),
+                ("q", search.as_deref()),
+            ]);
+            let (raw, v) = client.call("GET", &format!("/api/v1/runners{q}"), None)?;
             if json {
                 return out(&raw);
             }
@@ -619,6 +647,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Secret(c) => jobs::secret(&client, c, json),
         ClientCommand::Run(a) => jobs::run(&client, &a, json),
         ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
+        ClientCommand::Labels(c) => fleet::labels(&client, c, json),
+        ClientCommand::Rollout(c) => fleet::rollout(&client, c, json),
         ClientCommand::User(c) => users::user(&client, c, json),
         ClientCommand::Prune {
             runner,

@@ -24,6 +24,7 @@
 //! users/      dashboard users and sessions
 //! updates/    releases, update policy, install script
 //! alerts/     alert rules and their engine, notification channels, REST
+//! fleet/      labels and selectors, waves, job deadlines, schedules
 //! ```
 
 pub mod alerts;
@@ -33,6 +34,7 @@ pub mod common;
 mod containers;
 pub mod db;
 mod deploy;
+pub mod fleet;
 pub mod jobs;
 pub mod link;
 pub mod logs;

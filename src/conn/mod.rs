@@ -112,6 +112,8 @@ pub struct HelloInfo {
     pub os: String,
     /// Capabilities the host owner left switched on (`terminal.host`).
     pub capabilities: Vec<String>,
+    /// Labels the host owner proposes (`--label`).
+    pub labels: Vec<String>,
 }
 
 impl HelloInfo {
@@ -123,6 +125,7 @@ impl HelloInfo {
             arch: crate::sys::RELEASE_ARCH.to_owned(),
             os: std::env::consts::OS.to_owned(),
             capabilities: Vec::new(),
+            labels: Vec::new(),
         }
     }
 }
@@ -460,6 +463,7 @@ pub fn hello_message(cfg: &ConnConfig) -> Control {
         // Data channels arrive with jobs; nothing to resume yet.
         open_channels: Vec::new(),
         metrics_interval_ms: cfg.telemetry.metrics_interval_ms(),
+        labels: cfg.hello.labels.clone(),
     })
 }
 

@@ -29,6 +29,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
             arch: "x86_64".into(),
             os: "linux".into(),
             capabilities: vec![],
+            labels: vec![],
         },
         run_dir,
         // The scripted servers below expect no telemetry; the metrics tests

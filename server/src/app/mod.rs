@@ -98,6 +98,8 @@ pub struct AppState {
     pub passwords: Arc<users::Passwords>,
     /// Alert rules, their engine and the notification channels (`alerts/`).
     pub alerts: Arc<Alerts>,
+    /// Labels, job deadlines, rollouts, schedules (`fleet/mod.rs`).
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl AppState {
@@ -132,6 +134,10 @@ impl AppState {
             quotas: Quotas::default(),
             edge: Arc::default(),
             passwords: Arc::default(),
+            // Replaced by `with_fleet` when serving from a data dir.
+            fleet: Arc::new(
+                crate::fleet::Fleet::in_memory().expect("an in-memory SQLite database opens"),
+            ),
         }
     }
 
@@ -157,6 +163,11 @@ impl AppState {
             &self.containers,
             tuning,
         );
+        self
+    }
+
+    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> AppState {
+        self.fleet = Arc::new(fleet);
         self
     }
 

@@ -29,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::users::routes())
         .merge(crate::updates::routes())
         .merge(crate::alerts::routes())
+        .merge(crate::fleet::api::routes())
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -253,7 +253,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             ..AlertTuning::default()
         })
         .with_quotas(args.quotas.quotas())
-        .with_edge(edge);
+        .with_edge(edge)
+        .with_fleet(crate::fleet::Fleet::new(Arc::new(
+            crate::fleet::store::SqliteFleet::open(&data.join("fleet.db"))?,
+        )));
+    match crate::fleet::labels::migrate_groups(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{n} runner group(s) became group labels"),
+        Err(e) => tracing::error!("turning runner groups into labels: {}", e.message),
+    }
     let stale = state.health.server_restarted().await?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
@@ -279,6 +287,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
     let maintenance = tokio::spawn(maintain_metrics(state.clone()));
     let retention = tokio::spawn(crate::common::quotas::retain_jobs(state.clone()));
+    let fleet = crate::fleet::spawn(&state);
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -297,6 +306,9 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     flusher.abort();
     maintenance.abort();
     retention.abort();
+    for task in fleet {
+        task.abort();
+    }
     if let Err(e) = state.registry.flush_last_seen().await {
         tracing::warn!("saving last-seen times: {e}");
     }

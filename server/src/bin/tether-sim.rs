@@ -496,6 +496,7 @@ async fn upgrade(
         capabilities: Vec::new(),
         open_channels: Vec::new(),
         metrics_interval_ms,
+        labels: Vec::new(),
     });
     ws.send(WsMessage::text(encode_control(1, hello)))
         .await

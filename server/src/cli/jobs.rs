@@ -55,8 +55,26 @@ pub enum SecretCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Runner ids (rn_…) or names
-    #[arg(required = true)]
+    #[arg(required_unless_present = "selector")]
     pub runners: Vec<String>,
+    /// Every runner whose labels match, e.g. `role=db,region in (eu,us),!canary`
+    #[arg(long, conflicts_with = "runners")]
+    pub selector: Option<String>,
+    /// How long a job waits for an offline runner before it expires (e.g. 10m)
+    #[arg(long)]
+    pub deadline: Option<String>,
+    /// Run as a rollout in waves: N runners or N% per wave (needs --selector)
+    #[arg(long, requires = "selector")]
+    pub wave: Option<String>,
+    /// Rollout: runners of a wave running at once [default: the whole wave]
+    #[arg(long, requires = "wave")]
+    pub concurrency: Option<u32>,
+    /// Rollout: halt once this many runners failed [default 1]
+    #[arg(long, requires = "wave", conflicts_with = "max_failure_rate")]
+    pub max_failures: Option<u32>,
+    /// Rollout: halt when more than this percent of a wave failed
+    #[arg(long, requires = "wave")]
+    pub max_failure_rate: Option<u8>,
     /// A saved script
     #[arg(long, conflicts_with = "command")]
     pub script: Option<String>,
@@ -212,18 +230,34 @@ pub fn run(client: &Client, a: &RunArgs, json: bool) -> Result<(), CliError> {
             .ok_or_else(|| CliError::Usage(format!("--env {kv:?}: use KEY=VALUE")))?;
         env.insert(k.to_owned(), json!(v));
     }
-    let mut runners = Vec::new();
-    for r in &a.runners {
-        runners.push(resolve_runner(client, r)?);
-    }
-    let body = json!({
-        "runners": runners,
+    let mut body = json!({
         "script": a.script,
         "command": a.command,
         "env": env,
         "secrets": a.secrets,
         "timeout_s": a.timeout,
     });
+    if let (Some(sel), Some(wave)) = (&a.selector, &a.wave) {
+        let w = super::fleet::WaveArgs {
+            wave: Some(wave.clone()),
+            concurrency: a.concurrency,
+            max_failures: a.max_failures,
+            max_failure_rate: a.max_failure_rate,
+        };
+        return super::fleet::start_rollout(client, sel, &w, body, a.detach, json);
+    }
+    if let Some(d) = &a.deadline {
+        body["deadline_s"] = json!(super::parse_ttl(d).map_err(CliError::Usage)?);
+    }
+    if let Some(sel) = &a.selector {
+        body["selector"] = json!(sel);
+    } else {
+        let mut runners = Vec::new();
+        for r in &a.runners {
+            runners.push(resolve_runner(client, r)?);
+        }
+        body["runners"] = json!(runners);
+    }
     let (raw, v) = client.call("POST", "/api/v1/jobs", Some(body))?;
     let jobs = v.as_array().cloned().unwrap_or_default();
     if json && (a.detach || jobs.len() != 1) {

@@ -98,7 +98,7 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<(Deployment, Option<JobRow>)>, StorageError>;
 }
 
-pub const FINAL: &[&str] = &["succeeded", "failed", "cancelled", "timed_out"];
+pub const FINAL: &[&str] = &["succeeded", "failed", "cancelled", "timed_out", "expired"];
 
 /// What a job runs, as stored (secret values are not here, only names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -219,7 +219,15 @@ pub async fn delete_secret(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunBody {
+    #[serde(default)]
     runners: Vec<String>,
+    /// Instead of `runners`: every runner whose labels match (`fleet/selector.rs`).
+    #[serde(default)]
+    selector: Option<String>,
+    /// How long a job waits for an offline runner before it expires
+    /// (`fleet/deadlines.rs`); default: the tenant's fleet policy.
+    #[serde(default)]
+    deadline_s: Option<u64>,
     #[serde(default)]
     script: Option<String>,
     #[serde(default)]
@@ -234,6 +242,99 @@ pub struct RunBody {
     secrets: Vec<String>,
     #[serde(default)]
     timeout_s: Option<u64>,
+}
+
+impl RunBody {
+    /// What the job runs, checked (a saved script's name or a command,
+    /// with its interpreter, arguments, env and secrets): its label and
+    /// spec. Rollouts use it too (`fleet/rollout.rs`).
+    pub(crate) async fn spec(
+        &self,
+        state: &AppState,
+        tenant: &str,
+    ) -> Result<(String, JobSpec), ApiError> {
+        let (label, mut spec) = match (&self.script, &self.command) {
+            (Some(name), None) => {
+                let s = state
+                    .db
+                    .jobs
+                    .script(tenant, name)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no script {name:?}")))?;
+                (
+                    s.name.clone(),
+                    JobSpec {
+                        program: s.interpreter,
+                        args: s.args,
+                        script: Some(s.body),
+                        env: Vec::new(),
+                        secrets: Vec::new(),
+                        timeout_s: s.timeout_s,
+                        deploy: None,
+                    },
+                )
+            }
+            (None, Some(cmd)) => {
+                if cmd.is_empty() || cmd.len() > MAX_SCRIPT || cmd.contains('\0') {
+                    return Err(ApiError::bad_request(format!(
+                        "command: 1 to {MAX_SCRIPT} bytes, no NUL"
+                    )));
+                }
+                (
+                    cmd.chars().take(120).collect(),
+                    JobSpec {
+                        program: DEFAULT_INTERPRETER.into(),
+                        args: Vec::new(),
+                        script: Some(cmd.clone()),
+                        env: Vec::new(),
+                        secrets: Vec::new(),
+                        timeout_s: 0,
+                        deploy: None,
+                    },
+                )
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of script (a saved script's name) or command",
+                ))
+            }
+        };
+        if let Some(i) = self.interpreter.clone() {
+            check_interpreter(&i)?;
+            spec.program = i;
+        }
+        if let Some(a) = self.args.clone() {
+            spec.args = a;
+        }
+        if let Some(t) = self.timeout_s {
+            if t > MAX_TIMEOUT_S {
+                return Err(ApiError::bad_request("timeout_s: at most 7 days"));
+            }
+            spec.timeout_s = t;
+        }
+        for (k, v) in &self.env {
+            if !valid_env(k) || v.contains('\0') {
+                return Err(ApiError::bad_request(format!(
+                    "env {k:?}: a variable name and a value without NUL"
+                )));
+            }
+        }
+        spec.env = self.env.clone().into_iter().collect();
+        for name in &self.secrets {
+            if state.db.jobs.secret(tenant, name).await?.is_none() {
+                return Err(ApiError::not_found(format!("no secret {name:?}")));
+            }
+        }
+        spec.secrets = self.secrets.clone();
+        fits(state, tenant, &spec).await?;
+        Ok((label, spec))
+    }
+
+    /// The job part only: no runners, selector or deadline (a rollout
+    /// names its runners itself).
+    pub(crate) fn is_job_only(&self) -> bool {
+        self.runners.is_empty() && self.selector.is_none() && self.deadline_s.is_none()
+    }
 }
 
 /// 413 when the job's `job_start` would not fit in one message to a
@@ -277,85 +378,30 @@ pub async fn run(
     JsonBody(b): JsonBody<RunBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
+    let mut b = b;
+    let deadline = crate::fleet::deadlines::deadline_ms(&state, tenant, b.deadline_s)?;
+    if let Some(text) = &b.selector {
+        if !b.runners.is_empty() {
+            return Err(ApiError::bad_request(
+                "give runners or a selector, not both",
+            ));
+        }
+        let sel = crate::fleet::labels::parse_selector(text)?;
+        b.runners = crate::fleet::labels::select(&state, tenant, &sel)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r.id)
+            .collect();
+        if b.runners.is_empty() {
+            return Err(ApiError::not_found(format!("no runner matches {text:?}")));
+        }
+    }
     if b.runners.is_empty() || b.runners.len() > MAX_RUNNERS_PER_RUN {
         return Err(ApiError::bad_request(format!(
             "runners: 1 to {MAX_RUNNERS_PER_RUN} runner ids"
         )));
     }
-    let (label, mut spec) = match (&b.script, &b.command) {
-        (Some(name), None) => {
-            let s = state
-                .db
-                .jobs
-                .script(tenant, name)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("no script {name:?}")))?;
-            (
-                s.name.clone(),
-                JobSpec {
-                    program: s.interpreter,
-                    args: s.args,
-                    script: Some(s.body),
-                    env: Vec::new(),
-                    secrets: Vec::new(),
-                    timeout_s: s.timeout_s,
-                    deploy: None,
-                },
-            )
-        }
-        (None, Some(cmd)) => {
-            if cmd.is_empty() || cmd.len() > MAX_SCRIPT || cmd.contains('\0') {
-                return Err(ApiError::bad_request(format!(
-                    "command: 1 to {MAX_SCRIPT} bytes, no NUL"
-                )));
-            }
-            (
-                cmd.chars().take(120).collect(),
-                JobSpec {
-                    program: DEFAULT_INTERPRETER.into(),
-                    args: Vec::new(),
-                    script: Some(cmd.clone()),
-                    env: Vec::new(),
-                    secrets: Vec::new(),
-                    timeout_s: 0,
-                    deploy: None,
-                },
-            )
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of script (a saved script's name) or command",
-            ))
-        }
-    };
-    if let Some(i) = b.interpreter {
-        check_interpreter(&i)?;
-        spec.program = i;
-    }
-    if let Some(a) = b.args {
-        spec.args = a;
-    }
-    if let Some(t) = b.timeout_s {
-        if t > MAX_TIMEOUT_S {
-            return Err(ApiError::bad_request("timeout_s: at most 7 days"));
-        }
-        spec.timeout_s = t;
-    }
-    for (k, v) in &b.env {
-        if !valid_env(k) || v.contains('\0') {
-            return Err(ApiError::bad_request(format!(
-                "env {k:?}: a variable name and a value without NUL"
-            )));
-        }
-    }
-    spec.env = b.env.into_iter().collect();
-    for name in &b.secrets {
-        if state.db.jobs.secret(tenant, name).await?.is_none() {
-            return Err(ApiError::not_found(format!("no secret {name:?}")));
-        }
-    }
-    spec.secrets = b.secrets;
-    fits(&state, tenant, &spec).await?;
+    let (label, spec) = b.spec(&state, tenant).await?;
     // Every runner must be the tenant's before any job is made.
     for r in &b.runners {
         runner_in_tenant(&state, tenant, r).await?;
@@ -366,6 +412,9 @@ pub async fn run(
         jobs.push((new_job_id()?, r.clone()));
     }
     let made = create_jobs(&state, tenant, &jobs, &label, &spec, now).await?;
+    if let Some(ms) = deadline {
+        state.fleet.store.add_deadlines(tenant, &jobs, now + ms)?;
+    }
     for (_, r) in &jobs {
         state.registry.jobs_changed(r);
     }

@@ -300,6 +300,13 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         runner = %runner_id, %peer, version = info.version, protocol = version, heartbeat_ms,
         "runner connected"
     );
+    crate::fleet::labels::on_hello(
+        &conn.state,
+        &conn.runner.tenant_id,
+        &runner_id,
+        &hello.labels,
+    )
+    .await;
 
     let metrics_ts = match conn.state.db.metrics.last_ts(&runner_id).await {
         Ok(ts) => ts.and_then(|t| u64::try_from(t).ok()),

@@ -16,7 +16,10 @@ use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
-use crate::common::http::{JsonBody, SERVER_VERSION};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+
+use crate::common::http::{query, JsonBody, SERVER_VERSION};
 use crate::db::{
     ApiTokenInfo, ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner,
     RunnerRow, TenantRow,
@@ -519,9 +522,20 @@ pub struct RunnerView {
     last_seen: Option<String>,
     connected_since: Option<String>,
     revoked_at: Option<String>,
+    /// Accepted labels (`fleet/labels.rs`).
+    labels: crate::fleet::selector::Labels,
 }
 
 fn runner_view(state: &AppState, r: RunnerRow) -> RunnerView {
+    let labels = state.fleet.store.labels(&r.tenant_id, &r.id);
+    runner_view_with(state, r, labels.map(|l| l.0).unwrap_or_default())
+}
+
+fn runner_view_with(
+    state: &AppState,
+    r: RunnerRow,
+    labels: crate::fleet::selector::Labels,
+) -> RunnerView {
     // The stored last_seen lags by up to one flush interval; a live
     // connection knows better.
     let live = state.registry.live_last_seen(&r.tenant_id, &r.id);
@@ -540,17 +554,28 @@ fn runner_view(state: &AppState, r: RunnerRow) -> RunnerView {
         last_seen: last_seen.map(clock::rfc3339),
         connected_since: r.connected_since.map(clock::rfc3339),
         revoked_at: r.revoked_at.map(clock::rfc3339),
+        labels,
     }
 }
 
+/// `?selector=&health=&q=&offset=&limit=` (`fleet/labels.rs`); the
+/// number of matches before paging is in `X-Total-Count`.
 pub async fn list_runners(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Vec<RunnerView>>, ApiError> {
+    params: Result<Query<crate::fleet::labels::RunnerFilter>, QueryRejection>,
+) -> Result<(HeaderMap, Json<Vec<RunnerView>>), ApiError> {
     let tenant = caller.tenant()?;
-    let rows = state.db.control.list_runners(tenant).await?;
-    Ok(Json(
-        rows.into_iter().map(|r| runner_view(&state, r)).collect(),
+    let (rows, total) = crate::fleet::labels::list(&state, tenant, &query(params)?).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", total.into());
+    Ok((
+        headers,
+        Json(
+            rows.into_iter()
+                .map(|(r, l)| runner_view_with(&state, r, l))
+                .collect(),
+        ),
     ))
 }
 

@@ -536,6 +536,8 @@ pub async fn set_group(
     {
         return Err(ApiError::runner_not_found(&id));
     }
+    // The group is the label `group` too (fleet/labels.rs).
+    crate::fleet::labels::group_set(&state, tenant, &id, &req.group).await;
     Ok(Json(
         serde_json::json!({"runner_id": id, "group": req.group}),
     ))

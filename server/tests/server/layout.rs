@@ -111,13 +111,27 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     // and the log area's model (`db/logs.rs`) reads and writes Docker's
     // RFC 3339 stamps with it.
     ("db", "common", &["common::clock"]),
+    // Labels and selectors name sets of runners wherever a set is named
+    // (jobs, the runners list, update groups), and a job's deadline is
+    // recorded where jobs are made. Not yet one-way: a rollout makes its
+    // jobs through `jobs::api`, so jobs and fleet use each other
+    // (docs/server.md, "Not yet true").
+    (
+        "*",
+        "fleet",
+        &["fleet::labels", "fleet::selector", "fleet::deadlines"],
+    ),
+    ("fleet", "jobs", &["jobs::api", "jobs::JobUpdate"]),
     // Alerts are evaluated as data arrives: the engine subscribes to the
     // health log's and the container hub's broadcasts.
     ("alerts", "runners", &["runners::health"]),
     (
         "alerts",
         "containers",
-        &["containers::ContainerEventRecord", "containers::ContainerHub"],
+        &[
+            "containers::ContainerEventRecord",
+            "containers::ContainerHub",
+        ],
     ),
     // Deploys become jobs: deploy checks and starts them through the jobs
     // feature's rules (`jobs::api`), store and hub.
@@ -159,6 +173,7 @@ const NOT_YET: &[(&str, &str)] = &[
     ("users", "app"),
     ("updates", "app"),
     ("alerts", "app"),
+    ("fleet", "app"),
     ("link", "app"),
     // The alert rules, silences and states are stored as the decision core
     // defines them (`alerts/rules.rs`): to go when those model types move
@@ -167,6 +182,7 @@ const NOT_YET: &[(&str, &str)] = &[
     // The connection task handles every family's messages itself: to go
     // with dispatch by family to handlers the features register.
     ("link", "deploy"),
+    ("link", "fleet"),
     ("link", "jobs"),
     ("link", "logs"),
     ("link", "runners"),

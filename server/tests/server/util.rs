@@ -223,6 +223,7 @@ pub fn hello(protocols: Vec<u16>, heartbeat_ms: u64) -> String {
             capabilities: vec![],
             open_channels: vec![],
             metrics_interval_ms: 5000,
+            labels: vec![],
         }),
     )
 }
@@ -415,6 +416,7 @@ pub async fn online_as(server: &Server, credential: &str, hostname: &str) -> (Ws
         capabilities: vec![],
         open_channels: vec![],
         metrics_interval_ms: 5000,
+        labels: Vec::new(),
     });
     ws.send(WsMessage::text(encode_control(1, hello)))
         .await

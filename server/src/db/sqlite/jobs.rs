@@ -540,7 +540,7 @@ impl SqliteJobs {
             let mut stmt = tx.prepare(
                 "SELECT j.seq, d.job_id IS NOT NULL FROM jobs j
                  LEFT JOIN deployments d ON d.job_id = j.id
-                 WHERE j.finished_ms < ?1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                 WHERE j.finished_ms < ?1 AND j.status IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired')
                    AND (d.job_id IS NULL OR j.output_pruned = 0)
                  LIMIT ?2",
             )?;
@@ -575,7 +575,7 @@ impl SqliteJobs {
             let oldest: Vec<(i64, i64)> = {
                 let mut stmt = tx.prepare(
                     "SELECT seq, stored_bytes FROM jobs WHERE tenant_id = ?1 AND output_pruned = 0
-                     AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                     AND status IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'expired')
                      AND (output_bytes IS NULL OR stored_bytes >= output_bytes)
                      ORDER BY finished_ms, seq",
                 )?;

@@ -1,0 +1,328 @@
+//! `labels`, `fleet-policy`, `rollout`, and `run --selector … --wave …`.
+//!
+//! A rollout started by `run` is followed live (a line per change of a
+//! runner's state, then the totals); the command exits 0 when every runner
+//! succeeded, 1 when the rollout halted, was aborted or a runner failed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::{field, out, resolve_runner, segment, table};
+use super::{CliError, Client};
+
+#[derive(Debug, Subcommand)]
+pub enum LabelsCommand {
+    /// A runner's labels and what its host proposes
+    Show { runner: String },
+    /// Set (KEY=VALUE) and remove (--remove KEY) labels of one runner, or of
+    /// every runner a --selector names
+    Set {
+        /// A runner id or name (or use --selector)
+        #[arg(required_unless_present = "selector")]
+        runner: Option<String>,
+        #[arg(long, conflicts_with = "runner")]
+        selector: Option<String>,
+        #[arg(value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Accept the labels a runner's host proposed (all, or these keys)
+    Accept { runner: String, keys: Vec<String> },
+    /// The tenant's fleet policy: default job deadline, keys accepted without review
+    Policy {
+        /// How long a job waits for an offline runner (e.g. 10m; `none`)
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Label key a host may set without review (repeatable; `*`: all)
+        #[arg(long = "auto-accept", value_name = "KEY")]
+        auto_accept: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    List,
+    Show {
+        id: String,
+    },
+    /// Follow a rollout until it is over; non-zero exit if it did not succeed
+    Watch {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Abort {
+        id: String,
+    },
+}
+
+/// `run` options that make it a rollout.
+#[derive(Debug, Clone, Default)]
+pub struct WaveArgs {
+    pub wave: Option<String>,
+    pub concurrency: Option<u32>,
+    pub max_failures: Option<u32>,
+    pub max_failure_rate: Option<u8>,
+}
+
+fn parse_labels(labels: &[String]) -> Result<serde_json::Map<String, Value>, CliError> {
+    let mut set = serde_json::Map::new();
+    for kv in labels {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("{kv:?}: use KEY=VALUE")))?;
+        set.insert(k.to_owned(), json!(v));
+    }
+    Ok(set)
+}
+
+fn show_labels(raw: &str, v: &Value, json: bool) -> Result<(), CliError> {
+    if json {
+        return out(raw);
+    }
+    let mut text = String::new();
+    for (what, key) in [("label", "labels"), ("proposed", "proposed")] {
+        if let Some(m) = v[key].as_object() {
+            for (k, val) in m {
+                text.push_str(&format!("{what:<9} {k}={}\n", val.as_str().unwrap_or("")));
+            }
+        }
+    }
+    out(if text.is_empty() {
+        "no labels\n"
+    } else {
+        &text
+    })
+}
+
+pub fn labels(client: &Client, c: LabelsCommand, json: bool) -> Result<(), CliError> {
+    match c {
+        LabelsCommand::Show { runner } => {
+            let id = resolve_runner(client, &runner)?;
+            let (raw, v) = client.call(
+                "GET",
+                &format!("/api/v1/runners/{}/labels", segment(&id)),
+                None,
+            )?;
+            show_labels(&raw, &v, json)
+        }
+        LabelsCommand::Set {
+            runner,
+            selector,
+            labels,
+            remove,
+        } => {
+            let set = parse_labels(&labels)?;
+            if let Some(sel) = selector {
+                let body = json!({"selector": sel, "set": set, "remove": remove});
+                let (raw, v) = client.call("POST", "/api/v1/labels", Some(body))?;
+                return if json {
+                    out(&raw)
+                } else {
+                    out(&format!("changed {} runner(s)\n", field(&v, "changed")))
+                };
+            }
+            let id = resolve_runner(client, runner.as_deref().unwrap_or_default())?;
+            let body = json!({"set": set, "remove": remove});
+            let (raw, v) = client.call(
+                "PATCH",
+                &format!("/api/v1/runners/{}/labels", segment(&id)),
+                Some(body),
+            )?;
+            show_labels(&raw, &v, json)
+        }
+        LabelsCommand::Accept { runner, keys } => {
+            let id = resolve_runner(client, &runner)?;
+            let body = if keys.is_empty() {
+                json!({})
+            } else {
+                json!({ "keys": keys })
+            };
+            let (raw, v) = client.call(
+                "POST",
+                &format!("/api/v1/runners/{}/labels/accept", segment(&id)),
+                Some(body),
+            )?;
+            show_labels(&raw, &v, json)
+        }
+        LabelsCommand::Policy {
+            deadline,
+            auto_accept,
+        } => {
+            let (raw, v) = if deadline.is_none() && auto_accept.is_empty() {
+                client.call("GET", "/api/v1/fleet-policy", None)?
+            } else {
+                let deadline_s = match deadline.as_deref() {
+                    None | Some("none") => None,
+                    Some(d) => Some(super::parse_ttl(d).map_err(CliError::Usage)?),
+                };
+                let body = json!({"job_deadline_s": deadline_s, "auto_accept": auto_accept});
+                client.call("PUT", "/api/v1/fleet-policy", Some(body))?
+            };
+            if json {
+                return out(&raw);
+            }
+            out(&format!(
+                "job deadline: {}\nauto-accept: {}\n",
+                v["job_deadline_s"]
+                    .as_u64()
+                    .map_or("none".into(), |s| format!("{s}s")),
+                field(&v, "auto_accept")
+            ))
+        }
+    }
+}
+
+/// `run --selector S --wave …`: start a rollout and follow it.
+pub fn start_rollout(
+    client: &Client,
+    selector: &str,
+    wave: &WaveArgs,
+    job: Value,
+    detach: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let body = json!({
+        "selector": selector,
+        "wave": wave.wave,
+        "concurrency": wave.concurrency,
+        "max_failures": wave.max_failures,
+        "max_failure_rate": wave.max_failure_rate,
+        "job": job,
+    });
+    let (raw, v) = client.call("POST", "/api/v1/rollouts", Some(body))?;
+    if detach {
+        return if json {
+            out(&raw)
+        } else {
+            out(&format!("{}\n", field(&v, "id")))
+        };
+    }
+    follow(client, &field(&v, "id"), json)
+}
+
+/// Print each runner's changes until the rollout is over; the exit says
+/// how it ended.
+fn follow(client: &Client, id: &str, json: bool) -> Result<(), CliError> {
+    let path = format!("/api/v1/rollouts/{}", segment(id));
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut last_state = String::new();
+    loop {
+        let (raw, v) = client.call("GET", &path, None)?;
+        let state = field(&v, "state");
+        if !json {
+            if state != last_state {
+                out(&format!(
+                    "rollout {id}: {state} (wave {} of {})\n",
+                    field(&v, "wave"),
+                    field(&v, "waves")
+                ))?;
+                last_state = state.clone();
+            }
+            for t in v["targets"].as_array().into_iter().flatten() {
+                let key = field(t, "runner_id");
+                let now = format!("{} {}", field(t, "state"), field(t, "status"));
+                if seen.get(&key) != Some(&now) {
+                    out(&format!(
+                        "  wave {:<3} {:<24} {:<10} exit {:<4} {}\n",
+                        field(t, "wave"),
+                        field(t, "name"),
+                        field(t, "state"),
+                        field(t, "exit_code"),
+                        t["job_id"].as_str().unwrap_or("-"),
+                    ))?;
+                    seen.insert(key, now);
+                }
+            }
+        }
+        if v["over"] == true || v["live"] == false {
+            let t = &v["totals"];
+            if json {
+                out(&raw)?;
+            } else {
+                out(&format!(
+                    "{state}: {} succeeded, {} failed, {} skipped, {} not started of {}\n",
+                    field(t, "succeeded"),
+                    field(t, "failed"),
+                    field(t, "skipped"),
+                    field(t, "waiting"),
+                    field(t, "targets"),
+                ))?;
+            }
+            let failed = t["failed"].as_u64().unwrap_or(0);
+            return match state.as_str() {
+                "done" if failed == 0 => Ok(()),
+                "done" => Err(CliError::Job(1, format!("{failed} runner(s) failed"))),
+                other => Err(CliError::Job(1, format!("rollout {id} {other}"))),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+pub fn rollout(client: &Client, c: RolloutCommand, json: bool) -> Result<(), CliError> {
+    let one = |id: &str, action: &str| -> Result<(), CliError> {
+        let (raw, v) = client.call(
+            "POST",
+            &format!("/api/v1/rollouts/{}/{action}", segment(id)),
+            None,
+        )?;
+        if json {
+            out(&raw)
+        } else {
+            out(&format!("rollout {id}: {}\n", field(&v, "state")))
+        }
+    };
+    match c {
+        RolloutCommand::List => {
+            let (raw, v) = client.call("GET", "/api/v1/rollouts", None)?;
+            if json {
+                return out(&raw);
+            }
+            out(&table(
+                &["ID", "STATE", "SELECTOR", "JOB", "WAVE", "CREATED"],
+                &v,
+                &["id", "state", "selector", "job", "wave", "created_at"],
+            ))
+        }
+        RolloutCommand::Show { id } => {
+            let (raw, v) =
+                client.call("GET", &format!("/api/v1/rollouts/{}", segment(&id)), None)?;
+            if json {
+                return out(&raw);
+            }
+            out(&format!(
+                "rollout {id}: {} (wave {} of {}), selector {}\n",
+                field(&v, "state"),
+                field(&v, "wave"),
+                field(&v, "waves"),
+                field(&v, "selector")
+            ))?;
+            out(&table(
+                &["WAVE", "RUNNER", "STATE", "STATUS", "EXIT", "MS", "JOB"],
+                &v["targets"],
+                &[
+                    "wave",
+                    "name",
+                    "state",
+                    "status",
+                    "exit_code",
+                    "duration_ms",
+                    "job_id",
+                ],
+            ))
+        }
+        RolloutCommand::Watch { id } => follow(client, &id, json),
+        RolloutCommand::Pause { id } => one(&id, "pause"),
+        RolloutCommand::Resume { id } => one(&id, "resume"),
+        RolloutCommand::Abort { id } => one(&id, "abort"),
+    }
+}

@@ -1,0 +1,359 @@
+//! REST handlers of the fleet (`docs/api.md`, "Fleet").
+//!
+//! ```text
+//!  GET   /runners/{id}/labels            {labels, proposed}
+//!  PATCH /runners/{id}/labels            {set: {k: v}, remove: [k]}
+//!  POST  /runners/{id}/labels/accept     {keys: [k]}   (none: every proposal)
+//!  POST  /labels                         {selector, set, remove}: in bulk
+//!  GET/PUT /fleet-policy                 {job_deadline_s, auto_accept: [key | "*"]}
+//!  POST  /rollouts                       {selector, wave, concurrency, max_failures |
+//!                                         max_failure_rate, deadline_s, job: {script | command, ...}}
+//!  GET   /rollouts, /rollouts/{id}       state, wave, totals, per runner: state, job, exit, duration
+//!  POST  /rollouts/{id}/pause|resume|abort
+//! ```
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::common::auth::Caller;
+use crate::common::error::ApiError;
+use crate::common::http::JsonBody;
+use crate::fleet::deadlines::MAX_DEADLINE_S;
+use crate::fleet::labels;
+use crate::fleet::selector::{self, Labels};
+use crate::fleet::store::Policy;
+use crate::runners::runner_in_tenant;
+
+/// Most runners one bulk label change touches.
+const MAX_BULK: usize = 10_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/runners/{id}/labels",
+            get(get_labels).patch(patch_labels),
+        )
+        .route("/api/v1/runners/{id}/labels/accept", post(accept))
+        .route("/api/v1/labels", post(bulk))
+        .route("/api/v1/fleet-policy", get(get_policy).put(put_policy))
+        .route("/api/v1/rollouts", get(list_rollouts).post(create_rollout))
+        .route("/api/v1/rollouts/{id}", get(get_rollout))
+        .route("/api/v1/rollouts/{id}/{action}", post(control_rollout))
+}
+
+fn labels_json(state: &AppState, tenant: &str, runner: &str) -> Result<Json<Value>, ApiError> {
+    let (labels, proposed) = state.fleet.store.labels(tenant, runner)?;
+    Ok(Json(
+        json!({"runner_id": runner, "labels": labels, "proposed": proposed}),
+    ))
+}
+
+async fn get_labels(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    runner_in_tenant(&state, tenant, &id).await?;
+    labels_json(&state, tenant, &id)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    #[serde(default)]
+    set: Labels,
+    #[serde(default)]
+    remove: Vec<String>,
+    /// Bulk only: which runners.
+    #[serde(default)]
+    selector: Option<String>,
+}
+
+async fn patch_labels(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ChangeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    if b.selector.is_some() {
+        return Err(ApiError::bad_request(
+            "selector: only for POST /api/v1/labels",
+        ));
+    }
+    labels::check_change(&b.set, &b.remove)?;
+    runner_in_tenant(&state, tenant, &id).await?;
+    labels::change(&state, tenant, &id, &b.set, &b.remove).await?;
+    labels_json(&state, tenant, &id)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    #[serde(default)]
+    keys: Option<Vec<String>>,
+}
+
+async fn accept(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<AcceptBody>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    if b.keys
+        .as_ref()
+        .is_some_and(|k| k.len() > selector::MAX_LABELS)
+    {
+        return Err(ApiError::bad_request(format!(
+            "keys: at most {}",
+            selector::MAX_LABELS
+        )));
+    }
+    runner_in_tenant(&state, tenant, &id).await?;
+    let before = state.fleet.store.labels(tenant, &id)?.0;
+    let after = state.fleet.store.accept(tenant, &id, b.keys.as_deref())?;
+    // The group label moves the update group (labels.rs).
+    if before.get(labels::GROUP) != after.get(labels::GROUP) {
+        if let Some(g) = after.get(labels::GROUP) {
+            state.db.updates.set_runner_group(tenant, &id, g).await?;
+        }
+    }
+    labels_json(&state, tenant, &id)
+}
+
+async fn bulk(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(b): JsonBody<ChangeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let Some(text) = b.selector.as_deref() else {
+        return Err(ApiError::bad_request(
+            "selector: required (\"\" names every runner)",
+        ));
+    };
+    let sel = labels::parse_selector(text)?;
+    labels::check_change(&b.set, &b.remove)?;
+    let chosen = labels::select(&state, tenant, &sel).await?;
+    if chosen.len() > MAX_BULK {
+        return Err(ApiError::bad_request(format!(
+            "the selector names {} runners; at most {MAX_BULK} at once",
+            chosen.len()
+        )));
+    }
+    // Every runner's result is checked before any is written.
+    for (r, l) in &chosen {
+        let mut after = l.clone();
+        for k in &b.remove {
+            after.remove(k);
+        }
+        after.extend(b.set.clone());
+        selector::check_labels(&after)
+            .map_err(|e| ApiError::bad_request(format!("runner {}: {e}", r.id)))?;
+    }
+    let mut ids = Vec::with_capacity(chosen.len());
+    for (r, _) in &chosen {
+        labels::change(&state, tenant, &r.id, &b.set, &b.remove).await?;
+        ids.push(r.id.clone());
+    }
+    Ok(Json(json!({"changed": ids.len(), "runners": ids})))
+}
+
+async fn get_policy(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Policy>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(state.fleet.store.policy(tenant)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    #[serde(default)]
+    job_deadline_s: Option<u64>,
+    #[serde(default)]
+    auto_accept: Vec<String>,
+}
+
+async fn put_policy(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(b): JsonBody<PolicyBody>,
+) -> Result<Json<Policy>, ApiError> {
+    let tenant = caller.tenant()?;
+    if b.job_deadline_s
+        .is_some_and(|d| d == 0 || d > MAX_DEADLINE_S)
+    {
+        return Err(ApiError::bad_request(format!(
+            "job_deadline_s: 1 to {MAX_DEADLINE_S} (leave it out for no deadline)"
+        )));
+    }
+    if b.auto_accept.len() > selector::MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "auto_accept: at most {} keys",
+            selector::MAX_LABELS
+        )));
+    }
+    for k in &b.auto_accept {
+        if k != "*" {
+            selector::check_key(k, 0)
+                .map_err(|e| ApiError::bad_request(format!("auto_accept {k:?}: {e}")))?;
+        }
+    }
+    let p = Policy {
+        job_deadline_s: b.job_deadline_s,
+        auto_accept: b.auto_accept,
+    };
+    state.fleet.store.set_policy(tenant, &p)?;
+    Ok(Json(p))
+}
+
+// ---- rollouts --------------------------------------------------------------
+
+/// A rollout's jobs wait this long for an offline runner unless the
+/// request or the tenant's policy says otherwise: a wave must end.
+const ROLLOUT_DEADLINE_S: u64 = 600;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    selector: String,
+    /// `10` runners or `10%` of them per wave [default: all at once].
+    #[serde(default)]
+    wave: Option<String>,
+    /// Runners of a wave running at once [default: the whole wave].
+    #[serde(default)]
+    concurrency: Option<u32>,
+    /// Halt once this many runners failed [default 1].
+    #[serde(default)]
+    max_failures: Option<u32>,
+    /// Or: halt when more than this percent of a wave's runners failed.
+    #[serde(default)]
+    max_failure_rate: Option<u8>,
+    #[serde(default)]
+    deadline_s: Option<u64>,
+    job: crate::jobs::api::RunBody,
+}
+
+async fn create_rollout(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(b): JsonBody<RolloutBody>,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    use crate::fleet::waves::{Threshold, WaveSize};
+    let tenant = caller.tenant()?;
+    let sel = labels::parse_selector(&b.selector)?;
+    let wave_text = b.wave.clone().unwrap_or_else(|| "100%".into());
+    let wave = WaveSize::parse(&wave_text).ok_or_else(|| {
+        ApiError::bad_request("wave: a number of runners (1 or more) or a percentage (1% to 100%)")
+    })?;
+    let threshold = match (b.max_failures, b.max_failure_rate) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give max_failures or max_failure_rate, not both",
+            ))
+        }
+        (None, Some(p)) if p <= 100 => Threshold::Rate(p),
+        (None, Some(_)) => return Err(ApiError::bad_request("max_failure_rate: 0 to 100")),
+        (Some(0), None) => return Err(ApiError::bad_request("max_failures: 1 or more")),
+        (Some(n), None) => Threshold::Count(n),
+        (None, None) => Threshold::Count(1),
+    };
+    if b.concurrency == Some(0) {
+        return Err(ApiError::bad_request("concurrency: 1 or more"));
+    }
+    if !b.job.is_job_only() {
+        return Err(ApiError::bad_request(
+            "job: what to run only (runners come from the rollout's selector)",
+        ));
+    }
+    let deadline_ms = crate::fleet::deadlines::deadline_ms(&state, tenant, b.deadline_s)?
+        .unwrap_or(ROLLOUT_DEADLINE_S as i64 * 1000);
+    let (label, spec) = b.job.spec(&state, tenant).await?;
+    let runners: Vec<(String, String)> = labels::select(&state, tenant, &sel)
+        .await?
+        .into_iter()
+        .map(|(r, _)| (r.id, r.name))
+        .collect();
+    if runners.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no runner matches {:?}",
+            b.selector
+        )));
+    }
+    if runners.len() > crate::fleet::rollout::MAX_TARGETS {
+        return Err(ApiError::bad_request(format!(
+            "the selector names {} runners; a rollout takes at most {}",
+            runners.len(),
+            crate::fleet::rollout::MAX_TARGETS
+        )));
+    }
+    let view = crate::fleet::rollout::start(
+        &state,
+        tenant,
+        runners,
+        crate::fleet::rollout::NewRollout {
+            selector: sel.to_string(),
+            wave,
+            wave_text,
+            concurrency: b.concurrency.unwrap_or(u32::MAX),
+            threshold,
+            deadline_ms,
+            label,
+            spec,
+        },
+    )?;
+    Ok((axum::http::StatusCode::CREATED, Json(view)))
+}
+
+async fn list_rollouts(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let rows = state.fleet.store.rollouts(tenant, 100)?;
+    let mut list: Vec<Value> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut v = crate::fleet::rollout::show(&state, tenant, &r.id)
+            .await
+            .unwrap_or(Value::Null);
+        // The list is a summary: targets are in GET /rollouts/{id}.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("targets");
+        }
+        list.push(v);
+    }
+    Ok(Json(Value::Array(list)))
+}
+
+async fn get_rollout(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(
+        crate::fleet::rollout::show(&state, tenant, &id).await?,
+    ))
+}
+
+async fn control_rollout(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    if !matches!(action.as_str(), "pause" | "resume" | "abort") {
+        return Err(ApiError::not_found("no such endpoint"));
+    }
+    Ok(Json(
+        crate::fleet::rollout::control(&state, tenant, &id, &action).await?,
+    ))
+}

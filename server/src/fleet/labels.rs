@@ -1,0 +1,259 @@
+//! Runner labels: who sets them, and turning a selector into runners.
+//!
+//! ```text
+//!  operator ── PATCH /runners/{id}/labels, POST /labels (by selector) ──▶ labels
+//!  host     ── tether run --label k=v ─▶ hello.labels ─▶ proposals ──accept──▶ labels
+//!                                                     └─ key in the tenant's auto_accept ─▶ labels
+//!  PUT /runners/{id}/group (older API) ─▶ update group + label group=…   (and the other way)
+//! ```
+//!
+//! The label `group` is the update group of `updates/` (one value kept in
+//! two places until the update policy reads labels itself): setting either
+//! sets both.
+
+use std::collections::HashMap;
+
+use crate::app::AppState;
+use crate::common::error::ApiError;
+use crate::db::control::RunnerRow;
+use crate::fleet::selector::{self, Labels, Selector};
+
+pub const GROUP: &str = "group";
+
+/// Parse a selector from a request, as a 400 naming the position.
+pub fn parse_selector(text: &str) -> Result<Selector, ApiError> {
+    Selector::parse(text).map_err(|e| ApiError::bad_request(format!("selector: {e}")))
+}
+
+/// The tenant's runners (not revoked) whose labels match, in name order,
+/// each with its labels.
+pub async fn select(
+    state: &AppState,
+    tenant: &str,
+    sel: &Selector,
+) -> Result<Vec<(RunnerRow, Labels)>, ApiError> {
+    let mut labels = state.fleet.store.tenant_labels(tenant)?;
+    let mut out: Vec<(RunnerRow, Labels)> = state
+        .db
+        .control
+        .list_runners(tenant)
+        .await?
+        .into_iter()
+        .filter(|r| r.revoked_at.is_none())
+        .map(|r| {
+            let l = labels.remove(&r.id).unwrap_or_default();
+            (r, l)
+        })
+        .filter(|(_, l)| sel.matches(l))
+        .collect();
+    out.sort_by(|a, b| (&a.0.name, &a.0.id).cmp(&(&b.0.name, &b.0.id)));
+    Ok(out)
+}
+
+/// Every runner's labels of a tenant (for the runners list).
+pub fn all(state: &AppState, tenant: &str) -> Result<HashMap<String, Labels>, ApiError> {
+    Ok(state.fleet.store.tenant_labels(tenant)?)
+}
+
+/// Apply `set` and `remove` to one runner's labels, checked as a whole.
+pub async fn change(
+    state: &AppState,
+    tenant: &str,
+    runner: &str,
+    set: &Labels,
+    remove: &[String],
+) -> Result<Labels, ApiError> {
+    let (mut labels, _) = state.fleet.store.labels(tenant, runner)?;
+    let old_group = labels.get(GROUP).cloned();
+    for k in remove {
+        labels.remove(k);
+    }
+    labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    selector::check_labels(&labels).map_err(|e| ApiError::bad_request(format!("labels: {e}")))?;
+    state.fleet.store.replace_labels(tenant, runner, &labels)?;
+    let new_group = labels.get(GROUP);
+    if new_group != old_group.as_ref() {
+        state
+            .db
+            .updates
+            .set_runner_group(tenant, runner, new_group.map_or("", String::as_str))
+            .await?;
+    }
+    Ok(labels)
+}
+
+/// Check the body of a label change before anything is written.
+pub fn check_change(set: &Labels, remove: &[String]) -> Result<(), ApiError> {
+    if set.len() > selector::MAX_LABELS || remove.len() > selector::MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "at most {} labels set or removed at once",
+            selector::MAX_LABELS
+        )));
+    }
+    selector::check_labels(set).map_err(|e| ApiError::bad_request(format!("set: {e}")))?;
+    for k in remove {
+        selector::check_key(k, 0)
+            .map_err(|e| ApiError::bad_request(format!("remove {k:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The labels a host proposes in its hello: invalid ones are dropped
+/// (logged; the runner checked them too, an old or odd one may not).
+pub async fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[String]) {
+    let mut labels = Labels::new();
+    for text in proposed.iter().take(selector::MAX_LABELS) {
+        match selector::parse_label(text) {
+            Ok((k, v)) => {
+                labels.insert(k, v);
+            }
+            Err(e) => tracing::warn!(runner, "proposed label {text:?} ignored: {e}"),
+        }
+    }
+    let result = state
+        .fleet
+        .store
+        .policy(tenant)
+        .and_then(|p| state.fleet.store.propose(tenant, runner, &labels, &p));
+    if let Err(e) = result {
+        tracing::error!(runner, "storing proposed labels: {e}");
+    }
+    // An auto-accepted group label moves the update group too.
+    if let Ok((l, _)) = state.fleet.store.labels(tenant, runner) {
+        if let Some(g) = l.get(GROUP) {
+            if state
+                .db
+                .updates
+                .runner_group(runner)
+                .await
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(g)
+            {
+                let _ = state.db.updates.set_runner_group(tenant, runner, g).await;
+            }
+        }
+    }
+}
+
+/// `PUT /runners/{id}/group` was used: the label follows (if the group
+/// is a valid label value; older group names may not be).
+pub async fn group_set(state: &AppState, tenant: &str, runner: &str, group: &str) {
+    let (set, remove) = if group.is_empty() {
+        (Labels::new(), vec![GROUP.to_owned()])
+    } else if selector::check_value(group, 0).is_ok() {
+        (
+            Labels::from([(GROUP.to_owned(), group.to_owned())]),
+            Vec::new(),
+        )
+    } else {
+        tracing::warn!(
+            runner,
+            group,
+            "group is not a valid label value: no group label"
+        );
+        return;
+    };
+    if let Err(e) = change(state, tenant, runner, &set, &remove).await {
+        tracing::warn!(runner, "setting the group label: {}", e.message);
+    }
+}
+
+/// Once per start: runners with an update group and no `group` label get
+/// one (the group predates labels).
+pub async fn migrate_groups(state: &AppState) -> Result<usize, ApiError> {
+    let mut n = 0;
+    for tenant in state.db.control.list_tenants().await? {
+        let labels = state.fleet.store.tenant_labels(&tenant.id)?;
+        for r in state.db.control.list_runners(&tenant.id).await? {
+            if labels.get(&r.id).is_some_and(|l| l.contains_key(GROUP)) {
+                continue;
+            }
+            let Some(g) = state
+                .db
+                .updates
+                .runner_group(&r.id)
+                .await?
+                .filter(|g| !g.is_empty())
+            else {
+                continue;
+            };
+            group_set(state, &tenant.id, &r.id, &g).await;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Most runners one page of the list holds.
+pub const MAX_PAGE: usize = 10_000;
+
+/// `GET /api/v1/runners` filters (all optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerFilter {
+    pub selector: Option<String>,
+    /// active, unreachable or revoked.
+    pub health: Option<String>,
+    /// A piece of the name, reported name or id (case-insensitive).
+    pub q: Option<String>,
+    pub offset: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+/// The runners a filter keeps (revoked ones included, as the plain list
+/// always showed them), in the list's order, and how many before paging.
+pub async fn list(
+    state: &AppState,
+    tenant: &str,
+    f: &RunnerFilter,
+) -> Result<(Vec<(RunnerRow, Labels)>, usize), ApiError> {
+    let sel = match &f.selector {
+        Some(s) => parse_selector(s)?,
+        None => Selector::all(),
+    };
+    if let Some(h) = &f.health {
+        if !matches!(h.as_str(), "active" | "unreachable" | "revoked") {
+            return Err(ApiError::bad_request(
+                "health: active, unreachable or revoked",
+            ));
+        }
+    }
+    let q = match &f.q {
+        Some(q) if q.len() > 256 => return Err(ApiError::bad_request("q: at most 256 bytes")),
+        q => q.as_deref().map(str::to_lowercase),
+    };
+    let limit = f.limit.unwrap_or(MAX_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    let mut labels = state.fleet.store.tenant_labels(tenant)?;
+    let kept: Vec<(RunnerRow, Labels)> = state
+        .db
+        .control
+        .list_runners(tenant)
+        .await?
+        .into_iter()
+        .filter(|r| f.health.as_deref().is_none_or(|h| r.health.as_str() == h))
+        .filter(|r| {
+            q.as_deref().is_none_or(|q| {
+                [&r.name, &r.reported_name, &r.id]
+                    .iter()
+                    .any(|s| s.to_lowercase().contains(q))
+            })
+        })
+        .map(|r| {
+            let l = labels.remove(&r.id).unwrap_or_default();
+            (r, l)
+        })
+        .filter(|(_, l)| sel.matches(l))
+        .collect();
+    let total = kept.len();
+    let page = kept
+        .into_iter()
+        .skip(f.offset.unwrap_or(0))
+        .take(limit)
+        .collect();
+    Ok((page, total))
+}

@@ -1,0 +1,58 @@
+//! Fleet operations: naming sets of runners by label selectors, jobs that
+//! wait for offline runners up to a deadline, running work on a selector
+//! in waves that halt on failure, and schedules.
+//!
+//! ```text
+//! selector.rs  label syntax, selectors parsed once into a matcher (pure)
+//! cron.rs      cron expressions, next occurrences, jitter, missed runs (pure)
+//! waves.rs     the wave planner, a state machine (pure)
+//! labels.rs    labels of runners: set, proposed, accepted; selector → runners
+//! deadlines.rs pending jobs expire at their deadline
+//! rollout.rs   rollouts: a job per runner of a selector, in waves (a driver task each)
+//! api.rs       REST: labels, fleet policy, rollouts
+//! store.rs     fleet.db: every SQL statement of the fleet, behind FleetStore
+//! ```
+//!
+//! It stands on `jobs/` (a fleet job is an ordinary job; `jobs::api` names
+//! its runners from a selector here) and `storage/` (runners, groups).
+
+pub mod api;
+pub mod cron;
+pub mod deadlines;
+pub mod labels;
+pub mod rollout;
+pub mod selector;
+pub mod store;
+pub mod waves;
+
+use std::sync::Arc;
+
+use self::store::{FleetStore, SqliteFleet};
+use crate::db::StorageError;
+
+/// The fleet's share of `AppState`.
+pub struct Fleet {
+    pub store: Arc<dyn FleetStore>,
+    /// Rollouts being driven by this process.
+    pub rollouts: rollout::Rollouts,
+}
+
+impl Fleet {
+    pub fn new(store: Arc<dyn FleetStore>) -> Fleet {
+        Fleet {
+            store,
+            rollouts: rollout::Rollouts::default(),
+        }
+    }
+
+    /// A private in-memory store (tests, and states built without a data dir).
+    pub fn in_memory() -> Result<Fleet, StorageError> {
+        Ok(Fleet::new(Arc::new(SqliteFleet::open_in_memory()?)))
+    }
+}
+
+/// The fleet's background tasks (deadlines; later the scheduler): the
+/// caller aborts them at shutdown.
+pub fn spawn(state: &crate::app::AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![tokio::spawn(deadlines::run(state.clone()))]
+}

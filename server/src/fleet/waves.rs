@@ -1,0 +1,396 @@
+//! The wave planner: which runners of a rollout start when, and when the
+//! rollout stops (pure: events in, decisions out; `fleet/rollout.rs`
+//! drives it with real jobs).
+//!
+//! Targets are split into waves (a size, or a percentage of all targets,
+//! at least one runner each). A wave starts once the previous one is
+//! over; inside it at most `concurrency` runners run at once. Failures
+//! are counted since the last start or resume: reaching the threshold
+//! (a count, or a rate of the runners finished since then) halts the
+//! rollout — nothing new starts, what runs finishes, the rest waits.
+//!
+//! ```text
+//!            ┌──── wave over, more waves ────┐
+//!            ▼                               │
+//!  ──▶ running ──────────────────────────────┘──── all waves over ──▶ done
+//!       │  ▲  │ failures reach the threshold
+//!       │  │  └──────────────▶ halted ──resume──▶ running (failures counted afresh)
+//!  pause│  │resume               │
+//!       ▼  │                     │
+//!      paused ───────abort───────┴──abort──▶ aborted (waiting runners skipped,
+//!                                                     running ones asked to cancel)
+//! ```
+//!
+//! `halted`, `paused` and `aborted` are reached at once; runners already
+//! started keep reporting and are counted (a rollout is over when nothing
+//! runs: [`Planner::is_over`]).
+
+use serde::Serialize;
+
+/// How big each wave is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveSize {
+    Count(u32),
+    /// Percent of all targets, 1-100, rounded up.
+    Percent(u8),
+}
+
+impl WaveSize {
+    /// `10` or `10%`.
+    pub fn parse(s: &str) -> Option<WaveSize> {
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(n @ 1..=100) => Some(WaveSize::Percent(n)),
+                _ => None,
+            },
+            None => match s.parse::<u32>() {
+                Ok(n @ 1..) => Some(WaveSize::Count(n)),
+                _ => None,
+            },
+        }
+    }
+
+    fn of(self, total: usize) -> usize {
+        match self {
+            WaveSize::Count(n) => n as usize,
+            WaveSize::Percent(p) => (total * p as usize).div_ceil(100),
+        }
+        .max(1)
+    }
+}
+
+/// When failures halt the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    /// Halt once this many runners failed (at least 1).
+    Count(u32),
+    /// Halt when, at the end of a wave, more than this percent of the
+    /// runners finished (since the start or resume) failed.
+    Rate(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Paused,
+    Halted,
+    Aborted,
+    Done,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Halted => "halted",
+            State::Aborted => "aborted",
+            State::Done => "done",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// Counts over all targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub targets: usize,
+    pub waiting: usize,
+    pub running: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Planner {
+    targets: Vec<TargetState>,
+    /// Index of the first target of each wave, and the end.
+    bounds: Vec<usize>,
+    wave: usize,
+    concurrency: usize,
+    threshold: Threshold,
+    state: State,
+    /// Since the last start or resume.
+    failed_since: usize,
+    finished_since: usize,
+}
+
+impl Planner {
+    pub fn new(targets: usize, size: WaveSize, concurrency: u32, threshold: Threshold) -> Planner {
+        let step = size.of(targets);
+        let mut bounds: Vec<usize> = (0..targets).step_by(step).collect();
+        bounds.push(targets);
+        Planner {
+            targets: vec![TargetState::Waiting; targets],
+            bounds,
+            wave: 0,
+            concurrency: (concurrency as usize).max(1),
+            threshold,
+            state: if targets == 0 {
+                State::Done
+            } else {
+                State::Running
+            },
+            failed_since: 0,
+            finished_since: 0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The current wave (0-based) and how many there are.
+    pub fn wave(&self) -> (usize, usize) {
+        (self.wave, self.bounds.len() - 1)
+    }
+
+    pub fn wave_of(&self, target: usize) -> usize {
+        self.bounds.partition_point(|&b| b <= target) - 1
+    }
+
+    pub fn target(&self, i: usize) -> TargetState {
+        self.targets[i]
+    }
+
+    fn count(&self, s: TargetState) -> usize {
+        self.targets.iter().filter(|&&t| t == s).count()
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            targets: self.targets.len(),
+            waiting: self.count(TargetState::Waiting),
+            running: self.count(TargetState::Running),
+            succeeded: self.count(TargetState::Succeeded),
+            failed: self.count(TargetState::Failed),
+            skipped: self.count(TargetState::Skipped),
+        }
+    }
+
+    /// Nothing runs and nothing more will start without an operator.
+    pub fn is_over(&self) -> bool {
+        self.state != State::Running && self.count(TargetState::Running) == 0
+    }
+
+    /// Targets to start now (marked running). Advances to the next wave
+    /// when the current one is over.
+    pub fn starts(&mut self) -> Vec<usize> {
+        if self.state != State::Running {
+            return Vec::new();
+        }
+        let mut wave = self.bounds[self.wave]..self.bounds[self.wave + 1];
+        let busy = |p: &Planner, r: &std::ops::Range<usize>| {
+            p.targets[r.clone()]
+                .iter()
+                .any(|&t| t == TargetState::Waiting || t == TargetState::Running)
+        };
+        while !busy(self, &wave) {
+            if self.wave + 2 == self.bounds.len() {
+                self.state = State::Done;
+                return Vec::new();
+            }
+            self.wave += 1;
+            wave = self.bounds[self.wave]..self.bounds[self.wave + 1];
+        }
+        let running = self.targets[wave.clone()]
+            .iter()
+            .filter(|&&t| t == TargetState::Running)
+            .count();
+        let room = self.concurrency.saturating_sub(running);
+        let start: Vec<usize> = wave
+            .filter(|&i| self.targets[i] == TargetState::Waiting)
+            .take(room)
+            .collect();
+        for &i in &start {
+            self.targets[i] = TargetState::Running;
+        }
+        start
+    }
+
+    /// A started target is over. Ignored unless it was running (a
+    /// repeated report changes nothing).
+    pub fn finished(&mut self, target: usize, ok: bool) {
+        if self.targets.get(target) != Some(&TargetState::Running) {
+            return;
+        }
+        self.targets[target] = if ok {
+            TargetState::Succeeded
+        } else {
+            TargetState::Failed
+        };
+        self.finished_since += 1;
+        if !ok {
+            self.failed_since += 1;
+        }
+        let over = match self.threshold {
+            Threshold::Count(n) => self.failed_since >= (n as usize).max(1),
+            // A rate is judged when the wave is over: one early failure
+            // is 100% of one runner.
+            Threshold::Rate(p) => {
+                let w = self.wave_of(target);
+                let wave = self.bounds[w]..self.bounds[w + 1];
+                let open = self.targets[wave]
+                    .iter()
+                    .any(|&t| t == TargetState::Waiting || t == TargetState::Running);
+                !open && self.failed_since * 100 > p as usize * self.finished_since
+            }
+        };
+        if over && self.state == State::Running {
+            self.state = State::Halted;
+        }
+    }
+
+    pub fn pause(&mut self) -> bool {
+        self.to(State::Running, State::Paused)
+    }
+
+    /// From paused or halted: go on with the waiting targets.
+    pub fn resume(&mut self) -> bool {
+        if matches!(self.state, State::Paused | State::Halted) {
+            self.state = State::Running;
+            self.failed_since = 0;
+            self.finished_since = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Skip every waiting target; returns the running ones (to cancel).
+    pub fn abort(&mut self) -> Option<Vec<usize>> {
+        if matches!(self.state, State::Done | State::Aborted) {
+            return None;
+        }
+        self.state = State::Aborted;
+        let mut running = Vec::new();
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            match t {
+                TargetState::Waiting => *t = TargetState::Skipped,
+                TargetState::Running => running.push(i),
+                _ => {}
+            }
+        }
+        Some(running)
+    }
+
+    fn to(&mut self, from: State, to: State) -> bool {
+        if self.state == from {
+            self.state = to;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_wave(p: &mut Planner, fail: &[usize]) -> Vec<usize> {
+        let s = p.starts();
+        for &i in &s {
+            p.finished(i, !fail.contains(&i));
+        }
+        s
+    }
+
+    #[test]
+    fn waves_by_size_and_percent() {
+        assert_eq!(
+            Planner::new(10, WaveSize::Count(4), 100, Threshold::Count(1)).bounds,
+            [0, 4, 8, 10]
+        );
+        assert_eq!(
+            Planner::new(10, WaveSize::Percent(25), 100, Threshold::Count(1)).bounds,
+            [0, 3, 6, 9, 10]
+        );
+        assert_eq!(
+            Planner::new(3, WaveSize::Percent(1), 100, Threshold::Count(1)).bounds,
+            [0, 1, 2, 3]
+        );
+        assert_eq!(
+            Planner::new(0, WaveSize::Count(4), 1, Threshold::Count(1)).state(),
+            State::Done
+        );
+        assert_eq!(WaveSize::parse("10%"), Some(WaveSize::Percent(10)));
+        assert_eq!(WaveSize::parse("3"), Some(WaveSize::Count(3)));
+        for bad in ["0", "0%", "101%", "x", "-1", ""] {
+            assert_eq!(WaveSize::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_failure_halts_after_its_wave_and_resume_runs_the_rest() {
+        // 6 runners, waves of 2, the third (index 2) fails.
+        let mut p = Planner::new(6, WaveSize::Count(2), 2, Threshold::Count(1));
+        assert_eq!(run_wave(&mut p, &[2]), [0, 1]);
+        assert_eq!(run_wave(&mut p, &[2]), [2, 3]);
+        assert_eq!(p.state(), State::Halted);
+        assert!(p.is_over());
+        assert!(p.starts().is_empty());
+        let t = p.totals();
+        assert_eq!((t.succeeded, t.failed, t.waiting), (3, 1, 2));
+        assert!(p.resume());
+        assert_eq!(run_wave(&mut p, &[]), [4, 5]);
+        assert!(p.starts().is_empty());
+        assert_eq!(p.state(), State::Done);
+        assert_eq!(p.totals().succeeded, 5);
+    }
+
+    #[test]
+    fn concurrency_limits_a_wave_and_running_targets_finish_after_a_halt() {
+        let mut p = Planner::new(5, WaveSize::Count(5), 2, Threshold::Count(1));
+        assert_eq!(p.starts(), [0, 1]);
+        assert!(p.starts().is_empty(), "two already run");
+        p.finished(0, false);
+        assert_eq!(p.state(), State::Halted);
+        assert!(!p.is_over(), "1 still runs");
+        assert!(p.starts().is_empty());
+        p.finished(1, true);
+        p.finished(1, false); // a repeat changes nothing
+        assert!(p.is_over());
+        assert_eq!(p.totals().succeeded, 1);
+    }
+
+    #[test]
+    fn a_rate_threshold_counts_finished_runners_since_resume() {
+        let mut p = Planner::new(10, WaveSize::Count(5), 5, Threshold::Rate(20));
+        run_wave(&mut p, &[0]); // 1 of 5 = 20%: not over 20
+        assert_eq!(p.state(), State::Running);
+        run_wave(&mut p, &[5, 6]); // 3 of 10
+        assert_eq!(p.state(), State::Halted);
+    }
+
+    #[test]
+    fn pause_resume_and_abort() {
+        let mut p = Planner::new(4, WaveSize::Count(1), 1, Threshold::Count(1));
+        assert_eq!(p.starts(), [0]);
+        assert!(p.pause());
+        p.finished(0, true);
+        assert!(p.starts().is_empty() && p.is_over());
+        assert!(!p.pause());
+        assert!(p.resume());
+        assert_eq!(p.starts(), [1]);
+        assert_eq!(p.abort(), Some(vec![1]));
+        assert_eq!(p.abort(), None);
+        assert!(!p.resume());
+        p.finished(1, false);
+        let t = p.totals();
+        assert_eq!((t.succeeded, t.failed, t.skipped, t.running), (1, 1, 2, 0));
+        assert_eq!(p.state(), State::Aborted);
+        assert_eq!(p.wave_of(3), 3);
+    }
+}
