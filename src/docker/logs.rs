@@ -38,12 +38,12 @@
 use super::api::{self, Api, ContainerInspect, LogsOptions};
 use super::http::{BufferedDecoder, Event as HttpEvent, HttpError, Request, ResponseDecoder};
 use super::stream::{split_log_timestamp, StreamDecoder, StreamError, StreamKind, Timestamp};
-use crate::conn::Outgoing;
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::link::Outgoing;
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, LogOpen, LogOpened, Message as Control, StreamTag,
     DEFAULT_LOG_WINDOW, MAX_DATA_PAYLOAD, MAX_LOG_CHANNELS,
 };
+use crate::reactor::{Ctx, TimerId};
 use crate::{debug, info, warn};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -868,10 +868,7 @@ impl Follow {
             .register(&mut stream, token, Interest::WRITABLE)?;
         let expect = req.expect();
         let reader = if inspect {
-            self.timer = Some(ctx.schedule(
-                INSPECT_TIMEOUT,
-                Timer::Docker(super::client::DockerTimer::Log),
-            ));
+            self.timer = Some(ctx.schedule(INSPECT_TIMEOUT, super::client::DockerTimer::Log));
             Reader::Inspect(BufferedDecoder::new(expect, MAX_INSPECT))
         } else {
             self.state = State::Streaming;
@@ -897,7 +894,7 @@ impl Follow {
     fn schedule_retry(&mut self, ctx: &mut Ctx<'_>) {
         self.drop_io(ctx);
         self.state = State::Retry;
-        self.timer = Some(ctx.schedule(self.retry, Timer::Docker(super::client::DockerTimer::Log)));
+        self.timer = Some(ctx.schedule(self.retry, super::client::DockerTimer::Log));
         self.retry = (self.retry * 2).min(MAX_RETRY);
     }
 

@@ -62,9 +62,9 @@ use crate::docker::http::{
     LAST_CHUNK,
 };
 use crate::docker::stream::LineSplitter;
-use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::protocol::deploy::{step, DeploySpec, SecretsDelivery};
 use crate::protocol::StreamTag;
+use crate::reactor::{Ctx, TimerId};
 use crate::{debug, info};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
@@ -828,7 +828,7 @@ impl Deploy {
                 timeout,
             )
         };
-        let timer = ctx.schedule(timeout, Timer::Jobs(JobTimer::Deploy));
+        let timer = ctx.schedule(timeout, JobTimer::Deploy);
         self.io = Some(Exchange {
             call,
             token,
@@ -1413,7 +1413,7 @@ impl Deploy {
             );
             return self.fail(ctx, chan, why);
         }
-        self.wait = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deploy)));
+        self.wait = Some(ctx.schedule(after, JobTimer::Deploy));
     }
 
     fn healthy(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, how: &str) {

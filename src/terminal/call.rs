@@ -20,7 +20,7 @@
 
 use super::TerminalTimer;
 use crate::docker::http::{BufferedDecoder, Request, Response};
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::reactor::{Ctx, TimerId};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
@@ -172,7 +172,7 @@ impl EngineCall {
         ctx.registry
             .register(&mut stream, token, registered)
             .map_err(|e| format!("cannot watch the engine socket: {e}"))?;
-        let timer = ctx.schedule(CALL_TIMEOUT, Timer::Terminal(TerminalTimer::Engine));
+        let timer = ctx.schedule(CALL_TIMEOUT, TerminalTimer::Engine);
         Ok(EngineCall {
             token,
             stream,

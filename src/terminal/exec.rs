@@ -31,8 +31,8 @@ use super::call::{EngineCall, Got};
 use super::{Engine, TerminalTimer};
 use crate::docker::api::{self, Api, CreatedExec, ExecConfig, ExecInspect};
 use crate::docker::http::Response;
-use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::protocol::TermOpen;
+use crate::reactor::{Ctx, TimerId};
 use crate::{debug, warn};
 use mio::net::UnixStream;
 use mio::Token;
@@ -300,8 +300,7 @@ impl Exec {
                         None => "exited".to_owned(),
                     }),
                     Ok(_) if tries < MAX_TRIES => {
-                        let retry =
-                            ctx.schedule(RETRY_EVERY, Timer::Terminal(TerminalTimer::Engine));
+                        let retry = ctx.schedule(RETRY_EVERY, TerminalTimer::Engine);
                         self.state = State::Ending {
                             call: None,
                             tries,
@@ -464,7 +463,7 @@ impl Hangup {
 mod tests {
     use super::*;
     use crate::docker::api::ApiVersion;
-    use crate::event_loop::EventLoop;
+    use crate::reactor::Reactor as EventLoop;
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream as StdUnix};
     use std::sync::atomic::{AtomicBool, Ordering};

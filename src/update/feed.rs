@@ -15,7 +15,7 @@
 
 use super::record::{Record, TRIAL_OK_FILE};
 use super::{now_ms, UpdateConfig, Verdict};
-use crate::conn::{Exit, Outgoing};
+use crate::link::{Exit, Outgoing};
 use crate::protocol::{update_state, Message as Control, UpdateOffer, UpdateStatus};
 use crate::{error, info, warn};
 use std::collections::VecDeque;
