@@ -16,7 +16,6 @@
 use crate::conn::dns::Resolver;
 use crate::conn::{ConnConfig, Connection};
 use crate::docker::client::{Docker, DockerConfig};
-use crate::info;
 use crate::jobs::{Jobs, JobsConfig};
 use crate::link::{Exit, Feature, Feed, FeedFigures, LinkEvent, Outgoing};
 use crate::protocol::Message as Control;
@@ -98,7 +97,6 @@ macro_rules! features {
         /// The features of this runner.
         struct Features {
             $($(#[$doc])* $name: $ty,)*
-            update: UpdateFeed,
         }
 
         /// How many features the list names.
@@ -130,6 +128,16 @@ macro_rules! features {
                         _ => {}
                     }
                 )*
+            }
+
+            /// The first exit a feature asks for, in list order.
+            fn take_exit(&mut self) -> Option<Exit> {
+                $(
+                    if let Some(exit) = Feature::take_exit(&mut self.$name) {
+                        return Some(exit);
+                    }
+                )*
+                None
             }
 
             /// The first message in list order.
@@ -170,11 +178,12 @@ macro_rules! features {
 }
 
 // The feature list, in the order they send (first: keystroke echo before
-// bulk): terminals, update reports (rare and small, see `FeedOf`), Docker
-// (answers, container events, log lines), jobs, then telemetry. A
-// feature's `SourceId` is its place here + 1.
+// bulk): terminals, update reports (rare and small), Docker (answers,
+// container events, log lines), jobs, then telemetry. A feature's
+// `SourceId` is its place here + 1.
 features! {
     terminals: Terminals,
+    update: UpdateFeed,
     docker: Docker,
     jobs: Jobs,
     telemetry: Telemetry,
@@ -224,30 +233,10 @@ impl Feed for FeedOf<'_> {
                 self.0.terminals.set_engine(self.0.docker.engine());
             }
         }
-        match &event {
-            LinkEvent::Up { .. } => self.0.update.on_up(),
-            LinkEvent::Message { body, .. } if matches!(**body, Control::Update(_)) => {
-                if let LinkEvent::Message { body, .. } = event {
-                    if let Control::Update(offer) = *body {
-                        self.0.update.on_offer(offer);
-                    }
-                }
-                return;
-            }
-            _ => {}
-        }
         self.0.on_link(ctx, event);
     }
 
     fn next_message(&mut self) -> Option<Outgoing> {
-        // Update reports (rare and small) right after the terminals.
-        if let Some(m) = self.0.terminals.next_message() {
-            return Some(m);
-        }
-        if let Some(m) = self.0.update.next_message() {
-            return Some(m);
-        }
-        // (The terminals are asked again: they have nothing.)
         self.0.next_message()
     }
 
@@ -278,9 +267,6 @@ pub fn run_until(
     let waker = Arc::new(Waker::new(reactor.registry(), dns_token)?);
     cfg.conn.metrics_interval_ms = cfg.telemetry.metrics_interval_ms();
     cfg.conn.switched_off = cfg.switched_off();
-    // A new version on probation must connect by then (update/mod.rs).
-    let health_deadline = cfg.health_deadline.map(|d| Instant::now() + d);
-    let cfg_update = cfg.update.is_some() && cfg.update_trial.is_none();
     let features = Features {
         telemetry: Telemetry::new(&cfg.telemetry, Instant::now()),
         docker: Docker::new(cfg.docker),
@@ -289,7 +275,7 @@ pub fn run_until(
             cfg.update,
             cfg.update_trial,
             cfg.update_off,
-            cfg.health_deadline.is_some(),
+            cfg.health_deadline,
         ),
         terminals: Terminals::new(cfg.terminals),
     };
@@ -312,36 +298,23 @@ pub fn run_until(
         r.features.hand_over_news();
         let mut ctx = reactor.ctx(CONN);
         r.conn.pump(&mut ctx, &mut FeedOf(&mut r.features));
-        let exit = r.features.update.take_exit();
-        if let Some(exit) = exit {
-            r.conn.shutdown_with(&mut ctx, exit, "runner updating");
+        match r.features.take_exit() {
+            // Nothing to close: it never connected.
+            Some(Exit::Unhealthy) => return Ok(Exit::Unhealthy),
+            Some(exit) => r.conn.shutdown_with(&mut ctx, exit, "runner updating"),
+            None => {}
         }
         if let Some(exit) = r.conn.exit() {
             return Ok(exit.clone());
         }
 
         let now = Instant::now();
-        let probation = health_deadline.filter(|_| r.features.update.on_probation());
-        if probation.is_some_and(|d| now >= d) {
-            return Ok(Exit::Unhealthy);
-        }
         if deadline.is_some_and(|d| now >= d) {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "event loop deadline passed",
             ));
         }
-        let limit = [deadline, probation].into_iter().flatten().min();
-        let seen = reactor.wait(&mut r, signals, limit)?;
-        let stop = seen & (1 << libc::SIGTERM | 1 << libc::SIGINT) != 0;
-        if seen & 1 << libc::SIGUSR1 != 0 && !stop && cfg_update {
-            info!(
-                "main",
-                "received SIGUSR1: installing the release in the state dir"
-            );
-            let mut ctx = reactor.ctx(CONN);
-            r.conn
-                .shutdown_with(&mut ctx, Exit::UpdateFromFile, "runner updating");
-        }
+        reactor.wait(&mut r, signals, deadline)?;
     }
 }

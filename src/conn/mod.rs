@@ -73,7 +73,7 @@ use session::{Link, LinkStage};
 use crate::link::{Exit, Feed, FeedFigures, LinkEvent, Outgoing};
 use crate::protocol::{self, close, Decoded, FrameKind, Message as Control};
 use crate::rand::{RandomSource, SplitMix64};
-use crate::reactor::{Ctx, Source, TimerId, TimerKind};
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::state::{self, RunState, Status};
 use crate::url::Url;
 use crate::{debug, error, info, warn};
@@ -430,13 +430,20 @@ impl Source for Connection {
     }
 
     /// SIGTERM/SIGINT: shut down.
-    fn signal(&mut self, ctx: &mut Ctx<'_>, signal: libc::c_int) {
-        if signal == libc::SIGTERM || signal == libc::SIGINT {
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        let stop = [libc::SIGINT, libc::SIGTERM].map(|s| set.contains(s));
+        for (sig, _) in [libc::SIGINT, libc::SIGTERM]
+            .iter()
+            .zip(stop)
+            .filter(|x| x.1)
+        {
             info!(
                 "main",
                 "received {}; shutting down",
-                crate::signals::name(signal)
+                crate::signals::name(*sig)
             );
+        }
+        if stop.contains(&true) {
             self.shutdown(ctx);
         }
     }

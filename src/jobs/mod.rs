@@ -42,7 +42,7 @@ use crate::protocol::{
     ChannelAck, ErrorBody, FrameKind, JobAccepted, JobResult, JobStart, Message as Control,
     SecretsLost, StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
 };
-use crate::reactor::{Ctx, Source, TimerId, TimerKind};
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, warn};
 use deploy::Deploy;
 use ledger::{start_ticks, Ledger, RunningEntry};
@@ -986,8 +986,8 @@ impl Source for Jobs {
         }
     }
 
-    fn signal(&mut self, ctx: &mut Ctx<'_>, signal: libc::c_int) {
-        if signal == libc::SIGCHLD {
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        if set.contains(libc::SIGCHLD) {
             self.on_sigchld(ctx);
         }
     }

@@ -11,8 +11,8 @@
 //!   │ fire_timers: each due timer ─▶ its source's timer(id, kind)      │
 //!   │ (the runner's own work: pump the link, cross-feature news)       │
 //!   │ wait: poll(timeout = next timer, or 0 if a source wants again)   │
-//!   │   SIGNALS token ─▶ drain the self-pipe ─▶ every source's signal()│
-//!   │                    (SIGCHLD first, each signal once per turn)    │
+//!   │   SIGNALS token ─▶ drain the self-pipe ─▶ every source's signals │
+//!   │                    (the set the drain brought, once)             │
 //!   │   other tokens  ─▶ the source named in the token: ready(token)   │
 //!   │   go again (capped passes): each source that wants_again         │
 //!   └──────────────────────────────────────────────────────────────────┘
@@ -76,8 +76,8 @@ pub trait Source {
     fn ready(&mut self, ctx: &mut Ctx<'_>, token: Token);
     /// A timer it scheduled is due; `kind` is its [`TimerKind::code`].
     fn timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, kind: u8);
-    /// A signal arrived (SIGCHLD: reap your children).
-    fn signal(&mut self, _ctx: &mut Ctx<'_>, _signal: libc::c_int) {}
+    /// Signals arrived (SIGCHLD: reap your children), each once per drain.
+    fn signals(&mut self, _ctx: &mut Ctx<'_>, _set: SignalSet) {}
     /// A pass stopped at its cap: call [`again`](Self::again) before sleeping.
     fn wants_again(&self) -> bool {
         false
@@ -89,9 +89,25 @@ pub trait Source {
         match event {
             Event::Ready(token) => self.ready(ctx, token),
             Event::Timer(id, kind) => self.timer(ctx, id, kind),
-            Event::Signal(signal) => self.signal(ctx, signal),
+            Event::Signals(set) => self.signals(ctx, set),
             Event::Again => self.again(ctx),
         }
+    }
+}
+
+/// The signals one drain of the self-pipe brought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignalSet(u64);
+
+impl SignalSet {
+    pub fn insert(&mut self, signal: libc::c_int) {
+        if (0..64).contains(&signal) {
+            self.0 |= 1 << signal;
+        }
+    }
+
+    pub fn contains(self, signal: libc::c_int) -> bool {
+        (0..64).contains(&signal) && self.0 & (1 << signal) != 0
     }
 }
 
@@ -100,7 +116,7 @@ pub trait Source {
 pub enum Event {
     Ready(Token),
     Timer(TimerId, u8),
-    Signal(libc::c_int),
+    Signals(SignalSet),
     /// Another pass after one that stopped at its cap.
     Again,
 }
@@ -206,14 +222,13 @@ impl Reactor {
 
     /// Sleep until the next timer, an event, or `limit`; then hand each
     /// event to its source (signals to all) and give the sources that
-    /// stopped at a cap another pass. Returns the signals seen, as a bit
-    /// set (`1 << signal`).
+    /// stopped at a cap another pass.
     pub fn wait<S: Sources>(
         &mut self,
         set: &mut S,
         signals: Option<&Signals>,
         limit: Option<Instant>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<()> {
         let now = Instant::now();
         let mut timeout = if Self::wants_again(set) {
             Some(Duration::ZERO)
@@ -228,7 +243,7 @@ impl Reactor {
         }
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
         // Copy the tokens out: handlers need the reactor mutably.
@@ -238,17 +253,16 @@ impl Reactor {
             ready[n] = event.token();
             n += 1;
         }
-        let mut seen = 0u64;
         for &token in &ready[..n] {
             if token == SIGNALS {
+                let mut seen = SignalSet::default();
                 if let Some(s) = signals {
-                    s.drain(|sig| {
-                        if (0..64).contains(&sig) {
-                            seen |= 1 << sig;
-                        }
-                    })?;
+                    s.drain(|sig| seen.insert(sig))?;
                 }
-                self.broadcast(set, seen);
+                for i in 0..set.count() {
+                    let id = SourceId(i as u8);
+                    set.dispatch(id, &mut self.ctx(id), Event::Signals(seen));
+                }
                 continue;
             }
             let source = SourceId::of(token);
@@ -262,22 +276,7 @@ impl Reactor {
                 set.dispatch(id, &mut self.ctx(id), Event::Again);
             }
         }
-        Ok(seen)
-    }
-
-    /// Each signal in `seen` to every source, SIGCHLD first.
-    fn broadcast<S: Sources>(&mut self, set: &mut S, seen: u64) {
-        let chld = 1u64 << libc::SIGCHLD;
-        let order = [seen & chld, seen & !chld];
-        for sig in order
-            .into_iter()
-            .flat_map(|bits| (0..64).filter(move |s| bits & (1 << s) != 0))
-        {
-            for i in 0..set.count() {
-                let id = SourceId(i as u8);
-                set.dispatch(id, &mut self.ctx(id), Event::Signal(sig as libc::c_int));
-            }
-        }
+        Ok(())
     }
 
     /// One poll (up to `timeout`), for tests that drive a source by hand:

@@ -34,7 +34,7 @@ use crate::protocol::{
     self, FrameHeader, FrameKind, Message as Control, MetricsSchema, StreamTag, FRAME_HEADER_LEN,
     MAX_DATA_PAYLOAD,
 };
-use crate::reactor::{Ctx, Source, TimerId, TimerKind};
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, warn};
 use fingerprint::{FirewallProbe, Sequencer};
 use mio::Token;
@@ -558,8 +558,8 @@ impl Source for Telemetry {
         }
     }
 
-    fn signal(&mut self, ctx: &mut Ctx<'_>, signal: libc::c_int) {
-        if signal == libc::SIGCHLD {
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        if set.contains(libc::SIGCHLD) {
             self.on_sigchld(ctx);
         }
     }

@@ -44,7 +44,7 @@ use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, Message as Control, StreamTag, TermAlive, TermOpen,
     TermOpened, DEFAULT_TERM_WINDOW, MAX_DATA_PAYLOAD, MAX_TERMINALS, TERM_CHANNEL_BIT,
 };
-use crate::reactor::{Ctx, Source, TimerId, TimerKind};
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, sys, warn};
 use exec::{Exec, Hangup, Step};
 use mio::unix::SourceFd;
@@ -1035,8 +1035,8 @@ impl Source for Terminals {
         }
     }
 
-    fn signal(&mut self, ctx: &mut Ctx<'_>, signal: libc::c_int) {
-        if signal == libc::SIGCHLD {
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        if set.contains(libc::SIGCHLD) {
             self.on_sigchld(ctx);
         }
     }
