@@ -9,9 +9,11 @@
 //! order, which is their priority); an exit asked for by a feature closes
 //! the connection; then the reactor waits and dispatches.
 //!
-//! Where a new feature goes: its folder with a type implementing
-//! `link::Feature` (and so `reactor::Source`), its config in
-//! [`RunConfig`], and one line in [`Runner::features`].
+//! Where a new feature goes (docs/runner.md): its folder with a type
+//! implementing `link::Feature` and `reactor::Source`, its settings in
+//! [`RunConfig`], its line in the `features!` list below and its
+//! constructor in [`run_until`]. The list expands to plain calls, no trait
+//! objects: in the static binary each vtable entry costs a relocation.
 
 use crate::conn::dns::Resolver;
 use crate::conn::{ConnConfig, Connection};
