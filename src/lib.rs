@@ -2,7 +2,7 @@
 //! everything else is the runner and needs the `runner` feature.
 //!
 //! The runner holds one outbound TLS WebSocket to tether-server, driven by one
-//! single-threaded mio event loop ([`event_loop`]). The only other thread is
+//! single-threaded mio event loop ([`reactor`], driven by [`runner`]). The only other thread is
 //! the DNS helper ([`conn::dns`]), because `getaddrinfo` blocks.
 //!
 //! Module map (what owns what; `module_map_lists_every_module` checks it
@@ -20,11 +20,16 @@
 //! sys/           every `unsafe` of the runner: small safe libc wrappers (processes, fds,
 //!                the signal handler, PTYs, filesystems, netlink, host facts)
 //! signals        self-pipe for SIGTERM/SIGINT/SIGCHLD/SIGUSR1
-//! event_loop     Poll, tokens, timer heap, dispatch
+//! reactor/       the mio Poll, tokens that name their source, timers keyed by source, the
+//!                `Source` trait; names no feature
+//! link           what the connection and the features exchange: link events, outgoing
+//!                messages, message families and the `Feature` trait
+//! runner         `tether run` in the loop: the connection and the feature list (the only
+//!                place that names every feature)
 //! net/           plumbing without a feature: the one sans-IO HTTP/1.1 codec, proxy CONNECT,
 //!                rustls config, the TLS transport over a non-blocking socket
-//! conn/          the control connection: state machine, backoff, dns;
-//!                sends the telemetry feed at the lowest priority
+//! conn/          the control connection: dial (resolve → TCP → proxy → TLS → upgrade) and
+//!                session (hello, liveness, closing, status); backoff, dns
 //! child          child processes in the loop: pipes, bounds, timeout, reaping
 //! telemetry/     metrics and fingerprint on timers: sampler → backlog (acked), firewall probe, reports
 //! http           small blocking HTTPS client (enroll, release downloads) on net's codec
@@ -66,17 +71,21 @@ pub mod engine;
 #[cfg(feature = "runner")]
 pub mod enroll;
 #[cfg(feature = "runner")]
-pub mod event_loop;
-#[cfg(feature = "runner")]
 pub mod exit;
 #[cfg(feature = "runner")]
 pub mod http;
 #[cfg(feature = "runner")]
 pub mod jobs;
 #[cfg(feature = "runner")]
+pub mod link;
+#[cfg(feature = "runner")]
 pub mod net;
 #[cfg(feature = "runner")]
 pub mod rand;
+#[cfg(feature = "runner")]
+pub mod reactor;
+#[cfg(feature = "runner")]
+pub mod runner;
 #[cfg(feature = "runner")]
 pub mod signals;
 #[cfg(feature = "runner")]
@@ -159,5 +168,119 @@ mod tests {
                 dir.display()
             );
         }
+    }
+
+    /// The runner's layers (docs/runner.md): plumbing, net, reactor, link,
+    /// engine, conn, features, runner. What each may use, by top-level
+    /// module; net is `net/` plus `http` (the blocking client on its codec)
+    /// and `conn/dns.rs` (the resolver thread, still under `conn/`). Test
+    /// code is not counted.
+    fn allowed(from: &str, to: &str) -> bool {
+        const PLUMBING: &[&str] = &[
+            "protocol",
+            "sys",
+            "signals",
+            "log",
+            "config",
+            "state",
+            "url",
+            "rand",
+            "version",
+            "exit",
+            "child",
+            "metrics",
+            "fingerprint",
+        ];
+        const FEATURES: &[&str] = &["docker", "jobs", "terminal", "telemetry", "update"];
+        let plumbing = PLUMBING.contains(&to);
+        match from {
+            f if PLUMBING.contains(&f) => plumbing,
+            "net" => plumbing || to == "net",
+            "reactor" => plumbing,
+            "link" => plumbing || to == "reactor",
+            "engine" => plumbing || ["net", "reactor"].contains(&to),
+            "conn" => plumbing || ["net", "reactor", "link"].contains(&to),
+            "enroll" => plumbing || to == "net",
+            f if FEATURES.contains(&f) => {
+                plumbing || ["net", "reactor", "link", "engine"].contains(&to)
+            }
+            "runner" => to != "main",
+            other => panic!("{other}: a module the layer rule does not know; place it"),
+        }
+    }
+
+    /// `crate::x` paths in the non-test code of each top-level module.
+    fn crate_deps(src: &Path) -> BTreeSet<(String, String)> {
+        let mut deps = BTreeSet::new();
+        let mut stack = vec![src.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(src)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let test_file = name == "tests.rs" || name.ends_with("_tests.rs");
+                if !rel.ends_with(".rs") || test_file || rel == "main.rs" || rel == "lib.rs" {
+                    continue;
+                }
+                let top = rel.split('/').next().unwrap().trim_end_matches(".rs");
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("\n#[cfg(test)]\nmod tests").next().unwrap();
+                for line in code.lines() {
+                    let line = line.split("//").next().unwrap();
+                    for (i, _) in line.match_indices("crate::") {
+                        let mut parts = line[i + 7..]
+                            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                            .next()
+                            .unwrap()
+                            .split("::");
+                        let first = parts.next().unwrap_or("");
+                        let second = parts.next().unwrap_or("");
+                        let from = match (top, rel.split('/').nth(1)) {
+                            ("conn", Some("dns.rs")) | ("http", _) => "net",
+                            _ => top,
+                        };
+                        let to = match (first, second) {
+                            ("info" | "debug" | "warn" | "error", _) => "log",
+                            ("conn", "dns") | ("http", _) => "net",
+                            (t, _) => t,
+                        };
+                        if !to.is_empty() && to != from && !(from == "net" && to == "net") {
+                            deps.insert((from.to_owned(), to.to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+        deps
+    }
+
+    #[test]
+    fn layers_point_one_way() {
+        // The rule itself refuses the arrows that made the old cycle.
+        assert!(!allowed("telemetry", "conn") && !allowed("docker", "jobs"));
+        assert!(!allowed("conn", "docker") && !allowed("reactor", "link"));
+        assert!(!allowed("link", "conn") && !allowed("sys", "reactor"));
+        assert!(!allowed("engine", "terminal") && !allowed("engine", "link"));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let deps = crate_deps(&src);
+        // No exceptions: the one Engine call removed the last feature →
+        // feature arrows (docker ⇄ terminal, jobs → docker).
+        let wrong: Vec<String> = deps
+            .iter()
+            .filter(|(from, to)| !allowed(from, to))
+            .map(|(from, to)| format!("{from} uses {to}"))
+            .collect();
+        assert!(wrong.is_empty(), "against the layer rule: {wrong:?}");
+        // The layers alone rule out cycles.
+        assert!(deps.contains(&("runner".into(), "conn".into())));
+        assert!(!deps.iter().any(|(_, to)| to == "runner"));
     }
 }

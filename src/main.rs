@@ -31,14 +31,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tether::config::{self, ConfigError};
-use tether::conn::{ConnConfig, Exit, HelloInfo};
+use tether::conn::{ConnConfig, HelloInfo};
 use tether::docker::client::DockerConfig;
 use tether::enroll::{EnrollError, EnrollOptions};
-use tether::event_loop::EventLoop;
 use tether::exit;
 use tether::jobs::JobsConfig;
+use tether::link::Exit;
 use tether::log::{self, Level};
 use tether::net::tls::{self, TlsConfigError};
+use tether::runner::{self, RunConfig};
 use tether::signals::Signals;
 use tether::state::{self, RunState, StateDir, StateError};
 use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
@@ -679,20 +680,24 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     }
     // Secrets delivered as files live here, in memory (jobs/secret_files.rs).
     let secrets_dir = run_dir.join("secrets");
-    let mut cfg = ConnConfig {
-        server,
-        runner_id: cred.runner_id,
-        credential: cred.credential,
-        heartbeat,
-        proxy,
-        tls,
-        phase_timeout: config::PHASE_TIMEOUT,
-        hello: HelloInfo {
-            capabilities: terminals.capabilities(),
-            labels: proposed_labels(labels, &state.path)?,
-            ..HelloInfo::from_host()
+    let mut cfg = RunConfig {
+        conn: ConnConfig {
+            server,
+            runner_id: cred.runner_id,
+            credential: cred.credential,
+            heartbeat,
+            proxy,
+            tls,
+            phase_timeout: config::PHASE_TIMEOUT,
+            hello: HelloInfo {
+                capabilities: terminals.capabilities(),
+                labels: proposed_labels(labels, &state.path)?,
+                ..HelloInfo::from_host()
+            },
+            run_dir: if trial.is_some() { None } else { Some(run_dir) },
+            metrics_interval_ms: 0,
+            switched_off: Vec::new(),
         },
-        run_dir: if trial.is_some() { None } else { Some(run_dir) },
         telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
         docker: docker_socket.clone().map(|s| DockerConfig {
             control_enabled: container_control,
@@ -716,10 +721,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGUSR1])
         .map_err(|e| CliError::Io("cannot install signal handlers", e))?;
     loop {
-        let event_loop =
-            EventLoop::new().map_err(|e| CliError::Io("cannot create the event loop", e))?;
-        let exit = event_loop
-            .run(cfg.clone(), Some(&signals))
+        let exit = runner::run(cfg.clone(), Some(&signals))
             .map_err(|e| CliError::Io("event loop failed", e))?;
         // Probation ends with the first loop: it connected, or it is rolled back.
         cfg.health_deadline = None;
@@ -746,11 +748,11 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             Exit::Update(offer) => {
                 let offered = update::now_ms();
                 let client = tether::http::Client::new(
-                    cfg.tls.clone(),
-                    cfg.proxy.clone(),
+                    cfg.conn.tls.clone(),
+                    cfg.conn.proxy.clone(),
                     update::DOWNLOAD_TIMEOUT,
                 );
-                match upd.download(&client, &cfg.server, &cfg.credential, &offer) {
+                match upd.download(&client, &cfg.conn.server, &cfg.conn.credential, &offer) {
                     Ok((bin, sig)) => upd.install(
                         &bin,
                         &sig,

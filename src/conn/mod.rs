@@ -1,7 +1,12 @@
 //! The control connection: one outbound TLS WebSocket to tether-server,
-//! driven by the event loop through readiness events, timers and the DNS
-//! waker. Owns the socket, the phase timer, the ping and watchdog timers,
-//! the backoff policy and `status.json`.
+//! a [`Source`] of the reactor (readiness, timers, the DNS waker, SIGTERM).
+//! Owns the socket, the phase timer, the ping and watchdog timers, the
+//! backoff policy and `status.json`. Uses only the reactor, the link types
+//! and the net parts (transport, tls, proxy, dns); it names no feature.
+//!
+//! Files: `dial.rs` (resolve → TCP → proxy → TLS → upgrade), `session.rs`
+//! (hello, the server's messages, liveness, the close handshake), this file
+//! (the phases, failure and backoff, timers, status).
 //!
 //! ```text
 //!            start
@@ -35,10 +40,10 @@
 //! ```
 //!
 //! Everything but the connection's own traffic (terminals, Docker, logs,
-//! telemetry) comes from a [`Feed`] that the event loop passes to
+//! telemetry) comes from a [`Feed`] (the runner's feature list) passed to
 //! [`Connection::pump`] once per turn. The connection tells the feed what
 //! happened to the link ([`LinkEvent`]: up with the server's `metrics_ts`,
-//! down, the server's requests, ACKs and keystroke DATA frames) and takes its
+//! down, the server's messages as decoded, ACKs and DATA frames) and takes its
 //! messages only while everything written so far has left for the socket,
 //! at most [`MAX_FEED_BYTES_PER_PASS`] per turn: a pong or an error waits
 //! behind at most one feed message (a METRICS frame is ≤ 32 KiB), never
@@ -52,15 +57,22 @@
 //! with a per-pass cap.
 
 pub mod backoff;
+mod dial;
 pub mod dns;
+mod session;
 
-use crate::event_loop::{Ctx, Timer, TimerId};
+pub use dial::{classify_refusal, ws_config, UpgradeRefusal};
+#[cfg(test)]
+use session::truncate_reason;
+pub use session::{close_action, hello_message, pong_for, CloseAction};
+use session::{Link, LinkStage};
+
+use crate::link::{Exit, Feed, FeedFigures, LinkEvent, Outgoing};
 use crate::net::{proxy, tls, transport};
 use crate::protocol::{self, close, Decoded, FrameKind, Message as Control};
 use crate::rand::{RandomSource, SplitMix64};
-use crate::state::MetricsStatus;
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::state::{self, RunState, Status};
-use crate::telemetry::TelemetryConfig;
 use crate::url::Url;
 use crate::{debug, error, info, warn};
 use backoff::Backoff;
@@ -145,151 +157,12 @@ pub struct ConnConfig {
     pub hello: HelloInfo,
     /// Where `status.json` goes; `None` writes nothing (tests).
     pub run_dir: Option<PathBuf>,
-    /// Metrics and fingerprint (run by the event loop, sent through here).
-    pub telemetry: TelemetryConfig,
-    /// The Docker engine (run by the event loop, sent through here);
-    /// `None` switches the integration off.
-    pub docker: Option<crate::docker::client::DockerConfig>,
-    /// Jobs (scripts, deployments); `None`: switched off on this host.
-    pub jobs: Option<crate::jobs::JobsConfig>,
-    /// Self-update settings; `None` ignores `update` offers entirely.
-    pub update: Option<crate::update::UpdateConfig>,
-    /// Why self-update is off on this host (`TETHER_UPDATE=off`, no keys):
-    /// with `update` `None`, each offered version is answered `rejected`
-    /// with this reason, so the operator sees why instead of a version
-    /// pending forever.
-    pub update_off: Option<String>,
-    /// This process is a trial run of a new version (see `update`).
-    pub update_trial: Option<String>,
-    /// A new version on probation: it must connect within this, or the
-    /// loop ends with [`Exit::Unhealthy`].
-    pub health_deadline: Option<Duration>,
-    /// Terminals: what the host owner allows.
-    pub terminals: crate::terminal::TerminalConfig,
-}
-
-/// What happened to the link, for the [`Feed`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum LinkEvent {
-    /// `welcome` arrived: a new connection. `metrics_ts` is the newest
-    /// metrics record the server has stored.
-    Up {
-        metrics_ts: Option<u64>,
-        /// What the server holds of each job channel (`welcome.acks`).
-        acks: Vec<protocol::ChannelAck>,
-    },
-    /// The connection that was up is gone.
-    Down,
-    /// `metrics_ack`: every record up to this time is stored.
-    MetricsAck(u64),
-    /// `fingerprint_resync`: send the full fingerprint next.
-    FingerprintResync,
-    /// `docker_request` with this id: answer with [`Outgoing::Reply`].
-    DockerRequest {
-        id: u64,
-        request: Box<protocol::DockerRequest>,
-    },
-    /// `log_open` with this id: answer with `log_opened` or `error`.
-    LogOpen {
-        id: u64,
-        open: Box<protocol::LogOpen>,
-    },
-    /// `log_close`: send nothing more on the channel.
-    LogClose(u32),
-    /// `job_start` with this id: answer with `job_accepted` or `error`.
-    JobStart {
-        id: u64,
-        start: Box<protocol::JobStart>,
-    },
-    JobCancel(String),
-    JobResultAck(String),
-    /// An ACK or CREDIT frame for a data channel.
-    ChannelAck {
-        channel: u32,
-        kind: protocol::FrameKind,
-        seq: u64,
-    },
-    /// `update`: the server wants this runner to run another version.
-    UpdateOffer(protocol::UpdateOffer),
-    /// A DATA frame from the server (terminal keystrokes).
-    ChannelData {
-        channel: u32,
-        seq: u64,
-        payload: Vec<u8>,
-    },
-    /// `term_open` with this id: answer with `term_opened` or `error`.
-    TermOpen {
-        id: u64,
-        open: Box<protocol::TermOpen>,
-    },
-    TermResize(protocol::TermResize),
-    /// `term_close`: hang the terminal up.
-    TermClose(u32),
-}
-
-/// One message of the feed.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// A control message; the connection gives it a request id. Boxed:
-    /// a full fingerprint makes `Control` large.
-    Control(Box<Control>),
-    /// A whole binary frame (header and payload).
-    Binary(Vec<u8>),
-    /// The answer to a server request: sent with the request's id.
-    Reply { id: u64, body: Box<Control> },
-}
-
-/// The feed's figures for `status.json`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FeedFigures {
-    pub records: u64,
-    pub bytes: u64,
-    pub dropped: u64,
-    pub last_sample_ms: Option<u64>,
-}
-
-impl FeedFigures {
-    fn to_status(self) -> MetricsStatus {
-        MetricsStatus {
-            backlog_records: self.records,
-            backlog_bytes: self.bytes,
-            dropped: self.dropped,
-            last_sample: self
-                .last_sample_ms
-                .map(|ms| crate::log::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))),
-        }
-    }
-}
-
-/// The lowest class of traffic (metrics and fingerprints): sent when
-/// nothing else is waiting, kept by the feed until the link is up.
-pub trait Feed {
-    /// Called in order, before the next `next_message`.
-    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent);
-    /// The next message to send now, if any. Called only while connected
-    /// and while the link has room.
-    fn next_message(&mut self) -> Option<Outgoing>;
-    /// For `status.json`; `None` when there is nothing to show.
-    fn figures(&self) -> Option<FeedFigures>;
-    /// Terminals open, for `status.json`.
-    fn terminals(&self) -> usize {
-        0
-    }
-}
-
-/// Why `tether run` stops.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
-    /// SIGTERM/SIGINT.
-    Shutdown,
-    /// The server revoked this runner (403 runner_revoked or close 4002).
-    Revoked(String),
-    /// Install this version (the connection was closed cleanly first).
-    Update(protocol::UpdateOffer),
-    /// SIGUSR1: install the release `tether update --file` left in the state dir.
-    UpdateFromFile,
-    /// A new version on probation did not connect before its deadline.
-    Unhealthy,
+    /// For `hello.metrics_interval_ms` (0: metrics off); the runner
+    /// sets it from the telemetry settings.
+    pub metrics_interval_ms: u64,
+    /// What the host owner switched off, for `status.json`; the runner
+    /// sets it from the features' settings.
+    pub switched_off: Vec<String>,
 }
 
 /// Timers the connection sets.
@@ -301,6 +174,10 @@ pub enum ConnTimer {
     Ping,
     /// Check for silence from the server.
     Watchdog,
+}
+
+impl TimerKind for ConnTimer {
+    const ALL: &'static [ConnTimer] = &[ConnTimer::Phase, ConnTimer::Ping, ConnTimer::Watchdog];
 }
 
 /// Why a connection attempt or a connection ended.
@@ -391,181 +268,6 @@ impl fmt::Display for Failure {
             ),
             Failure::Internal(e) => write!(f, "internal error: {e}"),
         }
-    }
-}
-
-/// What the server's close code asks of us (docs/protocol.md §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseAction {
-    /// 4002: the runner was revoked; exit with code 9, never retry.
-    ExitRevoked,
-    /// 4003: back off, keep retrying slowly.
-    ReconnectSlowly,
-    /// Everything else: reconnect with the normal backoff.
-    Reconnect,
-}
-
-pub fn close_action(code: u16) -> CloseAction {
-    match code {
-        close::REVOKED => CloseAction::ExitRevoked,
-        close::UNSUPPORTED_PROTOCOL => CloseAction::ReconnectSlowly,
-        _ => CloseAction::Reconnect,
-    }
-}
-
-/// What a non-101 answer to the upgrade means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpgradeRefusal {
-    /// 403 with `runner_revoked`: stop for good.
-    Revoked(String),
-    /// Anything else: back off and retry.
-    Other {
-        status: u16,
-        code: Option<String>,
-        message: Option<String>,
-    },
-}
-
-/// Read the JSON error body of a refused upgrade. The body is what arrived
-/// with the head (tungstenite hands over the bytes it had read); servers
-/// send small error answers in one piece.
-pub fn classify_refusal(status: u16, body: Option<&[u8]>) -> UpgradeRefusal {
-    let err = body
-        .and_then(|b| serde_json::from_slice::<protocol::ApiError>(b).ok())
-        .map(|e| e.error);
-    match err {
-        Some(e) if e.code == protocol::api_error::RUNNER_REVOKED => {
-            UpgradeRefusal::Revoked(e.message)
-        }
-        Some(e) => UpgradeRefusal::Other {
-            status,
-            code: Some(e.code),
-            message: Some(e.message),
-        },
-        None => UpgradeRefusal::Other {
-            status,
-            code: None,
-            message: None,
-        },
-    }
-}
-
-/// The hello this runner sends.
-pub fn hello_message(cfg: &ConnConfig) -> Control {
-    Control::Hello(protocol::Hello {
-        protocol: protocol::SUPPORTED_VERSIONS.to_vec(),
-        runner_version: crate::version::version().to_owned(),
-        arch: cfg.hello.arch.clone(),
-        os: cfg.hello.os.clone(),
-        hostname: cfg.hello.hostname.clone(),
-        heartbeat_ms: cfg.heartbeat.as_millis() as u64,
-        capabilities: cfg.hello.capabilities.clone(),
-        // Data channels arrive with jobs; nothing to resume yet.
-        open_channels: Vec::new(),
-        metrics_interval_ms: cfg.telemetry.metrics_interval_ms(),
-        labels: cfg.hello.labels.clone(),
-    })
-}
-
-/// The answer to a server `ping`.
-pub fn pong_for(ping: &protocol::Ping) -> Control {
-    Control::Pong(protocol::Pong {
-        sent_ms: ping.sent_ms,
-        now_ms: crate::log::now_ms(),
-        version: crate::version::version().to_owned(),
-    })
-}
-
-/// What the host owner switched off, for `status.json` (`tether status`).
-pub fn switched_off(cfg: &ConnConfig) -> Vec<String> {
-    let docker_on = cfg.docker.is_some();
-    [
-        ("jobs", cfg.jobs.is_none()),
-        ("docker", !docker_on),
-        ("host terminal", !cfg.terminals.host_enabled),
-        (
-            "container terminal",
-            docker_on && !cfg.terminals.container_enabled,
-        ),
-        (
-            "container control",
-            cfg.docker.as_ref().is_some_and(|d| !d.control_enabled),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, off)| *off)
-    .map(|(what, _)| what.to_owned())
-    .collect()
-}
-
-/// The WebSocket limits: bounded messages, frames and write buffer.
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        // Small: control traffic is tiny, and the buffer is allocated up front.
-        .read_buffer_size(8 * 1024)
-        // Write each message through at once; we flush after every batch anyway.
-        .write_buffer_size(0)
-        // Backpressure instead of unbounded queueing behind a slow link.
-        .max_write_buffer_size(2 * protocol::MAX_WS_MESSAGE)
-        // Reads above the control limit: see `protocol::MAX_RUNNER_READ`.
-        .max_message_size(Some(protocol::MAX_RUNNER_READ))
-        .max_frame_size(Some(protocol::MAX_RUNNER_READ))
-}
-
-fn truncate_reason(s: &str) -> String {
-    clip(s, MAX_CLOSE_REASON).to_owned()
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn clip(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// An established WebSocket.
-struct Link {
-    ws: Ws,
-    /// Output is queued that the socket did not take yet: want WRITABLE.
-    unflushed: bool,
-    /// Last frame of any kind from the server (watchdog).
-    last_frame: Instant,
-}
-
-impl Link {
-    /// Push queued output; `WouldBlock` just means "later".
-    fn flush(&mut self) -> Result<(), tungstenite::Error> {
-        match self.ws.flush() {
-            Ok(()) => {
-                self.unflushed = false;
-                Ok(())
-            }
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.unflushed = true;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Queue and push one message. A `WouldBlock` means the message is
-    /// queued in tungstenite's (bounded) buffer.
-    fn send(&mut self, msg: WsMessage) -> Result<(), tungstenite::Error> {
-        match self.ws.write(msg) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.unflushed = true;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
-        self.flush()
-    }
-
-    fn send_control(&mut self, id: u64, body: Control) -> Result<(), tungstenite::Error> {
-        self.send(WsMessage::text(protocol::encode_control(id, body)))
     }
 }
 
@@ -682,6 +384,8 @@ pub struct Connection {
     backoff: Backoff,
     rng: Box<dyn RandomSource>,
     resolver: Resolver,
+    /// The token the DNS helper's waker fires on.
+    dns_token: Token,
     /// Socket registration: token and the interest registered with it.
     token: Option<Token>,
     interest: Option<Interest>,
@@ -711,6 +415,52 @@ pub struct Connection {
     feed_figures: Option<FeedFigures>,
 }
 
+impl Source for Connection {
+    fn ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if token == self.dns_token {
+            self.on_dns(ctx);
+        } else {
+            self.on_ready(ctx, token);
+        }
+    }
+
+    fn timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, kind: u8) {
+        if let Some(t) = ConnTimer::from_code(kind) {
+            self.on_timer(ctx, id, t);
+        }
+    }
+
+    /// SIGTERM/SIGINT: shut down.
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        let stop = [libc::SIGINT, libc::SIGTERM].map(|s| set.contains(s));
+        for (sig, _) in [libc::SIGINT, libc::SIGTERM]
+            .iter()
+            .zip(stop)
+            .filter(|x| x.1)
+        {
+            info!(
+                "main",
+                "received {}; shutting down",
+                crate::signals::name(*sig)
+            );
+        }
+        if stop.contains(&true) {
+            self.shutdown(ctx);
+        }
+    }
+
+    fn wants_again(&self) -> bool {
+        self.again
+    }
+
+    /// Drive again after a capped pass.
+    fn again(&mut self, ctx: &mut Ctx<'_>) {
+        debug!("loop", "driving the connection again after a capped pass");
+        self.again = false;
+        self.drive(ctx);
+    }
+}
+
 /// What a drive step decided: stay and wait for readiness, or drive the
 /// new phase at once.
 enum Step {
@@ -719,11 +469,17 @@ enum Step {
 }
 
 impl Connection {
-    pub fn new(cfg: ConnConfig, resolver: Resolver) -> Connection {
-        Connection::with_rng(cfg, resolver, Box::new(SplitMix64::from_os()))
+    /// `dns_token`: the token of `resolver`'s waker.
+    pub fn new(cfg: ConnConfig, resolver: Resolver, dns_token: Token) -> Connection {
+        Connection::with_rng(cfg, resolver, dns_token, Box::new(SplitMix64::from_os()))
     }
 
-    pub fn with_rng(cfg: ConnConfig, resolver: Resolver, rng: Box<dyn RandomSource>) -> Connection {
+    pub fn with_rng(
+        cfg: ConnConfig,
+        resolver: Resolver,
+        dns_token: Token,
+        rng: Box<dyn RandomSource>,
+    ) -> Connection {
         let status = Status {
             state: RunState::Connecting,
             server: cfg.server.to_string(),
@@ -735,7 +491,7 @@ impl Connection {
             last_error: None,
             metrics: None,
             terminals: 0,
-            switched_off: switched_off(&cfg),
+            switched_off: cfg.switched_off.clone(),
         };
         Connection {
             cfg,
@@ -743,6 +499,7 @@ impl Connection {
             backoff: Backoff::new(),
             rng,
             resolver,
+            dns_token,
             token: None,
             interest: None,
             phase_timer: None,
@@ -774,11 +531,6 @@ impl Connection {
         self.phase.name()
     }
 
-    /// Whether a read pass stopped at its cap and wants another turn.
-    pub fn wants_again(&self) -> bool {
-        self.again
-    }
-
     pub fn start(&mut self, ctx: &mut Ctx<'_>) {
         info!(
             "conn",
@@ -789,42 +541,15 @@ impl Connection {
         self.sync_interest(ctx);
     }
 
-    /// The DNS waker fired.
-    pub fn on_dns(&mut self, ctx: &mut Ctx<'_>) {
-        while let Some(answer) = self.resolver.try_recv() {
-            let current = matches!(self.phase, Phase::Resolving { gen } if gen == answer.gen);
-            if !current {
-                debug!("conn", "dropping a late DNS answer (lookup {})", answer.gen);
-                continue;
-            }
-            self.phase = Phase::Idle;
-            let next = match answer.result {
-                Ok(addrs) => self.connect_first(ctx, addrs, None),
-                Err(error) => {
-                    let host = self.dial_host().to_owned();
-                    self.fail(ctx, Failure::Dns { host, error })
-                }
-            };
-            self.run(ctx, next);
-        }
-        self.sync_interest(ctx);
-    }
-
     /// Readiness on a socket token.
-    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+    fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
         if self.token != Some(token) {
             return; // a socket we already dropped
         }
         self.drive(ctx);
     }
 
-    /// Drive again after a capped pass.
-    pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
-        self.again = false;
-        self.drive(ctx);
-    }
-
-    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, timer: ConnTimer) {
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, timer: ConnTimer) {
         match timer {
             ConnTimer::Phase if self.phase_timer == Some(id) => {
                 self.phase_timer = None;
@@ -844,7 +569,7 @@ impl Connection {
     }
 
     /// SIGTERM/SIGINT: close cleanly if a WebSocket is up, else stop now.
-    pub fn shutdown(&mut self, ctx: &mut Ctx<'_>) {
+    fn shutdown(&mut self, ctx: &mut Ctx<'_>) {
         self.shutdown_with(ctx, Exit::Shutdown, "runner shutting down");
     }
 
@@ -988,793 +713,6 @@ impl Connection {
         }
     }
 
-    /// Host the TCP connection goes to: the proxy, or the server.
-    fn dial_host(&self) -> &str {
-        match &self.cfg.proxy {
-            Some(p) => &p.host,
-            None => &self.cfg.server.host,
-        }
-    }
-
-    fn begin_attempt(&mut self, ctx: &mut Ctx<'_>) {
-        self.set_state(RunState::Connecting);
-        let (host, port) = match &self.cfg.proxy {
-            Some(p) => (p.host.clone(), p.port),
-            None => (self.cfg.server.host.clone(), self.cfg.server.port),
-        };
-        match self.resolver.resolve(&host, port) {
-            Ok(gen) => {
-                self.phase = Phase::Resolving { gen };
-                self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-            }
-            Err(e) => {
-                let step = self.fail(
-                    ctx,
-                    Failure::Internal(format!("cannot start the DNS lookup: {e}")),
-                );
-                self.run(ctx, step);
-            }
-        }
-    }
-
-    /// Start a non-blocking connect to the first address that accepts one.
-    fn connect_first(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        mut addrs: Vec<SocketAddr>,
-        mut last: Option<Failure>,
-    ) -> Step {
-        while !addrs.is_empty() {
-            let addr = addrs.remove(0);
-            match TcpStream::connect(addr) {
-                Ok(mut sock) => {
-                    let token = ctx.token();
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) = ctx.registry.register(&mut sock, token, interest) {
-                        return self.fail(
-                            ctx,
-                            Failure::Internal(format!("cannot register the socket: {e}")),
-                        );
-                    }
-                    self.token = Some(token);
-                    self.interest = Some(interest);
-                    self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-                    return Step::Wait(Phase::Connecting {
-                        sock,
-                        addr,
-                        rest: addrs,
-                    });
-                }
-                Err(error) => last = Some(Failure::Connect { addr, error }),
-            }
-        }
-        let failure = last.unwrap_or_else(|| Failure::Internal("no address to connect to".into()));
-        self.fail(ctx, failure)
-    }
-
-    fn drive_connecting(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        mut sock: TcpStream,
-        addr: SocketAddr,
-        rest: Vec<SocketAddr>,
-    ) -> Step {
-        // mio: on writability check SO_ERROR, then peer_addr; NotConnected
-        // means "not yet" (spurious wakeup).
-        let error = match sock.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match sock.peer_addr() {
-                Ok(_) => None,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                    return Step::Wait(Phase::Connecting { sock, addr, rest });
-                }
-                Err(e) => Some(e),
-            },
-        };
-        if let Some(error) = error {
-            self.deregister(ctx, &mut sock);
-            debug!("conn", "connect to {addr} failed: {error}");
-            return self.connect_first(ctx, rest, Some(Failure::Connect { addr, error }));
-        }
-        let _ = sock.set_nodelay(true);
-        debug!("conn", "TCP connected to {addr}");
-        match &self.cfg.proxy {
-            Some(p) => {
-                let auth = p.userinfo.as_ref().map(|(u, pw)| (u.as_str(), pw.as_str()));
-                let request = proxy::connect_request(&self.cfg.server.authority(), auth);
-                self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-                Step::Again(Phase::ProxyHandshake {
-                    sock,
-                    request,
-                    written: 0,
-                    answer: ConnectResponse::new(),
-                })
-            }
-            None => self.start_tls(ctx, sock, Vec::new()),
-        }
-    }
-
-    fn drive_proxy(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        mut sock: TcpStream,
-        request: Vec<u8>,
-        mut written: usize,
-        mut answer: ConnectResponse,
-    ) -> Step {
-        while written < request.len() {
-            match sock.write(&request[written..]) {
-                Ok(0) => return self.fail_with(ctx, sock, Failure::Proxy(ProxyError::Closed)),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Step::Wait(Phase::ProxyHandshake {
-                        sock,
-                        request,
-                        written,
-                        answer,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    return self.fail_with(
-                        ctx,
-                        sock,
-                        Failure::Io {
-                            phase: "proxy CONNECT",
-                            error,
-                        },
-                    )
-                }
-            }
-        }
-        let mut buf = [0u8; PROXY_READ_CHUNK];
-        loop {
-            match sock.read(&mut buf) {
-                Ok(0) => return self.fail_with(ctx, sock, Failure::Proxy(answer.eof())),
-                Ok(n) => match answer.feed(&buf[..n]) {
-                    Ok(Progress::NeedMore) => {}
-                    Ok(Progress::Established { leftover }) => {
-                        debug!(
-                            "conn",
-                            "proxy tunnel to {} established",
-                            self.cfg.server.authority()
-                        );
-                        return self.start_tls(ctx, sock, leftover);
-                    }
-                    Err(e) => return self.fail_with(ctx, sock, Failure::Proxy(e)),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Step::Wait(Phase::ProxyHandshake {
-                        sock,
-                        request,
-                        written,
-                        answer,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => {
-                    return self.fail_with(
-                        ctx,
-                        sock,
-                        Failure::Io {
-                            phase: "proxy CONNECT",
-                            error,
-                        },
-                    )
-                }
-            }
-        }
-    }
-
-    /// TCP (or the tunnel) is up: TLS for https, straight to the upgrade for
-    /// loopback http.
-    fn start_tls(&mut self, ctx: &mut Ctx<'_>, sock: TcpStream, leftover: Vec<u8>) -> Step {
-        self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-        if !self.cfg.server.scheme.is_secure() {
-            if !leftover.is_empty() {
-                return self.fail_with(
-                    ctx,
-                    sock,
-                    Failure::Violation("proxy sent data before the request".into()),
-                );
-            }
-            return self.start_upgrade(ctx, Transport::plain(sock));
-        }
-        let conn = tls::server_name(&self.cfg.server.host)
-            .and_then(|name| rustls::ClientConnection::new(self.cfg.tls.clone(), name));
-        let mut conn = match conn {
-            Ok(c) => c,
-            Err(e) => return self.fail_with(ctx, sock, Failure::Tls(e)),
-        };
-        if !leftover.is_empty() {
-            let fed = conn.read_tls(&mut &leftover[..]).map(|_| ());
-            let processed = fed.and_then(|_| {
-                conn.process_new_packets()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-            });
-            if let Err(error) = processed {
-                return self.fail_with(ctx, sock, io_failure("TLS handshake", error));
-            }
-        }
-        Step::Again(Phase::TlsHandshake {
-            transport: Transport::tls(conn, sock),
-        })
-    }
-
-    fn drive_tls(&mut self, ctx: &mut Ctx<'_>, mut transport: Transport<TcpStream>) -> Step {
-        match transport.handshake() {
-            Ok(Handshake::WouldBlock) => Step::Wait(Phase::TlsHandshake { transport }),
-            Ok(Handshake::Done) => {
-                debug!("conn", "TLS established with {}", self.cfg.server.host);
-                self.start_upgrade(ctx, transport)
-            }
-            Err(error) => {
-                let failure = io_failure("TLS handshake", error);
-                self.fail_with(ctx, transport.socket_mut(), failure)
-            }
-        }
-    }
-
-    fn start_upgrade(&mut self, ctx: &mut Ctx<'_>, mut transport: Transport<TcpStream>) -> Step {
-        use tungstenite::client::IntoClientRequest;
-        self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-        let url = self
-            .cfg
-            .server
-            .to_websocket()
-            .join(protocol::RUNNER_CONNECT_PATH)
-            .to_string();
-        let request = url.as_str().into_client_request().and_then(|mut req| {
-            let bearer = format!("Bearer {}", self.cfg.credential);
-            let value = bearer.parse().map_err(tungstenite::Error::from)?;
-            req.headers_mut().insert("Authorization", value);
-            let ua = concat!("tether/", env!("CARGO_PKG_VERSION"));
-            req.headers_mut().insert(
-                "User-Agent",
-                tungstenite::http::HeaderValue::from_static(ua),
-            );
-            Ok(req)
-        });
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => {
-                return self.fail_with(
-                    ctx,
-                    transport.socket_mut(),
-                    Failure::Internal(format!("bad upgrade request: {e}")),
-                )
-            }
-        };
-        match ClientHandshake::start(transport, request, Some(ws_config())) {
-            Ok(mid) => Step::Again(Phase::Upgrading { mid }),
-            Err(e) => self.fail(ctx, Failure::WebSocket(e.to_string())),
-        }
-    }
-
-    fn drive_upgrade(&mut self, ctx: &mut Ctx<'_>, mid: MidUpgrade) -> Step {
-        match mid.handshake() {
-            Ok((ws, _response)) => self.start_hello(ctx, ws),
-            Err(HandshakeError::Interrupted(mid)) => Step::Wait(Phase::Upgrading { mid }),
-            Err(HandshakeError::Failure(e)) => {
-                // The stream went down with the handshake; its fd is closed.
-                self.forget_socket();
-                match e {
-                    tungstenite::Error::Http(resp) => {
-                        let status = resp.status().as_u16();
-                        match classify_refusal(status, resp.body().as_deref()) {
-                            UpgradeRefusal::Revoked(message) => {
-                                error!(
-                                    "conn",
-                                    "runner revoked: the server refused the credential ({message})"
-                                );
-                                Step::Wait(self.stop(ctx, Exit::Revoked(message)))
-                            }
-                            UpgradeRefusal::Other {
-                                status,
-                                code,
-                                message,
-                            } => self.fail(
-                                ctx,
-                                Failure::Rejected {
-                                    status,
-                                    code,
-                                    message,
-                                },
-                            ),
-                        }
-                    }
-                    tungstenite::Error::Io(error) => {
-                        self.fail(ctx, io_failure("websocket upgrade", error))
-                    }
-                    other => self.fail(ctx, Failure::WebSocket(other.to_string())),
-                }
-            }
-        }
-    }
-
-    fn start_hello(&mut self, ctx: &mut Ctx<'_>, ws: Ws) -> Step {
-        let mut link = Link {
-            ws,
-            unflushed: false,
-            last_frame: ctx.now,
-        };
-        let hello_id = self.request_id();
-        self.hello_error = None;
-        self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-        if let Err(e) = link.send_control(hello_id, hello_message(&self.cfg)) {
-            return self.link_failed(ctx, link, ws_failure(e));
-        }
-        debug!("conn", "upgraded; hello sent");
-        // The welcome may already sit in tungstenite's buffer: read at once.
-        Step::Again(Phase::Hello { link, hello_id })
-    }
-
-    fn drive_link(&mut self, ctx: &mut Ctx<'_>, mut link: Link, mut stage: LinkStage) -> Step {
-        if let Err(e) = link.flush() {
-            return self.link_ended(ctx, link, stage, e);
-        }
-        for _ in 0..MAX_MESSAGES_PER_PASS {
-            match link.ws.read() {
-                Ok(msg) => {
-                    link.last_frame = ctx.now;
-                    match self.on_message(ctx, &mut link, &mut stage, msg) {
-                        Flow::Continue => {}
-                        Flow::Close { code, reason, then } => {
-                            return self.start_close(ctx, link, code, &reason, then)
-                        }
-                        Flow::Drop(then) => return self.finish_close(ctx, link, then),
-                    }
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // tungstenite may have queued a pong or close reply.
-                    if let Err(e) = link.flush() {
-                        return self.link_ended(ctx, link, stage, e);
-                    }
-                    return Step::Wait(stage.into_phase(link));
-                }
-                Err(e) => return self.link_ended(ctx, link, stage, e),
-            }
-        }
-        // Cap reached: let other sources run, come back before sleeping.
-        self.again = true;
-        if let Err(e) = link.flush() {
-            return self.link_ended(ctx, link, stage, e);
-        }
-        Step::Wait(stage.into_phase(link))
-    }
-
-    fn on_message(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        link: &mut Link,
-        stage: &mut LinkStage,
-        msg: WsMessage,
-    ) -> Flow {
-        if let LinkStage::Closing(_) = stage {
-            // Only the close reply matters now.
-            if let WsMessage::Close(_) = msg {
-                let LinkStage::Closing(then) = std::mem::replace(stage, LinkStage::Connected)
-                else {
-                    unreachable!()
-                };
-                return Flow::Drop(then);
-            }
-            return Flow::Continue;
-        }
-        match msg {
-            WsMessage::Text(text) => self.on_control(ctx, link, stage, text.as_str()),
-            WsMessage::Binary(bytes) => self.on_data(link, &bytes),
-            WsMessage::Pong(payload) => {
-                self.on_pong(&payload);
-                Flow::Continue
-            }
-            // tungstenite queued the Pong; drive_link flushes it.
-            WsMessage::Ping(_) | WsMessage::Frame(_) => Flow::Continue,
-            WsMessage::Close(frame) => {
-                let (code, reason) = match frame {
-                    Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
-                    None => (close::NORMAL, String::new()),
-                };
-                // Send tungstenite's queued close reply before hanging up.
-                let _ = link.flush();
-                match close_action(code) {
-                    CloseAction::ExitRevoked => {
-                        error!(
-                            "conn",
-                            "runner revoked: the server closed the connection with {code} {reason}"
-                        );
-                        Flow::Drop(AfterClose::Exit(Exit::Revoked(reason)))
-                    }
-                    CloseAction::ReconnectSlowly => {
-                        let why = self.hello_error.take().unwrap_or(reason);
-                        Flow::Drop(AfterClose::Reconnect(Failure::NoCommonProtocol(why)))
-                    }
-                    CloseAction::Reconnect => {
-                        Flow::Drop(AfterClose::Reconnect(Failure::Closed { code, reason }))
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_control(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        link: &mut Link,
-        stage: &mut LinkStage,
-        text: &str,
-    ) -> Flow {
-        let envelope = match protocol::decode_control(text) {
-            Ok(Decoded::Known(env)) => env,
-            Ok(Decoded::Unknown { type_name, .. }) => {
-                self.note_unknown(format!("message type '{type_name}'"));
-                return Flow::Continue;
-            }
-            Err(e) => return self.undecodable(link, stage, text, e),
-        };
-        match envelope.body {
-            Control::Welcome(w) => {
-                let LinkStage::Hello { .. } = stage else {
-                    debug!("conn", "ignoring a welcome outside the hello phase");
-                    return Flow::Continue;
-                };
-                if !protocol::SUPPORTED_VERSIONS.contains(&w.protocol) {
-                    return self.violation(
-                        link,
-                        format!(
-                            "welcome settled on protocol {} which this runner does not speak",
-                            w.protocol
-                        ),
-                    );
-                }
-                if w.runner_id != self.cfg.runner_id {
-                    warn!(
-                        "conn",
-                        "server calls this runner {} but credential.json says {}",
-                        w.runner_id,
-                        self.cfg.runner_id
-                    );
-                }
-                *stage = LinkStage::Connected;
-                self.on_connected(ctx, &w);
-                Flow::Continue
-            }
-            Control::Ping(p) => {
-                if let Err(e) = link.send_control(envelope.id, pong_for(&p)) {
-                    debug!("conn", "cannot answer ping: {e}");
-                }
-                Flow::Continue
-            }
-            Control::Error(e) => {
-                warn!(
-                    "conn",
-                    "server reported an error: {}: {}", e.code, e.message
-                );
-                if let LinkStage::Hello { .. } = stage {
-                    self.hello_error = Some(format!("{}: {}", e.code, e.message));
-                }
-                Flow::Continue
-            }
-            Control::MetricsAck(a) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::MetricsAck(a.ts_ms));
-                }
-                Flow::Continue
-            }
-            Control::FingerprintResync(_) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::FingerprintResync);
-                }
-                Flow::Continue
-            }
-            Control::DockerRequest(r) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::DockerRequest {
-                        id: envelope.id,
-                        request: Box::new(r),
-                    });
-                }
-                Flow::Continue
-            }
-            Control::LogOpen(open) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::LogOpen {
-                        id: envelope.id,
-                        open: Box::new(open),
-                    });
-                }
-                Flow::Continue
-            }
-            Control::LogClose(c) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::LogClose(c.channel));
-                }
-                Flow::Continue
-            }
-            Control::JobStart(start) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::JobStart {
-                        id: envelope.id,
-                        start: Box::new(start),
-                    });
-                }
-                Flow::Continue
-            }
-            Control::TermOpen(open) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::TermOpen {
-                        id: envelope.id,
-                        open: Box::new(open),
-                    });
-                }
-                Flow::Continue
-            }
-            Control::JobCancel(r) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::JobCancel(r.job_id));
-                }
-                Flow::Continue
-            }
-            Control::JobResultAck(r) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::JobResultAck(r.job_id));
-                }
-                Flow::Continue
-            }
-            Control::Update(offer) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::UpdateOffer(offer));
-                }
-                Flow::Continue
-            }
-            Control::TermResize(r) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::TermResize(r));
-                }
-                Flow::Continue
-            }
-            Control::TermClose(c) => {
-                if let LinkStage::Connected = stage {
-                    self.push_link_event(LinkEvent::TermClose(c.channel));
-                }
-                Flow::Continue
-            }
-            Control::Pong(_)
-            | Control::JobAccepted(_)
-            | Control::JobResult(_)
-            | Control::TermOpened(_)
-            | Control::TermAlive(_)
-            | Control::SecretsLost(_)
-            | Control::LogOpened(_)
-            | Control::UpdateStatus(_)
-            | Control::DockerState(_)
-            | Control::DockerResponse(_)
-            | Control::ContainerEvent(_)
-            | Control::ContainerSnapshot(_)
-            | Control::Hello(_)
-            | Control::MetricsSchema(_)
-            | Control::Fingerprint(_) => {
-                debug!(
-                    "conn",
-                    "ignoring an unexpected '{}' message",
-                    envelope.body.type_name()
-                );
-                Flow::Continue
-            }
-        }
-    }
-
-    fn on_data(&mut self, link: &mut Link, bytes: &[u8]) -> Flow {
-        match protocol::decode_frame(bytes) {
-            Ok((header, _)) if matches!(header.kind, FrameKind::Ack | FrameKind::Credit) => {
-                // For a channel that is gone this is ignored downstream.
-                self.push_link_event(LinkEvent::ChannelAck {
-                    channel: header.channel,
-                    kind: header.kind,
-                    seq: header.seq,
-                });
-                Flow::Continue
-            }
-            Ok((header, payload)) if header.kind == FrameKind::Data => {
-                // Keystrokes for a terminal; ignored downstream if unknown.
-                self.push_link_event(LinkEvent::ChannelData {
-                    channel: header.channel,
-                    seq: header.seq,
-                    payload: payload.to_vec(),
-                });
-                Flow::Continue
-            }
-            Ok((header, payload)) => {
-                debug!(
-                    "conn",
-                    "ignoring a {:?} frame for channel {} ({} bytes)",
-                    header.kind,
-                    header.channel,
-                    payload.len()
-                );
-                Flow::Continue
-            }
-            Err(protocol::FrameError::UnknownKind(k)) => {
-                self.note_unknown(format!("binary frame kind {k}"));
-                Flow::Continue
-            }
-            Err(e) => self.violation(link, e.to_string()),
-        }
-    }
-
-    /// A control message this runner cannot take. Once connected, one that
-    /// is too large or has bad fields is refused for its request id and the
-    /// link stays: closing would only bring the same message again after
-    /// the reconnect (the server resends what it thinks was not received),
-    /// and the health would flap. What is not JSON at all, or anything
-    /// before the welcome, is a protocol violation.
-    fn undecodable(
-        &mut self,
-        link: &mut Link,
-        stage: &LinkStage,
-        text: &str,
-        e: protocol::DecodeError,
-    ) -> Flow {
-        let code = match &e {
-            protocol::DecodeError::TooLarge(_) => protocol::TOO_LARGE,
-            protocol::DecodeError::BadFields { .. } => protocol::api_error::BAD_REQUEST,
-            protocol::DecodeError::Malformed(_) => return self.violation(link, e.to_string()),
-        };
-        if !matches!(stage, LinkStage::Connected) {
-            return self.violation(link, e.to_string());
-        }
-        match protocol::request_id(text).filter(|&id| id != 0) {
-            Some(id) => {
-                // serde quotes the offending value: keep the answer small.
-                let why = clip(&e.to_string(), MAX_REFUSAL).to_owned();
-                warn!("conn", "refusing request {id} from the server: {why}");
-                let body = Control::Error(protocol::ErrorBody {
-                    code: code.into(),
-                    message: format!("the runner cannot take this message: {why}"),
-                });
-                if let Err(err) = link.send_control(id, body) {
-                    debug!("conn", "cannot answer request {id}: {err}");
-                }
-            }
-            // A notice (id 0) has nobody to answer: it is dropped.
-            None => warn!(
-                "conn",
-                "ignoring a message from the server: {}",
-                clip(&e.to_string(), MAX_REFUSAL)
-            ),
-        }
-        Flow::Continue
-    }
-
-    /// Tell the server what was wrong, then close with 4004 and reconnect.
-    fn violation(&mut self, link: &mut Link, detail: String) -> Flow {
-        warn!("conn", "protocol violation by the server: {detail}");
-        let body = Control::Error(protocol::ErrorBody {
-            code: "protocol_violation".into(),
-            message: detail.clone(),
-        });
-        let id = self.request_id();
-        let _ = link.send_control(id, body);
-        Flow::Close {
-            code: close::PROTOCOL_VIOLATION,
-            reason: truncate_reason(&detail),
-            then: AfterClose::Reconnect(Failure::Violation(detail)),
-        }
-    }
-
-    fn note_unknown(&mut self, what: String) {
-        if self.unknown_seen.contains(&what) {
-            return;
-        }
-        if self.unknown_seen.len() < MAX_REMEMBERED_UNKNOWN {
-            info!(
-                "conn",
-                "ignoring {what} from the server (newer server?); logged once"
-            );
-            self.unknown_seen.push(what);
-        } else {
-            debug!("conn", "ignoring {what} from the server");
-        }
-    }
-
-    fn on_connected(&mut self, ctx: &mut Ctx<'_>, w: &protocol::Welcome) {
-        self.cancel_phase_timer(ctx);
-        self.connected_since = Some(ctx.now);
-        let after = match self.attempts_failed {
-            0 => String::new(),
-            n => format!(" after {n} failed attempt{}", if n == 1 { "" } else { "s" }),
-        };
-        info!(
-            "conn",
-            "connected to {} as {} (protocol {}, server {}){after}",
-            self.cfg.server,
-            w.runner_id,
-            w.protocol,
-            w.server_version
-        );
-        self.attempts_failed = 0;
-        self.last_logged_failure = None;
-        self.status.last_error = None;
-        self.set_state(RunState::Connected);
-        self.schedule_ping(ctx);
-        self.schedule_watchdog(ctx, ctx.now);
-        self.push_link_event(LinkEvent::Up {
-            metrics_ts: w.metrics_ts,
-            acks: w.acks.clone(),
-        });
-    }
-
-    /// Queue a link event for the feed; consecutive acks collapse into one.
-    fn push_link_event(&mut self, event: LinkEvent) {
-        if let (Some(LinkEvent::MetricsAck(prev)), LinkEvent::MetricsAck(ts)) =
-            (self.link_events.last_mut(), &event)
-        {
-            *prev = (*prev).max(*ts);
-            return;
-        }
-        self.link_events.push(event);
-    }
-
-    fn on_pong(&mut self, payload: &[u8]) {
-        if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
-            let sent = u64::from_be_bytes(bytes);
-            debug!(
-                "conn",
-                "pong after {} ms",
-                crate::log::now_ms().saturating_sub(sent)
-            );
-        }
-        self.status.last_heartbeat = Some(crate::log::rfc3339(SystemTime::now()));
-        self.write_status();
-    }
-
-    fn on_ping_timer(&mut self, ctx: &mut Ctx<'_>) {
-        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
-        let Phase::Connected { mut link } = phase else {
-            self.phase = phase;
-            return;
-        };
-        let payload = crate::log::now_ms().to_be_bytes().to_vec();
-        let step = match link.send(WsMessage::Ping(payload.into())) {
-            Ok(()) => {
-                self.schedule_ping(ctx);
-                Step::Wait(Phase::Connected { link })
-            }
-            Err(e) => self.link_ended(ctx, link, LinkStage::Connected, e),
-        };
-        self.run(ctx, step);
-    }
-
-    fn on_watchdog(&mut self, ctx: &mut Ctx<'_>) {
-        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
-        let Phase::Connected { link } = phase else {
-            self.phase = phase;
-            return;
-        };
-        let silent = ctx.now.saturating_duration_since(link.last_frame);
-        let limit = self.watchdog_limit();
-        let step = if silent >= limit {
-            warn!(
-                "conn",
-                "no frame from the server for {:.1}s; closing (watchdog)",
-                silent.as_secs_f64()
-            );
-            self.start_close(
-                ctx,
-                link,
-                close::WATCHDOG,
-                "watchdog: silence too long",
-                AfterClose::Reconnect(Failure::Watchdog(silent)),
-            )
-        } else {
-            let last = link.last_frame;
-            self.schedule_watchdog(ctx, last);
-            Step::Wait(Phase::Connected { link })
-        };
-        self.run(ctx, step);
-    }
-
     fn on_phase_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
         let step = match phase {
@@ -1825,102 +763,6 @@ impl Connection {
     }
 
     // ---- endings -------------------------------------------------------
-
-    /// Send a close frame and wait (≤ CLOSE_WAIT) for the reply.
-    fn start_close(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        mut link: Link,
-        code: u16,
-        reason: &str,
-        then: AfterClose,
-    ) -> Step {
-        self.cancel_link_timers(ctx);
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: truncate_reason(reason).into(),
-        };
-        match link.ws.close(Some(frame)) {
-            Ok(()) => link.unflushed = false,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                link.unflushed = true
-            }
-            Err(e) => {
-                debug!("conn", "cannot send close frame: {e}");
-                return self.finish_close(ctx, link, then);
-            }
-        }
-        self.arm_phase_timer(ctx, CLOSE_WAIT);
-        Step::Again(Phase::Closing { link, then })
-    }
-
-    /// The link is over: say goodbye to TLS, drop the socket, then exit or
-    /// back off.
-    fn finish_close(&mut self, ctx: &mut Ctx<'_>, mut link: Link, then: AfterClose) -> Step {
-        link.ws.get_mut().close_notify();
-        let _ = link.ws.get_mut().flush();
-        self.drop_link(ctx, link);
-        match then {
-            AfterClose::Exit(exit) => Step::Wait(self.stop(ctx, exit)),
-            AfterClose::Reconnect(failure) => self.fail(ctx, failure),
-        }
-    }
-
-    /// A read, write or flush on the link failed.
-    fn link_ended(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        link: Link,
-        stage: LinkStage,
-        e: tungstenite::Error,
-    ) -> Step {
-        match stage {
-            LinkStage::Closing(then) => self.finish_close(ctx, link, then),
-            _ if matches!(e, tungstenite::Error::Capacity(_)) => {
-                // A frame above MAX_RUNNER_READ: tungstenite stopped after
-                // its header, so the rest of the stream cannot be read as
-                // frames any more (reading on trips an assertion in its
-                // debug builds). Say why, write-only, and drop the link
-                // without waiting for a close reply.
-                let failure = ws_failure(e);
-                let frame = CloseFrame {
-                    code: CloseCode::from(close::TOO_BIG),
-                    reason: truncate_reason(&failure.to_string()).into(),
-                };
-                let mut link = link;
-                if link.ws.close(Some(frame)).is_ok() {
-                    let _ = link.flush();
-                }
-                warn!("conn", "closing the connection: {failure}");
-                self.link_failed(ctx, link, failure)
-            }
-            _ => {
-                let failure = ws_failure(e);
-                if let Failure::WebSocket(_) | Failure::Violation(_) = failure {
-                    // Broken framing from the server: tell it, then reconnect.
-                    let code = close::PROTOCOL_VIOLATION;
-                    let reason = failure.to_string();
-                    return self.start_close(
-                        ctx,
-                        link,
-                        code,
-                        &reason,
-                        AfterClose::Reconnect(failure),
-                    );
-                }
-                self.link_failed(ctx, link, failure)
-            }
-        }
-    }
-
-    fn link_failed(&mut self, ctx: &mut Ctx<'_>, link: Link, failure: Failure) -> Step {
-        self.drop_link(ctx, link);
-        self.fail(ctx, failure)
-    }
-
-    fn drop_link(&mut self, ctx: &mut Ctx<'_>, mut link: Link) {
-        self.deregister(ctx, link.ws.get_mut().socket_mut());
-    }
 
     /// Drop a phase's socket (deregistering it) and fail.
     fn fail_with<S: AsSocket>(&mut self, ctx: &mut Ctx<'_>, mut sock: S, failure: Failure) -> Step {
@@ -1995,7 +837,7 @@ impl Connection {
         if let Some(id) = self.ping_timer.take() {
             ctx.cancel(id);
         }
-        self.ping_timer = Some(ctx.schedule(self.cfg.heartbeat, Timer::Conn(ConnTimer::Ping)));
+        self.ping_timer = Some(ctx.schedule(self.cfg.heartbeat, ConnTimer::Ping));
     }
 
     /// Check again when `last_frame + limit` passes. Frames do not touch the
@@ -2005,7 +847,7 @@ impl Connection {
             ctx.cancel(id);
         }
         let due = (last_frame + self.watchdog_limit()).saturating_duration_since(ctx.now);
-        self.watchdog_timer = Some(ctx.schedule(due, Timer::Conn(ConnTimer::Watchdog)));
+        self.watchdog_timer = Some(ctx.schedule(due, ConnTimer::Watchdog));
     }
 
     fn cancel_link_timers(&mut self, ctx: &mut Ctx<'_>) {
@@ -2019,7 +861,7 @@ impl Connection {
 
     fn arm_phase_timer(&mut self, ctx: &mut Ctx<'_>, after: Duration) {
         self.cancel_phase_timer(ctx);
-        self.phase_timer = Some(ctx.schedule(after, Timer::Conn(ConnTimer::Phase)));
+        self.phase_timer = Some(ctx.schedule(after, ConnTimer::Phase));
     }
 
     fn cancel_phase_timer(&mut self, ctx: &mut Ctx<'_>) {
@@ -2093,36 +935,6 @@ impl Connection {
     }
 }
 
-/// Where an established link stands.
-enum LinkStage {
-    Hello { hello_id: u64 },
-    Connected,
-    Closing(AfterClose),
-}
-
-impl LinkStage {
-    fn into_phase(self, link: Link) -> Phase {
-        match self {
-            LinkStage::Hello { hello_id } => Phase::Hello { link, hello_id },
-            LinkStage::Connected => Phase::Connected { link },
-            LinkStage::Closing(then) => Phase::Closing { link, then },
-        }
-    }
-}
-
-/// What a message asks the link to do next.
-enum Flow {
-    Continue,
-    /// Send a close frame and wait for the reply.
-    Close {
-        code: u16,
-        reason: String,
-        then: AfterClose,
-    },
-    /// Hang up now.
-    Drop(AfterClose),
-}
-
 /// Something that holds the connection's socket.
 trait AsSocket {
     fn as_socket(&mut self) -> &mut TcpStream;
@@ -2145,42 +957,6 @@ fn io_failure(phase: &'static str, error: io::Error) -> Failure {
     match tls::rustls_error(&error) {
         Some(t) => Failure::Tls(t.clone()),
         None => Failure::Io { phase, error },
-    }
-}
-
-fn ws_failure(e: tungstenite::Error) -> Failure {
-    use tungstenite::error::ProtocolError;
-    match e {
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            Failure::Dropped
-        }
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            Failure::Dropped
-        }
-        tungstenite::Error::Io(error) => match error.kind() {
-            io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe => {
-                if let Some(t) = tls::rustls_error(&error) {
-                    return Failure::Tls(t.clone());
-                }
-                Failure::Dropped
-            }
-            _ => io_failure("connection", error),
-        },
-        tungstenite::Error::Capacity(c) => Failure::Violation(c.to_string()),
-        // Our own backpressure: the server stopped reading (not its protocol error).
-        tungstenite::Error::WriteBufferFull(_) => Failure::Io {
-            phase: "sending",
-            error: io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "send buffer full: the server is not reading",
-            ),
-        },
-        tungstenite::Error::Utf8(d) => {
-            Failure::Violation(format!("invalid UTF-8 in a text frame: {d}"))
-        }
-        other => Failure::WebSocket(other.to_string()),
     }
 }
 

@@ -5,8 +5,9 @@
 //! hello/pong content) are tested directly.
 
 use super::*;
-use crate::event_loop::EventLoop;
 use crate::protocol::{Envelope, Hello, Welcome};
+use crate::runner::{self, RunConfig};
+use crate::telemetry::TelemetryConfig;
 use std::net::{TcpListener, TcpStream as StdStream};
 use std::thread::JoinHandle;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -15,7 +16,7 @@ type ServerWs = tungstenite::WebSocket<StdStream>;
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
 
-fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
+fn conn_config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
     ConnConfig {
         server: url.clone(),
         runner_id: "rn_test".into(),
@@ -32,6 +33,14 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
             labels: vec![],
         },
         run_dir,
+        metrics_interval_ms: 0,
+        switched_off: Vec::new(),
+    }
+}
+
+fn config(url: &Url, run_dir: Option<PathBuf>) -> RunConfig {
+    RunConfig {
+        conn: conn_config(url, run_dir),
         // The scripted servers below expect no telemetry; the metrics tests
         // switch it on.
         telemetry: TelemetryConfig::off(),
@@ -168,14 +177,12 @@ fn await_close(ws: &mut ServerWs) -> (u16, String) {
     }
 }
 
-fn run_runner(cfg: ConnConfig, secs: u64) -> io::Result<Exit> {
+fn run_runner(cfg: RunConfig, secs: u64) -> io::Result<Exit> {
     run_runner_for(cfg, Duration::from_secs(secs))
 }
 
-fn run_runner_for(cfg: ConnConfig, limit: Duration) -> io::Result<Exit> {
-    EventLoop::new()
-        .unwrap()
-        .run_until(cfg, None, Some(Instant::now() + limit))
+fn run_runner_for(cfg: RunConfig, limit: Duration) -> io::Result<Exit> {
+    runner::run_until(cfg, None, Some(Instant::now() + limit))
 }
 
 fn server<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
@@ -228,7 +235,7 @@ fn refusals_are_classified_by_their_json_code() {
 
 #[test]
 fn hello_and_pong_carry_what_the_protocol_asks() {
-    let cfg = config(&Url::parse("https://s").unwrap(), None);
+    let cfg = conn_config(&Url::parse("https://s").unwrap(), None);
     let Control::Hello(h) = hello_message(&cfg) else {
         panic!()
     };
@@ -536,10 +543,7 @@ fn sigterm_sends_close_1000_and_exits() {
         (close, t0.elapsed())
     });
     let deadline = Some(Instant::now() + Duration::from_secs(10));
-    let exit = EventLoop::new()
-        .unwrap()
-        .run_until(config(&url, None), Some(&signals), deadline)
-        .unwrap();
+    let exit = runner::run_until(config(&url, None), Some(&signals), deadline).unwrap();
     assert_eq!(exit, Exit::Shutdown);
     let ((code, reason), took) = srv.join().unwrap();
     assert_eq!(
@@ -607,8 +611,8 @@ fn tls_and_an_http_connect_proxy_end_to_end() {
         &Url::parse(&format!("https://localhost:{port}")).unwrap(),
         None,
     );
-    cfg.tls = tls::client_config(Some(&testdata("ca.pem"))).unwrap();
-    cfg.proxy = Some(proxy_url);
+    cfg.conn.tls = tls::client_config(Some(&testdata("ca.pem"))).unwrap();
+    cfg.conn.proxy = Some(proxy_url);
     let exit = run_runner(cfg, 10).unwrap();
     assert_eq!(exit, Exit::Revoked("done".into()));
     srv.join().unwrap();
@@ -647,7 +651,7 @@ fn a_certificate_from_an_unknown_ca_is_a_logged_failure_not_an_exit() {
         &Url::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
         Some(dir.clone()),
     );
-    cfg.tls = tls::client_config(Some(&testdata("other-ca.pem"))).unwrap();
+    cfg.conn.tls = tls::client_config(Some(&testdata("other-ca.pem"))).unwrap();
     let err = run_runner(cfg, 2).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     let status = state::read_status(&dir).unwrap().unwrap();
@@ -666,7 +670,7 @@ fn a_certificate_from_an_unknown_ca_is_a_logged_failure_not_an_exit() {
 
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 
-fn metrics_config(url: &Url) -> ConnConfig {
+fn metrics_config(url: &Url) -> RunConfig {
     let mut cfg = config(url, None);
     cfg.telemetry = TelemetryConfig::new(Some(METRICS_EVERY), None);
     cfg

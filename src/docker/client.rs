@@ -36,17 +36,17 @@
 //! dropped and made good by a fresh snapshot.
 
 use super::logs::{EngineView, LogFollows};
-use crate::conn::{LinkEvent, Outgoing};
 use crate::engine::api::{self, Api, ApiVersion, Filters, VersionInfo};
 use crate::engine::stream::LineSplitter;
 use crate::engine::{self, Answer, EngineCall, Exchange, Got};
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::link::{Family, Feature, LinkEvent, Outgoing};
 use crate::metrics::containers::RunningContainer;
 use crate::net::http::{HttpError, Request, Response};
 use crate::protocol::{
     ContainerEvent, ContainerSnapshot, ContainerSummary, DockerOp, DockerRequest, DockerResponse,
     DockerState, ErrorBody, Message as Control, CONTAINER_CONTROL_DISABLED, MAX_CONTROL_MESSAGE,
 };
+use crate::reactor::{Ctx, Source, TimerId, TimerKind};
 use crate::{debug, info, warn};
 use mio::Token;
 use serde::Deserialize;
@@ -149,6 +149,10 @@ pub enum DockerTimer {
     Call,
     /// A log channel's inspect deadline or retry.
     Log,
+}
+
+impl TimerKind for DockerTimer {
+    const ALL: &'static [DockerTimer] = &[DockerTimer::Probe, DockerTimer::Call, DockerTimer::Log];
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -704,27 +708,21 @@ impl Docker {
                 self.queue.retain(|j| !j.purpose.is_shared());
                 self.logs.drop_all(ctx);
             }
-            LinkEvent::DockerRequest { id, request } => self.on_request(*request, id),
-            LinkEvent::LogOpen { id, open } => {
-                if self.cfg.is_none() {
-                    let why = "docker integration switched off on this runner".to_owned();
-                    self.push(error_reply(id, "docker_unavailable", why), 256);
-                } else if self.link.is_some() {
-                    self.with_logs(|logs, engine| logs.open(ctx, engine, id, *open));
+            LinkEvent::Message { id, body } => match *body {
+                Control::DockerRequest(request) => self.on_request(request, id),
+                Control::LogOpen(open) => {
+                    if self.cfg.is_none() {
+                        let why = "docker integration switched off on this runner".to_owned();
+                        self.push(error_reply(id, "docker_unavailable", why), 256);
+                    } else if self.link.is_some() {
+                        self.with_logs(|logs, engine| logs.open(ctx, engine, id, open));
+                    }
                 }
-            }
-            LinkEvent::LogClose(channel) => self.logs.close(ctx, channel),
+                Control::LogClose(c) => self.logs.close(ctx, c.channel),
+                _ => {}
+            },
             LinkEvent::ChannelAck { channel, kind, seq } => self.logs.on_ack(channel, kind, seq),
-            LinkEvent::MetricsAck(_)
-            | LinkEvent::FingerprintResync
-            | LinkEvent::JobStart { .. }
-            | LinkEvent::JobCancel(_)
-            | LinkEvent::JobResultAck(_)
-            | LinkEvent::UpdateOffer(_)
-            | LinkEvent::ChannelData { .. }
-            | LinkEvent::TermOpen { .. }
-            | LinkEvent::TermResize(_)
-            | LinkEvent::TermClose(_) => {}
+            LinkEvent::ChannelData { .. } => {}
         }
         self.pump_queue(ctx);
     }
@@ -996,7 +994,7 @@ impl Docker {
             ctx.cancel(t);
         }
         // No jitter: one local socket, nobody to stampede.
-        self.probe_timer = Some(ctx.schedule(self.retry, Timer::Docker(DockerTimer::Probe)));
+        self.probe_timer = Some(ctx.schedule(self.retry, DockerTimer::Probe));
         let cap = self.cfg.as_ref().map_or(PROBE_EVERY, |c| c.probe_every);
         self.retry = (self.retry * 2).min(cap);
     }
@@ -1190,13 +1188,14 @@ impl Docker {
             job.request.target()
         );
         let x = Exchange::new(&job.request, "docker call", answer);
-        // The events stream lasts as long as the engine: no deadline.
-        let deadline =
-            (!job.timeout.is_zero()).then_some((job.timeout, Timer::Docker(DockerTimer::Call)));
-        let call = match EngineCall::start(ctx, &self.socket(), x, deadline) {
+        let mut call = match EngineCall::start(ctx, &self.socket(), x) {
             Ok(c) => c,
             Err(e) => return self.complete(ctx, job.purpose, Err(CallError::Engine(e))),
         };
+        // The events stream lasts as long as the engine: no deadline.
+        if !job.timeout.is_zero() {
+            call = call.deadline(ctx, job.timeout, DockerTimer::Call);
+        }
         self.calls.push(Call {
             call,
             purpose: job.purpose,
@@ -1364,6 +1363,46 @@ impl Docker {
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.events.clear();
+    }
+}
+
+impl Source for Docker {
+    fn ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if self.owns(token) {
+            self.on_ready(ctx, token);
+        }
+    }
+
+    fn timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, kind: u8) {
+        if let Some(t) = DockerTimer::from_code(kind) {
+            self.on_timer(ctx, id, t);
+        }
+    }
+
+    fn wants_again(&self) -> bool {
+        Docker::wants_again(self)
+    }
+
+    fn again(&mut self, ctx: &mut Ctx<'_>) {
+        self.on_again(ctx);
+    }
+}
+
+impl Feature for Docker {
+    fn families(&self) -> &'static [Family] {
+        &[Family::Docker]
+    }
+
+    fn start(&mut self, ctx: &mut Ctx<'_>) {
+        Docker::start(self, ctx);
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        Docker::on_link(self, ctx, event);
+    }
+
+    fn next_message(&mut self) -> Option<Outgoing> {
+        Docker::next_message(self)
     }
 }
 

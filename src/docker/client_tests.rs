@@ -3,7 +3,7 @@
 //! (`fixtures/`), driven by the real event loop.
 
 use super::*;
-use crate::event_loop::EventLoop;
+use crate::reactor::Reactor as EventLoop;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream as StdUnix};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,6 +185,14 @@ fn request(op: DockerOp, container: Option<&str>) -> Box<DockerRequest> {
     })
 }
 
+/// A `docker_request` from the server, as the link hands it on.
+fn docker_request(id: u64, request: impl Into<Box<DockerRequest>>) -> LinkEvent {
+    LinkEvent::Message {
+        id,
+        body: Box::new(Control::DockerRequest(*request.into())),
+    }
+}
+
 fn up() -> LinkEvent {
     LinkEvent::Up {
         metrics_ts: None,
@@ -200,7 +208,7 @@ fn probe_finds_the_engine_and_negotiates() {
     let mut el = EventLoop::new().unwrap();
     let mut d = Docker::new(Some(config(&sock)));
     d.start(&mut el.test_ctx());
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| is_available(d)));
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| is_available(d)));
     let st = d.state();
     assert_eq!(st.version.as_deref(), Some("20.10.24+dfsg1"));
     assert_eq!(st.api_version.as_deref(), Some("1.41"));
@@ -209,9 +217,9 @@ fn probe_finds_the_engine_and_negotiates() {
         Some(Some("20.10.24+dfsg1 (API 1.41)".to_owned()))
     );
     // The events stream opened, filtered to containers.
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |_, _| engine
-        .seen("GET /v1.41/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D")
-        == 1));
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |_, _| engine.seen(
+        "GET /v1.41/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D"
+    ) == 1));
     assert_eq!(engine.seen("GET /_ping"), 1);
 }
 
@@ -224,7 +232,7 @@ fn no_socket_is_unavailable_then_the_engine_is_picked_up() {
     d.start(&mut el.test_ctx());
     d.on_link(&mut el.test_ctx(), up());
     let mut out = Vec::new();
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         matches!(d.state, Availability::Unavailable { .. })
     }));
     let st = d.state();
@@ -247,10 +255,7 @@ fn no_socket_is_unavailable_then_the_engine_is_picked_up() {
     // A request now is refused with the reason, same id.
     d.on_link(
         &mut el.test_ctx(),
-        LinkEvent::DockerRequest {
-            id: 7,
-            request: request(DockerOp::List, None),
-        },
+        docker_request(7, request(DockerOp::List, None)),
     );
     let mut out = Vec::new();
     drain(&mut d, &mut out);
@@ -263,10 +268,10 @@ fn no_socket_is_unavailable_then_the_engine_is_picked_up() {
     }
 
     let _engine = FakeEngine::start(&sock, engine_routes(true));
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| is_available(d)));
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| is_available(d)));
     // Available on a connection: the state, then a snapshot.
     let mut out = Vec::new();
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         drain(d, &mut out);
         out.iter()
             .any(|o| matches!(control(o).1, Control::ContainerSnapshot(_)))
@@ -295,7 +300,7 @@ fn unavailable_reason(routes: Arc<Routes>, tag: &str) -> String {
     let mut el = EventLoop::new().unwrap();
     let mut d = Docker::new(Some(config(&sock)));
     d.start(&mut el.test_ctx());
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         matches!(d.state, Availability::Unavailable { .. })
     }));
     d.state().reason.unwrap()
@@ -320,7 +325,7 @@ fn answers_pass_through_unchanged() {
     let mut d = Docker::new(Some(config(&sock)));
     d.start(&mut el.test_ctx());
     d.on_link(&mut el.test_ctx(), up());
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| is_available(d)));
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| is_available(d)));
     let reqs = [
         (1, request(DockerOp::List, None)),
         (2, request(DockerOp::Start, Some("a"))),
@@ -329,13 +334,10 @@ fn answers_pass_through_unchanged() {
         (5, request(DockerOp::Stop, None)),
     ];
     for (id, r) in reqs {
-        d.on_link(
-            &mut el.test_ctx(),
-            LinkEvent::DockerRequest { id, request: r },
-        );
+        d.on_link(&mut el.test_ctx(), docker_request(id, r));
     }
     let mut replies: BTreeMap<u64, Control> = BTreeMap::new();
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         while let Some(m) = d.next_message() {
             if let Outgoing::Reply { id, body } = m {
                 replies.insert(id, *body);
@@ -381,7 +383,7 @@ fn container_events_carry_the_container() {
         .filter(|l| l.starts_with(b"{\"status\""))
         .count();
     assert!(expected > 0);
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         while let Some(m) = d.next_message() {
             if let Outgoing::Control(c) = m {
                 if let Control::ContainerEvent(e) = *c {
@@ -413,7 +415,7 @@ fn a_daemon_restart_resubscribes_and_resnapshots() {
     let mut d = Docker::new(Some(config(&sock)));
     d.on_link(&mut el.test_ctx(), up());
     d.start(&mut el.test_ctx());
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         while d.next_message().is_some() {}
         engine.seen("GET /v1.41/events") >= 2
             && engine.seen("GET /v1.41/containers/json?all=1 ") >= 2
@@ -423,12 +425,12 @@ fn a_daemon_restart_resubscribes_and_resnapshots() {
     // The daemon goes away: unavailable, and back when it returns.
     engine.shut();
     drop(engine);
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         while d.next_message().is_some() {}
         !is_available(d)
     }));
     let _engine = FakeEngine::start(&sock, engine_routes(true));
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         while d.next_message().is_some() {}
         is_available(d)
     }));
@@ -443,10 +445,7 @@ fn switched_off_refuses_requests_and_sends_nothing_else() {
     assert!(d.next_message().is_none());
     d.on_link(
         &mut el.test_ctx(),
-        LinkEvent::DockerRequest {
-            id: 3,
-            request: request(DockerOp::List, None),
-        },
+        docker_request(3, request(DockerOp::List, None)),
     );
     match d.next_message() {
         Some(Outgoing::Reply { id: 3, body }) => {
@@ -477,10 +476,7 @@ fn without_container_control_only_list_and_inspect_pass() {
         let id = 10 + i as u64;
         d.on_link(
             &mut el.test_ctx(),
-            LinkEvent::DockerRequest {
-                id,
-                request: request(op, Some("web")),
-            },
+            docker_request(id, request(op, Some("web"))),
         );
         match d.next_message() {
             Some(Outgoing::Reply { id: got, body }) if got == id => match *body {
@@ -501,10 +497,7 @@ fn without_container_control_only_list_and_inspect_pass() {
     for op in [DockerOp::List, DockerOp::Inspect] {
         d.on_link(
             &mut el.test_ctx(),
-            LinkEvent::DockerRequest {
-                id: 99,
-                request: request(op, Some("web")),
-            },
+            docker_request(99, request(op, Some("web"))),
         );
         assert!(d.next_message().is_none(), "{op:?} held, not refused");
     }
@@ -574,7 +567,7 @@ fn real_engine_smoke() {
     d.on_link(&mut el.test_ctx(), up());
     d.start(&mut el.test_ctx());
     let mut out = Vec::new();
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, _| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, _| {
         drain(d, &mut out);
         out.iter()
             .any(|o| matches!(control(o).1, Control::ContainerSnapshot(_)))
@@ -595,18 +588,12 @@ fn real_engine_smoke() {
     assert!(created.status.success(), "{created:?}");
     let mut start = *request(DockerOp::Start, Some(&name));
     start.container = Some(name.clone());
-    d.on_link(
-        &mut el.test_ctx(),
-        LinkEvent::DockerRequest {
-            id: 1,
-            request: Box::new(start),
-        },
-    );
+    d.on_link(&mut el.test_ctx(), docker_request(1, Box::new(start)));
     let mut remove = *request(DockerOp::Remove, Some(&name));
     remove.force = true;
     let mut out = Vec::new();
     let mut sent_remove = false;
-    assert!(el.drive_docker(&mut d, Instant::now() + WAIT, |d, ctx| {
+    assert!(el.drive(&mut d, Instant::now() + WAIT, |d, ctx| {
         drain(d, &mut out);
         let started = out.iter().any(|o| {
             matches!(control(o).1, Control::ContainerEvent(e) if e.action == "start"
@@ -614,13 +601,7 @@ fn real_engine_smoke() {
         });
         if started && !sent_remove {
             sent_remove = true;
-            d.on_link(
-                ctx,
-                LinkEvent::DockerRequest {
-                    id: 2,
-                    request: Box::new(remove.clone()),
-                },
-            );
+            d.on_link(ctx, docker_request(2, Box::new(remove.clone())));
         }
         // The engine may send the event before its answer: wait for both.
         out.iter()

@@ -35,18 +35,18 @@
 //! [`MAX_OUTBOX_BYTES`]; otherwise the socket is left unread and Docker
 //! stops reading the container's log for us.
 
-use crate::conn::Outgoing;
 use crate::engine::api::{self, Api, ContainerInspect, LogsOptions};
 use crate::engine::stream::{
     split_log_timestamp, StreamDecoder, StreamError, StreamKind, Timestamp,
 };
 use crate::engine::{Answer, CallError, EngineCall, Exchange, Got};
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::link::Outgoing;
 use crate::net::http::{HttpError, Request};
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, LogOpen, LogOpened, Message as Control, StreamTag,
     DEFAULT_LOG_WINDOW, MAX_DATA_PAYLOAD, MAX_LOG_CHANNELS,
 };
+use crate::reactor::{Ctx, TimerId};
 use crate::{debug, info, warn};
 use mio::Token;
 use std::collections::VecDeque;
@@ -861,15 +861,12 @@ impl Follow {
         };
         let x = Exchange::new(&req, "logs", answer);
         // The follow keeps its own timer (inspect deadline or retry).
-        let call = EngineCall::start(ctx, socket, x, None).map_err(|e| match e {
+        let call = EngineCall::start(ctx, socket, x).map_err(|e| match e {
             CallError::Connect(e) | CallError::Io(e) => e,
             e => io::Error::other(e.to_string()),
         })?;
         if inspect {
-            self.timer = Some(ctx.schedule(
-                INSPECT_TIMEOUT,
-                Timer::Docker(super::client::DockerTimer::Log),
-            ));
+            self.timer = Some(ctx.schedule(INSPECT_TIMEOUT, super::client::DockerTimer::Log));
         } else {
             self.state = State::Streaming;
         }
@@ -887,7 +884,7 @@ impl Follow {
     fn schedule_retry(&mut self, ctx: &mut Ctx<'_>) {
         self.drop_io(ctx);
         self.state = State::Retry;
-        self.timer = Some(ctx.schedule(self.retry, Timer::Docker(super::client::DockerTimer::Log)));
+        self.timer = Some(ctx.schedule(self.retry, super::client::DockerTimer::Log));
         self.retry = (self.retry * 2).min(MAX_RETRY);
     }
 

@@ -19,11 +19,11 @@
 //! streams that return `WouldBlock` on a schedule); [`EngineCall`] adds
 //! the socket, its token and the timer.
 
-use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::net::http::{
     encode_chunk, BufferedDecoder, Event, Head, HttpError, Request, Response, ResponseDecoder,
     LAST_CHUNK,
 };
+use crate::reactor::{Ctx, TimerId, TimerKind};
 use mio::net::UnixStream;
 use mio::{Interest, Token};
 use std::fmt;
@@ -339,27 +339,30 @@ impl EngineCall {
     /// Connect and register; the first readiness event (or the owner's
     /// first `drive`) writes the request. A unix connect never waits: it
     /// succeeds, or fails at once (no socket, refused, or a full backlog:
-    /// `EAGAIN`). `deadline` is the owner's timer, if the call has one.
-    pub fn start(
-        ctx: &mut Ctx<'_>,
-        socket: &Path,
-        x: Exchange,
-        deadline: Option<(Duration, Timer)>,
-    ) -> Result<EngineCall, CallError> {
+    /// `EAGAIN`). A call with a deadline gets it from
+    /// [`deadline`](Self::deadline) next.
+    pub fn start(ctx: &mut Ctx<'_>, socket: &Path, x: Exchange) -> Result<EngineCall, CallError> {
         let mut stream = UnixStream::connect(socket).map_err(CallError::Connect)?;
         let token = ctx.token();
         let registered = x.interest();
         ctx.registry
             .register(&mut stream, token, registered)
             .map_err(CallError::Io)?;
-        let timer = deadline.map(|(after, timer)| ctx.schedule(after, timer));
         Ok(EngineCall {
             token,
             stream,
             x,
             registered,
-            timer,
+            timer: None,
         })
+    }
+
+    /// The owner's timer for this call, of the owner's own kind: due
+    /// `after` from now, cancelled with the call. (The kind is the owner's,
+    /// so engine/ names no feature.)
+    pub fn deadline(mut self, ctx: &mut Ctx<'_>, after: Duration, kind: impl TimerKind) -> Self {
+        self.timer = Some(ctx.schedule(after, kind));
+        self
     }
 
     pub fn token(&self) -> Token {

@@ -59,10 +59,10 @@ use crate::engine::api::{
 };
 use crate::engine::stream::LineSplitter;
 use crate::engine::{self, Answer, CallError, EngineCall, Exchange, Upload};
-use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::net::http::{Request, Response};
 use crate::protocol::deploy::{step, DeploySpec, SecretsDelivery};
 use crate::protocol::StreamTag;
+use crate::reactor::{Ctx, TimerId};
 use crate::{debug, info};
 
 use mio::Token;
@@ -798,9 +798,8 @@ impl Deploy {
             let x = Exchange::new(&req, "deploy call", Answer::Whole(MAX_ANSWER));
             (x, None, timeout)
         };
-        let deadline = (timeout, Timer::Jobs(JobTimer::Deploy));
-        let ec = match EngineCall::start(ctx, &socket, x, Some(deadline)) {
-            Ok(ec) => ec,
+        let ec = match EngineCall::start(ctx, &socket, x) {
+            Ok(ec) => ec.deadline(ctx, timeout, JobTimer::Deploy),
             Err(CallError::Connect(e)) => {
                 let why = format!(
                     "cannot reach the Docker engine at {}: {e}",
@@ -1290,7 +1289,7 @@ impl Deploy {
             );
             return self.fail(ctx, chan, why);
         }
-        self.wait = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deploy)));
+        self.wait = Some(ctx.schedule(after, JobTimer::Deploy));
     }
 
     fn healthy(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, how: &str) {

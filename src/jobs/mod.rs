@@ -37,12 +37,12 @@ pub mod secret_files;
 pub mod spool;
 pub mod tar;
 
-use crate::conn::{LinkEvent, Outgoing};
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::link::{Family, Feature, LinkEvent, Outgoing};
 use crate::protocol::{
     ChannelAck, ErrorBody, FrameKind, JobAccepted, JobResult, JobStart, Message as Control,
     SecretsLost, StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
 };
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, warn};
 use deploy::Deploy;
 use ledger::{start_ticks, Ledger, RunningEntry};
@@ -434,9 +434,12 @@ impl Jobs {
                     j.chan.link_down();
                 }
             }
-            LinkEvent::JobStart { id, start } => self.start(ctx, id, *start),
-            LinkEvent::JobCancel(job_id) => self.cancel(ctx, &job_id),
-            LinkEvent::JobResultAck(job_id) if self.ledger.acked(&job_id) => self.save(),
+            LinkEvent::Message { id, body } => match *body {
+                Control::JobStart(start) => self.start(ctx, id, start),
+                Control::JobCancel(r) => self.cancel(ctx, &r.job_id),
+                Control::JobResultAck(r) if self.ledger.acked(&r.job_id) => self.save(),
+                _ => {}
+            },
             LinkEvent::ChannelAck {
                 channel,
                 kind: FrameKind::Ack,
@@ -616,7 +619,7 @@ impl Jobs {
                 }
                 if job.start.timeout_s > 0 {
                     let after = Duration::from_secs(job.start.timeout_s);
-                    job.deadline = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deadline)));
+                    job.deadline = Some(ctx.schedule(after, JobTimer::Deadline));
                 }
                 job.proc = Some(p);
                 self.jobs.push(job);
@@ -665,7 +668,7 @@ impl Jobs {
         }
         if job.start.timeout_s > 0 {
             let after = Duration::from_secs(job.start.timeout_s);
-            job.deadline = Some(ctx.schedule(after, Timer::Jobs(JobTimer::Deadline)));
+            job.deadline = Some(ctx.schedule(after, JobTimer::Deadline));
         }
         job.deploy = Some(Box::new(d));
         self.jobs.push(job);
@@ -739,14 +742,14 @@ impl Jobs {
         });
         if let Some(d) = job.deploy.as_mut() {
             d.abort(ctx, &mut job.chan, status, reason);
-            job.grace = Some(ctx.schedule(grace, Timer::Jobs(JobTimer::Grace)));
+            job.grace = Some(ctx.schedule(grace, JobTimer::Grace));
             return self.deploy_progress(ctx, i);
         }
         if let Some(p) = &job.proc {
             p.signal(libc::SIGTERM);
             p.signal(libc::SIGCONT);
         }
-        job.grace = Some(ctx.schedule(grace, Timer::Jobs(JobTimer::Grace)));
+        job.grace = Some(ctx.schedule(grace, JobTimer::Grace));
     }
 
     // ---- output --------------------------------------------------------------
@@ -801,12 +804,12 @@ impl Jobs {
         match (reaped, p.pipes_open()) {
             (true, false) => self.finish(ctx, i),
             (true, true) if job.linger.is_none() => {
-                job.linger = Some(ctx.schedule(PIPE_LINGER, Timer::Jobs(JobTimer::Reap)));
+                job.linger = Some(ctx.schedule(PIPE_LINGER, JobTimer::Reap));
             }
             (false, false) if job.linger.is_none() => {
                 // Pipes closed first; SIGCHLD should come, but look again soon.
                 let soon = Duration::from_millis(200);
-                job.linger = Some(ctx.schedule(soon, Timer::Jobs(JobTimer::Reap)));
+                job.linger = Some(ctx.schedule(soon, JobTimer::Reap));
             }
             _ => {}
         }
@@ -961,11 +964,62 @@ fn note_spool_error(job: &mut Job) {
     }
 }
 
+impl TimerKind for JobTimer {
+    const ALL: &'static [JobTimer] = &[
+        JobTimer::Deadline,
+        JobTimer::Grace,
+        JobTimer::Reap,
+        JobTimer::Deploy,
+    ];
+}
+
+impl Source for Jobs {
+    fn ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if self.owns(token) {
+            self.on_ready(ctx, token);
+        }
+    }
+
+    fn timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, kind: u8) {
+        if let Some(t) = JobTimer::from_code(kind) {
+            self.on_timer(ctx, id, t);
+        }
+    }
+
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        if set.contains(libc::SIGCHLD) {
+            self.on_sigchld(ctx);
+        }
+    }
+
+    fn wants_again(&self) -> bool {
+        Jobs::wants_again(self)
+    }
+
+    fn again(&mut self, ctx: &mut Ctx<'_>) {
+        self.on_again(ctx);
+    }
+}
+
+impl Feature for Jobs {
+    fn families(&self) -> &'static [Family] {
+        &[Family::Jobs]
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        Jobs::on_link(self, ctx, event);
+    }
+
+    fn next_message(&mut self) -> Option<Outgoing> {
+        Jobs::next_message(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event_loop::EventLoop;
     use crate::protocol::deploy::DeploySpec;
+    use crate::reactor::Reactor as EventLoop;
 
     fn deploy_start(app: &str) -> Box<JobStart> {
         Box::new(JobStart {
@@ -1007,7 +1061,13 @@ mod tests {
         for (i, app) in bad.iter().enumerate() {
             let id = 40 + i as u64;
             let start = deploy_start(app);
-            jobs.on_link(&mut el.test_ctx(), LinkEvent::JobStart { id, start });
+            jobs.on_link(
+                &mut el.test_ctx(),
+                LinkEvent::Message {
+                    id,
+                    body: Box::new(Control::JobStart(*start)),
+                },
+            );
             match jobs.next_message() {
                 Some(Outgoing::Reply { id: got, body }) if got == id => match *body {
                     Control::Error(e) => {

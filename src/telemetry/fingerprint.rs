@@ -16,10 +16,10 @@
 //! ```
 
 use crate::child::{self, Child, Output};
-use crate::event_loop::Ctx;
 use crate::fingerprint::{diff, firewall, Fingerprint, Firewall};
 use crate::metrics::Note;
 use crate::protocol::{FingerprintReport, MAX_CONTROL_MESSAGE};
+use crate::reactor::Ctx;
 use mio::{Registry, Token};
 use serde::Serialize;
 use std::time::{Duration, Instant};

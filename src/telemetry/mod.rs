@@ -1,7 +1,7 @@
 //! Host telemetry on the event loop: metrics sampled on a timer into the
 //! backlog, the fingerprint collected on another (with the firewall
 //! commands as child processes of the loop), both handed to the
-//! connection as its lowest-priority [`Feed`].
+//! connection as its lowest-priority feature (`link::Feature`).
 //!
 //! ```text
 //!  Sample timer ─▶ Sampler::sample ─▶ Encoder ─▶ Backlog (bounded; kept until metrics_ack)
@@ -24,8 +24,7 @@
 
 pub mod fingerprint;
 
-use crate::conn::{Feed, FeedFigures, LinkEvent, Outgoing};
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::link::{Family, Feature, FeedFigures, LinkEvent, Outgoing};
 use crate::metrics::backlog::{Backlog, Item, Next, DEFAULT_BUDGET};
 use crate::metrics::containers::RunningContainer;
 use crate::metrics::sample::Sampler;
@@ -35,6 +34,7 @@ use crate::protocol::{
     self, FrameHeader, FrameKind, Message as Control, MetricsSchema, StreamTag, FRAME_HEADER_LEN,
     MAX_DATA_PAYLOAD,
 };
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, warn};
 use fingerprint::{FirewallProbe, Sequencer};
 use mio::Token;
@@ -293,7 +293,7 @@ impl Telemetry {
         if let Some(m) = &mut self.metrics {
             info!("telemetry", "sampling metrics every {:?}", m.interval);
             m.next_due = ctx.now;
-            m.timer = Some(ctx.schedule(Duration::ZERO, Timer::Telemetry(TelemetryTimer::Sample)));
+            m.timer = Some(ctx.schedule(Duration::ZERO, TelemetryTimer::Sample));
         }
         if let Some(f) = &self.fingerprint {
             info!(
@@ -317,7 +317,7 @@ impl Telemetry {
                     m.next_due = ctx.now + m.interval;
                 }
                 let after = m.next_due.saturating_duration_since(ctx.now);
-                m.timer = Some(ctx.schedule(after, Timer::Telemetry(TelemetryTimer::Sample)));
+                m.timer = Some(ctx.schedule(after, TelemetryTimer::Sample));
             }
             TelemetryTimer::Fingerprint => {
                 let ours = self
@@ -391,7 +391,7 @@ impl Telemetry {
         if let Some(id) = f.timer.take() {
             ctx.cancel(id);
         }
-        f.timer = Some(ctx.schedule(f.interval, Timer::Telemetry(TelemetryTimer::Fingerprint)));
+        f.timer = Some(ctx.schedule(f.interval, TelemetryTimer::Fingerprint));
         // Offline, a change list would be thrown away: the next connection
         // starts with a full report anyway. A report still waiting for room
         // on the link must go first: the next change list builds on it.
@@ -423,7 +423,7 @@ impl Telemetry {
         if !p.is_done() {
             if let Some(at) = p.next_check(ctx.now) {
                 let after = at.saturating_duration_since(ctx.now);
-                f.probe_timer = Some(ctx.schedule(after, Timer::Telemetry(TelemetryTimer::Probe)));
+                f.probe_timer = Some(ctx.schedule(after, TelemetryTimer::Probe));
             }
             return;
         }
@@ -467,7 +467,7 @@ impl Telemetry {
     }
 
     /// Figures of the metrics backlog.
-    fn figures(&self) -> Option<FeedFigures> {
+    pub fn figures(&self) -> Option<FeedFigures> {
         let m = self.metrics.as_ref()?;
         Some(FeedFigures {
             records: m.backlog.records() as u64,
@@ -478,8 +478,9 @@ impl Telemetry {
     }
 }
 
-impl Feed for Telemetry {
-    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+impl Telemetry {
+    /// Link changes, metrics acks and fingerprint resyncs.
+    pub fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
             LinkEvent::Up { metrics_ts, .. } => {
                 self.connected = true;
@@ -507,43 +508,86 @@ impl Feed for Telemetry {
                 self.collect_fingerprint(ctx);
             }
             LinkEvent::Down => self.connected = false,
-            LinkEvent::MetricsAck(ts) => {
-                if let Some(m) = &mut self.metrics {
-                    m.backlog.ack_sent_through(ts);
+            LinkEvent::Message { body, .. } => match *body {
+                Control::MetricsAck(a) => {
+                    if let Some(m) = &mut self.metrics {
+                        m.backlog.ack_sent_through(a.ts_ms);
+                    }
                 }
-            }
-            LinkEvent::DockerRequest { .. }
-            | LinkEvent::LogOpen { .. }
-            | LinkEvent::LogClose(_)
-            | LinkEvent::JobStart { .. }
-            | LinkEvent::JobCancel(_)
-            | LinkEvent::JobResultAck(_)
-            | LinkEvent::UpdateOffer(_)
-            | LinkEvent::ChannelAck { .. }
-            | LinkEvent::ChannelData { .. }
-            | LinkEvent::TermOpen { .. }
-            | LinkEvent::TermResize(_)
-            | LinkEvent::TermClose(_) => {}
-            LinkEvent::FingerprintResync => {
-                if let Some(f) = &mut self.fingerprint {
-                    info!("telemetry", "the server asked for the full fingerprint");
-                    f.seq.resync();
-                    f.pending = None;
+                Control::FingerprintResync(_) => {
+                    if let Some(f) = &mut self.fingerprint {
+                        info!("telemetry", "the server asked for the full fingerprint");
+                        f.seq.resync();
+                        f.pending = None;
+                    }
+                    self.collect_fingerprint(ctx);
                 }
-                self.collect_fingerprint(ctx);
-            }
+                _ => {}
+            },
+            LinkEvent::ChannelAck { .. } | LinkEvent::ChannelData { .. } => {}
         }
     }
 
-    fn next_message(&mut self) -> Option<Outgoing> {
+    /// The next fingerprint report or metrics frame.
+    pub fn next_message(&mut self) -> Option<Outgoing> {
         if let Some(report) = self.fingerprint.as_mut().and_then(|f| f.pending.take()) {
             return Some(Outgoing::Control(Box::new(Control::Fingerprint(report))));
         }
         self.metrics.as_mut()?.next_message()
     }
+}
 
-    fn figures(&self) -> Option<FeedFigures> {
-        Telemetry::figures(self)
+impl TimerKind for TelemetryTimer {
+    const ALL: &'static [TelemetryTimer] = &[
+        TelemetryTimer::Sample,
+        TelemetryTimer::Fingerprint,
+        TelemetryTimer::Probe,
+    ];
+}
+
+impl Source for Telemetry {
+    fn ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if self.owns(token) {
+            self.on_ready(ctx, token);
+        }
+    }
+
+    fn timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, kind: u8) {
+        if let Some(t) = TelemetryTimer::from_code(kind) {
+            self.on_timer(ctx, id, t);
+        }
+    }
+
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        if set.contains(libc::SIGCHLD) {
+            self.on_sigchld(ctx);
+        }
+    }
+
+    fn wants_again(&self) -> bool {
+        Telemetry::wants_again(self)
+    }
+
+    fn again(&mut self, ctx: &mut Ctx<'_>) {
+        self.on_again(ctx);
+    }
+}
+
+impl Feature for Telemetry {
+    fn families(&self) -> &'static [Family] {
+        &[Family::Telemetry]
+    }
+
+    fn start(&mut self, ctx: &mut Ctx<'_>) {
+        Telemetry::start(self, ctx);
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        Telemetry::on_link(self, ctx, event);
+    }
+
+    fn next_message(&mut self) -> Option<Outgoing> {
+        Telemetry::next_message(self)
     }
 }
 

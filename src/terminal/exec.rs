@@ -31,9 +31,9 @@ use super::TerminalTimer;
 use crate::engine::api::{self, Api, CreatedExec, ExecConfig, ExecInspect};
 use crate::engine::Engine;
 use crate::engine::{Answer, CallError, EngineCall, Exchange, Got};
-use crate::event_loop::{Ctx, Timer, TimerId};
 use crate::net::http::{Request, Response};
 use crate::protocol::TermOpen;
+use crate::reactor::{Ctx, TimerId};
 use crate::{debug, warn};
 use mio::net::UnixStream;
 use mio::Token;
@@ -301,8 +301,7 @@ impl Exec {
                         None => "exited".to_owned(),
                     }),
                     Ok(_) if tries < MAX_TRIES => {
-                        let retry =
-                            ctx.schedule(RETRY_EVERY, Timer::Terminal(TerminalTimer::Engine));
+                        let retry = ctx.schedule(RETRY_EVERY, TerminalTimer::Engine);
                         self.state = State::Ending {
                             call: None,
                             tries,
@@ -416,12 +415,12 @@ fn start_call(
     what: &'static str,
 ) -> Result<EngineCall, String> {
     let x = Exchange::new(req, what, Answer::Whole(MAX_ANSWER));
-    let deadline = (CALL_TIMEOUT, Timer::Terminal(TerminalTimer::Engine));
-    EngineCall::start(ctx, socket, x, Some(deadline)).map_err(|e| match e {
+    let call = EngineCall::start(ctx, socket, x).map_err(|e| match e {
         CallError::Connect(e) => format!("cannot reach the engine at {}: {e}", socket.display()),
         CallError::Io(e) => format!("cannot watch the engine socket: {e}"),
         e => format!("{what}: {e}"),
-    })
+    })?;
+    Ok(call.deadline(ctx, CALL_TIMEOUT, TerminalTimer::Engine))
 }
 
 /// The error of a call whose deadline passed.
@@ -502,7 +501,7 @@ impl Hangup {
 mod tests {
     use super::*;
     use crate::engine::api::ApiVersion;
-    use crate::event_loop::EventLoop;
+    use crate::reactor::Reactor as EventLoop;
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream as StdUnix};
     use std::sync::atomic::{AtomicBool, Ordering};

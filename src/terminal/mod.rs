@@ -37,12 +37,12 @@
 pub mod exec;
 pub mod pty;
 
-use crate::conn::{LinkEvent, Outgoing};
-use crate::event_loop::{Ctx, Timer, TimerId};
+use crate::link::{Family, Feature, LinkEvent, Outgoing};
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, Message as Control, StreamTag, TermAlive, TermOpen,
     TermOpened, DEFAULT_TERM_WINDOW, MAX_DATA_PAYLOAD, MAX_TERMINALS, TERM_CHANNEL_BIT,
 };
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, sys, warn};
 use exec::{Exec, Hangup, Step};
 use mio::unix::SourceFd;
@@ -180,6 +180,8 @@ pub struct Terminals {
     /// (A fresh process has nothing to report; the server ends what a
     /// reconnected runner does not confirm.)
     ever_opened: bool,
+    /// The engine for the next container terminal (see `set_engine`).
+    engine: Option<Engine>,
 }
 
 impl Terminals {
@@ -196,6 +198,7 @@ impl Terminals {
             hangups: Vec::new(),
             next: 0,
             ever_opened: false,
+            engine: None,
         }
     }
 
@@ -224,7 +227,13 @@ impl Terminals {
         channel & TERM_CHANNEL_BIT != 0
     }
 
-    pub fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent, engine: Option<Engine>) {
+    /// The Docker engine for the `term_open` the runner hands over next
+    /// (container terminals); `None` while it is unavailable.
+    pub fn set_engine(&mut self, engine: Option<Engine>) {
+        self.engine = engine;
+    }
+
+    pub fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
         match event {
             LinkEvent::Up { .. } => {
                 self.link_up = true;
@@ -263,16 +272,21 @@ impl Terminals {
                     );
                 }
             }
-            LinkEvent::TermOpen { id, open } => self.open(ctx, id, *open, engine),
-            LinkEvent::TermResize(r) => self.resize(ctx, r.channel, r.cols, r.rows),
-            LinkEvent::TermClose(channel) => self.hang_up(ctx, channel, "closed"),
+            LinkEvent::Message { id, body } => match *body {
+                Control::TermOpen(open) => {
+                    let engine = self.engine.take();
+                    self.open(ctx, id, open, engine);
+                }
+                Control::TermResize(r) => self.resize(ctx, r.channel, r.cols, r.rows),
+                Control::TermClose(c) => self.hang_up(ctx, c.channel, "closed"),
+                _ => {}
+            },
             LinkEvent::ChannelData {
                 channel,
                 seq,
                 payload,
             } => self.on_input(ctx, channel, seq, &payload),
             LinkEvent::ChannelAck { channel, kind, seq } => self.on_ack(channel, kind, seq),
-            _ => {}
         }
     }
 
@@ -656,7 +670,7 @@ impl Terminals {
         let busy =
             !self.sessions.is_empty() || !self.reaping.is_empty() || !self.orphans.is_empty();
         if busy && self.tick.is_none() {
-            self.tick = Some(ctx.schedule(TICK, Timer::Terminal(TerminalTimer::Tick)));
+            self.tick = Some(ctx.schedule(TICK, TerminalTimer::Tick));
         }
     }
 
@@ -995,5 +1009,51 @@ impl Session {
     fn close_io(&mut self, ctx: &mut Ctx<'_>) {
         self.deregister(ctx);
         self.io = Io::Closed;
+    }
+}
+
+impl TimerKind for TerminalTimer {
+    const ALL: &'static [TerminalTimer] = &[TerminalTimer::Tick, TerminalTimer::Engine];
+}
+
+impl Source for Terminals {
+    fn ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
+        if self.owns(token) {
+            self.on_ready(ctx, token);
+        }
+    }
+
+    fn timer(&mut self, ctx: &mut Ctx<'_>, id: TimerId, kind: u8) {
+        if let Some(t) = TerminalTimer::from_code(kind) {
+            self.on_timer(ctx, id, t);
+        }
+    }
+
+    fn signals(&mut self, ctx: &mut Ctx<'_>, set: SignalSet) {
+        if set.contains(libc::SIGCHLD) {
+            self.on_sigchld(ctx);
+        }
+    }
+
+    fn wants_again(&self) -> bool {
+        Terminals::wants_again(self)
+    }
+
+    fn again(&mut self, ctx: &mut Ctx<'_>) {
+        self.on_again(ctx);
+    }
+}
+
+impl Feature for Terminals {
+    fn families(&self) -> &'static [Family] {
+        &[Family::Terminal]
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        Terminals::on_link(self, ctx, event);
+    }
+
+    fn next_message(&mut self) -> Option<Outgoing> {
+        Terminals::next_message(self)
     }
 }

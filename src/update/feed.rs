@@ -11,14 +11,22 @@
 //!                └─ queue the reports left in update.json
 //!  update offer ──▶ verdict: current ─▶ nothing; refused ─▶ report `rejected` (once);
 //!                   install ─▶ stop the loop with Exit::Update
+//!  SIGUSR1 ──▶ stop the loop with Exit::UpdateFromFile (`tether update --file`)
+//!  health deadline, still on probation ──▶ end the loop at once: Exit::Unhealthy
 //! ```
+//!
+//! A feature of the runner like any other (`link::Feature`, `reactor::Source`):
+//! its whole wiring is its line in `runner.rs`'s feature list.
 
 use super::record::{Record, TRIAL_OK_FILE};
 use super::{now_ms, UpdateConfig, Verdict};
-use crate::conn::{Exit, Outgoing};
+use crate::link::{Exit, Family, Feature, LinkEvent, Outgoing};
 use crate::protocol::{update_state, Message as Control, UpdateOffer, UpdateStatus};
+use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{error, info, warn};
+use mio::Token;
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// Versions remembered as answered, newest last. Past this the oldest is
 /// forgotten: a server offering ever new versions gets one more report for
@@ -58,6 +66,10 @@ pub struct UpdateFeed {
     trial: Option<String>,
     /// On probation: must connect before the loop's health deadline.
     probation: bool,
+    /// How long a version on probation has to connect.
+    health_deadline: Option<Duration>,
+    /// The health deadline passed (ends the loop if still on probation).
+    deadline_passed: bool,
     outbox: VecDeque<UpdateStatus>,
     exit: Option<Exit>,
     /// Versions already answered by this process (no report storm).
@@ -73,12 +85,14 @@ impl UpdateFeed {
         cfg: Option<UpdateConfig>,
         trial: Option<String>,
         off: Option<String>,
-        probation: bool,
+        health_deadline: Option<Duration>,
     ) -> UpdateFeed {
         UpdateFeed {
             cfg,
             trial,
-            probation,
+            probation: health_deadline.is_some(),
+            health_deadline,
+            deadline_passed: false,
             outbox: VecDeque::new(),
             exit: None,
             answered: Answered::default(),
@@ -91,7 +105,12 @@ impl UpdateFeed {
         self.probation
     }
 
+    /// The exit asked for; `Unhealthy` once the health deadline passed
+    /// with this version still on probation.
     pub fn take_exit(&mut self) -> Option<Exit> {
+        if self.deadline_passed && self.probation {
+            return Some(Exit::Unhealthy);
+        }
         self.exit.take()
     }
 
@@ -189,6 +208,75 @@ impl UpdateFeed {
     }
 }
 
+/// The update's one timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateTimer {
+    /// A new version on probation must have connected by now.
+    Health,
+}
+
+impl TimerKind for UpdateTimer {
+    const ALL: &'static [UpdateTimer] = &[UpdateTimer::Health];
+}
+
+impl Source for UpdateFeed {
+    /// No sockets of its own.
+    fn ready(&mut self, _ctx: &mut Ctx<'_>, _token: Token) {}
+
+    fn timer(&mut self, _ctx: &mut Ctx<'_>, _id: TimerId, kind: u8) {
+        if UpdateTimer::from_code(kind) == Some(UpdateTimer::Health) {
+            self.deadline_passed = true;
+        }
+    }
+
+    /// SIGUSR1: `tether update --file` left a release in the state dir. A
+    /// trial run or a host with self-update off ignores it, and SIGTERM or
+    /// SIGINT in the same drain wins.
+    fn signals(&mut self, _ctx: &mut Ctx<'_>, set: SignalSet) {
+        let stop = set.contains(libc::SIGTERM) || set.contains(libc::SIGINT);
+        if set.contains(libc::SIGUSR1) && !stop && self.cfg.is_some() && self.trial.is_none() {
+            info!(
+                "main",
+                "received SIGUSR1: installing the release in the state dir"
+            );
+            self.exit = Some(Exit::UpdateFromFile);
+        }
+    }
+}
+
+impl Feature for UpdateFeed {
+    fn families(&self) -> &'static [Family] {
+        &[Family::Update]
+    }
+
+    /// A new version on probation must connect by its deadline (mod.rs).
+    fn start(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(after) = self.health_deadline {
+            ctx.schedule(after, UpdateTimer::Health);
+        }
+    }
+
+    fn on_link(&mut self, _ctx: &mut Ctx<'_>, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { .. } => self.on_up(),
+            LinkEvent::Message { body, .. } => {
+                if let Control::Update(offer) = *body {
+                    self.on_offer(offer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn next_message(&mut self) -> Option<Outgoing> {
+        UpdateFeed::next_message(self)
+    }
+
+    fn take_exit(&mut self) -> Option<Exit> {
+        UpdateFeed::take_exit(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +309,7 @@ mod tests {
 
     #[test]
     fn an_offer_storm_of_new_versions_keeps_the_feed_bounded() {
-        let mut feed = UpdateFeed::new(None, None, Some("TETHER_UPDATE=off".into()), false);
+        let mut feed = UpdateFeed::new(None, None, Some("TETHER_UPDATE=off".into()), None);
         for i in 0..5_000 {
             feed.on_offer(offer(&format!("9.9.{i}")));
             // The link sends the report; the feed keeps nothing more.
