@@ -21,6 +21,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
+mod audit;
 mod containers;
 mod deploy;
 mod jobs;
@@ -163,6 +164,9 @@ pub enum ClientCommand {
         /// Only this runner's (id or name)
         runner: Option<String>,
     },
+    /// The audit trail: who did what, from where, with what result;
+    /// `export` as NDJSON, `verify` the hash chain
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -652,6 +656,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         }
         ClientCommand::Terminal(a) => terminal::terminal(&client, args, &a),
         ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
+        ClientCommand::Audit(a) => audit::audit(&client, a, json),
     }
 }
 

@@ -21,9 +21,11 @@
 //! terminals/  terminal sessions: relay, REST and WebSocket, audit
 //! users/      dashboard users and sessions
 //! updates/    releases, update policy, install script
+//! audit/      the audit trail: the recording layer, its store, REST
 //! ```
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod common;
 mod containers;

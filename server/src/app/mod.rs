@@ -20,6 +20,8 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 
 use self::edge::{Edge, EdgeConfig};
+use crate::audit::store::{AuditStore, SqliteAudit};
+use crate::audit::{self, api as audit_api};
 use crate::common::error::ApiError;
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
@@ -111,6 +113,8 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
+    /// The audit trail (`audit/`): in memory until `with_audit`.
+    pub audit: Arc<dyn AuditStore>,
 }
 
 impl AppState {
@@ -153,7 +157,16 @@ impl AppState {
             quotas: Quotas::default(),
             edge: Arc::default(),
             passwords: Arc::default(),
+            audit: Arc::new(
+                SqliteAudit::open_in_memory().expect("an in-memory SQLite database opens"),
+            ),
         }
+    }
+
+    /// The audit trail's store (`serve` opens `<data-dir>/audit.db`).
+    pub fn with_audit(mut self, audit: Arc<dyn AuditStore>) -> AppState {
+        self.audit = audit;
+        self
     }
 
     pub fn with_quotas(mut self, quotas: Quotas) -> AppState {
@@ -328,6 +341,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/runners/{id}/group", put(updates::set_group))
         .route("/api/v1/runners/{id}/updates", get(updates::runner_updates))
         .route("/api/v1/events", get(events::follow))
+        .route("/api/v1/audit", get(audit_api::list))
+        .route("/api/v1/audit/export", get(audit_api::export))
+        .route("/api/v1/audit/verify", get(audit_api::verify))
         // The dashboard (`app/web.rs`) and its logins and users (`users/mod.rs`).
         .route("/", get(web::index))
         .route("/ui/{*path}", get(web::file))
@@ -357,6 +373,8 @@ pub fn app(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        // Every action is recorded here, whatever route it took (`audit/`).
+        .layer(from_fn_with_state(state.clone(), audit::record))
         .layer(from_fn_with_state(state.clone(), edge::body_deadline))
         .with_state(state)
 }

@@ -263,7 +263,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     )
     .with_releases(releases)
     .with_quotas(args.quotas.quotas())
-    .with_edge(edge);
+    .with_edge(edge)
+    .with_audit(Arc::new(crate::audit::store::SqliteAudit::open(
+        &data.join("audit.db"),
+    )?));
+    crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
     let stale = state.health.server_restarted()?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");

@@ -55,6 +55,8 @@ pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiTokenAuth {
     pub id: String,
+    /// Its label, for the audit trail.
+    pub label: Option<String>,
     pub tenant_id: String,
     /// The user whose authority it carries, if a user minted it (or its parent).
     pub created_by_user: Option<String>,
@@ -204,6 +206,7 @@ impl Storage {
         }
         Ok(Ok(ApiTokenAuth {
             id: info.id,
+            label: info.label,
             tenant_id,
             created_by_user,
             expires_at: info.expires_at,

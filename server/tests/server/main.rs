@@ -7,6 +7,7 @@
 //! Each test gets its own in-memory databases (control plane and metrics)
 //! and short timeouts.
 
+mod audit;
 mod containers;
 mod edge;
 mod fuzz_seeds;
