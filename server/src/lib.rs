@@ -10,7 +10,7 @@
 //! common/     error body, caller extractor and hashing, time formats,
 //!             sealed secrets, stream re-checks and tickets, quotas
 //! link/       the runner WebSocket and the registry of live connections
-//! storage/    the control-plane SQLite store (tether.db), shared by features
+//! db/         storage: one async trait per area, the model types, db/sqlite/
 //! cli/        operator subcommands, clients of the REST API
 //! runners/    tenants, tokens, enrollment, runners; health and its SSE
 //! telemetry/  metrics and fingerprints: ingest, store, REST, Prometheus
@@ -29,12 +29,12 @@ pub mod audit;
 pub mod cli;
 pub mod common;
 mod containers;
+pub mod db;
 mod deploy;
 pub mod jobs;
 pub mod link;
 pub mod logs;
 mod runners;
-pub mod storage;
 pub mod telemetry;
 mod terminals;
 pub mod updates;

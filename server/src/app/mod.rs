@@ -27,14 +27,11 @@ use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
 use crate::common::stream_auth::{self, Tickets};
 use crate::containers::ContainerHub;
+use crate::db::Db;
 use crate::deploy::api as deploy_api;
-use crate::jobs::store::JobStore;
 use crate::jobs::JobHub;
 use crate::link::registry::Registry;
-use crate::logs::store::LogStore;
 use crate::runners::health::HealthLog;
-use crate::storage::Storage;
-use crate::telemetry::store::MetricStore;
 use crate::telemetry::MetricsWriter;
 use crate::terminals::api as terminals_api;
 use crate::terminals::Terminals;
@@ -84,17 +81,13 @@ impl Default for Tuning {
 /// Everything a request handler may touch. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub storage: Arc<Storage>,
+    /// Every store (`db/`): `state.db.jobs.job(..).await`.
+    pub db: Db,
     pub health: Arc<HealthLog>,
     pub registry: Arc<Registry>,
-    pub metrics: Arc<MetricStore>,
     pub metrics_writer: MetricsWriter,
     /// Docker state and container events of every runner.
     pub containers: Arc<ContainerHub>,
-    /// Container logs at rest, and the collection settings.
-    pub logs: Arc<LogStore>,
-    /// Scripts, secrets, jobs and their output.
-    pub jobs: Arc<JobStore>,
     pub secrets: Arc<SecretBox>,
     /// Live job output and status, for watchers.
     pub job_hub: Arc<JobHub>,
@@ -118,36 +111,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Also starts the metrics writer thread, which ends with the last
-    /// clone of this state.
-    pub fn new(
-        storage: Arc<Storage>,
-        metrics: Arc<MetricStore>,
-        logs: Arc<LogStore>,
-        jobs: Arc<JobStore>,
-        secrets: Arc<SecretBox>,
-        admin_token: &str,
-        tuning: Tuning,
-    ) -> AppState {
-        // Once per start, before any request: apps that still name their
-        // runner get its id (deploy/store.rs).
-        if let Err(e) = crate::deploy::store::resolve_runner_names(&jobs, &storage) {
-            tracing::error!("resolving the runner names of older apps: {e}");
-        }
-        let health = Arc::new(HealthLog::new(storage.clone()));
+    /// Also starts the metrics writer task (so: inside a tokio runtime),
+    /// which ends with the last clone of this state.
+    pub fn new(db: Db, secrets: Arc<SecretBox>, admin_token: &str, tuning: Tuning) -> AppState {
+        let health = Arc::new(HealthLog::new(db.control.clone()));
         let registry = Arc::new(Registry::new(health.clone()));
-        let metrics_writer = MetricsWriter::start(metrics.clone(), tuning.metrics_flush);
-        let containers = Arc::new(ContainerHub::new(storage.clone()));
+        let metrics_writer = MetricsWriter::start(db.metrics.clone(), tuning.metrics_flush);
+        let containers = Arc::new(ContainerHub::new(db.control.clone()));
         AppState {
             containers,
-            logs,
-            jobs,
             secrets,
             job_hub: Arc::new(JobHub::default()),
-            storage,
+            db,
             health,
             registry,
-            metrics,
             metrics_writer,
             admin_token_hash: auth::hash_secret(admin_token).into(),
             tuning,

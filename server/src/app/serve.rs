@@ -43,11 +43,10 @@ use crate::app::edge::{Edge, EdgeConfig};
 use crate::app::tls::{self, TlsError};
 use crate::app::{app, AppState, Tuning};
 use crate::common::secrets::SecretBox;
-use crate::jobs::store::JobStore;
+use crate::db::logs::LogRetention;
+use crate::db::metrics::Retention;
+use crate::db::StorageError;
 use crate::link::registry::CloseOrder;
-use crate::logs::store::{LogRetention, LogStore};
-use crate::storage::{Storage, StorageError};
-use crate::telemetry::store::{MetricStore, Retention};
 use crate::updates::ReleaseConfig;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,22 +144,21 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // are nobody else's business on this host.
     config::private_umask();
     config::create_data_dir(&data).map_err(io_err(format!("creating {}", data.display())))?;
-    let storage = Arc::new(Storage::open(&data.join("tether.db"))?);
-    let retention = Retention::from_durations(
-        args.metrics_raw_retention,
-        args.metrics_1m_retention,
-        args.metrics_1h_retention,
-    );
-    let metrics = Arc::new(MetricStore::open(&data.join("metrics.db"), retention)?);
-    let log_retention = LogRetention {
-        max_age_s: i64::try_from(args.log_retention.as_secs()).unwrap_or(i64::MAX),
-        max_bytes: i64::try_from(args.log_max_bytes).unwrap_or(i64::MAX),
-    };
-    let logs = Arc::new(LogStore::open(
-        &data.join("logs.db"),
-        log_retention,
-        args.log_collect.clone(),
-    )?);
+    let db = crate::db::sqlite::open(
+        &data,
+        &crate::db::sqlite::Options {
+            metrics_retention: Retention::from_durations(
+                args.metrics_raw_retention,
+                args.metrics_1m_retention,
+                args.metrics_1h_retention,
+            ),
+            log_retention: LogRetention {
+                max_age_s: i64::try_from(args.log_retention.as_secs()).unwrap_or(i64::MAX),
+                max_bytes: i64::try_from(args.log_max_bytes).unwrap_or(i64::MAX),
+            },
+            log_collect: args.log_collect.clone(),
+        },
+    )?;
 
     let admin =
         config::admin_token(args.admin_token.as_deref(), &data).map_err(io_err("admin token"))?;
@@ -216,7 +214,6 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(io_err(format!("listening on {}", args.listen)))?;
     let local = listener.local_addr().map_err(io_err("local address"))?;
 
-    let jobs = Arc::new(JobStore::open(&data.join("jobs.db"))?);
     let key_file = args
         .secret_key_file
         .clone()
@@ -252,23 +249,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         tls: acceptor.is_some(),
         ..EdgeConfig::default()
     };
-    let state = AppState::new(
-        storage,
-        metrics,
-        logs,
-        jobs,
-        Arc::new(secrets),
-        admin.secret(),
-        Tuning::default(),
-    )
-    .with_releases(releases)
-    .with_quotas(args.quotas.quotas())
-    .with_edge(edge)
-    .with_audit(Arc::new(crate::audit::store::SqliteAudit::open(
-        &data.join("audit.db"),
-    )?));
+    let state = AppState::new(db, Arc::new(secrets), admin.secret(), Tuning::default())
+        .with_releases(releases)
+        .with_quotas(args.quotas.quotas())
+        .with_edge(edge)
+        .with_audit(Arc::new(crate::audit::store::SqliteAudit::open(
+            &data.join("audit.db"),
+        )?));
     crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
-    let stale = state.health.server_restarted()?;
+    let stale = state.health.server_restarted().await?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
     }
@@ -311,13 +300,16 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     flusher.abort();
     maintenance.abort();
     retention.abort();
-    if let Err(e) = state.registry.flush_last_seen() {
+    if let Err(e) = state.registry.flush_last_seen().await {
         tracing::warn!("saving last-seen times: {e}");
     }
-    let closing = state.registry.close_all(CloseOrder {
-        code: tether::protocol::close::GOING_AWAY,
-        reason: "server shutting down",
-    });
+    let closing = state
+        .registry
+        .close_all(CloseOrder {
+            code: tether::protocol::close::GOING_AWAY,
+            reason: "server shutting down",
+        })
+        .await;
     let left = state.registry.wait_idle(SHUTDOWN_GRACE).await;
     tracing::info!("closed {closing} runner connection(s); {left} did not finish in time; bye");
     Ok(())
@@ -341,7 +333,7 @@ async fn flush_last_seen(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = state.registry.flush_last_seen() {
+        if let Err(e) = state.registry.flush_last_seen().await {
             tracing::warn!("saving last-seen times: {e}");
         }
     }
@@ -353,42 +345,36 @@ async fn maintain_metrics(state: AppState) {
     let mut failing = false;
     loop {
         tick.tick().await;
-        let store = state.metrics.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            (
-                store.maintain(crate::common::clock::now_ms()),
-                started.elapsed(),
-            )
-        })
-        .await;
+        let started = std::time::Instant::now();
+        let pass = state
+            .db
+            .metrics
+            .maintain(crate::common::clock::now_ms())
+            .await;
         match pass {
-            Ok((Ok(stats), took)) => {
+            Ok(stats) => {
                 failing = false;
+                let took = started.elapsed();
                 tracing::debug!(?stats, ?took, "metrics maintenance");
             }
-            Ok((Err(e), _)) => {
+            Err(e) => {
                 // Everything is retried on the next pass (dirty buckets stay).
                 if !failing {
                     tracing::warn!("metrics maintenance: {e}");
                     failing = true;
                 }
             }
-            Err(e) => tracing::error!("metrics maintenance task: {e}"),
         }
-        let logs = state.logs.clone();
-        match tokio::task::spawn_blocking(move || logs.expire(crate::common::clock::now_ms())).await
-        {
-            Ok(Ok(stats)) if stats.blocks > 0 => {
+        match state.db.logs.expire(crate::common::clock::now_ms()).await {
+            Ok(stats) if stats.blocks > 0 => {
                 tracing::debug!(
                     blocks = stats.blocks,
                     bytes = stats.bytes,
                     "container logs expired"
                 )
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("container log retention: {e}"),
-            Err(e) => tracing::error!("container log retention task: {e}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("container log retention: {e}"),
         }
     }
 }

@@ -296,7 +296,7 @@ pub fn spawn_retention(store: Arc<dyn AuditStore>, keep: Duration) {
             let done = tokio::task::spawn_blocking(move || {
                 let pruned = if prune { store.prune(before)? } else { 0 };
                 store.checkpoint()?;
-                Ok::<_, crate::storage::StorageError>(pruned)
+                Ok::<_, crate::db::StorageError>(pruned)
             })
             .await;
             match done {

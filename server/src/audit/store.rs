@@ -33,7 +33,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::storage::StorageError;
+use crate::db::StorageError;
 
 /// The schema, one step per element; never edit a step that shipped.
 pub const MIGRATIONS: &[&str] = &["CREATE TABLE audit_entries (

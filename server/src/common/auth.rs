@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::audit::{self, Actor};
 use crate::common::error::ApiError;
-use crate::storage::{Role, SessionRow};
+use crate::db::{Role, SessionRow};
 
 pub const ADMIN_PREFIX: &str = "tadm_";
 pub const API_PREFIX: &str = "tapi_";
@@ -144,11 +144,11 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         if let Some(token) = bearer(&parts.headers) {
-            let (caller, actor) = identify_actor(state, token)?;
+            let (caller, actor) = identify_actor(state, token).await?;
             audit::note_actor(&parts.extensions, actor);
             return Ok(caller);
         }
-        let session = cookie_session(state, &parts.headers)?;
+        let session = cookie_session(state, &parts.headers).await?;
         audit::note_actor(&parts.extensions, user_actor(&session));
         if !is_safe(&parts.method) {
             let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -168,22 +168,24 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The live dashboard session named by the request's cookie.
-fn cookie_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRow, ApiError> {
+async fn cookie_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRow, ApiError> {
     let Some(cookie) = session_cookie(headers) else {
         return Err(ApiError::unauthorized(
             "missing bearer token or session cookie",
         ));
     };
     state
-        .storage
-        .session(&hash_secret(cookie), crate::common::clock::now_ms())?
+        .db
+        .users
+        .session(&hash_secret(cookie), crate::common::clock::now_ms())
+        .await?
         .ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in again"))
 }
 
 /// Who a token is, for endpoints that take it outside the header (a
 /// browser's WebSocket cannot set `Authorization`).
-pub fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    identify(state, token)
+pub async fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    identify(state, token).await
 }
 
 /// The dashboard session behind a WebSocket upgrade that came with the
@@ -192,12 +194,12 @@ pub fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError>
 /// a GET has no CSRF header; the browser's `Origin` (which a page cannot
 /// forge) says which page asked. `public_url` is this server's address as
 /// the browser sees it, when a proxy rewrites `Host`.
-pub fn websocket_session(
+pub async fn websocket_session(
     state: &AppState,
     headers: &HeaderMap,
     public_url: Option<&str>,
 ) -> Result<SessionRow, ApiError> {
-    let session = cookie_session(state, headers)?;
+    let session = cookie_session(state, headers).await?;
     if !same_origin(headers, public_url, state.edge.config.tls) {
         return Err(ApiError::forbidden(
             "this WebSocket's Origin is not this server: open it from the dashboard",
@@ -268,18 +270,20 @@ pub fn user_actor(session: &SessionRow) -> Actor {
     }
 }
 
-fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    identify_actor(state, token).map(|(caller, _)| caller)
+async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    identify_actor(state, token).await.map(|(caller, _)| caller)
 }
 
 /// Who a token is, and how the audit trail names them.
-fn identify_actor(state: &AppState, token: &str) -> Result<(Caller, Actor), ApiError> {
+async fn identify_actor(state: &AppState, token: &str) -> Result<(Caller, Actor), ApiError> {
     let hash = hash_secret(token);
     if token.starts_with(API_PREFIX) {
-        // Revoked, expired, or its creator gone (`storage/tokens.rs`).
+        // Revoked, expired, or its creator gone (`db/sqlite/tokens.rs`).
         return match state
-            .storage
-            .api_token_auth(&hash, crate::common::clock::now_ms())?
+            .db
+            .control
+            .api_token_auth(&hash, crate::common::clock::now_ms())
+            .await?
         {
             Ok(t) => {
                 let actor = Actor {
@@ -293,7 +297,13 @@ fn identify_actor(state: &AppState, token: &str) -> Result<(Caller, Actor), ApiE
             Err(why) => Err(ApiError::unauthorized(why.message())),
         };
     } else if token.starts_with(RUNNER_PREFIX) {
-        if state.storage.runner_by_credential(&hash)?.is_some() {
+        if state
+            .db
+            .control
+            .runner_by_credential(&hash)
+            .await?
+            .is_some()
+        {
             return Err(ApiError::forbidden(
                 "a runner credential cannot call the API",
             ));

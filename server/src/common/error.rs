@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tether::protocol::{api_error as code, ApiError as ErrorBodyJson, ErrorBody};
 
+use crate::db::StorageError;
 use crate::link::registry::RequestError;
-use crate::storage::StorageError;
 
 #[derive(Debug)]
 pub struct ApiError {

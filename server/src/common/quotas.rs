@@ -73,28 +73,27 @@ pub async fn retain_jobs(state: AppState) {
     let mut failing = false;
     loop {
         tick.tick().await;
-        let store = state.jobs.clone();
         let q = state.quotas;
         let now = crate::common::clock::now_ms();
-        let pass = tokio::task::spawn_blocking(move || {
-            let age_ms = i64::try_from(q.job_retention.as_millis()).unwrap_or(i64::MAX);
-            store.retain(now.saturating_sub(age_ms), q.job_bytes_per_tenant)
-        })
-        .await;
+        let age_ms = i64::try_from(q.job_retention.as_millis()).unwrap_or(i64::MAX);
+        let pass = state
+            .db
+            .jobs
+            .retain(now.saturating_sub(age_ms), q.job_bytes_per_tenant)
+            .await;
         match pass {
-            Ok(Ok(stats)) => {
+            Ok(stats) => {
                 failing = false;
                 if stats.jobs_deleted + stats.outputs_deleted > 0 {
                     tracing::info!(?stats, "job retention");
                 }
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 if !failing {
                     tracing::warn!("job retention: {e}");
                     failing = true;
                 }
             }
-            Err(e) => tracing::error!("job retention task: {e}"),
         }
     }
 }

@@ -43,7 +43,7 @@ use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
-use crate::storage::Role;
+use crate::db::Role;
 
 /// A guard re-checks at least this often, for writes it was not woken for
 /// (another process on the same database).
@@ -100,15 +100,17 @@ fn rank(r: Role) -> u8 {
 
 /// Why a principal no longer holds (the stream's end reason), or until
 /// when it does (`None`: no expiry). `Ok(None)` too on a storage error.
-fn check(state: &AppState, p: &Principal) -> Result<Option<i64>, String> {
+async fn check(state: &AppState, p: &Principal) -> Result<Option<i64>, String> {
     let now = clock::now_ms();
-    let storage = &state.storage;
     let result = match &p.credential {
         Credential::Admin => return Ok(None),
-        Credential::ApiToken(hash) => storage
+        Credential::ApiToken(hash) => state
+            .db
+            .control
             .api_token_check(hash, now)
+            .await
             .map(|r| r.map_err(|why| why.message().to_owned())),
-        Credential::Session(hash) => storage.session(hash, now).map(|s| match s {
+        Credential::Session(hash) => state.db.users.session(hash, now).await.map(|s| match s {
             Some(s) if rank(s.user.role) < rank(p.need) => Err(format!(
                 "your role is now {}: this needs {}",
                 s.user.role.as_str(),
@@ -175,9 +177,9 @@ impl Drop for AuthGuard {
 }
 
 async fn watch_principal(state: AppState, p: Principal, tx: watch::Sender<Option<String>>) {
-    let mut changes = state.storage.watch_credentials();
+    let mut changes = state.db.control.watch_credentials();
     loop {
-        let expires = match check(&state, &p) {
+        let expires = match check(&state, &p).await {
             Ok(e) => e,
             Err(reason) => {
                 // The kind only: even a hash of a credential stays out of logs.

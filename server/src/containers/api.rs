@@ -184,8 +184,8 @@ pub async fn docker_state(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
-    Ok(Json(match state.containers.state(&id)? {
+    runner_in_tenant(&state, tenant, &id).await?;
+    Ok(Json(match state.containers.state(&id).await? {
         Some(row) => json!({
             "runner_id": id,
             "available": row.state.available,
@@ -241,7 +241,7 @@ pub async fn list(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let p = query(params)?;
     if p.cached == Some(true) {
         if p.filters.is_some() {
@@ -250,8 +250,10 @@ pub async fn list(
             ));
         }
         let view = state
-            .storage
-            .containers(tenant, &id)?
+            .db
+            .control
+            .containers(tenant, &id)
+            .await?
             .ok_or_else(|| ApiError::runner_not_found(&id))?;
         return Ok(Json(json!({
             "runner_id": id,
@@ -279,7 +281,7 @@ pub async fn list(
     let now = clock::now_ms();
     if !filtered {
         // A full live list is the freshest view there is.
-        if let Err(e) = state.containers.replace(&id, &containers, now) {
+        if let Err(e) = state.containers.replace(&id, &containers, now).await {
             tracing::error!(runner = %id, "storing the container list: {e}");
         }
     }
@@ -299,12 +301,12 @@ pub async fn inspect(
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     check_container(&cid)?;
     let mut req = request(DockerOp::Inspect);
     req.container = Some(cid);
     let mut r = docker_success(call_docker(&state, tenant, &id, req, Duration::ZERO).await?)?;
-    let names = secret_names(&state, tenant, &r.body)?;
+    let names = secret_names(&state, tenant, &r.body).await?;
     secret_env::mask_inspect(&mut r.body, &names);
     Ok(Json(r.body))
 }
@@ -315,15 +317,25 @@ pub async fn inspect(
 /// runner already masked what its label lists; this also covers runners
 /// and containers older than that label, and scripts that passed a secret
 /// to `docker run -e` under its own name.
-fn secret_names(state: &AppState, tenant: &str, inspect: &Value) -> Result<Vec<String>, ApiError> {
+async fn secret_names(
+    state: &AppState,
+    tenant: &str,
+    inspect: &Value,
+) -> Result<Vec<String>, ApiError> {
     let mut names: Vec<String> = state
+        .db
         .jobs
-        .secrets(tenant)?
+        .secrets(tenant)
+        .await?
         .into_iter()
         .map(|(n, _)| n)
         .collect();
     let app = inspect["Config"]["Labels"]["tether.app"].as_str();
-    if let Some(app) = app.and_then(|a| state.jobs.app(tenant, a).ok().flatten()) {
+    let app = match app {
+        Some(a) => state.db.jobs.app(tenant, a).await.ok().flatten(),
+        None => None,
+    };
+    if let Some(app) = app {
         if let Some(list) = app.def["secrets"].as_array() {
             names.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
         }
@@ -350,7 +362,7 @@ async fn action(
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     check_container(&cid)?;
     let p = query(params)?;
     let mut req = request(op);
@@ -451,7 +463,7 @@ async fn prune(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     // Parsed here, after the tenant check, not by an extractor.
     let parsed: PruneBody = if body.iter().all(u8::is_ascii_whitespace) {
         PruneBody { filters: None }
@@ -497,7 +509,7 @@ pub async fn history(
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<Vec<ContainerEventView>>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let p = query(params)?;
     let since = match p.since.as_deref() {
         Some(s) => clock::parse_time(s, clock::now_ms())
@@ -505,8 +517,10 @@ pub async fn history(
         None => 0,
     };
     let rows = state
-        .storage
-        .container_events(tenant, &id, since)?
+        .db
+        .control
+        .container_events(tenant, &id, since)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     Ok(Json(
         rows.iter()

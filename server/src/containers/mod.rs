@@ -3,7 +3,7 @@
 //!
 //! The runner socket (`link/runner_ws.rs`) hands every `docker_state`,
 //! `container_snapshot` and `container_event` to [`ContainerHub`]: it persists
-//! them (`storage/containers.rs`), keeps the Docker state of each runner in
+//! them (`db/sqlite/containers.rs`), keeps the Docker state of each runner in
 //! memory too (read on every container call), and sends each event on a
 //! broadcast channel that the SSE endpoint (`runners/events.rs`) subscribes to, as
 //! `event: container`, filtered by tenant. Calls *to* Docker go through the
@@ -19,7 +19,7 @@ use tether::protocol::{ContainerEvent, ContainerSummary, DockerState};
 use tokio::sync::broadcast;
 
 use crate::common::clock;
-use crate::storage::{ContainerEventRow, DockerStateRow, Storage, StorageError};
+use crate::db::{ContainerEventRow, ControlStore, DockerStateRow, StorageError};
 
 /// Undelivered container events per slow SSE subscriber before it skips ahead.
 const EVENT_BACKLOG: usize = 1024;
@@ -83,7 +83,7 @@ impl ContainerEventView {
 }
 
 pub struct ContainerHub {
-    storage: Arc<Storage>,
+    storage: Arc<dyn ControlStore>,
     /// Docker state per runner that reported one (or was asked about):
     /// one small entry per runner, so bounded by the runner count.
     docker: Mutex<HashMap<String, Option<DockerStateRow>>>,
@@ -91,7 +91,7 @@ pub struct ContainerHub {
 }
 
 impl ContainerHub {
-    pub fn new(storage: Arc<Storage>) -> ContainerHub {
+    pub fn new(storage: Arc<dyn ControlStore>) -> ContainerHub {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         ContainerHub {
             storage,
@@ -111,7 +111,7 @@ impl ContainerHub {
     }
 
     /// A runner reported its Docker state: store it, then remember it.
-    pub fn set_state(
+    pub async fn set_state(
         &self,
         runner_id: &str,
         state: DockerState,
@@ -135,18 +135,18 @@ impl ContainerHub {
                 "docker state"
             );
         }
-        self.storage.set_docker_state(runner_id, &row)?;
+        self.storage.set_docker_state(runner_id, &row).await?;
         self.cache().insert(runner_id.to_owned(), Some(row));
         Ok(())
     }
 
     /// The last reported Docker state of a runner (the caller checked the
     /// tenant), from memory or, once per runner, from storage.
-    pub fn state(&self, runner_id: &str) -> Result<Option<DockerStateRow>, StorageError> {
+    pub async fn state(&self, runner_id: &str) -> Result<Option<DockerStateRow>, StorageError> {
         if let Some(known) = self.cache().get(runner_id) {
             return Ok(known.clone());
         }
-        let stored = self.storage.docker_state(runner_id)?;
+        let stored = self.storage.docker_state(runner_id).await?;
         self.cache()
             .entry(runner_id.to_owned())
             .or_insert_with(|| stored.clone());
@@ -154,26 +154,31 @@ impl ContainerHub {
     }
 
     /// A full list of a runner's containers replaces the view.
-    pub fn replace(
+    pub async fn replace(
         &self,
         runner_id: &str,
         containers: &[ContainerSummary],
         now: i64,
     ) -> Result<(), StorageError> {
-        self.storage.replace_containers(runner_id, containers, now)
+        self.storage
+            .replace_containers(runner_id, containers, now)
+            .await
     }
 
     /// A container event: update the view, append to the history, announce.
     /// It is announced even if storing failed: live subscribers lose nothing
     /// by a full disk.
-    pub fn event(
+    pub async fn event(
         &self,
         tenant_id: &str,
         runner_id: &str,
         event: ContainerEvent,
         now: i64,
     ) -> Result<(), StorageError> {
-        let stored = self.storage.record_container_event(runner_id, &event, now);
+        let stored = self
+            .storage
+            .record_container_event(runner_id, &event, now)
+            .await;
         let record = ContainerEventRecord {
             tenant_id: tenant_id.to_owned(),
             runner_id: runner_id.to_owned(),

@@ -29,9 +29,9 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
-use crate::deploy::store::{Deployment, StoredApp};
+use crate::db::jobs::{Deployment, StoredApp};
+use crate::db::jobs::{JobRow, JobSpec};
 use crate::jobs::api::{fits, job_json, new_job_id, valid_env, valid_name};
-use crate::jobs::store::{JobRow, JobSpec};
 use crate::runners::api::{runner_in_tenant, JsonBody};
 
 /// A deploy's default job timeout (a cold build can be slow).
@@ -161,11 +161,11 @@ fn valid_inner_path(s: &str) -> bool {
         && s.split('/').all(|seg| seg != "..")
 }
 
-fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(), ApiError> {
+async fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(), ApiError> {
     // The runner checks the same rule again before the name becomes a path.
     tether::protocol::deploy::check_app_name(name).map_err(bad)?;
     // The definition keeps the runner's id, so a rename cannot move the app.
-    d.runner = resolve_runner(state, tenant, &d.runner)?;
+    d.runner = resolve_runner(state, tenant, &d.runner).await?;
     match (&d.git_url, &d.path) {
         (Some(u), None) if valid_git_arg(u) => {}
         (None, Some(p)) if p.starts_with('/') && !p.contains('\0') && p.len() <= 1024 => {}
@@ -255,7 +255,7 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
         if !valid_env(name) {
             return Err(bad(format!("secret {name:?}: a variable name")));
         }
-        if state.jobs.secret(tenant, name)?.is_none() {
+        if state.db.jobs.secret(tenant, name).await?.is_none() {
             return Err(ApiError::not_found(format!("no secret {name:?}")));
         }
     }
@@ -282,11 +282,11 @@ fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(
 }
 
 /// A runner id, or a runner's name in this tenant.
-fn resolve_runner(state: &AppState, tenant: &str, r: &str) -> Result<String, ApiError> {
-    if let Ok(row) = runner_in_tenant(state, tenant, r) {
+async fn resolve_runner(state: &AppState, tenant: &str, r: &str) -> Result<String, ApiError> {
+    if let Ok(row) = runner_in_tenant(state, tenant, r).await {
         return Ok(row.id);
     }
-    let all = state.storage.list_runners(tenant)?;
+    let all = state.db.control.list_runners(tenant).await?;
     let mut hits = all.iter().filter(|x| x.name == r);
     match (hits.next(), hits.next()) {
         (Some(x), None) => Ok(x.id.clone()),
@@ -315,10 +315,16 @@ fn deployment_json(d: &Deployment, job: Option<&JobRow>) -> Value {
     v
 }
 
-fn app_of(state: &AppState, tenant: &str, name: &str) -> Result<(StoredApp, AppDef), ApiError> {
+async fn app_of(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+) -> Result<(StoredApp, AppDef), ApiError> {
     let a = state
+        .db
         .jobs
-        .app(tenant, name)?
+        .app(tenant, name)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no app {name:?}")))?;
     let def: AppDef = serde_json::from_value(a.def.clone())
         .map_err(|e| ApiError::internal(format!("stored app {name}: {e}")))?;
@@ -330,7 +336,7 @@ pub async fn list_apps(
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    let apps = state.jobs.apps(tenant)?;
+    let apps = state.db.jobs.apps(tenant).await?;
     Ok(Json(Value::Array(apps.iter().map(app_json).collect())))
 }
 
@@ -341,9 +347,9 @@ pub async fn put_app(
     JsonBody(mut d): JsonBody<AppDef>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    check(&state, tenant, &name, &mut d)?;
+    check(&state, tenant, &name, &mut d).await?;
     if d.secrets_delivery.is_none() {
-        let kept = match state.jobs.app(tenant, &name)? {
+        let kept = match state.db.jobs.app(tenant, &name).await? {
             Some(old) => Some(
                 serde_json::from_value::<AppDef>(old.def)
                     .ok()
@@ -365,13 +371,13 @@ pub async fn put_app(
     // not at each deploy (the longest ref a deploy may ask for is checked
     // then).
     let (spec, _) = job_spec(&name, &d, &new_job_id()?, None, d.git_ref.clone());
-    fits(&state, tenant, &spec)?;
+    fits(&state, tenant, &spec).await?;
     let a = StoredApp {
         name,
         def: serde_json::to_value(&d).map_err(ApiError::internal)?,
         updated_ms: clock::now_ms(),
     };
-    state.jobs.put_app(tenant, &a)?;
+    state.db.jobs.put_app(tenant, &a).await?;
     Ok(Json(app_json(&a)))
 }
 
@@ -381,7 +387,7 @@ pub async fn get_app(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    Ok(Json(app_json(&app_of(&state, tenant, &name)?.0)))
+    Ok(Json(app_json(&app_of(&state, tenant, &name).await?.0)))
 }
 
 pub async fn delete_app(
@@ -390,7 +396,7 @@ pub async fn delete_app(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
-    if state.jobs.delete_app(tenant, &name)? {
+    if state.db.jobs.delete_app(tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no app {name:?}")))
@@ -423,7 +429,7 @@ fn optional_body<T: for<'de> Deserialize<'de> + Default>(b: &Bytes) -> Result<T,
 }
 
 /// Make the job and its deployment row; tell the runner's connection.
-fn launch(
+async fn launch(
     state: &AppState,
     tenant: &str,
     app: &str,
@@ -434,7 +440,13 @@ fn launch(
 ) -> Result<Value, ApiError> {
     // By id only: a name here would be an app that predates runner ids and
     // could not be resolved at start (deploy_store::resolve_runner_names).
-    if state.storage.runner(tenant, &def.runner)?.is_none() {
+    if state
+        .db
+        .control
+        .runner(tenant, &def.runner)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::conflict(format!(
             "app {app} names runner {:?}, which is no runner id of this tenant: \
              PUT the app again with its runner's id or name",
@@ -443,11 +455,12 @@ fn launch(
     }
     let id = new_job_id()?;
     let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
-    fits(state, tenant, &job_spec)?;
+    fits(state, tenant, &job_spec).await?;
     let label = format!("{kind} {app}");
     let now = clock::now_ms();
     let jobs = [(id.clone(), def.runner.clone())];
-    let job = crate::jobs::api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)?
+    let job = crate::jobs::api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)
+        .await?
         .pop()
         .ok_or_else(|| ApiError::internal("no job made"))?;
     let d = Deployment {
@@ -458,7 +471,7 @@ fn launch(
         git_ref,
         created_ms: now,
     };
-    state.jobs.add_deployment(tenant, &d)?;
+    state.db.jobs.add_deployment(tenant, &d).await?;
     state.registry.jobs_changed(&def.runner);
     Ok(deployment_json(&d, Some(&job)))
 }
@@ -518,7 +531,7 @@ pub async fn deploy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
     let b: DeployBody = optional_body(&body)?;
-    let (_, def) = app_of(&state, tenant, &name)?;
+    let (_, def) = app_of(&state, tenant, &name).await?;
     if let Some(r) = &b.git_ref {
         if !valid_git_arg(r) {
             return Err(bad(format!("ref {r:?}: a branch, tag or commit")));
@@ -528,7 +541,7 @@ pub async fn deploy(
         }
     }
     let git_ref = b.git_ref.or_else(|| def.git_ref.clone());
-    let v = launch(&state, tenant, &name, &def, "deploy", None, git_ref)?;
+    let v = launch(&state, tenant, &name, &def, "deploy", None, git_ref).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -540,8 +553,12 @@ pub async fn rollback(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
     let b: RollbackBody = optional_body(&body)?;
-    let (_, def) = app_of(&state, tenant, &name)?;
-    let history = state.jobs.deployments(tenant, &name, MAX_HISTORY)?;
+    let (_, def) = app_of(&state, tenant, &name).await?;
+    let history = state
+        .db
+        .jobs
+        .deployments(tenant, &name, MAX_HISTORY)
+        .await?;
     let succeeded = |j: &Option<JobRow>| j.as_ref().is_some_and(|j| j.status == "succeeded");
     let target = match &b.to {
         Some(id) => {
@@ -578,7 +595,8 @@ pub async fn rollback(
         "rollback",
         Some(target.image.clone()),
         target.git_ref.clone(),
-    )?;
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -588,9 +606,9 @@ pub async fn rollback(
 /// with its newest successful image (`kind: "redeliver"`, no build). A
 /// runner names only apps it already receives the secrets of; anything
 /// else is skipped with a log line.
-pub fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: &[String]) {
+pub async fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: &[String]) {
     for name in apps.iter().take(tether::protocol::MAX_SECRETS_LOST) {
-        match redeliver(state, tenant, runner, name) {
+        match redeliver(state, tenant, runner, name).await {
             Ok(Some(job)) => {
                 tracing::info!(%runner, app = %name, %job, "secrets lost on the host: delivering them again")
             }
@@ -601,7 +619,7 @@ pub fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: &[Stri
     }
 }
 
-fn redeliver(
+async fn redeliver(
     state: &AppState,
     tenant: &str,
     runner: &str,
@@ -610,14 +628,14 @@ fn redeliver(
     if !valid_name(name) {
         return Err(bad("not an app name".into()));
     }
-    let (_, def) = app_of(state, tenant, name)?;
+    let (_, def) = app_of(state, tenant, name).await?;
     if def.runner != runner {
         return Err(bad("the app lives on another runner".into()));
     }
     if def.secrets_delivery != Some(SecretsDelivery::Files) {
         return Err(bad("the app does not deliver its secrets as files".into()));
     }
-    let history = state.jobs.deployments(tenant, name, MAX_HISTORY)?;
+    let history = state.db.jobs.deployments(tenant, name, MAX_HISTORY).await?;
     if history
         .first()
         .is_some_and(|(_, j)| j.as_ref().is_some_and(|j| !j.is_final()))
@@ -645,7 +663,8 @@ fn redeliver(
         "redeliver",
         Some(d.image.clone()),
         d.git_ref.clone(),
-    )?;
+    )
+    .await?;
     Ok(v["id"].as_str().map(str::to_owned))
 }
 
@@ -655,8 +674,12 @@ pub async fn deployments(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    let list = state.jobs.deployments(tenant, &name, MAX_HISTORY)?;
-    if list.is_empty() && state.jobs.app(tenant, &name)?.is_none() {
+    let list = state
+        .db
+        .jobs
+        .deployments(tenant, &name, MAX_HISTORY)
+        .await?;
+    if list.is_empty() && state.db.jobs.app(tenant, &name).await?.is_none() {
         return Err(ApiError::not_found(format!("no app {name:?}")));
     }
     Ok(Json(Value::Array(

@@ -2,4 +2,3 @@
 //! beside the jobs they become).
 
 pub mod api;
-pub mod store;

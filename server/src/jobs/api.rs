@@ -36,10 +36,10 @@ use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::quotas;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
-use crate::jobs::store::{JobRow, JobSpec, OutputRow, Script};
+use crate::db::jobs::{JobRow, JobSpec, OutputRow, Script};
+use crate::db::Role;
 use crate::jobs::{check_fits, JobUpdate, Unfit};
 use crate::runners::api::{query, runner_in_tenant, JsonBody};
-use crate::storage::Role;
 
 /// Largest script body or command (it travels as one argument: Linux
 /// allows 128 KiB per argument).
@@ -96,7 +96,7 @@ pub async fn list_scripts(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Script>>, ApiError> {
     let tenant = caller.tenant()?;
-    Ok(Json(state.jobs.scripts(tenant)?))
+    Ok(Json(state.db.jobs.scripts(tenant).await?))
 }
 
 pub async fn put_script(
@@ -139,8 +139,8 @@ pub async fn put_script(
         timeout_s: script.timeout_s,
         deploy: None,
     };
-    fits(&state, tenant, &spec)?;
-    state.jobs.put_script(tenant, &script)?;
+    fits(&state, tenant, &spec).await?;
+    state.db.jobs.put_script(tenant, &script).await?;
     Ok(Json(script))
 }
 
@@ -151,8 +151,10 @@ pub async fn get_script(
 ) -> Result<Json<Script>, ApiError> {
     let tenant = caller.tenant()?;
     state
+        .db
         .jobs
-        .script(tenant, &name)?
+        .script(tenant, &name)
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no script {name:?}")))
 }
@@ -163,7 +165,7 @@ pub async fn delete_script(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
-    if state.jobs.delete_script(tenant, &name)? {
+    if state.db.jobs.delete_script(tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no script {name:?}")))
@@ -184,8 +186,10 @@ pub async fn list_secrets(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let list: Vec<Value> = state
+        .db
         .jobs
-        .secrets(tenant)?
+        .secrets(tenant)
+        .await?
         .into_iter()
         .map(|(name, at)| json!({ "name": name, "updated_at": clock::rfc3339(at) }))
         .collect();
@@ -214,8 +218,10 @@ pub async fn put_secret(
         .seal(tenant, &name, b.value.as_bytes())
         .map_err(ApiError::internal)?;
     state
+        .db
         .jobs
-        .put_secret(tenant, &name, &nonce, &sealed, clock::now_ms())?;
+        .put_secret(tenant, &name, &nonce, &sealed, clock::now_ms())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -225,7 +231,7 @@ pub async fn delete_secret(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
-    if state.jobs.delete_secret(tenant, &name)? {
+    if state.db.jobs.delete_secret(tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no secret {name:?}")))
@@ -256,8 +262,8 @@ pub struct RunBody {
 
 /// 413 when the job's `job_start` would not fit in one message to a
 /// runner (`jobs::check_fits`): checked before anything is stored.
-pub(crate) fn fits(state: &AppState, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
-    match check_fits(tenant, spec, &state.jobs, &state.secrets) {
+pub(crate) async fn fits(state: &AppState, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
+    match check_fits(tenant, spec, &*state.db.jobs, &state.secrets).await {
         Ok(()) => Ok(()),
         Err(Unfit::TooLarge(e)) => Err(ApiError::too_large(e)),
         Err(Unfit::Secret(why)) => Err(ApiError::bad_request(why)),
@@ -303,8 +309,10 @@ pub async fn run(
     let (label, mut spec) = match (&b.script, &b.command) {
         (Some(name), None) => {
             let s = state
+                .db
                 .jobs
-                .script(tenant, name)?
+                .script(tenant, name)
+                .await?
                 .ok_or_else(|| ApiError::not_found(format!("no script {name:?}")))?;
             (
                 s.name.clone(),
@@ -366,22 +374,22 @@ pub async fn run(
     }
     spec.env = b.env.into_iter().collect();
     for name in &b.secrets {
-        if state.jobs.secret(tenant, name)?.is_none() {
+        if state.db.jobs.secret(tenant, name).await?.is_none() {
             return Err(ApiError::not_found(format!("no secret {name:?}")));
         }
     }
     spec.secrets = b.secrets;
-    fits(&state, tenant, &spec)?;
+    fits(&state, tenant, &spec).await?;
     // Every runner must be the tenant's before any job is made.
     for r in &b.runners {
-        runner_in_tenant(&state, tenant, r)?;
+        runner_in_tenant(&state, tenant, r).await?;
     }
     let now = clock::now_ms();
     let mut jobs = Vec::with_capacity(b.runners.len());
     for r in &b.runners {
         jobs.push((new_job_id()?, r.clone()));
     }
-    let made = create_jobs(&state, tenant, &jobs, &label, &spec, now)?;
+    let made = create_jobs(&state, tenant, &jobs, &label, &spec, now).await?;
     for (_, r) in &jobs {
         state.registry.jobs_changed(r);
     }
@@ -392,7 +400,7 @@ pub async fn run(
 }
 
 /// Make jobs within the tenant's limit of jobs not final (`common/quotas.rs`).
-pub(crate) fn create_jobs(
+pub(crate) async fn create_jobs(
     state: &AppState,
     tenant: &str,
     jobs: &[(String, String)],
@@ -402,8 +410,10 @@ pub(crate) fn create_jobs(
 ) -> Result<Vec<JobRow>, ApiError> {
     let limit = state.quotas.active_jobs_per_tenant;
     state
+        .db
         .jobs
-        .create_jobs(tenant, jobs, label, spec, now, limit)?
+        .create_jobs(tenant, jobs, label, spec, now, limit)
+        .await?
         .map_err(|active| {
             tracing::debug!(tenant, active, limit, "job refused: tenant at its limit");
             quotas::exceeded(
@@ -428,18 +438,24 @@ pub async fn list_jobs(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let p = query(params)?;
-    let jobs = state.jobs.jobs(
-        tenant,
-        p.runner.as_deref(),
-        p.limit.unwrap_or(100).min(1000),
-    )?;
+    let jobs = state
+        .db
+        .jobs
+        .jobs(
+            tenant,
+            p.runner.as_deref(),
+            p.limit.unwrap_or(100).min(1000),
+        )
+        .await?;
     Ok(Json(Value::Array(jobs.iter().map(job_json).collect())))
 }
 
-fn job_of(state: &AppState, tenant: &str, id: &str) -> Result<JobRow, ApiError> {
+async fn job_of(state: &AppState, tenant: &str, id: &str) -> Result<JobRow, ApiError> {
     state
+        .db
         .jobs
-        .job(tenant, id)?
+        .job(tenant, id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id:?}")))
 }
 
@@ -449,7 +465,7 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    Ok(Json(job_json(&job_of(&state, tenant, &id)?)))
+    Ok(Json(job_json(&job_of(&state, tenant, &id).await?)))
 }
 
 pub async fn cancel_job(
@@ -458,16 +474,16 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    let job = job_of(&state, tenant, &id)?;
+    let job = job_of(&state, tenant, &id).await?;
     if job.is_final() {
         return Err(ApiError::conflict(format!(
             "job {id} is {} already",
             job.status
         )));
     }
-    state.jobs.request_cancel(tenant, &id)?;
+    state.db.jobs.request_cancel(tenant, &id).await?;
     state.registry.jobs_changed(&job.runner_id);
-    Ok(Json(job_json(&job_of(&state, tenant, &id)?)))
+    Ok(Json(job_json(&job_of(&state, tenant, &id).await?)))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -520,7 +536,7 @@ pub async fn output(
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant()?.to_owned();
     let p = query(params)?;
-    let job = job_of(&state, &tenant, &id)?;
+    let job = job_of(&state, &tenant, &id).await?;
     let follow = matches!(p.follow.as_deref(), Some("1" | "true" | "yes" | ""));
     let mut tags = [false; 5];
     match p.stream.as_deref().unwrap_or("all") {
@@ -601,11 +617,12 @@ struct Follow {
 impl Follow {
     /// Rows from storage from `next` on, rendered; `None` at the end.
     async fn stored(&mut self) -> Option<Vec<u8>> {
-        let store = self.state.jobs.clone();
-        let (seq, from) = (self.seq, self.next);
-        let rows = tokio::task::spawn_blocking(move || store.output(seq, from, PAGE))
+        let rows = self
+            .state
+            .db
+            .jobs
+            .output(self.seq, self.next, PAGE)
             .await
-            .ok()?
             .ok()?;
         if rows.is_empty() {
             return Some(Vec::new());
@@ -621,8 +638,8 @@ impl Follow {
     /// Final with its whole output stored (or removed by retention, or
     /// the job itself removed): nothing more will come. Asked *before*
     /// reading storage, so rows stored meanwhile are still read.
-    fn complete(&self) -> bool {
-        match self.state.jobs.job(&self.tenant, &self.id) {
+    async fn complete(&self) -> bool {
+        match self.state.db.jobs.job(&self.tenant, &self.id).await {
             Ok(Some(j)) => j.is_complete() || (j.is_final() && j.output_pruned),
             Ok(None) => true,
             Err(_) => false,
@@ -634,7 +651,7 @@ impl Follow {
             return None;
         }
         loop {
-            let complete = self.complete();
+            let complete = self.complete().await;
             // Whatever storage has beyond `next` first.
             let out = self.stored().await?;
             if !out.is_empty() {

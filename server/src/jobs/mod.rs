@@ -12,7 +12,6 @@
 //! ```
 
 pub mod api;
-pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use tether::protocol::{encode_control_checked, JobStart, Message, TooLarge, JOB_
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::jobs::store::{JobRow, JobSpec, JobStore, OutputRow};
+use crate::db::jobs::{JobRow, JobSpec, JobStore, OutputRow};
 use crate::logs::FLUSH_EVERY;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
@@ -80,15 +79,16 @@ impl JobHub {
 
 /// The `job_start` of a stored job, its secrets opened. `Err` says why it
 /// cannot run (a secret was deleted, or does not open with this key).
-pub fn start_message(
+pub async fn start_message(
     job: &JobRow,
-    store: &JobStore,
+    store: &dyn JobStore,
     secrets: &SecretBox,
 ) -> Result<JobStart, String> {
     let mut values = Vec::new();
     for name in &job.spec.secrets {
         let sealed = store
             .secret(&job.tenant_id, name)
+            .await
             .map_err(|e| format!("reading secret {name}: {e}"))?
             .ok_or_else(|| format!("secret {name} does not exist"))?;
         let plain = secrets
@@ -124,10 +124,10 @@ pub enum Unfit {
 /// will be sent, secrets opened, with the longest job id, channel and
 /// request id, so a job accepted here is never refused for its size.
 /// (Secrets changed later are caught again when it is sent.)
-pub fn check_fits(
+pub async fn check_fits(
     tenant: &str,
     spec: &JobSpec,
-    store: &JobStore,
+    store: &dyn JobStore,
     secrets: &SecretBox,
 ) -> Result<(), Unfit> {
     let row = JobRow {
@@ -150,7 +150,9 @@ pub fn check_fits(
         cancel_requested: false,
         spec: spec.clone(),
     };
-    let start = start_message(&row, store, secrets).map_err(Unfit::Secret)?;
+    let start = start_message(&row, store, secrets)
+        .await
+        .map_err(Unfit::Secret)?;
     encode_control_checked(u64::MAX, Message::JobStart(start)).map_err(Unfit::TooLarge)?;
     Ok(())
 }

@@ -25,8 +25,11 @@
 //!                                          the next start says "server restarted")
 //! ```
 //!
-//! Lock order: registry, then storage (inside `HealthLog`). Nothing holds the
-//! storage lock while taking this one.
+//! Lock order: the lifecycle lock (async: it is held across the health
+//! write), then storage (inside `HealthLog`); the map's own lock is only
+//! ever held briefly, never across an await. Attach, detach, revoke and
+//! close_all take the lifecycle lock, so the map changes in the same order
+//! as the stored health.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -38,9 +41,9 @@ use tether::protocol::{
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::db::{ConnectOutcome, ConnectedInfo, RunnerRow, StorageError};
 use crate::logs::LiveItem;
 use crate::runners::health::HealthLog;
-use crate::storage::{ConnectOutcome, ConnectedInfo, RunnerRow, StorageError};
 
 /// Requests queued for one connection before senders wait. Small on purpose:
 /// each connected runner holds one such channel.
@@ -134,6 +137,8 @@ struct Inner {
 
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Serializes attach, detach, revoke and close_all with their health writes.
+    lifecycle: tokio::sync::Mutex<()>,
     health: Arc<HealthLog>,
     next_generation: AtomicU64,
     next_request_id: AtomicU64,
@@ -157,6 +162,7 @@ impl Registry {
     pub fn new(health: Arc<HealthLog>) -> Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
+            lifecycle: tokio::sync::Mutex::new(()),
             health,
             next_generation: AtomicU64::new(1),
             next_request_id: AtomicU64::new(1),
@@ -193,22 +199,23 @@ impl Registry {
 
     /// The runner finished its hello: make this connection the one that speaks
     /// for it (closing an older one with 4006) and mark it active.
-    pub fn attach(
+    pub async fn attach(
         &self,
         runner_id: &str,
         tenant_id: &str,
         info: &ConnectedInfo<'_>,
         now_ms: i64,
     ) -> Result<Session, AttachError> {
-        let mut inner = self.lock();
-        if inner.shutting_down {
+        let _lifecycle = self.lifecycle.lock().await;
+        if self.lock().shutting_down {
             return Err(AttachError::ShuttingDown);
         }
-        match self.health.connected(runner_id, info) {
+        match self.health.connected(runner_id, info).await {
             Ok(ConnectOutcome::Active(_)) => {}
             Ok(ConnectOutcome::Refused) => return Err(AttachError::Revoked),
             Err(e) => return Err(AttachError::Storage(e)),
         }
+        let mut inner = self.lock();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
         let (close_tx, close) = oneshot::channel();
@@ -241,18 +248,22 @@ impl Registry {
 
     /// A connection ended. If it was still the current one, the runner is now
     /// unreachable for `reason`; a replaced or revoked connection changes nothing.
-    pub fn detach(&self, runner_id: &str, generation: u64, reason: &str) {
-        let mut inner = self.lock();
-        let current = inner
-            .runners
-            .get(runner_id)
-            .is_some_and(|e| e.generation == generation);
-        if !current {
-            return;
-        }
-        if let Some(entry) = inner.runners.remove(runner_id) {
+    pub async fn detach(&self, runner_id: &str, generation: u64, reason: &str) {
+        let _lifecycle = self.lifecycle.lock().await;
+        let removed = {
+            let mut inner = self.lock();
+            let current = inner
+                .runners
+                .get(runner_id)
+                .is_some_and(|e| e.generation == generation);
+            if !current {
+                return;
+            }
+            inner.runners.remove(runner_id)
+        };
+        if let Some(entry) = removed {
             let last_seen = entry.last_seen.load(Ordering::Relaxed);
-            if let Err(e) = self.health.disconnected(runner_id, last_seen, reason) {
+            if let Err(e) = self.health.disconnected(runner_id, last_seen, reason).await {
                 tracing::error!(runner = runner_id, "recording disconnect: {e}");
             }
         }
@@ -260,16 +271,17 @@ impl Registry {
 
     /// Revoke a runner of `tenant_id` and drop its live connection at once.
     /// `None` if the tenant has no such runner.
-    pub fn revoke(
+    pub async fn revoke(
         &self,
         tenant_id: &str,
         runner_id: &str,
     ) -> Result<Option<RunnerRow>, StorageError> {
-        let mut inner = self.lock();
-        let Some(row) = self.health.revoked(tenant_id, runner_id)? else {
+        let _lifecycle = self.lifecycle.lock().await;
+        let Some(row) = self.health.revoked(tenant_id, runner_id).await? else {
             return Ok(None);
         };
-        if let Some(entry) = inner.runners.remove(runner_id) {
+        let removed = self.lock().runners.remove(runner_id);
+        if let Some(entry) = removed {
             entry.close(CloseOrder {
                 code: tether::protocol::close::REVOKED,
                 reason: "runner revoked",
@@ -280,7 +292,8 @@ impl Registry {
 
     /// Close every connection (server shutting down) and refuse new attaches.
     /// Health is left as stored; the next start records "server restarted".
-    pub fn close_all(&self, order: CloseOrder) -> usize {
+    pub async fn close_all(&self, order: CloseOrder) -> usize {
+        let _lifecycle = self.lifecycle.lock().await;
         let mut inner = self.lock();
         inner.shutting_down = true;
         let n = inner.runners.len();
@@ -301,7 +314,7 @@ impl Registry {
     }
 
     /// Persist the last-seen times that moved since the last flush, in one write.
-    pub fn flush_last_seen(&self) -> Result<usize, StorageError> {
+    pub async fn flush_last_seen(&self) -> Result<usize, StorageError> {
         let batch: Vec<(String, i64)> = {
             let mut inner = self.lock();
             inner
@@ -316,7 +329,7 @@ impl Registry {
                 })
                 .collect()
         };
-        self.health.record_last_seen(&batch)?;
+        self.health.record_last_seen(&batch).await?;
         Ok(batch.len())
     }
 

@@ -59,11 +59,11 @@ use crate::app::AppState;
 use crate::common::auth::{bearer, hash_secret};
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::{ConnectedInfo, RunnerIdentity};
 use crate::jobs::JobChannels;
 use crate::link::registry::{AttachError, Outgoing, Session};
 use crate::logs::LogChannels;
 use crate::runners::api::SERVER_VERSION;
-use crate::storage::{ConnectedInfo, RunnerIdentity};
 use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 
 mod jobs;
@@ -92,7 +92,7 @@ pub async fn connect(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let runner = match authenticate(&state, &headers) {
+    let runner = match authenticate(&state, &headers).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -118,12 +118,14 @@ pub async fn connect(
         .on_upgrade(move |socket| run(state, runner, peer, socket))
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<RunnerIdentity, ApiError> {
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<RunnerIdentity, ApiError> {
     let token =
         bearer(headers).ok_or_else(|| ApiError::unauthorized("missing runner credential"))?;
     let runner = state
-        .storage
-        .runner_by_credential(&hash_secret(token))?
+        .db
+        .control
+        .runner_by_credential(&hash_secret(token))
+        .await?
         .ok_or_else(|| ApiError::unauthorized("unknown runner credential"))?;
     if runner.revoked {
         return Err(ApiError::new(
@@ -275,7 +277,9 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         protocol: version,
     };
     let runner_id = conn.runner.id.clone();
-    let attached = registry.attach(&runner_id, &conn.runner.tenant_id, &info, clock::now_ms());
+    let attached = registry
+        .attach(&runner_id, &conn.runner.tenant_id, &info, clock::now_ms())
+        .await;
     let mut session = match attached {
         Ok(s) => s,
         Err(e) => {
@@ -297,7 +301,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         "runner connected"
     );
 
-    let metrics_ts = match conn.state.metrics.last_ts(&runner_id) {
+    let metrics_ts = match conn.state.db.metrics.last_ts(&runner_id).await {
         Ok(ts) => ts.and_then(|t| u64::try_from(t).ok()),
         Err(e) => {
             // The runner then resends its whole backlog; storing is idempotent.
@@ -309,7 +313,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         protocol: version,
         runner_id: runner_id.clone(),
         server_version: SERVER_VERSION.to_owned(),
-        acks: jobs::welcome_acks(&mut conn),
+        acks: jobs::welcome_acks(&mut conn).await,
         metrics_ts,
     });
     let mut sent = conn
@@ -317,7 +321,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         .await;
     if sent.is_ok() {
         // The desired version, if the policy selects this runner (updates/mod.rs).
-        match crate::updates::offer_for(&conn.state, &conn.runner.tenant_id, &runner_id) {
+        match crate::updates::offer_for(&conn.state, &conn.runner.tenant_id, &runner_id).await {
             Ok(Some(offer)) => {
                 tracing::info!(runner = %runner_id, version = offer.version, "offering an update");
                 let text = encode_control(0, Message::Update(offer));
@@ -344,7 +348,9 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
     };
     // Health first: the runner is unreachable from now, however long the
     // close handshake takes.
-    registry.detach(&runner_id, session.generation, ending.health_reason());
+    registry
+        .detach(&runner_id, session.generation, ending.health_reason())
+        .await;
     conn.logs.close_all("runner disconnected");
     // A newer connection may have replaced this one already: its
     // `term_alive` owns the terminals then.
@@ -545,7 +551,7 @@ impl Connection {
             | Message::TermOpened(_)
             | Message::JobAccepted(_) => {
                 let log_open = self.logs.on_reply(envelope.id, &envelope.body)
-                    || self.on_job_reply(envelope.id, &envelope.body);
+                    || self.on_job_reply(envelope.id, &envelope.body).await;
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
@@ -559,32 +565,39 @@ impl Connection {
                 Ok(())
             }
             Message::DockerState(docker) => {
-                if let Err(e) = self.state.containers.set_state(
-                    &self.runner.id,
-                    docker.clone(),
-                    clock::now_ms(),
-                ) {
+                if let Err(e) = self
+                    .state
+                    .containers
+                    .set_state(&self.runner.id, docker.clone(), clock::now_ms())
+                    .await
+                {
                     tracing::error!(runner = %self.runner.id, "storing the docker state: {e}");
                 }
                 Ok(())
             }
             Message::ContainerSnapshot(snapshot) => {
-                if let Err(e) = self.state.containers.replace(
-                    &self.runner.id,
-                    &snapshot.containers,
-                    clock::now_ms(),
-                ) {
+                if let Err(e) = self
+                    .state
+                    .containers
+                    .replace(&self.runner.id, &snapshot.containers, clock::now_ms())
+                    .await
+                {
                     tracing::error!(runner = %self.runner.id, "storing a container snapshot: {e}");
                 }
                 self.sync_collection(&snapshot.containers).await
             }
             Message::ContainerEvent(event) => {
-                if let Err(e) = self.state.containers.event(
-                    &self.runner.tenant_id,
-                    &self.runner.id,
-                    event.clone(),
-                    clock::now_ms(),
-                ) {
+                if let Err(e) = self
+                    .state
+                    .containers
+                    .event(
+                        &self.runner.tenant_id,
+                        &self.runner.id,
+                        event.clone(),
+                        clock::now_ms(),
+                    )
+                    .await
+                {
                     // The next snapshot (next connection) repairs the view.
                     tracing::error!(runner = %self.runner.id, "storing a container event: {e}");
                 }
@@ -601,11 +614,13 @@ impl Connection {
                     runner = %self.runner.id, version = report.version, state = report.state,
                     reason = report.reason.as_deref().unwrap_or(""), "update report"
                 );
-                if let Err(e) = self.state.storage.record_update_report(
-                    &self.runner.id,
-                    clock::now_ms(),
-                    report,
-                ) {
+                if let Err(e) = self
+                    .state
+                    .db
+                    .updates
+                    .record_update_report(&self.runner.id, clock::now_ms(), report)
+                    .await
+                {
                     tracing::error!(runner = %self.runner.id, "storing an update report: {e}");
                 }
                 Ok(())
@@ -618,17 +633,21 @@ impl Connection {
                     &self.runner.tenant_id,
                     &self.runner.id,
                     &lost.apps,
-                );
+                )
+                .await;
                 Ok(())
             }
             Message::MetricsSchema(m) => {
                 let stream = self.metrics.get_or_insert_with(Box::default);
-                match stream.set_schema(
-                    &self.state.metrics,
-                    &self.runner.id,
-                    &m.schema,
-                    clock::now_ms(),
-                ) {
+                match stream
+                    .set_schema(
+                        &*self.state.db.metrics,
+                        &self.runner.id,
+                        &m.schema,
+                        clock::now_ms(),
+                    )
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(MetricsError::Violation(why)) => {
                         tracing::warn!(runner = %self.runner.id, "bad metrics schema: {why}");
@@ -646,11 +665,12 @@ impl Connection {
             }
             Message::Fingerprint(report) => {
                 let outcome = telemetry::record_fingerprint(
-                    &self.state.storage,
+                    &*self.state.db.control,
                     &self.runner.id,
                     report,
                     clock::now_ms(),
-                );
+                )
+                .await;
                 match outcome {
                     Ok(FingerprintOutcome::Resync(why)) => {
                         tracing::info!(runner = %self.runner.id, "fingerprint changes do not apply ({why}): asking for a full report");
@@ -723,7 +743,7 @@ impl Connection {
                 "metrics records before any metrics_schema",
             ));
         };
-        let retention = self.state.metrics.retention().raw_ms;
+        let retention = self.state.db.metrics.retention().raw_ms;
         let out = stream.on_frame(payload, clock::now_ms(), retention, &self.runner.id);
         if let Some(queued) = out.queued {
             match self.state.metrics_writer.queue(queued).await {

@@ -35,10 +35,10 @@ use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::containers::api::{valid_container_ref, DOCKER_UNAVAILABLE, RUNNER_ERROR};
-use crate::logs::store::{LogQuery, LogRetention};
+use crate::db::logs::{LogQuery, LogRetention};
+use crate::db::Role;
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
 use crate::runners::api::{query, runner_in_tenant, JsonBody};
-use crate::storage::Role;
 
 /// Lines a history answer holds unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -109,7 +109,7 @@ pub async fn logs(
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant()?.to_owned();
-    runner_in_tenant(&state, &tenant, &id)?;
+    runner_in_tenant(&state, &tenant, &id).await?;
     let p = query(params)?;
     if !valid_container_ref(&container) {
         return Err(ApiError::bad_request(format!(
@@ -153,11 +153,8 @@ pub async fn logs(
             limit: p.tail.map_or(limit, |t| t.min(limit)),
             from_end: p.tail.is_some(),
         };
-        let name = stored_name(&state, &tenant, &id, &container)?;
-        let store = state.logs.clone();
-        let lines = tokio::task::spawn_blocking(move || store.query(&id, &name, &q))
-            .await
-            .map_err(ApiError::internal)??;
+        let name = stored_name(&state, &tenant, &id, &container).await?;
+        let lines = state.db.logs.query(&id, &name, &q).await?;
         let body: Vec<u8> = lines.iter().flat_map(|l| line_json(l).to_vec()).collect();
         return Ok(ndjson(Body::from(body)));
     }
@@ -259,7 +256,7 @@ pub async fn logs(
 
 /// The name logs are stored under: the container's name; an id (or id
 /// prefix) of a container the server knows is turned into its name.
-fn stored_name(
+async fn stored_name(
     state: &AppState,
     tenant: &str,
     runner: &str,
@@ -267,7 +264,7 @@ fn stored_name(
 ) -> Result<String, ApiError> {
     let is_hex = container.len() >= 12 && container.bytes().all(|b| b.is_ascii_hexdigit());
     if is_hex {
-        if let Some(view) = state.storage.containers(tenant, runner)? {
+        if let Some(view) = state.db.control.containers(tenant, runner).await? {
             if let Some(c) = view.containers.iter().find(|c| c.id.starts_with(container)) {
                 return Ok(c.name.clone());
             }
@@ -288,12 +285,12 @@ pub async fn settings(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
-    let policy = state.logs.policy(&id)?;
-    let runner_retention = state.logs.retention(&id, "")?;
+    runner_in_tenant(&state, tenant, &id).await?;
+    let policy = state.db.logs.policy(&id).await?;
+    let runner_retention = state.db.logs.retention(&id, "").await?;
     let mut containers = Vec::new();
-    for (name, bytes) in state.logs.containers(&id)? {
-        let r = state.logs.retention(&id, &name)?;
+    for (name, bytes) in state.db.logs.containers(&id).await? {
+        let r = state.db.logs.retention(&id, &name).await?;
         containers.push(json!({ "name": name, "bytes": bytes, "retention": retention_json(r) }));
     }
     Ok(Json(json!({
@@ -318,16 +315,16 @@ pub async fn set_collect(
     JsonBody(body): JsonBody<CollectBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let policy = body
         .policy
         .as_deref()
         .map(CollectPolicy::parse)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    state.logs.set_policy(&id, policy.as_ref())?;
+    state.db.logs.set_policy(&id, policy.as_ref()).await?;
     state.registry.resync_logs(&id);
-    let now = state.logs.policy(&id)?;
+    let now = state.db.logs.policy(&id).await?;
     Ok(Json(json!({ "runner_id": id, "collect": now.to_string() })))
 }
 
@@ -347,7 +344,7 @@ pub async fn set_retention(
     JsonBody(body): JsonBody<RetentionBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let container = body.container.unwrap_or_default();
     if !container.is_empty() && !valid_container_ref(&container) {
         return Err(ApiError::bad_request(format!(
@@ -368,7 +365,11 @@ pub async fn set_retention(
         max_age_s: max_age_ms / 1000,
         max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
     };
-    state.logs.set_retention(&id, &container, Some(r))?;
+    state
+        .db
+        .logs
+        .set_retention(&id, &container, Some(r))
+        .await?;
     Ok(Json(json!({
         "runner_id": id,
         "container": (!container.is_empty()).then_some(container),
@@ -389,10 +390,12 @@ pub async fn clear_retention(
     params: Result<Query<RetentionParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let p = query(params)?;
     state
+        .db
         .logs
-        .set_retention(&id, p.container.as_deref().unwrap_or(""), None)?;
+        .set_retention(&id, p.container.as_deref().unwrap_or(""), None)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

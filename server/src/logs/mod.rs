@@ -8,7 +8,7 @@
 //!  collect (keep: true)   one per collected container, opened when the runner's
 //!                         snapshot or a `start` event shows a container the policy
 //!                         chooses; since = the stored cursor. Lines are batched and
-//!                         stored (logs/store.rs) with the cursor, then ACKed.
+//!                         stored (db/sqlite/logs.rs) with the cursor, then ACKed.
 //!  live (API follow)      one per subscriber; lines go to its bounded queue and are
 //!                         ACKed as it takes them, so a slow reader slows the runner's
 //!                         reading of Docker, not the server's memory.
@@ -19,7 +19,6 @@
 //! the stream end ("runner disconnected").
 
 pub mod api;
-pub mod store;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -34,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::common::clock;
-use crate::logs::store::BlockIn;
+use crate::db::logs::BlockIn;
 
 /// Stored blocks are written at least this often...
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -540,10 +539,11 @@ impl LogChannels {
         std::mem::take(&mut self.batch)
     }
 
-    /// The batch is stored: ACK each channel up to its last block.
-    pub fn stored(&mut self, batch: &[(u32, u64, BlockIn)]) -> Sends {
+    /// The batch is stored: ACK each channel up to its last block. `batch`
+    /// is (channel, end) of each block taken, in order.
+    pub fn stored(&mut self, batch: &[(u32, u64)]) -> Sends {
         let mut sends = Sends::default();
-        for (channel, end, _) in batch {
+        for (channel, end) in batch {
             if let Some(chan) = self.chans.get_mut(channel) {
                 chan.done = chan.done.max(*end);
             }
@@ -559,7 +559,7 @@ impl LogChannels {
 
     /// Storing failed: the collection channels of the batch are closed (the
     /// runner is told), and reopened later from the stored cursor.
-    pub fn store_failed(&mut self, batch: &[(u32, u64, BlockIn)]) -> Sends {
+    pub fn store_failed(&mut self, batch: &[(u32, u64)]) -> Sends {
         let mut sends = Sends::default();
         let mut seen: Vec<u32> = batch.iter().map(|b| b.0).collect();
         seen.dedup();
@@ -752,7 +752,8 @@ mod tests {
             (b.lines, b.cursor),
             (2, Some((1_795_867_200_500_000_000, 2)))
         );
-        let sends = ch.stored(&batch);
+        let marks: Vec<(u32, u64)> = batch.iter().map(|b| (b.0, b.1)).collect();
+        let sends = ch.stored(&marks);
         assert_eq!(sends.acks, vec![(open.channel, p1.len() as u64)]);
         // END removes it; collection can be opened again later.
         let end = FrameHeader {

@@ -19,11 +19,11 @@ use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
-use crate::runners::health::HealthView;
-use crate::storage::{
+use crate::db::{
     ApiTokenInfo, ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner,
     RunnerRow, TenantRow,
 };
+use crate::runners::health::HealthView;
 
 /// Query-string parameters, with axum's rejection turned into our JSON 400.
 pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -33,14 +33,16 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
 
 /// The runner `id` if it belongs to `tenant`; another tenant's runner is
 /// "not found", never "forbidden", so its existence does not leak.
-pub(crate) fn runner_in_tenant(
+pub(crate) async fn runner_in_tenant(
     state: &AppState,
     tenant: &str,
     id: &str,
 ) -> Result<RunnerRow, ApiError> {
     state
-        .storage
-        .runner(tenant, id)?
+        .db
+        .control
+        .runner(tenant, id)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(id))
 }
 
@@ -118,11 +120,15 @@ pub async fn create_tenant(
         created_at: clock::now_ms(),
     };
     let api_token = auth::new_secret(auth::API_PREFIX)?;
-    state.storage.create_tenant(
-        &tenant,
-        &auth::new_id("at_")?,
-        &auth::hash_secret(&api_token),
-    )?;
+    state
+        .db
+        .control
+        .create_tenant(
+            &tenant,
+            &auth::new_id("at_")?,
+            &auth::hash_secret(&api_token),
+        )
+        .await?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "tenant created");
     Ok((
         StatusCode::CREATED,
@@ -139,7 +145,7 @@ pub async fn list_tenants(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<TenantView>>, ApiError> {
     caller.admin()?;
-    let tenants = state.storage.list_tenants()?;
+    let tenants = state.db.control.list_tenants().await?;
     Ok(Json(
         tenants
             .into_iter()
@@ -203,7 +209,7 @@ impl ApiTokenView {
 /// Who is minting or revoking, for people, and the user whose authority a
 /// new token carries: a user's own; an API token's creator's (so a token
 /// a user minted cannot mint one that outlives them).
-fn token_actor(
+async fn token_actor(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -214,10 +220,17 @@ fn token_actor(
             let token = auth::bearer(headers).unwrap_or("");
             let hash = auth::hash_secret(token);
             let parent = state
-                .storage
-                .api_token_auth(&hash, clock::now_ms())?
+                .db
+                .control
+                .api_token_auth(&hash, clock::now_ms())
+                .await?
                 .map_err(|why| ApiError::unauthorized(why.message()))?;
-            let name = state.storage.api_token_name(&hash)?.unwrap_or(parent.id);
+            let name = state
+                .db
+                .control
+                .api_token_name(&hash)
+                .await?
+                .unwrap_or(parent.id);
             Ok((format!("token {name}"), parent.created_by_user))
         }
     }
@@ -243,7 +256,7 @@ pub async fn create_api_token(
         // t ≤ MAX_TTL_SECS, so the product fits easily.
         Some(t) => Some(now + t as i64 * 1000),
     };
-    let (created_by, created_by_user) = token_actor(&state, &caller, &headers)?;
+    let (created_by, created_by_user) = token_actor(&state, &caller, &headers).await?;
     let token = auth::new_secret(auth::API_PREFIX)?;
     let row = ApiTokenRow {
         id: auth::new_id("at_")?,
@@ -255,8 +268,10 @@ pub async fn create_api_token(
         expires_at,
     };
     state
-        .storage
-        .create_api_token(&row, &auth::hash_secret(&token))?;
+        .db
+        .control
+        .create_api_token(&row, &auth::hash_secret(&token))
+        .await?;
     tracing::info!(tenant, token = %row.id, by = %row.created_by, "API token created");
     Ok((
         StatusCode::CREATED,
@@ -277,7 +292,7 @@ pub async fn list_api_tokens(
 ) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
     let tenant = caller.tenant_admin()?;
     let now = clock::now_ms();
-    let tokens = state.storage.list_api_tokens(tenant)?;
+    let tokens = state.db.control.list_api_tokens(tenant).await?;
     Ok(Json(
         tokens
             .into_iter()
@@ -295,11 +310,13 @@ pub async fn revoke_api_token(
     Path(id): Path<String>,
 ) -> Result<Json<ApiTokenView>, ApiError> {
     let tenant = caller.tenant_admin()?;
-    let (by, _) = token_actor(&state, &caller, &headers)?;
+    let (by, _) = token_actor(&state, &caller, &headers).await?;
     let now = clock::now_ms();
     match state
-        .storage
-        .revoke_api_token(tenant, &id, &format!("revoked by {by}"), now)?
+        .db
+        .control
+        .revoke_api_token(tenant, &id, &format!("revoked by {by}"), now)
+        .await?
     {
         Some(t) => {
             tracing::info!(tenant, token = %id, %by, "API token revoked");
@@ -387,8 +404,10 @@ pub async fn create_enrollment_token(
         revoked_at: None,
     };
     state
-        .storage
-        .create_enrollment_token(&row, &auth::hash_secret(&token))?;
+        .db
+        .control
+        .create_enrollment_token(&row, &auth::hash_secret(&token))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedEnrollmentToken {
@@ -406,7 +425,7 @@ pub async fn list_enrollment_tokens(
 ) -> Result<Json<Vec<EnrollmentTokenView>>, ApiError> {
     let tenant = caller.tenant()?;
     let now = clock::now_ms();
-    let tokens = state.storage.list_enrollment_tokens(tenant)?;
+    let tokens = state.db.control.list_enrollment_tokens(tenant).await?;
     Ok(Json(
         tokens
             .into_iter()
@@ -422,7 +441,12 @@ pub async fn revoke_enrollment_token(
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
     let tenant = caller.tenant()?;
     let now = clock::now_ms();
-    match state.storage.revoke_enrollment_token(tenant, &id, now)? {
+    match state
+        .db
+        .control
+        .revoke_enrollment_token(tenant, &id, now)
+        .await?
+    {
         Some(t) => Ok(Json(EnrollmentTokenView::new(t, now))),
         None => Err(ApiError::not_found(format!(
             "no enrollment token {id} in this tenant"
@@ -460,33 +484,34 @@ pub async fn enroll(
         os: &req.os,
     };
     let refused = |code, message: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, message);
-    let tenant_id =
-        match state
-            .storage
-            .enroll(&auth::hash_secret(&req.token), &runner, clock::now_ms())
-        {
-            Ok(t) => t,
-            Err(EnrollError::Storage(e)) => return Err(e.into()),
-            Err(EnrollError::Refused(why)) => {
-                return Err(match why {
-                    EnrollRefusal::Invalid => {
-                        refused(api_error::INVALID_TOKEN, "unknown enrollment token")
-                    }
-                    EnrollRefusal::Expired => refused(
-                        api_error::TOKEN_EXPIRED,
-                        "this enrollment token has expired",
-                    ),
-                    EnrollRefusal::Used => refused(
-                        api_error::TOKEN_USED,
-                        "this enrollment token was already used",
-                    ),
-                    EnrollRefusal::Revoked => refused(
-                        api_error::TOKEN_REVOKED,
-                        "this enrollment token was revoked",
-                    ),
-                })
-            }
-        };
+    let tenant_id = match state
+        .db
+        .control
+        .enroll(&auth::hash_secret(&req.token), &runner, clock::now_ms())
+        .await
+    {
+        Ok(t) => t,
+        Err(EnrollError::Storage(e)) => return Err(e.into()),
+        Err(EnrollError::Refused(why)) => {
+            return Err(match why {
+                EnrollRefusal::Invalid => {
+                    refused(api_error::INVALID_TOKEN, "unknown enrollment token")
+                }
+                EnrollRefusal::Expired => refused(
+                    api_error::TOKEN_EXPIRED,
+                    "this enrollment token has expired",
+                ),
+                EnrollRefusal::Used => refused(
+                    api_error::TOKEN_USED,
+                    "this enrollment token was already used",
+                ),
+                EnrollRefusal::Revoked => refused(
+                    api_error::TOKEN_REVOKED,
+                    "this enrollment token was revoked",
+                ),
+            })
+        }
+    };
     tracing::info!(
         runner = %runner_id,
         tenant = %tenant_id,
@@ -554,7 +579,7 @@ pub async fn list_runners(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<RunnerView>>, ApiError> {
     let tenant = caller.tenant()?;
-    let rows = state.storage.list_runners(tenant)?;
+    let rows = state.db.control.list_runners(tenant).await?;
     Ok(Json(
         rows.into_iter().map(|r| runner_view(&state, r)).collect(),
     ))
@@ -566,7 +591,7 @@ pub async fn show_runner(
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let tenant = caller.tenant()?;
-    let row = runner_in_tenant(&state, tenant, &id)?;
+    let row = runner_in_tenant(&state, tenant, &id).await?;
     Ok(Json(runner_view(&state, row)))
 }
 
@@ -584,8 +609,10 @@ pub async fn runner_health(
 ) -> Result<Json<Vec<HealthEntry>>, ApiError> {
     let tenant = caller.tenant()?;
     let history = state
-        .storage
-        .health_history(tenant, &id)?
+        .db
+        .control
+        .health_history(tenant, &id)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     Ok(Json(
         history
@@ -610,7 +637,8 @@ pub async fn revoke_runner(
     let tenant = caller.tenant()?;
     let row = state
         .registry
-        .revoke(tenant, &id)?
+        .revoke(tenant, &id)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     tracing::info!(runner = %id, tenant, "runner revoked");
     Ok(Json(runner_view(&state, row)))
@@ -632,16 +660,18 @@ pub async fn rename_runner(
     JsonBody(req): JsonBody<RenameRequest>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let tenant = caller.tenant()?;
-    if !crate::storage::valid_runner_name(&req.name) {
+    if !crate::db::valid_runner_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "runner name: 1 to {} characters, no control characters or surrounding spaces, \
              not starting with rn_ (that is how runner ids look)",
-            crate::storage::MAX_RUNNER_NAME
+            crate::db::MAX_RUNNER_NAME
         )));
     }
     let row = state
-        .storage
-        .rename_runner(tenant, &id, &req.name)?
+        .db
+        .control
+        .rename_runner(tenant, &id, &req.name)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     tracing::info!(runner = %id, tenant, name = %row.name, "runner renamed");
     Ok(Json(runner_view(&state, row)))
@@ -660,7 +690,7 @@ pub async fn ping_runner(
     Path(id): Path<String>,
 ) -> Result<Json<PingResult>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let limit = state.tuning.request_timeout;
     let started = std::time::Instant::now();
     let sent_ms = u64::try_from(clock::now_ms()).unwrap_or(0);

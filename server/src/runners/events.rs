@@ -25,8 +25,8 @@ use crate::common::auth::Caller;
 use crate::common::error::ApiError;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::containers::{ContainerEventRecord, ContainerEventView};
+use crate::db::{HealthRecord, Role};
 use crate::runners::health::HealthView;
-use crate::storage::{HealthRecord, Role};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 

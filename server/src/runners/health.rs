@@ -16,8 +16,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::common::clock;
-use crate::storage::{
-    ConnectOutcome, ConnectedInfo, HealthRecord, RunnerRow, Storage, StorageError,
+use crate::db::{
+    ConnectOutcome, ConnectedInfo, ControlStore, HealthRecord, RunnerRow, StorageError,
 };
 
 /// Undelivered events per slow SSE subscriber before it skips ahead.
@@ -44,12 +44,12 @@ impl From<&HealthRecord> for HealthView {
 }
 
 pub struct HealthLog {
-    storage: Arc<Storage>,
+    storage: Arc<dyn ControlStore>,
     events: broadcast::Sender<Arc<HealthRecord>>,
 }
 
 impl HealthLog {
-    pub fn new(storage: Arc<Storage>) -> HealthLog {
+    pub fn new(storage: Arc<dyn ControlStore>) -> HealthLog {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         HealthLog { storage, events }
     }
@@ -68,14 +68,15 @@ impl HealthLog {
     }
 
     /// The runner finished its hello. `Refused` if it was revoked meanwhile.
-    pub fn connected(
+    pub async fn connected(
         &self,
         runner_id: &str,
         info: &ConnectedInfo<'_>,
     ) -> Result<ConnectOutcome, StorageError> {
-        let outcome =
-            self.storage
-                .runner_connected(runner_id, info, "connected", clock::now_ms())?;
+        let outcome = self
+            .storage
+            .runner_connected(runner_id, info, "connected", clock::now_ms())
+            .await?;
         if let ConnectOutcome::Active(record) = &outcome {
             self.publish(record.clone());
         }
@@ -83,28 +84,30 @@ impl HealthLog {
     }
 
     /// The runner's current connection ended.
-    pub fn disconnected(
+    pub async fn disconnected(
         &self,
         runner_id: &str,
         last_seen: i64,
         reason: &str,
     ) -> Result<(), StorageError> {
-        let record =
-            self.storage
-                .runner_disconnected(runner_id, last_seen, reason, clock::now_ms())?;
+        let record = self
+            .storage
+            .runner_disconnected(runner_id, last_seen, reason, clock::now_ms())
+            .await?;
         self.publish(record);
         Ok(())
     }
 
     /// Revoke a runner of `tenant_id`; `None` if the tenant has no such runner.
-    pub fn revoked(
+    pub async fn revoked(
         &self,
         tenant_id: &str,
         runner_id: &str,
     ) -> Result<Option<RunnerRow>, StorageError> {
-        let Some((row, record)) =
-            self.storage
-                .revoke_runner(tenant_id, runner_id, clock::now_ms())?
+        let Some((row, record)) = self
+            .storage
+            .revoke_runner(tenant_id, runner_id, clock::now_ms())
+            .await?
         else {
             return Ok(None);
         };
@@ -113,15 +116,16 @@ impl HealthLog {
     }
 
     /// Persist a batch of last-seen times (liveness without a health change).
-    pub fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError> {
-        self.storage.touch_last_seen(batch)
+    pub async fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError> {
+        self.storage.touch_last_seen(batch).await
     }
 
     /// At startup: nothing can be connected yet, so nothing is active.
-    pub fn server_restarted(&self) -> Result<usize, StorageError> {
+    pub async fn server_restarted(&self) -> Result<usize, StorageError> {
         let records = self
             .storage
-            .mark_all_unreachable("server restarted", clock::now_ms())?;
+            .mark_all_unreachable("server restarted", clock::now_ms())
+            .await?;
         let n = records.len();
         for r in records {
             self.publish(Some(r));

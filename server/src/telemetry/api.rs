@@ -21,10 +21,10 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::metrics::{tidy, RangeError, Resolution, SeriesFilter, HOUR_MS};
+use crate::db::Health;
 use crate::runners::api::{query, runner_in_tenant};
-use crate::storage::Health;
 use crate::telemetry::prometheus;
-use crate::telemetry::store::{tidy, MetricStore, RangeError, Resolution, SeriesFilter, HOUR_MS};
 
 /// Most stored rows one range query reads (raw: ~28 h at 5 s; 1m: ~14 days).
 const MAX_RANGE_ROWS: usize = 20_000;
@@ -32,17 +32,6 @@ const MAX_RANGE_ROWS: usize = 20_000;
 const AUTO_RAW_SPAN_MS: i64 = 6 * HOUR_MS;
 const AUTO_MINUTE_SPAN_MS: i64 = 7 * 24 * HOUR_MS;
 const DEFAULT_SINCE: &str = "1h";
-
-/// Run a blocking metrics read off the runtime threads.
-async fn blocking<T: Send + 'static>(
-    store: &std::sync::Arc<MetricStore>,
-    f: impl FnOnce(&MetricStore) -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| ApiError::internal(format!("metrics query task: {e}")))
-}
 
 // ---- GET /api/v1/runners/{id}/metrics ----------------------------------------------
 
@@ -90,7 +79,7 @@ pub fn pick_resolution(
     from: i64,
     to: i64,
     now: i64,
-    retention: crate::telemetry::store::Retention,
+    retention: crate::db::metrics::Retention,
 ) -> Result<Resolution, ApiError> {
     match asked.unwrap_or("auto") {
         "auto" => {
@@ -117,7 +106,7 @@ pub async fn runner_metrics(
     params: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Json<RangeAnswer>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
+    runner_in_tenant(&state, tenant, &id).await?;
     let p = query(params)?;
     let now = clock::now_ms();
     let bad = ApiError::bad_request;
@@ -138,15 +127,15 @@ pub async fn runner_metrics(
         from,
         to,
         now,
-        state.metrics.retention(),
+        state.db.metrics.retention(),
     )?;
     let filter = SeriesFilter::parse(p.series.as_deref().unwrap_or("")).map_err(bad)?;
     let with_points = p.points.unwrap_or(true);
-    let runner_id = id.clone();
-    let found = blocking(&state.metrics, move |m| {
-        m.range(&runner_id, from, to, resolution, &filter, MAX_RANGE_ROWS)
-    })
-    .await?;
+    let found = state
+        .db
+        .metrics
+        .range(&id, from, to, resolution, &filter, MAX_RANGE_ROWS)
+        .await;
     let series = match found {
         Ok(s) => s,
         Err(RangeError::TooManyRows(n)) => {
@@ -207,9 +196,8 @@ pub async fn latest_metrics(
     Path(id): Path<String>,
 ) -> Result<Json<LatestAnswer>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id)?;
-    let runner_id = id.clone();
-    let latest = blocking(&state.metrics, move |m| m.latest(&[runner_id.as_str()])).await??;
+    runner_in_tenant(&state, tenant, &id).await?;
+    let latest = state.db.metrics.latest(&[id.as_str()]).await?;
     let sample = latest.into_iter().next().map(|(_, s)| s);
     Ok(Json(LatestAnswer {
         runner_id: id,
@@ -234,13 +222,9 @@ pub async fn prometheus(
     State(state): State<AppState>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant()?;
-    let runners = state.storage.list_runners(tenant)?;
-    let ids: Vec<String> = runners.iter().map(|r| r.id.clone()).collect();
-    let latest = blocking(&state.metrics, move |m| {
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        m.latest(&ids)
-    })
-    .await??;
+    let runners = state.db.control.list_runners(tenant).await?;
+    let ids: Vec<&str> = runners.iter().map(|r| r.id.as_str()).collect();
+    let latest = state.db.metrics.latest(&ids).await?;
     let samples: Vec<prometheus::RunnerSample<'_>> = latest
         .iter()
         .map(|(i, sample)| {
@@ -270,8 +254,10 @@ pub async fn fingerprint(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let row = state
-        .storage
-        .fingerprint(tenant, &id)?
+        .db
+        .control
+        .fingerprint(tenant, &id)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     let corrupt = |what: &str, e: String| {
         ApiError::internal(format!("stored fingerprint {what} of {id}: {e}"))
@@ -330,8 +316,10 @@ pub async fn drift(
         None => i64::MIN,
     };
     let rows = state
-        .storage
-        .drift(tenant, &id, since)?
+        .db
+        .control
+        .drift(tenant, &id, since)
+        .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -351,7 +339,7 @@ pub async fn drift(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::store::{Retention, MINUTE_MS};
+    use crate::db::metrics::{Retention, MINUTE_MS};
 
     #[test]
     fn auto_resolution_follows_span_and_retention() {

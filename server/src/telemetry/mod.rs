@@ -34,7 +34,6 @@
 
 pub mod api;
 pub mod prometheus;
-pub mod store;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +46,9 @@ use tether::protocol::FingerprintReport;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::storage::{FingerprintWrite, Storage, StorageError};
-use crate::telemetry::store::{encode_values, MetricStore, SampleRows, MINUTE_MS};
+use crate::db::metrics::{encode_values, SampleRows, MINUTE_MS};
+use crate::db::MetricStore;
+use crate::db::{ControlStore, FingerprintWrite, StorageError};
 
 /// Longest series name accepted in a schema.
 const MAX_SERIES_NAME: usize = 512;
@@ -94,18 +94,11 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
-    /// Starts the writer thread. It ends when every handle is dropped,
-    /// after writing what was queued.
-    pub fn start(store: Arc<MetricStore>, every: Duration) -> MetricsWriter {
+    /// Starts the writer task (on the current tokio runtime). It ends when
+    /// every handle is dropped, after writing what was queued.
+    pub fn start(store: Arc<dyn MetricStore>, every: Duration) -> MetricsWriter {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name("metrics-writer".into())
-            .spawn(move || write_loop(&store, rx, every));
-        if let Err(e) = spawned {
-            // The queue is then closed: connections log that metrics
-            // cannot be stored, and keep working otherwise.
-            tracing::error!("starting the metrics writer: {e}");
-        }
+        tokio::spawn(write_loop(store, rx, every));
         MetricsWriter {
             tx,
             budget: Arc::new(Semaphore::new(WRITER_QUEUE_BYTES)),
@@ -133,12 +126,16 @@ impl MetricsWriter {
     }
 }
 
-/// Blocking: one transaction per `every` for everything queued.
-fn write_loop(store: &MetricStore, mut rx: mpsc::Receiver<QueuedSamples>, every: Duration) {
+/// One transaction per `every` for everything queued.
+async fn write_loop(
+    store: Arc<dyn MetricStore>,
+    mut rx: mpsc::Receiver<QueuedSamples>,
+    every: Duration,
+) {
     let mut failing = false;
-    while let Some(first) = rx.blocking_recv() {
+    while let Some(first) = rx.recv().await {
         // Let the rest of this interval's samples arrive, then write them all.
-        std::thread::sleep(every);
+        tokio::time::sleep(every).await;
         let mut queued = vec![first];
         let mut rows = queued[0].rows.rows.len();
         while rows < WRITER_MAX_ROWS {
@@ -154,7 +151,7 @@ fn write_loop(store: &MetricStore, mut rx: mpsc::Receiver<QueuedSamples>, every:
             .iter_mut()
             .map(|q| std::mem::take(&mut q.rows))
             .collect();
-        match store.insert(&batches, crate::common::clock::now_ms()) {
+        match store.insert(batches, crate::common::clock::now_ms()).await {
             Ok(n) => {
                 if failing {
                     tracing::info!("storing metrics works again");
@@ -229,19 +226,25 @@ impl MetricsStream {
     }
 
     /// A `metrics_schema` message: check it, store it, decode with it.
-    pub fn set_schema(
+    pub async fn set_schema(
         &mut self,
-        store: &MetricStore,
+        store: &dyn MetricStore,
         runner_id: &str,
         schema: &Schema,
         now_ms: i64,
     ) -> Result<(), MetricsError> {
         check_schema(schema).map_err(MetricsError::Violation)?;
         if self.source.is_none() {
-            self.source = Some(store.source(runner_id).map_err(MetricsError::Storage)?);
+            self.source = Some(
+                store
+                    .source(runner_id)
+                    .await
+                    .map_err(MetricsError::Storage)?,
+            );
         }
         let id = store
             .intern_schema(&schema.series, now_ms)
+            .await
             .map_err(MetricsError::Storage)?;
         // The names stay in the store; decoding needs only the count.
         let slim = Schema {
@@ -389,7 +392,7 @@ fn check_schema(schema: &Schema) -> Result<(), String> {
 // ---- fingerprints ---------------------------------------------------------------------
 
 /// What a fingerprint report did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FingerprintOutcome {
     /// The first fingerprint of this runner: stored, no drift.
     Baseline,
@@ -400,8 +403,8 @@ pub enum FingerprintOutcome {
 }
 
 /// Store a fingerprint report of `runner_id` and record its drift.
-pub fn record_fingerprint(
-    storage: &Storage,
+pub async fn record_fingerprint(
+    storage: &dyn ControlStore,
     runner_id: &str,
     report: &FingerprintReport,
     now_ms: i64,
@@ -410,45 +413,70 @@ pub fn record_fingerprint(
         .ok()
         .filter(|&t| t > 0)
         .unwrap_or(now_ms);
+    // The decision runs inside the store's transaction (off this task), so
+    // it owns a copy of the report and leaves its outcome here.
+    let report = report.clone();
+    let outcome = Arc::new(std::sync::Mutex::new(FingerprintOutcome::Resync(
+        "no fingerprint stored yet".into(),
+    )));
+    let result = outcome.clone();
+    storage
+        .update_fingerprint(
+            runner_id,
+            Box::new(move |stored| {
+                let mut outcome = result.lock().unwrap_or_else(|e| e.into_inner());
+                decide_fingerprint(&report, at, now_ms, stored, &mut outcome)
+            }),
+        )
+        .await?;
+    let outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(outcome.clone())
+}
+
+/// The new fingerprint and its drift from the stored one (`None`: nothing
+/// to write), and what that was.
+fn decide_fingerprint(
+    report: &FingerprintReport,
+    at: i64,
+    now_ms: i64,
+    stored: Option<&str>,
+    outcome: &mut FingerprintOutcome,
+) -> Option<FingerprintWrite> {
     // Strings and plain structs always serialize.
     let notes = serde_json::to_string(&report.notes).unwrap_or_else(|_| "[]".into());
-    let mut outcome = FingerprintOutcome::Resync("no fingerprint stored yet".into());
-    storage.update_fingerprint(runner_id, |stored| {
-        // A stored copy this build cannot read counts as none: the next
-        // full report becomes the new baseline.
-        let stored: Option<Fingerprint> = stored.and_then(|s| serde_json::from_str(s).ok());
-        let (fingerprint, changes): (Fingerprint, Vec<Change>) = match (&report.full, stored) {
-            (Some(full), None) => {
-                outcome = FingerprintOutcome::Baseline;
-                ((**full).clone(), Vec::new())
-            }
-            (Some(full), Some(old)) => ((**full).clone(), diff(&old, full)),
-            (None, Some(mut copy)) => match apply(&mut copy, &report.changes) {
-                Ok(()) => (copy, report.changes.clone()),
-                Err(e) => {
-                    outcome = FingerprintOutcome::Resync(e.to_string());
-                    return None;
-                }
-            },
-            (None, None) => return None,
-        };
-        let drift: Vec<(i64, String)> = changes
-            .iter()
-            .filter(|c| !is_boot_time_jitter(c))
-            .map(|c| (at, serde_json::to_string(c).unwrap_or_default()))
-            .collect();
-        if outcome != FingerprintOutcome::Baseline {
-            outcome = FingerprintOutcome::Updated { drift: drift.len() };
+    // A stored copy this build cannot read counts as none: the next
+    // full report becomes the new baseline.
+    let stored: Option<Fingerprint> = stored.and_then(|s| serde_json::from_str(s).ok());
+    let (fingerprint, changes): (Fingerprint, Vec<Change>) = match (&report.full, stored) {
+        (Some(full), None) => {
+            *outcome = FingerprintOutcome::Baseline;
+            ((**full).clone(), Vec::new())
         }
-        Some(FingerprintWrite {
-            body: serde_json::to_string(&fingerprint).unwrap_or_default(),
-            notes,
-            collected_at: at,
-            updated_at: now_ms,
-            drift,
-        })
-    })?;
-    Ok(outcome)
+        (Some(full), Some(old)) => ((**full).clone(), diff(&old, full)),
+        (None, Some(mut copy)) => match apply(&mut copy, &report.changes) {
+            Ok(()) => (copy, report.changes.clone()),
+            Err(e) => {
+                *outcome = FingerprintOutcome::Resync(e.to_string());
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
+    let drift: Vec<(i64, String)> = changes
+        .iter()
+        .filter(|c| !is_boot_time_jitter(c))
+        .map(|c| (at, serde_json::to_string(c).unwrap_or_default()))
+        .collect();
+    if *outcome != FingerprintOutcome::Baseline {
+        *outcome = FingerprintOutcome::Updated { drift: drift.len() };
+    }
+    Some(FingerprintWrite {
+        body: serde_json::to_string(&fingerprint).unwrap_or_default(),
+        notes,
+        collected_at: at,
+        updated_at: now_ms,
+        drift,
+    })
 }
 
 fn is_boot_time_jitter(c: &Change) -> bool {

@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 
 use tether::metrics::wire::Unit;
 
-use crate::telemetry::store::LatestSample;
+use crate::db::metrics::LatestSample;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

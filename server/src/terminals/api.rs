@@ -53,8 +53,8 @@ use crate::common::error::ApiError;
 use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
 use crate::containers::api::valid_container_ref;
+use crate::db::{Role, SessionRow, TerminalAuditRow};
 use crate::runners::api::{runner_in_tenant, JsonBody};
-use crate::storage::{Role, SessionRow, TerminalAuditRow};
 use crate::terminals::{
     ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
 };
@@ -111,36 +111,40 @@ pub struct AuditParams {
 /// session, else the dashboard's session cookie, which
 /// [`auth::websocket_session`] accepts only from this server's own page.
 /// A viewer is refused either way (a shell is an action).
-fn who(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Who, ApiError> {
+async fn who(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Who, ApiError> {
     let credential = if let Some(t) = ticket {
         state.tickets.redeem(t).ok_or_else(|| {
             ApiError::unauthorized("unknown, used or expired ticket: mint one per WebSocket")
         })?
     } else if let Some(token) = bearer(headers) {
-        identify_token(state, token)?.tenant()?;
+        identify_token(state, token).await?.tenant()?;
         Credential::of(headers).unwrap_or(Credential::Admin)
     } else {
         let public_url = state.releases.public_url.as_deref();
-        auth::websocket_session(state, headers, public_url)?;
+        auth::websocket_session(state, headers, public_url).await?;
         Credential::of(headers).unwrap_or(Credential::Admin)
     };
     match &credential {
         Credential::ApiToken(hash) => {
             let token = state
-                .storage
-                .api_token_auth(hash, clock::now_ms())?
+                .db
+                .control
+                .api_token_auth(hash, clock::now_ms())
+                .await?
                 .map_err(|why| ApiError::unauthorized(why.message()))?;
             Ok(Who {
                 tenant: token.tenant_id,
-                name: token_name_by_hash(state, hash)?,
+                name: token_name_by_hash(state, hash).await?,
                 any_session: true,
                 credential,
             })
         }
         Credential::Session(hash) => {
             let session = state
-                .storage
-                .session(hash, clock::now_ms())?
+                .db
+                .users
+                .session(hash, clock::now_ms())
+                .await?
                 .ok_or_else(|| {
                     ApiError::unauthorized("session expired or unknown; log in again")
                 })?;
@@ -209,14 +213,16 @@ struct ClientAuth {
     opener: bool,
 }
 
-fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
-    token_name_by_hash(state, &hash_secret(token))
+async fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
+    token_name_by_hash(state, &hash_secret(token)).await
 }
 
-fn token_name_by_hash(state: &AppState, hash: &str) -> Result<String, ApiError> {
+async fn token_name_by_hash(state: &AppState, hash: &str) -> Result<String, ApiError> {
     Ok(state
-        .storage
-        .api_token_name(hash)?
+        .db
+        .control
+        .api_token_name(hash)
+        .await?
         .unwrap_or_else(|| "api token".into()))
 }
 
@@ -249,7 +255,7 @@ async fn open(
     runner: &str,
     p: &OpenParams,
 ) -> Result<Arc<Session>, ApiError> {
-    let row = runner_in_tenant(state, tenant, runner)?;
+    let row = runner_in_tenant(state, tenant, runner).await?;
     if let Some(c) = &p.container {
         if !valid_container_ref(c) {
             return Err(ApiError::bad_request(format!("bad container name {c:?}")));
@@ -355,7 +361,7 @@ async fn open(
         bytes_in: 0,
         bytes_out: 0,
     };
-    if let Err(e) = state.storage.terminal_opened(tenant, &audit) {
+    if let Err(e) = state.db.audit.terminal_opened(tenant, &audit).await {
         tracing::error!(session = %session.id, "recording a terminal in the audit trail: {e}");
     }
     tokio::spawn(watchdog(state.clone(), session.clone()));
@@ -398,7 +404,7 @@ pub async fn create(
     let tenant = caller.tenant()?.to_owned();
     let who = match (&caller, bearer(&headers)) {
         (Caller::User(session), _) => user_name(session),
-        (_, Some(token)) => token_name(&state, token)?,
+        (_, Some(token)) => token_name(&state, token).await?,
         (_, None) => "api token".into(),
     };
     let s = open(&state, &tenant, who, peer_name(peer), &runner, &p).await?;
@@ -415,7 +421,7 @@ pub async fn open_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = async {
-        let who = who(&state, &headers, p.ticket.as_deref())?;
+        let who = who(&state, &headers, p.ticket.as_deref()).await?;
         let upgrade = upgrade.map_err(|r| {
             ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
         })?;
@@ -448,8 +454,8 @@ pub async fn attach_ws(
     Query(p): Query<AttachParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let result = (|| {
-        let who = who(&state, &headers, p.ticket.as_deref())?;
+    let result = async {
+        let who = who(&state, &headers, p.ticket.as_deref()).await?;
         let s = state
             .terminals
             .get(&who.tenant, &id)
@@ -460,7 +466,8 @@ pub async fn attach_ws(
         })?;
         let guard = who.guard(&state, &s);
         Ok::<_, ApiError>((s, guard, upgrade))
-    })();
+    }
+    .await;
     match result {
         Ok((s, guard, upgrade)) => {
             let from = p.offset.unwrap_or(0);
@@ -506,8 +513,10 @@ pub async fn audit(
     let tenant = caller.tenant()?;
     let limit = p.limit.unwrap_or(100).min(MAX_AUDIT);
     let rows = state
-        .storage
-        .terminal_audit(tenant, p.runner.as_deref(), limit)?;
+        .db
+        .audit
+        .terminal_audit(tenant, p.runner.as_deref(), limit)
+        .await?;
     let list: Vec<Value> = rows
         .into_iter()
         .map(|r| {
@@ -529,7 +538,7 @@ pub async fn audit(
 }
 
 /// Close the audit row of a session that ended.
-pub fn record_end(state: &AppState, s: &Session) {
+pub async fn record_end(state: &AppState, s: &Session) {
     let (reason, bytes_in, bytes_out) = {
         let st = s.lock();
         let reason = match &st.phase {
@@ -539,17 +548,18 @@ pub fn record_end(state: &AppState, s: &Session) {
         (reason, st.bytes_in, st.bytes_out)
     };
     tracing::info!(runner = %s.runner_id, session = %s.id, %reason, "terminal ended");
-    if let Err(e) =
-        state
-            .storage
-            .terminal_closed(&s.id, clock::now_ms(), &reason, bytes_in, bytes_out)
+    if let Err(e) = state
+        .db
+        .audit
+        .terminal_closed(&s.id, clock::now_ms(), &reason, bytes_in, bytes_out)
+        .await
     {
         tracing::error!(session = %s.id, "recording the end of a terminal: {e}");
     }
 }
 
 /// End a session here (the runner cannot be told, or did not answer).
-fn end_here(state: &AppState, s: &Session, reason: &str) {
+async fn end_here(state: &AppState, s: &Session, reason: &str) {
     {
         let mut st = s.lock();
         if matches!(st.phase, Phase::Ended(_)) {
@@ -559,7 +569,7 @@ fn end_here(state: &AppState, s: &Session, reason: &str) {
     }
     state.terminals.remove(&s.id);
     s.notify.notify_one();
-    record_end(state, s);
+    record_end(state, s).await;
 }
 
 /// Hang the terminal up: `term_close` to the runner, whose END ends it; a
@@ -613,17 +623,17 @@ async fn watchdog(state: AppState, s: Arc<Session>) {
             )
         };
         if away.is_some_and(|d| d > RUNNER_AWAY_TIMEOUT) {
-            end_here(&state, &s, "runner unreachable");
+            end_here(&state, &s, "runner unreachable").await;
             return;
         }
         if back.is_some_and(|d| d > ALIVE_WAIT) {
-            end_here(&state, &s, "the runner no longer has this terminal");
+            end_here(&state, &s, "the runner no longer has this terminal").await;
             return;
         }
         if closing {
             let since = *closing_since.get_or_insert(now);
             if away.is_none() && now.saturating_duration_since(since) > CLOSE_WAIT {
-                end_here(&state, &s, "closed (the runner did not confirm)");
+                end_here(&state, &s, "closed (the runner did not confirm)").await;
                 return;
             }
         } else if detached.is_some_and(|d| d > DETACH_TIMEOUT) {

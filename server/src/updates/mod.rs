@@ -34,8 +34,8 @@ use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::UpdatePolicy;
 use crate::runners::api::{runner_in_tenant, JsonBody};
-use crate::storage::UpdatePolicy;
 
 /// Largest file of a release.
 pub const MAX_RELEASE_FILE: usize = 64 * 1024 * 1024;
@@ -488,15 +488,19 @@ pub async fn set_policy(
                     "no release {v:?} on this server (upload it first)"
                 )));
             }
-            state.storage.set_update_policy(
-                &tenant,
-                &UpdatePolicy {
-                    group: req.group.clone(),
-                    version: v.clone(),
-                    canary_percent: req.canary_percent,
-                    updated_at: clock::now_ms(),
-                },
-            )?;
+            state
+                .db
+                .updates
+                .set_update_policy(
+                    &tenant,
+                    &UpdatePolicy {
+                        group: req.group.clone(),
+                        version: v.clone(),
+                        canary_percent: req.canary_percent,
+                        updated_at: clock::now_ms(),
+                    },
+                )
+                .await?;
             tracing::info!(
                 tenant,
                 group = req.group,
@@ -506,16 +510,20 @@ pub async fn set_policy(
             );
         }
         None => {
-            state.storage.clear_update_policy(&tenant, &req.group)?;
+            state
+                .db
+                .updates
+                .clear_update_policy(&tenant, &req.group)
+                .await?;
         }
     }
     for runner_id in state.registry.connected(&tenant) {
-        if let Some(offer) = offer_for(&state, &tenant, &runner_id)? {
+        if let Some(offer) = offer_for(&state, &tenant, &runner_id).await? {
             let text = encode_control(0, Message::Update(offer));
             state.registry.notify(&tenant, &runner_id, text);
         }
     }
-    Ok(Json(state.storage.update_policies(&tenant)?))
+    Ok(Json(state.db.updates.update_policies(&tenant).await?))
 }
 
 /// `GET /api/v1/update-policy` (tenant).
@@ -524,7 +532,7 @@ pub async fn get_policy(
     caller: Caller,
 ) -> Result<Json<Vec<UpdatePolicy>>, ApiError> {
     let tenant = caller.tenant()?;
-    Ok(Json(state.storage.update_policies(tenant)?))
+    Ok(Json(state.db.updates.update_policies(tenant).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -544,7 +552,12 @@ pub async fn set_group(
     if req.group.len() > MAX_GROUP_LEN {
         return Err(ApiError::bad_request("group name too long"));
     }
-    if !state.storage.set_runner_group(tenant, &id, &req.group)? {
+    if !state
+        .db
+        .updates
+        .set_runner_group(tenant, &id, &req.group)
+        .await?
+    {
         return Err(ApiError::runner_not_found(&id));
     }
     Ok(Json(
@@ -559,11 +572,13 @@ pub async fn runner_updates(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = caller.tenant()?;
-    let runner = runner_in_tenant(&state, tenant, &id)?;
-    let desired = desired_version(&state, tenant, &runner.id)?;
+    let runner = runner_in_tenant(&state, tenant, &id).await?;
+    let desired = desired_version(&state, tenant, &runner.id).await?;
     let reports: Vec<serde_json::Value> = state
-        .storage
-        .update_reports(&runner.id)?
+        .db
+        .updates
+        .update_reports(&runner.id)
+        .await?
         .into_iter()
         .map(|r| {
             serde_json::json!({
@@ -579,7 +594,7 @@ pub async fn runner_updates(
     Ok(Json(serde_json::json!({
         "runner_id": runner.id,
         "version": runner.version,
-        "group": state.storage.runner_group(&runner.id)?.unwrap_or_default(),
+        "group": state.db.updates.runner_group(&runner.id).await?.unwrap_or_default(),
         "desired": desired,
         "reports": reports,
     })))
@@ -597,12 +612,17 @@ pub fn bucket(runner_id: &str) -> u8 {
 }
 
 /// The version the policy wants this runner to run, if any.
-pub fn desired_version(
+pub async fn desired_version(
     state: &AppState,
     tenant: &str,
     runner_id: &str,
 ) -> Result<Option<String>, ApiError> {
-    let Some((_, policy)) = state.storage.update_policy_for(tenant, runner_id)? else {
+    let Some((_, policy)) = state
+        .db
+        .updates
+        .update_policy_for(tenant, runner_id)
+        .await?
+    else {
         return Ok(None);
     };
     Ok((bucket(runner_id) < policy.canary_percent).then_some(policy.version))
@@ -610,15 +630,15 @@ pub fn desired_version(
 
 /// The `update` message for a runner, if its policy selects it, it runs
 /// another version, and the release has a binary for its architecture.
-pub fn offer_for(
+pub async fn offer_for(
     state: &AppState,
     tenant: &str,
     runner_id: &str,
 ) -> Result<Option<UpdateOffer>, ApiError> {
-    let Some(version) = desired_version(state, tenant, runner_id)? else {
+    let Some(version) = desired_version(state, tenant, runner_id).await? else {
         return Ok(None);
     };
-    let Some(runner) = state.storage.runner(tenant, runner_id)? else {
+    let Some(runner) = state.db.control.runner(tenant, runner_id).await? else {
         return Ok(None);
     };
     if runner.version == version {

@@ -49,8 +49,8 @@ use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::{Role, SessionRow, UserRow};
 use crate::runners::api::JsonBody;
-use crate::storage::{Role, SessionRow, UserRow};
 
 const MIN_PASSWORD_LEN: usize = 8;
 /// Longer inputs only cost hashing time.
@@ -470,7 +470,11 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let refused = || ApiError::unauthorized("wrong tenant, user name or password");
     check_login(&req)?;
-    let tenant = state.storage.tenant_id_by_id_or_name(&req.tenant)?;
+    let tenant = state
+        .db
+        .control
+        .tenant_id_by_id_or_name(&req.tenant)
+        .await?;
     // A tenant named by id or by name counts as one; a tenant that does
     // not exist is counted under what was typed (the same refusal, so
     // the lockout does not tell which tenants exist).
@@ -488,7 +492,7 @@ pub async fn login(
         .with_retry_after(wait));
     }
     let user = match &tenant {
-        Some(tenant) => state.storage.user(tenant, &req.name)?,
+        Some(tenant) => state.db.users.user(tenant, &req.name).await?,
         None => None,
     };
     let phc = match &user {
@@ -522,11 +526,15 @@ pub async fn login(
     let now = clock::now_ms();
     let ttl = state.tuning.session_ttl.as_millis() as i64;
     state
-        .storage
-        .create_session(&auth::hash_secret(&secret), &user.id, &csrf, now, now + ttl)?;
+        .db
+        .users
+        .create_session(&auth::hash_secret(&secret), &user.id, &csrf, now, now + ttl)
+        .await?;
     let session = state
-        .storage
-        .session(&auth::hash_secret(&secret), now)?
+        .db
+        .users
+        .session(&auth::hash_secret(&secret), now)
+        .await?
         .ok_or_else(|| ApiError::internal("session vanished right after login"))?;
     tracing::info!(tenant = %session.tenant_name, user = %user.name, "dashboard login");
     let mut res = Json(SessionView::from(&session)).into_response();
@@ -561,14 +569,14 @@ pub async fn logout(
         return Err(ApiError::unauthorized("no session cookie"));
     };
     let hash = auth::hash_secret(secret);
-    if let Some(session) = state.storage.session(&hash, clock::now_ms())? {
+    if let Some(session) = state.db.users.session(&hash, clock::now_ms()).await? {
         let sent = headers.get(auth::CSRF_HEADER).and_then(|v| v.to_str().ok());
         if !sent.is_some_and(|t| auth::hashes_equal(t, &session.csrf_token)) {
             return Err(ApiError::forbidden(
                 "missing or wrong X-CSRF-Token header for this session",
             ));
         }
-        state.storage.delete_session(&hash)?;
+        state.db.users.delete_session(&hash).await?;
     }
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(SET_COOKIE, cookie("", 0));
@@ -600,7 +608,7 @@ async fn create_in(
         role,
         created_at: clock::now_ms(),
     };
-    state.storage.create_user(&user)?;
+    state.db.users.create_user(&user).await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
@@ -614,8 +622,10 @@ pub async fn create_for_tenant(
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     caller.admin()?;
     let tenant_id = state
-        .storage
-        .tenant_id_by_id_or_name(&tenant)?
+        .db
+        .control
+        .tenant_id_by_id_or_name(&tenant)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant}")))?;
     create_in(&state, &tenant_id, req).await
 }
@@ -636,7 +646,7 @@ pub async fn list(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
     let tenant = caller.tenant_admin()?;
-    let users = state.storage.list_users(tenant)?;
+    let users = state.db.users.list_users(tenant).await?;
     Ok(Json(users.iter().map(UserView::from).collect()))
 }
 
@@ -678,16 +688,20 @@ pub async fn update(
         ));
     }
     if !state
-        .storage
-        .update_user(&tenant, &name, role, hash.as_deref())?
+        .db
+        .users
+        .update_user(&tenant, &name, role, hash.as_deref())
+        .await?
     {
         return Err(ApiError::not_found(format!(
             "no user {name} in this tenant"
         )));
     }
     let user = state
-        .storage
-        .user(&tenant, &name)?
+        .db
+        .users
+        .user(&tenant, &name)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no user {name} in this tenant")))?;
     Ok(Json(UserView::from(&user)))
 }
@@ -702,7 +716,7 @@ pub async fn delete(
     if is_self(&caller, &name) {
         return Err(ApiError::conflict("you cannot delete yourself"));
     }
-    if state.storage.delete_user(&tenant, &name)? {
+    if state.db.users.delete_user(&tenant, &name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

@@ -116,7 +116,14 @@ async fn docker_calls_pass_through_the_runner_unchanged() {
         (Some(true), Some("24.0.7"), Some("1.43"), true, true)
     );
     // Persisted, not only in memory.
-    let stored = s.state.storage.docker_state(&rid).unwrap().unwrap();
+    let stored = s
+        .state
+        .db
+        .control
+        .docker_state(&rid)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.state.version.as_deref(), Some("24.0.7"));
 
     // List: filters pass through, Docker's entries become summaries.

@@ -358,7 +358,7 @@ async fn shutdown_closes_every_runner_with_1001() {
         code: protocol::close::GOING_AWAY,
         reason: "server shutting down",
     };
-    assert_eq!(s.state.registry.close_all(order), 2);
+    assert_eq!(s.state.registry.close_all(order).await, 2);
     assert_eq!(
         closed_with(&mut a).await,
         (1001, "server shutting down".to_owned())
@@ -371,7 +371,7 @@ async fn shutdown_closes_every_runner_with_1001() {
         health_of(&s, &api, &runner_id).await,
         [pair("active", "connected")]
     );
-    assert_eq!(s.state.health.server_restarted().unwrap(), 2);
+    assert_eq!(s.state.health.server_restarted().await.unwrap(), 2);
 }
 
 #[tokio::test]

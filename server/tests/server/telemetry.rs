@@ -84,7 +84,7 @@ async fn metrics_are_stored_acknowledged_and_resumed() {
     more.push(host_sample(last + 5000, 12));
     send_samples(&mut ws, &mut enc, &more).await;
     assert_eq!(next_ack(&mut ws).await, last + 5000);
-    assert_eq!(s.state.metrics.count("metrics_raw"), 13);
+    assert_eq!(s.state.db.metrics.count("metrics_raw").await, 13);
     let v = get(&s.router, &api, &path).await;
     assert_eq!(points(&v, "cpu.busy").len(), 13);
 }
@@ -186,35 +186,36 @@ async fn rollups_answer_minute_and_hour_queries() {
     let (_, api) = tenant(&s.router, "acme").await;
     let (runner_id, _) = runner(&s.router, &api).await;
     // Injected far in the past (2001), written and rolled up directly.
-    let m = &s.state.metrics;
-    let src = m.source(&runner_id).unwrap();
+    let m = &s.state.db.metrics;
+    let src = m.source(&runner_id).await.unwrap();
     let defs = vec![tether::metrics::wire::SeriesDef {
         name: "load.1".into(),
         unit: Unit::Load,
         scale: 0.01,
     }];
     let t0: i64 = 1_000_000_800_000; // 2001-09-09T02:00:00Z, an hour boundary
-    let schema = m.intern_schema(&defs, t0).unwrap();
+    let schema = m.intern_schema(&defs, t0).await.unwrap();
     // 2 hours at 10 s: load = 100 × (minute % 3) + second / 10 (hundredths).
     let rows = (0..720)
         .map(|i| {
             let ts = t0 + i * 10_000;
             let v = 100 * ((i / 6) % 3) + i % 6;
             let mut b = Vec::new();
-            tether_server::telemetry::store::encode_values(&[Some(v)], &mut b);
+            tether_server::db::metrics::encode_values(&[Some(v)], &mut b);
             (ts, b)
         })
         .collect();
     m.insert(
-        &[tether_server::telemetry::store::SampleRows {
+        vec![tether_server::db::metrics::SampleRows {
             source: src,
             schema,
             rows,
         }],
         t0,
     )
+    .await
     .unwrap();
-    let stats = m.maintain(t0 + 3 * 3_600_000).unwrap();
+    let stats = m.maintain(t0 + 3 * 3_600_000).await.unwrap();
     assert_eq!((stats.minutes_rolled, stats.hours_rolled), (120, 2));
 
     let q = |res: &str| {
@@ -247,10 +248,12 @@ async fn rollups_answer_minute_and_hour_queries() {
     // the next pass at real time; `auto` for a range that old picks 1h.
     let v = get(&s.router, &api, &q("auto")).await;
     assert_eq!(v["resolution"], "1h");
-    m.maintain(tether_server::common::clock::now_ms()).unwrap();
-    assert_eq!(m.count("metrics_raw"), 0);
-    assert_eq!(m.count("metrics_1m"), 0);
-    assert_eq!(m.count("metrics_1h"), 0);
+    m.maintain(tether_server::common::clock::now_ms())
+        .await
+        .unwrap();
+    assert_eq!(m.count("metrics_raw").await, 0);
+    assert_eq!(m.count("metrics_1m").await, 0);
+    assert_eq!(m.count("metrics_1h").await, 0);
 }
 
 #[tokio::test]
@@ -665,7 +668,7 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
         protocol::close::PROTOCOL_VIOLATION
     );
     let deadline = tokio::time::Instant::now() + WAIT;
-    while s.state.metrics.count("metrics_raw") < 2 {
+    while s.state.db.metrics.count("metrics_raw").await < 2 {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -684,5 +687,5 @@ async fn bad_metrics_close_4004_and_others_keep_going() {
     )
     .await;
     assert_eq!(next_ack(&mut ws).await, now - 25 * 3_600_000);
-    assert_eq!(s.state.metrics.count("metrics_raw"), 2);
+    assert_eq!(s.state.db.metrics.count("metrics_raw").await, 2);
 }

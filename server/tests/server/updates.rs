@@ -160,14 +160,13 @@ async fn canary_share_selects_a_stable_subset() {
     )
     .await;
     assert_eq!(st, StatusCode::OK);
-    let chosen: Vec<bool> = ids
-        .iter()
-        .map(|id| {
-            tether_server::updates::desired_version(&state, &tenant_id, id)
-                .unwrap()
-                .is_some()
-        })
-        .collect();
+    let mut chosen: Vec<bool> = Vec::new();
+    for id in &ids {
+        let v = tether_server::updates::desired_version(&state, &tenant_id, id)
+            .await
+            .unwrap();
+        chosen.push(v.is_some());
+    }
     let n = chosen.iter().filter(|c| **c).count();
     assert!(n > 0 && n < 40, "25% of 40 runners, got {n}");
     for (id, c) in ids.iter().zip(&chosen) {
@@ -183,11 +182,14 @@ async fn canary_share_selects_a_stable_subset() {
     )
     .await;
     assert_eq!(st, StatusCode::OK);
-    assert!(ids.iter().all(
-        |id| tether_server::updates::desired_version(&state, &tenant_id, id)
-            .unwrap()
-            .is_some()
-    ));
+    for id in &ids {
+        assert!(
+            tether_server::updates::desired_version(&state, &tenant_id, id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
     // A group policy beats the tenant's.
     let (st, _) = call(
         &router,
@@ -209,11 +211,13 @@ async fn canary_share_selects_a_stable_subset() {
     assert_eq!(st, StatusCode::OK);
     assert!(
         tether_server::updates::desired_version(&state, &tenant_id, &ids[0])
+            .await
             .unwrap()
             .is_none()
     );
     assert!(
         tether_server::updates::desired_version(&state, &tenant_id, &ids[1])
+            .await
             .unwrap()
             .is_some()
     );

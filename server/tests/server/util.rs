@@ -25,9 +25,8 @@ pub use tokio_tungstenite::WebSocketStream;
 pub use tower::ServiceExt;
 
 pub use tether_server::app::{app, AppState, Tuning};
+pub use tether_server::db::metrics::Retention;
 pub use tether_server::link::registry::CloseOrder;
-pub use tether_server::storage::Storage;
-pub use tether_server::telemetry::store::{MetricStore, Retention};
 
 pub const ADMIN: &str = "tadm_test-admin-token";
 
@@ -52,10 +51,7 @@ pub fn state() -> AppState {
 
 pub fn state_with(retention: Retention) -> AppState {
     AppState::new(
-        Arc::new(Storage::open_in_memory().unwrap()),
-        Arc::new(MetricStore::open_in_memory(retention).unwrap()),
-        Arc::new(tether_server::logs::store::LogStore::open_in_memory(Default::default()).unwrap()),
-        Arc::new(tether_server::jobs::store::JobStore::open_in_memory().unwrap()),
+        tether_server::db::sqlite::open_in_memory(retention).unwrap(),
         Arc::new(tether_server::common::secrets::SecretBox::from_key([9; 32])),
         ADMIN,
         tuning(),

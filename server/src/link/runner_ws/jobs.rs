@@ -17,6 +17,8 @@
 //! moving, and the batch grows to what arrived during the last commit, so
 //! a slow disk means fewer, bigger transactions rather than a stall.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::ws::Message as WsMessage;
 use tether::protocol::{
@@ -27,11 +29,12 @@ use tokio::time::Instant;
 
 use super::{Connection, Ending};
 use crate::common::clock;
-use crate::jobs::store::OutputRow;
+use crate::db::jobs::OutputRow;
+use crate::db::StorageError;
 use crate::jobs::{start_message, Frame, JobUpdate};
-use crate::storage::StorageError;
 
-type Batch = Vec<(i64, OutputRow)>;
+/// Shared with the store, which reads it; kept here to ACK from.
+type Batch = Arc<[(i64, OutputRow)]>;
 /// The batch, and each job's stored end (or the storage error).
 type Stored = (Batch, Result<Vec<(i64, i64)>, StorageError>);
 pub(super) type StoreTask = tokio::task::JoinHandle<Stored>;
@@ -53,8 +56,8 @@ const JOB_ID_BASE: u64 = 3 << 61;
 
 /// `welcome.acks`: where the stored output of each job still producing
 /// ends, so the runner resends from there.
-pub(super) fn welcome_acks(conn: &mut Connection) -> Vec<ChannelAck> {
-    match conn.state.jobs.resumable(&conn.runner.id) {
+pub(super) async fn welcome_acks(conn: &mut Connection) -> Vec<ChannelAck> {
+    match conn.state.db.jobs.resumable(&conn.runner.id).await {
         Ok(list) => list
             .into_iter()
             .filter_map(|(seq, stored)| {
@@ -77,7 +80,7 @@ impl Connection {
     /// Send `job_start` for every job not started on this connection and
     /// `job_cancel` for every cancel not sent yet.
     pub(super) async fn send_pending_jobs(&mut self) -> Result<(), Ending> {
-        let jobs = match self.state.jobs.open_jobs(&self.runner.id) {
+        let jobs = match self.state.db.jobs.open_jobs(&self.runner.id).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(runner = %self.runner.id, "reading pending jobs: {e}");
@@ -94,7 +97,8 @@ impl Connection {
                     job.seq,
                     "cancelled",
                     "cancelled before it was sent to the runner",
-                );
+                )
+                .await;
                 continue;
             }
             if job.cancel_requested {
@@ -112,10 +116,10 @@ impl Connection {
             if self.job_channels.started.contains(&job.id) {
                 continue;
             }
-            let start = match start_message(&job, &self.state.jobs, &self.state.secrets) {
+            let start = match start_message(&job, &*self.state.db.jobs, &self.state.secrets).await {
                 Ok(s) => s,
                 Err(why) => {
-                    self.finish_job(&job.id, job.seq, "failed", &why);
+                    self.finish_job(&job.id, job.seq, "failed", &why).await;
                     continue;
                 }
             };
@@ -127,7 +131,8 @@ impl Connection {
             let text = match encode_control_checked(id, Message::JobStart(start)) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.finish_job(&job.id, job.seq, "failed", &e.to_string());
+                    self.finish_job(&job.id, job.seq, "failed", &e.to_string())
+                        .await;
                     continue;
                 }
             };
@@ -142,8 +147,14 @@ impl Connection {
         Ok(())
     }
 
-    fn finish_job(&self, id: &str, seq: i64, status: &str, reason: &str) {
-        match self.state.jobs.finish(id, status, reason, clock::now_ms()) {
+    async fn finish_job(&mut self, id: &str, seq: i64, status: &str, reason: &str) {
+        match self
+            .state
+            .db
+            .jobs
+            .finish(id, status, reason, clock::now_ms())
+            .await
+        {
             Ok(true) => {
                 tracing::info!(runner = %self.runner.id, job = %id, status, "{reason}");
                 self.state.job_hub.send(JobUpdate::Status { seq });
@@ -154,27 +165,35 @@ impl Connection {
     }
 
     /// An answer to one of our `job_start`s. Returns whether it was one.
-    pub(super) fn on_job_reply(&mut self, id: u64, body: &Message) -> bool {
+    pub(super) async fn on_job_reply(&mut self, id: u64, body: &Message) -> bool {
         let Some(job_id) = self.job_channels.requests.remove(&id) else {
             return false;
         };
         let seq = self
             .state
+            .db
             .jobs
             .job(&self.runner.tenant_id, &job_id)
+            .await
             .ok()
             .flatten()
             .map_or(0, |j| j.seq);
         match body {
             Message::JobAccepted(a) => {
-                if let Err(e) = self.state.jobs.accepted(&job_id, &a.state, clock::now_ms()) {
+                if let Err(e) = self
+                    .state
+                    .db
+                    .jobs
+                    .accepted(&job_id, &a.state, clock::now_ms())
+                    .await
+                {
                     tracing::error!(runner = %self.runner.id, job = %job_id, "recording acceptance: {e}");
                 }
                 self.state.job_hub.send(JobUpdate::Status { seq });
             }
             Message::Error(e) => {
                 let why = format!("refused by the runner: {}: {}", e.code, e.message);
-                self.finish_job(&job_id, seq, "failed", &why);
+                self.finish_job(&job_id, seq, "failed", &why).await;
             }
             _ => {}
         }
@@ -183,7 +202,7 @@ impl Connection {
 
     /// `job_result`: stored once, acknowledged every time.
     pub(super) async fn on_job_result(&mut self, id: u64, r: JobResult) -> Result<(), Ending> {
-        match self.state.jobs.record_result(&self.runner.id, &r) {
+        match self.state.db.jobs.record_result(&self.runner.id, &r).await {
             Ok(changed) => {
                 if changed {
                     tracing::info!(runner = %self.runner.id, job = %r.job_id, status = %r.status, "job ended");
@@ -215,8 +234,10 @@ impl Connection {
         if !self.job_channels.is_known(h.channel) {
             let job = self
                 .state
+                .db
                 .jobs
-                .job_by_seq(&self.runner.id, i64::from(h.channel));
+                .job_by_seq(&self.runner.id, i64::from(h.channel))
+                .await;
             match job {
                 Ok(Some(j)) => self.job_channels.learn(h.channel, j.seq, j.stored_bytes),
                 Ok(None) => {
@@ -263,9 +284,10 @@ impl Connection {
         if batch.is_empty() {
             return;
         }
-        let store = self.state.jobs.clone();
-        self.job_store = Some(tokio::task::spawn_blocking(move || {
-            let r = store.store_output(&batch);
+        let batch: Batch = batch.into();
+        let store = self.state.db.jobs.clone();
+        self.job_store = Some(tokio::spawn(async move {
+            let r = store.store_output(batch.clone()).await;
             (batch, r)
         }));
     }

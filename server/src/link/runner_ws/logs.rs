@@ -64,7 +64,7 @@ impl Connection {
         &mut self,
         containers: &[ContainerSummary],
     ) -> Result<(), Ending> {
-        let policy = match self.state.logs.policy(&self.runner.id) {
+        let policy = match self.state.db.logs.policy(&self.runner.id).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(runner = %self.runner.id, "reading the log collection policy: {e}");
@@ -76,7 +76,7 @@ impl Connection {
                 continue;
             }
             let running = matches!(c.state.as_str(), "running" | "restarting" | "paused");
-            let cursor = match self.state.logs.cursor(&self.runner.id, &c.id) {
+            let cursor = match self.state.db.logs.cursor(&self.runner.id, &c.id).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(runner = %self.runner.id, "reading a log cursor: {e}");
@@ -105,8 +105,10 @@ impl Connection {
         self.resync_at = Instant::now() + RESYNC_EVERY;
         let view = self
             .state
-            .storage
-            .containers(&self.runner.tenant_id, &self.runner.id);
+            .db
+            .control
+            .containers(&self.runner.tenant_id, &self.runner.id)
+            .await;
         match view {
             Ok(Some(view)) => self.sync_collection(&view.containers).await,
             Ok(None) => Ok(()),
@@ -170,22 +172,15 @@ impl Connection {
         if batch.is_empty() {
             return Ok(());
         }
-        let store = self.state.logs.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let result = store.insert(batch.iter().map(|b| &b.2));
-            (batch, result)
-        })
-        .await;
-        let sends = match stored {
-            Ok((batch, Ok(()))) => self.logs.stored(&batch),
-            Ok((batch, Err(e))) => {
+        // The blocks go to the store; (channel, end) of each stays to ACK.
+        let (marks, blocks): (Vec<(u32, u64)>, Vec<_>) =
+            batch.into_iter().map(|(c, end, b)| ((c, end), b)).unzip();
+        let sends = match self.state.db.logs.insert(blocks).await {
+            Ok(()) => self.logs.stored(&marks),
+            Err(e) => {
                 tracing::error!(runner = %self.runner.id, "storing container logs: {e}");
                 self.resync_at = Instant::now() + RESYNC_EVERY;
-                self.logs.store_failed(&batch)
-            }
-            Err(e) => {
-                tracing::error!(runner = %self.runner.id, "log store task: {e}");
-                return Ok(());
+                self.logs.store_failed(&marks)
             }
         };
         self.log_sends(sends).await

@@ -8,9 +8,10 @@
 //! Bounds: the newest [`AUDIT_LIMIT`] rows per tenant are kept.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
-use super::{Storage, StorageError};
+use super::control::SqliteControl;
+use crate::db::audit::*;
+use crate::db::StorageError;
 
 /// Audit rows kept per tenant.
 pub const AUDIT_LIMIT: i64 = 100_000;
@@ -37,25 +38,7 @@ pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// One audit row as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TerminalAuditRow {
-    pub id: String,
-    pub runner_id: String,
-    /// `host` or `container:NAME`.
-    pub target: String,
-    /// The API token that opened it: `tok_… (label)`.
-    pub who: String,
-    /// The client's address.
-    pub client: String,
-    pub opened_ms: i64,
-    pub closed_ms: Option<i64>,
-    pub reason: Option<String>,
-    pub bytes_in: i64,
-    pub bytes_out: i64,
-}
-
-impl Storage {
+impl SqliteControl {
     /// `tok_… (label)` for an API token hash, for the audit trail.
     pub fn api_token_name(&self, token_hash: &str) -> Result<Option<String>, StorageError> {
         Ok(self
@@ -156,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_session_is_recorded_and_completed() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         let row = TerminalAuditRow {
             id: "tm_1".into(),
             runner_id: "rn_1".into(),

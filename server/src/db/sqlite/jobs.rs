@@ -24,7 +24,7 @@
 //!
 //! Bounds (`common/quotas.rs`): output past a job's cap is acknowledged but not
 //! stored (one `[tether] output truncated` row marks the cut; rows
-//! without data only move `stored_bytes`), and [`JobStore::retain`]
+//! without data only move `stored_bytes`), and [`SqliteJobs::retain`]
 //! deletes old output by age and by each tenant's total.
 
 use std::path::Path;
@@ -32,122 +32,15 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 use tether::protocol::JobResult;
 
-use crate::storage::StorageError;
-
-pub const FINAL: &[&str] = &["succeeded", "failed", "cancelled", "timed_out"];
-
-/// What a job runs, as stored (secret values are not here, only names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub program: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub script: Option<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    /// Secret names, exported under the same name.
-    #[serde(default)]
-    pub secrets: Vec<String>,
-    #[serde(default)]
-    pub timeout_s: u64,
-    /// A deployment (`deploy/api.rs`): `program` is then unused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<tether::protocol::deploy::DeploySpec>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JobRow {
-    #[serde(skip)]
-    pub seq: i64,
-    pub id: String,
-    #[serde(skip)]
-    pub tenant_id: String,
-    pub runner_id: String,
-    /// The saved script's name, or the ad-hoc command.
-    pub label: String,
-    pub status: String,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub reason: String,
-    pub created_ms: i64,
-    pub started_ms: Option<i64>,
-    pub finished_ms: Option<i64>,
-    /// Output bytes stored; and the job's total once its result came.
-    pub stored_bytes: i64,
-    pub output_bytes: Option<i64>,
-    pub cancel_requested: bool,
-    /// Its output was deleted by retention (`common/quotas.rs`).
-    pub output_pruned: bool,
-    #[serde(skip)]
-    pub spec: JobSpec,
-}
-
-impl JobRow {
-    pub fn is_final(&self) -> bool {
-        FINAL.contains(&self.status.as_str())
-    }
-
-    /// Final, and every byte of its output stored.
-    pub fn is_complete(&self) -> bool {
-        self.is_final() && self.output_bytes.is_none_or(|n| self.stored_bytes >= n)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Script {
-    pub name: String,
-    pub body: String,
-    pub interpreter: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub timeout_s: u64,
-    #[serde(default)]
-    pub updated_ms: i64,
-}
-
-/// A sealed secret as stored: `(nonce, ciphertext with tag)`.
-pub type Sealed = (Vec<u8>, Vec<u8>);
-
-/// One stored DATA frame of a job.
-#[derive(Debug, Clone)]
-pub struct OutputRow {
-    pub offset: i64,
-    pub tag: u8,
-    /// The record's step (deploys: 1 source, 2 build, 3 replace).
-    pub step: u8,
-    pub ts_ms: i64,
-    pub data: Vec<u8>,
-    /// The offset after this record in the runner's numbering (where the
-    /// next one starts): `offset + JOB_RECORD_HEADER + data.len()`, except
-    /// for the rows of a cut (see the module doc).
-    pub end: i64,
-}
-
-impl OutputRow {
-    /// A row without data is not stored: it only moves `stored_bytes`.
-    pub fn is_stored(&self) -> bool {
-        !self.data.is_empty()
-    }
-}
+use crate::db::jobs::*;
+use crate::db::StorageError;
 
 /// Old jobs deleted per retention pass at most.
 pub const RETAIN_BATCH: i64 = 1000;
 
-/// What one [`JobStore::retain`] pass removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RetainStats {
-    /// Jobs deleted outright (past the age, not deploys).
-    pub jobs_deleted: usize,
-    /// Jobs whose output was deleted (the row kept).
-    pub outputs_deleted: usize,
-}
-
-pub struct JobStore {
+pub struct SqliteJobs {
     write: Mutex<Connection>,
     read: Option<Mutex<Connection>>,
 }
@@ -199,7 +92,7 @@ fn setup(conn: Connection) -> Result<Connection, StorageError> {
              CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (tenant_id, finished_ms);",
         )?;
     }
-    crate::deploy::store::setup(&conn)?;
+    super::deploy::setup(&conn)?;
     Ok(conn)
 }
 
@@ -239,8 +132,8 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
-impl JobStore {
-    pub fn open(path: &Path) -> Result<JobStore, StorageError> {
+impl SqliteJobs {
+    pub fn open(path: &Path) -> Result<SqliteJobs, StorageError> {
         let write = Connection::open(path)?;
         write.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit reaches the disk before it returns. Stored
@@ -254,15 +147,15 @@ impl JobStore {
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
-        Ok(JobStore {
+        Ok(SqliteJobs {
             write: Mutex::new(write),
             read: Some(Mutex::new(read)),
         })
     }
 
     #[doc(hidden)] // a test seam: the integration tests' databases
-    pub fn open_in_memory() -> Result<JobStore, StorageError> {
-        Ok(JobStore {
+    pub fn open_in_memory() -> Result<SqliteJobs, StorageError> {
+        Ok(SqliteJobs {
             write: Mutex::new(setup(Connection::open_in_memory()?)?),
             read: None,
         })
@@ -613,7 +506,7 @@ impl JobStore {
     }
 }
 
-impl JobStore {
+impl SqliteJobs {
     /// One retention pass (`common/quotas.rs`): finished jobs older than
     /// `cutoff_ms` are deleted with their output (a deploy keeps its row,
     /// which rollback reads); then, per tenant, the output of its oldest
@@ -724,7 +617,7 @@ mod tests {
 
     #[test]
     fn a_job_goes_pending_running_final_once() {
-        let s = JobStore::open_in_memory().unwrap();
+        let s = SqliteJobs::open_in_memory().unwrap();
         let j = s
             .create_job("jb_1", "tn", "rn", "hello", &spec(), 1)
             .unwrap();
@@ -774,7 +667,7 @@ mod tests {
         assert!(s.open_jobs("rn").unwrap().is_empty());
     }
 
-    fn finished(s: &JobStore, id: &str, tenant: &str, at: i64, bytes: usize) -> i64 {
+    fn finished(s: &SqliteJobs, id: &str, tenant: &str, at: i64, bytes: usize) -> i64 {
         let j = s.create_job(id, tenant, "rn", id, &spec(), at).unwrap();
         let data = vec![b'x'; bytes];
         let end = (tether::protocol::JOB_RECORD_HEADER + bytes) as i64;
@@ -793,7 +686,7 @@ mod tests {
 
     #[test]
     fn a_job_over_its_quota_is_refused_all_or_nothing_per_tenant() {
-        let s = JobStore::open_in_memory().unwrap();
+        let s = SqliteJobs::open_in_memory().unwrap();
         let two = [("jb_1".into(), "rn".into()), ("jb_2".into(), "rn".into())];
         assert_eq!(
             s.create_jobs("tn_a", &two, "l", &spec(), 1, 2)
@@ -828,12 +721,12 @@ mod tests {
 
     #[test]
     fn retention_removes_old_output_and_keeps_each_tenant_under_its_bytes() {
-        let s = JobStore::open_in_memory().unwrap();
+        let s = SqliteJobs::open_in_memory().unwrap();
         let old = finished(&s, "jb_old", "tn_a", 1_000, 100);
         let dep = finished(&s, "jb_dep", "tn_a", 1_000, 100);
         s.add_deployment(
             "tn_a",
-            &crate::deploy::store::Deployment {
+            &crate::db::jobs::Deployment {
                 id: "jb_dep".into(),
                 app: "web".into(),
                 image: "web:1".into(),

@@ -10,10 +10,11 @@
 //! (the image each deployment ran). Deleting an app keeps its history.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 
-use crate::jobs::store::{JobRow, JobStore};
-use crate::storage::{Storage, StorageError};
+use super::control::SqliteControl;
+use super::jobs::SqliteJobs;
+use crate::db::jobs::*;
+use crate::db::StorageError;
 
 pub fn setup(conn: &Connection) -> Result<(), StorageError> {
     conn.execute_batch(
@@ -30,24 +31,6 @@ pub fn setup(conn: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// A stored app definition, as the API takes it (see `deploy/api.rs`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StoredApp {
-    pub name: String,
-    pub def: serde_json::Value,
-    pub updated_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Deployment {
-    pub id: String,
-    pub app: String,
-    pub image: String,
-    pub kind: String,
-    pub git_ref: Option<String>,
-    pub created_ms: i64,
-}
-
 fn deployment(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     Ok(Deployment {
         id: r.get(0)?,
@@ -59,7 +42,7 @@ fn deployment(r: &Row<'_>) -> rusqlite::Result<Deployment> {
     })
 }
 
-impl JobStore {
+impl SqliteJobs {
     pub fn put_app(&self, tenant: &str, a: &StoredApp) -> Result<(), StorageError> {
         self.write().execute(
             "INSERT INTO apps (tenant_id, name, def, updated_ms) VALUES (?1, ?2, ?3, ?4)
@@ -144,7 +127,10 @@ impl JobStore {
 /// the one runner of the tenant that holds it, and stored; a name that
 /// matches no runner or several is left as it is, and deploying that app
 /// asks for the runner's id. Returns how many apps were changed.
-pub fn resolve_runner_names(jobs: &JobStore, storage: &Storage) -> Result<usize, StorageError> {
+pub fn resolve_runner_names(
+    jobs: &SqliteJobs,
+    storage: &SqliteControl,
+) -> Result<usize, StorageError> {
     let apps: Vec<(String, StoredApp)> = {
         let conn = jobs.read();
         let mut stmt = conn.prepare("SELECT tenant_id, name, def, updated_ms FROM apps")?;
@@ -202,7 +188,7 @@ mod tests {
 
     #[test]
     fn apps_and_deployment_history() {
-        let s = JobStore::open_in_memory().unwrap();
+        let s = SqliteJobs::open_in_memory().unwrap();
         let a = StoredApp {
             name: "web".into(),
             def: json!({"image": "web"}),
@@ -245,9 +231,9 @@ mod tests {
     /// names are left for the operator.
     #[test]
     fn app_runner_names_are_resolved_to_ids_once() {
-        use crate::storage::{EnrollmentTokenRow, NewRunner, TenantRow};
-        let jobs = JobStore::open_in_memory().unwrap();
-        let storage = Storage::open_in_memory().unwrap();
+        use crate::db::{EnrollmentTokenRow, NewRunner, TenantRow};
+        let jobs = SqliteJobs::open_in_memory().unwrap();
+        let storage = SqliteControl::open_in_memory().unwrap();
         let t = TenantRow {
             id: "tn_a".into(),
             name: "a".into(),

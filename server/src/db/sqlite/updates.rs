@@ -7,29 +7,14 @@
 use rusqlite::{params, OptionalExtension};
 use tether::protocol::UpdateStatus;
 
-use super::{Storage, StorageError};
+use super::control::SqliteControl;
+use crate::db::updates::*;
+use crate::db::StorageError;
 
 /// Update reports kept per runner.
 pub const REPORT_HISTORY_LIMIT: i64 = 200;
 
-/// The desired version for a tenant (`group` empty) or one group of its runners.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct UpdatePolicy {
-    pub group: String,
-    pub version: String,
-    /// Share of the group's runners (by a hash of the runner id) that get
-    /// the version: a canary first, then 100.
-    pub canary_percent: u8,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpdateReportRow {
-    pub at: i64,
-    pub status: UpdateStatus,
-}
-
-impl Storage {
+impl SqliteControl {
     pub fn set_update_policy(
         &self,
         tenant_id: &str,

@@ -25,7 +25,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{ApiTokenRow, Storage, StorageError};
+use super::control::SqliteControl;
+use crate::db::control::*;
+use crate::db::StorageError;
 
 /// `last_used_at` is refreshed when older than this.
 pub const LAST_USED_EVERY_MS: i64 = 60_000;
@@ -51,71 +53,6 @@ pub(super) fn create(conn: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// A valid API token, as a request sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiTokenAuth {
-    pub id: String,
-    /// Its label, for the audit trail.
-    pub label: Option<String>,
-    pub tenant_id: String,
-    /// The user whose authority it carries, if a user minted it (or its parent).
-    pub created_by_user: Option<String>,
-    pub expires_at: Option<i64>,
-}
-
-/// Why a token hash does not authenticate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRefusal {
-    Unknown,
-    Revoked,
-    Expired,
-    /// The user who minted it was deleted or is no longer an admin.
-    CreatorGone,
-}
-
-impl TokenRefusal {
-    pub fn message(self) -> &'static str {
-        match self {
-            TokenRefusal::Unknown => "unknown token",
-            TokenRefusal::Revoked => "this API token was revoked",
-            TokenRefusal::Expired => "this API token has expired",
-            TokenRefusal::CreatorGone => {
-                "the user who created this API token was deleted or is no longer an admin"
-            }
-        }
-    }
-}
-
-/// One API token as `GET /api/v1/api-tokens` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiTokenInfo {
-    pub id: String,
-    pub label: Option<String>,
-    pub created_by: String,
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
-    pub last_used_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-    pub revoked_reason: Option<String>,
-    /// The creator check of the module doc, as of the listing.
-    pub creator_ok: bool,
-}
-
-impl ApiTokenInfo {
-    /// `active`, `revoked`, `expired` or `creator_gone`, as of `now`.
-    pub fn state(&self, now: i64) -> &'static str {
-        if self.revoked_at.is_some() {
-            "revoked"
-        } else if self.expires_at.is_some_and(|e| e <= now) {
-            "expired"
-        } else if !self.creator_ok {
-            "creator_gone"
-        } else {
-            "active"
-        }
-    }
-}
-
 /// `a` is the token, `u` its creator (LEFT JOIN: NULL when gone).
 const INFO_COLUMNS: &str = "a.id, a.label, a.created_by, a.created_at, a.expires_at, \
      a.last_used_at, a.revoked_at, a.revoked_reason, \
@@ -136,7 +73,7 @@ fn info_row(r: &Row<'_>) -> rusqlite::Result<ApiTokenInfo> {
     })
 }
 
-impl Storage {
+impl SqliteControl {
     pub fn create_api_token(
         &self,
         row: &ApiTokenRow,
@@ -304,10 +241,10 @@ fn info_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<ApiTokenInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Role, TenantRow, UserRow};
+    use crate::db::{Role, TenantRow, UserRow};
 
-    fn setup() -> Storage {
-        let s = Storage::open_in_memory().unwrap();
+    fn setup() -> SqliteControl {
+        let s = SqliteControl::open_in_memory().unwrap();
         let t = TenantRow {
             id: "tn_1".into(),
             name: "acme".into(),
@@ -326,7 +263,7 @@ mod tests {
         s
     }
 
-    fn token(s: &Storage, id: &str, user: Option<&str>, expires_at: Option<i64>) {
+    fn token(s: &SqliteControl, id: &str, user: Option<&str>, expires_at: Option<i64>) {
         let row = ApiTokenRow {
             id: id.into(),
             tenant_id: "tn_1".into(),
@@ -399,7 +336,7 @@ mod tests {
     fn last_used_is_written_at_most_once_a_minute() {
         let s = setup();
         token(&s, "at_1", None, None);
-        let used = |s: &Storage| s.list_api_tokens("tn_1").unwrap()[0].last_used_at;
+        let used = |s: &SqliteControl| s.list_api_tokens("tn_1").unwrap()[0].last_used_at;
         s.api_token_auth("h_at_1", 1_000).unwrap().unwrap();
         assert_eq!(used(&s), Some(1_000));
         s.api_token_auth("h_at_1", 30_000).unwrap().unwrap();

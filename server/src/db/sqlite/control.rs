@@ -1,21 +1,20 @@
-//! Everything the server persists, behind one narrow struct (host metrics
-//! have their own store and file: `telemetry/store.rs`).
+//! tether.db: the control plane's SQLite store (ControlStore, UserStore,
+//! UpdateStore and AuditStore in `db/`; the SQL of users, tokens, updates,
+//! terminals and containers is in the sibling files).
 //!
-//! [`Storage`] owns the SQLite connection (one file, WAL mode) and is the only
-//! module that writes SQL for it. Fingerprints and their drift events live
-//! here: they are small and change rarely; so do Docker state, the container
-//! view and its event history (`storage/containers.rs`). Its methods speak in domain terms (enroll a runner,
-//! record a health change) so a PostgreSQL implementation could stand behind
-//! the same methods when several server replicas share one database. Every
-//! method that reads-then-writes runs in one `IMMEDIATE` transaction, so it is
-//! atomic across processes too, not only under this process's mutex.
+//! [`SqliteControl`] owns the connection (one file, WAL mode). Fingerprints
+//! and their drift events live here: they are small and change rarely; so do
+//! Docker state, the container view and its event history
+//! (`containers.rs`). Every method that reads-then-writes runs in one
+//! `IMMEDIATE` transaction, so it is atomic across processes too, not only
+//! under this process's mutex.
 //!
 //! Times are Unix milliseconds. Secrets are stored only as SHA-256 hex.
 //!
-//! The calls are synchronous: each is a few indexed statements on a local file
-//! (tens of microseconds in WAL mode with `synchronous=NORMAL`), cheaper than a
-//! hop to a blocking thread. Writes that would happen per frame (last_seen) are
-//! batched by the caller instead.
+//! The methods are synchronous (each is a few indexed statements on a local
+//! file, tens of microseconds in WAL mode with `synchronous=NORMAL`); callers
+//! reach them only through `Blocking::run` (`mod.rs`). Writes that would
+//! happen per frame (last_seen) are batched by the caller instead.
 
 use std::fmt;
 use std::path::Path;
@@ -24,16 +23,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-mod containers;
-mod terminals;
-mod tokens;
-mod updates;
-mod users;
-pub use containers::{ContainerEventRow, DockerStateRow};
-pub use terminals::TerminalAuditRow;
-pub use tokens::ApiTokenInfo;
-pub use updates::UpdatePolicy;
-pub use users::{Role, SessionRow, UserRow};
+use super::{terminals, tokens};
+use crate::db::control::*;
+use crate::db::StorageError;
 
 /// How many health changes are kept per runner; older ones are dropped so a
 /// flapping runner cannot grow the database without bound.
@@ -167,7 +159,7 @@ CREATE TABLE update_reports (
 );
 CREATE INDEX update_reports_by_runner ON update_reports(runner_id, seq);
 "#,
-    // Dashboard users and their browser sessions (`storage/users.rs`).
+    // Dashboard users and their browser sessions (`users.rs`).
     r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,
@@ -197,21 +189,6 @@ ALTER TABLE runners ADD COLUMN reported_name TEXT NOT NULL DEFAULT '';
 UPDATE runners SET reported_name = name;
 "#,
 ];
-
-/// Longest runner name (operator-set; a reported hostname is cut to fit).
-pub const MAX_RUNNER_NAME: usize = 64;
-
-/// Whether `name` may be a runner's name: 1 to [`MAX_RUNNER_NAME`]
-/// characters, no control characters or surrounding spaces, and not
-/// shaped like a runner id (`rn_…`), so a name never reads as another
-/// runner's id wherever either is accepted.
-pub fn valid_runner_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.chars().count() <= MAX_RUNNER_NAME
-        && name.trim() == name
-        && !name.chars().any(char::is_control)
-        && !name.starts_with("rn_")
-}
 
 /// The name a runner gets at enrollment from the one it asked for (its
 /// `--name` or hostname): made valid, then unique in the tenant with a
@@ -257,46 +234,22 @@ fn enrollment_name(
     )))
 }
 
+/// rusqlite's error, shown as before the traits (`sqlite: …`).
 #[derive(Debug)]
-pub enum StorageError {
-    Sqlite(rusqlite::Error),
-    /// A unique name is already taken.
-    Conflict(String),
-    /// A stored value this build cannot read (e.g. an unknown health string).
-    Corrupt(String),
-}
+struct SqliteError(rusqlite::Error);
 
-impl fmt::Display for StorageError {
+impl fmt::Display for SqliteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StorageError::Sqlite(e) => write!(f, "sqlite: {e}"),
-            StorageError::Conflict(m) => f.write_str(m),
-            StorageError::Corrupt(m) => write!(f, "corrupt database: {m}"),
-        }
+        write!(f, "sqlite: {}", self.0)
     }
 }
 
-impl std::error::Error for StorageError {}
+impl std::error::Error for SqliteError {}
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
-        StorageError::Sqlite(e)
+        StorageError::Backend(Box::new(SqliteError(e)))
     }
-}
-
-/// Why an enrollment token was refused. Each maps to one API error code.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EnrollRefusal {
-    Invalid,
-    Expired,
-    Used,
-    Revoked,
-}
-
-#[derive(Debug)]
-pub enum EnrollError {
-    Refused(EnrollRefusal),
-    Storage(StorageError),
 }
 
 impl From<rusqlite::Error> for EnrollError {
@@ -305,185 +258,7 @@ impl From<rusqlite::Error> for EnrollError {
     }
 }
 
-/// A runner's health as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// A live, authenticated connection that is answering.
-    Active,
-    /// No live connection (also before the first connect).
-    Unreachable,
-    /// The credential was revoked; connects are refused.
-    Revoked,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Active => "active",
-            Health::Unreachable => "unreachable",
-            Health::Revoked => "revoked",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Health, StorageError> {
-        match s {
-            "active" => Ok(Health::Active),
-            "unreachable" => Ok(Health::Unreachable),
-            "revoked" => Ok(Health::Revoked),
-            other => Err(StorageError::Corrupt(format!("unknown health {other:?}"))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantRow {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiTokenRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub label: Option<String>,
-    pub created_at: i64,
-    /// The user whose authority the token carries (`storage/tokens.rs`).
-    pub created_by_user: Option<String>,
-    /// Who made it, for people: `user ada`, `token at_… (label)`.
-    pub created_by: String,
-    pub expires_at: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnrollmentTokenRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub label: Option<String>,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub used_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
-
-impl EnrollmentTokenRow {
-    /// `unused`, `used`, `expired` or `revoked`, as of `now`.
-    pub fn state(&self, now: i64) -> &'static str {
-        if self.revoked_at.is_some() {
-            "revoked"
-        } else if self.used_at.is_some() {
-            "used"
-        } else if self.expires_at <= now {
-            "expired"
-        } else {
-            "unused"
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunnerRow {
-    pub id: String,
-    pub tenant_id: String,
-    /// The operator's name for it: the authority apps and the CLI resolve.
-    pub name: String,
-    /// What the runner last said it is called (its hostname, in `hello`):
-    /// shown, never trusted.
-    pub reported_name: String,
-    pub health: Health,
-    pub version: String,
-    pub arch: String,
-    pub os: String,
-    pub protocol: Option<u16>,
-    pub created_at: i64,
-    pub last_seen: Option<i64>,
-    pub connected_since: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
-
-/// One entry of a runner's health history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthRecord {
-    pub runner_id: String,
-    pub tenant_id: String,
-    pub at: i64,
-    pub health: Health,
-    pub reason: String,
-}
-
-/// Who a runner credential belongs to, for the connect handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunnerIdentity {
-    pub id: String,
-    pub tenant_id: String,
-    pub revoked: bool,
-}
-
-/// A runner about to be created by enrollment.
-#[derive(Debug, Clone)]
-pub struct NewRunner<'a> {
-    pub id: &'a str,
-    pub credential_hash: &'a str,
-    /// The name asked for (stored as reported; the runner's name is this
-    /// made unique in the tenant).
-    pub name: &'a str,
-    pub version: &'a str,
-    pub arch: &'a str,
-    pub os: &'a str,
-}
-
-/// What a runner told the server in its `hello`.
-#[derive(Debug, Clone)]
-pub struct ConnectedInfo<'a> {
-    /// Its hostname: stored as `reported_name`, never as its name.
-    pub name: &'a str,
-    pub version: &'a str,
-    pub arch: &'a str,
-    pub os: &'a str,
-    pub protocol: u16,
-}
-
-/// Outcome of marking a runner connected.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ConnectOutcome {
-    /// Now active; `Some` if that was a change worth a history entry.
-    Active(Option<HealthRecord>),
-    /// Revoked (or deleted) since the credential was checked: refuse.
-    Refused,
-}
-
-/// A runner's stored fingerprint (JSON as the runner sent it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FingerprintRow {
-    pub body: String,
-    /// JSON array of strings: the collection problems of the last report.
-    pub notes: String,
-    /// The runner's collection time of the last report.
-    pub collected_at: i64,
-    /// When the server last stored a report.
-    pub updated_at: i64,
-}
-
-/// What [`Storage::update_fingerprint`] writes.
-#[derive(Debug, Clone)]
-pub struct FingerprintWrite {
-    pub body: String,
-    pub notes: String,
-    pub collected_at: i64,
-    pub updated_at: i64,
-    /// (at, change JSON), oldest first.
-    pub drift: Vec<(i64, String)>,
-}
-
-/// One stored drift event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriftRow {
-    pub at: i64,
-    /// JSON of a `tether::fingerprint::Change`.
-    pub change: String,
-}
-
-pub struct Storage {
+pub struct SqliteControl {
     conn: Mutex<Connection>,
     /// Bumped after every write that can take authority away (logout,
     /// user deleted or changed, API token revoked), so open streams
@@ -491,9 +266,9 @@ pub struct Storage {
     credentials: tokio::sync::watch::Sender<u64>,
 }
 
-impl Storage {
+impl SqliteControl {
     /// Open (creating if needed) the database file and bring its schema up to date.
-    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+    pub fn open(path: &Path) -> Result<SqliteControl, StorageError> {
         let conn = Connection::open(path)?;
         // WAL lets readers run beside the writer; NORMAL syncs at checkpoints,
         // which is durable against process crashes (not power loss of the last
@@ -505,11 +280,11 @@ impl Storage {
 
     /// A private in-memory database, for tests.
     #[doc(hidden)] // a test seam: the integration tests' databases
-    pub fn open_in_memory() -> Result<Storage, StorageError> {
+    pub fn open_in_memory() -> Result<SqliteControl, StorageError> {
         Self::setup(Connection::open_in_memory()?)
     }
 
-    fn setup(mut conn: Connection) -> Result<Storage, StorageError> {
+    fn setup(mut conn: Connection) -> Result<SqliteControl, StorageError> {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -521,7 +296,7 @@ impl Storage {
         }
         terminals::create(&conn)?;
         tokens::create(&conn)?;
-        Ok(Storage {
+        Ok(SqliteControl {
             conn: Mutex::new(conn),
             credentials: tokio::sync::watch::Sender::new(0),
         })
@@ -529,16 +304,16 @@ impl Storage {
 
     /// Something that authenticates may have lost its authority: wake the
     /// streams to re-check. Called after the write is committed.
-    pub(crate) fn credentials_changed(&self) {
+    pub(super) fn credentials_changed(&self) {
         self.credentials.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Changes with every [`Storage::credentials_changed`].
+    /// Changes with every [`SqliteControl::credentials_changed`].
     pub fn watch_credentials(&self) -> tokio::sync::watch::Receiver<u64> {
         self.credentials.subscribe()
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (the
         // transaction rolls back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
@@ -988,7 +763,7 @@ impl Storage {
     }
 }
 
-impl Storage {
+impl SqliteControl {
     // ---- fingerprints and drift ------------------------------------------------
 
     /// Read a runner's fingerprint and write what `decide` makes of it, in
@@ -1088,7 +863,11 @@ impl Storage {
     }
 }
 
-fn runner_exists(conn: &Connection, tenant_id: &str, id: &str) -> Result<bool, StorageError> {
+pub(super) fn runner_exists(
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<bool, StorageError> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM runners WHERE id = ?1 AND tenant_id = ?2",
@@ -1227,7 +1006,7 @@ mod tests {
 
     const T0: i64 = 1_800_000_000_000;
 
-    fn tenant(s: &Storage, id: &str) {
+    fn tenant(s: &SqliteControl, id: &str) {
         let row = TenantRow {
             id: id.into(),
             name: format!("name-{id}"),
@@ -1237,7 +1016,7 @@ mod tests {
             .unwrap();
     }
 
-    fn token(s: &Storage, tenant: &str, id: &str, expires_at: i64) {
+    fn token(s: &SqliteControl, tenant: &str, id: &str, expires_at: i64) {
         let row = EnrollmentTokenRow {
             id: id.into(),
             tenant_id: tenant.into(),
@@ -1271,7 +1050,7 @@ mod tests {
 
     #[test]
     fn enrollment_token_is_spent_once() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         token(&s, "tn_a", "et_1", T0 + 60_000);
         assert_eq!(
@@ -1293,7 +1072,7 @@ mod tests {
 
     #[test]
     fn enrollment_refusals_are_classified() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         token(&s, "tn_a", "et_old", T0 - 1);
         token(&s, "tn_a", "et_rev", T0 + 60_000);
@@ -1323,7 +1102,7 @@ mod tests {
 
     #[test]
     fn concurrent_enrollments_spend_a_token_once() {
-        let s = std::sync::Arc::new(Storage::open_in_memory().unwrap());
+        let s = std::sync::Arc::new(SqliteControl::open_in_memory().unwrap());
         tenant(&s, "tn_a");
         token(&s, "tn_a", "et_1", T0 + 60_000);
         let handles: Vec<_> = (0..8)
@@ -1347,7 +1126,7 @@ mod tests {
 
     #[test]
     fn tenants_do_not_see_each_other() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         tenant(&s, "tn_b");
         token(&s, "tn_a", "et_1", T0 + 60_000);
@@ -1370,7 +1149,7 @@ mod tests {
 
     #[test]
     fn tenant_names_are_unique() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         let dup = TenantRow {
             id: "tn_z".into(),
@@ -1393,7 +1172,7 @@ mod tests {
 
     #[test]
     fn health_changes_are_recorded_once_and_revocation_sticks() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         token(&s, "tn_a", "et_1", T0 + 60_000);
         s.enroll("hash-et_1", &new_runner("rn_1", "c1"), T0)
@@ -1481,7 +1260,7 @@ mod tests {
 
     #[test]
     fn restart_marks_active_runners_unreachable() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         token(&s, "tn_a", "et_1", T0 + 60_000);
         s.enroll("hash-et_1", &new_runner("rn_1", "c1"), T0)
@@ -1514,10 +1293,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
         {
-            let s = Storage::open(&path).unwrap();
+            let s = SqliteControl::open(&path).unwrap();
             tenant(&s, "tn_a");
         }
-        let s = Storage::open(&path).unwrap();
+        let s = SqliteControl::open(&path).unwrap();
         assert_eq!(s.list_tenants().unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1527,7 +1306,7 @@ mod tests {
     /// operator renames, and not onto a name in use.
     #[test]
     fn names_are_the_operators_and_unique_and_hello_only_reports() {
-        let s = Storage::open_in_memory().unwrap();
+        let s = SqliteControl::open_in_memory().unwrap();
         tenant(&s, "tn_a");
         tenant(&s, "tn_b");
         let enroll = |tn: &str, tok: &str, id: &str, asked: &str| {

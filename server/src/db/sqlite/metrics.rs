@@ -1,7 +1,7 @@
 //! Host metrics at rest: raw samples, 1-minute and 1-hour rollups, retention,
 //! and the range and latest queries the API answers.
 //!
-//! [`MetricStore`] owns its own SQLite file (`<data-dir>/metrics.db`, WAL),
+//! [`SqliteMetrics`] owns its own SQLite file (`<data-dir>/metrics.db`, WAL),
 //! apart from the control-plane database: the bulk of a fleet's telemetry
 //! never holds the lock that enrollments and health changes need, and it can
 //! be thrown away without losing anything else. Its methods speak in domain
@@ -9,7 +9,7 @@
 //! SQL about metrics, so a PostgreSQL implementation could stand behind them.
 //!
 //! ```text
-//!  writer thread (one transaction per second) ─insert─▶ metrics_raw ──┐ marks (runner, minute) dirty
+//!  writer task (one transaction per second)   ─insert─▶ metrics_raw ──┐ marks (runner, minute) dirty
 //!                                                                     ▼
 //!  maintain(now), every minute: complete dirty minutes ─rollup─▶ metrics_1m ──┐ marks the hour dirty
 //!                               complete dirty hours   ─rollup─▶ metrics_1h ◀─┘
@@ -62,13 +62,10 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
-use tether::metrics::wire::{SeriesDef, Unit};
+use tether::metrics::wire::SeriesDef;
 
-use crate::storage::StorageError;
-
-pub const MINUTE_MS: i64 = 60_000;
-pub const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
+use crate::db::metrics::*;
+use crate::db::StorageError;
 
 /// A bucket is rolled up once it ended this long ago; later samples re-dirty
 /// it, so this only saves recomputing buckets that are still filling.
@@ -124,227 +121,10 @@ CREATE TABLE metrics_dirty (
 ) WITHOUT ROWID;
 "#];
 
-/// How long each resolution is kept, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    pub raw_ms: i64,
-    pub minute_ms: i64,
-    pub hour_ms: i64,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            raw_ms: DAY_MS,
-            minute_ms: 7 * DAY_MS,
-            hour_ms: 90 * DAY_MS,
-        }
-    }
-}
-
-impl Retention {
-    pub fn from_durations(raw: Duration, minute: Duration, hour: Duration) -> Retention {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
-        Retention {
-            raw_ms: ms(raw),
-            minute_ms: ms(minute),
-            hour_ms: ms(hour),
-        }
-    }
-
-    fn longest(&self) -> i64 {
-        self.raw_ms.max(self.minute_ms).max(self.hour_ms)
-    }
-
-    /// How long a resolution is kept.
-    pub fn of(&self, r: Resolution) -> i64 {
-        match r {
-            Resolution::Raw => self.raw_ms,
-            Resolution::Minute => self.minute_ms,
-            Resolution::Hour => self.hour_ms,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    Raw,
-    Minute,
-    Hour,
-}
-
-impl Resolution {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Resolution::Raw => "raw",
-            Resolution::Minute => "1m",
-            Resolution::Hour => "1h",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Resolution> {
-        match s {
-            "raw" => Some(Resolution::Raw),
-            "1m" => Some(Resolution::Minute),
-            "1h" => Some(Resolution::Hour),
-            _ => None,
-        }
-    }
-
-    fn bucket_ms(self) -> i64 {
-        match self {
-            Resolution::Raw => 1,
-            Resolution::Minute => MINUTE_MS,
-            Resolution::Hour => HOUR_MS,
-        }
-    }
-}
-
-/// One runner's samples of one schema, ready to store.
-#[derive(Debug, Clone, Default)]
-pub struct SampleRows {
-    pub source: i64,
-    pub schema: i64,
-    /// (ts ms, values encoded with [`encode_values`]).
-    pub rows: Vec<(i64, Vec<u8>)>,
-}
-
-/// Which series a query wants: everything, exact names, or `prefix*`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SeriesFilter {
-    exact: HashSet<String>,
-    prefixes: Vec<String>,
-}
-
-/// Most names or patterns in one filter.
-const MAX_FILTER_ITEMS: usize = 256;
-
-impl SeriesFilter {
-    /// `cpu.busy,mem.used,net.*`: exact names, or a prefix ending in `*`.
-    pub fn parse(s: &str) -> Result<SeriesFilter, String> {
-        let mut f = SeriesFilter::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            if f.exact.len() + f.prefixes.len() >= MAX_FILTER_ITEMS {
-                return Err(format!("more than {MAX_FILTER_ITEMS} series patterns"));
-            }
-            match item.find('*') {
-                None => {
-                    f.exact.insert(item.to_owned());
-                }
-                Some(i) if i + 1 == item.len() => f.prefixes.push(item[..i].to_owned()),
-                Some(_) => {
-                    return Err(format!(
-                        "series pattern {item:?}: '*' may only end a prefix, e.g. net.*"
-                    ))
-                }
-            }
-        }
-        Ok(f)
-    }
-
-    pub fn is_all(&self) -> bool {
-        self.exact.is_empty() && self.prefixes.is_empty()
-    }
-
-    pub fn matches(&self, name: &str) -> bool {
-        self.is_all()
-            || self.exact.contains(name)
-            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
-    }
-}
-
-/// min/avg/max over a range, in the series' unit.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
-    /// Samples behind the figures (raw samples, also at 1m and 1h).
-    pub count: u64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Summary {
-    pub fn avg(&self) -> f64 {
-        self.sum / self.count.max(1) as f64
-    }
-
-    fn add(&mut self, count: u64, sum: f64, min: f64, max: f64) {
-        if self.count == 0 {
-            (self.min, self.max) = (min, max);
-        } else {
-            self.min = self.min.min(min);
-            self.max = self.max.max(max);
-        }
-        self.count += count;
-        self.sum += sum;
-    }
-}
-
-impl Default for Summary {
-    fn default() -> Self {
-        Summary {
-            count: 0,
-            sum: 0.0,
-            min: 0.0,
-            max: 0.0,
-        }
-    }
-}
-
-/// One series of a range answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesData {
-    pub name: String,
-    pub unit: Unit,
-    /// (ts ms, value in `unit`), oldest first. At 1m and 1h: bucket start
-    /// and the bucket's average.
-    pub points: Vec<(i64, f64)>,
-    pub summary: Summary,
-}
-
-/// The newest stored sample of a runner.
-#[derive(Debug, Clone)]
-pub struct LatestSample {
-    pub ts: i64,
-    pub schema: Arc<[SeriesDef]>,
-    /// In each series' unit; `None`: no value in that sample.
-    pub values: Vec<Option<f64>>,
-}
-
-impl LatestSample {
-    pub fn series(&self) -> impl Iterator<Item = (&SeriesDef, Option<f64>)> {
-        self.schema.iter().zip(self.values.iter().copied())
-    }
-}
-
-#[derive(Debug)]
-pub enum RangeError {
-    Storage(StorageError),
-    /// More stored rows than the caller allows: ask for a coarser resolution.
-    TooManyRows(usize),
-}
-
-impl From<StorageError> for RangeError {
-    fn from(e: StorageError) -> Self {
-        RangeError::Storage(e)
-    }
-}
-
 impl From<rusqlite::Error> for RangeError {
     fn from(e: rusqlite::Error) -> Self {
         RangeError::Storage(e.into())
     }
-}
-
-/// What one maintenance pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct MaintainStats {
-    pub minutes_rolled: usize,
-    pub hours_rolled: usize,
-    pub raw_deleted: usize,
-    pub minute_deleted: usize,
-    pub hour_deleted: usize,
-    pub schemas_deleted: usize,
 }
 
 #[derive(Default)]
@@ -367,7 +147,7 @@ impl SchemaCache {
     }
 }
 
-pub struct MetricStore {
+pub struct SqliteMetrics {
     write: Mutex<Connection>,
     /// A second connection for API queries, so a long range read does not
     /// wait behind the writer (WAL readers do not block it). None in memory.
@@ -383,8 +163,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl MetricStore {
-    pub fn open(path: &Path, retention: Retention) -> Result<MetricStore, StorageError> {
+impl SqliteMetrics {
+    pub fn open(path: &Path, retention: Retention) -> Result<SqliteMetrics, StorageError> {
         let write = Connection::open(path)?;
         write.pragma_update(None, "journal_mode", "WAL")?;
         // Losing the last second of samples to a power cut is fine: they
@@ -394,7 +174,7 @@ impl MetricStore {
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
-        Ok(MetricStore {
+        Ok(SqliteMetrics {
             write: Mutex::new(write),
             read: Some(Mutex::new(read)),
             retention,
@@ -404,8 +184,8 @@ impl MetricStore {
 
     /// A private in-memory database, for tests.
     #[doc(hidden)] // a test seam: the integration tests' databases
-    pub fn open_in_memory(retention: Retention) -> Result<MetricStore, StorageError> {
-        Ok(MetricStore {
+    pub fn open_in_memory(retention: Retention) -> Result<SqliteMetrics, StorageError> {
+        Ok(SqliteMetrics {
             write: Mutex::new(setup(Connection::open_in_memory()?)?),
             read: None,
             retention,
@@ -823,11 +603,6 @@ fn source_of(conn: &Connection, runner_id: &str) -> Result<Option<i64>, StorageE
         .optional()?)
 }
 
-/// Start of the bucket of width `w` that holds `ts`.
-pub fn floor(ts: i64, w: i64) -> i64 {
-    ts - ts.rem_euclid(w)
-}
-
 /// A rollup level: where its rows come from and go.
 struct Level {
     level: i64,
@@ -1053,176 +828,10 @@ impl<'f> RangeBuilder<'f> {
     }
 }
 
-/// Rounds to 12 significant digits: averages of fixed-point values carry
-/// float noise in the last bits (3.0549999999999997 for 3.055), which no
-/// stored value is precise enough to mean.
-pub fn tidy(v: f64) -> f64 {
-    if v == 0.0 || !v.is_finite() {
-        return v;
-    }
-    let digits = 11 - v.abs().log10().floor() as i32;
-    let factor = 10f64.powi(digits);
-    let t = (v * factor).round() / factor;
-    if t.is_finite() {
-        t
-    } else {
-        v
-    }
-}
-
-/// `v × scale`, without the float noise of multiplying by 0.01: a scale
-/// that is the inverse of a whole number divides instead (1234 × 0.01 would
-/// print as 12.340000000000002, 1234 / 100 prints as 12.34).
-pub fn scaled(v: f64, scale: f64) -> f64 {
-    if scale > 0.0 && scale < 1.0 {
-        let inv = 1.0 / scale;
-        if (inv - inv.round()).abs() < 1e-9 {
-            return v / inv.round();
-        }
-    }
-    v * scale
-}
-
-// ---- value codecs --------------------------------------------------------------------
-
-fn put_varint(out: &mut Vec<u8>, mut v: u128) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(b: &[u8], pos: &mut usize) -> Result<u128, StorageError> {
-    let mut v = 0u128;
-    let mut shift = 0;
-    loop {
-        let byte = *b
-            .get(*pos)
-            .ok_or_else(|| StorageError::Corrupt("metrics value blob truncated".into()))?;
-        *pos += 1;
-        if shift > 126 {
-            return Err(StorageError::Corrupt("metrics varint too long".into()));
-        }
-        v |= u128::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-        shift += 7;
-    }
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(u: u64) -> i64 {
-    ((u >> 1) as i64) ^ -((u & 1) as i64)
-}
-
-fn narrow(v: u128) -> Result<u64, StorageError> {
-    u64::try_from(v).map_err(|_| StorageError::Corrupt("metrics value out of range".into()))
-}
-
-/// One sample's values, in schema order: 0 absent, else zigzag(v) + 1.
-pub fn encode_values(values: &[Option<i64>], out: &mut Vec<u8>) {
-    for v in values {
-        put_varint(out, v.map_or(0, |v| u128::from(zigzag(v)) + 1));
-    }
-}
-
-pub fn decode_values(b: &[u8], out: &mut Vec<Option<i64>>) -> Result<(), StorageError> {
-    out.clear();
-    let mut pos = 0;
-    while pos < b.len() {
-        let u = get_varint(b, &mut pos)?;
-        out.push(match u {
-            0 => None,
-            u => Some(unzigzag(narrow(u - 1)?)),
-        });
-    }
-    Ok(())
-}
-
-/// count, sum, min, max of one series in one bucket, in stored integers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Agg {
-    pub count: u64,
-    pub sum: i128,
-    pub min: i64,
-    pub max: i64,
-}
-
-impl Agg {
-    fn add(&mut self, v: i64) {
-        self.merge(&Agg {
-            count: 1,
-            sum: i128::from(v),
-            min: v,
-            max: v,
-        });
-    }
-
-    fn merge(&mut self, o: &Agg) {
-        if o.count == 0 {
-            return;
-        }
-        if self.count == 0 {
-            *self = *o;
-            return;
-        }
-        self.count += o.count;
-        self.sum += o.sum;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-    }
-}
-
-/// Per series: count; if non-zero then zigzag(min), max − min, sum − count·min
-/// (all non-negative, and small for a steady series: 1 byte each).
-pub fn encode_aggs(aggs: &[Agg], out: &mut Vec<u8>) {
-    for a in aggs {
-        put_varint(out, u128::from(a.count));
-        if a.count > 0 {
-            put_varint(out, u128::from(zigzag(a.min)));
-            put_varint(out, (i128::from(a.max) - i128::from(a.min)) as u128);
-            let excess = a.sum - i128::from(a.count) * i128::from(a.min);
-            put_varint(out, excess.max(0) as u128);
-        }
-    }
-}
-
-pub fn decode_aggs(b: &[u8], out: &mut Vec<Agg>) -> Result<(), StorageError> {
-    out.clear();
-    let mut pos = 0;
-    while pos < b.len() {
-        let count = narrow(get_varint(b, &mut pos)?)?;
-        if count == 0 {
-            out.push(Agg::default());
-            continue;
-        }
-        let min = unzigzag(narrow(get_varint(b, &mut pos)?)?);
-        let span = narrow(get_varint(b, &mut pos)?)?;
-        let excess = get_varint(b, &mut pos)?;
-        let max = i64::try_from(i128::from(min) + i128::from(span))
-            .map_err(|_| StorageError::Corrupt("metrics max out of range".into()))?;
-        let sum = i128::from(count)
-            .checked_mul(i128::from(min))
-            .and_then(|s| s.checked_add(i128::try_from(excess).ok()?))
-            .ok_or_else(|| StorageError::Corrupt("metrics sum out of range".into()))?;
-        out.push(Agg {
-            count,
-            sum,
-            min,
-            max,
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether::metrics::wire::Unit;
 
     fn def(name: &str, unit: Unit, scale: f64) -> SeriesDef {
         SeriesDef {
@@ -1232,7 +841,7 @@ mod tests {
         }
     }
 
-    fn rows(store: &MetricStore, src: i64, schema: i64, samples: &[(i64, Vec<Option<i64>>)]) {
+    fn rows(store: &SqliteMetrics, src: i64, schema: i64, samples: &[(i64, Vec<Option<i64>>)]) {
         let rows = samples
             .iter()
             .map(|(ts, v)| {
@@ -1328,7 +937,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_ignored_and_last_ts_kept() {
-        let s = MetricStore::open_in_memory(Retention::default()).unwrap();
+        let s = SqliteMetrics::open_in_memory(Retention::default()).unwrap();
         let src = s.source("rn_1").unwrap();
         assert_eq!(s.source("rn_1").unwrap(), src);
         assert_eq!(s.last_ts("rn_1").unwrap(), None);
@@ -1371,7 +980,7 @@ mod tests {
 
     #[test]
     fn rollups_are_exact_and_late_samples_redo_them() {
-        let s = MetricStore::open_in_memory(Retention::default()).unwrap();
+        let s = SqliteMetrics::open_in_memory(Retention::default()).unwrap();
         let src = s.source("rn_1").unwrap();
         let schema = s
             .intern_schema(
@@ -1448,7 +1057,7 @@ mod tests {
 
     #[test]
     fn a_schema_change_inside_a_bucket_merges_by_name() {
-        let s = MetricStore::open_in_memory(Retention::default()).unwrap();
+        let s = SqliteMetrics::open_in_memory(Retention::default()).unwrap();
         let src = s.source("rn_1").unwrap();
         let a = s.intern_schema(&[def("x", Unit::Count, 1.0)], 0).unwrap();
         let b = s
@@ -1475,7 +1084,7 @@ mod tests {
             minute_ms: 2 * HOUR_MS,
             hour_ms: 3 * HOUR_MS,
         };
-        let s = MetricStore::open_in_memory(retention).unwrap();
+        let s = SqliteMetrics::open_in_memory(retention).unwrap();
         let src = s.source("rn_1").unwrap();
         let t0 = 100 * DAY_MS;
         let schema = s.intern_schema(&[def("x", Unit::Count, 1.0)], t0).unwrap();
@@ -1508,7 +1117,7 @@ mod tests {
 
     #[test]
     fn range_limits_and_latest() {
-        let s = MetricStore::open_in_memory(Retention::default()).unwrap();
+        let s = SqliteMetrics::open_in_memory(Retention::default()).unwrap();
         let src = s.source("rn_1").unwrap();
         let schema = s
             .intern_schema(
@@ -1563,7 +1172,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tether-metrics-size-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let s = MetricStore::open(&dir.join("m.db"), Retention::default()).unwrap();
+        let s = SqliteMetrics::open(&dir.join("m.db"), Retention::default()).unwrap();
         let (defs, base) = realistic_host();
         let mut state = base.clone();
         let schema = s.intern_schema(&defs, 0).unwrap();
@@ -1589,7 +1198,7 @@ mod tests {
             }
             s.insert(&batch, 0).unwrap();
         }
-        let used = |s: &MetricStore| -> i64 {
+        let used = |s: &SqliteMetrics| -> i64 {
             let c = s.write();
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
             let free: i64 = c

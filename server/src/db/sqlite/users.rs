@@ -15,58 +15,9 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
-use super::{Storage, StorageError};
-
-/// What a user may do in its tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything an API token may, and user management.
-    Admin,
-    /// Everything but user management and API tokens.
-    Operator,
-    /// Reads only: every state-changing request is refused.
-    Viewer,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Operator => "operator",
-            Role::Viewer => "viewer",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "operator" => Some(Role::Operator),
-            "viewer" => Some(Role::Viewer),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub name: String,
-    /// PHC string (`$argon2id$v=19$...`).
-    pub password_hash: String,
-    pub role: Role,
-    pub created_at: i64,
-}
-
-/// A live session with its user, as a request sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRow {
-    pub user: UserRow,
-    pub tenant_name: String,
-    pub csrf_token: String,
-    pub expires_at: i64,
-}
+use super::control::SqliteControl;
+use crate::db::users::*;
+use crate::db::StorageError;
 
 const USER_COLUMNS: &str = "u.id, u.tenant_id, u.name, u.password_hash, u.role, u.created_at";
 
@@ -85,7 +36,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<Result<UserRow, StorageError>>
     }))
 }
 
-impl Storage {
+impl SqliteControl {
     /// The id of a tenant named by its id or its name.
     pub fn tenant_id_by_id_or_name(&self, key: &str) -> Result<Option<String>, StorageError> {
         Ok(self
@@ -272,10 +223,10 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::TenantRow;
+    use crate::db::TenantRow;
 
-    fn setup() -> (Storage, UserRow) {
-        let s = Storage::open_in_memory().unwrap();
+    fn setup() -> (SqliteControl, UserRow) {
+        let s = SqliteControl::open_in_memory().unwrap();
         let t = TenantRow {
             id: "tn_1".into(),
             name: "acme".into(),

@@ -30,65 +30,14 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::logs::{parse_line, CollectPolicy, LogLine, StreamSel};
-use crate::storage::StorageError;
+use crate::db::logs::*;
+use crate::db::StorageError;
+use crate::logs::{parse_line, CollectPolicy, LogLine};
 
 /// Blocks removed per statement when expiring, so the writer is never held long.
 const EXPIRE_CHUNK: i64 = 512;
 
-/// How long and how much of one container's logs to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct LogRetention {
-    pub max_age_s: i64,
-    pub max_bytes: i64,
-}
-
-impl Default for LogRetention {
-    fn default() -> Self {
-        LogRetention {
-            max_age_s: 7 * 86_400,
-            max_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-/// One block to store, with the cursor after its last line.
-#[derive(Debug, Clone)]
-pub struct BlockIn {
-    pub runner_id: String,
-    pub container: String,
-    pub container_id: String,
-    /// 1 stdout, 2 stderr.
-    pub tag: u8,
-    pub ts_first: i64,
-    pub ts_last: i64,
-    pub lines: i64,
-    pub data: Vec<u8>,
-    /// Where collection resumes after this block: (time, lines at it).
-    pub cursor: Option<(i64, u32)>,
-}
-
-/// A history query.
-#[derive(Debug, Clone, Default)]
-pub struct LogQuery {
-    pub since_ns: Option<i64>,
-    pub until_ns: Option<i64>,
-    /// Case-insensitive substring of the message.
-    pub contains: Option<String>,
-    pub streams: StreamSel,
-    /// At most this many lines...
-    pub limit: usize,
-    /// ...counted from the newest (`tail`) instead of the oldest.
-    pub from_end: bool,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ExpireStats {
-    pub blocks: usize,
-    pub bytes: i64,
-}
-
-pub struct LogStore {
+pub struct SqliteLogs {
     write: Mutex<Connection>,
     read: Option<Mutex<Connection>>,
     defaults: LogRetention,
@@ -140,12 +89,12 @@ fn setup(conn: Connection) -> Result<Connection, StorageError> {
     Ok(conn)
 }
 
-impl LogStore {
+impl SqliteLogs {
     pub fn open(
         path: &Path,
         defaults: LogRetention,
         default_policy: CollectPolicy,
-    ) -> Result<LogStore, StorageError> {
+    ) -> Result<SqliteLogs, StorageError> {
         let write = Connection::open(path)?;
         write.pragma_update(None, "journal_mode", "WAL")?;
         // A power cut may lose the last unsynced blocks; their cursor goes
@@ -155,7 +104,7 @@ impl LogStore {
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
-        Ok(LogStore {
+        Ok(SqliteLogs {
             write: Mutex::new(write),
             read: Some(Mutex::new(read)),
             defaults,
@@ -166,8 +115,8 @@ impl LogStore {
 
     /// A private in-memory database, for tests.
     #[doc(hidden)] // a test seam: the integration tests' databases
-    pub fn open_in_memory(defaults: LogRetention) -> Result<LogStore, StorageError> {
-        Ok(LogStore {
+    pub fn open_in_memory(defaults: LogRetention) -> Result<SqliteLogs, StorageError> {
+        Ok(SqliteLogs {
             write: Mutex::new(setup(Connection::open_in_memory()?)?),
             read: None,
             defaults,
@@ -545,6 +494,7 @@ fn delete_blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::StreamSel;
 
     fn block(container: &str, tag: u8, first_ns: i64, lines: &[&str]) -> BlockIn {
         let mut data = Vec::new();
@@ -571,7 +521,7 @@ mod tests {
 
     #[test]
     fn stores_and_queries_by_time_text_and_stream() {
-        let s = LogStore::open_in_memory(LogRetention::default()).unwrap();
+        let s = SqliteLogs::open_in_memory(LogRetention::default()).unwrap();
         s.insert(&[
             block("web", 1, T0, &["GET /a 200", "GET /b 500"]),
             block("web", 2, T0 + 10_000_000, &["error: disk full"]),
@@ -633,7 +583,7 @@ mod tests {
 
     #[test]
     fn retention_by_age_and_bytes_per_container_then_runner() {
-        let s = LogStore::open_in_memory(LogRetention::default()).unwrap();
+        let s = SqliteLogs::open_in_memory(LogRetention::default()).unwrap();
         let now_ms = T0 / 1_000_000;
         let day_ns = 86_400 * 1_000_000_000i64;
         for i in 0..10 {

@@ -15,7 +15,9 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tether::protocol::{ContainerEvent, ContainerSummary, DockerState};
 
-use super::{runner_exists, Storage, StorageError};
+use super::control::{runner_exists, SqliteControl};
+use crate::db::control::*;
+use crate::db::StorageError;
 
 /// Container events kept per runner.
 pub const EVENT_HISTORY_LIMIT: i64 = 10_000;
@@ -23,28 +25,6 @@ pub const EVENT_HISTORY_LIMIT: i64 = 10_000;
 pub const EVENT_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Containers kept in one runner's view.
 pub const VIEW_LIMIT: i64 = 10_000;
-
-/// A runner's Docker state as last reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DockerStateRow {
-    pub state: DockerState,
-    pub updated_at: i64,
-}
-
-/// The server's view of a runner's containers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerView {
-    /// When the view last changed; `None` if the runner never sent one.
-    pub as_of: Option<i64>,
-    pub containers: Vec<ContainerSummary>,
-}
-
-/// One stored container event and when the server received it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerEventRow {
-    pub at: i64,
-    pub event: ContainerEvent,
-}
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     // Protocol types are plain data: serializing them cannot fail.
@@ -55,7 +35,7 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, S
     serde_json::from_str(s).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
 }
 
-impl Storage {
+impl SqliteControl {
     pub fn set_docker_state(
         &self,
         runner_id: &str,

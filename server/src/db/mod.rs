@@ -1,0 +1,99 @@
+//! Everything the server persists, behind one async trait per area.
+//!
+//! ```text
+//! control.rs  ControlStore  tenants, API and enrollment tokens, runners and
+//!                           their health, fingerprints and drift, Docker
+//!                           state, container views and events
+//! users.rs    UserStore     dashboard users and sessions
+//! updates.rs  UpdateStore   update policies, runner groups, update reports
+//! audit.rs    AuditStore    the terminal audit trail
+//! metrics.rs  MetricStore   host metrics: raw samples, rollups, retention
+//! logs.rs     LogStore      container log blocks, cursors, collection settings
+//! jobs.rs     JobStore      scripts, sealed secrets, jobs, their output, apps
+//!                           and deployments
+//! sqlite/     the embedded backend (the default): every trait over rusqlite
+//! ```
+//!
+//! Each area file holds its trait and the model types its methods speak in;
+//! no database type (rusqlite's or another driver's) appears outside `db/`,
+//! and only a backend folder writes SQL. Features hold a [`Db`] (in
+//! `AppState`) and call `state.db.jobs.job(..).await`.
+//!
+//! The traits are async and object-safe (`async-trait`), so the backend is
+//! chosen at run time behind `Arc<dyn …>`: the embedded SQLite files for one
+//! box, a shared PostgreSQL for several replicas (issue 18). A backend whose
+//! driver blocks (SQLite) runs every call on tokio's blocking pool, by one
+//! rule in one place (`sqlite/mod.rs`, `Blocking::run`), so no handler ever
+//! holds a runtime thread on a disk write.
+//!
+//! Times are Unix milliseconds. Secrets are stored only as SHA-256 hex (tokens)
+//! or sealed (`common/secrets.rs`).
+
+use std::fmt;
+use std::sync::Arc;
+
+pub mod audit;
+pub mod control;
+pub mod jobs;
+pub mod logs;
+pub mod metrics;
+pub mod sqlite;
+pub mod updates;
+pub mod users;
+
+pub use audit::AuditStore;
+pub use control::ControlStore;
+pub use jobs::JobStore;
+pub use logs::LogStore;
+pub use metrics::MetricStore;
+pub use updates::UpdateStore;
+pub use users::UserStore;
+
+// The control plane's model types, where features name them most.
+pub use audit::TerminalAuditRow;
+pub use control::{
+    valid_runner_name, ApiTokenAuth, ApiTokenInfo, ApiTokenRow, ConnectOutcome, ConnectedInfo,
+    ContainerEventRow, ContainerView, DockerStateRow, DriftRow, EnrollError, EnrollRefusal,
+    EnrollmentTokenRow, FingerprintRow, FingerprintWrite, Health, HealthRecord, NewRunner,
+    RunnerIdentity, RunnerRow, TenantRow, TokenRefusal, MAX_RUNNER_NAME,
+};
+pub use updates::{UpdatePolicy, UpdateReportRow};
+pub use users::{Role, SessionRow, UserRow};
+
+/// Every store of one server, cheap to clone. The control-plane traits
+/// (control, users, updates, audit) share one database in the SQLite
+/// backend; they are apart so each feature names only what it uses.
+#[derive(Clone)]
+pub struct Db {
+    pub control: Arc<dyn ControlStore>,
+    pub users: Arc<dyn UserStore>,
+    pub updates: Arc<dyn UpdateStore>,
+    pub audit: Arc<dyn AuditStore>,
+    pub metrics: Arc<dyn MetricStore>,
+    pub logs: Arc<dyn LogStore>,
+    pub jobs: Arc<dyn JobStore>,
+}
+
+/// Why a storage call failed.
+#[derive(Debug)]
+pub enum StorageError {
+    /// The database itself failed (I/O, a constraint, a lost connection);
+    /// the backend's own error, boxed so no driver type leaks out of `db/`.
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A unique name is already taken.
+    Conflict(String),
+    /// A stored value this build cannot read (e.g. an unknown health string).
+    Corrupt(String),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Backend(e) => write!(f, "{e}"),
+            StorageError::Conflict(m) => f.write_str(m),
+            StorageError::Corrupt(m) => write!(f, "corrupt database: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
