@@ -25,6 +25,7 @@ mod audit;
 mod containers;
 mod deploy;
 mod jobs;
+mod keys;
 mod logs;
 mod terminal;
 mod updates;
@@ -167,6 +168,9 @@ pub enum ClientCommand {
     /// The audit trail: who did what, from where, with what result;
     /// `export` as NDJSON, `verify` the hash chain
     Audit(audit::AuditArgs),
+    /// Operator signing keys (minisign format), made locally
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -657,6 +661,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Terminal(a) => terminal::terminal(&client, args, &a),
         ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
         ClientCommand::Audit(a) => audit::audit(&client, a, json),
+        ClientCommand::Key(c) => keys::key(c),
     }
 }
 

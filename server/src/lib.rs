@@ -22,6 +22,7 @@
 //! users/      dashboard users and sessions
 //! updates/    releases, update policy, install script
 //! audit/      the audit trail: the recording layer, its store, REST
+//! signing/    operator keys (minisign format) and signing, for the CLI
 //! ```
 
 pub mod app;
@@ -35,6 +36,7 @@ pub mod jobs;
 pub mod link;
 pub mod logs;
 mod runners;
+pub mod signing;
 pub mod telemetry;
 mod terminals;
 pub mod updates;
