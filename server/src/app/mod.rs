@@ -20,7 +20,7 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 
 use self::edge::{Edge, EdgeConfig};
-use crate::audit::store::{AuditStore, SqliteAudit};
+use crate::audit::store::{SqliteAudit, TrailStore};
 use crate::audit::{self, api as audit_api};
 use crate::common::error::ApiError;
 use crate::common::quotas::Quotas;
@@ -107,7 +107,7 @@ pub struct AppState {
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
     /// The audit trail (`audit/`): in memory until `with_audit`.
-    pub audit: Arc<dyn AuditStore>,
+    pub audit: Arc<dyn TrailStore>,
 }
 
 impl AppState {
@@ -141,7 +141,7 @@ impl AppState {
     }
 
     /// The audit trail's store (`serve` opens `<data-dir>/audit.db`).
-    pub fn with_audit(mut self, audit: Arc<dyn AuditStore>) -> AppState {
+    pub fn with_audit(mut self, audit: Arc<dyn TrailStore>) -> AppState {
         self.audit = audit;
         self
     }

@@ -38,7 +38,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::Value;
 
-use self::store::{AuditStore, NewEntry};
+use self::store::{NewEntry, TrailStore};
 use crate::app::serve::PeerAddr;
 use crate::app::AppState;
 use crate::common::clock;
@@ -146,7 +146,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
 
 /// Append, logging (not failing the request) if the store cannot: the
 /// action already happened.
-pub fn append(store: &dyn AuditStore, entry: NewEntry) {
+pub fn append(store: &dyn TrailStore, entry: NewEntry) {
     if let Err(e) = store.append(entry) {
         tracing::error!("audit trail: cannot append: {e}");
     }
@@ -283,7 +283,7 @@ fn clip(s: &str, max: usize) -> String {
 
 /// Remove entries older than `keep` every hour, and checkpoint the WAL
 /// every few seconds, for as long as the server runs.
-pub fn spawn_retention(store: Arc<dyn AuditStore>, keep: Duration) {
+pub fn spawn_retention(store: Arc<dyn TrailStore>, keep: Duration) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
         let mut ticks = 0u64;

@@ -1,5 +1,5 @@
 //! The audit trail at rest (`<data-dir>/audit.db`): one append-only,
-//! hash-chained table behind the [`AuditStore`] trait.
+//! hash-chained table behind the [`TrailStore`] trait.
 //!
 //! ```text
 //! audit_entries (seq) at_ms, tenant_id, actor_kind, actor_id, actor_label,
@@ -135,7 +135,7 @@ pub struct Verification {
 
 /// The audit trail's storage. `db/` will hold it as an async trait with
 /// SQLite and PostgreSQL behind it; today SQLite only.
-pub trait AuditStore: Send + Sync {
+pub trait TrailStore: Send + Sync {
     fn append(&self, e: NewEntry) -> Result<Entry, StorageError>;
     fn query(&self, q: &AuditQuery) -> Result<Vec<Entry>, StorageError>;
     fn verify(&self) -> Result<Verification, StorageError>;
@@ -246,7 +246,7 @@ pub fn verify_chain(anchor: (i64, &str), rows: impl IntoIterator<Item = Entry>) 
     }
 }
 
-/// [`AuditStore`] over one SQLite file.
+/// [`TrailStore`] over one SQLite file.
 pub struct SqliteAudit {
     conn: Mutex<Connection>,
     /// A second connection that moves the WAL into the file: in WAL mode
@@ -351,7 +351,7 @@ impl SqliteAudit {
     }
 }
 
-impl AuditStore for SqliteAudit {
+impl TrailStore for SqliteAudit {
     fn append(&self, e: NewEntry) -> Result<Entry, StorageError> {
         // One lock over head and insert: the chain is a total order.
         let mut head = lock(&self.head);

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{out, segment, table};
 use super::{CliError, Client};
-use crate::audit::store::{AuditStore, SqliteAudit};
+use crate::audit::store::{SqliteAudit, TrailStore};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {

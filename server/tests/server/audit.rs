@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use crate::util::*;
-use tether_server::audit::store::{AuditQuery, AuditStore};
+use tether_server::audit::store::{AuditQuery, TrailStore};
 
 /// Every `(METHOD, path)` the router's source names with `.route(`, for
 /// methods that can change something. Reads `server/src` as text: the
