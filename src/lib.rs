@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! main.rs        CLI (lexopt), prints the error chain once, maps it to an exit code
-//! protocol       the wire messages, shared with the server (always built; protocol/: deploy, secret env)
+//! protocol       the wire messages, shared with the server (always built; protocol/: deploy, secret env,
+//!                signed: the canonical bytes of a signed action)
 //! exit           the exit code table
 //! log            leveled logger to stderr, UTC timestamps
 //! config         durations, environment lookups, proxy selection
@@ -36,6 +37,8 @@
 //! enroll         `tether enroll`
 //! metrics/       /proc parsers, sampler, compact wire encoding, backfill backlog (wire is shared with the server)
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
+//! trust/         signed actions: the host's trusted operator keys, what needs a signature,
+//!                the check of each action and the ids it remembers against replay
 //! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
 //! version        the version this binary reports (a patchable slot, for the update tests)
 //! engine/        the Docker Engine API: request builders, body streams, the one Engine call
@@ -97,6 +100,8 @@ pub mod sys;
 pub mod telemetry;
 #[cfg(feature = "runner")]
 pub mod terminal;
+#[cfg(feature = "runner")]
+pub mod trust;
 #[cfg(feature = "runner")]
 pub mod update;
 #[cfg(feature = "runner")]

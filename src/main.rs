@@ -91,6 +91,7 @@ Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interv
                   [--docker-socket PATH] [--max-jobs N] [--no-jobs]
                   [--no-host-terminal] [--host-terminal-user USER]
                   [--no-container-terminal] [--no-container-control]
+                  [--require-signed jobs,deploys] [--operator-keys FILE]
                   [--server URL] [--ca-file PEM] [--proxy URL] [--label KEY=VALUE]...
 
 Connect to the server with the stored credential and stay connected,
@@ -129,6 +130,12 @@ Options:
   --label KEY=VALUE     a label this host proposes to the server (repeatable; the
                         server shows it as proposed until an operator accepts it)
                         [also one per line in <state-dir>/labels, as install.sh writes]
+  --require-signed LIST  jobs, deploys (comma-separated, or all/none) run only when signed
+                        by a trusted operator key (`tether-server run --sign-key`); refused
+                        with the reason otherwise; the server cannot override it
+                        [env TETHER_REQUIRE_SIGNED, default none]
+  --operator-keys FILE  trusted operator public keys (minisign, several allowed)
+                        [env TETHER_OPERATOR_KEYS, default <state-dir>/operator-keys.pub]
   --host-terminal-user USER
                         whose login shell a host terminal runs [env TETHER_HOST_TERMINAL_USER,
                         default: the user the runner runs as]
@@ -520,6 +527,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let (mut no_host_terminal, mut host_terminal_user) = (false, None);
     let (mut no_container_terminal, mut no_container_control) = (false, false);
     let mut labels = Vec::new();
+    let (mut require_signed, mut operator_keys) = (None, None);
     while let Some(opt) = next_opt(&mut parser)? {
         if global.take(&opt, &mut parser)? {
             continue;
@@ -542,6 +550,8 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             o if o.is("no-container-terminal") => no_container_terminal = true,
             o if o.is("no-container-control") => no_container_control = true,
             o if o.is("label") => labels.push(os_string(parser.value()?)?),
+            o if o.is("require-signed") => require_signed = Some(os_string(parser.value()?)?),
+            o if o.is("operator-keys") => operator_keys = Some(PathBuf::from(parser.value()?)),
             o if o.is("host-terminal-user") => {
                 host_terminal_user = Some(os_string(parser.value()?)?)
             }
@@ -617,6 +627,16 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         StateError::NotEnrolled { .. } => CliError::NotEnrolled(e),
         other => CliError::State(other),
     })?;
+    let require = env_or(require_signed, "TETHER_REQUIRE_SIGNED")
+        .map(|s| tether::trust::Require::parse(&s))
+        .transpose()
+        .map_err(CliError::Usage)?
+        .unwrap_or_default();
+    let keys_file = operator_keys
+        .or_else(|| config::env("TETHER_OPERATOR_KEYS").map(PathBuf::from))
+        .unwrap_or_else(|| state.path.join(tether::trust::KEYS_FILE));
+    let trust = tether::trust::TrustConfig::load(require, &keys_file, &cred.runner_id, &state.path)
+        .map_err(CliError::Usage)?;
     // The state dir will hold the output spool; the run dir holds status.json.
     state.ensure_writable().map_err(CliError::StateDir)?;
     let run_dir = global.run_dir();
@@ -708,6 +728,7 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             j.max_concurrent = max_jobs;
             j.docker_socket = docker_socket.clone();
             j.secrets_dir = Some(secrets_dir.clone());
+            j.trust = trust.clone();
             j
         }),
         update: update_cfg.clone(),

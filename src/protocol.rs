@@ -20,6 +20,7 @@ use std::fmt;
 
 pub mod deploy;
 pub mod secret_env;
+pub mod signed;
 
 /// Protocol versions this build speaks, newest last.
 pub const SUPPORTED_VERSIONS: &[u16] = &[1];
@@ -636,6 +637,10 @@ pub struct JobStart {
     /// A deployment instead of a program (`program` is then ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Box<deploy::DeploySpec>>,
+    /// An operator's signature over all of the above that the runner acts
+    /// on (`protocol/signed.rs`); absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<signed::Signed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1219,6 +1224,7 @@ mod tests {
             secrets: vec![],
             timeout_s: 0,
             deploy: None,
+            signed: None,
         };
         let err = encode_control_checked(9, Message::JobStart(big.clone())).unwrap_err();
         assert!(err.0 > MAX_CONTROL_MESSAGE);

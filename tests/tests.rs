@@ -20,6 +20,7 @@ mod logs;
 mod packages;
 mod reconnect;
 mod rogue;
+mod signed;
 mod telemetry;
 mod tenancy;
 mod terminal;

@@ -23,10 +23,12 @@ use serde_json::{json, Value};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 mod alerts;
+mod audit;
 mod containers;
 mod deploy;
 mod fleet;
 mod jobs;
+mod keys;
 mod logs;
 mod terminal;
 mod updates;
@@ -188,6 +190,12 @@ pub enum ClientCommand {
     Alert(alerts::AlertCommand),
     /// The alerts firing now
     Alerts,
+    /// The audit trail: who did what, from where, with what result;
+    /// `export` as NDJSON, `verify` the hash chain
+    Audit(audit::AuditArgs),
+    /// Operator signing keys (minisign format), made locally
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -668,6 +676,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
         ClientCommand::Alert(c) => alerts::alert(&client, c, json),
         ClientCommand::Alerts => alerts::firing(&client, json),
+        ClientCommand::Audit(a) => audit::audit(&client, a, json),
+        ClientCommand::Key(c) => keys::key(c),
     }
 }
 

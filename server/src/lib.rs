@@ -25,10 +25,13 @@
 //! updates/    releases, update policy, install script
 //! alerts/     alert rules and their engine, notification channels, REST
 //! fleet/      labels and selectors, waves, job deadlines, schedules
+//! audit/      the audit trail: the recording layer, its store, REST
+//! signing/    operator keys (minisign format) and signing, for the CLI
 //! ```
 
 pub mod alerts;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod common;
 mod containers;
@@ -39,6 +42,7 @@ pub mod jobs;
 pub mod link;
 pub mod logs;
 mod runners;
+pub mod signing;
 pub mod telemetry;
 mod terminals;
 pub mod updates;

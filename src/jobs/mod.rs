@@ -38,6 +38,7 @@ pub mod spool;
 pub mod tar;
 
 use crate::link::{Family, Feature, LinkEvent, Outgoing};
+use crate::protocol::signed::{job_bytes, Signed};
 use crate::protocol::{
     ChannelAck, ErrorBody, FrameKind, JobAccepted, JobResult, JobStart, Message as Control,
     SecretsLost, StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
@@ -91,6 +92,8 @@ pub struct JobsConfig {
     /// `<run-dir>/secrets`: deployments' secrets kept in memory
     /// (`secret_files.rs`); `None`: files delivery fails, saying so.
     pub secrets_dir: Option<PathBuf>,
+    /// Which jobs and deploys need an operator's signature (`trust/`).
+    pub trust: crate::trust::TrustConfig,
 }
 
 impl JobsConfig {
@@ -112,6 +115,7 @@ impl JobsConfig {
             cwd: PathBuf::from("/"),
             docker_socket: None,
             secrets_dir: None,
+            trust: crate::trust::TrustConfig::default(),
         }
     }
 
@@ -160,6 +164,8 @@ pub struct Jobs {
     secrets_lost: Vec<String>,
     /// Tries left to look for them (0: done, or nothing to look for).
     secrets_check: u8,
+    /// The check of signed jobs and deploys (`trust/`).
+    verifier: crate::trust::Verifier,
 }
 
 fn now_ms() -> u64 {
@@ -194,7 +200,9 @@ impl Jobs {
                 secrets_check = LOST_SECRETS_TRIES;
             }
         }
+        let trust = cfg.as_ref().map(|c| c.trust.clone()).unwrap_or_default();
         let mut jobs = Jobs {
+            verifier: crate::trust::Verifier::new(trust, now_ms()),
             cfg,
             ledger,
             jobs: Vec::new(),
@@ -536,6 +544,17 @@ impl Jobs {
         if self.ledger.has_seen(&job_id) {
             // Done here already; its result is (re)sent on every link.
             return self.accepted(id, &job_id, "finished");
+        }
+        // New to this host: the owner's signature rule (`trust/`).
+        let runner = self.verifier.runner_id().to_owned();
+        let kind = crate::protocol::signed::job_kind(&start);
+        let bytes = |s: &Signed| job_bytes(&runner, &s.action_id, s.not_after_ms, &start);
+        if let Err(why) = self
+            .verifier
+            .check(kind, start.signed.as_ref(), bytes, now_ms())
+        {
+            warn!("jobs", "job {job_id} refused: {why}");
+            return self.refuse(id, crate::trust::REFUSED_CODE, why.to_string());
         }
         let max = self.cfg.as_ref().map_or(0, |c| c.max_concurrent);
         if self.running() >= max {
@@ -1038,6 +1057,7 @@ mod tests {
                 container: "evil".into(),
                 ..Default::default()
             })),
+            signed: None,
         })
     }
 

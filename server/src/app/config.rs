@@ -7,6 +7,7 @@
 //!            metrics.db    host metrics (SQLite, WAL), apart from the control plane
 //!            logs.db       container logs, collection cursors and settings
 //!            jobs.db       scripts, sealed secrets, jobs and their output
+//!            audit.db      the audit trail (append-only, hash-chained)
 //!            secret.key    the key that opens sealed secrets (0600), unless
 //!                          TETHER_SECRET_KEY is set; never in a database
 //!            admin.token   the admin token, 0600, made on first start
@@ -80,6 +81,11 @@ pub struct ServeArgs {
     /// container through the API): max age
     #[arg(long, env = "TETHER_LOG_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub log_retention: Duration,
+
+    /// How long audit trail entries are kept (`audit/store.rs`); older ones
+    /// are removed hourly, oldest first, and the chain stays verifiable
+    #[arg(long, env = "TETHER_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention)]
+    pub audit_retention: Duration,
 
     /// Container logs kept per container: max bytes (K, M, G suffixes)
     #[arg(long, env = "TETHER_LOG_MAX_BYTES", default_value = "64M", value_parser = crate::common::http::parse_bytes)]

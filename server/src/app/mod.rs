@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::alerts::notify::Tuning as AlertTuning;
 use crate::alerts::Alerts;
+use crate::audit::store::{SqliteAudit, TrailStore};
 use crate::common::edge::{Edge, EdgeConfig};
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub alerts: Arc<Alerts>,
     /// Labels, job deadlines, rollouts, schedules (`fleet/mod.rs`).
     pub fleet: Arc<crate::fleet::Fleet>,
+    /// The audit trail (`audit/`): in memory until `with_audit`.
+    pub audit: Arc<dyn TrailStore>,
 }
 
 impl AppState {
@@ -138,7 +141,16 @@ impl AppState {
             fleet: Arc::new(
                 crate::fleet::Fleet::in_memory().expect("an in-memory SQLite database opens"),
             ),
+            audit: Arc::new(
+                SqliteAudit::open_in_memory().expect("an in-memory SQLite database opens"),
+            ),
         }
+    }
+
+    /// The audit trail's store (`serve` opens `<data-dir>/audit.db`).
+    pub fn with_audit(mut self, audit: Arc<dyn TrailStore>) -> AppState {
+        self.audit = audit;
+        self
     }
 
     pub fn with_quotas(mut self, quotas: Quotas) -> AppState {

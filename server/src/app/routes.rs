@@ -30,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::updates::routes())
         .merge(crate::alerts::routes())
         .merge(crate::fleet::api::routes())
+        .merge(crate::audit::routes())
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -39,6 +40,8 @@ pub fn app(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        // Every action is recorded here, whatever route it took (`audit/`).
+        .layer(from_fn_with_state(state.clone(), crate::audit::record))
         .layer(from_fn_with_state(state.edge.clone(), edge::body_deadline))
         // Outermost: the rate layers of enrollment and login read it.
         .layer(Extension(state.edge.clone()))

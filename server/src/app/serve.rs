@@ -256,7 +256,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .with_edge(edge)
         .with_fleet(crate::fleet::Fleet::new(Arc::new(
             crate::fleet::store::SqliteFleet::open(&data.join("fleet.db"))?,
-        )));
+        )))
+        .with_audit(Arc::new(crate::audit::store::SqliteAudit::open(
+            &data.join("audit.db"),
+        )?));
+    crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
     match crate::fleet::labels::migrate_groups(&state).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} runner group(s) became group labels"),

@@ -5,9 +5,15 @@
 //! with the job's exit code (1 if it has none: cancelled, timed out, lost).
 
 use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use tether::protocol::signed;
+use tether::protocol::JobStart;
+
+use crate::common::clock;
+use crate::signing::SecretKey;
 
 use super::{field, note, out, query, resolve_runner, segment, table};
 use super::{CliError, Client};
@@ -93,6 +99,14 @@ pub struct RunArgs {
     /// Print the job ids and return at once
     #[arg(long, short)]
     pub detach: bool,
+    /// Sign the job for each runner with this operator key (minisign
+    /// format, `key generate`), for hosts that require signatures; the
+    /// key stays here, only signatures are sent
+    #[arg(long, env = "TETHER_SIGN_KEY", hide_env_values = true)]
+    pub sign_key: Option<PathBuf>,
+    /// How long a signature stays valid (the host refuses it after)
+    #[arg(long, default_value = "10m")]
+    pub sign_valid: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +270,9 @@ pub fn run(client: &Client, a: &RunArgs, json: bool) -> Result<(), CliError> {
         for r in &a.runners {
             runners.push(resolve_runner(client, r)?);
         }
+        if let Some(path) = &a.sign_key {
+            body["signatures"] = signatures(client, a, path, &runners, &env)?;
+        }
         body["runners"] = json!(runners);
     }
     let (raw, v) = client.call("POST", "/api/v1/jobs", Some(body))?;
@@ -271,6 +288,93 @@ pub fn run(client: &Client, a: &RunArgs, json: bool) -> Result<(), CliError> {
         ));
     }
     watch(client, &field(&jobs[0], "id"))
+}
+
+/// One signature per runner over the job as the server will send it
+/// (`protocol/signed.rs`): the same fields the server fills in from the
+/// request (a saved script's interpreter, body, arguments and timeout are
+/// read from the server first and signed as read; if the server sends
+/// anything else, the host refuses it).
+fn signatures(
+    client: &Client,
+    a: &RunArgs,
+    key_file: &Path,
+    runners: &[String],
+    env: &serde_json::Map<String, Value>,
+) -> Result<Value, CliError> {
+    let text = std::fs::read_to_string(key_file)
+        .map_err(|e| CliError::Usage(format!("--sign-key {}: {e}", key_file.display())))?;
+    let key = SecretKey::parse(&text)
+        .map_err(|e| CliError::Usage(format!("--sign-key {}: {e}", key_file.display())))?;
+    let valid = clock::parse_duration_ms(&a.sign_valid)
+        .filter(|ms| *ms > 0 && *ms as u64 <= signed::MAX_VALIDITY_MS)
+        .ok_or_else(|| CliError::Usage(format!("--sign-valid {:?}: 1s to 7d", a.sign_valid)))?;
+    let (program, script, args, timeout_s) = match (&a.script, &a.command) {
+        (Some(name), _) => {
+            let (_, s) = client.call("GET", &format!("/api/v1/scripts/{}", segment(name)), None)?;
+            let args = s["args"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                s["interpreter"].as_str().unwrap_or_default().to_owned(),
+                s["body"].as_str().map(str::to_owned),
+                args,
+                a.timeout.unwrap_or(s["timeout_s"].as_u64().unwrap_or(0)),
+            )
+        }
+        (None, command) => (
+            "/bin/sh".to_owned(),
+            command.clone(),
+            Vec::new(),
+            a.timeout.unwrap_or(0),
+        ),
+    };
+    let start = JobStart {
+        job_id: String::new(),
+        channel: 0,
+        program,
+        args,
+        script,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect(),
+        // Names only: the values are the server's and are not signed.
+        secrets: a
+            .secrets
+            .iter()
+            .map(|n| (n.clone(), String::new()))
+            .collect(),
+        timeout_s,
+        deploy: None,
+        signed: None,
+    };
+    let not_after = u64::try_from(clock::now_ms() + valid).unwrap_or(0);
+    let mut out = serde_json::Map::new();
+    for runner in runners {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| CliError::Other(format!("random source: {e}")))?;
+        let action_id = format!(
+            "sa_{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let bytes = signed::job_bytes(runner, &action_id, not_after, &start);
+        let comment = signed::trusted_comment(signed::job_kind(&start), &action_id);
+        out.insert(
+            runner.clone(),
+            json!({
+                "action_id": action_id,
+                "not_after_ms": not_after,
+                "signature": key.sign(&bytes, &comment),
+            }),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 pub fn jobs(client: &Client, c: JobsCommand, json: bool) -> Result<(), CliError> {

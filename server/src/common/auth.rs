@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
+use crate::audit::{self, Actor};
 use crate::common::error::ApiError;
 use crate::db::{Role, SessionRow};
 
@@ -143,9 +144,12 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         if let Some(token) = bearer(&parts.headers) {
-            return identify(state, token).await;
+            let (caller, actor) = identify_actor(state, token).await?;
+            audit::note_actor(&parts.extensions, actor);
+            return Ok(caller);
         }
         let session = cookie_session(state, &parts.headers).await?;
+        audit::note_actor(&parts.extensions, user_actor(&session));
         if !is_safe(&parts.method) {
             let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             if !sent.is_some_and(|t| hashes_equal(t, &session.csrf_token)) {
@@ -256,7 +260,22 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// How the audit trail names a dashboard user.
+pub fn user_actor(session: &SessionRow) -> Actor {
+    Actor {
+        kind: "user",
+        id: session.user.id.clone(),
+        label: session.user.name.clone(),
+        tenant: Some(session.user.tenant_id.clone()),
+    }
+}
+
 async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    identify_actor(state, token).await.map(|(caller, _)| caller)
+}
+
+/// Who a token is, and how the audit trail names them.
+async fn identify_actor(state: &AppState, token: &str) -> Result<(Caller, Actor), ApiError> {
     let hash = hash_secret(token);
     if token.starts_with(API_PREFIX) {
         // Revoked, expired, or its creator gone (`db/sqlite/tokens.rs`).
@@ -266,7 +285,15 @@ async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
             .api_token_auth(&hash, crate::common::clock::now_ms())
             .await?
         {
-            Ok(t) => Ok(Caller::Tenant(t.tenant_id)),
+            Ok(t) => {
+                let actor = Actor {
+                    kind: "token",
+                    id: t.id,
+                    label: t.label.unwrap_or_default(),
+                    tenant: Some(t.tenant_id.clone()),
+                };
+                Ok((Caller::Tenant(t.tenant_id), actor))
+            }
             Err(why) => Err(ApiError::unauthorized(why.message())),
         };
     } else if token.starts_with(RUNNER_PREFIX) {
@@ -284,7 +311,11 @@ async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     } else if hashes_equal(&hash, &state.admin_token_hash) {
         // Checked last and by hash alone: a configured admin token
         // (TETHER_ADMIN_TOKEN) may have any shape.
-        return Ok(Caller::Admin);
+        let actor = Actor {
+            kind: "admin",
+            ..Actor::default()
+        };
+        return Ok((Caller::Admin, actor));
     }
     Err(ApiError::unauthorized("unknown token"))
 }

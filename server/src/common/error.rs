@@ -126,6 +126,8 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The audit layer records the code (`audit/mod.rs`).
+        let code = ErrorCode(self.code);
         let error = ErrorBody {
             code: self.code.to_owned(),
             message: self.message,
@@ -145,6 +147,11 @@ impl IntoResponse for ApiError {
         if let Some(v) = retry_after {
             res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
+        res.extensions_mut().insert(code);
         res
     }
 }
+
+/// The `code` of an error answer, left in the response's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);

@@ -420,6 +420,8 @@ pub struct ContainerEventRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiTokenAuth {
     pub id: String,
+    /// Its label, for the audit trail.
+    pub label: Option<String>,
     pub tenant_id: String,
     /// The user whose authority it carries, if a user minted it (or its parent).
     pub created_by_user: Option<String>,

@@ -118,6 +118,10 @@ pub struct JobSpec {
     /// A deployment (`deploy/api.rs`): `program` is then unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<tether::protocol::deploy::DeploySpec>,
+    /// Operators' signatures, one per runner id (`protocol/signed.rs`):
+    /// each runner gets its own in `job_start.signed`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub signed: std::collections::BTreeMap<String, tether::protocol::signed::Signed>,
 }
 
 #[derive(Debug, Clone, Serialize)]

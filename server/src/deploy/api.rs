@@ -521,6 +521,7 @@ fn job_spec(
         secrets: def.secrets.clone(),
         timeout_s: def.timeout_s,
         deploy: Some(spec),
+        signed: BTreeMap::new(),
     };
     (job_spec, image)
 }

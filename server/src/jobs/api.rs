@@ -27,6 +27,7 @@ use axum::Json;
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tether::protocol::signed::{Signed, MAX_ACTION_ID, MAX_SIGNATURE};
 use tether::protocol::StreamTag;
 use tokio::sync::broadcast;
 
@@ -114,6 +115,7 @@ pub async fn put_script(
         secrets: Vec::new(),
         timeout_s: script.timeout_s,
         deploy: None,
+        signed: BTreeMap::new(),
     };
     fits(&state, tenant, &spec).await?;
     state.db.jobs.put_script(tenant, &script).await?;
@@ -242,6 +244,9 @@ pub struct RunBody {
     secrets: Vec<String>,
     #[serde(default)]
     timeout_s: Option<u64>,
+    /// Operators' signatures by runner id (`tether-server run --sign-key`).
+    #[serde(default)]
+    signatures: BTreeMap<String, Signed>,
 }
 
 impl RunBody {
@@ -271,6 +276,7 @@ impl RunBody {
                         secrets: Vec::new(),
                         timeout_s: s.timeout_s,
                         deploy: None,
+                        signed: BTreeMap::new(),
                     },
                 )
             }
@@ -290,6 +296,7 @@ impl RunBody {
                         secrets: Vec::new(),
                         timeout_s: 0,
                         deploy: None,
+                        signed: BTreeMap::new(),
                     },
                 )
             }
@@ -360,6 +367,10 @@ pub(crate) fn job_json(j: &JobRow) -> Value {
         }
     }
     v["complete"] = json!(j.is_complete());
+    // Signed by an operator for this runner (`protocol/signed.rs`): public.
+    if let Some(s) = j.spec.signed.get(&j.runner_id) {
+        v["signed"] = json!(s);
+    }
     v
 }
 
@@ -401,7 +412,26 @@ pub async fn run(
             "runners: 1 to {MAX_RUNNERS_PER_RUN} runner ids"
         )));
     }
-    let (label, spec) = b.spec(&state, tenant).await?;
+    let (label, mut spec) = b.spec(&state, tenant).await?;
+    for (runner, s) in &b.signatures {
+        if !b.runners.contains(runner) {
+            return Err(ApiError::bad_request(format!(
+                "signatures: {runner:?} is not one of the runners"
+            )));
+        }
+        if s.action_id.is_empty()
+            || s.action_id.len() > MAX_ACTION_ID
+            || s.signature.len() > MAX_SIGNATURE
+        {
+            return Err(ApiError::bad_request(format!(
+                "signatures.{runner}: action_id 1 to {MAX_ACTION_ID} bytes, \
+                 signature at most {MAX_SIGNATURE}"
+            )));
+        }
+    }
+    // Relayed as they came: the runner checks them, not the server.
+    spec.signed = b.signatures;
+    fits(&state, tenant, &spec).await?;
     // Every runner must be the tenant's before any job is made.
     for r in &b.runners {
         runner_in_tenant(&state, tenant, r).await?;

@@ -131,6 +131,8 @@ pub async fn start_message(
         secrets: values,
         timeout_s: job.spec.timeout_s,
         deploy: job.spec.deploy.clone().map(Box::new),
+        // Each runner's own: the runner id is in what was signed.
+        signed: job.spec.signed.get(&job.runner_id).cloned(),
     })
 }
 

@@ -8,6 +8,7 @@
 //! and short timeouts.
 
 mod alerts;
+mod audit;
 mod containers;
 mod edge;
 mod fuzz_seeds;

@@ -354,6 +354,7 @@ impl ControlStore for PgControl {
             .await?;
         }
         Ok(Ok(ApiTokenAuth {
+            label: info.label,
             id: info.id,
             tenant_id,
             created_by_user,

@@ -27,6 +27,7 @@
 //! without data only move `stored_bytes`), and [`SqliteJobs::retain`]
 //! deletes old output by age and by each tenant's total.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -130,6 +131,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
             secrets: Vec::new(),
             timeout_s: 0,
             deploy: None,
+            signed: BTreeMap::new(),
         }),
         status: r.get(6)?,
         exit_code: r.get(7)?,
@@ -625,6 +627,7 @@ mod tests {
             secrets: vec!["TOKEN".into()],
             timeout_s: 0,
             deploy: None,
+            signed: BTreeMap::new(),
         }
     }
 

@@ -142,6 +142,7 @@ impl SqliteControl {
         }
         Ok(Ok(ApiTokenAuth {
             id: info.id,
+            label: info.label,
             tenant_id,
             created_by_user,
             expires_at: info.expires_at,

@@ -194,6 +194,17 @@ impl Connection {
             Message::Error(e) => {
                 let why = format!("refused by the runner: {}: {}", e.code, e.message);
                 self.finish_job(&job_id, seq, "failed", &why).await;
+                // A host's refusal (a signature it did not accept) is an
+                // event of the trail, under the runner as actor.
+                let action = format!("runner refused job_start: {}", e.code);
+                crate::audit::host_event(
+                    &self.state,
+                    &self.runner.tenant_id,
+                    &self.runner.id,
+                    &action,
+                    &job_id,
+                    &e.message,
+                );
             }
             _ => {}
         }

@@ -1,0 +1,264 @@
+//! Signed jobs through the real server and runner: a host that requires
+//! signatures (`--require-signed jobs`, keys in `<state-dir>/operator-keys.pub`)
+//! runs a job the operator's CLI signed (`run --sign-key`), and refuses —
+//! with the reason, visible in the API and the audit trail, and nothing
+//! executed (the file the job would make is not there) — one that is
+//! unsigned, signed by an unknown key, expired, replayed, or altered in the
+//! server's database after signing (as a stolen database would).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+use serde_json::{json, Value};
+
+fn cli(server: &Server, tenant: &Tenant, args: &[&str]) -> (bool, String) {
+    let out = Command::new(server_bin())
+        .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
+        .arg(&server.ca)
+        .args(args)
+        .env_remove("TETHER_SIGN_KEY")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn keygen(dir: &Path, name: &str) -> std::path::PathBuf {
+    let key = dir.join(name);
+    let out = Command::new(server_bin())
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    key
+}
+
+fn job(tenant: &Tenant, id: &str) -> Value {
+    let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+fn wait_final(tenant: &Tenant, id: &str) -> Value {
+    wait_for(Duration::from_secs(20), &format!("job {id} to end"), || {
+        let v = job(tenant, id);
+        (v["finished_at"].is_string()).then_some(v)
+    })
+}
+
+/// `run --detach`: the job id it printed.
+fn run_detached(
+    server: &Server,
+    tenant: &Tenant,
+    runner: &str,
+    cmd: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec!["--json", "run", "--detach", runner, "-c", cmd];
+    args.extend_from_slice(extra);
+    let (ok, out) = cli(server, tenant, &args);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    v[0]["id"].as_str().unwrap().to_owned()
+}
+
+fn stop(runner: &mut Runner) {
+    let mut child = runner.child.take().expect("running");
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some());
+}
+
+fn assert_refused(tenant: &Tenant, id: &str, reason: &str, file: &Path) {
+    let v = wait_final(tenant, id);
+    assert_eq!(v["status"], "failed", "{v}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("signature_refused") && why.contains(reason),
+        "want {reason:?}: {why}"
+    );
+    assert!(!file.exists(), "{} was made: the job ran", file.display());
+}
+
+#[test]
+fn a_host_requiring_signatures_runs_signed_jobs_and_refuses_the_rest() {
+    let server = Server::start();
+    let tenant = server.tenant("signed");
+    let keys = TempDir::new("keys");
+    let key = keygen(keys.path(), "op.key");
+    let stranger = keygen(keys.path(), "stranger.key");
+    let mut runner = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    let args = [
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--require-signed",
+        "jobs",
+    ];
+    runner.start(&args);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let out = TempDir::new("made");
+    let file = |n: &str| out.path().join(n);
+    let touch = |n: &str| format!("touch {}", file(n).display());
+    let key_arg = key.to_str().unwrap();
+
+    // Signed by the trusted key: runs.
+    let signed_id = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &touch("signed"),
+        &["--sign-key", key_arg],
+    );
+    let v = wait_final(&tenant, &signed_id);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert!(file("signed").exists());
+    assert!(
+        v["signed"]["action_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sa_"),
+        "{v}"
+    );
+
+    // Unsigned.
+    let id = run_detached(&server, &tenant, &runner.id, &touch("unsigned"), &[]);
+    assert_refused(&tenant, &id, "unsigned", &file("unsigned"));
+
+    // Signed by a key the host does not trust.
+    let id = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &touch("stranger"),
+        &["--sign-key", stranger.to_str().unwrap()],
+    );
+    assert_refused(&tenant, &id, "unknown key", &file("stranger"));
+
+    // Replayed: the signed job's exact request sent again (signatures are
+    // public: the job shows its own).
+    let first = job(&tenant, &signed_id);
+    let replay = json!({
+        "runners": [runner.id],
+        "command": touch("signed"),
+        "signatures": { runner.id.clone(): first["signed"] },
+    });
+    std::fs::remove_file(file("signed")).unwrap();
+    let (st, v) = tenant.call("POST", "/api/v1/jobs", Some(replay));
+    assert_eq!(st, 201, "{v}");
+    assert_refused(
+        &tenant,
+        v[0]["id"].as_str().unwrap(),
+        "replayed",
+        &file("signed"),
+    );
+
+    // Expired: signed for 1 s while the host is away, delivered after.
+    stop(&mut runner);
+    let id = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &touch("expired"),
+        &["--sign-key", key_arg, "--sign-valid", "1s"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    runner.start(&args);
+    assert_refused(&tenant, &id, "expired", &file("expired"));
+
+    // Altered: signed, then changed in the server's database before it is
+    // sent (a stolen database, a compromised server).
+    stop(&mut runner);
+    let id = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &touch("meant"),
+        &["--sign-key", key_arg],
+    );
+    let mut server = server;
+    server.stop();
+    let st = Command::new("sqlite3")
+        .arg(server.data.join("jobs.db"))
+        .arg(format!(
+            "UPDATE jobs SET spec = replace(spec, 'meant', 'evil') WHERE id = '{id}'"
+        ))
+        .status()
+        .expect("sqlite3 (packaging/dev-setup.sh installs it)");
+    assert!(st.success());
+    server.restart();
+    runner.start(&args);
+    assert_refused(&tenant, &id, "altered", &file("evil"));
+    assert!(!file("meant").exists());
+
+    // Every refusal is in the audit trail, under the runner.
+    let (st, trail) = tenant.call("GET", "/api/v1/audit?action=runner%20refused", None);
+    assert_eq!(st, 200, "{trail}");
+    let details: Vec<&str> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    for reason in ["unsigned", "unknown key", "replayed", "expired", "altered"] {
+        assert!(
+            details.iter().any(|d| d.starts_with(reason)),
+            "{reason} not in {details:?}"
+        );
+    }
+}
+
+#[test]
+fn a_runner_requiring_signatures_without_keys_does_not_start() {
+    let server = Server::start();
+    let tenant = server.tenant("nokeys");
+    let runner = Runner::enroll(&server, &tenant);
+    let out = runner
+        .cmd()
+        .args(["run", "--require-signed", "jobs", "--docker-socket", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("operator-keys.pub"), "{err}");
+}
+
+#[test]
+fn our_key_files_and_signatures_are_minisign_s() {
+    let dir = TempDir::new("interop");
+    let key = keygen(dir.path(), "op.key");
+    let msg = dir.path().join("msg");
+    std::fs::write(&msg, b"hello").unwrap();
+    // minisign signs with our secret key file and verifies with our public one.
+    let st = Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(&key)
+        .arg("-m")
+        .arg(&msg)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let st = Command::new("minisign")
+        .args(["-V", "-p"])
+        .arg(dir.path().join("op.key.pub"))
+        .arg("-m")
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+}
