@@ -206,8 +206,11 @@ mod tests {
             "engine" => plumbing || ["net", "reactor"].contains(&to),
             "conn" => plumbing || ["net", "reactor", "link"].contains(&to),
             "enroll" => plumbing || to == "net",
+            // The signed-action check: reads its key file with the release
+            // key parser of `update/` (the same minisign format).
+            "trust" => plumbing || to == "update",
             f if FEATURES.contains(&f) => {
-                plumbing || ["net", "reactor", "link", "engine"].contains(&to)
+                plumbing || ["net", "reactor", "link", "engine", "trust"].contains(&to)
             }
             "runner" => to != "main",
             other => panic!("{other}: a module the layer rule does not know; place it"),
