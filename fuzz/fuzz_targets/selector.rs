@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
     match selector::Selector::parse(&text) {
         Ok(s) => {
             let canon = s.to_string();
-            assert_eq!(selector::Selector::parse(&canon).as_ref(), Ok(&s), "{canon:?}");
+            assert_eq!(
+                selector::Selector::parse(&canon).as_ref(),
+                Ok(&s),
+                "{canon:?}"
+            );
             let _ = s.matches(&selector::Labels::new());
         }
         Err(e) => assert!(e.pos <= text.len().max(selector::MAX_SELECTOR), "{e}"),

@@ -177,21 +177,20 @@ impl Postgres {
 /// under an advisory lock so concurrent replicas apply each once.
 async fn migrate(pool: &Pool) -> Result<(), StorageError> {
     let mut c = pool.get().await?;
-    c.batch_execute(
+    // The history table is made under the same lock: `IF NOT EXISTS` alone
+    // races between replicas starting together (the loser fails on the
+    // table's row type, 42710, not on a unique key).
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
          )",
     )
-    .await
-    .or_else(|e| {
-        // Two replicas creating it at once: the loser sees a duplicate.
-        if is_unique_violation(&e) {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    .await?;
+    tx.commit().await?;
     for (i, sql) in schema::MIGRATIONS.iter().enumerate() {
         let version = i32::try_from(i + 1).map_err(backend)?;
         let tx = c.transaction().await?;
