@@ -18,6 +18,7 @@ mod pg;
 mod runners;
 mod storage;
 mod telemetry;
+mod threats;
 mod tokens;
 mod updates;
 mod users;
