@@ -339,3 +339,59 @@ fn terminals_are_not_yet_signed_even_where_the_host_requires_everything_signed()
         Some("exited 0")
     );
 }
+
+/// Deploys are checked like jobs, but nothing can sign one yet (no
+/// `--sign-key` on `app deploy`, no `signatures` in its API): a host that
+/// requires signed deploys refuses every deploy, with the reason
+/// (`docs/security.md`, "Not protected today").
+#[test]
+fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() {
+    let server = Server::start();
+    let tenant = server.tenant("signed-deploys");
+    let keys = TempDir::new("keys");
+    keygen(keys.path(), "op.key");
+    let mut runner = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    runner.start(&[
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--require-signed",
+        "deploys",
+    ]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let site = TempDir::new("site");
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/apps/site",
+        Some(json!({ "runner": runner.id, "path": site.path() })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = tenant.call("POST", "/api/v1/apps/site/deploy", None);
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap();
+    let v = wait_final(&tenant, id);
+    assert_eq!(v["status"], "failed", "{v}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("signature_refused") && why.contains("every deploy"),
+        "{why}"
+    );
+    // Jobs were not required here: one runs.
+    let made = TempDir::new("made");
+    let file = made.path().join("job");
+    let id = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &format!("touch {}", file.display()),
+        &[],
+    );
+    assert_eq!(wait_final(&tenant, &id)["status"], "succeeded");
+    assert!(file.exists());
+}

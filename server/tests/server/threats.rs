@@ -27,9 +27,15 @@ async fn put_secret(router: &Router, api: &str, name: &str, value: &str) {
 
 /// The next `job_start` on `ws`, skipping other control messages.
 async fn next_job(ws: &mut Ws) -> protocol::JobStart {
+    next_job_request(ws).await.1
+}
+
+/// The next `job_start` and its request id (to answer it).
+async fn next_job_request(ws: &mut Ws) -> (u64, protocol::JobStart) {
     loop {
-        if let Message::JobStart(s) = next_control(ws).await.body {
-            return s;
+        let env = next_control(ws).await;
+        if let Message::JobStart(s) = env.body {
+            return (env.id, s);
         }
     }
 }
@@ -58,9 +64,10 @@ async fn no_job_for(ws: &mut Ws, id: u64) {
 
 /// Whoever holds a runner's credential is that runner to the server: the
 /// connection replaces the host's (`link::a_newer_connection_replaces_the_older`),
-/// receives the jobs meant for that runner with their secret values, and
-/// its word on how they ended is stored. It receives nothing meant for
-/// another runner.
+/// receives the jobs meant for that runner with their secret values (a
+/// signed job too: signatures protect hosts, not the server), and its word
+/// on how they ended is stored, a refusal it claims included. It receives
+/// nothing meant for another runner.
 #[tokio::test]
 async fn a_stolen_runner_credential_gets_its_runners_jobs_and_secrets_and_nothing_else() {
     let s = server().await;
@@ -71,11 +78,19 @@ async fn a_stolen_runner_credential_gets_its_runners_jobs_and_secrets_and_nothin
     let mut thief = online(&s, &stolen, 60_000).await;
     let mut bystander = online(&s, &other_cred, 60_000).await;
 
+    // Signed by an operator for the victim's host (the server checks only
+    // the signature's shape; the host would check the rest).
+    let signed = json!({
+        "action_id": "sa_00000000000000aa",
+        "not_after_ms": tether_server::common::clock::now_ms() + 600_000,
+        "signature": "untrusted comment: x\nRWQ=\ntrusted comment: x\nAA==\n",
+    });
     let (st, v) = post(
         &s.router,
         &api,
         "/api/v1/jobs",
-        json!({ "runners": [victim], "command": "backup", "secrets": ["DB_PASSWORD"] }),
+        json!({ "runners": [victim], "command": "backup", "secrets": ["DB_PASSWORD"],
+                "signatures": { victim.clone(): signed } }),
     )
     .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
@@ -86,6 +101,11 @@ async fn a_stolen_runner_credential_gets_its_runners_jobs_and_secrets_and_nothin
         start.secrets,
         [("DB_PASSWORD".to_owned(), "hunter2-of-acme".to_owned())],
         "the secret's value travels inside the job"
+    );
+    assert_eq!(
+        start.signed.as_ref().map(|s| s.action_id.as_str()),
+        Some("sa_00000000000000aa"),
+        "a signed job reaches the thief like any other"
     );
     no_job_for(&mut bystander, 90).await;
 
@@ -114,6 +134,51 @@ async fn a_stolen_runner_credential_gets_its_runners_jobs_and_secrets_and_nothin
         assert!(tokio::time::Instant::now() < deadline, "{v}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A refusal it claims is in the trail, under the runner, as if the
+    // host had refused a bad signature.
+    let (st, v) = post(
+        &s.router,
+        &api,
+        "/api/v1/jobs",
+        json!({ "runners": [victim], "command": "true" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let refused = v[0]["id"].as_str().unwrap().to_owned();
+    let (req, start) = next_job_request(&mut thief).await;
+    assert_eq!(start.job_id, refused);
+    let claim = Message::Error(protocol::ErrorBody {
+        code: protocol::signed::REFUSED_CODE.into(),
+        message: "unknown key: not signed by a key this host trusts".into(),
+    });
+    thief
+        .send(WsMessage::text(encode_control(req, claim)))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let entry = loop {
+        let (_, trail) = call(
+            &s.router,
+            "GET",
+            "/api/v1/audit?action=runner%20refused",
+            Some(&api),
+            None,
+        )
+        .await;
+        if let Some(e) = trail.as_array().and_then(|a| a.first()) {
+            break e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{trail}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (entry["actor_kind"].as_str(), entry["actor_id"].as_str()),
+        (Some("runner"), Some(victim.as_str())),
+        "{entry}"
+    );
+    assert_eq!(entry["target"], refused.as_str(), "{entry}");
+    assert!(entry["detail"].as_str().unwrap().starts_with("unknown key"));
 
     // A job for the other runner goes to the other runner only.
     let (st, v) = post(
