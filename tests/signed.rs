@@ -382,7 +382,39 @@ fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() 
         why.contains("signature_refused") && why.contains("every deploy"),
         "{why}"
     );
-    // Jobs were not required here: one runs.
+    // A host that requires signed jobs only does not check deploys: the
+    // same deploy gets past the signature check (and fails later, for want
+    // of Docker here).
+    let mut jobs_only = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        jobs_only.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    jobs_only.start(&[
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--require-signed",
+        "jobs",
+    ]);
+    tenant.wait_health(&jobs_only.id, "active", Duration::from_secs(15));
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/apps/site2",
+        Some(json!({ "runner": jobs_only.id, "path": site.path() })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = tenant.call("POST", "/api/v1/apps/site2/deploy", None);
+    assert_eq!(st, 201, "{v}");
+    let v = wait_final(&tenant, v["id"].as_str().unwrap());
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        !v["reason"].as_str().unwrap().contains("signature_refused"),
+        "{v}"
+    );
+    // Jobs were not required on the first host: one runs.
     let made = TempDir::new("made");
     let file = made.path().join("job");
     let id = run_detached(
@@ -394,4 +426,51 @@ fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() 
     );
     assert_eq!(wait_final(&tenant, &id)["status"], "succeeded");
     assert!(file.exists());
+}
+
+/// The same gap for container operations: with `--require-signed all`, an
+/// unsigned stop from the server stops a container on the host.
+#[test]
+fn container_operations_are_not_yet_signed_even_where_the_host_requires_everything_signed() {
+    let _engine = crate::util::docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("signed-gap-docker");
+    let keys = TempDir::new("keys");
+    keygen(keys.path(), "op.key");
+    let mut runner = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    runner.start(&["--heartbeat", "1s", "--require-signed", "all"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let name = format!("tether-signed-gap-{}", std::process::id());
+    let state = |name: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Status}}", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name, crate::util::docker::IMAGE])
+        .args(["sleep", "300"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(15), "docker on the runner", || {
+        let path = format!("/api/v1/runners/{}/docker", runner.id);
+        let (st, v) = tenant.call("GET", &path, None);
+        (st == 200 && v["available"] == true).then_some(())
+    });
+    let path = format!(
+        "/api/v1/runners/{}/containers/{name}/stop?timeout=1",
+        runner.id
+    );
+    let (st, v) = tenant.call("POST", &path, None);
+    let after = state(&name);
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(after, "exited", "the unsigned stop was carried out");
 }

@@ -457,6 +457,43 @@ async fn the_databases_hold_no_token_password_or_secret_value_in_the_clear() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Someone who can write `tether.db` (a shared database they reached, a
+/// backup they edit and get restored) needs no token: they add the hash
+/// of one they made up, and the API takes it as the tenant's.
+#[tokio::test]
+async fn whoever_writes_the_database_adds_a_token_of_their_own() {
+    let dir = temp_dir("db-write");
+    let db = tether_server::db::sqlite::open(
+        &dir,
+        &tether_server::db::sqlite::Options {
+            metrics_retention: Retention::default(),
+            log_retention: tether_server::db::logs::LogRetention::default(),
+            log_collect: tether_server::db::logs::CollectPolicy::All,
+        },
+    )
+    .unwrap();
+    let secrets = tether_server::common::secrets::SecretBox::from_key([3; 32]);
+    let router = app(AppState::new(db, Arc::new(secrets), ADMIN, tuning()));
+    let (tenant_id, _) = tenant(&router, "acme").await;
+    let made_up = "tapi_made-up-by-whoever-writes-the-database";
+    assert_error(
+        &call(&router, "GET", "/api/v1/runners", Some(made_up), None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+    rusqlite::Connection::open(dir.join("tether.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO api_tokens (id, tenant_id, token_hash, label, created_at)
+             VALUES ('at_forged', ?1, ?2, 'forged', 0)",
+            rusqlite::params![tenant_id, tether_server::common::auth::hash_secret(made_up)],
+        )
+        .unwrap();
+    let (st, v) = call(&router, "GET", "/api/v1/runners", Some(made_up), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn raw(db: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(
