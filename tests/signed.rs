@@ -474,3 +474,71 @@ fn container_operations_are_not_yet_signed_even_where_the_host_requires_everythi
     assert_eq!(st, 200, "{v}");
     assert_eq!(after, "exited", "the unsigned stop was carried out");
 }
+
+/// A limit of signing saved scripts: `run --script NAME --sign-key` signs
+/// the body the server hands the CLI, so a server (or whoever edits its
+/// database) that swaps the body before the operator signs gets its own
+/// script signed and run (`docs/security.md`, "Not protected today").
+#[test]
+fn a_saved_script_is_signed_as_the_server_hands_it_to_the_cli() {
+    let mut server = Server::start();
+    let tenant = server.tenant("signed-script");
+    let keys = TempDir::new("keys");
+    let key = keygen(keys.path(), "op.key");
+    let mut runner = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    let args = [
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--require-signed",
+        "jobs",
+    ];
+    runner.start(&args);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let made = TempDir::new("made");
+    let body = format!("touch {}", made.path().join("meant").display());
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/scripts/nightly",
+        Some(json!({ "body": body })),
+    );
+    assert_eq!(st, 200, "{v}");
+    // The body swapped behind the operator's back.
+    stop(&mut runner);
+    server.stop();
+    let st = Command::new("sqlite3")
+        .arg(server.data.join("jobs.db"))
+        .arg("UPDATE scripts SET body = replace(body, 'meant', 'swapped') WHERE name = 'nightly'")
+        .status()
+        .expect("sqlite3 (packaging/dev-setup.sh installs it)");
+    assert!(st.success());
+    server.restart();
+    runner.start(&args);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let (ok, out) = cli(
+        &server,
+        &tenant,
+        &[
+            "--json",
+            "run",
+            "--detach",
+            &runner.id,
+            "--script",
+            "nightly",
+            "--sign-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let v = wait_final(&tenant, v[0]["id"].as_str().unwrap());
+    assert_eq!(v["status"], "succeeded", "the swapped body was signed: {v}");
+    assert!(made.path().join("swapped").exists());
+    assert!(!made.path().join("meant").exists());
+}

@@ -494,6 +494,49 @@ async fn whoever_writes_the_database_adds_a_token_of_their_own() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Without signed actions the database is the truth: a job edited in
+/// `jobs.db` while it waits for its runner is sent as edited.
+#[tokio::test]
+async fn a_job_edited_in_the_database_is_sent_as_edited() {
+    let dir = temp_dir("db-edit");
+    let db = tether_server::db::sqlite::open(
+        &dir,
+        &tether_server::db::sqlite::Options {
+            metrics_retention: Retention::default(),
+            log_retention: tether_server::db::logs::LogRetention::default(),
+            log_collect: tether_server::db::logs::CollectPolicy::All,
+        },
+    )
+    .unwrap();
+    let secrets = tether_server::common::secrets::SecretBox::from_key([3; 32]);
+    let s = server_with(AppState::new(db, Arc::new(secrets), ADMIN, tuning()), None).await;
+    let (_, api) = tenant(&s.router, "acme").await;
+    let (runner_id, cred) = runner(&s.router, &api).await;
+    // The runner is away: the job waits in the database.
+    let (st, v) = post(
+        &s.router,
+        &api,
+        "/api/v1/jobs",
+        json!({ "runners": [runner_id], "command": "echo meant" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let job = v[0]["id"].as_str().unwrap().to_owned();
+    let changed = rusqlite::Connection::open(dir.join("jobs.db"))
+        .unwrap()
+        .execute(
+            "UPDATE jobs SET spec = replace(spec, 'echo meant', 'echo edited') WHERE id = ?1",
+            [&job],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let mut ws = online(&s, &cred, 60_000).await;
+    let start = next_job(&mut ws).await;
+    assert_eq!(start.job_id, job);
+    assert_eq!(start.script.as_deref(), Some("echo edited"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn raw(db: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(
