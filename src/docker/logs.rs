@@ -419,17 +419,6 @@ impl LogFollows {
             let why = "the Docker engine is not available on this runner".to_owned();
             return self.reply_error(id, "docker_unavailable", why);
         };
-        let resume = open.since_ns.map(|ns| Cursor {
-            ts: Timestamp {
-                secs: ns.div_euclid(1_000_000_000),
-                nanos: ns.rem_euclid(1_000_000_000) as u32,
-            },
-            skip: open.skip,
-        });
-        let window = match open.window {
-            0 => DEFAULT_LOG_WINDOW,
-            w => w.min(MAX_WINDOW),
-        };
         debug!(
             "docker",
             "log channel {} for {} (follow {}, keep {})",
@@ -438,34 +427,7 @@ impl LogFollows {
             open.follow,
             open.keep
         );
-        let channel = open.channel;
-        let mut f = Follow {
-            channel,
-            container_id: open.container.clone(),
-            open,
-            reply_id: Some(id),
-            tty: false,
-            state: State::Opening,
-            ex: None,
-            timer: None,
-            asm: LogAssembler::new(false, resume),
-            chan: OutChannel::new(
-                channel,
-                // Memory bounds what a CREDIT may widen the window to.
-                Limits {
-                    mem: MAX_WINDOW as usize,
-                    spool: 0,
-                    window: u64::from(window),
-                },
-                Keep::UntilSent,
-            ),
-            retry: FIRST_RETRY,
-            engine_lost: false,
-            back_since: None,
-            again: false,
-            ended: None,
-            end: None,
-        };
+        let mut f = Follow::new(id, open);
         let req = api.inspect_container(&f.container_id);
         match f.start(ctx, engine.socket, req, true) {
             Ok(()) => self.follows.push(f),
@@ -832,6 +794,45 @@ impl LogFollows {
 }
 
 impl Follow {
+    /// A follow for `log_open` `id`, before its first inspect.
+    fn new(id: u64, open: LogOpen) -> Follow {
+        let resume = open.since_ns.map(|ns| Cursor {
+            ts: Timestamp {
+                secs: ns.div_euclid(1_000_000_000),
+                nanos: ns.rem_euclid(1_000_000_000) as u32,
+            },
+            skip: open.skip,
+        });
+        let window = match open.window {
+            0 => DEFAULT_LOG_WINDOW,
+            w => w.min(MAX_WINDOW),
+        };
+        // Memory bounds what a CREDIT may widen the window to.
+        let limits = Limits {
+            mem: MAX_WINDOW as usize,
+            spool: 0,
+            window: u64::from(window),
+        };
+        Follow {
+            channel: open.channel,
+            container_id: open.container.clone(),
+            chan: OutChannel::new(open.channel, limits, Keep::UntilSent),
+            open,
+            reply_id: Some(id),
+            tty: false,
+            state: State::Opening,
+            ex: None,
+            timer: None,
+            asm: LogAssembler::new(false, resume),
+            retry: FIRST_RETRY,
+            engine_lost: false,
+            back_since: None,
+            again: false,
+            ended: None,
+            end: None,
+        }
+    }
+
     fn has_room(&self) -> bool {
         self.chan.room() > 0
     }
@@ -1035,6 +1036,62 @@ mod tests {
         body.extend(mux(1, b"2026-11-28T10:00:01.5Z part-b\n"));
         body.extend(mux(3, b"engine trouble"));
         body
+    }
+
+    /// A `log_open` for `channel` (follow, a small window).
+    fn log_open(channel: u32, window: u32) -> LogOpen {
+        let v = serde_json::json!({
+            "channel": channel, "container": "web", "follow": true, "window": window
+        });
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn frame_of(m: Outgoing) -> (FrameKind, u64, Vec<u8>) {
+        let Outgoing::Binary(f) = m else {
+            panic!("a frame, not {m:?}")
+        };
+        let (h, p) = crate::protocol::decode_frame(&f).unwrap();
+        (h.kind, h.seq, p.to_vec())
+    }
+
+    /// An ended follow keeps its channel until the frames read before the
+    /// end and then END are out (within the window, so ACKs still reach
+    /// it); until then its number is taken; then it is gone.
+    #[test]
+    fn an_ended_follow_sends_its_last_frames_then_end_and_is_gone() {
+        let mut reactor = crate::reactor::Reactor::new().unwrap();
+        let mut ctx = reactor.ctx(crate::reactor::SourceId(1));
+        let mut logs = LogFollows::new();
+        let mut f = Follow::new(1, log_open(0x4000_0005, 100));
+        f.state = State::Streaming;
+        f.push(vec![(StreamTag::Stdout, vec![b'a'; 60]); 3]);
+        assert!(!f.has_room(), "180 bytes unacknowledged, window 100");
+        logs.follows.push(f);
+        logs.end(&mut ctx, 0x4000_0005, "container stopped");
+        assert_eq!(logs.len(), 1, "open until its END is out");
+
+        let engine = EngineView {
+            socket: Path::new("/nonexistent"),
+            api: None,
+        };
+        logs.open(&mut ctx, &engine, 9, log_open(0x4000_0005, 0));
+        let Some(Outgoing::Reply { id: 9, body }) = logs.next_message() else {
+            panic!("a reply to the second log_open")
+        };
+        assert!(matches!(*body, Control::Error(ref e) if e.code == "bad_request"));
+
+        assert_eq!(frame_of(logs.next_message().unwrap()).1, 0);
+        assert_eq!(frame_of(logs.next_message().unwrap()).1, 60);
+        assert!(logs.next_message().is_none(), "120 in flight ≥ window");
+        logs.on_ack(0x4000_0005, FrameKind::Ack, 60);
+        let (kind, seq, p) = frame_of(logs.next_message().unwrap());
+        assert_eq!((kind, seq, p.len()), (FrameKind::Data, 120, 60));
+        let (kind, seq, p) = frame_of(logs.next_message().unwrap());
+        assert_eq!(
+            (kind, seq, &p[..]),
+            (FrameKind::End, 180, &b"container stopped"[..])
+        );
+        assert!(logs.is_empty() && logs.next_message().is_none());
     }
 
     #[test]
