@@ -41,12 +41,14 @@
 //!                the check of each action and the ids it remembers against replay
 //! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
 //! version        the version this binary reports (a patchable slot, for the update tests)
+//! channel/       the sending half of a data channel, once for jobs, logs and terminals: window,
+//!                ACK and CREDIT, memory then a bounded spool file, resend from the server's offset
 //! engine/        the Docker Engine API: request builders, body streams, the one Engine call
 //!                (sans-IO exchange + driver) every feature uses
 //! docker/        container management (probe, docker_request, events, snapshots) and log
 //!                collection, on the engine
 //! terminal/      interactive terminals: host login shells on PTYs, TTY execs in containers
-//! jobs/          jobs: processes with their output spooled and acked, deploys through the
+//! jobs/          jobs: processes with their output on a spooled channel, deploys through the
 //!                engine, secret files on tmpfs, the ledger that survives a restart
 //! ```
 
@@ -61,6 +63,8 @@ pub mod protocol;
 #[cfg(feature = "runner")]
 pub mod log;
 
+#[cfg(feature = "runner")]
+pub mod channel;
 #[cfg(feature = "runner")]
 pub mod child;
 #[cfg(feature = "runner")]
@@ -176,7 +180,7 @@ mod tests {
     }
 
     /// The runner's layers (docs/runner.md): plumbing, net, reactor, link,
-    /// engine, conn, features, runner. What each may use, by top-level
+    /// engine, channel, conn, features, runner. What each may use, by top-level
     /// module; net is `net/` plus `http` (the blocking client on its codec)
     /// and `conn/dns.rs` (the resolver thread, still under `conn/`). Test
     /// code is not counted.
@@ -204,13 +208,15 @@ mod tests {
             "reactor" => plumbing,
             "link" => plumbing || to == "reactor",
             "engine" => plumbing || ["net", "reactor"].contains(&to),
+            // Sans-IO but for its spool file: frames and records only.
+            "channel" => plumbing,
             "conn" => plumbing || ["net", "reactor", "link"].contains(&to),
             "enroll" => plumbing || to == "net",
             // The signed-action check: reads its key file with the release
             // key parser of `update/` (the same minisign format).
             "trust" => plumbing || to == "update",
             f if FEATURES.contains(&f) => {
-                plumbing || ["net", "reactor", "link", "engine", "trust"].contains(&to)
+                plumbing || ["net", "reactor", "link", "engine", "channel", "trust"].contains(&to)
             }
             "runner" => to != "main",
             other => panic!("{other}: a module the layer rule does not know; place it"),
@@ -277,6 +283,8 @@ mod tests {
         assert!(!allowed("conn", "docker") && !allowed("reactor", "link"));
         assert!(!allowed("link", "conn") && !allowed("sys", "reactor"));
         assert!(!allowed("engine", "terminal") && !allowed("engine", "link"));
+        assert!(!allowed("channel", "jobs") && !allowed("channel", "reactor"));
+        assert!(allowed("terminal", "channel") && !allowed("conn", "channel"));
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let deps = crate_deps(&src);
         // No exceptions: the one Engine call removed the last feature →
@@ -290,5 +298,10 @@ mod tests {
         // The layers alone rule out cycles.
         assert!(deps.contains(&("runner".into(), "conn".into())));
         assert!(!deps.iter().any(|(_, to)| to == "runner"));
+        // One data channel, written once: every feature with one sends on it.
+        for f in ["jobs", "docker", "terminal"] {
+            let uses = deps.contains(&(f.into(), "channel".into()));
+            assert!(uses, "{f} sends its output on channel/");
+        }
     }
 }

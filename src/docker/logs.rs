@@ -18,7 +18,7 @@
 //!               │                       engine unreachable: Retry (1 s … 5 s) ◀────┤
 //!               │                       stopped + keep (collection): Parked ◀──────┤
 //!               │                         └─ `start` event for it ─▶ Stream        │
-//!               │                       stopped, no keep / removed / not follow ───┴─▶ END frame, gone
+//!               │                       stopped, no keep / removed / not follow ───┴─▶ Ending ─▶ END frame, gone
 //!  log_close, link down: dropped at once (the server reopens from its own cursor).
 //! ```
 //!
@@ -30,11 +30,17 @@
 //! container's own log file is the spool: nothing is buffered here beyond the
 //! window.
 //!
+//! Each follow sends on a [`crate::channel`] that keeps nothing once sent
+//! (`Keep::UntilSent`): offsets, window, ACK and CREDIT are the channel's.
+//! An ended follow stays (`Ending`, no socket, no timer) until its last
+//! frames and the END are sent: until then the server counts it open.
+//!
 //! Backpressure: a stream is read only while its unacknowledged bytes are
-//! under the window and the frames waiting for the link are under
-//! [`MAX_OUTBOX_BYTES`]; otherwise the socket is left unread and Docker
-//! stops reading the container's log for us.
+//! under the window and the frames waiting for the link, over all channels,
+//! are under [`MAX_OUTBOX_BYTES`]; otherwise the socket is left unread and
+//! Docker stops reading the container's log for us.
 
+use crate::channel::{Keep, Limits, OutChannel};
 use crate::engine::api::{self, Api, ContainerInspect, LogsOptions};
 use crate::engine::stream::{
     split_log_timestamp, StreamDecoder, StreamError, StreamKind, Timestamp,
@@ -43,8 +49,8 @@ use crate::engine::{Answer, CallError, EngineCall, Exchange, Got};
 use crate::link::Outgoing;
 use crate::net::http::{HttpError, Request};
 use crate::protocol::{
-    self, ErrorBody, FrameHeader, FrameKind, LogOpen, LogOpened, Message as Control, StreamTag,
-    DEFAULT_LOG_WINDOW, MAX_DATA_PAYLOAD, MAX_LOG_CHANNELS,
+    ErrorBody, FrameKind, LogOpen, LogOpened, Message as Control, StreamTag, DEFAULT_LOG_WINDOW,
+    MAX_DATA_PAYLOAD, MAX_LOG_CHANNELS,
 };
 use crate::reactor::{Ctx, TimerId};
 use crate::{debug, info, warn};
@@ -282,6 +288,8 @@ enum State {
     Retry,
     /// Collection of a stopped container: waits for its `start` event.
     Parked,
+    /// Over: its last frames, then END (`end`), go out; then it is gone.
+    Ending,
 }
 
 struct Follow {
@@ -295,10 +303,8 @@ struct Follow {
     ex: Option<LogCall>,
     timer: Option<TimerId>,
     asm: LogAssembler,
-    /// Next channel offset, and what the server has stored.
-    sent: u64,
-    acked: u64,
-    window: u64,
+    /// The frames out, within the window.
+    chan: OutChannel,
     retry: Duration,
     /// The engine was unreachable since the stream last ended, and when
     /// we first saw it back.
@@ -306,6 +312,8 @@ struct Follow {
     back_since: Option<std::time::Instant>,
     /// Readable data may be waiting (the window or outbox was full).
     again: bool,
+    /// The END's reason, once `Ending`.
+    end: Option<String>,
     /// The stream ended (with an error, or `None`); handled once the
     /// frames read before it are queued.
     ended: Option<Option<String>>,
@@ -315,7 +323,6 @@ struct Follow {
 enum Outcome {
     Wait,
     Inspected(Result<Box<ContainerInspect>, Failure>),
-    Body(Vec<(StreamTag, Vec<u8>)>),
     StreamEnded(Option<String>),
 }
 
@@ -331,8 +338,10 @@ enum Failure {
 #[derive(Default)]
 pub struct LogFollows {
     follows: Vec<Follow>,
-    outbox: VecDeque<(Outgoing, usize)>,
-    outbox_bytes: usize,
+    /// Replies to `log_open`, sent before any frame.
+    replies: VecDeque<Outgoing>,
+    /// Round-robin start for sending frames.
+    next: usize,
 }
 
 impl LogFollows {
@@ -359,13 +368,41 @@ impl LogFollows {
     }
 
     pub fn wants_again(&self) -> bool {
-        self.outbox_bytes < MAX_OUTBOX_BYTES && self.follows.iter().any(|f| f.again && f.has_room())
+        !self.outbox_full() && self.follows.iter().any(|f| f.again && f.has_room())
     }
 
+    /// Frames waiting for the link, over all channels, reached the cap.
+    fn outbox_full(&self) -> bool {
+        let mut pending = 0;
+        for f in &self.follows {
+            pending += f.chan.pending();
+        }
+        pending >= MAX_OUTBOX_BYTES as u64
+    }
+
+    /// Replies first, then one frame per channel in turn; an ending one's
+    /// END after its last frame, and then it is gone.
     pub fn next_message(&mut self) -> Option<Outgoing> {
-        let (msg, n) = self.outbox.pop_front()?;
-        self.outbox_bytes -= n;
-        Some(msg)
+        if let Some(m) = self.replies.pop_front() {
+            return Some(m);
+        }
+        let n = self.follows.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let f = &mut self.follows[i];
+            let mut frame = f.chan.next_frame();
+            if frame.is_none() {
+                frame = f.end.as_deref().and_then(|r| f.chan.end_frame(r));
+                if frame.is_some() {
+                    self.follows.swap_remove(i);
+                }
+            }
+            if frame.is_some() {
+                self.next = i + 1;
+                return frame.map(Outgoing::Binary);
+            }
+        }
+        None
     }
 
     /// `log_open` from the server (id `id`).
@@ -382,17 +419,6 @@ impl LogFollows {
             let why = "the Docker engine is not available on this runner".to_owned();
             return self.reply_error(id, "docker_unavailable", why);
         };
-        let resume = open.since_ns.map(|ns| Cursor {
-            ts: Timestamp {
-                secs: ns.div_euclid(1_000_000_000),
-                nanos: ns.rem_euclid(1_000_000_000) as u32,
-            },
-            skip: open.skip,
-        });
-        let window = match open.window {
-            0 => DEFAULT_LOG_WINDOW,
-            w => w.min(MAX_WINDOW),
-        };
         debug!(
             "docker",
             "log channel {} for {} (follow {}, keep {})",
@@ -401,25 +427,7 @@ impl LogFollows {
             open.follow,
             open.keep
         );
-        let mut f = Follow {
-            channel: open.channel,
-            container_id: open.container.clone(),
-            open,
-            reply_id: Some(id),
-            tty: false,
-            state: State::Opening,
-            ex: None,
-            timer: None,
-            asm: LogAssembler::new(false, resume),
-            sent: 0,
-            acked: 0,
-            window: u64::from(window),
-            retry: FIRST_RETRY,
-            engine_lost: false,
-            back_since: None,
-            again: false,
-            ended: None,
-        };
+        let mut f = Follow::new(id, open);
         let req = api.inspect_container(&f.container_id);
         match f.start(ctx, engine.socket, req, true) {
             Ok(()) => self.follows.push(f),
@@ -437,13 +445,8 @@ impl LogFollows {
             f.drop_io(ctx);
             debug!("docker", "log channel {channel} closed by the server");
         }
-        // Frames already queued for it would be ignored by the server;
-        // dropping them saves the bytes.
-        self.outbox.retain(|(m, _)| match m {
-            Outgoing::Binary(frame) => frame_channel(frame) != Some(channel),
-            _ => true,
-        });
-        self.outbox_bytes = self.outbox.iter().map(|(_, n)| n).sum();
+        // Frames still waiting for it (gone with its channel) would be
+        // ignored by the server.
     }
 
     /// An ACK (or CREDIT) frame from the server.
@@ -451,12 +454,8 @@ impl LogFollows {
         let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) else {
             return;
         };
-        match kind {
-            FrameKind::Ack => f.acked = f.acked.max(seq.min(f.sent)),
-            // Absolute grant: widen the window up to it.
-            FrameKind::Credit => f.window = f.window.max(seq.saturating_sub(f.acked)),
-            _ => {}
-        }
+        // In memory only, so the channel cannot fail to take it.
+        let _ = f.chan.on_frame(kind, seq);
         if f.has_room() && f.state == State::Streaming {
             f.again = true;
         }
@@ -467,8 +466,7 @@ impl LogFollows {
         for mut f in self.follows.drain(..) {
             f.drop_io(ctx);
         }
-        self.outbox.clear();
-        self.outbox_bytes = 0;
+        self.replies.clear();
     }
 
     /// A container event from the engine's event stream.
@@ -529,7 +527,7 @@ impl LogFollows {
                     Outcome::Inspected(Err(Failure::Unreachable(why))),
                 );
             }
-            State::Streaming | State::Parked => {}
+            State::Streaming | State::Parked | State::Ending => {}
         }
     }
 
@@ -553,7 +551,7 @@ impl LogFollows {
             .map(|f| f.channel)
             .collect();
         for channel in ready {
-            if self.outbox_bytes >= MAX_OUTBOX_BYTES {
+            if self.outbox_full() {
                 return;
             }
             if let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) {
@@ -566,7 +564,7 @@ impl LogFollows {
     // ---- internals -------------------------------------------------------
 
     fn drive(&mut self, ctx: &mut Ctx<'_>, engine: &EngineView<'_>, channel: u32) {
-        let outbox_full = self.outbox_bytes >= MAX_OUTBOX_BYTES;
+        let outbox_full = self.outbox_full();
         let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) else {
             return;
         };
@@ -583,17 +581,6 @@ impl LogFollows {
     ) {
         match outcome {
             Outcome::Wait => {}
-            Outcome::Body(frames) => {
-                self.queue_frames(channel, frames);
-                let ended = self
-                    .follows
-                    .iter_mut()
-                    .find(|f| f.channel == channel)
-                    .and_then(|f| f.ended.take());
-                if let Some(e) = ended {
-                    self.on_outcome(ctx, engine, channel, Outcome::StreamEnded(e));
-                }
-            }
             Outcome::Inspected(result) => self.on_inspected(ctx, engine, channel, result),
             Outcome::StreamEnded(error) => {
                 let mut frames = Vec::new();
@@ -601,9 +588,9 @@ impl LogFollows {
                     return;
                 };
                 f.asm.finish(&mut frames);
+                f.push(frames);
                 f.drop_io(ctx);
                 let follow = f.open.follow;
-                self.queue_frames(channel, frames);
                 match error {
                     Some(e) => debug!("docker", "log stream of channel {channel} broke: {e}"),
                     None => debug!("docker", "log stream of channel {channel} ended"),
@@ -674,13 +661,10 @@ impl LogFollows {
                 tty: info.config.tty,
             };
             let id = f.reply_id.take().unwrap_or(0);
-            self.push(
-                Outgoing::Reply {
-                    id,
-                    body: Box::new(Control::LogOpened(reply)),
-                },
-                256,
-            );
+            self.replies.push_back(Outgoing::Reply {
+                id,
+                body: Box::new(Control::LogOpened(reply)),
+            });
         }
         let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) else {
             return;
@@ -744,7 +728,7 @@ impl LogFollows {
             stderr: f.open.stderr,
             timestamps: true,
             // `tail` counts only on the first stream; a reopen resumes.
-            tail: if cursor.is_some() || f.sent > 0 {
+            tail: if cursor.is_some() || f.chan.produced() > 0 {
                 None
             } else {
                 f.open.tail
@@ -788,41 +772,12 @@ impl LogFollows {
         let Some(i) = self.follows.iter().position(|f| f.channel == channel) else {
             return;
         };
-        let mut f = self.follows.swap_remove(i);
+        let f = &mut self.follows[i];
         f.drop_io(ctx);
         debug!("docker", "log channel {channel} ends: {reason}");
-        let header = FrameHeader {
-            kind: FrameKind::End,
-            tag: StreamTag::None,
-            channel,
-            seq: f.sent,
-        };
-        let frame = protocol::encode_frame(header, reason.as_bytes());
-        let n = frame.len();
-        self.push(Outgoing::Binary(frame), n);
-    }
-
-    fn queue_frames(&mut self, channel: u32, frames: Vec<(StreamTag, Vec<u8>)>) {
-        for (tag, payload) in frames {
-            let Some(f) = self.follows.iter_mut().find(|f| f.channel == channel) else {
-                return;
-            };
-            let header = FrameHeader {
-                kind: FrameKind::Data,
-                tag,
-                channel,
-                seq: f.sent,
-            };
-            f.sent += payload.len() as u64;
-            let frame = protocol::encode_frame(header, &payload);
-            let n = frame.len();
-            self.push(Outgoing::Binary(frame), n);
-        }
-    }
-
-    fn push(&mut self, msg: Outgoing, bytes: usize) {
-        self.outbox_bytes += bytes;
-        self.outbox.push_back((msg, bytes));
+        // Its last frames, then END (`next_message`).
+        f.state = State::Ending;
+        f.end = Some(reason.to_owned());
     }
 
     fn reply_error(&mut self, id: u64, code: &str, message: String) {
@@ -831,19 +786,62 @@ impl LogFollows {
             code: code.into(),
             message,
         });
-        self.push(
-            Outgoing::Reply {
-                id,
-                body: Box::new(body),
-            },
-            256,
-        );
+        self.replies.push_back(Outgoing::Reply {
+            id,
+            body: Box::new(body),
+        });
     }
 }
 
 impl Follow {
+    /// A follow for `log_open` `id`, before its first inspect.
+    fn new(id: u64, open: LogOpen) -> Follow {
+        let resume = open.since_ns.map(|ns| Cursor {
+            ts: Timestamp {
+                secs: ns.div_euclid(1_000_000_000),
+                nanos: ns.rem_euclid(1_000_000_000) as u32,
+            },
+            skip: open.skip,
+        });
+        let window = match open.window {
+            0 => DEFAULT_LOG_WINDOW,
+            w => w.min(MAX_WINDOW),
+        };
+        // Memory bounds what a CREDIT may widen the window to.
+        let limits = Limits {
+            mem: MAX_WINDOW as usize,
+            spool: 0,
+            window: u64::from(window),
+        };
+        Follow {
+            channel: open.channel,
+            container_id: open.container.clone(),
+            chan: OutChannel::new(open.channel, limits, Keep::UntilSent),
+            open,
+            reply_id: Some(id),
+            tty: false,
+            state: State::Opening,
+            ex: None,
+            timer: None,
+            asm: LogAssembler::new(false, resume),
+            retry: FIRST_RETRY,
+            engine_lost: false,
+            back_since: None,
+            again: false,
+            ended: None,
+            end: None,
+        }
+    }
+
     fn has_room(&self) -> bool {
-        self.sent - self.acked < self.window
+        self.chan.room() > 0
+    }
+
+    /// Payloads from the assembler onto the channel.
+    fn push(&mut self, frames: Vec<(StreamTag, Vec<u8>)>) {
+        for (tag, payload) in frames {
+            self.chan.push(tag, payload);
+        }
     }
 
     fn start(
@@ -900,7 +898,8 @@ impl Follow {
     }
 
     /// Write, then read while the window and the outbox allow. A stream
-    /// that ended sets `ended`; its last frames still come out first.
+    /// that ended sets `ended`, handled once its last frames are on the
+    /// channel.
     fn drive(&mut self, ctx: &mut Ctx<'_>, outbox_full: bool) -> Outcome {
         let Some(ex) = self.ex.as_mut() else {
             return Outcome::Wait;
@@ -909,12 +908,8 @@ impl Follow {
         let mut frames = Vec::new();
         loop {
             if streaming {
-                let queued: usize = frames
-                    .iter()
-                    .map(|(_, p): &(StreamTag, Vec<u8>)| p.len())
-                    .sum();
-                let in_flight = self.sent - self.acked + queued as u64;
-                if outbox_full || in_flight >= self.window {
+                self.push(std::mem::take(&mut frames));
+                if outbox_full || !self.has_room() {
                     // Leave the rest in the socket: the loop comes back
                     // once there is room (an ACK, a drained outbox).
                     self.again = true;
@@ -964,13 +959,10 @@ impl Follow {
             }
         }
         self.asm.flush(&mut frames);
-        if frames.is_empty() {
-            if let Some(e) = self.ended.take() {
-                return Outcome::StreamEnded(e);
-            }
-            Outcome::Wait
-        } else {
-            Outcome::Body(frames)
+        self.push(frames);
+        match self.ended.take() {
+            Some(e) => Outcome::StreamEnded(e),
+            None => Outcome::Wait,
         }
     }
 
@@ -1005,10 +997,6 @@ fn describe_connect(e: &io::Error, socket: &Path) -> String {
         io::ErrorKind::ConnectionRefused => format!("nothing listens on {p} (engine stopped?)"),
         _ => format!("cannot connect to {p}: {e}"),
     }
-}
-
-fn frame_channel(frame: &[u8]) -> Option<u32> {
-    protocol::decode_frame(frame).ok().map(|(h, _)| h.channel)
 }
 
 #[cfg(test)]
@@ -1048,6 +1036,62 @@ mod tests {
         body.extend(mux(1, b"2026-11-28T10:00:01.5Z part-b\n"));
         body.extend(mux(3, b"engine trouble"));
         body
+    }
+
+    /// A `log_open` for `channel` (follow, a small window).
+    fn log_open(channel: u32, window: u32) -> LogOpen {
+        let v = serde_json::json!({
+            "channel": channel, "container": "web", "follow": true, "window": window
+        });
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn frame_of(m: Outgoing) -> (FrameKind, u64, Vec<u8>) {
+        let Outgoing::Binary(f) = m else {
+            panic!("a frame, not {m:?}")
+        };
+        let (h, p) = crate::protocol::decode_frame(&f).unwrap();
+        (h.kind, h.seq, p.to_vec())
+    }
+
+    /// An ended follow keeps its channel until the frames read before the
+    /// end and then END are out (within the window, so ACKs still reach
+    /// it); until then its number is taken; then it is gone.
+    #[test]
+    fn an_ended_follow_sends_its_last_frames_then_end_and_is_gone() {
+        let mut reactor = crate::reactor::Reactor::new().unwrap();
+        let mut ctx = reactor.ctx(crate::reactor::SourceId(1));
+        let mut logs = LogFollows::new();
+        let mut f = Follow::new(1, log_open(0x4000_0005, 100));
+        f.state = State::Streaming;
+        f.push(vec![(StreamTag::Stdout, vec![b'a'; 60]); 3]);
+        assert!(!f.has_room(), "180 bytes unacknowledged, window 100");
+        logs.follows.push(f);
+        logs.end(&mut ctx, 0x4000_0005, "container stopped");
+        assert_eq!(logs.len(), 1, "open until its END is out");
+
+        let engine = EngineView {
+            socket: Path::new("/nonexistent"),
+            api: None,
+        };
+        logs.open(&mut ctx, &engine, 9, log_open(0x4000_0005, 0));
+        let Some(Outgoing::Reply { id: 9, body }) = logs.next_message() else {
+            panic!("a reply to the second log_open")
+        };
+        assert!(matches!(*body, Control::Error(ref e) if e.code == "bad_request"));
+
+        assert_eq!(frame_of(logs.next_message().unwrap()).1, 0);
+        assert_eq!(frame_of(logs.next_message().unwrap()).1, 60);
+        assert!(logs.next_message().is_none(), "120 in flight ≥ window");
+        logs.on_ack(0x4000_0005, FrameKind::Ack, 60);
+        let (kind, seq, p) = frame_of(logs.next_message().unwrap());
+        assert_eq!((kind, seq, p.len()), (FrameKind::Data, 120, 60));
+        let (kind, seq, p) = frame_of(logs.next_message().unwrap());
+        assert_eq!(
+            (kind, seq, &p[..]),
+            (FrameKind::End, 180, &b"container stopped"[..])
+        );
+        assert!(logs.is_empty() && logs.next_message().is_none());
     }
 
     #[test]

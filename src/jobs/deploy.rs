@@ -50,9 +50,9 @@
 use super::process::{Process, Read_};
 use super::redact::Redactor;
 use super::secret_files;
-use super::spool::OutChannel;
 use super::tar::Context;
 use super::{push_record, JobTimer};
+use crate::channel::OutChannel;
 use crate::engine::api::{
     self, Api, ContainerInspect, CreatedContainer, CreatedExec, ExecConfig, ExecInspect,
     ProgressLine,
@@ -1436,7 +1436,7 @@ fn build_line(line: &[u8], redact: &Redactor, chan: &mut OutChannel, error: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::spool::Limits;
+    use crate::channel::Limits;
     use crate::protocol::deploy::PortMap;
 
     fn spec() -> DeploySpec {
@@ -1547,7 +1547,7 @@ mod tests {
             spool: 1 << 20,
             window: 1 << 20,
         };
-        let mut chan = OutChannel::new(7, limits, dir.join("7.spool"));
+        let mut chan = OutChannel::spooled(7, limits, dir.join("7.spool"));
         chan.link_up(None).unwrap();
         let redact = Redactor::new([b"hunter2".to_vec()]);
         let mut err = None;

@@ -11,7 +11,7 @@
 //!                                              ├─ deadline / job_cancel ─▶ SIGTERM group, SIGKILL after grace
 //!                                              └─ pipes at EOF + reaped ─▶ result ─▶ ledger (disk) ─▶ job_result
 //!  OutChannel: memory, then spool file; sent while the window allows;
-//!              ACK drops; link up resends from welcome.acks (spool.rs)
+//!              ACK drops; link up resends from welcome.acks (crate::channel)
 //!  job_result: sent on every link until job_result_ack (ledger.rs)
 //!  runner restart: jobs that were running are killed and reported failed;
 //!                  a deploy's parked old container is put back first (parked.rs)
@@ -34,14 +34,14 @@ pub mod parked;
 pub mod process;
 pub mod redact;
 pub mod secret_files;
-pub mod spool;
 pub mod tar;
 
+use crate::channel::{Limits, OutChannel};
 use crate::link::{Family, Feature, LinkEvent, Outgoing};
 use crate::protocol::signed::{job_bytes, Signed};
 use crate::protocol::{
-    ChannelAck, ErrorBody, FrameKind, JobAccepted, JobResult, JobStart, Message as Control,
-    SecretsLost, StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
+    ChannelAck, ErrorBody, JobAccepted, JobResult, JobStart, Message as Control, SecretsLost,
+    StreamTag, JOB_RECORD_HEADER, MAX_DATA_PAYLOAD,
 };
 use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, warn};
@@ -50,7 +50,6 @@ use ledger::{start_ticks, Ledger, RunningEntry};
 use mio::Token;
 use process::{Process, Read_};
 use redact::Redactor;
-use spool::{Limits, OutChannel};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -448,13 +447,9 @@ impl Jobs {
                 Control::JobResultAck(r) if self.ledger.acked(&r.job_id) => self.save(),
                 _ => {}
             },
-            LinkEvent::ChannelAck {
-                channel,
-                kind: FrameKind::Ack,
-                seq,
-            } => {
+            LinkEvent::ChannelAck { channel, kind, seq } => {
                 if let Some(i) = self.jobs.iter().position(|j| j.chan.channel() == channel) {
-                    if let Err(e) = self.jobs[i].chan.ack(seq) {
+                    if let Err(e) = self.jobs[i].chan.on_frame(kind, seq) {
                         warn!(
                             "jobs",
                             "job {}: reading its spool: {e}", self.jobs[i].start.job_id
@@ -572,7 +567,7 @@ impl Jobs {
     fn spawn(&mut self, ctx: &mut Ctx<'_>, start: JobStart) {
         let Some(cfg) = self.cfg.clone() else { return };
         let spill = cfg.spool_dir().join(format!("{}.spool", start.channel));
-        let mut chan = OutChannel::new(start.channel, cfg.limits, spill);
+        let mut chan = OutChannel::spooled(start.channel, cfg.limits, spill);
         if self.up {
             // A new channel: nothing to resend, only the pacing to set.
             if let Err(e) = chan.link_up(None) {
@@ -954,7 +949,7 @@ fn push_output(chan: &mut OutChannel, tag: StreamTag, bytes: &[u8]) {
 }
 
 /// Output bytes of one step as records, at most a frame each. The channel
-/// never drops them (a full disk stops the source instead; spool.rs).
+/// never drops them (a full disk stops the source instead; crate::channel).
 fn push_record(chan: &mut OutChannel, tag: StreamTag, step: u8, bytes: &[u8]) {
     let ts = now_ms().to_be_bytes();
     for chunk in bytes.chunks(CHUNK) {

@@ -29,6 +29,10 @@
 //!             drops what it already has (no gap, no duplicate).
 //! ```
 //!
+//! The output side is a [`crate::channel`] kept until acknowledged, in
+//! memory only: read bytes join the unsent frame, and a reconnect resends
+//! from the terminal's own ACK.
+//!
 //! Bounds: the replay buffer holds at most `window` (256 KiB) unacknowledged
 //! bytes; past it the terminal is not read (the shell blocks on its writes:
 //! `cat /dev/urandom` costs no memory). Keystrokes waiting for the pty are at
@@ -37,10 +41,11 @@
 pub mod exec;
 pub mod pty;
 
+use crate::channel::{Keep, Limits, OutChannel};
 use crate::link::{Family, Feature, LinkEvent, Outgoing};
 use crate::protocol::{
     self, ErrorBody, FrameHeader, FrameKind, Message as Control, StreamTag, TermAlive, TermOpen,
-    TermOpened, DEFAULT_TERM_WINDOW, MAX_DATA_PAYLOAD, MAX_TERMINALS, TERM_CHANNEL_BIT,
+    TermOpened, DEFAULT_TERM_WINDOW, MAX_TERMINALS, TERM_CHANNEL_BIT,
 };
 use crate::reactor::{Ctx, SignalSet, Source, TimerId, TimerKind};
 use crate::{debug, info, sys, warn};
@@ -130,12 +135,8 @@ struct Session {
     io: Io,
     token: Token,
     registered: Option<Interest>,
-    /// Output not yet acknowledged: offsets `[acked, acked + out.len())`.
-    out: VecDeque<u8>,
-    acked: u64,
-    /// Next offset to send (from `acked` again after a reconnect).
-    sent: u64,
-    window: u64,
+    /// Output not yet acknowledged, at most `window` bytes (memory only).
+    chan: OutChannel,
     /// Keystrokes not yet written, and the next inbound offset expected.
     input: VecDeque<u8>,
     in_seq: u64,
@@ -251,7 +252,8 @@ impl Terminals {
                 }
                 for s in &mut self.sessions {
                     // Resend what the server may not have; it drops overlap.
-                    s.sent = s.acked;
+                    // (In memory only: cannot fail.)
+                    let _ = s.chan.link_up(None);
                     s.ack_due = true;
                 }
             }
@@ -321,35 +323,18 @@ impl Terminals {
             if s.opening.is_some() {
                 continue;
             }
-            let end = s.acked + s.out.len() as u64;
-            if s.sent < end {
-                let from = (s.sent - s.acked) as usize;
-                let len = (end - s.sent).min(MAX_DATA_PAYLOAD as u64) as usize;
-                let payload: Vec<u8> = s.out.range(from..from + len).copied().collect();
-                let header = FrameHeader {
-                    kind: FrameKind::Data,
-                    tag: StreamTag::Pty,
-                    channel: s.channel,
-                    seq: s.sent,
-                };
-                s.sent += len as u64;
+            if let Some(frame) = s.chan.next_frame() {
                 self.next = (i + 1) % n;
-                return Some(Outgoing::Binary(protocol::encode_frame(header, &payload)));
+                return Some(Outgoing::Binary(frame));
             }
-            if let Some(reason) = s.finished.clone() {
-                let header = FrameHeader {
-                    kind: FrameKind::End,
-                    tag: StreamTag::None,
-                    channel: s.channel,
-                    seq: end,
-                };
+            // Every byte before it sent: END, and the terminal is gone.
+            let end = s.finished.as_deref().and_then(|r| s.chan.end_frame(r));
+            if let Some(end) = end {
                 let s = self.sessions.swap_remove(i);
+                let reason = s.finished.unwrap_or_default();
                 debug!("term", "terminal {} ends: {reason}", s.channel);
                 self.next = 0;
-                return Some(Outgoing::Binary(protocol::encode_frame(
-                    header,
-                    reason.as_bytes(),
-                )));
+                return Some(Outgoing::Binary(end));
             }
         }
         None
@@ -472,7 +457,7 @@ impl Terminals {
                 let Some((id, target)) = s.opening.take() else {
                     return;
                 };
-                s.out.extend(early);
+                s.chan.append(StreamTag::Pty, &early);
                 if let Err(e) = s.register(ctx) {
                     let why = format!("cannot watch it: {e}");
                     s.opening = Some((id, target));
@@ -593,16 +578,18 @@ impl Terminals {
             0 => DEFAULT_TERM_WINDOW,
             w => w.min(MAX_WINDOW),
         };
+        let limits = Limits {
+            mem: window as usize,
+            spool: 0,
+            window: u64::from(window),
+        };
         Session {
             channel: open.channel,
             opening: None,
             io,
             token: ctx.token(),
             registered: None,
-            out: VecDeque::new(),
-            acked: 0,
-            sent: 0,
-            window: u64::from(window),
+            chan: OutChannel::new(open.channel, limits, Keep::UntilAcked),
             input: VecDeque::new(),
             in_seq: 0,
             in_written: 0,
@@ -694,15 +681,10 @@ impl Terminals {
         let Some(s) = self.sessions.iter_mut().find(|s| s.channel == channel) else {
             return;
         };
-        if kind != FrameKind::Ack {
-            return;
-        }
-        let end = s.acked + s.out.len() as u64;
-        let seq = seq.min(end);
-        if seq > s.acked {
-            s.out.drain(..(seq - s.acked) as usize);
-            s.acked = seq;
-            s.sent = s.sent.max(seq);
+        let acked = s.chan.acked();
+        // In memory only: cannot fail.
+        let _ = s.chan.on_frame(kind, seq);
+        if s.chan.acked() > acked {
             s.again = true;
         }
     }
@@ -784,7 +766,7 @@ impl Terminals {
         let mut budget = MAX_READ_PER_PASS;
         let mut eof = false;
         loop {
-            let room = s.window.saturating_sub(s.out.len() as u64) as usize;
+            let room = s.chan.room();
             if room == 0 || budget == 0 {
                 s.again = true;
                 break;
@@ -807,7 +789,7 @@ impl Terminals {
                     break;
                 }
                 Ok(n) => {
-                    s.out.extend(&buf[..n]);
+                    s.chan.append(StreamTag::Pty, &buf[..n]);
                     budget -= n;
                     s.last_activity = ctx.now;
                 }
@@ -943,7 +925,7 @@ impl Session {
     }
 
     fn has_room(&self) -> bool {
-        (self.out.len() as u64) < self.window
+        self.chan.room() > 0
     }
 
     fn wanted(&self) -> Interest {
