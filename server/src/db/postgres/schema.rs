@@ -164,4 +164,87 @@ CREATE TABLE container_events (
 CREATE INDEX container_events_by_runner ON container_events(runner_id, seq);
 CREATE INDEX container_events_by_age ON container_events(at);
 "#,
+    // 2: host metrics (`metrics.rs`): the sample tables partitioned by time
+    // (`partitions.rs` makes and drops their partitions).
+    r#"
+CREATE TABLE metric_sources (
+    id          BIGSERIAL PRIMARY KEY,
+    runner_id   TEXT NOT NULL UNIQUE,
+    last_ts     BIGINT
+);
+CREATE TABLE metric_schemas (
+    id          BIGSERIAL PRIMARY KEY,
+    hash        BYTEA NOT NULL UNIQUE,
+    series      TEXT NOT NULL,
+    last_used   BIGINT NOT NULL
+);
+CREATE TABLE metrics_raw (
+    src     BIGINT NOT NULL,
+    ts      BIGINT NOT NULL,
+    schema  BIGINT NOT NULL,
+    vals    BYTEA NOT NULL,
+    PRIMARY KEY (src, ts)
+) PARTITION BY RANGE (ts);
+CREATE TABLE metrics_1m (
+    src     BIGINT NOT NULL,
+    ts      BIGINT NOT NULL,
+    schema  BIGINT NOT NULL,
+    aggs    BYTEA NOT NULL,
+    PRIMARY KEY (src, ts, schema)
+) PARTITION BY RANGE (ts);
+CREATE TABLE metrics_1h (
+    src     BIGINT NOT NULL,
+    ts      BIGINT NOT NULL,
+    schema  BIGINT NOT NULL,
+    aggs    BYTEA NOT NULL,
+    PRIMARY KEY (src, ts, schema)
+) PARTITION BY RANGE (ts);
+CREATE TABLE metrics_dirty (
+    level   INTEGER NOT NULL,
+    bucket  BIGINT NOT NULL,
+    src     BIGINT NOT NULL,
+    PRIMARY KEY (level, bucket, src)
+);
+"#,
+    // 3: container logs (`logs.rs`): blocks partitioned by their newest
+    // line's time, in nanoseconds (`partitions.rs`).
+    r#"
+CREATE TABLE log_streams (
+    id          BIGSERIAL PRIMARY KEY,
+    runner_id   TEXT NOT NULL,
+    container   TEXT NOT NULL,
+    bytes       BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (runner_id, container)
+);
+CREATE TABLE log_blocks (
+    id           BIGSERIAL,
+    stream       BIGINT NOT NULL,
+    container_id TEXT NOT NULL,
+    tag          SMALLINT NOT NULL,
+    ts_first     BIGINT NOT NULL,
+    ts_last      BIGINT NOT NULL,
+    lines        BIGINT NOT NULL,
+    data         BYTEA NOT NULL
+) PARTITION BY RANGE (ts_last);
+CREATE INDEX log_blocks_time ON log_blocks (stream, ts_last);
+CREATE INDEX log_blocks_order ON log_blocks (stream, id);
+CREATE TABLE log_cursors (
+    runner_id    TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    ts           BIGINT NOT NULL,
+    skip         BIGINT NOT NULL,
+    PRIMARY KEY (runner_id, container_id)
+);
+CREATE TABLE log_retention (
+    runner_id   TEXT NOT NULL,
+    container   TEXT NOT NULL,
+    max_age_s   BIGINT NOT NULL,
+    max_bytes   BIGINT NOT NULL,
+    PRIMARY KEY (runner_id, container)
+);
+CREATE TABLE log_collect (
+    runner_id   TEXT PRIMARY KEY,
+    policy      TEXT NOT NULL
+);
+"#,
 ];
