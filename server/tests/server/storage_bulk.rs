@@ -1,5 +1,5 @@
 //! The storage conformance suite, bulk half: the stores whose PostgreSQL
-//! tables are partitioned by time (MetricStore, LogStore), run against the
+//! tables are partitioned by time (MetricStore, LogStore, JobStore), run against the
 //! embedded SQLite and a real PostgreSQL (`pg.rs`) by `both!`, as in
 //! `storage.rs`. The PostgreSQL runs also check the partitions themselves
 //! (made on demand and ahead, dropped whole by retention).
@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use tether::metrics::wire::{SeriesDef, Unit};
+use tether::protocol::JobResult;
 use tether_server::common::clock;
+use tether_server::db::jobs::{Deployment, JobSpec, OutputRow, RetainStats, Script, StoredApp};
 use tether_server::db::logs::{
     BlockIn, CollectPolicy, ExpireStats, LogQuery, LogRetention, StreamSel,
 };
@@ -16,7 +18,7 @@ use tether_server::db::metrics::{
     SeriesFilter, HOUR_MS, MINUTE_MS,
 };
 use tether_server::db::postgres::Postgres;
-use tether_server::db::{LogStore, MetricStore};
+use tether_server::db::{JobStore, LogStore, MetricStore};
 
 use crate::pg;
 
@@ -27,6 +29,7 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 struct Bulk {
     metrics: Arc<dyn MetricStore>,
     logs: Arc<dyn LogStore>,
+    jobs: Arc<dyn JobStore>,
     pg: Option<String>,
 }
 
@@ -36,6 +39,7 @@ impl Bulk {
         Bulk {
             metrics: db.metrics.clone(),
             logs: db.logs.clone(),
+            jobs: db.jobs.clone(),
             pg: None,
         }
     }
@@ -46,6 +50,7 @@ impl Bulk {
         Bulk {
             metrics: db.metrics(retention),
             logs: db.logs(LogRetention::default(), CollectPolicy::All),
+            jobs: db.jobs(),
             pg: Some(url),
         }
     }
@@ -92,6 +97,10 @@ both!(
     metrics_retention_drops_old_data_and_keeps_the_rest(super::short_retention()),
     logs_store_and_query_by_time_text_and_stream(Default::default()),
     logs_retention_by_age_and_bytes_then_whole_days(Default::default()),
+    jobs_go_pending_running_final_once_with_output_in_order(Default::default()),
+    jobs_over_the_quota_are_refused_all_or_nothing(Default::default()),
+    jobs_retention_drops_old_days_and_keeps_tenants_under_their_bytes(Default::default()),
+    scripts_secrets_apps_and_deployments_round_trip(Default::default()),
 );
 
 fn short_retention() -> Retention {
@@ -583,4 +592,327 @@ async fn logs_retention_by_age_and_bytes_then_whole_days(s: Bulk) {
             .collect();
         assert_eq!(parts, want, "only the ones made ahead are left");
     }
+}
+
+// ---- jobs -----------------------------------------------------------------------------
+
+fn spec() -> JobSpec {
+    JobSpec {
+        program: "/bin/sh".into(),
+        args: vec![],
+        script: Some("echo hi".into()),
+        env: vec![],
+        secrets: vec!["TOKEN".into()],
+        timeout_s: 0,
+        deploy: None,
+        signed: Default::default(),
+    }
+}
+
+async fn create(s: &Bulk, id: &str, tenant: &str, at: i64) -> tether_server::db::jobs::JobRow {
+    let jobs = [(id.to_owned(), "rn".to_owned())];
+    s.jobs
+        .create_jobs(tenant, &jobs, id, &spec(), at, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+fn out(offset: i64, ts_ms: i64, data: &[u8]) -> OutputRow {
+    OutputRow {
+        offset,
+        tag: 1,
+        step: 0,
+        ts_ms,
+        data: data.to_vec(),
+        end: offset + tether::protocol::JOB_RECORD_HEADER as i64 + data.len() as i64,
+    }
+}
+
+async fn jobs_go_pending_running_final_once_with_output_in_order(s: Bulk) {
+    let j = &s.jobs;
+    let t = 20_000 * DAY_MS;
+    let job = create(&s, "jb_1", "tn", t).await;
+    assert_eq!(job.status, "pending");
+    let other = create(&s, "jb_2", "tn", t + 1).await;
+    assert!(other.seq > job.seq);
+    assert_eq!(j.open_jobs("rn").await.unwrap().len(), 2);
+    j.accepted("jb_1", "running", t + 2).await.unwrap();
+    assert_eq!(j.resumable("rn").await.unwrap(), vec![(job.seq, 0)]);
+    // Three frames of one job and one of another in one batch; the third
+    // arrives first. A row without data only moves the stored end.
+    let a = out(0, t + 3, b"one\n");
+    let b = out(a.end, t + 3, b"two\n");
+    let mut cut = out(b.end, t + 3, b"");
+    cut.end = b.end + 100;
+    let rows: Arc<[(i64, OutputRow)]> = vec![
+        (job.seq, b.clone()),
+        (job.seq, a.clone()),
+        (other.seq, out(0, t + 3, b"x")),
+        (job.seq, cut.clone()),
+    ]
+    .into();
+    let ends = j.store_output(rows.clone()).await.unwrap();
+    assert!(
+        ends.contains(&(job.seq, cut.end)) && ends.len() == 2,
+        "{ends:?}"
+    );
+    // Resent: changes nothing.
+    j.store_output(rows).await.unwrap();
+    let got = j.output(job.seq, 0, 10).await.unwrap();
+    let texts: Vec<&[u8]> = got.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(texts, [&b"one\n"[..], b"two\n"]);
+    assert_eq!((got[1].offset, got[1].end), (b.offset, b.end));
+    assert_eq!(j.output(job.seq, a.end, 10).await.unwrap().len(), 1);
+    assert_eq!(j.output(job.seq, 0, 1).await.unwrap().len(), 1);
+
+    let r = JobResult {
+        job_id: "jb_1".into(),
+        channel: 1,
+        status: "succeeded".into(),
+        exit_code: Some(0),
+        signal: None,
+        reason: String::new(),
+        started_ms: (t + 2) as u64,
+        finished_ms: (t + 4) as u64,
+        output_bytes: cut.end as u64,
+    };
+    assert!(j.record_result("rn", &r).await.unwrap());
+    assert!(!j.record_result("rn", &r).await.unwrap(), "stored once");
+    assert!(!j.record_result("other", &r).await.unwrap());
+    let done = j.job("tn", "jb_1").await.unwrap().unwrap();
+    assert!(done.is_complete());
+    assert_eq!((done.exit_code, done.started_ms), (Some(0), Some(t + 2)));
+    assert_eq!(done.spec.secrets, vec!["TOKEN".to_owned()]);
+    assert!(
+        j.job("tn2", "jb_1").await.unwrap().is_none(),
+        "tenant scoped"
+    );
+    assert!(j.job_by_seq("rn", job.seq).await.unwrap().is_some());
+    assert!(j.job_by_seq("rn2", job.seq).await.unwrap().is_none());
+    assert!(!j.request_cancel("tn", "jb_1").await.unwrap(), "final");
+    assert!(j.request_cancel("tn", "jb_2").await.unwrap());
+    assert!(j.job("tn", "jb_2").await.unwrap().unwrap().cancel_requested);
+    assert!(j
+        .finish("jb_2", "cancelled", "by you", t + 5)
+        .await
+        .unwrap());
+    assert!(!j.finish("jb_2", "failed", "again", t + 6).await.unwrap());
+    assert!(j.open_jobs("rn").await.unwrap().is_empty());
+    let listed = j.jobs("tn", Some("rn"), 10).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["jb_2", "jb_1"], "newest first");
+    assert_eq!(j.jobs("tn", None, 1).await.unwrap().len(), 1);
+}
+
+async fn jobs_over_the_quota_are_refused_all_or_nothing(s: Bulk) {
+    let j = &s.jobs;
+    let two = [("jb_1".into(), "rn".into()), ("jb_2".into(), "rn".into())];
+    assert_eq!(
+        j.create_jobs("tn_a", &two, "l", &spec(), 1, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        2
+    );
+    let one = [("jb_3".into(), "rn".into())];
+    assert_eq!(
+        j.create_jobs("tn_a", &one, "l", &spec(), 1, 2)
+            .await
+            .unwrap()
+            .unwrap_err(),
+        2
+    );
+    assert!(
+        j.job("tn_a", "jb_3").await.unwrap().is_none(),
+        "nothing made"
+    );
+    assert!(j
+        .create_jobs("tn_b", &one, "l", &spec(), 1, 2)
+        .await
+        .unwrap()
+        .is_ok());
+    j.finish("jb_1", "cancelled", "", 2).await.unwrap();
+    let four = [("jb_4".into(), "rn".into())];
+    assert!(j
+        .create_jobs("tn_a", &four, "l", &spec(), 3, 2)
+        .await
+        .unwrap()
+        .is_ok());
+    // Many at once against a cap of 5: exactly 5 made in all.
+    let tries = (0..12).map(|i| {
+        let j = j.clone();
+        async move {
+            let id = [(format!("jb_c{i}"), "rn".to_owned())];
+            j.create_jobs("tn_c", &id, "l", &spec(), 4, 5)
+                .await
+                .unwrap()
+                .is_ok()
+        }
+    });
+    let made = futures_util::future::join_all(tries).await;
+    assert_eq!(made.iter().filter(|m| **m).count(), 5);
+}
+
+async fn finished(s: &Bulk, id: &str, tenant: &str, at: i64, bytes: usize) -> i64 {
+    let job = create(s, id, tenant, at).await;
+    let rows: Arc<[(i64, OutputRow)]> = vec![(job.seq, out(0, at, &vec![b'x'; bytes]))].into();
+    s.jobs.store_output(rows).await.unwrap();
+    s.jobs.finish(id, "succeeded", "", at).await.unwrap();
+    job.seq
+}
+
+async fn jobs_retention_drops_old_days_and_keeps_tenants_under_their_bytes(s: Bulk) {
+    let j = &s.jobs;
+    let day = |n: i64| 20_000 * DAY_MS + n * DAY_MS + 1_000;
+    let old = finished(&s, "jb_old", "tn_a", day(1), 100).await;
+    let dep = finished(&s, "jb_dep", "tn_a", day(1), 100).await;
+    j.add_deployment(
+        "tn_a",
+        &Deployment {
+            id: "jb_dep".into(),
+            app: "web".into(),
+            image: "web:1".into(),
+            kind: "deploy".into(),
+            git_ref: None,
+            created_ms: day(1),
+        },
+    )
+    .await
+    .unwrap();
+    // Made on day 2, finished on day 5: its day stays (not all old).
+    let late = create(&s, "jb_late", "tn_b", day(2)).await.seq;
+    let rows: Arc<[(i64, OutputRow)]> = vec![(late, out(0, day(2), b"late"))].into();
+    j.store_output(rows).await.unwrap();
+    assert!(j.finish("jb_late", "succeeded", "", day(5)).await.unwrap());
+    let a1 = finished(&s, "jb_a1", "tn_a", day(5), 40_000).await;
+    let a2 = finished(&s, "jb_a2", "tn_a", day(6), 40_000).await;
+    let b1 = finished(&s, "jb_b1", "tn_b", day(5), 40_000).await;
+    // Still running: never touched.
+    let run = create(&s, "jb_run", "tn_a", day(4)).await;
+    let rows: Arc<[(i64, OutputRow)]> = vec![(run.seq, out(0, day(4), &[b'y'; 10_000]))].into();
+    j.store_output(rows).await.unwrap();
+
+    let stats = j.retain(day(3), 64 * 1024).await.unwrap();
+    // Past the age: the job is gone; the deploy keeps its row, not its output.
+    assert!(j.job("tn_a", "jb_old").await.unwrap().is_none());
+    assert!(j.output(old, 0, 10).await.unwrap().is_empty());
+    let d = j.job("tn_a", "jb_dep").await.unwrap().unwrap();
+    assert!(d.output_pruned && j.output(dep, 0, 10).await.unwrap().is_empty());
+    assert_eq!(j.output(late, 0, 10).await.unwrap().len(), 1);
+    // tn_a stores 90 KB > 64 KiB: its oldest finished output goes.
+    assert!(j.job("tn_a", "jb_a1").await.unwrap().unwrap().output_pruned);
+    assert!(j.output(a1, 0, 10).await.unwrap().is_empty());
+    assert_eq!(j.output(a2, 0, 10).await.unwrap().len(), 1, "newest kept");
+    assert_eq!(
+        j.output(run.seq, 0, 10).await.unwrap().len(),
+        1,
+        "running kept"
+    );
+    assert_eq!(j.output(b1, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        stats,
+        RetainStats {
+            jobs_deleted: 1,
+            outputs_deleted: 2
+        }
+    );
+    assert_eq!(
+        j.retain(day(3), 64 * 1024).await.unwrap(),
+        RetainStats::default(),
+        "idempotent"
+    );
+    if let Some(parts) = s.partitions("job_output").await {
+        let name = |n: i64| format!("job_output_p{}", day(n) / DAY_MS);
+        assert!(!parts.contains(&name(1)), "day 1 dropped whole: {parts:?}");
+        for n in [2, 4, 5, 6] {
+            assert!(parts.contains(&name(n)), "day {n} kept: {parts:?}");
+        }
+    }
+    // The deploy's history still names its job.
+    let history = j.deployments("tn_a", "web", 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(history[0].1.as_ref().unwrap().output_pruned);
+}
+
+async fn scripts_secrets_apps_and_deployments_round_trip(s: Bulk) {
+    let j = &s.jobs;
+    let script = Script {
+        name: "hello".into(),
+        body: "echo hi".into(),
+        interpreter: "/bin/sh".into(),
+        args: vec!["-e".into()],
+        timeout_s: 30,
+        updated_ms: 5,
+    };
+    j.put_script("tn", &script).await.unwrap();
+    assert_eq!(j.script("tn", "hello").await.unwrap(), Some(script.clone()));
+    assert_eq!(j.script("tn2", "hello").await.unwrap(), None);
+    let newer = Script {
+        body: "echo bye".into(),
+        updated_ms: 6,
+        ..script
+    };
+    j.put_script("tn", &newer).await.unwrap();
+    assert_eq!(j.scripts("tn").await.unwrap(), vec![newer]);
+    assert!(j.delete_script("tn", "hello").await.unwrap());
+    assert!(!j.delete_script("tn", "hello").await.unwrap());
+
+    j.put_secret("tn", "TOKEN", b"nonce", b"sealed", 7)
+        .await
+        .unwrap();
+    j.put_secret("tn", "TOKEN", b"nonce2", b"sealed2", 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        j.secret("tn", "TOKEN").await.unwrap(),
+        Some((b"nonce2".to_vec(), b"sealed2".to_vec()))
+    );
+    assert_eq!(
+        j.secrets("tn").await.unwrap(),
+        vec![("TOKEN".to_owned(), 8)]
+    );
+    assert!(j.secret("tn2", "TOKEN").await.unwrap().is_none());
+    assert!(j.delete_secret("tn", "TOKEN").await.unwrap());
+    assert!(j.secrets("tn").await.unwrap().is_empty());
+
+    let app = StoredApp {
+        name: "web".into(),
+        def: serde_json::json!({"image": "web", "runner": "rn_1"}),
+        updated_ms: 9,
+    };
+    j.put_app("tn", &app).await.unwrap();
+    assert_eq!(j.app("tn", "web").await.unwrap(), Some(app.clone()));
+    assert_eq!(j.apps("tn").await.unwrap(), vec![app]);
+    for (i, id) in ["jb_d1", "jb_d2"].iter().enumerate() {
+        create(&s, id, "tn", 10 + i as i64).await;
+        j.add_deployment(
+            "tn",
+            &Deployment {
+                id: (*id).into(),
+                app: "web".into(),
+                image: format!("web:{i}"),
+                kind: "deploy".into(),
+                git_ref: Some("main".into()),
+                created_ms: 10 + i as i64,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let history = j.deployments("tn", "web", 10).await.unwrap();
+    let ids: Vec<&str> = history.iter().map(|(d, _)| d.id.as_str()).collect();
+    assert_eq!(ids, ["jb_d2", "jb_d1"], "newest first");
+    assert_eq!(history[0].1.as_ref().unwrap().id, "jb_d2");
+    assert_eq!(history[1].0.image, "web:0");
+    assert_eq!(j.deployments("tn", "web", 1).await.unwrap().len(), 1);
+    assert!(j.delete_app("tn", "web").await.unwrap());
+    assert_eq!(
+        j.deployments("tn", "web", 10).await.unwrap().len(),
+        2,
+        "history kept"
+    );
 }

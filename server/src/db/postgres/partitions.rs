@@ -7,6 +7,7 @@
 //! metrics_1m    ts (ms)        one a day
 //! metrics_1h    ts (ms)        one per 30 days
 //! log_blocks    ts_last (ns)   one a day
+//! job_output    job_ms (ms)    one a day (the job's creation time)
 //! ```
 //!
 //! A partition is named `<table>_p<n>` and holds `[n·width, (n+1)·width)`.

@@ -247,4 +247,77 @@ CREATE TABLE log_collect (
     policy      TEXT NOT NULL
 );
 "#,
+    // 4: jobs (`jobs.rs`): scripts, sealed secrets, jobs, their output
+    // partitioned by the job's creation day, apps and deployments.
+    r#"
+CREATE TABLE scripts (
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    interpreter TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    timeout_s   BIGINT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE secrets (
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    nonce       BYTEA NOT NULL,
+    sealed      BYTEA NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE jobs (
+    seq              BIGSERIAL PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    tenant_id        TEXT NOT NULL,
+    runner_id        TEXT NOT NULL,
+    label            TEXT NOT NULL,
+    spec             TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    exit_code        INTEGER,
+    signal           INTEGER,
+    reason           TEXT NOT NULL DEFAULT '',
+    created_ms       BIGINT NOT NULL,
+    started_ms       BIGINT,
+    finished_ms      BIGINT,
+    stored_bytes     BIGINT NOT NULL DEFAULT 0,
+    output_bytes     BIGINT,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    output_pruned    BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX jobs_runner ON jobs (runner_id, status);
+CREATE INDEX jobs_tenant ON jobs (tenant_id, seq);
+CREATE INDEX jobs_finished ON jobs (tenant_id, finished_ms);
+CREATE INDEX jobs_created ON jobs (created_ms);
+CREATE TABLE job_output (
+    seq       BIGINT NOT NULL,
+    job_ms    BIGINT NOT NULL,
+    "offset"  BIGINT NOT NULL,
+    tag       SMALLINT NOT NULL,
+    step      SMALLINT NOT NULL DEFAULT 0,
+    ts_ms     BIGINT NOT NULL,
+    data      BYTEA NOT NULL,
+    PRIMARY KEY (seq, "offset", job_ms)
+) PARTITION BY RANGE (job_ms);
+CREATE TABLE apps (
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    def         TEXT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE deployments (
+    seq         BIGSERIAL,
+    job_id      TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    app         TEXT NOT NULL,
+    image       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    git_ref     TEXT,
+    created_ms  BIGINT NOT NULL
+);
+CREATE INDEX deployments_app ON deployments (tenant_id, app, created_ms);
+"#,
 ];
