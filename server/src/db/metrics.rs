@@ -6,7 +6,7 @@
 //! series count, min, max and sum (`encode_aggs`). Backends store these
 //! bytes as they are.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -438,4 +438,175 @@ pub fn decode_aggs(b: &[u8], out: &mut Vec<Agg>) -> Result<(), StorageError> {
         });
     }
     Ok(())
+}
+
+// ---- rolling up (shared by the backends) --------------------------------------------
+
+/// The rows of one bucket folded per schema: usually one schema per
+/// bucket, two when the series changed inside it.
+#[derive(Default)]
+pub(crate) struct BucketFold {
+    pub(crate) groups: Vec<(i64, Vec<Agg>)>,
+    values: Vec<Option<i64>>,
+    aggs: Vec<Agg>,
+}
+
+impl BucketFold {
+    /// Add one stored row: raw values (`from_raw`) or a rollup's aggregates.
+    pub(crate) fn add(
+        &mut self,
+        schema: i64,
+        blob: &[u8],
+        from_raw: bool,
+    ) -> Result<(), StorageError> {
+        let group = match self.groups.iter().position(|(s, _)| *s == schema) {
+            Some(i) => &mut self.groups[i].1,
+            None => {
+                self.groups.push((schema, Vec::new()));
+                &mut self.groups.last_mut().expect("just pushed").1
+            }
+        };
+        if from_raw {
+            decode_values(blob, &mut self.values)?;
+            if group.len() < self.values.len() {
+                group.resize(self.values.len(), Agg::default());
+            }
+            for (a, v) in group.iter_mut().zip(&self.values) {
+                if let Some(v) = v {
+                    a.add(*v);
+                }
+            }
+        } else {
+            decode_aggs(blob, &mut self.aggs)?;
+            if group.len() < self.aggs.len() {
+                group.resize(self.aggs.len(), Agg::default());
+            }
+            for (a, b) in group.iter_mut().zip(&self.aggs) {
+                a.merge(b);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- the range answer (shared by the backends) ---------------------------------------
+
+/// For one stored schema: which output series each position feeds.
+pub(crate) struct Plan {
+    schema: Arc<[SeriesDef]>,
+    slots: Vec<Option<usize>>,
+}
+
+struct SeriesAcc {
+    data: SeriesData,
+    /// The bucket being merged (rows of two schemas in one bucket): ts,
+    /// sum, count.
+    open: Option<(i64, f64, u64)>,
+}
+
+pub(crate) struct RangeBuilder<'f> {
+    filter: &'f SeriesFilter,
+    series: Vec<SeriesAcc>,
+    index: HashMap<String, usize>,
+    plans: HashMap<i64, Arc<Plan>>,
+}
+
+impl<'f> RangeBuilder<'f> {
+    pub(crate) fn new(filter: &'f SeriesFilter) -> Self {
+        RangeBuilder {
+            filter,
+            series: Vec::new(),
+            index: HashMap::new(),
+            plans: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn plan(
+        &mut self,
+        schema_id: i64,
+        load: impl FnOnce() -> Result<Arc<[SeriesDef]>, StorageError>,
+    ) -> Result<Arc<Plan>, StorageError> {
+        if let Some(p) = self.plans.get(&schema_id) {
+            return Ok(p.clone());
+        }
+        let schema = load()?;
+        let mut slots = Vec::with_capacity(schema.len());
+        for d in schema.iter() {
+            if !self.filter.matches(&d.name) {
+                slots.push(None);
+                continue;
+            }
+            let next = self.series.len();
+            let i = *self.index.entry(d.name.clone()).or_insert(next);
+            if i == next {
+                self.series.push(SeriesAcc {
+                    data: SeriesData {
+                        name: d.name.clone(),
+                        unit: d.unit,
+                        points: Vec::new(),
+                        summary: Summary::default(),
+                    },
+                    open: None,
+                });
+            }
+            slots.push(Some(i));
+        }
+        let plan = Arc::new(Plan { schema, slots });
+        self.plans.insert(schema_id, plan.clone());
+        Ok(plan)
+    }
+
+    pub(crate) fn add_raw(&mut self, plan: &Plan, ts: i64, values: &[Option<i64>]) {
+        for ((slot, d), v) in plan.slots.iter().zip(plan.schema.iter()).zip(values) {
+            if let (Some(i), Some(v)) = (slot, v) {
+                let v = scaled(*v as f64, d.scale);
+                let s = &mut self.series[*i].data;
+                s.points.push((ts, v));
+                s.summary.add(1, v, v, v);
+            }
+        }
+    }
+
+    pub(crate) fn add_bucket(&mut self, plan: &Plan, ts: i64, aggs: &[Agg]) {
+        for ((slot, d), a) in plan.slots.iter().zip(plan.schema.iter()).zip(aggs) {
+            let Some(i) = slot else { continue };
+            if a.count == 0 {
+                continue;
+            }
+            let sum = scaled(a.sum as f64, d.scale);
+            let (lo, hi) = (scaled(a.min as f64, d.scale), scaled(a.max as f64, d.scale));
+            let acc = &mut self.series[*i];
+            acc.data.summary.add(a.count, sum, lo.min(hi), lo.max(hi));
+            match &mut acc.open {
+                Some((t, s, c)) if *t == ts => {
+                    *s += sum;
+                    *c += a.count;
+                }
+                open => {
+                    if let Some((t, s, c)) = open.take() {
+                        acc.data.points.push((t, s / c as f64));
+                    }
+                    *open = Some((ts, sum, a.count));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Vec<SeriesData> {
+        self.series
+            .into_iter()
+            .map(|mut acc| {
+                if let Some((t, s, c)) = acc.open.take() {
+                    acc.data.points.push((t, s / c as f64));
+                }
+                let mut d = acc.data;
+                for p in &mut d.points {
+                    p.1 = tidy(p.1);
+                }
+                let s = &mut d.summary;
+                (s.min, s.max, s.sum) = (tidy(s.min), tidy(s.max), tidy(s.sum));
+                d
+            })
+            .collect()
+    }
 }

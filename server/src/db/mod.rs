@@ -15,7 +15,8 @@
 //!                           history, silences, the delivery log
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL for several replicas (issue 18): so far the
-//!             control, users, audit and update stores (see its mod.rs)
+//!             control, users, audit, update, metric and log stores (see
+//!             its mod.rs); metrics and logs partitioned by time
 //! ```
 //!
 //! Each area file holds its trait and the model types its methods speak in;

@@ -17,6 +17,7 @@ mod link;
 mod pg;
 mod runners;
 mod storage;
+mod storage_bulk;
 mod telemetry;
 mod threats;
 mod tokens;

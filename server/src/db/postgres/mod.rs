@@ -9,12 +9,17 @@
 //! users.rs    UserStore    over PgControl
 //! audit.rs    AuditStore   over PgControl
 //! updates.rs  UpdateStore  over PgControl
+//! metrics.rs  MetricStore  over PgMetrics: samples and rollups, by time partition
+//! logs.rs     LogStore     over PgLogs: container log blocks, by time partition
+//! jobs.rs     JobStore     over PgJobs: scripts, secrets, jobs, output by day partition, apps
+//! partitions.rs  making partitions ahead and dropping them for retention
 //! ```
 //!
 //! Not yet here (so `--database postgres://…` is not offered yet):
-//! MetricStore, LogStore and JobStore. A server needs every store, so
-//! until they exist this backend is reached only by the storage
-//! conformance suite (`server/tests/server/storage.rs`).
+//! AlertStore, and the fleet and audit-trail stores still outside `db/`.
+//! A server needs every store, so until they exist this backend is reached
+//! only by the storage conformance suite (`server/tests/server/storage.rs`,
+//! `storage_bulk.rs`).
 //!
 //! Why tokio-postgres + deadpool: the driver is async (no blocking pool
 //! hop, unlike SQLite's `Blocking::run`), is the one the Rust PostgreSQL
@@ -37,6 +42,10 @@ use super::StorageError;
 
 mod audit;
 mod control;
+mod jobs;
+mod logs;
+mod metrics;
+mod partitions;
 mod schema;
 mod updates;
 mod users;
@@ -158,6 +167,26 @@ impl Postgres {
     /// The update store.
     pub fn updates(&self) -> Arc<dyn super::UpdateStore> {
         self.control.clone()
+    }
+
+    /// The metric store, keeping samples as long as `retention` says.
+    pub fn metrics(&self, retention: crate::db::metrics::Retention) -> Arc<dyn super::MetricStore> {
+        Arc::new(metrics::PgMetrics::new(self.pool.clone(), retention))
+    }
+
+    /// The log store, with the server's default retention and collection
+    /// policy for runners and containers without their own.
+    pub fn logs(
+        &self,
+        defaults: crate::db::logs::LogRetention,
+        policy: crate::db::logs::CollectPolicy,
+    ) -> Arc<dyn super::LogStore> {
+        Arc::new(logs::PgLogs::new(self.pool.clone(), defaults, policy))
+    }
+
+    /// The job store (scripts, secrets, jobs and output, apps).
+    pub fn jobs(&self) -> Arc<dyn super::JobStore> {
+        Arc::new(jobs::PgJobs::new(self.pool.clone()))
     }
 
     /// The numbered migrations applied, in order (tests, operators).

@@ -164,4 +164,160 @@ CREATE TABLE container_events (
 CREATE INDEX container_events_by_runner ON container_events(runner_id, seq);
 CREATE INDEX container_events_by_age ON container_events(at);
 "#,
+    // 2: host metrics (`metrics.rs`): the sample tables partitioned by time
+    // (`partitions.rs` makes and drops their partitions).
+    r#"
+CREATE TABLE metric_sources (
+    id          BIGSERIAL PRIMARY KEY,
+    runner_id   TEXT NOT NULL UNIQUE,
+    last_ts     BIGINT
+);
+CREATE TABLE metric_schemas (
+    id          BIGSERIAL PRIMARY KEY,
+    hash        BYTEA NOT NULL UNIQUE,
+    series      TEXT NOT NULL,
+    last_used   BIGINT NOT NULL
+);
+CREATE TABLE metrics_raw (
+    src     BIGINT NOT NULL,
+    ts      BIGINT NOT NULL,
+    schema  BIGINT NOT NULL,
+    vals    BYTEA NOT NULL,
+    PRIMARY KEY (src, ts)
+) PARTITION BY RANGE (ts);
+CREATE TABLE metrics_1m (
+    src     BIGINT NOT NULL,
+    ts      BIGINT NOT NULL,
+    schema  BIGINT NOT NULL,
+    aggs    BYTEA NOT NULL,
+    PRIMARY KEY (src, ts, schema)
+) PARTITION BY RANGE (ts);
+CREATE TABLE metrics_1h (
+    src     BIGINT NOT NULL,
+    ts      BIGINT NOT NULL,
+    schema  BIGINT NOT NULL,
+    aggs    BYTEA NOT NULL,
+    PRIMARY KEY (src, ts, schema)
+) PARTITION BY RANGE (ts);
+CREATE TABLE metrics_dirty (
+    level   INTEGER NOT NULL,
+    bucket  BIGINT NOT NULL,
+    src     BIGINT NOT NULL,
+    PRIMARY KEY (level, bucket, src)
+);
+"#,
+    // 3: container logs (`logs.rs`): blocks partitioned by their newest
+    // line's time, in nanoseconds (`partitions.rs`).
+    r#"
+CREATE TABLE log_streams (
+    id          BIGSERIAL PRIMARY KEY,
+    runner_id   TEXT NOT NULL,
+    container   TEXT NOT NULL,
+    bytes       BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (runner_id, container)
+);
+CREATE TABLE log_blocks (
+    id           BIGSERIAL,
+    stream       BIGINT NOT NULL,
+    container_id TEXT NOT NULL,
+    tag          SMALLINT NOT NULL,
+    ts_first     BIGINT NOT NULL,
+    ts_last      BIGINT NOT NULL,
+    lines        BIGINT NOT NULL,
+    data         BYTEA NOT NULL
+) PARTITION BY RANGE (ts_last);
+CREATE INDEX log_blocks_time ON log_blocks (stream, ts_last);
+CREATE INDEX log_blocks_order ON log_blocks (stream, id);
+CREATE TABLE log_cursors (
+    runner_id    TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    ts           BIGINT NOT NULL,
+    skip         BIGINT NOT NULL,
+    PRIMARY KEY (runner_id, container_id)
+);
+CREATE TABLE log_retention (
+    runner_id   TEXT NOT NULL,
+    container   TEXT NOT NULL,
+    max_age_s   BIGINT NOT NULL,
+    max_bytes   BIGINT NOT NULL,
+    PRIMARY KEY (runner_id, container)
+);
+CREATE TABLE log_collect (
+    runner_id   TEXT PRIMARY KEY,
+    policy      TEXT NOT NULL
+);
+"#,
+    // 4: jobs (`jobs.rs`): scripts, sealed secrets, jobs, their output
+    // partitioned by the job's creation day, apps and deployments.
+    r#"
+CREATE TABLE scripts (
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    interpreter TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    timeout_s   BIGINT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE secrets (
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    nonce       BYTEA NOT NULL,
+    sealed      BYTEA NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE jobs (
+    seq              BIGSERIAL PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    tenant_id        TEXT NOT NULL,
+    runner_id        TEXT NOT NULL,
+    label            TEXT NOT NULL,
+    spec             TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    exit_code        INTEGER,
+    signal           INTEGER,
+    reason           TEXT NOT NULL DEFAULT '',
+    created_ms       BIGINT NOT NULL,
+    started_ms       BIGINT,
+    finished_ms      BIGINT,
+    stored_bytes     BIGINT NOT NULL DEFAULT 0,
+    output_bytes     BIGINT,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    output_pruned    BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX jobs_runner ON jobs (runner_id, status);
+CREATE INDEX jobs_tenant ON jobs (tenant_id, seq);
+CREATE INDEX jobs_finished ON jobs (tenant_id, finished_ms);
+CREATE INDEX jobs_created ON jobs (created_ms);
+CREATE TABLE job_output (
+    seq       BIGINT NOT NULL,
+    job_ms    BIGINT NOT NULL,
+    "offset"  BIGINT NOT NULL,
+    tag       SMALLINT NOT NULL,
+    step      SMALLINT NOT NULL DEFAULT 0,
+    ts_ms     BIGINT NOT NULL,
+    data      BYTEA NOT NULL,
+    PRIMARY KEY (seq, "offset", job_ms)
+) PARTITION BY RANGE (job_ms);
+CREATE TABLE apps (
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    def         TEXT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE deployments (
+    seq         BIGSERIAL,
+    job_id      TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    app         TEXT NOT NULL,
+    image       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    git_ref     TEXT,
+    created_ms  BIGINT NOT NULL
+);
+CREATE INDEX deployments_app ON deployments (tenant_id, app, created_ms);
+"#,
 ];

@@ -645,44 +645,17 @@ fn rollup_bucket(
     src: i64,
     bucket: i64,
 ) -> Result<(), StorageError> {
-    // Usually one schema per bucket; two when the series changed inside it.
-    let mut groups: Vec<(i64, Vec<Agg>)> = Vec::new();
+    let mut fold = BucketFold::default();
     {
         let mut stmt = tx.prepare_cached(level.select)?;
         let mut rows = stmt.query(params![src, bucket, bucket + level.width])?;
-        let mut values = Vec::new();
-        let mut aggs = Vec::new();
         while let Some(row) = rows.next()? {
             let schema: i64 = row.get(0)?;
             let blob = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            let group = match groups.iter().position(|(s, _)| *s == schema) {
-                Some(i) => &mut groups[i].1,
-                None => {
-                    groups.push((schema, Vec::new()));
-                    &mut groups.last_mut().expect("just pushed").1
-                }
-            };
-            if level.from_raw {
-                decode_values(blob, &mut values)?;
-                if group.len() < values.len() {
-                    group.resize(values.len(), Agg::default());
-                }
-                for (a, v) in group.iter_mut().zip(&values) {
-                    if let Some(v) = v {
-                        a.add(*v);
-                    }
-                }
-            } else {
-                decode_aggs(blob, &mut aggs)?;
-                if group.len() < aggs.len() {
-                    group.resize(aggs.len(), Agg::default());
-                }
-                for (a, b) in group.iter_mut().zip(&aggs) {
-                    a.merge(b);
-                }
-            }
+            fold.add(schema, blob, level.from_raw)?;
         }
     }
+    let groups = fold.groups;
     // Nothing below (should not happen: rows of dirty buckets are kept):
     // leave what was rolled up before.
     if !groups.is_empty() {
@@ -705,128 +678,6 @@ fn rollup_bucket(
     tx.prepare_cached("DELETE FROM metrics_dirty WHERE level = ?1 AND bucket = ?2 AND src = ?3")?
         .execute(params![level.level, bucket, src])?;
     Ok(())
-}
-
-// ---- the range answer ----------------------------------------------------------------
-
-/// For one stored schema: which output series each position feeds.
-struct Plan {
-    schema: Arc<[SeriesDef]>,
-    slots: Vec<Option<usize>>,
-}
-
-struct SeriesAcc {
-    data: SeriesData,
-    /// The bucket being merged (rows of two schemas in one bucket): ts,
-    /// sum, count.
-    open: Option<(i64, f64, u64)>,
-}
-
-struct RangeBuilder<'f> {
-    filter: &'f SeriesFilter,
-    series: Vec<SeriesAcc>,
-    index: HashMap<String, usize>,
-    plans: HashMap<i64, Arc<Plan>>,
-}
-
-impl<'f> RangeBuilder<'f> {
-    fn new(filter: &'f SeriesFilter) -> Self {
-        RangeBuilder {
-            filter,
-            series: Vec::new(),
-            index: HashMap::new(),
-            plans: HashMap::new(),
-        }
-    }
-
-    fn plan(
-        &mut self,
-        schema_id: i64,
-        load: impl FnOnce() -> Result<Arc<[SeriesDef]>, StorageError>,
-    ) -> Result<Arc<Plan>, StorageError> {
-        if let Some(p) = self.plans.get(&schema_id) {
-            return Ok(p.clone());
-        }
-        let schema = load()?;
-        let mut slots = Vec::with_capacity(schema.len());
-        for d in schema.iter() {
-            if !self.filter.matches(&d.name) {
-                slots.push(None);
-                continue;
-            }
-            let next = self.series.len();
-            let i = *self.index.entry(d.name.clone()).or_insert(next);
-            if i == next {
-                self.series.push(SeriesAcc {
-                    data: SeriesData {
-                        name: d.name.clone(),
-                        unit: d.unit,
-                        points: Vec::new(),
-                        summary: Summary::default(),
-                    },
-                    open: None,
-                });
-            }
-            slots.push(Some(i));
-        }
-        let plan = Arc::new(Plan { schema, slots });
-        self.plans.insert(schema_id, plan.clone());
-        Ok(plan)
-    }
-
-    fn add_raw(&mut self, plan: &Plan, ts: i64, values: &[Option<i64>]) {
-        for ((slot, d), v) in plan.slots.iter().zip(plan.schema.iter()).zip(values) {
-            if let (Some(i), Some(v)) = (slot, v) {
-                let v = scaled(*v as f64, d.scale);
-                let s = &mut self.series[*i].data;
-                s.points.push((ts, v));
-                s.summary.add(1, v, v, v);
-            }
-        }
-    }
-
-    fn add_bucket(&mut self, plan: &Plan, ts: i64, aggs: &[Agg]) {
-        for ((slot, d), a) in plan.slots.iter().zip(plan.schema.iter()).zip(aggs) {
-            let Some(i) = slot else { continue };
-            if a.count == 0 {
-                continue;
-            }
-            let sum = scaled(a.sum as f64, d.scale);
-            let (lo, hi) = (scaled(a.min as f64, d.scale), scaled(a.max as f64, d.scale));
-            let acc = &mut self.series[*i];
-            acc.data.summary.add(a.count, sum, lo.min(hi), lo.max(hi));
-            match &mut acc.open {
-                Some((t, s, c)) if *t == ts => {
-                    *s += sum;
-                    *c += a.count;
-                }
-                open => {
-                    if let Some((t, s, c)) = open.take() {
-                        acc.data.points.push((t, s / c as f64));
-                    }
-                    *open = Some((ts, sum, a.count));
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> Vec<SeriesData> {
-        self.series
-            .into_iter()
-            .map(|mut acc| {
-                if let Some((t, s, c)) = acc.open.take() {
-                    acc.data.points.push((t, s / c as f64));
-                }
-                let mut d = acc.data;
-                for p in &mut d.points {
-                    p.1 = tidy(p.1);
-                }
-                let s = &mut d.summary;
-                (s.min, s.max, s.sum) = (tidy(s.min), tidy(s.max), tidy(s.sum));
-                d
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
