@@ -11,8 +11,24 @@
 
 pub mod api;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct ContainersCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// Docker state and container events of every runner.
+    pub containers: Arc<ContainerHub>,
+    pub tuning: Tuning,
+}
+
 /// Docker state, containers and their events, Docker calls through the runner.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    ContainersCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/api/v1/runners/{id}/docker", get(api::docker_state))
@@ -45,6 +61,9 @@ pub fn routes() -> axum::Router<crate::app::AppState> {
         )
 }
 
+use crate::common::tuning::Tuning;
+use crate::db::Db;
+use crate::link::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -25,12 +25,14 @@ pub mod selector;
 pub mod store;
 pub mod waves;
 
+use crate::db::Db;
+use crate::link::registry::Registry;
 use std::sync::Arc;
 
 use self::store::{FleetStore, SqliteFleet};
 use crate::db::StorageError;
 
-/// The fleet's share of `AppState`.
+/// The fleet's own state: its store and the rollouts being driven.
 pub struct Fleet {
     pub store: Arc<dyn FleetStore>,
     /// Rollouts being driven by this process.
@@ -51,8 +53,23 @@ impl Fleet {
     }
 }
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct FleetCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub job_hub: Arc<crate::jobs::JobHub>,
+    /// Labels, job deadlines, rollouts.
+    pub fleet: Arc<Fleet>,
+    /// Labels and selectors, as other features reach them.
+    pub labels: labels::LabelsCtx,
+    /// A rollout is jobs (the seam to `jobs/`).
+    pub jobs: crate::jobs::JobsCtx,
+}
+
 /// The fleet's background tasks (deadlines; later the scheduler): the
 /// caller aborts them at shutdown.
-pub fn spawn(state: &crate::app::AppState) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
     vec![tokio::spawn(deadlines::run(state.clone()))]
 }

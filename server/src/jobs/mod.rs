@@ -14,8 +14,28 @@
 pub mod api;
 pub mod rules;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct JobsCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub secrets: Arc<SecretBox>,
+    /// Per-tenant limits (`common/quotas.rs`).
+    pub quotas: Quotas,
+    /// Live job output and status, for watchers.
+    pub job_hub: Arc<JobHub>,
+    /// Selectors and deadlines (the seam to `fleet/`).
+    pub fleet: crate::fleet::labels::LabelsCtx,
+}
+
 /// Saved scripts, sealed secrets, jobs and their output.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    JobsCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route("/api/v1/scripts", get(api::list_scripts))
@@ -36,6 +56,9 @@ pub fn routes() -> axum::Router<crate::app::AppState> {
         .route("/api/v1/jobs/{id}/output", get(api::output))
 }
 
+use crate::common::quotas::Quotas;
+use crate::db::Db;
+use crate::link::registry::Registry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 

@@ -35,8 +35,20 @@
 pub mod api;
 pub mod prometheus;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct TelemetryCtx {
+    pub db: Db,
+}
+
 /// Metrics queries, fingerprints and drift, the Prometheus exposition.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    TelemetryCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::get;
     axum::Router::new()
         .route("/api/v1/runners/{id}/metrics", get(api::runner_metrics))
@@ -49,6 +61,7 @@ pub fn routes() -> axum::Router<crate::app::AppState> {
         .route("/api/v1/metrics/prometheus", get(api::prometheus))
 }
 
+use crate::db::Db;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
