@@ -92,7 +92,7 @@ impl FromRef<AppState> for JobsCtx {
             secrets: s.secrets.clone(),
             quotas: s.quotas,
             job_hub: s.job_hub.clone(),
-            fleet: LabelsCtx::from_ref(s),
+            fleet: Arc::new(LabelsCtx::from_ref(s)),
         }
     }
 }

@@ -311,6 +311,20 @@ pub fn note_actor(extensions: &axum::http::Extensions, actor: Actor) {
     }
 }
 
+/// The runner `id` if it belongs to `tenant` (every feature that takes a
+/// runner id asks); another tenant's runner is
+/// "not found", never "forbidden", so its existence does not leak.
+pub async fn runner_in_tenant(
+    db: &Db,
+    tenant: &str,
+    id: &str,
+) -> Result<crate::db::RunnerRow, ApiError> {
+    db.control
+        .runner(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::runner_not_found(id))
+}
+
 /// How the audit trail names a dashboard user.
 pub fn user_actor(session: &SessionRow) -> Actor {
     Actor {

@@ -31,6 +31,7 @@ use tether::protocol::{
     CONTAINER_CONTROL_DISABLED,
 };
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::{ApiError, DOCKER, DOCKER_UNAVAILABLE, RUNNER_ERROR};
@@ -38,7 +39,6 @@ use crate::common::http::query;
 use crate::common::http::{valid_container_ref, MAX_CONTAINER_REF};
 use crate::containers::ContainerEventView;
 use crate::containers::ContainersCtx;
-use crate::runners::runner_in_tenant;
 
 /// Longest stop/restart timeout a caller may ask for.
 const MAX_STOP_TIMEOUT_S: u32 = 600;

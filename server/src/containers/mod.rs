@@ -61,9 +61,6 @@ where
         )
 }
 
-use crate::common::tuning::Tuning;
-use crate::db::Db;
-use crate::link::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +69,10 @@ use tether::protocol::{ContainerEvent, ContainerSummary, DockerState};
 use tokio::sync::broadcast;
 
 use crate::common::clock;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
 use crate::db::{ContainerEventRow, ControlStore, DockerStateRow, StorageError};
+use crate::link::registry::Registry;
 
 /// Undelivered container events per slow SSE subscriber before it skips ahead.
 const EVENT_BACKLOG: usize = 1024;

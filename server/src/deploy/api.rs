@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tether::protocol::deploy::{DeploySpec, HealthCheck, PortMap, SecretsDelivery};
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -34,7 +35,6 @@ use crate::db::jobs::{JobRow, JobSpec};
 use crate::deploy::DeployCtx;
 use crate::jobs::api::{fits, job_json, new_job_id};
 use crate::jobs::rules::{valid_env, valid_name};
-use crate::runners::runner_in_tenant;
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;

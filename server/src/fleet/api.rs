@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
@@ -26,7 +27,6 @@ use crate::fleet::labels;
 use crate::fleet::selector::{self, Labels};
 use crate::fleet::store::Policy;
 use crate::fleet::FleetCtx;
-use crate::runners::runner_in_tenant;
 
 /// Most runners one bulk label change touches.
 const MAX_BULK: usize = 10_000;

@@ -32,6 +32,33 @@ pub struct LabelsCtx {
 }
 
 /// Parse a selector from a request, as a 400 naming the position.
+/// Jobs name their runners by selector and wait until deadlines through
+/// this (`jobs::RunnerSets`), so `jobs/` never imports the fleet.
+#[async_trait::async_trait]
+impl crate::jobs::RunnerSets for LabelsCtx {
+    async fn select(&self, tenant: &str, selector: &str) -> Result<Vec<String>, ApiError> {
+        let sel = parse_selector(selector)?;
+        Ok(select(self, tenant, &sel)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r.id)
+            .collect())
+    }
+
+    fn deadline_ms(&self, tenant: &str, asked_s: Option<u64>) -> Result<Option<i64>, ApiError> {
+        crate::fleet::deadlines::deadline_ms(self, tenant, asked_s)
+    }
+
+    fn add_deadlines(
+        &self,
+        tenant: &str,
+        jobs: &[(String, String)],
+        at_ms: i64,
+    ) -> Result<(), ApiError> {
+        Ok(self.store.add_deadlines(tenant, jobs, at_ms)?)
+    }
+}
+
 pub fn parse_selector(text: &str) -> Result<Selector, ApiError> {
     Selector::parse(text).map_err(|e| ApiError::bad_request(format!("selector: {e}")))
 }

@@ -13,8 +13,10 @@
 //! store.rs     fleet.db: every SQL statement of the fleet, behind FleetStore
 //! ```
 //!
-//! It stands on `jobs/` (a fleet job is an ordinary job; `jobs::api` names
-//! its runners from a selector here) and `storage/` (runners, groups).
+//! It stands on `jobs/` (a fleet job is an ordinary job, made through
+//! `jobs::api`) and `db/` (runners, groups). The other way, a run's selector
+//! and a job's deadline, goes through `jobs::RunnerSets`, implemented in
+//! `labels.rs`: jobs never import the fleet.
 
 pub mod api;
 pub mod cron;
@@ -25,12 +27,12 @@ pub mod selector;
 pub mod store;
 pub mod waves;
 
-use crate::db::Db;
-use crate::link::registry::Registry;
 use std::sync::Arc;
 
 use self::store::{FleetStore, SqliteFleet};
+use crate::db::Db;
 use crate::db::StorageError;
+use crate::link::registry::Registry;
 
 /// The fleet's own state: its store and the rollouts being driven.
 pub struct Fleet {

@@ -31,6 +31,7 @@ use tether::protocol::signed::{Signed, MAX_ACTION_ID, MAX_SIGNATURE};
 use tether::protocol::StreamTag;
 use tokio::sync::broadcast;
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -45,7 +46,6 @@ use crate::jobs::rules::{
 };
 use crate::jobs::JobsCtx;
 use crate::jobs::{check_fits, JobUpdate, Unfit};
-use crate::runners::runner_in_tenant;
 
 /// Output rows read from storage per page.
 const PAGE: usize = 512;
@@ -390,19 +390,14 @@ pub async fn run(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
     let mut b = b;
-    let deadline = crate::fleet::deadlines::deadline_ms(&state.fleet, tenant, b.deadline_s)?;
+    let deadline = state.fleet.deadline_ms(tenant, b.deadline_s)?;
     if let Some(text) = &b.selector {
         if !b.runners.is_empty() {
             return Err(ApiError::bad_request(
                 "give runners or a selector, not both",
             ));
         }
-        let sel = crate::fleet::labels::parse_selector(text)?;
-        b.runners = crate::fleet::labels::select(&state.fleet, tenant, &sel)
-            .await?
-            .into_iter()
-            .map(|(r, _)| r.id)
-            .collect();
+        b.runners = state.fleet.select(tenant, text).await?;
         if b.runners.is_empty() {
             return Err(ApiError::not_found(format!("no runner matches {text:?}")));
         }
@@ -443,7 +438,7 @@ pub async fn run(
     }
     let made = create_jobs(&state, tenant, &jobs, &label, &spec, now).await?;
     if let Some(ms) = deadline {
-        state.fleet.store.add_deadlines(tenant, &jobs, now + ms)?;
+        state.fleet.add_deadlines(tenant, &jobs, now + ms)?;
     }
     for (_, r) in &jobs {
         state.registry.jobs_changed(r);

@@ -25,8 +25,30 @@ pub struct JobsCtx {
     pub quotas: Quotas,
     /// Live job output and status, for watchers.
     pub job_hub: Arc<JobHub>,
-    /// Selectors and deadlines (the seam to `fleet/`).
-    pub fleet: crate::fleet::labels::LabelsCtx,
+    /// Selectors and deadlines: what a run asks of the fleet.
+    pub fleet: Arc<dyn RunnerSets>,
+}
+
+/// What a run asks of the fleet, named here so that jobs never import
+/// `fleet/` (which makes its rollouts from jobs): `fleet/labels.rs`
+/// implements it, `app/ctx.rs` hands it over. A run may name its runners
+/// by a label selector, and a job may wait for an offline runner until a
+/// deadline (`fleet/deadlines.rs` expires it).
+#[async_trait::async_trait]
+pub trait RunnerSets: Send + Sync {
+    /// The ids of `tenant`'s runners (not revoked) that `selector` names,
+    /// by name; a selector that does not parse is a 400.
+    async fn select(&self, tenant: &str, selector: &str) -> Result<Vec<String>, ApiError>;
+    /// How long a new job may wait for its runner, in ms: `asked_s` (0: no
+    /// deadline; too long: a 400) or else the tenant's fleet policy.
+    fn deadline_ms(&self, tenant: &str, asked_s: Option<u64>) -> Result<Option<i64>, ApiError>;
+    /// Record the deadline of jobs just made (`(job id, runner id)` each).
+    fn add_deadlines(
+        &self,
+        tenant: &str,
+        jobs: &[(String, String)],
+        at_ms: i64,
+    ) -> Result<(), ApiError>;
 }
 
 /// Saved scripts, sealed secrets, jobs and their output.
@@ -56,9 +78,6 @@ where
         .route("/api/v1/jobs/{id}/output", get(api::output))
 }
 
-use crate::common::quotas::Quotas;
-use crate::db::Db;
-use crate::link::registry::Registry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -66,7 +85,11 @@ use tether::protocol::{encode_control_checked, JobStart, Message, TooLarge, JOB_
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::common::error::ApiError;
+use crate::common::quotas::Quotas;
 use crate::db::jobs::{JobRow, JobSpec, JobStore, OutputRow};
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
 /// window (its memory cap, 2 MiB) keeps a batch arriving while one is

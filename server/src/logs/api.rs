@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use tether::protocol::{LogOpen, Message};
 use tokio::sync::mpsc;
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -40,7 +41,6 @@ use crate::db::logs::{LogQuery, LogRetention};
 use crate::db::Role;
 use crate::logs::LogsCtx;
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
-use crate::runners::runner_in_tenant;
 
 /// Lines a history answer holds unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10_000;

@@ -47,9 +47,6 @@ where
         )
 }
 
-use crate::common::tuning::Tuning;
-use crate::db::Db;
-use crate::link::registry::Registry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +59,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::common::clock;
+use crate::common::tuning::Tuning;
 use crate::db::logs::BlockIn;
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// Stored blocks are written at least this often...
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);

@@ -19,25 +19,13 @@ use crate::runners::RunnersCtx;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::http::{query, JsonBody, SERVER_VERSION};
 use crate::db::{
     ApiTokenInfo, ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner,
     RunnerRow, TenantRow,
 };
 use crate::runners::health::HealthView;
-
-/// The runner `id` if it belongs to `tenant`; another tenant's runner is
-/// "not found", never "forbidden", so its existence does not leak.
-pub(crate) async fn runner_in_tenant(
-    db: &crate::db::Db,
-    tenant: &str,
-    id: &str,
-) -> Result<RunnerRow, ApiError> {
-    db.control
-        .runner(tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::runner_not_found(id))
-}
 
 /// Default and longest lifetime of an enrollment token.
 const DEFAULT_TTL_SECS: u64 = 3600;

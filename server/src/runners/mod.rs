@@ -5,20 +5,17 @@ pub mod api;
 pub mod events;
 pub mod health;
 
-/// The seam other features use: a runner id checked against the caller's
-/// tenant ("not found" for another tenant's, so it does not leak).
-pub(crate) use api::runner_in_tenant;
+use std::sync::Arc;
 
-use crate::common::tuning::Tuning;
-use crate::db::Db;
-use crate::link::registry::Registry;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use std::sync::Arc;
 
 use crate::common::edge;
 use crate::common::stream_auth;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.

@@ -17,13 +17,13 @@ use serde_json::Value;
 use tether::fingerprint::Change;
 use tether::metrics::wire::Unit;
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::query;
 use crate::db::metrics::{tidy, RangeError, Resolution, SeriesFilter, HOUR_MS};
 use crate::db::Health;
-use crate::runners::runner_in_tenant;
 use crate::telemetry::prometheus;
 use crate::telemetry::TelemetryCtx;
 

@@ -61,7 +61,6 @@ where
         .route("/api/v1/metrics/prometheus", get(api::prometheus))
 }
 
-use crate::db::Db;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +73,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::db::metrics::{encode_values, SampleRows, MINUTE_MS};
+use crate::db::Db;
 use crate::db::MetricStore;
 use crate::db::{ControlStore, FingerprintWrite, StorageError};
 

@@ -45,6 +45,7 @@ use serde_json::{json, Value};
 use tether::protocol::{encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD};
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
 use crate::common::clock;
 use crate::common::edge::PeerAddr;
@@ -54,7 +55,6 @@ use crate::common::http::JsonBody;
 use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
 use crate::db::{Role, SessionRow, TerminalAuditRow};
-use crate::runners::runner_in_tenant;
 use crate::terminals::TerminalsCtx;
 use crate::terminals::{
     ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,

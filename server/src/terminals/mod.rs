@@ -60,12 +60,6 @@ where
         .route("/api/v1/terminals/{tid}/attach", get(api::attach_ws))
 }
 
-use crate::common::auth::AuthCtx;
-use crate::common::quotas::Quotas;
-use crate::common::stream_auth::Tickets;
-use crate::common::tuning::Tuning;
-use crate::db::Db;
-use crate::link::registry::Registry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,6 +71,13 @@ use tether::protocol::{
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::common::auth::AuthCtx;
+use crate::common::quotas::Quotas;
+use crate::common::stream_auth::Tickets;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// Output kept for a reattach; equal to the runner's window (see above).
 pub const SCROLLBACK: usize = DEFAULT_TERM_WINDOW as usize;

@@ -18,8 +18,6 @@
 //!  runner ─ update_status ─▶ update_reports (installed / failed / rejected / interrupted)
 //! ```
 
-use crate::db::Db;
-use crate::link::registry::Registry;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +30,14 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tether::protocol::{encode_control, Message, UpdateOffer};
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::db::Db;
 use crate::db::UpdatePolicy;
-use crate::runners::runner_in_tenant;
+use crate::link::registry::Registry;
 
 mod policy;
 

@@ -31,8 +31,6 @@
 //! (`POST /api/v1/tenants/{tenant}/users`, CLI `user add`); after that, the
 //! tenant's admins (or an API token) manage users with `/api/v1/users`.
 
-use crate::common::tuning::Tuning;
-use crate::db::Db;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,6 +50,8 @@ use crate::common::clock;
 use crate::common::edge::Clip;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
 use crate::db::{Role, SessionRow, UserRow};
 
 /// What this feature's handlers use, built by `app/` from its state
