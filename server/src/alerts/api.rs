@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::notify::{seal_name, ChannelConfig, Notification};
 use super::rules::{Rule, RuleSpec, Silence, SilenceSpec, MAX_RULES, MAX_TEXT};
-use crate::app::AppState;
+use crate::alerts::AlertsCtx;
 use crate::common::auth::{new_id, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -38,7 +38,12 @@ const MAX_SILENCES: usize = 500;
 /// Rows per history or delivery page.
 const MAX_PAGE: i64 = 500;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AlertsCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/api/v1/alerts", get(firing))
         .route("/api/v1/alerts/ack", post(ack))
@@ -77,7 +82,7 @@ fn who(caller: &Caller) -> String {
 
 async fn list_rules(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let rules = state.alerts.store.rules(caller.tenant()?).await?;
     Ok(Json(json!({ "rules": rules })))
@@ -85,7 +90,7 @@ async fn list_rules(
 
 async fn get_rule(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Rule>, ApiError> {
     let rules = state.alerts.store.rules(caller.tenant()?).await?;
@@ -96,7 +101,7 @@ async fn get_rule(
         .ok_or_else(|| ApiError::not_found(format!("no alert rule {id:?}")))
 }
 
-async fn check_rule(state: &AppState, tenant: &str, spec: &RuleSpec) -> Result<(), ApiError> {
+async fn check_rule(state: &AlertsCtx, tenant: &str, spec: &RuleSpec) -> Result<(), ApiError> {
     spec.check().map_err(ApiError::bad_request)?;
     let channels = state.alerts.store.channels(tenant).await?;
     for c in &spec.channels {
@@ -111,7 +116,7 @@ async fn check_rule(state: &AppState, tenant: &str, spec: &RuleSpec) -> Result<(
 
 async fn create_rule(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     JsonBody(spec): JsonBody<RuleSpec>,
 ) -> Result<(StatusCode, Json<Rule>), ApiError> {
     let tenant = caller.tenant()?;
@@ -140,7 +145,7 @@ async fn create_rule(
 
 async fn put_rule(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
     JsonBody(spec): JsonBody<RuleSpec>,
 ) -> Result<Json<Rule>, ApiError> {
@@ -171,7 +176,7 @@ async fn put_rule(
 
 async fn delete_rule(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
@@ -203,7 +208,7 @@ fn channel_view(c: &ChannelRow) -> Value {
 
 async fn list_channels(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let rows = state.alerts.store.channels(caller.tenant()?).await?;
     Ok(Json(
@@ -212,7 +217,7 @@ async fn list_channels(
 }
 
 fn seal_channel(
-    state: &AppState,
+    state: &AlertsCtx,
     tenant: &str,
     id: String,
     body: &ChannelBody,
@@ -243,7 +248,7 @@ fn seal_channel(
 
 async fn create_channel(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     JsonBody(body): JsonBody<ChannelBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant_admin()?;
@@ -264,7 +269,7 @@ async fn create_channel(
 
 async fn put_channel(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ChannelBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -284,7 +289,7 @@ async fn put_channel(
 
 async fn delete_channel(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant_admin()?;
@@ -312,7 +317,7 @@ async fn delete_channel(
 
 async fn test_channel(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
@@ -356,7 +361,7 @@ struct Page {
 
 async fn deliveries(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
     p: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -372,7 +377,7 @@ async fn deliveries(
 
 // ---- alerts, ack, history -------------------------------------------------------------
 
-async fn firing(caller: Caller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn firing(caller: Caller, State(state): State<AlertsCtx>) -> Result<Json<Value>, ApiError> {
     let rows = state.alerts.store.alerts(caller.tenant()?).await?;
     Ok(Json(json!({ "alerts": rows })))
 }
@@ -388,7 +393,7 @@ struct AckBody {
 
 async fn ack(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     JsonBody(b): JsonBody<AckBody>,
 ) -> Result<Json<Ack>, ApiError> {
     let tenant = caller.tenant()?;
@@ -417,7 +422,7 @@ async fn ack(
 
 async fn history(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     p: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let p = query(p)?;
@@ -434,7 +439,7 @@ async fn history(
 
 async fn list_silences(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let rows = state.alerts.store.silences(caller.tenant()?).await?;
     Ok(Json(json!({ "silences": rows })))
@@ -442,7 +447,7 @@ async fn list_silences(
 
 async fn create_silence(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     JsonBody(spec): JsonBody<SilenceSpec>,
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
     let tenant = caller.tenant()?;
@@ -465,7 +470,7 @@ async fn create_silence(
 
 async fn delete_silence(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AlertsCtx>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state

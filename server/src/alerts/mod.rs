@@ -87,7 +87,16 @@ enum Input {
     SilencesChanged,
 }
 
-/// The handle in `AppState`: hooks, and what the API needs.
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct AlertsCtx {
+    /// Alert rules, their engine and the notification channels.
+    pub alerts: Arc<Alerts>,
+    pub secrets: Arc<SecretBox>,
+}
+
+/// The handle in the app's state: hooks, and what the API needs.
 pub struct Alerts {
     tx: mpsc::Sender<Input>,
     pub store: Arc<dyn AlertStore>,

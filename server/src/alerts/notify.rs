@@ -554,7 +554,9 @@ struct Job {
 pub struct Notifier {
     store: Arc<dyn AlertStore>,
     secrets: Arc<SecretBox>,
-    pub tuning: Tuning,
+    /// Read at each delivery: `serve` sets it once at start, after the
+    /// engine (and this notifier) began with the defaults.
+    tuning: Mutex<Tuning>,
     workers: Mutex<HashMap<String, mpsc::Sender<Job>>>,
 }
 
@@ -568,9 +570,14 @@ impl Notifier {
         Notifier {
             store,
             secrets,
-            tuning,
+            tuning: Mutex::new(tuning),
             workers: Mutex::default(),
         }
+    }
+
+    /// Retries, timeouts and the address rule of deliveries from now on.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        *self.tuning.lock().unwrap_or_else(|e| e.into_inner()) = tuning;
     }
 
     /// Queue `n` for a channel of `tenant`; never waits.
@@ -627,7 +634,7 @@ impl Notifier {
             Ok(c) => c,
             Err(e) => return self.log(job, 1, Err(e)).await,
         };
-        let t = self.tuning;
+        let t = *self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         for n in 1..=t.attempts.max(1) {
             let result = attempt(&cfg, &job.n, t).await;
             let ok = result.is_ok();

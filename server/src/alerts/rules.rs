@@ -33,7 +33,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
+// The model (what is stored) lives with its store; the rules here decide.
+pub use crate::db::alerts::{
+    ContainerFilter, Kind, Op, Rule, RuleSpec, Scope, Silence, SilenceSpec, State,
+};
 
 /// Longest rule name, pattern, filter or subject accepted.
 pub const MAX_TEXT: usize = 200;
@@ -47,137 +50,6 @@ const MAX_RESTARTS_KEPT: usize = 1000;
 pub const ASKED_STOP_MS: i64 = 30_000;
 /// Targets tracked per tenant; past it new targets are not tracked (logged).
 pub const MAX_TARGETS: usize = 100_000;
-
-/// Which runners a rule covers. Labels do not exist yet: groups stand in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    #[default]
-    All,
-    Group(String),
-    Runner(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    Above,
-    Below,
-}
-
-/// What a rule watches. The JSON is `{"kind": "...", ...fields}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Kind {
-    /// The runner has been unreachable for `for_s` seconds; resolves when back.
-    Unreachable { for_s: u64 },
-    /// A series (`*` matches one dot-separated part, e.g. `fs.*.avail`,
-    /// `ctr.*.cpu`) beyond `threshold` for `for_s`; resolves once beyond
-    /// `resolve` the other way. With `per` (same `*`), the value is
-    /// `100 * series / per` (a percentage: `fs.*.avail` per `fs.*.size`).
-    Metric {
-        series: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        per: Option<String>,
-        op: Op,
-        threshold: f64,
-        /// Defaults to `threshold` (no hysteresis).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        resolve: Option<f64>,
-        #[serde(default)]
-        for_s: u64,
-    },
-    /// A container died without a `kill`/`stop` asked for just before.
-    ContainerStopped {
-        #[serde(default = "default_quiet")]
-        quiet_s: u64,
-    },
-    /// A container exited with a non-zero code.
-    ContainerExitNonzero {
-        #[serde(default = "default_quiet")]
-        quiet_s: u64,
-    },
-    /// A container's health check says unhealthy; resolves on healthy.
-    ContainerUnhealthy {},
-    /// More than `count` exits within `within_s`; resolves after `within_s`
-    /// without one.
-    ContainerRestarts { count: u32, within_s: u64 },
-    /// A fingerprint change whose path starts with one of `paths` (all if
-    /// empty): `listening`, `firewall`, `kernel`, ...
-    Drift {
-        #[serde(default)]
-        paths: Vec<String>,
-        #[serde(default = "default_quiet")]
-        quiet_s: u64,
-    },
-    /// A job failed or timed out (only these scripts, if named); resolves
-    /// when the same script succeeds on that runner.
-    JobFailed {
-        #[serde(default)]
-        scripts: Vec<String>,
-    },
-    /// A deploy failed (only these apps, if named); resolves on a good one.
-    DeployFailed {
-        #[serde(default)]
-        apps: Vec<String>,
-    },
-    /// An update was rejected or rolled back; resolves when one installs.
-    UpdateFailed {},
-    /// A collected log line containing `pattern`; at most one notification
-    /// per container per `quiet_s` (the alert resolves after that long
-    /// without a match).
-    LogMatch {
-        pattern: String,
-        #[serde(default = "default_quiet")]
-        quiet_s: u64,
-    },
-}
-
-fn default_quiet() -> u64 {
-    300
-}
-
-/// A container filter: by name (`*` wildcards) and/or one `key=value` label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ContainerFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-}
-
-/// A rule as the API takes it (`id`, `tenant` are the server's). Unknown
-/// fields are refused by [`Kind`] (serde cannot deny them on a struct
-/// with a flattened part).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RuleSpec {
-    pub name: String,
-    #[serde(default)]
-    pub scope: Scope,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub containers: Option<ContainerFilter>,
-    #[serde(flatten)]
-    pub kind: Kind,
-    /// Channel ids to notify.
-    #[serde(default)]
-    pub channels: Vec<String>,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Rule {
-    pub id: String,
-    #[serde(skip)]
-    pub tenant: String,
-    #[serde(flatten)]
-    pub spec: RuleSpec,
-}
 
 impl RuleSpec {
     /// Bounds and sense; the message names the field.
@@ -391,32 +263,6 @@ pub enum Observation {
         container: String,
         line: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Pending,
-    Firing,
-    Resolved,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Firing => "firing",
-            State::Resolved => "resolved",
-        }
-    }
-    pub fn parse(s: &str) -> Option<State> {
-        match s {
-            "pending" => Some(State::Pending),
-            "firing" => Some(State::Firing),
-            "resolved" => Some(State::Resolved),
-            _ => None,
-        }
-    }
 }
 
 /// One target's live state (pending or firing; resolved targets are dropped).
@@ -1036,37 +882,6 @@ fn fmt_secs(s: u64) -> String {
     } else {
         format!("{s} s")
     }
-}
-
-/// A silence (or a group's maintenance window): transitions that match it
-/// while it is in force are recorded but not sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SilenceSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Unix ms; the silence is in force in `[starts, ends)`.
-    pub starts_ms: i64,
-    pub ends_ms: i64,
-    #[serde(default)]
-    pub comment: String,
-    /// `true`: a maintenance window (of `group`), shown as such.
-    #[serde(default)]
-    pub maintenance: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Silence {
-    pub id: String,
-    #[serde(skip)]
-    pub tenant: String,
-    pub created_by: String,
-    #[serde(flatten)]
-    pub spec: SilenceSpec,
 }
 
 impl SilenceSpec {

@@ -5,6 +5,7 @@
 //! TLS; nothing here knows about listeners or certificates.
 
 pub mod config;
+mod ctx;
 mod routes;
 pub mod serve;
 pub mod tls;
@@ -13,11 +14,12 @@ pub mod web;
 pub use routes::app;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::alerts::notify::Tuning as AlertTuning;
 use crate::alerts::Alerts;
 use crate::audit::store::{SqliteAudit, TrailStore};
+pub use crate::common::tuning::Tuning;
+
 use crate::common::edge::{Edge, EdgeConfig};
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
@@ -31,43 +33,6 @@ use crate::telemetry::MetricsWriter;
 use crate::terminals::Terminals;
 use crate::updates::ReleaseConfig;
 use crate::{common::auth, users};
-
-/// Timeouts of the runner connection, adjustable so tests need not wait 10 s.
-#[derive(Debug, Clone, Copy)]
-pub struct Tuning {
-    /// From the upgrade to the runner's `hello` (protocol.md: 10 s).
-    pub hello_timeout: Duration,
-    /// `POST /runners/{id}/ping` waits this long for the `pong`.
-    pub request_timeout: Duration,
-    /// Sending one frame to a runner; a peer that stops reading is dropped.
-    pub send_timeout: Duration,
-    /// After sending a close frame, how long to wait for the peer's.
-    pub close_wait: Duration,
-    /// The metrics writer stores what was queued in one transaction this often.
-    pub metrics_flush: Duration,
-    /// A runner gets a `metrics_ack` at most this often.
-    pub metrics_ack_every: Duration,
-    /// A Docker call through a runner waits this long for the answer (plus
-    /// the stop timeout for stop and restart).
-    pub docker_timeout: Duration,
-    /// A dashboard login lasts this long (`users/mod.rs`).
-    pub session_ttl: Duration,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            hello_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(5),
-            send_timeout: Duration::from_secs(10),
-            close_wait: Duration::from_secs(2),
-            metrics_flush: Duration::from_secs(1),
-            metrics_ack_every: Duration::from_secs(5),
-            docker_timeout: Duration::from_secs(30),
-            session_ttl: Duration::from_secs(12 * 3600),
-        }
-    }
-}
 
 /// Everything a request handler may touch. Cheap to clone.
 #[derive(Clone)]
@@ -165,16 +130,10 @@ impl AppState {
         self
     }
 
-    /// Alert delivery with these retries, timeouts and address rule
-    /// (restarts the alert engine; `serve` calls it once at start).
-    pub fn with_alert_tuning(mut self, tuning: AlertTuning) -> AppState {
-        self.alerts = Alerts::start(
-            self.db.clone(),
-            self.secrets.clone(),
-            &self.health,
-            &self.containers,
-            tuning,
-        );
+    /// Alert delivery with these retries, timeouts and address rule (the
+    /// engine `new` started keeps running; `serve` calls it once at start).
+    pub fn with_alert_tuning(self, tuning: AlertTuning) -> AppState {
+        self.alerts.notifier.set_tuning(tuning);
         self
     }
 

@@ -6,6 +6,7 @@
 //! own folder. Routers are merged, so two features claiming the same path
 //! and method fail at start-up (axum panics on the overlap), not at random.
 
+use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::{Extension, Router};
@@ -41,7 +42,10 @@ pub fn app(state: AppState) -> Router {
             )
         })
         // Every action is recorded here, whatever route it took (`audit/`).
-        .layer(from_fn_with_state(state.clone(), crate::audit::record))
+        .layer(from_fn_with_state(
+            crate::audit::AuditCtx::from_ref(&state),
+            crate::audit::record,
+        ))
         .layer(from_fn_with_state(state.edge.clone(), edge::body_deadline))
         // Outermost: the rate layers of enrollment and login read it.
         .layer(Extension(state.edge.clone()))

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRef;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Router;
@@ -261,7 +262,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             &data.join("audit.db"),
         )?));
     crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
-    match crate::fleet::labels::migrate_groups(&state).await {
+    match crate::fleet::labels::migrate_groups(&FromRef::from_ref(&state)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} runner group(s) became group labels"),
         Err(e) => tracing::error!("turning runner groups into labels: {}", e.message),
@@ -290,8 +291,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
     let maintenance = tokio::spawn(maintain_metrics(state.clone()));
-    let retention = tokio::spawn(crate::common::quotas::retain_jobs(state.clone()));
-    let fleet = crate::fleet::spawn(&state);
+    let retention = tokio::spawn(crate::common::quotas::retain_jobs(
+        state.db.clone(),
+        state.quotas,
+    ));
+    let fleet = crate::fleet::spawn(&FromRef::from_ref(&state));
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::store::{AuditQuery, Entry};
-use crate::app::AppState;
+use crate::audit::AuditCtx;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -82,7 +82,7 @@ pub fn entry_json(e: &Entry) -> Value {
     v
 }
 
-async fn run_query(state: &AppState, q: AuditQuery) -> Result<Vec<Entry>, ApiError> {
+async fn run_query(state: &AuditCtx, q: AuditQuery) -> Result<Vec<Entry>, ApiError> {
     let store = state.audit.clone();
     tokio::task::spawn_blocking(move || store.query(&q))
         .await
@@ -93,7 +93,7 @@ async fn run_query(state: &AppState, q: AuditQuery) -> Result<Vec<Entry>, ApiErr
 /// `GET /api/v1/audit`: a page of entries, oldest first.
 pub async fn list(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AuditCtx>,
     params: Result<Query<Filters>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = audit_query(&caller, query(params)?, MAX_PAGE)?;
@@ -104,7 +104,7 @@ pub async fn list(
 /// `GET /api/v1/audit/export`: the same filters, one JSON entry per line.
 pub async fn export(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AuditCtx>,
     params: Result<Query<Filters>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut f = query(params)?;
@@ -122,7 +122,7 @@ pub async fn export(
 /// `GET /api/v1/audit/verify`: walk the whole chain (admin token).
 pub async fn verify(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AuditCtx>,
 ) -> Result<Json<Value>, ApiError> {
     caller.admin()?;
     let store = state.audit.clone();

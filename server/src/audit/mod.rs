@@ -19,7 +19,7 @@
 //! not recorded, except logins and enrollments (both rate-limited at the
 //! edge): otherwise a stranger could fill the disk with refusals.
 //!
-//! The actor is noted by `common/auth.rs` through an [`ActorSlot`] the
+//! The actor is noted by `common/auth.rs` through an `ActorSlot` the
 //! layer puts into the request's extensions, so identification happens
 //! once. Host-side refusals of signed actions arrive as job results and are
 //! recorded by [`host_event`].
@@ -27,7 +27,7 @@
 pub mod api;
 pub mod store;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body, Bytes, HttpBody};
@@ -39,7 +39,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use self::store::{NewEntry, TrailStore};
-use crate::app::AppState;
+use crate::common::auth::{Actor, ActorSlot};
 use crate::common::clock;
 use crate::common::edge::PeerAddr;
 use crate::common::error::ErrorCode;
@@ -50,27 +50,6 @@ pub const MAX_PARAMS_BODY: usize = 64 * 1024;
 pub const MAX_PARAMS: usize = 4096;
 /// Strings inside the recorded parameters are clipped to this many chars.
 const MAX_PARAM_STRING: usize = 512;
-
-/// Who made a request, as the audit trail names them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Actor {
-    /// `admin`, `token`, `user`.
-    pub kind: &'static str,
-    pub id: String,
-    pub label: String,
-    pub tenant: Option<String>,
-}
-
-/// Where the caller extractor leaves the actor for [`record`].
-#[derive(Debug, Clone, Default)]
-pub struct ActorSlot(Arc<Mutex<Option<Actor>>>);
-
-/// Called by `common/auth.rs` once it knows who is calling.
-pub fn note_actor(extensions: &axum::http::Extensions, actor: Actor) {
-    if let Some(slot) = extensions.get::<ActorSlot>() {
-        *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
-    }
-}
 
 /// Whether a request is recorded at all.
 fn is_action(method: &Method, path: &str, websocket: bool) -> bool {
@@ -86,7 +65,7 @@ fn is_door(route: &str) -> bool {
 }
 
 /// The layer (`app/mod.rs`: `from_fn_with_state(state, audit::record)`).
-pub async fn record(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn record(State(state): State<AuditCtx>, mut req: Request, next: Next) -> Response {
     let websocket = req.headers().contains_key(UPGRADE);
     if !is_action(req.method(), req.uri().path(), websocket) {
         return next.run(req).await;
@@ -110,7 +89,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     req.extensions_mut().insert(slot.clone());
     let (req, params) = params_of(req).await;
     let res = next.run(req).await;
-    let actor = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let actor = slot.take();
     let status = res.status().as_u16();
     if actor.is_none()
         && matches!(status, 401 | 403 | 404)
@@ -155,7 +134,7 @@ pub fn append(store: &dyn TrailStore, entry: NewEntry) {
 /// Something a host did or refused, reported over the runner link (a
 /// signed action refused): recorded under the runner as actor.
 pub fn host_event(
-    state: &AppState,
+    state: &AuditCtx,
     tenant: &str,
     runner: &str,
     action: &str,
@@ -312,8 +291,21 @@ pub fn spawn_retention(store: Arc<dyn TrailStore>, keep: Duration) {
 /// How often the audit WAL is moved into its file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct AuditCtx {
+    /// The audit trail (in memory until `serve` opens `audit.db`).
+    pub audit: Arc<dyn TrailStore>,
+}
+
 /// The audit trail's REST: list, NDJSON export, verify.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AuditCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::get;
     axum::Router::new()
         .route("/api/v1/audit", get(api::list))

@@ -21,16 +21,18 @@
 //! the `Origin` must be this server's (cross-site WebSocket hijacking), and
 //! a viewer is refused (a shell is an action).
 
-use axum::extract::FromRequestParts;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
-use crate::audit::{self, Actor};
+use crate::common::edge::Edge;
 use crate::common::error::ApiError;
-use crate::db::{Role, SessionRow};
+use crate::common::stream_auth::Tickets;
+use crate::db::{Db, Role, SessionRow};
 
 pub const ADMIN_PREFIX: &str = "tadm_";
 pub const API_PREFIX: &str = "tapi_";
@@ -91,6 +93,20 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// What identifying a caller needs: the stores of tokens and sessions, the
+/// admin token's hash, the edge's TLS flag (for `Origin` checks) and the
+/// WebSocket tickets. `app/` builds it from its state (`FromRef`), so every
+/// feature's routes can take a [`Caller`] without naming the app.
+#[derive(Clone)]
+pub struct AuthCtx {
+    pub db: Db,
+    /// SHA-256 hex of the admin token.
+    pub admin_token_hash: Arc<str>,
+    pub edge: Arc<Edge>,
+    /// Single-use WebSocket tickets (`common/stream_auth.rs`).
+    pub tickets: Arc<Tickets>,
+}
+
 /// Who is calling a REST endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -136,20 +152,22 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    AuthCtx: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = &AuthCtx::from_ref(state);
         if let Some(token) = bearer(&parts.headers) {
             let (caller, actor) = identify_actor(state, token).await?;
-            audit::note_actor(&parts.extensions, actor);
+            note_actor(&parts.extensions, actor);
             return Ok(caller);
         }
         let session = cookie_session(state, &parts.headers).await?;
-        audit::note_actor(&parts.extensions, user_actor(&session));
+        note_actor(&parts.extensions, user_actor(&session));
         if !is_safe(&parts.method) {
             let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             if !sent.is_some_and(|t| hashes_equal(t, &session.csrf_token)) {
@@ -168,7 +186,7 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The live dashboard session named by the request's cookie.
-async fn cookie_session(state: &AppState, headers: &HeaderMap) -> Result<SessionRow, ApiError> {
+async fn cookie_session(state: &AuthCtx, headers: &HeaderMap) -> Result<SessionRow, ApiError> {
     let Some(cookie) = session_cookie(headers) else {
         return Err(ApiError::unauthorized(
             "missing bearer token or session cookie",
@@ -184,7 +202,7 @@ async fn cookie_session(state: &AppState, headers: &HeaderMap) -> Result<Session
 
 /// Who a token is, for endpoints that take it outside the header (a
 /// browser's WebSocket cannot set `Authorization`).
-pub async fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+pub async fn identify_token(state: &AuthCtx, token: &str) -> Result<Caller, ApiError> {
     identify(state, token).await
 }
 
@@ -195,7 +213,7 @@ pub async fn identify_token(state: &AppState, token: &str) -> Result<Caller, Api
 /// forge) says which page asked. `public_url` is this server's address as
 /// the browser sees it, when a proxy rewrites `Host`.
 pub async fn websocket_session(
-    state: &AppState,
+    state: &AuthCtx,
     headers: &HeaderMap,
     public_url: Option<&str>,
 ) -> Result<SessionRow, ApiError> {
@@ -260,6 +278,53 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// Who made a request, as the audit trail names them. Noted here, where
+/// the caller is identified, for the audit layer (`audit/mod.rs`) to record:
+/// the note lives in `common/` so that identifying a caller needs nothing
+/// of the audit feature.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// `admin`, `token`, `user`.
+    pub kind: &'static str,
+    pub id: String,
+    pub label: String,
+    pub tenant: Option<String>,
+}
+
+/// Where the caller extractor leaves the actor: the audit layer puts one
+/// into the request's extensions and takes the actor out after the handler.
+#[derive(Debug, Clone, Default)]
+pub struct ActorSlot(Arc<Mutex<Option<Actor>>>);
+
+impl ActorSlot {
+    /// The actor noted, if any (once).
+    pub fn take(&self) -> Option<Actor> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Called by the [`Caller`] extractor once it knows who is calling; a
+/// request without a slot (not an action) notes nothing.
+pub fn note_actor(extensions: &axum::http::Extensions, actor: Actor) {
+    if let Some(slot) = extensions.get::<ActorSlot>() {
+        *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+    }
+}
+
+/// The runner `id` if it belongs to `tenant` (every feature that takes a
+/// runner id asks); another tenant's runner is
+/// "not found", never "forbidden", so its existence does not leak.
+pub async fn runner_in_tenant(
+    db: &Db,
+    tenant: &str,
+    id: &str,
+) -> Result<crate::db::RunnerRow, ApiError> {
+    db.control
+        .runner(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::runner_not_found(id))
+}
+
 /// How the audit trail names a dashboard user.
 pub fn user_actor(session: &SessionRow) -> Actor {
     Actor {
@@ -270,12 +335,12 @@ pub fn user_actor(session: &SessionRow) -> Actor {
     }
 }
 
-async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+async fn identify(state: &AuthCtx, token: &str) -> Result<Caller, ApiError> {
     identify_actor(state, token).await.map(|(caller, _)| caller)
 }
 
 /// Who a token is, and how the audit trail names them.
-async fn identify_actor(state: &AppState, token: &str) -> Result<(Caller, Actor), ApiError> {
+async fn identify_actor(state: &AuthCtx, token: &str) -> Result<(Caller, Actor), ApiError> {
     let hash = hash_secret(token);
     if token.starts_with(API_PREFIX) {
         // Revoked, expired, or its creator gone (`db/sqlite/tokens.rs`).

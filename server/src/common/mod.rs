@@ -1,7 +1,8 @@
 //! Plumbing every feature stands on: the JSON error body, request parsing,
 //! the caller extractor and hashing, time formats, the edge toward strangers
 //! (caps, rates, body bounds, the peer address), private files, sealed
-//! secrets, stream re-checks and WebSocket tickets, per-tenant quotas.
+//! secrets, stream re-checks and WebSocket tickets, per-tenant quotas, the
+//! timeouts (`Tuning`).
 
 pub mod auth;
 pub mod clock;
@@ -12,3 +13,4 @@ pub mod http;
 pub mod quotas;
 pub mod secrets;
 pub mod stream_auth;
+pub mod tuning;

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
-use crate::app::AppState;
 use crate::common::error::ApiError;
+use crate::db::Db;
 
 /// Every limit, from `serve` flags (`app/config.rs`).
 #[derive(Debug, Clone, Copy)]
@@ -67,17 +67,16 @@ pub fn exceeded(what: &str, limit: u64, flag: &str) -> ApiError {
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// Apply job retention now and then, forever (the caller aborts it).
-pub async fn retain_jobs(state: AppState) {
+pub async fn retain_jobs(db: Db, quotas: Quotas) {
     let mut tick = tokio::time::interval(RETENTION_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tick.tick().await;
-        let q = state.quotas;
+        let q = quotas;
         let now = crate::common::clock::now_ms();
         let age_ms = i64::try_from(q.job_retention.as_millis()).unwrap_or(i64::MAX);
-        let pass = state
-            .db
+        let pass = db
             .jobs
             .retain(now.saturating_sub(age_ms), q.job_bytes_per_tenant)
             .await;

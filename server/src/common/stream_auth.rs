@@ -39,11 +39,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
-use crate::app::AppState;
-use crate::common::auth::{self, Caller};
+use crate::common::auth::{self, AuthCtx, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
-use crate::db::Role;
+use crate::db::{Db, Role};
 
 /// A guard re-checks at least this often, for writes it was not woken for
 /// (another process on the same database).
@@ -100,17 +99,16 @@ fn rank(r: Role) -> u8 {
 
 /// Why a principal no longer holds (the stream's end reason), or until
 /// when it does (`None`: no expiry). `Ok(None)` too on a storage error.
-async fn check(state: &AppState, p: &Principal) -> Result<Option<i64>, String> {
+async fn check(db: &Db, p: &Principal) -> Result<Option<i64>, String> {
     let now = clock::now_ms();
     let result = match &p.credential {
         Credential::Admin => return Ok(None),
-        Credential::ApiToken(hash) => state
-            .db
+        Credential::ApiToken(hash) => db
             .control
             .api_token_check(hash, now)
             .await
             .map(|r| r.map_err(|why| why.message().to_owned())),
-        Credential::Session(hash) => state.db.users.session(hash, now).await.map(|s| match s {
+        Credential::Session(hash) => db.users.session(hash, now).await.map(|s| match s {
             Some(s) if rank(s.user.role) < rank(p.need) => Err(format!(
                 "your role is now {}: this needs {}",
                 s.user.role.as_str(),
@@ -139,18 +137,18 @@ pub struct AuthGuard {
 }
 
 impl AuthGuard {
-    pub fn spawn(state: &AppState, principal: Principal) -> AuthGuard {
+    pub fn spawn(db: &Db, principal: Principal) -> AuthGuard {
         let (tx, rx) = watch::channel(None);
         let task = (principal.credential != Credential::Admin)
-            .then(|| tokio::spawn(watch_principal(state.clone(), principal, tx)).abort_handle());
+            .then(|| tokio::spawn(watch_principal(db.clone(), principal, tx)).abort_handle());
         AuthGuard { ended: rx, task }
     }
 
     /// The guard of a request's stream: its credential (see
     /// [`Credential::of`]) must keep at least `need`.
-    pub fn for_request(state: &AppState, headers: &HeaderMap, need: Role) -> AuthGuard {
+    pub fn for_request(db: &Db, headers: &HeaderMap, need: Role) -> AuthGuard {
         let credential = Credential::of(headers).unwrap_or(Credential::Admin);
-        AuthGuard::spawn(state, Principal { credential, need })
+        AuthGuard::spawn(db, Principal { credential, need })
     }
 
     /// Resolves with the reason the stream must end; pending while the
@@ -176,10 +174,10 @@ impl Drop for AuthGuard {
     }
 }
 
-async fn watch_principal(state: AppState, p: Principal, tx: watch::Sender<Option<String>>) {
-    let mut changes = state.db.control.watch_credentials();
+async fn watch_principal(db: Db, p: Principal, tx: watch::Sender<Option<String>>) {
+    let mut changes = db.control.watch_credentials();
     loop {
-        let expires = match check(&state, &p).await {
+        let expires = match check(&db, &p).await {
             Ok(e) => e,
             Err(reason) => {
                 // The kind only: even a hash of a credential stays out of logs.
@@ -282,7 +280,7 @@ impl Tickets {
 /// (`?ticket=`), for clients that cannot send `Authorization` on one.
 pub async fn mint_ticket(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<AuthCtx>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.tenant()?;

@@ -31,14 +31,14 @@ use tether::protocol::{
     CONTAINER_CONTROL_DISABLED,
 };
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::{ApiError, DOCKER, DOCKER_UNAVAILABLE, RUNNER_ERROR};
 use crate::common::http::query;
 use crate::common::http::{valid_container_ref, MAX_CONTAINER_REF};
 use crate::containers::ContainerEventView;
-use crate::runners::runner_in_tenant;
+use crate::containers::ContainersCtx;
 
 /// Longest stop/restart timeout a caller may ask for.
 const MAX_STOP_TIMEOUT_S: u32 = 600;
@@ -91,7 +91,7 @@ fn request(op: DockerOp) -> DockerRequest {
 /// One Docker call through the runner; `extra` is added to the wait (a stop
 /// takes its timeout before Docker answers).
 async fn call_docker(
-    state: &AppState,
+    state: &ContainersCtx,
     tenant: &str,
     id: &str,
     req: DockerRequest,
@@ -164,11 +164,11 @@ fn docker_success(r: DockerResponse) -> Result<DockerResponse, ApiError> {
 
 pub async fn docker_state(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     Ok(Json(match state.containers.state(&id).await? {
         Some(row) => json!({
             "runner_id": id,
@@ -220,12 +220,12 @@ fn summary_of(c: &Value) -> Option<ContainerSummary> {
 
 pub async fn list(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path(id): Path<String>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let p = query(params)?;
     if p.cached == Some(true) {
         if p.filters.is_some() {
@@ -281,11 +281,11 @@ pub async fn list(
 
 pub async fn inspect(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     check_container(&cid)?;
     let mut req = request(DockerOp::Inspect);
     req.container = Some(cid);
@@ -302,7 +302,7 @@ pub async fn inspect(
 /// and containers older than that label, and scripts that passed a secret
 /// to `docker run -e` under its own name.
 async fn secret_names(
-    state: &AppState,
+    state: &ContainersCtx,
     tenant: &str,
     inspect: &Value,
 ) -> Result<Vec<String>, ApiError> {
@@ -339,14 +339,14 @@ pub struct ActionParams {
 
 async fn action(
     caller: Caller,
-    state: AppState,
+    state: ContainersCtx,
     id: String,
     cid: String,
     op: DockerOp,
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     check_container(&cid)?;
     let p = query(params)?;
     let mut req = request(op);
@@ -389,7 +389,7 @@ async fn action(
 
 pub async fn start(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path((id, cid)): Path<(String, String)>,
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -398,7 +398,7 @@ pub async fn start(
 
 pub async fn stop(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path((id, cid)): Path<(String, String)>,
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -407,7 +407,7 @@ pub async fn stop(
 
 pub async fn restart(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path((id, cid)): Path<(String, String)>,
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -416,7 +416,7 @@ pub async fn restart(
 
 pub async fn kill(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path((id, cid)): Path<(String, String)>,
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -425,7 +425,7 @@ pub async fn kill(
 
 pub async fn remove(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path((id, cid)): Path<(String, String)>,
     params: Result<Query<ActionParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -441,13 +441,13 @@ struct PruneBody {
 
 async fn prune(
     caller: Caller,
-    state: AppState,
+    state: ContainersCtx,
     id: String,
     op: DockerOp,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     // Parsed here, after the tenant check, not by an extractor.
     let parsed: PruneBody = if body.iter().all(u8::is_ascii_whitespace) {
         PruneBody { filters: None }
@@ -463,7 +463,7 @@ async fn prune(
 
 pub async fn prune_containers(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -472,7 +472,7 @@ pub async fn prune_containers(
 
 pub async fn prune_images(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -488,12 +488,12 @@ pub struct HistoryParams {
 
 pub async fn history(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<ContainersCtx>,
     Path(id): Path<String>,
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<Vec<ContainerEventView>>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let p = query(params)?;
     let since = match p.since.as_deref() {
         Some(s) => clock::parse_time(s, clock::now_ms())

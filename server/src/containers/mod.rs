@@ -11,8 +11,24 @@
 
 pub mod api;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct ContainersCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// Docker state and container events of every runner.
+    pub containers: Arc<ContainerHub>,
+    pub tuning: Tuning,
+}
+
 /// Docker state, containers and their events, Docker calls through the runner.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    ContainersCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/api/v1/runners/{id}/docker", get(api::docker_state))
@@ -53,7 +69,10 @@ use tether::protocol::{ContainerEvent, ContainerSummary, DockerState};
 use tokio::sync::broadcast;
 
 use crate::common::clock;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
 use crate::db::{ContainerEventRow, ControlStore, DockerStateRow, StorageError};
+use crate::link::registry::Registry;
 
 /// Undelivered container events per slow SSE subscriber before it skips ahead.
 const EVENT_BACKLOG: usize = 1024;

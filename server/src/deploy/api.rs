@@ -25,16 +25,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tether::protocol::deploy::{DeploySpec, HealthCheck, PortMap, SecretsDelivery};
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
 use crate::db::jobs::{Deployment, StoredApp};
 use crate::db::jobs::{JobRow, JobSpec};
+use crate::deploy::DeployCtx;
 use crate::jobs::api::{fits, job_json, new_job_id};
 use crate::jobs::rules::{valid_env, valid_name};
-use crate::runners::runner_in_tenant;
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;
@@ -163,7 +163,12 @@ fn valid_inner_path(s: &str) -> bool {
         && s.split('/').all(|seg| seg != "..")
 }
 
-async fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Result<(), ApiError> {
+async fn check(
+    state: &DeployCtx,
+    tenant: &str,
+    name: &str,
+    d: &mut AppDef,
+) -> Result<(), ApiError> {
     // The runner checks the same rule again before the name becomes a path.
     tether::protocol::deploy::check_app_name(name).map_err(bad)?;
     // The definition keeps the runner's id, so a rename cannot move the app.
@@ -284,8 +289,8 @@ async fn check(state: &AppState, tenant: &str, name: &str, d: &mut AppDef) -> Re
 }
 
 /// A runner id, or a runner's name in this tenant.
-async fn resolve_runner(state: &AppState, tenant: &str, r: &str) -> Result<String, ApiError> {
-    if let Ok(row) = runner_in_tenant(state, tenant, r).await {
+async fn resolve_runner(state: &DeployCtx, tenant: &str, r: &str) -> Result<String, ApiError> {
+    if let Ok(row) = runner_in_tenant(&state.db, tenant, r).await {
         return Ok(row.id);
     }
     let all = state.db.control.list_runners(tenant).await?;
@@ -318,7 +323,7 @@ fn deployment_json(d: &Deployment, job: Option<&JobRow>) -> Value {
 }
 
 async fn app_of(
-    state: &AppState,
+    state: &DeployCtx,
     tenant: &str,
     name: &str,
 ) -> Result<(StoredApp, AppDef), ApiError> {
@@ -335,7 +340,7 @@ async fn app_of(
 
 pub async fn list_apps(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let apps = state.db.jobs.apps(tenant).await?;
@@ -344,7 +349,7 @@ pub async fn list_apps(
 
 pub async fn put_app(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
     Path(name): Path<String>,
     JsonBody(mut d): JsonBody<AppDef>,
 ) -> Result<Json<Value>, ApiError> {
@@ -373,7 +378,7 @@ pub async fn put_app(
     // not at each deploy (the longest ref a deploy may ask for is checked
     // then).
     let (spec, _) = job_spec(&name, &d, &new_job_id()?, None, d.git_ref.clone());
-    fits(&state, tenant, &spec).await?;
+    fits(&state.jobs, tenant, &spec).await?;
     let a = StoredApp {
         name,
         def: serde_json::to_value(&d).map_err(ApiError::internal)?,
@@ -385,7 +390,7 @@ pub async fn put_app(
 
 pub async fn get_app(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -394,7 +399,7 @@ pub async fn get_app(
 
 pub async fn delete_app(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
@@ -432,7 +437,7 @@ fn optional_body<T: for<'de> Deserialize<'de> + Default>(b: &Bytes) -> Result<T,
 
 /// Make the job and its deployment row; tell the runner's connection.
 async fn launch(
-    state: &AppState,
+    state: &DeployCtx,
     tenant: &str,
     app: &str,
     def: &AppDef,
@@ -457,11 +462,11 @@ async fn launch(
     }
     let id = new_job_id()?;
     let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
-    fits(state, tenant, &job_spec).await?;
+    fits(&state.jobs, tenant, &job_spec).await?;
     let label = format!("{kind} {app}");
     let now = clock::now_ms();
     let jobs = [(id.clone(), def.runner.clone())];
-    let job = crate::jobs::api::create_jobs(state, tenant, &jobs, &label, &job_spec, now)
+    let job = crate::jobs::api::create_jobs(&state.jobs, tenant, &jobs, &label, &job_spec, now)
         .await?
         .pop()
         .ok_or_else(|| ApiError::internal("no job made"))?;
@@ -528,7 +533,7 @@ fn job_spec(
 
 pub async fn deploy(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -550,7 +555,7 @@ pub async fn deploy(
 
 pub async fn rollback(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -609,7 +614,7 @@ pub async fn rollback(
 /// with its newest successful image (`kind: "redeliver"`, no build). A
 /// runner names only apps it already receives the secrets of; anything
 /// else is skipped with a log line.
-pub async fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: &[String]) {
+pub async fn redeliver_lost(state: &DeployCtx, tenant: &str, runner: &str, apps: &[String]) {
     for name in apps.iter().take(tether::protocol::MAX_SECRETS_LOST) {
         match redeliver(state, tenant, runner, name).await {
             Ok(Some(job)) => {
@@ -623,7 +628,7 @@ pub async fn redeliver_lost(state: &AppState, tenant: &str, runner: &str, apps: 
 }
 
 async fn redeliver(
-    state: &AppState,
+    state: &DeployCtx,
     tenant: &str,
     runner: &str,
     name: &str,
@@ -673,7 +678,7 @@ async fn redeliver(
 
 pub async fn deployments(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<DeployCtx>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;

@@ -2,8 +2,29 @@
 //! beside the jobs they become).
 
 pub mod api;
+
+use std::sync::Arc;
+
+use crate::db::Db;
+use crate::link::registry::Registry;
+
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct DeployCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// A deploy is jobs (the seam to `jobs/`).
+    pub jobs: crate::jobs::JobsCtx,
+}
+
 /// Apps, deploys, rollbacks and the deployment history.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    DeployCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/api/v1/apps", get(api::list_apps))

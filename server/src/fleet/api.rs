@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
@@ -26,12 +26,17 @@ use crate::fleet::deadlines::MAX_DEADLINE_S;
 use crate::fleet::labels;
 use crate::fleet::selector::{self, Labels};
 use crate::fleet::store::Policy;
-use crate::runners::runner_in_tenant;
+use crate::fleet::FleetCtx;
 
 /// Most runners one bulk label change touches.
 const MAX_BULK: usize = 10_000;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    FleetCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     Router::new()
         .route(
             "/api/v1/runners/{id}/labels",
@@ -45,7 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/rollouts/{id}/{action}", post(control_rollout))
 }
 
-fn labels_json(state: &AppState, tenant: &str, runner: &str) -> Result<Json<Value>, ApiError> {
+fn labels_json(state: &FleetCtx, tenant: &str, runner: &str) -> Result<Json<Value>, ApiError> {
     let (labels, proposed) = state.fleet.store.labels(tenant, runner)?;
     Ok(Json(
         json!({"runner_id": runner, "labels": labels, "proposed": proposed}),
@@ -54,11 +59,11 @@ fn labels_json(state: &AppState, tenant: &str, runner: &str) -> Result<Json<Valu
 
 async fn get_labels(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     labels_json(&state, tenant, &id)
 }
 
@@ -76,7 +81,7 @@ struct ChangeBody {
 
 async fn patch_labels(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ChangeBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -87,8 +92,8 @@ async fn patch_labels(
         ));
     }
     labels::check_change(&b.set, &b.remove)?;
-    runner_in_tenant(&state, tenant, &id).await?;
-    labels::change(&state, tenant, &id, &b.set, &b.remove).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
+    labels::change(&state.labels, tenant, &id, &b.set, &b.remove).await?;
     labels_json(&state, tenant, &id)
 }
 
@@ -101,7 +106,7 @@ struct AcceptBody {
 
 async fn accept(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<AcceptBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -115,7 +120,7 @@ async fn accept(
             selector::MAX_LABELS
         )));
     }
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let before = state.fleet.store.labels(tenant, &id)?.0;
     let after = state.fleet.store.accept(tenant, &id, b.keys.as_deref())?;
     // The group label moves the update group (labels.rs).
@@ -129,7 +134,7 @@ async fn accept(
 
 async fn bulk(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     JsonBody(b): JsonBody<ChangeBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -140,7 +145,7 @@ async fn bulk(
     };
     let sel = labels::parse_selector(text)?;
     labels::check_change(&b.set, &b.remove)?;
-    let chosen = labels::select(&state, tenant, &sel).await?;
+    let chosen = labels::select(&state.labels, tenant, &sel).await?;
     if chosen.len() > MAX_BULK {
         return Err(ApiError::bad_request(format!(
             "the selector names {} runners; at most {MAX_BULK} at once",
@@ -159,7 +164,7 @@ async fn bulk(
     }
     let mut ids = Vec::with_capacity(chosen.len());
     for (r, _) in &chosen {
-        labels::change(&state, tenant, &r.id, &b.set, &b.remove).await?;
+        labels::change(&state.labels, tenant, &r.id, &b.set, &b.remove).await?;
         ids.push(r.id.clone());
     }
     Ok(Json(json!({"changed": ids.len(), "runners": ids})))
@@ -167,7 +172,7 @@ async fn bulk(
 
 async fn get_policy(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
 ) -> Result<Json<Policy>, ApiError> {
     let tenant = caller.tenant()?;
     Ok(Json(state.fleet.store.policy(tenant)?))
@@ -184,7 +189,7 @@ struct PolicyBody {
 
 async fn put_policy(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     JsonBody(b): JsonBody<PolicyBody>,
 ) -> Result<Json<Policy>, ApiError> {
     let tenant = caller.tenant()?;
@@ -244,7 +249,7 @@ struct RolloutBody {
 
 async fn create_rollout(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     JsonBody(b): JsonBody<RolloutBody>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
     use crate::fleet::waves::{Threshold, WaveSize};
@@ -274,10 +279,10 @@ async fn create_rollout(
             "job: what to run only (runners come from the rollout's selector)",
         ));
     }
-    let deadline_ms = crate::fleet::deadlines::deadline_ms(&state, tenant, b.deadline_s)?
+    let deadline_ms = crate::fleet::deadlines::deadline_ms(&state.labels, tenant, b.deadline_s)?
         .unwrap_or(ROLLOUT_DEADLINE_S as i64 * 1000);
-    let (label, spec) = b.job.spec(&state, tenant).await?;
-    let runners: Vec<(String, String)> = labels::select(&state, tenant, &sel)
+    let (label, spec) = b.job.spec(&state.jobs, tenant).await?;
+    let runners: Vec<(String, String)> = labels::select(&state.labels, tenant, &sel)
         .await?
         .into_iter()
         .map(|(r, _)| (r.id, r.name))
@@ -315,7 +320,7 @@ async fn create_rollout(
 
 async fn list_rollouts(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let rows = state.fleet.store.rollouts(tenant, 100)?;
@@ -335,7 +340,7 @@ async fn list_rollouts(
 
 async fn get_rollout(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -346,7 +351,7 @@ async fn get_rollout(
 
 async fn control_rollout(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<FleetCtx>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;

@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
-use crate::app::AppState;
 use crate::common::clock;
+use crate::fleet::FleetCtx;
 use crate::jobs::JobUpdate;
 
 /// How often deadlines are checked: a job expires at most this late.
@@ -29,7 +29,7 @@ const BATCH: usize = 500;
 pub const MAX_DEADLINE_S: u64 = 30 * 86_400;
 
 /// Expire what is due, forever (a task of `app/serve.rs`).
-pub async fn run(state: AppState) {
+pub async fn run(state: FleetCtx) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,7 +41,7 @@ pub async fn run(state: AppState) {
 }
 
 /// One pass; returns how many jobs expired.
-pub async fn expire_due(state: &AppState, now: i64) -> Result<usize, crate::db::StorageError> {
+pub async fn expire_due(state: &FleetCtx, now: i64) -> Result<usize, crate::db::StorageError> {
     let mut expired = 0;
     for (job_id, tenant, runner, expires_ms) in state.fleet.store.due_deadlines(now, BATCH)? {
         let Some(job) = state.db.jobs.job(&tenant, &job_id).await? else {
@@ -76,7 +76,7 @@ pub async fn expire_due(state: &AppState, now: i64) -> Result<usize, crate::db::
 /// The deadline a new job gets, in ms from now: the request's, else the
 /// tenant's policy, else none.
 pub fn deadline_ms(
-    state: &AppState,
+    state: &crate::fleet::labels::LabelsCtx,
     tenant: &str,
     asked_s: Option<u64>,
 ) -> Result<Option<i64>, crate::common::error::ApiError> {
@@ -88,7 +88,7 @@ pub fn deadline_ms(
             )))
         }
         Some(s) => Some(s),
-        None => state.fleet.store.policy(tenant)?.job_deadline_s,
+        None => state.store.policy(tenant)?.job_deadline_s,
     };
     Ok(s.map(|s| s as i64 * 1000))
 }

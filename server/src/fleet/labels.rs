@@ -12,15 +12,53 @@
 //! sets both.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::app::AppState;
 use crate::common::error::ApiError;
 use crate::db::control::RunnerRow;
+use crate::db::Db;
 use crate::fleet::selector::{self, Labels, Selector};
+use crate::fleet::store::FleetStore;
 
 pub const GROUP: &str = "group";
 
+/// What reading and setting labels needs: the fleet's store and the
+/// runners (and update groups) of `db/`. The handle other features hold
+/// to name sets of runners (the seam to `fleet/`).
+#[derive(Clone)]
+pub struct LabelsCtx {
+    pub db: Db,
+    pub store: Arc<dyn FleetStore>,
+}
+
 /// Parse a selector from a request, as a 400 naming the position.
+/// Jobs name their runners by selector and wait until deadlines through
+/// this (`jobs::RunnerSets`), so `jobs/` never imports the fleet.
+#[async_trait::async_trait]
+impl crate::jobs::RunnerSets for LabelsCtx {
+    async fn select(&self, tenant: &str, selector: &str) -> Result<Vec<String>, ApiError> {
+        let sel = parse_selector(selector)?;
+        Ok(select(self, tenant, &sel)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r.id)
+            .collect())
+    }
+
+    fn deadline_ms(&self, tenant: &str, asked_s: Option<u64>) -> Result<Option<i64>, ApiError> {
+        crate::fleet::deadlines::deadline_ms(self, tenant, asked_s)
+    }
+
+    fn add_deadlines(
+        &self,
+        tenant: &str,
+        jobs: &[(String, String)],
+        at_ms: i64,
+    ) -> Result<(), ApiError> {
+        Ok(self.store.add_deadlines(tenant, jobs, at_ms)?)
+    }
+}
+
 pub fn parse_selector(text: &str) -> Result<Selector, ApiError> {
     Selector::parse(text).map_err(|e| ApiError::bad_request(format!("selector: {e}")))
 }
@@ -28,11 +66,11 @@ pub fn parse_selector(text: &str) -> Result<Selector, ApiError> {
 /// The tenant's runners (not revoked) whose labels match, in name order,
 /// each with its labels.
 pub async fn select(
-    state: &AppState,
+    state: &LabelsCtx,
     tenant: &str,
     sel: &Selector,
 ) -> Result<Vec<(RunnerRow, Labels)>, ApiError> {
-    let mut labels = state.fleet.store.tenant_labels(tenant)?;
+    let mut labels = state.store.tenant_labels(tenant)?;
     let mut out: Vec<(RunnerRow, Labels)> = state
         .db
         .control
@@ -51,26 +89,26 @@ pub async fn select(
 }
 
 /// Every runner's labels of a tenant (for the runners list).
-pub fn all(state: &AppState, tenant: &str) -> Result<HashMap<String, Labels>, ApiError> {
-    Ok(state.fleet.store.tenant_labels(tenant)?)
+pub fn all(state: &LabelsCtx, tenant: &str) -> Result<HashMap<String, Labels>, ApiError> {
+    Ok(state.store.tenant_labels(tenant)?)
 }
 
 /// Apply `set` and `remove` to one runner's labels, checked as a whole.
 pub async fn change(
-    state: &AppState,
+    state: &LabelsCtx,
     tenant: &str,
     runner: &str,
     set: &Labels,
     remove: &[String],
 ) -> Result<Labels, ApiError> {
-    let (mut labels, _) = state.fleet.store.labels(tenant, runner)?;
+    let (mut labels, _) = state.store.labels(tenant, runner)?;
     let old_group = labels.get(GROUP).cloned();
     for k in remove {
         labels.remove(k);
     }
     labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
     selector::check_labels(&labels).map_err(|e| ApiError::bad_request(format!("labels: {e}")))?;
-    state.fleet.store.replace_labels(tenant, runner, &labels)?;
+    state.store.replace_labels(tenant, runner, &labels)?;
     let new_group = labels.get(GROUP);
     if new_group != old_group.as_ref() {
         state
@@ -100,7 +138,7 @@ pub fn check_change(set: &Labels, remove: &[String]) -> Result<(), ApiError> {
 
 /// The labels a host proposes in its hello: invalid ones are dropped
 /// (logged; the runner checked them too, an old or odd one may not).
-pub async fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[String]) {
+pub async fn on_hello(state: &LabelsCtx, tenant: &str, runner: &str, proposed: &[String]) {
     let mut labels = Labels::new();
     for text in proposed.iter().take(selector::MAX_LABELS) {
         match selector::parse_label(text) {
@@ -111,15 +149,14 @@ pub async fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[
         }
     }
     let result = state
-        .fleet
         .store
         .policy(tenant)
-        .and_then(|p| state.fleet.store.propose(tenant, runner, &labels, &p));
+        .and_then(|p| state.store.propose(tenant, runner, &labels, &p));
     if let Err(e) = result {
         tracing::error!(runner, "storing proposed labels: {e}");
     }
     // An auto-accepted group label moves the update group too.
-    if let Ok((l, _)) = state.fleet.store.labels(tenant, runner) {
+    if let Ok((l, _)) = state.store.labels(tenant, runner) {
         if let Some(g) = l.get(GROUP) {
             if state
                 .db
@@ -139,7 +176,7 @@ pub async fn on_hello(state: &AppState, tenant: &str, runner: &str, proposed: &[
 
 /// `PUT /runners/{id}/group` was used: the label follows (if the group
 /// is a valid label value; older group names may not be).
-pub async fn group_set(state: &AppState, tenant: &str, runner: &str, group: &str) {
+pub async fn group_set(state: &LabelsCtx, tenant: &str, runner: &str, group: &str) {
     let (set, remove) = if group.is_empty() {
         (Labels::new(), vec![GROUP.to_owned()])
     } else if selector::check_value(group, 0).is_ok() {
@@ -162,10 +199,10 @@ pub async fn group_set(state: &AppState, tenant: &str, runner: &str, group: &str
 
 /// Once per start: runners with an update group and no `group` label get
 /// one (the group predates labels).
-pub async fn migrate_groups(state: &AppState) -> Result<usize, ApiError> {
+pub async fn migrate_groups(state: &LabelsCtx) -> Result<usize, ApiError> {
     let mut n = 0;
     for tenant in state.db.control.list_tenants().await? {
-        let labels = state.fleet.store.tenant_labels(&tenant.id)?;
+        let labels = state.store.tenant_labels(&tenant.id)?;
         for r in state.db.control.list_runners(&tenant.id).await? {
             if labels.get(&r.id).is_some_and(|l| l.contains_key(GROUP)) {
                 continue;
@@ -205,7 +242,7 @@ pub struct RunnerFilter {
 /// The runners a filter keeps (revoked ones included, as the plain list
 /// always showed them), in the list's order, and how many before paging.
 pub async fn list(
-    state: &AppState,
+    state: &LabelsCtx,
     tenant: &str,
     f: &RunnerFilter,
 ) -> Result<(Vec<(RunnerRow, Labels)>, usize), ApiError> {
@@ -228,7 +265,7 @@ pub async fn list(
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!("limit: 1 to {MAX_PAGE}")));
     }
-    let mut labels = state.fleet.store.tenant_labels(tenant)?;
+    let mut labels = state.store.tenant_labels(tenant)?;
     let kept: Vec<(RunnerRow, Labels)> = state
         .db
         .control

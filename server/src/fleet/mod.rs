@@ -13,8 +13,10 @@
 //! store.rs     fleet.db: every SQL statement of the fleet, behind FleetStore
 //! ```
 //!
-//! It stands on `jobs/` (a fleet job is an ordinary job; `jobs::api` names
-//! its runners from a selector here) and `storage/` (runners, groups).
+//! It stands on `jobs/` (a fleet job is an ordinary job, made through
+//! `jobs::api`) and `db/` (runners, groups). The other way, a run's selector
+//! and a job's deadline, goes through `jobs::RunnerSets`, implemented in
+//! `labels.rs`: jobs never import the fleet.
 
 pub mod api;
 pub mod cron;
@@ -28,9 +30,11 @@ pub mod waves;
 use std::sync::Arc;
 
 use self::store::{FleetStore, SqliteFleet};
+use crate::db::Db;
 use crate::db::StorageError;
+use crate::link::registry::Registry;
 
-/// The fleet's share of `AppState`.
+/// The fleet's own state: its store and the rollouts being driven.
 pub struct Fleet {
     pub store: Arc<dyn FleetStore>,
     /// Rollouts being driven by this process.
@@ -51,8 +55,23 @@ impl Fleet {
     }
 }
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct FleetCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub job_hub: Arc<crate::jobs::JobHub>,
+    /// Labels, job deadlines, rollouts.
+    pub fleet: Arc<Fleet>,
+    /// Labels and selectors, as other features reach them.
+    pub labels: labels::LabelsCtx,
+    /// A rollout is jobs (the seam to `jobs/`).
+    pub jobs: crate::jobs::JobsCtx,
+}
+
 /// The fleet's background tasks (deadlines; later the scheduler): the
 /// caller aborts them at shutdown.
-pub fn spawn(state: &crate::app::AppState) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
     vec![tokio::spawn(deadlines::run(state.clone()))]
 }

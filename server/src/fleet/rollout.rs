@@ -23,12 +23,12 @@ use tokio::sync::Mutex as AsyncMutex;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::db::jobs::JobSpec;
 use crate::fleet::store::RolloutRow;
 use crate::fleet::waves::{Planner, State, TargetState, Threshold, Totals, WaveSize};
+use crate::fleet::FleetCtx;
 
 /// How often a driver looks at its jobs.
 const TICK: Duration = Duration::from_millis(300);
@@ -134,7 +134,7 @@ impl Rollout {
 
 /// Start a rollout over the runners of `tenant` that the selector picks.
 pub fn start(
-    state: &AppState,
+    state: &FleetCtx,
     tenant: &str,
     runners: Vec<(String, String)>,
     new: NewRollout,
@@ -179,7 +179,7 @@ pub fn start(
 /// One step of a rollout: collect finished jobs, start what the planner
 /// says. Returns whether the rollout is over for good (done or aborted,
 /// nothing running).
-async fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
+async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
     // Finished jobs.
     for i in 0..r.targets.len() {
         if r.planner.target(i) != TargetState::Running {
@@ -210,7 +210,9 @@ async fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
                 r.targets[i].runner_id.clone(),
             ));
         }
-        match crate::jobs::api::create_jobs(state, &r.tenant, &jobs, &r.label, &r.spec, now).await {
+        match crate::jobs::api::create_jobs(&state.jobs, &r.tenant, &jobs, &r.label, &r.spec, now)
+            .await
+        {
             Ok(_) => {
                 state
                     .fleet
@@ -235,7 +237,7 @@ async fn step(state: &AppState, r: &mut Rollout) -> Result<bool, ApiError> {
     Ok(r.planner.is_over() && matches!(r.planner.state(), State::Done | State::Aborted))
 }
 
-async fn drive(state: AppState, r: Arc<AsyncMutex<Rollout>>) {
+async fn drive(state: FleetCtx, r: Arc<AsyncMutex<Rollout>>) {
     let mut tick = tokio::time::interval(TICK);
     let mut last = String::new();
     loop {
@@ -267,7 +269,7 @@ async fn drive(state: AppState, r: Arc<AsyncMutex<Rollout>>) {
 
 /// pause, resume or abort a live rollout.
 pub async fn control(
-    state: &AppState,
+    state: &FleetCtx,
     tenant: &str,
     id: &str,
     action: &str,
@@ -314,7 +316,7 @@ pub async fn control(
 }
 
 /// A rollout as the API shows it: live, else its last snapshot.
-pub async fn show(state: &AppState, tenant: &str, id: &str) -> Result<Value, ApiError> {
+pub async fn show(state: &FleetCtx, tenant: &str, id: &str) -> Result<Value, ApiError> {
     if let Some(r) = state.fleet.rollouts.get(id) {
         let g = r.lock().await;
         if g.tenant == tenant {

@@ -31,7 +31,7 @@ use tether::protocol::signed::{Signed, MAX_ACTION_ID, MAX_SIGNATURE};
 use tether::protocol::StreamTag;
 use tokio::sync::broadcast;
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -44,8 +44,8 @@ use crate::jobs::rules::{
     self, valid_env, valid_name, DEFAULT_INTERPRETER, MAX_RUNNERS_PER_RUN, MAX_SCRIPT, MAX_SECRET,
     MAX_TIMEOUT_S,
 };
+use crate::jobs::JobsCtx;
 use crate::jobs::{check_fits, JobUpdate, Unfit};
-use crate::runners::runner_in_tenant;
 
 /// Output rows read from storage per page.
 const PAGE: usize = 512;
@@ -70,7 +70,7 @@ pub struct ScriptBody {
 
 pub async fn list_scripts(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
 ) -> Result<Json<Vec<Script>>, ApiError> {
     let tenant = caller.tenant()?;
     Ok(Json(state.db.jobs.scripts(tenant).await?))
@@ -78,7 +78,7 @@ pub async fn list_scripts(
 
 pub async fn put_script(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(name): Path<String>,
     JsonBody(b): JsonBody<ScriptBody>,
 ) -> Result<Json<Script>, ApiError> {
@@ -124,7 +124,7 @@ pub async fn put_script(
 
 pub async fn get_script(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(name): Path<String>,
 ) -> Result<Json<Script>, ApiError> {
     let tenant = caller.tenant()?;
@@ -139,7 +139,7 @@ pub async fn get_script(
 
 pub async fn delete_script(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
@@ -160,7 +160,7 @@ pub struct SecretBody {
 
 pub async fn list_secrets(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     let list: Vec<Value> = state
@@ -176,7 +176,7 @@ pub async fn list_secrets(
 
 pub async fn put_secret(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(name): Path<String>,
     JsonBody(b): JsonBody<SecretBody>,
 ) -> Result<StatusCode, ApiError> {
@@ -205,7 +205,7 @@ pub async fn put_secret(
 
 pub async fn delete_secret(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
@@ -255,7 +255,7 @@ impl RunBody {
     /// spec. Rollouts use it too (`fleet/rollout.rs`).
     pub(crate) async fn spec(
         &self,
-        state: &AppState,
+        state: &JobsCtx,
         tenant: &str,
     ) -> Result<(String, JobSpec), ApiError> {
         let (label, mut spec) = match (&self.script, &self.command) {
@@ -346,7 +346,7 @@ impl RunBody {
 
 /// 413 when the job's `job_start` would not fit in one message to a
 /// runner (`jobs::check_fits`): checked before anything is stored.
-pub(crate) async fn fits(state: &AppState, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
+pub(crate) async fn fits(state: &JobsCtx, tenant: &str, spec: &JobSpec) -> Result<(), ApiError> {
     match check_fits(tenant, spec, &*state.db.jobs, &state.secrets).await {
         Ok(()) => Ok(()),
         Err(Unfit::TooLarge(e)) => Err(ApiError::too_large(e)),
@@ -385,24 +385,19 @@ pub(crate) fn new_job_id() -> Result<String, ApiError> {
 
 pub async fn run(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     JsonBody(b): JsonBody<RunBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
     let mut b = b;
-    let deadline = crate::fleet::deadlines::deadline_ms(&state, tenant, b.deadline_s)?;
+    let deadline = state.fleet.deadline_ms(tenant, b.deadline_s)?;
     if let Some(text) = &b.selector {
         if !b.runners.is_empty() {
             return Err(ApiError::bad_request(
                 "give runners or a selector, not both",
             ));
         }
-        let sel = crate::fleet::labels::parse_selector(text)?;
-        b.runners = crate::fleet::labels::select(&state, tenant, &sel)
-            .await?
-            .into_iter()
-            .map(|(r, _)| r.id)
-            .collect();
+        b.runners = state.fleet.select(tenant, text).await?;
         if b.runners.is_empty() {
             return Err(ApiError::not_found(format!("no runner matches {text:?}")));
         }
@@ -434,7 +429,7 @@ pub async fn run(
     fits(&state, tenant, &spec).await?;
     // Every runner must be the tenant's before any job is made.
     for r in &b.runners {
-        runner_in_tenant(&state, tenant, r).await?;
+        runner_in_tenant(&state.db, tenant, r).await?;
     }
     let now = clock::now_ms();
     let mut jobs = Vec::with_capacity(b.runners.len());
@@ -443,7 +438,7 @@ pub async fn run(
     }
     let made = create_jobs(&state, tenant, &jobs, &label, &spec, now).await?;
     if let Some(ms) = deadline {
-        state.fleet.store.add_deadlines(tenant, &jobs, now + ms)?;
+        state.fleet.add_deadlines(tenant, &jobs, now + ms)?;
     }
     for (_, r) in &jobs {
         state.registry.jobs_changed(r);
@@ -456,7 +451,7 @@ pub async fn run(
 
 /// Make jobs within the tenant's limit of jobs not final (`common/quotas.rs`).
 pub(crate) async fn create_jobs(
-    state: &AppState,
+    state: &JobsCtx,
     tenant: &str,
     jobs: &[(String, String)],
     label: &str,
@@ -488,7 +483,7 @@ pub struct ListParams {
 
 pub async fn list_jobs(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -505,7 +500,7 @@ pub async fn list_jobs(
     Ok(Json(Value::Array(jobs.iter().map(job_json).collect())))
 }
 
-async fn job_of(state: &AppState, tenant: &str, id: &str) -> Result<JobRow, ApiError> {
+async fn job_of(state: &JobsCtx, tenant: &str, id: &str) -> Result<JobRow, ApiError> {
     state
         .db
         .jobs
@@ -516,7 +511,7 @@ async fn job_of(state: &AppState, tenant: &str, id: &str) -> Result<JobRow, ApiE
 
 pub async fn get_job(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -525,7 +520,7 @@ pub async fn get_job(
 
 pub async fn cancel_job(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -584,7 +579,7 @@ impl View {
 
 pub async fn output(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<JobsCtx>,
     headers: HeaderMap,
     Path(id): Path<String>,
     params: Result<Query<OutputParams>, QueryRejection>,
@@ -618,7 +613,7 @@ pub async fn output(
         }
     };
     let view = View { tags, ndjson };
-    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
+    let guard = AuthGuard::for_request(&state.db, &headers, Role::Viewer);
     // Subscribe before reading storage: nothing falls between the two.
     let rx = state.job_hub.subscribe();
     let st = Follow {
@@ -657,7 +652,7 @@ pub async fn output(
 }
 
 struct Follow {
-    state: AppState,
+    state: JobsCtx,
     tenant: String,
     id: String,
     seq: i64,

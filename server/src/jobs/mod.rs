@@ -14,8 +14,50 @@
 pub mod api;
 pub mod rules;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct JobsCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub secrets: Arc<SecretBox>,
+    /// Per-tenant limits (`common/quotas.rs`).
+    pub quotas: Quotas,
+    /// Live job output and status, for watchers.
+    pub job_hub: Arc<JobHub>,
+    /// Selectors and deadlines: what a run asks of the fleet.
+    pub fleet: Arc<dyn RunnerSets>,
+}
+
+/// What a run asks of the fleet, named here so that jobs never import
+/// `fleet/` (which makes its rollouts from jobs): `fleet/labels.rs`
+/// implements it, `app/ctx.rs` hands it over. A run may name its runners
+/// by a label selector, and a job may wait for an offline runner until a
+/// deadline (`fleet/deadlines.rs` expires it).
+#[async_trait::async_trait]
+pub trait RunnerSets: Send + Sync {
+    /// The ids of `tenant`'s runners (not revoked) that `selector` names,
+    /// by name; a selector that does not parse is a 400.
+    async fn select(&self, tenant: &str, selector: &str) -> Result<Vec<String>, ApiError>;
+    /// How long a new job may wait for its runner, in ms: `asked_s` (0: no
+    /// deadline; too long: a 400) or else the tenant's fleet policy.
+    fn deadline_ms(&self, tenant: &str, asked_s: Option<u64>) -> Result<Option<i64>, ApiError>;
+    /// Record the deadline of jobs just made (`(job id, runner id)` each).
+    fn add_deadlines(
+        &self,
+        tenant: &str,
+        jobs: &[(String, String)],
+        at_ms: i64,
+    ) -> Result<(), ApiError>;
+}
+
 /// Saved scripts, sealed secrets, jobs and their output.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    JobsCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route("/api/v1/scripts", get(api::list_scripts))
@@ -43,7 +85,11 @@ use tether::protocol::{encode_control_checked, JobStart, Message, TooLarge, JOB_
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::common::error::ApiError;
+use crate::common::quotas::Quotas;
 use crate::db::jobs::{JobRow, JobSpec, JobStore, OutputRow};
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
 /// window (its memory cap, 2 MiB) keeps a batch arriving while one is

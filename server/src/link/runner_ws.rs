@@ -54,7 +54,6 @@ use tether::protocol::{
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use crate::app::AppState;
 use crate::common::auth::{bearer, hash_secret};
 use crate::common::clock;
 use crate::common::edge::PeerAddr;
@@ -63,6 +62,7 @@ use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
 use crate::jobs::JobChannels;
 use crate::link::registry::{AttachError, Outgoing, Session};
+use crate::link::LinkCtx;
 use crate::logs::LogChannels;
 use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 
@@ -87,7 +87,7 @@ const PENDING_SWEEP: usize = 64;
 const MAX_HELLO_FIELD: usize = 255;
 
 pub async fn connect(
-    State(state): State<AppState>,
+    State(state): State<LinkCtx>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -118,7 +118,7 @@ pub async fn connect(
         .on_upgrade(move |socket| run(state, runner, peer, socket))
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<RunnerIdentity, ApiError> {
+async fn authenticate(state: &LinkCtx, headers: &HeaderMap) -> Result<RunnerIdentity, ApiError> {
     let token =
         bearer(headers).ok_or_else(|| ApiError::unauthorized("missing runner credential"))?;
     let runner = state
@@ -203,7 +203,7 @@ enum Inbound {
 
 struct Connection {
     socket: WebSocket,
-    state: AppState,
+    state: LinkCtx,
     runner: RunnerIdentity,
     /// Made on the first `metrics_schema` (boxed: most of the time a
     /// connection without metrics carries one pointer).
@@ -221,7 +221,7 @@ struct Connection {
     resync_at: Instant,
 }
 
-async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
+async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
     let registry = state.registry.clone();
     let _task = registry.task_guard();
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
@@ -301,7 +301,7 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         "runner connected"
     );
     crate::fleet::labels::on_hello(
-        &conn.state,
+        &conn.state.fleet,
         &conn.runner.tenant_id,
         &runner_id,
         &hello.labels,
@@ -328,7 +328,9 @@ async fn run(state: AppState, runner: RunnerIdentity, peer: Option<SocketAddr>, 
         .await;
     if sent.is_ok() {
         // The desired version, if the policy selects this runner (updates/mod.rs).
-        match crate::updates::offer_for(&conn.state, &conn.runner.tenant_id, &runner_id).await {
+        match crate::updates::offer_for(&conn.state.updates, &conn.runner.tenant_id, &runner_id)
+            .await
+        {
             Ok(Some(offer)) => {
                 tracing::info!(runner = %runner_id, version = offer.version, "offering an update");
                 let text = encode_control(0, Message::Update(offer));
@@ -638,7 +640,7 @@ impl Connection {
             Message::TermAlive(alive) => self.on_term_alive(alive.clone()).await,
             Message::SecretsLost(lost) => {
                 crate::deploy::api::redeliver_lost(
-                    &self.state,
+                    &self.state.deploy,
                     &self.runner.tenant_id,
                     &self.runner.id,
                     &lost.apps,

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use tether::protocol::{LogOpen, Message};
 use tokio::sync::mpsc;
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
@@ -39,8 +39,8 @@ use crate::common::http::{query, JsonBody};
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::db::logs::{LogQuery, LogRetention};
 use crate::db::Role;
+use crate::logs::LogsCtx;
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
-use crate::runners::runner_in_tenant;
 
 /// Lines a history answer holds unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 10_000;
@@ -105,13 +105,13 @@ fn line_json(line: &logs::LogLine) -> Bytes {
 
 pub async fn logs(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<LogsCtx>,
     headers: HeaderMap,
     Path((id, container)): Path<(String, String)>,
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant()?.to_owned();
-    runner_in_tenant(&state, &tenant, &id).await?;
+    runner_in_tenant(&state.db, &tenant, &id).await?;
     let p = query(params)?;
     if !valid_container_ref(&container) {
         return Err(ApiError::bad_request(format!(
@@ -245,7 +245,7 @@ pub async fn logs(
         }
     });
     // The caller's authority is watched while the stream is open.
-    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
+    let guard = AuthGuard::for_request(&state.db, &headers, Role::Viewer);
     let lines = until_revoked(lines, guard, |reason| {
         let mut end =
             serde_json::to_vec(&json!({ "end": format!("authorization ended: {reason}") }))
@@ -259,7 +259,7 @@ pub async fn logs(
 /// The name logs are stored under: the container's name; an id (or id
 /// prefix) of a container the server knows is turned into its name.
 async fn stored_name(
-    state: &AppState,
+    state: &LogsCtx,
     tenant: &str,
     runner: &str,
     container: &str,
@@ -283,11 +283,11 @@ fn retention_json(r: LogRetention) -> Value {
 
 pub async fn settings(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<LogsCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let policy = state.db.logs.policy(&id).await?;
     let runner_retention = state.db.logs.retention(&id, "").await?;
     let mut containers = Vec::new();
@@ -312,12 +312,12 @@ pub struct CollectBody {
 
 pub async fn set_collect(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<LogsCtx>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CollectBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let policy = body
         .policy
         .as_deref()
@@ -341,12 +341,12 @@ pub struct RetentionBody {
 
 pub async fn set_retention(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<LogsCtx>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RetentionBody>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let container = body.container.unwrap_or_default();
     if !container.is_empty() && !valid_container_ref(&container) {
         return Err(ApiError::bad_request(format!(
@@ -387,12 +387,12 @@ pub struct RetentionParams {
 
 pub async fn clear_retention(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<LogsCtx>,
     Path(id): Path<String>,
     params: Result<Query<RetentionParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let p = query(params)?;
     state
         .db

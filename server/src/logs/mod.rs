@@ -20,8 +20,22 @@
 
 pub mod api;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct LogsCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub tuning: Tuning,
+}
+
 /// Container logs, and a runner's collection settings.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    LogsCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, put};
     axum::Router::new()
         .route("/api/v1/runners/{id}/containers/{cid}/logs", get(api::logs))
@@ -34,6 +48,7 @@ pub fn routes() -> axum::Router<crate::app::AppState> {
 }
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -44,7 +59,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::common::clock;
+use crate::common::tuning::Tuning;
 use crate::db::logs::BlockIn;
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// Stored blocks are written at least this often...
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);

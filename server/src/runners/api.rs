@@ -12,34 +12,20 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tether::protocol::{api_error, EnrollRequest, EnrollResponse, Message, Ping};
 
-use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::runners::RunnersCtx;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 
+use crate::common::auth::runner_in_tenant;
 use crate::common::http::{query, JsonBody, SERVER_VERSION};
 use crate::db::{
     ApiTokenInfo, ApiTokenRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, NewRunner,
     RunnerRow, TenantRow,
 };
 use crate::runners::health::HealthView;
-
-/// The runner `id` if it belongs to `tenant`; another tenant's runner is
-/// "not found", never "forbidden", so its existence does not leak.
-pub(crate) async fn runner_in_tenant(
-    state: &AppState,
-    tenant: &str,
-    id: &str,
-) -> Result<RunnerRow, ApiError> {
-    state
-        .db
-        .control
-        .runner(tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::runner_not_found(id))
-}
 
 /// Default and longest lifetime of an enrollment token.
 const DEFAULT_TTL_SECS: u64 = 3600;
@@ -75,7 +61,7 @@ pub struct TenantView {
 
 pub async fn create_tenant(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     JsonBody(req): JsonBody<CreateTenant>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     caller.admin()?;
@@ -114,7 +100,7 @@ pub async fn create_tenant(
 
 pub async fn list_tenants(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
 ) -> Result<Json<Vec<TenantView>>, ApiError> {
     caller.admin()?;
     let tenants = state.db.control.list_tenants().await?;
@@ -182,7 +168,7 @@ impl ApiTokenView {
 /// new token carries: a user's own; an API token's creator's (so a token
 /// a user minted cannot mint one that outlives them).
 async fn token_actor(
-    state: &AppState,
+    state: &RunnersCtx,
     caller: &Caller,
     headers: &HeaderMap,
 ) -> Result<(String, Option<String>), ApiError> {
@@ -210,7 +196,7 @@ async fn token_actor(
 
 pub async fn create_api_token(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<CreateApiToken>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
@@ -260,7 +246,7 @@ pub async fn create_api_token(
 /// `GET /api/v1/api-tokens` (tenant admin): every token, revoked ones too.
 pub async fn list_api_tokens(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
 ) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
     let tenant = caller.tenant_admin()?;
     let now = clock::now_ms();
@@ -277,7 +263,7 @@ pub async fn list_api_tokens(
 /// open streams end within a second (`common/stream_auth.rs`).
 pub async fn revoke_api_token(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<ApiTokenView>, ApiError> {
@@ -352,7 +338,7 @@ impl EnrollmentTokenView {
 
 pub async fn create_enrollment_token(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     JsonBody(req): JsonBody<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<CreatedEnrollmentToken>), ApiError> {
     let tenant = caller.tenant()?;
@@ -393,7 +379,7 @@ pub async fn create_enrollment_token(
 
 pub async fn list_enrollment_tokens(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
 ) -> Result<Json<Vec<EnrollmentTokenView>>, ApiError> {
     let tenant = caller.tenant()?;
     let now = clock::now_ms();
@@ -408,7 +394,7 @@ pub async fn list_enrollment_tokens(
 
 pub async fn revoke_enrollment_token(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
     let tenant = caller.tenant()?;
@@ -429,7 +415,7 @@ pub async fn revoke_enrollment_token(
 // ---- enrollment ------------------------------------------------------------------
 
 pub async fn enroll(
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     JsonBody(req): JsonBody<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
     for (field, value) in [
@@ -526,13 +512,13 @@ pub struct RunnerView {
     labels: crate::fleet::selector::Labels,
 }
 
-fn runner_view(state: &AppState, r: RunnerRow) -> RunnerView {
+fn runner_view(state: &RunnersCtx, r: RunnerRow) -> RunnerView {
     let labels = state.fleet.store.labels(&r.tenant_id, &r.id);
     runner_view_with(state, r, labels.map(|l| l.0).unwrap_or_default())
 }
 
 fn runner_view_with(
-    state: &AppState,
+    state: &RunnersCtx,
     r: RunnerRow,
     labels: crate::fleet::selector::Labels,
 ) -> RunnerView {
@@ -562,11 +548,11 @@ fn runner_view_with(
 /// number of matches before paging is in `X-Total-Count`.
 pub async fn list_runners(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     params: Result<Query<crate::fleet::labels::RunnerFilter>, QueryRejection>,
 ) -> Result<(HeaderMap, Json<Vec<RunnerView>>), ApiError> {
     let tenant = caller.tenant()?;
-    let (rows, total) = crate::fleet::labels::list(&state, tenant, &query(params)?).await?;
+    let (rows, total) = crate::fleet::labels::list(&state.fleet, tenant, &query(params)?).await?;
     let mut headers = HeaderMap::new();
     headers.insert("x-total-count", total.into());
     Ok((
@@ -581,11 +567,11 @@ pub async fn list_runners(
 
 pub async fn show_runner(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let tenant = caller.tenant()?;
-    let row = runner_in_tenant(&state, tenant, &id).await?;
+    let row = runner_in_tenant(&state.db, tenant, &id).await?;
     Ok(Json(runner_view(&state, row)))
 }
 
@@ -598,7 +584,7 @@ pub struct HealthEntry {
 
 pub async fn runner_health(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HealthEntry>>, ApiError> {
     let tenant = caller.tenant()?;
@@ -625,7 +611,7 @@ pub async fn runner_health(
 
 pub async fn revoke_runner(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>, ApiError> {
     let tenant = caller.tenant()?;
@@ -649,7 +635,7 @@ pub struct RenameRequest {
 /// another's name and with it the deploys and secrets sent by name.
 pub async fn rename_runner(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<RenameRequest>,
 ) -> Result<Json<RunnerView>, ApiError> {
@@ -680,11 +666,11 @@ pub struct PingResult {
 
 pub async fn ping_runner(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<PingResult>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let limit = state.tuning.request_timeout;
     let started = std::time::Instant::now();
     let sent_ms = u64::try_from(clock::now_ms()).unwrap_or(0);

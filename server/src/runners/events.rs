@@ -20,23 +20,23 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::app::AppState;
 use crate::common::auth::Caller;
 use crate::common::error::ApiError;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::containers::{ContainerEventRecord, ContainerEventView};
 use crate::db::{HealthRecord, Role};
 use crate::runners::health::HealthView;
+use crate::runners::RunnersCtx;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub async fn follow(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<RunnersCtx>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let tenant = caller.tenant()?.to_owned();
-    let guard = AuthGuard::for_request(&state, &headers, Role::Viewer);
+    let guard = AuthGuard::for_request(&state.db, &headers, Role::Viewer);
     let rx = Receivers {
         health: state.health.subscribe(),
         containers: state.containers.subscribe(),

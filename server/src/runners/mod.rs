@@ -5,22 +5,41 @@ pub mod api;
 pub mod events;
 pub mod health;
 
-/// The seam other features use: a runner id checked against the caller's
-/// tenant ("not found" for another tenant's, so it does not leak).
-pub(crate) use api::runner_in_tenant;
+use std::sync::Arc;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
-use crate::app::AppState;
 use crate::common::edge;
 use crate::common::stream_auth;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
+use crate::link::registry::Registry;
+
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct RunnersCtx {
+    pub db: Db,
+    pub health: Arc<health::HealthLog>,
+    pub registry: Arc<Registry>,
+    /// The event stream's container events (the seam to `containers/`).
+    pub containers: Arc<crate::containers::ContainerHub>,
+    /// Runner labels (the seam to `fleet/`).
+    pub fleet: crate::fleet::labels::LabelsCtx,
+    pub tuning: Tuning,
+}
 
 /// Tenants, tokens (enrollment, API, WebSocket tickets), enrollment, runners
 /// and the event stream. Enrollment is the one route open to strangers: a
 /// small body, refused early when announced larger, and a rate per address.
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    RunnersCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/healthz", get(api::healthz))
         .route(

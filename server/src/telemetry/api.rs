@@ -17,15 +17,15 @@ use serde_json::Value;
 use tether::fingerprint::Change;
 use tether::metrics::wire::Unit;
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::query;
 use crate::db::metrics::{tidy, RangeError, Resolution, SeriesFilter, HOUR_MS};
 use crate::db::Health;
-use crate::runners::runner_in_tenant;
 use crate::telemetry::prometheus;
+use crate::telemetry::TelemetryCtx;
 
 /// Most stored rows one range query reads (raw: ~28 h at 5 s; 1m: ~14 days).
 const MAX_RANGE_ROWS: usize = 20_000;
@@ -102,12 +102,12 @@ pub fn pick_resolution(
 
 pub async fn runner_metrics(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TelemetryCtx>,
     Path(id): Path<String>,
     params: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Json<RangeAnswer>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let p = query(params)?;
     let now = clock::now_ms();
     let bad = ApiError::bad_request;
@@ -193,11 +193,11 @@ pub struct LatestValue {
 
 pub async fn latest_metrics(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TelemetryCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<LatestAnswer>, ApiError> {
     let tenant = caller.tenant()?;
-    runner_in_tenant(&state, tenant, &id).await?;
+    runner_in_tenant(&state.db, tenant, &id).await?;
     let latest = state.db.metrics.latest(&[id.as_str()]).await?;
     let sample = latest.into_iter().next().map(|(_, s)| s);
     Ok(Json(LatestAnswer {
@@ -220,7 +220,7 @@ pub async fn latest_metrics(
 
 pub async fn prometheus(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TelemetryCtx>,
 ) -> Result<Response, ApiError> {
     let tenant = caller.tenant()?;
     let runners = state.db.control.list_runners(tenant).await?;
@@ -250,7 +250,7 @@ pub async fn prometheus(
 /// `notes`. Before the first report only those four, the times null.
 pub async fn fingerprint(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TelemetryCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -305,7 +305,7 @@ pub struct DriftEvent {
 
 pub async fn drift(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TelemetryCtx>,
     Path(id): Path<String>,
     params: Result<Query<DriftParams>, QueryRejection>,
 ) -> Result<Json<Vec<DriftEvent>>, ApiError> {

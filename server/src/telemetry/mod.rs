@@ -35,8 +35,20 @@
 pub mod api;
 pub mod prometheus;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct TelemetryCtx {
+    pub db: Db,
+}
+
 /// Metrics queries, fingerprints and drift, the Prometheus exposition.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    TelemetryCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::get;
     axum::Router::new()
         .route("/api/v1/runners/{id}/metrics", get(api::runner_metrics))
@@ -61,6 +73,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::db::metrics::{encode_values, SampleRows, MINUTE_MS};
+use crate::db::Db;
 use crate::db::MetricStore;
 use crate::db::{ControlStore, FingerprintWrite, StorageError};
 

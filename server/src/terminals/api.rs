@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use tether::protocol::{encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD};
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::{self, bearer, hash_secret, identify_token, new_id, Caller};
 use crate::common::clock;
 use crate::common::edge::PeerAddr;
@@ -55,7 +55,7 @@ use crate::common::http::JsonBody;
 use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
 use crate::db::{Role, SessionRow, TerminalAuditRow};
-use crate::runners::runner_in_tenant;
+use crate::terminals::TerminalsCtx;
 use crate::terminals::{
     ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
 };
@@ -112,17 +112,21 @@ pub struct AuditParams {
 /// session, else the dashboard's session cookie, which
 /// [`auth::websocket_session`] accepts only from this server's own page.
 /// A viewer is refused either way (a shell is an action).
-async fn who(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Who, ApiError> {
+async fn who(
+    state: &TerminalsCtx,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+) -> Result<Who, ApiError> {
     let credential = if let Some(t) = ticket {
         state.tickets.redeem(t).ok_or_else(|| {
             ApiError::unauthorized("unknown, used or expired ticket: mint one per WebSocket")
         })?
     } else if let Some(token) = bearer(headers) {
-        identify_token(state, token).await?.tenant()?;
+        identify_token(&state.auth, token).await?.tenant()?;
         Credential::of(headers).unwrap_or(Credential::Admin)
     } else {
-        let public_url = state.releases.public_url.as_deref();
-        auth::websocket_session(state, headers, public_url).await?;
+        let public_url = state.public_url.as_deref();
+        auth::websocket_session(&state.auth, headers, public_url).await?;
         Credential::of(headers).unwrap_or(Credential::Admin)
     };
     match &credential {
@@ -193,7 +197,7 @@ impl Who {
 
     /// The watch on this client's authority over `s`: an operator for its
     /// own shell, an admin for someone else's.
-    fn guard(&self, state: &AppState, s: &Session) -> ClientAuth {
+    fn guard(&self, state: &TerminalsCtx, s: &Session) -> ClientAuth {
         let opener = s.who == self.name;
         let need = if opener { Role::Operator } else { Role::Admin };
         let principal = Principal {
@@ -201,7 +205,7 @@ impl Who {
             need,
         };
         ClientAuth {
-            guard: AuthGuard::spawn(state, principal),
+            guard: AuthGuard::spawn(&state.db, principal),
             opener,
         }
     }
@@ -214,11 +218,11 @@ struct ClientAuth {
     opener: bool,
 }
 
-async fn token_name(state: &AppState, token: &str) -> Result<String, ApiError> {
+async fn token_name(state: &TerminalsCtx, token: &str) -> Result<String, ApiError> {
     token_name_by_hash(state, &hash_secret(token)).await
 }
 
-async fn token_name_by_hash(state: &AppState, hash: &str) -> Result<String, ApiError> {
+async fn token_name_by_hash(state: &TerminalsCtx, hash: &str) -> Result<String, ApiError> {
     Ok(state
         .db
         .control
@@ -249,14 +253,14 @@ fn refused(code: &str, message: String) -> ApiError {
 /// Open a terminal on a runner: `term_open`, its answer, the audit row and
 /// the session's watchdog.
 async fn open(
-    state: &AppState,
+    state: &TerminalsCtx,
     tenant: &str,
     who: String,
     client: String,
     runner: &str,
     p: &OpenParams,
 ) -> Result<Arc<Session>, ApiError> {
-    let row = runner_in_tenant(state, tenant, runner).await?;
+    let row = runner_in_tenant(&state.db, tenant, runner).await?;
     if let Some(c) = &p.container {
         if !valid_container_ref(c) {
             return Err(ApiError::bad_request(format!("bad container name {c:?}")));
@@ -396,7 +400,7 @@ fn peer_name(peer: Option<Extension<PeerAddr>>) -> String {
 /// with its CSRF header and a role above viewer (the [`Caller`] checks).
 pub async fn create(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TerminalsCtx>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     Path(runner): Path<String>,
@@ -414,7 +418,7 @@ pub async fn create(
 
 /// `GET /api/v1/runners/{id}/terminal` (WebSocket): open and attach.
 pub async fn open_ws(
-    State(state): State<AppState>,
+    State(state): State<TerminalsCtx>,
     peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     Path(runner): Path<String>,
@@ -449,7 +453,7 @@ pub async fn open_ws(
 
 /// `GET /api/v1/terminals/{tid}/attach` (WebSocket).
 pub async fn attach_ws(
-    State(state): State<AppState>,
+    State(state): State<TerminalsCtx>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(p): Query<AttachParams>,
@@ -483,7 +487,7 @@ pub async fn attach_ws(
 /// `DELETE /api/v1/terminals/{tid}`
 pub async fn close(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TerminalsCtx>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -508,7 +512,7 @@ pub async fn close(
 /// `GET /api/v1/terminals`
 pub async fn audit(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<TerminalsCtx>,
     Query(p): Query<AuditParams>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
@@ -539,7 +543,7 @@ pub async fn audit(
 }
 
 /// Close the audit row of a session that ended.
-pub async fn record_end(state: &AppState, s: &Session) {
+pub async fn record_end(db: &crate::db::Db, s: &Session) {
     let (reason, bytes_in, bytes_out) = {
         let st = s.lock();
         let reason = match &st.phase {
@@ -549,8 +553,7 @@ pub async fn record_end(state: &AppState, s: &Session) {
         (reason, st.bytes_in, st.bytes_out)
     };
     tracing::info!(runner = %s.runner_id, session = %s.id, %reason, "terminal ended");
-    if let Err(e) = state
-        .db
+    if let Err(e) = db
         .audit
         .terminal_closed(&s.id, clock::now_ms(), &reason, bytes_in, bytes_out)
         .await
@@ -560,7 +563,7 @@ pub async fn record_end(state: &AppState, s: &Session) {
 }
 
 /// End a session here (the runner cannot be told, or did not answer).
-async fn end_here(state: &AppState, s: &Session, reason: &str) {
+async fn end_here(state: &TerminalsCtx, s: &Session, reason: &str) {
     {
         let mut st = s.lock();
         if matches!(st.phase, Phase::Ended(_)) {
@@ -570,13 +573,13 @@ async fn end_here(state: &AppState, s: &Session, reason: &str) {
     }
     state.terminals.remove(&s.id);
     s.notify.notify_one();
-    record_end(state, s).await;
+    record_end(&state.db, s).await;
 }
 
 /// Hang the terminal up: `term_close` to the runner, whose END ends it; a
 /// runner that is away gets it when it is back (or the session ends when
 /// it does not come back).
-async fn request_close(state: &AppState, s: &Session, why: &str) {
+async fn request_close(state: &TerminalsCtx, s: &Session, why: &str) {
     let here = {
         let mut st = s.lock();
         if st.closing || matches!(st.phase, Phase::Ended(_)) {
@@ -601,7 +604,7 @@ async fn request_close(state: &AppState, s: &Session, why: &str) {
 
 /// One per session: detach timeout, a runner that stays away, a hang-up
 /// the runner never confirms.
-async fn watchdog(state: AppState, s: Arc<Session>) {
+async fn watchdog(state: TerminalsCtx, s: Arc<Session>) {
     let mut closing_since: Option<Instant> = None;
     loop {
         sleep(Duration::from_secs(1)).await;
@@ -654,7 +657,7 @@ fn text(v: Value) -> WsMessage {
 /// Serve one attached client until it leaves, is replaced, the session
 /// ends, or its authority does (`guard`).
 async fn serve_client(
-    state: AppState,
+    state: TerminalsCtx,
     s: Arc<Session>,
     mut ws: WebSocket,
     from: u64,
@@ -792,7 +795,7 @@ async fn serve_client(
 
 /// Tell the runner the client has the output up to `seq` (best effort: a
 /// lost ACK is repeated by the next one, which covers it).
-async fn send_ack(state: &AppState, s: &Session, seq: u64) {
+async fn send_ack(state: &TerminalsCtx, s: &Session, seq: u64) {
     let _ = state
         .registry
         .send_terminal(
@@ -805,7 +808,7 @@ async fn send_ack(state: &AppState, s: &Session, seq: u64) {
 }
 
 /// Move keystrokes into the session's window and send them.
-async fn send_input(state: &AppState, s: &Session, pending: &mut Vec<u8>) {
+async fn send_input(state: &TerminalsCtx, s: &Session, pending: &mut Vec<u8>) {
     let frames = {
         let mut st = s.lock();
         if st.closing {
@@ -839,7 +842,7 @@ struct ClientText {
     rows: Option<u16>,
 }
 
-async fn on_client_text(state: &AppState, s: &Session, t: &str) {
+async fn on_client_text(state: &TerminalsCtx, s: &Session, t: &str) {
     let Ok(m) = serde_json::from_str::<ClientText>(t) else {
         tracing::debug!(session = %s.id, "ignoring a malformed client message");
         return;

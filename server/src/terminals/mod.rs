@@ -26,8 +26,31 @@
 
 pub mod api;
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct TerminalsCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// This server's address as the browser sees it (`--public-url`), for
+    /// the `Origin` check of a cookie-authenticated WebSocket.
+    pub public_url: Option<Arc<str>>,
+    /// Interactive terminal sessions (they outlive runner connections).
+    pub terminals: Arc<Terminals>,
+    pub tickets: Arc<Tickets>,
+    pub quotas: Quotas,
+    pub tuning: Tuning,
+    /// Identifying the caller of a WebSocket outside the extractor.
+    pub auth: AuthCtx,
+}
+
 /// Opening, attaching to, closing and auditing terminals.
-pub fn routes() -> axum::Router<crate::app::AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    TerminalsCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{delete, get, post};
     axum::Router::new()
         .route("/api/v1/runners/{id}/terminals", post(api::create))
@@ -48,6 +71,13 @@ use tether::protocol::{
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::common::auth::AuthCtx;
+use crate::common::quotas::Quotas;
+use crate::common::stream_auth::Tickets;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
+use crate::link::registry::Registry;
 
 /// Output kept for a reattach; equal to the runner's window (see above).
 pub const SCROLLBACK: usize = DEFAULT_TERM_WINDOW as usize;

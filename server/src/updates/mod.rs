@@ -19,6 +19,7 @@
 //! ```
 
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -29,22 +30,40 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tether::protocol::{encode_control, Message, UpdateOffer};
 
-use crate::app::AppState;
+use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::db::Db;
 use crate::db::UpdatePolicy;
-use crate::runners::runner_in_tenant;
+use crate::link::registry::Registry;
 
 mod policy;
 
 use self::policy::Offer;
 pub use self::policy::{bucket, compare_versions, valid_file_name, valid_version};
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct UpdatesCtx {
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// Where releases live, and what install.sh says.
+    pub releases: Arc<ReleaseConfig>,
+    /// The `group` label follows the update group (the seam to `fleet/`).
+    pub fleet: crate::fleet::labels::LabelsCtx,
+}
+
 /// Releases (upload, list, download), install.sh, the update policy and
 /// groups, a runner's update reports.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    UpdatesCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route("/api/v1/releases", get(list_releases))
@@ -116,7 +135,7 @@ pub struct ReleaseInfo {
     pub signed_manifest: bool,
 }
 
-fn releases_dir(state: &AppState) -> Result<&FsPath, ApiError> {
+fn releases_dir(state: &UpdatesCtx) -> Result<&FsPath, ApiError> {
     state.releases.dir.as_deref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -179,7 +198,7 @@ const MAX_MANIFEST: u64 = 1024 * 1024;
 /// temporary file beside the release, at most [`MAX_RELEASE_FILE`] bytes
 /// and [`UPLOAD_IDLE`] between chunks, and renamed into place.
 pub async fn upload(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     caller: Caller,
     Path((version, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -229,7 +248,7 @@ pub async fn upload(
 /// Why an upload is refused before its body is read (the caller, the
 /// names), or the releases directory it goes to.
 fn refusal(
-    state: &AppState,
+    state: &UpdatesCtx,
     caller: &Caller,
     version: &str,
     name: &str,
@@ -369,7 +388,7 @@ async fn check_manifest(path: &FsPath, version: &str) -> Result<(), ApiError> {
 
 /// `GET /api/v1/releases` (admin or tenant).
 pub async fn list_releases(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     _caller: Caller,
 ) -> Result<Json<Vec<ReleaseInfo>>, ApiError> {
     let dir = releases_dir(&state)?.to_owned();
@@ -382,7 +401,7 @@ pub async fn list_releases(
 /// `GET /releases/{version}/{file}`: public download; `latest` is the
 /// newest release that has the file.
 pub async fn download(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     Path((version, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let dir = releases_dir(&state)?.to_owned();
@@ -452,7 +471,7 @@ fn hundred() -> u8 {
 /// `PUT /api/v1/update-policy` (tenant): desired version for the tenant
 /// (or a group), with a canary share. Tells connected runners at once.
 pub async fn set_policy(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     caller: Caller,
     JsonBody(req): JsonBody<PolicyRequest>,
 ) -> Result<Json<Vec<UpdatePolicy>>, ApiError> {
@@ -506,7 +525,7 @@ pub async fn set_policy(
 
 /// `GET /api/v1/update-policy` (tenant).
 pub async fn get_policy(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     caller: Caller,
 ) -> Result<Json<Vec<UpdatePolicy>>, ApiError> {
     let tenant = caller.tenant()?;
@@ -521,7 +540,7 @@ pub struct GroupRequest {
 
 /// `PUT /api/v1/runners/{id}/group` (tenant).
 pub async fn set_group(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<GroupRequest>,
@@ -537,7 +556,7 @@ pub async fn set_group(
         return Err(ApiError::runner_not_found(&id));
     }
     // The group is the label `group` too (fleet/labels.rs).
-    crate::fleet::labels::group_set(&state, tenant, &id, &req.group).await;
+    crate::fleet::labels::group_set(&state.fleet, tenant, &id, &req.group).await;
     Ok(Json(
         serde_json::json!({"runner_id": id, "group": req.group}),
     ))
@@ -545,12 +564,12 @@ pub async fn set_group(
 
 /// `GET /api/v1/runners/{id}/updates` (tenant): group, desired version and reports.
 pub async fn runner_updates(
-    State(state): State<AppState>,
+    State(state): State<UpdatesCtx>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = caller.tenant()?;
-    let runner = runner_in_tenant(&state, tenant, &id).await?;
+    let runner = runner_in_tenant(&state.db, tenant, &id).await?;
     let desired = desired_version(&state, tenant, &runner.id).await?;
     let reports: Vec<serde_json::Value> = state
         .db
@@ -580,7 +599,7 @@ pub async fn runner_updates(
 
 /// The version the policy wants this runner to run, if any.
 pub async fn desired_version(
-    state: &AppState,
+    state: &UpdatesCtx,
     tenant: &str,
     runner_id: &str,
 ) -> Result<Option<String>, ApiError> {
@@ -598,7 +617,7 @@ pub async fn desired_version(
 /// The `update` message for a runner, if its policy selects it, it runs
 /// another version, and the release has a binary for its architecture.
 pub async fn offer_for(
-    state: &AppState,
+    state: &UpdatesCtx,
     tenant: &str,
     runner_id: &str,
 ) -> Result<Option<UpdateOffer>, ApiError> {
@@ -634,7 +653,7 @@ const PROCD_SCRIPT: &str = include_str!("../../../packaging/procd/tether");
 
 /// `GET /install.sh`: the installer with this server's URL and the
 /// operator's release keys filled in.
-pub async fn install_sh(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn install_sh(State(state): State<UpdatesCtx>, headers: HeaderMap) -> Response {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let url = state.releases.install_url(host);
     let keys = state

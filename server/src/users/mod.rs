@@ -33,6 +33,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,16 +45,32 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use crate::app::AppState;
 use crate::common::auth::{self, Caller};
 use crate::common::clock;
 use crate::common::edge::Clip;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::common::tuning::Tuning;
+use crate::db::Db;
 use crate::db::{Role, SessionRow, UserRow};
 
+/// What this feature's handlers use, built by `app/` from its state
+/// (`FromRef`), so the feature never names the app's state.
+#[derive(Clone)]
+pub struct UsersCtx {
+    pub db: Db,
+    /// Password hashing slots and wrong-password counts.
+    pub passwords: Arc<Passwords>,
+    pub tuning: Tuning,
+}
+
 /// Logins (a stranger's route: small body, a rate per address) and users.
-pub fn routes() -> axum::Router<AppState> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    UsersCtx: axum::extract::FromRef<S>,
+    crate::common::auth::AuthCtx: axum::extract::FromRef<S>,
+{
     use crate::common::edge;
     use axum::middleware::{from_fn, from_fn_with_state};
     use axum::routing::{get, patch, post};
@@ -485,7 +502,7 @@ fn check_login(req: &Login) -> Result<(), ApiError> {
 ///  Argon2 verify ─wrong─▶ 401 (attempt stays counted) │ right ─▶ count cleared, session
 /// ```
 pub async fn login(
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
     JsonBody(req): JsonBody<Login>,
 ) -> Result<Response, ApiError> {
     let refused = || ApiError::unauthorized("wrong tenant, user name or password");
@@ -582,7 +599,7 @@ pub async fn current(caller: Caller) -> Result<Json<SessionView>, ApiError> {
 /// `DELETE /api/v1/session`: log out (needs the CSRF token like any change,
 /// but a viewer may do it too, so it reads the cookie itself).
 pub async fn logout(
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(secret) = auth::session_cookie(&headers) else {
@@ -613,7 +630,7 @@ pub struct NewUser {
 }
 
 async fn create_in(
-    state: &AppState,
+    state: &UsersCtx,
     tenant_id: &str,
     req: NewUser,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
@@ -636,7 +653,7 @@ async fn create_in(
 /// user, or any user; `tenant` is an id or a name.
 pub async fn create_for_tenant(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
     Path(tenant): Path<String>,
     JsonBody(req): JsonBody<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
@@ -653,7 +670,7 @@ pub async fn create_for_tenant(
 /// `POST /api/v1/users` (tenant admin).
 pub async fn create(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
     JsonBody(req): JsonBody<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let tenant = caller.tenant_admin()?.to_owned();
@@ -663,7 +680,7 @@ pub async fn create(
 /// `GET /api/v1/users` (tenant admin).
 pub async fn list(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
     let tenant = caller.tenant_admin()?;
     let users = state.db.users.list_users(tenant).await?;
@@ -683,7 +700,7 @@ fn is_self(caller: &Caller, name: &str) -> bool {
 /// `PATCH /api/v1/users/{name}` (tenant admin): `{"role"?, "password"?}`.
 pub async fn update(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<UserChange>,
 ) -> Result<Json<UserView>, ApiError> {
@@ -729,7 +746,7 @@ pub async fn update(
 /// `DELETE /api/v1/users/{name}` (tenant admin); its sessions end at once.
 pub async fn delete(
     caller: Caller,
-    State(state): State<AppState>,
+    State(state): State<UsersCtx>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = caller.tenant_admin()?.to_owned();

@@ -1,6 +1,7 @@
 //! Releases and the update policy.
 
 use crate::util::*;
+use axum::extract::FromRef;
 
 #[tokio::test]
 async fn release_uploads_policies_and_groups_refuse_bad_input() {
@@ -162,7 +163,7 @@ async fn canary_share_selects_a_stable_subset() {
     assert_eq!(st, StatusCode::OK);
     let mut chosen: Vec<bool> = Vec::new();
     for id in &ids {
-        let v = tether_server::updates::desired_version(&state, &tenant_id, id)
+        let v = tether_server::updates::desired_version(&FromRef::from_ref(&state), &tenant_id, id)
             .await
             .unwrap();
         chosen.push(v.is_some());
@@ -183,12 +184,14 @@ async fn canary_share_selects_a_stable_subset() {
     .await;
     assert_eq!(st, StatusCode::OK);
     for id in &ids {
-        assert!(
-            tether_server::updates::desired_version(&state, &tenant_id, id)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(tether_server::updates::desired_version(
+            &FromRef::from_ref(&state),
+            &tenant_id,
+            id
+        )
+        .await
+        .unwrap()
+        .is_some());
     }
     // A group policy beats the tenant's.
     let (st, _) = call(
@@ -209,17 +212,21 @@ async fn canary_share_selects_a_stable_subset() {
     )
     .await;
     assert_eq!(st, StatusCode::OK);
-    assert!(
-        tether_server::updates::desired_version(&state, &tenant_id, &ids[0])
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        tether_server::updates::desired_version(&state, &tenant_id, &ids[1])
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(tether_server::updates::desired_version(
+        &FromRef::from_ref(&state),
+        &tenant_id,
+        &ids[0]
+    )
+    .await
+    .unwrap()
+    .is_none());
+    assert!(tether_server::updates::desired_version(
+        &FromRef::from_ref(&state),
+        &tenant_id,
+        &ids[1]
+    )
+    .await
+    .unwrap()
+    .is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::migrate::{migrate, Migration, Step};
 use super::Blocking;
-use crate::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
+
 use crate::db::alerts::*;
 use crate::db::StorageError;
 

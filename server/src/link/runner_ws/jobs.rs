@@ -198,7 +198,7 @@ impl Connection {
                 // event of the trail, under the runner as actor.
                 let action = format!("runner refused job_start: {}", e.code);
                 crate::audit::host_event(
-                    &self.state,
+                    &self.state.audit,
                     &self.runner.tenant_id,
                     &self.runner.id,
                     &action,

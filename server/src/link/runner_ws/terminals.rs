@@ -37,7 +37,7 @@ impl Connection {
             .terminals
             .on_frame(&self.runner.id, &header, &payload);
         if let Some(s) = out.ended {
-            record_end(&self.state, &s).await;
+            record_end(&self.state.db, &s).await;
         }
         match out.ack {
             Some(seq) => {
@@ -55,7 +55,7 @@ impl Connection {
             .terminals
             .on_alive(&self.runner.id, &alive.channels);
         for s in lost {
-            record_end(&self.state, &s).await;
+            record_end(&self.state.db, &s).await;
         }
         for m in send {
             self.send_terminal(m).await?;

@@ -1,0 +1,195 @@
+//! Each feature's context, cut from [`AppState`] (`FromRef`): a handler
+//! takes `State<ItsCtx>`, so no feature names the app's state, and axum
+//! builds the context per request from the one state the router holds
+//! (clones of `Arc`s and small `Copy` values).
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use super::AppState;
+use crate::alerts::AlertsCtx;
+use crate::audit::AuditCtx;
+use crate::common::auth::AuthCtx;
+use crate::containers::ContainersCtx;
+use crate::deploy::DeployCtx;
+use crate::fleet::labels::LabelsCtx;
+use crate::fleet::FleetCtx;
+use crate::jobs::JobsCtx;
+use crate::link::LinkCtx;
+use crate::logs::LogsCtx;
+use crate::runners::RunnersCtx;
+use crate::telemetry::TelemetryCtx;
+use crate::terminals::TerminalsCtx;
+use crate::updates::UpdatesCtx;
+use crate::users::UsersCtx;
+
+impl FromRef<AppState> for AuthCtx {
+    fn from_ref(s: &AppState) -> Self {
+        AuthCtx {
+            db: s.db.clone(),
+            admin_token_hash: s.admin_token_hash.clone(),
+            edge: s.edge.clone(),
+            tickets: s.tickets.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for LabelsCtx {
+    fn from_ref(s: &AppState) -> Self {
+        LabelsCtx {
+            db: s.db.clone(),
+            store: s.fleet.store.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for RunnersCtx {
+    fn from_ref(s: &AppState) -> Self {
+        RunnersCtx {
+            db: s.db.clone(),
+            health: s.health.clone(),
+            registry: s.registry.clone(),
+            containers: s.containers.clone(),
+            fleet: LabelsCtx::from_ref(s),
+            tuning: s.tuning,
+        }
+    }
+}
+
+impl FromRef<AppState> for TelemetryCtx {
+    fn from_ref(s: &AppState) -> Self {
+        TelemetryCtx { db: s.db.clone() }
+    }
+}
+
+impl FromRef<AppState> for ContainersCtx {
+    fn from_ref(s: &AppState) -> Self {
+        ContainersCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            containers: s.containers.clone(),
+            tuning: s.tuning,
+        }
+    }
+}
+
+impl FromRef<AppState> for LogsCtx {
+    fn from_ref(s: &AppState) -> Self {
+        LogsCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            tuning: s.tuning,
+        }
+    }
+}
+
+impl FromRef<AppState> for JobsCtx {
+    fn from_ref(s: &AppState) -> Self {
+        JobsCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            secrets: s.secrets.clone(),
+            quotas: s.quotas,
+            job_hub: s.job_hub.clone(),
+            fleet: Arc::new(LabelsCtx::from_ref(s)),
+        }
+    }
+}
+
+impl FromRef<AppState> for DeployCtx {
+    fn from_ref(s: &AppState) -> Self {
+        DeployCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            jobs: JobsCtx::from_ref(s),
+        }
+    }
+}
+
+impl FromRef<AppState> for TerminalsCtx {
+    fn from_ref(s: &AppState) -> Self {
+        TerminalsCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            public_url: s.releases.public_url.as_deref().map(Arc::from),
+            terminals: s.terminals.clone(),
+            tickets: s.tickets.clone(),
+            quotas: s.quotas,
+            tuning: s.tuning,
+            auth: AuthCtx::from_ref(s),
+        }
+    }
+}
+
+impl FromRef<AppState> for UsersCtx {
+    fn from_ref(s: &AppState) -> Self {
+        UsersCtx {
+            db: s.db.clone(),
+            passwords: s.passwords.clone(),
+            tuning: s.tuning,
+        }
+    }
+}
+
+impl FromRef<AppState> for UpdatesCtx {
+    fn from_ref(s: &AppState) -> Self {
+        UpdatesCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            releases: s.releases.clone(),
+            fleet: LabelsCtx::from_ref(s),
+        }
+    }
+}
+
+impl FromRef<AppState> for AlertsCtx {
+    fn from_ref(s: &AppState) -> Self {
+        AlertsCtx {
+            alerts: s.alerts.clone(),
+            secrets: s.secrets.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for FleetCtx {
+    fn from_ref(s: &AppState) -> Self {
+        FleetCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            job_hub: s.job_hub.clone(),
+            fleet: s.fleet.clone(),
+            labels: LabelsCtx::from_ref(s),
+            jobs: JobsCtx::from_ref(s),
+        }
+    }
+}
+
+impl FromRef<AppState> for AuditCtx {
+    fn from_ref(s: &AppState) -> Self {
+        AuditCtx {
+            audit: s.audit.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for LinkCtx {
+    fn from_ref(s: &AppState) -> Self {
+        LinkCtx {
+            db: s.db.clone(),
+            registry: s.registry.clone(),
+            tuning: s.tuning,
+            quotas: s.quotas,
+            secrets: s.secrets.clone(),
+            job_hub: s.job_hub.clone(),
+            metrics_writer: s.metrics_writer.clone(),
+            containers: s.containers.clone(),
+            terminals: s.terminals.clone(),
+            alerts: s.alerts.clone(),
+            fleet: LabelsCtx::from_ref(s),
+            updates: UpdatesCtx::from_ref(s),
+            deploy: DeployCtx::from_ref(s),
+            audit: AuditCtx::from_ref(s),
+        }
+    }
+}
