@@ -50,6 +50,7 @@
 use super::process::{Process, Read_};
 use super::redact::Redactor;
 use super::secret_files;
+use super::status::JobStatus;
 use super::tar::Context;
 use super::{push_record, JobTimer};
 use crate::channel::OutChannel;
@@ -172,7 +173,7 @@ struct Old {
 /// How the deploy ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    pub status: &'static str,
+    pub status: JobStatus,
     pub reason: String,
 }
 
@@ -211,7 +212,7 @@ pub struct Deploy {
     /// Why we are rolling back.
     failure: Option<String>,
     /// Cancel or timeout asked for.
-    stopping: Option<(&'static str, String)>,
+    stopping: Option<(JobStatus, String)>,
     outcome: Option<Outcome>,
 }
 
@@ -453,7 +454,7 @@ impl Deploy {
         &mut self,
         ctx: &mut Ctx<'_>,
         chan: &mut OutChannel,
-        status: &'static str,
+        status: JobStatus,
         why: String,
     ) {
         if self.outcome.is_some() || self.stopping.is_some() {
@@ -1214,7 +1215,7 @@ impl Deploy {
                 } else {
                     self.note(chan, step::REPLACE, "removed the old container");
                 }
-                self.done(chan, "succeeded", String::new());
+                self.done(chan, JobStatus::Succeeded, String::new());
             }
             Call::RemoveNew => {
                 if let Err(e) = checked {
@@ -1303,7 +1304,7 @@ impl Deploy {
             }
             return self.call(ctx, chan, Call::RemoveOld);
         }
-        self.done(chan, "succeeded", String::new());
+        self.done(chan, JobStatus::Succeeded, String::new());
     }
 
     /// Something failed: before the old container was touched, stop here;
@@ -1355,16 +1356,16 @@ impl Deploy {
         match self.stopping.clone() {
             Some((status, stop_why)) if why == stop_why => self.done(chan, status, why),
             Some((status, stop_why)) => self.done(chan, status, format!("{stop_why} ({why})")),
-            None => self.done(chan, "failed", why),
+            None => self.done(chan, JobStatus::Failed, why),
         }
     }
 
-    fn done(&mut self, chan: &mut OutChannel, status: &'static str, reason: String) {
+    fn done(&mut self, chan: &mut OutChannel, status: JobStatus, reason: String) {
         if self.outcome.is_some() {
             return;
         }
         if let Some(dir) = &self.secrets_dir {
-            if status == "succeeded" {
+            if status == JobStatus::Succeeded {
                 secret_files::remove_others(dir);
             } else {
                 secret_files::remove(dir);
@@ -1372,10 +1373,10 @@ impl Deploy {
         }
         // Over: the old container was removed or is back under its name
         // (a failed rename back keeps the file, for the next start).
-        if status == "succeeded" || self.old.as_ref().is_none_or(|o| !o.renamed) {
+        if status == JobStatus::Succeeded || self.old.as_ref().is_none_or(|o| !o.renamed) {
             let _ = std::fs::remove_file(&self.parked_file);
         }
-        if status == "succeeded" {
+        if status == JobStatus::Succeeded {
             self.note(
                 chan,
                 step::REPLACE,
