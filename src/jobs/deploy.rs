@@ -1063,6 +1063,31 @@ impl Deploy {
             return self.rollback(ctx, chan);
         }
         match call {
+            Call::Ping | Call::Build => self.source_answered(ctx, chan, call, checked),
+            Call::InspectOld
+            | Call::RenameOld
+            | Call::Create
+            | Call::PutEnvFile
+            | Call::StopOld
+            | Call::StartNew => self.replace_answered(ctx, chan, call, checked),
+            Call::HealthInspect | Call::ExecCreate | Call::ExecStart | Call::ExecInspect => {
+                self.health_answered(ctx, chan, call, checked)
+            }
+            Call::RemoveOld | Call::RemoveNew | Call::RenameBack | Call::StartOld => {
+                self.cleanup_answered(ctx, chan, call, checked)
+            }
+        }
+    }
+
+    /// The engine answered (Ping) or built the image (Build).
+    fn source_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::Ping => match checked.and_then(|resp| {
                 api::engine_version_from_ping(&resp.head).map_err(|e| e.to_string())
             }) {
@@ -1084,6 +1109,21 @@ impl Deploy {
                 Err(e) => self.fail(ctx, chan, format!("Docker engine: {e}")),
             },
             Call::Build => self.built(ctx, chan, checked.map(|_| ())),
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
+        }
+    }
+
+    /// A step of the replacement: the old container out of the way, the
+    /// new one created, filled and started.
+    fn replace_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::InspectOld => match checked {
                 Ok(resp) => match serde_json::from_slice::<ContainerInspect>(&resp.body) {
                     Ok(c) => {
@@ -1198,6 +1238,21 @@ impl Deploy {
                 }
                 Err(e) => self.fail(ctx, chan, format!("start the new container: {e}")),
             },
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
+        }
+    }
+
+    /// A health check of the new container: healthy, not yet (look again),
+    /// or failed.
+    fn health_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::HealthInspect => match checked.and_then(|resp| {
                 serde_json::from_slice::<ContainerInspect>(&resp.body).map_err(|e| e.to_string())
             }) {
@@ -1290,6 +1345,21 @@ impl Deploy {
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
             },
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
+        }
+    }
+
+    /// The end: the old container removed after success, or a step of the
+    /// rollback (new removed, old renamed back and started).
+    fn cleanup_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::RemoveOld => {
                 if let Err(e) = checked {
                     // The new app runs; a leftover old container is only clutter.
@@ -1352,6 +1422,8 @@ impl Deploy {
                     }
                 }
             }
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
         }
     }
 
