@@ -42,7 +42,7 @@ use tether::log::{self, Level};
 use tether::net::tls::{self, TlsConfigError};
 use tether::runner::{self, RunConfig};
 use tether::signals::Signals;
-use tether::state::{self, RunState, StateDir, StateError};
+use tether::state::{self, RunState, StateDir, StateError, Status};
 use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
 use tether::terminal::TerminalConfig;
 use tether::update::record::Record;
@@ -989,30 +989,19 @@ fn update_config(
     })
 }
 
+/// `tether update`: parse, decide the update settings, then report
+/// (`--check`), hand the release to the running runner, or install it here.
 fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
-    let (mut file, mut sig, mut check, mut allow_downgrade, mut keys) =
-        (None::<PathBuf>, None::<PathBuf>, false, false, None);
-    while let Some(opt) = next_opt(&mut parser)? {
-        if global.take(&opt, &mut parser)? {
-            continue;
-        }
-        match &opt {
-            o if o.is("file") => file = Some(PathBuf::from(parser.value()?)),
-            o if o.is("sig") => sig = Some(PathBuf::from(parser.value()?)),
-            o if o.is("check") => check = true,
-            o if o.is("allow-downgrade") => allow_downgrade = true,
-            o if o.is("update-keys") => keys = Some(PathBuf::from(parser.value()?)),
-            o if o.is_help() => return print(UPDATE_HELP),
-            _ => return Err(opt.unexpected()),
-        }
-    }
+    let Some(flags) = UpdateFlags::parse(&mut parser, &mut global)? else {
+        return print(UPDATE_HELP);
+    };
     global.apply_log_level()?;
     let state = StateDir::new(global.state_dir());
     let health_timeout = match config::env("TETHER_UPDATE_HEALTH_TIMEOUT") {
         Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
         None => update::DEFAULT_HEALTH_TIMEOUT,
     };
-    let mut upd = update_config(&state, keys, allow_downgrade, health_timeout)
+    let mut upd = update_config(&state, flags.keys, flags.allow_downgrade, health_timeout)
         .map_err(|why| CliError::Update(UpdateError::Rejected(why)))?;
     // The trial run and the next start use the runner's usual command.
     upd.run_args = vec![
@@ -1020,129 +1009,30 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
         state.path.clone().into_os_string(),
         "run".into(),
     ];
-    let files = match (file, sig) {
+    let files = match (flags.file, flags.sig) {
         (Some(f), Some(s)) => Some((f, s)),
         (None, None) => None,
         _ => return Err(CliError::Usage("--file and --sig go together".into())),
     };
-    if files.is_none() && !check {
+    if files.is_none() && !flags.check {
         return Err(CliError::Usage(
             "update needs --file PATH --sig PATH, or --check".into(),
         ));
     }
-    let read = |files: &(PathBuf, PathBuf)| -> Result<(Vec<u8>, String), CliError> {
-        let bin = std::fs::read(&files.0).map_err(|e| CliError::Io("cannot read --file", e))?;
-        let sig = std::fs::read(&files.1).map_err(|e| CliError::Io("cannot read --sig", e))?;
-        if sig.len() > update::release::MAX_SIGNATURE {
-            return Err(CliError::Update(UpdateError::Rejected(
-                "--sig is not a minisign signature (too large)".into(),
-            )));
-        }
-        Ok((bin, String::from_utf8_lossy(&sig).into_owned()))
-    };
     let runner = state::read_status(&global.run_dir())
         .ok()
         .flatten()
         .filter(|st| st.state != RunState::Stopped && tether::sys::pid_alive(st.pid));
-    if check {
-        let rec = Record::load(&state.path);
-        let dir = upd.binary.parent().unwrap_or(std::path::Path::new("/"));
-        let writable = state::ensure_writable_dir(dir).is_ok();
-        let mut out = format!(
-            "version:          {}\nbinary:           {} ({})\ntrusted keys:     {} from {}\ndowngrades:       {}\nhealth deadline:  {:?}\nrunner:           {}\n",
-            tether::version::version(),
-            upd.binary.display(),
-            if writable { "writable" } else { "NOT writable: updates will be rejected" },
-            upd.keys.len(),
-            upd.keys_source,
-            if upd.allow_downgrade { "allowed" } else { "refused" },
-            upd.health_timeout,
-            runner.as_ref().map_or("not running".to_owned(), |st| format!("pid {}, {}", st.pid, st.state.as_str())),
-        );
-        if let Some(p) = &rec.pending {
-            out.push_str(&format!(
-                "in progress:      {} → {} ({:?})\n",
-                p.from_version, p.version, p.phase
-            ));
-        }
-        for f in &rec.failed {
-            out.push_str(&format!(
-                "failed here:      {} ({}), not tried again\n",
-                f.version, f.reason
-            ));
-        }
-        let mut code = exit::OK;
-        if let Some(files) = &files {
-            let (bin, sig) = read(files)?;
-            match upd.check_release(&bin, &sig, None) {
-                Ok(rel) => out.push_str(&format!(
-                    "would install:    {} ({}, signed by trusted key #{})\n",
-                    rel.version,
-                    match upd.verdict(&rel.version.text, &rec) {
-                        Verdict::Install { upgrade: false } => "downgrade",
-                        _ => "upgrade",
-                    },
-                    rel.key_index + 1
-                )),
-                Err(e) => {
-                    out.push_str(&format!("would refuse:     {e}\n"));
-                    code = exit::UPDATE_REJECTED;
-                }
-            }
-        }
-        print(&out)?;
-        return Ok(code);
+    if flags.check {
+        return update_check(&upd, &state, runner.as_ref(), files.as_ref());
     }
-    let files = files.unwrap_or_default();
-    let (bin, sig) = read(&files)?;
+    let (bin, sig) = read_release(&files.unwrap_or_default())?;
     let rel = upd
         .check_release(&bin, &sig, None)
         .map_err(CliError::Update)?;
     let version = rel.version.text.clone();
     match runner {
-        Some(st) => {
-            let asked = update::now_ms();
-            update::put_incoming(&state.path, &bin, &sig)
-                .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
-            if !tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
-                return Err(CliError::Io(
-                    "cannot signal the runner",
-                    io::Error::last_os_error(),
-                ));
-            }
-            print(&format!(
-                "verified {version}; handed to the runner (pid {}), waiting\n",
-                st.pid
-            ))?;
-            let deadline =
-                std::time::Instant::now() + upd.health_timeout * 2 + update::DOWNLOAD_TIMEOUT;
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let rec = Record::load(&state.path);
-                if let Some(f) = rec.has_failed(&version) {
-                    return Err(CliError::Update(UpdateError::Failed(f.reason.clone())));
-                }
-                if let Some(f) = rec
-                    .recently_rejected(&version, update::now_ms())
-                    .filter(|f| f.at_ms >= asked)
-                {
-                    return Err(CliError::Update(UpdateError::Rejected(f.reason.clone())));
-                }
-                let now = state::read_status(&global.run_dir()).ok().flatten();
-                if rec.pending.is_none()
-                    && now
-                        .as_ref()
-                        .is_some_and(|s| s.version == version && s.state == RunState::Connected)
-                {
-                    return print(&format!("installed {version}: the runner is connected\n"));
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(CliError::Update(UpdateError::Failed(
-                        "no outcome in time; see the runner's log".into(),
-                    )));
-                }
-            }
-        }
+        Some(st) => hand_to_runner(&upd, &state, &global, &st, &bin, &sig, &version),
         None => {
             let mut never = || false;
             let v = upd
@@ -1152,6 +1042,164 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
                 "installed {v} at {}; the next start of the runner runs it\n",
                 upd.binary.display()
             ))
+        }
+    }
+}
+
+/// `tether update`'s command line as typed.
+#[derive(Debug, Default)]
+struct UpdateFlags {
+    file: Option<PathBuf>,
+    sig: Option<PathBuf>,
+    check: bool,
+    allow_downgrade: bool,
+    keys: Option<PathBuf>,
+}
+
+impl UpdateFlags {
+    /// `None`: `--help` came.
+    fn parse(
+        parser: &mut lexopt::Parser,
+        global: &mut Global,
+    ) -> Result<Option<UpdateFlags>, CliError> {
+        let mut f = UpdateFlags::default();
+        while let Some(opt) = next_opt(parser)? {
+            if global.take(&opt, parser)? {
+                continue;
+            }
+            match &opt {
+                o if o.is("file") => f.file = Some(parser.value()?.into()),
+                o if o.is("sig") => f.sig = Some(parser.value()?.into()),
+                o if o.is("check") => f.check = true,
+                o if o.is("allow-downgrade") => f.allow_downgrade = true,
+                o if o.is("update-keys") => f.keys = Some(parser.value()?.into()),
+                o if o.is_help() => return Ok(None),
+                _ => return Err(opt.unexpected()),
+            }
+        }
+        Ok(Some(f))
+    }
+}
+
+/// The release binary and its signature (bounded: a signature is small).
+fn read_release(files: &(PathBuf, PathBuf)) -> Result<(Vec<u8>, String), CliError> {
+    let bin = std::fs::read(&files.0).map_err(|e| CliError::Io("cannot read --file", e))?;
+    let sig = std::fs::read(&files.1).map_err(|e| CliError::Io("cannot read --sig", e))?;
+    if sig.len() > update::release::MAX_SIGNATURE {
+        return Err(CliError::Update(UpdateError::Rejected(
+            "--sig is not a minisign signature (too large)".into(),
+        )));
+    }
+    Ok((bin, String::from_utf8_lossy(&sig).into_owned()))
+}
+
+/// `--check`: the settings, the update in progress, the versions that
+/// failed here, and what would become of the given files (exit 12 if
+/// refused). Changes nothing.
+fn update_check(
+    upd: &UpdateConfig,
+    state: &StateDir,
+    runner: Option<&Status>,
+    files: Option<&(PathBuf, PathBuf)>,
+) -> Result<u8, CliError> {
+    let rec = Record::load(&state.path);
+    let dir = upd.binary.parent().unwrap_or(std::path::Path::new("/"));
+    let writable = state::ensure_writable_dir(dir).is_ok();
+    let mut out = format!(
+        "version:          {}\nbinary:           {} ({})\ntrusted keys:     {} from {}\ndowngrades:       {}\nhealth deadline:  {:?}\nrunner:           {}\n",
+        tether::version::version(),
+        upd.binary.display(),
+        if writable { "writable" } else { "NOT writable: updates will be rejected" },
+        upd.keys.len(),
+        upd.keys_source,
+        if upd.allow_downgrade { "allowed" } else { "refused" },
+        upd.health_timeout,
+        runner.as_ref().map_or("not running".to_owned(), |st| format!("pid {}, {}", st.pid, st.state.as_str())),
+    );
+    if let Some(p) = &rec.pending {
+        out.push_str(&format!(
+            "in progress:      {} → {} ({:?})\n",
+            p.from_version, p.version, p.phase
+        ));
+    }
+    for f in &rec.failed {
+        out.push_str(&format!(
+            "failed here:      {} ({}), not tried again\n",
+            f.version, f.reason
+        ));
+    }
+    let mut code = exit::OK;
+    if let Some(files) = &files {
+        let (bin, sig) = read_release(files)?;
+        match upd.check_release(&bin, &sig, None) {
+            Ok(rel) => out.push_str(&format!(
+                "would install:    {} ({}, signed by trusted key #{})\n",
+                rel.version,
+                match upd.verdict(&rel.version.text, &rec) {
+                    Verdict::Install { upgrade: false } => "downgrade",
+                    _ => "upgrade",
+                },
+                rel.key_index + 1
+            )),
+            Err(e) => {
+                out.push_str(&format!("would refuse:     {e}\n"));
+                code = exit::UPDATE_REJECTED;
+            }
+        }
+    }
+    print(&out)?;
+    Ok(code)
+}
+
+/// A runner is running: the release goes into its state dir, SIGUSR1 tells
+/// it, and the outcome is read from its update record and status.
+fn hand_to_runner(
+    upd: &UpdateConfig,
+    state: &StateDir,
+    global: &Global,
+    st: &Status,
+    bin: &[u8],
+    sig: &str,
+    version: &str,
+) -> Result<u8, CliError> {
+    let asked = update::now_ms();
+    update::put_incoming(&state.path, bin, sig)
+        .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
+    if !tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
+        return Err(CliError::Io(
+            "cannot signal the runner",
+            io::Error::last_os_error(),
+        ));
+    }
+    print(&format!(
+        "verified {version}; handed to the runner (pid {}), waiting\n",
+        st.pid
+    ))?;
+    let deadline = std::time::Instant::now() + upd.health_timeout * 2 + update::DOWNLOAD_TIMEOUT;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let rec = Record::load(&state.path);
+        if let Some(f) = rec.has_failed(version) {
+            return Err(CliError::Update(UpdateError::Failed(f.reason.clone())));
+        }
+        if let Some(f) = rec
+            .recently_rejected(version, update::now_ms())
+            .filter(|f| f.at_ms >= asked)
+        {
+            return Err(CliError::Update(UpdateError::Rejected(f.reason.clone())));
+        }
+        let now = state::read_status(&global.run_dir()).ok().flatten();
+        if rec.pending.is_none()
+            && now
+                .as_ref()
+                .is_some_and(|s| s.version == version && s.state == RunState::Connected)
+        {
+            return print(&format!("installed {version}: the runner is connected\n"));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::Update(UpdateError::Failed(
+                "no outcome in time; see the runner's log".into(),
+            )));
         }
     }
 }
