@@ -189,6 +189,19 @@ target_rustflags() {
         echo "-Crelocation-model=static"
         ;;
     esac
+    case "$1" in
+    x86_64-*)
+        # Linked by rust-lld (the aarch64 build's linker too) for two size
+        # flags GNU ld lacks: identical code folding merges functions that
+        # compiled to the same bytes (monomorphisations), and RELR packs
+        # the static-pie's relative relocations (.rela.dyn, 24 bytes each)
+        # into bitmaps; musl's start code applies them (since 1.2.4).
+        echo "-Clinker-features=+lld"
+        echo "-Clink-self-contained=+linker"
+        echo "-Clink-arg=-Wl,--icf=all"
+        echo "-Clink-arg=-Wl,-z,pack-relative-relocs"
+        ;;
+    esac
     # With immediate-abort panics nothing ever unwinds: no unwind tables
     # (.eh_frame is about 70 KiB on MIPS, more on x86_64), and no panic
     # locations (file names and lines nobody can see).

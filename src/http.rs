@@ -7,7 +7,7 @@
 //! connection ([`crate::net::tls`]), and the same CONNECT codec for proxies
 //! ([`crate::net::proxy`]).
 
-use crate::conn::dns;
+use crate::net::dns;
 use crate::net::http::{BufferedDecoder, Expect, HttpError, ResponseDecoder};
 use crate::net::proxy::{self, ConnectResponse, Progress, ProxyError};
 use crate::net::tls;

@@ -3,7 +3,7 @@
 //!
 //! The runner holds one outbound TLS WebSocket to tether-server, driven by one
 //! single-threaded mio event loop ([`reactor`], driven by [`runner`]). The only other thread is
-//! the DNS helper ([`conn::dns`]), because `getaddrinfo` blocks.
+//! the DNS helper ([`net::dns`]), because `getaddrinfo` blocks.
 //!
 //! Module map (what owns what; `module_map_lists_every_module` checks it
 //! against the files under `src/`):
@@ -28,9 +28,9 @@
 //! runner         `tether run` in the loop: the connection and the feature list (the only
 //!                place that names every feature)
 //! net/           plumbing without a feature: the one sans-IO HTTP/1.1 codec, proxy CONNECT,
-//!                rustls config, the TLS transport over a non-blocking socket
+//!                rustls config, the TLS transport over a non-blocking socket, the DNS thread
 //! conn/          the control connection: dial (resolve → TCP → proxy → TLS → upgrade) and
-//!                session (hello, liveness, closing, status); backoff, dns
+//!                session (hello, liveness, closing, status); backoff
 //! child          child processes in the loop: pipes, bounds, timeout, reaping
 //! telemetry/     metrics and fingerprint on timers: sampler → backlog (acked), firewall probe, reports
 //! http           small blocking HTTPS client (enroll, release downloads) on net's codec
@@ -181,9 +181,8 @@ mod tests {
 
     /// The runner's layers (docs/runner.md): plumbing, net, reactor, link,
     /// engine, channel, conn, features, runner. What each may use, by top-level
-    /// module; net is `net/` plus `http` (the blocking client on its codec)
-    /// and `conn/dns.rs` (the resolver thread, still under `conn/`). Test
-    /// code is not counted.
+    /// module; net is `net/` (with `net/dns.rs`, the resolver thread) plus
+    /// `http` (the blocking client on its codec). Test code is not counted.
     fn allowed(from: &str, to: &str) -> bool {
         const PLUMBING: &[&str] = &[
             "protocol",
@@ -257,13 +256,13 @@ mod tests {
                             .split("::");
                         let first = parts.next().unwrap_or("");
                         let second = parts.next().unwrap_or("");
-                        let from = match (top, rel.split('/').nth(1)) {
-                            ("conn", Some("dns.rs")) | ("http", _) => "net",
+                        let from = match top {
+                            "http" => "net",
                             _ => top,
                         };
                         let to = match (first, second) {
                             ("info" | "debug" | "warn" | "error", _) => "log",
-                            ("conn", "dns") | ("http", _) => "net",
+                            ("http", _) => "net",
                             (t, _) => t,
                         };
                         if !to.is_empty() && to != from && !(from == "net" && to == "net") {

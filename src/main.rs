@@ -30,6 +30,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use tether::config::{self, ConfigError};
 use tether::conn::{ConnConfig, HelloInfo};
 use tether::docker::client::DockerConfig;
@@ -41,7 +42,7 @@ use tether::log::{self, Level};
 use tether::net::tls::{self, TlsConfigError};
 use tether::runner::{self, RunConfig};
 use tether::signals::Signals;
-use tether::state::{self, RunState, StateDir, StateError};
+use tether::state::{self, RunState, StateDir, StateError, Status};
 use tether::telemetry::{TelemetryConfig, DEFAULT_FINGERPRINT_INTERVAL};
 use tether::terminal::TerminalConfig;
 use tether::update::record::Record;
@@ -518,115 +519,282 @@ fn proposed_labels(mut labels: Vec<String>, state_dir: &Path) -> Result<Vec<Stri
     }
 }
 
+/// `tether run`: parse the flags, decide the settings, run the loop.
 fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
-    let (mut heartbeat, mut ca_file, mut proxy, mut server) = (None, None, None, None);
-    let (mut metrics_interval, mut fingerprint_interval) = (None, None);
-    let mut docker_socket = None;
-    let (mut max_jobs, mut no_jobs) = (None, false);
-    let (mut update_keys, mut health_timeout) = (None, None);
-    let (mut no_host_terminal, mut host_terminal_user) = (false, None);
-    let (mut no_container_terminal, mut no_container_control) = (false, false);
-    let mut labels = Vec::new();
-    let (mut require_signed, mut operator_keys) = (None, None);
-    while let Some(opt) = next_opt(&mut parser)? {
-        if global.take(&opt, &mut parser)? {
-            continue;
-        }
-        match &opt {
-            o if o.is("update-keys") => update_keys = Some(PathBuf::from(parser.value()?)),
-            o if o.is("health-timeout") => health_timeout = Some(os_string(parser.value()?)?),
-            o if o.is("heartbeat") => heartbeat = Some(os_string(parser.value()?)?),
-            o if o.is("metrics-interval") => metrics_interval = Some(os_string(parser.value()?)?),
-            o if o.is("docker-socket") => docker_socket = Some(os_string(parser.value()?)?),
-            o if o.is("fingerprint-interval") => {
-                fingerprint_interval = Some(os_string(parser.value()?)?)
-            }
-            o if o.is("max-jobs") => max_jobs = Some(os_string(parser.value()?)?),
-            o if o.is("no-jobs") => no_jobs = true,
-            o if o.is("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
-            o if o.is("proxy") => proxy = Some(os_string(parser.value()?)?),
-            o if o.is("server") => server = Some(os_string(parser.value()?)?),
-            o if o.is("no-host-terminal") => no_host_terminal = true,
-            o if o.is("no-container-terminal") => no_container_terminal = true,
-            o if o.is("no-container-control") => no_container_control = true,
-            o if o.is("label") => labels.push(os_string(parser.value()?)?),
-            o if o.is("require-signed") => require_signed = Some(os_string(parser.value()?)?),
-            o if o.is("operator-keys") => operator_keys = Some(PathBuf::from(parser.value()?)),
-            o if o.is("host-terminal-user") => {
-                host_terminal_user = Some(os_string(parser.value()?)?)
-            }
-            o if o.is_help() => return print(RUN_HELP),
-            _ => return Err(opt.unexpected()),
-        }
-    }
+    let Some(flags) = RunFlags::parse(&mut parser, &mut global)? else {
+        return print(RUN_HELP);
+    };
     global.apply_log_level()?;
-    let heartbeat = match env_or(heartbeat, "TETHER_HEARTBEAT") {
-        Some(h) => config::parse_duration(&h)
-            .and_then(config::check_heartbeat)
-            .map_err(CliError::Config)?,
-        None => config::DEFAULT_HEARTBEAT,
-    };
-    let metrics_interval = match env_or(metrics_interval, "TETHER_METRICS_INTERVAL") {
-        Some(s) => config::parse_interval(
-            "metrics interval",
-            &s,
-            config::MIN_METRICS_INTERVAL,
-            config::MAX_METRICS_INTERVAL,
-        )
-        .map_err(CliError::Config)?,
-        None => Some(heartbeat),
-    };
-    let fingerprint_interval = match env_or(fingerprint_interval, "TETHER_FINGERPRINT_INTERVAL") {
-        Some(s) => config::parse_interval(
-            "fingerprint interval",
-            &s,
-            config::MIN_FINGERPRINT_INTERVAL,
-            config::MAX_FINGERPRINT_INTERVAL,
-        )
-        .map_err(CliError::Config)?,
-        None => Some(DEFAULT_FINGERPRINT_INTERVAL),
-    };
+    let plan = RunPlan::decide(flags, &global)?;
+    serve(plan)
+}
 
-    let host_terminal = switch(no_host_terminal, "TETHER_HOST_TERMINAL")?;
-    let container_terminal = switch(no_container_terminal, "TETHER_CONTAINER_TERMINAL")?;
-    let container_control = switch(no_container_control, "TETHER_CONTAINER_CONTROL")?;
+/// `tether run`'s command line as typed (ripgrep's "low args"): each flag
+/// as given, not yet merged with its environment variable nor checked.
+#[derive(Debug, Default)]
+struct RunFlags {
+    heartbeat: Option<String>,
+    metrics_interval: Option<String>,
+    fingerprint_interval: Option<String>,
+    docker_socket: Option<String>,
+    max_jobs: Option<String>,
+    no_jobs: bool,
+    ca_file: Option<PathBuf>,
+    proxy: Option<String>,
+    server: Option<String>,
+    no_host_terminal: bool,
+    host_terminal_user: Option<String>,
+    no_container_terminal: bool,
+    no_container_control: bool,
+    labels: Vec<String>,
+    require_signed: Option<String>,
+    operator_keys: Option<PathBuf>,
+    update_keys: Option<PathBuf>,
+    health_timeout: Option<String>,
+}
+
+impl RunFlags {
+    /// The flags, and the global options among them; `None`: `--help`
+    /// came (what follows it is not read).
+    fn parse(
+        parser: &mut lexopt::Parser,
+        global: &mut Global,
+    ) -> Result<Option<RunFlags>, CliError> {
+        let mut f = RunFlags::default();
+        while let Some(opt) = next_opt(parser)? {
+            if global.take(&opt, parser)? {
+                continue;
+            }
+            match &opt {
+                o if o.is("update-keys") => f.update_keys = Some(parser.value()?.into()),
+                o if o.is("health-timeout") => f.health_timeout = Some(value(parser)?),
+                o if o.is("heartbeat") => f.heartbeat = Some(value(parser)?),
+                o if o.is("metrics-interval") => f.metrics_interval = Some(value(parser)?),
+                o if o.is("docker-socket") => f.docker_socket = Some(value(parser)?),
+                o if o.is("fingerprint-interval") => f.fingerprint_interval = Some(value(parser)?),
+                o if o.is("max-jobs") => f.max_jobs = Some(value(parser)?),
+                o if o.is("no-jobs") => f.no_jobs = true,
+                o if o.is("ca-file") => f.ca_file = Some(parser.value()?.into()),
+                o if o.is("proxy") => f.proxy = Some(value(parser)?),
+                o if o.is("server") => f.server = Some(value(parser)?),
+                o if o.is("no-host-terminal") => f.no_host_terminal = true,
+                o if o.is("no-container-terminal") => f.no_container_terminal = true,
+                o if o.is("no-container-control") => f.no_container_control = true,
+                o if o.is("label") => f.labels.push(value(parser)?),
+                o if o.is("require-signed") => f.require_signed = Some(value(parser)?),
+                o if o.is("operator-keys") => f.operator_keys = Some(parser.value()?.into()),
+                o if o.is("host-terminal-user") => f.host_terminal_user = Some(value(parser)?),
+                o if o.is_help() => return Ok(None),
+                _ => return Err(opt.unexpected()),
+            }
+        }
+        Ok(Some(f))
+    }
+}
+
+/// An option's value as UTF-8.
+fn value(parser: &mut lexopt::Parser) -> Result<String, CliError> {
+    os_string(parser.value()?)
+}
+
+/// `tether run`'s settings decided (ripgrep's "high args"): the flags
+/// merged with the environment and checked, the credential loaded, the
+/// state and run dirs proven writable, the update state looked at.
+struct RunPlan {
+    cfg: RunConfig,
+    /// Self-update (`None`: off; `cfg.update_off` says why).
+    update: Option<UpdateConfig>,
+    state: StateDir,
+}
+
+/// The intervals of `run`: heartbeat, metrics and fingerprint (`None`: off).
+struct Intervals {
+    heartbeat: Duration,
+    metrics: Option<Duration>,
+    fingerprint: Option<Duration>,
+}
+
+impl RunPlan {
+    /// Checks in the order a host owner meets them: flags and environment
+    /// first (usage errors, exit 2), then the credential (11), the
+    /// directories (3), TLS and proxy, the update state.
+    fn decide(f: RunFlags, global: &Global) -> Result<RunPlan, CliError> {
+        let intervals = Intervals::decide(&f)?;
+        let terminals = terminal_config(&f)?;
+        let container_control = switch(f.no_container_control, "TETHER_CONTAINER_CONTROL")?;
+        let docker_socket = DockerConfig::socket_from(
+            f.docker_socket.as_deref(),
+            config::env("TETHER_DOCKER_SOCKET").as_deref(),
+            config::env("DOCKER_HOST").as_deref(),
+        )
+        .map_err(CliError::Usage)?;
+        let max_jobs = max_jobs(f.max_jobs)?;
+        let jobs_off = f.no_jobs
+            || config::env("TETHER_JOBS")
+                .is_some_and(|v| matches!(v.as_str(), "off" | "0" | "no" | "false"));
+
+        let state = StateDir::new(global.state_dir());
+        let cred = state.load_credential().map_err(|e| match e {
+            StateError::NotEnrolled { .. } => CliError::NotEnrolled(e),
+            other => CliError::State(other),
+        })?;
+        let trust = trust_config(f.require_signed, f.operator_keys, &state, &cred.runner_id)?;
+        // The state dir will hold the output spool; the run dir holds status.json.
+        state.ensure_writable().map_err(CliError::StateDir)?;
+        let run_dir = global.run_dir();
+        state::ensure_writable_dir(&run_dir).map_err(CliError::StateDir)?;
+
+        let server = config::server_url(f.server.as_deref().unwrap_or(&cred.server))
+            .map_err(CliError::Config)?;
+        let ca_file = f
+            .ca_file
+            .or_else(|| config::env("TETHER_CA_FILE").map(PathBuf::from))
+            .or_else(|| state.stored_ca());
+        let tls = tls::client_config(ca_file.as_deref()).map_err(CliError::Tls)?;
+        let proxy = config::proxy_for(&server, f.proxy.as_deref()).map_err(CliError::Config)?;
+        log_start(
+            &state,
+            &run_dir,
+            &intervals,
+            ca_file.as_deref(),
+            proxy.as_ref(),
+        );
+
+        // A trial run of a new version (update/mod.rs) only proves it can
+        // connect: no status.json (the runner that started it owns that).
+        let trial = config::env(update::TRIAL_ENV);
+        let health_timeout = match env_or(f.health_timeout, "TETHER_UPDATE_HEALTH_TIMEOUT") {
+            Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
+            None => update::DEFAULT_HEALTH_TIMEOUT,
+        };
+        let (update_cfg, update_off) = update_setting(&state, f.update_keys, health_timeout);
+        let health_deadline = match (&update_cfg, &trial) {
+            (Some(u), None) => probation(u),
+            _ => None,
+        };
+        // Secrets delivered as files live here, in memory (jobs/secret_files.rs).
+        let secrets_dir = run_dir.join("secrets");
+        let cfg = RunConfig {
+            conn: ConnConfig {
+                server,
+                runner_id: cred.runner_id,
+                credential: cred.credential,
+                heartbeat: intervals.heartbeat,
+                proxy,
+                tls,
+                phase_timeout: config::PHASE_TIMEOUT,
+                hello: HelloInfo {
+                    capabilities: terminals.capabilities(),
+                    labels: proposed_labels(f.labels, &state.path)?,
+                    ..HelloInfo::from_host()
+                },
+                run_dir: if trial.is_some() { None } else { Some(run_dir) },
+                metrics_interval_ms: 0,
+                switched_off: Vec::new(),
+            },
+            telemetry: TelemetryConfig::new(intervals.metrics, intervals.fingerprint),
+            docker: docker_socket.clone().map(|s| DockerConfig {
+                control_enabled: container_control,
+                ..DockerConfig::new(s)
+            }),
+            jobs: (!jobs_off).then(|| {
+                let mut j = JobsConfig::new(&state.path);
+                j.max_concurrent = max_jobs;
+                j.docker_socket = docker_socket;
+                j.secrets_dir = Some(secrets_dir);
+                j.trust = trust;
+                j
+            }),
+            update: update_cfg.clone(),
+            update_trial: trial,
+            update_off,
+            health_deadline,
+            terminals,
+        };
+        Ok(RunPlan {
+            cfg,
+            update: update_cfg,
+            state,
+        })
+    }
+}
+
+impl Intervals {
+    fn decide(f: &RunFlags) -> Result<Intervals, CliError> {
+        let heartbeat = match env_or(f.heartbeat.clone(), "TETHER_HEARTBEAT") {
+            Some(h) => config::parse_duration(&h)
+                .and_then(config::check_heartbeat)
+                .map_err(CliError::Config)?,
+            None => config::DEFAULT_HEARTBEAT,
+        };
+        let metrics = match env_or(f.metrics_interval.clone(), "TETHER_METRICS_INTERVAL") {
+            Some(s) => config::parse_interval(
+                "metrics interval",
+                &s,
+                config::MIN_METRICS_INTERVAL,
+                config::MAX_METRICS_INTERVAL,
+            )
+            .map_err(CliError::Config)?,
+            None => Some(heartbeat),
+        };
+        let fingerprint = match env_or(
+            f.fingerprint_interval.clone(),
+            "TETHER_FINGERPRINT_INTERVAL",
+        ) {
+            Some(s) => config::parse_interval(
+                "fingerprint interval",
+                &s,
+                config::MIN_FINGERPRINT_INTERVAL,
+                config::MAX_FINGERPRINT_INTERVAL,
+            )
+            .map_err(CliError::Config)?,
+            None => Some(DEFAULT_FINGERPRINT_INTERVAL),
+        };
+        Ok(Intervals {
+            heartbeat,
+            metrics,
+            fingerprint,
+        })
+    }
+}
+
+/// What the host owner allows of terminals; a named user must exist (fail
+/// at start, not at the first terminal).
+fn terminal_config(f: &RunFlags) -> Result<TerminalConfig, CliError> {
+    let host_enabled = switch(f.no_host_terminal, "TETHER_HOST_TERMINAL")?;
+    let container_enabled = switch(f.no_container_terminal, "TETHER_CONTAINER_TERMINAL")?;
     let terminals = TerminalConfig {
-        host_enabled: host_terminal,
-        container_enabled: container_terminal,
-        host_user: env_or(host_terminal_user, "TETHER_HOST_TERMINAL_USER"),
+        host_enabled,
+        container_enabled,
+        host_user: env_or(f.host_terminal_user.clone(), "TETHER_HOST_TERMINAL_USER"),
     };
     if let Some(u) = &terminals.host_user {
-        // Fail at start, not at the first terminal.
         tether::terminal::pty::lookup_user(Some(u))
             .map_err(|e| CliError::Usage(format!("--host-terminal-user {u}: {e}")))?;
     }
-    let docker_socket = DockerConfig::socket_from(
-        docker_socket.as_deref(),
-        config::env("TETHER_DOCKER_SOCKET").as_deref(),
-        config::env("DOCKER_HOST").as_deref(),
-    )
-    .map_err(CliError::Usage)?;
+    Ok(terminals)
+}
 
-    let max_jobs = match env_or(max_jobs, "TETHER_MAX_JOBS") {
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if (1..=64).contains(&n) => n,
-            _ => {
-                return Err(CliError::Usage(format!(
-                    "--max-jobs {n:?}: a number from 1 to 64"
-                )))
-            }
-        },
-        None => tether::jobs::DEFAULT_MAX_JOBS,
+/// `--max-jobs` / `TETHER_MAX_JOBS`: 1 to 64.
+fn max_jobs(flag: Option<String>) -> Result<usize, CliError> {
+    let Some(n) = env_or(flag, "TETHER_MAX_JOBS") else {
+        return Ok(tether::jobs::DEFAULT_MAX_JOBS);
     };
-    let jobs_off = no_jobs
-        || config::env("TETHER_JOBS")
-            .is_some_and(|v| matches!(v.as_str(), "off" | "0" | "no" | "false"));
+    match n.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(CliError::Usage(format!(
+            "--max-jobs {n:?}: a number from 1 to 64"
+        ))),
+    }
+}
 
-    let state = StateDir::new(global.state_dir());
-    let cred = state.load_credential().map_err(|e| match e {
-        StateError::NotEnrolled { .. } => CliError::NotEnrolled(e),
-        other => CliError::State(other),
-    })?;
+/// Which actions need an operator's signature, and the keys that may sign.
+fn trust_config(
+    require_signed: Option<String>,
+    operator_keys: Option<PathBuf>,
+    state: &StateDir,
+    runner_id: &str,
+) -> Result<tether::trust::TrustConfig, CliError> {
     let require = env_or(require_signed, "TETHER_REQUIRE_SIGNED")
         .map(|s| tether::trust::Require::parse(&s))
         .transpose()
@@ -635,21 +803,17 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     let keys_file = operator_keys
         .or_else(|| config::env("TETHER_OPERATOR_KEYS").map(PathBuf::from))
         .unwrap_or_else(|| state.path.join(tether::trust::KEYS_FILE));
-    let trust = tether::trust::TrustConfig::load(require, &keys_file, &cred.runner_id, &state.path)
-        .map_err(CliError::Usage)?;
-    // The state dir will hold the output spool; the run dir holds status.json.
-    state.ensure_writable().map_err(CliError::StateDir)?;
-    let run_dir = global.run_dir();
-    state::ensure_writable_dir(&run_dir).map_err(CliError::StateDir)?;
+    tether::trust::TrustConfig::load(require, &keys_file, runner_id, &state.path)
+        .map_err(CliError::Usage)
+}
 
-    let server =
-        config::server_url(server.as_deref().unwrap_or(&cred.server)).map_err(CliError::Config)?;
-    let ca_file = ca_file
-        .or_else(|| config::env("TETHER_CA_FILE").map(PathBuf::from))
-        .or_else(|| state.stored_ca());
-    let tls = tls::client_config(ca_file.as_deref()).map_err(CliError::Tls)?;
-    let proxy = config::proxy_for(&server, proxy.as_deref()).map_err(CliError::Config)?;
-
+fn log_start(
+    state: &StateDir,
+    run_dir: &Path,
+    intervals: &Intervals,
+    ca_file: Option<&Path>,
+    proxy: Option<&tether::url::Url>,
+) {
     tether::info!(
         "main",
         "tether {} starting (pid {}, state dir {}, run dir {}, heartbeat {:?}, metrics {}, fingerprint {}{}{})",
@@ -657,86 +821,57 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
         std::process::id(),
         state.path.display(),
         run_dir.display(),
-        heartbeat,
-        metrics_interval.map_or("off".to_owned(), |d| format!("every {d:?}")),
-        fingerprint_interval.map_or("off".to_owned(), |d| format!("every {d:?}")),
+        intervals.heartbeat,
+        intervals.metrics.map_or("off".to_owned(), |d| format!("every {d:?}")),
+        intervals.fingerprint.map_or("off".to_owned(), |d| format!("every {d:?}")),
         ca_file
-            .as_ref()
             .map(|p| format!(", CA {}", p.display()))
             .unwrap_or_default(),
-        proxy
-            .as_ref()
-            .map(|p| format!(", proxy {p}"))
-            .unwrap_or_default(),
+        proxy.map(|p| format!(", proxy {p}")).unwrap_or_default(),
     );
-    // A trial run of a new version (update/mod.rs) only proves it can
-    // connect: no status.json (the runner that started it owns that).
-    let trial = config::env(update::TRIAL_ENV);
-    let health_timeout = match env_or(health_timeout, "TETHER_UPDATE_HEALTH_TIMEOUT") {
-        Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
-        None => update::DEFAULT_HEALTH_TIMEOUT,
-    };
-    let (update_cfg, update_off) =
-        if config::env("TETHER_UPDATE").is_some_and(|v| v.eq_ignore_ascii_case("off")) {
-            (None, Some("TETHER_UPDATE=off".to_owned()))
-        } else {
-            match update_config(&global, &state, update_keys, false, health_timeout) {
-                Ok(u) => (Some(u), None),
-                Err(why) => {
-                    tether::error!("update", "self-update is off: {why}");
-                    (None, Some(why))
-                }
-            }
-        };
-    let mut health_deadline = None;
-    if let (Some(u), None) = (&update_cfg, &trial) {
-        match u.on_start() {
-            Start::Run { health_deadline: d } => health_deadline = d,
-            Start::RollBack(why) => {
-                let e = u.roll_back_and_exec(&why);
-                tether::error!("update", "cannot roll back: {e}; running this version");
-            }
+}
+
+/// Self-update's settings, or why it is off (`TETHER_UPDATE=off`, no keys,
+/// this binary not found: logged, the runner runs on).
+fn update_setting(
+    state: &StateDir,
+    keys: Option<PathBuf>,
+    health_timeout: Duration,
+) -> (Option<UpdateConfig>, Option<String>) {
+    if config::env("TETHER_UPDATE").is_some_and(|v| v.eq_ignore_ascii_case("off")) {
+        return (None, Some("TETHER_UPDATE=off".to_owned()));
+    }
+    match update_config(state, keys, false, health_timeout) {
+        Ok(u) => (Some(u), None),
+        Err(why) => {
+            tether::error!("update", "self-update is off: {why}");
+            (None, Some(why))
         }
     }
-    // Secrets delivered as files live here, in memory (jobs/secret_files.rs).
-    let secrets_dir = run_dir.join("secrets");
-    let mut cfg = RunConfig {
-        conn: ConnConfig {
-            server,
-            runner_id: cred.runner_id,
-            credential: cred.credential,
-            heartbeat,
-            proxy,
-            tls,
-            phase_timeout: config::PHASE_TIMEOUT,
-            hello: HelloInfo {
-                capabilities: terminals.capabilities(),
-                labels: proposed_labels(labels, &state.path)?,
-                ..HelloInfo::from_host()
-            },
-            run_dir: if trial.is_some() { None } else { Some(run_dir) },
-            metrics_interval_ms: 0,
-            switched_off: Vec::new(),
-        },
-        telemetry: TelemetryConfig::new(metrics_interval, fingerprint_interval),
-        docker: docker_socket.clone().map(|s| DockerConfig {
-            control_enabled: container_control,
-            ..DockerConfig::new(s)
-        }),
-        jobs: (!jobs_off).then(|| {
-            let mut j = JobsConfig::new(&state.path);
-            j.max_concurrent = max_jobs;
-            j.docker_socket = docker_socket.clone();
-            j.secrets_dir = Some(secrets_dir.clone());
-            j.trust = trust.clone();
-            j
-        }),
-        update: update_cfg.clone(),
-        update_trial: trial,
-        update_off,
-        health_deadline,
-        terminals,
-    };
+}
+
+/// A new version on probation gets its health deadline; one that has had
+/// its chances puts the previous version back (an exec: no return unless
+/// that fails).
+fn probation(u: &UpdateConfig) -> Option<Duration> {
+    match u.on_start() {
+        Start::Run { health_deadline } => health_deadline,
+        Start::RollBack(why) => {
+            let e = u.roll_back_and_exec(&why);
+            tether::error!("update", "cannot roll back: {e}; running this version");
+            None
+        }
+    }
+}
+
+/// The loop, again after each installed update or failed one, until a
+/// signal, a revocation or an update that ends this process.
+fn serve(plan: RunPlan) -> Result<u8, CliError> {
+    let RunPlan {
+        mut cfg,
+        update,
+        state,
+    } = plan;
     // SIGCHLD too: the firewall probes are child processes reaped by the loop.
     // SIGUSR1: `tether update --file` left a release in the state dir.
     let signals = Signals::install(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGUSR1])
@@ -746,52 +881,18 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
             .map_err(|e| CliError::Io("event loop failed", e))?;
         // Probation ends with the first loop: it connected, or it is rolled back.
         cfg.health_deadline = None;
-        let Some(upd) = &update_cfg else {
-            match exit {
-                Exit::Revoked(reason) => return Err(CliError::Revoked(reason)),
-                _ => {
-                    tether::info!("main", "stopped");
-                    return Ok(exit::OK);
-                }
-            }
+        let Some(upd) = &update else {
+            return ended(exit);
         };
         let mut stop = false;
         let mut interrupted = || {
             let _ = signals.drain(|sig| stop |= sig == libc::SIGTERM || sig == libc::SIGINT);
             stop
         };
+        // Installing execs the new version: what returns is why not.
         let result = match exit {
-            Exit::Shutdown => {
-                tether::info!("main", "stopped");
-                return Ok(exit::OK);
-            }
-            Exit::Revoked(reason) => return Err(CliError::Revoked(reason)),
-            Exit::Update(offer) => {
-                let offered = update::now_ms();
-                let client = tether::http::Client::new(
-                    cfg.conn.tls.clone(),
-                    cfg.conn.proxy.clone(),
-                    update::DOWNLOAD_TIMEOUT,
-                );
-                match upd.download(&client, &cfg.conn.server, &cfg.conn.credential, &offer) {
-                    Ok((bin, sig)) => upd.install(
-                        &bin,
-                        &sig,
-                        Some(&offer.version),
-                        offered,
-                        true,
-                        &mut interrupted,
-                    ),
-                    Err(e) => {
-                        upd.report_only(
-                            &offer.version,
-                            tether::protocol::update_state::REJECTED,
-                            &e.to_string(),
-                        );
-                        Err(e)
-                    }
-                }
-            }
+            Exit::Shutdown | Exit::Revoked(_) => return ended(exit),
+            Exit::Update(offer) => install_offer(upd, &cfg, &offer, &mut interrupted),
             Exit::UpdateFromFile => match update::take_incoming(&state.path) {
                 Ok((bin, sig)) => {
                     upd.install(&bin, &sig, None, update::now_ms(), true, &mut interrupted)
@@ -822,14 +923,52 @@ fn cmd_run(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliErro
     }
 }
 
+/// The loop ended without an update to make: revoked (exit 9) or
+/// stopped (exit 0).
+fn ended(exit: Exit) -> Result<u8, CliError> {
+    match exit {
+        Exit::Revoked(reason) => Err(CliError::Revoked(reason)),
+        _ => {
+            tether::info!("main", "stopped");
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The server offered a version: download it (a failure is recorded as
+/// rejected) and install it.
+fn install_offer(
+    upd: &UpdateConfig,
+    cfg: &RunConfig,
+    offer: &tether::protocol::UpdateOffer,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<String, UpdateError> {
+    let offered = update::now_ms();
+    let client = tether::http::Client::new(
+        cfg.conn.tls.clone(),
+        cfg.conn.proxy.clone(),
+        update::DOWNLOAD_TIMEOUT,
+    );
+    match upd.download(&client, &cfg.conn.server, &cfg.conn.credential, offer) {
+        Ok((bin, sig)) => upd.install(&bin, &sig, Some(&offer.version), offered, true, interrupted),
+        Err(e) => {
+            upd.report_only(
+                &offer.version,
+                tether::protocol::update_state::REJECTED,
+                &e.to_string(),
+            );
+            Err(e)
+        }
+    }
+}
+
 /// The update settings, or why self-update is off (unreadable or empty key
 /// file, binary not found).
 fn update_config(
-    global: &Global,
     state: &StateDir,
     keys: Option<PathBuf>,
     allow_downgrade: bool,
-    health_timeout: std::time::Duration,
+    health_timeout: Duration,
 ) -> Result<UpdateConfig, String> {
     let keys_path = keys
         .or_else(|| config::env("TETHER_UPDATE_KEYS").map(PathBuf::from))
@@ -839,7 +978,6 @@ fn update_config(
     let allow_downgrade = allow_downgrade
         || config::env("TETHER_UPDATE_ALLOW_DOWNGRADE")
             .is_some_and(|v| v == "1" || v == "yes" || v == "true");
-    let _ = global;
     Ok(UpdateConfig {
         binary,
         state_dir: state.path.clone(),
@@ -851,30 +989,19 @@ fn update_config(
     })
 }
 
+/// `tether update`: parse, decide the update settings, then report
+/// (`--check`), hand the release to the running runner, or install it here.
 fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
-    let (mut file, mut sig, mut check, mut allow_downgrade, mut keys) =
-        (None::<PathBuf>, None::<PathBuf>, false, false, None);
-    while let Some(opt) = next_opt(&mut parser)? {
-        if global.take(&opt, &mut parser)? {
-            continue;
-        }
-        match &opt {
-            o if o.is("file") => file = Some(PathBuf::from(parser.value()?)),
-            o if o.is("sig") => sig = Some(PathBuf::from(parser.value()?)),
-            o if o.is("check") => check = true,
-            o if o.is("allow-downgrade") => allow_downgrade = true,
-            o if o.is("update-keys") => keys = Some(PathBuf::from(parser.value()?)),
-            o if o.is_help() => return print(UPDATE_HELP),
-            _ => return Err(opt.unexpected()),
-        }
-    }
+    let Some(flags) = UpdateFlags::parse(&mut parser, &mut global)? else {
+        return print(UPDATE_HELP);
+    };
     global.apply_log_level()?;
     let state = StateDir::new(global.state_dir());
     let health_timeout = match config::env("TETHER_UPDATE_HEALTH_TIMEOUT") {
         Some(s) => config::parse_duration(&s).map_err(CliError::Config)?,
         None => update::DEFAULT_HEALTH_TIMEOUT,
     };
-    let mut upd = update_config(&global, &state, keys, allow_downgrade, health_timeout)
+    let mut upd = update_config(&state, flags.keys, flags.allow_downgrade, health_timeout)
         .map_err(|why| CliError::Update(UpdateError::Rejected(why)))?;
     // The trial run and the next start use the runner's usual command.
     upd.run_args = vec![
@@ -882,129 +1009,30 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
         state.path.clone().into_os_string(),
         "run".into(),
     ];
-    let files = match (file, sig) {
+    let files = match (flags.file, flags.sig) {
         (Some(f), Some(s)) => Some((f, s)),
         (None, None) => None,
         _ => return Err(CliError::Usage("--file and --sig go together".into())),
     };
-    if files.is_none() && !check {
+    if files.is_none() && !flags.check {
         return Err(CliError::Usage(
             "update needs --file PATH --sig PATH, or --check".into(),
         ));
     }
-    let read = |files: &(PathBuf, PathBuf)| -> Result<(Vec<u8>, String), CliError> {
-        let bin = std::fs::read(&files.0).map_err(|e| CliError::Io("cannot read --file", e))?;
-        let sig = std::fs::read(&files.1).map_err(|e| CliError::Io("cannot read --sig", e))?;
-        if sig.len() > update::release::MAX_SIGNATURE {
-            return Err(CliError::Update(UpdateError::Rejected(
-                "--sig is not a minisign signature (too large)".into(),
-            )));
-        }
-        Ok((bin, String::from_utf8_lossy(&sig).into_owned()))
-    };
     let runner = state::read_status(&global.run_dir())
         .ok()
         .flatten()
         .filter(|st| st.state != RunState::Stopped && tether::sys::pid_alive(st.pid));
-    if check {
-        let rec = Record::load(&state.path);
-        let dir = upd.binary.parent().unwrap_or(std::path::Path::new("/"));
-        let writable = state::ensure_writable_dir(dir).is_ok();
-        let mut out = format!(
-            "version:          {}\nbinary:           {} ({})\ntrusted keys:     {} from {}\ndowngrades:       {}\nhealth deadline:  {:?}\nrunner:           {}\n",
-            tether::version::version(),
-            upd.binary.display(),
-            if writable { "writable" } else { "NOT writable: updates will be rejected" },
-            upd.keys.len(),
-            upd.keys_source,
-            if upd.allow_downgrade { "allowed" } else { "refused" },
-            upd.health_timeout,
-            runner.as_ref().map_or("not running".to_owned(), |st| format!("pid {}, {}", st.pid, st.state.as_str())),
-        );
-        if let Some(p) = &rec.pending {
-            out.push_str(&format!(
-                "in progress:      {} → {} ({:?})\n",
-                p.from_version, p.version, p.phase
-            ));
-        }
-        for f in &rec.failed {
-            out.push_str(&format!(
-                "failed here:      {} ({}), not tried again\n",
-                f.version, f.reason
-            ));
-        }
-        let mut code = exit::OK;
-        if let Some(files) = &files {
-            let (bin, sig) = read(files)?;
-            match upd.check_release(&bin, &sig, None) {
-                Ok(rel) => out.push_str(&format!(
-                    "would install:    {} ({}, signed by trusted key #{})\n",
-                    rel.version,
-                    match upd.verdict(&rel.version.text, &rec) {
-                        Verdict::Install { upgrade: false } => "downgrade",
-                        _ => "upgrade",
-                    },
-                    rel.key_index + 1
-                )),
-                Err(e) => {
-                    out.push_str(&format!("would refuse:     {e}\n"));
-                    code = exit::UPDATE_REJECTED;
-                }
-            }
-        }
-        print(&out)?;
-        return Ok(code);
+    if flags.check {
+        return update_check(&upd, &state, runner.as_ref(), files.as_ref());
     }
-    let files = files.unwrap_or_default();
-    let (bin, sig) = read(&files)?;
+    let (bin, sig) = read_release(&files.unwrap_or_default())?;
     let rel = upd
         .check_release(&bin, &sig, None)
         .map_err(CliError::Update)?;
     let version = rel.version.text.clone();
     match runner {
-        Some(st) => {
-            let asked = update::now_ms();
-            update::put_incoming(&state.path, &bin, &sig)
-                .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
-            if !tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
-                return Err(CliError::Io(
-                    "cannot signal the runner",
-                    io::Error::last_os_error(),
-                ));
-            }
-            print(&format!(
-                "verified {version}; handed to the runner (pid {}), waiting\n",
-                st.pid
-            ))?;
-            let deadline =
-                std::time::Instant::now() + upd.health_timeout * 2 + update::DOWNLOAD_TIMEOUT;
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                let rec = Record::load(&state.path);
-                if let Some(f) = rec.has_failed(&version) {
-                    return Err(CliError::Update(UpdateError::Failed(f.reason.clone())));
-                }
-                if let Some(f) = rec
-                    .recently_rejected(&version, update::now_ms())
-                    .filter(|f| f.at_ms >= asked)
-                {
-                    return Err(CliError::Update(UpdateError::Rejected(f.reason.clone())));
-                }
-                let now = state::read_status(&global.run_dir()).ok().flatten();
-                if rec.pending.is_none()
-                    && now
-                        .as_ref()
-                        .is_some_and(|s| s.version == version && s.state == RunState::Connected)
-                {
-                    return print(&format!("installed {version}: the runner is connected\n"));
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(CliError::Update(UpdateError::Failed(
-                        "no outcome in time; see the runner's log".into(),
-                    )));
-                }
-            }
-        }
+        Some(st) => hand_to_runner(&upd, &state, &global, &st, &bin, &sig, &version),
         None => {
             let mut never = || false;
             let v = upd
@@ -1014,6 +1042,164 @@ fn cmd_update(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliE
                 "installed {v} at {}; the next start of the runner runs it\n",
                 upd.binary.display()
             ))
+        }
+    }
+}
+
+/// `tether update`'s command line as typed.
+#[derive(Debug, Default)]
+struct UpdateFlags {
+    file: Option<PathBuf>,
+    sig: Option<PathBuf>,
+    check: bool,
+    allow_downgrade: bool,
+    keys: Option<PathBuf>,
+}
+
+impl UpdateFlags {
+    /// `None`: `--help` came.
+    fn parse(
+        parser: &mut lexopt::Parser,
+        global: &mut Global,
+    ) -> Result<Option<UpdateFlags>, CliError> {
+        let mut f = UpdateFlags::default();
+        while let Some(opt) = next_opt(parser)? {
+            if global.take(&opt, parser)? {
+                continue;
+            }
+            match &opt {
+                o if o.is("file") => f.file = Some(parser.value()?.into()),
+                o if o.is("sig") => f.sig = Some(parser.value()?.into()),
+                o if o.is("check") => f.check = true,
+                o if o.is("allow-downgrade") => f.allow_downgrade = true,
+                o if o.is("update-keys") => f.keys = Some(parser.value()?.into()),
+                o if o.is_help() => return Ok(None),
+                _ => return Err(opt.unexpected()),
+            }
+        }
+        Ok(Some(f))
+    }
+}
+
+/// The release binary and its signature (bounded: a signature is small).
+fn read_release(files: &(PathBuf, PathBuf)) -> Result<(Vec<u8>, String), CliError> {
+    let bin = std::fs::read(&files.0).map_err(|e| CliError::Io("cannot read --file", e))?;
+    let sig = std::fs::read(&files.1).map_err(|e| CliError::Io("cannot read --sig", e))?;
+    if sig.len() > update::release::MAX_SIGNATURE {
+        return Err(CliError::Update(UpdateError::Rejected(
+            "--sig is not a minisign signature (too large)".into(),
+        )));
+    }
+    Ok((bin, String::from_utf8_lossy(&sig).into_owned()))
+}
+
+/// `--check`: the settings, the update in progress, the versions that
+/// failed here, and what would become of the given files (exit 12 if
+/// refused). Changes nothing.
+fn update_check(
+    upd: &UpdateConfig,
+    state: &StateDir,
+    runner: Option<&Status>,
+    files: Option<&(PathBuf, PathBuf)>,
+) -> Result<u8, CliError> {
+    let rec = Record::load(&state.path);
+    let dir = upd.binary.parent().unwrap_or(std::path::Path::new("/"));
+    let writable = state::ensure_writable_dir(dir).is_ok();
+    let mut out = format!(
+        "version:          {}\nbinary:           {} ({})\ntrusted keys:     {} from {}\ndowngrades:       {}\nhealth deadline:  {:?}\nrunner:           {}\n",
+        tether::version::version(),
+        upd.binary.display(),
+        if writable { "writable" } else { "NOT writable: updates will be rejected" },
+        upd.keys.len(),
+        upd.keys_source,
+        if upd.allow_downgrade { "allowed" } else { "refused" },
+        upd.health_timeout,
+        runner.as_ref().map_or("not running".to_owned(), |st| format!("pid {}, {}", st.pid, st.state.as_str())),
+    );
+    if let Some(p) = &rec.pending {
+        out.push_str(&format!(
+            "in progress:      {} → {} ({:?})\n",
+            p.from_version, p.version, p.phase
+        ));
+    }
+    for f in &rec.failed {
+        out.push_str(&format!(
+            "failed here:      {} ({}), not tried again\n",
+            f.version, f.reason
+        ));
+    }
+    let mut code = exit::OK;
+    if let Some(files) = &files {
+        let (bin, sig) = read_release(files)?;
+        match upd.check_release(&bin, &sig, None) {
+            Ok(rel) => out.push_str(&format!(
+                "would install:    {} ({}, signed by trusted key #{})\n",
+                rel.version,
+                match upd.verdict(&rel.version.text, &rec) {
+                    Verdict::Install { upgrade: false } => "downgrade",
+                    _ => "upgrade",
+                },
+                rel.key_index + 1
+            )),
+            Err(e) => {
+                out.push_str(&format!("would refuse:     {e}\n"));
+                code = exit::UPDATE_REJECTED;
+            }
+        }
+    }
+    print(&out)?;
+    Ok(code)
+}
+
+/// A runner is running: the release goes into its state dir, SIGUSR1 tells
+/// it, and the outcome is read from its update record and status.
+fn hand_to_runner(
+    upd: &UpdateConfig,
+    state: &StateDir,
+    global: &Global,
+    st: &Status,
+    bin: &[u8],
+    sig: &str,
+    version: &str,
+) -> Result<u8, CliError> {
+    let asked = update::now_ms();
+    update::put_incoming(&state.path, bin, sig)
+        .map_err(|e| CliError::Io("cannot write the release into the state dir", e))?;
+    if !tether::sys::process::kill_pid(st.pid as libc::pid_t, libc::SIGUSR1) {
+        return Err(CliError::Io(
+            "cannot signal the runner",
+            io::Error::last_os_error(),
+        ));
+    }
+    print(&format!(
+        "verified {version}; handed to the runner (pid {}), waiting\n",
+        st.pid
+    ))?;
+    let deadline = std::time::Instant::now() + upd.health_timeout * 2 + update::DOWNLOAD_TIMEOUT;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let rec = Record::load(&state.path);
+        if let Some(f) = rec.has_failed(version) {
+            return Err(CliError::Update(UpdateError::Failed(f.reason.clone())));
+        }
+        if let Some(f) = rec
+            .recently_rejected(version, update::now_ms())
+            .filter(|f| f.at_ms >= asked)
+        {
+            return Err(CliError::Update(UpdateError::Rejected(f.reason.clone())));
+        }
+        let now = state::read_status(&global.run_dir()).ok().flatten();
+        if rec.pending.is_none()
+            && now
+                .as_ref()
+                .is_some_and(|s| s.version == version && s.state == RunState::Connected)
+        {
+            return print(&format!("installed {version}: the runner is connected\n"));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::Update(UpdateError::Failed(
+                "no outcome in time; see the runner's log".into(),
+            )));
         }
     }
 }

@@ -15,11 +15,11 @@
 //! constructor in [`run_until`]. The list expands to plain calls, no trait
 //! objects: in the static binary each vtable entry costs a relocation.
 
-use crate::conn::dns::Resolver;
 use crate::conn::{ConnConfig, Connection};
 use crate::docker::client::{Docker, DockerConfig};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::link::{Exit, Feature, Feed, FeedFigures, LinkEvent, Outgoing};
+use crate::net::dns::Resolver;
 use crate::protocol::Message as Control;
 use crate::reactor::{Ctx, Event, Reactor, Source, SourceId, Sources, SIGNALS};
 use crate::signals::Signals;

@@ -5,6 +5,7 @@
 mod util;
 
 mod authz;
+mod cli;
 mod compat;
 mod cross_arch;
 mod dashboard;

@@ -58,7 +58,6 @@
 
 pub mod backoff;
 mod dial;
-pub mod dns;
 mod session;
 
 pub use dial::{classify_refusal, ws_config, UpgradeRefusal};
@@ -68,6 +67,7 @@ pub use session::{close_action, hello_message, pong_for, CloseAction};
 use session::{Link, LinkStage};
 
 use crate::link::{Exit, Feed, FeedFigures, LinkEvent, Outgoing};
+use crate::net::dns::Resolver;
 use crate::net::{proxy, tls, transport};
 use crate::protocol::{self, close, Decoded, FrameKind, Message as Control};
 use crate::rand::{RandomSource, SplitMix64};
@@ -76,7 +76,6 @@ use crate::state::{self, RunState, Status};
 use crate::url::Url;
 use crate::{debug, error, info, warn};
 use backoff::Backoff;
-use dns::Resolver;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use proxy::{ConnectResponse, Progress, ProxyError};

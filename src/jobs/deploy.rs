@@ -26,6 +26,18 @@
 //!                                                        ─▶ start old (if it ran) ─▶ Done (failed)
 //! ```
 //!
+//! The machine is a [`Phase`], what the deploy waits on, and its step: the
+//! Docker [`Call`] in flight and what the `Deploy` has learnt (the old
+//! container, the new one, the health checks, why it fails). Each call's
+//! answer decides the next step (`answer`).
+//!
+//! ```text
+//!  Idle ──begin──▶ Git ──exit 0──▶ Call(Ping) ──answer──▶ Call(next step) ──▶ …
+//!    └──(path source, or no build)──▶ Call(Ping)
+//!  Call(HealthInspect | ExecCreate/Start/Inspect) ──not healthy yet──▶ Pause ──timer──▶ Call(…)
+//!  every end (deployed; failed after the rollback; cancel, timeout) ──▶ Done(Outcome)
+//! ```
+//!
 //! Before RenameOld a small file records what to put back should the
 //! runner die during the replacement; the next start restores the old
 //! container from it (`parked.rs`).
@@ -50,6 +62,7 @@
 use super::process::{Process, Read_};
 use super::redact::Redactor;
 use super::secret_files;
+use super::status::JobStatus;
 use super::tar::Context;
 use super::{push_record, JobTimer};
 use crate::channel::OutChannel;
@@ -172,7 +185,7 @@ struct Old {
 /// How the deploy ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    pub status: &'static str,
+    pub status: JobStatus,
     pub reason: String,
 }
 
@@ -192,27 +205,54 @@ pub struct Deploy {
     /// The crash-recovery file kept while the old container is parked.
     parked_file: PathBuf,
     redact: Redactor,
-    git: Option<Process>,
-    git_redact: [Redactor; 2],
-    /// git's line on stderr naming the cause (masked), for the job's reason.
-    git_tail: String,
+    /// What it waits on now.
+    phase: Phase,
     api: Option<Api>,
-    io: Option<InFlight>,
-    /// The health poll's wait.
-    wait: Option<TimerId>,
     old: Option<Old>,
     new_id: Option<String>,
-    exec_id: Option<String>,
-    health_deadline: Option<Instant>,
-    health_note: String,
-    /// The health command still ran at the last look.
-    recheck_exec: bool,
+    /// The health checks of the new container, from its start.
+    health: Option<Health>,
     build_error: Option<String>,
     /// Why we are rolling back.
     failure: Option<String>,
     /// Cancel or timeout asked for.
-    stopping: Option<(&'static str, String)>,
-    outcome: Option<Outcome>,
+    stopping: Option<(JobStatus, String)>,
+}
+
+/// What a deploy waits on: one thing at a time (the module doc draws it).
+/// The drive functions take the phase out (leaving `Idle`) and put in the
+/// next one, so an ended call or an exited git cannot be looked at again.
+enum Phase {
+    /// Not begun, or between two steps.
+    Idle,
+    /// The source step: git in its shell.
+    Git(Box<Git>),
+    /// A Docker call in flight.
+    Call(Box<InFlight>),
+    /// Before the next health check.
+    Pause(TimerId),
+    /// Over: the job reads how (`Jobs::deploy_progress`).
+    Done(Outcome),
+}
+
+/// The git child of the source step and what its output said.
+struct Git {
+    proc: Process,
+    redact: [Redactor; 2],
+    /// git's line on stderr naming the cause (masked), for the job's reason.
+    tail: String,
+}
+
+/// The new container's health checks: until `deadline`, every
+/// [`HEALTH_EVERY`].
+struct Health {
+    deadline: Instant,
+    /// The last check's finding, for the reason if it never passes.
+    note: String,
+    /// The health command's exec, once created.
+    exec_id: Option<String>,
+    /// The health command still ran at the last look.
+    recheck_exec: bool,
 }
 
 /// What git said on stderr that best names the cause: its first `fatal:`
@@ -274,29 +314,24 @@ impl Deploy {
             socket,
             checkout,
             parked_file,
-            git_redact: [redact.clone(), redact.clone()],
             redact,
-            git: None,
-            git_tail: String::new(),
+            phase: Phase::Idle,
             api: None,
-            io: None,
-            wait: None,
             old: None,
             new_id: None,
-            exec_id: None,
-            health_deadline: None,
-            health_note: String::new(),
-            recheck_exec: false,
+            health: None,
             build_error: None,
             failure: None,
             stopping: None,
-            outcome: None,
             spec,
         }
     }
 
     pub fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.as_ref()
+        match &self.phase {
+            Phase::Done(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// A `[tether]` line of the step.
@@ -311,23 +346,27 @@ impl Deploy {
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.io.as_ref().is_some_and(|x| x.ec.token() == token)
-            || self
-                .git
-                .as_ref()
-                .is_some_and(|p| p.pipe_of(token).is_some())
+        match &self.phase {
+            Phase::Call(x) => x.ec.token() == token,
+            Phase::Git(g) => g.proc.pipe_of(token).is_some(),
+            _ => false,
+        }
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
-        self.wait == Some(id) || self.io.as_ref().is_some_and(|x| x.ec.timer() == Some(id))
+        match &self.phase {
+            Phase::Pause(t) => *t == id,
+            Phase::Call(x) => x.ec.timer() == Some(id),
+            _ => false,
+        }
     }
 
     pub fn wants_again(&self, room: bool) -> bool {
-        room && (self
-            .git
-            .as_ref()
-            .is_some_and(|p| p.pending(0) || p.pending(1))
-            || self.io.as_ref().is_some_and(|x| x.stalled))
+        room && match &self.phase {
+            Phase::Git(g) => g.proc.pending(0) || g.proc.pending(1),
+            Phase::Call(x) => x.stalled,
+            _ => false,
+        }
     }
 
     // ---- start -----------------------------------------------------------
@@ -388,8 +427,12 @@ impl Deploy {
         let tokens = [ctx.token(), ctx.token()];
         let sh = Path::new("/bin/sh");
         match Process::spawn(sh, &args, &env, Path::new("/"), ctx.registry, tokens) {
-            Ok(p) => {
-                self.git = Some(p);
+            Ok(proc) => {
+                self.phase = Phase::Git(Box::new(Git {
+                    proc,
+                    redact: [self.redact.clone(), self.redact.clone()],
+                    tail: String::new(),
+                }));
                 self.read_git(ctx, chan);
             }
             Err(e) => self.fail(ctx, chan, format!("cannot start /bin/sh for git: {e}")),
@@ -399,52 +442,63 @@ impl Deploy {
     // ---- events ----------------------------------------------------------
 
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, token: Token) {
-        if let Some(p) = self.git.as_mut() {
-            if let Some(pipe) = p.pipe_of(token) {
-                p.mark_ready(pipe);
-                return self.read_git(ctx, chan);
+        match &mut self.phase {
+            Phase::Git(g) => {
+                if let Some(pipe) = g.proc.pipe_of(token) {
+                    g.proc.mark_ready(pipe);
+                    self.read_git(ctx, chan);
+                }
             }
-        }
-        if self.io.as_ref().is_some_and(|x| x.ec.token() == token) {
-            self.drive(ctx, chan);
+            Phase::Call(x) if x.ec.token() == token => self.drive(ctx, chan),
+            _ => {}
         }
     }
 
     pub fn on_again(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
-        if self.git.is_some() {
+        if let Phase::Git(_) = self.phase {
             self.read_git(ctx, chan);
         }
-        if self.io.as_ref().is_some_and(|x| x.stalled) {
+        if matches!(&self.phase, Phase::Call(x) if x.stalled) {
             self.drive(ctx, chan);
         }
     }
 
     pub fn on_sigchld(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
-        if self.git.is_some() {
+        if let Phase::Git(_) = self.phase {
             self.read_git(ctx, chan);
         }
     }
 
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, id: TimerId) {
-        if self.wait == Some(id) {
-            self.wait = None;
+        if self
+            .take_phase(|p| matches!(p, Phase::Pause(t) if *t == id))
+            .is_some()
+        {
             if self.failure.is_some() {
                 return self.rollback(ctx, chan);
             }
-            if std::mem::take(&mut self.recheck_exec) {
+            let recheck = self
+                .health
+                .as_mut()
+                .is_some_and(|h| std::mem::take(&mut h.recheck_exec));
+            if recheck {
                 return self.call(ctx, chan, Call::ExecInspect);
             }
             return self.call(ctx, chan, Call::HealthInspect);
         }
-        if let Some(x) = self.io.take() {
-            if x.ec.timer() == Some(id) {
-                let call = x.call;
-                self.drop_io(ctx, x);
-                let why = format!("the Docker engine did not answer {call:?} in time");
-                return self.answer(ctx, chan, call, Err(why));
-            }
-            self.io = Some(x);
+        if let Some(Phase::Call(x)) =
+            self.take_phase(|p| matches!(p, Phase::Call(x) if x.ec.timer() == Some(id)))
+        {
+            let call = x.call;
+            self.drop_io(ctx, *x);
+            let why = format!("the Docker engine did not answer {call:?} in time");
+            self.answer(ctx, chan, call, Err(why));
         }
+    }
+
+    /// The phase, taken out (leaving `Idle`) if `which` says so.
+    fn take_phase(&mut self, which: impl FnOnce(&Phase) -> bool) -> Option<Phase> {
+        which(&self.phase).then(|| std::mem::replace(&mut self.phase, Phase::Idle))
     }
 
     /// Cancel or timeout: cut what can be cut; during the replacement, roll
@@ -453,26 +507,29 @@ impl Deploy {
         &mut self,
         ctx: &mut Ctx<'_>,
         chan: &mut OutChannel,
-        status: &'static str,
+        status: JobStatus,
         why: String,
     ) {
-        if self.outcome.is_some() || self.stopping.is_some() {
+        if matches!(self.phase, Phase::Done(_)) || self.stopping.is_some() {
             return;
         }
         self.stopping = Some((status, why.clone()));
-        if let Some(p) = &self.git {
-            p.signal(libc::SIGTERM);
-            p.signal(libc::SIGCONT);
-            return; // the exit is handled in read_git
-        }
-        match self.io.as_ref().map(|x| x.call) {
+        let in_flight = match &self.phase {
+            Phase::Git(g) => {
+                g.proc.signal(libc::SIGTERM);
+                g.proc.signal(libc::SIGCONT);
+                return; // the exit is handled in read_git
+            }
+            Phase::Call(x) => Some(x.call),
+            _ => None,
+        };
+        match in_flight {
             Some(Call::Ping | Call::Build | Call::InspectOld) | None if self.old_untouched() => {
-                if let Some(x) = self.io.take() {
+                match std::mem::replace(&mut self.phase, Phase::Idle) {
                     // Closing the build socket makes the engine cancel the build.
-                    self.drop_io(ctx, x);
-                }
-                if let Some(t) = self.wait.take() {
-                    ctx.cancel(t);
+                    Phase::Call(x) => self.drop_io(ctx, *x),
+                    Phase::Pause(t) => ctx.cancel(t),
+                    other => self.phase = other,
                 }
                 self.cleanup_new_then_done(ctx, chan, why);
             }
@@ -481,7 +538,7 @@ impl Deploy {
                 if self.failure.is_none() {
                     self.failure = Some(why);
                 }
-                if let Some(t) = self.wait.take() {
+                if let Some(Phase::Pause(t)) = self.take_phase(|p| matches!(p, Phase::Pause(_))) {
                     ctx.cancel(t);
                     self.rollback(ctx, chan);
                 }
@@ -491,8 +548,8 @@ impl Deploy {
 
     /// SIGKILL for git after the grace period.
     pub fn kill(&self) {
-        if let Some(p) = &self.git {
-            p.signal(libc::SIGKILL);
+        if let Phase::Git(g) = &self.phase {
+            g.proc.signal(libc::SIGKILL);
         }
     }
 
@@ -536,7 +593,10 @@ impl Deploy {
     fn read_git(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut budget = MAX_READ_PER_PASS;
-        let Some(p) = self.git.as_mut() else { return };
+        let Phase::Git(g) = &mut self.phase else {
+            return;
+        };
+        let p = &mut g.proc;
         for pipe in 0..2 {
             while p.pending(pipe) && chan.has_room() && budget > 0 {
                 let tag = if pipe == 0 {
@@ -548,13 +608,13 @@ impl Deploy {
                 match p.read(ctx.registry, pipe, &mut buf) {
                     Read_::Data(n) => {
                         budget = budget.saturating_sub(n);
-                        self.git_redact[pipe].feed(&buf[..n], &mut out);
+                        g.redact[pipe].feed(&buf[..n], &mut out);
                     }
                     Read_::Empty => break,
-                    Read_::Eof => self.git_redact[pipe].finish(&mut out),
+                    Read_::Eof => g.redact[pipe].finish(&mut out),
                 }
                 if pipe == 1 {
-                    remember_tail(&mut self.git_tail, &out);
+                    remember_tail(&mut g.tail, &out);
                 }
                 push_record(chan, tag, step::SOURCE, &out);
             }
@@ -563,10 +623,11 @@ impl Deploy {
             return;
         }
         let (code, signal) = p.exit();
-        if let Some(mut p) = self.git.take() {
-            p.close(ctx.registry, 0);
-            p.close(ctx.registry, 1);
-        }
+        let Phase::Git(mut g) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
+        };
+        g.proc.close(ctx.registry, 0);
+        g.proc.close(ctx.registry, 1);
         if let Some((status, why)) = self.stopping.clone() {
             return self.done(chan, status, why);
         }
@@ -578,7 +639,7 @@ impl Deploy {
                 "git: not found on this host (exit code 127)".into(),
             ),
             (Some(c), _) => {
-                let why = match self.git_tail.as_str() {
+                let why = match g.tail.as_str() {
                     "" => format!("git failed (exit code {c}); see its output above"),
                     tail => format!("git failed (exit code {c}): {tail}"),
                 };
@@ -632,13 +693,27 @@ impl Deploy {
                     },
                 )
             }
-            Call::ExecStart => api.exec_start_detached(self.exec_id.as_deref().unwrap_or("")),
-            Call::ExecInspect => api.exec_inspect(self.exec_id.as_deref().unwrap_or("")),
+            Call::ExecStart => api.exec_start_detached(self.exec_id()),
+            Call::ExecInspect => api.exec_inspect(self.exec_id()),
             Call::RemoveOld => api.remove(&old_id, true, false),
             Call::RemoveNew => api.remove(&new_id, true, false),
             Call::RenameBack => api.rename(&old_id, &name),
             Call::StartOld => api.start(&old_id),
         })
+    }
+
+    fn exec_id(&self) -> &str {
+        self.health
+            .as_ref()
+            .and_then(|h| h.exec_id.as_deref())
+            .unwrap_or("")
+    }
+
+    /// What the last health check found.
+    fn health_note(&mut self, note: String) {
+        if let Some(h) = &mut self.health {
+            h.note = note;
+        }
     }
 
     fn parked_mark(&self, old_id: &str, old_running: bool) -> super::parked::Parked {
@@ -812,12 +887,12 @@ impl Deploy {
                 return self.answer(ctx, chan, call, Err(why));
             }
         };
-        self.io = Some(InFlight {
+        self.phase = Phase::Call(Box::new(InFlight {
             call,
             ec,
             build,
             stalled: false,
-        });
+        }));
         self.drive(ctx, chan);
     }
 
@@ -835,16 +910,18 @@ impl Deploy {
 
     /// Write what the socket takes, read what it has.
     fn drive(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel) {
-        let Some(mut x) = self.io.take() else { return };
+        let Some(Phase::Call(mut x)) = self.take_phase(|p| matches!(p, Phase::Call(_))) else {
+            return;
+        };
         match self.pump(ctx, &mut x, chan) {
-            Got::Wait => self.io = Some(x),
+            Got::Wait => self.phase = Phase::Call(x),
             Got::Answer(resp) => {
                 let call = x.call;
-                self.drop_io(ctx, x);
+                self.drop_io(ctx, *x);
                 self.answer(ctx, chan, call, Ok(resp));
             }
             Got::StreamEnd => {
-                self.drop_io(ctx, x);
+                self.drop_io(ctx, *x);
                 let r = match self.build_error.take() {
                     Some(e) => Err(e),
                     None => Ok(()),
@@ -853,7 +930,7 @@ impl Deploy {
             }
             Got::Failed(why) => {
                 let call = x.call;
-                self.drop_io(ctx, x);
+                self.drop_io(ctx, *x);
                 self.answer(ctx, chan, call, Err(why));
             }
         }
@@ -986,6 +1063,31 @@ impl Deploy {
             return self.rollback(ctx, chan);
         }
         match call {
+            Call::Ping | Call::Build => self.source_answered(ctx, chan, call, checked),
+            Call::InspectOld
+            | Call::RenameOld
+            | Call::Create
+            | Call::PutEnvFile
+            | Call::StopOld
+            | Call::StartNew => self.replace_answered(ctx, chan, call, checked),
+            Call::HealthInspect | Call::ExecCreate | Call::ExecStart | Call::ExecInspect => {
+                self.health_answered(ctx, chan, call, checked)
+            }
+            Call::RemoveOld | Call::RemoveNew | Call::RenameBack | Call::StartOld => {
+                self.cleanup_answered(ctx, chan, call, checked)
+            }
+        }
+    }
+
+    /// The engine answered (Ping) or built the image (Build).
+    fn source_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::Ping => match checked.and_then(|resp| {
                 api::engine_version_from_ping(&resp.head).map_err(|e| e.to_string())
             }) {
@@ -1007,6 +1109,21 @@ impl Deploy {
                 Err(e) => self.fail(ctx, chan, format!("Docker engine: {e}")),
             },
             Call::Build => self.built(ctx, chan, checked.map(|_| ())),
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
+        }
+    }
+
+    /// A step of the replacement: the old container out of the way, the
+    /// new one created, filled and started.
+    fn replace_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::InspectOld => match checked {
                 Ok(resp) => match serde_json::from_slice::<ContainerInspect>(&resp.body) {
                     Ok(c) => {
@@ -1111,12 +1228,31 @@ impl Deploy {
                         step::REPLACE,
                         &format!("started; waiting up to {timeout} s for it to be healthy"),
                     );
-                    self.health_deadline = Some(Instant::now() + Duration::from_secs(timeout));
-                    self.health_note = "not checked yet".into();
+                    self.health = Some(Health {
+                        deadline: Instant::now() + Duration::from_secs(timeout),
+                        note: "not checked yet".into(),
+                        exec_id: None,
+                        recheck_exec: false,
+                    });
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
                 Err(e) => self.fail(ctx, chan, format!("start the new container: {e}")),
             },
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
+        }
+    }
+
+    /// A health check of the new container: healthy, not yet (look again),
+    /// or failed.
+    fn health_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::HealthInspect => match checked.and_then(|resp| {
                 serde_json::from_slice::<ContainerInspect>(&resp.body).map_err(|e| e.to_string())
             }) {
@@ -1152,7 +1288,7 @@ impl Deploy {
                                 &format!("TCP port {port} accepts connections"),
                             ),
                             Err(e) => {
-                                self.health_note = format!("TCP port {port}: {e}");
+                                self.health_note(format!("TCP port {port}: {e}"));
                                 self.wait_health(ctx, chan, HEALTH_EVERY);
                             }
                         }
@@ -1166,18 +1302,20 @@ impl Deploy {
                 serde_json::from_slice::<CreatedExec>(&resp.body).map_err(|e| e.to_string())
             }) {
                 Ok(e) => {
-                    self.exec_id = Some(e.id);
+                    if let Some(h) = &mut self.health {
+                        h.exec_id = Some(e.id);
+                    }
                     self.call(ctx, chan, Call::ExecStart);
                 }
                 Err(e) => {
-                    self.health_note = format!("health command: {e}");
+                    self.health_note(format!("health command: {e}"));
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
             },
             Call::ExecStart => match checked {
                 Ok(_) => self.call(ctx, chan, Call::ExecInspect),
                 Err(e) => {
-                    self.health_note = format!("health command: {e}");
+                    self.health_note(format!("health command: {e}"));
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
             },
@@ -1186,23 +1324,42 @@ impl Deploy {
             }) {
                 Ok(e) if e.running => {
                     // Look again shortly; the health deadline bounds it.
-                    self.health_note = "the health command is still running".into();
-                    self.recheck_exec = true;
+                    if let Some(h) = &mut self.health {
+                        h.note = "the health command is still running".into();
+                        h.recheck_exec = true;
+                    }
                     self.wait_health(ctx, chan, Duration::from_millis(200));
                 }
                 Ok(ExecInspect {
                     exit_code: Some(0), ..
                 }) => self.healthy(ctx, chan, "health command exited 0"),
                 Ok(e) => {
-                    self.health_note =
-                        format!("health command exited {}", e.exit_code.unwrap_or(-1));
+                    self.health_note(format!(
+                        "health command exited {}",
+                        e.exit_code.unwrap_or(-1)
+                    ));
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
                 Err(e) => {
-                    self.health_note = format!("health command: {e}");
+                    self.health_note(format!("health command: {e}"));
                     self.wait_health(ctx, chan, HEALTH_EVERY);
                 }
             },
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
+        }
+    }
+
+    /// The end: the old container removed after success, or a step of the
+    /// rollback (new removed, old renamed back and started).
+    fn cleanup_answered(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        chan: &mut OutChannel,
+        call: Call,
+        checked: Result<Response, String>,
+    ) {
+        match call {
             Call::RemoveOld => {
                 if let Err(e) = checked {
                     // The new app runs; a leftover old container is only clutter.
@@ -1214,7 +1371,7 @@ impl Deploy {
                 } else {
                     self.note(chan, step::REPLACE, "removed the old container");
                 }
-                self.done(chan, "succeeded", String::new());
+                self.done(chan, JobStatus::Succeeded, String::new());
             }
             Call::RemoveNew => {
                 if let Err(e) = checked {
@@ -1265,6 +1422,8 @@ impl Deploy {
                     }
                 }
             }
+            // The other steps are answered by their own group (`answer`).
+            _ => {}
         }
     }
 
@@ -1280,16 +1439,19 @@ impl Deploy {
 
     /// Check again after `after`, unless the health deadline passed.
     fn wait_health(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, after: Duration) {
-        let past = self.health_deadline.is_some_and(|d| Instant::now() >= d);
-        if past {
+        if let Some(h) = self
+            .health
+            .as_ref()
+            .filter(|h| Instant::now() >= h.deadline)
+        {
             let timeout = self.spec.health.as_ref().map_or(30, |h| h.timeout_s.max(1));
             let why = format!(
                 "the new container was not healthy within {timeout} s (last check: {})",
-                self.health_note
+                h.note
             );
             return self.fail(ctx, chan, why);
         }
-        self.wait = Some(ctx.schedule(after, JobTimer::Deploy));
+        self.phase = Phase::Pause(ctx.schedule(after, JobTimer::Deploy));
     }
 
     fn healthy(&mut self, ctx: &mut Ctx<'_>, chan: &mut OutChannel, how: &str) {
@@ -1303,7 +1465,7 @@ impl Deploy {
             }
             return self.call(ctx, chan, Call::RemoveOld);
         }
-        self.done(chan, "succeeded", String::new());
+        self.done(chan, JobStatus::Succeeded, String::new());
     }
 
     /// Something failed: before the old container was touched, stop here;
@@ -1355,16 +1517,16 @@ impl Deploy {
         match self.stopping.clone() {
             Some((status, stop_why)) if why == stop_why => self.done(chan, status, why),
             Some((status, stop_why)) => self.done(chan, status, format!("{stop_why} ({why})")),
-            None => self.done(chan, "failed", why),
+            None => self.done(chan, JobStatus::Failed, why),
         }
     }
 
-    fn done(&mut self, chan: &mut OutChannel, status: &'static str, reason: String) {
-        if self.outcome.is_some() {
+    fn done(&mut self, chan: &mut OutChannel, status: JobStatus, reason: String) {
+        if matches!(self.phase, Phase::Done(_)) {
             return;
         }
         if let Some(dir) = &self.secrets_dir {
-            if status == "succeeded" {
+            if status == JobStatus::Succeeded {
                 secret_files::remove_others(dir);
             } else {
                 secret_files::remove(dir);
@@ -1372,17 +1534,17 @@ impl Deploy {
         }
         // Over: the old container was removed or is back under its name
         // (a failed rename back keeps the file, for the next start).
-        if status == "succeeded" || self.old.as_ref().is_none_or(|o| !o.renamed) {
+        if status == JobStatus::Succeeded || self.old.as_ref().is_none_or(|o| !o.renamed) {
             let _ = std::fs::remove_file(&self.parked_file);
         }
-        if status == "succeeded" {
+        if status == JobStatus::Succeeded {
             self.note(
                 chan,
                 step::REPLACE,
                 &format!("deployed {} as {}", self.spec.image, self.spec.container),
             );
         }
-        self.outcome = Some(Outcome { status, reason });
+        self.phase = Phase::Done(Outcome { status, reason });
     }
 }
 

@@ -131,7 +131,7 @@ impl Ledger {
             self.finished(JobResult {
                 job_id: r.job_id,
                 channel: r.channel,
-                status: "failed".into(),
+                status: super::status::JobStatus::Failed.as_str().into(),
                 exit_code: None,
                 signal: None,
                 reason,

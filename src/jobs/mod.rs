@@ -34,6 +34,7 @@ pub mod parked;
 pub mod process;
 pub mod redact;
 pub mod secret_files;
+pub mod status;
 pub mod tar;
 
 use crate::channel::{Limits, OutChannel};
@@ -50,6 +51,7 @@ use ledger::{start_ticks, Ledger, RunningEntry};
 use mio::Token;
 use process::{Process, Read_};
 use redact::Redactor;
+use status::{Accepted, JobStatus};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -129,24 +131,73 @@ const LOST_SECRETS_TRIES: u8 = 5;
 /// Why a job is being stopped.
 #[derive(Debug, Clone)]
 struct Stop {
-    status: &'static str,
+    status: JobStatus,
     reason: String,
+}
+
+/// What a job runs, as its state:
+///
+/// ```text
+///  Unstarted ──spawned──▶ Process ──reaped, pipes closed (or lingered)──▶ Done
+///      │     ──deploy───▶ Deploy  ──its outcome─────────────────────────▶ Done
+///      └──(cannot spawn; the ledger cannot hold it)──────────────────────▶ Done
+/// ```
+///
+/// `Done`: the result is recorded; the job stays until the server has
+/// acknowledged all its output (`retire`).
+enum Work {
+    Unstarted,
+    /// `linger`: after the exit, how long the pipes may stay open (or,
+    /// pipes closed first, when to look for the exit again).
+    Process {
+        proc: Process,
+        linger: Option<TimerId>,
+    },
+    /// The deploy's own state machine (`deploy.rs`).
+    Deploy(Box<Deploy>),
+    Done,
+}
+
+/// A job's own timers (a deploy's calls and health polls are its own).
+#[derive(Default)]
+struct Timers {
+    /// The job's timeout.
+    deadline: Option<TimerId>,
+    /// SIGKILL after SIGTERM.
+    grace: Option<TimerId>,
 }
 
 struct Job {
     start: JobStart,
     chan: OutChannel,
-    proc: Option<Process>,
+    work: Work,
     redact: [Redactor; 2],
     started_ms: u64,
-    deadline: Option<TimerId>,
-    grace: Option<TimerId>,
-    linger: Option<TimerId>,
+    timers: Timers,
     stop: Option<Stop>,
-    /// A deploy job's state machine (then `proc` stays `None`).
-    deploy: Option<Box<Deploy>>,
-    /// Set once the process is over and its result recorded.
-    done: bool,
+}
+
+impl Job {
+    fn is_done(&self) -> bool {
+        matches!(self.work, Work::Done)
+    }
+
+    fn owns(&self, token: Token) -> bool {
+        match &self.work {
+            Work::Process { proc, .. } => proc.pipe_of(token).is_some(),
+            Work::Deploy(d) => d.owns(token),
+            Work::Unstarted | Work::Done => false,
+        }
+    }
+
+    /// The job's deadline, grace or linger timer (not a deploy's).
+    fn owns_timer(&self, id: TimerId) -> bool {
+        let linger = match &self.work {
+            Work::Process { linger, .. } => *linger,
+            _ => None,
+        };
+        [self.timers.deadline, self.timers.grace, linger].contains(&Some(id))
+    }
 }
 
 pub struct Jobs {
@@ -252,69 +303,56 @@ impl Jobs {
     }
 
     pub fn running(&self) -> usize {
-        self.jobs.iter().filter(|j| !j.done).count()
+        self.jobs.iter().filter(|j| !j.is_done()).count()
     }
 
     pub fn owns(&self, token: Token) -> bool {
-        self.jobs.iter().any(|j| {
-            j.proc.as_ref().is_some_and(|p| p.pipe_of(token).is_some())
-                || j.deploy.as_ref().is_some_and(|d| d.owns(token))
-        })
+        self.jobs.iter().any(|j| j.owns(token))
     }
 
     pub fn owns_timer(&self, id: TimerId) -> bool {
-        self.jobs.iter().any(|j| {
-            [j.deadline, j.grace, j.linger].contains(&Some(id))
-                || j.deploy.as_ref().is_some_and(|d| d.owns_timer(id))
-        })
+        self.jobs
+            .iter()
+            .any(|j| j.owns_timer(id) || matches!(&j.work, Work::Deploy(d) if d.owns_timer(id)))
     }
 
     pub fn wants_again(&self) -> bool {
         self.jobs.iter().any(|j| {
             j.chan.has_room()
-                && (j
-                    .proc
-                    .as_ref()
-                    .is_some_and(|p| p.pending(0) || p.pending(1))
-                    || j.deploy.as_ref().is_some_and(|d| d.wants_again(true)))
+                && match &j.work {
+                    Work::Process { proc, .. } => proc.pending(0) || proc.pending(1),
+                    Work::Deploy(d) => d.wants_again(true),
+                    Work::Unstarted | Work::Done => false,
+                }
         })
     }
 
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, token: Token) {
-        if let Some(i) = self
-            .jobs
-            .iter()
-            .position(|j| j.deploy.as_ref().is_some_and(|d| d.owns(token)))
-        {
-            let job = &mut self.jobs[i];
-            if let Some(d) = job.deploy.as_mut() {
-                d.on_ready(ctx, &mut job.chan, token);
-            }
-            return self.deploy_progress(ctx, i);
-        }
-        let Some(i) = self
-            .jobs
-            .iter()
-            .position(|j| j.proc.as_ref().is_some_and(|p| p.pipe_of(token).is_some()))
-        else {
+        let Some(i) = self.jobs.iter().position(|j| j.owns(token)) else {
             return;
         };
-        if let Some(p) = self.jobs[i].proc.as_mut() {
-            if let Some(pipe) = p.pipe_of(token) {
-                p.mark_ready(pipe);
+        let job = &mut self.jobs[i];
+        match &mut job.work {
+            Work::Deploy(d) => {
+                d.on_ready(ctx, &mut job.chan, token);
+                self.deploy_progress(ctx, i)
             }
+            Work::Process { proc, .. } => {
+                if let Some(pipe) = proc.pipe_of(token) {
+                    proc.mark_ready(pipe);
+                }
+                self.read(ctx, i)
+            }
+            Work::Unstarted | Work::Done => {}
         }
-        self.read(ctx, i);
     }
 
     pub fn on_again(&mut self, ctx: &mut Ctx<'_>) {
         for i in (0..self.jobs.len()).rev() {
-            if self.jobs[i].deploy.is_some() {
-                let job = &mut self.jobs[i];
-                if let Some(d) = job.deploy.as_mut() {
-                    if job.chan.has_room() {
-                        d.on_again(ctx, &mut job.chan);
-                    }
+            let job = &mut self.jobs[i];
+            if let Work::Deploy(d) = &mut job.work {
+                if job.chan.has_room() {
+                    d.on_again(ctx, &mut job.chan);
                 }
                 self.deploy_progress(ctx, i);
                 continue;
@@ -325,11 +363,9 @@ impl Jobs {
 
     pub fn on_sigchld(&mut self, ctx: &mut Ctx<'_>) {
         for i in (0..self.jobs.len()).rev() {
-            if self.jobs[i].deploy.is_some() {
-                let job = &mut self.jobs[i];
-                if let Some(d) = job.deploy.as_mut() {
-                    d.on_sigchld(ctx, &mut job.chan);
-                }
+            let job = &mut self.jobs[i];
+            if let Work::Deploy(d) = &mut job.work {
+                d.on_sigchld(ctx, &mut job.chan);
                 self.deploy_progress(ctx, i);
                 continue;
             }
@@ -341,10 +377,12 @@ impl Jobs {
     fn deploy_progress(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let job = &mut self.jobs[i];
         note_spool_error(job);
-        if job.done {
-            return self.retire(ctx, i);
-        }
-        let Some(outcome) = job.deploy.as_ref().and_then(|d| d.outcome().cloned()) else {
+        let outcome = match &job.work {
+            Work::Done => return self.retire(ctx, i),
+            Work::Deploy(d) => d.outcome().cloned(),
+            Work::Unstarted | Work::Process { .. } => None,
+        };
+        let Some(outcome) = outcome else {
             return;
         };
         // The deploy's own account wins: a cancel during the replacement
@@ -361,51 +399,55 @@ impl Jobs {
             let Some(i) = self
                 .jobs
                 .iter()
-                .position(|j| j.deploy.as_ref().is_some_and(|d| d.owns_timer(id)))
+                .position(|j| matches!(&j.work, Work::Deploy(d) if d.owns_timer(id)))
             else {
                 return;
             };
             let job = &mut self.jobs[i];
-            if let Some(d) = job.deploy.as_mut() {
+            if let Work::Deploy(d) = &mut job.work {
                 d.on_timer(ctx, &mut job.chan, id);
             }
             return self.deploy_progress(ctx, i);
         }
-        let Some(i) = self
-            .jobs
-            .iter()
-            .position(|j| [j.deadline, j.grace, j.linger].contains(&Some(id)))
-        else {
+        let Some(i) = self.jobs.iter().position(|j| j.owns_timer(id)) else {
             return;
         };
+        let job = &mut self.jobs[i];
         match timer {
             JobTimer::Deadline => {
-                self.jobs[i].deadline = None;
-                let why = format!("timed out after {} s", self.jobs[i].start.timeout_s);
-                self.stop(ctx, i, "timed_out", why);
+                job.timers.deadline = None;
+                let why = format!("timed out after {} s", job.start.timeout_s);
+                self.stop(ctx, i, JobStatus::TimedOut, why);
             }
             JobTimer::Grace => {
-                self.jobs[i].grace = None;
-                if let Some(p) = &self.jobs[i].proc {
-                    p.signal(libc::SIGKILL);
-                }
-                if let Some(d) = &self.jobs[i].deploy {
-                    d.kill();
+                job.timers.grace = None;
+                match &job.work {
+                    Work::Process { proc, .. } => proc.signal(libc::SIGKILL),
+                    Work::Deploy(d) => d.kill(),
+                    Work::Unstarted | Work::Done => {}
                 }
             }
             JobTimer::Deploy => {}
             JobTimer::Reap => {
-                self.jobs[i].linger = None;
-                let reaped = self.jobs[i].proc.as_mut().is_some_and(|p| p.try_reap());
-                if reaped {
+                let Work::Process { proc, linger } = &mut job.work else {
+                    return;
+                };
+                *linger = None;
+                if proc.try_reap() {
                     // Whoever holds the pipes now is not the job.
                     self.read(ctx, i);
-                    if let Some(p) = self.jobs[i].proc.as_mut() {
-                        p.close(ctx.registry, 0);
-                        p.close(ctx.registry, 1);
+                    if let Some(Job {
+                        work: Work::Process { proc, .. },
+                        ..
+                    }) = self.jobs.get_mut(i)
+                    {
+                        proc.close(ctx.registry, 0);
+                        proc.close(ctx.registry, 1);
                     }
                 }
-                self.check_done(ctx, i);
+                if i < self.jobs.len() {
+                    self.check_done(ctx, i);
+                }
             }
         }
     }
@@ -504,12 +546,12 @@ impl Jobs {
         );
     }
 
-    fn accepted(&mut self, id: u64, job_id: &str, state: &str) {
+    fn accepted(&mut self, id: u64, job_id: &str, state: Accepted) {
         self.reply(
             id,
             Control::JobAccepted(JobAccepted {
                 job_id: job_id.to_owned(),
-                state: state.into(),
+                state: state.as_str().into(),
             }),
         );
     }
@@ -529,16 +571,16 @@ impl Jobs {
         if self
             .jobs
             .iter()
-            .any(|j| j.start.job_id == job_id && !j.done)
+            .any(|j| j.start.job_id == job_id && !j.is_done())
         {
-            return self.accepted(id, &job_id, "running");
+            return self.accepted(id, &job_id, Accepted::Running);
         }
         if self.queue.iter().any(|(_, q)| q.job_id == job_id) {
-            return self.accepted(id, &job_id, "queued");
+            return self.accepted(id, &job_id, Accepted::Queued);
         }
         if self.ledger.has_seen(&job_id) {
             // Done here already; its result is (re)sent on every link.
-            return self.accepted(id, &job_id, "finished");
+            return self.accepted(id, &job_id, Accepted::Finished);
         }
         // New to this host: the owner's signature rule (`trust/`).
         let runner = self.verifier.runner_id().to_owned();
@@ -558,9 +600,9 @@ impl Jobs {
                 return self.refuse(id, "busy", why);
             }
             self.queue.push_back((id, start));
-            return self.accepted(id, &job_id, "queued");
+            return self.accepted(id, &job_id, Accepted::Queued);
         }
-        self.accepted(id, &job_id, "running");
+        self.accepted(id, &job_id, Accepted::Running);
         self.spawn(ctx, start);
     }
 
@@ -578,15 +620,11 @@ impl Jobs {
         let redact = Redactor::new(secrets);
         let mut job = Job {
             chan,
-            proc: None,
+            work: Work::Unstarted,
             redact: [redact.clone(), redact],
             started_ms: now_ms(),
-            deadline: None,
-            grace: None,
-            linger: None,
+            timers: Timers::default(),
             stop: None,
-            deploy: None,
-            done: false,
             start,
         };
         if let Some(spec) = job.start.deploy.clone() {
@@ -628,14 +666,20 @@ impl Jobs {
                 if let Err(why) = self.save_for_start() {
                     // The disk filled in between: same reason, cut at once.
                     p.signal(libc::SIGKILL);
-                    job.proc = Some(p);
+                    job.work = Work::Process {
+                        proc: p,
+                        linger: None,
+                    };
                     return self.fail_at_start(ctx, job, why);
                 }
                 if job.start.timeout_s > 0 {
                     let after = Duration::from_secs(job.start.timeout_s);
-                    job.deadline = Some(ctx.schedule(after, JobTimer::Deadline));
+                    job.timers.deadline = Some(ctx.schedule(after, JobTimer::Deadline));
                 }
-                job.proc = Some(p);
+                job.work = Work::Process {
+                    proc: p,
+                    linger: None,
+                };
                 self.jobs.push(job);
                 let i = self.jobs.len() - 1;
                 self.read(ctx, i);
@@ -644,7 +688,7 @@ impl Jobs {
                 let why = format!("cannot start {}: {e}", job.start.program);
                 warn!("jobs", "job {}: {why}", job.start.job_id);
                 job.stop = Some(Stop {
-                    status: "failed",
+                    status: JobStatus::Failed,
                     reason: why.clone(),
                 });
                 system_note(&mut job, &why);
@@ -682,13 +726,13 @@ impl Jobs {
         }
         if job.start.timeout_s > 0 {
             let after = Duration::from_secs(job.start.timeout_s);
-            job.deadline = Some(ctx.schedule(after, JobTimer::Deadline));
+            job.timers.deadline = Some(ctx.schedule(after, JobTimer::Deadline));
         }
-        job.deploy = Some(Box::new(d));
+        job.work = Work::Deploy(Box::new(d));
         self.jobs.push(job);
         let i = self.jobs.len() - 1;
         let job = &mut self.jobs[i];
-        if let Some(d) = job.deploy.as_mut() {
+        if let Work::Deploy(d) = &mut job.work {
             d.begin(ctx, &mut job.chan);
         }
         self.deploy_progress(ctx, i);
@@ -701,10 +745,10 @@ impl Jobs {
         warn!("jobs", "job {}: {why}", job.start.job_id);
         system_note(&mut job, &why);
         job.stop = Some(Stop {
-            status: "failed",
+            status: JobStatus::Failed,
             reason: why,
         });
-        let spawned = job.proc.is_some();
+        let spawned = matches!(job.work, Work::Process { .. });
         self.jobs.push(job);
         let i = self.jobs.len() - 1;
         if spawned {
@@ -720,7 +764,7 @@ impl Jobs {
                 let r = JobResult {
                     job_id: start.job_id.clone(),
                     channel: start.channel,
-                    status: "cancelled".into(),
+                    status: JobStatus::Cancelled.as_str().into(),
                     exit_code: None,
                     signal: None,
                     reason: "cancelled before it started".into(),
@@ -735,17 +779,18 @@ impl Jobs {
         if let Some(i) = self
             .jobs
             .iter()
-            .position(|j| j.start.job_id == job_id && !j.done)
+            .position(|j| j.start.job_id == job_id && !j.is_done())
         {
-            self.stop(ctx, i, "cancelled", "cancelled by the server".into());
+            let why = "cancelled by the server".into();
+            self.stop(ctx, i, JobStatus::Cancelled, why);
         }
     }
 
     /// SIGTERM to the group now, SIGKILL after the grace period.
-    fn stop(&mut self, ctx: &mut Ctx<'_>, i: usize, status: &'static str, reason: String) {
+    fn stop(&mut self, ctx: &mut Ctx<'_>, i: usize, status: JobStatus, reason: String) {
         let grace = self.cfg.as_ref().map_or(Duration::ZERO, |c| c.kill_grace);
         let job = &mut self.jobs[i];
-        if job.stop.is_some() || job.done {
+        if job.stop.is_some() || job.is_done() {
             return;
         }
         info!("jobs", "job {}: {reason}", job.start.job_id);
@@ -754,31 +799,33 @@ impl Jobs {
             status,
             reason: reason.clone(),
         });
-        if let Some(d) = job.deploy.as_mut() {
-            d.abort(ctx, &mut job.chan, status, reason);
-            job.grace = Some(ctx.schedule(grace, JobTimer::Grace));
-            return self.deploy_progress(ctx, i);
+        match &mut job.work {
+            Work::Deploy(d) => {
+                d.abort(ctx, &mut job.chan, status, reason);
+                job.timers.grace = Some(ctx.schedule(grace, JobTimer::Grace));
+                return self.deploy_progress(ctx, i);
+            }
+            Work::Process { proc, .. } => {
+                proc.signal(libc::SIGTERM);
+                proc.signal(libc::SIGCONT);
+            }
+            Work::Unstarted | Work::Done => {}
         }
-        if let Some(p) = &job.proc {
-            p.signal(libc::SIGTERM);
-            p.signal(libc::SIGCONT);
-        }
-        job.grace = Some(ctx.schedule(grace, JobTimer::Grace));
+        job.timers.grace = Some(ctx.schedule(grace, JobTimer::Grace));
     }
 
     // ---- output --------------------------------------------------------------
 
     /// Read job `i`'s pipes while its channel has room.
     fn read(&mut self, ctx: &mut Ctx<'_>, i: usize) {
-        if self.jobs[i].deploy.is_some() {
-            return self.deploy_progress(ctx, i);
-        }
+        let job = &mut self.jobs[i];
+        let p = match &mut job.work {
+            Work::Deploy(_) => return self.deploy_progress(ctx, i),
+            Work::Process { proc, .. } => proc,
+            Work::Unstarted | Work::Done => return self.check_done(ctx, i),
+        };
         let mut buf = vec![0u8; CHUNK];
         let mut budget = MAX_READ_PER_PASS;
-        let job = &mut self.jobs[i];
-        let Some(p) = job.proc.as_mut() else {
-            return self.check_done(ctx, i);
-        };
         for pipe in 0..2 {
             while p.pending(pipe) && job.chan.has_room() && budget > 0 {
                 let tag = if pipe == 0 {
@@ -804,26 +851,22 @@ impl Jobs {
 
     /// Over once reaped with both pipes closed (or closed after lingering).
     fn check_done(&mut self, ctx: &mut Ctx<'_>, i: usize) {
-        if self.jobs[i].deploy.is_some() {
-            return self.deploy_progress(ctx, i);
-        }
-        let job = &mut self.jobs[i];
-        if job.done {
-            return self.retire(ctx, i);
-        }
-        let Some(p) = job.proc.as_mut() else {
-            return;
+        let (p, linger) = match &mut self.jobs[i].work {
+            Work::Deploy(_) => return self.deploy_progress(ctx, i),
+            Work::Done => return self.retire(ctx, i),
+            Work::Unstarted => return,
+            Work::Process { proc, linger } => (proc, linger),
         };
         let reaped = p.try_reap();
         match (reaped, p.pipes_open()) {
             (true, false) => self.finish(ctx, i),
-            (true, true) if job.linger.is_none() => {
-                job.linger = Some(ctx.schedule(PIPE_LINGER, JobTimer::Reap));
+            (true, true) if linger.is_none() => {
+                *linger = Some(ctx.schedule(PIPE_LINGER, JobTimer::Reap));
             }
-            (false, false) if job.linger.is_none() => {
+            (false, false) if linger.is_none() => {
                 // Pipes closed first; SIGCHLD should come, but look again soon.
                 let soon = Duration::from_millis(200);
-                job.linger = Some(ctx.schedule(soon, JobTimer::Reap));
+                *linger = Some(ctx.schedule(soon, JobTimer::Reap));
             }
             _ => {}
         }
@@ -832,20 +875,24 @@ impl Jobs {
     /// The process is over: record the result, start the next queued job.
     fn finish(&mut self, ctx: &mut Ctx<'_>, i: usize) {
         let job = &mut self.jobs[i];
-        for t in [job.deadline.take(), job.grace.take(), job.linger.take()]
+        let (linger, (code, signal)) = match &mut job.work {
+            Work::Process { proc, linger } => (linger.take(), proc.exit()),
+            _ => (None, (None, None)),
+        };
+        for t in [job.timers.deadline.take(), job.timers.grace.take(), linger]
             .into_iter()
             .flatten()
         {
             ctx.cancel(t);
         }
-        let (code, signal) = job.proc.as_ref().map_or((None, None), |p| p.exit());
         let (status, reason) = match (&job.stop, code, signal) {
             (Some(s), _, _) => (s.status, s.reason.clone()),
-            (None, Some(0), _) => ("succeeded", String::new()),
-            (None, Some(c), _) => ("failed", format!("exit code {c}")),
-            (None, None, Some(s)) => ("failed", format!("killed by signal {s}")),
-            (None, None, None) => ("failed", "exit status unknown".to_owned()),
+            (None, Some(0), _) => (JobStatus::Succeeded, String::new()),
+            (None, Some(c), _) => (JobStatus::Failed, format!("exit code {c}")),
+            (None, None, Some(s)) => (JobStatus::Failed, format!("killed by signal {s}")),
+            (None, None, None) => (JobStatus::Failed, "exit status unknown".to_owned()),
         };
+        let status = status.as_str();
         let tail = match (code, signal) {
             (Some(c), _) => format!("exit code {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
@@ -854,12 +901,10 @@ impl Jobs {
         if !tail.is_empty() {
             system_note(job, &format!("{status}: {tail}"));
         }
-        job.done = true;
         // A deploy's sockets and git process go with it.
-        job.deploy = None;
-        if let Some(mut p) = job.proc.take() {
-            p.close(ctx.registry, 0);
-            p.close(ctx.registry, 1);
+        if let Work::Process { mut proc, .. } = std::mem::replace(&mut job.work, Work::Done) {
+            proc.close(ctx.registry, 0);
+            proc.close(ctx.registry, 1);
         }
         let r = JobResult {
             job_id: job.start.job_id.clone(),
@@ -903,7 +948,7 @@ impl Jobs {
 
     /// A finished job whose output is all acknowledged goes.
     fn retire(&mut self, _ctx: &mut Ctx<'_>, i: usize) {
-        if i < self.jobs.len() && self.jobs[i].done && self.jobs[i].chan.is_drained() {
+        if i < self.jobs.len() && self.jobs[i].is_done() && self.jobs[i].chan.is_drained() {
             self.jobs.swap_remove(i);
         }
     }
