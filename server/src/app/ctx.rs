@@ -26,6 +26,7 @@ use crate::logs::LogsCtx;
 use crate::runners::RunnersCtx;
 use crate::telemetry::link::TelemetryLink;
 use crate::telemetry::TelemetryCtx;
+use crate::terminals::link::TerminalsLink;
 use crate::terminals::TerminalsCtx;
 use crate::updates::link::UpdatesLink;
 use crate::updates::UpdatesCtx;
@@ -189,7 +190,6 @@ impl FromRef<AppState> for LinkCtx {
             quotas: s.quotas,
             secrets: s.secrets.clone(),
             job_hub: s.job_hub.clone(),
-            terminals: s.terminals.clone(),
             observer: s.alerts.clone(),
             families: families(s),
             audit: AuditCtx::from_ref(s),
@@ -230,6 +230,14 @@ fn families(s: &AppState) -> Families {
             Arc::new(UpdatesLink {
                 ctx: UpdatesCtx::from_ref(s),
                 observer,
+            }),
+        ),
+        (
+            FamilyId::Terminals,
+            Arc::new(TerminalsLink {
+                db: s.db.clone(),
+                registry: s.registry.clone(),
+                terminals: s.terminals.clone(),
             }),
         ),
         (

@@ -7,6 +7,7 @@
 //!  welcome sent ─▶ FamilyConn::welcomed (each)
 //!  control message ─▶ family_of(type) ─▶ FamilyConn::message
 //!  METRICS frame   ─▶ Telemetry's FamilyConn::frame
+//!  terminal channel frame ─▶ Terminals' FamilyConn::frame
 //!  timer           ─▶ FamilyConn::tick of each whose due() has come
 //!  connection ends ─▶ FamilyConn::detached (each)
 //! ```
@@ -23,7 +24,7 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::SinkExt;
-use tether::protocol::{close, encode_control, Envelope, Hello, Message};
+use tether::protocol::{close, encode_control, Envelope, FrameHeader, Hello, Message};
 use tokio::time::{timeout, Instant};
 
 use crate::db::RunnerIdentity;
@@ -42,6 +43,8 @@ pub enum FamilyId {
     Deploy,
     /// The hello's proposed labels.
     Fleet,
+    /// `term_alive`, frames on terminal channels (the welcome, the end).
+    Terminals,
 }
 
 /// The family a runner-sent control message belongs to, if a feature owns it.
@@ -53,6 +56,7 @@ pub fn family_of(message: &Message) -> Option<FamilyId> {
         }
         Message::UpdateStatus(_) => FamilyId::Updates,
         Message::SecretsLost(_) => FamilyId::Deploy,
+        Message::TermAlive(_) => FamilyId::Terminals,
         _ => return None,
     })
 }
@@ -189,6 +193,7 @@ pub trait FamilyConn: Send {
         &mut self,
         _wire: &mut Wire,
         _runner: &RunnerIdentity,
+        _header: FrameHeader,
         _payload: Bytes,
     ) -> Result<(), Ending> {
         Ok(())

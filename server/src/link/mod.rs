@@ -1,7 +1,7 @@
 //! The runner WebSocket: hello, liveness, the registry of live
 //! connections, and dispatch of inbound messages by family to the features
-//! that own them (`dispatch.rs`; jobs, logs and terminals are still handled
-//! by the connection itself, `runner_ws/{jobs,logs,terminals}.rs`).
+//! that own them (`dispatch.rs`; jobs and logs are still handled
+//! by the connection itself, `runner_ws/{jobs,logs}.rs`).
 
 pub mod dispatch;
 pub mod registry;
@@ -29,7 +29,6 @@ pub struct LinkCtx {
     pub quotas: Quotas,
     pub secrets: Arc<SecretBox>,
     pub job_hub: Arc<crate::jobs::JobHub>,
-    pub terminals: Arc<crate::terminals::Terminals>,
     pub observer: Arc<dyn Observer>,
     pub families: Families,
     pub audit: crate::audit::AuditCtx,

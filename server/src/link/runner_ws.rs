@@ -44,7 +44,7 @@ use axum::Extension;
 use tether::protocol::{
     self, api_error, close, decode_control, decode_frame, encode_control, negotiate,
     silence_limit_ms, Decoded, Envelope, ErrorBody, FrameError, FrameHeader, FrameKind, Hello,
-    Message, Pong, Welcome,
+    Message, Pong, StreamTag, Welcome,
 };
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -57,13 +57,12 @@ use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
 use crate::jobs::JobChannels;
 use crate::link::dispatch::{family_of, note_ignored, Conns, Ending, ErrorReply, FamilyId, Wire};
-use crate::link::registry::{AttachError, Outgoing, Session};
+use crate::link::registry::{AttachError, Outgoing, Session, ToRunner};
 use crate::link::LinkCtx;
 use crate::logs::LogChannels;
 
 mod jobs;
 mod logs;
-mod terminals;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -280,7 +279,6 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     }
     let ending = match sent {
         Ok(()) => {
-            conn.state.terminals.runner_back(&runner_id);
             conn.live(
                 &mut session,
                 Duration::from_millis(silence_limit_ms(heartbeat_ms)),
@@ -298,14 +296,6 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
         family.detached(&conn.runner).await;
     }
     conn.logs.close_all("runner disconnected");
-    // A newer connection may have replaced this one already: its
-    // `term_alive` owns the terminals then.
-    if registry
-        .live_last_seen(&conn.runner.tenant_id, &runner_id)
-        .is_none()
-    {
-        conn.state.terminals.runner_gone(&runner_id);
-    }
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }
@@ -395,7 +385,11 @@ impl Connection {
                         }
                     }
                     Some(Outgoing::Terminal(m)) => {
-                        if let Err(ending) = self.send_terminal(m).await {
+                        let m = match m {
+                            ToRunner::Binary(b) => WsMessage::Binary(b.into()),
+                            ToRunner::Text(t) => WsMessage::Text(t.into()),
+                        };
+                        if let Err(ending) = self.send(m).await {
                             return ending;
                         }
                     }
@@ -412,8 +406,10 @@ impl Connection {
                             }
                         }
                         Ok(Inbound::Data(h, payload)) if h.channel & protocol::TERM_CHANNEL_BIT != 0 => {
-                            if let Err(ending) = self.on_terminal_frame(h, payload).await {
-                                return ending;
+                            if let Some(family) = self.families.get(FamilyId::Terminals) {
+                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, h, payload).await {
+                                    return ending;
+                                }
                             }
                         }
                         Ok(Inbound::Data(h, payload)) => {
@@ -429,7 +425,8 @@ impl Connection {
                         }
                         Ok(Inbound::Metrics(payload)) => {
                             if let Some(family) = self.families.get(FamilyId::Telemetry) {
-                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, payload).await {
+                                let header = FrameHeader { kind: FrameKind::Metrics, tag: StreamTag::None, channel: 0, seq: 0 };
+                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, header, payload).await {
                                     return ending;
                                 }
                             }
@@ -543,14 +540,14 @@ impl Connection {
             }
             Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
-            Message::TermAlive(alive) => self.on_term_alive(alive.clone()).await,
             Message::SecretsLost(_)
             | Message::MetricsSchema(_)
             | Message::Fingerprint(_)
             | Message::DockerState(_)
             | Message::ContainerSnapshot(_)
             | Message::ContainerEvent(_)
-            | Message::UpdateStatus(_) => Ok(()), // dispatched above
+            | Message::UpdateStatus(_)
+            | Message::TermAlive(_) => Ok(()), // dispatched above
             Message::MetricsAck(_)
             | Message::FingerprintResync(_)
             | Message::DockerRequest(_)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use tether::protocol::{Empty, Envelope, Hello, Message, MetricsAck};
+use tether::protocol::{Empty, Envelope, FrameHeader, Hello, Message, MetricsAck};
 use tokio::time::Instant;
 
 use crate::common::clock;
@@ -121,6 +121,7 @@ impl FamilyConn for TelemetryConn {
         &mut self,
         _wire: &mut Wire,
         runner: &RunnerIdentity,
+        _header: FrameHeader,
         payload: Bytes,
     ) -> Result<(), Ending> {
         let Some(stream) = self.metrics.as_deref_mut() else {

@@ -174,14 +174,13 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
 /// fails the test, and so does an edge listed here that is gone (delete its
 /// line). Never add to this table.
 const NOT_YET: &[(&str, &str)] = &[
-    // The connection task still handles the job, log and terminal channels
-    // itself (`link/runner_ws/*.rs`): to go with their move behind the
-    // family handlers of `link/dispatch.rs`. (runners: the registry records
+    // The connection task still handles the job and log channels itself
+    // (`link/runner_ws/*.rs`): to go with their move behind the family
+    // handlers of `link/dispatch.rs`. (runners: the registry records
     // health through `runners::health::HealthLog`.)
     ("link", "jobs"),
     ("link", "logs"),
     ("link", "runners"),
-    ("link", "terminals"),
 ];
 
 /// The top-level module of a file under `src/`, and its module path.
