@@ -11,7 +11,8 @@
 //! common/     error body, request parsing, caller extractor and hashing,
 //!             time formats, the edge toward strangers, private files,
 //!             sealed secrets, stream re-checks and tickets, quotas
-//! link/       the runner WebSocket and the registry of live connections
+//! link/       the runner WebSocket, the registry of live connections, and
+//!             dispatch of runner messages by family to the features
 //! db/         storage: one async trait per area, the model types, db/sqlite/
 //! cli/        operator subcommands, clients of the REST API
 //! runners/    tenants, tokens, enrollment, runners; health and its SSE

@@ -107,6 +107,28 @@ pub struct Alerts {
     log_tenants: Mutex<HashSet<String>>,
 }
 
+/// The features report runner data through this (`common/observe.rs`).
+impl crate::common::observe::Observer for Alerts {
+    fn metrics_schema(&self, runner: &str, schema: &tether::metrics::wire::Schema) {
+        Alerts::metrics_schema(self, runner, schema)
+    }
+    fn metrics(&self, tenant: &str, runner: &str, rows: &[(i64, Vec<u8>)]) {
+        Alerts::metrics(self, tenant, runner, rows)
+    }
+    fn log_lines(&self, tenant: &str, runner: &str, container: &str, data: &[u8]) {
+        Alerts::log_lines(self, tenant, runner, container, data)
+    }
+    fn job_ended(&self, tenant: &str, runner: &str, r: &tether::protocol::JobResult) {
+        Alerts::job_ended(self, tenant, runner, r)
+    }
+    fn drift(&self, tenant: &str, runner: &str, changes: &[tether::fingerprint::Change]) {
+        Alerts::drift(self, tenant, runner, changes)
+    }
+    fn update_report(&self, tenant: &str, runner: &str, r: &tether::protocol::UpdateStatus) {
+        Alerts::update_report(self, tenant, runner, r)
+    }
+}
+
 impl Alerts {
     /// Loads rules and live states and starts the engine task (when called
     /// inside a Tokio runtime; without one, hooks are accepted and dropped).

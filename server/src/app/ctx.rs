@@ -11,16 +11,24 @@ use super::AppState;
 use crate::alerts::AlertsCtx;
 use crate::audit::AuditCtx;
 use crate::common::auth::AuthCtx;
+use crate::common::observe::Observer;
+use crate::containers::link::ContainersLink;
 use crate::containers::ContainersCtx;
+use crate::deploy::link::DeployLink;
 use crate::deploy::DeployCtx;
 use crate::fleet::labels::LabelsCtx;
+use crate::fleet::link::FleetLink;
 use crate::fleet::FleetCtx;
 use crate::jobs::JobsCtx;
+use crate::link::dispatch::{Families, FamilyId};
 use crate::link::LinkCtx;
 use crate::logs::LogsCtx;
 use crate::runners::RunnersCtx;
+use crate::telemetry::link::TelemetryLink;
 use crate::telemetry::TelemetryCtx;
+use crate::terminals::link::TerminalsLink;
 use crate::terminals::TerminalsCtx;
+use crate::updates::link::UpdatesLink;
 use crate::updates::UpdatesCtx;
 use crate::users::UsersCtx;
 
@@ -182,14 +190,61 @@ impl FromRef<AppState> for LinkCtx {
             quotas: s.quotas,
             secrets: s.secrets.clone(),
             job_hub: s.job_hub.clone(),
-            metrics_writer: s.metrics_writer.clone(),
-            containers: s.containers.clone(),
-            terminals: s.terminals.clone(),
-            alerts: s.alerts.clone(),
-            fleet: LabelsCtx::from_ref(s),
-            updates: UpdatesCtx::from_ref(s),
-            deploy: DeployCtx::from_ref(s),
+            observer: s.alerts.clone(),
+            families: families(s),
             audit: AuditCtx::from_ref(s),
         }
     }
+}
+
+/// The link's table: which feature handles each family of runner messages
+/// (`link/dispatch.rs`; each feature's `link.rs`). Table order is the order
+/// of the attach and welcome hooks: the labels are stored before anything
+/// is sent, the update offer follows the welcome.
+fn families(s: &AppState) -> Families {
+    let observer: Arc<dyn Observer> = s.alerts.clone();
+    Families::new(vec![
+        (
+            FamilyId::Fleet,
+            Arc::new(FleetLink {
+                labels: LabelsCtx::from_ref(s),
+            }),
+        ),
+        (
+            FamilyId::Telemetry,
+            Arc::new(TelemetryLink {
+                db: s.db.clone(),
+                writer: s.metrics_writer.clone(),
+                observer: observer.clone(),
+                tuning: s.tuning,
+            }),
+        ),
+        (
+            FamilyId::Containers,
+            Arc::new(ContainersLink {
+                hub: s.containers.clone(),
+            }),
+        ),
+        (
+            FamilyId::Updates,
+            Arc::new(UpdatesLink {
+                ctx: UpdatesCtx::from_ref(s),
+                observer,
+            }),
+        ),
+        (
+            FamilyId::Terminals,
+            Arc::new(TerminalsLink {
+                db: s.db.clone(),
+                registry: s.registry.clone(),
+                terminals: s.terminals.clone(),
+            }),
+        ),
+        (
+            FamilyId::Deploy,
+            Arc::new(DeployLink {
+                ctx: DeployCtx::from_ref(s),
+            }),
+        ),
+    ])
 }

@@ -10,6 +10,7 @@ pub mod edge;
 pub mod error;
 pub mod files;
 pub mod http;
+pub mod observe;
 pub mod quotas;
 pub mod secrets;
 pub mod stream_auth;

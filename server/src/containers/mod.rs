@@ -10,6 +10,7 @@
 //! registry (`containers/api.rs`); nothing here talks to a runner.
 
 pub mod api;
+pub mod link;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.

@@ -2,6 +2,7 @@
 //! beside the jobs they become).
 
 pub mod api;
+pub mod link;
 
 use std::sync::Arc;
 

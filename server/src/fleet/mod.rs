@@ -22,6 +22,7 @@ pub mod api;
 pub mod cron;
 pub mod deadlines;
 pub mod labels;
+pub mod link;
 pub mod rollout;
 pub mod selector;
 pub mod store;

@@ -1,22 +1,26 @@
 //! The runner WebSocket: hello, liveness, the registry of live
-//! connections, and dispatch of inbound messages to the features that own
-//! them (`runner_ws/{jobs,logs,terminals}.rs`).
+//! connections, and dispatch of inbound messages by family to the features
+//! that own them (`dispatch.rs`; jobs and logs are still handled
+//! by the connection itself, `runner_ws/{jobs,logs}.rs`).
 
+pub mod dispatch;
 pub mod registry;
 pub mod runner_ws;
 
 use std::sync::Arc;
 
+use crate::common::observe::Observer;
 use crate::common::quotas::Quotas;
 use crate::common::secrets::SecretBox;
 use crate::common::tuning::Tuning;
 use crate::db::Db;
+use crate::link::dispatch::Families;
 use crate::link::registry::Registry;
 
 /// What a runner's connection uses, built by `app/` from its state
-/// (`FromRef`), so the link never names the app's state. It still holds
-/// the features whose messages the connection handles itself
-/// (`runner_ws/*.rs`), until they are dispatched by family.
+/// (`FromRef`), so the link never names the app's state. `families` is the
+/// table of the features' handlers; the rest still serves the families the
+/// connection handles itself (`runner_ws/*.rs`).
 #[derive(Clone)]
 pub struct LinkCtx {
     pub db: Db,
@@ -25,13 +29,8 @@ pub struct LinkCtx {
     pub quotas: Quotas,
     pub secrets: Arc<SecretBox>,
     pub job_hub: Arc<crate::jobs::JobHub>,
-    pub metrics_writer: crate::telemetry::MetricsWriter,
-    pub containers: Arc<crate::containers::ContainerHub>,
-    pub terminals: Arc<crate::terminals::Terminals>,
-    pub alerts: Arc<crate::alerts::Alerts>,
-    pub fleet: crate::fleet::labels::LabelsCtx,
-    pub updates: crate::updates::UpdatesCtx,
-    pub deploy: crate::deploy::DeployCtx,
+    pub observer: Arc<dyn Observer>,
+    pub families: Families,
     pub audit: crate::audit::AuditCtx,
 }
 

@@ -83,8 +83,16 @@ pub enum Outgoing {
     JobsChanged,
     /// A control message that expects no reply (an `update` offer).
     Notify { text: String },
-    /// A terminal's keystrokes, ACK, resize or close (`terminals/mod.rs`).
-    Terminal(crate::terminals::ToRunner),
+    /// A frame or message sent as it is (a terminal's keystrokes, ACK,
+    /// resize or close: `terminals/mod.rs`).
+    Terminal(ToRunner),
+}
+
+/// A frame or message for a runner, sent as it is (no answer expected).
+#[derive(Debug)]
+pub enum ToRunner {
+    Binary(Vec<u8>),
+    Text(String),
 }
 
 /// What a connection task gets when it attaches.
@@ -404,7 +412,7 @@ impl Registry {
         &self,
         tenant_id: &str,
         runner_id: &str,
-        msg: crate::terminals::ToRunner,
+        msg: ToRunner,
         limit: Duration,
     ) -> Result<(), RequestError> {
         let outbox = self.outbox(tenant_id, runner_id)?;

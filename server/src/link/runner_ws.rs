@@ -18,13 +18,10 @@
 //!     close order (registry)  → 4006 replaced / 4002 revoked / 1001 shutdown
 //! ```
 //!
-//! In `Live`, host telemetry (`telemetry/mod.rs`): `metrics_schema` and METRICS
-//! frames are decoded here and queued for the metrics writer; one timer
-//! serves both the watchdog and the next `metrics_ack` (sent with id 0, it
-//! answers no request). `fingerprint` reports are stored at once; one that
-//! cannot be applied is answered with `fingerprint_resync` (its id).
-//! Docker (`containers/mod.rs`): `docker_state`, `container_snapshot` and
-//! `container_event` are stored and announced at once; `docker_response`,
+//! In `Live`, messages and METRICS frames of a family a feature owns go to
+//! its handler (`dispatch.rs`; telemetry, containers, updates, deploy, the
+//! fleet's labels at attach); one timer serves the watchdog and whatever
+//! the families and the log and job channels have due. `docker_response`,
 //! like `pong` and `error`, goes to the request waiting for its id.
 //!
 //! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
@@ -33,9 +30,8 @@
 //! reading cannot stall its task, and each connection is its own task, so a
 //! rogue one cannot affect the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -45,11 +41,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures_util::SinkExt;
 use tether::protocol::{
     self, api_error, close, decode_control, decode_frame, encode_control, negotiate,
-    silence_limit_ms, Decoded, Empty, Envelope, ErrorBody, FrameError, FrameHeader, FrameKind,
-    Hello, Message, MetricsAck, Pong, Welcome,
+    silence_limit_ms, Decoded, Envelope, ErrorBody, FrameError, FrameHeader, FrameKind, Hello,
+    Message, Pong, StreamTag, Welcome,
 };
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -61,14 +56,13 @@ use crate::common::error::ApiError;
 use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
 use crate::jobs::JobChannels;
-use crate::link::registry::{AttachError, Outgoing, Session};
+use crate::link::dispatch::{family_of, note_ignored, Conns, Ending, ErrorReply, FamilyId, Wire};
+use crate::link::registry::{AttachError, Outgoing, Session, ToRunner};
 use crate::link::LinkCtx;
 use crate::logs::LogChannels;
-use crate::telemetry::{self, FingerprintOutcome, MetricsError, MetricsStream};
 
 mod jobs;
 mod logs;
-mod terminals;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -137,58 +131,6 @@ async fn authenticate(state: &LinkCtx, headers: &HeaderMap) -> Result<RunnerIden
     Ok(runner)
 }
 
-/// An `error` control message to send before closing.
-struct ErrorReply {
-    id: u64,
-    code: &'static str,
-    message: String,
-}
-
-/// How a connection ends.
-enum Ending {
-    /// The runner closed or the connection broke: nothing more to send.
-    Gone { health_reason: &'static str },
-    /// The server closes: optionally an `error` message, then a close frame.
-    Close {
-        code: u16,
-        reason: String,
-        error: Option<ErrorReply>,
-        health_reason: &'static str,
-    },
-}
-
-impl Ending {
-    fn close(code: u16, reason: impl Into<String>, health_reason: &'static str) -> Ending {
-        Ending::Close {
-            code,
-            reason: reason.into(),
-            error: None,
-            health_reason,
-        }
-    }
-
-    /// A protocol violation: `error` then close 4004, both saying what was wrong.
-    fn violation(id: u64, what: impl Into<String>) -> Ending {
-        let what = what.into();
-        Ending::Close {
-            code: close::PROTOCOL_VIOLATION,
-            reason: what.clone(),
-            error: Some(ErrorReply {
-                id,
-                code: "protocol_violation",
-                message: what,
-            }),
-            health_reason: "protocol violation",
-        }
-    }
-
-    fn health_reason(&self) -> &'static str {
-        match self {
-            Ending::Gone { health_reason } | Ending::Close { health_reason, .. } => health_reason,
-        }
-    }
-}
-
 /// What one received frame amounts to, once checked.
 enum Inbound {
     /// Boxed: a message with a whole fingerprint or a container event is large.
@@ -202,12 +144,11 @@ enum Inbound {
 }
 
 struct Connection {
-    socket: WebSocket,
+    wire: Wire,
     state: LinkCtx,
     runner: RunnerIdentity,
-    /// Made on the first `metrics_schema` (boxed: most of the time a
-    /// connection without metrics carries one pointer).
-    metrics: Option<Box<MetricsStream>>,
+    /// Each dispatched family's state on this connection (made at attach).
+    families: Conns,
     /// Container log channels (`runner_ws/logs.rs`).
     logs: LogChannels,
     /// Job channels and the job messages sent (`runner_ws/jobs.rs`).
@@ -226,14 +167,18 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     let _task = registry.task_guard();
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
     let output_cap = state.quotas.job_output_bytes;
+    let send_timeout = state.tuning.send_timeout;
     let mut conn = Connection {
-        socket,
+        wire: Wire {
+            socket,
+            send_timeout,
+        },
         state,
         logs: LogChannels::new(&runner.id),
         job_channels: JobChannels::new(output_cap),
         job_store: None,
         runner,
-        metrics: None,
+        families: Conns::default(),
         collect_ids: 0,
         resync_at: Instant::now() + logs::RESYNC_EVERY,
     };
@@ -300,13 +245,8 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
         runner = %runner_id, %peer, version = info.version, protocol = version, heartbeat_ms,
         "runner connected"
     );
-    crate::fleet::labels::on_hello(
-        &conn.state.fleet,
-        &conn.runner.tenant_id,
-        &runner_id,
-        &hello.labels,
-    )
-    .await;
+    // Each family's state; the fleet stores the proposed labels here.
+    conn.families = conn.state.families.attach(&conn.runner, &hello).await;
 
     let metrics_ts = match conn.state.db.metrics.last_ts(&runner_id).await {
         Ok(ts) => ts.and_then(|t| u64::try_from(t).ok()),
@@ -326,19 +266,12 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     let mut sent = conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
         .await;
-    if sent.is_ok() {
-        // The desired version, if the policy selects this runner (updates/mod.rs).
-        match crate::updates::offer_for(&conn.state.updates, &conn.runner.tenant_id, &runner_id)
-            .await
-        {
-            Ok(Some(offer)) => {
-                tracing::info!(runner = %runner_id, version = offer.version, "offering an update");
-                let text = encode_control(0, Message::Update(offer));
-                sent = conn.send(WsMessage::Text(text.into())).await;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!(runner = %runner_id, "choosing the desired version: {e:?}"),
+    // The families' first words (the update offer), in table order.
+    for family in conn.families.iter_mut() {
+        if sent.is_err() {
+            break;
         }
+        sent = family.welcomed(&mut conn.wire, &conn.runner).await;
     }
     if sent.is_ok() {
         // Jobs waiting for this runner (runner_ws/jobs.rs).
@@ -346,7 +279,6 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     }
     let ending = match sent {
         Ok(()) => {
-            conn.state.terminals.runner_back(&runner_id);
             conn.live(
                 &mut session,
                 Duration::from_millis(silence_limit_ms(heartbeat_ms)),
@@ -360,15 +292,10 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     registry
         .detach(&runner_id, session.generation, ending.health_reason())
         .await;
-    conn.logs.close_all("runner disconnected");
-    // A newer connection may have replaced this one already: its
-    // `term_alive` owns the terminals then.
-    if registry
-        .live_last_seen(&conn.runner.tenant_id, &runner_id)
-        .is_none()
-    {
-        conn.state.terminals.runner_gone(&runner_id);
+    for family in conn.families.iter_mut() {
+        family.detached(&conn.runner).await;
     }
+    conn.logs.close_all("runner disconnected");
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }
@@ -378,7 +305,7 @@ impl Connection {
         let limit = self.state.tuning.hello_timeout;
         let deadline = Instant::now() + limit;
         loop {
-            let Ok(frame) = timeout_at(deadline, self.socket.recv()).await else {
+            let Ok(frame) = timeout_at(deadline, self.wire.socket.recv()).await else {
                 return Err(Ending::close(
                     close::HELLO_TIMEOUT,
                     format!("no hello within {} ms", limit.as_millis()),
@@ -458,13 +385,17 @@ impl Connection {
                         }
                     }
                     Some(Outgoing::Terminal(m)) => {
-                        if let Err(ending) = self.send_terminal(m).await {
+                        let m = match m {
+                            ToRunner::Binary(b) => WsMessage::Binary(b.into()),
+                            ToRunner::Text(t) => WsMessage::Text(t.into()),
+                        };
+                        if let Err(ending) = self.send(m).await {
                             return ending;
                         }
                     }
                     None => outbox_open = false,
                 },
-                frame = self.socket.recv() => {
+                frame = self.wire.socket.recv() => {
                     last_frame = Instant::now();
                     session.last_seen.store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
                     match self.inbound(frame).await {
@@ -475,8 +406,10 @@ impl Connection {
                             }
                         }
                         Ok(Inbound::Data(h, payload)) if h.channel & protocol::TERM_CHANNEL_BIT != 0 => {
-                            if let Err(ending) = self.on_terminal_frame(h, payload).await {
-                                return ending;
+                            if let Some(family) = self.families.get(FamilyId::Terminals) {
+                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, h, payload).await {
+                                    return ending;
+                                }
                             }
                         }
                         Ok(Inbound::Data(h, payload)) => {
@@ -491,11 +424,14 @@ impl Connection {
                             self.rearm(&mut watchdog, last_frame + silence);
                         }
                         Ok(Inbound::Metrics(payload)) => {
-                            if let Err(ending) = self.on_metrics(&payload).await {
-                                return ending;
+                            if let Some(family) = self.families.get(FamilyId::Telemetry) {
+                                let header = FrameHeader { kind: FrameKind::Metrics, tag: StreamTag::None, channel: 0, seq: 0 };
+                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, header, payload).await {
+                                    return ending;
+                                }
                             }
                             // An ack may now be due before the watchdog.
-                            if let Some(due) = self.metrics.as_ref().and_then(|m| m.ack_due) {
+                            if let Some(due) = self.families.due() {
                                 if due < watchdog.deadline() {
                                     watchdog.as_mut().reset(due);
                                 }
@@ -522,16 +458,20 @@ impl Connection {
                             "no heartbeat",
                         );
                     }
-                    if let Err(ending) = self.ack_metrics(now).await {
-                        return ending;
+                    for family in self.families.iter_mut() {
+                        if family.due().is_some_and(|d| now >= d) {
+                            if let Err(ending) = family.tick(&mut self.wire, &self.runner, now).await {
+                                return ending;
+                            }
+                        }
                     }
                     if now >= self.log_due() {
                         if let Err(ending) = self.log_tick(now).await {
                             return ending;
                         }
                     }
-                    let ack_due = self.metrics.as_ref().and_then(|m| m.ack_due);
-                    let next = ack_due.map_or(due, |a| a.min(due)).min(self.log_due());
+                    let family_due = self.families.due();
+                    let next = family_due.map_or(due, |a| a.min(due)).min(self.log_due());
                     watchdog.as_mut().reset(next);
                 }
             }
@@ -543,6 +483,31 @@ impl Connection {
         envelope: Envelope,
         pending: &mut HashMap<u64, oneshot::Sender<Envelope>>,
     ) -> Result<(), Ending> {
+        if let Some(id) = family_of(&envelope.body) {
+            if let Some(family) = self.families.get(id) {
+                family
+                    .message(&mut self.wire, &self.runner, &envelope)
+                    .await?;
+            } else {
+                note_ignored(
+                    &format!("message type '{}' (no handler)", envelope.body.type_name()),
+                    &self.runner.id,
+                );
+            }
+            // Log collection follows the containers (runner_ws/logs.rs).
+            return match &envelope.body {
+                Message::ContainerSnapshot(snapshot) => {
+                    self.sync_collection(&snapshot.containers).await
+                }
+                Message::ContainerEvent(event) => match (&event.action[..], &event.container) {
+                    ("start" | "restart", Some(c)) => {
+                        self.sync_collection(std::slice::from_ref(c)).await
+                    }
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            };
+        }
         match &envelope.body {
             Message::Ping(ping) => {
                 let pong = Message::Pong(Pong {
@@ -573,146 +538,16 @@ impl Connection {
                 }
                 Ok(())
             }
-            Message::DockerState(docker) => {
-                if let Err(e) = self
-                    .state
-                    .containers
-                    .set_state(&self.runner.id, docker.clone(), clock::now_ms())
-                    .await
-                {
-                    tracing::error!(runner = %self.runner.id, "storing the docker state: {e}");
-                }
-                Ok(())
-            }
-            Message::ContainerSnapshot(snapshot) => {
-                if let Err(e) = self
-                    .state
-                    .containers
-                    .replace(&self.runner.id, &snapshot.containers, clock::now_ms())
-                    .await
-                {
-                    tracing::error!(runner = %self.runner.id, "storing a container snapshot: {e}");
-                }
-                self.sync_collection(&snapshot.containers).await
-            }
-            Message::ContainerEvent(event) => {
-                if let Err(e) = self
-                    .state
-                    .containers
-                    .event(
-                        &self.runner.tenant_id,
-                        &self.runner.id,
-                        event.clone(),
-                        clock::now_ms(),
-                    )
-                    .await
-                {
-                    // The next snapshot (next connection) repairs the view.
-                    tracing::error!(runner = %self.runner.id, "storing a container event: {e}");
-                }
-                match (&event.action[..], &event.container) {
-                    ("start" | "restart", Some(c)) => {
-                        self.sync_collection(std::slice::from_ref(c)).await
-                    }
-                    _ => Ok(()),
-                }
-            }
             Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
-            Message::UpdateStatus(report) => {
-                tracing::info!(
-                    runner = %self.runner.id, version = report.version, state = report.state,
-                    reason = report.reason.as_deref().unwrap_or(""), "update report"
-                );
-                if let Err(e) = self
-                    .state
-                    .db
-                    .updates
-                    .record_update_report(&self.runner.id, clock::now_ms(), report)
-                    .await
-                {
-                    tracing::error!(runner = %self.runner.id, "storing an update report: {e}");
-                }
-                let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
-                self.state.alerts.update_report(tenant, runner, report);
-                Ok(())
-            }
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
-            Message::TermAlive(alive) => self.on_term_alive(alive.clone()).await,
-            Message::SecretsLost(lost) => {
-                crate::deploy::api::redeliver_lost(
-                    &self.state.deploy,
-                    &self.runner.tenant_id,
-                    &self.runner.id,
-                    &lost.apps,
-                )
-                .await;
-                Ok(())
-            }
-            Message::MetricsSchema(m) => {
-                let stream = self.metrics.get_or_insert_with(Box::default);
-                match stream
-                    .set_schema(
-                        &*self.state.db.metrics,
-                        &self.runner.id,
-                        &m.schema,
-                        clock::now_ms(),
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        self.state.alerts.metrics_schema(&self.runner.id, &m.schema);
-                        Ok(())
-                    }
-                    Err(MetricsError::Violation(why)) => {
-                        tracing::warn!(runner = %self.runner.id, "bad metrics schema: {why}");
-                        Err(Ending::violation(envelope.id, why))
-                    }
-                    Err(MetricsError::Storage(e)) => {
-                        tracing::error!(runner = %self.runner.id, "storing a metrics schema: {e}");
-                        Err(Ending::close(
-                            1011,
-                            "internal server error",
-                            "internal error",
-                        ))
-                    }
-                }
-            }
-            Message::Fingerprint(report) => {
-                let outcome = telemetry::record_fingerprint(
-                    &*self.state.db.control,
-                    &self.runner.id,
-                    report,
-                    clock::now_ms(),
-                )
-                .await;
-                match outcome {
-                    Ok(FingerprintOutcome::Resync(why)) => {
-                        tracing::info!(runner = %self.runner.id, "fingerprint changes do not apply ({why}): asking for a full report");
-                        let resync = Message::FingerprintResync(Empty {});
-                        self.send(WsMessage::Text(encode_control(envelope.id, resync).into()))
-                            .await
-                    }
-                    Ok(FingerprintOutcome::Baseline) => {
-                        tracing::info!(runner = %self.runner.id, "first fingerprint stored");
-                        Ok(())
-                    }
-                    Ok(FingerprintOutcome::Updated { drift }) => {
-                        if !drift.is_empty() {
-                            tracing::info!(runner = %self.runner.id, drift = drift.len(), "fingerprint drift recorded");
-                        }
-                        self.state
-                            .alerts
-                            .drift(&self.runner.tenant_id, &self.runner.id, &drift);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // The runner's next full report (next connection)
-                        // catches up whatever this one would have recorded.
-                        tracing::error!(runner = %self.runner.id, "storing a fingerprint: {e}");
-                        Ok(())
-                    }
-                }
-            }
+            Message::SecretsLost(_)
+            | Message::MetricsSchema(_)
+            | Message::Fingerprint(_)
+            | Message::DockerState(_)
+            | Message::ContainerSnapshot(_)
+            | Message::ContainerEvent(_)
+            | Message::UpdateStatus(_)
+            | Message::TermAlive(_) => Ok(()), // dispatched above
             Message::MetricsAck(_)
             | Message::FingerprintResync(_)
             | Message::DockerRequest(_)
@@ -749,64 +584,6 @@ impl Connection {
         let due = self.log_due().min(silence_due);
         if due < watchdog.deadline() {
             watchdog.as_mut().reset(due);
-        }
-    }
-
-    /// A METRICS frame: decode, queue for the writer, plan the ack.
-    async fn on_metrics(&mut self, payload: &[u8]) -> Result<(), Ending> {
-        let Some(stream) = self.metrics.as_deref_mut() else {
-            return Err(Ending::violation(
-                0,
-                "metrics records before any metrics_schema",
-            ));
-        };
-        let retention = self.state.db.metrics.retention().raw_ms;
-        let out = stream.on_frame(payload, clock::now_ms(), retention, &self.runner.id);
-        if let Some(queued) = out.queued {
-            let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
-            self.state.alerts.metrics(tenant, runner, &queued.rows.rows);
-            match self.state.metrics_writer.queue(queued).await {
-                Ok(()) => stream.queued(
-                    Instant::now(),
-                    self.state.tuning.metrics_flush,
-                    self.state.tuning.metrics_ack_every,
-                ),
-                Err(e) => note_ignored(&format!("metrics samples: {e}"), &self.runner.id),
-            }
-        }
-        match out.error {
-            None => Ok(()),
-            Some(MetricsError::Violation(why)) => {
-                tracing::warn!(runner = %self.runner.id, "undecodable metrics: {why}");
-                Err(Ending::violation(0, why))
-            }
-            Some(MetricsError::Storage(e)) => {
-                tracing::error!(runner = %self.runner.id, "storing metrics: {e}");
-                Err(Ending::close(
-                    1011,
-                    "internal server error",
-                    "internal error",
-                ))
-            }
-        }
-    }
-
-    /// Send a `metrics_ack` if one is due and something new is stored.
-    async fn ack_metrics(&mut self, now: Instant) -> Result<(), Ending> {
-        let tuning = self.state.tuning;
-        let Some(stream) = self.metrics.as_deref_mut() else {
-            return Ok(());
-        };
-        if stream.ack_due.is_none_or(|due| now < due) {
-            return Ok(());
-        }
-        match stream.take_ack(now, tuning.metrics_flush, tuning.metrics_ack_every) {
-            Some(ts_ms) => {
-                let ack = Message::MetricsAck(MetricsAck { ts_ms });
-                self.send(WsMessage::Text(encode_control(0, ack).into()))
-                    .await
-            }
-            None => Ok(()),
         }
     }
 
@@ -882,30 +659,11 @@ impl Connection {
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), Ending> {
-        match timeout(self.state.tuning.send_timeout, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::debug!(runner = %self.runner.id, "send failed: {e}");
-                Err(Ending::Gone {
-                    health_reason: "connection lost",
-                })
-            }
-            Err(_) => Err(Ending::Gone {
-                health_reason: "runner stopped reading",
-            }),
-        }
+        self.wire.send(message).await
     }
 
     async fn flush(&mut self) -> Result<(), Ending> {
-        match timeout(self.state.tuning.send_timeout, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Ending::Gone {
-                health_reason: "connection lost",
-            }),
-            Err(_) => Err(Ending::Gone {
-                health_reason: "runner stopped reading",
-            }),
-        }
+        self.wire.flush().await
     }
 
     /// Say why (if the server is the one closing), close, and wait briefly for
@@ -940,7 +698,7 @@ impl Connection {
         if self.send(WsMessage::Close(Some(frame))).await.is_err() {
             return;
         }
-        let drain = async { while let Some(Ok(_)) = self.socket.recv().await {} };
+        let drain = async { while let Some(Ok(_)) = self.wire.socket.recv().await {} };
         let _ = timeout(self.state.tuning.close_wait, drain).await;
     }
 }
@@ -1001,26 +759,6 @@ fn clip(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Log something ignored for forward compatibility: once per kind per
-/// process at warn level (a thousand runners of a newer version would
-/// otherwise flood the log), later ones at debug.
-fn note_ignored(what: &str, runner: &str) {
-    const MAX_REMEMBERED: usize = 256;
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let first = {
-        let mut seen = SEEN
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        seen.len() < MAX_REMEMBERED && seen.insert(what.to_owned())
-    };
-    if first {
-        tracing::warn!(runner, "ignoring unknown {what} (logged once)");
-    } else {
-        tracing::debug!(runner, "ignoring unknown {what}");
-    }
 }
 
 #[cfg(test)]

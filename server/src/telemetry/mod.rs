@@ -33,6 +33,7 @@
 //! report (`fingerprint_resync`).
 
 pub mod api;
+pub mod link;
 pub mod prometheus;
 
 /// What this feature's handlers use, built by `app/` from its state

@@ -25,6 +25,7 @@
 //! queue is sent again from the runner's ACK; the runner drops overlap.
 
 pub mod api;
+pub mod link;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.
@@ -90,12 +91,9 @@ pub const RUNNER_AWAY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Terminals open at once on the server, over all runners.
 pub const MAX_SESSIONS: usize = 4096;
 
-/// A message for a runner's connection task (no answer expected).
-#[derive(Debug)]
-pub enum ToRunner {
-    Binary(Vec<u8>),
-    Text(String),
-}
+/// A message for a runner's connection task (no answer expected); the
+/// link's type, which sends it as it is.
+pub use crate::link::registry::ToRunner;
 
 /// What a session is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]

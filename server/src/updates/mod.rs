@@ -39,6 +39,7 @@ use crate::db::Db;
 use crate::db::UpdatePolicy;
 use crate::link::registry::Registry;
 
+pub mod link;
 mod policy;
 
 use self::policy::Offer;

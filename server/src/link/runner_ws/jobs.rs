@@ -221,7 +221,7 @@ impl Connection {
                         seq: i64::from(r.channel),
                     });
                     let (tenant, runner) = (&self.runner.tenant_id, &self.runner.id);
-                    self.state.alerts.job_ended(tenant, runner, &r);
+                    self.state.observer.job_ended(tenant, runner, &r);
                 }
             }
             Err(e) => {

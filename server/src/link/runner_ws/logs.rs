@@ -177,7 +177,7 @@ impl Connection {
             batch.into_iter().map(|(c, end, b)| ((c, end), b)).unzip();
         for b in &blocks {
             let tenant = &self.runner.tenant_id;
-            let alerts = &self.state.alerts;
+            let alerts = &self.state.observer;
             alerts.log_lines(tenant, &b.runner_id, &b.container, &b.data);
         }
         let sends = match self.state.db.logs.insert(blocks).await {

@@ -1,0 +1,281 @@
+//! Dispatch by family: the connection task decodes frames and hands each
+//! runner message to the feature that owns its family (`<feature>/link.rs`);
+//! `app/` fills the table ([`Families`]), so the link names no feature.
+//!
+//! ```text
+//!  hello ─▶ attach ─▶ Family::attached (each, in table order) ─▶ a FamilyConn per family
+//!  welcome sent ─▶ FamilyConn::welcomed (each)
+//!  control message ─▶ family_of(type) ─▶ FamilyConn::message
+//!  METRICS frame   ─▶ Telemetry's FamilyConn::frame
+//!  terminal channel frame ─▶ Terminals' FamilyConn::frame
+//!  timer           ─▶ FamilyConn::tick of each whose due() has come
+//!  connection ends ─▶ FamilyConn::detached (each)
+//! ```
+//!
+//! A family's per-connection state lives in its `FamilyConn` (a trait
+//! object: one box per family and connection), which answers the runner
+//! through [`Wire`]. `Err(Ending)` from a hook ends the connection.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use futures_util::SinkExt;
+use tether::protocol::{close, encode_control, Envelope, FrameHeader, Hello, Message};
+use tokio::time::{timeout, Instant};
+
+use crate::db::RunnerIdentity;
+
+/// The families of runner messages the link dispatches (the ones it keeps
+/// itself — hello, ping, replies to requests, close — are not here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyId {
+    /// `metrics_schema`, METRICS frames, `fingerprint`.
+    Telemetry,
+    /// `docker_state`, `container_snapshot`, `container_event`.
+    Containers,
+    /// `update_status` (and the offer after the welcome).
+    Updates,
+    /// `secrets_lost`.
+    Deploy,
+    /// The hello's proposed labels.
+    Fleet,
+    /// `term_alive`, frames on terminal channels (the welcome, the end).
+    Terminals,
+}
+
+/// The family a runner-sent control message belongs to, if a feature owns it.
+pub fn family_of(message: &Message) -> Option<FamilyId> {
+    Some(match message {
+        Message::MetricsSchema(_) | Message::Fingerprint(_) => FamilyId::Telemetry,
+        Message::DockerState(_) | Message::ContainerSnapshot(_) | Message::ContainerEvent(_) => {
+            FamilyId::Containers
+        }
+        Message::UpdateStatus(_) => FamilyId::Updates,
+        Message::SecretsLost(_) => FamilyId::Deploy,
+        Message::TermAlive(_) => FamilyId::Terminals,
+        _ => return None,
+    })
+}
+
+/// How a connection ends.
+pub enum Ending {
+    /// The runner closed or the connection broke: nothing more to send.
+    Gone { health_reason: &'static str },
+    /// The server closes: optionally an `error` message, then a close frame.
+    Close {
+        code: u16,
+        reason: String,
+        error: Option<ErrorReply>,
+        health_reason: &'static str,
+    },
+}
+
+/// An `error` control message to send before closing.
+pub struct ErrorReply {
+    pub id: u64,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Ending {
+    pub fn close(code: u16, reason: impl Into<String>, health_reason: &'static str) -> Ending {
+        Ending::Close {
+            code,
+            reason: reason.into(),
+            error: None,
+            health_reason,
+        }
+    }
+
+    /// The server failed (storage): close 1011.
+    pub fn internal() -> Ending {
+        Ending::close(1011, "internal server error", "internal error")
+    }
+
+    /// A protocol violation: `error` then close 4004, both saying what was wrong.
+    pub fn violation(id: u64, what: impl Into<String>) -> Ending {
+        let what = what.into();
+        Ending::Close {
+            code: close::PROTOCOL_VIOLATION,
+            reason: what.clone(),
+            error: Some(ErrorReply {
+                id,
+                code: "protocol_violation",
+                message: what,
+            }),
+            health_reason: "protocol violation",
+        }
+    }
+
+    pub fn health_reason(&self) -> &'static str {
+        match self {
+            Ending::Gone { health_reason } | Ending::Close { health_reason, .. } => health_reason,
+        }
+    }
+}
+
+/// The connection's socket, as hooks answer through it: every send has a
+/// timeout, so a runner that stops reading cannot stall its task.
+pub struct Wire {
+    pub(super) socket: WebSocket,
+    pub(super) send_timeout: Duration,
+}
+
+impl Wire {
+    pub async fn send(&mut self, message: WsMessage) -> Result<(), Ending> {
+        match timeout(self.send_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!("send failed: {e}");
+                Err(Ending::Gone {
+                    health_reason: "connection lost",
+                })
+            }
+            Err(_) => Err(Ending::Gone {
+                health_reason: "runner stopped reading",
+            }),
+        }
+    }
+
+    /// A control message with this id.
+    pub async fn send_control(&mut self, id: u64, message: Message) -> Result<(), Ending> {
+        self.send(WsMessage::Text(encode_control(id, message).into()))
+            .await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Ending> {
+        match timeout(self.send_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::Gone {
+                health_reason: "connection lost",
+            }),
+            Err(_) => Err(Ending::Gone {
+                health_reason: "runner stopped reading",
+            }),
+        }
+    }
+}
+
+/// A feature's handler of one family, shared by every connection.
+#[async_trait]
+pub trait Family: Send + Sync {
+    /// The runner said hello and is attached: make this connection's state
+    /// (before the welcome is sent, so nothing may be sent here).
+    async fn attached(
+        self: Arc<Self>,
+        runner: &RunnerIdentity,
+        hello: &Hello,
+    ) -> Box<dyn FamilyConn>;
+}
+
+/// One family's state on one connection.
+#[async_trait]
+pub trait FamilyConn: Send {
+    /// The welcome is sent: the first things of this family, if any.
+    async fn welcomed(&mut self, _wire: &mut Wire, _runner: &RunnerIdentity) -> Result<(), Ending> {
+        Ok(())
+    }
+
+    /// A control message of this family.
+    async fn message(
+        &mut self,
+        wire: &mut Wire,
+        runner: &RunnerIdentity,
+        envelope: &Envelope,
+    ) -> Result<(), Ending>;
+
+    /// A binary frame of this family (the payload after the header).
+    async fn frame(
+        &mut self,
+        _wire: &mut Wire,
+        _runner: &RunnerIdentity,
+        _header: FrameHeader,
+        _payload: Bytes,
+    ) -> Result<(), Ending> {
+        Ok(())
+    }
+
+    /// When [`tick`](Self::tick) wants to run, if at all.
+    fn due(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Due work (the connection's one timer reached [`due`](Self::due)).
+    async fn tick(
+        &mut self,
+        _wire: &mut Wire,
+        _runner: &RunnerIdentity,
+        _now: Instant,
+    ) -> Result<(), Ending> {
+        Ok(())
+    }
+
+    /// The connection ended (the registry has marked it gone).
+    async fn detached(&mut self, _runner: &RunnerIdentity) {}
+}
+
+/// The table `app/` fills: which feature handles each family. Families
+/// absent from it are ignored (logged as unknown).
+#[derive(Clone, Default)]
+pub struct Families(Arc<Vec<(FamilyId, Arc<dyn Family>)>>);
+
+impl Families {
+    pub fn new(table: Vec<(FamilyId, Arc<dyn Family>)>) -> Families {
+        Families(Arc::new(table))
+    }
+
+    /// Each family's state for a new connection, in table order.
+    pub async fn attach(&self, runner: &RunnerIdentity, hello: &Hello) -> Conns {
+        let mut conns = Vec::with_capacity(self.0.len());
+        for (id, family) in self.0.iter() {
+            conns.push((*id, family.clone().attached(runner, hello).await));
+        }
+        Conns(conns)
+    }
+}
+
+/// The families' states of one connection.
+#[derive(Default)]
+pub struct Conns(Vec<(FamilyId, Box<dyn FamilyConn>)>);
+
+impl Conns {
+    pub fn get(&mut self, id: FamilyId) -> Option<&mut (dyn FamilyConn + 'static)> {
+        self.0
+            .iter_mut()
+            .find(|(f, _)| *f == id)
+            .map(|(_, c)| c.as_mut())
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn FamilyConn>> {
+        self.0.iter_mut().map(|(_, c)| c)
+    }
+
+    /// The earliest due tick of any family.
+    pub fn due(&self) -> Option<Instant> {
+        self.0.iter().filter_map(|(_, c)| c.due()).min()
+    }
+}
+
+/// Log something ignored for forward compatibility: once per kind per
+/// process at warn level (a thousand runners of a newer version would
+/// otherwise flood the log), later ones at debug.
+pub fn note_ignored(what: &str, runner: &str) {
+    const MAX_REMEMBERED: usize = 256;
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let first = {
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.len() < MAX_REMEMBERED && seen.insert(what.to_owned())
+    };
+    if first {
+        tracing::warn!(runner, "ignoring unknown {what} (logged once)");
+    } else {
+        tracing::debug!(runner, "ignoring unknown {what}");
+    }
+}
