@@ -77,7 +77,13 @@ pub fn read(dir: &Path) -> std::io::Result<Option<String>> {
 pub fn field(s: &str, max: usize) -> String {
     s.chars()
         .take(max)
-        .map(|c| if c.is_whitespace() || c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -160,7 +166,7 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert!(text.lines().all(|l| l.len() < MAX_LINE));
         assert_eq!(field("a b\nc\u{1b}", 4), "a?b?");
-        assert_eq!(text("x\ny"), "x y");
+        assert_eq!(super::text("x\ny"), "x y");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
