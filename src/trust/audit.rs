@@ -20,7 +20,7 @@
 //! carry no newline or control byte from the message, so a line is one
 //! action whatever the server sent.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The record in the state dir.
@@ -62,10 +62,14 @@ pub fn read(dir: &Path) -> std::io::Result<Option<String>> {
     let path = dir.join(FILE);
     let mut out = None::<String>;
     for p in [rotated(&path), path] {
-        match std::fs::read(&p) {
-            Ok(b) => out
-                .get_or_insert_with(String::new)
-                .push_str(&String::from_utf8_lossy(&b)),
+        match std::fs::File::open(&p) {
+            Ok(f) => {
+                // Bounded even if something else made the file huge.
+                let mut b = Vec::new();
+                f.take(2 * MAX_BYTES).read_to_end(&mut b)?;
+                let text = out.get_or_insert_with(String::new);
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
