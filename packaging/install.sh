@@ -24,6 +24,13 @@
 #                      until an operator accepts it)
 #   --version V        install this release [default: latest]
 #   --pubkey KEY       trusted minisign public key (repeatable) [default: the server's]
+#   --operator-key FILE|KEY
+#                      trust this operator's signing key (a minisign .pub file or
+#                      its base64 line; repeatable): added to
+#                      <state-dir>/operator-keys.pub, no duplicates
+#   --require-signed LIST
+#                      the runner runs only signed jobs/deploys: jobs, deploys,
+#                      all (= both) or none; needs an operator key (tether run --help)
 #   --init SYSTEM      systemd, openrc, procd or none [default: detected]
 #   --no-start         install and enroll, do not start
 #   --uninstall        stop and remove the runner, its service and its state
@@ -44,12 +51,14 @@ UNINSTALL=0
 ROOT="${TETHER_ROOT:-}"
 PUBKEYS=""
 LABELS=""
+OPKEYS=""
+REQUIRE=""
 
 say() { printf 'tether-install: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 usage() {
-	sed -n '2,32p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
+	sed -n '2,39p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//' || true
 }
 
 while [ $# -gt 0 ]; do
@@ -66,6 +75,42 @@ while [ $# -gt 0 ]; do
 		;;
 	--version) VERSION="${2:?--version needs a value}"; shift 2 ;;
 	--pubkey) PUBKEYS="$PUBKEYS ${2:?--pubkey needs a value}"; shift 2 ;;
+	--operator-key)
+		# A .pub file: its key lines; else the key itself.
+		if [ -f "${2:?--operator-key needs FILE or KEY}" ]; then
+			K=$(grep -v -e '^untrusted comment:' -e '^#' -e '^[[:space:]]*$' "$2" || true)
+		else
+			K=$2
+		fi
+		for k in $K; do
+			# A minisign public key: "Ed" and its id and key, 56 base64 chars.
+			case "$k" in
+			RW*) ;;
+			*) die "--operator-key $2: not a minisign public key (file or base64 line)" ;;
+			esac
+			[ "${#k}" = 56 ] || die "--operator-key $2: not a minisign public key (56 base64 characters)"
+			case "$k" in *[!A-Za-z0-9+/=]*) die "--operator-key $2: not base64" ;; esac
+			OPKEYS="$OPKEYS $k"
+		done
+		[ -n "$K" ] || die "--operator-key $2: no key in it"
+		shift 2
+		;;
+	--require-signed)
+		# The words the runner enforces (tether run --help); checked here so
+		# that a typo fails now, not at the service's start.
+		REQUIRE="${2:?--require-signed needs a LIST}"
+		_ifs=$IFS
+		IFS=,
+		for w in $REQUIRE; do
+			case "$w" in
+			jobs | deploys | all | none) ;;
+			terminals | containers) die "--require-signed: $w are not signed yet, the runner cannot enforce it (jobs, deploys, all or none)" ;;
+			*) die "--require-signed: unknown $w (jobs, deploys, all or none)" ;;
+			esac
+		done
+		IFS=$_ifs
+		shift 2
+		;;
 	--init) INIT="${2:?--init needs a value}"; shift 2 ;;
 	--no-start) START=0; shift ;;
 	--uninstall) UNINSTALL=1; shift ;;
@@ -152,6 +197,15 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 [ -n "$TOKEN" ] || [ -f "$STATE_DIR/credential.json" ] || die "--token TOKEN is required (tether-server token create)"
+OPFILE="$STATE_DIR/operator-keys.pub"
+case "$REQUIRE" in
+"" | none) ;;
+*)
+	if [ -z "$OPKEYS" ] && ! grep -q '^RW' "$OPFILE" 2>/dev/null; then
+		die "--require-signed $REQUIRE needs an operator key (--operator-key FILE|KEY): the runner would refuse to start"
+	fi
+	;;
+esac
 
 # The release names (build.sh release_arch): uname says "mips" for both byte
 # orders, so ask the CPU which one it is.
@@ -289,6 +343,15 @@ if [ -n "$KEYS" ]; then
 else
 	say "warning: no update keys: this runner will refuse every update until $STATE_DIR/update-keys.pub has one"
 fi
+if [ -n "$OPKEYS" ]; then
+	[ -f "$OPFILE" ] || echo "# Trusted operator keys (tether run --require-signed), written by install.sh." >"$OPFILE"
+	# A last line without its newline would be glued to the next key.
+	[ -z "$(tail -c 1 "$OPFILE")" ] || echo >>"$OPFILE"
+	for k in $OPKEYS; do
+		grep -qxF "$k" "$OPFILE" || echo "$k" >>"$OPFILE"
+	done
+	chmod 644 "$OPFILE"
+fi
 if [ -n "$LABELS" ]; then
 	# Read by `tether run` at each start (one KEY=VALUE a line).
 	printf '%s' "$LABELS" >"$STATE_DIR/labels"
@@ -296,12 +359,22 @@ if [ -n "$LABELS" ]; then
 fi
 say "installed $("$BIN" version 2>/dev/null || echo tether) at $BIN"
 
+# Add `--require-signed LIST` to the service's command line: sed EXPR on
+# FILE, R standing for the list (checked above: letters and commas only).
+with_require() {
+	case "$REQUIRE" in "" | none) return 0 ;; esac
+	sed "$(printf '%s' "$2" | sed "s/ R/ $REQUIRE/")" "$1" >"$1.new"
+	grep -q -e "--require-signed $REQUIRE" "$1.new" || die "cannot add --require-signed to $1"
+	mv -f "$1.new" "$1"
+}
+
 case "$INIT" in
 systemd)
 	mkdir -p "$(dirname "$SYSTEMD_UNIT")"
 	cat >"$SYSTEMD_UNIT" <<'UNIT_EOF'
 @SYSTEMD_UNIT@
 UNIT_EOF
+	with_require "$SYSTEMD_UNIT" 's|^ExecStart=.*/tether run$|& --require-signed R|'
 	chmod 644 "$SYSTEMD_UNIT"
 	;;
 openrc)
@@ -309,6 +382,7 @@ openrc)
 	cat >"$INITD_SCRIPT" <<'OPENRC_EOF'
 @OPENRC_SCRIPT@
 OPENRC_EOF
+	with_require "$INITD_SCRIPT" 's|^command_args="run"$|command_args="run --require-signed R"|'
 	chmod 755 "$INITD_SCRIPT"
 	;;
 procd)
@@ -316,6 +390,8 @@ procd)
 	cat >"$INITD_SCRIPT" <<'PROCD_EOF'
 @PROCD_SCRIPT@
 PROCD_EOF
+	# shellcheck disable=SC2016 # sed's literal $PROG, not the shell's
+	with_require "$INITD_SCRIPT" 's|command "\$PROG" run$|& --require-signed R|'
 	chmod 755 "$INITD_SCRIPT"
 	;;
 none) ;;
@@ -340,7 +416,7 @@ procd) "$INITD_SCRIPT" enable && "$INITD_SCRIPT" start ;;
 none)
 	# No service manager: the runner re-execs itself on update; restart it
 	# from cron or rc.local after a reboot.
-	TETHER_STATE_DIR="$STATE_DIR" nohup "$BIN" run >>/var/log/tether.log 2>&1 &
+	TETHER_STATE_DIR="$STATE_DIR" TETHER_REQUIRE_SIGNED="$REQUIRE" nohup "$BIN" run >>/var/log/tether.log 2>&1 &
 	echo $! >"$STATE_DIR/tether.pid"
 	;;
 esac

@@ -38,7 +38,8 @@
 //! metrics/       /proc parsers, sampler, compact wire encoding, backfill backlog (wire is shared with the server)
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
 //! trust/         signed actions: the host's trusted operator keys, what needs a signature,
-//!                the check of each action and the ids it remembers against replay
+//!                the check of each action and the ids it remembers against replay;
+//!                audit.rs: the host's own bounded record of it (`tether audit`)
 //! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
 //! version        the version this binary reports (a patchable slot, for the update tests)
 //! channel/       the sending half of a data channel, once for jobs, logs and terminals: window,

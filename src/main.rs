@@ -58,6 +58,7 @@ Commands:
   run       connect to the server and stay connected
   status    show the local connection state
   update    install a signed release by hand (air-gapped), or --check
+  audit     what this host was asked to run, on whose signature, and the outcome
   version   print the version
 
 Global options (also accepted after the command):
@@ -131,9 +132,10 @@ Options:
   --label KEY=VALUE     a label this host proposes to the server (repeatable; the
                         server shows it as proposed until an operator accepts it)
                         [also one per line in <state-dir>/labels, as install.sh writes]
-  --require-signed LIST  jobs, deploys (comma-separated, or all/none) run only when signed
-                        by a trusted operator key (`tether-server run --sign-key`); refused
-                        with the reason otherwise; the server cannot override it
+  --require-signed LIST  jobs, deploys (comma-separated, or all = both, or none) run only
+                        when signed by a trusted operator key (`tether-server run --sign-key`);
+                        refused with the reason otherwise; the server cannot override it.
+                        terminals, containers: not signed yet, refused as a usage error
                         [env TETHER_REQUIRE_SIGNED, default none]
   --operator-keys FILE  trusted operator public keys (minisign, several allowed)
                         [env TETHER_OPERATOR_KEYS, default <state-dir>/operator-keys.pub]
@@ -187,6 +189,25 @@ connected, 3 when not connected or not running.
 
 Options:
   --json       print the raw status JSON
+  -h, --help   this help
+";
+
+const AUDIT_HELP: &str = "\
+Usage: tether audit
+
+Print this host's own record of the jobs and deploys the server asked it
+to run, oldest first, from <state-dir>/audit.log: one line per action with
+the time (UTC), the job id, the kind (job, deploy), the signed action id
+(- if none), the signer's key id (or unsigned) and the outcome: ran (let
+through to run), ran unchecked (signed, but this host does not require
+signatures for that kind) or refused: the reason. The runner writes it,
+not the server. Bounded: past 64 KiB audit.log becomes audit.log.1 and the
+older one is dropped, so the last 64-128 KiB of actions are kept.
+
+Exit 0 when printed (nothing recorded yet: a note on stderr), 1 when the
+record cannot be read.
+
+Options:
   -h, --help   this help
 ";
 
@@ -410,6 +431,7 @@ fn run() -> Result<u8, CliError> {
         "run" => cmd_run(parser, global),
         "status" => cmd_status(parser, global),
         "update" => cmd_update(parser, global),
+        "audit" => cmd_audit(parser, global),
         "version" => {
             if let Some(ret) = parse_no_options(&mut parser, &mut global, VERSION_HELP)? {
                 return Ok(ret);
@@ -633,12 +655,14 @@ impl RunPlan {
             || config::env("TETHER_JOBS")
                 .is_some_and(|v| matches!(v.as_str(), "off" | "0" | "no" | "false"));
 
+        let require = require_signed(f.require_signed)?;
+
         let state = StateDir::new(global.state_dir());
         let cred = state.load_credential().map_err(|e| match e {
             StateError::NotEnrolled { .. } => CliError::NotEnrolled(e),
             other => CliError::State(other),
         })?;
-        let trust = trust_config(f.require_signed, f.operator_keys, &state, &cred.runner_id)?;
+        let trust = trust_config(require, f.operator_keys, &state, &cred.runner_id)?;
         // The state dir will hold the output spool; the run dir holds status.json.
         state.ensure_writable().map_err(CliError::StateDir)?;
         let run_dir = global.run_dir();
@@ -788,18 +812,24 @@ fn max_jobs(flag: Option<String>) -> Result<usize, CliError> {
     }
 }
 
+/// `--require-signed` / `TETHER_REQUIRE_SIGNED`: a usage error (what this
+/// runner cannot enforce is refused, not accepted), so checked before the
+/// credential.
+fn require_signed(flag: Option<String>) -> Result<tether::trust::Require, CliError> {
+    Ok(env_or(flag, "TETHER_REQUIRE_SIGNED")
+        .map(|s| tether::trust::Require::parse(&s))
+        .transpose()
+        .map_err(CliError::Usage)?
+        .unwrap_or_default())
+}
+
 /// Which actions need an operator's signature, and the keys that may sign.
 fn trust_config(
-    require_signed: Option<String>,
+    require: tether::trust::Require,
     operator_keys: Option<PathBuf>,
     state: &StateDir,
     runner_id: &str,
 ) -> Result<tether::trust::TrustConfig, CliError> {
-    let require = env_or(require_signed, "TETHER_REQUIRE_SIGNED")
-        .map(|s| tether::trust::Require::parse(&s))
-        .transpose()
-        .map_err(CliError::Usage)?
-        .unwrap_or_default();
     let keys_file = operator_keys
         .or_else(|| config::env("TETHER_OPERATOR_KEYS").map(PathBuf::from))
         .unwrap_or_else(|| state.path.join(tether::trust::KEYS_FILE));
@@ -1201,6 +1231,25 @@ fn hand_to_runner(
                 "no outcome in time; see the runner's log".into(),
             )));
         }
+    }
+}
+
+fn cmd_audit(mut parser: lexopt::Parser, mut global: Global) -> Result<u8, CliError> {
+    if let Some(ret) = parse_no_options(&mut parser, &mut global, AUDIT_HELP)? {
+        return Ok(ret);
+    }
+    let dir = global.state_dir();
+    match tether::trust::audit::read(&dir) {
+        Ok(Some(text)) => print(&text),
+        Ok(None) => {
+            let _ = writeln!(
+                io::stderr(),
+                "tether: no actions recorded yet ({})",
+                dir.join(tether::trust::audit::FILE).display()
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => Err(CliError::Io("cannot read the audit record", e)),
     }
 }
 

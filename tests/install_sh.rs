@@ -218,3 +218,169 @@ fn install_sh_refuses_a_corrupted_download() {
     assert!(!root.path().join("usr/local/lib/tether/tether").exists());
     assert!(!root.path().join("var/lib/tether/credential.json").exists());
 }
+
+/// `--operator-key FILE|KEY` and `--require-signed LIST` (issue 19): the
+/// keys land in `<state-dir>/operator-keys.pub` (mode 0644, each once, also
+/// when installed again), the service's command line carries
+/// `--require-signed`, and the installed runner starts with that file and
+/// that list and connects. What the runner cannot enforce, a bad key, or a
+/// requirement without any key is refused before anything is installed.
+#[test]
+fn install_sh_trusts_operator_keys_and_passes_require_signed() {
+    let fx = Fx::new();
+    fx.publish(env!("CARGO_PKG_VERSION"), base_binary());
+    let dir = TempDir::new("installer");
+    let script = served_installer(&fx, dir.path());
+    let op = crate::update::keypair("op");
+    let other = crate::update::keypair("op2");
+    let line = |p: &Path| {
+        let text = fs::read_to_string(p).unwrap();
+        text.lines().nth(1).unwrap().to_owned()
+    };
+    let (op_line, other_line) = (line(&op.public), line(&other.public));
+    let install = |root: &Path, init: &str, token: bool, extra: &[&str]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).args(["--init", init]);
+        if token {
+            let (_, token) = fx.tenant.enrollment_token(600);
+            cmd.args(["--token", &token]);
+        }
+        let out = cmd
+            .arg("--ca-file")
+            .arg(&fx.server.ca)
+            .args(extra)
+            .env("TETHER_ROOT", root)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let op_file = op.public.to_str().unwrap();
+
+    let root = TempDir::new("root");
+    let r = root.path();
+    for (extra, want) in [
+        (
+            vec![
+                "--operator-key",
+                op_file,
+                "--require-signed",
+                "jobs,terminals",
+            ],
+            "terminals are not signed yet",
+        ),
+        (vec!["--require-signed", "jobs"], "needs an operator key"),
+        (vec!["--require-signed", "job"], "unknown job"),
+        (
+            vec!["--operator-key", "RWQnot-a-key"],
+            "not a minisign public key",
+        ),
+    ] {
+        let (ok, err) = install(r, "systemd", true, &extra);
+        assert!(!ok && err.contains(want), "{extra:?}: {err}");
+        assert!(!r.join("usr/local/lib/tether/tether").exists(), "{extra:?}");
+    }
+
+    // A .pub file and a bare key; installed again with the same keys (no
+    // token: already enrolled), each is in the file once.
+    let args = [
+        "--operator-key",
+        op_file,
+        "--operator-key",
+        other_line.as_str(),
+        "--require-signed",
+        "jobs,deploys",
+    ];
+    let (ok, err) = install(r, "systemd", true, &args);
+    assert!(ok, "{err}");
+    let (ok, err) = install(r, "systemd", false, &args[..4]);
+    assert!(ok, "{err}");
+    let state = r.join("var/lib/tether");
+    let keys_file = state.join("operator-keys.pub");
+    let keys = fs::read_to_string(&keys_file).unwrap();
+    for k in [&op_line, &other_line] {
+        assert_eq!(keys.lines().filter(|l| l == k).count(), 1, "{keys}");
+    }
+    assert_eq!(
+        fs::metadata(&keys_file).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // The second install did not ask for signatures: its unit says so.
+    let unit = |r: &Path| fs::read_to_string(r.join("etc/systemd/system/tether.service")).unwrap();
+    assert!(!unit(r).contains("--require-signed"), "{}", unit(r));
+    let (ok, err) = install(r, "systemd", false, &["--require-signed", "jobs,deploys"]);
+    assert!(ok, "{err}");
+    assert!(
+        unit(r).lines().any(
+            |l| l == "ExecStart=/usr/local/lib/tether/tether run --require-signed jobs,deploys"
+        ),
+        "{}",
+        unit(r)
+    );
+
+    // OpenRC and procd carry it on their command lines too.
+    for (init, svc, want) in [
+        (
+            "openrc",
+            "etc/init.d/tether",
+            "command_args=\"run --require-signed all\"",
+        ),
+        (
+            "procd",
+            "etc/init.d/tether",
+            "\tprocd_set_param command \"$PROG\" run --require-signed all",
+        ),
+    ] {
+        let other_root = TempDir::new("root2");
+        let (ok, err) = install(
+            other_root.path(),
+            init,
+            true,
+            &["--operator-key", op_file, "--require-signed", "all"],
+        );
+        assert!(ok, "{init}: {err}");
+        let text = fs::read_to_string(other_root.path().join(svc)).unwrap();
+        assert!(text.lines().any(|l| l == want), "{init}: {text}");
+    }
+
+    // The installed runner reads that file with that list and connects.
+    let run_dir = TempDir::new("run");
+    let bin = r.join("usr/local/lib/tether/tether");
+    let mut child = Command::new(&bin)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .args([
+            "run",
+            "--require-signed",
+            "jobs,deploys",
+            "--docker-socket",
+            "off",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let connected = wait_for(
+        std::time::Duration::from_secs(20),
+        "the installed runner to connect",
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(Err(format!("exited: {st}")));
+            }
+            let st = Command::new(&bin)
+                .arg("--run-dir")
+                .arg(run_dir.path())
+                .arg("status")
+                .output()
+                .unwrap();
+            st.status.success().then_some(Ok(()))
+        },
+    );
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child, std::time::Duration::from_secs(10)).is_some());
+    connected.unwrap();
+}

@@ -292,11 +292,12 @@ fn our_key_files_and_signatures_are_minisign_s() {
 }
 
 /// A gap, written down so that it cannot go unnoticed (`docs/security.md`,
-/// "Not protected today"): the runner accepts `terminals` and `containers`
-/// in `--require-signed` (and `all` names them), but checks signatures on
-/// jobs and deploys only. An unsigned host terminal still opens on a host
-/// that requires signatures on everything. When terminals are signed, this
-/// test fails: turn it around and update the threat model.
+/// "Not protected today"): terminals cannot be signed yet. The runner
+/// refuses `--require-signed terminals` at start
+/// (`a_runner_asked_to_require_signed_terminals_or_containers_does_not_start`)
+/// and `all` means jobs and deploys, so an unsigned host terminal still
+/// opens on a host started with `--require-signed all`. When terminals are
+/// signed, this test fails: turn it around and update the threat model.
 #[test]
 fn terminals_are_not_yet_signed_even_where_the_host_requires_everything_signed() {
     let server = Server::start();
@@ -428,8 +429,9 @@ fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() 
     assert!(file.exists());
 }
 
-/// The same gap for container operations: with `--require-signed all`, an
-/// unsigned stop from the server stops a container on the host.
+/// The same gap for container operations: `containers` is refused at
+/// start, and with `--require-signed all` (jobs and deploys) an unsigned
+/// stop from the server stops a container on the host.
 #[test]
 fn container_operations_are_not_yet_signed_even_where_the_host_requires_everything_signed() {
     let _engine = crate::util::docker::ensure();
@@ -541,4 +543,140 @@ fn a_saved_script_is_signed_as_the_server_hands_it_to_the_cli() {
     assert_eq!(v["status"], "succeeded", "the swapped body was signed: {v}");
     assert!(made.path().join("swapped").exists());
     assert!(!made.path().join("meant").exists());
+}
+
+/// The host's own record (`tether audit`, `<state-dir>/audit.log`): one
+/// line per job with its id, kind, action id, the key id that signed it
+/// (or `unsigned`) and the outcome, written by the runner — a signed job
+/// that ran, an unsigned one and a stranger's that were refused.
+#[test]
+fn the_host_keeps_its_own_record_of_what_ran_and_on_whose_signature() {
+    let server = Server::start();
+    let tenant = server.tenant("audit");
+    let keys = TempDir::new("keys");
+    let key = keygen(keys.path(), "op.key");
+    let stranger = keygen(keys.path(), "stranger.key");
+    // `minisign public key ID` in each .pub file's comment.
+    let key_id = |k: &Path| {
+        let text = std::fs::read_to_string(k.with_extension("key.pub")).unwrap();
+        let first = text.lines().next().unwrap().to_owned();
+        first.rsplit(' ').next().unwrap().to_owned()
+    };
+    let (op_id, stranger_id) = (key_id(&key), key_id(&stranger));
+    let mut runner = Runner::enroll(&server, &tenant);
+    let audit = |runner: &Runner| {
+        let out = runner.cmd().arg("audit").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Nothing yet: said on stderr, exit 0.
+    let (code, text, err) = audit(&runner);
+    assert_eq!((code, text.as_str()), (Some(0), ""), "{err}");
+    assert!(err.contains("no actions recorded yet"), "{err}");
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    runner.start(&[
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--require-signed",
+        "jobs",
+    ]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let made = TempDir::new("made");
+    let file = |n: &str| made.path().join(n);
+    let touch = |n: &str| format!("touch {}", file(n).display());
+    let signed = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &touch("signed"),
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    assert_eq!(wait_final(&tenant, &signed)["status"], "succeeded");
+    let unsigned = run_detached(&server, &tenant, &runner.id, &touch("unsigned"), &[]);
+    assert_refused(&tenant, &unsigned, "unsigned", &file("unsigned"));
+    let strange = run_detached(
+        &server,
+        &tenant,
+        &runner.id,
+        &touch("stranger"),
+        &["--sign-key", stranger.to_str().unwrap()],
+    );
+    assert_refused(&tenant, &strange, "unknown key", &file("stranger"));
+    let action = job(&tenant, &signed)["signed"]["action_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (code, text, err) = audit(&runner);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let want = [
+        format!("job={signed} kind=job action={action} signer={op_id} ran"),
+        format!("job={unsigned} kind=job action=- signer=unsigned refused: unsigned"),
+        format!("job={strange} kind=job action=sa_"),
+    ];
+    for (line, want) in lines.iter().zip(&want) {
+        // `2026-12-06T15:04:05Z job=…`: the time, then the fields.
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert!(time.len() == 20 && time.ends_with('Z'), "{line}");
+        assert!(rest.starts_with(want.as_str()), "want {want:?}: {line}");
+    }
+    assert!(
+        lines[2].ends_with(&format!(
+            "signer={stranger_id} refused: unknown key: not signed by a key this host trusts"
+        )),
+        "{}",
+        lines[2]
+    );
+    // The record is the runner's file, readable with the runner stopped.
+    stop(&mut runner);
+    assert_eq!(audit(&runner).1, text);
+    let out = runner.cmd().args(["audit", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("64 KiB"));
+    let out = runner.cmd().args(["audit", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// What the runner cannot enforce yet is refused when it starts, naming
+/// the word, with the usage exit code (2) — not accepted and ignored. No
+/// server needed: the list is checked before the credential.
+#[test]
+fn a_runner_asked_to_require_signed_terminals_or_containers_does_not_start() {
+    let state = TempDir::new("state");
+    for (flag, env) in [
+        (Some("terminals"), None),
+        (Some("jobs,containers"), None),
+        (None, Some("all,terminals")),
+    ] {
+        let mut cmd = Command::new(runner_bin());
+        cmd.arg("--state-dir").arg(state.path()).arg("run");
+        if let Some(f) = flag {
+            cmd.args(["--require-signed", f]);
+        }
+        match env {
+            Some(e) => cmd.env("TETHER_REQUIRE_SIGNED", e),
+            None => cmd.env_remove("TETHER_REQUIRE_SIGNED"),
+        };
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let word = flag.or(env).unwrap().rsplit(',').next().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag:?} {env:?}: {err}");
+        assert!(
+            err.contains(&format!("{word} are not signed yet")),
+            "{flag:?} {env:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
 }

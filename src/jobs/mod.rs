@@ -586,10 +586,12 @@ impl Jobs {
         let runner = self.verifier.runner_id().to_owned();
         let kind = crate::protocol::signed::job_kind(&start);
         let bytes = |s: &Signed| job_bytes(&runner, &s.action_id, s.not_after_ms, &start);
-        if let Err(why) = self
+        let verdict = self
             .verifier
-            .check(kind, start.signed.as_ref(), bytes, now_ms())
-        {
+            .check(kind, start.signed.as_ref(), bytes, now_ms());
+        self.verifier
+            .record(&job_id, kind, start.signed.as_ref(), &verdict, now_ms());
+        if let Err(why) = verdict {
             warn!("jobs", "job {job_id} refused: {why}");
             return self.refuse(id, crate::trust::REFUSED_CODE, why.to_string());
         }

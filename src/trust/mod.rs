@@ -24,6 +24,8 @@
 //!
 //! [`Verifier::check`] takes the time and the bytes as arguments: pure apart
 //! from appending to the id file, and tested without a server.
+//! [`Verifier::record`] then writes the verdict to the host's own record,
+//! `<state-dir>/audit.log` (`audit.rs`, read by `tether audit`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,6 +37,8 @@ use minisign_verify::{PublicKey, Signature};
 use crate::protocol::signed::{Kind, Signed, MAX_ACTION_ID, MAX_SIGNATURE, MAX_VALIDITY_MS};
 
 pub use crate::protocol::signed::REFUSED_CODE;
+
+pub mod audit;
 /// Live action ids remembered at most; beyond, signed actions are refused
 /// until some expire (never forgotten early: that would allow a replay).
 pub const MAX_REMEMBERED: usize = 4096;
@@ -43,38 +47,39 @@ pub const KEYS_FILE: &str = "operator-keys.pub";
 /// Remembered action ids in the state dir.
 const SEEN_FILE: &str = "signed-actions";
 
-/// Which kinds need a signature on this host.
+/// Which kinds need a signature on this host. Terminals and container
+/// operations cannot be signed yet: asking for them is refused at start
+/// rather than accepted and not enforced (`all` is what is enforced).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Require {
     pub jobs: bool,
     pub deploys: bool,
-    pub terminals: bool,
-    pub containers: bool,
 }
 
 impl Require {
-    /// `jobs,deploys,terminals,containers`, `all` or `none`.
+    /// `jobs,deploys`, `all` (= both) or `none`.
     pub fn parse(s: &str) -> Result<Require, String> {
         let mut r = Require::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
                 "jobs" => r.jobs = true,
                 "deploys" => r.deploys = true,
-                "terminals" => r.terminals = true,
-                "containers" => r.containers = true,
                 "all" => {
                     r = Require {
                         jobs: true,
                         deploys: true,
-                        terminals: true,
-                        containers: true,
                     }
                 }
                 "none" => r = Require::default(),
+                "terminals" | "containers" => {
+                    return Err(format!(
+                        "--require-signed: {word} are not signed yet, this runner cannot \
+                         enforce it (jobs and deploys only; all = jobs,deploys)"
+                    ))
+                }
                 other => {
                     return Err(format!(
-                        "--require-signed: unknown {other:?} (jobs, deploys, terminals, \
-                         containers, all or none)"
+                        "--require-signed: unknown {other:?} (jobs, deploys, all or none)"
                     ))
                 }
             }
@@ -83,15 +88,14 @@ impl Require {
     }
 
     pub fn any(self) -> bool {
-        self.jobs || self.deploys || self.terminals || self.containers
+        self.jobs || self.deploys
     }
 
     pub fn of(self, kind: Kind) -> bool {
         match kind {
             Kind::Job => self.jobs,
             Kind::Deploy => self.deploys,
-            Kind::Terminal => self.terminals,
-            Kind::Container => self.containers,
+            Kind::Terminal | Kind::Container => false,
         }
     }
 }
@@ -312,6 +316,46 @@ impl Verifier {
         }
         self.remember(&s.action_id, s.not_after_ms)
             .map_err(Refusal::Unrecorded)
+    }
+
+    /// Write down in `<state-dir>/audit.log` what became of job `job_id`
+    /// and who signed it (`verdict`: what [`Verifier::check`] said). A
+    /// record that cannot be written is a warning, not a refusal: the
+    /// record serves the host owner, the check guards the host.
+    pub fn record(
+        &self,
+        job_id: &str,
+        kind: Kind,
+        signed: Option<&Signed>,
+        verdict: &Result<(), Refusal>,
+        now_ms: u64,
+    ) {
+        let Some(dir) = &self.cfg.state_dir else {
+            return;
+        };
+        let signer = match signed {
+            None => "unsigned".to_owned(),
+            Some(s) => audit::key_id(&s.signature).unwrap_or_else(|| "malformed".into()),
+        };
+        let outcome = match verdict {
+            Ok(()) if signed.is_some() && !self.cfg.require.of(kind) => "ran unchecked".into(),
+            Ok(()) => "ran".to_owned(),
+            Err(why) => format!("refused: {}", audit::text(&why.to_string())),
+        };
+        let line = format!(
+            "{} job={} kind={} action={} signer={signer} {outcome}",
+            crate::log::format_utc(now_ms / 1000),
+            audit::field(job_id, 64),
+            kind.as_str(),
+            signed.map_or("-".into(), |s| audit::field(&s.action_id, MAX_ACTION_ID)),
+        );
+        if let Err(e) = audit::append(dir, &line, audit::MAX_BYTES) {
+            crate::warn!(
+                "trust",
+                "cannot write {}: {e}",
+                dir.join(audit::FILE).display()
+            );
+        }
     }
 
     fn remember(&mut self, id: &str, not_after_ms: u64) -> Result<(), String> {

@@ -173,14 +173,21 @@ fn only_required_kinds_are_checked() {
     d.deploy = Some(Box::default());
     assert_eq!(check(&mut v, &d, NOW), Err(Refusal::Unsigned(Kind::Deploy)));
     assert_eq!(
-        Require::parse("jobs, terminals").unwrap(),
+        Require::parse("all").unwrap(),
         Require {
             jobs: true,
-            terminals: true,
-            ..Require::default()
+            deploys: true
         }
     );
-    assert!(Require::parse("all").unwrap().containers);
+    assert!(!Require::parse(" deploys,").unwrap().jobs);
+    // What this runner cannot enforce is refused, naming the word.
+    for word in ["terminals", "containers", "jobs,terminals"] {
+        let e = Require::parse(word).unwrap_err();
+        assert!(
+            e.contains("not signed yet") && e.contains(word.trim_start_matches("jobs,")),
+            "{e}"
+        );
+    }
     assert!(Require::parse("job").is_err());
 }
 
@@ -205,6 +212,47 @@ fn remembered_ids_survive_a_restart_and_expire() {
     // Past its not-after the id is forgotten (and the action is expired).
     let v = Verifier::new(cfg, FAR + 1);
     assert!(v.seen.is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_record_names_signer_and_outcome() {
+    let dir = std::env::temp_dir().join(format!("tether-trust-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = |require: &str| TrustConfig {
+        require: Require::parse(require).unwrap(),
+        keys: vec![OPERATOR.to_owned()],
+        runner_id: "rn_test".into(),
+        state_dir: Some(dir.clone()),
+    };
+    let record = |v: &mut Verifier, j: &JobStart| {
+        let verdict = check(v, j, NOW);
+        v.record(&j.job_id, Kind::Job, j.signed.as_ref(), &verdict, NOW);
+    };
+    let mut v = Verifier::new(cfg("jobs"), NOW);
+    record(&mut v, &valid_job());
+    record(&mut v, &job());
+    // Not required here: the signature is not checked, and the line says so.
+    let mut v = Verifier::new(cfg("none"), NOW);
+    let mut j = valid_job();
+    j.job_id = "jb 2\nforged".into();
+    record(&mut v, &j);
+    let text = audit::read(&dir).unwrap().unwrap();
+    let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    let key = audit::key_id(VALID).unwrap();
+    assert_eq!(
+        lines,
+        [
+            format!("job=jb_1 kind=job action=sa_0000000000000001 signer={key} ran"),
+            "job=jb_1 kind=job action=- signer=unsigned refused: unsigned: this host requires \
+             a signature on every job (--require-signed)"
+                .to_owned(),
+            format!(
+                "job=jb?2?forged kind=job action=sa_0000000000000001 signer={key} ran unchecked"
+            ),
+        ]
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
