@@ -43,6 +43,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_DATA_DIR", default_value = "./tether-data")]
     pub data_dir: PathBuf,
 
+    /// Database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (default: the
+    /// embedded SQLite files in --data-dir). Known limit: the sealing key,
+    /// TLS files, fleet.db and audit.db stay in --data-dir even with
+    /// PostgreSQL, so replicas cannot share one database yet
+    #[arg(long, env = "TETHER_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+
     /// PEM certificate chain (default: a dev CA under <data-dir>/tls)
     #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -142,21 +142,34 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // are nobody else's business on this host.
     config::private_umask();
     config::create_data_dir(&data).map_err(io_err(format!("creating {}", data.display())))?;
-    let db = crate::db::sqlite::open(
-        &data,
-        &crate::db::sqlite::Options {
-            metrics_retention: Retention::from_durations(
-                args.metrics_raw_retention,
-                args.metrics_1m_retention,
-                args.metrics_1h_retention,
-            ),
-            log_retention: LogRetention {
-                max_age_s: i64::try_from(args.log_retention.as_secs()).unwrap_or(i64::MAX),
-                max_bytes: i64::try_from(args.log_max_bytes).unwrap_or(i64::MAX),
-            },
-            log_collect: args.log_collect.clone(),
+    let options = crate::db::sqlite::Options {
+        metrics_retention: Retention::from_durations(
+            args.metrics_raw_retention,
+            args.metrics_1m_retention,
+            args.metrics_1h_retention,
+        ),
+        log_retention: LogRetention {
+            max_age_s: i64::try_from(args.log_retention.as_secs()).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(args.log_max_bytes).unwrap_or(i64::MAX),
         },
-    )?;
+        log_collect: args.log_collect.clone(),
+    };
+    let db = match args.database.as_deref() {
+        None => crate::db::sqlite::open(&data, &options)?,
+        Some(url) if crate::db::postgres::is_postgres_url(url) => {
+            let db = crate::db::postgres::Postgres::open(url, &options).await?;
+            tracing::info!(
+                "database: PostgreSQL {}",
+                crate::db::postgres::redacted(url)
+            );
+            db
+        }
+        Some(_) => {
+            return Err(ServeError::Storage(crate::db::StorageError::Backend(
+                "--database: only postgres:// or postgresql:// URLs are supported".into(),
+            )))
+        }
+    };
 
     let admin =
         config::admin_token(args.admin_token.as_deref(), &data).map_err(io_err("admin token"))?;

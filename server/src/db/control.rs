@@ -23,6 +23,10 @@ pub trait ControlStore: Send + Sync {
     /// re-check what authenticated them (`common/stream_auth.rs`).
     fn watch_credentials(&self) -> tokio::sync::watch::Receiver<u64>;
 
+    /// One trivial round trip to the database (`/healthz`, through
+    /// [`Liveness`](crate::db::Liveness), which bounds and caches it).
+    async fn ping(&self) -> Result<(), StorageError>;
+
     // ---- tenants and tokens
     /// Create a tenant together with its first API token.
     async fn create_tenant(

@@ -14,9 +14,9 @@
 //! alerts.rs   AlertStore    alert rules, channels (sealed), live states,
 //!                           history, silences, the delivery log
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
-//! postgres/   PostgreSQL for several replicas (issue 18): so far the
-//!             control, users, audit, update, metric and log stores (see
-//!             its mod.rs); metrics and logs partitioned by time
+//! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
+//!             trait here; metrics, logs and job output partitioned by time
+//! Liveness    (this file) the cached database check behind `/healthz`
 //! ```
 //!
 //! Each area file holds its trait and the model types its methods speak in;
@@ -81,6 +81,67 @@ pub struct Db {
     pub logs: Arc<dyn LogStore>,
     pub jobs: Arc<dyn JobStore>,
     pub alerts: Arc<dyn AlertStore>,
+    /// Whether the database answers, for `/healthz`.
+    pub liveness: Arc<Liveness>,
+}
+
+/// How long one `/healthz` answer about the database is reused.
+const LIVENESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long one database check may take before it counts as a failure.
+const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The database check behind the unauthenticated `/healthz`: at most one
+/// [`ControlStore::ping`] in flight and at most one a second, whatever the
+/// request rate; callers arriving meanwhile get the last answer.
+pub struct Liveness {
+    control: Arc<dyn ControlStore>,
+    /// The last answer (`Err`: why the database is down) and when.
+    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// Held while a check runs: the single flight.
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl Liveness {
+    pub fn new(control: Arc<dyn ControlStore>) -> Liveness {
+        Liveness {
+            control,
+            last: std::sync::Mutex::new(None),
+            probing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self, fresh_only: bool) -> Option<Result<(), String>> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some((at, r)) if !fresh_only || at.elapsed() < LIVENESS_TTL => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// `Ok` when the database answered within the last second or so;
+    /// `Err(reason)` otherwise (the reason names no credential: it is the
+    /// driver's message, which never quotes the URL).
+    pub async fn check(&self) -> Result<(), String> {
+        if let Some(r) = self.cached(true) {
+            return r;
+        }
+        let Ok(_probe) = self.probing.try_lock() else {
+            // Another request is checking: the last answer, or (the very
+            // first time) healthy until that check says otherwise.
+            return self.cached(false).unwrap_or(Ok(()));
+        };
+        let r = match tokio::time::timeout(LIVENESS_TIMEOUT, self.control.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+            Err(_) => Err(format!(
+                "database unreachable: no answer within {} s",
+                LIVENESS_TIMEOUT.as_secs()
+            )),
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), r.clone()));
+        r
+    }
 }
 
 /// Why a storage call failed.

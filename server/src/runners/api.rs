@@ -8,6 +8,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tether::protocol::{api_error, EnrollRequest, EnrollResponse, Message, Ping};
@@ -34,8 +35,19 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_LABEL_LEN: usize = 200;
 const MAX_FIELD_LEN: usize = 255;
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true, "version": SERVER_VERSION }))
+/// Unauthenticated: 200 while the database answers, 503 with the reason
+/// when it does not (one cached check a second at most, `db::Liveness`).
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match state.db.liveness.check().await {
+        Ok(()) => {
+            Json(serde_json::json!({ "ok": true, "version": SERVER_VERSION })).into_response()
+        }
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ok": false, "version": SERVER_VERSION, "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 // ---- tenants (admin) -------------------------------------------------------------

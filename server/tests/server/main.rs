@@ -15,6 +15,7 @@ mod fuzz_seeds;
 mod layout;
 mod link;
 mod pg;
+mod pg_server;
 mod runners;
 mod storage;
 mod storage_bulk;

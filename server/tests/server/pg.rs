@@ -125,32 +125,64 @@ fn start() -> Cluster {
     // A port taken between choosing and binding: choose again.
     for _ in 0..3 {
         let port = free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.display()
-        );
-        let log = dir.join("log");
-        let out = run(
-            &bin,
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
-        if out.status.success() {
+        if pg_ctl_start(&bin, &dir, port).status.success() {
             return Cluster { dir, bin, port };
         }
     }
     panic!(
         "pg_ctl start failed: {}",
         std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+}
+
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16) -> std::process::Output {
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        dir.display()
+    );
+    let data = dir.join("data");
+    let log = dir.join("log");
+    run(
+        bin,
+        "pg_ctl",
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ],
+    )
+}
+
+/// Stop this process's cluster (fast: open connections are cut), as a
+/// database outage looks to the server.
+pub fn stop() {
+    let c = CLUSTER.get().expect("the cluster was started");
+    let data = c.dir.join("data");
+    let out = run(
+        &c.bin,
+        "pg_ctl",
+        &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+    );
+    assert!(
+        out.status.success(),
+        "pg_ctl stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Start the stopped cluster again on its port.
+pub fn restart() {
+    let c = CLUSTER.get().expect("the cluster was started");
+    let out = pg_ctl_start(&c.bin, &c.dir, c.port);
+    assert!(
+        out.status.success(),
+        "pg_ctl start: {}",
+        std::fs::read_to_string(c.dir.join("log")).unwrap_or_default()
     );
 }
 

@@ -3,18 +3,21 @@
 //! (`pg.rs`). Each check is one async function taking the stores; `both!`
 //! makes a `sqlite` and a `postgres` test of it.
 //!
-//! Covered so far: ControlStore, UserStore, AuditStore, UpdateStore (the
-//! traits the PostgreSQL backend implements), and the migration runner.
+//! Covered: ControlStore, UserStore, AuditStore, UpdateStore, AlertStore,
+//! and the migration runner (the bulk stores: `storage_bulk.rs`).
 
 use std::sync::Arc;
 
 use tether::protocol::UpdateStatus;
+use tether_server::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
+use tether_server::db::alerts::{Ack, AlertRow, ChannelRow, DeliveryRow};
 use tether_server::db::postgres::Postgres;
 use tether_server::db::users::{Role, UserRow};
 use tether_server::db::{
-    ApiTokenRow, AuditStore, ConnectOutcome, ConnectedInfo, ControlStore, DockerStateRow,
-    EnrollError, EnrollRefusal, EnrollmentTokenRow, FingerprintWrite, Health, NewRunner,
-    StorageError, TenantRow, TerminalAuditRow, TokenRefusal, UpdatePolicy, UpdateStore, UserStore,
+    AlertStore, ApiTokenRow, AuditStore, ConnectOutcome, ConnectedInfo, ControlStore,
+    DockerStateRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, FingerprintWrite, Health,
+    NewRunner, StorageError, TenantRow, TerminalAuditRow, TokenRefusal, UpdatePolicy, UpdateStore,
+    UserStore,
 };
 
 use crate::pg;
@@ -25,6 +28,7 @@ struct Under {
     users: Arc<dyn UserStore>,
     audit: Arc<dyn AuditStore>,
     updates: Arc<dyn UpdateStore>,
+    alerts: Arc<dyn AlertStore>,
 }
 
 impl Under {
@@ -35,6 +39,7 @@ impl Under {
             users: db.users.clone(),
             audit: db.audit.clone(),
             updates: db.updates.clone(),
+            alerts: db.alerts.clone(),
         }
     }
 
@@ -47,6 +52,7 @@ impl Under {
             users: pg.users(),
             audit: pg.audit(),
             updates: pg.updates(),
+            alerts: pg.alerts(),
         }
     }
 
@@ -111,6 +117,8 @@ both!(
     health_changes_are_recorded_once_and_revocation_sticks,
     api_tokens_die_with_revocation_expiry_and_their_creator,
     fingerprints_drift_docker_state_and_containers,
+    alert_rules_and_channels_are_tenant_scoped,
+    alert_transitions_keep_state_history_acks_and_silences,
 );
 
 fn enrollment_token(tenant: &str, id: &str, expires_at: i64) -> EnrollmentTokenRow {
@@ -883,6 +891,249 @@ async fn update_policies_groups_and_reports(s: Under) {
     assert_eq!(reports[1].status, status("installed", Some(1234)));
     assert_eq!(reports[0].status.reason.as_deref(), Some("why"));
     assert!(s.updates.update_reports("rn_b").await.unwrap().is_empty());
+}
+
+fn rule(id: &str, tenant: &str, name: &str) -> Rule {
+    let spec: RuleSpec = serde_json::from_value(serde_json::json!({
+        "name": name, "kind": "metric", "series": "fs.*.avail", "per": "fs.*.size",
+        "op": "below", "threshold": 10.0, "for_s": 60, "channels": ["ch_1"],
+    }))
+    .unwrap();
+    Rule {
+        id: id.into(),
+        tenant: tenant.into(),
+        spec,
+    }
+}
+
+fn channel(id: &str, tenant: &str, name: &str, sealed: &[u8]) -> ChannelRow {
+    ChannelRow {
+        id: id.into(),
+        tenant: tenant.into(),
+        name: name.into(),
+        kind: "webhook".into(),
+        public: r#"{"url":"https://hooks.example/…"}"#.into(),
+        nonce: vec![7; 12],
+        sealed: sealed.to_vec(),
+        created_ms: 5,
+    }
+}
+
+async fn alert_rules_and_channels_are_tenant_scoped(s: Under) {
+    let a = &s.alerts;
+    a.put_rule(&rule("ar_1", "tn_1", "disk"), 10).await.unwrap();
+    a.put_rule(&rule("ar_2", "tn_1", "disk2"), 11)
+        .await
+        .unwrap();
+    a.put_rule(&rule("ar_3", "tn_2", "theirs"), 12)
+        .await
+        .unwrap();
+    // Replacing keeps the id and creation order; another tenant cannot.
+    a.put_rule(&rule("ar_1", "tn_1", "disk low"), 20)
+        .await
+        .unwrap();
+    a.put_rule(&rule("ar_1", "tn_2", "hijack"), 21)
+        .await
+        .unwrap();
+    let mine = a.rules("tn_1").await.unwrap();
+    assert_eq!(
+        mine,
+        [
+            rule("ar_1", "tn_1", "disk low"),
+            rule("ar_2", "tn_1", "disk2")
+        ]
+    );
+    assert_eq!(
+        a.rules("tn_2").await.unwrap(),
+        [rule("ar_3", "tn_2", "theirs")]
+    );
+    assert_eq!(a.all_rules().await.unwrap().len(), 3);
+    assert!(
+        !a.delete_rule("tn_2", "ar_1").await.unwrap(),
+        "another tenant's"
+    );
+    assert!(a.delete_rule("tn_1", "ar_2").await.unwrap());
+    assert!(!a.delete_rule("tn_1", "ar_2").await.unwrap());
+    assert_eq!(a.rules("tn_1").await.unwrap().len(), 1);
+
+    assert!(a
+        .put_channel(&channel("ch_1", "tn_1", "ops", b"k1"))
+        .await
+        .unwrap());
+    assert!(
+        !a.put_channel(&channel("ch_2", "tn_1", "ops", b"k2"))
+            .await
+            .unwrap(),
+        "a name taken in the tenant"
+    );
+    assert!(a
+        .put_channel(&channel("ch_3", "tn_2", "ops", b"k3"))
+        .await
+        .unwrap());
+    assert!(
+        !a.put_channel(&channel("ch_1", "tn_2", "stolen", b"x"))
+            .await
+            .unwrap(),
+        "another tenant's id"
+    );
+    // Updating in place: the new sealed config replaces the old.
+    assert!(a
+        .put_channel(&channel("ch_1", "tn_1", "ops-2", b"k1b"))
+        .await
+        .unwrap());
+    let ch = a.channel("tn_1", "ch_1").await.unwrap().unwrap();
+    assert_eq!(ch, channel("ch_1", "tn_1", "ops-2", b"k1b"));
+    assert_eq!(
+        a.channel("tn_1", "ops-2").await.unwrap().map(|c| c.id),
+        Some("ch_1".into()),
+        "by name"
+    );
+    assert_eq!(a.channel("tn_2", "ch_1").await.unwrap(), None);
+    assert_eq!(a.channels("tn_1").await.unwrap().len(), 1);
+    assert!(!a.delete_channel("tn_2", "ch_1").await.unwrap());
+    assert!(a.delete_channel("tn_1", "ch_1").await.unwrap());
+    assert!(a.channels("tn_1").await.unwrap().is_empty());
+    assert_eq!(a.channels("tn_2").await.unwrap().len(), 1);
+
+    // Deliveries: per tenant and channel, newest first, limited.
+    for i in 0..3 {
+        let d = DeliveryRow {
+            seq: 0,
+            channel_id: "ch_3".into(),
+            history_seq: (i > 0).then_some(i),
+            at_ms: 100 + i,
+            attempt: 1,
+            ok: i != 1,
+            detail: format!("try {i}"),
+        };
+        a.delivery("tn_2", &d).await.unwrap();
+    }
+    let ds = a.deliveries("tn_2", "ch_3", 2).await.unwrap();
+    assert_eq!(ds.len(), 2);
+    assert_eq!(
+        (ds[0].at_ms, ds[0].ok, ds[0].history_seq),
+        (102, true, Some(2))
+    );
+    assert_eq!((ds[1].detail.as_str(), ds[1].ok), ("try 1", false));
+    assert!(ds[0].seq > ds[1].seq);
+    assert!(a.deliveries("tn_1", "ch_3", 10).await.unwrap().is_empty());
+}
+
+fn alert(rule: &str, target: &str, state: State, since: i64) -> AlertRow {
+    AlertRow {
+        rule_id: rule.into(),
+        target: target.into(),
+        tenant: "tn_1".into(),
+        runner_id: "rn_1".into(),
+        subject: format!("{target} on rn_1"),
+        state,
+        since_ms: since,
+        summary: format!("{target} is {}", state.as_str()),
+        ack: None,
+    }
+}
+
+async fn alert_transitions_keep_state_history_acks_and_silences(s: Under) {
+    let a = &s.alerts;
+    a.put_rule(&rule("ar_1", "tn_1", "disk"), 10).await.unwrap();
+    let h1 = a
+        .transition(&alert("ar_1", "/", State::Pending, 100), false, 100)
+        .await
+        .unwrap();
+    assert!(
+        a.alerts("tn_1").await.unwrap().is_empty(),
+        "pending is not listed"
+    );
+    assert_eq!(a.all_alerts().await.unwrap().len(), 1, "the engine sees it");
+    let ack = Ack {
+        by: "ada".into(),
+        at_ms: 150,
+        comment: "looking".into(),
+    };
+    assert!(
+        !a.ack("tn_1", "ar_1", "/", &ack).await.unwrap(),
+        "only firing is acked"
+    );
+    let h2 = a
+        .transition(&alert("ar_1", "/", State::Firing, 160), true, 160)
+        .await
+        .unwrap();
+    a.transition(&alert("ar_1", "/var", State::Firing, 170), false, 170)
+        .await
+        .unwrap();
+    assert!(h2 > h1);
+    assert!(
+        !a.ack("tn_2", "ar_1", "/", &ack).await.unwrap(),
+        "another tenant"
+    );
+    assert!(a.ack("tn_1", "ar_1", "/", &ack).await.unwrap());
+    let firing = a.alerts("tn_1").await.unwrap();
+    assert_eq!(firing.len(), 2);
+    assert_eq!(firing[0].target, "/", "oldest first");
+    assert_eq!(firing[0].ack.as_ref(), Some(&ack));
+    assert_eq!(firing[0].state, State::Firing);
+    assert_eq!(firing[1].ack, None);
+    assert!(a.alerts("tn_2").await.unwrap().is_empty());
+
+    // Resolving removes the state; history keeps every step, newest first.
+    a.transition(&alert("ar_1", "/", State::Resolved, 200), false, 200)
+        .await
+        .unwrap();
+    let firing = a.alerts("tn_1").await.unwrap();
+    assert_eq!(
+        firing.iter().map(|f| f.target.as_str()).collect::<Vec<_>>(),
+        ["/var"]
+    );
+    let hist = a.history("tn_1", i64::MAX, 10).await.unwrap();
+    assert_eq!(
+        hist.iter().map(|h| h.state.as_str()).collect::<Vec<_>>(),
+        ["resolved", "firing", "firing", "pending"]
+    );
+    assert_eq!(hist[2].seq, h2);
+    assert!(hist[2].silenced && !hist[1].silenced);
+    let page = a.history("tn_1", hist[1].seq, 2).await.unwrap();
+    assert_eq!(page.iter().map(|h| h.seq).collect::<Vec<_>>(), [h2, h1]);
+    assert!(a.history("tn_2", i64::MAX, 10).await.unwrap().is_empty());
+
+    // Deleting the rule drops its live states.
+    assert!(a.delete_rule("tn_1", "ar_1").await.unwrap());
+    assert!(a.all_alerts().await.unwrap().is_empty());
+
+    let silence = |id: &str, tenant: &str, ends: i64| Silence {
+        id: id.into(),
+        tenant: tenant.into(),
+        created_by: "ada".into(),
+        spec: SilenceSpec {
+            rule: Some("ar_1".into()),
+            runner: None,
+            group: None,
+            starts_ms: 0,
+            ends_ms: ends,
+            comment: "deploy".into(),
+            maintenance: false,
+        },
+    };
+    a.put_silence(&silence("si_1", "tn_1", 1_000))
+        .await
+        .unwrap();
+    a.put_silence(&silence("si_2", "tn_1", 500)).await.unwrap();
+    a.put_silence(&silence("si_3", "tn_2", 2_000))
+        .await
+        .unwrap();
+    let mine = a.silences("tn_1").await.unwrap();
+    assert_eq!(
+        mine,
+        [silence("si_2", "tn_1", 500), silence("si_1", "tn_1", 1_000)]
+    );
+    assert!(!a.delete_silence("tn_2", "si_1").await.unwrap());
+    // The engine's read prunes the ended ones.
+    let live = a.all_silences(600).await.unwrap();
+    let mut ids: Vec<_> = live.iter().map(|s| s.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["si_1", "si_3"]);
+    assert_eq!(a.silences("tn_1").await.unwrap().len(), 1);
+    assert!(a.delete_silence("tn_1", "si_1").await.unwrap());
+    assert!(a.silences("tn_1").await.unwrap().is_empty());
 }
 
 /// The migration runner: a second connect (another replica, a restart)

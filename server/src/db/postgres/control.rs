@@ -223,6 +223,11 @@ impl ControlStore for PgControl {
         self.credentials.subscribe()
     }
 
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.client().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
     async fn create_tenant(
         &self,
         tenant: &TenantRow,

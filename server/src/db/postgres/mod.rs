@@ -12,14 +12,15 @@
 //! metrics.rs  MetricStore  over PgMetrics: samples and rollups, by time partition
 //! logs.rs     LogStore     over PgLogs: container log blocks, by time partition
 //! jobs.rs     JobStore     over PgJobs: scripts, secrets, jobs, output by day partition, apps
+//! alerts.rs   AlertStore   over PgAlerts: rules, channels, states, history, silences, deliveries
 //! partitions.rs  making partitions ahead and dropping them for retention
 //! ```
 //!
-//! Not yet here (so `--database postgres://…` is not offered yet):
-//! AlertStore, and the fleet and audit-trail stores still outside `db/`.
-//! A server needs every store, so until they exist this backend is reached
-//! only by the storage conformance suite (`server/tests/server/storage.rs`,
-//! `storage_bulk.rs`).
+//! Every store behind a `db/` trait is here; [`Postgres::open`] makes the
+//! server's [`Db`](super::Db) of them (`tether-server run --database
+//! postgres://…`). Not yet here: the fleet and audit-trail stores, still
+//! outside `db/` (their files stay in the data dir, so replicas cannot yet
+//! share them).
 //!
 //! Why tokio-postgres + deadpool: the driver is async (no blocking pool
 //! hop, unlike SQLite's `Blocking::run`), is the one the Rust PostgreSQL
@@ -40,6 +41,7 @@ use tokio_postgres::NoTls;
 
 use super::StorageError;
 
+mod alerts;
 mod audit;
 mod control;
 mod jobs;
@@ -79,15 +81,31 @@ impl From<tokio_postgres::Error> for StorageError {
         // driver's "db error".
         match e.as_db_error() {
             Some(db) => backend(format_args!("{} ({})", db.message(), db.code().code())),
-            None => backend(e),
+            None => backend(chain(&e)),
         }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        backend(e)
+        backend(chain(&e))
     }
+}
+
+/// An error with its causes ("error connecting to server: Connection
+/// refused"): the driver's own message leaves the cause out.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        next = cause.source();
+    }
+    msg
 }
 
 /// Whether a statement failed on a unique constraint.
@@ -114,6 +132,44 @@ impl PgControl {
     }
 }
 
+/// How long connecting (and waiting for a pooled connection) may take
+/// before a call fails: an unreachable database is an error, not a hang.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `url` names a PostgreSQL database (`postgres://`, `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` with its password (between `user:` and `@`) replaced by `***`,
+/// for logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// `msg` with the password of `url`, if any, replaced by `***`.
+fn scrub(url: &str, msg: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => msg.replace(p, "***"),
+        None => msg.to_owned(),
+    }
+}
+
 /// A connected, migrated PostgreSQL database.
 #[derive(Clone)]
 pub struct Postgres {
@@ -125,9 +181,13 @@ impl Postgres {
     /// Connect to `url` (`postgres://user@host:port/db`) and bring the
     /// schema up to date.
     pub async fn connect(url: &str) -> Result<Postgres, StorageError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| backend(format_args!("database URL: {e}")))?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                backend(format_args!("database URL: {}", scrub(url, &chain(&e))))
+            })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -137,9 +197,17 @@ impl Postgres {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(backend)?;
-        migrate(&pool).await?;
+        // The driver's messages do not quote the URL; scrubbing anyway keeps
+        // a password out of the start-up error whatever a later one says.
+        migrate(&pool)
+            .await
+            .map_err(|e| StorageError::Backend(scrub(url, &e.to_string()).into()))?;
         Ok(Postgres {
             control: Arc::new(PgControl {
                 pool: pool.clone(),
@@ -187,6 +255,31 @@ impl Postgres {
     /// The job store (scripts, secrets, jobs and output, apps).
     pub fn jobs(&self) -> Arc<dyn super::JobStore> {
         Arc::new(jobs::PgJobs::new(self.pool.clone()))
+    }
+
+    /// The alert store.
+    pub fn alerts(&self) -> Arc<dyn super::AlertStore> {
+        Arc::new(alerts::PgAlerts::new(self.pool.clone()))
+    }
+
+    /// Connect, migrate, and make every store of the server's [`Db`](super::Db),
+    /// with the same options the SQLite backend is opened with.
+    pub async fn open(
+        url: &str,
+        options: &super::sqlite::Options,
+    ) -> Result<super::Db, StorageError> {
+        let pg = Postgres::connect(url).await?;
+        Ok(super::Db {
+            liveness: Arc::new(super::Liveness::new(pg.control())),
+            control: pg.control(),
+            users: pg.users(),
+            updates: pg.updates(),
+            audit: pg.audit(),
+            metrics: pg.metrics(options.metrics_retention),
+            logs: pg.logs(options.log_retention, options.log_collect.clone()),
+            jobs: pg.jobs(),
+            alerts: pg.alerts(),
+        })
     }
 
     /// The numbered migrations applied, in order (tests, operators).

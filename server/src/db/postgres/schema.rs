@@ -320,4 +320,72 @@ CREATE TABLE deployments (
 );
 CREATE INDEX deployments_app ON deployments (tenant_id, app, created_ms);
 "#,
+    // 5: alerts (as sqlite/alerts.rs): rules, channels with their sealed
+    // config, the live state per (rule, target), history, silences and the
+    // delivery log (the last two trimmed to the newest KEEP_ROWS by seq).
+    r#"
+CREATE TABLE alert_rules (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL
+);
+CREATE INDEX alert_rules_tenant ON alert_rules (tenant_id);
+CREATE TABLE alert_channels (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    public      TEXT NOT NULL,
+    nonce       BYTEA NOT NULL,
+    sealed      BYTEA NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE alert_state (
+    rule_id     TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    tenant_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    since_ms    BIGINT NOT NULL,
+    summary     TEXT NOT NULL,
+    ack_by      TEXT,
+    ack_ms      BIGINT,
+    ack_comment TEXT,
+    PRIMARY KEY (rule_id, target)
+);
+CREATE INDEX alert_state_tenant ON alert_state (tenant_id);
+CREATE TABLE alert_history (
+    seq         BIGSERIAL PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    rule_id     TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    at_ms       BIGINT NOT NULL,
+    summary     TEXT NOT NULL,
+    silenced    BOOLEAN NOT NULL
+);
+CREATE INDEX alert_history_tenant ON alert_history (tenant_id, seq);
+CREATE TABLE alert_silences (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    ends_ms     BIGINT NOT NULL
+);
+CREATE TABLE alert_deliveries (
+    seq         BIGSERIAL PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    channel_id  TEXT NOT NULL,
+    history_seq BIGINT,
+    at_ms       BIGINT NOT NULL,
+    attempt     BIGINT NOT NULL,
+    ok          BOOLEAN NOT NULL,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX alert_deliveries_channel ON alert_deliveries (tenant_id, channel_id, seq);
+"#,
 ];

@@ -30,6 +30,14 @@ impl ControlStore for Blocking<SqliteControl> {
         self.0.watch_credentials()
     }
 
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.run(move |s| {
+            s.conn().query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn create_tenant(
         &self,
         tenant: &TenantRow,

@@ -122,6 +122,7 @@ fn assemble(
     }
     let control = Arc::new(Blocking::new(control));
     Db {
+        liveness: Arc::new(crate::db::Liveness::new(control.clone())),
         control: control.clone(),
         users: control.clone(),
         updates: control.clone(),
