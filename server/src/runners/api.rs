@@ -37,7 +37,7 @@ const MAX_FIELD_LEN: usize = 255;
 
 /// Unauthenticated: 200 while the database answers, 503 with the reason
 /// when it does not (one cached check a second at most, `db::Liveness`).
-pub async fn healthz(State(state): State<AppState>) -> Response {
+pub async fn healthz(State(state): State<RunnersCtx>) -> Response {
     match state.db.liveness.check().await {
         Ok(()) => {
             Json(serde_json::json!({ "ok": true, "version": SERVER_VERSION })).into_response()

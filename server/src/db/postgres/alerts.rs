@@ -8,7 +8,6 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
 use super::is_unique_violation;
-use crate::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
 use crate::db::alerts::*;
 use crate::db::StorageError;
 
