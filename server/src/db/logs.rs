@@ -154,6 +154,31 @@ pub fn stream_name(tag: u8) -> &'static str {
     }
 }
 
+/// The lines of one stored block a query keeps: within `since..=until`
+/// (lines without a time stamp pass), containing `needle` (lower case) if
+/// given, newest first when reading from the end. Both backends store the
+/// same blocks; only how they fetch them differs.
+pub fn block_lines(
+    data: &[u8],
+    tag: u8,
+    since: i64,
+    until: i64,
+    needle: Option<&str>,
+    from_end: bool,
+) -> Vec<LogLine> {
+    let mut block: Vec<LogLine> = data
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| parse_line(tag, l))
+        .filter(|l| l.ts_ns.is_none_or(|t| t >= since && t <= until))
+        .filter(|l| needle.is_none_or(|n| l.line.to_lowercase().contains(n)))
+        .collect();
+    if from_end {
+        block.reverse();
+    }
+    block
+}
+
 /// `2026-11-28T12:00:00.123456789Z SP message` → a [`LogLine`].
 pub fn parse_line(tag: u8, bytes: &[u8]) -> LogLine {
     let text = String::from_utf8_lossy(bytes);

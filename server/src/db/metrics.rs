@@ -442,6 +442,32 @@ pub fn decode_aggs(b: &[u8], out: &mut Vec<Agg>) -> Result<(), StorageError> {
 
 // ---- rolling up (shared by the backends) --------------------------------------------
 
+/// Schemas a backend keeps in memory at most; then its cache starts over.
+pub(crate) const SCHEMA_CACHE_MAX: usize = 4096;
+
+/// A backend's memory of interned metric schemas (both backends intern the
+/// same way; only the SQL differs).
+#[derive(Default)]
+pub(crate) struct SchemaCache {
+    pub(crate) by_hash: HashMap<Vec<u8>, i64>,
+    pub(crate) by_id: HashMap<i64, Arc<[SeriesDef]>>,
+    /// When `last_used` was last written, per schema id.
+    pub(crate) touched: HashMap<i64, i64>,
+}
+
+impl SchemaCache {
+    /// Bounded: past [`SCHEMA_CACHE_MAX`] entries the cache starts over.
+    pub(crate) fn make_room(&mut self) {
+        if self.by_id.len() >= SCHEMA_CACHE_MAX || self.by_hash.len() >= SCHEMA_CACHE_MAX {
+            self.by_id.clear();
+            self.by_hash.clear();
+        }
+        if self.touched.len() >= SCHEMA_CACHE_MAX {
+            self.touched.clear();
+        }
+    }
+}
+
 /// The rows of one bucket folded per schema: usually one schema per
 /// bucket, two when the series changed inside it.
 #[derive(Default)]

@@ -285,20 +285,7 @@ impl LogStore for PgLogs {
                     continue;
                 }
                 let data: &[u8] = row.get(1);
-                let mut block: Vec<LogLine> = data
-                    .split(|&b| b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| parse_line(tag, l))
-                    .filter(|l| l.ts_ns.is_none_or(|t| t >= since && t <= until))
-                    .filter(|l| {
-                        needle
-                            .as_ref()
-                            .is_none_or(|n| l.line.to_lowercase().contains(n.as_str()))
-                    })
-                    .collect();
-                if q.from_end {
-                    block.reverse();
-                }
+                let block = block_lines(data, tag, since, until, needle.as_deref(), q.from_end);
                 for line in block {
                     if out.len() >= q.limit {
                         break 'fetch;

@@ -31,8 +31,6 @@ const HOUR_GRACE_MS: i64 = 2 * MINUTE_MS;
 const ROLLUP_CHUNK: i64 = 500;
 /// A schema's `last_used` is persisted at most this often.
 const SCHEMA_TOUCH_EVERY_MS: i64 = HOUR_MS;
-/// Schemas cached in memory at most; then the cache starts over.
-const SCHEMA_CACHE_MAX: usize = 4096;
 
 pub(super) const RAW: Table = Table {
     name: "metrics_raw",
@@ -77,25 +75,6 @@ const HOURS: Level = Level {
     to: HOURS_T,
     parent: None,
 };
-
-#[derive(Default)]
-struct SchemaCache {
-    by_hash: HashMap<Vec<u8>, i64>,
-    by_id: HashMap<i64, Arc<[SeriesDef]>>,
-    touched: HashMap<i64, i64>,
-}
-
-impl SchemaCache {
-    fn make_room(&mut self) {
-        if self.by_id.len() >= SCHEMA_CACHE_MAX || self.by_hash.len() >= SCHEMA_CACHE_MAX {
-            self.by_id.clear();
-            self.by_hash.clear();
-        }
-        if self.touched.len() >= SCHEMA_CACHE_MAX {
-            self.touched.clear();
-        }
-    }
-}
 
 pub struct PgMetrics {
     pool: Pool,

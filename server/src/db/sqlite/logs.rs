@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::migrate::{migrate, Migration, Step};
 use crate::db::logs::*;
-use crate::db::logs::{parse_line, CollectPolicy, LogLine};
+use crate::db::logs::{block_lines, CollectPolicy, LogLine};
 use crate::db::StorageError;
 
 /// Blocks removed per statement when expiring, so the writer is never held long.
@@ -254,20 +254,7 @@ impl SqliteLogs {
                 continue;
             }
             let data: Vec<u8> = row.get(1)?;
-            let mut block: Vec<LogLine> = data
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| parse_line(tag, l))
-                .filter(|l| l.ts_ns.is_none_or(|t| t >= since && t <= until))
-                .filter(|l| {
-                    needle
-                        .as_ref()
-                        .is_none_or(|n| l.line.to_lowercase().contains(n.as_str()))
-                })
-                .collect();
-            if q.from_end {
-                block.reverse();
-            }
+            let block = block_lines(&data, tag, since, until, needle.as_deref(), q.from_end);
             for line in block {
                 if out.len() >= q.limit {
                     break;

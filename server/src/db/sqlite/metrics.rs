@@ -55,7 +55,7 @@
 //! them into units at query time. Sums keep averages exact across rollup
 //! levels (the hour is the sum of its minutes, not an average of averages).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -78,8 +78,6 @@ const ROLLUP_CHUNK: usize = 500;
 const EXPIRE_CHUNK: usize = 256;
 /// A schema's `last_used` is persisted at most this often.
 const SCHEMA_TOUCH_EVERY_MS: i64 = HOUR_MS;
-/// Schemas are cached in memory up to this many; then the cache starts over.
-const SCHEMA_CACHE_MAX: usize = 4096;
 
 /// metrics.db's schema, in order (`migrate.rs`).
 const MIGRATIONS: &[Migration] = &[Migration {
@@ -131,26 +129,6 @@ CREATE TABLE metrics_dirty (
 impl From<rusqlite::Error> for RangeError {
     fn from(e: rusqlite::Error) -> Self {
         RangeError::Storage(e.into())
-    }
-}
-
-#[derive(Default)]
-struct SchemaCache {
-    by_hash: HashMap<Vec<u8>, i64>,
-    by_id: HashMap<i64, Arc<[SeriesDef]>>,
-    /// When `last_used` was last written, per schema id.
-    touched: HashMap<i64, i64>,
-}
-
-impl SchemaCache {
-    fn make_room(&mut self) {
-        if self.by_id.len() >= SCHEMA_CACHE_MAX || self.by_hash.len() >= SCHEMA_CACHE_MAX {
-            self.by_id.clear();
-            self.by_hash.clear();
-        }
-        if self.touched.len() >= SCHEMA_CACHE_MAX {
-            self.touched.clear();
-        }
     }
 }
 
