@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Lock order: the lifecycle lock (async: it is held across the health
-//! write), then storage (inside `HealthLog`); the map's own lock is only
+//! write), then storage (inside the [`HealthRecorder`]); the map's own lock is only
 //! ever held briefly, never across an await. Attach, detach, revoke and
 //! close_all take the lifecycle lock, so the map changes in the same order
 //! as the stored health.
@@ -47,7 +47,35 @@ use tether::protocol::api_error as code;
 
 use crate::common::error::ApiError;
 use crate::logs::LiveItem;
-use crate::runners::health::HealthLog;
+
+/// Where the registry records health changes, inside its lifecycle lock:
+/// `runners/health.rs` (`HealthLog`: persisted, then broadcast) implements
+/// it and `app/` hands it over, so the link does not name the runners
+/// feature.
+#[async_trait::async_trait]
+pub trait HealthRecorder: Send + Sync {
+    /// The runner finished its hello. `Refused` if it was revoked meanwhile.
+    async fn connected(
+        &self,
+        runner_id: &str,
+        info: &ConnectedInfo<'_>,
+    ) -> Result<ConnectOutcome, StorageError>;
+    /// The runner's current connection ended.
+    async fn disconnected(
+        &self,
+        runner_id: &str,
+        last_seen: i64,
+        reason: &str,
+    ) -> Result<(), StorageError>;
+    /// Revoke a runner of `tenant_id`; `None` if the tenant has no such runner.
+    async fn revoked(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<Option<RunnerRow>, StorageError>;
+    /// Persist a batch of last-seen times (liveness without a health change).
+    async fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError>;
+}
 
 /// Requests queued for one connection before senders wait. Small on purpose:
 /// each connected runner holds one such channel.
@@ -151,7 +179,7 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Serializes attach, detach, revoke and close_all with their health writes.
     lifecycle: tokio::sync::Mutex<()>,
-    health: Arc<HealthLog>,
+    health: Arc<dyn HealthRecorder>,
     next_generation: AtomicU64,
     next_request_id: AtomicU64,
     tasks: AtomicUsize,
@@ -171,7 +199,7 @@ impl Drop for TaskGuard<'_> {
 }
 
 impl Registry {
-    pub fn new(health: Arc<HealthLog>) -> Registry {
+    pub fn new(health: Arc<dyn HealthRecorder>) -> Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
             lifecycle: tokio::sync::Mutex::new(()),

@@ -176,11 +176,9 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
 const NOT_YET: &[(&str, &str)] = &[
     // The connection task still handles the job and log channels itself
     // (`link/runner_ws/*.rs`): to go with their move behind the family
-    // handlers of `link/dispatch.rs`. (runners: the registry records
-    // health through `runners::health::HealthLog`.)
+    // handlers of `link/dispatch.rs`.
     ("link", "jobs"),
     ("link", "logs"),
-    ("link", "runners"),
 ];
 
 /// The top-level module of a file under `src/`, and its module path.
