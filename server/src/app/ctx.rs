@@ -22,6 +22,7 @@ use crate::fleet::FleetCtx;
 use crate::jobs::JobsCtx;
 use crate::link::dispatch::{Families, FamilyId};
 use crate::link::LinkCtx;
+use crate::logs::link::LogsLink;
 use crate::logs::LogsCtx;
 use crate::runners::RunnersCtx;
 use crate::telemetry::link::TelemetryLink;
@@ -199,8 +200,9 @@ impl FromRef<AppState> for LinkCtx {
 
 /// The link's table: which feature handles each family of runner messages
 /// (`link/dispatch.rs`; each feature's `link.rs`). Table order is the order
-/// of the attach and welcome hooks: the labels are stored before anything
-/// is sent, the update offer follows the welcome.
+/// of the attach and welcome hooks (the labels are stored before anything
+/// is sent, the update offer follows the welcome) and of the replies
+/// offered to each.
 fn families(s: &AppState) -> Families {
     let observer: Arc<dyn Observer> = s.alerts.clone();
     Families::new(vec![
@@ -244,6 +246,14 @@ fn families(s: &AppState) -> Families {
             FamilyId::Deploy,
             Arc::new(DeployLink {
                 ctx: DeployCtx::from_ref(s),
+            }),
+        ),
+        (
+            FamilyId::Logs,
+            Arc::new(LogsLink {
+                logs: s.db.logs.clone(),
+                control: s.db.control.clone(),
+                observer: s.alerts.clone(),
             }),
         ),
     ])

@@ -18,11 +18,13 @@
 //!     close order (registry)  → 4006 replaced / 4002 revoked / 1001 shutdown
 //! ```
 //!
-//! In `Live`, messages and METRICS frames of a family a feature owns go to
-//! its handler (`dispatch.rs`; telemetry, containers, updates, deploy, the
-//! fleet's labels at attach); one timer serves the watchdog and whatever
-//! the families and the log and job channels have due. `docker_response`,
-//! like `pong` and `error`, goes to the request waiting for its id.
+//! In `Live`, messages and frames of a family a feature owns go to its
+//! handler (`dispatch.rs`; telemetry, containers, updates, deploy, logs,
+//! terminals, the fleet's labels at attach), and so do the registry's
+//! outbox items addressed to a family; one timer serves the watchdog and
+//! whatever the families and the job channels have due. A reply
+//! (`docker_response`, `pong`, `error`, ...) is offered to the families,
+//! then goes to the request waiting for its id.
 //!
 //! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
 //! by tungstenite, which only queues the Pong; it is flushed explicitly here
@@ -56,13 +58,13 @@ use crate::common::error::ApiError;
 use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
 use crate::jobs::JobChannels;
-use crate::link::dispatch::{family_of, note_ignored, Conns, Ending, ErrorReply, FamilyId, Wire};
+use crate::link::dispatch::{
+    families_of, family_of_channel, note_ignored, Answer, Conns, Ending, ErrorReply, FamilyId, Wire,
+};
 use crate::link::registry::{AttachError, Outgoing, Session, ToRunner};
 use crate::link::LinkCtx;
-use crate::logs::LogChannels;
 
 mod jobs;
-mod logs;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -149,17 +151,15 @@ struct Connection {
     runner: RunnerIdentity,
     /// Each dispatched family's state on this connection (made at attach).
     families: Conns,
-    /// Container log channels (`runner_ws/logs.rs`).
-    logs: LogChannels,
     /// Job channels and the job messages sent (`runner_ws/jobs.rs`).
     job_channels: JobChannels,
     /// The job output batch being stored, if any (one at a time, in order;
     /// frames keep being read meanwhile — `runner_ws/jobs.rs`).
     job_store: Option<jobs::StoreTask>,
-    /// Ids of the server's own `log_open`s, and when collection is next
-    /// checked against the stored container list.
-    collect_ids: u64,
-    resync_at: Instant,
+    /// Ids of the server's own `job_start`s, and when the jobs are next
+    /// checked against storage (a nudge lost to a full outbox).
+    job_ids: u64,
+    recheck_at: Instant,
 }
 
 async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
@@ -174,13 +174,12 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
             send_timeout,
         },
         state,
-        logs: LogChannels::new(&runner.id),
         job_channels: JobChannels::new(output_cap),
         job_store: None,
         runner,
         families: Conns::default(),
-        collect_ids: 0,
-        resync_at: Instant::now() + logs::RESYNC_EVERY,
+        job_ids: 0,
+        recheck_at: Instant::now() + jobs::RECHECK_EVERY,
     };
 
     let (hello_id, hello) = match conn.await_hello().await {
@@ -295,7 +294,6 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     for family in conn.families.iter_mut() {
         family.detached(&conn.runner).await;
     }
-    conn.logs.close_all("runner disconnected");
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }
@@ -360,24 +358,41 @@ impl Connection {
                             return ending;
                         }
                     }
-                    Some(Outgoing::OpenLogs { id, open, tx, reply }) => {
+                    Some(Outgoing::Family { family, id, item, reply }) => {
                         if pending.len() >= PENDING_SWEEP {
                             pending.retain(|_, waiting| !waiting.is_closed());
                         }
-                        if let Err(ending) = self.open_live_logs(id, *open, tx, reply, &mut pending).await {
-                            return ending;
+                        let answer = match self.families.get(family) {
+                            Some(conn) => conn.request(&mut self.wire, &self.runner, id, item).await,
+                            None => Ok(Answer::Refused(ErrorBody {
+                                code: "internal".into(),
+                                message: format!("no handler for {family:?} on this server"),
+                            })),
+                        };
+                        match answer {
+                            Err(ending) => return ending,
+                            Ok(Answer::Sent) => {
+                                pending.insert(id, reply);
+                            }
+                            Ok(Answer::Refused(e)) => {
+                                // The caller may have given up (timeout); that is fine.
+                                let _ = reply.send(Envelope { id, body: Message::Error(e) });
+                            }
                         }
                         self.rearm(&mut watchdog, last_frame + silence);
                     }
-                    Some(Outgoing::JobsChanged) => {
+                    Some(Outgoing::Nudge(FamilyId::Jobs)) => {
                         if let Err(ending) = self.send_pending_jobs().await {
                             return ending;
                         }
                     }
-                    Some(Outgoing::ResyncLogs) => {
-                        if let Err(ending) = self.resync_collection().await {
-                            return ending;
+                    Some(Outgoing::Nudge(family)) => {
+                        if let Some(conn) = self.families.get(family) {
+                            if let Err(ending) = conn.nudge(&mut self.wire, &self.runner).await {
+                                return ending;
+                            }
                         }
+                        self.rearm(&mut watchdog, last_frame + silence);
                     }
                     Some(Outgoing::Notify { text }) => {
                         if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
@@ -404,19 +419,15 @@ impl Connection {
                             if let Err(ending) = self.on_control(*envelope, &mut pending).await {
                                 return ending;
                             }
-                        }
-                        Ok(Inbound::Data(h, payload)) if h.channel & protocol::TERM_CHANNEL_BIT != 0 => {
-                            if let Some(family) = self.families.get(FamilyId::Terminals) {
-                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, h, payload).await {
-                                    return ending;
-                                }
-                            }
+                            self.rearm(&mut watchdog, last_frame + silence);
                         }
                         Ok(Inbound::Data(h, payload)) => {
-                            let result = if h.channel < protocol::FIRST_CONNECTION_CHANNEL {
-                                self.on_job_frame(h, payload).await
-                            } else {
-                                self.on_log_frame(h, payload).await
+                            let result = match family_of_channel(h.channel) {
+                                FamilyId::Jobs => self.on_job_frame(h, payload).await,
+                                id => match self.families.get(id) {
+                                    Some(family) => family.frame(&mut self.wire, &self.runner, h, payload).await,
+                                    None => Ok(()),
+                                },
                             };
                             if let Err(ending) = result {
                                 return ending;
@@ -431,11 +442,7 @@ impl Connection {
                                 }
                             }
                             // An ack may now be due before the watchdog.
-                            if let Some(due) = self.families.due() {
-                                if due < watchdog.deadline() {
-                                    watchdog.as_mut().reset(due);
-                                }
-                            }
+                            self.rearm(&mut watchdog, last_frame + silence);
                         }
                         Ok(Inbound::Nothing) => {}
                     }
@@ -465,14 +472,12 @@ impl Connection {
                             }
                         }
                     }
-                    if now >= self.log_due() {
-                        if let Err(ending) = self.log_tick(now).await {
+                    if now >= self.job_tick_due() {
+                        if let Err(ending) = self.job_tick(now).await {
                             return ending;
                         }
                     }
-                    let family_due = self.families.due();
-                    let next = family_due.map_or(due, |a| a.min(due)).min(self.log_due());
-                    watchdog.as_mut().reset(next);
+                    watchdog.as_mut().reset(self.next_due(due));
                 }
             }
         }
@@ -483,30 +488,24 @@ impl Connection {
         envelope: Envelope,
         pending: &mut HashMap<u64, oneshot::Sender<Envelope>>,
     ) -> Result<(), Ending> {
-        if let Some(id) = family_of(&envelope.body) {
-            if let Some(family) = self.families.get(id) {
-                family
-                    .message(&mut self.wire, &self.runner, &envelope)
-                    .await?;
-            } else {
+        let families = families_of(&envelope.body);
+        if !families.is_empty() {
+            let mut heard = false;
+            for &id in families {
+                if let Some(family) = self.families.get(id) {
+                    family
+                        .message(&mut self.wire, &self.runner, &envelope)
+                        .await?;
+                    heard = true;
+                }
+            }
+            if !heard {
                 note_ignored(
                     &format!("message type '{}' (no handler)", envelope.body.type_name()),
                     &self.runner.id,
                 );
             }
-            // Log collection follows the containers (runner_ws/logs.rs).
-            return match &envelope.body {
-                Message::ContainerSnapshot(snapshot) => {
-                    self.sync_collection(&snapshot.containers).await
-                }
-                Message::ContainerEvent(event) => match (&event.action[..], &event.container) {
-                    ("start" | "restart", Some(c)) => {
-                        self.sync_collection(std::slice::from_ref(c)).await
-                    }
-                    _ => Ok(()),
-                },
-                _ => Ok(()),
-            };
+            return Ok(());
         }
         match &envelope.body {
             Message::Ping(ping) => {
@@ -524,13 +523,14 @@ impl Connection {
             | Message::LogOpened(_)
             | Message::TermOpened(_)
             | Message::JobAccepted(_) => {
-                let log_open = self.logs.on_reply(envelope.id, &envelope.body)
+                let own = self.families.reply(&self.runner, &envelope).await
                     || self.on_job_reply(envelope.id, &envelope.body).await;
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
-                } else if log_open {
-                    // The server's own collection open: handled above.
+                } else if own {
+                    // The server's own request (a collection open, a
+                    // job_start): its family handled it.
                 } else if let Message::Error(e) = &envelope.body {
                     tracing::warn!(runner = %self.runner.id, code = %e.code, "runner reported an error: {}", e.message);
                 } else {
@@ -579,9 +579,15 @@ impl Connection {
         }
     }
 
-    /// Bring the timer forward if log work is due before it.
+    /// The timer's next deadline: the silence limit, or whatever work is due before it.
+    fn next_due(&self, silence_due: Instant) -> Instant {
+        let due = silence_due.min(self.job_tick_due());
+        self.families.due().map_or(due, |d| d.min(due))
+    }
+
+    /// Bring the timer forward if work is due before it.
     fn rearm(&self, watchdog: &mut std::pin::Pin<&mut tokio::time::Sleep>, silence_due: Instant) {
-        let due = self.log_due().min(silence_due);
+        let due = self.next_due(silence_due);
         if due < watchdog.deadline() {
             watchdog.as_mut().reset(due);
         }

@@ -18,6 +18,7 @@
 //! a slow disk means fewer, bigger transactions rather than a stall.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::Message as WsMessage;
@@ -51,8 +52,13 @@ pub(super) async fn stored(task: &mut Option<StoreTask>) -> Result<Stored, tokio
     out
 }
 
-/// Request ids of the server's own `job_start`s (see runner_ws/logs.rs).
+/// Request ids of the server's own `job_start`s: far above the registry's
+/// (and apart from the log collection's, `logs/link.rs`), so their answers
+/// are never mistaken for an API request's.
 const JOB_ID_BASE: u64 = 3 << 61;
+/// The jobs are checked against storage this often, so a nudge lost to a
+/// full outbox is made good.
+pub(super) const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// `welcome.acks`: where the stored output of each job still producing
 /// ends, so the runner resends from there.
@@ -123,8 +129,8 @@ impl Connection {
                     continue;
                 }
             };
-            self.collect_ids += 1;
-            let id = JOB_ID_BASE + self.collect_ids;
+            self.job_ids += 1;
+            let id = JOB_ID_BASE + self.job_ids;
             // Checked at the API too; a secret may have grown since. Never
             // sent: the runner could not take it, and a refusal there would
             // come back here on every connection.
@@ -365,7 +371,21 @@ impl Connection {
         self.job_channels.due()
     }
 
-    pub(super) fn job_flush_due(&self, now: Instant) -> bool {
-        self.job_channels.flush_due(now)
+    /// When [`job_tick`](Self::job_tick) wants to run.
+    pub(super) fn job_tick_due(&self) -> Instant {
+        self.job_due()
+            .map_or(self.recheck_at, |d| d.min(self.recheck_at))
+    }
+
+    /// Due work: store the batch; check the jobs against storage.
+    pub(super) async fn job_tick(&mut self, now: Instant) -> Result<(), Ending> {
+        if self.job_channels.flush_due(now) {
+            self.start_job_store();
+        }
+        if now >= self.recheck_at {
+            self.recheck_at = now + RECHECK_EVERY;
+            self.send_pending_jobs().await?;
+        }
+        Ok(())
     }
 }
