@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  hello ─▶ attach ─▶ Family::attached (each, in table order) ─▶ a FamilyConn per family
+//!  welcome made ─▶ FamilyConn::welcoming (each adds its part: the job acks)
 //!  welcome sent ─▶ FamilyConn::welcomed (each)
 //!  control message ─▶ families_of(type) ─▶ FamilyConn::message (each, in that order)
 //!  reply to a request ─▶ FamilyConn::reply (each, until one owns it) ─▶ the waiting caller, if any
@@ -13,6 +14,8 @@
 //!  outbox: Family request ─▶ FamilyConn::request (sent: the reply goes to the caller)
 //!          Nudge(family)  ─▶ FamilyConn::nudge
 //!  timer           ─▶ FamilyConn::tick of each whose due() has come
+//!  background work ─▶ FamilyConn::poll_work ready ─▶ FamilyConn::work
+//!                     (a job output batch stored: ACK it)
 //!  connection ends ─▶ FamilyConn::detached (each)
 //! ```
 //!
@@ -28,6 +31,7 @@
 use std::any::Any;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,7 +39,7 @@ use axum::body::Bytes;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::SinkExt;
 use tether::protocol::{
-    close, encode_control, Envelope, ErrorBody, FrameHeader, Hello, Message,
+    close, encode_control, Envelope, ErrorBody, FrameHeader, Hello, Message, Welcome,
     FIRST_CONNECTION_CHANNEL, TERM_CHANNEL_BIT,
 };
 use tokio::time::{timeout, Instant};
@@ -78,6 +82,7 @@ pub fn families_of(message: &Message) -> &'static [FamilyId] {
         Message::UpdateStatus(_) => &[FamilyId::Updates],
         Message::SecretsLost(_) => &[FamilyId::Deploy],
         Message::TermAlive(_) => &[FamilyId::Terminals],
+        Message::JobResult(_) => &[FamilyId::Jobs],
         _ => &[],
     }
 }
@@ -217,6 +222,10 @@ pub trait Family: Send + Sync {
 /// One family's state on one connection.
 #[async_trait]
 pub trait FamilyConn: Send {
+    /// The welcome is about to be sent: add this family's part (nothing
+    /// may be sent yet).
+    async fn welcoming(&mut self, _runner: &RunnerIdentity, _welcome: &mut Welcome) {}
+
     /// The welcome is sent: the first things of this family, if any.
     async fn welcomed(&mut self, _wire: &mut Wire, _runner: &RunnerIdentity) -> Result<(), Ending> {
         Ok(())
@@ -285,6 +294,19 @@ pub trait FamilyConn: Send {
         Ok(())
     }
 
+    /// Whether background work of this family has finished (a task it
+    /// started), registering `cx` to be woken when it does; then the link
+    /// calls [`work`](Self::work). Polled on every turn of the connection's
+    /// loop: cheap, and `Pending` without work.
+    fn poll_work(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+
+    /// Finish what [`poll_work`](Self::poll_work) found done.
+    async fn work(&mut self, _wire: &mut Wire, _runner: &RunnerIdentity) -> Result<(), Ending> {
+        Ok(())
+    }
+
     /// The connection ended (the registry has marked it gone).
     async fn detached(&mut self, _runner: &RunnerIdentity) {}
 }
@@ -333,6 +355,30 @@ impl Conns {
             }
         }
         false
+    }
+
+    /// The first family whose background work is done (its index, for
+    /// [`work`](Self::work)).
+    pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
+        for (i, (_, family)) in self.0.iter_mut().enumerate() {
+            if family.poll_work(cx).is_ready() {
+                return Poll::Ready(i);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The family at `index` (from [`poll_work`](Self::poll_work)) finishes its work.
+    pub async fn work(
+        &mut self,
+        index: usize,
+        wire: &mut Wire,
+        runner: &RunnerIdentity,
+    ) -> Result<(), Ending> {
+        match self.0.get_mut(index) {
+            Some((_, family)) => family.work(wire, runner).await,
+            None => Ok(()),
+        }
     }
 
     /// The earliest due tick of any family.

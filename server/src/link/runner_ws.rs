@@ -20,9 +20,10 @@
 //!
 //! In `Live`, messages and frames of a family a feature owns go to its
 //! handler (`dispatch.rs`; telemetry, containers, updates, deploy, logs,
-//! terminals, the fleet's labels at attach), and so do the registry's
+//! jobs, terminals, the fleet's labels at attach), and so do the registry's
 //! outbox items addressed to a family; one timer serves the watchdog and
-//! whatever the families and the job channels have due. A reply
+//! whatever the families have due, and their background work (a job
+//! output batch stored) is awaited beside the socket. A reply
 //! (`docker_response`, `pong`, `error`, ...) is offered to the families,
 //! then goes to the request waiting for its id.
 //!
@@ -57,14 +58,11 @@ use crate::common::edge::PeerAddr;
 use crate::common::error::ApiError;
 use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
-use crate::jobs::JobChannels;
 use crate::link::dispatch::{
     families_of, family_of_channel, note_ignored, Answer, Conns, Ending, ErrorReply, FamilyId, Wire,
 };
 use crate::link::registry::{AttachError, Outgoing, Session, ToRunner};
 use crate::link::LinkCtx;
-
-mod jobs;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -151,22 +149,12 @@ struct Connection {
     runner: RunnerIdentity,
     /// Each dispatched family's state on this connection (made at attach).
     families: Conns,
-    /// Job channels and the job messages sent (`runner_ws/jobs.rs`).
-    job_channels: JobChannels,
-    /// The job output batch being stored, if any (one at a time, in order;
-    /// frames keep being read meanwhile — `runner_ws/jobs.rs`).
-    job_store: Option<jobs::StoreTask>,
-    /// Ids of the server's own `job_start`s, and when the jobs are next
-    /// checked against storage (a nudge lost to a full outbox).
-    job_ids: u64,
-    recheck_at: Instant,
 }
 
 async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
     let registry = state.registry.clone();
     let _task = registry.task_guard();
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
-    let output_cap = state.quotas.job_output_bytes;
     let send_timeout = state.tuning.send_timeout;
     let mut conn = Connection {
         wire: Wire {
@@ -174,12 +162,8 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
             send_timeout,
         },
         state,
-        job_channels: JobChannels::new(output_cap),
-        job_store: None,
         runner,
         families: Conns::default(),
-        job_ids: 0,
-        recheck_at: Instant::now() + jobs::RECHECK_EVERY,
     };
 
     let (hello_id, hello) = match conn.await_hello().await {
@@ -255,26 +239,28 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
             None
         }
     };
-    let welcome = Message::Welcome(Welcome {
+    let mut welcome = Welcome {
         protocol: version,
         runner_id: runner_id.clone(),
         server_version: SERVER_VERSION.to_owned(),
-        acks: jobs::welcome_acks(&mut conn).await,
+        acks: Vec::new(),
         metrics_ts,
-    });
+    };
+    // The families' parts (the job acks).
+    for family in conn.families.iter_mut() {
+        family.welcoming(&conn.runner, &mut welcome).await;
+    }
+    let welcome = Message::Welcome(welcome);
     let mut sent = conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
         .await;
-    // The families' first words (the update offer), in table order.
+    // The families' first words (the update offer, then the jobs waiting
+    // for this runner), in table order.
     for family in conn.families.iter_mut() {
         if sent.is_err() {
             break;
         }
         sent = family.welcomed(&mut conn.wire, &conn.runner).await;
-    }
-    if sent.is_ok() {
-        // Jobs waiting for this runner (runner_ws/jobs.rs).
-        sent = conn.send_pending_jobs().await;
     }
     let ending = match sent {
         Ok(()) => {
@@ -381,11 +367,6 @@ impl Connection {
                         }
                         self.rearm(&mut watchdog, last_frame + silence);
                     }
-                    Some(Outgoing::Nudge(FamilyId::Jobs)) => {
-                        if let Err(ending) = self.send_pending_jobs().await {
-                            return ending;
-                        }
-                    }
                     Some(Outgoing::Nudge(family)) => {
                         if let Some(conn) = self.families.get(family) {
                             if let Err(ending) = conn.nudge(&mut self.wire, &self.runner).await {
@@ -422,15 +403,10 @@ impl Connection {
                             self.rearm(&mut watchdog, last_frame + silence);
                         }
                         Ok(Inbound::Data(h, payload)) => {
-                            let result = match family_of_channel(h.channel) {
-                                FamilyId::Jobs => self.on_job_frame(h, payload).await,
-                                id => match self.families.get(id) {
-                                    Some(family) => family.frame(&mut self.wire, &self.runner, h, payload).await,
-                                    None => Ok(()),
-                                },
-                            };
-                            if let Err(ending) = result {
-                                return ending;
+                            if let Some(family) = self.families.get(family_of_channel(h.channel)) {
+                                if let Err(ending) = family.frame(&mut self.wire, &self.runner, h, payload).await {
+                                    return ending;
+                                }
                             }
                             self.rearm(&mut watchdog, last_frame + silence);
                         }
@@ -447,8 +423,8 @@ impl Connection {
                         Ok(Inbound::Nothing) => {}
                     }
                 }
-                stored = jobs::stored(&mut self.job_store), if self.job_store.is_some() => {
-                    if let Err(ending) = self.on_job_stored(stored).await {
+                index = std::future::poll_fn(|cx| self.families.poll_work(cx)) => {
+                    if let Err(ending) = self.families.work(index, &mut self.wire, &self.runner).await {
                         return ending;
                     }
                     self.rearm(&mut watchdog, last_frame + silence);
@@ -470,11 +446,6 @@ impl Connection {
                             if let Err(ending) = family.tick(&mut self.wire, &self.runner, now).await {
                                 return ending;
                             }
-                        }
-                    }
-                    if now >= self.job_tick_due() {
-                        if let Err(ending) = self.job_tick(now).await {
-                            return ending;
                         }
                     }
                     watchdog.as_mut().reset(self.next_due(due));
@@ -523,8 +494,7 @@ impl Connection {
             | Message::LogOpened(_)
             | Message::TermOpened(_)
             | Message::JobAccepted(_) => {
-                let own = self.families.reply(&self.runner, &envelope).await
-                    || self.on_job_reply(envelope.id, &envelope.body).await;
+                let own = self.families.reply(&self.runner, &envelope).await;
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
@@ -538,7 +508,6 @@ impl Connection {
                 }
                 Ok(())
             }
-            Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::SecretsLost(_)
             | Message::MetricsSchema(_)
@@ -547,7 +516,8 @@ impl Connection {
             | Message::ContainerSnapshot(_)
             | Message::ContainerEvent(_)
             | Message::UpdateStatus(_)
-            | Message::TermAlive(_) => Ok(()), // dispatched above
+            | Message::TermAlive(_)
+            | Message::JobResult(_) => Ok(()), // dispatched above
             Message::MetricsAck(_)
             | Message::FingerprintResync(_)
             | Message::DockerRequest(_)
@@ -581,8 +551,9 @@ impl Connection {
 
     /// The timer's next deadline: the silence limit, or whatever work is due before it.
     fn next_due(&self, silence_due: Instant) -> Instant {
-        let due = silence_due.min(self.job_tick_due());
-        self.families.due().map_or(due, |d| d.min(due))
+        self.families
+            .due()
+            .map_or(silence_due, |d| d.min(silence_due))
     }
 
     /// Bring the timer forward if work is due before it.
