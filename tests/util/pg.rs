@@ -47,7 +47,16 @@ impl Postgres {
             let out = run(
                 &bin,
                 "pg_ctl",
-                &["-D", data_arg, "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"],
+                &[
+                    "-D",
+                    data_arg,
+                    "-o",
+                    &opts,
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "start",
+                ],
             );
             if out.status.success() {
                 return Postgres { bin, dir, port };
