@@ -10,6 +10,8 @@
 pub mod docker;
 pub mod engine_proxy;
 pub mod git;
+pub mod hooks;
+pub mod pg;
 pub mod prev;
 pub mod proxy;
 pub mod term;
