@@ -645,7 +645,7 @@ impl Connection {
 
     /// Say why (if the server is the one closing), close, and wait briefly for
     /// the runner's close frame so ours is not lost in a connection reset.
-    async fn finish(mut self, ending: Ending) {
+    async fn finish(&mut self, ending: Ending) {
         let Ending::Close {
             code,
             reason,
@@ -750,5 +750,22 @@ mod tests {
         assert!(cut.len() <= MAX_CLOSE_REASON);
         assert_eq!(cut.len(), 122, "cut on a char boundary");
         assert_eq!(clip(&"x".repeat(300)).len(), MAX_HELLO_FIELD);
+    }
+
+    /// The size of the future behind `f`, without calling it.
+    fn future_size<A, B, C, D, F: std::future::Future>(_: &impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A connection's task is allocated whole for as long as the runner
+    /// stays, so its future's size is per-runner memory (issue 16): rarely
+    /// taken large branches are boxed, the connection is not moved into
+    /// `finish`. The bound is for a debug build (larger than a release one)
+    /// and has some room; crossing it means something large is now held
+    /// across an await of every connection.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = future_size(&run);
+        assert!(size <= 6 * 1024, "runner_ws::run's future is {size} bytes");
     }
 }
