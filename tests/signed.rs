@@ -341,14 +341,14 @@ fn terminals_are_not_yet_signed_even_where_the_host_requires_everything_signed()
     );
 }
 
-/// Deploys are checked like jobs, but nothing can sign one yet (no
-/// `--sign-key` on `app deploy`, no `signatures` in its API): a host that
-/// requires signed deploys refuses every deploy, with the reason
-/// (`docs/security.md`, "Not protected today").
+/// `--require-signed jobs` alone does not check deploys: an unsigned
+/// deploy gets past the signature check (and fails later, for want of
+/// Docker here), while an unsigned job is refused (`docs/security.md`,
+/// "Not protected today": require both).
 #[test]
-fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() {
+fn requiring_signed_jobs_alone_leaves_deploys_unchecked() {
     let server = Server::start();
-    let tenant = server.tenant("signed-deploys");
+    let tenant = server.tenant("signed-jobs-only");
     let keys = TempDir::new("keys");
     keygen(keys.path(), "op.key");
     let mut runner = Runner::enroll(&server, &tenant);
@@ -363,7 +363,7 @@ fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() 
         "--docker-socket",
         "off",
         "--require-signed",
-        "deploys",
+        "jobs",
     ]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
     let site = TempDir::new("site");
@@ -375,47 +375,12 @@ fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() 
     assert_eq!(st, 200, "{v}");
     let (st, v) = tenant.call("POST", "/api/v1/apps/site/deploy", None);
     assert_eq!(st, 201, "{v}");
-    let id = v["id"].as_str().unwrap();
-    let v = wait_final(&tenant, id);
-    assert_eq!(v["status"], "failed", "{v}");
-    let why = v["reason"].as_str().unwrap();
-    assert!(
-        why.contains("signature_refused") && why.contains("every deploy"),
-        "{why}"
-    );
-    // A host that requires signed jobs only does not check deploys: the
-    // same deploy gets past the signature check (and fails later, for want
-    // of Docker here).
-    let mut jobs_only = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        jobs_only.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    jobs_only.start(&[
-        "--heartbeat",
-        "1s",
-        "--docker-socket",
-        "off",
-        "--require-signed",
-        "jobs",
-    ]);
-    tenant.wait_health(&jobs_only.id, "active", Duration::from_secs(15));
-    let (st, v) = tenant.call(
-        "PUT",
-        "/api/v1/apps/site2",
-        Some(json!({ "runner": jobs_only.id, "path": site.path() })),
-    );
-    assert_eq!(st, 200, "{v}");
-    let (st, v) = tenant.call("POST", "/api/v1/apps/site2/deploy", None);
-    assert_eq!(st, 201, "{v}");
     let v = wait_final(&tenant, v["id"].as_str().unwrap());
     assert_eq!(v["status"], "failed", "{v}");
     assert!(
         !v["reason"].as_str().unwrap().contains("signature_refused"),
         "{v}"
     );
-    // Jobs were not required on the first host: one runs.
     let made = TempDir::new("made");
     let file = made.path().join("job");
     let id = run_detached(
@@ -425,8 +390,334 @@ fn deploys_cannot_be_signed_yet_so_a_host_requiring_them_refuses_every_deploy() 
         &format!("touch {}", file.display()),
         &[],
     );
-    assert_eq!(wait_final(&tenant, &id)["status"], "succeeded");
-    assert!(file.exists());
+    assert_refused(&tenant, &id, "unsigned", &file);
+}
+
+/// `docker inspect -f FORMAT NAME`, `None` if there is no such object.
+fn inspect(format: &str, name: &str) -> Option<String> {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, name])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Removes a test's containers and image tags (`NAME*`, `NAME:*`) on drop.
+struct DockerCleanup(String);
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let ps = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("name={}", self.0)])
+            .output();
+        if let Ok(out) = ps {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        for tag in image_tags(&self.0) {
+            let _ = Command::new("docker").args(["rmi", &tag]).output();
+        }
+    }
+}
+
+/// `REPO:TAG` of every image of repository `repo`.
+fn image_tags(repo: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}", repo])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `app deploy NAME --detach --json` (extra flags appended): the deployment.
+fn app_cli(server: &Server, tenant: &Tenant, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "app"];
+    all.extend_from_slice(args);
+    all.push("--detach");
+    let (ok, out) = cli(server, tenant, &all);
+    assert!(ok, "{out}");
+    serde_json::from_str(out.lines().next().unwrap()).unwrap()
+}
+
+/// A deploy is refused with `reason`, and the host's Docker is as it was:
+/// the same container (id) runs, no image was tagged for the deploy
+/// (unless it is `existing`'s, as a replay's is).
+fn assert_deploy_refused(
+    tenant: &Tenant,
+    d: &Value,
+    reason: &str,
+    (app, container, existing): (&str, &str, &str),
+) {
+    let id = d["id"].as_str().unwrap();
+    let v = wait_final(tenant, id);
+    assert_eq!(v["status"], "failed", "{v}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("signature_refused") && why.contains(reason),
+        "want {reason:?}: {why}"
+    );
+    assert_eq!(
+        inspect("{{.Id}}", app).as_deref(),
+        Some(container),
+        "the app's container was replaced"
+    );
+    let image = d["image"].as_str().unwrap();
+    assert!(
+        image == existing
+            || !image_tags(image.split(':').next().unwrap()).contains(&image.to_owned()),
+        "{image} was built"
+    );
+}
+
+/// Signed deploys through the real server, runner and Docker engine: a
+/// host requiring signed deploys runs one the CLI signed (`app deploy
+/// --sign-key`: built, tagged with the signature's action id, running),
+/// and refuses — with the reason, its running container untouched, no
+/// image built — a deploy that is unsigned, signed by an unknown key,
+/// expired, replayed, or signed and then altered in the server's database
+/// one field at a time (source path, context, Dockerfile, image, build,
+/// container, ports, volumes, restart, labels, env, secret names, health
+/// check, env file, secrets delivery, timeout, the signature's not-after
+/// and action id, and the runner it goes to). A signed rollback runs too.
+#[test]
+fn a_host_requiring_signed_deploys_runs_signed_ones_and_refuses_the_rest() {
+    let _engine = crate::util::docker::ensure();
+    let mut server = Server::start();
+    let tenant = server.tenant("signed-deploys");
+    let keys = TempDir::new("keys");
+    let key = keygen(keys.path(), "op.key");
+    let stranger = keygen(keys.path(), "stranger.key");
+    let key_arg = key.to_str().unwrap().to_owned();
+    let trusting = |r: &Runner| {
+        std::fs::copy(
+            keys.path().join("op.key.pub"),
+            r.dir.path().join("operator-keys.pub"),
+        )
+        .unwrap();
+    };
+    let args = ["--heartbeat", "1s", "--require-signed", "deploys"];
+    let mut runner = Runner::enroll(&server, &tenant);
+    trusting(&runner);
+    runner.start(&args);
+    // A second host trusting the same key, for a deploy moved to it.
+    let mut other = Runner::enroll(&server, &tenant);
+    trusting(&other);
+    other.start(&args);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    tenant.wait_health(&other.id, "active", Duration::from_secs(15));
+    let app = format!("tether-signed-{}", std::process::id());
+    let _cleanup = DockerCleanup(app.clone());
+    let src = TempDir::new("site");
+    std::fs::write(
+        src.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY . /ctx\nCMD [\"sleep\", \"3600\"]\n",
+            crate::util::docker::IMAGE
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.path().join("version.txt"), "signed\n").unwrap();
+    let (st, _) = tenant.call(
+        "PUT",
+        "/api/v1/secrets/TOKEN",
+        Some(json!({ "value": "not-signed-value" })),
+    );
+    assert_eq!(st, 204);
+    let (st, v) = tenant.call(
+        "PUT",
+        &format!("/api/v1/apps/{app}"),
+        Some(json!({
+            "runner": runner.id,
+            "path": src.path(),
+            "env": {"MODE": "signed"},
+            "secrets": ["TOKEN"],
+            "secrets_delivery": "env",
+            "labels": {"tier": "web"},
+            "health": {"cmd": ["test", "-f", "/ctx/version.txt"], "timeout_s": 20},
+        })),
+    );
+    assert_eq!(st, 200, "{v}");
+
+    // Signed by the trusted key: built, tagged with the action id, running.
+    let first = app_cli(&server, &tenant, &["deploy", &app, "--sign-key", &key_arg]);
+    let v = wait_final(&tenant, first["id"].as_str().unwrap());
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let action = v["signed"]["action_id"].as_str().unwrap().to_owned();
+    assert_eq!(first["image"], format!("{app}:{action}"));
+    assert_eq!(
+        inspect("{{.Config.Image}}", &app).as_deref(),
+        Some(first["image"].as_str().unwrap())
+    );
+    let container = inspect("{{.Id}}", &app).expect("the app runs");
+    let existing = first["image"].as_str().unwrap().to_owned();
+    let refused = |d: &Value, reason: &str| {
+        assert_deploy_refused(&tenant, d, reason, (&app, &container, &existing));
+    };
+
+    // Unsigned (the API without a signature).
+    let (st, d) = tenant.call("POST", &format!("/api/v1/apps/{app}/deploy"), None);
+    assert_eq!(st, 201, "{d}");
+    refused(&d, "unsigned");
+    // Signed by a key the host does not trust.
+    let d = app_cli(
+        &server,
+        &tenant,
+        &["deploy", &app, "--sign-key", stranger.to_str().unwrap()],
+    );
+    refused(&d, "unknown key");
+    // Replayed: the first deploy's signature sent again.
+    let (st, d) = tenant.call(
+        "POST",
+        &format!("/api/v1/apps/{app}/deploy"),
+        Some(json!({ "signed": v["signed"] })),
+    );
+    assert_eq!(st, 201, "{d}");
+    assert_eq!(d["image"], first["image"]);
+    refused(&d, "replayed");
+    // A signature whose action id cannot tag an image: refused by the API.
+    let mut bad = v["signed"].clone();
+    bad["action_id"] = json!("sa/../x");
+    let (st, e) = tenant.call(
+        "POST",
+        &format!("/api/v1/apps/{app}/deploy"),
+        Some(json!({ "signed": bad })),
+    );
+    assert_eq!(st, 400, "{e}");
+
+    // Expired: signed for 1 s while the host is away, delivered after.
+    stop(&mut runner);
+    let d = app_cli(
+        &server,
+        &tenant,
+        &["deploy", &app, "--sign-key", &key_arg, "--sign-valid", "1s"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    runner.start(&args);
+    refused(&d, "expired");
+
+    // Altered: signed deploys changed in the server's database, one field
+    // each, while the hosts are away (a stolen database, a compromised
+    // server).
+    stop(&mut runner);
+    stop(&mut other);
+    let alterations: &[(&str, &str)] = &[
+        ("path", "json_set(spec, '$.deploy.path', '/')"),
+        ("context", "json_set(spec, '$.deploy.context', 'sub')"),
+        (
+            "dockerfile",
+            "json_set(spec, '$.deploy.dockerfile', 'Evil')",
+        ),
+        ("image", "json_set(spec, '$.deploy.image', 'evil:1')"),
+        ("build", "json_set(spec, '$.deploy.build', json('false'))"),
+        ("container", "json_set(spec, '$.deploy.container', 'other')"),
+        (
+            "ports",
+            "json_set(spec, '$.deploy.ports', json('[{\"host\":2222,\"container\":22}]'))",
+        ),
+        (
+            "volumes",
+            "json_set(spec, '$.deploy.volumes', json('[\"/:/host\"]'))",
+        ),
+        ("restart", "json_set(spec, '$.deploy.restart', 'always')"),
+        ("labels", "json_set(spec, '$.deploy.labels', json('[]'))"),
+        ("env", "json_set(spec, '$.env[0][1]', 'evil')"),
+        ("secrets", "json_set(spec, '$.secrets', json('[]'))"),
+        ("health", "json_remove(spec, '$.deploy.health')"),
+        ("env_file", "json_set(spec, '$.deploy.env_file', '/env')"),
+        (
+            "delivery",
+            "json_set(spec, '$.deploy.secrets_delivery', 'env_file')",
+        ),
+        ("timeout", "json_set(spec, '$.timeout_s', 5)"),
+    ];
+    let mut altered = Vec::new();
+    for (what, sql) in alterations {
+        let d = app_cli(&server, &tenant, &["deploy", &app, "--sign-key", &key_arg]);
+        altered.push((*what, d, format!("UPDATE jobs SET spec = {sql}")));
+    }
+    // The signature's own fields, and the host it goes to.
+    for (what, sql) in [
+        (
+            "not_after",
+            format!(
+                "UPDATE jobs SET spec = json_set(spec, '$.signed.{0}.not_after_ms', \
+                 json_extract(spec, '$.signed.{0}.not_after_ms') + 1000)",
+                runner.id
+            ),
+        ),
+        (
+            "action_id",
+            format!(
+                "UPDATE jobs SET spec = json_set(spec, '$.signed.{0}.action_id', 'sa_0000000000000000')",
+                runner.id
+            ),
+        ),
+        (
+            "runner",
+            format!(
+                "UPDATE jobs SET runner_id = '{1}', spec = json_set(spec, '$.signed.{1}', \
+                 json_extract(spec, '$.signed.{0}'))",
+                runner.id, other.id
+            ),
+        ),
+    ] {
+        let d = app_cli(&server, &tenant, &["deploy", &app, "--sign-key", &key_arg]);
+        altered.push((what, d, sql));
+    }
+    server.stop();
+    for (what, d, sql) in &altered {
+        let sql = format!("{sql} WHERE id = '{}'", d["id"].as_str().unwrap());
+        let out = Command::new("sqlite3")
+            .arg(server.data.join("jobs.db"))
+            .arg(&sql)
+            .output()
+            .expect("sqlite3 (packaging/dev-setup.sh installs it)");
+        assert!(out.status.success(), "{what}: {sql}: {out:?}");
+    }
+    server.restart();
+    runner.start(&args);
+    other.start(&args);
+    for (what, d, _) in &altered {
+        let v = wait_final(&tenant, d["id"].as_str().unwrap());
+        let why = v["reason"].as_str().unwrap_or_default();
+        assert!(
+            v["status"] == "failed" && why.contains("signature_refused") && why.contains("altered"),
+            "{what}: {v}"
+        );
+        refused(d, "altered");
+    }
+    assert!(inspect("{{.Id}}", "other").is_none());
+
+    // A second signed deploy, then a signed rollback to the first image.
+    let second = app_cli(&server, &tenant, &["deploy", &app, "--sign-key", &key_arg]);
+    let v = wait_final(&tenant, second["id"].as_str().unwrap());
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(
+        inspect("{{.Config.Image}}", &app).as_deref(),
+        Some(second["image"].as_str().unwrap())
+    );
+    let back = app_cli(
+        &server,
+        &tenant,
+        &["rollback", &app, "--sign-key", &key_arg],
+    );
+    let v = wait_final(&tenant, back["id"].as_str().unwrap());
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(
+        inspect("{{.Config.Image}}", &app).as_deref(),
+        Some(first["image"].as_str().unwrap())
+    );
+    // An unsigned rollback is refused like an unsigned deploy.
+    let (st, d) = tenant.call("POST", &format!("/api/v1/apps/{app}/rollback"), None);
+    assert_eq!(st, 201, "{d}");
+    let v = wait_final(&tenant, d["id"].as_str().unwrap());
+    assert!(v["reason"].as_str().unwrap().contains("unsigned"), "{v}");
 }
 
 /// The same gap for container operations: `containers` is refused at
