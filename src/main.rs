@@ -94,7 +94,7 @@ Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interv
                   [--docker-socket PATH] [--max-jobs N] [--no-jobs]
                   [--no-host-terminal] [--host-terminal-user USER]
                   [--no-container-terminal] [--no-container-control]
-                  [--require-signed jobs,deploys] [--operator-keys FILE]
+                  [--require-signed jobs,deploys,terminals,containers] [--operator-keys FILE]
                   [--server URL] [--ca-file PEM] [--proxy URL] [--label KEY=VALUE]...
 
 Connect to the server with the stored credential and stay connected,
@@ -135,10 +135,11 @@ Options:
   --label KEY=VALUE     a label this host proposes to the server (repeatable; the
                         server shows it as proposed until an operator accepts it)
                         [also one per line in <state-dir>/labels, as install.sh writes]
-  --require-signed LIST  jobs, deploys (comma-separated, or all = both, or none) run only
-                        when signed by a trusted operator key (`tether-server run --sign-key`);
-                        refused with the reason otherwise; the server cannot override it.
-                        terminals, containers: not signed yet, refused as a usage error
+  --require-signed LIST  jobs, deploys, terminals, containers (comma-separated, or all,
+                        or none) run only when signed by a trusted operator key (the
+                        CLI's --sign-key); refused with the reason otherwise; the server
+                        cannot override it. containers: operations that change a
+                        container or image (list and inspect are never checked)
                         [env TETHER_REQUIRE_SIGNED, default none]
   --operator-keys FILE  trusted operator public keys (minisign, several allowed)
                         [env TETHER_OPERATOR_KEYS, default <state-dir>/operator-keys.pub]
@@ -198,9 +199,11 @@ Options:
 const AUDIT_HELP: &str = "\
 Usage: tether audit
 
-Print this host's own record of the jobs and deploys the server asked it
-to run, oldest first, from <state-dir>/audit.log: one line per action with
-the time (UTC), the job id, the kind (job, deploy), the signed action id
+Print this host's own record of the jobs, deploys, terminals and container
+operations the server asked for, oldest first, from <state-dir>/audit.log:
+one line per action with the time (UTC), what it was (job=ID,
+terminal=host or terminal=container:NAME, container=NAME op=OP), the kind
+(job, deploy, terminal, container), the signed action id
 (- if none), the signer's key id (or unsigned) and the outcome: ran (let
 through to run), ran unchecked (signed, but this host does not require
 signatures for that kind) or refused: the reason. The runner writes it,
@@ -733,7 +736,6 @@ impl RunPlan {
                 j.max_concurrent = max_jobs;
                 j.docker_socket = docker_socket;
                 j.secrets_dir = Some(secrets_dir);
-                j.trust = trust;
                 j
             }),
             update: update_cfg.clone(),
@@ -741,6 +743,7 @@ impl RunPlan {
             update_off,
             health_deadline,
             terminals,
+            trust,
         };
         Ok(RunPlan {
             cfg,

@@ -53,6 +53,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> RunConfig {
         update_off: None,
         health_deadline: None,
         terminals: Default::default(),
+        trust: Default::default(),
     }
 }
 
