@@ -4,8 +4,10 @@
 //! tests drive it with `tower::ServiceExt::oneshot`. `app/serve.rs` puts it behind
 //! TLS; nothing here knows about listeners or certificates.
 
+pub mod backup;
 pub mod config;
 mod ctx;
+pub mod migrate;
 mod routes;
 pub mod serve;
 pub mod tls;

@@ -122,7 +122,8 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Logs to stderr (`serve`, `backup`, `migrate`).
+pub(crate) fn init_logging(filter: &str) {
     let env_filter = tracing_subscriber::EnvFilter::try_new(filter);
     let bad_filter = env_filter.is_err();
     tracing_subscriber::fmt()

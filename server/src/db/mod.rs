@@ -16,6 +16,7 @@
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
 //!             trait here; metrics, logs and job output partitioned by time
+//! copy.rs     rows as plain values, for `migrate` (SQLite → PostgreSQL)
 //! Liveness    (this file) the cached database check behind `/healthz`
 //! ```
 //!
@@ -40,6 +41,7 @@ use std::sync::Arc;
 pub mod alerts;
 pub mod audit;
 pub mod control;
+pub mod copy;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;

@@ -14,6 +14,7 @@
 //! jobs.rs     JobStore     over PgJobs: scripts, secrets, jobs, output by day partition, apps
 //! alerts.rs   AlertStore   over PgAlerts: rules, channels, states, history, silences, deliveries
 //! partitions.rs  making partitions ahead and dropping them for retention
+//! import.rs   filling an empty database from SQLite rows (`migrate`)
 //! ```
 //!
 //! Every store behind a `db/` trait is here; [`Postgres::open`] makes the
@@ -44,6 +45,7 @@ use super::StorageError;
 mod alerts;
 mod audit;
 mod control;
+pub mod import;
 mod jobs;
 mod logs;
 mod metrics;
@@ -280,6 +282,11 @@ impl Postgres {
             jobs: pg.jobs(),
             alerts: pg.alerts(),
         })
+    }
+
+    /// The import side of `tether-server migrate` (one connection).
+    pub async fn importer(&self) -> Result<import::Importer, StorageError> {
+        import::Importer::new(self.pool.clone()).await
     }
 
     /// The numbered migrations applied, in order (tests, operators).

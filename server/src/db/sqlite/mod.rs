@@ -8,6 +8,7 @@
 //! logs.db     logs.rs: LogStore
 //! jobs.db     jobs.rs (+ deploy.rs): JobStore
 //! alerts.db   alerts.rs: AlertStore
+//! backup.rs   online copies of any of these files (`tether-server backup`)
 //! ```
 //!
 //! Each file's store is a plain synchronous struct (a mutex-guarded
@@ -31,6 +32,7 @@ use super::{Db, StorageError};
 use crate::db::logs::CollectPolicy;
 
 mod alerts;
+pub mod backup;
 mod containers;
 mod control;
 mod deploy;
