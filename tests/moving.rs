@@ -100,6 +100,12 @@ fn populate() -> Populated {
         Some(json!({ "name": "ada", "password": "correct horse battery", "role": "admin" })),
     );
     assert_eq!(st, 201, "{v}");
+    let (st, v) = tenant.call(
+        "PATCH",
+        &format!("/api/v1/runners/{}/labels", runner.id),
+        Some(json!({ "set": { "role": "db" } })),
+    );
+    assert_eq!(st, 200, "{v}");
     Populated {
         server,
         tenant,
@@ -119,6 +125,12 @@ fn check_moved(p: &Populated) {
     assert_eq!(st, 200);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(output(&p.tenant, &p.job), p.job_output);
+    let (st, v) = p.tenant.call(
+        "GET",
+        &format!("/api/v1/runners/{}/labels", p.runner.id),
+        None,
+    );
+    assert_eq!((st, &v["labels"]), (200, &json!({ "role": "db" })), "{v}");
     let (st, users) = p.tenant.call("GET", "/api/v1/users", None);
     assert_eq!(st, 200);
     assert!(users.to_string().contains("\"ada\""), "{users}");
@@ -254,8 +266,8 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
     eprintln!("{out}{err}");
     assert!(out.contains("every count equal"), "{out}");
     let counts = migrate_counts(&out);
-    let copied: Vec<_> = counts.iter().filter(|c| c.2 != "kept").collect();
-    assert!(copied.len() >= 30, "{out}");
+    let copied: Vec<_> = counts.iter().collect();
+    assert!(copied.len() >= 45, "every table of every file: {out}");
     for (table, sqlite, pg_n) in &copied {
         assert_eq!(pg_n, &sqlite.to_string(), "{table}: {out}");
     }
@@ -268,13 +280,19 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
         count("job_output") >= 1 && count("health_events") >= 1,
         "{out}"
     );
+    assert_eq!(count("labels"), 1, "{out}");
+    let trail = count("audit_entries");
+    assert!(trail >= 5, "{out}");
     // Independently of the tool's own count: PostgreSQL holds the rows.
     assert_eq!(pg.query("moved", "SELECT count(*) FROM runners"), "1");
     assert_eq!(
         pg.query("moved", "SELECT count(*) FROM job_output"),
         count("job_output").to_string()
     );
-
+    assert_eq!(
+        pg.query("moved", "SELECT count(*) FROM audit_entries"),
+        trail.to_string()
+    );
     // Into a database that holds rows: refused without --force (3); with
     // it, emptied and copied again, the same counts.
     let (code, _, err) = admin(&["migrate", "--from", &data, "--to", &url], &[]);
@@ -293,4 +311,21 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
     check_moved(&p);
     // The new job went to PostgreSQL, not to the old file.
     assert_eq!(pg.query("moved", "SELECT count(*) FROM jobs"), "2");
+    // The label came along (fleet.db), and the audit trail copied from
+    // audit.db verifies there, with the new server's entries chained on.
+    let (st, v) = p.tenant.call(
+        "GET",
+        &format!("/api/v1/runners/{}/labels", p.runner.id),
+        None,
+    );
+    assert_eq!((st, &v["labels"]), (200, &json!({ "role": "db" })), "{v}");
+    let (st, v) = p.server.api().call(
+        "GET",
+        "/api/v1/audit/verify",
+        Some(&p.server.admin_token),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["entries"].as_u64().unwrap() > trail, "{v}");
 }

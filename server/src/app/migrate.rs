@@ -13,9 +13,8 @@
 //! read from there: the sealing key (`secret.key`), `admin.token` and the
 //! dev CA (`tls/`). So the server on PostgreSQL is started with the same
 //! `--data-dir` (or a copy of those files, or `TETHER_SECRET_KEY`). The
-//! fleet store (`fleet.db`) and the audit trail (`audit.db`) are not behind
-//! `db/` yet and have no PostgreSQL tables: they are counted but stay
-//! files in the data dir too ([`KEPT_FILES`]).
+//! audit trail is copied entry for entry (seq, hashes, anchor): it verifies
+//! in PostgreSQL as it did in `audit.db`.
 //!
 //! Refused (exit 3, nothing written): a source whose server answers at its
 //! `server.url` (the copy must not race its writes), and a target that
@@ -34,15 +33,11 @@ use crate::db::postgres::{is_postgres_url, redacted, Postgres};
 use crate::db::sqlite::backup::{can_derive, read_table, table_counts, tables};
 use crate::db::StorageError;
 
-/// Files whose tables have no PostgreSQL home yet: they stay in the data
-/// dir, where `serve --database postgres://…` reads them.
-pub const KEPT_FILES: [&str; 2] = ["fleet.db", "audit.db"];
-
 const EXIT_HELP: &str = "Exit status: 0 copied, every count equal; 1 failed (the target is \
 left as it was); 2 usage; 3 refused (the source server is running, or the target holds rows \
 and there is no --force); 4 copied but a table's count differs.\n\n\
 Afterwards start the server with the same --data-dir and --database: the sealing key \
-(secret.key), admin.token, tls/, fleet.db and audit.db stay in the data dir.";
+(secret.key), admin.token and tls/ stay in the data dir.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXIT_HELP)]
@@ -86,13 +81,13 @@ impl From<StorageError> for MigrateError {
     }
 }
 
-/// One table's count on both sides (`postgres` is `None` for a kept file).
+/// One table's count on both sides.
 #[derive(Debug, Clone)]
 pub struct TableCount {
     pub file: String,
     pub table: String,
     pub sqlite: u64,
-    pub postgres: Option<u64>,
+    pub postgres: u64,
 }
 
 pub fn main(args: MigrateArgs) -> ExitCode {
@@ -115,25 +110,21 @@ pub fn main(args: MigrateArgs) -> ExitCode {
             "file", "table", "sqlite", "postgres"
         );
         for c in &counts {
-            let (pg, mark) = match c.postgres {
-                Some(n) if n == c.sqlite => (n.to_string(), ""),
-                Some(n) => (n.to_string(), "  MISMATCH"),
-                None => ("kept".to_owned(), "  (stays in the data dir)"),
+            let mark = if c.postgres == c.sqlite {
+                ""
+            } else {
+                "  MISMATCH"
             };
             println!(
                 "{:<12} {:<22} {:>10} {:>10}{mark}",
-                c.file, c.table, c.sqlite, pg
+                c.file, c.table, c.sqlite, c.postgres
             );
         }
     }
     match result {
         Ok(()) => {
-            let copied = counts.iter().filter(|c| c.postgres.is_some()).count();
-            let rows: u64 = counts
-                .iter()
-                .filter(|c| c.postgres.is_some())
-                .map(|c| c.sqlite)
-                .sum();
+            let copied = counts.len();
+            let rows: u64 = counts.iter().map(|c| c.sqlite).sum();
             println!(
                 "migrated {} to {}: {copied} tables, {rows} rows, every count equal",
                 args.from.display(),
@@ -141,7 +132,7 @@ pub fn main(args: MigrateArgs) -> ExitCode {
             );
             println!(
                 "next: tether-server serve --data-dir {} --database <the URL> \
-                 (secret.key, admin.token, tls/, fleet.db and audit.db are read from there)",
+                 (secret.key, admin.token and tls/ are read from there)",
                 args.from.display()
             );
             ExitCode::from(exit::OK)
@@ -174,9 +165,6 @@ fn plan(
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for (file, path, tables) in sources {
-        if KEPT_FILES.contains(&file.as_str()) {
-            continue;
-        }
         for t in tables {
             let Some(target) = targets.get(&t.name) else {
                 problems.push(format!("{file}: table {} has no PostgreSQL table", t.name));
@@ -294,14 +282,9 @@ async fn migrate(args: &MigrateArgs, counts: &mut Vec<TableCount>) -> Result<(),
     // Counted again on both sides, after the commit.
     let mut mismatched = Vec::new();
     for (file, path, _) in &sources {
-        let kept = KEPT_FILES.contains(&file.as_str());
         for (table, n) in table_counts(path)? {
-            let pg_n = if kept {
-                None
-            } else {
-                Some(importer.count(&table).await?)
-            };
-            if pg_n.is_some_and(|p| p != n) {
+            let pg_n = importer.count(&table).await?;
+            if pg_n != n {
                 mismatched.push(table.clone());
             }
             counts.push(TableCount {
@@ -428,12 +411,5 @@ mod tests {
                 Err(MigrateError::Failed(_))
             ));
         }
-        // A kept file is not planned, whatever it holds.
-        let kept = vec![(
-            "fleet.db".to_owned(),
-            PathBuf::from("fleet.db"),
-            vec![src("labels", &["k"])],
-        )];
-        assert!(plan(&kept, &targets).unwrap().is_empty());
     }
 }

@@ -268,13 +268,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             ..AlertTuning::default()
         })
         .with_quotas(args.quotas.quotas())
-        .with_edge(edge)
-        .with_fleet(crate::fleet::Fleet::new(Arc::new(
-            crate::fleet::store::SqliteFleet::open(&data.join("fleet.db"))?,
-        )))
-        .with_audit(Arc::new(crate::audit::store::SqliteAudit::open(
-            &data.join("audit.db"),
-        )?));
+        .with_edge(edge);
     crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
     match crate::fleet::labels::migrate_groups(&FromRef::from_ref(&state)).await {
         Ok(0) => {}

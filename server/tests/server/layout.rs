@@ -138,7 +138,7 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     // connection hears of them; `audit verify --db` checks a copied file
     // offline with the trail's own store.
     ("link", "audit", &["audit::host_event", "audit::AuditCtx"]),
-    ("cli", "audit", &["audit::store"]),
+    ("cli", "db", &["db::sqlite"]),
     // Alerts are evaluated as data arrives: the engine subscribes to the
     // health log's and the container hub's broadcasts.
     ("alerts", "runners", &["runners::health"]),

@@ -204,7 +204,8 @@ impl Connection {
                     &action,
                     &job_id,
                     &e.message,
-                );
+                )
+                .await;
             }
             _ => {}
         }
