@@ -239,7 +239,7 @@ fn migrate_counts(out: &str) -> Vec<(String, u64, String)> {
 #[test]
 fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_old_credential() {
     let mut p = populate();
-    let pg = crate::util::pg::Pg::start();
+    let pg = crate::util::pg::Postgres::start();
     let url = pg.database("moved");
     let data = p.server.data.to_str().unwrap().to_owned();
 

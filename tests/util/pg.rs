@@ -1,107 +1,55 @@
-//! A real PostgreSQL for the integration tests: Debian's server binaries
-//! (`/usr/lib/postgresql/*/bin`, package `postgresql`), a private cluster in
-//! a temp dir on a free loopback port, stopped and removed on drop. As root
-//! (the dev container) it runs as `nobody`: PostgreSQL refuses root. The
-//! server crate's tests have an async twin (`server/tests/server/pg.rs`);
-//! this one is blocking, like the rest of these tests.
+//! A private PostgreSQL cluster for the workspace tests and benchmarks:
+//! Debian's server binaries (`/usr/lib/postgresql/*/bin`, package
+//! `postgresql`, installed by `packaging/dev-setup.sh`), initdb'd in a temp
+//! dir and listening on a free loopback port; stopped and removed on drop.
+//! As root (the dev container) it runs as `nobody`: PostgreSQL refuses root.
 
+use super::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub struct Pg {
+pub struct Postgres {
     bin: PathBuf,
-    dir: PathBuf,
+    dir: TempDir,
     pub port: u16,
 }
 
-fn bin_dir() -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL is installed (packaging/dev-setup.sh: postgresql)")
-        .filter_map(|e| Some(e.ok()?.path().join("bin")))
-        .filter(|b| b.join("pg_ctl").exists())
-        .collect();
-    found.sort_by_key(|b| {
-        b.parent()
-            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found
-        .pop()
-        .expect("a PostgreSQL server under /usr/lib/postgresql")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn run(bin: &Path, tool: &str, args: &[&str]) -> Output {
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "nobody", "--"]).arg(bin.join(tool));
-        c
-    } else {
-        Command::new(bin.join(tool))
-    };
-    cmd.args(args).output().expect("run a PostgreSQL tool")
-}
-
-impl Pg {
-    pub fn start() -> Pg {
+impl Postgres {
+    /// initdb (trust on loopback, user `tether`) and start; panics with
+    /// PostgreSQL's own log when it cannot.
+    pub fn start() -> Postgres {
         let bin = bin_dir();
-        let dir = std::env::temp_dir().join(format!(
-            "tether-itpg-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("pg");
         if is_root() {
-            assert!(Command::new("chown")
+            let ok = Command::new("chown")
                 .arg("nobody:")
-                .arg(&dir)
+                .arg(dir.path())
                 .status()
-                .unwrap()
-                .success());
+                .unwrap();
+            assert!(ok.success(), "chown nobody {}", dir.path().display());
         }
-        let data = dir.join("data");
+        let data = dir.path().join("data");
+        let data_arg = data.to_str().unwrap();
         let out = run(
             &bin,
             "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "tether",
-                "--no-sync",
-            ],
+            &["-D", data_arg, "-A", "trust", "-U", "tether", "--no-sync"],
         );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "initdb: {}", stderr(&out));
+        // A port taken between choosing and binding: choose again.
         for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = super::free_port();
             let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-                dir.display()
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                dir.path().display()
             );
-            let log = dir.join("log");
+            let log = dir.path().join("log");
             let out = run(
                 &bin,
                 "pg_ctl",
                 &[
                     "-D",
-                    data.to_str().unwrap(),
+                    data_arg,
                     "-o",
                     &opts,
                     "-l",
@@ -111,16 +59,21 @@ impl Pg {
                 ],
             );
             if out.status.success() {
-                return Pg { bin, dir, port };
+                return Postgres { bin, dir, port };
             }
         }
         panic!(
-            "pg_ctl start: {}",
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            "pg_ctl start failed: {}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
         );
     }
 
-    /// A new, empty database's URL.
+    /// The cluster's default database, for one server (or several replicas).
+    pub fn url(&self) -> String {
+        format!("postgres://tether@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A new, empty database `name`; its URL.
     pub fn database(&self, name: &str) -> String {
         let port = self.port.to_string();
         let out = run(
@@ -128,15 +81,11 @@ impl Pg {
             "createdb",
             &["-h", "127.0.0.1", "-p", &port, "-U", "tether", name],
         );
-        assert!(
-            out.status.success(),
-            "createdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "createdb: {}", stderr(&out));
         format!("postgres://tether@127.0.0.1:{}/{name}", self.port)
     }
 
-    /// `psql -tAc SQL` on `db`: its output, trimmed.
+    /// `psql -tAc SQL` on database `db`: its output, trimmed.
     pub fn query(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
         let out = run(
@@ -155,23 +104,58 @@ impl Pg {
                 sql,
             ],
         );
-        assert!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "psql: {}", stderr(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 
-impl Drop for Pg {
+impl Drop for Postgres {
     fn drop(&mut self) {
-        let data = self.dir.join("data");
+        let data = self.dir.path().join("data");
         run(
             &self.bin,
             "pg_ctl",
             &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
         );
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The newest installed server's bin dir.
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (packaging/dev-setup.sh: postgresql)")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let version = path.file_name()?.to_str()?.parse::<u32>().ok()?;
+            Some((version, path.join("bin")))
+        })
+        .filter(|(_, b)| b.join("pg_ctl").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
+        .1
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `bin/tool args…`, as `nobody` when we are root.
+fn run(bin: &Path, tool: &str, args: &[&str]) -> Output {
+    let exe = bin.join(tool);
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    cmd.args(args).output().expect("run a PostgreSQL tool")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

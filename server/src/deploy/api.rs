@@ -35,6 +35,7 @@ use crate::db::jobs::{JobRow, JobSpec};
 use crate::deploy::DeployCtx;
 use crate::jobs::api::{fits, job_json, new_job_id};
 use crate::jobs::rules::{valid_env, valid_name};
+use crate::link::dispatch::FamilyId;
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;
@@ -479,7 +480,7 @@ async fn launch(
         created_ms: now,
     };
     state.db.jobs.add_deployment(tenant, &d).await?;
-    state.registry.jobs_changed(&def.runner);
+    state.registry.nudge(&def.runner, FamilyId::Jobs);
     Ok(deployment_json(&d, Some(&job)))
 }
 
