@@ -19,6 +19,7 @@ mod health;
 mod install_sh;
 mod jobs;
 mod logs;
+mod moving;
 mod packages;
 mod reconnect;
 mod rogue;

@@ -122,7 +122,8 @@ pub struct Server {
     pub url: String,
     pub admin_token: String,
     pub ca: PathBuf,
-    extra: Vec<String>,
+    /// Flags after `serve --listen … --data-dir …`, kept for restarts.
+    pub extra: Vec<String>,
     /// `--data-dir`: `dir` unless started with [`Server::start_on`]; the
     /// log stays in `dir`.
     pub data: PathBuf,

@@ -72,6 +72,41 @@ impl Postgres {
     pub fn url(&self) -> String {
         format!("postgres://tether@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// A new, empty database `name`; its URL.
+    pub fn database(&self, name: &str) -> String {
+        let port = self.port.to_string();
+        let out = run(
+            &self.bin,
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "tether", name],
+        );
+        assert!(out.status.success(), "createdb: {}", stderr(&out));
+        format!("postgres://tether@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// `psql -tAc SQL` on database `db`: its output, trimmed.
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = run(
+            &self.bin,
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "tether",
+                "-d",
+                db,
+                "-tAc",
+                sql,
+            ],
+        );
+        assert!(out.status.success(), "psql: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for Postgres {

@@ -7,6 +7,8 @@
 //!            metrics.db    host metrics (SQLite, WAL), apart from the control plane
 //!            logs.db       container logs, collection cursors and settings
 //!            jobs.db       scripts, sealed secrets, jobs and their output
+//!            alerts.db     alert rules, channels (sealed), states, history
+//!            fleet.db      labels, fleet policy, job deadlines, rollouts, schedules
 //!            audit.db      the audit trail (append-only, hash-chained)
 //!            secret.key    the key that opens sealed secrets (0600), unless
 //!                          TETHER_SECRET_KEY is set; never in a database
@@ -44,9 +46,8 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
 
     /// Database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (default: the
-    /// embedded SQLite files in --data-dir). Known limit: the sealing key,
-    /// TLS files, fleet.db and audit.db stay in --data-dir even with
-    /// PostgreSQL, so replicas cannot share one database yet
+    /// embedded SQLite files in --data-dir). The sealing key and the TLS
+    /// files stay in --data-dir even with PostgreSQL
     #[arg(long, env = "TETHER_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
 
@@ -89,7 +90,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TETHER_LOG_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub log_retention: Duration,
 
-    /// How long audit trail entries are kept (`audit/store.rs`); older ones
+    /// How long audit trail entries are kept (`db/trail.rs`); older ones
     /// are removed hourly, oldest first, and the chain stays verifiable
     #[arg(long, env = "TETHER_AUDIT_RETENTION", default_value = "365d", value_parser = parse_retention)]
     pub audit_retention: Duration,

@@ -4,8 +4,10 @@
 //! tests drive it with `tower::ServiceExt::oneshot`. `app/serve.rs` puts it behind
 //! TLS; nothing here knows about listeners or certificates.
 
+pub mod backup;
 pub mod config;
 mod ctx;
+pub mod migrate;
 mod routes;
 pub mod serve;
 pub mod tls;
@@ -17,8 +19,8 @@ use std::sync::Arc;
 
 use crate::alerts::notify::Tuning as AlertTuning;
 use crate::alerts::Alerts;
-use crate::audit::store::{SqliteAudit, TrailStore};
 pub use crate::common::tuning::Tuning;
+use crate::db::TrailStore;
 
 use crate::common::edge::{Edge, EdgeConfig};
 use crate::common::quotas::Quotas;
@@ -66,7 +68,7 @@ pub struct AppState {
     pub alerts: Arc<Alerts>,
     /// Labels, job deadlines, rollouts, schedules (`fleet/mod.rs`).
     pub fleet: Arc<crate::fleet::Fleet>,
-    /// The audit trail (`audit/`): in memory until `with_audit`.
+    /// The audit trail (`audit/`): `db.trail`, named here for the layer.
     pub audit: Arc<dyn TrailStore>,
 }
 
@@ -90,7 +92,6 @@ impl AppState {
             containers,
             secrets,
             job_hub: Arc::new(JobHub::default()),
-            db,
             health,
             registry,
             metrics_writer,
@@ -102,20 +103,10 @@ impl AppState {
             quotas: Quotas::default(),
             edge: Arc::default(),
             passwords: Arc::default(),
-            // Replaced by `with_fleet` when serving from a data dir.
-            fleet: Arc::new(
-                crate::fleet::Fleet::in_memory().expect("an in-memory SQLite database opens"),
-            ),
-            audit: Arc::new(
-                SqliteAudit::open_in_memory().expect("an in-memory SQLite database opens"),
-            ),
+            fleet: Arc::new(crate::fleet::Fleet::new(db.fleet.clone())),
+            audit: db.trail.clone(),
+            db,
         }
-    }
-
-    /// The audit trail's store (`serve` opens `<data-dir>/audit.db`).
-    pub fn with_audit(mut self, audit: Arc<dyn TrailStore>) -> AppState {
-        self.audit = audit;
-        self
     }
 
     pub fn with_quotas(mut self, quotas: Quotas) -> AppState {
@@ -134,11 +125,6 @@ impl AppState {
     /// engine `new` started keeps running; `serve` calls it once at start).
     pub fn with_alert_tuning(self, tuning: AlertTuning) -> AppState {
         self.alerts.notifier.set_tuning(tuning);
-        self
-    }
-
-    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> AppState {
-        self.fleet = Arc::new(fleet);
         self
     }
 

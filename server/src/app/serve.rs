@@ -123,7 +123,8 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Logs to stderr (`serve`, `backup`, `migrate`).
+pub(crate) fn init_logging(filter: &str) {
     let env_filter = tracing_subscriber::EnvFilter::try_new(filter);
     let bad_filter = env_filter.is_err();
     tracing_subscriber::fmt()
@@ -268,13 +269,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             ..AlertTuning::default()
         })
         .with_quotas(args.quotas.quotas())
-        .with_edge(edge)
-        .with_fleet(crate::fleet::Fleet::new(Arc::new(
-            crate::fleet::store::SqliteFleet::open(&data.join("fleet.db"))?,
-        )))
-        .with_audit(Arc::new(crate::audit::store::SqliteAudit::open(
-            &data.join("audit.db"),
-        )?));
+        .with_edge(edge);
     crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
     match crate::fleet::labels::migrate_groups(&FromRef::from_ref(&state)).await {
         Ok(0) => {}

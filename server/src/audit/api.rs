@@ -14,12 +14,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::store::{AuditQuery, Entry};
 use crate::audit::AuditCtx;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::query;
+use crate::db::trail::{AuditQuery, Entry};
 
 /// Entries one JSON page holds at most.
 pub const MAX_PAGE: usize = 1000;
@@ -83,11 +83,7 @@ pub fn entry_json(e: &Entry) -> Value {
 }
 
 async fn run_query(state: &AuditCtx, q: AuditQuery) -> Result<Vec<Entry>, ApiError> {
-    let store = state.audit.clone();
-    tokio::task::spawn_blocking(move || store.query(&q))
-        .await
-        .map_err(|e| ApiError::internal(format!("audit query: {e}")))?
-        .map_err(ApiError::from)
+    Ok(state.audit.query(&q).await?)
 }
 
 /// `GET /api/v1/audit`: a page of entries, oldest first.
@@ -125,9 +121,6 @@ pub async fn verify(
     State(state): State<AuditCtx>,
 ) -> Result<Json<Value>, ApiError> {
     caller.admin()?;
-    let store = state.audit.clone();
-    let found = tokio::task::spawn_blocking(move || store.verify())
-        .await
-        .map_err(|e| ApiError::internal(format!("audit verify: {e}")))??;
+    let found = state.audit.verify().await?;
     Ok(Json(serde_json::to_value(found).unwrap_or(Value::Null)))
 }

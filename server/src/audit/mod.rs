@@ -25,7 +25,6 @@
 //! recorded by [`host_event`].
 
 pub mod api;
-pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +37,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::Value;
 
-use self::store::{NewEntry, TrailStore};
 use crate::common::auth::{Actor, ActorSlot};
 use crate::common::clock;
 use crate::common::edge::PeerAddr;
 use crate::common::error::ErrorCode;
+use crate::db::trail::{NewEntry, TrailStore};
 
 /// A JSON body larger than this is recorded by its size only.
 pub const MAX_PARAMS_BODY: usize = 64 * 1024;
@@ -119,21 +118,21 @@ pub async fn record(State(state): State<AuditCtx>, mut req: Request, next: Next)
         result: status,
         detail,
     };
-    append(&*state.audit, entry);
+    append(&*state.audit, entry).await;
     res
 }
 
 /// Append, logging (not failing the request) if the store cannot: the
 /// action already happened.
-pub fn append(store: &dyn TrailStore, entry: NewEntry) {
-    if let Err(e) = store.append(entry) {
+pub async fn append(store: &dyn TrailStore, entry: NewEntry) {
+    if let Err(e) = store.append(entry).await {
         tracing::error!("audit trail: cannot append: {e}");
     }
 }
 
 /// Something a host did or refused, reported over the runner link (a
 /// signed action refused): recorded under the runner as actor.
-pub fn host_event(
+pub async fn host_event(
     state: &AuditCtx,
     tenant: &str,
     runner: &str,
@@ -156,7 +155,8 @@ pub fn host_event(
             result: 0,
             detail: clip(detail, MAX_PARAM_STRING),
         },
-    );
+    )
+    .await;
 }
 
 /// The request's parameters as JSON: its query and, for a JSON body of at
@@ -271,18 +271,16 @@ pub fn spawn_retention(store: Arc<dyn TrailStore>, keep: Duration) {
             ticks += 1;
             let prune = ticks % (3600 / CHECKPOINT_EVERY.as_secs()) == 1;
             let before = clock::now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-            let store = store.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                let pruned = if prune { store.prune(before)? } else { 0 };
-                store.checkpoint()?;
+            let done = async {
+                let pruned = if prune { store.prune(before).await? } else { 0 };
+                store.checkpoint().await?;
                 Ok::<_, crate::db::StorageError>(pruned)
-            })
+            }
             .await;
             match done {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!("audit trail: retention removed {n} entries"),
-                Ok(Err(e)) => tracing::error!("audit trail: retention: {e}"),
-                Err(e) => tracing::error!("audit trail: retention task: {e}"),
+                Ok(0) => {}
+                Ok(n) => tracing::info!("audit trail: retention removed {n} entries"),
+                Err(e) => tracing::error!("audit trail: retention: {e}"),
             }
         }
     });

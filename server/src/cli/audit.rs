@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use super::{out, segment, table};
 use super::{CliError, Client};
-use crate::audit::store::{SqliteAudit, TrailStore};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -114,10 +113,7 @@ pub fn audit(client: &Client, a: AuditArgs, json: bool) -> Result<(), CliError> 
                     if !path.is_file() {
                         return Err(CliError::Usage(format!("no file {}", path.display())));
                     }
-                    let store = SqliteAudit::open(&path)
-                        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-                    let found = store
-                        .verify()
+                    let found = crate::db::sqlite::verify_trail_file(&path)
                         .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
                     serde_json::to_value(found).unwrap_or(Value::Null)
                 }

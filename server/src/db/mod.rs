@@ -13,9 +13,13 @@
 //!                           and deployments
 //! alerts.rs   AlertStore    alert rules, channels (sealed), live states,
 //!                           history, silences, the delivery log
+//! fleet.rs    FleetStore    labels and proposals, fleet policy, job
+//!                           deadlines, rollouts, schedules and their runs
+//! trail.rs    TrailStore    the audit trail: append-only, hash-chained
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
 //!             trait here; metrics, logs and job output partitioned by time
+//! copy.rs     rows as plain values, for `migrate` (SQLite → PostgreSQL)
 //! Liveness    (this file) the cached database check behind `/healthz`
 //! ```
 //!
@@ -40,20 +44,25 @@ use std::sync::Arc;
 pub mod alerts;
 pub mod audit;
 pub mod control;
+pub mod copy;
+pub mod fleet;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod postgres;
 pub mod sqlite;
+pub mod trail;
 pub mod updates;
 pub mod users;
 
 pub use alerts::AlertStore;
 pub use audit::AuditStore;
 pub use control::ControlStore;
+pub use fleet::FleetStore;
 pub use jobs::JobStore;
 pub use logs::LogStore;
 pub use metrics::MetricStore;
+pub use trail::TrailStore;
 pub use updates::UpdateStore;
 pub use users::UserStore;
 
@@ -81,6 +90,8 @@ pub struct Db {
     pub logs: Arc<dyn LogStore>,
     pub jobs: Arc<dyn JobStore>,
     pub alerts: Arc<dyn AlertStore>,
+    pub fleet: Arc<dyn FleetStore>,
+    pub trail: Arc<dyn TrailStore>,
     /// Whether the database answers, for `/healthz`.
     pub liveness: Arc<Liveness>,
 }

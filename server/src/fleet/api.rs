@@ -22,10 +22,10 @@ use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::db::fleet::Policy;
 use crate::fleet::deadlines::MAX_DEADLINE_S;
 use crate::fleet::labels;
 use crate::fleet::selector::{self, Labels};
-use crate::fleet::store::Policy;
 use crate::fleet::FleetCtx;
 
 /// Most runners one bulk label change touches.
@@ -50,8 +50,12 @@ where
         .route("/api/v1/rollouts/{id}/{action}", post(control_rollout))
 }
 
-fn labels_json(state: &FleetCtx, tenant: &str, runner: &str) -> Result<Json<Value>, ApiError> {
-    let (labels, proposed) = state.fleet.store.labels(tenant, runner)?;
+async fn labels_json(
+    state: &FleetCtx,
+    tenant: &str,
+    runner: &str,
+) -> Result<Json<Value>, ApiError> {
+    let (labels, proposed) = state.fleet.store.labels(tenant, runner).await?;
     Ok(Json(
         json!({"runner_id": runner, "labels": labels, "proposed": proposed}),
     ))
@@ -64,7 +68,7 @@ async fn get_labels(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
     runner_in_tenant(&state.db, tenant, &id).await?;
-    labels_json(&state, tenant, &id)
+    labels_json(&state, tenant, &id).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,7 +98,7 @@ async fn patch_labels(
     labels::check_change(&b.set, &b.remove)?;
     runner_in_tenant(&state.db, tenant, &id).await?;
     labels::change(&state.labels, tenant, &id, &b.set, &b.remove).await?;
-    labels_json(&state, tenant, &id)
+    labels_json(&state, tenant, &id).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,15 +125,19 @@ async fn accept(
         )));
     }
     runner_in_tenant(&state.db, tenant, &id).await?;
-    let before = state.fleet.store.labels(tenant, &id)?.0;
-    let after = state.fleet.store.accept(tenant, &id, b.keys.as_deref())?;
+    let before = state.fleet.store.labels(tenant, &id).await?.0;
+    let after = state
+        .fleet
+        .store
+        .accept(tenant, &id, b.keys.as_deref())
+        .await?;
     // The group label moves the update group (labels.rs).
     if before.get(labels::GROUP) != after.get(labels::GROUP) {
         if let Some(g) = after.get(labels::GROUP) {
             state.db.updates.set_runner_group(tenant, &id, g).await?;
         }
     }
-    labels_json(&state, tenant, &id)
+    labels_json(&state, tenant, &id).await
 }
 
 async fn bulk(
@@ -175,7 +183,7 @@ async fn get_policy(
     State(state): State<FleetCtx>,
 ) -> Result<Json<Policy>, ApiError> {
     let tenant = caller.tenant()?;
-    Ok(Json(state.fleet.store.policy(tenant)?))
+    Ok(Json(state.fleet.store.policy(tenant).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,7 +224,7 @@ async fn put_policy(
         job_deadline_s: b.job_deadline_s,
         auto_accept: b.auto_accept,
     };
-    state.fleet.store.set_policy(tenant, &p)?;
+    state.fleet.store.set_policy(tenant, &p).await?;
     Ok(Json(p))
 }
 
@@ -279,7 +287,8 @@ async fn create_rollout(
             "job: what to run only (runners come from the rollout's selector)",
         ));
     }
-    let deadline_ms = crate::fleet::deadlines::deadline_ms(&state.labels, tenant, b.deadline_s)?
+    let deadline_ms = crate::fleet::deadlines::deadline_ms(&state.labels, tenant, b.deadline_s)
+        .await?
         .unwrap_or(ROLLOUT_DEADLINE_S as i64 * 1000);
     let (label, spec) = b.job.spec(&state.jobs, tenant).await?;
     let runners: Vec<(String, String)> = labels::select(&state.labels, tenant, &sel)
@@ -314,7 +323,8 @@ async fn create_rollout(
             label,
             spec,
         },
-    )?;
+    )
+    .await?;
     Ok((axum::http::StatusCode::CREATED, Json(view)))
 }
 
@@ -323,7 +333,7 @@ async fn list_rollouts(
     State(state): State<FleetCtx>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant()?;
-    let rows = state.fleet.store.rollouts(tenant, 100)?;
+    let rows = state.fleet.store.rollouts(tenant, 100).await?;
     let mut list: Vec<Value> = Vec::with_capacity(rows.len());
     for r in &rows {
         let mut v = crate::fleet::rollout::show(&state, tenant, &r.id)

@@ -43,13 +43,13 @@ pub async fn run(state: FleetCtx) {
 /// One pass; returns how many jobs expired.
 pub async fn expire_due(state: &FleetCtx, now: i64) -> Result<usize, crate::db::StorageError> {
     let mut expired = 0;
-    for (job_id, tenant, runner, expires_ms) in state.fleet.store.due_deadlines(now, BATCH)? {
+    for (job_id, tenant, runner, expires_ms) in state.fleet.store.due_deadlines(now, BATCH).await? {
         let Some(job) = state.db.jobs.job(&tenant, &job_id).await? else {
-            state.fleet.store.drop_deadline(&job_id)?;
+            state.fleet.store.drop_deadline(&job_id).await?;
             continue;
         };
         if job.status != "pending" || job.cancel_requested {
-            state.fleet.store.drop_deadline(&job_id)?;
+            state.fleet.store.drop_deadline(&job_id).await?;
             continue;
         }
         if state.registry.live_last_seen(&tenant, &runner).is_some() {
@@ -68,14 +68,14 @@ pub async fn expire_due(state: &FleetCtx, now: i64) -> Result<usize, crate::db::
             state.job_hub.send(JobUpdate::Status { seq: job.seq });
             expired += 1;
         }
-        state.fleet.store.drop_deadline(&job_id)?;
+        state.fleet.store.drop_deadline(&job_id).await?;
     }
     Ok(expired)
 }
 
 /// The deadline a new job gets, in ms from now: the request's, else the
 /// tenant's policy, else none.
-pub fn deadline_ms(
+pub async fn deadline_ms(
     state: &crate::fleet::labels::LabelsCtx,
     tenant: &str,
     asked_s: Option<u64>,
@@ -88,7 +88,7 @@ pub fn deadline_ms(
             )))
         }
         Some(s) => Some(s),
-        None => state.store.policy(tenant)?.job_deadline_s,
+        None => state.store.policy(tenant).await?.job_deadline_s,
     };
     Ok(s.map(|s| s as i64 * 1000))
 }

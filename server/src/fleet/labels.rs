@@ -17,8 +17,8 @@ use std::sync::Arc;
 use crate::common::error::ApiError;
 use crate::db::control::RunnerRow;
 use crate::db::Db;
+use crate::db::FleetStore;
 use crate::fleet::selector::{self, Labels, Selector};
-use crate::fleet::store::FleetStore;
 
 pub const GROUP: &str = "group";
 
@@ -45,17 +45,21 @@ impl crate::jobs::RunnerSets for LabelsCtx {
             .collect())
     }
 
-    fn deadline_ms(&self, tenant: &str, asked_s: Option<u64>) -> Result<Option<i64>, ApiError> {
-        crate::fleet::deadlines::deadline_ms(self, tenant, asked_s)
+    async fn deadline_ms(
+        &self,
+        tenant: &str,
+        asked_s: Option<u64>,
+    ) -> Result<Option<i64>, ApiError> {
+        crate::fleet::deadlines::deadline_ms(self, tenant, asked_s).await
     }
 
-    fn add_deadlines(
+    async fn add_deadlines(
         &self,
         tenant: &str,
         jobs: &[(String, String)],
         at_ms: i64,
     ) -> Result<(), ApiError> {
-        Ok(self.store.add_deadlines(tenant, jobs, at_ms)?)
+        Ok(self.store.add_deadlines(tenant, jobs, at_ms).await?)
     }
 }
 
@@ -70,7 +74,7 @@ pub async fn select(
     tenant: &str,
     sel: &Selector,
 ) -> Result<Vec<(RunnerRow, Labels)>, ApiError> {
-    let mut labels = state.store.tenant_labels(tenant)?;
+    let mut labels = state.store.tenant_labels(tenant).await?;
     let mut out: Vec<(RunnerRow, Labels)> = state
         .db
         .control
@@ -89,8 +93,8 @@ pub async fn select(
 }
 
 /// Every runner's labels of a tenant (for the runners list).
-pub fn all(state: &LabelsCtx, tenant: &str) -> Result<HashMap<String, Labels>, ApiError> {
-    Ok(state.store.tenant_labels(tenant)?)
+pub async fn all(state: &LabelsCtx, tenant: &str) -> Result<HashMap<String, Labels>, ApiError> {
+    Ok(state.store.tenant_labels(tenant).await?)
 }
 
 /// Apply `set` and `remove` to one runner's labels, checked as a whole.
@@ -101,14 +105,14 @@ pub async fn change(
     set: &Labels,
     remove: &[String],
 ) -> Result<Labels, ApiError> {
-    let (mut labels, _) = state.store.labels(tenant, runner)?;
+    let (mut labels, _) = state.store.labels(tenant, runner).await?;
     let old_group = labels.get(GROUP).cloned();
     for k in remove {
         labels.remove(k);
     }
     labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
     selector::check_labels(&labels).map_err(|e| ApiError::bad_request(format!("labels: {e}")))?;
-    state.store.replace_labels(tenant, runner, &labels)?;
+    state.store.replace_labels(tenant, runner, &labels).await?;
     let new_group = labels.get(GROUP);
     if new_group != old_group.as_ref() {
         state
@@ -148,15 +152,15 @@ pub async fn on_hello(state: &LabelsCtx, tenant: &str, runner: &str, proposed: &
             Err(e) => tracing::warn!(runner, "proposed label {text:?} ignored: {e}"),
         }
     }
-    let result = state
-        .store
-        .policy(tenant)
-        .and_then(|p| state.store.propose(tenant, runner, &labels, &p));
+    let result = match state.store.policy(tenant).await {
+        Ok(p) => state.store.propose(tenant, runner, &labels, &p).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         tracing::error!(runner, "storing proposed labels: {e}");
     }
     // An auto-accepted group label moves the update group too.
-    if let Ok((l, _)) = state.store.labels(tenant, runner) {
+    if let Ok((l, _)) = state.store.labels(tenant, runner).await {
         if let Some(g) = l.get(GROUP) {
             if state
                 .db
@@ -202,7 +206,7 @@ pub async fn group_set(state: &LabelsCtx, tenant: &str, runner: &str, group: &st
 pub async fn migrate_groups(state: &LabelsCtx) -> Result<usize, ApiError> {
     let mut n = 0;
     for tenant in state.db.control.list_tenants().await? {
-        let labels = state.store.tenant_labels(&tenant.id)?;
+        let labels = state.store.tenant_labels(&tenant.id).await?;
         for r in state.db.control.list_runners(&tenant.id).await? {
             if labels.get(&r.id).is_some_and(|l| l.contains_key(GROUP)) {
                 continue;
@@ -265,7 +269,7 @@ pub async fn list(
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!("limit: 1 to {MAX_PAGE}")));
     }
-    let mut labels = state.store.tenant_labels(tenant)?;
+    let mut labels = state.store.tenant_labels(tenant).await?;
     let kept: Vec<(RunnerRow, Labels)> = state
         .db
         .control

@@ -10,11 +10,11 @@
 //! deadlines.rs pending jobs expire at their deadline
 //! rollout.rs   rollouts: a job per runner of a selector, in waves (a driver task each)
 //! api.rs       REST: labels, fleet policy, rollouts
-//! store.rs     fleet.db: every SQL statement of the fleet, behind FleetStore
 //! ```
 //!
 //! It stands on `jobs/` (a fleet job is an ordinary job, made through
-//! `jobs::api`) and `db/` (runners, groups). The other way, a run's selector
+//! `jobs::api`) and `db/` (runners, groups; its own tables behind
+//! `db::FleetStore`). The other way, a run's selector
 //! and a job's deadline, goes through `jobs::RunnerSets`, implemented in
 //! `labels.rs`: jobs never import the fleet.
 
@@ -25,14 +25,11 @@ pub mod labels;
 pub mod link;
 pub mod rollout;
 pub mod selector;
-pub mod store;
 pub mod waves;
 
 use std::sync::Arc;
 
-use self::store::{FleetStore, SqliteFleet};
-use crate::db::Db;
-use crate::db::StorageError;
+use crate::db::{Db, FleetStore};
 use crate::link::registry::Registry;
 
 /// The fleet's own state: its store and the rollouts being driven.
@@ -48,11 +45,6 @@ impl Fleet {
             store,
             rollouts: rollout::Rollouts::default(),
         }
-    }
-
-    /// A private in-memory store (tests, and states built without a data dir).
-    pub fn in_memory() -> Result<Fleet, StorageError> {
-        Ok(Fleet::new(Arc::new(SqliteFleet::open_in_memory()?)))
     }
 }
 

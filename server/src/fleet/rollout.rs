@@ -5,7 +5,7 @@
 //!  POST /rollouts ─▶ runners of the selector (name order) ─▶ Planner ─▶ driver task:
 //!     every TICK: finished jobs ─▶ planner.finished(ok = succeeded)
 //!                 planner.starts() ─▶ jobs (the ordinary job path, with a deadline)
-//!                 snapshot ─▶ fleet.db (what GET shows, and what survives a restart)
+//!                 snapshot ─▶ db::FleetStore (what GET shows, and what survives a restart)
 //!  pause / resume / abort ─▶ the planner (abort also cancels the running jobs)
 //! ```
 //!
@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::fleet::RolloutRow;
 use crate::db::jobs::JobSpec;
-use crate::fleet::store::RolloutRow;
 use crate::fleet::waves::{Planner, State, TargetState, Threshold, Totals, WaveSize};
 use crate::fleet::FleetCtx;
 use crate::link::dispatch::FamilyId;
@@ -134,7 +134,7 @@ impl Rollout {
 }
 
 /// Start a rollout over the runners of `tenant` that the selector picks.
-pub fn start(
+pub async fn start(
     state: &FleetCtx,
     tenant: &str,
     runners: Vec<(String, String)>,
@@ -168,7 +168,7 @@ pub fn start(
         planner,
         targets,
     };
-    state.fleet.store.save_rollout(&r.row())?;
+    state.fleet.store.save_rollout(&r.row()).await?;
     let view = r.view();
     let r = Arc::new(AsyncMutex::new(r));
     lock(&state.fleet.rollouts.live).insert(id.clone(), r.clone());
@@ -218,7 +218,8 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
                 state
                     .fleet
                     .store
-                    .add_deadlines(&r.tenant, &jobs, now + r.deadline_ms)?;
+                    .add_deadlines(&r.tenant, &jobs, now + r.deadline_ms)
+                    .await?;
                 for (&i, (job_id, runner)) in starts.iter().zip(&jobs) {
                     r.targets[i].job_id = Some(job_id.clone());
                     r.targets[i].status = Some("pending".into());
@@ -255,7 +256,7 @@ async fn drive(state: FleetCtx, r: Arc<AsyncMutex<Rollout>>) {
             (over, g.row())
         };
         if row.body != last {
-            if let Err(e) = state.fleet.store.save_rollout(&row) {
+            if let Err(e) = state.fleet.store.save_rollout(&row).await {
                 tracing::error!(rollout = %row.id, "saving a rollout: {e}");
             }
             last = row.body;
@@ -276,7 +277,7 @@ pub async fn control(
     action: &str,
 ) -> Result<Value, ApiError> {
     let Some(r) = state.fleet.rollouts.get(id) else {
-        return Err(match state.fleet.store.rollout(tenant, id)? {
+        return Err(match state.fleet.store.rollout(tenant, id).await? {
             Some(_) => {
                 ApiError::conflict(format!("rollout {id} is over (or from before a restart)"))
             }
@@ -314,7 +315,7 @@ pub async fn control(
     }
     g.sync_targets();
     tracing::info!(rollout = %id, action, "rollout {action}");
-    state.fleet.store.save_rollout(&g.row())?;
+    state.fleet.store.save_rollout(&g.row()).await?;
     Ok(g.view())
 }
 
@@ -329,7 +330,8 @@ pub async fn show(state: &FleetCtx, tenant: &str, id: &str) -> Result<Value, Api
     let row = state
         .fleet
         .store
-        .rollout(tenant, id)?
+        .rollout(tenant, id)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
     let mut v: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
     v["live"] = json!(false);

@@ -20,21 +20,20 @@
 //! Self-contained (std only): the fuzz target `selector` compiles this
 //! file as it is.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Longest key and value.
 pub const MAX_KEY: usize = 63;
 pub const MAX_VALUE: usize = 63;
-/// Most labels one runner may carry.
-pub const MAX_LABELS: usize = 32;
+/// Most labels one runner may carry (the store enforces it too).
+pub use crate::db::fleet::MAX_LABELS;
 /// Longest selector text, most requirements, most values in one set.
 pub const MAX_SELECTOR: usize = 1024;
 pub const MAX_REQUIREMENTS: usize = 32;
 pub const MAX_SET: usize = 64;
 
 /// A runner's labels, ordered by key.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::db::fleet::Labels;
 
 /// Why a label or selector was refused, and where (a byte offset).
 #[derive(Debug, Clone, PartialEq, Eq)]

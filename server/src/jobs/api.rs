@@ -391,7 +391,7 @@ pub async fn run(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = caller.tenant()?;
     let mut b = b;
-    let deadline = state.fleet.deadline_ms(tenant, b.deadline_s)?;
+    let deadline = state.fleet.deadline_ms(tenant, b.deadline_s).await?;
     if let Some(text) = &b.selector {
         if !b.runners.is_empty() {
             return Err(ApiError::bad_request(
@@ -439,7 +439,7 @@ pub async fn run(
     }
     let made = create_jobs(&state, tenant, &jobs, &label, &spec, now).await?;
     if let Some(ms) = deadline {
-        state.fleet.add_deadlines(tenant, &jobs, now + ms)?;
+        state.fleet.add_deadlines(tenant, &jobs, now + ms).await?;
     }
     for (_, r) in &jobs {
         state.registry.nudge(r, FamilyId::Jobs);

@@ -370,7 +370,8 @@ impl FamilyConn for JobsConn {
                     &action,
                     &job_id,
                     &e.message,
-                );
+                )
+                .await;
             }
             _ => {}
         }

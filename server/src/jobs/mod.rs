@@ -43,9 +43,13 @@ pub trait RunnerSets: Send + Sync {
     async fn select(&self, tenant: &str, selector: &str) -> Result<Vec<String>, ApiError>;
     /// How long a new job may wait for its runner, in ms: `asked_s` (0: no
     /// deadline; too long: a 400) or else the tenant's fleet policy.
-    fn deadline_ms(&self, tenant: &str, asked_s: Option<u64>) -> Result<Option<i64>, ApiError>;
+    async fn deadline_ms(
+        &self,
+        tenant: &str,
+        asked_s: Option<u64>,
+    ) -> Result<Option<i64>, ApiError>;
     /// Record the deadline of jobs just made (`(job id, runner id)` each).
-    fn add_deadlines(
+    async fn add_deadlines(
         &self,
         tenant: &str,
         jobs: &[(String, String)],

@@ -524,8 +524,8 @@ pub struct RunnerView {
     labels: crate::fleet::selector::Labels,
 }
 
-fn runner_view(state: &RunnersCtx, r: RunnerRow) -> RunnerView {
-    let labels = state.fleet.store.labels(&r.tenant_id, &r.id);
+async fn runner_view(state: &RunnersCtx, r: RunnerRow) -> RunnerView {
+    let labels = state.fleet.store.labels(&r.tenant_id, &r.id).await;
     runner_view_with(state, r, labels.map(|l| l.0).unwrap_or_default())
 }
 
@@ -584,7 +584,7 @@ pub async fn show_runner(
 ) -> Result<Json<RunnerView>, ApiError> {
     let tenant = caller.tenant()?;
     let row = runner_in_tenant(&state.db, tenant, &id).await?;
-    Ok(Json(runner_view(&state, row)))
+    Ok(Json(runner_view(&state, row).await))
 }
 
 #[derive(Serialize)]
@@ -633,7 +633,7 @@ pub async fn revoke_runner(
         .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     tracing::info!(runner = %id, tenant, "runner revoked");
-    Ok(Json(runner_view(&state, row)))
+    Ok(Json(runner_view(&state, row).await))
 }
 
 #[derive(Debug, Deserialize)]
@@ -666,7 +666,7 @@ pub async fn rename_runner(
         .await?
         .ok_or_else(|| ApiError::runner_not_found(&id))?;
     tracing::info!(runner = %id, tenant, name = %row.name, "runner renamed");
-    Ok(Json(runner_view(&state, row)))
+    Ok(Json(runner_view(&state, row).await))
 }
 
 #[derive(Debug, Serialize)]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use crate::util::*;
-use tether_server::audit::store::{AuditQuery, TrailStore};
+use tether_server::db::trail::AuditQuery;
 
 /// Every `(METHOD, path)` the router's source names with `.route(`, for
 /// methods that can change something. Reads `server/src` as text: the
@@ -137,6 +137,7 @@ async fn every_mutating_route_is_recorded() {
                 limit: 10,
                 ..Default::default()
             })
+            .await
             .unwrap();
         let e = found
             .iter()
@@ -154,7 +155,7 @@ async fn every_mutating_route_is_recorded() {
             );
         }
     }
-    assert!(state.audit.verify().unwrap().ok);
+    assert!(state.audit.verify().await.unwrap().ok);
 }
 
 #[tokio::test]
@@ -263,6 +264,7 @@ async fn login_failures_and_successes_are_recorded_without_the_password() {
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].entry.result, 401);
@@ -286,6 +288,7 @@ async fn login_failures_and_successes_are_recorded_without_the_password() {
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     assert!(all.is_empty(), "{all:?}");
 }
@@ -295,9 +298,8 @@ async fn login_failures_and_successes_are_recorded_without_the_password() {
 #[tokio::test]
 async fn audit_write_cost() {
     let dir = tempdir("cost");
-    let store =
-        Arc::new(tether_server::audit::store::SqliteAudit::open(&dir.join("audit.db")).unwrap());
-    let entry = tether_server::audit::store::NewEntry {
+    let store = tether_server::db::sqlite::open_trail(&dir.join("audit.db")).unwrap();
+    let entry = tether_server::db::trail::NewEntry {
         at_ms: 1,
         tenant_id: Some("tn_1".into()),
         actor_kind: "token".into(),
@@ -313,11 +315,11 @@ async fn audit_write_cost() {
     let mut took = Vec::with_capacity(2000);
     for i in 0..2000 {
         let t = Instant::now();
-        store.append(entry.clone()).unwrap();
+        store.append(entry.clone()).await.unwrap();
         took.push(t.elapsed());
         if i % 500 == 499 {
             // What the server's housekeeping does every 5 s.
-            store.checkpoint().unwrap();
+            store.checkpoint().await.unwrap();
         }
     }
     took.sort();

@@ -138,13 +138,13 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     // connection hears of them; `audit verify --db` checks a copied file
     // offline with the trail's own store.
     ("jobs", "audit", &["audit::host_event", "audit::AuditCtx"]),
-    ("cli", "audit", &["audit::store"]),
     // A signed action is signed over what the server will send: the CLI
     // builds it with the server's own builder, so the two cannot drift
     // (a drift would make every signed deploy "altered" on the host).
     ("cli", "deploy", &["deploy::api"]),
     ("cli", "terminals", &["terminals::api"]),
     ("cli", "containers", &["containers::api"]),
+    ("cli", "db", &["db::sqlite"]),
     // Alerts are evaluated as data arrives: the engine subscribes to the
     // health log's and the container hub's broadcasts.
     ("alerts", "runners", &["runners::health"]),

@@ -19,6 +19,7 @@ mod pg_server;
 mod runners;
 mod storage;
 mod storage_bulk;
+mod storage_fleet;
 mod telemetry;
 mod threats;
 mod tokens;

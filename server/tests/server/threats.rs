@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use axum::http::header::{COOKIE, SET_COOKIE};
-use tether_server::audit::store::{entry_hash, AuditQuery, SqliteAudit, TrailStore};
+use tether_server::db::trail::{entry_hash, AuditQuery};
 
 use crate::util::*;
 
@@ -410,8 +410,7 @@ async fn the_databases_hold_no_token_password_or_secret_value_in_the_clear() {
     // The key outside the data dir, as README advises.
     let secrets =
         tether_server::common::secrets::SecretBox::load(None, &dir.join("secret.key")).unwrap();
-    let audit = Arc::new(SqliteAudit::open(&data.join("audit.db")).unwrap());
-    let state = AppState::new(db, Arc::new(secrets), ADMIN, tuning()).with_audit(audit);
+    let state = AppState::new(db, Arc::new(secrets), ADMIN, tuning());
     let router = app(state);
 
     let (_, api) = tenant(&router, "acme").await;
@@ -551,14 +550,15 @@ fn raw(db: &Path) -> rusqlite::Connection {
 /// entries, and `audit verify` on the file (or a server started on it)
 /// finds nothing. Only a head written down elsewhere before the change
 /// shows it.
-#[test]
-fn a_rewritten_or_shortened_chain_verifies_and_only_a_head_kept_elsewhere_shows_it() {
+#[tokio::test]
+async fn a_rewritten_or_shortened_chain_verifies_and_only_a_head_kept_elsewhere_shows_it() {
     let dir = temp_dir("rewrite");
     let db = dir.join("audit.db");
-    let store = SqliteAudit::open(&db).unwrap();
+    let open = tether_server::db::sqlite::open_trail;
+    let store = open(&db).unwrap();
     for i in 0..6 {
         store
-            .append(tether_server::audit::store::NewEntry {
+            .append(tether_server::db::trail::NewEntry {
                 at_ms: 1000 + i,
                 tenant_id: Some("tn_1".into()),
                 actor_kind: "token".into(),
@@ -571,9 +571,10 @@ fn a_rewritten_or_shortened_chain_verifies_and_only_a_head_kept_elsewhere_shows_
                 result: 201,
                 detail: String::new(),
             })
+            .await
             .unwrap();
     }
-    let written_down = store.verify().unwrap();
+    let written_down = store.verify().await.unwrap();
     assert!(written_down.ok);
     assert_eq!(written_down.head_seq, 6);
     drop(store);
@@ -585,12 +586,13 @@ fn a_rewritten_or_shortened_chain_verifies_and_only_a_head_kept_elsewhere_shows_
         [],
     )
     .unwrap();
-    let rows = SqliteAudit::open(&db)
+    let rows = open(&db)
         .unwrap()
         .query(&AuditQuery {
             limit: 100,
             ..Default::default()
         })
+        .await
         .unwrap();
     let mut prev = rows[1].hash.clone();
     for r in &rows[2..] {
@@ -603,8 +605,8 @@ fn a_rewritten_or_shortened_chain_verifies_and_only_a_head_kept_elsewhere_shows_
         prev = hash;
     }
     drop(conn);
-    let reopened = SqliteAudit::open(&db).unwrap();
-    let v = reopened.verify().unwrap();
+    let reopened = open(&db).unwrap();
+    let v = reopened.verify().await.unwrap();
     assert!(v.ok, "a recomputed chain holds: {v:?}");
     assert_eq!(v.head_seq, written_down.head_seq);
     assert_ne!(
@@ -618,7 +620,7 @@ fn a_rewritten_or_shortened_chain_verifies_and_only_a_head_kept_elsewhere_shows_
     raw(&db)
         .execute("DELETE FROM audit_entries WHERE seq > 4", [])
         .unwrap();
-    let v = SqliteAudit::open(&db).unwrap().verify().unwrap();
+    let v = open(&db).unwrap().verify().await.unwrap();
     assert!(v.ok, "{v:?}");
     assert_eq!(v.head_seq, 4, "shorter than the head written down (6)");
     let _ = std::fs::remove_dir_all(dir);

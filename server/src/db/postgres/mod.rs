@@ -13,14 +13,16 @@
 //! logs.rs     LogStore     over PgLogs: container log blocks, by time partition
 //! jobs.rs     JobStore     over PgJobs: scripts, secrets, jobs, output by day partition, apps
 //! alerts.rs   AlertStore   over PgAlerts: rules, channels, states, history, silences, deliveries
+//! fleet.rs    FleetStore   over PgFleet: labels, fleet policy, deadlines, rollouts, schedules
+//! trail.rs    TrailStore   over PgTrail: the audit trail, one chain for every replica
 //! partitions.rs  making partitions ahead and dropping them for retention
+//! import.rs   filling an empty database from SQLite rows (`migrate`)
 //! ```
 //!
 //! Every store behind a `db/` trait is here; [`Postgres::open`] makes the
 //! server's [`Db`](super::Db) of them (`tether-server run --database
-//! postgres://…`). Not yet here: the fleet and audit-trail stores, still
-//! outside `db/` (their files stay in the data dir, so replicas cannot yet
-//! share them).
+//! postgres://…`), the fleet and the audit trail included: with PostgreSQL
+//! the data dir keeps only keys and certificates.
 //!
 //! Why tokio-postgres + deadpool: the driver is async (no blocking pool
 //! hop, unlike SQLite's `Blocking::run`), is the one the Rust PostgreSQL
@@ -44,11 +46,14 @@ use super::StorageError;
 mod alerts;
 mod audit;
 mod control;
+mod fleet;
+pub mod import;
 mod jobs;
 mod logs;
 mod metrics;
 mod partitions;
 mod schema;
+mod trail;
 mod updates;
 mod users;
 
@@ -262,6 +267,16 @@ impl Postgres {
         Arc::new(alerts::PgAlerts::new(self.pool.clone()))
     }
 
+    /// The fleet store (labels, policy, deadlines, rollouts, schedules).
+    pub fn fleet(&self) -> Arc<dyn super::FleetStore> {
+        Arc::new(fleet::PgFleet::new(self.pool.clone()))
+    }
+
+    /// The audit trail.
+    pub fn trail(&self) -> Arc<dyn super::TrailStore> {
+        Arc::new(trail::PgTrail::new(self.pool.clone()))
+    }
+
     /// Connect, migrate, and make every store of the server's [`Db`](super::Db),
     /// with the same options the SQLite backend is opened with.
     pub async fn open(
@@ -279,7 +294,14 @@ impl Postgres {
             logs: pg.logs(options.log_retention, options.log_collect.clone()),
             jobs: pg.jobs(),
             alerts: pg.alerts(),
+            fleet: pg.fleet(),
+            trail: pg.trail(),
         })
+    }
+
+    /// The import side of `tether-server migrate` (one connection).
+    pub async fn importer(&self) -> Result<import::Importer, StorageError> {
+        import::Importer::new(self.pool.clone()).await
     }
 
     /// The numbered migrations applied, in order (tests, operators).

@@ -388,4 +388,98 @@ CREATE TABLE alert_deliveries (
 );
 CREATE INDEX alert_deliveries_channel ON alert_deliveries (tenant_id, channel_id, seq);
 "#,
+    // 6: the fleet (as sqlite/fleet.rs) and the audit trail (as
+    // sqlite/trail.rs: same columns, so a migrated chain verifies the same;
+    // triggers refuse UPDATE and any DELETE above the anchor).
+    r#"
+CREATE TABLE labels (
+    tenant_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (runner_id, key)
+);
+CREATE INDEX labels_tenant ON labels (tenant_id);
+CREATE TABLE proposals (
+    tenant_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (runner_id, key)
+);
+CREATE TABLE fleet_policy (
+    tenant_id      TEXT PRIMARY KEY,
+    job_deadline_s BIGINT,
+    auto_accept    TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE job_deadlines (
+    job_id      TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    expires_ms  BIGINT NOT NULL
+);
+CREATE INDEX job_deadlines_expiry ON job_deadlines (expires_ms);
+CREATE TABLE rollouts (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX rollouts_tenant ON rollouts (tenant_id, created_ms);
+CREATE TABLE schedules (
+    tenant_id       TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    last_occurrence BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE schedule_runs (
+    tenant_id     TEXT NOT NULL,
+    schedule      TEXT NOT NULL,
+    occurrence_ms BIGINT NOT NULL,
+    status        TEXT NOT NULL,
+    at_ms         BIGINT NOT NULL,
+    jobs          TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (tenant_id, schedule, occurrence_ms)
+);
+CREATE TABLE audit_entries (
+    seq         BIGINT PRIMARY KEY,
+    at_ms       BIGINT NOT NULL,
+    tenant_id   TEXT,
+    actor_kind  TEXT NOT NULL,
+    actor_id    TEXT NOT NULL,
+    actor_label TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    result      INTEGER NOT NULL,
+    detail      TEXT NOT NULL,
+    prev_hash   TEXT NOT NULL,
+    hash        TEXT NOT NULL
+);
+CREATE INDEX audit_by_tenant ON audit_entries (tenant_id, seq);
+CREATE TABLE audit_anchor (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    seq   BIGINT NOT NULL,
+    hash  TEXT NOT NULL
+);
+CREATE FUNCTION audit_refuse_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit entries are append-only';
+END $$;
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit_entries
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_update();
+CREATE FUNCTION audit_refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0) THEN
+        RAISE EXCEPTION 'only retention removes audit entries';
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_entries
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse_delete();
+"#,
 ];

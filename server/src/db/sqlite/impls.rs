@@ -8,13 +8,17 @@ use async_trait::async_trait;
 use tether::metrics::wire::SeriesDef;
 use tether::protocol::{ContainerEvent, ContainerSummary, JobResult, UpdateStatus};
 
-use super::{Blocking, SqliteControl, SqliteJobs, SqliteLogs, SqliteMetrics};
+use super::{
+    Blocking, SqliteAudit, SqliteControl, SqliteFleet, SqliteJobs, SqliteLogs, SqliteMetrics,
+};
 use crate::db::audit::*;
 use crate::db::control::*;
+use crate::db::fleet::*;
 use crate::db::jobs::*;
 use crate::db::logs::*;
 use crate::db::logs::{CollectPolicy, LogLine};
 use crate::db::metrics::*;
+use crate::db::trail::*;
 use crate::db::updates::*;
 use crate::db::users::*;
 use crate::db::StorageError;
@@ -760,5 +764,167 @@ impl JobStore for Blocking<SqliteJobs> {
     ) -> Result<Vec<(Deployment, Option<JobRow>)>, StorageError> {
         own!(tenant, app);
         self.run(move |s| s.deployments(&tenant, &app, limit)).await
+    }
+}
+
+#[async_trait]
+impl FleetStore for Blocking<SqliteFleet> {
+    async fn tenant_labels(
+        &self,
+        tenant: &str,
+    ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
+        own!(tenant);
+        self.run(move |s| s.tenant_labels(&tenant)).await
+    }
+    async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
+        own!(tenant, runner);
+        self.run(move |s| s.labels(&tenant, &runner)).await
+    }
+    async fn replace_labels(
+        &self,
+        tenant: &str,
+        runner: &str,
+        labels: &Labels,
+    ) -> Result<(), StorageError> {
+        own!(tenant, runner, labels);
+        self.run(move |s| s.replace_labels(&tenant, &runner, &labels))
+            .await
+    }
+    async fn propose(
+        &self,
+        tenant: &str,
+        runner: &str,
+        proposed: &Labels,
+        policy: &Policy,
+    ) -> Result<(), StorageError> {
+        own!(tenant, runner, proposed, policy);
+        self.run(move |s| s.propose(&tenant, &runner, &proposed, &policy))
+            .await
+    }
+    async fn accept(
+        &self,
+        tenant: &str,
+        runner: &str,
+        keys: Option<&[String]>,
+    ) -> Result<Labels, StorageError> {
+        own!(tenant, runner);
+        let keys = keys.map(<[String]>::to_vec);
+        self.run(move |s| s.accept(&tenant, &runner, keys.as_deref()))
+            .await
+    }
+    async fn policy(&self, tenant: &str) -> Result<Policy, StorageError> {
+        own!(tenant);
+        self.run(move |s| s.policy(&tenant)).await
+    }
+    async fn set_policy(&self, tenant: &str, policy: &Policy) -> Result<(), StorageError> {
+        own!(tenant, policy);
+        self.run(move |s| s.set_policy(&tenant, &policy)).await
+    }
+    async fn add_deadlines(
+        &self,
+        tenant: &str,
+        jobs: &[(String, String)],
+        expires_ms: i64,
+    ) -> Result<(), StorageError> {
+        own!(tenant);
+        let jobs = jobs.to_vec();
+        self.run(move |s| s.add_deadlines(&tenant, &jobs, expires_ms))
+            .await
+    }
+    async fn due_deadlines(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, i64)>, StorageError> {
+        self.run(move |s| s.due_deadlines(now, limit)).await
+    }
+    async fn drop_deadline(&self, job: &str) -> Result<(), StorageError> {
+        own!(job);
+        self.run(move |s| s.drop_deadline(&job)).await
+    }
+    async fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError> {
+        own!(r);
+        self.run(move |s| s.save_rollout(&r)).await
+    }
+    async fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError> {
+        own!(tenant, id);
+        self.run(move |s| s.rollout(&tenant, &id)).await
+    }
+    async fn rollouts(&self, tenant: &str, limit: usize) -> Result<Vec<RolloutRow>, StorageError> {
+        own!(tenant);
+        self.run(move |s| s.rollouts(&tenant, limit)).await
+    }
+    async fn put_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        body: &str,
+        start: i64,
+    ) -> Result<(), StorageError> {
+        own!(tenant, name, body);
+        self.run(move |s| s.put_schedule(&tenant, &name, &body, start))
+            .await
+    }
+    async fn delete_schedule(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
+        own!(tenant, name);
+        self.run(move |s| s.delete_schedule(&tenant, &name)).await
+    }
+    async fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRow>, StorageError> {
+        let tenant = tenant.map(str::to_owned);
+        self.run(move |s| s.schedules(tenant.as_deref())).await
+    }
+    async fn claim_occurrence(
+        &self,
+        tenant: &str,
+        schedule: &str,
+        occurrence: i64,
+        status: &str,
+        now: i64,
+    ) -> Result<bool, StorageError> {
+        own!(tenant, schedule, status);
+        self.run(move |s| s.claim_occurrence(&tenant, &schedule, occurrence, &status, now))
+            .await
+    }
+    async fn set_run_jobs(
+        &self,
+        tenant: &str,
+        schedule: &str,
+        occurrence: i64,
+        status: &str,
+        jobs: &[String],
+    ) -> Result<(), StorageError> {
+        own!(tenant, schedule, status);
+        let jobs = jobs.to_vec();
+        self.run(move |s| s.set_run_jobs(&tenant, &schedule, occurrence, &status, &jobs))
+            .await
+    }
+    async fn runs(
+        &self,
+        tenant: &str,
+        schedule: &str,
+        limit: usize,
+    ) -> Result<Vec<RunRow>, StorageError> {
+        own!(tenant, schedule);
+        self.run(move |s| s.runs(&tenant, &schedule, limit)).await
+    }
+}
+
+#[async_trait]
+impl TrailStore for Blocking<SqliteAudit> {
+    async fn append(&self, e: NewEntry) -> Result<Entry, StorageError> {
+        self.run(move |s| s.append(e)).await
+    }
+    async fn query(&self, q: &AuditQuery) -> Result<Vec<Entry>, StorageError> {
+        own!(q);
+        self.run(move |s| s.query(&q)).await
+    }
+    async fn verify(&self) -> Result<Verification, StorageError> {
+        self.run(move |s| s.verify()).await
+    }
+    async fn prune(&self, before_ms: i64) -> Result<usize, StorageError> {
+        self.run(move |s| s.prune(before_ms)).await
+    }
+    async fn checkpoint(&self) -> Result<(), StorageError> {
+        self.run(move |s| s.checkpoint()).await
     }
 }

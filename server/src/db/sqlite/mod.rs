@@ -8,6 +8,9 @@
 //! logs.db     logs.rs: LogStore
 //! jobs.db     jobs.rs (+ deploy.rs): JobStore
 //! alerts.db   alerts.rs: AlertStore
+//! fleet.db    fleet.rs: FleetStore
+//! audit.db    trail.rs: TrailStore (the audit trail)
+//! backup.rs   online copies of any of these files (`tether-server backup`)
 //! ```
 //!
 //! Each file's store is a plain synchronous struct (a mutex-guarded
@@ -34,9 +37,11 @@ use super::{Db, StorageError};
 use crate::db::logs::CollectPolicy;
 
 mod alerts;
+pub mod backup;
 mod containers;
 mod control;
 mod deploy;
+mod fleet;
 mod impls;
 mod jobs;
 mod logs;
@@ -44,14 +49,17 @@ mod metrics;
 mod migrate;
 mod terminals;
 mod tokens;
+mod trail;
 mod updates;
 mod users;
 
 use alerts::SqliteAlerts;
 use control::SqliteControl;
+use fleet::SqliteFleet;
 use jobs::SqliteJobs;
 use logs::SqliteLogs;
 use metrics::SqliteMetrics;
+use trail::SqliteAudit;
 
 /// A synchronous store whose every call runs on the blocking pool.
 ///
@@ -125,7 +133,22 @@ pub fn open(data: &Path, options: &Options) -> Result<Db, StorageError> {
     )?;
     let jobs = SqliteJobs::open(&data.join("jobs.db"))?;
     let alerts = SqliteAlerts::open(&data.join("alerts.db"))?;
-    Ok(assemble(control, metrics, logs, jobs, alerts))
+    let fleet = SqliteFleet::open(&data.join("fleet.db"))?;
+    let trail = SqliteAudit::open(&data.join("audit.db"))?;
+    Ok(assemble(control, metrics, logs, jobs, alerts, fleet, trail))
+}
+
+/// The audit trail in the SQLite file at `path` (opened, migrated), for
+/// tests that keep it apart from a data dir.
+#[doc(hidden)] // a test seam
+pub fn open_trail(path: &Path) -> Result<Arc<dyn crate::db::TrailStore>, StorageError> {
+    Ok(Arc::new(Blocking::new(SqliteAudit::open(path)?)))
+}
+
+/// Check the chain of a copied `audit.db` offline (`tether-server audit
+/// verify --db FILE`): no runtime, no server.
+pub fn verify_trail_file(path: &Path) -> Result<crate::db::trail::Verification, StorageError> {
+    SqliteAudit::open(path)?.verify()
 }
 
 /// Private in-memory databases, for tests.
@@ -137,6 +160,8 @@ pub fn open_in_memory(metrics_retention: Retention) -> Result<Db, StorageError> 
         SqliteLogs::open_in_memory(LogRetention::default())?,
         SqliteJobs::open_in_memory()?,
         SqliteAlerts::open_in_memory()?,
+        SqliteFleet::open_in_memory()?,
+        SqliteAudit::open_in_memory()?,
     ))
 }
 
@@ -146,6 +171,8 @@ fn assemble(
     logs: SqliteLogs,
     jobs: SqliteJobs,
     alerts: SqliteAlerts,
+    fleet: SqliteFleet,
+    trail: SqliteAudit,
 ) -> Db {
     // Once per start, before any request: apps that still name their
     // runner get its id (deploy.rs).
@@ -163,6 +190,8 @@ fn assemble(
         logs: Arc::new(Blocking::new(logs)),
         jobs: Arc::new(Blocking::new(jobs)),
         alerts: Arc::new(Blocking::new(alerts)),
+        fleet: Arc::new(Blocking::new(fleet)),
+        trail: Arc::new(Blocking::new(trail)),
     }
 }
 

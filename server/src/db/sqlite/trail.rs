@@ -1,42 +1,28 @@
-//! The audit trail at rest (`<data-dir>/audit.db`): one append-only,
-//! hash-chained table behind the [`TrailStore`] trait.
+//! The audit trail at rest in SQLite (`<data-dir>/audit.db`): the
+//! [`TrailStore`](crate::db::trail::TrailStore) of the embedded backend
+//! (the chain itself, its hashing and checking: `db/trail.rs`).
 //!
-//! ```text
-//! audit_entries (seq) at_ms, tenant_id, actor_kind, actor_id, actor_label,
-//!                     client, action, target, params, result, detail,
-//!                     prev_hash, hash
-//! audit_anchor  (id = 1) seq, hash     the last entry retention removed
-//! ```
-//!
-//! Each entry's `hash` is SHA-256 over its own fields and `prev_hash`, the
-//! hash of the entry before it (64 zeros before the first). Changing a
-//! field breaks that entry's hash; rewriting the hash too breaks the next
-//! entry's link; deleting an entry leaves a gap in `seq`. [`verify_chain`]
-//! walks the table and names the first entry that does not hold. Triggers
-//! refuse UPDATE and any DELETE above the anchor, so only retention removes
-//! rows (oldest first, moving the anchor in the same transaction); someone
-//! with the file can drop the triggers, which is what the chain is for.
-//! Removing the newest entries is caught only against a head kept
-//! elsewhere: the running server keeps its own in memory
-//! ([`SqliteAudit::verify`] compares), and `audit verify` prints the head
-//! so an operator can write it down.
-//!
-//! The schema is a list of numbered steps ([`MIGRATIONS`], `user_version`
-//! says how many ran), so it can join `db/`'s migrations as it stands.
-//! The trait is synchronous like the other stores of this build; one insert
-//! costs tens of microseconds (`audit_write_cost` in the tests prints it).
+//! The schema is [`MIGRATIONS`] (`migrate.rs`: `user_version` counts the
+//! ones applied; files of earlier builds counted the same way). Triggers
+//! refuse UPDATE and any DELETE above the anchor. One insert costs tens of
+//! microseconds (`audit_write_cost` in the tests prints it); the WAL is
+//! moved into the file by [`SqliteAudit::checkpoint`] from the retention
+//! task, not inside a request's append.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use super::migrate::{migrate, Migration, Step};
+use crate::db::trail::*;
 use crate::db::StorageError;
 
-/// The schema, one step per element; never edit a step that shipped.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE audit_entries (
+/// audit.db's schema, in order (`migrate.rs`); never edit one that shipped.
+const MIGRATIONS: &[Migration] = &[Migration {
+    name: "entries, anchor, append-only triggers",
+    step: Step::Sql(
+        "CREATE TABLE audit_entries (
          seq INTEGER PRIMARY KEY,
          at_ms INTEGER NOT NULL,
          tenant_id TEXT,
@@ -60,191 +46,9 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE audit_entries (
      BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
      CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_entries
      WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0)
-     BEGIN SELECT RAISE(ABORT, 'only retention removes audit entries'); END;"];
-
-/// The `prev_hash` of the first entry.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// An entry to append: everything but its place in the chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct NewEntry {
-    pub at_ms: i64,
-    pub tenant_id: Option<String>,
-    /// `admin`, `token`, `user`, `runner` or `none` (not authenticated).
-    pub actor_kind: String,
-    /// Token or user id (empty for admin and none).
-    pub actor_id: String,
-    /// Token label or user name.
-    pub actor_label: String,
-    /// The client's IP address.
-    pub client: String,
-    /// `METHOD /route/{template}`, or a host event's name.
-    pub action: String,
-    /// What it acted on: the request path, or the object's id.
-    pub target: String,
-    /// JSON: the request's parameters with secret values replaced.
-    pub params: String,
-    /// The HTTP status of the answer (or 0 for events without one).
-    pub result: u16,
-    /// A short word on the result (error code, refusal reason).
-    pub detail: String,
-}
-
-/// A stored entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
-    pub seq: i64,
-    #[serde(flatten)]
-    pub entry: NewEntry,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-/// Filters of a query; every one optional.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    /// `None`: every tenant (the admin token).
-    pub tenant: Option<String>,
-    /// Actor id or label, exactly.
-    pub actor: Option<String>,
-    /// A substring of the action.
-    pub action: Option<String>,
-    /// A substring of the target.
-    pub target: Option<String>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    /// Entries after this sequence number (paging).
-    pub after_seq: Option<i64>,
-    pub limit: usize,
-}
-
-/// What [`verify_chain`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Verification {
-    pub ok: bool,
-    pub entries: u64,
-    /// The last entry's seq and hash (the head to write down).
-    pub head_seq: i64,
-    pub head_hash: String,
-    /// The first entry that does not hold, and why.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_bad: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// The audit trail's storage. `db/` will hold it as an async trait with
-/// SQLite and PostgreSQL behind it; today SQLite only.
-pub trait TrailStore: Send + Sync {
-    fn append(&self, e: NewEntry) -> Result<Entry, StorageError>;
-    fn query(&self, q: &AuditQuery) -> Result<Vec<Entry>, StorageError>;
-    fn verify(&self) -> Result<Verification, StorageError>;
-    /// Remove entries older than `before_ms`; returns how many.
-    fn prune(&self, before_ms: i64) -> Result<usize, StorageError>;
-    /// Housekeeping off the request path, every few seconds.
-    fn checkpoint(&self) -> Result<(), StorageError> {
-        Ok(())
-    }
-}
-
-/// SHA-256 hex of an entry's fields and the previous hash, in a fixed
-/// order (a JSON array: unambiguous, whatever the fields contain).
-pub fn entry_hash(seq: i64, e: &NewEntry, prev_hash: &str) -> String {
-    let fields = serde_json::json!([
-        seq,
-        e.at_ms,
-        e.tenant_id,
-        e.actor_kind,
-        e.actor_id,
-        e.actor_label,
-        e.client,
-        e.action,
-        e.target,
-        e.params,
-        e.result,
-        e.detail,
-        prev_hash
-    ]);
-    let digest = Sha256::digest(fields.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Walk entries in `seq` order from the anchor; name the first that breaks
-/// the chain. Pure: the store feeds it rows.
-pub fn verify_chain(anchor: (i64, &str), rows: impl IntoIterator<Item = Entry>) -> Verification {
-    let (mut want_seq, mut want_prev) = (anchor.0 + 1, anchor.1.to_owned());
-    let mut count = 0u64;
-    let bad = |seq: i64, why: String, count: u64, head: (i64, String)| Verification {
-        ok: false,
-        entries: count,
-        head_seq: head.0,
-        head_hash: head.1,
-        first_bad: Some(seq),
-        reason: Some(why),
-    };
-    let mut last: Option<Entry> = None;
-    for row in rows {
-        count += 1;
-        let head = (row.seq, row.hash.clone());
-        if row.seq != want_seq {
-            return bad(
-                want_seq,
-                format!(
-                    "entry {want_seq} is missing (deleted): the next entry is {}",
-                    row.seq
-                ),
-                count,
-                head,
-            );
-        }
-        if row.prev_hash != want_prev {
-            // The entry before held together by itself, yet this one links
-            // to something else: the one before had its hash rewritten.
-            return match last {
-                Some(prev) => bad(
-                    prev.seq,
-                    format!(
-                        "entry {} was changed and its hash rewritten: entry {} links to another",
-                        prev.seq, row.seq
-                    ),
-                    count,
-                    head,
-                ),
-                None => bad(
-                    row.seq,
-                    format!("entry {} does not link to the retention anchor", row.seq),
-                    count,
-                    head,
-                ),
-            };
-        }
-        if entry_hash(row.seq, &row.entry, &row.prev_hash) != row.hash {
-            return bad(
-                row.seq,
-                format!(
-                    "entry {} was changed: its fields do not match its hash",
-                    row.seq
-                ),
-                count,
-                head,
-            );
-        }
-        want_seq = row.seq + 1;
-        want_prev = row.hash.clone();
-        last = Some(row);
-    }
-    let (head_seq, head_hash) = last
-        .map(|l| (l.seq, l.hash))
-        .unwrap_or((anchor.0, anchor.1.to_owned()));
-    Verification {
-        ok: true,
-        entries: count,
-        head_seq,
-        head_hash,
-        first_bad: None,
-        reason: None,
-    }
-}
+     BEGIN SELECT RAISE(ABORT, 'only retention removes audit entries'); END;",
+    ),
+}];
 
 /// [`TrailStore`] over one SQLite file.
 pub struct SqliteAudit {
@@ -283,18 +87,6 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         prev_hash: r.get(12)?,
         hash: r.get(13)?,
     })
-}
-
-fn migrate(conn: &Connection) -> Result<(), StorageError> {
-    let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let done = usize::try_from(done).unwrap_or(0);
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
-        conn.execute_batch(&format!(
-            "BEGIN; {step}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))?;
-    }
-    Ok(())
 }
 
 fn anchor(conn: &Connection) -> Result<(i64, String), StorageError> {
@@ -340,8 +132,8 @@ impl SqliteAudit {
         SqliteAudit::with(Connection::open_in_memory()?)
     }
 
-    fn with(conn: Connection) -> Result<SqliteAudit, StorageError> {
-        migrate(&conn)?;
+    fn with(mut conn: Connection) -> Result<SqliteAudit, StorageError> {
+        migrate(&mut conn, "audit.db", MIGRATIONS)?;
         let head = stored_head(&conn)?;
         Ok(SqliteAudit {
             conn: Mutex::new(conn),
@@ -351,8 +143,8 @@ impl SqliteAudit {
     }
 }
 
-impl TrailStore for SqliteAudit {
-    fn append(&self, e: NewEntry) -> Result<Entry, StorageError> {
+impl SqliteAudit {
+    pub fn append(&self, e: NewEntry) -> Result<Entry, StorageError> {
         // One lock over head and insert: the chain is a total order.
         let mut head = lock(&self.head);
         let conn = lock(&self.conn);
@@ -388,7 +180,7 @@ impl TrailStore for SqliteAudit {
         Ok(entry)
     }
 
-    fn query(&self, q: &AuditQuery) -> Result<Vec<Entry>, StorageError> {
+    pub fn query(&self, q: &AuditQuery) -> Result<Vec<Entry>, StorageError> {
         let conn = lock(&self.conn);
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM audit_entries
@@ -417,7 +209,7 @@ impl TrailStore for SqliteAudit {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn verify(&self) -> Result<Verification, StorageError> {
+    pub fn verify(&self) -> Result<Verification, StorageError> {
         let head = lock(&self.head).clone();
         let conn = lock(&self.conn);
         let anchor = anchor(&conn)?;
@@ -437,7 +229,7 @@ impl TrailStore for SqliteAudit {
         Ok(found)
     }
 
-    fn prune(&self, before_ms: i64) -> Result<usize, StorageError> {
+    pub fn prune(&self, before_ms: i64) -> Result<usize, StorageError> {
         let mut conn = lock(&self.conn);
         let tx = conn.transaction()?;
         // Oldest first and contiguous: the anchor moves to the last removed.
@@ -463,7 +255,7 @@ impl TrailStore for SqliteAudit {
         Ok(n)
     }
 
-    fn checkpoint(&self) -> Result<(), StorageError> {
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
         if let Some(c) = &self.checkpointer {
             lock(c).query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         }

@@ -1,37 +1,36 @@
-//! Fleet data at rest (`<data-dir>/fleet.db`): labels, label proposals,
-//! the tenant's fleet policy, job deadlines, rollouts and schedules.
-//!
-//! ```text
-//! labels          (runner, key) → value              what selectors match
-//! proposals       (runner, key) → value              proposed by the host, not accepted
-//! fleet_policy    tenant → default job deadline, keys accepted without review
-//! job_deadlines   job → expires_ms                   pending jobs that may expire
-//! rollouts        id → spec, planner snapshot (JSON), state
-//! schedules       (tenant, name) → cron, selector, script, jitter, missed policy, last
-//! schedule_runs   (tenant, schedule, occurrence) UNIQUE → run | missed, jobs
-//! ```
-//!
-//! All SQL of the fleet is here, behind [`FleetStore`]; [`SqliteFleet`] is
-//! the embedded backend. The schema is [`STEPS`], applied in order and
-//! counted by `PRAGMA user_version` (this file has no other tables). The
-//! uniqueness of (schedule, occurrence) is what makes a schedule fire once
-//! per occurrence when several server processes share the data: the one
-//! whose insert lands runs it.
+//! Fleet data at rest in SQLite (`<data-dir>/fleet.db`): the
+//! [`FleetStore`](crate::db::fleet::FleetStore) of the embedded backend
+//! (tables and their meaning: `db/fleet.rs`). The schema is [`MIGRATIONS`]
+//! (`migrate.rs`); this file has no other tables.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
 
+use super::migrate::{migrate, Migration, Step};
+use crate::db::fleet::*;
 use crate::db::StorageError;
-use crate::fleet::selector::Labels;
 
-/// Schema steps, in order; `PRAGMA user_version` counts those applied.
-pub const STEPS: &[&str] = &[
-    // 1: labels, proposals, policy, deadlines.
-    "CREATE TABLE labels (
+/// fleet.db's schema, in order (`migrate.rs`; files of earlier builds
+/// counted these same steps in `user_version`).
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "labels, proposals, policy, deadlines",
+        step: Step::Sql(STEP_1),
+    },
+    Migration {
+        name: "rollouts",
+        step: Step::Sql(STEP_2),
+    },
+    Migration {
+        name: "schedules and their runs",
+        step: Step::Sql(STEP_3),
+    },
+];
+
+const STEP_1: &str = "CREATE TABLE labels (
          tenant_id TEXT NOT NULL, runner_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
          PRIMARY KEY (runner_id, key)) WITHOUT ROWID;
      CREATE INDEX labels_tenant ON labels (tenant_id);
@@ -43,156 +42,19 @@ pub const STEPS: &[&str] = &[
      CREATE TABLE job_deadlines (
          job_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, runner_id TEXT NOT NULL,
          expires_ms INTEGER NOT NULL);
-     CREATE INDEX job_deadlines_expiry ON job_deadlines (expires_ms);",
-    // 2: rollouts.
-    "CREATE TABLE rollouts (
+     CREATE INDEX job_deadlines_expiry ON job_deadlines (expires_ms);";
+const STEP_2: &str = "CREATE TABLE rollouts (
          id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, state TEXT NOT NULL,
          created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, body TEXT NOT NULL);
-     CREATE INDEX rollouts_tenant ON rollouts (tenant_id, created_ms);",
-    // 3: schedules and their runs.
-    "CREATE TABLE schedules (
+     CREATE INDEX rollouts_tenant ON rollouts (tenant_id, created_ms);";
+const STEP_3: &str = "CREATE TABLE schedules (
          tenant_id TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
          last_occurrence INTEGER NOT NULL,
          PRIMARY KEY (tenant_id, name)) WITHOUT ROWID;
      CREATE TABLE schedule_runs (
          tenant_id TEXT NOT NULL, schedule TEXT NOT NULL, occurrence_ms INTEGER NOT NULL,
          status TEXT NOT NULL, at_ms INTEGER NOT NULL, jobs TEXT NOT NULL DEFAULT '[]',
-         PRIMARY KEY (tenant_id, schedule, occurrence_ms)) WITHOUT ROWID;",
-];
-
-/// A tenant's fleet settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    /// How long a job waits for an offline runner unless the request
-    /// says; none: as long as it takes.
-    pub job_deadline_s: Option<u64>,
-    /// Label keys a host's proposal sets without review (`*`: all).
-    pub auto_accept: Vec<String>,
-}
-
-impl Policy {
-    pub fn accepts(&self, key: &str) -> bool {
-        self.auto_accept.iter().any(|k| k == "*" || k == key)
-    }
-}
-
-/// A stored rollout: the planner's snapshot and the request, as JSON
-/// (`fleet/rollout.rs` owns the shape).
-#[derive(Debug, Clone)]
-pub struct RolloutRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub state: String,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-    pub body: String,
-}
-
-/// A stored schedule: its definition as JSON (`fleet/schedule.rs`) and
-/// the newest occurrence dealt with.
-#[derive(Debug, Clone)]
-pub struct ScheduleRow {
-    pub tenant_id: String,
-    pub name: String,
-    pub body: String,
-    pub last_occurrence: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRow {
-    pub occurrence_ms: i64,
-    pub status: String,
-    pub at_ms: i64,
-    pub jobs: Vec<String>,
-}
-
-pub trait FleetStore: Send + Sync {
-    // ---- labels
-    /// Accepted labels of every runner of the tenant that has some.
-    fn tenant_labels(
-        &self,
-        tenant: &str,
-    ) -> Result<std::collections::HashMap<String, Labels>, StorageError>;
-    /// (accepted, proposed) labels of one runner.
-    fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError>;
-    /// Replace a runner's accepted labels.
-    fn replace_labels(
-        &self,
-        tenant: &str,
-        runner: &str,
-        labels: &Labels,
-    ) -> Result<(), StorageError>;
-    /// Replace what the host proposes; keys the policy accepts (or whose
-    /// accepted value is already the proposed one) go straight to labels.
-    fn propose(
-        &self,
-        tenant: &str,
-        runner: &str,
-        proposed: &Labels,
-        policy: &Policy,
-    ) -> Result<(), StorageError>;
-    /// Accept proposals (all, or these keys); returns the labels after.
-    fn accept(
-        &self,
-        tenant: &str,
-        runner: &str,
-        keys: Option<&[String]>,
-    ) -> Result<Labels, StorageError>;
-
-    // ---- policy and deadlines
-    fn policy(&self, tenant: &str) -> Result<Policy, StorageError>;
-    fn set_policy(&self, tenant: &str, policy: &Policy) -> Result<(), StorageError>;
-    fn add_deadlines(
-        &self,
-        tenant: &str,
-        jobs: &[(String, String)],
-        expires_ms: i64,
-    ) -> Result<(), StorageError>;
-    /// (job, tenant, runner, expires_ms) of deadlines passed by `now`.
-    fn due_deadlines(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, String, String, i64)>, StorageError>;
-    fn drop_deadline(&self, job: &str) -> Result<(), StorageError>;
-
-    // ---- rollouts
-    fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError>;
-    fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError>;
-    fn rollouts(&self, tenant: &str, limit: usize) -> Result<Vec<RolloutRow>, StorageError>;
-
-    // ---- schedules
-    /// Create or replace; a new definition starts after `start`.
-    fn put_schedule(
-        &self,
-        tenant: &str,
-        name: &str,
-        body: &str,
-        start: i64,
-    ) -> Result<(), StorageError>;
-    fn delete_schedule(&self, tenant: &str, name: &str) -> Result<bool, StorageError>;
-    fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRow>, StorageError>;
-    /// Record what happened to one occurrence, once: false if another
-    /// process (or tick) already did. Moves `last_occurrence` forward.
-    fn claim_occurrence(
-        &self,
-        tenant: &str,
-        schedule: &str,
-        occurrence: i64,
-        status: &str,
-        now: i64,
-    ) -> Result<bool, StorageError>;
-    fn set_run_jobs(
-        &self,
-        tenant: &str,
-        schedule: &str,
-        occurrence: i64,
-        status: &str,
-        jobs: &[String],
-    ) -> Result<(), StorageError>;
-    fn runs(&self, tenant: &str, schedule: &str, limit: usize)
-        -> Result<Vec<RunRow>, StorageError>;
-}
+         PRIMARY KEY (tenant_id, schedule, occurrence_ms)) WITHOUT ROWID;";
 
 pub struct SqliteFleet {
     conn: Mutex<Connection>,
@@ -213,13 +75,7 @@ impl SqliteFleet {
 
     fn setup(mut conn: Connection) -> Result<SqliteFleet, StorageError> {
         conn.busy_timeout(Duration::from_secs(5))?;
-        let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, sql) in STEPS.iter().enumerate().skip(done.max(0) as usize) {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
+        migrate(&mut conn, "fleet.db", MIGRATIONS)?;
         Ok(SqliteFleet {
             conn: Mutex::new(conn),
         })
@@ -243,8 +99,8 @@ fn read_labels(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-impl FleetStore for SqliteFleet {
-    fn tenant_labels(
+impl SqliteFleet {
+    pub fn tenant_labels(
         &self,
         tenant: &str,
     ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
@@ -261,7 +117,7 @@ impl FleetStore for SqliteFleet {
         Ok(out)
     }
 
-    fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
+    pub fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
         let c = self.lock();
         Ok((
             read_labels(&c, "labels", tenant, runner)?,
@@ -269,7 +125,7 @@ impl FleetStore for SqliteFleet {
         ))
     }
 
-    fn replace_labels(
+    pub fn replace_labels(
         &self,
         tenant: &str,
         runner: &str,
@@ -294,7 +150,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn propose(
+    pub fn propose(
         &self,
         tenant: &str,
         runner: &str,
@@ -312,13 +168,12 @@ impl FleetStore for SqliteFleet {
             if current.get(k) == Some(v) {
                 continue;
             }
-            let table = if policy.accepts(k)
-                && (current.len() < super::selector::MAX_LABELS || current.contains_key(k))
-            {
-                "labels"
-            } else {
-                "proposals"
-            };
+            let table =
+                if policy.accepts(k) && (current.len() < MAX_LABELS || current.contains_key(k)) {
+                    "labels"
+                } else {
+                    "proposals"
+                };
             tx.execute(
                 &format!(
                     "INSERT OR REPLACE INTO {table} (tenant_id, runner_id, key, value) VALUES (?1, ?2, ?3, ?4)"
@@ -330,7 +185,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn accept(
+    pub fn accept(
         &self,
         tenant: &str,
         runner: &str,
@@ -344,7 +199,7 @@ impl FleetStore for SqliteFleet {
             if keys.is_some_and(|ks| !ks.contains(&k)) {
                 continue;
             }
-            if labels.len() >= super::selector::MAX_LABELS && !labels.contains_key(&k) {
+            if labels.len() >= MAX_LABELS && !labels.contains_key(&k) {
                 continue;
             }
             tx.execute(
@@ -361,7 +216,7 @@ impl FleetStore for SqliteFleet {
         Ok(labels)
     }
 
-    fn policy(&self, tenant: &str) -> Result<Policy, StorageError> {
+    pub fn policy(&self, tenant: &str) -> Result<Policy, StorageError> {
         let c = self.lock();
         let row: Option<(Option<i64>, String)> = c
             .query_row(
@@ -380,7 +235,7 @@ impl FleetStore for SqliteFleet {
         })
     }
 
-    fn set_policy(&self, tenant: &str, p: &Policy) -> Result<(), StorageError> {
+    pub fn set_policy(&self, tenant: &str, p: &Policy) -> Result<(), StorageError> {
         let auto = serde_json::to_string(&p.auto_accept).unwrap_or_else(|_| "[]".into());
         self.lock().execute(
             "INSERT OR REPLACE INTO fleet_policy (tenant_id, job_deadline_s, auto_accept) VALUES (?1, ?2, ?3)",
@@ -389,7 +244,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn add_deadlines(
+    pub fn add_deadlines(
         &self,
         tenant: &str,
         jobs: &[(String, String)],
@@ -407,7 +262,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn due_deadlines(
+    pub fn due_deadlines(
         &self,
         now: i64,
         limit: usize,
@@ -423,13 +278,13 @@ impl FleetStore for SqliteFleet {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn drop_deadline(&self, job: &str) -> Result<(), StorageError> {
+    pub fn drop_deadline(&self, job: &str) -> Result<(), StorageError> {
         self.lock()
             .execute("DELETE FROM job_deadlines WHERE job_id = ?1", params![job])?;
         Ok(())
     }
 
-    fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError> {
+    pub fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError> {
         self.lock().execute(
             "INSERT OR REPLACE INTO rollouts (id, tenant_id, state, created_ms, updated_ms, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -445,7 +300,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError> {
+    pub fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError> {
         Ok(self
             .lock()
             .query_row(
@@ -457,7 +312,7 @@ impl FleetStore for SqliteFleet {
             .optional()?)
     }
 
-    fn rollouts(&self, tenant: &str, limit: usize) -> Result<Vec<RolloutRow>, StorageError> {
+    pub fn rollouts(&self, tenant: &str, limit: usize) -> Result<Vec<RolloutRow>, StorageError> {
         let c = self.lock();
         let mut st = c.prepare_cached(
             "SELECT id, tenant_id, state, created_ms, updated_ms, body FROM rollouts
@@ -467,7 +322,7 @@ impl FleetStore for SqliteFleet {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put_schedule(
+    pub fn put_schedule(
         &self,
         tenant: &str,
         name: &str,
@@ -483,7 +338,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn delete_schedule(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
+    pub fn delete_schedule(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
         let mut c = self.lock();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let n = tx.execute(
@@ -498,7 +353,7 @@ impl FleetStore for SqliteFleet {
         Ok(n > 0)
     }
 
-    fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRow>, StorageError> {
+    pub fn schedules(&self, tenant: Option<&str>) -> Result<Vec<ScheduleRow>, StorageError> {
         let c = self.lock();
         let mut st = c.prepare_cached(
             "SELECT tenant_id, name, body, last_occurrence FROM schedules
@@ -515,7 +370,7 @@ impl FleetStore for SqliteFleet {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn claim_occurrence(
+    pub fn claim_occurrence(
         &self,
         tenant: &str,
         schedule: &str,
@@ -539,7 +394,7 @@ impl FleetStore for SqliteFleet {
         Ok(n == 1)
     }
 
-    fn set_run_jobs(
+    pub fn set_run_jobs(
         &self,
         tenant: &str,
         schedule: &str,
@@ -556,7 +411,7 @@ impl FleetStore for SqliteFleet {
         Ok(())
     }
 
-    fn runs(
+    pub fn runs(
         &self,
         tenant: &str,
         schedule: &str,
