@@ -4,6 +4,7 @@
 //! tests drive it with `tower::ServiceExt::oneshot`. `app/serve.rs` puts it behind
 //! TLS; nothing here knows about listeners or certificates.
 
+pub mod cluster;
 pub mod config;
 mod ctx;
 mod routes;

@@ -102,6 +102,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
+    // A usage error, as clap's: before anything is opened or logged.
+    let cluster = match crate::cluster::config::resolve(&args.cluster, args.database.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&args.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -113,7 +121,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, cluster)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -136,7 +144,10 @@ fn init_logging(filter: &str) {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+async fn serve(
+    args: ServeArgs,
+    cluster: Option<crate::cluster::config::ClusterConfig>,
+) -> Result<(), ServeError> {
     let data = args.data_dir.clone();
     // Before anything is created: job output, scripts, sessions and keys
     // are nobody else's business on this host.
@@ -154,15 +165,17 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         },
         log_collect: args.log_collect.clone(),
     };
+    let mut cluster_store = None;
     let db = match args.database.as_deref() {
         None => crate::db::sqlite::open(&data, &options)?,
         Some(url) if crate::db::postgres::is_postgres_url(url) => {
-            let db = crate::db::postgres::Postgres::open(url, &options).await?;
+            let pg = crate::db::postgres::Postgres::connect(url).await?;
             tracing::info!(
                 "database: PostgreSQL {}",
                 crate::db::postgres::redacted(url)
             );
-            db
+            cluster_store = Some(pg.cluster());
+            pg.db(&options)
         }
         Some(_) => {
             return Err(ServeError::Storage(crate::db::StorageError::Backend(
@@ -280,6 +293,16 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Ok(n) => tracing::info!("{n} runner group(s) became group labels"),
         Err(e) => tracing::error!("turning runner groups into labels: {}", e.message),
     }
+    let mut replica_tasks = Vec::new();
+    if let (Some(config), Some(store)) = (&cluster, cluster_store) {
+        let (_, tasks) = super::cluster::join(&state, config, store).await?;
+        replica_tasks = tasks;
+        tracing::info!(
+            "replica {} of a cluster (internal address {})",
+            config.replica_id,
+            config.internal_addr
+        );
+    }
     let stale = state.health.server_restarted().await?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
@@ -327,7 +350,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     flusher.abort();
     maintenance.abort();
     retention.abort();
-    for task in fleet {
+    for task in fleet.into_iter().chain(replica_tasks) {
         task.abort();
     }
     if let Err(e) = state.registry.flush_last_seen().await {

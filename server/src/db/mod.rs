@@ -13,6 +13,7 @@
 //!                           and deployments
 //! alerts.rs   AlertStore    alert rules, channels (sealed), live states,
 //!                           history, silences, the delivery log
+//! cluster.rs  ClusterStore  replicas and the links table (PostgreSQL only)
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
 //!             trait here; metrics, logs and job output partitioned by time
@@ -39,6 +40,7 @@ use std::sync::Arc;
 
 pub mod alerts;
 pub mod audit;
+pub mod cluster;
 pub mod control;
 pub mod jobs;
 pub mod logs;

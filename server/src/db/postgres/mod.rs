@@ -13,6 +13,7 @@
 //! logs.rs     LogStore     over PgLogs: container log blocks, by time partition
 //! jobs.rs     JobStore     over PgJobs: scripts, secrets, jobs, output by day partition, apps
 //! alerts.rs   AlertStore   over PgAlerts: rules, channels, states, history, silences, deliveries
+//! cluster.rs  ClusterStore over PgCluster: replicas, the links table, fence notices (NOTIFY)
 //! partitions.rs  making partitions ahead and dropping them for retention
 //! ```
 //!
@@ -43,6 +44,7 @@ use super::StorageError;
 
 mod alerts;
 mod audit;
+mod cluster;
 mod control;
 mod jobs;
 mod logs;
@@ -175,6 +177,8 @@ fn scrub(url: &str, msg: &str) -> String {
 pub struct Postgres {
     pool: Pool,
     control: Arc<PgControl>,
+    /// For connections outside the pool (the cluster's notice listener).
+    config: tokio_postgres::Config,
 }
 
 impl Postgres {
@@ -189,7 +193,7 @@ impl Postgres {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -214,6 +218,7 @@ impl Postgres {
                 credentials: tokio::sync::watch::Sender::new(0),
             }),
             pool,
+            config,
         })
     }
 
@@ -262,14 +267,27 @@ impl Postgres {
         Arc::new(alerts::PgAlerts::new(self.pool.clone()))
     }
 
+    /// What replicas sharing this database keep about each other.
+    pub fn cluster(&self) -> Arc<dyn super::cluster::ClusterStore> {
+        Arc::new(cluster::PgCluster::new(
+            self.pool.clone(),
+            self.config.clone(),
+        ))
+    }
+
     /// Connect, migrate, and make every store of the server's [`Db`](super::Db),
     /// with the same options the SQLite backend is opened with.
     pub async fn open(
         url: &str,
         options: &super::sqlite::Options,
     ) -> Result<super::Db, StorageError> {
-        let pg = Postgres::connect(url).await?;
-        Ok(super::Db {
+        Ok(Postgres::connect(url).await?.db(options))
+    }
+
+    /// Every store of the server's [`Db`](super::Db) over this database.
+    pub fn db(&self, options: &super::sqlite::Options) -> super::Db {
+        let pg = self;
+        super::Db {
             liveness: Arc::new(super::Liveness::new(pg.control())),
             control: pg.control(),
             users: pg.users(),
@@ -279,7 +297,7 @@ impl Postgres {
             logs: pg.logs(options.log_retention, options.log_collect.clone()),
             jobs: pg.jobs(),
             alerts: pg.alerts(),
-        })
+        }
     }
 
     /// The numbered migrations applied, in order (tests, operators).

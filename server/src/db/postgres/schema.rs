@@ -388,4 +388,22 @@ CREATE TABLE alert_deliveries (
 );
 CREATE INDEX alert_deliveries_channel ON alert_deliveries (tenant_id, channel_id, seq);
 "#,
+    // 6: several replicas (`cluster.rs`): each replica's address and
+    // heartbeat, and the live link of each runner (one row at most: the
+    // primary key is what keeps a runner from being linked twice).
+    r#"
+CREATE TABLE cluster_replicas (
+    id            TEXT PRIMARY KEY,
+    internal_addr TEXT NOT NULL,
+    started_at    BIGINT NOT NULL,
+    heartbeat_at  BIGINT NOT NULL
+);
+CREATE TABLE runner_links (
+    runner_id   TEXT PRIMARY KEY REFERENCES runners(id) ON DELETE CASCADE,
+    replica_id  TEXT NOT NULL,
+    generation  BIGINT NOT NULL,
+    linked_at   BIGINT NOT NULL
+);
+CREATE INDEX runner_links_by_replica ON runner_links (replica_id);
+"#,
 ];
