@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Beside the accept loop: last-seen flushes every 5 s, and metrics
-//! maintenance (rollups, retention) and container log retention every minute.
+//! maintenance (rollups, retention) and container log retention every minute
+//! (on a replica of several: only while it holds the once-only lease,
+//! `cluster/lease.rs`; its links are kept by `app/cluster.rs`).
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
 //! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`common/edge.rs`). A silent
@@ -294,9 +296,11 @@ async fn serve(
         Err(e) => tracing::error!("turning runner groups into labels: {}", e.message),
     }
     let mut replica_tasks = Vec::new();
+    let mut replica = None;
     if let (Some(config), Some(store)) = (&cluster, cluster_store) {
-        let (_, tasks) = super::cluster::join(&state, config, store).await?;
+        let (joined, tasks) = super::cluster::join(&state, config, store).await?;
         replica_tasks = tasks;
+        replica = Some(joined);
         tracing::info!(
             "replica {} of a cluster (internal address {})",
             config.replica_id,
@@ -326,11 +330,24 @@ async fn serve(
     tracing::info!("listening on {url}");
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
-    let maintenance = tokio::spawn(maintain_metrics(state.clone()));
-    let retention = tokio::spawn(crate::common::quotas::retain_jobs(
-        state.db.clone(),
-        state.quotas,
-    ));
+    // Work on the shared data done once: here, or on the replica that
+    // holds the lease (`cluster/lease.rs`).
+    let once_only = {
+        let state = state.clone();
+        move || {
+            vec![
+                tokio::spawn(maintain_metrics(state.clone())),
+                tokio::spawn(crate::common::quotas::retain_jobs(
+                    state.db.clone(),
+                    state.quotas,
+                )),
+            ]
+        }
+    };
+    let once_only_tasks = match &replica {
+        Some(r) => vec![r.once_only(once_only)],
+        None => once_only(),
+    };
     let fleet = crate::fleet::spawn(&FromRef::from_ref(&state));
     let shutdown = async move {
         tokio::select! {
@@ -348,10 +365,15 @@ async fn serve(
     .await;
 
     flusher.abort();
-    maintenance.abort();
-    retention.abort();
-    for task in fleet.into_iter().chain(replica_tasks) {
+    for task in fleet
+        .into_iter()
+        .chain(replica_tasks)
+        .chain(once_only_tasks)
+    {
         task.abort();
+    }
+    if let Some(r) = &replica {
+        r.stopping().await;
     }
     if let Err(e) = state.registry.flush_last_seen().await {
         tracing::warn!("saving last-seen times: {e}");

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! config.rs   --replica-id, --internal-addr, --cluster-key: checked once at start
+//! lease.rs    once-only work (retention, rollups) on the replica holding a lease
 //! replica.rs  Replica: the links table behind LinkTable, the heartbeat, the
 //!             reaper of dead replicas, fence notices and the periodic check
 //! ```
@@ -26,12 +27,12 @@
 //!     unreachable and drops A's rows; they come back active where they reconnect
 //! ```
 //!
-//! Not here yet (issue 18): leases for once-only work, cluster events over
-//! NOTIFY for SSE, and forwarding requests and streams between replicas
+//! Not here yet (issue 18): cluster events over NOTIFY for SSE, and forwarding requests and streams between replicas
 //! over the internal address (the cluster key is read and checked for
 //! that, but nothing listens on the internal address yet).
 
 pub mod config;
+pub mod lease;
 pub mod replica;
 
 use std::sync::Arc;

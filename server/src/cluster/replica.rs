@@ -69,6 +69,20 @@ impl Replica {
         &self.id
     }
 
+    /// Run `start()`'s tasks while this replica holds the once-only lease
+    /// (`lease.rs`).
+    pub fn once_only(
+        &self,
+        start: impl Fn() -> Vec<JoinHandle<()>> + Send + 'static,
+    ) -> JoinHandle<()> {
+        super::lease::run_while_held(self.store.clone(), self.id.clone(), start)
+    }
+
+    /// A clean shutdown: give the lease up.
+    pub async fn stopping(&self) {
+        super::lease::release(&*self.store, &self.id).await;
+    }
+
     /// Start listening for notices (an error here is a start-up error),
     /// then run the heartbeat, the reaper, the notices and the check.
     pub async fn spawn(

@@ -109,6 +109,16 @@ pub trait ClusterStore: Send + Sync {
         now: i64,
     ) -> Result<Vec<HealthRecord>, StorageError>;
 
+    /// Take or renew lease `name` for `holder` for `ttl_ms` (the
+    /// database's clock, so replicas' clocks need not agree): `true` if
+    /// `holder` has it now. Another holder's lease is taken only once it
+    /// has expired.
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StorageError>;
+
+    /// Give lease `name` up, if `holder` has it (a clean shutdown: the
+    /// next replica need not wait for it to expire).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StorageError>;
+
     /// Open a dedicated connection that listens for notices; they arrive
     /// on the receiver (bounded) until it is dropped. A lost connection is
     /// made again (with backoff) and says so with [`Notice::Listening`].

@@ -231,6 +231,34 @@ async fn a_link_taken_by_another_replica_is_fenced_and_its_late_detach_changes_n
         .is_empty());
 }
 
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
+    let url = pg::fresh_database().await;
+    let (a, b) = (
+        Postgres::connect(&url).await.unwrap().cluster(),
+        Postgres::connect(&url).await.unwrap().cluster(),
+    );
+    assert!(a.lease("work", "a", 60_000).await.unwrap());
+    assert!(!b.lease("work", "b", 60_000).await.unwrap());
+    assert!(a.lease("work", "a", 60_000).await.unwrap(), "renewed");
+    assert!(
+        b.lease("other", "b", 60_000).await.unwrap(),
+        "leases are apart"
+    );
+    // Given up: the next one takes it at once.
+    b.release_lease("work", "b").await.unwrap();
+    assert!(
+        !b.lease("work", "b", 60_000).await.unwrap(),
+        "not b's to give"
+    );
+    a.release_lease("work", "a").await.unwrap();
+    assert!(b.lease("work", "b", 1).await.unwrap());
+    // Expired (1 ms, by the database's clock): taken.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(a.lease("work", "a", 60_000).await.unwrap());
+    assert!(!b.lease("work", "b", 60_000).await.unwrap());
+}
+
 // ---- two real replicas and a real runner ----
 
 const ADMIN: &str = "tadm_cluster_test_admin_token";
@@ -492,6 +520,37 @@ async fn a_runner_moved_to_replica_b_is_closed_on_a_at_once_and_health_stays_rig
     let log_a = std::fs::read_to_string(data_a.with_extension("log")).unwrap();
     assert!(log_a.contains("replica b missed its heartbeats"), "{log_a}");
     let _ = proc_a.0.kill();
+}
+
+fn log_of(data: &Path) -> String {
+    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+}
+
+const HOLDS: &str = "once-only work: this replica holds the lease";
+
+#[tokio::test]
+async fn the_once_only_work_moves_when_its_replica_is_killed() {
+    let url = pg::fresh_database().await;
+    let tmp = TempDir::new("lease");
+    let key = key_file(&tmp.0);
+    let (data_a, data_b) = (tmp.0.join("a"), tmp.0.join("b"));
+    let (mut proc_a, _) = replica(&data_a, &url, "a", &key);
+    wait_for(Duration::from_secs(10), "a to take the lease", || {
+        log_of(&data_a).contains(HOLDS)
+    });
+    let (_proc_b, _) = replica(&data_b, &url, "b", &key);
+    // Several renewals later, b still does not run it.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!log_of(&data_b).contains(HOLDS), "{}", log_of(&data_b));
+    proc_a.0.kill().unwrap();
+    proc_a.0.wait().unwrap();
+    let took = wait_for(Duration::from_secs(30), "b to take the lease", || {
+        log_of(&data_b).contains(HOLDS)
+    });
+    eprintln!("the once-only lease moved {took:?} after kill -9 of its holder");
+    // Within the lease time and one renewal (10 s + 2 s), with slack for
+    // a loaded machine.
+    assert!(took < Duration::from_secs(16), "{took:?}");
 }
 
 #[test]

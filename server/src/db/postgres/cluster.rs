@@ -360,6 +360,38 @@ impl ClusterStore for PgCluster {
         Ok(changes)
     }
 
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StorageError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)
+                 INSERT INTO cluster_leases (name, holder, expires_at)
+                     SELECT $1, $2, ms + $3 FROM now
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                     expires_at = excluded.expires_at
+                 WHERE cluster_leases.holder = excluded.holder
+                    OR cluster_leases.expires_at < (SELECT ms FROM now)
+                 RETURNING holder",
+                &[&name, &holder, &ttl_ms],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StorageError> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "DELETE FROM cluster_leases WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn listen(&self) -> Result<mpsc::Receiver<Notice>, StorageError> {
         let (tx, rx) = mpsc::channel(NOTICE_BACKLOG);
         let first = listen_once(&self.config, tx.clone()).await?;

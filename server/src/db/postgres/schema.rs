@@ -389,8 +389,9 @@ CREATE TABLE alert_deliveries (
 CREATE INDEX alert_deliveries_channel ON alert_deliveries (tenant_id, channel_id, seq);
 "#,
     // 6: several replicas (`cluster.rs`): each replica's address and
-    // heartbeat, and the live link of each runner (one row at most: the
-    // primary key is what keeps a runner from being linked twice).
+    // heartbeat, the live link of each runner (one row at most: the
+    // primary key is what keeps a runner from being linked twice), and
+    // the leases of work done once (expiry in the database's clock).
     r#"
 CREATE TABLE cluster_replicas (
     id            TEXT PRIMARY KEY,
@@ -405,5 +406,10 @@ CREATE TABLE runner_links (
     linked_at   BIGINT NOT NULL
 );
 CREATE INDEX runner_links_by_replica ON runner_links (replica_id);
+CREATE TABLE cluster_leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
 "#,
 ];
