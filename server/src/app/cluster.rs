@@ -8,10 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::cluster::config::ClusterConfig;
-use crate::cluster::replica::{LinkHolder, Replica};
+use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
 use crate::db::cluster::ClusterStore;
+use crate::db::HealthRecord;
 use crate::db::StorageError;
 use crate::link::registry::{CloseOrder, Registry};
+use crate::runners::health::HealthLog;
 
 use super::AppState;
 
@@ -41,6 +43,16 @@ impl LinkHolder for Holder {
     }
 }
 
+impl HealthSink for HealthLog {
+    fn made_here(&self, records: Vec<HealthRecord>) {
+        self.announce(records);
+    }
+
+    fn made_elsewhere(&self, record: HealthRecord) {
+        self.announce_remote(record);
+    }
+}
+
 /// Make this server replica `config.replica_id`: links recorded in the
 /// table, fence notices heard. Call before `server_restarted` and before
 /// accepting connections.
@@ -51,11 +63,10 @@ pub async fn join(
 ) -> Result<(Arc<Replica>, Vec<tokio::task::JoinHandle<()>>), StorageError> {
     let replica = Arc::new(Replica::new(config, store));
     state.health.set_links(replica.clone());
-    let health = state.health.clone();
     let tasks = replica
         .spawn(
             Arc::new(Holder(state.registry.clone())),
-            Arc::new(move |changes| health.announce(changes)),
+            state.health.clone(),
         )
         .await?;
     Ok((replica, tasks))

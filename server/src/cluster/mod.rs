@@ -27,7 +27,8 @@
 //!     unreachable and drops A's rows; they come back active where they reconnect
 //! ```
 //!
-//! Not here yet (issue 18): cluster events over NOTIFY for SSE, and forwarding requests and streams between replicas
+//! Health changes also travel by NOTIFY to every replica's SSE. Not here
+//! yet (issue 18): forwarding requests and streams between replicas
 //! over the internal address (the cluster key is read and checked for
 //! that, but nothing listens on the internal address yet).
 

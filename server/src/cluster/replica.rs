@@ -5,7 +5,8 @@
 //! heartbeat  every HEARTBEAT: our row's heartbeat; then the reaper: replicas
 //!            silent for STALE lose their links (runners unreachable)
 //! notices    fence(runner, us, gen) ─▶ holder.fence: close that link (4006,
-//!            or 4002 when revoked); "listening again" ─▶ a check now
+//!            or 4002 when revoked); "listening again" ─▶ a check now;
+//!            a health change of another replica ─▶ this replica's SSE
 //! check      every CHECK, the fallback for a lost notice: a link we hold that
 //!            the table does not give us (same generation) is closed
 //! ```
@@ -46,9 +47,14 @@ pub trait LinkHolder: Send + Sync + 'static {
     async fn fence(&self, runner_id: &str, generation: u64, revoked: bool);
 }
 
-/// What a replica's tasks tell the rest: health changes they made (the
-/// reaper's), to announce on this replica.
-pub type Announce = Arc<dyn Fn(Vec<HealthRecord>) + Send + Sync>;
+/// Where a replica's tasks put health changes: the ones it made (the
+/// reaper's: for everything on this replica, alerts included), and the
+/// ones other replicas made (for this replica's event streams only: their
+/// alerts fire where they were made).
+pub trait HealthSink: Send + Sync + 'static {
+    fn made_here(&self, records: Vec<HealthRecord>);
+    fn made_elsewhere(&self, record: HealthRecord);
+}
 
 pub struct Replica {
     id: String,
@@ -88,11 +94,11 @@ impl Replica {
     pub async fn spawn(
         self: &Arc<Self>,
         holder: Arc<dyn LinkHolder>,
-        announce: Announce,
+        health: Arc<dyn HealthSink>,
     ) -> Result<Vec<JoinHandle<()>>, StorageError> {
         let mut notices = self.store.listen().await?;
         let heartbeat = {
-            let me = self.clone();
+            let (me, health) = (self.clone(), health.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(HEARTBEAT);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -112,7 +118,7 @@ impl Replica {
                             }
                             failing = false;
                             if !changes.is_empty() {
-                                announce(changes);
+                                health.made_here(changes);
                             }
                         }
                         Err(e) => {
@@ -134,6 +140,10 @@ impl Replica {
                             holder.fence(&f.runner_id, f.generation, f.revoked).await;
                         }
                         Notice::Fence(_) => {}
+                        Notice::Health { origin, record } if origin != me.id => {
+                            health.made_elsewhere(record);
+                        }
+                        Notice::Health { .. } => {}
                         Notice::Listening => me.check(&*holder).await,
                     }
                 }
@@ -215,7 +225,7 @@ impl LinkTable for Replica {
         runner_id: &str,
         now: i64,
     ) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError> {
-        self.store.revoke(tenant_id, runner_id, now).await
+        self.store.revoke(&self.id, tenant_id, runner_id, now).await
     }
 
     async fn started(&self, reason: &str, now: i64) -> Result<Vec<HealthRecord>, StorageError> {

@@ -11,7 +11,9 @@
 //! replica B replaces A's row and marks the runner active; A's late detach
 //! finds a row that is no longer (A, its generation) and changes nothing.
 //! The replaced holder hears of it through a notice ([`Fence`], sent with
-//! NOTIFY in the same transaction, so it is delivered only if it commits).
+//! NOTIFY in the same transaction, so it is delivered only if it commits);
+//! every health change is sent the same way ([`Notice::Health`]), so the
+//! event stream of every replica shows every runner's.
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -33,6 +35,12 @@ pub struct Fence {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     Fence(Fence),
+    /// A health change another replica (`origin`) made, for this
+    /// replica's event streams (sent in the transaction that made it).
+    Health {
+        origin: String,
+        record: HealthRecord,
+    },
     /// The notice connection was (re)established: notices may have been
     /// missed before it, so the holder checks its links against the table.
     Listening,
@@ -86,9 +94,11 @@ pub trait ClusterStore: Send + Sync {
         now: i64,
     ) -> Result<Option<HealthRecord>, StorageError>;
 
-    /// Revoke (as `ControlStore::revoke_runner`) and fence its link, if any.
+    /// Revoke (as `ControlStore::revoke_runner`, through `replica_id`)
+    /// and fence its link, if any.
     async fn revoke(
         &self,
+        replica_id: &str,
         tenant_id: &str,
         runner_id: &str,
         now: i64,

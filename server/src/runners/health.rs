@@ -53,6 +53,9 @@ impl From<&HealthRecord> for HealthView {
 pub struct HealthLog {
     storage: Arc<dyn ControlStore>,
     events: broadcast::Sender<Arc<HealthRecord>>,
+    /// Changes other replicas made (`cluster/`), for the event streams
+    /// only; nothing is ever sent on it on a single server.
+    remote: broadcast::Sender<Arc<HealthRecord>>,
     solo: Solo,
     /// Set once at start on a replica of several (`with_links`).
     cluster: OnceLock<Arc<dyn LinkTable>>,
@@ -61,10 +64,12 @@ pub struct HealthLog {
 impl HealthLog {
     pub fn new(storage: Arc<dyn ControlStore>) -> HealthLog {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let (remote, _) = broadcast::channel(EVENT_BACKLOG);
         HealthLog {
             solo: Solo(storage.clone()),
             storage,
             events,
+            remote,
             cluster: OnceLock::new(),
         }
     }
@@ -80,6 +85,17 @@ impl HealthLog {
             Some(l) => &**l,
             None => &self.solo,
         }
+    }
+
+    /// A change another replica made: for this replica's event streams
+    /// (its alerts were evaluated where it was made).
+    pub fn announce_remote(&self, record: HealthRecord) {
+        let _ = self.remote.send(Arc::new(record));
+    }
+
+    /// Changes other replicas made (see `announce_remote`).
+    pub fn subscribe_remote(&self) -> broadcast::Receiver<Arc<HealthRecord>> {
+        self.remote.subscribe()
     }
 
     /// Announce changes another part made (a dead replica's runners).

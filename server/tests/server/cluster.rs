@@ -56,6 +56,20 @@ async fn health(control: &Arc<dyn ControlStore>, id: &str) -> Health {
     control.runner("tn_1", id).await.unwrap().unwrap().health
 }
 
+/// The next health notice within 5 s: (origin, runner, health).
+async fn next_health(rx: &mut mpsc::Receiver<Notice>) -> (String, String, Health) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(Notice::Health { origin, record })) => {
+                return (origin, record.runner_id, record.health)
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no health notice: {other:?}"),
+        }
+    }
+}
+
 /// The next fence notice for `replica` within 5 s (every listener hears
 /// every notice; a replica acts on its own).
 async fn next_fence(rx: &mut mpsc::Receiver<Notice>, replica: &str) -> Fence {
@@ -111,6 +125,11 @@ async fn a_link_taken_by_another_replica_is_fenced_and_its_late_detach_changes_n
         panic!("a first link is a change");
     };
     assert_eq!(rec.health, Health::Active);
+    // Every replica hears of the change, with who made it.
+    assert_eq!(
+        next_health(&mut heard_b).await,
+        ("a".into(), "rn_1".into(), Health::Active)
+    );
     // B takes it: still active (no change), and A hears to close gen 7.
     assert_eq!(
         b.link("b", "rn_1", 3, &hello(), "connected", 101)
@@ -181,7 +200,7 @@ async fn a_link_taken_by_another_replica_is_fenced_and_its_late_detach_changes_n
 
     // Revoked through A while B holds it: B hears, and its detach
     // cannot make it anything but revoked.
-    let (row, _) = a.revoke("tn_1", "rn_2", 300).await.unwrap().unwrap();
+    let (row, _) = a.revoke("a", "tn_1", "rn_2", 300).await.unwrap().unwrap();
     assert_eq!(row.health, Health::Revoked);
     assert_eq!(
         next_fence(&mut heard_b, "b").await,
@@ -458,6 +477,19 @@ async fn a_runner_moved_to_replica_b_is_closed_on_a_at_once_and_health_stays_rig
         serde_json::from_slice(&std::fs::read(state.join("credential.json")).unwrap()).unwrap();
     let id = cred["runner_id"].as_str().unwrap().to_owned();
     let show = |api: &str| cli_json(api, &ca, &token, &["runner", "show", &id]);
+    // B's event stream, subscribed before the runner comes (to A).
+    let events_b = tmp.0.join("events-b.jsonl");
+    let _follow = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tether-server"))
+            .args(["--api", &api_b, "--token", &token, "--ca-file"])
+            .arg(&ca)
+            .args(["--json", "events"])
+            .stdout(std::fs::File::create(&events_b).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
     let ping = |api: &str| cli(api, &ca, &token, &["runner", "ping", &id]);
 
     // A long heartbeat: A's own liveness check (2.5 heartbeats) cannot be
@@ -466,6 +498,15 @@ async fn a_runner_moved_to_replica_b_is_closed_on_a_at_once_and_health_stays_rig
     wait_for(Duration::from_secs(30), "active on A", || {
         show(&api_b)["health"] == "active" && ping(&api_a).status.success()
     });
+    // A made the change; B's SSE shows it (NOTIFY, `cluster/`).
+    let seen = wait_for(Duration::from_secs(5), "B's events to show it", || {
+        std::fs::read_to_string(&events_b)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["runner_id"] == id.as_str() && v["health"] == "active")
+    });
+    eprintln!("B's event stream showed A's change within {seen:?} of our seeing it");
 
     // The first runner process freezes (its connection to A stays open,
     // silent); a second one, same credential, goes to B.

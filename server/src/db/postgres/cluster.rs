@@ -1,5 +1,6 @@
-//! [`ClusterStore`] on PostgreSQL: the replicas, the links table, and the
-//! notice connection (LISTEN/NOTIFY) that tells a replica to close a link.
+//! [`ClusterStore`] on PostgreSQL: the replicas, the links table, the
+//! leases, and the notice connection (LISTEN/NOTIFY) that tells a replica
+//! to close a link and tells every replica of each health change.
 //!
 //! Lock order, the same everywhere: the runner row (`FOR UPDATE`, as every
 //! health change in `control.rs`), then its link row. A fence notice is
@@ -21,6 +22,8 @@ use crate::db::{ConnectOutcome, ConnectedInfo, Health, HealthRecord, RunnerRow, 
 
 /// The NOTIFY channel of fence notices.
 const FENCE_CHANNEL: &str = "tether_fence";
+/// The NOTIFY channel of health changes (for every replica's SSE).
+const HEALTH_CHANNEL: &str = "tether_health";
 /// Notices waiting for the replica to handle them; beyond, they are
 /// dropped and the periodic check catches up.
 const NOTICE_BACKLOG: usize = 1024;
@@ -36,6 +39,36 @@ struct FenceNote {
     g: u64,
     #[serde(default)]
     x: bool,
+}
+
+/// A health change as sent.
+#[derive(Serialize, Deserialize)]
+struct HealthNote {
+    o: String,
+    r: String,
+    t: String,
+    a: i64,
+    h: String,
+    m: String,
+}
+
+async fn notify_health(
+    c: &impl GenericClient,
+    origin: &str,
+    record: &HealthRecord,
+) -> Result<(), StorageError> {
+    let note = HealthNote {
+        o: origin.to_owned(),
+        r: record.runner_id.clone(),
+        t: record.tenant_id.clone(),
+        a: record.at,
+        h: record.health.as_str().to_owned(),
+        m: record.reason.clone(),
+    };
+    let payload = serde_json::to_string(&note).map_err(backend)?;
+    c.execute("SELECT pg_notify($1, $2)", &[&HEALTH_CHANNEL, &payload])
+        .await?;
+    Ok(())
 }
 
 pub struct PgCluster {
@@ -87,6 +120,7 @@ async fn link_of(
 /// starts: nothing can be linked without a row).
 async fn release_all(
     c: &impl GenericClient,
+    origin: &str,
     holder: &str,
     orphans: bool,
     reason: &str,
@@ -124,6 +158,7 @@ async fn release_all(
         if let Some(r) =
             record_change(c, &id, &tenant_id, old, Health::Unreachable, reason, now).await?
         {
+            notify_health(c, origin, &r).await?;
             changes.push(r);
         }
     }
@@ -149,7 +184,7 @@ impl ClusterStore for PgCluster {
             &[&replica_id, &internal_addr, &now],
         )
         .await?;
-        let changes = release_all(&tx, replica_id, true, reason, now).await?;
+        let changes = release_all(&tx, replica_id, replica_id, true, reason, now).await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -220,6 +255,9 @@ impl ClusterStore for PgCluster {
         set_active(&tx, runner_id, info, now).await?;
         let record =
             record_change(&tx, runner_id, &tenant_id, old, Health::Active, reason, now).await?;
+        if let Some(r) = &record {
+            notify_health(&tx, replica_id, r).await?;
+        }
         tx.commit().await?;
         Ok(ConnectOutcome::Active(record))
     }
@@ -262,12 +300,16 @@ impl ClusterStore for PgCluster {
             now,
         )
         .await?;
+        if let Some(r) = &record {
+            notify_health(&tx, replica_id, r).await?;
+        }
         tx.commit().await?;
         Ok(record)
     }
 
     async fn revoke(
         &self,
+        replica_id: &str,
         tenant_id: &str,
         runner_id: &str,
         now: i64,
@@ -277,6 +319,9 @@ impl ClusterStore for PgCluster {
         let Some(revoked) = revoke_in(&tx, tenant_id, runner_id, now).await? else {
             return Ok(None);
         };
+        if let Some(r) = &revoked.1 {
+            notify_health(&tx, replica_id, r).await?;
+        }
         let held = tx
             .query_opt(
                 "DELETE FROM runner_links WHERE runner_id = $1 RETURNING replica_id, generation",
@@ -349,7 +394,7 @@ impl ClusterStore for PgCluster {
                 continue;
             }
             let why = format!("{reason} (replica {replica})");
-            let released = release_all(&tx, &replica, false, &why, now).await?;
+            let released = release_all(&tx, replica_id, &replica, false, &why, now).await?;
             tx.commit().await?;
             tracing::warn!(
                 "replica {replica} missed its heartbeats: {} runner(s) it held are unreachable",
@@ -456,6 +501,14 @@ async fn listen_once(
                         Err(e) => tracing::warn!("cluster notices: a bad fence notice: {e}"),
                     }
                 }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == HEALTH_CHANNEL => {
+                    match health_notice(n.payload()) {
+                        Some(notice) => {
+                            let _ = forward.try_send(notice);
+                        }
+                        None => tracing::warn!("cluster notices: a bad health notice"),
+                    }
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             }
@@ -465,10 +518,24 @@ async fn listen_once(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {FENCE_CHANNEL}"))
+        .batch_execute(&format!("LISTEN {FENCE_CHANNEL}; LISTEN {HEALTH_CHANNEL}"))
         .await
         .map_err(|e| backend(chain(&e)))?;
     let _ = ready_tx.send(client);
     let _ = tx.try_send(Notice::Listening);
     Ok(task)
+}
+
+fn health_notice(payload: &str) -> Option<Notice> {
+    let n: HealthNote = serde_json::from_str(payload).ok()?;
+    Some(Notice::Health {
+        origin: n.o,
+        record: HealthRecord {
+            runner_id: n.r,
+            tenant_id: n.t,
+            at: n.a,
+            health: Health::parse(&n.h).ok()?,
+            reason: n.m,
+        },
+    })
 }
