@@ -70,6 +70,7 @@ python3-aiosmtpd         the alert email test: a local SMTP server with STARTTLS
 systemd                  systemd-analyze verify of the unit file
 chromium                 the dashboard test drives it headless (playwright-core)
 postgresql               the PostgreSQL backend tests start a private cluster (initdb, pg_ctl)
+haproxy                  the fail-over tests put a TCP load balancer in front of two servers
 EOF
 )
 

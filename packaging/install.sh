@@ -29,8 +29,9 @@
 #                      its base64 line; repeatable): added to
 #                      <state-dir>/operator-keys.pub, no duplicates
 #   --require-signed LIST
-#                      the runner runs only signed jobs/deploys: jobs, deploys,
-#                      all (= both) or none; needs an operator key (tether run --help)
+#                      the runner runs only signed actions of these kinds: jobs,
+#                      deploys, terminals, containers, all or none; needs an
+#                      operator key (tether run --help)
 #   --init SYSTEM      systemd, openrc, procd or none [default: detected]
 #   --no-start         install and enroll, do not start
 #   --uninstall        stop and remove the runner, its service and its state
@@ -103,9 +104,8 @@ while [ $# -gt 0 ]; do
 		IFS=,
 		for w in $REQUIRE; do
 			case "$w" in
-			jobs | deploys | all | none) ;;
-			terminals | containers) die "--require-signed: $w are not signed yet, the runner cannot enforce it (jobs, deploys, all or none)" ;;
-			*) die "--require-signed: unknown $w (jobs, deploys, all or none)" ;;
+			jobs | deploys | terminals | containers | all | none) ;;
+			*) die "--require-signed: unknown $w (jobs, deploys, terminals, containers, all or none)" ;;
 			esac
 		done
 		IFS=$_ifs

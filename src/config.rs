@@ -35,6 +35,8 @@ pub enum ConfigError {
     PlainToRemote(String),
     /// The proxy URL is not `http://`.
     ProxyScheme(String),
+    /// A server list with no URL, or more than [`MAX_SERVERS`].
+    ServerList(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -62,6 +64,7 @@ impl fmt::Display for ConfigError {
                 "refusing unencrypted {u}: http:// and ws:// are allowed only for loopback hosts; use https://"
             ),
             ConfigError::ProxyScheme(u) => write!(f, "unsupported proxy {u}: only http:// proxies are supported"),
+            ConfigError::ServerList(why) => write!(f, "server list: {why}"),
         }
     }
 }
@@ -131,6 +134,32 @@ pub fn server_url(s: &str) -> Result<Url, ConfigError> {
         return Err(ConfigError::PlainToRemote(url.to_string()));
     }
     Ok(url)
+}
+
+/// Most URLs in a server list: replicas or load balancers of one cluster,
+/// not a directory of servers.
+pub const MAX_SERVERS: usize = 16;
+
+/// Parse a list of server URLs, separated by commas (each checked as
+/// [`server_url`]); the order is kept, repeats dropped.
+pub fn server_urls(s: &str) -> Result<Vec<Url>, ConfigError> {
+    let mut urls: Vec<Url> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let url = server_url(part)?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    if urls.is_empty() {
+        return Err(ConfigError::ServerList("no server URL given".into()));
+    }
+    if urls.len() > MAX_SERVERS {
+        return Err(ConfigError::ServerList(format!(
+            "{} URLs, at most {MAX_SERVERS}",
+            urls.len()
+        )));
+    }
+    Ok(urls)
 }
 
 /// A non-empty environment variable.
@@ -216,6 +245,31 @@ mod tests {
         }
         assert!(check_heartbeat(Duration::from_millis(50)).is_err());
         assert!(check_heartbeat(Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn server_lists_keep_order_and_refuse_what_a_single_url_refuses() {
+        let urls = server_urls("https://a.example:8443, https://b.example,https://a.example:8443")
+            .unwrap();
+        let text: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+        assert_eq!(text, ["https://a.example:8443", "https://b.example"]);
+        assert_eq!(server_urls("http://127.0.0.1:1").unwrap().len(), 1);
+        // One plain-text remote URL spoils the list; so does nothing at all.
+        assert!(matches!(
+            server_urls("https://a.example,http://b.example"),
+            Err(ConfigError::PlainToRemote(_))
+        ));
+        assert!(matches!(
+            server_urls(" , "),
+            Err(ConfigError::ServerList(_))
+        ));
+        let many: Vec<String> = (0..=MAX_SERVERS)
+            .map(|i| format!("https://r{i}.example"))
+            .collect();
+        assert!(matches!(
+            server_urls(&many.join(",")),
+            Err(ConfigError::ServerList(_))
+        ));
     }
 
     #[test]

@@ -13,10 +13,10 @@
 use crate::config::{self, ConfigError};
 use crate::exit;
 use crate::http::{self, Client, ClientError};
-use crate::info;
 use crate::net::tls::{self, TlsConfigError};
 use crate::protocol::{self, api_error, EnrollRequest, EnrollResponse};
 use crate::state::{Credential, StateDir, StateError};
+use crate::{info, warn};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -134,8 +134,12 @@ impl std::error::Error for EnrollError {
 
 /// Enroll and store the credential; returns it.
 pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
-    let server = config::server_url(&opts.server).map_err(EnrollError::Config)?;
-    let proxy = config::proxy_for(&server, opts.proxy.as_deref()).map_err(EnrollError::Config)?;
+    let servers = config::server_urls(&opts.server).map_err(EnrollError::Config)?;
+    let mut proxies = Vec::with_capacity(servers.len());
+    for server in &servers {
+        proxies
+            .push(config::proxy_for(server, opts.proxy.as_deref()).map_err(EnrollError::Config)?);
+    }
 
     let state = StateDir::new(&opts.state_dir);
     state.ensure_writable().map_err(EnrollError::StateDir)?;
@@ -146,7 +150,6 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
     };
     let tls_config = tls::client_config(opts.ca_file.as_deref()).map_err(EnrollError::Ca)?;
 
-    let url = server.join(protocol::ENROLL_PATH);
     let hostname = opts.name.clone().unwrap_or_else(crate::sys::hostname);
     let body = EnrollRequest {
         token: opts.token.clone(),
@@ -156,22 +159,46 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
         version: crate::version::version().to_owned(),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
-    if let Some(p) = &proxy {
-        info!("enroll", "using proxy {p}");
-    }
-    let client = Client::new(tls_config, proxy, opts.timeout);
-    let resp = client
-        .request(
+    // Several URLs (replicas, or load balancers) are tried in turn until one
+    // answers; an answer, even a refusal, ends the search (the token is the
+    // cluster's, so another replica would refuse it too).
+    let mut tried = None;
+    for (server, proxy) in servers.iter().zip(proxies) {
+        if let Some(p) = &proxy {
+            info!("enroll", "using proxy {p}");
+        }
+        let url = server.join(protocol::ENROLL_PATH);
+        let client = Client::new(tls_config.clone(), proxy, opts.timeout);
+        match client.request(
             "POST",
             &url,
             &[],
             Some(("application/json", &json)),
             MAX_ANSWER,
-        )
-        .map_err(|source| EnrollError::Request {
-            url: url.to_string(),
-            source,
-        })?;
+        ) {
+            Ok(resp) => {
+                tried = Some(Ok(resp));
+                break;
+            }
+            Err(source) => {
+                if servers.len() > 1 {
+                    warn!("enroll", "{url}: {source}; trying the next server");
+                }
+                tried = Some(Err(EnrollError::Request {
+                    url: url.to_string(),
+                    source,
+                }));
+            }
+        }
+    }
+    let resp = match tried {
+        Some(answer) => answer?,
+        None => {
+            return Err(EnrollError::Config(ConfigError::ServerList(
+                "no server URL given".into(),
+            )))
+        }
+    };
 
     if !(200..300).contains(&resp.head.status) {
         return Err(match http::error_body(&resp) {
@@ -205,8 +232,10 @@ pub fn enroll(opts: &EnrollOptions) -> Result<Credential, EnrollError> {
         ));
     }
 
+    let urls: Vec<String> = servers.iter().map(|u| u.to_string()).collect();
     let cred = Credential {
-        server: server.to_string(),
+        // Every URL is kept: `run` tries them in turn.
+        server: urls.join(","),
         runner_id: answer.runner_id,
         tenant_id: answer.tenant_id,
         credential: answer.credential,
@@ -311,6 +340,44 @@ mod tests {
         assert_eq!(stored, cred);
         assert_eq!(stored.server, url);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_list_is_tried_in_turn_and_stored_whole() {
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let body = r#"{"runner_id":"rn_9","tenant_id":"tn_1","credential":"trun_x"}"#;
+        let (live_url, srv) = one_shot(format!(
+            "HTTP/1.1 201 Created\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let dir = tempdir("list");
+        let list = format!("{dead_url}, {live_url}");
+        let cred = enroll(&opts(&list, &dir)).unwrap();
+        assert_eq!(cred.runner_id, "rn_9");
+        srv.join().unwrap();
+        let stored = StateDir::new(&dir).load_credential().unwrap();
+        assert_eq!(stored.server, format!("{dead_url},{live_url}"));
+        // `run` reads the stored list back as the same URLs, in order.
+        assert_eq!(config::server_urls(&stored.server).unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_ends_the_search() {
+        let (first, srv) = one_shot(api_error("401 Unauthorized", "invalid_token"));
+        // Never contacted: the first server's answer is final.
+        let second = TcpListener::bind("127.0.0.1:0").unwrap();
+        second.set_nonblocking(true).unwrap();
+        let second_url = format!("http://{}", second.local_addr().unwrap());
+        let dir = tempdir("list-refused");
+        let err = enroll(&opts(&format!("{first},{second_url}"), &dir)).unwrap_err();
+        assert!(matches!(err, EnrollError::InvalidToken(_)), "{err}");
+        srv.join().unwrap();
+        assert!(second.accept().is_err(), "the second server was asked");
+        assert!(StateDir::new(&dir).load_credential().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -39,6 +39,7 @@
 //! fingerprint/   host fingerprint: collectors, diff and apply (shared with the server)
 //! trust/         signed actions: the host's trusted operator keys, what needs a signature,
 //!                the check of each action and the ids it remembers against replay;
+//!                gate.rs: terminals and container operations checked before their feature;
 //!                audit.rs: the host's own bounded record of it (`tether audit`)
 //! update/        signed self-update: verify, stage, trial, swap, re-exec, roll back
 //! version        the version this binary reports (a patchable slot, for the update tests)
@@ -213,8 +214,9 @@ mod tests {
             "conn" => plumbing || ["net", "reactor", "link"].contains(&to),
             "enroll" => plumbing || to == "net",
             // The signed-action check: reads its key file with the release
-            // key parser of `update/` (the same minisign format).
-            "trust" => plumbing || to == "update",
+            // key parser of `update/` (the same minisign format); its gate
+            // answers a refused request with a link message.
+            "trust" => plumbing || ["update", "link"].contains(&to),
             f if FEATURES.contains(&f) => {
                 plumbing || ["net", "reactor", "link", "engine", "channel", "trust"].contains(&to)
             }

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tether::config::{self, ConfigError};
-use tether::conn::{ConnConfig, HelloInfo};
+use tether::conn::{ConnConfig, Endpoint, HelloInfo};
 use tether::docker::client::DockerConfig;
 use tether::enroll::{EnrollError, EnrollOptions};
 use tether::exit;
@@ -78,7 +78,8 @@ Trade a one-time enrollment token for a runner credential, stored in
 
 Options:
   --server URL     the server, https://host[:port] [env TETHER_SERVER]
-                   (http:// only for loopback hosts)
+                   (http:// only for loopback hosts); several, comma-separated,
+                   for replicas of one cluster: tried in turn, all kept for `run`
   --token TOKEN    enrollment token from `tether-server token create` [env TETHER_TOKEN]
   --ca-file PEM    trust only this CA (copied to <state-dir>/ca.pem for `run`)
                    [env TETHER_CA_FILE; default: the public web PKI roots]
@@ -93,7 +94,7 @@ Usage: tether run [--heartbeat 5s] [--metrics-interval 5s] [--fingerprint-interv
                   [--docker-socket PATH] [--max-jobs N] [--no-jobs]
                   [--no-host-terminal] [--host-terminal-user USER]
                   [--no-container-terminal] [--no-container-control]
-                  [--require-signed jobs,deploys] [--operator-keys FILE]
+                  [--require-signed jobs,deploys,terminals,containers] [--operator-keys FILE]
                   [--server URL] [--ca-file PEM] [--proxy URL] [--label KEY=VALUE]...
 
 Connect to the server with the stored credential and stay connected,
@@ -115,7 +116,9 @@ Options:
   --max-jobs N          jobs run at once; more wait in a queue [env TETHER_MAX_JOBS, default 4]
   --no-jobs             refuse every job and script: the host owner's choice, which
                         the server cannot override [env TETHER_JOBS=off]
-  --server URL          connect here instead of the enrolled server URL (same credential)
+  --server URL          connect here instead of the enrolled server URL(s) (same credential);
+                        repeat it or separate URLs by commas: tried in turn, each failure
+                        moving to the next (one backoff policy for the list), at most 16
   --ca-file PEM         trust only this CA [env TETHER_CA_FILE; default <state-dir>/ca.pem
                         if enrollment stored one, else the public web PKI roots]
   --proxy URL           HTTP proxy for CONNECT, or `none` [env HTTPS_PROXY / https_proxy, minus NO_PROXY]
@@ -132,10 +135,11 @@ Options:
   --label KEY=VALUE     a label this host proposes to the server (repeatable; the
                         server shows it as proposed until an operator accepts it)
                         [also one per line in <state-dir>/labels, as install.sh writes]
-  --require-signed LIST  jobs, deploys (comma-separated, or all = both, or none) run only
-                        when signed by a trusted operator key (`tether-server run --sign-key`);
-                        refused with the reason otherwise; the server cannot override it.
-                        terminals, containers: not signed yet, refused as a usage error
+  --require-signed LIST  jobs, deploys, terminals, containers (comma-separated, or all,
+                        or none) run only when signed by a trusted operator key (the
+                        CLI's --sign-key); refused with the reason otherwise; the server
+                        cannot override it. containers: operations that change a
+                        container or image (list and inspect are never checked)
                         [env TETHER_REQUIRE_SIGNED, default none]
   --operator-keys FILE  trusted operator public keys (minisign, several allowed)
                         [env TETHER_OPERATOR_KEYS, default <state-dir>/operator-keys.pub]
@@ -195,9 +199,11 @@ Options:
 const AUDIT_HELP: &str = "\
 Usage: tether audit
 
-Print this host's own record of the jobs and deploys the server asked it
-to run, oldest first, from <state-dir>/audit.log: one line per action with
-the time (UTC), the job id, the kind (job, deploy), the signed action id
+Print this host's own record of the jobs, deploys, terminals and container
+operations the server asked for, oldest first, from <state-dir>/audit.log:
+one line per action with the time (UTC), what it was (job=ID,
+terminal=host or terminal=container:NAME, container=NAME op=OP), the kind
+(job, deploy, terminal, container), the signed action id
 (- if none), the signer's key id (or unsigned) and the outcome: ran (let
 through to run), ran unchecked (signed, but this host does not require
 signatures for that kind) or refused: the reason. The runner writes it,
@@ -563,7 +569,8 @@ struct RunFlags {
     no_jobs: bool,
     ca_file: Option<PathBuf>,
     proxy: Option<String>,
-    server: Option<String>,
+    /// Each `--server` value (a URL or a comma-separated list), in order.
+    servers: Vec<String>,
     no_host_terminal: bool,
     host_terminal_user: Option<String>,
     no_container_terminal: bool,
@@ -598,7 +605,7 @@ impl RunFlags {
                 o if o.is("no-jobs") => f.no_jobs = true,
                 o if o.is("ca-file") => f.ca_file = Some(parser.value()?.into()),
                 o if o.is("proxy") => f.proxy = Some(value(parser)?),
-                o if o.is("server") => f.server = Some(value(parser)?),
+                o if o.is("server") => f.servers.push(value(parser)?),
                 o if o.is("no-host-terminal") => f.no_host_terminal = true,
                 o if o.is("no-container-terminal") => f.no_container_terminal = true,
                 o if o.is("no-container-control") => f.no_container_control = true,
@@ -668,21 +675,25 @@ impl RunPlan {
         let run_dir = global.run_dir();
         state::ensure_writable_dir(&run_dir).map_err(CliError::StateDir)?;
 
-        let server = config::server_url(f.server.as_deref().unwrap_or(&cred.server))
-            .map_err(CliError::Config)?;
+        let servers = match f.servers.is_empty() {
+            true => config::server_urls(&cred.server),
+            false => config::server_urls(&f.servers.join(",")),
+        }
+        .map_err(CliError::Config)?;
         let ca_file = f
             .ca_file
             .or_else(|| config::env("TETHER_CA_FILE").map(PathBuf::from))
             .or_else(|| state.stored_ca());
         let tls = tls::client_config(ca_file.as_deref()).map_err(CliError::Tls)?;
-        let proxy = config::proxy_for(&server, f.proxy.as_deref()).map_err(CliError::Config)?;
-        log_start(
-            &state,
-            &run_dir,
-            &intervals,
-            ca_file.as_deref(),
-            proxy.as_ref(),
-        );
+        let servers = servers
+            .into_iter()
+            .map(|url| {
+                let proxy = config::proxy_for(&url, f.proxy.as_deref())?;
+                Ok(Endpoint { url, proxy })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CliError::Config)?;
+        log_start(&state, &run_dir, &intervals, ca_file.as_deref(), &servers);
 
         // A trial run of a new version (update/mod.rs) only proves it can
         // connect: no status.json (the runner that started it owns that).
@@ -700,11 +711,10 @@ impl RunPlan {
         let secrets_dir = run_dir.join("secrets");
         let cfg = RunConfig {
             conn: ConnConfig {
-                server,
+                servers,
                 runner_id: cred.runner_id,
                 credential: cred.credential,
                 heartbeat: intervals.heartbeat,
-                proxy,
                 tls,
                 phase_timeout: config::PHASE_TIMEOUT,
                 hello: HelloInfo {
@@ -726,7 +736,6 @@ impl RunPlan {
                 j.max_concurrent = max_jobs;
                 j.docker_socket = docker_socket;
                 j.secrets_dir = Some(secrets_dir);
-                j.trust = trust;
                 j
             }),
             update: update_cfg.clone(),
@@ -734,6 +743,7 @@ impl RunPlan {
             update_off,
             health_deadline,
             terminals,
+            trust,
         };
         Ok(RunPlan {
             cfg,
@@ -842,8 +852,16 @@ fn log_start(
     run_dir: &Path,
     intervals: &Intervals,
     ca_file: Option<&Path>,
-    proxy: Option<&tether::url::Url>,
+    servers: &[Endpoint],
 ) {
+    let proxies: Vec<String> = servers
+        .iter()
+        .filter_map(|e| e.proxy.as_ref().map(|p| p.to_string()))
+        .collect();
+    let mut proxies_text = proxies.join(", ");
+    if !proxies.is_empty() {
+        proxies_text.insert_str(0, ", proxy ");
+    }
     tether::info!(
         "main",
         "tether {} starting (pid {}, state dir {}, run dir {}, heartbeat {:?}, metrics {}, fingerprint {}{}{})",
@@ -857,7 +875,7 @@ fn log_start(
         ca_file
             .map(|p| format!(", CA {}", p.display()))
             .unwrap_or_default(),
-        proxy.map(|p| format!(", proxy {p}")).unwrap_or_default(),
+        proxies_text,
     );
 }
 
@@ -974,12 +992,21 @@ fn install_offer(
     interrupted: &mut dyn FnMut() -> bool,
 ) -> Result<String, UpdateError> {
     let offered = update::now_ms();
-    let client = tether::http::Client::new(
-        cfg.conn.tls.clone(),
-        cfg.conn.proxy.clone(),
-        update::DOWNLOAD_TIMEOUT,
-    );
-    match upd.download(&client, &cfg.conn.server, &cfg.conn.credential, offer) {
+    // Any of the servers may hold the release: the first that serves it
+    // (one without it answers 404, and the next is asked).
+    let mut fetched = Err(UpdateError::Rejected("no server to download from".into()));
+    for endpoint in &cfg.conn.servers {
+        let client = tether::http::Client::new(
+            cfg.conn.tls.clone(),
+            endpoint.proxy.clone(),
+            update::DOWNLOAD_TIMEOUT,
+        );
+        fetched = upd.download(&client, &endpoint.url, &cfg.conn.credential, offer);
+        if fetched.is_ok() {
+            break;
+        }
+    }
+    match fetched {
         Ok((bin, sig)) => upd.install(&bin, &sig, Some(&offer.version), offered, true, interrupted),
         Err(e) => {
             upd.report_only(

@@ -403,6 +403,21 @@ pub enum DockerOp {
 pub const CONTAINER_CONTROL_DISABLED: &str = "container_control_disabled";
 
 impl DockerOp {
+    /// Its name on the wire (what a signature covers).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerOp::List => "list",
+            DockerOp::Inspect => "inspect",
+            DockerOp::Start => "start",
+            DockerOp::Stop => "stop",
+            DockerOp::Restart => "restart",
+            DockerOp::Kill => "kill",
+            DockerOp::Remove => "remove",
+            DockerOp::PruneContainers => "prune_containers",
+            DockerOp::PruneImages => "prune_images",
+        }
+    }
+
     /// Whether the call changes a container or image (refused by the
     /// runner's `--no-container-control`); only list and inspect do not.
     pub fn changes_state(self) -> bool {
@@ -427,6 +442,10 @@ pub struct DockerRequest {
     /// Docker filters, e.g. `{"label": ["app=web"], "until": ["24h"]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<serde_json::Value>,
+    /// An operator's signature over the operation (`protocol/signed.rs`);
+    /// absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<signed::Signed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -510,6 +529,10 @@ pub struct TermOpen {
     /// Bytes in flight before the runner stops reading the terminal; 0: default.
     #[serde(default)]
     pub window: u32,
+    /// An operator's signature over the target, command and user
+    /// (`protocol/signed.rs`); absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<signed::Signed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

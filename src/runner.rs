@@ -25,12 +25,22 @@ use crate::reactor::{Ctx, Event, Reactor, Source, SourceId, Sources, SIGNALS};
 use crate::signals::Signals;
 use crate::telemetry::{Telemetry, TelemetryConfig};
 use crate::terminal::{TerminalConfig, Terminals};
+use crate::trust::gate::Gate;
+use crate::trust::{TrustConfig, Verifier};
 use crate::update::feed::UpdateFeed;
 use crate::update::UpdateConfig;
 use mio::Waker;
+use std::cell::RefCell;
 use std::io;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Everything `tether run` decided before the loop starts: the
 /// connection's settings and each feature's own.
@@ -57,6 +67,9 @@ pub struct RunConfig {
     pub health_deadline: Option<Duration>,
     /// Terminals: what the host owner allows.
     pub terminals: TerminalConfig,
+    /// Which actions need an operator's signature, and the trusted keys
+    /// (`trust/`): checked by the gate and by jobs.
+    pub trust: TrustConfig,
 }
 
 impl RunConfig {
@@ -83,10 +96,12 @@ impl RunConfig {
     }
 }
 
-/// The connection (source 0) and the features (sources 1…).
+/// The connection (source 0) and the features (sources 1…), and the
+/// signature check terminals and container operations pass first.
 struct Runner {
     conn: Connection,
     features: Features,
+    gate: Gate,
 }
 
 /// The connection's place in the source list.
@@ -223,13 +238,16 @@ impl Sources for Runner {
     }
 }
 
-/// The link's side of the feature list: events by family, messages in
-/// list order.
-struct FeedOf<'a>(&'a mut Features);
+/// The link's side of the feature list: events by family (screened by
+/// the gate), messages in list order after the gate's refusals.
+struct FeedOf<'a>(&'a mut Features, &'a mut Gate);
 
 impl Feed for FeedOf<'_> {
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
-        if let LinkEvent::Message { body, .. } = &event {
+        if let LinkEvent::Message { id, body } = &event {
+            if !self.1.screen(*id, body) {
+                return;
+            }
             if let Control::TermOpen(_) = **body {
                 // A container terminal runs in Docker's engine.
                 self.0.terminals.set_engine(self.0.docker.engine());
@@ -239,7 +257,7 @@ impl Feed for FeedOf<'_> {
     }
 
     fn next_message(&mut self) -> Option<Outgoing> {
-        self.0.next_message()
+        self.1.next_message().or_else(|| self.0.next_message())
     }
 
     fn figures(&self) -> Option<FeedFigures> {
@@ -269,10 +287,11 @@ pub fn run_until(
     let waker = Arc::new(Waker::new(reactor.registry(), dns_token)?);
     cfg.conn.metrics_interval_ms = cfg.telemetry.metrics_interval_ms();
     cfg.conn.switched_off = cfg.switched_off();
+    let verifier = Rc::new(RefCell::new(Verifier::new(cfg.trust, now_ms())));
     let features = Features {
         telemetry: Telemetry::new(&cfg.telemetry, Instant::now()),
         docker: Docker::new(cfg.docker),
-        jobs: Jobs::new(cfg.jobs),
+        jobs: Jobs::new(cfg.jobs, verifier.clone()),
         update: UpdateFeed::new(
             cfg.update,
             cfg.update_trial,
@@ -284,6 +303,7 @@ pub fn run_until(
     let mut r = Runner {
         conn: Connection::new(cfg.conn, Resolver::new(waker), dns_token),
         features,
+        gate: Gate::new(verifier),
     };
     if let Some(s) = signals {
         s.register(reactor.registry(), SIGNALS)?;
@@ -299,7 +319,8 @@ pub fn run_until(
         reactor.fire_timers(&mut r);
         r.features.hand_over_news();
         let mut ctx = reactor.ctx(CONN);
-        r.conn.pump(&mut ctx, &mut FeedOf(&mut r.features));
+        r.conn
+            .pump(&mut ctx, &mut FeedOf(&mut r.features, &mut r.gate));
         match r.features.take_exit() {
             // Nothing to close: it never connected.
             Some(Exit::Unhealthy) => return Ok(Exit::Unhealthy),

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod alerts;
 mod authz;
 mod cli;
 mod compat;

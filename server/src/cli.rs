@@ -143,6 +143,8 @@ pub enum ClientCommand {
         /// Docker filter, repeatable: until=24h, label=app=web
         #[arg(long = "filter", value_name = "KEY=VALUE")]
         filters: Vec<String>,
+        #[command(flatten)]
+        sign: keys::SignArgs,
     },
     /// Docker engine state of a runner
     Docker {
@@ -662,7 +664,8 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             runner,
             images,
             filters,
-        } => containers::prune(&client, &runner, images, &filters, json),
+            sign,
+        } => containers::prune(&client, &runner, images, &filters, &sign, json),
         ClientCommand::Docker { runner } => containers::docker(&client, &runner, json),
         ClientCommand::Release(c) => updates::release(&client, c, json),
         ClientCommand::Update(c) => updates::update(&client, c, json),

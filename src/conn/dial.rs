@@ -82,17 +82,17 @@ impl Connection {
 
     /// Host the TCP connection goes to: the proxy, or the server.
     pub(super) fn dial_host(&self) -> &str {
-        match &self.cfg.proxy {
+        match &self.endpoint().proxy {
             Some(p) => &p.host,
-            None => &self.cfg.server.host,
+            None => &self.endpoint().url.host,
         }
     }
 
     pub(super) fn begin_attempt(&mut self, ctx: &mut Ctx<'_>) {
         self.set_state(RunState::Connecting);
-        let (host, port) = match &self.cfg.proxy {
+        let (host, port) = match &self.endpoint().proxy {
             Some(p) => (p.host.clone(), p.port),
-            None => (self.cfg.server.host.clone(), self.cfg.server.port),
+            None => (self.endpoint().url.host.clone(), self.endpoint().url.port),
         };
         match self.resolver.resolve(&host, port) {
             Ok(gen) => {
@@ -170,10 +170,10 @@ impl Connection {
         }
         let _ = sock.set_nodelay(true);
         debug!("conn", "TCP connected to {addr}");
-        match &self.cfg.proxy {
+        match &self.endpoint().proxy {
             Some(p) => {
                 let auth = p.userinfo.as_ref().map(|(u, pw)| (u.as_str(), pw.as_str()));
-                let request = proxy::connect_request(&self.cfg.server.authority(), auth);
+                let request = proxy::connect_request(&self.endpoint().url.authority(), auth);
                 self.arm_phase_timer(ctx, self.cfg.phase_timeout);
                 Step::Again(Phase::ProxyHandshake {
                     sock,
@@ -229,7 +229,7 @@ impl Connection {
                         debug!(
                             "conn",
                             "proxy tunnel to {} established",
-                            self.cfg.server.authority()
+                            self.endpoint().url.authority()
                         );
                         return self.start_tls(ctx, sock, leftover);
                     }
@@ -267,7 +267,7 @@ impl Connection {
         leftover: Vec<u8>,
     ) -> Step {
         self.arm_phase_timer(ctx, self.cfg.phase_timeout);
-        if !self.cfg.server.scheme.is_secure() {
+        if !self.endpoint().url.scheme.is_secure() {
             if !leftover.is_empty() {
                 return self.fail_with(
                     ctx,
@@ -277,7 +277,7 @@ impl Connection {
             }
             return self.start_upgrade(ctx, Transport::plain(sock));
         }
-        let conn = tls::server_name(&self.cfg.server.host)
+        let conn = tls::server_name(&self.endpoint().url.host)
             .and_then(|name| rustls::ClientConnection::new(self.cfg.tls.clone(), name));
         let mut conn = match conn {
             Ok(c) => c,
@@ -307,7 +307,7 @@ impl Connection {
         match transport.handshake() {
             Ok(Handshake::WouldBlock) => Step::Wait(Phase::TlsHandshake { transport }),
             Ok(Handshake::Done) => {
-                debug!("conn", "TLS established with {}", self.cfg.server.host);
+                debug!("conn", "TLS established with {}", self.endpoint().url.host);
                 self.start_upgrade(ctx, transport)
             }
             Err(error) => {
@@ -325,8 +325,8 @@ impl Connection {
         use tungstenite::client::IntoClientRequest;
         self.arm_phase_timer(ctx, self.cfg.phase_timeout);
         let url = self
-            .cfg
-            .server
+            .endpoint()
+            .url
             .to_websocket()
             .join(protocol::RUNNER_CONNECT_PATH)
             .to_string();

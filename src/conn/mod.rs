@@ -32,8 +32,9 @@
 //!   │          │          answer `ping` with `pong`)── close 4002 ──▶ Stopped (exit 9)
 //!   │          │
 //!   │   any failure, timeout, close, watchdog
-//!   │          ▼
-//!   └──── Backoff ◀──── Closing (our close frame sent, ≤ 1 s for the reply)
+//!   │          ▼                 (several --server URLs: the next attempt
+//!   └──── Backoff ◀──── Closing   goes to the next one, round robin)
+//!                      (our close frame sent, ≤ 1 s for the reply)
 //!
 //!   SIGTERM/SIGINT: with a WebSocket up ─▶ Closing(1000 "runner shutting down") ─▶ Stopped (exit 0)
 //!                   otherwise            ─▶ Stopped at once
@@ -141,15 +142,25 @@ impl HelloInfo {
     }
 }
 
+/// One place the runner may connect to: a server (or a replica, or a load
+/// balancer in front of them) and the proxy on the way, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The server's base URL (`https://…`, or `http://` for loopback).
+    pub url: Url,
+    pub proxy: Option<Url>,
+}
+
 /// Everything the connection needs, decided before the loop starts.
 #[derive(Clone)]
 pub struct ConnConfig {
-    /// The server's base URL (`https://…`, or `http://` for loopback).
-    pub server: Url,
+    /// Where to connect, tried in turn: each failed attempt (or lost
+    /// connection) moves to the next one, under the one backoff policy, so
+    /// several URLs never multiply the attempt rate. Never empty.
+    pub servers: Vec<Endpoint>,
     pub runner_id: String,
     pub credential: String,
     pub heartbeat: Duration,
-    pub proxy: Option<Url>,
     pub tls: Arc<rustls::ClientConfig>,
     /// Timeout of each phase (DNS, TCP, proxy, TLS, upgrade, hello).
     pub phase_timeout: Duration,
@@ -379,6 +390,8 @@ impl Phase {
 /// The control connection.
 pub struct Connection {
     cfg: ConnConfig,
+    /// Index into `cfg.servers` of the endpoint the current attempt uses.
+    current: usize,
     phase: Phase,
     backoff: Backoff,
     rng: Box<dyn RandomSource>,
@@ -481,7 +494,7 @@ impl Connection {
     ) -> Connection {
         let status = Status {
             state: RunState::Connecting,
-            server: cfg.server.to_string(),
+            server: cfg.servers[0].url.to_string(),
             runner_id: cfg.runner_id.clone(),
             since: crate::log::rfc3339(SystemTime::now()),
             last_heartbeat: None,
@@ -494,6 +507,7 @@ impl Connection {
         };
         Connection {
             cfg,
+            current: 0,
             phase: Phase::Idle,
             backoff: Backoff::new(),
             rng,
@@ -533,7 +547,9 @@ impl Connection {
     pub fn start(&mut self, ctx: &mut Ctx<'_>) {
         info!(
             "conn",
-            "connecting to {} as runner {}", self.cfg.server, self.cfg.runner_id
+            "connecting to {} as runner {}",
+            self.servers_text(),
+            self.cfg.runner_id
         );
         self.write_status();
         self.begin_attempt(ctx);
@@ -803,6 +819,7 @@ impl Connection {
         }
         self.attempts_failed += 1;
         self.status.last_error = Some(message);
+        self.next_endpoint();
         self.set_state(RunState::BackingOff);
         self.arm_phase_timer(ctx, delay);
         Step::Wait(Phase::Backoff)
@@ -821,6 +838,27 @@ impl Connection {
     }
 
     // ---- plumbing ------------------------------------------------------
+
+    /// Where the current attempt goes.
+    fn endpoint(&self) -> &Endpoint {
+        &self.cfg.servers[self.current % self.cfg.servers.len()]
+    }
+
+    /// After a failure the next attempt goes to the next URL: a dead
+    /// replica is not retried before the others have been.
+    fn next_endpoint(&mut self) {
+        if self.cfg.servers.len() > 1 {
+            self.current = (self.current + 1) % self.cfg.servers.len();
+            let url = self.endpoint().url.to_string();
+            debug!("conn", "next attempt goes to {url}");
+            self.status.server = url;
+        }
+    }
+
+    fn servers_text(&self) -> String {
+        let urls: Vec<String> = self.cfg.servers.iter().map(|e| e.url.to_string()).collect();
+        urls.join(", ")
+    }
 
     fn request_id(&mut self) -> u64 {
         let id = self.next_request_id;

@@ -489,7 +489,7 @@ impl Connection {
         info!(
             "conn",
             "connected to {} as {} (protocol {}, server {}){after}",
-            self.cfg.server,
+            self.endpoint().url,
             w.runner_id,
             w.protocol,
             w.server_version

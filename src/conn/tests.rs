@@ -18,11 +18,13 @@ const HEARTBEAT: Duration = Duration::from_millis(200);
 
 fn conn_config(url: &Url, run_dir: Option<PathBuf>) -> ConnConfig {
     ConnConfig {
-        server: url.clone(),
+        servers: vec![Endpoint {
+            url: url.clone(),
+            proxy: None,
+        }],
         runner_id: "rn_test".into(),
         credential: "trun_secret".into(),
         heartbeat: HEARTBEAT,
-        proxy: None,
         tls: tls::client_config(None).unwrap(),
         phase_timeout: Duration::from_millis(800),
         hello: HelloInfo {
@@ -51,6 +53,7 @@ fn config(url: &Url, run_dir: Option<PathBuf>) -> RunConfig {
         update_off: None,
         health_deadline: None,
         terminals: Default::default(),
+        trust: Default::default(),
     }
 }
 
@@ -527,6 +530,69 @@ fn nothing_listening_means_backing_off_with_the_error_in_status() {
 }
 
 #[test]
+fn several_servers_are_tried_in_turn_after_each_failure() {
+    let (dead, dead_url) = listen();
+    drop(dead); // connection refused
+    let (l, live_url) = listen();
+    let srv = server(move || {
+        // Reached after the dead one failed; then a restart (1012) ...
+        let (mut first, _, _) = accept(&l);
+        welcome(&mut first);
+        close_with(&mut first, 1012, "restarting");
+        // ... sends the next attempt to the dead one, and only then back here.
+        let (mut second, _, _) = accept(&l);
+        welcome(&mut second);
+        close_with(&mut second, close::REVOKED, "done");
+    });
+    let dir = std::env::temp_dir().join(format!("tether-conn-list-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = config(&dead_url, Some(dir.clone()));
+    cfg.conn.servers.push(Endpoint {
+        url: live_url.clone(),
+        proxy: None,
+    });
+    let started = Instant::now();
+    let exit = run_runner(cfg, 20).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    srv.join().unwrap();
+    // Three waits of the fast backoff (about 1 s each): the dead URL was
+    // tried twice, each time followed by the live one, with no extra rate.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    let status = state::read_status(&dir).unwrap().unwrap();
+    assert_eq!(status.server, live_url.to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_name_with_several_addresses_has_each_tried() {
+    let (l, url) = listen();
+    let port = l.local_addr().unwrap().port();
+    // Nothing listens on 127.0.0.2 (refused at once), then the server.
+    crate::net::dns::test_names::set(
+        "replicas.test",
+        &["127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+    );
+    let srv = server(move || {
+        let (mut ws, _, _) = accept(&l);
+        welcome(&mut ws);
+        close_with(&mut ws, close::REVOKED, "done");
+    });
+    let named = Url::parse(&format!("http://replicas.test:{port}")).unwrap();
+    assert_ne!(named, url);
+    let started = Instant::now();
+    let exit = run_runner(config(&named, None), 20).unwrap();
+    assert_eq!(exit, Exit::Revoked("done".into()));
+    srv.join().unwrap();
+    // In the same attempt: no backoff wait (about 1 s) between the two.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn sigterm_sends_close_1000_and_exits() {
     let _guard = crate::signals::TEST_LOCK
         .lock()
@@ -612,7 +678,7 @@ fn tls_and_an_http_connect_proxy_end_to_end() {
         None,
     );
     cfg.conn.tls = tls::client_config(Some(&testdata("ca.pem"))).unwrap();
-    cfg.conn.proxy = Some(proxy_url);
+    cfg.conn.servers[0].proxy = Some(proxy_url);
     let exit = run_runner(cfg, 10).unwrap();
     assert_eq!(exit, Exit::Revoked("done".into()));
     srv.join().unwrap();

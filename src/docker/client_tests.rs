@@ -182,6 +182,7 @@ fn request(op: DockerOp, container: Option<&str>) -> Box<DockerRequest> {
         force: false,
         volumes: false,
         filters: None,
+        signed: None,
     })
 }
 

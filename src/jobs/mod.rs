@@ -93,8 +93,6 @@ pub struct JobsConfig {
     /// `<run-dir>/secrets`: deployments' secrets kept in memory
     /// (`secret_files.rs`); `None`: files delivery fails, saying so.
     pub secrets_dir: Option<PathBuf>,
-    /// Which jobs and deploys need an operator's signature (`trust/`).
-    pub trust: crate::trust::TrustConfig,
 }
 
 impl JobsConfig {
@@ -116,7 +114,6 @@ impl JobsConfig {
             cwd: PathBuf::from("/"),
             docker_socket: None,
             secrets_dir: None,
-            trust: crate::trust::TrustConfig::default(),
         }
     }
 
@@ -214,8 +211,9 @@ pub struct Jobs {
     secrets_lost: Vec<String>,
     /// Tries left to look for them (0: done, or nothing to look for).
     secrets_check: u8,
-    /// The check of signed jobs and deploys (`trust/`).
-    verifier: crate::trust::Verifier,
+    /// The check of signed jobs and deploys (`trust/`), shared with the
+    /// gate of terminals and container operations.
+    verifier: crate::trust::gate::Shared,
 }
 
 fn now_ms() -> u64 {
@@ -226,7 +224,7 @@ fn now_ms() -> u64 {
 
 impl Jobs {
     /// `None`: jobs switched off on this host.
-    pub fn new(cfg: Option<JobsConfig>) -> Jobs {
+    pub fn new(cfg: Option<JobsConfig>, verifier: crate::trust::gate::Shared) -> Jobs {
         let mut ledger = Ledger::default();
         let mut secrets_check = 0;
         if let Some(c) = &cfg {
@@ -250,9 +248,8 @@ impl Jobs {
                 secrets_check = LOST_SECRETS_TRIES;
             }
         }
-        let trust = cfg.as_ref().map(|c| c.trust.clone()).unwrap_or_default();
         let mut jobs = Jobs {
-            verifier: crate::trust::Verifier::new(trust, now_ms()),
+            verifier,
             cfg,
             ledger,
             jobs: Vec::new(),
@@ -583,14 +580,14 @@ impl Jobs {
             return self.accepted(id, &job_id, Accepted::Finished);
         }
         // New to this host: the owner's signature rule (`trust/`).
-        let runner = self.verifier.runner_id().to_owned();
+        let mut verifier = self.verifier.borrow_mut();
+        let runner = verifier.runner_id().to_owned();
         let kind = crate::protocol::signed::job_kind(&start);
         let bytes = |s: &Signed| job_bytes(&runner, &s.action_id, s.not_after_ms, &start);
-        let verdict = self
-            .verifier
-            .check(kind, start.signed.as_ref(), bytes, now_ms());
-        self.verifier
-            .record(&job_id, kind, start.signed.as_ref(), &verdict, now_ms());
+        let verdict = verifier.check(kind, start.signed.as_ref(), bytes, now_ms());
+        let subject = format!("job={}", crate::trust::audit::field(&job_id, 64));
+        verifier.record(&subject, kind, start.signed.as_ref(), &verdict, now_ms());
+        drop(verifier);
         if let Err(why) = verdict {
             warn!("jobs", "job {job_id} refused: {why}");
             return self.refuse(id, crate::trust::REFUSED_CODE, why.to_string());
@@ -1112,7 +1109,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut el = EventLoop::new().unwrap();
-        let mut jobs = Jobs::new(Some(JobsConfig::new(&dir)));
+        let verifier = crate::trust::Verifier::new(Default::default(), now_ms());
+        let shared = std::rc::Rc::new(std::cell::RefCell::new(verifier));
+        let mut jobs = Jobs::new(Some(JobsConfig::new(&dir)), shared);
         let up = LinkEvent::Up {
             metrics_ts: None,
             acks: vec![],

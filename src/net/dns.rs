@@ -154,6 +154,10 @@ fn helper(slot: Arc<(Mutex<Slot>, Condvar)>, tx: Sender<Answer>, waker: Arc<mio:
 
 /// `getaddrinfo`, capped to [`MAX_ADDRS`] addresses.
 pub fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    #[cfg(test)]
+    if let Some(addrs) = test_names::lookup(host, port) {
+        return Ok(addrs);
+    }
     let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.take(MAX_ADDRS).collect();
     if addrs.is_empty() {
         return Err(io::Error::new(
@@ -162,6 +166,29 @@ pub fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         ));
     }
     Ok(addrs)
+}
+
+/// Names with several addresses for the unit tests (this machine's
+/// /etc/hosts gives `localhost` one, and tests may not edit it).
+#[cfg(test)]
+pub mod test_names {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Mutex;
+
+    static NAMES: Mutex<Vec<(String, Vec<IpAddr>)>> = Mutex::new(Vec::new());
+
+    /// From now on `name` resolves to `ips`, in this order.
+    pub fn set(name: &str, ips: &[IpAddr]) {
+        let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        names.retain(|(n, _)| n != name);
+        names.push((name.to_owned(), ips.to_vec()));
+    }
+
+    pub(super) fn lookup(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        let names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, ips) = names.iter().find(|(n, _)| n == host)?;
+        Some(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+    }
 }
 
 /// Blocking lookup with a timeout, for the CLI's blocking client: a one-off

@@ -1,8 +1,9 @@
 //! Signed actions: the canonical bytes an operator signs and a runner
 //! checks (issue 19; `docs/security.md`).
 //!
-//! An action that carries [`Signed`] (`job_start.signed`, later terminals
-//! and container operations) is signed over [`job_bytes`]: everything the
+//! An action that carries [`Signed`] (`job_start.signed`, `term_open.signed`,
+//! `docker_request.signed`) is signed over [`job_bytes`], [`terminal_bytes`]
+//! or [`container_bytes`]: everything the
 //! runner will act on, in a fixed order, each field `name SP len ':' bytes
 //! LF`, lists with their count first. Length prefixes make it unambiguous
 //! whatever a value contains (newlines, colons, NUL-free or not), so no two
@@ -20,7 +21,16 @@
 //! value) sorted by name, secrets.count + names sorted (values are the
 //! server's and are not signed), timeout_s; for a deploy every field of the
 //! DeploySpec (source, build, container settings, health check)
+//!
+//! kind 8:terminal … then container (or container.none: the host), command
+//! (count + each argument), user (or user.none)
+//! kind 9:container … then op, container (or .none), timeout_s, signal
+//! (each or .none), force, volumes, filters (compact JSON, keys sorted; or
+//! filters.none)
 //! ```
+//!
+//! A terminal's size, idle and detach timeouts and window are not signed:
+//! they change how the session is paced, not what runs or where.
 //!
 //! Plain code with no I/O and no crypto: the runner's verifier
 //! (`src/trust/`) and the server's signer (`server/src/signing/`) share it.
@@ -28,7 +38,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::deploy::DeploySpec;
-use super::JobStart;
+use super::{DockerRequest, JobStart, TermOpen};
 
 /// The first line of every encoding; bumped if the layout ever changes.
 pub const MAGIC: &[u8] = b"tether-signed-action 1\n";
@@ -212,6 +222,43 @@ fn deploy_fields(c: &mut Canon, d: &DeploySpec) {
     );
 }
 
+/// The canonical bytes of a `term_open` meant for `runner`: where the
+/// shell opens, what runs there, as whom.
+pub fn terminal_bytes(
+    runner: &str,
+    action_id: &str,
+    not_after_ms: u64,
+    open: &TermOpen,
+) -> Vec<u8> {
+    let mut c = Canon::new(Kind::Terminal, runner, action_id, not_after_ms);
+    c.opt("container", open.container.as_deref());
+    c.list("command", open.command.iter().map(String::as_str));
+    c.opt("user", open.user.as_deref());
+    c.0
+}
+
+/// The canonical bytes of a `docker_request` that changes a container or
+/// image, meant for `runner`: the operation, its container and parameters.
+pub fn container_bytes(
+    runner: &str,
+    action_id: &str,
+    not_after_ms: u64,
+    r: &DockerRequest,
+) -> Vec<u8> {
+    let mut c = Canon::new(Kind::Container, runner, action_id, not_after_ms);
+    c.field("op", r.op.as_str().as_bytes());
+    c.opt("container", r.container.as_deref());
+    c.opt("timeout_s", r.timeout_s.map(|t| t.to_string()).as_deref());
+    c.opt("signal", r.signal.as_deref());
+    c.field("force", if r.force { b"true" } else { b"false" });
+    c.field("volumes", if r.volumes { b"true" } else { b"false" });
+    // serde_json's maps are sorted by key (no `preserve_order` in this
+    // tree), so the compact text is the same wherever it is made.
+    let filters = r.filters.as_ref().map(|f| f.to_string());
+    c.opt("filters", filters.as_deref());
+    c.0
+}
+
 /// The trusted comment a signature carries: the action id again, so a
 /// signature file read alone says what it is for.
 pub fn trusted_comment(kind: Kind, action_id: &str) -> String {
@@ -283,6 +330,89 @@ mod tests {
         let mut j = job();
         j.secrets[0].1 = "rotated".into();
         assert_eq!(job_bytes("rn_1", "sa_1", 1000, &j), base);
+    }
+
+    #[test]
+    fn terminal_and_container_fields_are_signed() {
+        let open = TermOpen {
+            channel: 0x8000_0001,
+            container: Some("web".into()),
+            command: vec!["sh".into(), "-c".into(), "id".into()],
+            user: Some("app".into()),
+            cols: 80,
+            rows: 24,
+            idle_timeout_s: 60,
+            detach_timeout_s: 0,
+            window: 0,
+            signed: None,
+        };
+        let base = terminal_bytes("rn_1", "sa_1", 1000, &open);
+        assert_eq!(
+            String::from_utf8(base.clone()).unwrap(),
+            "tether-signed-action 1\nkind 8:terminal\nrunner 4:rn_1\naction 4:sa_1\n\
+             not_after 4:1000\ncontainer 3:web\ncommand.count 1:3\ncommand 2:sh\n\
+             command 2:-c\ncommand 2:id\nuser 3:app\n"
+        );
+        let mut paced = open.clone();
+        (paced.cols, paced.rows, paced.idle_timeout_s, paced.channel) = (200, 50, 0, 9);
+        assert_eq!(terminal_bytes("rn_1", "sa_1", 1000, &paced), base);
+        type TermChange = Box<dyn Fn(&mut TermOpen)>;
+        let changes: Vec<TermChange> = vec![
+            Box::new(|o| o.container = None),
+            Box::new(|o| o.container = Some("db".into())),
+            Box::new(|o| o.command.clear()),
+            Box::new(|o| o.command[2] = "reboot".into()),
+            Box::new(|o| o.user = None),
+            Box::new(|o| o.user = Some("root".into())),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut o = open.clone();
+            change(&mut o);
+            assert_ne!(terminal_bytes("rn_1", "sa_1", 1000, &o), base, "change {i}");
+        }
+
+        let stop = DockerRequest {
+            op: super::super::DockerOp::Stop,
+            container: Some("web".into()),
+            timeout_s: Some(5),
+            signal: None,
+            force: false,
+            volumes: false,
+            filters: None,
+            signed: None,
+        };
+        let base = container_bytes("rn_1", "sa_1", 1000, &stop);
+        assert!(base.starts_with(b"tether-signed-action 1\nkind 9:container\n"));
+        type OpChange = Box<dyn Fn(&mut DockerRequest)>;
+        let changes: Vec<OpChange> = vec![
+            Box::new(|r| r.op = super::super::DockerOp::Remove),
+            Box::new(|r| r.container = Some("db".into())),
+            Box::new(|r| r.timeout_s = None),
+            Box::new(|r| r.signal = Some("KILL".into())),
+            Box::new(|r| r.force = true),
+            Box::new(|r| r.volumes = true),
+            Box::new(|r| r.filters = Some(serde_json::json!({"label": ["a"]}))),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut r = stop.clone();
+            change(&mut r);
+            assert_ne!(
+                container_bytes("rn_1", "sa_1", 1000, &r),
+                base,
+                "change {i}"
+            );
+        }
+        // Filters: the same object whatever order its keys came in.
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"until":["1h"],"label":["x"]}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"label":["x"],"until":["1h"]}"#).unwrap();
+        let (mut ra, mut rb) = (stop.clone(), stop.clone());
+        (ra.filters, rb.filters) = (Some(a), Some(b));
+        assert_eq!(
+            container_bytes("rn_1", "sa_1", 1000, &ra),
+            container_bytes("rn_1", "sa_1", 1000, &rb)
+        );
     }
 
     #[test]

@@ -612,6 +612,7 @@ mod tests {
             idle_timeout_s: 0,
             detach_timeout_s: 0,
             window: 0,
+            signed: None,
         };
         let mut x = Exec::open(&mut el.test_ctx(), engine, "web", &open).unwrap();
         assert!(

@@ -23,7 +23,10 @@
 //! ahead, so the memory is bounded in size and time.
 //!
 //! [`Verifier::check`] takes the time and the bytes as arguments: pure apart
-//! from appending to the id file, and tested without a server.
+//! from appending to the id file, and tested without a server. Jobs and
+//! deploys are checked by `jobs/`, terminals and container operations by
+//! the gate (`gate.rs`) before their feature sees them; one verifier for
+//! all, so an action id is remembered once.
 //! [`Verifier::record`] then writes the verdict to the host's own record,
 //! `<state-dir>/audit.log` (`audit.rs`, read by `tether audit`).
 
@@ -39,6 +42,7 @@ use crate::protocol::signed::{Kind, Signed, MAX_ACTION_ID, MAX_SIGNATURE, MAX_VA
 pub use crate::protocol::signed::REFUSED_CODE;
 
 pub mod audit;
+pub mod gate;
 /// Live action ids remembered at most; beyond, signed actions are refused
 /// until some expire (never forgotten early: that would allow a replay).
 pub const MAX_REMEMBERED: usize = 4096;
@@ -47,39 +51,40 @@ pub const KEYS_FILE: &str = "operator-keys.pub";
 /// Remembered action ids in the state dir.
 const SEEN_FILE: &str = "signed-actions";
 
-/// Which kinds need a signature on this host. Terminals and container
-/// operations cannot be signed yet: asking for them is refused at start
-/// rather than accepted and not enforced (`all` is what is enforced).
+/// Which kinds need a signature on this host: jobs, deploys (and
+/// rollbacks), terminals (host and container), container operations (those
+/// that change a container or image; listing and inspecting never do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Require {
     pub jobs: bool,
     pub deploys: bool,
+    pub terminals: bool,
+    pub containers: bool,
 }
 
 impl Require {
-    /// `jobs,deploys`, `all` (= both) or `none`.
+    /// `jobs,deploys,terminals,containers`, `all` or `none`.
     pub fn parse(s: &str) -> Result<Require, String> {
         let mut r = Require::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
                 "jobs" => r.jobs = true,
                 "deploys" => r.deploys = true,
+                "terminals" => r.terminals = true,
+                "containers" => r.containers = true,
                 "all" => {
                     r = Require {
                         jobs: true,
                         deploys: true,
+                        terminals: true,
+                        containers: true,
                     }
                 }
                 "none" => r = Require::default(),
-                "terminals" | "containers" => {
-                    return Err(format!(
-                        "--require-signed: {word} are not signed yet, this runner cannot \
-                         enforce it (jobs and deploys only; all = jobs,deploys)"
-                    ))
-                }
                 other => {
                     return Err(format!(
-                        "--require-signed: unknown {other:?} (jobs, deploys, all or none)"
+                        "--require-signed: unknown {other:?} (jobs, deploys, terminals, \
+                         containers, all or none)"
                     ))
                 }
             }
@@ -88,14 +93,15 @@ impl Require {
     }
 
     pub fn any(self) -> bool {
-        self.jobs || self.deploys
+        self.jobs || self.deploys || self.terminals || self.containers
     }
 
     pub fn of(self, kind: Kind) -> bool {
         match kind {
             Kind::Job => self.jobs,
             Kind::Deploy => self.deploys,
-            Kind::Terminal | Kind::Container => false,
+            Kind::Terminal => self.terminals,
+            Kind::Container => self.containers,
         }
     }
 }
@@ -318,13 +324,15 @@ impl Verifier {
             .map_err(Refusal::Unrecorded)
     }
 
-    /// Write down in `<state-dir>/audit.log` what became of job `job_id`
-    /// and who signed it (`verdict`: what [`Verifier::check`] said). A
-    /// record that cannot be written is a warning, not a refusal: the
-    /// record serves the host owner, the check guards the host.
+    /// Write down in `<state-dir>/audit.log` what became of an action and
+    /// who signed it (`verdict`: what [`Verifier::check`] said); `subject`
+    /// names it (`job=ID`, `terminal=host`, `container=NAME op=stop`, its
+    /// values bounded with [`audit::field`]). A record that cannot be
+    /// written is a warning, not a refusal: the record serves the host
+    /// owner, the check guards the host.
     pub fn record(
         &self,
-        job_id: &str,
+        subject: &str,
         kind: Kind,
         signed: Option<&Signed>,
         verdict: &Result<(), Refusal>,
@@ -343,9 +351,10 @@ impl Verifier {
             Err(why) => format!("refused: {}", audit::text(&why.to_string())),
         };
         let line = format!(
-            "{} job={} kind={} action={} signer={signer} {outcome}",
+            "{} {} kind={} action={} signer={signer} {outcome}",
             crate::log::format_utc(now_ms / 1000),
-            audit::field(job_id, 64),
+            // Built from bounded fields; never more than one line.
+            audit::text(subject),
             kind.as_str(),
             signed.map_or("-".into(), |s| audit::field(&s.action_id, MAX_ACTION_ID)),
         );

@@ -176,19 +176,18 @@ fn only_required_kinds_are_checked() {
         Require::parse("all").unwrap(),
         Require {
             jobs: true,
-            deploys: true
+            deploys: true,
+            terminals: true,
+            containers: true,
         }
     );
     assert!(!Require::parse(" deploys,").unwrap().jobs);
-    // What this runner cannot enforce is refused, naming the word.
-    for word in ["terminals", "containers", "jobs,terminals"] {
-        let e = Require::parse(word).unwrap_err();
-        assert!(
-            e.contains("not signed yet") && e.contains(word.trim_start_matches("jobs,")),
-            "{e}"
-        );
-    }
-    assert!(Require::parse("job").is_err());
+    let r = Require::parse("terminals,containers").unwrap();
+    assert!(r.of(Kind::Terminal) && r.of(Kind::Container) && !r.of(Kind::Job));
+    assert_eq!(Require::parse("all,none").unwrap(), Require::default());
+    // An unknown word is refused, naming it.
+    let e = Require::parse("jobs,job").unwrap_err();
+    assert!(e.contains("\"job\""), "{e}");
 }
 
 #[test]
@@ -228,7 +227,8 @@ fn the_record_names_signer_and_outcome() {
     };
     let record = |v: &mut Verifier, j: &JobStart| {
         let verdict = check(v, j, NOW);
-        v.record(&j.job_id, Kind::Job, j.signed.as_ref(), &verdict, NOW);
+        let subject = format!("job={}", audit::field(&j.job_id, 64));
+        v.record(&subject, Kind::Job, j.signed.as_ref(), &verdict, NOW);
     };
     let mut v = Verifier::new(cfg("jobs"), NOW);
     record(&mut v, &valid_job());
@@ -285,4 +285,76 @@ fn verification_cost() {
         "signed job check (decode, canonical bytes, BLAKE2b, 2 Ed25519 verifications): {:?} each",
         t.elapsed() / n as u32
     );
+}
+
+/// The gate (`gate.rs`): a terminal or a container operation that changes
+/// state is checked where the host requires it, refused with the reason
+/// as an error reply to its request; reads (list, inspect) always pass.
+#[test]
+fn the_gate_checks_terminals_and_state_changing_container_operations_only() {
+    use crate::link::Outgoing;
+    use crate::protocol::{DockerOp, DockerRequest, Message as Control, TermOpen};
+    let open = TermOpen {
+        channel: 1 << 31,
+        container: None,
+        command: Vec::new(),
+        user: None,
+        cols: 80,
+        rows: 24,
+        idle_timeout_s: 0,
+        detach_timeout_s: 0,
+        window: 0,
+        signed: None,
+    };
+    let docker = |op| DockerRequest {
+        op,
+        container: Some("web".into()),
+        timeout_s: None,
+        signal: None,
+        force: false,
+        volumes: false,
+        filters: None,
+        signed: None,
+    };
+    let gate = |require: &str| {
+        let v = verifier(require, OPERATOR);
+        gate::Gate::new(std::rc::Rc::new(std::cell::RefCell::new(v)))
+    };
+    let term = Control::TermOpen(open.clone());
+    let stop = Control::DockerRequest(docker(DockerOp::Stop));
+    let list = Control::DockerRequest(docker(DockerOp::List));
+    let inspect = Control::DockerRequest(docker(DockerOp::Inspect));
+
+    let mut g = gate("jobs,deploys");
+    assert!(g.screen(1, &term) && g.screen(2, &stop));
+    assert!(g.next_message().is_none());
+
+    let mut g = gate("terminals");
+    assert!(!g.screen(3, &term));
+    assert!(g.screen(4, &stop));
+    let mut g = gate("containers");
+    assert!(g.screen(5, &term) && g.screen(6, &list) && g.screen(7, &inspect));
+    assert!(!g.screen(8, &stop));
+    match g.next_message() {
+        Some(Outgoing::Reply { id: 8, body }) => match *body {
+            Control::Error(e) => {
+                assert_eq!(e.code, REFUSED_CODE);
+                assert!(e.message.starts_with("unsigned"), "{}", e.message);
+                assert!(e.message.contains("every container"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(g.next_message().is_none());
+    // A stranger's signature on a terminal: unknown key.
+    let mut g = gate("all");
+    let mut signed_open = open;
+    signed_open.signed = Some(signed("sa_0000000000000001", FAR, OTHER_KEY));
+    assert!(!g.screen(9, &Control::TermOpen(signed_open)));
+    let Some(Outgoing::Reply { body, .. }) = g.next_message() else {
+        panic!("no refusal")
+    };
+    let Control::Error(e) = *body else { panic!() };
+    assert!(e.message.starts_with("unknown key"), "{}", e.message);
 }

@@ -5,7 +5,9 @@
 //!
 //! Knobs: BENCH_IDLE_SECS (default 150), BENCH_RUNNERS (default 1000),
 //! BENCH_SIM_SECS (default 60), BENCH_LOG_LINES, BENCH_JOB_MB,
-//! BENCH_KEYSTROKES, BENCH_UPDATE_RUNS; BENCH_ONLY picks parts; the attack
+//! BENCH_KEYSTROKES, BENCH_UPDATE_RUNS; BENCH_ONLY picks parts (`storm`,
+//! 10,000 runners on SQLite and on PostgreSQL, only when named:
+//! BENCH_STORM_RUNNERS, BENCH_STORM_SECS); the attack
 //! section's in `attack.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
 //! with an earlier revision (`compare.rs`).
 
@@ -26,6 +28,7 @@ mod compare;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use util::pg::Postgres;
 use util::proxy::TcpProxy;
 use util::*;
 
@@ -115,6 +118,10 @@ fn main() {
     }
     if part("sim") {
         many_runners(&mut rows);
+    }
+    // Not in the default run (10,000 runners, two servers): BENCH_ONLY=storm.
+    if only.split(',').any(|p| p == "storm") {
+        connect_storm(&mut rows);
     }
     if part("logs") {
         log_throughput(&mut rows);
@@ -365,13 +372,57 @@ fn many_runners(rows: &mut Vec<Row>) {
     let hold = env_secs("BENCH_SIM_SECS", 60);
     // One address enrolls the whole simulated fleet: no per-address rate.
     let server = Server::start_with(&["--enroll-rate", "0"]);
+    let f = sim_fleet(&server, count, hold, false);
+    rows.push(Row {
+        what: format!("server RSS per runner, {count} runners"),
+        value: f.rss_per_runner_kib,
+        unit: "KiB",
+        goal: Some(64.0),
+        how: format!("(VmRSS with {count} - VmRSS empty) / {count}; tether-sim"),
+    });
+    rows.push(Row {
+        what: format!("server RSS total, {count} runners"),
+        value: f.rss_total_mib,
+        unit: "MiB",
+        goal: None,
+        how: "VmRSS in /proc/PID/status".into(),
+    });
+    rows.push(Row {
+        what: format!("server CPU, {count} idle runners (5 s heartbeat)"),
+        value: f.cpu_pct,
+        unit: "% core",
+        goal: None,
+        how: format!("utime+stime over {:.0} s", f.window_secs),
+    });
+    rows.push(Row {
+        what: format!("time to enroll+connect {count} runners"),
+        value: f.connect_secs,
+        unit: "s",
+        goal: None,
+        how: "tether-sim start to all active in the API".into(),
+    });
+}
+
+/// What a fleet of simulated runners costs one server.
+struct SimFigures {
+    connect_secs: f64,
+    rss_per_runner_kib: f64,
+    rss_total_mib: f64,
+    cpu_pct: f64,
+    window_secs: f64,
+}
+
+/// `count` tether-sim runners (heartbeat 5 s; with `metrics`, a record
+/// every 5 s too) against `server`: time from the sim's start until the
+/// API shows all active, then RSS and CPU over the second half of `hold`.
+fn sim_fleet(server: &Server, count: u64, hold: u64, metrics: bool) -> SimFigures {
     let tenant = server.tenant("sim");
     std::thread::sleep(Duration::from_secs(1));
     let spid = server.child.id();
     let rss0 = rss_kib(spid);
     let sim = runner_bin().with_file_name("tether-sim");
-    let mut child = Command::new(&sim)
-        .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
+    let mut cmd = Command::new(&sim);
+    cmd.args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
         .arg(&server.ca)
         .args([
             "--count",
@@ -380,24 +431,24 @@ fn many_runners(rows: &mut Vec<Row>) {
             "5s",
             "--duration",
             &format!("{hold}s"),
-        ])
+        ]);
+    if metrics {
+        cmd.args(["--metrics", "--metrics-interval", "5s"]);
+    }
+    let mut child = cmd
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", sim.display()));
-    eprintln!("bench: {count} simulated runners for {hold} s");
+    eprintln!("bench: {count} simulated runners for {hold} s (metrics: {metrics})");
     let t_conn = Instant::now();
+    let list = format!("/api/v1/runners?health=active&limit={}", count.min(10_000));
     wait_for(
         Duration::from_secs(hold.max(120)),
         "all simulated runners active",
         || {
-            let (_, list) = tenant.call("GET", "/api/v1/runners", None);
-            let active = list
-                .as_array()?
-                .iter()
-                .filter(|r| r["health"] == "active")
-                .count() as u64;
-            (active >= count).then_some(())
+            let (_, list) = tenant.call("GET", &list, None);
+            (list.as_array()?.len() as u64 >= count).then_some(())
         },
     );
     let connect_secs = t_conn.elapsed().as_secs_f64();
@@ -409,35 +460,60 @@ fn many_runners(rows: &mut Vec<Row>) {
     let rss1 = rss_kib(spid);
     let secs = t0.elapsed().as_secs_f64();
     let _ = child.wait();
+    SimFigures {
+        connect_secs,
+        rss_per_runner_kib: rss1.saturating_sub(rss0) as f64 / count as f64,
+        rss_total_mib: rss1 as f64 / 1024.0,
+        cpu_pct: cpu / secs * 100.0,
+        window_secs: secs,
+    }
+}
 
-    rows.push(Row {
-        what: format!("server RSS per runner, {count} runners"),
-        value: rss1.saturating_sub(rss0) as f64 / count as f64,
-        unit: "KiB",
-        goal: Some(64.0),
-        how: format!("(VmRSS with {count} - VmRSS empty) / {count}; tether-sim"),
-    });
-    rows.push(Row {
-        what: format!("server RSS total, {count} runners"),
-        value: rss1 as f64 / 1024.0,
-        unit: "MiB",
-        goal: None,
-        how: "VmRSS in /proc/PID/status".into(),
-    });
-    rows.push(Row {
-        what: format!("server CPU, {count} idle runners (5 s heartbeat)"),
-        value: cpu / secs * 100.0,
-        unit: "% core",
-        goal: None,
-        how: format!("utime+stime over {secs:.0} s"),
-    });
-    rows.push(Row {
-        what: format!("time to enroll+connect {count} runners"),
-        value: connect_secs,
-        unit: "s",
-        goal: None,
-        how: "tether-sim start to all active in the API".into(),
-    });
+/// Issue 18's connect storm: BENCH_STORM_RUNNERS (default 10,000) simulated
+/// runners with a 5 s heartbeat and metrics every 5 s against one server,
+/// on the embedded SQLite and on PostgreSQL, printed side by side.
+fn connect_storm(rows: &mut Vec<Row>) {
+    let count = env_secs("BENCH_STORM_RUNNERS", 10_000);
+    let hold = env_secs("BENCH_STORM_SECS", 90);
+    let sqlite = {
+        let server = Server::start_with(&["--enroll-rate", "0"]);
+        sim_fleet(&server, count, hold, true)
+    };
+    let pg = Postgres::start();
+    let postgres = {
+        let server = Server::start_with(&["--enroll-rate", "0", "--database", &pg.url()]);
+        sim_fleet(&server, count, hold, true)
+    };
+    for (name, f) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
+        rows.push(Row {
+            what: format!("storm {count}: time until all connected, {name}"),
+            value: f.connect_secs,
+            unit: "s",
+            goal: None,
+            how: "tether-sim (enroll + connect) start to all active in the API".into(),
+        });
+    }
+    for (name, f) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
+        rows.push(Row {
+            what: format!("storm {count}: server RSS per runner, {name}"),
+            value: f.rss_per_runner_kib,
+            unit: "KiB",
+            goal: Some(64.0),
+            how: "(VmRSS with all - VmRSS empty) / count".into(),
+        });
+    }
+    for (name, f) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
+        rows.push(Row {
+            what: format!("storm {count}: server CPU, heartbeat+metrics 5 s, {name}"),
+            value: f.cpu_pct,
+            unit: "% core",
+            goal: Some(25.0),
+            how: format!(
+                "utime+stime over {:.0} s (PostgreSQL's own processes not counted)",
+                f.window_secs
+            ),
+        });
+    }
 }
 
 /// One container's logs collected through the runner and stored at the

@@ -10,6 +10,8 @@
 pub mod docker;
 pub mod engine_proxy;
 pub mod git;
+pub mod hooks;
+pub mod pg;
 pub mod prev;
 pub mod proxy;
 pub mod term;
@@ -201,6 +203,15 @@ impl Server {
         self.wait_ready();
     }
 
+    /// `kill -9`, then start again on the same data dir but at `addr`
+    /// (`127.0.0.1:0`: any free port): a replica lost, another taking over.
+    pub fn kill_and_start_at(&mut self, addr: &str) {
+        kill_and_reap(&mut self.child);
+        let _ = fs::remove_file(self.data.join("server.url"));
+        self.child = spawn_server(self.dir.path(), &self.data, addr, &self.extra);
+        self.wait_ready();
+    }
+
     pub fn stop(&mut self) {
         signal(&self.child, libc::SIGTERM);
         if wait_exit(&mut self.child, Duration::from_secs(10)).is_none() {
@@ -261,6 +272,15 @@ fn spawn_server(dir: &Path, data: &Path, listen: &str, extra: &[String]) -> Chil
 
 fn read_log(dir: &Path) -> String {
     fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A small blocking REST client that trusts the server's dev CA.

@@ -249,7 +249,8 @@ impl Alerts {
         });
     }
 
-    /// Fingerprint changes recorded as drift.
+    /// Fingerprint changes recorded as drift (a listening socket opened or
+    /// closed is named by protocol, address and port, with its process).
     pub fn drift(&self, tenant: &str, runner: &str, changes: &[tether::fingerprint::Change]) {
         for c in changes.iter().take(MAX_LOG_LINES) {
             let show = |v: &serde_json::Value| match v {
@@ -263,11 +264,17 @@ impl Alerts {
                 (Some(o), Some(n)) => format!("{o} → {n}"),
                 (None, None) => "changed".into(),
             };
+            // Each listening socket is its own target: a second new port
+            // while the first still fires is a notification of its own.
+            let (path, detail) = match listener_change(c) {
+                Some(pair) => pair,
+                None => (c.path.clone(), detail),
+            };
             self.observe(
                 tenant,
                 runner,
                 Observation::Drift {
-                    path: c.path.clone(),
+                    path,
                     detail: detail.chars().take(rules::MAX_TEXT).collect(),
                 },
             );
@@ -665,4 +672,28 @@ impl Engine {
             }
         }
     }
+}
+
+/// A `listening` change as (`listening tcp 0.0.0.0:4444`, `opened by nc`).
+fn listener_change(c: &tether::fingerprint::Change) -> Option<(String, String)> {
+    use tether::fingerprint::Listener;
+    if c.path != "listening" {
+        return None;
+    }
+    let (l, verb) = match (&c.old, &c.new) {
+        (_, n) if !n.is_null() => (
+            serde_json::from_value::<Listener>(n.clone()).ok()?,
+            "opened",
+        ),
+        (o, _) => (
+            serde_json::from_value::<Listener>(o.clone()).ok()?,
+            "closed",
+        ),
+    };
+    let at = std::net::SocketAddr::new(l.addr, l.port);
+    let by = l.process.as_deref().unwrap_or("an unseen process");
+    Some((
+        format!("listening {} {at}", l.proto),
+        format!("{verb} by {by}"),
+    ))
 }

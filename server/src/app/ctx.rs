@@ -19,9 +19,11 @@ use crate::deploy::DeployCtx;
 use crate::fleet::labels::LabelsCtx;
 use crate::fleet::link::FleetLink;
 use crate::fleet::FleetCtx;
+use crate::jobs::link::JobsLink;
 use crate::jobs::JobsCtx;
 use crate::link::dispatch::{Families, FamilyId};
 use crate::link::LinkCtx;
+use crate::logs::link::LogsLink;
 use crate::logs::LogsCtx;
 use crate::runners::RunnersCtx;
 use crate::telemetry::link::TelemetryLink;
@@ -187,20 +189,17 @@ impl FromRef<AppState> for LinkCtx {
             db: s.db.clone(),
             registry: s.registry.clone(),
             tuning: s.tuning,
-            quotas: s.quotas,
-            secrets: s.secrets.clone(),
-            job_hub: s.job_hub.clone(),
-            observer: s.alerts.clone(),
             families: families(s),
-            audit: AuditCtx::from_ref(s),
         }
     }
 }
 
 /// The link's table: which feature handles each family of runner messages
 /// (`link/dispatch.rs`; each feature's `link.rs`). Table order is the order
-/// of the attach and welcome hooks: the labels are stored before anything
-/// is sent, the update offer follows the welcome.
+/// of the attach and welcome hooks (the labels are stored before anything
+/// is sent, the update offer follows the welcome) and of the replies
+/// offered to each); the jobs come last, so the jobs waiting for a runner
+/// follow the other families' first words.
 fn families(s: &AppState) -> Families {
     let observer: Arc<dyn Observer> = s.alerts.clone();
     Families::new(vec![
@@ -229,7 +228,7 @@ fn families(s: &AppState) -> Families {
             FamilyId::Updates,
             Arc::new(UpdatesLink {
                 ctx: UpdatesCtx::from_ref(s),
-                observer,
+                observer: observer.clone(),
             }),
         ),
         (
@@ -244,6 +243,25 @@ fn families(s: &AppState) -> Families {
             FamilyId::Deploy,
             Arc::new(DeployLink {
                 ctx: DeployCtx::from_ref(s),
+            }),
+        ),
+        (
+            FamilyId::Logs,
+            Arc::new(LogsLink {
+                logs: s.db.logs.clone(),
+                control: s.db.control.clone(),
+                observer: observer.clone(),
+            }),
+        ),
+        (
+            FamilyId::Jobs,
+            Arc::new(JobsLink {
+                jobs: s.db.jobs.clone(),
+                secrets: s.secrets.clone(),
+                hub: s.job_hub.clone(),
+                observer,
+                audit: AuditCtx::from_ref(s),
+                output_cap: s.quotas.job_output_bytes,
             }),
         ),
     ])

@@ -14,12 +14,16 @@ use axum::{Extension, Router};
 use super::{web, AppState};
 use crate::common::edge;
 use crate::common::error::ApiError;
+use crate::link::LinkCtx;
 
 /// The whole HTTP application over `state`, with no socket (tests drive it
 /// with `tower::ServiceExt::oneshot`).
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .merge(crate::link::routes())
+        // The link's context is cut once, here: cut per request (FromRef),
+        // its table of family handlers was built anew on every runner
+        // connect and kept by the connection as long as it lasted.
+        .merge(crate::link::routes().with_state(LinkCtx::from_ref(&state)))
         .merge(crate::runners::routes())
         .merge(crate::telemetry::routes())
         .merge(crate::containers::routes())

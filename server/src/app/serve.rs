@@ -112,6 +112,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    bound_malloc_arenas();
     init_logging(&args.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -554,6 +555,30 @@ where
         tracing::debug!(%peer, "connection ended: {e}");
     }
 }
+
+/// glibc gives each new thread a malloc arena of its own, up to eight per
+/// core, and an arena keeps what is freed in it. Every storage call runs on
+/// the blocking pool (`db/sqlite`), so after a thousand runners connect at
+/// once a dozen arenas each held a few hundred KiB of SQLite pages and freed
+/// buffers: 2.6 KiB of RSS per runner (issue 16). Two per core are plenty
+/// for a server that mostly waits on sockets. `MALLOC_ARENA_MAX`, if set,
+/// wins (glibc reads it itself).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn bound_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = libc::c_int::try_from(2 * cores).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only sets a parameter of the allocator, here before
+    // any thread but this one exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_malloc_arenas() {}
 
 /// `wanted` connections, within the open-file limit: the soft limit is
 /// raised to the hard one first (often 1024 → 1M), and 256 descriptors

@@ -3,11 +3,21 @@
 //! Docker's own error message is printed as it came (the server passes it
 //! through with code `docker`); a missing container exits 3, any other
 //! Docker error 1.
+//!
+//! With `--sign-key` an operation that changes a container (start, stop,
+//! restart, kill, rm, prune) is signed here first, over the
+//! `docker_request` the server's own code makes of it
+//! (`containers::api::action_request`; `protocol/signed.rs`), for hosts
+//! that require signed container operations.
 
 use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::{json, Value};
+use tether::protocol::signed::{container_bytes, Kind};
+use tether::protocol::{DockerOp, DockerRequest};
+
+use super::keys::{SignArgs, Signer};
 
 use super::{field, fmt_value, grid, note, out, pairs, query, resolve_runner, segment};
 use super::{CliError, Client};
@@ -29,7 +39,12 @@ pub enum ContainerCommand {
         container: String,
     },
     /// Start a container
-    Start { runner: String, container: String },
+    Start {
+        runner: String,
+        container: String,
+        #[command(flatten)]
+        sign: SignArgs,
+    },
     /// Stop a container (SIGTERM, then SIGKILL after the timeout)
     Stop {
         runner: String,
@@ -37,6 +52,8 @@ pub enum ContainerCommand {
         /// Seconds to wait before killing (Docker's default: 10)
         #[arg(long)]
         timeout: Option<u32>,
+        #[command(flatten)]
+        sign: SignArgs,
     },
     /// Restart a container
     Restart {
@@ -45,6 +62,8 @@ pub enum ContainerCommand {
         /// Seconds to wait before killing (Docker's default: 10)
         #[arg(long)]
         timeout: Option<u32>,
+        #[command(flatten)]
+        sign: SignArgs,
     },
     /// Send a signal to a container (default SIGKILL)
     Kill {
@@ -53,6 +72,8 @@ pub enum ContainerCommand {
         /// Signal name or number, e.g. SIGHUP, 9
         #[arg(long)]
         signal: Option<String>,
+        #[command(flatten)]
+        sign: SignArgs,
     },
     /// Remove a container
     Rm {
@@ -64,6 +85,8 @@ pub enum ContainerCommand {
         /// Also remove its anonymous volumes
         #[arg(long)]
         volumes: bool,
+        #[command(flatten)]
+        sign: SignArgs,
     },
 }
 
@@ -77,6 +100,66 @@ impl ContainerCommand {
             _ => Duration::ZERO,
         }
     }
+}
+
+impl ContainerCommand {
+    /// The operation, its signing flags and the parameters the server
+    /// turns into its `docker_request`; `None` for inspect (read only).
+    fn signable(&self) -> Option<(DockerOp, &SignArgs, crate::containers::api::ActionParams)> {
+        use crate::containers::api::ActionParams;
+        use ContainerCommand as C;
+        let none = ActionParams::default();
+        Some(match self {
+            C::Inspect { .. } => return None,
+            C::Start { sign, .. } => (DockerOp::Start, sign, none),
+            C::Stop { timeout, sign, .. } => (
+                DockerOp::Stop,
+                sign,
+                ActionParams {
+                    timeout: *timeout,
+                    ..none
+                },
+            ),
+            C::Restart { timeout, sign, .. } => (
+                DockerOp::Restart,
+                sign,
+                ActionParams {
+                    timeout: *timeout,
+                    ..none
+                },
+            ),
+            C::Kill { signal, sign, .. } => (
+                DockerOp::Kill,
+                sign,
+                ActionParams {
+                    signal: signal.clone(),
+                    ..none
+                },
+            ),
+            C::Rm {
+                force,
+                volumes,
+                sign,
+                ..
+            } => (
+                DockerOp::Remove,
+                sign,
+                ActionParams {
+                    force: force.then_some(true),
+                    volumes: volumes.then_some(true),
+                    ..none
+                },
+            ),
+        })
+    }
+}
+
+/// The signature (`{"action_id", "not_after_ms", "signature"}`) of
+/// `req` for runner `runner`.
+fn sign_request(signer: &Signer, runner: &str, req: &DockerRequest) -> Result<Value, CliError> {
+    let action_id = Signer::action_id()?;
+    let bytes = container_bytes(runner, &action_id, signer.not_after_ms(), req);
+    Ok(signer.sign(Kind::Container, &action_id, &bytes))
 }
 
 pub fn containers(
@@ -165,7 +248,9 @@ pub fn container(client: &Client, command: ContainerCommand, json: bool) -> Resu
     use ContainerCommand as C;
     let (runner, container) = match &command {
         C::Inspect { runner, container }
-        | C::Start { runner, container }
+        | C::Start {
+            runner, container, ..
+        }
         | C::Stop {
             runner, container, ..
         }
@@ -237,6 +322,20 @@ pub fn container(client: &Client, command: ContainerCommand, json: bool) -> Resu
             "not changed",
         ),
     };
+    let mut path = path;
+    if let Some((op, sign, p)) = command.signable() {
+        if let Some(signer) = Signer::from_args(sign)? {
+            let req = crate::containers::api::action_request(op, &container, &p);
+            let s = sign_request(&signer, &id, &req)?;
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(&format!(
+                "action_id={}&not_after_ms={}&signature={}",
+                segment(&field(&s, "action_id")),
+                s["not_after_ms"],
+                segment(&field(&s, "signature"))
+            ));
+        }
+    }
     let (raw, v) = client.call(method, &path, None)?;
     if json {
         return out(&raw);
@@ -253,6 +352,7 @@ pub fn prune(
     runner: &str,
     images: bool,
     filters: &[String],
+    sign: &SignArgs,
     json: bool,
 ) -> Result<(), CliError> {
     let mut map = serde_json::Map::new();
@@ -267,12 +367,33 @@ pub fn prune(
             a.push(Value::String(v.to_owned()));
         }
     }
-    let body = if map.is_empty() {
+    let mut body = if map.is_empty() {
         None
     } else {
         Some(json!({ "filters": map }))
     };
     let id = resolve_runner(client, runner)?;
+    if let Some(signer) = Signer::from_args(sign)? {
+        let req = DockerRequest {
+            op: if images {
+                DockerOp::PruneImages
+            } else {
+                DockerOp::PruneContainers
+            },
+            container: None,
+            timeout_s: None,
+            signal: None,
+            force: false,
+            volumes: false,
+            filters: (!map.is_empty()).then(|| Value::Object(map.clone())),
+            signed: None,
+        };
+        let s = sign_request(&signer, &id, &req)?;
+        let b = body.get_or_insert_with(|| json!({}));
+        for k in ["action_id", "not_after_ms", "signature"] {
+            b[k] = s[k].clone();
+        }
+    }
     let what = if images { "images" } else { "containers" };
     let (raw, v) = client.call(
         "POST",

@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 use tether::protocol::signed;
 use tether::protocol::JobStart;
 
-use crate::common::clock;
-use crate::signing::SecretKey;
+use super::keys::Signer;
 
 use super::{field, note, out, query, resolve_runner, segment, table};
 use super::{CliError, Client};
@@ -302,13 +301,7 @@ fn signatures(
     runners: &[String],
     env: &serde_json::Map<String, Value>,
 ) -> Result<Value, CliError> {
-    let text = std::fs::read_to_string(key_file)
-        .map_err(|e| CliError::Usage(format!("--sign-key {}: {e}", key_file.display())))?;
-    let key = SecretKey::parse(&text)
-        .map_err(|e| CliError::Usage(format!("--sign-key {}: {e}", key_file.display())))?;
-    let valid = clock::parse_duration_ms(&a.sign_valid)
-        .filter(|ms| *ms > 0 && *ms as u64 <= signed::MAX_VALIDITY_MS)
-        .ok_or_else(|| CliError::Usage(format!("--sign-valid {:?}: 1s to 7d", a.sign_valid)))?;
+    let signer = Signer::load(key_file, &a.sign_valid)?;
     let (program, script, args, timeout_s) = match (&a.script, &a.command) {
         (Some(name), _) => {
             let (_, s) = client.call("GET", &format!("/api/v1/scripts/{}", segment(name)), None)?;
@@ -354,25 +347,12 @@ fn signatures(
         deploy: None,
         signed: None,
     };
-    let not_after = u64::try_from(clock::now_ms() + valid).unwrap_or(0);
     let mut out = serde_json::Map::new();
     for runner in runners {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).map_err(|e| CliError::Other(format!("random source: {e}")))?;
-        let action_id = format!(
-            "sa_{}",
-            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
-        let bytes = signed::job_bytes(runner, &action_id, not_after, &start);
-        let comment = signed::trusted_comment(signed::job_kind(&start), &action_id);
-        out.insert(
-            runner.clone(),
-            json!({
-                "action_id": action_id,
-                "not_after_ms": not_after,
-                "signature": key.sign(&bytes, &comment),
-            }),
-        );
+        let action_id = Signer::action_id()?;
+        let bytes = signed::job_bytes(runner, &action_id, signer.not_after_ms(), &start);
+        let kind = signed::job_kind(&start);
+        out.insert(runner.clone(), signer.sign(kind, &action_id, &bytes));
     }
     Ok(Value::Object(out))
 }

@@ -9,6 +9,11 @@
 //!     connection lost ─▶ reattach from the last offset for up to 30 s
 //! ```
 //!
+//! With `--sign-key` the terminal is signed here first: its target,
+//! command and user as the server's own code puts them in `term_open`
+//! (`terminals::api::term_open`; `protocol/signed.rs`), for hosts that
+//! require signed terminals.
+//!
 //! The local terminal is restored on every way out (a guard restores the
 //! saved termios on drop). Everything typed goes to the remote shell,
 //! Ctrl-C and Ctrl-D included; `exit` ends the session.
@@ -24,6 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use tether::protocol::signed::{terminal_bytes, Kind};
+
+use super::keys::{SignArgs, Signer};
 use super::{field, out, resolve_runner, segment, CliError, Client, ClientArgs};
 
 /// How long a lost connection is retried before giving up.
@@ -44,6 +52,8 @@ pub struct TerminalArgs {
     /// Hang up after this many seconds without input or output (0: never)
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    #[command(flatten)]
+    pub sign: SignArgs,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -107,6 +117,19 @@ pub fn terminal(client: &Client, args: &ClientArgs, a: &TerminalArgs) -> Result<
     }
     if let Some(t) = a.idle_timeout {
         body["idle_timeout"] = json!(t);
+    }
+    if let Some(signer) = Signer::from_args(&a.sign)? {
+        let open = crate::terminals::api::term_open(
+            a.container.as_deref(),
+            a.command.as_deref(),
+            a.user.as_deref(),
+        );
+        let action_id = Signer::action_id()?;
+        let bytes = terminal_bytes(&runner, &action_id, signer.not_after_ms(), &open);
+        let s = signer.sign(Kind::Terminal, &action_id, &bytes);
+        for k in ["action_id", "not_after_ms", "signature"] {
+            body[k] = s[k].clone();
+        }
     }
     let path = format!("/api/v1/runners/{}/terminals", segment(&runner));
     let (_, v) = client.call("POST", &path, Some(body))?;

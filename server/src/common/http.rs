@@ -1,7 +1,8 @@
 //! What handlers parse requests with: JSON bodies and query strings whose
 //! errors are our JSON 400 (axum's own answer in plain text), sizes (`64M`,
-//! also the serve flags'), container references; and the server's version
-//! as every answer that names it says it.
+//! also the serve flags'), container references, an operator's signature
+//! given as flat parameters; and the server's version as every answer that
+//! names it says it.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -16,6 +17,35 @@ pub const MAX_CONTAINER_REF: usize = 128;
 
 /// This server's version (`/healthz`, the runner's `welcome`).
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An operator's signature given as three flat parameters (a query string
+/// or a flat JSON body: terminals, container operations): all or none,
+/// bounded. Relayed as it came; the runner checks it.
+pub fn signed_param(
+    action_id: Option<String>,
+    not_after_ms: Option<u64>,
+    signature: Option<String>,
+) -> Result<Option<tether::protocol::signed::Signed>, ApiError> {
+    use tether::protocol::signed::{Signed, MAX_ACTION_ID, MAX_SIGNATURE};
+    match (action_id, not_after_ms, signature) {
+        (None, None, None) => Ok(None),
+        (Some(action_id), Some(not_after_ms), Some(signature))
+            if !action_id.is_empty()
+                && action_id.len() <= MAX_ACTION_ID
+                && signature.len() <= MAX_SIGNATURE =>
+        {
+            Ok(Some(Signed {
+                action_id,
+                not_after_ms,
+                signature,
+            }))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "a signature is action_id (1 to {MAX_ACTION_ID} bytes), not_after_ms and \
+             signature (at most {MAX_SIGNATURE} bytes), all three"
+        ))),
+    }
+}
 
 /// Query-string parameters, with axum's rejection turned into our JSON 400.
 pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {

@@ -13,6 +13,7 @@
 //!  no answer in time        → 504 runner_timeout
 //!  error docker_unavailable → 503 docker_unavailable (the runner's reason)
 //!  error bad_request        → 400 bad_request
+//!  error signature_refused  → 403 signature_refused (the host requires a signed operation; its reason)
 //!  docker 2xx / 304         → 200 (304: "changed": false)
 //!  docker 4xx / 5xx         → the same status, code "docker", Docker's message verbatim
 //! ```
@@ -35,10 +36,11 @@ use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::{ApiError, DOCKER, DOCKER_UNAVAILABLE, RUNNER_ERROR};
-use crate::common::http::query;
+use crate::common::http::{query, signed_param};
 use crate::common::http::{valid_container_ref, MAX_CONTAINER_REF};
 use crate::containers::ContainerEventView;
 use crate::containers::ContainersCtx;
+use tether::protocol::signed::REFUSED_CODE;
 
 /// Longest stop/restart timeout a caller may ask for.
 const MAX_STOP_TIMEOUT_S: u32 = 600;
@@ -85,6 +87,7 @@ fn request(op: DockerOp) -> DockerRequest {
         force: false,
         volumes: false,
         filters: None,
+        signed: None,
     }
 }
 
@@ -117,6 +120,9 @@ async fn call_docker(
             CONTAINER_CONTROL_DISABLED => {
                 ApiError::new(StatusCode::FORBIDDEN, CONTAINER_CONTROL_DISABLED, e.message)
             }
+            // The host requires a signature this operation lacks (or whose
+            // check failed): the host's reason, as it said it.
+            REFUSED_CODE => ApiError::new(StatusCode::FORBIDDEN, REFUSED_CODE, e.message),
             other => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 RUNNER_ERROR,
@@ -329,12 +335,35 @@ async fn secret_names(
 
 // ---- container actions ----------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub struct ActionParams {
-    timeout: Option<u32>,
-    signal: Option<String>,
-    force: Option<bool>,
-    volumes: Option<bool>,
+    pub timeout: Option<u32>,
+    pub signal: Option<String>,
+    pub force: Option<bool>,
+    pub volumes: Option<bool>,
+    /// An operator's signature (`container … --sign-key`), flat.
+    pub action_id: Option<String>,
+    pub not_after_ms: Option<u64>,
+    pub signature: Option<String>,
+}
+
+/// The `docker_request` of a container operation: each parameter only for
+/// the operation that takes it. The CLI builds the same to sign it
+/// (`cli/containers.rs`), so what the host receives is what was signed.
+pub(crate) fn action_request(op: DockerOp, cid: &str, p: &ActionParams) -> DockerRequest {
+    let mut req = request(op);
+    req.container = Some(cid.to_owned());
+    if matches!(op, DockerOp::Stop | DockerOp::Restart) {
+        req.timeout_s = p.timeout;
+    }
+    if op == DockerOp::Kill {
+        req.signal = p.signal.clone();
+    }
+    if op == DockerOp::Remove {
+        req.force = p.force.unwrap_or(false);
+        req.volumes = p.volumes.unwrap_or(false);
+    }
+    req
 }
 
 async fn action(
@@ -348,9 +377,7 @@ async fn action(
     let tenant = caller.tenant()?;
     runner_in_tenant(&state.db, tenant, &id).await?;
     check_container(&cid)?;
-    let p = query(params)?;
-    let mut req = request(op);
-    req.container = Some(cid);
+    let mut p = query(params)?;
     let mut extra = Duration::ZERO;
     if matches!(op, DockerOp::Stop | DockerOp::Restart) {
         if let Some(t) = p.timeout {
@@ -360,7 +387,6 @@ async fn action(
                 )));
             }
         }
-        req.timeout_s = p.timeout;
         extra = Duration::from_secs(u64::from(p.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT_S)));
     }
     if op == DockerOp::Kill {
@@ -372,12 +398,9 @@ async fn action(
                 )));
             }
         }
-        req.signal = p.signal;
     }
-    if op == DockerOp::Remove {
-        req.force = p.force.unwrap_or(false);
-        req.volumes = p.volumes.unwrap_or(false);
-    }
+    let mut req = action_request(op, &cid, &p);
+    req.signed = signed_param(p.action_id.take(), p.not_after_ms, p.signature.take())?;
     let r = docker_success(call_docker(&state, tenant, &id, req, extra).await?)?;
     // 304: already started / already stopped; Docker did nothing.
     Ok(Json(json!({
@@ -437,6 +460,10 @@ pub async fn remove(
 #[derive(Deserialize)]
 struct PruneBody {
     filters: Option<Value>,
+    /// An operator's signature (`prune --sign-key`), flat.
+    action_id: Option<String>,
+    not_after_ms: Option<u64>,
+    signature: Option<String>,
 }
 
 async fn prune(
@@ -450,13 +477,19 @@ async fn prune(
     runner_in_tenant(&state.db, tenant, &id).await?;
     // Parsed here, after the tenant check, not by an extractor.
     let parsed: PruneBody = if body.iter().all(u8::is_ascii_whitespace) {
-        PruneBody { filters: None }
+        PruneBody {
+            filters: None,
+            action_id: None,
+            not_after_ms: None,
+            signature: None,
+        }
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     let mut req = request(op);
     req.filters = parsed.filters.map(check_filters).transpose()?;
+    req.signed = signed_param(parsed.action_id, parsed.not_after_ms, parsed.signature)?;
     let r = docker_success(call_docker(&state, tenant, &id, req, Duration::ZERO).await?)?;
     Ok(Json(r.body))
 }

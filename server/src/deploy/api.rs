@@ -8,6 +8,13 @@
 //!  GET  /apps/{name}/deployments            history, newest first, each with its job's status
 //! ```
 //!
+//! A deploy or rollback may carry `"signed"`: an operator's signature
+//! (`app deploy --sign-key`) over the `job_start` the server will send
+//! (`protocol/signed.rs`), relayed as it came for hosts that require signed
+//! deploys. A signed deploy's image is tagged with the signature's action
+//! id instead of the job id: the signer cannot know the job id, and the tag
+//! is part of what the host acts on, so it must be in what was signed.
+//!
 //! A deployment is a job (`jobs` table, same output, watch, cancel and
 //! timeout as any job) whose `job_start` carries a [`DeploySpec`]. Each
 //! build is tagged `IMAGE:JOB_ID`, so every deployment names the exact
@@ -24,6 +31,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tether::protocol::deploy::{DeploySpec, HealthCheck, PortMap, SecretsDelivery};
+use tether::protocol::signed::{Signed, MAX_ACTION_ID, MAX_SIGNATURE};
 
 use crate::common::auth::runner_in_tenant;
 use crate::common::auth::Caller;
@@ -35,6 +43,7 @@ use crate::db::jobs::{JobRow, JobSpec};
 use crate::deploy::DeployCtx;
 use crate::jobs::api::{fits, job_json, new_job_id};
 use crate::jobs::rules::{valid_env, valid_name};
+use crate::link::dispatch::FamilyId;
 
 /// A deploy's default job timeout (a cold build can be slow).
 const DEFAULT_TIMEOUT_S: u64 = 1800;
@@ -416,6 +425,9 @@ pub struct DeployBody {
     /// Deploy this ref instead of the app's `git_ref`.
     #[serde(default, rename = "ref")]
     git_ref: Option<String>,
+    /// An operator's signature (`app deploy --sign-key`).
+    #[serde(default)]
+    signed: Option<Signed>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -425,6 +437,9 @@ pub struct RollbackBody {
     /// successful one with an image other than the current one).
     #[serde(default)]
     to: Option<String>,
+    /// An operator's signature (`app rollback --sign-key`).
+    #[serde(default)]
+    signed: Option<Signed>,
 }
 
 /// An optional JSON body: empty is the default.
@@ -435,16 +450,29 @@ fn optional_body<T: for<'de> Deserialize<'de> + Default>(b: &Bytes) -> Result<T,
     serde_json::from_slice(b).map_err(|e| bad(format!("body: {e}")))
 }
 
+/// What a deployment is: `kind` (deploy, rollback, redeliver), the image
+/// to run again (`None`: build one), the ref, an operator's signature.
+struct Launch {
+    kind: &'static str,
+    image: Option<String>,
+    git_ref: Option<String>,
+    signed: Option<Signed>,
+}
+
 /// Make the job and its deployment row; tell the runner's connection.
 async fn launch(
     state: &DeployCtx,
     tenant: &str,
     app: &str,
     def: &AppDef,
-    kind: &str,
-    image: Option<String>,
-    git_ref: Option<String>,
+    what: Launch,
 ) -> Result<Value, ApiError> {
+    let Launch {
+        kind,
+        image,
+        git_ref,
+        signed,
+    } = what;
     // By id only: a name here would be an app that predates runner ids and
     // could not be resolved at start (deploy_store::resolve_runner_names).
     if state
@@ -461,7 +489,15 @@ async fn launch(
         )));
     }
     let id = new_job_id()?;
-    let (job_spec, image) = job_spec(app, def, &id, image, git_ref.clone());
+    let tag = match &signed {
+        Some(s) => check_signed(s)?.to_owned(),
+        None => id.clone(),
+    };
+    let (mut job_spec, image) = job_spec(app, def, &tag, image, git_ref.clone());
+    if let Some(s) = signed {
+        // Relayed as it came: the runner checks it, not the server.
+        job_spec.signed.insert(def.runner.clone(), s);
+    }
     fits(&state.jobs, tenant, &job_spec).await?;
     let label = format!("{kind} {app}");
     let now = clock::now_ms();
@@ -479,16 +515,38 @@ async fn launch(
         created_ms: now,
     };
     state.db.jobs.add_deployment(tenant, &d).await?;
-    state.registry.jobs_changed(&def.runner);
+    state.registry.nudge(&def.runner, FamilyId::Jobs);
     Ok(deployment_json(&d, Some(&job)))
 }
 
-/// The job a deploy (`image` `None`: build one tagged with the job id)
-/// or a rollback (`image`: run it again) of `app` is; and its image.
-fn job_spec(
+/// A signature's bounds, and its action id usable as an image tag
+/// (Docker's `[A-Za-z0-9_][A-Za-z0-9_.-]*`, at most 128): the tag.
+fn check_signed(s: &Signed) -> Result<&str, ApiError> {
+    let id = &s.action_id;
+    let tag_like = id
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !tag_like || id.len() > MAX_ACTION_ID || s.signature.len() > MAX_SIGNATURE {
+        return Err(bad(format!(
+            "signed: action_id 1 to {MAX_ACTION_ID} of [A-Za-z0-9_.-] (it tags the image), \
+             signature at most {MAX_SIGNATURE} bytes"
+        )));
+    }
+    Ok(id)
+}
+
+/// The job a deploy (`image` `None`: build one tagged `tag`, the job id or
+/// a signed deploy's action id) or a rollback (`image`: run it again) of
+/// `app` is; and its image. The CLI builds the same to sign it
+/// (`cli/deploy.rs`), so what the host receives is what was signed.
+pub(crate) fn job_spec(
     app: &str,
     def: &AppDef,
-    id: &str,
+    tag: &str,
     image: Option<String>,
     git_ref: Option<String>,
 ) -> (JobSpec, String) {
@@ -497,7 +555,7 @@ fn job_spec(
         .clone()
         .unwrap_or_else(|| app.to_ascii_lowercase());
     let build = image.is_none();
-    let image = image.unwrap_or_else(|| format!("{repo}:{id}"));
+    let image = image.unwrap_or_else(|| format!("{repo}:{tag}"));
     let spec = DeploySpec {
         app: app.to_owned(),
         git_url: def.git_url.clone(),
@@ -549,7 +607,13 @@ pub async fn deploy(
         }
     }
     let git_ref = b.git_ref.or_else(|| def.git_ref.clone());
-    let v = launch(&state, tenant, &name, &def, "deploy", None, git_ref).await?;
+    let what = Launch {
+        kind: "deploy",
+        image: None,
+        git_ref,
+        signed: b.signed,
+    };
+    let v = launch(&state, tenant, &name, &def, what).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -600,9 +664,12 @@ pub async fn rollback(
         tenant,
         &name,
         &def,
-        "rollback",
-        Some(target.image.clone()),
-        target.git_ref.clone(),
+        Launch {
+            kind: "rollback",
+            image: Some(target.image.clone()),
+            git_ref: target.git_ref.clone(),
+            signed: b.signed,
+        },
     )
     .await?;
     Ok((StatusCode::CREATED, Json(v)))
@@ -668,9 +735,13 @@ async fn redeliver(
         tenant,
         name,
         &def,
-        "redeliver",
-        Some(d.image.clone()),
-        d.git_ref.clone(),
+        Launch {
+            kind: "redeliver",
+            image: Some(d.image.clone()),
+            git_ref: d.git_ref.clone(),
+            // Nobody to sign it: a host requiring signed deploys refuses it.
+            signed: None,
+        },
     )
     .await?;
     Ok(v["id"].as_str().map(str::to_owned))

@@ -1,7 +1,7 @@
 //! Jobs that wait for offline runners, up to a deadline.
 //!
 //! A job for a runner that is not connected stays `pending` (stored, sent
-//! when the runner connects, in creation order: `link/runner_ws/jobs.rs`).
+//! when the runner connects, in creation order: `jobs/link.rs`).
 //! With a deadline (the request's `deadline_s`, else the tenant's policy)
 //! it ends `expired` instead, with the reason, if the runner has not taken
 //! it by then:

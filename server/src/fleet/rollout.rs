@@ -29,6 +29,7 @@ use crate::db::jobs::JobSpec;
 use crate::fleet::store::RolloutRow;
 use crate::fleet::waves::{Planner, State, TargetState, Threshold, Totals, WaveSize};
 use crate::fleet::FleetCtx;
+use crate::link::dispatch::FamilyId;
 
 /// How often a driver looks at its jobs.
 const TICK: Duration = Duration::from_millis(300);
@@ -221,7 +222,7 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
                 for (&i, (job_id, runner)) in starts.iter().zip(&jobs) {
                     r.targets[i].job_id = Some(job_id.clone());
                     r.targets[i].status = Some("pending".into());
-                    state.registry.jobs_changed(runner);
+                    state.registry.nudge(runner, FamilyId::Jobs);
                 }
             }
             Err(e) => {
@@ -294,7 +295,9 @@ pub async fn control(
                 for i in running {
                     if let Some(job) = g.targets[i].job_id.clone() {
                         state.db.jobs.request_cancel(tenant, &job).await?;
-                        state.registry.jobs_changed(&g.targets[i].runner_id);
+                        state
+                            .registry
+                            .nudge(&g.targets[i].runner_id, FamilyId::Jobs);
                     }
                 }
                 true

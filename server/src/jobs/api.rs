@@ -46,6 +46,7 @@ use crate::jobs::rules::{
 };
 use crate::jobs::JobsCtx;
 use crate::jobs::{check_fits, JobUpdate, Unfit};
+use crate::link::dispatch::FamilyId;
 
 /// Output rows read from storage per page.
 const PAGE: usize = 512;
@@ -441,7 +442,7 @@ pub async fn run(
         state.fleet.add_deadlines(tenant, &jobs, now + ms)?;
     }
     for (_, r) in &jobs {
-        state.registry.jobs_changed(r);
+        state.registry.nudge(r, FamilyId::Jobs);
     }
     Ok((
         StatusCode::CREATED,
@@ -532,7 +533,7 @@ pub async fn cancel_job(
         )));
     }
     state.db.jobs.request_cancel(tenant, &id).await?;
-    state.registry.jobs_changed(&job.runner_id);
+    state.registry.nudge(&job.runner_id, FamilyId::Jobs);
     Ok(Json(job_json(&job_of(&state, tenant, &id).await?)))
 }
 

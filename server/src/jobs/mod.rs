@@ -1,10 +1,11 @@
 //! Jobs between the API and the runner connections: the live fan-out of
 //! output and status to watchers ([`JobHub`]), the `job_start` a stored job
 //! becomes (with its secrets opened), and the per-connection bookkeeping
-//! of job channels ([`JobChannels`]).
+//! of job channels ([`JobChannels`]; `link.rs` drives them on the runner
+//! connection, as the jobs family of `link/dispatch.rs`).
 //!
 //! ```text
-//!  API: POST /jobs ─▶ job_store (pending) ─▶ registry nudge ─▶ connection: job_start (secrets opened here)
+//!  API: POST /jobs ─▶ job_store (pending) ─▶ registry nudge (Jobs) ─▶ link.rs: job_start (secrets opened here)
 //!  runner: job_accepted ─▶ queued/running;  DATA ─▶ batch ─▶ job_store.store_output ─▶ ACK
 //!                                                         └─▶ JobHub ─▶ watchers
 //!          job_result ─▶ job_store.record_result (once) ─▶ job_result_ack ─▶ JobHub
@@ -12,6 +13,7 @@
 //! ```
 
 pub mod api;
+pub mod link;
 pub mod rules;
 
 /// What this feature's handlers use, built by `app/` from its state
@@ -93,7 +95,7 @@ use crate::link::registry::Registry;
 
 /// Job output is stored (and ACKed) once this much waits, so the runner's
 /// window (its memory cap, 2 MiB) keeps a batch arriving while one is
-/// being committed (runner_ws/jobs.rs).
+/// being committed (`link.rs`).
 const FLUSH_BYTES: usize = 512 * 1024;
 /// ...or once the oldest waiting output is this old (as logs: `logs/mod.rs`).
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);

@@ -4,27 +4,44 @@
 //!
 //! ```text
 //!  hello ─▶ attach ─▶ Family::attached (each, in table order) ─▶ a FamilyConn per family
+//!  welcome made ─▶ FamilyConn::welcoming (each adds its part: the job acks)
 //!  welcome sent ─▶ FamilyConn::welcomed (each)
-//!  control message ─▶ family_of(type) ─▶ FamilyConn::message
+//!  control message ─▶ families_of(type) ─▶ FamilyConn::message (each, in that order)
+//!  reply to a request ─▶ FamilyConn::reply (each, until one owns it) ─▶ the waiting caller, if any
 //!  METRICS frame   ─▶ Telemetry's FamilyConn::frame
-//!  terminal channel frame ─▶ Terminals' FamilyConn::frame
+//!  DATA/END frame  ─▶ family_of_channel(channel) ─▶ FamilyConn::frame
+//!                     (terminal channels, job channels, log channels)
+//!  outbox: Family request ─▶ FamilyConn::request (sent: the reply goes to the caller)
+//!          Nudge(family)  ─▶ FamilyConn::nudge
 //!  timer           ─▶ FamilyConn::tick of each whose due() has come
+//!  background work ─▶ FamilyConn::poll_work ready ─▶ FamilyConn::work
+//!                     (a job output batch stored: ACK it)
 //!  connection ends ─▶ FamilyConn::detached (each)
 //! ```
 //!
 //! A family's per-connection state lives in its `FamilyConn` (a trait
-//! object: one box per family and connection), which answers the runner
-//! through [`Wire`]. `Err(Ending)` from a hook ends the connection.
+//! object: one box per family and connection, so it keeps what only some
+//! connections need behind an `Option<Box<…>>` made on first use), which
+//! answers the runner through [`Wire`]. `Err(Ending)` from a hook ends the
+//! connection. What the API queues for a family (`link/registry.rs`:
+//! `Outgoing::Family`, `Outgoing::Nudge`) names the family, not the
+//! feature: its payload is a `Box<dyn Any>` only that family's
+//! `FamilyConn::request` opens.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::SinkExt;
-use tether::protocol::{close, encode_control, Envelope, FrameHeader, Hello, Message};
+use tether::protocol::{
+    close, encode_control, Envelope, ErrorBody, FrameHeader, Hello, Message, Welcome,
+    FIRST_CONNECTION_CHANNEL, TERM_CHANNEL_BIT,
+};
 use tokio::time::{timeout, Instant};
 
 use crate::db::RunnerIdentity;
@@ -45,20 +62,50 @@ pub enum FamilyId {
     Fleet,
     /// `term_alive`, frames on terminal channels (the welcome, the end).
     Terminals,
+    /// `job_result`, frames on job channels, answers to `job_start`.
+    Jobs,
+    /// Frames on log channels, answers to `log_open`; it follows
+    /// `container_snapshot` and `container_event` (collection).
+    Logs,
 }
 
-/// The family a runner-sent control message belongs to, if a feature owns it.
-pub fn family_of(message: &Message) -> Option<FamilyId> {
-    Some(match message {
-        Message::MetricsSchema(_) | Message::Fingerprint(_) => FamilyId::Telemetry,
-        Message::DockerState(_) | Message::ContainerSnapshot(_) | Message::ContainerEvent(_) => {
-            FamilyId::Containers
+/// The families a runner-sent control message concerns, in the order they
+/// hear it (empty: the link's own, or nobody's). A container's start
+/// concerns its own family and the log collection that follows it.
+pub fn families_of(message: &Message) -> &'static [FamilyId] {
+    match message {
+        Message::MetricsSchema(_) | Message::Fingerprint(_) => &[FamilyId::Telemetry],
+        Message::DockerState(_) => &[FamilyId::Containers],
+        Message::ContainerSnapshot(_) | Message::ContainerEvent(_) => {
+            &[FamilyId::Containers, FamilyId::Logs]
         }
-        Message::UpdateStatus(_) => FamilyId::Updates,
-        Message::SecretsLost(_) => FamilyId::Deploy,
-        Message::TermAlive(_) => FamilyId::Terminals,
-        _ => return None,
-    })
+        Message::UpdateStatus(_) => &[FamilyId::Updates],
+        Message::SecretsLost(_) => &[FamilyId::Deploy],
+        Message::TermAlive(_) => &[FamilyId::Terminals],
+        Message::JobResult(_) => &[FamilyId::Jobs],
+        _ => &[],
+    }
+}
+
+/// The family of a DATA, END (or a terminal's ACK) frame, by its channel's
+/// number space (`docs/protocol.md` 4): terminals have the high bit, job
+/// channels are below [`FIRST_CONNECTION_CHANNEL`], log channels between.
+pub fn family_of_channel(channel: u32) -> FamilyId {
+    if channel & TERM_CHANNEL_BIT != 0 {
+        FamilyId::Terminals
+    } else if channel < FIRST_CONNECTION_CHANNEL {
+        FamilyId::Jobs
+    } else {
+        FamilyId::Logs
+    }
+}
+
+/// What [`FamilyConn::request`] did with a request the API queued.
+pub enum Answer {
+    /// Sent to the runner: its reply (the same id) goes to the caller.
+    Sent,
+    /// Refused here, without the runner: the caller gets this `error`.
+    Refused(ErrorBody),
 }
 
 /// How a connection ends.
@@ -175,6 +222,10 @@ pub trait Family: Send + Sync {
 /// One family's state on one connection.
 #[async_trait]
 pub trait FamilyConn: Send {
+    /// The welcome is about to be sent: add this family's part (nothing
+    /// may be sent yet).
+    async fn welcoming(&mut self, _runner: &RunnerIdentity, _welcome: &mut Welcome) {}
+
     /// The welcome is sent: the first things of this family, if any.
     async fn welcomed(&mut self, _wire: &mut Wire, _runner: &RunnerIdentity) -> Result<(), Ending> {
         Ok(())
@@ -187,6 +238,35 @@ pub trait FamilyConn: Send {
         runner: &RunnerIdentity,
         envelope: &Envelope,
     ) -> Result<(), Ending>;
+
+    /// A reply of the runner (`pong`, `error`, `docker_response`,
+    /// `log_opened`, `term_opened`, `job_accepted`): whether it answers a
+    /// request of this family's own (the link then asks no other family).
+    /// A caller waiting for the id gets it either way.
+    async fn reply(&mut self, _runner: &RunnerIdentity, _envelope: &Envelope) -> bool {
+        false
+    }
+
+    /// A request the API queued for this family (`Registry::family_request`):
+    /// `item` is the family's own type; `id` is the request id its reply
+    /// must carry.
+    async fn request(
+        &mut self,
+        _wire: &mut Wire,
+        _runner: &RunnerIdentity,
+        _id: u64,
+        _item: Box<dyn Any + Send>,
+    ) -> Result<Answer, Ending> {
+        Ok(Answer::Refused(ErrorBody {
+            code: "internal".into(),
+            message: "no handler for this request".into(),
+        }))
+    }
+
+    /// Something of this family changed for the runner (`Registry::nudge`).
+    async fn nudge(&mut self, _wire: &mut Wire, _runner: &RunnerIdentity) -> Result<(), Ending> {
+        Ok(())
+    }
 
     /// A binary frame of this family (the payload after the header).
     async fn frame(
@@ -211,6 +291,19 @@ pub trait FamilyConn: Send {
         _runner: &RunnerIdentity,
         _now: Instant,
     ) -> Result<(), Ending> {
+        Ok(())
+    }
+
+    /// Whether background work of this family has finished (a task it
+    /// started), registering `cx` to be woken when it does; then the link
+    /// calls [`work`](Self::work). Polled on every turn of the connection's
+    /// loop: cheap, and `Pending` without work.
+    fn poll_work(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+
+    /// Finish what [`poll_work`](Self::poll_work) found done.
+    async fn work(&mut self, _wire: &mut Wire, _runner: &RunnerIdentity) -> Result<(), Ending> {
         Ok(())
     }
 
@@ -252,6 +345,40 @@ impl Conns {
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn FamilyConn>> {
         self.0.iter_mut().map(|(_, c)| c)
+    }
+
+    /// Offer a reply to each family, in table order, until one owns it.
+    pub async fn reply(&mut self, runner: &RunnerIdentity, envelope: &Envelope) -> bool {
+        for (_, family) in self.0.iter_mut() {
+            if family.reply(runner, envelope).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The first family whose background work is done (its index, for
+    /// [`work`](Self::work)).
+    pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
+        for (i, (_, family)) in self.0.iter_mut().enumerate() {
+            if family.poll_work(cx).is_ready() {
+                return Poll::Ready(i);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The family at `index` (from [`poll_work`](Self::poll_work)) finishes its work.
+    pub async fn work(
+        &mut self,
+        index: usize,
+        wire: &mut Wire,
+        runner: &RunnerIdentity,
+    ) -> Result<(), Ending> {
+        match self.0.get_mut(index) {
+            Some((_, family)) => family.work(wire, runner).await,
+            None => Ok(()),
+        }
     }
 
     /// The earliest due tick of any family.

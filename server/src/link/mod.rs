@@ -1,7 +1,6 @@
 //! The runner WebSocket: hello, liveness, the registry of live
 //! connections, and dispatch of inbound messages by family to the features
-//! that own them (`dispatch.rs`; jobs and logs are still handled
-//! by the connection itself, `runner_ws/{jobs,logs}.rs`).
+//! that own them (`dispatch.rs`).
 
 pub mod dispatch;
 pub mod registry;
@@ -9,9 +8,6 @@ pub mod runner_ws;
 
 use std::sync::Arc;
 
-use crate::common::observe::Observer;
-use crate::common::quotas::Quotas;
-use crate::common::secrets::SecretBox;
 use crate::common::tuning::Tuning;
 use crate::db::Db;
 use crate::link::dispatch::Families;
@@ -19,19 +15,14 @@ use crate::link::registry::Registry;
 
 /// What a runner's connection uses, built by `app/` from its state
 /// (`FromRef`), so the link never names the app's state. `families` is the
-/// table of the features' handlers; the rest still serves the families the
-/// connection handles itself (`runner_ws/*.rs`).
+/// table of the features' handlers; the rest is the link's own (the
+/// credential check, the welcome's metrics time, timeouts).
 #[derive(Clone)]
 pub struct LinkCtx {
     pub db: Db,
     pub registry: Arc<Registry>,
     pub tuning: Tuning,
-    pub quotas: Quotas,
-    pub secrets: Arc<SecretBox>,
-    pub job_hub: Arc<crate::jobs::JobHub>,
-    pub observer: Arc<dyn Observer>,
     pub families: Families,
-    pub audit: crate::audit::AuditCtx,
 }
 
 /// The one route of the link: a runner's WebSocket.

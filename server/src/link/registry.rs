@@ -26,19 +26,18 @@
 //! ```
 //!
 //! Lock order: the lifecycle lock (async: it is held across the health
-//! write), then storage (inside `HealthLog`); the map's own lock is only
+//! write), then storage (inside the [`HealthRecorder`]); the map's own lock is only
 //! ever held briefly, never across an await. Attach, detach, revoke and
 //! close_all take the lifecycle lock, so the map changes in the same order
 //! as the stored health.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tether::protocol::{
-    encode_control, encode_control_checked, Envelope, LogOpen, Message, TooLarge,
-};
+use tether::protocol::{encode_control, encode_control_checked, Envelope, Message, TooLarge};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::db::{ConnectOutcome, ConnectedInfo, RunnerRow, StorageError};
@@ -46,8 +45,39 @@ use axum::http::StatusCode;
 use tether::protocol::api_error as code;
 
 use crate::common::error::ApiError;
-use crate::logs::LiveItem;
-use crate::runners::health::HealthLog;
+use crate::link::dispatch::FamilyId;
+
+/// Where the registry records health changes, inside its lifecycle lock:
+/// `runners/health.rs` (`HealthLog`: persisted, then broadcast) implements
+/// it and `app/` hands it over, so the link does not name the runners
+/// feature.
+#[async_trait::async_trait]
+pub trait HealthRecorder: Send + Sync {
+    /// The runner finished its hello on connection `generation`.
+    /// `Refused` if it was revoked meanwhile.
+    async fn connected(
+        &self,
+        runner_id: &str,
+        generation: u64,
+        info: &ConnectedInfo<'_>,
+    ) -> Result<ConnectOutcome, StorageError>;
+    /// The runner's current connection, `generation`, ended.
+    async fn disconnected(
+        &self,
+        runner_id: &str,
+        generation: u64,
+        last_seen: i64,
+        reason: &str,
+    ) -> Result<(), StorageError>;
+    /// Revoke a runner of `tenant_id`; `None` if the tenant has no such runner.
+    async fn revoked(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<Option<RunnerRow>, StorageError>;
+    /// Persist a batch of last-seen times (liveness without a health change).
+    async fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError>;
+}
 
 /// Requests queued for one connection before senders wait. Small on purpose:
 /// each connected runner holds one such channel.
@@ -69,18 +99,18 @@ pub enum Outgoing {
         text: String,
         reply: oneshot::Sender<Envelope>,
     },
-    /// Open a live log channel (the connection picks the channel number):
-    /// lines go to `tx`, the runner's answer to `reply`.
-    OpenLogs {
+    /// A request of a family's own (`FamilyConn::request`, e.g. a live log
+    /// channel: the connection picks its number): what `item` is, only
+    /// that family knows; the runner's answer goes to `reply`.
+    Family {
+        family: FamilyId,
         id: u64,
-        open: Box<LogOpen>,
-        tx: mpsc::Sender<LiveItem>,
+        item: Box<dyn Any + Send>,
         reply: oneshot::Sender<Envelope>,
     },
-    /// The collection policy changed: open what it now chooses.
-    ResyncLogs,
-    /// Jobs were created or cancelled for this runner: send them.
-    JobsChanged,
+    /// Something of a family changed for this runner (`FamilyConn::nudge`):
+    /// jobs to send, a new log collection policy.
+    Nudge(FamilyId),
     /// A control message that expects no reply (an `update` offer).
     Notify { text: String },
     /// A frame or message sent as it is (a terminal's keystrokes, ACK,
@@ -151,7 +181,7 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Serializes attach, detach, revoke and close_all with their health writes.
     lifecycle: tokio::sync::Mutex<()>,
-    health: Arc<HealthLog>,
+    health: Arc<dyn HealthRecorder>,
     next_generation: AtomicU64,
     next_request_id: AtomicU64,
     tasks: AtomicUsize,
@@ -171,7 +201,7 @@ impl Drop for TaskGuard<'_> {
 }
 
 impl Registry {
-    pub fn new(health: Arc<HealthLog>) -> Registry {
+    pub fn new(health: Arc<dyn HealthRecorder>) -> Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -391,23 +421,22 @@ impl Registry {
         Ok(entry.outbox.clone())
     }
 
-    /// Open a live log channel on a runner of `tenant_id`; wait up to
-    /// `limit` for its answer (`log_opened` or `error`).
-    pub async fn open_logs(
+    /// A request of `family`'s own (`item`, its type) to a runner of
+    /// `tenant_id`; wait up to `limit` for the runner's answer (or the
+    /// family's, if it answers itself).
+    pub async fn family_request(
         &self,
         tenant_id: &str,
         runner_id: &str,
-        open: LogOpen,
-        tx: mpsc::Sender<LiveItem>,
+        family: FamilyId,
+        item: Box<dyn Any + Send>,
         limit: Duration,
     ) -> Result<Envelope, RequestError> {
-        self.send_and_wait(tenant_id, runner_id, limit, |id, reply| {
-            Outgoing::OpenLogs {
-                id,
-                open: Box::new(open),
-                tx,
-                reply,
-            }
+        self.send_and_wait(tenant_id, runner_id, limit, |id, reply| Outgoing::Family {
+            family,
+            id,
+            item,
+            reply,
         })
         .await
     }
@@ -455,24 +484,14 @@ impl Registry {
         }
     }
 
-    /// Tell a connected runner's connection to apply a new collection
-    /// policy now. Not connected: nothing to do (it applies on connect).
-    pub fn resync_logs(&self, runner_id: &str) {
+    /// Tell a connected runner's connection that something of `family`
+    /// changed (its jobs, its log collection policy). Not connected:
+    /// nothing to do, the family looks on connect. A full outbox means the
+    /// connection is busy: the family rechecks on its periodic tick.
+    pub fn nudge(&self, runner_id: &str, family: FamilyId) {
         let inner = self.lock();
         if let Some(entry) = inner.runners.get(runner_id) {
-            // A full outbox means the connection is busy; it resyncs on
-            // its periodic check anyway.
-            let _ = entry.outbox.try_send(Outgoing::ResyncLogs);
-        }
-    }
-
-    /// Tell a connected runner's connection that its jobs changed. Not
-    /// connected: they are sent when it connects.
-    pub fn jobs_changed(&self, runner_id: &str) {
-        let inner = self.lock();
-        if let Some(entry) = inner.runners.get(runner_id) {
-            // A full outbox: the connection rechecks on its periodic tick.
-            let _ = entry.outbox.try_send(Outgoing::JobsChanged);
+            let _ = entry.outbox.try_send(Outgoing::Nudge(family));
         }
     }
 

@@ -18,11 +18,14 @@
 //!     close order (registry)  → 4006 replaced / 4002 revoked / 1001 shutdown
 //! ```
 //!
-//! In `Live`, messages and METRICS frames of a family a feature owns go to
-//! its handler (`dispatch.rs`; telemetry, containers, updates, deploy, the
-//! fleet's labels at attach); one timer serves the watchdog and whatever
-//! the families and the log and job channels have due. `docker_response`,
-//! like `pong` and `error`, goes to the request waiting for its id.
+//! In `Live`, messages and frames of a family a feature owns go to its
+//! handler (`dispatch.rs`; telemetry, containers, updates, deploy, logs,
+//! jobs, terminals, the fleet's labels at attach), and so do the registry's
+//! outbox items addressed to a family; one timer serves the watchdog and
+//! whatever the families have due, and their background work (a job
+//! output batch stored) is awaited beside the socket. A reply
+//! (`docker_response`, `pong`, `error`, ...) is offered to the families,
+//! then goes to the request waiting for its id.
 //!
 //! Liveness: any frame counts as a sign of life. WebSocket Pings are answered
 //! by tungstenite, which only queues the Pong; it is flushed explicitly here
@@ -55,14 +58,11 @@ use crate::common::edge::PeerAddr;
 use crate::common::error::ApiError;
 use crate::common::http::SERVER_VERSION;
 use crate::db::{ConnectedInfo, RunnerIdentity};
-use crate::jobs::JobChannels;
-use crate::link::dispatch::{family_of, note_ignored, Conns, Ending, ErrorReply, FamilyId, Wire};
+use crate::link::dispatch::{
+    families_of, family_of_channel, note_ignored, Answer, Conns, Ending, ErrorReply, FamilyId, Wire,
+};
 use crate::link::registry::{AttachError, Outgoing, Session, ToRunner};
 use crate::link::LinkCtx;
-use crate::logs::LogChannels;
-
-mod jobs;
-mod logs;
 
 /// Heartbeats a runner may announce; outside this range they are clamped.
 const HEARTBEAT_MIN_MS: u64 = 200;
@@ -149,24 +149,12 @@ struct Connection {
     runner: RunnerIdentity,
     /// Each dispatched family's state on this connection (made at attach).
     families: Conns,
-    /// Container log channels (`runner_ws/logs.rs`).
-    logs: LogChannels,
-    /// Job channels and the job messages sent (`runner_ws/jobs.rs`).
-    job_channels: JobChannels,
-    /// The job output batch being stored, if any (one at a time, in order;
-    /// frames keep being read meanwhile — `runner_ws/jobs.rs`).
-    job_store: Option<jobs::StoreTask>,
-    /// Ids of the server's own `log_open`s, and when collection is next
-    /// checked against the stored container list.
-    collect_ids: u64,
-    resync_at: Instant,
 }
 
 async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, socket: WebSocket) {
     let registry = state.registry.clone();
     let _task = registry.task_guard();
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
-    let output_cap = state.quotas.job_output_bytes;
     let send_timeout = state.tuning.send_timeout;
     let mut conn = Connection {
         wire: Wire {
@@ -174,13 +162,8 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
             send_timeout,
         },
         state,
-        logs: LogChannels::new(&runner.id),
-        job_channels: JobChannels::new(output_cap),
-        job_store: None,
         runner,
         families: Conns::default(),
-        collect_ids: 0,
-        resync_at: Instant::now() + logs::RESYNC_EVERY,
     };
 
     let (hello_id, hello) = match conn.await_hello().await {
@@ -256,26 +239,28 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
             None
         }
     };
-    let welcome = Message::Welcome(Welcome {
+    let mut welcome = Welcome {
         protocol: version,
         runner_id: runner_id.clone(),
         server_version: SERVER_VERSION.to_owned(),
-        acks: jobs::welcome_acks(&mut conn).await,
+        acks: Vec::new(),
         metrics_ts,
-    });
+    };
+    // The families' parts (the job acks).
+    for family in conn.families.iter_mut() {
+        family.welcoming(&conn.runner, &mut welcome).await;
+    }
+    let welcome = Message::Welcome(welcome);
     let mut sent = conn
         .send(WsMessage::Text(encode_control(hello_id, welcome).into()))
         .await;
-    // The families' first words (the update offer), in table order.
+    // The families' first words (the update offer, then the jobs waiting
+    // for this runner), in table order.
     for family in conn.families.iter_mut() {
         if sent.is_err() {
             break;
         }
         sent = family.welcomed(&mut conn.wire, &conn.runner).await;
-    }
-    if sent.is_ok() {
-        // Jobs waiting for this runner (runner_ws/jobs.rs).
-        sent = conn.send_pending_jobs().await;
     }
     let ending = match sent {
         Ok(()) => {
@@ -295,7 +280,6 @@ async fn run(state: LinkCtx, runner: RunnerIdentity, peer: Option<SocketAddr>, s
     for family in conn.families.iter_mut() {
         family.detached(&conn.runner).await;
     }
-    conn.logs.close_all("runner disconnected");
     tracing::info!(runner = %runner_id, %peer, "runner connection ended: {}", describe(&ending));
     conn.finish(ending).await;
 }
@@ -360,24 +344,36 @@ impl Connection {
                             return ending;
                         }
                     }
-                    Some(Outgoing::OpenLogs { id, open, tx, reply }) => {
+                    Some(Outgoing::Family { family, id, item, reply }) => {
                         if pending.len() >= PENDING_SWEEP {
                             pending.retain(|_, waiting| !waiting.is_closed());
                         }
-                        if let Err(ending) = self.open_live_logs(id, *open, tx, reply, &mut pending).await {
-                            return ending;
+                        let answer = match self.families.get(family) {
+                            Some(conn) => conn.request(&mut self.wire, &self.runner, id, item).await,
+                            None => Ok(Answer::Refused(ErrorBody {
+                                code: "internal".into(),
+                                message: format!("no handler for {family:?} on this server"),
+                            })),
+                        };
+                        match answer {
+                            Err(ending) => return ending,
+                            Ok(Answer::Sent) => {
+                                pending.insert(id, reply);
+                            }
+                            Ok(Answer::Refused(e)) => {
+                                // The caller may have given up (timeout); that is fine.
+                                let _ = reply.send(Envelope { id, body: Message::Error(e) });
+                            }
                         }
                         self.rearm(&mut watchdog, last_frame + silence);
                     }
-                    Some(Outgoing::JobsChanged) => {
-                        if let Err(ending) = self.send_pending_jobs().await {
-                            return ending;
+                    Some(Outgoing::Nudge(family)) => {
+                        if let Some(conn) = self.families.get(family) {
+                            if let Err(ending) = conn.nudge(&mut self.wire, &self.runner).await {
+                                return ending;
+                            }
                         }
-                    }
-                    Some(Outgoing::ResyncLogs) => {
-                        if let Err(ending) = self.resync_collection().await {
-                            return ending;
-                        }
+                        self.rearm(&mut watchdog, last_frame + silence);
                     }
                     Some(Outgoing::Notify { text }) => {
                         if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
@@ -404,22 +400,13 @@ impl Connection {
                             if let Err(ending) = self.on_control(*envelope, &mut pending).await {
                                 return ending;
                             }
+                            self.rearm(&mut watchdog, last_frame + silence);
                         }
-                        Ok(Inbound::Data(h, payload)) if h.channel & protocol::TERM_CHANNEL_BIT != 0 => {
-                            if let Some(family) = self.families.get(FamilyId::Terminals) {
+                        Ok(Inbound::Data(h, payload)) => {
+                            if let Some(family) = self.families.get(family_of_channel(h.channel)) {
                                 if let Err(ending) = family.frame(&mut self.wire, &self.runner, h, payload).await {
                                     return ending;
                                 }
-                            }
-                        }
-                        Ok(Inbound::Data(h, payload)) => {
-                            let result = if h.channel < protocol::FIRST_CONNECTION_CHANNEL {
-                                self.on_job_frame(h, payload).await
-                            } else {
-                                self.on_log_frame(h, payload).await
-                            };
-                            if let Err(ending) = result {
-                                return ending;
                             }
                             self.rearm(&mut watchdog, last_frame + silence);
                         }
@@ -431,17 +418,13 @@ impl Connection {
                                 }
                             }
                             // An ack may now be due before the watchdog.
-                            if let Some(due) = self.families.due() {
-                                if due < watchdog.deadline() {
-                                    watchdog.as_mut().reset(due);
-                                }
-                            }
+                            self.rearm(&mut watchdog, last_frame + silence);
                         }
                         Ok(Inbound::Nothing) => {}
                     }
                 }
-                stored = jobs::stored(&mut self.job_store), if self.job_store.is_some() => {
-                    if let Err(ending) = self.on_job_stored(stored).await {
+                index = std::future::poll_fn(|cx| self.families.poll_work(cx)) => {
+                    if let Err(ending) = self.families.work(index, &mut self.wire, &self.runner).await {
                         return ending;
                     }
                     self.rearm(&mut watchdog, last_frame + silence);
@@ -465,14 +448,7 @@ impl Connection {
                             }
                         }
                     }
-                    if now >= self.log_due() {
-                        if let Err(ending) = self.log_tick(now).await {
-                            return ending;
-                        }
-                    }
-                    let family_due = self.families.due();
-                    let next = family_due.map_or(due, |a| a.min(due)).min(self.log_due());
-                    watchdog.as_mut().reset(next);
+                    watchdog.as_mut().reset(self.next_due(due));
                 }
             }
         }
@@ -483,30 +459,24 @@ impl Connection {
         envelope: Envelope,
         pending: &mut HashMap<u64, oneshot::Sender<Envelope>>,
     ) -> Result<(), Ending> {
-        if let Some(id) = family_of(&envelope.body) {
-            if let Some(family) = self.families.get(id) {
-                family
-                    .message(&mut self.wire, &self.runner, &envelope)
-                    .await?;
-            } else {
+        let families = families_of(&envelope.body);
+        if !families.is_empty() {
+            let mut heard = false;
+            for &id in families {
+                if let Some(family) = self.families.get(id) {
+                    family
+                        .message(&mut self.wire, &self.runner, &envelope)
+                        .await?;
+                    heard = true;
+                }
+            }
+            if !heard {
                 note_ignored(
                     &format!("message type '{}' (no handler)", envelope.body.type_name()),
                     &self.runner.id,
                 );
             }
-            // Log collection follows the containers (runner_ws/logs.rs).
-            return match &envelope.body {
-                Message::ContainerSnapshot(snapshot) => {
-                    self.sync_collection(&snapshot.containers).await
-                }
-                Message::ContainerEvent(event) => match (&event.action[..], &event.container) {
-                    ("start" | "restart", Some(c)) => {
-                        self.sync_collection(std::slice::from_ref(c)).await
-                    }
-                    _ => Ok(()),
-                },
-                _ => Ok(()),
-            };
+            return Ok(());
         }
         match &envelope.body {
             Message::Ping(ping) => {
@@ -524,13 +494,13 @@ impl Connection {
             | Message::LogOpened(_)
             | Message::TermOpened(_)
             | Message::JobAccepted(_) => {
-                let log_open = self.logs.on_reply(envelope.id, &envelope.body)
-                    || self.on_job_reply(envelope.id, &envelope.body).await;
+                let own = self.families.reply(&self.runner, &envelope).await;
                 if let Some(waiting) = pending.remove(&envelope.id) {
                     // The caller may have given up (timeout); that is fine.
                     let _ = waiting.send(envelope);
-                } else if log_open {
-                    // The server's own collection open: handled above.
+                } else if own {
+                    // The server's own request (a collection open, a
+                    // job_start): its family handled it.
                 } else if let Message::Error(e) = &envelope.body {
                     tracing::warn!(runner = %self.runner.id, code = %e.code, "runner reported an error: {}", e.message);
                 } else {
@@ -538,7 +508,6 @@ impl Connection {
                 }
                 Ok(())
             }
-            Message::JobResult(r) => self.on_job_result(envelope.id, r.clone()).await,
             Message::Hello(_) => Err(Ending::violation(envelope.id, "hello sent twice")),
             Message::SecretsLost(_)
             | Message::MetricsSchema(_)
@@ -547,7 +516,8 @@ impl Connection {
             | Message::ContainerSnapshot(_)
             | Message::ContainerEvent(_)
             | Message::UpdateStatus(_)
-            | Message::TermAlive(_) => Ok(()), // dispatched above
+            | Message::TermAlive(_)
+            | Message::JobResult(_) => Ok(()), // dispatched above
             Message::MetricsAck(_)
             | Message::FingerprintResync(_)
             | Message::DockerRequest(_)
@@ -579,9 +549,16 @@ impl Connection {
         }
     }
 
-    /// Bring the timer forward if log work is due before it.
+    /// The timer's next deadline: the silence limit, or whatever work is due before it.
+    fn next_due(&self, silence_due: Instant) -> Instant {
+        self.families
+            .due()
+            .map_or(silence_due, |d| d.min(silence_due))
+    }
+
+    /// Bring the timer forward if work is due before it.
     fn rearm(&self, watchdog: &mut std::pin::Pin<&mut tokio::time::Sleep>, silence_due: Instant) {
-        let due = self.log_due().min(silence_due);
+        let due = self.next_due(silence_due);
         if due < watchdog.deadline() {
             watchdog.as_mut().reset(due);
         }
@@ -668,7 +645,7 @@ impl Connection {
 
     /// Say why (if the server is the one closing), close, and wait briefly for
     /// the runner's close frame so ours is not lost in a connection reset.
-    async fn finish(mut self, ending: Ending) {
+    async fn finish(&mut self, ending: Ending) {
         let Ending::Close {
             code,
             reason,
@@ -773,5 +750,22 @@ mod tests {
         assert!(cut.len() <= MAX_CLOSE_REASON);
         assert_eq!(cut.len(), 122, "cut on a char boundary");
         assert_eq!(clip(&"x".repeat(300)).len(), MAX_HELLO_FIELD);
+    }
+
+    /// The size of the future behind `f`, without calling it.
+    fn future_size<A, B, C, D, F: std::future::Future>(_: &impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A connection's task is allocated whole for as long as the runner
+    /// stays, so its future's size is per-runner memory (issue 16): rarely
+    /// taken large branches are boxed, the connection is not moved into
+    /// `finish`. The bound is for a debug build (larger than a release one)
+    /// and has some room; crossing it means something large is now held
+    /// across an await of every connection.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let size = future_size(&run);
+        assert!(size <= 6 * 1024, "runner_ws::run's future is {size} bytes");
     }
 }

@@ -39,6 +39,8 @@ use crate::common::http::{query, JsonBody};
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::db::logs::{LogQuery, LogRetention};
 use crate::db::Role;
+use crate::link::dispatch::FamilyId;
+use crate::logs::link::LiveOpen;
 use crate::logs::LogsCtx;
 use crate::logs::{self, parse_line, CollectPolicy, LiveItem, StreamSel, LIVE_QUEUE};
 
@@ -178,7 +180,13 @@ pub async fn logs(
     let limit = state.tuning.docker_timeout;
     let reply = state
         .registry
-        .open_logs(&tenant, &id, open, tx, limit)
+        .family_request(
+            &tenant,
+            &id,
+            FamilyId::Logs,
+            Box::new(LiveOpen { open, tx }),
+            limit,
+        )
         .await
         .map_err(|e| ApiError::runner_request(&id, e, "the log request", limit))?;
     match reply.body {
@@ -325,7 +333,7 @@ pub async fn set_collect(
         .transpose()
         .map_err(ApiError::bad_request)?;
     state.db.logs.set_policy(&id, policy.as_ref()).await?;
-    state.registry.resync_logs(&id);
+    state.registry.nudge(&id, FamilyId::Logs);
     let now = state.db.logs.policy(&id).await?;
     Ok(Json(json!({ "runner_id": id, "collect": now.to_string() })))
 }

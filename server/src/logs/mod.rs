@@ -1,5 +1,6 @@
 //! Container log lines as the API shows them, the collection policy, and
-//! the per-connection log channels ([`LogChannels`]).
+//! the per-connection log channels ([`LogChannels`]; `link.rs` drives them
+//! on the runner connection, as the logs family of `link/dispatch.rs`).
 //!
 //! A runner sends log lines on data channels the server opens with
 //! `log_open` (docs/protocol.md §4b). Two kinds:
@@ -19,6 +20,7 @@
 //! the stream end ("runner disconnected").
 
 pub mod api;
+pub mod link;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.

@@ -8,7 +8,9 @@
 //!
 //! Callers that must order a change against the live-connection registry
 //! (connect, disconnect, revoke) call these methods while holding the
-//! registry's lock; see `link/registry.rs`.
+//! registry's lock: the registry reaches them through
+//! `link::registry::HealthRecorder`, which `HealthLog` implements (`app/`
+//! hands it over); see `link/registry.rs`.
 //!
 //! Connect, disconnect, revoke and restart go through a
 //! [`LinkTable`](crate::cluster::LinkTable): on one server the control
@@ -26,6 +28,7 @@ use crate::common::clock;
 use crate::db::{
     ConnectOutcome, ConnectedInfo, ControlStore, HealthRecord, RunnerRow, StorageError,
 };
+use crate::link::registry::HealthRecorder;
 
 /// Undelivered events per slow SSE subscriber before it skips ahead.
 const EVENT_BACKLOG: usize = 1024;
@@ -186,5 +189,40 @@ impl HealthLog {
             self.publish(Some(r));
         }
         Ok(n)
+    }
+}
+
+/// The registry's view of the log: the same calls, for `link/registry.rs`.
+#[async_trait::async_trait]
+impl HealthRecorder for HealthLog {
+    async fn connected(
+        &self,
+        runner_id: &str,
+        generation: u64,
+        info: &ConnectedInfo<'_>,
+    ) -> Result<ConnectOutcome, StorageError> {
+        HealthLog::connected(self, runner_id, generation, info).await
+    }
+
+    async fn disconnected(
+        &self,
+        runner_id: &str,
+        generation: u64,
+        last_seen: i64,
+        reason: &str,
+    ) -> Result<(), StorageError> {
+        HealthLog::disconnected(self, runner_id, generation, last_seen, reason).await
+    }
+
+    async fn revoked(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+    ) -> Result<Option<RunnerRow>, StorageError> {
+        HealthLog::revoked(self, tenant_id, runner_id).await
+    }
+
+    async fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError> {
+        HealthLog::record_last_seen(self, batch).await
     }
 }

@@ -42,6 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tether::protocol::signed::REFUSED_CODE;
 use tether::protocol::{encode_control, Envelope, Message, TermOpen, TermResize, MAX_DATA_PAYLOAD};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -50,8 +51,8 @@ use crate::common::auth::{self, bearer, hash_secret, identify_token, new_id, Cal
 use crate::common::clock;
 use crate::common::edge::PeerAddr;
 use crate::common::error::ApiError;
-use crate::common::http::valid_container_ref;
 use crate::common::http::JsonBody;
+use crate::common::http::{signed_param, valid_container_ref};
 use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
 use crate::db::{Role, SessionRow, TerminalAuditRow};
@@ -90,6 +91,11 @@ pub struct OpenParams {
     idle_timeout: Option<u64>,
     /// A single-use ticket from `POST /api/v1/ws-tickets`.
     ticket: Option<String>,
+    /// An operator's signature (`terminal --sign-key`), flat so that a
+    /// WebSocket's query string can carry it too.
+    action_id: Option<String>,
+    not_after_ms: Option<u64>,
+    signature: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -244,10 +250,43 @@ fn refused(code: &str, message: String) -> ApiError {
         "no_such_container" => (StatusCode::NOT_FOUND, "no_such_container"),
         "docker_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "docker_unavailable"),
         "too_many_channels" => (StatusCode::CONFLICT, "too_many_terminals"),
+        // The host requires a signature: its reason, as it said it.
+        REFUSED_CODE => (StatusCode::FORBIDDEN, REFUSED_CODE),
         "docker_error" => (StatusCode::BAD_GATEWAY, "docker"),
         _ => (StatusCode::BAD_GATEWAY, "runner_error"),
     };
     ApiError::new(status, code, message)
+}
+
+/// The `term_open` of a terminal in `container` (or on the host) running
+/// `command` (or the shell) as `user`: the fields a signature covers, the
+/// rest zero. The CLI builds the same to sign it (`cli/terminal.rs`).
+pub(crate) fn term_open(
+    container: Option<&str>,
+    command: Option<&str>,
+    user: Option<&str>,
+) -> TermOpen {
+    let command: Vec<String> = match command {
+        Some(c) if !c.trim().is_empty() => vec!["sh".into(), "-c".into(), c.to_owned()],
+        _ => Vec::new(),
+    };
+    TermOpen {
+        channel: 0,
+        container: container.map(str::to_owned),
+        // On the host, `command` runs through the user's own shell.
+        command: if container.is_some() {
+            command
+        } else {
+            command.into_iter().skip(2).collect()
+        },
+        user: user.map(str::to_owned),
+        cols: 0,
+        rows: 0,
+        idle_timeout_s: 0,
+        detach_timeout_s: 0,
+        window: 0,
+        signed: None,
+    }
 }
 
 /// Open a terminal on a runner: `term_open`, its answer, the audit row and
@@ -266,13 +305,10 @@ async fn open(
             return Err(ApiError::bad_request(format!("bad container name {c:?}")));
         }
     }
-    let command: Vec<String> = match &p.command {
-        Some(c) if c.len() > MAX_COMMAND => {
-            return Err(ApiError::bad_request("command is too long"))
-        }
-        Some(c) if !c.trim().is_empty() => vec!["sh".into(), "-c".into(), c.clone()],
-        _ => Vec::new(),
-    };
+    if p.command.as_ref().is_some_and(|c| c.len() > MAX_COMMAND) {
+        return Err(ApiError::bad_request("command is too long"));
+    }
+    let signed = signed_param(p.action_id.clone(), p.not_after_ms, p.signature.clone())?;
     let target = match &p.container {
         Some(c) => format!("container:{c}"),
         None => "host".to_owned(),
@@ -297,19 +333,15 @@ async fn open(
         })?;
     let open = TermOpen {
         channel: session.channel,
-        container: p.container.clone(),
-        // On the host, `command` runs through the user's own shell.
-        command: if p.container.is_some() {
-            command
-        } else {
-            command.into_iter().skip(2).collect()
-        },
-        user: p.user.clone(),
         cols: p.cols.unwrap_or(80).clamp(1, 1000),
         rows: p.rows.unwrap_or(24).clamp(1, 1000),
         idle_timeout_s: p.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_S),
-        detach_timeout_s: 0,
-        window: 0,
+        signed,
+        ..term_open(
+            p.container.as_deref(),
+            p.command.as_deref(),
+            p.user.as_deref(),
+        )
     };
     let limit = state.tuning.docker_timeout;
     let answer = state

@@ -1,7 +1,7 @@
 //! Interactive terminal sessions on the server: the table of sessions, each
 //! with its scrollback and its keystroke queue. Sessions outlive both the
 //! runner's connection and the terminal client's WebSocket (a blip of
-//! either is survived); the connection task (`runner_ws/terminals.rs`) and
+//! either is survived); the connection task (`terminals/link.rs`) and
 //! the client task (`terminals/api.rs`) meet here.
 //!
 //! ```text

@@ -142,8 +142,14 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     // Host actions (a job the runner refused) are recorded where the
     // connection hears of them; `audit verify --db` checks a copied file
     // offline with the trail's own store.
-    ("link", "audit", &["audit::host_event", "audit::AuditCtx"]),
+    ("jobs", "audit", &["audit::host_event", "audit::AuditCtx"]),
     ("cli", "audit", &["audit::store"]),
+    // A signed action is signed over what the server will send: the CLI
+    // builds it with the server's own builder, so the two cannot drift
+    // (a drift would make every signed deploy "altered" on the host).
+    ("cli", "deploy", &["deploy::api"]),
+    ("cli", "terminals", &["terminals::api"]),
+    ("cli", "containers", &["containers::api"]),
     // Alerts are evaluated as data arrives: the engine subscribes to the
     // health log's and the container hub's broadcasts.
     ("alerts", "runners", &["runners::health"]),
@@ -173,19 +179,6 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
             "containers::ContainerHub",
         ],
     ),
-];
-
-/// Edges that break the rule today and are to go. A ratchet: a new edge
-/// fails the test, and so does an edge listed here that is gone (delete its
-/// line). Never add to this table.
-const NOT_YET: &[(&str, &str)] = &[
-    // The connection task still handles the job and log channels itself
-    // (`link/runner_ws/*.rs`): to go with their move behind the family
-    // handlers of `link/dispatch.rs`. (runners: the registry records
-    // health through `runners::health::HealthLog`.)
-    ("link", "jobs"),
-    ("link", "logs"),
-    ("link", "runners"),
 ];
 
 /// The top-level module of a file under `src/`, and its module path.
@@ -372,26 +365,18 @@ fn top_level_modules_depend_on_each_other_by_the_rule() {
             }
             continue;
         }
-        if NOT_YET.contains(&(from.as_str(), to.as_str())) {
-            continue;
-        }
         broken.push(format!("{from} → {to}: {named:?}"));
     }
-    let gone: Vec<_> = NOT_YET
-        .iter()
-        .filter(|(f, t)| !graph.contains_key(&(f.to_string(), t.to_string())))
-        .collect();
     assert!(
-        broken.is_empty() && gone.is_empty(),
-        "the dependency rule of docs/server.md:\n  refused:\n    {}\n  \
-         listed in NOT_YET but gone (delete the line): {gone:?}",
+        broken.is_empty(),
+        "the dependency rule of docs/server.md:\n  refused:\n    {}",
         broken.join("\n    ")
     );
 }
 
-/// The seams go one way: the graph of top-level modules, without the edges
-/// still listed in `NOT_YET`, has no cycle (two seams that point at each
-/// other would pass the rule's check one edge at a time).
+/// The seams go one way: the graph of top-level modules has no cycle (two
+/// seams that point at each other would pass the rule's check one edge at
+/// a time).
 #[test]
 fn top_level_modules_import_each_other_in_no_circle() {
     let graph = dependency_graph();
@@ -406,9 +391,7 @@ fn top_level_modules_import_each_other_in_no_circle() {
     );
     for ((from, to), named) in &graph {
         let clock_only = named.iter().all(|n| n.starts_with("common::clock "));
-        if (from == "db" && to == "common" && clock_only)
-            || NOT_YET.contains(&(from.as_str(), to.as_str()))
-        {
+        if from == "db" && to == "common" && clock_only {
             continue;
         }
         next.entry(from.as_str()).or_default().push(to.as_str());

@@ -2,7 +2,7 @@
 // deploy it and watch the steps live, its history, roll back. Secrets are
 // write-only: the page sets a value and lists names, never shows a value.
 // Routes: #/apps[/{name}], #/deployment/{id}.
-import { h, api, act, toast, can, fmtTime, page, followNdjson, redraw } from './core.js';
+import { h, api, act, toast, can, fmtTime, page, followNdjson, redraw, signedHint } from './core.js';
 import { appendAnsi } from './ansi.js';
 
 const STEPS = [[1, 'Source'], [2, 'Build'], [3, 'Replace']];
@@ -274,7 +274,10 @@ function deploymentPanel(d, onDone) {
         out.scrollTop = out.scrollHeight;
       }, ctl.signal);
       const j = await api('GET', `/api/v1/jobs/${d.id}`);
-      status.textContent = `${j.status}${j.reason ? `: ${j.reason}` : ''}`;
+      // A host requiring signed deploys refused it: the CLI command that signs one.
+      const refused = (j.reason || '').includes('signature_refused') ? { code: 'signature_refused' } : null;
+      const cmd = `tether-server app ${d.kind === 'rollback' ? 'rollback' : 'deploy'} ${d.app || ''}`;
+      status.textContent = `${j.status}${j.reason ? `: ${j.reason}` : ''}${signedHint(refused, cmd)}`;
       card.dataset.status = j.status;
       const last = sections.get(current);
       if (last) mark(last, j.status === 'succeeded' ? 'done' : j.status);

@@ -114,6 +114,17 @@ export function toast(msg, bad) {
 }
 
 /** Run an action, report its error as a toast; returns its result or undefined. */
+/**
+ * A host that requires signed actions refused one (`signature_refused`):
+ * the page does not sign (no key is ever loaded here), so it names the
+ * exact CLI command that signs it on the operator's machine.
+ */
+export function signedHint(e, command) {
+  return e?.code === 'signature_refused'
+    ? ` This host requires an operator's signature, which this page cannot make; run: ${command} --sign-key YOUR.key`
+    : '';
+}
+
 export async function act(fn) {
   try { return await fn(); } catch (e) { toast(e.message, true); return undefined; }
 }

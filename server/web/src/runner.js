@@ -2,7 +2,7 @@
 // and drift, containers with their actions, and the live log viewer.
 // The terminal tab lives in terminal.js, the update actions in updates.js.
 // Route: #/runner/{id}/{tab}[/{container}].
-import { h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, ndjson } from './core.js';
+import { h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, ndjson, signedHint } from './core.js';
 import { appendAnsi } from './ansi.js';
 import { terminal } from './terminal.js';
 import { updateCard } from './updates.js';
@@ -168,7 +168,16 @@ async function containers(body, r) {
         type: 'button', class: cls || '', disabled: !can.act(),
         onclick: () => act(async () => {
           if (confirmText && !confirm(confirmText)) return;
-          await api(method, `${base}/${encodeURIComponent(name)}${path}`);
+          try {
+            await api(method, `${base}/${encodeURIComponent(name)}${path}`);
+          } catch (e) {
+            // A host requiring signed container operations: the CLI command.
+            const cmd = label === 'Remove'
+              ? `tether-server container rm ${r.id} ${name} --force`
+              : `tether-server container ${label.toLowerCase()} ${r.id} ${name}`;
+            e.message += signedHint(e, cmd);
+            throw e;
+          }
           toast(`${label}: ${name}`);
           await load();
         }) }, label);
@@ -184,7 +193,10 @@ async function containers(body, r) {
   };
   const prune = h('button', { type: 'button', class: 'danger', disabled: !can.act(), onclick: () => act(async () => {
     if (!confirm('Remove every stopped container on this host?')) return;
-    const res = await api('POST', `${base}/prune`, {});
+    const res = await api('POST', `${base}/prune`, {}).catch((e) => {
+      e.message += signedHint(e, `tether-server prune ${r.id}`);
+      throw e;
+    });
     toast(`Pruned ${(res.ContainersDeleted || []).length} containers`);
     await load();
   }) }, 'Prune stopped');

@@ -12,7 +12,7 @@
 // Every output byte counts towards `offset`, so a reattach after a blip
 // asks for exactly what was missed: no gap, no repeat. Leaving the tab only
 // detaches (the server keeps the shell 60 s); coming back reattaches.
-import { h, api, can } from './core.js';
+import { h, api, can, signedHint } from './core.js';
 
 /** How long a lost client keeps trying: the server keeps a detached shell 60 s. */
 const REATTACH_FOR_MS = 55000;
@@ -96,8 +96,10 @@ export async function terminal(body, r, container) {
       attach(s.id, s.target);
       term.focus();
     } catch (e) {
-      // The server's own reason: viewer, host terminal switched off, no such container.
-      show(`Not opened: ${e.message}`, true);
+      // The server's own reason: viewer, host terminal switched off, no such
+      // container, a host requiring signed terminals (then the CLI command).
+      const cmd = `tether-server terminal ${r.id}${target.value ? ` ${target.value}` : ''}`;
+      show(`Not opened: ${e.message}.${signedHint(e, cmd)}`, true);
     }
   });
   hangBtn.addEventListener('click', () => conn?.hangUp());

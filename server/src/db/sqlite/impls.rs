@@ -27,7 +27,7 @@ macro_rules! own {
 #[async_trait]
 impl ControlStore for Blocking<SqliteControl> {
     fn watch_credentials(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.watch_credentials()
+        self.store.watch_credentials()
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
@@ -488,7 +488,7 @@ impl AuditStore for Blocking<SqliteControl> {
 #[async_trait]
 impl MetricStore for Blocking<SqliteMetrics> {
     fn retention(&self) -> Retention {
-        self.0.retention()
+        self.store.retention()
     }
     async fn source(&self, runner_id: &str) -> Result<i64, StorageError> {
         own!(runner_id);

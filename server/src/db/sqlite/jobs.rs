@@ -156,7 +156,7 @@ impl SqliteJobs {
         // commit that a power cut could undo (NORMAL syncs the WAL only at
         // checkpoints) would lose output for good. The cost is one fsync
         // per batch, and batches grow while a commit runs
-        // (runner_ws/jobs.rs), so throughput holds.
+        // (jobs/link.rs), so throughput holds.
         write.pragma_update(None, "synchronous", "FULL")?;
         let write = setup(write)?;
         let read = Connection::open(path)?;

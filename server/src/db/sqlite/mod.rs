@@ -13,9 +13,10 @@
 //! Each file's store is a plain synchronous struct (a mutex-guarded
 //! connection, or a writer and a reader). The async traits are implemented
 //! on [`Blocking`], which owns it: the one rule, in this one place, is that
-//! every call goes through [`Blocking::run`] onto tokio's blocking pool. A
-//! SQLite call can wait on a lock or an fsync (`busy_timeout` is 5 s);
-//! waiting there never holds a runtime thread. The synchronous structs are
+//! every call goes through [`Blocking::run`] onto tokio's blocking pool, at
+//! most two calls of a store at a time (more would only wait on its mutex,
+//! each on a thread of its own). A SQLite call can wait on a lock or an
+//! fsync (`busy_timeout` is 5 s); waiting there never holds a runtime thread. The synchronous structs are
 //! private to this folder, so no caller can reach SQLite another way.
 //!
 //! Every file's schema is a numbered list of migrations (`migrate.rs`);
@@ -24,6 +25,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use super::logs::LogRetention;
 use super::metrics::Retention;
@@ -51,11 +54,27 @@ use logs::SqliteLogs;
 use metrics::SqliteMetrics;
 
 /// A synchronous store whose every call runs on the blocking pool.
-pub struct Blocking<T>(Arc<T>);
+///
+/// At most [`LANES`] of a store's calls hold a blocking thread at once; the
+/// rest wait here, as tasks. A store is one or two mutex-guarded SQLite
+/// connections, so more threads could only queue on its mutex — and each
+/// one costs a stack and, on glibc, soon its own malloc arena: a thousand
+/// runners connecting at once otherwise start dozens of threads whose
+/// arenas stay in the server's RSS (issue 16: 4 KiB per runner).
+pub struct Blocking<T> {
+    store: Arc<T>,
+    lanes: Arc<Semaphore>,
+}
+
+/// Calls of one store on blocking threads at once: its writer and reader.
+const LANES: usize = 2;
 
 impl<T: Send + Sync + 'static> Blocking<T> {
     fn new(store: T) -> Blocking<T> {
-        Blocking(Arc::new(store))
+        Blocking {
+            store: Arc::new(store),
+            lanes: Arc::new(Semaphore::new(LANES)),
+        }
     }
 
     /// Run `f` with the store on tokio's blocking pool and wait for it. A
@@ -65,8 +84,21 @@ impl<T: Send + Sync + 'static> Blocking<T> {
         R: Send + 'static,
         E: From<StorageError> + Send + 'static,
     {
-        let store = self.0.clone();
-        match tokio::task::spawn_blocking(move || f(&store)).await {
+        // The semaphore is never closed; the lane goes with the call, so a
+        // caller that gives up does not free it while the call still runs.
+        let lane = match self.lanes.clone().acquire_owned().await {
+            Ok(lane) => lane,
+            Err(e) => {
+                return Err(StorageError::Backend(format!("storage lanes: {e}").into()).into())
+            }
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || {
+            let _lane = lane;
+            f(&store)
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => Err(StorageError::Backend(format!("storage task: {e}").into()).into()),
         }
