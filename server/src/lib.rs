@@ -14,6 +14,7 @@
 //! link/       the runner WebSocket, the registry of live connections, and
 //!             dispatch of runner messages by family to the features
 //! db/         storage: one async trait per area, the model types, db/sqlite/
+//! cluster/    several replicas on one PostgreSQL: who holds each runner's link
 //! cli/        operator subcommands, clients of the REST API
 //! runners/    tenants, tokens, enrollment, runners; health and its SSE
 //! telemetry/  metrics and fingerprints: ingest, store, REST, Prometheus
@@ -34,6 +35,7 @@ pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod common;
 mod containers;
 pub mod db;

@@ -47,7 +47,8 @@ pub struct ServeArgs {
 
     /// Database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (default: the
     /// embedded SQLite files in --data-dir). The sealing key and the TLS
-    /// files stay in --data-dir even with PostgreSQL
+    /// files stay in --data-dir even with PostgreSQL (replicas: give each
+    /// the same key and certificate)
     #[arg(long, env = "TETHER_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
 
@@ -170,6 +171,10 @@ pub struct ServeArgs {
     pub alert_private_targets: bool,
     #[command(flatten)]
     pub quotas: QuotaArgs,
+
+    /// One replica of several (`cluster/config.rs`)
+    #[command(flatten)]
+    pub cluster: crate::cluster::config::ClusterArgs,
 }
 
 /// A timeout in whole seconds or minutes (`30s`, `2m`), 1 s to 1 h.

@@ -5,6 +5,7 @@
 //! TLS; nothing here knows about listeners or certificates.
 
 pub mod backup;
+pub mod cluster;
 pub mod config;
 mod ctx;
 pub mod migrate;

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Beside the accept loop: last-seen flushes every 5 s, and metrics
-//! maintenance (rollups, retention) and container log retention every minute.
+//! maintenance (rollups, retention) and container log retention every minute
+//! (on a replica of several: only while it holds the once-only lease,
+//! `cluster/lease.rs`; its links are kept by `app/cluster.rs`).
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
 //! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`common/edge.rs`). A silent
@@ -102,6 +104,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
+    // A usage error, as clap's: before anything is opened or logged.
+    let cluster = match crate::cluster::config::resolve(&args.cluster, args.database.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     bound_malloc_arenas();
     init_logging(&args.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -114,7 +124,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, cluster)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -138,7 +148,10 @@ pub(crate) fn init_logging(filter: &str) {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+async fn serve(
+    args: ServeArgs,
+    cluster: Option<crate::cluster::config::ClusterConfig>,
+) -> Result<(), ServeError> {
     let data = args.data_dir.clone();
     // Before anything is created: job output, scripts, sessions and keys
     // are nobody else's business on this host.
@@ -156,15 +169,17 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         },
         log_collect: args.log_collect.clone(),
     };
+    let mut cluster_store = None;
     let db = match args.database.as_deref() {
         None => crate::db::sqlite::open(&data, &options)?,
         Some(url) if crate::db::postgres::is_postgres_url(url) => {
-            let db = crate::db::postgres::Postgres::open(url, &options).await?;
+            let pg = crate::db::postgres::Postgres::connect(url).await?;
             tracing::info!(
                 "database: PostgreSQL {}",
                 crate::db::postgres::redacted(url)
             );
-            db
+            cluster_store = Some(pg.cluster());
+            pg.db(&options)
         }
         Some(_) => {
             return Err(ServeError::Storage(crate::db::StorageError::Backend(
@@ -276,6 +291,18 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Ok(n) => tracing::info!("{n} runner group(s) became group labels"),
         Err(e) => tracing::error!("turning runner groups into labels: {}", e.message),
     }
+    let mut replica_tasks = Vec::new();
+    let mut replica = None;
+    if let (Some(config), Some(store)) = (&cluster, cluster_store) {
+        let (joined, tasks) = super::cluster::join(&state, config, store).await?;
+        replica_tasks = tasks;
+        replica = Some(joined);
+        tracing::info!(
+            "replica {} of a cluster (internal address {})",
+            config.replica_id,
+            config.internal_addr
+        );
+    }
     let stale = state.health.server_restarted().await?;
     if stale > 0 {
         tracing::info!("{stale} runner(s) were active before the restart: now unreachable until they reconnect");
@@ -299,11 +326,24 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!("listening on {url}");
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
-    let maintenance = tokio::spawn(maintain_metrics(state.clone()));
-    let retention = tokio::spawn(crate::common::quotas::retain_jobs(
-        state.db.clone(),
-        state.quotas,
-    ));
+    // Work on the shared data done once: here, or on the replica that
+    // holds the lease (`cluster/lease.rs`).
+    let once_only = {
+        let state = state.clone();
+        move || {
+            vec![
+                tokio::spawn(maintain_metrics(state.clone())),
+                tokio::spawn(crate::common::quotas::retain_jobs(
+                    state.db.clone(),
+                    state.quotas,
+                )),
+            ]
+        }
+    };
+    let once_only_tasks = match &replica {
+        Some(r) => vec![r.once_only(once_only)],
+        None => once_only(),
+    };
     let fleet = crate::fleet::spawn(&FromRef::from_ref(&state));
     let shutdown = async move {
         tokio::select! {
@@ -321,10 +361,15 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     .await;
 
     flusher.abort();
-    maintenance.abort();
-    retention.abort();
-    for task in fleet {
+    for task in fleet
+        .into_iter()
+        .chain(replica_tasks)
+        .chain(once_only_tasks)
+    {
         task.abort();
+    }
+    if let Some(r) = &replica {
+        r.stopping().await;
     }
     if let Err(e) = state.registry.flush_last_seen().await {
         tracing::warn!("saving last-seen times: {e}");

@@ -16,6 +16,7 @@
 //! fleet.rs    FleetStore    labels and proposals, fleet policy, job
 //!                           deadlines, rollouts, schedules and their runs
 //! trail.rs    TrailStore    the audit trail: append-only, hash-chained
+//! cluster.rs  ClusterStore  replicas and the links table (PostgreSQL only)
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
 //!             trait here; metrics, logs and job output partitioned by time
@@ -43,6 +44,7 @@ use std::sync::Arc;
 
 pub mod alerts;
 pub mod audit;
+pub mod cluster;
 pub mod control;
 pub mod copy;
 pub mod fleet;

@@ -53,16 +53,19 @@ use crate::link::dispatch::FamilyId;
 /// feature.
 #[async_trait::async_trait]
 pub trait HealthRecorder: Send + Sync {
-    /// The runner finished its hello. `Refused` if it was revoked meanwhile.
+    /// The runner finished its hello on connection `generation`.
+    /// `Refused` if it was revoked meanwhile.
     async fn connected(
         &self,
         runner_id: &str,
+        generation: u64,
         info: &ConnectedInfo<'_>,
     ) -> Result<ConnectOutcome, StorageError>;
-    /// The runner's current connection ended.
+    /// The runner's current connection, `generation`, ended.
     async fn disconnected(
         &self,
         runner_id: &str,
+        generation: u64,
         last_seen: i64,
         reason: &str,
     ) -> Result<(), StorageError>;
@@ -249,13 +252,13 @@ impl Registry {
         if self.lock().shutting_down {
             return Err(AttachError::ShuttingDown);
         }
-        match self.health.connected(runner_id, info).await {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        match self.health.connected(runner_id, generation, info).await {
             Ok(ConnectOutcome::Active(_)) => {}
             Ok(ConnectOutcome::Refused) => return Err(AttachError::Revoked),
             Err(e) => return Err(AttachError::Storage(e)),
         }
         let mut inner = self.lock();
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
         let (close_tx, close) = oneshot::channel();
         let last_seen = Arc::new(AtomicI64::new(now_ms));
@@ -302,10 +305,42 @@ impl Registry {
         };
         if let Some(entry) = removed {
             let last_seen = entry.last_seen.load(Ordering::Relaxed);
-            if let Err(e) = self.health.disconnected(runner_id, last_seen, reason).await {
+            if let Err(e) = self
+                .health
+                .disconnected(runner_id, generation, last_seen, reason)
+                .await
+            {
                 tracing::error!(runner = runner_id, "recording disconnect: {e}");
             }
         }
+    }
+
+    /// Another replica took the runner, or it was revoked there (`cluster/`):
+    /// close connection `generation` if it is still the current one, with
+    /// no health write (the other side wrote it), so its detach is a no-op.
+    pub async fn fence(&self, runner_id: &str, generation: u64, order: CloseOrder) -> bool {
+        let _lifecycle = self.lifecycle.lock().await;
+        let mut inner = self.lock();
+        let current = inner
+            .runners
+            .get(runner_id)
+            .is_some_and(|e| e.generation == generation);
+        if !current {
+            return false;
+        }
+        if let Some(entry) = inner.runners.remove(runner_id) {
+            entry.close(order);
+        }
+        true
+    }
+
+    /// Every live connection: (runner, generation).
+    pub fn held(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .runners
+            .iter()
+            .map(|(id, e)| (id.clone(), e.generation))
+            .collect()
     }
 
     /// Revoke a runner of `tenant_id` and drop its live connection at once.

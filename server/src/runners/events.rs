@@ -2,7 +2,8 @@
 //! tenant, live, as SSE.
 //!
 //! Each subscriber gets its own receivers of the health and container
-//! broadcasts and sees only its tenant's changes (`event: health`,
+//! broadcasts (health: this replica's and, in a cluster, the other
+//! replicas' from `cluster/`) and sees only its tenant's changes (`event: health`,
 //! `event: container`). A subscriber too slow to keep up
 //! skips ahead and is told so in a comment line; it never holds memory for
 //! more than the broadcast backlog. Keep-alive comments every 15 s keep
@@ -39,6 +40,7 @@ pub async fn follow(
     let guard = AuthGuard::for_request(&state.db, &headers, Role::Viewer);
     let rx = Receivers {
         health: state.health.subscribe(),
+        remote: state.health.subscribe_remote(),
         containers: state.containers.subscribe(),
     };
     // A first comment flushes the response head at once, so a client knows
@@ -57,22 +59,32 @@ pub async fn follow(
 
 struct Receivers {
     health: broadcast::Receiver<Arc<HealthRecord>>,
+    /// Other replicas' health changes (`cluster/`; silent on one server).
+    remote: broadcast::Receiver<Arc<HealthRecord>>,
     containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
 }
 
 /// The next event for `tenant`, or `None` when the server is going away.
 async fn next_event(rx: &mut Receivers, tenant: &str) -> Option<Event> {
     loop {
+        let health = |r: Result<Arc<HealthRecord>, RecvError>| match r {
+            Ok(record) if record.tenant_id == tenant => {
+                let view = HealthView::from(record.as_ref());
+                // Serializing strings and a &str cannot fail.
+                let data = serde_json::to_string(&view).unwrap_or_default();
+                Some(Ok(Event::default().event("health").data(data)))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        };
         let event = tokio::select! {
-            r = rx.health.recv() => match r {
-                Ok(record) if record.tenant_id == tenant => {
-                    let view = HealthView::from(record.as_ref());
-                    // Serializing strings and a &str cannot fail.
-                    let data = serde_json::to_string(&view).unwrap_or_default();
-                    Ok(Event::default().event("health").data(data))
-                }
-                Ok(_) => continue,
-                Err(e) => Err(e),
+            r = rx.health.recv() => match health(r) {
+                Some(e) => e,
+                None => continue,
+            },
+            r = rx.remote.recv() => match health(r) {
+                Some(e) => e,
+                None => continue,
             },
             r = rx.containers.recv() => match r {
                 Ok(record) if record.tenant_id == tenant => {

@@ -11,12 +11,19 @@
 //! registry's lock: the registry reaches them through
 //! `link::registry::HealthRecorder`, which `HealthLog` implements (`app/`
 //! hands it over); see `link/registry.rs`.
+//!
+//! Connect, disconnect, revoke and restart go through a
+//! [`LinkTable`](crate::cluster::LinkTable): on one server the control
+//! store's writes as they are (`cluster::Solo`); on a replica of several,
+//! the same writes with the links table, so a replica's late disconnect
+//! of a runner another replica took changes nothing (`cluster/`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::cluster::{LinkTable, Solo};
 use crate::common::clock;
 use crate::db::{
     ConnectOutcome, ConnectedInfo, ControlStore, HealthRecord, RunnerRow, StorageError,
@@ -49,12 +56,56 @@ impl From<&HealthRecord> for HealthView {
 pub struct HealthLog {
     storage: Arc<dyn ControlStore>,
     events: broadcast::Sender<Arc<HealthRecord>>,
+    /// Changes other replicas made (`cluster/`), for the event streams
+    /// only; nothing is ever sent on it on a single server.
+    remote: broadcast::Sender<Arc<HealthRecord>>,
+    solo: Solo,
+    /// Set once at start on a replica of several (`with_links`).
+    cluster: OnceLock<Arc<dyn LinkTable>>,
 }
 
 impl HealthLog {
     pub fn new(storage: Arc<dyn ControlStore>) -> HealthLog {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        HealthLog { storage, events }
+        let (remote, _) = broadcast::channel(EVENT_BACKLOG);
+        HealthLog {
+            solo: Solo(storage.clone()),
+            storage,
+            events,
+            remote,
+            cluster: OnceLock::new(),
+        }
+    }
+
+    /// Record links in `links` from now on (a replica of several; before
+    /// any runner connects). A second call changes nothing.
+    pub fn set_links(&self, links: Arc<dyn LinkTable>) {
+        let _ = self.cluster.set(links);
+    }
+
+    fn links(&self) -> &dyn LinkTable {
+        match self.cluster.get() {
+            Some(l) => &**l,
+            None => &self.solo,
+        }
+    }
+
+    /// A change another replica made: for this replica's event streams
+    /// (its alerts were evaluated where it was made).
+    pub fn announce_remote(&self, record: HealthRecord) {
+        let _ = self.remote.send(Arc::new(record));
+    }
+
+    /// Changes other replicas made (see `announce_remote`).
+    pub fn subscribe_remote(&self) -> broadcast::Receiver<Arc<HealthRecord>> {
+        self.remote.subscribe()
+    }
+
+    /// Announce changes another part made (a dead replica's runners).
+    pub fn announce(&self, records: Vec<HealthRecord>) {
+        for r in records {
+            self.publish(Some(r));
+        }
     }
 
     /// Changes of every tenant; subscribers filter by tenant.
@@ -70,15 +121,17 @@ impl HealthLog {
         }
     }
 
-    /// The runner finished its hello. `Refused` if it was revoked meanwhile.
+    /// The runner finished its hello on connection `generation`.
+    /// `Refused` if it was revoked meanwhile.
     pub async fn connected(
         &self,
         runner_id: &str,
+        generation: u64,
         info: &ConnectedInfo<'_>,
     ) -> Result<ConnectOutcome, StorageError> {
         let outcome = self
-            .storage
-            .runner_connected(runner_id, info, "connected", clock::now_ms())
+            .links()
+            .linked(runner_id, generation, info, "connected", clock::now_ms())
             .await?;
         if let ConnectOutcome::Active(record) = &outcome {
             self.publish(record.clone());
@@ -86,16 +139,17 @@ impl HealthLog {
         Ok(outcome)
     }
 
-    /// The runner's current connection ended.
+    /// The runner's current connection, `generation`, ended.
     pub async fn disconnected(
         &self,
         runner_id: &str,
+        generation: u64,
         last_seen: i64,
         reason: &str,
     ) -> Result<(), StorageError> {
         let record = self
-            .storage
-            .runner_disconnected(runner_id, last_seen, reason, clock::now_ms())
+            .links()
+            .unlinked(runner_id, generation, last_seen, reason, clock::now_ms())
             .await?;
         self.publish(record);
         Ok(())
@@ -108,8 +162,8 @@ impl HealthLog {
         runner_id: &str,
     ) -> Result<Option<RunnerRow>, StorageError> {
         let Some((row, record)) = self
-            .storage
-            .revoke_runner(tenant_id, runner_id, clock::now_ms())
+            .links()
+            .revoke(tenant_id, runner_id, clock::now_ms())
             .await?
         else {
             return Ok(None);
@@ -123,11 +177,12 @@ impl HealthLog {
         self.storage.touch_last_seen(batch).await
     }
 
-    /// At startup: nothing can be connected yet, so nothing is active.
+    /// At startup: nothing can be connected here yet, so nothing that was
+    /// linked here (on one server: nothing at all) is active.
     pub async fn server_restarted(&self) -> Result<usize, StorageError> {
         let records = self
-            .storage
-            .mark_all_unreachable("server restarted", clock::now_ms())
+            .links()
+            .started("server restarted", clock::now_ms())
             .await?;
         let n = records.len();
         for r in records {
@@ -143,18 +198,20 @@ impl HealthRecorder for HealthLog {
     async fn connected(
         &self,
         runner_id: &str,
+        generation: u64,
         info: &ConnectedInfo<'_>,
     ) -> Result<ConnectOutcome, StorageError> {
-        HealthLog::connected(self, runner_id, info).await
+        HealthLog::connected(self, runner_id, generation, info).await
     }
 
     async fn disconnected(
         &self,
         runner_id: &str,
+        generation: u64,
         last_seen: i64,
         reason: &str,
     ) -> Result<(), StorageError> {
-        HealthLog::disconnected(self, runner_id, last_seen, reason).await
+        HealthLog::disconnected(self, runner_id, generation, last_seen, reason).await
     }
 
     async fn revoked(

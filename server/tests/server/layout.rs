@@ -67,6 +67,10 @@ enum Layer {
     Feature,
     /// `link/`: the runner WebSocket; may use the plumbing only.
     Link,
+    /// `cluster/`: replicas and their links; features (the health log)
+    /// use it, it uses storage and common only (never `link/`: `app/`
+    /// joins the two).
+    Cluster,
     /// `common/`: may use storage only.
     Common,
     /// `storage/` (`db/` after issue 16's storage slice): uses nothing of ours.
@@ -80,6 +84,7 @@ fn layer(module: &str) -> Layer {
         "" | "bin" => Layer::Root,
         "app" => Layer::App,
         "link" => Layer::Link,
+        "cluster" => Layer::Cluster,
         "common" => Layer::Common,
         "storage" | "db" => Layer::Storage,
         "cli" => Layer::Cli,
@@ -98,8 +103,8 @@ fn allowed_by_rule(from: &str, to: &str) -> bool {
     matches!(
         (layer(from), layer(to)),
         (Root | App, _)
-            | (Feature | Link, Common | Storage)
-            | (Feature, Link)
+            | (Feature | Link | Cluster, Common | Storage)
+            | (Feature, Link | Cluster)
             | (Common, Storage)
             | (Cli, Common)
     )

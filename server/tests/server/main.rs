@@ -9,6 +9,7 @@
 
 mod alerts;
 mod audit;
+mod cluster;
 mod containers;
 mod edge;
 mod fuzz_seeds;

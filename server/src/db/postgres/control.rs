@@ -118,7 +118,7 @@ async fn runner_exists(
 }
 
 /// (tenant, stored health, revoked?) of a runner, its row locked.
-async fn current_health(
+pub(super) async fn current_health(
     c: &impl GenericClient,
     id: &str,
 ) -> Result<Option<(String, Health, bool)>, StorageError> {
@@ -135,7 +135,7 @@ async fn current_health(
 
 /// Append a history entry if the health actually changed, keeping the
 /// history bounded.
-async fn record_change(
+pub(super) async fn record_change(
     c: &impl GenericClient,
     runner_id: &str,
     tenant_id: &str,
@@ -205,6 +205,81 @@ async fn enrollment_name(
         .ok_or_else(|| {
             StorageError::Conflict(format!("too many runners are named {base:?} already"))
         })
+}
+
+/// Mark a runner active with what its hello said (its row locked).
+pub(super) async fn set_active(
+    c: &impl GenericClient,
+    id: &str,
+    info: &ConnectedInfo<'_>,
+    now: i64,
+) -> Result<(), StorageError> {
+    c.execute(
+        "UPDATE runners SET health = 'active', reported_name = $2, version = $3, arch = $4,
+             os = $5, protocol = $6, connected_since = $7, last_seen = $7
+         WHERE id = $1",
+        &[
+            &id,
+            &info.name,
+            &info.version,
+            &info.arch,
+            &info.os,
+            &i32::from(info.protocol),
+            &now,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Mark a runner unreachable, keeping the newest last-seen (its row locked).
+pub(super) async fn set_unreachable(
+    c: &impl GenericClient,
+    id: &str,
+    last_seen: i64,
+) -> Result<(), StorageError> {
+    c.execute(
+        "UPDATE runners SET health = 'unreachable', connected_since = NULL,
+             last_seen = GREATEST(COALESCE(last_seen, 0), $2)
+         WHERE id = $1",
+        &[&id, &last_seen],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Revoke a runner of `tenant_id` inside the caller's transaction.
+pub(super) async fn revoke_in(
+    c: &impl GenericClient,
+    tenant_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError> {
+    if current_health(c, id).await?.is_none() {
+        return Ok(None);
+    }
+    let Some(before) = select_runner(c, tenant_id, id).await? else {
+        return Ok(None);
+    };
+    c.execute(
+        "UPDATE runners SET health = 'revoked', revoked_at = COALESCE(revoked_at, $2),
+             connected_since = NULL
+         WHERE id = $1",
+        &[&id, &now],
+    )
+    .await?;
+    let record = record_change(
+        c,
+        id,
+        tenant_id,
+        before.health,
+        Health::Revoked,
+        "revoked",
+        now,
+    )
+    .await?;
+    let after = select_runner(c, tenant_id, id).await?;
+    Ok(after.map(|row| (row, record)))
 }
 
 async fn touch_view(c: &impl GenericClient, runner_id: &str, now: i64) -> Result<(), StorageError> {
@@ -664,21 +739,7 @@ impl ControlStore for PgControl {
         if revoked {
             return Ok(ConnectOutcome::Refused);
         }
-        tx.execute(
-            "UPDATE runners SET health = 'active', reported_name = $2, version = $3, arch = $4,
-                 os = $5, protocol = $6, connected_since = $7, last_seen = $7
-             WHERE id = $1",
-            &[
-                &id,
-                &info.name,
-                &info.version,
-                &info.arch,
-                &info.os,
-                &i32::from(info.protocol),
-                &now,
-            ],
-        )
-        .await?;
+        set_active(&tx, id, info, now).await?;
         let record = record_change(&tx, id, &tenant_id, old, Health::Active, reason, now).await?;
         tx.commit().await?;
         Ok(ConnectOutcome::Active(record))
@@ -737,13 +798,7 @@ impl ControlStore for PgControl {
         if revoked {
             return Ok(None);
         }
-        tx.execute(
-            "UPDATE runners SET health = 'unreachable', connected_since = NULL,
-                 last_seen = GREATEST(COALESCE(last_seen, 0), $2)
-             WHERE id = $1",
-            &[&id, &last_seen],
-        )
-        .await?;
+        set_unreachable(&tx, id, last_seen).await?;
         let record =
             record_change(&tx, id, &tenant_id, old, Health::Unreachable, reason, now).await?;
         tx.commit().await?;
@@ -758,32 +813,9 @@ impl ControlStore for PgControl {
     ) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        if current_health(&tx, id).await?.is_none() {
-            return Ok(None);
-        }
-        let Some(before) = select_runner(&tx, tenant_id, id).await? else {
-            return Ok(None);
-        };
-        tx.execute(
-            "UPDATE runners SET health = 'revoked', revoked_at = COALESCE(revoked_at, $2),
-                 connected_since = NULL
-             WHERE id = $1",
-            &[&id, &now],
-        )
-        .await?;
-        let record = record_change(
-            &tx,
-            id,
-            tenant_id,
-            before.health,
-            Health::Revoked,
-            "revoked",
-            now,
-        )
-        .await?;
-        let after = select_runner(&tx, tenant_id, id).await?;
+        let revoked = revoke_in(&tx, tenant_id, id, now).await?;
         tx.commit().await?;
-        Ok(after.map(|row| (row, record)))
+        Ok(revoked)
     }
 
     async fn mark_all_unreachable(

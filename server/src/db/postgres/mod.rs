@@ -15,6 +15,7 @@
 //! alerts.rs   AlertStore   over PgAlerts: rules, channels, states, history, silences, deliveries
 //! fleet.rs    FleetStore   over PgFleet: labels, fleet policy, deadlines, rollouts, schedules
 //! trail.rs    TrailStore   over PgTrail: the audit trail, one chain for every replica
+//! cluster.rs  ClusterStore over PgCluster: replicas, the links table, fence notices (NOTIFY)
 //! partitions.rs  making partitions ahead and dropping them for retention
 //! import.rs   filling an empty database from SQLite rows (`migrate`)
 //! ```
@@ -45,6 +46,7 @@ use super::StorageError;
 
 mod alerts;
 mod audit;
+mod cluster;
 mod control;
 mod fleet;
 pub mod import;
@@ -180,6 +182,8 @@ fn scrub(url: &str, msg: &str) -> String {
 pub struct Postgres {
     pool: Pool,
     control: Arc<PgControl>,
+    /// For connections outside the pool (the cluster's notice listener).
+    config: tokio_postgres::Config,
 }
 
 impl Postgres {
@@ -194,7 +198,7 @@ impl Postgres {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -219,6 +223,7 @@ impl Postgres {
                 credentials: tokio::sync::watch::Sender::new(0),
             }),
             pool,
+            config,
         })
     }
 
@@ -277,14 +282,27 @@ impl Postgres {
         Arc::new(trail::PgTrail::new(self.pool.clone()))
     }
 
+    /// What replicas sharing this database keep about each other.
+    pub fn cluster(&self) -> Arc<dyn super::cluster::ClusterStore> {
+        Arc::new(cluster::PgCluster::new(
+            self.pool.clone(),
+            self.config.clone(),
+        ))
+    }
+
     /// Connect, migrate, and make every store of the server's [`Db`](super::Db),
     /// with the same options the SQLite backend is opened with.
     pub async fn open(
         url: &str,
         options: &super::sqlite::Options,
     ) -> Result<super::Db, StorageError> {
-        let pg = Postgres::connect(url).await?;
-        Ok(super::Db {
+        Ok(Postgres::connect(url).await?.db(options))
+    }
+
+    /// Every store of the server's [`Db`](super::Db) over this database.
+    pub fn db(&self, options: &super::sqlite::Options) -> super::Db {
+        let pg = self;
+        super::Db {
             liveness: Arc::new(super::Liveness::new(pg.control())),
             control: pg.control(),
             users: pg.users(),
@@ -296,7 +314,7 @@ impl Postgres {
             alerts: pg.alerts(),
             fleet: pg.fleet(),
             trail: pg.trail(),
-        })
+        }
     }
 
     /// The import side of `tether-server migrate` (one connection).

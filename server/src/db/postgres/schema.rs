@@ -482,4 +482,28 @@ END $$;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit_entries
     FOR EACH ROW EXECUTE FUNCTION audit_refuse_delete();
 "#,
+    // 7: several replicas (`cluster.rs`): each replica's address and
+    // heartbeat, the live link of each runner (one row at most: the
+    // primary key is what keeps a runner from being linked twice), and
+    // the leases of work done once (expiry in the database's clock).
+    r#"
+CREATE TABLE cluster_replicas (
+    id            TEXT PRIMARY KEY,
+    internal_addr TEXT NOT NULL,
+    started_at    BIGINT NOT NULL,
+    heartbeat_at  BIGINT NOT NULL
+);
+CREATE TABLE runner_links (
+    runner_id   TEXT PRIMARY KEY REFERENCES runners(id) ON DELETE CASCADE,
+    replica_id  TEXT NOT NULL,
+    generation  BIGINT NOT NULL,
+    linked_at   BIGINT NOT NULL
+);
+CREATE INDEX runner_links_by_replica ON runner_links (replica_id);
+CREATE TABLE cluster_leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+"#,
 ];

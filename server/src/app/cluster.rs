@@ -1,0 +1,73 @@
+//! A replica's wiring (`--replica-id`): the registry of live connections
+//! as the cluster's [`LinkHolder`], so a link another replica took, or a
+//! runner revoked there, is closed here. `app/` joins the two because
+//! neither `link/` nor `cluster/` names the other.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
+use crate::db::cluster::ClusterStore;
+use crate::db::HealthRecord;
+use crate::db::StorageError;
+use crate::link::registry::{CloseOrder, Registry};
+use crate::runners::health::HealthLog;
+
+use super::AppState;
+
+struct Holder(Arc<Registry>);
+
+#[async_trait]
+impl LinkHolder for Holder {
+    fn held(&self) -> Vec<(String, u64)> {
+        self.0.held()
+    }
+
+    async fn fence(&self, runner_id: &str, generation: u64, revoked: bool) {
+        let order = if revoked {
+            CloseOrder {
+                code: tether::protocol::close::REVOKED,
+                reason: "runner revoked",
+            }
+        } else {
+            CloseOrder {
+                code: tether::protocol::close::REPLACED,
+                reason: "linked to another replica",
+            }
+        };
+        if self.0.fence(runner_id, generation, order).await {
+            tracing::info!(runner = runner_id, revoked, "link fenced by the cluster");
+        }
+    }
+}
+
+impl HealthSink for HealthLog {
+    fn made_here(&self, records: Vec<HealthRecord>) {
+        self.announce(records);
+    }
+
+    fn made_elsewhere(&self, record: HealthRecord) {
+        self.announce_remote(record);
+    }
+}
+
+/// Make this server replica `config.replica_id`: links recorded in the
+/// table, fence notices heard. Call before `server_restarted` and before
+/// accepting connections.
+pub async fn join(
+    state: &AppState,
+    config: &ClusterConfig,
+    store: Arc<dyn ClusterStore>,
+) -> Result<(Arc<Replica>, Vec<tokio::task::JoinHandle<()>>), StorageError> {
+    let replica = Arc::new(Replica::new(config, store));
+    state.health.set_links(replica.clone());
+    let tasks = replica
+        .spawn(
+            Arc::new(Holder(state.registry.clone())),
+            state.health.clone(),
+        )
+        .await?;
+    Ok((replica, tasks))
+}

@@ -1,0 +1,131 @@
+//! Several replicas sharing one PostgreSQL (issue 18): who holds each
+//! runner's link, and closing a link another replica took over.
+//!
+//! ```text
+//! config.rs   --replica-id, --internal-addr, --cluster-key: checked once at start
+//! lease.rs    once-only work (retention, rollups) on the replica holding a lease
+//! replica.rs  Replica: the links table behind LinkTable, the heartbeat, the
+//!             reaper of dead replicas, fence notices and the periodic check
+//! ```
+//!
+//! The rest of the server sees one trait, [`LinkTable`]: the health log
+//! (`runners/health.rs`) records every attach, detach, revoke and restart
+//! through it. A single server (SQLite, or PostgreSQL without
+//! `--replica-id`) uses [`Solo`], which is exactly the health writes of
+//! before, one call each: the single-box path pays nothing for the cluster.
+//!
+//! With `--replica-id`, [`replica::Replica`] writes the link row in the
+//! same transaction as the health (`db/cluster.rs`), so a runner is never
+//! linked to two replicas and a replaced link's late detach changes
+//! nothing:
+//!
+//! ```text
+//!  runner ──▶ replica A: link (A, gen 7), active
+//!  runner ──▶ replica B: link (B, gen 3), A's row replaced ──NOTIFY fence(A, 7)──▶ A
+//!  A: registry.fence(runner, 7) ─▶ close 4006; A's detach(7) later: no row (A, 7), no change
+//!  A dies (no heartbeat for STALE): another replica's reaper marks A's runners
+//!     unreachable and drops A's rows; they come back active where they reconnect
+//! ```
+//!
+//! Health changes also travel by NOTIFY to every replica's SSE. Not here
+//! yet (issue 18): forwarding requests and streams between replicas
+//! over the internal address (the cluster key is read and checked for
+//! that, but nothing listens on the internal address yet).
+
+pub mod config;
+pub mod lease;
+pub mod replica;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::db::{
+    ConnectOutcome, ConnectedInfo, ControlStore, HealthRecord, RunnerRow, StorageError,
+};
+
+/// Every change of who holds a runner's link, with its health write.
+#[async_trait]
+pub trait LinkTable: Send + Sync {
+    /// This replica's id, if it is one of several.
+    fn replica_id(&self) -> Option<&str>;
+
+    /// The runner finished its hello on this replica's connection
+    /// `generation`: it is active, linked here.
+    async fn linked(
+        &self,
+        runner_id: &str,
+        generation: u64,
+        info: &ConnectedInfo<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<ConnectOutcome, StorageError>;
+
+    /// That connection ended: unreachable, unless it no longer held the link.
+    async fn unlinked(
+        &self,
+        runner_id: &str,
+        generation: u64,
+        last_seen: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<HealthRecord>, StorageError>;
+
+    /// Revoke a runner of `tenant_id` (its link, wherever it is, is closed).
+    async fn revoke(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        now: i64,
+    ) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError>;
+
+    /// At start: nothing is linked here yet, so what was is unreachable.
+    async fn started(&self, reason: &str, now: i64) -> Result<Vec<HealthRecord>, StorageError>;
+}
+
+/// One server: the health writes of the control store, as they were.
+pub struct Solo(pub Arc<dyn ControlStore>);
+
+#[async_trait]
+impl LinkTable for Solo {
+    fn replica_id(&self) -> Option<&str> {
+        None
+    }
+
+    async fn linked(
+        &self,
+        runner_id: &str,
+        _generation: u64,
+        info: &ConnectedInfo<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<ConnectOutcome, StorageError> {
+        self.0.runner_connected(runner_id, info, reason, now).await
+    }
+
+    async fn unlinked(
+        &self,
+        runner_id: &str,
+        _generation: u64,
+        last_seen: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<HealthRecord>, StorageError> {
+        self.0
+            .runner_disconnected(runner_id, last_seen, reason, now)
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        tenant_id: &str,
+        runner_id: &str,
+        now: i64,
+    ) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError> {
+        self.0.revoke_runner(tenant_id, runner_id, now).await
+    }
+
+    async fn started(&self, reason: &str, now: i64) -> Result<Vec<HealthRecord>, StorageError> {
+        self.0.mark_all_unreachable(reason, now).await
+    }
+}

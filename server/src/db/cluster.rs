@@ -1,0 +1,136 @@
+//! ClusterStore: what several replicas sharing one PostgreSQL keep there
+//! about each other (issue 18): the replicas (id, internal address,
+//! heartbeat) and the table of live links (runner → replica, generation).
+//!
+//! Only the PostgreSQL backend implements it; the embedded SQLite default
+//! is one replica by definition and has no such table (`cluster/` uses
+//! its `Solo` there, which costs nothing).
+//!
+//! A link row is written in the same transaction as the runner's health,
+//! under the runner row's lock, so the two never disagree: an attach on
+//! replica B replaces A's row and marks the runner active; A's late detach
+//! finds a row that is no longer (A, its generation) and changes nothing.
+//! The replaced holder hears of it through a notice ([`Fence`], sent with
+//! NOTIFY in the same transaction, so it is delivered only if it commits);
+//! every health change is sent the same way ([`Notice::Health`]), so the
+//! event stream of every replica shows every runner's.
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{ConnectOutcome, ConnectedInfo, HealthRecord, RunnerRow, StorageError};
+
+/// One link that its holder must close: another replica took the runner
+/// (`revoked: false`), or the runner was revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub runner_id: String,
+    /// The replica that held the link, and its generation there.
+    pub replica_id: String,
+    pub generation: u64,
+    pub revoked: bool,
+}
+
+/// What a replica hears on its notice connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Fence(Fence),
+    /// A health change another replica (`origin`) made, for this
+    /// replica's event streams (sent in the transaction that made it).
+    Health {
+        origin: String,
+        record: HealthRecord,
+    },
+    /// The notice connection was (re)established: notices may have been
+    /// missed before it, so the holder checks its links against the table.
+    Listening,
+}
+
+#[async_trait]
+pub trait ClusterStore: Send + Sync {
+    /// Record `replica_id` as starting (its address, a fresh heartbeat),
+    /// and drop what an earlier life of it held: runners linked to it (and
+    /// active runners linked to no replica at all) become unreachable with
+    /// `reason`, their rows go. Returns the health changes.
+    async fn replica_started(
+        &self,
+        replica_id: &str,
+        internal_addr: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<HealthRecord>, StorageError>;
+
+    /// The replica is alive at `now` (its row made again if it was reaped).
+    async fn heartbeat(
+        &self,
+        replica_id: &str,
+        internal_addr: &str,
+        now: i64,
+    ) -> Result<(), StorageError>;
+
+    /// The runner's link is now (`replica_id`, `generation`): health
+    /// active (as `ControlStore::runner_connected`), and the replaced link,
+    /// if any, fenced (a notice to its holder). Refused if revoked.
+    async fn link(
+        &self,
+        replica_id: &str,
+        runner_id: &str,
+        generation: u64,
+        info: &ConnectedInfo<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<ConnectOutcome, StorageError>;
+
+    /// The link (`replica_id`, `generation`) ended: if it is still the
+    /// runner's link, the row goes and the runner becomes unreachable;
+    /// otherwise nothing changes.
+    async fn unlink(
+        &self,
+        replica_id: &str,
+        runner_id: &str,
+        generation: u64,
+        last_seen: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Option<HealthRecord>, StorageError>;
+
+    /// Revoke (as `ControlStore::revoke_runner`, through `replica_id`)
+    /// and fence its link, if any.
+    async fn revoke(
+        &self,
+        replica_id: &str,
+        tenant_id: &str,
+        runner_id: &str,
+        now: i64,
+    ) -> Result<Option<(RunnerRow, Option<HealthRecord>)>, StorageError>;
+
+    /// The links the table says `replica_id` holds: (runner, generation).
+    /// The holder's periodic check closes any other it has.
+    async fn links_held(&self, replica_id: &str) -> Result<Vec<(String, u64)>, StorageError>;
+
+    /// Replicas other than `replica_id` whose heartbeat is older than
+    /// `stale_before`: their runners become unreachable with `reason`,
+    /// their link rows and their replica rows go. Returns the changes.
+    async fn reap(
+        &self,
+        replica_id: &str,
+        stale_before: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<HealthRecord>, StorageError>;
+
+    /// Take or renew lease `name` for `holder` for `ttl_ms` (the
+    /// database's clock, so replicas' clocks need not agree): `true` if
+    /// `holder` has it now. Another holder's lease is taken only once it
+    /// has expired.
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StorageError>;
+
+    /// Give lease `name` up, if `holder` has it (a clean shutdown: the
+    /// next replica need not wait for it to expire).
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StorageError>;
+
+    /// Open a dedicated connection that listens for notices; they arrive
+    /// on the receiver (bounded) until it is dropped. A lost connection is
+    /// made again (with backoff) and says so with [`Notice::Listening`].
+    async fn listen(&self) -> Result<mpsc::Receiver<Notice>, StorageError>;
+}

@@ -1,0 +1,674 @@
+//! Several replicas on one real PostgreSQL (issue 18, `cluster/`): the
+//! links table through the store (fencing, the late detach, restart,
+//! revoke, a dead replica reaped), and two real `tether-server` replicas
+//! with a real runner that moves from one to the other.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tether_server::db::cluster::{Fence, Notice};
+use tether_server::db::postgres::Postgres;
+use tether_server::db::{
+    ConnectOutcome, ConnectedInfo, ControlStore, EnrollmentTokenRow, Health, NewRunner, TenantRow,
+};
+use tokio::sync::mpsc;
+
+use crate::pg;
+
+fn hello() -> ConnectedInfo<'static> {
+    ConnectedInfo {
+        name: "host-a",
+        version: "1.1",
+        arch: "x86_64",
+        os: "linux",
+        protocol: 3,
+    }
+}
+
+async fn enrolled(control: &Arc<dyn ControlStore>, tenant: &str, id: &str) {
+    let row = EnrollmentTokenRow {
+        id: format!("et_{id}"),
+        tenant_id: tenant.into(),
+        label: None,
+        created_at: 1,
+        expires_at: i64::MAX,
+        used_at: None,
+        revoked_at: None,
+    };
+    let hash = format!("eh_{id}");
+    control.create_enrollment_token(&row, &hash).await.unwrap();
+    let cred = format!("cred_{id}");
+    let new = NewRunner {
+        id,
+        credential_hash: &cred,
+        name: id,
+        version: "1.0",
+        arch: "x86_64",
+        os: "linux",
+    };
+    control.enroll(&hash, &new, 2).await.unwrap();
+}
+
+async fn health(control: &Arc<dyn ControlStore>, id: &str) -> Health {
+    control.runner("tn_1", id).await.unwrap().unwrap().health
+}
+
+/// The next health notice within 5 s: (origin, runner, health).
+async fn next_health(rx: &mut mpsc::Receiver<Notice>) -> (String, String, Health) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(Notice::Health { origin, record })) => {
+                return (origin, record.runner_id, record.health)
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no health notice: {other:?}"),
+        }
+    }
+}
+
+/// The next fence notice for `replica` within 5 s (every listener hears
+/// every notice; a replica acts on its own).
+async fn next_fence(rx: &mut mpsc::Receiver<Notice>, replica: &str) -> Fence {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(Notice::Fence(f))) if f.replica_id == replica => return f,
+            Ok(Some(_)) => continue,
+            other => panic!("no fence notice: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_link_taken_by_another_replica_is_fenced_and_its_late_detach_changes_nothing() {
+    let url = pg::fresh_database().await;
+    // Two connections' worth of stores, as two replicas have.
+    let (pa, pb) = (
+        Postgres::connect(&url).await.unwrap(),
+        Postgres::connect(&url).await.unwrap(),
+    );
+    let (a, b) = (pa.cluster(), pb.cluster());
+    let control = pa.control();
+    control
+        .create_tenant(
+            &TenantRow {
+                id: "tn_1".into(),
+                name: "acme".into(),
+                created_at: 1,
+            },
+            "at_1",
+            "h_1",
+        )
+        .await
+        .unwrap();
+    enrolled(&control, "tn_1", "rn_1").await;
+    enrolled(&control, "tn_1", "rn_2").await;
+    let mut heard_a = a.listen().await.unwrap();
+    let mut heard_b = b.listen().await.unwrap();
+    a.replica_started("a", "127.0.0.1:1", "server restarted", 10)
+        .await
+        .unwrap();
+    b.replica_started("b", "127.0.0.1:2", "server restarted", 10)
+        .await
+        .unwrap();
+
+    // A links it: active, a change.
+    let ConnectOutcome::Active(Some(rec)) = a
+        .link("a", "rn_1", 7, &hello(), "connected", 100)
+        .await
+        .unwrap()
+    else {
+        panic!("a first link is a change");
+    };
+    assert_eq!(rec.health, Health::Active);
+    // Every replica hears of the change, with who made it.
+    assert_eq!(
+        next_health(&mut heard_b).await,
+        ("a".into(), "rn_1".into(), Health::Active)
+    );
+    // B takes it: still active (no change), and A hears to close gen 7.
+    assert_eq!(
+        b.link("b", "rn_1", 3, &hello(), "connected", 101)
+            .await
+            .unwrap(),
+        ConnectOutcome::Active(None)
+    );
+    assert_eq!(
+        next_fence(&mut heard_a, "a").await,
+        Fence {
+            runner_id: "rn_1".into(),
+            replica_id: "a".into(),
+            generation: 7,
+            revoked: false,
+        }
+    );
+    // A's late detach of gen 7: nothing changes.
+    assert_eq!(
+        a.unlink("a", "rn_1", 7, 150, "connection lost", 150)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(health(&control, "rn_1").await, Health::Active);
+    assert_eq!(a.links_held("a").await.unwrap(), vec![]);
+    assert_eq!(
+        b.links_held("b").await.unwrap(),
+        vec![("rn_1".to_string(), 3)]
+    );
+    // A generation B does not hold now changes nothing either.
+    assert_eq!(
+        b.unlink("b", "rn_1", 2, 150, "connection lost", 150)
+            .await
+            .unwrap(),
+        None
+    );
+    // B's own detach counts.
+    let rec = b
+        .unlink("b", "rn_1", 3, 160, "connection lost", 160)
+        .await
+        .unwrap()
+        .expect("the holder's detach is a change");
+    assert_eq!(
+        (rec.health, rec.reason.as_str()),
+        (Health::Unreachable, "connection lost")
+    );
+
+    // A replica that starts again releases only its own links.
+    a.link("a", "rn_1", 8, &hello(), "connected", 200)
+        .await
+        .unwrap();
+    b.link("b", "rn_2", 4, &hello(), "connected", 200)
+        .await
+        .unwrap();
+    let released = a
+        .replica_started("a", "127.0.0.1:1", "server restarted", 210)
+        .await
+        .unwrap();
+    assert_eq!(
+        released
+            .iter()
+            .map(|r| r.runner_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["rn_1"]
+    );
+    assert_eq!(health(&control, "rn_1").await, Health::Unreachable);
+    assert_eq!(health(&control, "rn_2").await, Health::Active);
+
+    // Revoked through A while B holds it: B hears, and its detach
+    // cannot make it anything but revoked.
+    let (row, _) = a.revoke("a", "tn_1", "rn_2", 300).await.unwrap().unwrap();
+    assert_eq!(row.health, Health::Revoked);
+    assert_eq!(
+        next_fence(&mut heard_b, "b").await,
+        Fence {
+            runner_id: "rn_2".into(),
+            replica_id: "b".into(),
+            generation: 4,
+            revoked: true,
+        }
+    );
+    assert_eq!(
+        b.unlink("b", "rn_2", 4, 310, "connection lost", 310)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(health(&control, "rn_2").await, Health::Revoked);
+    assert_eq!(
+        a.link("a", "rn_2", 9, &hello(), "connected", 320)
+            .await
+            .unwrap(),
+        ConnectOutcome::Refused
+    );
+
+    // B dies holding rn_1: its heartbeat stops; A's reaper releases it.
+    b.link("b", "rn_1", 5, &hello(), "connected", 400)
+        .await
+        .unwrap();
+    a.heartbeat("a", "127.0.0.1:1", 1_000).await.unwrap();
+    b.heartbeat("b", "127.0.0.1:2", 400).await.unwrap();
+    assert!(a
+        .reap("a", 300, "replica lost", 1_000)
+        .await
+        .unwrap()
+        .is_empty());
+    let reaped = a.reap("a", 900, "replica lost", 1_000).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].runner_id, "rn_1");
+    assert_eq!(reaped[0].reason, "replica lost (replica b)");
+    assert_eq!(health(&control, "rn_1").await, Health::Unreachable);
+    assert_eq!(b.links_held("b").await.unwrap(), vec![]);
+    // A reaper never reaps itself.
+    assert!(a
+        .reap("a", i64::MAX, "replica lost", 1_000)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
+    let url = pg::fresh_database().await;
+    let (a, b) = (
+        Postgres::connect(&url).await.unwrap().cluster(),
+        Postgres::connect(&url).await.unwrap().cluster(),
+    );
+    assert!(a.lease("work", "a", 60_000).await.unwrap());
+    assert!(!b.lease("work", "b", 60_000).await.unwrap());
+    assert!(a.lease("work", "a", 60_000).await.unwrap(), "renewed");
+    assert!(
+        b.lease("other", "b", 60_000).await.unwrap(),
+        "leases are apart"
+    );
+    // Given up: the next one takes it at once.
+    b.release_lease("work", "b").await.unwrap();
+    assert!(
+        !b.lease("work", "b", 60_000).await.unwrap(),
+        "not b's to give"
+    );
+    a.release_lease("work", "a").await.unwrap();
+    assert!(b.lease("work", "b", 1).await.unwrap());
+    // Expired (1 ms, by the database's clock): taken.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(a.lease("work", "a", 60_000).await.unwrap());
+    assert!(!b.lease("work", "b", 60_000).await.unwrap());
+}
+
+// ---- two real replicas and a real runner ----
+
+const ADMIN: &str = "tadm_cluster_test_admin_token";
+
+/// A fresh directory under the temp dir (removed at the end of the test).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!(
+            "tether-cluster-{what}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("cluster.key");
+    std::fs::write(&p, "5e".repeat(32)).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn serve_cmd(data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tether-server"));
+    c.args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("TETHER_DATABASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
+/// A replica: `serve` with its id, logging to `<data>.log`; its URL.
+fn replica(data: &Path, url: &str, id: &str, key: &Path) -> (Proc, String) {
+    let _ = std::fs::remove_file(data.join("server.url"));
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let child = serve_cmd(
+        data,
+        &[
+            "--database",
+            url,
+            "--replica-id",
+            id,
+            "--internal-addr",
+            "127.0.0.1:9",
+            "--cluster-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    let mut child = Proc(child);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(u) = std::fs::read_to_string(data.join("server.url")) {
+            if !u.trim().is_empty() {
+                return (child, u.trim().to_owned());
+            }
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!(
+                "replica {id} exited {status}: {}",
+                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < until, "replica {id} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cli(api: &str, ca: &Path, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tether-server"))
+        .args(["--api", api, "--token", token, "--ca-file"])
+        .arg(ca)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn cli_json(api: &str, ca: &Path, token: &str, args: &[&str]) -> Value {
+    let out = cli(api, ca, token, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn runner_bin() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_tether-server"));
+    let bin = exe.with_file_name("tether");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --workspace first",
+        bin.display()
+    );
+    bin
+}
+
+fn runner(state: &Path, args: &[&str]) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.with_extension("log"))
+        .unwrap();
+    Proc(
+        Command::new(runner_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .env("TETHER_LOG", "debug")
+            .env("TETHER_UPDATE", "off")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_runner_moved_to_replica_b_is_closed_on_a_at_once_and_health_stays_right() {
+    let url = pg::fresh_database().await;
+    let tmp = TempDir::new("move");
+    let key = key_file(&tmp.0);
+    let (data_a, data_b, state) = (tmp.0.join("a"), tmp.0.join("b"), tmp.0.join("runner"));
+    let (mut proc_a, api_a) = replica(&data_a, &url, "a", &key);
+    // Both replicas present one certificate (the runner trusts one CA).
+    std::fs::create_dir_all(data_b.join("tls")).unwrap();
+    for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
+        std::fs::copy(data_a.join("tls").join(f), data_b.join("tls").join(f)).unwrap();
+    }
+    let (mut proc_b, api_b) = replica(&data_b, &url, "b", &key);
+    let ca = data_a.join("tls/ca.pem");
+
+    let tenant = cli_json(&api_a, &ca, ADMIN, &["tenant", "create", "acme"]);
+    let token = tenant["api_token"].as_str().unwrap().to_owned();
+    // Made on B, spent on A: one database.
+    let enroll = cli_json(&api_b, &ca, &token, &["token", "create"]);
+    std::fs::create_dir_all(&state).unwrap();
+    let out = Command::new(runner_bin())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["enroll", "--server", &api_a, "--token"])
+        .arg(enroll["token"].as_str().unwrap())
+        .arg("--ca-file")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cred: Value =
+        serde_json::from_slice(&std::fs::read(state.join("credential.json")).unwrap()).unwrap();
+    let id = cred["runner_id"].as_str().unwrap().to_owned();
+    let show = |api: &str| cli_json(api, &ca, &token, &["runner", "show", &id]);
+    // B's event stream, subscribed before the runner comes (to A).
+    let events_b = tmp.0.join("events-b.jsonl");
+    let _follow = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tether-server"))
+            .args(["--api", &api_b, "--token", &token, "--ca-file"])
+            .arg(&ca)
+            .args(["--json", "events"])
+            .stdout(std::fs::File::create(&events_b).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let ping = |api: &str| cli(api, &ca, &token, &["runner", "ping", &id]);
+
+    // A long heartbeat: A's own liveness check (2.5 heartbeats) cannot be
+    // what closes the old link below.
+    let first = runner(&state, &["run", "--server", &api_a, "--heartbeat", "60s"]);
+    wait_for(Duration::from_secs(30), "active on A", || {
+        show(&api_b)["health"] == "active" && ping(&api_a).status.success()
+    });
+    // A made the change; B's SSE shows it (NOTIFY, `cluster/`).
+    let seen = wait_for(Duration::from_secs(5), "B's events to show it", || {
+        std::fs::read_to_string(&events_b)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["runner_id"] == id.as_str() && v["health"] == "active")
+    });
+    eprintln!("B's event stream showed A's change within {seen:?} of our seeing it");
+
+    // The first runner process freezes (its connection to A stays open,
+    // silent); a second one, same credential, goes to B.
+    // SAFETY: kill sends a signal to a child we own.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGSTOP) };
+    let _second = runner(&state, &["run", "--server", &api_b, "--heartbeat", "60s"]);
+    let took = wait_for(Duration::from_secs(30), "linked on B", || {
+        ping(&api_b).status.success()
+    });
+    // A closed its link as soon as B took the runner: by the notice, not
+    // by the periodic check and not by its liveness timeout (150 s).
+    let fenced = wait_for(Duration::from_secs(10), "A to close its link", || {
+        !ping(&api_a).status.success()
+    });
+    let log_a = std::fs::read_to_string(data_a.with_extension("log")).unwrap();
+    assert!(log_a.contains("link fenced by the cluster"), "{log_a}");
+    assert!(!log_a.contains("no longer gives this replica"), "{log_a}");
+    let refused = ping(&api_a);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no live connection"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    eprintln!("linked on B after {took:?}; A's link gone {fenced:?} later");
+
+    // Health never went unreachable: one "active" entry, seen the same on
+    // both replicas, and the frozen runner's end changes nothing.
+    drop(first);
+    std::thread::sleep(Duration::from_secs(1));
+    for api in [&api_a, &api_b] {
+        assert_eq!(show(api)["health"], "active");
+        let history = cli_json(api, &ca, &token, &["runner", "health", &id]);
+        let states: Vec<&str> = history
+            .as_array()
+            .or(history["history"].as_array())
+            .unwrap()
+            .iter()
+            .map(|h| h["health"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, vec!["active"], "{history}");
+    }
+    assert!(ping(&api_b).status.success());
+
+    // B dies (kill -9): A's reaper finds B silent and says so within
+    // STALE plus a heartbeat, instead of "active" for ever.
+    proc_b.0.kill().unwrap();
+    proc_b.0.wait().unwrap();
+    let gone = wait_for(Duration::from_secs(30), "unreachable after B died", || {
+        show(&api_a)["health"] == "unreachable"
+    });
+    eprintln!("replica b's runner unreachable {gone:?} after its kill -9");
+    let log_a = std::fs::read_to_string(data_a.with_extension("log")).unwrap();
+    assert!(log_a.contains("replica b missed its heartbeats"), "{log_a}");
+    let _ = proc_a.0.kill();
+}
+
+fn log_of(data: &Path) -> String {
+    std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+}
+
+const HOLDS: &str = "once-only work: this replica holds the lease";
+
+#[tokio::test]
+async fn the_once_only_work_moves_when_its_replica_is_killed() {
+    let url = pg::fresh_database().await;
+    let tmp = TempDir::new("lease");
+    let key = key_file(&tmp.0);
+    let (data_a, data_b) = (tmp.0.join("a"), tmp.0.join("b"));
+    let (mut proc_a, _) = replica(&data_a, &url, "a", &key);
+    wait_for(Duration::from_secs(10), "a to take the lease", || {
+        log_of(&data_a).contains(HOLDS)
+    });
+    let (_proc_b, _) = replica(&data_b, &url, "b", &key);
+    // Several renewals later, b still does not run it.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!log_of(&data_b).contains(HOLDS), "{}", log_of(&data_b));
+    proc_a.0.kill().unwrap();
+    proc_a.0.wait().unwrap();
+    let took = wait_for(Duration::from_secs(30), "b to take the lease", || {
+        log_of(&data_b).contains(HOLDS)
+    });
+    eprintln!("the once-only lease moved {took:?} after kill -9 of its holder");
+    // Within the lease time and one renewal (10 s + 2 s), with slack for
+    // a loaded machine.
+    assert!(took < Duration::from_secs(16), "{took:?}");
+}
+
+#[test]
+fn replica_flags_need_each_other_and_postgres() {
+    let tmp = TempDir::new("flags");
+    let key = key_file(&tmp.0);
+    let data = tmp.0.join("d");
+    let k = key.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--replica-id",
+                "a",
+                "--internal-addr",
+                "127.0.0.1:9",
+                "--cluster-key",
+                k,
+            ],
+            "needs --database postgres://",
+        ),
+        (
+            &[
+                "--replica-id",
+                "a",
+                "--database",
+                "postgres://u@127.0.0.1:1/x",
+            ],
+            "--internal-addr is missing",
+        ),
+        (
+            &[
+                "--replica-id",
+                "a b",
+                "--internal-addr",
+                "127.0.0.1:9",
+                "--cluster-key",
+                k,
+                "--database",
+                "postgres://u@127.0.0.1:1/x",
+            ],
+            "--replica-id: only letters",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = serve_cmd(&data, args)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !data.exists(),
+            "nothing is made before the flags are checked"
+        );
+    }
+    // The key itself never appears, even when it is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = serve_cmd(
+        &data,
+        &[
+            "--replica-id",
+            "a",
+            "--internal-addr",
+            "127.0.0.1:9",
+            "--cluster-key",
+            k,
+            "--database",
+            "postgres://u@127.0.0.1:1/x",
+        ],
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(&"5e".repeat(32)), "{err}");
+}
