@@ -52,7 +52,8 @@ use crate::db::{Db, Health, HealthRecord};
 
 /// Observations queued for the engine before new ones are dropped.
 pub const QUEUE: usize = 8192;
-/// How long a runner's name and group are cached.
+/// How long a runner's name, group and labels are cached (a label change
+/// reaches a rule's selector scope within this).
 pub const RUNNER_TTL: Duration = Duration::from_secs(30);
 /// Silences are re-read this often (and at once when one is changed).
 const SILENCE_TTL: Duration = Duration::from_secs(30);
@@ -546,10 +547,18 @@ impl Engine {
             .ok()
             .flatten()
             .unwrap_or_default();
+        let labels = self
+            .db
+            .fleet
+            .labels(tenant, id)
+            .await
+            .map(|(accepted, _proposed)| accepted)
+            .unwrap_or_default();
         let info = RunnerInfo {
             id: id.to_owned(),
             name,
             group,
+            labels,
         };
         if self.runners.len() > 100_000 {
             self.runners.clear();

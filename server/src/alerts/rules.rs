@@ -32,6 +32,9 @@
 //!   comment); it clears when the alert resolves.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::fleet::selector::{Labels, Selector};
 
 // The model (what is stored) lives with its store; the rules here decide.
 pub use crate::db::alerts::{
@@ -73,6 +76,9 @@ impl RuleSpec {
             Scope::All => {}
             Scope::Group(g) => text("scope.group", g, false)?,
             Scope::Runner(r) => text("scope.runner", r, false)?,
+            Scope::Selector(sel) => {
+                Selector::parse(sel).map_err(|e| format!("scope.selector: {e}"))?;
+            }
         }
         if let Some(f) = &self.containers {
             if let Some(n) = &f.name {
@@ -168,6 +174,8 @@ pub struct RunnerInfo {
     pub id: String,
     pub name: String,
     pub group: String,
+    /// Accepted labels (proposed ones do not count until accepted).
+    pub labels: Labels,
 }
 
 impl Scope {
@@ -176,8 +184,28 @@ impl Scope {
             Scope::All => true,
             Scope::Group(g) => *g == r.group,
             Scope::Runner(id) => *id == r.id || *id == r.name,
+            Scope::Selector(text) => parsed(text).is_some_and(|s| s.matches(&r.labels)),
         }
     }
+}
+
+/// Selectors parsed once: `covers` runs for every sample of every runner,
+/// the text of a rule's selector changes only with the rule. Bounded (a
+/// few tenants' worth of rules); refilled after a clear.
+fn parsed(text: &str) -> Option<Arc<Selector>> {
+    static CACHE: Mutex<Option<HashMap<String, Arc<Selector>>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let map = cache.get_or_insert_with(HashMap::new);
+    if let Some(sel) = map.get(text) {
+        return Some(sel.clone());
+    }
+    // Checked when the rule was made; one that no longer parses covers none.
+    let sel = Arc::new(Selector::parse(text).ok()?);
+    if map.len() >= 4 * MAX_RULES {
+        map.clear();
+    }
+    map.insert(text.to_owned(), sel.clone());
+    Some(sel)
 }
 
 /// `*` matches any run of characters (including none); everything else literally.
@@ -948,6 +976,7 @@ mod tests {
             id: id.into(),
             name: format!("{id}-name"),
             group: group.into(),
+            labels: Labels::new(),
         }
     }
 
@@ -1226,6 +1255,40 @@ mod tests {
         assert_eq!(log_end.len(), 1);
         assert!(!log_end[0].notify);
         assert_eq!(e.observe(&rules, &r, &log("panic: z"), 91_000).len(), 1);
+    }
+
+    #[test]
+    fn a_selector_scope_covers_runners_by_their_accepted_labels() {
+        let mut r = rule("s", Kind::Unreachable { for_s: 0 });
+        r.spec.scope = Scope::Selector("env=prod,region in (eu,us),!canary".into());
+        assert!(r.spec.check().is_ok());
+        let rules = [r];
+        let labelled = |id: &str, pairs: &[(&str, &str)]| {
+            let mut info = runner(id, "");
+            info.labels = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            info
+        };
+        let mut e = Evaluator::default();
+        let prod_eu = labelled("a", &[("env", "prod"), ("region", "eu")]);
+        let canary = labelled("b", &[("env", "prod"), ("region", "eu"), ("canary", "")]);
+        let staging = labelled("c", &[("env", "staging"), ("region", "us")]);
+        assert_eq!(
+            states(&e.observe(&rules, &prod_eu, &health(false), 0)),
+            [State::Firing]
+        );
+        assert!(e.observe(&rules, &canary, &health(false), 0).is_empty());
+        assert!(e.observe(&rules, &staging, &health(false), 0).is_empty());
+        assert!(e
+            .observe(&rules, &runner("d", ""), &health(false), 0)
+            .is_empty());
+        // A selector that does not parse is refused, naming the field.
+        let mut bad = rule("x", Kind::Unreachable { for_s: 0 });
+        bad.spec.scope = Scope::Selector("env in (".into());
+        let err = bad.spec.check().unwrap_err();
+        assert!(err.starts_with("scope.selector: at byte"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use super::StorageError;
 // ---- the model: rules, silences, states (their checks and the state
 // machine are the decision core's, `alerts/rules.rs`) ----
 
-/// Which runners a rule covers. Labels do not exist yet: groups stand in.
+/// Which runners a rule covers: all, one update group, one runner (id or
+/// name), or a label selector (`env=prod,region in (eu,us),!canary`, the
+/// syntax of `fleet/selector.rs`, over the runner's accepted labels).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -18,6 +20,7 @@ pub enum Scope {
     All,
     Group(String),
     Runner(String),
+    Selector(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
