@@ -12,6 +12,15 @@
 
 use libfuzzer_sys::fuzz_target;
 
+/// `selector.rs` takes the label model from the server's `db::fleet`
+/// (whose store code does not compile here): the same two items.
+mod db {
+    pub mod fleet {
+        pub type Labels = std::collections::BTreeMap<String, String>;
+        pub const MAX_LABELS: usize = 32;
+    }
+}
+
 #[allow(dead_code)]
 #[path = "../../server/src/fleet/selector.rs"]
 mod selector;

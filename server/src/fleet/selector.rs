@@ -17,8 +17,9 @@
 //! every runner. Text is parsed once into a [`Selector`]; matching is then
 //! a walk over its requirements. Errors name the byte position.
 //!
-//! Self-contained (std only): the fuzz target `selector` compiles this
-//! file as it is.
+//! Self-contained but for the label model (`db::fleet::{Labels,
+//! MAX_LABELS}`): the fuzz target `selector` compiles this file as it is,
+//! with a stand-in for those two items.
 
 use std::fmt;
 
