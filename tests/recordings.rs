@@ -417,3 +417,67 @@ fn the_cli_lists_downloads_and_replays_a_recording() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no recording"), "{err}");
 }
+
+/// Time for `bytes` of output to reach the client through a new host
+/// terminal of `tenant`, and the session's id.
+fn flood(server: &Server, tenant: &Tenant, runner: &str, bytes: usize) -> (Duration, String) {
+    let mut t = TermClient::open(server, &tenant.token, runner, "").unwrap();
+    t.run("echo ready-$((1+1))", "ready-2");
+    let from = t.out.len();
+    let t0 = Instant::now();
+    t.send(
+        format!("head -c {bytes} /dev/zero | tr '\\0' x; echo; echo done-$((1+1))\n").as_bytes(),
+    );
+    // Only the tail is searched: the whole output would make this O(n²).
+    while !String::from_utf8_lossy(&t.out[t.out.len().saturating_sub(64).max(from)..])
+        .contains("done-2")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the flood did not arrive"
+        );
+        assert!(t.pump(), "the terminal closed");
+    }
+    let took = t0.elapsed();
+    assert!(
+        t.out.len() - from > bytes,
+        "the client got less than the flood"
+    );
+    t.send(b"exit\n");
+    t.wait_end(Duration::from_secs(15));
+    (took, t.session)
+}
+
+/// The relay's cost of recording: the same flood with recording off and
+/// on (printed; the bound only catches a relay that waits on storage).
+#[test]
+fn recording_does_not_hold_back_the_relay() {
+    let server = Server::start();
+    let tenant = server.tenant("rec-cost");
+    let runner = started(&server, &tenant);
+    let bytes = 4 << 20;
+    let policy = |record: bool| {
+        let body = json!({"record": record, "max_bytes": 64 << 20});
+        let (st, v) = tenant.call("PUT", "/api/v1/recording-policy", Some(body));
+        assert_eq!(st, 200, "{v}");
+    };
+    policy(false);
+    let (off, _) = flood(&server, &tenant, &runner.id, bytes);
+    policy(true);
+    let (on, id) = flood(&server, &tenant, &runner.id, bytes);
+    let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+    eprintln!(
+        "terminal flood of {} MiB: recording off {:?} ({:.1} MB/s), on {:?} ({:.1} MB/s)",
+        bytes >> 20,
+        off,
+        rate(off),
+        on,
+        rate(on)
+    );
+    let row = finished(&tenant, &id);
+    assert!(row["bytes"].as_u64().unwrap() > bytes as u64, "{row}");
+    assert!(
+        on < off * 3 + Duration::from_secs(2),
+        "recording slowed the relay: {on:?} against {off:?}"
+    );
+}

@@ -57,7 +57,7 @@ use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
 use crate::db::recordings::RecordingRow;
 use crate::db::{Db, Role, SessionRow, TerminalAuditRow};
-use crate::terminals::recorder::Recorder;
+use crate::terminals::recorder::{Encoder, Recorder};
 use crate::terminals::TerminalsCtx;
 use crate::terminals::{
     ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
@@ -340,10 +340,10 @@ async fn open(
     );
     // Recording starts before the runner is asked: its first output (the
     // prompt) may come right behind its answer.
-    let header = policy.record.then(|| {
-        let (rec, header) = Recorder::new(&policy, cols, rows, now_ms);
+    let mut recording = policy.record.then(|| {
+        let (rec, encoder, header) = Recorder::new(&policy, cols, rows, now_ms);
         session.lock().rec = Some(rec);
-        header
+        (encoder, header)
     });
     let open = TermOpen {
         channel: session.channel,
@@ -415,7 +415,7 @@ async fn open(
     if let Err(e) = state.db.audit.terminal_opened(tenant, &audit).await {
         tracing::error!(session = %session.id, "recording a terminal in the audit trail: {e}");
     }
-    if let Some(header) = header {
+    if let Some((_, header)) = &recording {
         let rec_row = RecordingRow {
             id: session.id.clone(),
             tenant_id: tenant.to_owned(),
@@ -424,7 +424,7 @@ async fn open(
             who: session.who.clone(),
             started_ms: now_ms,
             ended_ms: None,
-            header,
+            header: header.clone(),
             bytes: 0,
             truncated: false,
         };
@@ -433,9 +433,11 @@ async fn open(
             // for a full disk, and the log says why there is no recording.
             tracing::error!(session = %session.id, "starting the terminal's recording: {e}");
             session.lock().rec = None;
+            recording = None;
         }
     }
-    tokio::spawn(watchdog(state.clone(), session.clone()));
+    let encoder = recording.map(|(encoder, _)| encoder);
+    tokio::spawn(watchdog(state.clone(), session.clone(), encoder));
     Ok(session)
 }
 
@@ -670,13 +672,15 @@ async fn request_close(state: &TerminalsCtx, s: &Session, why: &str) {
 
 /// One per session: detach timeout, a runner that stays away, a hang-up
 /// the runner never confirms.
-async fn watchdog(state: TerminalsCtx, s: Arc<Session>) {
+async fn watchdog(state: TerminalsCtx, s: Arc<Session>, mut encoder: Option<Encoder>) {
     let mut closing_since: Option<Instant> = None;
     loop {
         sleep(Duration::from_secs(1)).await;
         let ended = matches!(s.lock().phase, Phase::Ended(_));
         // The recording's batch: written here, in order, never by the relay.
-        write_recording(&state.db, &s, ended).await;
+        if let Some(enc) = encoder.as_mut() {
+            write_recording(&state.db, &s, enc, ended).await;
+        }
         if ended {
             return;
         }
@@ -718,18 +722,15 @@ async fn watchdog(state: TerminalsCtx, s: Arc<Session>) {
     }
 }
 
-/// Write the events the session's recording holds; `last`: the session
+/// Write the events the session's recording captured: taken under the
+/// lock (a move), encoded and written outside it. `last`: the session
 /// ended, so whatever is left, and the recording's end.
-async fn write_recording(db: &Db, s: &Session, last: bool) {
-    let chunk = {
-        let mut st = s.lock();
-        match st.rec.as_mut() {
-            Some(r) if last => r.end(),
-            Some(r) => r.take(),
-            None => return,
-        }
+async fn write_recording(db: &Db, s: &Session, enc: &mut Encoder, last: bool) {
+    let batch = match s.lock().rec.as_mut() {
+        Some(r) => r.take(),
+        None => return,
     };
-    if let Some(c) = chunk {
+    if let Some(c) = enc.encode(batch, last) {
         let written = db
             .recordings
             .append(&s.id, c.seq, &c.data, c.bytes, c.truncated)

@@ -26,8 +26,8 @@
 //!
 //! Recording (`recorder.rs`): a session of a tenant that records has a
 //! [`recorder::Recorder`] in its state; output, keystrokes (if the policy
-//! says) and resizes are encoded into it under the same lock, and the
-//! session's watchdog writes them out in batches. `recordings.rs` serves
+//! says) and resizes are copied into it under the same lock, and the
+//! session's watchdog encodes and writes them out in batches. `recordings.rs` serves
 //! them (list, `.cast` download, the tenant's policy).
 
 pub mod api;

@@ -3,17 +3,20 @@
 //! `[seconds, "o"|"i"|"r"|"m", data]`.
 //!
 //! ```text
-//!  DATA from the runner ─▶ State::rec.output ─┐   (under the session's lock:
-//!  keystrokes (if policy) ─▶ .input ─────────┼──▶ buf   an append, no I/O)
-//!  client resize ─▶ .resize ─────────────────┘     │
-//!  watchdog, every second ─▶ take() ─▶ RecordingStore::append (chunk seq n)
-//!  session end ─▶ take() + finish (a task of its own)
+//!  DATA from the runner ─▶ State::rec.output ─┐  Recorder (under the session's
+//!  keystrokes (if policy) ─▶ .input ─────────┼─▶ lock): raw bytes + times,
+//!  client resize ─▶ .resize ─────────────────┘  a copy, no encoding, no I/O
+//!  watchdog, every second: take() under the lock ─▶ Encoder::encode (JSON,
+//!    UTF-8, the cap; outside the lock) ─▶ RecordingStore::append (chunk n)
+//!  session end ─▶ the last batch, the end
 //! ```
 //!
-//! The relay never waits on storage: events are encoded into `buf` under
-//! the session's lock and written in batches by the session's watchdog
-//! (`api.rs`), once a second. `buf` is bounded by the cap: a recording
-//! holds at most `max_bytes` of event lines, taken or not.
+//! The relay never waits on the recording: it copies bytes into the
+//! session's [`Recorder`] under the lock it holds anyway; the session's
+//! watchdog (`api.rs`) takes them once a second, encodes them with its own
+//! [`Encoder`] outside the lock and writes them in one batch. What waits
+//! is bounded by the cap: a recording captures at most `max_bytes` of raw
+//! bytes (its JSON lines are never shorter than what they carry).
 //!
 //! At the cap: the event that would pass it is not recorded; a marker
 //! event (`"m"`, "recording stopped: …") ends the recording and the
@@ -47,15 +50,41 @@ pub struct Chunk {
     pub truncated: bool,
 }
 
-/// One session's recording in progress.
+/// One captured event, as it came.
+#[derive(Debug)]
+struct Raw {
+    t: f64,
+    kind: &'static str,
+    data: Vec<u8>,
+}
+
+/// Events captured since the last take.
+#[derive(Debug, Default)]
+pub struct Batch {
+    events: Vec<Raw>,
+    /// The capture reached the cap: the recording ends with a marker.
+    full: bool,
+}
+
+/// The relay's side of a recording: raw events and their times.
 #[derive(Debug)]
 pub struct Recorder {
     started: Instant,
+    input: bool,
+    cap: u64,
+    /// Raw bytes captured so far, taken or not.
+    captured: u64,
+    full: bool,
+    events: Vec<Raw>,
+}
+
+/// The writer's side: JSON lines, the cap, chunk numbers.
+#[derive(Debug)]
+pub struct Encoder {
     buf: Vec<u8>,
-    /// Event bytes so far, taken or not.
+    /// Event bytes so far.
     bytes: u64,
     cap: u64,
-    input: bool,
     /// Recording has stopped (cap reached, or the session ended).
     stopped: bool,
     truncated: bool,
@@ -65,8 +94,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder under `policy`, and its header line (JSON).
-    pub fn new(policy: &RecordingPolicy, cols: u16, rows: u16, now_ms: i64) -> (Recorder, String) {
+    /// A recording under `policy`: the relay's side, the writer's side
+    /// and the header line (JSON).
+    pub fn new(
+        policy: &RecordingPolicy,
+        cols: u16,
+        rows: u16,
+        now_ms: i64,
+    ) -> (Recorder, Encoder, String) {
         let header = json!({
             "version": 2,
             "width": cols,
@@ -74,74 +109,153 @@ impl Recorder {
             "timestamp": now_ms / 1000,
             "env": {"TERM": "xterm-256color"},
         });
+        let cap = policy.max_bytes.max(MARKER_ROOM * 2);
         let r = Recorder {
             started: Instant::now(),
+            input: policy.record_input,
+            cap,
+            captured: 0,
+            full: false,
+            events: Vec::new(),
+        };
+        let e = Encoder {
             buf: Vec::new(),
             bytes: 0,
-            cap: policy.max_bytes.max(MARKER_ROOM * 2),
-            input: policy.record_input,
+            cap,
             stopped: false,
             truncated: false,
             next_seq: 0,
             carry: Vec::new(),
         };
-        (r, header.to_string())
+        (r, e, header.to_string())
     }
 
-    fn now(&self) -> f64 {
+    fn push(&mut self, kind: &'static str, data: &[u8]) {
+        if self.full || data.is_empty() {
+            return;
+        }
+        if self.captured + data.len() as u64 > self.cap {
+            self.full = true;
+            return;
+        }
+        self.captured += data.len() as u64;
         // Microseconds, as asciinema writes them.
-        self.started.elapsed().as_micros() as f64 / 1e6
-    }
-
-    fn event(&mut self, kind: &str, data: &str) {
-        if self.stopped {
-            return;
-        }
-        let t = self.now();
-        let mut line = json!([t, kind, data]).to_string();
-        line.push('\n');
-        if self.bytes + line.len() as u64 + MARKER_ROOM > self.cap {
-            let note = format!(
-                "recording stopped: the {}-byte cap is reached (the session goes on)",
-                self.cap
-            );
-            let mut marker = json!([t, "m", note]).to_string();
-            marker.push('\n');
-            self.bytes += marker.len() as u64;
-            self.buf.extend_from_slice(marker.as_bytes());
-            self.stopped = true;
-            self.truncated = true;
-            return;
-        }
-        self.bytes += line.len() as u64;
-        self.buf.extend_from_slice(line.as_bytes());
+        let t = self.started.elapsed().as_micros() as f64 / 1e6;
+        self.events.push(Raw {
+            t,
+            kind,
+            data: data.to_vec(),
+        });
     }
 
     /// Output the client will see, as it arrived from the runner.
     pub fn output(&mut self, data: &[u8]) {
-        if self.stopped {
-            return;
-        }
-        for piece in data.chunks(MAX_EVENT_DATA) {
-            let text = self.decode(piece);
-            if !text.is_empty() {
-                self.event("o", &text);
-            }
-        }
+        self.push("o", data);
     }
 
     /// Keystrokes, if the tenant records them.
     pub fn input(&mut self, data: &[u8]) {
-        if !self.input || self.stopped {
-            return;
-        }
-        for piece in data.chunks(MAX_EVENT_DATA) {
-            self.event("i", &String::from_utf8_lossy(piece));
+        if self.input {
+            self.push("i", data);
         }
     }
 
     pub fn resize(&mut self, cols: u16, rows: u16) {
-        self.event("r", &format!("{cols}x{rows}"));
+        self.push("r", format!("{cols}x{rows}").as_bytes());
+    }
+
+    /// What was captured since the last take (cheap: a move).
+    pub fn take(&mut self) -> Batch {
+        Batch {
+            events: std::mem::take(&mut self.events),
+            full: self.full,
+        }
+    }
+}
+
+impl Encoder {
+    fn event(&mut self, t: f64, kind: &str, data: &str) {
+        if self.stopped {
+            return;
+        }
+        let start = self.buf.len();
+        if serde_json::to_writer(&mut self.buf, &(t, kind, data)).is_err() {
+            self.buf.truncate(start);
+            return;
+        }
+        self.buf.push(b'\n');
+        let line = (self.buf.len() - start) as u64;
+        if self.bytes + line + MARKER_ROOM > self.cap {
+            self.buf.truncate(start);
+            self.stop(t);
+            return;
+        }
+        self.bytes += line;
+    }
+
+    /// The cap is reached: the marker, and nothing more.
+    fn stop(&mut self, t: f64) {
+        if self.stopped {
+            return;
+        }
+        let note = format!(
+            "recording stopped: the {}-byte cap is reached (the session goes on)",
+            self.cap
+        );
+        let mut marker = json!([t, "m", note]).to_string();
+        marker.push('\n');
+        self.bytes += marker.len() as u64;
+        self.buf.extend_from_slice(marker.as_bytes());
+        self.stopped = true;
+        self.truncated = true;
+    }
+
+    /// Encode a batch; `last`: the session ended (a cut sequence left
+    /// over is recorded as U+FFFD). The event lines, numbered, if any.
+    pub fn encode(&mut self, batch: Batch, last: bool) -> Option<Chunk> {
+        let mut t_last = 0.0;
+        for e in batch.events {
+            t_last = e.t;
+            for piece in e.data.chunks(MAX_EVENT_DATA) {
+                if e.kind != "o" {
+                    let text = String::from_utf8_lossy(piece).into_owned();
+                    self.event(e.t, e.kind, &text);
+                    continue;
+                }
+                // Most output is whole UTF-8: no copy then.
+                if self.carry.is_empty() {
+                    if let Ok(text) = std::str::from_utf8(piece) {
+                        self.event(e.t, "o", text);
+                        continue;
+                    }
+                }
+                let text = self.decode(piece);
+                if !text.is_empty() {
+                    self.event(e.t, "o", &text);
+                }
+            }
+        }
+        if batch.full {
+            self.stop(t_last);
+        }
+        if last {
+            if !self.carry.is_empty() && !self.stopped {
+                let rest = String::from_utf8_lossy(&std::mem::take(&mut self.carry)).into_owned();
+                self.event(t_last, "o", &rest);
+            }
+            self.stopped = true;
+        }
+        if self.buf.is_empty() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Some(Chunk {
+            seq,
+            data: std::mem::take(&mut self.buf),
+            bytes: self.bytes as i64,
+            truncated: self.truncated,
+        })
     }
 
     /// `carry` + `data` as text, keeping an unfinished sequence at the end
@@ -176,32 +290,6 @@ impl Recorder {
         }
         out
     }
-
-    /// The event lines not yet taken, numbered; `None` when there are none.
-    pub fn take(&mut self) -> Option<Chunk> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        Some(Chunk {
-            seq,
-            data: std::mem::take(&mut self.buf),
-            bytes: self.bytes as i64,
-            truncated: self.truncated,
-        })
-    }
-
-    /// The session ended: a cut sequence left over is recorded as it is
-    /// (U+FFFD), and nothing more is.
-    pub fn end(&mut self) -> Option<Chunk> {
-        if !self.carry.is_empty() && !self.stopped {
-            let rest = String::from_utf8_lossy(&std::mem::take(&mut self.carry)).into_owned();
-            self.event("o", &rest);
-        }
-        self.stopped = true;
-        self.take()
-    }
 }
 
 #[cfg(test)]
@@ -232,7 +320,8 @@ mod tests {
 
     #[test]
     fn utf8_cut_between_frames_is_rejoined_and_input_follows_the_policy() {
-        let (mut r, header) = Recorder::new(&policy(1 << 20, false), 80, 24, 1_700_000_000_000);
+        let (mut r, mut enc, header) =
+            Recorder::new(&policy(1 << 20, false), 80, 24, 1_700_000_000_000);
         let h: serde_json::Value = serde_json::from_str(&header).unwrap();
         assert_eq!(
             (h["version"].as_u64(), h["width"].as_u64()),
@@ -248,18 +337,18 @@ mod tests {
         }
         r.input(b"secret\n");
         r.resize(100, 30);
-        let c = r.end().unwrap();
+        let c = enc.encode(r.take(), true).unwrap();
         let (out, kinds) = output_of(&c.data);
         assert_eq!(out, text.repeat(bytes.len() - 1));
         assert!(!kinds.contains(&"i".to_owned()), "input is off by default");
         assert_eq!(kinds.last().map(String::as_str), Some("r"));
         assert_eq!(c.bytes as usize, c.data.len());
-        assert!(r.take().is_none());
+        assert!(enc.encode(r.take(), false).is_none());
 
-        let (mut r, _) = Recorder::new(&policy(1 << 20, true), 80, 24, 0);
+        let (mut r, mut enc, _) = Recorder::new(&policy(1 << 20, true), 80, 24, 0);
         r.input(b"ls\n");
         r.output(b"\xff ok");
-        let (out, kinds) = output_of(&r.take().unwrap().data);
+        let (out, kinds) = output_of(&enc.encode(r.take(), false).unwrap().data);
         assert_eq!(kinds, ["i", "o"]);
         assert_eq!(out, "\u{FFFD} ok");
     }
@@ -267,11 +356,11 @@ mod tests {
     #[test]
     fn the_cap_stops_recording_with_a_marker_and_is_never_passed() {
         let cap = 4096;
-        let (mut r, _) = Recorder::new(&policy(cap, false), 80, 24, 0);
+        let (mut r, mut enc, _) = Recorder::new(&policy(cap, false), 80, 24, 0);
         let mut all = Vec::new();
         for _ in 0..100 {
             r.output(b"0123456789abcdef0123456789abcdef\r\n");
-            if let Some(c) = r.take() {
+            if let Some(c) = enc.encode(r.take(), false) {
                 all.push(c);
             }
         }
