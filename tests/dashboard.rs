@@ -149,6 +149,8 @@ fn dashboard_in_a_real_browser() {
         "terminal resized with the page",
         "terminal reattached after leaving",
         "terminal reattached after a dropped socket",
+        "recording replayed in the player",
+        "audit page lists the terminal open",
         "update group set from the page",
         "app deployed, steps source/build/replace shown",
         "app container running",

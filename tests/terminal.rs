@@ -15,13 +15,13 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A container running `sleep`, removed on drop.
-struct Sleeper {
-    name: String,
+/// A container running `sleep`, removed on drop (`recordings.rs` too).
+pub(crate) struct Sleeper {
+    pub(crate) name: String,
 }
 
 impl Sleeper {
-    fn start() -> Sleeper {
+    pub(crate) fn start() -> Sleeper {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "tether-term-{}-{}",

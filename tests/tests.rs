@@ -22,6 +22,7 @@ mod logs;
 mod moving;
 mod packages;
 mod reconnect;
+mod recordings;
 mod rogue;
 mod signed;
 mod telemetry;

@@ -30,6 +30,7 @@ mod fleet;
 mod jobs;
 mod keys;
 mod logs;
+mod recordings;
 mod terminal;
 mod updates;
 mod users;
@@ -182,11 +183,9 @@ pub enum ClientCommand {
     Update(UpdateCommand),
     /// An interactive shell on a runner's host, or in one of its containers
     Terminal(terminal::TerminalArgs),
-    /// Terminal sessions: who opened which, where, when, for how long
-    Terminals {
-        /// Only this runner's (id or name)
-        runner: Option<String>,
-    },
+    /// Terminal sessions: who opened which, where, when, for how long;
+    /// their recordings (list, replay, download)
+    Terminals(recordings::TerminalsArgs),
     /// Alerting: rules, channels, silences, acknowledgements, history
     #[command(subcommand)]
     Alert(alerts::AlertCommand),
@@ -676,7 +675,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             updates::runner_updates(&client, &id, json)
         }
         ClientCommand::Terminal(a) => terminal::terminal(&client, args, &a),
-        ClientCommand::Terminals { runner } => terminal::audit(&client, runner.as_deref(), json),
+        ClientCommand::Terminals(a) => recordings::terminals(&client, a, json),
         ClientCommand::Alert(c) => alerts::alert(&client, c, json),
         ClientCommand::Alerts => alerts::firing(&client, json),
         ClientCommand::Audit(a) => audit::audit(&client, a, json),

@@ -2,8 +2,8 @@
 # Fill server/web/dist/ with the dashboard's third-party libraries from npm
 # (versions pinned by package-lock.json), for build.rs to embed. Our own
 # files in src/ need no build step. Without npm it warns and leaves dist/
-# empty: the server still builds and serves the dashboard without charts
-# and terminal.
+# empty: the server still builds and serves the dashboard without charts,
+# terminal and recording player.
 set -eu
 cd "$(dirname "$0")"
 if ! command -v npm >/dev/null 2>&1; then
@@ -31,4 +31,7 @@ uplot/LICENSE uPlot.LICENSE
 @xterm/xterm/LICENSE xterm.LICENSE
 @xterm/addon-fit/lib/addon-fit.mjs addon-fit.mjs
 @xterm/addon-fit/LICENSE addon-fit.LICENSE
+asciinema-player/dist/bundle/asciinema-player.min.js asciinema-player.min.js
+asciinema-player/dist/bundle/asciinema-player.css asciinema-player.css
+asciinema-player/LICENSE asciinema-player.LICENSE
 FILES

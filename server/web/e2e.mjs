@@ -181,6 +181,27 @@ try {
   if ((await termLines()).length === 0) throw new Error('terminal buffer empty');
   step('terminal hung up');
 
+  // Recordings: the session just hung up replays in asciinema-player (the
+  // page's first command, echo $((6*7)), and its 42 appear in the player).
+  await goto(`${URL}/#/recordings`);
+  const rec = page.locator('tr[data-recording]').first();
+  await rec.waitFor({ timeout: T });
+  await rec.getByRole('link').first().click();
+  await page.locator('#player .ap-term').filter({ hasText: '42' }).waitFor({ timeout: 30000 });
+  const played = await page.evaluate(() => document.getElementById('player').player.getCurrentTime());
+  if (!(played > 0)) throw new Error(`the player did not play: at ${played}`);
+  await shot('04d-recording-replay');
+  step('recording replayed in the player');
+  // Audit: the terminal the page opened is an entry, found by its action.
+  await goto(`${URL}/#/audit`);
+  await page.getByLabel('Action', { exact: true }).fill('/terminals');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  await page.locator('#audit tbody tr[data-seq]').filter({ hasText: 'POST /api/v1/runners/{id}/terminals' }).first().waitFor({ timeout: T });
+  const exp = await page.locator('#audit-export').getAttribute('href');
+  if (!exp.includes('action=%2Fterminals')) throw new Error(`export link without the filter: ${exp}`);
+  await shot('04e-audit');
+  step('audit page lists the terminal open');
+
   // Apps: define one from a local git repository, deploy it, watch the
   // three steps, see its container; deploy again and roll back.
   const APP = env('APP');

@@ -213,6 +213,10 @@ pub struct QuotaArgs {
     /// Job output kept per tenant; the oldest finished jobs' output goes first
     #[arg(long, env = "TETHER_JOB_MAX_BYTES_PER_TENANT", default_value = "1G", value_parser = crate::common::http::parse_bytes)]
     pub job_max_bytes_per_tenant: u64,
+
+    /// Terminal recordings are deleted this long after their session started
+    #[arg(long, env = "TETHER_RECORDING_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub recording_retention: Duration,
 }
 
 impl QuotaArgs {
@@ -223,6 +227,7 @@ impl QuotaArgs {
             job_output_bytes: self.job_output_max_bytes,
             job_retention: self.job_retention,
             job_bytes_per_tenant: self.job_max_bytes_per_tenant,
+            recording_retention: self.recording_retention,
         }
     }
 }

@@ -20,8 +20,11 @@ use crate::common::error::ApiError;
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
 /// Only our own origin; styles may be inline because the chart library sets
-/// element styles. No inline script at all.
-const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+/// element styles. No inline script at all; WebAssembly compiled from our
+/// own scripts may run (`wasm-unsafe-eval`: the recording player's
+/// terminal emulator is WebAssembly; it allows no JavaScript `eval`).
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+                   style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 fn content_type(path: &str) -> &'static str {

@@ -13,6 +13,8 @@
 //!  job output age, per-tenant     retention pass (every minute)         oldest finished jobs' output deleted;
 //!  output bytes                                                          jobs past the age deleted (deploys
 //!                                                                        keep their row: rollback needs it)
+//!  terminal recording age         the same pass                         recordings started before it deleted
+//!  (per-session bytes: the tenant's recording policy, `terminals/recorder.rs`)
 //! ```
 //!
 //! The server-wide terminal cap (`terminals::MAX_SESSIONS`) stays as the
@@ -39,6 +41,8 @@ pub struct Quotas {
     pub job_retention: Duration,
     /// Stored job output per tenant; the oldest finished jobs' output goes first.
     pub job_bytes_per_tenant: u64,
+    /// Terminal recordings started longer ago than this go.
+    pub recording_retention: Duration,
 }
 
 impl Default for Quotas {
@@ -49,6 +53,7 @@ impl Default for Quotas {
             job_output_bytes: 64 * 1024 * 1024,
             job_retention: Duration::from_secs(30 * 24 * 3600),
             job_bytes_per_tenant: 1024 * 1024 * 1024,
+            recording_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -93,6 +98,12 @@ pub async fn retain_jobs(db: Db, quotas: Quotas) {
                     failing = true;
                 }
             }
+        }
+        let age_ms = i64::try_from(q.recording_retention.as_millis()).unwrap_or(i64::MAX);
+        match db.recordings.prune(now.saturating_sub(age_ms)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("recording retention removed {n} terminal recording(s)"),
+            Err(e) => tracing::warn!("recording retention: {e}"),
         }
     }
 }

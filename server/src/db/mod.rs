@@ -16,6 +16,8 @@
 //! fleet.rs    FleetStore    labels and proposals, fleet policy, job
 //!                           deadlines, rollouts, schedules and their runs
 //! trail.rs    TrailStore    the audit trail: append-only, hash-chained
+//! recordings.rs RecordingStore terminal recordings (asciicast v2) and
+//!                           each tenant's recording policy
 //! cluster.rs  ClusterStore  replicas and the links table (PostgreSQL only)
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
@@ -52,6 +54,7 @@ pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod postgres;
+pub mod recordings;
 pub mod sqlite;
 pub mod trail;
 pub mod updates;
@@ -64,6 +67,7 @@ pub use fleet::FleetStore;
 pub use jobs::JobStore;
 pub use logs::LogStore;
 pub use metrics::MetricStore;
+pub use recordings::RecordingStore;
 pub use trail::TrailStore;
 pub use updates::UpdateStore;
 pub use users::UserStore;
@@ -94,6 +98,7 @@ pub struct Db {
     pub alerts: Arc<dyn AlertStore>,
     pub fleet: Arc<dyn FleetStore>,
     pub trail: Arc<dyn TrailStore>,
+    pub recordings: Arc<dyn RecordingStore>,
     /// Whether the database answers, for `/healthz`.
     pub liveness: Arc<Liveness>,
 }

@@ -55,7 +55,9 @@ use crate::common::http::JsonBody;
 use crate::common::http::{signed_param, valid_container_ref};
 use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal};
-use crate::db::{Role, SessionRow, TerminalAuditRow};
+use crate::db::recordings::RecordingRow;
+use crate::db::{Db, Role, SessionRow, TerminalAuditRow};
+use crate::terminals::recorder::{Encoder, Recorder};
 use crate::terminals::TerminalsCtx;
 use crate::terminals::{
     ack_frame, close_message, Full, Phase, Session, ToRunner, DETACH_TIMEOUT, RUNNER_AWAY_TIMEOUT,
@@ -315,6 +317,7 @@ async fn open(
     };
     let id = new_id("tm_").map_err(ApiError::internal)?;
     let now_ms = clock::now_ms();
+    let policy = state.db.recordings.policy(tenant).await?;
     let per_tenant = state.quotas.terminals_per_tenant;
     let session = state
         .terminals
@@ -331,10 +334,21 @@ async fn open(
                 "--max-terminals-per-tenant",
             ),
         })?;
+    let (cols, rows) = (
+        p.cols.unwrap_or(80).clamp(1, 1000),
+        p.rows.unwrap_or(24).clamp(1, 1000),
+    );
+    // Recording starts before the runner is asked: its first output (the
+    // prompt) may come right behind its answer.
+    let mut recording = policy.record.then(|| {
+        let (rec, encoder, header) = Recorder::new(&policy, cols, rows, now_ms);
+        session.lock().rec = Some(rec);
+        (encoder, header)
+    });
     let open = TermOpen {
         channel: session.channel,
-        cols: p.cols.unwrap_or(80).clamp(1, 1000),
-        rows: p.rows.unwrap_or(24).clamp(1, 1000),
+        cols,
+        rows,
         idle_timeout_s: p.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_S),
         signed,
         ..term_open(
@@ -401,7 +415,29 @@ async fn open(
     if let Err(e) = state.db.audit.terminal_opened(tenant, &audit).await {
         tracing::error!(session = %session.id, "recording a terminal in the audit trail: {e}");
     }
-    tokio::spawn(watchdog(state.clone(), session.clone()));
+    if let Some((_, header)) = &recording {
+        let rec_row = RecordingRow {
+            id: session.id.clone(),
+            tenant_id: tenant.to_owned(),
+            runner_id: row.id.clone(),
+            target: session.target.clone(),
+            who: session.who.clone(),
+            started_ms: now_ms,
+            ended_ms: None,
+            header: header.clone(),
+            bytes: 0,
+            truncated: false,
+        };
+        if let Err(e) = state.db.recordings.start(&rec_row).await {
+            // The session goes on, unrecorded: a shell is not refused
+            // for a full disk, and the log says why there is no recording.
+            tracing::error!(session = %session.id, "starting the terminal's recording: {e}");
+            session.lock().rec = None;
+            recording = None;
+        }
+    }
+    let encoder = recording.map(|(encoder, _)| encoder);
+    tokio::spawn(watchdog(state.clone(), session.clone(), encoder));
     Ok(session)
 }
 
@@ -636,15 +672,23 @@ async fn request_close(state: &TerminalsCtx, s: &Session, why: &str) {
 
 /// One per session: detach timeout, a runner that stays away, a hang-up
 /// the runner never confirms.
-async fn watchdog(state: TerminalsCtx, s: Arc<Session>) {
+async fn watchdog(state: TerminalsCtx, s: Arc<Session>, mut encoder: Option<Encoder>) {
     let mut closing_since: Option<Instant> = None;
     loop {
         sleep(Duration::from_secs(1)).await;
+        let ended = matches!(s.lock().phase, Phase::Ended(_));
+        // The recording's batch: written here, in order, never by the relay.
+        if let Some(enc) = encoder.as_mut() {
+            write_recording(&state.db, &s, enc, ended).await;
+        }
+        if ended {
+            return;
+        }
         let now = Instant::now();
         let (detached, away, closing, back) = {
             let st = s.lock();
             if matches!(st.phase, Phase::Ended(_)) {
-                return;
+                continue;
             }
             (
                 st.client
@@ -674,6 +718,30 @@ async fn watchdog(state: TerminalsCtx, s: Arc<Session>) {
             }
         } else if detached.is_some_and(|d| d > DETACH_TIMEOUT) {
             request_close(&state, &s, "no client attached").await;
+        }
+    }
+}
+
+/// Write the events the session's recording captured: taken under the
+/// lock (a move), encoded and written outside it. `last`: the session
+/// ended, so whatever is left, and the recording's end.
+async fn write_recording(db: &Db, s: &Session, enc: &mut Encoder, last: bool) {
+    let batch = match s.lock().rec.as_mut() {
+        Some(r) => r.take(),
+        None => return,
+    };
+    if let Some(c) = enc.encode(batch, last) {
+        let written = db
+            .recordings
+            .append(&s.id, c.seq, &c.data, c.bytes, c.truncated)
+            .await;
+        if let Err(e) = written {
+            tracing::error!(session = %s.id, "writing the terminal's recording: {e}");
+        }
+    }
+    if last {
+        if let Err(e) = db.recordings.finish(&s.id, clock::now_ms()).await {
+            tracing::error!(session = %s.id, "ending the terminal's recording: {e}");
         }
     }
 }
@@ -881,10 +949,14 @@ async fn on_client_text(state: &TerminalsCtx, s: &Session, t: &str) {
     };
     match (m.kind.as_str(), m.cols, m.rows) {
         ("resize", Some(cols), Some(rows)) => {
+            let (cols, rows) = (cols.clamp(1, 1000), rows.clamp(1, 1000));
+            if let Some(r) = s.lock().rec.as_mut() {
+                r.resize(cols, rows);
+            }
             let msg = Message::TermResize(TermResize {
                 channel: s.channel,
-                cols: cols.clamp(1, 1000),
-                rows: rows.clamp(1, 1000),
+                cols,
+                rows,
             });
             let _ = state
                 .registry

@@ -23,9 +23,17 @@
 //! until the runner ACKs them (written to the pty); past it the client task
 //! stops reading its WebSocket. After a runner reconnect (`term_alive`) the
 //! queue is sent again from the runner's ACK; the runner drops overlap.
+//!
+//! Recording (`recorder.rs`): a session of a tenant that records has a
+//! [`recorder::Recorder`] in its state; output, keystrokes (if the policy
+//! says) and resizes are copied into it under the same lock, and the
+//! session's watchdog encodes and writes them out in batches. `recordings.rs` serves
+//! them (list, `.cast` download, the tenant's policy).
 
 pub mod api;
 pub mod link;
+pub mod recorder;
+pub mod recordings;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.
@@ -59,6 +67,13 @@ where
         .route("/api/v1/terminals", get(api::audit))
         .route("/api/v1/terminals/{tid}", delete(api::close))
         .route("/api/v1/terminals/{tid}/attach", get(api::attach_ws))
+        .route("/api/v1/recordings", get(recordings::list))
+        .route("/api/v1/recordings/{tid}", get(recordings::show))
+        .route("/api/v1/recordings/{tid}/cast", get(recordings::download))
+        .route(
+            "/api/v1/recording-policy",
+            get(recordings::policy).put(recordings::set_policy),
+        )
 }
 
 use std::collections::{HashMap, VecDeque};
@@ -131,6 +146,8 @@ pub struct State {
     pub closing: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The session's recording, if its tenant records.
+    pub rec: Option<recorder::Recorder>,
 }
 
 /// One terminal.
@@ -178,6 +195,9 @@ impl State {
     pub fn push_input(&mut self, channel: u32, data: &[u8]) -> Vec<Vec<u8>> {
         let n = data.len().min(self.input_room());
         self.input.extend(&data[..n]);
+        if let Some(r) = self.rec.as_mut() {
+            r.input(&data[..n]);
+        }
         self.bytes_in += n as u64;
         if self.runner_here {
             self.unsent_input(channel)
@@ -311,6 +331,7 @@ impl Terminals {
                 closing: false,
                 bytes_in: 0,
                 bytes_out: 0,
+                rec: None,
             }),
             notify: Notify::new(),
         });
@@ -357,6 +378,9 @@ impl Terminals {
                 if end > st.end && header.seq <= st.end {
                     let skip = (st.end - header.seq) as usize;
                     let data = &payload[skip..];
+                    if let Some(r) = st.rec.as_mut() {
+                        r.output(data);
+                    }
                     st.ring.extend(data);
                     let over = st.ring.len().saturating_sub(SCROLLBACK);
                     st.ring.drain(..over);

@@ -4,7 +4,7 @@
 //! makes a `sqlite` and a `postgres` test of it.
 //!
 //! Covered: ControlStore, UserStore, AuditStore, UpdateStore, AlertStore,
-//! and the migration runner (the bulk stores: `storage_bulk.rs`).
+//! RecordingStore, and the migration runner (the bulk stores: `storage_bulk.rs`).
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tether::protocol::UpdateStatus;
 use tether_server::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
 use tether_server::db::alerts::{Ack, AlertRow, ChannelRow, DeliveryRow};
 use tether_server::db::postgres::Postgres;
+use tether_server::db::recordings::{RecordingPolicy, RecordingRow, RecordingStore};
 use tether_server::db::users::{Role, UserRow};
 use tether_server::db::{
     AlertStore, ApiTokenRow, AuditStore, ConnectOutcome, ConnectedInfo, ControlStore,
@@ -28,6 +29,7 @@ struct Under {
     users: Arc<dyn UserStore>,
     audit: Arc<dyn AuditStore>,
     updates: Arc<dyn UpdateStore>,
+    recordings: Arc<dyn RecordingStore>,
     alerts: Arc<dyn AlertStore>,
 }
 
@@ -39,6 +41,7 @@ impl Under {
             users: db.users.clone(),
             audit: db.audit.clone(),
             updates: db.updates.clone(),
+            recordings: db.recordings.clone(),
             alerts: db.alerts.clone(),
         }
     }
@@ -52,6 +55,7 @@ impl Under {
             users: pg.users(),
             audit: pg.audit(),
             updates: pg.updates(),
+            recordings: pg.recordings(),
             alerts: pg.alerts(),
         }
     }
@@ -119,7 +123,79 @@ both!(
     fingerprints_drift_docker_state_and_containers,
     alert_rules_and_channels_are_tenant_scoped,
     alert_transitions_keep_state_history_acks_and_silences,
+    recordings_keep_chunks_in_order_policies_per_tenant_and_retention,
 );
+
+async fn recordings_keep_chunks_in_order_policies_per_tenant_and_retention(s: Under) {
+    let r = &s.recordings;
+    // The default policy: record, no input, viewers may not replay.
+    let p = r.policy("tn_a").await.unwrap();
+    assert_eq!(p, RecordingPolicy::default());
+    assert!(p.record && !p.record_input && !p.viewers_replay);
+    let mine = RecordingPolicy {
+        record_input: true,
+        viewers_replay: true,
+        max_bytes: 4096,
+        ..p
+    };
+    r.set_policy("tn_a", &mine).await.unwrap();
+    r.set_policy("tn_a", &mine).await.unwrap();
+    assert_eq!(r.policy("tn_a").await.unwrap(), mine);
+    assert_eq!(r.policy("tn_b").await.unwrap(), RecordingPolicy::default());
+
+    let row = |id: &str, tenant: &str, started_ms: i64| RecordingRow {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        runner_id: "rn_1".into(),
+        target: "host".into(),
+        who: "tok_1 (ops)".into(),
+        started_ms,
+        ended_ms: None,
+        header: r#"{"version":2,"width":80,"height":24}"#.into(),
+        bytes: 0,
+        truncated: false,
+    };
+    r.start(&row("tm_old", "tn_a", 1_000)).await.unwrap();
+    r.start(&row("tm_new", "tn_a", 5_000)).await.unwrap();
+    r.start(&row("tm_other", "tn_b", 6_000)).await.unwrap();
+    // Chunks written out of order read back in seq order; totals only grow.
+    r.append("tm_new", 1, b"[0.2,\"o\",\"b\"]\n", 30, false)
+        .await
+        .unwrap();
+    r.append("tm_new", 0, b"[0.1,\"o\",\"a\"]\n", 15, true)
+        .await
+        .unwrap();
+    r.append("tm_old", 0, b"old\n", 4, false).await.unwrap();
+    r.finish("tm_new", 9_000).await.unwrap();
+    r.finish("tm_new", 9_999).await.unwrap();
+    assert_eq!(
+        r.events("tm_new").await.unwrap(),
+        b"[0.1,\"o\",\"a\"]\n[0.2,\"o\",\"b\"]\n"
+    );
+    let got = r.get("tn_a", "tm_new").await.unwrap().unwrap();
+    assert_eq!(
+        (got.bytes, got.truncated, got.ended_ms),
+        (30, true, Some(9_000))
+    );
+    // Tenants are apart.
+    assert!(r.get("tn_b", "tm_new").await.unwrap().is_none());
+    let ids: Vec<String> = r
+        .list("tn_a", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(ids, ["tm_new", "tm_old"]);
+    assert!(r.list("tn_a", Some("rn_2"), 10).await.unwrap().is_empty());
+    assert_eq!(r.list("tn_a", None, 1).await.unwrap().len(), 1);
+    // Retention: recordings started before the bound go with their chunks.
+    assert_eq!(r.prune(5_000).await.unwrap(), 1);
+    assert!(r.get("tn_a", "tm_old").await.unwrap().is_none());
+    assert!(r.events("tm_old").await.unwrap().is_empty());
+    assert!(r.get("tn_a", "tm_new").await.unwrap().is_some());
+    assert_eq!(r.prune(5_000).await.unwrap(), 0);
+}
 
 fn enrollment_token(tenant: &str, id: &str, expires_at: i64) -> EnrollmentTokenRow {
     EnrollmentTokenRow {

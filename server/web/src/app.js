@@ -1,9 +1,10 @@
 // Entry module: the overview pages (runners, add a server, users), then boot.
-// runner.js, scripts.js and apps.js register their own pages on import.
+// runner.js, scripts.js, apps.js and recordings.js register their own pages on import.
 import { state, h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, boot, redraw } from './core.js';
 import './runner.js';
 import './scripts.js';
 import './apps.js';
+import './recordings.js';
 
 // ---- runners overview ----------------------------------------------------------------
 

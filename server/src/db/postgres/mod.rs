@@ -15,6 +15,7 @@
 //! alerts.rs   AlertStore   over PgAlerts: rules, channels, states, history, silences, deliveries
 //! fleet.rs    FleetStore   over PgFleet: labels, fleet policy, deadlines, rollouts, schedules
 //! trail.rs    TrailStore   over PgTrail: the audit trail, one chain for every replica
+//! recordings.rs RecordingStore over PgRecordings: terminal recordings and policies
 //! cluster.rs  ClusterStore over PgCluster: replicas, the links table, fence notices (NOTIFY)
 //! partitions.rs  making partitions ahead and dropping them for retention
 //! import.rs   filling an empty database from SQLite rows (`migrate`)
@@ -54,6 +55,7 @@ mod jobs;
 mod logs;
 mod metrics;
 mod partitions;
+mod recordings;
 mod schema;
 mod trail;
 mod updates;
@@ -282,6 +284,11 @@ impl Postgres {
         Arc::new(trail::PgTrail::new(self.pool.clone()))
     }
 
+    /// Terminal recordings and each tenant's recording policy.
+    pub fn recordings(&self) -> Arc<dyn super::RecordingStore> {
+        Arc::new(recordings::PgRecordings::new(self.pool.clone()))
+    }
+
     /// What replicas sharing this database keep about each other.
     pub fn cluster(&self) -> Arc<dyn super::cluster::ClusterStore> {
         Arc::new(cluster::PgCluster::new(
@@ -314,6 +321,7 @@ impl Postgres {
             alerts: pg.alerts(),
             fleet: pg.fleet(),
             trail: pg.trail(),
+            recordings: pg.recordings(),
         }
     }
 

@@ -506,4 +506,35 @@ CREATE TABLE cluster_leases (
     expires_at  BIGINT NOT NULL
 );
 "#,
+    // 8: terminal recordings (as sqlite/recordings.rs): each session's
+    // asciicast header and its event chunks, and each tenant's policy.
+    r#"
+CREATE TABLE recordings (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    runner_id   TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    who         TEXT NOT NULL,
+    started_ms  BIGINT NOT NULL,
+    ended_ms    BIGINT,
+    header      TEXT NOT NULL,
+    bytes       BIGINT NOT NULL DEFAULT 0,
+    truncated   BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX recordings_by_tenant ON recordings (tenant_id, started_ms);
+CREATE INDEX recordings_by_start ON recordings (started_ms);
+CREATE TABLE recording_chunks (
+    recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+    seq          BIGINT NOT NULL,
+    data         BYTEA NOT NULL,
+    PRIMARY KEY (recording_id, seq)
+);
+CREATE TABLE recording_policy (
+    tenant_id      TEXT PRIMARY KEY,
+    record         BOOLEAN NOT NULL,
+    record_input   BOOLEAN NOT NULL,
+    viewers_replay BOOLEAN NOT NULL,
+    max_bytes      BIGINT NOT NULL
+);
+"#,
 ];

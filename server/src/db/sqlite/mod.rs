@@ -10,6 +10,7 @@
 //! alerts.db   alerts.rs: AlertStore
 //! fleet.db    fleet.rs: FleetStore
 //! audit.db    trail.rs: TrailStore (the audit trail)
+//! recordings.db  recordings.rs: RecordingStore (terminal recordings)
 //! backup.rs   online copies of any of these files (`tether-server backup`)
 //! ```
 //!
@@ -47,6 +48,7 @@ mod jobs;
 mod logs;
 mod metrics;
 mod migrate;
+mod recordings;
 mod terminals;
 mod tokens;
 mod trail;
@@ -59,6 +61,7 @@ use fleet::SqliteFleet;
 use jobs::SqliteJobs;
 use logs::SqliteLogs;
 use metrics::SqliteMetrics;
+use recordings::SqliteRecordings;
 use trail::SqliteAudit;
 
 /// A synchronous store whose every call runs on the blocking pool.
@@ -135,7 +138,10 @@ pub fn open(data: &Path, options: &Options) -> Result<Db, StorageError> {
     let alerts = SqliteAlerts::open(&data.join("alerts.db"))?;
     let fleet = SqliteFleet::open(&data.join("fleet.db"))?;
     let trail = SqliteAudit::open(&data.join("audit.db"))?;
-    Ok(assemble(control, metrics, logs, jobs, alerts, fleet, trail))
+    let recordings = SqliteRecordings::open(&data.join("recordings.db"))?;
+    Ok(assemble(
+        control, metrics, logs, jobs, alerts, fleet, trail, recordings,
+    ))
 }
 
 /// The audit trail in the SQLite file at `path` (opened, migrated), for
@@ -162,9 +168,11 @@ pub fn open_in_memory(metrics_retention: Retention) -> Result<Db, StorageError> 
         SqliteAlerts::open_in_memory()?,
         SqliteFleet::open_in_memory()?,
         SqliteAudit::open_in_memory()?,
+        SqliteRecordings::open_in_memory()?,
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     control: SqliteControl,
     metrics: SqliteMetrics,
@@ -173,6 +181,7 @@ fn assemble(
     alerts: SqliteAlerts,
     fleet: SqliteFleet,
     trail: SqliteAudit,
+    recordings: SqliteRecordings,
 ) -> Db {
     // Once per start, before any request: apps that still name their
     // runner get its id (deploy.rs).
@@ -192,6 +201,7 @@ fn assemble(
         alerts: Arc::new(Blocking::new(alerts)),
         fleet: Arc::new(Blocking::new(fleet)),
         trail: Arc::new(Blocking::new(trail)),
+        recordings: Arc::new(Blocking::new(recordings)),
     }
 }
 
