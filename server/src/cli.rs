@@ -96,6 +96,9 @@ pub enum ClientCommand {
     /// Rollouts (`run --selector … --wave …`): list, show, watch, pause, resume, abort
     #[command(subcommand)]
     Rollout(fleet::RolloutCommand),
+    /// Schedules (cron) of a script on a selector: add, list, show, rm, history
+    #[command(subcommand)]
+    Schedule(fleet::ScheduleCommand),
     /// One runner: show, health history, revoke, ping
     #[command(subcommand)]
     Runner(RunnerCommand),
@@ -659,6 +662,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
         ClientCommand::Labels(c) => fleet::labels(&client, c, json),
         ClientCommand::Rollout(c) => fleet::rollout(&client, c, json),
+        ClientCommand::Schedule(c) => fleet::schedule(&client, c, json),
         ClientCommand::User(c) => users::user(&client, c, json),
         ClientCommand::Prune {
             runner,
