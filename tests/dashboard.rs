@@ -7,7 +7,8 @@
 //! local git repository with its steps watched, redeployed and rolled back,
 //! stop the runner and see it turn unreachable without a reload, a viewer
 //! refused an action and a terminal, every page at phone width. The browser steps are in
-//! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`.
+//! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`. The
+//! runners page with 2,000 simulated runners: `server/web/e2e-fleet.mjs`.
 //!
 //! Needs `chromium` and `make web` (`make test`'s set-up installs both); it fails,
 //! saying so, when they are missing.
@@ -175,6 +176,104 @@ fn dashboard_in_a_real_browser() {
     assert!(!gone.status.success(), "container still exists");
 }
 
+/// The runners page with a fleet: 2,000 `tether-sim` runners and one real
+/// runner (labelled role=db) in real Chromium (`server/web/e2e-fleet.mjs`):
+/// the counts, a label filter, the real runner's health flip seen live
+/// within 1 s, a bulk label on a page of rows.
+#[test]
+fn fleet_view_with_2000_runners_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+        "the browser test needs {chromium} and server/web/node_modules (make web)"
+    );
+    let artifacts = util::target_dir().join("dashboard-e2e");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let sims: usize = 2000;
+    let server = Server::start_with(&["--enroll-rate", "0"]);
+    let tenant = server.tenant("fleet");
+    add_user(&server, "fleet", "ada", "admin");
+    let sim = util::runner_bin().with_file_name("tether-sim");
+    let mut sim = KillOnDrop(
+        Command::new(&sim)
+            .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
+            .arg(&server.ca)
+            .args([
+                "--count",
+                &sims.to_string(),
+                "--heartbeat",
+                "5s",
+                "--duration",
+                "600s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", sim.display())),
+    );
+    let mut runner = Runner::enroll(&server, &tenant);
+    runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let (st, v) = tenant.call(
+        "PATCH",
+        &format!("/api/v1/runners/{}/labels", runner.id),
+        Some(serde_json::json!({"set": {"role": "db"}})),
+    );
+    assert_eq!(st, 200, "{v}");
+    util::wait_for(
+        Duration::from_secs(300),
+        "the simulated fleet active",
+        || {
+            let (_, v) = tenant.call("GET", "/api/v1/runners/counts", None);
+            (v["health"]["active"].as_u64()? as usize > sims).then_some(())
+        },
+    );
+
+    let mut node = Command::new("node")
+        .arg("e2e-fleet.mjs")
+        .current_dir(&web)
+        .env("TETHER_URL", &server.url)
+        .env("TENANT", "fleet")
+        .env("ADMIN_USER", "ada")
+        .env("PASSWORD", PASSWORD)
+        .env("RUNNER_ID", &runner.id)
+        .env("SIM_COUNT", sims.to_string())
+        .env("CHROMIUM", &chromium)
+        .env("ARTIFACTS", &artifacts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let mut stdin = node.stdin.take().unwrap();
+    let mut transcript = String::new();
+    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        eprintln!("e2e-fleet: {line}");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == "STOP_RUNNER" {
+            util::signal(runner.child(), libc::SIGTERM);
+            util::wait_exit(runner.child(), Duration::from_secs(10));
+            writeln!(stdin, "stopped").unwrap();
+        }
+    }
+    let status = node.wait().unwrap();
+    let _ = sim.0.kill();
+    assert!(
+        status.success() && transcript.contains("E2E OK"),
+        "the fleet view failed:\n{transcript}"
+    );
+    let flip: u64 = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("flip_ms ")?.parse().ok())
+        .expect("flip_ms");
+    assert!(flip <= 1000, "the health flip took {flip} ms to show");
+    // The bulk label really landed: 100 runners carry it.
+    let (_, c) = tenant.call("GET", "/api/v1/runners/counts?selector=batch%3Done", None);
+    assert_eq!(c["total"], 100, "{c}");
+}
+
 /// Removes the app the page deployed (its container, a replaced one left
 /// parked, and its images) however the test ends.
 struct RemoveApp(String);
@@ -194,6 +293,16 @@ impl Drop for RemoveApp {
         for id in list(&["images", "-q", &self.0]).split_whitespace() {
             let _ = Command::new("docker").args(["rmi", "-f", id]).output();
         }
+    }
+}
+
+/// A child process killed and reaped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -238,6 +347,14 @@ fn the_pages_api_calls_work_with_the_session_cookie() {
     assert_eq!(get_json("/api/v1/session")["user"]["role"], "operator");
     let id = &runner.id;
     assert_eq!(get_json("/api/v1/runners")[0]["health"], "active");
+    // The runners page (runners.js): a page of rows, the counts, the meters.
+    assert_eq!(
+        get_json("/api/v1/runners?sort=name&page=1&limit=100")[0]["id"],
+        id.as_str()
+    );
+    assert_eq!(get_json("/api/v1/runners/counts")["health"]["active"], 1);
+    assert!(get_json(&format!("/api/v1/metrics/summary?runners={id}")).is_object());
+    assert!(get_json("/api/v1/alerts")["alerts"].is_array());
     assert_eq!(
         get_json(&format!("/api/v1/runners/{id}"))["id"],
         id.as_str()

@@ -367,3 +367,80 @@ fn a_wave_rollout_halts_after_the_wave_holding_a_failure_and_resume_runs_the_res
     let (_, list) = tenant.call("GET", "/api/v1/rollouts", None);
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn the_runners_list_filters_sorts_pages_and_counts_and_names_a_bad_parameter() {
+    let server = Server::start();
+    let tenant = server.tenant("fleet-list");
+    let mut made = Vec::new();
+    for role in ["db", "db", "web"] {
+        let r = started(&server, &tenant, &[]);
+        let (st, v) = tenant.call(
+            "PATCH",
+            &format!("/api/v1/runners/{}/labels", r.id),
+            Some(json!({"set": {"role": role}})),
+        );
+        assert_eq!(st, 200, "{v}");
+        made.push(r);
+    }
+    // One goes away: unreachable.
+    stop(&mut made[2]);
+    tenant.wait_health(&made[2].id, "unreachable", Duration::from_secs(20));
+    let list = |q: &str| -> Vec<String> {
+        let (st, v) = tenant.call("GET", &format!("/api/v1/runners?{q}"), None);
+        assert_eq!(st, 200, "{q}: {v}");
+        ids(&v)
+    };
+    let (_, one) = tenant.call("GET", &format!("/api/v1/runners/{}", made[0].id), None);
+    let (arch, version) = (
+        one["arch"].as_str().unwrap().to_owned(),
+        one["version"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(list(&format!("arch={arch}")).len(), 3);
+    assert!(list("arch=mips").is_empty());
+    assert_eq!(
+        list(&format!("version={version}&selector=role%3Ddb")).len(),
+        2
+    );
+    assert_eq!(list("health=unreachable"), [made[2].id.as_str()]);
+    // A label is found by the search too.
+    assert_eq!(list("q=role%3Dweb"), [made[2].id.as_str()]);
+    // Sorted by id, both ways; pages of one do not overlap.
+    let mut by_id: Vec<String> = made.iter().map(|r| r.id.clone()).collect();
+    by_id.sort();
+    assert_eq!(list("sort=id"), by_id);
+    let mut rev = by_id.clone();
+    rev.reverse();
+    assert_eq!(list("sort=-id"), rev);
+    let pages: Vec<String> = (1..=3)
+        .flat_map(|p| list(&format!("sort=id&limit=1&page={p}")))
+        .collect();
+    assert_eq!(pages, by_id);
+    assert!(list("sort=id&limit=2&page=3").is_empty());
+    // Counts by health, arch and version of the same filter.
+    let (st, c) = tenant.call("GET", "/api/v1/runners/counts?selector=role", None);
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["total"], 3, "{c}");
+    assert_eq!(c["health"]["active"], 2, "{c}");
+    assert_eq!(c["health"]["unreachable"], 1, "{c}");
+    assert_eq!(c["arch"][&arch], 3, "{c}");
+    let (_, c) = tenant.call("GET", "/api/v1/runners/counts?q=web", None);
+    assert_eq!(c["total"], 1, "{c}");
+    // A bad parameter is named.
+    for (q, says) in [
+        ("sort=cpu", "sort:"),
+        ("page=0", "page:"),
+        ("limit=0", "limit:"),
+        ("limit=10001", "limit:"),
+        ("page=2&offset=1", "offset or page"),
+        ("health=sleepy", "health:"),
+        ("selector=role%20in%20(a", "selector: at byte"),
+        ("colour=red", "colour"),
+        ("page=x", "page"),
+    ] {
+        let (st, v) = tenant.call("GET", &format!("/api/v1/runners?{q}"), None);
+        assert_eq!(st, 400, "{q}: {v}");
+        let m = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(says), "{q}: {m}");
+    }
+}

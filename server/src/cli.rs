@@ -87,9 +87,24 @@ pub enum ClientCommand {
         /// active, unreachable or revoked
         #[arg(long)]
         health: Option<String>,
-        /// A piece of the name or id
+        /// A piece of the name, id or a key=value label
         #[arg(long, short)]
         search: Option<String>,
+        /// Only this architecture (x86_64, aarch64, …)
+        #[arg(long)]
+        arch: Option<String>,
+        /// Only runners at this version
+        #[arg(long = "runner-version", value_name = "VERSION")]
+        runner_version: Option<String>,
+        /// name (default), health, version, arch, last_seen, created, id; -KEY reverses
+        #[arg(long, allow_hyphen_values = true)]
+        sort: Option<String>,
+        /// Page (1-based) of --limit runners
+        #[arg(long)]
+        page: Option<usize>,
+        /// Runners per page (at most 10000)
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Runner labels: show, set (one runner or by selector), accept proposals, policy
     #[command(subcommand)]
@@ -97,6 +112,9 @@ pub enum ClientCommand {
     /// Rollouts (`run --selector … --wave …`): list, show, watch, pause, resume, abort
     #[command(subcommand)]
     Rollout(fleet::RolloutCommand),
+    /// Schedules (cron) of a script on a selector: add, list, show, rm, history
+    #[command(subcommand)]
+    Schedule(fleet::ScheduleCommand),
     /// One runner: show, health history, revoke, ping
     #[command(subcommand)]
     Runner(RunnerCommand),
@@ -499,11 +517,22 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             selector,
             health,
             search,
+            arch,
+            runner_version,
+            sort,
+            page,
+            limit,
         } => {
+            let (page, limit) = (page.map(|p| p.to_string()), limit.map(|l| l.to_string()));
             let q = query(&[
                 ("selector", selector.as_deref()),
                 ("health", health.as_deref()),
                 ("q", search.as_deref()),
+                ("arch", arch.as_deref()),
+                ("version", runner_version.as_deref()),
+                ("sort", sort.as_deref()),
+                ("page", page.as_deref()),
+                ("limit", limit.as_deref()),
             ]);
             let (raw, v) = client.call("GET", &format!("/api/v1/runners{q}"), None)?;
             if json {
@@ -658,6 +687,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Jobs(c) => jobs::jobs(&client, c, json),
         ClientCommand::Labels(c) => fleet::labels(&client, c, json),
         ClientCommand::Rollout(c) => fleet::rollout(&client, c, json),
+        ClientCommand::Schedule(c) => fleet::schedule(&client, c, json),
         ClientCommand::User(c) => users::user(&client, c, json),
         ClientCommand::Prune {
             runner,

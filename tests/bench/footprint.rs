@@ -8,7 +8,8 @@
 //! BENCH_KEYSTROKES, BENCH_UPDATE_RUNS; BENCH_ONLY picks parts (`storm`,
 //! 10,000 runners on SQLite and on PostgreSQL, only when named:
 //! BENCH_STORM_RUNNERS, BENCH_STORM_SECS); the attack
-//! section's in `attack.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
+//! section's in `attack.rs`; the fleet's (BENCH_FLEET_RUNNERS,
+//! BENCH_FLEET_CALLS) in `fleet.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
 //! with an earlier revision (`compare.rs`).
 
 #[path = "../util/mod.rs"]
@@ -24,6 +25,8 @@ mod update;
 mod attack;
 // BENCH_BASE: the same figures for an earlier revision, side by side.
 mod compare;
+// The fleet at scale: the runners list, the runners page, rollouts (issue 21).
+mod fleet;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -67,7 +70,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -137,6 +140,9 @@ fn main() {
     }
     if part("attack") {
         attack::run(&mut rows);
+    }
+    if part("fleet") {
+        fleet::run(&mut rows);
     }
 
     println!();

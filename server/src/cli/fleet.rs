@@ -1,4 +1,4 @@
-//! `labels`, `fleet-policy`, `rollout`, and `run --selector … --wave …`.
+//! `labels`, `fleet-policy`, `rollout`, `schedule`, and `run --selector … --wave …`.
 //!
 //! A rollout started by `run` is followed live (a line per change of a
 //! runner's state, then the totals); the command exits 0 when every runner
@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::{field, out, resolve_runner, segment, table};
+use super::{field, grid, out, resolve_runner, segment, table};
 use super::{CliError, Client};
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +62,213 @@ pub enum RolloutCommand {
     Abort {
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create (or replace) a schedule: a saved script or a command on the
+    /// runners of a selector, at the times of a cron expression (UTC)
+    Add {
+        name: String,
+        /// Five fields: minute hour day-of-month month day-of-week, e.g. "0 3 * * *"
+        #[arg(long)]
+        cron: String,
+        /// Which runners, at each run, e.g. `role=db` ("" for every runner)
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// A saved script
+        #[arg(long, conflicts_with = "command", required_unless_present = "command")]
+        script: Option<String>,
+        /// A shell command (run with /bin/sh -c)
+        #[arg(long, short = 'c')]
+        command: Option<String>,
+        /// Start each run up to this long after its time (e.g. 10m), the
+        /// same delay on every server
+        #[arg(long, value_parser = super::parse_ttl)]
+        jitter: Option<u64>,
+        /// What a server that was down does with missed runs: skip, or
+        /// run-once (the latest)
+        #[arg(long, default_value = "skip")]
+        missed: String,
+        /// How long a job waits for an offline runner (e.g. 30m)
+        #[arg(long, value_parser = super::parse_ttl)]
+        deadline: Option<u64>,
+        /// Run as a rollout in waves: N runners or N% per wave
+        #[arg(long)]
+        wave: Option<String>,
+        /// Rollout: runners of a wave running at once
+        #[arg(long, requires = "wave")]
+        concurrency: Option<u32>,
+        /// Rollout: halt once this many runners failed [default 1]
+        #[arg(long, requires = "wave", conflicts_with = "max_failure_rate")]
+        max_failures: Option<u32>,
+        /// Rollout: halt when more than this percent of a wave failed
+        #[arg(long, requires = "wave")]
+        max_failure_rate: Option<u8>,
+    },
+    /// Schedules with their next run and the last one
+    List,
+    /// One schedule: its definition, next runs and latest runs
+    Show { name: String },
+    /// Remove a schedule (and its history)
+    Rm { name: String },
+    /// Runs of a schedule, newest first: occurrence, status, jobs
+    History {
+        name: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+pub fn schedule(client: &Client, c: ScheduleCommand, json: bool) -> Result<(), CliError> {
+    let path = |name: &str| format!("/api/v1/schedules/{}", segment(name));
+    match c {
+        ScheduleCommand::Add {
+            name,
+            cron,
+            selector,
+            script,
+            command,
+            jitter,
+            missed,
+            deadline,
+            wave,
+            concurrency,
+            max_failures,
+            max_failure_rate,
+        } => {
+            let job = match (script, command) {
+                (Some(s), None) => json!({ "script": s }),
+                (None, Some(c)) => json!({ "command": c }),
+                _ => return Err(CliError::Usage("give --script or --command".into())),
+            };
+            let mut body = json!({
+                "cron": cron,
+                "selector": selector,
+                "job": job,
+                "jitter_s": jitter.unwrap_or(0),
+                "missed": missed,
+            });
+            if let Some(d) = deadline {
+                body["deadline_s"] = json!(d);
+            }
+            if let Some(w) = wave {
+                let mut waves = json!({ "wave": w });
+                for (k, v) in [
+                    ("concurrency", concurrency.map(u64::from)),
+                    ("max_failures", max_failures.map(u64::from)),
+                    ("max_failure_rate", max_failure_rate.map(u64::from)),
+                ] {
+                    if let Some(v) = v {
+                        waves[k] = json!(v);
+                    }
+                }
+                body["waves"] = waves;
+            }
+            let (raw, v) = client.call("PUT", &path(&name), Some(body))?;
+            if json {
+                return out(&raw);
+            }
+            out(&format!(
+                "schedule {name}: {} on {:?}, next run {}\n",
+                field(&v, "cron"),
+                field(&v, "selector"),
+                field(&v, "next_run")
+            ))
+        }
+        ScheduleCommand::List => {
+            let (raw, v) = client.call("GET", "/api/v1/schedules", None)?;
+            if json {
+                return out(&raw);
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    vec![
+                        field(s, "name"),
+                        field(s, "cron"),
+                        field(s, "selector"),
+                        field(s, "next_run"),
+                        s["last_run"]["status"].as_str().unwrap_or("-").to_owned(),
+                        s["last_run"]["occurrence"]
+                            .as_str()
+                            .unwrap_or("-")
+                            .to_owned(),
+                    ]
+                })
+                .collect();
+            out(&grid(
+                &["NAME", "CRON", "SELECTOR", "NEXT RUN", "LAST", "LAST AT"],
+                &rows,
+            ))
+        }
+        ScheduleCommand::Show { name } => {
+            let (raw, v) = client.call("GET", &path(&name), None)?;
+            if json {
+                return out(&raw);
+            }
+            let next: Vec<&str> = v["next_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            out(&format!(
+                "schedule {name}: {} on {:?}, jitter {}s, missed runs: {}\njob: {}\nnext: {}\n",
+                field(&v, "cron"),
+                field(&v, "selector"),
+                field(&v, "jitter_s"),
+                field(&v, "missed"),
+                v["job"],
+                next.join(", ")
+            ))?;
+            out(&runs_table(&v["runs"]))
+        }
+        ScheduleCommand::Rm { name } => {
+            client.call("DELETE", &path(&name), None)?;
+            if json {
+                return out("{}\n");
+            }
+            out(&format!("schedule {name} removed\n"))
+        }
+        ScheduleCommand::History { name, limit } => {
+            let (raw, v) =
+                client.call("GET", &format!("{}/runs?limit={limit}", path(&name)), None)?;
+            if json {
+                return out(&raw);
+            }
+            out(&runs_table(&v))
+        }
+    }
+}
+
+fn runs_table(runs: &Value) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let jobs: Vec<&str> = r["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            vec![
+                field(r, "occurrence"),
+                field(r, "status"),
+                field(r, "at"),
+                if jobs.len() > 3 {
+                    format!("{} … ({} jobs)", jobs[..3].join(" "), jobs.len())
+                } else {
+                    jobs.join(" ")
+                },
+            ]
+        })
+        .collect();
+    grid(&["OCCURRENCE", "STATUS", "AT", "JOBS"], &rows)
 }
 
 /// `run` options that make it a rollout.

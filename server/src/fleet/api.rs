@@ -10,6 +10,11 @@
 //!                                         max_failure_rate, deadline_s, job: {script | command, ...}}
 //!  GET   /rollouts, /rollouts/{id}       state, wave, totals, per runner: state, job, exit, duration
 //!  POST  /rollouts/{id}/pause|resume|abort
+//!  GET   /schedules                      each with next_run, next_runs, last_run
+//!  PUT   /schedules/{name}               {cron, selector, job: {script | command, ...}, jitter_s,
+//!                                         missed: skip | run-once, waves: {wave, ...}, deadline_s}
+//!  GET/DELETE /schedules/{name}          GET: the definition, next runs, the latest runs
+//!  GET   /schedules/{name}/runs[?limit=] history: occurrence, status, at, jobs (newest first)
 //! ```
 
 use axum::extract::{Path, State};
@@ -25,6 +30,7 @@ use crate::common::http::JsonBody;
 use crate::db::fleet::Policy;
 use crate::fleet::deadlines::MAX_DEADLINE_S;
 use crate::fleet::labels;
+use crate::fleet::schedule::{self, Waves};
 use crate::fleet::selector::{self, Labels};
 use crate::fleet::FleetCtx;
 
@@ -48,6 +54,12 @@ where
         .route("/api/v1/rollouts", get(list_rollouts).post(create_rollout))
         .route("/api/v1/rollouts/{id}", get(get_rollout))
         .route("/api/v1/rollouts/{id}/{action}", post(control_rollout))
+        .route("/api/v1/schedules", get(list_schedules))
+        .route(
+            "/api/v1/schedules/{name}",
+            get(get_schedule).put(put_schedule).delete(delete_schedule),
+        )
+        .route("/api/v1/schedules/{name}/runs", get(schedule_runs))
 }
 
 async fn labels_json(
@@ -232,7 +244,7 @@ async fn put_policy(
 
 /// A rollout's jobs wait this long for an offline runner unless the
 /// request or the tenant's policy says otherwise: a wave must end.
-const ROLLOUT_DEADLINE_S: u64 = 600;
+pub(crate) const ROLLOUT_DEADLINE_S: u64 = 600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,28 +272,15 @@ async fn create_rollout(
     State(state): State<FleetCtx>,
     JsonBody(b): JsonBody<RolloutBody>,
 ) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
-    use crate::fleet::waves::{Threshold, WaveSize};
     let tenant = caller.tenant()?;
     let sel = labels::parse_selector(&b.selector)?;
-    let wave_text = b.wave.clone().unwrap_or_else(|| "100%".into());
-    let wave = WaveSize::parse(&wave_text).ok_or_else(|| {
-        ApiError::bad_request("wave: a number of runners (1 or more) or a percentage (1% to 100%)")
-    })?;
-    let threshold = match (b.max_failures, b.max_failure_rate) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give max_failures or max_failure_rate, not both",
-            ))
-        }
-        (None, Some(p)) if p <= 100 => Threshold::Rate(p),
-        (None, Some(_)) => return Err(ApiError::bad_request("max_failure_rate: 0 to 100")),
-        (Some(0), None) => return Err(ApiError::bad_request("max_failures: 1 or more")),
-        (Some(n), None) => Threshold::Count(n),
-        (None, None) => Threshold::Count(1),
+    let waves = Waves {
+        wave: b.wave.clone().unwrap_or_else(|| "100%".into()),
+        concurrency: b.concurrency,
+        max_failures: b.max_failures,
+        max_failure_rate: b.max_failure_rate,
     };
-    if b.concurrency == Some(0) {
-        return Err(ApiError::bad_request("concurrency: 1 or more"));
-    }
+    let (wave, concurrency, threshold) = schedule::wave_params(&waves)?;
     if !b.job.is_job_only() {
         return Err(ApiError::bad_request(
             "job: what to run only (runners come from the rollout's selector)",
@@ -316,8 +315,8 @@ async fn create_rollout(
         crate::fleet::rollout::NewRollout {
             selector: sel.to_string(),
             wave,
-            wave_text,
-            concurrency: b.concurrency.unwrap_or(u32::MAX),
+            wave_text: waves.wave,
+            concurrency,
             threshold,
             deadline_ms,
             label,
@@ -371,4 +370,96 @@ async fn control_rollout(
     Ok(Json(
         crate::fleet::rollout::control(&state, tenant, &id, &action).await?,
     ))
+}
+
+// ---- schedules -------------------------------------------------------------
+
+async fn list_schedules(
+    caller: Caller,
+    State(state): State<FleetCtx>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(Value::Array(schedule::list(&state, tenant).await?)))
+}
+
+async fn put_schedule(
+    caller: Caller,
+    State(state): State<FleetCtx>,
+    Path(name): Path<String>,
+    JsonBody(b): JsonBody<schedule::Definition>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(schedule::put(&state, tenant, &name, &b).await?))
+}
+
+async fn get_schedule(
+    caller: Caller,
+    State(state): State<FleetCtx>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let row = state
+        .fleet
+        .store
+        .schedules(Some(tenant))
+        .await?
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no schedule {name:?}")))?;
+    let mut v = schedule::view(&row, crate::common::clock::now_ms());
+    let runs = state.fleet.store.runs(tenant, &name, 20).await?;
+    v["runs"] = Value::Array(runs.iter().map(schedule::run_view).collect());
+    Ok(Json(v))
+}
+
+async fn delete_schedule(
+    caller: Caller,
+    State(state): State<FleetCtx>,
+    Path(name): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let tenant = caller.tenant()?;
+    if state.fleet.store.delete_schedule(tenant, &name).await? {
+        tracing::info!(tenant, schedule = %name, "schedule removed");
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no schedule {name:?}")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn schedule_runs(
+    caller: Caller,
+    State(state): State<FleetCtx>,
+    Path(name): Path<String>,
+    params: Result<axum::extract::Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let q = crate::common::http::query(params)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > schedule::MAX_HISTORY {
+        return Err(ApiError::bad_request(format!(
+            "limit: 1 to {}",
+            schedule::MAX_HISTORY
+        )));
+    }
+    if !state
+        .fleet
+        .store
+        .schedules(Some(tenant))
+        .await?
+        .iter()
+        .any(|r| r.name == name)
+    {
+        return Err(ApiError::not_found(format!("no schedule {name:?}")));
+    }
+    let runs = state.fleet.store.runs(tenant, &name, limit).await?;
+    Ok(Json(Value::Array(
+        runs.iter().map(schedule::run_view).collect(),
+    )))
 }

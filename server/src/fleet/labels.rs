@@ -229,6 +229,8 @@ pub async fn migrate_groups(state: &LabelsCtx) -> Result<usize, ApiError> {
 
 /// Most runners one page of the list holds.
 pub const MAX_PAGE: usize = 10_000;
+/// Longest search text, arch and version asked for.
+const MAX_FILTER_TEXT: usize = 256;
 
 /// `GET /api/v1/runners` filters (all optional).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -237,19 +239,84 @@ pub struct RunnerFilter {
     pub selector: Option<String>,
     /// active, unreachable or revoked.
     pub health: Option<String>,
-    /// A piece of the name, reported name or id (case-insensitive).
+    /// Exact architecture (`x86_64`, `aarch64`, …) and runner version.
+    pub arch: Option<String>,
+    pub version: Option<String>,
+    /// A piece of the name, reported name, id or a label (`key=value`),
+    /// case-insensitive.
     pub q: Option<String>,
+    /// `name` (default), `health`, `version`, `arch`, `last_seen`,
+    /// `created`, `id`; a leading `-` reverses it.
+    pub sort: Option<String>,
+    /// Paging: `offset`, or `page` (1-based) of `limit` runners.
     pub offset: Option<usize>,
+    pub page: Option<usize>,
     pub limit: Option<usize>,
 }
 
-/// The runners a filter keeps (revoked ones included, as the plain list
-/// always showed them), in the list's order, and how many before paging.
-pub async fn list(
-    state: &LabelsCtx,
-    tenant: &str,
-    f: &RunnerFilter,
-) -> Result<(Vec<(RunnerRow, Labels)>, usize), ApiError> {
+/// How the list is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SortKey {
+    Name,
+    Health,
+    Version,
+    Arch,
+    LastSeen,
+    Created,
+    Id,
+}
+
+fn sort_key(text: Option<&str>) -> Result<(SortKey, bool), ApiError> {
+    let text = text.unwrap_or("name");
+    let (desc, key) = match text.strip_prefix('-') {
+        Some(k) => (true, k),
+        None => (false, text),
+    };
+    let key = match key {
+        "name" => SortKey::Name,
+        "health" => SortKey::Health,
+        "version" => SortKey::Version,
+        "arch" => SortKey::Arch,
+        "last_seen" => SortKey::LastSeen,
+        "created" => SortKey::Created,
+        "id" => SortKey::Id,
+        _ => return Err(ApiError::bad_request(
+            "sort: name, health, version, arch, last_seen, created or id (a leading - reverses)",
+        )),
+    };
+    Ok((key, desc))
+}
+
+fn check_text(name: &str, v: &Option<String>) -> Result<(), ApiError> {
+    match v {
+        Some(t) if t.len() > MAX_FILTER_TEXT => Err(ApiError::bad_request(format!(
+            "{name}: at most {MAX_FILTER_TEXT} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Counts of the runners a filter keeps, health aside (what the runners
+/// page shows above the list, and its filter choices).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counts {
+    pub total: usize,
+    pub health: std::collections::BTreeMap<&'static str, usize>,
+    pub arch: std::collections::BTreeMap<String, usize>,
+    pub version: std::collections::BTreeMap<String, usize>,
+}
+
+/// A filter checked: what matching needs.
+struct Checked {
+    sel: Selector,
+    q: Option<String>,
+    key: SortKey,
+    desc: bool,
+    skip: usize,
+    limit: usize,
+}
+
+fn check_filter(f: &RunnerFilter) -> Result<Checked, ApiError> {
     let sel = match &f.selector {
         Some(s) => parse_selector(s)?,
         None => Selector::all(),
@@ -261,40 +328,110 @@ pub async fn list(
             ));
         }
     }
-    let q = match &f.q {
-        Some(q) if q.len() > 256 => return Err(ApiError::bad_request("q: at most 256 bytes")),
-        q => q.as_deref().map(str::to_lowercase),
-    };
+    check_text("q", &f.q)?;
+    check_text("arch", &f.arch)?;
+    check_text("version", &f.version)?;
+    let (key, desc) = sort_key(f.sort.as_deref())?;
     let limit = f.limit.unwrap_or(MAX_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!("limit: 1 to {MAX_PAGE}")));
     }
+    let skip = match (f.offset, f.page) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give offset or page, not both")),
+        (Some(o), None) => o,
+        (None, Some(0)) => return Err(ApiError::bad_request("page: 1 or more")),
+        (None, Some(p)) => (p - 1).saturating_mul(limit),
+        (None, None) => 0,
+    };
+    Ok(Checked {
+        sel,
+        q: f.q.as_deref().map(str::to_lowercase),
+        key,
+        desc,
+        skip,
+        limit,
+    })
+}
+
+/// Whether a runner passes the filter's text and label parts (health
+/// aside: the counts are by health).
+fn keeps(f: &RunnerFilter, c: &Checked, r: &RunnerRow, l: &Labels) -> bool {
+    f.arch.as_deref().is_none_or(|a| r.arch == a)
+        && f.version.as_deref().is_none_or(|v| r.version == v)
+        && c.q.as_deref().is_none_or(|q| {
+            [&r.name, &r.reported_name, &r.id]
+                .iter()
+                .any(|s| s.to_lowercase().contains(q))
+                || l.iter()
+                    .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(q))
+        })
+        && c.sel.matches(l)
+}
+
+/// The runners a filter keeps (revoked ones included, as the plain list
+/// always showed them), sorted and paged, and how many before paging.
+pub async fn list(
+    state: &LabelsCtx,
+    tenant: &str,
+    f: &RunnerFilter,
+) -> Result<(Vec<(RunnerRow, Labels)>, usize), ApiError> {
+    let c = check_filter(f)?;
     let mut labels = state.store.tenant_labels(tenant).await?;
-    let kept: Vec<(RunnerRow, Labels)> = state
+    let mut kept: Vec<(RunnerRow, Labels)> = state
         .db
         .control
         .list_runners(tenant)
         .await?
         .into_iter()
         .filter(|r| f.health.as_deref().is_none_or(|h| r.health.as_str() == h))
-        .filter(|r| {
-            q.as_deref().is_none_or(|q| {
-                [&r.name, &r.reported_name, &r.id]
-                    .iter()
-                    .any(|s| s.to_lowercase().contains(q))
-            })
-        })
         .map(|r| {
             let l = labels.remove(&r.id).unwrap_or_default();
             (r, l)
         })
-        .filter(|(_, l)| sel.matches(l))
+        .filter(|(r, l)| keeps(f, &c, r, l))
         .collect();
     let total = kept.len();
-    let page = kept
-        .into_iter()
-        .skip(f.offset.unwrap_or(0))
-        .take(limit)
-        .collect();
+    // Ties by name, then id: pages do not overlap.
+    kept.sort_unstable_by(|(a, _), (b, _)| {
+        let first = match c.key {
+            SortKey::Name => std::cmp::Ordering::Equal,
+            SortKey::Health => a.health.as_str().cmp(b.health.as_str()),
+            SortKey::Version => a.version.cmp(&b.version),
+            SortKey::Arch => a.arch.cmp(&b.arch),
+            SortKey::LastSeen => a.last_seen.cmp(&b.last_seen),
+            SortKey::Created => a.created_at.cmp(&b.created_at),
+            SortKey::Id => a.id.cmp(&b.id),
+        };
+        let o = first.then_with(|| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        if c.desc {
+            o.reverse()
+        } else {
+            o
+        }
+    });
+    let page = kept.into_iter().skip(c.skip).take(c.limit).collect();
     Ok((page, total))
+}
+
+/// Counts by health, arch and version of what a filter keeps (its
+/// health, sort and paging ignored).
+pub async fn counts(state: &LabelsCtx, tenant: &str, f: &RunnerFilter) -> Result<Counts, ApiError> {
+    let c = check_filter(f)?;
+    let labels = state.store.tenant_labels(tenant).await?;
+    let empty = Labels::new();
+    let mut out = Counts::default();
+    for h in ["active", "unreachable", "revoked"] {
+        out.health.insert(h, 0);
+    }
+    for r in state.db.control.list_runners(tenant).await? {
+        let l = labels.get(&r.id).unwrap_or(&empty);
+        if !keeps(f, &c, &r, l) {
+            continue;
+        }
+        out.total += 1;
+        *out.health.entry(r.health.as_str()).or_default() += 1;
+        *out.arch.entry(r.arch.clone()).or_default() += 1;
+        *out.version.entry(r.version.clone()).or_default() += 1;
+    }
+    Ok(out)
 }

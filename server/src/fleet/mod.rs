@@ -9,7 +9,8 @@
 //! labels.rs    labels of runners: set, proposed, accepted; selector → runners
 //! deadlines.rs pending jobs expire at their deadline
 //! rollout.rs   rollouts: a job per runner of a selector, in waves (a driver task each)
-//! api.rs       REST: labels, fleet policy, rollouts
+//! schedule.rs  schedules: the scheduler task, each occurrence claimed once through the store
+//! api.rs       REST: labels, fleet policy, rollouts, schedules
 //! ```
 //!
 //! It stands on `jobs/` (a fleet job is an ordinary job, made through
@@ -24,6 +25,7 @@ pub mod deadlines;
 pub mod labels;
 pub mod link;
 pub mod rollout;
+pub mod schedule;
 pub mod selector;
 pub mod waves;
 
@@ -63,8 +65,11 @@ pub struct FleetCtx {
     pub jobs: crate::jobs::JobsCtx,
 }
 
-/// The fleet's background tasks (deadlines; later the scheduler): the
-/// caller aborts them at shutdown.
+/// The fleet's background tasks (deadlines, the scheduler): the caller
+/// aborts them at shutdown.
 pub fn spawn(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(deadlines::run(state.clone()))]
+    vec![
+        tokio::spawn(deadlines::run(state.clone())),
+        tokio::spawn(schedule::run(state.clone())),
+    ]
 }

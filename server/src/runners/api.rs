@@ -556,8 +556,9 @@ fn runner_view_with(
     }
 }
 
-/// `?selector=&health=&q=&offset=&limit=` (`fleet/labels.rs`); the
-/// number of matches before paging is in `X-Total-Count`.
+/// `?selector=&health=&arch=&version=&q=&sort=&page=|offset=&limit=`
+/// (`fleet/labels.rs`); the number of matches before paging is in
+/// `X-Total-Count`.
 pub async fn list_runners(
     caller: Caller,
     State(state): State<RunnersCtx>,
@@ -574,6 +575,19 @@ pub async fn list_runners(
                 .map(|(r, l)| runner_view_with(&state, r, l))
                 .collect(),
         ),
+    ))
+}
+
+/// `GET /runners/counts`: by health, arch and version, for the same
+/// filters as the list (health, sort and paging aside).
+pub async fn runner_counts(
+    caller: Caller,
+    State(state): State<RunnersCtx>,
+    params: Result<Query<crate::fleet::labels::RunnerFilter>, QueryRejection>,
+) -> Result<Json<crate::fleet::labels::Counts>, ApiError> {
+    let tenant = caller.tenant()?;
+    Ok(Json(
+        crate::fleet::labels::counts(&state.fleet, tenant, &query(params)?).await?,
     ))
 }
 

@@ -65,6 +65,7 @@ where
         )
         .route("/api/v1/tokens/{id}", delete(api::revoke_enrollment_token))
         .route("/api/v1/runners", get(api::list_runners))
+        .route("/api/v1/runners/counts", get(api::runner_counts))
         .route("/api/v1/runners/{id}", get(api::show_runner))
         .route("/api/v1/runners/{id}/health", get(api::runner_health))
         .route("/api/v1/runners/{id}/revoke", post(api::revoke_runner))

@@ -216,6 +216,105 @@ pub async fn latest_metrics(
     }))
 }
 
+// ---- GET /api/v1/metrics/summary?runners=… ------------------------------------------
+
+/// Runners one summary asks for (a page of the runners list).
+pub const MAX_SUMMARY_RUNNERS: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryParams {
+    /// Comma-separated runner ids.
+    runners: String,
+}
+
+/// A host at a glance (the runners page's columns): CPU busy %, memory
+/// used %, the fullest filesystem's used %, IP traffic in + out.
+#[derive(Debug, Serialize, Default)]
+pub struct Glance {
+    at: String,
+    cpu: Option<f64>,
+    mem: Option<f64>,
+    disk: Option<f64>,
+    net_bps: Option<f64>,
+}
+
+fn glance(s: &crate::db::metrics::LatestSample) -> Glance {
+    let mut g = Glance {
+        at: clock::rfc3339(s.ts),
+        ..Glance::default()
+    };
+    let (mut mem_used, mut mem_total) = (None, None);
+    let mut fs: std::collections::HashMap<&str, (Option<f64>, Option<f64>)> =
+        std::collections::HashMap::new();
+    for (d, v) in s.series() {
+        let Some(v) = v else { continue };
+        match d.name.as_str() {
+            "cpu.busy" => g.cpu = Some(v),
+            "mem.used" => mem_used = Some(v),
+            "mem.total" => mem_total = Some(v),
+            "ip4.in_bps" | "ip4.out_bps" | "ip6.in_bps" | "ip6.out_bps" => {
+                g.net_bps = Some(g.net_bps.unwrap_or(0.0) + v)
+            }
+            n => {
+                if let Some(rest) = n.strip_prefix("fs.") {
+                    if let Some(m) = rest.strip_suffix(".used") {
+                        fs.entry(m).or_default().0 = Some(v);
+                    } else if let Some(m) = rest.strip_suffix(".size") {
+                        fs.entry(m).or_default().1 = Some(v);
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(u), Some(t)) = (mem_used, mem_total) {
+        if t > 0.0 {
+            g.mem = Some(u * 100.0 / t);
+        }
+    }
+    g.disk = fs
+        .values()
+        .filter_map(|(u, t)| match (u, t) {
+            (Some(u), Some(t)) if *t > 0.0 => Some(u * 100.0 / t),
+            _ => None,
+        })
+        .reduce(f64::max);
+    g
+}
+
+/// The latest sample of each runner asked for, at a glance; runners
+/// without samples (or not the tenant's) are left out.
+pub async fn metrics_summary(
+    caller: Caller,
+    State(state): State<TelemetryCtx>,
+    params: Result<Query<SummaryParams>, QueryRejection>,
+) -> Result<Json<std::collections::BTreeMap<String, Glance>>, ApiError> {
+    let tenant = caller.tenant()?;
+    let p = query(params)?;
+    let asked: Vec<&str> = p.runners.split(',').filter(|s| !s.is_empty()).collect();
+    if asked.len() > MAX_SUMMARY_RUNNERS {
+        return Err(ApiError::bad_request(format!(
+            "runners: at most {MAX_SUMMARY_RUNNERS} ids"
+        )));
+    }
+    let mine: std::collections::HashSet<String> = state
+        .db
+        .control
+        .list_runners(tenant)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let ids: Vec<&str> = asked.into_iter().filter(|i| mine.contains(*i)).collect();
+    let latest = state.db.metrics.latest(&ids).await?;
+    Ok(Json(
+        latest
+            .iter()
+            .map(|(i, s)| (ids[*i].to_owned(), glance(s)))
+            .collect(),
+    ))
+}
+
 // ---- GET /api/v1/metrics/prometheus ------------------------------------------------
 
 pub async fn prometheus(

@@ -57,6 +57,7 @@ where
             "/api/v1/runners/{id}/metrics/latest",
             get(api::latest_metrics),
         )
+        .route("/api/v1/metrics/summary", get(api::metrics_summary))
         .route("/api/v1/runners/{id}/fingerprint", get(api::fingerprint))
         .route("/api/v1/runners/{id}/drift", get(api::drift))
         .route("/api/v1/metrics/prometheus", get(api::prometheus))

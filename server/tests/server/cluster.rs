@@ -672,3 +672,159 @@ fn replica_flags_need_each_other_and_postgres() {
     assert!(err.contains("chmod 600"), "{err}");
     assert!(!err.contains(&"5e".repeat(32)), "{err}");
 }
+
+/// A schedule every minute, the same data for two replicas: each occurrence
+/// runs once (the store's claim), none is missed, over three minutes.
+#[tokio::test]
+async fn a_schedule_runs_once_per_occurrence_on_two_replicas() {
+    let url = pg::fresh_database().await;
+    let tmp = TempDir::new("schedule");
+    let key = key_file(&tmp.0);
+    let (data_a, data_b, state) = (tmp.0.join("a"), tmp.0.join("b"), tmp.0.join("runner"));
+    let (_proc_a, api_a) = replica(&data_a, &url, "a", &key);
+    std::fs::create_dir_all(data_b.join("tls")).unwrap();
+    for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
+        std::fs::copy(data_a.join("tls").join(f), data_b.join("tls").join(f)).unwrap();
+    }
+    let (_proc_b, api_b) = replica(&data_b, &url, "b", &key);
+    let ca = data_a.join("tls/ca.pem");
+    let tenant = cli_json(&api_a, &ca, ADMIN, &["tenant", "create", "acme"]);
+    let token = tenant["api_token"].as_str().unwrap().to_owned();
+    let enroll = cli_json(&api_a, &ca, &token, &["token", "create"]);
+    std::fs::create_dir_all(&state).unwrap();
+    let out = Command::new(runner_bin())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["enroll", "--server", &api_a, "--token"])
+        .arg(enroll["token"].as_str().unwrap())
+        .arg("--ca-file")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cred: Value =
+        serde_json::from_slice(&std::fs::read(state.join("credential.json")).unwrap()).unwrap();
+    let id = cred["runner_id"].as_str().unwrap().to_owned();
+    let _runner = runner(&state, &["run", "--server", &api_a]);
+    wait_for(Duration::from_secs(30), "the runner active", || {
+        cli_json(&api_b, &ca, &token, &["runner", "show", &id])["health"] == "active"
+    });
+    cli_json(&api_a, &ca, &token, &["labels", "set", &id, "role=db"]);
+
+    // Bad input is refused, naming the field, and nothing is stored.
+    let bad = cli(
+        &api_b,
+        &ca,
+        &token,
+        &[
+            "schedule",
+            "add",
+            "tick",
+            "--cron",
+            "61 * * * *",
+            "-c",
+            "true",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("cron: minute: 61 is outside"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        cli_json(&api_a, &ca, &token, &["schedule", "list"]),
+        serde_json::json!([])
+    );
+
+    // Made on B; both replicas run the scheduler.
+    let made = cli_json(
+        &api_b,
+        &ca,
+        &token,
+        &[
+            "schedule",
+            "add",
+            "tick",
+            "--cron",
+            "* * * * *",
+            "--selector",
+            "role=db",
+            "-c",
+            "echo tick",
+        ],
+    );
+    assert_eq!(made["next_runs"].as_array().unwrap().len(), 5, "{made}");
+    let history = || cli_json(&api_a, &ca, &token, &["schedule", "history", "tick"]);
+    let mut runs = Value::Null;
+    wait_for(Duration::from_secs(250), "three runs", || {
+        runs = history();
+        runs.as_array().unwrap().len() >= 3
+    });
+    // The next occurrence is most of a minute away: removed before it.
+    let shown = cli_json(&api_b, &ca, &token, &["schedule", "show", "tick"]);
+    let out = cli(&api_a, &ca, &token, &["schedule", "rm", "tick"]);
+    assert!(out.status.success());
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 3, "{shown}");
+    let occ: Vec<i64> = runs
+        .iter()
+        .map(|r| r["occurrence_ms"].as_i64().unwrap())
+        .collect();
+    // Newest first, one minute apart: no miss, no duplicate.
+    assert_eq!(occ[0] - occ[1], 60_000, "{runs:?}");
+    assert_eq!(occ[1] - occ[2], 60_000, "{runs:?}");
+    let mut job_ids = Vec::new();
+    for r in runs {
+        assert_eq!(r["status"], "started", "{r}");
+        let jobs = r["jobs"].as_array().unwrap();
+        assert_eq!(jobs.len(), 1, "{r}");
+        job_ids.push(jobs[0].as_str().unwrap().to_owned());
+    }
+    // Exactly three jobs on the runner, those three, each run.
+    let mut listed = Value::Null;
+    wait_for(Duration::from_secs(30), "the jobs to finish", || {
+        listed = cli_json(&api_a, &ca, &token, &["jobs", "list", "--runner", &id]);
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] == "succeeded")
+    });
+    let mut listed: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    job_ids.sort();
+    assert_eq!(listed, job_ids);
+    // Each run started by one replica: three "schedule ran" lines in all.
+    let ran = |data: &Path| -> Vec<String> {
+        log_of(data)
+            .lines()
+            .filter(|l| l.contains("schedule ran"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // (A log line may trail the run's record by a moment.)
+    let _ = std::panic::catch_unwind(|| {
+        wait_for(Duration::from_secs(10), "three log lines", || {
+            ran(&data_a).len() + ran(&data_b).len() >= 3
+        })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (a, b) = (ran(&data_a), ran(&data_b));
+    eprintln!(
+        "runs started by replica a: {}, by replica b: {}",
+        a.len(),
+        b.len()
+    );
+    assert_eq!(a.len() + b.len(), 3, "a: {a:#?}\nb: {b:#?}");
+}

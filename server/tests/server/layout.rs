@@ -133,6 +133,7 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
         "jobs",
         &[
             "jobs::api",
+            "jobs::rules",
             "jobs::JobUpdate",
             "jobs::JobHub",
             "jobs::JobsCtx",

@@ -1,51 +1,13 @@
-// Entry module: the overview pages (runners, add a server, users), then boot.
-// runner.js, scripts.js, apps.js and recordings.js register their own pages on import.
-import { state, h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, boot, redraw } from './core.js';
+// Entry module: the overview pages (add a server, users), then boot.
+// runners.js, runner.js, scripts.js, apps.js and recordings.js register their own pages on import.
+import { h, api, act, toast, can, fmtTime, ago, page, boot, redraw } from './core.js';
+import './runners.js';
 import './runner.js';
 import './scripts.js';
 import './apps.js';
 import './recordings.js';
 
-// ---- runners overview ----------------------------------------------------------------
-
-// The hostname a runner reports, shown apart when it is not its name (the
-// name is the operator's; a host cannot take another's by reporting it).
-const reportedAs = (r) => (r.reported_name && r.reported_name !== r.name
-  ? h('span', { class: 'muted', title: 'the name this host reports for itself' }, ` (reports ${r.reported_name})`) : '');
-
-page('runners', async (view) => {
-  const list = await api('GET', '/api/v1/runners');
-  state.runners = new Map(list.map((r) => [r.id, r]));
-  const body = h('tbody');
-  const draw = () => {
-    body.replaceChildren(...[...state.runners.values()].map((r) => h('tr', { dataset: { runner: r.id } },
-      h('td', {}, h('a', { href: `#/runner/${r.id}` }, r.name), reportedAs(r)),
-      h('td', {}, healthBadge(r.health)),
-      h('td', {}, r.version), h('td', {}, `${r.os}/${r.arch}`),
-      h('td', { title: fmtTime(r.last_seen) }, r.health === 'active' ? 'now' : ago(r.last_seen)))));
-    if (!state.runners.size) body.append(h('tr', {}, h('td', { colspan: 5 }, 'No runners yet. ', can.act() ? h('a', { href: '#/add' }, 'Add a server') : '')));
-  };
-  draw();
-  view.replaceChildren(h('h1', {}, 'Runners'),
-    h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {},
-      ...['Name', 'Health', 'Version', 'Platform', 'Last seen'].map((t) => h('th', { scope: 'col' }, t)))), body)));
-  const tick = setInterval(draw, 10000);
-  const stop = listen(async (kind, ev) => {
-    if (kind === 'open') {
-      const fresh = await api('GET', '/api/v1/runners').catch(() => null);
-      if (fresh) { state.runners = new Map(fresh.map((r) => [r.id, r])); draw(); }
-      return;
-    }
-    if (kind !== 'health') return;
-    if (!state.runners.has(ev.runner_id)) {
-      // A new runner enrolled: fetch it to show its name.
-      const r = await api('GET', `/api/v1/runners/${ev.runner_id}`).catch(() => null);
-      if (r) state.runners.set(r.id, r);
-    }
-    draw();
-  });
-  return () => { clearInterval(tick); stop(); };
-});
+// ---- runners overview: runners.js ----------------------------------------------------
 
 // ---- add a server -----------------------------------------------------------------
 
