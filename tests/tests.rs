@@ -22,6 +22,7 @@ mod logs;
 mod moving;
 mod packages;
 mod reconnect;
+mod replicas;
 mod rogue;
 mod signed;
 mod telemetry;

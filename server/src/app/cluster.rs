@@ -12,7 +12,8 @@ use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
 use crate::db::cluster::ClusterStore;
 use crate::db::HealthRecord;
 use crate::db::StorageError;
-use crate::link::registry::{CloseOrder, Registry};
+use crate::link::dispatch::FamilyId;
+use crate::link::registry::{CloseOrder, Registry, RemoteNudge};
 use crate::runners::health::HealthLog;
 
 use super::AppState;
@@ -41,6 +42,29 @@ impl LinkHolder for Holder {
             tracing::info!(runner = runner_id, revoked, "link fenced by the cluster");
         }
     }
+
+    fn nudge(&self, runner_id: &str, family: &str) {
+        if let Some(family) = FamilyId::from_name(family) {
+            self.0.nudge_local(runner_id, family);
+        }
+    }
+}
+
+/// Nudges for runners this replica does not hold, sent by NOTIFY (the
+/// holder, whichever it is, hears it; a runner linked nowhere looks for
+/// its jobs when it connects).
+struct Nudges(Arc<dyn ClusterStore>);
+
+impl RemoteNudge for Nudges {
+    fn nudge(&self, runner_id: &str, family: FamilyId) {
+        let (store, runner) = (self.0.clone(), runner_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = store.nudge(&runner, family.name()).await {
+                // The holder's periodic check finds the change anyway.
+                tracing::debug!(runner = %runner, "nudge notice: {e}");
+            }
+        });
+    }
 }
 
 impl HealthSink for HealthLog {
@@ -61,8 +85,9 @@ pub async fn join(
     config: &ClusterConfig,
     store: Arc<dyn ClusterStore>,
 ) -> Result<(Arc<Replica>, Vec<tokio::task::JoinHandle<()>>), StorageError> {
-    let replica = Arc::new(Replica::new(config, store));
+    let replica = Arc::new(Replica::new(config, store.clone()));
     state.health.set_links(replica.clone());
+    state.registry.set_remote(Arc::new(Nudges(store)));
     let tasks = replica
         .spawn(
             Arc::new(Holder(state.registry.clone())),
