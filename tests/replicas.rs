@@ -4,7 +4,8 @@
 //! and its byte-identical output, the job's live output, a terminal (42
 //! typed, a resize), container logs followed on a real Docker engine; a
 //! stranger on the internal address refused; `/healthz` with the replica
-//! and 503 when PostgreSQL stops.
+//! and 503 when PostgreSQL stops; the job made on B on A's event stream;
+//! A stopped cleanly releases its link and the runner goes to B.
 
 use crate::util::docker::{self, IMAGE};
 use crate::util::pg::Postgres;
@@ -114,6 +115,27 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
 
     // A job made on B (the runner hears of it by NOTIFY at once), its
     // live output followed on B while it prints, then stored.
+    // A's event stream, to see the job made on B (NOTIFY, `common/bus.rs`).
+    let events_a = p.a.api().stream("/api/v1/events", &on_a.token);
+    let (tx, jobs_seen_on_a) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(events_a);
+        let mut kind = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(k) = line.strip_prefix("event:") {
+                kind = k.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if kind == "job" && tx.send(d.trim().to_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); case $i in *000) sleep 0.05;; esac; done; printf '\\001\\377end'";
     let started = Instant::now();
     let (st, v) = on_b.call(
@@ -123,6 +145,17 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     );
     assert_eq!(st, 201, "run through B: {v}");
     let job_id = v[0]["id"].as_str().unwrap().to_owned();
+    let seen = jobs_seen_on_a
+        .recv_timeout(Duration::from_secs(10))
+        .expect("A's event stream shows the job made on B");
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["id"], job_id.as_str(), "{seen}");
+    assert_eq!(seen["change"], "created", "{seen}");
+    assert_eq!(seen["runner_id"], id.as_str(), "{seen}");
+    eprintln!(
+        "A's event stream showed B's job {:?} after the POST",
+        started.elapsed()
+    );
     let mut live = BufReader::new(on_b.api.stream(
         &format!("/api/v1/jobs/{job_id}/output?follow=1&format=ndjson"),
         &on_b.token,

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
+use crate::common::bus::{Bus, Remote, TenantEvent};
 use crate::db::cluster::ClusterStore;
 use crate::db::HealthRecord;
 use crate::db::StorageError;
@@ -67,13 +68,40 @@ impl RemoteNudge for Nudges {
     }
 }
 
-impl HealthSink for HealthLog {
+/// Tenant events of this replica, sent to the others by NOTIFY.
+struct Events {
+    store: Arc<dyn ClusterStore>,
+    origin: String,
+}
+
+impl Remote for Events {
+    fn send(&self, event: &TenantEvent) {
+        let (store, origin, event) = (self.store.clone(), self.origin.clone(), event.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.publish(&origin, &event).await {
+                tracing::debug!("event notice: {e}");
+            }
+        });
+    }
+}
+
+/// Where the replica's notices of health and tenant events go.
+struct Sinks {
+    health: Arc<HealthLog>,
+    bus: Arc<Bus>,
+}
+
+impl HealthSink for Sinks {
     fn made_here(&self, records: Vec<HealthRecord>) {
-        self.announce(records);
+        self.health.announce(records);
     }
 
     fn made_elsewhere(&self, record: HealthRecord) {
-        self.announce_remote(record);
+        self.health.announce_remote(record);
+    }
+
+    fn event_elsewhere(&self, event: TenantEvent) {
+        self.bus.announce_remote(event);
     }
 }
 
@@ -87,11 +115,18 @@ pub async fn join(
 ) -> Result<(Arc<Replica>, Vec<tokio::task::JoinHandle<()>>), StorageError> {
     let replica = Arc::new(Replica::new(config, store.clone()));
     state.health.set_links(replica.clone());
-    state.registry.set_remote(Arc::new(Nudges(store)));
+    state.registry.set_remote(Arc::new(Nudges(store.clone())));
+    state.bus.set_remote(Arc::new(Events {
+        store,
+        origin: config.replica_id.clone(),
+    }));
     let tasks = replica
         .spawn(
             Arc::new(Holder(state.registry.clone())),
-            state.health.clone(),
+            Arc::new(Sinks {
+                health: state.health.clone(),
+                bus: state.bus.clone(),
+            }),
         )
         .await?;
     Ok((replica, tasks))

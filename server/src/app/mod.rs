@@ -75,6 +75,9 @@ pub struct AppState {
     /// On a replica of several: requests for runners another replica
     /// holds go there (`app/forward.rs`).
     pub forward: Option<Arc<forward::ForwardCtx>>,
+    /// Tenant events for the event stream: jobs made or cancelled
+    /// (`common/bus.rs`).
+    pub bus: Arc<crate::common::bus::Bus>,
 }
 
 impl AppState {
@@ -111,6 +114,7 @@ impl AppState {
             fleet: Arc::new(crate::fleet::Fleet::new(db.fleet.clone())),
             audit: db.trail.clone(),
             forward: None,
+            bus: Arc::default(),
             db,
         }
     }

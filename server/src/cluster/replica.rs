@@ -59,6 +59,8 @@ pub trait LinkHolder: Send + Sync + 'static {
 pub trait HealthSink: Send + Sync + 'static {
     fn made_here(&self, records: Vec<HealthRecord>);
     fn made_elsewhere(&self, record: HealthRecord);
+    /// A tenant event another replica published (`common/bus.rs`).
+    fn event_elsewhere(&self, event: crate::common::bus::TenantEvent);
 }
 
 pub struct Replica {
@@ -178,6 +180,10 @@ impl Replica {
                             health.made_elsewhere(record);
                         }
                         Notice::Nudge { runner_id, family } => holder.nudge(&runner_id, &family),
+                        Notice::Event { origin, event } if origin != me.id => {
+                            health.event_elsewhere(event);
+                        }
+                        Notice::Event { .. } => {}
                         Notice::Health { .. } => {}
                         Notice::Listening => me.check(&*holder).await,
                     }

@@ -48,10 +48,28 @@ pub enum Notice {
         runner_id: String,
         family: String,
     },
+    /// A tenant event another replica (`origin`) published, for this
+    /// replica's event streams (`common/bus.rs`).
+    Event {
+        origin: String,
+        event: TenantEvent,
+    },
     /// The notice connection was (re)established: notices may have been
     /// missed before it, so the holder checks its links against the table.
     Listening,
 }
+
+/// One event of a tenant for the event stream (`common/bus.rs`): its SSE
+/// `event:` name and JSON data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantEvent {
+    pub tenant_id: String,
+    pub kind: String,
+    pub data: String,
+}
+
+/// Longest event data a notice carries (NOTIFY takes < 8000 bytes).
+pub const MAX_EVENT_DATA: usize = 4096;
 
 /// Longest family name a nudge notice carries (they are short words).
 pub const MAX_FAMILY: usize = 32;
@@ -156,6 +174,9 @@ pub trait ClusterStore: Send + Sync {
         reason: &str,
         now: i64,
     ) -> Result<Vec<HealthRecord>, StorageError>;
+
+    /// Send a tenant event to every replica ([`Notice::Event`]).
+    async fn publish(&self, origin: &str, event: &TenantEvent) -> Result<(), StorageError>;
 
     /// Connections of the pool in use now, and its most (for the
     /// replica's metrics).

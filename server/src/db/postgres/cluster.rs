@@ -27,6 +27,8 @@ const HEALTH_CHANNEL: &str = "tether_health";
 /// The NOTIFY channel of nudges (jobs or a log policy changed for a
 /// runner another replica holds).
 const NUDGE_CHANNEL: &str = "tether_nudge";
+/// The NOTIFY channel of tenant events (`common/bus.rs`).
+const EVENT_CHANNEL: &str = "tether_event";
 /// Notices waiting for the replica to handle them; beyond, they are
 /// dropped and the periodic check catches up.
 const NOTICE_BACKLOG: usize = 1024;
@@ -49,6 +51,15 @@ struct FenceNote {
 struct NudgeNote {
     r: String,
     f: String,
+}
+
+/// A tenant event as sent.
+#[derive(Serialize, Deserialize)]
+struct EventNote {
+    o: String,
+    t: String,
+    k: String,
+    d: String,
 }
 
 /// A health change as sent.
@@ -447,6 +458,26 @@ impl ClusterStore for PgCluster {
         Ok(())
     }
 
+    async fn publish(
+        &self,
+        origin: &str,
+        event: &crate::db::cluster::TenantEvent,
+    ) -> Result<(), StorageError> {
+        let note = EventNote {
+            o: origin.to_owned(),
+            t: event.tenant_id.clone(),
+            k: event.kind.clone(),
+            d: event.data.clone(),
+        };
+        let payload = serde_json::to_string(&note).map_err(backend)?;
+        self.pool
+            .get()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&EVENT_CHANNEL, &payload])
+            .await?;
+        Ok(())
+    }
+
     fn pool_use(&self) -> (usize, usize) {
         let s = self.pool.status();
         (s.size.saturating_sub(s.available), s.max_size)
@@ -579,6 +610,24 @@ async fn listen_once(
                         _ => tracing::warn!("cluster notices: a bad nudge notice"),
                     }
                 }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == EVENT_CHANNEL => {
+                    match serde_json::from_str::<EventNote>(n.payload()) {
+                        Ok(e)
+                            if e.k.len() <= 32
+                                && e.d.len() <= crate::db::cluster::MAX_EVENT_DATA =>
+                        {
+                            let _ = forward.try_send(Notice::Event {
+                                origin: e.o,
+                                event: crate::db::cluster::TenantEvent {
+                                    tenant_id: e.t,
+                                    kind: e.k,
+                                    data: e.d,
+                                },
+                            });
+                        }
+                        _ => tracing::warn!("cluster notices: a bad event notice"),
+                    }
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             }
@@ -589,7 +638,8 @@ async fn listen_once(
     });
     client
         .batch_execute(&format!(
-            "LISTEN {FENCE_CHANNEL}; LISTEN {HEALTH_CHANNEL}; LISTEN {NUDGE_CHANNEL}"
+            "LISTEN {FENCE_CHANNEL}; LISTEN {HEALTH_CHANNEL}; LISTEN {NUDGE_CHANNEL}; \
+             LISTEN {EVENT_CHANNEL}"
         ))
         .await
         .map_err(|e| backend(chain(&e)))?;
