@@ -23,6 +23,7 @@ mod moving;
 mod packages;
 mod reconnect;
 mod recordings;
+mod replicas;
 mod rogue;
 mod signed;
 mod telemetry;

@@ -288,7 +288,7 @@ pub fn free_port() -> u16 {
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
-    agent: ureq::Agent,
+    pub agent: ureq::Agent,
 }
 
 impl Api {

@@ -109,6 +109,18 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Stop the cluster now (`-m immediate`: as if the machine were lost).
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");

@@ -9,10 +9,12 @@ use async_trait::async_trait;
 
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
+use crate::common::bus::{Bus, Remote, TenantEvent};
 use crate::db::cluster::ClusterStore;
 use crate::db::HealthRecord;
 use crate::db::StorageError;
-use crate::link::registry::{CloseOrder, Registry};
+use crate::link::dispatch::FamilyId;
+use crate::link::registry::{CloseOrder, Registry, RemoteNudge};
 use crate::runners::health::HealthLog;
 
 use super::AppState;
@@ -41,15 +43,65 @@ impl LinkHolder for Holder {
             tracing::info!(runner = runner_id, revoked, "link fenced by the cluster");
         }
     }
+
+    fn nudge(&self, runner_id: &str, family: &str) {
+        if let Some(family) = FamilyId::from_name(family) {
+            self.0.nudge_local(runner_id, family);
+        }
+    }
 }
 
-impl HealthSink for HealthLog {
+/// Nudges for runners this replica does not hold, sent by NOTIFY (the
+/// holder, whichever it is, hears it; a runner linked nowhere looks for
+/// its jobs when it connects).
+struct Nudges(Arc<dyn ClusterStore>);
+
+impl RemoteNudge for Nudges {
+    fn nudge(&self, runner_id: &str, family: FamilyId) {
+        let (store, runner) = (self.0.clone(), runner_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = store.nudge(&runner, family.name()).await {
+                // The holder's periodic check finds the change anyway.
+                tracing::debug!(runner = %runner, "nudge notice: {e}");
+            }
+        });
+    }
+}
+
+/// Tenant events of this replica, sent to the others by NOTIFY.
+struct Events {
+    store: Arc<dyn ClusterStore>,
+    origin: String,
+}
+
+impl Remote for Events {
+    fn send(&self, event: &TenantEvent) {
+        let (store, origin, event) = (self.store.clone(), self.origin.clone(), event.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.publish(&origin, &event).await {
+                tracing::debug!("event notice: {e}");
+            }
+        });
+    }
+}
+
+/// Where the replica's notices of health and tenant events go.
+struct Sinks {
+    health: Arc<HealthLog>,
+    bus: Arc<Bus>,
+}
+
+impl HealthSink for Sinks {
     fn made_here(&self, records: Vec<HealthRecord>) {
-        self.announce(records);
+        self.health.announce(records);
     }
 
     fn made_elsewhere(&self, record: HealthRecord) {
-        self.announce_remote(record);
+        self.health.announce_remote(record);
+    }
+
+    fn event_elsewhere(&self, event: TenantEvent) {
+        self.bus.announce_remote(event);
     }
 }
 
@@ -61,12 +113,20 @@ pub async fn join(
     config: &ClusterConfig,
     store: Arc<dyn ClusterStore>,
 ) -> Result<(Arc<Replica>, Vec<tokio::task::JoinHandle<()>>), StorageError> {
-    let replica = Arc::new(Replica::new(config, store));
+    let replica = Arc::new(Replica::new(config, store.clone()));
     state.health.set_links(replica.clone());
+    state.registry.set_remote(Arc::new(Nudges(store.clone())));
+    state.bus.set_remote(Arc::new(Events {
+        store,
+        origin: config.replica_id.clone(),
+    }));
     let tasks = replica
         .spawn(
             Arc::new(Holder(state.registry.clone())),
-            state.health.clone(),
+            Arc::new(Sinks {
+                health: state.health.clone(),
+                bus: state.bus.clone(),
+            }),
         )
         .await?;
     Ok((replica, tasks))

@@ -63,6 +63,7 @@ impl FromRef<AppState> for RunnersCtx {
             containers: s.containers.clone(),
             fleet: LabelsCtx::from_ref(s),
             tuning: s.tuning,
+            bus: s.bus.clone(),
         }
     }
 }
@@ -103,6 +104,7 @@ impl FromRef<AppState> for JobsCtx {
             quotas: s.quotas,
             job_hub: s.job_hub.clone(),
             fleet: Arc::new(LabelsCtx::from_ref(s)),
+            bus: s.bus.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cluster;
 pub mod config;
 mod ctx;
+pub mod forward;
 pub mod migrate;
 mod routes;
 pub mod serve;
@@ -71,6 +72,12 @@ pub struct AppState {
     pub fleet: Arc<crate::fleet::Fleet>,
     /// The audit trail (`audit/`): `db.trail`, named here for the layer.
     pub audit: Arc<dyn TrailStore>,
+    /// On a replica of several: requests for runners another replica
+    /// holds go there (`app/forward.rs`).
+    pub forward: Option<Arc<forward::ForwardCtx>>,
+    /// Tenant events for the event stream: jobs made or cancelled
+    /// (`common/bus.rs`).
+    pub bus: Arc<crate::common::bus::Bus>,
 }
 
 impl AppState {
@@ -106,6 +113,8 @@ impl AppState {
             passwords: Arc::default(),
             fleet: Arc::new(crate::fleet::Fleet::new(db.fleet.clone())),
             audit: db.trail.clone(),
+            forward: None,
+            bus: Arc::default(),
             db,
         }
     }

@@ -37,6 +37,10 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::fleet::api::routes())
         .merge(crate::audit::routes())
         .merge(web::routes())
+        .route(
+            "/api/v1/replica/metrics",
+            axum::routing::get(super::forward::metrics),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -49,6 +53,12 @@ pub fn app(state: AppState) -> Router {
         .layer(from_fn_with_state(
             crate::audit::AuditCtx::from_ref(&state),
             crate::audit::record,
+        ))
+        // Outside the audit layer: a forwarded request is recorded once,
+        // by the replica that answers it (`app/forward.rs`).
+        .layer(from_fn_with_state(
+            state.forward.clone(),
+            super::forward::route,
         ))
         .layer(from_fn_with_state(state.edge.clone(), edge::body_deadline))
         // Outermost: the rate layers of enrollment and login read it.

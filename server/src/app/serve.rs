@@ -43,8 +43,10 @@ use tower::ServiceExt;
 
 use crate::alerts::notify::Tuning as AlertTuning;
 use crate::app::config::{self, AdminToken, ServeArgs};
+use crate::app::forward::ForwardCtx;
 use crate::app::tls::{self, TlsError};
 use crate::app::{app, AppState, Tuning};
+use crate::cluster::internal::Peers;
 use crate::common::edge::{Edge, EdgeConfig, PeerAddr};
 use crate::common::secrets::SecretBox;
 use crate::db::logs::LogRetention;
@@ -213,8 +215,9 @@ async fn serve(
         } => tracing::info!("admin token: {}", path.display()),
     }
 
-    let acceptor = if args.plain_http {
-        tracing::warn!("serving plain HTTP: only behind a TLS-terminating reverse proxy");
+    // The internal listener of a replica speaks TLS even when the public
+    // one does not (`cluster/internal.rs`).
+    let tls_files = if args.plain_http && cluster.is_none() {
         None
     } else {
         let (cert, key) = match (&args.tls_cert, &args.tls_key) {
@@ -236,7 +239,15 @@ async fn serve(
                 (dev.cert, dev.key)
             }
         };
-        Some(TlsAcceptor::from(tls::server_config(&cert, &key)?))
+        Some((cert, key))
+    };
+    let acceptor = match &tls_files {
+        _ if args.plain_http => {
+            tracing::warn!("serving plain HTTP: only behind a TLS-terminating reverse proxy");
+            None
+        }
+        Some((cert, key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+        None => None,
     };
 
     // Handlers before anything announces the server, so a SIGTERM sent as
@@ -284,7 +295,7 @@ async fn serve(
         tls: acceptor.is_some(),
         ..EdgeConfig::default()
     };
-    let state = AppState::new(db, Arc::new(secrets), admin.secret(), Tuning::default())
+    let mut state = AppState::new(db, Arc::new(secrets), admin.secret(), Tuning::default())
         .with_releases(releases)
         .with_alert_tuning(AlertTuning {
             allow_private: args.alert_private_targets,
@@ -300,10 +311,31 @@ async fn serve(
     }
     let mut replica_tasks = Vec::new();
     let mut replica = None;
-    if let (Some(config), Some(store)) = (&cluster, cluster_store) {
-        let (joined, tasks) = super::cluster::join(&state, config, store).await?;
+    let mut internal = None;
+    if let (Some(config), Some(store), Some((cert, key))) = (&cluster, cluster_store, &tls_files) {
+        let (joined, tasks) = super::cluster::join(&state, config, store.clone()).await?;
         replica_tasks = tasks;
-        replica = Some(joined);
+        replica = Some(joined.clone());
+        let der = tls::load_certs(cert)?.into_iter().next().ok_or_else(|| {
+            io_err(format!("{}", cert.display()))(io::Error::other("no certificate"))
+        })?;
+        let peers = Arc::new(Peers::new(&config.replica_id, &config.key, der.as_ref()));
+        state.forward = Some(Arc::new(ForwardCtx {
+            peers: peers.clone(),
+            replica: joined.clone(),
+            store,
+            registry: state.registry.clone(),
+            auth: FromRef::from_ref(&state),
+            db: state.db.clone(),
+        }));
+        let listener = TcpListener::bind(&config.internal_addr)
+            .await
+            .map_err(io_err(format!(
+                "listening on --internal-addr {}",
+                config.internal_addr
+            )))?;
+        let acceptor = TlsAcceptor::from(tls::server_config(cert, key)?);
+        internal = Some((listener, acceptor, peers));
         tracing::info!(
             "replica {} of a cluster (internal address {})",
             config.replica_id,
@@ -352,6 +384,31 @@ async fn serve(
         None => once_only(),
     };
     let fleet = crate::fleet::spawn(&FromRef::from_ref(&state));
+    // Other replicas' requests: the same routes behind the gate (`app/forward.rs`).
+    let internal_task = internal.map(|(listener, acceptor, peers)| {
+        let routes = app(state.clone()).layer(axum::middleware::from_fn_with_state(
+            peers,
+            super::forward::gate,
+        ));
+        // Its own connection caps: every forwarded request comes from a
+        // replica's one address, which the public per-address cap would
+        // throttle; the whole budget is the bound here.
+        let config = state.edge.config.clone();
+        let edge = Arc::new(Edge::new(EdgeConfig {
+            max_connections_per_address: config.max_connections,
+            ..config
+        }));
+        tokio::spawn(async move {
+            accept_loop(
+                listener,
+                Some(acceptor),
+                routes,
+                edge,
+                std::future::pending(),
+            )
+            .await
+        })
+    });
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -368,6 +425,9 @@ async fn serve(
     .await;
 
     flusher.abort();
+    if let Some(t) = internal_task {
+        t.abort();
+    }
     for task in fleet
         .into_iter()
         .chain(replica_tasks)
@@ -376,7 +436,12 @@ async fn serve(
         task.abort();
     }
     if let Some(r) = &replica {
-        r.stopping().await;
+        let released = r.stopping().await;
+        tracing::info!(
+            "released {} link(s): their runners reconnect to another replica",
+            released.len()
+        );
+        state.health.announce(released);
     }
     if let Err(e) = state.registry.flush_last_seen().await {
         tracing::warn!("saving last-seen times: {e}");

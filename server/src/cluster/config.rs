@@ -74,6 +74,11 @@ impl ClusterKey {
         std::hint::black_box(diff) == 0
     }
 
+    /// The key for the internal channel's proofs (`internal.rs`).
+    pub fn hmac_key(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0)
+    }
+
     /// 64 hex digits (surrounding whitespace allowed).
     pub fn parse_hex(text: &str) -> Option<ClusterKey> {
         let text = text.trim().as_bytes();

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! config.rs   --replica-id, --internal-addr, --cluster-key: checked once at start
+//! internal.rs the internal channel: TLS to a peer, the key's proof, a request
+//!             (stream, WebSocket) sent on and its answer streamed back
 //! lease.rs    once-only work (retention, rollups) on the replica holding a lease
 //! replica.rs  Replica: the links table behind LinkTable, the heartbeat, the
 //!             reaper of dead replicas, fence notices and the periodic check
@@ -27,12 +29,22 @@
 //!     unreachable and drops A's rows; they come back active where they reconnect
 //! ```
 //!
-//! Health changes also travel by NOTIFY to every replica's SSE. Not here
-//! yet (issue 18): forwarding requests and streams between replicas
-//! over the internal address (the cluster key is read and checked for
-//! that, but nothing listens on the internal address yet).
+//! Health changes also travel by NOTIFY to every replica's SSE, and so do
+//! nudges (jobs made or cancelled, a log policy changed, for a runner
+//! another replica holds). A request for a runner linked to another
+//! replica is sent there over the internal channel (`internal.rs`; which
+//! requests: `app/forward.rs`) and answered as if it were local, streams
+//! and terminal WebSockets included:
+//!
+//! ```text
+//!  client ─▶ B: /api/v1/runners/rn_1/terminal   (rn_1 linked to A)
+//!  B: authorise the caller; runner_links: rn_1 ─▶ A (its --internal-addr)
+//!  B ──TLS, key proof──▶ A's internal listener ─▶ the same routes on A ─▶ runner
+//!  answer / SSE / NDJSON streamed back; a WebSocket spliced both ways
+//! ```
 
 pub mod config;
+pub mod internal;
 pub mod lease;
 pub mod replica;
 

@@ -6,7 +6,8 @@
 //!            silent for STALE lose their links (runners unreachable)
 //! notices    fence(runner, us, gen) ─▶ holder.fence: close that link (4006,
 //!            or 4002 when revoked); "listening again" ─▶ a check now;
-//!            a health change of another replica ─▶ this replica's SSE
+//!            a health change of another replica ─▶ this replica's SSE;
+//!            nudge(runner, family) ─▶ holder.nudge (jobs made elsewhere)
 //! check      every CHECK, the fallback for a lost notice: a link we hold that
 //!            the table does not give us (same generation) is closed
 //! ```
@@ -16,6 +17,7 @@
 //! changes nothing (`db/postgres/cluster.rs`).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +47,9 @@ pub trait LinkHolder: Send + Sync + 'static {
     /// one here, without recording health. `revoked`: the runner was
     /// revoked (else: another replica took it).
     async fn fence(&self, runner_id: &str, generation: u64, revoked: bool);
+    /// Something of `family` changed for `runner_id` on another replica:
+    /// tell its connection, if it is held here.
+    fn nudge(&self, runner_id: &str, family: &str);
 }
 
 /// Where a replica's tasks put health changes: the ones it made (the
@@ -54,12 +59,17 @@ pub trait LinkHolder: Send + Sync + 'static {
 pub trait HealthSink: Send + Sync + 'static {
     fn made_here(&self, records: Vec<HealthRecord>);
     fn made_elsewhere(&self, record: HealthRecord);
+    /// A tenant event another replica published (`common/bus.rs`).
+    fn event_elsewhere(&self, event: crate::common::bus::TenantEvent);
 }
 
 pub struct Replica {
     id: String,
     internal_addr: String,
     store: Arc<dyn ClusterStore>,
+    /// How late the last health notice of another replica arrived (ms
+    /// from its change to our hearing it), for the metrics.
+    notice_lag_ms: AtomicI64,
 }
 
 impl Replica {
@@ -68,7 +78,18 @@ impl Replica {
             id: config.replica_id.clone(),
             internal_addr: config.internal_addr.clone(),
             store,
+            notice_lag_ms: AtomicI64::new(0),
         }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ClusterStore> {
+        &self.store
+    }
+
+    /// Milliseconds between the last health change another replica made
+    /// and this replica hearing of it.
+    pub fn notice_lag_ms(&self) -> i64 {
+        self.notice_lag_ms.load(Ordering::Relaxed)
     }
 
     pub fn id(&self) -> &str {
@@ -84,9 +105,22 @@ impl Replica {
         super::lease::run_while_held(self.store.clone(), self.id.clone(), start)
     }
 
-    /// A clean shutdown: give the lease up.
-    pub async fn stopping(&self) {
+    /// A clean shutdown: give the lease up, and the links held here (their
+    /// runners reconnect to another replica at once instead of waiting
+    /// for the reaper). Returns the health changes.
+    pub async fn stopping(&self) -> Vec<HealthRecord> {
         super::lease::release(&*self.store, &self.id).await;
+        match self
+            .store
+            .replica_stopped(&self.id, "replica stopped", clock::now_ms())
+            .await
+        {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!("releasing this replica's links: {e}");
+                Vec::new()
+            }
+        }
     }
 
     /// Start listening for notices (an error here is a start-up error),
@@ -141,8 +175,15 @@ impl Replica {
                         }
                         Notice::Fence(_) => {}
                         Notice::Health { origin, record } if origin != me.id => {
+                            let lag = clock::now_ms().saturating_sub(record.at).max(0);
+                            me.notice_lag_ms.store(lag, Ordering::Relaxed);
                             health.made_elsewhere(record);
                         }
+                        Notice::Nudge { runner_id, family } => holder.nudge(&runner_id, &family),
+                        Notice::Event { origin, event } if origin != me.id => {
+                            health.event_elsewhere(event);
+                        }
+                        Notice::Event { .. } => {}
                         Notice::Health { .. } => {}
                         Notice::Listening => me.check(&*holder).await,
                     }

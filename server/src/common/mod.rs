@@ -5,6 +5,7 @@
 //! timeouts (`Tuning`).
 
 pub mod auth;
+pub mod bus;
 pub mod clock;
 pub mod edge;
 pub mod error;

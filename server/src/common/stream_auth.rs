@@ -81,6 +81,36 @@ impl Credential {
     }
 }
 
+impl Credential {
+    /// As the internal channel between replicas carries it (a ticket
+    /// redeemed on the entry replica): a hash, never the secret.
+    pub fn to_wire(&self) -> String {
+        match self {
+            Credential::Admin => "admin".to_owned(),
+            Credential::ApiToken(h) => format!("token:{h}"),
+            Credential::Session(h) => format!("session:{h}"),
+        }
+    }
+
+    pub fn from_wire(text: &str) -> Option<Credential> {
+        let hash = |h: &str| {
+            (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| h.to_owned())
+        };
+        match text.split_once(':') {
+            None if text == "admin" => Some(Credential::Admin),
+            Some(("token", h)) => hash(h).map(Credential::ApiToken),
+            Some(("session", h)) => hash(h).map(Credential::Session),
+            _ => None,
+        }
+    }
+}
+
+/// A credential another replica vouches for: a ticket it redeemed before
+/// sending the request on. Put into a request only by the internal
+/// listener's gate, after the cluster key was proved (`app/forward.rs`).
+#[derive(Debug, Clone)]
+pub struct Vouched(pub Credential);
+
 /// A credential and the least role its stream needs (sessions only: an
 /// API token is a tenant admin's).
 #[derive(Debug, Clone, PartialEq, Eq)]

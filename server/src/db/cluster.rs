@@ -41,10 +41,38 @@ pub enum Notice {
         origin: String,
         record: HealthRecord,
     },
+    /// Something of `family` changed for a runner (jobs made or cancelled,
+    /// a log collection policy) on a replica that does not hold its link:
+    /// the holder tells the connection (`Registry::nudge`).
+    Nudge {
+        runner_id: String,
+        family: String,
+    },
+    /// A tenant event another replica (`origin`) published, for this
+    /// replica's event streams (`common/bus.rs`).
+    Event {
+        origin: String,
+        event: TenantEvent,
+    },
     /// The notice connection was (re)established: notices may have been
     /// missed before it, so the holder checks its links against the table.
     Listening,
 }
+
+/// One event of a tenant for the event stream (`common/bus.rs`): its SSE
+/// `event:` name and JSON data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantEvent {
+    pub tenant_id: String,
+    pub kind: String,
+    pub data: String,
+}
+
+/// Longest event data a notice carries (NOTIFY takes < 8000 bytes).
+pub const MAX_EVENT_DATA: usize = 4096;
+
+/// Longest family name a nudge notice carries (they are short words).
+pub const MAX_FAMILY: usize = 32;
 
 #[async_trait]
 pub trait ClusterStore: Send + Sync {
@@ -128,6 +156,31 @@ pub trait ClusterStore: Send + Sync {
     /// Give lease `name` up, if `holder` has it (a clean shutdown: the
     /// next replica need not wait for it to expire).
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StorageError>;
+
+    /// The replica holding the runner's link and the address it is
+    /// reached at (`cluster/forward.rs`): `None` if no replica holds it.
+    async fn holder_of(&self, runner_id: &str) -> Result<Option<(String, String)>, StorageError>;
+
+    /// Tell every replica that something of `family` changed for
+    /// `runner_id` ([`Notice::Nudge`]); only its holder acts on it.
+    async fn nudge(&self, runner_id: &str, family: &str) -> Result<(), StorageError>;
+
+    /// A clean stop of `replica_id`: its links go at once (their runners
+    /// unreachable with `reason`: they reconnect to another replica
+    /// without waiting for the reaper), and so does its replica row.
+    async fn replica_stopped(
+        &self,
+        replica_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<HealthRecord>, StorageError>;
+
+    /// Send a tenant event to every replica ([`Notice::Event`]).
+    async fn publish(&self, origin: &str, event: &TenantEvent) -> Result<(), StorageError>;
+
+    /// Connections of the pool in use now, and its most (for the
+    /// replica's metrics).
+    fn pool_use(&self) -> (usize, usize);
 
     /// Open a dedicated connection that listens for notices; they arrive
     /// on the receiver (bounded) until it is dropped. A lost connection is

@@ -441,8 +441,13 @@ pub async fn run(
     if let Some(ms) = deadline {
         state.fleet.add_deadlines(tenant, &jobs, now + ms).await?;
     }
-    for (_, r) in &jobs {
+    for (id, r) in &jobs {
         state.registry.nudge(r, FamilyId::Jobs);
+        state.bus.publish(
+            tenant,
+            "job",
+            json!({ "id": id, "runner_id": r, "change": "created" }),
+        );
     }
     Ok((
         StatusCode::CREATED,
@@ -534,6 +539,11 @@ pub async fn cancel_job(
     }
     state.db.jobs.request_cancel(tenant, &id).await?;
     state.registry.nudge(&job.runner_id, FamilyId::Jobs);
+    state.bus.publish(
+        tenant,
+        "job",
+        json!({ "id": id, "runner_id": job.runner_id, "change": "cancelled" }),
+    );
     Ok(Json(job_json(&job_of(&state, tenant, &id).await?)))
 }
 

@@ -29,6 +29,8 @@ pub struct JobsCtx {
     pub job_hub: Arc<JobHub>,
     /// Selectors and deadlines: what a run asks of the fleet.
     pub fleet: Arc<dyn RunnerSets>,
+    /// Jobs made or cancelled, for the event stream (`common/bus.rs`).
+    pub bus: Arc<crate::common::bus::Bus>,
 }
 
 /// What a run asks of the fleet, named here so that jobs never import

@@ -69,6 +69,37 @@ pub enum FamilyId {
     Logs,
 }
 
+impl FamilyId {
+    const ALL: [FamilyId; 8] = [
+        FamilyId::Telemetry,
+        FamilyId::Containers,
+        FamilyId::Updates,
+        FamilyId::Deploy,
+        FamilyId::Fleet,
+        FamilyId::Terminals,
+        FamilyId::Jobs,
+        FamilyId::Logs,
+    ];
+
+    /// Its name in a cluster's nudge notice (`cluster/`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FamilyId::Telemetry => "telemetry",
+            FamilyId::Containers => "containers",
+            FamilyId::Updates => "updates",
+            FamilyId::Deploy => "deploy",
+            FamilyId::Fleet => "fleet",
+            FamilyId::Terminals => "terminals",
+            FamilyId::Jobs => "jobs",
+            FamilyId::Logs => "logs",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FamilyId> {
+        FamilyId::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
 /// The families a runner-sent control message concerns, in the order they
 /// hear it (empty: the link's own, or nobody's). A container's start
 /// concerns its own family and the log collection that follows it.

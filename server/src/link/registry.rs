@@ -34,7 +34,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tether::protocol::{encode_control, encode_control_checked, Envelope, Message, TooLarge};
@@ -77,6 +77,12 @@ pub trait HealthRecorder: Send + Sync {
     ) -> Result<Option<RunnerRow>, StorageError>;
     /// Persist a batch of last-seen times (liveness without a health change).
     async fn record_last_seen(&self, batch: &[(String, i64)]) -> Result<(), StorageError>;
+}
+
+/// Where a nudge for a runner not linked here goes: on a replica of
+/// several, to the replica that holds it (`app/cluster.rs`, by NOTIFY).
+pub trait RemoteNudge: Send + Sync {
+    fn nudge(&self, runner_id: &str, family: FamilyId);
 }
 
 /// Requests queued for one connection before senders wait. Small on purpose:
@@ -186,6 +192,8 @@ pub struct Registry {
     next_request_id: AtomicU64,
     tasks: AtomicUsize,
     tasks_done: Notify,
+    /// Set once on a replica of several.
+    remote: OnceLock<Arc<dyn RemoteNudge>>,
 }
 
 /// Held by every runner connection task, attached or not, so shutdown can wait
@@ -210,7 +218,23 @@ impl Registry {
             next_request_id: AtomicU64::new(1),
             tasks: AtomicUsize::new(0),
             tasks_done: Notify::new(),
+            remote: OnceLock::new(),
         }
+    }
+
+    /// Nudges for runners not linked here go to `remote` from now on.
+    pub fn set_remote(&self, remote: Arc<dyn RemoteNudge>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Whether the runner's link is held by this process.
+    pub fn holds(&self, runner_id: &str) -> bool {
+        self.lock().runners.contains_key(runner_id)
+    }
+
+    /// How many links this process holds.
+    pub fn held_count(&self) -> usize {
+        self.lock().runners.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -487,8 +511,25 @@ impl Registry {
     /// Tell a connected runner's connection that something of `family`
     /// changed (its jobs, its log collection policy). Not connected:
     /// nothing to do, the family looks on connect. A full outbox means the
-    /// connection is busy: the family rechecks on its periodic tick.
+    /// connection is busy: the family rechecks on its periodic tick. On a
+    /// replica of several, a runner not linked here may be linked to
+    /// another replica: the nudge goes there (`set_remote`).
     pub fn nudge(&self, runner_id: &str, family: FamilyId) {
+        {
+            let inner = self.lock();
+            if let Some(entry) = inner.runners.get(runner_id) {
+                let _ = entry.outbox.try_send(Outgoing::Nudge(family));
+                return;
+            }
+        }
+        if let Some(remote) = self.remote.get() {
+            remote.nudge(runner_id, family);
+        }
+    }
+
+    /// A nudge that came from another replica: for a runner linked here
+    /// only (never sent on again).
+    pub fn nudge_local(&self, runner_id: &str, family: FamilyId) {
         let inner = self.lock();
         if let Some(entry) = inner.runners.get(runner_id) {
             let _ = entry.outbox.try_send(Outgoing::Nudge(family));

@@ -35,16 +35,27 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_LABEL_LEN: usize = 200;
 const MAX_FIELD_LEN: usize = 255;
 
-/// Unauthenticated: 200 while the database answers, 503 with the reason
-/// when it does not (one cached check a second at most, `db::Liveness`).
+/// Unauthenticated, for load balancers: 200 while the database answers,
+/// 503 with the reason when it does not (one cached check a second at
+/// most, `db::Liveness`). A replica of several names itself (`replica`)
+/// and says how many runner links it holds; `ready` is what a balancer
+/// should go by (a replica without its database cannot take a runner).
 pub async fn healthz(State(state): State<RunnersCtx>) -> Response {
+    let replica = state.health.replica_id();
+    let links = state.registry.held_count();
     match state.db.liveness.check().await {
-        Ok(()) => {
-            Json(serde_json::json!({ "ok": true, "version": SERVER_VERSION })).into_response()
-        }
+        Ok(()) => Json(serde_json::json!({
+            "ok": true, "ready": true, "version": SERVER_VERSION,
+            "database": "reachable", "replica": replica, "links": links,
+        }))
+        .into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ok": false, "version": SERVER_VERSION, "reason": reason })),
+            Json(serde_json::json!({
+                "ok": false, "ready": false, "version": SERVER_VERSION,
+                "database": "unreachable", "reason": reason,
+                "replica": replica, "links": links,
+            })),
         )
             .into_response(),
     }

@@ -1,6 +1,9 @@
 //! `GET /api/v1/events`: health changes and container events of the caller's
 //! tenant, live, as SSE.
 //!
+//! Jobs made or cancelled come as `event: job` (`{"id","runner_id",
+//! "change"}`), on every replica of several (`common/bus.rs`).
+//!
 //! Each subscriber gets its own receivers of the health and container
 //! broadcasts (health: this replica's and, in a cluster, the other
 //! replicas' from `cluster/`) and sees only its tenant's changes (`event: health`,
@@ -22,6 +25,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::common::auth::Caller;
+use crate::common::bus::TenantEvent;
 use crate::common::error::ApiError;
 use crate::common::stream_auth::{until_revoked, AuthGuard};
 use crate::containers::{ContainerEventRecord, ContainerEventView};
@@ -42,6 +46,7 @@ pub async fn follow(
         health: state.health.subscribe(),
         remote: state.health.subscribe_remote(),
         containers: state.containers.subscribe(),
+        bus: state.bus.subscribe(),
     };
     // A first comment flushes the response head at once, so a client knows
     // it is subscribed before anything happens.
@@ -62,6 +67,8 @@ struct Receivers {
     /// Other replicas' health changes (`cluster/`; silent on one server).
     remote: broadcast::Receiver<Arc<HealthRecord>>,
     containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
+    /// Jobs made or cancelled, here or on another replica (`common/bus.rs`).
+    bus: broadcast::Receiver<Arc<TenantEvent>>,
 }
 
 /// The next event for `tenant`, or `None` when the server is going away.
@@ -91,6 +98,13 @@ async fn next_event(rx: &mut Receivers, tenant: &str) -> Option<Event> {
                     let view = ContainerEventView::from(record.as_ref());
                     let data = serde_json::to_string(&view).unwrap_or_default();
                     Ok(Event::default().event("container").data(data))
+                }
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            },
+            r = rx.bus.recv() => match r {
+                Ok(e) if e.tenant_id == tenant => {
+                    Ok(Event::default().event(e.kind.as_str()).data(e.data.as_str()))
                 }
                 Ok(_) => continue,
                 Err(e) => Err(e),

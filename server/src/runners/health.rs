@@ -83,6 +83,11 @@ impl HealthLog {
         let _ = self.cluster.set(links);
     }
 
+    /// This replica's id, on a replica of several.
+    pub fn replica_id(&self) -> Option<&str> {
+        self.cluster.get().and_then(|l| l.replica_id())
+    }
+
     fn links(&self) -> &dyn LinkTable {
         match self.cluster.get() {
             Some(l) => &**l,

@@ -29,6 +29,8 @@ pub struct RunnersCtx {
     /// Runner labels (the seam to `fleet/`).
     pub fleet: crate::fleet::labels::LabelsCtx,
     pub tuning: Tuning,
+    /// The event stream's other tenant events (jobs made or cancelled).
+    pub bus: Arc<crate::common::bus::Bus>,
 }
 
 /// Tenants, tokens (enrollment, API, WebSocket tickets), enrollment, runners

@@ -54,7 +54,7 @@ use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
 use crate::common::http::{signed_param, valid_container_ref};
 use crate::common::quotas;
-use crate::common::stream_auth::{AuthGuard, Credential, Principal};
+use crate::common::stream_auth::{AuthGuard, Credential, Principal, Vouched};
 use crate::db::recordings::RecordingRow;
 use crate::db::{Db, Role, SessionRow, TerminalAuditRow};
 use crate::terminals::recorder::{Encoder, Recorder};
@@ -124,8 +124,13 @@ async fn who(
     state: &TerminalsCtx,
     headers: &HeaderMap,
     ticket: Option<&str>,
+    vouched: Option<Extension<Vouched>>,
 ) -> Result<Who, ApiError> {
-    let credential = if let Some(t) = ticket {
+    // A ticket redeemed by the replica the client reached, which sent the
+    // request on here (`cluster/internal.rs`): what it stood for.
+    let credential = if let Some(Extension(Vouched(c))) = vouched {
+        c
+    } else if let Some(t) = ticket {
         state.tickets.redeem(t).ok_or_else(|| {
             ApiError::unauthorized("unknown, used or expired ticket: mint one per WebSocket")
         })?
@@ -488,13 +493,14 @@ pub async fn create(
 pub async fn open_ws(
     State(state): State<TerminalsCtx>,
     peer: Option<Extension<PeerAddr>>,
+    vouched: Option<Extension<Vouched>>,
     headers: HeaderMap,
     Path(runner): Path<String>,
     Query(p): Query<OpenParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = async {
-        let who = who(&state, &headers, p.ticket.as_deref()).await?;
+        let who = who(&state, &headers, p.ticket.as_deref(), vouched).await?;
         let upgrade = upgrade.map_err(|r| {
             ApiError::bad_request(format!("expected a WebSocket upgrade: {}", r.body_text()))
         })?;
@@ -522,13 +528,14 @@ pub async fn open_ws(
 /// `GET /api/v1/terminals/{tid}/attach` (WebSocket).
 pub async fn attach_ws(
     State(state): State<TerminalsCtx>,
+    vouched: Option<Extension<Vouched>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(p): Query<AttachParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let result = async {
-        let who = who(&state, &headers, p.ticket.as_deref()).await?;
+        let who = who(&state, &headers, p.ticket.as_deref(), vouched).await?;
         let s = state
             .terminals
             .get(&who.tenant, &id)

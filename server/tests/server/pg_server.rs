@@ -49,13 +49,18 @@ async fn healthz_is_503_with_a_reason_while_postgres_is_down() {
         (status, v),
         (
             StatusCode::OK,
-            json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })
+            json!({
+                "ok": true, "ready": true, "version": env!("CARGO_PKG_VERSION"),
+                "database": "reachable", "replica": null, "links": 0,
+            })
         )
     );
 
     pg::stop();
     let down = healthz_until(&router, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(down["ok"], false);
+    assert_eq!(down["ready"], false);
+    assert_eq!(down["database"], "unreachable");
     assert_eq!(down["version"], env!("CARGO_PKG_VERSION"));
     let reason = down["reason"].as_str().unwrap();
     assert!(reason.starts_with("database unreachable"), "{reason}");
@@ -71,7 +76,10 @@ async fn healthz_is_503_with_a_reason_while_postgres_is_down() {
     let up = healthz_until(&router, StatusCode::OK).await;
     assert_eq!(
         up,
-        json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })
+        json!({
+            "ok": true, "ready": true, "version": env!("CARGO_PKG_VERSION"),
+            "database": "reachable", "replica": null, "links": 0,
+        })
     );
 }
 

@@ -10,7 +10,10 @@ async fn healthz_and_unknown_routes() {
         (status, v),
         (
             StatusCode::OK,
-            json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })
+            json!({
+                "ok": true, "ready": true, "version": env!("CARGO_PKG_VERSION"),
+                "database": "reachable", "replica": null, "links": 0,
+            })
         )
     );
     assert_error(

@@ -24,6 +24,11 @@ use crate::db::{ConnectOutcome, ConnectedInfo, Health, HealthRecord, RunnerRow, 
 const FENCE_CHANNEL: &str = "tether_fence";
 /// The NOTIFY channel of health changes (for every replica's SSE).
 const HEALTH_CHANNEL: &str = "tether_health";
+/// The NOTIFY channel of nudges (jobs or a log policy changed for a
+/// runner another replica holds).
+const NUDGE_CHANNEL: &str = "tether_nudge";
+/// The NOTIFY channel of tenant events (`common/bus.rs`).
+const EVENT_CHANNEL: &str = "tether_event";
 /// Notices waiting for the replica to handle them; beyond, they are
 /// dropped and the periodic check catches up.
 const NOTICE_BACKLOG: usize = 1024;
@@ -39,6 +44,22 @@ struct FenceNote {
     g: u64,
     #[serde(default)]
     x: bool,
+}
+
+/// A nudge as sent.
+#[derive(Serialize, Deserialize)]
+struct NudgeNote {
+    r: String,
+    f: String,
+}
+
+/// A tenant event as sent.
+#[derive(Serialize, Deserialize)]
+struct EventNote {
+    o: String,
+    t: String,
+    k: String,
+    d: String,
 }
 
 /// A health change as sent.
@@ -437,6 +458,75 @@ impl ClusterStore for PgCluster {
         Ok(())
     }
 
+    async fn publish(
+        &self,
+        origin: &str,
+        event: &crate::db::cluster::TenantEvent,
+    ) -> Result<(), StorageError> {
+        let note = EventNote {
+            o: origin.to_owned(),
+            t: event.tenant_id.clone(),
+            k: event.kind.clone(),
+            d: event.data.clone(),
+        };
+        let payload = serde_json::to_string(&note).map_err(backend)?;
+        self.pool
+            .get()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&EVENT_CHANNEL, &payload])
+            .await?;
+        Ok(())
+    }
+
+    fn pool_use(&self) -> (usize, usize) {
+        let s = self.pool.status();
+        (s.size.saturating_sub(s.available), s.max_size)
+    }
+
+    async fn holder_of(&self, runner_id: &str) -> Result<Option<(String, String)>, StorageError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT l.replica_id, r.internal_addr FROM runner_links l
+                 JOIN cluster_replicas r ON r.id = l.replica_id
+                 WHERE l.runner_id = $1",
+                &[&runner_id],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn nudge(&self, runner_id: &str, family: &str) -> Result<(), StorageError> {
+        let note = NudgeNote {
+            r: runner_id.to_owned(),
+            f: family.to_owned(),
+        };
+        let payload = serde_json::to_string(&note).map_err(backend)?;
+        self.pool
+            .get()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&NUDGE_CHANNEL, &payload])
+            .await?;
+        Ok(())
+    }
+
+    async fn replica_stopped(
+        &self,
+        replica_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<HealthRecord>, StorageError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let changes = release_all(&tx, replica_id, replica_id, false, reason, now).await?;
+        tx.execute("DELETE FROM cluster_replicas WHERE id = $1", &[&replica_id])
+            .await?;
+        tx.commit().await?;
+        Ok(changes)
+    }
+
     async fn listen(&self) -> Result<mpsc::Receiver<Notice>, StorageError> {
         let (tx, rx) = mpsc::channel(NOTICE_BACKLOG);
         let first = listen_once(&self.config, tx.clone()).await?;
@@ -509,6 +599,35 @@ async fn listen_once(
                         None => tracing::warn!("cluster notices: a bad health notice"),
                     }
                 }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == NUDGE_CHANNEL => {
+                    match serde_json::from_str::<NudgeNote>(n.payload()) {
+                        Ok(f) if f.f.len() <= crate::db::cluster::MAX_FAMILY => {
+                            let _ = forward.try_send(Notice::Nudge {
+                                runner_id: f.r,
+                                family: f.f,
+                            });
+                        }
+                        _ => tracing::warn!("cluster notices: a bad nudge notice"),
+                    }
+                }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == EVENT_CHANNEL => {
+                    match serde_json::from_str::<EventNote>(n.payload()) {
+                        Ok(e)
+                            if e.k.len() <= 32
+                                && e.d.len() <= crate::db::cluster::MAX_EVENT_DATA =>
+                        {
+                            let _ = forward.try_send(Notice::Event {
+                                origin: e.o,
+                                event: crate::db::cluster::TenantEvent {
+                                    tenant_id: e.t,
+                                    kind: e.k,
+                                    data: e.d,
+                                },
+                            });
+                        }
+                        _ => tracing::warn!("cluster notices: a bad event notice"),
+                    }
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             }
@@ -518,7 +637,10 @@ async fn listen_once(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {FENCE_CHANNEL}; LISTEN {HEALTH_CHANNEL}"))
+        .batch_execute(&format!(
+            "LISTEN {FENCE_CHANNEL}; LISTEN {HEALTH_CHANNEL}; LISTEN {NUDGE_CHANNEL}; \
+             LISTEN {EVENT_CHANNEL}"
+        ))
         .await
         .map_err(|e| backend(chain(&e)))?;
     let _ = ready_tx.send(client);

@@ -1,0 +1,395 @@
+//! The internal channel between replicas: HTTP/1.1 over TLS to a peer's
+//! `--internal-addr`, authenticated by the cluster key, carrying requests
+//! (and WebSocket upgrades) that another replica must answer because it
+//! holds the runner's link (`app/forward.rs` decides which).
+//!
+//! ```text
+//!  entry replica                                   holding replica (--internal-addr)
+//!  TCP connect (CONNECT_TIMEOUT) ─▶ TLS ─▶ peer cert C
+//!  x-tether-cluster: <ms>.<HMAC(key, "tether-cluster-v1" ms SHA-256(C))>
+//!  request as it came (body streamed) ───────────▶ gate: HMAC over ITS OWN cert, |skew| ≤ SKEW,
+//!                                                  compared in constant time; else 401, nothing more
+//!  ◀─────────── response head (HEAD_TIMEOUT), body streamed (SSE, NDJSON)
+//!  101 ─▶ both upgraded sides spliced (terminal WebSocket: bytes both ways)
+//! ```
+//!
+//! The peer's certificate is not checked against a CA (replicas may each
+//! have their own dev certificate): the proof is the key, bound to the
+//! certificate the client saw. A man in the middle shows its own
+//! certificate, so the proof it could relay names the wrong one and the
+//! real replica refuses it; the TLS handshake signature is still checked,
+//! so a stolen certificate without its private key does not pass either.
+//! The key itself never crosses the wire.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Request, Response};
+use hyper_util::rt::TokioIo;
+use ring::hmac;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::config::ClusterKey;
+
+/// The proof of the cluster key on a forwarded request.
+pub const AUTH_HEADER: HeaderName = HeaderName::from_static("x-tether-cluster");
+/// The caller a single-use ticket stood for, redeemed on the entry replica
+/// (honoured only behind the gate).
+pub const PRINCIPAL_HEADER: HeaderName = HeaderName::from_static("x-tether-principal");
+/// The replica that forwarded a request (for the target's logs).
+pub const FROM_HEADER: HeaderName = HeaderName::from_static("x-tether-forwarded-by");
+/// How far the proof's time may be from the gate's clock.
+pub const SKEW_MS: i64 = 60_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const TLS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Until the peer's response head. Requests to runners wait for their
+/// answer at most `Tuning`'s limits, well below this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest `x-tether-cluster` value read (13 digits, '.', 64 hex).
+const MAX_PROOF: usize = 96;
+
+/// Headers of one connection, not the request's: never passed on.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+#[derive(Debug)]
+pub enum ForwardError {
+    /// The peer could not be reached (TCP, TLS).
+    Connect(String),
+    /// It did not answer, or the exchange broke.
+    Exchange(String),
+    Timeout,
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardError::Connect(e) => write!(f, "connecting: {e}"),
+            ForwardError::Exchange(e) => write!(f, "forwarding: {e}"),
+            ForwardError::Timeout => f.write_str("no answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for ForwardError {}
+
+/// Counters of the channel, for the metrics.
+#[derive(Default)]
+pub struct Counters {
+    /// Requests sent on to another replica.
+    pub forwards: AtomicU64,
+    /// Of those, the ones that got no answer from the peer.
+    pub forward_errors: AtomicU64,
+    /// Requests to the internal address refused (no or a wrong proof).
+    pub refused: AtomicU64,
+}
+
+/// This replica's end of the internal channel.
+pub struct Peers {
+    id: String,
+    key: hmac::Key,
+    /// SHA-256 of the certificate the internal listener presents.
+    own_cert: [u8; 32],
+    tls: TlsConnector,
+    pub counters: Counters,
+}
+
+impl Peers {
+    /// `own_cert`: the DER of the internal listener's certificate.
+    pub fn new(id: &str, key: &ClusterKey, own_cert: &[u8]) -> Peers {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(KeyBound(provider)))
+            .with_no_client_auth();
+        Peers {
+            id: id.to_owned(),
+            key: key.hmac_key(),
+            own_cert: Sha256::digest(own_cert).into(),
+            tls: TlsConnector::from(Arc::new(config)),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn message(ms: i64, cert: &[u8; 32]) -> Vec<u8> {
+        let mut m = format!("tether-cluster-v1\n{ms}\n").into_bytes();
+        m.extend_from_slice(cert);
+        m
+    }
+
+    /// The proof for a peer that showed certificate `cert` (its SHA-256).
+    fn proof(&self, ms: i64, cert: &[u8; 32]) -> String {
+        let tag = hmac::sign(&self.key, &Self::message(ms, cert));
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{ms}.{hex}")
+    }
+
+    /// Whether `value` proves the key, made for this replica's own
+    /// certificate within [`SKEW_MS`] of `now_ms`. Constant time in the
+    /// tag (`ring::hmac::verify`).
+    pub fn verify(&self, value: Option<&HeaderValue>, now_ms: i64) -> bool {
+        let Some(text) = value.map(HeaderValue::as_bytes) else {
+            return false;
+        };
+        if text.len() > MAX_PROOF {
+            return false;
+        }
+        let Some(dot) = text.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (ms, hex) = (&text[..dot], &text[dot + 1..]);
+        let Some(ms) = std::str::from_utf8(ms)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            return false;
+        };
+        if (now_ms - ms).abs() > SKEW_MS || hex.len() != 64 {
+            return false;
+        }
+        let mut tag = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let digit = |b: u8| (b as char).to_digit(16);
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(h), Some(l)) => tag[i] = (h * 16 + l) as u8,
+                _ => return false,
+            }
+        }
+        hmac::verify(&self.key, &Self::message(ms, &self.own_cert), &tag).is_ok()
+    }
+
+    /// Send `req` to the replica at `addr` and hand back its answer, the
+    /// body streamed; a WebSocket upgrade is spliced through once both
+    /// sides switched protocols. `principal`: what a ticket redeemed here
+    /// stood for.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        mut req: Request<Body>,
+        principal: Option<String>,
+    ) -> Result<Response<Body>, ForwardError> {
+        self.counters.forwards.fetch_add(1, Ordering::Relaxed);
+        let result = self.exchange(addr, &mut req, principal).await;
+        if result.is_err() {
+            self.counters.forward_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        addr: &str,
+        req: &mut Request<Body>,
+        principal: Option<String>,
+    ) -> Result<Response<Body>, ForwardError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ForwardError::Timeout)?
+            .map_err(|e| ForwardError::Connect(format!("{addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| ForwardError::Connect(format!("{addr}: {e}")))?;
+        let tls = tokio::time::timeout(TLS_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| ForwardError::Timeout)?
+            .map_err(|e| ForwardError::Connect(format!("{addr}: TLS: {e}")))?;
+        let cert: [u8; 32] = {
+            let (_, conn) = tls.get_ref();
+            let der = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or_else(|| ForwardError::Connect(format!("{addr}: no certificate")))?;
+            Sha256::digest(der.as_ref()).into()
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(tls))
+            .await
+            .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("forwarded connection: {e}");
+            }
+        });
+
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut out = Request::builder()
+            .method(req.method().clone())
+            .uri(path)
+            .body(if upgrade {
+                Body::empty()
+            } else {
+                std::mem::take(req.body_mut())
+            })
+            .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+        let headers = out.headers_mut();
+        for (name, value) in req.headers() {
+            let n = name.as_str();
+            if HOP_BY_HOP.contains(&n)
+                || *name == AUTH_HEADER
+                || *name == PRINCIPAL_HEADER
+                || *name == FROM_HEADER
+                || (!upgrade && *name == header::UPGRADE)
+            {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let proof = self.proof(crate::common::clock::now_ms(), &cert);
+        headers.insert(
+            AUTH_HEADER,
+            HeaderValue::from_str(&proof).map_err(|e| ForwardError::Exchange(e.to_string()))?,
+        );
+        if let Ok(v) = HeaderValue::from_str(&self.id) {
+            headers.insert(FROM_HEADER, v);
+        }
+        if let Some(p) = principal.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            headers.insert(PRINCIPAL_HEADER, p);
+        }
+
+        let client_side = upgrade.then(|| hyper::upgrade::on(&mut *req));
+        let mut resp = tokio::time::timeout(HEAD_TIMEOUT, sender.send_request(out))
+            .await
+            .map_err(|_| ForwardError::Timeout)?
+            .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+        if let (Some(client_side), true) = (
+            client_side,
+            resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS,
+        ) {
+            let peer_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, peer_side) {
+                    Ok((a, b)) => {
+                        let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                    Err(e) => tracing::debug!("forwarded upgrade: {e}"),
+                }
+            });
+            return Ok(resp.map(|_| Body::empty()));
+        }
+        Ok(resp.map(Body::new))
+    }
+}
+
+/// Any certificate, its handshake signature checked: who the peer is,
+/// the cluster key proves (bound to this certificate: see the module doc).
+#[derive(Debug)]
+struct KeyBound(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for KeyBound {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proof_is_bound_to_the_key_the_certificate_and_the_time() {
+        let key = ClusterKey::from_bytes([7; 32]);
+        let a = Peers::new("a", &key, b"cert of b");
+        let b = Peers::new("b", &key, b"cert of b");
+        let now = 1_700_000_000_000;
+        let b_cert: [u8; 32] = Sha256::digest(b"cert of b").into();
+        let good = HeaderValue::from_str(&a.proof(now, &b_cert)).unwrap();
+        assert!(b.verify(Some(&good), now));
+        assert!(b.verify(Some(&good), now + SKEW_MS));
+        assert!(!b.verify(Some(&good), now + SKEW_MS + 1), "too old");
+        // Made for another certificate (a man in the middle's).
+        let mitm: [u8; 32] = Sha256::digest(b"mitm").into();
+        let relayed = HeaderValue::from_str(&a.proof(now, &mitm)).unwrap();
+        assert!(!b.verify(Some(&relayed), now));
+        // Another key.
+        let other = Peers::new("x", &ClusterKey::from_bytes([8; 32]), b"");
+        let forged = HeaderValue::from_str(&other.proof(now, &b_cert)).unwrap();
+        assert!(!b.verify(Some(&forged), now));
+        for bad in [
+            "",
+            "1.2",
+            "x.y",
+            &"1".repeat(200),
+            &format!("{now}.{}", "g".repeat(64)),
+        ] {
+            assert!(
+                !b.verify(Some(&HeaderValue::from_str(bad).unwrap()), now),
+                "{bad}"
+            );
+        }
+        assert!(!b.verify(None, now));
+    }
+}

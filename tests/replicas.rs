@@ -1,0 +1,416 @@
+//! Two `tether-server` replicas on one real PostgreSQL, a real runner
+//! linked to replica A, and every call made through replica B (issue 18,
+//! `server/src/app/forward.rs`, `server/src/cluster/internal.rs`): a job
+//! and its byte-identical output, the job's live output, a terminal (42
+//! typed, a resize), container logs followed on a real Docker engine; a
+//! stranger on the internal address refused; `/healthz` with the replica
+//! and 503 when PostgreSQL stops; the job made on B on A's event stream;
+//! A stopped cleanly releases its link and the runner goes to B.
+
+use crate::util::docker::{self, IMAGE};
+use crate::util::pg::Postgres;
+use crate::util::term::TermClient;
+use crate::util::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("cluster.key");
+    std::fs::write(&p, "5e".repeat(32)).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+struct Pair {
+    a: Server,
+    b: Server,
+    internal_a: String,
+    _dir: TempDir,
+}
+
+/// Replicas `a` and `b` on `url`, one certificate (the runner and the
+/// tests trust one CA), each with its internal address.
+fn pair(url: &str) -> Pair {
+    let dir = TempDir::new("replicas");
+    let key = key_file(dir.path());
+    let key = key.to_str().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let internal_a = format!("127.0.0.1:{}", free_port());
+    let internal_b = format!("127.0.0.1:{}", free_port());
+    let flags = |id: &'static str, internal: &str| -> Vec<String> {
+        [
+            "--database",
+            url,
+            "--replica-id",
+            id,
+            "--internal-addr",
+            internal,
+            "--cluster-key",
+            key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let fa = flags("a", &internal_a);
+    let a = Server::start_on(&data_a, &fa.iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::create_dir_all(data_b.join("tls")).unwrap();
+    for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
+        std::fs::copy(data_a.join("tls").join(f), data_b.join("tls").join(f)).unwrap();
+    }
+    let fb = flags("b", &internal_b);
+    let b = Server::start_on(&data_b, &fb.iter().map(String::as_str).collect::<Vec<_>>());
+    Pair {
+        a,
+        b,
+        internal_a,
+        _dir: dir,
+    }
+}
+
+/// The same tenant, its calls made to `server`.
+fn through(tenant: &Tenant, server: &Server) -> Tenant {
+    Tenant {
+        id: tenant.id.clone(),
+        token: tenant.token.clone(),
+        api: server.api(),
+    }
+}
+
+fn percentile(times: &mut [Duration], p: usize) -> Duration {
+    times.sort();
+    times[(times.len() * p / 100).min(times.len() - 1)]
+}
+
+fn job(tenant: &Tenant, id: &str) -> Value {
+    let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+#[test]
+fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
+    let _engine = docker::ensure();
+    let pg = Postgres::start();
+    let url = pg.database("fwd");
+    let p = pair(&url);
+    let on_a = p.a.tenant("fwd");
+    let on_b = through(&on_a, &p.b);
+
+    let mut runner = Runner::enroll(&p.a, &on_a);
+    // A first: it links there; B is where it goes when A stops.
+    let both = format!("{},{}", p.a.url, p.b.url);
+    runner.start(&["--server", &both, "--heartbeat", "1s"]);
+    on_b.wait_health(&runner.id, "active", Duration::from_secs(20));
+    let id = runner.id.clone();
+    // Linked to A: A answers a ping directly; B through A.
+    let (st, v) = on_a.call("POST", &format!("/api/v1/runners/{id}/ping"), None);
+    assert_eq!(st, 200, "ping on A: {v}");
+    let (st, v) = on_b.call("POST", &format!("/api/v1/runners/{id}/ping"), None);
+    assert_eq!(st, 200, "ping through B: {v}");
+
+    // A job made on B (the runner hears of it by NOTIFY at once), its
+    // live output followed on B while it prints, then stored.
+    // A's event stream, to see the job made on B (NOTIFY, `common/bus.rs`).
+    let events_a = p.a.api().stream("/api/v1/events", &on_a.token);
+    let (tx, jobs_seen_on_a) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(events_a);
+        let mut kind = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(k) = line.strip_prefix("event:") {
+                kind = k.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if kind == "job" && tx.send(d.trim().to_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); case $i in *000) sleep 0.05;; esac; done; printf '\\001\\377end'";
+    let started = Instant::now();
+    let (st, v) = on_b.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [id], "command": script })),
+    );
+    assert_eq!(st, 201, "run through B: {v}");
+    let job_id = v[0]["id"].as_str().unwrap().to_owned();
+    let seen = jobs_seen_on_a
+        .recv_timeout(Duration::from_secs(10))
+        .expect("A's event stream shows the job made on B");
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["id"], job_id.as_str(), "{seen}");
+    assert_eq!(seen["change"], "created", "{seen}");
+    assert_eq!(seen["runner_id"], id.as_str(), "{seen}");
+    eprintln!(
+        "A's event stream showed B's job {:?} after the POST",
+        started.elapsed()
+    );
+    let mut live = BufReader::new(on_b.api.stream(
+        &format!("/api/v1/jobs/{job_id}/output?follow=1&format=ndjson"),
+        &on_b.token,
+    ));
+    let mut first_line = None;
+    let mut lines = 0;
+    loop {
+        let mut line = String::new();
+        if live.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+        if v.get("end").is_some() {
+            break;
+        }
+        first_line.get_or_insert_with(|| started.elapsed());
+        lines += 1;
+    }
+    assert!(lines > 0, "the watch through B showed output");
+    eprintln!(
+        "job through B: first output on B's watch {:?} after the POST; {lines} records",
+        first_line.unwrap()
+    );
+    let done = wait_for(Duration::from_secs(60), "the job to complete", || {
+        let v = job(&on_b, &job_id);
+        (v["complete"] == true).then_some(v)
+    });
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let mut got = Vec::new();
+    on_b.api
+        .stream(
+            &format!("/api/v1/jobs/{job_id}/output?stream=stdout"),
+            &on_b.token,
+        )
+        .read_to_end(&mut got)
+        .unwrap();
+    let mut want = Vec::new();
+    for i in 0..20_000 {
+        want.extend_from_slice(format!("line {i}\n").as_bytes());
+    }
+    want.extend_from_slice(b"\x01\xffend");
+    assert_eq!(got.len(), want.len(), "stored bytes through B");
+    assert!(
+        got == want,
+        "output through B differs from what was printed"
+    );
+
+    // The relay of stored output: direct on A vs through B (figures only).
+    let fetch = |t: &Tenant| {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        t.api
+            .stream(
+                &format!("/api/v1/jobs/{job_id}/output?stream=stdout"),
+                &t.token,
+            )
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got.len(), want.len());
+        start.elapsed()
+    };
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        direct.push(fetch(&on_a));
+        forwarded.push(fetch(&on_b));
+    }
+    eprintln!(
+        "job output ({} bytes) fetched: direct on A p50 {:?}, through B p50 {:?}",
+        want.len(),
+        percentile(&mut direct, 50),
+        percentile(&mut forwarded, 50)
+    );
+
+    // Keystroke round trips: direct on A vs through B (the extra hop).
+    let rtt = |server: &Server| {
+        let mut t = TermClient::open(server, &on_a.token, &id, "cols=80&rows=24")
+            .unwrap_or_else(|e| panic!("terminal: {e:?}"));
+        t.run("stty -echo; echo ready", "ready");
+        t.send(b"stty echo\n");
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..6 {
+            t.pump();
+        }
+        let mut times = Vec::new();
+        for _ in 0..40 {
+            let from = t.out.len();
+            let start = Instant::now();
+            t.send(b"x");
+            assert!(t.read_until(from, "x", Duration::from_secs(5)), "no echo");
+            times.push(start.elapsed());
+        }
+        t.send(b"\nexit\n");
+        t.wait_end(Duration::from_secs(10));
+        times
+    };
+    let (mut on_a_rtt, mut via_b_rtt) = (rtt(&p.a), rtt(&p.b));
+    eprintln!(
+        "keystroke round trip: direct on A p50 {:?} p99 {:?}; through B p50 {:?} p99 {:?}",
+        percentile(&mut on_a_rtt, 50),
+        percentile(&mut on_a_rtt, 99),
+        percentile(&mut via_b_rtt, 50),
+        percentile(&mut via_b_rtt, 99)
+    );
+
+    // A terminal through B: the WebSocket spliced to A.
+    let mut t = TermClient::open(&p.b, &on_b.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal through B: {e:?}"));
+    t.run("echo $((6*7))", "42\r\n");
+    t.run("stty size", "24 80");
+    t.resize(100, 30);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let from = t.out.len();
+        t.send(b"stty size\n");
+        if t.read_until(from, "30 100", Duration::from_secs(1)) || Instant::now() > end {
+            break;
+        }
+    }
+    assert!(
+        t.text().contains("30 100"),
+        "the resize through B never arrived"
+    );
+    t.send(b"exit\n");
+    assert_eq!(
+        t.wait_end(Duration::from_secs(15)).as_deref(),
+        Some("exited 0")
+    );
+
+    // Container logs followed through B, on a real Docker engine.
+    let name = format!("tether-fwd-{}", std::process::id());
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name, IMAGE, "sh", "-c"])
+        .arg("i=0; while true; do echo \"tick $i\"; i=$((i+1)); sleep 0.05; done")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _rm = Rm(name.clone());
+    wait_for(Duration::from_secs(30), "the container seen", || {
+        let (st, v) = on_b.call("GET", &format!("/api/v1/runners/{id}/containers"), None);
+        (st == 200 && v.to_string().contains(&name)).then_some(())
+    });
+    let mut follow = BufReader::new(on_b.api.stream(
+        &format!("/api/v1/runners/{id}/containers/{name}/logs?follow=1&tail=1"),
+        &on_b.token,
+    ));
+    let mut ticks = Vec::new();
+    while ticks.len() < 10 {
+        let mut line = String::new();
+        assert!(follow.read_line(&mut line).unwrap() > 0, "follow ended");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert!(v["end"].is_null(), "ended: {v}");
+        let n: u64 = v["line"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("tick ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        ticks.push(n);
+    }
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "live lines through B in order: {ticks:?}"
+    );
+
+    // Forwarded, not answered by B: B's log says so, A's counters too.
+    let log_b = p.b.log();
+    assert!(
+        !log_b.contains("forwarding /api"),
+        "no failed forward: {log_b}"
+    );
+
+    // A stranger on A's internal address: 401, and nothing more.
+    let api = Api::new(&format!("https://{}", p.internal_a), &p.a.ca);
+    for proof in [None, Some("1.00"), Some("x")] {
+        let mut req = api
+            .agent
+            .get(format!("https://{}/api/v1/runners", p.internal_a))
+            .header("Authorization", format!("Bearer {}", on_a.token));
+        if let Some(v) = proof {
+            req = req.header("x-tether-cluster", v);
+        }
+        let resp = req.config().http_status_as_error(false).build().call();
+        let status = resp.map(|r| r.status().as_u16()).unwrap_or(0);
+        assert_eq!(status, 401, "internal address without the key ({proof:?})");
+    }
+
+    // /healthz names the replica; with PostgreSQL gone it says 503.
+    let (st, v) = p.b.api().call("GET", "/healthz", None, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["replica"], "b", "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    let (_, v) = p.a.api().call("GET", "/healthz", None, None);
+    assert_eq!(v["links"], 1, "A holds the runner's link: {v}");
+    // Per-replica metrics: B forwarded, A holds the link.
+    let metric = |server: &Server, name: &str| -> f64 {
+        let (st, v) = server.api().call(
+            "GET",
+            "/api/v1/replica/metrics",
+            Some(&server.admin_token),
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        let text = v.as_str().unwrap().to_owned();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(metric(&p.b, "tether_replica_forwards_total{replica=\"b\"}") >= 5.0);
+    assert_eq!(metric(&p.b, "tether_replica_forward_errors_total"), 0.0);
+    assert_eq!(metric(&p.a, "tether_replica_links{replica=\"a\"}"), 1.0);
+    assert_eq!(metric(&p.a, "tether_replica_internal_refused_total"), 3.0);
+    assert!(metric(&p.a, "tether_replica_db_pool_max") >= 1.0);
+    let (st, _) =
+        p.b.api()
+            .call("GET", "/api/v1/replica/metrics", Some(&on_b.token), None);
+    assert_eq!(st, 403, "the metrics need the admin token");
+
+    // A stops cleanly (SIGTERM): it releases its links at once, so the
+    // runner goes to B without waiting for A to be reaped.
+    drop(follow);
+    let (_, v) = p.a.api().call("GET", "/healthz", None, None);
+    assert_eq!(v["links"], 1, "{v}");
+    let mut a = p.a;
+    let stopped = Instant::now();
+    a.stop();
+    let b = p.b;
+    wait_for(Duration::from_secs(20), "the runner linked to B", || {
+        let (_, v) = b.api().call("GET", "/healthz", None, None);
+        (v["links"] == 1).then_some(())
+    });
+    eprintln!("runner on B {:?} after A's SIGTERM", stopped.elapsed());
+    assert!(a.log().contains("released 1 link(s)"), "{}", a.log());
+    let (st, v) = on_b.call("GET", &format!("/api/v1/runners/{id}/health"), None);
+    assert_eq!(st, 200, "{v}");
+    assert!(v.to_string().contains("replica stopped"), "{v}");
+    on_b.wait_health(&id, "active", Duration::from_secs(10));
+    drop(runner);
+    pg.stop();
+    let v = wait_for(Duration::from_secs(15), "503 from /healthz", || {
+        let (st, v) = b.api().call("GET", "/healthz", None, None);
+        (st == 503).then_some(v)
+    });
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(v["database"], "unreachable", "{v}");
+}
