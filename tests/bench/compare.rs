@@ -25,6 +25,8 @@ type Table = Vec<(String, f64, String)>;
 
 pub fn run(rev: &str) {
     let rounds = super::env_secs("BENCH_ROUNDS", 1).max(1);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     build_base(rev);
     let (mut before, mut after): (Vec<Table>, Vec<Table>) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -39,6 +41,19 @@ pub fn run(rev: &str) {
         let mut now = Command::new(std::env::current_exe().unwrap());
         now.arg("--bench").current_dir(env!("CARGO_MANIFEST_DIR"));
         after.push(table_of(now, "this build"));
+        if part("sim") {
+            let release = prev::base_dir(rev).join("target/release");
+            let this = crate::util::runner_bin().with_file_name("tether-server");
+            let this = this.parent().unwrap().to_owned();
+            before
+                .last_mut()
+                .unwrap()
+                .extend(steady_idle(&release, rev));
+            after
+                .last_mut()
+                .unwrap()
+                .extend(steady_idle(&this, "this build"));
+        }
     }
     print(rev, rounds, &median_table(&before), &median_table(&after));
 }
@@ -200,4 +215,106 @@ fn print(rev: &str, rounds: u64, before: &Table, after: &Table) {
         "\nmedian of {rounds} round(s) per side, {rev} then this build in each round; \
          now/base above 1.00 is more (worse for sizes, times and RSS, better for MB/s)."
     );
+}
+
+/// An idle fleet measured the same way for both sides, by this harness
+/// (each side's own bench measures CPU from the moment all are active,
+/// which catches the tail of the connect storm: work a server defers past
+/// the hello lands in that window). Here `bin`'s server and simulator run
+/// BENCH_STEADY_RUNNERS (1,000) runners with a 5 s heartbeat; after all
+/// are active and BENCH_STEADY_SETTLE_SECS (10) more, CPU over
+/// BENCH_STEADY_SECS (30), and RSS.
+fn steady_idle(bin: &std::path::Path, label: &str) -> Table {
+    use crate::util::{rss_kib, wait_for, Api, TempDir};
+    use std::time::{Duration, Instant};
+    let count = super::env_secs("BENCH_STEADY_RUNNERS", 1000);
+    let settle = super::env_secs("BENCH_STEADY_SETTLE_SECS", 10);
+    let window = super::env_secs("BENCH_STEADY_SECS", 30);
+    eprintln!("bench: {label}: {count} idle simulated runners, steady state");
+    let dir = TempDir::new("steady");
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut server = Command::new(bin.join("tether-server"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--enroll-rate",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("TETHER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {label}'s server: {e}"));
+    let url = wait_for(Duration::from_secs(30), "server.url", || {
+        std::fs::read_to_string(data.join("server.url"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    });
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let ca = data.join("tls/ca.pem");
+    let api = Api::new(&url, &ca);
+    let (st, v) = api.call(
+        "POST",
+        "/api/v1/tenants",
+        Some(admin.trim()),
+        Some(serde_json::json!({ "name": "steady" })),
+    );
+    assert_eq!(st, 201, "create tenant: {v}");
+    let token = v["api_token"].as_str().unwrap().to_owned();
+    let rss0 = rss_kib(server.id());
+    let mut sim = Command::new(bin.join("tether-sim"))
+        .args(["--api", &url, "--token", &token, "--ca-file"])
+        .arg(&ca)
+        .args(["--count", &count.to_string(), "--heartbeat", "5s"])
+        .args(["--duration", &format!("{}s", 120 + settle + window)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {label}'s tether-sim: {e}"));
+    let list = format!("/api/v1/runners?health=active&limit={}", count.min(10_000));
+    wait_for(
+        Duration::from_secs(120),
+        "all simulated runners active",
+        || {
+            let (_, v) = api.call("GET", &list, Some(&token), None);
+            (v.as_array()?.len() as u64 >= count).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(settle));
+    let pid = server.id();
+    let cpu0 = thread_cpu_secs(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(window));
+    let cpu = thread_cpu_secs(pid) - cpu0;
+    let secs = t0.elapsed().as_secs_f64();
+    let rss1 = rss_kib(pid);
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    vec![
+        (
+            format!("server CPU, {count} idle runners, steady ({settle} s after all active)"),
+            cpu / secs * 100.0,
+            "% core".into(),
+        ),
+        (
+            format!("server RSS per runner, {count} runners, steady"),
+            rss1.saturating_sub(rss0) as f64 / count as f64,
+            "KiB".into(),
+        ),
+    ]
+}
+
+/// CPU seconds `pid` has used, threads that ended included (the blocking
+/// pool's come and go): utime+stime in 10 ms ticks, fine over a 30 s window.
+fn thread_cpu_secs(pid: u32) -> f64 {
+    crate::util::cpu_ticks(pid) as f64 / super::ticks_per_sec()
 }

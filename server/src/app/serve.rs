@@ -135,7 +135,14 @@ pub fn main(args: ServeArgs) -> ExitCode {
 
 /// Logs to stderr (`serve`, `backup`, `migrate`).
 pub(crate) fn init_logging(filter: &str) {
-    let env_filter = tracing_subscriber::EnvFilter::try_new(filter);
+    // tokio-postgres logs every statement at DEBUG: `TETHER_LOG=debug` means
+    // this server's debug lines, so its own stay at INFO unless named.
+    let quieted = if filter.contains("tokio_postgres") {
+        filter.to_owned()
+    } else {
+        format!("{filter},tokio_postgres=info")
+    };
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&quieted);
     let bad_filter = env_filter.is_err();
     tracing_subscriber::fmt()
         .with_writer(io::stderr)

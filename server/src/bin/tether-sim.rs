@@ -20,6 +20,10 @@
 //! spread evenly over the interval across runners; the summary counts the
 //! records sent and the `metrics_ack`s received.
 //!
+//! With `--retries N`, a failed connect is tried again up to N times after a
+//! backoff, as a runner would; the summary counts failed attempts and the
+//! runners that gave up.
+//!
 //! Exit 0 if every runner connected and stayed connected, 1 otherwise.
 //! One small current-thread runtime: the point is to load the server, not
 //! to measure this process.
@@ -84,6 +88,10 @@ struct Args {
     /// Interval between metrics records per runner
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     metrics_interval: Duration,
+    /// Attempts after a failed connect, each after a backoff (1 s doubling
+    /// to 30 s, jittered), as a runner retries; 0: one attempt only
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -166,7 +174,7 @@ fn run(args: &Args) -> Result<bool, SimError> {
         String::new()
     };
     println!(
-        "tether-sim: {}/{} connected, {} failed, {} dropped while held, {} server pings answered; held {}s at heartbeat {}ms{metrics}",
+        "tether-sim: {}/{} connected, {} attempts failed, {} dropped while held, {} server pings answered; held {}s at heartbeat {}ms{metrics}",
         tally.connected.load(Ordering::Relaxed),
         args.count,
         tally.failed.load(Ordering::Relaxed),
@@ -354,7 +362,10 @@ fn enroll_one(
 #[derive(Default)]
 struct Tally {
     connected: AtomicUsize,
+    /// Connect attempts that failed (a runner retried may fail several).
     failed: AtomicUsize,
+    /// Runners that failed every attempt.
+    gave_up: AtomicUsize,
     dropped: AtomicUsize,
     pongs: AtomicUsize,
     records: AtomicUsize,
@@ -385,29 +396,39 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
                 .mul_f64(i as f64 / args.count.max(1) as f64);
             (args.metrics_interval, offset)
         });
+        let retries = args.retries;
         tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await;
             let interval_ms = metrics.map_or(0, |(every, _)| every.as_millis() as u64);
-            let ws = tokio::time::timeout(
-                PHASE_TIMEOUT * 3,
-                open(&target, &name, &credential, heartbeat, interval_ms),
-            )
-            .await;
-            drop(permit);
-            let _ = attempted_tx.send(()).await;
-            match ws {
-                Ok(Ok(ws)) => hold(ws, &name, heartbeat, metrics, stop, &tally).await,
-                Ok(Err(e)) => {
-                    if tally.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                        eprintln!("tether-sim: first connect failure: {e}");
-                    }
+            let mut backoff = Duration::from_secs(1);
+            for attempt in 0..=retries {
+                if attempt > 0 {
+                    // Jitter from the runner's index: no herd, no RNG needed.
+                    let jitter = backoff.mul_f64((i % 97) as f64 / 97.0 * 0.5);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
-                Err(_) => {
-                    if tally.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                        eprintln!("tether-sim: first connect failure: timed out");
+                let permit = gate.clone().acquire_owned().await;
+                let ws = tokio::time::timeout(
+                    PHASE_TIMEOUT * 3,
+                    open(&target, &name, &credential, heartbeat, interval_ms),
+                )
+                .await;
+                drop(permit);
+                let why = match ws {
+                    Ok(Ok(ws)) => {
+                        let _ = attempted_tx.send(()).await;
+                        hold(ws, &name, heartbeat, metrics, stop, &tally).await;
+                        return;
                     }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+                if tally.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("tether-sim: first connect failure: {why}");
                 }
             }
+            tally.gave_up.fetch_add(1, Ordering::Relaxed);
+            let _ = attempted_tx.send(()).await;
         }));
     }
     drop(attempted_tx);
@@ -417,9 +438,10 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
         }
     }
     eprintln!(
-        "tether-sim: {} connected ({} failed) in {:.1}s; holding for {}s",
+        "tether-sim: {} connected ({} attempts failed, {} gave up) in {:.1}s; holding for {}s",
         tally.connected.load(Ordering::Relaxed),
         tally.failed.load(Ordering::Relaxed),
+        tally.gave_up.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
         args.duration.as_secs()
     );

@@ -183,11 +183,8 @@ impl SqliteControl {
             return Ok(None);
         }
         let as_of = conn
-            .query_row(
-                "SELECT as_of FROM container_views WHERE runner_id = ?1",
-                [runner_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT as_of FROM container_views WHERE runner_id = ?1")?
+            .query_row([runner_id], |r| r.get(0))
             .optional()?;
         let mut stmt =
             conn.prepare_cached("SELECT summary FROM containers WHERE runner_id = ?1")?;

@@ -364,6 +364,10 @@ impl SqliteControl {
     fn setup(mut conn: Connection) -> Result<SqliteControl, StorageError> {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // rusqlite keeps 16 prepared statements by default; this store has
+        // more hot ones than that (hello, heartbeat flush, periodic checks),
+        // and a statement parsed again costs ~10x its run.
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn, "tether.db", MIGRATIONS)?;
         terminals::end_open_sessions(&conn)?;
         Ok(SqliteControl {
@@ -591,11 +595,12 @@ impl SqliteControl {
     ) -> Result<Option<RunnerIdentity>, StorageError> {
         Ok(self
             .conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT id, tenant_id, revoked_at IS NOT NULL FROM runners WHERE credential_hash = ?1",
-                [credential_hash],
-                |r| Ok(RunnerIdentity { id: r.get(0)?, tenant_id: r.get(1)?, revoked: r.get(2)? }),
-            )
+            )?
+            .query_row([credential_hash], |r| {
+                Ok(RunnerIdentity { id: r.get(0)?, tenant_id: r.get(1)?, revoked: r.get(2)? })
+            })
             .optional()?)
     }
 
@@ -938,12 +943,10 @@ pub(super) fn runner_exists(
     tenant_id: &str,
     id: &str,
 ) -> Result<bool, StorageError> {
+    // Cached: every connection's periodic checks ask this (logs, jobs).
     Ok(conn
-        .query_row(
-            "SELECT 1 FROM runners WHERE id = ?1 AND tenant_id = ?2",
-            params![id, tenant_id],
-            |_| Ok(()),
-        )
+        .prepare_cached("SELECT 1 FROM runners WHERE id = ?1 AND tenant_id = ?2")?
+        .query_row(params![id, tenant_id], |_| Ok(()))
         .optional()?
         .is_some())
 }
@@ -1021,17 +1024,16 @@ fn current_health(
     id: &str,
 ) -> Result<Option<(String, Health, bool)>, StorageError> {
     let found = tx
-        .query_row(
+        .prepare_cached(
             "SELECT tenant_id, health, revoked_at IS NOT NULL FROM runners WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, bool>(2)?,
-                ))
-            },
-        )
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })
         .optional()?;
     found
         .map(|(tenant, health, revoked)| Ok((tenant, Health::parse(&health)?, revoked)))
@@ -1052,15 +1054,15 @@ fn record_change(
     if old == new {
         return Ok(None);
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO health_events (runner_id, tenant_id, at, health, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![runner_id, tenant_id, now, new.as_str(), reason],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![runner_id, tenant_id, now, new.as_str(), reason])?;
+    tx.prepare_cached(
         "DELETE FROM health_events WHERE runner_id = ?1 AND seq <=
             (SELECT seq FROM health_events WHERE runner_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-        params![runner_id, HEALTH_HISTORY_LIMIT],
-    )?;
+    )?
+    .execute(params![runner_id, HEALTH_HISTORY_LIMIT])?;
     Ok(Some(HealthRecord {
         runner_id: runner_id.to_owned(),
         tenant_id: tenant_id.to_owned(),

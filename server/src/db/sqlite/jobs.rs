@@ -384,7 +384,7 @@ impl SqliteJobs {
     /// Jobs of a runner that are not final: to (re)send, cancel, resume.
     pub fn open_jobs(&self, runner: &str) -> Result<Vec<JobRow>, StorageError> {
         let conn = self.read();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE runner_id = ?1
              AND status IN ('pending', 'queued', 'running') ORDER BY seq"
         ))?;
@@ -395,7 +395,7 @@ impl SqliteJobs {
     /// Jobs of a runner whose output is still coming (final or not).
     pub fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         let conn = self.read();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT seq, stored_bytes FROM jobs WHERE runner_id = ?1
              AND (status IN ('queued', 'running') OR (output_bytes IS NOT NULL AND stored_bytes < output_bytes))",
         )?;

@@ -336,11 +336,8 @@ impl SqliteLogs {
     pub fn policy(&self, runner_id: &str) -> Result<CollectPolicy, StorageError> {
         let text: Option<String> = self
             .read()
-            .query_row(
-                "SELECT policy FROM log_collect WHERE runner_id = ?1",
-                params![runner_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT policy FROM log_collect WHERE runner_id = ?1")?
+            .query_row(params![runner_id], |r| r.get(0))
             .optional()?;
         Ok(text
             .and_then(|t| CollectPolicy::parse(&t).ok())

@@ -211,11 +211,8 @@ impl SqliteMetrics {
     pub fn last_ts(&self, runner_id: &str) -> Result<Option<i64>, StorageError> {
         Ok(self
             .read()
-            .query_row(
-                "SELECT last_ts FROM metric_sources WHERE runner_id = ?1",
-                [runner_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
+            .prepare_cached("SELECT last_ts FROM metric_sources WHERE runner_id = ?1")?
+            .query_row([runner_id], |r| r.get::<_, Option<i64>>(0))
             .optional()?
             .flatten())
     }

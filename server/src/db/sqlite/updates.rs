@@ -48,7 +48,7 @@ impl SqliteControl {
 
     pub fn update_policies(&self, tenant_id: &str) -> Result<Vec<UpdatePolicy>, StorageError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT grp, version, canary_percent, updated_at FROM update_policies
              WHERE tenant_id = ?1 ORDER BY grp",
         )?;
@@ -82,11 +82,8 @@ impl SqliteControl {
     pub fn runner_group(&self, runner_id: &str) -> Result<Option<String>, StorageError> {
         Ok(self
             .conn()
-            .query_row(
-                "SELECT update_group FROM runners WHERE id = ?1",
-                [runner_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT update_group FROM runners WHERE id = ?1")?
+            .query_row([runner_id], |r| r.get(0))
             .optional()?)
     }
 
