@@ -93,7 +93,7 @@ case "${1:-all}" in
     echo "rustup: targets ${TARGETS_RUN[*]} ${TARGETS_TEST[*]}; components ${COMPONENTS_RUN[*]} ${COMPONENTS_TEST[*]}"
     echo "cargo: cargo-nextest (the test runner), when missing"
     echo "rustup nightly and cargo-fuzz (make setup: make fuzz, make fuzz-ci), when missing"
-    echo "npm: server/web's locked packages (npm ci)"
+    echo "npm: server/web's locked packages (npm ci); tests/oidc's (make test: the SSO test's provider)"
     exit 0
     ;;
 run | test | all) level=$1 ;;
@@ -204,6 +204,13 @@ if ! cmp -s server/web/package-lock.json server/web/node_modules/.tether-install
     sh server/web/build.sh >&2 || die "npm ci in server/web failed: check that the npm registry is reachable"
     done_steps+=("npm ci")
 fi
+# The OpenID Connect provider of the single sign-on test (server/tests/server/sso.rs).
+if at_least test && ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.tether-installed-lock.json; then
+    (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error >&2 \
+        && cp package-lock.json node_modules/.tether-installed-lock.json) \
+        || die "npm ci in tests/oidc failed: check that the npm registry is reachable"
+    done_steps+=("npm ci (tests/oidc)")
+fi
 
 # --- a Docker engine -----------------------------------------------------------
 
@@ -259,6 +266,9 @@ if [ -z "$node_major" ] || [ "$node_major" -lt 18 ]; then
     problem "Node.js 18 or later is needed (found: $(node --version 2>/dev/null || echo none))" "apt-get install nodejs npm"
 fi
 [ -d server/web/node_modules/@xterm/xterm ] || problem "the dashboard's npm packages are missing" "sh server/web/build.sh"
+if at_least test; then
+    [ -d tests/oidc/node_modules/oidc-provider ] || problem "the SSO test's provider is missing" "(cd tests/oidc && npm ci)"
+fi
 
 if at_least test; then
     cc_check aarch64 "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross" aarch64-linux-gnu-gcc

@@ -140,6 +140,9 @@ impl FromRef<AppState> for UsersCtx {
             db: s.db.clone(),
             passwords: s.passwords.clone(),
             tuning: s.tuning,
+            secrets: s.secrets.clone(),
+            sso: s.sso.clone(),
+            base_url: s.releases.install_url(None).into(),
         }
     }
 }

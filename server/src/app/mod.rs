@@ -66,6 +66,8 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// Password hashing slots and wrong-password counts (`users/mod.rs`).
     pub passwords: Arc<users::Passwords>,
+    /// Single sign-on: the client toward providers, their metadata (`users/sso.rs`).
+    pub sso: Arc<users::sso::Sso>,
     /// Alert rules, their engine and the notification channels (`alerts/`).
     pub alerts: Arc<Alerts>,
     /// Labels, job deadlines, rollouts, schedules (`fleet/mod.rs`).
@@ -111,6 +113,7 @@ impl AppState {
             quotas: Quotas::default(),
             edge: Arc::default(),
             passwords: Arc::default(),
+            sso: Arc::default(),
             fleet: Arc::new(crate::fleet::Fleet::new(db.fleet.clone())),
             audit: db.trail.clone(),
             forward: None,

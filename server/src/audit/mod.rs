@@ -232,6 +232,7 @@ fn is_secret_key(key: &str) -> bool {
         || k == "ticket"
         || k.ends_with("key")
         || k == "secret"
+        || k.ends_with("_secret")
 }
 
 fn redact(v: &mut Value, secret: bool) {
@@ -319,13 +320,13 @@ mod tests {
     fn secret_values_never_reach_the_trail() {
         let mut v = serde_json::json!({
             "body": {"value": "hunter2", "password": "pw", "name": "db",
-                     "secrets": ["DB_PASSWORD"], "env": {"A": "1"},
+                     "secrets": ["DB_PASSWORD"], "env": {"A": "1"}, "client_secret": "cs",
                      "nested": {"api_token": "tapi_x", "sign_key": [1, 2]}},
             "query": {"ticket": "tkt_x", "runner": "rn_1"}
         });
         redact(&mut v, false);
         let text = v.to_string();
-        for secret in ["hunter2", "\"pw\"", "tapi_x", "tkt_x"] {
+        for secret in ["hunter2", "\"pw\"", "tapi_x", "tkt_x", "\"cs\""] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         // Names stay: what was used, not its value.

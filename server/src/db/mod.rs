@@ -81,7 +81,7 @@ pub use control::{
     RunnerIdentity, RunnerRow, TenantRow, TokenRefusal, MAX_RUNNER_NAME,
 };
 pub use updates::{UpdatePolicy, UpdateReportRow};
-pub use users::{Role, SessionRow, UserRow};
+pub use users::{OidcProviderRow, Role, SessionRow, UserRow};
 
 /// Every store of one server, cheap to clone. The control-plane traits
 /// (control, users, updates, audit) share one database in the SQLite

@@ -27,6 +27,10 @@
 //! name. The counts live in a bounded map ([`MAX_TRACKED`] names) that
 //! makes room instead of refusing to track new names.
 //!
+//! Single sign-on (OpenID Connect) is `sso.rs`; a tenant may switch
+//! password logins off (`PUT /api/v1/sso/password-login`), after which
+//! this login answers `403 password_login_disabled` before any hash runs.
+//!
 //! The first user of a tenant is made with the admin token
 //! (`POST /api/v1/tenants/{tenant}/users`, CLI `user add`); after that, the
 //! tenant's admins (or an API token) manage users with `/api/v1/users`.
@@ -50,9 +54,12 @@ use crate::common::clock;
 use crate::common::edge::Clip;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::common::secrets::SecretBox;
 use crate::common::tuning::Tuning;
 use crate::db::Db;
 use crate::db::{Role, SessionRow, UserRow};
+
+pub mod sso;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.
@@ -62,6 +69,14 @@ pub struct UsersCtx {
     /// Password hashing slots and wrong-password counts.
     pub passwords: Arc<Passwords>,
     pub tuning: Tuning,
+    /// Seals single sign-on client secrets and the sign-in's flow cookie.
+    pub secrets: Arc<SecretBox>,
+    /// The HTTP client toward identity providers, their metadata, used states.
+    pub sso: Arc<sso::Sso>,
+    /// This server's URL as browsers reach it (`--public-url`, else the
+    /// listening address): the base of the sign-in's redirect URI. Never
+    /// the request's `Host`, which anyone can set.
+    pub base_url: Arc<str>,
 }
 
 /// Logins (a stranger's route: small body, a rate per address) and users.
@@ -87,6 +102,27 @@ where
         .route("/api/v1/users", get(list).post(create))
         .route("/api/v1/users/{name}", patch(update).delete(delete))
         .route("/api/v1/tenants/{tenant}/users", post(create_for_tenant))
+        .route("/api/v1/sso/options", get(sso::options))
+        .route(
+            "/api/v1/sso/login",
+            get(sso::login).layer(from_fn(edge::login_rate)),
+        )
+        .route(
+            sso::CALLBACK_PATH,
+            get(sso::callback).layer(from_fn(edge::login_rate)),
+        )
+        .route(
+            "/api/v1/sso/providers",
+            get(sso::list_providers).post(sso::create_provider),
+        )
+        .route(
+            "/api/v1/sso/providers/{name}",
+            axum::routing::delete(sso::delete_provider),
+        )
+        .route(
+            "/api/v1/sso/password-login",
+            axum::routing::put(sso::set_password_login),
+        )
 }
 
 const MIN_PASSWORD_LEN: usize = 8;
@@ -512,6 +548,15 @@ pub async fn login(
         .control
         .tenant_id_by_id_or_name(&req.tenant)
         .await?;
+    if let Some(tenant) = &tenant {
+        if !state.db.users.password_login(tenant).await? {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "password_login_disabled",
+                "this tenant allows single sign-on only: log in with its identity provider",
+            ));
+        }
+    }
     // A tenant named by id or by name counts as one; a tenant that does
     // not exist is counted under what was typed (the same refusal, so
     // the lockout does not tell which tenants exist).
@@ -558,6 +603,16 @@ pub async fn login(
         return Err(refused());
     };
     lockout.clear(&key);
+    let (secret, session) = new_session(&state, &user).await?;
+    tracing::info!(tenant = %session.tenant_name, user = %user.name, "dashboard login");
+    let ttl = state.tuning.session_ttl.as_secs() as i64;
+    let mut res = Json(SessionView::from(&session)).into_response();
+    res.headers_mut().insert(SET_COOKIE, cookie(&secret, ttl));
+    Ok(res)
+}
+
+/// A new session for `user`: the cookie's secret and the session row.
+async fn new_session(state: &UsersCtx, user: &UserRow) -> Result<(String, SessionRow), ApiError> {
     let secret = auth::new_secret(auth::SESSION_PREFIX)?;
     let csrf = auth::new_secret("")?;
     let now = clock::now_ms();
@@ -573,11 +628,7 @@ pub async fn login(
         .session(&auth::hash_secret(&secret), now)
         .await?
         .ok_or_else(|| ApiError::internal("session vanished right after login"))?;
-    tracing::info!(tenant = %session.tenant_name, user = %user.name, "dashboard login");
-    let mut res = Json(SessionView::from(&session)).into_response();
-    res.headers_mut()
-        .insert(SET_COOKIE, cookie(&secret, ttl / 1000));
-    Ok(res)
+    Ok((secret, session))
 }
 
 /// A valid Argon2id hash of a random password nobody knows, to verify

@@ -18,6 +18,7 @@ mod link;
 mod pg;
 mod pg_server;
 mod runners;
+mod sso;
 mod storage;
 mod storage_bulk;
 mod storage_fleet;

@@ -537,4 +537,34 @@ CREATE TABLE recording_policy (
     max_bytes      BIGINT NOT NULL
 );
 "#,
+    // 9: single sign-on (as sqlite/control.rs): a tenant's OpenID Connect
+    // providers, the user each provider's subject became, password logins
+    // allowed or not.
+    r#"
+CREATE TABLE oidc_providers (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    issuer        TEXT NOT NULL,
+    client_id     TEXT NOT NULL,
+    secret_nonce  BYTEA NOT NULL,
+    secret_sealed BYTEA NOT NULL,
+    role_claim    TEXT NOT NULL,
+    role_map      TEXT NOT NULL,
+    default_role  TEXT,
+    created_at    BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE oidc_identities (
+    provider_id TEXT NOT NULL REFERENCES oidc_providers(id) ON DELETE CASCADE,
+    subject     TEXT NOT NULL,
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (provider_id, subject)
+);
+CREATE INDEX oidc_identities_by_user ON oidc_identities (user_id);
+CREATE TABLE login_policy (
+    tenant_id      TEXT PRIMARY KEY REFERENCES tenants(id),
+    password_login BOOLEAN NOT NULL
+);
+"#,
 ];

@@ -195,4 +195,198 @@ impl UserStore for PgControl {
         self.credentials_changed();
         Ok(())
     }
+    async fn create_oidc_provider(&self, p: &OidcProviderRow) -> Result<(), StorageError> {
+        let c = self.client().await?;
+        let r = c
+            .execute(
+                "INSERT INTO oidc_providers (id, tenant_id, name, issuer, client_id, secret_nonce,
+                     secret_sealed, role_claim, role_map, default_role, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &p.id,
+                    &p.tenant_id,
+                    &p.name,
+                    &p.issuer,
+                    &p.client_id,
+                    &p.secret_nonce,
+                    &p.secret_sealed,
+                    &p.role_claim,
+                    &p.role_map,
+                    &p.default_role.map(Role::as_str),
+                    &p.created_at,
+                ],
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StorageError::Conflict(format!(
+                "a provider named {:?} already exists in this tenant",
+                p.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn oidc_providers(&self, tenant_id: &str) -> Result<Vec<OidcProviderRow>, StorageError> {
+        self.providers(tenant_id, None).await
+    }
+
+    async fn oidc_provider(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<OidcProviderRow>, StorageError> {
+        Ok(self.providers(tenant_id, Some(name)).await?.pop())
+    }
+
+    async fn delete_oidc_provider(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<bool, StorageError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM oidc_providers WHERE tenant_id = $1 AND name = $2",
+                &[&tenant_id, &name],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn oidc_user(
+        &self,
+        provider_id: &str,
+        subject: &str,
+    ) -> Result<Option<UserRow>, StorageError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM oidc_identities i JOIN users u ON u.id = i.user_id
+                     WHERE i.provider_id = $1 AND i.subject = $2"
+                ),
+                &[&provider_id, &subject],
+            )
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn create_oidc_user(
+        &self,
+        user: &UserRow,
+        provider_id: &str,
+        subject: &str,
+    ) -> Result<(), StorageError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let r = tx
+            .execute(
+                "INSERT INTO users (id, tenant_id, name, password_hash, role, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &user.id,
+                    &user.tenant_id,
+                    &user.name,
+                    &user.password_hash,
+                    &user.role.as_str(),
+                    &user.created_at,
+                ],
+            )
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StorageError::Conflict(format!(
+                    "a user named {:?} already exists in this tenant",
+                    user.name
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.execute(
+            "INSERT INTO oidc_identities (provider_id, subject, user_id) VALUES ($1, $2, $3)",
+            &[&provider_id, &subject, &user.id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn password_login(&self, tenant_id: &str) -> Result<bool, StorageError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT password_login FROM login_policy WHERE tenant_id = $1",
+                &[&tenant_id],
+            )
+            .await?;
+        Ok(row.map(|r| r.get::<_, bool>(0)).unwrap_or(true))
+    }
+
+    async fn set_password_login(&self, tenant_id: &str, allowed: bool) -> Result<(), StorageError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "INSERT INTO login_policy (tenant_id, password_login) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET password_login = excluded.password_login",
+            &[&tenant_id, &allowed],
+        )
+        .await?;
+        if !allowed {
+            // As on SQLite: the password users' sessions end with the policy.
+            tx.execute(
+                "DELETE FROM sessions WHERE user_id IN
+                   (SELECT id FROM users WHERE tenant_id = $1
+                      AND id NOT IN (SELECT user_id FROM oidc_identities))",
+                &[&tenant_id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.credentials_changed();
+        Ok(())
+    }
+}
+
+impl PgControl {
+    async fn providers(
+        &self,
+        tenant_id: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<OidcProviderRow>, StorageError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, tenant_id, name, issuer, client_id, secret_nonce, secret_sealed,
+                        role_claim, role_map, default_role, created_at
+                 FROM oidc_providers WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR name = $2)
+                 ORDER BY name",
+                &[&tenant_id, &name],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let default_role = match r.get::<_, Option<String>>(9) {
+                    None => None,
+                    Some(role) => Some(Role::parse(&role).ok_or_else(|| {
+                        StorageError::Corrupt(format!("unknown default role {role:?}"))
+                    })?),
+                };
+                Ok(OidcProviderRow {
+                    id: r.get(0),
+                    tenant_id: r.get(1),
+                    name: r.get(2),
+                    issuer: r.get(3),
+                    client_id: r.get(4),
+                    secret_nonce: r.get(5),
+                    secret_sealed: r.get(6),
+                    role_claim: r.get(7),
+                    role_map: r.get(8),
+                    default_role,
+                    created_at: r.get(10),
+                })
+            })
+            .collect()
+    }
 }

@@ -230,6 +230,41 @@ UPDATE runners SET reported_name = name;
         name: "API token owners, expiry, use",
         step: Step::Code(tokens::create),
     },
+    // Single sign-on (`users.rs`, `users/sso.rs`): a tenant's OpenID Connect
+    // providers, which user each provider's subject became, and whether
+    // the tenant still allows password logins.
+    Migration {
+        name: "single sign-on",
+        step: Step::Sql(
+            r#"
+CREATE TABLE oidc_providers (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    issuer        TEXT NOT NULL,
+    client_id     TEXT NOT NULL,
+    secret_nonce  BLOB NOT NULL,
+    secret_sealed BLOB NOT NULL,
+    role_claim    TEXT NOT NULL,
+    role_map      TEXT NOT NULL,
+    default_role  TEXT,
+    created_at    INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE oidc_identities (
+    provider_id TEXT NOT NULL REFERENCES oidc_providers(id) ON DELETE CASCADE,
+    subject     TEXT NOT NULL,
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (provider_id, subject)
+);
+CREATE INDEX oidc_identities_by_user ON oidc_identities(user_id);
+CREATE TABLE login_policy (
+    tenant_id      TEXT PRIMARY KEY REFERENCES tenants(id),
+    password_login INTEGER NOT NULL
+);
+"#,
+        ),
+    },
 ];
 
 /// The name a runner gets at enrollment from the one it asked for (its

@@ -389,6 +389,59 @@ impl UserStore for Blocking<SqliteControl> {
         own!(token_hash);
         self.run(move |s| s.delete_session(&token_hash)).await
     }
+    async fn create_oidc_provider(&self, provider: &OidcProviderRow) -> Result<(), StorageError> {
+        own!(provider);
+        self.run(move |s| s.create_oidc_provider(&provider)).await
+    }
+    async fn oidc_providers(&self, tenant_id: &str) -> Result<Vec<OidcProviderRow>, StorageError> {
+        own!(tenant_id);
+        self.run(move |s| s.oidc_providers(&tenant_id, None)).await
+    }
+    async fn oidc_provider(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<OidcProviderRow>, StorageError> {
+        own!(tenant_id, name);
+        self.run(move |s| Ok(s.oidc_providers(&tenant_id, Some(&name))?.pop()))
+            .await
+    }
+    async fn delete_oidc_provider(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<bool, StorageError> {
+        own!(tenant_id, name);
+        self.run(move |s| s.delete_oidc_provider(&tenant_id, &name))
+            .await
+    }
+    async fn oidc_user(
+        &self,
+        provider_id: &str,
+        subject: &str,
+    ) -> Result<Option<UserRow>, StorageError> {
+        own!(provider_id, subject);
+        self.run(move |s| s.oidc_user(&provider_id, &subject)).await
+    }
+    async fn create_oidc_user(
+        &self,
+        user: &UserRow,
+        provider_id: &str,
+        subject: &str,
+    ) -> Result<(), StorageError> {
+        own!(user, provider_id, subject);
+        self.run(move |s| s.create_oidc_user(&user, &provider_id, &subject))
+            .await
+    }
+    async fn password_login(&self, tenant_id: &str) -> Result<bool, StorageError> {
+        own!(tenant_id);
+        self.run(move |s| s.password_login(&tenant_id)).await
+    }
+    async fn set_password_login(&self, tenant_id: &str, allowed: bool) -> Result<(), StorageError> {
+        own!(tenant_id);
+        self.run(move |s| s.set_password_login(&tenant_id, allowed))
+            .await
+    }
 }
 
 #[async_trait]

@@ -218,6 +218,190 @@ impl SqliteControl {
         self.credentials_changed();
         Ok(())
     }
+    // ---- single sign-on ----
+
+    pub fn create_oidc_provider(&self, p: &OidcProviderRow) -> Result<(), StorageError> {
+        let r = self.conn().execute(
+            "INSERT INTO oidc_providers (id, tenant_id, name, issuer, client_id, secret_nonce,
+                 secret_sealed, role_claim, role_map, default_role, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                p.id,
+                p.tenant_id,
+                p.name,
+                p.issuer,
+                p.client_id,
+                p.secret_nonce,
+                p.secret_sealed,
+                p.role_claim,
+                p.role_map,
+                p.default_role.map(Role::as_str),
+                p.created_at
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StorageError::Conflict(format!(
+                    "a provider named {:?} already exists in this tenant",
+                    p.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn oidc_providers(
+        &self,
+        tenant_id: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<OidcProviderRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, tenant_id, name, issuer, client_id, secret_nonce, secret_sealed,
+                    role_claim, role_map, default_role, created_at
+             FROM oidc_providers WHERE tenant_id = ?1 AND (?2 IS NULL OR name = ?2)
+             ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![tenant_id, name], |r| {
+            let default_role: Option<String> = r.get(9)?;
+            Ok((
+                OidcProviderRow {
+                    id: r.get(0)?,
+                    tenant_id: r.get(1)?,
+                    name: r.get(2)?,
+                    issuer: r.get(3)?,
+                    client_id: r.get(4)?,
+                    secret_nonce: r.get(5)?,
+                    secret_sealed: r.get(6)?,
+                    role_claim: r.get(7)?,
+                    role_map: r.get(8)?,
+                    default_role: None,
+                    created_at: r.get(10)?,
+                },
+                default_role,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mut row, role) = r?;
+            if let Some(role) = role {
+                row.default_role = Some(Role::parse(&role).ok_or_else(|| {
+                    StorageError::Corrupt(format!("unknown default role {role:?}"))
+                })?);
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_oidc_provider(&self, tenant_id: &str, name: &str) -> Result<bool, StorageError> {
+        let n = self.conn().execute(
+            "DELETE FROM oidc_providers WHERE tenant_id = ?1 AND name = ?2",
+            params![tenant_id, name],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn oidc_user(
+        &self,
+        provider_id: &str,
+        subject: &str,
+    ) -> Result<Option<UserRow>, StorageError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM oidc_identities i JOIN users u ON u.id = i.user_id
+                     WHERE i.provider_id = ?1 AND i.subject = ?2"
+                ),
+                params![provider_id, subject],
+                user_from_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    pub fn create_oidc_user(
+        &self,
+        user: &UserRow,
+        provider_id: &str,
+        subject: &str,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let taken = tx
+            .query_row(
+                "SELECT 1 FROM users WHERE tenant_id = ?1 AND name = ?2",
+                params![user.tenant_id, user.name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if taken {
+            return Err(StorageError::Conflict(format!(
+                "a user named {:?} already exists in this tenant",
+                user.name
+            )));
+        }
+        tx.execute(
+            "INSERT INTO users (id, tenant_id, name, password_hash, role, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                user.id,
+                user.tenant_id,
+                user.name,
+                user.password_hash,
+                user.role.as_str(),
+                user.created_at
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO oidc_identities (provider_id, subject, user_id) VALUES (?1, ?2, ?3)",
+            params![provider_id, subject, user.id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn password_login(&self, tenant_id: &str) -> Result<bool, StorageError> {
+        let allowed: Option<bool> = self
+            .conn()
+            .query_row(
+                "SELECT password_login FROM login_policy WHERE tenant_id = ?1",
+                params![tenant_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(allowed.unwrap_or(true))
+    }
+
+    /// Switching password logins off ends the password users' sessions
+    /// (those not made by single sign-on): a policy that leaves them
+    /// logged in would not be one.
+    pub fn set_password_login(&self, tenant_id: &str, allowed: bool) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO login_policy (tenant_id, password_login) VALUES (?1, ?2)
+             ON CONFLICT (tenant_id) DO UPDATE SET password_login = excluded.password_login",
+            params![tenant_id, allowed],
+        )?;
+        if !allowed {
+            tx.execute(
+                "DELETE FROM sessions WHERE user_id IN
+                   (SELECT id FROM users WHERE tenant_id = ?1
+                      AND id NOT IN (SELECT user_id FROM oidc_identities))",
+                params![tenant_id],
+            )?;
+        }
+        tx.commit()?;
+        drop(conn);
+        self.credentials_changed();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
