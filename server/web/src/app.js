@@ -1,9 +1,10 @@
 // Entry module: the overview pages (runners, add a server, users), then boot.
-// runner.js, scripts.js and apps.js register their own pages on import.
+// runner.js, scripts.js, apps.js and alerts.js register their own pages on import.
 import { state, h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, boot, redraw } from './core.js';
 import './runner.js';
 import './scripts.js';
 import './apps.js';
+import { firingCard } from './alerts.js';
 
 // ---- runners overview ----------------------------------------------------------------
 
@@ -15,20 +16,30 @@ const reportedAs = (r) => (r.reported_name && r.reported_name !== r.name
 page('runners', async (view) => {
   const list = await api('GET', '/api/v1/runners');
   state.runners = new Map(list.map((r) => [r.id, r]));
+  // Firing alerts above the list, and a count on each runner's row.
+  let alerts = await firingCard(state.runners).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`));
+  const firingOf = (id) => alerts.querySelectorAll?.(`tr[data-alert^="${CSS.escape(id)}/"]`).length || 0;
   const body = h('tbody');
   const draw = () => {
     body.replaceChildren(...[...state.runners.values()].map((r) => h('tr', { dataset: { runner: r.id } },
-      h('td', {}, h('a', { href: `#/runner/${r.id}` }, r.name), reportedAs(r)),
+      h('td', {}, h('a', { href: `#/runner/${r.id}` }, r.name), reportedAs(r),
+        firingOf(r.id) ? h('a', { class: 'alert-count', href: '#/alerts', dataset: { firing: firingOf(r.id) } }, `${firingOf(r.id)} firing`) : ''),
       h('td', {}, healthBadge(r.health)),
       h('td', {}, r.version), h('td', {}, `${r.os}/${r.arch}`),
       h('td', { title: fmtTime(r.last_seen) }, r.health === 'active' ? 'now' : ago(r.last_seen)))));
     if (!state.runners.size) body.append(h('tr', {}, h('td', { colspan: 5 }, 'No runners yet. ', can.act() ? h('a', { href: '#/add' }, 'Add a server') : '')));
   };
   draw();
-  view.replaceChildren(h('h1', {}, 'Runners'),
+  view.replaceChildren(h('h1', {}, 'Runners'), alerts,
     h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {},
       ...['Name', 'Health', 'Version', 'Platform', 'Last seen'].map((t) => h('th', { scope: 'col' }, t)))), body)));
-  const tick = setInterval(draw, 10000);
+  // Alerts follow health changes and arriving data: look again now and then.
+  const refresh = async () => {
+    const fresh = await firingCard(state.runners).catch(() => null);
+    if (fresh) { alerts.replaceWith(fresh); alerts = fresh; }
+    draw();
+  };
+  const tick = setInterval(refresh, 10000);
   const stop = listen(async (kind, ev) => {
     if (kind === 'open') {
       const fresh = await api('GET', '/api/v1/runners').catch(() => null);
