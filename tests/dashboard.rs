@@ -274,6 +274,110 @@ fn fleet_view_with_2000_runners_in_a_real_browser() {
     assert_eq!(c["total"], 100, "{c}");
 }
 
+/// The alert pages in real Chromium (`server/web/e2e-alerts.mjs`): a
+/// webhook channel added and its test message delivered (to a receiver
+/// here, and in the page's delivery log), a rule scoped by a label selector
+/// whose live preview names only the labelled runner, that runner stopped
+/// and its alert shown firing on the runners page and its own page,
+/// acknowledged, in the history, silenced, and the rule removed. Its own
+/// test (no Docker, no apps) so it runs in seconds.
+#[test]
+fn alert_pages_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+        "the browser test needs {chromium} (apt-get install chromium) and \
+         server/web/node_modules (make web); make test's set-up installs both"
+    );
+    let artifacts = util::target_dir().join("dashboard-alerts-e2e");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    let hooks = crate::util::hooks::Hooks::start();
+    let server = Server::start_with(&["--alert-private-targets"]);
+    let tenant = server.tenant("acme");
+    add_user(&server, "acme", "ada", "admin");
+    let mut prod = Runner::enroll(&server, &tenant);
+    let mut dev = Runner::enroll(&server, &tenant);
+    for (r, env) in [(&mut prod, "prod"), (&mut dev, "dev")] {
+        r.start(&["--heartbeat", "1s", "--metrics-interval", "off"]);
+        tenant.wait_health(&r.id, "active", Duration::from_secs(15));
+        let (st, v) = tenant.call(
+            "PATCH",
+            &format!("/api/v1/runners/{}/labels", r.id),
+            Some(serde_json::json!({"set": {"env": env}})),
+        );
+        assert_eq!(st, 200, "{v}");
+    }
+
+    let mut node = Command::new("node")
+        .arg("e2e-alerts.mjs")
+        .current_dir(&web)
+        .env("TETHER_URL", &server.url)
+        .env("TENANT", "acme")
+        .env("ADMIN_USER", "ada")
+        .env("PASSWORD", PASSWORD)
+        .env("PROD_RUNNER", &prod.id)
+        .env("DEV_RUNNER", &dev.id)
+        .env("HOOK_URL", hooks.url())
+        .env("CHROMIUM", &chromium)
+        .env("ARTIFACTS", &artifacts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start node (apt-get install nodejs)");
+    let mut stdin = node.stdin.take().unwrap();
+    let mut transcript = String::new();
+    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        eprintln!("e2e: {line}");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == "STOP_PROD" {
+            util::signal(prod.child(), libc::SIGTERM);
+            util::wait_exit(prod.child(), Duration::from_secs(10));
+            writeln!(stdin, "stopped").unwrap();
+        }
+    }
+    let status = node.wait().unwrap();
+    assert!(
+        status.success() && transcript.contains("E2E OK"),
+        "alert pages failed ({status}); screenshots in {}:\n{transcript}",
+        artifacts.display()
+    );
+    for step in [
+        "channel added, test message in its delivery log",
+        "preview names the labelled runner only",
+        "rule added",
+        "firing on the runners page",
+        "firing on the runner's page, acknowledged",
+        "history shows it",
+        "silence added and ended",
+        "rule removed",
+        "phone width fits",
+    ] {
+        assert!(
+            transcript.contains(step),
+            "missing step {step:?}:\n{transcript}"
+        );
+    }
+    // What the page sent reached the receiver: the test message, then the
+    // alert of the labelled runner (and none of the other).
+    let test = hooks.wait(Duration::from_secs(5), "the test message", |v| {
+        v["state"] == "test"
+    });
+    assert!(
+        test["summary"].as_str().unwrap_or("").contains("ada"),
+        "{test}"
+    );
+    let fired = hooks.wait(Duration::from_secs(5), "the alert", |v| {
+        v["state"] == "firing"
+    });
+    assert_eq!(fired["runner_id"], prod.id.as_str(), "{fired}");
+    assert_eq!(fired["rule_name"], "prod-down", "{fired}");
+}
+
 /// Removes the app the page deployed (its container, a replaced one left
 /// parked, and its images) however the test ends.
 struct RemoveApp(String);

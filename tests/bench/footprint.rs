@@ -9,7 +9,8 @@
 //! 10,000 runners on SQLite and on PostgreSQL, only when named:
 //! BENCH_STORM_RUNNERS, BENCH_STORM_SECS); the attack
 //! section's in `attack.rs`; the fleet's (BENCH_FLEET_RUNNERS,
-//! BENCH_FLEET_CALLS) in `fleet.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
+//! BENCH_FLEET_CALLS) in `fleet.rs`; the alert rules' cost in `alerts.rs`
+//! (BENCH_ALERT_RUNNERS, BENCH_ALERT_SECS). BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
 //! with an earlier revision (`compare.rs`).
 
 #[path = "../util/mod.rs"]
@@ -23,6 +24,8 @@ mod update;
 
 // Unauthenticated load against the server (issue 15).
 mod attack;
+// Alert rules' cost with 1,000 simulated runners (issue 20).
+mod alerts;
 // BENCH_BASE: the same figures for an earlier revision, side by side.
 mod compare;
 // The fleet at scale: the runners list, the runners page, rollouts (issue 21).
@@ -70,7 +73,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet,alerts runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -143,6 +146,9 @@ fn main() {
     }
     if part("fleet") {
         fleet::run(&mut rows);
+    }
+    if part("alerts") {
+        alerts::run(&mut rows);
     }
 
     println!();

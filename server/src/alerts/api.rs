@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  GET/POST /alerts/rules, GET/PUT/DELETE /alerts/rules/{id}
+//!  POST /alerts/preview (which runners a scope covers now)
 //!  GET/POST /alerts/channels, PUT/DELETE /alerts/channels/{id}      (tenant admins only)
 //!  POST /alerts/channels/{id}/test, GET /alerts/channels/{id}/deliveries
 //!  GET  /alerts (firing), POST /alerts/ack, GET /alerts/history
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::notify::{seal_name, ChannelConfig, Notification};
-use super::rules::{Rule, RuleSpec, Silence, SilenceSpec, MAX_RULES, MAX_TEXT};
+use super::rules::{Rule, RuleSpec, Scope, Silence, SilenceSpec, MAX_RULES, MAX_TEXT};
 use crate::alerts::AlertsCtx;
 use crate::common::auth::{new_id, Caller};
 use crate::common::clock;
@@ -49,6 +50,7 @@ where
         .route("/api/v1/alerts/ack", post(ack))
         .route("/api/v1/alerts/history", get(history))
         .route("/api/v1/alerts/rules", get(list_rules).post(create_rule))
+        .route("/api/v1/alerts/preview", post(preview))
         .route(
             "/api/v1/alerts/rules/{id}",
             get(get_rule).put(put_rule).delete(delete_rule),
@@ -187,6 +189,33 @@ async fn delete_rule(
     state.alerts.store.delete_rule(tenant, &rule.id).await?;
     state.alerts.rules_changed(tenant);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    #[serde(default)]
+    scope: Scope,
+}
+
+/// Which runners a scope covers now: the rule form's live preview. A
+/// POST (the scope is JSON), so, like the form it serves, not for viewers.
+async fn preview(
+    caller: Caller,
+    State(state): State<AlertsCtx>,
+    JsonBody(b): JsonBody<PreviewBody>,
+) -> Result<Json<super::Preview>, ApiError> {
+    let tenant = caller.tenant()?;
+    let probe = RuleSpec {
+        name: "preview".into(),
+        scope: b.scope,
+        containers: None,
+        kind: super::rules::Kind::UpdateFailed {},
+        channels: Vec::new(),
+        enabled: true,
+    };
+    probe.check().map_err(ApiError::bad_request)?;
+    Ok(Json(state.alerts.preview(tenant, &probe.scope).await?))
 }
 
 // ---- channels -------------------------------------------------------------------------

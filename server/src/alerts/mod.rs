@@ -60,6 +60,27 @@ const SILENCE_TTL: Duration = Duration::from_secs(30);
 /// Log lines looked at per runner per call at most.
 const MAX_LOG_LINES: usize = 256;
 
+/// Runners a scope preview looks at (past it the answer says `truncated`).
+pub const PREVIEW_CHECKED: usize = 5_000;
+/// Matching runners a scope preview names (all are counted).
+pub const PREVIEW_LISTED: usize = 200;
+
+/// What a rule's scope covers now (`POST /alerts/preview`).
+#[derive(Debug, serde::Serialize)]
+pub struct Preview {
+    pub runners: Vec<PreviewRunner>,
+    pub matched: usize,
+    pub checked: usize,
+    pub truncated: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PreviewRunner {
+    pub id: String,
+    pub name: String,
+    pub health: &'static str,
+}
+
 enum Input {
     Observe {
         tenant: String,
@@ -101,6 +122,8 @@ pub struct AlertsCtx {
 pub struct Alerts {
     tx: mpsc::Sender<Input>,
     pub store: Arc<dyn AlertStore>,
+    /// Runners, their groups and labels: the API's scope preview reads them.
+    db: Db,
     pub notifier: Arc<Notifier>,
     dropped: AtomicU64,
     /// Tenants with a metric rule / a log rule (checked before any work).
@@ -146,6 +169,7 @@ impl Alerts {
         let alerts = Arc::new(Alerts {
             tx,
             store: store.clone(),
+            db: db.clone(),
             notifier: notifier.clone(),
             dropped: AtomicU64::new(0),
             metric_tenants: Mutex::default(),
@@ -293,6 +317,57 @@ impl Alerts {
                 reason: r.reason.clone().unwrap_or_default(),
             },
         );
+    }
+
+    /// Which of `tenant`'s runners `scope` covers now, as the engine would
+    /// judge them (accepted labels, update group), in the order listed.
+    /// Bounded: at most [`PREVIEW_CHECKED`] runners are looked at.
+    pub async fn preview(
+        &self,
+        tenant: &str,
+        scope: &rules::Scope,
+    ) -> Result<Preview, crate::db::StorageError> {
+        let runners = self.db.control.list_runners(tenant).await?;
+        let labels = match scope {
+            rules::Scope::Selector(_) => self.db.fleet.tenant_labels(tenant).await?,
+            _ => HashMap::new(),
+        };
+        let mut out = Preview {
+            runners: Vec::new(),
+            matched: 0,
+            checked: 0,
+            truncated: runners.len() > PREVIEW_CHECKED,
+        };
+        for r in runners.into_iter().take(PREVIEW_CHECKED) {
+            out.checked += 1;
+            let group = match scope {
+                rules::Scope::Group(_) => self
+                    .db
+                    .updates
+                    .runner_group(&r.id)
+                    .await?
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            let info = RunnerInfo {
+                labels: labels.get(&r.id).cloned().unwrap_or_default(),
+                id: r.id,
+                name: r.name,
+                group,
+            };
+            if !scope.covers(&info) {
+                continue;
+            }
+            out.matched += 1;
+            if out.runners.len() < PREVIEW_LISTED {
+                out.runners.push(PreviewRunner {
+                    id: info.id,
+                    name: info.name,
+                    health: r.health.as_str(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub fn rules_changed(&self, tenant: &str) {

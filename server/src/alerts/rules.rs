@@ -208,18 +208,21 @@ fn parsed(text: &str) -> Option<Arc<Selector>> {
     Some(sel)
 }
 
-/// `*` matches any run of characters (including none); everything else literally.
+/// `*` matches any run of characters (including none); everything else
+/// literally. No allocation: it runs for every series of every record
+/// against every metric rule.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let (Some((first, _)), Some((_, last))) = (pattern.split_once('*'), pattern.rsplit_once('*'))
+    else {
         return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+    };
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
+    // What lies between the first star and the last ("" for one star).
+    let inner = &pattern[first.len() + 1..pattern.len() - last.len()];
+    for mid in inner.split('*').filter(|m| !m.is_empty()) {
         match rest.find(mid) {
             Some(i) => rest = &rest[i + mid.len()..],
             None => return false,
@@ -505,6 +508,15 @@ impl Evaluator {
                         let word = if *op == Op::Above { "above" } else { "below" };
                         Signal::On(what(word), Some(value))
                     } else if off {
+                        // Healthy, as most samples are: news only for a
+                        // tracked target (no summary made for the rest).
+                        let tracked = !self.targets.is_empty()
+                            && self
+                                .targets
+                                .contains_key(&(rule.id.clone(), key(&runner.id, name)));
+                        if !tracked {
+                            continue;
+                        }
                         Signal::Off(format!(
                             "{shown} = {} on {} (back past {})",
                             fmt_num(value),
@@ -1117,6 +1129,10 @@ mod tests {
         assert!(glob("a*b*c", "axxbyyc"));
         assert!(!glob("a*b*c", "ac"));
         assert!(glob("exact", "exact"));
+        assert!(glob("a*b*c", "abc"));
+        assert!(glob("a**b", "ab"));
+        assert!(!glob("a*a", "a"));
+        assert!(!glob("x*", "y"));
         assert_eq!(capture("fs.*.avail", "fs./.avail"), Some("/"));
     }
 

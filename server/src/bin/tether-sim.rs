@@ -24,6 +24,11 @@
 //! backoff, as a runner would; the summary counts failed attempts and the
 //! runners that gave up.
 //!
+//! With `--spike-every N` too, every Nth record of each runner (runners
+//! staggered) says `cpu.busy` = 99 %, the next one is back to normal: load
+//! for alert rules (`make bench`'s alerts part). `--spike-log PATH` writes
+//! `<runner name> <unix ms>` for each spike as it is sent.
+//!
 //! Exit 0 if every runner connected and stayed connected, 1 otherwise.
 //! One small current-thread runtime: the point is to load the server, not
 //! to measure this process.
@@ -92,7 +97,16 @@ struct Args {
     /// to 30 s, jittered), as a runner retries; 0: one attempt only
     #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// With --metrics: every Nth record of a runner has cpu.busy at 99 % (0: never)
+    #[arg(long, default_value_t = 0)]
+    spike_every: u64,
+    /// Where to write `<runner name> <unix ms>` for each spike sent
+    #[arg(long)]
+    spike_log: Option<PathBuf>,
 }
+
+/// Spikes sent, `(runner name, unix ms)`; written to `--spike-log` at the end.
+type SpikeLog = std::sync::Mutex<Vec<(String, u64)>>;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -161,6 +175,11 @@ fn run(args: &Args) -> Result<bool, SimError> {
         .build()
         .map_err(err)?;
     let tally = runtime.block_on(connect_all(args, target, credentials));
+    if let Some(path) = &args.spike_log {
+        let spikes = tally.spikes.lock().unwrap_or_else(|p| p.into_inner());
+        let text: String = spikes.iter().map(|(n, ms)| format!("{n} {ms}\n")).collect();
+        std::fs::write(path, text).map_err(|e| SimError(format!("{}: {e}", path.display())))?;
+    }
     let ok = tally.connected.load(Ordering::Relaxed) == args.count
         && tally.dropped.load(Ordering::Relaxed) == 0;
     let metrics = if args.metrics {
@@ -370,6 +389,7 @@ struct Tally {
     pongs: AtomicUsize,
     records: AtomicUsize,
     acks: AtomicUsize,
+    spikes: SpikeLog,
 }
 
 async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> Arc<Tally> {
@@ -389,6 +409,8 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
             attempted_tx.clone(),
         );
         let heartbeat = args.heartbeat;
+        // Runner i spikes on records i, i + N, i + 2N, ... (never the first).
+        let spike = (args.spike_every > 0).then(|| (args.spike_every, i as u64 % args.spike_every));
         // Runners' records spread evenly over one interval.
         let metrics = args.metrics.then(|| {
             let offset = args
@@ -417,7 +439,7 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
                 let why = match ws {
                     Ok(Ok(ws)) => {
                         let _ = attempted_tx.send(()).await;
-                        hold(ws, &name, heartbeat, metrics, stop, &tally).await;
+                        hold(ws, &name, heartbeat, (metrics, spike), stop, &tally).await;
                         return;
                     }
                     Ok(Err(e)) => e.to_string(),
@@ -549,16 +571,22 @@ async fn upgrade(
     }
 }
 
+/// What one runner sends besides pings: metrics (interval, first offset)
+/// and spikes (every, phase).
+type Load = (Option<(Duration, Duration)>, Option<(u64, u64)>);
+
 /// Keep one connection alive like a runner until told to stop; with
-/// `metrics` (interval, first offset) also send a record every interval.
+/// `metrics` (interval, first offset) also send a record every interval,
+/// and with `spike` (every, phase) a high `cpu.busy` on some of them.
 async fn hold(
     mut ws: Ws,
     name: &str,
     heartbeat: Duration,
-    metrics: Option<(Duration, Duration)>,
+    (metrics, spike): Load,
     mut stop: watch::Receiver<bool>,
     tally: &Tally,
 ) {
+    let mut records = 0u64;
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -586,6 +614,11 @@ async fn hold(
             _ = sample_tick.tick(), if host.is_some() => {
                 let Some((host, enc)) = host.as_mut() else { continue };
                 host.step(now_ms());
+                let spiked = spike.is_some_and(|(every, phase)| records > 0 && records % every == phase);
+                if spiked {
+                    host.set("cpu.busy", 9900);
+                }
+                records += 1;
                 let mut record = Vec::new();
                 if let Some(schema) = enc.encode(host, &mut record) {
                     let text = encode_control(2, Message::MetricsSchema(MetricsSchema { schema: schema.clone() }));
@@ -596,10 +629,20 @@ async fn hold(
                 let mut batch = Vec::with_capacity(record.len() + 2);
                 push_to_batch(&mut batch, &record);
                 let header = FrameHeader { kind: FrameKind::Metrics, tag: StreamTag::None, channel: 0, seq: 0 };
+                let sent_ms = now_ms();
                 if let Err(e) = ws.send(WsMessage::binary(protocol::encode_frame(header, &batch))).await {
                     return lost(format!("metrics: {e}"));
                 }
                 tally.records.fetch_add(1, Ordering::Relaxed);
+                if spiked {
+                    // Back to normal on the next record (a steady series would keep it).
+                    host.set("cpu.busy", 1500);
+                    let mut log = tally.spikes.lock().unwrap_or_else(|p| p.into_inner());
+                    // Bounded: a day of spikes at one a second.
+                    if log.len() < 100_000 {
+                        log.push((name.to_owned(), sent_ms));
+                    }
+                }
             }
             msg = ws.next() => match msg {
                 Some(Ok(WsMessage::Text(t))) => {
@@ -737,6 +780,15 @@ impl SimHost {
             }
             let spread = (*base / 10).max(2);
             *v = (*base + ((self.rng >> 8) % spread as u64) as i64 - spread / 2).max(0);
+        }
+    }
+}
+
+impl SimHost {
+    /// Set one series' current (stored, unscaled) value.
+    fn set(&mut self, name: &str, value: i64) {
+        if let Some(s) = self.series.iter_mut().find(|s| s.0 == name) {
+            s.4 = value;
         }
     }
 }

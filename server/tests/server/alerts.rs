@@ -724,3 +724,98 @@ async fn a_failed_job_names_its_script_and_reason() {
         "{s}"
     );
 }
+
+#[tokio::test]
+async fn the_scope_preview_names_the_runners_a_rule_would_cover() {
+    let server = server_with(alert_state(), None).await;
+    let (_, api) = tenant(&server.router, "acme").await;
+    let (_, other) = tenant(&server.router, "other").await;
+    let (prod, _) = runner(&server.router, &api).await;
+    let (dev, _) = runner(&server.router, &api).await;
+    for (id, env) in [(&prod, "prod"), (&dev, "dev")] {
+        let (status, v) = call(
+            &server.router,
+            "PATCH",
+            &format!("/api/v1/runners/{id}/labels"),
+            Some(&api),
+            Some(&json!({"set": {"env": env}}).to_string()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let (status, v) = call(
+        &server.router,
+        "PUT",
+        &format!("/api/v1/runners/{dev}/group"),
+        Some(&api),
+        Some(&json!({"group": "canary"}).to_string()),
+    )
+    .await;
+    assert!(status.is_success(), "{v}");
+    let ids = |v: &Value| -> Vec<String> {
+        v["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let preview = |key: &'static str, scope: Value| {
+        let (router, api) = (server.router.clone(), api.clone());
+        async move {
+            let (status, v) = post(
+                &router,
+                &api,
+                "/api/v1/alerts/preview",
+                json!({ key: scope }),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let v = preview("scope", json!({"selector": "env=prod"})).await;
+    assert_eq!(ids(&v), vec![prod.clone()], "{v}");
+    assert_eq!(
+        (v["matched"].as_u64(), v["checked"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["runners"][0]["health"], "unreachable", "{v}");
+    let v = preview("scope", json!({"selector": "env!=prod"})).await;
+    assert_eq!(ids(&v), vec![dev.clone()], "{v}");
+    let v = preview("scope", json!({"group": "canary"})).await;
+    assert_eq!(ids(&v), vec![dev.clone()], "{v}");
+    let v = preview("scope", json!({"runner": prod})).await;
+    assert_eq!(ids(&v), vec![prod.clone()], "{v}");
+    let v = preview("scope", json!("all")).await;
+    assert_eq!(v["matched"], 2, "{v}");
+    // A bad selector names the field; an unknown field is refused.
+    let got = post(
+        &server.router,
+        &api,
+        "/api/v1/alerts/preview",
+        json!({"scope": {"selector": "env=(prod"}}),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::BAD_REQUEST, "{}", got.1);
+    assert!(got.1.to_string().contains("scope.selector"), "{}", got.1);
+    let got = post(
+        &server.router,
+        &api,
+        "/api/v1/alerts/preview",
+        json!({"scope": "all", "extra": 1}),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::BAD_REQUEST, "{}", got.1);
+    // Another tenant's preview covers none of these runners.
+    let (status, v) = post(
+        &server.router,
+        &other,
+        "/api/v1/alerts/preview",
+        json!({"scope": "all"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["matched"], 0, "{v}");
+}

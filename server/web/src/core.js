@@ -1,6 +1,6 @@
 // The dashboard's core: session, API calls, the hash router, the live
 // event stream and the login form. Pages register with page(name, fn):
-// app.js (runners, add a server, users), runner.js, scripts.js, apps.js. A page is a
+// app.js (runners, add a server, users), runner.js, scripts.js, apps.js, alerts.js. A page is a
 // function (params) -> Promise that fills #view; it may return a cleanup
 // function, called when the user leaves the page (to close streams).
 //

@@ -1,4 +1,4 @@
-// One runner: overview (health, update state), metrics charts, fingerprint
+// One runner: overview (its firing alerts, health, update state), metrics charts, fingerprint
 // and drift, containers with their actions, and the live log viewer.
 // The terminal tab lives in terminal.js, the update actions in updates.js.
 // Route: #/runner/{id}/{tab}[/{container}].
@@ -6,6 +6,7 @@ import { h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page, ndjso
 import { appendAnsi } from './ansi.js';
 import { terminal } from './terminal.js';
 import { updateCard } from './updates.js';
+import { firingCard } from './alerts.js';
 
 const TABS = [['overview', 'Overview'], ['metrics', 'Metrics'], ['fingerprint', 'Fingerprint'],
   ['containers', 'Containers'], ['logs', 'Logs'], ['terminal', 'Terminal']];
@@ -39,11 +40,12 @@ function kv(pairs) {
 // ---- overview: facts, health history, update state ---------------------------------
 
 async function overview(body, r) {
-  const [health, updates] = await Promise.all([
+  const [health, updates, alerts] = await Promise.all([
     api('GET', `/api/v1/runners/${r.id}/health`),
     updateCard(r),
+    firingCard(new Map([[r.id, r]]), r.id).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`)),
   ]);
-  body.append(h('div', { class: 'grid' },
+  body.append(alerts, h('div', { class: 'grid' },
     h('div', { class: 'card' }, h('h2', {}, 'Runner'), kv([
       ['ID', r.id], ['Version', r.version], ['Platform', `${r.os}/${r.arch}`],
       ['Last seen', r.health === 'active' ? 'now' : ago(r.last_seen)],

@@ -12,6 +12,7 @@
 // runnerRow, markers, bulkBar) so other pages' work (alert markers) can be
 // merged into one place: `markers`.
 import { state, h, api, act, toast, can, fmtTime, ago, healthBadge, listen, page } from './core.js';
+import { firingCard } from './alerts.js';
 
 const PAGE = 100;
 const METRICS_EVERY = 5000;
@@ -47,7 +48,7 @@ export function markers(r, alertsByRunner) {
   if (!firing.length) return '';
   const drift = firing.filter((a) => /drift|port|listen/i.test(`${a.rule_id} ${a.summary}`));
   return h('span', { class: 'markers' },
-    h('span', { class: 'marker marker-alert', title: firing.map((a) => a.summary).join('\n'), dataset: { alerts: firing.length } }, `⚠ ${firing.length}`),
+    h('span', { class: 'marker marker-alert alert-count', title: firing.map((a) => a.summary).join('\n'), dataset: { alerts: firing.length } }, `⚠ ${firing.length}`),
     drift.length ? h('span', { class: 'marker marker-drift', title: 'host drift', dataset: { drift: drift.length } }, 'drift') : '');
 }
 
@@ -171,6 +172,8 @@ page('runners', async (view) => {
   const filtersSlot = h('div');
   const pager = h('div', { class: 'row pager' });
   const err = h('p', { class: 'error', role: 'alert' });
+  // Firing alerts above the list (alerts.js), refreshed with the markers.
+  const firingSlot = h('div');
 
   const fetchCounts = async () => {
     const { health, sort, ...rest } = f;
@@ -191,6 +194,8 @@ page('runners', async (view) => {
       if (!alertsByRunner.has(x.runner_id)) alertsByRunner.set(x.runner_id, []);
       alertsByRunner.get(x.runner_id).push(x);
     }
+    const card = await firingCard(state.runners).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`));
+    firingSlot.replaceChildren(card);
   };
   const draw = () => {
     body.replaceChildren(...rows.map((r) => runnerRow(r, metrics[r.id], sel, alertsByRunner)));
@@ -225,7 +230,7 @@ page('runners', async (view) => {
   const [c] = await Promise.all([fetchCounts(), fetchAlerts()]);
   filtersSlot.replaceChildren(filterRow(f, c, set));
   await fetchRows();
-  view.replaceChildren(h('h1', {}, 'Runners'), countsSlot, filtersSlot, err, bulkBar(sel, reload),
+  view.replaceChildren(h('h1', {}, 'Runners'), firingSlot, countsSlot, filtersSlot, err, bulkBar(sel, reload),
     h('div', { class: 'scroll' }, h('table', { class: 'runners' }, h('thead', {}, h('tr', {},
       h('th', { scope: 'col' }, h('input', { type: 'checkbox', 'aria-label': 'Select every runner on this page',
         onchange: (e) => { for (const r of rows) { if (e.target.checked) sel.add(r.id); else sel.delete(r.id); } sel.changed(); draw(); } })),
@@ -249,6 +254,6 @@ page('runners', async (view) => {
     }
     if (!countsTimer) countsTimer = setTimeout(() => { countsTimer = null; fetchCounts().catch(() => {}); }, 300);
   });
-  const tick = setInterval(() => { fetchMetrics(); fetchAlerts(); }, METRICS_EVERY);
+  const tick = setInterval(() => { fetchMetrics(); fetchAlerts().then(draw); }, METRICS_EVERY);
   return () => { clearInterval(tick); clearTimeout(countsTimer); stop(); };
 });
