@@ -787,9 +787,12 @@ async fn a_schedule_runs_once_per_occurrence_on_two_replicas() {
     assert_eq!(made["next_runs"].as_array().unwrap().len(), 5, "{made}");
     let history = || cli_json(&api_a, &ca, &token, &["schedule", "history", "tick"]);
     let mut runs = Value::Null;
-    wait_for(Duration::from_secs(250), "three runs", || {
+    // A run is recorded "running" when its occurrence is claimed, then
+    // "started" with its jobs: wait for the third to have its jobs.
+    wait_for(Duration::from_secs(250), "three runs started", || {
         runs = history();
-        runs.as_array().unwrap().len() >= 3
+        let list = runs.as_array().unwrap();
+        list.len() >= 3 && list.iter().all(|r| r["status"] != "running")
     });
     // The next occurrence is most of a minute away: removed before it.
     let shown = cli_json(&api_b, &ca, &token, &["schedule", "show", "tick"]);

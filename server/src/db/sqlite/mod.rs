@@ -304,7 +304,7 @@ mod tests {
 
         drop(db);
         let after: Vec<i64> = OLD.iter().map(|(f, _)| version(&dir.join(f))).collect();
-        assert_eq!(after, [8, 1, 1, 2]);
+        assert_eq!(after, [9, 1, 1, 2]);
         // Opening again applies nothing and keeps everything.
         let db = open(&dir, &options).unwrap();
         assert_eq!(db.control.list_runners("tn_acme").await.unwrap().len(), 1);
@@ -324,7 +324,7 @@ mod tests {
         };
         drop(open(&dir, &options).unwrap());
         let after: Vec<i64> = OLD.iter().map(|(f, _)| version(&dir.join(f))).collect();
-        assert_eq!(after, [8, 1, 1, 2]);
+        assert_eq!(after, [9, 1, 1, 2]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
