@@ -24,6 +24,44 @@ use crate::util::{self, Runner, Server};
 
 const PASSWORD: &str = "e2e-password-1";
 
+/// Run one of `server/web`'s page scripts under node with `configure`'s
+/// environment (and CHROMIUM, ARTIFACTS): its stdout is the transcript,
+/// echoed to stderr. When it prints `stop.0`, `stop.1` is stopped with
+/// SIGTERM (a clean close, which the server sees at once: the page must
+/// show it within a second or so) and the script is told "stopped".
+fn run_page_script(
+    web: &Path,
+    script: &str,
+    configure: impl FnOnce(&mut Command),
+    (chromium, artifacts): (&str, &Path),
+    stop: (&str, &mut Runner),
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new("node");
+    cmd.arg(script).current_dir(web);
+    configure(&mut cmd);
+    let mut node = cmd
+        .env("CHROMIUM", chromium)
+        .env("ARTIFACTS", artifacts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start node (apt-get install nodejs)");
+    let mut stdin = node.stdin.take().unwrap();
+    let mut transcript = String::new();
+    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        eprintln!("{script}: {line}");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == stop.0 {
+            util::signal(stop.1.child(), libc::SIGTERM);
+            util::wait_exit(stop.1.child(), Duration::from_secs(10));
+            writeln!(stdin, "stopped").unwrap();
+        }
+    }
+    (node.wait().unwrap(), transcript)
+}
+
 fn add_user(server: &Server, tenant: &str, name: &str, role: &str) {
     let mut child = Command::new(util::server_bin())
         .args([
@@ -103,40 +141,24 @@ fn dashboard_in_a_real_browser() {
     runner.start(&["--heartbeat", "1s"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
 
-    let mut node = Command::new("node")
-        .arg("e2e.mjs")
-        .current_dir(&web)
-        .env("TETHER_URL", &server.url)
-        .env("TENANT", "acme")
-        .env("ADMIN_USER", "ada")
-        .env("VIEWER_USER", "vic")
-        .env("PASSWORD", PASSWORD)
-        .env("RUNNER_ID", &runner.id)
-        .env("CONTAINER", &container)
-        .env("APP", &app)
-        .env("APP_REPO", repo.path())
-        .env("CHROMIUM", &chromium)
-        .env("ARTIFACTS", &artifacts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node (apt-get install nodejs)");
-    let mut stdin = node.stdin.take().unwrap();
-    let mut transcript = String::new();
-    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        eprintln!("e2e: {line}");
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line == "STOP_RUNNER" {
-            // SIGTERM: the runner closes cleanly, so the server knows at once
-            // and the page must show it within a second or so.
-            util::signal(runner.child(), libc::SIGTERM);
-            util::wait_exit(runner.child(), Duration::from_secs(10));
-            writeln!(stdin, "stopped").unwrap();
-        }
-    }
-    let status = node.wait().unwrap();
+    let runner_id = runner.id.clone();
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e.mjs",
+        |c| {
+            c.env("TETHER_URL", &server.url)
+                .env("TENANT", "acme")
+                .env("ADMIN_USER", "ada")
+                .env("VIEWER_USER", "vic")
+                .env("PASSWORD", PASSWORD)
+                .env("RUNNER_ID", &runner_id)
+                .env("CONTAINER", &container)
+                .env("APP", &app)
+                .env("APP_REPO", repo.path());
+        },
+        (&chromium, &artifacts),
+        ("STOP_RUNNER", &mut runner),
+    );
     assert!(
         status.success() && transcript.contains("E2E OK"),
         "browser test failed ({status}); screenshots in {}:\n{transcript}",
@@ -230,35 +252,21 @@ fn fleet_view_with_2000_runners_in_a_real_browser() {
         },
     );
 
-    let mut node = Command::new("node")
-        .arg("e2e-fleet.mjs")
-        .current_dir(&web)
-        .env("TETHER_URL", &server.url)
-        .env("TENANT", "fleet")
-        .env("ADMIN_USER", "ada")
-        .env("PASSWORD", PASSWORD)
-        .env("RUNNER_ID", &runner.id)
-        .env("SIM_COUNT", sims.to_string())
-        .env("CHROMIUM", &chromium)
-        .env("ARTIFACTS", &artifacts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let mut stdin = node.stdin.take().unwrap();
-    let mut transcript = String::new();
-    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        eprintln!("e2e-fleet: {line}");
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line == "STOP_RUNNER" {
-            util::signal(runner.child(), libc::SIGTERM);
-            util::wait_exit(runner.child(), Duration::from_secs(10));
-            writeln!(stdin, "stopped").unwrap();
-        }
-    }
-    let status = node.wait().unwrap();
+    let runner_id = runner.id.clone();
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e-fleet.mjs",
+        |c| {
+            c.env("TETHER_URL", &server.url)
+                .env("TENANT", "fleet")
+                .env("ADMIN_USER", "ada")
+                .env("PASSWORD", PASSWORD)
+                .env("RUNNER_ID", &runner_id)
+                .env("SIM_COUNT", sims.to_string());
+        },
+        (&chromium, &artifacts),
+        ("STOP_RUNNER", &mut runner),
+    );
     let _ = sim.0.kill();
     assert!(
         status.success() && transcript.contains("E2E OK"),
@@ -311,36 +319,22 @@ fn alert_pages_in_a_real_browser() {
         assert_eq!(st, 200, "{v}");
     }
 
-    let mut node = Command::new("node")
-        .arg("e2e-alerts.mjs")
-        .current_dir(&web)
-        .env("TETHER_URL", &server.url)
-        .env("TENANT", "acme")
-        .env("ADMIN_USER", "ada")
-        .env("PASSWORD", PASSWORD)
-        .env("PROD_RUNNER", &prod.id)
-        .env("DEV_RUNNER", &dev.id)
-        .env("HOOK_URL", hooks.url())
-        .env("CHROMIUM", &chromium)
-        .env("ARTIFACTS", &artifacts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node (apt-get install nodejs)");
-    let mut stdin = node.stdin.take().unwrap();
-    let mut transcript = String::new();
-    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        eprintln!("e2e: {line}");
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line == "STOP_PROD" {
-            util::signal(prod.child(), libc::SIGTERM);
-            util::wait_exit(prod.child(), Duration::from_secs(10));
-            writeln!(stdin, "stopped").unwrap();
-        }
-    }
-    let status = node.wait().unwrap();
+    let prod_id = prod.id.clone();
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e-alerts.mjs",
+        |c| {
+            c.env("TETHER_URL", &server.url)
+                .env("TENANT", "acme")
+                .env("ADMIN_USER", "ada")
+                .env("PASSWORD", PASSWORD)
+                .env("PROD_RUNNER", &prod_id)
+                .env("DEV_RUNNER", &dev.id)
+                .env("HOOK_URL", hooks.url());
+        },
+        (&chromium, &artifacts),
+        ("STOP_PROD", &mut prod),
+    );
     assert!(
         status.success() && transcript.contains("E2E OK"),
         "alert pages failed ({status}); screenshots in {}:\n{transcript}",
