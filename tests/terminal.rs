@@ -617,11 +617,17 @@ fn a_stalled_engine_delays_only_its_own_terminal_which_then_fails_clearly() {
         t.wait_end(Duration::from_secs(15)).as_deref(),
         Some("exited 0")
     );
+    // Nothing more than before; fewer is fine: the steady count taken
+    // before may include a Docker connection (through the stalling proxy)
+    // that the runner has since closed (seen once: 13 fds before, 12 after).
     let end = Instant::now() + Duration::from_secs(15);
     let mut after = fds_and_children(pid);
-    while after != before && Instant::now() < end {
+    while (after.0 > before.0 || after.1 > before.1) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100));
         after = fds_and_children(pid);
     }
-    assert_eq!(after, before, "(fds, children) of the runner");
+    assert!(
+        after.0 <= before.0 && after.1 <= before.1,
+        "(fds, children) of the runner: {after:?} after, {before:?} before"
+    );
 }
