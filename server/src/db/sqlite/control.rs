@@ -368,6 +368,7 @@ impl SqliteControl {
         // more hot ones than that (hello, heartbeat flush, periodic checks),
         // and a statement parsed again costs ~10x its run.
         conn.set_prepared_statement_cache_capacity(64);
+        super::steady_plans(&conn)?;
         migrate(&mut conn, "tether.db", MIGRATIONS)?;
         terminals::end_open_sessions(&conn)?;
         Ok(SqliteControl {

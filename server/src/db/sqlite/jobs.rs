@@ -158,10 +158,12 @@ impl SqliteJobs {
         // per batch, and batches grow while a commit runs
         // (jobs/link.rs), so throughput holds.
         write.pragma_update(None, "synchronous", "FULL")?;
+        super::steady_plans(&write)?;
         let write = setup(write)?;
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
+        super::steady_plans(&read)?;
         Ok(SqliteJobs {
             write: Mutex::new(write),
             read: Some(Mutex::new(read)),
@@ -795,5 +797,34 @@ mod tests {
             RetainStats::default(),
             "idempotent"
         );
+    }
+}
+
+#[cfg(test)]
+mod plans {
+    use super::*;
+
+    /// A cached statement runs again without being parsed again, whatever
+    /// is bound (see `steady_plans`).
+    #[test]
+    fn open_jobs_is_not_prepared_again_for_each_runner() {
+        let dir = std::env::temp_dir().join(format!("tether-plans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = SqliteJobs::open(&dir.join("jobs.db")).unwrap();
+        for i in 0..5 {
+            s.open_jobs(&format!("rn_{i}")).unwrap();
+        }
+        let c = s.read();
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE runner_id = ?1
+             AND status IN ('pending', 'queued', 'running') ORDER BY seq"
+            ))
+            .unwrap();
+        assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        drop(st);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -108,10 +108,12 @@ impl SqliteLogs {
         // A power cut may lose the last unsynced blocks; their cursor goes
         // with them, so the runner sends those lines again.
         write.pragma_update(None, "synchronous", "NORMAL")?;
+        super::steady_plans(&write)?;
         let write = setup(write)?;
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
+        super::steady_plans(&read)?;
         Ok(SqliteLogs {
             write: Mutex::new(write),
             read: Some(Mutex::new(read)),

@@ -155,10 +155,12 @@ impl SqliteMetrics {
         // Losing the last second of samples to a power cut is fine: they
         // were not acknowledged, so the runners send them again.
         write.pragma_update(None, "synchronous", "NORMAL")?;
+        super::steady_plans(&write)?;
         let write = setup(write)?;
         let read = Connection::open(path)?;
         read.busy_timeout(Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", true)?;
+        super::steady_plans(&read)?;
         Ok(SqliteMetrics {
             write: Mutex::new(write),
             read: Some(Mutex::new(read)),

@@ -124,6 +124,20 @@ pub struct Options {
     pub log_collect: CollectPolicy,
 }
 
+/// Plans that do not depend on bound values (SQLite's query planner
+/// stability guarantee). The bundled SQLite is built with STAT4, under
+/// which binding a new value to some parameters expires a cached statement:
+/// `open_jobs` was parsed again on every call (~170k instructions, once a
+/// minute per connected runner). Our queries have one plan whatever the
+/// values, so nothing is lost.
+pub(super) fn steady_plans(conn: &rusqlite::Connection) -> Result<(), StorageError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 /// Open (creating if needed) the databases in `data` and bring their schemas
 /// up to date.
 pub fn open(data: &Path, options: &Options) -> Result<Db, StorageError> {
