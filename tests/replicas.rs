@@ -203,7 +203,23 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         "output through B differs from what was printed"
     );
 
-    // The relay of stored output: direct on A vs through B (figures only).
+    // The figures of a replica (`/api/v1/replica/metrics`).
+    let metric = |server: &Server, name: &str| -> f64 {
+        let (st, v) = server.api().call(
+            "GET",
+            "/api/v1/replica/metrics",
+            Some(&server.admin_token),
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        let text = v.as_str().unwrap().to_owned();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    // The relay of stored output: direct on A vs through B and B's kept connection.
     let fetch = |t: &Tenant| {
         let start = Instant::now();
         let mut got = Vec::new();
@@ -217,17 +233,22 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         assert_eq!(got.len(), want.len());
         start.elapsed()
     };
+    let connections_before = metric(&p.b, "tether_replica_forward_connections_total");
     let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
+    for _ in 0..20 {
         direct.push(fetch(&on_a));
         forwarded.push(fetch(&on_b));
     }
+    let (d, f) = (percentile(&mut direct, 50), percentile(&mut forwarded, 50));
     eprintln!(
-        "job output ({} bytes) fetched: direct on A p50 {:?}, through B p50 {:?}",
+        "job output ({} bytes) fetched: direct on A p50 {d:?}, through B p50 {f:?} ({:.2}x of direct)",
         want.len(),
-        percentile(&mut direct, 50),
-        percentile(&mut forwarded, 50)
+        d.as_secs_f64() / f.as_secs_f64()
     );
+    // One after another, the 20 relays share B's kept connection to A
+    // (`cluster/internal.rs`): a fresh TLS handshake each was the cost.
+    let opened = metric(&p.b, "tether_replica_forward_connections_total") - connections_before;
+    assert!(opened <= 2.0, "B opened {opened} connections for 20 relays");
 
     // Keystroke round trips: direct on A vs through B (the extra hop).
     let rtt = |server: &Server| {
@@ -361,21 +382,6 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     let (_, v) = p.a.api().call("GET", "/healthz", None, None);
     assert_eq!(v["links"], 1, "A holds the runner's link: {v}");
     // Per-replica metrics: B forwarded, A holds the link.
-    let metric = |server: &Server, name: &str| -> f64 {
-        let (st, v) = server.api().call(
-            "GET",
-            "/api/v1/replica/metrics",
-            Some(&server.admin_token),
-            None,
-        );
-        assert_eq!(st, 200, "{v}");
-        let text = v.as_str().unwrap().to_owned();
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {text}"))
-    };
     assert!(metric(&p.b, "tether_replica_forwards_total{replica=\"b\"}") >= 5.0);
     assert_eq!(metric(&p.b, "tether_replica_forward_errors_total"), 0.0);
     assert_eq!(metric(&p.a, "tether_replica_links{replica=\"a\"}"), 1.0);

@@ -91,6 +91,12 @@ pub async fn metrics(
             c.forward_errors.load(Relaxed).to_string(),
         );
         put(
+            "tether_replica_forward_connections_total",
+            "counter",
+            "Connections opened to other replicas (forwards on kept ones open none).",
+            c.connections.load(Relaxed).to_string(),
+        );
+        put(
             "tether_replica_internal_refused_total",
             "counter",
             "Requests to the internal address without the cluster key's proof.",
