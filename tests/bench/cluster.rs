@@ -5,6 +5,7 @@
 //!  one real runner on replica r0 ─ job and terminal calls made on r1 (forwarded to r0)
 //!     job line printed → seen by a follower on r1       p50, p99
 //!     stored output fetched on r1 vs on r0              speed ratio (p50 times)
+//!     a small request on r1 vs on r0                    the hop's own cost
 //!     keystroke echo through r1 vs on r0                p50, p99, the difference
 //!  tether-sim --reconnect: BENCH_CLUSTER_RUNNERS (3,000) through HAProxy
 //!     kill -9 of r2 → its runners linked on r0/r1 again  seconds, attempts
@@ -267,6 +268,32 @@ fn hop(rows: &mut Vec<Row>, cluster: &Cluster) {
         goal: None,
         how: format!(
             "{bytes} bytes, GET …/output 15× on r0 and on r1: p50 {d50:.1} ms vs {f50:.1} ms (goal ≥ 0.5x)"
+        ),
+    });
+
+    // A small request answered by the holder from memory (the runner's
+    // Docker state): what the hop itself costs, handshake or kept
+    // connection (`cluster/internal.rs`).
+    let small = |t: &Tenant| -> Vec<f64> {
+        (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                let (st, v) = t.call("GET", &format!("/api/v1/runners/{id}/docker"), None);
+                assert_eq!(st, 200, "{v}");
+                ms(start.elapsed())
+            })
+            .collect()
+    };
+    let (mut sd, mut sv) = (small(&direct), small(&via));
+    let (sd50, sv50) = (percentile(&mut sd, 0.5), percentile(&mut sv, 0.5));
+    let (sd99, sv99) = (percentile(&mut sd, 0.99), percentile(&mut sv, 0.99));
+    rows.push(Row {
+        what: "cluster: small request answered through another replica, added p50".into(),
+        value: sv50 - sd50,
+        unit: "ms",
+        goal: None,
+        how: format!(
+            "GET …/docker 200× on r0: p50 {sd50:.2} p99 {sd99:.2} ms; through r1: p50 {sv50:.2} p99 {sv99:.2} ms"
         ),
     });
 
