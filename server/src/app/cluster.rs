@@ -1,6 +1,7 @@
 //! A replica's wiring (`--replica-id`): the registry of live connections
 //! as the cluster's [`LinkHolder`], so a link another replica took, or a
-//! runner revoked there, is closed here. `app/` joins the two because
+//! runner revoked there, is closed here; container events sent to the
+//! other replicas by the tenant event bus. `app/` joins the two because
 //! neither `link/` nor `cluster/` names the other.
 
 use std::sync::Arc;
@@ -131,6 +132,7 @@ pub async fn join(
     let replica = Arc::new(Replica::new(config, store.clone()));
     state.health.set_links(replica.clone());
     state.registry.set_remote(Arc::new(Nudges(store.clone())));
+    state.containers.tell_elsewhere(state.bus.clone());
     state.bus.set_remote(Arc::new(Events {
         store,
         origin: config.replica_id.clone(),
