@@ -106,6 +106,38 @@ fn populate() -> Populated {
         Some(json!({ "set": { "role": "db" } })),
     );
     assert_eq!(st, 200, "{v}");
+    // Alerts (alerts.db), a schedule and the fleet policy (fleet.db): the
+    // newer tables move too.
+    let (st, ch) = tenant.call(
+        "POST",
+        "/api/v1/alerts/channels",
+        Some(json!({ "name": "ops", "config": { "kind": "webhook", "url": "https://hooks.example.com/tether", "secret": "moving-secret" } })),
+    );
+    assert_eq!(st, 201, "{ch}");
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/alerts/rules",
+        Some(json!({ "name": "down", "kind": "unreachable", "for_s": 60, "channels": [ch["id"]] })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/alerts/silences",
+        Some(json!({ "runner": runner.id, "starts_ms": 0, "ends_ms": 4_102_444_800_000i64, "comment": "moving" })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/schedules/nightly",
+        Some(json!({ "cron": "0 3 * * *", "selector": "role=db", "job": { "command": "true" } })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/fleet-policy",
+        Some(json!({ "job_deadline_s": 600 })),
+    );
+    assert_eq!(st, 200, "{v}");
     Populated {
         server,
         tenant,
@@ -281,6 +313,20 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
         "{out}"
     );
     assert_eq!(count("labels"), 1, "{out}");
+    for t in [
+        "alert_channels",
+        "alert_rules",
+        "alert_silences",
+        "schedules",
+        "fleet_policy",
+    ] {
+        assert_eq!(count(t), 1, "{t}: {out}");
+        assert_eq!(
+            pg.query("moved", &format!("SELECT count(*) FROM {t}")),
+            "1",
+            "{t}"
+        );
+    }
     let trail = count("audit_entries");
     assert!(trail >= 5, "{out}");
     // Independently of the tool's own count: PostgreSQL holds the rows.

@@ -493,7 +493,7 @@ async fn create_silence(
         spec,
     };
     state.alerts.store.put_silence(&s).await?;
-    state.alerts.silences_changed();
+    state.alerts.silences_changed(tenant);
     Ok((StatusCode::CREATED, Json(s)))
 }
 
@@ -502,14 +502,10 @@ async fn delete_silence(
     State(state): State<AlertsCtx>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state
-        .alerts
-        .store
-        .delete_silence(caller.tenant()?, &id)
-        .await?
-    {
+    let tenant = caller.tenant()?;
+    if !state.alerts.store.delete_silence(tenant, &id).await? {
         return Err(ApiError::not_found(format!("no silence {id:?}")));
     }
-    state.alerts.silences_changed();
+    state.alerts.silences_changed(tenant);
     Ok(StatusCode::NO_CONTENT)
 }

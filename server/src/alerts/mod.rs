@@ -37,7 +37,7 @@ pub mod rules;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
@@ -129,7 +129,15 @@ pub struct Alerts {
     /// Tenants with a metric rule / a log rule (checked before any work).
     metric_tenants: Mutex<HashSet<String>>,
     log_tenants: Mutex<HashSet<String>>,
+    /// On a replica of several: the other replicas' engines, told when
+    /// rules or silences change here (`app/cluster.rs`).
+    remote: OnceLock<Arc<dyn crate::common::bus::Remote>>,
 }
+
+/// The tenant event that tells other replicas' engines to re-read a
+/// tenant's rules / the silences (never shown on an event stream).
+pub const RULES_CHANGED: &str = "alerts.rules";
+pub const SILENCES_CHANGED: &str = "alerts.silences";
 
 /// The features report runner data through this (`common/observe.rs`).
 impl crate::common::observe::Observer for Alerts {
@@ -174,6 +182,7 @@ impl Alerts {
             dropped: AtomicU64::new(0),
             metric_tenants: Mutex::default(),
             log_tenants: Mutex::default(),
+            remote: OnceLock::new(),
         });
         let engine = Engine {
             store,
@@ -186,7 +195,7 @@ impl Alerts {
             silences_read: None,
             alerts: Arc::downgrade(&alerts),
         };
-        let (health, containers) = (health.subscribe(), containers.subscribe());
+        let (health, containers) = (health.subscribe_alerts(), containers.subscribe());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(engine.run(rx, health, containers));
@@ -374,10 +383,41 @@ impl Alerts {
         self.push(Input::RulesChanged {
             tenant: tenant.to_owned(),
         });
+        self.tell_remote(tenant, RULES_CHANGED);
     }
 
-    pub fn silences_changed(&self) {
+    pub fn silences_changed(&self, tenant: &str) {
         self.push(Input::SilencesChanged);
+        self.tell_remote(tenant, SILENCES_CHANGED);
+    }
+
+    /// Rule and silence changes go to `remote` too from now on (a replica
+    /// of several: every engine evaluates the rules of its own runners).
+    pub fn set_remote(&self, remote: Arc<dyn crate::common::bus::Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    fn tell_remote(&self, tenant: &str, kind: &str) {
+        if let Some(r) = self.remote.get() {
+            r.send(&crate::common::bus::TenantEvent {
+                tenant_id: tenant.to_owned(),
+                kind: kind.to_owned(),
+                data: "{}".to_owned(),
+            });
+        }
+    }
+
+    /// A tenant event of another replica: `true` if it was one of ours
+    /// (rules or silences changed there), taken in here.
+    pub fn changed_elsewhere(&self, event: &crate::common::bus::TenantEvent) -> bool {
+        match event.kind.as_str() {
+            RULES_CHANGED => self.push(Input::RulesChanged {
+                tenant: event.tenant_id.clone(),
+            }),
+            SILENCES_CHANGED => self.push(Input::SilencesChanged),
+            _ => return false,
+        }
+        true
     }
 }
 

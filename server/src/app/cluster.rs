@@ -3,14 +3,21 @@
 //! runner revoked there, is closed here; container events sent to the
 //! other replicas by the tenant event bus. `app/` joins the two because
 //! neither `link/` nor `cluster/` names the other.
+//!
+//! Tenant events of other replicas (NOTIFY) go to this replica's event
+//! streams, and some are acted on here first: alert rules or silences
+//! changed there (the engine re-reads them, `alerts/`), the update policy
+//! changed there (the runners held here are offered the new version). A
+//! runner's own settings (log collection) travel as a nudge to its holder.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::alerts::Alerts;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
-use crate::common::bus::{Bus, Remote, TenantEvent};
+use crate::common::bus::{Bus, Remote, TenantEvent, POLICY, UPDATE_POLICY};
 use crate::db::cluster::ClusterStore;
 use crate::db::HealthRecord;
 use crate::db::StorageError;
@@ -105,6 +112,8 @@ impl Remote for Events {
 struct Sinks {
     health: Arc<HealthLog>,
     bus: Arc<Bus>,
+    alerts: Arc<Alerts>,
+    registry: Arc<Registry>,
 }
 
 impl HealthSink for Sinks {
@@ -117,8 +126,23 @@ impl HealthSink for Sinks {
     }
 
     fn event_elsewhere(&self, event: TenantEvent) {
+        // Rules or silences changed there: for the engine, not the streams.
+        if self.alerts.changed_elsewhere(&event) {
+            return;
+        }
+        // The update policy changed there: the runners held here are
+        // offered the new version at once, as there (`updates/link.rs`).
+        if event.kind == POLICY && update_policy(&event.data) {
+            for runner in self.registry.connected(&event.tenant_id) {
+                self.registry.nudge_local(&runner, FamilyId::Updates);
+            }
+        }
         self.bus.announce_remote(event);
     }
+}
+
+fn update_policy(data: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| v["policy"] == UPDATE_POLICY)
 }
 
 /// Make this server replica `config.replica_id`: links recorded in the
@@ -133,16 +157,23 @@ pub async fn join(
     state.health.set_links(replica.clone());
     state.registry.set_remote(Arc::new(Nudges(store.clone())));
     state.containers.tell_elsewhere(state.bus.clone());
-    state.bus.set_remote(Arc::new(Events {
+    let events = Arc::new(Events {
         store,
         origin: config.replica_id.clone(),
-    }));
+    });
+    state.bus.set_remote(events.clone());
+    state.alerts.set_remote(events);
+    // Health alerts are evaluated where the once-only lease is
+    // (`app/serve.rs` turns this on while it is held here).
+    state.health.evaluate_alerts_here(false);
     let tasks = replica
         .spawn(
             Arc::new(Holder(state.registry.clone())),
             Arc::new(Sinks {
                 health: state.health.clone(),
                 bus: state.bus.clone(),
+                alerts: state.alerts.clone(),
+                registry: state.registry.clone(),
             }),
         )
         .await?;

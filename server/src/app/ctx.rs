@@ -91,6 +91,7 @@ impl FromRef<AppState> for LogsCtx {
             db: s.db.clone(),
             registry: s.registry.clone(),
             tuning: s.tuning,
+            bus: s.bus.clone(),
         }
     }
 }
@@ -154,6 +155,7 @@ impl FromRef<AppState> for UpdatesCtx {
             registry: s.registry.clone(),
             releases: s.releases.clone(),
             fleet: LabelsCtx::from_ref(s),
+            bus: s.bus.clone(),
         }
     }
 }
@@ -176,6 +178,7 @@ impl FromRef<AppState> for FleetCtx {
             fleet: s.fleet.clone(),
             labels: LabelsCtx::from_ref(s),
             jobs: JobsCtx::from_ref(s),
+            links: s.forward.as_ref().map(|f| f.store.clone()),
         }
     }
 }

@@ -6,10 +6,12 @@
 //!   ──SIGTERM/SIGINT──▶ close every runner with 1001, wait for them (bounded) ─▶ exit 0
 //! ```
 //!
-//! Beside the accept loop: last-seen flushes every 5 s, and metrics
-//! maintenance (rollups, retention) and container log retention every minute
-//! (on a replica of several: only while it holds the once-only lease,
-//! `cluster/lease.rs`; its links are kept by `app/cluster.rs`).
+//! Beside the accept loop: last-seen flushes every 5 s, the scheduler, and
+//! the once-only work: metrics maintenance (rollups, retention) and
+//! container log retention every minute, job retention, job deadlines and
+//! health alert evaluation (on a replica of several: only while it holds
+//! the once-only lease, `cluster/lease.rs`; its links are kept by
+//! `app/cluster.rs`).
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
 //! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`common/edge.rs`). A silent
@@ -366,17 +368,26 @@ async fn serve(
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
     // Work on the shared data done once: here, or on the replica that
-    // holds the lease (`cluster/lease.rs`).
+    // holds the lease (`cluster/lease.rs`): metrics and job retention, job
+    // deadlines, and the evaluation of health alerts (only the holder's
+    // engine hears health changes, every replica's, so one notification
+    // goes out; `runners/health.rs`). Rollouts are driven by one task on
+    // the replica that started them; schedules are claimed per occurrence
+    // in the store; alert rules on what a runner reports are evaluated
+    // where it is linked (its reports arrive there and nowhere else).
     let once_only = {
         let state = state.clone();
         move || {
-            vec![
+            let mut tasks = vec![
                 tokio::spawn(maintain_metrics(state.clone())),
                 tokio::spawn(crate::common::quotas::retain_jobs(
                     state.db.clone(),
                     state.quotas,
                 )),
-            ]
+                tokio::spawn(evaluate_health_alerts(state.health.clone())),
+            ];
+            tasks.extend(crate::fleet::spawn_once_only(&FromRef::from_ref(&state)));
+            tasks
         }
     };
     let once_only_tasks = match &replica {
@@ -480,6 +491,21 @@ async fn flush_last_seen(state: AppState) {
             tracing::warn!("saving last-seen times: {e}");
         }
     }
+}
+
+/// This process's alert engine hears health changes while this runs (on
+/// a replica: while it holds the once-only lease; the task is aborted when
+/// the lease is lost, and the guard turns it off).
+async fn evaluate_health_alerts(health: Arc<crate::runners::health::HealthLog>) {
+    struct Off(Arc<crate::runners::health::HealthLog>);
+    impl Drop for Off {
+        fn drop(&mut self) {
+            self.0.evaluate_alerts_here(false);
+        }
+    }
+    health.evaluate_alerts_here(true);
+    let _off = Off(health);
+    std::future::pending::<()>().await;
 }
 
 async fn maintain_metrics(state: AppState) {

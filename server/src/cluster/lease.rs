@@ -1,6 +1,7 @@
 //! Work that must happen once in the cluster (metrics rollups and
-//! retention, container log retention, job retention) runs on the one
-//! replica that holds the lease, and moves when that replica dies.
+//! retention, container log retention, job retention, job deadlines, the
+//! evaluation of health alerts: `app/serve.rs`) runs on the one replica
+//! that holds the lease, and moves when that replica dies.
 //!
 //! ```text
 //!   every RENEW: take or renew the lease (TTL, the database's clock)

@@ -1,6 +1,7 @@
 //! Tenant events for the event stream (`GET /api/v1/events`) beyond health:
-//! jobs made or cancelled; in a cluster, container events for the other
-//! replicas (`containers/` announces them here itself). A feature publishes; the event
+//! jobs made or cancelled, policies and collection settings changed
+//! ([`POLICY`]); in a cluster, container events for the other replicas
+//! (`containers/` announces them here itself). A feature publishes; the event
 //! stream of this server shows it, and on a replica of several every other
 //! replica's too (sent by NOTIFY, `app/cluster.rs`), so the dashboard on
 //! any replica sees every change.
@@ -21,6 +22,13 @@ const BACKLOG: usize = 1024;
 pub use crate::db::cluster::TenantEvent;
 /// Longest event data sent to other replicas (NOTIFY takes < 8000 bytes).
 pub use crate::db::cluster::MAX_EVENT_DATA as MAX_DATA;
+
+/// The event kind of a changed policy or collection setting; its data's
+/// `policy` says which: `update` ([`UPDATE_POLICY`]: every replica offers
+/// the new version to the runners it holds, `app/cluster.rs`), `fleet`,
+/// `log_collect` (applied through the runner's nudge).
+pub const POLICY: &str = "policy";
+pub const UPDATE_POLICY: &str = "update";
 
 /// Where this server's events go besides its own streams.
 pub trait Remote: Send + Sync {

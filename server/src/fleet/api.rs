@@ -237,6 +237,11 @@ async fn put_policy(
         auto_accept: b.auto_accept,
     };
     state.fleet.store.set_policy(tenant, &p).await?;
+    state.jobs.bus.publish(
+        tenant,
+        crate::common::bus::POLICY,
+        serde_json::json!({ "policy": "fleet", "job_deadline_s": p.job_deadline_s, "auto_accept": p.auto_accept }),
+    );
     Ok(Json(p))
 }
 

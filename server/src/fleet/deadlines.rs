@@ -13,7 +13,10 @@
 //!
 //! A runner connected at the deadline has been sent the job already; it is
 //! left to finish (its acceptance is on the way), and looked at again on
-//! the next tick.
+//! the next tick. On a replica of several, "connected" is the links table's
+//! answer (the runner may be linked to another replica, which sent the
+//! job), and this runs on the replica holding the once-only lease
+//! (`fleet::spawn_once_only`).
 
 use std::time::Duration;
 
@@ -54,6 +57,13 @@ pub async fn expire_due(state: &FleetCtx, now: i64) -> Result<usize, crate::db::
         }
         if state.registry.live_last_seen(&tenant, &runner).is_some() {
             continue;
+        }
+        // Linked to another replica: it was sent the job there. A database
+        // error ends the pass (nothing expires on a guess).
+        if let Some(links) = &state.links {
+            if links.holder_of(&runner).await?.is_some() {
+                continue;
+            }
         }
         let waited = (expires_ms - job.created_ms).max(0) / 1000;
         let reason =

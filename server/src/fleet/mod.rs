@@ -63,13 +63,23 @@ pub struct FleetCtx {
     pub labels: labels::LabelsCtx,
     /// A rollout is jobs (the seam to `jobs/`).
     pub jobs: crate::jobs::JobsCtx,
+    /// On a replica of several: the links table, where a runner linked to
+    /// another replica is found (a job waiting for it does not expire).
+    pub links: Option<Arc<dyn crate::db::cluster::ClusterStore>>,
 }
 
-/// The fleet's background tasks (deadlines, the scheduler): the caller
-/// aborts them at shutdown.
+/// The fleet's background tasks that run on every replica: the scheduler
+/// (each occurrence is claimed once through the store, so two schedulers
+/// never both run one). The caller aborts them at shutdown.
 pub fn spawn(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![
-        tokio::spawn(deadlines::run(state.clone())),
-        tokio::spawn(schedule::run(state.clone())),
-    ]
+    vec![tokio::spawn(schedule::run(state.clone()))]
+}
+
+/// The ones that run on one replica at a time (`app/serve.rs` starts them
+/// under the once-only lease): job deadlines. Expiring is a conditional
+/// update (a second replica's would change nothing), but one replica
+/// scanning every 500 ms is enough, and it asks the links table, not only
+/// its own connections, whether the runner is linked.
+pub fn spawn_once_only(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![tokio::spawn(deadlines::run(state.clone()))]
 }

@@ -333,8 +333,14 @@ pub async fn set_collect(
         .transpose()
         .map_err(ApiError::bad_request)?;
     state.db.logs.set_policy(&id, policy.as_ref()).await?;
+    // Applied by the replica holding the runner (here, or by NOTIFY).
     state.registry.nudge(&id, FamilyId::Logs);
     let now = state.db.logs.policy(&id).await?;
+    state.bus.publish(
+        tenant,
+        crate::common::bus::POLICY,
+        json!({ "policy": "log_collect", "runner_id": id, "collect": now.to_string() }),
+    );
     Ok(Json(json!({ "runner_id": id, "collect": now.to_string() })))
 }
 

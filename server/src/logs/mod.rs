@@ -29,6 +29,8 @@ pub struct LogsCtx {
     pub db: Db,
     pub registry: Arc<Registry>,
     pub tuning: Tuning,
+    /// Collection settings changed, for the event stream (`common/bus.rs`).
+    pub bus: Arc<crate::common::bus::Bus>,
 }
 
 /// Container logs, and a runner's collection settings.

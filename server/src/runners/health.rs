@@ -17,7 +17,22 @@
 //! store's writes as they are (`cluster::Solo`); on a replica of several,
 //! the same writes with the links table, so a replica's late disconnect
 //! of a runner another replica took changes nothing (`cluster/`).
+//!
+//! The alert engine hears health changes on a feed of its own
+//! ([`HealthLog::subscribe_alerts`]): on one server every change made here;
+//! on a replica of several, every change of the cluster (made here or
+//! heard by NOTIFY) but only while this replica holds the once-only lease
+//! (`app/serve.rs` sets [`HealthLog::evaluate_alerts_here`]), so a health
+//! alert is evaluated, and notified, by one replica:
+//!
+//! ```text
+//!  made here ─────────┬─▶ events (SSE)
+//!                     └─▶ alerts, if evaluate_alerts_here
+//!  made elsewhere ────┬─▶ remote (SSE)
+//!   (NOTIFY)          └─▶ alerts, if evaluate_alerts_here
+//! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
@@ -59,6 +74,11 @@ pub struct HealthLog {
     /// Changes other replicas made (`cluster/`), for the event streams
     /// only; nothing is ever sent on it on a single server.
     remote: broadcast::Sender<Arc<HealthRecord>>,
+    /// What the alert engine evaluates (the module doc's drawing).
+    alerts: broadcast::Sender<Arc<HealthRecord>>,
+    /// Whether this process's alert engine evaluates health: always on one
+    /// server; on a replica, while it holds the once-only lease.
+    alerts_here: AtomicBool,
     solo: Solo,
     /// Set once at start on a replica of several (`with_links`).
     cluster: OnceLock<Arc<dyn LinkTable>>,
@@ -68,7 +88,10 @@ impl HealthLog {
     pub fn new(storage: Arc<dyn ControlStore>) -> HealthLog {
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let (remote, _) = broadcast::channel(EVENT_BACKLOG);
+        let (alerts, _) = broadcast::channel(EVENT_BACKLOG);
         HealthLog {
+            alerts,
+            alerts_here: AtomicBool::new(true),
             solo: Solo(storage.clone()),
             storage,
             events,
@@ -95,10 +118,25 @@ impl HealthLog {
         }
     }
 
-    /// A change another replica made: for this replica's event streams
-    /// (its alerts were evaluated where it was made).
+    /// A change another replica made: for this replica's event streams,
+    /// and its alert engine while it holds the once-only lease.
     pub fn announce_remote(&self, record: HealthRecord) {
-        let _ = self.remote.send(Arc::new(record));
+        let record = Arc::new(record);
+        if self.alerts_here.load(Ordering::Relaxed) {
+            let _ = self.alerts.send(record.clone());
+        }
+        let _ = self.remote.send(record);
+    }
+
+    /// Whether this process's alert engine hears health changes from now
+    /// on (a replica: on while it holds the once-only lease).
+    pub fn evaluate_alerts_here(&self, on: bool) {
+        self.alerts_here.store(on, Ordering::Relaxed);
+    }
+
+    /// Health changes for the alert engine (the module doc's drawing).
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<Arc<HealthRecord>> {
+        self.alerts.subscribe()
     }
 
     /// Changes other replicas made (see `announce_remote`).
@@ -121,8 +159,12 @@ impl HealthLog {
     fn publish(&self, record: Option<HealthRecord>) {
         if let Some(r) = record {
             tracing::info!(runner = %r.runner_id, health = %r.health.as_str(), reason = %r.reason, "health changed");
+            let r = Arc::new(r);
+            if self.alerts_here.load(Ordering::Relaxed) {
+                let _ = self.alerts.send(r.clone());
+            }
             // No subscriber is not an error.
-            let _ = self.events.send(Arc::new(r));
+            let _ = self.events.send(r);
         }
     }
 

@@ -33,6 +33,27 @@ struct UpdatesConn(Arc<UpdatesLink>);
 impl FamilyConn for UpdatesConn {
     /// The desired version, if the policy selects this runner (updates/mod.rs).
     async fn welcomed(&mut self, wire: &mut Wire, runner: &RunnerIdentity) -> Result<(), Ending> {
+        self.offer(wire, runner).await
+    }
+
+    /// The policy changed on another replica: offer again, as `set_policy`
+    /// does for the runners linked where it was changed.
+    async fn nudge(&mut self, wire: &mut Wire, runner: &RunnerIdentity) -> Result<(), Ending> {
+        self.offer(wire, runner).await
+    }
+
+    async fn message(
+        &mut self,
+        wire: &mut Wire,
+        runner: &RunnerIdentity,
+        envelope: &Envelope,
+    ) -> Result<(), Ending> {
+        self.report(wire, runner, envelope).await
+    }
+}
+
+impl UpdatesConn {
+    async fn offer(&mut self, wire: &mut Wire, runner: &RunnerIdentity) -> Result<(), Ending> {
         match offer_for(&self.0.ctx, &runner.tenant_id, &runner.id).await {
             Ok(Some(offer)) => {
                 tracing::info!(runner = %runner.id, version = offer.version, "offering an update");
@@ -46,7 +67,7 @@ impl FamilyConn for UpdatesConn {
         }
     }
 
-    async fn message(
+    async fn report(
         &mut self,
         _wire: &mut Wire,
         runner: &RunnerIdentity,

@@ -55,6 +55,9 @@ pub struct UpdatesCtx {
     pub releases: Arc<ReleaseConfig>,
     /// The `group` label follows the update group (the seam to `fleet/`).
     pub fleet: crate::fleet::labels::LabelsCtx,
+    /// Policy changes, for the event stream and the other replicas
+    /// (`common/bus.rs`).
+    pub bus: Arc<crate::common::bus::Bus>,
 }
 
 /// Releases (upload, list, download), install.sh, the update policy and
@@ -521,6 +524,18 @@ pub async fn set_policy(
             state.registry.notify(&tenant, &runner_id, text);
         }
     }
+    // The event streams; other replicas offer it to the runners they hold
+    // (`app/cluster.rs`).
+    state.bus.publish(
+        &tenant,
+        crate::common::bus::POLICY,
+        serde_json::json!({
+            "policy": crate::common::bus::UPDATE_POLICY,
+            "group": req.group,
+            "version": req.version,
+            "canary_percent": req.canary_percent,
+        }),
+    );
     Ok(Json(state.db.updates.update_policies(&tenant).await?))
 }
 

@@ -338,6 +338,11 @@ fn serve_cmd(data: &Path, args: &[&str]) -> Command {
 
 /// A replica: `serve` with its id, logging to `<data>.log`; its URL.
 fn replica(data: &Path, url: &str, id: &str, key: &Path) -> (Proc, String) {
+    replica_with(data, url, id, key, &[])
+}
+
+/// The same, with more flags.
+fn replica_with(data: &Path, url: &str, id: &str, key: &Path, extra: &[&str]) -> (Proc, String) {
     let _ = std::fs::remove_file(data.join("server.url"));
     // The internal listener binds it: a free loopback port each.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -360,6 +365,7 @@ fn replica(data: &Path, url: &str, id: &str, key: &Path) -> (Proc, String) {
             key.to_str().unwrap(),
         ],
     )
+    .args(extra)
     .stderr(log)
     .spawn()
     .unwrap();
@@ -856,4 +862,514 @@ async fn a_schedule_runs_once_per_occurrence_on_two_replicas() {
         b.len()
     );
     assert_eq!(a.len() + b.len(), 3, "a: {a:#?}\nb: {b:#?}");
+}
+
+// ---- once-only work on two replicas (alerts, deadlines) ----
+
+/// Two replicas (one certificate), a tenant, and a runner enrolled but
+/// not yet running.
+struct Pair {
+    _tmp: TempDir,
+    data_a: PathBuf,
+    data_b: PathBuf,
+    proc_a: Proc,
+    proc_b: Proc,
+    api_a: String,
+    api_b: String,
+    ca: PathBuf,
+    token: String,
+    state: PathBuf,
+    id: String,
+}
+
+async fn pair(what: &str, extra: &[&str]) -> Pair {
+    let url = pg::fresh_database().await;
+    let tmp = TempDir::new(what);
+    let key = key_file(&tmp.0);
+    let (data_a, data_b, state) = (tmp.0.join("a"), tmp.0.join("b"), tmp.0.join("runner"));
+    // One sealing key for both (the first replica makes it): a channel
+    // sealed on B is opened by A's notifier.
+    let secret = tmp.0.join("secret.key");
+    let extra: Vec<&str> = ["--secret-key-file", secret.to_str().unwrap()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let extra = &extra[..];
+    let (proc_a, api_a) = replica_with(&data_a, &url, "a", &key, extra);
+    std::fs::create_dir_all(data_b.join("tls")).unwrap();
+    for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
+        std::fs::copy(data_a.join("tls").join(f), data_b.join("tls").join(f)).unwrap();
+    }
+    let (proc_b, api_b) = replica_with(&data_b, &url, "b", &key, extra);
+    let ca = data_a.join("tls/ca.pem");
+    let tenant = cli_json(&api_a, &ca, ADMIN, &["tenant", "create", "acme"]);
+    let token = tenant["api_token"].as_str().unwrap().to_owned();
+    let enroll = cli_json(&api_b, &ca, &token, &["token", "create"]);
+    std::fs::create_dir_all(&state).unwrap();
+    let out = Command::new(runner_bin())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["enroll", "--server", &api_a, "--token"])
+        .arg(enroll["token"].as_str().unwrap())
+        .arg("--ca-file")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cred: Value =
+        serde_json::from_slice(&std::fs::read(state.join("credential.json")).unwrap()).unwrap();
+    let id = cred["runner_id"].as_str().unwrap().to_owned();
+    Pair {
+        _tmp: tmp,
+        data_a,
+        data_b,
+        proc_a,
+        proc_b,
+        api_a,
+        api_b,
+        ca,
+        token,
+        state,
+        id,
+    }
+}
+
+impl Pair {
+    /// `wait_for`, with both replicas' logs when it times out.
+    fn wait(&self, limit: Duration, what: &str, ok: impl FnMut() -> bool) -> Duration {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for(limit, what, ok))) {
+            Ok(took) => took,
+            Err(e) => {
+                eprintln!(
+                    "---- replica a ----\n{}\n---- replica b ----\n{}",
+                    log_of(&self.data_a),
+                    log_of(&self.data_b)
+                );
+                std::panic::resume_unwind(e)
+            }
+        }
+    }
+
+    fn show(&self, api: &str) -> Value {
+        cli_json(api, &self.ca, &self.token, &["runner", "show", &self.id])
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        let pem = std::fs::read(&self.ca).unwrap();
+        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .build();
+        ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .build()
+            .new_agent()
+    }
+
+    /// A JSON request with the tenant's token: (status, body).
+    fn call(&self, api: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let agent = self.agent();
+        let auth = format!("Bearer {}", self.token);
+        let uri = format!("{api}{path}");
+        let body = body.unwrap_or(Value::Null).to_string();
+        let mut res = match method {
+            "GET" => agent.get(&uri).header("authorization", &auth).call(),
+            "PUT" => agent
+                .put(&uri)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(body),
+            _ => agent
+                .post(&uri)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(body),
+        }
+        .unwrap();
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap_or_default();
+        // NDJSON (or any text that is not one JSON value) as a string.
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    /// A replica's event stream, read in the background: (event, data).
+    fn events(&self, api: &str) -> Arc<std::sync::Mutex<Vec<(String, Value)>>> {
+        use std::io::BufRead;
+        let res = self
+            .agent()
+            .get(format!("{api}/api/v1/events"))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("accept", "text/event-stream")
+            .call()
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = got.clone();
+        std::thread::spawn(move || {
+            let reader = std::io::BufReader::new(res.into_body().into_reader());
+            let mut event = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    let v = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                    seen.lock().unwrap().push((event.clone(), v));
+                }
+            }
+        });
+        // Subscribed before anything it should see happens.
+        std::thread::sleep(Duration::from_millis(300));
+        got
+    }
+
+    /// The replica (its data dir) holding the once-only lease now.
+    fn lease_holder(&self) -> &Path {
+        let mut holder = None;
+        wait_for(
+            Duration::from_secs(20),
+            "a replica to hold the lease",
+            || {
+                holder = [&self.data_a, &self.data_b]
+                    .into_iter()
+                    .find(|d| log_of(d).contains(HOLDS));
+                holder.is_some()
+            },
+        );
+        holder.unwrap()
+    }
+}
+
+/// A webhook receiver on loopback: every POST body, in arrival order.
+fn webhook() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let mut len = 0usize;
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let l = line.trim_end().to_ascii_lowercase();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len.min(1 << 20)];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    seen.lock().unwrap().push(v);
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, got)
+}
+
+/// A health alert on two replicas is notified once per transition, not
+/// once per replica: only the lease holder's engine evaluates health (it
+/// hears every replica's changes), and a rule made on B reaches A's engine.
+#[tokio::test]
+async fn a_health_alert_is_notified_once_on_two_replicas() {
+    let p = pair("alert", &["--alert-private-targets"]).await;
+    let (hook, got) = webhook();
+    // Channel and rule made on B, after both replicas started.
+    let (status, ch) = p.call(
+        &p.api_b,
+        "POST",
+        "/api/v1/alerts/channels",
+        Some(serde_json::json!({"name": "hook", "config": {"kind": "webhook", "url": hook, "secret": "s3cret-s3cret"}})),
+    );
+    assert_eq!(status, 201, "{ch}");
+    let (status, rule) = p.call(
+        &p.api_b,
+        "POST",
+        "/api/v1/alerts/rules",
+        Some(serde_json::json!({"name": "down", "kind": "unreachable", "for_s": 1, "channels": [ch["id"]]})),
+    );
+    assert_eq!(status, 201, "{rule}");
+    let holder = p.lease_holder().to_owned();
+    eprintln!("lease held by {}", holder.display());
+    std::thread::sleep(Duration::from_secs(1));
+    let states = || -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["state"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+
+    // First linked to the replica without the lease: its change reaches
+    // the holder's engine by NOTIFY. Then to the holder itself.
+    let (first, second) = if holder == p.data_a {
+        (&p.api_b, &p.api_a)
+    } else {
+        (&p.api_a, &p.api_b)
+    };
+    let mut run = runner(&p.state, &["run", "--server", first]);
+    p.wait(Duration::from_secs(30), "active", || {
+        p.show(second)["health"] == "active"
+    });
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    p.wait(Duration::from_secs(20), "a firing notification", || {
+        states().contains(&"firing".to_owned())
+    });
+    // On the holder: resolved. Killed there: firing again.
+    let mut run = runner(&p.state, &["run", "--server", second]);
+    p.wait(Duration::from_secs(30), "resolved", || states().len() >= 2);
+    assert_eq!(p.show(first)["health"], "active");
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    p.wait(Duration::from_secs(20), "firing again", || {
+        states().len() >= 3
+    });
+    // Time for a second replica's duplicate to arrive, if there were one.
+    std::thread::sleep(Duration::from_secs(4));
+    let all = got.lock().unwrap().clone();
+    assert_eq!(states(), vec!["firing", "resolved", "firing"], "{all:#?}");
+    for v in &all {
+        assert_eq!(v["runner_id"], p.id.as_str(), "{v}");
+        assert_eq!(v["rule_name"], "down", "{v}");
+    }
+    // The history agrees on both replicas: three transitions notified.
+    for api in [&p.api_a, &p.api_b] {
+        let (status, firing) = p.call(api, "GET", "/api/v1/alerts", None);
+        assert_eq!(status, 200, "{firing}");
+        assert!(firing.to_string().contains(&p.id), "{firing}");
+    }
+}
+
+/// A job waiting for a runner linked to the other replica (frozen, so it
+/// has not taken the job yet) does not expire on the replica that runs the
+/// deadlines; a runner linked nowhere still has its job expired.
+#[tokio::test]
+async fn a_deadline_does_not_expire_a_job_of_a_runner_linked_elsewhere() {
+    let p = pair("deadline", &[]).await;
+    let holder = p.lease_holder().to_owned();
+    // The runner goes to the replica that does not run the deadlines.
+    let (other_api, holder_api) = if holder == p.data_a {
+        (&p.api_b, &p.api_a)
+    } else {
+        (&p.api_a, &p.api_b)
+    };
+    let run = runner(
+        &p.state,
+        &["run", "--server", other_api, "--heartbeat", "60s"],
+    );
+    p.wait(Duration::from_secs(30), "active", || {
+        p.show(holder_api)["health"] == "active"
+    });
+    // SAFETY: kill sends a signal to a child we own.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGSTOP) };
+    let (status, made) = p.call(
+        holder_api,
+        "POST",
+        "/api/v1/jobs",
+        Some(serde_json::json!({"runners": [p.id], "command": "echo waited", "deadline_s": 2})),
+    );
+    assert_eq!(status, 201, "{made}");
+    let job = made[0]["id"].as_str().unwrap().to_owned();
+    let status_of = |api: &str, job: &str| {
+        p.call(api, "GET", &format!("/api/v1/jobs/{job}"), None).1["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned()
+    };
+    // Four deadlines' worth of ticks later, still waiting for it.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(status_of(holder_api, &job), "pending");
+    // Thawed, the runner takes and runs it.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGCONT) };
+    p.wait(Duration::from_secs(20), "the job to succeed", || {
+        status_of(other_api, &job) == "succeeded"
+    });
+    // Linked nowhere: the deadline does expire the next one.
+    drop(run);
+    p.wait(Duration::from_secs(20), "unreachable", || {
+        p.show(holder_api)["health"] == "unreachable"
+    });
+    let (status, made) = p.call(
+        other_api,
+        "POST",
+        "/api/v1/jobs",
+        Some(serde_json::json!({"runners": [p.id], "command": "echo never", "deadline_s": 1})),
+    );
+    assert_eq!(status, 201, "{made}");
+    let job = made[0]["id"].as_str().unwrap().to_owned();
+    let took = p.wait(Duration::from_secs(10), "the job to expire", || {
+        status_of(holder_api, &job) == "expired"
+    });
+    eprintln!("expired {took:?} after its creation (deadline 1 s)");
+    let _ = (&p.proc_a, &p.proc_b);
+}
+
+/// A container of the test image writing `seq N` lines, removed at the end.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// Settings changed on B reach the replica holding the runner (A) at once,
+/// as on one server: a log collection policy set on B is applied by A to
+/// the runner's containers without waiting for A's minute resync; the
+/// policy changes show on both replicas' event streams.
+#[tokio::test]
+async fn a_collection_policy_set_on_b_is_applied_by_a_at_once() {
+    const IMAGE: &str = "tether-test/busybox:1";
+    // Held shared like every Docker test of the root crate, so none of
+    // them restarts the engine under this one (tests/util/docker.rs).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/tether-test-docker-engine.lock")
+        .unwrap();
+    // SAFETY: flock on a descriptor we own, released when it closes.
+    unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&lock), libc::LOCK_SH) };
+    wait_for(Duration::from_secs(60), "the Docker engine", || {
+        Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let p = pair("collect", &[]).await;
+    let events_a = p.events(&p.api_a);
+    let events_b = p.events(&p.api_b);
+    let _run = runner(&p.state, &["run", "--server", &p.api_a]);
+    let docker = format!("/api/v1/runners/{}/docker", p.id);
+    p.wait(Duration::from_secs(30), "docker seen through B", || {
+        let (st, v) = p.call(&p.api_b, "GET", &docker, None);
+        st == 200 && v["available"] == true
+    });
+    // Nothing collected yet: the label nobody has.
+    let collect = format!("/api/v1/runners/{}/logs/collect", p.id);
+    let (st, v) = p.call(
+        &p.api_b,
+        "PUT",
+        &collect,
+        Some(serde_json::json!({"policy": "label:cl18=nobody"})),
+    );
+    assert_eq!(
+        (st, v["collect"].as_str()),
+        (200, Some("label:cl18=nobody")),
+        "{v}"
+    );
+    let name = format!("tether-cl18-{}", std::process::id());
+    let _c = Container(name.clone());
+    let out = Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--label", "cl18=yes", IMAGE])
+        .args(["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo \"seq $i\"; i=$((i+1)); sleep 0.05; done; sleep 300"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = |api: &str| -> usize {
+        let (st, v) = p.call(
+            api,
+            "GET",
+            &format!(
+                "/api/v1/runners/{}/containers/{name}/logs?limit=100000",
+                p.id
+            ),
+            None,
+        );
+        match (st, v) {
+            (200, Value::String(text)) => text.lines().count(),
+            (200, Value::Null) => 0,
+            (200, _) => 1,
+            _ => 0,
+        }
+    };
+    p.wait(Duration::from_secs(20), "the container known", || {
+        let (st, v) = p.call(
+            &p.api_b,
+            "GET",
+            &format!("/api/v1/runners/{}/containers", p.id),
+            None,
+        );
+        st == 200 && v.to_string().contains(&name)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(stored(&p.api_b), 0, "collected against the policy");
+
+    // Set on B; A (the holder) applies it: lines within seconds, where
+    // A's own resync would take a minute.
+    let (st, v) = p.call(
+        &p.api_b,
+        "PUT",
+        &collect,
+        Some(serde_json::json!({"policy": "label:cl18=yes"})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let took = p.wait(Duration::from_secs(15), "lines collected", || {
+        stored(&p.api_b) > 0
+    });
+    eprintln!("a policy set on B was applied by A within {took:?}");
+    assert!(took < Duration::from_secs(15));
+    // The fleet policy, set on A: both streams show both changes.
+    let (st, v) = p.call(
+        &p.api_a,
+        "PUT",
+        "/api/v1/fleet-policy",
+        Some(serde_json::json!({"job_deadline_s": 120})),
+    );
+    assert_eq!(st, 200, "{v}");
+    for (which, events) in [("a", &events_a), ("b", &events_b)] {
+        p.wait(Duration::from_secs(10), "policy events", || {
+            let got = events.lock().unwrap();
+            let policies: Vec<&Value> = got
+                .iter()
+                .filter(|(e, _)| e == "policy")
+                .map(|(_, v)| v)
+                .collect();
+            policies
+                .iter()
+                .any(|v| v["policy"] == "fleet" && v["job_deadline_s"] == 120)
+                && policies
+                    .iter()
+                    .any(|v| v["policy"] == "log_collect" && v["collect"] == "label:cl18=yes")
+        });
+        eprintln!("replica {which}'s stream showed both policy changes");
+    }
+    // A bad policy is refused on either replica and changes nothing.
+    let (st, v) = p.call(
+        &p.api_b,
+        "PUT",
+        &collect,
+        Some(serde_json::json!({"policy": "label:"})),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (_, v) = p.call(
+        &p.api_a,
+        "GET",
+        &format!("/api/v1/runners/{}/logs", p.id),
+        None,
+    );
+    assert_eq!(v["collect"], "label:cl18=yes", "{v}");
 }
