@@ -10,7 +10,8 @@
 //! BENCH_STORM_RUNNERS, BENCH_STORM_SECS); the attack
 //! section's in `attack.rs`; the fleet's (BENCH_FLEET_RUNNERS,
 //! BENCH_FLEET_CALLS) in `fleet.rs`; the alert rules' cost in `alerts.rs`
-//! (BENCH_ALERT_RUNNERS, BENCH_ALERT_SECS). BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
+//! (BENCH_ALERT_RUNNERS, BENCH_ALERT_SECS); signature checks and the audit
+//! append in `trust.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
 //! with an earlier revision (`compare.rs`).
 
 #[path = "../util/mod.rs"]
@@ -30,6 +31,8 @@ mod alerts;
 mod compare;
 // The fleet at scale: the runners list, the runners page, rollouts (issue 21).
 mod fleet;
+// Signature checks on the host (x86_64, armv7, mips) and the audit append (issue 19).
+mod trust;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -73,7 +76,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet,alerts runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet,alerts,trust runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -149,6 +152,9 @@ fn main() {
     }
     if part("alerts") {
         alerts::run(&mut rows);
+    }
+    if part("trust") {
+        trust::run_all(&mut rows);
     }
 
     println!();
