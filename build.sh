@@ -7,6 +7,8 @@
 #   ./build.sh release         all six targets, then a signed release in dist/release/
 #   ./build.sh sign OUT VERSION BIN...   sign existing binaries named tether-<arch>
 #   ./build.sh --help
+#   BUILD_EXAMPLE=NAME ./build.sh TARGET...   examples/NAME.rs instead of the runner
+#                              (same flags) into dist/<target>/NAME: make bench's trust part
 #
 # Binaries land in dist/<target>/tether; the sizes are printed at the end.
 # A release (dist/release/) holds tether-<arch> and tether-<arch>.minisig per
@@ -39,7 +41,7 @@ EDGE_TARGETS=(
 )
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # The name releases give a target's binary (tether-<arch>) and sign into its
@@ -220,6 +222,14 @@ done
 [ ${#edge[@]} -eq 0 ] || packaging/cross/setup.sh "${edge[@]}"
 
 target_dir=${CARGO_TARGET_DIR:-target}
+what=(--bin tether)
+name=tether
+built=release/tether
+if [ -n "${BUILD_EXAMPLE:-}" ]; then
+    what=(--example "$BUILD_EXAMPLE")
+    name=$BUILD_EXAMPLE
+    built=release/examples/$BUILD_EXAMPLE
+fi
 for t in "${targets[@]}"; do
     mapfile -t envs <<<"$(target_env "$t")"
     mapfile -t extra <<<"$(target_rustflags "$t")"
@@ -231,16 +241,16 @@ for t in "${targets[@]}"; do
     # the caller's environment cannot look as if it applied.
     env -u RUSTFLAGS "${envs[@]}" RUSTC_BOOTSTRAP=1 \
         CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; echo "${flags[*]}")" \
-        cargo build --locked --release -p tether --bin tether --target "$t" \
+        cargo build --locked --release -p tether "${what[@]}" --target "$t" \
         -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
     mkdir -p "dist/$t"
     # Replaced whole (rename): tests and make run's dev release read it meanwhile.
-    cp "$target_dir/$t/release/tether" "dist/$t/tether.tmp.$$"
-    mv -f "dist/$t/tether.tmp.$$" "dist/$t/tether"
+    cp "$target_dir/$t/$built" "dist/$t/$name.tmp.$$"
+    mv -f "dist/$t/$name.tmp.$$" "dist/$t/$name"
 done
 
 printf '\n%-32s %12s %10s\n' target bytes MiB
 for t in "${targets[@]}"; do
-    bytes=$(stat -c %s "dist/$t/tether")
+    bytes=$(stat -c %s "dist/$t/$name")
     printf '%-32s %12d %10.2f\n' "$t" "$bytes" "$(awk "BEGIN{print $bytes/1048576}")"
 done

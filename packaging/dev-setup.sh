@@ -63,7 +63,7 @@ busybox-static           the test images (docker import) and install.sh under bu
 wget                     install.sh without curl
 shellcheck               make lint checks every shell script
 procps                   pgrep, pidof-like checks in tests
-sqlite3                  the signed-job tests tamper with a stored job as a stolen database would
+sqlite3                  the signed-job tests tamper with a stored job as a stolen database would; the retention test reads recordings.db
 dpkg-dev                 the package tests (dpkg-deb, dpkg-architecture)
 python3                  the package tests
 python3-aiosmtpd         the alert email test: a local SMTP server with STARTTLS and AUTH

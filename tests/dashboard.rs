@@ -372,6 +372,208 @@ fn alert_pages_in_a_real_browser() {
     assert_eq!(fired["rule_name"], "prod-down", "{fired}");
 }
 
+/// The login page's single sign-on buttons for a provider added with the
+/// CLI (`sso provider add|list|rm`), and a refused sign-in's reason. Then
+/// signing in the page (`server/web/src/signing.js`, `server/web/e2e-signed.mjs`):
+/// a runner requiring signed jobs refuses the job the page sends without a
+/// key (the reason and the CLI command that signs it shown on the page,
+/// nothing run), then runs the one the page signed with the operator's key
+/// loaded there (the file `key generate` wrote); no request the page made
+/// carried the key.
+#[test]
+fn signing_and_single_sign_on_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+        "the browser test needs {chromium} (apt-get install chromium) and \
+         server/web/node_modules (make web); make test's set-up installs both"
+    );
+    let artifacts = util::target_dir().join("dashboard-signed-e2e");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    let keys = util::TempDir::new("dash-keys");
+    let key = keys.path().join("op.key");
+    let out = Command::new(util::server_bin())
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let server = Server::start();
+    let tenant = server.tenant("acme");
+    add_user(&server, "acme", "ada", "admin");
+    sso_provider_cli(&server, &tenant.token);
+    let mut runner = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    runner.start(&[
+        "--heartbeat",
+        "1s",
+        "--docker-socket",
+        "off",
+        "--metrics-interval",
+        "off",
+        "--require-signed",
+        "jobs",
+    ]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let (st, r) = tenant.call("GET", &format!("/api/v1/runners/{}", runner.id), None);
+    assert_eq!(st, 200, "{r}");
+    let name = r["name"].as_str().unwrap().to_owned();
+    let made = util::TempDir::new("dash-made");
+    let unsigned = made.path().join("unsigned");
+    let signed = made.path().join("signed");
+    let runner_id = runner.id.clone();
+
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e-signed.mjs",
+        |c| {
+            c.env("TETHER_URL", &server.url)
+                .env("TENANT", "acme")
+                .env("ADMIN_USER", "ada")
+                .env("PASSWORD", PASSWORD)
+                .env("RUNNER_ID", &runner_id)
+                .env("RUNNER_NAME", &name)
+                .env("KEY_FILE", &key)
+                .env("UNSIGNED_FILE", &unsigned)
+                .env("SIGNED_FILE", &signed);
+        },
+        (&chromium, &artifacts),
+        ("never", &mut runner),
+    );
+    assert!(
+        status.success() && transcript.contains("E2E OK"),
+        "signing page test failed ({status}); screenshots in {}:\n{transcript}",
+        artifacts.display()
+    );
+    for step in [
+        "login page shows Sign in with corp",
+        "sso refusal shown",
+        "CLI command shown",
+        "unsigned job refused, reason shown",
+        "damaged key refused",
+        "loaded",
+        "signed job ran",
+        "signature sent with the job",
+        "key never sent",
+    ] {
+        assert!(
+            transcript.contains(step),
+            "missing step {step:?}:\n{transcript}"
+        );
+    }
+    // The host ran only the signed job, and the server relayed the page's
+    // signature to it.
+    assert!(!unsigned.exists(), "the unsigned job ran");
+    assert!(signed.exists(), "the signed job did not run");
+    let job = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("JOB "))
+        .unwrap();
+    let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{job}"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let action = v["signed"]["action_id"].as_str().unwrap();
+    assert!(action.starts_with("sa_"), "{v}");
+    // The host's own record names the key that signed it.
+    let key_id = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("step: key ")?.strip_suffix(" loaded"))
+        .unwrap();
+    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
+    let want = format!("job={job} kind=job action={action} signer={key_id} ran");
+    assert!(
+        log.lines().any(|l| l.contains(&want)),
+        "want {want:?}: {log}"
+    );
+}
+
+/// `tether-server sso …` with the tenant's token; the client secret on stdin.
+fn sso_cli(server: &Server, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut child = Command::new(util::server_bin())
+        .args(["--api", &server.url, "--token", token, "--ca-file"])
+        .arg(&server.ca)
+        .arg("sso")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(child.stdin.take().unwrap(), "{stdin}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The CLI manages a tenant's providers: a bad one refused with the
+/// reason (nothing added), `corp` added (its secret never shown again),
+/// listed, a second added and removed; `corp` stays for the login page.
+fn sso_provider_cli(server: &Server, token: &str) {
+    let issuer = "http://127.0.0.1:9/";
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "provider",
+            "add",
+            name,
+            "--issuer",
+            issuer,
+            "--client-id",
+            "dash",
+        ];
+        args.extend_from_slice(extra);
+        sso_cli(server, token, &args, "cli-secret-never-shown\n")
+    };
+    let (ok, out) = add("bad name", &["--default-role", "viewer"]);
+    assert!(!ok && out.contains("provider name"), "{out}");
+    let (ok, out) = add("corp", &[]);
+    assert!(!ok && out.contains("role_map"), "{out}");
+    let (ok, out) = add(
+        "corp",
+        &["--map", "tether-admins=admin", "--map", "ops=operator"],
+    );
+    assert!(
+        ok && out.contains("/api/v1/sso/callback"),
+        "the redirect URI to register: {out}"
+    );
+    let (ok, out) = add("spare", &["--default-role", "viewer"]);
+    assert!(ok, "{out}");
+    let (ok, out) = sso_cli(server, token, &["--json", "provider", "list"], "");
+    assert!(ok, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["corp", "spare"], "{listed}");
+    assert_eq!(listed[0]["role_map"]["tether-admins"], "admin", "{listed}");
+    assert!(!out.contains("cli-secret-never-shown"), "{out}");
+    let (ok, out) = sso_cli(server, token, &["provider", "rm", "spare"], "");
+    assert!(ok, "{out}");
+    let (ok, out) = sso_cli(server, token, &["provider", "rm", "spare"], "");
+    assert!(!ok && out.contains("no provider spare"), "{out}");
+    let (ok, out) = sso_cli(server, token, &["provider", "list"], "");
+    assert!(
+        ok && out.contains("corp") && !out.contains("spare"),
+        "{out}"
+    );
+}
+
 /// Removes the app the page deployed (its container, a replaced one left
 /// parked, and its images) however the test ends.
 struct RemoveApp(String);

@@ -3,7 +3,8 @@
 //! for byte what its client saw; the size cap stops recording with a
 //! marker while the session goes on; keystrokes are recorded only when
 //! the tenant says; a viewer replays only if the tenant allows; another
-//! tenant gets a 404; the CLI lists, downloads and replays.
+//! tenant gets a 404; the CLI lists, downloads and replays; a running
+//! server removes recordings past `--recording-retention`.
 
 use crate::terminal::Sleeper;
 use crate::util::docker;
@@ -480,4 +481,103 @@ fn recording_does_not_hold_back_the_relay() {
         on < off * 3 + Duration::from_secs(2),
         "recording slowed the relay: {on:?} against {off:?}"
     );
+}
+
+/// The rows and bytes of a recording in the server's `recordings.db`
+/// (read with Debian's sqlite3 beside the running server): retention
+/// must remove the stored bytes, not only hide the recording.
+fn stored(server: &Server, session: &str) -> (u64, u64) {
+    let out = Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(server.data.join("recordings.db"))
+        .arg(format!(
+            "SELECT (SELECT count(*) FROM recordings WHERE id = '{session}'), \
+             (SELECT coalesce(sum(length(data)), 0) FROM recording_chunks WHERE recording_id = '{session}');"
+        ))
+        .output()
+        .expect("sqlite3 (apt-get install sqlite3)");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (rows, bytes) = text.trim().split_once('|').unwrap();
+    (rows.parse().unwrap(), bytes.parse().unwrap())
+}
+
+/// A server started with `--recording-retention 1m` removes a recording
+/// (its row and its stored bytes) once its session is a minute old, not
+/// before, while a younger one stays; each session's recording stays
+/// within the tenant's size bound meanwhile. Real PTY sessions on a real
+/// runner; about 80 s, most of it waiting for the minute to pass.
+#[test]
+fn recordings_past_the_retention_are_removed_from_a_running_server() {
+    let server = Server::start_with(&["--recording-retention", "1m"]);
+    let tenant = server.tenant("rec-retention");
+    let runner = started(&server, &tenant);
+    let cap = 8192u64;
+    let (st, v) = tenant.call(
+        "PUT",
+        "/api/v1/recording-policy",
+        Some(json!({"max_bytes": cap})),
+    );
+    assert_eq!(st, 200, "{v}");
+
+    // The old one: more output than the bound.
+    let mut old = TermClient::open(&server, &tenant.token, &runner.id, "").unwrap();
+    let t0 = Instant::now();
+    old.run("seq 1 5000 | tail -n 1", "5000");
+    old.run("seq 1 3000", "2999\r\n3000");
+    old.send(b"exit\n");
+    old.wait_end(Duration::from_secs(15));
+    let row = finished(&tenant, &old.session);
+    assert_eq!(row["truncated"], true, "{row}");
+    assert!(row["bytes"].as_u64().unwrap() <= cap, "{row}");
+    let (rows, bytes) = stored(&server, &old.session);
+    assert_eq!(rows, 1);
+    assert!(
+        bytes > 0 && bytes <= cap,
+        "{bytes} bytes stored, bound {cap}"
+    );
+
+    // Half a minute later, a younger one.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(t0.elapsed()));
+    let mut young = TermClient::open(&server, &tenant.token, &runner.id, "").unwrap();
+    young.run("echo young-$((1+1))", "young-2");
+    young.send(b"exit\n");
+    young.wait_end(Duration::from_secs(15));
+    let row = finished(&tenant, &young.session);
+    assert_eq!(row["truncated"], false, "{row}");
+
+    // Not removed before its minute.
+    std::thread::sleep(Duration::from_secs(55).saturating_sub(t0.elapsed()));
+    let (st, _) = tenant.call("GET", &format!("/api/v1/recordings/{}", old.session), None);
+    assert_eq!(st, 200, "removed before the retention");
+
+    // Removed within a retention pass (a tenth of the retention) after it.
+    wait_for(Duration::from_secs(25), "the old recording to go", || {
+        let (st, _) = tenant.call("GET", &format!("/api/v1/recordings/{}", old.session), None);
+        (st == 404).then_some(())
+    });
+    let gone_after = t0.elapsed();
+    assert_eq!(stored(&server, &old.session), (0, 0), "its bytes stay");
+    let path = format!("/api/v1/recordings/{}/cast", old.session);
+    let (st, _, _) = get_raw(&server, ("Authorization", &bearer(&tenant)), &path);
+    assert_eq!(st, 404);
+    // The younger one stays, whole.
+    let (st, v) = tenant.call(
+        "GET",
+        &format!("/api/v1/recordings/{}", young.session),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (_, events) = download(&server, &tenant, &young.session);
+    assert_eq!(data_of(&events, "o"), young.out);
+    let (st, list) = tenant.call("GET", "/api/v1/recordings", None);
+    assert_eq!(st, 200, "{list}");
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [young.session.as_str()], "{list}");
+    eprintln!("old recording removed {gone_after:?} after its session started");
 }

@@ -31,6 +31,7 @@ mod jobs;
 mod keys;
 mod logs;
 mod recordings;
+mod sso;
 mod terminal;
 mod updates;
 mod users;
@@ -215,6 +216,9 @@ pub enum ClientCommand {
     /// Operator signing keys (minisign format), made locally
     #[command(subcommand)]
     Key(keys::KeyCommand),
+    /// Single sign-on: provider add|list|rm, password-login on|off
+    #[command(subcommand)]
+    Sso(sso::SsoCommand),
 }
 
 #[derive(Debug, Args)]
@@ -710,6 +714,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Alerts => alerts::firing(&client, json),
         ClientCommand::Audit(a) => audit::audit(&client, a, json),
         ClientCommand::Key(c) => keys::key(c),
+        ClientCommand::Sso(c) => sso::sso(&client, c, json),
     }
 }
 

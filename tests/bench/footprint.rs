@@ -11,7 +11,8 @@
 //! HAProxy, only when named: `cluster.rs`); the attack
 //! section's in `attack.rs`; the fleet's (BENCH_FLEET_RUNNERS,
 //! BENCH_FLEET_CALLS) in `fleet.rs`; the alert rules' cost in `alerts.rs`
-//! (BENCH_ALERT_RUNNERS, BENCH_ALERT_SECS). BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
+//! (BENCH_ALERT_RUNNERS, BENCH_ALERT_SECS); signature checks and the audit
+//! append in `trust.rs`. BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
 //! with an earlier revision (`compare.rs`).
 
 #[path = "../util/mod.rs"]
@@ -33,6 +34,8 @@ mod compare;
 mod fleet;
 // Three replicas behind HAProxy: the hop's cost, a replica killed (issue 18).
 mod cluster;
+// Signature checks on the host (x86_64, armv7, mips) and the audit append (issue 19).
+mod trust;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -76,7 +79,7 @@ fn main() {
     }
     // `cargo bench` passes --bench; nothing else is accepted.
     let mut rows = Vec::new();
-    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet,alerts runs some parts (sizes always).
+    // BENCH_ONLY=tick,idle,sim,logs,jobs,update,term,attack,fleet,alerts,trust runs some parts (sizes always).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
 
@@ -156,6 +159,9 @@ fn main() {
     }
     if part("alerts") {
         alerts::run(&mut rows);
+    }
+    if part("trust") {
+        trust::run_all(&mut rows);
     }
 
     println!();

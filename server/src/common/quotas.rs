@@ -68,12 +68,19 @@ pub fn exceeded(what: &str, limit: u64, flag: &str) -> ApiError {
     )
 }
 
-/// How often the retention pass runs.
+/// How often the retention pass runs at most: once a minute.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the retention pass runs: once a minute, or a tenth of the
+/// shortest retention when that is shorter, so a one-minute retention is
+/// held to within about 6 s instead of up to a minute late.
+fn retention_every(q: &Quotas) -> Duration {
+    (q.job_retention.min(q.recording_retention) / 10).clamp(Duration::from_secs(1), RETENTION_EVERY)
+}
 
 /// Apply job retention now and then, forever (the caller aborts it).
 pub async fn retain_jobs(db: Db, quotas: Quotas) {
-    let mut tick = tokio::time::interval(RETENTION_EVERY);
+    let mut tick = tokio::time::interval(retention_every(&quotas));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {

@@ -102,7 +102,12 @@ where
         .route("/api/v1/users", get(list).post(create))
         .route("/api/v1/users/{name}", patch(update).delete(delete))
         .route("/api/v1/tenants/{tenant}/users", post(create_for_tenant))
-        .route("/api/v1/sso/options", get(sso::options))
+        // Public, so rated like a login: naming tenants to learn which
+        // have providers costs as much as guessing passwords.
+        .route(
+            "/api/v1/sso/options",
+            get(sso::options).layer(from_fn(edge::login_rate)),
+        )
         .route(
             "/api/v1/sso/login",
             get(sso::login).layer(from_fn(edge::login_rate)),

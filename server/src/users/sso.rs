@@ -462,9 +462,15 @@ pub struct TenantQuery {
     tenant: String,
 }
 
-/// `GET /api/v1/sso/options?tenant=` (anyone: the login page): the
-/// tenant's provider names and whether passwords work. An unknown tenant
-/// answers like one without providers.
+/// `GET /api/v1/sso/options?tenant=` (anyone: the login page's "Sign in
+/// with …" buttons): the tenant's provider names and whether passwords
+/// work. That is all it tells before authentication: no issuer, client id
+/// or role mapping (the admin's `GET /api/v1/sso/providers` has those); an
+/// unknown tenant answers like one without providers, so only a tenant
+/// with providers is seen to exist. Bounded: at most [`MAX_PROVIDERS`]
+/// names of [`MAX_PROVIDER_NAME`] bytes, and rated like a login
+/// (`edge::login_rate`), so walking tenant names is as slow as guessing
+/// passwords.
 pub async fn options(
     State(state): State<UsersCtx>,
     Query(q): Query<TenantQuery>,

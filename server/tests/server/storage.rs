@@ -4,7 +4,8 @@
 //! makes a `sqlite` and a `postgres` test of it.
 //!
 //! Covered: ControlStore, UserStore, AuditStore, UpdateStore, AlertStore,
-//! RecordingStore, and the migration runner (the bulk stores: `storage_bulk.rs`).
+//! RecordingStore, single sign-on (UserStore's providers, identities and
+//! login policy), and the migration runner (the bulk stores: `storage_bulk.rs`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use tether_server::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
 use tether_server::db::alerts::{Ack, AlertRow, ChannelRow, DeliveryRow};
 use tether_server::db::postgres::Postgres;
 use tether_server::db::recordings::{RecordingPolicy, RecordingRow, RecordingStore};
-use tether_server::db::users::{Role, UserRow};
+use tether_server::db::users::{OidcProviderRow, Role, UserRow};
 use tether_server::db::{
     AlertStore, ApiTokenRow, AuditStore, ConnectOutcome, ConnectedInfo, ControlStore,
     DockerStateRow, EnrollError, EnrollRefusal, EnrollmentTokenRow, FingerprintWrite, Health,
@@ -124,6 +125,7 @@ both!(
     alert_rules_and_channels_are_tenant_scoped,
     alert_transitions_keep_state_history_acks_and_silences,
     recordings_keep_chunks_in_order_policies_per_tenant_and_retention,
+    sso_providers_identities_and_password_login,
 );
 
 async fn recordings_keep_chunks_in_order_policies_per_tenant_and_retention(s: Under) {
@@ -1233,4 +1235,103 @@ async fn postgres_migrations_apply_once_even_when_replicas_start_together() {
         Postgres::connect("postgres://tether@127.0.0.1:1/none").await,
         Err(StorageError::Backend(_))
     ));
+}
+
+fn provider(tenant: &str, id: &str, name: &str) -> OidcProviderRow {
+    OidcProviderRow {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        issuer: "https://id.example/".into(),
+        client_id: "tether".into(),
+        // Not UTF-8: stored as bytes.
+        secret_nonce: vec![0, 255, 1, 128],
+        secret_sealed: vec![200, 0, 7],
+        role_claim: "groups".into(),
+        role_map: r#"{"ops":"operator"}"#.into(),
+        default_role: None,
+        created_at: 9,
+    }
+}
+
+async fn sso_providers_identities_and_password_login(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    s.tenant("tn_2", "other").await;
+    let u = &s.users;
+    let corp = provider("tn_1", "op_1", "corp");
+    u.create_oidc_provider(&corp).await.unwrap();
+    // A name is the tenant's: taken twice in one tenant, free in another.
+    assert!(matches!(
+        u.create_oidc_provider(&provider("tn_1", "op_x", "corp"))
+            .await,
+        Err(StorageError::Conflict(_))
+    ));
+    let mut theirs = provider("tn_2", "op_2", "corp");
+    theirs.default_role = Some(Role::Viewer);
+    u.create_oidc_provider(&theirs).await.unwrap();
+    // Listed by name in byte order (what SQLite's BINARY collation does).
+    let mut upper = provider("tn_1", "op_3", "Beta");
+    upper.default_role = Some(Role::Admin);
+    u.create_oidc_provider(&upper).await.unwrap();
+    u.create_oidc_provider(&provider("tn_1", "op_4", "alpha"))
+        .await
+        .unwrap();
+    let names: Vec<String> = u
+        .oidc_providers("tn_1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["Beta", "alpha", "corp"]);
+    assert_eq!(u.oidc_providers("tn_2").await.unwrap(), [theirs.clone()]);
+    assert!(u.oidc_providers("tn_3").await.unwrap().is_empty());
+    assert_eq!(
+        u.oidc_provider("tn_1", "corp").await.unwrap(),
+        Some(corp.clone())
+    );
+    assert_eq!(u.oidc_provider("tn_1", "Beta").await.unwrap(), Some(upper));
+    assert_eq!(u.oidc_provider("tn_1", "nope").await.unwrap(), None);
+    assert_eq!(u.oidc_provider("tn_3", "corp").await.unwrap(), None);
+
+    // A subject's first login makes its user and the link, together.
+    let mut alice = ada("tn_1");
+    alice.id = "us_alice".into();
+    alice.name = "alice".into();
+    alice.password_hash = "!sso".into();
+    u.create_oidc_user(&alice, "op_1", "sub-1").await.unwrap();
+    assert_eq!(
+        u.oidc_user("op_1", "sub-1").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(u.oidc_user("op_1", "sub-2").await.unwrap(), None);
+    assert_eq!(u.oidc_user("op_2", "sub-1").await.unwrap(), None);
+    // A name already taken (a local user's): refused, no link left behind.
+    u.create_user(&ada("tn_1")).await.unwrap();
+    let mut taken = ada("tn_1");
+    taken.id = "us_other".into();
+    assert!(matches!(
+        u.create_oidc_user(&taken, "op_1", "sub-2").await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(u.oidc_user("op_1", "sub-2").await.unwrap(), None);
+    assert_eq!(u.user("tn_1", "ada").await.unwrap(), Some(ada("tn_1")));
+
+    // Password login: on by default, per tenant.
+    assert!(u.password_login("tn_1").await.unwrap());
+    u.set_password_login("tn_1", false).await.unwrap();
+    assert!(!u.password_login("tn_1").await.unwrap());
+    assert!(u.password_login("tn_2").await.unwrap());
+    u.set_password_login("tn_1", true).await.unwrap();
+    assert!(u.password_login("tn_1").await.unwrap());
+    u.set_password_login("tn_1", false).await.unwrap();
+
+    // Removing a provider takes its links, not its users, and only its
+    // own tenant's.
+    assert!(u.delete_oidc_provider("tn_1", "corp").await.unwrap());
+    assert!(!u.delete_oidc_provider("tn_1", "corp").await.unwrap());
+    assert_eq!(u.oidc_user("op_1", "sub-1").await.unwrap(), None);
+    assert_eq!(u.user("tn_1", "alice").await.unwrap(), Some(alice));
+    assert_eq!(u.oidc_provider("tn_2", "corp").await.unwrap(), Some(theirs));
+    assert!(!u.password_login("tn_1").await.unwrap());
 }

@@ -204,18 +204,48 @@ async function route() {
 
 // ---- login -----------------------------------------------------------------------
 
-function showLogin(message) {
+function showLogin(msg) {
+  let message = msg;
   state.session = null;
   if (events) { events.close(); events = null; }
   document.getElementById('top').hidden = true;
+  // A refused single sign-on comes back as #sso_error=CODE: MESSAGE.
+  if (location.hash.startsWith('#sso_error=')) {
+    message = `Single sign-on refused: ${decodeURIComponent(location.hash.slice(11))}`;
+    history.replaceState(null, '', location.pathname);
+  }
   const err = h('p', { class: 'error', role: 'alert' }, message || '');
-  const form = h('form', { class: 'login card', 'aria-label': 'Log in' },
-    h('h1', {}, 'Log in to Tether'),
-    h('label', {}, h('span', {}, 'Tenant'), h('input', { name: 'tenant', required: true, autocomplete: 'organization' })),
+  const tenant = h('input', { name: 'tenant', required: true, autocomplete: 'organization' });
+  const password = [
     h('label', {}, h('span', {}, 'User'), h('input', { name: 'name', required: true, autocomplete: 'username' })),
     h('label', {}, h('span', {}, 'Password'), h('input', { name: 'password', type: 'password', required: true, autocomplete: 'current-password' })),
-    err,
-    h('button', { class: 'primary', type: 'submit' }, 'Log in'));
+    h('button', { class: 'primary', type: 'submit' }, 'Log in'),
+  ];
+  const sso = h('div', { id: 'sso', class: 'row' });
+  const form = h('form', { class: 'login card', 'aria-label': 'Log in' },
+    h('h1', {}, 'Log in to Tether'),
+    h('label', {}, h('span', {}, 'Tenant'), tenant),
+    password[0], password[1], err, password[2], sso);
+  // The tenant's single sign-on providers (names only), asked once the
+  // tenant is typed: a "Sign in with" button each; the password fields go
+  // when the tenant switched password login off.
+  let asked = '';
+  const options = async () => {
+    const t = tenant.value.trim();
+    if (!t || t === asked) return;
+    asked = t;
+    const res = await fetch(`/api/v1/sso/options?tenant=${encodeURIComponent(t)}`, { credentials: 'same-origin' }).catch(() => null);
+    const o = res?.ok ? await res.json().catch(() => null) : null;
+    if (tenant.value.trim() !== t) return;
+    const q = (p) => `/api/v1/sso/login?tenant=${encodeURIComponent(t)}&provider=${encodeURIComponent(p)}`;
+    sso.replaceChildren(...(o?.providers || []).slice(0, 8).map((p) => h('a', { class: 'button', href: q(p), dataset: { provider: p } }, `Sign in with ${p}`)));
+    const off = o?.password_login === false;
+    for (const el of password) {
+      el.hidden = off;
+      for (const i of el.querySelectorAll('input')) i.required = !off;
+    }
+  };
+  tenant.addEventListener('change', options);
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const f = new FormData(form);

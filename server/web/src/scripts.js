@@ -1,7 +1,9 @@
 // Saved scripts: list, edit, run on one or many runners, and watch each
 // job's output live (NDJSON follow). Routes: #/scripts[/{name}], #/job/{id}.
+// With an operator key loaded (signing.js) each job is signed in the page.
 import { h, api, act, toast, can, fmtTime, page, followNdjson, healthBadge } from './core.js';
 import { appendAnsi } from './ansi.js';
+import { keyCard, signingKey, signJob, cliRun } from './signing.js';
 
 page('scripts', async (view, name) => {
   const [scripts, runners, jobs] = await Promise.all([
@@ -28,9 +30,24 @@ page('scripts', async (view, name) => {
     const n = await save();
     const ids = picks.map((p) => p.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
     if (!ids.length) { toast('Choose at least one runner', true); return; }
-    const made = await api('POST', '/api/v1/jobs', { runners: ids, script: n });
-    outputs.replaceChildren(...made.map((j) => jobPanel(j, runners.find((r) => r.id === j.runner_id)?.name)));
+    const body = { runners: ids, script: n };
+    if (signingKey()) {
+      // Signed as the server will send it: the script as stored.
+      const s = await api('GET', `/api/v1/scripts/${encodeURIComponent(n)}`);
+      body.signatures = await signJob(ids, { program: s.interpreter, script: s.body, args: s.args || [], timeout_s: s.timeout_s || 0 });
+    }
+    const made = await api('POST', '/api/v1/jobs', body);
+    outputs.replaceChildren(...made.map((j) => jobPanel(j, runners.find((r) => r.id === j.runner_id)?.name, cliRun([j.runner_id], n))));
   });
+  // The CLI command that signs the same run on the operator's machine.
+  const cli = h('code', { class: 'cmd', id: 'signed-cli' });
+  const showCli = () => {
+    const ids = picks.map((p) => p.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
+    cli.textContent = cliRun(ids.length ? ids : ['RUNNER'], f.name.value.trim() || 'NAME');
+  };
+  for (const p of picks) p.querySelector('input').addEventListener('change', showCli);
+  f.name.addEventListener('input', showCli);
+  showCli();
   const del = () => act(async () => {
     if (!confirm(`Delete script ${f.name.value}?`)) return;
     await api('DELETE', `/api/v1/scripts/${encodeURIComponent(f.name.value)}`);
@@ -50,12 +67,13 @@ page('scripts', async (view, name) => {
     h('div', { class: 'row' },
       h('button', { type: 'submit', disabled: ro }, 'Save'),
       h('button', { type: 'button', class: 'primary', onclick: run, disabled: ro }, 'Save and run'),
-      current ? h('button', { type: 'button', class: 'danger', onclick: del, disabled: ro }, 'Delete') : null));
+      current ? h('button', { type: 'button', class: 'danger', onclick: del, disabled: ro }, 'Delete') : null),
+    h('p', { class: 'muted' }, 'Signed from your machine instead: ', cli));
   form.addEventListener('submit', (e) => { e.preventDefault(); act(async () => { const n = await save(); location.hash = `#/scripts/${encodeURIComponent(n)}`; }); });
   view.replaceChildren(h('h1', {}, 'Scripts'),
     h('div', { class: 'row' }, h('a', { href: '#/scripts' }, 'New script'),
       ...scripts.map((s) => h('a', { href: `#/scripts/${encodeURIComponent(s.name)}`, 'aria-current': s.name === name ? 'page' : false }, s.name))),
-    form, outputs,
+    ro ? null : keyCard(), form, outputs,
     h('h2', {}, 'Recent jobs'),
     h('div', { class: 'scroll' }, h('table', {}, h('tbody', {}, ...jobs.map((j) => h('tr', {},
       h('td', {}, h('a', { href: `#/job/${j.id}` }, j.id)), h('td', {}, j.label),
@@ -64,8 +82,12 @@ page('scripts', async (view, name) => {
   return () => outputs.querySelectorAll('[data-job]').forEach((p) => p.stop?.());
 });
 
-/** A card that streams one job's output and shows its final status. */
-function jobPanel(job, runnerName) {
+/**
+ * A card that streams one job's output and shows its final status, and
+ * why it failed when the runner gave a reason (a host refusing an
+ * unsigned job: the reason and `cli`, the command that signs it).
+ */
+function jobPanel(job, runnerName, cli) {
   const status = h('span', { class: 'job-status' }, job.status);
   const out = h('div', { class: 'log', role: 'log' });
   const card = h('div', { class: 'card', dataset: { job: job.id } },
@@ -83,6 +105,11 @@ function jobPanel(job, runnerName) {
       const j = await api('GET', `/api/v1/jobs/${job.id}`);
       status.textContent = `${j.status}${j.exit_code != null ? ` (exit ${j.exit_code})` : ''}`;
       card.dataset.status = j.status;
+      if (j.reason) {
+        const refused = j.reason.includes('signature_refused');
+        card.append(h('p', { class: 'error job-reason', role: 'alert' }, j.reason,
+          refused ? h('span', {}, signingKey() ? ' ' : '. Load your operator key above to sign here, or run: ', cli ? h('code', {}, cli) : null) : null));
+      }
     } catch (e) {
       if (e.name !== 'AbortError') out.append(h('div', { class: 'stderr' }, e.message));
     }
