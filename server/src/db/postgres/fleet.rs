@@ -106,6 +106,34 @@ impl FleetStore for PgFleet {
         Ok(out)
     }
 
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<HashMap<String, Labels>, StorageError> {
+        use tokio_postgres::types::ToSql;
+        let mut sql = String::from("SELECT runner_id, key, value FROM labels WHERE tenant_id = $1");
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&tenant];
+        for m in must {
+            args.push(&m.key);
+            sql.push_str(&format!(
+                " AND runner_id IN (SELECT runner_id FROM labels WHERE tenant_id = $1 AND key = ${}",
+                args.len()
+            ));
+            if let Some(values) = &m.values {
+                args.push(values);
+                sql.push_str(&format!(" AND value = ANY(${})", args.len()));
+            }
+            sql.push(')');
+        }
+        let c = self.pool.get().await?;
+        let mut out = HashMap::<String, Labels>::new();
+        for r in c.query(&sql, &args).await? {
+            out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+        }
+        Ok(out)
+    }
+
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
         let c = self.pool.get().await?;
         Ok((
