@@ -103,6 +103,10 @@ async fn candidates(
             Requirement::NotEquals(..) | Requirement::NotIn(..) | Requirement::Absent(_) => None,
         })
         .collect();
+    // The narrowest first: the store finds runners by it, then checks the
+    // others on each (`k=v` before `k in (…)` before `k`).
+    let mut must = must;
+    must.sort_by_key(|m| m.values.as_ref().map_or(usize::MAX, Vec::len));
     if must.is_empty() {
         let labels = state.store.tenant_labels(tenant).await?;
         return Ok((state.db.control.list_runners(tenant).await?, labels));

@@ -123,32 +123,42 @@ impl SqliteFleet {
         Ok(out)
     }
 
-    /// One statement made for `must` (its shape varies; not kept).
+    /// One statement made for `must` (its shape varies; not kept): the
+    /// first label found through `labels_by_value`, each other one checked
+    /// per candidate on the primary key, then the candidates' labels by
+    /// primary key (`+tenant_id`: not by the tenant's index, which would
+    /// read every label of the tenant).
     pub fn labels_where(
         &self,
         tenant: &str,
         must: &[HasLabel],
     ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
         use std::fmt::Write;
-        let mut sql = String::from("SELECT runner_id, key, value FROM labels WHERE tenant_id = ?1");
+        let mut sql = String::from(
+            "SELECT runner_id, key, value FROM labels WHERE +tenant_id = ?1 AND runner_id IN (
+             SELECT a.runner_id FROM labels a WHERE a.tenant_id = ?1",
+        );
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&tenant];
-        for m in must {
+        for (n, m) in must.iter().enumerate() {
+            let t = if n == 0 { "a" } else { "b" };
+            if n > 0 {
+                sql.push_str(" AND EXISTS (SELECT 1 FROM labels b WHERE b.runner_id = a.runner_id");
+            }
             args.push(&m.key);
-            let _ = write!(
-                sql,
-                " AND runner_id IN (SELECT runner_id FROM labels WHERE tenant_id = ?1 AND key = ?{}",
-                args.len()
-            );
+            let _ = write!(sql, " AND {t}.key = ?{}", args.len());
             if let Some(values) = &m.values {
-                sql.push_str(" AND value IN (");
+                let _ = write!(sql, " AND {t}.value IN (");
                 for (i, v) in values.iter().enumerate() {
                     args.push(v);
                     let _ = write!(sql, "{}?{}", if i > 0 { "," } else { "" }, args.len());
                 }
                 sql.push(')');
             }
-            sql.push(')');
+            if n > 0 {
+                sql.push(')');
+            }
         }
+        sql.push(')');
         let c = self.lock();
         let mut st = c.prepare(&sql)?;
         let mut out = std::collections::HashMap::<String, Labels>::new();
