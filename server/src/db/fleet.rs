@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! labels          (runner, key) → value              what selectors match
+//!                 (tenant, key, value) indexed: the runners a selector's
+//!                 `k=v`, `k in (…)`, `k` can match, without reading the rest
 //! proposals       (runner, key) → value              proposed by the host, not accepted
 //! fleet_policy    tenant → default job deadline, keys accepted without review
 //! job_deadlines   job → expires_ms                   pending jobs that may expire
@@ -27,6 +29,14 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Labels one runner may carry (accepted; proposals beyond wait).
 pub const MAX_LABELS: usize = 32;
+
+/// A label a runner must have (`values`: one of these; none: any value):
+/// the part of a selector the store can answer from its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HasLabel {
+    pub key: String,
+    pub values: Option<Vec<String>>,
+}
 
 /// A tenant's fleet settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +89,13 @@ pub trait FleetStore: Send + Sync {
     // ---- labels
     /// Accepted labels of every runner of the tenant that has some.
     async fn tenant_labels(&self, tenant: &str) -> Result<HashMap<String, Labels>, StorageError>;
+    /// Accepted labels of the tenant's runners that have every label of
+    /// `must` (at least one; bounded by the selector's own limits).
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<HashMap<String, Labels>, StorageError>;
     /// (accepted, proposed) labels of one runner.
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError>;
     /// Replace a runner's accepted labels.

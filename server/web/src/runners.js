@@ -187,14 +187,16 @@ page('runners', async (view) => {
     draw();
   };
   const fetchAlerts = async () => {
-    const a = await api('GET', '/api/v1/alerts').catch(() => null);
+    const a = await api('GET', '/api/v1/alerts').catch((e) => ({ error: e }));
     alertsByRunner = new Map();
-    for (const x of a?.alerts || []) {
+    for (const x of a.alerts || []) {
       if (x.state !== 'firing') continue;
       if (!alertsByRunner.has(x.runner_id)) alertsByRunner.set(x.runner_id, []);
       alertsByRunner.get(x.runner_id).push(x);
     }
-    const card = await firingCard(state.runners).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`));
+    // The card is drawn from the same answer (one GET /alerts per refresh).
+    const card = a.error ? h('p', { class: 'error' }, `Alerts: ${a.error.message}`)
+      : await firingCard(state.runners, undefined, a.alerts).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`));
     firingSlot.replaceChildren(card);
   };
   const draw = () => {

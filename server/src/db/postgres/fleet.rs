@@ -106,6 +106,43 @@ impl FleetStore for PgFleet {
         Ok(out)
     }
 
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<HashMap<String, Labels>, StorageError> {
+        use tokio_postgres::types::ToSql;
+        // The first label through labels_by_value, the others checked per
+        // candidate on the primary key (as on SQLite).
+        let mut sql = String::from(
+            "SELECT runner_id, key, value FROM labels WHERE tenant_id = $1 AND runner_id IN (
+             SELECT a.runner_id FROM labels a WHERE a.tenant_id = $1",
+        );
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&tenant];
+        for (n, m) in must.iter().enumerate() {
+            let t = if n == 0 { "a" } else { "b" };
+            if n > 0 {
+                sql.push_str(" AND EXISTS (SELECT 1 FROM labels b WHERE b.runner_id = a.runner_id");
+            }
+            args.push(&m.key);
+            sql.push_str(&format!(" AND {t}.key = ${}", args.len()));
+            if let Some(values) = &m.values {
+                args.push(values);
+                sql.push_str(&format!(" AND {t}.value = ANY(${})", args.len()));
+            }
+            if n > 0 {
+                sql.push(')');
+            }
+        }
+        sql.push(')');
+        let c = self.pool.get().await?;
+        let mut out = HashMap::<String, Labels>::new();
+        for r in c.query(&sql, &args).await? {
+            out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+        }
+        Ok(out)
+    }
+
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
         let c = self.pool.get().await?;
         Ok((

@@ -28,6 +28,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules and their runs",
         step: Step::Sql(STEP_3),
     },
+    Migration {
+        name: "labels by value",
+        step: Step::Sql(STEP_4),
+    },
 ];
 
 const STEP_1: &str = "CREATE TABLE labels (
@@ -55,6 +59,8 @@ const STEP_3: &str = "CREATE TABLE schedules (
          tenant_id TEXT NOT NULL, schedule TEXT NOT NULL, occurrence_ms INTEGER NOT NULL,
          status TEXT NOT NULL, at_ms INTEGER NOT NULL, jobs TEXT NOT NULL DEFAULT '[]',
          PRIMARY KEY (tenant_id, schedule, occurrence_ms)) WITHOUT ROWID;";
+/// A selector's `k=v` finds its runners without reading every label.
+const STEP_4: &str = "CREATE INDEX labels_by_value ON labels (tenant_id, key, value);";
 
 pub struct SqliteFleet {
     conn: Mutex<Connection>,
@@ -109,6 +115,54 @@ impl SqliteFleet {
             c.prepare_cached("SELECT runner_id, key, value FROM labels WHERE tenant_id = ?1")?;
         let mut out = std::collections::HashMap::<String, Labels>::new();
         let mut rows = st.query(params![tenant])?;
+        while let Some(r) = rows.next()? {
+            out.entry(r.get(0)?)
+                .or_default()
+                .insert(r.get(1)?, r.get(2)?);
+        }
+        Ok(out)
+    }
+
+    /// One statement made for `must` (its shape varies; not kept): the
+    /// first label found through `labels_by_value`, each other one checked
+    /// per candidate on the primary key, then the candidates' labels by
+    /// primary key (`+tenant_id`: not by the tenant's index, which would
+    /// read every label of the tenant).
+    pub fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
+        use std::fmt::Write;
+        let mut sql = String::from(
+            "SELECT runner_id, key, value FROM labels WHERE +tenant_id = ?1 AND runner_id IN (
+             SELECT a.runner_id FROM labels a WHERE a.tenant_id = ?1",
+        );
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&tenant];
+        for (n, m) in must.iter().enumerate() {
+            let t = if n == 0 { "a" } else { "b" };
+            if n > 0 {
+                sql.push_str(" AND EXISTS (SELECT 1 FROM labels b WHERE b.runner_id = a.runner_id");
+            }
+            args.push(&m.key);
+            let _ = write!(sql, " AND {t}.key = ?{}", args.len());
+            if let Some(values) = &m.values {
+                let _ = write!(sql, " AND {t}.value IN (");
+                for (i, v) in values.iter().enumerate() {
+                    args.push(v);
+                    let _ = write!(sql, "{}?{}", if i > 0 { "," } else { "" }, args.len());
+                }
+                sql.push(')');
+            }
+            if n > 0 {
+                sql.push(')');
+            }
+        }
+        sql.push(')');
+        let c = self.lock();
+        let mut st = c.prepare(&sql)?;
+        let mut out = std::collections::HashMap::<String, Labels>::new();
+        let mut rows = st.query(rusqlite::params_from_iter(args))?;
         while let Some(r) = rows.next()? {
             out.entry(r.get(0)?)
                 .or_default()

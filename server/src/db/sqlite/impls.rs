@@ -168,6 +168,15 @@ impl ControlStore for Blocking<SqliteControl> {
         own!(tenant_id);
         self.run(move |s| s.list_runners(&tenant_id)).await
     }
+    async fn runners_by_ids(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerRow>, StorageError> {
+        own!(tenant_id);
+        let ids = ids.to_vec();
+        self.run(move |s| s.runners_by_ids(&tenant_id, &ids)).await
+    }
     async fn runner_by_credential(
         &self,
         credential_hash: &str,
@@ -832,6 +841,15 @@ impl FleetStore for Blocking<SqliteFleet> {
     ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
         own!(tenant);
         self.run(move |s| s.tenant_labels(&tenant)).await
+    }
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
+        own!(tenant);
+        let must = must.to_vec();
+        self.run(move |s| s.labels_where(&tenant, &must)).await
     }
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
         own!(tenant, runner);
