@@ -96,6 +96,9 @@ pub enum ClientCommand {
         /// Only runners at this version
         #[arg(long = "runner-version", value_name = "VERSION")]
         runner_version: Option<String>,
+        /// Update state against its desired version: none, current, pending, failed
+        #[arg(long, value_name = "STATE")]
+        update: Option<String>,
         /// name (default), health, version, arch, last_seen, created, id; -KEY reverses
         #[arg(long, allow_hyphen_values = true)]
         sort: Option<String>,
@@ -519,6 +522,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             search,
             arch,
             runner_version,
+            update,
             sort,
             page,
             limit,
@@ -530,6 +534,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
                 ("q", search.as_deref()),
                 ("arch", arch.as_deref()),
                 ("version", runner_version.as_deref()),
+                ("update", update.as_deref()),
                 ("sort", sort.as_deref()),
                 ("page", page.as_deref()),
                 ("limit", limit.as_deref()),

@@ -176,6 +176,7 @@ impl FromRef<AppState> for FleetCtx {
             fleet: s.fleet.clone(),
             labels: LabelsCtx::from_ref(s),
             jobs: JobsCtx::from_ref(s),
+            offers: Arc::new(UpdatesCtx::from_ref(s)),
         }
     }
 }
