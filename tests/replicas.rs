@@ -2,7 +2,9 @@
 //! linked to replica A, and every call made through replica B (issue 18,
 //! `server/src/app/forward.rs`, `server/src/cluster/internal.rs`): a job
 //! and its byte-identical output, the job's live output, a terminal (42
-//! typed, a resize), container logs followed on a real Docker engine; a
+//! typed, a resize), a session opened on A attached again through B by its
+//! id, container events on B's event stream and container logs followed
+//! on a real Docker engine; a
 //! stranger on the internal address refused; `/healthz` with the replica
 //! and 503 when PostgreSQL stops; the job made on B on A's event stream;
 //! A stopped cleanly releases its link and the runner goes to B.
@@ -92,6 +94,32 @@ fn job(tenant: &Tenant, id: &str) -> Value {
     v
 }
 
+/// The data of each `event: <kind>` of an SSE stream, read on a thread.
+fn events_of(
+    stream: impl Read + Send + 'static,
+    wanted: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        let mut kind = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(k) = line.strip_prefix("event:") {
+                kind = k.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if kind == wanted && tx.send(d.trim().to_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 #[test]
 fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     let _engine = docker::ensure();
@@ -116,25 +144,7 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     // A job made on B (the runner hears of it by NOTIFY at once), its
     // live output followed on B while it prints, then stored.
     // A's event stream, to see the job made on B (NOTIFY, `common/bus.rs`).
-    let events_a = p.a.api().stream("/api/v1/events", &on_a.token);
-    let (tx, jobs_seen_on_a) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(events_a);
-        let mut kind = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if let Some(k) = line.strip_prefix("event:") {
-                kind = k.trim().to_owned();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                if kind == "job" && tx.send(d.trim().to_owned()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let jobs_seen_on_a = events_of(p.a.api().stream("/api/v1/events", &on_a.token), "job");
     std::thread::sleep(Duration::from_millis(300));
     let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); case $i in *000) sleep 0.05;; esac; done; printf '\\001\\377end'";
     let started = Instant::now();
@@ -203,7 +213,23 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         "output through B differs from what was printed"
     );
 
-    // The relay of stored output: direct on A vs through B (figures only).
+    // The figures of a replica (`/api/v1/replica/metrics`).
+    let metric = |server: &Server, name: &str| -> f64 {
+        let (st, v) = server.api().call(
+            "GET",
+            "/api/v1/replica/metrics",
+            Some(&server.admin_token),
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        let text = v.as_str().unwrap().to_owned();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    // The relay of stored output: direct on A vs through B and B's kept connection.
     let fetch = |t: &Tenant| {
         let start = Instant::now();
         let mut got = Vec::new();
@@ -217,17 +243,22 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         assert_eq!(got.len(), want.len());
         start.elapsed()
     };
+    let connections_before = metric(&p.b, "tether_replica_forward_connections_total");
     let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
-    for _ in 0..10 {
+    for _ in 0..20 {
         direct.push(fetch(&on_a));
         forwarded.push(fetch(&on_b));
     }
+    let (d, f) = (percentile(&mut direct, 50), percentile(&mut forwarded, 50));
     eprintln!(
-        "job output ({} bytes) fetched: direct on A p50 {:?}, through B p50 {:?}",
+        "job output ({} bytes) fetched: direct on A p50 {d:?}, through B p50 {f:?} ({:.2}x of direct)",
         want.len(),
-        percentile(&mut direct, 50),
-        percentile(&mut forwarded, 50)
+        d.as_secs_f64() / f.as_secs_f64()
     );
+    // One after another, the 20 relays share B's kept connection to A
+    // (`cluster/internal.rs`): a fresh TLS handshake each was the cost.
+    let opened = metric(&p.b, "tether_replica_forward_connections_total") - connections_before;
+    assert!(opened <= 2.0, "B opened {opened} connections for 20 relays");
 
     // Keystroke round trips: direct on A vs through B (the extra hop).
     let rtt = |server: &Server| {
@@ -284,7 +315,49 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         Some("exited 0")
     );
 
-    // Container logs followed through B, on a real Docker engine.
+    // A session opened on A, attached and attached again through B by its
+    // id alone (B finds the replica of its runner: `app/forward.rs`),
+    // with a ticket minted on B too, and closed through B.
+    let (st, s) = on_a.call(
+        "POST",
+        &format!("/api/v1/runners/{id}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{s}");
+    let tid = s["id"].as_str().unwrap().to_owned();
+    let mut t = TermClient::attach(&p.b, &on_b.token, &tid, 0);
+    t.run("echo $((6*7))", "42\r\n");
+    // Detached (the socket dropped), not closed: the session lives on A.
+    drop(t);
+    let mut t = TermClient::attach(&p.b, &on_b.token, &tid, 0);
+    assert!(
+        t.read_until(0, "42\r\n", Duration::from_secs(5)),
+        "the scrollback again through B: {}",
+        t.text()
+    );
+    t.run("echo again-$((6*8))", "again-48");
+    // Detached (the socket dropped), not closed: the session lives on A.
+    drop(t);
+    let (st, v) = on_b.call("POST", "/api/v1/ws-tickets", None);
+    assert_eq!(st, 201, "{v}");
+    let ticket = v["ticket"].as_str().unwrap().to_owned();
+    let mut t = TermClient::attach_with_ticket(&p.b, &ticket, &tid)
+        .unwrap_or_else(|e| panic!("attach with a ticket through B: {e:?}"));
+    t.run("echo ticket-$((6*9))", "ticket-54");
+    let stranger = through(&p.a.tenant("fwd-other"), &p.b);
+    let (st, v) = stranger.call("DELETE", &format!("/api/v1/terminals/{tid}"), None);
+    assert_eq!(st, 404, "another tenant's session through B: {v}");
+    let (st, v) = on_b.call("DELETE", &format!("/api/v1/terminals/{tid}"), None);
+    assert_eq!(st, 200, "closed through B: {v}");
+    assert!(
+        t.wait_end(Duration::from_secs(15)).is_some(),
+        "the client attached through B sees the end"
+    );
+
+    // Container events of A's runner on B's event stream (NOTIFY), and
+    // its logs followed through B, on a real Docker engine.
+    let containers_on_b = events_of(p.b.api().stream("/api/v1/events", &on_b.token), "container");
+    std::thread::sleep(Duration::from_millis(300));
     let name = format!("tether-fwd-{}", std::process::id());
     let out = Command::new("docker")
         .args(["run", "-d", "--name", &name, IMAGE, "sh", "-c"])
@@ -303,6 +376,20 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         }
     }
     let _rm = Rm(name.clone());
+    let started_event = loop {
+        let data = containers_on_b
+            .recv_timeout(Duration::from_secs(20))
+            .expect("B's event stream shows the container started on A's runner");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        if v["name"] == name.as_str() && v["action"] == "start" {
+            break v;
+        }
+    };
+    assert_eq!(started_event["runner_id"], id.as_str(), "{started_event}");
+    assert_eq!(
+        started_event["container"]["state"], "running",
+        "{started_event}"
+    );
     wait_for(Duration::from_secs(30), "the container seen", || {
         let (st, v) = on_b.call("GET", &format!("/api/v1/runners/{id}/containers"), None);
         (st == 200 && v.to_string().contains(&name)).then_some(())
@@ -361,21 +448,6 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     let (_, v) = p.a.api().call("GET", "/healthz", None, None);
     assert_eq!(v["links"], 1, "A holds the runner's link: {v}");
     // Per-replica metrics: B forwarded, A holds the link.
-    let metric = |server: &Server, name: &str| -> f64 {
-        let (st, v) = server.api().call(
-            "GET",
-            "/api/v1/replica/metrics",
-            Some(&server.admin_token),
-            None,
-        );
-        assert_eq!(st, 200, "{v}");
-        let text = v.as_str().unwrap().to_owned();
-        text.lines()
-            .find(|l| l.starts_with(name) && !l.starts_with('#'))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {text}"))
-    };
     assert!(metric(&p.b, "tether_replica_forwards_total{replica=\"b\"}") >= 5.0);
     assert_eq!(metric(&p.b, "tether_replica_forward_errors_total"), 0.0);
     assert_eq!(metric(&p.a, "tether_replica_links{replica=\"a\"}"), 1.0);

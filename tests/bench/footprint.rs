@@ -7,7 +7,8 @@
 //! BENCH_SIM_SECS (default 60), BENCH_LOG_LINES, BENCH_JOB_MB,
 //! BENCH_KEYSTROKES, BENCH_UPDATE_RUNS; BENCH_ONLY picks parts (`storm`,
 //! 10,000 runners on SQLite and on PostgreSQL, only when named:
-//! BENCH_STORM_RUNNERS, BENCH_STORM_SECS); the attack
+//! BENCH_STORM_RUNNERS, BENCH_STORM_SECS; `cluster`, three replicas behind
+//! HAProxy, only when named: `cluster.rs`); the attack
 //! section's in `attack.rs`; the fleet's (BENCH_FLEET_RUNNERS,
 //! BENCH_FLEET_CALLS) in `fleet.rs`; the alert rules' cost in `alerts.rs`
 //! (BENCH_ALERT_RUNNERS, BENCH_ALERT_SECS). BENCH_BASE=<rev> (and BENCH_ROUNDS) compares
@@ -30,6 +31,8 @@ mod alerts;
 mod compare;
 // The fleet at scale: the runners list, the runners page, rollouts (issue 21).
 mod fleet;
+// Three replicas behind HAProxy: the hop's cost, a replica killed (issue 18).
+mod cluster;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -128,6 +131,10 @@ fn main() {
     // Not in the default run (10,000 runners, two servers): BENCH_ONLY=storm.
     if only.split(',').any(|p| p == "storm") {
         connect_storm(&mut rows);
+    }
+    // Not in the default run either (3 replicas, 3,000 runners): BENCH_ONLY=cluster.
+    if only.split(',').any(|p| p == "cluster") {
+        cluster::run(&mut rows);
     }
     if part("logs") {
         log_throughput(&mut rows);

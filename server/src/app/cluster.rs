@@ -1,6 +1,7 @@
 //! A replica's wiring (`--replica-id`): the registry of live connections
 //! as the cluster's [`LinkHolder`], so a link another replica took, or a
-//! runner revoked there, is closed here. `app/` joins the two because
+//! runner revoked there, is closed here; container events sent to the
+//! other replicas by the tenant event bus. `app/` joins the two because
 //! neither `link/` nor `cluster/` names the other.
 
 use std::sync::Arc;
@@ -49,6 +50,14 @@ impl LinkHolder for Holder {
             self.0.nudge_local(runner_id, family);
         }
     }
+
+    fn nudge_all(&self) {
+        for (runner_id, _) in self.0.held() {
+            for family in FamilyId::of_bits(u32::MAX) {
+                self.0.nudge_local(&runner_id, family);
+            }
+        }
+    }
 }
 
 /// Nudges for runners this replica does not hold, sent by NOTIFY (the
@@ -60,9 +69,16 @@ impl RemoteNudge for Nudges {
     fn nudge(&self, runner_id: &str, family: FamilyId) {
         let (store, runner) = (self.0.clone(), runner_id.to_owned());
         tokio::spawn(async move {
-            if let Err(e) = store.nudge(&runner, family.name()).await {
-                // The holder's periodic check finds the change anyway.
-                tracing::debug!(runner = %runner, "nudge notice: {e}");
+            // Tried twice: the holder's periodic check is minutes away.
+            for attempt in 0..2 {
+                match store.nudge(&runner, family.name()).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 0 => {
+                        tracing::debug!(runner = %runner, "nudge notice: {e}; again in 1 s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(e) => tracing::warn!(runner = %runner, "nudge notice not sent: {e}"),
+                }
             }
         });
     }
@@ -116,6 +132,7 @@ pub async fn join(
     let replica = Arc::new(Replica::new(config, store.clone()));
     state.health.set_links(replica.clone());
     state.registry.set_remote(Arc::new(Nudges(store.clone())));
+    state.containers.tell_elsewhere(state.bus.clone());
     state.bus.set_remote(Arc::new(Events {
         store,
         origin: config.replica_id.clone(),

@@ -2,7 +2,7 @@
 //! replica must answer, and the gate of the internal listener.
 //!
 //! ```text
-//!  public listener ─▶ route: the path names a runner (or a job's runner)?
+//!  public listener ─▶ route: the path names a runner (a job's, a terminal's)?
 //!     linked here, or linked nowhere ─▶ this replica answers (409 if no link)
 //!     linked to replica R ─▶ the caller authorised HERE (401/403 stay here)
 //!                         ─▶ Peers::forward to R's --internal-addr, streamed
@@ -91,6 +91,12 @@ pub async fn metrics(
             c.forward_errors.load(Relaxed).to_string(),
         );
         put(
+            "tether_replica_forward_connections_total",
+            "counter",
+            "Connections opened to other replicas (forwards on kept ones open none).",
+            c.connections.load(Relaxed).to_string(),
+        );
+        put(
             "tether_replica_internal_refused_total",
             "counter",
             "Requests to the internal address without the cluster key's proof.",
@@ -138,6 +144,10 @@ pub enum Scope<'a> {
     /// `/api/v1/jobs/{id}/output`: the live output is on the replica
     /// whose link the job's runner holds.
     Job(&'a str),
+    /// `/api/v1/terminals/{id}` and `…/{id}/attach`: a session lives on
+    /// the replica holding its runner's link (it ends when the link moves
+    /// elsewhere for good), found by its open audit row.
+    Terminal(&'a str),
     /// Anything else: any replica answers from the shared database.
     Any,
 }
@@ -148,6 +158,11 @@ pub fn scope(path: &str) -> Scope<'_> {
             if !id.is_empty() && !sub.is_empty() {
                 return Scope::Runner(id);
             }
+        }
+    } else if let Some(rest) = path.strip_prefix("/api/v1/terminals/") {
+        let id = rest.strip_suffix("/attach").unwrap_or(rest);
+        if !id.is_empty() && !id.contains('/') {
+            return Scope::Terminal(id);
         }
     } else if let Some(rest) = path.strip_prefix("/api/v1/jobs/") {
         if let Some(id) = rest.strip_suffix("/output") {
@@ -172,10 +187,11 @@ pub async fn route(
         return next.run(req).await;
     }
     let path = req.uri().path().to_owned();
-    let (runner, job) = match scope(&path) {
+    let (runner, job, terminal) = match scope(&path) {
         Scope::Any => return next.run(req).await,
-        Scope::Runner(id) => (Some(id.to_owned()), None),
-        Scope::Job(id) => (None, Some(id.to_owned())),
+        Scope::Runner(id) => (Some(id.to_owned()), None, None),
+        Scope::Job(id) => (None, Some(id.to_owned()), None),
+        Scope::Terminal(id) => (None, None, Some(id.to_owned())),
     };
     if runner.as_deref().is_some_and(|r| ctx.registry.holds(r)) {
         return next.run(req).await;
@@ -186,6 +202,20 @@ pub async fn route(
     let mut held = None;
     if let Some(r) = &runner {
         held = match holder(&ctx, r).await {
+            Some(h) => Some(h),
+            None => return next.run(Request::from_parts(parts, body)).await,
+        };
+    }
+    if let Some(terminal) = &terminal {
+        // By id alone, before a ticket is redeemed here (the session's
+        // holder redeems it if it is this replica): the holder checks the
+        // caller's tenant and answers 404 for another tenant's session,
+        // as this replica would.
+        let runner = match ctx.db.audit.open_terminal_runner(terminal).await {
+            Ok(Some(r)) if !ctx.registry.holds(&r) => r,
+            _ => return next.run(Request::from_parts(parts, body)).await,
+        };
+        held = match holder(&ctx, &runner).await {
             Some(h) => Some(h),
             None => return next.run(Request::from_parts(parts, body)).await,
         };
@@ -309,5 +339,13 @@ mod tests {
         assert_eq!(scope("/api/v1/jobs/jb_1"), Scope::Any);
         assert_eq!(scope("/api/v1/jobs/a/b/output"), Scope::Any);
         assert_eq!(scope("/api/v1/events"), Scope::Any);
+        assert_eq!(scope("/api/v1/terminals/tm_1"), Scope::Terminal("tm_1"));
+        assert_eq!(
+            scope("/api/v1/terminals/tm_1/attach"),
+            Scope::Terminal("tm_1")
+        );
+        assert_eq!(scope("/api/v1/terminals"), Scope::Any);
+        assert_eq!(scope("/api/v1/terminals/"), Scope::Any);
+        assert_eq!(scope("/api/v1/terminals/tm_1/x/attach"), Scope::Any);
     }
 }

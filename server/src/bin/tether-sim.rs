@@ -29,7 +29,16 @@
 //! for alert rules (`make bench`'s alerts part). `--spike-log PATH` writes
 //! `<runner name> <unix ms>` for each spike as it is sent.
 //!
-//! Exit 0 if every runner connected and stayed connected, 1 otherwise.
+//! With `--reconnect`, a connection lost while held is opened again under
+//! the runner's backoff policy (`src/conn/backoff.rs`: three retries at
+//! 1 s ± 10 %, then full jitter in [1 s, 2^n s], at most 60 s), as long as
+//! the hold lasts; the summary says how many runners lost their link, the
+//! reconnect attempts they made (failed ones included) and the time from
+//! the first loss until the last of them was linked again (`make bench`'s
+//! cluster part: a replica killed under 3,000 runners).
+//!
+//! Exit 0 if every runner connected and stayed connected (with
+//! `--reconnect`: was connected again at the end), 1 otherwise.
 //! One small current-thread runtime: the point is to load the server, not
 //! to measure this process.
 
@@ -97,6 +106,9 @@ struct Args {
     /// to 30 s, jittered), as a runner retries; 0: one attempt only
     #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// A connection lost while held is opened again (the runner's backoff)
+    #[arg(long)]
+    reconnect: bool,
     /// With --metrics: every Nth record of a runner has cpu.busy at 99 % (0: never)
     #[arg(long, default_value_t = 0)]
     spike_every: u64,
@@ -180,8 +192,29 @@ fn run(args: &Args) -> Result<bool, SimError> {
         let text: String = spikes.iter().map(|(n, ms)| format!("{n} {ms}\n")).collect();
         std::fs::write(path, text).map_err(|e| SimError(format!("{}: {e}", path.display())))?;
     }
+    let lost = tally.lost.load(Ordering::Relaxed);
+    let back = tally.back.load(Ordering::Relaxed);
     let ok = tally.connected.load(Ordering::Relaxed) == args.count
-        && tally.dropped.load(Ordering::Relaxed) == 0;
+        && if args.reconnect {
+            back == lost
+        } else {
+            tally.dropped.load(Ordering::Relaxed) == 0
+        };
+    if args.reconnect {
+        let span = tally.span.lock().unwrap_or_else(|p| p.into_inner());
+        let all_back_ms = match *span {
+            Some((first_loss, last_back)) if back == lost && lost > 0 => {
+                last_back.saturating_duration_since(first_loss).as_millis() as i64
+            }
+            _ => -1,
+        };
+        // One line for scripts: `make bench` parses it.
+        println!(
+            "tether-sim: reconnect lost={lost} back={back} attempts={} failed={} all_back_ms={all_back_ms}",
+            tally.reattempts.load(Ordering::Relaxed),
+            tally.refailed.load(Ordering::Relaxed),
+        );
+    }
     let metrics = if args.metrics {
         format!(
             "; {} metrics records sent, {} acks received (interval {}ms)",
@@ -390,6 +423,65 @@ struct Tally {
     records: AtomicUsize,
     acks: AtomicUsize,
     spikes: SpikeLog,
+    /// --reconnect: runners whose held link was lost, and linked again.
+    lost: AtomicUsize,
+    back: AtomicUsize,
+    /// Their connect attempts, and of those the failed ones.
+    reattempts: AtomicUsize,
+    refailed: AtomicUsize,
+    /// The first loss and the last link again.
+    span: std::sync::Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Tally {
+    fn lost_at(&self, at: Instant) {
+        let mut span = self.span.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *span {
+            Some((first, _)) => *first = (*first).min(at),
+            None => *span = Some((at, at)),
+        }
+    }
+
+    fn back_at(&self, at: Instant) {
+        let mut span = self.span.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, last)) = &mut *span {
+            *last = (*last).max(at);
+        }
+    }
+}
+
+/// The runner's reconnect policy (`src/conn/backoff.rs`), its random draws
+/// from a small xorshift seeded by the runner's index.
+struct Policy {
+    failures: u32,
+    rng: u64,
+}
+
+impl Policy {
+    fn new(i: usize) -> Policy {
+        Policy {
+            failures: 0,
+            rng: (0x9e37_79b9_7f4a_7c15 ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)) | 1,
+        }
+    }
+
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        lo + self.rng % (hi - lo + 1)
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.failures += 1;
+        let ms = if self.failures <= 3 {
+            self.between(900, 1100)
+        } else {
+            let hi = 1u64 << self.failures.min(6);
+            self.between(1000, hi.min(60) * 1000)
+        };
+        Duration::from_millis(ms)
+    }
 }
 
 async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> Arc<Tally> {
@@ -418,8 +510,9 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
                 .mul_f64(i as f64 / args.count.max(1) as f64);
             (args.metrics_interval, offset)
         });
-        let retries = args.retries;
+        let (retries, reconnect) = (args.retries, args.reconnect);
         tasks.push(tokio::spawn(async move {
+            let mut stop = stop;
             let interval_ms = metrics.map_or(0, |(every, _)| every.as_millis() as u64);
             let mut backoff = Duration::from_secs(1);
             for attempt in 0..=retries {
@@ -439,8 +532,39 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
                 let why = match ws {
                     Ok(Ok(ws)) => {
                         let _ = attempted_tx.send(()).await;
-                        hold(ws, &name, heartbeat, (metrics, spike), stop, &tally).await;
-                        return;
+                        let load = (metrics, spike);
+                        if !hold(ws, &name, heartbeat, load, stop.clone(), &tally).await
+                            || !reconnect
+                        {
+                            return;
+                        }
+                        // Lost while held: linked again as a runner would.
+                        let lost = Instant::now();
+                        tally.lost.fetch_add(1, Ordering::Relaxed);
+                        tally.lost_at(lost);
+                        let mut policy = Policy::new(i);
+                        loop {
+                            tokio::select! {
+                                _ = tokio::time::sleep(policy.next_delay()) => {}
+                                _ = stop.changed() => return,
+                            }
+                            tally.reattempts.fetch_add(1, Ordering::Relaxed);
+                            let ws = tokio::time::timeout(
+                                PHASE_TIMEOUT * 3,
+                                open(&target, &name, &credential, heartbeat, interval_ms),
+                            )
+                            .await;
+                            let Ok(Ok(ws)) = ws else {
+                                tally.refailed.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            };
+                            tally.back.fetch_add(1, Ordering::Relaxed);
+                            tally.back_at(Instant::now());
+                            // Counted once: a second loss is not measured.
+                            tally.connected.fetch_sub(1, Ordering::Relaxed);
+                            hold(ws, &name, heartbeat, load, stop, &tally).await;
+                            return;
+                        }
                     }
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".to_owned(),
@@ -575,7 +699,8 @@ async fn upgrade(
 /// and spikes (every, phase).
 type Load = (Option<(Duration, Duration)>, Option<(u64, u64)>);
 
-/// Keep one connection alive like a runner until told to stop; with
+/// Keep one connection alive like a runner until told to stop (false) or
+/// the connection is lost (true); with
 /// `metrics` (interval, first offset) also send a record every interval,
 /// and with `spike` (every, phase) a high `cpu.busy` on some of them.
 async fn hold(
@@ -585,7 +710,7 @@ async fn hold(
     (metrics, spike): Load,
     mut stop: watch::Receiver<bool>,
     tally: &Tally,
-) {
+) -> bool {
     let mut records = 0u64;
     tally.connected.fetch_add(1, Ordering::Relaxed);
     let mut tick = tokio::time::interval(heartbeat);
@@ -599,12 +724,13 @@ async fn hold(
         if tally.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
             eprintln!("tether-sim: first dropped connection: {why}");
         }
+        true
     };
     loop {
         tokio::select! {
             _ = stop.changed() => {
                 let _ = ws.close(None).await;
-                return;
+                return false;
             }
             _ = tick.tick() => {
                 if let Err(e) = ws.send(WsMessage::Ping(Default::default())).await {

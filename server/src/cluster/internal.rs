@@ -13,6 +13,18 @@
 //!  101 ─▶ both upgraded sides spliced (terminal WebSocket: bytes both ways)
 //! ```
 //!
+//! Connections are kept for the next request ([`Pool`]): a TCP and TLS
+//! handshake per forwarded request cost more than the relay itself (a
+//! stored job output came through a second replica at 0.46× of direct).
+//! A connection goes back to the pool once its answer was read to the end
+//! (an SSE stream holds it as long as it lasts; one dropped half-read is
+//! closed, never reused), at most [`MAX_IDLE_PER_PEER`] per peer, each for
+//! [`IDLE_TIMEOUT`], below the peer's header-read timeout that closes an
+//! idle connection on its side. A request the reused connection could not
+//! send (the peer had closed it) is sent again once on a new connection;
+//! one that was sent is never repeated. A WebSocket upgrade takes a
+//! connection of its own (it is spliced, not returned).
+//!
 //! The peer's certificate is not checked against a CA (replicas may each
 //! have their own dev certificate): the proof is the key, bound to the
 //! certificate the client saw. A man in the middle shows its own
@@ -21,13 +33,15 @@
 //! so a stolen certificate without its private key does not pass either.
 //! The key itself never crosses the wire.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, Request, Response};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use ring::hmac;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -55,6 +69,14 @@ const TLS_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest `x-tether-cluster` value read (13 digits, '.', 64 hex).
 const MAX_PROOF: usize = 96;
+/// Idle connections kept per peer; more concurrent requests open more
+/// connections, which are closed when done instead of kept.
+pub const MAX_IDLE_PER_PEER: usize = 16;
+/// How long an idle connection is kept: well below the peer's header-read
+/// timeout (10 s, `app/serve.rs`), after which it closes the connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Peers with idle connections at once (replicas of one cluster: a few).
+const MAX_PEERS: usize = 64;
 
 /// Headers of one connection, not the request's: never passed on.
 const HOP_BY_HOP: [&str; 7] = [
@@ -97,6 +119,75 @@ pub struct Counters {
     pub forward_errors: AtomicU64,
     /// Requests to the internal address refused (no or a wrong proof).
     pub refused: AtomicU64,
+    /// Connections opened to peers (a forward on a kept one opens none).
+    pub connections: AtomicU64,
+}
+
+/// One connection to a peer, ready for a request.
+struct Conn {
+    sender: SendRequest<Body>,
+    /// SHA-256 of the certificate the peer showed on it: the proof is
+    /// bound to it.
+    cert: [u8; 32],
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Idle connections by peer address, bounded by [`MAX_PEERS`] ×
+/// [`MAX_IDLE_PER_PEER`].
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
+        // Plain values: a panic elsewhere cannot leave them half-changed.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used live connection to `addr`; the stale and
+    /// closed ones met on the way are dropped.
+    fn take(&self, addr: &str) -> Option<Conn> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(addr)?;
+        let mut found = None;
+        while let Some(i) = list.pop() {
+            if i.since.elapsed() < IDLE_TIMEOUT && i.conn.sender.is_ready() {
+                found = Some(i.conn);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(addr);
+        }
+        found
+    }
+
+    /// `conn` answered in full and may carry another request.
+    fn put(&self, addr: &str, conn: Conn) {
+        let mut idle = self.lock();
+        if idle.len() >= MAX_PEERS && !idle.contains_key(addr) {
+            idle.retain(|_, l| {
+                l.retain(|i| i.since.elapsed() < IDLE_TIMEOUT);
+                !l.is_empty()
+            });
+            if idle.len() >= MAX_PEERS {
+                return;
+            }
+        }
+        let list = idle.entry(addr.to_owned()).or_default();
+        list.retain(|i| i.since.elapsed() < IDLE_TIMEOUT && !i.conn.sender.is_closed());
+        if list.len() < MAX_IDLE_PER_PEER {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 /// This replica's end of the internal channel.
@@ -106,6 +197,7 @@ pub struct Peers {
     /// SHA-256 of the certificate the internal listener presents.
     own_cert: [u8; 32],
     tls: TlsConnector,
+    pool: Arc<Pool>,
     pub counters: Counters,
 }
 
@@ -124,6 +216,7 @@ impl Peers {
             key: key.hmac_key(),
             own_cert: Sha256::digest(own_cert).into(),
             tls: TlsConnector::from(Arc::new(config)),
+            pool: Arc::default(),
             counters: Counters::default(),
         }
     }
@@ -197,12 +290,9 @@ impl Peers {
         result
     }
 
-    async fn exchange(
-        &self,
-        addr: &str,
-        req: &mut Request<Body>,
-        principal: Option<String>,
-    ) -> Result<Response<Body>, ForwardError> {
+    /// A new connection to `addr`: TCP, TLS, the HTTP/1.1 handshake.
+    async fn connect(&self, addr: &str) -> Result<Conn, ForwardError> {
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| ForwardError::Timeout)?
@@ -227,7 +317,7 @@ impl Peers {
                 .ok_or_else(|| ForwardError::Connect(format!("{addr}: no certificate")))?;
             Sha256::digest(der.as_ref()).into()
         };
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Body>(TokioIo::new(tls))
             .await
             .map_err(|e| ForwardError::Exchange(e.to_string()))?;
@@ -236,7 +326,25 @@ impl Peers {
                 tracing::debug!("forwarded connection: {e}");
             }
         });
+        Ok(Conn { sender, cert })
+    }
 
+    /// The proof for the peer behind `conn`, in `headers`.
+    fn prove(&self, headers: &mut axum::http::HeaderMap, conn: &Conn) -> Result<(), ForwardError> {
+        let proof = self.proof(crate::common::clock::now_ms(), &conn.cert);
+        headers.insert(
+            AUTH_HEADER,
+            HeaderValue::from_str(&proof).map_err(|e| ForwardError::Exchange(e.to_string()))?,
+        );
+        Ok(())
+    }
+
+    async fn exchange(
+        &self,
+        addr: &str,
+        req: &mut Request<Body>,
+        principal: Option<String>,
+    ) -> Result<Response<Body>, ForwardError> {
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let path = req
             .uri()
@@ -268,11 +376,6 @@ impl Peers {
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let proof = self.proof(crate::common::clock::now_ms(), &cert);
-        headers.insert(
-            AUTH_HEADER,
-            HeaderValue::from_str(&proof).map_err(|e| ForwardError::Exchange(e.to_string()))?,
-        );
         if let Ok(v) = HeaderValue::from_str(&self.id) {
             headers.insert(FROM_HEADER, v);
         }
@@ -280,11 +383,34 @@ impl Peers {
             headers.insert(PRINCIPAL_HEADER, p);
         }
 
+        // A kept connection, except for an upgrade (it is spliced).
+        let kept = if upgrade { None } else { self.pool.take(addr) };
+        let reused = kept.is_some();
+        let mut conn = match kept {
+            Some(c) => c,
+            None => self.connect(addr).await?,
+        };
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut *req));
-        let mut resp = tokio::time::timeout(HEAD_TIMEOUT, sender.send_request(out))
+        self.prove(out.headers_mut(), &conn)?;
+        let sent = tokio::time::timeout(HEAD_TIMEOUT, conn.sender.try_send_request(out))
             .await
-            .map_err(|_| ForwardError::Timeout)?
-            .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+            .map_err(|_| ForwardError::Timeout)?;
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(mut e) => match (reused, e.take_message()) {
+                // The kept connection was closed before the request left:
+                // nothing reached the peer, so it is sent once more.
+                (true, Some(mut again)) => {
+                    conn = self.connect(addr).await?;
+                    self.prove(again.headers_mut(), &conn)?;
+                    tokio::time::timeout(HEAD_TIMEOUT, conn.sender.send_request(again))
+                        .await
+                        .map_err(|_| ForwardError::Timeout)?
+                        .map_err(|e| ForwardError::Exchange(e.to_string()))?
+                }
+                _ => return Err(ForwardError::Exchange(e.into_error().to_string())),
+            },
+        };
         if let (Some(client_side), true) = (
             client_side,
             resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS,
@@ -300,6 +426,16 @@ impl Peers {
                 }
             });
             return Ok(resp.map(|_| Body::empty()));
+        }
+        if !upgrade {
+            // Ready again once the answer was read to its end; an error
+            // (closed, or the body dropped half-read) drops it.
+            let (pool, addr) = (self.pool.clone(), addr.to_owned());
+            tokio::spawn(async move {
+                if conn.sender.ready().await.is_ok() {
+                    pool.put(&addr, conn);
+                }
+            });
         }
         Ok(resp.map(Body::new))
     }

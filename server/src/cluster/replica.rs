@@ -5,7 +5,8 @@
 //! heartbeat  every HEARTBEAT: our row's heartbeat; then the reaper: replicas
 //!            silent for STALE lose their links (runners unreachable)
 //! notices    fence(runner, us, gen) ─▶ holder.fence: close that link (4006,
-//!            or 4002 when revoked); "listening again" ─▶ a check now;
+//!            or 4002 when revoked); "listening again" ─▶ a check now,
+//!            and every held runner nudged (nudges sent meanwhile are lost);
 //!            a health change of another replica ─▶ this replica's SSE;
 //!            nudge(runner, family) ─▶ holder.nudge (jobs made elsewhere)
 //! check      every CHECK, the fallback for a lost notice: a link we hold that
@@ -50,6 +51,10 @@ pub trait LinkHolder: Send + Sync + 'static {
     /// Something of `family` changed for `runner_id` on another replica:
     /// tell its connection, if it is held here.
     fn nudge(&self, runner_id: &str, family: &str);
+    /// Nudge every family of every runner held here: notices sent while
+    /// this replica was not listening are lost, and nothing else would
+    /// look before the families' rare periodic checks.
+    fn nudge_all(&self);
 }
 
 /// Where a replica's tasks put health changes: the ones it made (the
@@ -185,7 +190,10 @@ impl Replica {
                         }
                         Notice::Event { .. } => {}
                         Notice::Health { .. } => {}
-                        Notice::Listening => me.check(&*holder).await,
+                        Notice::Listening => {
+                            me.check(&*holder).await;
+                            holder.nudge_all();
+                        }
                     }
                 }
             })

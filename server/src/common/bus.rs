@@ -1,5 +1,6 @@
-//! Tenant events for the event stream (`GET /api/v1/events`) beyond health
-//! and containers: jobs made or cancelled. A feature publishes; the event
+//! Tenant events for the event stream (`GET /api/v1/events`) beyond health:
+//! jobs made or cancelled; in a cluster, container events for the other
+//! replicas (`containers/` announces them here itself). A feature publishes; the event
 //! stream of this server shows it, and on a replica of several every other
 //! replica's too (sent by NOTIFY, `app/cluster.rs`), so the dashboard on
 //! any replica sees every change.
@@ -58,6 +59,21 @@ impl Bus {
             }
         }
         let _ = self.local.send(Arc::new(event));
+    }
+
+    /// For the other replicas' streams only: this server's streams have
+    /// it already (container events: `containers/`). Dropped if longer
+    /// than [`MAX_DATA`] or on a single server.
+    pub fn publish_elsewhere(&self, tenant_id: &str, kind: &str, data: String) {
+        if let Some(r) = self.remote.get() {
+            if data.len() <= MAX_DATA {
+                r.send(&TenantEvent {
+                    tenant_id: tenant_id.to_owned(),
+                    kind: kind.to_owned(),
+                    data,
+                });
+            }
+        }
     }
 
     /// An event another replica published: for this server's streams.

@@ -6,8 +6,11 @@
 //! them (`db/sqlite/containers.rs`), keeps the Docker state of each runner in
 //! memory too (read on every container call), and sends each event on a
 //! broadcast channel that the SSE endpoint (`runners/events.rs`) subscribes to, as
-//! `event: container`, filtered by tenant. Calls *to* Docker go through the
-//! registry (`containers/api.rs`); nothing here talks to a runner.
+//! `event: container`, filtered by tenant. In a cluster each event goes to
+//! the other replicas' streams too, by the tenant event bus (NOTIFY,
+//! `common/bus.rs`): a dashboard on any replica sees the containers of a
+//! runner linked to another. Calls *to* Docker go through the registry
+//! (`containers/api.rs`); nothing here talks to a runner.
 
 pub mod api;
 pub mod link;
@@ -63,12 +66,13 @@ where
 }
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 use tether::protocol::{ContainerEvent, ContainerSummary, DockerState};
 use tokio::sync::broadcast;
 
+use crate::common::bus::{Bus, MAX_DATA};
 use crate::common::clock;
 use crate::common::tuning::Tuning;
 use crate::db::Db;
@@ -142,6 +146,29 @@ pub struct ContainerHub {
     /// one small entry per runner, so bounded by the runner count.
     docker: Mutex<HashMap<String, Option<DockerStateRow>>>,
     events: broadcast::Sender<Arc<ContainerEventRecord>>,
+    /// The other replicas of a cluster, told of every event.
+    elsewhere: OnceLock<Arc<Bus>>,
+}
+
+/// An event as the other replicas' streams show it, within the notice's
+/// [`MAX_DATA`]: labels (in Docker's attributes and the summary) and ports
+/// are left out of one too long to travel whole; longer still, it is not
+/// sent (the history on the holder has it).
+fn fitted(view: &ContainerEventView) -> Option<String> {
+    let full = serde_json::to_string(view).ok()?;
+    if full.len() <= MAX_DATA {
+        return Some(full);
+    }
+    let mut small = view.clone();
+    small
+        .attributes
+        .retain(|k, _| matches!(k.as_str(), "name" | "image" | "exitCode"));
+    if let Some(c) = &mut small.container {
+        c.labels.clear();
+        c.ports = serde_json::Value::Null;
+    }
+    let small = serde_json::to_string(&small).ok()?;
+    (small.len() <= MAX_DATA).then_some(small)
 }
 
 impl ContainerHub {
@@ -151,7 +178,13 @@ impl ContainerHub {
             storage,
             docker: Mutex::new(HashMap::new()),
             events,
+            elsewhere: OnceLock::new(),
         }
+    }
+
+    /// A replica of several: every event is sent to the others by `bus`.
+    pub fn tell_elsewhere(&self, bus: Arc<Bus>) {
+        let _ = self.elsewhere.set(bus);
     }
 
     /// Container events of every tenant; subscribers filter by tenant.
@@ -239,8 +272,61 @@ impl ContainerHub {
             at: now,
             event,
         };
+        if let Some(bus) = self.elsewhere.get() {
+            match fitted(&ContainerEventView::from(&record)) {
+                Some(data) => bus.publish_elsewhere(tenant_id, "container", data),
+                None => tracing::debug!(runner = runner_id, "container event too long to send on"),
+            }
+        }
         // No subscriber is not an error.
         let _ = self.events.send(Arc::new(record));
         stored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(labels: usize) -> ContainerEventView {
+        let many: std::collections::BTreeMap<String, String> = (0..labels)
+            .map(|i| (format!("com.example.label{i}"), "x".repeat(40)))
+            .collect();
+        let mut attributes = many.clone();
+        attributes.insert("name".into(), "web".into());
+        let event = ContainerEvent {
+            time_nano: 1,
+            action: "start".into(),
+            container_id: "c1".into(),
+            attributes,
+            container: Some(ContainerSummary {
+                id: "c1".into(),
+                name: "web".into(),
+                image: "nginx".into(),
+                state: "running".into(),
+                status: "Up".into(),
+                created: 0,
+                ports: serde_json::Value::Null,
+                labels: many,
+            }),
+        };
+        ContainerEventView::new("rn_1", 0, &event)
+    }
+
+    #[test]
+    fn an_event_for_other_replicas_fits_a_notice() {
+        let small = event(2);
+        assert_eq!(
+            fitted(&small).unwrap(),
+            serde_json::to_string(&small).unwrap(),
+            "a short event travels whole"
+        );
+        let big = event(200);
+        assert!(serde_json::to_string(&big).unwrap().len() > MAX_DATA);
+        let sent: serde_json::Value = serde_json::from_str(&fitted(&big).unwrap()).unwrap();
+        assert_eq!(sent["name"], "web");
+        assert_eq!(sent["attributes"]["name"], "web");
+        assert_eq!(sent["container"]["state"], "running");
+        assert!(sent["container"]["labels"].as_object().unwrap().is_empty());
     }
 }

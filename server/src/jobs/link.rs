@@ -54,9 +54,15 @@ use crate::link::dispatch::{Ending, Family, FamilyConn, Wire};
 /// (and apart from the log collection's, `logs/link.rs`), so their answers
 /// are never mistaken for an API request's.
 const JOB_ID_BASE: u64 = 3 << 61;
-/// The jobs are checked against storage this often, so a nudge lost to a
-/// full outbox is made good.
-const RECHECK_EVERY: Duration = Duration::from_secs(60);
+/// The jobs are checked against storage this often. Only a safety net:
+/// nudges are never lost on a replica (`link/registry.rs::Nudges`), and a
+/// replica that listens again after a lost database connection nudges
+/// every runner it holds (`cluster/replica.rs`). Each check is a database
+/// call per runner, so it is rare: at 60 s it was most of an idle fleet's
+/// blocking-pool hand-offs.
+const RECHECK_EVERY: Duration = Duration::from_secs(300);
+/// After the jobs could not be read, the next try.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(60);
 
 /// Shared with the store, which reads it; kept here to ACK from.
 type Batch = Arc<[(i64, OutputRow)]>;
@@ -136,6 +142,7 @@ impl JobsConn {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(runner = %runner.id, "reading pending jobs: {e}");
+                self.recheck_at = self.recheck_at.min(Instant::now() + RETRY_AFTER_ERROR);
                 return Ok(());
             }
         };

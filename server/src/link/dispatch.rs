@@ -12,7 +12,7 @@
 //!  DATA/END frame  ─▶ family_of_channel(channel) ─▶ FamilyConn::frame
 //!                     (terminal channels, job channels, log channels)
 //!  outbox: Family request ─▶ FamilyConn::request (sent: the reply goes to the caller)
-//!          Nudge(family)  ─▶ FamilyConn::nudge
+//!  nudges (a bit per family, never lost) ─▶ FamilyConn::nudge
 //!  timer           ─▶ FamilyConn::tick of each whose due() has come
 //!  background work ─▶ FamilyConn::poll_work ready ─▶ FamilyConn::work
 //!                     (a job output batch stored: ACK it)
@@ -24,7 +24,7 @@
 //! connections need behind an `Option<Box<…>>` made on first use), which
 //! answers the runner through [`Wire`]. `Err(Ending)` from a hook ends the
 //! connection. What the API queues for a family (`link/registry.rs`:
-//! `Outgoing::Family`, `Outgoing::Nudge`) names the family, not the
+//! `Outgoing::Family`, `Registry::nudge`) names the family, not the
 //! feature: its payload is a `Box<dyn Any>` only that family's
 //! `FamilyConn::request` opens.
 
@@ -97,6 +97,18 @@ impl FamilyId {
 
     pub fn from_name(name: &str) -> Option<FamilyId> {
         FamilyId::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Its bit in a connection's pending nudges (`link/registry.rs`).
+    pub fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+
+    /// The families whose bits are set in `bits`, in table order.
+    pub fn of_bits(bits: u32) -> impl Iterator<Item = FamilyId> {
+        FamilyId::ALL
+            .into_iter()
+            .filter(move |f| bits & f.bit() != 0)
     }
 }
 

@@ -33,7 +33,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -114,9 +114,6 @@ pub enum Outgoing {
         item: Box<dyn Any + Send>,
         reply: oneshot::Sender<Envelope>,
     },
-    /// Something of a family changed for this runner (`FamilyConn::nudge`):
-    /// jobs to send, a new log collection policy.
-    Nudge(FamilyId),
     /// A control message that expects no reply (an `update` offer).
     Notify { text: String },
     /// A frame or message sent as it is (a terminal's keystrokes, ACK,
@@ -131,10 +128,41 @@ pub enum ToRunner {
     Text(String),
 }
 
+/// Families of one connection nudged (`FamilyConn::nudge`: jobs to send, a
+/// new log collection policy) and not yet told: one bit per family, and a
+/// wake-up. Kept apart from the outbox so none is ever lost: a full outbox
+/// used to drop it, and every family then looked at the database each
+/// minute per runner to make good a nudge it might have missed.
+#[derive(Default)]
+pub struct Nudges {
+    bits: AtomicU32,
+    wake: Notify,
+}
+
+impl Nudges {
+    fn set(&self, family: FamilyId) {
+        self.bits.fetch_or(family.bit(), Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// The families nudged since the last call; waits for one. A nudge
+    /// set between the two steps leaves a stored wake-up, so none is lost.
+    pub async fn wait(&self) -> u32 {
+        loop {
+            let bits = self.bits.swap(0, Ordering::AcqRel);
+            if bits != 0 {
+                return bits;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
 /// What a connection task gets when it attaches.
 pub struct Session {
     pub generation: u64,
     pub outbox: mpsc::Receiver<Outgoing>,
+    pub nudges: Arc<Nudges>,
     pub close: oneshot::Receiver<CloseOrder>,
     /// Unix ms of the last frame, updated by the connection task on every frame
     /// and persisted in batches by [`Registry::flush_last_seen`].
@@ -165,6 +193,7 @@ struct Entry {
     generation: u64,
     tenant_id: String,
     outbox: mpsc::Sender<Outgoing>,
+    nudges: Arc<Nudges>,
     close: oneshot::Sender<CloseOrder>,
     last_seen: Arc<AtomicI64>,
     persisted_last_seen: i64,
@@ -286,10 +315,12 @@ impl Registry {
         let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
         let (close_tx, close) = oneshot::channel();
         let last_seen = Arc::new(AtomicI64::new(now_ms));
+        let nudges = Arc::new(Nudges::default());
         let entry = Entry {
             generation,
             tenant_id: tenant_id.to_owned(),
             outbox: outbox_tx,
+            nudges: nudges.clone(),
             close: close_tx,
             last_seen: last_seen.clone(),
             persisted_last_seen: now_ms,
@@ -307,6 +338,7 @@ impl Registry {
         Ok(Session {
             generation,
             outbox,
+            nudges,
             close,
             last_seen,
         })
@@ -510,15 +542,14 @@ impl Registry {
 
     /// Tell a connected runner's connection that something of `family`
     /// changed (its jobs, its log collection policy). Not connected:
-    /// nothing to do, the family looks on connect. A full outbox means the
-    /// connection is busy: the family rechecks on its periodic tick. On a
-    /// replica of several, a runner not linked here may be linked to
+    /// nothing to do, the family looks on connect. Never lost, however busy
+    /// the connection (`Nudges`). On a replica of several, a runner not linked here may be linked to
     /// another replica: the nudge goes there (`set_remote`).
     pub fn nudge(&self, runner_id: &str, family: FamilyId) {
         {
             let inner = self.lock();
             if let Some(entry) = inner.runners.get(runner_id) {
-                let _ = entry.outbox.try_send(Outgoing::Nudge(family));
+                entry.nudges.set(family);
                 return;
             }
         }
@@ -532,7 +563,7 @@ impl Registry {
     pub fn nudge_local(&self, runner_id: &str, family: FamilyId) {
         let inner = self.lock();
         if let Some(entry) = inner.runners.get(runner_id) {
-            let _ = entry.outbox.try_send(Outgoing::Nudge(family));
+            entry.nudges.set(family);
         }
     }
 
@@ -608,5 +639,81 @@ impl ApiError {
                 ),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::dispatch::FamilyId;
+
+    /// Health as the tests want it: every connect accepted, nothing stored.
+    struct Accepting;
+
+    #[async_trait::async_trait]
+    impl HealthRecorder for Accepting {
+        async fn connected(
+            &self,
+            _: &str,
+            _: u64,
+            _: &ConnectedInfo<'_>,
+        ) -> Result<ConnectOutcome, StorageError> {
+            Ok(ConnectOutcome::Active(None))
+        }
+        async fn disconnected(&self, _: &str, _: u64, _: i64, _: &str) -> Result<(), StorageError> {
+            Ok(())
+        }
+        async fn revoked(&self, _: &str, _: &str) -> Result<Option<RunnerRow>, StorageError> {
+            Ok(None)
+        }
+        async fn record_last_seen(&self, _: &[(String, i64)]) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    fn info() -> ConnectedInfo<'static> {
+        ConnectedInfo {
+            name: "h",
+            version: "0",
+            arch: "x86_64",
+            os: "linux",
+            protocol: 1,
+        }
+    }
+
+    /// A connection too busy to read its outbox used to lose nudges (a
+    /// full outbox dropped them); now each family nudged is told once.
+    #[tokio::test]
+    async fn nudges_to_a_busy_connection_are_kept_and_told_once_per_family() {
+        let registry = Registry::new(Arc::new(Accepting));
+        let session = registry.attach("r1", "t1", &info(), 0).await.unwrap();
+        // Fill the outbox as a busy connection would leave it.
+        for _ in 0..OUTBOX_CAPACITY {
+            assert!(registry.notify("t1", "r1", "{}".into()));
+        }
+        assert!(
+            !registry.notify("t1", "r1", "{}".into()),
+            "the outbox is full"
+        );
+        for _ in 0..100 {
+            registry.nudge("r1", FamilyId::Jobs);
+        }
+        registry.nudge("r1", FamilyId::Logs);
+        let bits = tokio::time::timeout(Duration::from_secs(1), session.nudges.wait())
+            .await
+            .expect("nudges waiting");
+        let told: Vec<FamilyId> = FamilyId::of_bits(bits).collect();
+        assert_eq!(told, vec![FamilyId::Jobs, FamilyId::Logs]);
+        // Told once: nothing more until the next nudge.
+        let again = tokio::time::timeout(Duration::from_millis(100), session.nudges.wait()).await;
+        assert!(again.is_err(), "no nudge left: {again:?}");
+        // A nudge of a runner not connected here goes nowhere (no remote).
+        registry.nudge("r2", FamilyId::Jobs);
+        registry.nudge("r1", FamilyId::Jobs);
+        let bits = session.nudges.wait().await;
+        assert_eq!(
+            FamilyId::of_bits(bits).collect::<Vec<_>>(),
+            vec![FamilyId::Jobs]
+        );
     }
 }

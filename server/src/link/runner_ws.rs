@@ -324,6 +324,10 @@ impl Connection {
         tokio::pin!(watchdog);
         let mut pending: HashMap<u64, oneshot::Sender<Envelope>> = HashMap::new();
         let mut outbox_open = true;
+        // Made once and again only after it fires, not on every turn.
+        let nudges = session.nudges.clone();
+        let nudged = nudges.wait();
+        tokio::pin!(nudged);
         loop {
             tokio::select! {
                 order = &mut session.close => {
@@ -367,14 +371,6 @@ impl Connection {
                         }
                         self.rearm(&mut watchdog, last_frame + silence);
                     }
-                    Some(Outgoing::Nudge(family)) => {
-                        if let Some(conn) = self.families.get(family) {
-                            if let Err(ending) = conn.nudge(&mut self.wire, &self.runner).await {
-                                return ending;
-                            }
-                        }
-                        self.rearm(&mut watchdog, last_frame + silence);
-                    }
                     Some(Outgoing::Notify { text }) => {
                         if let Err(ending) = self.send(WsMessage::Text(text.into())).await {
                             return ending;
@@ -391,6 +387,17 @@ impl Connection {
                     }
                     None => outbox_open = false,
                 },
+                bits = &mut nudged => {
+                    nudged.set(nudges.wait());
+                    for family in FamilyId::of_bits(bits) {
+                        if let Some(conn) = self.families.get(family) {
+                            if let Err(ending) = conn.nudge(&mut self.wire, &self.runner).await {
+                                return ending;
+                            }
+                        }
+                    }
+                    self.rearm(&mut watchdog, last_frame + silence);
+                }
                 frame = self.wire.socket.recv() => {
                     last_frame = Instant::now();
                     session.last_seen.store(clock::now_ms(), std::sync::atomic::Ordering::Relaxed);

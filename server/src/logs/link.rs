@@ -42,7 +42,10 @@ use crate::logs::{LiveItem, LogChannels, Sends};
 /// so their answers are never mistaken for an API request's.
 const COLLECT_ID_BASE: u64 = 1 << 62;
 /// Collection is checked against the policy and the stored container list
-/// this often, so a failed open or a missed event is made good.
+/// this often, so a failed open or a missed event is made good. Skipped
+/// while the runner has no containers (`LogsConn::containers`): then there
+/// is nothing to make good, and the check would cost a database call per
+/// runner and minute.
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
 /// The logs family's handler (one, shared by every connection): only the
@@ -68,6 +71,7 @@ impl Family for LogsLink {
             channels: None,
             next_id: 0,
             resync_at: Instant::now() + RESYNC_EVERY,
+            containers: true,
         })
     }
 }
@@ -81,6 +85,12 @@ struct LogsConn {
     next_id: u64,
     /// When collection is next checked against the stored container list.
     resync_at: Instant,
+    /// Whether the runner may have containers: the last stored list had
+    /// some, or a snapshot or start event said so since. Only this
+    /// connection's own messages change the stored list, so while this
+    /// is false the periodic check has nothing to find (a policy change
+    /// nudges, and a nudge always checks).
+    containers: bool,
 }
 
 impl LogsConn {
@@ -150,8 +160,14 @@ impl LogsConn {
             .containers(&runner.tenant_id, &runner.id)
             .await;
         match view {
-            Ok(Some(view)) => self.sync_collection(wire, runner, &view.containers).await,
-            Ok(None) => Ok(()),
+            Ok(Some(view)) => {
+                self.containers = !view.containers.is_empty();
+                self.sync_collection(wire, runner, &view.containers).await
+            }
+            Ok(None) => {
+                self.containers = false;
+                Ok(())
+            }
             Err(e) => {
                 tracing::error!(runner = %runner.id, "listing containers for log collection: {e}");
                 Ok(())
@@ -220,11 +236,13 @@ impl FamilyConn for LogsConn {
     ) -> Result<(), Ending> {
         match &envelope.body {
             Message::ContainerSnapshot(snapshot) => {
+                self.containers |= !snapshot.containers.is_empty();
                 self.sync_collection(wire, runner, &snapshot.containers)
                     .await
             }
             Message::ContainerEvent(event) => match (&event.action[..], &event.container) {
                 ("start" | "restart", Some(c)) => {
+                    self.containers = true;
                     self.sync_collection(wire, runner, std::slice::from_ref(c))
                         .await
                 }
@@ -301,10 +319,11 @@ impl FamilyConn for LogsConn {
     }
 
     /// When [`tick`](Self::tick) wants to run: the batch, the followers,
-    /// the periodic check.
+    /// the periodic check (only for a runner with containers).
     fn due(&self) -> Option<Instant> {
         let channels = self.channels.as_ref().and_then(|ch| ch.due());
-        Some(channels.map_or(self.resync_at, |d| d.min(self.resync_at)))
+        let resync = self.containers.then_some(self.resync_at);
+        [channels, resync].into_iter().flatten().min()
     }
 
     /// Due work: store the batch, feed followers, check collection.
@@ -321,7 +340,7 @@ impl FamilyConn for LogsConn {
             let sends = channels.tick();
             send_all(wire, sends).await?;
         }
-        if now >= self.resync_at {
+        if self.containers && now >= self.resync_at {
             self.resync_collection(wire, runner).await?;
         }
         Ok(())
