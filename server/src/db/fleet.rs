@@ -11,6 +11,7 @@
 //! rollouts        id → spec, planner snapshot (JSON), state
 //! schedules       (tenant, name) → cron, selector, script, jitter, missed policy, last
 //! schedule_runs   (tenant, schedule, occurrence) UNIQUE → run | missed, jobs
+//! runner_versions runner → desired version         a runner's own, over its update policy
 //! ```
 //!
 //! The uniqueness of (schedule, occurrence) is what makes a schedule fire
@@ -179,4 +180,22 @@ pub trait FleetStore: Send + Sync {
         schedule: &str,
         limit: usize,
     ) -> Result<Vec<RunRow>, StorageError>;
+
+    // ---- desired versions of single runners
+    /// Every runner of the tenant that has its own desired version.
+    async fn desired_versions(&self, tenant: &str)
+        -> Result<HashMap<String, String>, StorageError>;
+    async fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError>;
+    /// Set (or with `None` drop) the desired version of these runners.
+    async fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError>;
 }

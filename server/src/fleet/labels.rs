@@ -291,6 +291,8 @@ pub struct RunnerFilter {
     /// Exact architecture (`x86_64`, `aarch64`, …) and runner version.
     pub arch: Option<String>,
     pub version: Option<String>,
+    /// Update state: none, current, pending or failed (`versions.rs`).
+    pub update: Option<String>,
     /// A piece of the name, reported name, id or a label (`key=value`),
     /// case-insensitive.
     pub q: Option<String>,
@@ -377,6 +379,14 @@ fn check_filter(f: &RunnerFilter) -> Result<Checked, ApiError> {
             ));
         }
     }
+    if let Some(u) = &f.update {
+        if !crate::fleet::versions::UPDATE_STATES.contains(&u.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "update: {}",
+                crate::fleet::versions::UPDATE_STATES.join(", ")
+            )));
+        }
+    }
     check_text("q", &f.q)?;
     check_text("arch", &f.arch)?;
     check_text("version", &f.version)?;
@@ -435,6 +445,11 @@ pub async fn list(
         })
         .filter(|(r, l)| keeps(f, &c, r, l))
         .collect();
+    // The update state costs three more queries: only when asked.
+    if let Some(u) = f.update.as_deref() {
+        let states = crate::fleet::versions::UpdateStates::read(state, tenant).await?;
+        kept.retain(|(r, l)| states.of(r, l) == u);
+    }
     let total = kept.len();
     // Ties by name, then id: pages do not overlap.
     kept.sort_unstable_by(|(a, _), (b, _)| {
@@ -468,10 +483,19 @@ pub async fn counts(state: &LabelsCtx, tenant: &str, f: &RunnerFilter) -> Result
     for h in ["active", "unreachable", "revoked"] {
         out.health.insert(h, 0);
     }
+    let states = match f.update {
+        Some(_) => Some(crate::fleet::versions::UpdateStates::read(state, tenant).await?),
+        None => None,
+    };
     for r in runners {
         let l = labels.get(&r.id).unwrap_or(&empty);
         if !keeps(f, &c, &r, l) {
             continue;
+        }
+        if let (Some(s), Some(u)) = (&states, f.update.as_deref()) {
+            if s.of(&r, l) != u {
+                continue;
+            }
         }
         out.total += 1;
         *out.health.entry(r.health.as_str()).or_default() += 1;

@@ -985,6 +985,18 @@ async fn update_policies_groups_and_reports(s: Under) {
     assert_eq!(reports[1].status, status("installed", Some(1234)));
     assert_eq!(reports[0].status.reason.as_deref(), Some("why"));
     assert!(s.updates.update_reports("rn_b").await.unwrap().is_empty());
+    // The newest report per runner of the tenant (the update filter, the
+    // update rollouts' driver).
+    let latest = s.updates.latest_update_reports("tn_1").await.unwrap();
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    assert_eq!(latest["rn_a"].at, 200);
+    assert_eq!(latest["rn_a"].status, status("installed", Some(1234)));
+    assert!(s
+        .updates
+        .latest_update_reports("tn_2")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn rule(id: &str, tenant: &str, name: &str) -> Rule {

@@ -59,6 +59,7 @@ both!(
     labels_proposals_and_policy,
     labels_where_finds_the_runners_having_labels,
     deadlines_and_rollouts,
+    runner_versions,
     schedules_are_claimed_once_per_occurrence,
     the_audit_chain_is_the_same_on_both_and_survives_retention,
 );
@@ -432,4 +433,31 @@ async fn postgres_audit_entries_refuse_update_and_delete() {
     // Retention itself may remove them (the anchor moves first).
     assert_eq!(trail.prune(2_500).await.unwrap(), 2);
     assert!(trail.verify().await.unwrap().ok);
+}
+
+async fn runner_versions(s: Under) {
+    let f = &s.fleet;
+    let ids = ["rn_1".to_owned(), "rn_2".to_owned()];
+    assert!(f.desired_versions("tn_1").await.unwrap().is_empty());
+    f.set_desired_version("tn_1", &ids, Some("0.2.0"), 1)
+        .await
+        .unwrap();
+    f.set_desired_version("tn_2", &["rn_9".to_owned()], Some("0.3.0"), 1)
+        .await
+        .unwrap();
+    let all = f.desired_versions("tn_1").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all["rn_2"], "0.2.0");
+    f.set_desired_version("tn_1", &ids[..1], Some("0.2.1"), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.desired_version("tn_1", "rn_1").await.unwrap().as_deref(),
+        Some("0.2.1")
+    );
+    // Another tenant's runner is not seen.
+    assert_eq!(f.desired_version("tn_1", "rn_9").await.unwrap(), None);
+    f.set_desired_version("tn_1", &ids, None, 3).await.unwrap();
+    assert!(f.desired_versions("tn_1").await.unwrap().is_empty());
+    assert_eq!(f.desired_versions("tn_2").await.unwrap().len(), 1);
 }

@@ -495,4 +495,66 @@ impl FleetStore for PgFleet {
             })
             .collect())
     }
+
+    async fn desired_versions(
+        &self,
+        tenant: &str,
+    ) -> Result<HashMap<String, String>, StorageError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT runner_id, version FROM runner_versions WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let c = self.pool.get().await?;
+        Ok(c.query_opt(
+            "SELECT version FROM runner_versions WHERE tenant_id = $1 AND runner_id = $2",
+            &[&tenant, &runner],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        for r in runners {
+            match version {
+                Some(v) => {
+                    tx.execute(
+                        "INSERT INTO runner_versions (tenant_id, runner_id, version, set_ms)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (runner_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
+                             version = EXCLUDED.version, set_ms = EXCLUDED.set_ms",
+                        &[&tenant, r, &v, &now],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM runner_versions WHERE tenant_id = $1 AND runner_id = $2",
+                        &[&tenant, r],
+                    )
+                    .await?
+                }
+            };
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -572,4 +572,15 @@ CREATE TABLE login_policy (
     r#"
 CREATE INDEX labels_by_value ON labels (tenant_id, key, value);
 "#,
+    // fleet.db's runner_versions: a runner's own desired version (the
+    // update rollout sets it runner by runner).
+    r#"
+CREATE TABLE runner_versions (
+    tenant_id TEXT NOT NULL,
+    runner_id TEXT PRIMARY KEY,
+    version   TEXT NOT NULL,
+    set_ms    BIGINT NOT NULL
+);
+CREATE INDEX runner_versions_tenant ON runner_versions (tenant_id);
+"#,
 ];

@@ -32,6 +32,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "labels by value",
         step: Step::Sql(STEP_4),
     },
+    Migration {
+        name: "runner versions",
+        step: Step::Sql(STEP_5),
+    },
 ];
 
 const STEP_1: &str = "CREATE TABLE labels (
@@ -61,6 +65,11 @@ const STEP_3: &str = "CREATE TABLE schedules (
          PRIMARY KEY (tenant_id, schedule, occurrence_ms)) WITHOUT ROWID;";
 /// A selector's `k=v` finds its runners without reading every label.
 const STEP_4: &str = "CREATE INDEX labels_by_value ON labels (tenant_id, key, value);";
+/// A runner's own desired version (the update rollout sets it).
+const STEP_5: &str = "CREATE TABLE runner_versions (
+         tenant_id TEXT NOT NULL, runner_id TEXT PRIMARY KEY, version TEXT NOT NULL,
+         set_ms INTEGER NOT NULL);
+     CREATE INDEX runner_versions_tenant ON runner_versions (tenant_id);";
 
 pub struct SqliteFleet {
     conn: Mutex<Connection>,
@@ -374,6 +383,58 @@ impl SqliteFleet {
         )?;
         let rows = st.query_map(params![tenant, limit as i64], rollout_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn desired_versions(
+        &self,
+        tenant: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StorageError> {
+        let c = self.lock();
+        let mut st = c.prepare_cached(
+            "SELECT runner_id, version FROM runner_versions WHERE tenant_id = ?1",
+        )?;
+        let rows = st.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .lock()
+            .prepare_cached(
+                "SELECT version FROM runner_versions WHERE tenant_id = ?1 AND runner_id = ?2",
+            )?
+            .query_row(params![tenant, runner], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for r in runners {
+            match version {
+                Some(v) => tx.execute(
+                    "INSERT OR REPLACE INTO runner_versions (tenant_id, runner_id, version, set_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant, r, v, now],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM runner_versions WHERE tenant_id = ?1 AND runner_id = ?2",
+                    params![tenant, r],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn put_schedule(

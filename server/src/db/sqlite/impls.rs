@@ -514,6 +514,13 @@ impl UpdateStore for Blocking<SqliteControl> {
         own!(runner_id);
         self.run(move |s| s.update_reports(&runner_id)).await
     }
+    async fn latest_update_reports(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, UpdateReportRow>, StorageError> {
+        own!(tenant_id);
+        self.run(move |s| s.latest_update_reports(&tenant_id)).await
+    }
 }
 
 #[async_trait]
@@ -981,6 +988,36 @@ impl FleetStore for Blocking<SqliteFleet> {
     ) -> Result<Vec<RunRow>, StorageError> {
         own!(tenant, schedule);
         self.run(move |s| s.runs(&tenant, &schedule, limit)).await
+    }
+
+    async fn desired_versions(
+        &self,
+        tenant: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StorageError> {
+        own!(tenant);
+        self.run(move |s| s.desired_versions(&tenant)).await
+    }
+
+    async fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError> {
+        own!(tenant, runner);
+        self.run(move |s| s.desired_version(&tenant, &runner)).await
+    }
+
+    async fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let (tenant, runners) = (tenant.to_owned(), runners.to_vec());
+        let version = version.map(str::to_owned);
+        self.run(move |s| s.set_desired_version(&tenant, &runners, version.as_deref(), now))
+            .await
     }
 }
 
