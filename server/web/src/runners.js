@@ -177,10 +177,16 @@ page('runners', async (view) => {
   // Firing alerts above the list (alerts.js), refreshed with the markers.
   const firingSlot = h('div');
 
+  // Filters change faster than answers come (each keystroke asks again),
+  // and a narrow selector is answered sooner than the whole fleet: only
+  // the answer to the latest question is drawn.
+  let countsAsked = 0;
+  let rowsAsked = 0;
   const fetchCounts = async () => {
     const { health, sort, ...rest } = f;
+    const mine = ++countsAsked;
     const c = await api('GET', `/api/v1/runners/counts${qs(rest)}`);
-    countsSlot.replaceChildren(countsBar(c, f, set));
+    if (mine === countsAsked) countsSlot.replaceChildren(countsBar(c, f, set));
     return c;
   };
   const fetchMetrics = async () => {
@@ -212,8 +218,10 @@ page('runners', async (view) => {
   };
   // The page of rows for the filters: X-Total-Count says how many in all.
   const fetchRows = async () => {
+    const mine = ++rowsAsked;
     const res = await fetch(`/api/v1/runners${qs(f, { page: pageNo, limit: PAGE })}`, { credentials: 'same-origin' });
     const data = await res.json().catch(() => null);
+    if (mine !== rowsAsked) return;
     if (!res.ok) { err.textContent = data?.error?.message || `HTTP ${res.status}`; return; }
     err.textContent = '';
     total = Number(res.headers.get('x-total-count') || data.length);
