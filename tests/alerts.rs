@@ -1,7 +1,8 @@
 //! Alerts from real data: a real runner's fingerprint, a real Docker
 //! engine's container events, a real link cut by the fault proxy, a real
 //! filesystem filling, labels on real runners, a deploy failing on a real
-//! host, each delivered to a webhook receiver on loopback (past one that
+//! host, a real signed update rolled back by a real runner
+//! (`update.rs`'s fixture), each delivered to a webhook receiver on loopback (past one that
 //! hangs) and, for the cut link, by email to a real SMTP server
 //! (`util/hooks.rs`). The server's own tests
 //! (`server/tests/server/alerts.rs`) cover the rules, channels, retries and
@@ -428,4 +429,77 @@ fn a_failing_deploy_is_an_alert_naming_its_reason() {
         "the summary names the app and the job's reason ({reason:?}): {s}"
     );
     assert_eq!(n["runner_id"], runner.id.as_str(), "{n}");
+}
+
+#[test]
+fn a_rolled_back_update_is_an_alert_naming_its_reason() {
+    use crate::update::{keypair, script, Fx};
+    let hooks = Hooks::start();
+    // The update tests' fixture, with a server that may notify loopback.
+    let keys = keypair("keys");
+    let server = Server::start_with(&[
+        "--release-keys",
+        keys.public.to_str().unwrap(),
+        "--alert-private-targets",
+    ]);
+    let tenant = server.tenant("acme");
+    let fx = Fx {
+        keys,
+        server,
+        tenant,
+    };
+    let (st, ch) = fx.tenant.call(
+        "POST",
+        "/api/v1/alerts/channels",
+        Some(json!({"name": "ops", "config": {"kind": "webhook", "url": hooks.url()}})),
+    );
+    assert_eq!(st, 201, "{ch}");
+    rule(
+        &fx.tenant,
+        json!({"name": "updates", "kind": "update_failed", "channels": [ch["id"]]}),
+    );
+    let v0 = env!("CARGO_PKG_VERSION");
+    let mut host = fx.host();
+    host.start(&[]);
+    fx.wait_version(&host.runner.id, v0);
+
+    // A signed release that exits at start: the runner swaps it in, sees
+    // it die before connecting, puts its own binary back and says why.
+    fx.publish(
+        "0.4.0",
+        &script("echo 'broken release starting' >&2; exit 3"),
+    );
+    fx.desire("0.4.0");
+    let n = hooks.wait(Duration::from_secs(90), "the rolled-back update", |v| {
+        v["rule_name"] == "updates"
+    });
+    let report = fx.wait_report(&host.runner.id, "0.4.0", "failed");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("exited before connecting"), "{report}");
+    assert_eq!(n["state"], "firing", "{n}");
+    assert_eq!(n["runner_id"], host.runner.id.as_str(), "{n}");
+    let s = summary(&n);
+    assert!(
+        s.contains("update to 0.4.0 rolled back") && s.contains(reason),
+        "the summary names the version, the rollback and the runner's reason ({reason:?}): {s}"
+    );
+    fx.wait_version(&host.runner.id, v0);
+
+    // Offered again, refused without a try: the alert still fires, and
+    // is not notified a second time.
+    fx.desire("0.4.0");
+    fx.wait_report(&host.runner.id, "0.4.0", "rejected");
+    let more = hooks.drain_for(Duration::from_secs(3));
+    assert!(
+        more.iter().all(|v| v["rule_name"] != "updates"),
+        "notified again: {more:?}"
+    );
+    let (_, firing) = fx.tenant.call("GET", "/api/v1/alerts", None);
+    let updates: Vec<&Value> = firing["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "firing" && a["runner_id"] == host.runner.id.as_str())
+        .collect();
+    assert_eq!(updates.len(), 1, "{firing}");
 }

@@ -8,7 +8,8 @@
 //! stop the runner and see it turn unreachable without a reload, a viewer
 //! refused an action and a terminal, every page at phone width. The browser steps are in
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`. The
-//! runners page with 2,000 simulated runners: `server/web/e2e-fleet.mjs`.
+//! runners page with 2,000 simulated runners: `server/web/e2e-fleet.mjs`;
+//! the schedules page: `server/web/e2e-schedules.mjs`.
 //!
 //! Needs `chromium` and `make web` (`make test`'s set-up installs both); it fails,
 //! saying so, when they are missing.
@@ -958,4 +959,84 @@ fn login(server: &Server, name: &str) -> (String, String) {
     let session: serde_json::Value =
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
     (cookie, session["csrf_token"].as_str().unwrap().to_owned())
+}
+
+/// The schedules page in real Chromium (`server/web/e2e-schedules.mjs`):
+/// a bad cron refused with the reason, a schedule added on a label
+/// selector with its next run shown, its page with the next runs and the
+/// history getting its first run (a real job on the labelled runner, at
+/// most a minute later), removed after confirmation.
+#[test]
+fn schedules_page_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+        "the browser test needs {chromium} (apt-get install chromium) and \
+         server/web/node_modules (make web); make test's set-up installs both"
+    );
+    let artifacts = util::target_dir().join("dashboard-schedules-e2e");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    let server = Server::start();
+    let tenant = server.tenant("acme");
+    add_user(&server, "acme", "ada", "admin");
+    let mut db = Runner::enroll(&server, &tenant);
+    db.start(&["--heartbeat", "1s", "--metrics-interval", "off"]);
+    tenant.wait_health(&db.id, "active", Duration::from_secs(15));
+    let (st, v) = tenant.call(
+        "PATCH",
+        &format!("/api/v1/runners/{}/labels", db.id),
+        Some(serde_json::json!({"set": {"role": "db"}})),
+    );
+    assert_eq!(st, 200, "{v}");
+
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e-schedules.mjs",
+        |c| {
+            c.env("TETHER_URL", &server.url)
+                .env("TENANT", "acme")
+                .env("ADMIN_USER", "ada")
+                .env("PASSWORD", PASSWORD);
+        },
+        (&chromium, &artifacts),
+        ("never asked", &mut db),
+    );
+    assert!(
+        status.success() && transcript.contains("E2E OK"),
+        "schedules page failed ({status}); screenshots in {}:\n{transcript}",
+        artifacts.display()
+    );
+    for step in [
+        "a bad cron is refused with the reason",
+        "added, next run",
+        "five next runs shown",
+        "history shows the run and its job",
+        "removed after confirmation",
+    ] {
+        assert!(
+            transcript.contains(step),
+            "missing step {step:?}:\n{transcript}"
+        );
+    }
+    // The job the history linked ran on the labelled runner; the schedule
+    // is gone and the bad one was never stored.
+    let job = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("job: "))
+        .expect("the page named the run's job")
+        .to_owned();
+    let done = util::wait_for(Duration::from_secs(30), "the scheduled job to end", || {
+        let (_, j) = tenant.call("GET", &format!("/api/v1/jobs/{job}"), None);
+        (j["complete"] == true).then_some(j)
+    });
+    assert_eq!(
+        (done["status"].as_str(), done["runner_id"].as_str()),
+        (Some("succeeded"), Some(db.id.as_str())),
+        "{done}"
+    );
+    let (_, list) = tenant.call("GET", "/api/v1/schedules", None);
+    assert_eq!(list, serde_json::json!([]));
 }

@@ -861,3 +861,230 @@ fn the_operator_cli_uploads_a_release_rolls_it_out_and_shows_the_reports() {
     assert!(text.contains("trusted keys:     1 from"), "{text}");
     assert!(text.contains("downgrades:       refused"), "{text}");
 }
+
+/// An update rollout in waves of one over four real runners, the second
+/// of which refuses updates (its host has TETHER_UPDATE=off): the CLI
+/// follows it and exits 1 when it halts after that wave; the other two
+/// are untouched (no offer, no report, no own desired version). Fixed (the
+/// host restarted with updates on) and resumed, the rest update; the
+/// failed one is then updated by its own desired version.
+#[test]
+fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() {
+    let fx = Fx::new();
+    let mut hosts: Vec<Host> = Vec::new();
+    for n in 1..=4 {
+        let mut host = fx.host();
+        if n == 2 {
+            host.runner.env.push(("TETHER_UPDATE".into(), "off".into()));
+        }
+        host.start(&[]);
+        fx.wait_version(&host.runner.id, V0);
+        let (st, v) = fx.tenant.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/name", host.runner.id),
+            Some(json!({"name": format!("u{n}")})),
+        );
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = fx.tenant.call(
+            "PATCH",
+            &format!("/api/v1/runners/{}/labels", host.runner.id),
+            Some(json!({"set": {"fleet": "upd"}})),
+        );
+        assert_eq!(st, 200, "{v}");
+        hosts.push(host);
+    }
+    fx.publish("0.5.0", &binary_with_version("0.5.0"));
+
+    // Bad input: a clear error, nothing started.
+    for (body, says) in [
+        (
+            json!({"selector": "fleet=upd", "update": {"version": "9.9.9"}}),
+            "no release",
+        ),
+        (
+            json!({"selector": "fleet=upd", "update": {"version": "0.5.0", "reconnect_s": 1}}),
+            "reconnect_s",
+        ),
+        (
+            json!({"selector": "fleet=upd", "soak_s": 100000, "update": {"version": "0.5.0"}}),
+            "soak_s",
+        ),
+        (
+            json!({"selector": "fleet=upd", "job": {"command": "true"}, "update": {"version": "0.5.0"}}),
+            "one of them",
+        ),
+    ] {
+        let (st, v) = fx
+            .tenant
+            .call("POST", "/api/v1/rollouts", Some(body.clone()));
+        assert_eq!(st, 400, "{body}: {v}");
+        assert!(v.to_string().contains(says), "{body}: {v}");
+    }
+
+    let t0 = std::time::Instant::now();
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &[
+            "update",
+            "rollout",
+            "0.5.0",
+            "--selector",
+            "fleet=upd",
+            "--wave",
+            "1",
+            "--max-failures",
+            "1",
+            "--soak",
+            "1s",
+            "--reconnect",
+            "60s",
+        ],
+    );
+    eprintln!("rollout halted after {:?}:\n{text}", t0.elapsed());
+    assert!(!ok, "a halted rollout exits non-zero: {text}");
+    assert!(
+        text.contains("halted: 1 succeeded, 1 failed, 0 skipped, 2 not started of 4"),
+        "{text}"
+    );
+    assert!(text.contains("soaking until"), "{text}");
+    assert!(text.contains("self-update is off on this host"), "{text}");
+
+    let (_, list) = fx.tenant.call("GET", "/api/v1/rollouts", None);
+    assert_eq!(list[0]["kind"], "update", "{list}");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let (_, v) = fx
+        .tenant
+        .call("GET", &format!("/api/v1/rollouts/{id}"), None);
+    let states: Vec<&str> = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["succeeded", "failed", "waiting", "waiting"], "{v}");
+    assert_eq!(v["targets"][0]["status"], "installed", "{v}");
+    assert_eq!(v["targets"][0]["from_version"], V0, "{v}");
+    assert!(
+        v["targets"][1]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("rejected: "),
+        "{v}"
+    );
+    assert_eq!(fx.tenant.runner(&hosts[0].runner.id)["version"], "0.5.0");
+    // The failed runner is given back to its policy (none): no own version.
+    assert!(fx.reports(&hosts[1].runner.id)["desired_version"].is_null());
+    // The runners of the waves after it were never touched.
+    for h in &hosts[2..] {
+        let r = fx.reports(&h.runner.id);
+        assert_eq!(r["version"], V0, "{r}");
+        assert!(r["desired"].is_null(), "{r}");
+        assert_eq!(r["reports"], json!([]), "{r}");
+        assert_eq!(h.installed_version(), V0);
+    }
+
+    // The runners list by update state (the API and the CLI agree).
+    let by_state = |st: &str| -> Vec<String> {
+        let (code, v) = fx.tenant.call(
+            "GET",
+            &format!("/api/v1/runners?update={st}&sort=name"),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(by_state("current"), ["u1"]);
+    assert_eq!(by_state("none"), ["u2", "u3", "u4"]);
+    assert!(by_state("pending").is_empty());
+    let (code, v) = fx
+        .tenant
+        .call("GET", "/api/v1/runners/counts?update=none", None);
+    assert_eq!((code, v["total"].clone()), (200, json!(3)), "{v}");
+    let (code, v) = fx.tenant.call("GET", "/api/v1/runners?update=sleepy", None);
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("update:"),
+        "{v}"
+    );
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &["runners", "--update", "current", "--json"],
+    );
+    assert!(ok && text.contains(&hosts[0].runner.id), "{text}");
+    assert!(!text.contains(&hosts[2].runner.id), "{text}");
+    // Wanting the version it rejected makes it `failed` (its newest report).
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &["update", "desired", "u2", "--version", "0.5.0"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(by_state("failed"), ["u2"]);
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &["update", "desired", "u2", "--version", "none"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(by_state("none"), ["u2", "u3", "u4"]);
+
+    // Fixed: the host restarts with updates on. Resumed, the rest update.
+    signal(hosts[1].runner.child(), libc::SIGTERM);
+    assert!(wait_exit(hosts[1].runner.child(), Duration::from_secs(10)).is_some());
+    hosts[1].runner.env.retain(|(k, _)| k != "TETHER_UPDATE");
+    hosts[1].start(&[]);
+    fx.wait_version(&hosts[1].runner.id, V0);
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["rollout", "resume", &id]);
+    assert!(ok, "{text}");
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["rollout", "watch", &id]);
+    // One runner failed in the rollout: watch says so with its exit.
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("done: 3 succeeded, 1 failed, 0 skipped, 0 not started of 4"),
+        "{text}"
+    );
+    for h in [&hosts[2], &hosts[3]] {
+        fx.wait_version(&h.runner.id, "0.5.0");
+        fx.wait_report(&h.runner.id, "0.5.0", "installed");
+        assert_eq!(h.installed_version(), "0.5.0");
+    }
+    // The one left behind: its own desired version (the dashboard's
+    // bulk action and `update desired` set it).
+    // Its own desired version is the one it rejected before: `failed`
+    // until it is offered again (it runs updates now: it installs).
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &["update", "desired", "u2", "--version", "0.5.0"],
+    );
+    assert!(ok, "{text}");
+    fx.wait_version(&hosts[1].runner.id, "0.5.0");
+    let r = fx.reports(&hosts[1].runner.id);
+    assert_eq!(
+        (r["desired"].clone(), r["desired_version"].clone()),
+        (json!("0.5.0"), json!("0.5.0")),
+        "{r}"
+    );
+    assert_eq!(by_state("current"), ["u1", "u2", "u3", "u4"]);
+    // In bulk, by ids; a bad one changes nothing.
+    let (st, v) = fx.tenant.call(
+        "POST",
+        "/api/v1/desired-version",
+        Some(json!({"runners": [hosts[0].runner.id, "rn_nope"], "version": null})),
+    );
+    assert_eq!(st, 404, "{v}");
+    assert_eq!(fx.reports(&hosts[0].runner.id)["desired_version"], "0.5.0");
+    let (st, v) = fx.tenant.call(
+        "POST",
+        "/api/v1/desired-version",
+        Some(json!({"selector": "fleet=upd", "version": null})),
+    );
+    assert_eq!((st, v["changed"].clone()), (200, json!(4)), "{v}");
+    assert!(fx.reports(&hosts[0].runner.id)["desired"].is_null());
+}

@@ -97,6 +97,9 @@ pub enum ClientCommand {
         /// Only runners at this version
         #[arg(long = "runner-version", value_name = "VERSION")]
         runner_version: Option<String>,
+        /// Update state against its desired version: none, current, pending, failed
+        #[arg(long, value_name = "STATE")]
+        update: Option<String>,
         /// name (default), health, version, arch, last_seen, created, id; -KEY reverses
         #[arg(long, allow_hyphen_values = true)]
         sort: Option<String>,
@@ -523,6 +526,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
             search,
             arch,
             runner_version,
+            update,
             sort,
             page,
             limit,
@@ -534,6 +538,7 @@ fn execute(args: &ClientArgs, command: ClientCommand) -> Result<(), CliError> {
                 ("q", search.as_deref()),
                 ("arch", arch.as_deref()),
                 ("version", runner_version.as_deref()),
+                ("update", update.as_deref()),
                 ("sort", sort.as_deref()),
                 ("page", page.as_deref()),
                 ("limit", limit.as_deref()),

@@ -11,7 +11,13 @@
 //!   time per runner from the start until every target has a job (the sim
 //!   runners take no jobs: the jobs stay pending, so this is the rollout's
 //!   own cost: planning, making jobs in waves, the driver's polling), then
-//!   aborted.
+//!   aborted;
+//! - before it, an update rollout over every runner (one wave): the
+//!   server's CPU time per runner from the start until every runner has
+//!   its own desired version and was offered the release (the sim runners
+//!   never install it, so every target stays `offered`), then the driver's
+//!   CPU while it watches them all (two queries a tick, whatever the
+//!   wave's size); they all fail at the reconnect bound and it ends.
 
 use std::io::Write;
 use std::path::Path;
@@ -104,8 +110,12 @@ pub fn run(rows: &mut Vec<Row>) {
         eprintln!("bench: {} = {:.3} {}", r.what, r.value, r.unit);
     }
     dashboard(&server, count, rows);
+    // The update rollout first: it ends by itself (its runners never come
+    // back at the version); the job rollout's driver never does (the sims
+    // take no jobs and answer no cancel).
+    update_rollout_overhead(&server, &tenant, count, rows);
     rollout_overhead(&server, &tenant, count, rows);
-    for r in rows.iter().rev().take(2) {
+    for r in rows.iter().rev().take(4) {
         eprintln!("bench: {} = {:.3} {}", r.what, r.value, r.unit);
     }
 }
@@ -231,4 +241,90 @@ fn rollout_overhead(server: &Server, tenant: &Tenant, count: u64, rows: &mut Vec
         goal: None,
         how: "server CPU over 10 s with every target's job pending (the driver polls each job every 300 ms)".into(),
     });
+}
+
+/// How long the update rollout's runners have to come back: past the
+/// start and the 10 s watch; then they all fail and the rollout ends.
+const RECONNECT_S: u64 = 60;
+
+fn update_rollout_overhead(server: &Server, tenant: &Tenant, count: u64, rows: &mut Vec<Row>) {
+    // A release the sims are offered (they ignore the offer): a binary
+    // and a signature for their architecture, their bytes never checked.
+    let arch = std::env::consts::ARCH;
+    for file in [format!("tether-{arch}"), format!("tether-{arch}.minisig")] {
+        let (st, v) = server.api().upload(
+            &format!("/api/v1/releases/9.9.9/{file}"),
+            &server.admin_token,
+            b"not a binary",
+        );
+        assert_eq!(st, 201, "{v}");
+    }
+    let pid = server.child.id();
+    let cpu_secs = |pid: u32| cpu_ticks(pid) as f64 / ticks_per_sec();
+    let cpu0 = cpu_secs(pid);
+    let t = Instant::now();
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({"selector": "", "wave": "100%",
+            "update": {"version": "9.9.9", "reconnect_s": RECONNECT_S}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_for(Duration::from_secs(300), "every runner offered", || {
+        let (_, v) = tenant.call("GET", &format!("/api/v1/rollouts/{id}"), None);
+        (v["totals"]["running"].as_u64()? >= count).then_some(())
+    });
+    let started = t.elapsed();
+    let cpu_start = cpu_secs(pid) - cpu0;
+    let c1 = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let watch = (cpu_secs(pid) - c1) / 10.0;
+    let clean = started.as_secs() + 10 < RECONNECT_S;
+    // At the reconnect bound every target fails and the driver stops, so
+    // the job rollout's figures after are its driver's alone.
+    let ended = wait_for_opt(Duration::from_secs(RECONNECT_S + 120), || {
+        let (_, v) = tenant.call("GET", &format!("/api/v1/rollouts/{id}"), None);
+        (v["over"] == true).then_some(v)
+    });
+    eprintln!(
+        "bench: update rollout ended: {:?}",
+        ended.map(|v| v["totals"].clone())
+    );
+    let note = if clean {
+        ""
+    } else {
+        " (the start outlasted the reconnect bound: some targets failed in the watch)"
+    };
+    rows.push(Row {
+        what: format!("update rollout over {count} runners: server CPU to start, per runner"),
+        value: cpu_start * 1e6 / count as f64,
+        unit: "us",
+        goal: None,
+        how: format!(
+            "utime+stime of the server, POST /rollouts {{update}} until all {count} have their own desired version and an offer ({:.1} s){note}",
+            started.as_secs_f64()
+        ),
+    });
+    rows.push(Row {
+        what: format!("update rollout over {count} runners: driver CPU while they update"),
+        value: watch * 100.0,
+        unit: "%",
+        goal: None,
+        how: format!("server CPU over 10 s with every target offered (the driver reads the runners and their newest reports every 300 ms){note}"),
+    });
+}
+
+/// `wait_for` that gives up quietly.
+fn wait_for_opt<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

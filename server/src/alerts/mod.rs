@@ -23,8 +23,11 @@
 //! The engine never blocks a connection: hooks `try_send` into a bounded
 //! queue ([`QUEUE`]); when it is full, observations are dropped and
 //! counted (logged once per 1,000). Metrics are decoded for the engine only
-//! when the tenant has a metric rule. Runner names and groups are read
-//! from `db/` and cached for [`RUNNER_TTL`].
+//! when the tenant has a metric rule, and read through the runner's plan
+//! (`rules::MetricPlan`: which series each metric rule reads, made once per
+//! schema and rule set), so a healthy record costs a compare per series a
+//! rule reads: no names are copied and no text is made. Runner names and
+//! groups are read from `db/` and cached for [`RUNNER_TTL`].
 //!
 //! No other feature is imported but through the broadcasts above
 //! (`runners::health`, `containers`); a job's label is read from `db.jobs`
@@ -43,7 +46,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 use self::notify::{Notification, Notifier};
-use self::rules::{Evaluator, Kind, Observation, Rule, RunnerInfo, Silence, State, Transition};
+use self::rules::{
+    Evaluator, Kind, MetricPlan, Observation, Rule, RunnerInfo, Silence, State, Transition,
+};
 use crate::common::clock;
 use crate::common::secrets::SecretBox;
 use crate::containers::ContainerEventRecord;
@@ -189,7 +194,11 @@ impl Alerts {
             db,
             notifier,
             tenants: HashMap::new(),
+            generations: 0,
             schemas: HashMap::new(),
+            plans: HashMap::new(),
+            ints: Vec::new(),
+            vals: Vec::new(),
             runners: HashMap::new(),
             silences: Vec::new(),
             silences_read: None,
@@ -427,7 +436,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct Tenant {
     rules: Vec<Rule>,
+    /// Changes with `rules` (unique in the engine): plans of an older one
+    /// are made again.
+    gen: u64,
     eval: Evaluator,
+}
+
+/// A runner's metrics schema as records are read: series names and the
+/// scale of each (a record's values are in this order).
+struct Schema {
+    names: Vec<String>,
+    scales: Vec<f64>,
+}
+
+/// A runner's plan: good while its tenant's rules and its schema are the
+/// ones it was made for.
+struct PlanCache {
+    gen: u64,
+    schema: Arc<Schema>,
+    plan: Arc<MetricPlan>,
 }
 
 struct Engine {
@@ -435,9 +462,16 @@ struct Engine {
     db: Db,
     notifier: Arc<Notifier>,
     tenants: HashMap<String, Tenant>,
-    /// Per runner: the series of its metrics schema (name, scale).
-    schemas: HashMap<String, Arc<Vec<(String, f64)>>>,
-    runners: HashMap<String, (RunnerInfo, Instant)>,
+    /// The last rules generation given out.
+    generations: u64,
+    /// Per runner: its metrics schema.
+    schemas: HashMap<String, Arc<Schema>>,
+    /// Per runner: which series each metric rule reads (`rules::MetricPlan`).
+    plans: HashMap<String, PlanCache>,
+    /// A record's values, decoded and scaled (kept: no allocation per record).
+    ints: Vec<Option<i64>>,
+    vals: Vec<Option<f64>>,
+    runners: HashMap<String, (Arc<RunnerInfo>, Instant)>,
     silences: Vec<Silence>,
     silences_read: Option<Instant>,
     alerts: std::sync::Weak<Alerts>,
@@ -472,8 +506,35 @@ impl Engine {
     fn tenant(&mut self, id: &str) -> &mut Tenant {
         self.tenants.entry(id.to_owned()).or_insert_with(|| Tenant {
             rules: Vec::new(),
+            gen: 0,
             eval: Evaluator::default(),
         })
+    }
+
+    /// `runner`'s plan for its tenant's rules and its schema, made when
+    /// either changed since the last one.
+    fn plan(&mut self, tenant: &str, runner: &str, schema: &Arc<Schema>) -> Arc<MetricPlan> {
+        let Some(t) = self.tenants.get(tenant) else {
+            return Arc::default();
+        };
+        if let Some(c) = self.plans.get(runner) {
+            if c.gen == t.gen && Arc::ptr_eq(&c.schema, schema) {
+                return c.plan.clone();
+            }
+        }
+        let plan = Arc::new(MetricPlan::new(&t.rules, &schema.names));
+        if self.plans.len() > 100_000 {
+            self.plans.clear();
+        }
+        self.plans.insert(
+            runner.to_owned(),
+            PlanCache {
+                gen: t.gen,
+                schema: schema.clone(),
+                plan: plan.clone(),
+            },
+        );
+        plan
     }
 
     /// Tell the hooks whether this tenant needs metrics or log lines.
@@ -547,27 +608,46 @@ impl Engine {
                 obs,
             } => self.on_observe(&tenant, &runner, &obs).await,
             Input::Schema { runner, series } => {
-                self.schemas.insert(runner, Arc::new(series));
+                let (names, scales) = series.into_iter().unzip();
+                self.schemas
+                    .insert(runner, Arc::new(Schema { names, scales }));
             }
             Input::Record {
                 tenant,
                 runner,
                 values,
             } => {
+                if self.tenants.get(&tenant).is_none_or(|t| t.rules.is_empty()) {
+                    return;
+                }
                 let Some(schema) = self.schemas.get(&runner).cloned() else {
                     return;
                 };
-                let mut ints = Vec::new();
-                if crate::db::metrics::decode_values(&values, &mut ints).is_err() {
+                // No metric rule reads a series this runner sends: done.
+                let plan = self.plan(&tenant, &runner, &schema);
+                if plan.is_empty() {
                     return;
                 }
-                let values = schema
-                    .iter()
-                    .zip(ints)
-                    .filter_map(|((name, scale), v)| v.map(|v| (name.clone(), v as f64 * scale)))
-                    .collect();
-                self.on_observe(&tenant, &runner, &Observation::Metrics { values })
-                    .await;
+                if crate::db::metrics::decode_values(&values, &mut self.ints).is_err() {
+                    return;
+                }
+                self.vals.clear();
+                self.vals.extend(
+                    schema
+                        .scales
+                        .iter()
+                        .zip(&self.ints)
+                        .map(|(scale, v)| v.map(|v| v as f64 * scale)),
+                );
+                let info = self.runner(&tenant, &runner).await;
+                let now = clock::now_ms();
+                let Some(t) = self.tenants.get_mut(&tenant) else {
+                    return;
+                };
+                let out =
+                    t.eval
+                        .observe_metrics(&t.rules, &plan, &schema.names, &info, &self.vals, now);
+                self.record(&tenant, out).await;
             }
             Input::JobEnded {
                 tenant,
@@ -591,7 +671,10 @@ impl Engine {
             }
             Input::RulesChanged { tenant } => match self.store.rules(&tenant).await {
                 Ok(rules) => {
+                    self.generations += 1;
+                    let gen = self.generations;
                     let t = self.tenant(&tenant);
+                    t.gen = gen;
                     let gone: Vec<String> = t
                         .rules
                         .iter()
@@ -639,7 +722,7 @@ impl Engine {
         self.on_observe(&c.tenant_id, &c.runner_id, &obs).await;
     }
 
-    async fn runner(&mut self, tenant: &str, id: &str) -> RunnerInfo {
+    async fn runner(&mut self, tenant: &str, id: &str) -> Arc<RunnerInfo> {
         if let Some((info, at)) = self.runners.get(id) {
             if at.elapsed() < RUNNER_TTL {
                 return info.clone();
@@ -669,12 +752,12 @@ impl Engine {
             .await
             .map(|(accepted, _proposed)| accepted)
             .unwrap_or_default();
-        let info = RunnerInfo {
+        let info = Arc::new(RunnerInfo {
             id: id.to_owned(),
             name,
             group,
             labels,
-        };
+        });
         if self.runners.len() > 100_000 {
             self.runners.clear();
         }
@@ -705,19 +788,17 @@ impl Engine {
             .map(|(k, _)| k.clone())
             .collect();
         for tenant in tenants {
-            let cache: HashMap<String, RunnerInfo> = self
-                .runners
-                .iter()
-                .map(|(k, (i, _))| (k.clone(), i.clone()))
-                .collect();
+            // Read only for the targets that change (none, most seconds).
+            let cache = &self.runners;
             let Some(t) = self.tenants.get_mut(&tenant) else {
                 continue;
             };
-            let lookup = |id: &str| {
-                cache.get(id).cloned().unwrap_or_else(|| RunnerInfo {
+            let lookup = |id: &str| match cache.get(id) {
+                Some((info, _)) => RunnerInfo::clone(info),
+                None => RunnerInfo {
                     id: id.to_owned(),
                     ..RunnerInfo::default()
-                })
+                },
             };
             let out = t.eval.tick(&t.rules, &lookup, now);
             self.record(&tenant, out).await;

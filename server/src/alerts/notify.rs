@@ -8,7 +8,9 @@
 //!
 //! Each channel has one worker task and a bounded queue ([`QUEUE`]): a
 //! full queue drops the notification (logged in the delivery log), so a
-//! dead or slow channel never holds up the engine or another channel.
+//! dead or slow channel never holds up the engine or another channel. The
+//! worker keeps its HTTP client, so a receiver that keeps connections open
+//! costs one TLS handshake, not one per notification.
 //! Every attempt has a timeout and is logged; a failed one is retried with
 //! exponential backoff and jitter, [`Tuning::attempts`] times at most.
 //!
@@ -412,11 +414,26 @@ fn http_request(cfg: &ChannelConfig, n: &Notification) -> Option<Request> {
     })
 }
 
-/// One attempt: `Ok(detail)` on a 2xx answer or an accepted mail.
+/// The HTTP client of one channel's worker. Kept by the worker, so its
+/// connections are reused where the receiver keeps them open (a TLS
+/// handshake per channel, not per notification).
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        // A redirect could lead past the address check.
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One attempt: `Ok(detail)` on a 2xx answer or an accepted mail. URL
+/// kinds go through `agent` ([`http_agent`] with `tuning.timeout`).
 pub async fn attempt(
     cfg: &ChannelConfig,
     n: &Notification,
     tuning: Tuning,
+    agent: &ureq::Agent,
 ) -> Result<String, String> {
     if let ChannelConfig::Email {
         host,
@@ -450,14 +467,8 @@ pub async fn attempt(
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     check_destination(uri.host().unwrap_or(""), port, tuning.allow_private).await?;
     let timeout = tuning.timeout;
+    let agent = agent.clone();
     let work = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            // A redirect could lead past the address check.
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .build()
-            .into();
         let mut req = agent.post(&url);
         for (k, v) in &headers {
             req = req.header(k, v);
@@ -610,8 +621,10 @@ impl Notifier {
     }
 
     async fn work(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) {
+        // This channel's client, made again if the timeout changes.
+        let mut agent: Option<(Duration, ureq::Agent)> = None;
         while let Some(job) = rx.recv().await {
-            self.deliver(&job).await;
+            self.deliver(&job, &mut agent).await;
         }
     }
 
@@ -629,14 +642,18 @@ impl Notifier {
         serde_json::from_slice(&plain).map_err(|e| format!("channel config: {e}"))
     }
 
-    async fn deliver(&self, job: &Job) {
+    async fn deliver(&self, job: &Job, agent: &mut Option<(Duration, ureq::Agent)>) {
         let cfg = match self.config(&job.tenant, &job.channel_id).await {
             Ok(c) => c,
             Err(e) => return self.log(job, 1, Err(e)).await,
         };
         let t = *self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        let agent = match agent {
+            Some((timeout, a)) if *timeout == t.timeout => a.clone(),
+            _ => agent.insert((t.timeout, http_agent(t.timeout))).1.clone(),
+        };
         for n in 1..=t.attempts.max(1) {
-            let result = attempt(&cfg, &job.n, t).await;
+            let result = attempt(&cfg, &job.n, t, &agent).await;
             let ok = result.is_ok();
             if !ok && n == 1 {
                 tracing::warn!(channel = %job.channel_id, "alert delivery failed: {}", result.as_ref().err().map_or("", |s| s));

@@ -329,6 +329,9 @@ pub struct Transition {
 #[derive(Debug, Default)]
 pub struct Evaluator {
     targets: HashMap<(String, String), Tracked>,
+    /// Targets per runner id: a healthy sample of a runner with none (most
+    /// samples) needs no lookup, so no key is made for it.
+    per_runner: HashMap<String, usize>,
     /// Recent `kill`/`stop` per (runner, container): a `die` after one was asked for.
     asked_stop: HashMap<(String, String), i64>,
 }
@@ -344,6 +347,91 @@ enum Signal {
 
 fn key(runner: &str, subject: &str) -> String {
     format!("{runner}/{subject}")
+}
+
+/// The runner id of a target key (`runner_id/subject`; ids have no `/`).
+fn runner_of(target: &str) -> &str {
+    target.split_once('/').map_or(target, |(r, _)| r)
+}
+
+/// Which series of one runner's metrics schema each enabled metric rule
+/// reads, and the series it is divided by: made once per (schema, rules),
+/// so a record is a walk over indices instead of every series globbed
+/// against every rule (`Evaluator::observe_metrics`).
+#[derive(Debug, Default)]
+pub struct MetricPlan {
+    /// In rule order, then series order (the order of the transitions).
+    entries: Vec<PlanEntry>,
+}
+
+#[derive(Debug)]
+struct PlanEntry {
+    /// Index into the rules the plan was made for.
+    rule: usize,
+    series: usize,
+    per: Option<usize>,
+}
+
+impl MetricPlan {
+    /// `names`: the schema's series, in record order.
+    pub fn new(rules: &[Rule], names: &[String]) -> MetricPlan {
+        let mut entries = Vec::new();
+        for (ri, rule) in rules.iter().enumerate() {
+            let Kind::Metric { series, per, .. } = &rule.spec.kind else {
+                continue;
+            };
+            if !rule.spec.enabled {
+                continue;
+            }
+            for (si, name) in names.iter().enumerate() {
+                if !glob(series, name) {
+                    continue;
+                }
+                if let (Some(ctr), true) = (name.strip_prefix("ctr."), series.starts_with("ctr.")) {
+                    let ctr = ctr.rsplit_once('.').map_or(ctr, |(c, _)| c);
+                    let ok = rule
+                        .spec
+                        .containers
+                        .as_ref()
+                        .is_none_or(|f| f.matches(ctr, &|_| None));
+                    if !ok {
+                        continue;
+                    }
+                }
+                let per = match per {
+                    None => None,
+                    Some(p) => {
+                        let denom = match capture(series, name) {
+                            Some(s) => p.replacen('*', s, 1),
+                            None => p.clone(),
+                        };
+                        // No such series in this schema: the rule cannot
+                        // be judged on this one.
+                        match names.iter().position(|n| *n == denom) {
+                            Some(d) => Some(d),
+                            None => continue,
+                        }
+                    }
+                };
+                entries.push(PlanEntry {
+                    rule: ri,
+                    series: si,
+                    per,
+                });
+            }
+        }
+        MetricPlan { entries }
+    }
+
+    /// Series looked at per record (0: the tenant's metric rules read
+    /// nothing this runner sends).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl Evaluator {
@@ -365,8 +453,15 @@ impl Evaluator {
         since: i64,
         summary: &str,
     ) {
+        let k = (rule_id.to_owned(), target.to_owned());
+        if !self.targets.contains_key(&k) {
+            *self
+                .per_runner
+                .entry(runner_of(target).to_owned())
+                .or_default() += 1;
+        }
         self.targets.insert(
-            (rule_id.to_owned(), target.to_owned()),
+            k,
             Tracked {
                 state,
                 since,
@@ -378,6 +473,32 @@ impl Evaluator {
         );
     }
 
+    /// A new target (the caller checked it is not there).
+    fn track(&mut self, k: (String, String), t: Tracked) -> &mut Tracked {
+        *self
+            .per_runner
+            .entry(runner_of(&k.1).to_owned())
+            .or_default() += 1;
+        self.targets.entry(k).or_insert(t)
+    }
+
+    fn untrack(&mut self, k: &(String, String)) -> Option<Tracked> {
+        let t = self.targets.remove(k)?;
+        let r = runner_of(&k.1);
+        if let Some(n) = self.per_runner.get_mut(r) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_runner.remove(r);
+            }
+        }
+        Some(t)
+    }
+
+    /// Whether `runner` has any target (pending or firing) of any rule.
+    fn has_targets(&self, runner: &str) -> bool {
+        self.per_runner.contains_key(runner)
+    }
+
     /// Pending and firing targets of `rule_id` (for listing and tests).
     pub fn get(&self, rule_id: &str, target: &str) -> Option<&Tracked> {
         self.targets.get(&(rule_id.to_owned(), target.to_owned()))
@@ -386,6 +507,13 @@ impl Evaluator {
     /// Forget a deleted rule's targets.
     pub fn drop_rule(&mut self, rule_id: &str) {
         self.targets.retain(|(r, _), _| r != rule_id);
+        self.per_runner.clear();
+        for (_, target) in self.targets.keys() {
+            *self
+                .per_runner
+                .entry(runner_of(target).to_owned())
+                .or_default() += 1;
+        }
     }
 
     /// An observation of `runner` at `now` against `rules`.
@@ -396,6 +524,14 @@ impl Evaluator {
         obs: &Observation,
         now: i64,
     ) -> Vec<Transition> {
+        if let Observation::Metrics { values } = obs {
+            // By name (tests, and callers without a schema): the same
+            // path as the engine's, with a plan made for this record.
+            let names: Vec<String> = values.iter().map(|(n, _)| n.clone()).collect();
+            let vals: Vec<Option<f64>> = values.iter().map(|(_, v)| Some(*v)).collect();
+            let plan = MetricPlan::new(rules, &names);
+            return self.observe_metrics(rules, &plan, &names, runner, &vals, now);
+        }
         if let Observation::Container { name, action, .. } = obs {
             let k = (runner.id.clone(), name.clone());
             if action == "kill" || action == "stop" {
@@ -417,6 +553,119 @@ impl Evaluator {
             }
         }
         out
+    }
+
+    /// One metrics record of `runner`: `values[i]` is series `names[i]`
+    /// (none: not sent this time), `plan` made from these `rules` and
+    /// names. A healthy value of a runner with no target costs a compare:
+    /// no text is made, nothing is looked up.
+    pub fn observe_metrics(
+        &mut self,
+        rules: &[Rule],
+        plan: &MetricPlan,
+        names: &[String],
+        runner: &RunnerInfo,
+        values: &[Option<f64>],
+        now: i64,
+    ) -> Vec<Transition> {
+        let mut out = Vec::new();
+        // The scope is judged once per rule, not per series.
+        let mut scoped: Option<(usize, bool)> = None;
+        for e in &plan.entries {
+            let Some(rule) = rules.get(e.rule) else {
+                continue;
+            };
+            let covered = match scoped {
+                Some((r, ok)) if r == e.rule => ok,
+                _ => {
+                    let ok = rule.spec.enabled && rule.spec.scope.covers(runner);
+                    scoped = Some((e.rule, ok));
+                    ok
+                }
+            };
+            if !covered {
+                continue;
+            }
+            let (Some(Some(v)), Some(name)) = (values.get(e.series), names.get(e.series)) else {
+                continue;
+            };
+            let value = match e.per {
+                None => *v,
+                Some(d) => match values.get(d) {
+                    Some(Some(d)) if *d != 0.0 => 100.0 * v / d,
+                    _ => continue,
+                },
+            };
+            if let Some(signal) = self.metric_signal(rule, runner, name, value) {
+                self.apply(rule, runner, name.clone(), signal, now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// What one value of one series says for a metric rule's target.
+    fn metric_signal(
+        &self,
+        rule: &Rule,
+        runner: &RunnerInfo,
+        name: &str,
+        value: f64,
+    ) -> Option<Signal> {
+        let Kind::Metric {
+            per,
+            op,
+            threshold,
+            resolve,
+            ..
+        } = &rule.spec.kind
+        else {
+            return None;
+        };
+        let resolve = resolve.unwrap_or(*threshold);
+        let (on, off) = match op {
+            Op::Above => (value > *threshold, value <= resolve),
+            Op::Below => (value < *threshold, value >= resolve),
+        };
+        // Healthy or in the band, as most samples are: news only for a
+        // tracked target, and most runners have none.
+        let tracked = || {
+            self.has_targets(&runner.id)
+                .then(|| self.targets.get(&(rule.id.clone(), key(&runner.id, name))))
+                .flatten()
+        };
+        let shown = || match per {
+            Some(p) => format!("{name} / {p}"),
+            None => name.to_owned(),
+        };
+        Some(if on {
+            let word = if *op == Op::Above { "above" } else { "below" };
+            Signal::On(
+                format!(
+                    "{} = {} on {} ({word} {})",
+                    shown(),
+                    fmt_num(value),
+                    runner_label(runner),
+                    fmt_num(*threshold)
+                ),
+                Some(value),
+            )
+        } else if off {
+            tracked()?;
+            Signal::Off(format!(
+                "{} = {} on {} (back past {})",
+                shown(),
+                fmt_num(value),
+                runner_label(runner),
+                fmt_num(resolve)
+            ))
+        } else {
+            // Between the thresholds: a pending alert did not hold; a
+            // firing one stays (hysteresis).
+            match tracked() {
+                Some(t) if t.state == State::Pending => Signal::Off(String::new()),
+                _ => return None,
+            }
+        })
     }
 
     /// What `obs` says for each of `rule`'s targets on this runner.
@@ -449,97 +698,7 @@ impl Evaluator {
                 };
                 vec![(String::new(), s)]
             }
-            (
-                Kind::Metric {
-                    series,
-                    per,
-                    op,
-                    threshold,
-                    resolve,
-                    ..
-                },
-                Observation::Metrics { values },
-            ) => {
-                let resolve = resolve.unwrap_or(*threshold);
-                let mut out = Vec::new();
-                for (name, v) in values {
-                    if !glob(series, name) {
-                        continue;
-                    }
-                    let star = capture(series, name);
-                    if let (Some(ctr), true) =
-                        (name.strip_prefix("ctr."), series.starts_with("ctr."))
-                    {
-                        let ctr = ctr.rsplit_once('.').map_or(ctr, |(c, _)| c);
-                        if !container_ok(ctr, &[]) {
-                            continue;
-                        }
-                    }
-                    let value = match per {
-                        None => *v,
-                        Some(p) => {
-                            let denom_name = match star {
-                                Some(s) => p.replacen('*', s, 1),
-                                None => p.clone(),
-                            };
-                            match values.iter().find(|(n, _)| *n == denom_name) {
-                                Some((_, d)) if *d != 0.0 => 100.0 * v / d,
-                                _ => continue,
-                            }
-                        }
-                    };
-                    let (on, off) = match op {
-                        Op::Above => (value > *threshold, value <= resolve),
-                        Op::Below => (value < *threshold, value >= resolve),
-                    };
-                    let shown = match per {
-                        Some(p) => format!("{name} / {p}"),
-                        None => name.clone(),
-                    };
-                    let what = |word: &str| {
-                        format!(
-                            "{shown} = {} on {} ({word} {})",
-                            fmt_num(value),
-                            runner_label(runner),
-                            fmt_num(*threshold)
-                        )
-                    };
-                    let signal = if on {
-                        let word = if *op == Op::Above { "above" } else { "below" };
-                        Signal::On(what(word), Some(value))
-                    } else if off {
-                        // Healthy, as most samples are: news only for a
-                        // tracked target (no summary made for the rest).
-                        let tracked = !self.targets.is_empty()
-                            && self
-                                .targets
-                                .contains_key(&(rule.id.clone(), key(&runner.id, name)));
-                        if !tracked {
-                            continue;
-                        }
-                        Signal::Off(format!(
-                            "{shown} = {} on {} (back past {})",
-                            fmt_num(value),
-                            runner_label(runner),
-                            fmt_num(resolve)
-                        ))
-                    } else {
-                        // Between the thresholds: a pending alert did not
-                        // hold; a firing one stays (hysteresis).
-                        let pending = self
-                            .targets
-                            .get(&(rule.id.clone(), key(&runner.id, name)))
-                            .is_some_and(|t| t.state == State::Pending);
-                        if pending {
-                            Signal::Off(String::new())
-                        } else {
-                            Signal::Neither
-                        }
-                    };
-                    out.push((name.clone(), signal));
-                }
-                out
-            }
+            // Metrics go by `observe_metrics` (a plan per schema).
             (
                 kind @ (Kind::ContainerStopped { .. }
                 | Kind::ContainerExitNonzero { .. }
@@ -716,14 +875,20 @@ impl Evaluator {
         n: usize,
     ) {
         let k = (rule.id.clone(), key(&runner.id, name));
-        let t = self.targets.entry(k).or_insert_with(|| Tracked {
-            state: State::Pending,
-            since: now,
-            last: now,
-            summary: String::new(),
-            value: None,
-            hits: VecDeque::new(),
-        });
+        let t = match self.targets.contains_key(&k) {
+            true => self.targets.get_mut(&k).expect("checked"),
+            false => self.track(
+                k,
+                Tracked {
+                    state: State::Pending,
+                    since: now,
+                    last: now,
+                    summary: String::new(),
+                    value: None,
+                    hits: VecDeque::new(),
+                },
+            ),
+        };
         t.hits.push_back(now);
         t.last = now;
         t.summary = summary;
@@ -757,18 +922,25 @@ impl Evaluator {
         match signal {
             Signal::Neither => {}
             Signal::On(summary, value) => {
-                if !self.targets.contains_key(&k) && self.targets.len() >= MAX_TARGETS {
+                let known = self.targets.contains_key(&k);
+                if !known && self.targets.len() >= MAX_TARGETS {
                     tracing::warn!(rule = %rule.id, "alert targets at their cap: not tracked");
                     return;
                 }
-                let t = self.targets.entry(k).or_insert_with(|| Tracked {
-                    state: State::Pending,
-                    since: now,
-                    last: now,
-                    summary: summary.clone(),
-                    value,
-                    hits: VecDeque::new(),
-                });
+                let t = match known {
+                    true => self.targets.get_mut(&k).expect("checked"),
+                    false => self.track(
+                        k,
+                        Tracked {
+                            state: State::Pending,
+                            since: now,
+                            last: now,
+                            summary: summary.clone(),
+                            value,
+                            hits: VecDeque::new(),
+                        },
+                    ),
+                };
                 if let Kind::ContainerRestarts { .. } = rule.spec.kind {
                     t.hits.push_back(now);
                     if t.hits.len() > MAX_RESTARTS_KEPT {
@@ -787,7 +959,7 @@ impl Evaluator {
                 }
             }
             Signal::Off(summary) => {
-                let Some(t) = self.targets.remove(&k) else {
+                let Some(t) = self.untrack(&k) else {
                     return;
                 };
                 if t.state == State::Firing {
@@ -887,7 +1059,7 @@ impl Evaluator {
             });
         }
         for k in gone {
-            self.targets.remove(&k);
+            self.untrack(&k);
         }
         out
     }
@@ -1118,6 +1290,73 @@ mod tests {
             states(&e.observe(&rules, &r, &values(200.0), 2)),
             [State::Resolved]
         );
+    }
+
+    #[test]
+    fn a_plan_reads_only_what_rules_name_and_skips_values_not_sent() {
+        let metric = |series: &str, per: Option<&str>, op, threshold, resolve| Kind::Metric {
+            series: series.into(),
+            per: per.map(Into::into),
+            op,
+            threshold,
+            resolve,
+            for_s: 0,
+        };
+        let rules = [
+            rule("cpu", metric("cpu.busy", None, Op::Above, 90.0, Some(50.0))),
+            rule(
+                "fs",
+                metric("fs.*.avail", Some("fs.*.size"), Op::Below, 10.0, None),
+            ),
+        ];
+        let names: Vec<String> = [
+            "cpu.busy",
+            "fs./.avail",
+            "fs./.size",
+            "fs./x.avail",
+            "mem.total",
+        ]
+        .map(String::from)
+        .to_vec();
+        let plan = MetricPlan::new(&rules, &names);
+        // fs./x.avail has no size series: the ratio rule cannot read it.
+        assert_eq!(plan.len(), 2);
+        let (a, b) = (runner("a", ""), runner("b", ""));
+        let healthy = [Some(10.0), Some(900.0), Some(1000.0), Some(1.0), None];
+        let mut e = Evaluator::default();
+        let at = |e: &mut Evaluator, r: &RunnerInfo, v: &[Option<f64>], now| {
+            e.observe_metrics(&rules, &plan, &names, r, v, now)
+                .iter()
+                .map(|t| (t.rule_id.clone(), t.to))
+                .collect::<Vec<_>>()
+        };
+        assert!(at(&mut e, &a, &healthy, 0).is_empty());
+        assert!(e.is_empty());
+        // cpu.busy not sent this time, / low: only fs fires.
+        let low = [None, Some(50.0), Some(1000.0), None, None];
+        assert_eq!(at(&mut e, &a, &low, 1), [("fs".into(), State::Firing)]);
+        // Another runner's healthy record changes nothing of a's.
+        assert!(at(&mut e, &b, &healthy, 2).is_empty());
+        let spike = [Some(99.0), Some(50.0), Some(1000.0), None, None];
+        assert_eq!(at(&mut e, &a, &spike, 3), [("cpu".into(), State::Firing)]);
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            at(&mut e, &a, &healthy, 4),
+            [
+                ("cpu".into(), State::Resolved),
+                ("fs".into(), State::Resolved)
+            ]
+        );
+        assert!(e.is_empty());
+        // By name, the same: a plan is made for the record.
+        let t = e.observe(&rules, &a, &metric_values(&[("cpu.busy", 95.0)]), 5);
+        assert_eq!(states(&t), [State::Firing]);
+    }
+
+    fn metric_values(pairs: &[(&str, f64)]) -> Observation {
+        Observation::Metrics {
+            values: pairs.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+        }
     }
 
     #[test]

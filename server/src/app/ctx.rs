@@ -179,6 +179,7 @@ impl FromRef<AppState> for FleetCtx {
             labels: LabelsCtx::from_ref(s),
             jobs: JobsCtx::from_ref(s),
             links: s.forward.as_ref().map(|f| f.store.clone()),
+            offers: Arc::new(UpdatesCtx::from_ref(s)),
         }
     }
 }

@@ -405,6 +405,17 @@ pub fn start_rollout(
         "max_failure_rate": wave.max_failure_rate,
         "job": job,
     });
+    start_rollout_body(client, body, detach, json)
+}
+
+/// Start a rollout (`POST /rollouts` with this body: jobs or an update)
+/// and follow it unless detached.
+pub fn start_rollout_body(
+    client: &Client,
+    body: Value,
+    detach: bool,
+    json: bool,
+) -> Result<(), CliError> {
     let (raw, v) = client.call("POST", "/api/v1/rollouts", Some(body))?;
     if detach {
         return if json {
@@ -426,25 +437,34 @@ fn follow(client: &Client, id: &str, json: bool) -> Result<(), CliError> {
         let (raw, v) = client.call("GET", &path, None)?;
         let state = field(&v, "state");
         if !json {
-            if state != last_state {
+            let soaking = v["soaking_until"].as_str().map(str::to_owned);
+            let shown = format!("{state} {soaking:?}");
+            if shown != last_state {
                 out(&format!(
-                    "rollout {id}: {state} (wave {} of {})\n",
+                    "rollout {id}: {state} (wave {} of {}){}\n",
                     field(&v, "wave"),
-                    field(&v, "waves")
+                    field(&v, "waves"),
+                    soaking
+                        .map(|u| format!(", soaking until {u}"))
+                        .unwrap_or_default()
                 ))?;
-                last_state = state.clone();
+                last_state = shown;
             }
             for t in v["targets"].as_array().into_iter().flatten() {
                 let key = field(t, "runner_id");
                 let now = format!("{} {}", field(t, "state"), field(t, "status"));
                 if seen.get(&key) != Some(&now) {
+                    // An update's target has no job: its status says how it went.
+                    let what = match t["job_id"].as_str() {
+                        Some(job) => format!("exit {:<4} {job}", field(t, "exit_code")),
+                        None if v["kind"] == "update" => field(t, "status"),
+                        None => format!("exit {:<4} -", field(t, "exit_code")),
+                    };
                     out(&format!(
-                        "  wave {:<3} {:<24} {:<10} exit {:<4} {}\n",
+                        "  wave {:<3} {:<24} {:<10} {what}\n",
                         field(t, "wave"),
                         field(t, "name"),
                         field(t, "state"),
-                        field(t, "exit_code"),
-                        t["job_id"].as_str().unwrap_or("-"),
                     ))?;
                     seen.insert(key, now);
                 }

@@ -1,5 +1,9 @@
-//! `release upload|list`, `update set|show|clear`, `runner group`,
-//! `runner updates`: releases and self-update over the API.
+//! `release upload|list`, `update set|show|clear|rollout|desired`,
+//! `runner group`, `runner updates`: releases and self-update over the API.
+//!
+//! `update rollout` updates the runners of a selector in waves (the
+//! fleet's rollouts, `cli/fleet.rs` follows it live; exit 1 if it halted);
+//! `update desired` sets the own desired version of runners.
 
 use std::path::PathBuf;
 
@@ -40,6 +44,47 @@ pub enum UpdateCommand {
     },
     /// The desired versions
     Show,
+    /// Update the runners of a selector in waves, halting when updates
+    /// fail (rejected, rolled back, not reconnected); followed live
+    Rollout {
+        version: String,
+        /// Which runners, e.g. `env=prod` ("" for every runner)
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// N runners or N% per wave [default: all at once]
+        #[arg(long)]
+        wave: Option<String>,
+        /// Runners of a wave updating at once
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Halt once this many runners failed [default 1]
+        #[arg(long, conflicts_with = "max_failure_rate")]
+        max_failures: Option<u32>,
+        /// Halt when more than this percent of a wave failed
+        #[arg(long)]
+        max_failure_rate: Option<u8>,
+        /// Wait this long after each wave before the next (e.g. 5m)
+        #[arg(long, value_parser = super::parse_ttl)]
+        soak: Option<u64>,
+        /// How long an updated runner has to come back at the version (e.g. 2m)
+        #[arg(long, value_parser = super::parse_ttl)]
+        reconnect: Option<u64>,
+        /// Print the rollout's id and return (follow it with `rollout watch`)
+        #[arg(long)]
+        detach: bool,
+    },
+    /// A runner's own desired version (over its policy), or that of
+    /// every runner a --selector names; `none` drops it
+    Desired {
+        /// A runner id or name (or use --selector)
+        #[arg(required_unless_present = "selector")]
+        runner: Option<String>,
+        #[arg(long, conflicts_with = "runner")]
+        selector: Option<String>,
+        /// The version, or `none`
+        #[arg(long)]
+        version: String,
+    },
 }
 
 pub fn release(client: &Client, cmd: ReleaseCommand, json: bool) -> Result<(), CliError> {
@@ -110,6 +155,62 @@ pub fn release(client: &Client, cmd: ReleaseCommand, json: bool) -> Result<(), C
 
 pub fn update(client: &Client, cmd: UpdateCommand, json: bool) -> Result<(), CliError> {
     let body = match cmd {
+        UpdateCommand::Rollout {
+            version,
+            selector,
+            wave,
+            concurrency,
+            max_failures,
+            max_failure_rate,
+            soak,
+            reconnect,
+            detach,
+        } => {
+            let body = json!({
+                "selector": selector,
+                "wave": wave,
+                "concurrency": concurrency,
+                "max_failures": max_failures,
+                "max_failure_rate": max_failure_rate,
+                "soak_s": soak,
+                "update": {"version": version, "reconnect_s": reconnect},
+            });
+            return super::fleet::start_rollout_body(client, body, detach, json);
+        }
+        UpdateCommand::Desired {
+            runner,
+            selector,
+            version,
+        } => {
+            let version = (version != "none").then_some(version);
+            let (raw, v) = match (runner, selector) {
+                (Some(r), _) => {
+                    let id = resolve_runner(client, &r)?;
+                    client.call(
+                        "PUT",
+                        &format!("/api/v1/runners/{}/desired-version", segment(&id)),
+                        Some(json!({ "version": version })),
+                    )?
+                }
+                (None, sel) => client.call(
+                    "POST",
+                    "/api/v1/desired-version",
+                    Some(json!({"selector": sel.unwrap_or_default(), "version": version})),
+                )?,
+            };
+            if json {
+                return out(&raw);
+            }
+            let to = version.as_deref().unwrap_or("its policy's");
+            return match v["changed"].as_u64() {
+                Some(n) => out(&format!("{n} runner(s) now want {to}\n")),
+                None => out(&format!(
+                    "runner {} wants {to} (desired: {})\n",
+                    field(&v, "runner_id"),
+                    field(&v, "desired")
+                )),
+            };
+        }
         UpdateCommand::Set {
             version,
             canary,
@@ -156,11 +257,16 @@ pub fn runner_updates(client: &Client, runner: &str, json: bool) -> Result<(), C
         return out(&raw);
     }
     let mut text = format!(
-        "runner:   {}\nversion:  {}\ngroup:    {}\ndesired:  {}\n\n",
+        "runner:   {}\nversion:  {}\ngroup:    {}\ndesired:  {}{}\n\n",
         field(&v, "runner_id"),
         field(&v, "version"),
         field(&v, "group"),
-        field(&v, "desired")
+        field(&v, "desired"),
+        if v["desired_version"].is_string() {
+            " (the runner's own)"
+        } else {
+            ""
+        }
     );
     text.push_str(&table(
         &["AT", "VERSION", "STATE", "FROM", "REASON"],

@@ -91,6 +91,12 @@ pub trait ControlStore: Send + Sync {
     ) -> Result<String, EnrollError>;
     async fn runner(&self, tenant_id: &str, id: &str) -> Result<Option<RunnerRow>, StorageError>;
     async fn list_runners(&self, tenant_id: &str) -> Result<Vec<RunnerRow>, StorageError>;
+    /// The tenant's runners among `ids` (any order; ids of none are skipped).
+    async fn runners_by_ids(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerRow>, StorageError>;
     async fn runner_by_credential(
         &self,
         credential_hash: &str,

@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! labels          (runner, key) → value              what selectors match
+//!                 (tenant, key, value) indexed: the runners a selector's
+//!                 `k=v`, `k in (…)`, `k` can match, without reading the rest
 //! proposals       (runner, key) → value              proposed by the host, not accepted
 //! fleet_policy    tenant → default job deadline, keys accepted without review
 //! job_deadlines   job → expires_ms                   pending jobs that may expire
 //! rollouts        id → spec, planner snapshot (JSON), state
 //! schedules       (tenant, name) → cron, selector, script, jitter, missed policy, last
 //! schedule_runs   (tenant, schedule, occurrence) UNIQUE → run | missed, jobs
+//! runner_versions runner → desired version         a runner's own, over its update policy
 //! ```
 //!
 //! The uniqueness of (schedule, occurrence) is what makes a schedule fire
@@ -27,6 +30,14 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Labels one runner may carry (accepted; proposals beyond wait).
 pub const MAX_LABELS: usize = 32;
+
+/// A label a runner must have (`values`: one of these; none: any value):
+/// the part of a selector the store can answer from its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HasLabel {
+    pub key: String,
+    pub values: Option<Vec<String>>,
+}
 
 /// A tenant's fleet settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +90,13 @@ pub trait FleetStore: Send + Sync {
     // ---- labels
     /// Accepted labels of every runner of the tenant that has some.
     async fn tenant_labels(&self, tenant: &str) -> Result<HashMap<String, Labels>, StorageError>;
+    /// Accepted labels of the tenant's runners that have every label of
+    /// `must` (at least one; bounded by the selector's own limits).
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<HashMap<String, Labels>, StorageError>;
     /// (accepted, proposed) labels of one runner.
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError>;
     /// Replace a runner's accepted labels.
@@ -162,4 +180,22 @@ pub trait FleetStore: Send + Sync {
         schedule: &str,
         limit: usize,
     ) -> Result<Vec<RunRow>, StorageError>;
+
+    // ---- desired versions of single runners
+    /// Every runner of the tenant that has its own desired version.
+    async fn desired_versions(&self, tenant: &str)
+        -> Result<HashMap<String, String>, StorageError>;
+    async fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError>;
+    /// Set (or with `None` drop) the desired version of these runners.
+    async fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError>;
 }

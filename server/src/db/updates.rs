@@ -36,6 +36,11 @@ pub trait UpdateStore: Send + Sync {
         status: &UpdateStatus,
     ) -> Result<(), StorageError>;
     async fn update_reports(&self, runner_id: &str) -> Result<Vec<UpdateReportRow>, StorageError>;
+    /// The newest report of each runner of the tenant that has one.
+    async fn latest_update_reports(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, UpdateReportRow>, StorageError>;
 }
 
 /// The desired version for a tenant (`group` empty) or one group of its runners.

@@ -7,7 +7,8 @@
 //!  POST  /labels                         {selector, set, remove}: in bulk
 //!  GET/PUT /fleet-policy                 {job_deadline_s, auto_accept: [key | "*"]}
 //!  POST  /rollouts                       {selector, wave, concurrency, max_failures |
-//!                                         max_failure_rate, deadline_s, job: {script | command, ...}}
+//!                                         max_failure_rate, soak_s, deadline_s, job: {script | command, ...}
+//!                                         | update: {version, reconnect_s}}
 //!  GET   /rollouts, /rollouts/{id}       state, wave, totals, per runner: state, job, exit, duration
 //!  POST  /rollouts/{id}/pause|resume|abort
 //!  GET   /schedules                      each with next_run, next_runs, last_run
@@ -267,10 +268,33 @@ struct RolloutBody {
     /// Or: halt when more than this percent of a wave's runners failed.
     #[serde(default)]
     max_failure_rate: Option<u8>,
+    /// Wait this long after each wave before the next [default 0].
+    #[serde(default)]
+    soak_s: Option<u64>,
     #[serde(default)]
     deadline_s: Option<u64>,
-    job: crate::jobs::api::RunBody,
+    /// What each runner runs; or `update`.
+    #[serde(default)]
+    job: Option<crate::jobs::api::RunBody>,
+    /// Update each runner to a version.
+    #[serde(default)]
+    update: Option<UpdateBody>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    version: String,
+    /// How long a runner has to be connected at the version [default 120].
+    #[serde(default)]
+    reconnect_s: Option<u64>,
+}
+
+/// Longest soak time of a wave.
+const MAX_SOAK_S: u64 = 86_400;
+/// How long an updated runner may take to reconnect: bounds.
+const RECONNECT_S: std::ops::RangeInclusive<u64> = 5..=3_600;
+const DEFAULT_RECONNECT_S: u64 = 120;
 
 async fn create_rollout(
     caller: Caller,
@@ -286,15 +310,54 @@ async fn create_rollout(
         max_failure_rate: b.max_failure_rate,
     };
     let (wave, concurrency, threshold) = schedule::wave_params(&waves)?;
-    if !b.job.is_job_only() {
-        return Err(ApiError::bad_request(
-            "job: what to run only (runners come from the rollout's selector)",
-        ));
+    let soak_s = b.soak_s.unwrap_or(0);
+    if soak_s > MAX_SOAK_S {
+        return Err(ApiError::bad_request(format!("soak_s: 0 to {MAX_SOAK_S}")));
     }
-    let deadline_ms = crate::fleet::deadlines::deadline_ms(&state.labels, tenant, b.deadline_s)
-        .await?
-        .unwrap_or(ROLLOUT_DEADLINE_S as i64 * 1000);
-    let (label, spec) = b.job.spec(&state.jobs, tenant).await?;
+    let work = match (b.job, b.update) {
+        (Some(job), None) => {
+            if !job.is_job_only() {
+                return Err(ApiError::bad_request(
+                    "job: what to run only (runners come from the rollout's selector)",
+                ));
+            }
+            let deadline_ms =
+                crate::fleet::deadlines::deadline_ms(&state.labels, tenant, b.deadline_s)
+                    .await?
+                    .unwrap_or(ROLLOUT_DEADLINE_S as i64 * 1000);
+            let (label, spec) = job.spec(&state.jobs, tenant).await?;
+            crate::fleet::rollout::Work::Job {
+                label,
+                spec: Box::new(spec),
+                deadline_ms,
+            }
+        }
+        (None, Some(u)) => {
+            if b.deadline_s.is_some() {
+                return Err(ApiError::bad_request(
+                    "deadline_s: for jobs (an update has update.reconnect_s)",
+                ));
+            }
+            let reconnect_s = u.reconnect_s.unwrap_or(DEFAULT_RECONNECT_S);
+            if !RECONNECT_S.contains(&reconnect_s) {
+                return Err(ApiError::bad_request(format!(
+                    "update.reconnect_s: {} to {}",
+                    RECONNECT_S.start(),
+                    RECONNECT_S.end()
+                )));
+            }
+            state.offers.check_release(&u.version).await?;
+            crate::fleet::rollout::Work::Update {
+                version: u.version,
+                reconnect_ms: reconnect_s as i64 * 1000,
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give job (what to run) or update (a version), one of them",
+            ))
+        }
+    };
     let runners: Vec<(String, String)> = labels::select(&state.labels, tenant, &sel)
         .await?
         .into_iter()
@@ -323,9 +386,8 @@ async fn create_rollout(
             wave_text: waves.wave,
             concurrency,
             threshold,
-            deadline_ms,
-            label,
-            spec,
+            soak_ms: soak_s as i64 * 1000,
+            work,
         },
     )
     .await?;

@@ -7,6 +7,11 @@
 //!  PUT /runners/{id}/group (older API) ─▶ update group + label group=…   (and the other way)
 //! ```
 //!
+//! A selector is judged in two steps: the store finds the runners that
+//! have the labels it requires (an index, `candidates`), then the whole
+//! selector and filter are matched here; so the runners list with
+//! `role=db` reads the db runners, not the fleet.
+//!
 //! The label `group` is the update group of `updates/` (one value kept in
 //! two places until the update policy reads labels itself): setting either
 //! sets both.
@@ -16,9 +21,10 @@ use std::sync::Arc;
 
 use crate::common::error::ApiError;
 use crate::db::control::RunnerRow;
+use crate::db::fleet::HasLabel;
 use crate::db::Db;
 use crate::db::FleetStore;
-use crate::fleet::selector::{self, Labels, Selector};
+use crate::fleet::selector::{self, Labels, Requirement, Selector};
 
 pub const GROUP: &str = "group";
 
@@ -67,6 +73,53 @@ pub fn parse_selector(text: &str) -> Result<Selector, ApiError> {
     Selector::parse(text).map_err(|e| ApiError::bad_request(format!("selector: {e}")))
 }
 
+/// The runners `sel` can match and their labels. With a requirement
+/// that needs a label (`k=v`, `k in (…)`, `k`), only the runners having
+/// all such labels are read (the store's (tenant, key, value) index, then
+/// those runners by id); else every runner. Read from the store at each
+/// call, so a label change counts at once. A superset: callers still
+/// match the whole selector (its negations) and the rest of a filter.
+async fn candidates(
+    state: &LabelsCtx,
+    tenant: &str,
+    sel: &Selector,
+) -> Result<(Vec<RunnerRow>, HashMap<String, Labels>), ApiError> {
+    let must: Vec<HasLabel> = sel
+        .requirements()
+        .iter()
+        .filter_map(|r| match r {
+            Requirement::Equals(k, v) => Some(HasLabel {
+                key: k.clone(),
+                values: Some(vec![v.clone()]),
+            }),
+            Requirement::In(k, set) => Some(HasLabel {
+                key: k.clone(),
+                values: Some(set.clone()),
+            }),
+            Requirement::Exists(k) => Some(HasLabel {
+                key: k.clone(),
+                values: None,
+            }),
+            Requirement::NotEquals(..) | Requirement::NotIn(..) | Requirement::Absent(_) => None,
+        })
+        .collect();
+    // The narrowest first: the store finds runners by it, then checks the
+    // others on each (`k=v` before `k in (…)` before `k`).
+    let mut must = must;
+    must.sort_by_key(|m| m.values.as_ref().map_or(usize::MAX, Vec::len));
+    if must.is_empty() {
+        let labels = state.store.tenant_labels(tenant).await?;
+        return Ok((state.db.control.list_runners(tenant).await?, labels));
+    }
+    let labels = state.store.labels_where(tenant, &must).await?;
+    if labels.is_empty() {
+        return Ok((Vec::new(), labels));
+    }
+    let ids: Vec<String> = labels.keys().cloned().collect();
+    let runners = state.db.control.runners_by_ids(tenant, &ids).await?;
+    Ok((runners, labels))
+}
+
 /// The tenant's runners (not revoked) whose labels match, in name order,
 /// each with its labels.
 pub async fn select(
@@ -74,12 +127,8 @@ pub async fn select(
     tenant: &str,
     sel: &Selector,
 ) -> Result<Vec<(RunnerRow, Labels)>, ApiError> {
-    let mut labels = state.store.tenant_labels(tenant).await?;
-    let mut out: Vec<(RunnerRow, Labels)> = state
-        .db
-        .control
-        .list_runners(tenant)
-        .await?
+    let (runners, mut labels) = candidates(state, tenant, sel).await?;
+    let mut out: Vec<(RunnerRow, Labels)> = runners
         .into_iter()
         .filter(|r| r.revoked_at.is_none())
         .map(|r| {
@@ -242,6 +291,8 @@ pub struct RunnerFilter {
     /// Exact architecture (`x86_64`, `aarch64`, …) and runner version.
     pub arch: Option<String>,
     pub version: Option<String>,
+    /// Update state: none, current, pending or failed (`versions.rs`).
+    pub update: Option<String>,
     /// A piece of the name, reported name, id or a label (`key=value`),
     /// case-insensitive.
     pub q: Option<String>,
@@ -328,6 +379,14 @@ fn check_filter(f: &RunnerFilter) -> Result<Checked, ApiError> {
             ));
         }
     }
+    if let Some(u) = &f.update {
+        if !crate::fleet::versions::UPDATE_STATES.contains(&u.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "update: {}",
+                crate::fleet::versions::UPDATE_STATES.join(", ")
+            )));
+        }
+    }
     check_text("q", &f.q)?;
     check_text("arch", &f.arch)?;
     check_text("version", &f.version)?;
@@ -376,12 +435,8 @@ pub async fn list(
     f: &RunnerFilter,
 ) -> Result<(Vec<(RunnerRow, Labels)>, usize), ApiError> {
     let c = check_filter(f)?;
-    let mut labels = state.store.tenant_labels(tenant).await?;
-    let mut kept: Vec<(RunnerRow, Labels)> = state
-        .db
-        .control
-        .list_runners(tenant)
-        .await?
+    let (runners, mut labels) = candidates(state, tenant, &c.sel).await?;
+    let mut kept: Vec<(RunnerRow, Labels)> = runners
         .into_iter()
         .filter(|r| f.health.as_deref().is_none_or(|h| r.health.as_str() == h))
         .map(|r| {
@@ -390,6 +445,11 @@ pub async fn list(
         })
         .filter(|(r, l)| keeps(f, &c, r, l))
         .collect();
+    // The update state costs three more queries: only when asked.
+    if let Some(u) = f.update.as_deref() {
+        let states = crate::fleet::versions::UpdateStates::read(state, tenant).await?;
+        kept.retain(|(r, l)| states.of(r, l) == u);
+    }
     let total = kept.len();
     // Ties by name, then id: pages do not overlap.
     kept.sort_unstable_by(|(a, _), (b, _)| {
@@ -417,16 +477,25 @@ pub async fn list(
 /// health, sort and paging ignored).
 pub async fn counts(state: &LabelsCtx, tenant: &str, f: &RunnerFilter) -> Result<Counts, ApiError> {
     let c = check_filter(f)?;
-    let labels = state.store.tenant_labels(tenant).await?;
+    let (runners, labels) = candidates(state, tenant, &c.sel).await?;
     let empty = Labels::new();
     let mut out = Counts::default();
     for h in ["active", "unreachable", "revoked"] {
         out.health.insert(h, 0);
     }
-    for r in state.db.control.list_runners(tenant).await? {
+    let states = match f.update {
+        Some(_) => Some(crate::fleet::versions::UpdateStates::read(state, tenant).await?),
+        None => None,
+    };
+    for r in runners {
         let l = labels.get(&r.id).unwrap_or(&empty);
         if !keeps(f, &c, &r, l) {
             continue;
+        }
+        if let (Some(s), Some(u)) = (&states, f.update.as_deref()) {
+            if s.of(&r, l) != u {
+                continue;
+            }
         }
         out.total += 1;
         *out.health.entry(r.health.as_str()).or_default() += 1;

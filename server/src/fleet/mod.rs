@@ -10,6 +10,7 @@
 //! deadlines.rs pending jobs expire at their deadline
 //! rollout.rs   rollouts: a job per runner of a selector, in waves (a driver task each)
 //! schedule.rs  schedules: the scheduler task, each occurrence claimed once through the store
+//! versions.rs  a runner's own desired version; the updater an update rollout asks (Offers)
 //! api.rs       REST: labels, fleet policy, rollouts, schedules
 //! ```
 //!
@@ -27,6 +28,7 @@ pub mod link;
 pub mod rollout;
 pub mod schedule;
 pub mod selector;
+pub mod versions;
 pub mod waves;
 
 use std::sync::Arc;
@@ -66,6 +68,8 @@ pub struct FleetCtx {
     /// On a replica of several: the links table, where a runner linked to
     /// another replica is found (a job waiting for it does not expire).
     pub links: Option<Arc<dyn crate::db::cluster::ClusterStore>>,
+    /// An update rollout offers versions through `updates/` (given by `app/`).
+    pub offers: Arc<dyn versions::Offers>,
 }
 
 /// The fleet's background tasks that run on every replica: the scheduler

@@ -1,18 +1,28 @@
-//! Rollouts: one job per runner of a selector, started in waves by the
-//! planner (`waves.rs`), driven by a task per rollout.
+//! Rollouts: per runner of a selector, a job or an update to a version,
+//! started in waves by the planner (`waves.rs`), driven by a task per
+//! rollout.
 //!
 //! ```text
 //!  POST /rollouts ─▶ runners of the selector (name order) ─▶ Planner ─▶ driver task:
-//!     every TICK: finished jobs ─▶ planner.finished(ok = succeeded)
-//!                 planner.starts() ─▶ jobs (the ordinary job path, with a deadline)
+//!     every TICK: finished targets ─▶ planner.finished(ok)
+//!                 (update: soaking wave's runners gone bad ─▶ planner.failed_late)
+//!                 planner.starts_at(now) ─▶ jobs (the ordinary job path, with a deadline)
+//!                                        or the runner's own desired version + an offer
 //!                 snapshot ─▶ db::FleetStore (what GET shows, and what survives a restart)
 //!  pause / resume / abort ─▶ the planner (abort also cancels the running jobs)
 //! ```
 //!
-//! A target fails when its job ends in anything but `succeeded` (failed,
-//! timed out, cancelled, or expired because the runner stayed offline
-//! past the rollout's deadline). A server restart does not resume a
-//! rollout: its last snapshot stays readable, marked `live: false`.
+//! A job target fails when its job ends in anything but `succeeded`
+//! (failed, timed out, cancelled, or expired because the runner stayed
+//! offline past the rollout's deadline). An update target succeeds when
+//! the runner is connected at the version, and fails when it reports the
+//! update `failed` (rolled back), `rejected` or `interrupted`, or is not
+//! connected at the version within `reconnect` of its start; a failed
+//! runner gets its previous own desired version back (its policy's, if
+//! it had none), so it is not offered the version again. While a wave
+//! soaks, a runner of it found back at another version, or reporting a
+//! failure, fails late. A server restart does not resume a rollout: its
+//! last snapshot stays readable, marked `live: false`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +43,8 @@ use crate::link::dispatch::FamilyId;
 
 /// How often a driver looks at its jobs.
 const TICK: Duration = Duration::from_millis(300);
+/// How often a soaking wave's updated runners are looked at again.
+const SOAK_CHECK_MS: i64 = 2_000;
 /// Most runners in one rollout.
 pub const MAX_TARGETS: usize = 10_000;
 
@@ -46,6 +58,33 @@ pub struct Target {
     pub status: Option<String>,
     pub exit_code: Option<i32>,
     pub duration_ms: Option<i64>,
+    /// Update rollouts: the version the runner ran when it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// When it started (update: the reports and the reconnect bound count
+    /// from here).
+    #[serde(skip)]
+    started_ms: i64,
+    /// Update: the runner's own desired version before, put back if it fails.
+    #[serde(skip)]
+    prev_desired: Option<String>,
+}
+
+/// What a rollout does to each runner.
+pub enum Work {
+    /// A job (the ordinary job path).
+    Job {
+        label: String,
+        spec: Box<JobSpec>,
+        /// How long a job waits for an offline runner.
+        deadline_ms: i64,
+    },
+    /// An update to `version`: the runner's own desired version.
+    Update {
+        version: String,
+        /// How long a started runner has to be connected at the version.
+        reconnect_ms: i64,
+    },
 }
 
 pub struct Rollout {
@@ -54,11 +93,11 @@ pub struct Rollout {
     pub created_ms: i64,
     pub selector: String,
     pub wave: String,
-    pub label: String,
-    spec: JobSpec,
-    deadline_ms: i64,
+    work: Work,
     planner: Planner,
     targets: Vec<Target>,
+    /// When a soaking wave was last looked at.
+    soak_checked_ms: i64,
 }
 
 /// The live rollouts of this process.
@@ -83,9 +122,9 @@ pub struct NewRollout {
     pub wave_text: String,
     pub concurrency: u32,
     pub threshold: Threshold,
-    pub deadline_ms: i64,
-    pub label: String,
-    pub spec: JobSpec,
+    /// How long the next wave waits after one is over.
+    pub soak_ms: i64,
+    pub work: Work,
 }
 
 impl Rollout {
@@ -99,20 +138,37 @@ impl Rollout {
 
     pub fn view(&self) -> Value {
         let (wave, waves) = self.planner.wave();
-        json!({
+        let mut v = json!({
             "id": self.id,
             "state": self.planner.state(),
             "selector": self.selector,
             "wave_size": self.wave,
-            "job": self.label,
             "wave": wave + 1,
             "waves": waves,
             "totals": self.planner.totals(),
             "over": self.planner.is_over(),
             "created_at": clock::rfc3339(self.created_ms),
+            "soak_s": self.planner.soak_ms() / 1000,
+            "soaking_until": self.planner.soak_until().map(clock::rfc3339),
             "targets": self.targets,
             "live": true,
-        })
+        });
+        match &self.work {
+            Work::Job { label, .. } => {
+                v["kind"] = json!("job");
+                v["job"] = json!(label);
+            }
+            Work::Update {
+                version,
+                reconnect_ms,
+            } => {
+                v["kind"] = json!("update");
+                v["job"] = json!(format!("update to {version}"));
+                v["version"] = json!(version);
+                v["reconnect_s"] = json!(reconnect_ms / 1000);
+            }
+        }
+        v
     }
 
     fn row(&self) -> RolloutRow {
@@ -141,7 +197,8 @@ pub async fn start(
     new: NewRollout,
 ) -> Result<Value, ApiError> {
     let id = crate::jobs::api::new_job_id()?.replacen("jb_", "ro_", 1);
-    let planner = Planner::new(runners.len(), new.wave, new.concurrency, new.threshold);
+    let planner = Planner::new(runners.len(), new.wave, new.concurrency, new.threshold)
+        .with_soak(new.soak_ms);
     let targets = runners
         .into_iter()
         .enumerate()
@@ -154,6 +211,9 @@ pub async fn start(
             status: None,
             exit_code: None,
             duration_ms: None,
+            from_version: None,
+            started_ms: 0,
+            prev_desired: None,
         })
         .collect();
     let r = Rollout {
@@ -162,11 +222,10 @@ pub async fn start(
         created_ms: clock::now_ms(),
         selector: new.selector,
         wave: new.wave_text,
-        label: new.label,
-        spec: new.spec,
-        deadline_ms: new.deadline_ms,
+        work: new.work,
         planner,
         targets,
+        soak_checked_ms: 0,
     };
     state.fleet.store.save_rollout(&r.row()).await?;
     let view = r.view();
@@ -177,11 +236,41 @@ pub async fn start(
     Ok(view)
 }
 
-/// One step of a rollout: collect finished jobs, start what the planner
-/// says. Returns whether the rollout is over for good (done or aborted,
-/// nothing running).
+/// One step of a rollout: collect finished targets, start what the
+/// planner says. Returns whether the rollout is over for good (done or
+/// aborted, nothing running).
 async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
-    // Finished jobs.
+    let now = clock::now_ms();
+    match &r.work {
+        Work::Job { .. } => collect_jobs(state, r).await?,
+        Work::Update {
+            version,
+            reconnect_ms,
+        } => {
+            let (version, reconnect_ms) = (version.clone(), *reconnect_ms);
+            collect_updates(state, r, &version, reconnect_ms, now).await?;
+            if r.planner.soak_until().is_some() && now - r.soak_checked_ms >= SOAK_CHECK_MS {
+                r.soak_checked_ms = now;
+                check_soaking(state, r, &version).await?;
+            }
+        }
+    }
+    let starts = r.planner.starts_at(now);
+    if !starts.is_empty() {
+        match &r.work {
+            Work::Job { .. } => start_jobs(state, r, &starts, now).await?,
+            Work::Update { version, .. } => {
+                let version = version.clone();
+                start_updates(state, r, &starts, &version, now).await?
+            }
+        }
+    }
+    r.sync_targets();
+    Ok(r.planner.is_over() && matches!(r.planner.state(), State::Done | State::Aborted))
+}
+
+/// Finished jobs.
+async fn collect_jobs(state: &FleetCtx, r: &mut Rollout) -> Result<(), ApiError> {
     for i in 0..r.targets.len() {
         if r.planner.target(i) != TargetState::Running {
             continue;
@@ -200,43 +289,242 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
             r.planner.finished(i, job.status == "succeeded");
         }
     }
-    // New starts.
-    let starts = r.planner.starts();
-    if !starts.is_empty() {
-        let now = clock::now_ms();
-        let mut jobs = Vec::with_capacity(starts.len());
-        for &i in &starts {
-            jobs.push((
-                crate::jobs::api::new_job_id()?,
-                r.targets[i].runner_id.clone(),
-            ));
-        }
-        match crate::jobs::api::create_jobs(&state.jobs, &r.tenant, &jobs, &r.label, &r.spec, now)
-            .await
-        {
-            Ok(_) => {
-                state
-                    .fleet
-                    .store
-                    .add_deadlines(&r.tenant, &jobs, now + r.deadline_ms)
-                    .await?;
-                for (&i, (job_id, runner)) in starts.iter().zip(&jobs) {
-                    r.targets[i].job_id = Some(job_id.clone());
-                    r.targets[i].status = Some("pending".into());
-                    state.registry.nudge(runner, FamilyId::Jobs);
-                }
+    Ok(())
+}
+
+async fn start_jobs(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    starts: &[usize],
+    now: i64,
+) -> Result<(), ApiError> {
+    let Work::Job {
+        label,
+        spec,
+        deadline_ms,
+    } = &r.work
+    else {
+        return Ok(());
+    };
+    let mut jobs = Vec::with_capacity(starts.len());
+    for &i in starts {
+        jobs.push((
+            crate::jobs::api::new_job_id()?,
+            r.targets[i].runner_id.clone(),
+        ));
+    }
+    match crate::jobs::api::create_jobs(&state.jobs, &r.tenant, &jobs, label, spec, now).await {
+        Ok(_) => {
+            state
+                .fleet
+                .store
+                .add_deadlines(&r.tenant, &jobs, now + deadline_ms)
+                .await?;
+            for (&i, (job_id, runner)) in starts.iter().zip(&jobs) {
+                r.targets[i].job_id = Some(job_id.clone());
+                r.targets[i].status = Some("pending".into());
+                r.targets[i].started_ms = now;
+                state.registry.nudge(runner, FamilyId::Jobs);
             }
-            Err(e) => {
-                // The tenant's job quota: these count as failed.
-                for &i in &starts {
-                    r.targets[i].status = Some(format!("not started: {}", e.message));
-                    r.planner.finished(i, false);
-                }
+        }
+        Err(e) => {
+            // The tenant's job quota: these count as failed.
+            for &i in starts {
+                r.targets[i].status = Some(format!("not started: {}", e.message));
+                r.planner.finished(i, false);
             }
         }
     }
-    r.sync_targets();
-    Ok(r.planner.is_over() && matches!(r.planner.state(), State::Done | State::Aborted))
+    Ok(())
+}
+
+/// The runners' own desired version set to `version` (the previous one
+/// kept), and an offer to each connected one.
+async fn start_updates(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    starts: &[usize],
+    version: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    let before = state.fleet.store.desired_versions(&r.tenant).await?;
+    let ids: Vec<String> = starts
+        .iter()
+        .map(|&i| r.targets[i].runner_id.clone())
+        .collect();
+    state
+        .fleet
+        .store
+        .set_desired_version(&r.tenant, &ids, Some(version), now)
+        .await?;
+    let versions: HashMap<String, String> = state
+        .db
+        .control
+        .list_runners(&r.tenant)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row.version))
+        .collect();
+    for &i in starts {
+        let id = r.targets[i].runner_id.clone();
+        let t = &mut r.targets[i];
+        t.prev_desired = before.get(&id).cloned();
+        t.started_ms = now;
+        t.status = Some("offered".into());
+        t.from_version = versions.get(&id).cloned();
+        if let Err(e) = state.offers.offer(&r.tenant, &id).await {
+            tracing::warn!(rollout = %r.id, runner = %id, "offering the update: {}", e.message);
+        }
+    }
+    Ok(())
+}
+
+/// What the update targets are checked against, read at once (two
+/// queries per tick, whatever the size of the wave): each runner's
+/// version and whether it is connected, and its newest update report.
+struct Seen {
+    runners: HashMap<String, (String, bool)>,
+    latest: HashMap<String, crate::db::updates::UpdateReportRow>,
+}
+
+impl Seen {
+    async fn read(state: &FleetCtx, tenant: &str) -> Result<Seen, ApiError> {
+        let runners = state
+            .db
+            .control
+            .list_runners(tenant)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, (r.version, r.health.as_str() == "active")))
+            .collect();
+        let latest = state.db.updates.latest_update_reports(tenant).await?;
+        Ok(Seen { runners, latest })
+    }
+
+    /// A failure the runner reported for `version` since `since` (its
+    /// newest report; a runner answers an offer once): `state: reason`.
+    fn failure(&self, runner: &str, version: &str, since: i64) -> Option<String> {
+        use tether::protocol::update_state::{FAILED, INTERRUPTED, REJECTED};
+        let rep = self.latest.get(runner)?;
+        (rep.at >= since
+            && rep.status.version == version
+            && matches!(rep.status.state.as_str(), FAILED | REJECTED | INTERRUPTED))
+        .then(|| {
+            format!(
+                "{}: {}",
+                rep.status.state,
+                rep.status.reason.as_deref().unwrap_or("no reason given")
+            )
+        })
+    }
+}
+
+/// Started updates: connected at the version (succeeded), reported a
+/// failure or past the reconnect bound (failed: its previous desired
+/// version back).
+async fn collect_updates(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    version: &str,
+    reconnect_ms: i64,
+    now: i64,
+) -> Result<(), ApiError> {
+    if r.planner.totals().running == 0 {
+        return Ok(());
+    }
+    let seen = Seen::read(state, &r.tenant).await?;
+    for i in 0..r.targets.len() {
+        if r.planner.target(i) != TargetState::Running {
+            continue;
+        }
+        let id = r.targets[i].runner_id.clone();
+        let started = r.targets[i].started_ms;
+        let failure = match seen.runners.get(&id) {
+            None => Some("the runner is gone".to_owned()),
+            Some((v, true)) if v == version => {
+                let t = &mut r.targets[i];
+                t.status = Some(if t.from_version.as_deref() == Some(version) {
+                    "already at the version".into()
+                } else {
+                    "installed".into()
+                });
+                t.duration_ms = Some(now - started);
+                r.planner.finished(i, true);
+                continue;
+            }
+            Some((_, active)) => match seen.failure(&id, version, started) {
+                Some(f) => Some(f),
+                None if now - started > reconnect_ms => Some(format!(
+                    "not connected at {version} within {} s",
+                    reconnect_ms / 1000
+                )),
+                None => {
+                    r.targets[i].status = Some(if *active {
+                        "offered".into()
+                    } else {
+                        "waiting for the runner".into()
+                    });
+                    continue;
+                }
+            },
+        };
+        fail_update(state, r, i, failure.unwrap_or_default(), now).await?;
+        r.planner.finished(i, false);
+    }
+    Ok(())
+}
+
+/// A failed update target: its status, and its previous own desired
+/// version back.
+async fn fail_update(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    i: usize,
+    why: String,
+    now: i64,
+) -> Result<(), ApiError> {
+    let t = &mut r.targets[i];
+    tracing::info!(rollout = %r.id, runner = %t.runner_id, "update failed: {why}");
+    t.status = Some(why);
+    t.duration_ms = Some(now - t.started_ms);
+    state
+        .fleet
+        .store
+        .set_desired_version(
+            &r.tenant,
+            std::slice::from_ref(&t.runner_id),
+            t.prev_desired.as_deref(),
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
+/// While a wave soaks: its updated runners still at the version, with no
+/// failure reported since.
+async fn check_soaking(state: &FleetCtx, r: &mut Rollout, version: &str) -> Result<(), ApiError> {
+    let now = clock::now_ms();
+    let wave = r.planner.wave().0;
+    let seen = Seen::read(state, &r.tenant).await?;
+    for i in 0..r.targets.len() {
+        if r.planner.wave_of(i) != wave || r.planner.target(i) != TargetState::Succeeded {
+            continue;
+        }
+        let id = r.targets[i].runner_id.clone();
+        let started = r.targets[i].started_ms;
+        let why = match seen.runners.get(&id) {
+            None => Some("the runner is gone".to_owned()),
+            Some((v, _)) if v != version => seen
+                .failure(&id, version, started)
+                .or_else(|| Some(format!("back at {v} while its wave soaked"))),
+            Some(_) => seen.failure(&id, version, started),
+        };
+        if let Some(why) = why {
+            fail_update(state, r, i, why, now).await?;
+            r.planner.failed_late(i);
+        }
+    }
+    Ok(())
 }
 
 async fn drive(state: FleetCtx, r: Arc<AsyncMutex<Rollout>>) {

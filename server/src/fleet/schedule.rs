@@ -440,10 +440,13 @@ async fn fire(
                 wave_text: w.wave.clone(),
                 concurrency,
                 threshold,
-                deadline_ms: deadline
-                    .unwrap_or(crate::fleet::api::ROLLOUT_DEADLINE_S as i64 * 1000),
-                label,
-                spec,
+                soak_ms: 0,
+                work: crate::fleet::rollout::Work::Job {
+                    deadline_ms: deadline
+                        .unwrap_or(crate::fleet::api::ROLLOUT_DEADLINE_S as i64 * 1000),
+                    label,
+                    spec: Box::new(spec),
+                },
             },
         )
         .await?;

@@ -24,6 +24,11 @@
 //! `halted`, `paused` and `aborted` are reached at once; runners already
 //! started keep reporting and are counted (a rollout is over when nothing
 //! runs: [`Planner::is_over`]).
+//!
+//! A soak time (update rollouts) holds the next wave back for that long
+//! after a wave is over; a runner of the soaking wave that goes bad in
+//! the meantime ([`Planner::failed_late`]) counts as a failure of it and
+//! may halt the rollout before the next wave starts.
 
 use serde::Serialize;
 
@@ -124,6 +129,10 @@ pub struct Planner {
     /// Since the last start or resume.
     failed_since: usize,
     finished_since: usize,
+    /// How long the next wave waits after a wave is over.
+    soak_ms: i64,
+    /// While the finished current wave soaks: when the next may start.
+    soak_until: Option<i64>,
 }
 
 impl Planner {
@@ -144,7 +153,24 @@ impl Planner {
             },
             failed_since: 0,
             finished_since: 0,
+            soak_ms: 0,
+            soak_until: None,
         }
+    }
+
+    /// Hold each next wave back `ms` after a wave is over.
+    pub fn with_soak(mut self, ms: i64) -> Planner {
+        self.soak_ms = ms.max(0);
+        self
+    }
+
+    pub fn soak_ms(&self) -> i64 {
+        self.soak_ms
+    }
+
+    /// When the soaking wave's next may start, while one soaks.
+    pub fn soak_until(&self) -> Option<i64> {
+        self.soak_until
     }
 
     pub fn state(&self) -> State {
@@ -185,8 +211,14 @@ impl Planner {
     }
 
     /// Targets to start now (marked running). Advances to the next wave
-    /// when the current one is over.
+    /// when the current one is over (no soak time).
     pub fn starts(&mut self) -> Vec<usize> {
+        self.starts_at(0)
+    }
+
+    /// [`Planner::starts`] at `now` (ms): a wave that is over soaks for
+    /// the soak time before the next starts.
+    pub fn starts_at(&mut self, now: i64) -> Vec<usize> {
         if self.state != State::Running {
             return Vec::new();
         }
@@ -197,6 +229,18 @@ impl Planner {
                 .any(|&t| t == TargetState::Waiting || t == TargetState::Running)
         };
         while !busy(self, &wave) {
+            // Every wave soaks, the last one too: a late failure of it
+            // still halts (and the rollout is not done before).
+            if self.soak_ms > 0 {
+                match self.soak_until {
+                    None => {
+                        self.soak_until = Some(now.saturating_add(self.soak_ms));
+                        return Vec::new();
+                    }
+                    Some(until) if now < until => return Vec::new(),
+                    Some(_) => self.soak_until = None,
+                }
+            }
             if self.wave + 2 == self.bounds.len() {
                 self.state = State::Done;
                 return Vec::new();
@@ -246,6 +290,23 @@ impl Planner {
                     .any(|&t| t == TargetState::Waiting || t == TargetState::Running);
                 !open && self.failed_since * 100 > p as usize * self.finished_since
             }
+        };
+        if over && self.state == State::Running {
+            self.state = State::Halted;
+        }
+    }
+
+    /// A target that succeeded went bad afterwards (an update rolled back
+    /// while its wave soaked): a failure, judged like one at its end.
+    pub fn failed_late(&mut self, target: usize) {
+        if self.targets.get(target) != Some(&TargetState::Succeeded) {
+            return;
+        }
+        self.targets[target] = TargetState::Failed;
+        self.failed_since += 1;
+        let over = match self.threshold {
+            Threshold::Count(n) => self.failed_since >= (n as usize).max(1),
+            Threshold::Rate(p) => self.failed_since * 100 > p as usize * self.finished_since,
         };
         if over && self.state == State::Running {
             self.state = State::Halted;
@@ -372,6 +433,38 @@ mod tests {
         assert_eq!(p.state(), State::Running);
         run_wave(&mut p, &[5, 6]); // 3 of 10
         assert_eq!(p.state(), State::Halted);
+    }
+
+    #[test]
+    fn a_soak_holds_the_next_wave_and_a_late_failure_halts_before_it() {
+        let mut p = Planner::new(4, WaveSize::Count(2), 2, Threshold::Count(1)).with_soak(1000);
+        assert_eq!(p.starts_at(0), [0, 1]);
+        p.finished(0, true);
+        p.finished(1, true);
+        assert!(p.starts_at(10).is_empty(), "soaking");
+        assert_eq!(p.soak_until(), Some(1010));
+        assert!(p.starts_at(1009).is_empty());
+        assert_eq!(p.starts_at(1010), [2, 3]);
+        assert_eq!(p.soak_until(), None);
+        p.finished(2, true);
+        p.finished(3, true);
+        assert!(p.starts_at(2000).is_empty());
+        assert_eq!(p.state(), State::Running, "the last wave soaks too");
+        assert!(!p.is_over());
+        assert!(p.starts_at(3000).is_empty());
+        assert_eq!(p.state(), State::Done);
+
+        let mut p = Planner::new(4, WaveSize::Count(2), 2, Threshold::Count(1)).with_soak(1000);
+        run_wave(&mut p, &[]);
+        assert!(p.starts_at(0).is_empty());
+        p.failed_late(1);
+        p.failed_late(2); // never ran: nothing
+        assert_eq!(p.state(), State::Halted);
+        assert!(p.starts_at(5000).is_empty());
+        let t = p.totals();
+        assert_eq!((t.succeeded, t.failed, t.waiting), (1, 1, 2));
+        assert!(p.resume());
+        assert_eq!(p.starts_at(5000), [2, 3]);
     }
 
     #[test]

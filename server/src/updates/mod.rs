@@ -14,6 +14,8 @@
 //!  operator ─ upload (admin) ─▶ releases/<v>/…
 //!  operator ─ PUT policy {version, canary_percent, group} ─▶ storage ─▶ `update` to each connected
 //!                                                                    runner it selects
+//!  operator ─ PUT runners/{id}/desired-version, POST desired-version {selector | runners}
+//!            ─▶ a runner's own desired version (over its policy; fleet/versions.rs) ─▶ `update`
 //!  runner connects ─▶ welcome ─▶ `update` if its policy selects it and it runs another version
 //!  runner ─ update_status ─▶ update_reports (installed / failed / rejected / interrupted)
 //! ```
@@ -80,6 +82,11 @@ where
         .route("/install.sh", get(install_sh))
         .route("/api/v1/update-policy", put(set_policy).get(get_policy))
         .route("/api/v1/runners/{id}/group", put(set_group))
+        .route(
+            "/api/v1/runners/{id}/desired-version",
+            put(set_runner_version),
+        )
+        .route("/api/v1/desired-version", post(set_versions))
         .route("/api/v1/runners/{id}/updates", get(runner_updates))
 }
 
@@ -609,25 +616,193 @@ pub async fn runner_updates(
         "version": runner.version,
         "group": state.db.updates.runner_group(&runner.id).await?.unwrap_or_default(),
         "desired": desired,
+        "desired_version": crate::fleet::versions::own(&state.fleet, tenant, &runner.id).await?,
         "reports": reports,
     })))
 }
 
-/// The version the policy wants this runner to run, if any.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerVersionRequest {
+    /// `null` drops the runner's own version (its policy applies again).
+    pub version: Option<String>,
+}
+
+/// A version a runner is told to run: a release this server has.
+fn check_release_dir(state: &UpdatesCtx, v: &str) -> Result<(), ApiError> {
+    let dir = releases_dir(state)?;
+    if !valid_version(v) || !dir.join(v).is_dir() {
+        return Err(ApiError::bad_request(format!(
+            "no release {v:?} on this server (upload it first)"
+        )));
+    }
+    Ok(())
+}
+
+/// Store the runners' own desired version and tell the connected ones.
+async fn set_own_versions(
+    state: &UpdatesCtx,
+    tenant: &str,
+    runners: &[String],
+    version: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(v) = version {
+        check_release_dir(state, v)?;
+    }
+    state
+        .fleet
+        .store
+        .set_desired_version(tenant, runners, version, clock::now_ms())
+        .await?;
+    tracing::info!(
+        tenant,
+        runners = runners.len(),
+        version = version.unwrap_or("(policy)"),
+        "runner desired version set"
+    );
+    for r in runners {
+        offer_now(state, tenant, r).await?;
+    }
+    Ok(())
+}
+
+/// Send the runner its offer if it is connected and one is due.
+async fn offer_now(state: &UpdatesCtx, tenant: &str, runner: &str) -> Result<(), ApiError> {
+    if let Some(offer) = offer_for(state, tenant, runner).await? {
+        let text = encode_control(0, Message::Update(offer));
+        state.registry.notify(tenant, runner, text);
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/runners/{id}/desired-version` (tenant): this runner's own
+/// desired version, over its update policy.
+pub async fn set_runner_version(
+    State(state): State<UpdatesCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RunnerVersionRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let runner = runner_in_tenant(&state.db, tenant, &id).await?;
+    set_own_versions(
+        &state,
+        tenant,
+        std::slice::from_ref(&runner.id),
+        req.version.as_deref(),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({
+        "runner_id": runner.id,
+        "desired_version": req.version,
+        "desired": desired_version(&state, tenant, &runner.id).await?,
+    })))
+}
+
+/// Most runners one bulk desired-version change names.
+const MAX_BULK_VERSION: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkVersionRequest {
+    /// `null` drops their own version.
+    pub version: Option<String>,
+    /// Which runners: a selector ...
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// ... or their ids (the dashboard's selection).
+    #[serde(default)]
+    pub runners: Option<Vec<String>>,
+}
+
+/// `POST /api/v1/desired-version` (tenant): the own desired version of
+/// every runner a selector (or a list of ids) names; all checked first.
+pub async fn set_versions(
+    State(state): State<UpdatesCtx>,
+    caller: Caller,
+    JsonBody(req): JsonBody<BulkVersionRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let ids: Vec<String> = match (&req.selector, &req.runners) {
+        (Some(sel), None) => {
+            let sel = crate::fleet::labels::parse_selector(sel)?;
+            crate::fleet::labels::select(&state.fleet, tenant, &sel)
+                .await?
+                .into_iter()
+                .map(|(r, _)| r.id)
+                .collect()
+        }
+        (None, Some(ids)) => {
+            if ids.len() > MAX_BULK_VERSION {
+                return Err(ApiError::bad_request(format!(
+                    "runners: at most {MAX_BULK_VERSION}"
+                )));
+            }
+            let known: std::collections::HashSet<String> = state
+                .db
+                .control
+                .list_runners(tenant)
+                .await?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            if let Some(bad) = ids.iter().find(|id| !known.contains(*id)) {
+                return Err(ApiError::runner_not_found(bad));
+            }
+            ids.clone()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give selector or runners (one of them)",
+            ))
+        }
+    };
+    if ids.len() > MAX_BULK_VERSION {
+        return Err(ApiError::bad_request(format!(
+            "the selector names {} runners; at most {MAX_BULK_VERSION} at once",
+            ids.len()
+        )));
+    }
+    set_own_versions(&state, tenant, &ids, req.version.as_deref()).await?;
+    Ok(Json(
+        serde_json::json!({"changed": ids.len(), "desired_version": req.version}),
+    ))
+}
+
+/// The fleet's update rollouts reach the updater through this (the seam
+/// `fleet::versions::Offers`).
+#[async_trait::async_trait]
+impl crate::fleet::versions::Offers for UpdatesCtx {
+    async fn check_release(&self, version: &str) -> Result<(), ApiError> {
+        check_release_dir(self, version)
+    }
+
+    async fn offer(&self, tenant: &str, runner: &str) -> Result<(), ApiError> {
+        offer_now(self, tenant, runner).await
+    }
+}
+
+/// The version this runner should run, if any: its own (set for it
+/// alone, fleet/versions.rs), else what its update policy selects.
 pub async fn desired_version(
     state: &UpdatesCtx,
     tenant: &str,
     runner_id: &str,
 ) -> Result<Option<String>, ApiError> {
-    let Some((_, policy)) = state
+    let own = crate::fleet::versions::own(&state.fleet, tenant, runner_id).await?;
+    let group = state
         .db
         .updates
-        .update_policy_for(tenant, runner_id)
+        .runner_group(runner_id)
         .await?
-    else {
-        return Ok(None);
-    };
-    Ok(policy::selected(runner_id, policy.canary_percent).then_some(policy.version))
+        .unwrap_or_default();
+    let policies = state.db.updates.update_policies(tenant).await?;
+    Ok(crate::fleet::versions::desired_of(
+        runner_id,
+        own.as_deref(),
+        &group,
+        &policies,
+    ))
 }
 
 /// The `update` message for a runner, if its policy selects it, it runs

@@ -50,21 +50,9 @@ pub fn valid_file_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
-/// Which of 100 buckets a runner falls in (FNV-1a of its id): stable, so a
-/// canary share of 10 always means the same runners.
-pub fn bucket(runner_id: &str) -> u8 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in runner_id.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h % 100) as u8
-}
-
-/// Whether a canary share of `canary_percent` selects this runner.
-pub fn selected(runner_id: &str, canary_percent: u8) -> bool {
-    bucket(runner_id) < canary_percent
-}
+/// Which of 100 buckets a runner falls in (`fleet/versions.rs`, where
+/// the runners list's update filter reads it too).
+pub use crate::fleet::versions::bucket;
 
 /// A group name as given (a runner's group, a policy's): in bounds.
 pub fn check_group(group: &str) -> Result<(), &'static str> {
@@ -113,6 +101,7 @@ pub fn offer(running: &str, arch: &str, desired: &str, has: impl Fn(&str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::versions::selected;
 
     #[test]
     fn versions_compare_numerically() {

@@ -126,7 +126,12 @@ const SEAMS: &[(&str, &str, &[&str])] = &[
     (
         "*",
         "fleet",
-        &["fleet::labels", "fleet::selector", "fleet::deadlines"],
+        &[
+            "fleet::labels",
+            "fleet::selector",
+            "fleet::deadlines",
+            "fleet::versions",
+        ],
     ),
     (
         "fleet",

@@ -321,6 +321,22 @@ async fn enrollment_spends_a_token_once_and_names_stay_unique(s: Under) {
     assert_eq!(names, [("rn_1", "web"), ("rn_2", "web-2")]);
     assert_eq!(runners[1].reported_name, "web");
     assert_eq!(runners[1].health, Health::Unreachable);
+    // By id (a selector's candidates): the tenant's only, unknown ids skipped.
+    let ids = |v: Vec<tether_server::db::RunnerRow>| {
+        let mut ids: Vec<String> = v.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    let some = ["rn_2".to_owned(), "rn_x".to_owned(), "rn_1".to_owned()];
+    assert_eq!(
+        ids(c.runners_by_ids("tn_1", &some).await.unwrap()),
+        ["rn_1", "rn_2"]
+    );
+    assert!(c.runners_by_ids("tn_2", &some).await.unwrap().is_empty());
+    assert!(c.runners_by_ids("tn_1", &[]).await.unwrap().is_empty());
+    let by_id = c.runners_by_ids("tn_1", &some[..1]).await.unwrap();
+    assert_eq!(by_id[0].name, runners[1].name);
+    assert_eq!(by_id[0].created_at, runners[1].created_at);
     let states: Vec<_> = c
         .list_enrollment_tokens("tn_1")
         .await
@@ -969,6 +985,18 @@ async fn update_policies_groups_and_reports(s: Under) {
     assert_eq!(reports[1].status, status("installed", Some(1234)));
     assert_eq!(reports[0].status.reason.as_deref(), Some("why"));
     assert!(s.updates.update_reports("rn_b").await.unwrap().is_empty());
+    // The newest report per runner of the tenant (the update filter, the
+    // update rollouts' driver).
+    let latest = s.updates.latest_update_reports("tn_1").await.unwrap();
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    assert_eq!(latest["rn_a"].at, 200);
+    assert_eq!(latest["rn_a"].status, status("installed", Some(1234)));
+    assert!(s
+        .updates
+        .latest_update_reports("tn_2")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn rule(id: &str, tenant: &str, name: &str) -> Rule {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use tether_server::db::fleet::{Labels, Policy, RolloutRow, MAX_LABELS};
+use tether_server::db::fleet::{HasLabel, Labels, Policy, RolloutRow, MAX_LABELS};
 use tether_server::db::postgres::Postgres;
 use tether_server::db::trail::{entry_hash, AuditQuery, NewEntry, GENESIS};
 use tether_server::db::{FleetStore, TrailStore};
@@ -57,7 +57,9 @@ macro_rules! both {
 
 both!(
     labels_proposals_and_policy,
+    labels_where_finds_the_runners_having_labels,
     deadlines_and_rollouts,
+    runner_versions,
     schedules_are_claimed_once_per_occurrence,
     the_audit_chain_is_the_same_on_both_and_survives_retention,
 );
@@ -145,6 +147,75 @@ async fn labels_proposals_and_policy(s: Under) {
     assert_eq!(f.policy("tn_1").await.unwrap(), p);
     f.set_policy("tn_1", &Policy::default()).await.unwrap();
     assert_eq!(f.policy("tn_1").await.unwrap(), Policy::default());
+}
+
+/// What a selector's `k=v`, `k in (…)` and `k` ask of the store: every
+/// runner having all those labels, each with all its labels; the tenant's
+/// only; a change seen at the next call.
+async fn labels_where_finds_the_runners_having_labels(s: Under) {
+    let f = &s.fleet;
+    let fleet: [(&str, &[(&str, &str)]); 5] = [
+        ("rn_1", &[("role", "db"), ("region", "eu")]),
+        ("rn_2", &[("role", "web"), ("region", "eu")]),
+        ("rn_3", &[("role", "db"), ("region", "us"), ("canary", "")]),
+        ("rn_4", &[("region", "ap")]),
+        ("rn_5", &[]),
+    ];
+    for (r, l) in fleet {
+        f.replace_labels("tn_1", r, &labels(l)).await.unwrap();
+    }
+    f.replace_labels("tn_2", "rn_9", &labels(&[("role", "db")]))
+        .await
+        .unwrap();
+    let has = |k: &str, v: Option<&[&str]>| HasLabel {
+        key: k.to_owned(),
+        values: v.map(|v| v.iter().map(|x| (*x).to_owned()).collect()),
+    };
+    let ids = |m: &std::collections::HashMap<String, Labels>| {
+        let mut v: Vec<&str> = m.keys().map(String::as_str).collect();
+        v.sort();
+        v.join(",")
+    };
+    let got = f
+        .labels_where("tn_1", &[has("role", Some(&["db"]))])
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), "rn_1,rn_3");
+    assert_eq!(
+        got["rn_3"],
+        labels(&[("role", "db"), ("region", "us"), ("canary", "")])
+    );
+    for (must, want) in [
+        (vec![has("region", Some(&["eu", "us"]))], "rn_1,rn_2,rn_3"),
+        (vec![has("region", None)], "rn_1,rn_2,rn_3,rn_4"),
+        (
+            vec![has("role", Some(&["db"])), has("region", Some(&["eu"]))],
+            "rn_1",
+        ),
+        (vec![has("role", None), has("canary", None)], "rn_3"),
+        (vec![has("canary", Some(&[""]))], "rn_3"),
+        (vec![has("role", Some(&[]))], ""),
+        (vec![has("nope", None)], ""),
+    ] {
+        let got = f.labels_where("tn_1", &must).await.unwrap();
+        assert_eq!(ids(&got), want, "{must:?}");
+    }
+    // Changed: counted at once.
+    f.replace_labels("tn_1", "rn_2", &labels(&[("role", "db")]))
+        .await
+        .unwrap();
+    let got = f
+        .labels_where("tn_1", &[has("role", Some(&["db"]))])
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), "rn_1,rn_2,rn_3");
+    assert_eq!(
+        ids(&f
+            .labels_where("tn_2", &[has("role", Some(&["db"]))])
+            .await
+            .unwrap()),
+        "rn_9"
+    );
 }
 
 fn rollout(id: &str, tenant: &str, state: &str, created: i64) -> RolloutRow {
@@ -362,4 +433,31 @@ async fn postgres_audit_entries_refuse_update_and_delete() {
     // Retention itself may remove them (the anchor moves first).
     assert_eq!(trail.prune(2_500).await.unwrap(), 2);
     assert!(trail.verify().await.unwrap().ok);
+}
+
+async fn runner_versions(s: Under) {
+    let f = &s.fleet;
+    let ids = ["rn_1".to_owned(), "rn_2".to_owned()];
+    assert!(f.desired_versions("tn_1").await.unwrap().is_empty());
+    f.set_desired_version("tn_1", &ids, Some("0.2.0"), 1)
+        .await
+        .unwrap();
+    f.set_desired_version("tn_2", &["rn_9".to_owned()], Some("0.3.0"), 1)
+        .await
+        .unwrap();
+    let all = f.desired_versions("tn_1").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all["rn_2"], "0.2.0");
+    f.set_desired_version("tn_1", &ids[..1], Some("0.2.1"), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.desired_version("tn_1", "rn_1").await.unwrap().as_deref(),
+        Some("0.2.1")
+    );
+    // Another tenant's runner is not seen.
+    assert_eq!(f.desired_version("tn_1", "rn_9").await.unwrap(), None);
+    f.set_desired_version("tn_1", &ids, None, 3).await.unwrap();
+    assert!(f.desired_versions("tn_1").await.unwrap().is_empty());
+    assert_eq!(f.desired_versions("tn_2").await.unwrap().len(), 1);
 }

@@ -61,10 +61,14 @@ function alertRows(alerts, rules, runners) {
 
 const ALERT_HEADS = ['State', 'Rule', 'Runner', 'Summary', 'Since', 'Acknowledged'];
 
-/** The runners page's and a runner's list of firing alerts (`runnerId` narrows it). */
-export async function firingCard(runners, runnerId) {
-  const [{ alerts }, { rules }] = await Promise.all([api('GET', '/api/v1/alerts'), api('GET', '/api/v1/alerts/rules')]);
+/** The runners page's and a runner's list of firing alerts (`runnerId` narrows it).
+ *  `alerts`: what the caller already fetched (the runners page, for its markers,
+ *  every 5 s), so they are not asked for twice. Rules (their names) only when
+ *  something is firing. */
+export async function firingCard(runners, runnerId, alerts) {
+  alerts ??= (await api('GET', '/api/v1/alerts')).alerts;
   const mine = alerts.filter((a) => a.state === 'firing' && (!runnerId || a.runner_id === runnerId));
+  const rules = mine.length ? (await api('GET', '/api/v1/alerts/rules')).rules : [];
   const card = h('section', { class: 'card', id: 'firing-alerts', 'aria-label': 'Firing alerts', dataset: { count: mine.length } },
     h('h2', {}, `Firing alerts (${mine.length})`));
   if (!mine.length) card.append(h('p', { class: 'muted' }, 'Nothing is firing. ', h('a', { href: '#/alerts/rules' }, 'Alert rules')));

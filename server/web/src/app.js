@@ -1,9 +1,10 @@
 // Entry module: the overview pages (add a server, users), then boot.
-// runners.js, runner.js, scripts.js, apps.js, recordings.js and alerts.js register their own pages on import.
+// runners.js, runner.js, scripts.js, schedules.js, apps.js, recordings.js and alerts.js register their own pages on import.
 import { h, api, act, toast, can, fmtTime, ago, page, boot, redraw } from './core.js';
 import './runners.js';
 import './runner.js';
 import './scripts.js';
+import './schedules.js';
 import './apps.js';
 import './recordings.js';
 import './alerts.js';

@@ -1,5 +1,5 @@
 // The runners page, built to hold a fleet of thousands: counts by health,
-// search, filters (label selector, health, arch, version), sort, paged by
+// search, filters (label selector, health, arch, version, update state), sort, paged by
 // the server (`GET /api/v1/runners?…&page=&limit=`, `…/runners/counts`), so
 // the page never holds more than one page of rows however big the fleet.
 // Live: health changes (the event stream) flip a visible row in place and
@@ -105,6 +105,9 @@ function filterRow(f, c, set) {
     input('selector', 'Label selector', 'role=db,region in (eu,us),!canary'),
     choose('arch', 'Arch', counted(c.arch)),
     choose('version', 'Version', counted(c.version)),
+    // The update state against the runner's desired version (`?update=`).
+    choose('update', 'Update state', [['current', 'current'], ['pending', 'pending'], ['failed', 'failed'],
+      ['none', 'no desired version']]),
     choose('sort', 'Sort', [['name', 'name'], ['-name', 'name, Z-A'], ['health', 'health'], ['version', 'version'],
       ['arch', 'arch'], ['-last_seen', 'last seen'], ['-created', 'newest']]));
 }
@@ -114,7 +117,7 @@ function bulkBar(sel, reload) {
   const count = h('span', { id: 'selected-count', class: 'muted' });
   const labelsIn = h('input', { 'aria-label': 'Labels to set', placeholder: 'key=value,key=value' });
   const scriptIn = h('input', { 'aria-label': 'Script to run', placeholder: 'saved script name' });
-  const versionIn = h('input', { 'aria-label': 'Desired version', placeholder: '0.2.0' });
+  const versionIn = h('input', { 'aria-label': 'Desired version', placeholder: '0.2.0 or none' });
   const ids = () => [...sel];
   const setLabels = () => act(async () => {
     const set = {};
@@ -135,14 +138,13 @@ function bulkBar(sel, reload) {
     const jobs = await api('POST', '/api/v1/jobs', { runners: ids(), script: scriptIn.value.trim() });
     toast(`${jobs.length} job(s) started`);
   });
-  // A desired version is an update policy of a group: the ticked runners
-  // are put in a group named after it, and the group's policy set.
+  // The ticked runners' own desired version (over their update policy;
+  // `none` gives them back to it): one request for the whole selection.
   const desire = () => act(async () => {
-    const version = versionIn.value.trim();
-    const group = `v${version}`.replace(/[^A-Za-z0-9._-]/g, '-');
-    for (const id of ids()) await api('PATCH', `/api/v1/runners/${id}/labels`, { set: { group } });
-    await api('PUT', '/api/v1/update-policy', { version, group });
-    toast(`${sel.size} runner(s) in group ${group}, which should run ${version}`);
+    const text = versionIn.value.trim();
+    const version = text === 'none' ? null : text;
+    const r = await api('POST', '/api/v1/desired-version', { runners: ids(), version });
+    toast(version ? `${r.changed} runner(s) should run ${version}` : `${r.changed} runner(s) follow their policy again`);
     await reload();
   });
   const bar = h('div', { class: 'row bulk', role: 'group', 'aria-label': 'Bulk actions', hidden: !can.act() },
@@ -160,7 +162,7 @@ function bulkBar(sel, reload) {
 }
 
 page('runners', async (view) => {
-  const f = { q: '', selector: '', health: '', arch: '', version: '', sort: 'name' };
+  const f = { q: '', selector: '', health: '', arch: '', version: '', update: '', sort: 'name' };
   let pageNo = 1;
   let total = 0;
   let rows = [];
@@ -187,14 +189,16 @@ page('runners', async (view) => {
     draw();
   };
   const fetchAlerts = async () => {
-    const a = await api('GET', '/api/v1/alerts').catch(() => null);
+    const a = await api('GET', '/api/v1/alerts').catch((e) => ({ error: e }));
     alertsByRunner = new Map();
-    for (const x of a?.alerts || []) {
+    for (const x of a.alerts || []) {
       if (x.state !== 'firing') continue;
       if (!alertsByRunner.has(x.runner_id)) alertsByRunner.set(x.runner_id, []);
       alertsByRunner.get(x.runner_id).push(x);
     }
-    const card = await firingCard(state.runners).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`));
+    // The card is drawn from the same answer (one GET /alerts per refresh).
+    const card = a.error ? h('p', { class: 'error' }, `Alerts: ${a.error.message}`)
+      : await firingCard(state.runners, undefined, a.alerts).catch((e) => h('p', { class: 'error' }, `Alerts: ${e.message}`));
     firingSlot.replaceChildren(card);
   };
   const draw = () => {

@@ -226,19 +226,24 @@ impl AlertStore for PgAlerts {
     async fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
+        // Statements kept per connection: one round trip each, not two.
         if a.state == State::Resolved {
-            tx.execute(
-                "DELETE FROM alert_state WHERE rule_id = $1 AND target = $2",
-                &[&a.rule_id, &a.target],
-            )
-            .await?;
+            let st = tx
+                .prepare_cached("DELETE FROM alert_state WHERE rule_id = $1 AND target = $2")
+                .await?;
+            tx.execute(&st, &[&a.rule_id, &a.target]).await?;
         } else {
-            tx.execute(
-                "INSERT INTO alert_state
+            let st = tx
+                .prepare_cached(
+                    "INSERT INTO alert_state
                    (rule_id, target, tenant_id, runner_id, subject, state, since_ms, summary)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (rule_id, target) DO UPDATE SET state = excluded.state,
                    since_ms = excluded.since_ms, summary = excluded.summary",
+                )
+                .await?;
+            tx.execute(
+                &st,
                 &[
                     &a.rule_id,
                     &a.target,
@@ -252,11 +257,16 @@ impl AlertStore for PgAlerts {
             )
             .await?;
         }
-        let seq: i64 = tx
-            .query_one(
+        let st = tx
+            .prepare_cached(
                 "INSERT INTO alert_history
                    (tenant_id, rule_id, runner_id, subject, state, at_ms, summary, silenced)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+            )
+            .await?;
+        let seq: i64 = tx
+            .query_one(
+                &st,
                 &[
                     &a.tenant,
                     &a.rule_id,
@@ -270,11 +280,10 @@ impl AlertStore for PgAlerts {
             )
             .await?
             .get(0);
-        tx.execute(
-            "DELETE FROM alert_history WHERE seq <= $1",
-            &[&(seq - KEEP_ROWS)],
-        )
-        .await?;
+        let st = tx
+            .prepare_cached("DELETE FROM alert_history WHERE seq <= $1")
+            .await?;
+        tx.execute(&st, &[&(seq - KEEP_ROWS)]).await?;
         tx.commit().await?;
         Ok(seq)
     }

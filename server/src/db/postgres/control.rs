@@ -676,6 +676,23 @@ impl ControlStore for PgControl {
         rows.iter().map(runner_row).collect()
     }
 
+    async fn runners_by_ids(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerRow>, StorageError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {RUNNER_COLUMNS} FROM runners WHERE id = ANY($2) AND tenant_id = $1"
+                ),
+                &[&tenant_id, &ids],
+            )
+            .await?;
+        rows.iter().map(runner_row).collect()
+    }
+
     async fn runner_by_credential(
         &self,
         credential_hash: &str,

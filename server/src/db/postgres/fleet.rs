@@ -106,6 +106,43 @@ impl FleetStore for PgFleet {
         Ok(out)
     }
 
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<HashMap<String, Labels>, StorageError> {
+        use tokio_postgres::types::ToSql;
+        // The first label through labels_by_value, the others checked per
+        // candidate on the primary key (as on SQLite).
+        let mut sql = String::from(
+            "SELECT runner_id, key, value FROM labels WHERE tenant_id = $1 AND runner_id IN (
+             SELECT a.runner_id FROM labels a WHERE a.tenant_id = $1",
+        );
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&tenant];
+        for (n, m) in must.iter().enumerate() {
+            let t = if n == 0 { "a" } else { "b" };
+            if n > 0 {
+                sql.push_str(" AND EXISTS (SELECT 1 FROM labels b WHERE b.runner_id = a.runner_id");
+            }
+            args.push(&m.key);
+            sql.push_str(&format!(" AND {t}.key = ${}", args.len()));
+            if let Some(values) = &m.values {
+                args.push(values);
+                sql.push_str(&format!(" AND {t}.value = ANY(${})", args.len()));
+            }
+            if n > 0 {
+                sql.push(')');
+            }
+        }
+        sql.push(')');
+        let c = self.pool.get().await?;
+        let mut out = HashMap::<String, Labels>::new();
+        for r in c.query(&sql, &args).await? {
+            out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+        }
+        Ok(out)
+    }
+
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
         let c = self.pool.get().await?;
         Ok((
@@ -457,5 +494,67 @@ impl FleetStore for PgFleet {
                 }
             })
             .collect())
+    }
+
+    async fn desired_versions(
+        &self,
+        tenant: &str,
+    ) -> Result<HashMap<String, String>, StorageError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT runner_id, version FROM runner_versions WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let c = self.pool.get().await?;
+        Ok(c.query_opt(
+            "SELECT version FROM runner_versions WHERE tenant_id = $1 AND runner_id = $2",
+            &[&tenant, &runner],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        for r in runners {
+            match version {
+                Some(v) => {
+                    tx.execute(
+                        "INSERT INTO runner_versions (tenant_id, runner_id, version, set_ms)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (runner_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
+                             version = EXCLUDED.version, set_ms = EXCLUDED.set_ms",
+                        &[&tenant, r, &v, &now],
+                    )
+                    .await?
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM runner_versions WHERE tenant_id = $1 AND runner_id = $2",
+                        &[&tenant, r],
+                    )
+                    .await?
+                }
+            };
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

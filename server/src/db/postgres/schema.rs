@@ -567,4 +567,20 @@ CREATE TABLE login_policy (
     password_login BOOLEAN NOT NULL
 );
 "#,
+    // Labels by value: a selector's `k=v`, `k in (…)`, `k` finds its
+    // runners without reading every label of the tenant.
+    r#"
+CREATE INDEX labels_by_value ON labels (tenant_id, key, value);
+"#,
+    // fleet.db's runner_versions: a runner's own desired version (the
+    // update rollout sets it runner by runner).
+    r#"
+CREATE TABLE runner_versions (
+    tenant_id TEXT NOT NULL,
+    runner_id TEXT PRIMARY KEY,
+    version   TEXT NOT NULL,
+    set_ms    BIGINT NOT NULL
+);
+CREATE INDEX runner_versions_tenant ON runner_versions (tenant_id);
+"#,
 ];

@@ -172,4 +172,39 @@ impl UpdateStore for PgControl {
             })
             .collect())
     }
+
+    async fn latest_update_reports(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, UpdateReportRow>, StorageError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT DISTINCT ON (u.runner_id) u.runner_id, u.at, u.version, u.state,
+                        u.from_version, u.reason, u.took_ms
+                 FROM update_reports u JOIN runners r ON r.id = u.runner_id
+                 WHERE r.tenant_id = $1 ORDER BY u.runner_id, u.seq DESC",
+                &[&tenant_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    UpdateReportRow {
+                        at: r.get(1),
+                        status: UpdateStatus {
+                            version: r.get(2),
+                            state: r.get(3),
+                            from_version: r.get(4),
+                            reason: r.get(5),
+                            at_ms: 0,
+                            took_ms: r.get::<_, Option<i64>>(6).map(|t| t.max(0) as u64),
+                        },
+                    },
+                )
+            })
+            .collect())
+    }
 }

@@ -239,42 +239,40 @@ impl SqliteAlerts {
     }
 
     pub fn channel(&self, tenant: &str, id: &str) -> Result<Option<ChannelRow>, StorageError> {
+        // Read for every delivery: the statement is kept.
         Ok(self
             .conn()
-            .query_row(
-                &format!("SELECT {CHANNEL_COLUMNS} FROM alert_channels WHERE tenant_id = ?1 AND (id = ?2 OR name = ?2)"),
-                params![tenant, id],
-                channel_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {CHANNEL_COLUMNS} FROM alert_channels WHERE tenant_id = ?1 AND (id = ?2 OR name = ?2)"
+            ))?
+            .query_row(params![tenant, id], channel_row)
             .optional()?)
     }
 
+    /// Statements kept (`prepare_cached`): a busy fleet makes many
+    /// transitions, each was parsed three times.
     pub fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if a.state == State::Resolved {
-            tx.execute(
-                "DELETE FROM alert_state WHERE rule_id = ?1 AND target = ?2",
-                params![a.rule_id, a.target],
-            )?;
+            tx.prepare_cached("DELETE FROM alert_state WHERE rule_id = ?1 AND target = ?2")?
+                .execute(params![a.rule_id, a.target])?;
         } else {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO alert_state (rule_id, target, tenant_id, runner_id, subject, state, since_ms, summary)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (rule_id, target) DO UPDATE SET state = ?6, since_ms = ?7, summary = ?8",
-                params![a.rule_id, a.target, a.tenant, a.runner_id, a.subject, a.state.as_str(), a.since_ms, a.summary],
-            )?;
+            )?
+            .execute(params![a.rule_id, a.target, a.tenant, a.runner_id, a.subject, a.state.as_str(), a.since_ms, a.summary])?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO alert_history (tenant_id, rule_id, runner_id, subject, state, at_ms, summary, silenced)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![a.tenant, a.rule_id, a.runner_id, a.subject, a.state.as_str(), at, a.summary, silenced],
-        )?;
+        )?
+        .execute(params![a.tenant, a.rule_id, a.runner_id, a.subject, a.state.as_str(), at, a.summary, silenced])?;
         let seq = tx.last_insert_rowid();
-        tx.execute(
-            "DELETE FROM alert_history WHERE seq <= ?1 - ?2",
-            params![seq, KEEP_ROWS],
-        )?;
+        tx.prepare_cached("DELETE FROM alert_history WHERE seq <= ?1 - ?2")?
+            .execute(params![seq, KEEP_ROWS])?;
         tx.commit()?;
         Ok(seq)
     }
@@ -383,16 +381,14 @@ impl SqliteAlerts {
 
     pub fn delivery(&self, tenant: &str, d: &DeliveryRow) -> Result<(), StorageError> {
         let conn = self.conn();
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO alert_deliveries (tenant_id, channel_id, history_seq, at_ms, attempt, ok, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![tenant, d.channel_id, d.history_seq, d.at_ms, d.attempt, d.ok, d.detail],
-        )?;
+        )?
+        .execute(params![tenant, d.channel_id, d.history_seq, d.at_ms, d.attempt, d.ok, d.detail])?;
         let seq = conn.last_insert_rowid();
-        conn.execute(
-            "DELETE FROM alert_deliveries WHERE seq <= ?1 - ?2",
-            params![seq, KEEP_ROWS],
-        )?;
+        conn.prepare_cached("DELETE FROM alert_deliveries WHERE seq <= ?1 - ?2")?
+            .execute(params![seq, KEEP_ROWS])?;
         Ok(())
     }
 

@@ -589,6 +589,27 @@ impl SqliteControl {
         Ok(out)
     }
 
+    /// The tenant's runners among `ids` (a selector's candidates,
+    /// `fleet/labels.rs`): one look-up by key each, not the whole table.
+    pub fn runners_by_ids(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {RUNNER_COLUMNS} FROM runners
+             WHERE id IN (SELECT value FROM json_each(?2)) AND tenant_id = ?1"
+        ))?;
+        let list = serde_json::Value::from(ids).to_string();
+        let rows = stmt.query_map(params![tenant_id, list], raw_runner_row)?;
+        let mut out = Vec::new();
+        for raw in rows {
+            out.push(raw?.into_row()?);
+        }
+        Ok(out)
+    }
+
     /// Whose credential this is (by hash), for the connect handshake.
     pub fn runner_by_credential(
         &self,

@@ -28,6 +28,14 @@ const MIGRATIONS: &[Migration] = &[
         name: "schedules and their runs",
         step: Step::Sql(STEP_3),
     },
+    Migration {
+        name: "labels by value",
+        step: Step::Sql(STEP_4),
+    },
+    Migration {
+        name: "runner versions",
+        step: Step::Sql(STEP_5),
+    },
 ];
 
 const STEP_1: &str = "CREATE TABLE labels (
@@ -55,6 +63,13 @@ const STEP_3: &str = "CREATE TABLE schedules (
          tenant_id TEXT NOT NULL, schedule TEXT NOT NULL, occurrence_ms INTEGER NOT NULL,
          status TEXT NOT NULL, at_ms INTEGER NOT NULL, jobs TEXT NOT NULL DEFAULT '[]',
          PRIMARY KEY (tenant_id, schedule, occurrence_ms)) WITHOUT ROWID;";
+/// A selector's `k=v` finds its runners without reading every label.
+const STEP_4: &str = "CREATE INDEX labels_by_value ON labels (tenant_id, key, value);";
+/// A runner's own desired version (the update rollout sets it).
+const STEP_5: &str = "CREATE TABLE runner_versions (
+         tenant_id TEXT NOT NULL, runner_id TEXT PRIMARY KEY, version TEXT NOT NULL,
+         set_ms INTEGER NOT NULL);
+     CREATE INDEX runner_versions_tenant ON runner_versions (tenant_id);";
 
 pub struct SqliteFleet {
     conn: Mutex<Connection>,
@@ -109,6 +124,54 @@ impl SqliteFleet {
             c.prepare_cached("SELECT runner_id, key, value FROM labels WHERE tenant_id = ?1")?;
         let mut out = std::collections::HashMap::<String, Labels>::new();
         let mut rows = st.query(params![tenant])?;
+        while let Some(r) = rows.next()? {
+            out.entry(r.get(0)?)
+                .or_default()
+                .insert(r.get(1)?, r.get(2)?);
+        }
+        Ok(out)
+    }
+
+    /// One statement made for `must` (its shape varies; not kept): the
+    /// first label found through `labels_by_value`, each other one checked
+    /// per candidate on the primary key, then the candidates' labels by
+    /// primary key (`+tenant_id`: not by the tenant's index, which would
+    /// read every label of the tenant).
+    pub fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
+        use std::fmt::Write;
+        let mut sql = String::from(
+            "SELECT runner_id, key, value FROM labels WHERE +tenant_id = ?1 AND runner_id IN (
+             SELECT a.runner_id FROM labels a WHERE a.tenant_id = ?1",
+        );
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&tenant];
+        for (n, m) in must.iter().enumerate() {
+            let t = if n == 0 { "a" } else { "b" };
+            if n > 0 {
+                sql.push_str(" AND EXISTS (SELECT 1 FROM labels b WHERE b.runner_id = a.runner_id");
+            }
+            args.push(&m.key);
+            let _ = write!(sql, " AND {t}.key = ?{}", args.len());
+            if let Some(values) = &m.values {
+                let _ = write!(sql, " AND {t}.value IN (");
+                for (i, v) in values.iter().enumerate() {
+                    args.push(v);
+                    let _ = write!(sql, "{}?{}", if i > 0 { "," } else { "" }, args.len());
+                }
+                sql.push(')');
+            }
+            if n > 0 {
+                sql.push(')');
+            }
+        }
+        sql.push(')');
+        let c = self.lock();
+        let mut st = c.prepare(&sql)?;
+        let mut out = std::collections::HashMap::<String, Labels>::new();
+        let mut rows = st.query(rusqlite::params_from_iter(args))?;
         while let Some(r) = rows.next()? {
             out.entry(r.get(0)?)
                 .or_default()
@@ -320,6 +383,58 @@ impl SqliteFleet {
         )?;
         let rows = st.query_map(params![tenant, limit as i64], rollout_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn desired_versions(
+        &self,
+        tenant: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StorageError> {
+        let c = self.lock();
+        let mut st = c.prepare_cached(
+            "SELECT runner_id, version FROM runner_versions WHERE tenant_id = ?1",
+        )?;
+        let rows = st.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .lock()
+            .prepare_cached(
+                "SELECT version FROM runner_versions WHERE tenant_id = ?1 AND runner_id = ?2",
+            )?
+            .query_row(params![tenant, runner], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut c = self.lock();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for r in runners {
+            match version {
+                Some(v) => tx.execute(
+                    "INSERT OR REPLACE INTO runner_versions (tenant_id, runner_id, version, set_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant, r, v, now],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM runner_versions WHERE tenant_id = ?1 AND runner_id = ?2",
+                    params![tenant, r],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn put_schedule(

@@ -168,6 +168,15 @@ impl ControlStore for Blocking<SqliteControl> {
         own!(tenant_id);
         self.run(move |s| s.list_runners(&tenant_id)).await
     }
+    async fn runners_by_ids(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerRow>, StorageError> {
+        own!(tenant_id);
+        let ids = ids.to_vec();
+        self.run(move |s| s.runners_by_ids(&tenant_id, &ids)).await
+    }
     async fn runner_by_credential(
         &self,
         credential_hash: &str,
@@ -505,6 +514,13 @@ impl UpdateStore for Blocking<SqliteControl> {
         own!(runner_id);
         self.run(move |s| s.update_reports(&runner_id)).await
     }
+    async fn latest_update_reports(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, UpdateReportRow>, StorageError> {
+        own!(tenant_id);
+        self.run(move |s| s.latest_update_reports(&tenant_id)).await
+    }
 }
 
 #[async_trait]
@@ -833,6 +849,15 @@ impl FleetStore for Blocking<SqliteFleet> {
         own!(tenant);
         self.run(move |s| s.tenant_labels(&tenant)).await
     }
+    async fn labels_where(
+        &self,
+        tenant: &str,
+        must: &[HasLabel],
+    ) -> Result<std::collections::HashMap<String, Labels>, StorageError> {
+        own!(tenant);
+        let must = must.to_vec();
+        self.run(move |s| s.labels_where(&tenant, &must)).await
+    }
     async fn labels(&self, tenant: &str, runner: &str) -> Result<(Labels, Labels), StorageError> {
         own!(tenant, runner);
         self.run(move |s| s.labels(&tenant, &runner)).await
@@ -963,6 +988,36 @@ impl FleetStore for Blocking<SqliteFleet> {
     ) -> Result<Vec<RunRow>, StorageError> {
         own!(tenant, schedule);
         self.run(move |s| s.runs(&tenant, &schedule, limit)).await
+    }
+
+    async fn desired_versions(
+        &self,
+        tenant: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StorageError> {
+        own!(tenant);
+        self.run(move |s| s.desired_versions(&tenant)).await
+    }
+
+    async fn desired_version(
+        &self,
+        tenant: &str,
+        runner: &str,
+    ) -> Result<Option<String>, StorageError> {
+        own!(tenant, runner);
+        self.run(move |s| s.desired_version(&tenant, &runner)).await
+    }
+
+    async fn set_desired_version(
+        &self,
+        tenant: &str,
+        runners: &[String],
+        version: Option<&str>,
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let (tenant, runners) = (tenant.to_owned(), runners.to_vec());
+        let version = version.map(str::to_owned);
+        self.run(move |s| s.set_desired_version(&tenant, &runners, version.as_deref(), now))
+            .await
     }
 }
 

@@ -130,6 +130,36 @@ impl SqliteControl {
         Ok(())
     }
 
+    pub fn latest_update_reports(
+        &self,
+        tenant_id: &str,
+    ) -> Result<std::collections::HashMap<String, UpdateReportRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT u.runner_id, u.at, u.version, u.state, u.from_version, u.reason, u.took_ms
+             FROM update_reports u JOIN runners r ON r.id = u.runner_id
+             WHERE r.tenant_id = ?1
+               AND u.seq = (SELECT max(seq) FROM update_reports WHERE runner_id = u.runner_id)",
+        )?;
+        let rows = stmt.query_map([tenant_id], |r| {
+            Ok((
+                r.get(0)?,
+                UpdateReportRow {
+                    at: r.get(1)?,
+                    status: UpdateStatus {
+                        version: r.get(2)?,
+                        state: r.get(3)?,
+                        from_version: r.get(4)?,
+                        reason: r.get(5)?,
+                        at_ms: 0,
+                        took_ms: r.get::<_, Option<i64>>(6)?.map(|t| t.max(0) as u64),
+                    },
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A runner's update reports, oldest first.
     pub fn update_reports(&self, runner_id: &str) -> Result<Vec<UpdateReportRow>, StorageError> {
         let conn = self.conn();
