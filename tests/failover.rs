@@ -356,5 +356,25 @@ fn postgres_restarted_under_two_replicas_loses_nothing_acknowledged_and_notify_w
         "new job after the restart complete {:?} after the POST",
         made.elapsed()
     );
+    // And the other way: the other replica LISTENs again too.
+    let seen = events_of(other.api().stream("/api/v1/events", &on_a.token), "job");
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, v) = through(&on_a, holder).call(
+        "POST",
+        "/api/v1/jobs",
+        Some(json!({ "runners": [id], "command": script(100) })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let back_id = v[0]["id"].as_str().unwrap().to_owned();
+    loop {
+        let data = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the other replica's event stream shows the job made on the holder");
+        let ev: Value = serde_json::from_str(&data).unwrap();
+        if ev["id"] == back_id.as_str() {
+            break;
+        }
+    }
+    assert_complete_and_identical(&on_other, &back_id, 100, Duration::from_secs(20));
     drop(runner);
 }
