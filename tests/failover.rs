@@ -162,6 +162,8 @@ fn kill_9_of_the_replica_holding_the_runner(via: Via) {
     let job_id = v[0]["id"].as_str().unwrap().to_owned();
 
     let holder_api = holder.api();
+    let t0 = Instant::now();
+    let mut relinked_at = Duration::ZERO;
     let holder_alive = AtomicBool::new(true);
     let done = AtomicBool::new(false);
     let samples = std::thread::scope(|s| {
@@ -169,7 +171,6 @@ fn kill_9_of_the_replica_holding_the_runner(via: Via) {
         // each replica says it holds, and the links table.
         let monitor = s.spawn(|| {
             let mut samples: Vec<Sample> = Vec::new();
-            let start = Instant::now();
             while !done.load(Ordering::SeqCst) {
                 let health = try_get(
                     &survivor.api(),
@@ -185,7 +186,7 @@ fn kill_9_of_the_replica_holding_the_runner(via: Via) {
                 };
                 let rows = link_rows(&pg, &db, &id);
                 samples.push(Sample {
-                    at: start.elapsed(),
+                    at: t0.elapsed(),
                     health,
                     held,
                     survivor: links(&survivor),
@@ -209,14 +210,18 @@ fn kill_9_of_the_replica_holding_the_runner(via: Via) {
             "the runner linked to the survivor",
             || (links(&survivor) == Some(1)).then_some(()),
         );
+        relinked_at = t0.elapsed();
         eprintln!(
             "{via:?}: runner linked to replica {survivor_id} {:?} after kill -9 of {holder_id}",
             killed.elapsed()
         );
         on_s.wait_health(&id, "active", Duration::from_secs(10));
         assert_complete_and_identical(&on_s, &job_id, lines, Duration::from_secs(60));
-        // A little more watching after the job, then the verdict.
-        std::thread::sleep(Duration::from_millis(500));
+        // Watching on past the survivor's reaper of silent replicas (STALE
+        // 10 s, run every HEARTBEAT 2 s: `cluster/replica.rs`): it must not
+        // take the relinked runner for one of the dead replica's.
+        let past_reaper = Duration::from_secs(15);
+        std::thread::sleep(past_reaper.saturating_sub(killed.elapsed()));
         done.store(true, Ordering::SeqCst);
         monitor.join().unwrap()
     });
@@ -239,6 +244,10 @@ fn kill_9_of_the_replica_holding_the_runner(via: Via) {
             health == "active" || health == "unreachable",
             "at {at:?} health {health:?}"
         );
+        assert!(
+            *at < relinked_at || health == "active",
+            "at {at:?}, after the relink at {relinked_at:?}, health {health:?}"
+        );
         if healths.last() != Some(&health.as_str()) {
             healths.push(health);
         }
@@ -255,6 +264,12 @@ fn kill_9_of_the_replica_holding_the_runner(via: Via) {
     let (rep, _) = last[0].split_once(':').unwrap();
     assert_eq!(rep, survivor_id, "{first:?} → {last:?}");
     assert_eq!(healths.last(), Some(&"active"), "{healths:?}");
+    // The reaper ran within the watched window: the dead replica is gone.
+    let left = pg.query(
+        &db,
+        &format!("SELECT count(*) FROM cluster_replicas WHERE id = '{holder_id}'"),
+    );
+    assert_eq!(left, "0", "replica {holder_id} reaped");
     drop(runner);
 }
 
