@@ -118,14 +118,14 @@ fn tenant_of(server: &Server, tenant: &Tenant) -> Tenant {
 }
 
 /// HAProxy in TCP mode in front of two backends, checking both every 200 ms.
-struct Haproxy {
+pub(crate) struct Haproxy {
     child: Child,
     _dir: TempDir,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Haproxy {
-    fn start(backends: &[&str]) -> Haproxy {
+    pub(crate) fn start(backends: &[&str]) -> Haproxy {
         let dir = TempDir::new("haproxy");
         let port = free_port();
         let servers: String = backends

@@ -27,16 +27,16 @@ fn key_file(dir: &Path) -> PathBuf {
     p
 }
 
-struct Pair {
-    a: Server,
-    b: Server,
+pub(crate) struct Pair {
+    pub(crate) a: Server,
+    pub(crate) b: Server,
     internal_a: String,
     _dir: TempDir,
 }
 
 /// Replicas `a` and `b` on `url`, one certificate (the runner and the
 /// tests trust one CA), each with its internal address.
-fn pair(url: &str) -> Pair {
+pub(crate) fn pair(url: &str) -> Pair {
     let dir = TempDir::new("replicas");
     let key = key_file(dir.path());
     let key = key.to_str().unwrap();
@@ -75,7 +75,7 @@ fn pair(url: &str) -> Pair {
 }
 
 /// The same tenant, its calls made to `server`.
-fn through(tenant: &Tenant, server: &Server) -> Tenant {
+pub(crate) fn through(tenant: &Tenant, server: &Server) -> Tenant {
     Tenant {
         id: tenant.id.clone(),
         token: tenant.token.clone(),
@@ -88,14 +88,14 @@ fn percentile(times: &mut [Duration], p: usize) -> Duration {
     times[(times.len() * p / 100).min(times.len() - 1)]
 }
 
-fn job(tenant: &Tenant, id: &str) -> Value {
+pub(crate) fn job(tenant: &Tenant, id: &str) -> Value {
     let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{id}"), None);
     assert_eq!(st, 200, "{v}");
     v
 }
 
 /// The data of each `event: <kind>` of an SSE stream, read on a thread.
-fn events_of(
+pub(crate) fn events_of(
     stream: impl Read + Send + 'static,
     wanted: &'static str,
 ) -> std::sync::mpsc::Receiver<String> {

@@ -14,6 +14,7 @@ mod deploy;
 mod dev_run;
 mod docker;
 mod enroll;
+mod failover;
 mod fleet;
 mod health;
 mod install_sh;

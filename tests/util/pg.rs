@@ -12,6 +12,8 @@ pub struct Postgres {
     bin: PathBuf,
     dir: TempDir,
     pub port: u16,
+    /// The server options of the first start, kept for [`Postgres::start_again`].
+    opts: String,
 }
 
 impl Postgres {
@@ -59,7 +61,12 @@ impl Postgres {
                 ],
             );
             if out.status.success() {
-                return Postgres { bin, dir, port };
+                return Postgres {
+                    bin,
+                    dir,
+                    port,
+                    opts,
+                };
             }
         }
         panic!(
@@ -117,6 +124,45 @@ impl Postgres {
             &self.bin,
             "pg_ctl",
             &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+impl Postgres {
+    /// `pg_ctl stop -m fast`: sessions ended, a clean shutdown (an
+    /// operator's restart), waiting until it is down.
+    pub fn stop_fast(&self) {
+        let data = self.dir.path().join("data");
+        let out = run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+        assert!(out.status.success(), "pg_ctl stop: {}", stderr(&out));
+    }
+
+    /// Start again after a stop, on the same port and options.
+    pub fn start_again(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let out = run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &self.opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start again: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
 }
