@@ -16,7 +16,8 @@
 //! log            leveled logger to stderr, UTC timestamps
 //! config         durations, environment lookups, proxy selection
 //! url            https/wss URL parsing (host incl. [ipv6], port, path)
-//! rand           small PRNG for jitter, seeded from getrandom
+//! rand           small PRNG for jitter, seeded from getrandom (always built, as conn/backoff.rs is:
+//!                tether-sim reconnects by the runner's policy)
 //! state          state dir (credential, CA copy) and run dir (status.json)
 //! sys/           every `unsafe` of the runner: small safe libc wrappers (processes, fds,
 //!                the signal handler, PTYs, filesystems, netlink, host facts)
@@ -73,6 +74,12 @@ pub mod child;
 pub mod config;
 #[cfg(feature = "runner")]
 pub mod conn;
+/// Without the runner (the server's build), the reconnect policy alone: it
+/// is pure, and tether-sim draws its simulated runners' waits from it.
+#[cfg(not(feature = "runner"))]
+pub mod conn {
+    pub mod backoff;
+}
 #[cfg(feature = "runner")]
 pub mod docker;
 #[cfg(feature = "runner")]
@@ -89,7 +96,6 @@ pub mod jobs;
 pub mod link;
 #[cfg(feature = "runner")]
 pub mod net;
-#[cfg(feature = "runner")]
 pub mod rand;
 #[cfg(feature = "runner")]
 pub mod reactor;

@@ -35,6 +35,7 @@ impl SplitMix64 {
 
     /// Seed from `getrandom(2)`; falls back to time and pid when the syscall
     /// is unavailable (very old kernels), which is still fine for jitter.
+    #[cfg(feature = "runner")]
     pub fn from_os() -> SplitMix64 {
         let seed = crate::sys::random_u64().unwrap_or_else(|| {
             let t = std::time::SystemTime::now()

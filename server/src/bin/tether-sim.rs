@@ -30,8 +30,9 @@
 //! `<runner name> <unix ms>` for each spike as it is sent.
 //!
 //! With `--reconnect`, a connection lost while held is opened again under
-//! the runner's backoff policy (`src/conn/backoff.rs`: three retries at
-//! 1 s ± 10 %, then full jitter in [1 s, 2^n s], at most 60 s), as long as
+//! the runner's own backoff policy (`tether::conn::backoff`, the same code:
+//! three retries at 1 s ± 10 %, then full jitter in [1 s, 2^n s] for the
+//! n-th after them, at most 60 s), as long as
 //! the hold lasts; the summary says how many runners lost their link, the
 //! reconnect attempts they made (failed ones included) and the time from
 //! the first loss until the last of them was linked again (`make bench`'s
@@ -53,11 +54,13 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
+use tether::conn::backoff::Backoff;
 use tether::metrics::wire::{push_to_batch, Encoder, SeriesSource, Unit, Visitor};
 use tether::protocol::{
     self, decode_control, encode_control, Decoded, FrameHeader, FrameKind, Hello, Message,
     MetricsSchema, Pong, StreamTag,
 };
+use tether::rand::SplitMix64;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -450,38 +453,12 @@ impl Tally {
     }
 }
 
-/// The runner's reconnect policy (`src/conn/backoff.rs`), its random draws
-/// from a small xorshift seeded by the runner's index.
-struct Policy {
-    failures: u32,
-    rng: u64,
-}
-
-impl Policy {
-    fn new(i: usize) -> Policy {
-        Policy {
-            failures: 0,
-            rng: (0x9e37_79b9_7f4a_7c15 ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)) | 1,
-        }
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        lo + self.rng % (hi - lo + 1)
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        self.failures += 1;
-        let ms = if self.failures <= 3 {
-            self.between(900, 1100)
-        } else {
-            let hi = 1u64 << self.failures.min(6);
-            self.between(1000, hi.min(60) * 1000)
-        };
-        Duration::from_millis(ms)
-    }
+/// The runner's reconnect policy itself (`src/conn/backoff.rs`), its
+/// random draws seeded by the runner's index (the same index, the same
+/// waits: runs compare).
+fn reconnect_policy(i: usize) -> (Backoff, SplitMix64) {
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (Backoff::new(), SplitMix64::seeded(seed))
 }
 
 async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> Arc<Tally> {
@@ -542,10 +519,10 @@ async fn connect_all(args: &Args, target: Target, credentials: Vec<String>) -> A
                         let lost = Instant::now();
                         tally.lost.fetch_add(1, Ordering::Relaxed);
                         tally.lost_at(lost);
-                        let mut policy = Policy::new(i);
+                        let (mut policy, mut rng) = reconnect_policy(i);
                         loop {
                             tokio::select! {
-                                _ = tokio::time::sleep(policy.next_delay()) => {}
+                                _ = tokio::time::sleep(policy.next_delay(&mut rng)) => {}
                                 _ = stop.changed() => return,
                             }
                             tally.reattempts.fetch_add(1, Ordering::Relaxed);
