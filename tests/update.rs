@@ -1328,13 +1328,18 @@ fn an_update_rollout_halts_when_a_runner_of_the_soaking_wave_goes_back() {
     untouched(&fx, &h2);
 }
 
-/// Abort of an update rollout over three real runners in waves of two.
-/// sk1 installs; sk2 is offline when its wave starts, so the version
-/// waits for it; sk3's wave has not started. The abort skips sk3 (never
-/// offered anything) and takes the version back from sk2 (its previous own
-/// desired version, the one it runs, is back): started again, sk2 connects,
-/// is offered nothing new and stays at the old version, and its target ends
-/// skipped ("withdrawn by the abort"). sk1 keeps the version it installed.
+/// Abort of an update rollout over three real runners in waves of two,
+/// with a release that is slow to come up (a signed script that waits 5 s,
+/// then execs the real 0.5.0 runner: a slow host). ab1 takes the offer:
+/// its install is under way (its link closed) when the rollout is
+/// aborted; ab2 is offline when its wave starts, so the version waits for
+/// it; ab3's wave has not started. The abort skips ab3 (never offered
+/// anything) and takes the version back from ab1 and ab2 (their previous
+/// own desired versions are back at once). What it cannot stop, it counts:
+/// ab1's install lands and its target ends succeeded, "already under way
+/// at the abort". ab2, started again, connects, is offered nothing new and
+/// stays at the old version, and its target ends skipped ("withdrawn by
+/// the abort").
 #[test]
 fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
     let fx = Fx::new();
@@ -1347,20 +1352,28 @@ fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
     assert!(wait_exit(h2.runner.child(), Duration::from_secs(10)).is_some());
     fx.tenant
         .wait_health(&h2.runner.id, "unreachable", Duration::from_secs(15));
-    fx.publish("0.5.0", &binary_with_version("0.5.0"));
+    let real = TempDir::new("real-0.5.0");
+    let real_bin = real.path().join("tether-0.5.0");
+    fs::write(&real_bin, binary_with_version("0.5.0")).unwrap();
+    make_executable(&real_bin);
+    fx.publish(
+        "0.5.0",
+        &script(&format!("sleep 5; exec {} \"$@\"", real_bin.display())),
+    );
 
     let id = start_update_rollout(
         &fx,
         json!({"selector": "fleet=ab", "wave": "2", "max_failures": 1,
                "update": {"version": "0.5.0", "reconnect_s": 300}}),
     );
-    let v = wait_for(WAIT, "ab1 installed, ab2 waited for", || {
+    // Both started; ab1 closed its link to install, ab2 is away.
+    let v = wait_for(WAIT, "ab1 installing, ab2 waited for", || {
         let v = rollout_view(&fx, &id);
-        (v["targets"][0]["state"] == "succeeded"
+        (v["targets"][0]["status"] == "waiting for the runner"
             && v["targets"][1]["status"] == "waiting for the runner")
             .then_some(v)
     });
-    assert_eq!(v["targets"][1]["state"], "running", "{v}");
+    assert_eq!(v["targets"][0]["state"], "running", "{v}");
     assert_eq!(own_desired(&fx, &h2.runner.id).as_deref(), Some("0.5.0"));
 
     let (ok, text) = cli(&fx, &fx.tenant.token, &["rollout", "abort", &id]);
@@ -1370,7 +1383,8 @@ fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
     assert_eq!(v["state"], "aborted", "{v}");
     assert_eq!(v["targets"][1]["status"], "withdrawn by the abort", "{v}");
     assert_eq!(v["targets"][2]["state"], "skipped", "{v}");
-    // Taken back at once: its previous own desired version.
+    // Taken back at once: their previous own desired versions.
+    assert_eq!(own_desired(&fx, &h1.runner.id), None);
     assert_eq!(own_desired(&fx, &h2.runner.id).as_deref(), Some(V0));
     // Aborting again is refused.
     let (st, e) = fx
@@ -1378,7 +1392,10 @@ fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
         .call("POST", &format!("/api/v1/rollouts/{id}/abort"), None);
     assert_eq!(st, 409, "{e}");
 
-    // Back online: nothing to install, its target settles as withdrawn.
+    // The install under way lands: counted, and kept.
+    fx.wait_version(&h1.runner.id, "0.5.0");
+    fx.wait_report(&h1.runner.id, "0.5.0", "installed");
+    // ab2 back online: nothing to install, its target settles as withdrawn.
     h2.start(&[]);
     fx.wait_version(&h2.runner.id, V0);
     let (ok, text) = cli(&fx, &fx.tenant.token, &["rollout", "watch", &id]);
@@ -1388,6 +1405,10 @@ fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
         "{text}"
     );
     let v = rollout_view(&fx, &id);
+    assert_eq!(
+        v["targets"][0]["status"], "installed: already under way at the abort",
+        "{v}"
+    );
     assert_eq!(
         v["targets"][1]["status"], "withdrawn by the abort: not installed",
         "{v}"
@@ -1400,7 +1421,9 @@ fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
     );
     assert_eq!(h2.installed_version(), V0);
     untouched(&fx, &h3);
-    // What was installed before the abort stays.
-    assert_eq!(fx.tenant.runner(&h1.runner.id)["version"], "0.5.0");
-    assert_eq!(h1.installed_version(), "0.5.0");
+    // ab1 is not offered anything after (no own desired version, no policy).
+    std::thread::sleep(Duration::from_secs(1));
+    let r = fx.reports(&h1.runner.id);
+    assert_eq!(r["version"], "0.5.0", "{r}");
+    assert!(r["desired"].is_null(), "{r}");
 }
