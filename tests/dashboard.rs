@@ -9,7 +9,8 @@
 //! refused an action and a terminal, every page at phone width. The browser steps are in
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`. The
 //! runners page with 2,000 simulated runners: `server/web/e2e-fleet.mjs`;
-//! the schedules page: `server/web/e2e-schedules.mjs`.
+//! the schedules page: `server/web/e2e-schedules.mjs`; the runners page's
+//! update-state filter and bulk desired version: `server/web/e2e-updates.mjs`.
 //!
 //! Needs `chromium` and `make web` (`make test`'s set-up installs both); it fails,
 //! saying so, when they are missing.
@@ -1039,4 +1040,137 @@ fn schedules_page_in_a_real_browser() {
     );
     let (_, list) = tenant.call("GET", "/api/v1/schedules", None);
     assert_eq!(list, serde_json::json!([]));
+}
+
+/// The runners page's update state in real Chromium
+/// (`server/web/e2e-updates.mjs`) over 6 `tether-sim` runners (they hold
+/// their link and ignore offers, so a wanted version stays pending), two
+/// of which want the version they run: the update-state filter narrows
+/// the rows and the counts (current 2, none 4, pending 0); two ticked
+/// under "no desired version" get a version by the bulk action, which the
+/// API then shows as their own desired version, and the filter as pending.
+#[test]
+fn update_state_filter_and_bulk_desired_version_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+        "the browser test needs {chromium} (apt-get install chromium) and \
+         server/web/node_modules (make web); make test's set-up installs both"
+    );
+    let artifacts = util::target_dir().join("dashboard-updates-e2e");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    // A server with release keys, and releases of the running version and
+    // of the one the page sets (their content does not matter: the
+    // simulated runners never install).
+    let fx = crate::update::Fx::new();
+    let v0 = env!("CARGO_PKG_VERSION");
+    fx.publish(v0, &crate::update::script("exit 0"));
+    fx.publish("0.9.0", &crate::update::script("exit 0"));
+    add_user(&fx.server, "acme", "ada", "admin");
+    let sims = 6;
+    let sim = util::runner_bin().with_file_name("tether-sim");
+    let mut sim = KillOnDrop(
+        Command::new(&sim)
+            .args([
+                "--api",
+                &fx.server.url,
+                "--token",
+                &fx.tenant.token,
+                "--ca-file",
+            ])
+            .arg(&fx.server.ca)
+            .args([
+                "--count",
+                &sims.to_string(),
+                "--heartbeat",
+                "5s",
+                "--duration",
+                "600s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", sim.display())),
+    );
+    let ids: std::collections::HashMap<String, String> = util::wait_for(
+        Duration::from_secs(60),
+        "the simulated runners active",
+        || {
+            let (_, v) = fx.tenant.call("GET", "/api/v1/runners", None);
+            let list = v.as_array()?;
+            (list.iter().filter(|r| r["health"] == "active").count() == sims).then(|| {
+                list.iter()
+                    .map(|r| {
+                        let name = r["name"].as_str().unwrap().to_owned();
+                        (name, r["id"].as_str().unwrap().to_owned())
+                    })
+                    .collect()
+            })
+        },
+    );
+    let current = ["sim-00000", "sim-00001"];
+    let pick = ["sim-00002", "sim-00004"];
+    let (st, v) = fx.tenant.call(
+        "POST",
+        "/api/v1/desired-version",
+        Some(serde_json::json!({"runners": current.map(|n| ids[n].clone()), "version": v0})),
+    );
+    assert_eq!(
+        (st, v["changed"].clone()),
+        (200, serde_json::json!(2)),
+        "{v}"
+    );
+
+    let t0 = std::time::Instant::now();
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e-updates.mjs",
+        |c| {
+            c.env("TETHER_URL", &fx.server.url)
+                .env("TENANT", "acme")
+                .env("ADMIN_USER", "ada")
+                .env("PASSWORD", PASSWORD)
+                .env("TOTAL", sims.to_string())
+                .env("CURRENT", current.join(","))
+                .env("PICK", pick.join(","))
+                .env("VERSION", "0.9.0");
+        },
+        (&chromium, &artifacts),
+        ("never asked", &mut Runner::new()),
+    );
+    eprintln!("the page script took {:?}", t0.elapsed());
+    let _ = sim.0.kill();
+    assert!(
+        status.success() && transcript.contains("E2E OK"),
+        "the update-state filter failed ({status}); screenshots in {}:\n{transcript}",
+        artifacts.display()
+    );
+    // Checked through the API: the two picked want 0.9.0 (their own), the
+    // others are as they were, and the API's filter agrees with the page.
+    for (name, id) in &ids {
+        let (_, r) = fx
+            .tenant
+            .call("GET", &format!("/api/v1/runners/{id}/updates"), None);
+        let want = if pick.contains(&name.as_str()) {
+            serde_json::json!("0.9.0")
+        } else if current.contains(&name.as_str()) {
+            serde_json::json!(v0)
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(r["desired_version"], want, "{name}: {r}");
+    }
+    let (_, v) = fx
+        .tenant
+        .call("GET", "/api/v1/runners?update=pending&sort=name", None);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, pick, "{v}");
 }

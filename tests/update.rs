@@ -1088,3 +1088,342 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
     assert_eq!((st, v["changed"].clone()), (200, json!(4)), "{v}");
     assert!(fx.reports(&hosts[0].runner.id)["desired"].is_null());
 }
+
+/// A host of an update rollout: named `name`, labelled `fleet=<fleet>`
+/// (the selector the test's rollout names), started with `args` and at
+/// the version the tests start from.
+fn rollout_host(fx: &Fx, name: &str, fleet: &str, args: &[&str]) -> Host {
+    let mut host = fx.host();
+    host.start(args);
+    fx.wait_version(&host.runner.id, V0);
+    let (st, v) = fx.tenant.call(
+        "PUT",
+        &format!("/api/v1/runners/{}/name", host.runner.id),
+        Some(json!({ "name": name })),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = fx.tenant.call(
+        "PATCH",
+        &format!("/api/v1/runners/{}/labels", host.runner.id),
+        Some(json!({"set": {"fleet": fleet}})),
+    );
+    assert_eq!(st, 200, "{v}");
+    host
+}
+
+/// The runner's own desired version (`None`: its policy's).
+fn own_desired(fx: &Fx, runner: &str) -> Option<String> {
+    fx.reports(runner)["desired_version"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Set the runner's own desired version through the API.
+fn set_own_desired(fx: &Fx, runner: &str, version: Option<&str>) {
+    let (st, v) = fx.tenant.call(
+        "PUT",
+        &format!("/api/v1/runners/{runner}/desired-version"),
+        Some(json!({ "version": version })),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+fn rollout_view(fx: &Fx, id: &str) -> Value {
+    let (st, v) = fx
+        .tenant
+        .call("GET", &format!("/api/v1/rollouts/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// Start an update rollout through the API; its id.
+fn start_update_rollout(fx: &Fx, body: Value) -> String {
+    let (st, v) = fx.tenant.call("POST", "/api/v1/rollouts", Some(body));
+    assert_eq!(st, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Nothing of the rollout reached this host: no report, no own desired
+/// version, still the version it started at.
+fn untouched(fx: &Fx, h: &Host) {
+    let r = fx.reports(&h.runner.id);
+    assert_eq!(r["version"], V0, "{r}");
+    assert!(r["desired_version"].is_null(), "{r}");
+    assert_eq!(r["reports"], json!([]), "{r}");
+    assert_eq!(h.installed_version(), V0);
+}
+
+/// "Did not reconnect": the release is a signed program that starts and
+/// never reaches the server (it sleeps), and the first host's health
+/// deadline (20 s) is longer than the rollout's `reconnect` (5 s), so no
+/// report comes within the bound. The runner fails as not connected at
+/// the version in time, the rollout halts (`--max-failures 1`) before
+/// the second wave, the summary names the reason, and the runner's
+/// previous own desired version (the one it runs) is put back. Later the
+/// runner ends the trial itself, reports it, and is not offered the
+/// version again.
+#[test]
+fn an_update_rollout_fails_a_runner_that_does_not_reconnect_within_the_bound() {
+    let fx = Fx::new();
+    let h1 = rollout_host(&fx, "nr1", "nr", &["--health-timeout", "20s"]);
+    let h2 = rollout_host(&fx, "nr2", "nr", &[]);
+    // nr1's own desired version before the rollout: the one it runs (a
+    // release of it must exist for the server to accept it).
+    fx.publish(V0, &script("exit 0"));
+    set_own_desired(&fx, &h1.runner.id, Some(V0));
+    fx.publish("0.5.0", &script("exec sleep 600"));
+
+    let t0 = std::time::Instant::now();
+    let (ok, text) = cli(
+        &fx,
+        &fx.tenant.token,
+        &[
+            "update",
+            "rollout",
+            "0.5.0",
+            "--selector",
+            "fleet=nr",
+            "--wave",
+            "1",
+            "--max-failures",
+            "1",
+            "--reconnect",
+            "5s",
+        ],
+    );
+    let took = t0.elapsed();
+    eprintln!("rollout halted after {took:?}:\n{text}");
+    assert!(!ok, "a halted rollout exits non-zero: {text}");
+    assert!(
+        text.contains("halted: 0 succeeded, 1 failed, 0 skipped, 1 not started of 2"),
+        "{text}"
+    );
+    assert!(text.contains("not connected at 0.5.0 within 5 s"), "{text}");
+    assert!(took >= Duration::from_secs(5), "failed before the bound");
+
+    let (_, list) = fx.tenant.call("GET", "/api/v1/rollouts", None);
+    let v = rollout_view(&fx, list[0]["id"].as_str().unwrap());
+    assert_eq!(v["state"], "halted", "{v}");
+    assert_eq!(v["targets"][0]["state"], "failed", "{v}");
+    assert_eq!(
+        v["targets"][0]["status"], "not connected at 0.5.0 within 5 s",
+        "{v}"
+    );
+    assert_eq!(v["targets"][1]["state"], "waiting", "{v}");
+    // No report came before the bound: the runner was still in its trial.
+    assert!(
+        !fx.reports(&h1.runner.id)["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["version"] == "0.5.0"),
+        "a report came before the bound: the test proves nothing"
+    );
+    // Its previous own desired version is back; the next wave untouched.
+    assert_eq!(own_desired(&fx, &h1.runner.id).as_deref(), Some(V0));
+    untouched(&fx, &h2);
+
+    // The runner's own deadline ends the trial: it reports the failure,
+    // is back at the old version, and is not offered 0.5.0 again.
+    let r = fx.wait_report(&h1.runner.id, "0.5.0", "failed");
+    assert!(
+        r["reason"].as_str().unwrap().contains("did not connect"),
+        "{r}"
+    );
+    fx.wait_version(&h1.runner.id, V0);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = fx.reports(&h1.runner.id);
+    assert_eq!(r["desired"], V0, "{r}");
+    assert_eq!(
+        r["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["version"] == "0.5.0")
+            .count(),
+        1,
+        "offered again after the rollout gave it back: {r}"
+    );
+    assert_eq!(h1.installed_version(), V0);
+}
+
+/// A failure while a wave soaks, end to end: waves of one with a soak of
+/// 60 s over two real runners. The first installs the version; while its
+/// wave soaks, its host owner puts the previous binary back and turns
+/// self-update off (the package manager owns the binary now). The runner
+/// comes back at the old version and rejects the version when offered
+/// again: the rollout halts before the second wave starts (which is never
+/// offered anything), naming the reason, and the runner gets its previous
+/// desired version (none: its policy) back.
+#[test]
+fn an_update_rollout_halts_when_a_runner_of_the_soaking_wave_goes_back() {
+    let fx = Fx::new();
+    let mut h1 = rollout_host(&fx, "sk1", "sk", &[]);
+    let h2 = rollout_host(&fx, "sk2", "sk", &[]);
+    fx.publish("0.5.0", &binary_with_version("0.5.0"));
+    let id = start_update_rollout(
+        &fx,
+        json!({"selector": "fleet=sk", "wave": "1", "max_failures": 1, "soak_s": 60,
+               "update": {"version": "0.5.0", "reconnect_s": 60}}),
+    );
+    let v = wait_for(WAIT, "the first wave installed and soaking", || {
+        let v = rollout_view(&fx, &id);
+        (v["targets"][0]["state"] == "succeeded" && v["soaking_until"].is_string()).then_some(v)
+    });
+    let soaked_from = std::time::Instant::now();
+    assert_eq!(v["targets"][0]["status"], "installed", "{v}");
+    assert_eq!(v["targets"][1]["state"], "waiting", "{v}");
+    assert_eq!(h1.installed_version(), "0.5.0");
+
+    // The host owner goes back to the previous binary, self-update off.
+    signal(h1.runner.child(), libc::SIGTERM);
+    assert!(wait_exit(h1.runner.child(), Duration::from_secs(10)).is_some());
+    fs::rename(h1.install.path().join(".tether.prev"), &h1.bin).unwrap();
+    assert_eq!(h1.installed_version(), V0);
+    h1.runner.env.push(("TETHER_UPDATE".into(), "off".into()));
+    h1.start(&[]);
+
+    let v = wait_for(WAIT, "the rollout halted", || {
+        let v = rollout_view(&fx, &id);
+        (v["state"] == "halted").then_some(v)
+    });
+    let halted_after = soaked_from.elapsed();
+    eprintln!("halted {halted_after:?} into the soak: {v}");
+    assert!(
+        halted_after < Duration::from_secs(60),
+        "not halted within the soak"
+    );
+    assert_eq!(v["over"], true, "{v}");
+    let states: Vec<&str> = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["failed", "waiting"], "{v}");
+    // Found back at the old version, or its rejection read first: either
+    // way the reason is named.
+    let why = v["targets"][0]["status"].as_str().unwrap();
+    assert!(
+        why == format!("back at {V0} while its wave soaked")
+            || why.starts_with("rejected: self-update is off on this host"),
+        "{why}"
+    );
+    let t = &v["totals"];
+    assert_eq!(
+        (
+            t["succeeded"].clone(),
+            t["failed"].clone(),
+            t["waiting"].clone()
+        ),
+        (json!(0), json!(1), json!(1)),
+        "{v}"
+    );
+    fx.wait_version(&h1.runner.id, V0);
+    assert!(own_desired(&fx, &h1.runner.id).is_none());
+    // The soak is over by now for a rollout that had not halted: the
+    // second wave was never started.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(rollout_view(&fx, &id)["targets"][1]["state"], "waiting");
+    untouched(&fx, &h2);
+}
+
+/// Abort of an update rollout over three real runners in waves of two,
+/// with a release that is slow to come up (a signed script that waits 5 s,
+/// then execs the real 0.5.0 runner: a slow host). ab1 takes the offer:
+/// its install is under way (its link closed) when the rollout is
+/// aborted; ab2 is offline when its wave starts, so the version waits for
+/// it; ab3's wave has not started. The abort skips ab3 (never offered
+/// anything) and takes the version back from ab1 and ab2 (their previous
+/// own desired versions are back at once). What it cannot stop, it counts:
+/// ab1's install lands and its target ends succeeded, "already under way
+/// at the abort". ab2, started again, connects, is offered nothing new and
+/// stays at the old version, and its target ends skipped ("withdrawn by
+/// the abort").
+#[test]
+fn aborting_an_update_rollout_takes_the_version_back_from_runners_not_at_it() {
+    let fx = Fx::new();
+    let h1 = rollout_host(&fx, "ab1", "ab", &[]);
+    let mut h2 = rollout_host(&fx, "ab2", "ab", &[]);
+    let h3 = rollout_host(&fx, "ab3", "ab", &[]);
+    fx.publish(V0, &script("exit 0"));
+    set_own_desired(&fx, &h2.runner.id, Some(V0));
+    signal(h2.runner.child(), libc::SIGTERM);
+    assert!(wait_exit(h2.runner.child(), Duration::from_secs(10)).is_some());
+    fx.tenant
+        .wait_health(&h2.runner.id, "unreachable", Duration::from_secs(15));
+    let real = TempDir::new("real-0.5.0");
+    let real_bin = real.path().join("tether-0.5.0");
+    fs::write(&real_bin, binary_with_version("0.5.0")).unwrap();
+    make_executable(&real_bin);
+    fx.publish(
+        "0.5.0",
+        &script(&format!("sleep 5; exec {} \"$@\"", real_bin.display())),
+    );
+
+    let id = start_update_rollout(
+        &fx,
+        json!({"selector": "fleet=ab", "wave": "2", "max_failures": 1,
+               "update": {"version": "0.5.0", "reconnect_s": 300}}),
+    );
+    // Both started; ab1 closed its link to install, ab2 is away.
+    let v = wait_for(WAIT, "ab1 installing, ab2 waited for", || {
+        let v = rollout_view(&fx, &id);
+        (v["targets"][0]["status"] == "waiting for the runner"
+            && v["targets"][1]["status"] == "waiting for the runner")
+            .then_some(v)
+    });
+    assert_eq!(v["targets"][0]["state"], "running", "{v}");
+    assert_eq!(own_desired(&fx, &h2.runner.id).as_deref(), Some("0.5.0"));
+
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["rollout", "abort", &id]);
+    assert!(ok, "{text}");
+    assert!(text.contains("aborted"), "{text}");
+    let v = rollout_view(&fx, &id);
+    assert_eq!(v["state"], "aborted", "{v}");
+    assert_eq!(v["targets"][1]["status"], "withdrawn by the abort", "{v}");
+    assert_eq!(v["targets"][2]["state"], "skipped", "{v}");
+    // Taken back at once: their previous own desired versions.
+    assert_eq!(own_desired(&fx, &h1.runner.id), None);
+    assert_eq!(own_desired(&fx, &h2.runner.id).as_deref(), Some(V0));
+    // Aborting again is refused.
+    let (st, e) = fx
+        .tenant
+        .call("POST", &format!("/api/v1/rollouts/{id}/abort"), None);
+    assert_eq!(st, 409, "{e}");
+
+    // The install under way lands: counted, and kept.
+    fx.wait_version(&h1.runner.id, "0.5.0");
+    fx.wait_report(&h1.runner.id, "0.5.0", "installed");
+    // ab2 back online: nothing to install, its target settles as withdrawn.
+    h2.start(&[]);
+    fx.wait_version(&h2.runner.id, V0);
+    let (ok, text) = cli(&fx, &fx.tenant.token, &["rollout", "watch", &id]);
+    assert!(!ok, "an aborted rollout exits non-zero: {text}");
+    assert!(
+        text.contains("aborted: 1 succeeded, 0 failed, 2 skipped, 0 not started of 3"),
+        "{text}"
+    );
+    let v = rollout_view(&fx, &id);
+    assert_eq!(
+        v["targets"][0]["status"], "installed: already under way at the abort",
+        "{v}"
+    );
+    assert_eq!(
+        v["targets"][1]["status"], "withdrawn by the abort: not installed",
+        "{v}"
+    );
+    let r = fx.reports(&h2.runner.id);
+    assert_eq!(
+        (r["version"].clone(), r["reports"].clone()),
+        (json!(V0), json!([])),
+        "{r}"
+    );
+    assert_eq!(h2.installed_version(), V0);
+    untouched(&fx, &h3);
+    // ab1 is not offered anything after (no own desired version, no policy).
+    std::thread::sleep(Duration::from_secs(1));
+    let r = fx.reports(&h1.runner.id);
+    assert_eq!(r["version"], "0.5.0", "{r}");
+    assert!(r["desired"].is_null(), "{r}");
+}

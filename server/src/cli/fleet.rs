@@ -53,12 +53,17 @@ pub enum RolloutCommand {
     Watch {
         id: String,
     },
+    /// Start nothing new; what runs finishes
     Pause {
         id: String,
     },
+    /// Go on after a pause or a halt (failures counted afresh)
     Resume {
         id: String,
     },
+    /// Skip the runners not started and cancel the running jobs; an update
+    /// is taken back from the started runners not at it yet (their previous
+    /// desired version), but an install a runner already took finishes
     Abort {
         id: String,
     },

@@ -9,7 +9,8 @@
 //!                 planner.starts_at(now) ─▶ jobs (the ordinary job path, with a deadline)
 //!                                        or the runner's own desired version + an offer
 //!                 snapshot ─▶ db::FleetStore (what GET shows, and what survives a restart)
-//!  pause / resume / abort ─▶ the planner (abort also cancels the running jobs)
+//!  pause / resume / abort ─▶ the planner (abort also cancels the running jobs,
+//!                            and takes an update back from the runners not at it yet)
 //! ```
 //!
 //! A job target fails when its job ends in anything but `succeeded`
@@ -23,6 +24,30 @@
 //! soaks, a runner of it found back at another version, or reporting a
 //! failure, fails late. A server restart does not resume a rollout: its
 //! last snapshot stays readable, marked `live: false`.
+//!
+//! Abort of an update rollout: the runners of waves not started are
+//! skipped (never offered anything). Each started runner not yet
+//! connected at the version gets its previous own desired version back
+//! and is sent that version's offer (or none): a connected runner holds
+//! no pending offer (it takes one at once or refuses it), and an offline
+//! one is offered the previous version when it connects. What abort
+//! cannot stop is an install already under way: a runner that took the
+//! offer closed its connection to download, try and swap the binary, and
+//! nothing reaches it until it is back. Such a target stays running
+//! until the runner is connected at the version (succeeded, "already
+//! under way at the abort"), reports a failure (failed), is connected at
+//! another version (skipped, "withdrawn by the abort: not installed") or
+//! stays away past `reconnect` (skipped).
+//!
+//! ```text
+//!  abort, per running update target:
+//!    connected at the version ───────────────▶ succeeded (next tick)
+//!    else: previous desired version back, its offer sent
+//!          ├─ back at the version ───────────▶ succeeded (the install was under way)
+//!          ├─ reports failed/rejected ───────▶ failed
+//!          ├─ connected at another version ──▶ skipped (after 2 s: it did not take it)
+//!          └─ away past `reconnect` ─────────▶ skipped
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +70,10 @@ use crate::link::dispatch::FamilyId;
 const TICK: Duration = Duration::from_millis(300);
 /// How often a soaking wave's updated runners are looked at again.
 const SOAK_CHECK_MS: i64 = 2_000;
+/// How long after an abort a runner connected at another version is
+/// taken as not having taken the offer (one that took it closes its
+/// connection at once to install).
+const WITHDRAW_SETTLE_MS: i64 = 2_000;
 /// Most runners in one rollout.
 pub const MAX_TARGETS: usize = 10_000;
 
@@ -68,6 +97,9 @@ pub struct Target {
     /// Update: the runner's own desired version before, put back if it fails.
     #[serde(skip)]
     prev_desired: Option<String>,
+    /// Update: when an abort took the version back from this runner.
+    #[serde(skip)]
+    withdrawn_ms: Option<i64>,
 }
 
 /// What a rollout does to each runner.
@@ -214,6 +246,7 @@ pub async fn start(
             from_version: None,
             started_ms: 0,
             prev_desired: None,
+            withdrawn_ms: None,
         })
         .collect();
     let r = Rollout {
@@ -445,6 +478,8 @@ async fn collect_updates(
                 let t = &mut r.targets[i];
                 t.status = Some(if t.from_version.as_deref() == Some(version) {
                     "already at the version".into()
+                } else if t.withdrawn_ms.is_some() {
+                    "installed: already under way at the abort".into()
                 } else {
                     "installed".into()
                 });
@@ -454,6 +489,7 @@ async fn collect_updates(
             }
             Some((_, active)) => match seen.failure(&id, version, started) {
                 Some(f) => Some(f),
+                None if settle_withdrawn(r, i, *active, version, reconnect_ms, now) => continue,
                 None if now - started > reconnect_ms => Some(format!(
                     "not connected at {version} within {} s",
                     reconnect_ms / 1000
@@ -498,6 +534,78 @@ async fn fail_update(
         )
         .await?;
     Ok(())
+}
+
+/// Abort of an update rollout: each started runner not yet connected at
+/// the version gets its previous own desired version back, and is told
+/// (the offer of that version, or none: a runner holds no pending offer,
+/// it takes one at once or refuses it). A runner that already took the
+/// offer is installing with its connection closed: nothing reaches it
+/// until it is back, at the version (counted as succeeded) or not.
+async fn withdraw_updates(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    running: &[usize],
+) -> Result<(), ApiError> {
+    let Work::Update { version, .. } = &r.work else {
+        return Ok(());
+    };
+    let now = clock::now_ms();
+    let seen = Seen::read(state, &r.tenant).await?;
+    for &i in running {
+        let t = &mut r.targets[i];
+        if seen.runners.get(&t.runner_id) == Some(&(version.clone(), true)) {
+            continue; // updated: collected as succeeded
+        }
+        t.withdrawn_ms = Some(now);
+        t.status = Some("withdrawn by the abort".into());
+        state
+            .fleet
+            .store
+            .set_desired_version(
+                &r.tenant,
+                std::slice::from_ref(&t.runner_id),
+                t.prev_desired.as_deref(),
+                now,
+            )
+            .await?;
+        if let Err(e) = state.offers.offer(&r.tenant, &t.runner_id).await {
+            tracing::warn!(rollout = %r.id, runner = %t.runner_id, "offering the previous version: {}", e.message);
+        }
+    }
+    Ok(())
+}
+
+/// A withdrawn update target not at the version and with no failure
+/// reported: skipped once it is connected at another version (it did not
+/// take the offer), or once the reconnect bound passed without it. Returns
+/// whether it was settled.
+fn settle_withdrawn(
+    r: &mut Rollout,
+    i: usize,
+    active: bool,
+    version: &str,
+    reconnect_ms: i64,
+    now: i64,
+) -> bool {
+    let t = &mut r.targets[i];
+    let Some(at) = t.withdrawn_ms else {
+        return false;
+    };
+    let why = if active && now - at >= WITHDRAW_SETTLE_MS {
+        "withdrawn by the abort: not installed".to_owned()
+    } else if !active && now - t.started_ms > reconnect_ms {
+        format!(
+            "withdrawn by the abort: not seen at {version} within {} s",
+            reconnect_ms / 1000
+        )
+    } else {
+        return true;
+    };
+    t.status = Some(why);
+    t.duration_ms = Some(now - t.started_ms);
+    r.planner.withdrawn(i);
+    true
 }
 
 /// While a wave soaks: its updated runners still at the version, with no
@@ -581,6 +689,9 @@ pub async fn control(
         "resume" => g.planner.resume(),
         "abort" => match g.planner.abort() {
             Some(running) => {
+                if matches!(g.work, Work::Update { .. }) {
+                    withdraw_updates(state, &mut g, &running).await?;
+                }
                 for i in running {
                     if let Some(job) = g.targets[i].job_id.clone() {
                         state.db.jobs.request_cancel(tenant, &job).await?;

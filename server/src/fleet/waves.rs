@@ -18,7 +18,9 @@
 //!  pause│  │resume               │
 //!       ▼  │                     │
 //!      paused ───────abort───────┴──abort──▶ aborted (waiting runners skipped,
-//!                                                     running ones asked to cancel)
+//!                                                     running ones asked to cancel;
+//!                                                     an update taken back in time:
+//!                                                     skipped, Planner::withdrawn)
 //! ```
 //!
 //! `halted`, `paused` and `aborted` are reached at once; runners already
@@ -346,6 +348,15 @@ impl Planner {
         Some(running)
     }
 
+    /// After an abort: a running target that will not finish (an update
+    /// taken back before the runner took it) is skipped. Ignored unless
+    /// the rollout is aborted and the target runs.
+    pub fn withdrawn(&mut self, target: usize) {
+        if self.state == State::Aborted && self.targets.get(target) == Some(&TargetState::Running) {
+            self.targets[target] = TargetState::Skipped;
+        }
+    }
+
     fn to(&mut self, from: State, to: State) -> bool {
         if self.state == from {
             self.state = to;
@@ -485,5 +496,22 @@ mod tests {
         assert_eq!((t.succeeded, t.failed, t.skipped, t.running), (1, 1, 2, 0));
         assert_eq!(p.state(), State::Aborted);
         assert_eq!(p.wave_of(3), 3);
+    }
+
+    #[test]
+    fn an_aborted_rollout_skips_the_running_targets_it_withdraws() {
+        let mut p = Planner::new(3, WaveSize::Count(3), 3, Threshold::Count(1));
+        assert_eq!(p.starts(), [0, 1, 2]);
+        p.withdrawn(0); // not aborted: nothing
+        assert_eq!(p.target(0), TargetState::Running);
+        assert_eq!(p.abort(), Some(vec![0, 1, 2]));
+        p.withdrawn(0);
+        p.finished(1, true);
+        p.withdrawn(1); // finished already: stays
+        assert!(!p.is_over(), "2 still runs");
+        p.withdrawn(2);
+        assert!(p.is_over());
+        let t = p.totals();
+        assert_eq!((t.succeeded, t.skipped, t.running), (1, 2, 0));
     }
 }

@@ -1,0 +1,96 @@
+// The runners page's update state (tests/dashboard.rs,
+// update_state_filter_and_bulk_desired_version_in_a_real_browser): a real
+// server and TOTAL tether-sim runners, of which CURRENT (names, comma
+// separated) want the version they run. Checks that the update-state
+// filter narrows the rows and the counts, then ticks PICK (names) under
+// "no desired version", sets VERSION as their desired version with the
+// bulk action, and finds them under "pending". Steps print one line each;
+// any failure exits 1.
+import { chromium } from 'playwright-core';
+
+const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
+const URL = env('TETHER_URL');
+const ART = env('ARTIFACTS');
+const TOTAL = Number(env('TOTAL'));
+const CURRENT = env('CURRENT').split(',');
+const PICK = env('PICK').split(',');
+const VERSION = env('VERSION');
+const step = (m) => console.log(`step: ${m}`);
+const T = 15000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
+});
+let page;
+try {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1300, height: 900 } });
+  page = await ctx.newPage();
+  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+  // A module that fails to load leaves the page at "Loading…" with no
+  // page error: say which request it was.
+  page.on('requestfailed', (r) => console.log(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('response', (r) => { if (r.status() >= 400 && !r.url().endsWith('/api/v1/session')) console.log(`HTTP ${r.status()}: ${r.url()}`); });
+  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
+  await page.goto(URL);
+  await page.getByLabel('Tenant').fill(env('TENANT'));
+  await page.getByLabel('User').fill(env('ADMIN_USER'));
+  await page.getByLabel('Password').fill(env('PASSWORD'));
+  await page.getByRole('button', { name: 'Log in' }).click();
+
+  const all = page.locator('#runner-counts [data-health="all"] .n');
+  const rows = page.locator('table.runners tbody tr[data-runner]');
+  // The counts and the rows both say `n`, and the rows are these names.
+  const shows = async (what, names) => {
+    await all.filter({ hasText: new RegExp(`^${names.length}$`) }).waitFor({ timeout: T });
+    await page.locator('#runner-page', { hasText: `· ${names.length} runner(s)` }).waitFor({ timeout: T });
+    const seen = (await rows.locator('td:nth-child(2) > a').allTextContents()).map((s) => s.trim()).sort();
+    if (JSON.stringify(seen) !== JSON.stringify([...names].sort())) {
+      throw new Error(`${what}: rows ${seen.join(',') || '(none)'}, not ${names.join(',') || '(none)'}`);
+    }
+  };
+  const names = Array.from({ length: TOTAL }, (_, i) => `sim-${String(i).padStart(5, '0')}`);
+  const none = names.filter((n) => !CURRENT.includes(n));
+  await shows('no filter', names);
+  const state = page.getByLabel('Update state');
+  await state.selectOption('current');
+  await shows('current', CURRENT);
+  step(`update=current: ${CURRENT.length} rows and All ${CURRENT.length}`);
+  await state.selectOption('none');
+  await shows('none', none);
+  step(`update=none: ${none.length} rows and All ${none.length}`);
+  await state.selectOption('pending');
+  await shows('pending', []);
+  await page.locator('table.runners tbody', { hasText: 'No runners match.' }).waitFor({ timeout: T });
+  step('update=pending: none yet');
+
+  // Tick two under "no desired version"; the bulk action sets theirs.
+  await state.selectOption('none');
+  await shows('none again', none);
+  for (const n of PICK) await page.getByLabel(`Select ${n}`, { exact: true }).check();
+  await page.locator('#selected-count', { hasText: `${PICK.length} selected` }).waitFor({ timeout: T });
+  await page.getByLabel('Desired version').fill(VERSION);
+  await page.getByRole('button', { name: 'Set desired version' }).click();
+  await page.locator('#toast', { hasText: `${PICK.length} runner(s) should run ${VERSION}` }).waitFor({ timeout: T });
+  // They leave "no desired version" at once (the page reloads its rows).
+  await shows('none after the bulk action', none.filter((n) => !PICK.includes(n)));
+  step(`bulk desired version ${VERSION} on ${PICK.join(',')}`);
+  await state.selectOption('pending');
+  await shows('pending after the bulk action', PICK);
+  await shot('updates-01-pending');
+  step(`update=pending: ${PICK.join(',')}`);
+  await state.selectOption('failed');
+  await shows('failed', []);
+  await state.selectOption('');
+  await shows('any update state', names);
+  step('update=failed: none; any: all');
+  console.log('E2E OK');
+} catch (e) {
+  console.log(`E2E FAILED: ${e.stack || e}`);
+  if (page) await page.screenshot({ path: `${ART}/updates-failure.png`, fullPage: true }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  process.exit();
+}
