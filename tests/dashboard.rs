@@ -9,7 +9,8 @@
 //! refused an action and a terminal, every page at phone width. The browser steps are in
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`. The
 //! runners page with 2,000 simulated runners: `server/web/e2e-fleet.mjs`;
-//! the schedules page: `server/web/e2e-schedules.mjs`.
+//! the schedules page: `server/web/e2e-schedules.mjs`; actions signed in the
+//! page: `server/web/e2e-signed.mjs`, `server/web/e2e-signed-actions.mjs`.
 //!
 //! Needs `chromium` and `make web` (`make test`'s set-up installs both); it fails,
 //! saying so, when they are missing.
@@ -502,9 +503,9 @@ fn signing_and_single_sign_on_in_a_real_browser() {
 /// refuses a deploy, a terminal and a container stop (the page shows its
 /// reason and the CLI command that signs each; the container keeps
 /// running); with the operator's key loaded in the page a container
-/// restarts, a terminal opens and answers, a deploy succeeds, each on the
-/// page's signature, which the host's record names; no request the page
-/// made carried the key.
+/// restarts, a terminal opens and answers, a deploy and a rollback
+/// succeed, each on the page's signature, which the host's record names;
+/// no request the page made carried the key.
 #[test]
 fn signed_deploys_terminals_and_containers_in_a_real_browser() {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
@@ -533,7 +534,12 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
         // No network: a new veth would make Chromium abort a page load.
         .args(["run", "-d", "--network", "none", "--name", &container])
         // Stops at once on SIGTERM (PID 1 has no default handler).
-        .args([IMAGE, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"])
+        .args([
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -608,6 +614,7 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
         "signed container restart done",
         "signed terminal opened, echo $((40+2)) read 42",
         "signed deploy succeeded",
+        "signed rollback to",
         "key never sent",
     ] {
         assert!(
@@ -625,7 +632,10 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim() == "true"
     };
-    assert!(running(&container) && running(&app), "containers not running");
+    assert!(
+        running(&container) && running(&app),
+        "containers not running"
+    );
 
     // The host's own record: the refusals, then each signed action ran on
     // the page's key.
@@ -636,6 +646,10 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
     let deployment = transcript
         .lines()
         .find_map(|l| l.strip_prefix("DEPLOYMENT "))
+        .unwrap();
+    let rollback = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("ROLLBACK "))
         .unwrap();
     let actions: Vec<&str> = transcript
         .lines()
@@ -651,6 +665,7 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
         format!("job={deployment} kind=deploy action={} signer={key_id} ran", actions[0]),
         format!("terminal=host kind=terminal action={} signer={key_id} ran", actions[1]),
         format!("container={container} op=restart kind=container action={} signer={key_id} ran", actions[2]),
+        format!("job={rollback} kind=deploy action={} signer={key_id} ran", actions[3]),
     ] {
         assert!(
             log.lines().any(|l| l.contains(&want)),

@@ -6,7 +6,7 @@
 // host refuses each (a deploy, a terminal, a container stop) and the page
 // shows its reason and the CLI command; with the operator's key loaded the
 // page signs them (WebCrypto Ed25519) and a deploy succeeds, a terminal
-// opens and answers, a container restarts. Every request the page makes is
+// opens and answers, a container restarts, a rollback runs. Every request the page makes is
 // kept: none may carry the key. Steps print one line each; screenshots go
 // to $ARTIFACTS. Any failure exits 1.
 import { chromium } from 'playwright-core';
@@ -148,6 +148,22 @@ try {
   await shot('06-deployed-signed');
   step(`signed deploy succeeded: ${deployment} ${db.signed.action_id}`);
 
+  // Deployed again, then rolled back to the first signed image: the
+  // rollback names its target and is signed over running that image.
+  await page.getByRole('button', { name: 'Save and deploy' }).click();
+  await page.locator('#deployments tbody tr[data-status="succeeded"]').nth(1).waitFor({ timeout: 90000 });
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Roll back to the previous image' }).click();
+  const back = page.locator('#deploy-watch [data-deployment][data-status="succeeded"]').filter({ hasText: 'rollback' });
+  await back.waitFor({ timeout: 90000 });
+  const rb = JSON.parse(requests.filter((r) => r.method === 'POST' && r.url.endsWith(`/apps/${APP}/rollback`)).pop().body.toString());
+  if (rb.to !== deployment || !rb.signed?.signature.includes(`tether-action deploy ${rb.signed.action_id}`)) {
+    throw new Error(`rollback sent: ${JSON.stringify(rb)}`);
+  }
+  const rollback = await back.getAttribute('data-deployment');
+  await shot('07-rolled-back-signed');
+  step(`signed rollback to ${deployment} succeeded: ${rollback} ${rb.signed.action_id}`);
+
   // No request carried the key, in any part.
   let checked = 0;
   for (const r of requests) {
@@ -160,7 +176,8 @@ try {
   if (checked < 10) throw new Error(`only ${checked} requests seen`);
   step(`key never sent (${checked} requests checked)`);
   console.log(`DEPLOYMENT ${deployment}`);
-  console.log(`ACTIONS ${db.signed.action_id} ${ob.action_id} ${q.get('action_id')}`);
+  console.log(`ROLLBACK ${rollback}`);
+  console.log(`ACTIONS ${db.signed.action_id} ${ob.action_id} ${q.get('action_id')} ${rb.signed.action_id}`);
   console.log('E2E OK');
 } catch (e) {
   console.log(`FAILED: ${e.stack || e}`);

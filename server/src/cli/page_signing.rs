@@ -187,8 +187,10 @@ fn the_page_encodes_terminals_and_container_operations_as_the_cli_signs_them() {
     for (container, command, user) in terminals {
         let open = term_open(container, command, user);
         want.push(terminal_bytes("rn_1", "sa_t", NA, &open));
-        cases.push(json!({"kind": "terminal", "runner": "rn_1", "action": "sa_t", "not_after": NA,
-            "container": container, "command": command, "user": user}));
+        cases.push(
+            json!({"kind": "terminal", "runner": "rn_1", "action": "sa_t", "not_after": NA,
+            "container": container, "command": command, "user": user}),
+        );
     }
     // Every operation, with and without each of its parameters (and the
     // parameters an operation does not take, which it must ignore).
