@@ -10,7 +10,9 @@
 //! `server/web/e2e.mjs`; screenshots land in `<target>/dashboard-e2e/`. The
 //! runners page with 2,000 simulated runners: `server/web/e2e-fleet.mjs`;
 //! the schedules page: `server/web/e2e-schedules.mjs`; the runners page's
-//! update-state filter and bulk desired version: `server/web/e2e-updates.mjs`.
+//! update-state filter and bulk desired version: `server/web/e2e-updates.mjs`;
+//! actions signed in the page: `server/web/e2e-signed.mjs`,
+//! `server/web/e2e-signed-actions.mjs`.
 //!
 //! Needs `chromium` and `make web` (`make test`'s set-up installs both); it fails,
 //! saying so, when they are missing.
@@ -495,6 +497,183 @@ fn signing_and_single_sign_on_in_a_real_browser() {
         log.lines().any(|l| l.contains(&want)),
         "want {want:?}: {log}"
     );
+}
+
+/// Deploys, terminals and container operations signed in the page
+/// (`server/web/src/signing.js`, `server/web/e2e-signed-actions.mjs`) for a
+/// runner with Docker that requires them signed: without a key the host
+/// refuses a deploy, a terminal and a container stop (the page shows its
+/// reason and the CLI command that signs each; the container keeps
+/// running); with the operator's key loaded in the page a container
+/// restarts, a terminal opens and answers, a deploy and a rollback
+/// succeed, each on the page's signature, which the host's record names;
+/// no request the page made carried the key.
+#[test]
+fn signed_deploys_terminals_and_containers_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+        "the browser test needs {chromium} (apt-get install chromium) and \
+         server/web/node_modules (make web); make test's set-up installs both"
+    );
+    let artifacts = util::target_dir().join("dashboard-signed-actions-e2e");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    let keys = util::TempDir::new("dash-keys");
+    let key = keys.path().join("op.key");
+    let out = Command::new(util::server_bin())
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let _engine = docker::ensure();
+    let container = format!("tether-dash-signed-{}", std::process::id());
+    let out = Command::new("docker")
+        // No network: a new veth would make Chromium abort a page load.
+        .args(["run", "-d", "--network", "none", "--name", &container])
+        // Stops at once on SIGTERM (PID 1 has no default handler).
+        .args([
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _cleanup = RemoveContainer(container.clone());
+    let started = |c: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.StartedAt}}", c])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let started_before = started(&container);
+    let app = format!("tether-signed-app-{}", std::process::id());
+    let _app_cleanup = RemoveApp(app.clone());
+    let repo = util::TempDir::new("dash-signed-app");
+    util::git::app_repo(repo.path(), "v1");
+
+    let server = Server::start();
+    let tenant = server.tenant("acme");
+    add_user(&server, "acme", "ada", "admin");
+    let mut runner = Runner::enroll(&server, &tenant);
+    std::fs::copy(
+        keys.path().join("op.key.pub"),
+        runner.dir.path().join("operator-keys.pub"),
+    )
+    .unwrap();
+    runner.start(&[
+        "--heartbeat",
+        "1s",
+        "--metrics-interval",
+        "off",
+        "--require-signed",
+        "jobs,deploys,terminals,containers",
+    ]);
+    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let def = serde_json::json!({"runner": runner.id, "git_url": repo.path(), "git_ref": "main",
+        "container": app, "env": {"GREETING": "hello"}});
+    let (st, v) = tenant.call("PUT", &format!("/api/v1/apps/{app}"), Some(def));
+    assert_eq!(st, 200, "{v}");
+    let runner_id = runner.id.clone();
+
+    let (status, transcript) = run_page_script(
+        &web,
+        "e2e-signed-actions.mjs",
+        |c| {
+            c.env("TETHER_URL", &server.url)
+                .env("TENANT", "acme")
+                .env("ADMIN_USER", "ada")
+                .env("PASSWORD", PASSWORD)
+                .env("RUNNER_ID", &runner_id)
+                .env("KEY_FILE", &key)
+                .env("APP", &app)
+                .env("CONTAINER", &container);
+        },
+        (&chromium, &artifacts),
+        ("never", &mut runner),
+    );
+    assert!(
+        status.success() && transcript.contains("E2E OK"),
+        "signed actions page test failed ({status}); screenshots in {}:\n{transcript}",
+        artifacts.display()
+    );
+    for step in [
+        "unsigned deploy refused, reason and CLI command shown",
+        "unsigned terminal refused, reason and CLI command shown",
+        "unsigned container stop refused, reason and CLI command shown",
+        "loaded",
+        "signed container restart done",
+        "signed terminal opened, echo $((40+2)) read 42",
+        "signed deploy succeeded",
+        "signed rollback to",
+        "key never sent",
+    ] {
+        assert!(
+            transcript.contains(step),
+            "missing step {step:?}:\n{transcript}"
+        );
+    }
+    // Docker did it: the container restarted (and was never stopped for
+    // good by the unsigned stop), the app's container runs.
+    assert_ne!(started(&container), started_before, "not restarted");
+    let running = |c: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", c])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    };
+    assert!(
+        running(&container) && running(&app),
+        "containers not running"
+    );
+
+    // The host's own record: the refusals, then each signed action ran on
+    // the page's key.
+    let key_id = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("step: key ")?.strip_suffix(" loaded"))
+        .unwrap();
+    let deployment = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("DEPLOYMENT "))
+        .unwrap();
+    let rollback = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("ROLLBACK "))
+        .unwrap();
+    let actions: Vec<&str> = transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("ACTIONS "))
+        .unwrap()
+        .split(' ')
+        .collect();
+    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
+    for want in [
+        "kind=deploy action=- signer=unsigned refused: unsigned".to_owned(),
+        "terminal=host kind=terminal action=- signer=unsigned refused: unsigned".to_owned(),
+        format!("container={container} op=stop kind=container action=- signer=unsigned refused: unsigned"),
+        format!("job={deployment} kind=deploy action={} signer={key_id} ran", actions[0]),
+        format!("terminal=host kind=terminal action={} signer={key_id} ran", actions[1]),
+        format!("container={container} op=restart kind=container action={} signer={key_id} ran", actions[2]),
+        format!("job={rollback} kind=deploy action={} signer={key_id} ran", actions[3]),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(&want)),
+            "want {want:?} in the host's record:\n{log}"
+        );
+    }
 }
 
 /// `tether-server sso …` with the tenant's token; the client secret on stdin.

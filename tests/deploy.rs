@@ -1380,3 +1380,75 @@ fn secrets_delivery_is_validated_and_kept() {
     );
     assert_eq!((st, &v["secrets_delivery"]), (200, &json!("files")), "{v}");
 }
+
+/// `GET /apps/{name}/signable`: what a signed deploy or rollback will be
+/// (the page signs it, `server/web/src/signing.js`): the `job_start` with
+/// the image tagged with the action id, only in the caller's tenant; bad
+/// input is a clear 400 (404 for another tenant's app) and changes nothing.
+#[test]
+fn signable_answers_what_a_signed_deploy_will_be_and_refuses_bad_input() {
+    let server = Server::start();
+    let tenant = server.tenant("deploy-signable");
+    let other = server.tenant("deploy-signable-other");
+    let runner = Runner::enroll(&server, &tenant);
+    let def = json!({"runner": runner.id, "path": "/srv/web", "env": {"MODE": "prod"},
+        "labels": {"tier": "front"}, "ports": [{"host": 8080, "container": 80}]});
+    let (st, v) = tenant.call("PUT", "/api/v1/apps/web", Some(def));
+    assert_eq!(st, 200, "{v}");
+    let path = "/api/v1/apps/web/signable";
+    let (st, v) = tenant.call(
+        "GET",
+        &format!("{path}?action_id=sa_0123456789abcdef"),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["kind"], "deploy", "{v}");
+    assert_eq!(v["runner"], runner.id.as_str(), "{v}");
+    assert!(v["to"].is_null(), "{v}");
+    let start = &v["job_start"];
+    assert_eq!(start["program"], "deploy", "{v}");
+    assert_eq!(start["env"], json!([["MODE", "prod"]]), "{v}");
+    assert!(start.get("signed").is_none(), "{v}");
+    let d = &start["deploy"];
+    assert_eq!(
+        d["image"], "web:sa_0123456789abcdef",
+        "tagged with the action id: {v}"
+    );
+    assert_eq!(
+        (&d["build"], &d["path"]),
+        (&json!(true), &json!("/srv/web")),
+        "{v}"
+    );
+    assert_eq!(d["labels"], json!([["tier", "front"]]), "{v}");
+    assert_eq!(d["ports"][0]["proto"], "tcp", "{v}");
+
+    for (query, status, says) in [
+        ("", 400, "action_id"),
+        ("?action_id=", 400, "action_id"),
+        ("?action_id=..%2Fx", 400, "action_id"),
+        (&format!("?action_id={}", "a".repeat(65)), 400, "action_id"),
+        ("?action_id=sa_1&kind=bogus", 400, "kind"),
+        ("?action_id=sa_1&ref=main", 400, "path, not git"),
+        ("?action_id=sa_1&kind=rollback&ref=main", 400, "kind"),
+        ("?action_id=sa_1&kind=deploy&to=jb_1", 400, "kind"),
+        ("?action_id=sa_1&extra=1", 400, "extra"),
+        (
+            "?action_id=sa_1&kind=rollback",
+            409,
+            "no successful deployment",
+        ),
+        ("?action_id=sa_1&kind=rollback&to=jb_none", 404, "jb_none"),
+    ] {
+        let (st, v) = tenant.call("GET", &format!("{path}{query}"), None);
+        assert_eq!(st, status, "{query}: {v}");
+        assert!(v.to_string().contains(says), "{query}: {v}");
+    }
+    let (st, v) = tenant.call("GET", "/api/v1/apps/nope/signable?action_id=sa_1", None);
+    assert_eq!(st, 404, "{v}");
+    // Another tenant's app does not exist for this one.
+    let (st, v) = other.call("GET", &format!("{path}?action_id=sa_1"), None);
+    assert_eq!(st, 404, "{v}");
+    // Asking made nothing.
+    let (st, h) = tenant.call("GET", "/api/v1/apps/web/deployments", None);
+    assert_eq!((st, h), (200, json!([])));
+}

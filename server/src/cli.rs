@@ -30,6 +30,8 @@ mod fleet;
 mod jobs;
 mod keys;
 mod logs;
+#[cfg(test)]
+mod page_signing;
 mod recordings;
 mod sso;
 mod terminal;

@@ -19,7 +19,6 @@ use std::io::Read;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use tether::protocol::signed::{self, Kind};
-use tether::protocol::JobStart;
 
 use super::jobs::watch;
 use super::keys::{SignArgs, Signer};
@@ -227,23 +226,7 @@ fn sign_deploy(
         Launch::Rollback(image, r) => (Some(image), r),
     };
     let (spec, _) = crate::deploy::api::job_spec(name, &def, &action_id, image, git_ref);
-    let start = JobStart {
-        job_id: String::new(),
-        channel: 0,
-        program: spec.program,
-        args: spec.args,
-        script: spec.script,
-        env: spec.env,
-        // Names only: the values are the server's and are not signed.
-        secrets: spec
-            .secrets
-            .into_iter()
-            .map(|n| (n, String::new()))
-            .collect(),
-        timeout_s: spec.timeout_s,
-        deploy: spec.deploy.map(Box::new),
-        signed: None,
-    };
+    let start = crate::deploy::api::signed_start(spec);
     let bytes = signed::job_bytes(&def.runner, &action_id, signer.not_after_ms(), &start);
     Ok(signer.sign(Kind::Deploy, &action_id, &bytes))
 }

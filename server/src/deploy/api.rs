@@ -6,12 +6,14 @@
 //!  POST /apps/{name}/deploy   {"ref"?}      a deploy job for the app's runner: fetch, build, replace
 //!  POST /apps/{name}/rollback {"to"?}       a job that runs an earlier deployment's image again (no build)
 //!  GET  /apps/{name}/deployments            history, newest first, each with its job's status
+//!  GET  /apps/{name}/signable?action_id=…    the job_start a signed deploy/rollback will be (to sign it)
 //! ```
 //!
 //! A deploy or rollback may carry `"signed"`: an operator's signature
 //! (`app deploy --sign-key`) over the `job_start` the server will send
 //! (`protocol/signed.rs`), relayed as it came for hosts that require signed
-//! deploys. A signed deploy's image is tagged with the signature's action
+//! deploys (the dashboard gets what to sign from `signable`). A signed
+//! deploy's image is tagged with the signature's action
 //! id instead of the job id: the signer cannot know the job id, and the tag
 //! is part of what the host acts on, so it must be in what was signed.
 //!
@@ -589,6 +591,29 @@ pub(crate) fn job_spec(
     (job_spec, image)
 }
 
+/// The `job_start` a job spec becomes, as far as a signature covers it
+/// (no job id, no channel, secret names without values): what the CLI
+/// signs of a [`job_spec`].
+pub(crate) fn signed_start(spec: JobSpec) -> tether::protocol::JobStart {
+    tether::protocol::JobStart {
+        job_id: String::new(),
+        channel: 0,
+        program: spec.program,
+        args: spec.args,
+        script: spec.script,
+        env: spec.env,
+        // Names only: the values are the server's and are not signed.
+        secrets: spec
+            .secrets
+            .into_iter()
+            .map(|n| (n, String::new()))
+            .collect(),
+        timeout_s: spec.timeout_s,
+        deploy: spec.deploy.map(Box::new),
+        signed: None,
+    }
+}
+
 pub async fn deploy(
     caller: Caller,
     State(state): State<DeployCtx>,
@@ -598,15 +623,7 @@ pub async fn deploy(
     let tenant = caller.tenant()?;
     let b: DeployBody = optional_body(&body)?;
     let (_, def) = app_of(&state, tenant, &name).await?;
-    if let Some(r) = &b.git_ref {
-        if !valid_git_arg(r) {
-            return Err(bad(format!("ref {r:?}: a branch, tag or commit")));
-        }
-        if def.git_url.is_none() {
-            return Err(bad("ref: the app's source is a path, not git".into()));
-        }
-    }
-    let git_ref = b.git_ref.or_else(|| def.git_ref.clone());
+    let git_ref = deploy_ref(&def, b.git_ref)?;
     let what = Launch {
         kind: "deploy",
         image: None,
@@ -626,17 +643,114 @@ pub async fn rollback(
     let tenant = caller.tenant()?;
     let b: RollbackBody = optional_body(&body)?;
     let (_, def) = app_of(&state, tenant, &name).await?;
-    let history = state
-        .db
-        .jobs
-        .deployments(tenant, &name, MAX_HISTORY)
-        .await?;
+    let target = rollback_target(&state, tenant, &name, b.to.as_deref()).await?;
+    let v = launch(
+        &state,
+        tenant,
+        &name,
+        &def,
+        Launch {
+            kind: "rollback",
+            image: Some(target.image.clone()),
+            git_ref: target.git_ref.clone(),
+            signed: b.signed,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignableParams {
+    /// The signature's action id to be (a signed deploy's image tag).
+    action_id: String,
+    /// `deploy` (default) or `rollback`.
+    #[serde(default)]
+    kind: Option<String>,
+    /// A deploy's ref instead of the app's.
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    /// A rollback's deployment (default: the one `rollback` would pick).
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// `GET /apps/{name}/signable?action_id=…[&ref=…|&kind=rollback[&to=…]]`:
+/// the `job_start` this server would send for a deploy or rollback signed
+/// under `action_id`, for a signer that cannot run [`job_spec`] itself
+/// (the dashboard; the CLI builds it with this same code). Read-only: it
+/// says nothing `GET /apps/{name}` and the history do not (secret names,
+/// not values). The signer signs what it received, so it trusts the
+/// server's word on the app's definition, as the CLI does; the host
+/// refuses anything else than what was signed. A rollback names the
+/// deployment it goes to (`to`), which the signer sends with it so the
+/// server cannot pick another.
+pub async fn signable(
+    caller: Caller,
+    State(state): State<DeployCtx>,
+    Path(name): Path<String>,
+    params: Result<axum::extract::Query<SignableParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant()?;
+    let p = crate::common::http::query(params)?;
+    let (_, def) = app_of(&state, tenant, &name).await?;
+    let probe = Signed {
+        action_id: p.action_id,
+        not_after_ms: 0,
+        signature: String::new(),
+    };
+    let tag = check_signed(&probe)?;
+    let (kind, image, git_ref, to) = match p.kind.as_deref().unwrap_or("deploy") {
+        "deploy" if p.to.is_none() => ("deploy", None, deploy_ref(&def, p.git_ref)?, None),
+        "rollback" if p.git_ref.is_none() => {
+            let d = rollback_target(&state, tenant, &name, p.to.as_deref()).await?;
+            ("rollback", Some(d.image), d.git_ref, Some(d.id))
+        }
+        _ => {
+            return Err(bad(
+                "kind: deploy (with an optional ref) or rollback (with an optional to)".into(),
+            ))
+        }
+    };
+    let (spec, _) = job_spec(&name, &def, tag, image, git_ref);
+    Ok(Json(json!({
+        "kind": kind,
+        "runner": def.runner,
+        "to": to,
+        "job_start": spec,
+    })))
+}
+
+/// The ref a deploy fetches: `asked` (checked), else the app's.
+fn deploy_ref(def: &AppDef, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    if let Some(r) = &asked {
+        if !valid_git_arg(r) {
+            return Err(bad(format!("ref {r:?}: a branch, tag or commit")));
+        }
+        if def.git_url.is_none() {
+            return Err(bad("ref: the app's source is a path, not git".into()));
+        }
+    }
+    Ok(asked.or_else(|| def.git_ref.clone()))
+}
+
+/// The deployment a rollback of `name` goes to: `to` (it must have
+/// succeeded), else the newest successful one with an image other than
+/// the current one's.
+async fn rollback_target(
+    state: &DeployCtx,
+    tenant: &str,
+    name: &str,
+    to: Option<&str>,
+) -> Result<Deployment, ApiError> {
+    let history = state.db.jobs.deployments(tenant, name, MAX_HISTORY).await?;
     let succeeded = |j: &Option<JobRow>| j.as_ref().is_some_and(|j| j.status == "succeeded");
-    let target = match &b.to {
+    let target = match to {
         Some(id) => {
             let (d, job) = history
                 .iter()
-                .find(|(d, _)| &d.id == id)
+                .find(|(d, _)| d.id == id)
                 .ok_or_else(|| ApiError::not_found(format!("no deployment {id:?} of {name}")))?;
             if !succeeded(job) {
                 return Err(ApiError::conflict(format!(
@@ -659,20 +773,7 @@ pub async fn rollback(
                 })?
         }
     };
-    let v = launch(
-        &state,
-        tenant,
-        &name,
-        &def,
-        Launch {
-            kind: "rollback",
-            image: Some(target.image.clone()),
-            git_ref: target.git_ref.clone(),
-            signed: b.signed,
-        },
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    Ok(target)
 }
 
 /// A runner lost the in-memory secrets of these apps (a host reboot) and

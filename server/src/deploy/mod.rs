@@ -36,4 +36,5 @@ where
         .route("/api/v1/apps/{name}/deploy", post(api::deploy))
         .route("/api/v1/apps/{name}/rollback", post(api::rollback))
         .route("/api/v1/apps/{name}/deployments", get(api::deployments))
+        .route("/api/v1/apps/{name}/signable", get(api::signable))
 }

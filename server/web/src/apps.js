@@ -1,9 +1,11 @@
 // Apps: define one (the fields of PUT /api/v1/apps/{name}, docs/api.md),
 // deploy it and watch the steps live, its history, roll back. Secrets are
 // write-only: the page sets a value and lists names, never shows a value.
-// Routes: #/apps[/{name}], #/deployment/{id}.
+// With an operator key loaded (signing.js) deploys and rollbacks are signed
+// in the page. Routes: #/apps[/{name}], #/deployment/{id}.
 import { h, api, act, toast, can, fmtTime, page, followNdjson, redraw, signedHint } from './core.js';
 import { appendAnsi } from './ansi.js';
+import { keyCard, signDeploy } from './signing.js';
 
 const STEPS = [[1, 'Source'], [2, 'Build'], [3, 'Replace']];
 
@@ -53,6 +55,7 @@ page('apps', async (view, name) => {
     h('nav', { class: 'row', 'aria-label': 'Apps' }, h('a', { href: '#/apps', 'aria-current': name ? false : 'page' }, 'New app'),
       ...apps.map((a) => h('a', { href: `#/apps/${encodeURIComponent(a.name)}`, 'aria-current': a.name === name ? 'page' : false }, a.name))),
     app ? h('p', {}, 'Runs as container ', h('a', { id: 'app-container', href: `#/runner/${app.runner}/containers` }, app.container), ' on ', runnerName(app.runner), '.') : null,
+    can.act() ? keyCard() : null,
     appForm(app, name, runners, secrets, ctx),
     watch, hist,
     secretsCard(secrets));
@@ -148,7 +151,11 @@ function appForm(app, name, runners, secrets, ctx) {
   const deploy = () => act(async () => {
     const n = await save();
     const ref = f.ref.value.trim();
-    const d = await api('POST', `/api/v1/apps/${encodeURIComponent(n)}/deploy`, ref ? { ref } : {});
+    const body = ref ? { ref } : {};
+    // With a key loaded: signed over the job_start the server says it sends.
+    const s = await signDeploy(n, { ref });
+    if (s) body.signed = s.signed;
+    const d = await api('POST', `/api/v1/apps/${encodeURIComponent(n)}/deploy`, body);
     if (!app) {
       // A new app: its page shows the deployment.
       launched = d;
@@ -192,7 +199,10 @@ function historyTable(app, history, ctx) {
   const current = ok[0];
   const rollback = (to) => act(async () => {
     if (!confirm(to ? `Run the image of ${to.id} (${to.image}) again?` : `Roll ${app.name} back to the previous image?`)) return;
-    watchDeployment(ctx, await api('POST', `/api/v1/apps/${encodeURIComponent(app.name)}/rollback`, to ? { to: to.id } : {}));
+    // Signed: the deployment it goes to is named, so the server cannot pick another.
+    const s = await signDeploy(app.name, { rollback: true, to: to?.id });
+    const body = s ? { to: s.to, signed: s.signed } : (to ? { to: to.id } : {});
+    watchDeployment(ctx, await api('POST', `/api/v1/apps/${encodeURIComponent(app.name)}/rollback`, body));
   });
   return h('section', { 'aria-label': 'History' },
     h('h2', {}, 'History'),

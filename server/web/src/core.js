@@ -116,12 +116,13 @@ export function toast(msg, bad) {
 /** Run an action, report its error as a toast; returns its result or undefined. */
 /**
  * A host that requires signed actions refused one (`signature_refused`):
- * the page does not sign (no key is ever loaded here), so it names the
- * exact CLI command that signs it on the operator's machine.
+ * the page signs only with an operator key loaded in it (signing.js), so
+ * this says so and names the exact CLI command that signs the action on
+ * the operator's machine instead.
  */
 export function signedHint(e, command) {
   return e?.code === 'signature_refused'
-    ? ` This host requires an operator's signature, which this page cannot make; run: ${command} --sign-key YOUR.key`
+    ? ` This host requires an operator's signature: load your operator key on this page (it stays in the page), or run: ${command} --sign-key YOUR.key`
     : '';
 }
 

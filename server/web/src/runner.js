@@ -7,6 +7,7 @@ import { appendAnsi } from './ansi.js';
 import { terminal } from './terminal.js';
 import { updateCard } from './updates.js';
 import { firingCard } from './alerts.js';
+import { keyCard, signContainer, signPrune } from './signing.js';
 
 const TABS = [['overview', 'Overview'], ['metrics', 'Metrics'], ['fingerprint', 'Fingerprint'],
   ['containers', 'Containers'], ['logs', 'Logs'], ['terminal', 'Terminal']];
@@ -166,12 +167,18 @@ async function containers(body, r) {
     status.textContent = c.cached ? `Cached view as of ${fmtTime(c.as_of)} (runner offline).` : '';
     table.replaceChildren(...c.containers.map((x) => {
       const name = x.name;
-      const btn = (label, method, path, confirmText, cls) => h('button', {
+      // `op` and `params`: the docker_request the server makes of the call,
+      // signed in the page when a key is loaded (signing.js).
+      const btn = (label, method, op, params, confirmText, cls) => h('button', {
         type: 'button', class: cls || '', disabled: !can.act(),
         onclick: () => act(async () => {
           if (confirmText && !confirm(confirmText)) return;
           try {
-            await api(method, `${base}/${encodeURIComponent(name)}${path}`);
+            const q = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)]));
+            const signed = await signContainer(r.id, op, name, params);
+            const query = [q.toString(), signed].filter(Boolean).join('&');
+            const path = op === 'remove' ? '' : `/${op}`;
+            await api(method, `${base}/${encodeURIComponent(name)}${path}${query ? `?${query}` : ''}`);
           } catch (e) {
             // A host requiring signed container operations: the CLI command.
             const cmd = label === 'Remove'
@@ -187,22 +194,22 @@ async function containers(body, r) {
         h('td', {}, h('a', { href: `#/runner/${r.id}/logs/${encodeURIComponent(name)}` }, name)),
         h('td', {}, x.image), h('td', {}, x.state), h('td', {}, x.status),
         h('td', { class: 'row' },
-          btn('Start', 'POST', '/start'), btn('Stop', 'POST', '/stop'), btn('Restart', 'POST', '/restart'),
-          btn('Remove', 'DELETE', '?force=true', `Remove container ${name}? Its data goes with it.`, 'danger'),
+          btn('Start', 'POST', 'start', {}), btn('Stop', 'POST', 'stop', {}), btn('Restart', 'POST', 'restart', {}),
+          btn('Remove', 'DELETE', 'remove', { force: true }, `Remove container ${name}? Its data goes with it.`, 'danger'),
           x.state === 'running' && can.act() ? h('a', { href: `#/runner/${r.id}/terminal/${encodeURIComponent(name)}` }, 'Terminal') : null));
     }));
     if (!c.containers.length) table.append(h('tr', {}, h('td', { colspan: 5 }, 'No containers.')));
   };
   const prune = h('button', { type: 'button', class: 'danger', disabled: !can.act(), onclick: () => act(async () => {
     if (!confirm('Remove every stopped container on this host?')) return;
-    const res = await api('POST', `${base}/prune`, {}).catch((e) => {
+    const res = await api('POST', `${base}/prune`, { ...await signPrune(r.id) }).catch((e) => {
       e.message += signedHint(e, `tether-server prune ${r.id}`);
       throw e;
     });
     toast(`Pruned ${(res.ContainersDeleted || []).length} containers`);
     await load();
   }) }, 'Prune stopped');
-  body.append(h('div', { class: 'row' }, prune), status,
+  body.append(...(can.act() ? [keyCard()] : []), h('div', { class: 'row' }, prune), status,
     h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {}, ...['Name', 'Image', 'State', 'Status', 'Actions'].map((t) => h('th', { scope: 'col' }, t)))), table)));
   await load();
   let pending = null;

@@ -1,13 +1,30 @@
 // Signing in the page (issue 19): an operator loads their minisign secret
-// key here and the page signs each job it sends, for hosts that require
-// signed jobs (`tether --require-signed jobs`). The same bytes and the same
-// signature file as the CLI's `run --sign-key` (protocol/signed.rs,
-// server/src/signing/), made with WebCrypto's Ed25519:
+// key here and the page signs each action it asks a host for: jobs,
+// deploys and rollbacks, terminals, container operations. For hosts that
+// require them (`tether --require-signed jobs,deploys,terminals,containers`).
+// The same bytes and the same signature file as the CLI's `--sign-key`
+// (protocol/signed.rs, server/src/signing/), made with WebCrypto's Ed25519:
 //
 //   key file ─▶ parseSecretKey (base64, checksum = BLAKE2b-256) ─▶ seed
 //            ─▶ crypto.subtle.importKey(pkcs8, non-extractable) ─▶ CryptoKey
-//   job ─▶ jobBytes (canonical encoding) ─▶ BLAKE2b-512 ─▶ Ed25519 ─▶ minisig
-//          ─▶ POST /api/v1/jobs { signatures: { runner: {action_id, not_after_ms, signature} } }
+//   action ─▶ jobBytes | terminalBytes | containerBytes (canonical encoding)
+//          ─▶ BLAKE2b-512 ─▶ Ed25519 ─▶ minisig
+//          ─▶ sent as the CLI sends it:
+//             job        POST /jobs {signatures: {runner: Signed}}
+//             deploy     POST /apps/{name}/deploy|rollback {signed: Signed}
+//             terminal   POST /runners/{id}/terminals {action_id, not_after_ms, signature}
+//             container  POST|DELETE …/containers/{c}…?action_id=…&not_after_ms=…&signature=…
+//                        POST …/containers/prune {action_id, not_after_ms, signature}
+//
+// What is signed is what the server will send the host. For a job,
+// terminal or container operation the page builds it as the server does
+// (`termOpen` and `containerRequest` are ports of the server's builders,
+// like `jobBytes` is of the encoding). A deploy's `job_start` is made by
+// the server from the app's definition (deploy/api.rs `job_spec`): the page
+// asks for it (`GET /apps/{name}/signable`) and signs what it received,
+// which is what the CLI does too (it reads the definition from the server):
+// the operator trusts the server's word on what the app is, and the host
+// refuses anything but what was signed.
 //
 // The key never leaves the page: the file's text is read, turned into a
 // non-extractable CryptoKey, and dropped; only signatures are sent. It is
@@ -15,10 +32,12 @@
 // WebCrypto has no BLAKE2b, which minisign prehashes with: it is here.
 //
 // The server does not know which hosts require signatures (that is the
-// host owner's local choice), so with a key loaded every job is signed; a
-// host that does not require it runs the job as before. Without a key, a
-// refused job shows the host's reason and the CLI command that signs it.
-import { h, toast } from './core.js';
+// host owner's local choice), so with a key loaded every action is signed;
+// a host that does not require it acts as before. Without a key, a refused
+// action shows the host's reason and the CLI command that signs it.
+// tests: server/src/signing/page.rs (the bytes, against the Rust code),
+// tests/dashboard.rs (signing in a real browser against a real runner).
+import { h, api, toast } from './core.js';
 
 // ---- BLAKE2b (RFC 7693), unkeyed ------------------------------------------------
 
@@ -121,22 +140,163 @@ function byteCmp(a, b) {
   return x.length - y.length;
 }
 
+/** `jobBytes`' env: an object {NAME: value} or the server's [[name, value]]. */
+const pairsOf = (env) => (Array.isArray(env) ? env : Object.entries(env || {}));
+
 /**
- * The canonical bytes of a job (not a deploy) as the server hands it to
- * `runner`: { program, script (or null), args, env: {NAME: value},
- * secrets: [names], timeout_s }.
+ * The canonical bytes of a `job_start` meant for `runner` (Rust twin:
+ * `signed::job_bytes`): a job { program, script (or null), args, env,
+ * secrets: [names], timeout_s } or a deploy (the same with `deploy`, as
+ * `GET /apps/{name}/signable` gives it).
  */
 export function jobBytes(runner, actionId, notAfterMs, job) {
-  const c = new Canon('job', runner, actionId, notAfterMs);
-  c.field('program', job.program);
-  c.opt('script', job.script);
-  c.list('args', job.args || []);
-  const env = Object.entries(job.env || {}).sort((a, b) => byteCmp(a[0], b[0]) || byteCmp(a[1], b[1]));
+  const c = new Canon(job.deploy ? 'deploy' : 'job', runner, actionId, notAfterMs);
+  if (job.deploy) {
+    deployFields(c, job.deploy);
+  } else {
+    c.field('program', job.program);
+    c.opt('script', job.script);
+    c.list('args', job.args || []);
+  }
+  const env = [...pairsOf(job.env)].sort((a, b) => byteCmp(a[0], b[0]) || byteCmp(a[1], b[1]));
   c.field('env.count', String(env.length));
   for (const [k, val] of env) { c.field('env.name', k); c.field('env.value', val); }
   c.list('secrets', [...(job.secrets || [])].sort(byteCmp));
   c.field('timeout_s', String(job.timeout_s || 0));
   return c.bytes();
+}
+
+const bool = (b) => (b ? 'true' : 'false');
+const optNum = (n) => (n == null ? null : String(n));
+
+/** A `DeploySpec` as serde writes it (Rust twin: `signed::deploy_fields`). */
+function deployFields(c, d) {
+  c.field('app', d.app);
+  c.opt('git_url', d.git_url);
+  c.opt('git_ref', d.git_ref);
+  c.opt('path', d.path);
+  c.field('context', d.context);
+  c.field('dockerfile', d.dockerfile);
+  c.field('image', d.image);
+  c.field('build', bool(d.build));
+  c.field('container', d.container);
+  const ports = d.ports || [];
+  c.field('ports.count', String(ports.length));
+  for (const p of ports) {
+    c.field('port.host', String(p.host));
+    c.field('port.container', String(p.container));
+    c.field('port.proto', p.proto);
+    c.opt('port.host_ip', p.host_ip);
+  }
+  c.list('volumes', d.volumes || []);
+  c.field('restart', d.restart);
+  // Labels in the order given (serde's [[name, value]]), as Rust signs them.
+  const labels = d.labels || [];
+  c.field('labels.count', String(labels.length));
+  for (const [k, v] of labels) { c.field('label.name', k); c.field('label.value', v); }
+  if (d.health == null) {
+    c.field('health.none', '');
+  } else {
+    if (d.health.cmd == null) c.field('health.cmd.none', ''); else c.list('health.cmd', d.health.cmd);
+    c.opt('health.tcp_port', optNum(d.health.tcp_port));
+    c.field('health.timeout_s', String(d.health.timeout_s));
+  }
+  c.opt('env_file', d.env_file);
+  c.field('secrets_delivery', d.secrets_delivery);
+  c.opt('secrets_uid', optNum(d.secrets_uid));
+  c.opt('secrets_gid', optNum(d.secrets_gid));
+}
+
+/**
+ * The canonical bytes of a `term_open` meant for `runner` (Rust twin:
+ * `signed::terminal_bytes`): { container (or null: the host), command:
+ * [args], user (or null) }, as `termOpen` makes it.
+ */
+export function terminalBytes(runner, actionId, notAfterMs, open) {
+  const c = new Canon('terminal', runner, actionId, notAfterMs);
+  c.opt('container', open.container);
+  c.list('command', open.command || []);
+  c.opt('user', open.user);
+  return c.bytes();
+}
+
+/**
+ * The canonical bytes of a `docker_request` meant for `runner` (Rust twin:
+ * `signed::container_bytes`): { op, container, timeout_s, signal, force,
+ * volumes, filters }, as `containerRequest` makes it.
+ */
+export function containerBytes(runner, actionId, notAfterMs, r) {
+  const c = new Canon('container', runner, actionId, notAfterMs);
+  c.field('op', r.op);
+  c.opt('container', r.container);
+  c.opt('timeout_s', optNum(r.timeout_s));
+  c.opt('signal', r.signal);
+  c.field('force', bool(r.force));
+  c.field('volumes', bool(r.volumes));
+  c.opt('filters', r.filters == null ? null : compactJson(r.filters));
+  return c.bytes();
+}
+
+/**
+ * JSON as serde_json writes a `Value` (Rust twin: `Value::to_string`):
+ * compact, object keys sorted by their bytes, strings escaped alike
+ * (JSON.stringify's escapes are serde_json's). Numbers: integers print
+ * the same; fractions may not (Docker's filters are strings).
+ */
+export function compactJson(v) {
+  if (Array.isArray(v)) return `[${v.map(compactJson).join(',')}]`;
+  if (v !== null && typeof v === 'object') {
+    return `{${Object.keys(v).sort(byteCmp).map((k) => `${JSON.stringify(k)}:${compactJson(v[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+// ---- what the server sends, built as it builds it -------------------------------------
+
+// Rust's `str::trim` (Unicode White_Space), which is not JavaScript's.
+const RUST_SPACE = /^[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/;
+
+/**
+ * The `term_open` of a terminal in `container` (null: the host) running
+ * `command` (shell text, or null: a login shell) as `user` (Rust twin:
+ * `terminals::api::term_open`).
+ */
+export function termOpen(container, command, user) {
+  const cmd = command != null && !RUST_SPACE.test(command) ? ['sh', '-c', command] : [];
+  return {
+    container: container ?? null,
+    // On the host, `command` runs through the user's own shell.
+    command: container != null ? cmd : cmd.slice(2),
+    user: user ?? null,
+  };
+}
+
+/**
+ * The `docker_request` of an operation `op` (start, stop, restart, kill,
+ * remove) on `container` with the query's { timeout, signal, force,
+ * volumes }: each only for the operation that takes it (Rust twin:
+ * `containers::api::action_request`).
+ */
+export function containerRequest(op, container, p = {}) {
+  return {
+    op,
+    container,
+    timeout_s: op === 'stop' || op === 'restart' ? p.timeout ?? null : null,
+    signal: op === 'kill' ? p.signal ?? null : null,
+    force: op === 'remove' && !!p.force,
+    volumes: op === 'remove' && !!p.volumes,
+    filters: null,
+  };
+}
+
+/**
+ * The `docker_request` of a prune of images (`images`) or stopped
+ * containers with `filters` (an object, or null). Rust twin: the server's
+ * `containers::api::prune`, the CLI's `prune --sign-key`.
+ */
+export function pruneRequest(images, filters = null) {
+  return { op: images ? 'prune_images' : 'prune_containers', container: null, timeout_s: null,
+    signal: null, force: false, volumes: false, filters };
 }
 
 // ---- minisign keys and signatures (server/src/signing/) ------------------------------
@@ -207,8 +367,29 @@ async function minisig(bytes, comment) {
     + `${b64(cat(enc.encode('ED'), loaded.id, sig))}\ntrusted comment: ${comment}\n${b64(global)}\n`;
 }
 
+// ---- signing actions ------------------------------------------------------------------
+
 /** How long a signature made here stays valid (the CLI's default). */
 const VALID_MS = 10 * 60 * 1000;
+
+/** A fresh action id, as the CLI makes them: `sa_` and 16 hex digits. */
+function newActionId() {
+  const id = crypto.getRandomValues(new Uint8Array(8));
+  return `sa_${[...id].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/**
+ * A `Signed` ({action_id, not_after_ms, signature}) of the action of
+ * `kind` whose canonical bytes `bytesOf(actionId, notAfterMs)` gives.
+ */
+async function signAction(kind, bytesOf, actionId = newActionId()) {
+  const notAfter = Date.now() + VALID_MS;
+  return {
+    action_id: actionId,
+    not_after_ms: notAfter,
+    signature: await minisig(bytesOf(actionId, notAfter), `tether-action ${kind} ${actionId}`),
+  };
+}
 
 /**
  * The `signatures` of a POST /api/v1/jobs: one per runner over `job` as
@@ -216,18 +397,66 @@ const VALID_MS = 10 * 60 * 1000;
  */
 export async function signJob(runners, job) {
   if (!loaded) return undefined;
-  const notAfter = Date.now() + VALID_MS;
   const out = {};
   for (const runner of runners) {
-    const id = crypto.getRandomValues(new Uint8Array(8));
-    const actionId = `sa_${[...id].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
-    out[runner] = {
-      action_id: actionId,
-      not_after_ms: notAfter,
-      signature: await minisig(jobBytes(runner, actionId, notAfter, job), `tether-action job ${actionId}`),
-    };
+    out[runner] = await signAction('job', (id, na) => jobBytes(runner, id, na, job));
   }
   return out;
+}
+
+/**
+ * A deploy (`{ref}`) or rollback (`{rollback: true, to}`) of app `name`,
+ * signed: `{ signed, to }` to add to its POST body (`to`: the deployment a
+ * rollback goes to, named so the server cannot pick another), or
+ * undefined when no key is loaded. What is signed is the `job_start` the
+ * server says it will send (`GET /apps/{name}/signable`, made by the same
+ * code that makes the real one): the app's definition is the server's word,
+ * as it is for the CLI.
+ */
+export async function signDeploy(name, what = {}) {
+  if (!loaded) return undefined;
+  const actionId = newActionId();
+  const q = new URLSearchParams({ action_id: actionId });
+  if (what.rollback) q.set('kind', 'rollback');
+  if (what.ref) q.set('ref', what.ref);
+  if (what.to) q.set('to', what.to);
+  const s = await api('GET', `/api/v1/apps/${encodeURIComponent(name)}/signable?${q}`);
+  const signed = await signAction('deploy', (id, na) => jobBytes(s.runner, id, na, s.job_start), actionId);
+  return { signed, to: s.to };
+}
+
+/**
+ * The flat signature fields (action_id, not_after_ms, signature) of a
+ * terminal on `runner` in `container` (null: the host), for the POST that
+ * opens it; undefined when no key is loaded.
+ */
+export async function signTerminal(runner, container, command = null, user = null) {
+  if (!loaded) return undefined;
+  const open = termOpen(container, command, user);
+  return signAction('terminal', (id, na) => terminalBytes(runner, id, na, open));
+}
+
+/**
+ * The query string (`action_id=…&not_after_ms=…&signature=…`) that signs
+ * operation `op` on `container` of `runner` with the query's parameters
+ * `p` ({timeout, signal, force, volumes}); '' when no key is loaded.
+ */
+export async function signContainer(runner, op, container, p = {}) {
+  if (!loaded) return '';
+  const req = containerRequest(op, container, p);
+  const s = await signAction('container', (id, na) => containerBytes(runner, id, na, req));
+  return new URLSearchParams({ ...s, not_after_ms: String(s.not_after_ms) }).toString();
+}
+
+/**
+ * The flat signature fields of a prune (`images`: of images, else of
+ * stopped containers) with `filters` (or none) on `runner`, for its body;
+ * undefined when no key is loaded.
+ */
+export async function signPrune(runner, images = false, filters = null) {
+  if (!loaded) return undefined;
+  const req = pruneRequest(images, filters);
+  return signAction('container', (id, na) => containerBytes(runner, id, na, req));
 }
 
 /**
@@ -241,7 +470,7 @@ export function keyCard(onChange = () => {}) {
   const show = () => {
     state.textContent = loaded
       ? `signing with ${loaded.keyId} (held in this page only, never sent; a reload forgets it)`
-      : 'none loaded (jobs go unsigned: a host that requires signed jobs refuses them)';
+      : 'none loaded (actions go unsigned: a host that requires signatures refuses them)';
     state.dataset.key = loaded ? loaded.keyId : '';
     forget.hidden = !loaded;
   };
@@ -264,8 +493,9 @@ export function keyCard(onChange = () => {}) {
   return h('details', { class: 'card', id: 'signing' },
     // The state stays in sight with the card folded.
     h('summary', {}, 'Operator signing key: ', state),
-    h('p', { class: 'muted' }, 'For hosts that require signed jobs: a minisign secret key (',
-      h('code', {}, 'tether-server key generate'), ', unencrypted). Jobs run from this page are signed here with it.'),
+    h('p', { class: 'muted' }, 'For hosts that require signed actions: a minisign secret key (',
+      h('code', {}, 'tether-server key generate'), ', unencrypted). Jobs, deploys, terminals and container operations '
+      + 'started from this page are signed here with it, on any page, until a reload.'),
     h('div', { class: 'row' }, file, forget));
 }
 

@@ -13,6 +13,7 @@
 // asks for exactly what was missed: no gap, no repeat. Leaving the tab only
 // detaches (the server keeps the shell 60 s); coming back reattaches.
 import { h, api, can, signedHint } from './core.js';
+import { keyCard, signTerminal } from './signing.js';
 
 /** How long a lost client keeps trying: the server keeps a detached shell 60 s. */
 const REATTACH_FOR_MS = 55000;
@@ -51,7 +52,8 @@ export async function terminal(body, r, container) {
     can.act() ? 'No terminal open.' : 'Viewers cannot open a terminal: it is an action.');
   // A viewer gets the reason, not an empty black box it can never use.
   const box = h('div', { id: 'terminal', class: 'term', 'aria-label': 'Terminal', hidden: !can.act() });
-  body.append(h('div', { class: 'row' }, h('label', {}, h('span', {}, 'Open a terminal in'), target), openBtn, hangBtn),
+  body.append(...(can.act() ? [keyCard()] : []),
+    h('div', { class: 'row' }, h('label', {}, h('span', {}, 'Open a terminal in'), target), openBtn, hangBtn),
     status, box,
     h('p', { class: 'muted' }, 'Keyboard: the terminal takes Tab; Shift+Escape moves the focus out of it.'));
 
@@ -89,8 +91,10 @@ export async function terminal(body, r, container) {
   openBtn.addEventListener('click', async () => {
     refit();
     try {
+      // With a key loaded: signed (target, no command, no user), flat in the body.
+      const signed = await signTerminal(r.id, target.value || null);
       const s = await api('POST', `/api/v1/runners/${r.id}/terminals`,
-        { container: target.value || undefined, cols: term.cols, rows: term.rows });
+        { container: target.value || undefined, cols: term.cols, rows: term.rows, ...signed });
       term.reset();
       saved.set(r.id, { id: s.id, target: s.target });
       attach(s.id, s.target);
