@@ -476,18 +476,32 @@ async fn load(state: &FleetCtx, tenant: &str, id: &str) -> Result<Option<Rollout
         let now = clock::now_ms();
         let mut missing = Vec::with_capacity(starting.len());
         for &i in &starting {
-            match &r.targets[i].job_id {
-                Some(job) => {
-                    if state.db.jobs.job(&r.tenant, job).await?.is_none() {
-                        missing.push(i);
-                    }
+            let t = &r.targets[i];
+            let job = match &t.job_id {
+                Some(job) => state.db.jobs.job(&r.tenant, job).await?,
+                None => None,
+            };
+            match (job, &r.work) {
+                (None, _) => missing.push(i),
+                // Made, but maybe not told or given its deadline: both
+                // again (the same expiry: from the saved start).
+                (Some(job), Work::Job { deadline_ms, .. }) if job.status == "pending" => {
+                    let pair = [(job.id, t.runner_id.clone())];
+                    state
+                        .fleet
+                        .store
+                        .add_deadlines(&r.tenant, &pair, t.started_ms + deadline_ms)
+                        .await?;
+                    state.registry.nudge(&t.runner_id, FamilyId::Jobs);
                 }
-                None => missing.push(i),
+                (Some(_), _) => {}
             }
         }
-        tracing::info!(rollout = %r.id, targets = missing.len(), "finishing the starts of the last change");
-        perform_starts(state, &mut r, &missing, now).await?;
-        r.sync_targets();
+        if !missing.is_empty() {
+            tracing::info!(rollout = %r.id, targets = missing.len(), "finishing the starts of its last change");
+            perform_starts(state, &mut r, &missing, now).await?;
+            r.sync_targets();
+        }
     }
     if r.planner.state() == State::Aborted {
         cancel_jobs(state, &r, &running(&r)).await?;
