@@ -942,3 +942,149 @@ pub fn shown(row: &RolloutRow) -> Value {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(work: Work, n: usize) -> Rollout {
+        let planner = Planner::new(n, WaveSize::Count(2), 1, Threshold::Count(1)).with_soak(5_000);
+        Rollout {
+            id: "ro_1".into(),
+            tenant: "tn_1".into(),
+            created_ms: 1_000,
+            selector: "env=prod".into(),
+            wave: "2".into(),
+            work,
+            targets: (0..n)
+                .map(|i| Target {
+                    runner_id: format!("rn_{i}"),
+                    name: format!("r{i}"),
+                    wave: planner.wave_of(i) + 1,
+                    state: TargetState::Waiting,
+                    job_id: None,
+                    status: None,
+                    exit_code: None,
+                    duration_ms: None,
+                    from_version: None,
+                    started_ms: 0,
+                    prev_desired: None,
+                })
+                .collect(),
+            planner,
+            soak_checked_ms: 0,
+            rev: 3,
+            saved: Default::default(),
+        }
+    }
+
+    fn update() -> Work {
+        Work::Update {
+            version: "0.5.0".into(),
+            reconnect_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn a_stored_rollout_reads_back_as_its_driver_left_it() {
+        let mut r = rollout(update(), 3);
+        assert_eq!(r.planner.starts_at(10), [0]);
+        r.targets[0].started_ms = 10;
+        r.targets[0].prev_desired = Some("0.4.0".into());
+        r.targets[0].from_version = Some("0.3.0".into());
+        r.targets[0].status = Some(STARTING.into());
+        r.sync_targets();
+        let row = r.row();
+        assert_eq!((row.rev, row.state.as_str()), (3, "running"));
+        // What the API shows has none of the driver's own fields.
+        let shown = shown(&row);
+        assert_eq!(shown["live"], true);
+        assert!(shown["targets"][0].get("prev_desired").is_none(), "{shown}");
+        assert!(shown["targets"][0].get("started_ms").is_none(), "{shown}");
+
+        let back = Rollout::from_row(&row).unwrap().unwrap();
+        assert_eq!(back.rev, 3);
+        assert_eq!(back.targets[0].started_ms, 10);
+        assert_eq!(back.targets[0].prev_desired.as_deref(), Some("0.4.0"));
+        assert_eq!(back.targets[0].from_version.as_deref(), Some("0.3.0"));
+        assert_eq!(back.targets[0].status.as_deref(), Some(STARTING));
+        assert_eq!(back.planner.target(0), TargetState::Running);
+        assert_eq!(back.planner.soak_ms(), 5_000);
+        assert_eq!(
+            (back.selector.as_str(), back.wave.as_str()),
+            ("env=prod", "2")
+        );
+        assert!(
+            matches!(&back.work, Work::Update { version, reconnect_ms: 60_000 } if version == "0.5.0")
+        );
+        assert_eq!(back.view(), r.view(), "the same view");
+        // Nothing changed since it was read: nothing to write.
+        let again = back.row();
+        assert_eq!((&again.body, &again.driver), (&back.saved.0, &back.saved.1));
+    }
+
+    #[test]
+    fn a_job_rollout_keeps_its_job_and_a_closed_one_has_no_driver_state() {
+        let spec = JobSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "true".into()],
+            script: None,
+            env: vec![("A".into(), "1".into())],
+            secrets: vec![],
+            timeout_s: 30,
+            deploy: None,
+            signed: Default::default(),
+        };
+        let mut r = rollout(
+            Work::Job {
+                label: "true".into(),
+                spec: Box::new(spec.clone()),
+                deadline_ms: 9_000,
+            },
+            1,
+        );
+        assert_eq!(r.planner.starts(), [0]);
+        r.targets[0].job_id = Some("jb_1".into());
+        r.sync_targets();
+        let back = Rollout::from_row(&r.row()).unwrap().unwrap();
+        assert_eq!(back.targets[0].job_id.as_deref(), Some("jb_1"));
+        match &back.work {
+            Work::Job {
+                spec: s,
+                deadline_ms,
+                ..
+            } => assert_eq!((s.as_ref(), *deadline_ms), (&spec, 9_000)),
+            Work::Update { .. } => panic!("a job rollout"),
+        }
+
+        // Aborted with the job still running: open until it ends.
+        assert_eq!(r.planner.abort(), Some(vec![0]));
+        assert!(r.row().driver.is_some());
+        r.planner.finished(0, false);
+        let row = r.row();
+        assert_eq!(
+            (row.driver.as_deref(), row.state.as_str()),
+            (None, "aborted")
+        );
+        assert!(Rollout::from_row(&row).unwrap().is_none());
+        assert_eq!(shown(&row)["live"], false);
+    }
+
+    #[test]
+    fn stored_state_that_does_not_agree_is_refused() {
+        let r = rollout(update(), 3);
+        let mut row = r.row();
+        // One target fewer in the view than the planner has.
+        let mut body: Value = serde_json::from_str(&row.body).unwrap();
+        body["targets"].as_array_mut().unwrap().pop();
+        row.body = body.to_string();
+        assert!(Rollout::from_row(&row).is_err());
+        let mut row = r.row();
+        row.driver = Some("{\"planner\": 1}".into());
+        assert!(Rollout::from_row(&row).is_err());
+        // A row of a build before the driver state: shown, not driven.
+        let mut row = r.row();
+        row.driver = None;
+        assert!(Rollout::from_row(&row).unwrap().is_none());
+    }
+}
