@@ -465,6 +465,39 @@ fn a_rollout_goes_on_where_it_was_after_the_server_is_killed_and_started_again()
     assert_eq!(st, 404, "another tenant's: {v}");
     let (st, v) = other.call("GET", &path, None);
     assert_eq!(st, 404, "{v}");
+
+    // Aborted mid-job: the answer says so, the waiting runners are
+    // skipped, the running job is cancelled, and the rollout closes.
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({"selector": "fleet=restart", "wave": "1",
+                    "job": {"command": "sleep 60"}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let path = format!("/api/v1/rollouts/{}", v["id"].as_str().unwrap());
+    let running = wait_for(Duration::from_secs(20), "the first target running", || {
+        let (_, v) = tenant.call("GET", &path, None);
+        let t = &v["targets"][0];
+        (t["state"] == "running" && t["job_id"].is_string())
+            .then(|| t["job_id"].as_str().unwrap().to_owned())
+    });
+    let (st, v) = tenant.call("POST", &format!("{path}/abort"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "aborted", "{v}");
+    assert_eq!(v["totals"]["skipped"], 2, "{v}");
+    assert_eq!(v["live"], true, "its job still runs: {v}");
+    let v = wait_for(
+        Duration::from_secs(30),
+        "the aborted rollout to close",
+        || {
+            let (_, v) = tenant.call("GET", &path, None);
+            (v["live"] == false).then_some(v)
+        },
+    );
+    assert_eq!(v["totals"]["failed"], 1, "{v}");
+    assert_eq!(job(&tenant, &running)["status"], "cancelled");
+    assert_eq!(jobs_of(&tenant, &runners[1].id).len(), 1, "no second job");
 }
 
 #[test]
