@@ -3,7 +3,9 @@
 //! `kill -9`ed mid-job, the runner reaching the other through HAProxy or
 //! through its own list of URLs; and PostgreSQL itself is restarted under
 //! both replicas. Each time the job's output is complete and byte-identical,
-//! the runner is never linked to two replicas, and work goes on.
+//! the runner is never linked to two replicas, and work goes on. A rollout
+//! started on the replica holding the once-only lease is paused and resumed
+//! through the other, and finishes there when its holder is `kill -9`ed.
 
 use crate::reconnect::Haproxy;
 use crate::replicas::{events_of, job, pair, through};
@@ -392,4 +394,157 @@ fn postgres_restarted_under_two_replicas_loses_nothing_acknowledged_and_notify_w
     }
     assert_complete_and_identical(&on_other, &back_id, 100, Duration::from_secs(20));
     drop(runner);
+}
+
+/// The replica holding the once-only lease (empty: none yet).
+fn lease_holder(pg: &Postgres, db: &str) -> String {
+    pg.query(
+        db,
+        "SELECT holder FROM cluster_leases WHERE name = 'once-only'",
+    )
+}
+
+#[test]
+fn a_rollout_is_paused_through_the_other_replica_and_finishes_there_when_its_driver_is_killed() {
+    let pg = Postgres::start();
+    let db = "rollout_moves";
+    let url = pg.database(db);
+    let p = pair(&url);
+    let tenant = p.a.tenant("rollouts");
+    let holder_id = wait_for(Duration::from_secs(20), "a lease holder", || {
+        Some(lease_holder(&pg, db)).filter(|h| !h.is_empty())
+    });
+    let (mut holder, other) = if holder_id == "a" {
+        (p.a, p.b)
+    } else {
+        (p.b, p.a)
+    };
+    let other_id = if holder_id == "a" { "b" } else { "a" };
+    let on_h = through(&tenant, &holder);
+    let on_o = through(&tenant, &other);
+    // Four runners r1..r4, each with both URLs (the holder's link moves).
+    let mut runners = Vec::new();
+    for n in 1..=4 {
+        let mut r = Runner::enroll(&holder, &tenant);
+        r.start(&[
+            "--server",
+            &format!("{},{}", holder.url, other.url),
+            "--heartbeat",
+            "1s",
+            "--docker-socket",
+            "off",
+        ]);
+        on_o.wait_health(&r.id, "active", Duration::from_secs(20));
+        let (st, v) = on_o.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/name", r.id),
+            Some(json!({"name": format!("r{n}")})),
+        );
+        assert_eq!(st, 200, "{v}");
+        runners.push(r);
+    }
+    let (st, v) = on_o.call(
+        "POST",
+        "/api/v1/labels",
+        Some(json!({"selector": "", "set": {"fleet": "moves"}})),
+    );
+    assert_eq!((st, v["changed"].as_u64()), (200, Some(4)), "{v}");
+
+    // Started on the lease holder: one runner per wave, ~3 s each.
+    let (st, v) = on_h.call(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({"selector": "fleet=moves", "wave": "1",
+                    "job": {"command": "sleep 3; echo ran"}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/rollouts/{id}");
+    let target = |i: usize| {
+        let (st, v) = on_o.call("GET", &path, None);
+        assert_eq!(st, 200, "{v}");
+        (v["targets"][i].clone(), v)
+    };
+    let running = |i: usize| {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("target {i} running"),
+            || {
+                let (t, _) = target(i);
+                (t["state"] == "running" && t["job_id"].is_string()).then(|| t["job_id"].clone())
+            },
+        )
+    };
+    let first = running(0);
+
+    // Paused through the other replica: the answer says so, the first job
+    // finishes, and nothing new starts.
+    let (st, v) = on_o.call("POST", &format!("{path}/pause"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "paused", "{v}");
+    assert_eq!(v["targets"][0]["job_id"], first, "{v}");
+    assert_eq!(v["targets"][1]["state"], "waiting", "{v}");
+    let (st, again) = on_o.call("POST", &format!("{path}/pause"), None);
+    assert_eq!(st, 409, "paused already: {again}");
+    wait_for(Duration::from_secs(30), "the first job to finish", || {
+        (target(0).0["state"] == "succeeded").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (t1, v) = target(1);
+    assert_eq!(
+        (&v["state"], &t1["state"]),
+        (&json!("paused"), &json!("waiting")),
+        "{v}"
+    );
+    assert!(t1["job_id"].is_null(), "{v}");
+    for r in &runners[1..] {
+        let (_, jobs) = on_o.call("GET", &format!("/api/v1/jobs?runner={}", r.id), None);
+        assert_eq!(jobs.as_array().unwrap().len(), 0, "nothing started: {jobs}");
+    }
+    let (st, v) = on_o.call("POST", &format!("{path}/resume"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let second = running(1);
+
+    // kill -9 of the lease holder mid-job: the other takes the lease and
+    // the rollout finishes there.
+    signal(&holder.child, libc::SIGKILL);
+    assert!(wait_exit(&mut holder.child, Duration::from_secs(5)).is_some());
+    let killed = Instant::now();
+    let v = wait_for(Duration::from_secs(120), "the rollout to finish", || {
+        let (_, v) = target(0);
+        (v["over"] == true).then_some(v)
+    });
+    eprintln!(
+        "rollout done on replica {other_id} {:?} after kill -9 of {holder_id}",
+        killed.elapsed()
+    );
+    assert_eq!(lease_holder(&pg, db), other_id, "the lease moved");
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["live"], false, "{v}");
+    let t = &v["totals"];
+    assert_eq!(
+        (&t["succeeded"], &t["failed"], &t["skipped"], &t["waiting"]),
+        (&json!(4), &json!(0), &json!(0), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(v["targets"][0]["job_id"], first, "{v}");
+    assert_eq!(
+        v["targets"][1]["job_id"], second,
+        "kept across the move: {v}"
+    );
+    // Each runner ran exactly one job: the rollout's.
+    for (i, r) in runners.iter().enumerate() {
+        let (_, jobs) = on_o.call("GET", &format!("/api/v1/jobs?runner={}", r.id), None);
+        let jobs = jobs.as_array().unwrap();
+        assert_eq!(jobs.len(), 1, "r{}: {jobs:?}", i + 1);
+        assert_eq!(jobs[0]["id"], v["targets"][i]["job_id"], "{v}");
+        assert_eq!(
+            job(&on_o, jobs[0]["id"].as_str().unwrap())["status"],
+            "succeeded"
+        );
+    }
+    let (st, v) = on_o.call("POST", &format!("{path}/abort"), None);
+    assert_eq!(st, 409, "over: {v}");
+    drop(runners);
 }

@@ -1,7 +1,8 @@
 //! Fleet operations through the real server and runners: labels a host
 //! proposes and an operator accepts, jobs addressed by selector, jobs that
 //! wait for an offline runner (and one that expires at its deadline), and
-//! a wave rollout that halts on a failure.
+//! a wave rollout that halts on a failure, and a rollout that goes on
+//! where it was after the server is killed and started again.
 
 use crate::util::*;
 use serde_json::{json, Value};
@@ -366,6 +367,137 @@ fn a_wave_rollout_halts_after_the_wave_holding_a_failure_and_resume_runs_the_res
     }
     let (_, list) = tenant.call("GET", "/api/v1/rollouts", None);
     assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+/// The runners of `tenant` named r1..rN in order, labelled `fleet=<label>`.
+fn named(server: &Server, tenant: &Tenant, n: usize, label: &str) -> Vec<Runner> {
+    let mut runners = Vec::new();
+    for i in 1..=n {
+        let r = started(server, tenant, &[]);
+        let (st, v) = tenant.call(
+            "PUT",
+            &format!("/api/v1/runners/{}/name", r.id),
+            Some(json!({"name": format!("r{i}")})),
+        );
+        assert_eq!(st, 200, "{v}");
+        runners.push(r);
+    }
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/labels",
+        Some(json!({"selector": "", "set": {"fleet": label}})),
+    );
+    assert_eq!((st, v["changed"].as_u64()), (200, Some(n as u64)), "{v}");
+    runners
+}
+
+/// The ids of the jobs each runner was given.
+fn jobs_of(tenant: &Tenant, runner: &str) -> Vec<String> {
+    let (st, v) = tenant.call("GET", &format!("/api/v1/jobs?runner={runner}"), None);
+    assert_eq!(st, 200, "{v}");
+    ids(&v)
+}
+
+#[test]
+fn a_rollout_goes_on_where_it_was_after_the_server_is_killed_and_started_again() {
+    let mut server = Server::start();
+    let tenant = server.tenant("fleet-restart");
+    let runners = named(&server, &tenant, 3, "restart");
+    // One runner at a time, each job ~2 s.
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({"selector": "fleet=restart", "wave": "1",
+                    "job": {"command": "sleep 2; echo ran"}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/rollouts/{id}");
+    let first = wait_for(Duration::from_secs(20), "the first target running", || {
+        let (_, v) = tenant.call("GET", &path, None);
+        let t = &v["targets"][0];
+        (t["state"] == "running" && t["job_id"].is_string()).then(|| t["job_id"].clone())
+    });
+
+    // kill -9 mid-job, started again on the same address and data.
+    let addr = server.addr();
+    server.kill_and_start_at(&addr);
+    let (st, v) = tenant.call("GET", &path, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["live"], true, "driven again after the restart: {v}");
+    assert_eq!(v["targets"][0]["job_id"], first, "{v}");
+
+    let v = wait_for(Duration::from_secs(90), "the rollout to finish", || {
+        let (_, v) = tenant.call("GET", &path, None);
+        (v["over"] == true).then_some(v)
+    });
+    assert_eq!(v["state"], "done", "{v}");
+    assert_eq!(v["live"], false, "{v}");
+    let t = &v["totals"];
+    assert_eq!(
+        (&t["succeeded"], &t["failed"], &t["waiting"], &t["running"]),
+        (&json!(3), &json!(0), &json!(0), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(
+        v["targets"][0]["job_id"], first,
+        "the started job kept: {v}"
+    );
+    // Every runner ran it exactly once: one job each, the rollout's.
+    for (i, r) in runners.iter().enumerate() {
+        let jobs = jobs_of(&tenant, &r.id);
+        assert_eq!(jobs.len(), 1, "r{}: {jobs:?}", i + 1);
+        assert_eq!(v["targets"][i]["job_id"], jobs[0], "{v}");
+        assert_eq!(job(&tenant, &jobs[0])["status"], "succeeded");
+    }
+    // Over: an action is refused with the reason.
+    let (st, v) = tenant.call("POST", &format!("{path}/resume"), None);
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is over (done)"),
+        "{v}"
+    );
+    let other = server.tenant("fleet-restart-other");
+    let (st, v) = other.call("POST", &format!("{path}/pause"), None);
+    assert_eq!(st, 404, "another tenant's: {v}");
+    let (st, v) = other.call("GET", &path, None);
+    assert_eq!(st, 404, "{v}");
+
+    // Aborted mid-job: the answer says so, the waiting runners are
+    // skipped, the running job is cancelled, and the rollout closes.
+    let (st, v) = tenant.call(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({"selector": "fleet=restart", "wave": "1",
+                    "job": {"command": "sleep 60"}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let path = format!("/api/v1/rollouts/{}", v["id"].as_str().unwrap());
+    let running = wait_for(Duration::from_secs(20), "the first target running", || {
+        let (_, v) = tenant.call("GET", &path, None);
+        let t = &v["targets"][0];
+        (t["state"] == "running" && t["job_id"].is_string())
+            .then(|| t["job_id"].as_str().unwrap().to_owned())
+    });
+    let (st, v) = tenant.call("POST", &format!("{path}/abort"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "aborted", "{v}");
+    assert_eq!(v["totals"]["skipped"], 2, "{v}");
+    assert_eq!(v["live"], true, "its job still runs: {v}");
+    let v = wait_for(
+        Duration::from_secs(30),
+        "the aborted rollout to close",
+        || {
+            let (_, v) = tenant.call("GET", &path, None);
+            (v["live"] == false).then_some(v)
+        },
+    );
+    assert_eq!(v["totals"]["failed"], 1, "{v}");
+    assert_eq!(job(&tenant, &running)["status"], "cancelled");
+    assert_eq!(jobs_of(&tenant, &runners[1].id).len(), 1, "no second job");
 }
 
 #[test]

@@ -6,12 +6,13 @@
 //!   ──SIGTERM/SIGINT──▶ close every runner with 1001, wait for them (bounded) ─▶ exit 0
 //! ```
 //!
-//! Beside the accept loop: last-seen flushes every 5 s, the scheduler, and
-//! the once-only work: metrics maintenance (rollups, retention) and
-//! container log retention every minute, job retention, job deadlines and
+//! Beside the accept loop: last-seen flushes every 5 s, the scheduler, the
+//! audit WAL checkpoint, and the once-only work: metrics maintenance
+//! (rollups, retention) and container log retention every minute, job
+//! retention, audit trail retention, job deadlines, the rollout driver and
 //! health alert evaluation (on a replica of several: only while it holds
-//! the once-only lease, `cluster/lease.rs`; its links are kept by
-//! `app/cluster.rs`).
+//! the once-only lease, `cluster/lease.rs`, and on the next holder when it
+//! dies; its links are kept by `app/cluster.rs`).
 //!
 //! Each accepted TCP connection gets its own task: TLS handshake under a 10 s
 //! timeout, then hyper (HTTP/1.1 with upgrades) with a header-read timeout; the body's deadline is a layer of the app (`common/edge.rs`). A silent
@@ -305,7 +306,7 @@ async fn serve(
         })
         .with_quotas(args.quotas.quotas())
         .with_edge(edge);
-    crate::audit::spawn_retention(state.audit.clone(), args.audit_retention);
+    crate::audit::spawn_checkpoints(state.audit.clone());
     match crate::fleet::labels::migrate_groups(&FromRef::from_ref(&state)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} runner group(s) became group labels"),
@@ -368,13 +369,17 @@ async fn serve(
 
     let flusher = tokio::spawn(flush_last_seen(state.clone()));
     // Work on the shared data done once: here, or on the replica that
-    // holds the lease (`cluster/lease.rs`): metrics and job retention, job
-    // deadlines, and the evaluation of health alerts (only the holder's
-    // engine hears health changes, every replica's, so one notification
-    // goes out; `runners/health.rs`). Rollouts are driven by one task on
-    // the replica that started them; schedules are claimed per occurrence
-    // in the store; alert rules on what a runner reports are evaluated
-    // where it is linked (its reports arrive there and nowhere else).
+    // holds the lease (`cluster/lease.rs`), moving when it dies: metrics
+    // and job retention, audit trail retention, job deadlines, rollouts
+    // (driven from their stored state: the next holder goes on where the
+    // last one was, `fleet/rollout.rs`), and the evaluation of health
+    // alerts (only the holder's engine hears health changes, every
+    // replica's, so one notification goes out; `runners/health.rs`).
+    // Not here: schedules are claimed per occurrence in the store; alert
+    // rules on what a runner reports are evaluated where it is linked (its
+    // reports arrive there and nowhere else); the audit WAL checkpoint is
+    // each process's own SQLite file.
+    let audit_retention = args.audit_retention;
     let once_only = {
         let state = state.clone();
         move || {
@@ -384,6 +389,7 @@ async fn serve(
                     state.db.clone(),
                     state.quotas,
                 )),
+                tokio::spawn(crate::audit::retain(state.audit.clone(), audit_retention)),
                 tokio::spawn(evaluate_health_alerts(state.health.clone())),
             ];
             tasks.extend(crate::fleet::spawn_once_only(&FromRef::from_ref(&state)));

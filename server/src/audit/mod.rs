@@ -261,32 +261,41 @@ fn clip(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Remove entries older than `keep` every hour, and checkpoint the WAL
-/// every few seconds, for as long as the server runs.
-pub fn spawn_retention(store: Arc<dyn TrailStore>, keep: Duration) {
+/// Remove entries older than `keep` now and every hour after, for as long
+/// as the task runs: once-only work (`app/serve.rs`), on the one replica
+/// holding the lease when several share PostgreSQL, so two replicas never
+/// prune (and move the anchor) at once.
+pub async fn retain(store: Arc<dyn TrailStore>, keep: Duration) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let before = clock::now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        match store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("audit trail: retention removed {n} entries"),
+            Err(e) => tracing::error!("audit trail: retention: {e}"),
+        }
+    }
+}
+
+/// Checkpoint the WAL every few seconds, for as long as the server runs:
+/// local work of this process's SQLite file (nothing on PostgreSQL), so
+/// on every process.
+pub fn spawn_checkpoints(store: Arc<dyn TrailStore>) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-        let mut ticks = 0u64;
         loop {
             every.tick().await;
-            ticks += 1;
-            let prune = ticks % (3600 / CHECKPOINT_EVERY.as_secs()) == 1;
-            let before = clock::now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-            let done = async {
-                let pruned = if prune { store.prune(before).await? } else { 0 };
-                store.checkpoint().await?;
-                Ok::<_, crate::db::StorageError>(pruned)
-            }
-            .await;
-            match done {
-                Ok(0) => {}
-                Ok(n) => tracing::info!("audit trail: retention removed {n} entries"),
-                Err(e) => tracing::error!("audit trail: retention: {e}"),
+            if let Err(e) = store.checkpoint().await {
+                tracing::error!("audit trail: checkpoint: {e}");
             }
         }
     });
 }
 
+/// How often retention looks for entries past their time.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How often the audit WAL is moved into its file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 

@@ -1,7 +1,9 @@
 //! Work that must happen once in the cluster (metrics rollups and
-//! retention, container log retention, job retention, job deadlines, the
-//! evaluation of health alerts: `app/serve.rs`) runs on the one replica
-//! that holds the lease, and moves when that replica dies.
+//! retention, container log retention, job and audit trail retention, job
+//! deadlines, rollouts, the evaluation of health alerts: `app/serve.rs`)
+//! runs on the one replica that holds the lease, and moves when that
+//! replica dies (a rollout goes on from its stored state:
+//! `fleet/rollout.rs`).
 //!
 //! ```text
 //!   every RENEW: take or renew the lease (TTL, the database's clock)

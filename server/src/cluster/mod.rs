@@ -6,8 +6,8 @@
 //! internal.rs the internal channel: TLS to a peer, the key's proof, a request
 //!             (stream, WebSocket) sent on and its answer streamed back; kept
 //!             connections per peer (bounded, dropped on error or when idle)
-//! lease.rs    once-only work (retention, rollups, deadlines, health alerts)
-//!             on the replica holding a lease
+//! lease.rs    once-only work (retention, rollups, deadlines, rollouts, health
+//!             alerts) on the replica holding a lease
 //! replica.rs  Replica: the links table behind LinkTable, the heartbeat, the
 //!             reaper of dead replicas, fence notices and the periodic check
 //! ```

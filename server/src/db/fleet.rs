@@ -8,7 +8,8 @@
 //! proposals       (runner, key) → value              proposed by the host, not accepted
 //! fleet_policy    tenant → default job deadline, keys accepted without review
 //! job_deadlines   job → expires_ms                   pending jobs that may expire
-//! rollouts        id → spec, planner snapshot (JSON), state
+//! rollouts        id → view (JSON), state; while open its driver state
+//!                 (JSON) and a revision every write compares and sets
 //! schedules       (tenant, name) → cron, selector, script, jitter, missed policy, last
 //! schedule_runs   (tenant, schedule, occurrence) UNIQUE → run | missed, jobs
 //! runner_versions runner → desired version         a runner's own, over its update policy
@@ -55,8 +56,9 @@ impl Policy {
     }
 }
 
-/// A stored rollout: the planner's snapshot and the request, as JSON
-/// (`fleet/rollout.rs` owns the shape).
+/// A stored rollout: what the API shows (`body`) and, while it has work
+/// left, all its driver needs to go on (`driver`), as JSON
+/// (`fleet/rollout.rs` owns the shapes).
 #[derive(Debug, Clone)]
 pub struct RolloutRow {
     pub id: String,
@@ -65,6 +67,11 @@ pub struct RolloutRow {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub body: String,
+    /// `None` once the rollout is over for good (or from a build that
+    /// did not store it): no driver takes it up.
+    pub driver: Option<String>,
+    /// Moved on by one at each [`FleetStore::update_rollout`].
+    pub rev: i64,
 }
 
 /// A stored schedule: its definition as JSON (`fleet/schedule.rs`) and
@@ -141,7 +148,14 @@ pub trait FleetStore: Send + Sync {
     async fn drop_deadline(&self, job: &str) -> Result<(), StorageError>;
 
     // ---- rollouts
+    /// Store a rollout as it is (a new one; `migrate` copies).
     async fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError>;
+    /// Store a change of a rollout if its row is still at revision
+    /// `r.rev` (then at `r.rev + 1`): false if it moved on (another
+    /// writer came first) or is gone.
+    async fn update_rollout(&self, r: &RolloutRow) -> Result<bool, StorageError>;
+    /// (tenant, id, rev) of every rollout with driver state, oldest first.
+    async fn open_rollouts(&self) -> Result<Vec<(String, String, i64)>, StorageError>;
     async fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError>;
     async fn rollouts(&self, tenant: &str, limit: usize) -> Result<Vec<RolloutRow>, StorageError>;
 

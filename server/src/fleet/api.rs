@@ -402,9 +402,7 @@ async fn list_rollouts(
     let rows = state.fleet.store.rollouts(tenant, 100).await?;
     let mut list: Vec<Value> = Vec::with_capacity(rows.len());
     for r in &rows {
-        let mut v = crate::fleet::rollout::show(&state, tenant, &r.id)
-            .await
-            .unwrap_or(Value::Null);
+        let mut v = crate::fleet::rollout::shown(r);
         // The list is a summary: targets are in GET /rollouts/{id}.
         if let Some(o) = v.as_object_mut() {
             o.remove("targets");

@@ -8,7 +8,8 @@
 //! waves.rs     the wave planner, a state machine (pure)
 //! labels.rs    labels of runners: set, proposed, accepted; selector → runners
 //! deadlines.rs pending jobs expire at their deadline
-//! rollout.rs   rollouts: a job per runner of a selector, in waves (a driver task each)
+//! rollout.rs   rollouts: a job or an update per runner of a selector, in waves, driven
+//!              from the store by one task (once-only: it moves with the lease)
 //! schedule.rs  schedules: the scheduler task, each occurrence claimed once through the store
 //! versions.rs  a runner's own desired version; the updater an update rollout asks (Offers)
 //! api.rs       REST: labels, fleet policy, rollouts, schedules
@@ -36,10 +37,10 @@ use std::sync::Arc;
 use crate::db::{Db, FleetStore};
 use crate::link::registry::Registry;
 
-/// The fleet's own state: its store and the rollouts being driven.
+/// The fleet's own state: its store, and the wake-up of this process's
+/// rollout driver (when it is the one).
 pub struct Fleet {
     pub store: Arc<dyn FleetStore>,
-    /// Rollouts being driven by this process.
     pub rollouts: rollout::Rollouts,
 }
 
@@ -80,10 +81,15 @@ pub fn spawn(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
 }
 
 /// The ones that run on one replica at a time (`app/serve.rs` starts them
-/// under the once-only lease): job deadlines. Expiring is a conditional
-/// update (a second replica's would change nothing), but one replica
-/// scanning every 500 ms is enough, and it asks the links table, not only
-/// its own connections, whether the runner is linked.
+/// under the once-only lease): job deadlines and the rollout driver.
+/// Expiring is a conditional update (a second replica's would change
+/// nothing), but one replica scanning every 500 ms is enough, and it asks
+/// the links table, not only its own connections, whether the runner is
+/// linked. Rollouts are driven from the store (`rollout.rs`), so the next
+/// holder goes on where the last one was.
 pub fn spawn_once_only(state: &FleetCtx) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(deadlines::run(state.clone()))]
+    vec![
+        tokio::spawn(deadlines::run(state.clone())),
+        tokio::spawn(rollout::run(state.clone())),
+    ]
 }

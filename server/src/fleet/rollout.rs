@@ -1,17 +1,47 @@
 //! Rollouts: per runner of a selector, a job or an update to a version,
-//! started in waves by the planner (`waves.rs`), driven by a task per
-//! rollout.
+//! started in waves by the planner (`waves.rs`), driven by one task on
+//! the replica holding the once-only lease (a single server: itself),
+//! from the store, so a rollout goes on where it was when that replica
+//! dies or the server restarts.
 //!
 //! ```text
-//!  POST /rollouts ─▶ runners of the selector (name order) ─▶ Planner ─▶ driver task:
-//!     every TICK: finished targets ─▶ planner.finished(ok)
-//!                 (update: soaking wave's runners gone bad ─▶ planner.failed_late)
-//!                 planner.starts_at(now) ─▶ jobs (the ordinary job path, with a deadline)
-//!                                        or the runner's own desired version + an offer
-//!                 snapshot ─▶ db::FleetStore (what GET shows, and what survives a restart)
-//!  pause / resume / abort ─▶ the planner (abort also cancels the running jobs,
-//!                            and takes an update back from the runners not at it yet)
+//!  POST /rollouts (any replica) ─▶ runners of the selector (name order) ─▶ Planner
+//!     ─▶ row: view (what GET shows) + driver state (work, planner, targets), rev 0
+//!  driver task (the lease holder; `run`), every TICK:
+//!     open rows (driver state set) ─▶ not held here, or rev moved ─▶ read it (again),
+//!          finish what its last change left half done (see below)
+//!     finished targets ─▶ planner.finished(ok)
+//!     (update: soaking wave's runners gone bad ─▶ planner.failed_late)
+//!     planner.starts_at(now) ─▶ job ids / previous versions chosen, status `starting`
+//!          ─▶ SAVED (rev+1) ─▶ only then: the jobs (the ordinary job path, with a deadline)
+//!                              or the runner's own desired version + an offer
+//!     anything changed ─▶ saved (rev+1); over for good ─▶ driver state dropped (closed)
+//!  pause / resume / abort (any replica): read the row, apply the action to its
+//!     planner, save it if rev is still the one read (else read again) ─▶ the answer
+//!     is the state stored; abort also cancels the running jobs and takes
+//!     an update back from the runners not at it yet (below)
 //! ```
+//!
+//! Every write of the row is compare-and-set on its revision (`rev`), the
+//! driver's too: a driver whose save misses (an action landed in between)
+//! drops what it holds and reads the row again, and nothing it decided
+//! after its last save has happened yet outside the planner, because a
+//! target is saved as started (its job id, the previous desired version)
+//! before its job is made or its version set. So an action answered
+//! `paused` means no target starts after it that the answer does not show
+//! as running. Actions are taken in the store rather than forwarded to
+//! the lease holder: they work the same while the lease moves (nobody
+//! drives; the next holder reads the action with the rest), on a single
+//! server, and on whichever replica the request lands; the driver sees
+//! them within a TICK, by the revision in its one query of open rows.
+//!
+//! A driver that reads a row whose last change it did not finish
+//! (another replica died, or this server restarted, after the save and
+//! before the work): a job target `starting` gets its job made under the
+//! saved id if no job has it (never a second job for a target); an
+//! update target `starting` gets the desired version set and an offer
+//! (again, at worst: what its own desired version says anyway); an
+//! aborted rollout's running jobs are asked to cancel again.
 //!
 //! A job target fails when its job ends in anything but `succeeded`
 //! (failed, timed out, cancelled, or expired because the runner stayed
@@ -22,8 +52,8 @@
 //! runner gets its previous own desired version back (its policy's, if
 //! it had none), so it is not offered the version again. While a wave
 //! soaks, a runner of it found back at another version, or reporting a
-//! failure, fails late. A server restart does not resume a rollout: its
-//! last snapshot stays readable, marked `live: false`.
+//! failure, fails late. Rows saved by builds before the driver state was
+//! stored have none: they show as they were, `live: false`.
 //!
 //! Abort of an update rollout: the runners of waves not started are
 //! skipped (never offered anything). Each started runner not yet
@@ -49,24 +79,24 @@
 //!          └─ away past `reconnect` ─────────▶ skipped
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
 
 use std::time::Duration;
-use tokio::sync::Mutex as AsyncMutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::db::fleet::RolloutRow;
 use crate::db::jobs::JobSpec;
+use crate::db::StorageError;
 use crate::fleet::waves::{Planner, State, TargetState, Threshold, Totals, WaveSize};
 use crate::fleet::FleetCtx;
 use crate::link::dispatch::FamilyId;
 
-/// How often a driver looks at its jobs.
+/// How often the driver looks at the rollouts and their jobs (and so the
+/// longest an action taken on another replica waits to be seen).
 const TICK: Duration = Duration::from_millis(300);
 /// How often a soaking wave's updated runners are looked at again.
 const SOAK_CHECK_MS: i64 = 2_000;
@@ -76,8 +106,13 @@ const SOAK_CHECK_MS: i64 = 2_000;
 const WITHDRAW_SETTLE_MS: i64 = 2_000;
 /// Most runners in one rollout.
 pub const MAX_TARGETS: usize = 10_000;
+/// How often an action reads the row again when the driver saved it
+/// between its read and its write (a save every TICK at most).
+const ACTION_ATTEMPTS: usize = 20;
+/// A target saved as started whose job or offer may not have happened.
+const STARTING: &str = "starting";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     pub runner_id: String,
     pub name: String,
@@ -88,21 +123,25 @@ pub struct Target {
     pub exit_code: Option<i32>,
     pub duration_ms: Option<i64>,
     /// Update rollouts: the version the runner ran when it started.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
     /// When it started (update: the reports and the reconnect bound count
-    /// from here).
+    /// from here). Stored with the driver state, not shown.
     #[serde(skip)]
     started_ms: i64,
-    /// Update: the runner's own desired version before, put back if it fails.
+    /// Update: the runner's own desired version before, put back if it
+    /// fails. Stored with the driver state, not shown.
     #[serde(skip)]
     prev_desired: Option<String>,
     /// Update: when an abort took the version back from this runner.
+    /// Stored with the driver state, not shown.
     #[serde(skip)]
     withdrawn_ms: Option<i64>,
 }
 
 /// What a rollout does to each runner.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Work {
     /// A job (the ordinary job path).
     Job {
@@ -128,23 +167,40 @@ pub struct Rollout {
     work: Work,
     planner: Planner,
     targets: Vec<Target>,
-    /// When a soaking wave was last looked at.
+    /// When a soaking wave was last looked at (not stored: a new driver
+    /// looks at once).
     soak_checked_ms: i64,
+    /// The row's revision this copy was read at or last saved as.
+    rev: i64,
+    /// The body and driver state last read or saved (nothing changed:
+    /// nothing written).
+    saved: (String, Option<String>),
 }
 
-/// The live rollouts of this process.
+/// What the driver stores beside the view: everything it needs to go on.
+#[derive(Deserialize)]
+struct Driver {
+    selector: String,
+    wave: String,
+    work: Work,
+    planner: Planner,
+    /// Per target, in order.
+    started_ms: Vec<i64>,
+    prev_desired: Vec<Option<String>>,
+    #[serde(default)]
+    withdrawn_ms: Vec<Option<i64>>,
+}
+
+/// The driver of this process, when it is the one (`run`): told at once
+/// of a rollout started or changed here, instead of at its next TICK.
 #[derive(Default)]
 pub struct Rollouts {
-    live: Mutex<HashMap<String, Arc<AsyncMutex<Rollout>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    wake: tokio::sync::Notify,
 }
 
 impl Rollouts {
-    pub fn get(&self, id: &str) -> Option<Arc<AsyncMutex<Rollout>>> {
-        lock(&self.live).get(id).cloned()
+    fn wake(&self) {
+        self.wake.notify_one();
     }
 }
 
@@ -168,6 +224,11 @@ impl Rollout {
         self.planner.totals()
     }
 
+    /// Done or aborted with nothing running: nothing will ever change.
+    fn closed(&self) -> bool {
+        self.planner.is_over() && matches!(self.planner.state(), State::Done | State::Aborted)
+    }
+
     pub fn view(&self) -> Value {
         let (wave, waves) = self.planner.wave();
         let mut v = json!({
@@ -183,7 +244,7 @@ impl Rollout {
             "soak_s": self.planner.soak_ms() / 1000,
             "soaking_until": self.planner.soak_until().map(clock::rfc3339),
             "targets": self.targets,
-            "live": true,
+            "live": !self.closed(),
         });
         match &self.work {
             Work::Job { label, .. } => {
@@ -203,7 +264,20 @@ impl Rollout {
         v
     }
 
+    /// The row as it is to be stored (at revision `self.rev`).
     fn row(&self) -> RolloutRow {
+        let driver = (!self.closed()).then(|| {
+            json!({
+                "selector": self.selector,
+                "wave": self.wave,
+                "work": self.work,
+                "planner": self.planner,
+                "started_ms": self.targets.iter().map(|t| t.started_ms).collect::<Vec<_>>(),
+                "prev_desired": self.targets.iter().map(|t| &t.prev_desired).collect::<Vec<_>>(),
+                "withdrawn_ms": self.targets.iter().map(|t| t.withdrawn_ms).collect::<Vec<_>>(),
+            })
+            .to_string()
+        });
         RolloutRow {
             id: self.id.clone(),
             tenant_id: self.tenant.clone(),
@@ -211,7 +285,50 @@ impl Rollout {
             created_ms: self.created_ms,
             updated_ms: clock::now_ms(),
             body: self.view().to_string(),
+            driver,
+            rev: self.rev,
         }
+    }
+
+    /// A stored rollout with its driver state; `None` if it has none
+    /// (closed, or saved by an older build).
+    fn from_row(row: &RolloutRow) -> Result<Option<Rollout>, String> {
+        let Some(text) = &row.driver else {
+            return Ok(None);
+        };
+        let d: Driver = serde_json::from_str(text).map_err(|e| format!("driver state: {e}"))?;
+        let mut body: Value = serde_json::from_str(&row.body).map_err(|e| format!("body: {e}"))?;
+        let mut targets: Vec<Target> =
+            serde_json::from_value(body.get_mut("targets").map(Value::take).unwrap_or_default())
+                .map_err(|e| format!("targets: {e}"))?;
+        let n = targets.len();
+        if !d.planner.is_sound()
+            || d.planner.totals().targets != n
+            || d.started_ms.len() != n
+            || d.prev_desired.len() != n
+        {
+            return Err("the planner and the targets do not agree".into());
+        }
+        for ((t, s), p) in targets.iter_mut().zip(d.started_ms).zip(d.prev_desired) {
+            t.started_ms = s;
+            t.prev_desired = p;
+        }
+        for (t, w) in targets.iter_mut().zip(d.withdrawn_ms) {
+            t.withdrawn_ms = w;
+        }
+        Ok(Some(Rollout {
+            id: row.id.clone(),
+            tenant: row.tenant_id.clone(),
+            created_ms: row.created_ms,
+            selector: d.selector,
+            wave: d.wave,
+            work: d.work,
+            planner: d.planner,
+            targets,
+            soak_checked_ms: 0,
+            rev: row.rev,
+            saved: (row.body.clone(), row.driver.clone()),
+        }))
     }
 
     fn sync_targets(&mut self) {
@@ -221,7 +338,45 @@ impl Rollout {
     }
 }
 
-/// Start a rollout over the runners of `tenant` that the selector picks.
+/// Why a driver's step stopped: the row moved on (an action, or another
+/// driver), or an error. Either way what it holds is dropped and the row
+/// read again.
+enum Stop {
+    Stale,
+    /// The stored row does not read back (left alone, said once).
+    Unreadable(String),
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl From<StorageError> for Stop {
+    fn from(e: StorageError) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+/// Save `r` if it changed since it was read or saved, if the row is still
+/// at the revision it was read at.
+async fn save(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
+    let row = r.row();
+    if (&row.body, &row.driver) == (&r.saved.0, &r.saved.1) {
+        return Ok(());
+    }
+    if !state.fleet.store.update_rollout(&row).await? {
+        return Err(Stop::Stale);
+    }
+    r.rev += 1;
+    r.saved = (row.body, row.driver);
+    Ok(())
+}
+
+/// Start a rollout over the runners of `tenant` that the selector picks:
+/// stored, for the driver to take up (at once if it is this process).
 pub async fn start(
     state: &FleetCtx,
     tenant: &str,
@@ -259,20 +414,150 @@ pub async fn start(
         planner,
         targets,
         soak_checked_ms: 0,
+        rev: 0,
+        saved: Default::default(),
     };
     state.fleet.store.save_rollout(&r.row()).await?;
-    let view = r.view();
-    let r = Arc::new(AsyncMutex::new(r));
-    lock(&state.fleet.rollouts.live).insert(id.clone(), r.clone());
-    tokio::spawn(drive(state.clone(), r));
+    state.fleet.rollouts.wake();
     tracing::info!(rollout = %id, tenant, "rollout started");
-    Ok(view)
+    Ok(r.view())
+}
+
+/// The driver (once-only work: `fleet::spawn_once_only`): every TICK, the
+/// open rollouts read from the store where they changed, and stepped.
+pub async fn run(state: FleetCtx) {
+    let mut driven: HashMap<String, Rollout> = HashMap::new();
+    // Rows that do not read back (logged once, left alone).
+    let mut unreadable: HashSet<(String, i64)> = HashSet::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.fleet.rollouts.wake.notified() => {}
+        }
+        let open = match state.fleet.store.open_rollouts().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("reading the open rollouts: {e}");
+                continue;
+            }
+        };
+        driven.retain(|id, _| open.iter().any(|(_, o, _)| o == id));
+        for (tenant, id, rev) in open {
+            if driven.get(&id).map(|r| r.rev) != Some(rev) {
+                if unreadable.contains(&(id.clone(), rev)) {
+                    continue;
+                }
+                let first = driven.remove(&id).is_none();
+                match load(&state, &tenant, &id).await {
+                    Ok(Some(r)) => {
+                        if first {
+                            tracing::info!(rollout = %id, state = r.state().as_str(), "driving the rollout from its stored state");
+                        }
+                        driven.insert(id.clone(), r);
+                    }
+                    Ok(None) => continue,
+                    Err(Stop::Unreadable(e)) => {
+                        tracing::error!(rollout = %id, "not driven: its stored state: {e}");
+                        unreadable.insert((id.clone(), rev));
+                        continue;
+                    }
+                    Err(Stop::Failed(e)) => {
+                        tracing::error!(rollout = %id, "reading the rollout: {}", e.message);
+                        continue;
+                    }
+                    Err(Stop::Stale) => continue,
+                }
+            }
+            let Some(r) = driven.get_mut(&id) else {
+                continue;
+            };
+            match step(&state, r).await {
+                Ok(()) if r.closed() => {
+                    tracing::info!(rollout = %id, state = r.state().as_str(), "rollout over");
+                    driven.remove(&id);
+                }
+                Ok(()) => {}
+                Err(Stop::Stale) => {
+                    tracing::debug!(rollout = %id, "changed elsewhere: read again");
+                    driven.remove(&id);
+                }
+                Err(Stop::Failed(e)) => {
+                    tracing::error!(rollout = %id, "rollout step: {}", e.message);
+                    driven.remove(&id);
+                }
+                Err(Stop::Unreadable(_)) => {
+                    driven.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// Read a rollout to drive it, and finish what its last change left half
+/// done (the module doc); `None`: closed.
+async fn load(state: &FleetCtx, tenant: &str, id: &str) -> Result<Option<Rollout>, Stop> {
+    let Some(row) = state.fleet.store.rollout(tenant, id).await? else {
+        return Ok(None);
+    };
+    let mut r = match Rollout::from_row(&row) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Stop::Unreadable(e)),
+    };
+    let starting: Vec<usize> = (0..r.targets.len())
+        .filter(|&i| {
+            r.planner.target(i) == TargetState::Running
+                && r.targets[i].status.as_deref() == Some(STARTING)
+        })
+        .collect();
+    if !starting.is_empty() {
+        let now = clock::now_ms();
+        let mut missing = Vec::with_capacity(starting.len());
+        for &i in &starting {
+            let t = &r.targets[i];
+            let job = match &t.job_id {
+                Some(job) => state.db.jobs.job(&r.tenant, job).await?,
+                None => None,
+            };
+            match (job, &r.work) {
+                (None, _) => missing.push(i),
+                // Made, but maybe not told or given its deadline: both
+                // again (the same expiry: from the saved start).
+                (Some(job), Work::Job { deadline_ms, .. }) if job.status == "pending" => {
+                    let pair = [(job.id, t.runner_id.clone())];
+                    state
+                        .fleet
+                        .store
+                        .add_deadlines(&r.tenant, &pair, t.started_ms + deadline_ms)
+                        .await?;
+                    state.registry.nudge(&t.runner_id, FamilyId::Jobs);
+                }
+                (Some(_), _) => {}
+            }
+        }
+        if !missing.is_empty() {
+            tracing::info!(rollout = %r.id, targets = missing.len(), "finishing the starts of its last change");
+            perform_starts(state, &mut r, &missing, now).await?;
+            r.sync_targets();
+        }
+    }
+    if r.planner.state() == State::Aborted {
+        cancel_jobs(state, &r, &running(&r)).await?;
+    }
+    Ok(Some(r))
+}
+
+fn running(r: &Rollout) -> Vec<usize> {
+    (0..r.targets.len())
+        .filter(|&i| r.planner.target(i) == TargetState::Running)
+        .collect()
 }
 
 /// One step of a rollout: collect finished targets, start what the
-/// planner says. Returns whether the rollout is over for good (done or
-/// aborted, nothing running).
-async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
+/// planner says (saved first), save what changed.
+async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
     let now = clock::now_ms();
     match &r.work {
         Work::Job { .. } => collect_jobs(state, r).await?,
@@ -290,16 +575,15 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<bool, ApiError> {
     }
     let starts = r.planner.starts_at(now);
     if !starts.is_empty() {
-        match &r.work {
-            Work::Job { .. } => start_jobs(state, r, &starts, now).await?,
-            Work::Update { version, .. } => {
-                let version = version.clone();
-                start_updates(state, r, &starts, &version, now).await?
-            }
-        }
+        plan_starts(state, r, &starts, now).await?;
+        r.sync_targets();
+        // Stored as started before anything starts: whoever reads the
+        // row next finishes these starts, never makes them again.
+        save(state, r).await?;
+        perform_starts(state, r, &starts, now).await?;
     }
     r.sync_targets();
-    Ok(r.planner.is_over() && matches!(r.planner.state(), State::Done | State::Aborted))
+    save(state, r).await
 }
 
 /// Finished jobs.
@@ -325,6 +609,64 @@ async fn collect_jobs(state: &FleetCtx, r: &mut Rollout) -> Result<(), ApiError>
     Ok(())
 }
 
+/// What the starts of `starts` will be, chosen before they happen: a
+/// job id each, or each runner's own desired version and version now.
+async fn plan_starts(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    starts: &[usize],
+    now: i64,
+) -> Result<(), ApiError> {
+    match &r.work {
+        Work::Job { .. } => {
+            for &i in starts {
+                r.targets[i].job_id = Some(crate::jobs::api::new_job_id()?);
+            }
+        }
+        Work::Update { .. } => {
+            let before = state.fleet.store.desired_versions(&r.tenant).await?;
+            let versions: HashMap<String, String> = state
+                .db
+                .control
+                .list_runners(&r.tenant)
+                .await?
+                .into_iter()
+                .map(|row| (row.id, row.version))
+                .collect();
+            for &i in starts {
+                let t = &mut r.targets[i];
+                t.prev_desired = before.get(&t.runner_id).cloned();
+                t.from_version = versions.get(&t.runner_id).cloned();
+            }
+        }
+    }
+    for &i in starts {
+        r.targets[i].started_ms = now;
+        r.targets[i].status = Some(STARTING.into());
+    }
+    Ok(())
+}
+
+/// Make the planned starts happen: the jobs under their ids, or the
+/// runners' own desired version set and an offer each.
+async fn perform_starts(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    starts: &[usize],
+    now: i64,
+) -> Result<(), ApiError> {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    match &r.work {
+        Work::Job { .. } => start_jobs(state, r, starts, now).await,
+        Work::Update { version, .. } => {
+            let version = version.clone();
+            start_updates(state, r, starts, &version, now).await
+        }
+    }
+}
+
 async fn start_jobs(
     state: &FleetCtx,
     r: &mut Rollout,
@@ -339,13 +681,13 @@ async fn start_jobs(
     else {
         return Ok(());
     };
-    let mut jobs = Vec::with_capacity(starts.len());
-    for &i in starts {
-        jobs.push((
-            crate::jobs::api::new_job_id()?,
-            r.targets[i].runner_id.clone(),
-        ));
-    }
+    let jobs: Vec<(String, String)> = starts
+        .iter()
+        .filter_map(|&i| {
+            let t = &r.targets[i];
+            Some((t.job_id.clone()?, t.runner_id.clone()))
+        })
+        .collect();
     match crate::jobs::api::create_jobs(&state.jobs, &r.tenant, &jobs, label, spec, now).await {
         Ok(_) => {
             state
@@ -353,13 +695,14 @@ async fn start_jobs(
                 .store
                 .add_deadlines(&r.tenant, &jobs, now + deadline_ms)
                 .await?;
-            for (&i, (job_id, runner)) in starts.iter().zip(&jobs) {
-                r.targets[i].job_id = Some(job_id.clone());
+            for &i in starts {
                 r.targets[i].status = Some("pending".into());
-                r.targets[i].started_ms = now;
-                state.registry.nudge(runner, FamilyId::Jobs);
+                state
+                    .registry
+                    .nudge(&r.targets[i].runner_id, FamilyId::Jobs);
             }
         }
+        Err(e) if e.status.is_server_error() => return Err(e),
         Err(e) => {
             // The tenant's job quota: these count as failed.
             for &i in starts {
@@ -372,7 +715,7 @@ async fn start_jobs(
 }
 
 /// The runners' own desired version set to `version` (the previous one
-/// kept), and an offer to each connected one.
+/// kept by `plan_starts`), and an offer to each connected one.
 async fn start_updates(
     state: &FleetCtx,
     r: &mut Rollout,
@@ -380,7 +723,6 @@ async fn start_updates(
     version: &str,
     now: i64,
 ) -> Result<(), ApiError> {
-    let before = state.fleet.store.desired_versions(&r.tenant).await?;
     let ids: Vec<String> = starts
         .iter()
         .map(|&i| r.targets[i].runner_id.clone())
@@ -390,21 +732,9 @@ async fn start_updates(
         .store
         .set_desired_version(&r.tenant, &ids, Some(version), now)
         .await?;
-    let versions: HashMap<String, String> = state
-        .db
-        .control
-        .list_runners(&r.tenant)
-        .await?
-        .into_iter()
-        .map(|row| (row.id, row.version))
-        .collect();
     for &i in starts {
         let id = r.targets[i].runner_id.clone();
-        let t = &mut r.targets[i];
-        t.prev_desired = before.get(&id).cloned();
-        t.started_ms = now;
-        t.status = Some("offered".into());
-        t.from_version = versions.get(&id).cloned();
+        r.targets[i].status = Some("offered".into());
         if let Err(e) = state.offers.offer(&r.tenant, &id).await {
             tracing::warn!(rollout = %r.id, runner = %id, "offering the update: {}", e.message);
         }
@@ -635,104 +965,245 @@ async fn check_soaking(state: &FleetCtx, r: &mut Rollout, version: &str) -> Resu
     Ok(())
 }
 
-async fn drive(state: FleetCtx, r: Arc<AsyncMutex<Rollout>>) {
-    let mut tick = tokio::time::interval(TICK);
-    let mut last = String::new();
-    loop {
-        tick.tick().await;
-        let (over, row) = {
-            let mut g = r.lock().await;
-            let over = match step(&state, &mut g).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!(rollout = %g.id, "rollout step: {}", e.message);
-                    false
-                }
-            };
-            (over, g.row())
-        };
-        if row.body != last {
-            if let Err(e) = state.fleet.store.save_rollout(&row).await {
-                tracing::error!(rollout = %row.id, "saving a rollout: {e}");
-            }
-            last = row.body;
-        }
-        if over {
-            tracing::info!(rollout = %row.id, state = row.state, "rollout over");
-            lock(&state.fleet.rollouts.live).remove(&row.id);
-            return;
+/// Ask the jobs of these targets to cancel (an abort).
+async fn cancel_jobs(state: &FleetCtx, r: &Rollout, targets: &[usize]) -> Result<(), ApiError> {
+    for &i in targets {
+        if let Some(job) = &r.targets[i].job_id {
+            state.db.jobs.request_cancel(&r.tenant, job).await?;
+            state
+                .registry
+                .nudge(&r.targets[i].runner_id, FamilyId::Jobs);
         }
     }
+    Ok(())
 }
 
-/// pause, resume or abort a live rollout.
+/// pause, resume or abort a rollout, from any replica: taken in the store
+/// (the driver, wherever it is, reads it), answered with the state stored.
 pub async fn control(
     state: &FleetCtx,
     tenant: &str,
     id: &str,
     action: &str,
 ) -> Result<Value, ApiError> {
-    let Some(r) = state.fleet.rollouts.get(id) else {
-        return Err(match state.fleet.store.rollout(tenant, id).await? {
-            Some(_) => {
-                ApiError::conflict(format!("rollout {id} is over (or from before a restart)"))
+    for _ in 0..ACTION_ATTEMPTS {
+        let row = state
+            .fleet
+            .store
+            .rollout(tenant, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
+        let mut r = match Rollout::from_row(&row) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(ApiError::conflict(format!(
+                    "rollout {id} is over ({}): nothing to {action}",
+                    row.state
+                )))
             }
-            None => ApiError::not_found(format!("no rollout {id:?}")),
-        });
-    };
-    let mut g = r.lock().await;
-    if g.tenant != tenant {
-        return Err(ApiError::not_found(format!("no rollout {id:?}")));
-    }
-    let ok = match action {
-        "pause" => g.planner.pause(),
-        "resume" => g.planner.resume(),
-        "abort" => match g.planner.abort() {
-            Some(running) => {
-                if matches!(g.work, Work::Update { .. }) {
-                    withdraw_updates(state, &mut g, &running).await?;
-                }
-                for i in running {
-                    if let Some(job) = g.targets[i].job_id.clone() {
-                        state.db.jobs.request_cancel(tenant, &job).await?;
-                        state
-                            .registry
-                            .nudge(&g.targets[i].runner_id, FamilyId::Jobs);
+            Err(e) => return Err(ApiError::internal(format!("rollout {id}: {e}"))),
+        };
+        let mut cancel = Vec::new();
+        let ok = match action {
+            "pause" => r.planner.pause(),
+            "resume" => r.planner.resume(),
+            "abort" => match r.planner.abort() {
+                Some(running) => {
+                    if matches!(r.work, Work::Update { .. }) {
+                        withdraw_updates(state, &mut r, &running).await?;
                     }
+                    cancel = running;
+                    true
                 }
-                true
-            }
-            None => false,
-        },
-        _ => return Err(ApiError::not_found("no such action")),
-    };
-    if !ok {
-        return Err(ApiError::conflict(format!(
-            "rollout {id} is {}: cannot {action}",
-            g.planner.state().as_str()
-        )));
+                None => false,
+            },
+            _ => return Err(ApiError::not_found("no such action")),
+        };
+        if !ok {
+            return Err(ApiError::conflict(format!(
+                "rollout {id} is {}: cannot {action}",
+                r.planner.state().as_str()
+            )));
+        }
+        r.sync_targets();
+        if !state.fleet.store.update_rollout(&r.row()).await? {
+            // The driver saved it in between: the action on what it saved.
+            continue;
+        }
+        r.rev += 1;
+        cancel_jobs(state, &r, &cancel).await?;
+        state.fleet.rollouts.wake();
+        tracing::info!(rollout = %id, action, "rollout {action}");
+        return Ok(r.view());
     }
-    g.sync_targets();
-    tracing::info!(rollout = %id, action, "rollout {action}");
-    state.fleet.store.save_rollout(&g.row()).await?;
-    Ok(g.view())
+    Err(ApiError::conflict(format!(
+        "rollout {id} changed under every attempt to {action}: try again"
+    )))
 }
 
-/// A rollout as the API shows it: live, else its last snapshot.
+/// A rollout as the API shows it: what was last stored.
 pub async fn show(state: &FleetCtx, tenant: &str, id: &str) -> Result<Value, ApiError> {
-    if let Some(r) = state.fleet.rollouts.get(id) {
-        let g = r.lock().await;
-        if g.tenant == tenant {
-            return Ok(g.view());
-        }
-    }
     let row = state
         .fleet
         .store
         .rollout(tenant, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
+    Ok(shown(&row))
+}
+
+/// A stored rollout's view: `live` while a driver has work in it.
+pub fn shown(row: &RolloutRow) -> Value {
     let mut v: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-    v["live"] = json!(false);
-    Ok(v)
+    if v.is_object() {
+        v["live"] = json!(row.driver.is_some());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(work: Work, n: usize) -> Rollout {
+        let planner = Planner::new(n, WaveSize::Count(2), 1, Threshold::Count(1)).with_soak(5_000);
+        Rollout {
+            id: "ro_1".into(),
+            tenant: "tn_1".into(),
+            created_ms: 1_000,
+            selector: "env=prod".into(),
+            wave: "2".into(),
+            work,
+            targets: (0..n)
+                .map(|i| Target {
+                    runner_id: format!("rn_{i}"),
+                    name: format!("r{i}"),
+                    wave: planner.wave_of(i) + 1,
+                    state: TargetState::Waiting,
+                    job_id: None,
+                    status: None,
+                    exit_code: None,
+                    duration_ms: None,
+                    from_version: None,
+                    started_ms: 0,
+                    prev_desired: None,
+                    withdrawn_ms: None,
+                })
+                .collect(),
+            planner,
+            soak_checked_ms: 0,
+            rev: 3,
+            saved: Default::default(),
+        }
+    }
+
+    fn update() -> Work {
+        Work::Update {
+            version: "0.5.0".into(),
+            reconnect_ms: 60_000,
+        }
+    }
+
+    #[test]
+    fn a_stored_rollout_reads_back_as_its_driver_left_it() {
+        let mut r = rollout(update(), 3);
+        assert_eq!(r.planner.starts_at(10), [0]);
+        r.targets[0].started_ms = 10;
+        r.targets[0].prev_desired = Some("0.4.0".into());
+        r.targets[0].from_version = Some("0.3.0".into());
+        r.targets[0].status = Some(STARTING.into());
+        r.sync_targets();
+        let row = r.row();
+        assert_eq!((row.rev, row.state.as_str()), (3, "running"));
+        // What the API shows has none of the driver's own fields.
+        let shown = shown(&row);
+        assert_eq!(shown["live"], true);
+        assert!(shown["targets"][0].get("prev_desired").is_none(), "{shown}");
+        assert!(shown["targets"][0].get("started_ms").is_none(), "{shown}");
+
+        let back = Rollout::from_row(&row).unwrap().unwrap();
+        assert_eq!(back.rev, 3);
+        assert_eq!(back.targets[0].started_ms, 10);
+        assert_eq!(back.targets[0].prev_desired.as_deref(), Some("0.4.0"));
+        assert_eq!(back.targets[0].from_version.as_deref(), Some("0.3.0"));
+        assert_eq!(back.targets[0].status.as_deref(), Some(STARTING));
+        assert_eq!(back.planner.target(0), TargetState::Running);
+        assert_eq!(back.planner.soak_ms(), 5_000);
+        assert_eq!(
+            (back.selector.as_str(), back.wave.as_str()),
+            ("env=prod", "2")
+        );
+        assert!(
+            matches!(&back.work, Work::Update { version, reconnect_ms: 60_000 } if version == "0.5.0")
+        );
+        assert_eq!(back.view(), r.view(), "the same view");
+        // Nothing changed since it was read: nothing to write.
+        let again = back.row();
+        assert_eq!((&again.body, &again.driver), (&back.saved.0, &back.saved.1));
+    }
+
+    #[test]
+    fn a_job_rollout_keeps_its_job_and_a_closed_one_has_no_driver_state() {
+        let spec = JobSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "true".into()],
+            script: None,
+            env: vec![("A".into(), "1".into())],
+            secrets: vec![],
+            timeout_s: 30,
+            deploy: None,
+            signed: Default::default(),
+        };
+        let mut r = rollout(
+            Work::Job {
+                label: "true".into(),
+                spec: Box::new(spec.clone()),
+                deadline_ms: 9_000,
+            },
+            1,
+        );
+        assert_eq!(r.planner.starts(), [0]);
+        r.targets[0].job_id = Some("jb_1".into());
+        r.sync_targets();
+        let back = Rollout::from_row(&r.row()).unwrap().unwrap();
+        assert_eq!(back.targets[0].job_id.as_deref(), Some("jb_1"));
+        match &back.work {
+            Work::Job {
+                spec: s,
+                deadline_ms,
+                ..
+            } => assert_eq!((s.as_ref(), *deadline_ms), (&spec, 9_000)),
+            Work::Update { .. } => panic!("a job rollout"),
+        }
+
+        // Aborted with the job still running: open until it ends.
+        assert_eq!(r.planner.abort(), Some(vec![0]));
+        assert!(r.row().driver.is_some());
+        r.planner.finished(0, false);
+        let row = r.row();
+        assert_eq!(
+            (row.driver.as_deref(), row.state.as_str()),
+            (None, "aborted")
+        );
+        assert!(Rollout::from_row(&row).unwrap().is_none());
+        assert_eq!(shown(&row)["live"], false);
+    }
+
+    #[test]
+    fn stored_state_that_does_not_agree_is_refused() {
+        let r = rollout(update(), 3);
+        let mut row = r.row();
+        // One target fewer in the view than the planner has.
+        let mut body: Value = serde_json::from_str(&row.body).unwrap();
+        body["targets"].as_array_mut().unwrap().pop();
+        row.body = body.to_string();
+        assert!(Rollout::from_row(&row).is_err());
+        let mut row = r.row();
+        row.driver = Some("{\"planner\": 1}".into());
+        assert!(Rollout::from_row(&row).is_err());
+        // A row of a build before the driver state: shown, not driven.
+        let mut row = r.row();
+        row.driver = None;
+        assert!(Rollout::from_row(&row).unwrap().is_none());
+    }
 }

@@ -32,7 +32,7 @@
 //! the meantime ([`Planner::failed_late`]) counts as a failure of it and
 //! may halt the rollout before the next wave starts.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How big each wave is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl WaveSize {
 }
 
 /// When failures halt the rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Threshold {
     /// Halt once this many runners failed (at least 1).
     Count(u32),
@@ -76,7 +76,7 @@ pub enum Threshold {
     Rate(u8),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Running,
@@ -98,7 +98,7 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetState {
     Waiting,
@@ -119,7 +119,9 @@ pub struct Totals {
     pub skipped: usize,
 }
 
-#[derive(Debug, Clone)]
+/// Serialisable whole: a rollout's driver keeps it in the store at every
+/// change (`rollout.rs`), and whoever drives it next goes on from there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Planner {
     targets: Vec<TargetState>,
     /// Index of the first target of each wave, and the end.
@@ -158,6 +160,17 @@ impl Planner {
             soak_ms: 0,
             soak_until: None,
         }
+    }
+
+    /// Whether a planner read back from the store holds together (waves
+    /// that cover its targets in order, the current one among them): one
+    /// that does not is not driven (it would index out of bounds).
+    pub fn is_sound(&self) -> bool {
+        let n = self.targets.len();
+        self.bounds.first() == Some(&0)
+            && self.bounds.last() == Some(&n)
+            && self.bounds.windows(2).all(|w| w[0] < w[1])
+            && (self.wave + 1 < self.bounds.len() || (n == 0 && self.wave == 0))
     }
 
     /// Hold each next wave back `ms` after a wave is over.
@@ -476,6 +489,52 @@ mod tests {
         assert_eq!((t.succeeded, t.failed, t.waiting), (1, 1, 2));
         assert!(p.resume());
         assert_eq!(p.starts_at(5000), [2, 3]);
+    }
+
+    #[test]
+    fn a_planner_survives_the_store_and_goes_on_where_it_was() {
+        let mut p = Planner::new(6, WaveSize::Count(2), 1, Threshold::Count(2)).with_soak(500);
+        assert_eq!(p.starts_at(0), [0]);
+        p.finished(0, false);
+        assert_eq!(p.starts_at(1), [1]);
+        assert!(p.pause());
+        let json = serde_json::to_string(&p).unwrap();
+        let mut q: Planner = serde_json::from_str(&json).unwrap();
+        assert!(q.is_sound());
+        assert_eq!(q.state(), State::Paused);
+        assert_eq!(q.target(1), TargetState::Running);
+        assert!(q.starts_at(2).is_empty(), "paused");
+        q.finished(1, true);
+        assert!(q.resume());
+        // Wave 1 is over: it soaks from now, then wave 2 starts.
+        assert!(q.starts_at(10).is_empty());
+        assert_eq!(q.soak_until(), Some(510));
+        let mut r: Planner = serde_json::from_str(&serde_json::to_string(&q).unwrap()).unwrap();
+        assert!(r.starts_at(509).is_empty(), "the soak is kept");
+        assert_eq!(r.starts_at(510), [2]);
+        // The failure before the pause was counted afresh at resume.
+        r.finished(2, false);
+        assert_eq!(r.state(), State::Running);
+        let t = r.totals();
+        assert_eq!((t.succeeded, t.failed, t.waiting), (1, 2, 3));
+        assert!(Planner::new(0, WaveSize::Count(1), 1, Threshold::Count(1)).is_sound());
+    }
+
+    #[test]
+    fn a_planner_that_does_not_hold_together_is_refused() {
+        let p = Planner::new(4, WaveSize::Count(2), 1, Threshold::Count(1));
+        let mut v = serde_json::to_value(&p).unwrap();
+        v["bounds"] = serde_json::json!([0, 2, 9]);
+        assert!(!serde_json::from_value::<Planner>(v.clone())
+            .unwrap()
+            .is_sound());
+        v["bounds"] = serde_json::json!([0, 2, 4]);
+        v["wave"] = serde_json::json!(2);
+        assert!(!serde_json::from_value::<Planner>(v.clone())
+            .unwrap()
+            .is_sound());
+        v["wave"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<Planner>(v).unwrap().is_sound());
     }
 
     #[test]

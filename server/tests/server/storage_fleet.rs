@@ -59,6 +59,7 @@ both!(
     labels_proposals_and_policy,
     labels_where_finds_the_runners_having_labels,
     deadlines_and_rollouts,
+    rollouts_change_by_revision,
     runner_versions,
     schedules_are_claimed_once_per_occurrence,
     the_audit_chain_is_the_same_on_both_and_survives_retention,
@@ -226,6 +227,8 @@ fn rollout(id: &str, tenant: &str, state: &str, created: i64) -> RolloutRow {
         created_ms: created,
         updated_ms: created,
         body: format!("{{\"id\":\"{id}\"}}"),
+        driver: None,
+        rev: 0,
     }
 }
 
@@ -274,6 +277,63 @@ async fn deadlines_and_rollouts(s: Under) {
         .collect();
     assert_eq!(list, ["ro_2", "ro_1"], "newest first, this tenant only");
     assert_eq!(f.rollouts("tn_1", 1).await.unwrap().len(), 1);
+}
+
+/// A rollout's driver state is written compare-and-set on its revision
+/// (the driver on the lease holder, actions on any replica), and the open
+/// ones (with driver state) are what a new driver takes up.
+async fn rollouts_change_by_revision(s: Under) {
+    let f = &s.fleet;
+    assert!(f.open_rollouts().await.unwrap().is_empty());
+    let mut a = rollout("ro_a", "tn_1", "running", 10);
+    a.driver = Some("{\"planner\":1}".into());
+    f.save_rollout(&a).await.unwrap();
+    let mut b = rollout("ro_b", "tn_2", "paused", 20);
+    b.driver = Some("{}".into());
+    f.save_rollout(&b).await.unwrap();
+    f.save_rollout(&rollout("ro_old", "tn_1", "running", 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.open_rollouts().await.unwrap(),
+        [
+            ("tn_1".to_owned(), "ro_a".to_owned(), 0),
+            ("tn_2".to_owned(), "ro_b".to_owned(), 0)
+        ],
+        "oldest first; a row without driver state is not open"
+    );
+    let got = f.rollout("tn_1", "ro_a").await.unwrap().unwrap();
+    assert_eq!(
+        (got.driver.as_deref(), got.rev),
+        (Some("{\"planner\":1}"), 0)
+    );
+
+    // Two writers read rev 0: the first lands, the second misses.
+    let mut first = got.clone();
+    first.state = "paused".into();
+    first.body = "{\"state\":\"paused\"}".into();
+    assert!(f.update_rollout(&first).await.unwrap());
+    let mut second = got.clone();
+    second.state = "aborted".into();
+    assert!(!f.update_rollout(&second).await.unwrap());
+    let now = f.rollout("tn_1", "ro_a").await.unwrap().unwrap();
+    assert_eq!((now.state.as_str(), now.rev), ("paused", 1));
+    assert_eq!(now.body, "{\"state\":\"paused\"}");
+    assert_eq!(now.created_ms, 10, "kept");
+
+    // Over for good: no driver state, not open any more.
+    let mut over = now.clone();
+    over.state = "done".into();
+    over.driver = None;
+    assert!(f.update_rollout(&over).await.unwrap());
+    let now = f.rollout("tn_1", "ro_a").await.unwrap().unwrap();
+    assert_eq!((now.driver, now.rev), (None, 2));
+    assert_eq!(
+        f.open_rollouts().await.unwrap(),
+        [("tn_2".to_owned(), "ro_b".to_owned(), 0)]
+    );
+    let gone = rollout("ro_none", "tn_1", "done", 1);
+    assert!(!f.update_rollout(&gone).await.unwrap(), "no such row");
 }
 
 async fn schedules_are_claimed_once_per_occurrence(s: Under) {

@@ -82,6 +82,8 @@ fn rollout_row(r: &tokio_postgres::Row) -> RolloutRow {
         created_ms: r.get(3),
         updated_ms: r.get(4),
         body: r.get(5),
+        driver: r.get(6),
+        rev: r.get(7),
     }
 }
 
@@ -325,11 +327,13 @@ impl FleetStore for PgFleet {
     async fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError> {
         let c = self.pool.get().await?;
         c.execute(
-            "INSERT INTO rollouts (id, tenant_id, state, created_ms, updated_ms, body)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO rollouts
+                 (id, tenant_id, state, created_ms, updated_ms, body, driver, rev)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id,
                  state = EXCLUDED.state, created_ms = EXCLUDED.created_ms,
-                 updated_ms = EXCLUDED.updated_ms, body = EXCLUDED.body",
+                 updated_ms = EXCLUDED.updated_ms, body = EXCLUDED.body,
+                 driver = EXCLUDED.driver, rev = EXCLUDED.rev",
             &[
                 &r.id,
                 &r.tenant_id,
@@ -337,16 +341,46 @@ impl FleetStore for PgFleet {
                 &r.created_ms,
                 &r.updated_ms,
                 &r.body,
+                &r.driver,
+                &r.rev,
             ],
         )
         .await?;
         Ok(())
     }
 
+    async fn update_rollout(&self, r: &RolloutRow) -> Result<bool, StorageError> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "UPDATE rollouts SET state = $3, updated_ms = $4, body = $5, driver = $6,
+                     rev = rev + 1
+                 WHERE id = $1 AND rev = $2",
+                &[&r.id, &r.rev, &r.state, &r.updated_ms, &r.body, &r.driver],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn open_rollouts(&self) -> Result<Vec<(String, String, i64)>, StorageError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT tenant_id, id, rev FROM rollouts WHERE driver IS NOT NULL
+                 ORDER BY created_ms",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     async fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError> {
         let c = self.pool.get().await?;
         Ok(c.query_opt(
-            "SELECT id, tenant_id, state, created_ms, updated_ms, body FROM rollouts
+            "SELECT id, tenant_id, state, created_ms, updated_ms, body, driver, rev FROM rollouts
              WHERE tenant_id = $1 AND id = $2",
             &[&tenant, &id],
         )
@@ -358,8 +392,8 @@ impl FleetStore for PgFleet {
         let c = self.pool.get().await?;
         let rows = c
             .query(
-                "SELECT id, tenant_id, state, created_ms, updated_ms, body FROM rollouts
-                 WHERE tenant_id = $1 ORDER BY created_ms DESC LIMIT $2",
+                "SELECT id, tenant_id, state, created_ms, updated_ms, body, driver, rev
+                 FROM rollouts WHERE tenant_id = $1 ORDER BY created_ms DESC LIMIT $2",
                 &[&tenant, &limit(n)],
             )
             .await?;

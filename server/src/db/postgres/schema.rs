@@ -583,4 +583,12 @@ CREATE TABLE runner_versions (
 );
 CREATE INDEX runner_versions_tenant ON runner_versions (tenant_id);
 "#,
+    // 12: a rollout's driver state while it has work left, and the
+    // revision its writers compare and set (`fleet/rollout.rs`: the
+    // replica holding the once-only lease drives it from here).
+    r#"
+ALTER TABLE rollouts ADD COLUMN driver TEXT;
+ALTER TABLE rollouts ADD COLUMN rev BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX rollouts_open ON rollouts (created_ms) WHERE driver IS NOT NULL;
+"#,
 ];

@@ -36,6 +36,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "runner versions",
         step: Step::Sql(STEP_5),
     },
+    Migration {
+        name: "rollouts' driver state",
+        step: Step::Sql(STEP_6),
+    },
 ];
 
 const STEP_1: &str = "CREATE TABLE labels (
@@ -70,6 +74,11 @@ const STEP_5: &str = "CREATE TABLE runner_versions (
          tenant_id TEXT NOT NULL, runner_id TEXT PRIMARY KEY, version TEXT NOT NULL,
          set_ms INTEGER NOT NULL);
      CREATE INDEX runner_versions_tenant ON runner_versions (tenant_id);";
+/// A rollout's driver state while it has work left, and the revision its
+/// writers compare and set (`fleet/rollout.rs`); the open ones indexed.
+const STEP_6: &str = "ALTER TABLE rollouts ADD COLUMN driver TEXT;
+     ALTER TABLE rollouts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX rollouts_open ON rollouts (created_ms) WHERE driver IS NOT NULL;";
 
 pub struct SqliteFleet {
     conn: Mutex<Connection>,
@@ -349,25 +358,46 @@ impl SqliteFleet {
 
     pub fn save_rollout(&self, r: &RolloutRow) -> Result<(), StorageError> {
         self.lock().execute(
-            "INSERT OR REPLACE INTO rollouts (id, tenant_id, state, created_ms, updated_ms, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO rollouts
+                 (id, tenant_id, state, created_ms, updated_ms, body, driver, rev)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 r.id,
                 r.tenant_id,
                 r.state,
                 r.created_ms,
                 r.updated_ms,
-                r.body
+                r.body,
+                r.driver,
+                r.rev
             ],
         )?;
         Ok(())
+    }
+
+    pub fn update_rollout(&self, r: &RolloutRow) -> Result<bool, StorageError> {
+        let n = self.lock().execute(
+            "UPDATE rollouts SET state = ?3, updated_ms = ?4, body = ?5, driver = ?6, rev = rev + 1
+             WHERE id = ?1 AND rev = ?2",
+            params![r.id, r.rev, r.state, r.updated_ms, r.body, r.driver],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn open_rollouts(&self) -> Result<Vec<(String, String, i64)>, StorageError> {
+        let c = self.lock();
+        let mut st = c.prepare_cached(
+            "SELECT tenant_id, id, rev FROM rollouts WHERE driver IS NOT NULL ORDER BY created_ms",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError> {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, tenant_id, state, created_ms, updated_ms, body FROM rollouts
+                "SELECT id, tenant_id, state, created_ms, updated_ms, body, driver, rev FROM rollouts
                  WHERE tenant_id = ?1 AND id = ?2",
                 params![tenant, id],
                 rollout_row,
@@ -378,7 +408,7 @@ impl SqliteFleet {
     pub fn rollouts(&self, tenant: &str, limit: usize) -> Result<Vec<RolloutRow>, StorageError> {
         let c = self.lock();
         let mut st = c.prepare_cached(
-            "SELECT id, tenant_id, state, created_ms, updated_ms, body FROM rollouts
+            "SELECT id, tenant_id, state, created_ms, updated_ms, body, driver, rev FROM rollouts
              WHERE tenant_id = ?1 ORDER BY created_ms DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![tenant, limit as i64], rollout_row)?;
@@ -558,6 +588,8 @@ fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
         created_ms: r.get(3)?,
         updated_ms: r.get(4)?,
         body: r.get(5)?,
+        driver: r.get(6)?,
+        rev: r.get(7)?,
     })
 }
 

@@ -928,6 +928,13 @@ impl FleetStore for Blocking<SqliteFleet> {
         own!(r);
         self.run(move |s| s.save_rollout(&r)).await
     }
+    async fn update_rollout(&self, r: &RolloutRow) -> Result<bool, StorageError> {
+        own!(r);
+        self.run(move |s| s.update_rollout(&r)).await
+    }
+    async fn open_rollouts(&self) -> Result<Vec<(String, String, i64)>, StorageError> {
+        self.run(move |s| s.open_rollouts()).await
+    }
     async fn rollout(&self, tenant: &str, id: &str) -> Result<Option<RolloutRow>, StorageError> {
         own!(tenant, id);
         self.run(move |s| s.rollout(&tenant, &id)).await
