@@ -619,10 +619,12 @@ impl Engine {
         if self.health_on == Some(epoch) {
             return;
         }
+        // On before the take-over: its resolutions are recorded (`record`
+        // checks that health alerts are evaluated here).
+        self.health_on = Some(epoch);
         if self.replica {
             self.take_health().await;
         }
-        self.health_on = Some(epoch);
     }
 
     fn drop_health(&mut self) {

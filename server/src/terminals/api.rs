@@ -9,6 +9,9 @@
 //!  GET    /terminals[?runner=]               the audit trail, newest first
 //! ```
 //!
+//! The trail's `open` is the same on every replica: each row names the
+//! replica holding its session (see `audit`).
+//!
 //! The client's WebSocket: binary messages are raw terminal bytes both ways
 //! (keystrokes in, output out); text messages are JSON: from the client
 //! `{"type":"resize","cols","rows"}` and `{"type":"close"}`; from the server
@@ -607,7 +610,8 @@ pub async fn audit(
             // (`db/postgres/cluster.rs`). Recorded rather than asked of the
             // holder: one query answers for every replica, and a dead
             // holder cannot be asked.
-            let here = r.replica_id.is_none() || r.replica_id.as_deref() == state.replica_id.as_deref();
+            let here =
+                r.replica_id.is_none() || r.replica_id.as_deref() == state.replica_id.as_deref();
             let open = match here {
                 true => state.terminals.get(tenant, &r.id).is_some(),
                 false => r.closed_ms.is_none(),

@@ -1214,6 +1214,18 @@ fn states_of(got: &std::sync::Mutex<Vec<Value>>) -> Vec<String> {
 /// resolved the alert the old holder had fired.
 #[tokio::test]
 async fn a_firing_health_alert_is_resolved_once_by_the_next_lease_holder() {
+    health_alert_across_the_lease(false).await;
+}
+
+/// The same, the runner back while no replica holds the lease (the old
+/// holder killed, the lease not yet expired): the new holder finds it
+/// active when it takes the states over, and resolves the alert then.
+#[tokio::test]
+async fn a_runner_back_between_two_lease_holders_is_resolved_once() {
+    health_alert_across_the_lease(true).await;
+}
+
+async fn health_alert_across_the_lease(back_before_takeover: bool) {
     let mut p = pair("alert-lease", &["--alert-private-targets"]).await;
     let got = p.alert_rule(serde_json::json!({"name": "down", "kind": "unreachable", "for_s": 1}));
     let holder = p.lease_holder().to_owned();
@@ -1234,15 +1246,27 @@ async fn a_firing_health_alert_is_resolved_once_by_the_next_lease_holder() {
     let dead = p.proc_of(&holder);
     dead.0.kill().unwrap();
     dead.0.wait().unwrap();
-    let took = p.wait(Duration::from_secs(40), "the survivor to take the lease", || {
-        log_of(&survivor).contains(HOLDS)
-    });
+    let mut back = None;
+    if back_before_takeover {
+        back = Some(runner(&p.state, &["run", "--server", &survivor_api]));
+        p.wait(Duration::from_secs(30), "active again", || {
+            p.show(&survivor_api)["health"] == "active"
+        });
+        if log_of(&survivor).contains(HOLDS) {
+            eprintln!("the lease was taken over before the runner was back: the usual path");
+        }
+    }
+    let took = p.wait(
+        Duration::from_secs(40),
+        "the survivor to take the lease",
+        || log_of(&survivor).contains(HOLDS),
+    );
     eprintln!("lease taken over {took:?} after the kill");
     p.wait(Duration::from_secs(10), "the states taken over", || {
         log_of(&survivor).contains("health alerts evaluated here; 1 state(s) taken over")
     });
     // Back, on the survivor: resolved, once.
-    let _run = runner(&p.state, &["run", "--server", &survivor_api]);
+    let _run = back.unwrap_or_else(|| runner(&p.state, &["run", "--server", &survivor_api]));
     p.wait(Duration::from_secs(30), "a resolved notification", || {
         states_of(&got).len() >= 2
     });
@@ -1355,8 +1379,17 @@ async fn the_terminal_list_is_the_same_on_every_replica() {
     };
     let tid = open_terminal(&p);
     assert_eq!(open_on(&p, &p.api_a, &tid), true);
-    assert_eq!(open_on(&p, &p.api_b, &tid), true, "A's live session, listed on B");
-    let (status, v) = p.call(&p.api_b, "DELETE", &format!("/api/v1/terminals/{tid}"), None);
+    assert_eq!(
+        open_on(&p, &p.api_b, &tid),
+        true,
+        "A's live session, listed on B"
+    );
+    let (status, v) = p.call(
+        &p.api_b,
+        "DELETE",
+        &format!("/api/v1/terminals/{tid}"),
+        None,
+    );
     assert_eq!(status, 200, "{v}");
     p.wait(Duration::from_secs(15), "closed on both", || {
         open_on(&p, &p.api_a, &tid) == false && open_on(&p, &p.api_b, &tid) == false
