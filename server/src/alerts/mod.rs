@@ -29,6 +29,29 @@
 //! rule reads: no names are copied and no text is made. Runner names and
 //! groups are read from `db/` and cached for [`RUNNER_TTL`].
 //!
+//! On a replica of several (issue 18), each state has one owner, and an
+//! owner reads the states from the store when it becomes one (another
+//! replica may have changed them since this one last knew):
+//!
+//! ```text
+//!  health alerts (unreachable)    the once-only lease holder (`app/serve.rs`)
+//!    lease taken  ─▶ read them all from the store, resolve the ones whose
+//!                    runner is active now, then hear health changes
+//!    lease lost   ─▶ forget them (no transition), hear nothing
+//!  every other kind               the replica the runner is linked to
+//!    first observation of a new link here ─▶ read the runner's states
+//!    link closed, replaced or fenced      ─▶ forget them (no transition);
+//!                                            a late observation of it is dropped
+//!  a transition is stored and notified only if the owner still owns it
+//! ```
+//!
+//! So a firing alert is resolved once, by whichever replica sees it end,
+//! and not fired again by one that did not know. What is not stored moves
+//! not: a *pending* condition (held for `for_s`) starts again on the new
+//! owner, restart counts start again, and a one-shot alert's quiet time is
+//! counted from when it fired. A runner linked nowhere keeps its report
+//! alerts as they are until it links again.
+//!
 //! No other feature is imported but through the broadcasts above
 //! (`runners::health`, `containers`); a job's label is read from `db.jobs`
 //! by the engine, not by the hook.
@@ -43,13 +66,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use self::notify::{Notification, Notifier};
 use self::rules::{
     Evaluator, Kind, MetricPlan, Observation, Rule, RunnerInfo, Silence, State, Transition,
 };
 use crate::common::clock;
+use crate::common::observe::LinksHere;
 use crate::common::secrets::SecretBox;
 use crate::containers::ContainerEventRecord;
 use crate::db::alerts::{AlertRow, AlertStore};
@@ -137,6 +161,13 @@ pub struct Alerts {
     /// On a replica of several: the other replicas' engines, told when
     /// rules or silences change here (`app/cluster.rs`).
     remote: OnceLock<Arc<dyn crate::common::bus::Remote>>,
+    /// On a replica of several: the runners linked here, whose
+    /// report-based alerts this engine owns ([`Alerts::set_links`]).
+    links: OnceLock<Arc<dyn LinksHere>>,
+    /// Whether this engine evaluates health alerts, and how many times it
+    /// was turned on: each time, it first takes the states over from the
+    /// store ([`Alerts::evaluate_health`]).
+    health_here: watch::Sender<(bool, u64)>,
 }
 
 /// The tenant event that tells other replicas' engines to re-read a
@@ -188,6 +219,8 @@ impl Alerts {
             metric_tenants: Mutex::default(),
             log_tenants: Mutex::default(),
             remote: OnceLock::new(),
+            links: OnceLock::new(),
+            health_here: watch::Sender::new((true, 0)),
         });
         let engine = Engine {
             store,
@@ -203,11 +236,15 @@ impl Alerts {
             silences: Vec::new(),
             silences_read: None,
             alerts: Arc::downgrade(&alerts),
+            replica: false,
+            health_on: Some(0),
+            owned: HashMap::new(),
         };
         let (health, containers) = (health.subscribe_alerts(), containers.subscribe());
+        let switch = alerts.health_here.subscribe();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(engine.run(rx, health, containers));
+                rt.spawn(engine.run(rx, health, containers, switch));
             }
             Err(_) => tracing::warn!("alerts: no runtime, the engine is not running"),
         }
@@ -406,6 +443,30 @@ impl Alerts {
         let _ = self.remote.set(remote);
     }
 
+    /// A replica of several, from now on (before any runner links): the
+    /// alerts on what a runner reports are this engine's while the runner
+    /// is linked here (`links`), and health alerts only once
+    /// [`Alerts::evaluate_health`] turns them on (the once-only lease).
+    pub fn set_links(&self, links: Arc<dyn LinksHere>) {
+        if self.links.set(links).is_ok() {
+            self.health_here.send_modify(|(on, _)| *on = false);
+        }
+    }
+
+    /// Health alerts are evaluated by this engine from now on, or no
+    /// longer (a replica: while it holds the once-only lease). Turned on
+    /// on a replica, the engine first reads the health alerts' states
+    /// from the store: the previous holder may have fired or resolved
+    /// some since this one last knew.
+    pub fn evaluate_health(&self, on: bool) {
+        self.health_here.send_modify(|(was, epoch)| {
+            if on && !*was {
+                *epoch += 1;
+            }
+            *was = on;
+        });
+    }
+
     fn tell_remote(&self, tenant: &str, kind: &str) {
         if let Some(r) = self.remote.get() {
             r.send(&crate::common::bus::TenantEvent {
@@ -475,6 +536,30 @@ struct Engine {
     silences: Vec<Silence>,
     silences_read: Option<Instant>,
     alerts: std::sync::Weak<Alerts>,
+    /// A replica of several (noticed once `Alerts::set_links` was called):
+    /// alert states are owned as the module doc says.
+    replica: bool,
+    /// Health alerts evaluated here: the epoch of the switch taken.
+    health_on: Option<u64>,
+    /// A replica: the runners whose report-based alerts this engine owns,
+    /// with their tenant and the generation of their link here.
+    owned: HashMap<String, (String, u64)>,
+}
+
+/// Whether `rule_id` is a health rule of `rules` (evaluated on the lease
+/// holder; every other kind where the runner is linked).
+fn is_health(rules: &[Rule], rule_id: &str) -> bool {
+    rules
+        .iter()
+        .any(|r| r.id == rule_id && matches!(r.spec.kind, Kind::Unreachable { .. }))
+}
+
+fn health_ids(rules: &[Rule]) -> HashSet<String> {
+    rules
+        .iter()
+        .filter(|r| matches!(r.spec.kind, Kind::Unreachable { .. }))
+        .map(|r| r.id.clone())
+        .collect()
 }
 
 impl Engine {
@@ -500,6 +585,195 @@ impl Engine {
         let tenants: Vec<String> = self.tenants.keys().cloned().collect();
         for t in tenants {
             self.note_kinds(&t);
+        }
+    }
+
+    fn links(&self) -> Option<Arc<dyn LinksHere>> {
+        self.alerts.upgrade().and_then(|a| a.links.get().cloned())
+    }
+
+    /// Become a replica's engine once `Alerts::set_links` was called:
+    /// every state loaded at start is forgotten (each is taken over from
+    /// the store by its owner: `own`, `take_health`).
+    fn sync_mode(&mut self) {
+        if self.replica || self.links().is_none() {
+            return;
+        }
+        self.replica = true;
+        self.health_on = None;
+        self.owned.clear();
+        for t in self.tenants.values_mut() {
+            t.eval.retain(|_, _| false);
+        }
+    }
+
+    /// The once-only lease came or went (`Alerts::evaluate_health`).
+    async fn on_health_switch(&mut self, (on, epoch): (bool, u64)) {
+        self.sync_mode();
+        if !on {
+            if self.health_on.take().is_some() && self.replica {
+                self.drop_health();
+            }
+            return;
+        }
+        if self.health_on == Some(epoch) {
+            return;
+        }
+        // On before the take-over: its resolutions are recorded (`record`
+        // checks that health alerts are evaluated here).
+        self.health_on = Some(epoch);
+        if self.replica {
+            self.take_health().await;
+        }
+    }
+
+    fn drop_health(&mut self) {
+        for t in self.tenants.values_mut() {
+            let ids = health_ids(&t.rules);
+            if !ids.is_empty() {
+                t.eval.retain(|r, _| !ids.contains(r));
+            }
+        }
+    }
+
+    /// Health alerts evaluated here from now on: their states as the
+    /// store has them (the previous holder's transitions included), then
+    /// each loaded one checked against the runner's health now (a runner
+    /// back while no replica held the lease resolves).
+    async fn take_health(&mut self) {
+        self.drop_health();
+        let rows = match self.store.all_alerts().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("alerts: reading alert states: {e}");
+                Vec::new()
+            }
+        };
+        let mut check = Vec::new();
+        for a in rows {
+            let Some(t) = self.tenants.get_mut(&a.tenant) else {
+                continue;
+            };
+            if !is_health(&t.rules, &a.rule_id) {
+                continue;
+            }
+            t.eval
+                .restore(&a.rule_id, &a.target, a.state, a.since_ms, &a.summary);
+            check.push((a.tenant, a.runner_id));
+        }
+        tracing::info!(
+            "alerts: health alerts evaluated here; {} state(s) taken over",
+            check.len()
+        );
+        check.sort();
+        check.dedup();
+        for (tenant, runner) in check {
+            if let Ok(Some(r)) = self.db.control.runner(&tenant, &runner).await {
+                if r.health == Health::Active {
+                    let obs = Observation::Health {
+                        up: true,
+                        reason: "connected".into(),
+                    };
+                    self.on_observe(&tenant, &runner, &obs).await;
+                }
+            }
+        }
+    }
+
+    /// Whether this engine owns `runner`'s report-based alerts now: on
+    /// one server always; on a replica while the runner is linked here.
+    /// A link here that is new (a first observation of this generation)
+    /// takes the runner's states over from the store first: the replica
+    /// it was linked to before may have fired or resolved some.
+    async fn own(&mut self, tenant: &str, runner: &str) -> bool {
+        if !self.replica {
+            return true;
+        }
+        let Some(links) = self.links() else {
+            return true;
+        };
+        let gen = links.generation(runner);
+        match (gen, self.owned.get(runner)) {
+            (Some(g), Some((_, owned))) if g == *owned => return true,
+            _ => self.disown(runner),
+        }
+        let Some(gen) = gen else {
+            // A late observation of a link closed or fenced here.
+            return false;
+        };
+        let rows = match self.store.runner_alerts(runner).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(runner, "alerts: reading the runner's alert states: {e}");
+                return false;
+            }
+        };
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            for a in rows {
+                if a.tenant != tenant || is_health(&t.rules, &a.rule_id) {
+                    continue;
+                }
+                t.eval
+                    .restore(&a.rule_id, &a.target, a.state, a.since_ms, &a.summary);
+            }
+        }
+        self.owned
+            .insert(runner.to_owned(), (tenant.to_owned(), gen));
+        true
+    }
+
+    /// Forget `runner`'s report-based states (no transition): it is linked
+    /// elsewhere or nowhere, and its next owner reads them from the store.
+    fn disown(&mut self, runner: &str) {
+        let Some((tenant, _)) = self.owned.remove(runner) else {
+            return;
+        };
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            if t.eval.has_targets(runner) {
+                let ids = health_ids(&t.rules);
+                t.eval
+                    .retain(|r, target| ids.contains(r) || rules::runner_of(target) != runner);
+            }
+        }
+    }
+
+    /// A replica: the runners whose link here ended (closed, replaced,
+    /// fenced) are disowned before time passes for their alerts.
+    fn release_gone(&mut self) {
+        let Some(links) = self.links().filter(|_| self.replica) else {
+            return;
+        };
+        let gone: Vec<String> = self
+            .owned
+            .iter()
+            .filter(|(r, (_, g))| links.generation(r) != Some(*g))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in gone {
+            self.disown(&r);
+        }
+    }
+
+    /// Whether a transition may still be recorded here (a replica: a
+    /// health alert while health is evaluated here; any other while the
+    /// runner's link it was owned through is still held here).
+    fn still_owns(&self, tenant: &str, t: &Transition) -> bool {
+        if !self.replica {
+            return true;
+        }
+        let health = self
+            .tenants
+            .get(tenant)
+            .is_some_and(|x| is_health(&x.rules, &t.rule_id));
+        if health {
+            return self.health_on.is_some();
+        }
+        let Some(links) = self.links() else {
+            return true;
+        };
+        match self.owned.get(&t.runner.id) {
+            Some((_, g)) => links.generation(&t.runner.id) == Some(*g),
+            None => false,
         }
     }
 
@@ -572,6 +846,7 @@ impl Engine {
         mut rx: mpsc::Receiver<Input>,
         mut health: broadcast::Receiver<Arc<HealthRecord>>,
         mut containers: broadcast::Receiver<Arc<ContainerEventRecord>>,
+        mut switch: watch::Receiver<(bool, u64)>,
     ) {
         self.load().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -584,8 +859,12 @@ impl Engine {
                 },
                 h = health.recv() => match h {
                     Ok(h) => {
-                        let obs = Observation::Health { up: h.health == Health::Active, reason: h.reason.clone() };
-                        self.on_observe(&h.tenant_id, &h.runner_id, &obs).await;
+                        self.sync_mode();
+                        // Health alerts are the lease holder's (on a replica).
+                        if self.health_on.is_some() {
+                            let obs = Observation::Health { up: h.health == Health::Active, reason: h.reason.clone() };
+                            self.on_observe(&h.tenant_id, &h.runner_id, &obs).await;
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("alerts: {n} health changes missed (lagging)"),
                     Err(broadcast::error::RecvError::Closed) => health = broadcast::channel(1).1,
@@ -596,11 +875,19 @@ impl Engine {
                     Err(broadcast::error::RecvError::Closed) => containers = broadcast::channel(1).1,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                changed = switch.changed() => match changed {
+                    Ok(()) => {
+                        let now = *switch.borrow_and_update();
+                        self.on_health_switch(now).await;
+                    }
+                    Err(_) => return,
+                },
             }
         }
     }
 
     async fn on_input(&mut self, input: Input) {
+        self.sync_mode();
         match input {
             Input::Observe {
                 tenant,
@@ -625,7 +912,7 @@ impl Engine {
                 };
                 // No metric rule reads a series this runner sends: done.
                 let plan = self.plan(&tenant, &runner, &schema);
-                if plan.is_empty() {
+                if plan.is_empty() || !self.own(&tenant, &runner).await {
                     return;
                 }
                 if crate::db::metrics::decode_values(&values, &mut self.ints).is_err() {
@@ -694,6 +981,7 @@ impl Engine {
     }
 
     async fn on_container(&mut self, c: &ContainerEventRecord) {
+        self.sync_mode();
         let e = &c.event;
         let name = e
             .container
@@ -770,6 +1058,11 @@ impl Engine {
         if self.tenants.get(tenant).is_none_or(|t| t.rules.is_empty()) {
             return;
         }
+        // Health is the lease holder's (checked by the caller); the rest
+        // is the engine's where the runner is linked.
+        if !matches!(obs, Observation::Health { .. }) && !self.own(tenant, runner).await {
+            return;
+        }
         let info = self.runner(tenant, runner).await;
         let now = clock::now_ms();
         let Some(t) = self.tenants.get_mut(tenant) else {
@@ -780,6 +1073,8 @@ impl Engine {
     }
 
     async fn on_tick(&mut self) {
+        self.sync_mode();
+        self.release_gone();
         let now = clock::now_ms();
         let tenants: Vec<String> = self
             .tenants
@@ -824,6 +1119,10 @@ impl Engine {
     /// Store each transition, then notify the rule's channels unless silenced.
     async fn record(&mut self, tenant: &str, out: Vec<Transition>) {
         for t in out {
+            if !self.still_owns(tenant, &t) {
+                tracing::info!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, "alert state owned elsewhere now: not recorded here");
+                continue;
+            }
             let silenced = self.silenced(tenant, &t, t.at).await;
             let row = AlertRow {
                 rule_id: t.rule_id.clone(),

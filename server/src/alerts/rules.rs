@@ -350,7 +350,7 @@ fn key(runner: &str, subject: &str) -> String {
 }
 
 /// The runner id of a target key (`runner_id/subject`; ids have no `/`).
-fn runner_of(target: &str) -> &str {
+pub fn runner_of(target: &str) -> &str {
     target.split_once('/').map_or(target, |(r, _)| r)
 }
 
@@ -495,7 +495,7 @@ impl Evaluator {
     }
 
     /// Whether `runner` has any target (pending or firing) of any rule.
-    fn has_targets(&self, runner: &str) -> bool {
+    pub fn has_targets(&self, runner: &str) -> bool {
         self.per_runner.contains_key(runner)
     }
 
@@ -506,7 +506,14 @@ impl Evaluator {
 
     /// Forget a deleted rule's targets.
     pub fn drop_rule(&mut self, rule_id: &str) {
-        self.targets.retain(|(r, _), _| r != rule_id);
+        self.retain(|r, _| r != rule_id);
+    }
+
+    /// Keep only the targets `keep(rule_id, target key)` says yes to; the
+    /// others are forgotten without a transition (another replica owns
+    /// them now, `alerts/mod.rs`).
+    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.targets.retain(|(r, t), _| keep(r, t));
         self.per_runner.clear();
         for (_, target) in self.targets.keys() {
             *self

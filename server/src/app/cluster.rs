@@ -18,6 +18,7 @@ use crate::alerts::Alerts;
 use crate::cluster::config::ClusterConfig;
 use crate::cluster::replica::{HealthSink, LinkHolder, Replica};
 use crate::common::bus::{Bus, Remote, TenantEvent, POLICY, UPDATE_POLICY};
+use crate::common::observe::LinksHere;
 use crate::db::cluster::ClusterStore;
 use crate::db::HealthRecord;
 use crate::db::StorageError;
@@ -64,6 +65,16 @@ impl LinkHolder for Holder {
                 self.0.nudge_local(&runner_id, family);
             }
         }
+    }
+}
+
+/// The runners linked here, for the alert engine (it owns their
+/// report-based alerts: `alerts/mod.rs`).
+struct Linked(Arc<Registry>);
+
+impl LinksHere for Linked {
+    fn generation(&self, runner: &str) -> Option<u64> {
+        self.0.held_generation(runner)
     }
 }
 
@@ -163,8 +174,12 @@ pub async fn join(
     });
     state.bus.set_remote(events.clone());
     state.alerts.set_remote(events);
-    // Health alerts are evaluated where the once-only lease is
-    // (`app/serve.rs` turns this on while it is held here).
+    // Alerts on what a runner reports are evaluated where it is linked;
+    // health alerts where the once-only lease is (`app/serve.rs` turns
+    // them on while it is held here).
+    state
+        .alerts
+        .set_links(Arc::new(Linked(state.registry.clone())));
     state.health.evaluate_alerts_here(false);
     let tasks = replica
         .spawn(

@@ -127,6 +127,7 @@ impl FromRef<AppState> for TerminalsCtx {
             registry: s.registry.clone(),
             public_url: s.releases.public_url.as_deref().map(Arc::from),
             terminals: s.terminals.clone(),
+            replica_id: s.health.replica_id().map(Arc::from),
             tickets: s.tickets.clone(),
             quotas: s.quotas,
             tuning: s.tuning,

@@ -390,7 +390,10 @@ async fn serve(
                     state.quotas,
                 )),
                 tokio::spawn(crate::audit::retain(state.audit.clone(), audit_retention)),
-                tokio::spawn(evaluate_health_alerts(state.health.clone())),
+                tokio::spawn(evaluate_health_alerts(
+                    state.health.clone(),
+                    state.alerts.clone(),
+                )),
             ];
             tasks.extend(crate::fleet::spawn_once_only(&FromRef::from_ref(&state)));
             tasks
@@ -499,18 +502,28 @@ async fn flush_last_seen(state: AppState) {
     }
 }
 
-/// This process's alert engine hears health changes while this runs (on
-/// a replica: while it holds the once-only lease; the task is aborted when
-/// the lease is lost, and the guard turns it off).
-async fn evaluate_health_alerts(health: Arc<crate::runners::health::HealthLog>) {
-    struct Off(Arc<crate::runners::health::HealthLog>);
+/// This process's alert engine evaluates health alerts while this runs
+/// (on a replica: while it holds the once-only lease; the task is aborted
+/// when the lease is lost, and the guard turns it off). Turned on, the
+/// engine first takes the health alerts' states over from the store
+/// (`alerts/mod.rs`): the previous holder may have changed them.
+async fn evaluate_health_alerts(
+    health: Arc<crate::runners::health::HealthLog>,
+    alerts: Arc<crate::alerts::Alerts>,
+) {
+    struct Off(
+        Arc<crate::runners::health::HealthLog>,
+        Arc<crate::alerts::Alerts>,
+    );
     impl Drop for Off {
         fn drop(&mut self) {
             self.0.evaluate_alerts_here(false);
+            self.1.evaluate_health(false);
         }
     }
+    alerts.evaluate_health(true);
     health.evaluate_alerts_here(true);
-    let _off = Off(health);
+    let _off = Off(health, alerts);
     std::future::pending::<()>().await;
 }
 

@@ -18,3 +18,10 @@ pub trait Observer: Send + Sync {
     /// An `update_status` report.
     fn update_report(&self, tenant: &str, runner: &str, r: &tether::protocol::UpdateStatus);
 }
+
+/// Which runners are linked to this process (a replica of several): the
+/// alert engine owns the report-based alerts of those, and only those.
+pub trait LinksHere: Send + Sync {
+    /// The generation of `runner`'s link held here, if it is held here.
+    fn generation(&self, runner: &str) -> Option<u64>;
+}

@@ -285,6 +285,9 @@ pub trait AlertStore: Send + Sync {
     async fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError>;
     async fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError>;
     async fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError>;
+    /// One runner's pending and firing alerts (the replica it links to
+    /// takes them over, `alerts/mod.rs`).
+    async fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError>;
     async fn ack(
         &self,
         tenant: &str,

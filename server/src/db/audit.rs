@@ -50,4 +50,8 @@ pub struct TerminalAuditRow {
     pub reason: Option<String>,
     pub bytes_in: i64,
     pub bytes_out: i64,
+    /// The replica holding the session (a replica of several; none on one
+    /// server): its own memory says whether it is still open.
+    #[serde(skip)]
+    pub replica_id: Option<String>,
 }

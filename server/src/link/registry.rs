@@ -261,6 +261,11 @@ impl Registry {
         self.lock().runners.contains_key(runner_id)
     }
 
+    /// The generation of the runner's link held by this process, if any.
+    pub fn held_generation(&self, runner_id: &str) -> Option<u64> {
+        self.lock().runners.get(runner_id).map(|e| e.generation)
+    }
+
     /// How many links this process holds.
     pub fn held_count(&self) -> usize {
         self.lock().runners.len()

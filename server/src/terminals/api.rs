@@ -9,6 +9,9 @@
 //!  GET    /terminals[?runner=]               the audit trail, newest first
 //! ```
 //!
+//! The trail's `open` is the same on every replica: each row names the
+//! replica holding its session (see `audit`).
+//!
 //! The client's WebSocket: binary messages are raw terminal bytes both ways
 //! (keystrokes in, output out); text messages are JSON: from the client
 //! `{"type":"resize","cols","rows"}` and `{"type":"close"}`; from the server
@@ -416,6 +419,7 @@ async fn open(
         reason: None,
         bytes_in: 0,
         bytes_out: 0,
+        replica_id: state.replica_id.as_deref().map(str::to_owned),
     };
     if let Err(e) = state.db.audit.terminal_opened(tenant, &audit).await {
         tracing::error!(session = %session.id, "recording a terminal in the audit trail: {e}");
@@ -600,7 +604,18 @@ pub async fn audit(
     let list: Vec<Value> = rows
         .into_iter()
         .map(|r| {
-            let open = state.terminals.get(tenant, &r.id).is_some();
+            // A session held here: this memory says. One held by another
+            // replica: its row, closed when it ends there, or when that
+            // replica stops, starts again or is reaped as dead
+            // (`db/postgres/cluster.rs`). Recorded rather than asked of the
+            // holder: one query answers for every replica, and a dead
+            // holder cannot be asked.
+            let here =
+                r.replica_id.is_none() || r.replica_id.as_deref() == state.replica_id.as_deref();
+            let open = match here {
+                true => state.terminals.get(tenant, &r.id).is_some(),
+                false => r.closed_ms.is_none(),
+            };
             let secs = r
                 .closed_ms
                 .unwrap_or_else(clock::now_ms)

@@ -46,6 +46,9 @@ pub struct TerminalsCtx {
     pub public_url: Option<Arc<str>>,
     /// Interactive terminal sessions (they outlive runner connections).
     pub terminals: Arc<Terminals>,
+    /// This replica's id, on a replica of several: recorded with each
+    /// session it holds, so every replica lists the session as open.
+    pub replica_id: Option<Arc<str>>,
     pub tickets: Arc<Tickets>,
     pub quotas: Quotas,
     pub tuning: Tuning,

@@ -979,6 +979,7 @@ impl Pair {
         let body = body.unwrap_or(Value::Null).to_string();
         let mut res = match method {
             "GET" => agent.get(&uri).header("authorization", &auth).call(),
+            "DELETE" => agent.delete(&uri).header("authorization", &auth).call(),
             "PUT" => agent
                 .put(&uri)
                 .header("authorization", &auth)
@@ -1157,6 +1158,264 @@ async fn a_health_alert_is_notified_once_on_two_replicas() {
         assert_eq!(status, 200, "{firing}");
         assert!(firing.to_string().contains(&p.id), "{firing}");
     }
+}
+
+impl Pair {
+    /// A webhook channel and one rule notifying it, made on B: the
+    /// receiver's bodies' states, and the bodies.
+    fn alert_rule(&self, rule: Value) -> Arc<std::sync::Mutex<Vec<Value>>> {
+        let (hook, got) = webhook();
+        let (status, ch) = self.call(
+            &self.api_b,
+            "POST",
+            "/api/v1/alerts/channels",
+            Some(serde_json::json!({"name": "hook", "config": {"kind": "webhook", "url": hook, "secret": "s3cret-s3cret"}})),
+        );
+        assert_eq!(status, 201, "{ch}");
+        let mut rule = rule;
+        rule["channels"] = serde_json::json!([ch["id"]]);
+        let (status, made) = self.call(&self.api_b, "POST", "/api/v1/alerts/rules", Some(rule));
+        assert_eq!(status, 201, "{made}");
+        // The rule reaches A's engine by NOTIFY.
+        std::thread::sleep(Duration::from_secs(1));
+        got
+    }
+
+    /// The data dir, API and process of the replica that is not `data`.
+    fn other(&mut self, data: &Path) -> (PathBuf, String, &mut Proc) {
+        if data == self.data_a {
+            (self.data_b.clone(), self.api_b.clone(), &mut self.proc_b)
+        } else {
+            (self.data_a.clone(), self.api_a.clone(), &mut self.proc_a)
+        }
+    }
+
+    fn proc_of(&mut self, data: &Path) -> &mut Proc {
+        if data == self.data_a {
+            &mut self.proc_a
+        } else {
+            &mut self.proc_b
+        }
+    }
+}
+
+fn states_of(got: &std::sync::Mutex<Vec<Value>>) -> Vec<String> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// The lease moves while a health alert fires: the new holder takes the
+/// alert's state over from the store, so the runner's return is notified
+/// `resolved` once (by the new holder), and nothing fires twice. Before,
+/// the new holder knew only the states of its own start-up: it never
+/// resolved the alert the old holder had fired.
+#[tokio::test]
+async fn a_firing_health_alert_is_resolved_once_by_the_next_lease_holder() {
+    health_alert_across_the_lease(false).await;
+}
+
+/// The same, the runner back while no replica holds the lease (the old
+/// holder killed, the lease not yet expired): the new holder finds it
+/// active when it takes the states over, and resolves the alert then.
+#[tokio::test]
+async fn a_runner_back_between_two_lease_holders_is_resolved_once() {
+    health_alert_across_the_lease(true).await;
+}
+
+async fn health_alert_across_the_lease(back_before_takeover: bool) {
+    let mut p = pair("alert-lease", &["--alert-private-targets"]).await;
+    let got = p.alert_rule(serde_json::json!({"name": "down", "kind": "unreachable", "for_s": 1}));
+    let holder = p.lease_holder().to_owned();
+    let (survivor, survivor_api, _) = p.other(&holder);
+    eprintln!("lease held by {}", holder.display());
+    // Linked to the survivor (the replica without the lease), then gone:
+    // the holder fires.
+    let mut run = runner(&p.state, &["run", "--server", &survivor_api]);
+    p.wait(Duration::from_secs(30), "active", || {
+        p.show(&survivor_api)["health"] == "active"
+    });
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    p.wait(Duration::from_secs(20), "a firing notification", || {
+        states_of(&got) == ["firing"]
+    });
+    // The holder killed: the survivor takes the lease (and the states).
+    let dead = p.proc_of(&holder);
+    dead.0.kill().unwrap();
+    dead.0.wait().unwrap();
+    let mut back = None;
+    if back_before_takeover {
+        back = Some(runner(&p.state, &["run", "--server", &survivor_api]));
+        p.wait(Duration::from_secs(30), "active again", || {
+            p.show(&survivor_api)["health"] == "active"
+        });
+        if log_of(&survivor).contains(HOLDS) {
+            eprintln!("the lease was taken over before the runner was back: the usual path");
+        }
+    }
+    let took = p.wait(
+        Duration::from_secs(40),
+        "the survivor to take the lease",
+        || log_of(&survivor).contains(HOLDS),
+    );
+    eprintln!("lease taken over {took:?} after the kill");
+    p.wait(Duration::from_secs(10), "the states taken over", || {
+        log_of(&survivor).contains("health alerts evaluated here; 1 state(s) taken over")
+    });
+    // Back, on the survivor: resolved, once.
+    let _run = back.unwrap_or_else(|| runner(&p.state, &["run", "--server", &survivor_api]));
+    p.wait(Duration::from_secs(30), "a resolved notification", || {
+        states_of(&got).len() >= 2
+    });
+    // Time for a duplicate to arrive, if there were one.
+    std::thread::sleep(Duration::from_secs(4));
+    let all = got.lock().unwrap().clone();
+    assert_eq!(states_of(&got), ["firing", "resolved"], "{all:#?}");
+    for v in &all {
+        assert_eq!(v["runner_id"], p.id.as_str(), "{v}");
+    }
+    let (status, firing) = p.call(&survivor_api, "GET", "/api/v1/alerts", None);
+    assert_eq!(status, 200, "{firing}");
+    assert!(!firing.to_string().contains(&p.id), "{firing}");
+}
+
+/// A job alert fires on A; the runner moves to B. B takes the runner's
+/// alert states over from the store when its first report arrives there:
+/// the same failure again notifies nothing, and the success resolves it
+/// once (from B; A, which lost the runner, changes nothing). Before, B
+/// did not know the firing state: it fired a second time and never
+/// resolved.
+#[tokio::test]
+async fn a_runners_alert_moves_with_it_to_another_replica() {
+    let p = pair("alert-move", &["--alert-private-targets"]).await;
+    let got = p.alert_rule(serde_json::json!({"name": "job", "kind": "job_failed"}));
+    let flag = p._tmp.0.join("broken");
+    std::fs::write(&flag, "x").unwrap();
+    let command = format!("test ! -e {}", flag.display());
+    let run_job = |api: &str, want: &str| {
+        let (status, made) = p.call(
+            api,
+            "POST",
+            "/api/v1/jobs",
+            Some(serde_json::json!({"runners": [p.id], "command": command})),
+        );
+        assert_eq!(status, 201, "{made}");
+        let job = made[0]["id"].as_str().unwrap().to_owned();
+        p.wait(Duration::from_secs(30), want, || {
+            p.call(api, "GET", &format!("/api/v1/jobs/{job}"), None).1["status"] == want
+        });
+    };
+    let mut run = runner(&p.state, &["run", "--server", &p.api_a]);
+    p.wait(Duration::from_secs(30), "active on A", || {
+        p.show(&p.api_b)["health"] == "active"
+    });
+    run_job(&p.api_a, "failed");
+    p.wait(Duration::from_secs(20), "a firing notification", || {
+        states_of(&got) == ["firing"]
+    });
+    // Moved: gone from A, linked to B.
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    let _run = runner(&p.state, &["run", "--server", &p.api_b]);
+    p.wait(Duration::from_secs(30), "active on B", || {
+        p.show(&p.api_a)["health"] == "active" && links(&p.api_b, &p.ca) == 1
+    });
+    // The same failure on B: the alert fires already.
+    run_job(&p.api_b, "failed");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(states_of(&got), ["firing"], "{:#?}", got.lock().unwrap());
+    // Fixed: resolved, once.
+    std::fs::remove_file(&flag).unwrap();
+    run_job(&p.api_b, "succeeded");
+    p.wait(Duration::from_secs(20), "a resolved notification", || {
+        states_of(&got).len() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let all = got.lock().unwrap().clone();
+    assert_eq!(states_of(&got), ["firing", "resolved"], "{all:#?}");
+    let resolved = |data: &Path| {
+        let log = log_of(data);
+        log.contains("state=resolved") || log.contains("state=\"resolved\"")
+    };
+    assert!(resolved(&p.data_b), "B resolved it:\n{}", log_of(&p.data_b));
+    assert!(!resolved(&p.data_a), "A did too:\n{}", log_of(&p.data_a));
+    let _ = (&p.proc_a, &p.proc_b);
+}
+
+/// `GET /api/v1/terminals` says `open` alike on every replica: a session
+/// held by A is open on B's list too, closed on both once it ends, and
+/// not open any more once A dies (the replica that reaps A closes its
+/// sessions' rows). Before, B said `open: false` for A's live session.
+#[tokio::test]
+async fn the_terminal_list_is_the_same_on_every_replica() {
+    let _ = std::fs::remove_file("/root/.pyenv/shims/.pyenv-shim");
+    let mut p = pair("term-list", &[]).await;
+    let _run = runner(&p.state, &["run", "--server", &p.api_a]);
+    p.wait(Duration::from_secs(30), "active on A", || {
+        p.show(&p.api_b)["health"] == "active"
+    });
+    let open_on = |p: &Pair, api: &str, tid: &str| -> Value {
+        let (status, list) = p.call(api, "GET", "/api/v1/terminals", None);
+        assert_eq!(status, 200, "{list}");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == tid)
+            .unwrap_or_else(|| panic!("{tid} not listed: {list}"))["open"]
+            .clone()
+    };
+    let open_terminal = |p: &Pair| -> String {
+        let (status, s) = p.call(
+            &p.api_a,
+            "POST",
+            &format!("/api/v1/runners/{}/terminals", p.id),
+            Some(serde_json::json!({})),
+        );
+        assert_eq!(status, 201, "{s}");
+        s["id"].as_str().unwrap().to_owned()
+    };
+    let tid = open_terminal(&p);
+    assert_eq!(open_on(&p, &p.api_a, &tid), true);
+    assert_eq!(
+        open_on(&p, &p.api_b, &tid),
+        true,
+        "A's live session, listed on B"
+    );
+    let (status, v) = p.call(
+        &p.api_b,
+        "DELETE",
+        &format!("/api/v1/terminals/{tid}"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    p.wait(Duration::from_secs(15), "closed on both", || {
+        open_on(&p, &p.api_a, &tid) == false && open_on(&p, &p.api_b, &tid) == false
+    });
+    // A dies with a session open: B's reaper closes its row.
+    let tid = open_terminal(&p);
+    assert_eq!(open_on(&p, &p.api_b, &tid), true);
+    p.proc_a.0.kill().unwrap();
+    p.proc_a.0.wait().unwrap();
+    let took = p.wait(Duration::from_secs(40), "not open once A is dead", || {
+        open_on(&p, &p.api_b, &tid) == false
+    });
+    eprintln!("A's session listed closed on B {took:?} after A was killed");
+    let (_, list) = p.call(&p.api_b, "GET", "/api/v1/terminals", None);
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == tid.as_str())
+        .unwrap()
+        .clone();
+    assert!(row["closed_at"].is_string(), "{row}");
+    assert!(
+        row["reason"].as_str().unwrap_or("").contains("replica a"),
+        "{row}"
+    );
 }
 
 /// A job waiting for a runner linked to the other replica (frozen, so it

@@ -840,6 +840,7 @@ fn audit_row(id: &str, runner: &str, opened: i64) -> TerminalAuditRow {
         reason: None,
         bytes_in: 0,
         bytes_out: 0,
+        replica_id: None,
     }
 }
 

@@ -312,6 +312,18 @@ impl AlertStore for PgAlerts {
         rows.iter().map(alert_row).collect()
     }
 
+    async fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {ALERT_COLUMNS} FROM alert_state WHERE runner_id = $1"),
+                &[&runner_id],
+            )
+            .await?;
+        rows.iter().map(alert_row).collect()
+    }
+
     async fn ack(
         &self,
         tenant: &str,

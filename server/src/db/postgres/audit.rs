@@ -1,8 +1,11 @@
 //! [`AuditStore`] on PostgreSQL: the terminal audit trail, the newest
 //! [`AUDIT_LIMIT`] rows per tenant kept (as `sqlite/terminals.rs`).
 //!
-//! Unlike SQLite, a start does not mark open rows "server restarted": with
-//! several replicas another one may hold those sessions still.
+//! Unlike SQLite, a start does not mark every open row "server restarted":
+//! with several replicas another one may hold those sessions still. Each
+//! row names the replica holding its session (`replica_id`); that
+//! replica's rows are closed when it starts again, stops, or is reaped
+//! as dead (`postgres/cluster.rs`, `release_all`).
 
 use async_trait::async_trait;
 
@@ -23,8 +26,9 @@ impl AuditStore for PgControl {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         tx.execute(
-            "INSERT INTO terminal_audit (id, tenant_id, runner_id, target, who, client, opened_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO terminal_audit
+                (id, tenant_id, runner_id, target, who, client, opened_at, replica_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &row.id,
                 &tenant_id,
@@ -33,6 +37,7 @@ impl AuditStore for PgControl {
                 &row.who,
                 &row.client,
                 &row.opened_ms,
+                &row.replica_id,
             ],
         )
         .await?;
@@ -88,7 +93,7 @@ impl AuditStore for PgControl {
         let rows = c
             .query(
                 "SELECT id, runner_id, target, who, client, opened_at, closed_at, reason,
-                        bytes_in, bytes_out
+                        bytes_in, bytes_out, replica_id
                  FROM terminal_audit WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR runner_id = $2)
                  ORDER BY opened_at DESC, seq DESC LIMIT $3",
                 &[&tenant_id, &runner, &limit],
@@ -107,6 +112,7 @@ impl AuditStore for PgControl {
                 reason: r.get(7),
                 bytes_in: r.get(8),
                 bytes_out: r.get(9),
+                replica_id: r.get(10),
             })
             .collect())
     }

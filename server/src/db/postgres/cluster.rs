@@ -183,6 +183,13 @@ async fn release_all(
             changes.push(r);
         }
     }
+    // Its terminal sessions lived in its memory: they are over.
+    c.execute(
+        "UPDATE terminal_audit SET closed_at = $2, reason = $3
+         WHERE replica_id = $1 AND closed_at IS NULL",
+        &[&holder, &now, &reason],
+    )
+    .await?;
     Ok(changes)
 }
 

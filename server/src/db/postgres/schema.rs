@@ -591,4 +591,14 @@ ALTER TABLE rollouts ADD COLUMN driver TEXT;
 ALTER TABLE rollouts ADD COLUMN rev BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX rollouts_open ON rollouts (created_ms) WHERE driver IS NOT NULL;
 "#,
+    // 13: a runner's alerts, read by the replica it links to (the engine
+    // there takes them over); the replica holding a terminal session,
+    // so every replica lists it as open, and a dead replica's sessions
+    // are closed by the one that reaps it.
+    r#"
+CREATE INDEX alert_state_runner ON alert_state (runner_id);
+ALTER TABLE terminal_audit ADD COLUMN replica_id TEXT;
+CREATE INDEX terminal_audit_open_by_replica ON terminal_audit (replica_id)
+    WHERE closed_at IS NULL;
+"#,
 ];

@@ -293,6 +293,15 @@ impl SqliteAlerts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    pub fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alert_state WHERE runner_id = ?1"
+        ))?;
+        let rows = stmt.query_map([runner_id], alert_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn ack(
         &self,
         tenant: &str,
@@ -464,6 +473,10 @@ impl AlertStore for Blocking<SqliteAlerts> {
     }
     async fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError> {
         self.run(move |s| s.all_alerts()).await
+    }
+    async fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError> {
+        let runner_id = runner_id.to_owned();
+        self.run(move |s| s.runner_alerts(&runner_id)).await
     }
     async fn ack(
         &self,

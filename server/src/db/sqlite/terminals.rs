@@ -145,6 +145,7 @@ impl SqliteControl {
                 reason: r.get(7)?,
                 bytes_in: r.get(8)?,
                 bytes_out: r.get(9)?,
+                replica_id: None,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -169,6 +170,7 @@ mod tests {
             reason: None,
             bytes_in: 0,
             bytes_out: 0,
+            replica_id: None,
         };
         s.terminal_opened("tn_1", &row).unwrap();
         assert_eq!(
