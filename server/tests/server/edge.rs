@@ -315,10 +315,11 @@ async fn logins_and_enrollments_are_rate_limited_per_address() {
 async fn a_release_upload_is_refused_before_its_body_is_read() {
     let dir = std::env::temp_dir().join(format!("tether-edge-releases-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let state = state().with_releases(tether_server::updates::ReleaseConfig {
-        dir: Some(dir.clone()),
-        ..Default::default()
-    });
+    let state = state()
+        .with_release_store(tether_server::db::sqlite::release_dir(&dir))
+        .with_releases(tether_server::updates::ReleaseConfig {
+            ..Default::default()
+        });
     let srv = server_with(state, None).await;
     let (_, api) = tenant(&srv.router, "acme").await;
     let head = |token: &str, len: u64| {
