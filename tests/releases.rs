@@ -198,16 +198,15 @@ fn a_release_uploaded_through_a_is_served_and_offered_by_b() {
         let r = on_b.runner(&id);
         (r["health"] == "active" && r["version"] == "0.1.1").then_some(())
     });
-    let (st, v) = on_b.call("GET", &format!("/api/v1/runners/{id}/updates"), None);
-    assert_eq!(st, 200, "{v}");
-    assert!(
+    wait_for(WAIT, "report 0.1.1 installed", || {
+        let (st, v) = on_b.call("GET", &format!("/api/v1/runners/{id}/updates"), None);
+        assert_eq!(st, 200, "{v}");
         v["reports"]
-            .as_array()
-            .unwrap()
+            .as_array()?
             .iter()
-            .any(|r| r["version"] == "0.1.1" && r["state"] == "installed"),
-        "{v}"
-    );
+            .any(|r| r["version"] == "0.1.1" && r["state"] == "installed")
+            .then_some(())
+    });
     let log = runner.log();
     assert!(log.contains("trial run of 0.1.1 connected"), "{log}");
 
