@@ -133,6 +133,11 @@ impl ReleaseConfig {
     }
 }
 
+/// Uploads at once (each holds a database connection with PostgreSQL,
+/// and a chunk of memory); more are answered 429.
+const MAX_UPLOADS: usize = 4;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
+
 /// A release file's bytes may pause this long between chunks.
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 /// Largest `manifest.json` (read back to check it names its version).
@@ -164,6 +169,14 @@ pub async fn upload(
     if announced.is_some_and(|n| n > MAX_RELEASE_FILE as u64) {
         return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
     }
+    let Ok(_turn) = UPLOADS.try_acquire() else {
+        drain_refused(&headers, body);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("{MAX_UPLOADS} release uploads are running; try again when one is done"),
+        ));
+    };
     let mut upload = state.db.releases.upload(&version, &name).await?;
     let manifest = receive(body, upload.as_mut(), name == "manifest.json").await?;
     if let Some(bytes) = manifest {

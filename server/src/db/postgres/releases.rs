@@ -26,7 +26,9 @@
 //!
 //! A download reads the row (blob, size) and then one chunk per query, each
 //! on a pooled connection held only for that query, so a slow client holds
-//! no connection. The blob id pins the file: if it is replaced mid-way,
+//! no connection; at most [`FETCHES`] chunk queries of a replica run at
+//! once, so a flood of public downloads cannot take the whole pool from
+//! the API and the runners' writes. The blob id pins the file: if it is replaced mid-way,
 //! the next chunk is missing and the body ends short (an error, never a
 //! mix of two files).
 
@@ -40,13 +42,20 @@ use crate::db::StorageError;
 /// Bytes per stored chunk.
 pub const CHUNK: usize = 1024 * 1024;
 
+/// Chunk queries of downloads at once, per replica (of its 16 connections).
+const FETCHES: usize = 4;
+
 pub struct PgReleases {
     pool: Pool,
+    fetches: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PgReleases {
     pub(super) fn new(pool: Pool) -> PgReleases {
-        PgReleases { pool }
+        PgReleases {
+            pool,
+            fetches: std::sync::Arc::new(tokio::sync::Semaphore::new(FETCHES)),
+        }
     }
 }
 
@@ -153,6 +162,7 @@ impl ReleaseStore for PgReleases {
         let size = row.get::<_, i64>(1).max(0) as u64;
         struct At {
             pool: Pool,
+            fetches: std::sync::Arc<tokio::sync::Semaphore>,
             blob: String,
             seq: i32,
             sent: u64,
@@ -160,6 +170,7 @@ impl ReleaseStore for PgReleases {
         }
         let start = At {
             pool: self.pool.clone(),
+            fetches: self.fetches.clone(),
             blob,
             seq: 0,
             sent: 0,
@@ -170,7 +181,13 @@ impl ReleaseStore for PgReleases {
             if at.sent >= at.size {
                 return None;
             }
-            match chunk(&at.pool, &at.blob, at.seq).await {
+            let fetched = match at.fetches.acquire().await {
+                Ok(_turn) => chunk(&at.pool, &at.blob, at.seq).await,
+                Err(e) => Err(StorageError::Backend(
+                    format!("release fetches: {e}").into(),
+                )),
+            };
+            match fetched {
                 Ok(Some(data)) if !data.is_empty() => {
                     at.seq += 1;
                     at.sent += data.len() as u64;
