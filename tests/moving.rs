@@ -3,7 +3,9 @@
 //! migrate` of a stopped one into a real PostgreSQL. Either way the new
 //! server has the same runners, jobs, output and users, the runner
 //! reconnects by itself with its old credential, and a sealed secret still
-//! opens (the sealing key travels as the file `secret.key`).
+//! opens (the sealing key travels as the file `secret.key`). `migrate`
+//! carries the uploaded releases into the database too (checked by count
+//! and SHA-256), and the server on PostgreSQL serves them from there.
 
 use crate::util::*;
 use serde_json::{json, Value};
@@ -255,6 +257,30 @@ fn backup_of_a_running_server_restores_into_a_fresh_dir_with_its_runners_and_job
     check_moved(&p);
 }
 
+/// `len` bytes of a "release" that differ from MiB to MiB.
+fn release_bytes(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2])
+        .collect()
+}
+
+/// The SHA-256 (hex) of `bytes`, by coreutils' `sha256sum`.
+fn sha256sum(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Every table line of `migrate`'s output: (table, sqlite, postgres).
 fn migrate_counts(out: &str) -> Vec<(String, u64, String)> {
     out.lines()
@@ -292,11 +318,48 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
     );
     assert_eq!(code, 1, "{err}");
 
+    // A release (files in the data dir with SQLite): 2.5 MiB, three
+    // chunks in PostgreSQL, and its signature.
+    let bin = release_bytes(2 * 1024 * 1024 + 512 * 1024 + 3);
+    let admin_token = p.server.admin_token.clone();
+    for (file, bytes) in [
+        ("tether-x86_64", bin.as_slice()),
+        ("tether-x86_64.minisig", b"signature".as_slice()),
+    ] {
+        let (st, v) = p.server.api().upload(
+            &format!("/api/v1/releases/0.7.0/{file}"),
+            &admin_token,
+            bytes,
+        );
+        assert_eq!(st, 201, "upload {file}: {v}");
+    }
+
     p.server.stop();
     let (code, out, err) = admin(&["migrate", "--from", &data, "--to", &url], &[]);
     assert_eq!(code, 0, "{out}{err}");
     eprintln!("{out}{err}");
     assert!(out.contains("every count equal"), "{out}");
+    let releases_line = format!(
+        "releases: 1 versions, 2 files, {} bytes copied; 2 read back with the same sha256",
+        bin.len() + 9
+    );
+    assert!(out.contains(&releases_line), "{out}");
+    assert_eq!(pg.query("moved", "SELECT count(*) FROM release_files"), "2");
+    assert_eq!(
+        pg.query(
+            "moved",
+            "SELECT sha256 FROM release_files WHERE version = '0.7.0' AND name = 'tether-x86_64'"
+        ),
+        sha256sum(&bin)
+    );
+    assert_eq!(
+        pg.query(
+            "moved",
+            "SELECT sum(length(data)) FROM release_chunks c JOIN release_files f USING (blob) \
+             WHERE f.name = 'tether-x86_64'"
+        ),
+        bin.len().to_string()
+    );
     let counts = migrate_counts(&out);
     let copied: Vec<_> = counts.iter().collect();
     assert!(copied.len() >= 45, "every table of every file: {out}");
@@ -347,6 +410,10 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
     let (code, again, err) = admin(&["migrate", "--from", &data, "--to", &url, "--force"], &[]);
     assert_eq!(code, 0, "{again}{err}");
     assert_eq!(migrate_counts(&again), counts);
+    assert!(again.contains(&releases_line), "{again}");
+    assert_eq!(pg.query("moved", "SELECT count(*) FROM release_files"), "2");
+    // The server on PostgreSQL reads releases from there, not the data dir.
+    std::fs::remove_dir_all(p.server.data.join("releases")).unwrap();
 
     // The server on PostgreSQL, same data dir (its secret.key, tls/,
     // admin.token) and address: the runner comes back by itself.
@@ -355,6 +422,14 @@ fn migrate_moves_a_sqlite_server_to_postgres_and_its_runner_reconnects_with_its_
         .extend(["--database".to_owned(), url.clone()]);
     p.server.restart();
     check_moved(&p);
+    let (st, got) = p.server.api().get_bytes("/releases/0.7.0/tether-x86_64");
+    assert_eq!(st, 200);
+    assert!(got == bin, "the release comes back byte for byte");
+    let (st, v) = p.tenant.call("GET", "/api/v1/releases", None);
+    assert_eq!(st, 200);
+    assert_eq!(v[0]["version"], "0.7.0", "{v}");
+    assert_eq!(v[0]["files"][0]["size"], bin.len(), "{v}");
+    assert!(!p.server.data.join("releases").exists());
     // The new job went to PostgreSQL, not to the old file.
     assert_eq!(pg.query("moved", "SELECT count(*) FROM jobs"), "2");
     // The label came along (fleet.db), and the audit trail copied from

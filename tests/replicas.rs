@@ -37,6 +37,11 @@ pub(crate) struct Pair {
 /// Replicas `a` and `b` on `url`, one certificate (the runner and the
 /// tests trust one CA), each with its internal address.
 pub(crate) fn pair(url: &str) -> Pair {
+    pair_with(url, &[])
+}
+
+/// [`pair`], both started with `extra` flags too.
+pub(crate) fn pair_with(url: &str, extra: &[&str]) -> Pair {
     let dir = TempDir::new("replicas");
     let key = key_file(dir.path());
     let key = key.to_str().unwrap();
@@ -55,6 +60,7 @@ pub(crate) fn pair(url: &str) -> Pair {
             key,
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect()
     };

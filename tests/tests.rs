@@ -24,6 +24,7 @@ mod moving;
 mod packages;
 mod reconnect;
 mod recordings;
+mod releases;
 mod replicas;
 mod rogue;
 mod signed;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 const ARCH: &str = std::env::consts::ARCH;
 pub const ARCH_NAME: &str = ARCH;
-const V0: &str = env!("CARGO_PKG_VERSION");
+pub const V0: &str = env!("CARGO_PKG_VERSION");
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A throwaway minisign key pair.
@@ -104,6 +104,48 @@ pub fn sign(keys: &Keys, version: &str, comment_arch: &str, bytes: &[u8]) -> (Ve
     (fs::read(&bin).unwrap(), sig)
 }
 
+/// Sign `bytes` as release `version` with `keys` (`build.sh sign`: binary,
+/// signature, signed manifest) and upload every file to `server`; the
+/// files uploaded, by name.
+pub fn publish_to(
+    server: &Server,
+    keys: &Keys,
+    version: &str,
+    bytes: &[u8],
+) -> Vec<(String, Vec<u8>)> {
+    let dir = TempDir::new("release");
+    let bin = dir.path().join(format!("tether-{ARCH}"));
+    fs::write(&bin, bytes).unwrap();
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
+        .arg("sign")
+        .arg(dir.path())
+        .arg(version)
+        .arg(&bin)
+        .env("TETHER_SIGNING_KEY", &keys.secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = server.api();
+    let mut files = Vec::new();
+    for e in fs::read_dir(dir.path()).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let bytes = fs::read(e.path()).unwrap();
+        let (st, v) = api.upload(
+            &format!("/api/v1/releases/{version}/{name}"),
+            &server.admin_token,
+            &bytes,
+        );
+        assert_eq!(st, 201, "upload {version}/{name}: {v}");
+        files.push((name, bytes));
+    }
+    files.sort();
+    files
+}
+
 /// A server with release keys, a tenant, and the signing keys.
 pub struct Fx {
     pub keys: Keys,
@@ -143,32 +185,7 @@ impl Fx {
     /// Sign and upload a good release of `version` (binary, signature,
     /// signed manifest: everything `build.sh sign` makes).
     pub fn publish(&self, version: &str, bytes: &[u8]) {
-        let dir = TempDir::new("release");
-        let bin = dir.path().join(format!("tether-{ARCH}"));
-        fs::write(&bin, bytes).unwrap();
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
-            .arg("sign")
-            .arg(dir.path())
-            .arg(version)
-            .arg(&bin)
-            .env("TETHER_SIGNING_KEY", &self.keys.secret)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "build.sh sign: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let api = self.server.api();
-        for e in fs::read_dir(dir.path()).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let (st, v) = api.upload(
-                &format!("/api/v1/releases/{version}/{name}"),
-                &self.server.admin_token,
-                &fs::read(e.path()).unwrap(),
-            );
-            assert_eq!(st, 201, "upload {version}/{name}: {v}");
-        }
+        publish_to(&self.server, &self.keys, version, bytes);
     }
 
     /// The release's manifest as the server serves it.

@@ -15,7 +15,8 @@
 //!            admin.token   the admin token, 0600, made on first start
 //!            server.url    where this instance listens (rewritten each start)
 //!            tls/          dev CA and leaf, when no certificate is configured
-//!            releases/     uploaded releases (`updates/mod.rs`)
+//!            releases/     uploaded releases, SQLite backend only (with
+//!                          PostgreSQL they are rows: `db/releases.rs`)
 //! ```
 //!
 //! All of it is private to the server's user: `serve` sets the umask to

@@ -9,6 +9,12 @@
 //! like any other, so runners reconnect with the credentials they have and
 //! secrets open with the same key.
 //!
+//! The releases (`<data-dir>/releases/<version>/<file>`, files with SQLite)
+//! are copied into the database's release tables (`db/postgres/releases.rs`)
+//! after the rows, streamed file by file; each is then read back from
+//! PostgreSQL and hashed: the file count and every SHA-256 must be equal
+//! (else exit 4). With PostgreSQL every replica serves them from there.
+//!
 //! What is not in the databases stays in the data dir and goes on being
 //! read from there: the sealing key (`secret.key`), `admin.token` and the
 //! dev CA (`tls/`). So the server on PostgreSQL is started with the same
@@ -103,7 +109,8 @@ pub fn main(args: MigrateArgs) -> ExitCode {
         }
     };
     let mut counts = Vec::new();
-    let result = rt.block_on(migrate(&args, &mut counts));
+    let mut releases = ReleaseCopy::default();
+    let result = rt.block_on(migrate(&args, &mut counts, &mut releases));
     if !counts.is_empty() {
         println!(
             "{:<12} {:<22} {:>10} {:>10}",
@@ -120,6 +127,18 @@ pub fn main(args: MigrateArgs) -> ExitCode {
                 c.file, c.table, c.sqlite, c.postgres
             );
         }
+    }
+    if releases.versions > 0 || !releases.differ.is_empty() {
+        println!(
+            "releases: {} versions, {} files, {} bytes copied; {} read back with the same sha256",
+            releases.versions,
+            releases.files,
+            releases.bytes,
+            releases.files.saturating_sub(releases.differ.len())
+        );
+    }
+    for d in &releases.differ {
+        println!("release {d}: MISMATCH");
     }
     match result {
         Ok(()) => {
@@ -208,7 +227,93 @@ fn plan(
     }
 }
 
-async fn migrate(args: &MigrateArgs, counts: &mut Vec<TableCount>) -> Result<(), MigrateError> {
+/// What the release copy did.
+#[derive(Debug, Default)]
+pub struct ReleaseCopy {
+    pub versions: usize,
+    pub files: usize,
+    pub bytes: u64,
+    /// `version/file`s missing in PostgreSQL or read back with another hash.
+    pub differ: Vec<String>,
+}
+
+/// Copy every release of the data dir into PostgreSQL, then read each file
+/// back from there and compare its SHA-256 with the source's; the file
+/// counts must agree too.
+async fn copy_releases(
+    from: &std::path::Path,
+    pg: &Postgres,
+    done: &mut ReleaseCopy,
+) -> Result<(), MigrateError> {
+    use futures_util::StreamExt;
+    let source = crate::db::sqlite::release_dir(&from.join("releases"));
+    let target = pg.releases();
+    let releases: Vec<_> = source
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| crate::updates::valid_version(&r.version))
+        .collect();
+    let mut hashes = Vec::new();
+    for r in &releases {
+        done.versions += 1;
+        for f in r
+            .files
+            .iter()
+            .filter(|f| crate::updates::valid_file_name(&f.name))
+        {
+            let Some(mut file) = source.open(&r.version, &f.name).await? else {
+                continue;
+            };
+            let mut upload = target.upload(&r.version, &f.name).await?;
+            while let Some(chunk) = file.chunks.next().await {
+                upload.write(&chunk?).await?;
+            }
+            let stored = upload.finish().await?;
+            done.files += 1;
+            done.bytes += stored.size;
+            hashes.push((r.version.clone(), f.name.clone(), stored.sha256));
+        }
+    }
+    // Read back from PostgreSQL, whole, and hashed again.
+    let mut copied = 0usize;
+    for (version, name, sha256) in &hashes {
+        let mut tally = crate::db::releases::Tally::default();
+        let Some(mut file) = target.open(version, name).await? else {
+            done.differ.push(format!("{version}/{name}"));
+            continue;
+        };
+        while let Some(chunk) = file.chunks.next().await {
+            tally.add(&chunk?);
+        }
+        if &tally.done().sha256 != sha256 {
+            done.differ.push(format!("{version}/{name}"));
+        }
+    }
+    for r in target.list().await? {
+        copied += r.files.len();
+    }
+    if copied != done.files {
+        done.differ.push(format!(
+            "(count: {} files in the data dir, {copied} in PostgreSQL)",
+            done.files
+        ));
+    }
+    if done.files > 0 {
+        tracing::info!(
+            "releases: {} files of {} versions copied",
+            done.files,
+            done.versions
+        );
+    }
+    Ok(())
+}
+
+async fn migrate(
+    args: &MigrateArgs,
+    counts: &mut Vec<TableCount>,
+    releases: &mut ReleaseCopy,
+) -> Result<(), MigrateError> {
     let from = &args.from;
     if !from.join("tether.db").is_file() {
         return Err(MigrateError::Failed(format!(
@@ -294,6 +399,10 @@ async fn migrate(args: &MigrateArgs, counts: &mut Vec<TableCount>) -> Result<(),
                 postgres: pg_n,
             });
         }
+    }
+    copy_releases(from, &pg, releases).await?;
+    if !releases.differ.is_empty() {
+        mismatched.push("releases".into());
     }
     if mismatched.is_empty() {
         Ok(())

@@ -145,4 +145,11 @@ impl AppState {
         self.releases = Arc::new(releases);
         self
     }
+
+    /// Releases kept in `store` (tests: the in-memory databases keep none;
+    /// `serve` takes the backend's own, `db.releases`).
+    pub fn with_release_store(mut self, store: Arc<dyn crate::db::ReleaseStore>) -> AppState {
+        self.db.releases = store;
+        self
+    }
 }

@@ -282,7 +282,6 @@ async fn serve(
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}", url_addr(local));
     let releases = ReleaseConfig {
-        dir: Some(data.join("releases")),
         install_keys,
         public_url: args.public_url.clone(),
         allowed_hosts: args.allowed_hosts.clone(),

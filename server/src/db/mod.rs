@@ -18,6 +18,8 @@
 //! trail.rs    TrailStore    the audit trail: append-only, hash-chained
 //! recordings.rs RecordingStore terminal recordings (asciicast v2) and
 //!                           each tenant's recording policy
+//! releases.rs ReleaseStore  signed runner releases: files in the data dir
+//!                           (SQLite), chunked rows (PostgreSQL); streamed
 //! cluster.rs  ClusterStore  replicas and the links table (PostgreSQL only)
 //! sqlite/     the embedded backend (the default): every trait over rusqlite
 //! postgres/   PostgreSQL (issue 18, `--database postgres://…`): every
@@ -55,6 +57,7 @@ pub mod logs;
 pub mod metrics;
 pub mod postgres;
 pub mod recordings;
+pub mod releases;
 pub mod sqlite;
 pub mod trail;
 pub mod updates;
@@ -68,6 +71,7 @@ pub use jobs::JobStore;
 pub use logs::LogStore;
 pub use metrics::MetricStore;
 pub use recordings::RecordingStore;
+pub use releases::ReleaseStore;
 pub use trail::TrailStore;
 pub use updates::UpdateStore;
 pub use users::UserStore;
@@ -99,6 +103,7 @@ pub struct Db {
     pub fleet: Arc<dyn FleetStore>,
     pub trail: Arc<dyn TrailStore>,
     pub recordings: Arc<dyn RecordingStore>,
+    pub releases: Arc<dyn ReleaseStore>,
     /// Whether the database answers, for `/healthz`.
     pub liveness: Arc<Liveness>,
 }

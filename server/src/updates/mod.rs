@@ -4,14 +4,17 @@
 //! (`update` message) and records what they report (`update_status`).
 //!
 //! The server never signs and never vouches: runners verify every binary
-//! against keys installed on the host. A release is a directory
-//! `<data-dir>/releases/<version>/` holding what `build.sh release` made:
-//! `tether-<arch>`, `tether-<arch>.minisig`, `manifest.json` and
-//! `manifest.json.minisig`. Downloads need no token (the files are public
-//! and signed); uploads need the admin token.
+//! against keys installed on the host. A release is a version holding what
+//! `build.sh release` made: `tether-<arch>`, `tether-<arch>.minisig`,
+//! `manifest.json` and `manifest.json.minisig`, kept by the
+//! [`ReleaseStore`](crate::db::ReleaseStore) (`db/releases.rs`): as files
+//! in `<data-dir>/releases/<version>/` with SQLite, as rows in the
+//! database with PostgreSQL, so every replica serves and offers every
+//! release. Uploads and downloads stream through it. Downloads need no
+//! token (the files are public and signed); uploads need the admin token.
 //!
 //! ```text
-//!  operator ─ upload (admin) ─▶ releases/<v>/…
+//!  operator ─ upload (admin) ─▶ ReleaseStore (data dir | PostgreSQL)
 //!  operator ─ PUT policy {version, canary_percent, group} ─▶ storage ─▶ `update` to each connected
 //!                                                                    runner it selects
 //!  operator ─ PUT runners/{id}/desired-version, POST desired-version {selector | runners}
@@ -20,16 +23,15 @@
 //!  runner ─ update_status ─▶ update_reports (installed / failed / rejected / interrupted)
 //! ```
 
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tether::protocol::{encode_control, Message, UpdateOffer};
 
 use crate::common::auth::runner_in_tenant;
@@ -37,6 +39,7 @@ use crate::common::auth::Caller;
 use crate::common::clock;
 use crate::common::error::ApiError;
 use crate::common::http::JsonBody;
+use crate::db::releases::Upload;
 use crate::db::Db;
 use crate::db::UpdatePolicy;
 use crate::link::registry::Registry;
@@ -53,7 +56,7 @@ pub use self::policy::{bucket, compare_versions, valid_file_name, valid_version}
 pub struct UpdatesCtx {
     pub db: Db,
     pub registry: Arc<Registry>,
-    /// Where releases live, and what install.sh says.
+    /// What install.sh says (the releases are `db.releases`).
     pub releases: Arc<ReleaseConfig>,
     /// The `group` label follows the update group (the seam to `fleet/`).
     pub fleet: crate::fleet::labels::LabelsCtx,
@@ -75,7 +78,7 @@ where
         .route("/api/v1/releases", get(list_releases))
         .route(
             "/api/v1/releases/{version}/{file}",
-            // Streamed to a file after the admin check (`upload`).
+            // Streamed to the store after the admin check (`upload`).
             post(upload),
         )
         .route("/releases/{version}/{file}", get(download))
@@ -90,14 +93,12 @@ where
         .route("/api/v1/runners/{id}/updates", get(runner_updates))
 }
 
-/// Largest file of a release.
-pub const MAX_RELEASE_FILE: usize = 64 * 1024 * 1024;
+pub use crate::db::releases::{ReleaseFile, ReleaseInfo, MAX_RELEASE_FILE};
 
-/// Where releases live and what `install.sh` is told.
+/// What `install.sh` is told (the releases themselves are in the
+/// [`Db`]'s `releases` store).
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseConfig {
-    /// `<data-dir>/releases`; `None` (unit tests) refuses uploads.
-    pub dir: Option<PathBuf>,
     /// The minisign public keys `install.sh` writes on the host (the
     /// operator's, from `--release-keys`); the first install trusts the
     /// HTTPS connection to this server for them.
@@ -132,69 +133,10 @@ impl ReleaseConfig {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct ReleaseFile {
-    pub name: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReleaseInfo {
-    pub version: String,
-    pub files: Vec<ReleaseFile>,
-    /// Whether a signed manifest was uploaded.
-    pub signed_manifest: bool,
-}
-
-fn releases_dir(state: &UpdatesCtx) -> Result<&FsPath, ApiError> {
-    state.releases.dir.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "this server keeps no releases",
-        )
-    })
-}
-
-/// Every release, newest first.
-pub fn list(dir: &FsPath) -> Vec<ReleaseInfo> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let version = e.file_name().to_string_lossy().into_owned();
-        if !valid_version(&version) {
-            continue;
-        }
-        let mut files: Vec<ReleaseFile> = std::fs::read_dir(e.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|f| {
-                let name = f.file_name().to_string_lossy().into_owned();
-                let meta = f.metadata().ok()?;
-                (valid_file_name(&name) && meta.is_file()).then_some(ReleaseFile {
-                    name,
-                    size: meta.len(),
-                })
-            })
-            .collect();
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        let signed_manifest = files.iter().any(|f| f.name == "manifest.json.minisig");
-        out.push(ReleaseInfo {
-            version,
-            files,
-            signed_manifest,
-        });
-    }
-    out.sort_by(|a, b| compare_versions(&b.version, &a.version));
-    out
-}
-
-fn has_file(dir: &FsPath, version: &str, name: &str) -> bool {
-    dir.join(version).join(name).is_file()
-}
+/// Uploads at once (each holds a database connection with PostgreSQL,
+/// and a chunk of memory); more are answered 429.
+const MAX_UPLOADS: usize = 4;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
 
 /// A release file's bytes may pause this long between chunks.
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);
@@ -206,8 +148,9 @@ const MAX_MANIFEST: u64 = 1024 * 1024;
 /// The caller and the names are checked before a byte of the body is read
 /// (a tenant token sending 60 MB gets its 403 at once, and with `Expect:
 /// 100-continue` never sends them); then the body is streamed to a
-/// temporary file beside the release, at most [`MAX_RELEASE_FILE`] bytes
-/// and [`UPLOAD_IDLE`] between chunks, and renamed into place.
+/// release store (`db/releases.rs`), at most [`MAX_RELEASE_FILE`] bytes
+/// and [`UPLOAD_IDLE`] between chunks, and seen by no one until whole: a
+/// body cut short leaves nothing.
 pub async fn upload(
     State(state): State<UpdatesCtx>,
     caller: Caller,
@@ -215,13 +158,10 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<ReleaseFile>), ApiError> {
-    let dir = match refusal(&state, &caller, &version, &name) {
-        Ok(dir) => dir,
-        Err(e) => {
-            drain_refused(&headers, body);
-            return Err(e);
-        }
-    };
+    if let Err(e) = refusal(&caller, &version, &name) {
+        drain_refused(&headers, body);
+        return Err(e);
+    }
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -229,43 +169,40 @@ pub async fn upload(
     if announced.is_some_and(|n| n > MAX_RELEASE_FILE as u64) {
         return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
     }
-    // Apart from the releases (`list` skips it: not a version), so a
-    // failed upload leaves no empty release behind.
-    let partials = dir.join(".partial");
-    tokio::fs::create_dir_all(&partials)
-        .await
-        .map_err(ApiError::internal)?;
-    let partial = PartialFile::new(&partials, &name)?;
-    let size = receive(body, &partial.path).await?;
-    if name == "manifest.json" {
-        check_manifest(&partial.path, &version).await?;
+    let Ok(_turn) = UPLOADS.try_acquire() else {
+        drain_refused(&headers, body);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("{MAX_UPLOADS} release uploads are running; try again when one is done"),
+        ));
+    };
+    let mut upload = state.db.releases.upload(&version, &name).await?;
+    let manifest = receive(body, upload.as_mut(), name == "manifest.json").await?;
+    if let Some(bytes) = manifest {
+        check_manifest(&bytes, &version)?;
     }
-    let target = dir.join(&version);
-    let path = target.join(&name);
-    let from = partial.path.clone();
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        std::fs::File::open(&from)?.sync_all()?;
-        std::fs::create_dir_all(&target)?;
-        std::fs::rename(&from, &path)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    partial.keep();
-    tracing::info!(version, file = name, size, "release file stored");
-    Ok((StatusCode::CREATED, Json(ReleaseFile { name, size })))
+    let stored = upload.finish().await?;
+    tracing::info!(
+        version,
+        file = name,
+        size = stored.size,
+        sha256 = stored.sha256,
+        "release file stored"
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(ReleaseFile {
+            name,
+            size: stored.size,
+        }),
+    ))
 }
 
 /// Why an upload is refused before its body is read (the caller, the
-/// names), or the releases directory it goes to.
-fn refusal(
-    state: &UpdatesCtx,
-    caller: &Caller,
-    version: &str,
-    name: &str,
-) -> Result<PathBuf, ApiError> {
+/// names).
+fn refusal(caller: &Caller, version: &str, name: &str) -> Result<(), ApiError> {
     caller.admin()?;
-    let dir = releases_dir(state)?.to_owned();
     if !valid_version(version) {
         return Err(ApiError::bad_request(format!(
             "{version:?} is not a version"
@@ -276,7 +213,7 @@ fn refusal(
             "{name:?} is not a release file name"
         )));
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The body of a refused upload is read and dropped in the background
@@ -306,47 +243,17 @@ fn drain_refused(headers: &HeaderMap, body: Body) {
     });
 }
 
-/// An upload's temporary file, removed unless kept (an error, a client
-/// gone mid-body).
-struct PartialFile {
-    path: PathBuf,
-    kept: bool,
-}
-
-impl PartialFile {
-    fn new(dir: &FsPath, name: &str) -> Result<PartialFile, ApiError> {
-        let tag = crate::common::auth::new_id("")?;
-        Ok(PartialFile {
-            path: dir.join(format!("{name}.{tag}")),
-            kept: false,
-        })
-    }
-
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Stream `body` into a new file at `path`; its size.
-async fn receive(body: Body, path: &FsPath) -> Result<u64, ApiError> {
+/// Stream `body` into `upload`; with `keep`, its bytes too (at most
+/// [`MAX_MANIFEST`]: a manifest is read back to be checked).
+async fn receive(
+    body: Body,
+    upload: &mut dyn Upload,
+    keep: bool,
+) -> Result<Option<Vec<u8>>, ApiError> {
     use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .await
-        .map_err(ApiError::internal)?;
     let mut chunks = body.into_data_stream();
     let mut size = 0u64;
+    let mut kept = keep.then(Vec::new);
     loop {
         let chunk = match tokio::time::timeout(UPLOAD_IDLE, chunks.next()).await {
             Err(_) => {
@@ -369,25 +276,22 @@ async fn receive(body: Body, path: &FsPath) -> Result<u64, ApiError> {
         if size > MAX_RELEASE_FILE as u64 {
             return Err(crate::common::edge::too_large(MAX_RELEASE_FILE as u64));
         }
-        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        if let Some(k) = kept.as_mut() {
+            if size > MAX_MANIFEST {
+                return Err(ApiError::bad_request(format!(
+                    "manifest.json is larger than {MAX_MANIFEST} bytes"
+                )));
+            }
+            k.extend_from_slice(&chunk);
+        }
+        upload.write(&chunk).await?;
     }
-    file.flush().await.map_err(ApiError::internal)?;
-    Ok(size)
+    Ok(kept)
 }
 
 /// A `manifest.json` must be JSON and name the version it is uploaded as.
-async fn check_manifest(path: &FsPath, version: &str) -> Result<(), ApiError> {
-    let len = tokio::fs::metadata(path)
-        .await
-        .map_err(ApiError::internal)?
-        .len();
-    if len > MAX_MANIFEST {
-        return Err(ApiError::bad_request(format!(
-            "manifest.json is larger than {MAX_MANIFEST} bytes"
-        )));
-    }
-    let bytes = tokio::fs::read(path).await.map_err(ApiError::internal)?;
-    let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+fn check_manifest(bytes: &[u8], version: &str) -> Result<(), ApiError> {
+    let manifest: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("manifest.json is not JSON: {e}")))?;
     if manifest.get("version").and_then(|v| v.as_str()) != Some(version) {
         return Err(ApiError::bad_request(format!(
@@ -397,16 +301,35 @@ async fn check_manifest(path: &FsPath, version: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Every release the store holds with a valid version, newest first, each
+/// with its valid file names.
+async fn list(state: &UpdatesCtx) -> Result<Vec<ReleaseInfo>, ApiError> {
+    let mut out: Vec<ReleaseInfo> = state
+        .db
+        .releases
+        .list()
+        .await?
+        .into_iter()
+        .filter(|r| valid_version(&r.version))
+        .map(|r| {
+            let files = r
+                .files
+                .into_iter()
+                .filter(|f| valid_file_name(&f.name))
+                .collect();
+            ReleaseInfo::new(r.version, files)
+        })
+        .collect();
+    out.sort_by(|a, b| compare_versions(&b.version, &a.version));
+    Ok(out)
+}
+
 /// `GET /api/v1/releases` (admin or tenant).
 pub async fn list_releases(
     State(state): State<UpdatesCtx>,
     _caller: Caller,
 ) -> Result<Json<Vec<ReleaseInfo>>, ApiError> {
-    let dir = releases_dir(&state)?.to_owned();
-    let list = tokio::task::spawn_blocking(move || list(&dir))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(list))
+    Ok(Json(list(&state).await?))
 }
 
 /// `GET /releases/{version}/{file}`: public download; `latest` is the
@@ -415,51 +338,33 @@ pub async fn download(
     State(state): State<UpdatesCtx>,
     Path((version, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let dir = releases_dir(&state)?.to_owned();
     if !valid_file_name(&name) || !(version == "latest" || valid_version(&version)) {
         return Err(ApiError::not_found("no such release file"));
     }
-    let path = tokio::task::spawn_blocking(move || {
-        let version = if version == "latest" {
-            list(&dir)
-                .into_iter()
-                .find(|r| r.files.iter().any(|f| f.name == name))
-                .map(|r| r.version)?
-        } else {
-            version
-        };
-        let p = dir.join(version).join(&name);
-        p.is_file().then_some(p)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .ok_or_else(|| ApiError::not_found("no such release file"))?;
-    // Streamed in 64 KiB chunks: a fleet updating at once must not hold a
-    // copy of the binary per download in memory.
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(ApiError::internal)?;
-    let len = file.metadata().await.map_err(ApiError::internal)?.len();
-    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = file?;
-        let mut buf = vec![0u8; 64 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(file)))
-            }
-            // The error ends the body (the client sees a short read).
-            Err(e) => Some((Err(e), None)),
-        }
-    });
+    let version = if version == "latest" {
+        list(&state)
+            .await?
+            .into_iter()
+            .find(|r| r.files.iter().any(|f| f.name == name))
+            .map(|r| r.version)
+            .ok_or_else(|| ApiError::not_found("no such release file"))?
+    } else {
+        version
+    };
+    // Streamed chunk by chunk from the store: a fleet updating at once
+    // must not hold a copy of the binary per download in memory.
+    let download = state
+        .db
+        .releases
+        .open(&version, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such release file"))?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_LENGTH, download.size.to_string()),
         ],
-        Body::from_stream(chunks),
+        Body::from_stream(download.chunks),
     )
         .into_response())
 }
@@ -490,12 +395,7 @@ pub async fn set_policy(
     policy::check_request(&req.group, req.canary_percent).map_err(ApiError::bad_request)?;
     match &req.version {
         Some(v) => {
-            let dir = releases_dir(&state)?;
-            if !valid_version(v) || !dir.join(v).is_dir() {
-                return Err(ApiError::bad_request(format!(
-                    "no release {v:?} on this server (upload it first)"
-                )));
-            }
+            check_release(&state, v).await?;
             state
                 .db
                 .updates
@@ -628,10 +528,10 @@ pub struct RunnerVersionRequest {
     pub version: Option<String>,
 }
 
-/// A version a runner is told to run: a release this server has.
-fn check_release_dir(state: &UpdatesCtx, v: &str) -> Result<(), ApiError> {
-    let dir = releases_dir(state)?;
-    if !valid_version(v) || !dir.join(v).is_dir() {
+/// A version a runner is told to run: a release the store has (on any
+/// replica: with PostgreSQL they share it).
+async fn check_release(state: &UpdatesCtx, v: &str) -> Result<(), ApiError> {
+    if !valid_version(v) || !state.db.releases.exists(v).await? {
         return Err(ApiError::bad_request(format!(
             "no release {v:?} on this server (upload it first)"
         )));
@@ -647,7 +547,7 @@ async fn set_own_versions(
     version: Option<&str>,
 ) -> Result<(), ApiError> {
     if let Some(v) = version {
-        check_release_dir(state, v)?;
+        check_release(state, v).await?;
     }
     state
         .fleet
@@ -774,7 +674,7 @@ pub async fn set_versions(
 #[async_trait::async_trait]
 impl crate::fleet::versions::Offers for UpdatesCtx {
     async fn check_release(&self, version: &str) -> Result<(), ApiError> {
-        check_release_dir(self, version)
+        check_release(self, version).await
     }
 
     async fn offer(&self, tenant: &str, runner: &str) -> Result<(), ApiError> {
@@ -818,10 +718,19 @@ pub async fn offer_for(
     let Some(runner) = state.db.control.runner(tenant, runner_id).await? else {
         return Ok(None);
     };
-    let Some(dir) = state.releases.dir.as_deref() else {
-        return Ok(None);
+    // The store's answers first (async), for the decision (sync); not
+    // asked for a runner that runs the version already.
+    let binary = format!("tether-{}", runner.arch);
+    let signature = format!("{binary}.minisig");
+    let (has_binary, has_signature) = if runner.version != version && valid_file_name(&binary) {
+        (
+            state.db.releases.has(&version, &binary).await?,
+            state.db.releases.has(&version, &signature).await?,
+        )
+    } else {
+        (false, false)
     };
-    let has = |name: &str| has_file(dir, &version, name);
+    let has = |name: &str| (name == binary && has_binary) || (name == signature && has_signature);
     match policy::offer(&runner.version, &runner.arch, &version, has) {
         Offer::Current => Ok(None),
         Offer::NoSignedBinary => {

@@ -1,7 +1,7 @@
 //! The decisions of updates, apart from their I/O: which versions and
 //! file names are acceptable, how versions order, which runners a canary
 //! share selects, and whether a runner is offered an update. `mod.rs` reads
-//! the policy and the release directory and calls these; they are tested
+//! the policy and the release store and calls these; they are tested
 //! here without a server.
 
 use std::cmp::Ordering;

@@ -315,10 +315,11 @@ async fn logins_and_enrollments_are_rate_limited_per_address() {
 async fn a_release_upload_is_refused_before_its_body_is_read() {
     let dir = std::env::temp_dir().join(format!("tether-edge-releases-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let state = state().with_releases(tether_server::updates::ReleaseConfig {
-        dir: Some(dir.clone()),
-        ..Default::default()
-    });
+    let state = state()
+        .with_release_store(tether_server::db::sqlite::release_dir(&dir))
+        .with_releases(tether_server::updates::ReleaseConfig {
+            ..Default::default()
+        });
     let srv = server_with(state, None).await;
     let (_, api) = tenant(&srv.router, "acme").await;
     let head = |token: &str, len: u64| {
@@ -368,6 +369,85 @@ async fn a_release_upload_is_refused_before_its_body_is_read() {
         0,
         "no partial file left"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Four admin uploads at once at most: a fifth is answered 429 while they
+/// run (each holds a database connection with PostgreSQL); when they end
+/// (their clients gone mid-body: nothing kept) uploads go through again.
+#[tokio::test]
+async fn release_uploads_run_four_at_a_time() {
+    let dir = std::env::temp_dir().join(format!("tether-edge-uploads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = state().with_release_store(tether_server::db::sqlite::release_dir(&dir));
+    let srv = server_with(state, None).await;
+    let head = |version: &str, len: u64| {
+        format!(
+            "POST /api/v1/releases/{version}/tether-x86_64 HTTP/1.1\r\nHost: t\r\n\
+             Authorization: Bearer {ADMIN}\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {len}\r\n\r\nELF"
+        )
+    };
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(head(&format!("0.{i}.0"), 1000).as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Each has begun writing (its partial file is there).
+    let partials = || {
+        std::fs::read_dir(dir.join(".partial"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    while partials() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            partials()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (st, body) = raw_exchange(
+        srv.addr,
+        head("0.9.0", 3).as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(st, 429, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    drop(held);
+    let started = std::time::Instant::now();
+    loop {
+        let (st, body) = raw_exchange(
+            srv.addr,
+            head("0.9.0", 3).as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("answered");
+        if st == 201 {
+            break;
+        }
+        assert_eq!(st, 429, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(10), "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read(dir.join("0.9.0/tether-x86_64")).unwrap(),
+        b"ELF"
+    );
+    for i in 0..4 {
+        assert!(
+            !dir.join(format!("0.{i}.0")).exists(),
+            "a cut upload was kept"
+        );
+    }
+    assert_eq!(partials(), 0, "no partial file left");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,7 +4,8 @@
 //! makes a `sqlite` and a `postgres` test of it.
 //!
 //! Covered: ControlStore, UserStore, AuditStore, UpdateStore, AlertStore,
-//! RecordingStore, single sign-on (UserStore's providers, identities and
+//! RecordingStore, ReleaseStore (files in a directory, chunked rows),
+//! single sign-on (UserStore's providers, identities and
 //! login policy), and the migration runner (the bulk stores: `storage_bulk.rs`).
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tether_server::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
 use tether_server::db::alerts::{Ack, AlertRow, ChannelRow, DeliveryRow};
 use tether_server::db::postgres::Postgres;
 use tether_server::db::recordings::{RecordingPolicy, RecordingRow, RecordingStore};
+use tether_server::db::releases::{sha256_hex, ReleaseStore, StoredFile};
 use tether_server::db::users::{OidcProviderRow, Role, UserRow};
 use tether_server::db::{
     AlertStore, ApiTokenRow, AuditStore, ConnectOutcome, ConnectedInfo, ControlStore,
@@ -32,6 +34,7 @@ struct Under {
     updates: Arc<dyn UpdateStore>,
     recordings: Arc<dyn RecordingStore>,
     alerts: Arc<dyn AlertStore>,
+    releases: Arc<dyn ReleaseStore>,
 }
 
 impl Under {
@@ -44,6 +47,7 @@ impl Under {
             updates: db.updates.clone(),
             recordings: db.recordings.clone(),
             alerts: db.alerts.clone(),
+            releases: tether_server::db::sqlite::release_dir(&release_dir()),
         }
     }
 
@@ -58,6 +62,7 @@ impl Under {
             updates: pg.updates(),
             recordings: pg.recordings(),
             alerts: pg.alerts(),
+            releases: pg.releases(),
         }
     }
 
@@ -98,6 +103,16 @@ impl Under {
     }
 }
 
+/// A new, empty directory for the SQLite backend's release files.
+fn release_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("tether-store-releases-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 macro_rules! both {
     ($($check:ident),* $(,)?) => {$(
         mod $check {
@@ -126,7 +141,121 @@ both!(
     alert_transitions_keep_state_history_acks_and_silences,
     recordings_keep_chunks_in_order_policies_per_tenant_and_retention,
     sso_providers_identities_and_password_login,
+    releases_stream_in_and_out_whole_or_not_at_all,
 );
+
+/// `len` bytes that differ from chunk to chunk (a misplaced chunk shows).
+fn bytes_of(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+async fn read_all(r: &dyn ReleaseStore, version: &str, name: &str) -> Option<(u64, Vec<u8>)> {
+    use futures_util::StreamExt;
+    let mut d = r.open(version, name).await.unwrap()?;
+    let mut out = Vec::new();
+    while let Some(chunk) = d.chunks.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    Some((d.size, out))
+}
+
+async fn store(r: &dyn ReleaseStore, version: &str, name: &str, data: &[u8]) -> StoredFile {
+    let mut up = r.upload(version, name).await.unwrap();
+    // In uneven pieces, as a body arrives.
+    for piece in data.chunks(300_001) {
+        up.write(piece).await.unwrap();
+    }
+    up.finish().await.unwrap()
+}
+
+async fn releases_stream_in_and_out_whole_or_not_at_all(s: Under) {
+    let r = s.releases.as_ref();
+    assert!(r.list().await.unwrap().is_empty());
+    assert!(!r.exists("0.2.0").await.unwrap());
+    assert!(!r.has("0.2.0", "tether-x86_64").await.unwrap());
+    assert!(r.open("0.2.0", "tether-x86_64").await.unwrap().is_none());
+
+    // 2.5 MiB: several chunks of the PostgreSQL backend, the last short.
+    let bin = bytes_of(2 * 1024 * 1024 + 512 * 1024 + 7, 1);
+    let stored = store(r, "0.2.0", "tether-x86_64", &bin).await;
+    assert_eq!(stored.size, bin.len() as u64);
+    assert_eq!(stored.sha256, sha256_hex(&bin));
+    store(r, "0.2.0", "tether-x86_64.minisig", b"sig").await;
+    let empty = store(r, "0.2.0", "empty", b"").await;
+    assert_eq!(empty.size, 0);
+    assert!(r.exists("0.2.0").await.unwrap());
+    assert!(r.has("0.2.0", "tether-x86_64").await.unwrap());
+    assert!(!r.has("0.2.0", "tether-aarch64").await.unwrap());
+    assert!(!r.has("0.3.0", "tether-x86_64").await.unwrap());
+    assert_eq!(
+        read_all(r, "0.2.0", "tether-x86_64").await,
+        Some((bin.len() as u64, bin.clone()))
+    );
+    assert_eq!(read_all(r, "0.2.0", "empty").await, Some((0, Vec::new())));
+    assert!(r.open("0.2.0", "tether-aarch64").await.unwrap().is_none());
+    let list = r.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].version, "0.2.0");
+    let files: Vec<(&str, u64)> = list[0]
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f.size))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("empty", 0),
+            ("tether-x86_64", bin.len() as u64),
+            ("tether-x86_64.minisig", 3)
+        ]
+    );
+    assert!(!list[0].signed_manifest);
+
+    // An upload dropped before it finished leaves nothing: no new
+    // release, and an existing file keeps its bytes.
+    let mut cut = r.upload("0.3.0", "tether-x86_64").await.unwrap();
+    cut.write(&bytes_of(1024 * 1024 + 5, 2)).await.unwrap();
+    drop(cut);
+    let mut cut = r.upload("0.2.0", "tether-x86_64").await.unwrap();
+    cut.write(&bytes_of(1536 * 1024, 3)).await.unwrap();
+    drop(cut);
+    assert!(!r.exists("0.3.0").await.unwrap());
+    assert!(r.open("0.3.0", "tether-x86_64").await.unwrap().is_none());
+    assert_eq!(
+        read_all(r, "0.2.0", "tether-x86_64").await,
+        Some((bin.len() as u64, bin.clone()))
+    );
+    assert_eq!(r.list().await.unwrap().len(), 1);
+
+    // A finished upload of the same name replaces the file whole.
+    let newer = bytes_of(1024 * 1024, 4);
+    store(r, "0.2.0", "tether-x86_64", &newer).await;
+    assert_eq!(
+        read_all(r, "0.2.0", "tether-x86_64").await,
+        Some((newer.len() as u64, newer))
+    );
+    store(r, "0.10.0", "manifest.json.minisig", b"m").await;
+    let mut versions: Vec<String> = r
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.version)
+        .collect();
+    versions.sort();
+    assert_eq!(versions, ["0.10.0", "0.2.0"]);
+    assert_eq!(
+        r.list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|i| i.signed_manifest)
+            .count(),
+        1
+    );
+}
 
 async fn recordings_keep_chunks_in_order_policies_per_tenant_and_retention(s: Under) {
     let r = &s.recordings;

@@ -7,12 +7,13 @@ use axum::extract::FromRef;
 async fn release_uploads_policies_and_groups_refuse_bad_input() {
     let dir = std::env::temp_dir().join(format!("tether-releases-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let state = state().with_releases(tether_server::updates::ReleaseConfig {
-        dir: Some(dir.clone()),
-        install_keys: None,
-        public_url: Some("https://tether.example".into()),
-        ..Default::default()
-    });
+    let state = state()
+        .with_release_store(tether_server::db::sqlite::release_dir(&dir))
+        .with_releases(tether_server::updates::ReleaseConfig {
+            install_keys: None,
+            public_url: Some("https://tether.example".into()),
+            ..Default::default()
+        });
     let router = app(state);
     let (_, api) = tenant(&router, "acme").await;
 
@@ -53,7 +54,12 @@ async fn release_uploads_policies_and_groups_refuse_bad_input() {
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
-    assert!(!dir.exists() || tether_server::updates::list(&dir).is_empty());
+    let (_, none) = call(&router, "GET", "/api/v1/releases", Some(&api), None).await;
+    assert_eq!(
+        none,
+        serde_json::json!([]),
+        "refused uploads leave no release"
+    );
 
     let (st, _) = call(&router, "POST", path, Some(ADMIN), Some("binary")).await;
     assert_eq!(st, StatusCode::CREATED);
@@ -142,10 +148,11 @@ async fn canary_share_selects_a_stable_subset() {
     let dir = std::env::temp_dir().join(format!("tether-canary-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("0.2.0")).unwrap();
-    let state = state().with_releases(tether_server::updates::ReleaseConfig {
-        dir: Some(dir.clone()),
-        ..Default::default()
-    });
+    let state = state()
+        .with_release_store(tether_server::db::sqlite::release_dir(&dir))
+        .with_releases(tether_server::updates::ReleaseConfig {
+            ..Default::default()
+        });
     let router = app(state.clone());
     let (tenant_id, api) = tenant(&router, "acme").await;
     let mut ids = Vec::new();

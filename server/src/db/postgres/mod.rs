@@ -16,6 +16,7 @@
 //! fleet.rs    FleetStore   over PgFleet: labels, fleet policy, deadlines, rollouts, schedules
 //! trail.rs    TrailStore   over PgTrail: the audit trail, one chain for every replica
 //! recordings.rs RecordingStore over PgRecordings: terminal recordings and policies
+//! releases.rs ReleaseStore over PgReleases: release files in 1 MiB chunks
 //! cluster.rs  ClusterStore over PgCluster: replicas, the links table, fence notices (NOTIFY)
 //! partitions.rs  making partitions ahead and dropping them for retention
 //! import.rs   filling an empty database from SQLite rows (`migrate`)
@@ -24,7 +25,8 @@
 //! Every store behind a `db/` trait is here; [`Postgres::open`] makes the
 //! server's [`Db`](super::Db) of them (`tether-server run --database
 //! postgres://…`), the fleet and the audit trail included: with PostgreSQL
-//! the data dir keeps only keys and certificates.
+//! the data dir keeps only keys and certificates (releases are rows too:
+//! `releases.rs`).
 //!
 //! Why tokio-postgres + deadpool: the driver is async (no blocking pool
 //! hop, unlike SQLite's `Blocking::run`), is the one the Rust PostgreSQL
@@ -56,6 +58,7 @@ mod logs;
 mod metrics;
 mod partitions;
 mod recordings;
+mod releases;
 mod schema;
 mod trail;
 mod updates;
@@ -289,6 +292,11 @@ impl Postgres {
         Arc::new(recordings::PgRecordings::new(self.pool.clone()))
     }
 
+    /// Releases, for every replica (in the database, not the data dir).
+    pub fn releases(&self) -> Arc<dyn super::ReleaseStore> {
+        Arc::new(releases::PgReleases::new(self.pool.clone()))
+    }
+
     /// What replicas sharing this database keep about each other.
     pub fn cluster(&self) -> Arc<dyn super::cluster::ClusterStore> {
         Arc::new(cluster::PgCluster::new(
@@ -322,6 +330,7 @@ impl Postgres {
             fleet: pg.fleet(),
             trail: pg.trail(),
             recordings: pg.recordings(),
+            releases: pg.releases(),
         }
     }
 

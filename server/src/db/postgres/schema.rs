@@ -601,4 +601,25 @@ ALTER TABLE terminal_audit ADD COLUMN replica_id TEXT;
 CREATE INDEX terminal_audit_open_by_replica ON terminal_audit (replica_id)
     WHERE closed_at IS NULL;
 "#,
+    // 14: releases in the database, for every replica (releases.rs; the
+    // SQLite backend keeps them as files in the data dir). A file is its
+    // row and its chunks of at most 1 MiB, in seq order; the blob id
+    // pins one upload, so a reader never mixes two.
+    r#"
+CREATE TABLE release_files (
+    version    TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    blob       TEXT NOT NULL UNIQUE,
+    size       BIGINT NOT NULL,
+    sha256     TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (version, name)
+);
+CREATE TABLE release_chunks (
+    blob TEXT NOT NULL REFERENCES release_files(blob) ON DELETE CASCADE,
+    seq  INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (blob, seq)
+);
+"#,
 ];

@@ -11,6 +11,7 @@
 //! fleet.db    fleet.rs: FleetStore
 //! audit.db    trail.rs: TrailStore (the audit trail)
 //! recordings.db  recordings.rs: RecordingStore (terminal recordings)
+//! releases/   releases.rs: ReleaseStore, plain files (not a database)
 //! backup.rs   online copies of any of these files (`tether-server backup`)
 //! ```
 //!
@@ -49,6 +50,7 @@ mod logs;
 mod metrics;
 mod migrate;
 mod recordings;
+mod releases;
 mod terminals;
 mod tokens;
 mod trail;
@@ -153,9 +155,18 @@ pub fn open(data: &Path, options: &Options) -> Result<Db, StorageError> {
     let fleet = SqliteFleet::open(&data.join("fleet.db"))?;
     let trail = SqliteAudit::open(&data.join("audit.db"))?;
     let recordings = SqliteRecordings::open(&data.join("recordings.db"))?;
-    Ok(assemble(
+    let mut db = assemble(
         control, metrics, logs, jobs, alerts, fleet, trail, recordings,
-    ))
+    );
+    db.releases = release_dir(&data.join("releases"));
+    Ok(db)
+}
+
+/// The releases kept as files in `dir` (`<data-dir>/releases`): the
+/// embedded backend's [`ReleaseStore`](crate::db::ReleaseStore), and what
+/// `migrate` copies from.
+pub fn release_dir(dir: &Path) -> Arc<dyn crate::db::ReleaseStore> {
+    Arc::new(releases::FsReleases::new(dir.to_owned()))
 }
 
 /// The audit trail in the SQLite file at `path` (opened, migrated), for
@@ -216,6 +227,8 @@ fn assemble(
         fleet: Arc::new(Blocking::new(fleet)),
         trail: Arc::new(Blocking::new(trail)),
         recordings: Arc::new(Blocking::new(recordings)),
+        // In-memory databases keep none; `open` puts the data dir's here.
+        releases: Arc::new(crate::db::releases::NoReleases),
     }
 }
 
