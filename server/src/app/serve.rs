@@ -403,6 +403,11 @@ async fn serve(
         None => once_only(),
     };
     let fleet = crate::fleet::spawn(&FromRef::from_ref(&state));
+    // Per process: the runners held here are nudged if a job waits for them.
+    let jobs_sweep = tokio::spawn(crate::jobs::link::sweep(
+        state.db.jobs.clone(),
+        state.registry.clone(),
+    ));
     // Other replicas' requests: the same routes behind the gate (`app/forward.rs`).
     let internal_task = internal.map(|(listener, acceptor, peers)| {
         let routes = app(state.clone()).layer(axum::middleware::from_fn_with_state(
@@ -444,6 +449,7 @@ async fn serve(
     .await;
 
     flusher.abort();
+    jobs_sweep.abort();
     if let Some(t) = internal_task {
         t.abort();
     }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  welcome ─▶ acks: where each job's stored output ends (the runner resends from there)
-//!  welcome sent / nudge (jobs made or cancelled) / every minute ─▶ job_start, job_cancel
+//!  welcome sent / nudge (jobs made or cancelled; the sweep) ─▶ job_start, job_cancel
 //!  job_accepted, error (answers to our job_start) ─▶ queued/running, or failed
 //!  job_result ─▶ stored once ─▶ job_result_ack (every time)
 //! ```
@@ -48,21 +48,50 @@ use crate::common::secrets::SecretBox;
 use crate::db::jobs::{JobStore, OutputRow};
 use crate::db::{RunnerIdentity, StorageError};
 use crate::jobs::{start_message, Frame, JobChannels, JobHub, JobUpdate};
-use crate::link::dispatch::{Ending, Family, FamilyConn, Wire};
+use crate::link::dispatch::{Ending, Family, FamilyConn, FamilyId, Wire};
+use crate::link::registry::Registry;
 
 /// Request ids of the server's own `job_start`s: far above the registry's
 /// (and apart from the log collection's, `logs/link.rs`), so their answers
 /// are never mistaken for an API request's.
 const JOB_ID_BASE: u64 = 3 << 61;
-/// The jobs are checked against storage this often. Only a safety net:
-/// nudges are never lost on a replica (`link/registry.rs::Nudges`), and a
-/// replica that listens again after a lost database connection nudges
-/// every runner it holds (`cluster/replica.rs`). Each check is a database
-/// call per runner, so it is rare: at 60 s it was most of an idle fleet's
-/// blocking-pool hand-offs.
-const RECHECK_EVERY: Duration = Duration::from_secs(300);
-/// After the jobs could not be read, the next try.
+/// After the jobs could not be read, the next try. (Otherwise a
+/// connection reads them only when nudged: nudges are never lost on a
+/// replica (`link/registry.rs::Nudges`), a replica that listens again
+/// after a lost database connection nudges every runner it holds
+/// (`cluster/replica.rs`), and [`sweep`] is the safety net. A check per
+/// connection every few minutes was, at 1,000 idle runners, 3 database
+/// calls a second, each a hand-off to a blocking thread: most of an idle
+/// fleet's CPU.)
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(60);
+
+/// How often [`sweep`] looks for jobs a connection was not told of.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// The safety net under the nudges, once per process: every
+/// [`SWEEP_EVERY`], one question to storage — which of the runners held
+/// here have a job not yet final — and a nudge to each (a connection that
+/// has sent them all reads its jobs and sends nothing). One call for the
+/// whole fleet instead of one per connection.
+pub async fn sweep(jobs: Arc<dyn JobStore>, registry: Arc<Registry>) {
+    let mut every = tokio::time::interval_at(Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let held: Vec<String> = registry.held().into_iter().map(|(id, _)| id).collect();
+        if held.is_empty() {
+            continue;
+        }
+        match jobs.runners_with_open_jobs(&held).await {
+            Ok(ids) => {
+                for id in ids.iter().filter(|id| registry.holds(id)) {
+                    registry.nudge(id, FamilyId::Jobs);
+                }
+            }
+            Err(e) => tracing::warn!("jobs sweep: reading runners with open jobs: {e}"),
+        }
+    }
+}
 
 /// Shared with the store, which reads it; kept here to ACK from.
 type Batch = Arc<[(i64, OutputRow)]>;
@@ -88,7 +117,7 @@ impl Family for JobsLink {
             link: self,
             state: None,
             next_id: 0,
-            recheck_at: Instant::now() + RECHECK_EVERY,
+            retry_at: None,
         })
     }
 }
@@ -100,8 +129,8 @@ struct JobsConn {
     state: Option<Box<JobsState>>,
     /// The last of our `job_start` ids (above `JOB_ID_BASE`).
     next_id: u64,
-    /// When the jobs are next checked against storage.
-    recheck_at: Instant,
+    /// When the jobs are read again after they could not be.
+    retry_at: Option<Instant>,
 }
 
 /// What a connection with jobs keeps.
@@ -142,7 +171,7 @@ impl JobsConn {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(runner = %runner.id, "reading pending jobs: {e}");
-                self.recheck_at = self.recheck_at.min(Instant::now() + RETRY_AFTER_ERROR);
+                self.retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
                 return Ok(());
             }
         };
@@ -515,13 +544,13 @@ impl FamilyConn for JobsConn {
         Ok(())
     }
 
-    /// When [`tick`](Self::tick) wants to run: a batch to store, the
-    /// periodic check.
+    /// When [`tick`](Self::tick) wants to run: a batch to store, a read
+    /// to try again.
     fn due(&self) -> Option<Instant> {
-        Some(
-            self.store_due()
-                .map_or(self.recheck_at, |d| d.min(self.recheck_at)),
-        )
+        match (self.store_due(), self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Due work: store the batch; check the jobs against storage.
@@ -534,8 +563,8 @@ impl FamilyConn for JobsConn {
         if self.channels().is_some_and(|ch| ch.flush_due(now)) {
             self.start_store();
         }
-        if now >= self.recheck_at {
-            self.recheck_at = now + RECHECK_EVERY;
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
             self.send_pending(wire, runner).await?;
         }
         Ok(())

@@ -639,6 +639,12 @@ async fn jobs_go_pending_running_final_once_with_output_in_order(s: Bulk) {
     let other = create(&s, "jb_2", "tn", t + 1).await;
     assert!(other.seq > job.seq);
     assert_eq!(j.open_jobs("rn").await.unwrap().len(), 2);
+    // The sweep's question: of these runners, which have a job not final
+    // (more than one statement's worth of ids on SQLite).
+    let mut asked: Vec<String> = (0..1200).map(|i| format!("rn_{i}")).collect();
+    asked.insert(700, "rn".into());
+    assert_eq!(j.runners_with_open_jobs(&asked).await.unwrap(), ["rn"]);
+    assert!(j.runners_with_open_jobs(&[]).await.unwrap().is_empty());
     j.accepted("jb_1", "running", t + 2).await.unwrap();
     assert_eq!(j.resumable("rn").await.unwrap(), vec![(job.seq, 0)]);
     // Three frames of one job and one of another in one batch; the third
@@ -701,6 +707,11 @@ async fn jobs_go_pending_running_final_once_with_output_in_order(s: Bulk) {
         .unwrap());
     assert!(!j.finish("jb_2", "failed", "again", t + 6).await.unwrap());
     assert!(j.open_jobs("rn").await.unwrap().is_empty());
+    assert!(j
+        .runners_with_open_jobs(&["rn".to_owned()])
+        .await
+        .unwrap()
+        .is_empty());
     let listed = j.jobs("tn", Some("rn"), 10).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["jb_2", "jb_1"], "newest first");

@@ -402,6 +402,22 @@ impl JobStore for PgJobs {
         .collect())
     }
 
+    async fn runners_with_open_jobs(
+        &self,
+        runners: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        let c = self.pool.get().await?;
+        Ok(c.query(
+            "SELECT DISTINCT runner_id FROM jobs WHERE runner_id = ANY($1)
+             AND status IN ('pending', 'queued', 'running')",
+            &[&runners],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
     async fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         let c = self.pool.get().await?;
         Ok(c.query(

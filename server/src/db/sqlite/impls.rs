@@ -759,6 +759,13 @@ impl JobStore for Blocking<SqliteJobs> {
         own!(runner);
         self.run(move |s| s.open_jobs(&runner)).await
     }
+    async fn runners_with_open_jobs(
+        &self,
+        runners: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        let runners = runners.to_vec();
+        self.run(move |s| s.runners_with_open_jobs(&runners)).await
+    }
     async fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         own!(runner);
         self.run(move |s| s.resumable(&runner)).await

@@ -394,6 +394,25 @@ impl SqliteJobs {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Which of `runners` have a job not yet final: one statement per 500
+    /// (the `jobs_runner` index answers each id with a seek).
+    pub fn runners_with_open_jobs(&self, runners: &[String]) -> Result<Vec<String>, StorageError> {
+        let conn = self.read();
+        let mut found = Vec::new();
+        for chunk in runners.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT DISTINCT runner_id FROM jobs WHERE runner_id IN ({marks})
+                 AND status IN ('pending', 'queued', 'running')"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| r.get(0))?;
+            for r in rows {
+                found.push(r?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Jobs of a runner whose output is still coming (final or not).
     pub fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         let conn = self.read();
