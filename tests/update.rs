@@ -923,13 +923,11 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
     let (_, v) = fx
         .tenant
         .call("GET", &format!("/api/v1/rollouts/{id}"), None);
-    let states: Vec<&str> = v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["succeeded", "failed", "waiting", "waiting"], "{v}");
+    assert_eq!(
+        target_states(&v),
+        ["succeeded", "failed", "waiting", "waiting"],
+        "{v}"
+    );
     assert_eq!(v["targets"][0]["status"], "installed", "{v}");
     assert_eq!(v["targets"][0]["from_version"], V0, "{v}");
     assert!(
@@ -1106,6 +1104,16 @@ fn rollout_in_waves_of_one(fx: &Fx, fleet: &str, extra: &[&str]) -> (bool, Strin
     (ok, text, took)
 }
 
+/// The state of each target of rollout view `v`, in order.
+fn target_states(v: &Value) -> Vec<&str> {
+    v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect()
+}
+
 /// The runner's own desired version (`None`: its policy's).
 fn own_desired(fx: &Fx, runner: &str) -> Option<String> {
     fx.reports(runner)["desired_version"]
@@ -1270,13 +1278,7 @@ fn an_update_rollout_halts_when_a_runner_of_the_soaking_wave_goes_back() {
         "not halted within the soak"
     );
     assert_eq!(v["over"], true, "{v}");
-    let states: Vec<&str> = v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["failed", "waiting"], "{v}");
+    assert_eq!(target_states(&v), ["failed", "waiting"], "{v}");
     // Found back at the old version, or its rejection read first: either
     // way the reason is named.
     let why = v["targets"][0]["status"].as_str().unwrap();
