@@ -150,6 +150,17 @@ fn label(tenant: &util::Tenant, id: &str, key: &str, value: &str) {
     assert_eq!(st, 200, "{v}");
 }
 
+/// Each of `wants` is in a line of the host's own record (its `audit.log`).
+fn assert_host_record(runner: &Runner, wants: &[String]) {
+    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
+    for want in wants {
+        assert!(
+            log.lines().any(|l| l.contains(want.as_str())),
+            "want {want:?} in the host's record:\n{log}"
+        );
+    }
+}
+
 /// A server (started with `args`) with tenant `name` and its admin `ada`,
 /// whom the page scripts log in as.
 fn site(args: &[&str], name: &str) -> (Server, util::Tenant) {
@@ -454,11 +465,11 @@ fn signing_and_single_sign_on_in_a_real_browser() {
     assert!(action.starts_with("sa_"), "{v}");
     // The host's own record names the key that signed it.
     let key_id = loaded_key_id(&transcript);
-    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
-    let want = format!("job={job} kind=job action={action} signer={key_id} ran");
-    assert!(
-        log.lines().any(|l| l.contains(&want)),
-        "want {want:?}: {log}"
+    assert_host_record(
+        &runner,
+        &[format!(
+            "job={job} kind=job action={action} signer={key_id} ran"
+        )],
     );
 }
 
@@ -558,21 +569,18 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
     let deployment = line_after(&transcript, "DEPLOYMENT ");
     let rollback = line_after(&transcript, "ROLLBACK ");
     let actions: Vec<&str> = line_after(&transcript, "ACTIONS ").split(' ').collect();
-    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
-    for want in [
-        "kind=deploy action=- signer=unsigned refused: unsigned".to_owned(),
-        "terminal=host kind=terminal action=- signer=unsigned refused: unsigned".to_owned(),
-        format!("container={container} op=stop kind=container action=- signer=unsigned refused: unsigned"),
-        format!("job={deployment} kind=deploy action={} signer={key_id} ran", actions[0]),
-        format!("terminal=host kind=terminal action={} signer={key_id} ran", actions[1]),
-        format!("container={container} op=restart kind=container action={} signer={key_id} ran", actions[2]),
-        format!("job={rollback} kind=deploy action={} signer={key_id} ran", actions[3]),
-    ] {
-        assert!(
-            log.lines().any(|l| l.contains(&want)),
-            "want {want:?} in the host's record:\n{log}"
-        );
-    }
+    assert_host_record(
+        &runner,
+        &[
+            "kind=deploy action=- signer=unsigned refused: unsigned".to_owned(),
+            "terminal=host kind=terminal action=- signer=unsigned refused: unsigned".to_owned(),
+            format!("container={container} op=stop kind=container action=- signer=unsigned refused: unsigned"),
+            format!("job={deployment} kind=deploy action={} signer={key_id} ran", actions[0]),
+            format!("terminal=host kind=terminal action={} signer={key_id} ran", actions[1]),
+            format!("container={container} op=restart kind=container action={} signer={key_id} ran", actions[2]),
+            format!("job={rollback} kind=deploy action={} signer={key_id} ran", actions[3]),
+        ],
+    );
 }
 
 /// `tether-server sso …` with the tenant's token; the client secret on stdin.
