@@ -18,7 +18,7 @@
 //! saying so, when they are missing.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -28,42 +28,164 @@ use crate::util::{self, Runner, Server};
 
 const PASSWORD: &str = "e2e-password-1";
 
-/// Run one of `server/web`'s page scripts under node with `configure`'s
-/// environment (and CHROMIUM, ARTIFACTS): its stdout is the transcript,
-/// echoed to stderr. When it prints `stop.0`, `stop.1` is stopped with
-/// SIGTERM (a clean close, which the server sees at once: the page must
-/// show it within a second or so) and the script is told "stopped".
-fn run_page_script(
-    web: &Path,
-    script: &str,
-    configure: impl FnOnce(&mut Command),
-    (chromium, artifacts): (&str, &Path),
-    stop: (&str, &mut Runner),
-) -> (std::process::ExitStatus, String) {
-    let mut cmd = Command::new("node");
-    cmd.arg(script).current_dir(web);
-    configure(&mut cmd);
-    let mut node = cmd
-        .env("CHROMIUM", chromium)
-        .env("ARTIFACTS", artifacts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start node (apt-get install nodejs)");
-    let mut stdin = node.stdin.take().unwrap();
-    let mut transcript = String::new();
-    for line in BufReader::new(node.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        eprintln!("{script}: {line}");
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line == stop.0 {
-            util::signal(stop.1.child(), libc::SIGTERM);
-            util::wait_exit(stop.1.child(), Duration::from_secs(10));
-            writeln!(stdin, "stopped").unwrap();
+/// What a browser test needs: `server/web` (its page scripts and
+/// `node_modules`), Debian's Chromium, and a folder for the screenshots.
+struct Browser {
+    web: PathBuf,
+    chromium: String,
+    artifacts: PathBuf,
+}
+
+impl Browser {
+    /// Check that Chromium and `playwright-core` are there (the test fails,
+    /// saying so, when they are not); screenshots in `<target>/{dir}`,
+    /// emptied first when `clear`.
+    fn new(dir: &str, clear: bool) -> Browser {
+        let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
+            "the browser test needs {chromium} (apt-get install chromium) and \
+             server/web/node_modules (make web); make test's set-up installs both"
+        );
+        let artifacts = util::target_dir().join(dir);
+        if clear {
+            let _ = std::fs::remove_dir_all(&artifacts);
+        }
+        std::fs::create_dir_all(&artifacts).unwrap();
+        eprintln!("browser screenshots: {}", artifacts.display());
+        Browser {
+            web,
+            chromium,
+            artifacts,
         }
     }
-    (node.wait().unwrap(), transcript)
+
+    /// Run one of `server/web`'s page scripts under node against the
+    /// server at `site.0`, logging in to tenant `site.1` as its admin `ada`,
+    /// with `configure`'s environment (and CHROMIUM, ARTIFACTS): its stdout
+    /// is the transcript, echoed to stderr, returned once the script ended
+    /// well (it exits 0 and says "E2E OK"; the test fails otherwise). When
+    /// it prints `stop.0`, `stop.1` is stopped with SIGTERM (a clean close,
+    /// which the server sees at once: the page must show it within a second
+    /// or so) and the script is told "stopped".
+    fn run(
+        &self,
+        script: &str,
+        (url, tenant): (&str, &str),
+        configure: impl FnOnce(&mut Command),
+        stop: (&str, &mut Runner),
+    ) -> String {
+        let mut cmd = Command::new("node");
+        cmd.arg(script)
+            .current_dir(&self.web)
+            .env("TETHER_URL", url)
+            .env("TENANT", tenant)
+            .env("ADMIN_USER", "ada")
+            .env("PASSWORD", PASSWORD);
+        configure(&mut cmd);
+        let mut node = cmd
+            .env("CHROMIUM", &self.chromium)
+            .env("ARTIFACTS", &self.artifacts)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start node (apt-get install nodejs)");
+        let mut stdin = node.stdin.take().unwrap();
+        let mut transcript = String::new();
+        for line in BufReader::new(node.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            eprintln!("{script}: {line}");
+            transcript.push_str(&line);
+            transcript.push('\n');
+            if line == stop.0 {
+                util::signal(stop.1.child(), libc::SIGTERM);
+                util::wait_exit(stop.1.child(), Duration::from_secs(10));
+                writeln!(stdin, "stopped").unwrap();
+            }
+        }
+        let status = node.wait().unwrap();
+        assert!(
+            status.success() && transcript.contains("E2E OK"),
+            "{script} failed ({status}); screenshots in {}:\n{transcript}",
+            self.artifacts.display()
+        );
+        transcript
+    }
+}
+
+/// Every one of `steps` is in the page script's `transcript`.
+fn assert_steps(transcript: &str, steps: &[&str]) {
+    for step in steps {
+        assert!(
+            transcript.contains(step),
+            "missing step {step:?}:\n{transcript}"
+        );
+    }
+}
+
+/// The rest of the transcript's first line that starts with `prefix`.
+fn line_after<'a>(transcript: &'a str, prefix: &str) -> &'a str {
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?}:\n{transcript}"))
+}
+
+/// The id of the operator key the page loaded (its step `key … loaded`).
+fn loaded_key_id(transcript: &str) -> &str {
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("step: key ")?.strip_suffix(" loaded"))
+        .unwrap_or_else(|| panic!("no key loaded:\n{transcript}"))
+}
+
+/// Label runner `id` `key=value` through the API.
+fn label(tenant: &util::Tenant, id: &str, key: &str, value: &str) {
+    let (st, v) = tenant.call(
+        "PATCH",
+        &format!("/api/v1/runners/{id}/labels"),
+        Some(serde_json::json!({"set": {key: value}})),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+/// Each of `wants` is in a line of the host's own record (its `audit.log`).
+fn assert_host_record(runner: &Runner, wants: &[String]) {
+    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
+    for want in wants {
+        assert!(
+            log.lines().any(|l| l.contains(want.as_str())),
+            "want {want:?} in the host's record:\n{log}"
+        );
+    }
+}
+
+/// A server (started with `args`) with tenant `name` and its admin `ada`,
+/// whom the page scripts log in as.
+fn site(args: &[&str], name: &str) -> (Server, util::Tenant) {
+    let server = Server::start_with(args);
+    let tenant = server.tenant(name);
+    add_user(&server, name, "ada", "admin");
+    (server, tenant)
+}
+
+/// An operator key (`key generate`, in the returned temp dir) and an active
+/// runner of `tenant` that trusts it and requires `require` signed
+/// (`--require-signed`), started with `extra` arguments too.
+fn signing_runner(
+    server: &Server,
+    tenant: &util::Tenant,
+    require: &str,
+    extra: &[&str],
+) -> (util::TempDir, PathBuf, Runner) {
+    let keys = util::TempDir::new("dash-keys");
+    let key = util::keygen(keys.path(), "op.key");
+    let mut args = vec!["--heartbeat", "1s", "--metrics-interval", "off"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--require-signed", require]);
+    let runner = Runner::trusting(server, tenant, &key, &args);
+    (keys, key, runner)
 }
 
 fn add_user(server: &Server, tenant: &str, name: &str, role: &str) {
@@ -98,36 +220,23 @@ fn add_user(server: &Server, tenant: &str, name: &str, role: &str) {
 
 #[test]
 fn dashboard_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); make test's set-up installs both"
-    );
-    let artifacts = util::target_dir().join("dashboard-e2e");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
-    eprintln!("dashboard screenshots: {}", artifacts.display());
+    let browser = Browser::new("dashboard-e2e", true);
 
     let _engine = docker::ensure();
     let container = format!("tether-dash-{}", std::process::id());
-    let out = Command::new("docker")
-        // No network: a new veth would make Chromium abort a page load.
-        .args(["run", "-d", "--network", "none", "--name", &container])
-        .args([IMAGE, "sh", "-c"])
-        // An ANSI red word among plain lines, as many programs log.
-        .arg(
-            r#"i=0; while true; do printf 'tick-%s [31mALERT[0m done
+    // No network: a new veth would make Chromium abort a page load.
+    // An ANSI red word among plain lines, as many programs log.
+    docker::run_detached(&[
+        "--network",
+        "none",
+        "--name",
+        &container,
+        IMAGE,
+        "sh",
+        "-c",
+        r#"i=0; while true; do printf 'tick-%s [31mALERT[0m done
 ' $i; i=$((i+1)); sleep 0.2; done"#,
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
     let _cleanup = RemoveContainer(container.clone());
 
     // The app the page deploys: a local git repository whose Dockerfile
@@ -137,63 +246,49 @@ fn dashboard_in_a_real_browser() {
     let repo = util::TempDir::new("dash-app");
     util::git::app_repo(repo.path(), "v1");
 
-    let server = Server::start();
-    let tenant = server.tenant("acme");
-    add_user(&server, "acme", "ada", "admin");
+    let (server, tenant) = site(&[], "acme");
     add_user(&server, "acme", "vic", "viewer");
     let mut runner = Runner::enroll(&server, &tenant);
     runner.start(&["--heartbeat", "1s"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
 
     let runner_id = runner.id.clone();
-    let (status, transcript) = run_page_script(
-        &web,
+    let transcript = browser.run(
         "e2e.mjs",
+        (&server.url, "acme"),
         |c| {
-            c.env("TETHER_URL", &server.url)
-                .env("TENANT", "acme")
-                .env("ADMIN_USER", "ada")
-                .env("VIEWER_USER", "vic")
-                .env("PASSWORD", PASSWORD)
+            c.env("VIEWER_USER", "vic")
                 .env("RUNNER_ID", &runner_id)
                 .env("CONTAINER", &container)
                 .env("APP", &app)
                 .env("APP_REPO", repo.path());
         },
-        (&chromium, &artifacts),
         ("STOP_RUNNER", &mut runner),
     );
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "browser test failed ({status}); screenshots in {}:\n{transcript}",
-        artifacts.display()
+    assert_steps(
+        &transcript,
+        &[
+            "runner active",
+            "metrics charts drawn",
+            "script output read",
+            "terminal: typed echo $((6*7)), read 42",
+            "terminal resized with the page",
+            "terminal reattached after leaving",
+            "terminal reattached after a dropped socket",
+            "recording replayed in the player",
+            "audit page lists the terminal open",
+            "update group set from the page",
+            "app deployed, steps source/build/replace shown",
+            "app container running",
+            "app redeployed and rolled back",
+            "viewer refused a terminal",
+            "container logs shown",
+            "container removed after confirmation",
+            "runner unreachable on the page",
+            "viewer refused",
+        ],
     );
-    for step in [
-        "runner active",
-        "metrics charts drawn",
-        "script output read",
-        "terminal: typed echo $((6*7)), read 42",
-        "terminal resized with the page",
-        "terminal reattached after leaving",
-        "terminal reattached after a dropped socket",
-        "recording replayed in the player",
-        "audit page lists the terminal open",
-        "update group set from the page",
-        "app deployed, steps source/build/replace shown",
-        "app container running",
-        "app redeployed and rolled back",
-        "viewer refused a terminal",
-        "container logs shown",
-        "container removed after confirmation",
-        "runner unreachable on the page",
-        "viewer refused",
-    ] {
-        assert!(
-            transcript.contains(step),
-            "missing step {step:?}:\n{transcript}"
-        );
-    }
-    assert!(artifacts.join("05-runner-unreachable.png").exists());
+    assert!(browser.artifacts.join("05-runner-unreachable.png").exists());
     // The page's Remove really removed it.
     let gone = Command::new("docker")
         .args(["inspect", &container])
@@ -208,74 +303,34 @@ fn dashboard_in_a_real_browser() {
 /// within 1 s, a bulk label on a page of rows.
 #[test]
 fn fleet_view_with_2000_runners_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} and server/web/node_modules (make web)"
-    );
-    let artifacts = util::target_dir().join("dashboard-e2e");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let sims: usize = 2000;
-    let server = Server::start_with(&["--enroll-rate", "0"]);
-    let tenant = server.tenant("fleet");
-    add_user(&server, "fleet", "ada", "admin");
-    let sim = util::runner_bin().with_file_name("tether-sim");
-    let mut sim = KillOnDrop(
-        Command::new(&sim)
-            .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
-            .arg(&server.ca)
-            .args([
-                "--count",
-                &sims.to_string(),
-                "--heartbeat",
-                "5s",
-                "--duration",
-                "600s",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", sim.display())),
-    );
+    let browser = Browser::new("dashboard-e2e", false);
+    let sims: u64 = 2000;
+    let (server, tenant) = site(&["--enroll-rate", "0"], "fleet");
+    let mut sim = util::start_sims(&server, &tenant.token, sims, "600s");
     let mut runner = Runner::enroll(&server, &tenant);
     runner.start(&["--heartbeat", "1s", "--docker-socket", "off"]);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
-    let (st, v) = tenant.call(
-        "PATCH",
-        &format!("/api/v1/runners/{}/labels", runner.id),
-        Some(serde_json::json!({"set": {"role": "db"}})),
-    );
-    assert_eq!(st, 200, "{v}");
+    label(&tenant, &runner.id, "role", "db");
     util::wait_for(
         Duration::from_secs(300),
         "the simulated fleet active",
         || {
             let (_, v) = tenant.call("GET", "/api/v1/runners/counts", None);
-            (v["health"]["active"].as_u64()? as usize > sims).then_some(())
+            (v["health"]["active"].as_u64()? > sims).then_some(())
         },
     );
 
     let runner_id = runner.id.clone();
-    let (status, transcript) = run_page_script(
-        &web,
+    let transcript = browser.run(
         "e2e-fleet.mjs",
+        (&server.url, "fleet"),
         |c| {
-            c.env("TETHER_URL", &server.url)
-                .env("TENANT", "fleet")
-                .env("ADMIN_USER", "ada")
-                .env("PASSWORD", PASSWORD)
-                .env("RUNNER_ID", &runner_id)
+            c.env("RUNNER_ID", &runner_id)
                 .env("SIM_COUNT", sims.to_string());
         },
-        (&chromium, &artifacts),
         ("STOP_RUNNER", &mut runner),
     );
     let _ = sim.0.kill();
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "the fleet view failed:\n{transcript}"
-    );
     let flip: u64 = transcript
         .lines()
         .find_map(|l| l.strip_prefix("flip_ms ")?.parse().ok())
@@ -295,71 +350,43 @@ fn fleet_view_with_2000_runners_in_a_real_browser() {
 /// test (no Docker, no apps) so it runs in seconds.
 #[test]
 fn alert_pages_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); make test's set-up installs both"
-    );
-    let artifacts = util::target_dir().join("dashboard-alerts-e2e");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
+    let browser = Browser::new("dashboard-alerts-e2e", true);
 
     let hooks = crate::util::hooks::Hooks::start();
-    let server = Server::start_with(&["--alert-private-targets"]);
-    let tenant = server.tenant("acme");
-    add_user(&server, "acme", "ada", "admin");
+    let (server, tenant) = site(&["--alert-private-targets"], "acme");
     let mut prod = Runner::enroll(&server, &tenant);
     let mut dev = Runner::enroll(&server, &tenant);
     for (r, env) in [(&mut prod, "prod"), (&mut dev, "dev")] {
         r.start(&["--heartbeat", "1s", "--metrics-interval", "off"]);
         tenant.wait_health(&r.id, "active", Duration::from_secs(15));
-        let (st, v) = tenant.call(
-            "PATCH",
-            &format!("/api/v1/runners/{}/labels", r.id),
-            Some(serde_json::json!({"set": {"env": env}})),
-        );
-        assert_eq!(st, 200, "{v}");
+        label(&tenant, &r.id, "env", env);
     }
 
     let prod_id = prod.id.clone();
-    let (status, transcript) = run_page_script(
-        &web,
+    let transcript = browser.run(
         "e2e-alerts.mjs",
+        (&server.url, "acme"),
         |c| {
-            c.env("TETHER_URL", &server.url)
-                .env("TENANT", "acme")
-                .env("ADMIN_USER", "ada")
-                .env("PASSWORD", PASSWORD)
-                .env("PROD_RUNNER", &prod_id)
+            c.env("PROD_RUNNER", &prod_id)
                 .env("DEV_RUNNER", &dev.id)
                 .env("HOOK_URL", hooks.url());
         },
-        (&chromium, &artifacts),
         ("STOP_PROD", &mut prod),
     );
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "alert pages failed ({status}); screenshots in {}:\n{transcript}",
-        artifacts.display()
+    assert_steps(
+        &transcript,
+        &[
+            "channel added, test message in its delivery log",
+            "preview names the labelled runner only",
+            "rule added",
+            "firing on the runners page",
+            "firing on the runner's page, acknowledged",
+            "history shows it",
+            "silence added and ended",
+            "rule removed",
+            "phone width fits",
+        ],
     );
-    for step in [
-        "channel added, test message in its delivery log",
-        "preview names the labelled runner only",
-        "rule added",
-        "firing on the runners page",
-        "firing on the runner's page, acknowledged",
-        "history shows it",
-        "silence added and ended",
-        "rule removed",
-        "phone width fits",
-    ] {
-        assert!(
-            transcript.contains(step),
-            "missing step {step:?}:\n{transcript}"
-        );
-    }
     // What the page sent reached the receiver: the test message, then the
     // alert of the labelled runner (and none of the other).
     let test = hooks.wait(Duration::from_secs(5), "the test message", |v| {
@@ -386,47 +413,12 @@ fn alert_pages_in_a_real_browser() {
 /// carried the key.
 #[test]
 fn signing_and_single_sign_on_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); make test's set-up installs both"
-    );
-    let artifacts = util::target_dir().join("dashboard-signed-e2e");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
+    let browser = Browser::new("dashboard-signed-e2e", true);
 
-    let keys = util::TempDir::new("dash-keys");
-    let key = keys.path().join("op.key");
-    let out = Command::new(util::server_bin())
-        .args(["key", "generate", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-
-    let server = Server::start();
-    let tenant = server.tenant("acme");
-    add_user(&server, "acme", "ada", "admin");
+    let (server, tenant) = site(&[], "acme");
     sso_provider_cli(&server, &tenant.token);
-    let mut runner = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    runner.start(&[
-        "--heartbeat",
-        "1s",
-        "--docker-socket",
-        "off",
-        "--metrics-interval",
-        "off",
-        "--require-signed",
-        "jobs",
-    ]);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let (_keys, key, mut runner) =
+        signing_runner(&server, &tenant, "jobs", &["--docker-socket", "off"]);
     let (st, r) = tenant.call("GET", &format!("/api/v1/runners/{}", runner.id), None);
     assert_eq!(st, 200, "{r}");
     let name = r["name"].as_str().unwrap().to_owned();
@@ -435,67 +427,49 @@ fn signing_and_single_sign_on_in_a_real_browser() {
     let signed = made.path().join("signed");
     let runner_id = runner.id.clone();
 
-    let (status, transcript) = run_page_script(
-        &web,
+    let transcript = browser.run(
         "e2e-signed.mjs",
+        (&server.url, "acme"),
         |c| {
-            c.env("TETHER_URL", &server.url)
-                .env("TENANT", "acme")
-                .env("ADMIN_USER", "ada")
-                .env("PASSWORD", PASSWORD)
-                .env("RUNNER_ID", &runner_id)
+            c.env("RUNNER_ID", &runner_id)
                 .env("RUNNER_NAME", &name)
                 .env("KEY_FILE", &key)
                 .env("UNSIGNED_FILE", &unsigned)
                 .env("SIGNED_FILE", &signed);
         },
-        (&chromium, &artifacts),
         ("never", &mut runner),
     );
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "signing page test failed ({status}); screenshots in {}:\n{transcript}",
-        artifacts.display()
+    assert_steps(
+        &transcript,
+        &[
+            "login page shows Sign in with corp",
+            "sso refusal shown",
+            "CLI command shown",
+            "unsigned job refused, reason shown",
+            "damaged key refused",
+            "loaded",
+            "signed job ran",
+            "signature sent with the job",
+            "key never sent",
+        ],
     );
-    for step in [
-        "login page shows Sign in with corp",
-        "sso refusal shown",
-        "CLI command shown",
-        "unsigned job refused, reason shown",
-        "damaged key refused",
-        "loaded",
-        "signed job ran",
-        "signature sent with the job",
-        "key never sent",
-    ] {
-        assert!(
-            transcript.contains(step),
-            "missing step {step:?}:\n{transcript}"
-        );
-    }
     // The host ran only the signed job, and the server relayed the page's
     // signature to it.
     assert!(!unsigned.exists(), "the unsigned job ran");
     assert!(signed.exists(), "the signed job did not run");
-    let job = transcript
-        .lines()
-        .find_map(|l| l.strip_prefix("JOB "))
-        .unwrap();
+    let job = line_after(&transcript, "JOB ");
     let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{job}"), None);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["status"], "succeeded", "{v}");
     let action = v["signed"]["action_id"].as_str().unwrap();
     assert!(action.starts_with("sa_"), "{v}");
     // The host's own record names the key that signed it.
-    let key_id = transcript
-        .lines()
-        .find_map(|l| l.strip_prefix("step: key ")?.strip_suffix(" loaded"))
-        .unwrap();
-    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
-    let want = format!("job={job} kind=job action={action} signer={key_id} ran");
-    assert!(
-        log.lines().any(|l| l.contains(&want)),
-        "want {want:?}: {log}"
+    let key_id = loaded_key_id(&transcript);
+    assert_host_record(
+        &runner,
+        &[format!(
+            "job={job} kind=job action={action} signer={key_id} ran"
+        )],
     );
 }
 
@@ -510,45 +484,22 @@ fn signing_and_single_sign_on_in_a_real_browser() {
 /// no request the page made carried the key.
 #[test]
 fn signed_deploys_terminals_and_containers_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); make test's set-up installs both"
-    );
-    let artifacts = util::target_dir().join("dashboard-signed-actions-e2e");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
-
-    let keys = util::TempDir::new("dash-keys");
-    let key = keys.path().join("op.key");
-    let out = Command::new(util::server_bin())
-        .args(["key", "generate", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let browser = Browser::new("dashboard-signed-actions-e2e", true);
 
     let _engine = docker::ensure();
     let container = format!("tether-dash-signed-{}", std::process::id());
-    let out = Command::new("docker")
-        // No network: a new veth would make Chromium abort a page load.
-        .args(["run", "-d", "--network", "none", "--name", &container])
-        // Stops at once on SIGTERM (PID 1 has no default handler).
-        .args([
-            IMAGE,
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while true; do sleep 0.2; done",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // No network: a new veth would make Chromium abort a page load. It
+    // stops at once on SIGTERM (PID 1 has no default handler).
+    docker::run_detached(&[
+        "--network",
+        "none",
+        "--name",
+        &container,
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    ]);
     let _cleanup = RemoveContainer(container.clone());
     let started = |c: &str| {
         let out = Command::new("docker")
@@ -563,67 +514,40 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
     let repo = util::TempDir::new("dash-signed-app");
     util::git::app_repo(repo.path(), "v1");
 
-    let server = Server::start();
-    let tenant = server.tenant("acme");
-    add_user(&server, "acme", "ada", "admin");
-    let mut runner = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    runner.start(&[
-        "--heartbeat",
-        "1s",
-        "--metrics-interval",
-        "off",
-        "--require-signed",
-        "jobs,deploys,terminals,containers",
-    ]);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let (server, tenant) = site(&[], "acme");
+    let (_keys, key, mut runner) =
+        signing_runner(&server, &tenant, "jobs,deploys,terminals,containers", &[]);
     let def = serde_json::json!({"runner": runner.id, "git_url": repo.path(), "git_ref": "main",
         "container": app, "env": {"GREETING": "hello"}});
     let (st, v) = tenant.call("PUT", &format!("/api/v1/apps/{app}"), Some(def));
     assert_eq!(st, 200, "{v}");
     let runner_id = runner.id.clone();
 
-    let (status, transcript) = run_page_script(
-        &web,
+    let transcript = browser.run(
         "e2e-signed-actions.mjs",
+        (&server.url, "acme"),
         |c| {
-            c.env("TETHER_URL", &server.url)
-                .env("TENANT", "acme")
-                .env("ADMIN_USER", "ada")
-                .env("PASSWORD", PASSWORD)
-                .env("RUNNER_ID", &runner_id)
+            c.env("RUNNER_ID", &runner_id)
                 .env("KEY_FILE", &key)
                 .env("APP", &app)
                 .env("CONTAINER", &container);
         },
-        (&chromium, &artifacts),
         ("never", &mut runner),
     );
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "signed actions page test failed ({status}); screenshots in {}:\n{transcript}",
-        artifacts.display()
+    assert_steps(
+        &transcript,
+        &[
+            "unsigned deploy refused, reason and CLI command shown",
+            "unsigned terminal refused, reason and CLI command shown",
+            "unsigned container stop refused, reason and CLI command shown",
+            "loaded",
+            "signed container restart done",
+            "signed terminal opened, echo $((40+2)) read 42",
+            "signed deploy succeeded",
+            "signed rollback to",
+            "key never sent",
+        ],
     );
-    for step in [
-        "unsigned deploy refused, reason and CLI command shown",
-        "unsigned terminal refused, reason and CLI command shown",
-        "unsigned container stop refused, reason and CLI command shown",
-        "loaded",
-        "signed container restart done",
-        "signed terminal opened, echo $((40+2)) read 42",
-        "signed deploy succeeded",
-        "signed rollback to",
-        "key never sent",
-    ] {
-        assert!(
-            transcript.contains(step),
-            "missing step {step:?}:\n{transcript}"
-        );
-    }
     // Docker did it: the container restarted (and was never stopped for
     // good by the unsigned stop), the app's container runs.
     assert_ne!(started(&container), started_before, "not restarted");
@@ -641,39 +565,22 @@ fn signed_deploys_terminals_and_containers_in_a_real_browser() {
 
     // The host's own record: the refusals, then each signed action ran on
     // the page's key.
-    let key_id = transcript
-        .lines()
-        .find_map(|l| l.strip_prefix("step: key ")?.strip_suffix(" loaded"))
-        .unwrap();
-    let deployment = transcript
-        .lines()
-        .find_map(|l| l.strip_prefix("DEPLOYMENT "))
-        .unwrap();
-    let rollback = transcript
-        .lines()
-        .find_map(|l| l.strip_prefix("ROLLBACK "))
-        .unwrap();
-    let actions: Vec<&str> = transcript
-        .lines()
-        .find_map(|l| l.strip_prefix("ACTIONS "))
-        .unwrap()
-        .split(' ')
-        .collect();
-    let log = std::fs::read_to_string(runner.dir.path().join("audit.log")).unwrap();
-    for want in [
-        "kind=deploy action=- signer=unsigned refused: unsigned".to_owned(),
-        "terminal=host kind=terminal action=- signer=unsigned refused: unsigned".to_owned(),
-        format!("container={container} op=stop kind=container action=- signer=unsigned refused: unsigned"),
-        format!("job={deployment} kind=deploy action={} signer={key_id} ran", actions[0]),
-        format!("terminal=host kind=terminal action={} signer={key_id} ran", actions[1]),
-        format!("container={container} op=restart kind=container action={} signer={key_id} ran", actions[2]),
-        format!("job={rollback} kind=deploy action={} signer={key_id} ran", actions[3]),
-    ] {
-        assert!(
-            log.lines().any(|l| l.contains(&want)),
-            "want {want:?} in the host's record:\n{log}"
-        );
-    }
+    let key_id = loaded_key_id(&transcript);
+    let deployment = line_after(&transcript, "DEPLOYMENT ");
+    let rollback = line_after(&transcript, "ROLLBACK ");
+    let actions: Vec<&str> = line_after(&transcript, "ACTIONS ").split(' ').collect();
+    assert_host_record(
+        &runner,
+        &[
+            "kind=deploy action=- signer=unsigned refused: unsigned".to_owned(),
+            "terminal=host kind=terminal action=- signer=unsigned refused: unsigned".to_owned(),
+            format!("container={container} op=stop kind=container action=- signer=unsigned refused: unsigned"),
+            format!("job={deployment} kind=deploy action={} signer={key_id} ran", actions[0]),
+            format!("terminal=host kind=terminal action={} signer={key_id} ran", actions[1]),
+            format!("container={container} op=restart kind=container action={} signer={key_id} ran", actions[2]),
+            format!("job={rollback} kind=deploy action={} signer={key_id} ran", actions[3]),
+        ],
+    );
 }
 
 /// `tether-server sso …` with the tenant's token; the client secret on stdin.
@@ -774,16 +681,6 @@ impl Drop for RemoveApp {
         for id in list(&["images", "-q", &self.0]).split_whitespace() {
             let _ = Command::new("docker").args(["rmi", "-f", id]).output();
         }
-    }
-}
-
-/// A child process killed and reaped however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -1148,59 +1045,30 @@ fn login(server: &Server, name: &str) -> (String, String) {
 /// most a minute later), removed after confirmation.
 #[test]
 fn schedules_page_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); make test's set-up installs both"
-    );
-    let artifacts = util::target_dir().join("dashboard-schedules-e2e");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
+    let browser = Browser::new("dashboard-schedules-e2e", true);
 
-    let server = Server::start();
-    let tenant = server.tenant("acme");
-    add_user(&server, "acme", "ada", "admin");
+    let (server, tenant) = site(&[], "acme");
     let mut db = Runner::enroll(&server, &tenant);
     db.start(&["--heartbeat", "1s", "--metrics-interval", "off"]);
     tenant.wait_health(&db.id, "active", Duration::from_secs(15));
-    let (st, v) = tenant.call(
-        "PATCH",
-        &format!("/api/v1/runners/{}/labels", db.id),
-        Some(serde_json::json!({"set": {"role": "db"}})),
-    );
-    assert_eq!(st, 200, "{v}");
+    label(&tenant, &db.id, "role", "db");
 
-    let (status, transcript) = run_page_script(
-        &web,
+    let transcript = browser.run(
         "e2e-schedules.mjs",
-        |c| {
-            c.env("TETHER_URL", &server.url)
-                .env("TENANT", "acme")
-                .env("ADMIN_USER", "ada")
-                .env("PASSWORD", PASSWORD);
-        },
-        (&chromium, &artifacts),
+        (&server.url, "acme"),
+        |_| {},
         ("never asked", &mut db),
     );
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "schedules page failed ({status}); screenshots in {}:\n{transcript}",
-        artifacts.display()
+    assert_steps(
+        &transcript,
+        &[
+            "a bad cron is refused with the reason",
+            "added, next run",
+            "five next runs shown",
+            "history shows the run and its job",
+            "removed after confirmation",
+        ],
     );
-    for step in [
-        "a bad cron is refused with the reason",
-        "added, next run",
-        "five next runs shown",
-        "history shows the run and its job",
-        "removed after confirmation",
-    ] {
-        assert!(
-            transcript.contains(step),
-            "missing step {step:?}:\n{transcript}"
-        );
-    }
     // The job the history linked ran on the labelled runner; the schedule
     // is gone and the bad one was never stored.
     let job = transcript
@@ -1230,16 +1098,7 @@ fn schedules_page_in_a_real_browser() {
 /// API then shows as their own desired version, and the filter as pending.
 #[test]
 fn update_state_filter_and_bulk_desired_version_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && web.join("node_modules/playwright-core").exists(),
-        "the browser test needs {chromium} (apt-get install chromium) and \
-         server/web/node_modules (make web); make test's set-up installs both"
-    );
-    let artifacts = util::target_dir().join("dashboard-updates-e2e");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
+    let browser = Browser::new("dashboard-updates-e2e", true);
 
     // A server with release keys, and releases of the running version and
     // of the one the page sets (their content does not matter: the
@@ -1250,30 +1109,7 @@ fn update_state_filter_and_bulk_desired_version_in_a_real_browser() {
     fx.publish("0.9.0", &crate::update::script("exit 0"));
     add_user(&fx.server, "acme", "ada", "admin");
     let sims = 6;
-    let sim = util::runner_bin().with_file_name("tether-sim");
-    let mut sim = KillOnDrop(
-        Command::new(&sim)
-            .args([
-                "--api",
-                &fx.server.url,
-                "--token",
-                &fx.tenant.token,
-                "--ca-file",
-            ])
-            .arg(&fx.server.ca)
-            .args([
-                "--count",
-                &sims.to_string(),
-                "--heartbeat",
-                "5s",
-                "--duration",
-                "600s",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", sim.display())),
-    );
+    let mut sim = util::start_sims(&fx.server, &fx.tenant.token, sims as u64, "600s");
     let ids: std::collections::HashMap<String, String> = util::wait_for(
         Duration::from_secs(60),
         "the simulated runners active",
@@ -1304,29 +1140,19 @@ fn update_state_filter_and_bulk_desired_version_in_a_real_browser() {
     );
 
     let t0 = std::time::Instant::now();
-    let (status, transcript) = run_page_script(
-        &web,
+    browser.run(
         "e2e-updates.mjs",
+        (&fx.server.url, "acme"),
         |c| {
-            c.env("TETHER_URL", &fx.server.url)
-                .env("TENANT", "acme")
-                .env("ADMIN_USER", "ada")
-                .env("PASSWORD", PASSWORD)
-                .env("TOTAL", sims.to_string())
+            c.env("TOTAL", sims.to_string())
                 .env("CURRENT", current.join(","))
                 .env("PICK", pick.join(","))
                 .env("VERSION", "0.9.0");
         },
-        (&chromium, &artifacts),
         ("never asked", &mut Runner::new()),
     );
     eprintln!("the page script took {:?}", t0.elapsed());
     let _ = sim.0.kill();
-    assert!(
-        status.success() && transcript.contains("E2E OK"),
-        "the update-state filter failed ({status}); screenshots in {}:\n{transcript}",
-        artifacts.display()
-    );
     // Checked through the API: the two picked want 0.9.0 (their own), the
     // others are as they were, and the API's filter agrees with the page.
     for (name, id) in &ids {

@@ -25,17 +25,10 @@ impl Writer {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let out = Command::new("docker")
-            .args(["run", "-d", "--name", &name, "--label", "tether-test=logs"])
-            .args(extra)
-            .args([IMAGE, "sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut args = vec!["--name", &name, "--label", "tether-test=logs"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+        docker::run_detached(&args);
         Writer { name }
     }
 

@@ -31,16 +31,15 @@ fn cli(server: &Server, tenant: &Tenant, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn keygen(dir: &Path, name: &str) -> std::path::PathBuf {
-    let key = dir.join(name);
-    let out = Command::new(server_bin())
-        .args(["key", "generate", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    key
-}
+/// A runner without Docker that requires signed jobs.
+const JOBS_SIGNED: &[&str] = &[
+    "--heartbeat",
+    "1s",
+    "--docker-socket",
+    "off",
+    "--require-signed",
+    "jobs",
+];
 
 fn job(tenant: &Tenant, id: &str) -> Value {
     let (st, v) = tenant.call("GET", &format!("/api/v1/jobs/{id}"), None);
@@ -95,22 +94,7 @@ fn a_host_requiring_signatures_runs_signed_jobs_and_refuses_the_rest() {
     let keys = TempDir::new("keys");
     let key = keygen(keys.path(), "op.key");
     let stranger = keygen(keys.path(), "stranger.key");
-    let mut runner = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    let args = [
-        "--heartbeat",
-        "1s",
-        "--docker-socket",
-        "off",
-        "--require-signed",
-        "jobs",
-    ];
-    runner.start(&args);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let mut runner = Runner::trusting(&server, &tenant, &key, JOBS_SIGNED);
     let out = TempDir::new("made");
     let file = |n: &str| out.path().join(n);
     let touch = |n: &str| format!("touch {}", file(n).display());
@@ -177,7 +161,7 @@ fn a_host_requiring_signatures_runs_signed_jobs_and_refuses_the_rest() {
         &["--sign-key", key_arg, "--sign-valid", "1s"],
     );
     std::thread::sleep(Duration::from_millis(1500));
-    runner.start(&args);
+    runner.start(JOBS_SIGNED);
     assert_refused(&tenant, &id, "expired", &file("expired"));
 
     // Altered: signed, then changed in the server's database before it is
@@ -201,7 +185,7 @@ fn a_host_requiring_signatures_runs_signed_jobs_and_refuses_the_rest() {
         .expect("sqlite3 (packaging/dev-setup.sh installs it)");
     assert!(st.success());
     server.restart();
-    runner.start(&args);
+    runner.start(JOBS_SIGNED);
     assert_refused(&tenant, &id, "altered", &file("evil"));
     assert!(!file("meant").exists());
 
@@ -300,22 +284,8 @@ fn requiring_signed_jobs_alone_leaves_deploys_unchecked() {
     let server = Server::start();
     let tenant = server.tenant("signed-jobs-only");
     let keys = TempDir::new("keys");
-    keygen(keys.path(), "op.key");
-    let mut runner = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    runner.start(&[
-        "--heartbeat",
-        "1s",
-        "--docker-socket",
-        "off",
-        "--require-signed",
-        "jobs",
-    ]);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let key = keygen(keys.path(), "op.key");
+    let runner = Runner::trusting(&server, &tenant, &key, JOBS_SIGNED);
     let site = TempDir::new("site");
     let (st, v) = tenant.call(
         "PUT",
@@ -444,23 +414,10 @@ fn a_host_requiring_signed_deploys_runs_signed_ones_and_refuses_the_rest() {
     let key = keygen(keys.path(), "op.key");
     let stranger = keygen(keys.path(), "stranger.key");
     let key_arg = key.to_str().unwrap().to_owned();
-    let trusting = |r: &Runner| {
-        std::fs::copy(
-            keys.path().join("op.key.pub"),
-            r.dir.path().join("operator-keys.pub"),
-        )
-        .unwrap();
-    };
     let args = ["--heartbeat", "1s", "--require-signed", "deploys"];
-    let mut runner = Runner::enroll(&server, &tenant);
-    trusting(&runner);
-    runner.start(&args);
+    let mut runner = Runner::trusting(&server, &tenant, &key, &args);
     // A second host trusting the same key, for a deploy moved to it.
-    let mut other = Runner::enroll(&server, &tenant);
-    trusting(&other);
-    other.start(&args);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
-    tenant.wait_health(&other.id, "active", Duration::from_secs(15));
+    let mut other = Runner::trusting(&server, &tenant, &key, &args);
     let app = format!("tether-signed-{}", std::process::id());
     let _cleanup = DockerCleanup(app.clone());
     let src = TempDir::new("site");
@@ -680,22 +637,7 @@ fn a_saved_script_is_signed_as_the_server_hands_it_to_the_cli() {
     let tenant = server.tenant("signed-script");
     let keys = TempDir::new("keys");
     let key = keygen(keys.path(), "op.key");
-    let mut runner = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    let args = [
-        "--heartbeat",
-        "1s",
-        "--docker-socket",
-        "off",
-        "--require-signed",
-        "jobs",
-    ];
-    runner.start(&args);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let mut runner = Runner::trusting(&server, &tenant, &key, JOBS_SIGNED);
     let made = TempDir::new("made");
     let body = format!("touch {}", made.path().join("meant").display());
     let (st, v) = tenant.call(
@@ -714,7 +656,7 @@ fn a_saved_script_is_signed_as_the_server_hands_it_to_the_cli() {
         .expect("sqlite3 (packaging/dev-setup.sh installs it)");
     assert!(st.success());
     server.restart();
-    runner.start(&args);
+    runner.start(JOBS_SIGNED);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
     let (ok, out) = cli(
         &server,
@@ -770,19 +712,8 @@ fn the_host_keeps_its_own_record_of_what_ran_and_on_whose_signature() {
     let (code, text, err) = audit(&runner);
     assert_eq!((code, text.as_str()), (Some(0), ""), "{err}");
     assert!(err.contains("no actions recorded yet"), "{err}");
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    runner.start(&[
-        "--heartbeat",
-        "1s",
-        "--docker-socket",
-        "off",
-        "--require-signed",
-        "jobs",
-    ]);
+    runner.trust_key(&key);
+    runner.start(JOBS_SIGNED);
     tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
     let made = TempDir::new("made");
     let file = |n: &str| made.path().join(n);
@@ -1004,13 +935,6 @@ fn a_host_requiring_signed_terminals_opens_signed_ones_and_refuses_the_rest() {
     let keys = TempDir::new("keys");
     let key = keygen(keys.path(), "op.key");
     let stranger = keygen(keys.path(), "stranger.key");
-    let trusting = |r: &Runner| {
-        std::fs::copy(
-            keys.path().join("op.key.pub"),
-            r.dir.path().join("operator-keys.pub"),
-        )
-        .unwrap();
-    };
     let args = [
         "--heartbeat",
         "1s",
@@ -1019,14 +943,8 @@ fn a_host_requiring_signed_terminals_opens_signed_ones_and_refuses_the_rest() {
         "--require-signed",
         "terminals",
     ];
-    let mut runner = Runner::enroll(&server, &tenant);
-    trusting(&runner);
-    runner.start(&args);
-    let mut other = Runner::enroll(&server, &tenant);
-    trusting(&other);
-    other.start(&args);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
-    tenant.wait_health(&other.id, "active", Duration::from_secs(15));
+    let mut runner = Runner::trusting(&server, &tenant, &key, &args);
+    let mut other = Runner::trusting(&server, &tenant, &key, &args);
     let made = TempDir::new("made");
     let file = |n: &str| made.path().join(n);
     let touch = |n: &str| format!("touch {}", file(n).display());
@@ -1164,19 +1082,17 @@ fn a_host_requiring_signed_container_operations_runs_signed_ones_and_refuses_the
     let keys = TempDir::new("keys");
     let key = keygen(keys.path(), "op.key");
     let stranger = keygen(keys.path(), "stranger.key");
-    let mut runner = Runner::enroll(&server, &tenant);
-    std::fs::copy(
-        keys.path().join("op.key.pub"),
-        runner.dir.path().join("operator-keys.pub"),
-    )
-    .unwrap();
-    runner.start(&[
-        "--heartbeat",
-        "1s",
-        "--require-signed",
-        "containers,terminals",
-    ]);
-    tenant.wait_health(&runner.id, "active", Duration::from_secs(15));
+    let runner = Runner::trusting(
+        &server,
+        &tenant,
+        &key,
+        &[
+            "--heartbeat",
+            "1s",
+            "--require-signed",
+            "containers,terminals",
+        ],
+    );
     let name = format!("tether-signed-ops-{}", std::process::id());
     let _cleanup = DockerCleanup(name.clone());
     let out = Command::new("docker")

@@ -28,15 +28,7 @@ impl Sleeper {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let out = Command::new("docker")
-            .args(["run", "-d", "--name", &name, IMAGE, "sleep", "3600"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker::run_detached(&["--name", &name, IMAGE, "sleep", "3600"]);
         Sleeper { name }
     }
 

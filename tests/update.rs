@@ -894,21 +894,7 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
         if n == 2 {
             host.runner.env.push(("TETHER_UPDATE".into(), "off".into()));
         }
-        host.start(&[]);
-        fx.wait_version(&host.runner.id, V0);
-        let (st, v) = fx.tenant.call(
-            "PUT",
-            &format!("/api/v1/runners/{}/name", host.runner.id),
-            Some(json!({"name": format!("u{n}")})),
-        );
-        assert_eq!(st, 200, "{v}");
-        let (st, v) = fx.tenant.call(
-            "PATCH",
-            &format!("/api/v1/runners/{}/labels", host.runner.id),
-            Some(json!({"set": {"fleet": "upd"}})),
-        );
-        assert_eq!(st, 200, "{v}");
-        hosts.push(host);
+        hosts.push(start_rollout_host(&fx, host, &format!("u{n}"), "upd", &[]));
     }
     fx.publish("0.5.0", &binary_with_version("0.5.0"));
 
@@ -938,27 +924,8 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
         assert!(v.to_string().contains(says), "{body}: {v}");
     }
 
-    let t0 = std::time::Instant::now();
-    let (ok, text) = cli(
-        &fx,
-        &fx.tenant.token,
-        &[
-            "update",
-            "rollout",
-            "0.5.0",
-            "--selector",
-            "fleet=upd",
-            "--wave",
-            "1",
-            "--max-failures",
-            "1",
-            "--soak",
-            "1s",
-            "--reconnect",
-            "60s",
-        ],
-    );
-    eprintln!("rollout halted after {:?}:\n{text}", t0.elapsed());
+    let (ok, text, _) =
+        rollout_in_waves_of_one(&fx, "upd", &["--soak", "1s", "--reconnect", "60s"]);
     assert!(!ok, "a halted rollout exits non-zero: {text}");
     assert!(
         text.contains("halted: 1 succeeded, 1 failed, 0 skipped, 2 not started of 4"),
@@ -973,13 +940,11 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
     let (_, v) = fx
         .tenant
         .call("GET", &format!("/api/v1/rollouts/{id}"), None);
-    let states: Vec<&str> = v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["succeeded", "failed", "waiting", "waiting"], "{v}");
+    assert_eq!(
+        target_states(&v),
+        ["succeeded", "failed", "waiting", "waiting"],
+        "{v}"
+    );
     assert_eq!(v["targets"][0]["status"], "installed", "{v}");
     assert_eq!(v["targets"][0]["from_version"], V0, "{v}");
     assert!(
@@ -1110,7 +1075,11 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
 /// (the selector the test's rollout names), started with `args` and at
 /// the version the tests start from.
 fn rollout_host(fx: &Fx, name: &str, fleet: &str, args: &[&str]) -> Host {
-    let mut host = fx.host();
+    start_rollout_host(fx, fx.host(), name, fleet, args)
+}
+
+/// [`rollout_host`] of a `host` made beforehand (with its own environment).
+fn start_rollout_host(fx: &Fx, mut host: Host, name: &str, fleet: &str, args: &[&str]) -> Host {
     host.start(args);
     fx.wait_version(&host.runner.id, V0);
     let (st, v) = fx.tenant.call(
@@ -1126,6 +1095,40 @@ fn rollout_host(fx: &Fx, name: &str, fleet: &str, args: &[&str]) -> Host {
     );
     assert_eq!(st, 200, "{v}");
     host
+}
+
+/// `update rollout 0.5.0` with the CLI over the runners labelled
+/// `fleet=FLEET`, in waves of one, halting at the first failure, with
+/// `extra` arguments: (exited 0, its output, how long it took).
+fn rollout_in_waves_of_one(fx: &Fx, fleet: &str, extra: &[&str]) -> (bool, String, Duration) {
+    let selector = format!("fleet={fleet}");
+    let mut args = vec![
+        "update",
+        "rollout",
+        "0.5.0",
+        "--selector",
+        &selector,
+        "--wave",
+        "1",
+        "--max-failures",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let t0 = std::time::Instant::now();
+    let (ok, text) = cli(fx, &fx.tenant.token, &args);
+    let took = t0.elapsed();
+    eprintln!("rollout halted after {took:?}:\n{text}");
+    (ok, text, took)
+}
+
+/// The state of each target of rollout view `v`, in order.
+fn target_states(v: &Value) -> Vec<&str> {
+    v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect()
 }
 
 /// The runner's own desired version (`None`: its policy's).
@@ -1190,26 +1193,7 @@ fn an_update_rollout_fails_a_runner_that_does_not_reconnect_within_the_bound() {
     set_own_desired(&fx, &h1.runner.id, Some(V0));
     fx.publish("0.5.0", &script("exec sleep 600"));
 
-    let t0 = std::time::Instant::now();
-    let (ok, text) = cli(
-        &fx,
-        &fx.tenant.token,
-        &[
-            "update",
-            "rollout",
-            "0.5.0",
-            "--selector",
-            "fleet=nr",
-            "--wave",
-            "1",
-            "--max-failures",
-            "1",
-            "--reconnect",
-            "5s",
-        ],
-    );
-    let took = t0.elapsed();
-    eprintln!("rollout halted after {took:?}:\n{text}");
+    let (ok, text, took) = rollout_in_waves_of_one(&fx, "nr", &["--reconnect", "5s"]);
     assert!(!ok, "a halted rollout exits non-zero: {text}");
     assert!(
         text.contains("halted: 0 succeeded, 1 failed, 0 skipped, 1 not started of 2"),
@@ -1311,13 +1295,7 @@ fn an_update_rollout_halts_when_a_runner_of_the_soaking_wave_goes_back() {
         "not halted within the soak"
     );
     assert_eq!(v["over"], true, "{v}");
-    let states: Vec<&str> = v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["failed", "waiting"], "{v}");
+    assert_eq!(target_states(&v), ["failed", "waiting"], "{v}");
     // Found back at the old version, or its rejection read first: either
     // way the reason is named.
     let why = v["targets"][0]["status"].as_str().unwrap();

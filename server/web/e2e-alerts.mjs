@@ -3,39 +3,15 @@
 // runners, one labelled env=prod. Steps print one line each; "STOP_PROD"
 // asks the Rust side to stop the prod runner and waits for a line on stdin.
 // Screenshots go to $ARTIFACTS. Any failure exits 1.
-import { chromium } from 'playwright-core';
-import { createInterface } from 'node:readline';
+import { env, run, step, stdinLines } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
 const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
 const PROD = env('PROD_RUNNER');
 const DEV = env('DEV_RUNNER');
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const step = (m) => console.log(`step: ${m}`);
+const lines = stdinLines();
 const T = 15000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  // As in e2e.mjs: a navigation aborted by a network change is tried again.
-  const goto = async (url) => {
-    for (let i = 0; ; i++) {
-      try {
-        return await page.goto(url);
-      } catch (e) {
-        if (i >= 4 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
-      }
-    }
-  };
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
+await run({ failShot: 'failure', T }, async ({ page, goto, shot, login }) => {
   // Load `url` again until `selector` shows (pages that read state once).
   const until = async (url, selector, limit = T) => {
     const end = Date.now() + limit;
@@ -51,12 +27,7 @@ try {
     }
   };
 
-  await goto(URL);
-  await page.getByLabel('Tenant').fill(env('TENANT'));
-  await page.getByLabel('User').fill(env('ADMIN_USER'));
-  await page.getByLabel('Password').fill(env('PASSWORD'));
-  await page.getByRole('button', { name: 'Log in' }).click();
-  await page.locator('#who').filter({ hasText: env('ADMIN_USER') }).waitFor({ timeout: T });
+  await login();
   await page.locator('#firing-alerts[data-count="0"]').waitFor({ timeout: T });
 
   // A webhook channel, then its test message, seen in its delivery log.
@@ -159,12 +130,4 @@ try {
     await shot(`07-phone-${tab}`);
   }
   step('phone width fits');
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`E2E FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/failure.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

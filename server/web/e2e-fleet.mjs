@@ -4,34 +4,15 @@
 // health flip seen live ("STOP_RUNNER" asks the Rust side to stop it and
 // waits for a line on stdin), and a bulk label on a page of rows. Steps
 // print one line each; any failure exits 1.
-import { chromium } from 'playwright-core';
-import { createInterface } from 'node:readline';
+import { env, run, step, stdinLines } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
-const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
 const RID = env('RUNNER_ID');
 const TOTAL = Number(env('SIM_COUNT')) + 1;
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const step = (m) => console.log(`step: ${m}`);
+const lines = stdinLines();
 const T = 20000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1300, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png` });
-  await page.goto(URL);
-  await page.getByLabel('Tenant').fill(env('TENANT'));
-  await page.getByLabel('User').fill(env('ADMIN_USER'));
-  await page.getByLabel('Password').fill(env('PASSWORD'));
-  await page.getByRole('button', { name: 'Log in' }).click();
+await run({ viewport: { width: 1300, height: 900 }, failShot: 'fleet-failure', fullPage: false, T }, async ({ page, shot, login }) => {
+  await login();
 
   // Counts of the whole fleet; one page of rows.
   const count = (health) => page.locator(`#runner-counts [data-health="${health}"] .n`);
@@ -85,12 +66,4 @@ try {
   await count('all').filter({ hasText: /^100$/ }).waitFor({ timeout: T });
   step('bulk label set on a page of 100; the selector finds them');
   await shot('fleet-02-bulk');
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`E2E FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/fleet-failure.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

@@ -2,32 +2,12 @@
 // tests/dashboard.rs (schedules_page_in_a_real_browser) against a real
 // server and a real runner labelled role=db. Steps print one line each.
 // Screenshots go to $ARTIFACTS. Any failure exits 1.
-import { chromium } from 'playwright-core';
+import { env, run, step } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
-const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
-const step = (m) => console.log(`step: ${m}`);
 const T = 15000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
-
-  await page.goto(URL);
-  await page.getByLabel('Tenant').fill(env('TENANT'));
-  await page.getByLabel('User').fill(env('ADMIN_USER'));
-  await page.getByLabel('Password').fill(env('PASSWORD'));
-  await page.getByRole('button', { name: 'Log in' }).click();
-  await page.locator('#who').filter({ hasText: env('ADMIN_USER') }).waitFor({ timeout: T });
+await run({ failShot: 'failure', T }, async ({ page, shot, login }) => {
+  await login();
 
   await page.getByRole('link', { name: 'Schedules' }).click();
   await page.locator('#schedules').filter({ hasText: 'No schedules.' }).waitFor({ timeout: T });
@@ -76,12 +56,4 @@ try {
   await row.waitFor({ state: 'detached', timeout: T });
   if (!asked.includes('minutely')) throw new Error(`no confirmation before removing: ${asked}`);
   step('removed after confirmation');
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`E2E FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/failure.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

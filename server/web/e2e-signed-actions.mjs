@@ -9,40 +9,19 @@
 // opens and answers, a container restarts, a rollback runs. Every request the page makes is
 // kept: none may carry the key. Steps print one line each; screenshots go
 // to $ARTIFACTS. Any failure exits 1.
-import { chromium } from 'playwright-core';
-import { readFileSync } from 'node:fs';
+import { env, keySecrets, recordRequests, assertNoneCarries, run, step } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
-const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
 const RID = env('RUNNER_ID');
 const KEY = env('KEY_FILE');
 const APP = env('APP');
 const CONTAINER = env('CONTAINER');
-const step = (m) => console.log(`step: ${m}`);
 const T = 20000;
 
 // What must never leave the page (as in e2e-signed.mjs).
-const keyLine = readFileSync(KEY, 'utf8').split('\n').map((l) => l.trim()).find((l) => l && !l.startsWith('untrusted'));
-const bin = Buffer.from(keyLine, 'base64');
-const needles = [keyLine, keyLine.slice(20, 60), encodeURIComponent(keyLine).slice(20, 60)];
-for (const part of [bin.subarray(62, 94), bin.subarray(62, 126)]) {
-  needles.push(part.toString('hex'), part.toString('base64').slice(0, 40), part.toString('base64url').slice(0, 40));
-}
+const { needles } = keySecrets(KEY);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  const requests = [];
-  page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), headers: r.headers(), body: r.postDataBuffer() }));
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
+await run({ failShot: 'failed', T }, async ({ page, shot, login }) => {
+  const requests = recordRequests(page);
   // Within the page (a hash change): the key, kept in the page's memory
   // only, must survive moving between pages.
   const nav = async (hash, ready) => {
@@ -55,11 +34,7 @@ try {
     return t.textContent();
   };
 
-  await page.goto(URL);
-  await page.getByLabel('Tenant').fill(env('TENANT'));
-  await page.getByLabel('User').fill(env('ADMIN_USER'));
-  await page.getByLabel('Password').fill(env('PASSWORD'));
-  await page.getByRole('button', { name: 'Log in' }).click();
+  await login();
   await page.locator(`tr[data-runner="${RID}"]`).waitFor({ timeout: T });
 
   // ---- without a key: each refused by the host, its reason and the CLI command shown
@@ -165,24 +140,9 @@ try {
   step(`signed rollback to ${deployment} succeeded: ${rollback} ${rb.signed.action_id}`);
 
   // No request carried the key, in any part.
-  let checked = 0;
-  for (const r of requests) {
-    const text = `${r.url}\n${JSON.stringify(r.headers)}\n${r.body ? r.body.toString('latin1') : ''}`;
-    for (const n of needles) {
-      if (text.includes(n)) throw new Error(`the key left the page: ${r.method} ${r.url}`);
-    }
-    checked++;
-  }
-  if (checked < 10) throw new Error(`only ${checked} requests seen`);
+  const checked = assertNoneCarries(requests, needles, 10);
   step(`key never sent (${checked} requests checked)`);
   console.log(`DEPLOYMENT ${deployment}`);
   console.log(`ROLLBACK ${rollback}`);
   console.log(`ACTIONS ${db.signed.action_id} ${ob.action_id} ${q.get('action_id')} ${rb.signed.action_id}`);
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/failed.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});

@@ -6,40 +6,18 @@
 // generate` wrote) the page signs the job (WebCrypto Ed25519) and it runs.
 // Every request the page makes is kept: none may carry the key. Steps
 // print one line each; screenshots go to $ARTIFACTS. Any failure exits 1.
-import { chromium } from 'playwright-core';
-import { readFileSync } from 'node:fs';
+import { env, keySecrets, recordRequests, assertNoneCarries, run, step } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
 const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
 const RID = env('RUNNER_ID');
 const KEY = env('KEY_FILE');
-const step = (m) => console.log(`step: ${m}`);
 const T = 20000;
 
-// What must never leave the page: the key file's key line, its seed and
-// the whole secret in every encoding a request could use.
-const keyLine = readFileSync(KEY, 'utf8').split('\n').map((l) => l.trim()).find((l) => l && !l.startsWith('untrusted'));
-const bin = Buffer.from(keyLine, 'base64');
-const seed = bin.subarray(62, 94);
-const needles = [keyLine, keyLine.slice(20, 60), encodeURIComponent(keyLine).slice(20, 60)];
-for (const part of [seed, bin.subarray(62, 126)]) {
-  needles.push(part.toString('hex'), part.toString('base64').slice(0, 40), part.toString('base64url').slice(0, 40));
-}
+// What must never leave the page (the key file's secret, every encoding).
+const { bin, needles } = keySecrets(KEY);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  const requests = [];
-  page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), headers: r.headers(), body: r.postDataBuffer() }));
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
+await run({ failShot: 'failed', T }, async ({ page, shot, login }) => {
+  const requests = recordRequests(page);
 
   // The login page: the tenant's single sign-on providers as buttons,
   // once the tenant is typed (names only, from the public options).
@@ -64,11 +42,7 @@ try {
   await page.getByRole('alert').filter({ hasText: 'Single sign-on refused: no_role: your account has no role here' }).waitFor({ timeout: T });
   step('sso refusal shown');
 
-  await page.getByLabel('Tenant').fill(env('TENANT'));
-  await page.getByLabel('User').fill(env('ADMIN_USER'));
-  await page.getByLabel('Password').fill(env('PASSWORD'));
-  await page.getByRole('button', { name: 'Log in' }).click();
-  await page.locator('#who').filter({ hasText: env('ADMIN_USER') }).waitFor({ timeout: T });
+  await login(env('ADMIN_USER'), { load: false });
   // The first page drawn before going on (a later one must not be overdrawn).
   await page.locator(`tr[data-runner="${RID}"]`).waitFor({ timeout: T });
 
@@ -130,22 +104,7 @@ try {
   step('key forgotten');
 
   // No request carried the key, in any part.
-  let checked = 0;
-  for (const r of requests) {
-    const text = `${r.url}\n${JSON.stringify(r.headers)}\n${r.body ? r.body.toString('latin1') : ''}`;
-    for (const n of needles) {
-      if (text.includes(n)) throw new Error(`the key left the page: ${r.method} ${r.url}`);
-    }
-    checked++;
-  }
-  if (checked < 5) throw new Error(`only ${checked} requests seen`);
+  const checked = assertNoneCarries(requests, needles, 5);
   step(`key never sent (${checked} requests checked)`);
   console.log(`JOB ${jobId}`);
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/failed.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});

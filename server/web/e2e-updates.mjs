@@ -6,38 +6,16 @@
 // "no desired version", sets VERSION as their desired version with the
 // bulk action, and finds them under "pending". Steps print one line each;
 // any failure exits 1.
-import { chromium } from 'playwright-core';
+import { env, run, step } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
-const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
 const TOTAL = Number(env('TOTAL'));
 const CURRENT = env('CURRENT').split(',');
 const PICK = env('PICK').split(',');
 const VERSION = env('VERSION');
-const step = (m) => console.log(`step: ${m}`);
 const T = 15000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1300, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  // A module that fails to load leaves the page at "Loading…" with no
-  // page error: say which request it was.
-  page.on('requestfailed', (r) => console.log(`request failed: ${r.url()} ${r.failure()?.errorText}`));
-  page.on('response', (r) => { if (r.status() >= 400 && !r.url().endsWith('/api/v1/session')) console.log(`HTTP ${r.status()}: ${r.url()}`); });
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
-  await page.goto(URL);
-  await page.getByLabel('Tenant').fill(env('TENANT'));
-  await page.getByLabel('User').fill(env('ADMIN_USER'));
-  await page.getByLabel('Password').fill(env('PASSWORD'));
-  await page.getByRole('button', { name: 'Log in' }).click();
+await run({ viewport: { width: 1300, height: 900 }, failShot: 'updates-failure', T }, async ({ page, shot, login }) => {
+  await login();
 
   const all = page.locator('#runner-counts [data-health="all"] .n');
   const rows = page.locator('table.runners tbody tr[data-runner]');
@@ -85,12 +63,4 @@ try {
   await state.selectOption('');
   await shows('any update state', names);
   step('update=failed: none; any: all');
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`E2E FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/updates-failure.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

@@ -2,66 +2,13 @@
 // tests/dashboard.rs against a real server and runner. Steps print one line
 // each; "STOP_RUNNER" asks the Rust side to stop the runner and waits for a
 // line on stdin. Screenshots go to $ARTIFACTS. Any failure exits 1.
-import { chromium } from 'playwright-core';
-import { createInterface } from 'node:readline';
+import { env, run, step, stdinLines } from './e2e-common.mjs';
 
-const env = (k) => { if (!process.env[k]) throw new Error(`${k} not set`); return process.env[k]; };
 const URL = env('TETHER_URL');
-const ART = env('ARTIFACTS');
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const step = (m) => console.log(`step: ${m}`);
+const lines = stdinLines();
 const T = 15000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  // This machine's network is closed: background networking only fails noisily.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--ignore-certificate-errors'],
-});
-let page;
-try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
-  page = await ctx.newPage();
-  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  // Failed requests explain a page stuck half-loaded (aborted streams of a
-  // page being left are expected, and left out).
-  page.on('requestfailed', (r) => {
-    const why = r.failure()?.errorText || '';
-    if (!why.includes('ERR_ABORTED')) console.log(`request failed: ${r.method()} ${r.url()}: ${why}`);
-  });
-  // Chromium aborts a navigation when a network interface comes or goes
-  // (ERR_NETWORK_CHANGED), and Docker tests running beside this one add
-  // veth interfaces at any moment: try such a navigation again. The same
-  // abort can hit one of the page's module scripts while the navigation
-  // itself succeeds, which leaves the page at "Loading…" for good: a load
-  // that lost a subresource that way is tried again too.
-  const goto = async (url) => {
-    for (let i = 0; ; i++) {
-      const lost = [];
-      const onFail = (r) => { if (String(r.failure()?.errorText).includes('ERR_NETWORK_CHANGED')) lost.push(r.url()); };
-      page.on('requestfailed', onFail);
-      try {
-        const resp = await page.goto(url);
-        if (lost.length === 0 || i >= 4) return resp;
-        console.log(`e2e: reloading ${url}: lost ${lost.join(', ')} to a network change`);
-      } catch (e) {
-        if (i >= 4 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
-      } finally {
-        page.off('requestfailed', onFail);
-      }
-    }
-  };
-  const shot = (name) => page.screenshot({ path: `${ART}/${name}.png`, fullPage: true });
-
-  const login = async (user) => {
-    await goto(URL);
-    await page.getByLabel('Tenant').fill(env('TENANT'));
-    await page.getByLabel('User').fill(user);
-    await page.getByLabel('Password').fill(env('PASSWORD'));
-    await page.getByRole('button', { name: 'Log in' }).click();
-    await page.locator('#who').filter({ hasText: user }).waitFor({ timeout: T });
-  };
-
+await run({ failShot: 'failure', T }, async ({ page, goto, shot, login }) => {
   // A wrong password is refused on the page.
   await goto(URL);
   await page.getByLabel('Tenant').fill(env('TENANT'));
@@ -355,12 +302,4 @@ try {
   }
   step('phone width fits');
   step(`viewer refused: ${refused.body.error.message}`);
-  console.log('E2E OK');
-} catch (e) {
-  console.log(`E2E FAILED: ${e.stack || e}`);
-  if (page) await page.screenshot({ path: `${ART}/failure.png`, fullPage: true }).catch(() => {});
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  process.exit();
-}
+});

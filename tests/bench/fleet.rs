@@ -37,24 +37,7 @@ pub fn run(rows: &mut Vec<Row>) {
     // Room for a job per runner (the rollout below).
     let server = Server::start_with(&["--enroll-rate", "0", "--max-jobs-per-tenant", "1000000"]);
     let tenant = server.tenant("fleet");
-    let sim = runner_bin().with_file_name("tether-sim");
-    let _sim = KillOnDrop(
-        Command::new(&sim)
-            .args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
-            .arg(&server.ca)
-            .args([
-                "--count",
-                &count.to_string(),
-                "--heartbeat",
-                "5s",
-                "--duration",
-                "900s",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", sim.display())),
-    );
+    let _sim = start_sims(&server, &tenant.token, count, "900s");
     eprintln!("bench: fleet of {count} simulated runners");
     let all = format!("/api/v1/runners?health=active&limit={}", count.min(10_000));
     let ids: Vec<String> = wait_for(Duration::from_secs(600), "the fleet active", || {
@@ -117,16 +100,6 @@ pub fn run(rows: &mut Vec<Row>) {
     rollout_overhead(&server, &tenant, count, rows);
     for r in rows.iter().rev().take(4) {
         eprintln!("bench: {} = {:.3} {}", r.what, r.value, r.unit);
-    }
-}
-
-/// The sim goes when the bench does, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -447,18 +447,7 @@ fn sim_fleet(server: &Server, count: u64, hold: u64, metrics: bool) -> SimFigure
     std::thread::sleep(Duration::from_secs(1));
     let spid = server.child.id();
     let rss0 = rss_kib(spid);
-    let sim = runner_bin().with_file_name("tether-sim");
-    let mut cmd = Command::new(&sim);
-    cmd.args(["--api", &server.url, "--token", &tenant.token, "--ca-file"])
-        .arg(&server.ca)
-        .args([
-            "--count",
-            &count.to_string(),
-            "--heartbeat",
-            "5s",
-            "--duration",
-            &format!("{hold}s"),
-        ]);
+    let mut cmd = sims_command(server, &tenant.token, count, &format!("{hold}s"));
     if metrics {
         cmd.args(["--metrics", "--metrics-interval", "5s"]);
     }
@@ -468,7 +457,7 @@ fn sim_fleet(server: &Server, count: u64, hold: u64, metrics: bool) -> SimFigure
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", sim.display()));
+        .unwrap_or_else(|e| panic!("start tether-sim: {e}"));
     eprintln!("bench: {count} simulated runners for {hold} s (metrics: {metrics})");
     let t_conn = Instant::now();
     let list = format!("/api/v1/runners?health=active&limit={}", count.min(10_000));

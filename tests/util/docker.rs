@@ -199,3 +199,18 @@ fn import_image() {
     let _ = fs::remove_dir_all(&root);
     let _ = fs::remove_file(&tar);
 }
+
+/// `docker run -d <args>`: a container started in the background, or the
+/// test fails with Docker's reason.
+pub fn run_detached(args: &[&str]) {
+    let out = Command::new("docker")
+        .args(["run", "-d"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -50,6 +50,58 @@ pub fn server_bin() -> PathBuf {
     p
 }
 
+/// `tether-server key generate` into `dir/name`: the operator's secret key
+/// file (its public key beside it, `name.pub`).
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let out = Command::new(server_bin())
+        .args(["key", "generate", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    key
+}
+
+/// A child process killed and reaped however the test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tether-sim` running `count` simulated runners (a heartbeat every 5 s,
+/// for `duration`) enrolled with `token` on `server`, to be started.
+pub fn sims_command(server: &Server, token: &str, count: u64, duration: &str) -> Command {
+    let mut cmd = Command::new(runner_bin().with_file_name("tether-sim"));
+    cmd.args(["--api", &server.url, "--token", token, "--ca-file"])
+        .arg(&server.ca)
+        .args([
+            "--count",
+            &count.to_string(),
+            "--heartbeat",
+            "5s",
+            "--duration",
+            duration,
+        ]);
+    cmd
+}
+
+/// [`sims_command`] started (its stderr shown, its stdout not); killed on
+/// drop.
+pub fn start_sims(server: &Server, token: &str, count: u64, duration: &str) -> KillOnDrop {
+    KillOnDrop(
+        sims_command(server, token, count, duration)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start tether-sim: {e}")),
+    )
+}
+
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -513,6 +565,25 @@ impl Runner {
                 .unwrap();
         r.id = cred["runner_id"].as_str().unwrap().to_string();
         r
+    }
+
+    /// Enroll a runner of `tenant` that trusts the operator key `key` (see
+    /// [`Runner::trust_key`]), start it with `args` and wait until it is
+    /// active.
+    pub fn trusting(server: &Server, tenant: &Tenant, key: &Path, args: &[&str]) -> Runner {
+        let mut r = Runner::enroll(server, tenant);
+        r.trust_key(key);
+        r.start(args);
+        tenant.wait_health(&r.id, "active", Duration::from_secs(15));
+        r
+    }
+
+    /// Trust the operator key `key` (a file `keygen` wrote): its public
+    /// key becomes the runner's `operator-keys.pub`.
+    pub fn trust_key(&self, key: &Path) {
+        let mut public = key.as_os_str().to_owned();
+        public.push(".pub");
+        fs::copy(public, self.dir.path().join("operator-keys.pub")).unwrap();
     }
 
     /// Start `tether run` with extra arguments (e.g. `--heartbeat 1s`).

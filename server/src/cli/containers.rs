@@ -374,20 +374,8 @@ pub fn prune(
     };
     let id = resolve_runner(client, runner)?;
     if let Some(signer) = Signer::from_args(sign)? {
-        let req = DockerRequest {
-            op: if images {
-                DockerOp::PruneImages
-            } else {
-                DockerOp::PruneContainers
-            },
-            container: None,
-            timeout_s: None,
-            signal: None,
-            force: false,
-            volumes: false,
-            filters: (!map.is_empty()).then(|| Value::Object(map.clone())),
-            signed: None,
-        };
+        let filters = (!map.is_empty()).then(|| Value::Object(map.clone()));
+        let req = crate::containers::api::prune_request(images, filters);
         let s = sign_request(&signer, &id, &req)?;
         let b = body.get_or_insert_with(|| json!({}));
         for k in ["action_id", "not_after_ms", "signature"] {

@@ -2,10 +2,11 @@
 //! is run under node and, for the same actions, must make the same
 //! canonical bytes as `protocol/signed.rs` fed by the builders the CLI
 //! signs with (`deploy::api::job_spec`, `terminals::api::term_open`,
-//! `containers::api::action_request`). A deploy reaches the page as the
-//! JSON `GET /apps/{name}/signable` answers with (`deploy::api::signable`);
-//! a terminal and a container operation as the page's own inputs, which
-//! it builds into the message with its ports of those builders.
+//! `containers::api::action_request` and `prune_request`). A deploy
+//! reaches the page as the JSON `GET /apps/{name}/signable` answers with
+//! (`deploy::api::signable`); a terminal and a container operation as the
+//! page's own inputs, which it builds into the message with its ports of
+//! those builders.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,9 +14,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use tether::protocol::signed::{container_bytes, job_bytes, terminal_bytes};
-use tether::protocol::{DockerOp, DockerRequest, JobStart};
+use tether::protocol::{DockerOp, JobStart};
 
-use crate::containers::api::{action_request, ActionParams};
+use crate::containers::api::{action_request, prune_request, ActionParams};
 use crate::deploy::api::{job_spec, signed_start, AppDef};
 use crate::terminals::api::term_open;
 
@@ -239,20 +240,7 @@ fn the_page_encodes_terminals_and_container_operations_as_the_cli_signs_them() {
     ];
     for images in [false, true] {
         for f in &filters {
-            let req = DockerRequest {
-                op: if images {
-                    DockerOp::PruneImages
-                } else {
-                    DockerOp::PruneContainers
-                },
-                container: None,
-                timeout_s: None,
-                signal: None,
-                force: false,
-                volumes: false,
-                filters: f.clone(),
-                signed: None,
-            };
+            let req = prune_request(images, f.clone());
             want.push(container_bytes("rn_2", "sa_p", NA, &req));
             cases.push(json!({"kind": "prune", "runner": "rn_2", "action": "sa_p",
                 "not_after": NA, "images": images, "filters": f}));

@@ -366,6 +366,19 @@ pub(crate) fn action_request(op: DockerOp, cid: &str, p: &ActionParams) -> Docke
     req
 }
 
+/// The `docker_request` of a prune of images (`images`) or of containers,
+/// with its `filters`. The CLI and the page build the same to sign it
+/// (`cli/containers.rs`; `cli/page_signing.rs` checks the page's bytes).
+pub(crate) fn prune_request(images: bool, filters: Option<Value>) -> DockerRequest {
+    let mut req = request(if images {
+        DockerOp::PruneImages
+    } else {
+        DockerOp::PruneContainers
+    });
+    req.filters = filters;
+    req
+}
+
 async fn action(
     caller: Caller,
     state: ContainersCtx,
