@@ -53,10 +53,8 @@ pub trait JobStore: Send + Sync {
     async fn open_jobs(&self, runner: &str) -> Result<Vec<JobRow>, StorageError>;
     /// Which of `runners` have a job not yet final (the jobs' periodic
     /// safety net asks this for the runners a process holds, in one call).
-    async fn runners_with_open_jobs(
-        &self,
-        runners: &[String],
-    ) -> Result<Vec<String>, StorageError>;
+    async fn runners_with_open_jobs(&self, runners: &[String])
+        -> Result<Vec<String>, StorageError>;
     /// (seq, stored bytes) of a runner's jobs whose output is incomplete.
     async fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError>;
     async fn accepted(&self, id: &str, state: &str, now: i64) -> Result<(), StorageError>;
