@@ -86,11 +86,20 @@ pub fn sign(keys: &Keys, version: &str, comment_arch: &str, bytes: &[u8]) -> (Ve
     let dir = TempDir::new("sign");
     let bin = dir.path().join(format!("tether-{comment_arch}"));
     fs::write(&bin, bytes).unwrap();
+    build_sh_sign(keys, dir.path(), version, &bin);
+    let sig =
+        fs::read_to_string(dir.path().join(format!("tether-{comment_arch}.minisig"))).unwrap();
+    (fs::read(&bin).unwrap(), sig)
+}
+
+/// `build.sh sign DIR VERSION BIN` with `keys`: BIN's signature and the
+/// signed manifest land in `dir`.
+fn build_sh_sign(keys: &Keys, dir: &Path, version: &str, bin: &Path) {
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
-        .args(["sign"])
-        .arg(dir.path())
+        .arg("sign")
+        .arg(dir)
         .arg(version)
-        .arg(&bin)
+        .arg(bin)
         .env("TETHER_SIGNING_KEY", &keys.secret)
         .output()
         .unwrap();
@@ -99,9 +108,6 @@ pub fn sign(keys: &Keys, version: &str, comment_arch: &str, bytes: &[u8]) -> (Ve
         "build.sh sign: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sig =
-        fs::read_to_string(dir.path().join(format!("tether-{comment_arch}.minisig"))).unwrap();
-    (fs::read(&bin).unwrap(), sig)
 }
 
 /// Sign `bytes` as release `version` with `keys` (`build.sh sign`: binary,
@@ -116,19 +122,7 @@ pub fn publish_to(
     let dir = TempDir::new("release");
     let bin = dir.path().join(format!("tether-{ARCH}"));
     fs::write(&bin, bytes).unwrap();
-    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.sh"))
-        .arg("sign")
-        .arg(dir.path())
-        .arg(version)
-        .arg(&bin)
-        .env("TETHER_SIGNING_KEY", &keys.secret)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build.sh sign: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_sh_sign(keys, dir.path(), version, &bin);
     let api = server.api();
     let mut files = Vec::new();
     for e in fs::read_dir(dir.path()).unwrap().flatten() {

@@ -853,11 +853,21 @@ async fn fail_update(
     tracing::info!(rollout = %r.id, runner = %t.runner_id, "update failed: {why}");
     t.status = Some(why);
     t.duration_ms = Some(now - t.started_ms);
+    restore_desired(state, &r.tenant, t, now).await
+}
+
+/// A target's own desired version as it was before the rollout set it.
+async fn restore_desired(
+    state: &FleetCtx,
+    tenant: &str,
+    t: &Target,
+    now: i64,
+) -> Result<(), ApiError> {
     state
         .fleet
         .store
         .set_desired_version(
-            &r.tenant,
+            tenant,
             std::slice::from_ref(&t.runner_id),
             t.prev_desired.as_deref(),
             now,
@@ -889,16 +899,7 @@ async fn withdraw_updates(
         }
         t.withdrawn_ms = Some(now);
         t.status = Some("withdrawn by the abort".into());
-        state
-            .fleet
-            .store
-            .set_desired_version(
-                &r.tenant,
-                std::slice::from_ref(&t.runner_id),
-                t.prev_desired.as_deref(),
-                now,
-            )
-            .await?;
+        restore_desired(state, &r.tenant, t, now).await?;
         if let Err(e) = state.offers.offer(&r.tenant, &t.runner_id).await {
             tracing::warn!(rollout = %r.id, runner = %t.runner_id, "offering the previous version: {}", e.message);
         }
