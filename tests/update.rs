@@ -288,6 +288,15 @@ impl Host {
             .to_owned()
     }
 
+    /// Waits until the binary at the path holds `version`. The server
+    /// sees a new version first from the trial run, before the runner
+    /// has moved the binary into place: the path holds it a moment later.
+    pub fn wait_installed(&self, version: &str) {
+        wait_for(WAIT, &format!("{version} at the path"), || {
+            (self.installed_version() == version).then_some(())
+        });
+    }
+
     pub fn leftovers(&self) -> Vec<String> {
         fs::read_dir(self.install.path())
             .unwrap()
@@ -689,7 +698,7 @@ fn air_gapped_update_from_files_with_and_without_a_running_runner() {
     );
     fx.wait_version(&host.runner.id, "0.5.0");
     assert_eq!(host.runner.pid(), pid);
-    assert_eq!(host.installed_version(), "0.5.0");
+    host.wait_installed("0.5.0");
 
     // With no runner running: the command swaps; the next start runs it.
     signal(host.runner.child(), libc::SIGTERM);
@@ -1028,7 +1037,7 @@ fn an_update_rollout_halts_at_the_wave_that_fails_and_resume_updates_the_rest() 
     for h in [&hosts[2], &hosts[3]] {
         fx.wait_version(&h.runner.id, "0.5.0");
         fx.wait_report(&h.runner.id, "0.5.0", "installed");
-        assert_eq!(h.installed_version(), "0.5.0");
+        h.wait_installed("0.5.0");
     }
     // The one left behind: its own desired version (the dashboard's
     // bulk action and `update desired` set it).
@@ -1268,7 +1277,7 @@ fn an_update_rollout_halts_when_a_runner_of_the_soaking_wave_goes_back() {
     let soaked_from = std::time::Instant::now();
     assert_eq!(v["targets"][0]["status"], "installed", "{v}");
     assert_eq!(v["targets"][1]["state"], "waiting", "{v}");
-    assert_eq!(h1.installed_version(), "0.5.0");
+    h1.wait_installed("0.5.0");
 
     // The host owner goes back to the previous binary, self-update off.
     signal(h1.runner.child(), libc::SIGTERM);
