@@ -97,6 +97,14 @@ pub trait ControlStore: Send + Sync {
         tenant_id: &str,
         ids: &[String],
     ) -> Result<Vec<RunnerRow>, StorageError>;
+    /// Version and health of the tenant's runners among `ids` (ids of none
+    /// are skipped): what an update rollout's driver watches, without the
+    /// rest of each row.
+    async fn runner_versions(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerVersion>, StorageError>;
     async fn runner_by_credential(
         &self,
         credential_hash: &str,
@@ -320,6 +328,14 @@ pub struct RunnerRow {
     pub last_seen: Option<i64>,
     pub connected_since: Option<i64>,
     pub revoked_at: Option<i64>,
+}
+
+/// A runner's version and health (`ControlStore::runner_versions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerVersion {
+    pub id: String,
+    pub version: String,
+    pub health: Health,
 }
 
 /// One entry of a runner's health history.

@@ -55,6 +55,10 @@ pub trait JobStore: Send + Sync {
     /// safety net asks this for the runners a process holds, in one call).
     async fn runners_with_open_jobs(&self, runners: &[String])
         -> Result<Vec<String>, StorageError>;
+    /// Where the tenant's jobs among `ids` are (ids of none are skipped):
+    /// a rollout's driver reads its running targets' jobs in one call.
+    async fn job_states(&self, tenant: &str, ids: &[String])
+        -> Result<Vec<JobState>, StorageError>;
     /// (seq, stored bytes) of a runner's jobs whose output is incomplete.
     async fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError>;
     async fn accepted(&self, id: &str, state: &str, now: i64) -> Result<(), StorageError>;
@@ -153,6 +157,22 @@ pub struct JobRow {
     pub output_pruned: bool,
     #[serde(skip)]
     pub spec: JobSpec,
+}
+
+/// A job's status and times, without its spec (`JobStore::job_states`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobState {
+    pub id: String,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+impl JobState {
+    pub fn is_final(&self) -> bool {
+        FINAL.contains(&self.status.as_str())
+    }
 }
 
 impl JobRow {

@@ -10,12 +10,15 @@
 //!  driver task (the lease holder; `run`), every TICK:
 //!     open rows (driver state set) ─▶ not held here, or rev moved ─▶ read it (again),
 //!          finish what its last change left half done (see below)
-//!     finished targets ─▶ planner.finished(ok)
-//!     (update: soaking wave's runners gone bad ─▶ planner.failed_late)
+//!     finished targets ─▶ planner.finished(ok)       (one query for all the
+//!     (update: soaking wave's runners gone bad          running targets' jobs;
+//!          ─▶ planner.failed_late)                      update: two, each 1 s)
 //!     planner.starts_at(now) ─▶ job ids / previous versions chosen, status `starting`
 //!          ─▶ SAVED (rev+1) ─▶ only then: the jobs (the ordinary job path, with a deadline)
 //!                              or the runner's own desired version + an offer
-//!     anything changed ─▶ saved (rev+1); over for good ─▶ driver state dropped (closed)
+//!     anything changed ─▶ saved (rev+1): state, wave, soak, a start or the end
+//!          at once, targets' progress at most each SAVE_EVERY_MS
+//!     over for good ─▶ driver state dropped (closed)
 //!  pause / resume / abort (any replica): read the row, apply the action to its
 //!     planner, save it if rev is still the one read (else read again) ─▶ the answer
 //!     is the state stored; abort also cancels the running jobs and takes
@@ -50,9 +53,17 @@
 //! update `failed` (rolled back), `rejected` or `interrupted`, or is not
 //! connected at the version within `reconnect` of its start; a failed
 //! runner gets its previous own desired version back (its policy's, if
-//! it had none), so it is not offered the version again. While a wave
-//! soaks, a runner of it found back at another version, or reporting a
-//! failure, fails late. Rows saved by builds before the driver state was
+//! it had none) and, if connected, that version's offer, so it is not
+//! offered the version again. While a wave soaks, a runner of it found
+//! back at another version, reporting a failure, or not connected for
+//! longer than `reconnect`, fails late.
+//!
+//! A tick costs what the rollout's running targets need, not its size:
+//! their jobs' states in one query (`JobStore::job_states`), or their
+//! runners' versions and health and the newest update reports in two,
+//! each second; nothing is written unless something changed (the
+//! planner's [`Mark`] and the targets' statuses tell it without making
+//! the row). Rows saved by builds before the driver state was
 //! stored have none: they show as they were, `live: false`.
 //!
 //! Abort of an update rollout: the runners of waves not started are
@@ -88,8 +99,9 @@ use serde_json::{json, Value};
 
 use crate::common::clock;
 use crate::common::error::ApiError;
+use crate::db::control::Health;
 use crate::db::fleet::RolloutRow;
-use crate::db::jobs::JobSpec;
+use crate::db::jobs::{JobSpec, JobState};
 use crate::db::StorageError;
 use crate::fleet::waves::{Planner, State, TargetState, Threshold, Totals, WaveSize};
 use crate::fleet::FleetCtx;
@@ -98,8 +110,18 @@ use crate::link::dispatch::FamilyId;
 /// How often the driver looks at the rollouts and their jobs (and so the
 /// longest an action taken on another replica waits to be seen).
 const TICK: Duration = Duration::from_millis(300);
+/// How often an update rollout's running targets are looked at (their
+/// runners' versions and reports: one query each for the whole wave; an
+/// install takes seconds, the reconnect bound is counted in seconds).
+const UPDATE_CHECK_MS: i64 = 1_000;
 /// How often a soaking wave's updated runners are looked at again.
 const SOAK_CHECK_MS: i64 = 2_000;
+/// Targets' progress within one state of the rollout is saved at most
+/// this often (a 10,000-target row is megabytes of JSON); a change of
+/// state, wave or soak, a start and the end are saved at once. What a
+/// driver that dies in between did not save, the next one reads again
+/// from the jobs and the runners.
+const SAVE_EVERY_MS: i64 = 1_000;
 /// How long after an abort a runner connected at another version is
 /// taken as not having taken the offer (one that took it closes its
 /// connection at once to install).
@@ -137,6 +159,10 @@ pub struct Target {
     /// Stored with the driver state, not shown.
     #[serde(skip)]
     withdrawn_ms: Option<i64>,
+    /// Update, while its wave soaks: since when its runner was last seen
+    /// not connected (not stored: a new driver counts again).
+    #[serde(skip)]
+    away_ms: Option<i64>,
 }
 
 /// What a rollout does to each runner.
@@ -167,14 +193,29 @@ pub struct Rollout {
     work: Work,
     planner: Planner,
     targets: Vec<Target>,
-    /// When a soaking wave was last looked at (not stored: a new driver
-    /// looks at once).
+    /// When a soaking wave, and the running update targets, were last
+    /// looked at (not stored: a new driver looks at once).
     soak_checked_ms: i64,
+    updates_checked_ms: i64,
     /// The row's revision this copy was read at or last saved as.
     rev: i64,
-    /// The body and driver state last read or saved (nothing changed:
-    /// nothing written).
-    saved: (String, Option<String>),
+    /// A target changed since the last read or save (the planner's changes
+    /// show in its [`Mark`]).
+    dirty: bool,
+    /// The planner as last read or saved, and when.
+    saved_mark: Mark,
+    saved_ms: i64,
+}
+
+/// What tells whether a rollout changed, without making its row: the
+/// planner's state, wave, soak and totals (every target's move between
+/// states changes the totals).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+struct Mark {
+    state: Option<State>,
+    wave: usize,
+    soak_until: Option<i64>,
+    totals: Totals,
 }
 
 /// What the driver stores beside the view: everything it needs to go on.
@@ -316,7 +357,7 @@ impl Rollout {
         for (t, w) in targets.iter_mut().zip(d.withdrawn_ms) {
             t.withdrawn_ms = w;
         }
-        Ok(Some(Rollout {
+        let mut r = Rollout {
             id: row.id.clone(),
             tenant: row.tenant_id.clone(),
             created_ms: row.created_ms,
@@ -326,9 +367,31 @@ impl Rollout {
             planner: d.planner,
             targets,
             soak_checked_ms: 0,
+            updates_checked_ms: 0,
             rev: row.rev,
-            saved: (row.body.clone(), row.driver.clone()),
-        }))
+            dirty: false,
+            saved_mark: Mark::default(),
+            saved_ms: row.updated_ms,
+        };
+        r.saved_mark = r.mark();
+        Ok(Some(r))
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            state: Some(self.planner.state()),
+            wave: self.planner.wave().0,
+            soak_until: self.planner.soak_until(),
+            totals: self.planner.totals(),
+        }
+    }
+
+    /// A target's status, marked as a change only if it is one.
+    fn set_status(&mut self, i: usize, status: String) {
+        if self.targets[i].status.as_deref() != Some(status.as_str()) {
+            self.targets[i].status = Some(status);
+            self.dirty = true;
+        }
     }
 
     fn sync_targets(&mut self) {
@@ -361,17 +424,26 @@ impl From<StorageError> for Stop {
 }
 
 /// Save `r` if it changed since it was read or saved, if the row is still
-/// at the revision it was read at.
-async fn save(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
-    let row = r.row();
-    if (&row.body, &row.driver) == (&r.saved.0, &r.saved.1) {
+/// at the revision it was read at: at once if `at_once` or its state,
+/// wave or soak moved or it is over; progress alone at most every
+/// [`SAVE_EVERY_MS`].
+async fn save(state: &FleetCtx, r: &mut Rollout, now: i64, at_once: bool) -> Result<(), Stop> {
+    let mark = r.mark();
+    let was = r.saved_mark;
+    if !r.dirty && mark == was {
         return Ok(());
     }
-    if !state.fleet.store.update_rollout(&row).await? {
+    let moved = (mark.state, mark.wave, mark.soak_until) != (was.state, was.wave, was.soak_until);
+    if !(at_once || moved || r.closed()) && now - r.saved_ms < SAVE_EVERY_MS {
+        return Ok(());
+    }
+    if !state.fleet.store.update_rollout(&r.row()).await? {
         return Err(Stop::Stale);
     }
     r.rev += 1;
-    r.saved = (row.body, row.driver);
+    r.dirty = false;
+    r.saved_mark = mark;
+    r.saved_ms = now;
     Ok(())
 }
 
@@ -402,6 +474,7 @@ pub async fn start(
             started_ms: 0,
             prev_desired: None,
             withdrawn_ms: None,
+            away_ms: None,
         })
         .collect();
     let r = Rollout {
@@ -414,8 +487,11 @@ pub async fn start(
         planner,
         targets,
         soak_checked_ms: 0,
+        updates_checked_ms: 0,
         rev: 0,
-        saved: Default::default(),
+        dirty: false,
+        saved_mark: Mark::default(),
+        saved_ms: 0,
     };
     state.fleet.store.save_rollout(&r.row()).await?;
     state.fleet.rollouts.wake();
@@ -541,6 +617,7 @@ async fn load(state: &FleetCtx, tenant: &str, id: &str) -> Result<Option<Rollout
             tracing::info!(rollout = %r.id, targets = missing.len(), "finishing the starts of its last change");
             perform_starts(state, &mut r, &missing, now).await?;
             r.sync_targets();
+            r.dirty = true;
         }
     }
     if r.planner.state() == State::Aborted {
@@ -566,10 +643,13 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
             reconnect_ms,
         } => {
             let (version, reconnect_ms) = (version.clone(), *reconnect_ms);
-            collect_updates(state, r, &version, reconnect_ms, now).await?;
+            if now - r.updates_checked_ms >= UPDATE_CHECK_MS {
+                r.updates_checked_ms = now;
+                collect_updates(state, r, &version, reconnect_ms, now).await?;
+            }
             if r.planner.soak_until().is_some() && now - r.soak_checked_ms >= SOAK_CHECK_MS {
                 r.soak_checked_ms = now;
-                check_soaking(state, r, &version).await?;
+                check_soaking(state, r, &version, reconnect_ms).await?;
             }
         }
     }
@@ -579,31 +659,45 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
         r.sync_targets();
         // Stored as started before anything starts: whoever reads the
         // row next finishes these starts, never makes them again.
-        save(state, r).await?;
+        save(state, r, now, true).await?;
         perform_starts(state, r, &starts, now).await?;
+        r.dirty = true;
     }
     r.sync_targets();
-    save(state, r).await
+    save(state, r, now, false).await
 }
 
-/// Finished jobs.
+/// The running targets' jobs, read in one call: their status, and the
+/// finished ones.
 async fn collect_jobs(state: &FleetCtx, r: &mut Rollout) -> Result<(), ApiError> {
-    for i in 0..r.targets.len() {
-        if r.planner.target(i) != TargetState::Running {
-            continue;
-        }
-        let Some(job_id) = r.targets[i].job_id.clone() else {
-            continue;
-        };
-        let Some(job) = state.db.jobs.job(&r.tenant, &job_id).await? else {
+    let running: Vec<(usize, String)> = running(r)
+        .into_iter()
+        .filter_map(|i| Some((i, r.targets[i].job_id.clone()?)))
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = running.iter().map(|(_, j)| j.clone()).collect();
+    let mut jobs: HashMap<String, JobState> = state
+        .db
+        .jobs
+        .job_states(&r.tenant, &ids)
+        .await?
+        .into_iter()
+        .map(|j| (j.id.clone(), j))
+        .collect();
+    for (i, job_id) in running {
+        let Some(job) = jobs.remove(&job_id) else {
             r.planner.finished(i, false);
             continue;
         };
-        r.targets[i].status = Some(job.status.clone());
-        if job.is_final() {
+        let ok = job.status == "succeeded";
+        let is_final = job.is_final();
+        r.set_status(i, job.status);
+        if is_final {
             r.targets[i].exit_code = job.exit_code;
             r.targets[i].duration_ms = job.finished_ms.zip(job.started_ms).map(|(f, s)| f - s);
-            r.planner.finished(i, job.status == "succeeded");
+            r.planner.finished(i, ok);
         }
     }
     Ok(())
@@ -625,10 +719,14 @@ async fn plan_starts(
         }
         Work::Update { .. } => {
             let before = state.fleet.store.desired_versions(&r.tenant).await?;
+            let ids: Vec<String> = starts
+                .iter()
+                .map(|&i| r.targets[i].runner_id.clone())
+                .collect();
             let versions: HashMap<String, String> = state
                 .db
                 .control
-                .list_runners(&r.tenant)
+                .runner_versions(&r.tenant, &ids)
                 .await?
                 .into_iter()
                 .map(|row| (row.id, row.version))
@@ -696,7 +794,7 @@ async fn start_jobs(
                 .add_deadlines(&r.tenant, &jobs, now + deadline_ms)
                 .await?;
             for &i in starts {
-                r.targets[i].status = Some("pending".into());
+                r.set_status(i, "pending".into());
                 state
                     .registry
                     .nudge(&r.targets[i].runner_id, FamilyId::Jobs);
@@ -706,7 +804,7 @@ async fn start_jobs(
         Err(e) => {
             // The tenant's job quota: these count as failed.
             for &i in starts {
-                r.targets[i].status = Some(format!("not started: {}", e.message));
+                r.set_status(i, format!("not started: {}", e.message));
                 r.planner.finished(i, false);
             }
         }
@@ -734,7 +832,7 @@ async fn start_updates(
         .await?;
     for &i in starts {
         let id = r.targets[i].runner_id.clone();
-        r.targets[i].status = Some("offered".into());
+        r.set_status(i, "offered".into());
         if let Err(e) = state.offers.offer(&r.tenant, &id).await {
             tracing::warn!(rollout = %r.id, runner = %id, "offering the update: {}", e.message);
         }
@@ -743,22 +841,28 @@ async fn start_updates(
 }
 
 /// What the update targets are checked against, read at once (two
-/// queries per tick, whatever the size of the wave): each runner's
-/// version and whether it is connected, and its newest update report.
+/// queries, whatever the size of the wave): each of these runners'
+/// version and whether it is connected, and the tenant's newest update
+/// report of each runner.
 struct Seen {
     runners: HashMap<String, (String, bool)>,
     latest: HashMap<String, crate::db::updates::UpdateReportRow>,
 }
 
 impl Seen {
-    async fn read(state: &FleetCtx, tenant: &str) -> Result<Seen, ApiError> {
+    async fn read(state: &FleetCtx, r: &Rollout, targets: &[usize]) -> Result<Seen, ApiError> {
+        let ids: Vec<String> = targets
+            .iter()
+            .map(|&i| r.targets[i].runner_id.clone())
+            .collect();
+        let tenant = &r.tenant;
         let runners = state
             .db
             .control
-            .list_runners(tenant)
+            .runner_versions(tenant, &ids)
             .await?
             .into_iter()
-            .map(|r| (r.id, (r.version, r.health.as_str() == "active")))
+            .map(|r| (r.id, (r.version, r.health == Health::Active)))
             .collect();
         let latest = state.db.updates.latest_update_reports(tenant).await?;
         Ok(Seen { runners, latest })
@@ -792,28 +896,27 @@ async fn collect_updates(
     reconnect_ms: i64,
     now: i64,
 ) -> Result<(), ApiError> {
-    if r.planner.totals().running == 0 {
+    let running = running(r);
+    if running.is_empty() {
         return Ok(());
     }
-    let seen = Seen::read(state, &r.tenant).await?;
-    for i in 0..r.targets.len() {
-        if r.planner.target(i) != TargetState::Running {
-            continue;
-        }
+    let seen = Seen::read(state, r, &running).await?;
+    for i in running {
         let id = r.targets[i].runner_id.clone();
         let started = r.targets[i].started_ms;
         let failure = match seen.runners.get(&id) {
             None => Some("the runner is gone".to_owned()),
             Some((v, true)) if v == version => {
                 let t = &mut r.targets[i];
-                t.status = Some(if t.from_version.as_deref() == Some(version) {
-                    "already at the version".into()
+                let status = if t.from_version.as_deref() == Some(version) {
+                    "already at the version"
                 } else if t.withdrawn_ms.is_some() {
-                    "installed: already under way at the abort".into()
+                    "installed: already under way at the abort"
                 } else {
-                    "installed".into()
-                });
+                    "installed"
+                };
                 t.duration_ms = Some(now - started);
+                r.set_status(i, status.into());
                 r.planner.finished(i, true);
                 continue;
             }
@@ -825,11 +928,12 @@ async fn collect_updates(
                     reconnect_ms / 1000
                 )),
                 None => {
-                    r.targets[i].status = Some(if *active {
-                        "offered".into()
+                    let status = if *active {
+                        "offered"
                     } else {
-                        "waiting for the runner".into()
-                    });
+                        "waiting for the runner"
+                    };
+                    r.set_status(i, status.into());
                     continue;
                 }
             },
@@ -849,30 +953,32 @@ async fn fail_update(
     why: String,
     now: i64,
 ) -> Result<(), ApiError> {
-    let t = &mut r.targets[i];
-    tracing::info!(rollout = %r.id, runner = %t.runner_id, "update failed: {why}");
-    t.status = Some(why);
-    t.duration_ms = Some(now - t.started_ms);
-    restore_desired(state, &r.tenant, t, now).await
+    tracing::info!(rollout = %r.id, runner = %r.targets[i].runner_id, "update failed: {why}");
+    r.set_status(i, why);
+    r.targets[i].duration_ms = Some(now - r.targets[i].started_ms);
+    take_back(state, r, i, now).await
 }
 
-/// A target's own desired version as it was before the rollout set it.
-async fn restore_desired(
-    state: &FleetCtx,
-    tenant: &str,
-    t: &Target,
-    now: i64,
-) -> Result<(), ApiError> {
+/// A target's own desired version as it was before the rollout set it,
+/// and that version's offer (or none) sent if the runner is connected: it
+/// holds no pending offer (it takes one at once or refuses it), so the
+/// version it is to run now must be said; an offline one is told when it
+/// connects.
+async fn take_back(state: &FleetCtx, r: &Rollout, i: usize, now: i64) -> Result<(), ApiError> {
+    let t = &r.targets[i];
     state
         .fleet
         .store
         .set_desired_version(
-            tenant,
+            &r.tenant,
             std::slice::from_ref(&t.runner_id),
             t.prev_desired.as_deref(),
             now,
         )
         .await?;
+    if let Err(e) = state.offers.offer(&r.tenant, &t.runner_id).await {
+        tracing::warn!(rollout = %r.id, runner = %t.runner_id, "offering the previous version: {}", e.message);
+    }
     Ok(())
 }
 
@@ -890,19 +996,16 @@ async fn withdraw_updates(
     let Work::Update { version, .. } = &r.work else {
         return Ok(());
     };
+    let version = version.clone();
     let now = clock::now_ms();
-    let seen = Seen::read(state, &r.tenant).await?;
+    let seen = Seen::read(state, r, running).await?;
     for &i in running {
-        let t = &mut r.targets[i];
-        if seen.runners.get(&t.runner_id) == Some(&(version.clone(), true)) {
+        if seen.runners.get(&r.targets[i].runner_id) == Some(&(version.clone(), true)) {
             continue; // updated: collected as succeeded
         }
-        t.withdrawn_ms = Some(now);
-        t.status = Some("withdrawn by the abort".into());
-        restore_desired(state, &r.tenant, t, now).await?;
-        if let Err(e) = state.offers.offer(&r.tenant, &t.runner_id).await {
-            tracing::warn!(rollout = %r.id, runner = %t.runner_id, "offering the previous version: {}", e.message);
-        }
+        r.targets[i].withdrawn_ms = Some(now);
+        r.set_status(i, "withdrawn by the abort".into());
+        take_back(state, r, i, now).await?;
     }
     Ok(())
 }
@@ -933,22 +1036,28 @@ fn settle_withdrawn(
     } else {
         return true;
     };
-    t.status = Some(why);
     t.duration_ms = Some(now - t.started_ms);
+    r.set_status(i, why);
     r.planner.withdrawn(i);
     true
 }
 
 /// While a wave soaks: its updated runners still at the version, with no
-/// failure reported since.
-async fn check_soaking(state: &FleetCtx, r: &mut Rollout, version: &str) -> Result<(), ApiError> {
+/// failure reported since, and not away longer than the reconnect bound
+/// (a version that dies after its first connect keeps its runner away).
+async fn check_soaking(
+    state: &FleetCtx,
+    r: &mut Rollout,
+    version: &str,
+    reconnect_ms: i64,
+) -> Result<(), ApiError> {
     let now = clock::now_ms();
     let wave = r.planner.wave().0;
-    let seen = Seen::read(state, &r.tenant).await?;
-    for i in 0..r.targets.len() {
-        if r.planner.wave_of(i) != wave || r.planner.target(i) != TargetState::Succeeded {
-            continue;
-        }
+    let soaking: Vec<usize> = (0..r.targets.len())
+        .filter(|&i| r.planner.wave_of(i) == wave && r.planner.target(i) == TargetState::Succeeded)
+        .collect();
+    let seen = Seen::read(state, r, &soaking).await?;
+    for i in soaking {
         let id = r.targets[i].runner_id.clone();
         let started = r.targets[i].started_ms;
         let why = match seen.runners.get(&id) {
@@ -956,7 +1065,24 @@ async fn check_soaking(state: &FleetCtx, r: &mut Rollout, version: &str) -> Resu
             Some((v, _)) if v != version => seen
                 .failure(&id, version, started)
                 .or_else(|| Some(format!("back at {v} while its wave soaked"))),
-            Some(_) => seen.failure(&id, version, started),
+            Some((_, active)) => {
+                let t = &mut r.targets[i];
+                t.away_ms = if *active {
+                    None
+                } else {
+                    t.away_ms.or(Some(now))
+                };
+                seen.failure(&id, version, started).or_else(|| {
+                    t.away_ms
+                        .filter(|&away| now - away > reconnect_ms)
+                        .map(|_| {
+                            format!(
+                                "not connected for {} s while its wave soaked",
+                                reconnect_ms / 1000
+                            )
+                        })
+                })
+            }
         };
         if let Some(why) = why {
             fail_update(state, r, i, why, now).await?;
@@ -1089,12 +1215,16 @@ mod tests {
                     started_ms: 0,
                     prev_desired: None,
                     withdrawn_ms: None,
+                    away_ms: None,
                 })
                 .collect(),
             planner,
             soak_checked_ms: 0,
+            updates_checked_ms: 0,
             rev: 3,
-            saved: Default::default(),
+            dirty: false,
+            saved_mark: Mark::default(),
+            saved_ms: 0,
         }
     }
 
@@ -1138,9 +1268,21 @@ mod tests {
             matches!(&back.work, Work::Update { version, reconnect_ms: 60_000 } if version == "0.5.0")
         );
         assert_eq!(back.view(), r.view(), "the same view");
-        // Nothing changed since it was read: nothing to write.
+        // Nothing changed since it was read: nothing to write (and what
+        // would be written is what was read).
+        let mut back = back;
+        assert!(!back.dirty && back.mark() == back.saved_mark);
         let again = back.row();
-        assert_eq!((&again.body, &again.driver), (&back.saved.0, &back.saved.1));
+        assert_eq!((&again.body, &again.driver), (&row.body, &row.driver));
+        // The same status again is no change; another is one.
+        back.set_status(0, STARTING.into());
+        assert!(!back.dirty);
+        back.set_status(0, "offered".into());
+        assert!(back.dirty);
+        // A planner move shows in its mark.
+        let mut moved = Rollout::from_row(&row).unwrap().unwrap();
+        moved.planner.finished(0, true);
+        assert!(moved.mark() != moved.saved_mark);
     }
 
     #[test]

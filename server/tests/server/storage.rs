@@ -466,6 +466,20 @@ async fn enrollment_spends_a_token_once_and_names_stay_unique(s: Under) {
     let by_id = c.runners_by_ids("tn_1", &some[..1]).await.unwrap();
     assert_eq!(by_id[0].name, runners[1].name);
     assert_eq!(by_id[0].created_at, runners[1].created_at);
+    // Version and health only (an update rollout's driver), the same rules.
+    let mut versions = c.runner_versions("tn_1", &some).await.unwrap();
+    versions.sort_by(|a, b| a.id.cmp(&b.id));
+    let seen: Vec<_> = versions
+        .iter()
+        .map(|v| (v.id.as_str(), v.version.as_str(), v.health))
+        .collect();
+    let want: Vec<_> = runners
+        .iter()
+        .map(|r| (r.id.as_str(), r.version.as_str(), r.health))
+        .collect();
+    assert_eq!(seen, want);
+    assert!(c.runner_versions("tn_2", &some).await.unwrap().is_empty());
+    assert!(c.runner_versions("tn_1", &[]).await.unwrap().is_empty());
     let states: Vec<_> = c
         .list_enrollment_tokens("tn_1")
         .await

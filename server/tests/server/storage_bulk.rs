@@ -712,6 +712,35 @@ async fn jobs_go_pending_running_final_once_with_output_in_order(s: Bulk) {
         .await
         .unwrap()
         .is_empty());
+    // A rollout's driver asks for its running targets' jobs at once: the
+    // tenant's only, unknown ids skipped, no spec read.
+    let mut asked: Vec<String> = (0..1200).map(|i| format!("jb_x{i}")).collect();
+    asked.insert(300, "jb_2".into());
+    asked.insert(900, "jb_1".into());
+    let mut states = j.job_states("tn", &asked).await.unwrap();
+    states.sort_by(|a, b| a.id.cmp(&b.id));
+    let seen: Vec<_> = states
+        .iter()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.status.as_str(),
+                s.exit_code,
+                s.started_ms,
+                s.finished_ms,
+                s.is_final(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("jb_1", "succeeded", Some(0), Some(t + 2), Some(t + 4), true),
+            ("jb_2", "cancelled", None, None, Some(t + 5), true)
+        ]
+    );
+    assert!(j.job_states("tn2", &asked).await.unwrap().is_empty());
+    assert!(j.job_states("tn", &[]).await.unwrap().is_empty());
     let listed = j.jobs("tn", Some("rn"), 10).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["jb_2", "jb_1"], "newest first");

@@ -693,6 +693,29 @@ impl ControlStore for PgControl {
         rows.iter().map(runner_row).collect()
     }
 
+    async fn runner_versions(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerVersion>, StorageError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, version, health FROM runners WHERE id = ANY($2) AND tenant_id = $1",
+                &[&tenant_id, &ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunnerVersion {
+                    id: r.get(0),
+                    version: r.get(1),
+                    health: Health::parse(r.get(2))?,
+                })
+            })
+            .collect()
+    }
+
     async fn runner_by_credential(
         &self,
         credential_hash: &str,

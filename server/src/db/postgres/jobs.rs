@@ -418,6 +418,29 @@ impl JobStore for PgJobs {
         .collect())
     }
 
+    async fn job_states(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<JobState>, StorageError> {
+        let c = self.pool.get().await?;
+        Ok(c.query(
+            "SELECT id, status, exit_code, started_ms, finished_ms FROM jobs
+             WHERE id = ANY($2) AND tenant_id = $1",
+            &[&tenant, &ids],
+        )
+        .await?
+        .iter()
+        .map(|r| JobState {
+            id: r.get(0),
+            status: r.get(1),
+            exit_code: r.get(2),
+            started_ms: r.get(3),
+            finished_ms: r.get(4),
+        })
+        .collect())
+    }
+
     async fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         let c = self.pool.get().await?;
         Ok(c.query(

@@ -610,6 +610,36 @@ impl SqliteControl {
         Ok(out)
     }
 
+    pub fn runner_versions(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerVersion>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, version, health FROM runners
+             WHERE id IN (SELECT value FROM json_each(?2)) AND tenant_id = ?1",
+        )?;
+        let list = serde_json::Value::from(ids).to_string();
+        let rows = stmt.query_map(params![tenant_id, list], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, version, health) = row?;
+            out.push(RunnerVersion {
+                id,
+                version,
+                health: Health::parse(&health)?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Whose credential this is (by hash), for the connect handshake.
     pub fn runner_by_credential(
         &self,

@@ -177,6 +177,15 @@ impl ControlStore for Blocking<SqliteControl> {
         let ids = ids.to_vec();
         self.run(move |s| s.runners_by_ids(&tenant_id, &ids)).await
     }
+    async fn runner_versions(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RunnerVersion>, StorageError> {
+        own!(tenant_id);
+        let ids = ids.to_vec();
+        self.run(move |s| s.runner_versions(&tenant_id, &ids)).await
+    }
     async fn runner_by_credential(
         &self,
         credential_hash: &str,
@@ -765,6 +774,15 @@ impl JobStore for Blocking<SqliteJobs> {
     ) -> Result<Vec<String>, StorageError> {
         let runners = runners.to_vec();
         self.run(move |s| s.runners_with_open_jobs(&runners)).await
+    }
+    async fn job_states(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<JobState>, StorageError> {
+        own!(tenant);
+        let ids = ids.to_vec();
+        self.run(move |s| s.job_states(&tenant, &ids)).await
     }
     async fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         own!(runner);

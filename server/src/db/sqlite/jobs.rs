@@ -413,6 +413,25 @@ impl SqliteJobs {
         Ok(found)
     }
 
+    pub fn job_states(&self, tenant: &str, ids: &[String]) -> Result<Vec<JobState>, StorageError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, status, exit_code, started_ms, finished_ms FROM jobs
+             WHERE id IN (SELECT value FROM json_each(?2)) AND tenant_id = ?1",
+        )?;
+        let list = serde_json::Value::from(ids).to_string();
+        let rows = stmt.query_map(params![tenant, list], |r| {
+            Ok(JobState {
+                id: r.get(0)?,
+                status: r.get(1)?,
+                exit_code: r.get(2)?,
+                started_ms: r.get(3)?,
+                finished_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Jobs of a runner whose output is still coming (final or not).
     pub fn resumable(&self, runner: &str) -> Result<Vec<(i64, i64)>, StorageError> {
         let conn = self.read();
