@@ -39,14 +39,28 @@
 //!                    runner is active now, then hear health changes
 //!    lease lost   ─▶ forget them (no transition), hear nothing
 //!  every other kind               the replica the runner is linked to
-//!    first observation of a new link here ─▶ read the runner's states
+//!    first observation of a new link here ─▶ the runner waits for a read:
+//!        its reports held (64 at most)       runners waiting are read together,
+//!        others' evaluated meanwhile         one store call per batch, off the
+//!                                            engine task (AlertStore::runners_alerts)
+//!    read answered, link still this one   ─▶ states restored, held reports evaluated
 //!    link closed, replaced or fenced      ─▶ forget them (no transition);
 //!                                            a late observation of it is dropped
-//!  a transition is stored and notified only if the owner still owns it
+//!  a transition is recorded only if the owner still owns it (local
+//!  knowledge), and the store judges again as it writes a report alert's:
+//!
+//!    engine ──transition through (replica, generation)──▶ store
+//!      one statement: runner_links row is (replica, generation)?  (row share-locked)
+//!        yes ─▶ state + history written ─▶ notified
+//!        no  ─▶ nothing written, not notified (debug log): another
+//!               replica took the runner before this one heard the fence
 //! ```
 //!
-//! So a firing alert is resolved once, by whichever replica sees it end,
-//! and not fired again by one that did not know. What is not stored moves
+//! The lock orders the two: a replica taking the runner over links it
+//! first (its link row written, waiting for a write that holds the row)
+//! and reads the states after, so a late write is either in what it reads
+//! or refused. So a firing alert is resolved once, by whichever replica
+//! sees it end, and not fired again by one that did not know. What is not stored moves
 //! not: a *pending* condition (held for `for_s`) starts again on the new
 //! owner, restart counts start again, and a one-shot alert's quiet time is
 //! counted from when it fired. A runner linked nowhere keeps its report
@@ -1357,7 +1371,7 @@ impl Engine {
                 Ok(None) => {
                     // Another replica took the runner before this one heard
                     // of it: its transitions are that replica's now.
-                    tracing::debug!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, state = t.to.as_str(), "alert transition refused by the store: the runner's link is no longer this one; not notified");
+                    tracing::debug!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, to = t.to.as_str(), "alert transition refused by the store: the runner's link is no longer this one; not notified");
                     self.disown(&t.runner.id);
                     continue;
                 }
