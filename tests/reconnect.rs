@@ -126,6 +126,16 @@ pub(crate) struct Haproxy {
 
 impl Haproxy {
     pub(crate) fn start(backends: &[&str]) -> Haproxy {
+        Haproxy::start_with(backends, 200, "roundrobin")
+    }
+
+    /// Every connection to the first backend that is up (`balance
+    /// first`), at most `maxconn` at once.
+    pub(crate) fn first(backends: &[&str], maxconn: usize) -> Haproxy {
+        Haproxy::start_with(backends, maxconn, "first")
+    }
+
+    fn start_with(backends: &[&str], maxconn: usize, balance: &str) -> Haproxy {
         let dir = TempDir::new("haproxy");
         let port = free_port();
         let servers: String = backends
@@ -134,8 +144,9 @@ impl Haproxy {
             .map(|(i, b)| format!("    server s{i} {b} check inter 200ms fall 1 rise 1\n"))
             .collect();
         let cfg = format!(
-            "global\n    maxconn 200\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
-             timeout client 60s\n    timeout server 60s\nlisten tether\n    bind 127.0.0.1:{port}\n{servers}"
+            "global\n    maxconn {maxconn}\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+             timeout client 60s\n    timeout server 60s\nlisten tether\n    bind 127.0.0.1:{port}\n    \
+             balance {balance}\n{servers}"
         );
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();

@@ -39,14 +39,28 @@
 //!                    runner is active now, then hear health changes
 //!    lease lost   ─▶ forget them (no transition), hear nothing
 //!  every other kind               the replica the runner is linked to
-//!    first observation of a new link here ─▶ read the runner's states
+//!    first observation of a new link here ─▶ the runner waits for a read:
+//!        its reports held (64 at most)       runners waiting are read together,
+//!        others' evaluated meanwhile         one store call per batch, off the
+//!                                            engine task (AlertStore::runners_alerts)
+//!    read answered, link still this one   ─▶ states restored, held reports evaluated
 //!    link closed, replaced or fenced      ─▶ forget them (no transition);
 //!                                            a late observation of it is dropped
-//!  a transition is stored and notified only if the owner still owns it
+//!  a transition is recorded only if the owner still owns it (local
+//!  knowledge), and the store judges again as it writes a report alert's:
+//!
+//!    engine ──transition through (replica, generation)──▶ store
+//!      one statement: runner_links row is (replica, generation)?  (row share-locked)
+//!        yes ─▶ state + history written ─▶ notified
+//!        no  ─▶ nothing written, not notified (debug log): another
+//!               replica took the runner before this one heard the fence
 //! ```
 //!
-//! So a firing alert is resolved once, by whichever replica sees it end,
-//! and not fired again by one that did not know. What is not stored moves
+//! The lock orders the two: a replica taking the runner over links it
+//! first (its link row written, waiting for a write that holds the row)
+//! and reads the states after, so a late write is either in what it reads
+//! or refused. So a firing alert is resolved once, by whichever replica
+//! sees it end, and not fired again by one that did not know. What is not stored moves
 //! not: a *pending* condition (held for `for_s`) starts again on the new
 //! owner, restart counts start again, and a one-shot alert's quiet time is
 //! counted from when it fired. A runner linked nowhere keeps its report
@@ -76,7 +90,7 @@ use crate::common::clock;
 use crate::common::observe::LinksHere;
 use crate::common::secrets::SecretBox;
 use crate::containers::ContainerEventRecord;
-use crate::db::alerts::{AlertRow, AlertStore};
+use crate::db::alerts::{AlertRow, AlertStore, LinkRef};
 use crate::db::{Db, Health, HealthRecord};
 
 /// Observations queued for the engine before new ones are dropped.
@@ -88,6 +102,12 @@ pub const RUNNER_TTL: Duration = Duration::from_secs(30);
 const SILENCE_TTL: Duration = Duration::from_secs(30);
 /// Log lines looked at per runner per call at most.
 const MAX_LOG_LINES: usize = 256;
+/// A replica: runners whose states one take-over read asks for at most
+/// (the store reads them in chunks of `db::alerts::TAKE_OVER_CHUNK`).
+pub const TAKE_OVER_BATCH: usize = 2_000;
+/// A replica: observations kept per runner while its states are read;
+/// beyond, they are dropped (and counted as the queue's are).
+const HELD_PER_RUNNER: usize = 64;
 
 /// Runners a scope preview looks at (past it the answer says `truncated`).
 pub const PREVIEW_CHECKED: usize = 5_000;
@@ -155,6 +175,8 @@ pub struct Alerts {
     db: Db,
     pub notifier: Arc<Notifier>,
     dropped: AtomicU64,
+    /// Runners whose report-based alerts the engine owns now (a replica).
+    owned: AtomicU64,
     /// Tenants with a metric rule / a log rule (checked before any work).
     metric_tenants: Mutex<HashSet<String>>,
     log_tenants: Mutex<HashSet<String>>,
@@ -216,6 +238,7 @@ impl Alerts {
             db: db.clone(),
             notifier: notifier.clone(),
             dropped: AtomicU64::new(0),
+            owned: AtomicU64::new(0),
             metric_tenants: Mutex::default(),
             log_tenants: Mutex::default(),
             remote: OnceLock::new(),
@@ -239,6 +262,9 @@ impl Alerts {
             replica: false,
             health_on: Some(0),
             owned: HashMap::new(),
+            taking: HashMap::new(),
+            to_read: Vec::new(),
+            reading: false,
         };
         let (health, containers) = (health.subscribe_alerts(), containers.subscribe());
         let switch = alerts.health_here.subscribe();
@@ -253,14 +279,27 @@ impl Alerts {
 
     fn push(&self, input: Input) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(input) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
-                tracing::warn!(
-                    "alerts: the engine's queue is full, {} observations dropped",
-                    n + 1
-                );
-            }
+            self.count_dropped("the engine's queue is full");
         }
+    }
+
+    fn count_dropped(&self, why: &str) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+        if n % 1000 == 0 {
+            tracing::warn!("alerts: {why}, {} observations dropped", n + 1);
+        }
+    }
+
+    /// Observations dropped so far (the queue full, or too many of one
+    /// runner held while its states were read).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A replica: the runners whose report-based alerts this engine owns
+    /// now (their states taken over from the store).
+    pub fn owned_runners(&self) -> u64 {
+        self.owned.load(Ordering::Relaxed)
     }
 
     /// Something happened on `runner` of `tenant`.
@@ -544,6 +583,44 @@ struct Engine {
     /// A replica: the runners whose report-based alerts this engine owns,
     /// with their tenant and the generation of their link here.
     owned: HashMap<String, (String, u64)>,
+    /// A replica: runners newly linked here whose states are being read,
+    /// with what was observed of them meanwhile.
+    taking: HashMap<String, Taking>,
+    /// Runners of `taking` to read in the next batch (not yet asked for,
+    /// or asked for an older link).
+    to_read: Vec<String>,
+    /// A take-over read is running (one at a time: the runners newly
+    /// linked while it runs are read together in the next).
+    reading: bool,
+}
+
+/// A runner newly linked here whose states are being read.
+struct Taking {
+    tenant: String,
+    /// The link here the read is for.
+    gen: u64,
+    /// What arrived meanwhile, evaluated in order once the states are in.
+    held: Vec<Held>,
+}
+
+enum Held {
+    Obs(Observation),
+    Record(Vec<u8>),
+}
+
+/// Whether this engine evaluates a runner's report now.
+enum Owner {
+    Here,
+    /// Linked here, its states not read yet: held until they are.
+    Reading,
+    /// Linked elsewhere or nowhere.
+    Not,
+}
+
+/// A take-over read's answer: the runners (and links) it was for.
+struct ReadDone {
+    batch: Vec<(String, u64)>,
+    rows: Result<Vec<AlertRow>, crate::db::StorageError>,
 }
 
 /// Whether `rule_id` is a health rule of `rules` (evaluated on the lease
@@ -602,6 +679,8 @@ impl Engine {
         self.replica = true;
         self.health_on = None;
         self.owned.clear();
+        self.taking.clear();
+        self.to_read.clear();
         for t in self.tenants.values_mut() {
             t.eval.retain(|_, _| false);
         }
@@ -683,43 +762,164 @@ impl Engine {
     /// Whether this engine owns `runner`'s report-based alerts now: on
     /// one server always; on a replica while the runner is linked here.
     /// A link here that is new (a first observation of this generation)
-    /// takes the runner's states over from the store first: the replica
-    /// it was linked to before may have fired or resolved some.
-    async fn own(&mut self, tenant: &str, runner: &str) -> bool {
+    /// has the runner's states taken over from the store first (the
+    /// replica it was linked to before may have fired or resolved some):
+    /// it is `Reading` until they are in, its runner read in the next
+    /// batch ([`Engine::read_next`]).
+    fn owner(&mut self, tenant: &str, runner: &str) -> Owner {
         if !self.replica {
-            return true;
+            return Owner::Here;
         }
         let Some(links) = self.links() else {
-            return true;
+            return Owner::Here;
         };
         let gen = links.generation(runner);
         match (gen, self.owned.get(runner)) {
-            (Some(g), Some((_, owned))) if g == *owned => return true,
+            (Some(g), Some((_, owned))) if g == *owned => return Owner::Here,
             _ => self.disown(runner),
         }
         let Some(gen) = gen else {
             // A late observation of a link closed or fenced here.
-            return false;
+            self.taking.remove(runner);
+            return Owner::Not;
         };
-        let rows = match self.store.runner_alerts(runner).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(runner, "alerts: reading the runner's alert states: {e}");
-                return false;
+        match self.taking.get_mut(runner) {
+            Some(t) if t.gen == gen => {}
+            Some(t) => {
+                // Linked here again while its states were read for the
+                // link before: read again, for this one.
+                t.gen = gen;
+                self.to_read.push(runner.to_owned());
             }
-        };
-        if let Some(t) = self.tenants.get_mut(tenant) {
-            for a in rows {
-                if a.tenant != tenant || is_health(&t.rules, &a.rule_id) {
-                    continue;
-                }
-                t.eval
-                    .restore(&a.rule_id, &a.target, a.state, a.since_ms, &a.summary);
+            None => {
+                self.taking.insert(
+                    runner.to_owned(),
+                    Taking {
+                        tenant: tenant.to_owned(),
+                        gen,
+                        held: Vec::new(),
+                    },
+                );
+                self.to_read.push(runner.to_owned());
             }
         }
-        self.owned
-            .insert(runner.to_owned(), (tenant.to_owned(), gen));
-        true
+        Owner::Reading
+    }
+
+    /// Keep what arrived of a runner whose states are being read.
+    fn hold(&mut self, runner: &str, held: Held) {
+        let Some(t) = self.taking.get_mut(runner) else {
+            return;
+        };
+        if t.held.len() < HELD_PER_RUNNER {
+            t.held.push(held);
+        } else if let Some(a) = self.alerts.upgrade() {
+            a.count_dropped("too many reports of a runner whose states are read");
+        }
+    }
+
+    /// Start the next take-over read, if none runs: every runner waiting
+    /// for one (up to [`TAKE_OVER_BATCH`]), in one store call, off the
+    /// engine task (observations of the runners owned here go on).
+    fn read_next(&mut self, done: &mpsc::Sender<ReadDone>) {
+        if self.reading || self.to_read.is_empty() {
+            return;
+        }
+        let mut seen = HashSet::new();
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for runner in std::mem::take(&mut self.to_read) {
+            if !seen.insert(runner.clone()) {
+                continue;
+            }
+            if batch.len() >= TAKE_OVER_BATCH {
+                rest.push(runner);
+            } else if let Some(t) = self.taking.get(&runner) {
+                batch.push((runner, t.gen));
+            }
+        }
+        self.to_read = rest;
+        if batch.is_empty() {
+            return;
+        }
+        self.reading = true;
+        let (store, done) = (self.store.clone(), done.clone());
+        tokio::spawn(async move {
+            let ids: Vec<String> = batch.iter().map(|(r, _)| r.clone()).collect();
+            let rows = store.runners_alerts(&ids).await;
+            let _ = done.send(ReadDone { batch, rows }).await;
+        });
+    }
+
+    /// A take-over read answered: each runner still linked here by the
+    /// link it was read for is owned from now on, its states restored and
+    /// what arrived meanwhile evaluated, in order. One whose link ended
+    /// meanwhile, or whose read failed, loses what was held (its next
+    /// report, on a link held here, asks again).
+    async fn on_read(&mut self, done: ReadDone) {
+        self.reading = false;
+        let links = self.links();
+        let mut rows: HashMap<String, Vec<AlertRow>> = HashMap::new();
+        let read = match done.rows {
+            Ok(all) => {
+                for a in all {
+                    rows.entry(a.runner_id.clone()).or_default().push(a);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "alerts: reading {} runner(s)' alert states: {e}",
+                    done.batch.len()
+                );
+                false
+            }
+        };
+        let mut taken = 0usize;
+        for (runner, gen) in done.batch {
+            // Read for an older link of it: the newer one is read next.
+            if self.taking.get(&runner).is_none_or(|t| t.gen != gen) {
+                continue;
+            }
+            let Some(t) = self.taking.remove(&runner) else {
+                continue;
+            };
+            let current = links.as_ref().and_then(|l| l.generation(&runner)) == Some(gen);
+            if !read || !current {
+                if let Some(a) = self.alerts.upgrade().filter(|_| !read) {
+                    for _ in &t.held {
+                        a.count_dropped("a runner's alert states could not be read");
+                    }
+                }
+                continue;
+            }
+            if let Some(tn) = self.tenants.get_mut(&t.tenant) {
+                for a in rows.remove(&runner).unwrap_or_default() {
+                    if a.tenant != t.tenant || is_health(&tn.rules, &a.rule_id) {
+                        continue;
+                    }
+                    tn.eval
+                        .restore(&a.rule_id, &a.target, a.state, a.since_ms, &a.summary);
+                }
+            }
+            self.owned.insert(runner.clone(), (t.tenant.clone(), gen));
+            taken += 1;
+            for held in t.held {
+                match held {
+                    Held::Obs(obs) => self.on_observe(&t.tenant, &runner, &obs).await,
+                    Held::Record(values) => self.on_record(&t.tenant, &runner, values).await,
+                }
+            }
+        }
+        tracing::debug!("alerts: {taken} runner(s) taken over");
+        self.note_owned();
+    }
+
+    /// The count of runners owned, for the replica's metrics.
+    fn note_owned(&self) {
+        if let Some(a) = self.alerts.upgrade() {
+            a.owned.store(self.owned.len() as u64, Ordering::Relaxed);
+        }
     }
 
     /// Forget `runner`'s report-based states (no transition): it is linked
@@ -752,29 +952,39 @@ impl Engine {
         for r in gone {
             self.disown(&r);
         }
+        // Links ended while their states were read: what was held goes.
+        self.taking
+            .retain(|r, t| links.generation(r) == Some(t.gen));
+        self.note_owned();
     }
 
-    /// Whether a transition may still be recorded here (a replica: a
-    /// health alert while health is evaluated here; any other while the
-    /// runner's link it was owned through is still held here).
-    fn still_owns(&self, tenant: &str, t: &Transition) -> bool {
+    /// Whether a transition may still be recorded here, and through which
+    /// link: `None` if not (a replica: a health alert while health is not
+    /// evaluated here; any other once the runner's link it was owned
+    /// through is no longer held here). Through the link, the store judges
+    /// again as it writes: the local knowledge may be late (the fence's
+    /// notice not heard yet).
+    fn through(&self, tenant: &str, t: &Transition) -> Option<Option<LinkRef>> {
         if !self.replica {
-            return true;
+            return Some(None);
         }
         let health = self
             .tenants
             .get(tenant)
             .is_some_and(|x| is_health(&x.rules, &t.rule_id));
         if health {
-            return self.health_on.is_some();
+            return self.health_on.is_some().then_some(None);
         }
         let Some(links) = self.links() else {
-            return true;
+            return Some(None);
         };
-        match self.owned.get(&t.runner.id) {
-            Some((_, g)) => links.generation(&t.runner.id) == Some(*g),
-            None => false,
-        }
+        let (_, generation) = self.owned.get(&t.runner.id)?;
+        (links.generation(&t.runner.id) == Some(*generation)).then(|| {
+            Some(LinkRef {
+                replica_id: links.replica_id().to_owned(),
+                generation: *generation,
+            })
+        })
     }
 
     fn tenant(&mut self, id: &str) -> &mut Tenant {
@@ -849,6 +1059,8 @@ impl Engine {
         mut switch: watch::Receiver<(bool, u64)>,
     ) {
         self.load().await;
+        // Take-over reads answer here (`read_next`).
+        let (done_tx, mut done_rx) = mpsc::channel::<ReadDone>(1);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -882,7 +1094,9 @@ impl Engine {
                     }
                     Err(_) => return,
                 },
+                Some(done) = done_rx.recv() => self.on_read(done).await,
             }
+            self.read_next(&done_tx);
         }
     }
 
@@ -903,39 +1117,7 @@ impl Engine {
                 tenant,
                 runner,
                 values,
-            } => {
-                if self.tenants.get(&tenant).is_none_or(|t| t.rules.is_empty()) {
-                    return;
-                }
-                let Some(schema) = self.schemas.get(&runner).cloned() else {
-                    return;
-                };
-                // No metric rule reads a series this runner sends: done.
-                let plan = self.plan(&tenant, &runner, &schema);
-                if plan.is_empty() || !self.own(&tenant, &runner).await {
-                    return;
-                }
-                if crate::db::metrics::decode_values(&values, &mut self.ints).is_err() {
-                    return;
-                }
-                self.vals.clear();
-                self.vals.extend(
-                    schema
-                        .scales
-                        .iter()
-                        .zip(&self.ints)
-                        .map(|(scale, v)| v.map(|v| v as f64 * scale)),
-                );
-                let info = self.runner(&tenant, &runner).await;
-                let now = clock::now_ms();
-                let Some(t) = self.tenants.get_mut(&tenant) else {
-                    return;
-                };
-                let out =
-                    t.eval
-                        .observe_metrics(&t.rules, &plan, &schema.names, &info, &self.vals, now);
-                self.record(&tenant, out).await;
-            }
+            } => self.on_record(&tenant, &runner, values).await,
             Input::JobEnded {
                 tenant,
                 runner,
@@ -978,6 +1160,47 @@ impl Engine {
             },
             Input::SilencesChanged => self.silences_read = None,
         }
+    }
+
+    /// A metrics record of `runner`: evaluated if a metric rule reads a
+    /// series it sends (and, on a replica, once its states are here).
+    async fn on_record(&mut self, tenant: &str, runner: &str, values: Vec<u8>) {
+        if self.tenants.get(tenant).is_none_or(|t| t.rules.is_empty()) {
+            return;
+        }
+        let Some(schema) = self.schemas.get(runner).cloned() else {
+            return;
+        };
+        // No metric rule reads a series this runner sends: done.
+        let plan = self.plan(tenant, runner, &schema);
+        if plan.is_empty() {
+            return;
+        }
+        match self.owner(tenant, runner) {
+            Owner::Here => {}
+            Owner::Reading => return self.hold(runner, Held::Record(values)),
+            Owner::Not => return,
+        }
+        if crate::db::metrics::decode_values(&values, &mut self.ints).is_err() {
+            return;
+        }
+        self.vals.clear();
+        self.vals.extend(
+            schema
+                .scales
+                .iter()
+                .zip(&self.ints)
+                .map(|(scale, v)| v.map(|v| v as f64 * scale)),
+        );
+        let info = self.runner(tenant, runner).await;
+        let now = clock::now_ms();
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        let out = t
+            .eval
+            .observe_metrics(&t.rules, &plan, &schema.names, &info, &self.vals, now);
+        self.record(tenant, out).await;
     }
 
     async fn on_container(&mut self, c: &ContainerEventRecord) {
@@ -1060,8 +1283,12 @@ impl Engine {
         }
         // Health is the lease holder's (checked by the caller); the rest
         // is the engine's where the runner is linked.
-        if !matches!(obs, Observation::Health { .. }) && !self.own(tenant, runner).await {
-            return;
+        if !matches!(obs, Observation::Health { .. }) {
+            match self.owner(tenant, runner) {
+                Owner::Here => {}
+                Owner::Reading => return self.hold(runner, Held::Obs(obs.clone())),
+                Owner::Not => return,
+            }
         }
         let info = self.runner(tenant, runner).await;
         let now = clock::now_ms();
@@ -1119,10 +1346,10 @@ impl Engine {
     /// Store each transition, then notify the rule's channels unless silenced.
     async fn record(&mut self, tenant: &str, out: Vec<Transition>) {
         for t in out {
-            if !self.still_owns(tenant, &t) {
+            let Some(through) = self.through(tenant, &t) else {
                 tracing::info!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, "alert state owned elsewhere now: not recorded here");
                 continue;
-            }
+            };
             let silenced = self.silenced(tenant, &t, t.at).await;
             let row = AlertRow {
                 rule_id: t.rule_id.clone(),
@@ -1137,10 +1364,17 @@ impl Engine {
             };
             let seq = match self
                 .store
-                .transition(&row, silenced || !t.notify, t.at)
+                .transition(&row, silenced || !t.notify, t.at, through.as_ref())
                 .await
             {
-                Ok(s) => Some(s),
+                Ok(Some(s)) => Some(s),
+                Ok(None) => {
+                    // Another replica took the runner before this one heard
+                    // of it: its transitions are that replica's now.
+                    tracing::debug!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, to = t.to.as_str(), "alert transition refused by the store: the runner's link is no longer this one; not notified");
+                    self.disown(&t.runner.id);
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!("alerts: storing a transition: {e}");
                     None

@@ -70,11 +70,18 @@ impl LinkHolder for Holder {
 
 /// The runners linked here, for the alert engine (it owns their
 /// report-based alerts: `alerts/mod.rs`).
-struct Linked(Arc<Registry>);
+struct Linked {
+    registry: Arc<Registry>,
+    replica_id: String,
+}
 
 impl LinksHere for Linked {
+    fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
     fn generation(&self, runner: &str) -> Option<u64> {
-        self.0.held_generation(runner)
+        self.registry.held_generation(runner)
     }
 }
 
@@ -177,9 +184,10 @@ pub async fn join(
     // Alerts on what a runner reports are evaluated where it is linked;
     // health alerts where the once-only lease is (`app/serve.rs` turns
     // them on while it is held here).
-    state
-        .alerts
-        .set_links(Arc::new(Linked(state.registry.clone())));
+    state.alerts.set_links(Arc::new(Linked {
+        registry: state.registry.clone(),
+        replica_id: config.replica_id.clone(),
+    }));
     state.health.evaluate_alerts_here(false);
     let tasks = replica
         .spawn(

@@ -71,6 +71,18 @@ pub async fn metrics(
         state.registry.held_count().to_string(),
     );
     put(
+        "tether_replica_alert_runners_owned",
+        "gauge",
+        "Runners whose alert states this replica's engine has taken over (a replica of several).",
+        state.alerts.owned_runners().to_string(),
+    );
+    put(
+        "tether_replica_alert_observations_dropped_total",
+        "counter",
+        "Runner reports the alert engine dropped (its queue full, or held too long for a take-over).",
+        state.alerts.dropped().to_string(),
+    );
+    put(
         "tether_replica_database_up",
         "gauge",
         "Whether the database answers (the check behind /healthz).",

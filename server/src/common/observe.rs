@@ -22,6 +22,8 @@ pub trait Observer: Send + Sync {
 /// Which runners are linked to this process (a replica of several): the
 /// alert engine owns the report-based alerts of those, and only those.
 pub trait LinksHere: Send + Sync {
+    /// This replica's id (the live-links table names the holder by it).
+    fn replica_id(&self) -> &str;
     /// The generation of `runner`'s link held here, if it is held here.
     fn generation(&self, runner: &str) -> Option<u64>;
 }

@@ -207,6 +207,19 @@ pub struct Silence {
 /// deleted as new ones come).
 pub const KEEP_ROWS: i64 = 40_000;
 
+/// Runner ids one query of [`AlertStore::runners_alerts`] reads at most
+/// (SQLite binds each as a parameter).
+pub const TAKE_OVER_CHUNK: usize = 500;
+
+/// The link a transition is written through: the replica holding the
+/// runner's link and the link's generation there (the live-links table
+/// of `db/cluster.rs`, which fences a replaced link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRef {
+    pub replica_id: String,
+    pub generation: u64,
+}
+
 /// A channel as stored: the public part is shown, the config only opened to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelRow {
@@ -281,13 +294,25 @@ pub trait AlertStore: Send + Sync {
     async fn channels(&self, tenant: &str) -> Result<Vec<ChannelRow>, StorageError>;
     async fn channel(&self, tenant: &str, id: &str) -> Result<Option<ChannelRow>, StorageError>;
 
-    /// Record a transition: the state row follows it, one history row is added.
-    async fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError>;
+    /// Record a transition: the state row follows it, one history row is
+    /// added; the history row's seq is returned. With `through` (a
+    /// replica's alert on what a runner reports), only if that is still the
+    /// runner's link in the live-links table (`db/cluster.rs`), judged in
+    /// the statement that writes: `None`, and nothing written, when it is
+    /// not (another replica took the runner, or it is linked nowhere).
+    async fn transition(
+        &self,
+        a: &AlertRow,
+        silenced: bool,
+        at: i64,
+        through: Option<&LinkRef>,
+    ) -> Result<Option<i64>, StorageError>;
     async fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError>;
     async fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError>;
-    /// One runner's pending and firing alerts (the replica it links to
-    /// takes them over, `alerts/mod.rs`).
-    async fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError>;
+    /// The pending and firing alerts of several runners, read together
+    /// (the replica they link to takes them over, `alerts/mod.rs`): one
+    /// query per [`TAKE_OVER_CHUNK`] ids at most.
+    async fn runners_alerts(&self, runner_ids: &[String]) -> Result<Vec<AlertRow>, StorageError>;
     async fn ack(
         &self,
         tenant: &str,

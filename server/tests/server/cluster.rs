@@ -883,6 +883,11 @@ struct Pair {
 }
 
 async fn pair(what: &str, extra: &[&str]) -> Pair {
+    pair_on(what, extra, |url| url.to_owned()).await
+}
+
+/// [`pair`], replica A reaching the database at `via_a(url)` (a proxy).
+async fn pair_on(what: &str, extra: &[&str], via_a: impl FnOnce(&str) -> String) -> Pair {
     let url = pg::fresh_database().await;
     let tmp = TempDir::new(what);
     let key = key_file(&tmp.0);
@@ -895,7 +900,7 @@ async fn pair(what: &str, extra: &[&str]) -> Pair {
         .chain(extra.iter().copied())
         .collect();
     let extra = &extra[..];
-    let (proc_a, api_a) = replica_with(&data_a, &url, "a", &key, extra);
+    let (proc_a, api_a) = replica_with(&data_a, &via_a(&url), "a", &key, extra);
     std::fs::create_dir_all(data_b.join("tls")).unwrap();
     for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
         std::fs::copy(data_a.join("tls").join(f), data_b.join("tls").join(f)).unwrap();
@@ -1342,6 +1347,176 @@ async fn a_runners_alert_moves_with_it_to_another_replica() {
     };
     assert!(resolved(&p.data_b), "B resolved it:\n{}", log_of(&p.data_b));
     assert!(!resolved(&p.data_a), "A did too:\n{}", log_of(&p.data_a));
+    let _ = (&p.proc_a, &p.proc_b);
+}
+
+/// A TCP proxy to `to` whose traffic can be held (both ways) and let go:
+/// a replica's database connections stall as on a slow network, and what
+/// was sent meanwhile arrives when it is let go.
+struct Stall {
+    port: u16,
+    held: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Stall {
+    fn start(to: std::net::SocketAddr) -> Stall {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = Arc::new(AtomicBool::new(false));
+        let hold = held.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let hold = hold.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            while hold.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            if into.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Stall { port, held }
+    }
+
+    fn hold(&self, on: bool) {
+        self.held.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` (postgres://user@host:port/db) through this proxy.
+    fn url(&self, url: &str) -> String {
+        let (head, rest) = url.split_once('@').unwrap();
+        let (_, db) = rest.split_once('/').unwrap();
+        format!("{head}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+/// The database's address in `url` (postgres://user@host:port/db).
+fn pg_addr(url: &str) -> std::net::SocketAddr {
+    let (_, rest) = url.split_once('@').unwrap();
+    let (addr, _) = rest.split_once('/').unwrap();
+    addr.parse().unwrap()
+}
+
+/// Ownership is local knowledge: a replica writes a transition for a
+/// runner it believes it holds, while the runner has linked to another
+/// replica and the fence's notice is not heard yet. Here A's database
+/// traffic is held (a slow network) while A's engine, on the runner's
+/// metrics, fires an alert (its write waits); the runner meanwhile links
+/// to B (the same credential from a second process), B takes the states
+/// over, fires the alert on its own evaluation, and notifies. Then
+/// A's traffic goes through: its late transition reaches the store, which
+/// judges it by the live-links table (B's link now) and refuses it; A
+/// notifies nothing. The webhook receives one `firing`, not two. Before,
+/// A's write was stored and its notification sent: a duplicate.
+#[tokio::test]
+async fn a_late_transition_of_the_replica_that_lost_the_runner_is_refused_and_not_notified() {
+    let mut stall = None;
+    let extra = [
+        "--alert-private-targets",
+        "--log",
+        "info,tether_server::alerts=debug",
+    ];
+    let p = pair_on("alert-late", &extra, |url| {
+        let s = Stall::start(pg_addr(url));
+        let through = s.url(url);
+        stall = Some(s);
+        through
+    })
+    .await;
+    let stall = stall.unwrap();
+    let got = p.alert_rule(serde_json::json!({
+        "name": "up", "kind": "metric", "series": "uptime", "op": "above",
+        "threshold": 0, "for_s": 5
+    }));
+    let history = |api: &str| -> Vec<String> {
+        let (status, v) = p.call(api, "GET", "/api/v1/alerts/history", None);
+        assert_eq!(status, 200, "{v}");
+        v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["state"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    // Linked to A: the condition holds from the first record (pending,
+    // in A's engine), A owning the runner once its states are read.
+    let mut on_a = runner(
+        &p.state,
+        &["run", "--server", &p.api_a, "--metrics-interval", "1s"],
+    );
+    p.wait(
+        Duration::from_secs(30),
+        "A's engine owning the runner",
+        || log_of(&p.data_a).contains("alerts: 1 runner(s) taken over"),
+    );
+    // A's database traffic held: A's engine goes on evaluating, and fires
+    // at `for_s` (its write waits).
+    stall.hold(true);
+    std::thread::sleep(Duration::from_millis(6500));
+    assert!(
+        states_of(&got).is_empty(),
+        "A's firing was not held: {:#?}",
+        got.lock().unwrap()
+    );
+    // The runner (a second process, the same credential) links to B: B
+    // takes the runner's states over (none stored: pending is not) and
+    // fires `for_s` later, once.
+    let moved = p._tmp.0.join("runner-moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    for entry in std::fs::read_dir(&p.state).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), moved.join(entry.file_name())).unwrap();
+        }
+    }
+    let _on_b = runner(
+        &moved,
+        &["run", "--server", &p.api_b, "--metrics-interval", "1s"],
+    );
+    p.wait(Duration::from_secs(30), "B's firing notification", || {
+        states_of(&got) == ["firing"]
+    });
+    // The first process goes (it would link to A again), and A's traffic
+    // goes through: its late write reaches the store.
+    on_a.0.kill().unwrap();
+    on_a.0.wait().unwrap();
+    stall.hold(false);
+    let refused = || log_of(&p.data_a).contains("alert transition refused by the store");
+    p.wait(Duration::from_secs(20), "A's late write judged", || {
+        refused() || states_of(&got).len() > 1
+    });
+    // Time for a duplicate to arrive, if there were one.
+    std::thread::sleep(Duration::from_secs(4));
+    let all = got.lock().unwrap().clone();
+    assert_eq!(states_of(&got), ["firing"], "a duplicate: {all:#?}");
+    assert!(refused(), "{}", log_of(&p.data_a));
+    assert_eq!(history(&p.api_b), ["firing"]);
+    let log_a = log_of(&p.data_a);
+    assert!(
+        !log_a.contains("state=firing") && !log_a.contains("state=\"firing\""),
+        "A recorded a firing:\n{log_a}"
+    );
     let _ = (&p.proc_a, &p.proc_b);
 }
 

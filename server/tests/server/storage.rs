@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use tether::protocol::UpdateStatus;
 use tether_server::alerts::rules::{Rule, RuleSpec, Silence, SilenceSpec, State};
-use tether_server::db::alerts::{Ack, AlertRow, ChannelRow, DeliveryRow};
+use tether_server::db::alerts::{Ack, AlertRow, ChannelRow, DeliveryRow, LinkRef};
+use tether_server::db::cluster::ClusterStore;
 use tether_server::db::postgres::Postgres;
 use tether_server::db::recordings::{RecordingPolicy, RecordingRow, RecordingStore};
 use tether_server::db::releases::{sha256_hex, ReleaseStore, StoredFile};
@@ -35,6 +36,9 @@ struct Under {
     recordings: Arc<dyn RecordingStore>,
     alerts: Arc<dyn AlertStore>,
     releases: Arc<dyn ReleaseStore>,
+    /// PostgreSQL only: the live-links table (the embedded SQLite is one
+    /// replica and has none).
+    cluster: Option<Arc<dyn ClusterStore>>,
 }
 
 impl Under {
@@ -48,6 +52,7 @@ impl Under {
             recordings: db.recordings.clone(),
             alerts: db.alerts.clone(),
             releases: tether_server::db::sqlite::release_dir(&release_dir()),
+            cluster: None,
         }
     }
 
@@ -63,6 +68,7 @@ impl Under {
             recordings: pg.recordings(),
             alerts: pg.alerts(),
             releases: pg.releases(),
+            cluster: Some(pg.cluster()),
         }
     }
 
@@ -139,6 +145,8 @@ both!(
     fingerprints_drift_docker_state_and_containers,
     alert_rules_and_channels_are_tenant_scoped,
     alert_transitions_keep_state_history_acks_and_silences,
+    alert_transitions_through_a_link_are_written_only_while_it_is_the_runners,
+    alert_states_of_many_runners_are_read_together,
     recordings_keep_chunks_in_order_policies_per_tenant_and_retention,
     sso_providers_identities_and_password_login,
     releases_stream_in_and_out_whole_or_not_at_all,
@@ -1287,8 +1295,9 @@ async fn alert_transitions_keep_state_history_acks_and_silences(s: Under) {
     let a = &s.alerts;
     a.put_rule(&rule("ar_1", "tn_1", "disk"), 10).await.unwrap();
     let h1 = a
-        .transition(&alert("ar_1", "/", State::Pending, 100), false, 100)
+        .transition(&alert("ar_1", "/", State::Pending, 100), false, 100, None)
         .await
+        .unwrap()
         .unwrap();
     assert!(
         a.alerts("tn_1").await.unwrap().is_empty(),
@@ -1305,10 +1314,11 @@ async fn alert_transitions_keep_state_history_acks_and_silences(s: Under) {
         "only firing is acked"
     );
     let h2 = a
-        .transition(&alert("ar_1", "/", State::Firing, 160), true, 160)
+        .transition(&alert("ar_1", "/", State::Firing, 160), true, 160, None)
         .await
+        .unwrap()
         .unwrap();
-    a.transition(&alert("ar_1", "/var", State::Firing, 170), false, 170)
+    a.transition(&alert("ar_1", "/var", State::Firing, 170), false, 170, None)
         .await
         .unwrap();
     assert!(h2 > h1);
@@ -1326,7 +1336,7 @@ async fn alert_transitions_keep_state_history_acks_and_silences(s: Under) {
     assert!(a.alerts("tn_2").await.unwrap().is_empty());
 
     // Resolving removes the state; history keeps every step, newest first.
-    a.transition(&alert("ar_1", "/", State::Resolved, 200), false, 200)
+    a.transition(&alert("ar_1", "/", State::Resolved, 200), false, 200, None)
         .await
         .unwrap();
     let firing = a.alerts("tn_1").await.unwrap();
@@ -1384,6 +1394,189 @@ async fn alert_transitions_keep_state_history_acks_and_silences(s: Under) {
     assert_eq!(a.silences("tn_1").await.unwrap().len(), 1);
     assert!(a.delete_silence("tn_1", "si_1").await.unwrap());
     assert!(a.silences("tn_1").await.unwrap().is_empty());
+}
+
+/// A report alert's transition written through a link (a replica's
+/// engine) is stored only while that link is the runner's current one in
+/// the live-links table: one replaced by another replica's (or by a newer
+/// one of the same replica), or ended, is refused, and nothing of it is
+/// written (state, history). Without a link (one server, a health alert
+/// of the lease holder) it is written as ever. SQLite is one replica with
+/// no links table: no link is current there, so every write through one
+/// is refused, and the one server's writes (without) go in.
+async fn alert_transitions_through_a_link_are_written_only_while_it_is_the_runners(s: Under) {
+    s.tenant("tn_1", "acme").await;
+    s.runner("tn_1", "rn_1").await;
+    let a = &s.alerts;
+    a.put_rule(&rule("ar_1", "tn_1", "disk"), 10).await.unwrap();
+    let through = |replica: &str, generation: u64| LinkRef {
+        replica_id: replica.into(),
+        generation,
+    };
+    let written = |a: &Arc<dyn AlertStore>| {
+        let a = a.clone();
+        async move {
+            let states = a.all_alerts().await.unwrap();
+            let hist = a.history("tn_1", i64::MAX, 100).await.unwrap();
+            (
+                states
+                    .iter()
+                    .map(|s| format!("{}:{}", s.target, s.state.as_str()))
+                    .collect::<Vec<_>>(),
+                hist.iter()
+                    .map(|h| format!("{}:{}", h.subject, h.state))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let firing = alert("ar_1", "/", State::Firing, 100);
+    let resolved = alert("ar_1", "/", State::Resolved, 300);
+
+    let Some(cluster) = &s.cluster else {
+        // SQLite: through a link, refused; without one, written.
+        for l in [through("a", 1), through("", 0)] {
+            assert_eq!(
+                a.transition(&firing, false, 100, Some(&l)).await.unwrap(),
+                None
+            );
+        }
+        assert_eq!(written(a).await, (vec![], vec![]), "nothing written");
+        assert!(a
+            .transition(&firing, false, 100, None)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(a
+            .transition(&resolved, false, 300, None)
+            .await
+            .unwrap()
+            .is_some());
+        let (states, hist) = written(a).await;
+        assert!(states.is_empty());
+        assert_eq!(hist, ["/ on rn_1:resolved", "/ on rn_1:firing"]);
+        return;
+    };
+
+    // Linked to replica a (generation 7): a's writes go in; b's do not.
+    let linked = |replica: &'static str, generation: u64, now: i64| {
+        let cluster = cluster.clone();
+        async move {
+            let out = cluster
+                .link(replica, "rn_1", generation, &hello(), "connected", now)
+                .await
+                .unwrap();
+            assert!(matches!(out, ConnectOutcome::Active(_)), "{out:?}");
+        }
+    };
+    linked("a", 7, 50).await;
+    assert_eq!(
+        a.transition(&firing, false, 100, Some(&through("b", 7)))
+            .await
+            .unwrap(),
+        None,
+        "another replica's link"
+    );
+    assert_eq!(
+        a.transition(&firing, false, 100, Some(&through("a", 6)))
+            .await
+            .unwrap(),
+        None,
+        "an older link of the holder"
+    );
+    assert_eq!(written(a).await, (vec![], vec![]));
+    let seq = a
+        .transition(&firing, false, 100, Some(&through("a", 7)))
+        .await
+        .unwrap()
+        .expect("the holder's current link");
+    assert_eq!(
+        written(a).await,
+        (vec!["/:firing".into()], vec!["/ on rn_1:firing".into()])
+    );
+
+    // The runner moves to b (a's link fenced): a's late transition is
+    // refused, state and history as they were; b's goes in.
+    linked("b", 3, 200).await;
+    assert_eq!(
+        a.transition(&resolved, false, 300, Some(&through("a", 7)))
+            .await
+            .unwrap(),
+        None,
+        "a stale generation"
+    );
+    let pending = alert("ar_1", "/var", State::Pending, 310);
+    assert_eq!(
+        a.transition(&pending, false, 310, Some(&through("a", 7)))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        written(a).await,
+        (vec!["/:firing".into()], vec!["/ on rn_1:firing".into()]),
+        "nothing of the refused writes"
+    );
+    let seq_b = a
+        .transition(&resolved, false, 320, Some(&through("b", 3)))
+        .await
+        .unwrap()
+        .expect("b's link is current");
+    assert!(seq_b > seq);
+    assert_eq!(
+        written(a).await,
+        (
+            vec![],
+            vec!["/ on rn_1:resolved".into(), "/ on rn_1:firing".into()]
+        )
+    );
+
+    // b's link ends (the runner linked nowhere): b's writes are refused
+    // too; a write without a link (a health alert) still goes in.
+    assert!(cluster
+        .unlink("b", "rn_1", 3, 400, "closed", 400)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        a.transition(&firing, false, 500, Some(&through("b", 3)))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(a
+        .transition(&firing, false, 500, None)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(written(a).await.0, ["/:firing"]);
+}
+
+/// A replica taking many runners over reads their states together:
+/// every pending and firing state of the runners asked for, none of the
+/// others, across more ids than one query takes.
+async fn alert_states_of_many_runners_are_read_together(s: Under) {
+    let a = &s.alerts;
+    a.put_rule(&rule("ar_1", "tn_1", "disk"), 10).await.unwrap();
+    let n = tether_server::db::alerts::TAKE_OVER_CHUNK * 2 + 7;
+    for i in 0..n {
+        let mut row = alert("ar_1", &format!("rn_{i}//"), State::Firing, i as i64);
+        row.runner_id = format!("rn_{i}");
+        a.transition(&row, false, i as i64, None).await.unwrap();
+    }
+    // Every other runner, and ids with no state.
+    let ask: Vec<String> = (0..n + 40).step_by(2).map(|i| format!("rn_{i}")).collect();
+    let got = a.runners_alerts(&ask).await.unwrap();
+    let mut runners: Vec<String> = got.iter().map(|r| r.runner_id.clone()).collect();
+    runners.sort();
+    let mut want: Vec<String> = (0..n).step_by(2).map(|i| format!("rn_{i}")).collect();
+    want.sort();
+    assert_eq!(runners, want);
+    let one = got.iter().find(|r| r.runner_id == "rn_2").unwrap();
+    assert_eq!(
+        (one.target.as_str(), one.state, one.since_ms),
+        ("rn_2//", State::Firing, 2)
+    );
+    assert!(a.runners_alerts(&[]).await.unwrap().is_empty());
 }
 
 /// The migration runner: a second connect (another replica, a restart)

@@ -73,6 +73,46 @@ fn alert_row(r: &Row) -> Result<AlertRow, StorageError> {
     })
 }
 
+/// Whether a transition may be written: without a link (`$10` null), or
+/// through the runner's current link, its row share-locked until commit.
+/// The parameters of both statements below: rule, target, tenant, runner,
+/// subject, state, summary, at, silenced, replica, generation (since).
+macro_rules! link_holds {
+    () => {
+        "WITH ok AS (SELECT $10::text IS NULL OR EXISTS (
+             SELECT 1 FROM runner_links
+             WHERE runner_id = $4 AND replica_id = $10 AND generation = $11 FOR SHARE) AS yes), "
+    };
+}
+
+macro_rules! history_row {
+    () => {
+        " INSERT INTO alert_history
+             (tenant_id, rule_id, runner_id, subject, state, at_ms, summary, silenced)
+         SELECT $3, $1, $4, $5, $6, $8, $7, $9 WHERE (SELECT yes FROM ok)
+         RETURNING seq"
+    };
+}
+
+/// A transition to pending or firing ([`AlertStore::transition`]).
+const TRANSITION_LIVE: &str = concat!(
+    link_holds!(),
+    "st AS (
+         INSERT INTO alert_state
+             (rule_id, target, tenant_id, runner_id, subject, state, since_ms, summary)
+         SELECT $1, $2, $3, $4, $5, $6, $12, $7 WHERE (SELECT yes FROM ok)
+         ON CONFLICT (rule_id, target) DO UPDATE SET state = excluded.state,
+             since_ms = excluded.since_ms, summary = excluded.summary)",
+    history_row!()
+);
+
+/// A transition to resolved: the state row goes.
+const TRANSITION_RESOLVED: &str = concat!(
+    link_holds!(),
+    "st AS (DELETE FROM alert_state WHERE rule_id = $1 AND target = $2 AND (SELECT yes FROM ok))",
+    history_row!()
+);
+
 const CHANNEL_COLUMNS: &str = "id, tenant_id, name, kind, public, nonce, sealed, created_ms";
 
 fn channel_row(r: &Row) -> ChannelRow {
@@ -223,69 +263,63 @@ impl AlertStore for PgAlerts {
         Ok(row.as_ref().map(channel_row))
     }
 
-    async fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
+    async fn transition(
+        &self,
+        a: &AlertRow,
+        silenced: bool,
+        at: i64,
+        through: Option<&LinkRef>,
+    ) -> Result<Option<i64>, StorageError> {
+        let (replica, generation) = match through {
+            Some(l) => (
+                Some(l.replica_id.as_str()),
+                Some(i64::try_from(l.generation).map_err(super::backend)?),
+            ),
+            None => (None, None),
+        };
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        // Statements kept per connection: one round trip each, not two.
-        if a.state == State::Resolved {
-            let st = tx
-                .prepare_cached("DELETE FROM alert_state WHERE rule_id = $1 AND target = $2")
-                .await?;
-            tx.execute(&st, &[&a.rule_id, &a.target]).await?;
-        } else {
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO alert_state
-                   (rule_id, target, tenant_id, runner_id, subject, state, since_ms, summary)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (rule_id, target) DO UPDATE SET state = excluded.state,
-                   since_ms = excluded.since_ms, summary = excluded.summary",
-                )
-                .await?;
-            tx.execute(
-                &st,
-                &[
-                    &a.rule_id,
-                    &a.target,
-                    &a.tenant,
-                    &a.runner_id,
-                    &a.subject,
-                    &a.state.as_str(),
-                    &a.since_ms,
-                    &a.summary,
-                ],
-            )
-            .await?;
-        }
+        // One statement: the link judged (its row share-locked, so a
+        // replica taking the runner waits for this write to commit, and
+        // reads it when it takes the states over; or took it first, and
+        // this one sees the new row), the state row and the history row
+        // written only if it holds. Kept per connection: one round trip.
         let st = tx
-            .prepare_cached(
-                "INSERT INTO alert_history
-                   (tenant_id, rule_id, runner_id, subject, state, at_ms, summary, silenced)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
-            )
+            .prepare_cached(if a.state == State::Resolved {
+                TRANSITION_RESOLVED
+            } else {
+                TRANSITION_LIVE
+            })
             .await?;
-        let seq: i64 = tx
-            .query_one(
-                &st,
-                &[
-                    &a.tenant,
-                    &a.rule_id,
-                    &a.runner_id,
-                    &a.subject,
-                    &a.state.as_str(),
-                    &at,
-                    &a.summary,
-                    &silenced,
-                ],
-            )
-            .await?
-            .get(0);
+        let state = a.state.as_str();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &a.rule_id,
+            &a.target,
+            &a.tenant,
+            &a.runner_id,
+            &a.subject,
+            &state,
+            &a.summary,
+            &at,
+            &silenced,
+            &replica,
+            &generation,
+        ];
+        if a.state != State::Resolved {
+            params.push(&a.since_ms);
+        }
+        let row = tx.query_opt(&st, &params).await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let seq: i64 = row.get(0);
         let st = tx
             .prepare_cached("DELETE FROM alert_history WHERE seq <= $1")
             .await?;
         tx.execute(&st, &[&(seq - KEEP_ROWS)]).await?;
         tx.commit().await?;
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     async fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError> {
@@ -312,16 +346,20 @@ impl AlertStore for PgAlerts {
         rows.iter().map(alert_row).collect()
     }
 
-    async fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!("SELECT {ALERT_COLUMNS} FROM alert_state WHERE runner_id = $1"),
-                &[&runner_id],
-            )
+    async fn runners_alerts(&self, runner_ids: &[String]) -> Result<Vec<AlertRow>, StorageError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alert_state WHERE runner_id = ANY($1)"
+            ))
             .await?;
-        rows.iter().map(alert_row).collect()
+        let mut out = Vec::new();
+        for ids in runner_ids.chunks(TAKE_OVER_CHUNK) {
+            for r in c.query(&st, &[&ids]).await? {
+                out.push(alert_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn ack(

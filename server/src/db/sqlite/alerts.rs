@@ -251,7 +251,20 @@ impl SqliteAlerts {
 
     /// Statements kept (`prepare_cached`): a busy fleet makes many
     /// transitions, each was parsed three times.
-    pub fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
+    /// The embedded server is one replica and keeps no live-links table
+    /// (`db/cluster.rs`): no link is ever the runner's current one here,
+    /// so a transition written through one is refused (the one server's
+    /// engine owns every runner and writes without).
+    pub fn transition(
+        &self,
+        a: &AlertRow,
+        silenced: bool,
+        at: i64,
+        through: Option<&LinkRef>,
+    ) -> Result<Option<i64>, StorageError> {
+        if through.is_some() {
+            return Ok(None);
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if a.state == State::Resolved {
@@ -274,7 +287,7 @@ impl SqliteAlerts {
         tx.prepare_cached("DELETE FROM alert_history WHERE seq <= ?1 - ?2")?
             .execute(params![seq, KEEP_ROWS])?;
         tx.commit()?;
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     pub fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError> {
@@ -293,13 +306,20 @@ impl SqliteAlerts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError> {
+    pub fn runners_alerts(&self, runner_ids: &[String]) -> Result<Vec<AlertRow>, StorageError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alert_state WHERE runner_id = ?1"
-        ))?;
-        let rows = stmt.query_map([runner_id], alert_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        for ids in runner_ids.chunks(TAKE_OVER_CHUNK) {
+            let marks = vec!["?"; ids.len()].join(",");
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alert_state WHERE runner_id IN ({marks})"
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(ids), alert_row)?;
+            for r in rows {
+                out.push(r?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn ack(
@@ -463,9 +483,16 @@ impl AlertStore for Blocking<SqliteAlerts> {
         let id = id.to_owned();
         self.run(move |s| s.channel(&tenant, &id)).await
     }
-    async fn transition(&self, a: &AlertRow, silenced: bool, at: i64) -> Result<i64, StorageError> {
-        let a = a.to_owned();
-        self.run(move |s| s.transition(&a, silenced, at)).await
+    async fn transition(
+        &self,
+        a: &AlertRow,
+        silenced: bool,
+        at: i64,
+        through: Option<&LinkRef>,
+    ) -> Result<Option<i64>, StorageError> {
+        let (a, through) = (a.to_owned(), through.cloned());
+        self.run(move |s| s.transition(&a, silenced, at, through.as_ref()))
+            .await
     }
     async fn alerts(&self, tenant: &str) -> Result<Vec<AlertRow>, StorageError> {
         let tenant = tenant.to_owned();
@@ -474,9 +501,9 @@ impl AlertStore for Blocking<SqliteAlerts> {
     async fn all_alerts(&self) -> Result<Vec<AlertRow>, StorageError> {
         self.run(move |s| s.all_alerts()).await
     }
-    async fn runner_alerts(&self, runner_id: &str) -> Result<Vec<AlertRow>, StorageError> {
-        let runner_id = runner_id.to_owned();
-        self.run(move |s| s.runner_alerts(&runner_id)).await
+    async fn runners_alerts(&self, runner_ids: &[String]) -> Result<Vec<AlertRow>, StorageError> {
+        let runner_ids = runner_ids.to_owned();
+        self.run(move |s| s.runners_alerts(&runner_ids)).await
     }
     async fn ack(
         &self,
