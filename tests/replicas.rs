@@ -492,3 +492,261 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     assert_eq!(v["ready"], false, "{v}");
     assert_eq!(v["database"], "unreachable", "{v}");
 }
+
+/// Links the replica says it holds (`/healthz`).
+fn links_held(server: &Server) -> Option<u64> {
+    let (_, v) = server.api().call("GET", "/healthz", None, None);
+    v["links"].as_u64()
+}
+
+/// The pid of the session's shell (`$$`).
+fn shell_pid(t: &mut TermClient) -> u32 {
+    let out = t.run("echo pid$((0))=$$ end$((0))", "end0");
+    let rest = &out[out.find("pid0=").expect("pid0=") + 5..];
+    rest[..rest.find(' ').unwrap()].parse().unwrap()
+}
+
+/// Whether process `pid` is still there (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split(' ').nth(2).is_some_and(|st| st == "Z"))
+        .unwrap_or(false)
+}
+
+/// The numbers of the `n0-N` lines in `text`, in order.
+fn numbered(text: &str) -> Vec<u32> {
+    text.split("n0-")
+        .skip(1)
+        .filter_map(|rest| rest.split("\r\n").next()?.parse().ok())
+        .collect()
+}
+
+/// The runner of replica A, linked there through a proxy the test cuts; B
+/// is the next URL it tries.
+fn runner_on_a_through(p: &Pair, tenant: &Tenant) -> (Runner, crate::util::proxy::TcpProxy) {
+    let proxy = crate::util::proxy::TcpProxy::to(&p.a.addr());
+    let mut runner = Runner::enroll(&p.a, tenant);
+    let urls = format!("{},{}", proxy.url("https"), p.b.url);
+    runner.start(&["--server", &urls, "--heartbeat", "1s"]);
+    wait_for(Duration::from_secs(20), "the runner linked to A", || {
+        (links_held(&p.a) == Some(1) && links_held(&p.b) == Some(0)).then_some(())
+    });
+    (runner, proxy)
+}
+
+/// Cut the runner's link to A for good (A stays up): it links to B.
+fn move_runner_to_b(p: &Pair, proxy: &crate::util::proxy::TcpProxy) -> Duration {
+    let cut = Instant::now();
+    proxy.set_mode(crate::util::proxy::Mode::Refuse);
+    proxy.cut();
+    wait_for(Duration::from_secs(30), "the runner linked to B", || {
+        (links_held(&p.b) == Some(1) && links_held(&p.a) == Some(0)).then_some(())
+    });
+    cut.elapsed()
+}
+
+#[test]
+fn a_terminal_session_survives_its_runner_moving_to_the_other_replica() {
+    let pg = Postgres::start();
+    let url = pg.database("term_move");
+    let p = pair(&url);
+    let on_a = p.a.tenant("term-move");
+    let on_b = through(&on_a, &p.b);
+    let (runner, proxy) = runner_on_a_through(&p, &on_a);
+    let id = runner.id.clone();
+
+    // Session 1: opened and attached on A directly. Session 2: opened on
+    // A, its client attached through B (spliced to A).
+    let mut t1 = TermClient::open(&p.a, &on_a.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal on A: {e:?}"));
+    let tid1 = t1.session.clone();
+    let pid1 = shell_pid(&mut t1);
+    t1.send(b"v=kept$((6*7))\n");
+    t1.run("echo v$((0))=$v", "v0=kept42");
+    let (st, s) = on_a.call(
+        "POST",
+        &format!("/api/v1/runners/{id}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{s}");
+    let tid2 = s["id"].as_str().unwrap().to_owned();
+    let mut t2 = TermClient::attach(&p.b, &on_b.token, &tid2, 0);
+    let pid2 = shell_pid(&mut t2);
+    t2.send(b"w=two$((1+1))\n");
+    t2.run("echo w$((0))=$w", "w0=two2");
+
+    // Numbered lines printing while the link is cut and the runner
+    // relinks to B: every one arrives, once, in order.
+    let from = t1.out.len();
+    t1.send(b"for i in $(seq 1 400); do echo n$((0))-$i; sleep 0.01; done; echo done$((0))\n");
+    assert!(
+        t1.read_until(from, "n0-50\r\n", Duration::from_secs(15)),
+        "{}",
+        t1.text()
+    );
+    let took = move_runner_to_b(&p, &proxy);
+    eprintln!("runner linked to B {took:?} after its link to A was cut");
+    assert!(
+        t1.read_until(from, "done0", Duration::from_secs(60)),
+        "the loop's end through the relay: {}",
+        String::from_utf8_lossy(&t1.out[from..])
+    );
+    let lines = numbered(&String::from_utf8_lossy(&t1.out[from..]));
+    assert_eq!(
+        lines,
+        (1..=400).collect::<Vec<u32>>(),
+        "every line once, in order, across the move"
+    );
+    // The same shells, on A, through the relay of B.
+    t1.run("echo v$((0))=$v", "v0=kept42");
+    t2.run("echo w$((0))=$w", "w0=two2");
+    assert_eq!(shell_pid(&mut t1), pid1);
+    assert_eq!(shell_pid(&mut t2), pid2);
+    // A resize after the move reaches the pty.
+    t1.resize(100, 30);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let from = t1.out.len();
+        t1.send(b"stty size\n");
+        if t1.read_until(from, "30 100", Duration::from_secs(1)) || Instant::now() > end {
+            break;
+        }
+    }
+    assert!(t1.text().contains("30 100"), "the resize after the move");
+    let log_a = p.a.log();
+    assert!(
+        log_a.contains("terminal sessions relayed by another replica"),
+        "{log_a}"
+    );
+    assert!(
+        p.b.log()
+            .contains("relaying terminal sessions to their replica"),
+        "{}",
+        p.b.log()
+    );
+
+    // Output complete and in order: the scrollback, attached again
+    // through B from offset 0, is byte for byte what the first client
+    // read live (it takes the session over: one client at a time).
+    for _ in 0..10 {
+        t1.pump();
+    }
+    let live = t1.out.clone();
+    assert_eq!(t1.start, 0);
+    let mut t3 = TermClient::attach(&p.b, &on_b.token, &tid1, 0);
+    let end = Instant::now() + Duration::from_secs(15);
+    while t3.out.len() < live.len() && Instant::now() < end {
+        t3.pump();
+    }
+    assert_eq!(t3.start, 0);
+    assert!(
+        t3.out.len() >= live.len() && t3.out[..live.len()] == live[..],
+        "the scrollback differs from what was read live ({} vs {} bytes)",
+        t3.out.len(),
+        live.len()
+    );
+    assert!(
+        t1.wait_closed(Duration::from_secs(5)) || t1.notes.iter().any(|n| n["type"] == "detached"),
+        "the first client was replaced"
+    );
+
+    // Closed: session 1 by its shell's exit, session 2 by DELETE through
+    // B. Both end on A, once; the runner keeps no shell.
+    t3.send(b"exit\n");
+    assert_eq!(
+        t3.wait_end(Duration::from_secs(15)).as_deref(),
+        Some("exited 0")
+    );
+    let (st, v) = on_b.call("DELETE", &format!("/api/v1/terminals/{tid2}"), None);
+    assert_eq!(st, 200, "closed through B: {v}");
+    assert!(
+        t2.wait_end(Duration::from_secs(15)).is_some(),
+        "session 2's end"
+    );
+    wait_for(Duration::from_secs(10), "both shells gone", || {
+        (!alive(pid1) && !alive(pid2)).then_some(())
+    });
+    for server in [&p.a, &p.b] {
+        let t = through(&on_a, server);
+        let (st, v) = t.call("GET", &format!("/api/v1/terminals?runner={id}"), None);
+        assert_eq!(st, 200, "{v}");
+        for tid in [&tid1, &tid2] {
+            let row = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == tid.as_str())
+                .unwrap_or_else(|| panic!("{tid} in {v}"));
+            assert_eq!(row["open"], false, "{row}");
+            assert!(row["closed_at"].is_string(), "{row}");
+            let reason = row["reason"].as_str().unwrap();
+            assert!(!reason.contains("unreachable"), "{row}");
+        }
+    }
+    let (log_a, log_b) = (p.a.log(), p.b.log());
+    for tid in [&tid1, &tid2] {
+        let ended = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("terminal ended") && l.contains(tid.as_str()))
+                .count()
+        };
+        assert_eq!(ended(&log_a), 1, "{tid} ended on A once: {log_a}");
+        assert_eq!(ended(&log_b), 0, "{tid} is not B's: {log_b}");
+    }
+    drop(runner);
+}
+
+#[test]
+fn a_terminal_whose_replica_is_killed_after_its_runner_moved_ends_on_the_runner() {
+    let pg = Postgres::start();
+    let url = pg.database("term_kill");
+    let p = pair(&url);
+    let on_a = p.a.tenant("term-kill");
+    let on_b = through(&on_a, &p.b);
+    let (runner, proxy) = runner_on_a_through(&p, &on_a);
+    let id = runner.id.clone();
+    let (st, s) = on_a.call(
+        "POST",
+        &format!("/api/v1/runners/{id}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{s}");
+    let tid = s["id"].as_str().unwrap().to_owned();
+    let mut t = TermClient::attach(&p.b, &on_b.token, &tid, 0);
+    let pid = shell_pid(&mut t);
+    move_runner_to_b(&p, &proxy);
+    // Relayed: the session on A answers through B's link.
+    t.run("echo moved$((6*7))", "moved42");
+    assert!(alive(pid));
+
+    let killed = Instant::now();
+    signal(&p.a.child, libc::SIGKILL);
+    // A's rows are closed when B reaps A; B then finds no replica for the
+    // runner's terminal and hangs it up there.
+    wait_for(
+        Duration::from_secs(40),
+        "the shell hung up on the runner",
+        || (!alive(pid)).then_some(()),
+    );
+    let gone = killed.elapsed();
+    eprintln!("shell of the killed replica's session gone {gone:?} after kill -9");
+    assert!(
+        gone <= Duration::from_secs(25),
+        "documented bound ~15 s: {gone:?}"
+    );
+    assert!(
+        p.b.log()
+            .contains("no replica holds this terminal's session"),
+        "{}",
+        p.b.log()
+    );
+    let (st, v) = on_b.call("GET", &format!("/api/v1/terminals?runner={id}"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v[0]["id"], tid.as_str(), "{v}");
+    assert_eq!(v[0]["open"], false, "closed by the reaper: {v}");
+    // The runner is still B's, healthy, and opens a new terminal there.
+    let mut again = TermClient::open(&p.b, &on_b.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal on B: {e:?}"));
+    again.run("echo fresh$((6*7))", "fresh42");
+    drop(runner);
+}

@@ -145,8 +145,8 @@ pub enum Scope<'a> {
     /// whose link the job's runner holds.
     Job(&'a str),
     /// `/api/v1/terminals/{id}` and `…/{id}/attach`: a session lives on
-    /// the replica holding its runner's link (it ends when the link moves
-    /// elsewhere for good), found by its open audit row.
+    /// the replica that opened it (its runner's link then), found by its
+    /// open audit row; it stays there when the link moves (relayed).
     Terminal(&'a str),
     /// Anything else: any replica answers from the shared database.
     Any,
@@ -210,14 +210,17 @@ pub async fn route(
         // By id alone, before a ticket is redeemed here (the session's
         // holder redeems it if it is this replica): the holder checks the
         // caller's tenant and answers 404 for another tenant's session,
-        // as this replica would.
-        let runner = match ctx.db.audit.open_terminal_runner(terminal).await {
-            Ok(Some(r)) if !ctx.registry.holds(&r) => r,
-            _ => return next.run(Request::from_parts(parts, body)).await,
-        };
-        held = match holder(&ctx, &runner).await {
-            Some(h) => Some(h),
-            None => return next.run(Request::from_parts(parts, body)).await,
+        // as this replica would. The holder is the session's own replica
+        // (its audit row), wherever its runner is linked now: a session
+        // stays where it was opened when its runner moves
+        // (`terminals/relay.rs`).
+        held = match ctx.store.terminal_holder(terminal).await {
+            Ok(Some((replica, addr))) if replica != ctx.peers.id() => Some((replica, addr)),
+            Ok(_) => return next.run(Request::from_parts(parts, body)).await,
+            Err(e) => {
+                tracing::warn!(terminal, "looking up the terminal's replica: {e}");
+                return next.run(Request::from_parts(parts, body)).await;
+            }
         };
     }
     let (caller, principal) = match authorise(&ctx, &mut parts).await {
