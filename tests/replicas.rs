@@ -521,6 +521,23 @@ fn numbered(text: &str) -> Vec<u32> {
         .collect()
 }
 
+/// 40 keystroke echo round trips, sorted (the typed line cleared after).
+fn keystroke_rtts(t: &mut TermClient) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..40 {
+        let from = t.out.len();
+        let start = Instant::now();
+        t.send(b"x");
+        assert!(t.read_until(from, "x", Duration::from_secs(5)), "no echo");
+        times.push(start.elapsed());
+    }
+    // Ctrl-U: the line of x's is dropped, not run.
+    t.send(b"\x15");
+    t.run("echo clear$((0))", "clear0");
+    times.sort();
+    times
+}
+
 /// The runner of replica A, linked there through a proxy the test cuts; B
 /// is the next URL it tries.
 fn runner_on_a_through(p: &Pair, tenant: &Tenant) -> (Runner, crate::util::proxy::TcpProxy) {
@@ -575,6 +592,8 @@ fn a_terminal_session_survives_its_runner_moving_to_the_other_replica() {
     t2.send(b"w=two$((1+1))\n");
     t2.run("echo w$((0))=$w", "w0=two2");
 
+    let direct = keystroke_rtts(&mut t1);
+
     // Numbered lines printing while the link is cut and the runner
     // relinks to B: every one arrives, once, in order.
     let from = t1.out.len();
@@ -602,6 +621,16 @@ fn a_terminal_session_survives_its_runner_moving_to_the_other_replica() {
     t2.run("echo w$((0))=$w", "w0=two2");
     assert_eq!(shell_pid(&mut t1), pid1);
     assert_eq!(shell_pid(&mut t2), pid2);
+    let relayed = keystroke_rtts(&mut t1);
+    eprintln!(
+        "keystroke round trip, client on A: runner linked to A p50 {:?} p99 {:?}; \
+         runner on B, relayed p50 {:?} p99 {:?}",
+        direct[direct.len() / 2],
+        direct[direct.len() * 99 / 100],
+        relayed[relayed.len() / 2],
+        relayed[relayed.len() * 99 / 100]
+    );
+    assert!(relayed[relayed.len() * 99 / 100] < Duration::from_millis(500));
     // A resize after the move reaches the pty.
     t1.resize(100, 30);
     let end = Instant::now() + Duration::from_secs(10);

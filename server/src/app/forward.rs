@@ -2,13 +2,15 @@
 //! replica must answer, and the gate of the internal listener.
 //!
 //! ```text
-//!  public listener ─▶ route: the path names a runner (a job's, a terminal's)?
+//!  public listener ─▶ route: the path names a runner (a job's)? a terminal
+//!     session (its own replica, by its audit row, wherever its runner is)?
 //!     linked here, or linked nowhere ─▶ this replica answers (409 if no link)
 //!     linked to replica R ─▶ the caller authorised HERE (401/403 stay here)
 //!                         ─▶ Peers::forward to R's --internal-addr, streamed
 //!  internal listener ─▶ gate: the cluster key proved? else 401, nothing more
 //!                    ─▶ FromPeer (never forwarded again), Vouched (a ticket)
-//!                    ─▶ the same routes: R authorises the credential again
+//!                    ─▶ the same routes (and the terminal relay, served
+//!                       there only): R authorises the credential again
 //!                       against the shared database, and answers
 //! ```
 //!

@@ -25,6 +25,11 @@
 //! one that was sent is never repeated. A WebSocket upgrade takes a
 //! connection of its own (it is spliced, not returned).
 //!
+//! A replica's own stream to a peer (`Peers::websocket`: the terminal
+//! relay, `terminals/relay.rs`) goes the same way: TLS, the proof and this
+//! replica's id as headers of the WebSocket upgrade, to a route the peer
+//! serves on its internal listener only.
+//!
 //! The peer's certificate is not checked against a CA (replicas may each
 //! have their own dev certificate): the proof is the key, bound to the
 //! certificate the client saw. A man in the middle shows its own

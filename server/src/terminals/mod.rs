@@ -9,7 +9,22 @@
 //!                     │ error: gone            │ client WS gone ─▶ detached; none back in 60 s ─▶ term_close
 //!                     │                        │ runner link gone ─▶ away; not back in 90 s ─────▶ Ended
 //!                     │                        │ runner back: term_alive without it, or none in 10 s ─▶ Ended
+//!                     │                        │ runner back on another replica: relayed (below)
 //!                     │                        │ close (client, DELETE, idle on the runner) ─▶ term_close ─▶ END
+//! ```
+//!
+//! On a replica of several, a session stays on the replica that opened it
+//! when its runner relinks to another one (`relay.rs`): that replica relays
+//! the session's frames here, and to the session the runner is simply back
+//! (its `term_alive` comes through the relay); the relay's end is the
+//! runner going away again.
+//!
+//! ```text
+//!  runner ─link─▶ B ──relay (internal channel)──▶ A: Terminals::relay_install,
+//!                                                    on_alive, on_frame (as from a link)
+//!  A's client tasks ─▶ relay_of(runner) ─▶ B ─▶ runner   (else the link here)
+//!  relay ends (B's link gone, A replaced it) ─▶ runner_gone, unless a newer
+//!  relay or the runner's own link here took over (relay_drop on its welcome)
 //! ```
 //!
 //! Output: DATA frames append to a scrollback ring of [`SCROLLBACK`] bytes
@@ -646,6 +661,39 @@ mod tests {
         assert_eq!(st.ring_start(), seq - SCROLLBACK as u64);
         let (from, bytes) = st.output_from(0, 10);
         assert_eq!((from, bytes.len()), (seq - SCROLLBACK as u64, 10));
+    }
+
+    #[tokio::test]
+    async fn the_newest_relay_of_a_runner_is_its_route_and_an_old_ones_end_changes_nothing() {
+        let t = Terminals::new();
+        let (tx_b, _rx_b) = tokio::sync::mpsc::channel(1);
+        let (tx_c, mut rx_c) = tokio::sync::mpsc::channel(1);
+        let (b, stop_b) = t.relay_install("rn", tx_b);
+        // The runner moved on to C: C's relay replaces B's, which is told.
+        let (c, _stop_c) = t.relay_install("rn", tx_c);
+        tokio::time::timeout(Duration::from_secs(1), stop_b.notified())
+            .await
+            .expect("the replaced relay is told to stop");
+        t.relay_of("rn")
+            .unwrap()
+            .send(ToRunner::Text("x".into()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rx_c.recv().await, Some(ToRunner::Text(_))),
+            "C carries it"
+        );
+        // B's late end: not the route any more, nothing changes.
+        assert!(!t.relay_ended("rn", b));
+        assert!(t.relay_of("rn").is_some());
+        assert!(t.relay_ended("rn", c));
+        assert!(t.relay_of("rn").is_none());
+        // The runner's own link here replaces a relay.
+        let (tx_d, _rx_d) = tokio::sync::mpsc::channel(1);
+        let (d, _) = t.relay_install("rn", tx_d);
+        t.relay_drop("rn");
+        assert!(t.relay_of("rn").is_none());
+        assert!(!t.relay_ended("rn", d));
     }
 
     #[test]
