@@ -509,7 +509,7 @@ fn shell_pid(t: &mut TermClient) -> u32 {
 /// Whether process `pid` is still there (a zombie counts as gone).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split(' ').nth(2).is_some_and(|st| st == "Z"))
+        .map(|s| s.split(' ').nth(2).is_none_or(|st| st != "Z"))
         .unwrap_or(false)
 }
 

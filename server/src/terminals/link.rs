@@ -122,7 +122,7 @@ impl FamilyConn for TerminalsConn {
         payload: Bytes,
     ) -> Result<(), Ending> {
         if let Some(relay) = &self.relay {
-            match relay.from_runner(&header, &payload) {
+            match relay.frame_of_runner(&header, &payload) {
                 Taken::No => {}
                 Taken::Yes => return Ok(()),
                 Taken::Ack(seq) => {

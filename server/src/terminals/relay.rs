@@ -461,7 +461,7 @@ impl RunnerSide {
     }
 
     /// A DATA, END or ACK frame from the runner.
-    pub fn from_runner(&self, header: &FrameHeader, payload: &[u8]) -> Taken {
+    pub fn frame_of_runner(&self, header: &FrameHeader, payload: &[u8]) -> Taken {
         let mut chans = self.inner.lock();
         let Some(ch) = chans.map.get_mut(&header.channel) else {
             return Taken::No;
