@@ -8,6 +8,13 @@
 //! stranger on the internal address refused; `/healthz` with the replica
 //! and 503 when PostgreSQL stops; the job made on B on A's event stream;
 //! A stopped cleanly releases its link and the runner goes to B.
+//!
+//! A terminal session outlives its runner moving (`server/src/terminals/
+//! relay.rs`): the runner's link to A cut (A up), it relinks to B, which
+//! relays the session to A: the same shell, every line once and in order,
+//! a resize, the clients on A and through B attached throughout, closed
+//! once; moved again to a third replica C, relayed by C alone; and A
+//! killed after the move: its shell hung up on the runner once A is reaped.
 
 use crate::util::docker::{self, IMAGE};
 use crate::util::pg::Postgres;
@@ -77,6 +84,30 @@ pub(crate) fn pair_with(url: &str, extra: &[&str]) -> Pair {
         b,
         internal_a,
         _dir: dir,
+    }
+}
+
+impl Pair {
+    /// A third replica `id` on `url`, with the pair's key and certificate.
+    fn third(&self, url: &str, id: &str) -> Server {
+        let data = self._dir.path().join(id);
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
+            std::fs::copy(self.a.data.join("tls").join(f), data.join("tls").join(f)).unwrap();
+        }
+        let internal = format!("127.0.0.1:{}", free_port());
+        let key = self._dir.path().join("cluster.key");
+        let flags = [
+            "--database",
+            url,
+            "--replica-id",
+            id,
+            "--internal-addr",
+            &internal,
+            "--cluster-key",
+            key.to_str().unwrap(),
+        ];
+        Server::start_on(&data, &flags)
     }
 }
 
@@ -623,8 +654,8 @@ fn a_terminal_session_survives_its_runner_moving_to_the_other_replica() {
     assert_eq!(shell_pid(&mut t2), pid2);
     let relayed = keystroke_rtts(&mut t1);
     eprintln!(
-        "keystroke round trip, client on A: runner linked to A p50 {:?} p99 {:?}; \
-         runner on B, relayed p50 {:?} p99 {:?}",
+        "keystroke round trip, client on A: runner linked to A (through the test's \
+         fault proxy) p50 {:?} p99 {:?}; runner on B, relayed p50 {:?} p99 {:?}",
         direct[direct.len() / 2],
         direct[direct.len() * 99 / 100],
         relayed[relayed.len() / 2],
@@ -778,4 +809,88 @@ fn a_terminal_whose_replica_is_killed_after_its_runner_moved_ends_on_the_runner(
         .unwrap_or_else(|e| panic!("terminal on B: {e:?}"));
     again.run("echo fresh$((6*7))", "fresh42");
     drop(runner);
+}
+
+#[test]
+fn a_terminal_session_follows_its_runner_from_b_to_c_relayed_once_at_a_time() {
+    use crate::util::proxy::{Mode, TcpProxy};
+    let pg = Postgres::start();
+    let url = pg.database("term_hops");
+    let p = pair(&url);
+    let c = p.third(&url, "c");
+    let on_a = p.a.tenant("term-hops");
+    let (to_a, to_b) = (TcpProxy::to(&p.a.addr()), TcpProxy::to(&p.b.addr()));
+    let mut runner = Runner::enroll(&p.a, &on_a);
+    let urls = format!("{},{},{}", to_a.url("https"), to_b.url("https"), c.url);
+    runner.start(&["--server", &urls, "--heartbeat", "1s"]);
+    let linked = |want: [u64; 3]| {
+        wait_for(Duration::from_secs(30), &format!("links {want:?}"), || {
+            let have = [&p.a, &p.b, &c].map(|s| links_held(s).unwrap_or(9));
+            (have == want).then_some(())
+        })
+    };
+    linked([1, 0, 0]);
+    let id = runner.id.clone();
+    let mut t = TermClient::open(&p.a, &on_a.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal on A: {e:?}"));
+    let pid = shell_pid(&mut t);
+    t.send(b"v=hops$((6*7))\n");
+    let from = t.out.len();
+    t.send(b"for i in $(seq 1 600); do echo n$((0))-$i; sleep 0.01; done; echo done$((0))\n");
+    assert!(t.read_until(from, "n0-50\r\n", Duration::from_secs(15)));
+    // A ─▶ B (relayed to A), then B ─▶ C (relayed to A by C; B's relay ends).
+    to_a.set_mode(Mode::Refuse);
+    to_a.cut();
+    linked([0, 1, 0]);
+    t.run("echo v$((0))=$v", "v0=hops42");
+    to_b.set_mode(Mode::Refuse);
+    to_b.cut();
+    linked([0, 0, 1]);
+    assert!(
+        t.read_until(from, "done0", Duration::from_secs(60)),
+        "{}",
+        String::from_utf8_lossy(&t.out[from..])
+    );
+    let lines = numbered(&String::from_utf8_lossy(&t.out[from..]));
+    assert_eq!(
+        lines,
+        (1..=600).collect::<Vec<u32>>(),
+        "every line once, in order, across two moves"
+    );
+    t.run("echo v$((0))=$v", "v0=hops42");
+    assert_eq!(shell_pid(&mut t), pid);
+    let log_a = p.a.log();
+    let relayed: Vec<&str> = log_a
+        .lines()
+        .filter(|l| l.contains("terminal sessions relayed by another replica"))
+        .collect();
+    assert_eq!(
+        relayed.len(),
+        2,
+        "one relay from B, then one from C: {log_a}"
+    );
+    assert!(
+        relayed[0].contains("\"b\"") && relayed[1].contains("\"c\""),
+        "{relayed:?}"
+    );
+    // B's relay ended with B's link: A saw the runner away, then C's.
+    assert!(
+        log_a.contains("terminal relay ended: the runner is away"),
+        "{log_a}"
+    );
+    // Closed through C: ended on A, once.
+    let on_c = through(&on_a, &c);
+    let (st, v) = on_c.call("DELETE", &format!("/api/v1/terminals/{}", t.session), None);
+    assert_eq!(st, 200, "closed through C: {v}");
+    assert!(t.wait_end(Duration::from_secs(15)).is_some());
+    wait_for(Duration::from_secs(10), "the shell gone", || {
+        (!alive(pid)).then_some(())
+    });
+    let ended =
+        p.a.log()
+            .lines()
+            .filter(|l| l.contains("terminal ended") && l.contains(t.session.as_str()))
+            .count();
+    assert_eq!(ended, 1);
+    runner.child().kill().ok();
 }
