@@ -8,6 +8,13 @@
 //! stranger on the internal address refused; `/healthz` with the replica
 //! and 503 when PostgreSQL stops; the job made on B on A's event stream;
 //! A stopped cleanly releases its link and the runner goes to B.
+//!
+//! A terminal session outlives its runner moving (`server/src/terminals/
+//! relay.rs`): the runner's link to A cut (A up), it relinks to B, which
+//! relays the session to A: the same shell, every line once and in order,
+//! a resize, the clients on A and through B attached throughout, closed
+//! once; moved again to a third replica C, relayed by C alone; and A
+//! killed after the move: its shell hung up on the runner once A is reaped.
 
 use crate::util::docker::{self, IMAGE};
 use crate::util::pg::Postgres;
@@ -77,6 +84,30 @@ pub(crate) fn pair_with(url: &str, extra: &[&str]) -> Pair {
         b,
         internal_a,
         _dir: dir,
+    }
+}
+
+impl Pair {
+    /// A third replica `id` on `url`, with the pair's key and certificate.
+    fn third(&self, url: &str, id: &str) -> Server {
+        let data = self._dir.path().join(id);
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        for f in ["ca.pem", "ca.key", "cert.pem", "key.pem"] {
+            std::fs::copy(self.a.data.join("tls").join(f), data.join("tls").join(f)).unwrap();
+        }
+        let internal = format!("127.0.0.1:{}", free_port());
+        let key = self._dir.path().join("cluster.key");
+        let flags = [
+            "--database",
+            url,
+            "--replica-id",
+            id,
+            "--internal-addr",
+            &internal,
+            "--cluster-key",
+            key.to_str().unwrap(),
+        ];
+        Server::start_on(&data, &flags)
     }
 }
 
@@ -491,4 +522,387 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
     });
     assert_eq!(v["ready"], false, "{v}");
     assert_eq!(v["database"], "unreachable", "{v}");
+}
+
+/// Links the replica says it holds (`/healthz`).
+fn links_held(server: &Server) -> Option<u64> {
+    let (_, v) = server.api().call("GET", "/healthz", None, None);
+    v["links"].as_u64()
+}
+
+/// The pid of the session's shell (`$$`).
+fn shell_pid(t: &mut TermClient) -> u32 {
+    let out = t.run("echo pid$((0))=$$ end$((0))", "end0");
+    let rest = &out[out.find("pid0=").expect("pid0=") + 5..];
+    rest[..rest.find(' ').unwrap()].parse().unwrap()
+}
+
+/// Whether process `pid` is still there (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split(' ').nth(2).is_none_or(|st| st != "Z"))
+        .unwrap_or(false)
+}
+
+/// The numbers of the `n0-N` lines in `text`, in order.
+fn numbered(text: &str) -> Vec<u32> {
+    text.split("n0-")
+        .skip(1)
+        .filter_map(|rest| rest.split("\r\n").next()?.parse().ok())
+        .collect()
+}
+
+/// 40 keystroke echo round trips, sorted (the typed line cleared after).
+fn keystroke_rtts(t: &mut TermClient) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..40 {
+        let from = t.out.len();
+        let start = Instant::now();
+        t.send(b"x");
+        assert!(t.read_until(from, "x", Duration::from_secs(5)), "no echo");
+        times.push(start.elapsed());
+    }
+    // Ctrl-U: the line of x's is dropped, not run.
+    t.send(b"\x15");
+    t.run("echo clear$((0))", "clear0");
+    times.sort();
+    times
+}
+
+/// The runner of replica A, linked there through a proxy the test cuts; B
+/// is the next URL it tries.
+fn runner_on_a_through(p: &Pair, tenant: &Tenant) -> (Runner, crate::util::proxy::TcpProxy) {
+    let proxy = crate::util::proxy::TcpProxy::to(&p.a.addr());
+    let mut runner = Runner::enroll(&p.a, tenant);
+    let urls = format!("{},{}", proxy.url("https"), p.b.url);
+    runner.start(&["--server", &urls, "--heartbeat", "1s"]);
+    wait_for(Duration::from_secs(20), "the runner linked to A", || {
+        (links_held(&p.a) == Some(1) && links_held(&p.b) == Some(0)).then_some(())
+    });
+    (runner, proxy)
+}
+
+/// Cut the runner's link to A for good (A stays up): it links to B.
+fn move_runner_to_b(p: &Pair, proxy: &crate::util::proxy::TcpProxy) -> Duration {
+    let cut = Instant::now();
+    proxy.set_mode(crate::util::proxy::Mode::Refuse);
+    proxy.cut();
+    wait_for(Duration::from_secs(30), "the runner linked to B", || {
+        (links_held(&p.b) == Some(1) && links_held(&p.a) == Some(0)).then_some(())
+    });
+    cut.elapsed()
+}
+
+#[test]
+fn a_terminal_session_survives_its_runner_moving_to_the_other_replica() {
+    let pg = Postgres::start();
+    let url = pg.database("term_move");
+    let p = pair(&url);
+    let on_a = p.a.tenant("term-move");
+    let on_b = through(&on_a, &p.b);
+    let (runner, proxy) = runner_on_a_through(&p, &on_a);
+    let id = runner.id.clone();
+
+    // Session 1: opened and attached on A directly. Session 2: opened on
+    // A, its client attached through B (spliced to A).
+    let mut t1 = TermClient::open(&p.a, &on_a.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal on A: {e:?}"));
+    let tid1 = t1.session.clone();
+    let pid1 = shell_pid(&mut t1);
+    t1.send(b"v=kept$((6*7))\n");
+    t1.run("echo v$((0))=$v", "v0=kept42");
+    let (st, s) = on_a.call(
+        "POST",
+        &format!("/api/v1/runners/{id}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{s}");
+    let tid2 = s["id"].as_str().unwrap().to_owned();
+    let mut t2 = TermClient::attach(&p.b, &on_b.token, &tid2, 0);
+    let pid2 = shell_pid(&mut t2);
+    t2.send(b"w=two$((1+1))\n");
+    t2.run("echo w$((0))=$w", "w0=two2");
+
+    let direct = keystroke_rtts(&mut t1);
+
+    // Numbered lines printing while the link is cut and the runner
+    // relinks to B: every one arrives, once, in order.
+    let from = t1.out.len();
+    // 100,000 lines (~700 KB, more than twice the window), in 100 chunks
+    // over ~5 s.
+    t1.send(
+        b"for k in $(seq 0 99); do seq -f n0-%g $((k*1000+1)) $((k*1000+1000)); \
+          sleep 0.05; done; echo done$((0))\n",
+    );
+    assert!(
+        t1.read_until(from, "n0-20000\r\n", Duration::from_secs(15)),
+        "{}",
+        t1.text()
+    );
+    let took = move_runner_to_b(&p, &proxy);
+    eprintln!("runner linked to B {took:?} after its link to A was cut");
+    assert!(
+        t1.read_until(from, "done0", Duration::from_secs(60)),
+        "the loop's end through the relay: {}",
+        String::from_utf8_lossy(&t1.out[from..])
+    );
+    let lines = numbered(&String::from_utf8_lossy(&t1.out[from..]));
+    assert!(
+        lines == (1..=100_000).collect::<Vec<u32>>(),
+        "every line once, in order, across the move: {} lines, first out of order at {:?}",
+        lines.len(),
+        lines.iter().enumerate().find(|(i, n)| **n != *i as u32 + 1)
+    );
+    // The same shells, on A, through the relay of B.
+    t1.run("echo v$((0))=$v", "v0=kept42");
+    t2.run("echo w$((0))=$w", "w0=two2");
+    assert_eq!(shell_pid(&mut t1), pid1);
+    assert_eq!(shell_pid(&mut t2), pid2);
+    let relayed = keystroke_rtts(&mut t1);
+    eprintln!(
+        "keystroke round trip, client on A: runner linked to A (through the test's \
+         fault proxy) p50 {:?} p99 {:?}; runner on B, relayed p50 {:?} p99 {:?}",
+        direct[direct.len() / 2],
+        direct[direct.len() * 99 / 100],
+        relayed[relayed.len() / 2],
+        relayed[relayed.len() * 99 / 100]
+    );
+    assert!(relayed[relayed.len() * 99 / 100] < Duration::from_millis(500));
+    // A resize after the move reaches the pty.
+    t1.resize(100, 30);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let from = t1.out.len();
+        t1.send(b"stty size\n");
+        if t1.read_until(from, "30 100", Duration::from_secs(1)) || Instant::now() > end {
+            break;
+        }
+    }
+    assert!(t1.text().contains("30 100"), "the resize after the move");
+    let log_a = p.a.log();
+    assert!(
+        log_a.contains("terminal sessions relayed by another replica"),
+        "{log_a}"
+    );
+    assert!(
+        p.b.log()
+            .contains("relaying terminal sessions to their replica"),
+        "{}",
+        p.b.log()
+    );
+
+    // Output complete and in order: the scrollback (its newest 256 KiB),
+    // attached again through B from offset 0, is byte for byte what the
+    // first client read live at the same offsets (it takes the session
+    // over: one client at a time).
+    for _ in 0..10 {
+        t1.pump();
+    }
+    let live = t1.out.clone();
+    assert_eq!(t1.start, 0);
+    let mut t3 = TermClient::attach(&p.b, &on_b.token, &tid1, 0);
+    let end = Instant::now() + Duration::from_secs(15);
+    while t3.offset() < live.len() as u64 && Instant::now() < end {
+        t3.pump();
+    }
+    let skip = t3.start as usize;
+    assert!(
+        skip > 0 && live.len() - skip >= 200 * 1024,
+        "the ring starts at {skip} of {}",
+        live.len()
+    );
+    assert!(
+        t3.out.len() >= live.len() - skip && t3.out[..live.len() - skip] == live[skip..],
+        "the scrollback differs from what was read live ({} bytes from {skip} vs {})",
+        t3.out.len(),
+        live.len()
+    );
+    assert!(
+        t1.wait_closed(Duration::from_secs(5)) || t1.notes.iter().any(|n| n["type"] == "detached"),
+        "the first client was replaced"
+    );
+
+    // Closed: session 1 by its shell's exit, session 2 by DELETE through
+    // B. Both end on A, once; the runner keeps no shell.
+    t3.send(b"exit\n");
+    assert_eq!(
+        t3.wait_end(Duration::from_secs(15)).as_deref(),
+        Some("exited 0")
+    );
+    let (st, v) = on_b.call("DELETE", &format!("/api/v1/terminals/{tid2}"), None);
+    assert_eq!(st, 200, "closed through B: {v}");
+    assert!(
+        t2.wait_end(Duration::from_secs(15)).is_some(),
+        "session 2's end"
+    );
+    wait_for(Duration::from_secs(10), "both shells gone", || {
+        (!alive(pid1) && !alive(pid2)).then_some(())
+    });
+    for server in [&p.a, &p.b] {
+        let t = through(&on_a, server);
+        let (st, v) = t.call("GET", &format!("/api/v1/terminals?runner={id}"), None);
+        assert_eq!(st, 200, "{v}");
+        for tid in [&tid1, &tid2] {
+            let row = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == tid.as_str())
+                .unwrap_or_else(|| panic!("{tid} in {v}"));
+            assert_eq!(row["open"], false, "{row}");
+            assert!(row["closed_at"].is_string(), "{row}");
+            let reason = row["reason"].as_str().unwrap();
+            assert!(!reason.contains("unreachable"), "{row}");
+        }
+    }
+    let (log_a, log_b) = (p.a.log(), p.b.log());
+    for tid in [&tid1, &tid2] {
+        let ended = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("terminal ended") && l.contains(tid.as_str()))
+                .count()
+        };
+        assert_eq!(ended(&log_a), 1, "{tid} ended on A once: {log_a}");
+        assert_eq!(ended(&log_b), 0, "{tid} is not B's: {log_b}");
+    }
+    drop(runner);
+}
+
+#[test]
+fn a_terminal_whose_replica_is_killed_after_its_runner_moved_ends_on_the_runner() {
+    let pg = Postgres::start();
+    let url = pg.database("term_kill");
+    let p = pair(&url);
+    let on_a = p.a.tenant("term-kill");
+    let on_b = through(&on_a, &p.b);
+    let (runner, proxy) = runner_on_a_through(&p, &on_a);
+    let id = runner.id.clone();
+    let (st, s) = on_a.call(
+        "POST",
+        &format!("/api/v1/runners/{id}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{s}");
+    let tid = s["id"].as_str().unwrap().to_owned();
+    let mut t = TermClient::attach(&p.b, &on_b.token, &tid, 0);
+    let pid = shell_pid(&mut t);
+    move_runner_to_b(&p, &proxy);
+    // Relayed: the session on A answers through B's link.
+    t.run("echo moved$((6*7))", "moved42");
+    assert!(alive(pid));
+
+    let killed = Instant::now();
+    signal(&p.a.child, libc::SIGKILL);
+    // A's rows are closed when B reaps A; B then finds no replica for the
+    // runner's terminal and hangs it up there.
+    wait_for(
+        Duration::from_secs(40),
+        "the shell hung up on the runner",
+        || (!alive(pid)).then_some(()),
+    );
+    let gone = killed.elapsed();
+    eprintln!("shell of the killed replica's session gone {gone:?} after kill -9");
+    assert!(
+        gone <= Duration::from_secs(25),
+        "documented bound ~15 s: {gone:?}"
+    );
+    assert!(
+        p.b.log()
+            .contains("no replica holds this terminal's session"),
+        "{}",
+        p.b.log()
+    );
+    let (st, v) = on_b.call("GET", &format!("/api/v1/terminals?runner={id}"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v[0]["id"], tid.as_str(), "{v}");
+    assert_eq!(v[0]["open"], false, "closed by the reaper: {v}");
+    // The runner is still B's, healthy, and opens a new terminal there.
+    let mut again = TermClient::open(&p.b, &on_b.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal on B: {e:?}"));
+    again.run("echo fresh$((6*7))", "fresh42");
+    drop(runner);
+}
+
+#[test]
+fn a_terminal_session_follows_its_runner_from_b_to_c_relayed_once_at_a_time() {
+    use crate::util::proxy::{Mode, TcpProxy};
+    let pg = Postgres::start();
+    let url = pg.database("term_hops");
+    let p = pair(&url);
+    let c = p.third(&url, "c");
+    let on_a = p.a.tenant("term-hops");
+    let (to_a, to_b) = (TcpProxy::to(&p.a.addr()), TcpProxy::to(&p.b.addr()));
+    let mut runner = Runner::enroll(&p.a, &on_a);
+    let urls = format!("{},{},{}", to_a.url("https"), to_b.url("https"), c.url);
+    runner.start(&["--server", &urls, "--heartbeat", "1s"]);
+    let linked = |want: [u64; 3]| {
+        wait_for(Duration::from_secs(30), &format!("links {want:?}"), || {
+            let have = [&p.a, &p.b, &c].map(|s| links_held(s).unwrap_or(9));
+            (have == want).then_some(())
+        })
+    };
+    linked([1, 0, 0]);
+    let id = runner.id.clone();
+    let mut t = TermClient::open(&p.a, &on_a.token, &id, "cols=80&rows=24")
+        .unwrap_or_else(|e| panic!("terminal on A: {e:?}"));
+    let pid = shell_pid(&mut t);
+    t.send(b"v=hops$((6*7))\n");
+    let from = t.out.len();
+    t.send(b"for i in $(seq 1 600); do echo n$((0))-$i; sleep 0.01; done; echo done$((0))\n");
+    assert!(t.read_until(from, "n0-50\r\n", Duration::from_secs(15)));
+    // A ─▶ B (relayed to A), then B ─▶ C (relayed to A by C; B's relay ends).
+    to_a.set_mode(Mode::Refuse);
+    to_a.cut();
+    linked([0, 1, 0]);
+    t.run("echo v$((0))=$v", "v0=hops42");
+    to_b.set_mode(Mode::Refuse);
+    to_b.cut();
+    linked([0, 0, 1]);
+    assert!(
+        t.read_until(from, "done0", Duration::from_secs(60)),
+        "{}",
+        String::from_utf8_lossy(&t.out[from..])
+    );
+    let lines = numbered(&String::from_utf8_lossy(&t.out[from..]));
+    assert_eq!(
+        lines,
+        (1..=600).collect::<Vec<u32>>(),
+        "every line once, in order, across two moves"
+    );
+    t.run("echo v$((0))=$v", "v0=hops42");
+    assert_eq!(shell_pid(&mut t), pid);
+    let log_a = p.a.log();
+    let relayed: Vec<&str> = log_a
+        .lines()
+        .filter(|l| l.contains("terminal sessions relayed by another replica"))
+        .collect();
+    assert_eq!(
+        relayed.len(),
+        2,
+        "one relay from B, then one from C: {log_a}"
+    );
+    assert!(
+        relayed[0].contains("\"b\"") && relayed[1].contains("\"c\""),
+        "{relayed:?}"
+    );
+    // B's relay ended with B's link: A saw the runner away, then C's.
+    assert!(
+        log_a.contains("terminal relay ended: the runner is away"),
+        "{log_a}"
+    );
+    // Closed through C: ended on A, once.
+    let on_c = through(&on_a, &c);
+    let (st, v) = on_c.call("DELETE", &format!("/api/v1/terminals/{}", t.session), None);
+    assert_eq!(st, 200, "closed through C: {v}");
+    assert!(t.wait_end(Duration::from_secs(15)).is_some());
+    wait_for(Duration::from_secs(10), "the shell gone", || {
+        (!alive(pid)).then_some(())
+    });
+    let ended =
+        p.a.log()
+            .lines()
+            .filter(|l| l.contains("terminal ended") && l.contains(t.session.as_str()))
+            .count();
+    assert_eq!(ended, 1);
+    runner.child().kill().ok();
 }

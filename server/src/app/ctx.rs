@@ -128,12 +128,25 @@ impl FromRef<AppState> for TerminalsCtx {
             public_url: s.releases.public_url.as_deref().map(Arc::from),
             terminals: s.terminals.clone(),
             replica_id: s.health.replica_id().map(Arc::from),
+            cluster: relay_cluster(s),
             tickets: s.tickets.clone(),
             quotas: s.quotas,
             tuning: s.tuning,
             auth: AuthCtx::from_ref(s),
         }
     }
+}
+
+/// What the terminal relay between replicas needs (`terminals/relay.rs`),
+/// on a replica of several.
+fn relay_cluster(s: &AppState) -> Option<crate::terminals::relay::Cluster> {
+    s.forward
+        .as_ref()
+        .map(|f| crate::terminals::relay::Cluster {
+            id: Arc::from(f.peers.id()),
+            peers: f.peers.clone(),
+            store: f.store.clone(),
+        })
 }
 
 impl FromRef<AppState> for UsersCtx {
@@ -247,6 +260,7 @@ fn families(s: &AppState) -> Families {
                 db: s.db.clone(),
                 registry: s.registry.clone(),
                 terminals: s.terminals.clone(),
+                cluster: relay_cluster(s),
             }),
         ),
         (

@@ -2,13 +2,15 @@
 //! replica must answer, and the gate of the internal listener.
 //!
 //! ```text
-//!  public listener ─▶ route: the path names a runner (a job's, a terminal's)?
+//!  public listener ─▶ route: the path names a runner (a job's)? a terminal
+//!     session (its own replica, by its audit row, wherever its runner is)?
 //!     linked here, or linked nowhere ─▶ this replica answers (409 if no link)
 //!     linked to replica R ─▶ the caller authorised HERE (401/403 stay here)
 //!                         ─▶ Peers::forward to R's --internal-addr, streamed
 //!  internal listener ─▶ gate: the cluster key proved? else 401, nothing more
 //!                    ─▶ FromPeer (never forwarded again), Vouched (a ticket)
-//!                    ─▶ the same routes: R authorises the credential again
+//!                    ─▶ the same routes (and the terminal relay, served
+//!                       there only): R authorises the credential again
 //!                       against the shared database, and answers
 //! ```
 //!
@@ -157,8 +159,8 @@ pub enum Scope<'a> {
     /// whose link the job's runner holds.
     Job(&'a str),
     /// `/api/v1/terminals/{id}` and `…/{id}/attach`: a session lives on
-    /// the replica holding its runner's link (it ends when the link moves
-    /// elsewhere for good), found by its open audit row.
+    /// the replica that opened it (its runner's link then), found by its
+    /// open audit row; it stays there when the link moves (relayed).
     Terminal(&'a str),
     /// Anything else: any replica answers from the shared database.
     Any,
@@ -222,14 +224,17 @@ pub async fn route(
         // By id alone, before a ticket is redeemed here (the session's
         // holder redeems it if it is this replica): the holder checks the
         // caller's tenant and answers 404 for another tenant's session,
-        // as this replica would.
-        let runner = match ctx.db.audit.open_terminal_runner(terminal).await {
-            Ok(Some(r)) if !ctx.registry.holds(&r) => r,
-            _ => return next.run(Request::from_parts(parts, body)).await,
-        };
-        held = match holder(&ctx, &runner).await {
-            Some(h) => Some(h),
-            None => return next.run(Request::from_parts(parts, body)).await,
+        // as this replica would. The holder is the session's own replica
+        // (its audit row), wherever its runner is linked now: a session
+        // stays where it was opened when its runner moves
+        // (`terminals/relay.rs`).
+        held = match ctx.store.terminal_holder(terminal).await {
+            Ok(Some((replica, addr))) if replica != ctx.peers.id() => Some((replica, addr)),
+            Ok(_) => return next.run(Request::from_parts(parts, body)).await,
+            Err(e) => {
+                tracing::warn!(terminal, "looking up the terminal's replica: {e}");
+                return next.run(Request::from_parts(parts, body)).await;
+            }
         };
     }
     let (caller, principal) = match authorise(&ctx, &mut parts).await {

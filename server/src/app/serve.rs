@@ -410,10 +410,14 @@ async fn serve(
     ));
     // Other replicas' requests: the same routes behind the gate (`app/forward.rs`).
     let internal_task = internal.map(|(listener, acceptor, peers)| {
-        let routes = app(state.clone()).layer(axum::middleware::from_fn_with_state(
-            peers,
-            super::forward::gate,
-        ));
+        // Plus the internal-only routes: the terminal relay between
+        // replicas (`terminals/relay.rs`).
+        let routes = app(state.clone())
+            .merge(crate::terminals::relay::routes().with_state(state.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                peers,
+                super::forward::gate,
+            ));
         // Its own connection caps: every forwarded request comes from a
         // replica's one address, which the public per-address cap would
         // throttle; the whole budget is the bound here.

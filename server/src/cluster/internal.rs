@@ -25,6 +25,11 @@
 //! one that was sent is never repeated. A WebSocket upgrade takes a
 //! connection of its own (it is spliced, not returned).
 //!
+//! A replica's own stream to a peer (`Peers::websocket`: the terminal
+//! relay, `terminals/relay.rs`) goes the same way: TLS, the proof and this
+//! replica's id as headers of the WebSocket upgrade, to a route the peer
+//! serves on its internal listener only.
+//!
 //! The peer's certificate is not checked against a CA (replicas may each
 //! have their own dev certificate): the proof is the key, bound to the
 //! certificate the client saw. A man in the middle shows its own
@@ -49,7 +54,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+/// A replica's own WebSocket to a peer (`Peers::websocket`).
+pub type PeerSocket = tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>;
 
 use super::config::ClusterKey;
 
@@ -290,8 +299,11 @@ impl Peers {
         result
     }
 
-    /// A new connection to `addr`: TCP, TLS, the HTTP/1.1 handshake.
-    async fn connect(&self, addr: &str) -> Result<Conn, ForwardError> {
+    /// TCP and TLS to `addr`, and the SHA-256 of the certificate it showed.
+    async fn tls_connect(
+        &self,
+        addr: &str,
+    ) -> Result<(TlsStream<TcpStream>, [u8; 32]), ForwardError> {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -317,6 +329,12 @@ impl Peers {
                 .ok_or_else(|| ForwardError::Connect(format!("{addr}: no certificate")))?;
             Sha256::digest(der.as_ref()).into()
         };
+        Ok((tls, cert))
+    }
+
+    /// A new connection to `addr`: TCP, TLS, the HTTP/1.1 handshake.
+    async fn connect(&self, addr: &str) -> Result<Conn, ForwardError> {
+        let (tls, cert) = self.tls_connect(addr).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Body>(TokioIo::new(tls))
             .await
@@ -327,6 +345,51 @@ impl Peers {
             }
         });
         Ok(Conn { sender, cert })
+    }
+
+    /// A WebSocket of this replica's own to the peer at `addr` (`path`:
+    /// one of the internal listener's own routes, such as the terminal
+    /// relay, `terminals/relay.rs`): the same TLS and proof as a forwarded
+    /// request, messages of at most `max_message` bytes.
+    pub async fn websocket(
+        &self,
+        addr: &str,
+        path: &str,
+        max_message: usize,
+    ) -> Result<PeerSocket, ForwardError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        self.counters.forwards.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            let (tls, cert) = self.tls_connect(addr).await?;
+            let mut req = format!("wss://{addr}{path}")
+                .into_client_request()
+                .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+            let proof = self.proof(crate::common::clock::now_ms(), &cert);
+            let headers = req.headers_mut();
+            headers.insert(
+                AUTH_HEADER,
+                HeaderValue::from_str(&proof).map_err(|e| ForwardError::Exchange(e.to_string()))?,
+            );
+            if let Ok(v) = HeaderValue::from_str(&self.id) {
+                headers.insert(FROM_HEADER, v);
+            }
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(Some(max_message))
+                .max_frame_size(Some(max_message));
+            let (ws, _) = tokio::time::timeout(
+                HEAD_TIMEOUT.min(Duration::from_secs(10)),
+                tokio_tungstenite::client_async_with_config(req, tls, Some(config)),
+            )
+            .await
+            .map_err(|_| ForwardError::Timeout)?
+            .map_err(|e| ForwardError::Exchange(e.to_string()))?;
+            Ok(ws)
+        }
+        .await;
+        if result.is_err() {
+            self.counters.forward_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     /// The proof for the peer behind `conn`, in `headers`.

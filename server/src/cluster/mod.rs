@@ -5,7 +5,8 @@
 //! config.rs   --replica-id, --internal-addr, --cluster-key: checked once at start
 //! internal.rs the internal channel: TLS to a peer, the key's proof, a request
 //!             (stream, WebSocket) sent on and its answer streamed back; kept
-//!             connections per peer (bounded, dropped on error or when idle)
+//!             connections per peer (bounded, dropped on error or when idle);
+//!             a replica's own WebSocket to a peer (the terminal relay)
 //! lease.rs    once-only work (retention, rollups, deadlines, rollouts, health
 //!             alerts) on the replica holding a lease
 //! replica.rs  Replica: the links table behind LinkTable, the heartbeat, the
@@ -43,6 +44,19 @@
 //!  B: authorise the caller; runner_links: rn_1 ─▶ A (its --internal-addr)
 //!  B ──TLS, key proof──▶ A's internal listener ─▶ the same routes on A ─▶ runner
 //!  answer / SSE / NDJSON streamed back; a WebSocket spliced both ways
+//! ```
+//!
+//! A terminal session stays on the replica that opened it; requests by its
+//! id go there (its audit row names it). When its runner relinks to another
+//! replica, that one relays the session's runner-side frames to it over the
+//! same channel (`terminals/relay.rs`, `Peers::websocket`):
+//!
+//! ```text
+//!  runner ─▶ B: term_alive [c1]; B has no session c1
+//!  B: open sessions of the runner elsewhere ─▶ A ──WSS, key proof──▶ A's internal
+//!     /internal/v1/terminal-relay: A checks B holds the runner's link (else 409)
+//!  runner ⇄ B ⇄ A: DATA, END, ACK, term_resize, term_close of c1
+//!  A dies ─▶ reaped (its rows closed) ─▶ B hangs c1 up on the runner
 //! ```
 
 pub mod config;

@@ -161,6 +161,24 @@ pub trait ClusterStore: Send + Sync {
     /// reached at (`cluster/forward.rs`): `None` if no replica holds it.
     async fn holder_of(&self, runner_id: &str) -> Result<Option<(String, String)>, StorageError>;
 
+    /// The replica holding open terminal session `session_id` (its audit
+    /// row names it: the session stays there when its runner's link
+    /// moves) and its address; `None` if the session is not open or has
+    /// no replica.
+    async fn terminal_holder(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(String, String)>, StorageError>;
+
+    /// The replicas other than `except` holding open terminal sessions of
+    /// `runner_id`, and their addresses: where a runner that moved here
+    /// left its sessions (`terminals/relay.rs`).
+    async fn terminal_holders(
+        &self,
+        runner_id: &str,
+        except: &str,
+    ) -> Result<Vec<(String, String)>, StorageError>;
+
     /// Tell every replica that something of `family` changed for
     /// `runner_id` ([`Notice::Nudge`]); only its holder acts on it.
     async fn nudge(&self, runner_id: &str, family: &str) -> Result<(), StorageError>;

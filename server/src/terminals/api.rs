@@ -60,6 +60,7 @@ use crate::common::quotas;
 use crate::common::stream_auth::{AuthGuard, Credential, Principal, Vouched};
 use crate::db::recordings::RecordingRow;
 use crate::db::{Db, Role, SessionRow, TerminalAuditRow};
+use crate::link::registry::RequestError;
 use crate::terminals::recorder::{Encoder, Recorder};
 use crate::terminals::TerminalsCtx;
 use crate::terminals::{
@@ -395,10 +396,7 @@ async fn open(
         Err(e) => {
             // It may open late: make sure it is hung up then.
             let close = ToRunner::Text(close_message(session.channel));
-            let _ = state
-                .registry
-                .send_terminal(tenant, &row.id, close, RUNNER_SEND_TIMEOUT)
-                .await;
+            let _ = to_runner(state, tenant, &row.id, close, RUNNER_SEND_TIMEOUT).await;
             return Err(fail(ApiError::runner_request(
                 &row.id,
                 e,
@@ -683,11 +681,7 @@ async fn request_close(state: &TerminalsCtx, s: &Session, why: &str) {
         return;
     }
     let msg = ToRunner::Text(close_message(s.channel));
-    if let Err(e) = state
-        .registry
-        .send_terminal(&s.tenant_id, &s.runner_id, msg, RUNNER_SEND_TIMEOUT)
-        .await
-    {
+    if let Err(e) = to_runner(state, &s.tenant_id, &s.runner_id, msg, RUNNER_SEND_TIMEOUT).await {
         tracing::debug!(session = %s.id, "cannot send term_close: {e:?}");
     }
 }
@@ -915,18 +909,42 @@ async fn serve_client(
     }
 }
 
+/// A message for the session's runner: through the relay of the replica
+/// now holding its link, if another one does (`relay.rs`), else on the
+/// link here.
+async fn to_runner(
+    state: &TerminalsCtx,
+    tenant: &str,
+    runner: &str,
+    msg: ToRunner,
+    limit: Duration,
+) -> Result<(), RequestError> {
+    match state.terminals.relay_of(runner) {
+        Some(relay) => match timeout(limit, relay.send(msg)).await {
+            Err(_) => Err(RequestError::Timeout),
+            Ok(Err(_)) => Err(RequestError::ConnectionLost),
+            Ok(Ok(())) => Ok(()),
+        },
+        None => {
+            state
+                .registry
+                .send_terminal(tenant, runner, msg, limit)
+                .await
+        }
+    }
+}
+
 /// Tell the runner the client has the output up to `seq` (best effort: a
 /// lost ACK is repeated by the next one, which covers it).
 async fn send_ack(state: &TerminalsCtx, s: &Session, seq: u64) {
-    let _ = state
-        .registry
-        .send_terminal(
-            &s.tenant_id,
-            &s.runner_id,
-            ToRunner::Binary(ack_frame(s.channel, seq)),
-            RUNNER_SEND_TIMEOUT,
-        )
-        .await;
+    let _ = to_runner(
+        state,
+        &s.tenant_id,
+        &s.runner_id,
+        ToRunner::Binary(ack_frame(s.channel, seq)),
+        RUNNER_SEND_TIMEOUT,
+    )
+    .await;
 }
 
 /// Move keystrokes into the session's window and send them.
@@ -944,15 +962,14 @@ async fn send_input(state: &TerminalsCtx, s: &Session, pending: &mut Vec<u8>) {
     };
     for f in frames {
         // Not connected: kept in the window, sent again on `term_alive`.
-        let _ = state
-            .registry
-            .send_terminal(
-                &s.tenant_id,
-                &s.runner_id,
-                ToRunner::Binary(f),
-                RUNNER_SEND_TIMEOUT,
-            )
-            .await;
+        let _ = to_runner(
+            state,
+            &s.tenant_id,
+            &s.runner_id,
+            ToRunner::Binary(f),
+            RUNNER_SEND_TIMEOUT,
+        )
+        .await;
     }
 }
 
@@ -980,15 +997,14 @@ async fn on_client_text(state: &TerminalsCtx, s: &Session, t: &str) {
                 cols,
                 rows,
             });
-            let _ = state
-                .registry
-                .send_terminal(
-                    &s.tenant_id,
-                    &s.runner_id,
-                    ToRunner::Text(encode_control(0, msg)),
-                    RUNNER_SEND_TIMEOUT,
-                )
-                .await;
+            let _ = to_runner(
+                state,
+                &s.tenant_id,
+                &s.runner_id,
+                ToRunner::Text(encode_control(0, msg)),
+                RUNNER_SEND_TIMEOUT,
+            )
+            .await;
         }
         ("close", _, _) => request_close(state, s, "closed by the client").await,
         _ => tracing::debug!(session = %s.id, "ignoring client message {:?}", m.kind),

@@ -9,7 +9,22 @@
 //!                     │ error: gone            │ client WS gone ─▶ detached; none back in 60 s ─▶ term_close
 //!                     │                        │ runner link gone ─▶ away; not back in 90 s ─────▶ Ended
 //!                     │                        │ runner back: term_alive without it, or none in 10 s ─▶ Ended
+//!                     │                        │ runner back on another replica: relayed (below)
 //!                     │                        │ close (client, DELETE, idle on the runner) ─▶ term_close ─▶ END
+//! ```
+//!
+//! On a replica of several, a session stays on the replica that opened it
+//! when its runner relinks to another one (`relay.rs`): that replica relays
+//! the session's frames here, and to the session the runner is simply back
+//! (its `term_alive` comes through the relay); the relay's end is the
+//! runner going away again.
+//!
+//! ```text
+//!  runner ─link─▶ B ──relay (internal channel)──▶ A: Terminals::relay_install,
+//!                                                    on_alive, on_frame (as from a link)
+//!  A's client tasks ─▶ relay_of(runner) ─▶ B ─▶ runner   (else the link here)
+//!  relay ends (B's link gone, A replaced it) ─▶ runner_gone, unless a newer
+//!  relay or the runner's own link here took over (relay_drop on its welcome)
 //! ```
 //!
 //! Output: DATA frames append to a scrollback ring of [`SCROLLBACK`] bytes
@@ -34,6 +49,7 @@ pub mod api;
 pub mod link;
 pub mod recorder;
 pub mod recordings;
+pub mod relay;
 
 /// What this feature's handlers use, built by `app/` from its state
 /// (`FromRef`), so the feature never names the app's state.
@@ -49,6 +65,9 @@ pub struct TerminalsCtx {
     /// This replica's id, on a replica of several: recorded with each
     /// session it holds, so every replica lists the session as open.
     pub replica_id: Option<Arc<str>>,
+    /// On a replica of several: the relays of sessions whose runner moved
+    /// to another replica (`relay.rs`).
+    pub cluster: Option<relay::Cluster>,
     pub tickets: Arc<Tickets>,
     pub quotas: Quotas,
     pub tuning: Tuning,
@@ -80,7 +99,7 @@ where
 }
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -275,11 +294,89 @@ pub enum Full {
 pub struct Terminals {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     next_channel: AtomicU32,
+    /// Runners whose link another replica holds and relays to this one's
+    /// sessions (`relay.rs`): the newest relay per runner.
+    relays: Mutex<HashMap<String, RelayRoute>>,
+    relay_gen: AtomicU64,
+}
+
+/// Where a session's messages for its runner go when another replica
+/// holds the runner's link.
+struct RelayRoute {
+    generation: u64,
+    tx: tokio::sync::mpsc::Sender<ToRunner>,
+    /// Told when a newer relay or the runner's own link here replaced it.
+    stop: Arc<Notify>,
 }
 
 impl Terminals {
+    /// The channel numbers start at a random point: replicas number their
+    /// sessions independently, and a runner that moved holds sessions of
+    /// several (a number another replica uses is refused by the runner).
     pub fn new() -> Terminals {
-        Terminals::default()
+        let mut seed = [0u8; 4];
+        let _ = getrandom::fill(&mut seed);
+        Terminals {
+            next_channel: AtomicU32::new(u32::from_le_bytes(seed)),
+            ..Terminals::default()
+        }
+    }
+
+    fn relays(&self) -> MutexGuard<'_, HashMap<String, RelayRoute>> {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A relay from the replica now holding `runner_id`'s link: it replaces
+    /// any older one (which is told to stop). Its generation, for
+    /// [`Terminals::relay_ended`], and its stop signal.
+    pub fn relay_install(
+        &self,
+        runner_id: &str,
+        tx: tokio::sync::mpsc::Sender<ToRunner>,
+    ) -> (u64, Arc<Notify>) {
+        let generation = self.relay_gen.fetch_add(1, Ordering::Relaxed) + 1;
+        let stop = Arc::new(Notify::new());
+        let old = self.relays().insert(
+            runner_id.to_owned(),
+            RelayRoute {
+                generation,
+                tx,
+                stop: stop.clone(),
+            },
+        );
+        if let Some(old) = old {
+            old.stop.notify_one();
+        }
+        (generation, stop)
+    }
+
+    /// Relay `generation` ended: whether it was still the runner's route
+    /// (a replaced one's end changes nothing).
+    pub fn relay_ended(&self, runner_id: &str, generation: u64) -> bool {
+        let mut relays = self.relays();
+        if relays.get(runner_id).map(|r| r.generation) == Some(generation) {
+            relays.remove(runner_id);
+            return true;
+        }
+        false
+    }
+
+    /// The runner linked here again: its relay, if any, is replaced.
+    pub fn relay_drop(&self, runner_id: &str) {
+        if let Some(old) = self.relays().remove(runner_id) {
+            old.stop.notify_one();
+        }
+    }
+
+    /// The relay carrying messages to `runner_id`, if another replica
+    /// holds its link for this one's sessions.
+    pub fn relay_of(&self, runner_id: &str) -> Option<tokio::sync::mpsc::Sender<ToRunner>> {
+        self.relays().get(runner_id).map(|r| r.tx.clone())
+    }
+
+    /// Whether this replica holds a session of `runner_id` on `channel`.
+    pub fn holds_channel(&self, runner_id: &str, channel: u32) -> bool {
+        self.by_channel(runner_id, channel).is_some()
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
@@ -564,6 +661,39 @@ mod tests {
         assert_eq!(st.ring_start(), seq - SCROLLBACK as u64);
         let (from, bytes) = st.output_from(0, 10);
         assert_eq!((from, bytes.len()), (seq - SCROLLBACK as u64, 10));
+    }
+
+    #[tokio::test]
+    async fn the_newest_relay_of_a_runner_is_its_route_and_an_old_ones_end_changes_nothing() {
+        let t = Terminals::new();
+        let (tx_b, _rx_b) = tokio::sync::mpsc::channel(1);
+        let (tx_c, mut rx_c) = tokio::sync::mpsc::channel(1);
+        let (b, stop_b) = t.relay_install("rn", tx_b);
+        // The runner moved on to C: C's relay replaces B's, which is told.
+        let (c, _stop_c) = t.relay_install("rn", tx_c);
+        tokio::time::timeout(Duration::from_secs(1), stop_b.notified())
+            .await
+            .expect("the replaced relay is told to stop");
+        t.relay_of("rn")
+            .unwrap()
+            .send(ToRunner::Text("x".into()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rx_c.recv().await, Some(ToRunner::Text(_))),
+            "C carries it"
+        );
+        // B's late end: not the route any more, nothing changes.
+        assert!(!t.relay_ended("rn", b));
+        assert!(t.relay_of("rn").is_some());
+        assert!(t.relay_ended("rn", c));
+        assert!(t.relay_of("rn").is_none());
+        // The runner's own link here replaces a relay.
+        let (tx_d, _rx_d) = tokio::sync::mpsc::channel(1);
+        let (d, _) = t.relay_install("rn", tx_d);
+        t.relay_drop("rn");
+        assert!(t.relay_of("rn").is_none());
+        assert!(!t.relay_ended("rn", d));
     }
 
     #[test]

@@ -505,6 +505,46 @@ impl ClusterStore for PgCluster {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
+    async fn terminal_holder(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_opt(
+                "SELECT t.replica_id, r.internal_addr FROM terminal_audit t
+                 JOIN cluster_replicas r ON r.id = t.replica_id
+                 WHERE t.id = $1 AND t.closed_at IS NULL",
+                &[&session_id],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn terminal_holders(
+        &self,
+        runner_id: &str,
+        except: &str,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        // The open rows only (`terminal_audit_open_by_replica` is partial
+        // on them): a handful, whatever the trail's length.
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                "SELECT DISTINCT t.replica_id, r.internal_addr FROM terminal_audit t
+                 JOIN cluster_replicas r ON r.id = t.replica_id
+                 WHERE t.closed_at IS NULL AND t.replica_id IS NOT NULL
+                   AND t.replica_id <> $2 AND t.runner_id = $1",
+                &[&runner_id, &except],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     async fn nudge(&self, runner_id: &str, family: &str) -> Result<(), StorageError> {
         let note = NudgeNote {
             r: runner_id.to_owned(),
