@@ -12,7 +12,7 @@
 #
 # Binaries land in dist/<target>/tether; the sizes are printed at the end.
 # Cargo builds them in ${CARGO_TARGET_DIR:-target}/static, apart from
-# ordinary builds (whose host-side units RUSTC_BOOTSTRAP would invalidate).
+# ordinary builds (RUSTC_BOOTSTRAP=1 would invalidate their proc macros).
 # A release (dist/release/) holds tether-<arch> and tether-<arch>.minisig per
 # architecture, and manifest.json (version; name, arch, size, sha256 of each
 # file, one file per line) with manifest.json.minisig. Each binary's signed
@@ -223,11 +223,12 @@ for t in "${targets[@]}"; do
 done
 [ ${#edge[@]} -eq 0 ] || packaging/cross/setup.sh "${edge[@]}"
 
-# A target directory of its own: under RUSTC_BOOTSTRAP=1 and -Z build-std
-# cargo fingerprints the host-side units (build scripts, proc macros in
-# <target-dir>/release) differently, so sharing target/ with ordinary
-# builds made `cargo build --release` after ./build.sh (and ./build.sh
-# after it) rebuild the whole tree. The binaries still land in dist/.
+# A target directory of its own. The host-side units (build scripts, proc
+# macros in <target-dir>/release) are the same units for this build and an
+# ordinary `cargo build --release`, and proc-macro2's and thiserror's build
+# scripts say `rerun-if-env-changed=RUSTC_BOOTSTRAP`: sharing target/, each
+# switch between the two reran them and rebuilt proc-macro2, syn, every
+# derive macro and so the whole tree. The binaries still land in dist/.
 target_dir=${CARGO_TARGET_DIR:-target}/static
 what=(--bin tether)
 name=tether
