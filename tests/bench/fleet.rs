@@ -137,15 +137,19 @@ fn dashboard(server: &Server, count: u64, rows: &mut Vec<Row>) {
         .unwrap();
     writeln!(add.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     assert!(add.wait().unwrap().success());
+    // A failure's screenshot (e2e-common.mjs) goes here.
+    let artifacts = target_dir().join("bench-runners");
+    std::fs::create_dir_all(&artifacts).unwrap();
     let out = Command::new("node")
         .arg("bench-runners.mjs")
         .current_dir(&web)
         .env("TETHER_URL", &server.url)
         .env("TENANT", "fleet")
-        .env("USER_NAME", "ben")
+        .env("ADMIN_USER", "ben")
         .env("PASSWORD", PASSWORD)
         .env("EXPECT", count.to_string())
         .env("CHROMIUM", &chromium)
+        .env("ARTIFACTS", &artifacts)
         .output()
         .expect("node");
     let text = String::from_utf8_lossy(&out.stdout);
