@@ -2,7 +2,7 @@
 //! `tether-sim` runners on one server, a tenth of them labelled
 //! `role=db`, then
 //!
-//! - `GET /api/v1/runners` with a selector, a page of 100: p50 and p99 of
+//! - `GET /api/v1/runners` with a selector, page 2 of 100 (fewer below 2,000 runners): p50 and p99 of
 //!   BENCH_FLEET_CALLS (default 300) calls, one at a time;
 //! - the dashboard's runners page in headless Chromium
 //!   (`server/web/bench-runners.mjs`): from navigation to the first page
