@@ -11,6 +11,8 @@
 #                              (same flags) into dist/<target>/NAME: make bench's trust part
 #
 # Binaries land in dist/<target>/tether; the sizes are printed at the end.
+# Cargo builds them in ${CARGO_TARGET_DIR:-target}/static, apart from
+# ordinary builds (RUSTC_BOOTSTRAP=1 would invalidate their proc macros).
 # A release (dist/release/) holds tether-<arch> and tether-<arch>.minisig per
 # architecture, and manifest.json (version; name, arch, size, sha256 of each
 # file, one file per line) with manifest.json.minisig. Each binary's signed
@@ -41,7 +43,7 @@ EDGE_TARGETS=(
 )
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # The name releases give a target's binary (tether-<arch>) and sign into its
@@ -221,7 +223,13 @@ for t in "${targets[@]}"; do
 done
 [ ${#edge[@]} -eq 0 ] || packaging/cross/setup.sh "${edge[@]}"
 
-target_dir=${CARGO_TARGET_DIR:-target}
+# A target directory of its own. The host-side units (build scripts, proc
+# macros in <target-dir>/release) are the same units for this build and an
+# ordinary `cargo build --release`, and proc-macro2's and thiserror's build
+# scripts say `rerun-if-env-changed=RUSTC_BOOTSTRAP`: sharing target/, each
+# switch between the two reran them and rebuilt proc-macro2, syn, every
+# derive macro and so the whole tree. The binaries still land in dist/.
+target_dir=${CARGO_TARGET_DIR:-target}/static
 what=(--bin tether)
 name=tether
 built=release/tether
@@ -239,7 +247,7 @@ for t in "${targets[@]}"; do
     # CARGO_ENCODED_RUSTFLAGS (0x1f-separated) keeps paths with spaces whole.
     # Cargo prefers it to RUSTFLAGS; unset that too, so a stray RUSTFLAGS in
     # the caller's environment cannot look as if it applied.
-    env -u RUSTFLAGS "${envs[@]}" RUSTC_BOOTSTRAP=1 \
+    env -u RUSTFLAGS "${envs[@]}" RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target_dir" \
         CARGO_ENCODED_RUSTFLAGS="$(IFS=$'\x1f'; echo "${flags[*]}")" \
         cargo build --locked --release -p tether "${what[@]}" --target "$t" \
         -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
