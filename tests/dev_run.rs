@@ -36,14 +36,6 @@ impl Drop for Installed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn make_run_publishes_a_dev_release_and_its_install_one_liner_works() {
     let tmp = TempDir::new("devrun");

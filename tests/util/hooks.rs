@@ -161,11 +161,7 @@ pub struct Smtp {
 impl Smtp {
     /// Serves STARTTLS with `cert`/`key` (a certificate for 127.0.0.1).
     pub fn start(cert: &std::path::Path, key: &std::path::Path) -> Smtp {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut child = std::process::Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(SMTP_SERVER)

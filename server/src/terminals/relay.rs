@@ -403,6 +403,10 @@ struct Inner {
     chans: Mutex<Chans>,
     /// A relay ended: look for the holders again now.
     changed: Notify,
+    /// A send to the runner failed: this link is going, and a relay
+    /// opened now would be a late one from it (the session's replica may
+    /// still take it while the link's row stands).
+    link_gone: std::sync::atomic::AtomicBool,
 }
 
 /// The relays of one runner link (held by its connection: they end with
@@ -455,6 +459,7 @@ impl RunnerSide {
             cluster,
             chans: Mutex::new(chans),
             changed: Notify::new(),
+            link_gone: Default::default(),
         });
         let manager = tokio::spawn(manage(inner.clone()));
         RunnerSide { inner, manager }
@@ -702,6 +707,11 @@ impl Inner {
 /// Looks for the pending channels' replicas until the link ends.
 async fn manage(inner: Arc<Inner>) {
     loop {
+        if inner.link_gone.load(std::sync::atomic::Ordering::Relaxed)
+            || !inner.registry.holds(&inner.runner)
+        {
+            return;
+        }
         if !inner.pending().is_empty() {
             inner.round().await;
         }
@@ -764,6 +774,9 @@ async fn pump(inner: Arc<Inner>, id: u64, replica: String, ws: PeerSocket, wake:
                 .send_terminal(&inner.tenant, &inner.runner, m, RUNNER_SEND_TIMEOUT)
                 .await;
             if sent.is_err() {
+                inner
+                    .link_gone
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
         }

@@ -13,6 +13,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use crate::util::free_port;
+
 struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
@@ -71,14 +73,6 @@ extern "C" fn stop_at_exit() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start() -> Cluster {

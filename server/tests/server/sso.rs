@@ -30,14 +30,6 @@ impl Drop for Provider {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_provider(redirect: &str) -> Provider {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc");
     assert!(

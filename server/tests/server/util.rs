@@ -568,3 +568,21 @@ pub fn host_fingerprint_with_kernel(k: &str) -> Fingerprint {
     fp.kernel = Some(k.into());
     fp
 }
+
+/// A TCP port free on 127.0.0.1 now, and below the kernel's ephemeral
+/// range (32768-60999 on Debian): a port from `bind(0)` is one the kernel
+/// also hands to other tests' outgoing connections and `bind(0)`s, which
+/// can take it before the process this port is for binds it ("Address
+/// already in use": CI failed on it). One from 20000-32767 is never
+/// handed out; a random pick keeps two tests picking at once apart.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_768) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
