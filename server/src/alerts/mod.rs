@@ -1269,6 +1269,7 @@ impl Engine {
             group,
             labels,
         });
+        tracing::debug!(runner = %id, "alerts: the runner's name, group and labels read");
         if self.runners.len() > 100_000 {
             self.runners.clear();
         }
@@ -1350,6 +1351,7 @@ impl Engine {
                 tracing::info!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, "alert state owned elsewhere now: not recorded here");
                 continue;
             };
+            tracing::debug!(rule = %t.rule_id, runner = %t.runner.id, subject = %t.subject, to = %t.to.as_str(), "alert transition: writing");
             let silenced = self.silenced(tenant, &t, t.at).await;
             let row = AlertRow {
                 rule_id: t.rule_id.clone(),

@@ -1470,10 +1470,21 @@ async fn a_late_transition_of_the_replica_that_lost_the_runner_is_refused_and_no
         "A's engine owning the runner",
         || log_of(&p.data_a).contains("alerts: 1 runner(s) taken over"),
     );
+    // And evaluating its records: what it reads of the runner (name,
+    // group, labels: 30 s in its cache) read before A's traffic is held.
+    p.wait(
+        Duration::from_secs(30),
+        "A's engine evaluating the runner",
+        || log_of(&p.data_a).contains("alerts: the runner's name, group and labels read"),
+    );
     // A's database traffic held: A's engine goes on evaluating, and fires
-    // at `for_s` (its write waits).
+    // at `for_s` (its write waits: logged before it is made, so the test
+    // goes on once A is in it, however slow the machine).
     stall.hold(true);
-    std::thread::sleep(Duration::from_millis(6500));
+    p.wait(Duration::from_secs(30), "A's firing write, held", || {
+        log_of(&p.data_a).contains("alert transition: writing rule=")
+            && log_of(&p.data_a).contains("to=firing")
+    });
     assert!(
         states_of(&got).is_empty(),
         "A's firing was not held: {:#?}",
