@@ -46,16 +46,20 @@ export async function api(method, path, body) {
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: 'same-origin',
     });
+  // A network error before any answer: most often a kept-alive connection
+  // the server closed as idle just as this request went out, or the
+  // browser's network changing under it (an interface coming or going:
+  // ERR_NETWORK_CHANGED, several in a row while a host starts containers).
+  // A GET changes nothing, so it is sent again, up to three times.
   let res;
-  try {
-    res = await send();
-  } catch (e) {
-    // A network error before any answer: most often a kept-alive connection
-    // the server closed as idle just as this request went out. A GET
-    // changes nothing, so it is safe to send once more.
-    if (method !== 'GET') throw e;
-    await new Promise((r) => setTimeout(r, 200));
-    res = await send();
+  for (const wait of [200, 600, 1500, null]) {
+    try {
+      res = await send();
+      break;
+    } catch (e) {
+      if (method !== 'GET' || wait === null) throw e;
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
