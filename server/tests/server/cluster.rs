@@ -1480,6 +1480,9 @@ async fn a_late_transition_of_the_replica_that_lost_the_runner_is_refused_and_no
     // A's database traffic held: A's engine goes on evaluating, and fires
     // at `for_s` (its write waits: logged before it is made, so the test
     // goes on once A is in it, however slow the machine).
+    // Pending from A's first evaluation: most of `for_s` passed before
+    // the hold, so the firing comes while A's traffic is held.
+    std::thread::sleep(Duration::from_millis(4000));
     stall.hold(true);
     p.wait(Duration::from_secs(30), "A's firing write, held", || {
         log_of(&p.data_a).contains("alert transition: writing rule=")
