@@ -307,15 +307,8 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
         for _ in 0..6 {
             t.pump();
         }
-        let mut times = Vec::new();
-        for _ in 0..40 {
-            let from = t.out.len();
-            let start = Instant::now();
-            t.send(b"x");
-            assert!(t.read_until(from, "x", Duration::from_secs(5)), "no echo");
-            times.push(start.elapsed());
-        }
-        t.send(b"\nexit\n");
+        let times = keystroke_rtts(&mut t);
+        t.send(b"exit\n");
         t.wait_end(Duration::from_secs(10));
         times
     };

@@ -1,7 +1,7 @@
 // The dashboard's core: session, API calls, the hash router, the live
 // event stream and the login form. Pages register with page(name, fn):
 // app.js (runners, add a server, users), runner.js, scripts.js, apps.js, alerts.js. A page is a
-// function (params) -> Promise that fills #view; it may return a cleanup
+// function (its element in #view, params) -> Promise that fills that element; it may return a cleanup
 // function, called when the user leaves the page (to close streams).
 //
 // Every request uses the session cookie (HttpOnly, the page never sees it)
@@ -187,21 +187,31 @@ export function listen(fn) { state.listeners.add(fn); return () => state.listene
 const pages = {};
 export function page(name, fn) { pages[name] = fn; }
 let cleanup = null;
+let shown = 0;
 
+const runCleanup = (fn) => { try { fn(); } catch { /* a page's cleanup must not block the next */ } };
+
+// Each page fills its own element in #view: a page still loading when the
+// user goes elsewhere (its answers come after the next page's) fills an
+// element no longer shown, and its cleanup runs as soon as it is returned.
 async function route() {
   if (!state.session) return;
-  if (cleanup) { try { cleanup(); } catch { /* a page's cleanup must not block the next */ } cleanup = null; }
+  if (cleanup) { runCleanup(cleanup); cleanup = null; }
+  const me = ++shown;
   const parts = (location.hash.replace(/^#\/?/, '') || 'runners').split('/').map(decodeURIComponent);
-  const view = document.getElementById('view');
+  const view = h('div', { class: 'page' }, h('p', {}, 'Loading…'));
+  document.getElementById('view').replaceChildren(view);
   for (const a of document.querySelectorAll('header nav a')) {
     if (a.getAttribute('href') === `#/${parts[0]}`) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   const fn = pages[parts[0]] || pages.runners;
-  view.replaceChildren(h('p', {}, 'Loading…'));
   try {
     const done = await fn(view, ...parts.slice(1));
-    if (typeof done === 'function') cleanup = done;
+    if (typeof done === 'function') {
+      if (me === shown) cleanup = done;
+      else runCleanup(done);
+    }
   } catch (e) {
     view.replaceChildren(h('p', { class: 'error', role: 'alert' }, e.message));
   }
