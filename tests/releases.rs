@@ -9,7 +9,7 @@
 //! hold it in B's memory.
 
 use crate::replicas::{pair_with, through};
-use crate::update::{base_binary, binary_with_version, keypair, make_executable, publish_to, V0};
+use crate::update::{binary_with_version, installed_host, keypair, publish_to, V0};
 use crate::util::pg::Postgres;
 use crate::util::*;
 use serde_json::json;
@@ -164,25 +164,9 @@ fn a_release_uploaded_through_a_is_served_and_offered_by_b() {
     );
 
     // A real runner linked to B; the policy set on B: offered, updated.
-    let mut runner = Runner::enroll(&p.b, &on_b);
-    let install = TempDir::new("install");
-    let bin = install.path().join("tether");
-    std::fs::write(&bin, base_binary()).unwrap();
-    make_executable(&bin);
-    runner.bin = bin.clone();
-    std::fs::copy(&keys.public, runner.dir.path().join("update-keys.pub")).unwrap();
-    runner.start(&[
-        "--server",
-        &p.b.url,
-        "--heartbeat",
-        "1s",
-        "--metrics-interval",
-        "off",
-        "--fingerprint-interval",
-        "off",
-        "--docker-socket",
-        "off",
-    ]);
+    let mut host = installed_host(&p.b, &on_b, &keys.public, TempDir::new("install"));
+    host.start(&["--server", &p.b.url]);
+    let runner = &host.runner;
     let id = runner.id.clone();
     wait_for(WAIT, &format!("runner at {V0}"), || {
         let r = on_b.runner(&id);

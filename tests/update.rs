@@ -208,18 +208,8 @@ impl Fx {
     }
 
     pub fn host_in(&self, install: Option<TempDir>) -> Host {
-        let mut runner = Runner::enroll(&self.server, &self.tenant);
         let install = install.unwrap_or_else(|| TempDir::new("install"));
-        let bin = install.path().join("tether");
-        fs::write(&bin, base_binary()).unwrap();
-        make_executable(&bin);
-        runner.bin = bin.clone();
-        fs::copy(&self.keys.public, runner.dir.path().join("update-keys.pub")).unwrap();
-        Host {
-            runner,
-            install,
-            bin,
-        }
+        installed_host(&self.server, &self.tenant, &self.keys.public, install)
     }
 
     pub fn reports(&self, runner: &str) -> Value {
@@ -259,6 +249,22 @@ pub struct Host {
     pub runner: Runner,
     pub install: TempDir,
     pub bin: PathBuf,
+}
+
+/// A runner enrolled on `server` whose binary is a copy of this build's
+/// in `install` (so it can replace it), trusting the release key `public`.
+pub fn installed_host(server: &Server, tenant: &Tenant, public: &Path, install: TempDir) -> Host {
+    let mut runner = Runner::enroll(server, tenant);
+    let bin = install.path().join("tether");
+    fs::write(&bin, base_binary()).unwrap();
+    make_executable(&bin);
+    runner.bin = bin.clone();
+    fs::copy(public, runner.dir.path().join("update-keys.pub")).unwrap();
+    Host {
+        runner,
+        install,
+        bin,
+    }
 }
 
 impl Host {

@@ -165,6 +165,27 @@ pub struct Target {
     away_ms: Option<i64>,
 }
 
+impl Target {
+    /// A target not started yet, in wave `wave` (1-based).
+    fn waiting(runner_id: String, name: String, wave: usize) -> Target {
+        Target {
+            runner_id,
+            name,
+            wave,
+            state: TargetState::Waiting,
+            job_id: None,
+            status: None,
+            exit_code: None,
+            duration_ms: None,
+            from_version: None,
+            started_ms: 0,
+            prev_desired: None,
+            withdrawn_ms: None,
+            away_ms: None,
+        }
+    }
+}
+
 /// What a rollout does to each runner.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -461,21 +482,7 @@ pub async fn start(
     let targets = runners
         .into_iter()
         .enumerate()
-        .map(|(i, (runner_id, name))| Target {
-            runner_id,
-            name,
-            wave: planner.wave_of(i) + 1,
-            state: TargetState::Waiting,
-            job_id: None,
-            status: None,
-            exit_code: None,
-            duration_ms: None,
-            from_version: None,
-            started_ms: 0,
-            prev_desired: None,
-            withdrawn_ms: None,
-            away_ms: None,
-        })
+        .map(|(i, (runner_id, name))| Target::waiting(runner_id, name, planner.wave_of(i) + 1))
         .collect();
     let r = Rollout {
         id: id.clone(),
@@ -1202,20 +1209,8 @@ mod tests {
             wave: "2".into(),
             work,
             targets: (0..n)
-                .map(|i| Target {
-                    runner_id: format!("rn_{i}"),
-                    name: format!("r{i}"),
-                    wave: planner.wave_of(i) + 1,
-                    state: TargetState::Waiting,
-                    job_id: None,
-                    status: None,
-                    exit_code: None,
-                    duration_ms: None,
-                    from_version: None,
-                    started_ms: 0,
-                    prev_desired: None,
-                    withdrawn_ms: None,
-                    away_ms: None,
+                .map(|i| {
+                    Target::waiting(format!("rn_{i}"), format!("r{i}"), planner.wave_of(i) + 1)
                 })
                 .collect(),
             planner,
