@@ -1121,12 +1121,7 @@ pub async fn control(
     action: &str,
 ) -> Result<Value, ApiError> {
     for _ in 0..ACTION_ATTEMPTS {
-        let row = state
-            .fleet
-            .store
-            .rollout(tenant, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
+        let row = stored(state, tenant, id).await?;
         let mut r = match Rollout::from_row(&row) {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -1175,15 +1170,19 @@ pub async fn control(
     )))
 }
 
-/// A rollout as the API shows it: what was last stored.
-pub async fn show(state: &FleetCtx, tenant: &str, id: &str) -> Result<Value, ApiError> {
-    let row = state
+/// The tenant's stored rollout `id`, or 404.
+async fn stored(state: &FleetCtx, tenant: &str, id: &str) -> Result<RolloutRow, ApiError> {
+    state
         .fleet
         .store
         .rollout(tenant, id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))?;
-    Ok(shown(&row))
+        .ok_or_else(|| ApiError::not_found(format!("no rollout {id:?}")))
+}
+
+/// A rollout as the API shows it: what was last stored.
+pub async fn show(state: &FleetCtx, tenant: &str, id: &str) -> Result<Value, ApiError> {
+    Ok(shown(&stored(state, tenant, id).await?))
 }
 
 /// A stored rollout's view: `live` while a driver has work in it.

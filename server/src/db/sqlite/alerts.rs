@@ -251,6 +251,7 @@ impl SqliteAlerts {
 
     /// Statements kept (`prepare_cached`): a busy fleet makes many
     /// transitions, each was parsed three times.
+    ///
     /// The embedded server is one replica and keeps no live-links table
     /// (`db/cluster.rs`): no link is ever the runner's current one here,
     /// so a transition written through one is refused (the one server's
