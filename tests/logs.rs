@@ -1,6 +1,7 @@
 //! Container logs through the server, on a real Docker engine: live follow,
 //! stored history with filters, continuous collection that resumes after
-//! the runner is killed (no gap, no duplicate), and a follow that survives
+//! the runner is killed (no gap, no duplicate), a policy that leaves a
+//! container out and chooses it again, and a follow that survives
 //! dockerd restarting. `docker logs` is the reference every time.
 
 use crate::util::docker::{self, IMAGE};
@@ -355,6 +356,62 @@ fn collection_resumes_without_gap_or_duplicate_after_the_runner_is_killed() {
         (st, v["error"]["code"].as_str()),
         (400, Some("bad_request")),
         "{v}"
+    );
+}
+
+#[test]
+fn a_container_the_policy_leaves_out_stops_being_collected_until_chosen_again() {
+    let _engine = docker::ensure();
+    let server = Server::start();
+    let tenant = server.tenant("logs-policy");
+    let runner = docker_runner(&server, &tenant);
+    let id = runner.id.clone();
+    let collect = |policy: &str| {
+        let path = format!("/api/v1/runners/{id}/logs/collect");
+        let (st, v) = tenant.call("PUT", &path, Some(json!({ "policy": policy })));
+        assert_eq!((st, v["collect"].as_str()), (200, Some(policy)), "{v}");
+    };
+    collect("label:collect=yes");
+    let w = Writer::start(
+        "i=0; while true; do echo \"tick $i\"; i=$((i+1)); sleep 0.05; done",
+        &["--label", "collect=yes"],
+    );
+    let stored = || history(&tenant, &id, &w.name, "").len();
+    wait_for(Duration::from_secs(20), "some lines collected", || {
+        (stored() >= 20).then_some(())
+    });
+
+    // Left out: the count holds still while the container writes on.
+    collect("none");
+    let held = wait_for(Duration::from_secs(10), "collection stopped", || {
+        let a = stored();
+        std::thread::sleep(Duration::from_secs(1));
+        (stored() == a).then_some(a)
+    });
+    let written = w.docker_logs("stdout").len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        w.docker_logs("stdout").len() >= written + 20,
+        "the container writes on"
+    );
+    assert_eq!(stored(), held, "nothing is collected while left out");
+
+    // Chosen again: collection resumes from the stored cursor, so what was
+    // written meanwhile is stored too, once.
+    collect("label:collect=yes");
+    wait_for(Duration::from_secs(20), "collection resumed", || {
+        (stored() >= held + 60).then_some(())
+    });
+    w.stop();
+    let want = w.docker_logs("stdout");
+    let all = wait_for(Duration::from_secs(20), "every line collected", || {
+        let all = history(&tenant, &id, &w.name, "");
+        (all.len() >= want.len()).then_some(all)
+    });
+    assert_same(
+        &messages(&all, "stdout"),
+        &want,
+        "after leaving out and choosing again",
     );
 }
 

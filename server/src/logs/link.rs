@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  container_snapshot / start event / policy change (nudge) / every minute
-//!      └─▶ sync_collection: log_open (keep) for each chosen container not collected yet
+//!      └─▶ sync_collection: log_open (keep) for each chosen container not collected yet,
+//!                           log_close for each collected one the policy now leaves out
 //!  LiveOpen from the API (a family request) ─▶ log_open (live), its answer routed like any request
 //!  DATA / END frames ─▶ LogChannels::on_frame ─▶ batch (collect) or follower queue (live)
 //!  tick (≤ 250 ms while something waits) ─▶ store the batch, then ACK it;
@@ -114,12 +115,19 @@ impl LogsConn {
                 return Ok(());
             }
         };
+        let mut left_out = Vec::new();
         for c in containers {
             let collecting = self
                 .channels
                 .as_ref()
                 .is_some_and(|ch| ch.is_collecting(&c.id));
-            if !policy.matches(&c.labels) || collecting {
+            if !policy.matches(&c.labels) {
+                if collecting {
+                    left_out.push(c.id.as_str());
+                }
+                continue;
+            }
+            if collecting {
                 continue;
             }
             let running = matches!(c.state.as_str(), "running" | "restarting" | "paused");
@@ -142,6 +150,10 @@ impl LogsConn {
                 tracing::debug!(runner = %runner.id, container = %c.name, channel = open.channel, ?cursor, "collecting logs");
                 wire.send_control(id, Message::LogOpen(open)).await?;
             }
+        }
+        if let Some(channels) = self.channels.as_deref_mut() {
+            let sends = channels.stop_collecting(&left_out);
+            send_all(wire, sends).await?;
         }
         Ok(())
     }

@@ -252,6 +252,22 @@ impl LogChannels {
         })
     }
 
+    /// The policy no longer chooses these containers: their collection
+    /// channels close (the runner is told). What was received is still
+    /// stored, and a later policy that chooses them again resumes from the
+    /// stored cursor.
+    pub fn stop_collecting(&mut self, container_ids: &[&str]) -> Sends {
+        let mut sends = Sends::default();
+        for id in container_ids {
+            if let Some(&channel) = self.collecting.get(*id) {
+                self.opening.retain(|_, c| *c != channel);
+                self.remove(channel, Some("the collection policy left it out".into()));
+                sends.closes.push(channel);
+            }
+        }
+        sends
+    }
+
     /// The runner answered a request: if it refused a `log_open`, the
     /// channel is gone. Returns whether the id was a `log_open`.
     pub fn on_reply(&mut self, id: u64, body: &Message) -> bool {
@@ -594,6 +610,36 @@ mod tests {
             channel,
             seq,
         }
+    }
+
+    #[tokio::test]
+    async fn a_container_the_policy_leaves_out_stops_being_collected_and_keeps_what_came() {
+        let mut ch = LogChannels::new("r1");
+        let web = ch.open_collect("web", "web", None, 7, true).unwrap();
+        let _db = ch.open_collect("db", "db", None, 8, true).unwrap();
+        let p = Bytes::from_static(b"2026-11-28T12:00:00.5Z a\n");
+        ch.on_frame(&data(web.channel, 0), p.clone(), Instant::now())
+            .unwrap();
+        let sends = ch.stop_collecting(&["web", "gone"]);
+        assert_eq!(sends.closes, vec![web.channel], "only what is collected");
+        assert!(!ch.is_collecting("web") && ch.is_collecting("db"));
+        assert_eq!(ch.open_count(), 1);
+        // The line received before the close is still stored.
+        assert_eq!(ch.take_batch().len(), 1);
+        // Late frames of the closed channel change nothing.
+        let late = ch.on_frame(&data(web.channel, p.len() as u64), p, Instant::now());
+        assert_eq!(late, Ok(Sends::default()));
+        assert!(ch.take_batch().is_empty());
+        // Chosen again: opened again (from the stored cursor).
+        assert!(ch
+            .open_collect("web", "web", Some((5, 1)), 9, true)
+            .is_some());
+        let refused = Message::Error(tether::protocol::ErrorBody {
+            code: "x".into(),
+            message: "late".into(),
+        });
+        assert!(!ch.on_reply(7, &refused), "the old open is forgotten");
+        assert!(ch.on_reply(8, &refused) && !ch.is_collecting("db"));
     }
 
     #[tokio::test]
