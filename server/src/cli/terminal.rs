@@ -152,21 +152,12 @@ pub fn terminal(client: &Client, args: &ClientArgs, a: &TerminalArgs) -> Result<
 }
 
 fn tls_config(args: &ClientArgs) -> Result<Arc<rustls::ClientConfig>, CliError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut store = rustls::RootCertStore::empty();
-    match &args.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", path.display())))?;
-            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let c = c.map_err(|e| CliError::Usage(format!("--ca-file: {e}")))?;
-                store
-                    .add(c)
-                    .map_err(|e| CliError::Usage(format!("--ca-file: {e}")))?;
-            }
-        }
-        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    let provider = crate::common::tls::provider();
+    let store = match &args.ca_file {
+        Some(path) => crate::common::tls::roots_from_pem(path)
+            .map_err(|e| CliError::Usage(format!("--ca-file {e}")))?,
+        None => crate::common::tls::public_roots(),
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| CliError::Other(e.to_string()))?

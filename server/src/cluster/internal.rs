@@ -49,9 +49,7 @@ use axum::http::{header, HeaderName, HeaderValue, Request, Response};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use ring::hmac;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -213,12 +211,16 @@ pub struct Peers {
 impl Peers {
     /// `own_cert`: the DER of the internal listener's certificate.
     pub fn new(id: &str, key: &ClusterKey, own_cert: &[u8]) -> Peers {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let provider = crate::common::tls::provider();
+        // Any certificate, its handshake signature checked: who the peer
+        // is, the cluster key proves (bound to this certificate: see the
+        // module doc).
+        let verifier = crate::common::tls::SignatureOnly(provider.clone());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports the default TLS versions")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(KeyBound(provider)))
+            .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         Peers {
             id: id.to_owned(),
@@ -501,56 +503,6 @@ impl Peers {
             });
         }
         Ok(resp.map(Body::new))
-    }
-}
-
-/// Any certificate, its handshake signature checked: who the peer is,
-/// the cluster key proves (bound to this certificate: see the module doc).
-#[derive(Debug)]
-struct KeyBound(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for KeyBound {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

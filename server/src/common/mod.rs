@@ -2,7 +2,7 @@
 //! the caller extractor and hashing, time formats, the edge toward strangers
 //! (caps, rates, body bounds, the peer address), private files, sealed
 //! secrets, stream re-checks and WebSocket tickets, per-tenant quotas, the
-//! timeouts (`Tuning`).
+//! timeouts (`Tuning`), what the server's TLS clients trust.
 
 pub mod auth;
 pub mod bus;
@@ -15,4 +15,5 @@ pub mod observe;
 pub mod quotas;
 pub mod secrets;
 pub mod stream_auth;
+pub mod tls;
 pub mod tuning;

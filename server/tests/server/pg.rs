@@ -75,10 +75,10 @@ extern "C" fn stop_at_exit() {
     }
 }
 
-fn start() -> Cluster {
-    let bin = bin_dir();
+/// A new directory for a cluster, owned by the user it runs as.
+fn cluster_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "tether-pg-{}-{}",
+        "tether-pg{what}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -86,17 +86,25 @@ fn start() -> Cluster {
             .subsec_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
+    chown_nobody(&dir);
+    dir
+}
+
+fn chown_nobody(path: &Path) {
     if is_root() {
         let ok = Command::new("chown")
             .args(["nobody:"])
-            .arg(&dir)
+            .arg(path)
             .status()
             .unwrap();
-        assert!(ok.success(), "chown nobody {}", dir.display());
+        assert!(ok.success(), "chown nobody {}", path.display());
     }
+}
+
+fn initdb(bin: &Path, dir: &Path) {
     let data = dir.join("data");
     let out = run(
-        &bin,
+        bin,
         "initdb",
         &[
             "-D",
@@ -113,14 +121,15 @@ fn start() -> Cluster {
         "initdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    *STOP.lock().unwrap() = Some((bin.clone(), dir.clone()));
-    // SAFETY: registers a plain extern "C" function, once per process.
-    unsafe { libc::atexit(stop_at_exit) };
-    // A port taken between choosing and binding: choose again.
+}
+
+/// Start on a free port (chosen again if taken between choosing and
+/// binding); the port.
+fn start_on_a_free_port(bin: &Path, dir: &Path, extra: &str) -> u16 {
     for _ in 0..3 {
         let port = free_port();
-        if pg_ctl_start(&bin, &dir, port).status.success() {
-            return Cluster { dir, bin, port };
+        if pg_ctl_start(bin, dir, port, extra).status.success() {
+            return port;
         }
     }
     panic!(
@@ -129,9 +138,20 @@ fn start() -> Cluster {
     );
 }
 
-fn pg_ctl_start(bin: &Path, dir: &Path, port: u16) -> std::process::Output {
+fn start() -> Cluster {
+    let bin = bin_dir();
+    let dir = cluster_dir("");
+    initdb(&bin, &dir);
+    *STOP.lock().unwrap() = Some((bin.clone(), dir.clone()));
+    // SAFETY: registers a plain extern "C" function, once per process.
+    unsafe { libc::atexit(stop_at_exit) };
+    let port = start_on_a_free_port(&bin, &dir, "");
+    Cluster { dir, bin, port }
+}
+
+fn pg_ctl_start(bin: &Path, dir: &Path, port: u16, extra: &str) -> std::process::Output {
     let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}",
         dir.display()
     );
     let data = dir.join("data");
@@ -172,7 +192,7 @@ pub fn stop() {
 /// Start the stopped cluster again on its port.
 pub fn restart() {
     let c = CLUSTER.get().expect("the cluster was started");
-    let out = pg_ctl_start(&c.bin, &c.dir, c.port);
+    let out = pg_ctl_start(&c.bin, &c.dir, c.port, "");
     assert!(
         out.status.success(),
         "pg_ctl start: {}",
@@ -198,4 +218,89 @@ pub async fn fresh_database() -> String {
     drop(client);
     let _ = task.await;
     format!("postgres://tether@127.0.0.1:{}/{name}", c.port)
+}
+
+/// A cluster of its own that takes TLS only (pg_hba: `hostssl` trust,
+/// `hostnossl` reject), its certificate for `localhost` (not 127.0.0.1)
+/// signed by the CA in `ca`; `other_ca` signed nothing here. Stopped and
+/// removed on drop.
+pub struct TlsCluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TlsCluster {
+    pub fn start() -> TlsCluster {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let bin = bin_dir();
+        let dir = cluster_dir("tls");
+        initdb(&bin, &dir);
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, issuer) = ca("tether test database CA");
+        let (other_pem, _) = ca("another CA");
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let data = dir.join("data");
+        for (name, text) in [
+            ("server.crt", leaf.pem()),
+            ("server.key", leaf_key.serialize_pem()),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            chown_nobody(&path);
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        let (ca, other_ca) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+        std::fs::write(&ca, ca_pem).unwrap();
+        std::fs::write(&other_ca, other_pem).unwrap();
+        let port = start_on_a_free_port(&bin, &dir, "-c ssl=on");
+        TlsCluster {
+            dir,
+            bin,
+            port,
+            ca,
+            other_ca,
+        }
+    }
+
+    /// A database URL of this cluster (`host`: localhost or 127.0.0.1)
+    /// with `params` after the `?`.
+    pub fn url(&self, host: &str, params: &str) -> String {
+        format!("postgres://tether@{host}:{}/postgres?{params}", self.port)
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

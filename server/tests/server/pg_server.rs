@@ -1,7 +1,8 @@
 //! The server on PostgreSQL: `/healthz` through a database outage (the test
 //! process's own cluster stopped and started), and the real binary with
 //! `serve --database postgres://…`: its state in the database, and a bad or
-//! unreachable URL refused at start-up without showing the password.
+//! unreachable URL refused at start-up without showing the password; TLS to
+//! PostgreSQL as the URL's sslmode says (a cluster that takes TLS only).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -204,4 +205,98 @@ async fn serve_refuses_a_bad_or_unreachable_database_without_the_password() {
     let err = serve(&data, "postgres://u:Sekrit-pw-42@127.0.0.1:notaport/x").unwrap_err();
     assert!(err.contains("database URL"), "{err}");
     assert!(!err.contains("Sekrit-pw-42"), "{err}");
+}
+
+/// `Postgres::connect` to `url`: its error text, or `None` when it
+/// connected (and migrated, over the pool).
+async fn connect_error(url: &str) -> Option<String> {
+    Postgres::connect(url).await.err().map(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn postgres_over_tls_checks_the_certificate_as_sslmode_says() {
+    use tether_server::db::cluster::Notice;
+    let c = pg::TlsCluster::start();
+    let (ca, other) = (c.ca.display(), c.other_ca.display());
+    // The cluster refuses plain connections: each success below is TLS.
+    let err = connect_error(&c.url("127.0.0.1", "sslmode=disable")).await;
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("no encryption")),
+        "{err:?}"
+    );
+    // The certificate is for localhost, signed by `ca`.
+    for params in [
+        String::new(), // prefer: TLS when offered, nothing checked (libpq)
+        "sslmode=require".into(),
+        format!("sslmode=verify-ca&sslrootcert={ca}"),
+        format!("sslrootcert={ca}"), // libpq: a root certificate means verify-ca
+    ] {
+        let err = connect_error(&c.url("127.0.0.1", &params)).await;
+        assert_eq!(err, None, "127.0.0.1 ?{params}");
+    }
+    let full = c.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    assert_eq!(connect_error(&full).await, None, "{full}");
+    for (host, params, why) in [
+        (
+            "127.0.0.1",
+            format!("sslmode=verify-full&sslrootcert={ca}"),
+            "not valid for name",
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-full&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "localhost",
+            format!("sslmode=verify-ca&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "127.0.0.1",
+            format!("sslmode=require&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
+        // The public CAs did not sign a private database's certificate.
+        ("localhost", "sslmode=verify-full".into(), "UnknownIssuer"),
+    ] {
+        let err = connect_error(&c.url(host, &params)).await;
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains(why)),
+            "{host} ?{params}: {err:?}"
+        );
+    }
+
+    // The notice connection (outside the pool) takes the same TLS.
+    let db = Postgres::connect(&full).await.unwrap();
+    let cluster = db.cluster();
+    let mut heard = cluster.listen().await.unwrap();
+    cluster.nudge("rn_tls", "jobs").await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, heard.recv()).await {
+            Ok(Some(Notice::Nudge { runner_id, .. })) if runner_id == "rn_tls" => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no nudge over TLS: {other:?}"),
+        }
+    }
+
+    // And the server binary: its state over verify-full.
+    let tmp = TempDir::new("tls");
+    let data = tmp.path().join("d");
+    let (mut child, api) = serve(&data, &full).unwrap();
+    cli(&data, &api, &["tenant", "create", "acme-tls"]);
+    assert!(cli(&data, &api, &["tenant", "list"]).contains("acme-tls"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let wrong = c.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let err = serve(&tmp.path().join("e"), &wrong).unwrap_err();
+    assert!(err.contains("not valid for name"), "{err}");
 }

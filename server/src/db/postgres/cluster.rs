@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::control::{current_health, record_change, revoke_in, set_active, set_unreachable};
 use super::{backend, chain};
@@ -95,11 +96,16 @@ async fn notify_health(
 pub struct PgCluster {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 impl PgCluster {
-    pub(super) fn new(pool: Pool, config: tokio_postgres::Config) -> PgCluster {
-        PgCluster { pool, config }
+    pub(super) fn new(
+        pool: Pool,
+        config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+    ) -> PgCluster {
+        PgCluster { pool, config, tls }
     }
 }
 
@@ -576,8 +582,9 @@ impl ClusterStore for PgCluster {
 
     async fn listen(&self) -> Result<mpsc::Receiver<Notice>, StorageError> {
         let (tx, rx) = mpsc::channel(NOTICE_BACKLOG);
-        let first = listen_once(&self.config, tx.clone()).await?;
+        let first = listen_once(&self.config, &self.tls, tx.clone()).await?;
         let config = self.config.clone();
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             let mut session = first;
             loop {
@@ -592,7 +599,7 @@ impl ClusterStore for PgCluster {
                     if tx.is_closed() {
                         return;
                     }
-                    match listen_once(&config, tx.clone()).await {
+                    match listen_once(&config, &tls, tx.clone()).await {
                         Ok(s) => break s,
                         Err(e) => {
                             tracing::debug!("cluster notices: {e}");
@@ -610,10 +617,11 @@ impl ClusterStore for PgCluster {
 /// the connection does (or `tx` is closed).
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     tx: mpsc::Sender<Notice>,
 ) -> Result<tokio::task::JoinHandle<()>, StorageError> {
     let (client, mut conn) = config
-        .connect(NoTls)
+        .connect(tls.clone())
         .await
         .map_err(|e| backend(chain(&e)))?;
     // The client must live as long as the connection it drives: it is

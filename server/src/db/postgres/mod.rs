@@ -18,6 +18,7 @@
 //! recordings.rs RecordingStore over PgRecordings: terminal recordings and policies
 //! releases.rs ReleaseStore over PgReleases: release files in 1 MiB chunks
 //! cluster.rs  ClusterStore over PgCluster: replicas, the links table, fence notices (NOTIFY)
+//! tls.rs      the URL's sslmode and sslrootcert: TLS as libpq does it
 //! partitions.rs  making partitions ahead and dropping them for retention
 //! import.rs   filling an empty database from SQLite rows (`migrate`)
 //! ```
@@ -43,7 +44,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StorageError;
 
@@ -60,6 +61,7 @@ mod partitions;
 mod recordings;
 mod releases;
 mod schema;
+mod tls;
 mod trail;
 mod updates;
 mod users;
@@ -189,22 +191,31 @@ pub struct Postgres {
     control: Arc<PgControl>,
     /// For connections outside the pool (the cluster's notice listener).
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 impl Postgres {
     /// Connect to `url` (`postgres://user@host:port/db`) and bring the
     /// schema up to date.
     pub async fn connect(url: &str) -> Result<Postgres, StorageError> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e: tokio_postgres::Error| {
-                backend(format_args!("database URL: {}", scrub(url, &chain(&e))))
-            })?;
+        let tls::Target {
+            mut config,
+            tls,
+            mode,
+        } = tls::parse(url)
+            .map_err(|e| backend(format_args!("database URL: {}", scrub(url, &e))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        if matches!(mode, tls::SslMode::Prefer | tls::SslMode::Require) {
+            tracing::info!(
+                ?mode,
+                "the database's certificate is not verified: use sslmode=verify-full (and sslrootcert) for a database across a network"
+            );
+        }
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -229,6 +240,7 @@ impl Postgres {
             }),
             pool,
             config,
+            tls,
         })
     }
 
@@ -302,6 +314,7 @@ impl Postgres {
         Arc::new(cluster::PgCluster::new(
             self.pool.clone(),
             self.config.clone(),
+            self.tls.clone(),
         ))
     }
 
