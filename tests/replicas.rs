@@ -13,8 +13,9 @@
 //! relay.rs`): the runner's link to A cut (A up), it relinks to B, which
 //! relays the session to A: the same shell, every line once and in order,
 //! a resize, the clients on A and through B attached throughout, closed
-//! once; moved again to a third replica C, relayed by C alone; and A
-//! killed after the move: its shell hung up on the runner once A is reaped.
+//! once; moved again to a third replica C, relayed by C alone; A killed
+//! after the move: its shell hung up on the runner once A is reaped; and
+//! the runner restarted onto B: A's session ends in seconds, not 90.
 
 use crate::util::docker::{self, IMAGE};
 use crate::util::pg::Postgres;
@@ -814,6 +815,50 @@ fn a_terminal_whose_replica_is_killed_after_its_runner_moved_ends_on_the_runner(
         .unwrap_or_else(|e| panic!("terminal on B: {e:?}"));
     again.run("echo fresh$((6*7))", "fresh42");
     drop(runner);
+}
+
+#[test]
+fn a_terminal_of_a_runner_restarted_on_the_other_replica_ends_within_seconds() {
+    let pg = Postgres::start();
+    let url = pg.database("term_restart");
+    let p = pair(&url);
+    let on_a = p.a.tenant("term-restart");
+    let (mut runner, _proxy) = runner_on_a_through(&p, &on_a);
+    let id = runner.id.clone();
+    let mut t = TermClient::open(&p.a, &on_a.token, &id, "cols=80&rows=24").unwrap();
+    let pid = shell_pid(&mut t);
+    let session = t.session.clone();
+
+    // A new runner process, B's URL only: it has no terminal to confirm
+    // (no term_alive), so A's session must not wait out its 90 s.
+    signal(runner.child(), libc::SIGKILL);
+    wait_exit(runner.child(), Duration::from_secs(5)).expect("runner killed");
+    let restarted = Instant::now();
+    runner.start(&["--server", &p.b.url, "--heartbeat", "1s"]);
+    wait_for(Duration::from_secs(20), "the runner linked to B", || {
+        (links_held(&p.b) == Some(1)).then_some(())
+    });
+    let reason = t.wait_end(Duration::from_secs(30));
+    let took = restarted.elapsed();
+    eprintln!("session of the restarted runner ended {took:?} after the restart");
+    assert_eq!(
+        reason.as_deref(),
+        Some("the runner no longer has this terminal"),
+        "{}",
+        p.a.log()
+    );
+    assert!(
+        took <= Duration::from_secs(20),
+        "10 s wait + a look each 2 s: {took:?}"
+    );
+    assert!(!alive(pid), "the old process's shell is gone");
+    let (st, v) = on_a.call("GET", &format!("/api/v1/terminals?runner={id}"), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v[0]["id"].as_str(), &v[0]["open"]),
+        (Some(session.as_str()), &json!(false)),
+        "{v}"
+    );
 }
 
 #[test]

@@ -72,6 +72,9 @@ pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3600;
 /// A runner back on a new connection confirms its terminals (`term_alive`)
 /// within this long, or they are gone (it restarted).
 const ALIVE_WAIT: Duration = Duration::from_secs(10);
+/// How often a session whose runner is away looks whether it linked to
+/// another replica (one indexed read; only sessions of runners away).
+const LOOK_ELSEWHERE_EVERY: Duration = Duration::from_secs(2);
 /// A hang-up the runner has not confirmed with END after this long ends here.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// A send to a terminal client taking longer drops the client (it reattaches).
@@ -690,6 +693,7 @@ async fn request_close(state: &TerminalsCtx, s: &Session, why: &str) {
 /// the runner never confirms.
 async fn watchdog(state: TerminalsCtx, s: Arc<Session>, mut encoder: Option<Encoder>) {
     let mut closing_since: Option<Instant> = None;
+    let mut next_look = Instant::now();
     loop {
         sleep(Duration::from_secs(1)).await;
         let ended = matches!(s.lock().phase, Phase::Ended(_));
@@ -722,6 +726,10 @@ async fn watchdog(state: TerminalsCtx, s: Arc<Session>, mut encoder: Option<Enco
             end_here(&state, &s, "runner unreachable").await;
             return;
         }
+        if away.is_some() && back.is_none() && now >= next_look {
+            next_look = now + LOOK_ELSEWHERE_EVERY;
+            linked_elsewhere(&state, &s).await;
+        }
         if back.is_some_and(|d| d > ALIVE_WAIT) {
             end_here(&state, &s, "the runner no longer has this terminal").await;
             return;
@@ -735,6 +743,30 @@ async fn watchdog(state: TerminalsCtx, s: Arc<Session>, mut encoder: Option<Enco
         } else if detached.is_some_and(|d| d > DETACH_TIMEOUT) {
             request_close(&state, &s, "no client attached").await;
         }
+    }
+}
+
+/// On a replica of several: a runner away from here that is linked to
+/// another replica is back, for this session, as if it had come back here
+/// (`runner_back_at`): the replica holding it relays the session if the
+/// runner still has it (its `term_alive`), and if none comes within
+/// [`ALIVE_WAIT`] the session ends. A runner process that restarted says
+/// nothing of terminals it never had, so without this the session would
+/// wait out [`RUNNER_AWAY_TIMEOUT`].
+async fn linked_elsewhere(state: &TerminalsCtx, s: &Session) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    match cluster.store.holder_of(&s.runner_id).await {
+        Ok(Some((replica, _))) if *replica != *cluster.id => {
+            let mut st = s.lock();
+            if st.runner_away_since.is_some() && st.runner_back_at.is_none() {
+                tracing::debug!(session = %s.id, replica, "the runner is linked to another replica: waiting for its relay");
+                st.runner_back_at = Some(Instant::now());
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(session = %s.id, "looking up the runner's replica: {e}"),
     }
 }
 

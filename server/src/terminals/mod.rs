@@ -9,7 +9,8 @@
 //!                     │ error: gone            │ client WS gone ─▶ detached; none back in 60 s ─▶ term_close
 //!                     │                        │ runner link gone ─▶ away; not back in 90 s ─────▶ Ended
 //!                     │                        │ runner back: term_alive without it, or none in 10 s ─▶ Ended
-//!                     │                        │ runner back on another replica: relayed (below)
+//!                     │                        │ runner back on another replica: relayed (below);
+//!                     │                        │   no relay in 10 s (a restarted runner) ─▶ Ended
 //!                     │                        │ close (client, DELETE, idle on the runner) ─▶ term_close ─▶ END
 //! ```
 //!

@@ -22,7 +22,9 @@
 //!      ─▶ term_close to the runner; its output ACKed here until its END
 //!   relay broken (A stopped, the internal channel cut): c1 Pending again,
 //!      its kept output sent again from A's last ACK on the next relay; A:
-//!      the runner is away (its 90 s), and comes back with the next relay
+//!      the runner is away, and as it is linked to B, back: the next relay
+//!      within 10 s, or the session ends (as a restarted runner's does:
+//!      one that never says `term_alive` is seen by A the same way)
 //!   B's link ends (the runner moves on to C): B's relays close; C relays
 //!      anew, A takes C's (B's late request: not the holder, 409; B's late
 //!      end: an old generation, nothing changes)
