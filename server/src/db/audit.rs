@@ -21,10 +21,6 @@ pub trait AuditStore: Send + Sync {
         bytes_in: u64,
         bytes_out: u64,
     ) -> Result<(), StorageError>;
-    /// The runner of terminal `id` while it is open (any tenant: the
-    /// replica answering a request by session id checks the caller's
-    /// tenant; `app/forward.rs` only needs where to send it).
-    async fn open_terminal_runner(&self, id: &str) -> Result<Option<String>, StorageError>;
     /// Newest first, at most `limit`.
     async fn terminal_audit(
         &self,

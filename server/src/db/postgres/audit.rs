@@ -71,17 +71,6 @@ impl AuditStore for PgControl {
         Ok(())
     }
 
-    async fn open_terminal_runner(&self, id: &str) -> Result<Option<String>, StorageError> {
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "SELECT runner_id FROM terminal_audit WHERE id = $1 AND closed_at IS NULL",
-                &[&id],
-            )
-            .await?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
     async fn terminal_audit(
         &self,
         tenant_id: &str,

@@ -554,10 +554,6 @@ impl AuditStore for Blocking<SqliteControl> {
         self.run(move |s| s.terminal_closed(&id, closed_ms, &reason, bytes_in, bytes_out))
             .await
     }
-    async fn open_terminal_runner(&self, id: &str) -> Result<Option<String>, StorageError> {
-        own!(id);
-        self.run(move |s| s.open_terminal_runner(&id)).await
-    }
     async fn terminal_audit(
         &self,
         tenant_id: &str,

@@ -109,17 +109,6 @@ impl SqliteControl {
         Ok(())
     }
 
-    pub fn open_terminal_runner(&self, id: &str) -> Result<Option<String>, StorageError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT runner_id FROM terminal_audit WHERE id = ?1 AND closed_at IS NULL",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
     /// Newest first; `runner` narrows to one runner.
     pub fn terminal_audit(
         &self,
@@ -173,16 +162,12 @@ mod tests {
             replica_id: None,
         };
         s.terminal_opened("tn_1", &row).unwrap();
-        assert_eq!(
-            s.open_terminal_runner("tm_1").unwrap().as_deref(),
-            Some("rn_1")
-        );
-        assert_eq!(s.open_terminal_runner("tm_2").unwrap(), None);
+        let open = s.terminal_audit("tn_1", Some("rn_1"), 10).unwrap();
+        assert_eq!((open.len(), open[0].closed_ms), (1, None));
         s.terminal_closed("tm_1", 5000, "exited 0", 12, 345)
             .unwrap();
         // A second close does not overwrite the first.
         s.terminal_closed("tm_1", 9000, "again", 0, 0).unwrap();
-        assert_eq!(s.open_terminal_runner("tm_1").unwrap(), None, "closed");
         let rows = s.terminal_audit("tn_1", None, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].closed_ms, Some(5000));
