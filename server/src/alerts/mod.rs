@@ -26,8 +26,9 @@
 //! when the tenant has a metric rule, and read through the runner's plan
 //! (`rules::MetricPlan`: which series each metric rule reads, made once per
 //! schema and rule set), so a healthy record costs a compare per series a
-//! rule reads: no names are copied and no text is made. Runner names and
-//! groups are read from `db/` and cached for [`RUNNER_TTL`].
+//! rule reads: no names are copied and no text is made. Runner names,
+//! groups and labels are read from `db/` a tenant at a time (two calls)
+//! and cached for [`RUNNER_TTL`].
 //!
 //! On a replica of several (issue 18), each state has one owner, and an
 //! owner reads the states from the store when it becomes one (another
@@ -95,9 +96,18 @@ use crate::db::{Db, Health, HealthRecord};
 
 /// Observations queued for the engine before new ones are dropped.
 pub const QUEUE: usize = 8192;
-/// How long a runner's name, group and labels are cached (a label change
-/// reaches a rule's selector scope within this).
+/// How long a tenant's runner names, groups and labels are cached (a
+/// label change reaches a rule's selector scope within this).
 pub const RUNNER_TTL: Duration = Duration::from_secs(30);
+/// A runner not among its tenant's (enrolled since they were read) reads
+/// them again, at most this often.
+const REREAD_MISSING: Duration = Duration::from_secs(1);
+
+/// A tenant's runners as rules see them, and when they were read.
+struct TenantRunners {
+    read_at: Instant,
+    by_id: HashMap<String, Arc<RunnerInfo>>,
+}
 /// Silences are re-read this often (and at once when one is changed).
 const SILENCE_TTL: Duration = Duration::from_secs(30);
 /// Log lines looked at per runner per call at most.
@@ -571,7 +581,8 @@ struct Engine {
     /// A record's values, decoded and scaled (kept: no allocation per record).
     ints: Vec<Option<i64>>,
     vals: Vec<Option<f64>>,
-    runners: HashMap<String, (Arc<RunnerInfo>, Instant)>,
+    /// Per tenant: its runners as rules see them, read together.
+    runners: HashMap<String, TenantRunners>,
     silences: Vec<Silence>,
     silences_read: Option<Instant>,
     alerts: std::sync::Weak<Alerts>,
@@ -1233,49 +1244,88 @@ impl Engine {
         self.on_observe(&c.tenant_id, &c.runner_id, &obs).await;
     }
 
+    /// The runner as rules see it: from the tenant's runners, read again
+    /// when [`RUNNER_TTL`] old, or when it is not among them (enrolled
+    /// since) and the read is older than [`REREAD_MISSING`]. A runner of
+    /// none (deleted) has only its id.
     async fn runner(&mut self, tenant: &str, id: &str) -> Arc<RunnerInfo> {
-        if let Some((info, at)) = self.runners.get(id) {
-            if at.elapsed() < RUNNER_TTL {
-                return info.clone();
-            }
-        }
-        let name = self
-            .db
-            .control
-            .runner(tenant, id)
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.name)
-            .unwrap_or_default();
-        let group = self
-            .db
-            .updates
-            .runner_group(id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let labels = self
-            .db
-            .fleet
-            .labels(tenant, id)
-            .await
-            .map(|(accepted, _proposed)| accepted)
-            .unwrap_or_default();
-        let info = Arc::new(RunnerInfo {
-            id: id.to_owned(),
-            name,
-            group,
-            labels,
-        });
-        tracing::debug!(runner = %id, "alerts: the runner's name, group and labels read");
-        if self.runners.len() > 100_000 {
-            self.runners.clear();
+        let (age, known) = match self.runners.get(tenant) {
+            Some(t) => (Some(t.read_at.elapsed()), t.by_id.get(id).cloned()),
+            None => (None, None),
+        };
+        let fresh = age.is_some_and(|a| a < RUNNER_TTL);
+        let recent = age.is_some_and(|a| a < REREAD_MISSING);
+        match known {
+            Some(info) if fresh => return info,
+            None if recent => {}
+            _ => self.read_runners(tenant).await,
         }
         self.runners
-            .insert(id.to_owned(), (info.clone(), Instant::now()));
-        info
+            .get(tenant)
+            .and_then(|t| t.by_id.get(id).cloned())
+            .unwrap_or_else(|| {
+                Arc::new(RunnerInfo {
+                    id: id.to_owned(),
+                    ..RunnerInfo::default()
+                })
+            })
+    }
+
+    /// Every runner of the tenant, names and accepted labels (the group is
+    /// the label `group`): two store calls for the whole tenant, so a
+    /// fleet's reports cost two reads per tenant and [`RUNNER_TTL`], not
+    /// reads per runner. A failed read keeps what was known, for a second.
+    async fn read_runners(&mut self, tenant: &str) {
+        let (rows, labels) = tokio::join!(
+            self.db.control.list_runners(tenant),
+            self.db.fleet.tenant_labels(tenant)
+        );
+        let (rows, mut labels) = match (rows, labels) {
+            (Ok(r), Ok(l)) => (r, l),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(tenant, "alerts: reading the tenant's runners: {e}");
+                let retry = Instant::now()
+                    .checked_sub(RUNNER_TTL - REREAD_MISSING)
+                    .unwrap_or_else(Instant::now);
+                let t = self
+                    .runners
+                    .entry(tenant.to_owned())
+                    .or_insert_with(|| TenantRunners {
+                        read_at: retry,
+                        by_id: HashMap::new(),
+                    });
+                t.read_at = retry;
+                return;
+            }
+        };
+        let by_id = rows
+            .into_iter()
+            .map(|r| {
+                let labels = labels.remove(&r.id).unwrap_or_default();
+                let info = RunnerInfo {
+                    group: labels
+                        .get(crate::fleet::labels::GROUP)
+                        .cloned()
+                        .unwrap_or_default(),
+                    id: r.id.clone(),
+                    name: r.name,
+                    labels,
+                };
+                (r.id, Arc::new(info))
+            })
+            .collect::<HashMap<_, _>>();
+        tracing::debug!(
+            tenant,
+            runners = by_id.len(),
+            "alerts: the tenant's runners read (names, groups, labels)"
+        );
+        self.runners.insert(
+            tenant.to_owned(),
+            TenantRunners {
+                read_at: Instant::now(),
+                by_id,
+            },
+        );
     }
 
     async fn on_observe(&mut self, tenant: &str, runner: &str, obs: &Observation) {
@@ -1312,12 +1362,12 @@ impl Engine {
             .collect();
         for tenant in tenants {
             // Read only for the targets that change (none, most seconds).
-            let cache = &self.runners;
+            let cache = self.runners.get(&tenant).map(|t| &t.by_id);
             let Some(t) = self.tenants.get_mut(&tenant) else {
                 continue;
             };
-            let lookup = |id: &str| match cache.get(id) {
-                Some((info, _)) => RunnerInfo::clone(info),
+            let lookup = |id: &str| match cache.and_then(|c| c.get(id)) {
+                Some(info) => RunnerInfo::clone(info),
                 None => RunnerInfo {
                     id: id.to_owned(),
                     ..RunnerInfo::default()

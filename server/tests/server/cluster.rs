@@ -1470,12 +1470,13 @@ async fn a_late_transition_of_the_replica_that_lost_the_runner_is_refused_and_no
         "A's engine owning the runner",
         || log_of(&p.data_a).contains("alerts: 1 runner(s) taken over"),
     );
-    // And evaluating its records: what it reads of the runner (name,
-    // group, labels: 30 s in its cache) read before A's traffic is held.
+    // And evaluating its records: what it reads of the tenant's runners
+    // (names, groups, labels: 30 s in its cache) read before A's traffic
+    // is held.
     p.wait(
         Duration::from_secs(30),
         "A's engine evaluating the runner",
-        || log_of(&p.data_a).contains("alerts: the runner's name, group and labels read"),
+        || log_of(&p.data_a).contains("alerts: the tenant's runners read"),
     );
     // A's database traffic held: A's engine goes on evaluating, and fires
     // at `for_s` (its write waits: logged before it is made, so the test
