@@ -8,7 +8,8 @@
 //!        │                       + the role the stream needs (viewer: reads, operator: a shell)
 //!        ▼
 //!  AuthGuard task: check ─▶ wait for ─┬─ storage.credentials_changed()   (logout, user deleted,
-//!        ▲                            │   role or password changed, API token revoked)
+//!        ▲                            │   role or password changed, API token revoked;
+//!        │                            │   on PostgreSQL, another replica's too, by NOTIFY)
 //!        └────────────────────────────┼─ the session's or token's expiry
 //!                                     └─ RECHECK_EVERY (a write by another process)
 //!  check fails ─▶ guard.ended() yields the reason ─▶ the stream writes its end

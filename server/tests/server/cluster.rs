@@ -1,6 +1,7 @@
 //! Several replicas on one real PostgreSQL (issue 18, `cluster/`): the
 //! links table through the store (fencing, the late detach, restart,
-//! revoke, a dead replica reaped), and two real `tether-server` replicas
+//! revoke, a dead replica reaped), a credential written on one replica
+//! heard by the others, and two real `tether-server` replicas
 //! with a real runner that moves from one to the other.
 
 use std::path::{Path, PathBuf};
@@ -248,6 +249,53 @@ async fn a_link_taken_by_another_replica_is_fenced_and_its_late_detach_changes_n
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A token revoked through replica A wakes B's credential watch (what its
+/// streams' guards wait on) by NOTIFY, at once: not at their 30 s
+/// re-check. A write that changes no credential wakes nobody.
+#[tokio::test]
+async fn a_credential_written_on_one_replica_wakes_the_others_streams_at_once() {
+    let url = pg::fresh_database().await;
+    let (pa, pb) = (
+        Postgres::connect(&url).await.unwrap(),
+        Postgres::connect(&url).await.unwrap(),
+    );
+    let (a, b) = (pa.control(), pb.control());
+    let tenant = TenantRow {
+        id: "tn_1".into(),
+        name: "acme".into(),
+        created_at: 1,
+    };
+    a.create_tenant(&tenant, "at_1", "h_1").await.unwrap();
+    let _heard_b = pb.cluster().listen().await.unwrap();
+    let mut watch_b = b.watch_credentials();
+    // Listening (re)started: B looked once; from here on, only A's writes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    watch_b.borrow_and_update();
+    let nothing = a
+        .revoke_api_token("tn_1", "at_nope", "test", 5)
+        .await
+        .unwrap();
+    assert!(nothing.is_none());
+    let quiet = tokio::time::timeout(Duration::from_millis(500), watch_b.changed()).await;
+    assert!(
+        quiet.is_err(),
+        "B woken by a write that changed no credential"
+    );
+
+    let started = Instant::now();
+    let revoked = a.revoke_api_token("tn_1", "at_1", "test", 5).await.unwrap();
+    assert!(revoked.is_some());
+    tokio::time::timeout(Duration::from_secs(5), watch_b.changed())
+        .await
+        .expect("B's credential watch woken by A's revocation")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // What B's guards then read: the token is revoked.
+    let check = b.api_token_check("h_1", 6).await.unwrap();
+    assert!(check.is_err(), "{check:?}");
 }
 
 #[tokio::test]

@@ -30,6 +30,9 @@ const HEALTH_CHANNEL: &str = "tether_health";
 const NUDGE_CHANNEL: &str = "tether_nudge";
 /// The NOTIFY channel of tenant events (`common/bus.rs`).
 const EVENT_CHANNEL: &str = "tether_event";
+/// A credential was written (logout, a revoked token, a user changed);
+/// no payload.
+const CREDENTIALS_CHANNEL: &str = "tether_credentials";
 /// Notices waiting for the replica to handle them; beyond, they are
 /// dropped and the periodic check catches up.
 const NOTICE_BACKLOG: usize = 1024;
@@ -95,18 +98,41 @@ async fn notify_health(
 
 pub struct PgCluster {
     pool: Pool,
-    config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    notices: NoticeConn,
+}
+
+/// What the notice connection needs: where and how to connect, and the
+/// control store's credentials watch, bumped when another replica wrote
+/// a credential (`CREDENTIALS_CHANNEL`), so this replica's streams check
+/// their authority at once rather than at their periodic re-check.
+#[derive(Clone)]
+pub(super) struct NoticeConn {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+    pub credentials: tokio::sync::watch::Sender<u64>,
+}
+
+impl NoticeConn {
+    fn credentials_changed(&self) {
+        self.credentials.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 impl PgCluster {
-    pub(super) fn new(
-        pool: Pool,
-        config: tokio_postgres::Config,
-        tls: MakeRustlsConnect,
-    ) -> PgCluster {
-        PgCluster { pool, config, tls }
+    pub(super) fn new(pool: Pool, notices: NoticeConn) -> PgCluster {
+        PgCluster { pool, notices }
     }
+}
+
+/// Tell every replica that a credential changed (after the write
+/// committed); the writer's own replica hears it too, which costs its
+/// streams one more look.
+pub(super) async fn notify_credentials(pool: &Pool) -> Result<(), StorageError> {
+    pool.get()
+        .await?
+        .execute("SELECT pg_notify($1, '')", &[&CREDENTIALS_CHANNEL])
+        .await?;
+    Ok(())
 }
 
 fn gen_sql(generation: u64) -> Result<i64, StorageError> {
@@ -582,9 +608,8 @@ impl ClusterStore for PgCluster {
 
     async fn listen(&self) -> Result<mpsc::Receiver<Notice>, StorageError> {
         let (tx, rx) = mpsc::channel(NOTICE_BACKLOG);
-        let first = listen_once(&self.config, &self.tls, tx.clone()).await?;
-        let config = self.config.clone();
-        let tls = self.tls.clone();
+        let first = listen_once(&self.notices, tx.clone()).await?;
+        let notices = self.notices.clone();
         tokio::spawn(async move {
             let mut session = first;
             loop {
@@ -599,7 +624,7 @@ impl ClusterStore for PgCluster {
                     if tx.is_closed() {
                         return;
                     }
-                    match listen_once(&config, &tls, tx.clone()).await {
+                    match listen_once(&notices, tx.clone()).await {
                         Ok(s) => break s,
                         Err(e) => {
                             tracing::debug!("cluster notices: {e}");
@@ -616,18 +641,19 @@ impl ClusterStore for PgCluster {
 /// Connect, LISTEN, and forward notices to `tx` from a task that ends when
 /// the connection does (or `tx` is closed).
 async fn listen_once(
-    config: &tokio_postgres::Config,
-    tls: &MakeRustlsConnect,
+    notices: &NoticeConn,
     tx: mpsc::Sender<Notice>,
 ) -> Result<tokio::task::JoinHandle<()>, StorageError> {
-    let (client, mut conn) = config
-        .connect(tls.clone())
+    let (client, mut conn) = notices
+        .config
+        .connect(notices.tls.clone())
         .await
         .map_err(|e| backend(chain(&e)))?;
     // The client must live as long as the connection it drives: it is
     // handed to the task (kept in the channel) once LISTEN is done.
     let (ready_tx, keep_client) = tokio::sync::oneshot::channel::<tokio_postgres::Client>();
     let forward = tx.clone();
+    let heard = notices.clone();
     let task = tokio::spawn(async move {
         let _keep_client = keep_client;
         loop {
@@ -645,6 +671,9 @@ async fn listen_once(
                         }
                         Err(e) => tracing::warn!("cluster notices: a bad fence notice: {e}"),
                     }
+                }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CREDENTIALS_CHANNEL => {
+                    heard.credentials_changed();
                 }
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == HEALTH_CHANNEL => {
                     match health_notice(n.payload()) {
@@ -694,10 +723,12 @@ async fn listen_once(
     client
         .batch_execute(&format!(
             "LISTEN {FENCE_CHANNEL}; LISTEN {HEALTH_CHANNEL}; LISTEN {NUDGE_CHANNEL}; \
-             LISTEN {EVENT_CHANNEL}"
+             LISTEN {EVENT_CHANNEL}; LISTEN {CREDENTIALS_CHANNEL}"
         ))
         .await
         .map_err(|e| backend(chain(&e)))?;
+    // A credential written while nothing listened: look again now.
+    notices.credentials_changed();
     let _ = ready_tx.send(client);
     let _ = tx.try_send(Notice::Listening);
     Ok(task)

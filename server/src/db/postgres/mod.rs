@@ -131,14 +131,22 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 pub struct PgControl {
     pool: Pool,
     /// Bumped after every write that can take authority away; the same
-    /// contract as `ControlStore::watch_credentials` (this replica only:
-    /// other replicas learn by NOTIFY, a later part of issue 18).
+    /// contract as `ControlStore::watch_credentials`. Other replicas hear
+    /// it by NOTIFY on their notice connection (`cluster.rs`).
     credentials: tokio::sync::watch::Sender<u64>,
 }
 
 impl PgControl {
     pub(super) fn credentials_changed(&self) {
         self.credentials.send_modify(|n| *n = n.wrapping_add(1));
+        // After the caller's commit; a notice that cannot be sent leaves
+        // the others to their periodic re-check.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cluster::notify_credentials(&pool).await {
+                tracing::warn!("telling the other replicas a credential changed: {e}");
+            }
+        });
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
@@ -313,8 +321,11 @@ impl Postgres {
     pub fn cluster(&self) -> Arc<dyn super::cluster::ClusterStore> {
         Arc::new(cluster::PgCluster::new(
             self.pool.clone(),
-            self.config.clone(),
-            self.tls.clone(),
+            cluster::NoticeConn {
+                config: self.config.clone(),
+                tls: self.tls.clone(),
+                credentials: self.control.credentials.clone(),
+            },
         ))
     }
 
