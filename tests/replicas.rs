@@ -7,7 +7,8 @@
 //! on a real Docker engine; a
 //! stranger on the internal address refused; `/healthz` with the replica
 //! and 503 when PostgreSQL stops; the job made on B on A's event stream;
-//! A stopped cleanly releases its link and the runner goes to B.
+//! A stopped cleanly releases its link and the runner goes to B; a token
+//! revoked on A ends its event stream on B at once.
 //!
 //! A terminal session outlives its runner moving (`server/src/terminals/
 //! relay.rs`): the runner's link to A cut (A up), it relinks to B, which
@@ -519,6 +520,34 @@ fn a_runner_linked_to_a_is_served_through_b_streams_and_terminals_included() {
 }
 
 /// Links the replica says it holds (`/healthz`).
+#[test]
+fn a_token_revoked_on_a_ends_its_event_stream_on_b_within_seconds() {
+    let pg = Postgres::start();
+    let p = pair(&pg.database("revoke"));
+    let on_a = p.a.tenant("revoke");
+    let (st, v) = on_a.call(
+        "POST",
+        "/api/v1/api-tokens",
+        Some(json!({ "name": "stream" })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (id, token) = (v["id"].as_str().unwrap(), v["token"].as_str().unwrap());
+    let ends = events_of(p.b.api().stream("/api/v1/events", token), "end");
+    let revoked = Instant::now();
+    let (st, v) = on_a.call("DELETE", &format!("/api/v1/api-tokens/{id}"), None);
+    assert_eq!(st, 200, "{v}");
+    let end = ends
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the stream on B ended");
+    let took = revoked.elapsed();
+    eprintln!("B's stream ended {took:?} after the revocation on A");
+    assert!(end.contains("revoked"), "{end}");
+    assert!(
+        took < Duration::from_secs(3),
+        "not the 30 s re-check: {took:?}"
+    );
+}
+
 fn links_held(server: &Server) -> Option<u64> {
     let (_, v) = server.api().call("GET", "/healthz", None, None);
     v["links"].as_u64()
