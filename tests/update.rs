@@ -1332,6 +1332,70 @@ fn an_update_rollout_halts_when_a_runner_of_the_soaking_wave_goes_back() {
     untouched(&fx, &h2);
 }
 
+/// A runner of the soaking wave that goes away: back within the
+/// reconnect bound, it is forgiven (its away time starts again); away
+/// longer, its target fails late and the rollout halts, naming why.
+#[test]
+fn an_update_rollout_halts_when_a_soaking_runner_stays_away_past_the_reconnect_bound() {
+    let fx = Fx::new();
+    let mut h1 = rollout_host(&fx, "sa1", "sa", &[]);
+    let h2 = rollout_host(&fx, "sa2", "sa", &[]);
+    fx.publish("0.5.0", &binary_with_version("0.5.0"));
+    let id = start_update_rollout(
+        &fx,
+        json!({"selector": "fleet=sa", "wave": "1", "max_failures": 1, "soak_s": 120,
+               "update": {"version": "0.5.0", "reconnect_s": 8}}),
+    );
+    wait_for(WAIT, "the first wave installed and soaking", || {
+        let v = rollout_view(&fx, &id);
+        (v["targets"][0]["state"] == "succeeded" && v["soaking_until"].is_string()).then_some(())
+    });
+    h1.wait_installed("0.5.0");
+    fx.wait_version(&h1.runner.id, "0.5.0");
+
+    // Away 3 s, twice, 6 s apart: 12 s in all, but never 8 at once.
+    let first_away = std::time::Instant::now();
+    for _ in 0..2 {
+        signal(h1.runner.child(), libc::SIGTERM);
+        assert!(wait_exit(h1.runner.child(), Duration::from_secs(10)).is_some());
+        fx.tenant
+            .wait_health(&h1.runner.id, "unreachable", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(3));
+        h1.start(&[]);
+        fx.tenant
+            .wait_health(&h1.runner.id, "active", Duration::from_secs(20));
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert!(first_away.elapsed() > Duration::from_secs(12));
+    let v = rollout_view(&fx, &id);
+    assert_eq!(
+        (v["state"].as_str(), v["targets"][0]["state"].as_str()),
+        (Some("running"), Some("succeeded")),
+        "short absences are not a failure: {v}"
+    );
+
+    // Away for good.
+    signal(h1.runner.child(), libc::SIGTERM);
+    assert!(wait_exit(h1.runner.child(), Duration::from_secs(10)).is_some());
+    let gone = std::time::Instant::now();
+    let v = wait_for(WAIT, "the rollout halted", || {
+        let v = rollout_view(&fx, &id);
+        (v["state"] == "halted").then_some(v)
+    });
+    let took = gone.elapsed();
+    eprintln!("halted {took:?} after the runner went: {v}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(20),
+        "8 s bound, looked at each second: {took:?}"
+    );
+    assert_eq!(target_states(&v), ["failed", "waiting"], "{v}");
+    assert_eq!(
+        v["targets"][0]["status"], "not connected for 8 s while its wave soaked",
+        "{v}"
+    );
+    untouched(&fx, &h2);
+}
+
 /// Abort of an update rollout over three real runners in waves of two,
 /// with a release that is slow to come up (a signed script that waits 5 s,
 /// then execs the real 0.5.0 runner: a slow host). ab1 takes the offer:

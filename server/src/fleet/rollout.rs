@@ -11,8 +11,9 @@
 //!     open rows (driver state set) ─▶ not held here, or rev moved ─▶ read it (again),
 //!          finish what its last change left half done (see below)
 //!     finished targets ─▶ planner.finished(ok)       (one query for all the
-//!     (update: soaking wave's runners gone bad          running targets' jobs;
-//!          ─▶ planner.failed_late)                      update: two, each 1 s)
+//!     (update: soaking wave's runners gone bad          running targets' jobs, each
+//!          ─▶ planner.failed_late)                      1 s past 500 running;
+//!                                                       update: two, each 1 s)
 //!     planner.starts_at(now) ─▶ job ids / previous versions chosen, status `starting`
 //!          ─▶ SAVED (rev+1) ─▶ only then: the jobs (the ordinary job path, with a deadline)
 //!                              or the runner's own desired version + an offer
@@ -114,6 +115,12 @@ const TICK: Duration = Duration::from_millis(300);
 /// runners' versions and reports: one query each for the whole wave; an
 /// install takes seconds, the reconnect bound is counted in seconds).
 const UPDATE_CHECK_MS: i64 = 1_000;
+/// A job rollout with more running targets than this looks at their jobs
+/// each [`JOB_CHECK_MS`] rather than each TICK: one query for all of
+/// them either way, but 10,000 ids three times a second was most of the
+/// driver's cost, and a wave that large ends in more than a second.
+const JOB_CHECK_EACH_TICK_UP_TO: usize = 500;
+const JOB_CHECK_MS: i64 = 1_000;
 /// How often a soaking wave's updated runners are looked at again.
 const SOAK_CHECK_MS: i64 = 2_000;
 /// Targets' progress within one state of the rollout is saved at most
@@ -214,10 +221,11 @@ pub struct Rollout {
     work: Work,
     planner: Planner,
     targets: Vec<Target>,
-    /// When a soaking wave, and the running update targets, were last
-    /// looked at (not stored: a new driver looks at once).
+    /// When a soaking wave, and the running targets (update: always;
+    /// job: past 500 running), were last looked at (not stored: a new
+    /// driver looks at once).
     soak_checked_ms: i64,
-    updates_checked_ms: i64,
+    targets_checked_ms: i64,
     /// The row's revision this copy was read at or last saved as.
     rev: i64,
     /// A target changed since the last read or save (the planner's changes
@@ -388,7 +396,7 @@ impl Rollout {
             planner: d.planner,
             targets,
             soak_checked_ms: 0,
-            updates_checked_ms: 0,
+            targets_checked_ms: 0,
             rev: row.rev,
             dirty: false,
             saved_mark: Mark::default(),
@@ -494,7 +502,7 @@ pub async fn start(
         planner,
         targets,
         soak_checked_ms: 0,
-        updates_checked_ms: 0,
+        targets_checked_ms: 0,
         rev: 0,
         dirty: false,
         saved_mark: Mark::default(),
@@ -644,14 +652,14 @@ fn running(r: &Rollout) -> Vec<usize> {
 async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
     let now = clock::now_ms();
     match &r.work {
-        Work::Job { .. } => collect_jobs(state, r).await?,
+        Work::Job { .. } => collect_jobs(state, r, now).await?,
         Work::Update {
             version,
             reconnect_ms,
         } => {
             let (version, reconnect_ms) = (version.clone(), *reconnect_ms);
-            if now - r.updates_checked_ms >= UPDATE_CHECK_MS {
-                r.updates_checked_ms = now;
+            if now - r.targets_checked_ms >= UPDATE_CHECK_MS {
+                r.targets_checked_ms = now;
                 collect_updates(state, r, &version, reconnect_ms, now).await?;
             }
             if r.planner.soak_until().is_some() && now - r.soak_checked_ms >= SOAK_CHECK_MS {
@@ -676,14 +684,18 @@ async fn step(state: &FleetCtx, r: &mut Rollout) -> Result<(), Stop> {
 
 /// The running targets' jobs, read in one call: their status, and the
 /// finished ones.
-async fn collect_jobs(state: &FleetCtx, r: &mut Rollout) -> Result<(), ApiError> {
-    let running: Vec<(usize, String)> = running(r)
+async fn collect_jobs(state: &FleetCtx, r: &mut Rollout, now: i64) -> Result<(), ApiError> {
+    let running = running(r);
+    if running.is_empty()
+        || (running.len() > JOB_CHECK_EACH_TICK_UP_TO && now - r.targets_checked_ms < JOB_CHECK_MS)
+    {
+        return Ok(());
+    }
+    r.targets_checked_ms = now;
+    let running: Vec<(usize, String)> = running
         .into_iter()
         .filter_map(|i| Some((i, r.targets[i].job_id.clone()?)))
         .collect();
-    if running.is_empty() {
-        return Ok(());
-    }
     let ids: Vec<String> = running.iter().map(|(_, j)| j.clone()).collect();
     let mut jobs: HashMap<String, JobState> = state
         .db
@@ -1214,7 +1226,7 @@ mod tests {
                 .collect(),
             planner,
             soak_checked_ms: 0,
-            updates_checked_ms: 0,
+            targets_checked_ms: 0,
             rev: 3,
             dirty: false,
             saved_mark: Mark::default(),
