@@ -238,7 +238,7 @@ fn rollout_overhead(server: &Server, tenant: &Tenant, count: u64, rows: &mut Vec
         value: watch * 100.0,
         unit: "%",
         goal: None,
-        how: "server CPU over 10 s with every target's job pending (the driver reads the running targets' jobs in one query every 300 ms)".into(),
+        how: "server CPU over 10 s with every target's job pending (the driver reads the running targets' jobs in one query, each second past 500 running)".into(),
     });
 }
 
