@@ -13,14 +13,21 @@ await run({ failShot: 'failure', T }, async ({ page, shot, login }) => {
   await page.locator('#schedules').filter({ hasText: 'No schedules.' }).waitFor({ timeout: T });
   const form = page.getByRole('form', { name: 'Add a schedule' });
 
-  // A bad cron: the server's error is shown, nothing is added.
+  // A bad cron: the server's error is shown, nothing is added. Its first
+  // PUT is cut on the way (as a network change cuts requests): a PUT is
+  // idempotent, so the page sends it again and shows the server's answer.
+  let sent = 0;
+  const bad = '**/api/v1/schedules/bad';
+  await page.route(bad, (route) => (sent++ === 0 ? route.abort('connectionreset') : route.continue()));
   await form.getByLabel('Name').fill('bad');
   await form.getByLabel('Cron (UTC)').fill('61 * * * *');
   await form.getByLabel('Command').fill('true');
   await form.getByRole('button', { name: 'Add schedule' }).click();
   await page.locator('#toast .bad').filter({ hasText: 'cron' }).waitFor({ timeout: T });
+  await page.unroute(bad);
+  if (sent !== 2) throw new Error(`the cut PUT was sent ${sent} times, not 2`);
   if (await page.locator('tr[data-schedule="bad"]').count()) throw new Error('a bad schedule was listed');
-  step('a bad cron is refused with the reason');
+  step('a bad cron is refused with the reason (its PUT sent again after a cut)');
 
   // Every minute, on the labelled runner.
   await form.getByLabel('Name').fill('minutely');

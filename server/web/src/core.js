@@ -50,17 +50,24 @@ export async function api(method, path, body) {
   // the server closed as idle just as this request went out, or the
   // browser's network changing under it (an interface coming or going:
   // ERR_NETWORK_CHANGED, several in a row while a host starts containers).
-  // A GET changes nothing, so it is sent again, up to three times.
+  // An idempotent request (RFC 9110: GET, PUT, DELETE here) means the same
+  // sent twice, so it is sent again, up to three times; a POST is not.
+  const idempotent = method === 'GET' || method === 'PUT' || method === 'DELETE';
   let res;
+  let retried = false;
   for (const wait of [200, 600, 1500, null]) {
     try {
       res = await send();
       break;
     } catch (e) {
-      if (method !== 'GET' || wait === null) throw e;
+      if (!idempotent || wait === null) throw e;
+      retried = true;
       await new Promise((r) => setTimeout(r, wait));
     }
   }
+  // The first DELETE may have landed before its answer was lost: gone is
+  // what was asked.
+  if (retried && method === 'DELETE' && res.status === 404) return null;
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
   if (!res.ok) {
