@@ -41,6 +41,9 @@ impl Browser {
     /// saying so, when they are not); screenshots in `<target>/{dir}`,
     /// emptied first when `clear`.
     fn new(dir: &str, clear: bool) -> Browser {
+        // Before anything starts: server, runner and Chromium in a network
+        // of their own, where no container's interface comes and goes.
+        util::netns::own_network();
         let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("server/web");
         let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         assert!(

@@ -132,7 +132,9 @@ fn start_dockerd() {
     // `setsid -f` forks the daemon into its own session and returns at once:
     // the daemon outlives this test process, serves the others, and is never
     // our zombie.
-    let st = Command::new("setsid")
+    let mut cmd = Command::new("setsid");
+    // In the machine's network, even from a browser test's own.
+    let st = super::netns::in_host_network(&mut cmd)
         .args(["-f", "dockerd", "--host", &format!("unix://{SOCKET}")])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

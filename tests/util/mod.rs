@@ -11,6 +11,7 @@ pub mod docker;
 pub mod engine_proxy;
 pub mod git;
 pub mod hooks;
+pub mod netns;
 pub mod pg;
 pub mod prev;
 pub mod proxy;
