@@ -1246,8 +1246,9 @@ impl Engine {
 
     /// The runner as rules see it: from the tenant's runners, read again
     /// when [`RUNNER_TTL`] old, or when it is not among them (enrolled
-    /// since) and the read is older than [`REREAD_MISSING`]. A runner of
-    /// none (deleted) has only its id.
+    /// since) and the read is older than [`REREAD_MISSING`]; one missing
+    /// from a read that recent is read alone. A runner of none (deleted)
+    /// has only its id.
     async fn runner(&mut self, tenant: &str, id: &str) -> Arc<RunnerInfo> {
         let (age, known) = match self.runners.get(tenant) {
             Some(t) => (Some(t.read_at.elapsed()), t.by_id.get(id).cloned()),
@@ -1257,7 +1258,7 @@ impl Engine {
         let recent = age.is_some_and(|a| a < REREAD_MISSING);
         match known {
             Some(info) if fresh => return info,
-            None if recent => {}
+            None if recent => return self.read_one(tenant, id).await,
             _ => self.read_runners(tenant).await,
         }
         self.runners
@@ -1269,6 +1270,31 @@ impl Engine {
                     ..RunnerInfo::default()
                 })
             })
+    }
+
+    /// One runner the tenant's last read did not have (enrolled since):
+    /// its name and labels, kept with the tenant's until their next read.
+    async fn read_one(&mut self, tenant: &str, id: &str) -> Arc<RunnerInfo> {
+        let (row, labels) = tokio::join!(
+            self.db.control.runner(tenant, id),
+            self.db.fleet.labels(tenant, id)
+        );
+        let labels = labels
+            .map(|(accepted, _proposed)| accepted)
+            .unwrap_or_default();
+        let info = Arc::new(RunnerInfo {
+            id: id.to_owned(),
+            name: row.ok().flatten().map(|r| r.name).unwrap_or_default(),
+            group: labels
+                .get(crate::fleet::labels::GROUP)
+                .cloned()
+                .unwrap_or_default(),
+            labels,
+        });
+        if let Some(t) = self.runners.get_mut(tenant) {
+            t.by_id.insert(id.to_owned(), info.clone());
+        }
+        info
     }
 
     /// Every runner of the tenant, names and accepted labels (the group is

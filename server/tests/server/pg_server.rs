@@ -260,6 +260,11 @@ async fn postgres_over_tls_checks_the_certificate_as_sslmode_says() {
             format!("sslmode=require&sslrootcert={other}"),
             "UnknownIssuer",
         ),
+        (
+            "127.0.0.1",
+            format!("sslmode=prefer&sslrootcert={other}"),
+            "UnknownIssuer",
+        ),
         // The public CAs did not sign a private database's certificate.
         ("localhost", "sslmode=verify-full".into(), "UnknownIssuer"),
     ] {

@@ -210,12 +210,13 @@ impl Postgres {
             mut config,
             tls,
             mode,
+            checked,
         } = tls::parse(url)
             .map_err(|e| backend(format_args!("database URL: {}", scrub(url, &e))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        if matches!(mode, tls::SslMode::Prefer | tls::SslMode::Require) {
+        if mode != tls::SslMode::Disable && !checked {
             tracing::info!(
                 ?mode,
                 "the database's certificate is not verified: use sslmode=verify-full (and sslrootcert) for a database across a network"

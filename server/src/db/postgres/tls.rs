@@ -5,9 +5,9 @@
 //! ```text
 //!  sslmode                  TLS                        the server's certificate
 //!  disable                  never                      –
-//!  allow, prefer (default)  if the server offers it    not checked (as libpq)
-//!  require                  always                     not checked; with sslrootcert,
+//!  allow, prefer (default)  if the server offers it    not checked; with sslrootcert,
 //!                                                      the chain (as libpq)
+//!  require                  always                     the same
 //!  verify-ca                always                     the chain up to sslrootcert
 //!  verify-full              always                     the chain and the host name
 //! ```
@@ -77,6 +77,8 @@ pub struct Target {
     pub config: tokio_postgres::Config,
     pub tls: MakeRustlsConnect,
     pub mode: SslMode,
+    /// Whether the database's certificate is checked at all (the chain).
+    pub checked: bool,
 }
 
 /// Read `url` (the caller scrubs the password out of errors).
@@ -87,10 +89,16 @@ pub fn parse(url: &str) -> Result<Target, String> {
         .map_err(|e: tokio_postgres::Error| super::chain(&e))?;
     config.ssl_mode(mode.driver());
     let tls = client_config(mode, &root)?;
+    let checked = match mode {
+        SslMode::Disable => false,
+        SslMode::Prefer | SslMode::Require => root != RootCert::None,
+        SslMode::VerifyCa | SslMode::VerifyFull => true,
+    };
     Ok(Target {
         config,
         tls: MakeRustlsConnect::new(tls),
         mode,
+        checked,
     })
 }
 
@@ -109,7 +117,7 @@ fn client_config(mode: SslMode, root: &RootCert) -> Result<rustls::ClientConfig,
         (SslMode::VerifyFull, roots) => builder
             .with_root_certificates(roots.unwrap_or_else(public_roots))
             .with_no_client_auth(),
-        (SslMode::VerifyCa, roots) | (SslMode::Require, roots @ Some(_)) => {
+        (SslMode::VerifyCa, roots) | (SslMode::Prefer | SslMode::Require, roots @ Some(_)) => {
             let chain = ChainOnly::new(roots.unwrap_or_else(public_roots), provider)?;
             builder
                 .dangerous()
@@ -269,11 +277,13 @@ mod tests {
             tokio_postgres::config::SslMode::Require
         );
         assert_eq!(t.mode, SslMode::VerifyFull);
+        assert!(t.checked);
         let t = parse("postgres://u@h/d").unwrap();
         assert_eq!(
             t.config.get_ssl_mode(),
             tokio_postgres::config::SslMode::Prefer
         );
+        assert!(!t.checked);
         let t = parse("postgres://u@h/d?sslmode=disable").unwrap();
         assert_eq!(
             t.config.get_ssl_mode(),
