@@ -328,7 +328,6 @@ fn read_log(dir: &Path) -> String {
     fs::read_to_string(dir.join("server.log")).unwrap_or_default()
 }
 
-/// A loopback port nothing listens on (bound, then released).
 /// A TCP port free on 127.0.0.1 now, and below the kernel's ephemeral
 /// range (32768-60999 on Debian): a port from `bind(0)` is one the kernel
 /// also hands to other tests' outgoing connections and `bind(0)`s, which

@@ -103,6 +103,21 @@ pub const RUNNER_TTL: Duration = Duration::from_secs(30);
 /// them again, at most this often.
 const REREAD_MISSING: Duration = Duration::from_secs(1);
 
+/// A runner as rules see it, from its name and accepted labels: its group
+/// is the label `group` (kept equal to the update group by `fleet/`).
+fn runner_info(id: String, name: String, labels: crate::db::fleet::Labels) -> RunnerInfo {
+    let group = labels
+        .get(crate::fleet::labels::GROUP)
+        .cloned()
+        .unwrap_or_default();
+    RunnerInfo {
+        id,
+        name,
+        group,
+        labels,
+    }
+}
+
 /// A tenant's runners as rules see them, and when they were read.
 struct TenantRunners {
     read_at: Instant,
@@ -1282,15 +1297,8 @@ impl Engine {
         let labels = labels
             .map(|(accepted, _proposed)| accepted)
             .unwrap_or_default();
-        let info = Arc::new(RunnerInfo {
-            id: id.to_owned(),
-            name: row.ok().flatten().map(|r| r.name).unwrap_or_default(),
-            group: labels
-                .get(crate::fleet::labels::GROUP)
-                .cloned()
-                .unwrap_or_default(),
-            labels,
-        });
+        let name = row.ok().flatten().map(|r| r.name).unwrap_or_default();
+        let info = Arc::new(runner_info(id.to_owned(), name, labels));
         if let Some(t) = self.runners.get_mut(tenant) {
             t.by_id.insert(id.to_owned(), info.clone());
         }
@@ -1328,15 +1336,7 @@ impl Engine {
             .into_iter()
             .map(|r| {
                 let labels = labels.remove(&r.id).unwrap_or_default();
-                let info = RunnerInfo {
-                    group: labels
-                        .get(crate::fleet::labels::GROUP)
-                        .cloned()
-                        .unwrap_or_default(),
-                    id: r.id.clone(),
-                    name: r.name,
-                    labels,
-                };
+                let info = runner_info(r.id.clone(), r.name, labels);
                 (r.id, Arc::new(info))
             })
             .collect::<HashMap<_, _>>();

@@ -393,11 +393,7 @@ fn replica(data: &Path, url: &str, id: &str, key: &Path) -> (Proc, String) {
 fn replica_with(data: &Path, url: &str, id: &str, key: &Path, extra: &[&str]) -> (Proc, String) {
     let _ = std::fs::remove_file(data.join("server.url"));
     // The internal listener binds it: a free loopback port each.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_port();
     let internal = format!("127.0.0.1:{port}");
     let log = std::fs::File::create(data.with_extension("log")).unwrap();
     let child = serve_cmd(
